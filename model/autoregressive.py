@@ -1,0 +1,185 @@
+"""Autoregressive baselines of the seeds' Table 1: SSM, GRU (here) and Transformer (transformer.py).
+
+Glossary of axis letters:
+    B  batch      T  time      n  tokens in one call      V  vocabulary size
+    L  layers     H  width     N  SSM modes per channel
+
+All three predict x_t from x_<t with a ``BOS = V`` token in front.  Their generation state holds
+the network state after ``BOS, x_1..x_P`` and the logits of ``x_P+1``, so each generated token
+costs exactly one recurrent step and nothing re-reads the prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SequenceModel, check_config
+from .network import SSMNet, SSMNetConfig
+from .sampling import STREAM_TOKEN, keyed_uniform, sample_categorical
+from .state import GenState
+
+__all__ = ["ARGRU", "ARSSM", "ARGRUConfig", "ARModel", "ARSSMConfig"]
+
+NetState = dict[str, Tensor]
+
+
+class ARModel(SequenceModel):
+    """Resumable generation for any next-token network; subclasses provide the three ``_net_*``."""
+
+    state_keys: tuple[str, ...] = ()  # names of the network's state tensors inside a GenState
+
+    @property
+    def bos_token(self) -> int:
+        return self.vocab_size
+
+    def _net_initial(self, batch: int) -> NetState:
+        raise NotImplementedError
+
+    def _net_forward(self, x: Tensor, state: NetState | None, return_state: bool = True) -> tuple[Tensor, NetState]:
+        """``x`` ``(B, T)`` -> logits ``(B, T, V)`` and the state after ``x`` (None state: fresh)."""
+        raise NotImplementedError
+
+    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
+        """``x_t`` ``(B,)`` -> logits ``(B, V)``, next state."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Teacher-forced NLL ``(B,)`` in nats, with gradients (training)."""
+        inp = torch.cat([torch.full_like(x[:, :1], self.bos_token), x[:, :-1]], dim=1)  # (B, T)
+        logits, _ = self._net_forward(inp, None, return_state=False)  # (B, T, V)
+        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(-1)
+
+    def _nll(self, x: Tensor) -> Tensor:
+        return self.loss(x)
+
+    def _net_state(self, state: GenState) -> NetState:
+        return {k: state[k] for k in self.state_keys}
+
+    def _empty_state(self, batch: int, seed: Tensor) -> GenState:
+        bos = torch.full((batch, 1), self.bos_token, device=self.device)
+        logits, net = self._net_forward(bos, self._net_initial(batch))
+        zero = torch.zeros(batch, dtype=torch.long, device=self.device)
+        return self.new_state(position=zero, seed=seed, logits=logits[:, -1], **net)
+
+    def start(self, prompt: Tensor, seed: int | list[int] | Tensor) -> GenState:
+        with torch.no_grad():
+            return super().start(prompt, seed)
+
+    def _append(self, state: GenState, tokens: Tensor) -> GenState:
+        logits, net = self._net_forward(tokens, self._net_state(state))
+        return state.evolve(position=state.position + tokens.shape[1], logits=logits[:, -1], **net)
+
+    def _generate(
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+    ) -> tuple[Tensor, GenState | None]:
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        logits, net = state["logits"], self._net_state(state)
+        out = []
+        for i in range(n):
+            x_t = sample_categorical(logits, u[:, i], temperature)  # (B,)
+            out.append(x_t)
+            if resumable or i < n - 1:
+                logits, net = self._net_step(x_t, net)
+        tokens = torch.stack(out, dim=1)  # (B, n)
+        if not resumable:
+            return tokens, None
+        return tokens, state.evolve(position=state.position + n, logits=logits, **net)
+
+
+# ----- autoregressive SSM ------------------------------------------------------------------------
+
+
+@dataclass
+class ARSSMConfig:
+    vocab_size: int = 2  # V: tokens 0..V-1; the embedding also holds BOS = V
+    max_position: int | None = None  # longest sequence the data has (784 for MNIST), None for text
+    width: int = 64  # H: residual width
+    state_size: int = 32  # N: complex SSM modes per channel
+    layers: int = 4  # L: S4D blocks
+    dropout: float = 0.0  # dropout inside blocks, training only
+
+    def __post_init__(self) -> None:
+        check_config(self, ("vocab_size", "width", "state_size", "layers"))
+
+
+class ARSSM(ARModel):
+    """Same S4D blocks as the VSSM, generating one token per recurrent step."""
+
+    family = "ar-ssm"
+    config_class = ARSSMConfig
+    state_keys = ("h",)
+
+    def __init__(self, config: ARSSMConfig | None = None) -> None:
+        config = config or ARSSMConfig()
+        super().__init__(config)
+        self.net = SSMNet(
+            SSMNetConfig(
+                n_in=config.vocab_size + 1,
+                n_out=config.vocab_size,
+                width=config.width,
+                state_size=config.state_size,
+                layers=config.layers,
+                dropout=config.dropout,
+            )
+        )
+
+    def _net_initial(self, batch: int) -> NetState:
+        return {"h": self.net.initial_state(batch)}
+
+    def _net_forward(self, x: Tensor, state: NetState | None, return_state: bool = True) -> tuple[Tensor, NetState]:
+        logits, h = self.net(x, None if state is None else state["h"], return_state=return_state)
+        return logits, {"h": h} if return_state else {}
+
+    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
+        logits, h = self.net.step(x_t, state["h"])
+        return logits, {"h": h}
+
+
+# ----- autoregressive GRU ------------------------------------------------------------------------
+
+
+@dataclass
+class ARGRUConfig:
+    vocab_size: int = 2  # V: tokens 0..V-1; the embedding also holds BOS = V
+    max_position: int | None = None  # longest sequence the data has (784 for MNIST), None for text
+    width: int = 64  # H: hidden size of every GRU layer
+    layers: int = 2  # L: stacked GRU layers
+    dropout: float = 0.0  # dropout between GRU layers, training only
+
+    def __post_init__(self) -> None:
+        check_config(self, ("vocab_size", "width", "layers"))
+
+
+class ARGRU(ARModel):
+    family = "ar-gru"
+    config_class = ARGRUConfig
+    state_keys = ("h",)
+
+    def __init__(self, config: ARGRUConfig | None = None) -> None:
+        config = config or ARGRUConfig()
+        super().__init__(config)
+        self.embed = nn.Embedding(config.vocab_size + 1, config.width)
+        self.gru = nn.GRU(
+            config.width,
+            config.width,
+            num_layers=config.layers,
+            batch_first=True,
+            dropout=config.dropout if config.layers > 1 else 0.0,
+        )
+        self.head = nn.Linear(config.width, config.vocab_size)
+
+    def _net_initial(self, batch: int) -> NetState:
+        return {"h": torch.zeros(batch, self.config.layers, self.config.width, dtype=self.dtype, device=self.device)}
+
+    def _net_forward(self, x: Tensor, state: NetState | None, return_state: bool = True) -> tuple[Tensor, NetState]:
+        h0 = None if state is None else state["h"].transpose(0, 1).contiguous()  # (L, B, H)
+        y, hT = self.gru(self.embed(x), h0)  # (B, T, H), (L, B, H)
+        return self.head(y), {"h": hT.transpose(0, 1)}
+
+    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
+        logits, nxt = self._net_forward(x_t[:, None], state)
+        return logits[:, 0], nxt

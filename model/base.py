@@ -1,0 +1,184 @@
+"""What every model family shares: the resumable-generation contract and its checks.
+
+Glossary of axis letters:
+    B  batch      C  prompt length      n  tokens generated or appended in one call
+    V  vocabulary size
+
+Every family implements, over explicit state values (never module attributes)::
+
+    state = m.start(prompt, seed)                 # prompt (B, C), C may be 0
+    tokens, state = m.generate(state, n, temperature)
+    state = m.append(state, tokens)
+    m.nll(x)                                      # (B,) nats
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .sampling import as_seed_tensor
+from .state import GenState, StateError
+
+__all__ = ["PositionLimitError", "SequenceModel", "TokenRangeError", "check_config"]
+
+
+class PositionLimitError(ValueError):
+    """The request would run past the model's maximum position."""
+
+
+class TokenRangeError(ValueError):
+    """A token id outside ``0..V-1``."""
+
+
+class SequenceModel(nn.Module):
+    """Base of every family; subclasses set ``family`` and ``config_class``."""
+
+    family: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self._fp_key: tuple | None = None
+        self._fp: str = ""
+
+    # ----- identity -----------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def max_position(self) -> int | None:
+        return self.config.max_position
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 chars) of the weights: names, dtypes, shapes and bytes.
+
+        Recomputed only when a parameter changed (storage or in-place version), so checking
+        it on every call costs nothing.
+        """
+        sd = self.state_dict()
+        key = tuple((k, v.data_ptr(), v._version, v.dtype) for k, v in sd.items())
+        if key != self._fp_key:
+            h = hashlib.sha256()
+            for name in sorted(sd):
+                t = sd[name].detach().contiguous().cpu()
+                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fp_key, self._fp = key, h.hexdigest()[:16]
+        return self._fp
+
+    def num_parameters(self, generation_only: bool = False) -> int:
+        """All parameters, or only those used at generation time (the VSSM drops its encoder)."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ----- the contract ---------------------------------------------------------------------------
+    def start(self, prompt: Tensor, seed: int | list[int] | Tensor) -> GenState:
+        """State after reading ``prompt`` ``(B, C)`` (C may be 0), with per-row seeds."""
+        prompt = self._tokens(prompt)
+        state = self._empty_state(prompt.shape[0], as_seed_tensor(seed, prompt.shape[0], self.device))
+        return self.append(state, prompt) if prompt.shape[1] > 0 else state
+
+    def generate(
+        self, state: GenState, n: int, temperature: float | Tensor = 1.0, resumable: bool = True
+    ) -> tuple[Tensor, GenState | None]:
+        """Sample the next ``n`` tokens ``(B, n)``; ``resumable=False`` skips the next state."""
+        self.check_state(state)
+        self._check_room(state, n)
+        if n == 0:
+            return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
+        with torch.no_grad():
+            return self._generate(state, n, temperature, resumable)
+
+    def append(self, state: GenState, tokens: Tensor) -> GenState:
+        """Read observed ``tokens`` ``(B, n)`` without generating."""
+        self.check_state(state)
+        tokens = self._tokens(tokens)
+        if tokens.shape[0] != state.batch_size:
+            raise ValueError(f"{tokens.shape[0]} rows of tokens for a state of {state.batch_size} rows")
+        self._check_room(state, tokens.shape[1])
+        if tokens.shape[1] == 0:
+            return state
+        with torch.no_grad():
+            return self._append(state, tokens)
+
+    def nll(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Negative log-likelihood of whole sequences ``(B, T)`` in nats, ``(B,)``."""
+        x = self._tokens(x)
+        with torch.no_grad():
+            return self._nll(x, **kwargs)
+
+    # ----- to implement ---------------------------------------------------------------------------
+    def _empty_state(self, batch: int, seed: Tensor) -> GenState:
+        raise NotImplementedError
+
+    def _generate(
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+    ) -> tuple[Tensor, GenState | None]:
+        raise NotImplementedError
+
+    def _append(self, state: GenState, tokens: Tensor) -> GenState:
+        raise NotImplementedError
+
+    def _nll(self, x: Tensor, **kwargs: Any) -> Tensor:
+        raise NotImplementedError
+
+    # ----- shared helpers -------------------------------------------------------------------------
+    def new_state(self, **tensors: Tensor) -> GenState:
+        return GenState(self.family, self.fingerprint, tensors)
+
+    def check_state(self, state: GenState) -> None:
+        if state.family != self.family or state.fingerprint != self.fingerprint:
+            raise StateError(
+                f"state was made by {state.family}@{state.fingerprint}, "
+                f"not by this model ({self.family}@{self.fingerprint})"
+            )
+
+    def _check_room(self, state: GenState, n: int) -> None:
+        if n < 0:
+            raise ValueError("a token count cannot be negative")
+        limit = self.max_position
+        if limit is not None and int(state.position.max()) + n > limit:
+            raise PositionLimitError(
+                f"position {int(state.position.max())} + {n} tokens exceeds the maximum position {limit}"
+            )
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x, dtype=torch.long, device=self.device)
+        if x.ndim != 2:
+            raise ValueError(f"tokens must be (batch, length), got shape {tuple(x.shape)}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab_size):
+            raise TokenRangeError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        return x
+
+    @staticmethod
+    def positions(state: GenState, n: int) -> Tensor:
+        """Absolute positions ``(B, n)`` of the next ``n`` tokens."""
+        return state.position[:, None] + torch.arange(n, device=state.position.device)
+
+
+def check_config(cfg: object, positive: tuple[str, ...]) -> None:
+    """Validate a config dataclass: the named fields are positive ints, plus the common fields."""
+    for name in positive:
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    mp = getattr(cfg, "max_position", None)
+    if mp is not None and (not isinstance(mp, int) or isinstance(mp, bool) or mp < 1):
+        raise ValueError(f"max_position must be a positive integer or None, got {mp!r}")
+    dropout = getattr(cfg, "dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")

@@ -1,0 +1,130 @@
+"""Self-describing checkpoints: one safetensors file, weights + config + format version.
+
+Nothing is ever unpickled.  Loading checks, and names in its error, every way a file can be wrong:
+not safetensors, a newer format, an unknown family, a config field that is unknown, missing or
+invalid, a missing / unexpected / misshapen tensor, and weights whose hash differs from the one
+recorded at save time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .autoregressive import ARGRU, ARSSM
+from .base import SequenceModel
+from .transformer import ARTransformer
+from .vssm import VSSM
+
+__all__ = ["FAMILIES", "FORMAT_VERSION", "CheckpointError", "build_model", "load_checkpoint", "save_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+FAMILIES: dict[str, type[SequenceModel]] = {cls.family: cls for cls in (VSSM, ARSSM, ARTransformer, ARGRU)}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says which part is wrong."""
+
+
+def build_model(family: str, config: dict[str, Any] | None = None) -> SequenceModel:
+    """A fresh model of ``family`` from a config dict (missing fields take their defaults)."""
+    if family not in FAMILIES:
+        raise CheckpointError(f"unknown model family {family!r} (known: {', '.join(sorted(FAMILIES))})")
+    cls = FAMILIES[family]
+    return cls(_config(cls, config or {}))
+
+
+def _config(cls: type[SequenceModel], raw: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise CheckpointError(f"bad config for {cls.family}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return cls.config_class(**raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"bad config for {cls.family}: {exc}") from exc
+
+
+def save_checkpoint(model: SequenceModel, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write ``model`` to ``path`` (``.safetensors``); ``extra`` adds string metadata (e.g. data)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format_version": str(FORMAT_VERSION),
+        "family": model.family,
+        "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
+        "fingerprint": model.fingerprint,
+        **(extra or {}),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated checkpoint behind
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a checkpoint file, without loading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SequenceModel:
+    """Load, validate and return the model in eval mode on ``device`` (``"auto"``: CUDA if present)."""
+    path = Path(path)
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    meta = read_metadata(path)
+    version = meta.get("format_version")
+    if version is None or not version.isdigit():
+        raise CheckpointError(f"{path}: no format_version in the metadata; not a VSSM-serve checkpoint")
+    if int(version) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {version} is newer than this code supports ({FORMAT_VERSION}); upgrade vssm-serve"
+        )
+    try:
+        raw_config = json.loads(meta.get("config", ""))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: bad config: metadata 'config' is not JSON ({exc})") from exc
+    if not isinstance(raw_config, dict):
+        raise CheckpointError(f"{path}: bad config: expected a JSON object")
+    model = build_model(meta.get("family", "<missing>"), raw_config)
+
+    expected = model.state_dict()
+    with safe_open(str(path), framework="pt") as f:
+        present = set(f.keys())
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise CheckpointError(f"{path}: missing tensor(s): {', '.join(missing)}")
+        unexpected = sorted(present - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{path}: unexpected tensor(s): {', '.join(unexpected)}")
+        tensors = {}
+        for name, ref in expected.items():
+            t = f.get_tensor(name)
+            if tuple(t.shape) != tuple(ref.shape):
+                raise CheckpointError(
+                    f"{path}: tensor {name} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
+                )
+            tensors[name] = t
+    dtype = next(iter(tensors.values())).dtype
+    model.to(dtype).load_state_dict(tensors, strict=True)
+    recorded = meta.get("fingerprint")
+    if recorded and recorded != model.fingerprint:
+        raise CheckpointError(
+            f"{path}: weights hash {model.fingerprint} differs from the recorded {recorded}: corrupt file"
+        )
+    log.info("loaded %s (%s, %d parameters) from %s", model.family, model.fingerprint, model.num_parameters(), path)
+    return model.to(device).eval()

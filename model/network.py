@@ -1,0 +1,102 @@
+"""A causal stack of S4D blocks: input layer, residual blocks, output head.
+
+Glossary of axis letters:
+    B  batch      T  time      H  width      N  SSM modes per channel      L  layers
+    I  input size (tokens in the embedding, or features of a vector input)
+    O  output size
+
+The state of the whole network is one complex tensor ``(B, L, H, N)``: fixed size, whatever the
+position, and stacked so that batching, splitting and serialising states are index operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ssm import S4D, S4DConfig
+
+__all__ = ["SSMNet", "SSMNetConfig"]
+
+
+@dataclass
+class SSMNetConfig:
+    n_in: int  # I: token count (embedding input) or feature size (linear input)
+    n_out: int  # O: output features (logits)
+    tokens: bool = True  # True: inputs are token ids (embedding); False: float vectors (linear)
+    width: int = 64  # H: residual stream width
+    state_size: int = 32  # N: complex SSM modes per channel
+    layers: int = 2  # L: residual S4D blocks
+    dropout: float = 0.0  # dropout inside each block (training only)
+
+
+class SSMBlock(nn.Module):
+    """Pre-norm residual block: x + Dropout(GLU(Linear(GELU(S4D(LayerNorm(x))))))."""
+
+    def __init__(self, width: int, state_size: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.ssm = S4D(S4DConfig(width=width, state_size=state_size))
+        self.out = nn.Linear(width, 2 * width)
+        self.drop = nn.Dropout(dropout)
+
+    def _mix(self, y: Tensor) -> Tensor:
+        return self.drop(F.glu(self.out(F.gelu(y)), dim=-1))
+
+    def forward(
+        self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        u = self.norm(x).transpose(1, 2)  # (B, H, T)
+        y, nxt = self.ssm(u, state, lengths=lengths, return_state=return_state)  # (B, H, T)
+        return x + self._mix(y.transpose(1, 2)), nxt  # (B, T, H)
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        y, nxt = self.ssm.step(self.norm(x_t), state)  # (B, H)
+        return x_t + self._mix(y), nxt
+
+
+class SSMNet(nn.Module):
+    """Causal sequence network: output at t depends on inputs 1..t only."""
+
+    def __init__(self, cfg: SSMNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.inp: nn.Module = nn.Embedding(cfg.n_in, cfg.width) if cfg.tokens else nn.Linear(cfg.n_in, cfg.width)
+        self.blocks = nn.ModuleList(SSMBlock(cfg.width, cfg.state_size, cfg.dropout) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.n_out)
+
+    def initial_state(self, batch: int) -> Tensor:
+        return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``x``: ``(B, T)`` tokens or ``(B, T, I)`` vectors -> logits ``(B, T, O)``, state ``(B, L, H, N)``.
+
+        ``state`` None means the zero state; ``lengths`` gives per-row final-state positions
+        (see :meth:`S4D.forward`); ``return_state=False`` skips the state (training).
+        """
+        h = self.inp(x)  # (B, T, H)
+        states = []
+        for i, block in enumerate(self.blocks):
+            h, s = block(h, None if state is None else state[:, i], lengths, return_state)
+            states.append(s)
+        nxt = torch.stack(states, dim=1) if return_state else None  # (B, L, H, N)
+        return self.head(self.norm(h)), nxt
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """``x_t``: ``(B,)`` tokens or ``(B, I)`` vectors -> logits ``(B, O)``, next state."""
+        h = self.inp(x_t)  # (B, H)
+        states = []
+        for i, block in enumerate(self.blocks):
+            h, s = block.step(h, state[:, i])
+            states.append(s)
+        return self.head(self.norm(h)), torch.stack(states, dim=1)

@@ -1,0 +1,70 @@
+"""Counter-based randomness keyed by (seed, absolute position, stream, index).
+
+Glossary of axis letters:
+    B  batch      T  positions in one call      W  draws per position (latent variables Z)
+    V  categories of one draw (vocabulary, or K classes of a latent variable)
+
+Every random number is a pure function of its key, so a token drawn at absolute position p with
+seed s is the same whether it is generated alone or in a batch, in one call or in chunks, on
+this replica or another.  The hash is a 32-bit integer mixer (xorshift-multiply rounds) written
+in int64 tensor arithmetic with multipliers below 2**31, so no product overflows and the CPU
+and CUDA results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["STREAM_LATENT", "STREAM_TOKEN", "as_seed_tensor", "keyed_uniform", "sample_categorical"]
+
+STREAM_LATENT = 1  # latents z_t of the VSSM
+STREAM_TOKEN = 2  # tokens x_t of every family
+
+_M32 = 0xFFFFFFFF
+
+
+def _mix(x: Tensor) -> Tensor:
+    """Bijective 32 -> 32 bit mixer; ``x`` holds values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _M32
+    x = x ^ (x >> 15)
+    x = (x * 0x346CA68B) & _M32
+    return x ^ (x >> 16)
+
+
+def as_seed_tensor(seed: int | list[int] | Tensor, batch: int, device: torch.device | None = None) -> Tensor:
+    """Seeds as ``(B,)`` int64: one int for every row, or one per row."""
+    if isinstance(seed, int):
+        return torch.full((batch,), seed, dtype=torch.int64, device=device)
+    t = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(-1)
+    if t.numel() != batch:
+        raise ValueError(f"got {t.numel()} seeds for a batch of {batch}")
+    return t
+
+
+def keyed_uniform(seed: Tensor, position: Tensor, stream: int, width: int, dtype: torch.dtype) -> Tensor:
+    """Uniforms in (0, 1): ``seed`` ``(B,)``, ``position`` ``(B, T)`` absolute -> ``(B, T, W)``."""
+    lo = seed & _M32  # (B,)
+    hi = (seed >> 32) & _M32  # (B,)
+    key = _mix(_mix(_mix((lo + stream) & _M32) ^ hi)[:, None] ^ (position & _M32))  # (B, T)
+    idx = torch.arange(width, device=seed.device, dtype=torch.int64)  # (W,)
+    bits = _mix(_mix(key[..., None] ^ idx)) >> 8  # (B, T, W) 24 random bits
+    return ((bits.to(torch.float64) + 0.5) / float(1 << 24)).to(dtype)
+
+
+def sample_categorical(logits: Tensor, u: Tensor, temperature: float | Tensor) -> Tensor:
+    """Inverse-CDF draws: ``logits`` ``(..., V)``, ``u`` ``(...)`` uniforms -> ``(...)`` int64.
+
+    One uniform per draw (not V Gumbels) keeps large vocabularies cheap.  ``temperature`` is a
+    float or a tensor broadcastable to ``logits[..., 0]``; 0 selects the argmax.
+    """
+    temp = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+    greedy = logits.argmax(-1)
+    if temp.ndim == 0 and float(temp) == 0.0:
+        return greedy
+    probs = torch.softmax(logits / temp.clamp_min(1e-6)[..., None], dim=-1)  # (..., V)
+    cdf = probs.cumsum(-1)  # (..., V)
+    target = (u * cdf[..., -1]).unsqueeze(-1)  # (..., 1)
+    drawn = torch.searchsorted(cdf.contiguous(), target.contiguous()).squeeze(-1).clamp_max(logits.shape[-1] - 1)
+    return torch.where(temp == 0, greedy, drawn)

@@ -1,0 +1,227 @@
+"""Variational State Space Model (Lambrechts et al., 2024): a VAE of three causal SSM stacks.
+
+Glossary of axis letters (DESIGN.md section 1):
+    B  batch      T  sequence length      C  prompt length      n  tokens in one call
+    V  vocabulary size, ``EMPTY = V`` the padding token of the partial encoder
+    Z  categorical latent variables per step      K  classes per latent variable
+
+Networks (names from the paper):
+    encoder   f_enc (psi):   x_1:t        -> logits of q_psi(z_t | x_1:t)        (B, T, Z, K)
+    decoder   f_dec (phi):   z_1:t        -> logits of p_phi(x_t | z_1:t)        (B, T, V)
+    partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
+with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
+
+Resumable state (one row per sequence; every network state has a fixed size):
+    dec       decoder state after z_1:P                     (B, L_dec, H, N)
+    par       partial-encoder state after x_1:P, observed   (B, L_par, H, N)
+    gen       partial-encoder state after the last observed token followed by EMPTYs up to P
+    observed  whether any token was observed (prompt or append); if not, latents come from the prior
+
+Latents of generated positions are drawn from f_par over EMPTYs continued from ``gen``, keyed by
+(seed, absolute position); they therefore depend only on the observed tokens and the position,
+never on where chunk boundaries fall, so one call of a + b tokens equals a call of a then b.
+``par`` is advanced over the generated tokens (as observed) so that a later append conditions
+on everything seen so far without re-reading the prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SequenceModel, check_config
+from .network import SSMNet, SSMNetConfig
+from .sampling import STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
+from .state import GenState
+
+__all__ = ["VSSM", "VSSMConfig", "VSSMLoss"]
+
+
+@dataclass
+class VSSMConfig:
+    vocab_size: int = 2  # V: tokens 0..V-1 (2 for binarised MNIST, 256 for bytes)
+    max_position: int | None = None  # longest sequence the data has (784 for MNIST), None for text
+    width: int = 64  # H: residual width of every network
+    state_size: int = 32  # N: complex SSM modes per channel
+    enc_layers: int = 2  # S4D blocks in the encoder f_enc
+    dec_layers: int = 3  # S4D blocks in the decoder f_dec
+    par_layers: int = 2  # S4D blocks in the partial encoder f_par
+    n_latents: int = 8  # Z: categorical latent variables per step
+    n_classes: int = 8  # K: classes of each latent variable
+    dropout: float = 0.0  # dropout inside blocks, training only
+
+    def __post_init__(self) -> None:
+        check_config(self, ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"))
+        if not isinstance(self.n_classes, int) or self.n_classes < 2:
+            raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+
+
+@dataclass
+class VSSMLoss:
+    """Per-sequence loss terms ``(B,)``, in nats."""
+
+    reconstruction: Tensor  # -log p(x | z), z ~ q_psi
+    kl: Tensor  # KL(q_psi(z | x) || uniform), summed over steps and latent variables
+    partial_kl: Tensor  # KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached
+    kl_penalty: Tensor  # the KL as charged to the loss (after free bits)
+
+    @property
+    def nelbo(self) -> Tensor:
+        """Negative ELBO: an upper bound on the NLL."""
+        return self.reconstruction + self.kl
+
+    def total(self, kl_weight: float = 1.0) -> Tensor:
+        """Scalar to minimise: both training steps of the paper in one loop."""
+        return (self.reconstruction + kl_weight * self.kl_penalty + self.partial_kl).mean()
+
+
+class VSSM(SequenceModel):
+    family = "vssm"
+    config_class = VSSMConfig
+
+    def __init__(self, config: VSSMConfig | None = None) -> None:
+        config = config or VSSMConfig()
+        super().__init__(config)
+        V, ZK = config.vocab_size, config.n_latents * config.n_classes
+        common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout)
+        self.encoder = SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
+        self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
+        self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
+
+    @property
+    def empty_token(self) -> int:
+        return self.config.vocab_size
+
+    def num_parameters(self, generation_only: bool = False) -> int:
+        nets = [self.decoder, self.partial_encoder] + ([] if generation_only else [self.encoder])
+        return sum(p.numel() for net in nets for p in net.parameters())
+
+    def _latent_logits(self, out: Tensor) -> Tensor:
+        return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
+
+    def _one_hot(self, z: Tensor) -> Tensor:
+        return F.one_hot(z, self.config.n_classes).to(self.dtype).flatten(-2)  # (B, T, Z*K)
+
+    # ----- training -------------------------------------------------------------------------------
+    def loss(
+        self,
+        x: Tensor,
+        tau: float = 1.0,
+        free_bits: float = 0.0,
+        prompt_lengths: Tensor | None = None,
+    ) -> VSSMLoss:
+        """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
+
+        Latents use the straight-through Gumbel-softmax estimator (hard one-hot forward, soft
+        gradient at temperature ``tau``).  ``free_bits`` (nats per step) stops pushing the KL of a
+        step down once it is below that floor, against posterior collapse.  ``prompt_lengths``
+        (``(B,)``, default ``C ~ Uniform{0..T}``) sets where the partial encoder's EMPTYs begin.
+        """
+        Bsz, T = x.shape
+        q_logits = self._latent_logits(self.encoder(x, return_state=False)[0])  # (B, T, Z, K)
+        log_q = q_logits.log_softmax(-1)  # (B, T, Z, K)
+        z = F.gumbel_softmax(q_logits, tau=tau, hard=True)  # (B, T, Z, K)
+        x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
+        rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
+        Z, K = self.config.n_latents, self.config.n_classes
+        kl_t = (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)  # (B, T) = Z log K - H(q_t)
+        kl = kl_t.sum(-1)  # (B,)
+        penalty = kl_t.clamp_min(free_bits).sum(-1) if free_bits > 0 else kl
+
+        if prompt_lengths is None:
+            prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
+        t = torch.arange(T, device=x.device)
+        xbar = torch.where(t[None, :] < prompt_lengths[:, None], x, self.empty_token)  # (B, T)
+        log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
+        q_det = log_q.detach()
+        partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
+        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty)
+
+    # ----- likelihood -----------------------------------------------------------------------------
+    def _nll(self, x: Tensor, samples: int = 1, seed: int = 0) -> Tensor:
+        """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO).
+
+        Latents are drawn with keyed randomness (``seed``), so the bound is reproducible.
+        """
+        Bsz, T = x.shape
+        log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
+        Z, K = self.config.n_latents, self.config.n_classes
+        pos = torch.arange(T, device=x.device).expand(Bsz, T)
+        bounds = []
+        for k in range(samples):
+            u = keyed_uniform(
+                torch.full((Bsz,), seed * 1000003 + k, device=x.device), pos, STREAM_LATENT, Z, self.dtype
+            )
+            z = sample_categorical(log_q, u, 1.0)  # (B, T, Z)
+            x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
+            log_px = -F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
+            log_qz = log_q.gather(-1, z[..., None]).sum((-1, -2, -3))  # (B,)
+            bounds.append(log_px - log_qz - T * Z * math.log(K))  # log p(x|z) + log p(z) - log q(z|x)
+        w = torch.stack(bounds)  # (S, B)
+        return -(torch.logsumexp(w, 0) - math.log(samples))
+
+    # ----- resumable generation ---------------------------------------------------------------------
+    def _empty_state(self, batch: int, seed: Tensor) -> GenState:
+        par0 = self.partial_encoder.initial_state(batch)
+        return self.new_state(
+            position=torch.zeros(batch, dtype=torch.long, device=self.device),
+            seed=seed,
+            dec=self.decoder.initial_state(batch),
+            par=par0,
+            gen=par0,
+            observed=torch.zeros(batch, dtype=torch.bool, device=self.device),
+        )
+
+    def _sample_latents(self, logits: Tensor, state: GenState, n: int, temperature: float | Tensor) -> Tensor:
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
+        return sample_categorical(logits, u, _per_row(temperature, 2))  # (B, n, Z)
+
+    def _generate(
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+    ) -> tuple[Tensor, GenState | None]:
+        Bsz = state.batch_size
+        observed = state["observed"]
+        Z, K = self.config.n_latents, self.config.n_classes
+        # 1. latent logits: f_par over EMPTYs from `gen` where a token was observed, else the prior.
+        gen = state["gen"]
+        z_logits = torch.zeros(Bsz, n, Z, K, dtype=self.dtype, device=self.device)
+        if bool(observed.any()):
+            empties = torch.full((Bsz, n), self.empty_token, device=self.device)
+            out, gen_next = self.partial_encoder(empties, gen, return_state=resumable)
+            z_logits = torch.where(observed[:, None, None, None], self._latent_logits(out), z_logits)
+            if resumable:
+                gen = torch.where(observed[:, None, None, None], gen_next, gen)
+        z = self._sample_latents(z_logits, state, n, temperature)  # (B, n, Z)
+        # 2. one parallel decoder pass over the latents, then the tokens.
+        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=resumable)  # (B, n, V)
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
+        tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, n)
+        if not resumable:
+            return tokens, None
+        # 3. the partial encoder reads the generated tokens as observed.
+        _, par = self.partial_encoder(tokens, state["par"])
+        return tokens, state.evolve(position=state.position + n, dec=dec, par=par, gen=gen)
+
+    def _append(self, state: GenState, tokens: Tensor) -> GenState:
+        n = tokens.shape[1]
+        out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
+        z = self._sample_latents(self._latent_logits(out), state, n, 1.0)
+        _, dec = self.decoder(self._one_hot(z), state["dec"])
+        return state.evolve(
+            position=state.position + n,
+            dec=dec,
+            par=par,
+            gen=par,
+            observed=torch.ones_like(state["observed"]),
+        )
+
+
+def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:
+    """A per-row temperature ``(B,)`` reshaped to broadcast over ``extra_dims`` more axes."""
+    if isinstance(temperature, Tensor) and temperature.ndim == 1:
+        return temperature.reshape(-1, *([1] * extra_dims))
+    return temperature

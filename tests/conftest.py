@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny float64 models of every family, for exact equivalence tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import model
+
+V = 5  # a small vocabulary exercises the categorical paths without cost
+
+TINY = {
+    "vssm": {
+        "vocab_size": V,
+        "width": 16,
+        "state_size": 8,
+        "enc_layers": 1,
+        "dec_layers": 2,
+        "par_layers": 2,
+        "n_latents": 3,
+        "n_classes": 4,
+    },
+    "ar-ssm": {"vocab_size": V, "width": 16, "state_size": 8, "layers": 2},
+    "ar-transformer": {"vocab_size": V, "width": 16, "heads": 2, "layers": 2, "max_position": 64},
+    "ar-gru": {"vocab_size": V, "width": 16, "layers": 2},
+}
+
+
+def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> model.SequenceModel:
+    torch.manual_seed(seed)
+    return model.build_model(family, {**TINY[family], **overrides}).to(dtype).eval()
+
+
+@pytest.fixture(params=sorted(TINY))
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(family) -> model.SequenceModel:
+    return tiny_model(family)

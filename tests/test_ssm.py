@@ -1,0 +1,103 @@
+"""The S4D layer and the stacked network: parallel mode == recurrence, from any initial state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.network import SSMNet, SSMNetConfig
+from model.ssm import S4D, S4DConfig
+
+F64 = torch.float64
+
+
+def recurrent(layer, u, h):
+    ys = []
+    for t in range(u.shape[-1]):
+        y, h = layer.step(u[..., t], h)
+        ys.append(y)
+    return torch.stack(ys, -1), h
+
+
+@pytest.mark.parametrize("T", [1, 7, 64])
+def test_parallel_from_random_state_equals_recurrence(T):
+    torch.manual_seed(T)
+    layer = S4D(S4DConfig(width=6, state_size=5)).double()
+    u = torch.randn(3, 6, T, dtype=F64)
+    h0 = torch.randn(3, 6, 5, dtype=torch.complex128)
+    y, hT = layer(u, h0)
+    y_ref, h_ref = recurrent(layer, u, h0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(hT, h_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_gradients_of_parallel_mode_match_recurrence():
+    torch.manual_seed(0)
+    layer = S4D(S4DConfig(width=4, state_size=3)).double()
+    u = torch.randn(2, 4, 9, dtype=F64)
+    h0 = torch.randn(2, 4, 3, dtype=torch.complex128)
+    grads = []
+    for run in (lambda: layer(u, h0), lambda: recurrent(layer, u, h0)):
+        layer.zero_grad()
+        y, h = run()
+        (y.square().sum() + h.abs().sum()).backward()
+        grads.append([p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_per_row_lengths_give_each_rows_own_final_state():
+    torch.manual_seed(1)
+    layer = S4D(S4DConfig(width=4, state_size=3)).double()
+    u = torch.randn(3, 4, 10, dtype=F64)
+    h0 = torch.randn(3, 4, 3, dtype=torch.complex128)
+    lengths = torch.tensor([10, 4, 1])
+    _, h = layer(u, h0, lengths=lengths)
+    for b, n in enumerate(lengths.tolist()):
+        _, ref = recurrent(layer, u[b : b + 1, :, :n], h0[b : b + 1])
+        torch.testing.assert_close(h[b : b + 1], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_layer_is_stable_for_any_weights():
+    layer = S4D(S4DConfig(width=8, state_size=4)).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_(0, 5)
+        _, Lam, _, _ = layer.discretize()
+    assert bool((Lam.abs() < 1).all())
+
+
+def test_inference_cache_follows_weight_updates():
+    torch.manual_seed(2)
+    layer = S4D(S4DConfig(width=4, state_size=3)).double()
+    u = torch.randn(1, 4, 8, dtype=F64)
+    with torch.no_grad():
+        y1, _ = layer(u)
+        assert layer(u)[0] is not y1 and torch.equal(layer(u)[0], y1)  # served from the cache
+        layer.log_dt.add_(0.3)  # an optimiser step modifies weights in place
+        y2, _ = layer(u)
+    with torch.enable_grad():
+        y_fresh, _ = layer(u)
+    torch.testing.assert_close(y2, y_fresh.detach())
+    assert not torch.allclose(y1, y2)
+
+
+@pytest.mark.parametrize("tokens", [True, False])
+def test_network_parallel_equals_step_and_chunks(tokens):
+    torch.manual_seed(3)
+    net = SSMNet(SSMNetConfig(n_in=6, n_out=5, tokens=tokens, width=8, state_size=4, layers=3)).double().eval()
+    x = torch.randint(0, 6, (2, 12)) if tokens else torch.randn(2, 12, 6, dtype=F64)
+    state0 = net.initial_state(2)
+    s0 = torch.randn_like(state0)  # a random (non-zero) initial state
+    y, s = net(x, s0)
+    ys, h = [], s0
+    for t in range(12):
+        yt, h = net.step(x[:, t], h)
+        ys.append(yt)
+    torch.testing.assert_close(y, torch.stack(ys, 1), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(s, h, rtol=1e-9, atol=1e-9)
+    ya, sa = net(x[:, :5], s0)
+    yb, sb = net(x[:, 5:], sa)
+    torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(sb, s, rtol=1e-9, atol=1e-9)
+    assert state0.shape == (2, 3, 8, 4) and not state0.abs().any()
