@@ -47,14 +47,15 @@ class ARModel(SequenceModel):
         """``x_t`` ``(B,)`` -> logits ``(B, V)``, next state."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor) -> Tensor:
-        """Teacher-forced NLL ``(B,)`` in nats, with gradients (training)."""
+    def loss(self, x: Tensor, prompt_len: int = 0) -> Tensor:
+        """Teacher-forced NLL ``(B,)`` in nats of ``x[:, prompt_len:]``, with gradients (training)."""
         inp = torch.cat([torch.full_like(x[:, :1], self.bos_token), x[:, :-1]], dim=1)  # (B, T)
         logits, _ = self._net_forward(inp, None, return_state=False)  # (B, T, V)
-        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none").sum(-1)
+        ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
+        return ce[:, prompt_len:].sum(-1)
 
-    def _nll(self, x: Tensor) -> Tensor:
-        return self.loss(x)
+    def _nll(self, x: Tensor, prompt_len: int = 0) -> Tensor:
+        return self.loss(x, prompt_len)
 
     def _net_state(self, state: GenState) -> NetState:
         return {k: state[k] for k in self.state_keys}

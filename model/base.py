@@ -115,11 +115,17 @@ class SequenceModel(nn.Module):
         with torch.no_grad():
             return self._append(state, tokens)
 
-    def nll(self, x: Tensor, **kwargs: Any) -> Tensor:
-        """Negative log-likelihood of whole sequences ``(B, T)`` in nats, ``(B,)``."""
+    def nll(self, x: Tensor, prompt_len: int = 0, **kwargs: Any) -> Tensor:
+        """Negative log-likelihood in nats ``(B,)`` of ``x[:, prompt_len:]`` given ``x[:, :prompt_len]``.
+
+        ``x`` is ``(B, T)``; ``prompt_len = 0`` scores whole sequences.  Exact for autoregressive
+        families, an upper bound for the VSSM (whose extra keywords set the bound's samples).
+        """
         x = self._tokens(x)
+        if not 0 <= prompt_len < x.shape[1]:
+            raise ValueError(f"prompt_len must lie in 0..{x.shape[1] - 1}")
         with torch.no_grad():
-            return self._nll(x, **kwargs)
+            return self._nll(x, prompt_len=prompt_len, **kwargs)
 
     # ----- to implement ---------------------------------------------------------------------------
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:
@@ -133,7 +139,7 @@ class SequenceModel(nn.Module):
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         raise NotImplementedError
 
-    def _nll(self, x: Tensor, **kwargs: Any) -> Tensor:
+    def _nll(self, x: Tensor, prompt_len: int = 0, **kwargs: Any) -> Tensor:
         raise NotImplementedError
 
     # ----- shared helpers -------------------------------------------------------------------------

@@ -42,23 +42,37 @@ class S4DConfig:
 
 
 class _KernelCache:
-    """Weight-derived tensors for one length, reused while the weights are unchanged.
+    """Weight-derived tensors per length, valid while the weights are unchanged.
 
-    The key holds each parameter's storage pointer and in-place version counter, so an optimiser
-    step, ``load_state_dict`` or ``.to()`` invalidates it without any explicit hook.
+    The weights' key holds each parameter's storage pointer and in-place version counter, so an
+    optimiser step, ``load_state_dict`` or ``.to()`` empties the cache without any explicit hook.
+    Least recently used lengths are evicted beyond ``max_bytes``.
     """
 
-    def __init__(self, max_entries: int = 16) -> None:
-        self.max_entries = max_entries
-        self.entries: dict[tuple, dict[str, Tensor]] = {}
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.weights: tuple = ()
+        self.entries: dict[int, dict[str, Tensor]] = {}
 
-    def get(self, key: tuple) -> dict[str, Tensor] | None:
-        return self.entries.get(key)
+    def get(self, weights: tuple, T: int) -> dict[str, Tensor] | None:
+        if weights != self.weights:
+            self.weights, self.entries = weights, {}
+            return None
+        hit = self.entries.pop(T, None)
+        if hit is not None:
+            self.entries[T] = hit  # most recently used goes last
+        return hit
 
-    def put(self, key: tuple, value: dict[str, Tensor]) -> None:
-        if len(self.entries) >= self.max_entries:
-            self.entries.pop(next(iter(self.entries)))
-        self.entries[key] = value
+    def put(self, T: int, value: dict[str, Tensor]) -> None:
+        self.entries[T] = value
+        size = sum(_nbytes(v) for e in self.entries.values() for v in e.values())
+        while size > self.max_bytes and len(self.entries) > 1:
+            oldest = next(iter(self.entries))
+            size -= sum(_nbytes(v) for v in self.entries.pop(oldest).values())
+
+
+def _nbytes(t: Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 class S4D(nn.Module):
@@ -96,33 +110,37 @@ class S4D(nn.Module):
         )
 
     # ----- length-dependent tensors, cached at inference ----------------------------------------
-    def _cached(self, T: int, build) -> dict[str, Tensor]:
-        """``build(T)`` with grad, or from the cache when inference runs under ``no_grad``."""
+    def _tensors(self, T: int, full: bool = True) -> dict[str, Tensor]:
+        """Tensors for length ``T`` (``T == 0``: the recurrent mode's), cached under ``no_grad``.
+
+        ``full=False`` builds only the convolution kernel: training from the zero state needs no more.
+        """
         if torch.is_grad_enabled():
-            return build(T)
-        key = (T, *tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters()))
-        hit = self._cache.get(key)
+            return self._build(T, full)
+        weights = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        hit = self._cache.get(weights, T)
         if hit is None:
-            hit = build(T)
-            self._cache.put(key, hit)
+            hit = self._build(T, True)
+            self._cache.put(T, hit)
         return hit
 
-    def _tensors(self, T: int) -> dict[str, Tensor]:
-        return self._cached(T, self._build)
-
-    def _build(self, T: int) -> dict[str, Tensor]:
+    def _build(self, T: int, full: bool) -> dict[str, Tensor]:
         dtA, Lam, B_bar, C = self.discretize()
-        if T == 0:  # what the recurrent mode needs
+        if T == 0:
             return {"Lam": Lam, "B_bar": B_bar, "C": C}
         k = torch.arange(T + 1, device=Lam.device, dtype=Lam.real.dtype)  # (T+1,)
-        powers = torch.exp(dtA[..., None] * k)  # (H, N, T+1)  Lambda^k
-        kernel = torch.einsum("hn,hnt->ht", C * B_bar, powers[..., :T]).real  # (H, T)
-        out = {
-            "kernel_f": torch.fft.rfft(kernel, n=2 * T),  # (H, T+1) spectrum of the causal kernel
-            "C_pow": C[..., None] * powers[..., 1:],  # (H, N, T)  C Lambda^(t+1): initial-state readout
-            "B_rev": B_bar[..., None] * powers[..., :T].flip(-1),  # (H, N, T)  B_bar Lambda^(T-1-k)
-            "Lam_T": powers[..., T],  # (H, N)
-        }
+        # Lambda^k in real arithmetic: exp(a k) (cos(b k) + i sin(b k)); a complex exp costs ~3x more.
+        mag = torch.exp(dtA.real[..., None] * k)  # (H, N, T+1)
+        ang = dtA.imag[..., None] * k  # (H, N, T+1)
+        re, im = mag * torch.cos(ang), mag * torch.sin(ang)  # (H, N, T+1)
+        w = C * B_bar  # (H, N)
+        kernel = torch.einsum("hn,hnt->ht", w.real, re[..., :T]) - torch.einsum("hn,hnt->ht", w.imag, im[..., :T])
+        out = {"kernel_f": torch.fft.rfft(kernel, n=2 * T)}  # (H, T+1) spectrum of the causal kernel (H, T)
+        if full:
+            powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
+            out["C_pow"] = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1): initial-state readout
+            out["B_rev"] = B_bar[..., None] * powers[..., :T].flip(-1)  # (H, N, T)  B_bar Lambda^(T-1-k)
+            out["Lam_T"] = powers[..., T]  # (H, N)
         return out
 
     # ----- the three modes ----------------------------------------------------------------------
@@ -139,7 +157,7 @@ class S4D(nn.Module):
         inputs; outputs past a row's length are computed but meaningless to it.
         """
         _Bsz, _H, T = u.shape
-        tens = self._tensors(T)
+        tens = self._tensors(T, full=state is not None or return_state)
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]
         if state is not None:
@@ -168,7 +186,7 @@ class S4D(nn.Module):
 
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """Recurrent mode. ``u_t``: ``(B, H)`` real; ``state``: ``(B, H, N)`` complex."""
-        d = self._cached(0, self._build)
+        d = self._tensors(0)
         Lam, B_bar, C = d["Lam"], d["B_bar"], d["C"]
         nxt = Lam * state + B_bar * u_t[..., None].to(Lam.dtype)  # (B, H, N)
         y = (nxt * C).sum(-1).real + self.D * u_t  # (B, H)

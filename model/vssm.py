@@ -142,25 +142,37 @@ class VSSM(SequenceModel):
         return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty)
 
     # ----- likelihood -----------------------------------------------------------------------------
-    def _nll(self, x: Tensor, samples: int = 1, seed: int = 0) -> Tensor:
+    def _nll(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
         """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO).
 
-        Latents are drawn with keyed randomness (``seed``), so the bound is reproducible.
+        The model scored is the one :meth:`generate` samples from: latents of the prompt come
+        from the partial encoder reading it, latents after it from the partial encoder over
+        EMPTYs (or the uniform prior when there is no prompt).  The proposal for the latents
+        after the prompt is the encoder's posterior; the prompt's latents are drawn from the
+        model itself, so their terms cancel.  Draw k uses seed ``seed + k``: reproducible, and the
+        bound with S samples is never above the mean of the S single-sample bounds (Jensen).
         """
         Bsz, T = x.shape
-        log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
+        C = prompt_len
         Z, K = self.config.n_latents, self.config.n_classes
+        log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
+        if C > 0:
+            t = torch.arange(T, device=x.device)
+            xbar = torch.where(t[None, :] < C, x, self.empty_token)  # (B, T)
+            log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
+        else:
+            log_w = torch.full_like(log_q, -math.log(K))  # the uniform prior
         pos = torch.arange(T, device=x.device).expand(Bsz, T)
         bounds = []
         for k in range(samples):
-            u = keyed_uniform(
-                torch.full((Bsz,), seed * 1000003 + k, device=x.device), pos, STREAM_LATENT, Z, self.dtype
-            )
-            z = sample_categorical(log_q, u, 1.0)  # (B, T, Z)
+            u = keyed_uniform(torch.full((Bsz,), seed + k, device=x.device), pos, STREAM_LATENT, Z, self.dtype)
+            proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
+            z = sample_categorical(proposal, u, 1.0)  # (B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
-            log_px = -F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
-            log_qz = log_q.gather(-1, z[..., None]).sum((-1, -2, -3))  # (B,)
-            bounds.append(log_px - log_qz - T * Z * math.log(K))  # log p(x|z) + log p(z) - log q(z|x)
+            log_px = -F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")[:, C:].sum(-1)  # (B,)
+            zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
+            log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
+            bounds.append(log_px + log_ratio.sum((-1, -2, -3)))
         w = torch.stack(bounds)  # (S, B)
         return -(torch.logsumexp(w, 0) - math.log(samples))
 

@@ -173,3 +173,18 @@ def test_vssm_unprompted_latents_come_from_the_prior_and_prompt_changes_them():
 
 def test_every_family_is_registered():
     assert set(model.FAMILIES) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru"}
+
+
+def test_prompted_nll_is_the_conditional(family):
+    m = tiny_model(family)
+    x = prompt(B=3, C=12)
+    full, cont = m.nll(x), m.nll(x, prompt_len=5)
+    assert cont.shape == (3,) and torch.isfinite(cont).all() and (cont > 0).all()
+    if family != "vssm":  # exact chain rule for the autoregressive families
+        torch.testing.assert_close(cont + m.nll(x[:, :5]), full)
+    else:  # a bound on fewer tokens; more importance samples never loosen it on average
+        assert (
+            m.nll(x, prompt_len=5, samples=32, seed=1).mean() <= m.nll(x, prompt_len=5, samples=1, seed=1).mean() + 2.0
+        )
+    with pytest.raises(ValueError):
+        m.nll(x, prompt_len=12)

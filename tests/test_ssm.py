@@ -101,3 +101,17 @@ def test_network_parallel_equals_step_and_chunks(tokens):
     torch.testing.assert_close(torch.cat([ya, yb], 1), y, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(sb, s, rtol=1e-9, atol=1e-9)
     assert state0.shape == (2, 3, 8, 4) and not state0.abs().any()
+
+
+def test_inference_cache_is_bounded_and_drops_stale_weights():
+    layer = S4D(S4DConfig(width=4, state_size=3)).double()
+    layer._cache.max_bytes = 20_000
+    with torch.no_grad():
+        for T in (8, 16, 32, 64):
+            layer(torch.randn(1, 4, T, dtype=F64))
+        sizes = [sum(v.numel() * v.element_size() for v in e.values()) for e in layer._cache.entries.values()]
+        assert sum(sizes) <= 20_000 or len(sizes) == 1
+        assert 64 in layer._cache.entries  # the most recent length is kept
+        layer.D.add_(1.0)
+        layer(torch.randn(1, 4, 8, dtype=F64))
+        assert list(layer._cache.entries) == [8]  # entries of the old weights are gone

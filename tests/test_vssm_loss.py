@@ -88,11 +88,12 @@ def test_tiny_model_learns_a_toy_dataset_within_seconds():
     assert last < 0.5 * first, (first, last)
 
 
-def test_importance_weighted_bound_is_reproducible_and_tighter_on_average():
+def test_importance_weighted_bound_is_reproducible_and_never_looser_than_its_draws():
     m = tiny_model("vssm")
     x = torch.randint(0, 5, (6, 10))
     b1 = m.nll(x, samples=1, seed=3)
     assert torch.equal(b1, m.nll(x, samples=1, seed=3))
     b16 = m.nll(x, samples=16, seed=3)
-    mean1 = torch.stack([m.nll(x, samples=1, seed=s) for s in range(16)]).mean(0)
-    assert b16.mean() <= mean1.mean() + 1e-9  # Jensen: log-mean-exp >= mean of logs
+    singles = torch.stack([m.nll(x, samples=1, seed=3 + k) for k in range(16)])  # the same 16 draws
+    assert (b16 <= singles.mean(0) + 1e-9).all()  # Jensen: log-mean-exp >= mean of logs, per sequence
+    assert (b16 < singles.mean(0) - 1e-6).any()  # and strictly tighter somewhere

@@ -1,0 +1,96 @@
+"""``vssm train | eval | sample`` (also ``python -m model ...``); ``vssm serve`` lives in server/."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+
+__all__ = ["add_model_commands", "main"]
+
+
+def _add_dataclass_args(p: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field, typed and documented from the field's comment-free default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        p.add_argument(flag, type=base, default=f.default, help=f"(default: {f.default})")
+
+
+def add_model_commands(sub: argparse._SubParsersAction) -> None:
+    from .train import TrainConfig
+
+    p = sub.add_parser("train", help="train (or resume) a model; rerunning the same command resumes")
+    _add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="test-set NLL, prompted NLL and generation time, as JSON")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default=None, help="JSON path (default: print)")
+    p.add_argument("--samples", type=int, default=16, help="VSSM importance samples for the tighter bound")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test sequences")
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--seq-len", type=int, default=256, help="text window length")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("sample", help="PNG grids (images) or text samples from a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output PNG (images) or .txt (text) path prefix")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--n", type=int, default=16, help="samples per grid")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--prompt-rows", type=int, default=14, help="image rows given as the prompt")
+    p.add_argument("--prompt", default="ROMEO:\n", help="text prompt")
+    p.add_argument("--length", type=int, default=400, help="text bytes to generate")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_sample)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import TrainConfig, train
+
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    train(cfg)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .evaluate import evaluate_cli
+
+    evaluate_cli(args)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from .render import sample_cli
+
+    sample_cli(args)
+
+
+def build_parser(prog: str = "vssm") -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog=prog, description="Train, evaluate and sample VSSM models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_model_commands(sub)
+    return parser, sub
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, _ = build_parser("python -m model")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Size presets per dataset, with baselines matched to the VSSM's generation-time parameters.
+
+The fair comparison (issue: same budget, parameters within 10%) counts for the VSSM only the
+networks it runs at generation time: decoder + partial encoder.  Each baseline keeps its own
+depth and gets the width whose parameter count is closest to that target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .checkpoint import build_model
+
+__all__ = ["PRESETS", "matched_width", "preset_config"]
+
+# VSSM configs per (dataset, size); baselines are derived by matching.
+PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("mnist", "tiny"): dict(width=16, state_size=8, enc_layers=1, dec_layers=2, par_layers=1, n_latents=2, n_classes=8),
+    ("mnist", "small"): dict(
+        width=64, state_size=32, enc_layers=3, dec_layers=4, par_layers=3, n_latents=2, n_classes=32
+    ),
+    ("shakespeare", "tiny"): dict(
+        width=16, state_size=8, enc_layers=1, dec_layers=2, par_layers=1, n_latents=2, n_classes=8
+    ),
+    ("shakespeare", "small"): dict(
+        width=96, state_size=32, enc_layers=3, dec_layers=4, par_layers=3, n_latents=2, n_classes=32
+    ),
+}
+DATA_FIELDS = {
+    "mnist": dict(vocab_size=2, max_position=784),
+    "mnist8": dict(vocab_size=256, max_position=784),
+    "cifar10": dict(vocab_size=256, max_position=3072),
+    "shakespeare": dict(vocab_size=256, max_position=None),
+}
+# Depth of each baseline; width is matched.  (layers, width step)
+BASELINE_SHAPE = {"ar-ssm": (6, 4), "ar-gru": (2, 2), "ar-transformer": (3, 8)}
+
+
+def _count(family: str, config: dict[str, Any]) -> int:
+    return build_model(family, config).num_parameters(generation_only=True)
+
+
+def matched_width(family: str, fixed: dict[str, Any], target: int) -> dict[str, Any]:
+    """``fixed`` plus the ``width`` (on the family's grid) whose parameter count is closest to ``target``."""
+    _, step = BASELINE_SHAPE[family]
+    best = None
+    for width in range(step, 1025, step):
+        n = _count(family, {**fixed, "width": width})
+        if best is None or abs(n - target) < abs(best[1] - target):
+            best = (width, n)
+        if n > target:
+            break
+    assert best is not None
+    return {**fixed, "width": best[0]}
+
+
+def preset_config(dataset: str, family: str, size: str, seq_len: int | None = None) -> dict[str, Any]:
+    """The config dict of ``family`` at ``size`` for ``dataset``; text models need ``seq_len``."""
+    key = ("mnist" if dataset in ("mnist", "mnist8", "cifar10") else dataset, size)
+    if key not in PRESETS:
+        known = ", ".join(sorted({s for _, s in PRESETS}))
+        raise ValueError(f"no preset {size!r} for {dataset} (known sizes: {known})")
+    data = dict(DATA_FIELDS[dataset])
+    vssm = {**PRESETS[key], **data}
+    if family == "vssm":
+        return vssm
+    target = _count("vssm", vssm)
+    layers, _ = BASELINE_SHAPE[family]
+    fixed: dict[str, Any] = {**data, "layers": layers}
+    if family == "ar-ssm":
+        fixed["state_size"] = vssm["state_size"]
+    if family == "ar-transformer":
+        fixed["heads"] = 4
+        # a transformer needs a finite context: the data's length, or the training window for text
+        fixed["max_position"] = data["max_position"] or seq_len or 256
+    return matched_width(family, fixed, target)

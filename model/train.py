@@ -1,0 +1,327 @@
+"""Training loop for every family: budgets, schedules, validation, resumable state, DDP.
+
+Glossary of axis letters:
+    B  batch      T  sequence length
+
+Resuming: ``<out>/train.safetensors`` holds the weights, the Adam moments, the step, the
+wall-clock seconds spent so far and the data generator's state (tensors plus JSON metadata; no
+pickle).  A rerun of the same command continues where it stopped, and the budget counts the
+time of every run.  Data-parallel training runs under ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .autoregressive import ARModel
+from .base import SequenceModel
+from .checkpoint import build_model, save_checkpoint
+from .data import Dataset, batches, eval_sequences, load_dataset
+from .presets import preset_config
+from .vssm import VSSM
+
+__all__ = ["LossModule", "TrainConfig", "train"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist"  # mnist | mnist8 | shakespeare | cifar10
+    family: str = "vssm"  # vssm | ar-ssm | ar-transformer | ar-gru
+    size: str = "small"  # preset name (model/presets.py)
+    overrides: str = ""  # JSON object merged into the preset's model config, e.g. '{"n_latents": 4}'
+    out: str = "runs/mnist-vssm"  # run directory: train state, model checkpoint, metrics
+    data_dir: str | None = None  # dataset directory (default: $VSSM_DATA_DIR or ../shared/data)
+    batch_size: int = 32  # sequences per step (per process under DDP)
+    seq_len: int = 256  # training window for text (images use their full length)
+    lr: float = 3e-3  # peak learning rate (SSM dynamics use min(lr, ssm_lr))
+    ssm_lr: float = 1e-3  # learning rate cap for A, dt (no weight decay), as in S4
+    weight_decay: float = 0.01  # AdamW decay on weight matrices
+    warmup_steps: int = 200  # linear LR warm-up
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    max_steps: int = 0  # stop after this many steps (0: no step limit)
+    budget_minutes: float = 0.0  # stop after this much training wall-clock (0: no time limit)
+    kl_warmup_steps: int = 1000  # VSSM: KL weight ramps 0 -> 1 over these steps
+    free_bits: float = 0.0  # VSSM: nats per step below which the KL is not penalised
+    tau: float = 1.0  # VSSM: Gumbel-softmax temperature at the start
+    tau_min: float = 0.5  # VSSM: temperature at the end of the schedule
+    grad_clip: float = 1.0  # max gradient norm
+    val_every: int = 250  # steps between validations
+    val_sequences: int = 500  # validation sequences (a fixed prefix of the valid split)
+    ckpt_every: int = 250  # steps between resumable checkpoints
+    seed: int = 0  # weights and data order
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    limit: int | None = None  # keep only this many sequences / bytes per split (tests)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+class LossModule(nn.Module):
+    """Wraps a model so that ``forward`` returns the training loss (what DDP synchronises)."""
+
+    def __init__(self, model: SequenceModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, kl_weight: float, tau: float, free_bits: float) -> tuple[Tensor, dict[str, float]]:
+        if isinstance(self.model, VSSM):
+            t = self.model.loss(x, tau=tau, free_bits=free_bits)
+            terms = {
+                "rec": t.reconstruction.mean().item(),
+                "kl": t.kl.mean().item(),
+                "pkl": t.partial_kl.mean().item(),
+                "nelbo": t.nelbo.mean().item(),
+            }
+            return t.total(kl_weight), terms
+        assert isinstance(self.model, ARModel)
+        nll = self.model.loss(x)
+        return nll.mean(), {"nll": nll.mean().item()}
+
+
+def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    ssm, decay, no_decay = [], [], []
+    for name, p in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("log_dt", "A_log", "A_imag"):
+            ssm.append(p)
+        elif p.ndim >= 2 and leaf != "C" and "embed" not in name and ".pos." not in name:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    return [
+        {"params": ssm, "lr": min(cfg.lr, cfg.ssm_lr), "weight_decay": 0.0, "base_lr": min(cfg.lr, cfg.ssm_lr)},
+        {"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
+        {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0, "base_lr": cfg.lr},
+    ]
+
+
+def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+    """Fraction of the run done, by steps or by time, whichever is further along."""
+    fracs = []
+    if cfg.max_steps:
+        fracs.append(step / cfg.max_steps)
+    if cfg.budget_minutes:
+        fracs.append(elapsed / (60 * cfg.budget_minutes))
+    return min(1.0, max(fracs)) if fracs else 0.0
+
+
+def _finished(cfg: TrainConfig, step: int, elapsed: float, world: int) -> bool:
+    """Whether the budget is spent; under DDP rank 0's clock decides for everyone."""
+    flag = torch.tensor([1.0 if _progress(cfg, step, elapsed) >= 1.0 else 0.0])
+    if world > 1:
+        dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def _lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ----- resumable training state (safetensors, no pickle) --------------------------------------------
+def save_train_state(
+    path: Path, model: SequenceModel, opt: torch.optim.Optimizer, meta: dict[str, Any], gen: torch.Generator
+) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        for key, value in opt.state.get(p, {}).items():
+            if isinstance(value, Tensor):
+                tensors[f"opt.{i}.{key}"] = value.detach().contiguous().cpu()
+    tensors["rng.data"] = gen.get_state()
+    info = {
+        "meta": json.dumps(meta),
+        "family": model.family,
+        "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=info)
+    tmp.replace(path)
+
+
+def load_train_state(
+    path: Path, model: SequenceModel, opt: torch.optim.Optimizer, gen: torch.Generator
+) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        if meta.get("family") != model.family or json.loads(meta["config"]) != dataclasses.asdict(model.config):
+            raise ValueError(f"{path} holds a different model; use another --out or delete it")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, i, key = name.split(".", 2)
+            p = params[int(i)]
+            opt.state[p][key] = value.to(p.device) if key != "step" else value
+    gen.set_state(tensors["rng.data"])
+    return json.loads(meta["meta"])
+
+
+# ----- validation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def validate(model: SequenceModel, seqs: Tensor, batch_size: int) -> dict[str, float]:
+    model.eval()
+    totals: dict[str, float] = {}
+    for i in range(0, len(seqs), batch_size):
+        x = seqs[i : i + batch_size].to(model.device)
+        if isinstance(model, VSSM):
+            t = model.loss(x, prompt_lengths=torch.zeros(len(x), dtype=torch.long, device=x.device))
+            parts = {"nll": t.nelbo, "kl": t.kl, "rec": t.reconstruction, "pkl_c0": t.partial_kl}
+        else:
+            parts = {"nll": model.nll(x)}
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v.sum())
+    model.train()
+    out = {k: v / len(seqs) for k, v in totals.items()}
+    out["nll_per_token"] = out["nll"] / seqs.shape[1]
+    return out
+
+
+# ----- the loop -----------------------------------------------------------------------------------
+def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
+    """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
+    if not cfg.max_steps and not cfg.budget_minutes:
+        raise ValueError("give a budget: --max-steps and/or --budget-minutes")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
+    if world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    main = rank == 0
+    out = Path(cfg.out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit)
+    seq_len = ds.max_position or cfg.seq_len
+    torch.manual_seed(cfg.seed)
+    model_cfg = {**preset_config(cfg.dataset, cfg.family, cfg.size, cfg.seq_len), **json.loads(cfg.overrides or "{}")}
+    model = build_model(cfg.family, model_cfg).to(device)
+    model.train()
+    opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
+    gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)
+    state_path = out / "train.safetensors"
+    meta: dict[str, Any] = {"step": 0, "elapsed": 0.0, "best_val": None, "config": dataclasses.asdict(cfg)}
+    if state_path.exists():
+        meta = {**meta, **load_train_state(state_path, model, opt, gen)}
+        if main:
+            log.info("resuming %s at step %d (%.1f min spent)", state_path, meta["step"], meta["elapsed"] / 60)
+    wrapped: nn.Module = LossModule(model)
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device] if device.type == "cuda" else None)
+    val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]
+    metrics_file = out / "metrics.jsonl"
+    ckpt_path = out / "model.safetensors"
+
+    step, elapsed = int(meta["step"]), float(meta["elapsed"])
+    bar = tqdm(
+        total=cfg.max_steps or None,
+        initial=step,
+        disable=not main,
+        dynamic_ncols=True,
+        desc=f"{cfg.family}:{cfg.dataset}",
+    )
+    t_last = time.perf_counter()
+    tokens_seen = 0
+    done = _finished(cfg, step, elapsed, world)
+    while not done:
+        progress = _progress(cfg, step, elapsed)
+        factor = _lr_factor(cfg, step, progress)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+        kl_weight = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
+        tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
+        x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
+        loss, terms = wrapped(x, kl_weight, tau, cfg.free_bits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+        opt.step()
+        step += 1
+        now = time.perf_counter()
+        elapsed += now - t_last
+        tokens_seen += x.numel()
+        t_last = now
+        if main:
+            bar.update(1)
+            bar.set_postfix(
+                {
+                    **{k: f"{v:.1f}" for k, v in terms.items()},
+                    "tok/s": f"{tokens_seen / max(elapsed, 1e-9):.0f}" if step > 1 else "-",
+                    "min": f"{elapsed / 60:.1f}",
+                },
+                refresh=False,
+            )
+        done = _finished(cfg, step, elapsed, world)  # the final step is always validated and saved
+        do_val = step % cfg.val_every == 0 or done
+        do_ckpt = step % cfg.ckpt_every == 0 or done
+        if main and (do_val or do_ckpt):
+            record = {
+                "step": step,
+                "elapsed_s": round(elapsed, 1),
+                "lr": opt.param_groups[1]["lr"],
+                "kl_weight": kl_weight,
+                "tau": tau,
+                "grad_norm": gnorm,
+                **{f"train_{k}": v for k, v in terms.items()},
+            }
+            if do_val:
+                val = validate(model, val_seqs, max(cfg.batch_size, 64))
+                record.update({f"val_{k}": v for k, v in val.items()})
+                log.info("step %d val %s", step, json.dumps({k: round(v, 3) for k, v in val.items()}))
+                if meta["best_val"] is None or val["nll"] < meta["best_val"]:
+                    meta["best_val"] = val["nll"]
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            meta.update(step=step, elapsed=elapsed)
+            save_train_state(state_path, model, opt, meta, gen)
+            save_checkpoint(model, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed))
+        if world > 1 and (do_val or do_ckpt):
+            dist.barrier()
+            t_last = time.perf_counter()  # a rank's wait for rank 0 is not training time
+        elif do_val or do_ckpt:
+            t_last = time.perf_counter()  # validation and saving are not training time
+    bar.close()
+    if main:
+        log.info("done: %d steps in %.1f min -> %s", step, elapsed / 60, ckpt_path)
+    if world > 1:
+        # replicas must end identical; the log line lets anyone check (the DDP test does)
+        log.info("rank %d of %d finished at step %d, weights %s", rank, world, step, model.fingerprint)
+        dist.barrier()
+        dist.destroy_process_group()
+    return ckpt_path
+
+
+def _ckpt_meta(cfg: TrainConfig, step: int, elapsed: float) -> dict[str, str]:
+    return {
+        "dataset": cfg.dataset,
+        "train_steps": str(step),
+        "train_seconds": f"{elapsed:.1f}",
+        "train_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+    }

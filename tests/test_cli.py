@@ -1,0 +1,187 @@
+"""`python -m model train | eval | sample` end to end on tiny slices of the real data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from model import load_checkpoint
+from model.evaluate import EVAL_SCHEMA_KEYS
+from model.train import TrainConfig
+from tests.test_data import DATA, needs_data
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = needs_data
+
+
+def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VSSM_DATA_DIR": str(DATA), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def train(out: Path, family: str, dataset: str = "mnist", steps: int = 3, *extra: str) -> subprocess.CompletedProcess:
+    return run(
+        "-m",
+        "model",
+        "train",
+        "--dataset",
+        dataset,
+        "--family",
+        family,
+        "--size",
+        "tiny",
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--limit",
+        "200",
+        "--val-every",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--val-sequences",
+        "8",
+        "--threads",
+        "1",
+        *extra,
+    )
+
+
+@pytest.mark.parametrize("family", ["vssm", "ar-ssm", "ar-transformer", "ar-gru"])
+def test_train_each_family_and_resume(tmp_path, family):
+    out = tmp_path / family
+    proc = train(out, family)
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.family == family and model.max_position == 784
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 3] or [r["step"] for r in lines] == [2]
+    assert "val_nll" in lines[0] and lines[0]["val_nll"] > 0
+    if family == "vssm":
+        assert {"train_rec", "train_kl", "train_pkl"} <= set(lines[0])
+        assert "kl=" in proc.stderr and "pkl=" in proc.stderr  # the progress bar shows the terms
+    proc = train(out, family, "mnist", 5)
+    assert "resuming" in proc.stderr and "at step 3" in proc.stderr
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 5 and 4 in steps
+
+
+def test_text_training_and_text_samples(tmp_path):
+    out = tmp_path / "text"
+    train(out, "vssm", "shakespeare", 2)
+    model = load_checkpoint(out / "model.safetensors")
+    assert model.vocab_size == 256 and model.max_position is None
+    run(
+        "-m",
+        "model",
+        "sample",
+        str(out / "model.safetensors"),
+        "--out",
+        str(tmp_path / "s"),
+        "--length",
+        "20",
+        "--n",
+        "2",
+        "--prompt",
+        "ROMEO:",
+    )
+    text = (tmp_path / "s.txt").read_text()
+    assert text.startswith("ROMEO:") and "---" in text
+
+
+def test_eval_json_schema_and_sample_pngs(tmp_path):
+    out = tmp_path / "v"
+    train(out, "vssm", "mnist", 2)
+    ckpt = out / "model.safetensors"
+    run(
+        "-m",
+        "model",
+        "eval",
+        str(ckpt),
+        "--limit",
+        "6",
+        "--samples",
+        "2",
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "eval.json"),
+    )
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert set(EVAL_SCHEMA_KEYS) <= set(result)
+    assert result["test"] == {"sequences": 6, "tokens_per_sequence": 784}
+    nll = result["nll"]
+    assert nll["bound"] == "iw" and nll["samples"] == 2 and nll["nats_per_sequence"] > 0
+    assert nll["kl_nats_per_sequence"] >= 0 and nll["elbo"]["nats_per_sequence"] > 0
+    assert set(result["prompted_nll"]) == {"0.25", "0.5", "0.75"}
+    assert result["prompted_nll"]["0.5"]["prompt_tokens"] == 392
+    assert result["generation_seconds"]["batch_1"] > 0
+    assert result["parameters"]["generation"] < result["parameters"]["total"]
+
+    run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
+    for name in ("grid-unconditional.png", "grid-prompted.png"):
+        with Image.open(tmp_path / name) as img:
+            img.load()
+            assert img.size[0] > 28 and img.mode == "RGB"
+
+
+def test_two_process_data_parallel_training(tmp_path):
+    out = tmp_path / "ddp"
+    proc = run(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "model",
+        "train",
+        "--dataset",
+        "mnist",
+        "--family",
+        "ar-ssm",
+        "--size",
+        "tiny",
+        "--out",
+        str(out),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--limit",
+        "200",
+        "--val-every",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--val-sequences",
+        "8",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        timeout=300,
+    )
+    ranks = dict(re.findall(r"rank (\d) of 2 finished at step 3, weights ([0-9a-f]+)", proc.stderr))
+    assert set(ranks) == {"0", "1"}, proc.stderr[-2000:]
+    assert ranks["0"] == ranks["1"]  # gradients were averaged: both replicas hold the same weights
+    assert load_checkpoint(out / "model.safetensors").fingerprint == ranks["0"]
+
+
+def test_train_config_fields_all_have_cli_flags():
+    proc = run("-m", "model", "train", "--help")
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in proc.stdout
