@@ -1,0 +1,160 @@
+"""Dynamic batching: concurrent requests for one model run as one batch, off the event loop.
+
+Jobs wait up to ``window`` for company, are grouped by what can share one model call (operation,
+token count, resumability), and run in a single worker thread per replica, so torch never blocks
+the event loop and calls never contend for the cores.  Rows may sit at different positions with
+different seeds and temperatures: randomness is keyed by (seed, absolute position), so each row
+gets exactly the tokens it would get alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from model import GenState
+
+from .metrics import Metrics
+from .registry import ServedModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Batcher"]
+
+
+@dataclass
+class _Job:
+    op: str  # "generate" | "append"
+    state: GenState  # this job's rows
+    n: int  # tokens to generate or append
+    tokens: torch.Tensor | None  # (rows, n) observed tokens for "append"
+    temperature: float
+    resumable: bool
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def key(self) -> tuple:
+        return (self.op, self.n, self.resumable)
+
+
+class Batcher:
+    def __init__(
+        self,
+        served: ServedModel,
+        metrics: Metrics,
+        executor: ThreadPoolExecutor,
+        window_ms: float = 2.0,
+        max_batch: int = 64,
+        enabled: bool = True,
+    ) -> None:
+        self.served = served
+        self.metrics = metrics
+        self.executor = executor
+        self.window = window_ms / 1000
+        self.max_batch = max_batch if enabled else 1
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher:{self.served.id}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    # ----- what request handlers call -----------------------------------------------------------------
+    async def begin(self, prompt: list[int], seeds: list[int]) -> GenState:
+        """State after the prompt, one row per seed (the same prompt in every row)."""
+        m = self.served.model
+        empty = torch.zeros(len(seeds), 0, dtype=torch.long)
+        state = await asyncio.get_running_loop().run_in_executor(self.executor, m.start, empty, seeds)
+        if not prompt:
+            return state
+        tokens = torch.tensor([prompt] * len(seeds), dtype=torch.long)
+        return await self.append(state, tokens)
+
+    async def generate(
+        self, state: GenState, n: int, temperature: float, resumable: bool = True
+    ) -> tuple[torch.Tensor, GenState | None]:
+        return await self._submit(_Job("generate", state, n, None, temperature, resumable, self._future()))
+
+    async def append(self, state: GenState, tokens: torch.Tensor) -> GenState:
+        _, nxt = await self._submit(_Job("append", state, tokens.shape[1], tokens, 1.0, True, self._future()))
+        assert nxt is not None
+        return nxt
+
+    # ----- the loop ---------------------------------------------------------------------------------
+    @staticmethod
+    def _future() -> asyncio.Future:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | None]:
+        await self.queue.put(job)
+        self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
+        return await job.future
+
+    async def _loop(self) -> None:
+        while True:
+            first = await self.queue.get()
+            jobs = [first]
+            rows = first.state.batch_size
+            deadline = time.perf_counter() + self.window
+            while rows < self.max_batch:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                jobs.append(job)
+                rows += job.state.batch_size
+            self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
+            groups: dict[tuple, list[_Job]] = defaultdict(list)
+            for job in jobs:
+                if not job.future.cancelled():
+                    groups[job.key].append(job)
+            for group in groups.values():
+                await self._run(group)
+
+    async def _run(self, group: list[_Job]) -> None:
+        self.metrics.batch_rows.labels(self.served.id).observe(sum(j.state.batch_size for j in group))
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._compute, group)
+        except Exception as exc:  # delivered to every waiting request, which maps it to a response
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, result in zip(group, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(result)
+
+    def _compute(self, group: list[_Job]) -> list[tuple[torch.Tensor, GenState | None]]:
+        """One model call for the whole group (worker thread)."""
+        m = self.served.model
+        state = group[0].state if len(group) == 1 else GenState.cat([j.state for j in group])
+        first = group[0]
+        if first.op == "append":
+            tokens = torch.cat([j.tokens for j in group if j.tokens is not None]).to(m.device)
+            out, nxt = tokens, m.append(state, tokens)
+        else:
+            temps = torch.tensor(
+                [j.temperature for j in group for _ in range(j.state.batch_size)], dtype=m.dtype, device=m.device
+            )
+            out, nxt = m.generate(state, first.n, temperature=temps, resumable=first.resumable)
+            self.metrics.tokens_generated.labels(self.served.id).inc(out.numel())
+        results = []
+        start = 0
+        for job in group:
+            rows = slice(start, start + job.state.batch_size)
+            start += job.state.batch_size
+            results.append((out[rows].cpu(), None if nxt is None else nxt.rows(rows)))
+        return results

@@ -1,0 +1,65 @@
+"""The ``vssm`` command: ``serve`` here, ``train | eval | sample`` from the model package."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from model.cli import build_parser
+
+from .config import Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, sub = build_parser("vssm")
+    p = sub.add_parser("serve", help="serve every checkpoint of a directory over HTTP")
+    p.add_argument("--host", help="interface to bind (VSSM_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (VSSM_PORT, default 8000)")
+    p.add_argument("--checkpoints", help="checkpoint directory (VSSM_CHECKPOINTS, default: bundled checkpoints/)")
+    p.add_argument(
+        "--redis-url", help="redis://, rediss:// or redis+cluster:// URL (VSSM_REDIS_URL); none: in-process store"
+    )
+    p.add_argument("--device", help="auto | cpu | cuda (VSSM_DEVICE)")
+    p.add_argument("--api-keys", help="comma-separated Bearer keys (VSSM_API_KEYS)")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (they share the store)")
+    p.set_defaults(func=_serve)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args.func(args)
+    return 0
+
+
+def _serve(args) -> None:
+    import os
+
+    import uvicorn
+
+    overrides = {
+        k: getattr(args, k)
+        for k in ("host", "port", "checkpoints", "redis_url", "device", "api_keys")
+        if getattr(args, k) is not None
+    }
+    settings = Settings(**overrides)
+    if args.workers > 1:  # worker processes rebuild the app from the environment
+        for k, v in settings.model_dump().items():
+            if v is not None:
+                os.environ[f"VSSM_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
+        uvicorn.run(
+            "server.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+        )
+        return
+    from .app import create_app
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Per-app context and the dependencies routes declare (``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Request
+
+from .batcher import Batcher
+from .config import Settings
+from .errors import APIError, unavailable
+from .metrics import Metrics
+from .registry import Registry
+from .store import SessionStore, StoreUnavailable
+
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    metrics: Metrics
+    store: SessionStore
+    executor: ThreadPoolExecutor
+    registry: Registry | None = None  # None while loading
+    batchers: dict[str, Batcher] = field(default_factory=dict)
+    in_flight: int = 0
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        """Hold one of ``max_in_flight`` slots for model work, or refuse with 429."""
+        if self.in_flight >= self.settings.max_in_flight:
+            raise APIError(
+                429,
+                "overloaded",
+                f"over the admission limit of {self.settings.max_in_flight} requests in flight; retry later",
+                retry_after=1,
+            )
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+    async def store_call(self, op: str, call: Awaitable[T]) -> T:
+        """A store call, timed, with failures mapped to 503 ``store_unavailable``."""
+        t0 = time.perf_counter()
+        try:
+            return await call
+        except StoreUnavailable as exc:
+            self.metrics.store_errors.labels(op).inc()
+            raise unavailable("store_unavailable", str(exc)) from exc
+        finally:
+            self.metrics.store_latency.labels(op).observe(time.perf_counter() - t0)
+
+    def batcher(self, model_id: str) -> Batcher:
+        return self.batchers[model_id]
+
+
+def get_context(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+ContextDep = Annotated[Context, Depends(get_context)]
+
+
+def get_registry(ctx: ContextDep) -> Registry:
+    if ctx.registry is None:
+        raise unavailable("not_ready", "models are still loading")
+    return ctx.registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def owner_of(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def get_owner(request: Request, ctx: ContextDep) -> str:
+    """The caller's identity: a hash of its API key, or "" when the server has no keys."""
+    keys = ctx.settings.api_keys
+    if not keys:
+        return ""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+        raise APIError(401, "invalid_api_key", "missing or invalid API key (Authorization: Bearer <key>)")
+    return owner_of(token.strip())
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -1,0 +1,87 @@
+"""The one error envelope: ``{"error": {"message", "type", "code", "param"}}`` for every failure."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+}
+
+
+class APIError(Exception):
+    """An error with its HTTP status, machine-readable code and, optionally, the field at fault."""
+
+    def __init__(
+        self, status: int, code: str, message: str, param: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.param, self.retry_after = status, code, message, param, retry_after
+
+    def body(self) -> dict:
+        return envelope(self.status, self.code, self.message, self.param)
+
+
+def envelope(status: int, code: str | None, message: str, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": TYPES.get(status, "internal_error"), "code": code, "param": param}}
+
+
+def bad_request(code: str, message: str, param: str | None = None) -> APIError:
+    return APIError(400, code, message, param)
+
+
+def not_found(code: str, message: str) -> APIError:
+    return APIError(404, code, message)
+
+
+def conflict(code: str, message: str) -> APIError:
+    return APIError(409, code, message)
+
+
+def unavailable(code: str, message: str, retry_after: float = 1.0) -> APIError:
+    return APIError(503, code, message, retry_after=retry_after)
+
+
+def response(err: APIError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after is not None else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        msg = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        if first.get("type") == "json_invalid":
+            param, msg = None, "request body is not valid JSON"
+        return response(bad_request("invalid_field", msg, param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(envelope(exc.status_code, code, str(exc.detail)), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(envelope(500, "internal_error", "internal server error"), status_code=500)

@@ -1,0 +1,85 @@
+"""``POST /v1/completions``: one-shot generation, OpenAI-compatible (streaming included)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+
+from ..deps import Context, ContextDep, OwnerDep, RegistryDep
+from ..errors import bad_request
+from ..registry import ServedModel
+from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, Usage
+from ..sse import sse_response, with_keepalive
+
+router = APIRouter(prefix="/v1", tags=["completions"])
+
+DEFAULT_CHUNK = 64
+
+
+def check_tokens(ctx: Context, served: ServedModel, position: int, n: int) -> None:
+    if n > ctx.settings.max_tokens:
+        raise bad_request(
+            "max_tokens_exceeded",
+            f"max_tokens {n} is above this server's limit {ctx.settings.max_tokens}",
+            "max_tokens",
+        )
+    served.check_room(position, n)
+
+
+@router.post("/completions", response_model=None)
+async def create_completion(
+    body: CompletionCreate, request: Request, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
+):
+    served = registry.get(body.model)
+    prompt = served.encode(body.prompt)
+    if body.n > ctx.settings.max_n:
+        raise bad_request("n_exceeded", f"n {body.n} is above this server's limit {ctx.settings.max_n}", "n")
+    check_tokens(ctx, served, len(prompt), body.max_tokens)
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    seeds = [(seed + i) % (MAX_SEED + 1) for i in range(body.n)]
+    cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
+    batcher = ctx.batcher(served.id)
+
+    def completion(rows: list[list[int]], finished: bool, usage: Usage | None) -> Completion:
+        choices = [
+            CompletionChoice(index=i, text=served.decode(r), tokens=r, finish_reason="length" if finished else None)
+            for i, r in enumerate(rows)
+        ]
+        return Completion(id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed)
+
+    usage = Usage(
+        prompt_tokens=len(prompt),
+        completion_tokens=body.n * body.max_tokens,
+        total_tokens=len(prompt) + body.n * body.max_tokens,
+    )
+    if not body.stream:
+        async with ctx.admit():
+            state = await batcher.begin(prompt, seeds)
+            tokens, _ = await batcher.generate(state, body.max_tokens, body.temperature, resumable=False)
+        return completion(tokens.tolist(), True, usage)
+
+    chunk = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
+    slot = ctx.admit()
+    await slot.__aenter__()  # refuse with 429 before the stream starts; released when it ends
+    t0 = time.perf_counter()
+
+    async def chunks() -> AsyncIterator[Completion]:
+        try:
+            state = await batcher.begin(prompt, seeds)
+            done = 0
+            while done < body.max_tokens:
+                n = min(chunk, body.max_tokens - done)
+                last = done + n == body.max_tokens
+                tokens, state = await batcher.generate(state, n, body.temperature, resumable=not last)
+                done += n
+                yield completion(tokens.tolist(), last, usage if last else None)
+        finally:
+            await slot.__aexit__(None, None, None)
+
+    def first() -> None:
+        ctx.metrics.first_chunk.labels("/v1/completions").observe(time.perf_counter() - t0)
+
+    return sse_response(with_keepalive(chunks(), ctx.settings.keepalive_seconds, first))

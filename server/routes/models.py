@@ -1,0 +1,35 @@
+"""``/v1/models`` in the OpenAI list shape, with our fields beside."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..deps import OwnerDep, RegistryDep
+from ..registry import ServedModel
+from ..schemas import ModelCard, ModelList
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+def card(s: ServedModel) -> ModelCard:
+    return ModelCard(
+        id=s.id,
+        created=s.created,
+        family=s.model.family,
+        vocab_size=s.model.vocab_size,
+        max_position=s.model.max_position,
+        text=s.text,
+        state_bytes=s.state_bytes,
+        fingerprint=s.model.fingerprint,
+        parameters=s.model.num_parameters(generation_only=True),
+    )
+
+
+@router.get("/models")
+async def list_models(registry: RegistryDep, owner: OwnerDep) -> ModelList:
+    return ModelList(data=[card(s) for s in registry.models.values()])
+
+
+@router.get("/models/{model_id}")
+async def get_model(model_id: str, registry: RegistryDep, owner: OwnerDep) -> ModelCard:
+    return card(registry.get(model_id))

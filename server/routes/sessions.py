@@ -1,0 +1,295 @@
+"""``/v1/sessions``: resumable generation over states kept in the store.
+
+Every write after creation is a compare-and-set on the record's version: a request reads the
+record, computes, and commits only if nobody committed in between (else 409 ``session_busy``).
+``expected_position`` makes retries safe: a retry of a generate call whose response was lost is
+answered from the record's ``last_op`` instead of generating twice.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import torch
+from fastapi import APIRouter, Response, status
+
+from model import GenState, StateError
+
+from ..deps import Context, ContextDep, OwnerDep, RegistryDep
+from ..errors import APIError, bad_request, conflict, not_found
+from ..registry import Registry, ServedModel
+from ..schemas import (
+    Chunk,
+    Session,
+    SessionAppend,
+    SessionCreate,
+    SessionDeleted,
+    SessionFork,
+    SessionGenerate,
+)
+from ..sse import sse_response, with_keepalive
+from ..store import SessionRecord
+from .completions import DEFAULT_CHUNK, check_tokens
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+def new_id() -> str:
+    return "sess_" + secrets.token_hex(16)  # 128 random bits
+
+
+def public(rec: SessionRecord, chunk: Chunk | None = None) -> Session:
+    return Session(
+        id=rec.id,
+        model=rec.model,
+        position=rec.position,
+        seed=rec.seed,
+        created_at=rec.created_at,
+        expires_at=rec.expires_at,
+        ttl_seconds=rec.ttl_seconds,
+        state_bytes=len(rec.state),
+        fingerprint=rec.fingerprint,
+        chunk=chunk,
+    )
+
+
+def _ttl(ctx: Context, ttl: int | None) -> int:
+    ttl = ttl or ctx.settings.session_ttl_seconds
+    if ttl > ctx.settings.max_ttl_seconds:
+        raise bad_request(
+            "ttl_exceeded",
+            f"ttl_seconds {ttl} is above this server's limit {ctx.settings.max_ttl_seconds}",
+            "ttl_seconds",
+        )
+    return ttl
+
+
+async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
+    rec = await ctx.store_call("get", ctx.store.get(sid))
+    if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
+        ctx.metrics.sessions.labels("expired").inc()
+        raise not_found("session_not_found", f"session {sid} does not exist or has expired")
+    return rec
+
+
+def _state(rec: SessionRecord, served: ServedModel) -> GenState:
+    try:
+        state = GenState.from_bytes(rec.state, device=served.model.device)
+        served.model.check_state(state)
+    except StateError as exc:
+        raise APIError(409, "state_incompatible", f"session {rec.id}: {exc}") from exc
+    return state
+
+
+def _resolve(registry: Registry, rec: SessionRecord) -> ServedModel:
+    return registry.for_session(rec.model, rec.fingerprint)
+
+
+async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> SessionRecord:
+    ctx.metrics.state_bytes.observe(len(rec.state))
+    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
+    if done is None:
+        if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
+            raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
+        raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
+    return done
+
+
+def _check_position(rec: SessionRecord, expected: int | None) -> None:
+    if expected is not None and rec.position != expected:
+        raise conflict(
+            "position_mismatch", f"session {rec.id} is at position {rec.position}, not the expected {expected}"
+        )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_session(body: SessionCreate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
+    served = registry.get(body.model)
+    prompt = served.encode(body.prompt)
+    served.check_room(len(prompt), 0, "prompt")
+    if body.max_tokens:
+        check_tokens(ctx, served, len(prompt), body.max_tokens)
+    ttl = _ttl(ctx, body.ttl_seconds)
+    seed = body.seed if body.seed is not None else secrets.randbits(63)
+    batcher = ctx.batcher(served.id)
+    chunk = None
+    async with ctx.admit():
+        state = await batcher.begin(prompt, [seed])
+        if body.max_tokens:
+            tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
+            assert state is not None
+            out = tokens[0].tolist()
+            pos = len(prompt) + len(out)
+            chunk = (len(prompt), pos, out)
+    rec = SessionRecord(
+        id=new_id(),
+        model=served.id,
+        fingerprint=served.model.fingerprint,
+        position=int(state.position[0]),
+        seed=seed,
+        owner=owner,
+        created_at=time.time(),
+        ttl_seconds=ttl,
+        state=state.to_bytes(),
+    )
+    ctx.metrics.state_bytes.observe(len(rec.state))
+    rec = await ctx.store_call("create", ctx.store.create(rec))
+    ctx.metrics.sessions.labels("created").inc()
+    c = None
+    if chunk is not None:
+        c = Chunk(
+            session_id=rec.id,
+            start_position=chunk[0],
+            position=chunk[1],
+            tokens=chunk[2],
+            text=served.decode(chunk[2]),
+            finish_reason="length",
+        )
+    return public(rec, c)
+
+
+@router.get("/{sid}")
+async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> Session:
+    return public(await _load(ctx, sid, owner))
+
+
+@router.delete("/{sid}")
+async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionDeleted:
+    await _load(ctx, sid, owner)
+    if not await ctx.store_call("delete", ctx.store.delete(sid)):
+        raise not_found("session_not_found", f"session {sid} does not exist or has expired")
+    ctx.metrics.sessions.labels("deleted").inc()
+    return SessionDeleted(id=sid)
+
+
+@router.post("/{sid}/fork", status_code=status.HTTP_201_CREATED)
+async def fork_session(sid: str, ctx: ContextDep, owner: OwnerDep, body: SessionFork | None = None) -> Session:
+    rec = await _load(ctx, sid, owner)
+    ttl = _ttl(ctx, body.ttl_seconds if body else None) if body and body.ttl_seconds else rec.ttl_seconds
+    child = replace(rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None)
+    child = await ctx.store_call("create", ctx.store.create(child))
+    ctx.metrics.sessions.labels("forked").inc()
+    return public(child)
+
+
+@router.post("/{sid}/append")
+async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
+    rec = await _load(ctx, sid, owner)
+    served = _resolve(registry, rec)
+    tokens = served.encode(body.prompt)
+    last = rec.last_op or {}
+    if (
+        body.expected_position is not None
+        and rec.position != body.expected_position
+        and last.get("op") == "append"
+        and last.get("start") == body.expected_position
+        and last.get("tokens") == tokens
+        and rec.position == body.expected_position + len(tokens)
+    ):
+        return public(rec)  # the retry of an append that already committed
+    _check_position(rec, body.expected_position)
+    served.check_room(rec.position, len(tokens), "prompt")
+    if not tokens:
+        return public(rec)
+    state = _state(rec, served)
+    async with ctx.admit():
+        state = await ctx.batcher(served.id).append(state, torch.tensor([tokens], dtype=torch.long))
+    new = replace(
+        rec,
+        state=state.to_bytes(),
+        position=int(state.position[0]),
+        last_op={"op": "append", "start": rec.position, "tokens": tokens},
+    )
+    ctx.metrics.sessions.labels("resumed").inc()
+    return public(await _commit(ctx, new, rec.version))
+
+
+@router.post("/{sid}/generate", response_model=None)
+async def generate(
+    sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
+) -> Chunk | Response:
+    rec = await _load(ctx, sid, owner)
+    served = _resolve(registry, rec)
+    last = rec.last_op or {}
+    replay = (
+        body.expected_position is not None
+        and rec.position != body.expected_position
+        and last.get("op") == "generate"
+        and last.get("start") == body.expected_position
+        and last.get("max_tokens") == body.max_tokens
+        and len(last.get("tokens", [])) == body.max_tokens
+        and rec.position == body.expected_position + body.max_tokens
+    )
+    if replay:
+        tokens = last["tokens"]
+        chunk = Chunk(
+            session_id=sid,
+            start_position=last["start"],
+            position=rec.position,
+            tokens=tokens,
+            text=served.decode(tokens),
+            finish_reason="length",
+            replayed=True,
+        )
+        if not body.stream:
+            return chunk
+
+        async def replayed() -> AsyncIterator[Chunk]:
+            yield chunk
+
+        return sse_response(with_keepalive(replayed(), ctx.settings.keepalive_seconds))
+    _check_position(rec, body.expected_position)
+    check_tokens(ctx, served, rec.position, body.max_tokens)
+    state = _state(rec, served)
+    ctx.metrics.sessions.labels("resumed").inc()
+    batcher = ctx.batcher(served.id)
+    start = rec.position
+
+    async def chunks(size: int) -> AsyncIterator[Chunk]:
+        nonlocal rec, state
+        done: list[int] = []
+        while len(done) < body.max_tokens:
+            n = min(size, body.max_tokens - len(done))
+            tokens, nxt = await batcher.generate(state, n, body.temperature)
+            assert nxt is not None
+            out = tokens[0].tolist()
+            done += out
+            new = replace(
+                rec,
+                state=nxt.to_bytes(),
+                position=int(nxt.position[0]),
+                last_op={"op": "generate", "start": start, "max_tokens": body.max_tokens, "tokens": done},
+            )
+            rec, state = await _commit(ctx, new, rec.version), nxt  # committed before it is sent
+            yield Chunk(
+                session_id=sid,
+                start_position=rec.position - n,
+                position=rec.position,
+                tokens=out,
+                text=served.decode(out),
+                finish_reason="length" if len(done) == body.max_tokens else None,
+            )
+
+    if not body.stream:
+        async with ctx.admit():
+            async for only in chunks(body.max_tokens):  # one chunk of max_tokens
+                return only
+
+    slot = ctx.admit()
+    await slot.__aenter__()
+    t0 = time.perf_counter()
+
+    async def streamed() -> AsyncIterator[Chunk]:
+        try:
+            async for c in chunks(min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)):
+                yield c
+        finally:
+            await slot.__aexit__(None, None, None)
+
+    def first() -> None:
+        ctx.metrics.first_chunk.labels("/v1/sessions/{sid}/generate").observe(time.perf_counter() - t0)
+
+    return sse_response(with_keepalive(streamed(), ctx.settings.keepalive_seconds, first))

@@ -1,0 +1,136 @@
+"""Request and response bodies (docs/api.md).  Limits live here as ``Field`` constraints."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+Prompt = (
+    Annotated[str, Field(max_length=1_000_000)]
+    | Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
+)
+Temperature = Annotated[float, Field(ge=0.0, le=5.0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----- models ---------------------------------------------------------------------------------------
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "vssm-serve"
+    family: str
+    vocab_size: int
+    max_position: int | None
+    text: bool
+    state_bytes: int
+    fingerprint: str
+    parameters: int
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ----- completions (OpenAI shape) ---------------------------------------------------------------------
+class CompletionCreate(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (top_p, user, ...)
+
+    model: str = Field(min_length=1, max_length=200)
+    prompt: Prompt = ""
+    max_tokens: Tokens = 16
+    temperature: Temperature = 1.0
+    n: int = Field(1, ge=1, le=1024)
+    seed: Seed | None = None
+    stream: bool = False
+    chunk_size: Tokens | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    tokens: list[int]
+    finish_reason: Literal["length"] | None
+    logprobs: None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    seed: int
+
+
+# ----- sessions -----------------------------------------------------------------------------------------
+class SessionCreate(_Request):
+    model: str = Field(min_length=1, max_length=200)
+    prompt: Prompt = ""
+    seed: Seed | None = None
+    ttl_seconds: int | None = Field(None, ge=1)
+    max_tokens: Tokens | None = None
+    temperature: Temperature = 1.0
+
+
+class SessionGenerate(_Request):
+    max_tokens: Tokens
+    temperature: Temperature = 1.0
+    expected_position: int | None = Field(None, ge=0)
+    stream: bool = False
+    chunk_size: Tokens | None = None
+
+
+class SessionAppend(_Request):
+    prompt: Prompt
+    expected_position: int | None = Field(None, ge=0)
+
+
+class SessionFork(_Request):
+    ttl_seconds: int | None = Field(None, ge=1)
+
+
+class Chunk(BaseModel):
+    object: Literal["session.chunk"] = "session.chunk"
+    session_id: str
+    start_position: int
+    position: int
+    tokens: list[int]
+    text: str
+    finish_reason: Literal["length"] | None
+    replayed: bool = False
+
+
+class Session(BaseModel):
+    id: str
+    object: Literal["session"] = "session"
+    model: str
+    position: int
+    seed: int
+    created_at: float
+    expires_at: float
+    ttl_seconds: int
+    state_bytes: int
+    fingerprint: str
+    chunk: Chunk | None = None
+
+
+class SessionDeleted(BaseModel):
+    id: str
+    object: Literal["session.deleted"] = "session.deleted"
+    deleted: bool = True

@@ -1,0 +1,76 @@
+"""Server-Sent Events: one ``data:`` event per chunk, keep-alive comments, in-band errors, ``[DONE]``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from .errors import APIError, envelope
+from .store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def event(data: BaseModel | dict | str) -> bytes:
+    if isinstance(data, BaseModel):
+        payload = data.model_dump_json()
+    elif isinstance(data, dict):
+        payload = json.dumps(data)
+    else:
+        payload = data
+    return f"data: {payload}\n\n".encode()
+
+
+def error_event(exc: BaseException) -> bytes:
+    if isinstance(exc, APIError):
+        return event(exc.body())
+    if isinstance(exc, StoreUnavailable):
+        return event(envelope(503, "store_unavailable", str(exc)))
+    log.exception("error inside a stream", exc_info=exc)
+    return event(envelope(500, "internal_error", "internal server error"))
+
+
+async def with_keepalive(
+    events: AsyncIterator[BaseModel], keepalive: float, on_first: Callable[[], None] | None = None
+) -> AsyncIterator[bytes]:
+    """Encode ``events``; a comment every ``keepalive`` seconds of silence; errors in band; then [DONE]."""
+    it = events.__aiter__()
+    first = True
+    try:
+        while True:
+            task = asyncio.ensure_future(it.__anext__())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({task}, timeout=keepalive)
+                    if done:
+                        break
+                    yield b": keep-alive\n\n"
+                item = task.result()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                yield error_event(exc)
+                return
+            finally:
+                if not task.done():  # the client went away while a chunk was being made
+                    task.cancel()
+            if first and on_first is not None:
+                on_first()
+            first = False
+            yield event(item)
+        yield b"data: [DONE]\n\n"
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:  # run the producer's own cleanup now, not at garbage collection
+            await aclose()
+
+
+def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )

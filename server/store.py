@@ -1,0 +1,219 @@
+"""Session stores: in-process (one machine) and Redis / Redis Cluster (any number of replicas).
+
+A session is one key: a hash of ``state`` (safetensors bytes), ``meta`` (JSON), ``version`` and
+``ttl_ms``.  Writes after creation go only through compare-and-set on ``version`` (a Lua script,
+atomic on the server), so two requests racing on one session can never both commit.  Reads
+refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
+reconnects by itself once Redis is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import urlparse, urlunparse
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SessionStore", "StoreUnavailable", "open_store"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached; the request may be retried later."""
+
+
+@dataclass
+class SessionRecord:
+    id: str  # "sess_" + 32 hex characters (128 random bits)
+    model: str  # model id the state belongs to
+    fingerprint: str  # weights hash of that model; a state is refused by any other weights
+    position: int  # tokens consumed so far
+    seed: int  # the session's seed
+    owner: str  # hash of the API key that created it ("" without authentication)
+    created_at: float  # unix time
+    ttl_seconds: int  # lifetime, refreshed on every use
+    state: bytes = field(repr=False, default=b"")  # GenState.to_bytes()
+    version: int = 0  # compare-and-set counter, +1 per committed write
+    last_op: dict[str, Any] | None = None  # the last committed step {"op", "start", ...}: replayed for a lost response
+    expires_at: float = 0.0  # unix time, as of the last read or write
+
+    def meta_json(self) -> str:
+        d = asdict(self)
+        for k in ("state", "version", "expires_at", "id"):
+            d.pop(k)
+        return json.dumps(d)
+
+    @classmethod
+    def from_parts(cls, sid: str, meta: str | bytes, state: bytes, version: int, ttl_ms: int | None) -> SessionRecord:
+        rec = cls(id=sid, state=state, version=version, **json.loads(meta))
+        rec.expires_at = time.time() + (ttl_ms / 1000 if ttl_ms is not None else rec.ttl_seconds)
+        return rec
+
+
+class SessionStore(Protocol):
+    kind: str
+
+    async def create(self, rec: SessionRecord) -> SessionRecord: ...
+    async def get(self, sid: str) -> SessionRecord | None: ...
+    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+        """Write ``rec`` if the stored version is ``expected_version``; None if it moved or vanished."""
+        ...
+
+    async def delete(self, sid: str) -> bool: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class MemoryStore:
+    """The embedded default: a dict in this process, with the same semantics as Redis."""
+
+    kind = "memory"
+
+    def __init__(self) -> None:
+        self._data: dict[str, tuple[SessionRecord, float]] = {}
+        self._lock = asyncio.Lock()
+
+    def _live(self, sid: str) -> SessionRecord | None:
+        hit = self._data.get(sid)
+        if hit is None:
+            return None
+        if hit[1] <= time.monotonic():
+            del self._data[sid]
+            return None
+        return hit[0]
+
+    def _put(self, rec: SessionRecord) -> SessionRecord:
+        rec = replace(rec, expires_at=time.time() + rec.ttl_seconds)
+        self._data[rec.id] = (rec, time.monotonic() + rec.ttl_seconds)
+        return rec
+
+    async def create(self, rec: SessionRecord) -> SessionRecord:
+        async with self._lock:
+            if self._live(rec.id) is not None:
+                raise KeyError(rec.id)
+            return self._put(replace(rec, version=1))
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        async with self._lock:
+            rec = self._live(sid)
+            return None if rec is None else self._put(rec)
+
+    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+        async with self._lock:
+            cur = self._live(rec.id)
+            if cur is None or cur.version != expected_version:
+                return None
+            return self._put(replace(rec, version=expected_version + 1))
+
+    async def delete(self, sid: str) -> bool:
+        async with self._lock:
+            return self._data.pop(sid, None) is not None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+_GET = """
+local r = redis.call('HMGET', KEYS[1], 'state', 'meta', 'version', 'ttl_ms')
+if not r[3] then return nil end
+redis.call('PEXPIRE', KEYS[1], r[4])
+return r
+"""
+_CAS = """
+local v = redis.call('HGET', KEYS[1], 'version')
+if not v then return -1 end
+if v ~= ARGV[1] then return -2 end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return nv
+"""
+
+
+class RedisStore:
+    """Sessions in Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``)."""
+
+    def __init__(self, url: str, timeout: float = 2.0, prefix: str = "vssm:session:") -> None:
+        parsed = urlparse(url)
+        self.prefix = prefix
+        opts = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=False)
+        if parsed.scheme in ("redis+cluster", "rediss+cluster"):
+            plain = urlunparse(parsed._replace(scheme=parsed.scheme.replace("+cluster", "")))
+            self.client: Any = RedisCluster.from_url(plain, **opts)
+            self.kind = "redis-cluster"
+        else:
+            self.client = aioredis.from_url(url, health_check_interval=10, **opts)
+            self.kind = "redis"
+        self._create = self.client.register_script(_CREATE)
+        self._get = self.client.register_script(_GET)
+        self._cas = self.client.register_script(_CAS)
+
+    def _key(self, sid: str) -> str:
+        # the hash tag keeps one session's key whole on one Cluster slot
+        return f"{self.prefix}{{{sid}}}"
+
+    async def _run(self, script: Any, sid: str, *args: Any) -> Any:
+        try:
+            return await script(keys=[self._key(sid)], args=list(args))
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"session store unreachable: {exc.__class__.__name__}: {exc}") from exc
+
+    async def create(self, rec: SessionRecord) -> SessionRecord:
+        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000)
+        if not ok:
+            raise KeyError(rec.id)
+        return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds)
+
+    async def get(self, sid: str) -> SessionRecord | None:
+        r = await self._run(self._get, sid)
+        if r is None:
+            return None
+        state, meta, version, ttl_ms = r
+        return SessionRecord.from_parts(sid, meta, state, int(version), int(ttl_ms))
+
+    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+        nv = await self._run(
+            self._cas, rec.id, str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000
+        )
+        if int(nv) < 0:
+            return None
+        return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds)
+
+    async def delete(self, sid: str) -> bool:
+        try:
+            return bool(await self.client.delete(self._key(sid)))
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        try:
+            await self.client.aclose()
+        except (RedisError, OSError):
+            log.debug("error while closing the Redis client", exc_info=True)
+
+
+def open_store(url: str | None, timeout: float = 2.0) -> SessionStore:
+    return MemoryStore() if not url else RedisStore(url, timeout=timeout)
