@@ -68,10 +68,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        param = ".".join(loc) or None
-        msg = f"{param}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
+        # a union field (prompt: str | list[int]) fails once per branch: the deepest error is the telling one
+        first = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = str(loc[0]) if loc else None  # the request field, as OpenAI reports it
+        where = "".join(f"[{p}]" if isinstance(p, int) else "" for p in loc[1:])
+        msg = f"{param}{where}: {first.get('msg', 'invalid')}" if param else str(first.get("msg", "invalid request"))
         if first.get("type") == "json_invalid":
             param, msg = None, "request body is not valid JSON"
         return response(bad_request("invalid_field", msg, param))
