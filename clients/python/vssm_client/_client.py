@@ -172,9 +172,7 @@ class AsyncClient(BaseClient):
         if http_client is not None and transport is not None:
             raise ValueError("pass http_client or transport, not both")
         self._owns_http = http_client is None
-        self._http = (
-            http_client if http_client is not None else httpx.AsyncClient(transport=transport, timeout=timeout)
-        )
+        self._http = http_client if http_client is not None else httpx.AsyncClient(transport=transport, timeout=timeout)
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._bind()
 

@@ -90,11 +90,11 @@ _NO_DONE = "stream ended before [DONE]"
 
 
 class Stream(Generic[T]):
-    """Items of one streamed response, opened on first use and closed at ``[DONE]`` or on error.
+    """Items of one streamed response, closed at ``[DONE]``, on error, or by ``close()``.
 
-    Iterate it (``for item in stream``) or use it as a context manager to close it early.  The request
-    is retried (per the client's policy) until the response starts; once it has, a broken stream raises
-    ``APIConnectionError`` and is never retried.
+    The request is sent on first iteration (so status errors surface there), and retried per the
+    client's policy until the response starts; once it has, a broken stream raises
+    ``APIConnectionError`` and is never retried.  Use ``with`` to close a stream left unfinished.
     """
 
     def __init__(

@@ -1,0 +1,553 @@
+"""Resources (``client.models``, ``client.completions``, ``client.sessions``) and ``Session`` handles.
+
+Session steps (generate, append) with an ``expected_position`` are safe to retry after a lost
+response: the server replays a generated chunk that was already committed, and an append that was
+already committed is recognised from the session's position.  Without ``expected_position`` they
+are retried only when the request provably never left (connect errors), and on 429/503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ._base import drop_none, parse, prompt_value
+from ._exceptions import ConflictError, SessionNotFoundError
+from ._models import Chunk, Completion, Model, ModelList, SessionDeleted, SessionInfo
+from ._streaming import AsyncStream, Stream
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient, Client
+
+__all__ = [
+    "AsyncCompletions",
+    "AsyncModels",
+    "AsyncSession",
+    "AsyncSessions",
+    "Completions",
+    "Models",
+    "Session",
+    "Sessions",
+]
+
+log = logging.getLogger("vssm_client")
+
+Prompt = str | Sequence[int]
+
+
+def _session_path(session_id: str, action: str = "") -> str:
+    return f"/v1/sessions/{quote(session_id, safe='')}" + (f"/{action}" if action else "")
+
+
+def _completion_body(
+    model: str,
+    prompt: Prompt | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    n: int | None,
+    seed: int | None,
+    stream: bool,
+    chunk_size: int | None,
+    extra_body: dict[str, Any] | None,
+) -> dict[str, Any]:
+    body = drop_none(
+        model=model,
+        prompt=prompt_value(prompt),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        n=n,
+        seed=seed,
+        stream=stream or None,
+        chunk_size=chunk_size,
+    )
+    return {**body, **(extra_body or {})}
+
+
+def _generate_body(
+    max_tokens: int, temperature: float | None, expected_position: int | None, stream: bool, chunk_size: int | None
+) -> dict[str, Any]:
+    return drop_none(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        expected_position=expected_position,
+        stream=stream or None,
+        chunk_size=chunk_size,
+    )
+
+
+def _prompt_length(prompt: Prompt) -> int:
+    """Tokens a prompt adds: text models are byte-level, so text counts its UTF-8 bytes."""
+    return len(prompt.encode("utf-8")) if isinstance(prompt, str) else len(prompt)
+
+
+def _append_was_committed(err: ConflictError, expected_position: int | None) -> bool:
+    """Whether a 409 may be our own earlier, lost, append: worth checking the session's position."""
+    return err._after_lost_response and err.code == "position_mismatch" and expected_position is not None
+
+
+# ----- models ------------------------------------------------------------------------------------------
+class Models:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def list(self) -> list[Model]:
+        """``GET /v1/models``: the loaded models."""
+        return parse(self._client._request("GET", "/v1/models"), ModelList).data
+
+    def get(self, model: str) -> Model:
+        """``GET /v1/models/{id}``."""
+        return parse(self._client._request("GET", f"/v1/models/{quote(model, safe='')}"), Model)
+
+
+class AsyncModels:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> list[Model]:
+        """``GET /v1/models``: the loaded models."""
+        return parse(await self._client._request("GET", "/v1/models"), ModelList).data
+
+    async def get(self, model: str) -> Model:
+        """``GET /v1/models/{id}``."""
+        return parse(await self._client._request("GET", f"/v1/models/{quote(model, safe='')}"), Model)
+
+
+# ----- completions -------------------------------------------------------------------------------------
+class Completions:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        n: int | None = None,
+        seed: int | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Completion:
+        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body)
+        return parse(self._client._request("POST", "/v1/completions", body=body), Completion)
+
+    def stream(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        n: int | None = None,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Stream[Completion]:
+        """Like ``create`` but yields one ``Completion`` per ``chunk_size`` tokens."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body)
+        return Stream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
+
+
+class AsyncCompletions:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        n: int | None = None,
+        seed: int | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> Completion:
+        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body)
+        return parse(await self._client._request("POST", "/v1/completions", body=body), Completion)
+
+    def stream(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        n: int | None = None,
+        seed: int | None = None,
+        chunk_size: int | None = None,
+        extra_body: dict[str, Any] | None = None,
+    ) -> AsyncStream[Completion]:
+        """Like ``create`` but an async iterator of one ``Completion`` per ``chunk_size`` tokens."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body)
+        return AsyncStream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
+
+
+# ----- sessions ----------------------------------------------------------------------------------------
+class _SessionState:
+    """A session's last known metadata; ``position`` follows every chunk this handle receives."""
+
+    info: SessionInfo
+
+    def __init__(self, info: SessionInfo) -> None:
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def model(self) -> str:
+        return self.info.model
+
+    @property
+    def position(self) -> int:
+        return self.info.position
+
+    @property
+    def seed(self) -> int | None:
+        return self.info.seed
+
+    @property
+    def created_at(self) -> float | None:
+        return self.info.created_at
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.info.expires_at
+
+    @property
+    def ttl_seconds(self) -> int | None:
+        return self.info.ttl_seconds
+
+    @property
+    def state_bytes(self) -> int | None:
+        return self.info.state_bytes
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.info.fingerprint
+
+    @property
+    def chunk(self) -> Chunk | None:
+        """The last chunk this handle received (from create with ``max_tokens``, generate or stream)."""
+        return self.info.chunk
+
+    def _advance(self, chunk: Chunk) -> None:
+        self.info = self.info.model_copy(update={"position": chunk.position, "chunk": chunk})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, model={self.model!r}, position={self.position})"
+
+
+class Session(_SessionState):
+    """A handle on a server-side session.  Steps send ``expected_position=self.position``, so a stale
+    handle gets ``ConflictError`` (``position_mismatch``): call ``refresh()`` to catch up.
+
+    If ``stream()`` breaks after some chunks, ``position`` is that of the last chunk received, each one
+    committed by the server: call ``generate``/``stream`` again to continue from there.
+    """
+
+    def __init__(self, client: Client, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    def generate(self, max_tokens: int, *, temperature: float | None = None) -> Chunk:
+        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end."""
+        chunk = self._client.sessions.generate(
+            self.id, max_tokens=max_tokens, temperature=temperature, expected_position=self.position
+        )
+        self._advance(chunk)
+        return chunk
+
+    def stream(
+        self, max_tokens: int, *, chunk_size: int | None = None, temperature: float | None = None
+    ) -> Stream[Chunk]:
+        """Generate ``max_tokens`` tokens as a stream of chunks; ``position`` advances with each one."""
+        return self._client.sessions._stream(
+            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance
+        )
+
+    def append(self, prompt: Prompt) -> Session:
+        """Feed observed tokens (or text) without generating; returns ``self``, updated."""
+        self.info = self._client.sessions.append(self.id, prompt, expected_position=self.position).info
+        return self
+
+    def fork(self, *, ttl_seconds: int | None = None) -> Session:
+        """A new session with a copy of this one's state."""
+        return self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds)
+
+    def refresh(self) -> Session:
+        """Reload from the server (also refreshes the TTL); returns ``self``."""
+        self.info = self._client.sessions.get(self.id).info
+        return self
+
+    def delete(self) -> SessionDeleted:
+        return self._client.sessions.delete(self.id)
+
+
+class AsyncSession(_SessionState):
+    """Asynchronous twin of ``Session``."""
+
+    def __init__(self, client: AsyncClient, info: SessionInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    async def generate(self, max_tokens: int, *, temperature: float | None = None) -> Chunk:
+        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end."""
+        chunk = await self._client.sessions.generate(
+            self.id, max_tokens=max_tokens, temperature=temperature, expected_position=self.position
+        )
+        self._advance(chunk)
+        return chunk
+
+    def stream(
+        self, max_tokens: int, *, chunk_size: int | None = None, temperature: float | None = None
+    ) -> AsyncStream[Chunk]:
+        """Generate ``max_tokens`` tokens as an async stream of chunks; ``position`` advances with each one."""
+        return self._client.sessions._stream(
+            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance
+        )
+
+    async def append(self, prompt: Prompt) -> AsyncSession:
+        """Feed observed tokens (or text) without generating; returns ``self``, updated."""
+        self.info = (await self._client.sessions.append(self.id, prompt, expected_position=self.position)).info
+        return self
+
+    async def fork(self, *, ttl_seconds: int | None = None) -> AsyncSession:
+        """A new session with a copy of this one's state."""
+        return await self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds)
+
+    async def refresh(self) -> AsyncSession:
+        """Reload from the server (also refreshes the TTL); returns ``self``."""
+        self.info = (await self._client.sessions.get(self.id)).info
+        return self
+
+    async def delete(self) -> SessionDeleted:
+        return await self._client.sessions.delete(self.id)
+
+
+class Sessions:
+    """``client.sessions``: create or resume sessions, or drive them by id."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def create(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        seed: int | None = None,
+        ttl_seconds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> Session:
+        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``)."""
+        body = drop_none(
+            model=model,
+            prompt=prompt_value(prompt),
+            seed=seed,
+            ttl_seconds=ttl_seconds,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        return Session(self._client, parse(self._client._request("POST", "/v1/sessions", body=body), SessionInfo))
+
+    def get(self, session_id: str) -> Session:
+        """Resume a session by id (from any process or replica); refreshes its TTL."""
+        return Session(self._client, parse(self._client._request("GET", _session_path(session_id)), SessionInfo))
+
+    def generate(
+        self,
+        session_id: str,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        expected_position: int | None = None,
+    ) -> Chunk:
+        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None)
+        response = self._client._request(
+            "POST", _session_path(session_id, "generate"), body=body, idempotent=expected_position is not None
+        )
+        return parse(response, Chunk)
+
+    def stream(
+        self,
+        session_id: str,
+        *,
+        max_tokens: int,
+        chunk_size: int | None = None,
+        temperature: float | None = None,
+        expected_position: int | None = None,
+    ) -> Stream[Chunk]:
+        """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
+        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position)
+
+    def _stream(
+        self,
+        session_id: str,
+        max_tokens: int,
+        chunk_size: int | None,
+        temperature: float | None,
+        expected_position: int | None,
+        on_chunk: Callable[[Chunk], None] | None = None,
+    ) -> Stream[Chunk]:
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size)
+        path = _session_path(session_id, "generate")
+        idempotent = expected_position is not None
+        return Stream(
+            lambda: self._client._request("POST", path, body=body, idempotent=idempotent, stream=True),
+            Chunk,
+            on_chunk,
+        )
+
+    def append(self, session_id: str, prompt: Prompt, *, expected_position: int | None = None) -> Session:
+        """``POST /v1/sessions/{id}/append``: observed tokens (or text), no generation."""
+        body = drop_none(prompt=prompt_value(prompt), expected_position=expected_position)
+        try:
+            response = self._client._request(
+                "POST", _session_path(session_id, "append"), body=body, idempotent=expected_position is not None
+            )
+        except ConflictError as e:
+            if not _append_was_committed(e, expected_position):
+                raise
+            current = self.get(session_id)
+            if expected_position is None or current.position != expected_position + _prompt_length(prompt):
+                raise
+            log.info("append to %s was committed by an attempt whose response was lost", session_id)
+            return current
+        return Session(self._client, parse(response, SessionInfo))
+
+    def fork(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state."""
+        body = drop_none(ttl_seconds=ttl_seconds)
+        return Session(
+            self._client,
+            parse(self._client._request("POST", _session_path(session_id, "fork"), body=body), SessionInfo),
+        )
+
+    def delete(self, session_id: str) -> SessionDeleted:
+        """``DELETE /v1/sessions/{id}``; a retry that finds it gone after a lost response counts as done."""
+        try:
+            return parse(self._client._request("DELETE", _session_path(session_id)), SessionDeleted)
+        except SessionNotFoundError as e:
+            if not e._after_lost_response:
+                raise
+            return SessionDeleted(id=session_id)
+
+
+class AsyncSessions:
+    """Asynchronous twin of ``Sessions``."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: Prompt | None = None,
+        seed: int | None = None,
+        ttl_seconds: int | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncSession:
+        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``)."""
+        body = drop_none(
+            model=model,
+            prompt=prompt_value(prompt),
+            seed=seed,
+            ttl_seconds=ttl_seconds,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        response = await self._client._request("POST", "/v1/sessions", body=body)
+        return AsyncSession(self._client, parse(response, SessionInfo))
+
+    async def get(self, session_id: str) -> AsyncSession:
+        """Resume a session by id (from any process or replica); refreshes its TTL."""
+        response = await self._client._request("GET", _session_path(session_id))
+        return AsyncSession(self._client, parse(response, SessionInfo))
+
+    async def generate(
+        self,
+        session_id: str,
+        *,
+        max_tokens: int,
+        temperature: float | None = None,
+        expected_position: int | None = None,
+    ) -> Chunk:
+        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None)
+        response = await self._client._request(
+            "POST", _session_path(session_id, "generate"), body=body, idempotent=expected_position is not None
+        )
+        return parse(response, Chunk)
+
+    def stream(
+        self,
+        session_id: str,
+        *,
+        max_tokens: int,
+        chunk_size: int | None = None,
+        temperature: float | None = None,
+        expected_position: int | None = None,
+    ) -> AsyncStream[Chunk]:
+        """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
+        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position)
+
+    def _stream(
+        self,
+        session_id: str,
+        max_tokens: int,
+        chunk_size: int | None,
+        temperature: float | None,
+        expected_position: int | None,
+        on_chunk: Callable[[Chunk], None] | None = None,
+    ) -> AsyncStream[Chunk]:
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size)
+        path = _session_path(session_id, "generate")
+        idempotent = expected_position is not None
+        return AsyncStream(
+            lambda: self._client._request("POST", path, body=body, idempotent=idempotent, stream=True),
+            Chunk,
+            on_chunk,
+        )
+
+    async def append(self, session_id: str, prompt: Prompt, *, expected_position: int | None = None) -> AsyncSession:
+        """``POST /v1/sessions/{id}/append``: observed tokens (or text), no generation."""
+        body = drop_none(prompt=prompt_value(prompt), expected_position=expected_position)
+        try:
+            response = await self._client._request(
+                "POST", _session_path(session_id, "append"), body=body, idempotent=expected_position is not None
+            )
+        except ConflictError as e:
+            if not _append_was_committed(e, expected_position):
+                raise
+            current = await self.get(session_id)
+            if expected_position is None or current.position != expected_position + _prompt_length(prompt):
+                raise
+            log.info("append to %s was committed by an attempt whose response was lost", session_id)
+            return current
+        return AsyncSession(self._client, parse(response, SessionInfo))
+
+    async def fork(self, session_id: str, *, ttl_seconds: int | None = None) -> AsyncSession:
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state."""
+        body = drop_none(ttl_seconds=ttl_seconds)
+        response = await self._client._request("POST", _session_path(session_id, "fork"), body=body)
+        return AsyncSession(self._client, parse(response, SessionInfo))
+
+    async def delete(self, session_id: str) -> SessionDeleted:
+        """``DELETE /v1/sessions/{id}``; a retry that finds it gone after a lost response counts as done."""
+        try:
+            return parse(await self._client._request("DELETE", _session_path(session_id)), SessionDeleted)
+        except SessionNotFoundError as e:
+            if not e._after_lost_response:
+                raise
+            return SessionDeleted(id=session_id)

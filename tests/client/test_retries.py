@@ -1,0 +1,134 @@
+"""Retries: which failures, how many times, how long between them, and never blindly on a session step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+import vssm_client as vc
+from tests.client.fakes import FakeServer, error, make_client
+from vssm_client._base import backoff_delay, retry_after_seconds
+
+OK = {"object": "list", "data": []}
+
+
+def flaky(*failures: Callable[[httpx.Request], httpx.Response]) -> tuple[Callable, list[httpx.Request]]:
+    """A handler failing with ``failures`` in turn, then answering 200."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return failures[len(seen) - 1](request) if len(seen) <= len(failures) else httpx.Response(200, json=OK)
+
+    return handler, seen
+
+
+def raises(exc: type[httpx.TransportError]) -> Callable[[httpx.Request], httpx.Response]:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc("boom", request=request)
+
+    return fail
+
+
+def test_429_honours_retry_after() -> None:
+    handler, seen = flaky(lambda r: error(429, "overloaded", headers={"Retry-After": "3"}))
+    client, sleeps = make_client(handler)
+    assert client.models.list() == []
+    assert len(seen) == 2 and sleeps == [3.0]
+
+
+def test_retry_after_is_capped_and_parsed() -> None:
+    def resp(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert retry_after_seconds(resp("3600")) == 60.0
+    assert retry_after_seconds(resp("1.5")) == 1.5
+    assert retry_after_seconds(resp("-4")) == 0.0
+    assert retry_after_seconds(resp("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # a date in the past
+    assert retry_after_seconds(resp("soon")) is None
+    assert retry_after_seconds(httpx.Response(429)) is None
+
+
+def test_503_backs_off_exponentially_with_jitter() -> None:
+    handler, seen = flaky(*[lambda r: error(503, "store_unavailable")] * 3)
+    client, sleeps = make_client(handler, max_retries=3)
+    client.models.list()
+    assert len(seen) == 4
+    for attempt, delay in enumerate(sleeps):
+        nominal = 0.5 * 2**attempt
+        assert 0.75 * nominal <= delay <= nominal
+
+
+def test_backoff_is_capped() -> None:
+    assert backoff_delay(10, 0.5, 8.0, rand=lambda: 0.0) == 8.0
+    assert backoff_delay(0, 0.5, 8.0, rand=lambda: 1.0) == 0.375
+
+
+@pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.ReadTimeout])
+def test_connection_errors_are_retried(exc: type[httpx.TransportError]) -> None:
+    handler, seen = flaky(raises(exc), raises(exc))
+    client, sleeps = make_client(handler)
+    assert client.models.list() == []
+    assert len(seen) == 3 and len(sleeps) == 2
+
+
+def test_max_retries_is_respected() -> None:
+    handler, seen = flaky(*[lambda r: error(429, "overloaded", headers={"Retry-After": "1"})] * 10)
+    client, sleeps = make_client(handler, max_retries=2)
+    with pytest.raises(vc.RateLimitError):
+        client.models.list()
+    assert len(seen) == 3 and sleeps == [1.0, 1.0]
+    handler, seen = flaky(*[raises(httpx.ConnectError)] * 10)
+    with pytest.raises(vc.APIConnectionError):
+        make_client(handler, max_retries=0)[0].models.list()
+    assert len(seen) == 1
+
+
+def test_with_options_changes_the_retry_budget() -> None:
+    handler, seen = flaky(*[lambda r: error(503, "not_ready")] * 10)
+    client, _ = make_client(handler, max_retries=5)
+    with pytest.raises(vc.ServiceUnavailableError):
+        client.with_options(max_retries=1).models.list()
+    assert len(seen) == 2
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (400, "invalid_field"),
+        (401, "invalid_api_key"),
+        (404, "not_found"),
+        (409, "session_busy"),
+        (413, "body_too_large"),
+        (500, "internal_error"),
+    ],
+)
+def test_other_errors_are_not_retried(status: int, code: str) -> None:
+    handler, seen = flaky(*[lambda r: error(status, code)] * 3)
+    client, sleeps = make_client(handler)
+    with pytest.raises(vc.APIStatusError):
+        client.models.list()
+    assert len(seen) == 1 and sleeps == []
+
+
+def test_step_without_expected_position_is_not_retried_after_a_lost_response() -> None:
+    server = FakeServer()
+    client, _ = make_client(server)
+    sid = client.sessions.create(model="mnist-vssm", seed=1).id
+    server.lose_response = 1
+    with pytest.raises(vc.APITimeoutError):
+        client.sessions.generate(sid, max_tokens=8)
+    assert server.sessions[sid].position == 8  # committed once, not twice
+    assert len(server.bodies("/generate")) == 1
+
+
+def test_step_without_expected_position_is_retried_when_never_sent() -> None:
+    server = FakeServer()
+    client, sleeps = make_client(server)
+    sid = client.sessions.create(model="mnist-vssm", seed=1).id
+    server.faults = [raises(httpx.ConnectError), lambda r: error(429, "overloaded", headers={"Retry-After": "2"})]
+    chunk = client.sessions.generate(sid, max_tokens=8)
+    assert chunk.position == 8 and server.sessions[sid].position == 8
+    assert len(server.bodies("/generate")) == 3 and sleeps[1] == 2.0
