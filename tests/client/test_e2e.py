@@ -1,0 +1,158 @@
+"""The SDK against a real server on loopback with real Redis: README examples, resume, lost responses."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+import model
+from tests.server.conftest import RedisServer, ServerProcess, reference
+from vssm_client import AsyncClient, Client, ConflictError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Iterator[tuple[ServerProcess, Path]]:
+    """One server with models named as in the README, on its own Redis."""
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    small = {
+        "width": 16,
+        "state_size": 8,
+        "enc_layers": 1,
+        "dec_layers": 1,
+        "par_layers": 1,
+        "n_latents": 2,
+        "n_classes": 8,
+    }
+    model.save_checkpoint(
+        model.build_model("vssm", {"vocab_size": 256, **small}),
+        d / "shakespeare-vssm.safetensors",
+        extra={"dataset": "shakespeare"},
+    )
+    model.save_checkpoint(
+        model.build_model("vssm", {"vocab_size": 2, "max_position": 784, **small}),
+        d / "mnist-vssm.safetensors",
+        extra={"dataset": "mnist"},
+    )
+    redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    srv = ServerProcess(d, redis.url).start()
+    yield srv, d
+    srv.stop()
+    redis.stop()
+
+
+def readme_python_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "vssm_client" in b]
+
+
+def test_readme_sdk_examples_run_as_written(stack, capsys):
+    srv, _ = stack
+    blocks = readme_python_blocks()
+    assert blocks, "README has no SDK example"
+    for block in blocks:
+        exec(compile(block.replace("http://127.0.0.1:8000", srv.url), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "shakespeare-vssm" in out
+
+
+def test_a_second_client_resumes_the_session(stack):
+    srv, d = stack
+    with Client(base_url=srv.url) as a, Client(base_url=srv.url) as b:
+        s = a.sessions.create(model="mnist-vssm", prompt=[1, 0], seed=5)
+        first = s.generate(max_tokens=6)
+        s2 = b.sessions.get(s.id)
+        assert s2.position == 8
+        second = s2.generate(max_tokens=4)
+        third = [t for c in s2.stream(max_tokens=5, chunk_size=2) for t in c.tokens]
+        assert s2.position == 17
+        assert [first.tokens, second.tokens, third] == reference(d, "mnist-vssm", [1, 0], 5, [6, 4, 5])
+        with pytest.raises(ConflictError):  # a's handle is stale now: refused, not silently re-run
+            s.generate(max_tokens=3)
+        assert s.refresh().position == 17
+
+
+class DropFirstResponse(httpx.HTTPTransport):
+    """Sends the request for real, then loses the first response of a matching call."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern, self.dropped, self.calls = pattern, 0, 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if re.search(self.pattern, request.url.path):
+            self.calls += 1
+            if self.dropped == 0:
+                response.read()
+                self.dropped += 1
+                raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_retry_after_a_dropped_response_does_not_advance_twice(stack):
+    srv, d = stack
+    transport = DropFirstResponse(r"/generate$")
+    with Client(base_url=srv.url, transport=transport, max_retries=2) as client:
+        client._sleep = lambda seconds: None
+        s = client.sessions.create(model="mnist-vssm", prompt=[1], seed=9)
+        c = s.generate(max_tokens=7)  # committed on the server, response lost, retried
+        assert transport.dropped == 1 and transport.calls == 2
+        assert c.tokens == reference(d, "mnist-vssm", [1], 9, [7])[0]
+        assert s.position == 8 and client.sessions.get(s.id).position == 8  # advanced once
+        assert s.generate(max_tokens=3).tokens == reference(d, "mnist-vssm", [1], 9, [7, 3])[1]
+
+
+class AsyncDropFirstResponse(httpx.AsyncHTTPTransport):
+    def __init__(self, pattern: str) -> None:
+        super().__init__()
+        self.pattern, self.dropped = pattern, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if re.search(self.pattern, request.url.path) and self.dropped == 0:
+            await response.aread()
+            self.dropped += 1
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+def test_async_client_does_the_same(stack):
+    srv, d = stack
+
+    async def main() -> None:
+        transport = AsyncDropFirstResponse(r"/generate$")
+        async with AsyncClient(base_url=srv.url, transport=transport) as a, AsyncClient(base_url=srv.url) as b:
+            a._sleep = _no_sleep
+            assert {m.id for m in await a.models.list()} == {"mnist-vssm", "shakespeare-vssm"}
+            out = await a.completions.create(model="shakespeare-vssm", prompt="ROMEO:", max_tokens=8, seed=2)
+            assert out.tokens == reference(d, "shakespeare-vssm", list(b"ROMEO:"), 2, [8])[0]
+            streamed = [
+                c
+                async for c in a.completions.stream(
+                    model="shakespeare-vssm", prompt="ROMEO:", max_tokens=8, seed=2, chunk_size=3
+                )
+            ]
+            assert "".join(c.text for c in streamed) == out.text
+            s = await a.sessions.create(model="mnist-vssm", prompt=[0, 1], seed=3)
+            first = await s.generate(max_tokens=5)  # response dropped once, replayed on retry
+            assert transport.dropped == 1
+            s2 = await b.sessions.get(s.id)
+            second = await s2.generate(max_tokens=4)
+            third = [t async for c in s2.stream(max_tokens=3, chunk_size=2) for t in c.tokens]
+            assert [first.tokens, second.tokens, third] == reference(d, "mnist-vssm", [0, 1], 3, [5, 4, 3])
+            await s2.delete()
+
+    asyncio.run(main())
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
