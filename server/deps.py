@@ -33,9 +33,8 @@ class Context:
     batchers: dict[str, Batcher] = field(default_factory=dict)
     in_flight: int = 0
 
-    @asynccontextmanager
-    async def admit(self) -> AsyncIterator[None]:
-        """Hold one of ``max_in_flight`` slots for model work, or refuse with 429."""
+    def slot(self) -> Slot:
+        """Take one of ``max_in_flight`` slots for model work, or refuse with 429."""
         if self.in_flight >= self.settings.max_in_flight:
             raise APIError(
                 429,
@@ -45,11 +44,15 @@ class Context:
             )
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
+        return Slot(self)
+
+    @asynccontextmanager
+    async def admit(self) -> AsyncIterator[None]:
+        slot = self.slot()
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.set(self.in_flight)
+            slot.release()
 
     async def store_call(self, op: str, call: Awaitable[T]) -> T:
         """A store call, timed, with failures mapped to 503 ``store_unavailable``."""
@@ -64,6 +67,19 @@ class Context:
 
     def batcher(self, model_id: str) -> Batcher:
         return self.batchers[model_id]
+
+
+class Slot:
+    """An admission slot; ``release`` is idempotent, so a stream can release it from two places."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.held = ctx, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.ctx.in_flight -= 1
+            self.ctx.metrics.in_flight.set(self.ctx.in_flight)
 
 
 def get_context(request: Request) -> Context:

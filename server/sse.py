@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 
 from .errors import APIError, envelope
 from .store import StoreUnavailable
@@ -70,7 +71,11 @@ async def with_keepalive(
             await aclose()
 
 
-def sse_response(body: AsyncIterator[bytes]) -> StreamingResponse:
+def sse_response(body: AsyncIterator[bytes], on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    """``on_close`` runs once the response is over, even if the client left before the body started."""
     return StreamingResponse(
-        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        body,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(on_close) if on_close else None,
     )

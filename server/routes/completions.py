@@ -62,8 +62,7 @@ async def create_completion(
         return completion(tokens.tolist(), True, usage)
 
     chunk = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
-    slot = ctx.admit()
-    await slot.__aenter__()  # refuse with 429 before the stream starts; released when it ends
+    slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
     t0 = time.perf_counter()
 
     async def chunks() -> AsyncIterator[Completion]:
@@ -77,9 +76,9 @@ async def create_completion(
                 done += n
                 yield completion(tokens.tolist(), last, usage if last else None)
         finally:
-            await slot.__aexit__(None, None, None)
+            slot.release()
 
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/completions").observe(time.perf_counter() - t0)
 
-    return sse_response(with_keepalive(chunks(), ctx.settings.keepalive_seconds, first))
+    return sse_response(with_keepalive(chunks(), ctx.settings.keepalive_seconds, first), slot.release)

@@ -248,48 +248,43 @@ async def generate(
     batcher = ctx.batcher(served.id)
     start = rec.position
 
-    async def chunks(size: int) -> AsyncIterator[Chunk]:
+    done: list[int] = []
+
+    async def step(n: int) -> Chunk:
+        """Generate ``n`` tokens and commit them: a chunk is committed before anyone sees it."""
         nonlocal rec, state
-        done: list[int] = []
-        while len(done) < body.max_tokens:
-            n = min(size, body.max_tokens - len(done))
-            tokens, nxt = await batcher.generate(state, n, body.temperature)
-            assert nxt is not None
-            out = tokens[0].tolist()
-            done += out
-            new = replace(
-                rec,
-                state=nxt.to_bytes(),
-                position=int(nxt.position[0]),
-                last_op={"op": "generate", "start": start, "max_tokens": body.max_tokens, "tokens": done},
-            )
-            rec, state = await _commit(ctx, new, rec.version), nxt  # committed before it is sent
-            yield Chunk(
-                session_id=sid,
-                start_position=rec.position - n,
-                position=rec.position,
-                tokens=out,
-                text=served.decode(out),
-                finish_reason="length" if len(done) == body.max_tokens else None,
-            )
+        tokens, nxt = await batcher.generate(state, n, body.temperature)
+        assert nxt is not None
+        out = tokens[0].tolist()
+        done.extend(out)
+        last_op = {"op": "generate", "start": start, "max_tokens": body.max_tokens, "tokens": done}
+        new = replace(rec, state=nxt.to_bytes(), position=int(nxt.position[0]), last_op=last_op)
+        rec, state = await _commit(ctx, new, rec.version), nxt
+        return Chunk(
+            session_id=sid,
+            start_position=rec.position - n,
+            position=rec.position,
+            tokens=out,
+            text=served.decode(out),
+            finish_reason="length" if len(done) == body.max_tokens else None,
+        )
 
     if not body.stream:
         async with ctx.admit():
-            async for only in chunks(body.max_tokens):  # one chunk of max_tokens
-                return only
+            return await step(body.max_tokens)
 
-    slot = ctx.admit()
-    await slot.__aenter__()
+    slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
+    size = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
     t0 = time.perf_counter()
 
     async def streamed() -> AsyncIterator[Chunk]:
         try:
-            async for c in chunks(min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)):
-                yield c
+            while len(done) < body.max_tokens:
+                yield await step(min(size, body.max_tokens - len(done)))
         finally:
-            await slot.__aexit__(None, None, None)
+            slot.release()
 
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/sessions/{sid}/generate").observe(time.perf_counter() - t0)
 
-    return sse_response(with_keepalive(streamed(), ctx.settings.keepalive_seconds, first))
+    return sse_response(with_keepalive(streamed(), ctx.settings.keepalive_seconds, first), slot.release)

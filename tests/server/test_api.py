@@ -364,3 +364,22 @@ def test_embedded_store_without_redis(checkpoints, tmp_path):
         s = c.post("/v1/sessions", json={"model": "mnist-ar-transformer", "prompt": [1, 0]}).json()
         c.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 3})
         assert c.get(f"/v1/sessions/{s['id']}").json()["position"] == 5
+
+
+def test_streams_give_their_admission_slot_back(client):
+    ctx = client.app.state.ctx
+    s = create(client, seed=1)
+    for path, body in (
+        ("/v1/completions", {"model": "mnist-vssm", "max_tokens": 6, "stream": True}),
+        (f"/v1/sessions/{s['id']}/generate", {"max_tokens": 6, "stream": True, "chunk_size": 2}),
+    ):
+        with client.stream("POST", path, json=body) as r:
+            r.read()
+        assert ctx.in_flight == 0
+        with client.stream("POST", path, json=body) as r:  # the client leaves before reading anything
+            pass
+        wait = 0
+        while ctx.in_flight and wait < 100:
+            client.get("/health")
+            wait += 1
+        assert ctx.in_flight == 0

@@ -185,3 +185,26 @@ def test_session_flow_on_a_three_node_redis_cluster(serve, tmp_path, checkpoints
     finally:
         for n in nodes:
             n.stop()
+
+
+def test_abandoned_streams_release_their_admission_slots(serve, redis):
+    """Clients that vanish right after sending a stream request must not leak admission slots."""
+    import socket
+
+    srv = serve(redis.url, VSSM_MAX_IN_FLIGHT="4")
+    body = json.dumps({"model": "text-vssm", "max_tokens": 3000, "stream": True, "chunk_size": 1}).encode()
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    for _ in range(12):  # three times the limit
+        with socket.create_connection(("127.0.0.1", srv.port)) as s:
+            s.sendall(request)
+
+    def in_flight() -> float:
+        text = httpx.get(srv.url + "/metrics").text
+        return float(re.search(r"^vssm_in_flight (\S+)$", text, re.M).group(1))
+
+    wait_until(lambda: in_flight() == 0, 30, "slots released")
+    r = post(srv, "/v1/completions", {"model": "mnist-vssm", "max_tokens": 2})
+    assert r.status_code == 200, r.text
