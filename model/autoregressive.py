@@ -58,7 +58,7 @@ class ARModel(SequenceModel):
         return self.loss(x, prompt_len)
 
     def _net_state(self, state: GenState) -> NetState:
-        return {k: state[k] for k in self.state_keys}
+        return {k: state[k] for k in (*self.state_keys, "buffer") if k in state.tensors}
 
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:
         bos = torch.full((batch, 1), self.bos_token, device=self.device)

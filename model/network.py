@@ -84,6 +84,8 @@ class SSMNet(nn.Module):
         ``state`` None means the zero state; ``lengths`` gives per-row final-state positions
         (see :meth:`S4D.forward`); ``return_state=False`` skips the state (training).
         """
+        if state is not None and not bool(state.any()):
+            state = None  # a fresh state: skip every layer's initial-state readout, the costliest part of a decode
         h = self.inp(x)  # (B, T, H)
         states = []
         for i, block in enumerate(self.blocks):

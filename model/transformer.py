@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .autoregressive import ARModel, NetState
 from .base import check_config
+from .state import GenState
 
 __all__ = ["ARTransformer", "ARTransformerConfig"]
 
@@ -58,9 +59,13 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, length: Tensor | None
+        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, length: Tensor | None, inplace: bool = False
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """``x`` ``(B, T, H)``; ``cache`` ``(B, h, S0, d)`` twice with ``length`` ``(B,)``, or None."""
+        """``x`` ``(B, T, H)``; ``cache`` ``(B, h, S0, d)`` twice with ``length`` ``(B,)``, or None.
+
+        ``inplace``: the cache is a private buffer with room for ``T`` more slots per row (see
+        :meth:`ARTransformer._generate`); new keys are written into it instead of copying it.
+        """
         Bsz, T, H = x.shape
         q, k, v = (
             self.qkv(self.ln1(x)).view(Bsz, T, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
@@ -69,7 +74,10 @@ class Block(nn.Module):
             att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)
             k_all, v_all = k, v
         else:
-            k_all, v_all = _write(cache[0], k, length), _write(cache[1], v, length)  # (B, h, S, d)
+            k_all, v_all = _write(cache[0], k, length, inplace), _write(cache[1], v, length, inplace)  # (B, h, S, d)
+            if inplace:  # attend over the used slots only
+                used = int(length.max()) + T
+                k_all, v_all = k_all[:, :, :used], v_all[:, :, :used]
             slot = torch.arange(k_all.shape[2], device=x.device)  # (S,)
             query_pos = length[:, None] + torch.arange(T, device=x.device)  # (B, T)
             mask = slot[None, None, :] <= query_pos[:, :, None]  # (B, T, S)
@@ -79,15 +87,20 @@ class Block(nn.Module):
         return x, (k_all, v_all)
 
 
-def _write(cache: Tensor, new: Tensor, length: Tensor) -> Tensor:
-    """Cache ``(B, h, S0, d)`` with ``new`` ``(B, h, T, d)`` written at slots ``length[b] + 0..T-1``."""
+def _write(cache: Tensor, new: Tensor, length: Tensor, inplace: bool = False) -> Tensor:
+    """Cache ``(B, h, S0, d)`` with ``new`` ``(B, h, T, d)`` written at slots ``length[b] + 0..T-1``.
+
+    Functional (a new tensor) unless ``inplace``, which writes into ``cache`` itself.
+    """
     Bsz, nh, S0, d = cache.shape
     T = new.shape[2]
+    idx = (length[:, None] + torch.arange(T, device=cache.device)).view(Bsz, 1, T, 1).expand(Bsz, nh, T, d)
+    if inplace:
+        return cache.scatter_(2, idx, new)
     if bool((length == S0).all()):  # every row full: a plain append
         return torch.cat([cache, new], dim=2)
     S = int(length.max()) + T
     out = F.pad(cache, (0, 0, 0, max(S - S0, 0)))  # (B, h, S, d)
-    idx = (length[:, None] + torch.arange(T, device=cache.device)).view(Bsz, 1, T, 1).expand(Bsz, nh, T, d)
     return out.scatter(2, idx, new)
 
 
@@ -116,16 +129,44 @@ class ARTransformer(ARModel):
         length = torch.zeros(Bsz, dtype=torch.long, device=x.device) if state is None else state["length"]
         pos = length[:, None] + torch.arange(T, device=x.device)  # (B, T)
         h = self.embed(x) + self.pos(pos)  # (B, T, H)
+        inplace = state is not None and "buffer" in state
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             cache = None if state is None else (state["k"][:, i], state["v"][:, i])
-            h, (k, v) = block(h, cache, None if state is None else length)
+            h, (k, v) = block(h, cache, None if state is None else length, inplace)
             ks.append(k)
             vs.append(v)
         logits = self.head(self.norm(h))  # (B, T, V)
         if not return_state:
             return logits, {}
+        if inplace:  # the buffer itself was written: no copy of the cache per token
+            assert state is not None
+            return logits, {**state, "length": length + T}
         return logits, {"k": torch.stack(ks, 1), "v": torch.stack(vs, 1), "length": length + T}
+
+    def _generate(
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+    ) -> tuple[Tensor, GenState | None]:
+        """Copy the cache once into a buffer with room for ``n`` more slots, then decode into it.
+
+        The caller's state is untouched (a value); the per-token cost is one attention read of the
+        cache instead of a copy of it.
+        """
+        k, v, length = state["k"], state["v"], state["length"]
+        room = int(length.max()) + n - k.shape[3]
+        buf = {
+            "k": F.pad(k, (0, 0, 0, max(room, 0))),
+            "v": F.pad(v, (0, 0, 0, max(room, 0))),
+            "length": length,
+            "buffer": length,
+        }  # "buffer" marks the private, writable cache
+        tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable)
+        if nxt is None:
+            return tokens, None
+        used = int(nxt["length"].max())
+        tensors = {k_: t for k_, t in nxt.tensors.items() if k_ != "buffer"}
+        tensors["k"], tensors["v"] = nxt["k"][:, :, :, :used], nxt["v"][:, :, :, :used]
+        return tokens, GenState(nxt.family, nxt.fingerprint, tensors)
 
     def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
         logits, nxt = self._net_forward(x_t[:, None], state)

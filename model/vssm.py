@@ -188,26 +188,36 @@ class VSSM(SequenceModel):
             observed=torch.zeros(batch, dtype=torch.bool, device=self.device),
         )
 
-    def _sample_latents(self, logits: Tensor, state: GenState, n: int, temperature: float | Tensor) -> Tensor:
+    def _sample_latents(
+        self, logits: Tensor | None, state: GenState, n: int, temperature: float | Tensor, observed: Tensor
+    ) -> Tensor:
+        """Latents ``(B, n, Z)``: from ``logits`` where ``observed``, else uniform from the prior.
+
+        A prior draw is ``floor(u K)``: exact for a uniform categorical, and it keeps the unprompted
+        path free of softmax / cumsum work.  Temperature does not change the (uniform) prior.
+        """
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
-        return sample_categorical(logits, u, _per_row(temperature, 2))  # (B, n, Z)
+        K = self.config.n_classes
+        prior = (u * K).long().clamp_max(K - 1)  # (B, n, Z)
+        if logits is None:
+            return prior
+        drawn = sample_categorical(logits, u, _per_row(temperature, 2))  # (B, n, Z)
+        return torch.where(observed[:, None, None], drawn, prior)
 
     def _generate(
         self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
     ) -> tuple[Tensor, GenState | None]:
         Bsz = state.batch_size
         observed = state["observed"]
-        Z, K = self.config.n_latents, self.config.n_classes
-        # 1. latent logits: f_par over EMPTYs from `gen` where a token was observed, else the prior.
-        gen = state["gen"]
-        z_logits = torch.zeros(Bsz, n, Z, K, dtype=self.dtype, device=self.device)
+        # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
+        gen, z_logits = state["gen"], None
         if bool(observed.any()):
             empties = torch.full((Bsz, n), self.empty_token, device=self.device)
             out, gen_next = self.partial_encoder(empties, gen, return_state=resumable)
-            z_logits = torch.where(observed[:, None, None, None], self._latent_logits(out), z_logits)
+            z_logits = self._latent_logits(out)  # (B, n, Z, K)
             if resumable:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
-        z = self._sample_latents(z_logits, state, n, temperature)  # (B, n, Z)
+        z = self._sample_latents(z_logits, state, n, temperature, observed)  # (B, n, Z)
         # 2. one parallel decoder pass over the latents, then the tokens.
         x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=resumable)  # (B, n, V)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
@@ -221,7 +231,7 @@ class VSSM(SequenceModel):
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
-        z = self._sample_latents(self._latent_logits(out), state, n, 1.0)
+        z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
         _, dec = self.decoder(self._one_hot(z), state["dec"])
         return state.evolve(
             position=state.position + n,

@@ -188,3 +188,15 @@ def test_prompted_nll_is_the_conditional(family):
         )
     with pytest.raises(ValueError):
         m.nll(x, prompt_len=12)
+
+
+def test_generate_and_append_never_mutate_their_input_state(tiny):
+    """States are values: the transformer's private decode buffer must not leak into the caller's state."""
+    s = tiny.start(prompt(B=2, C=3), [1, 2])
+    before = s.to_bytes()
+    a, s2 = tiny.generate(s, 6)
+    tiny.append(s, prompt(B=2, C=2))
+    tiny.generate(s2, 3)
+    assert s.to_bytes() == before
+    b, _ = tiny.generate(s, 6)
+    assert torch.equal(a, b)

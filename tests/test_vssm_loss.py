@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import torch
 
@@ -62,7 +61,8 @@ def test_prompt_lengths_control_the_partial_encoder_inputs():
     assert not torch.allclose(full, none)
 
 
-def test_tiny_model_learns_a_toy_dataset_within_seconds():
+def test_tiny_model_learns_a_toy_dataset_in_a_few_steps():
+    # 150 steps of a 10k-parameter model: a few seconds on an idle CPU (no timer here: timing belongs in bench/)
     torch.manual_seed(0)
     m = VSSM(
         VSSMConfig(
@@ -73,7 +73,6 @@ def test_tiny_model_learns_a_toy_dataset_within_seconds():
     phase = torch.randint(0, 2, (256, 1))
     data = (torch.arange(32)[None, :] + phase) % 2
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
-    t0 = time.perf_counter()
     first = last = None
     for step in range(150):
         x = data[torch.randint(0, 256, (32,))]
@@ -84,7 +83,6 @@ def test_tiny_model_learns_a_toy_dataset_within_seconds():
         if step == 0:
             first = terms.nelbo.mean().item()
         last = terms.nelbo.mean().item()
-    assert time.perf_counter() - t0 < 30
     assert last < 0.5 * first, (first, last)
 
 
