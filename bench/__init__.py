@@ -1,0 +1,1 @@
+"""VSSM serve's benchmark suite: ``python -m bench.run [--quick]`` (see bench/README.md)."""

@@ -1,0 +1,244 @@
+"""Shared pieces of the benchmark suite: settings, timing, matched models, machine description.
+
+Every comparison is timed side by side in one process and reported as a ratio, so the numbers
+stay meaningful on a loaded or slower machine; absolute times are kept for the plots only.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+import model
+from model.presets import preset_config
+
+__all__ = [
+    "FAMILIES",
+    "FULL",
+    "LABELS",
+    "QUICK",
+    "Deadline",
+    "Settings",
+    "Timing",
+    "build_models",
+    "machine_info",
+    "matched_configs",
+    "measure",
+    "measure_interleaved",
+    "parameter_counts",
+    "unprompted",
+]
+
+log = logging.getLogger(__name__)
+
+FAMILIES: tuple[str, ...] = ("vssm", "ar-ssm", "ar-transformer", "ar-gru")
+LABELS: dict[str, str] = {
+    "vssm": "VSSM (parallel)",
+    "ar-ssm": "AR-SSM (recurrent)",
+    "ar-transformer": "AR-Transformer (KV cache)",
+    "ar-gru": "AR-GRU",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures; ``QUICK`` is the CI smoke test, ``FULL`` the committed results."""
+
+    mode: str
+    gen_lengths: tuple[int, ...]  # T of the generation-time curve
+    batches: tuple[int, ...]  # (small, large) batch sizes
+    repeats: int  # timed runs per point (best and median reported)
+    run_cap_s: float  # an AR run longer than this ends that family's curve at that batch
+    gen_budget_s: float  # the generation curve's share of the suite's wall-clock
+    limit_length: int  # T of the "limit" comparison (a full MNIST image in the full run)
+    limit_repeats: int  # cheap, so more runs: interleaved to cancel background load
+    prompt_length: int  # prompt of the prompted-chunk comparison
+    chunk: int  # tokens per resumed chunk
+    resume_positions: tuple[int, ...] = field(default=(0, 64, 128, 256, 512, 1024))
+    resume_repeats: int = 5
+    train_batch: int = 32
+    train_length: int = 784
+    train_steps: int = 3
+
+
+QUICK = Settings(
+    mode="quick",
+    gen_lengths=(64, 256),
+    batches=(1, 4),
+    repeats=2,
+    run_cap_s=5.0,
+    gen_budget_s=20.0,
+    limit_length=256,
+    limit_repeats=3,
+    prompt_length=64,
+    chunk=64,
+    resume_repeats=2,
+    train_batch=4,
+    train_length=256,
+    train_steps=2,
+)
+FULL = Settings(
+    mode="full",
+    gen_lengths=(64, 128, 256, 512, 784, 1024, 2048, 4096),
+    batches=(1, 32),
+    repeats=3,
+    run_cap_s=20.0,
+    gen_budget_s=330.0,
+    limit_length=784,
+    limit_repeats=7,
+    prompt_length=392,
+    chunk=64,
+    resume_repeats=7,
+    train_batch=32,
+    train_length=784,
+    train_steps=3,
+)
+
+
+@dataclass
+class Timing:
+    best_s: float
+    median_s: float
+    runs_s: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Deadline:
+    """Wall-clock budget of one part, so the full suite stays under its 10 minutes."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.perf_counter() + seconds
+
+    def remaining(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(fn: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
+    """Best and median of ``repeats`` runs after ``warmup`` untimed ones (caches, allocator)."""
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    gc.disable()  # a collection inside a timed run is noise, not the model's cost
+    try:
+        runs = [_timed(fn) for _ in range(repeats)]
+    finally:
+        gc.enable()
+    return Timing(min(runs), statistics.median(runs), runs)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, Timing]:
+    """Time several functions round-robin, so background load hits each of them alike.
+
+    Their ratios are what the suite reports, and this machine may be busy with other jobs.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    runs: dict[str, list[float]] = {k: [] for k in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for k, fn in fns.items():
+                runs[k].append(_timed(fn))
+    finally:
+        gc.enable()
+    return {k: Timing(min(v), statistics.median(v), v) for k, v in runs.items()}
+
+
+# ----- models -----------------------------------------------------------------------------------
+def matched_configs() -> dict[str, dict[str, Any]]:
+    """The MNIST ``small`` preset of every family: baselines matched to the VSSM's generation params."""
+    return {f: preset_config("mnist", f, "small") for f in FAMILIES}
+
+
+def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int = 0) -> dict[str, model.SequenceModel]:
+    """Random-weight models of the matched configs that accept ``max_length`` tokens.
+
+    Random weights time the same as trained ones.  Sequences past the data's 784 need
+    ``max_position=None`` (no limit) for the recurrent families, and a longer learned position
+    table for the transformer: a lookup, so its compute is unchanged.
+    """
+    out = {}
+    for family in FAMILIES:
+        cfg = dict(configs[family])
+        if family == "ar-transformer":
+            cfg["max_position"] = max(int(cfg["max_position"]), max_length)
+        else:
+            cfg["max_position"] = None
+        torch.manual_seed(seed)
+        out[family] = model.build_model(family, cfg).eval()
+    return out
+
+
+def parameter_counts(configs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Generation-time and total parameters of the matched configs (VSSM: decoder + partial encoder)."""
+    counts = {}
+    for family, cfg in configs.items():
+        m = model.build_model(family, cfg)
+        counts[family] = {
+            "generation": m.num_parameters(generation_only=True),
+            "total": m.num_parameters(),
+            "config": cfg,
+        }
+    ref = counts["vssm"]["generation"]
+    for c in counts.values():
+        c["vs_vssm_generation"] = c["generation"] / ref
+    return counts
+
+
+def unprompted(m: model.SequenceModel, batch: int, length: int) -> torch.Tensor:
+    """One-shot unprompted generation of ``length`` tokens for ``batch`` rows (the served request)."""
+    state = m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch)))
+    tokens, _ = m.generate(state, length, resumable=False)
+    return tokens
+
+
+# ----- machine ----------------------------------------------------------------------------------
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(command: str) -> dict[str, Any]:
+    """Everything a reader needs to judge the numbers, including the load other jobs put on it."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_start": list(os.getloadavg()),
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,343 @@
+"""Write the results as Markdown tables (ratios first) and PNG plots next to the JSON."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers or in CI
+import matplotlib.pyplot as plt
+
+from .common import FAMILIES, LABELS
+
+__all__ = ["write_markdown", "write_plots"]
+
+log = logging.getLogger(__name__)
+
+COLORS = {"vssm": "tab:blue", "ar-ssm": "tab:orange", "ar-transformer": "tab:red", "ar-gru": "tab:green"}
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _x(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}x"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return [*out, ""]
+
+
+# ----- plots ------------------------------------------------------------------------------------
+def _plot_generation(gen: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    styles = ["-", "--", ":"]
+    for family in FAMILIES:
+        for i, batch in enumerate(gen["batches"]):
+            pts = sorted((r["T"], r["best_s"]) for r in gen["results"] if r["family"] == family and r["batch"] == batch)
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    styles[i % len(styles)],
+                    marker="o",
+                    ms=4,
+                    color=COLORS[family],
+                    label=f"{LABELS[family]}, B={batch}",
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("tokens generated T")
+    ax.set_ylabel("seconds (best run)")
+    ax.set_title("Unprompted generation time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_limit(lim: dict[str, Any], path: Path) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    keys = ["generate", "decoder_from_zero_state", "decoder"]
+    for j, r in enumerate(lim["unprompted"]):
+        for i, k in enumerate(keys):
+            a.bar(j * (len(keys) + 1) + i, r[k]["best_s"] * 1e3, color=f"C{i}", label=k if j == 0 else None)
+    a.set_xticks([j * (len(keys) + 1) + 1 for j in range(len(lim["unprompted"]))])
+    a.set_xticklabels([f"B={r['batch']}" for r in lim["unprompted"]])
+    a.set_ylabel("ms (best run)")
+    a.set_title(f"Unprompted, T={lim['T']}: generate vs decoder pass")
+    a.legend(fontsize=7)
+    keys = ["chunk", "three_passes", "par_over_empties", "decoder_from_state", "par_over_tokens"]
+    for j, r in enumerate(lim["prompted"]):
+        for i, k in enumerate(keys):
+            b.bar(j * (len(keys) + 1) + i, r[k]["best_s"] * 1e3, color=f"C{i}", label=k if j == 0 else None)
+    b.set_xticks([j * (len(keys) + 1) + 2 for j in range(len(lim["prompted"]))])
+    b.set_xticklabels([f"B={r['batch']}" for r in lim["prompted"]])
+    b.set_ylabel("ms (best run)")
+    b.set_title(f"Prompted chunk of {lim['prompted'][0]['n']} vs its three passes")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_resume(res: dict[str, Any], path: Path) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for family in FAMILIES:
+        rows = sorted((r for r in res["results"] if r["family"] == family), key=lambda r: r["position"])
+        if not rows:
+            continue
+        x = [r["position"] for r in rows]
+        a.plot(x, [r["chunk"]["best_s"] * 1e3 for r in rows], "-o", ms=4, color=COLORS[family], label=LABELS[family])
+        a.plot(x, [r["reprocess"]["best_s"] * 1e3 for r in rows], ":", color=COLORS[family])
+        b.plot(x, [r["state_bytes"] for r in rows], "-o", ms=4, color=COLORS[family], label=LABELS[family])
+    a.set_xlabel("position P (tokens already in the session)")
+    a.set_ylabel(f"ms for {res['chunk']} tokens (solid: resume, dotted: re-process)")
+    a.set_yscale("log")
+    a.set_title("Resume cost vs prefix")
+    a.legend(fontsize=7)
+    b.set_xlabel("position P")
+    b.set_ylabel("state bytes")
+    b.set_yscale("log")
+    b.set_title("Session state size vs position")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_training(tr: dict[str, Any], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    rows = tr["results"]
+    ax.bar(range(len(rows)), [r["tokens_per_s"] for r in rows], color=[COLORS[r["family"]] for r in rows])
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["family"] for r in rows])
+    ax.set_ylabel("training tokens / s")
+    ax.set_title(f"Training throughput, B={tr['batch']}, T={tr['T']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(results: dict[str, Any], img_dir: Path) -> dict[str, str]:
+    """PNGs into ``img_dir``; returns their paths relative to the directory above it (the JSON's)."""
+    img_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "generation": _plot_generation,
+        "limit": _plot_limit,
+        "resume": _plot_resume,
+        "training": _plot_training,
+    }
+    out = {}
+    for part, fn in plots.items():
+        path = img_dir / f"bench_{part}.png"
+        fn(results[part], path)
+        out[part] = f"{img_dir.name}/{path.name}"
+        log.info("wrote %s", path)
+    return out
+
+
+# ----- markdown ---------------------------------------------------------------------------------
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    m, p = results["machine"], results["params"]
+    gen, lim, res, tr = results["generation"], results["limit"], results["resume"], results["training"]
+    plots = results["plots"]
+    L: list[str] = ["# VSSM serve benchmarks", ""]
+    if results["mode"] != "full":
+        L += ["**Quick mode (CI smoke test): tiny grid, few repeats; not the committed results.**", ""]
+    L += [
+        "Random weights (they time the same as trained ones); every comparison is timed side by side in this",
+        "one process and reported as a ratio. Times are the best of the timed runs after a warm-up.",
+        "",
+        "## Machine",
+        "",
+    ]
+    L += _table(
+        ["what", "value"],
+        [
+            ["CPU", m["cpu"]],
+            ["cores (usable)", f"{m['cores']} ({m['usable_cores']})"],
+            ["torch / threads", f"{m['torch']} / {m['threads']}"],
+            ["python", m["python"]],
+            ["load average at start / end", f"{m['load_average_start'][0]:.2f} / {m['load_average_end'][0]:.2f}"],
+            ["command", f"`{m['command']}`"],
+            ["date (UTC)", m["date"]],
+            ["wall-clock of the suite", f"{results['elapsed_s']:.0f} s"],
+        ],
+    )
+    L += ["## Targets", ""]
+    L += _table(
+        ["target", "measured", "wanted", "status", "conditions"],
+        [
+            [t["what"], _num(t["measured"]), t["target"], f"**{t['status']}**", t["conditions"]]
+            for t in results["targets"]
+        ],
+    )
+    L += ["## Parameters (MNIST `small` preset, matched on generation-time parameters)", ""]
+    L += _table(
+        ["family", "generation params", "total params", "/ VSSM generation"],
+        [[LABELS[f], f"{c['generation']:,}", f"{c['total']:,}", _x(c["vs_vssm_generation"], 3)] for f, c in p.items()],
+    )
+    L += [
+        "VSSM generation params = decoder + partial encoder (the encoder is only used in training).",
+        "Past T = 784 the recurrent families run with `max_position=None` and the transformer with a",
+        "longer learned position table (a lookup: compute unchanged).",
+        "",
+    ]
+
+    L += ["## 1. Generation time vs sequence length", "", f"`{gen['call']}`; ms (best run).", ""]
+    for batch in gen["batches"]:
+        header = ["family"] + [f"T={T}" for T in gen["lengths"]]
+        rows = []
+        for f in FAMILIES:
+            t = {r["T"]: r["best_s"] for r in gen["results"] if r["family"] == f and r["batch"] == batch}
+            rows.append([LABELS[f]] + [_ms(t.get(T)) for T in gen["lengths"]])
+        for f in FAMILIES[1:]:
+            sp = {r["T"]: r["vssm_speedup"] for r in gen["speedups"] if r["family"] == f and r["batch"] == batch}
+            rows.append([f"VSSM speed-up over {f}"] + [_x(sp.get(T), 1) for T in gen["lengths"]])
+        L += [f"Batch {batch}:", "", *_table(header, rows)]
+    L += [f"![generation]({plots['generation']})", "", "Fitted exponent (slope of log time vs log T):", ""]
+    L += _table(
+        ["family", "batch", "exponent", "fit over T", "exponent at long T", "long T"],
+        [
+            [
+                LABELS[e["family"]],
+                str(e["batch"]),
+                _num(e["exponent"]),
+                ", ".join(map(str, e["lengths"])),
+                _num(e["exponent_long"]),
+                ", ".join(map(str, e["lengths_long"])) or "-",
+            ]
+            for e in gen["exponents"]
+        ],
+    )
+    if gen["skipped"]:
+        L += ["Not measured:", ""]
+        L += [f"- {LABELS[s['family']]}, B={s['batch']}, T={s['T']}: {s['reason']}" for s in gen["skipped"]]
+        L += [""]
+
+    L += ["## 2. The limit: generation against the network passes it needs", ""]
+    L += _table(
+        ["batch", "T", "generate ms", "decoder pass ms", "generate / decoder", "decoder from zero state / decoder"],
+        [
+            [
+                str(r["batch"]),
+                str(r["T"]),
+                _ms(r["generate"]["best_s"]),
+                _ms(r["decoder"]["best_s"]),
+                _x(r["ratio"]),
+                _x(r["zero_state_overhead"]),
+            ]
+            for r in lim["unprompted"]
+        ],
+    )
+    L += _table(
+        [
+            "batch",
+            "prompt",
+            "chunk",
+            "chunk ms",
+            "3 passes ms",
+            "chunk / 3 passes",
+            "f_par EMPTYs ms",
+            "f_dec ms",
+            "f_par tokens ms",
+        ],
+        [
+            [
+                str(r["batch"]),
+                str(r["prompt_length"]),
+                str(r["n"]),
+                _ms(r["chunk"]["best_s"]),
+                _ms(r["three_passes"]["best_s"]),
+                _x(r["ratio"]),
+                _ms(r["par_over_empties"]["best_s"]),
+                _ms(r["decoder_from_state"]["best_s"]),
+                _ms(r["par_over_tokens"]["best_s"]),
+            ]
+            for r in lim["prompted"]
+        ],
+    )
+    L += [f"![limit]({plots['limit']})", ""]
+
+    L += [
+        "## 3. Resume cost vs prefix (batch 1)",
+        "",
+        f"Resume: `{res['chunk_call']}`; re-process: `{res['reprocess_call']}`. {res['note']}.",
+        "",
+    ]
+    L += _table(
+        ["family", "P", "resume ms", "/ resume at P=0", "re-process ms", "re-process / resume", "state B", "stored B"],
+        [
+            [
+                LABELS[r["family"]],
+                str(r["position"]),
+                _ms(r["chunk"]["best_s"]),
+                _x(r["chunk_vs_first"]),
+                _ms(r["reprocess"]["best_s"]),
+                _x(r["reprocess_vs_chunk"]),
+                f"{r['state_bytes']:,}",
+                f"{r['serialized_bytes']:,}",
+            ]
+            for r in res["results"]
+        ],
+    )
+    L += [f"![resume]({plots['resume']})", ""]
+    L += _serving_section(results["serving"])
+    L += [f"## 5. Training throughput (B={tr['batch']}, T={tr['T']}, {tr['optimizer']})", ""]
+    L += _table(
+        ["family", "step ms", "tokens / s", "/ VSSM"],
+        [
+            [LABELS[r["family"]], _ms(r["step"]["best_s"]), f"{r['tokens_per_s']:,.0f}", _x(r["vs_vssm"])]
+            for r in tr["results"]
+        ],
+    )
+    L += [f"![training]({plots['training']})", ""]
+    path.write_text("\n".join(L))
+    log.info("wrote %s", path)
+
+
+def _serving_section(sv: dict[str, Any]) -> list[str]:
+    L = ["## 4. Serving", ""]
+    if sv.get("skipped"):
+        return [*L, sv["note"], ""]
+    mt = sv["model_time"]
+    L += [
+        f"Model: {sv['model']}; sessions generate {sv['chunk_tokens']}-token chunks (streamed), state read from and "
+        f"committed to a real Redis on loopback for every chunk; {sv['threads']} torch thread(s).",
+        "",
+        f"- In process, one chunk: {mt['alone_ms']:.2f} ms alone, {mt['batch16_ms']:.2f} ms for 16 rows batched "
+        f"({mt['batch16_per_request_ms']:.2f} ms each): **{mt['throughput_ratio']:.1f}x** model-time throughput.",
+        f"- Redis per chunk (read + compare-and-set): {sv['store_ms_per_chunk']:.2f} ms.",
+        f"- Server overhead per chunk at 1 client (p50 end to end minus model time): "
+        f"**{sv['server_overhead_ms_per_chunk']:.2f} ms**.",
+        f"- End-to-end throughput with batching / without at {sv['ratio_at_clients']} clients: "
+        f"**{sv['end_to_end_batching_ratio']:.2f}x**.",
+        "",
+    ]
+    for key in ("batching_on", "batching_off"):
+        L += [f"{key.replace('_', ' ')}:", ""]
+        L += _table(
+            ["clients", "tokens / s", "first chunk p50 / p99 ms", "full p50 / p99 ms"],
+            [
+                [
+                    str(r["clients"]),
+                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['first_chunk_p50_ms']:.1f} / {r['first_chunk_p99_ms']:.1f}",
+                    f"{r['full_p50_ms']:.1f} / {r['full_p99_ms']:.1f}",
+                ]
+                for r in sv["levels"][key]
+            ],
+        )
+    return L

@@ -1,0 +1,232 @@
+"""Serving costs, measured with a real ``vssm serve`` on loopback and a real ``redis-server``.
+
+For 1, 4, 16, 64 concurrent clients, each running a session chunk by chunk (64-token chunks),
+with dynamic batching on and off: first-chunk and full-request latency (p50 / p99), throughput,
+Redis read + write time per chunk (from the server's own metrics), and the server's overhead per
+chunk over calling the model in process.  Model-time throughput of batching is measured in
+process: one 64-token chunk for 1 row against a batch of 16 rows at different positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+import model
+from model.presets import preset_config
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+CHUNK = 64
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+class _Stack:
+    """redis-server + one server process, torn down on exit."""
+
+    def __init__(self, ckpt_dir: Path, batching: bool, threads: int) -> None:
+        self.ckpt_dir, self.batching, self.threads = ckpt_dir, batching, threads
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> _Stack:
+        redis_bin = shutil.which("redis-server")
+        if redis_bin is None:
+            raise RuntimeError("redis-server is needed for the serving benchmark")
+        self.redis_port = _free_port()
+        self.procs.append(
+            subprocess.Popen(
+                [redis_bin, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        self.port = _free_port()
+        env = {
+            **os.environ,
+            "VSSM_BATCHING": str(self.batching).lower(),
+            "VSSM_TORCH_THREADS": str(self.threads),
+            "VSSM_MAX_IN_FLIGHT": "1024",
+            "VSSM_LOG_LEVEL": "warning",
+        }
+        self.procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "server",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--checkpoints",
+                    str(self.ckpt_dir),
+                    "--redis-url",
+                    f"redis://127.0.0.1:{self.redis_port}/0",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        _wait(self.url + "/ready")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+            p.wait(10)
+
+    def store_ms(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics").text
+        out = {}
+        for op in ("get", "cas"):
+            s = re.search(rf'vssm_store_seconds_sum\{{op="{op}"\}} (\S+)', text)
+            c = re.search(rf'vssm_store_seconds_count\{{op="{op}"\}} (\S+)', text)
+            if s and c and float(c.group(1)):
+                out[op] = 1000 * float(s.group(1)) / float(c.group(1))
+        return out
+
+
+async def _client(url: str, model_id: str, chunks: int, seed: int, results: dict[str, list[float]]) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        s = (await http.post("/v1/sessions", json={"model": model_id, "seed": seed})).json()
+        pos = 0
+        for _ in range(chunks):
+            t0 = time.perf_counter()
+            first = None
+            body = {"max_tokens": CHUNK, "expected_position": pos, "stream": True, "chunk_size": CHUNK}
+            async with http.stream("POST", f"/v1/sessions/{s['id']}/generate", json=body) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and first is None:
+                        first = time.perf_counter() - t0
+            results["full"].append(time.perf_counter() - t0)
+            results["first"].append(first or float("nan"))
+            pos += CHUNK
+
+
+def _run_level(url: str, model_id: str, clients: int, chunks: int) -> dict[str, float]:
+    results: dict[str, list[float]] = {"full": [], "first": []}
+
+    async def main() -> float:
+        t0 = time.perf_counter()
+        await asyncio.gather(*[_client(url, model_id, chunks, 1000 + i, results) for i in range(clients)])
+        return time.perf_counter() - t0
+
+    wall = asyncio.run(main())
+    return {
+        "clients": clients,
+        "chunks_per_client": chunks,
+        "wall_s": wall,
+        "tokens_per_s": clients * chunks * CHUNK / wall,
+        "full_p50_ms": 1000 * _pct(results["full"], 0.5),
+        "full_p99_ms": 1000 * _pct(results["full"], 0.99),
+        "first_chunk_p50_ms": 1000 * _pct(results["first"], 0.5),
+        "first_chunk_p99_ms": 1000 * _pct(results["first"], 0.99),
+    }
+
+
+@torch.inference_mode()
+def model_time(m: model.SequenceModel, rows: int, repeats: int) -> float:
+    """Seconds for one 64-token chunk of ``rows`` sessions at different positions, state bytes included."""
+    states = []
+    for i in range(rows):
+        s = m.start(torch.zeros(1, 0, dtype=torch.long), i)
+        _, s = m.generate(s, CHUNK * (1 + i % 4))
+        states.append(s)
+    blobs = [s.to_bytes() for s in states]
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        batch = model.GenState.cat([model.GenState.from_bytes(b) for b in blobs])
+        _, nxt = m.generate(batch, CHUNK)
+        [nxt.rows(slice(i, i + 1)).to_bytes() for i in range(rows)]
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) -> dict[str, Any]:
+    """The serving part of the benchmark; ``model_dir`` may hold a trained mnist-vssm, else random weights."""
+    torch.set_num_threads(threads)
+    levels = (1, 4) if quick else (1, 4, 16, 64)
+    chunks = 2 if quick else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_dir = Path(tmp)
+        src = model_dir / "mnist-vssm.safetensors" if model_dir else None
+        if src is not None and src.exists():
+            shutil.copy(src, ckpt_dir / "mnist-vssm.safetensors")
+        else:
+            torch.manual_seed(0)
+            model.save_checkpoint(
+                model.build_model("vssm", preset_config("mnist", "vssm", "small")),
+                ckpt_dir / "mnist-vssm.safetensors",
+                extra={"dataset": "mnist"},
+            )
+        m = model.load_checkpoint(ckpt_dir / "mnist-vssm.safetensors")
+        repeats = 3 if quick else 10
+        alone = model_time(m, 1, repeats)
+        batch16 = model_time(m, 16, repeats)
+        out: dict[str, Any] = {
+            "model": "mnist-vssm (small preset)",
+            "chunk_tokens": CHUNK,
+            "threads": threads,
+            "model_time": {
+                "alone_ms": 1000 * alone,
+                "batch16_ms": 1000 * batch16,
+                "batch16_per_request_ms": 1000 * batch16 / 16,
+                "throughput_ratio": alone * 16 / batch16,
+            },
+            "levels": {},
+        }
+        for batching in (True, False):
+            key = "batching_on" if batching else "batching_off"
+            with _Stack(ckpt_dir, batching, threads) as stack:
+                _run_level(stack.url, "mnist-vssm", 1, 1)  # warm-up
+                out["levels"][key] = [_run_level(stack.url, "mnist-vssm", c, chunks) for c in levels]
+                out.setdefault("store_ms_per_call", {})[key] = stack.store_ms()
+        single = out["levels"]["batching_on"][0]
+        store = out["store_ms_per_call"]["batching_on"]
+        overhead = single["full_p50_ms"] - 1000 * alone
+        out["server_overhead_ms_per_chunk"] = overhead
+        out["store_ms_per_chunk"] = store.get("get", 0) + store.get("cas", 0)
+        by_level = {r["clients"]: r for r in out["levels"]["batching_on"]}
+        off = {r["clients"]: r for r in out["levels"]["batching_off"]}
+        top = 4 if quick else 16
+        out["end_to_end_batching_ratio"] = by_level[top]["tokens_per_s"] / off[top]["tokens_per_s"]
+        out["ratio_at_clients"] = top
+    return out

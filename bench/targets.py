@@ -1,0 +1,156 @@
+"""The issue's targets, each checked against this run's own measurements (ratios, never absolutes)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .common import Settings
+
+__all__ = ["evaluate_targets"]
+
+TARGET_T = 784  # a full MNIST image
+EXPONENT_BAND = (0.75, 1.25)  # "~1": linear up to the FFT's log factor and per-call overhead
+EXPONENT_ABOVE = 1.2  # "clearly above 1"
+
+
+def _row(
+    what: str, measured: float | None, target: str, ok: Callable[[float], bool] | None, conditions: str
+) -> dict[str, Any]:
+    """``ok`` None: a reference row, shown for comparison but not a target."""
+    status = "N/A" if measured is None else "INFO" if ok is None else "PASS" if ok(measured) else "MISS"
+    return {"what": what, "measured": measured, "target": target, "status": status, "conditions": conditions}
+
+
+def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
+    gen, lim, res = results["generation"], results["limit"], results["resume"]
+    small, large = s.batches[0], s.batches[-1]
+    T = TARGET_T if TARGET_T in s.gen_lengths else max(s.gen_lengths)
+    stand_in = "" if s.mode == "full" else f" (quick mode: stands in for T={TARGET_T}, B=1 / 32)"
+    rows = []
+
+    speed = {(r["family"], r["batch"], r["T"]): r["vssm_speedup"] for r in gen["speedups"]}
+    for batch, need in ((small, 30.0), (large, 5.0)):
+        for base in ("ar-ssm", "ar-transformer"):
+            rows.append(
+                _row(
+                    f"VSSM unprompted generation speed-up over {base}",
+                    speed.get((base, batch, T)),
+                    f">= {need:g}x",
+                    lambda v, need=need: v >= need,
+                    f"T={T}, B={batch}{stand_in}",
+                )
+            )
+    for r in lim["unprompted"]:
+        rows.append(
+            _row(
+                "VSSM unprompted generation / one decoder forward pass",
+                r["ratio"],
+                "<= 1.5x",
+                lambda v: v <= 1.5,
+                f"T={r['T']}, B={r['batch']}{stand_in}",
+            )
+        )
+
+    last = max(s.resume_positions)
+    first = min(s.resume_positions)
+    for family in ("vssm", "ar-ssm", "ar-gru", "ar-transformer"):
+        by_pos = {r["position"]: r for r in res["results"] if r["family"] == family}
+        if not by_pos:
+            continue
+        ratio = by_pos[last]["chunk_vs_first"]
+        if family == "ar-transformer":  # its KV cache grows with P by design: shown, not a target
+            rows.append(
+                _row(
+                    f"{family} chunk latency, prefix {last} / prefix {first}",
+                    ratio,
+                    "(reference)",
+                    None,
+                    f"B=1, {s.chunk} tokens, KV cache grows with P",
+                )
+            )
+            continue
+        rows.append(
+            _row(
+                f"{family} chunk latency, prefix {last} / prefix {first}",
+                ratio,
+                "<= 1.1x",
+                lambda v: v <= 1.1,
+                f"B=1, {s.chunk} tokens, state-based resume",
+            )
+        )
+    for family in ("vssm", "ar-ssm"):
+        sizes = [r["state_bytes"] for r in res["results"] if r["family"] == family]
+        if sizes:
+            rows.append(
+                _row(
+                    f"{family} state bytes, largest / smallest over positions",
+                    max(sizes) / min(sizes),
+                    "== 1 (constant)",
+                    lambda v: v == 1.0,
+                    f"positions {', '.join(map(str, s.resume_positions))}",
+                )
+            )
+
+    sv = results.get("serving", {})
+    if not sv.get("skipped"):
+        mt = sv["model_time"]
+        rows.append(
+            _row(
+                "batching: model-time throughput, 16 requests batched / alone",
+                mt["throughput_ratio"],
+                ">= 3x",
+                lambda v: v >= 3.0,
+                f"{sv['chunk_tokens']}-token chunks, in process",
+            )
+        )
+        n = sv["ratio_at_clients"]
+        rows.append(
+            _row(
+                f"batching: end-to-end throughput on / off, {n} clients",
+                sv["end_to_end_batching_ratio"],
+                ">= 1.5x",
+                lambda v: v >= 1.5,
+                "real server + Redis on loopback" + ("" if n == 16 else " (quick mode: stands in for 16 clients)"),
+            )
+        )
+        budget = max(5.0, 0.2 * mt["alone_ms"])
+        rows.append(
+            _row(
+                "server overhead per chunk (HTTP, validation, Redis read + write), ms",
+                sv["server_overhead_ms_per_chunk"],
+                f"<= {budget:.1f} ms (max of 5 ms, 20% of model time)",
+                lambda v, b=budget: v <= b,
+                "1 client, p50 end-to-end minus in-process model time",
+            )
+        )
+
+    # Complexity is a long-T property: at short T a fixed per-call cost (Python, kernel launches)
+    # flattens every curve, so each exponent target is judged on T >= 1024 when measured.
+    lo, hi = EXPONENT_BAND
+    for e in gen["exponents"]:
+        long_ok = e["exponent_long"] is not None
+        value = e["exponent_long"] if long_ok else e["exponent"]
+        used = ", ".join(map(str, e["lengths_long"] if long_ok else e["lengths"]))
+        where = f"B={e['batch']}, fit over T = {used}" + ("" if long_ok else " (no two T >= 1024 measured)")
+        if e["family"] in ("vssm", "ar-ssm"):
+            rows.append(
+                _row(
+                    f"{e['family']} generation exponent at long T",
+                    value,
+                    f"~1 (in [{lo}, {hi}])",
+                    lambda v: lo <= v <= hi,
+                    where,
+                )
+            )
+        elif e["family"] == "ar-transformer":
+            rows.append(
+                _row(
+                    "ar-transformer generation exponent at long T",
+                    value,
+                    f">= {EXPONENT_ABOVE}",
+                    lambda v: v >= EXPONENT_ABOVE,
+                    where,
+                )
+            )
+    return rows

@@ -1,0 +1,66 @@
+"""`python -m bench.run --quick` end to end: schema, positive ratios, matched parameters, PNGs.
+
+No timing is asserted: this machine may be busy, and the numbers are the benchmark's report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("machine", "params", "generation", "limit", "resume", "serving", "training", "targets", "plots")
+
+
+def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "b.json"
+    # One thread: on a CI box that is busy, two intra-op threads on two cores crawl.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bench.run", "--quick", "--threads", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+
+    assert r["schema"] == "vssm-bench/1" and r["mode"] == "quick"
+    for part in PARTS:
+        assert part in r, part
+    assert r["machine"]["threads"] == 1 and "--quick" in r["machine"]["command"]
+
+    gen_params = {f: c["generation"] for f, c in r["params"].items()}
+    assert set(gen_params) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru"}
+    for family, n in gen_params.items():
+        assert abs(n / gen_params["vssm"] - 1) <= 0.10, (family, n)
+
+    gen = r["generation"]
+    measured = {(x["family"], x["batch"], x["T"]) for x in gen["results"]}
+    skipped = {(x["family"], x["batch"], x["T"]) for x in gen["skipped"]}
+    for f in gen_params:
+        for b in gen["batches"]:
+            for T in gen["lengths"]:
+                assert (f, b, T) in measured | skipped
+    assert all(x["best_s"] > 0 for x in gen["results"])
+    assert all(x["vssm_speedup"] > 0 for x in gen["speedups"])
+
+    for row in r["limit"]["unprompted"] + r["limit"]["prompted"]:
+        assert row["ratio"] > 0
+    positions = r["resume"]["positions"]
+    for f in gen_params:
+        rows = [x for x in r["resume"]["results"] if x["family"] == f]
+        assert [x["position"] for x in rows] == positions
+        assert all(x["chunk_vs_first"] > 0 and x["reprocess_vs_chunk"] > 0 and x["state_bytes"] > 0 for x in rows)
+    assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
+    assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
+    assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
+
+    md = (tmp_path / "benchmarks.md").read_text()
+    assert "## Targets" in md and "## Machine" in md
+    assert set(r["plots"]) == {"generation", "limit", "resume", "training"}
+    for rel in r["plots"].values():
+        with Image.open(tmp_path / rel) as im:
+            im.verify()
+            assert im.format == "PNG"
