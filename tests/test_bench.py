@@ -53,6 +53,12 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         rows = [x for x in r["resume"]["results"] if x["family"] == f]
         assert [x["position"] for x in rows] == positions
         assert all(x["chunk_vs_first"] > 0 and x["reprocess_vs_chunk"] > 0 and x["state_bytes"] > 0 for x in rows)
+    sv = r["serving"]
+    assert not sv.get("skipped"), sv  # make test installs redis-server, so this part must run
+    assert sv["model_time"]["throughput_ratio"] > 0 and sv["store_ms_per_chunk"] > 0
+    for key in ("batching_on", "batching_off"):
+        assert [x["clients"] for x in sv["levels"][key]] == [1, 4]
+        assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
