@@ -28,37 +28,26 @@ def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return proc
 
 
-def train(out: Path, family: str, dataset: str = "mnist", steps: int = 3, *extra: str) -> subprocess.CompletedProcess:
-    return run(
-        "-m",
-        "model",
-        "train",
-        "--dataset",
-        dataset,
-        "--family",
-        family,
-        "--size",
-        "tiny",
-        "--out",
-        str(out),
-        "--max-steps",
-        str(steps),
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "32",
-        "--limit",
-        "200",
-        "--val-every",
-        "2",
-        "--ckpt-every",
-        "2",
-        "--val-sequences",
-        "8",
-        "--threads",
-        "1",
-        *extra,
-    )
+def train_args(out: Path, family: str, dataset: str = "mnist", steps: int = 3) -> list[str]:
+    flags = {
+        "dataset": dataset,
+        "family": family,
+        "size": "tiny",
+        "out": out,
+        "max-steps": steps,
+        "batch-size": 4,
+        "seq-len": 32,
+        "limit": 200,
+        "val-every": 2,
+        "ckpt-every": 2,
+        "val-sequences": 8,
+        "threads": 1,
+    }
+    return ["-m", "model", "train", *(x for k, v in flags.items() for x in (f"--{k}", str(v)))]
+
+
+def train(out: Path, family: str, dataset: str = "mnist", steps: int = 3) -> subprocess.CompletedProcess:
+    return run(*train_args(out, family, dataset, steps))
 
 
 @pytest.mark.parametrize("family", ["vssm", "ar-ssm", "ar-transformer", "ar-gru"])
@@ -146,31 +135,7 @@ def test_two_process_data_parallel_training(tmp_path):
         "--standalone",
         "--nproc-per-node",
         "2",
-        "-m",
-        "model",
-        "train",
-        "--dataset",
-        "mnist",
-        "--family",
-        "ar-ssm",
-        "--size",
-        "tiny",
-        "--out",
-        str(out),
-        "--max-steps",
-        "3",
-        "--batch-size",
-        "4",
-        "--limit",
-        "200",
-        "--val-every",
-        "2",
-        "--ckpt-every",
-        "2",
-        "--val-sequences",
-        "8",
-        "--threads",
-        "1",
+        *train_args(out, "ar-ssm"),
         "--device",
         "cpu",
         timeout=300,
