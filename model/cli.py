@@ -35,6 +35,12 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="JSON path (default: print)")
     p.add_argument("--samples", type=int, default=16, help="VSSM importance samples for the tighter bound")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test sequences")
+    p.add_argument(
+        "--prompted-limit",
+        type=int,
+        default=1000,
+        help="prompted NLLs on the first N test sequences (0: all); the VSSM's bound costs k passes",
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seq-len", type=int, default=256, help="text window length")
     p.add_argument("--threads", type=int, default=0)

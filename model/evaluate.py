@@ -82,8 +82,9 @@ def evaluate(
     samples: int = 16,
     batch_size: int = 100,
     gen_length: int | None = None,
+    prompted_limit: int | None = None,
 ) -> dict[str, Any]:
-    """Every number of the eval JSON except provenance."""
+    """Every number of the eval JSON except provenance; prompted NLLs use the first ``prompted_limit`` rows."""
     S, T = seqs.shape
     out: dict[str, Any] = {"test": {"sequences": S, "tokens_per_sequence": T}}
     if isinstance(model, VSSM):
@@ -109,11 +110,12 @@ def evaluate(
     else:
         out["nll"] = {"bound": "exact", **_summary(_score(model, seqs, batch_size, "nll"), S, T)}
     prompted = {}
+    subset = seqs[:prompted_limit] if prompted_limit else seqs
     for frac in PROMPT_FRACTIONS:
         C = int(T * frac)
         kw = {"samples": samples} if isinstance(model, VSSM) else {}
-        nats = _score(model, seqs, max(1, batch_size // (4 if kw else 1)), f"prompt{frac}", prompt_len=C, **kw)
-        prompted[str(frac)] = {"prompt_tokens": C, **_summary(nats, S, T - C)}
+        nats = _score(model, subset, max(1, batch_size // (4 if kw else 1)), f"prompt{frac}", prompt_len=C, **kw)
+        prompted[str(frac)] = {"prompt_tokens": C, "sequences": len(subset), **_summary(nats, len(subset), T - C)}
     out["prompted_nll"] = prompted
     L = gen_length or T
     out["generation_seconds"] = {
@@ -149,7 +151,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             "minutes": round(float(meta.get("train_seconds", 0)) / 60, 1),
             "config": json.loads(meta.get("train_config", "{}")),
         },
-        **evaluate(model, seqs, samples=args.samples, batch_size=args.batch_size),
+        **evaluate(model, seqs, samples=args.samples, batch_size=args.batch_size, prompted_limit=args.prompted_limit),
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),

@@ -116,7 +116,7 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     assert nll["bound"] == "iw" and nll["samples"] == 2 and nll["nats_per_sequence"] > 0
     assert nll["kl_nats_per_sequence"] >= 0 and nll["elbo"]["nats_per_sequence"] > 0
     assert set(result["prompted_nll"]) == {"0.25", "0.5", "0.75"}
-    assert result["prompted_nll"]["0.5"]["prompt_tokens"] == 392
+    assert result["prompted_nll"]["0.5"]["prompt_tokens"] == 392 and result["prompted_nll"]["0.5"]["sequences"] == 6
     assert result["generation_seconds"]["batch_1"] > 0
     assert result["parameters"]["generation"] < result["parameters"]["total"]
 
