@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .sampling import as_seed_tensor
+from .ssm import weights_key
 from .state import GenState, StateError
 
 __all__ = ["PositionLimitError", "SequenceModel", "TokenRangeError", "check_config"]
@@ -71,7 +72,7 @@ class SequenceModel(nn.Module):
         it on every call costs nothing.
         """
         # parameters() is ~100x cheaper than state_dict(): the key costs microseconds per call
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        key = weights_key(self.parameters())
         if key != self._fp_key:
             sd = self.state_dict()
             h = hashlib.sha256()

@@ -25,6 +25,7 @@ and neither is faster on GPU without a custom kernel.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,15 @@ class _KernelCache:
         while size > self.max_bytes and len(self.entries) > 1:
             oldest = next(iter(self.entries))
             size -= sum(_nbytes(v) for v in self.entries.pop(oldest).values())
+
+
+def weights_key(params: Iterable[Tensor]) -> tuple:
+    """Identity of the current weights: storage and in-place version of each tensor.
+
+    Inference tensors (made under ``torch.inference_mode``) keep no version counter; they are
+    frozen outside that mode, so their storage alone identifies them.
+    """
+    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
 
 
 def _nbytes(t: Tensor) -> int:
@@ -117,7 +127,7 @@ class S4D(nn.Module):
         """
         if torch.is_grad_enabled():
             return self._build(T, full)
-        weights = tuple((p.data_ptr(), p._version, p.dtype) for p in self.parameters())
+        weights = weights_key(self.parameters())
         hit = self._cache.get(weights, T)
         if hit is None:
             hit = self._build(T, True)

@@ -130,3 +130,14 @@ def test_tampered_weights_fail_the_fingerprint(saved, tmp_path):
 def test_build_model_rejects_unknown_family():
     with pytest.raises(CheckpointError):
         model.build_model("lstm")
+
+
+def test_models_loaded_or_built_under_inference_mode_work(tmp_path, family):
+    path = save_checkpoint(tiny_model(family, dtype=torch.float32), tmp_path / "m.safetensors")
+    with torch.inference_mode():
+        m = load_checkpoint(path)  # its weights are inference tensors: no version counters
+        state = m.start(torch.zeros(1, 2, dtype=torch.long), 3)
+        a, _ = m.generate(state, 5)
+        assert m.fingerprint == load_checkpoint(path).fingerprint
+    b, _ = load_checkpoint(path).generate(load_checkpoint(path).start(torch.zeros(1, 2, dtype=torch.long), 3), 5)
+    assert torch.equal(a, b)
