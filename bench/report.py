@@ -304,6 +304,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         ],
     )
     L += [f"![training]({plots['training']})", ""]
+    L += _scan_section(results.get("ssm_parallel_mode"))
     path.write_text("\n".join(L))
     log.info("wrote %s", path)
 
@@ -340,4 +341,24 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
                 for r in sv["levels"][key]
             ],
         )
+    return L
+
+
+def _scan_section(sc: dict[str, Any] | None) -> list[str]:
+    """Why the S4D parallel mode is an FFT convolution (model/ssm.py): the alternatives, measured."""
+    if not sc:
+        return []
+    L = [
+        "## 6. The S4D layer's parallel mode, against the alternatives",
+        "",
+        f"{sc['layer']}, forward from a non-zero state; all methods agree (max relative error shown).",
+        "",
+    ]
+    L += _table(
+        ["method", "batch", "T", "ms", "/ fft", "max rel. err"],
+        [
+            [r["method"], str(r["batch"]), str(r["T"]), _ms(r["best_s"]), _x(r["vs_fft"]), f"{r['max_rel_err']:.0e}"]
+            for r in sc["results"]
+        ],
+    )
     return L

@@ -25,6 +25,7 @@ from .generation import run_generation
 from .limit import run_limit
 from .report import write_markdown, write_plots
 from .resume import run_resume
+from .scan import run_scan
 from .serving import run as run_serving_suite
 from .targets import evaluate_targets
 from .training import run_training
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results["resume"] = run_resume(models, s)
     results["serving"] = run_serving(s.mode == "quick", machine["threads"])
     results["training"] = run_training(configs, s)
+    results["ssm_parallel_mode"] = run_scan(quick=s.mode == "quick")
     results["targets"] = evaluate_targets(results, s)
     machine["load_average_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - t0
