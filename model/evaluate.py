@@ -149,6 +149,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         "training": {
             "steps": int(meta.get("train_steps", 0)),
             "minutes": round(float(meta.get("train_seconds", 0)) / 60, 1),
+            "cpu_minutes": round(float(meta["train_cpu_seconds"]) / 60, 1) if "train_cpu_seconds" in meta else None,
             "config": json.loads(meta.get("train_config", "{}")),
         },
         **evaluate(model, seqs, samples=args.samples, batch_size=args.batch_size, prompted_limit=args.prompted_limit),

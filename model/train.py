@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)
     state_path = out / "train.safetensors"
-    meta: dict[str, Any] = {"step": 0, "elapsed": 0.0, "best_val": None, "config": dataclasses.asdict(cfg)}
+    meta: dict[str, Any] = {"step": 0, "elapsed": 0.0, "cpu": 0.0, "best_val": None, "config": dataclasses.asdict(cfg)}
     if state_path.exists():
         meta = {**meta, **load_train_state(state_path, model, opt, gen)}
         if main:
@@ -239,7 +239,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     metrics_file = out / "metrics.jsonl"
     ckpt_path = out / "model.safetensors"
 
-    step, elapsed = int(meta["step"]), float(meta["elapsed"])
+    # elapsed: wall-clock seconds of training steps (the budget); cpu: this process's CPU seconds in
+    # them, which shows how much of the budget a shared machine really gave the run
+    step, elapsed, cpu = int(meta["step"]), float(meta["elapsed"]), float(meta.get("cpu", 0.0))
     bar = tqdm(
         total=cfg.max_steps or None,
         initial=step,
@@ -247,7 +249,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         dynamic_ncols=True,
         desc=f"{cfg.family}:{cfg.dataset}",
     )
-    t_last = time.perf_counter()
+    t_last, c_last = time.perf_counter(), time.process_time()
     tokens_seen = 0
     done = _finished(cfg, step, elapsed, world)
     while not done:
@@ -266,6 +268,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         step += 1
         now = time.perf_counter()
         elapsed += now - t_last
+        cpu += time.process_time() - c_last
         tokens_seen += x.numel()
         t_last = now
         if main:
@@ -299,14 +302,16 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
                     meta["best_val"] = val["nll"]
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-            meta.update(step=step, elapsed=elapsed)
+            meta.update(step=step, elapsed=elapsed, cpu=cpu)
             save_train_state(state_path, model, opt, meta, gen)
-            save_checkpoint(model, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed))
+            save_checkpoint(model, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed, cpu))
         if world > 1 and (do_val or do_ckpt):
             dist.barrier()
-            t_last = time.perf_counter()  # a rank's wait for rank 0 is not training time
+            t_last, c_last = time.perf_counter(), time.process_time()  # a rank's wait is not training time
         elif do_val or do_ckpt:
-            t_last = time.perf_counter()  # validation and saving are not training time
+            t_last, c_last = time.perf_counter(), time.process_time()  # validation and saving are not training
+        else:
+            c_last = time.process_time()
     bar.close()
     if main:
         log.info("done: %d steps in %.1f min -> %s", step, elapsed / 60, ckpt_path)
@@ -318,10 +323,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     return ckpt_path
 
 
-def _ckpt_meta(cfg: TrainConfig, step: int, elapsed: float) -> dict[str, str]:
+def _ckpt_meta(cfg: TrainConfig, step: int, elapsed: float, cpu: float) -> dict[str, str]:
     return {
         "dataset": cfg.dataset,
         "train_steps": str(step),
         "train_seconds": f"{elapsed:.1f}",
+        "train_cpu_seconds": f"{cpu:.1f}",
         "train_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
     }
