@@ -115,15 +115,13 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
     ttl = _ttl(ctx, body.ttl_seconds)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     batcher = ctx.batcher(served.id)
-    chunk = None
+    out: list[int] | None = None
     async with ctx.admit():
         state = await batcher.begin(prompt, [seed])
         if body.max_tokens:
             tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
             assert state is not None
             out = tokens[0].tolist()
-            pos = len(prompt) + len(out)
-            chunk = (len(prompt), pos, out)
     rec = SessionRecord(
         id=new_id(),
         model=served.id,
@@ -139,13 +137,13 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
     rec = await ctx.store_call("create", ctx.store.create(rec))
     ctx.metrics.sessions.labels("created").inc()
     c = None
-    if chunk is not None:
+    if out is not None:
         c = Chunk(
             session_id=rec.id,
-            start_position=chunk[0],
-            position=chunk[1],
-            tokens=chunk[2],
-            text=served.decode(chunk[2]),
+            start_position=len(prompt),
+            position=rec.position,
+            tokens=out,
+            text=served.decode(out),
             finish_reason="length",
         )
     return public(rec, c)
@@ -168,7 +166,7 @@ async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionD
 @router.post("/{sid}/fork", status_code=status.HTTP_201_CREATED)
 async def fork_session(sid: str, ctx: ContextDep, owner: OwnerDep, body: SessionFork | None = None) -> Session:
     rec = await _load(ctx, sid, owner)
-    ttl = _ttl(ctx, body.ttl_seconds if body else None) if body and body.ttl_seconds else rec.ttl_seconds
+    ttl = _ttl(ctx, body.ttl_seconds) if body and body.ttl_seconds else rec.ttl_seconds
     child = replace(rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None)
     child = await ctx.store_call("create", ctx.store.create(child))
     ctx.metrics.sessions.labels("forked").inc()
