@@ -43,6 +43,14 @@ def as_seed_tensor(seed: int | list[int] | Tensor, batch: int, device: torch.dev
     return t
 
 
+def hash_rows(x: Tensor) -> Tensor:
+    """A 32-bit hash of each row of tokens ``(B, T)`` -> ``(B,)``: a per-sequence seed that does not
+    depend on which batch the sequence sits in."""
+    T = x.shape[1]
+    coeff = _mix(torch.arange(T, device=x.device, dtype=torch.int64) + 0x51ED)  # (T,) random odd-ish weights
+    return _mix(((x.long() & _M32) * coeff).sum(-1) & _M32)  # (B,)
+
+
 def keyed_uniform(seed: Tensor, position: Tensor, stream: int, width: int, dtype: torch.dtype) -> Tensor:
     """Uniforms in (0, 1): ``seed`` ``(B,)``, ``position`` ``(B, T)`` absolute -> ``(B, T, W)``."""
     lo = seed & _M32  # (B,)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .base import SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
-from .sampling import STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
+from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState
 
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss"]
@@ -149,7 +149,8 @@ class VSSM(SequenceModel):
         from the partial encoder reading it, latents after it from the partial encoder over
         EMPTYs (or the uniform prior when there is no prompt).  The proposal for the latents
         after the prompt is the encoder's posterior; the prompt's latents are drawn from the
-        model itself, so their terms cancel.  Draw k uses seed ``seed + k``: reproducible, and the
+        model itself, so their terms cancel.  Draw k of a sequence is keyed on (a hash of its tokens,
+        ``seed + k``): reproducible, independent of batching, different for every sequence, and the
         bound with S samples is never above the mean of the S single-sample bounds (Jensen).
         """
         Bsz, T = x.shape
@@ -163,9 +164,12 @@ class VSSM(SequenceModel):
         else:
             log_w = torch.full_like(log_q, -math.log(K))  # the uniform prior
         pos = torch.arange(T, device=x.device).expand(Bsz, T)
+        # each sequence gets its own draws (keyed on its tokens): with one draw shared by a whole
+        # test set, its noise would not average out over the sequences
+        row_seed = hash_rows(x) * 1_000_003 + seed  # (B,)
         bounds = []
         for k in range(samples):
-            u = keyed_uniform(torch.full((Bsz,), seed + k, device=x.device), pos, STREAM_LATENT, Z, self.dtype)
+            u = keyed_uniform(row_seed + k, pos, STREAM_LATENT, Z, self.dtype)
             proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
             z = sample_categorical(proposal, u, 1.0)  # (B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
