@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import model
-from tests.server.conftest import RedisServer, ServerProcess, reference
+from tests.server.conftest import CHECKPOINTS, RedisServer, ServerProcess, reference
 from vssm_client import AsyncClient, Client, ConflictError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,26 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def stack(tmp_path_factory) -> Iterator[tuple[ServerProcess, Path]]:
     """One server with models named as in the README, on its own Redis."""
     d = tmp_path_factory.mktemp("ckpt")
-    torch.manual_seed(0)
-    small = {
-        "width": 16,
-        "state_size": 8,
-        "enc_layers": 1,
-        "dec_layers": 1,
-        "par_layers": 1,
-        "n_latents": 2,
-        "n_classes": 8,
-    }
-    model.save_checkpoint(
-        model.build_model("vssm", {"vocab_size": 256, **small}),
-        d / "shakespeare-vssm.safetensors",
-        extra={"dataset": "shakespeare"},
-    )
-    model.save_checkpoint(
-        model.build_model("vssm", {"vocab_size": 2, "max_position": 784, **small}),
-        d / "mnist-vssm.safetensors",
-        extra={"dataset": "mnist"},
-    )
+    for name, source in (("shakespeare-vssm", "text-vssm"), ("mnist-vssm", "mnist-vssm")):
+        family, dataset, cfg = CHECKPOINTS[source]
+        torch.manual_seed(0)
+        model.save_checkpoint(model.build_model(family, cfg), d / f"{name}.safetensors", extra={"dataset": dataset})
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     srv = ServerProcess(d, redis.url).start()
     yield srv, d
