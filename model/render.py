@@ -80,6 +80,9 @@ def sample_images(
 @torch.no_grad()
 def sample_text(model: SequenceModel, prompt: str, length: int, n: int, seed: int, temperature: float) -> list[str]:
     p = torch.tensor([list(prompt.encode())] * n, dtype=torch.long)
+    if model.max_position is not None and p.shape[1] + length > model.max_position:
+        length = model.max_position - p.shape[1]  # a transformer's context ends there
+        log.warning("generating %d bytes: the model's maximum position is %d", length, model.max_position)
     out, _ = model.generate(
         model.start(p, list(range(seed, seed + n))), length, temperature=temperature, resumable=False
     )
