@@ -95,6 +95,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per serving request otherwise
     args = parse_args(argv)
     command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     results, out = run(args, command.strip())

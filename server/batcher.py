@@ -1,7 +1,9 @@
 """Dynamic batching: concurrent requests for one model run as one batch, off the event loop.
 
-Jobs wait up to ``window`` for company, are grouped by what can share one model call (operation,
-token count, resumability), and run in a single worker thread per replica, so torch never blocks
+Jobs that queued up while the previous call ran are taken together (continuous batching: a lone
+request never waits), optionally after a further ``window`` of waiting for company; they are
+grouped by what can share one model call (operation, token count, resumability) and run in a
+single worker thread per replica, so torch never blocks
 the event loop and calls never contend for the cores.  Rows may sit at different positions with
 different seeds and temperatures: randomness is keyed by (seed, absolute position), so each row
 gets exactly the tokens it would get alone.
@@ -49,7 +51,7 @@ class Batcher:
         served: ServedModel,
         metrics: Metrics,
         executor: ThreadPoolExecutor,
-        window_ms: float = 2.0,
+        window_ms: float = 0.0,
         max_batch: int = 64,
         enabled: bool = True,
     ) -> None:
@@ -105,6 +107,12 @@ class Batcher:
             first = await self.queue.get()
             jobs = [first]
             rows = first.state.batch_size
+            # continuous batching: take whatever queued up while the last batch ran, at no wait ...
+            while rows < self.max_batch and not self.queue.empty():
+                job = self.queue.get_nowait()
+                jobs.append(job)
+                rows += job.state.batch_size
+            # ... then, only if a window is set, wait that long for more company
             deadline = time.perf_counter() + self.window
             while rows < self.max_batch:
                 timeout = deadline - time.perf_counter()

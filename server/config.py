@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     max_n: int = Field(64, ge=1)  # completions per request
     max_body_bytes: int = Field(1 << 20, ge=1024)  # request body limit (413 above)
     max_in_flight: int = Field(256, ge=1)  # admitted requests doing model work at once (429 above)
-    batch_window_ms: float = Field(2.0, ge=0)  # how long the batcher gathers concurrent requests
+    batch_window_ms: float = Field(0.0, ge=0)  # extra wait for company; 0: batch what queued during the last call
     max_batch_size: int = Field(64, ge=1)  # rows per model call
     batching: bool = True  # dynamic batching on/off (off: every request runs alone)
     keepalive_seconds: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
