@@ -64,10 +64,22 @@ CHECKPOINTS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(bus: bool = False) -> int:
+    """A free loopback port; ``bus``: one whose Redis Cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not bus:
+            return port
+        if port + 10000 <= 65535:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 10000))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
 def wait_until(check, timeout: float = 30.0, what: str = "condition") -> None:
@@ -76,6 +88,8 @@ def wait_until(check, timeout: float = 30.0, what: str = "condition") -> None:
         try:
             if check():
                 return
+        except RuntimeError:
+            raise
         except Exception:
             pass
         time.sleep(0.05)
@@ -93,7 +107,7 @@ class RedisServer:
     """A redis-server on a free loopback port, persisted (AOF) so a restart keeps committed data."""
 
     def __init__(self, workdir: Path, cluster: bool = False) -> None:
-        self.port = free_port()
+        self.port = free_port(bus=cluster)
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True)
         self.cluster = cluster
@@ -130,8 +144,18 @@ class RedisServer:
                 "--cluster-node-timeout",
                 "2000",
             ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.ping, 10, f"redis on {self.port}")
+        log = self.dir / "redis.log"
+        self.proc = subprocess.Popen(
+            [*args, "--logfile", str(log)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:  # it exited: say why now rather than time out
+                raise RuntimeError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
+            return self.ping()
+
+        wait_until(up, 10, f"redis on {self.port}")
         return self
 
     def ping(self) -> bool:
