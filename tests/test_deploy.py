@@ -22,8 +22,12 @@ def hadolint() -> str:
 
 
 def test_dockerfile_passes_hadolint():
-    out = subprocess.run([hadolint(), "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [hadolint(), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
