@@ -67,26 +67,33 @@ def _plot_generation(gen: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _grouped_bars(ax: Any, rows: list[dict[str, Any]], keys: list[str], title: str) -> None:
+    """One group of bars per batch size, one bar per timed quantity (ms, best run)."""
+    width = len(keys) + 1
+    for j, r in enumerate(rows):
+        for i, k in enumerate(keys):
+            ax.bar(j * width + i, r[k]["best_s"] * 1e3, color=f"C{i}", label=k if j == 0 else None)
+    ax.set_xticks([j * width + (len(keys) - 1) / 2 for j in range(len(rows))])
+    ax.set_xticklabels([f"B={r['batch']}" for r in rows])
+    ax.set_ylabel("ms (best run)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+
+
 def _plot_limit(lim: dict[str, Any], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    keys = ["generate", "decoder_from_zero_state", "decoder"]
-    for j, r in enumerate(lim["unprompted"]):
-        for i, k in enumerate(keys):
-            a.bar(j * (len(keys) + 1) + i, r[k]["best_s"] * 1e3, color=f"C{i}", label=k if j == 0 else None)
-    a.set_xticks([j * (len(keys) + 1) + 1 for j in range(len(lim["unprompted"]))])
-    a.set_xticklabels([f"B={r['batch']}" for r in lim["unprompted"]])
-    a.set_ylabel("ms (best run)")
-    a.set_title(f"Unprompted, T={lim['T']}: generate vs decoder pass")
-    a.legend(fontsize=7)
-    keys = ["chunk", "three_passes", "par_over_empties", "decoder_from_state", "par_over_tokens"]
-    for j, r in enumerate(lim["prompted"]):
-        for i, k in enumerate(keys):
-            b.bar(j * (len(keys) + 1) + i, r[k]["best_s"] * 1e3, color=f"C{i}", label=k if j == 0 else None)
-    b.set_xticks([j * (len(keys) + 1) + 2 for j in range(len(lim["prompted"]))])
-    b.set_xticklabels([f"B={r['batch']}" for r in lim["prompted"]])
-    b.set_ylabel("ms (best run)")
-    b.set_title(f"Prompted chunk of {lim['prompted'][0]['n']} vs its three passes")
-    b.legend(fontsize=7)
+    _grouped_bars(
+        a,
+        lim["unprompted"],
+        ["generate", "decoder_from_zero_state", "decoder"],
+        f"Unprompted, T={lim['T']}: generate vs decoder pass",
+    )
+    _grouped_bars(
+        b,
+        lim["prompted"],
+        ["chunk", "three_passes", "par_over_empties", "decoder_from_state", "par_over_tokens"],
+        f"Prompted chunk of {lim['prompted'][0]['n']} vs its three passes",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

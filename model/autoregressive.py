@@ -66,10 +66,6 @@ class ARModel(SequenceModel):
         zero = torch.zeros(batch, dtype=torch.long, device=self.device)
         return self.new_state(position=zero, seed=seed, logits=logits[:, -1], **net)
 
-    def start(self, prompt: Tensor, seed: int | list[int] | Tensor) -> GenState:
-        with torch.no_grad():
-            return super().start(prompt, seed)
-
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         logits, net = self._net_forward(tokens, self._net_state(state))
         return state.evolve(position=state.position + tokens.shape[1], logits=logits[:, -1], **net)

@@ -91,7 +91,8 @@ class SequenceModel(nn.Module):
     def start(self, prompt: Tensor, seed: int | list[int] | Tensor) -> GenState:
         """State after reading ``prompt`` ``(B, C)`` (C may be 0), with per-row seeds."""
         prompt = self._tokens(prompt)
-        state = self._empty_state(prompt.shape[0], as_seed_tensor(seed, prompt.shape[0], self.device))
+        with torch.no_grad():
+            state = self._empty_state(prompt.shape[0], as_seed_tensor(seed, prompt.shape[0], self.device))
         return self.append(state, prompt) if prompt.shape[1] > 0 else state
 
     def generate(

@@ -91,14 +91,15 @@ def evaluate(
         elbo = _score(model, seqs, batch_size, "elbo", samples=1)
         iw = _score(model, seqs, max(1, batch_size // 4), f"iw{samples}", samples=samples)
         kl = rec = 0.0
-        for i in range(0, S, batch_size):
-            t = model.loss(
-                seqs[i : i + batch_size].to(model.device),
-                tau=1.0,
-                prompt_lengths=torch.zeros(min(batch_size, S - i), dtype=torch.long, device=model.device),
-            )
-            kl += float(t.kl.sum())
-            rec += float(t.reconstruction.sum())
+        with torch.no_grad():  # scores only: no autograd graph over the whole test set
+            for i in range(0, S, batch_size):
+                t = model.loss(
+                    seqs[i : i + batch_size].to(model.device),
+                    tau=1.0,
+                    prompt_lengths=torch.zeros(min(batch_size, S - i), dtype=torch.long, device=model.device),
+                )
+                kl += float(t.kl.sum())
+                rec += float(t.reconstruction.sum())
         out["nll"] = {
             "bound": "iw",
             "samples": samples,

@@ -180,9 +180,9 @@ class S4D(nn.Module):
             if state is not None:
                 nxt = nxt + state * tens["Lam_T"]
             return y, nxt
-        return y, self._state_at(uc, state, lengths, T)
+        return y, self._state_at(uc, state, lengths)
 
-    def _state_at(self, uc: Tensor, state: Tensor | None, lengths: Tensor, T: int) -> Tensor:
+    def _state_at(self, uc: Tensor, state: Tensor | None, lengths: Tensor) -> Tensor:
         """State after ``lengths[b]`` inputs for each row, grouped by distinct length (usually one)."""
         out = torch.empty(uc.shape[0], self.cfg.width, self.cfg.state_size, dtype=uc.dtype, device=uc.device)
         for n in torch.unique(lengths).tolist():

@@ -20,7 +20,7 @@ from model import GenState, StateError
 
 from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
-from ..registry import Registry, ServedModel
+from ..registry import ServedModel
 from ..schemas import (
     Chunk,
     Session,
@@ -82,10 +82,6 @@ def _state(rec: SessionRecord, served: ServedModel) -> GenState:
     except StateError as exc:
         raise APIError(409, "state_incompatible", f"session {rec.id}: {exc}") from exc
     return state
-
-
-def _resolve(registry: Registry, rec: SessionRecord) -> ServedModel:
-    return registry.for_session(rec.model, rec.fingerprint)
 
 
 async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> SessionRecord:
@@ -176,7 +172,7 @@ async def fork_session(sid: str, ctx: ContextDep, owner: OwnerDep, body: Session
 @router.post("/{sid}/append")
 async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
     rec = await _load(ctx, sid, owner)
-    served = _resolve(registry, rec)
+    served = registry.for_session(rec.model, rec.fingerprint)
     tokens = served.encode(body.prompt)
     last = rec.last_op or {}
     if (
@@ -210,7 +206,7 @@ async def generate(
     sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
 ) -> Chunk | Response:
     rec = await _load(ctx, sid, owner)
-    served = _resolve(registry, rec)
+    served = registry.for_session(rec.model, rec.fingerprint)
     last = rec.last_op or {}
     replay = (
         body.expected_position is not None
