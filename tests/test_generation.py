@@ -200,3 +200,22 @@ def test_generate_and_append_never_mutate_their_input_state(tiny):
     assert all(torch.equal(before[k], s[k]) for k in before)  # (bytes differ: safetensors' header order is free)
     b, _ = tiny.generate(s, 6)
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("resumable", [True, False])
+def test_vssm_row_blocks_equal_one_block(resumable):
+    """Large calls run in blocks of rows (a cache-size speed knob): tokens and states are unchanged."""
+    m = tiny_model("vssm")
+    p = prompt(B=5, C=3)
+    s = GenState.cat([m.start(p[:3], [1, 2, 3]), m.start(torch.zeros(2, 0, dtype=torch.long), [4, 5])])
+    temps = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.7], dtype=m.dtype)
+    whole, s_whole = m.generate(s, 6, temperature=temps, resumable=resumable)
+    m.row_block_tokens = 12  # two rows of 6 tokens per block: blocks of 2, 2 and 1 rows
+    blocked, s_blocked = m.generate(s, 6, temperature=temps, resumable=resumable)
+    assert torch.equal(whole, blocked)
+    if resumable:
+        assert s_whole.tensors.keys() == s_blocked.tensors.keys()
+        for k, t in s_whole.tensors.items():  # equal up to the summation order of a smaller batch
+            torch.testing.assert_close(t, s_blocked.tensors[k], rtol=1e-12, atol=1e-12, msg=k)
+    else:
+        assert s_whole is None and s_blocked is None
