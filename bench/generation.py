@@ -39,6 +39,24 @@ def fit_exponent(points: dict[int, float], from_length: int = FIT_FROM) -> tuple
     return slope, lengths
 
 
+def quadratic_share(points: dict[int, float], from_length: int = FIT_FROM) -> float | None:
+    """Share of the time at the longest T that a fit ``c + a T + b T^2`` puts in its ``T^2`` term.
+
+    An exponent mixes a per-token constant with the growth it hides; this separates them: an
+    O(T^2) family whose share is small at the measured lengths is dominated by its per-token
+    cost there, and its exponent only approaches 2 beyond them.
+    """
+    lengths = sorted(T for T in points if from_length <= T)
+    if len(lengths) < 3:
+        return None
+    X = torch.tensor([[1.0, T, T * T] for T in lengths], dtype=torch.float64)
+    y = torch.tensor([points[T] for T in lengths], dtype=torch.float64)
+    scale = X.abs().amax(0)  # columns of very different magnitude: solve the scaled system
+    coef = torch.linalg.lstsq(X / scale, y).solution / scale  # (3,)
+    T = lengths[-1]
+    return float(max(coef[2].item(), 0.0) * T * T / points[T])
+
+
 def _predict(points: dict[int, float], T: int) -> float:
     """A run's likely time at ``T`` from the two longest measured ones (only to decide skipping)."""
     lengths = sorted(points)
@@ -116,6 +134,8 @@ def run_generation(models: dict[str, model.SequenceModel], s: Settings) -> dict[
                     "lengths": used,
                     "exponent_long": long_slope,
                     "lengths_long": long_used if long_slope is not None else [],
+                    # only the transformer has a T^2 term by design; elsewhere the fit reads cache effects
+                    "quadratic_share": quadratic_share(pts) if family == "ar-transformer" else None,
                 }
             )
     speedups = []

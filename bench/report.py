@@ -216,7 +216,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         L += [f"Batch {batch}:", "", *_table(header, rows)]
     L += [f"![generation]({plots['generation']})", "", "Fitted exponent (slope of log time vs log T):", ""]
     L += _table(
-        ["family", "batch", "exponent", "fit over T", "exponent at long T", "long T"],
+        ["family", "batch", "exponent", "fit over T", "exponent at long T", "long T", "T^2 share at longest T"],
         [
             [
                 LABELS[e["family"]],
@@ -225,6 +225,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                 ", ".join(map(str, e["lengths"])),
                 _num(e["exponent_long"]),
                 ", ".join(map(str, e["lengths_long"])) or "-",
+                "-" if e.get("quadratic_share") is None else f"{100 * e['quadratic_share']:.0f}%",
             ]
             for e in gen["exponents"]
         ],
@@ -337,13 +338,22 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
     for key in ("batching_on", "batching_off"):
         L += [f"{key.replace('_', ' ')}:", ""]
         L += _table(
-            ["clients", "tokens / s", "first chunk p50 / p99 ms", "full p50 / p99 ms"],
+            [
+                "clients",
+                "tokens / s",
+                "first chunk p50 / p99 ms",
+                "full p50 / p99 ms",
+                "server CPU ms / chunk",
+                "load generator CPU ms / chunk",
+            ],
             [
                 [
                     str(r["clients"]),
                     f"{r['tokens_per_s']:,.0f}",
                     f"{r['first_chunk_p50_ms']:.1f} / {r['first_chunk_p99_ms']:.1f}",
                     f"{r['full_p50_ms']:.1f} / {r['full_p99_ms']:.1f}",
+                    f"{r['server_cpu_ms_per_chunk']:.1f}",
+                    f"{r['client_cpu_ms_per_chunk']:.1f}",
                 ]
                 for r in sv["levels"][key]
             ],

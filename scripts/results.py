@@ -1,8 +1,12 @@
 """Training curves (PNG) and the side-by-side NLL table for docs/results.md.
 
     .venv/bin/python scripts/results.py --runs runs --checkpoints checkpoints --img docs/img
+    .venv/bin/python scripts/results.py --ablations runs/abl --img docs/img
 
-Prints the markdown tables; the plots go to ``--img``.
+Prints the markdown tables; the plots go to ``--img``.  ``--ablations DIR`` summarises every run
+directory under DIR (what differs from the first run, steps, CPU minutes, validation curve) into
+``docs/ablations.json`` (small, committed: the raw figures outlive ``runs/``), prints the table and
+draws ``ablations_<dataset>.png``.
 """
 
 from __future__ import annotations
@@ -89,12 +93,77 @@ def table(checkpoints: Path, dataset: str) -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def _differs(cfg: dict, base: dict) -> str:
+    keys = sorted(k for k in cfg if k not in ("out", "overrides") and cfg.get(k) != base.get(k))
+    return ", ".join(f"{k}={cfg[k]}" for k in keys) or "(control)"
+
+
+def ablations(root: Path, out_json: Path, img: Path) -> str:
+    """Summarise the run directories under ``root`` (sorted by name; the first is the control)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from model.checkpoint import read_metadata
+
+    runs = []
+    for d in sorted(p for p in root.iterdir() if (p / "model.safetensors").exists()):
+        meta = read_metadata(d / "model.safetensors")
+        cfg = {**json.loads(meta["train_config"]), **json.loads(meta["config"])}
+        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        val = [r for r in rows if "val_nll" in r]
+        runs.append(
+            {
+                "name": d.name,
+                "config": cfg,
+                "steps": int(meta["train_steps"]),
+                "train_minutes": float(meta["train_seconds"]) / 60,
+                "cpu_minutes": float(meta.get("train_cpu_seconds", "nan")) / 60,
+                "curve": [
+                    {"step": r["step"], "minutes": r["elapsed_s"] / 60, "nelbo": r["val_nll"], "kl": r["val_kl"]}
+                    for r in val
+                ],
+            }
+        )
+    if not runs:
+        raise SystemExit(f"no finished runs under {root}")
+    previous = json.loads(out_json.read_text()) if out_json.exists() else {}
+    previous[root.name] = runs
+    out_json.write_text(json.dumps(previous, indent=1) + "\n")
+    base = runs[0]["config"]
+    dataset = base["dataset"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lines = [
+        "| run | differs from the control | steps | CPU min | validation -ELBO | KL |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in runs:
+        last = r["curve"][-1]
+        lines.append(
+            f"| {r['name']} | {_differs(r['config'], base)} | {r['steps']} | {r['cpu_minutes']:.1f} | "
+            f"{last['nelbo']:.1f} | {last['kl']:.1f} |"
+        )
+        ax.plot([c["minutes"] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
+    ax.set_xlabel("training minutes (1 CPU thread)")
+    ax.set_ylabel("validation negative ELBO, nats per image" if dataset == "mnist" else "validation -ELBO per token")
+    ax.set_title(f"{dataset}: VSSM ablations ({root.name})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    img.mkdir(parents=True, exist_ok=True)
+    fig.savefig(img / f"ablations_{root.name}.png", dpi=110)
+    plt.close(fig)
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=Path, default=Path("runs"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     p.add_argument("--img", type=Path, default=Path("docs/img"))
+    p.add_argument("--ablations", type=Path, help="summarise the runs under this directory instead")
+    p.add_argument("--ablations-json", type=Path, default=Path("docs/ablations.json"))
     args = p.parse_args()
+    if args.ablations:
+        sys.stdout.write(ablations(args.ablations, args.ablations_json, args.img) + "\n")
+        return 0
     for ds in ("mnist", "shakespeare"):
         path = curves(args.runs, ds, args.img)
         sys.stdout.write(f"\n## {ds}\n\n{table(args.checkpoints, ds)}\n\ncurves: {path}\n")

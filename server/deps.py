@@ -82,14 +82,15 @@ class Slot:
             self.ctx.metrics.in_flight.set(self.ctx.in_flight)
 
 
-def get_context(request: Request) -> Context:
+async def get_context(request: Request) -> Context:
+    # async: FastAPI runs a plain ``def`` dependency in a worker thread, a hop per request
     return request.app.state.ctx
 
 
 ContextDep = Annotated[Context, Depends(get_context)]
 
 
-def get_registry(ctx: ContextDep) -> Registry:
+async def get_registry(ctx: ContextDep) -> Registry:
     if ctx.registry is None:
         raise unavailable("not_ready", "models are still loading")
     return ctx.registry
@@ -102,7 +103,7 @@ def owner_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def get_owner(request: Request, ctx: ContextDep) -> str:
+async def get_owner(request: Request, ctx: ContextDep) -> str:
     """The caller's identity: a hash of its API key, or "" when the server has no keys."""
     keys = ctx.settings.api_keys
     if not keys:

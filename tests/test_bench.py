@@ -44,6 +44,8 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
             for T in gen["lengths"]:
                 assert (f, b, T) in measured | skipped
     assert all(x["best_s"] > 0 for x in gen["results"])
+    shares = {e["family"]: e["quadratic_share"] for e in gen["exponents"]}
+    assert shares["vssm"] is None and (shares["ar-transformer"] is None or 0 <= shares["ar-transformer"] <= 1)
     assert all(x["vssm_speedup"] > 0 for x in gen["speedups"])
 
     for row in r["limit"]["unprompted"] + r["limit"]["prompted"]:
@@ -59,6 +61,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for key in ("batching_on", "batching_off"):
         assert [x["clients"] for x in sv["levels"][key]] == [1, 4]
         assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
+        assert all(x["server_cpu_ms_per_chunk"] > 0 and x["client_cpu_ms_per_chunk"] > 0 for x in sv["levels"][key])
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
