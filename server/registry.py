@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model import SequenceModel, load_checkpoint
+from model import GenState, SequenceModel, StateError, load_checkpoint
 from model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
@@ -25,6 +25,20 @@ class ServedModel:
     text: bool  # whether the API speaks text (UTF-8 bytes) for this model
     created: int  # checkpoint file mtime, unix seconds
     state_bytes: int  # serialised size of one session's state at position 0
+    fingerprint: str = ""  # the weights' hash, taken once at load: served weights never change
+
+    def __post_init__(self) -> None:
+        # hashing is cached by the model, but even its cache check walks every parameter
+        # (~0.2 ms): too much to pay on the event loop for every request
+        self.fingerprint = self.fingerprint or self.model.fingerprint
+
+    def check_state(self, state: GenState) -> None:
+        """``model.check_state`` against the fingerprint taken at load."""
+        if state.family != self.model.family or state.fingerprint != self.fingerprint:
+            raise StateError(
+                f"state was made by {state.family}@{state.fingerprint}, "
+                f"not by this model ({self.model.family}@{self.fingerprint})"
+            )
 
     def encode(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Prompt -> token ids, validated against the vocabulary."""
@@ -84,10 +98,10 @@ class Registry:
         served = self.models.get(model_id)
         if served is None:
             raise APIError(409, "state_incompatible", f"model {model_id!r} of this session is not served here")
-        if served.model.fingerprint != fingerprint:
+        if served.fingerprint != fingerprint:
             raise APIError(
                 409,
                 "state_incompatible",
-                f"session state was made by weights {fingerprint}, model {model_id} now has {served.model.fingerprint}",
+                f"session state was made by weights {fingerprint}, model {model_id} now has {served.fingerprint}",
             )
         return served

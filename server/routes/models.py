@@ -20,7 +20,7 @@ def card(s: ServedModel) -> ModelCard:
         max_position=s.model.max_position,
         text=s.text,
         state_bytes=s.state_bytes,
-        fingerprint=s.model.fingerprint,
+        fingerprint=s.fingerprint,
         parameters=s.model.num_parameters(generation_only=True),
     )
 

@@ -78,7 +78,7 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
 def _state(rec: SessionRecord, served: ServedModel) -> GenState:
     try:
         state = GenState.from_bytes(rec.state, device=served.model.device)
-        served.model.check_state(state)
+        served.check_state(state)
     except StateError as exc:
         raise APIError(409, "state_incompatible", f"session {rec.id}: {exc}") from exc
     return state
@@ -121,7 +121,7 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
     rec = SessionRecord(
         id=new_id(),
         model=served.id,
-        fingerprint=served.model.fingerprint,
+        fingerprint=served.fingerprint,
         position=int(state.position[0]),
         seed=seed,
         owner=owner,
