@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from model import GenState
+from model import GenState, StateError
 
 from .metrics import Metrics
 from .registry import ServedModel
@@ -33,7 +33,7 @@ __all__ = ["Batcher"]
 @dataclass
 class _Job:
     op: str  # "generate" | "append"
-    state: GenState  # this job's rows
+    state: GenState | bytes  # this job's rows, or one session's serialised state (decoded in the worker)
     n: int  # tokens to generate or append
     tokens: torch.Tensor | None  # (rows, n) observed tokens for "append"
     temperature: float
@@ -43,6 +43,10 @@ class _Job:
     @property
     def key(self) -> tuple:
         return (self.op, self.n, self.resumable)
+
+    @property
+    def rows(self) -> int:
+        return 1 if isinstance(self.state, bytes) else self.state.batch_size
 
 
 class Batcher:
@@ -85,11 +89,30 @@ class Batcher:
     async def generate(
         self, state: GenState, n: int, temperature: float, resumable: bool = True
     ) -> tuple[torch.Tensor, GenState | None]:
-        return await self._submit(_Job("generate", state, n, None, temperature, resumable, self._future()))
+        tokens, nxt = await self._submit(_Job("generate", state, n, None, temperature, resumable, self._future()))
+        assert not isinstance(nxt, bytes)
+        return tokens, nxt
 
     async def append(self, state: GenState, tokens: torch.Tensor) -> GenState:
         _, nxt = await self._submit(_Job("append", state, tokens.shape[1], tokens, 1.0, True, self._future()))
-        assert nxt is not None
+        assert isinstance(nxt, GenState)
+        return nxt
+
+    async def generate_stored(self, blob: bytes, n: int, temperature: float) -> tuple[torch.Tensor, bytes]:
+        """``generate`` for one session's serialised state, returning the next state serialised.
+
+        Decoding, checking and encoding states run in the worker thread, not on the event loop;
+        a state that does not decode or belongs to other weights fails this job alone
+        (:class:`model.StateError`).
+        """
+        tokens, nxt = await self._submit(_Job("generate", blob, n, None, temperature, True, self._future()))
+        assert isinstance(nxt, bytes)
+        return tokens, nxt
+
+    async def append_stored(self, blob: bytes, tokens: torch.Tensor) -> bytes:
+        """``append`` for one session's serialised state (see :meth:`generate_stored`)."""
+        _, nxt = await self._submit(_Job("append", blob, tokens.shape[1], tokens, 1.0, True, self._future()))
+        assert isinstance(nxt, bytes)
         return nxt
 
     # ----- the loop ---------------------------------------------------------------------------------
@@ -97,7 +120,7 @@ class Batcher:
     def _future() -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | None]:
+    async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | bytes | None]:
         await self.queue.put(job)
         self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
         return await job.future
@@ -106,12 +129,12 @@ class Batcher:
         while True:
             first = await self.queue.get()
             jobs = [first]
-            rows = first.state.batch_size
+            rows = first.rows
             # continuous batching: take whatever queued up while the last batch ran, at no wait ...
             while rows < self.max_batch and not self.queue.empty():
                 job = self.queue.get_nowait()
                 jobs.append(job)
-                rows += job.state.batch_size
+                rows += job.rows
             # ... then, only if a window is set, wait that long for more company
             deadline = time.perf_counter() + self.window
             while rows < self.max_batch:
@@ -123,7 +146,7 @@ class Batcher:
                 except asyncio.TimeoutError:
                     break
                 jobs.append(job)
-                rows += job.state.batch_size
+                rows += job.rows
             self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
             groups: dict[tuple, list[_Job]] = defaultdict(list)
             for job in jobs:
@@ -133,36 +156,67 @@ class Batcher:
                 await self._run(group)
 
     async def _run(self, group: list[_Job]) -> None:
-        self.metrics.batch_rows.labels(self.served.id).observe(sum(j.state.batch_size for j in group))
+        self.metrics.batch_rows.labels(self.served.id).observe(sum(j.rows for j in group))
         try:
             results = await asyncio.get_running_loop().run_in_executor(self.executor, self._compute, group)
         except Exception as exc:  # delivered to every waiting request, which maps it to a response
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(exc)
-            return
+            results = [exc] * len(group)
         for job, result in zip(group, results, strict=True):
-            if not job.future.done():
+            if job.future.done():
+                continue
+            if isinstance(result, Exception):
+                job.future.set_exception(result)
+            else:
                 job.future.set_result(result)
 
-    def _compute(self, group: list[_Job]) -> list[tuple[torch.Tensor, GenState | None]]:
+    def _decode(self, group: list[_Job]) -> list[GenState | Exception]:
+        """Each job's state; a stored one that fails to decode or check is that job's error."""
+        out: list[GenState | Exception] = []
+        for job in group:
+            if not isinstance(job.state, bytes):
+                out.append(job.state)
+                continue
+            try:
+                state = GenState.from_bytes(job.state, device=self.served.model.device)
+                self.served.check_state(state)
+                out.append(state)
+            except StateError as exc:
+                out.append(exc)
+        return out
+
+    def _compute(self, group: list[_Job]) -> list[tuple[torch.Tensor, GenState | bytes | None] | Exception]:
         """One model call for the whole group (worker thread)."""
         m = self.served.model
-        state = group[0].state if len(group) == 1 else GenState.cat([j.state for j in group])
-        first = group[0]
+        results: list[tuple[torch.Tensor, GenState | bytes | None] | Exception] = []
+        live: list[tuple[int, _Job, GenState]] = []  # the jobs whose state decoded, with their results' index
+        for i, (job, st) in enumerate(zip(group, self._decode(group), strict=True)):
+            results.append(st if isinstance(st, Exception) else (torch.empty(0), None))
+            if isinstance(st, GenState):
+                live.append((i, job, st))
+        if not live:
+            return results
+        state = live[0][2] if len(live) == 1 else GenState.cat([st for _, _, st in live])
+        first = live[0][1]
         if first.op == "append":
-            tokens = torch.cat([j.tokens for j in group if j.tokens is not None]).to(m.device)
+            tokens = torch.cat([j.tokens for _, j, _ in live if j.tokens is not None]).to(m.device)
             out, nxt = tokens, m.append(state, tokens)
         else:
-            temps = torch.tensor(
-                [j.temperature for j in group for _ in range(j.state.batch_size)], dtype=m.dtype, device=m.device
+            temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
+            out, nxt = m.generate(
+                state,
+                first.n,
+                temperature=torch.tensor(temps, dtype=m.dtype, device=m.device),
+                resumable=first.resumable,
             )
-            out, nxt = m.generate(state, first.n, temperature=temps, resumable=first.resumable)
             self.metrics.tokens_generated.labels(self.served.id).inc(out.numel())
-        results = []
         start = 0
-        for job in group:
-            rows = slice(start, start + job.state.batch_size)
-            start += job.state.batch_size
-            results.append((out[rows].cpu(), None if nxt is None else nxt.rows(rows)))
+        for i, job, st in live:
+            rows = slice(start, start + st.batch_size)
+            start += st.batch_size
+            part = None if nxt is None else nxt.rows(rows)
+            # a stored session gets its next state back serialised, still in this thread
+            results[i] = (
+                out[rows].cpu(),
+                part.to_bytes() if part is not None and isinstance(job.state, bytes) else part,
+            )
         return results

@@ -16,11 +16,10 @@ from dataclasses import replace
 import torch
 from fastapi import APIRouter, Response, status
 
-from model import GenState, StateError
+from model import StateError
 
 from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
-from ..registry import ServedModel
 from ..schemas import (
     Chunk,
     Session,
@@ -75,13 +74,8 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
     return rec
 
 
-def _state(rec: SessionRecord, served: ServedModel) -> GenState:
-    try:
-        state = GenState.from_bytes(rec.state, device=served.model.device)
-        served.check_state(state)
-    except StateError as exc:
-        raise APIError(409, "state_incompatible", f"session {rec.id}: {exc}") from exc
-    return state
+def _incompatible(rec: SessionRecord, exc: StateError) -> APIError:
+    return APIError(409, "state_incompatible", f"session {rec.id}: {exc}")
 
 
 async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> SessionRecord:
@@ -188,13 +182,15 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
     served.check_room(rec.position, len(tokens), "prompt")
     if not tokens:
         return public(rec)
-    state = _state(rec, served)
     async with ctx.admit():
-        state = await ctx.batcher(served.id).append(state, torch.tensor([tokens], dtype=torch.long))
+        try:
+            blob = await ctx.batcher(served.id).append_stored(rec.state, torch.tensor([tokens], dtype=torch.long))
+        except StateError as exc:
+            raise _incompatible(rec, exc) from exc
     new = replace(
         rec,
-        state=state.to_bytes(),
-        position=int(state.position[0]),
+        state=blob,
+        position=rec.position + len(tokens),
         last_op={"op": "append", "start": rec.position, "tokens": tokens},
     )
     ctx.metrics.sessions.labels("resumed").inc()
@@ -237,7 +233,6 @@ async def generate(
         return sse_response(with_keepalive(replayed(), ctx.settings.keepalive_seconds))
     _check_position(rec, body.expected_position)
     check_tokens(ctx, served, rec.position, body.max_tokens)
-    state = _state(rec, served)
     ctx.metrics.sessions.labels("resumed").inc()
     batcher = ctx.batcher(served.id)
     start = rec.position
@@ -246,14 +241,16 @@ async def generate(
 
     async def step(n: int) -> Chunk:
         """Generate ``n`` tokens and commit them: a chunk is committed before anyone sees it."""
-        nonlocal rec, state
-        tokens, nxt = await batcher.generate(state, n, body.temperature)
-        assert nxt is not None
+        nonlocal rec
+        try:
+            tokens, blob = await batcher.generate_stored(rec.state, n, body.temperature)
+        except StateError as exc:
+            raise _incompatible(rec, exc) from exc
         out = tokens[0].tolist()
         done.extend(out)
         last_op = {"op": "generate", "start": start, "max_tokens": body.max_tokens, "tokens": done}
-        new = replace(rec, state=nxt.to_bytes(), position=int(nxt.position[0]), last_op=last_op)
-        rec, state = await _commit(ctx, new, rec.version), nxt
+        new = replace(rec, state=blob, position=rec.position + n, last_op=last_op)
+        rec = await _commit(ctx, new, rec.version)
         return Chunk(
             session_id=sid,
             start_position=rec.position - n,

@@ -1,0 +1,50 @@
+"""The dynamic batcher on its own: stored states decode in the worker, and a bad one fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from model import GenState, StateError
+from server.batcher import Batcher
+from server.metrics import Metrics
+from server.registry import ServedModel
+from tests.conftest import tiny_model
+
+
+def test_stored_states_batch_with_live_ones_and_a_bad_one_fails_alone():
+    m = tiny_model("vssm")
+    other = tiny_model("vssm", seed=1)  # same family, other weights: its states must be refused
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    empty = torch.zeros(1, 0, dtype=torch.long)
+    good = m.append(m.start(empty, 3), torch.tensor([[1, 0, 1]]))
+    live = m.start(empty, 4)
+
+    metrics = Metrics()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)  # one batch for all four
+            b.start()
+            try:
+                return await asyncio.gather(
+                    b.generate_stored(good.to_bytes(), 5, 1.0),
+                    b.generate_stored(other.start(empty, 3).to_bytes(), 5, 1.0),
+                    b.generate_stored(b"not a state", 5, 1.0),
+                    b.generate(live, 5, 1.0),
+                    return_exceptions=True,
+                )
+            finally:
+                await b.stop()
+
+    (tokens, blob), foreign, garbage, (live_tokens, _) = asyncio.run(main())
+    ref_tokens, ref_next = m.generate(good, 5)
+    assert torch.equal(tokens, ref_tokens) and isinstance(blob, bytes)
+    assert torch.equal(m.generate(GenState.from_bytes(blob), 2)[0], m.generate(ref_next, 2)[0])
+    assert torch.equal(live_tokens, m.generate(live, 5)[0])
+    assert isinstance(foreign, StateError) and isinstance(garbage, StateError)
+    calls = metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"})
+    rows = metrics.registry.get_sample_value("vssm_batch_rows_sum", {"model": "m"})
+    assert (calls, rows) == (1, 4)  # all four went into one model call
