@@ -143,7 +143,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         ax.plot([c["minutes"] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
     ax.set_xlabel("training minutes (1 CPU thread)")
     ax.set_ylabel("validation negative ELBO, nats per image" if dataset == "mnist" else "validation -ELBO per token")
-    ax.set_title(f"{dataset}: VSSM ablations ({root.name})")
+    ax.set_title(f"{dataset}: VSSM recipe ablations, {base['budget_minutes']:g}-minute budget each")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
