@@ -25,35 +25,60 @@ import matplotlib.pyplot as plt
 FAMILIES = ("vssm", "ar-ssm", "ar-transformer", "ar-gru")
 
 
-def curves(runs: Path, dataset: str, out: Path) -> Path | None:
+def _val_curve(rows: list[dict], dataset: str) -> list[dict]:
+    """Validation points of a metrics.jsonl: minutes, NLL (nats/image or bits/byte), VSSM KL."""
+    per = 1 if dataset == "mnist" else 1 / math.log(2)
+    out = []
+    for r in rows:
+        if "val_nll" not in r:
+            continue
+        point = {
+            "minutes": r["elapsed_s"] / 60,
+            "nll": r["val_nll"] if dataset == "mnist" else r["val_nll_per_token"] * per,
+        }
+        if "val_kl" in r:  # per image, or per byte for text (256-byte windows)
+            point["kl"] = r["val_kl"] * (1 if dataset == "mnist" else per / 256)
+        out.append(point)
+    return out
+
+
+def curves(runs: Path, checkpoints: Path, dataset: str, out: Path, store: Path) -> Path | None:
+    """Validation curves of every family's run, with each bundled model's test NLL as a dotted line.
+
+    Curves are read from ``runs/<dataset>-<family>/metrics.jsonl`` and kept in ``store`` (small,
+    committed), so the figure can be redrawn after ``runs/`` is gone.
+    """
+    kept = json.loads(store.read_text()) if store.exists() else {}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     plotted = False
     for fam in FAMILIES:
-        f = runs / f"{dataset}-{fam}" / "metrics.jsonl"
-        if not f.exists():
-            continue
-        rows = [json.loads(x) for x in f.read_text().splitlines()]
-        rows = [r for r in rows if "val_nll" in r]
-        if not rows:
-            continue
-        x = [r["elapsed_s"] / 60 for r in rows]
-        y = [r["val_nll"] for r in rows] if dataset == "mnist" else [r["val_nll_per_token"] / math.log(2) for r in rows]
-        ax.plot(x, y, marker="o", ms=3, label=fam + (" (negative ELBO)" if fam == "vssm" else ""))
-        if fam == "vssm":
-            ax.plot(
-                x,
-                [r["val_kl"] * (1 if dataset == "mnist" else 1 / 256 / math.log(2)) for r in rows],
-                ls="--",
-                color=ax.lines[-1].get_color(),
-                label="vssm KL",
-            )
-        plotted = True
+        name = f"{dataset}-{fam}"
+        f = runs / name / "metrics.jsonl"
+        if f.exists():
+            kept[name] = _val_curve([json.loads(x) for x in f.read_text().splitlines()], dataset)
+        pts = kept.get(name)
+        color = None
+        if pts:
+            label = fam + (" (negative ELBO)" if fam == "vssm" else "")
+            (line,) = ax.plot([p["minutes"] for p in pts], [p["nll"] for p in pts], marker="o", ms=3, label=label)
+            color = line.get_color()
+            if fam == "vssm":
+                ax.plot([p["minutes"] for p in pts], [p["kl"] for p in pts], ls="--", color=color, label="vssm KL")
+            plotted = True
+        result = checkpoints / f"{name}.json"
+        if result.exists():
+            r = json.loads(result.read_text())["nll"]
+            y = r["nats_per_sequence"] if dataset == "mnist" else r["bits_per_token"]
+            ax.axhline(y, ls=":", color=color or "gray", lw=1)
+            ax.annotate(f"{fam} test {y:.3g}", (0, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+            plotted = True
     if not plotted:
         plt.close(fig)
         return None
+    store.write_text(json.dumps(kept, indent=1) + "\n")
     ax.set_xlabel("training minutes (1 CPU thread)")
     ax.set_ylabel("validation NLL, nats per image" if dataset == "mnist" else "validation bits per byte")
-    ax.set_title(f"{dataset}: validation during training")
+    ax.set_title(f"{dataset}: validation during training; dotted: bundled models' test NLL")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     if dataset == "mnist":
@@ -160,12 +185,13 @@ def main() -> int:
     p.add_argument("--img", type=Path, default=Path("docs/img"))
     p.add_argument("--ablations", type=Path, help="summarise the runs under this directory instead")
     p.add_argument("--ablations-json", type=Path, default=Path("docs/ablations.json"))
+    p.add_argument("--curves-json", type=Path, default=Path("docs/curves.json"))
     args = p.parse_args()
     if args.ablations:
         sys.stdout.write(ablations(args.ablations, args.ablations_json, args.img) + "\n")
         return 0
     for ds in ("mnist", "shakespeare"):
-        path = curves(args.runs, ds, args.img)
+        path = curves(args.runs, args.checkpoints, ds, args.img, args.curves_json)
         sys.stdout.write(f"\n## {ds}\n\n{table(args.checkpoints, ds)}\n\ncurves: {path}\n")
     return 0
 
