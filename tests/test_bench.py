@@ -58,6 +58,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     sv = r["serving"]
     assert not sv.get("skipped"), sv  # make test installs redis-server, so this part must run
     assert sv["model_time"]["throughput_ratio"] > 0 and sv["store_ms_per_chunk"] > 0
+    assert all(x["store_ms_per_chunk"] > 0 for k in ("batching_on", "batching_off") for x in sv["levels"][k])
     for key in ("batching_on", "batching_off"):
         assert [x["clients"] for x in sv["levels"][key]] == [1, 4]
         assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
