@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import logging
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -12,14 +14,25 @@ from collections.abc import Sequence
 __all__ = ["add_model_commands", "main"]
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """``name: type = default  # comment`` -> {name: comment}: each config field's one-line comment."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source shipped: flags without help text
+        return {}
+    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
+
+
 def _add_dataclass_args(p: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field, typed and documented from the field's comment-free default."""
+    """One ``--flag`` per dataclass field, typed, with the field's comment as its help."""
     hints = typing.get_type_hints(cls)
+    comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-        p.add_argument(flag, type=base, default=f.default, help=f"(default: {f.default})")
+        text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        p.add_argument(flag, type=base, default=f.default, help=f"{text} (default: {f.default})".strip())
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:

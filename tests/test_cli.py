@@ -150,3 +150,7 @@ def test_train_config_fields_all_have_cli_flags():
     proc = run("-m", "model", "train", "--help")
     for name in TrainConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in proc.stdout
+    # each flag's help is its config field's comment (argparse wraps lines: compare without spaces)
+    flat = "".join(proc.stdout.split())
+    for comment in ("peak learning rate (SSM dynamics use min(lr, ssm_lr))", "stop after this many steps"):
+        assert "".join(comment.split()) in flat
