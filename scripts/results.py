@@ -104,16 +104,19 @@ def table(checkpoints: Path, dataset: str) -> str:
         p = r["prompted_nll"]
         prompted = " / ".join(fmt(p[k][unit]) for k in ("0.25", "0.5", "0.75"))
         g = r["generation_seconds"]
+        t = r["training"]
+        cpu = f"{t['cpu_minutes']:.0f}" if t.get("cpu_minutes") else "-"
+        recipe = f"{t['config']['batch_size']} / {t['config']['lr']:g}"
         rows.append(
             f"| {f.stem} | {r['parameters']['generation']:,} | {r['parameters']['total']:,} | "
-            f"{r['training']['minutes']:.0f} | {r['training']['steps']:,} | {bound} | {elbo} | {kl} | "
+            f"{t['minutes']:.0f} | {cpu} | {t['steps']:,} | {recipe} | {bound} | {elbo} | {kl} | "
             f"{prompted} | {g['batch_1']:.3f} / {g['batch_32']:.3f} |"
         )
     unit_name = "nats/image" if dataset == "mnist" else "bits/byte"
     head = (
-        f"| model | params (generation) | params (total) | train min | steps | test NLL, {unit_name} | "
-        f"ELBO bound | KL nats/seq | prompted NLL 25/50/75% | gen s, batch 1 / 32 |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        f"| model | params (generation) | params (total) | train min | CPU min | steps | batch / lr | "
+        f"test NLL, {unit_name} | ELBO bound | KL nats/seq | prompted NLL 25/50/75% | gen s, batch 1 / 32 |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )
     return head + "\n" + "\n".join(rows)
 
