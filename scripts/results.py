@@ -51,7 +51,7 @@ def curves(runs: Path, checkpoints: Path, dataset: str, out: Path, store: Path) 
     kept = json.loads(store.read_text()) if store.exists() else {}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     plotted = False
-    for fam in FAMILIES:
+    for i, fam in enumerate(FAMILIES):
         name = f"{dataset}-{fam}"
         f = runs / name / "metrics.jsonl"
         if f.exists():
@@ -70,7 +70,9 @@ def curves(runs: Path, checkpoints: Path, dataset: str, out: Path, store: Path) 
             r = json.loads(result.read_text())["nll"]
             y = r["nats_per_sequence"] if dataset == "mnist" else r["bits_per_token"]
             ax.axhline(y, ls=":", color=color or "gray", lw=1)
-            ax.annotate(f"{fam} test {y:.3g}", (0, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom")
+            ax.annotate(
+                f"{fam} test {y:.3g}", (0.01 + 0.25 * i, y), xycoords=("axes fraction", "data"), fontsize=7, va="bottom"
+            )
             plotted = True
     if not plotted:
         plt.close(fig)
