@@ -149,11 +149,16 @@ class SequenceModel(nn.Module):
     def new_state(self, **tensors: Tensor) -> GenState:
         return GenState(self.family, self.fingerprint, tensors)
 
-    def check_state(self, state: GenState) -> None:
-        if state.family != self.family or state.fingerprint != self.fingerprint:
+    def check_state(self, state: GenState, fingerprint: str | None = None) -> None:
+        """Refuse a state made by another family or other weights.
+
+        ``fingerprint``: the weights' hash when the caller already holds it (a server whose weights
+        never change), which spares walking every parameter to validate the cached one.
+        """
+        fingerprint = fingerprint or self.fingerprint
+        if state.family != self.family or state.fingerprint != fingerprint:
             raise StateError(
-                f"state was made by {state.family}@{state.fingerprint}, "
-                f"not by this model ({self.family}@{self.fingerprint})"
+                f"state was made by {state.family}@{state.fingerprint}, not by this model ({self.family}@{fingerprint})"
             )
 
     def _check_room(self, state: GenState, n: int) -> None:

@@ -266,11 +266,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
         step += 1
-        now = time.perf_counter()
+        now, cpu_now = time.perf_counter(), time.process_time()
         elapsed += now - t_last
-        cpu += time.process_time() - c_last
+        cpu += cpu_now - c_last
+        t_last, c_last = now, cpu_now
         tokens_seen += x.numel()
-        t_last = now
         if main:
             bar.update(1)
             bar.set_postfix(
@@ -305,13 +305,11 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
             meta.update(step=step, elapsed=elapsed, cpu=cpu)
             save_train_state(state_path, model, opt, meta, gen)
             save_checkpoint(model, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed, cpu))
-        if world > 1 and (do_val or do_ckpt):
-            dist.barrier()
-            t_last, c_last = time.perf_counter(), time.process_time()  # a rank's wait is not training time
-        elif do_val or do_ckpt:
-            t_last, c_last = time.perf_counter(), time.process_time()  # validation and saving are not training
-        else:
-            c_last = time.process_time()
+        if do_val or do_ckpt:
+            if world > 1:
+                dist.barrier()
+            # validation, saving and a rank's wait for rank 0 are not training time
+            t_last, c_last = time.perf_counter(), time.process_time()
     bar.close()
     if main:
         log.info("done: %d steps in %.1f min -> %s", step, elapsed / 60, ckpt_path)

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -187,12 +188,12 @@ class Batcher:
     def _compute(self, group: list[_Job]) -> list[tuple[torch.Tensor, GenState | bytes | None] | Exception]:
         """One model call for the whole group (worker thread)."""
         m = self.served.model
-        results: list[tuple[torch.Tensor, GenState | bytes | None] | Exception] = []
-        live: list[tuple[int, _Job, GenState]] = []  # the jobs whose state decoded, with their results' index
-        for i, (job, st) in enumerate(zip(group, self._decode(group), strict=True)):
-            results.append(st if isinstance(st, Exception) else (torch.empty(0), None))
-            if isinstance(st, GenState):
-                live.append((i, job, st))
+        decoded = self._decode(group)
+        # a job whose state failed to decode keeps its error; the others' results are filled in below
+        results: list[Any] = list(decoded)
+        live = [
+            (i, job, st) for i, (job, st) in enumerate(zip(group, decoded, strict=True)) if isinstance(st, GenState)
+        ]
         if not live:
             return results
         state = live[0][2] if len(live) == 1 else GenState.cat([st for _, _, st in live])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model import GenState, SequenceModel, StateError, load_checkpoint
+from model import GenState, SequenceModel, load_checkpoint
 from model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
@@ -34,11 +34,7 @@ class ServedModel:
 
     def check_state(self, state: GenState) -> None:
         """``model.check_state`` against the fingerprint taken at load."""
-        if state.family != self.model.family or state.fingerprint != self.fingerprint:
-            raise StateError(
-                f"state was made by {state.family}@{state.fingerprint}, "
-                f"not by this model ({self.model.family}@{self.fingerprint})"
-            )
+        self.model.check_state(state, self.fingerprint)
 
     def encode(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Prompt -> token ids, validated against the vocabulary."""
