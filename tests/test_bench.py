@@ -62,7 +62,8 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for key in ("batching_on", "batching_off"):
         assert [x["clients"] for x in sv["levels"][key]] == [1, 4]
         assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
-        assert all(x["server_cpu_ms_per_chunk"] > 0 and x["client_cpu_ms_per_chunk"] > 0 for x in sv["levels"][key])
+        # CPU clocks tick every 10 ms: a quick level of 2 chunks may read 0, never less
+        assert all(x["server_cpu_ms_per_chunk"] >= 0 and x["client_cpu_ms_per_chunk"] >= 0 for x in sv["levels"][key])
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
