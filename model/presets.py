@@ -27,7 +27,7 @@ PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         width=16, state_size=8, enc_layers=1, dec_layers=2, par_layers=1, n_latents=2, n_classes=8
     ),
     ("shakespeare", "small"): dict(
-        width=96, state_size=32, enc_layers=3, dec_layers=6, par_layers=1, n_latents=2, n_classes=32
+        width=96, state_size=32, enc_layers=1, dec_layers=6, par_layers=1, n_latents=2, n_classes=32
     ),
 }
 DATA_FIELDS = {

@@ -94,21 +94,23 @@ def sample_cli(args: argparse.Namespace) -> None:
     dataset = read_metadata(args.checkpoint).get("dataset", "")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    # only a file type is dropped from the prefix: "mnist-t0.3" must not lose its ".3"
+    prefix = out.stem if out.suffix in (".png", ".txt") else out.name
     if dataset in SHAPES:
         shape = SHAPES[dataset]
         grid, _ = sample_images(model, shape, args.n, args.seed, args.temperature)
-        path = out.with_name(out.stem + "-unconditional.png")
+        path = out.with_name(prefix + "-unconditional.png")
         grid.save(path)
         log.info("wrote %s", path)
         real = load_dataset(dataset, args.data_dir).test[: args.n]
         grid, _ = sample_images(
             model, shape, args.n, args.seed, args.temperature, real=real, prompt_rows=args.prompt_rows
         )
-        path = out.with_name(out.stem + "-prompted.png")
+        path = out.with_name(prefix + "-prompted.png")
         grid.save(path)
         log.info("wrote %s", path)
     else:
         texts = sample_text(model, args.prompt, args.length, min(args.n, 4), args.seed, args.temperature)
-        path = out.with_suffix(".txt")
+        path = out.with_name(prefix + ".txt")
         path.write_text("\n\n---\n\n".join(texts) + "\n")
         log.info("wrote %s", path)

@@ -79,7 +79,9 @@ def test_text_training_and_text_samples(tmp_path):
         "sample",
         str(out / "model.safetensors"),
         "--out",
-        str(tmp_path / "s"),
+        str(tmp_path / "s-t0.5"),
+        "--temperature",
+        "0.5",
         "--length",
         "20",
         "--n",
@@ -87,7 +89,7 @@ def test_text_training_and_text_samples(tmp_path):
         "--prompt",
         "ROMEO:",
     )
-    text = (tmp_path / "s.txt").read_text()
+    text = (tmp_path / "s-t0.5.txt").read_text()  # a dot in the prefix is kept
     assert text.startswith("ROMEO:") and "---" in text
 
 
@@ -121,7 +123,9 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     assert result["parameters"]["generation"] < result["parameters"]["total"]
 
     run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
-    for name in ("grid-unconditional.png", "grid-prompted.png"):
+    run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid-t0.3"), "--n", "2", "--temperature", "0.3")
+    names = ("grid-unconditional.png", "grid-prompted.png", "grid-t0.3-unconditional.png", "grid-t0.3-prompted.png")
+    for name in names:
         with Image.open(tmp_path / name) as img:
             img.load()
             assert img.size[0] > 28 and img.mode == "RGB"
