@@ -98,17 +98,16 @@ def sample_cli(args: argparse.Namespace) -> None:
     prefix = out.stem if out.suffix in (".png", ".txt") else out.name
     if dataset in SHAPES:
         shape = SHAPES[dataset]
-        grid, _ = sample_images(model, shape, args.n, args.seed, args.temperature)
-        path = out.with_name(prefix + "-unconditional.png")
-        grid.save(path)
-        log.info("wrote %s", path)
+
+        def save(grid: Image.Image, kind: str) -> None:
+            path = out.with_name(f"{prefix}-{kind}.png")
+            grid.save(path)
+            log.info("wrote %s", path)
+
+        save(sample_images(model, shape, args.n, args.seed, args.temperature)[0], "unconditional")
         real = load_dataset(dataset, args.data_dir).test[: args.n]
-        grid, _ = sample_images(
-            model, shape, args.n, args.seed, args.temperature, real=real, prompt_rows=args.prompt_rows
-        )
-        path = out.with_name(prefix + "-prompted.png")
-        grid.save(path)
-        log.info("wrote %s", path)
+        prompted = sample_images(model, shape, args.n, args.seed, args.temperature, real, args.prompt_rows)
+        save(prompted[0], "prompted")
     else:
         texts = sample_text(model, args.prompt, args.length, min(args.n, 4), args.seed, args.temperature)
         path = out.with_name(prefix + ".txt")
