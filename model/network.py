@@ -51,7 +51,8 @@ class SSMBlock(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         u = self.norm(x).transpose(1, 2)  # (B, H, T)
         y, nxt = self.ssm(u, state, lengths=lengths, return_state=return_state)  # (B, H, T)
-        return x + self._mix(y.transpose(1, 2)), nxt  # (B, T, H)
+        # contiguous: GELU's backward over the strided transpose of the FFT output is 2-4x slower
+        return x + self._mix(y.transpose(1, 2).contiguous()), nxt  # (B, T, H)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         y, nxt = self.ssm.step(self.norm(x_t), state)  # (B, H)

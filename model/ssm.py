@@ -81,6 +81,16 @@ def weights_key(params: Iterable[Tensor]) -> tuple:
     return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
 
 
+def _powers(dtA: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Real and imaginary parts of ``Lambda^k = exp(dtA k)``, each ``(H, N, len(k))``.
+
+    Real arithmetic, exp(a k) (cos(b k) + i sin(b k)): a complex exp costs about 3x more.
+    """
+    mag = torch.exp(dtA.real[..., None] * k)  # (H, N, K)
+    ang = dtA.imag[..., None] * k  # (H, N, K)
+    return mag * torch.cos(ang), mag * torch.sin(ang)
+
+
 def _nbytes(t: Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -138,15 +148,9 @@ class S4D(nn.Module):
         dtA, Lam, B_bar, C = self.discretize()
         if T == 0:
             return {"Lam": Lam, "B_bar": B_bar, "C": C}
-        k = torch.arange(T + 1, device=Lam.device, dtype=Lam.real.dtype)  # (T+1,)
-        # Lambda^k in real arithmetic: exp(a k) (cos(b k) + i sin(b k)); a complex exp costs ~3x more.
-        mag = torch.exp(dtA.real[..., None] * k)  # (H, N, T+1)
-        ang = dtA.imag[..., None] * k  # (H, N, T+1)
-        re, im = mag * torch.cos(ang), mag * torch.sin(ang)  # (H, N, T+1)
-        w = C * B_bar  # (H, N)
-        kernel = torch.einsum("hn,hnt->ht", w.real, re[..., :T]) - torch.einsum("hn,hnt->ht", w.imag, im[..., :T])
-        out = {"kernel_f": torch.fft.rfft(kernel, n=2 * T)}  # (H, T+1) spectrum of the causal kernel (H, T)
+        out = {"kernel_f": torch.fft.rfft(self._kernel(dtA, C * B_bar, T), n=2 * T)}  # (H, T+1) spectrum
         if full:
+            re, im = _powers(dtA, torch.arange(T + 1, device=Lam.device, dtype=Lam.real.dtype))  # (H, N, T+1)
             # The state terms are real matmuls over stacked (real, imaginary) parts: PyTorch's complex
             # bmm on CPU loops over the batch of matrices, 5x slower than MKL's real batched gemm.
             powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
@@ -156,6 +160,25 @@ class S4D(nn.Module):
             out["B_rev"] = torch.cat([b_rev.real, b_rev.imag], dim=1)  # (H, 2N, T)
             out["Lam_T"] = powers[..., T]  # (H, N)
         return out
+
+    @staticmethod
+    def _kernel(dtA: Tensor, w: Tensor, T: int) -> Tensor:
+        """Convolution kernel ``K_k = Re(sum_n w_n Lambda_n^k)`` for k < T, as ``(H, T)``.
+
+        With k = S i + j (S ~ sqrt(T)), ``K_(S i + j) = Re(sum_n (w_n Lambda_n^(S i)) Lambda_n^j)``: one
+        real batched matmul over the modes between two (H, N, ~sqrt T) power tables.  The plain
+        Vandermonde table (H, N, T) needs exp, cos, sin and products over every k; training rebuilds
+        the kernel every step and its elementwise work was half of a VSSM training step.
+        """
+        S = max(1, math.isqrt(T - 1) + 1)  # smallest S with S * S >= T
+        k = torch.arange(S, device=dtA.device, dtype=dtA.real.dtype)  # (S,)
+        lo_re, lo_im = _powers(dtA, k)  # (H, N, S)  Lambda^j
+        hi_re, hi_im = _powers(dtA, k * S)  # (H, N, S)  Lambda^(S i)
+        p_re = w.real[..., None] * hi_re - w.imag[..., None] * hi_im  # (H, N, S)  Re(w Lambda^(S i))
+        p_im = w.real[..., None] * hi_im + w.imag[..., None] * hi_re  # (H, N, S)  Im(w Lambda^(S i))
+        left = torch.cat([p_re, -p_im], dim=1).transpose(1, 2)  # (H, S_i, 2N)
+        right = torch.cat([lo_re, lo_im], dim=1)  # (H, 2N, S_j)
+        return torch.bmm(left, right).flatten(1)[:, :T]  # (H, T)
 
     # ----- the three modes ----------------------------------------------------------------------
     def forward(

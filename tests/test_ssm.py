@@ -31,6 +31,23 @@ def test_parallel_from_random_state_equals_recurrence(T):
     torch.testing.assert_close(hT, h_ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("T", [1, 2, 17, 30, 784])
+def test_training_mode_kernel_equals_recurrence(T):
+    """Training builds the kernel from two sqrt(T) power tables; any T, square or not."""
+    torch.manual_seed(T)
+    layer = S4D(S4DConfig(width=5, state_size=4)).double()
+    u = torch.randn(2, 5, T, dtype=F64, requires_grad=True)
+    y, state = layer(u, None, return_state=False)
+    assert state is None
+    y_ref, _ = recurrent(layer, u, layer.initial_state(2))
+    torch.testing.assert_close(y, y_ref, rtol=1e-9, atol=1e-10)
+    if T == 30:  # and the gradients through the factorised kernel
+        g = torch.autograd.grad(y.square().sum(), [u, *layer.parameters()])
+        g_ref = torch.autograd.grad(y_ref.square().sum(), [u, *layer.parameters()])
+        for a, b in zip(g, g_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
 def test_gradients_of_parallel_mode_match_recurrence():
     torch.manual_seed(0)
     layer = S4D(S4DConfig(width=4, state_size=3)).double()
