@@ -38,7 +38,7 @@ from .network import SSMNet, SSMNetConfig
 from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState
 
-__all__ = ["VSSM", "VSSMConfig", "VSSMLoss"]
+__all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 
 @dataclass
@@ -114,6 +114,7 @@ class VSSM(SequenceModel):
         tau: float = 1.0,
         free_bits: float = 0.0,
         prompt_lengths: Tensor | None = None,
+        rao_samples: int = 0,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -121,11 +122,13 @@ class VSSM(SequenceModel):
         gradient at temperature ``tau``).  ``free_bits`` (nats per step) stops pushing the KL of a
         step down once it is below that floor, against posterior collapse.  ``prompt_lengths``
         (``(B,)``, default ``C ~ Uniform{0..T}``) sets where the partial encoder's EMPTYs begin.
+        ``rao_samples > 0`` Rao-Blackwellises the soft gradient over that many Gumbel draws given
+        the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
         """
         Bsz, T = x.shape
         q_logits = self._latent_logits(self.encoder(x, return_state=False)[0])  # (B, T, Z, K)
         log_q = q_logits.log_softmax(-1)  # (B, T, Z, K)
-        z = F.gumbel_softmax(q_logits, tau=tau, hard=True)  # (B, T, Z, K)
+        z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
         x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
         rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
         Z, K = self.config.n_latents, self.config.n_classes
@@ -263,6 +266,31 @@ class VSSM(SequenceModel):
             gen=par,
             observed=torch.ones_like(state["observed"]),
         )
+
+
+def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> Tensor:
+    """One-hot samples of the categoricals ``log_p`` ``(..., K)`` (normalised log-probabilities)
+    whose gradient is the straight-through Gumbel-softmax one at temperature ``tau``.
+
+    ``rao_samples = m > 0``: the soft surrogate is averaged over m Gumbel perturbations drawn
+    *given* the hard sample (Gumbel-Rao, Paulus et al. 2021), which lowers the gradient's variance
+    at the cost of elementwise work on the latents only; the decoder still runs once.  Given
+    argmax D with E ~ Exp(1): the perturbed logit of D is ``-log E_D`` (logsumexp is 0 here) and
+    of i != D ``-log(E_i exp(-log_p_i) + E_D)``, the truncated Gumbels that keep D the argmax.
+    """
+    K = log_p.shape[-1]
+    g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1)
+    hard = F.one_hot((log_p.detach() + g).argmax(-1), K).to(log_p.dtype)  # (..., K)
+    if rao_samples <= 0:
+        soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
+    else:
+        with torch.no_grad():  # the noise is a constant of the gradient, as in plain ST
+            e = torch.empty((rao_samples, *log_p.shape), dtype=log_p.dtype, device=log_p.device).exponential_()
+            e_top = (e * hard).sum(-1, keepdim=True)  # (m, ..., 1)  E_D
+            others = -torch.log(e * torch.exp(-log_p) + e_top)  # (m, ..., K)
+            g_cond = torch.where(hard.bool(), -torch.log(e_top), others) - log_p  # (m, ..., K) argmax is D
+        soft = ((log_p + g_cond) / tau).softmax(-1).mean(0)  # (..., K)
+    return hard + soft - soft.detach()
 
 
 def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:
