@@ -46,7 +46,18 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="JSON path (default: print)")
-    p.add_argument("--samples", type=int, default=16, help="VSSM importance samples for the tighter bound")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=16,
+        help="VSSM importance samples for the tighter bound (the JSON's iw_curve gives k = 1, 2, 4, ... of them)",
+    )
+    p.add_argument(
+        "--prompted-samples",
+        type=int,
+        default=None,
+        help="VSSM importance samples of the prompted bounds (default: --samples)",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test sequences")
     p.add_argument(
         "--prompted-limit",

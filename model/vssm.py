@@ -147,16 +147,24 @@ class VSSM(SequenceModel):
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
-        """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO).
+        """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO)."""
+        w = self.log_weights(x, prompt_len, samples, seed)  # (S, B)
+        return -(torch.logsumexp(w, 0) - math.log(samples))
+
+    @torch.no_grad()
+    def log_weights(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
+        """Log importance weights ``log p(x_C+1:T, z | ...) - log q(z | x)`` of ``samples`` draws, ``(S, B)``.
 
         The model scored is the one :meth:`generate` samples from: latents of the prompt come
         from the partial encoder reading it, latents after it from the partial encoder over
         EMPTYs (or the uniform prior when there is no prompt).  The proposal for the latents
         after the prompt is the encoder's posterior; the prompt's latents are drawn from the
         model itself, so their terms cancel.  Draw k of a sequence is keyed on (a hash of its tokens,
-        ``seed + k``): reproducible, independent of batching, different for every sequence, and the
-        bound with S samples is never above the mean of the S single-sample bounds (Jensen).
+        ``seed + k``): reproducible, independent of batching, different for every sequence, so the
+        first k of S draws are the draws of a k-sample bound, and the bound with S samples is never
+        above the mean of the S single-sample bounds (Jensen).
         """
+        x = self._tokens(x)
         Bsz, T = x.shape
         C = prompt_len
         Z, K = self.config.n_latents, self.config.n_classes
@@ -171,18 +179,17 @@ class VSSM(SequenceModel):
         # each sequence gets its own draws (keyed on its tokens): with one draw shared by a whole
         # test set, its noise would not average out over the sequences
         row_seed = hash_rows(x) * 1_000_003 + seed  # (B,)
-        bounds = []
+        proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
+        weights = []
         for k in range(samples):
             u = keyed_uniform(row_seed + k, pos, STREAM_LATENT, Z, self.dtype)
-            proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
             z = sample_categorical(proposal, u, 1.0)  # (B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
             log_px = -F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")[:, C:].sum(-1)  # (B,)
             zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
             log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
-            bounds.append(log_px + log_ratio.sum((-1, -2, -3)))
-        w = torch.stack(bounds)  # (S, B)
-        return -(torch.logsumexp(w, 0) - math.log(samples))
+            weights.append(log_px + log_ratio.sum((-1, -2, -3)))
+        return torch.stack(weights)  # (S, B)
 
     # ----- resumable generation ---------------------------------------------------------------------
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:

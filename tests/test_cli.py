@@ -105,6 +105,8 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
         "--limit",
         "6",
         "--samples",
+        "4",
+        "--prompted-samples",
         "2",
         "--batch-size",
         "3",
@@ -115,7 +117,13 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     assert set(EVAL_SCHEMA_KEYS) <= set(result)
     assert result["test"] == {"sequences": 6, "tokens_per_sequence": 784}
     nll = result["nll"]
-    assert nll["bound"] == "iw" and nll["samples"] == 2 and nll["nats_per_sequence"] > 0
+    assert nll["bound"] == "iw" and nll["samples"] == 4 and nll["nats_per_sequence"] > 0
+    # one set of 4 draws gives the bound for k = 1, 2, 4; grouping draws can only tighten it (Jensen)
+    curve = nll["iw_curve"]
+    assert list(curve) == ["1", "2", "4"]
+    assert curve["4"] == nll["nats_per_sequence"] and curve["1"] == nll["elbo"]["nats_per_sequence"]
+    assert curve["1"] >= curve["2"] >= curve["4"]
+    assert result["prompted_nll"]["0.5"]["samples"] == 2
     assert nll["kl_nats_per_sequence"] >= 0 and nll["elbo"]["nats_per_sequence"] > 0
     assert set(result["prompted_nll"]) == {"0.25", "0.5", "0.75"}
     assert result["prompted_nll"]["0.5"]["prompt_tokens"] == 392 and result["prompted_nll"]["0.5"]["sequences"] == 6
