@@ -179,6 +179,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             "steps": int(meta.get("train_steps", 0)),
             "minutes": round(float(meta.get("train_seconds", 0)) / 60, 1),
             "cpu_minutes": round(float(meta["train_cpu_seconds"]) / 60, 1) if "train_cpu_seconds" in meta else None,
+            "machine": meta.get("train_machine"),
             "config": json.loads(meta.get("train_config", "{}")),
         },
         **evaluate(

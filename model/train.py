@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,4 +332,18 @@ def _ckpt_meta(cfg: TrainConfig, step: int, elapsed: float, cpu: float) -> dict[
         "train_seconds": f"{elapsed:.1f}",
         "train_cpu_seconds": f"{cpu:.1f}",
         "train_config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "train_machine": _machine(),
     }
+
+
+def _machine() -> str:
+    """CPU model and core count: a wall-clock budget means little without the machine it ran on."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    return f"{name}, {os.cpu_count()} CPUs"

@@ -129,6 +129,7 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     assert result["prompted_nll"]["0.5"]["prompt_tokens"] == 392 and result["prompted_nll"]["0.5"]["sequences"] == 6
     assert result["generation_seconds"]["batch_1"] > 0
     assert result["parameters"]["generation"] < result["parameters"]["total"]
+    assert result["training"]["machine"].endswith(" CPUs")  # the budget's machine, from the checkpoint
 
     run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
     run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid-t0.3"), "--n", "2", "--temperature", "0.3")
