@@ -35,6 +35,13 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type) -> None:
         p.add_argument(flag, type=base, default=f.default, help=f"{text} (default: {f.default})".strip())
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     from .train import TrainConfig
 
@@ -48,13 +55,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, help="JSON path (default: print)")
     p.add_argument(
         "--samples",
-        type=int,
+        type=_positive_int,
         default=16,
         help="VSSM importance samples for the tighter bound (the JSON's iw_curve gives k = 1, 2, 4, ... of them)",
     )
     p.add_argument(
         "--prompted-samples",
-        type=int,
+        type=_positive_int,
         default=None,
         help="VSSM importance samples of the prompted bounds (default: --samples)",
     )

@@ -52,8 +52,11 @@ PROMPT_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 def _summary(total_nats: float, n_seq: int, tokens_per_seq: int) -> dict[str, float]:
-    per_seq = total_nats / n_seq
-    return {"nats_per_sequence": per_seq, "bits_per_token": per_seq / tokens_per_seq / math.log(2)}
+    return _per_sequence(total_nats / n_seq, tokens_per_seq)
+
+
+def _per_sequence(nats: float, tokens_per_seq: int) -> dict[str, float]:
+    return {"nats_per_sequence": nats, "bits_per_token": nats / tokens_per_seq / math.log(2)}
 
 
 @torch.no_grad()
@@ -69,9 +72,13 @@ def iw_curve(model: VSSM, seqs: torch.Tensor, samples: int, batch_size: int) -> 
     """Mean importance-weighted bound (nats per sequence) for k = 1, 2, 4, ..., ``samples`` draws.
 
     One set of ``samples`` log-weights per sequence serves every k: the k-sample bound is averaged
-    over the ``samples // k`` disjoint groups of draws, an unbiased estimate of it with less noise
-    than one group.  k = 1 is the negative ELBO; k = ``samples`` is the tightest bound.
+    over the ``samples // k`` disjoint groups of draws (the first ``(samples // k) * k`` draws), an
+    unbiased estimate of it with less noise than one group.  k = 1 is the negative ELBO; k =
+    ``samples`` is the tightest bound.  With a power of two, every group of 2k draws joins two
+    groups of k, so the curve never rises (Jensen); other counts keep that only on average.
     """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     parts = []
     for i in tqdm(range(0, len(seqs), batch_size), desc=f"iw{samples}", leave=False, disable=None):
         parts.append(model.log_weights(seqs[i : i + batch_size].to(model.device), samples=samples).cpu())
@@ -125,8 +132,8 @@ def evaluate(
         out["nll"] = {
             "bound": "iw",
             "samples": samples,
-            **_summary(curve[samples] * S, S, T),
-            "elbo": _summary(curve[1] * S, S, T),
+            **_per_sequence(curve[samples], T),
+            "elbo": _per_sequence(curve[1], T),
             "iw_curve": {str(k): v for k, v in curve.items()},
             "kl_nats_per_sequence": kl / S,
             "reconstruction_nats_per_sequence": rec / S,
@@ -137,7 +144,7 @@ def evaluate(
     subset = seqs[:prompted_limit] if prompted_limit else seqs
     for frac in PROMPT_FRACTIONS:
         C = int(T * frac)
-        kw = {"samples": prompted_samples or samples} if isinstance(model, VSSM) else {}
+        kw = {"samples": samples if prompted_samples is None else prompted_samples} if isinstance(model, VSSM) else {}
         nats = _score(model, subset, max(1, batch_size // (4 if kw else 1)), f"prompt{frac}", prompt_len=C, **kw)
         prompted[str(frac)] = {
             "prompt_tokens": C,

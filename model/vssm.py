@@ -167,6 +167,8 @@ class VSSM(SequenceModel):
         x = self._tokens(x)
         Bsz, T = x.shape
         C = prompt_len
+        if not 0 <= C < T:
+            raise ValueError(f"prompt_len must lie in 0..{T - 1}")
         Z, K = self.config.n_latents, self.config.n_classes
         log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
         if C > 0:
@@ -276,14 +278,14 @@ class VSSM(SequenceModel):
 
 
 def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> Tensor:
-    """One-hot samples of the categoricals ``log_p`` ``(..., K)`` (normalised log-probabilities)
+    """One-hot samples of the categoricals ``log_p`` ``(..., K)`` (log-probabilities or logits)
     whose gradient is the straight-through Gumbel-softmax one at temperature ``tau``.
 
     ``rao_samples = m > 0``: the soft surrogate is averaged over m Gumbel perturbations drawn
     *given* the hard sample (Gumbel-Rao, Paulus et al. 2021), which lowers the gradient's variance
     at the cost of elementwise work on the latents only; the decoder still runs once.  Given
-    argmax D with E ~ Exp(1): the perturbed logit of D is ``-log E_D`` (logsumexp is 0 here) and
-    of i != D ``-log(E_i exp(-log_p_i) + E_D)``, the truncated Gumbels that keep D the argmax.
+    argmax D with E ~ Exp(1) and ``log_p`` normalised: the perturbed logit of D is ``-log E_D``
+    and of i != D ``-log(E_i exp(-log_p_i) + E_D)``, the truncated Gumbels that keep D the argmax.
     """
     K = log_p.shape[-1]
     g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1)
@@ -292,10 +294,11 @@ def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> 
         soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
     else:
         with torch.no_grad():  # the noise is a constant of the gradient, as in plain ST
-            e = torch.empty((rao_samples, *log_p.shape), dtype=log_p.dtype, device=log_p.device).exponential_()
-            e_top = (e * hard).sum(-1, keepdim=True)  # (m, ..., 1)  E_D
-            others = -torch.log(e * torch.exp(-log_p) + e_top)  # (m, ..., K)
-            g_cond = torch.where(hard.bool(), -torch.log(e_top), others) - log_p  # (m, ..., K) argmax is D
+            lp = log_p - log_p.logsumexp(-1, keepdim=True)  # (..., K) normalised, whatever the caller passed
+            log_e = torch.empty((rao_samples, *lp.shape), dtype=lp.dtype, device=lp.device).exponential_().log()
+            log_e_top = torch.where(hard.bool(), log_e, 0.0).sum(-1, keepdim=True)  # (m, ..., 1)  log E_D
+            others = -torch.logaddexp(log_e - lp, log_e_top)  # (m, ..., K) in log space: no exp overflow
+            g_cond = torch.where(hard.bool(), -log_e_top, others) - lp  # (m, ..., K) argmax is D
         soft = ((log_p + g_cond) / tau).softmax(-1).mean(0)  # (..., K)
     return hard + soft - soft.detach()
 

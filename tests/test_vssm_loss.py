@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from model import VSSM, VSSMConfig
@@ -144,3 +145,25 @@ def test_gumbel_rao_keeps_the_mean_gradient_and_lowers_its_variance():
     scale = g_st.abs().mean()
     torch.testing.assert_close(g_gr.mean(0), g_st.mean(0), atol=0.03 * float(scale), rtol=0)
     assert float(g_gr.var(0).sum()) < 0.7 * float(g_st.var(0).sum())
+
+
+def test_gumbel_rao_takes_logits_as_well_as_log_probabilities():
+    """Shifting the logits moves neither the draws nor the gradient (no exp(-log_p) overflow either)."""
+    outs = []
+    for shift in (0.0, 200.0):
+        torch.manual_seed(3)
+        logits = (torch.tensor([[0.2, -1.0, 3.0], [-90.0, 0.0, 1.0]], dtype=torch.float64) + shift).requires_grad_()
+        out = straight_through_gumbel(logits, tau=0.5, rao_samples=4)
+        (grad,) = torch.autograd.grad((out * torch.tensor([1.0, -1.0, 2.0], dtype=out.dtype)).sum(), logits)
+        assert torch.isfinite(grad).all()
+        outs.append((out.detach(), grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+
+
+def test_log_weights_refuse_a_prompt_as_long_as_the_sequence():
+    m = tiny_model("vssm")
+    x = torch.randint(0, 5, (2, 6))
+    assert m.log_weights(x, prompt_len=5, samples=3).shape == (3, 2)
+    with pytest.raises(ValueError, match="prompt_len"):
+        m.log_weights(x, prompt_len=6)
