@@ -124,11 +124,16 @@ class SequenceModel(nn.Module):
         ``x`` is ``(B, T)``; ``prompt_len = 0`` scores whole sequences.  Exact for autoregressive
         families, an upper bound for the VSSM (whose extra keywords set the bound's samples).
         """
+        x = self._scored(x, prompt_len)
+        with torch.no_grad():
+            return self._nll(x, prompt_len=prompt_len, **kwargs)
+
+    def _scored(self, x: Tensor, prompt_len: int) -> Tensor:
+        """``x`` checked as tokens to score after a prompt of ``prompt_len`` (what ``nll`` accepts)."""
         x = self._tokens(x)
         if not 0 <= prompt_len < x.shape[1]:
             raise ValueError(f"prompt_len must lie in 0..{x.shape[1] - 1}")
-        with torch.no_grad():
-            return self._nll(x, prompt_len=prompt_len, **kwargs)
+        return x
 
     # ----- to implement ---------------------------------------------------------------------------
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:

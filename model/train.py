@@ -12,6 +12,7 @@ time of every run.  Data-parallel training runs under ``torchrun`` (gloo on CPU,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -336,6 +337,7 @@ def _ckpt_meta(cfg: TrainConfig, step: int, elapsed: float, cpu: float) -> dict[
     }
 
 
+@functools.cache  # read once per process, not at every checkpoint
 def _machine() -> str:
     """CPU model and core count: a wall-clock budget means little without the machine it ran on."""
     name = platform.processor() or platform.machine()

@@ -148,11 +148,16 @@ class VSSM(SequenceModel):
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
         """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO)."""
-        w = self.log_weights(x, prompt_len, samples, seed)  # (S, B)
+        w = self._log_weights(x, prompt_len, samples, seed)  # (S, B)
         return -(torch.logsumexp(w, 0) - math.log(samples))
 
     @torch.no_grad()
     def log_weights(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
+        """Log importance weights of ``samples`` draws, ``(S, B)``: what :meth:`nll` averages (see
+        :meth:`_log_weights`); ``x`` and ``prompt_len`` are checked as ``nll`` checks them."""
+        return self._log_weights(self._scored(x, prompt_len), prompt_len, samples, seed)
+
+    def _log_weights(self, x: Tensor, prompt_len: int, samples: int, seed: int) -> Tensor:
         """Log importance weights ``log p(x_C+1:T, z | ...) - log q(z | x)`` of ``samples`` draws, ``(S, B)``.
 
         The model scored is the one :meth:`generate` samples from: latents of the prompt come
@@ -164,11 +169,8 @@ class VSSM(SequenceModel):
         first k of S draws are the draws of a k-sample bound, and the bound with S samples is never
         above the mean of the S single-sample bounds (Jensen).
         """
-        x = self._tokens(x)
         Bsz, T = x.shape
         C = prompt_len
-        if not 0 <= C < T:
-            raise ValueError(f"prompt_len must lie in 0..{T - 1}")
         Z, K = self.config.n_latents, self.config.n_classes
         log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
         if C > 0:
