@@ -6,7 +6,8 @@
 Prints the markdown tables; the plots go to ``--img``.  ``--ablations DIR`` summarises every run
 directory under DIR (what differs from the first run, steps, CPU minutes, validation curve) into
 ``docs/ablations.json`` (small, committed: the raw figures outlive ``runs/``), prints the table and
-draws ``ablations_<dataset>.png``.
+draws ``ablations_<DIR name>.png``.  A curve's ``nelbo`` is the validation negative ELBO for the
+VSSM and the exact validation NLL for an autoregressive family (whose ``kl`` is null).
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
                 "train_minutes": float(meta["train_seconds"]) / 60,
                 "cpu_minutes": float(meta.get("train_cpu_seconds", "nan")) / 60,
                 "curve": [
-                    {"step": r["step"], "minutes": r["elapsed_s"] / 60, "nelbo": r["val_nll"], "kl": r["val_kl"]}
+                    {"step": r["step"], "minutes": r["elapsed_s"] / 60, "nelbo": r["val_nll"], "kl": r.get("val_kl")}
                     for r in val
                 ],
             }
@@ -159,21 +160,24 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     out_json.write_text(json.dumps(previous, indent=1) + "\n")
     base = runs[0]["config"]
     dataset = base["dataset"]
+    short = "-ELBO" if base["family"] == "vssm" else "NLL"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines = [
-        "| run | differs from the control | steps | CPU min | validation -ELBO | KL |",
+        f"| run | differs from the control | steps | CPU min | validation {short} | KL |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in runs:
         last = r["curve"][-1]
         lines.append(
             f"| {r['name']} | {_differs(r['config'], base)} | {r['steps']} | {r['cpu_minutes']:.1f} | "
-            f"{last['nelbo']:.1f} | {last['kl']:.1f} |"
+            f"{last['nelbo']:.1f} | {'-' if last['kl'] is None else format(last['kl'], '.1f')} |"
         )
         ax.plot([c["minutes"] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
     ax.set_xlabel("training minutes (1 CPU thread)")
-    ax.set_ylabel("validation negative ELBO, nats per image" if dataset == "mnist" else "validation -ELBO per token")
-    ax.set_title(f"{dataset}: VSSM recipe ablations, {base['budget_minutes']:g}-minute budget each")
+    # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
+    measure = "negative ELBO" if base["family"] == "vssm" else "NLL"
+    ax.set_ylabel(f"validation {measure}, " + ("nats per image" if dataset == "mnist" else "nats per token"))
+    ax.set_title(f"{dataset}: {base['family']} recipe ablations, {base['budget_minutes']:g}-minute budget each")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
