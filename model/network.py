@@ -19,7 +19,10 @@ from torch import Tensor, nn
 
 from .ssm import S4D, S4DConfig
 
-__all__ = ["SSMNet", "SSMNetConfig"]
+__all__ = ["BLOCKS", "SSMNet", "SSMNetConfig"]
+
+
+BLOCKS = ("glu", "gated")  # residual block forms (SSMBlock)
 
 
 @dataclass
@@ -31,32 +34,52 @@ class SSMNetConfig:
     state_size: int = 32  # N: complex SSM modes per channel
     layers: int = 2  # L: residual S4D blocks
     dropout: float = 0.0  # dropout inside each block (training only)
+    block: str = "glu"  # "glu": GLU over the SSM output; "gated": SSM output times a gate of the block input
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
 
 
 class SSMBlock(nn.Module):
-    """Pre-norm residual block: x + Dropout(GLU(Linear(GELU(S4D(LayerNorm(x))))))."""
+    """Pre-norm residual block around one S4D layer, with n = LayerNorm(x):
 
-    def __init__(self, width: int, state_size: int, dropout: float) -> None:
+    - ``glu``:   x + Dropout(GLU(Linear(GELU(S4D(n)))))
+    - ``gated``: x + Dropout(Linear(GELU(S4D(n)) * SiLU(Linear(n))))
+
+    The gated form (as in GSS, H3 and Mamba) multiplies what the SSM read from the past by a gate
+    computed from the current input alone: a direct product of "now" and "context" features,
+    which a VSSM decoder needs, since what latent z_t means depends on the pixels before t.  Both
+    forms have 2 H^2 weights besides the SSM's, and the same state.
+    """
+
+    def __init__(self, width: int, state_size: int, dropout: float, block: str = "glu") -> None:
         super().__init__()
+        self.gated = block == "gated"
         self.norm = nn.LayerNorm(width)
         self.ssm = S4D(S4DConfig(width=width, state_size=state_size))
-        self.out = nn.Linear(width, 2 * width)
+        self.gate = nn.Linear(width, width) if self.gated else None
+        self.out = nn.Linear(width, width if self.gated else 2 * width)
         self.drop = nn.Dropout(dropout)
 
-    def _mix(self, y: Tensor) -> Tensor:
+    def _mix(self, y: Tensor, n: Tensor) -> Tensor:
+        """SSM output ``y`` and block input ``n`` (both ``(..., H)``) -> residual update ``(..., H)``."""
+        if self.gate is not None:
+            return self.drop(self.out(F.gelu(y) * F.silu(self.gate(n))))
         return self.drop(F.glu(self.out(F.gelu(y)), dim=-1))
 
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
-        u = self.norm(x).transpose(1, 2)  # (B, H, T)
-        y, nxt = self.ssm(u, state, lengths=lengths, return_state=return_state)  # (B, H, T)
+        n = self.norm(x)  # (B, T, H)
+        y, nxt = self.ssm(n.transpose(1, 2), state, lengths=lengths, return_state=return_state)  # (B, H, T)
         # contiguous: GELU's backward over the strided transpose of the FFT output is 2-4x slower
-        return x + self._mix(y.transpose(1, 2).contiguous()), nxt  # (B, T, H)
+        return x + self._mix(y.transpose(1, 2).contiguous(), n), nxt  # (B, T, H)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        y, nxt = self.ssm.step(self.norm(x_t), state)  # (B, H)
-        return x_t + self._mix(y), nxt
+        n = self.norm(x_t)  # (B, H)
+        y, nxt = self.ssm.step(n, state)  # (B, H)
+        return x_t + self._mix(y, n), nxt
 
 
 class SSMNet(nn.Module):
@@ -66,7 +89,9 @@ class SSMNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.inp: nn.Module = nn.Embedding(cfg.n_in, cfg.width) if cfg.tokens else nn.Linear(cfg.n_in, cfg.width)
-        self.blocks = nn.ModuleList(SSMBlock(cfg.width, cfg.state_size, cfg.dropout) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(
+            SSMBlock(cfg.width, cfg.state_size, cfg.dropout, cfg.block) for _ in range(cfg.layers)
+        )
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_out)
 

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SequenceModel, check_config
-from .network import SSMNet, SSMNetConfig
+from .network import BLOCKS, SSMNet, SSMNetConfig
 from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState
 
@@ -53,9 +53,12 @@ class VSSMConfig:
     n_latents: int = 8  # Z: categorical latent variables per step
     n_classes: int = 8  # K: classes of each latent variable
     dropout: float = 0.0  # dropout inside blocks, training only
+    block: str = "glu"  # residual block of every network: "glu" or "gated" (model/network.py SSMBlock)
 
     def __post_init__(self) -> None:
         check_config(self, ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"))
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -88,7 +91,7 @@ class VSSM(SequenceModel):
         config = config or VSSMConfig()
         super().__init__(config)
         V, ZK = config.vocab_size, config.n_latents * config.n_classes
-        common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout)
+        common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout, block=config.block)
         self.encoder = SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
         self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))

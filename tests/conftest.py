@@ -36,6 +36,11 @@ def family(request) -> str:
     return request.param
 
 
-@pytest.fixture
-def tiny(family) -> model.SequenceModel:
-    return tiny_model(family)
+# Variants that change a family's layers run through the same contract tests: id -> (family, overrides)
+VARIANTS = {"vssm-gated": ("vssm", {"block": "gated"})}
+
+
+@pytest.fixture(params=sorted(TINY) + sorted(VARIANTS))
+def tiny(request) -> model.SequenceModel:
+    family, overrides = VARIANTS.get(request.param, (request.param, {}))
+    return tiny_model(family, **overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.network import SSMNet, SSMNetConfig
+from model.network import BLOCKS, SSMNet, SSMNetConfig
 from model.ssm import S4D, S4DConfig
 
 F64 = torch.float64
@@ -99,10 +99,12 @@ def test_inference_cache_follows_weight_updates():
     assert not torch.allclose(y1, y2)
 
 
+@pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("tokens", [True, False])
-def test_network_parallel_equals_step_and_chunks(tokens):
+def test_network_parallel_equals_step_and_chunks(tokens, block):
     torch.manual_seed(3)
-    net = SSMNet(SSMNetConfig(n_in=6, n_out=5, tokens=tokens, width=8, state_size=4, layers=3)).double().eval()
+    cfg = SSMNetConfig(n_in=6, n_out=5, tokens=tokens, width=8, state_size=4, layers=3, block=block)
+    net = SSMNet(cfg).double().eval()
     x = torch.randint(0, 6, (2, 12)) if tokens else torch.randn(2, 12, 6, dtype=F64)
     state0 = net.initial_state(2)
     s0 = torch.randn_like(state0)  # a random (non-zero) initial state
@@ -132,3 +134,10 @@ def test_inference_cache_is_bounded_and_drops_stale_weights():
         layer.D.add_(1.0)
         layer(torch.randn(1, 4, 8, dtype=F64))
         assert list(layer._cache.entries) == [8]  # entries of the old weights are gone
+
+
+def test_block_forms_have_equal_parameters_and_unknown_forms_are_refused():
+    counts = {b: sum(p.numel() for p in SSMNet(SSMNetConfig(n_in=6, n_out=5, block=b)).parameters()) for b in BLOCKS}
+    assert len(set(counts.values())) == 1, counts  # an ablation of the block form keeps the size
+    with pytest.raises(ValueError, match="block must be one of"):
+        SSMNetConfig(n_in=6, n_out=5, block="mamba")
