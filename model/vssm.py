@@ -7,6 +7,7 @@ Glossary of axis letters (DESIGN.md section 1):
 
 Networks (names from the paper):
     encoder   f_enc (psi):   x_1:t        -> logits of q_psi(z_t | x_1:t)        (B, T, Z, K)
+              (posterior="smoothing" adds a backward stack: q_psi(z_t | x_1:T); training and bounds only)
     decoder   f_dec (phi):   z_1:t        -> logits of p_phi(x_t | z_1:t)        (B, T, V)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
@@ -41,6 +42,9 @@ from .state import GenState
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 
+POSTERIORS = ("causal", "smoothing")  # forms of the encoder's posterior (VSSMConfig.posterior)
+
+
 @dataclass
 class VSSMConfig:
     vocab_size: int = 2  # V: tokens 0..V-1 (2 for binarised MNIST, 256 for bytes)
@@ -54,11 +58,14 @@ class VSSMConfig:
     n_classes: int = 8  # K: classes of each latent variable
     dropout: float = 0.0  # dropout inside blocks, training only
     block: str = "glu"  # residual block of every network: "glu" or "gated" (model/network.py SSMBlock)
+    posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards
 
     def __post_init__(self) -> None:
         check_config(self, ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"))
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
+        if self.posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {', '.join(POSTERIORS)}, got {self.posterior!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -93,6 +100,13 @@ class VSSM(SequenceModel):
         V, ZK = config.vocab_size, config.n_latents * config.n_classes
         common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout, block=config.block)
         self.encoder = SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
+        # a smoothing posterior also reads the future through a second causal stack run backwards in
+        # time; only training and the likelihood bounds use the encoder, so generation is unchanged
+        self.encoder_bwd = (
+            SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
+            if config.posterior == "smoothing"
+            else None
+        )
         self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
@@ -101,11 +115,23 @@ class VSSM(SequenceModel):
         return self.config.vocab_size
 
     def num_parameters(self, generation_only: bool = False) -> int:
-        nets = [self.decoder, self.partial_encoder] + ([] if generation_only else [self.encoder])
+        nets = [self.decoder, self.partial_encoder] if generation_only else [self]
         return sum(p.numel() for net in nets for p in net.parameters())
 
     def _latent_logits(self, out: Tensor) -> Tensor:
         return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
+
+    def _posterior_log_probs(self, x: Tensor) -> Tensor:
+        """``log q_psi(z_t | x_1:t)`` (causal) or ``log q_psi(z_t | x_1:T)`` (smoothing), ``(B, T, Z, K)``.
+
+        Any q gives a valid ELBO and importance-weighted bound of the same generative model; the
+        smoothing form can match the true posterior more closely, since x_t+1:T depend on z_t
+        through the decoder.
+        """
+        logits = self.encoder(x, return_state=False)[0]  # (B, T, Z*K)
+        if self.encoder_bwd is not None:
+            logits = logits + self.encoder_bwd(x.flip(1), return_state=False)[0].flip(1)  # reads x_t:T at t
+        return self._latent_logits(logits).log_softmax(-1)
 
     def _one_hot(self, z: Tensor) -> Tensor:
         return F.one_hot(z, self.config.n_classes).to(self.dtype).flatten(-2)  # (B, T, Z*K)
@@ -129,8 +155,7 @@ class VSSM(SequenceModel):
         the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
         """
         Bsz, T = x.shape
-        q_logits = self._latent_logits(self.encoder(x, return_state=False)[0])  # (B, T, Z, K)
-        log_q = q_logits.log_softmax(-1)  # (B, T, Z, K)
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
         x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
         rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
@@ -175,7 +200,7 @@ class VSSM(SequenceModel):
         Bsz, T = x.shape
         C = prompt_len
         Z, K = self.config.n_latents, self.config.n_classes
-        log_q = self._latent_logits(self.encoder(x, return_state=False)[0]).log_softmax(-1)  # (B, T, Z, K)
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         if C > 0:
             t = torch.arange(T, device=x.device)
             xbar = torch.where(t[None, :] < C, x, self.empty_token)  # (B, T)

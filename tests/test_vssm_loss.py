@@ -167,3 +167,67 @@ def test_log_weights_refuse_a_prompt_as_long_as_the_sequence():
     assert m.log_weights(x, prompt_len=5, samples=3).shape == (3, 2)
     with pytest.raises(ValueError, match="prompt_len"):
         m.log_weights(x, prompt_len=6)
+
+
+def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NLL ``-log p(x_C+1:T | x_1:C)`` of the model that generation samples from, and the
+    negative ELBO of the posterior that the bounds draw from, by summing over every latent sequence
+    (K^T of them; Z = 1).  Latents come from the prior (C = 0) or the partial encoder (C > 0); the
+    proposal takes the prompt's latents from the partial encoder and the rest from the posterior."""
+    import itertools
+
+    B, T = x.shape
+    K = m.config.n_classes
+    if C > 0:
+        t = torch.arange(T)
+        xbar = torch.where(t[None, :] < C, x, m.empty_token)
+        log_w = m._latent_logits(m.partial_encoder(xbar)[0]).log_softmax(-1)[:, :, 0]  # (B, T, K)
+    else:
+        log_w = torch.full((B, T, K), -math.log(K), dtype=m.dtype)
+    log_q = m._posterior_log_probs(x)[:, :, 0]  # (B, T, K)
+    log_prop = torch.cat([log_w[:, :C], log_q[:, C:]], 1)  # (B, T, K)
+    joint, elbo = [], torch.zeros(B, dtype=m.dtype)
+    for seq in itertools.product(range(K), repeat=T):
+        z = torch.tensor(seq).expand(B, T)[..., None]  # (B, T, 1)
+        x_logits = m.decoder(m._one_hot(z))[0]  # (B, T, V)
+        log_px = x_logits.log_softmax(-1).gather(-1, x[..., None])[:, C:, 0].sum(-1)  # (B,)
+        log_pz = log_w.gather(-1, z)[..., 0]  # (B, T)
+        joint.append(log_px + log_pz.sum(-1))
+        log_ratio = (log_pz - log_prop.gather(-1, z)[..., 0])[:, C:].sum(-1)  # (B,)
+        elbo += log_prop.gather(-1, z)[..., 0].sum(-1).exp() * (log_px + log_ratio)
+    return -torch.logsumexp(torch.stack(joint), 0), -elbo
+
+
+@pytest.mark.parametrize("posterior", ["causal", "smoothing"])
+@pytest.mark.parametrize("C", [0, 1])
+def test_bounds_match_their_exact_values_for_either_posterior(posterior, C):
+    """Single draws average to the exact ELBO, many importance draws close in on the exact NLL
+    (both enumerated), unprompted and prompted."""
+    m = tiny_model("vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior)
+    x = torch.randint(0, 2, (4, 3), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        nll, nelbo = _exact(m, x, C)
+    assert (nelbo >= nll).all()
+    w = m.log_weights(x, prompt_len=C, samples=300, seed=0)  # (300, B): what nll averages
+    singles, iw = -w, -(torch.logsumexp(w, 0) - math.log(300))
+    iw20 = -(torch.logsumexp(w[:20, :2], 0) - math.log(20))  # the first 20 draws are a 20-draw bound
+    torch.testing.assert_close(iw20, m.nll(x[:2], prompt_len=C, samples=20, seed=0))
+    # tolerances are several standard errors of 300 draws here; a normalisation bug (a missing
+    # log K, a prior term counted twice) would be off by a nat or more
+    torch.testing.assert_close(singles.mean(0), nelbo, atol=0.1, rtol=0)
+    torch.testing.assert_close(iw, nll, atol=0.1, rtol=0)
+
+
+def test_smoothing_posterior_reads_the_future_and_causal_does_not():
+    x = torch.randint(0, 5, (1, 10), generator=torch.Generator().manual_seed(2))
+    y = x.clone()
+    y[0, 7] = (x[0, 7] + 1) % 5  # change one token: steps before it see it only through the backward stack
+    for posterior, changes_past in (("causal", False), ("smoothing", True)):
+        m = tiny_model("vssm", posterior=posterior)
+        qx, qy = m._posterior_log_probs(x), m._posterior_log_probs(y)
+        assert torch.allclose(qx[:, :7], qy[:, :7]) != changes_past, posterior
+        assert not torch.allclose(qx[:, 7:], qy[:, 7:])
+    # the generation-time networks and their parameter count do not change
+    causal, smooth = tiny_model("vssm"), tiny_model("vssm", posterior="smoothing")
+    assert causal.num_parameters(generation_only=True) == smooth.num_parameters(generation_only=True)
+    assert smooth.num_parameters() - causal.num_parameters() == sum(p.numel() for p in causal.encoder.parameters())
