@@ -161,6 +161,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     base = runs[0]["config"]
     dataset = base["dataset"]
     short = "-ELBO" if base["family"] == "vssm" else "NLL"
+    x_key = "minutes" if base["budget_minutes"] else "step"  # a step budget is compared step for step
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines = [
         f"| run | differs from the control | steps | CPU min | validation {short} | KL |",
@@ -172,12 +173,13 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
             f"| {r['name']} | {_differs(r['config'], base)} | {r['steps']} | {r['cpu_minutes']:.1f} | "
             f"{last['nelbo']:.1f} | {'-' if last['kl'] is None else format(last['kl'], '.1f')} |"
         )
-        ax.plot([c["minutes"] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
-    ax.set_xlabel("training minutes (1 CPU thread)")
+        ax.plot([c[x_key] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
+    ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
     # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
     measure = "negative ELBO" if base["family"] == "vssm" else "NLL"
     ax.set_ylabel(f"validation {measure}, " + ("nats per image" if dataset == "mnist" else "nats per token"))
-    ax.set_title(f"{dataset}: {base['family']} recipe ablations, {base['budget_minutes']:g}-minute budget each")
+    budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"
+    ax.set_title(f"{dataset}: {base['family']} recipe ablations, {budget} budget each")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
