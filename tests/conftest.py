@@ -37,7 +37,10 @@ def family(request) -> str:
 
 
 # Variants that change a family's layers run through the same contract tests: id -> (family, overrides)
-VARIANTS = {"vssm-gated": ("vssm", {"block": "gated"})}
+VARIANTS = {
+    "vssm-gated": ("vssm", {"block": "gated"}),
+    "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
+}
 
 
 @pytest.fixture(params=sorted(TINY) + sorted(VARIANTS))

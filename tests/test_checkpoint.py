@@ -11,11 +11,13 @@ from safetensors.torch import save_file
 
 import model
 from model import CheckpointError, GenState, load_checkpoint, save_checkpoint
-from tests.conftest import tiny_model
+from tests.conftest import TINY, VARIANTS, tiny_model
 
 
-def test_roundtrip_every_family(tmp_path, family):
-    m = tiny_model(family, dtype=torch.float32)
+@pytest.mark.parametrize("name", sorted(TINY) + sorted(VARIANTS))
+def test_roundtrip_every_family(tmp_path, name):
+    family, overrides = VARIANTS.get(name, (name, {}))
+    m = tiny_model(family, dtype=torch.float32, **overrides)
     path = save_checkpoint(m, tmp_path / f"{family}.safetensors")
     loaded = load_checkpoint(path, device="cpu")
     assert type(loaded) is type(m) and loaded.config == m.config
@@ -104,6 +106,8 @@ def test_misshapen_tensor(saved, tmp_path):
         (lambda c: json.dumps({**json.loads(c), "colour": "red"}), "unknown field.*colour"),
         (lambda c: json.dumps({**json.loads(c), "width": -4}), "width must be a positive integer"),
         (lambda c: json.dumps({**json.loads(c), "n_classes": 1}), "n_classes must be an integer >= 2"),
+        (lambda c: json.dumps({**json.loads(c), "posterior": "acausal"}), "posterior must be one of"),
+        (lambda c: json.dumps({**json.loads(c), "block": "mamba"}), "block must be one of"),
         (lambda c: json.dumps([1, 2]), "expected a JSON object"),
     ],
 )
