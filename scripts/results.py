@@ -132,12 +132,18 @@ def _differs(cfg: dict, base: dict) -> str:
 def ablations(root: Path, out_json: Path, img: Path) -> str:
     """Summarise the run directories under ``root`` (sorted by name; the first is the control)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from model.checkpoint import read_metadata
+    import dataclasses
+
+    from model.checkpoint import FAMILIES, read_metadata
+    from model.train import TrainConfig
 
     runs = []
     for d in sorted(p for p in root.iterdir() if (p / "model.safetensors").exists()):
         meta = read_metadata(d / "model.safetensors")
-        cfg = {**json.loads(meta["train_config"]), **json.loads(meta["config"])}
+        # fields added after a run was made read as their defaults, which that run used
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        defaults.update({f.name: f.default for f in dataclasses.fields(FAMILIES[meta["family"]].config_class)})
+        cfg = {**defaults, **json.loads(meta["train_config"]), **json.loads(meta["config"])}
         rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         val = [r for r in rows if "val_nll" in r]
         runs.append(
