@@ -189,8 +189,12 @@ class SequenceModel(nn.Module):
         return state.position[:, None] + torch.arange(n, device=state.position.device)
 
 
-def check_config(cfg: object, positive: tuple[str, ...]) -> None:
-    """Validate a config dataclass: the named fields are positive ints, plus the common fields."""
+def check_config(cfg: object, positive: tuple[str, ...], choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Validate a config dataclass: the named fields are positive ints, each field named in
+    ``choices`` is one of its listed values, plus the common fields."""
+    for name, allowed in (choices or {}).items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
     for name in positive:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base import check_config
 from .ssm import S4D, S4DConfig
 
 __all__ = ["BLOCKS", "SSMNet", "SSMNetConfig"]
@@ -37,8 +38,7 @@ class SSMNetConfig:
     block: str = "glu"  # "glu": GLU over the SSM output; "gated": SSM output times a gate of the block input
 
     def __post_init__(self) -> None:
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
+        check_config(self, (), {"block": BLOCKS})
 
 
 class SSMBlock(nn.Module):
@@ -55,11 +55,11 @@ class SSMBlock(nn.Module):
 
     def __init__(self, width: int, state_size: int, dropout: float, block: str = "glu") -> None:
         super().__init__()
-        self.gated = block == "gated"
+        gated = block == "gated"
         self.norm = nn.LayerNorm(width)
         self.ssm = S4D(S4DConfig(width=width, state_size=state_size))
-        self.gate = nn.Linear(width, width) if self.gated else None
-        self.out = nn.Linear(width, width if self.gated else 2 * width)
+        self.gate = nn.Linear(width, width) if gated else None
+        self.out = nn.Linear(width, width if gated else 2 * width)
         self.drop = nn.Dropout(dropout)
 
     def _mix(self, y: Tensor, n: Tensor) -> Tensor:

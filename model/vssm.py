@@ -61,11 +61,11 @@ class VSSMConfig:
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards
 
     def __post_init__(self) -> None:
-        check_config(self, ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"))
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {', '.join(BLOCKS)}, got {self.block!r}")
-        if self.posterior not in POSTERIORS:
-            raise ValueError(f"posterior must be one of {', '.join(POSTERIORS)}, got {self.posterior!r}")
+        check_config(
+            self,
+            ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
+            {"block": BLOCKS, "posterior": POSTERIORS},
+        )
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -99,14 +99,11 @@ class VSSM(SequenceModel):
         super().__init__(config)
         V, ZK = config.vocab_size, config.n_latents * config.n_classes
         common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout, block=config.block)
-        self.encoder = SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
+        enc = SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common)
+        self.encoder = SSMNet(enc)
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
-        self.encoder_bwd = (
-            SSMNet(SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common))
-            if config.posterior == "smoothing"
-            else None
-        )
+        self.encoder_bwd = SSMNet(enc) if config.posterior == "smoothing" else None
         self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 

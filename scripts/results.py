@@ -137,13 +137,19 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     from model.checkpoint import FAMILIES, read_metadata
     from model.train import TrainConfig
 
+    def defaults(cls: type) -> dict:
+        return {f.name: f.default for f in dataclasses.fields(cls)}
+
     runs = []
     for d in sorted(p for p in root.iterdir() if (p / "model.safetensors").exists()):
         meta = read_metadata(d / "model.safetensors")
         # fields added after a run was made read as their defaults, which that run used
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        defaults.update({f.name: f.default for f in dataclasses.fields(FAMILIES[meta["family"]].config_class)})
-        cfg = {**defaults, **json.loads(meta["train_config"]), **json.loads(meta["config"])}
+        cfg = {
+            **defaults(TrainConfig),
+            **defaults(FAMILIES[meta["family"]].config_class),
+            **json.loads(meta["train_config"]),
+            **json.loads(meta["config"]),
+        }
         rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
         val = [r for r in rows if "val_nll" in r]
         runs.append(
@@ -166,7 +172,8 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     out_json.write_text(json.dumps(previous, indent=1) + "\n")
     base = runs[0]["config"]
     dataset = base["dataset"]
-    short = "-ELBO" if base["family"] == "vssm" else "NLL"
+    # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
+    short, measure = ("-ELBO", "negative ELBO") if base["family"] == "vssm" else ("NLL", "NLL")
     x_key = "minutes" if base["budget_minutes"] else "step"  # a step budget is compared step for step
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines = [
@@ -181,8 +188,6 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         )
         ax.plot([c[x_key] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
-    # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
-    measure = "negative ELBO" if base["family"] == "vssm" else "NLL"
     ax.set_ylabel(f"validation {measure}, " + ("nats per image" if dataset == "mnist" else "nats per token"))
     budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"
     ax.set_title(f"{dataset}: {base['family']} recipe ablations, {budget} budget each")
