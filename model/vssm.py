@@ -7,7 +7,8 @@ Glossary of axis letters (DESIGN.md section 1):
 
 Networks (names from the paper):
     encoder   f_enc (psi):   x_1:t        -> logits of q_psi(z_t | x_1:t)        (B, T, Z, K)
-              (posterior="smoothing" adds a backward stack: q_psi(z_t | x_1:T); training and bounds only)
+              (posterior="smoothing" adds a backward stack: q_psi(z_t | x_1:T); training and bounds only;
+               posterior="split" trains with the causal form over the prompt, the smoothing one after)
     decoder   f_dec (phi):   z_1:t        -> logits of p_phi(x_t | z_1:t)        (B, T, V)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
@@ -42,7 +43,7 @@ from .state import GenState
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 
-POSTERIORS = ("causal", "smoothing")  # forms of the encoder's posterior (VSSMConfig.posterior)
+POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class VSSMConfig:
     n_classes: int = 8  # K: classes of each latent variable
     dropout: float = 0.0  # dropout inside blocks, training only
     block: str = "glu"  # residual block of every network: "glu" or "gated" (model/network.py SSMBlock)
-    posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards
+    posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
+    # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
 
     def __post_init__(self) -> None:
         check_config(
@@ -103,7 +105,7 @@ class VSSM(SequenceModel):
         self.encoder = SSMNet(enc)
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
-        self.encoder_bwd = SSMNet(enc) if config.posterior == "smoothing" else None
+        self.encoder_bwd = SSMNet(enc) if config.posterior != "causal" else None
         self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
@@ -118,16 +120,21 @@ class VSSM(SequenceModel):
     def _latent_logits(self, out: Tensor) -> Tensor:
         return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
 
-    def _posterior_log_probs(self, x: Tensor) -> Tensor:
+    def _posterior_log_probs(self, x: Tensor, causal_steps: Tensor | None = None) -> Tensor:
         """``log q_psi(z_t | x_1:t)`` (causal) or ``log q_psi(z_t | x_1:T)`` (smoothing), ``(B, T, Z, K)``.
 
         Any q gives a valid ELBO and importance-weighted bound of the same generative model; the
         smoothing form can match the true posterior more closely, since x_t+1:T depend on z_t
-        through the decoder.
+        through the decoder.  ``causal_steps`` ``(B,)``: the first that many steps of each row keep
+        the causal form (the forward stack alone), as the "split" posterior trains its prompts.
         """
         logits = self.encoder(x, return_state=False)[0]  # (B, T, Z*K)
         if self.encoder_bwd is not None:
-            logits = logits + self.encoder_bwd(x.flip(1), return_state=False)[0].flip(1)  # reads x_t:T at t
+            future = self.encoder_bwd(x.flip(1), return_state=False)[0].flip(1)  # (B, T, Z*K) reads x_t:T at t
+            if causal_steps is not None:
+                t = torch.arange(x.shape[1], device=x.device)
+                future = future * (t[None, :, None] >= causal_steps[:, None, None])  # (B, T, Z*K)
+            logits = logits + future
         return self._latent_logits(logits).log_softmax(-1)
 
     def _one_hot(self, z: Tensor) -> Tensor:
@@ -147,12 +154,18 @@ class VSSM(SequenceModel):
         Latents use the straight-through Gumbel-softmax estimator (hard one-hot forward, soft
         gradient at temperature ``tau``).  ``free_bits`` (nats per step) stops pushing the KL of a
         step down once it is below that floor, against posterior collapse.  ``prompt_lengths``
-        (``(B,)``, default ``C ~ Uniform{0..T}``) sets where the partial encoder's EMPTYs begin.
+        (``(B,)``, default ``C ~ Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and,
+        for the "split" posterior, where its causal form gives way to the smoothing one.
         ``rao_samples > 0`` Rao-Blackwellises the soft gradient over that many Gumbel draws given
         the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
         """
         Bsz, T = x.shape
-        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        if prompt_lengths is None:
+            prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
+        # "split": a prompt's latents follow the causal posterior, which depends on the prompt
+        # alone, so the partial encoder can match it exactly; the rest follow the smoothing one
+        split = prompt_lengths if self.config.posterior == "split" else None
+        log_q = self._posterior_log_probs(x, split)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
         x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
         rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
@@ -161,8 +174,6 @@ class VSSM(SequenceModel):
         kl = kl_t.sum(-1)  # (B,)
         penalty = kl_t.clamp_min(free_bits).sum(-1) if free_bits > 0 else kl
 
-        if prompt_lengths is None:
-            prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
         t = torch.arange(T, device=x.device)
         xbar = torch.where(t[None, :] < prompt_lengths[:, None], x, self.empty_token)  # (B, T)
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)

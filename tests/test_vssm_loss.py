@@ -198,9 +198,9 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
     return -torch.logsumexp(torch.stack(joint), 0), -elbo
 
 
-@pytest.mark.parametrize("posterior", ["causal", "smoothing"])
+@pytest.mark.parametrize("posterior", ["causal", "smoothing", "split"])
 @pytest.mark.parametrize("C", [0, 1])
-def test_bounds_match_their_exact_values_for_either_posterior(posterior, C):
+def test_bounds_match_their_exact_values_for_every_posterior(posterior, C):
     """Single draws average to the exact ELBO, many importance draws close in on the exact NLL
     (both enumerated), unprompted and prompted."""
     m = tiny_model("vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior)
@@ -231,3 +231,29 @@ def test_smoothing_posterior_reads_the_future_and_causal_does_not():
     causal, smooth = tiny_model("vssm"), tiny_model("vssm", posterior="smoothing")
     assert causal.num_parameters(generation_only=True) == smooth.num_parameters(generation_only=True)
     assert smooth.num_parameters() - causal.num_parameters() == sum(p.numel() for p in causal.encoder.parameters())
+
+
+def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after():
+    """With the same weights, a "split" VSSM's loss at prompt length T is the causal model's and
+    at prompt length 0 the smoothing model's; in between, the prompt's posterior ignores the future."""
+    split = tiny_model("vssm", posterior="split")
+    x = torch.randint(0, 5, (3, 9), generator=torch.Generator().manual_seed(3))
+    T = x.shape[1]
+    for other, C in (("causal", T), ("smoothing", 0)):
+        ref = tiny_model("vssm", posterior=other)
+        ref.load_state_dict(split.state_dict(), strict=False)  # a causal model has no backward stack
+        lengths = torch.full((3,), C)
+        torch.manual_seed(4)  # the same Gumbel noise for both
+        got = split.loss(x, prompt_lengths=lengths, tau=0.5)
+        torch.manual_seed(4)
+        want = ref.loss(x, prompt_lengths=lengths, tau=0.5)
+        for name in ("reconstruction", "kl", "partial_kl"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), msg=f"{other}: {name}")
+    y = x.clone()
+    y[:, 6] = (x[:, 6] + 1) % 5
+    lengths = torch.tensor([7, 4, 0])
+    qx, qy = split._posterior_log_probs(x, lengths), split._posterior_log_probs(y, lengths)
+    assert torch.allclose(qx[0, :6], qy[0, :6])  # row 0's prompt covers step 6: causal there
+    assert torch.allclose(qx[1, :4], qy[1, :4])  # row 1's causal steps 0..3 never see step 6
+    assert not torch.allclose(qx[1, 4:6], qy[1, 4:6])  # smoothing after the prompt reads it
+    assert not torch.allclose(qx[2, :6], qy[2, :6])  # row 2 has no prompt: smoothing throughout
