@@ -64,6 +64,7 @@ class TrainConfig:
     tau: float = 1.0  # VSSM: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # VSSM: temperature at the end of the schedule
     rao_samples: int = 0  # VSSM: Gumbel-Rao draws averaged in the straight-through gradient (0: plain ST Gumbel)
+    unprompted: float = 0.0  # VSSM: share of training sequences given no prompt (C = 0) instead of C ~ U{0..T}
     grad_clip: float = 1.0  # max gradient norm
     val_every: int = 250  # steps between validations
     val_sequences: int = 500  # validation sequences (a fixed prefix of the valid split)
@@ -82,10 +83,10 @@ class LossModule(nn.Module):
         self.model = model
 
     def forward(
-        self, x: Tensor, kl_weight: float, tau: float, free_bits: float, rao_samples: int = 0
+        self, x: Tensor, kl_weight: float, tau: float, free_bits: float, rao_samples: int = 0, unprompted: float = 0.0
     ) -> tuple[Tensor, dict[str, float]]:
         if isinstance(self.model, VSSM):
-            t = self.model.loss(x, tau=tau, free_bits=free_bits, rao_samples=rao_samples)
+            t = self.model.loss(x, tau=tau, free_bits=free_bits, rao_samples=rao_samples, unprompted=unprompted)
             terms = {
                 "rec": t.reconstruction.mean().item(),
                 "kl": t.kl.mean().item(),
@@ -265,7 +266,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         kl_weight = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
-        loss, terms = wrapped(x, kl_weight, tau, cfg.free_bits, cfg.rao_samples)
+        loss, terms = wrapped(x, kl_weight, tau, cfg.free_bits, cfg.rao_samples, cfg.unprompted)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

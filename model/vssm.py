@@ -148,6 +148,7 @@ class VSSM(SequenceModel):
         free_bits: float = 0.0,
         prompt_lengths: Tensor | None = None,
         rao_samples: int = 0,
+        unprompted: float = 0.0,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -158,10 +159,16 @@ class VSSM(SequenceModel):
         for the "split" posterior, where its causal form gives way to the smoothing one.
         ``rao_samples > 0`` Rao-Blackwellises the soft gradient over that many Gumbel draws given
         the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
+        ``unprompted``: the share of rows whose drawn prompt length is set to 0, so that a "split"
+        posterior trains its smoothing form on whole sequences more often.
         """
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
+            if not 0.0 <= unprompted <= 1.0:
+                raise ValueError(f"unprompted must be a share in [0, 1], got {unprompted}")
+            if unprompted > 0:
+                prompt_lengths = prompt_lengths * (torch.rand(Bsz, device=x.device) >= unprompted)
         # "split": a prompt's latents follow the causal posterior, which depends on the prompt
         # alone, so the partial encoder can match it exactly; the rest follow the smoothing one
         split = prompt_lengths if self.config.posterior == "split" else None

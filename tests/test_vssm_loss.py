@@ -257,3 +257,18 @@ def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after(
     assert torch.allclose(qx[1, :4], qy[1, :4])  # row 1's causal steps 0..3 never see step 6
     assert not torch.allclose(qx[1, 4:6], qy[1, 4:6])  # smoothing after the prompt reads it
     assert not torch.allclose(qx[2, :6], qy[2, :6])  # row 2 has no prompt: smoothing throughout
+
+
+def test_unprompted_share_sets_drawn_prompt_lengths_to_zero():
+    """The KL and partial-KL terms depend on x and the prompt lengths only (no sampling), so with
+    every row unprompted they equal those of explicit zero-length prompts."""
+    m = tiny_model("vssm", posterior="split")
+    x = torch.randint(0, 5, (6, 12), generator=torch.Generator().manual_seed(5))
+    zero = m.loss(x, prompt_lengths=torch.zeros(6, dtype=torch.long))
+    all_unprompted = m.loss(x, unprompted=1.0)
+    torch.testing.assert_close(all_unprompted.kl, zero.kl)
+    torch.testing.assert_close(all_unprompted.partial_kl, zero.partial_kl)
+    torch.manual_seed(0)
+    assert not torch.allclose(m.loss(x).partial_kl, zero.partial_kl)  # C ~ U{0..T} otherwise
+    with pytest.raises(ValueError, match="unprompted"):
+        m.loss(x, unprompted=1.5)
