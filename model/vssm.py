@@ -162,11 +162,11 @@ class VSSM(SequenceModel):
         ``unprompted``: the share of rows whose drawn prompt length is set to 0, so that a "split"
         posterior trains its smoothing form on whole sequences more often.
         """
+        if not 0.0 <= unprompted <= 1.0:
+            raise ValueError(f"unprompted must be a share in [0, 1], got {unprompted}")
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
-            if not 0.0 <= unprompted <= 1.0:
-                raise ValueError(f"unprompted must be a share in [0, 1], got {unprompted}")
             if unprompted > 0:
                 prompt_lengths = prompt_lengths * (torch.rand(Bsz, device=x.device) >= unprompted)
         # "split": a prompt's latents follow the causal posterior, which depends on the prompt
