@@ -188,7 +188,9 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         )
         ax.plot([c[x_key] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
-    ax.set_ylabel(f"validation {measure}, " + ("nats per image" if dataset == "mnist" else "nats per token"))
+    # val_nll is per sequence: an image, or a training window of text
+    unit = f"nats per {base['seq_len']}-byte window" if dataset == "shakespeare" else "nats per image"
+    ax.set_ylabel(f"validation {measure}, {unit}")
     budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"
     ax.set_title(f"{dataset}: {base['family']} recipe ablations, {budget} budget each")
     ax.grid(alpha=0.3)
