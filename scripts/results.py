@@ -187,6 +187,11 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
             f"{last['nelbo']:.1f} | {'-' if last['kl'] is None else format(last['kl'], '.1f')} |"
         )
         ax.plot([c[x_key] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
+    # a long KL warm-up starts far above the rest; cap the axis so the ends stay readable
+    top = max(c["nelbo"] for r in runs for c in r["curve"])
+    cap = 1.5 * max(r["curve"][-1]["nelbo"] for r in runs)
+    if top > cap:
+        ax.set_ylim(top=cap)
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
     # val_nll is per sequence: an image, or a training window of text
     unit = f"nats per {base['seq_len']}-byte window" if dataset == "shakespeare" else "nats per image"
