@@ -175,26 +175,39 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
     short, measure = ("-ELBO", "negative ELBO") if base["family"] == "vssm" else ("NLL", "NLL")
     x_key = "minutes" if base["budget_minutes"] else "step"  # a step budget is compared step for step
+    # val_nll is per sequence: an image, or a training window of text, whose length can differ
+    # between text runs, so text is shown in bits per byte
+    text = dataset == "shakespeare"
+    unit = "bits per byte" if text else "nats per image"
+
+    def scaled(r: dict, nats: float) -> float:
+        return nats / r["config"]["seq_len"] / math.log(2) if text else nats
+
+    kl_head = "KL, nats per byte" if text else "KL"
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lines = [
-        f"| run | differs from the control | steps | CPU min | validation {short} | KL |",
+        f"| run | differs from the control | steps | CPU min | validation {short}, {unit} | {kl_head} |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in runs:
         last = r["curve"][-1]
+        # the KL per byte for text, as windows can differ in length
+        if last["kl"] is None:
+            kl = "-"
+        else:
+            kl = format(last["kl"] / r["config"]["seq_len"], ".3f") if text else format(last["kl"], ".1f")
         lines.append(
             f"| {r['name']} | {_differs(r['config'], base)} | {r['steps']} | {r['cpu_minutes']:.1f} | "
-            f"{last['nelbo']:.1f} | {'-' if last['kl'] is None else format(last['kl'], '.1f')} |"
+            f"{scaled(r, last['nelbo']):.{3 if text else 1}f} | {kl} |"
         )
-        ax.plot([c[x_key] for c in r["curve"]], [c["nelbo"] for c in r["curve"]], marker="o", label=r["name"])
+        ys = [scaled(r, c["nelbo"]) for c in r["curve"]]
+        ax.plot([c[x_key] for c in r["curve"]], ys, marker="o", label=r["name"])
     # a long KL warm-up starts far above the rest; cap the axis so the ends stay readable
-    top = max(c["nelbo"] for r in runs for c in r["curve"])
-    cap = 1.5 * max(r["curve"][-1]["nelbo"] for r in runs)
+    top = max(scaled(r, c["nelbo"]) for r in runs for c in r["curve"])
+    cap = 1.5 * max(scaled(r, r["curve"][-1]["nelbo"]) for r in runs)
     if top > cap:
         ax.set_ylim(top=cap)
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
-    # val_nll is per sequence: an image, or a training window of text
-    unit = f"nats per {base['seq_len']}-byte window" if dataset == "shakespeare" else "nats per image"
     ax.set_ylabel(f"validation {measure}, {unit}")
     budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"
     ax.set_title(f"{dataset}: {base['family']} recipe ablations, {budget} budget each")
