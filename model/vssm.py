@@ -120,20 +120,24 @@ class VSSM(SequenceModel):
     def _latent_logits(self, out: Tensor) -> Tensor:
         return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
 
-    def _posterior_log_probs(self, x: Tensor, causal_steps: Tensor | None = None) -> Tensor:
+    @staticmethod
+    def _prompt_mask(prompt_lengths: Tensor, T: int) -> Tensor:
+        """``(B, T)``: True on each row's prompt steps, t < C."""
+        return torch.arange(T, device=prompt_lengths.device)[None, :] < prompt_lengths[:, None]
+
+    def _posterior_log_probs(self, x: Tensor, causal: Tensor | None = None) -> Tensor:
         """``log q_psi(z_t | x_1:t)`` (causal) or ``log q_psi(z_t | x_1:T)`` (smoothing), ``(B, T, Z, K)``.
 
         Any q gives a valid ELBO and importance-weighted bound of the same generative model; the
         smoothing form can match the true posterior more closely, since x_t+1:T depend on z_t
-        through the decoder.  ``causal_steps`` ``(B,)``: the first that many steps of each row keep
-        the causal form (the forward stack alone), as the "split" posterior trains its prompts.
+        through the decoder.  ``causal`` ``(B, T)``: steps that keep the causal form (the forward
+        stack alone), as the "split" posterior trains its prompts (:meth:`_prompt_mask`).
         """
         logits = self.encoder(x, return_state=False)[0]  # (B, T, Z*K)
         if self.encoder_bwd is not None:
             future = self.encoder_bwd(x.flip(1), return_state=False)[0].flip(1)  # (B, T, Z*K) reads x_t:T at t
-            if causal_steps is not None:
-                t = torch.arange(x.shape[1], device=x.device)
-                future = future * (t[None, :, None] >= causal_steps[:, None, None])  # (B, T, Z*K)
+            if causal is not None:
+                future = future.masked_fill(causal[..., None], 0.0)  # (B, T, Z*K)
             logits = logits + future
         return self._latent_logits(logits).log_softmax(-1)
 
@@ -171,8 +175,8 @@ class VSSM(SequenceModel):
                 prompt_lengths = prompt_lengths * (torch.rand(Bsz, device=x.device) >= unprompted)
         # "split": a prompt's latents follow the causal posterior, which depends on the prompt
         # alone, so the partial encoder can match it exactly; the rest follow the smoothing one
-        split = prompt_lengths if self.config.posterior == "split" else None
-        log_q = self._posterior_log_probs(x, split)  # (B, T, Z, K)
+        prompt = self._prompt_mask(prompt_lengths, T)  # (B, T)
+        log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
         x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
         rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
@@ -181,8 +185,7 @@ class VSSM(SequenceModel):
         kl = kl_t.sum(-1)  # (B,)
         penalty = kl_t.clamp_min(free_bits).sum(-1) if free_bits > 0 else kl
 
-        t = torch.arange(T, device=x.device)
-        xbar = torch.where(t[None, :] < prompt_lengths[:, None], x, self.empty_token)  # (B, T)
+        xbar = torch.where(prompt, x, self.empty_token)  # (B, T)
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)

@@ -189,6 +189,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         f"| run | differs from the control | steps | CPU min | validation {short}, {unit} | {kl_head} |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
+    top = worst_end = -math.inf
     for r in runs:
         last = r["curve"][-1]
         # the KL per byte for text, as windows can differ in length
@@ -202,11 +203,10 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         )
         ys = [scaled(r, c["nelbo"]) for c in r["curve"]]
         ax.plot([c[x_key] for c in r["curve"]], ys, marker="o", label=r["name"])
+        top, worst_end = max(top, *ys), max(worst_end, ys[-1])
     # a long KL warm-up starts far above the rest; cap the axis so the ends stay readable
-    top = max(scaled(r, c["nelbo"]) for r in runs for c in r["curve"])
-    cap = 1.5 * max(scaled(r, r["curve"][-1]["nelbo"]) for r in runs)
-    if top > cap:
-        ax.set_ylim(top=cap)
+    if top > 1.5 * worst_end:
+        ax.set_ylim(top=1.5 * worst_end)
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
     ax.set_ylabel(f"validation {measure}, {unit}")
     budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"

@@ -252,7 +252,8 @@ def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after(
     y = x.clone()
     y[:, 6] = (x[:, 6] + 1) % 5
     lengths = torch.tensor([7, 4, 0])
-    qx, qy = split._posterior_log_probs(x, lengths), split._posterior_log_probs(y, lengths)
+    prompt = split._prompt_mask(lengths, T)
+    qx, qy = split._posterior_log_probs(x, prompt), split._posterior_log_probs(y, prompt)
     assert torch.allclose(qx[0, :6], qy[0, :6])  # row 0's prompt covers step 6: causal there
     assert torch.allclose(qx[1, :4], qy[1, :4])  # row 1's causal steps 0..3 never see step 6
     assert not torch.allclose(qx[1, 4:6], qy[1, 4:6])  # smoothing after the prompt reads it
