@@ -36,9 +36,16 @@ class SSMNetConfig:
     layers: int = 2  # L: residual S4D blocks
     dropout: float = 0.0  # dropout inside each block (training only)
     block: str = "glu"  # "glu": GLU over the SSM output; "gated": SSM output times a gate of the block input
+    estimates: int = 0  # intermediate output estimates, evenly spaced between blocks, fed back (SSMNet)
 
     def __post_init__(self) -> None:
         check_config(self, (), {"block": BLOCKS})
+        if not isinstance(self.estimates, int) or not 0 <= self.estimates < self.layers:
+            raise ValueError(f"estimates must be an integer in [0, layers), got {self.estimates!r}")
+
+    def estimate_after(self) -> list[int]:
+        """Indices of the blocks after which an estimate is made, evenly spaced: (6 blocks, 1) -> [2]."""
+        return [round(self.layers * (e + 1) / (self.estimates + 1)) - 1 for e in range(self.estimates)]
 
 
 class SSMBlock(nn.Module):
@@ -83,7 +90,15 @@ class SSMBlock(nn.Module):
 
 
 class SSMNet(nn.Module):
-    """Causal sequence network: output at t depends on inputs 1..t only."""
+    """Causal sequence network: output at t depends on inputs 1..t only.
+
+    With ``estimates = E > 0`` the stack also predicts its output after E inner blocks (a head of
+    its own each) and adds a projection of that estimate's softmax back into the residual stream,
+    so the blocks above read an explicit guess of the output at every step, their SSMs one of
+    every earlier step too.  Trained with a loss on each estimate (:meth:`forward_estimates`), this
+    is deep supervision with feedback: the decoder of a VSSM must rebuild the tokens before t from
+    latents alone, and each estimate is one round of that reconstruction.  It adds no state.
+    """
 
     def __init__(self, cfg: SSMNetConfig) -> None:
         super().__init__()
@@ -94,6 +109,21 @@ class SSMNet(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_out)
+        self.est_after = cfg.estimate_after()
+        self.est_heads = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.n_out)) for _ in self.est_after
+        )
+        self.est_in = nn.ModuleList(nn.Linear(cfg.n_out, cfg.width) for _ in self.est_after)
+
+    def _estimate(self, h: Tensor, i: int, estimates: list[Tensor] | None) -> Tensor:
+        """After block ``i``: if an estimate is made there, record its logits and feed it back into ``h``."""
+        if i not in self.est_after:
+            return h
+        e = self.est_after.index(i)
+        logits = self.est_heads[e](h)  # (..., O)
+        if estimates is not None:
+            estimates.append(logits)
+        return h + self.est_in[e](logits.softmax(-1))  # (..., H)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
@@ -112,10 +142,26 @@ class SSMNet(nn.Module):
         """
         if state is not None and not bool(state.any()):
             state = None  # a fresh state: skip every layer's initial-state readout, the costliest part of a decode
+        return self._run(x, state, lengths, return_state, None)
+
+    def forward_estimates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Training: logits ``(B, T, O)`` from the zero state, and each inner estimate's logits ``(B, T, O)``."""
+        estimates: list[Tensor] = []
+        return self._run(x, None, None, False, estimates)[0], estimates
+
+    def _run(
+        self,
+        x: Tensor,
+        state: Tensor | None,
+        lengths: Tensor | None,
+        return_state: bool,
+        estimates: list[Tensor] | None,
+    ) -> tuple[Tensor, Tensor | None]:
         h = self.inp(x)  # (B, T, H)
         states = []
         for i, block in enumerate(self.blocks):
             h, s = block(h, None if state is None else state[:, i], lengths, return_state)
+            h = self._estimate(h, i, estimates)  # (B, T, H)
             states.append(s)
         nxt = torch.stack(states, dim=1) if return_state else None  # (B, L, H, N)
         return self.head(self.norm(h)), nxt
@@ -126,5 +172,6 @@ class SSMNet(nn.Module):
         states = []
         for i, block in enumerate(self.blocks):
             h, s = block.step(h, state[:, i])
+            h = self._estimate(h, i, None)  # (B, H)
             states.append(s)
         return self.head(self.norm(h)), torch.stack(states, dim=1)

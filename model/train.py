@@ -93,6 +93,8 @@ class LossModule(nn.Module):
                 "pkl": t.partial_kl.mean().item(),
                 "nelbo": t.nelbo.mean().item(),
             }
+            if t.estimates is not None:
+                terms["est"] = t.estimates.mean().item()
             return t.total(kl_weight), terms
         assert isinstance(self.model, ARModel)
         nll = self.model.loss(x)

@@ -61,6 +61,7 @@ class VSSMConfig:
     block: str = "glu"  # residual block of every network: "glu" or "gated" (model/network.py SSMBlock)
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
+    dec_estimates: int = 0  # inner estimates of x_t the decoder makes and reads back, each trained (SSMNet)
 
     def __post_init__(self) -> None:
         check_config(
@@ -80,6 +81,7 @@ class VSSMLoss:
     kl: Tensor  # KL(q_psi(z | x) || uniform), summed over steps and latent variables
     partial_kl: Tensor  # KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached
     kl_penalty: Tensor  # the KL as charged to the loss (after free bits)
+    estimates: Tensor | None = None  # -log p(x | z) of the decoder's inner estimates, averaged over them
 
     @property
     def nelbo(self) -> Tensor:
@@ -88,7 +90,10 @@ class VSSMLoss:
 
     def total(self, kl_weight: float = 1.0) -> Tensor:
         """Scalar to minimise: both training steps of the paper in one loop."""
-        return (self.reconstruction + kl_weight * self.kl_penalty + self.partial_kl).mean()
+        total = self.reconstruction + kl_weight * self.kl_penalty + self.partial_kl
+        if self.estimates is not None:
+            total = total + self.estimates
+        return total.mean()
 
 
 class VSSM(SequenceModel):
@@ -106,7 +111,11 @@ class VSSM(SequenceModel):
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
         self.encoder_bwd = SSMNet(enc) if config.posterior != "causal" else None
-        self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
+        self.decoder = SSMNet(
+            SSMNetConfig(
+                n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, estimates=config.dec_estimates, **common
+            )
+        )
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
     @property
@@ -178,8 +187,11 @@ class VSSM(SequenceModel):
         prompt = self._prompt_mask(prompt_lengths, T)  # (B, T)
         log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
-        x_logits = self.decoder(z.flatten(-2), return_state=False)[0]  # (B, T, V)
+        x_logits, inner = self.decoder.forward_estimates(z.flatten(-2))  # (B, T, V), E x (B, T, V)
         rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
+        est = None
+        if inner:
+            est = torch.stack([F.cross_entropy(e.transpose(1, 2), x, reduction="none").sum(-1) for e in inner]).mean(0)
         Z, K = self.config.n_latents, self.config.n_classes
         kl_t = (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)  # (B, T) = Z log K - H(q_t)
         kl = kl_t.sum(-1)  # (B,)
@@ -189,7 +201,7 @@ class VSSM(SequenceModel):
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty)
+        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty, estimates=est)
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:

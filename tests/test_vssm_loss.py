@@ -55,6 +55,21 @@ def test_gradients_reach_every_parameter_of_all_three_networks():
     assert any(p.grad is not None and p.grad.any() for p in m.partial_encoder.parameters())
 
 
+def test_decoder_estimates_add_their_own_trained_term_outside_the_bound():
+    torch.manual_seed(0)
+    m = VSSM(VSSMConfig(vocab_size=5, width=8, state_size=4, dec_layers=4, dec_estimates=1, n_latents=2, n_classes=3))
+    x = torch.randint(0, 5, (3, 11))
+    torch.manual_seed(1)
+    terms = m.loss(x)
+    assert terms.estimates is not None and terms.estimates.shape == (3,) and (terms.estimates > 0).all()
+    assert torch.allclose(terms.nelbo, terms.reconstruction + terms.kl)  # the bound ignores the estimates
+    base = (terms.reconstruction + terms.kl_penalty + terms.partial_kl).mean()
+    torch.testing.assert_close(terms.total(), base + terms.estimates.mean())
+    terms.estimates.sum().backward()
+    assert m.decoder.est_heads[0][1].weight.grad.abs().sum() > 0
+    assert tiny_model("vssm").loss(x).estimates is None
+
+
 def test_prompt_lengths_control_the_partial_encoder_inputs():
     m = tiny_model("vssm")
     x = torch.randint(0, 5, (1, 8))
