@@ -49,10 +49,13 @@ class ARModel(SequenceModel):
 
     def loss(self, x: Tensor, prompt_len: int = 0) -> Tensor:
         """Teacher-forced NLL ``(B,)`` in nats of ``x[:, prompt_len:]``, with gradients (training)."""
+        return self.token_nll(x)[:, prompt_len:].sum(-1)
+
+    def token_nll(self, x: Tensor) -> Tensor:
+        """``-log p(x_t | x_<t)`` of every step, ``(B, T)`` nats, teacher-forced."""
         inp = torch.cat([torch.full_like(x[:, :1], self.bos_token), x[:, :-1]], dim=1)  # (B, T)
         logits, _ = self._net_forward(inp, None, return_state=False)  # (B, T, V)
-        ce = F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
-        return ce[:, prompt_len:].sum(-1)
+        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
 
     def _nll(self, x: Tensor, prompt_len: int = 0) -> Tensor:
         return self.loss(x, prompt_len)

@@ -210,6 +210,23 @@ class VSSM(SequenceModel):
         return -(torch.logsumexp(w, 0) - math.log(samples))
 
     @torch.no_grad()
+    def step_terms(self, x: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """Where the negative ELBO of ``x`` ``(B, T)`` goes, step by step, both ``(B, T)`` nats:
+        ``-log p(x_t | z_1:t)`` for one posterior draw keyed on (the sequence, ``seed``), and
+        ``KL(q_psi(z_t | x) || uniform)`` in closed form, as the training loss counts them."""
+        x = self._scored(x, 0)
+        Bsz, T = x.shape
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        pos = torch.arange(T, device=x.device).expand(Bsz, T)
+        u = keyed_uniform(hash_rows(x) * 1_000_003 + seed, pos, STREAM_LATENT, self.config.n_latents, self.dtype)
+        z = sample_categorical(log_q, u, 1.0)  # (B, T, Z)
+        x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
+        rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")  # (B, T)
+        Z, K = self.config.n_latents, self.config.n_classes
+        kl = (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)  # (B, T)
+        return rec, kl
+
+    @torch.no_grad()
     def log_weights(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
         """Log importance weights of ``samples`` draws, ``(S, B)``: what :meth:`nll` averages (see
         :meth:`_log_weights`); ``x`` and ``prompt_len`` are checked as ``nll`` checks them."""

@@ -40,6 +40,7 @@ def family(request) -> str:
 VARIANTS = {
     "vssm-gated": ("vssm", {"block": "gated"}),
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
+    "vssm-estimates": ("vssm", {"dec_estimates": 1}),  # the decoder reads back an inner estimate
 }
 
 

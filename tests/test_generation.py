@@ -143,6 +143,21 @@ def test_nll_is_finite_per_sequence(tiny):
     assert nll.shape == (3,) and torch.isfinite(nll).all() and (nll > 0).all()
 
 
+def test_per_step_terms_sum_to_the_sequence_figures(tiny):
+    x = prompt(B=3, C=12)
+    if isinstance(tiny, model.VSSM):
+        rec, kl = tiny.step_terms(x, seed=4)
+        assert rec.shape == kl.shape == (3, 12) and (rec >= 0).all() and (kl >= -1e-9).all()
+        torch.testing.assert_close(kl.sum(-1), tiny.loss(x).kl)  # closed form: no draw involved
+        torch.testing.assert_close(rec, tiny.step_terms(x, seed=4)[0])  # keyed draws
+        assert not torch.equal(rec, tiny.step_terms(x, seed=5)[0])
+    else:
+        per_step = tiny.token_nll(x)
+        assert per_step.shape == (3, 12)
+        torch.testing.assert_close(per_step.sum(-1), tiny.nll(x))
+        torch.testing.assert_close(per_step[:, 5:].sum(-1), tiny.nll(x, prompt_len=5))
+
+
 def test_vssm_unprompted_one_call_equals_many_chunks():
     m = tiny_model("vssm", max_position=48)
     s = m.start(torch.zeros(2, 0, dtype=torch.long), [21, 22])
