@@ -109,17 +109,17 @@ class SSMNet(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_out)
-        self.est_after = cfg.estimate_after()
+        self.est_at = {block: e for e, block in enumerate(cfg.estimate_after())}  # block index -> estimate
         self.est_heads = nn.ModuleList(
-            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.n_out)) for _ in self.est_after
+            nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, cfg.n_out)) for _ in self.est_at
         )
-        self.est_in = nn.ModuleList(nn.Linear(cfg.n_out, cfg.width) for _ in self.est_after)
+        self.est_in = nn.ModuleList(nn.Linear(cfg.n_out, cfg.width) for _ in self.est_at)
 
     def _estimate(self, h: Tensor, i: int, estimates: list[Tensor] | None) -> Tensor:
         """After block ``i``: if an estimate is made there, record its logits and feed it back into ``h``."""
-        if i not in self.est_after:
+        e = self.est_at.get(i)
+        if e is None:
             return h
-        e = self.est_after.index(i)
         logits = self.est_heads[e](h)  # (..., O)
         if estimates is not None:
             estimates.append(logits)

@@ -153,6 +153,30 @@ class VSSM(SequenceModel):
     def _one_hot(self, z: Tensor) -> Tensor:
         return F.one_hot(z, self.config.n_classes).to(self.dtype).flatten(-2)  # (B, T, Z*K)
 
+    def _kl_to_prior(self, log_q: Tensor) -> Tensor:
+        """``KL(q_t || uniform) = Z log K - H(q_t)`` of every step ``(B, T)``, given ``log_q`` ``(B, T, Z, K)``."""
+        Z, K = self.config.n_latents, self.config.n_classes
+        return (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)
+
+    @staticmethod
+    def _xent(x_logits: Tensor, x: Tensor) -> Tensor:
+        """``-log p(x_t | .)`` of every step, ``(B, T)``, from the decoder's logits ``(B, T, V)``."""
+        return F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")
+
+    @staticmethod
+    def _row_seed(x: Tensor, seed: int) -> Tensor:
+        """``(B,)`` keys of the latent draws of each sequence: a hash of its tokens, then ``seed``
+        (so draw k of a bound is keyed ``seed + k``).  With one draw shared by a whole test set,
+        its noise would not average out over the sequences."""
+        return hash_rows(x) * 1_000_003 + seed
+
+    def _keyed_draw(self, log_p: Tensor, row_seed: Tensor) -> Tensor:
+        """Latents ``(B, T, Z)`` drawn from ``log_p`` ``(B, T, Z, K)``, keyed on (``row_seed``, position)."""
+        Bsz, T = log_p.shape[:2]
+        pos = torch.arange(T, device=log_p.device).expand(Bsz, T)
+        u = keyed_uniform(row_seed, pos, STREAM_LATENT, self.config.n_latents, self.dtype)
+        return sample_categorical(log_p, u, 1.0)
+
     # ----- training -------------------------------------------------------------------------------
     def loss(
         self,
@@ -188,12 +212,9 @@ class VSSM(SequenceModel):
         log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
         x_logits, inner = self.decoder.forward_estimates(z.flatten(-2))  # (B, T, V), E x (B, T, V)
-        rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none").sum(-1)  # (B,)
-        est = None
-        if inner:
-            est = torch.stack([F.cross_entropy(e.transpose(1, 2), x, reduction="none").sum(-1) for e in inner]).mean(0)
-        Z, K = self.config.n_latents, self.config.n_classes
-        kl_t = (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)  # (B, T) = Z log K - H(q_t)
+        rec = self._xent(x_logits, x).sum(-1)  # (B,)
+        est = torch.stack([self._xent(e, x).sum(-1) for e in inner]).mean(0) if inner else None  # (B,)
+        kl_t = self._kl_to_prior(log_q)  # (B, T)
         kl = kl_t.sum(-1)  # (B,)
         penalty = kl_t.clamp_min(free_bits).sum(-1) if free_bits > 0 else kl
 
@@ -215,16 +236,10 @@ class VSSM(SequenceModel):
         ``-log p(x_t | z_1:t)`` for one posterior draw keyed on (the sequence, ``seed``), and
         ``KL(q_psi(z_t | x) || uniform)`` in closed form, as the training loss counts them."""
         x = self._scored(x, 0)
-        Bsz, T = x.shape
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
-        pos = torch.arange(T, device=x.device).expand(Bsz, T)
-        u = keyed_uniform(hash_rows(x) * 1_000_003 + seed, pos, STREAM_LATENT, self.config.n_latents, self.dtype)
-        z = sample_categorical(log_q, u, 1.0)  # (B, T, Z)
+        z = self._keyed_draw(log_q, self._row_seed(x, seed))  # (B, T, Z)
         x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
-        rec = F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")  # (B, T)
-        Z, K = self.config.n_latents, self.config.n_classes
-        kl = (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)  # (B, T)
-        return rec, kl
+        return self._xent(x_logits, x), self._kl_to_prior(log_q)
 
     @torch.no_grad()
     def log_weights(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
@@ -244,27 +259,22 @@ class VSSM(SequenceModel):
         first k of S draws are the draws of a k-sample bound, and the bound with S samples is never
         above the mean of the S single-sample bounds (Jensen).
         """
-        Bsz, T = x.shape
+        T = x.shape[1]
         C = prompt_len
-        Z, K = self.config.n_latents, self.config.n_classes
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         if C > 0:
             t = torch.arange(T, device=x.device)
             xbar = torch.where(t[None, :] < C, x, self.empty_token)  # (B, T)
             log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         else:
-            log_w = torch.full_like(log_q, -math.log(K))  # the uniform prior
-        pos = torch.arange(T, device=x.device).expand(Bsz, T)
-        # each sequence gets its own draws (keyed on its tokens): with one draw shared by a whole
-        # test set, its noise would not average out over the sequences
-        row_seed = hash_rows(x) * 1_000_003 + seed  # (B,)
+            log_w = torch.full_like(log_q, -math.log(self.config.n_classes))  # the uniform prior
+        row_seed = self._row_seed(x, seed)  # (B,)
         proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
         weights = []
         for k in range(samples):
-            u = keyed_uniform(row_seed + k, pos, STREAM_LATENT, Z, self.dtype)
-            z = sample_categorical(proposal, u, 1.0)  # (B, T, Z)
+            z = self._keyed_draw(proposal, row_seed + k)  # (B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
-            log_px = -F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")[:, C:].sum(-1)  # (B,)
+            log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
             zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
             log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
             weights.append(log_px + log_ratio.sum((-1, -2, -3)))
