@@ -6,7 +6,10 @@ Glossary of axis letters:
 Resuming: ``<out>/train.safetensors`` holds the weights, the Adam moments, the step, the
 wall-clock seconds spent so far and the data generator's state (tensors plus JSON metadata; no
 pickle).  A rerun of the same command continues where it stopped, and the budget counts the
-time of every run.  Data-parallel training runs under ``torchrun`` (gloo on CPU, NCCL on GPU).
+time of every run.  With ``ema_decay`` the loop also keeps an exponential moving average of the
+weights (in the same file): it is what validation scores and ``model.safetensors`` holds, while
+``model-raw.safetensors`` holds the last step's weights.  Data-parallel training runs under
+``torchrun`` (gloo on CPU, NCCL on GPU).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .autoregressive import ARModel
@@ -66,6 +70,7 @@ class TrainConfig:
     rao_samples: int = 0  # VSSM: Gumbel-Rao draws averaged in the straight-through gradient (0: plain ST Gumbel)
     unprompted: float = 0.0  # VSSM: share of training sequences given no prompt (C = 0) instead of C ~ U{0..T}
     grad_clip: float = 1.0  # max gradient norm
+    ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
     val_sequences: int = 500  # validation sequences (a fixed prefix of the valid split)
     ckpt_every: int = 250  # steps between resumable checkpoints
@@ -144,9 +149,16 @@ def _lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
 
 # ----- resumable training state (safetensors, no pickle) --------------------------------------------
 def save_train_state(
-    path: Path, model: SequenceModel, opt: torch.optim.Optimizer, meta: dict[str, Any], gen: torch.Generator
+    path: Path,
+    model: SequenceModel,
+    opt: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    gen: torch.Generator,
+    ema: AveragedModel | None = None,
 ) -> None:
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.state_dict().items()})
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         for key, value in opt.state.get(p, {}).items():
@@ -164,7 +176,11 @@ def save_train_state(
 
 
 def load_train_state(
-    path: Path, model: SequenceModel, opt: torch.optim.Optimizer, gen: torch.Generator
+    path: Path,
+    model: SequenceModel,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    ema: AveragedModel | None = None,
 ) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
@@ -172,6 +188,12 @@ def load_train_state(
             raise ValueError(f"{path} holds a different model; use another --out or delete it")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if averaged:
+            ema.load_state_dict(averaged)
+        else:  # a run that started without an average: begin it from the weights reached so far
+            ema.update_parameters(model)
     params = [p for g in opt.param_groups for p in g["params"]]
     for name, value in tensors.items():
         if name.startswith("opt."):
@@ -207,6 +229,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
     if not cfg.max_steps and not cfg.budget_minutes:
         raise ValueError("give a budget: --max-steps and/or --budget-minutes")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if cfg.threads:
@@ -234,10 +258,17 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)
+    # the average is what gets validated and saved: late in a noisy run it sits nearer the optimum
+    # than the last step's weights; the raw weights keep training (and are saved beside it)
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay
+        else None
+    )
     state_path = out / "train.safetensors"
     meta: dict[str, Any] = {"step": 0, "elapsed": 0.0, "cpu": 0.0, "best_val": None, "config": dataclasses.asdict(cfg)}
     if state_path.exists():
-        meta = {**meta, **load_train_state(state_path, model, opt, gen)}
+        meta = {**meta, **load_train_state(state_path, model, opt, gen, ema)}
         if main:
             log.info("resuming %s at step %d (%.1f min spent)", state_path, meta["step"], meta["elapsed"] / 60)
     wrapped: nn.Module = LossModule(model)
@@ -246,6 +277,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]
     metrics_file = out / "metrics.jsonl"
     ckpt_path = out / "model.safetensors"
+    raw_path = out / "model-raw.safetensors"  # the last step's weights, written when an average is kept
+    served: SequenceModel = ema.module if ema is not None else model  # type: ignore[assignment]
 
     # elapsed: wall-clock seconds of training steps (the budget); cpu: this process's CPU seconds in
     # them, which shows how much of the budget a shared machine really gave the run
@@ -273,6 +306,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
         opt.step()
+        if ema is not None:
+            ema.update_parameters(model)
         step += 1
         now, cpu_now = time.perf_counter(), time.process_time()
         elapsed += now - t_last
@@ -303,16 +338,21 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
                 **{f"train_{k}": v for k, v in terms.items()},
             }
             if do_val:
-                val = validate(model, val_seqs, max(cfg.batch_size, 64))
+                val = validate(served, val_seqs, max(cfg.batch_size, 64))
                 record.update({f"val_{k}": v for k, v in val.items()})
+                if ema is not None:
+                    raw = validate(model, val_seqs, max(cfg.batch_size, 64))
+                    record.update({f"val_raw_{k}": v for k, v in raw.items()})
                 log.info("step %d val %s", step, json.dumps({k: round(v, 3) for k, v in val.items()}))
                 if meta["best_val"] is None or val["nll"] < meta["best_val"]:
                     meta["best_val"] = val["nll"]
             with metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
             meta.update(step=step, elapsed=elapsed, cpu=cpu)
-            save_train_state(state_path, model, opt, meta, gen)
-            save_checkpoint(model, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed, cpu))
+            save_train_state(state_path, model, opt, meta, gen, ema)
+            save_checkpoint(served, ckpt_path, extra=_ckpt_meta(cfg, step, elapsed, cpu))
+            if ema is not None:
+                save_checkpoint(model, raw_path, extra=_ckpt_meta(cfg, step, elapsed, cpu))
         if do_val or do_ckpt:
             if world > 1:
                 dist.barrier()

@@ -1,0 +1,86 @@
+"""The training loop in process: the weight average (``ema_decay``) and how it resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import load_checkpoint
+from model.data import load_dataset
+from model.train import TrainConfig, train
+from tests.test_data import DATA, needs_data
+
+pytestmark = needs_data
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_dataset("mnist", DATA, limit=64)
+
+
+def config(out: Path, steps: int, ema_decay: float = 0.0, family: str = "ar-ssm") -> TrainConfig:
+    return TrainConfig(
+        dataset="mnist",
+        family=family,
+        size="tiny",
+        out=str(out),
+        max_steps=steps,
+        batch_size=4,
+        val_every=1,
+        ckpt_every=1,
+        val_sequences=4,
+        threads=1,
+        ema_decay=ema_decay,
+    )
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path).state_dict()
+
+
+def test_average_is_saved_validated_and_resumed_exactly(tmp_path, mnist):
+    d = 0.75
+    # two steps without an average, then resume with one: it starts from the step-2 weights
+    train(config(tmp_path / "run", 2), mnist)
+    w2 = weights(tmp_path / "run" / "model.safetensors")
+    assert not (tmp_path / "run" / "model-raw.safetensors").exists()
+    train(config(tmp_path / "run", 4, ema_decay=d), mnist)
+    raw_path = tmp_path / "run" / "model-raw.safetensors"
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert "val_raw_nll" not in records[1] and records[3]["val_raw_nll"] != records[3]["val_nll"]
+
+    # the same 4 steps in one run, checkpointing the raw weights of step 3 on the way
+    train(config(tmp_path / "step3", 3, ema_decay=d), mnist)
+    w3 = weights(tmp_path / "step3" / "model-raw.safetensors")
+    w4 = weights(raw_path)
+    ema = weights(tmp_path / "run" / "model.safetensors")
+    for k in ema:  # step 3: d * w2 + (1 - d) * w3, step 4: d * that + (1 - d) * w4
+        expected = d * (d * w2[k] + (1 - d) * w3[k]) + (1 - d) * w4[k]
+        torch.testing.assert_close(ema[k], expected, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(ema[k], w4[k]) for k in ema)
+    # the average resumes from the train state, not from the raw weights: 4 steps in one go == 2 + 2
+    train(config(tmp_path / "whole", 4, ema_decay=d), mnist)
+    train(config(tmp_path / "halves", 2, ema_decay=d), mnist)
+    train(config(tmp_path / "halves", 4, ema_decay=d), mnist)
+    whole = weights(tmp_path / "whole" / "model.safetensors")
+    halves = weights(tmp_path / "halves" / "model.safetensors")
+    for k in whole:
+        torch.testing.assert_close(halves[k], whole[k], rtol=0, atol=0)
+
+
+def test_vssm_trains_with_an_average(tmp_path, mnist):
+    out = tmp_path / "vssm"
+    train(config(out, 2, ema_decay=0.9, family="vssm"), mnist)
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"val_nll", "val_raw_nll", "val_kl", "val_raw_kl"} <= set(record)
+    assert load_checkpoint(out / "model.safetensors").family == "vssm"
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_average_decay_must_be_below_one(tmp_path, decay):
+    with pytest.raises(ValueError, match="ema_decay"):
+        train(config(tmp_path, 1, ema_decay=decay))
