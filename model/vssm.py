@@ -40,7 +40,9 @@ from .network import BLOCKS, SSMNet, SSMNetConfig
 from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState
 
-__all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
+__all__ = ["ESTIMATORS", "VSSM", "VSSMConfig", "VSSMLoss", "reinmax", "straight_through_gumbel"]
+
+ESTIMATORS = ("gumbel", "reinmax")  # gradient estimators for the discrete latents (VSSM.loss)
 
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
@@ -186,6 +188,7 @@ class VSSM(SequenceModel):
         prompt_lengths: Tensor | None = None,
         rao_samples: int = 0,
         unprompted: float = 0.0,
+        estimator: str = "gumbel",
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -198,7 +201,11 @@ class VSSM(SequenceModel):
         the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
         ``unprompted``: the share of rows whose drawn prompt length is set to 0, so that a "split"
         posterior trains its smoothing form on whole sequences more often.
+        ``estimator``: "gumbel" (straight-through Gumbel-softmax) or "reinmax" (:func:`reinmax`,
+        which reads ``tau`` as its own temperature, best at 1 or above).
         """
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if not 0.0 <= unprompted <= 1.0:
             raise ValueError(f"unprompted must be a share in [0, 1], got {unprompted}")
         Bsz, T = x.shape
@@ -210,7 +217,8 @@ class VSSM(SequenceModel):
         # alone, so the partial encoder can match it exactly; the rest follow the smoothing one
         prompt = self._prompt_mask(prompt_lengths, T)  # (B, T)
         log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
-        z = straight_through_gumbel(log_q, tau, rao_samples)  # (B, T, Z, K) one-hot
+        # z: (B, T, Z, K) one-hot
+        z = reinmax(log_q, tau) if estimator == "reinmax" else straight_through_gumbel(log_q, tau, rao_samples)
         x_logits, inner = self.decoder.forward_estimates(z.flatten(-2))  # (B, T, V), E x (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
         est = torch.stack([self._xent(e, x).sum(-1) for e in inner]).mean(0) if inner else None  # (B,)
@@ -388,6 +396,28 @@ def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> 
             g_cond = torch.where(hard.bool(), -log_e_top, others) - lp  # (m, ..., K) argmax is D
         soft = ((log_p + g_cond) / tau).softmax(-1).mean(0)  # (..., K)
     return hard + soft - soft.detach()
+
+
+def reinmax(log_p: Tensor, tau: float = 1.0) -> Tensor:
+    """One-hot samples of the categoricals ``log_p`` ``(..., K)`` with the ReinMax gradient
+    (Liu et al., "Bridging Discrete and Backpropagation: Straight-Through and Beyond", 2023).
+
+    Plain straight-through is a forward-Euler step: it takes the softmax Jacobian J at pi0 =
+    softmax(log_p).  ReinMax takes Heun's step instead, ``2 J(pi1) - J(pi0) / 2`` with pi1 =
+    (D + softmax(log_p / tau)) / 2 halfway between the sample D and the tempered softmax:
+    second-order accurate at the cost of a few elementwise ops.  ``tau`` only moves pi1; the
+    sample is an exact draw from ``log_p``.  At ``tau = 1`` the expected gradient of a linear
+    function of D is exact, as for plain straight-through.
+    """
+    K = log_p.shape[-1]
+    g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1): an exact categorical draw
+    hard = F.one_hot((log_p.detach() + g).argmax(-1), K).to(log_p.dtype)  # (..., K) D
+    pi0 = log_p.softmax(-1)  # (..., K)
+    with torch.no_grad():
+        mid = 0.5 * (hard + (log_p / tau).softmax(-1))  # (..., K) pi1, a point, not a function of log_p
+    # softmax(log_p + c) with c fixed so that its value is pi1: J(pi1) is its Jacobian
+    pi1 = (log_p + (mid.log() - log_p).detach()).softmax(-1)  # (..., K)
+    return hard + 2.0 * (pi1 - pi1.detach()) - 0.5 * (pi0 - pi0.detach())
 
 
 def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:

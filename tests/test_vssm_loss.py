@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model import VSSM, VSSMConfig
-from model.vssm import straight_through_gumbel
+from model.vssm import reinmax, straight_through_gumbel
 from tests.conftest import tiny_model
 
 
@@ -288,3 +288,39 @@ def test_unprompted_share_sets_drawn_prompt_lengths_to_zero():
     assert not torch.allclose(m.loss(x).partial_kl, zero.partial_kl)  # C ~ U{0..T} otherwise
     with pytest.raises(ValueError, match="unprompted"):
         m.loss(x, unprompted=1.5)
+
+
+def test_reinmax_draws_exactly_and_its_gradient_is_heuns_step():
+    torch.manual_seed(2)
+    probs = torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=torch.float64)
+    rows = 20000
+    log_p = probs.log().repeat(rows, 1).requires_grad_()
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    out = reinmax(log_p, tau=1.0)  # (rows, K)
+    (grad,) = torch.autograd.grad((out * w).sum(), log_p)
+    hard = out.detach()
+    torch.testing.assert_close(hard, hard.round(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(hard.mean(0), probs, atol=0.012, rtol=0)
+
+    def jvp(p: torch.Tensor) -> torch.Tensor:  # the softmax Jacobian at p times w, per row
+        return p * w - p * (p * w).sum(-1, keepdim=True)
+
+    # each row: 2 J(pi1) w - J(pi0) w / 2, with pi1 halfway between the draw and softmax(log_p / tau)
+    torch.testing.assert_close(grad, 2 * jvp(0.5 * (hard + probs)) - 0.5 * jvp(probs.expand(rows, -1)))
+    # at tau = 1 its mean is the exact gradient of E[w . D] = w . softmax(log_p)
+    exact = jvp(probs)
+    torch.testing.assert_close(grad.mean(0), exact, atol=0.03 * float(exact.abs().max()), rtol=0)
+
+
+def test_vssm_loss_takes_either_estimator():
+    m = tiny_model("vssm")
+    x = torch.randint(0, m.config.vocab_size, (2, 12))
+    for estimator in ("gumbel", "reinmax"):
+        loss = m.loss(x, tau=1.0, estimator=estimator).total().mean()
+        loss.backward()
+        grads = [p.grad for p in m.encoder.parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads)
+        assert any(bool(g.abs().sum() > 0) for g in grads)  # the latents' gradient reaches the encoder
+        m.zero_grad()
+    with pytest.raises(ValueError, match="estimator"):
+        m.loss(x, estimator="rebar")
