@@ -149,6 +149,15 @@ class SSMNet(nn.Module):
         estimates: list[Tensor] = []
         return self._run(x, None, None, False, estimates)[0], estimates
 
+    def inner_estimates(self, x: Tensor) -> list[Tensor]:
+        """Training: each inner estimate's logits ``(B, T, O)`` from the zero state; the blocks
+        above the last estimate are not run."""
+        h = self.inp(x)  # (B, T, H)
+        estimates: list[Tensor] = []
+        for i, block in enumerate(self.blocks[: max(self.est_at, default=-1) + 1]):
+            h = self._estimate(block(h, None, None, False)[0], i, estimates)  # (B, T, H)
+        return estimates
+
     def _run(
         self,
         x: Tensor,

@@ -69,6 +69,7 @@ class TrainConfig:
     tau_min: float = 0.5  # VSSM: temperature at the end of the schedule
     rao_samples: int = 0  # VSSM: Gumbel-Rao draws averaged in the straight-through gradient (0: plain ST Gumbel)
     estimator: str = "gumbel"  # VSSM: latent gradient, gumbel (straight-through Gumbel) | reinmax (use tau >= 1)
+    estimates_grad: str = "all"  # VSSM with dec_estimates: their loss trains all (via the latents) | decoder (only)
     unprompted: float = 0.0  # VSSM: share of training sequences given no prompt (C = 0) instead of C ~ U{0..T}
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
@@ -97,10 +98,17 @@ class LossModule(nn.Module):
         rao_samples: int = 0,
         unprompted: float = 0.0,
         estimator: str = "gumbel",
+        estimates_grad: str = "all",
     ) -> tuple[Tensor, dict[str, float]]:
         if isinstance(self.model, VSSM):
             t = self.model.loss(
-                x, tau=tau, free_bits=free_bits, rao_samples=rao_samples, unprompted=unprompted, estimator=estimator
+                x,
+                tau=tau,
+                free_bits=free_bits,
+                rao_samples=rao_samples,
+                unprompted=unprompted,
+                estimator=estimator,
+                estimates_grad=estimates_grad,
             )
             terms = {
                 "rec": t.reconstruction.mean().item(),
@@ -311,7 +319,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         kl_weight = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
-        loss, terms = wrapped(x, kl_weight, tau, cfg.free_bits, cfg.rao_samples, cfg.unprompted, cfg.estimator)
+        loss, terms = wrapped(
+            x, kl_weight, tau, cfg.free_bits, cfg.rao_samples, cfg.unprompted, cfg.estimator, cfg.estimates_grad
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

@@ -189,6 +189,7 @@ class VSSM(SequenceModel):
         rao_samples: int = 0,
         unprompted: float = 0.0,
         estimator: str = "gumbel",
+        estimates_grad: str = "all",
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -202,8 +203,13 @@ class VSSM(SequenceModel):
         ``unprompted``: the share of rows whose drawn prompt length is set to 0, so that a "split"
         posterior trains its smoothing form on whole sequences more often.
         ``estimator``: "gumbel" (straight-through Gumbel-softmax) or "reinmax" (:func:`reinmax`,
-        which reads ``tau`` as its own temperature, best at 1 or above).
+        which reads ``tau`` as its own temperature, best at 1 or above).  ``estimates_grad``: what
+        the loss of the decoder's inner estimates trains: "all" (through the latents into the
+        encoder too) or "decoder" (a second pass of the blocks below the last estimate, on
+        detached latents, so that the estimates cannot ask the latents to spell out pixels).
         """
+        if estimates_grad not in ("all", "decoder"):
+            raise ValueError(f"estimates_grad must be 'all' or 'decoder', got {estimates_grad!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if not 0.0 <= unprompted <= 1.0:
@@ -221,6 +227,8 @@ class VSSM(SequenceModel):
         z = reinmax(log_q, tau) if estimator == "reinmax" else straight_through_gumbel(log_q, tau, rao_samples)
         x_logits, inner = self.decoder.forward_estimates(z.flatten(-2))  # (B, T, V), E x (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
+        if inner and estimates_grad == "decoder":
+            inner = self.decoder.inner_estimates(z.detach().flatten(-2))  # E x (B, T, V)
         est = torch.stack([self._xent(e, x).sum(-1) for e in inner]).mean(0) if inner else None  # (B,)
         kl_t = self._kl_to_prior(log_q)  # (B, T)
         kl = kl_t.sum(-1)  # (B,)

@@ -160,7 +160,14 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
                 "train_minutes": float(meta["train_seconds"]) / 60,
                 "cpu_minutes": float(meta.get("train_cpu_seconds", "nan")) / 60,
                 "curve": [
-                    {"step": r["step"], "minutes": r["elapsed_s"] / 60, "nelbo": r["val_nll"], "kl": r.get("val_kl")}
+                    {
+                        "step": r["step"],
+                        "minutes": r["elapsed_s"] / 60,
+                        "nelbo": r["val_nll"],
+                        "kl": r.get("val_kl"),
+                        # with a weight average, val_nll scores the average and val_raw_nll the raw weights
+                        **({"raw_nelbo": r["val_raw_nll"]} if "val_raw_nll" in r else {}),
+                    }
                     for r in val
                 ],
             }
@@ -173,7 +180,14 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     base = runs[0]["config"]
     dataset = base["dataset"]
     # an autoregressive family's validation figure is its exact NLL, the VSSM's the negative ELBO
-    short, measure = ("-ELBO", "negative ELBO") if base["family"] == "vssm" else ("NLL", "NLL")
+    families = sorted({r["config"]["family"] for r in runs})
+    if families == ["vssm"]:
+        short, measure = "-ELBO", "negative ELBO"
+    elif "vssm" in families:
+        short, measure = "NLL or -ELBO", "NLL (AR) or -ELBO (VSSM)"
+    else:
+        short, measure = "NLL", "NLL"
+    averaged = any("raw_nelbo" in c for r in runs for c in r["curve"])
     x_key = "minutes" if base["budget_minutes"] else "step"  # a step budget is compared step for step
     # val_nll is per sequence: an image, or a training window of text, whose length can differ
     # between text runs, so text is shown in bits per byte
@@ -185,9 +199,10 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
 
     kl_head = "KL, nats per byte" if text else "KL"
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    raw_head = f" validation {short} of the raw weights |" if averaged else ""
     lines = [
-        f"| run | differs from the control | steps | CPU min | validation {short}, {unit} | {kl_head} |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"| run | differs from the control | steps | CPU min | validation {short}, {unit} |{raw_head} {kl_head} |",
+        "| --- | --- | ---: | ---: | ---: |" + (" ---: |" if averaged else "") + " ---: |",
     ]
     top = worst_end = -math.inf
     for r in runs:
@@ -197,12 +212,25 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
             kl = "-"
         else:
             kl = format(last["kl"] / r["config"]["seq_len"], ".3f") if text else format(last["kl"], ".1f")
+        digits = 3 if text else 1
+        raw = ""
+        if averaged:
+            raw = f" {scaled(r, last['raw_nelbo']):.{digits}f} |" if "raw_nelbo" in last else " - |"
         lines.append(
             f"| {r['name']} | {_differs(r['config'], base)} | {r['steps']} | {r['cpu_minutes']:.1f} | "
-            f"{scaled(r, last['nelbo']):.{3 if text else 1}f} | {kl} |"
+            f"{scaled(r, last['nelbo']):.{digits}f} |{raw} {kl} |"
         )
         ys = [scaled(r, c["nelbo"]) for c in r["curve"]]
-        ax.plot([c[x_key] for c in r["curve"]], ys, marker="o", label=r["name"])
+        (line,) = ax.plot([c[x_key] for c in r["curve"]], ys, marker="o", label=r["name"])
+        with_raw = [c for c in r["curve"] if "raw_nelbo" in c]
+        if with_raw:
+            ax.plot(
+                [c[x_key] for c in with_raw],
+                [scaled(r, c["raw_nelbo"]) for c in with_raw],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{r['name']} (raw weights)",
+            )
         top, worst_end = max(top, *ys), max(worst_end, ys[-1])
     # a long KL warm-up starts far above the rest; cap the axis so the ends stay readable
     if top > 1.5 * worst_end:
@@ -210,7 +238,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
     ax.set_xlabel("training minutes (1 CPU thread)" if x_key == "minutes" else "training steps")
     ax.set_ylabel(f"validation {measure}, {unit}")
     budget = f"{base['budget_minutes']:g}-minute" if base["budget_minutes"] else f"{base['max_steps']}-step"
-    ax.set_title(f"{dataset}: {base['family']} recipe ablations, {budget} budget each")
+    ax.set_title(f"{dataset}: {' and '.join(families)} runs, {budget} budget each")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

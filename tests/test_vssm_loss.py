@@ -70,6 +70,25 @@ def test_decoder_estimates_add_their_own_trained_term_outside_the_bound():
     assert tiny_model("vssm").loss(x).estimates is None
 
 
+def test_decoder_only_estimates_keep_their_loss_out_of_the_encoder():
+    m = VSSM(VSSMConfig(vocab_size=5, width=8, state_size=4, dec_layers=4, dec_estimates=1, n_latents=2, n_classes=3))
+    x = torch.randint(0, 5, (3, 11), generator=torch.Generator().manual_seed(0))
+    losses = {}
+    for grad in ("all", "decoder"):
+        m.zero_grad()
+        torch.manual_seed(1)  # the same latent draws for both
+        terms = m.loss(x, estimates_grad=grad)
+        losses[grad] = terms.estimates.detach()
+        terms.estimates.sum().backward()
+        reached = any(p.grad is not None and p.grad.any() for p in m.encoder.parameters())
+        assert reached == (grad == "all")
+        assert m.decoder.est_heads[0][1].weight.grad.abs().sum() > 0
+        assert all(p.grad is None for p in m.decoder.blocks[-1].parameters())  # above the estimate: not trained by it
+    torch.testing.assert_close(losses["decoder"], losses["all"])  # the second pass computes the same estimates
+    with pytest.raises(ValueError, match="estimates_grad"):
+        m.loss(x, estimates_grad="encoder")
+
+
 def test_prompt_lengths_control_the_partial_encoder_inputs():
     m = tiny_model("vssm")
     x = torch.randint(0, 5, (1, 8))
