@@ -33,12 +33,15 @@ def _val_curve(rows: list[dict], dataset: str) -> list[dict]:
     for r in rows:
         if "val_nll" not in r:
             continue
+        # a run with a weight average validates it and its raw weights: the raw ones show training
+        # progress (the average starts at the initial weights and lags them early on)
+        v = "val_raw_" if "val_raw_nll" in r else "val_"
         point = {
             "minutes": r["elapsed_s"] / 60,
-            "nll": r["val_nll"] if dataset == "mnist" else r["val_nll_per_token"] * per,
+            "nll": r[f"{v}nll"] if dataset == "mnist" else r[f"{v}nll_per_token"] * per,
         }
-        if "val_kl" in r:  # per image, or per byte for text (256-byte windows)
-            point["kl"] = r["val_kl"] * (1 if dataset == "mnist" else per / 256)
+        if f"{v}kl" in r:  # per image, or per byte for text (256-byte windows)
+            point["kl"] = r[f"{v}kl"] * (1 if dataset == "mnist" else per / 256)
         out.append(point)
     return out
 
