@@ -1,0 +1,77 @@
+"""How much KL a learned per-step prior would save a trained VSSM over the uniform one.
+
+Glossary of axis letters:
+    N  images   T  sequence length   Z  latent variables per step   K  classes per latent
+
+The best prior that keeps the latents independent over time (so that generation stays one
+parallel pass) is each step's average posterior m_t = mean_x q(z_t | x), one factor per latent
+variable.  It is fitted on training images and scored on test images:
+KL(q_t || uniform) - KL(q_t || m_t) summed over the steps is what it would save per image.
+
+    .venv/bin/python scripts/prior_gain.py checkpoints/mnist-vssm.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import torch
+from torch import Tensor
+
+from model import VSSM, load_checkpoint
+from model.data import load_dataset
+
+
+@torch.no_grad()
+def average_posterior(model: VSSM, x: Tensor, batch: int = 250) -> Tensor:
+    """``m_t``: the model's (unprompted) posterior averaged over the images ``x``, ``(T, Z, K)``."""
+    total = sum(model._posterior_log_probs(x[i : i + batch]).exp().sum(0) for i in range(0, len(x), batch))
+    return total / len(x)
+
+
+@torch.no_grad()
+def kl_saving(model: VSSM, x: Tensor, prior: Tensor, batch: int = 250) -> tuple[Tensor, Tensor]:
+    """Per image ``(N,)``: the KL of the posterior to the uniform prior and to ``prior`` ``(T, Z, K)``."""
+    K = model.config.n_classes
+    uniform, learned = [], []
+    for i in range(0, len(x), batch):
+        log_q = model._posterior_log_probs(x[i : i + batch])  # (n, T, Z, K)
+        q = log_q.exp()
+        uniform.append((q * (log_q + math.log(K))).sum((-1, -2, -3)))  # (n,)
+        learned.append((q * (log_q - prior.clamp_min(1e-12).log())).sum((-1, -2, -3)))  # (n,)
+    return torch.cat(uniform), torch.cat(learned)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--fit", type=int, default=5000, help="training images the average posterior is taken over")
+    p.add_argument("--score", type=int, default=2000, help="test images the KL is scored on")
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    model = load_checkpoint(args.checkpoint).eval()
+    if not isinstance(model, VSSM):
+        raise SystemExit(f"{args.checkpoint} is a {model.family} model, not a VSSM")
+    ds = load_dataset("mnist" if model.max_position == 784 else "shakespeare", args.data_dir)
+    if ds.train.ndim != 2:
+        raise SystemExit("this script scores image datasets (a fixed T per sequence)")
+    prior = average_posterior(model, ds.train[: args.fit])  # (T, Z, K)
+    kl_uniform, kl_learned = kl_saving(model, ds.test[: args.score], prior)  # (N,), (N,)
+    out = {
+        "checkpoint": args.checkpoint,
+        "fit_images": args.fit,
+        "score_images": args.score,
+        "kl_uniform_prior": round(float(kl_uniform.mean()), 3),
+        "kl_learned_prior": round(float(kl_learned.mean()), 3),
+        "saving_nats_per_image": round(float((kl_uniform - kl_learned).mean()), 3),
+    }
+    sys.stdout.write(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
