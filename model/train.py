@@ -83,33 +83,20 @@ class TrainConfig:
 
 
 class LossModule(nn.Module):
-    """Wraps a model so that ``forward`` returns the training loss (what DDP synchronises)."""
+    """Wraps a model so that ``forward`` returns the training loss (what DDP synchronises).
 
-    def __init__(self, model: SequenceModel) -> None:
+    ``vssm_options``: the VSSM loss's fixed keyword arguments for the whole run (free bits, the
+    gradient estimator, ...); the scheduled ones (KL weight, temperature) come with each batch.
+    """
+
+    def __init__(self, model: SequenceModel, **vssm_options: Any) -> None:
         super().__init__()
         self.model = model
+        self.vssm_options = vssm_options
 
-    def forward(
-        self,
-        x: Tensor,
-        kl_weight: float,
-        tau: float,
-        free_bits: float,
-        rao_samples: int = 0,
-        unprompted: float = 0.0,
-        estimator: str = "gumbel",
-        estimates_grad: str = "all",
-    ) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, x: Tensor, kl_weight: float, tau: float) -> tuple[Tensor, dict[str, float]]:
         if isinstance(self.model, VSSM):
-            t = self.model.loss(
-                x,
-                tau=tau,
-                free_bits=free_bits,
-                rao_samples=rao_samples,
-                unprompted=unprompted,
-                estimator=estimator,
-                estimates_grad=estimates_grad,
-            )
+            t = self.model.loss(x, tau=tau, **self.vssm_options)
             terms = {
                 "rec": t.reconstruction.mean().item(),
                 "kl": t.kl.mean().item(),
@@ -289,7 +276,14 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         meta = {**meta, **load_train_state(state_path, model, opt, gen, ema)}
         if main:
             log.info("resuming %s at step %d (%.1f min spent)", state_path, meta["step"], meta["elapsed"] / 60)
-    wrapped: nn.Module = LossModule(model)
+    wrapped: nn.Module = LossModule(
+        model,
+        free_bits=cfg.free_bits,
+        rao_samples=cfg.rao_samples,
+        unprompted=cfg.unprompted,
+        estimator=cfg.estimator,
+        estimates_grad=cfg.estimates_grad,
+    )
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device] if device.type == "cuda" else None)
     val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]
@@ -319,9 +313,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         kl_weight = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
-        loss, terms = wrapped(
-            x, kl_weight, tau, cfg.free_bits, cfg.rao_samples, cfg.unprompted, cfg.estimator, cfg.estimates_grad
-        )
+        loss, terms = wrapped(x, kl_weight, tau)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

@@ -40,9 +40,10 @@ from .network import BLOCKS, SSMNet, SSMNetConfig
 from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState
 
-__all__ = ["ESTIMATORS", "VSSM", "VSSMConfig", "VSSMLoss", "reinmax", "straight_through_gumbel"]
+__all__ = ["ESTIMATE_GRADS", "ESTIMATORS", "VSSM", "VSSMConfig", "VSSMLoss", "reinmax", "straight_through_gumbel"]
 
 ESTIMATORS = ("gumbel", "reinmax")  # gradient estimators for the discrete latents (VSSM.loss)
+ESTIMATE_GRADS = ("all", "decoder")  # what the loss of the decoder's inner estimates trains (VSSM.loss)
 
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
@@ -208,8 +209,8 @@ class VSSM(SequenceModel):
         encoder too) or "decoder" (a second pass of the blocks below the last estimate, on
         detached latents, so that the estimates cannot ask the latents to spell out pixels).
         """
-        if estimates_grad not in ("all", "decoder"):
-            raise ValueError(f"estimates_grad must be 'all' or 'decoder', got {estimates_grad!r}")
+        if estimates_grad not in ESTIMATE_GRADS:
+            raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {estimates_grad!r}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if not 0.0 <= unprompted <= 1.0:
