@@ -95,7 +95,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    except ValueError as e:  # a bad flag value: say which, without a traceback
+        raise SystemExit(f"vssm train: error: {e}") from None
     train(cfg)
 
 

@@ -39,7 +39,7 @@ from .base import SequenceModel
 from .checkpoint import build_model, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .presets import preset_config
-from .vssm import VSSM
+from .vssm import ESTIMATE_GRADS, ESTIMATORS, VSSM
 
 __all__ = ["LossModule", "TrainConfig", "train"]
 
@@ -80,6 +80,14 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     limit: int | None = None  # keep only this many sequences / bytes per split (tests)
     device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.estimates_grad not in ESTIMATE_GRADS:
+            raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {self.estimates_grad!r}")
 
 
 class LossModule(nn.Module):
@@ -234,8 +242,6 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
     if not cfg.max_steps and not cfg.budget_minutes:
         raise ValueError("give a budget: --max-steps and/or --budget-minutes")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if cfg.threads:

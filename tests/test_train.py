@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,7 +82,17 @@ def test_vssm_trains_with_an_average(tmp_path, mnist):
     assert load_checkpoint(out / "model.safetensors").family == "vssm"
 
 
-@pytest.mark.parametrize("decay", [-0.1, 1.0])
-def test_average_decay_must_be_below_one(tmp_path, decay):
-    with pytest.raises(ValueError, match="ema_decay"):
-        train(config(tmp_path, 1, ema_decay=decay))
+@pytest.mark.parametrize(
+    ("field", "value"), [("ema_decay", -0.1), ("ema_decay", 1.0), ("estimator", "rebar"), ("estimates_grad", "encoder")]
+)
+def test_train_config_refuses_bad_values(tmp_path, field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+    proc = subprocess.run(
+        [sys.executable, "-m", "model", "train", "--" + field.replace("_", "-"), str(value), "--max-steps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and f"vssm train: error: {field}" in proc.stderr
+    assert "Traceback" not in proc.stderr
