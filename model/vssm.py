@@ -381,6 +381,14 @@ class VSSM(SequenceModel):
         )
 
 
+def _gumbel_draw(log_p: Tensor) -> tuple[Tensor, Tensor]:
+    """An exact one-hot draw from the categoricals ``log_p`` ``(..., K)`` by the Gumbel-max trick,
+    and the Gumbel(0, 1) noise ``(..., K)`` that chose it (the straight-through surrogate reuses it)."""
+    g = -torch.empty_like(log_p).exponential_().log()  # (..., K)
+    hard = F.one_hot((log_p.detach() + g).argmax(-1), log_p.shape[-1]).to(log_p.dtype)  # (..., K)
+    return hard, g
+
+
 def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> Tensor:
     """One-hot samples of the categoricals ``log_p`` ``(..., K)`` (log-probabilities or logits)
     whose gradient is the straight-through Gumbel-softmax one at temperature ``tau``.
@@ -391,9 +399,7 @@ def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> 
     argmax D with E ~ Exp(1) and ``log_p`` normalised: the perturbed logit of D is ``-log E_D``
     and of i != D ``-log(E_i exp(-log_p_i) + E_D)``, the truncated Gumbels that keep D the argmax.
     """
-    K = log_p.shape[-1]
-    g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1)
-    hard = F.one_hot((log_p.detach() + g).argmax(-1), K).to(log_p.dtype)  # (..., K)
+    hard, g = _gumbel_draw(log_p)  # (..., K), (..., K)
     if rao_samples <= 0:
         soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
     else:
@@ -418,9 +424,7 @@ def reinmax(log_p: Tensor, tau: float = 1.0) -> Tensor:
     sample is an exact draw from ``log_p``.  At ``tau = 1`` the expected gradient of a linear
     function of D is exact, as for plain straight-through.
     """
-    K = log_p.shape[-1]
-    g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1): an exact categorical draw
-    hard = F.one_hot((log_p.detach() + g).argmax(-1), K).to(log_p.dtype)  # (..., K) D
+    hard = _gumbel_draw(log_p)[0]  # (..., K) D
     pi0 = log_p.softmax(-1)  # (..., K)
     with torch.no_grad():
         mid = 0.5 * (hard + (log_p / tau).softmax(-1))  # (..., K) pi1, a point, not a function of log_p

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 import torch
 from torch import Tensor
 
 from model import VSSM, load_checkpoint
+from model.checkpoint import read_metadata
 from model.data import load_dataset
 
 
@@ -35,13 +35,12 @@ def average_posterior(model: VSSM, x: Tensor, batch: int = 250) -> Tensor:
 @torch.no_grad()
 def kl_saving(model: VSSM, x: Tensor, prior: Tensor, batch: int = 250) -> tuple[Tensor, Tensor]:
     """Per image ``(N,)``: the KL of the posterior to the uniform prior and to ``prior`` ``(T, Z, K)``."""
-    K = model.config.n_classes
+    log_prior = prior.clamp_min(1e-12).log()  # (T, Z, K)
     uniform, learned = [], []
     for i in range(0, len(x), batch):
         log_q = model._posterior_log_probs(x[i : i + batch])  # (n, T, Z, K)
-        q = log_q.exp()
-        uniform.append((q * (log_q + math.log(K))).sum((-1, -2, -3)))  # (n,)
-        learned.append((q * (log_q - prior.clamp_min(1e-12).log())).sum((-1, -2, -3)))  # (n,)
+        uniform.append(model._kl_to_prior(log_q).sum(-1))  # (n,)
+        learned.append((log_q.exp() * (log_q - log_prior)).sum((-1, -2, -3)))  # (n,)
     return torch.cat(uniform), torch.cat(learned)
 
 
@@ -56,7 +55,7 @@ def main() -> int:
     model = load_checkpoint(args.checkpoint).eval()
     if not isinstance(model, VSSM):
         raise SystemExit(f"{args.checkpoint} is a {model.family} model, not a VSSM")
-    ds = load_dataset("mnist" if model.max_position == 784 else "shakespeare", args.data_dir)
+    ds = load_dataset(read_metadata(args.checkpoint)["dataset"], args.data_dir)
     if ds.train.ndim != 2:
         raise SystemExit("this script scores image datasets (a fixed T per sequence)")
     prior = average_posterior(model, ds.train[: args.fit])  # (T, Z, K)
