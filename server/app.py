@@ -26,8 +26,38 @@ from .store import open_store
 log = logging.getLogger(__name__)
 
 
-class _BodyTooLarge(Exception):
-    pass
+async def _read_body(receive: Receive, limit: int) -> Receive | None:
+    """Read a whole request body of at most ``limit`` bytes (None when it is longer), and return a
+    ``receive`` that delivers it as one message, then defers to the real one (disconnects)."""
+    body, more = bytearray(), True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left: let the app see it
+            first: Message | None = message
+            break
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+        if len(body) > limit:
+            return None
+    else:
+        first = {"type": "http.request", "body": bytes(body), "more_body": False}
+
+    async def replay() -> Message:
+        nonlocal first
+        if first is not None:
+            message, first = first, None
+            return message
+        return await receive()
+
+    return replay
+
+
+def _request_id(raw: bytes) -> str:
+    """The caller's ``X-Request-ID`` when it is printable ASCII (it is echoed in a header), else a new one."""
+    raw = raw[:200]
+    if raw and all(0x20 <= b < 0x7F for b in raw):
+        return raw.decode("ascii")
+    return uuid.uuid4().hex
 
 
 class EdgeMiddleware:
@@ -43,7 +73,7 @@ class EdgeMiddleware:
         ctx: Context = self.ctx_getter()
         limit = ctx.settings.max_body_bytes
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode()[:200] or uuid.uuid4().hex
+        request_id = _request_id(headers.get(b"x-request-id", b""))
         status = {"code": 500}
         t0 = time.perf_counter()
 
@@ -54,32 +84,27 @@ class EdgeMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
-        received = 0
-
-        async def receive_wrapper() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
-
         async def too_large() -> None:
             err = errors.APIError(413, "body_too_large", f"request body exceeds {limit} bytes")
             await errors.response(err)(scope, receive, send_wrapper)
 
         try:
-            declared = int(headers.get(b"content-length", b"0") or 0)
-        except ValueError:
-            declared = 0
-        try:
-            if declared > limit:
-                await too_large()
-            else:
-                await self.app(scope, receive_wrapper, send_wrapper)
-        except _BodyTooLarge:
-            await too_large()
+            if b"content-length" in headers:
+                try:
+                    declared = int(headers[b"content-length"])
+                except ValueError:
+                    declared = 0
+                # the server holds the body to its declared length, so the header alone decides
+                if declared > limit:
+                    return await too_large()
+                return await self.app(scope, receive, send_wrapper)
+            # a chunked body declares no length: read it here, within the limit, then hand it on.
+            # (An exception raised from inside ``receive`` would be caught by the body parser as a
+            # malformed body, a 400.)
+            replay = await _read_body(receive, limit)
+            if replay is None:
+                return await too_large()
+            await self.app(scope, replay, send_wrapper)
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")

@@ -109,7 +109,9 @@ async def get_owner(request: Request, ctx: ContextDep) -> str:
     if not keys:
         return ""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), k) for k in keys):
+    # bytes, not str: compare_digest refuses non-ASCII str; headers arrive decoded as latin-1
+    given = token.strip().encode("latin-1")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k.encode()) for k in keys):
         raise APIError(401, "invalid_api_key", "missing or invalid API key (Authorization: Bearer <key>)")
     return owner_of(token.strip())
 

@@ -60,6 +60,11 @@ async def with_keepalive(
             finally:
                 if not task.done():  # the client went away while a chunk was being made
                     task.cancel()
+                    # let the producer unwind first: closing it below while it still runs would
+                    # raise "aclose(): asynchronous generator is already running"
+                    await asyncio.wait({task})
+                    if not task.cancelled():
+                        task.exception()  # retrieved, so asyncio does not log it as lost
             if first and on_first is not None:
                 on_first()
             first = False

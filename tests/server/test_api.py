@@ -69,6 +69,9 @@ def test_health_ready_metrics(client):
 def test_request_id_is_echoed_or_made(client):
     assert client.get("/health", headers={"X-Request-ID": "abc"}).headers["x-request-id"] == "abc"
     assert len(client.get("/health").headers["x-request-id"]) == 32
+    # a request id that is not printable ASCII is replaced, not echoed (and never a 500)
+    r = client.get("/health", headers=[("X-Request-ID", "caf\xe9".encode("latin-1"))])
+    assert r.status_code == 200 and len(r.headers["x-request-id"]) == 32
 
 
 # ----- models --------------------------------------------------------------------------------------
@@ -179,6 +182,18 @@ def test_body_too_large(client):
         client.post("/v1/completions", json={"model": "mnist-vssm", "prompt": [0] * 5000}), 413, "body_too_large"
     )
     assert "4096" in err["message"]
+
+
+def test_chunked_body_limit(client):
+    """A body sent without Content-Length (chunked) is held to the same limit, and one within it works."""
+    big = json.dumps({"model": "mnist-vssm", "prompt": [0] * 5000}).encode()
+    json_type = {"content-type": "application/json"}
+    r = client.post("/v1/completions", content=iter([big[:2000], big[2000:]]), headers=json_type)
+    assert "content-length" not in r.request.headers
+    assert_error(r, 413, "body_too_large")
+    small = json.dumps({"model": "mnist-vssm", "prompt": [0, 1], "max_tokens": 3}).encode()
+    r = client.post("/v1/completions", content=iter([small[:10], small[10:]]), headers=json_type)
+    assert r.status_code == 200 and len(r.json()["choices"][0]["tokens"]) == 3
 
 
 def test_admission_limit(client):
@@ -342,6 +357,8 @@ def test_api_keys_and_session_ownership(checkpoints, redis):
         assert_error(c.get("/v1/models"), 401, "invalid_api_key")
         assert_error(c.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401, "invalid_api_key")
         assert_error(c.get("/v1/models", headers={"Authorization": f"Basic {KEY_A}"}), 401, "invalid_api_key")
+        latin = [("Authorization", "Bearer caf\xe9".encode("latin-1"))]  # not ASCII: still a 401, not a 500
+        assert_error(c.get("/v1/models", headers=latin), 401, "invalid_api_key")
         assert c.get("/health").status_code == 200 and c.get("/ready").status_code == 200
         a = {"Authorization": f"Bearer {KEY_A}"}
         b = {"Authorization": f"Bearer {KEY_B}"}

@@ -1,0 +1,70 @@
+"""The SSE encoder on its own: keep-alives, in-band errors, and a client that leaves mid-chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel
+
+from server.errors import APIError
+from server.sse import with_keepalive
+
+
+class Item(BaseModel):
+    n: int
+
+
+def test_keepalive_then_items_then_done():
+    async def slow() -> AsyncIterator[Item]:
+        await asyncio.sleep(0.05)
+        yield Item(n=1)
+        yield Item(n=2)
+
+    async def main() -> list[bytes]:
+        return [b async for b in with_keepalive(slow(), keepalive=0.01)]
+
+    out = asyncio.run(main())
+    assert out[0] == b": keep-alive\n\n"
+    data = [b for b in out if b.startswith(b"data")]
+    assert data == [b'data: {"n":1}\n\n', b'data: {"n":2}\n\n', b"data: [DONE]\n\n"]
+
+
+def test_error_after_first_item_is_in_band():
+    async def failing() -> AsyncIterator[Item]:
+        yield Item(n=1)
+        raise APIError(409, "session_busy", "busy")
+
+    async def main() -> list[bytes]:
+        return [b async for b in with_keepalive(failing(), keepalive=1.0)]
+
+    out = asyncio.run(main())
+    assert out[0] == b'data: {"n":1}\n\n'
+    assert b'"code": "session_busy"' in out[1] and len(out) == 2  # no [DONE] after an error
+
+
+def test_client_leaving_mid_chunk_closes_the_producer_cleanly():
+    """The server cancels the response while a chunk is being made: the producer's cleanup must run
+    and the cancellation must surface as itself, not as "aclose(): generator already running"."""
+    cleaned = asyncio.Event()
+
+    async def producer() -> AsyncIterator[Item]:
+        try:
+            yield Item(n=1)
+            await asyncio.sleep(30)  # a chunk that takes long
+            yield Item(n=2)
+        finally:
+            cleaned.set()
+
+    async def main() -> None:
+        stream = with_keepalive(producer(), keepalive=10.0)
+        assert await stream.__anext__() == b'data: {"n":1}\n\n'
+        consumer = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0.02)  # the second chunk is now being made
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        assert cleaned.is_set()
+
+    asyncio.run(asyncio.wait_for(main(), 5))
