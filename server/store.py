@@ -77,9 +77,22 @@ class MemoryStore:
 
     kind = "memory"
 
+    sweep_every = 30.0  # seconds between sweeps of expired sessions (each is O(sessions))
+
     def __init__(self) -> None:
         self._data: dict[str, tuple[SessionRecord, float]] = {}
         self._lock = asyncio.Lock()
+        self._last_sweep = time.monotonic()
+
+    def _sweep(self) -> None:
+        """Drop expired sessions.  Most sessions are abandoned, never read again, so expiring them
+        only on lookup (as ``_live`` does) would keep their state bytes for the process's life."""
+        now = time.monotonic()
+        if now - self._last_sweep < self.sweep_every:
+            return
+        self._last_sweep = now
+        for sid in [sid for sid, (_, deadline) in self._data.items() if deadline <= now]:
+            del self._data[sid]
 
     def _live(self, sid: str) -> SessionRecord | None:
         hit = self._data.get(sid)
@@ -97,6 +110,7 @@ class MemoryStore:
 
     async def create(self, rec: SessionRecord) -> SessionRecord:
         async with self._lock:
+            self._sweep()
             if self._live(rec.id) is not None:
                 raise KeyError(rec.id)
             return self._put(replace(rec, version=1))

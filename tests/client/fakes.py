@@ -83,13 +83,15 @@ class FakeServer:
     """Implements the contract's happy paths and replay; ``faults`` injects failures per request.
 
     A fault is called with the request before it is handled and may return a response (sent instead)
-    or raise; ``lose_response`` handles the request and then raises, as when a response is lost.
+    or raise; ``lose_response`` handles the request and then raises, as when a response is lost;
+    ``commit_unknown`` handles it and then answers 503 ``store_unavailable``.
     """
 
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
     faults: list[Callable[[httpx.Request], httpx.Response | None]] = field(default_factory=list)
     lose_response: int = 0  # number of upcoming responses to lose after handling
+    commit_unknown: int = 0  # upcoming responses to replace by a 503 store_unavailable after handling
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -102,6 +104,9 @@ class FakeServer:
         if self.lose_response:
             self.lose_response -= 1
             raise httpx.ReadTimeout("response lost", request=request)
+        if self.commit_unknown:  # the store wrote the step, its reply to the server timed out
+            self.commit_unknown -= 1
+            return error(503, "store_unavailable", "session store timed out")
         response.headers.setdefault("X-Request-ID", "req_fake")
         return response
 

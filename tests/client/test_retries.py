@@ -124,6 +124,37 @@ def test_step_without_expected_position_is_not_retried_after_a_lost_response() -
     assert len(server.bodies("/generate")) == 1
 
 
+def test_step_without_expected_position_is_not_retried_after_a_store_failure() -> None:
+    """A 503 store_unavailable may follow a commit that happened: repeating the step could run it twice."""
+    server = FakeServer()
+    client, _ = make_client(server)
+    sid = client.sessions.create(model="mnist-vssm", seed=1).id
+    server.commit_unknown = 1
+    with pytest.raises(vc.ServiceUnavailableError):
+        client.sessions.generate(sid, max_tokens=8)
+    server.faults = [lambda r: error(503, "store_unavailable")]
+    with pytest.raises(vc.ServiceUnavailableError):
+        client.sessions.append(sid, [1, 0])
+    assert server.sessions[sid].position == 8  # the first step committed once; the append never ran
+    assert len(server.bodies("/generate")) == 1 and len(server.bodies("/append")) == 1
+    server.faults = [lambda r: error(503, "not_ready", headers={"Retry-After": "1"})]  # provably did nothing
+    assert client.sessions.generate(sid, max_tokens=2).position == 10
+
+
+def test_steps_with_expected_position_survive_a_store_failure_after_commit() -> None:
+    """With expected_position the retry is safe: a committed generate is replayed, a committed append is
+    recognised from the session's position; each advances the session once."""
+    server = FakeServer()
+    client, _ = make_client(server)
+    session = client.sessions.create(model="mnist-vssm", seed=1)
+    server.commit_unknown = 1
+    chunk = session.generate(max_tokens=8)
+    assert chunk.replayed and session.position == 8 and server.sessions[session.id].position == 8
+    server.commit_unknown = 1
+    session.append([1, 0, 1])
+    assert session.position == 11 and server.sessions[session.id].position == 11
+
+
 def test_step_without_expected_position_is_retried_when_never_sent() -> None:
     server = FakeServer()
     client, sleeps = make_client(server)

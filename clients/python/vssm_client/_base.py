@@ -33,6 +33,23 @@ RETRY_STATUSES = frozenset({429, 503})
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
+def error_code(response: httpx.Response) -> str | None:
+    """The ``code`` of an error envelope (the body must already be read), or ``None``."""
+    try:
+        err = response.json().get("error")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    code = err.get("code") if isinstance(err, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def server_did_nothing(response: httpx.Response) -> bool:
+    """Whether an error response proves the request changed nothing on the server.  A 429 and a 503
+    ``not_ready`` are raised before any work; a 503 ``store_unavailable`` may come from a session
+    commit whose write reached the store but whose reply did not, so the step may have happened."""
+    return response.status_code == 429 or (response.status_code == 503 and error_code(response) == "not_ready")
+
+
 def normalize_base_url(url: str) -> str:
     """The server root: ``http://h:8000``, ``http://h:8000/`` and ``http://h:8000/v1`` are one server."""
     url = url.strip().rstrip("/")
@@ -129,8 +146,12 @@ class BaseClient:
     def _retry_on_error(self, attempt: int, retries: int, error: httpx.TransportError, idempotent: bool) -> bool:
         return attempt < retries and (idempotent or isinstance(error, NOT_SENT))
 
-    def _retry_on_status(self, attempt: int, retries: int, response: httpx.Response) -> bool:
-        return attempt < retries and response.status_code in RETRY_STATUSES
+    def _retry_on_status(self, attempt: int, retries: int, response: httpx.Response, idempotent: bool) -> bool:
+        """429 and 503 are retried; for a step that is not safe to repeat, only when the server
+        certainly did nothing (see ``server_did_nothing``)."""
+        if attempt >= retries or response.status_code not in RETRY_STATUSES:
+            return False
+        return idempotent or server_did_nothing(response)
 
     def _retry_delay(self, attempt: int, response: httpx.Response | None) -> float:
         after = retry_after_seconds(response)

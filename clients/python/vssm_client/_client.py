@@ -15,6 +15,7 @@ from ._base import (
     DEFAULT_TIMEOUT,
     NOT_SENT,
     BaseClient,
+    server_did_nothing,
     wrap_transport_error,
 )
 from ._exceptions import make_status_error
@@ -99,8 +100,8 @@ class Client(BaseClient):
     ) -> httpx.Response:
         """Send with retries; return a successful response (unread if ``stream``) or raise the typed error.
 
-        ``idempotent=False`` limits retries after transport errors to those where the request was
-        never sent; 429 and 503 are always retried (the server did nothing).
+        ``idempotent=False`` limits retries to failures that prove the server did nothing: transport
+        errors before the request was sent, 429, and 503 ``not_ready``.
         """
         retries = self.max_retries if max_retries is None else max_retries
         attempt, lost = 0, False
@@ -120,10 +121,11 @@ class Client(BaseClient):
                 if stream:
                     response.read()
                     response.close()
-                if not self._retry_on_status(attempt, retries, response):
+                if not self._retry_on_status(attempt, retries, response, idempotent):
                     err = make_status_error(response)
                     err._after_lost_response = lost
                     raise err
+                lost = lost or not server_did_nothing(response)
                 delay = self._retry_delay(attempt, response)
                 self._log_retry(request, str(response.status_code), delay, attempt, retries)
             self._sleep(delay)
@@ -231,10 +233,11 @@ class AsyncClient(BaseClient):
                 if stream:
                     await response.aread()
                     await response.aclose()
-                if not self._retry_on_status(attempt, retries, response):
+                if not self._retry_on_status(attempt, retries, response, idempotent):
                     err = make_status_error(response)
                     err._after_lost_response = lost
                     raise err
+                lost = lost or not server_did_nothing(response)
                 delay = self._retry_delay(attempt, response)
                 self._log_retry(request, str(response.status_code), delay, attempt, retries)
             await self._sleep(delay)

@@ -1,0 +1,35 @@
+"""The in-process session store on its own (the Redis store is tested through the API)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server import store as store_mod
+from server.store import MemoryStore, SessionRecord
+
+
+def _rec(sid: str, ttl: int) -> SessionRecord:
+    return SessionRecord(
+        id=sid, model="m", fingerprint="f", position=0, seed=0, owner="", created_at=0.0, ttl_seconds=ttl, state=b"x"
+    )
+
+
+def test_expired_sessions_are_swept_even_if_never_read_again(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock[0])
+    store = MemoryStore()
+
+    async def main() -> None:
+        await store.create(_rec("sess_old", ttl=10))
+        await store.create(_rec("sess_kept", ttl=10))
+        clock[0] += 8
+        assert await store.get("sess_kept") is not None  # a read refreshes its TTL
+        clock[0] += 5  # sess_old has expired, sess_kept has 5 s left; nobody reads sess_old again
+        await store.create(_rec("sess_a", ttl=10))
+        assert "sess_old" in store._data  # within sweep_every of the last sweep: not swept yet
+        clock[0] += MemoryStore.sweep_every
+        await store.create(_rec("sess_b", ttl=10 * int(MemoryStore.sweep_every)))
+        assert set(store._data) == {"sess_b"}  # old, kept and a all expired by now; swept by a create
+        assert await store.get("sess_old") is None
+
+    asyncio.run(main())
