@@ -84,8 +84,12 @@ class Batcher:
         state = await asyncio.get_running_loop().run_in_executor(self.executor, m.start, empty, seeds)
         if not prompt:
             return state
-        tokens = torch.tensor([prompt] * len(seeds), dtype=torch.long)
+        tokens = torch.tensor(prompt, dtype=torch.long).repeat(len(seeds), 1)  # (rows, C), one list conversion
         return await self.append(state, tokens)
+
+    async def serialize(self, state: GenState) -> bytes:
+        """``state.to_bytes()`` in the worker: it copies from the device and grows with a KV cache."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, state.to_bytes)
 
     async def generate(
         self, state: GenState, n: int, temperature: float, resumable: bool = True

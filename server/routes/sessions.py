@@ -112,6 +112,7 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
             tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
             assert state is not None
             out = tokens[0].tolist()
+        state_bytes = await batcher.serialize(state)
     rec = SessionRecord(
         id=new_id(),
         model=served.id,
@@ -121,7 +122,7 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
         owner=owner,
         created_at=time.time(),
         ttl_seconds=ttl,
-        state=state.to_bytes(),
+        state=state_bytes,
     )
     ctx.metrics.state_bytes.observe(len(rec.state))
     rec = await ctx.store_call("create", ctx.store.create(rec))
