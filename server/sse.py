@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -15,6 +16,8 @@ from .errors import APIError, envelope
 from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def event(data: BaseModel | dict | str) -> bytes:
@@ -34,6 +37,29 @@ def error_event(exc: BaseException) -> bytes:
         return event(envelope(503, "store_unavailable", str(exc)))
     log.exception("error inside a stream", exc_info=exc)
     return event(envelope(500, "internal_error", "internal server error"))
+
+
+async def started(events: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Run ``events`` up to its first item now, before any byte is sent: a failure there (a busy
+    session, an incompatible state, the store down) is then an ordinary HTTP error with its status,
+    and only a failure after the first chunk goes in band."""
+    it = events.__aiter__()
+    try:
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        return _empty()
+
+    async def rest() -> AsyncIterator[T]:
+        yield first
+        async for item in it:
+            yield item
+
+    return rest()
+
+
+async def _empty() -> AsyncIterator[T]:
+    return
+    yield
 
 
 async def with_keepalive(

@@ -12,7 +12,7 @@ from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import bad_request
 from ..registry import ServedModel
 from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, Usage
-from ..sse import sse_response, with_keepalive
+from ..sse import sse_response, started, with_keepalive
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -81,4 +81,5 @@ async def create_completion(
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/completions").observe(time.perf_counter() - t0)
 
-    return sse_response(with_keepalive(chunks(), ctx.settings.keepalive_seconds, first), slot.release)
+    events = await started(chunks())
+    return sse_response(with_keepalive(events, ctx.settings.keepalive_seconds, first), slot.release)

@@ -29,7 +29,7 @@ from ..schemas import (
     SessionFork,
     SessionGenerate,
 )
-from ..sse import sse_response, with_keepalive
+from ..sse import sse_response, started, with_keepalive
 from ..store import SessionRecord
 from .completions import DEFAULT_CHUNK, check_tokens
 
@@ -279,4 +279,5 @@ async def generate(
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/sessions/{sid}/generate").observe(time.perf_counter() - t0)
 
-    return sse_response(with_keepalive(streamed(), ctx.settings.keepalive_seconds, first), slot.release)
+    events = await started(streamed())
+    return sse_response(with_keepalive(events, ctx.settings.keepalive_seconds, first), slot.release)

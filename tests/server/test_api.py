@@ -349,6 +349,10 @@ def test_state_of_other_weights_is_refused(client):
     )
     assert client.portal.call(ctx.store.compare_and_set, swapped, rec.version) is not None
     assert_error(client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 2}), 409, "state_incompatible")
+    # streamed, the failure comes before the first byte: a 409 with the envelope, not a 200 and an event
+    streamed = client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 4, "stream": True})
+    assert_error(streamed, 409, "state_incompatible")
+    assert ctx.in_flight == 0  # the stream's admission slot was given back
 
 
 # ----- auth ------------------------------------------------------------------------------------------------
