@@ -43,6 +43,7 @@ class SessionRecord:
     state: bytes = field(repr=False, default=b"")  # GenState.to_bytes()
     version: int = 0  # compare-and-set counter, +1 per committed write
     last_op: dict[str, Any] | None = None  # the last committed step {"op", "start", ...}: replayed for a lost response
+    text_carry: list[int] = field(default_factory=list)  # an incomplete UTF-8 character ending the generated text
     expires_at: float = 0.0  # unix time, as of the last read or write
 
     def meta_json(self) -> str:

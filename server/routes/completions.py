@@ -43,10 +43,16 @@ async def create_completion(
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     batcher = ctx.batcher(served.id)
 
+    carry: list[list[int]] = [[] for _ in seeds]  # per choice: a partial UTF-8 character held back
+
     def completion(rows: list[list[int]], finished: bool, usage: Usage | None) -> Completion:
+        texts = []
+        for i, r in enumerate(rows):
+            text, carry[i] = served.decode_chunk(r, carry[i], final=finished)
+            texts.append(text)
         choices = [
-            CompletionChoice(index=i, text=served.decode(r), tokens=r, finish_reason="length" if finished else None)
-            for i, r in enumerate(rows)
+            CompletionChoice(index=i, text=t, tokens=r, finish_reason="length" if finished else None)
+            for i, (t, r) in enumerate(zip(texts, rows, strict=True))
         ]
         return Completion(id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed)
 

@@ -124,6 +124,8 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
         ttl_seconds=ttl,
         state=state_bytes,
     )
+    if out is not None:
+        text, rec.text_carry = served.decode_chunk(out, [])
     ctx.metrics.state_bytes.observe(len(rec.state))
     rec = await ctx.store_call("create", ctx.store.create(rec))
     ctx.metrics.sessions.labels("created").inc()
@@ -134,7 +136,7 @@ async def create_session(body: SessionCreate, ctx: ContextDep, registry: Registr
             start_position=len(prompt),
             position=rec.position,
             tokens=out,
-            text=served.decode(out),
+            text=text,
             finish_reason="length",
         )
     return public(rec, c)
@@ -193,6 +195,7 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
         state=blob,
         position=rec.position + len(tokens),
         last_op={"op": "append", "start": rec.position, "tokens": tokens},
+        text_carry=[],  # observed tokens end the generated text; a held-back partial character stays out
     )
     ctx.metrics.sessions.labels("resumed").inc()
     return public(await _commit(ctx, new, rec.version))
@@ -221,7 +224,7 @@ async def generate(
             start_position=last["start"],
             position=rec.position,
             tokens=tokens,
-            text=served.decode(tokens),
+            text=served.decode_chunk(tokens, last.get("carry_in", []))[0],
             finish_reason="length",
             replayed=True,
         )
@@ -236,7 +239,7 @@ async def generate(
     check_tokens(ctx, served, rec.position, body.max_tokens)
     ctx.metrics.sessions.labels("resumed").inc()
     batcher = ctx.batcher(served.id)
-    start = rec.position
+    start, carry_in = rec.position, rec.text_carry
 
     done: list[int] = []
 
@@ -249,15 +252,22 @@ async def generate(
             raise _incompatible(rec, exc) from exc
         out = tokens[0].tolist()
         done.extend(out)
-        last_op = {"op": "generate", "start": start, "max_tokens": body.max_tokens, "tokens": done}
-        new = replace(rec, state=blob, position=rec.position + n, last_op=last_op)
+        text, carry = served.decode_chunk(out, rec.text_carry)
+        last_op = {
+            "op": "generate",
+            "start": start,
+            "max_tokens": body.max_tokens,
+            "tokens": done,
+            "carry_in": carry_in,
+        }
+        new = replace(rec, state=blob, position=rec.position + n, last_op=last_op, text_carry=carry)
         rec = await _commit(ctx, new, rec.version)
         return Chunk(
             session_id=sid,
             start_position=rec.position - n,
             position=rec.position,
             tokens=out,
-            text=served.decode(out),
+            text=text,
             finish_reason="length" if len(done) == body.max_tokens else None,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Iterator
 
@@ -109,6 +110,30 @@ def test_text_model_speaks_text(client, checkpoints):
         "/v1/completions", json={"model": "text-vssm", "prompt": list(b"ROMEO:"), "max_tokens": 12, "seed": 1}
     ).json()["choices"][0]["tokens"]
     assert tokens == choice["tokens"]  # token lists work for text models too
+
+
+def test_text_chunks_never_split_a_character(client):
+    """Chunk texts join into the text of all their tokens: a multi-byte UTF-8 character cut by a chunk
+    boundary is held back until the next chunk completes it, in streams and across session calls."""
+    body = {"model": "text-vssm", "prompt": "", "max_tokens": 48, "seed": 4}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]
+    expected = bytes(whole["tokens"]).decode("utf-8", errors="replace")
+    assert any(ord(c) > 127 and c != "\ufffd" for c in expected)  # the seed makes a multi-byte character
+    assert whole["text"] == expected
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True, "chunk_size": 1}) as r:
+        r.read()
+    texts = [e["choices"][0]["text"] for e in sse(r) if isinstance(e, dict)]
+    assert len(texts) == 48 and "".join(texts) == expected
+    # a session with the same seed makes the same tokens, in chunks of 1 to 3 over 27 calls
+    s = client.post("/v1/sessions", json={"model": "text-vssm", "seed": 4}).json()
+    chunks = [
+        client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": n}).json()
+        for n in [1, 2, 1, 3] * 6 + [1, 2, 3]
+    ]
+    assert [t for c in chunks for t in c["tokens"]] == whole["tokens"]
+    # the session is not over, so an incomplete last character stays held back
+    held = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(bytes(whole["tokens"]), final=False)
+    assert "".join(c["text"] for c in chunks) == held
 
 
 def test_completion_stream(client, checkpoints):
