@@ -90,6 +90,10 @@ def test_session_steps_and_replay() -> None:
         assert (await s.delete()).deleted
         server.lose_response = 1
         assert (await client.sessions.append(t.id, [0], expected_position=17)).position == 18
+        server.lose_response = 1  # lost, and the retry finds the first attempt still committing
+        server.faults = [lambda r: None, lambda r: error(409, "session_busy")]
+        busy = await client.sessions.generate(t.id, max_tokens=2, expected_position=18)
+        assert busy.replayed and busy.position == 20 and server.sessions[t.id].position == 20
 
     asyncio.run(main())
 

@@ -155,6 +155,22 @@ def test_steps_with_expected_position_survive_a_store_failure_after_commit() -> 
     assert session.position == 11 and server.sessions[session.id].position == 11
 
 
+def test_retry_that_finds_its_lost_attempt_still_committing_gets_the_replay() -> None:
+    """The first attempt commits after its response is lost; its retry arrives meanwhile and gets 409
+    session_busy; the client sends it once more and the server answers with the replayed chunk."""
+    server = FakeServer()
+    client, sleeps = make_client(server)
+    session = client.sessions.create(model="mnist-vssm", seed=1)
+    server.lose_response = 1
+    server.faults = [lambda r: None, lambda r: error(409, "session_busy")]
+    chunk = session.generate(max_tokens=8)
+    assert chunk.replayed and chunk.position == 8 and server.sessions[session.id].position == 8
+    assert len(server.bodies("/generate")) == 3 and len(sleeps) == 2
+    server.faults = [lambda r: error(409, "session_busy")]  # busy without a lost response: a real conflict
+    with pytest.raises(vc.ConflictError):
+        session.generate(max_tokens=2)
+
+
 def test_step_without_expected_position_is_retried_when_never_sent() -> None:
     server = FakeServer()
     client, sleeps = make_client(server)

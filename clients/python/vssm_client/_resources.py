@@ -2,8 +2,9 @@
 
 Session steps (generate, append) with an ``expected_position`` are safe to retry after a lost
 response: the server replays a generated chunk that was already committed, and an append that was
-already committed is recognised from the session's position.  Without ``expected_position`` they
-are retried only when the request provably never left (connect errors), and on 429/503.
+already committed is recognised from the session's position, and a retry that finds the session
+busy (the lost attempt still committing) is sent once more, to be answered with the replay.
+Without ``expected_position`` they are retried only when the server provably did nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +81,12 @@ def _generate_body(
 def _prompt_length(prompt: Prompt) -> int:
     """Tokens a prompt adds: text models are byte-level, so text counts its UTF-8 bytes."""
     return len(prompt.encode("utf-8")) if isinstance(prompt, str) else len(prompt)
+
+
+def _busy_with_our_own_attempt(err: ConflictError, expected_position: int | None) -> bool:
+    """Whether a 409 ``session_busy`` may come from our own lost attempt, still committing when its retry
+    arrived: once it has, the same request is answered with its replayed chunk."""
+    return err._after_lost_response and err.code == "session_busy" and expected_position is not None
 
 
 def _append_was_committed(err: ConflictError, expected_position: int | None) -> bool:
@@ -372,9 +379,15 @@ class Sessions:
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
         body = _generate_body(max_tokens, temperature, expected_position, False, None)
-        response = self._client._request(
-            "POST", _session_path(session_id, "generate"), body=body, idempotent=expected_position is not None
-        )
+        path = _session_path(session_id, "generate")
+        try:
+            response = self._client._request("POST", path, body=body, idempotent=expected_position is not None)
+        except ConflictError as e:
+            if not _busy_with_our_own_attempt(e, expected_position):
+                raise
+            log.info("generate on %s found the session busy after a lost response; asking for the replay", session_id)
+            self._client._sleep(self._client._retry_delay(0, None))
+            response = self._client._request("POST", path, body=body)
         return parse(response, Chunk)
 
     def stream(
@@ -485,9 +498,15 @@ class AsyncSessions:
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
         body = _generate_body(max_tokens, temperature, expected_position, False, None)
-        response = await self._client._request(
-            "POST", _session_path(session_id, "generate"), body=body, idempotent=expected_position is not None
-        )
+        path = _session_path(session_id, "generate")
+        try:
+            response = await self._client._request("POST", path, body=body, idempotent=expected_position is not None)
+        except ConflictError as e:
+            if not _busy_with_our_own_attempt(e, expected_position):
+                raise
+            log.info("generate on %s found the session busy after a lost response; asking for the replay", session_id)
+            await self._client._sleep(self._client._retry_delay(0, None))
+            response = await self._client._request("POST", path, body=body)
         return parse(response, Chunk)
 
     def stream(
