@@ -69,6 +69,14 @@ class SessionStore(Protocol):
         ...
 
     async def delete(self, sid: str) -> bool: ...
+    async def claim(self, key: str, value: str, ttl_seconds: int) -> str | None:
+        """Store ``value`` under an idempotency ``key`` unless one is there; the value found, or None."""
+        ...
+
+    async def recall(self, key: str) -> str | None:
+        """The value stored under an idempotency ``key``, or None."""
+        ...
+
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -82,6 +90,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[SessionRecord, float]] = {}
+        self._claims: dict[str, tuple[str, float]] = {}  # idempotency key -> (value, deadline)
         self._lock = asyncio.Lock()
         self._last_sweep = time.monotonic()
 
@@ -92,8 +101,9 @@ class MemoryStore:
         if now - self._last_sweep < self.sweep_every:
             return
         self._last_sweep = now
-        for sid in [sid for sid, (_, deadline) in self._data.items() if deadline <= now]:
-            del self._data[sid]
+        for table in (self._data, self._claims):
+            for key in [key for key, (_, deadline) in table.items() if deadline <= now]:
+                del table[key]
 
     def _live(self, sid: str) -> SessionRecord | None:
         hit = self._data.get(sid)
@@ -132,6 +142,22 @@ class MemoryStore:
         async with self._lock:
             return self._data.pop(sid, None) is not None
 
+    async def claim(self, key: str, value: str, ttl_seconds: int) -> str | None:
+        async with self._lock:
+            self._sweep()
+            found = self._recall(key)
+            if found is None:
+                self._claims[key] = (value, time.monotonic() + ttl_seconds)
+            return found
+
+    async def recall(self, key: str) -> str | None:
+        async with self._lock:
+            return self._recall(key)
+
+    def _recall(self, key: str) -> str | None:
+        hit = self._claims.get(key)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
     async def ping(self) -> bool:
         return True
 
@@ -161,6 +187,11 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return nv
 """
 
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
+return redis.call('GET', KEYS[1])
+"""
+
 
 class RedisStore:
     """Sessions in Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``)."""
@@ -179,16 +210,32 @@ class RedisStore:
         self._create = self.client.register_script(_CREATE)
         self._get = self.client.register_script(_GET)
         self._cas = self.client.register_script(_CAS)
+        self._claim = self.client.register_script(_CLAIM)
 
     def _key(self, sid: str) -> str:
         # the hash tag keeps one session's key whole on one Cluster slot
         return f"{self.prefix}{{{sid}}}"
 
     async def _run(self, script: Any, sid: str, *args: Any) -> Any:
+        return await self._call(script(keys=[self._key(sid)], args=list(args)))
+
+    @staticmethod
+    async def _call(call: Any) -> Any:
         try:
-            return await script(keys=[self._key(sid)], args=list(args))
+            return await call
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             raise StoreUnavailable(f"session store unreachable: {exc.__class__.__name__}: {exc}") from exc
+
+    def _claim_key(self, key: str) -> str:
+        return f"{self.prefix}claim:{key}"
+
+    async def claim(self, key: str, value: str, ttl_seconds: int) -> str | None:
+        found = await self._call(self._claim(keys=[self._claim_key(key)], args=[value, ttl_seconds * 1000]))
+        return None if found is None else found.decode()
+
+    async def recall(self, key: str) -> str | None:
+        found = await self._call(self.client.get(self._claim_key(key)))
+        return None if found is None else found.decode()
 
     async def create(self, rec: SessionRecord) -> SessionRecord:
         ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000)
@@ -212,10 +259,7 @@ class RedisStore:
         return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds)
 
     async def delete(self, sid: str) -> bool:
-        try:
-            return bool(await self.client.delete(self._key(sid)))
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            raise StoreUnavailable(f"session store unreachable: {exc}") from exc
+        return bool(await self._call(self.client.delete(self._key(sid))))
 
     async def ping(self) -> bool:
         try:

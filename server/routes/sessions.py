@@ -8,18 +8,22 @@ answered from the record's ``last_op`` instead of generating twice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from typing import Annotated
 
 import torch
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Header, Response, status
 
 from model import StateError
 
 from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
+from ..registry import Registry
 from ..schemas import (
     Chunk,
     Session,
@@ -53,6 +57,40 @@ def public(rec: SessionRecord, chunk: Chunk | None = None) -> Session:
         fingerprint=rec.fingerprint,
         chunk=chunk,
     )
+
+
+# ``Idempotency-Key``: a retried create or fork with the same key returns the first one's session
+# instead of making another (the client sends one per call, so a lost response leaves no orphan).
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)]
+
+
+async def _once(
+    ctx: Context, owner: str, op: str, key: str | None, request: str, ttl: int, make: Callable[[], Awaitable[Session]]
+) -> Session:
+    """Run ``make`` once per (caller, ``op``, idempotency ``key``): a repeat of the same request gets
+    the first response back; the same key on another request is a 409 ``idempotency_key_reused``."""
+    if key is None:
+        return await make()
+    claim = hashlib.sha256(f"{owner}\0{op}\0{key}".encode()).hexdigest()
+    digest = hashlib.sha256(request.encode()).hexdigest()
+
+    def replay(found: str) -> Session:
+        prior = json.loads(found)
+        if prior["request"] != digest:
+            raise conflict("idempotency_key_reused", f"Idempotency-Key {key!r} was used for another request")
+        return Session.model_validate(prior["response"])
+
+    found = await ctx.store_call("recall", ctx.store.recall(claim))
+    if found is not None:
+        return replay(found)
+    made = await make()
+    value = json.dumps({"request": digest, "response": made.model_dump(mode="json")})
+    found = await ctx.store_call("claim", ctx.store.claim(claim, value, ttl))
+    if found is None:
+        return made
+    # a concurrent request with the same key claimed it first: keep its session, drop ours
+    await ctx.store_call("delete", ctx.store.delete(made.id))
+    return replay(found)
 
 
 def _ttl(ctx: Context, ttl: int | None) -> int:
@@ -96,13 +134,27 @@ def _check_position(rec: SessionRecord, expected: int | None) -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-async def create_session(body: SessionCreate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
+async def create_session(
+    body: SessionCreate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep, idempotency_key: IdempotencyKey = None
+) -> Session:
+    ttl = _ttl(ctx, body.ttl_seconds)
+    return await _once(
+        ctx,
+        owner,
+        "create",
+        idempotency_key,
+        body.model_dump_json(),
+        ttl,
+        lambda: _create(body, ctx, registry, owner, ttl),
+    )
+
+
+async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: str, ttl: int) -> Session:
     served = registry.get(body.model)
     prompt = served.encode(body.prompt)
     served.check_room(len(prompt), 0, "prompt")
     if body.max_tokens:
         check_tokens(ctx, served, len(prompt), body.max_tokens)
-    ttl = _ttl(ctx, body.ttl_seconds)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     batcher = ctx.batcher(served.id)
     out: list[int] | None = None
@@ -157,13 +209,24 @@ async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionD
 
 
 @router.post("/{sid}/fork", status_code=status.HTTP_201_CREATED)
-async def fork_session(sid: str, ctx: ContextDep, owner: OwnerDep, body: SessionFork | None = None) -> Session:
+async def fork_session(
+    sid: str,
+    ctx: ContextDep,
+    owner: OwnerDep,
+    body: SessionFork | None = None,
+    idempotency_key: IdempotencyKey = None,
+) -> Session:
     rec = await _load(ctx, sid, owner)
     ttl = _ttl(ctx, body.ttl_seconds) if body and body.ttl_seconds else rec.ttl_seconds
-    child = replace(rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None)
-    child = await ctx.store_call("create", ctx.store.create(child))
-    ctx.metrics.sessions.labels("forked").inc()
-    return public(child)
+
+    async def fork() -> Session:
+        child = replace(rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None)
+        child = await ctx.store_call("create", ctx.store.create(child))
+        ctx.metrics.sessions.labels("forked").inc()
+        return public(child)
+
+    request = body.model_dump_json() if body else "{}"
+    return await _once(ctx, owner, f"fork {sid}", idempotency_key, request, ttl, fork)
 
 
 @router.post("/{sid}/append")

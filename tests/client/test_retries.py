@@ -171,6 +171,21 @@ def test_retry_that_finds_its_lost_attempt_still_committing_gets_the_replay() ->
         session.generate(max_tokens=2)
 
 
+def test_create_and_fork_send_one_idempotency_key_per_call() -> None:
+    """A create or fork retried after a lost response carries the same key, so the server makes it once."""
+    server = FakeServer()
+    client, _ = make_client(server)
+    server.lose_response = 1
+    session = client.sessions.create(model="mnist-vssm", seed=1)
+    keys = [r.headers["idempotency-key"] for r in server.requests]
+    assert len(keys) == 2 and keys[0] == keys[1]
+    session.fork()
+    client.sessions.create(model="mnist-vssm", idempotency_key="my-job-42")
+    keys = [r.headers["idempotency-key"] for r in server.requests]
+    assert len(set(keys)) == 3 and keys[-1] == "my-job-42"
+    assert all("idempotency-key" not in r.headers for r in server.requests if r.method == "GET")
+
+
 def test_step_without_expected_position_is_retried_when_never_sent() -> None:
     server = FakeServer()
     client, sleeps = make_client(server)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 from collections.abc import Iterator
@@ -238,6 +239,54 @@ def create(client, **body) -> dict:
     r = client.post("/v1/sessions", json={"model": "mnist-vssm", **body})
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def test_idempotency_key_makes_create_and_fork_happen_once(client):
+    ctx = client.app.state.ctx
+    key = {"Idempotency-Key": "create-7f3a"}
+    body = {"model": "mnist-vssm", "prompt": [1, 0], "max_tokens": 4}  # no seed: the server picks one
+    first = client.post("/v1/sessions", json=body, headers=key)
+    again = client.post("/v1/sessions", json=body, headers=key)  # a retry after a lost response
+    assert first.status_code == again.status_code == 201
+    assert again.json()["id"] == first.json()["id"] and again.json()["chunk"] == first.json()["chunk"]
+    assert client.post("/v1/sessions", json=body).json()["id"] != first.json()["id"]  # no key: a new one
+    assert_error(
+        client.post("/v1/sessions", json={**body, "max_tokens": 5}, headers=key), 409, "idempotency_key_reused"
+    )
+    sid = first.json()["id"]
+    forks = [client.post(f"/v1/sessions/{sid}/fork", headers={"Idempotency-Key": "fork-1"}).json() for _ in range(2)]
+    assert forks[0]["id"] == forks[1]["id"] != sid and forks[0]["position"] == 6
+    # the same key on another session's fork is another request
+    other = client.post(f"/v1/sessions/{forks[0]['id']}/fork", headers={"Idempotency-Key": "fork-1"}).json()
+    assert other["id"] not in (sid, forks[0]["id"])
+    assert client.portal.call(ctx.store.get, other["id"]) is not None
+    assert_error(client.post("/v1/sessions", json=body, headers={"Idempotency-Key": "k" * 201}), 400, "invalid_field")
+
+
+def test_concurrent_creates_with_one_key_keep_one_session(client):
+    """Both requests make a session; the second to claim the key deletes its own and answers with the first."""
+    ctx = client.app.state.ctx
+    made: list[str] = []
+    real_create = ctx.store.create
+
+    async def create_and_race(rec):
+        made.append(rec.id)
+        out = await real_create(rec)
+        if len(made) == 1:  # the racing request claims the key while this one is still making its session
+            ctx.store.create = real_create
+            r = await asyncio.to_thread(
+                client.post, "/v1/sessions", json={"model": "mnist-vssm"}, headers={"Idempotency-Key": "race"}
+            )
+            made.append(r.json()["id"])
+        return out
+
+    ctx.store.create = create_and_race
+    try:
+        r = client.post("/v1/sessions", json={"model": "mnist-vssm"}, headers={"Idempotency-Key": "race"})
+    finally:
+        ctx.store.create = real_create
+    assert r.json()["id"] == made[-1] != made[0]
+    assert client.portal.call(ctx.store.get, made[0]) is None  # the loser's session was deleted
 
 
 def test_session_lifecycle_matches_the_model_api(client, checkpoints):

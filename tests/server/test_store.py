@@ -33,3 +33,20 @@ def test_expired_sessions_are_swept_even_if_never_read_again(monkeypatch):
         assert await store.get("sess_old") is None
 
     asyncio.run(main())
+
+
+def test_claims_keep_the_first_value_until_they_expire(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(store_mod.time, "monotonic", lambda: clock[0])
+    store = MemoryStore()
+
+    async def main() -> None:
+        assert await store.claim("k", "first", ttl_seconds=60) is None
+        assert await store.claim("k", "second", ttl_seconds=60) == "first"
+        assert await store.recall("k") == "first" and await store.recall("other") is None
+        clock[0] += 61
+        assert await store.recall("k") is None
+        assert await store.claim("k", "third", ttl_seconds=60) is None  # expired claims are swept too
+        assert set(store._claims) == {"k"} and await store.recall("k") == "third"
+
+    asyncio.run(main())

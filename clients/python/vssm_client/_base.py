@@ -137,10 +137,20 @@ class BaseClient:
         return {**headers, **self._default_headers}
 
     def _build_request(
-        self, http: httpx.Client | httpx.AsyncClient, method: str, path: str, body: Any, stream: bool
+        self,
+        http: httpx.Client | httpx.AsyncClient,
+        method: str,
+        path: str,
+        body: Any,
+        stream: bool,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Request:
         return http.build_request(
-            method, self.base_url + path, json=body, headers=self._headers(stream), timeout=self.timeout
+            method,
+            self.base_url + path,
+            json=body,
+            headers={**self._headers(stream), **(headers or {})},
+            timeout=self.timeout,
         )
 
     def _retry_on_error(self, attempt: int, retries: int, error: httpx.TransportError, idempotent: bool) -> bool:

@@ -97,6 +97,7 @@ class Client(BaseClient):
         idempotent: bool = True,
         stream: bool = False,
         max_retries: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Send with retries; return a successful response (unread if ``stream``) or raise the typed error.
 
@@ -106,7 +107,7 @@ class Client(BaseClient):
         retries = self.max_retries if max_retries is None else max_retries
         attempt, lost = 0, False
         while True:
-            request = self._build_request(self._http, method, path, body, stream)
+            request = self._build_request(self._http, method, path, body, stream, headers)
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as e:
@@ -213,12 +214,13 @@ class AsyncClient(BaseClient):
         idempotent: bool = True,
         stream: bool = False,
         max_retries: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """See ``Client._request``."""
         retries = self.max_retries if max_retries is None else max_retries
         attempt, lost = 0, False
         while True:
-            request = self._build_request(self._http, method, path, body, stream)
+            request = self._build_request(self._http, method, path, body, stream, headers)
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError as e:

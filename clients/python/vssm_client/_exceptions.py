@@ -126,7 +126,8 @@ class SessionNotFoundError(NotFoundError):
 
 
 class ConflictError(APIStatusError):
-    """409: ``position_mismatch`` (stale ``expected_position``), ``session_busy`` or ``state_incompatible``."""
+    """409: ``position_mismatch`` (stale ``expected_position``), ``session_busy``, ``state_incompatible`` or
+    ``idempotency_key_reused``."""
 
 
 class RateLimitError(APIStatusError):
@@ -159,7 +160,7 @@ _STATUS_BY_CODE = {
     ),
     "invalid_api_key": 401,
     **dict.fromkeys(["model_not_found", "session_not_found", "not_found"], 404),
-    **dict.fromkeys(["position_mismatch", "session_busy", "state_incompatible"], 409),
+    **dict.fromkeys(["position_mismatch", "session_busy", "state_incompatible", "idempotency_key_reused"], 409),
     "body_too_large": 413,
     "overloaded": 429,
     **dict.fromkeys(["store_unavailable", "not_ready"], 503),

@@ -10,6 +10,7 @@ Without ``expected_position`` they are retried only when the server provably did
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -81,6 +82,11 @@ def _generate_body(
 def _prompt_length(prompt: Prompt) -> int:
     """Tokens a prompt adds: text models are byte-level, so text counts its UTF-8 bytes."""
     return len(prompt.encode("utf-8")) if isinstance(prompt, str) else len(prompt)
+
+
+def _once(idempotency_key: str | None) -> dict[str, str]:
+    """The ``Idempotency-Key`` header of one create or fork call, the same on each of its retries."""
+    return {"Idempotency-Key": idempotency_key or f"vssm-{uuid.uuid4().hex}"}
 
 
 def _busy_with_our_own_attempt(err: ConflictError, expected_position: int | None) -> bool:
@@ -353,8 +359,12 @@ class Sessions:
         ttl_seconds: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Session:
-        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``)."""
+        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
+
+        Retries carry one ``Idempotency-Key`` (``idempotency_key``, or a fresh one per call), so a
+        retry after a lost response returns the session the lost attempt made instead of a second one."""
         body = drop_none(
             model=model,
             prompt=prompt_value(prompt),
@@ -363,7 +373,8 @@ class Sessions:
             max_tokens=max_tokens,
             temperature=temperature,
         )
-        return Session(self._client, parse(self._client._request("POST", "/v1/sessions", body=body), SessionInfo))
+        response = self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
+        return Session(self._client, parse(response, SessionInfo))
 
     def get(self, session_id: str) -> Session:
         """Resume a session by id (from any process or replica); refreshes its TTL."""
@@ -437,13 +448,12 @@ class Sessions:
             return current
         return Session(self._client, parse(response, SessionInfo))
 
-    def fork(self, session_id: str, *, ttl_seconds: int | None = None) -> Session:
-        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state."""
+    def fork(self, session_id: str, *, ttl_seconds: int | None = None, idempotency_key: str | None = None) -> Session:
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``)."""
         body = drop_none(ttl_seconds=ttl_seconds)
-        return Session(
-            self._client,
-            parse(self._client._request("POST", _session_path(session_id, "fork"), body=body), SessionInfo),
-        )
+        path = _session_path(session_id, "fork")
+        response = self._client._request("POST", path, body=body, headers=_once(idempotency_key))
+        return Session(self._client, parse(response, SessionInfo))
 
     def delete(self, session_id: str) -> SessionDeleted:
         """``DELETE /v1/sessions/{id}``; a retry that finds it gone after a lost response counts as done."""
@@ -470,8 +480,11 @@ class AsyncSessions:
         ttl_seconds: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncSession:
-        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``)."""
+        """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
+
+        Made once, as in ``Sessions.create``."""
         body = drop_none(
             model=model,
             prompt=prompt_value(prompt),
@@ -480,7 +493,7 @@ class AsyncSessions:
             max_tokens=max_tokens,
             temperature=temperature,
         )
-        response = await self._client._request("POST", "/v1/sessions", body=body)
+        response = await self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
         return AsyncSession(self._client, parse(response, SessionInfo))
 
     async def get(self, session_id: str) -> AsyncSession:
@@ -556,10 +569,13 @@ class AsyncSessions:
             return current
         return AsyncSession(self._client, parse(response, SessionInfo))
 
-    async def fork(self, session_id: str, *, ttl_seconds: int | None = None) -> AsyncSession:
-        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state."""
+    async def fork(
+        self, session_id: str, *, ttl_seconds: int | None = None, idempotency_key: str | None = None
+    ) -> AsyncSession:
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``)."""
         body = drop_none(ttl_seconds=ttl_seconds)
-        response = await self._client._request("POST", _session_path(session_id, "fork"), body=body)
+        path = _session_path(session_id, "fork")
+        response = await self._client._request("POST", path, body=body, headers=_once(idempotency_key))
         return AsyncSession(self._client, parse(response, SessionInfo))
 
     async def delete(self, session_id: str) -> SessionDeleted:
