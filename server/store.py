@@ -19,6 +19,8 @@ from urllib.parse import urlparse, urlunparse
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,9 @@ class RedisStore:
         opts = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=False)
         if parsed.scheme in ("redis+cluster", "rediss+cluster"):
             plain = urlunparse(parsed._replace(scheme=parsed.scheme.replace("+cluster", "")))
-            self.client: Any = RedisCluster.from_url(plain, **opts)
+            # no retries of its own: a script resent after a timeout may run twice, and a compare-and-set
+            # that had committed would then report our own write as a conflict
+            self.client: Any = RedisCluster.from_url(plain, retry=Retry(NoBackoff(), 0), **opts)
             self.kind = "redis-cluster"
         else:
             self.client = aioredis.from_url(url, health_check_interval=10, **opts)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from server import store as store_mod
-from server.store import MemoryStore, SessionRecord
+from server.store import MemoryStore, RedisStore, SessionRecord
 
 
 def _rec(sid: str, ttl: int) -> SessionRecord:
@@ -50,3 +50,15 @@ def test_claims_keep_the_first_value_until_they_expire(monkeypatch):
         assert set(store._claims) == {"k"} and await store.recall("k") == "third"
 
     asyncio.run(main())
+
+
+def test_redis_clients_never_resend_a_command_themselves():
+    """A compare-and-set resent after a timeout could commit twice or report our own write as a conflict."""
+    for url in ("redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1"):
+        store = RedisStore(url)  # no connection is made until the first command
+        retry = (
+            store.client.retry
+            if url.startswith("redis+")
+            else store.client.connection_pool.make_connection().retry
+        )
+        assert retry is not None and retry._retries == 0, url
