@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/results.py --runs runs --checkpoints checkpoints --img docs/img
     .venv/bin/python scripts/results.py --ablations runs/abl --img docs/img
+    .venv/bin/python scripts/results.py --ablations runs/long --bundled mnist-vssm mnist-ar-ssm
 
 Prints the markdown tables; the plots go to ``--img``.  ``--ablations DIR`` summarises every run
 directory under DIR (what differs from the first run, steps, CPU minutes, validation curve) into
@@ -132,8 +133,11 @@ def _differs(cfg: dict, base: dict) -> str:
     return ", ".join(f"{k}={cfg[k]}" for k in keys) or "(control)"
 
 
-def ablations(root: Path, out_json: Path, img: Path) -> str:
-    """Summarise the run directories under ``root`` (sorted by name; the first is the control)."""
+def ablations(root: Path, out_json: Path, img: Path, bundled: dict[str, list[dict]] | None = None) -> str:
+    """Summarise the run directories under ``root`` (sorted by name; the first is the control).
+
+    ``bundled``: curves of bundled models (from ``docs/curves.json``, by name) drawn beside the runs,
+    dotted, against minutes; for runs with a longer budget than the bundled ones."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import dataclasses
 
@@ -208,6 +212,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         "| --- | --- | ---: | ---: | ---: |" + (" ---: |" if averaged else "") + " ---: |",
     ]
     top = worst_end = -math.inf
+    colours: dict[str, str] = {}  # family -> colour of its first run, for the bundled curves
     for r in runs:
         last = r["curve"][-1]
         # the KL per byte for text, as windows can differ in length
@@ -225,6 +230,7 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
         )
         ys = [scaled(r, c["nelbo"]) for c in r["curve"]]
         (line,) = ax.plot([c[x_key] for c in r["curve"]], ys, marker="o", label=r["name"])
+        colours.setdefault(r["config"]["family"], line.get_color())
         with_raw = [c for c in r["curve"] if "raw_nelbo" in c]
         if with_raw:
             ax.plot(
@@ -235,6 +241,16 @@ def ablations(root: Path, out_json: Path, img: Path) -> str:
                 label=f"{r['name']} (raw weights)",
             )
         top, worst_end = max(top, *ys), max(worst_end, ys[-1])
+    for name, curve in (bundled or {}).items():
+        if x_key == "minutes":
+            family = name.split("-", 1)[1]  # "mnist-ar-ssm" -> "ar-ssm"
+            ax.plot(
+                [c["minutes"] for c in curve],
+                [c["nll"] for c in curve],
+                linestyle=":",
+                color=colours.get(family),
+                label=f"{name} (bundled)",
+            )
     # a long KL warm-up starts far above the rest; cap the axis so the ends stay readable
     if top > 1.5 * worst_end:
         ax.set_ylim(top=1.5 * worst_end)
@@ -259,9 +275,15 @@ def main() -> int:
     p.add_argument("--ablations", type=Path, help="summarise the runs under this directory instead")
     p.add_argument("--ablations-json", type=Path, default=Path("docs/ablations.json"))
     p.add_argument("--curves-json", type=Path, default=Path("docs/curves.json"))
+    p.add_argument("--bundled", nargs="*", default=[], help="with --ablations: also draw these bundled models' curves")
     args = p.parse_args()
     if args.ablations:
-        sys.stdout.write(ablations(args.ablations, args.ablations_json, args.img) + "\n")
+        kept = json.loads(args.curves_json.read_text()) if args.bundled else {}
+        missing = [name for name in args.bundled if name not in kept]
+        if missing:
+            raise SystemExit(f"no curve for {', '.join(missing)} in {args.curves_json}")
+        bundled = {name: kept[name] for name in args.bundled}
+        sys.stdout.write(ablations(args.ablations, args.ablations_json, args.img, bundled) + "\n")
         return 0
     for ds in ("mnist", "shakespeare"):
         path = curves(args.runs, args.checkpoints, ds, args.img, args.curves_json)
