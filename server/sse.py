@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TypeVar
 
 from fastapi.responses import StreamingResponse
@@ -39,27 +40,23 @@ def error_event(exc: BaseException) -> bytes:
     return event(envelope(500, "internal_error", "internal server error"))
 
 
-async def started(events: AsyncIterator[T]) -> AsyncIterator[T]:
+async def started(events: AsyncGenerator[T, None]) -> AsyncIterator[T]:
     """Run ``events`` up to its first item now, before any byte is sent: a failure there (a busy
     session, an incompatible state, the store down) is then an ordinary HTTP error with its status,
     and only a failure after the first chunk goes in band."""
-    it = events.__aiter__()
     try:
-        first = await it.__anext__()
+        head = [await anext(events)]
     except StopAsyncIteration:
-        return _empty()
+        head = []
 
     async def rest() -> AsyncIterator[T]:
-        yield first
-        async for item in it:
-            yield item
+        async with contextlib.aclosing(events):  # closing the stream runs the producer's cleanup now
+            for item in head:
+                yield item
+            async for item in events:
+                yield item
 
     return rest()
-
-
-async def _empty() -> AsyncIterator[T]:
-    return
-    yield
 
 
 async def with_keepalive(

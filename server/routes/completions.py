@@ -46,14 +46,10 @@ async def create_completion(
     carry: list[list[int]] = [[] for _ in seeds]  # per choice: a partial UTF-8 character held back
 
     def completion(rows: list[list[int]], finished: bool, usage: Usage | None) -> Completion:
-        texts = []
+        choices = []
         for i, r in enumerate(rows):
             text, carry[i] = served.decode_chunk(r, carry[i], final=finished)
-            texts.append(text)
-        choices = [
-            CompletionChoice(index=i, text=t, tokens=r, finish_reason="length" if finished else None)
-            for i, (t, r) in enumerate(zip(texts, rows, strict=True))
-        ]
+            choices.append(CompletionChoice(index=i, text=text, tokens=r, finish_reason="length" if finished else None))
         return Completion(id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed)
 
     usage = Usage(

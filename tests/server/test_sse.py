@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pydantic import BaseModel
 
 from server.errors import APIError
-from server.sse import with_keepalive
+from server.sse import started, with_keepalive
 
 
 class Item(BaseModel):
@@ -42,6 +42,27 @@ def test_error_after_first_item_is_in_band():
     out = asyncio.run(main())
     assert out[0] == b'data: {"n":1}\n\n'
     assert b'"code": "session_busy"' in out[1] and len(out) == 2  # no [DONE] after an error
+
+
+def test_a_started_stream_closed_between_chunks_closes_its_producer_at_once():
+    """``started`` reads the first chunk ahead; closing the stream must still run the producer's cleanup
+    (it releases the admission slot), not leave it to garbage collection."""
+    cleaned = asyncio.Event()
+
+    async def producer() -> AsyncIterator[Item]:
+        try:
+            yield Item(n=1)
+            yield Item(n=2)
+        finally:
+            cleaned.set()
+
+    async def main() -> None:
+        stream = with_keepalive(await started(producer()), keepalive=10.0)
+        assert await stream.__anext__() == b'data: {"n":1}\n\n'
+        await stream.aclose()  # the client left after the first chunk
+        assert cleaned.is_set()
+
+    asyncio.run(main())
 
 
 def test_client_leaving_mid_chunk_closes_the_producer_cleanly():

@@ -56,9 +56,5 @@ def test_redis_clients_never_resend_a_command_themselves():
     """A compare-and-set resent after a timeout could commit twice or report our own write as a conflict."""
     for url in ("redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1"):
         store = RedisStore(url)  # no connection is made until the first command
-        retry = (
-            store.client.retry
-            if url.startswith("redis+")
-            else store.client.connection_pool.make_connection().retry
-        )
+        retry = store.client.retry if url.startswith("redis+") else store.client.connection_pool.make_connection().retry
         assert retry is not None and retry._retries == 0, url
