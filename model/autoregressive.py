@@ -51,11 +51,15 @@ class ARModel(SequenceModel):
         """Teacher-forced NLL ``(B,)`` in nats of ``x[:, prompt_len:]``, with gradients (training)."""
         return self.token_nll(x)[:, prompt_len:].sum(-1)
 
-    def token_nll(self, x: Tensor) -> Tensor:
-        """``-log p(x_t | x_<t)`` of every step, ``(B, T)`` nats, teacher-forced."""
+    def logits(self, x: Tensor) -> Tensor:
+        """Teacher-forced logits of ``p(x_t | x_<t)`` for every step of ``x`` ``(B, T)`` -> ``(B, T, V)``."""
         inp = torch.cat([torch.full_like(x[:, :1], self.bos_token), x[:, :-1]], dim=1)  # (B, T)
         logits, _ = self._net_forward(inp, None, return_state=False)  # (B, T, V)
-        return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")  # (B, T)
+        return logits
+
+    def token_nll(self, x: Tensor) -> Tensor:
+        """``-log p(x_t | x_<t)`` of every step, ``(B, T)`` nats, teacher-forced."""
+        return F.cross_entropy(self.logits(x).transpose(1, 2), x, reduction="none")  # (B, T)
 
     def _nll(self, x: Tensor, prompt_len: int = 0) -> Tensor:
         return self.loss(x, prompt_len)

@@ -67,6 +67,12 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test sequences")
     p.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        help="skip the first N test sequences (with --limit: one shard of a long evaluation, run in parallel)",
+    )
+    p.add_argument(
         "--prompted-limit",
         type=int,
         default=1000,

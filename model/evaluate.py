@@ -173,6 +173,10 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     ds = load_dataset(dataset, args.data_dir)
     seq_len = ds.max_position or args.seq_len
     seqs = eval_sequences(ds.test, seq_len)
+    offset = args.offset
+    if not 0 <= offset < len(seqs):
+        raise SystemExit(f"--offset {offset} is outside the {len(seqs)} test sequences")
+    seqs = seqs[offset:]
     if args.limit:
         seqs = seqs[: args.limit]
     t0 = time.perf_counter()
@@ -207,6 +211,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         "command": "vssm eval " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else []),
         "eval_seconds": None,
     }
+    if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
+        result["test"]["offset"] = offset
     result["eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:

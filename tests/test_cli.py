@@ -131,6 +131,18 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     assert result["parameters"]["generation"] < result["parameters"]["total"]
     assert result["training"]["machine"].endswith(" CPUs")  # the budget's machine, from the checkpoint
 
+    # shards of a long evaluation: each sequence's draws are its own, so two halves pool to the whole
+    halves = []
+    for offset in (0, 3):
+        path = tmp_path / f"shard{offset}.json"
+        run("-m", "model", "eval", str(ckpt), "--offset", str(offset), "--limit", "3", "--samples", "4",
+            "--prompted-limit", "1", "--batch-size", "2", "--out", str(path))  # fmt: skip
+        halves.append(json.loads(path.read_text()))
+    assert halves[1]["test"] == {"sequences": 3, "tokens_per_sequence": 784, "offset": 3}
+    for k in ("1", "4"):
+        pooled = (halves[0]["nll"]["iw_curve"][k] + halves[1]["nll"]["iw_curve"][k]) / 2
+        assert pooled == pytest.approx(curve[k], rel=1e-5)
+
     run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
     run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid-t0.3"), "--n", "2", "--temperature", "0.3")
     names = ("grid-unconditional.png", "grid-prompted.png", "grid-t0.3-unconditional.png", "grid-t0.3-prompted.png")

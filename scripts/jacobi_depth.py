@@ -1,0 +1,128 @@
+"""How many parallel passes an autoregressive model needs to generate exactly: fixed-point decoding.
+
+Glossary of axis letters:
+    N  sequences   T  sequence length   V  vocabulary size   k  passes
+
+An autoregressive model that draws x_t by inverse CDF from one uniform u_t is a deterministic
+function of u_1:T, so it is a latent-variable model of the VSSM's kind: u is the latent, uniform
+and independent over steps, and x_t depends on u_1:t only.  Its "decoder" can run in parallel by
+fixed-point (Jacobi) iteration: start from any x^(0), and pass k computes every x^(k)_t at once
+from the teacher-forced conditionals given x^(k-1)_<t.  Pass k is exact for t <= k and the
+iteration reaches the model's own sample after at most T passes.  How many it needs in practice
+measures how deep the chain of dependencies is that a one-pass decoder would have to unroll.
+
+Two measurements, on the first ``--images`` test sequences:
+  - posterior latents: u_t drawn uniformly from the interval that gives the real token x_t (the
+    exact posterior of u given x); wrong tokens per sequence after k passes, against the real x;
+  - prior latents: u_t from the same keyed stream as ``model.generate``; passes until the
+    iteration stops changing, and whether its fixed point equals the sequential sample.
+
+    .venv/bin/python scripts/jacobi_depth.py checkpoints/mnist-ar-ssm.safetensors --images 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import torch
+from torch import Tensor
+
+from model import load_checkpoint
+from model.autoregressive import ARModel
+from model.checkpoint import read_metadata
+from model.data import eval_sequences, load_dataset
+from model.sampling import STREAM_TOKEN, as_seed_tensor, keyed_uniform, sample_categorical
+
+log = logging.getLogger("jacobi_depth")
+
+
+def jacobi_pass(model: ARModel, x: Tensor, u: Tensor) -> Tensor:
+    """One parallel pass: every x_t drawn with ``u_t`` from ``p(x_t | x_<t)`` given the current ``x`` ``(N, T)``."""
+    return sample_categorical(model.logits(x), u, 1.0)  # (N, T)
+
+
+def posterior_uniforms(model: ARModel, x: Tensor, generator: torch.Generator) -> Tensor:
+    """``u`` ``(N, T)`` uniform within the CDF interval of the real token: ``x`` is what they decode to."""
+    probs = torch.softmax(model.logits(x), -1)  # (N, T, V)
+    p_x = probs.gather(-1, x[..., None])[..., 0]  # (N, T)
+    below = probs.cumsum(-1).gather(-1, x[..., None])[..., 0] - p_x  # (N, T) mass of the tokens before x_t
+    r = torch.rand(x.shape, dtype=torch.float64, generator=generator).clamp(1e-6, 1 - 1e-6)  # (N, T)
+    return below + r * p_x
+
+
+def passes_to_fixed_point(model: ARModel, u: Tensor, max_passes: int) -> tuple[Tensor, Tensor]:
+    """Iterate from all-zero tokens with latents ``u`` ``(N, T)``: the last iterate ``(N, T)`` and, per
+    row, the first pass whose result the next pass left unchanged ``(N,)`` (-1: not reached)."""
+    xk = torch.zeros(u.shape, dtype=torch.long, device=u.device)
+    passes = torch.full(u.shape[:1], -1, dtype=torch.long)
+    for k in range(1, max_passes + 1):
+        nxt = jacobi_pass(model, xk, u)
+        still = (nxt != xk).any(1).cpu()  # (N,)
+        passes[(passes < 0) & ~still] = k - 1  # pass k changed nothing: the fixed point came at pass k - 1
+        xk = nxt
+        if not still.any():
+            break
+    return xk, passes
+
+
+@torch.no_grad()
+def measure(model: ARModel, x: Tensor, max_passes: int, report: list[int], seed: int) -> dict:
+    N, T = x.shape
+    u = posterior_uniforms(model, x, torch.Generator().manual_seed(seed))  # (N, T)
+    xk = torch.zeros_like(x)
+    posterior = {}
+    for k in range(1, max(report) + 1):
+        xk = jacobi_pass(model, xk, u)
+        if k in report:
+            wrong = (xk != x).sum(1).double()  # (N,)
+            posterior[k] = {
+                "wrong_per_sequence": float(wrong.mean()),
+                "exact_fraction": float((wrong == 0).double().mean()),
+            }
+            log.info("posterior latents, pass %d: %.2f wrong tokens per sequence", k, wrong.mean())
+
+    seeds = as_seed_tensor(list(range(seed, seed + N)), N)
+    u = keyed_uniform(seeds, torch.arange(T)[None].expand(N, T), STREAM_TOKEN, 1, model.dtype)[..., 0]  # (N, T)
+    fixed, done = passes_to_fixed_point(model, u, max_passes)
+    sequential, _ = model.generate(model.start(torch.zeros(N, 0, dtype=torch.long), seeds), T, resumable=False)
+    converged = done >= 0
+    passes = done[converged].double()
+    prior = {
+        "converged_fraction": float(converged.double().mean()),
+        "passes_median": float(passes.median()) if len(passes) else None,
+        "passes_p90": float(passes.quantile(0.9)) if len(passes) else None,
+        "passes_max": float(passes.max()) if len(passes) else None,
+        "equals_sequential_sample": float((fixed == sequential).all(1).double().mean()),
+    }
+    log.info("prior latents: %s", prior)
+    return {"sequences": N, "tokens_per_sequence": T, "posterior_latents": posterior, "prior_latents": prior}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", help="an autoregressive checkpoint (ar-ssm, ar-gru, ar-transformer)")
+    p.add_argument("--images", type=int, default=100, help="test sequences to measure on")
+    p.add_argument("--max-passes", type=int, default=200, help="stop the prior-latent iteration after this many")
+    p.add_argument("--report", default="1,2,4,8,16,24,32,40,50,60", help="passes to report for posterior latents")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    # float64 throughout, so that a decision at a CDF boundary does not depend on the pass's rounding
+    model = load_checkpoint(args.checkpoint).double().eval()
+    if not isinstance(model, ARModel):
+        raise SystemExit(f"{args.checkpoint} is a {model.family} model, not an autoregressive one")
+    ds = load_dataset(read_metadata(args.checkpoint)["dataset"], args.data_dir)
+    x = eval_sequences(ds.test, ds.max_position or 256)[: args.images]
+    report = sorted({int(k) for k in args.report.split(",")})
+    out = {"checkpoint": args.checkpoint, **measure(model, x, args.max_passes, report, args.seed)}
+    sys.stdout.write(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The analysis scripts' own claims, on tiny float64 models (no data, no checkpoints)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from model.autoregressive import ARSSM, ARSSMConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tiny_ar(seed: int = 0) -> ARSSM:
+    torch.manual_seed(seed)
+    return ARSSM(ARSSMConfig(vocab_size=3, width=8, state_size=4, layers=2)).double().eval()
+
+
+@torch.no_grad()
+def test_posterior_uniforms_decode_to_the_real_tokens_in_one_pass_from_the_real_context():
+    jd, model = _script("jacobi_depth"), _tiny_ar()
+    x = torch.randint(0, 3, (5, 40))
+    u = jd.posterior_uniforms(model, x, torch.Generator().manual_seed(1))
+    assert ((u > 0) & (u < 1)).all()
+    assert torch.equal(jd.jacobi_pass(model, x, u), x)
+
+
+@torch.no_grad()
+def test_fixed_point_decoding_is_exact_up_to_pass_k_and_ends_at_the_sequential_sample():
+    jd, model = _script("jacobi_depth"), _tiny_ar(1)
+    N, T = 6, 30
+    x = torch.randint(0, 3, (N, T))
+    out = jd.measure(model, x, max_passes=T + 1, report=[1, 5, T], seed=3)
+    prior = out["prior_latents"]
+    assert prior["converged_fraction"] == 1.0 and prior["equals_sequential_sample"] == 1.0
+    assert 0 < prior["passes_max"] <= T
+    # from the real tokens' posterior latents, T passes always rebuild the real tokens
+    assert out["posterior_latents"][T]["exact_fraction"] == 1.0
+    # and pass k is right on the first k tokens whatever the start
+    u = jd.posterior_uniforms(model, x, torch.Generator().manual_seed(2))
+    xk = torch.ones_like(x)
+    for k in range(1, 6):
+        xk = jd.jacobi_pass(model, xk, u)
+        assert torch.equal(xk[:, :k], x[:, :k])
+
+
+@torch.no_grad()
+def test_passes_to_fixed_point_counts_the_first_pass_that_reached_it():
+    jd, model = _script("jacobi_depth"), _tiny_ar(2)
+    u = torch.rand(8, 25, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    fixed, passes = jd.passes_to_fixed_point(model, u, max_passes=26)
+    iterates = [torch.zeros(8, 25, dtype=torch.long)]
+    for _ in range(26):
+        iterates.append(jd.jacobi_pass(model, iterates[-1], u))
+    for row in range(8):
+        first = min(k for k in range(27) if all(torch.equal(it[row], fixed[row]) for it in iterates[k:]))
+        assert passes[row] == first
+    assert (passes > 1).any()  # the tiny model's rows do not all settle at once
