@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 
@@ -35,6 +36,7 @@ from model import load_checkpoint
 from model.autoregressive import ARModel
 from model.checkpoint import read_metadata
 from model.data import eval_sequences, load_dataset
+from model.evaluate import generation_seconds
 from model.sampling import STREAM_TOKEN, as_seed_tensor, keyed_uniform, sample_categorical
 
 log = logging.getLogger("jacobi_depth")
@@ -103,21 +105,15 @@ def measure(model: ARModel, x: Tensor, max_passes: int, report: list[int], seed:
 
 
 @torch.no_grad()
-def batch1_seconds(model: ARModel, T: int) -> dict[str, float]:
+def batch1_seconds(model: ARModel, T: int, repeats: int = 5) -> dict[str, float]:
     """Best-of wall clock at batch 1: one parallel pass over ``T`` tokens, and ``T`` sequential steps."""
-
-    def best(fn, repeats: int) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
     x = torch.zeros(1, T, dtype=torch.long)
-    empty = torch.zeros(1, 0, dtype=torch.long)
-    one = best(lambda: model.logits(x), 5)
-    sequential = best(lambda: model.generate(model.start(empty, 0), T, resumable=False), 3)
+    one = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.logits(x)
+        one = min(one, time.perf_counter() - t0)
+    sequential = generation_seconds(model, T, 1)  # the same best-of-3 timing as `vssm eval`
     return {"one_pass": one, "sequential": sequential, "ratio": sequential / one}
 
 
@@ -135,11 +131,11 @@ def main() -> int:
     model = load_checkpoint(args.checkpoint).eval()
     if not isinstance(model, ARModel):
         raise SystemExit(f"{args.checkpoint} is a {model.family} model, not an autoregressive one")
-    timing = batch1_seconds(model, model.max_position or 256)  # in the served dtype
+    ds = load_dataset(read_metadata(args.checkpoint)["dataset"], args.data_dir)
+    x = eval_sequences(ds.test, ds.max_position or 256)[: args.images]  # text: the eval's 256-byte windows
+    timing = batch1_seconds(model, x.shape[1])  # in the served dtype
     # then float64 throughout, so that a decision at a CDF boundary does not depend on a pass's rounding
     model = model.double()
-    ds = load_dataset(read_metadata(args.checkpoint)["dataset"], args.data_dir)
-    x = eval_sequences(ds.test, ds.max_position or 256)[: args.images]
     report = sorted({int(k) for k in args.report.split(",")})
     out = {
         "checkpoint": args.checkpoint,
