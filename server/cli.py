@@ -21,7 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--redis-url", help="redis://, rediss:// or redis+cluster:// URL (VSSM_REDIS_URL); none: in-process store"
     )
     p.add_argument("--device", help="auto | cpu | cuda (VSSM_DEVICE)")
-    p.add_argument("--api-keys", help="comma-separated Bearer keys (VSSM_API_KEYS)")
+    p.add_argument(
+        "--api-keys",
+        help="comma-separated Bearer keys (VSSM_API_KEYS); a command line is visible to every local user, "
+        "so prefer the variable or --api-keys-file",
+    )
+    p.add_argument("--api-keys-file", help="file of Bearer keys, one per line (VSSM_API_KEYS_FILE)")
     p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (they share the store)")
     p.set_defaults(func=_serve)
     args = parser.parse_args(argv)
@@ -39,14 +44,12 @@ def _serve(args) -> None:
 
     overrides = {
         k: getattr(args, k)
-        for k in ("host", "port", "checkpoints", "redis_url", "device", "api_keys")
+        for k in ("host", "port", "checkpoints", "redis_url", "device", "api_keys", "api_keys_file")
         if getattr(args, k) is not None
     }
     settings = Settings(**overrides)
-    if args.workers > 1:  # worker processes rebuild the app from the environment
-        for k, v in settings.model_dump().items():
-            if v is not None:
-                os.environ[f"VSSM_{k.upper()}"] = ",".join(v) if isinstance(v, list) else str(v)
+    if args.workers > 1:  # worker processes rebuild the app from the environment (never a command line)
+        os.environ.update(settings.to_environment())
         uvicorn.run(
             "server.app:create_app",
             factory=True,
