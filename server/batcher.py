@@ -40,6 +40,7 @@ class _Job:
     temperature: float
     resumable: bool
     future: asyncio.Future = field(repr=False)
+    encode: bool = False  # return the next state serialised (the last step of a stored session's job)
 
     @property
     def key(self) -> tuple:
@@ -99,9 +100,18 @@ class Batcher:
         return tokens, nxt
 
     async def append(self, state: GenState, tokens: torch.Tensor) -> GenState:
-        _, nxt = await self._submit(_Job("append", state, tokens.shape[1], tokens, 1.0, True, self._future()))
-        assert isinstance(nxt, GenState)
-        return nxt
+        """``state`` after ``tokens`` ``(rows, n)``, one job per window of the model's ``append_window``:
+        between two windows of a long prompt, jobs of other requests and models take their turn in
+        the worker, so the prompt delays them by one window, not by all of it."""
+        for piece in self._windows(tokens):
+            _, nxt = await self._submit(_Job("append", state, piece.shape[1], piece, 1.0, True, self._future()))
+            assert isinstance(nxt, GenState)
+            state = nxt
+        return state
+
+    def _windows(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        w = self.served.model.append_window
+        return [tokens[:, i : i + w] for i in range(0, tokens.shape[1], w)]
 
     async def generate_stored(self, blob: bytes, n: int, temperature: float) -> tuple[torch.Tensor, bytes]:
         """``generate`` for one session's serialised state, returning the next state serialised.
@@ -110,15 +120,25 @@ class Batcher:
         a state that does not decode or belongs to other weights fails this job alone
         (:class:`model.StateError`).
         """
-        tokens, nxt = await self._submit(_Job("generate", blob, n, None, temperature, True, self._future()))
+        tokens, nxt = await self._submit(
+            _Job("generate", blob, n, None, temperature, True, self._future(), encode=True)
+        )
         assert isinstance(nxt, bytes)
         return tokens, nxt
 
     async def append_stored(self, blob: bytes, tokens: torch.Tensor) -> bytes:
-        """``append`` for one session's serialised state (see :meth:`generate_stored`)."""
-        _, nxt = await self._submit(_Job("append", blob, tokens.shape[1], tokens, 1.0, True, self._future()))
-        assert isinstance(nxt, bytes)
-        return nxt
+        """``append`` for one session's serialised state (see :meth:`generate_stored`), window by window."""
+        state: GenState | bytes = blob
+        pieces = self._windows(tokens)
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            _, nxt = await self._submit(
+                _Job("append", state, piece.shape[1], piece, 1.0, True, self._future(), encode=last)
+            )
+            assert nxt is not None
+            state = nxt
+        assert isinstance(state, bytes)
+        return state
 
     # ----- the loop ---------------------------------------------------------------------------------
     @staticmethod
@@ -220,8 +240,5 @@ class Batcher:
             start += st.batch_size
             part = None if nxt is None else nxt.rows(rows)
             # a stored session gets its next state back serialised, still in this thread
-            results[i] = (
-                out[rows].cpu(),
-                part.to_bytes() if part is not None and isinstance(job.state, bytes) else part,
-            )
+            results[i] = (out[rows].cpu(), part.to_bytes() if part is not None and job.encode else part)
         return results

@@ -29,12 +29,25 @@ def check_tokens(ctx: Context, served: ServedModel, position: int, n: int) -> No
     served.check_room(position, n)
 
 
+def check_prompt(ctx: Context, served: ServedModel, n: int) -> None:
+    """One request's prompt or append: at most the server's limit for this model (memory no longer
+    grows with it, but the time to read it does)."""
+    limit = ctx.settings.prompt_limit(served.id)
+    if n > limit:
+        raise bad_request(
+            "prompt_too_long",
+            f"a prompt of {n} tokens is above this server's limit {limit} for model {served.id}",
+            "prompt",
+        )
+
+
 @router.post("/completions", response_model=None)
 async def create_completion(
     body: CompletionCreate, request: Request, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
 ):
     served = registry.get(body.model)
     prompt = served.encode(body.prompt)
+    check_prompt(ctx, served, len(prompt))
     if body.n > ctx.settings.max_n:
         raise bad_request("n_exceeded", f"n {body.n} is above this server's limit {ctx.settings.max_n}", "n")
     check_tokens(ctx, served, len(prompt), body.max_tokens)

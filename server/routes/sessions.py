@@ -35,7 +35,7 @@ from ..schemas import (
 )
 from ..sse import sse_response, started, with_keepalive
 from ..store import SessionRecord
-from .completions import DEFAULT_CHUNK, check_tokens
+from .completions import DEFAULT_CHUNK, check_prompt, check_tokens
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -152,6 +152,7 @@ async def create_session(
 async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: str, ttl: int) -> Session:
     served = registry.get(body.model)
     prompt = served.encode(body.prompt)
+    check_prompt(ctx, served, len(prompt))
     served.check_room(len(prompt), 0, "prompt")
     if body.max_tokens:
         check_tokens(ctx, served, len(prompt), body.max_tokens)
@@ -245,6 +246,7 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
     ):
         return public(rec)  # the retry of an append that already committed
     _check_position(rec, body.expected_position)
+    check_prompt(ctx, served, len(tokens))
     served.check_room(rec.position, len(tokens), "prompt")
     if not tokens:
         return public(rec)
