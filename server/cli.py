@@ -10,6 +10,8 @@ from model.cli import build_parser
 
 from .config import Settings
 
+HTTP_PROTOCOL = "server.protocol:HTTPProtocol"  # uvicorn's, with the error envelope on its own 400s
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, sub = build_parser("vssm")
@@ -57,11 +59,18 @@ def _serve(args) -> None:
             port=settings.port,
             workers=args.workers,
             log_level=settings.log_level,
+            http=HTTP_PROTOCOL,
         )
         return
     from .app import create_app
 
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        http=HTTP_PROTOCOL,
+    )
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ Prompt = (
     Annotated[str, Field(max_length=1_000_000)]
     | Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1_000_000)]
 )
-Temperature = Annotated[float, Field(ge=0.0, le=5.0)]
+Temperature = Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)]  # NaN: "not a finite number"
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: the contract's types, no coercion ("2" is not a token count, "yes" not a bool, true not a token)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ----- models ---------------------------------------------------------------------------------------
@@ -42,7 +43,8 @@ class ModelList(BaseModel):
 
 # ----- completions (OpenAI shape) ---------------------------------------------------------------------
 class CompletionCreate(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (top_p, user, ...)
+    # OpenAI clients send fields we do not use (top_p, user, ...); strict as _Request
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str = Field(min_length=1, max_length=200)
     prompt: Prompt = ""

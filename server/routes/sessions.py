@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -104,7 +105,12 @@ def _ttl(ctx: Context, ttl: int | None) -> int:
     return ttl
 
 
+SESSION_ID = re.compile(r"sess_[0-9a-f]{32}")
+
+
 async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
+    if not SESSION_ID.fullmatch(sid):  # not an id we make: no store call, and no echo of what may be huge
+        raise not_found("session_not_found", "no session has this id")
     rec = await ctx.store_call("get", ctx.store.get(sid))
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()

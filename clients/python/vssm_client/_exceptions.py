@@ -156,10 +156,22 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 # For in-band stream errors, which carry no status of their own.
 _STATUS_BY_CODE = {
     **dict.fromkeys(
-        ["invalid_field", "invalid_token", "max_tokens_exceeded", "max_position_exceeded", "text_not_supported"], 400
+        [
+            "invalid_field",
+            "invalid_token",
+            "max_tokens_exceeded",
+            "max_position_exceeded",
+            "prompt_too_long",
+            "n_exceeded",
+            "ttl_exceeded",
+            "text_not_supported",
+            "http_error",
+        ],
+        400,
     ),
     "invalid_api_key": 401,
     **dict.fromkeys(["model_not_found", "session_not_found", "not_found"], 404),
+    "method_not_allowed": 405,
     **dict.fromkeys(["position_mismatch", "session_busy", "state_incompatible", "idempotency_key_reused"], 409),
     "body_too_large": 413,
     "overloaded": 429,
