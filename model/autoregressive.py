@@ -78,7 +78,7 @@ class ARModel(SequenceModel):
         return state.evolve(position=state.position + tokens.shape[1], logits=logits[:, -1], **net)
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
     ) -> tuple[Tensor, GenState | None]:
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         logits, net = state["logits"], self._net_state(state)

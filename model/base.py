@@ -44,6 +44,9 @@ class SequenceModel(nn.Module):
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+        # block size that generate() uses when none is given (None: one parallel pass); a setting
+        # of the served model, kept in its checkpoint's metadata, not a weight
+        self.default_block_size: int | None = None
         self._fp_key: tuple | None = None
         self._fp: str = ""
 
@@ -96,15 +99,50 @@ class SequenceModel(nn.Module):
         return self.append(state, prompt) if prompt.shape[1] > 0 else state
 
     def generate(
-        self, state: GenState, n: int, temperature: float | Tensor = 1.0, resumable: bool = True
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor = 1.0,
+        resumable: bool = True,
+        block_size: int | Tensor | None = None,
     ) -> tuple[Tensor, GenState | None]:
-        """Sample the next ``n`` tokens ``(B, n)``; ``resumable=False`` skips the next state."""
+        """Sample the next ``n`` tokens ``(B, n)``; ``resumable=False`` skips the next state.
+
+        ``block_size`` (an int, or one per row ``(B,)``; None: :attr:`default_block_size`): the
+        VSSM samples in blocks of that many positions, aligned to absolute positions, each block
+        read back before the next (docs/design.md, "Blocks"); a size at or past the maximum
+        position is one parallel pass.  Autoregressive families accept it and sample token by token.
+        """
         self.check_state(state)
         self._check_room(state, n)
+        blocks = self.block_sizes(block_size, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
         with torch.no_grad():
-            return self._generate(state, n, temperature, resumable)
+            return self._generate(state, n, temperature, resumable, blocks)
+
+    def block_sizes(self, block_size: int | Tensor | None, batch: int) -> Tensor:
+        """Per-row block sizes ``(B,)`` int64, 0 for one pass (no boundary before the maximum position).
+
+        ``block_size``: None (the default), an int >= 1, or a ``(B,)`` tensor whose 0s mean one pass.
+        """
+        if block_size is None:
+            if self.default_block_size is None:
+                return torch.zeros(batch, dtype=torch.long, device=self.device)
+            block_size = self.default_block_size
+        if isinstance(block_size, bool) or (isinstance(block_size, Tensor) and block_size.is_floating_point()):
+            raise ValueError(f"block_size must be an integer, got {block_size!r}")
+        sizes = torch.as_tensor(block_size, dtype=torch.long, device=self.device).reshape(-1)
+        if sizes.numel() == 1:
+            sizes = sizes.expand(batch)
+        elif sizes.numel() != batch:
+            raise ValueError(f"got {sizes.numel()} block sizes for a batch of {batch}")
+        # in a per-row tensor 0 stands for "one pass" (rows of a batch may differ), an int must be >= 1
+        if bool((sizes < (0 if isinstance(block_size, Tensor) else 1)).any()):
+            raise ValueError("block_size must be >= 1")
+        if self.max_position is not None:
+            sizes = torch.where(sizes >= self.max_position, 0, sizes)
+        return sizes.contiguous()
 
     # Observed tokens are read this many at a time, each window one ``_append`` from the state the
     # previous one left, so peak memory does not grow with the prompt: an SSM's parallel pass builds
@@ -149,7 +187,7 @@ class SequenceModel(nn.Module):
         raise NotImplementedError
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
     ) -> tuple[Tensor, GenState | None]:
         raise NotImplementedError
 

@@ -64,6 +64,7 @@ def save_checkpoint(model: SequenceModel, path: str | Path, extra: dict[str, str
         "family": model.family,
         "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
         "fingerprint": model.fingerprint,
+        **({"default_block_size": str(model.default_block_size)} if model.default_block_size else {}),
         **(extra or {}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -126,5 +127,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Seq
         raise CheckpointError(
             f"{path}: weights hash {model.fingerprint} differs from the recorded {recorded}: corrupt file"
         )
+    block = meta.get("default_block_size")
+    if block is not None:
+        if not block.isdigit() or int(block) < 1:
+            raise CheckpointError(f"{path}: default_block_size must be a positive integer, got {block!r}")
+        model.default_block_size = int(block)
     log.info("loaded %s (%s, %d parameters) from %s", model.family, model.fingerprint, model.num_parameters(), path)
     return model.to(device).eval()

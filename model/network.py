@@ -83,6 +83,15 @@ class SSMBlock(nn.Module):
         # contiguous: GELU's backward over the strided transpose of the FFT output is 2-4x slower
         return x + self._mix(y.transpose(1, 2).contiguous(), n), nxt  # (B, T, H)
 
+    def forward_blocks(self, x_a: Tensor, x_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """Both streams of :meth:`S4D.forward_blocks` through the block, ``(B, T, H)`` each."""
+        n_a, n_m = self.norm(x_a), self.norm(x_m)  # (B, T, H)
+        y_a, y_m = self.ssm.forward_blocks(n_a.transpose(1, 2), n_m.transpose(1, 2), block)  # (B, H, T)
+        return (
+            x_a + self._mix(y_a.transpose(1, 2).contiguous(), n_a),
+            x_m + self._mix(y_m.transpose(1, 2).contiguous(), n_m),
+        )
+
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         n = self.norm(x_t)  # (B, H)
         y, nxt = self.ssm.step(n, state)  # (B, H)
@@ -157,6 +166,22 @@ class SSMNet(nn.Module):
         for i, block in enumerate(self.blocks[: max(self.est_at, default=-1) + 1]):
             h = self._estimate(block(h, None, None, False)[0], i, estimates)  # (B, T, H)
         return estimates
+
+    def forward_blocks(self, x_a: Tensor, x_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """Every block of ``block`` steps continued from an absorbed prefix, in one pass from the zero state.
+
+        ``x_a`` and ``x_m`` are inputs as in :meth:`forward`, ``(B, T)`` or ``(B, T, I)``.  Returns the
+        logits ``(B, T, O)`` over ``x_a`` and the mixed logits ``(B, T, O)``: at step t of the block
+        starting at s, the network's output at t over ``x_a[:, :s] ++ x_m[:, s:t+1]`` (what block
+        sampling computes block by block from states, ``docs/design.md``; tested against that).
+        The absorbed stream's head costs little next to the blocks, so both are returned.
+        """
+        if self.est_at:
+            raise ValueError("block passes do not support inner estimates")
+        h_a, h_m = self.inp(x_a), self.inp(x_m)  # (B, T, H)
+        for block_layer in self.blocks:
+            h_a, h_m = block_layer.forward_blocks(h_a, h_m, block)
+        return self.head(self.norm(h_a)), self.head(self.norm(h_m))
 
     def _run(
         self,

@@ -16,10 +16,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["STREAM_LATENT", "STREAM_TOKEN", "as_seed_tensor", "keyed_uniform", "sample_categorical"]
+__all__ = ["STREAM_ABSORB", "STREAM_LATENT", "STREAM_TOKEN", "as_seed_tensor", "keyed_uniform", "sample_categorical"]
 
 STREAM_LATENT = 1  # latents z_t of the VSSM
 STREAM_TOKEN = 2  # tokens x_t of every family
+STREAM_ABSORB = 3  # latents of the VSSM re-drawn when a block's generated tokens are absorbed
 
 _M32 = 0xFFFFFFFF
 

@@ -206,6 +206,24 @@ class S4D(nn.Module):
             return y, self._advance(u, state, tens)
         return y, self._state_at(u, state, lengths)
 
+    def forward_blocks(self, u_a: Tensor, u_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """Two streams from the zero state, for training and bounds of block sampling.
+
+        ``u_a`` ``(B, H, T)`` is the absorbed stream; ``u_m`` ``(B, H, T)`` the blocks' own inputs.
+        Returns ``y_a`` (the layer over ``u_a``) and ``y_m``, whose step t in block
+        ``[s, s + block)`` is the layer's output at t over ``u_a[:s] ++ u_m[s:t+1]``: every block
+        continued from the absorbed prefix, all blocks in one pass.  Since the layer is linear in
+        its input, ``y_m = K * u_a + K *_blk (u_m - u_a) + D u_m`` with ``*_blk`` the convolution
+        restricted to within a block: no per-block states are ever materialised.
+        """
+        _Bsz, _H, T = u_a.shape
+        dtA, _, B_bar, C = self.discretize()
+        K = self._kernel(dtA, C * B_bar, T)  # (H, T)
+        conv_a = torch.fft.irfft(torch.fft.rfft(u_a, n=2 * T) * torch.fft.rfft(K, n=2 * T), n=2 * T)[..., :T]
+        y_a = conv_a + u_a * self.D[:, None]  # (B, H, T)
+        y_m = conv_a + _block_conv(u_m - u_a, K, min(block, T)) + u_m * self.D[:, None]  # (B, H, T)
+        return y_a, y_m
+
     def _advance(self, u: Tensor, state: Tensor | None, tens: dict[str, Tensor]) -> Tensor:
         """State after all of ``u`` ``(B, H, T)``, from ``state`` (None: zeros)."""
         ri = torch.einsum("bht,hkt->bhk", u, tens["B_rev"])  # (B, H, 2N) real and imaginary parts
@@ -229,3 +247,24 @@ class S4D(nn.Module):
         nxt = Lam * state + B_bar * u_t[..., None].to(Lam.dtype)  # (B, H, N)
         y = (nxt * C).sum(-1).real + self.D * u_t  # (B, H)
         return y, nxt
+
+
+def _block_conv(u: Tensor, K: Tensor, c: int) -> Tensor:
+    """Causal convolution of ``u`` ``(B, H, T)`` with ``K`` ``(H, >= c)`` inside each block of ``c``
+    steps aligned to step 0 (a block never reads an earlier block), ``(B, H, T)``.
+
+    Short blocks are a dense Toeplitz product (``B H T c`` multiply-adds, no FFT); long ones an
+    FFT convolution of length ``2c`` over the blocks stacked as a batch.
+    """
+    T = u.shape[-1]
+    nb = -(-T // c)  # blocks, the last one padded with zeros (causal: padding never leaks back)
+    blocks = torch.nn.functional.pad(u, (0, nb * c - T)).unflatten(-1, (nb, c))  # (B, H, nb, c)
+    Kc = K[:, :c]  # (H, c)
+    if c <= 64:
+        lag = torch.arange(c, device=u.device)
+        diff = lag[:, None] - lag[None, :]  # (c_t, c_k) t - k
+        toep = torch.where(diff >= 0, Kc[:, diff.clamp_min(0)], 0.0)  # (H, c_t, c_k)
+        y = torch.einsum("bhnk,htk->bhnt", blocks, toep)  # (B, H, nb, c)
+    else:
+        y = torch.fft.irfft(torch.fft.rfft(blocks, n=2 * c) * torch.fft.rfft(Kc, n=2 * c)[:, None], n=2 * c)[..., :c]
+    return y.flatten(-2)[..., :T]

@@ -71,6 +71,7 @@ class TrainConfig:
     estimator: str = "gumbel"  # VSSM: latent gradient, gumbel (straight-through Gumbel) | reinmax (use tau >= 1)
     estimates_grad: str = "all"  # VSSM with dec_estimates: their loss trains all (via the latents) | decoder (only)
     unprompted: float = 0.0  # VSSM: share of training sequences given no prompt (C = 0) instead of C ~ U{0..T}
+    block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -88,6 +89,17 @@ class TrainConfig:
             raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
         if self.estimates_grad not in ESTIMATE_GRADS:
             raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {self.estimates_grad!r}")
+        self.block_choices()  # fail at once on a malformed list
+
+    def block_choices(self) -> list[int]:
+        """The block sizes of ``block_sizes``, each a positive integer (empty: one-pass training)."""
+        try:
+            sizes = [int(v) for v in self.block_sizes.split(",") if v.strip()]
+        except ValueError:
+            sizes = [0]
+        if any(c < 1 for c in sizes):
+            raise ValueError(f"block_sizes must list positive integers separated by commas, got {self.block_sizes!r}")
+        return sizes
 
 
 class LossModule(nn.Module):
@@ -102,9 +114,11 @@ class LossModule(nn.Module):
         self.model = model
         self.vssm_options = vssm_options
 
-    def forward(self, x: Tensor, kl_weight: float, tau: float) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self, x: Tensor, kl_weight: float, tau: float, block_size: int | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         if isinstance(self.model, VSSM):
-            t = self.model.loss(x, tau=tau, **self.vssm_options)
+            t = self.model.loss(x, tau=tau, block_size=block_size, **self.vssm_options)
             terms = {
                 "rec": t.reconstruction.mean().item(),
                 "kl": t.kl.mean().item(),
@@ -219,7 +233,10 @@ def load_train_state(
 
 # ----- validation ---------------------------------------------------------------------------------
 @torch.no_grad()
-def validate(model: SequenceModel, seqs: Tensor, batch_size: int) -> dict[str, float]:
+def validate(
+    model: SequenceModel, seqs: Tensor, batch_size: int, block_sizes: tuple[int, ...] = ()
+) -> dict[str, float]:
+    """Validation figures; ``block_sizes`` adds the negative ELBO of block sampling at each (``nll_c<size>``)."""
     model.eval()
     totals: dict[str, float] = {}
     for i in range(0, len(seqs), batch_size):
@@ -227,6 +244,8 @@ def validate(model: SequenceModel, seqs: Tensor, batch_size: int) -> dict[str, f
         if isinstance(model, VSSM):
             t = model.loss(x, prompt_lengths=torch.zeros(len(x), dtype=torch.long, device=x.device))
             parts = {"nll": t.nelbo, "kl": t.kl, "rec": t.reconstruction, "pkl_c0": t.partial_kl}
+            for c in block_sizes:
+                parts[f"nll_c{c}"] = model.loss(x, block_size=c).nelbo
         else:
             parts = {"nll": model.nll(x)}
         for k, v in parts.items():
@@ -293,6 +312,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device] if device.type == "cuda" else None)
     val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]
+    blocks = cfg.block_choices() if isinstance(model, VSSM) else []
+    # validate block sampling at the smallest trained block size and at the middle one
+    val_blocks = tuple(sorted({min(blocks), sorted(blocks)[len(blocks) // 2]})) if blocks else ()
     metrics_file = out / "metrics.jsonl"
     ckpt_path = out / "model.safetensors"
     raw_path = out / "model-raw.safetensors"  # the last step's weights, written when an average is kept
@@ -319,7 +341,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         kl_weight = min(1.0, (step + 1) / cfg.kl_warmup_steps) if cfg.kl_warmup_steps else 1.0
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
-        loss, terms = wrapped(x, kl_weight, tau)
+        block = blocks[int(torch.randint(len(blocks), (1,), generator=gen))] if blocks else None
+        loss, terms = wrapped(x, kl_weight, tau, block)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -356,10 +379,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
                 **{f"train_{k}": v for k, v in terms.items()},
             }
             if do_val:
-                val = validate(served, val_seqs, max(cfg.batch_size, 64))
+                val = validate(served, val_seqs, max(cfg.batch_size, 64), val_blocks)
                 record.update({f"val_{k}": v for k, v in val.items()})
                 if ema is not None:
-                    raw = validate(model, val_seqs, max(cfg.batch_size, 64))
+                    raw = validate(model, val_seqs, max(cfg.batch_size, 64), val_blocks)
                     record.update({f"val_raw_{k}": v for k, v in raw.items()})
                 log.info("step %d val %s", step, json.dumps({k: round(v, 3) for k, v in val.items()}))
                 if meta["best_val"] is None or val["nll"] < meta["best_val"]:

@@ -145,7 +145,7 @@ class ARTransformer(ARModel):
         return logits, {"k": torch.stack(ks, 1), "v": torch.stack(vs, 1), "length": length + T}
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
     ) -> tuple[Tensor, GenState | None]:
         """Copy the cache once into a buffer with room for ``n`` more slots, then decode into it.
 

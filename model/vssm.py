@@ -37,8 +37,8 @@ from torch import Tensor
 
 from .base import SequenceModel, check_config
 from .network import BLOCKS, SSMNet, SSMNetConfig
-from .sampling import STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
-from .state import GenState
+from .sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
+from .state import GenState, StateError
 
 __all__ = ["ESTIMATE_GRADS", "ESTIMATORS", "VSSM", "VSSMConfig", "VSSMLoss", "reinmax", "straight_through_gumbel"]
 
@@ -173,11 +173,11 @@ class VSSM(SequenceModel):
         its noise would not average out over the sequences."""
         return hash_rows(x) * 1_000_003 + seed
 
-    def _keyed_draw(self, log_p: Tensor, row_seed: Tensor) -> Tensor:
+    def _keyed_draw(self, log_p: Tensor, row_seed: Tensor, stream: int = STREAM_LATENT) -> Tensor:
         """Latents ``(B, T, Z)`` drawn from ``log_p`` ``(B, T, Z, K)``, keyed on (``row_seed``, position)."""
         Bsz, T = log_p.shape[:2]
         pos = torch.arange(T, device=log_p.device).expand(Bsz, T)
-        u = keyed_uniform(row_seed, pos, STREAM_LATENT, self.config.n_latents, self.dtype)
+        u = keyed_uniform(row_seed, pos, stream, self.config.n_latents, self.dtype)
         return sample_categorical(log_p, u, 1.0)
 
     # ----- training -------------------------------------------------------------------------------
@@ -191,6 +191,7 @@ class VSSM(SequenceModel):
         unprompted: float = 0.0,
         estimator: str = "gumbel",
         estimates_grad: str = "all",
+        block_size: int | None = None,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -208,7 +209,11 @@ class VSSM(SequenceModel):
         the loss of the decoder's inner estimates trains: "all" (through the latents into the
         encoder too) or "decoder" (a second pass of the blocks below the last estimate, on
         detached latents, so that the estimates cannot ask the latents to spell out pixels).
+        ``block_size``: train the ELBO of block sampling with blocks of that many steps instead
+        (:meth:`_block_loss`); the prompt options do not apply to it.
         """
+        if block_size is not None:
+            return self._block_loss(x, block_size, tau)
         if estimates_grad not in ESTIMATE_GRADS:
             raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {estimates_grad!r}")
         if estimator not in ESTIMATORS:
@@ -241,11 +246,101 @@ class VSSM(SequenceModel):
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
         return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty, estimates=est)
 
+    def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor]:
+        """The partial encoder's two roles in block sampling with blocks of ``c`` steps, both ``(B, T, Z, K)``:
+
+        - ``log_obs``: ``log q_omega(z'_t | x_1:t)``, the latents re-drawn when tokens are absorbed;
+        - ``log_gen``: the block prior, ``log q_omega(z_t | x_1:s, EMPTY_s+1:t)`` for t in the block
+          starting at s, and the uniform prior in the first block (nothing observed yet).
+        """
+        T = x.shape[1]
+        empties = torch.full_like(x, self.empty_token)  # (B, T)
+        obs, gen = self.partial_encoder.forward_blocks(x, empties, c)  # (B, T, Z*K) each
+        log_obs = self._latent_logits(obs).log_softmax(-1)
+        first = (torch.arange(T, device=x.device) < c)[None, :, None, None]  # (1, T, 1, 1)
+        log_gen = torch.where(first, -math.log(self.config.n_classes), self._latent_logits(gen).log_softmax(-1))
+        return log_obs, log_gen
+
+    def _block_loss(self, x: Tensor, c: int, tau: float) -> VSSMLoss:
+        """Negative ELBO of block sampling with blocks of ``c`` steps (docs/design.md, "Blocks").
+
+        The process served: block b's latents come from the block prior (the partial encoder over
+        the tokens before the block, then EMPTYs), its tokens from the decoder reading the earlier
+        blocks' *absorbed* latents ``z'`` (re-drawn from the partial encoder over the tokens, as an
+        append draws them) followed by the block's own.  With the posterior ``q_psi(z | x)`` as
+        proposal for the block latents and ``z' ~ q_omega(z' | x)`` drawn from the model itself::
+
+            log p_c(x) >= E[ sum_t log p(x_t | z'_1:s, z_s+1:t) - KL(q_psi(z_t | x) || block prior_t) ]
+
+        Both ``z`` and ``z'`` use the straight-through Gumbel estimator.  ``partial_kl`` keeps the
+        partial encoder's absorbed latents close to the posterior's, so that the decoder reads
+        one kind of latent wherever a block starts; it is outside the bound.
+        """
+        T = x.shape[1]
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
+        if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
+            x_logits = self.decoder(z, return_state=False)[0]  # (B, T, V)
+            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
+            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
+        else:
+            log_obs, log_gen = self._block_priors(x, c)
+            z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
+            x_logits = self.decoder.forward_blocks(z_abs, z, c)[1]  # (B, T, V)
+        rec = self._xent(x_logits, x).sum(-1)  # (B,)
+        kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
+        q_det = log_q.detach()
+        partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
+        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=kl)
+
     # ----- likelihood -----------------------------------------------------------------------------
-    def _nll(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
-        """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO)."""
-        w = self._log_weights(x, prompt_len, samples, seed)  # (S, B)
+    def _nll(
+        self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0, block_size: int | None = None
+    ) -> Tensor:
+        """Importance-weighted bound with ``samples`` posterior draws (1: the negative ELBO), of
+        one-pass sampling or, with ``block_size``, of block sampling (unprompted only)."""
+        if block_size is not None:
+            if prompt_len:
+                raise ValueError("the block-sampling bound scores whole sequences (prompt_len = 0)")
+            w = self._block_log_weights(x, block_size, samples, seed)  # (S, B)
+        else:
+            w = self._log_weights(x, prompt_len, samples, seed)  # (S, B)
         return -(torch.logsumexp(w, 0) - math.log(samples))
+
+    @torch.no_grad()
+    def block_log_weights(self, x: Tensor, block_size: int, samples: int = 1, seed: int = 0) -> Tensor:
+        """Log importance weights ``(S, B)`` of the block-sampling bound (see :meth:`_block_log_weights`)."""
+        return self._block_log_weights(self._scored(x, 0), block_size, samples, seed)
+
+    def _block_log_weights(self, x: Tensor, c: int, samples: int, seed: int) -> Tensor:
+        """Log weights ``log p(x, z | z') - log q_psi(z | x)`` of block sampling, ``(S, B)``.
+
+        ``p_c(x) = E_{z' ~ q_omega(z' | x)} E_{z ~ q_psi(z | x)} [p(x, z | z') / q_psi(z | x)]``, since
+        the absorbed latents ``z'`` are drawn given the tokens alone: draw k takes ``z'`` and ``z``
+        keyed on (the sequence, ``seed + k``), so the S-sample average bounds ``-log p_c(x)`` and
+        tightens as S grows.  The partial encoder runs once over x; the EMPTY continuations of
+        every block and the decoder's blocks each run as one batched pass (SSMNet.forward_blocks).
+        """
+        Bsz, T = x.shape
+        if c >= T:
+            return self._log_weights(x, 0, samples, seed)  # one block: the one-pass bound
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        log_obs, log_gen = self._block_priors(x, c)  # (B, T, Z, K) each
+        row_seed = self._row_seed(x, seed)  # (B,)
+        weights = []
+        group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
+        for k0 in range(0, samples, group):
+            g = min(group, samples - k0)
+            keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
+            lq, lg = log_q.repeat(g, 1, 1, 1), log_gen.repeat(g, 1, 1, 1)  # (g*B, T, Z, K)
+            z = self._keyed_draw(lq, keys)  # (g*B, T, Z)
+            z_abs = self._keyed_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
+            x_logits = self.decoder.forward_blocks(self._one_hot(z_abs), self._one_hot(z), c)[1]  # (g*B, T, V)
+            log_px = -self._xent(x_logits, x.repeat(g, 1)).sum(-1)  # (g*B,)
+            zi = z[..., None]  # (g*B, T, Z, 1)
+            log_ratio = (lg.gather(-1, zi) - lq.gather(-1, zi)).sum((-1, -2, -3))  # (g*B,)
+            weights.append((log_px + log_ratio).view(g, Bsz))
+        return torch.cat(weights)  # (S, B)
 
     @torch.no_grad()
     def step_terms(self, x: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -300,24 +395,32 @@ class VSSM(SequenceModel):
     # ----- resumable generation ---------------------------------------------------------------------
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:
         par0 = self.partial_encoder.initial_state(batch)
+        dec0 = self.decoder.initial_state(batch)
         return self.new_state(
             position=torch.zeros(batch, dtype=torch.long, device=self.device),
             seed=seed,
-            dec=self.decoder.initial_state(batch),
+            dec=dec0,
+            dec_abs=dec0,
             par=par0,
             gen=par0,
             observed=torch.zeros(batch, dtype=torch.bool, device=self.device),
         )
 
     def _sample_latents(
-        self, logits: Tensor | None, state: GenState, n: int, temperature: float | Tensor, observed: Tensor
+        self,
+        logits: Tensor | None,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        observed: Tensor,
+        stream: int = STREAM_LATENT,
     ) -> Tensor:
         """Latents ``(B, n, Z)``: from ``logits`` where ``observed``, else uniform from the prior.
 
         A prior draw is ``floor(u K)``: exact for a uniform categorical, and it keeps the unprompted
         path free of softmax / cumsum work.  Temperature does not change the (uniform) prior.
         """
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
+        u = keyed_uniform(state.seed, self.positions(state, n), stream, self.config.n_latents, self.dtype)
         K = self.config.n_classes
         prior = (u * K).long().clamp_max(K - 1)  # (B, n, Z)
         if logits is None:
@@ -326,59 +429,101 @@ class VSSM(SequenceModel):
         return torch.where(observed[:, None, None], drawn, prior)
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
     ) -> tuple[Tensor, GenState | None]:
         """Rows are independent, so a large call runs in blocks of rows whose activations stay in
         the CPU's cache: about ``row_block_tokens`` tokens per block (bench/generation.py)."""
+        _check_block_state(state)
+        blocks = torch.zeros_like(state.position) if blocks is None else blocks
         rows = max(1, self.row_block_tokens // n)
         if state.batch_size <= rows:
-            return self._generate_rows(state, n, temperature, resumable)
+            return self._generate_rows(state, n, temperature, resumable, blocks)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         parts = []
         for i in range(0, state.batch_size, rows):
-            block = slice(i, i + rows)
-            parts.append(
-                self._generate_rows(state.rows(block), n, temperature[block] if per_row else temperature, resumable)
-            )
+            rs = slice(i, i + rows)
+            temp = temperature[rs] if per_row else temperature
+            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs]))
         tokens = torch.cat([t for t, _ in parts])  # (B, n)
         return tokens, GenState.cat([s for _, s in parts]) if resumable else None
 
     def _generate_rows(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor
     ) -> tuple[Tensor, GenState | None]:
+        """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
+        boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
+        is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
+        pieces = []
+        offset = 0
+        while offset < n:
+            left = n - offset
+            to_end = torch.where(blocks > 0, blocks - state.position % blocks.clamp_min(1), left)  # (B,)
+            m = int(to_end.clamp_max(left).min())
+            ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
+            tokens, state = self._piece(state, m, temperature, ends, absorb=resumable or m < left)
+            pieces.append(tokens)
+            offset += m
+        return torch.cat(pieces, dim=1), state if resumable else None
+
+    def _piece(
+        self, state: GenState, m: int, temperature: float | Tensor, ends: Tensor, absorb: bool
+    ) -> tuple[Tensor, GenState]:
+        """``m`` tokens ``(B, m)`` inside every row's current block, in one parallel pass, and the
+        next state (``absorb=False``: the tokens only, the state returned unchanged)."""
         Bsz = state.batch_size
         observed = state["observed"]
         # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
         gen, z_logits = state["gen"], None
         if bool(observed.any()):
-            empties = torch.full((Bsz, n), self.empty_token, device=self.device)
-            out, gen_next = self.partial_encoder(empties, gen, return_state=resumable)
-            z_logits = self._latent_logits(out)  # (B, n, Z, K)
-            if resumable:
+            empties = torch.full((Bsz, m), self.empty_token, device=self.device)
+            out, gen_next = self.partial_encoder(empties, gen, return_state=absorb)
+            z_logits = self._latent_logits(out)  # (B, m, Z, K)
+            if absorb:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
-        z = self._sample_latents(z_logits, state, n, temperature, observed)  # (B, n, Z)
-        # 2. one parallel decoder pass over the latents, then the tokens.
-        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=resumable)  # (B, n, V)
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
-        tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, n)
-        if not resumable:
-            return tokens, None
-        # 3. the partial encoder reads the generated tokens as observed.
-        _, par = self.partial_encoder(tokens, state["par"])
-        return tokens, state.evolve(position=state.position + n, dec=dec, par=par, gen=gen)
+        z = self._sample_latents(z_logits, state, m, temperature, observed)  # (B, m, Z)
+        # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
+        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=absorb)  # (B, m, V)
+        u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
+        tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, m)
+        if not absorb:
+            return tokens, state
+        # 3. absorb as an append does: the partial encoder reads the tokens as observed, their latents
+        # are re-drawn from its logits and advance the absorbed decoder state.
+        out, par = self.partial_encoder(tokens, state["par"])  # (B, m, Z*K)
+        everyone = torch.ones_like(observed)
+        z_abs = self._sample_latents(self._latent_logits(out), state, m, 1.0, everyone, STREAM_ABSORB)  # (B, m, Z)
+        _, dec_abs = self.decoder(self._one_hot(z_abs), state["dec_abs"])
+        # 4. where a block ends, the next block starts from what was absorbed.
+        e = ends[:, None, None, None]
+        return tokens, state.evolve(
+            position=state.position + m,
+            dec=torch.where(e, dec_abs, dec),
+            dec_abs=dec_abs,
+            par=par,
+            gen=torch.where(e, par, gen),
+            observed=observed | ends,
+        )
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
+        """Observed tokens end the current block: they continue the absorbed decoder state."""
+        _check_block_state(state)
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
         z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
-        _, dec = self.decoder(self._one_hot(z), state["dec"])
+        _, dec = self.decoder(self._one_hot(z), state["dec_abs"])
         return state.evolve(
             position=state.position + n,
             dec=dec,
+            dec_abs=dec,
             par=par,
             gen=par,
             observed=torch.ones_like(state["observed"]),
         )
+
+
+def _check_block_state(state: GenState) -> None:
+    if "dec_abs" not in state.tensors:
+        raise StateError("this state was made before block sampling (it has no absorbed decoder state); start anew")
 
 
 def _gumbel_draw(log_p: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,308 @@
+"""Block sampling (docs/design.md, "Blocks"): generation, its likelihood bound, and its training passes.
+
+Glossary: B batch, T length, c block size, V vocabulary, Z latent variables, K classes.
+
+The oracle here re-reads the whole prefix for every block, straight from the definition, with no
+state carried anywhere; the model's resumable generation must give exactly its tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import model
+from model.network import SSMNet, SSMNetConfig
+from model.sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
+from tests.conftest import V, tiny_model
+
+F64 = torch.float64
+
+
+def chi_square_pvalue(counts: torch.Tensor, expected: torch.Tensor) -> float:
+    """Pearson's test of ``counts`` against ``expected`` (same total): P(chi2_{k-1} >= statistic)."""
+    stat = ((counts - expected) ** 2 / expected).sum()
+    dof = torch.tensor((len(counts) - 1) / 2, dtype=F64)
+    return float(torch.special.gammaincc(dof, stat / 2))
+
+
+def roundtrip(state: model.GenState) -> model.GenState:
+    return model.GenState.from_bytes(state.to_bytes())
+
+
+# ----- the mixed-stream pass used by training and the bound -------------------------------------------
+@pytest.mark.parametrize("tokens", [True, False])
+@pytest.mark.parametrize("c", [1, 2, 3, 5, 23, 70])
+def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(tokens, c):
+    torch.manual_seed(c)
+    net = SSMNet(SSMNetConfig(n_in=5, n_out=3, tokens=tokens, width=8, state_size=4, layers=3)).double()
+    T = 23
+    if tokens:
+        xa, xm = torch.randint(0, 5, (2, T)), torch.randint(0, 5, (2, T))
+    else:
+        xa, xm = torch.randn(2, T, 5, dtype=F64), torch.randn(2, T, 5, dtype=F64)
+    out_a, out_m = net.forward_blocks(xa, xm, c)
+    torch.testing.assert_close(out_a, net(xa, return_state=False)[0], rtol=1e-10, atol=1e-10)
+    for s in range(0, T, c):
+        ref = net(torch.cat([xa[:, :s], xm[:, s : s + c]], 1), return_state=False)[0][:, s : s + c]
+        torch.testing.assert_close(out_m[:, s : s + c], ref, rtol=1e-9, atol=1e-10)
+
+
+def test_forward_blocks_gradients_match_the_per_block_passes():
+    torch.manual_seed(1)
+    net = SSMNet(SSMNetConfig(n_in=4, n_out=2, tokens=False, width=6, state_size=3, layers=2)).double()
+    xa = torch.randn(1, 12, 4, dtype=F64, requires_grad=True)
+    xm = torch.randn(1, 12, 4, dtype=F64, requires_grad=True)
+    c = 4
+    fast = net.forward_blocks(xa, xm, c)[1].square().sum()
+    slow = sum(
+        net(torch.cat([xa[:, :s], xm[:, s : s + c]], 1), return_state=False)[0][:, s : s + c].square().sum()
+        for s in range(0, 12, c)
+    )
+    params = [xa, xm, *net.parameters()]
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+# ----- generation against an oracle that re-reads the prefix --------------------------------------------
+def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperature: float = 1.0) -> list[int]:
+    """Block sampling from its definition: every block re-runs every network from the zero state."""
+    one_hot, K = m._one_hot, m.config.n_classes
+    C = len(prompt)
+    x = list(prompt)
+    seed_t = torch.tensor([seed])
+
+    def u(stream: int, pos: list[int], width: int) -> torch.Tensor:
+        return keyed_uniform(seed_t, torch.tensor([pos]), stream, width, m.dtype)  # (1, n, W)
+
+    def par_logits(seq: list[int]) -> torch.Tensor:
+        return m._latent_logits(m.partial_encoder(torch.tensor([seq]), return_state=False)[0])  # (1, n, Z, K)
+
+    # latents the decoder reads for observed / absorbed tokens: prompt ones as an append draws them
+    z_abs = sample_categorical(par_logits(x), u(STREAM_LATENT, list(range(C)), m.config.n_latents), 1.0) if C else None
+    starts = sorted({C, *range((C // c + 1) * c, C + n, c)}) if c else [C]
+    for i, s in enumerate(starts):
+        e = min(starts[i + 1] if i + 1 < len(starts) else C + n, C + n)
+        pos = list(range(s, e))
+        uz = u(STREAM_LATENT, pos, m.config.n_latents)
+        if s == 0:  # nothing observed yet: the uniform prior
+            z = (uz * K).long().clamp_max(K - 1)
+        else:
+            z = sample_categorical(par_logits(x + [m.empty_token] * len(pos))[:, s:], uz, temperature)
+        zs = z if z_abs is None else torch.cat([z_abs[:, :s], z], 1)
+        logits = m.decoder(one_hot(zs), return_state=False)[0][:, s:]
+        x += sample_categorical(logits, u(STREAM_TOKEN, pos, 1)[..., 0], temperature)[0].tolist()
+        drawn = sample_categorical(par_logits(x)[:, s:e], u(STREAM_ABSORB, pos, m.config.n_latents), 1.0)
+        z_abs = drawn if z_abs is None else torch.cat([z_abs[:, :s], drawn], 1)
+    return x[C:]
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 5, 8, 0])
+@pytest.mark.parametrize("C", [0, 3])
+def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C):
+    m = tiny_model("vssm", max_position=40)
+    prompt = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C))
+    expected = oracle(m, prompt[0].tolist(), 17, c, seed=11, temperature=0.9)
+    block = c or None
+    tokens, _ = m.generate(m.start(prompt, 11), 17, temperature=0.9, block_size=block)
+    assert tokens[0].tolist() == expected
+    state, parts = m.start(prompt, 11), []
+    for a in (4, 1, 7, 5):  # delivery chunks that cut blocks anywhere, through serialised states
+        t, state = m.generate(roundtrip(state), a, temperature=0.9, block_size=block)
+        parts += t[0].tolist()
+    assert parts == expected
+    non_resumable, nxt = m.generate(m.start(prompt, 11), 17, temperature=0.9, resumable=False, block_size=block)
+    assert nxt is None and non_resumable[0].tolist() == expected
+
+
+def test_block_size_at_or_past_the_length_is_one_pass_as_before():
+    """One block reproduces the one-pass sampler: latents from f_par over the prompt then EMPTYs
+    (the prior when nothing is observed), one decoder pass; computed here without any state."""
+    m = tiny_model("vssm", max_position=30)
+    for C in (0, 4):
+        prompt = torch.randint(0, V, (2, C), generator=torch.Generator().manual_seed(5))
+        ref = torch.stack([torch.tensor(oracle(m, prompt[b].tolist(), 20, 0, seed=3 + b)) for b in range(2)])
+        for block in (None, 30, 31, 1000):
+            tokens, _ = m.generate(m.start(prompt, [3, 4]), 20, block_size=block)
+            assert torch.equal(tokens, ref), block
+
+
+def test_batched_rows_with_their_own_positions_seeds_temperatures_and_blocks_equal_alone():
+    m = tiny_model("vssm", max_position=64)
+    prompts = [torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C)) for C in (0, 3, 6, 1)]
+    seeds, temps, blocks = [5, 6, 7, 8], [1.0, 0.7, 1.3, 0.0], [3, 1, 0, 8]
+    alone = []
+    for p, s, t, b in zip(prompts, seeds, temps, blocks, strict=True):
+        tok, st = m.generate(m.start(p, s), 9, temperature=t, block_size=b or None)
+        alone.append((tok, st))
+    states = model.GenState.cat([m.start(p, s) for p, s in zip(prompts, seeds, strict=True)])
+    tok, st = m.generate(states, 9, temperature=torch.tensor(temps, dtype=F64), block_size=torch.tensor(blocks))
+    for i, (t_alone, s_alone) in enumerate(alone):
+        assert torch.equal(tok[i], t_alone[0])
+        for k, v in s_alone.tensors.items():
+            torch.testing.assert_close(st[k][i], v[0], rtol=1e-10, atol=1e-12)
+
+
+def test_append_ends_the_current_block():
+    """Observed tokens are absorbed with the block's generated ones: the next latents read both."""
+    m = tiny_model("vssm", max_position=40)
+    state = m.start(torch.zeros(1, 0, dtype=torch.long), 2)
+    toks, state = m.generate(state, 5, block_size=8)
+    state = m.append(state, torch.tensor([[1, 2]]))
+    torch.testing.assert_close(state["dec"], state["dec_abs"])
+    torch.testing.assert_close(state["gen"], state["par"])
+    ref_par = m.partial_encoder(torch.cat([toks, torch.tensor([[1, 2]])], 1))[1]
+    torch.testing.assert_close(state["par"], ref_par, rtol=1e-10, atol=1e-12)
+
+
+def test_block_size_must_be_a_positive_integer():
+    m = tiny_model("vssm", max_position=20)
+    state = m.start(torch.zeros(1, 0, dtype=torch.long), 0)
+    for bad in (0, -3, True, torch.tensor([1.5]), torch.tensor([-1])):
+        with pytest.raises(ValueError):
+            m.generate(state, 2, block_size=bad)
+    with pytest.raises(ValueError):
+        m.generate(model.GenState.cat([state, state]), 2, block_size=torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.parametrize("family", ["ar-ssm", "ar-gru", "ar-transformer"])
+def test_autoregressive_families_accept_block_size_and_ignore_it(family):
+    m = tiny_model(family)
+    state = m.start(torch.tensor([[1, 2]]), 3)
+    ref, _ = m.generate(state, 6)
+    for block in (1, 4, None):
+        assert torch.equal(m.generate(state, 6, block_size=block)[0], ref)
+
+
+def test_default_block_size_comes_from_the_checkpoint(tmp_path):
+    m = tiny_model("vssm", max_position=30)
+    m.default_block_size = 4
+    path = model.save_checkpoint(m, tmp_path / "m.safetensors")
+    loaded = model.load_checkpoint(path)
+    assert loaded.default_block_size == 4
+    state = loaded.start(torch.zeros(1, 0, dtype=torch.long), 9)
+    assert torch.equal(loaded.generate(state, 12)[0], loaded.generate(state, 12, block_size=4)[0])
+    assert not torch.equal(loaded.generate(state, 12)[0], loaded.generate(state, 12, block_size=30)[0])
+
+
+def test_an_old_state_without_an_absorbed_decoder_state_is_refused():
+    m = tiny_model("vssm", max_position=20)
+    state = m.start(torch.tensor([[1]]), 0)
+    old = model.GenState(state.family, state.fingerprint, {k: v for k, v in state.tensors.items() if k != "dec_abs"})
+    with pytest.raises(model.StateError):
+        m.generate(old, 2)
+
+
+# ----- what the block process conditions on ----------------------------------------------------------
+def test_block_one_conditions_latent_t_on_tokens_before_t_only():
+    m = tiny_model("vssm", max_position=12)
+    x = torch.randint(0, V, (1, 12), generator=torch.Generator().manual_seed(0))
+    t = 7
+    y = x.clone()
+    y[0, t - 1] = (x[0, t - 1] + 1) % V
+    _, gen_x = m._block_priors(x, 1)
+    _, gen_y = m._block_priors(y, 1)
+    torch.testing.assert_close(gen_x[:, :t], gen_y[:, :t], rtol=0, atol=1e-12)  # latents up to t-1 unchanged
+    assert (gen_x[:, t] - gen_y[:, t]).abs().max() > 1e-6  # latent t reads token t-1
+    # and so does generation: the latent logits that draw z_t come from the same pass
+    state = m.append(m.start(torch.zeros(1, 0, dtype=torch.long), 0), x[:, :t])
+    out, _ = m.partial_encoder(torch.full((1, 1), m.empty_token), state["gen"])
+    torch.testing.assert_close(m._latent_logits(out).log_softmax(-1)[:, 0], gen_x[:, t], rtol=1e-9, atol=1e-10)
+
+
+# ----- the likelihood of what is sampled, on a model small enough to enumerate ---------------------------
+ENUM_T = 4
+
+
+@torch.no_grad()
+def enumerate_pc(m: model.VSSM, c: int) -> torch.Tensor:
+    """Exact ``p_c(x)`` ``(V^T,)`` of block sampling, by summing over every z and z' (naive passes)."""
+    T, K, Z = ENUM_T, m.config.n_classes, m.config.n_latents
+    xs = torch.tensor(list(itertools.product(range(m.vocab_size), repeat=T)))  # (X, T)
+    lat = torch.tensor(list(itertools.product(range(K), repeat=T * Z))).view(-1, T, Z)  # (L, T, Z)
+    log_obs = m._latent_logits(m.partial_encoder(xs, return_state=False)[0]).log_softmax(-1)  # (X, T, Z, K)
+    logp = torch.empty(len(xs), dtype=F64)
+    for i, x in enumerate(xs):
+        # (L,) log q_omega(z' | x) of every z'
+        lo = log_obs[i].expand(len(lat), -1, -1, -1).gather(-1, lat[..., None])[..., 0].sum((-1, -2))
+        total = torch.zeros(len(lat), dtype=F64)  # (L,) over z', then per block over z
+        for s in range(0, T, c):
+            e = min(s + c, T)
+            if s == 0:
+                log_gen = torch.full((e, Z, K), -math.log(K), dtype=F64)
+            else:
+                seq = torch.cat([x[:s], torch.full((e - s,), m.empty_token)])[None]
+                log_gen = m._latent_logits(m.partial_encoder(seq, return_state=False)[0]).log_softmax(-1)[0]
+            zb = torch.tensor(list(itertools.product(range(K), repeat=(e - s) * Z))).view(-1, e - s, Z)  # (M, n, Z)
+            lg = log_gen[s:e].expand(len(zb), -1, -1, -1).gather(-1, zb[..., None])[..., 0].sum((-1, -2))  # (M,)
+            inp = torch.cat([lat[:, None, :s].expand(-1, len(zb), -1, -1), zb[None].expand(len(lat), -1, -1, -1)], 2)
+            logits = m.decoder(m._one_hot(inp.flatten(0, 1)), return_state=False)[0][:, s:e]  # (L*M, n, V)
+            lx = logits.log_softmax(-1).gather(-1, x[s:e].expand(len(logits), -1)[..., None])[..., 0].sum(-1)
+            total = total + torch.logsumexp(lx.view(len(lat), len(zb)) + lg, 1)
+        logp[i] = torch.logsumexp(total + lo, 0)
+    return logp.exp()
+
+
+@pytest.fixture(scope="module")
+def enum_model() -> model.VSSM:
+    """V = 2, Z = 1, K = 2: every latent can be enumerated.  Its decoder and partial encoder are
+    sharpened so that the block size visibly changes the distribution (total variation 0.07-0.09
+    between blocks of 1 or 2 and one pass), which the chi-square test must be able to see."""
+    m = tiny_model("vssm", vocab_size=2, max_position=ENUM_T, n_latents=1, n_classes=2, seed=3)
+    with torch.no_grad():
+        for net in (m.decoder, m.partial_encoder):
+            net.head.weight.mul_(3.0)
+            net.inp.weight.mul_(3.0)
+    return m
+
+
+@pytest.mark.parametrize("c", [1, 2, 3])
+def test_block_bound_is_above_the_exact_nll_and_converges_to_it(enum_model, c):
+    m = enum_model
+    p = enumerate_pc(m, c)
+    torch.testing.assert_close(p.sum(), torch.tensor(1.0, dtype=F64), rtol=1e-9, atol=1e-9)
+    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))
+    exact = -p.log()
+    w = m.block_log_weights(xs, c, samples=4000)  # (S, X)
+    elbo = -w.mean(0)  # the expected one-sample bound, per sequence
+    iw = -(torch.logsumexp(w, 0) - math.log(len(w)))
+    assert bool((elbo > exact).all()) and float((elbo - exact).mean()) > 0.02  # one sample: above, visibly
+    assert bool((iw < elbo).all())  # more samples: tighter
+    assert float((iw - exact).abs().max()) < 0.05  # and converging to the exact NLL, from above on average
+    assert float((iw - exact).mean()) > -0.005
+
+
+def test_one_block_is_the_one_pass_bound(enum_model):
+    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))
+    torch.testing.assert_close(enum_model.nll(xs, samples=7, block_size=ENUM_T), enum_model.nll(xs, samples=7))
+
+
+@pytest.mark.parametrize("c", [1, 2])
+def test_generate_samples_exactly_the_enumerated_block_process(enum_model, c):
+    """A chi-square test of 6,000 keyed samples against ``p_c``; the seeds are fixed, so is the outcome."""
+    m = enum_model
+    p = enumerate_pc(m, c)
+    N = 6000
+    state = m.start(torch.zeros(N, 0, dtype=torch.long), list(range(N)))
+    x, _ = m.generate(state, ENUM_T, block_size=c, resumable=False)
+    idx = (x * (2 ** torch.arange(ENUM_T - 1, -1, -1))).sum(-1)
+    counts = torch.bincount(idx, minlength=2**ENUM_T).double()
+    assert chi_square_pvalue(counts, p * N) > 1e-3
+    # and it is not the one-pass process: block sampling changed the distribution
+    p_one = enumerate_pc(m, ENUM_T)
+    assert chi_square_pvalue(counts, p_one * N) < 1e-3
+
+
+def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
+    """The training loss at block c is a one-sample estimate of the same bound: its mean over many
+    Gumbel draws matches the keyed one-sample bound's mean over many keys."""
+    m = enum_model
+    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T))).repeat(200, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        train = m.loss(xs, block_size=2).nelbo.mean()
+    keyed = torch.stack([m.nll(xs[:16], samples=1, block_size=2, seed=s) for s in range(400)]).mean()
+    assert abs(float(train - keyed)) < 0.05
