@@ -68,6 +68,39 @@ class Context:
     def batcher(self, model_id: str) -> Batcher:
         return self.batchers[model_id]
 
+    # ----- quotas: live sessions and their total TTL per key (per client address without keys) -------
+    @property
+    def quotas(self) -> bool:
+        return bool(self.settings.max_sessions_per_key or self.settings.max_total_ttl_per_key)
+
+    async def reserve(self, holder: str, sid: str, ttl: int) -> None:
+        """Count a new session against ``holder``'s quotas, or refuse it with 429."""
+        if not self.quotas:
+            return
+        s = self.settings
+        refusal = await self.store_call(
+            "reserve", self.store.reserve(holder, sid, ttl, s.max_sessions_per_key, s.max_total_ttl_per_key)
+        )
+        if refusal is None:
+            return
+        who, wait = "API key" if s.api_keys else "client address", max(1.0, refusal.retry_after)
+        if refusal.limit == "sessions":
+            msg = f"this {who} holds {refusal.sessions} live sessions, the limit; delete one or let one expire"
+            raise APIError(429, "session_quota_exceeded", msg, retry_after=wait)
+        msg = (
+            f"this {who}'s live sessions hold {refusal.ttl} s of ttl_seconds; {ttl} more would pass the "
+            f"limit {s.max_total_ttl_per_key}: delete one, let one expire or ask for a shorter ttl_seconds"
+        )
+        raise APIError(429, "ttl_quota_exceeded", msg, retry_after=wait)
+
+    async def touch(self, holder: str, sid: str, ttl: int) -> None:
+        if self.quotas and holder:
+            await self.store_call("touch", self.store.touch(holder, sid, ttl))
+
+    async def release(self, holder: str, sid: str) -> None:
+        if self.quotas and holder:
+            await self.store_call("release", self.store.release(holder, sid))
+
 
 class Slot:
     """An admission slot; ``release`` is idempotent, so a stream can release it from two places."""
@@ -117,3 +150,15 @@ async def get_owner(request: Request, ctx: ContextDep) -> str:
 
 
 OwnerDep = Annotated[str, Depends(get_owner)]
+
+
+async def get_holder(request: Request, ctx: ContextDep, owner: OwnerDep) -> str:
+    """Whose quotas a new session counts against: the caller's API key, or its address (as this
+    server sees it: behind a proxy, the address the proxy reports) when the server has no keys."""
+    if ctx.settings.api_keys:
+        return "key:" + owner
+    host = request.client.host if request.client else ""
+    return "addr:" + hashlib.sha256(host.encode()).hexdigest()[:24]
+
+
+HolderDep = Annotated[str, Depends(get_holder)]

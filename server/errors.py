@@ -45,7 +45,7 @@ CODES = {
     "method_not_allowed": 405,
     **dict.fromkeys(["position_mismatch", "session_busy", "state_incompatible", "idempotency_key_reused"], 409),
     "body_too_large": 413,
-    "overloaded": 429,
+    **dict.fromkeys(["overloaded", "session_quota_exceeded", "ttl_quota_exceeded"], 429),
     **dict.fromkeys(["store_unavailable", "not_ready"], 503),
     "internal_error": 500,
 }

@@ -5,6 +5,12 @@ A session is one key: a hash of ``state`` (safetensors bytes), ``meta`` (JSON), 
 atomic on the server), so two requests racing on one session can never both commit.  Reads
 refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
 reconnects by itself once Redis is back.
+
+Quotas: each session counts against its ``holder`` (an API key, or a client address without
+keys) from ``reserve`` until it expires or is ``release``d; ``touch`` moves its expiry with every
+refresh, so a session kept alive keeps counting.  Per holder, Redis keeps a sorted set (session id
+by expiry) and a hash (session id to ttl_seconds) under one hash tag, so a reservation is one
+atomic script on one Cluster slot; times come from the Redis server's clock, shared by replicas.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MemoryStore", "RedisStore", "SessionRecord", "SessionStore", "StoreUnavailable", "open_store"]
+__all__ = ["MemoryStore", "RedisStore", "Refusal", "SessionRecord", "SessionStore", "StoreUnavailable", "open_store"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -46,6 +52,7 @@ class SessionRecord:
     version: int = 0  # compare-and-set counter, +1 per committed write
     last_op: dict[str, Any] | None = None  # the last committed step {"op", "start", ...}: replayed for a lost response
     text_carry: list[int] = field(default_factory=list)  # an incomplete UTF-8 character ending the generated text
+    holder: str = ""  # whose quota it counts against (an API key's or a client address's hash); "": none
     expires_at: float = 0.0  # unix time, as of the last read or write
 
     def meta_json(self) -> str:
@@ -79,8 +86,77 @@ class SessionStore(Protocol):
         """The value stored under an idempotency ``key``, or None."""
         ...
 
+    async def reserve(self, holder: str, sid: str, ttl_seconds: int, max_sessions: int, max_ttl: int) -> Refusal | None:
+        """Count session ``sid`` against ``holder`` unless that would pass ``max_sessions`` live sessions
+        or ``max_ttl`` seconds of their ttl_seconds together (0: no limit); the refusal, or None."""
+        ...
+
+    async def touch(self, holder: str, sid: str, ttl_seconds: int) -> None:
+        """Session ``sid`` was refreshed: it now counts against ``holder`` for ``ttl_seconds`` more."""
+        ...
+
+    async def release(self, holder: str, sid: str) -> None:
+        """Session ``sid`` no longer counts against ``holder``."""
+        ...
+
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a quota refused a session: ``limit`` ("sessions" or "ttl"), the holder's current
+    ``sessions`` and ``ttl`` (seconds, summed), and the seconds until the first of them expires."""
+
+    limit: str
+    sessions: int
+    ttl: int
+    retry_after: float
+
+
+class _Quotas:
+    """The in-process store's quotas: holder -> session id -> (deadline on the monotonic clock, ttl)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, dict[str, tuple[float, int]]] = {}
+
+    def _live(self, holder: str, now: float) -> dict[str, tuple[float, int]]:
+        held = self.held.get(holder, {})
+        for sid in [sid for sid, (deadline, _) in held.items() if deadline <= now]:
+            del held[sid]
+        return held
+
+    def reserve(self, holder: str, sid: str, ttl: int, max_sessions: int, max_ttl: int) -> Refusal | None:
+        now = time.monotonic()
+        held = self._live(holder, now)
+        total = sum(t for _, t in held.values())
+        limit = None
+        if max_sessions and len(held) + 1 > max_sessions:
+            limit = "sessions"
+        elif max_ttl and total + ttl > max_ttl:
+            limit = "ttl"
+        if limit is not None:
+            first = min((d for d, _ in held.values()), default=now + 1)
+            return Refusal(limit, len(held), total, first - now)
+        self.held.setdefault(holder, held)[sid] = (now + ttl, ttl)
+        return None
+
+    def touch(self, holder: str, sid: str, ttl: int) -> None:
+        held = self.held.get(holder)
+        if held is not None and sid in held:
+            held[sid] = (time.monotonic() + ttl, ttl)
+
+    def release(self, holder: str, sid: str) -> None:
+        held = self.held.get(holder)
+        if held is not None:
+            held.pop(sid, None)
+            if not held:
+                del self.held[holder]
+
+    def sweep(self, now: float) -> None:
+        for holder in list(self.held):
+            if not self._live(holder, now):
+                del self.held[holder]
 
 
 class MemoryStore:
@@ -93,6 +169,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[SessionRecord, float]] = {}
         self._claims: dict[str, tuple[str, float]] = {}  # idempotency key -> (value, deadline)
+        self._quotas = _Quotas()
         self._lock = asyncio.Lock()
         self._last_sweep = time.monotonic()
 
@@ -106,6 +183,7 @@ class MemoryStore:
         for table in (self._data, self._claims):
             for key in [key for key, (_, deadline) in table.items() if deadline <= now]:
                 del table[key]
+        self._quotas.sweep(now)
 
     def _live(self, sid: str) -> SessionRecord | None:
         hit = self._data.get(sid)
@@ -160,6 +238,19 @@ class MemoryStore:
         hit = self._claims.get(key)
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
+    async def reserve(self, holder: str, sid: str, ttl_seconds: int, max_sessions: int, max_ttl: int) -> Refusal | None:
+        async with self._lock:
+            self._sweep()
+            return self._quotas.reserve(holder, sid, ttl_seconds, max_sessions, max_ttl)
+
+    async def touch(self, holder: str, sid: str, ttl_seconds: int) -> None:
+        async with self._lock:
+            self._quotas.touch(holder, sid, ttl_seconds)
+
+    async def release(self, holder: str, sid: str) -> None:
+        async with self._lock:
+            self._quotas.release(holder, sid)
+
     async def ping(self) -> bool:
         return True
 
@@ -194,6 +285,59 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
 return redis.call('GET', KEYS[1])
 """
 
+# Quotas. KEYS: the holder's sorted set (session id by expiry, ms on the Redis clock) and hash
+# (session id -> ttl_seconds); both keys expire with their last entry.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function expire_with_last()
+  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', KEYS[1], last[2])
+    redis.call('PEXPIREAT', KEYS[2], last[2])
+  end
+end
+"""
+_RESERVE = (
+    _NOW
+    + """
+for _, sid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], sid)
+  redis.call('HDEL', KEYS[2], sid)
+end
+local ttl, max_sessions, max_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local count = redis.call('ZCARD', KEYS[1])
+local total = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(v) end
+local limit = nil
+if max_sessions > 0 and count + 1 > max_sessions then limit = 'sessions'
+elseif max_ttl > 0 and total + ttl > max_ttl then limit = 'ttl' end
+if limit then
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {limit, count, total, first[2] and (tonumber(first[2]) - now) or 1000}
+end
+redis.call('ZADD', KEYS[1], now + ttl * 1000, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ttl)
+expire_with_last()
+return nil
+"""
+)
+_TOUCH = (
+    _NOW
+    + """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
+  expire_with_last()
+end
+return 1
+"""
+)
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
 
 class RedisStore:
     """Sessions in Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``)."""
@@ -215,6 +359,9 @@ class RedisStore:
         self._get = self.client.register_script(_GET)
         self._cas = self.client.register_script(_CAS)
         self._claim = self.client.register_script(_CLAIM)
+        self._reserve = self.client.register_script(_RESERVE)
+        self._touch = self.client.register_script(_TOUCH)
+        self._release = self.client.register_script(_RELEASE)
 
     def _key(self, sid: str) -> str:
         # the hash tag keeps one session's key whole on one Cluster slot
@@ -264,6 +411,23 @@ class RedisStore:
 
     async def delete(self, sid: str) -> bool:
         return bool(await self._call(self.client.delete(self._key(sid))))
+
+    def _quota_keys(self, holder: str) -> list[str]:
+        return [f"{self.prefix}quota:{{{holder}}}", f"{self.prefix}quota-ttl:{{{holder}}}"]  # one slot
+
+    async def reserve(self, holder: str, sid: str, ttl_seconds: int, max_sessions: int, max_ttl: int) -> Refusal | None:
+        args = [sid, ttl_seconds, max_sessions, max_ttl]
+        found = await self._call(self._reserve(keys=self._quota_keys(holder), args=args))
+        if found is None:
+            return None
+        limit, sessions, ttl, wait_ms = found
+        return Refusal(limit.decode(), int(sessions), int(ttl), int(wait_ms) / 1000)
+
+    async def touch(self, holder: str, sid: str, ttl_seconds: int) -> None:
+        await self._call(self._touch(keys=self._quota_keys(holder), args=[sid, ttl_seconds]))
+
+    async def release(self, holder: str, sid: str) -> None:
+        await self._call(self._release(keys=self._quota_keys(holder), args=[sid]))
 
     async def ping(self) -> bool:
         try:

@@ -8,6 +8,7 @@ answered from the record's ``last_op`` instead of generating twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -22,7 +23,7 @@ from fastapi import APIRouter, Header, Response, status
 
 from model import StateError
 
-from ..deps import Context, ContextDep, OwnerDep, RegistryDep
+from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
 from ..registry import Registry
 from ..schemas import (
@@ -66,7 +67,14 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", min_lengt
 
 
 async def _once(
-    ctx: Context, owner: str, op: str, key: str | None, request: str, ttl: int, make: Callable[[], Awaitable[Session]]
+    ctx: Context,
+    owner: str,
+    holder: str,
+    op: str,
+    key: str | None,
+    request: str,
+    ttl: int,
+    make: Callable[[], Awaitable[Session]],
 ) -> Session:
     """Run ``make`` once per (caller, ``op``, idempotency ``key``): a repeat of the same request gets
     the first response back; the same key on another request is a 409 ``idempotency_key_reused``."""
@@ -91,6 +99,7 @@ async def _once(
         return made
     # a concurrent request with the same key claimed it first: keep its session, drop ours
     await ctx.store_call("delete", ctx.store.delete(made.id))
+    await ctx.release(holder, made.id)
     return replay(found)
 
 
@@ -115,6 +124,7 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
+    await ctx.touch(rec.holder, sid, rec.ttl_seconds)  # the read refreshed its TTL: so does its quota
     return rec
 
 
@@ -129,6 +139,7 @@ async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> Se
         if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
+    await ctx.touch(done.holder, done.id, done.ttl_seconds)
     return done
 
 
@@ -141,21 +152,27 @@ def _check_position(rec: SessionRecord, expected: int | None) -> None:
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_session(
-    body: SessionCreate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep, idempotency_key: IdempotencyKey = None
+    body: SessionCreate,
+    ctx: ContextDep,
+    registry: RegistryDep,
+    owner: OwnerDep,
+    holder: HolderDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Session:
     ttl = _ttl(ctx, body.ttl_seconds)
     return await _once(
         ctx,
         owner,
+        holder,
         "create",
         idempotency_key,
         body.model_dump_json(),
         ttl,
-        lambda: _create(body, ctx, registry, owner, ttl),
+        lambda: _create(body, ctx, registry, owner, holder, ttl),
     )
 
 
-async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: str, ttl: int) -> Session:
+async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: str, holder: str, ttl: int) -> Session:
     served = registry.get(body.model)
     prompt = served.encode(body.prompt)
     check_prompt(ctx, served, len(prompt))
@@ -164,29 +181,36 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
         check_tokens(ctx, served, len(prompt), body.max_tokens)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     batcher = ctx.batcher(served.id)
-    out: list[int] | None = None
-    async with ctx.admit():
-        state = await batcher.begin(prompt, [seed])
-        if body.max_tokens:
-            tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
-            assert state is not None
-            out = tokens[0].tolist()
-        state_bytes = await batcher.serialize(state)
-    rec = SessionRecord(
-        id=new_id(),
-        model=served.id,
-        fingerprint=served.fingerprint,
-        position=int(state.position[0]),
-        seed=seed,
-        owner=owner,
-        created_at=time.time(),
-        ttl_seconds=ttl,
-        state=state_bytes,
-    )
-    if out is not None:
-        text, rec.text_carry = served.decode_chunk(out, [])
-    ctx.metrics.state_bytes.observe(len(rec.state))
-    rec = await ctx.store_call("create", ctx.store.create(rec))
+    sid = new_id()
+    await ctx.reserve(holder, sid, ttl)  # before any model work: a refused request costs nothing
+    try:
+        out: list[int] | None = None
+        async with ctx.admit():
+            state = await batcher.begin(prompt, [seed])
+            if body.max_tokens:
+                tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
+                assert state is not None
+                out = tokens[0].tolist()
+            state_bytes = await batcher.serialize(state)
+        rec = SessionRecord(
+            id=sid,
+            model=served.id,
+            fingerprint=served.fingerprint,
+            position=int(state.position[0]),
+            seed=seed,
+            owner=owner,
+            created_at=time.time(),
+            ttl_seconds=ttl,
+            state=state_bytes,
+            holder=holder,
+        )
+        if out is not None:
+            text, rec.text_carry = served.decode_chunk(out, [])
+        ctx.metrics.state_bytes.observe(len(rec.state))
+        rec = await ctx.store_call("create", ctx.store.create(rec))
+    except BaseException:
+        await _release_quietly(ctx, holder, sid)
+        raise
     ctx.metrics.sessions.labels("created").inc()
     c = None
     if out is not None:
@@ -201,6 +225,12 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
     return public(rec, c)
 
 
+async def _release_quietly(ctx: Context, holder: str, sid: str) -> None:
+    """Give back the quota of a session that was never made (left held, it expires with its TTL)."""
+    with contextlib.suppress(APIError):
+        await ctx.release(holder, sid)
+
+
 @router.get("/{sid}")
 async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> Session:
     return public(await _load(ctx, sid, owner))
@@ -208,9 +238,10 @@ async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> Session:
 
 @router.delete("/{sid}")
 async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionDeleted:
-    await _load(ctx, sid, owner)
+    rec = await _load(ctx, sid, owner)
     if not await ctx.store_call("delete", ctx.store.delete(sid)):
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
+    await ctx.release(rec.holder, sid)
     ctx.metrics.sessions.labels("deleted").inc()
     return SessionDeleted(id=sid)
 
@@ -220,6 +251,7 @@ async def fork_session(
     sid: str,
     ctx: ContextDep,
     owner: OwnerDep,
+    holder: HolderDep,
     body: SessionFork | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Session:
@@ -227,13 +259,20 @@ async def fork_session(
     ttl = _ttl(ctx, body.ttl_seconds) if body and body.ttl_seconds else rec.ttl_seconds
 
     async def fork() -> Session:
-        child = replace(rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None)
-        child = await ctx.store_call("create", ctx.store.create(child))
+        child = replace(
+            rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None, holder=holder
+        )
+        await ctx.reserve(holder, child.id, ttl)
+        try:
+            child = await ctx.store_call("create", ctx.store.create(child))
+        except BaseException:
+            await _release_quietly(ctx, holder, child.id)
+            raise
         ctx.metrics.sessions.labels("forked").inc()
         return public(child)
 
     request = body.model_dump_json() if body else "{}"
-    return await _once(ctx, owner, f"fork {sid}", idempotency_key, request, ttl, fork)
+    return await _once(ctx, owner, holder, f"fork {sid}", idempotency_key, request, ttl, fork)
 
 
 @router.post("/{sid}/append")

@@ -194,3 +194,13 @@ def test_step_without_expected_position_is_retried_when_never_sent() -> None:
     chunk = client.sessions.generate(sid, max_tokens=8)
     assert chunk.position == 8 and server.sessions[sid].position == 8
     assert len(server.bodies("/generate")) == 3 and sleeps[1] == 2.0
+
+
+@pytest.mark.parametrize("code", ["session_quota_exceeded", "ttl_quota_exceeded"])
+def test_a_quota_429_is_not_retried(code) -> None:
+    """Waiting does not cure a quota soon (it frees when the caller's own sessions go): raise at once."""
+    handler, seen = flaky(lambda r: error(429, code, headers={"Retry-After": "3000"}))
+    client, sleeps = make_client(handler, max_retries=3)
+    with pytest.raises(vc.RateLimitError) as info:
+        client.sessions.create(model="mnist-vssm")
+    assert info.value.code == code and len(seen) == 1 and sleeps == []

@@ -29,6 +29,8 @@ INITIAL_RETRY_DELAY = 0.5  # seconds, doubled per attempt
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0  # a server asking for longer gets this
 RETRY_STATUSES = frozenset({429, 503})
+# 429s that waiting does not cure soon: a quota frees when the caller's own sessions go
+QUOTA_CODES = frozenset({"session_quota_exceeded", "ttl_quota_exceeded"})
 # Failures that prove the request never reached the server: always safe to retry.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -157,9 +159,9 @@ class BaseClient:
         return attempt < retries and (idempotent or isinstance(error, NOT_SENT))
 
     def _retry_on_status(self, attempt: int, retries: int, response: httpx.Response, idempotent: bool) -> bool:
-        """429 and 503 are retried; for a step that is not safe to repeat, only when the server
-        certainly did nothing (see ``server_did_nothing``)."""
-        if attempt >= retries or response.status_code not in RETRY_STATUSES:
+        """429 (but a quota) and 503 are retried; for a step that is not safe to repeat, only when the
+        server certainly did nothing (see ``server_did_nothing``)."""
+        if attempt >= retries or response.status_code not in RETRY_STATUSES or error_code(response) in QUOTA_CODES:
             return False
         return idempotent or server_did_nothing(response)
 

@@ -11,7 +11,7 @@ Our exception hierarchy::
         ├── NotFoundError             404: model_not_found, not_found
         │   └── SessionNotFoundError  404: session_not_found (unknown, expired, or another key's)
         ├── ConflictError             409: position_mismatch, session_busy, state_incompatible
-        ├── RateLimitError            429: overloaded
+        ├── RateLimitError            429: overloaded; session_quota_exceeded, ttl_quota_exceeded (not retried)
         └── InternalServerError       5xx
             └── ServiceUnavailableError  503: store_unavailable, not_ready
 
@@ -131,7 +131,9 @@ class ConflictError(APIStatusError):
 
 
 class RateLimitError(APIStatusError):
-    """429 ``overloaded``: retried automatically, honouring ``Retry-After``."""
+    """429 ``overloaded``: retried automatically, honouring ``Retry-After``.  A quota
+    (``session_quota_exceeded``, ``ttl_quota_exceeded``) is not retried: it frees when the caller's
+    sessions are deleted or expire."""
 
 
 class InternalServerError(APIStatusError):
@@ -174,7 +176,7 @@ _STATUS_BY_CODE = {
     "method_not_allowed": 405,
     **dict.fromkeys(["position_mismatch", "session_busy", "state_incompatible", "idempotency_key_reused"], 409),
     "body_too_large": 413,
-    "overloaded": 429,
+    **dict.fromkeys(["overloaded", "session_quota_exceeded", "ttl_quota_exceeded"], 429),
     **dict.fromkeys(["store_unavailable", "not_ready"], 503),
     "internal_error": 500,
 }

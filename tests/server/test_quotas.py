@@ -1,0 +1,127 @@
+"""Per-key quotas on live sessions and on their total TTL, with the in-process store and real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from starlette.types import Receive, Scope, Send
+
+from server import Settings, create_app
+from server.store import StoreUnavailable
+from tests.server.test_api import assert_error
+
+A = {"Authorization": "Bearer key-a"}
+B = {"Authorization": "Bearer key-b"}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def quota_client(request, checkpoints) -> Iterator:
+    """``make(**settings)`` -> a TestClient on the in-process store or on a real redis-server."""
+    url = request.getfixturevalue("redis").url if request.param == "redis" else None
+    opened: list[TestClient] = []
+
+    def make(wrap=None, **settings) -> TestClient:
+        app = create_app(Settings(checkpoints=checkpoints, redis_url=url, **settings))
+        c = TestClient(wrap(app) if wrap else app, raise_server_exceptions=False).__enter__()
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
+def create(c: TestClient, headers: dict | None = None, **body):
+    return c.post("/v1/sessions", json={"model": "mnist-vssm", **body}, headers=headers)
+
+
+def test_live_sessions_per_key(quota_client):
+    c = quota_client(api_keys=["key-a", "key-b"], max_sessions_per_key=2)
+    first = create(c, A, max_tokens=2, ttl_seconds=120).json()
+    create(c, A, seed=1)
+    r = create(c, A)
+    err = assert_error(r, 429, "session_quota_exceeded")
+    assert "2 live sessions" in err["message"] and err["type"] == "rate_limit_error"
+    assert 1 <= int(r.headers["retry-after"]) <= 120
+    assert_error(c.post(f"/v1/sessions/{first['id']}/fork", headers=A), 429, "session_quota_exceeded")
+    # another key has its own quota; one-shot completions and the existing sessions are not limited
+    assert create(c, B).status_code == 201
+    assert c.post("/v1/completions", json={"model": "mnist-vssm", "max_tokens": 2}, headers=A).status_code == 200
+    assert c.post(f"/v1/sessions/{first['id']}/generate", json={"max_tokens": 2}, headers=A).status_code == 200
+    # deleting one frees its place
+    assert c.delete(f"/v1/sessions/{first['id']}", headers=A).status_code == 200
+    fork_source = create(c, A).json()
+    assert_error(create(c, A), 429, "session_quota_exceeded")
+    c.delete(f"/v1/sessions/{fork_source['id']}", headers=A)
+    # a repeat of a create with its Idempotency-Key is the same session, not another one
+    key = {**A, "Idempotency-Key": "once"}
+    made = create(c, key, seed=5)
+    assert made.status_code == 201
+    assert create(c, key, seed=5).json()["id"] == made.json()["id"]
+
+
+def test_total_ttl_per_key(quota_client):
+    c = quota_client(api_keys=["key-a"], max_sessions_per_key=0, max_total_ttl_per_key=100)
+    s = create(c, A, ttl_seconds=60).json()
+    r = create(c, A, ttl_seconds=50)
+    err = assert_error(r, 429, "ttl_quota_exceeded")
+    assert "60" in err["message"] and "100" in err["message"]
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    assert create(c, A, ttl_seconds=40).status_code == 201
+    assert_error(c.post(f"/v1/sessions/{s['id']}/fork", headers=A), 429, "ttl_quota_exceeded")
+    assert c.post(f"/v1/sessions/{s['id']}/fork", json={"ttl_seconds": 1}, headers=A).status_code == 429
+    c.delete(f"/v1/sessions/{s['id']}", headers=A)
+    assert create(c, A, ttl_seconds=60).status_code == 201
+
+
+def test_expiry_frees_the_quota_and_use_keeps_a_session_counting(quota_client):
+    c = quota_client(max_sessions_per_key=1)
+    s = create(c, ttl_seconds=1).json()
+    time.sleep(0.6)
+    assert c.get(f"/v1/sessions/{s['id']}").status_code == 200  # refreshes its TTL, and its count
+    time.sleep(0.6)
+    assert_error(create(c), 429, "session_quota_exceeded")  # 1.2 s after it was made, still counting
+    time.sleep(1.1)
+    assert c.get(f"/v1/sessions/{s['id']}").status_code == 404
+    assert create(c).status_code == 201
+
+
+def from_address(app):
+    """The test's stand-in for requests from several hosts: the client address from a header."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"x-test-address", b"10.0.0.1").decode()
+            scope = {**scope, "client": (host, 40000)}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def test_without_keys_each_client_address_has_its_own_quota(quota_client):
+    c = quota_client(wrap=from_address, max_sessions_per_key=1)
+    one, two = {"X-Test-Address": "10.0.0.1"}, {"X-Test-Address": "10.0.0.2"}
+    s = create(c, one).json()
+    assert_error(create(c, one), 429, "session_quota_exceeded")
+    assert create(c, two).status_code == 201
+    # sessions are still shared without keys: the quota is the only thing an address changes
+    assert c.get(f"/v1/sessions/{s['id']}", headers=two).status_code == 200
+
+
+def test_a_create_that_fails_gives_its_place_back(quota_client):
+    c = quota_client(max_sessions_per_key=1)
+    store = c.app.state.ctx.store
+    real = store.create
+
+    async def down(rec):
+        raise StoreUnavailable("down for the test")
+
+    store.create = down
+    try:
+        assert_error(create(c), 503, "store_unavailable")
+    finally:
+        store.create = real
+    assert create(c).status_code == 201
