@@ -14,7 +14,7 @@ import torch
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import errors
+from . import errors, openapi
 from .batcher import Batcher
 from .config import Settings
 from .deps import Context
@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.ctx = ctx
     errors.install(app)
+    openapi.install(app)
     app.add_middleware(EdgeMiddleware, ctx_getter=lambda: ctx)
     for r in (health.router, models.router, completions.router, sessions.router):
         app.include_router(r)

@@ -136,3 +136,27 @@ class SessionDeleted(BaseModel):
     id: str
     object: Literal["session.deleted"] = "session.deleted"
     deleted: bool = True
+
+
+# ----- errors and operations ----------------------------------------------------------------------------
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: str | None
+    param: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The one error envelope (docs/api.md, "Errors")."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    models: list[str]
+    store: str

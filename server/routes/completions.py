@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 
 from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import bad_request
+from ..openapi import errors, json_or_stream
 from ..registry import ServedModel
 from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, Usage
 from ..sse import sse_response, started, with_keepalive
@@ -41,7 +42,11 @@ def check_prompt(ctx: Context, served: ServedModel, n: int) -> None:
         )
 
 
-@router.post("/completions", response_model=None)
+@router.post(
+    "/completions",
+    response_model=None,
+    responses={**json_or_stream(Completion), **errors(400, 401, 404, 413, 429, 503)},
+)
 async def create_completion(
     body: CompletionCreate, request: Request, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
 ):

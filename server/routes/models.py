@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..deps import OwnerDep, RegistryDep
+from ..openapi import errors
 from ..registry import ServedModel
 from ..schemas import ModelCard, ModelList
 
@@ -25,11 +26,11 @@ def card(s: ServedModel) -> ModelCard:
     )
 
 
-@router.get("/models")
+@router.get("/models", responses=errors(401, 503))
 async def list_models(registry: RegistryDep, owner: OwnerDep) -> ModelList:
     return ModelList(data=[card(s) for s in registry.models.values()])
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", responses=errors(401, 404, 503))
 async def get_model(model_id: str, registry: RegistryDep, owner: OwnerDep) -> ModelCard:
     return card(registry.get(model_id))

@@ -25,6 +25,7 @@ from model import StateError
 
 from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
+from ..openapi import errors, json_or_stream
 from ..registry import Registry
 from ..schemas import (
     Chunk,
@@ -150,7 +151,7 @@ def _check_position(rec: SessionRecord, expected: int | None) -> None:
         )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 404, 409, 413, 429, 503))
 async def create_session(
     body: SessionCreate,
     ctx: ContextDep,
@@ -231,12 +232,12 @@ async def _release_quietly(ctx: Context, holder: str, sid: str) -> None:
         await ctx.release(holder, sid)
 
 
-@router.get("/{sid}")
+@router.get("/{sid}", responses=errors(401, 404, 503))
 async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> Session:
     return public(await _load(ctx, sid, owner))
 
 
-@router.delete("/{sid}")
+@router.delete("/{sid}", responses=errors(401, 404, 503))
 async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionDeleted:
     rec = await _load(ctx, sid, owner)
     if not await ctx.store_call("delete", ctx.store.delete(sid)):
@@ -246,7 +247,7 @@ async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionD
     return SessionDeleted(id=sid)
 
 
-@router.post("/{sid}/fork", status_code=status.HTTP_201_CREATED)
+@router.post("/{sid}/fork", status_code=status.HTTP_201_CREATED, responses=errors(400, 401, 404, 409, 413, 429, 503))
 async def fork_session(
     sid: str,
     ctx: ContextDep,
@@ -275,7 +276,7 @@ async def fork_session(
     return await _once(ctx, owner, holder, f"fork {sid}", idempotency_key, request, ttl, fork)
 
 
-@router.post("/{sid}/append")
+@router.post("/{sid}/append", responses=errors(400, 401, 404, 409, 413, 429, 503))
 async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
     rec = await _load(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
@@ -311,7 +312,11 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
     return public(await _commit(ctx, new, rec.version))
 
 
-@router.post("/{sid}/generate", response_model=None)
+@router.post(
+    "/{sid}/generate",
+    response_model=None,
+    responses={**json_or_stream(Chunk), **errors(400, 401, 404, 409, 413, 429, 503)},
+)
 async def generate(
     sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
 ) -> Chunk | Response:
