@@ -31,7 +31,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-__all__ = ["S4D", "S4DConfig"]
+__all__ = ["S4D", "SHORT", "S4DConfig"]
+
+SHORT = 64  # at most this many steps, inference runs a layer as one matmul (S4D._short), not FFTs
 
 
 @dataclass
@@ -53,9 +55,9 @@ class _KernelCache:
     def __init__(self, max_bytes: int = 64 << 20) -> None:
         self.max_bytes = max_bytes
         self.weights: tuple = ()
-        self.entries: dict[int, dict[str, Tensor]] = {}
+        self.entries: dict[int | tuple, dict[str, Tensor]] = {}  # by length, or (kind, length)
 
-    def get(self, weights: tuple, T: int) -> dict[str, Tensor] | None:
+    def get(self, weights: tuple, T: int | tuple) -> dict[str, Tensor] | None:
         if weights != self.weights:
             self.weights, self.entries = weights, {}
             return None
@@ -64,7 +66,7 @@ class _KernelCache:
             self.entries[T] = hit  # most recently used goes last
         return hit
 
-    def put(self, T: int, value: dict[str, Tensor]) -> None:
+    def put(self, T: int | tuple, value: dict[str, Tensor]) -> None:
         self.entries[T] = value
         size = sum(_nbytes(v) for e in self.entries.values() for v in e.values())
         while size > self.max_bytes and len(self.entries) > 1:
@@ -137,12 +139,67 @@ class S4D(nn.Module):
         """
         if torch.is_grad_enabled():
             return self._build(T, full)
-        weights = weights_key(self.parameters())
+        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))  # parameters() costs more
         hit = self._cache.get(weights, T)
         if hit is None:
             hit = self._build(T, True)
             self._cache.put(T, hit)
         return hit
+
+    def _short(self, T: int) -> Tensor:
+        """The whole layer over ``T <= SHORT`` steps from a state as one real matrix ``(H, T + 2N, T + 2N)``, cached.
+
+        Input and output rows are ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]``: the output
+        holds ``y`` and the next state, ``[y; h_T] = [u; h_0] @ M``, i.e. the Toeplitz kernel plus
+        ``D``, the state readout ``C Lambda^(t+1)``, the input term ``B_bar Lambda^(T-1-k)`` and
+        ``Lambda^T``.  A short round is then one batched matmul per layer instead of an FFT pair and
+        two readouts: at a few tokens, the number of kernels launched is the cost, not arithmetic.
+        """
+        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
+        hit = self._cache.get(weights, ("short", T))
+        if hit is not None:
+            return hit["M"]
+        H, N = self.cfg.width, self.cfg.state_size
+        dtA, _, B_bar, C = self.discretize()
+        re, im = _powers(dtA, torch.arange(T + 1, device=dtA.device, dtype=dtA.real.dtype))  # (H, N, T+1)
+        powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
+        M = torch.zeros(H, T + 2 * N, T + 2 * N, dtype=self.D.dtype, device=self.D.device)
+        K = self._kernel(dtA, C * B_bar, T)  # (H, T)
+        lag = torch.arange(T, device=K.device)
+        diff = lag[None, :] - lag[:, None]  # (k, t): t - k
+        M[:, :T, :T] = torch.where(diff >= 0, K[:, diff.clamp_min(0)], 0.0) + torch.diag_embed(
+            self.D[:, None].expand(H, T)
+        )
+        cp = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1)
+        M[:, T::2, :T] = cp.real  # Re h contributes Re(C L^(t+1)) Re h
+        M[:, T + 1 :: 2, :T] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
+        b = B_bar[..., None] * powers[..., :T].flip(-1)  # (H, N, T)  B_bar Lambda^(T-1-k)
+        M[:, :T, T::2] = b.real.transpose(1, 2)
+        M[:, :T, T + 1 :: 2] = b.imag.transpose(1, 2)
+        lam = powers[..., T]  # (H, N)  Lambda^T
+        j = torch.arange(N, device=K.device)
+        M[:, T + 2 * j, T + 2 * j] = lam.real  # Re h' = Re L Re h - Im L Im h
+        M[:, T + 2 * j + 1, T + 2 * j] = -lam.imag
+        M[:, T + 2 * j, T + 2 * j + 1] = lam.imag  # Im h' = Im L Re h + Re L Im h
+        M[:, T + 2 * j + 1, T + 2 * j + 1] = lam.real
+        self._cache.put(("short", T), {"M": M})
+        return M
+
+    def _forward_short(self, u: Tensor, state: Tensor | None, return_state: bool) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward` over a few steps by :meth:`_short`'s matrix; same results, fewer kernels."""
+        T = u.shape[-1]
+        M = self._short(T)  # (H, P, P)
+        x = u.permute(1, 0, 2)  # (H, B, T)
+        if state is None:
+            out = torch.bmm(x, M[:, :T])  # (H, B, P)
+        else:
+            h0 = torch.view_as_real(state).flatten(-2).permute(1, 0, 2)  # (H, B, 2N) interleaved re, im
+            out = torch.bmm(torch.cat([x, h0], -1), M)  # (H, B, P)
+        y = out[..., :T].permute(1, 0, 2)  # (B, H, T)
+        if not return_state:
+            return y, None
+        nxt = out[..., T:].permute(1, 0, 2).contiguous().unflatten(-1, (self.cfg.state_size, 2))  # (B, H, N, 2)
+        return y, torch.view_as_complex(nxt)
 
     def _build(self, T: int, full: bool) -> dict[str, Tensor]:
         dtA, Lam, B_bar, C = self.discretize()
@@ -194,6 +251,8 @@ class S4D(nn.Module):
         inputs; outputs past a row's length are computed but meaningless to it.
         """
         _Bsz, _H, T = u.shape
+        if T <= SHORT and lengths is None and not torch.is_grad_enabled():
+            return self._forward_short(u, state, return_state)
         tens = self._tensors(T, full=state is not None or return_state)
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]

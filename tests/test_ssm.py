@@ -160,3 +160,25 @@ def test_inner_estimates_are_evenly_spaced_returned_for_training_and_read_back()
     assert not torch.allclose(out, net(x)[0])
     with pytest.raises(ValueError, match="estimates must be"):
         SSMNetConfig(n_in=6, n_out=5, layers=3, estimates=3)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16, 31, 64])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_short_inference_path_equals_the_fft_path_and_the_recurrence(T, fresh):
+    """Inference over at most SHORT steps runs the layer as one matmul; it must never drift from the
+    reference paths, from the zero state or any other, for outputs and the next state."""
+    from model.ssm import SHORT
+
+    assert T <= SHORT
+    torch.manual_seed(T)
+    layer = S4D(S4DConfig(width=6, state_size=5)).double()
+    u = torch.randn(3, 6, T, dtype=F64)
+    h0 = None if fresh else torch.randn(3, 6, 5, dtype=torch.complex128)
+    with torch.no_grad():
+        y, hT = layer(u, h0)
+        y_ns, none = layer(u, h0, return_state=False)
+    y_fft, h_fft = layer(u, h0)  # grad enabled: the FFT path
+    y_rec, h_rec = recurrent(layer, u, layer.initial_state(3) if fresh else h0)
+    for a, b in ((y, y_fft), (y, y_rec), (hT, h_fft), (hT, h_rec), (y_ns, y)):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-10)
+    assert none is None
