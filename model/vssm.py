@@ -1,7 +1,8 @@
 """Variational State Space Model (Lambrechts et al., 2024): a VAE of three causal SSM stacks.
 
-Glossary of axis letters (DESIGN.md section 1):
+Glossary of axis letters (docs/design.md):
     B  batch      T  sequence length      C  prompt length      n  tokens in one call
+    c  block size
     V  vocabulary size, ``EMPTY = V`` the padding token of the partial encoder
     Z  categorical latent variables per step      K  classes per latent variable
 
@@ -13,17 +14,19 @@ Networks (names from the paper):
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
 
-Resumable state (one row per sequence; every network state has a fixed size):
-    dec       decoder state after z_1:P                     (B, L_dec, H, N)
-    par       partial-encoder state after x_1:P, observed   (B, L_par, H, N)
-    gen       partial-encoder state after the last observed token followed by EMPTYs up to P
-    observed  whether any token was observed (prompt or append); if not, latents come from the prior
+Resumable state (one row per sequence; every network state has a fixed size; docs/design.md):
+    dec       decoder state the current block is generated from   (B, L_dec, H, N)
+    dec_abs   decoder state after the absorbed latents z'          (B, L_dec, H, N)
+    par       partial-encoder state after x_1:P, observed          (B, L_par, H, N)
+    gen       partial-encoder state after the tokens before the current block, then EMPTYs up to P
+    observed  whether any token was observed; if not, latents come from the prior
 
-Latents of generated positions are drawn from f_par over EMPTYs continued from ``gen``, keyed by
-(seed, absolute position); they therefore depend only on the observed tokens and the position,
-never on where chunk boundaries fall, so one call of a + b tokens equals a call of a then b.
-``par`` is advanced over the generated tokens (as observed) so that a later append conditions
-on everything seen so far without re-reading the prefix.
+Block sampling (the paper's Algorithm 5, docs/design.md "Blocks"): blocks of c positions aligned to
+absolute positions; a block's latents come from f_par over EMPTYs continued from ``gen``, its tokens
+from one decoder pass; then its tokens are absorbed (f_par reads them, their latents are re-drawn
+and advance ``dec_abs``) and the next block starts from there.  No block size is one pass after the
+last observed token.  Randomness is keyed by (seed, absolute position), so one call of a + b
+tokens equals a call of a then b at any fixed block size.
 """
 
 from __future__ import annotations

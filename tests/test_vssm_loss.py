@@ -1,4 +1,4 @@
-"""The ELBO terms and the partial-posterior KL of the VSSM (DESIGN.md section 1)."""
+"""The ELBO terms and the partial-posterior KL of the VSSM (docs/design.md)."""
 
 from __future__ import annotations
 
