@@ -3,6 +3,7 @@ batcher (exact, and fair to the other requests)."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import threading
 import time
@@ -48,9 +49,16 @@ def test_long_prompts_through_the_server_equal_the_model_api(checkpoints):
 def test_a_long_prompt_does_not_starve_another_model(checkpoints):
     """While a long prompt is read for one model, a 1-token completion on another waits a few of its
     windows, not the whole prompt.  Each window's work is made slow and steady (a sleep per token in
-    the worker thread, as a big model's compute would be), so the measure is in windows, not seconds."""
-    per_token = 0.0002  # seconds: a window of 256 tokens takes about 51 ms
+    the worker thread, as a big model's compute would be), so the measure is in windows, not seconds:
+    the prompt tokens read while the short request waited, and its time beyond its time alone."""
+    per_token = 0.0003  # seconds: a window of 256 tokens takes about 77 ms
+    short = {"model": "mnist-ar-gru", "max_tokens": 1}
     with make_client(checkpoints, None, max_prompt_tokens=1 << 20) as c:
+        alone = 0.0
+        for _ in range(3):  # the short request's own time, on this machine as loaded as it is now
+            t0 = time.perf_counter()
+            assert c.post("/v1/completions", json=short).status_code == 200
+            alone = max(alone, time.perf_counter() - t0)
         m = c.app.state.ctx.registry.get("text-vssm").model
         window = m.append_window
         done: list[tuple[float, int]] = []  # (end time, tokens) of every pass over the long prompt
@@ -73,13 +81,13 @@ def test_a_long_prompt_does_not_starve_another_model(checkpoints):
             assert started.wait(30)
             time.sleep(2.5 * per_token * window)  # well inside the prompt
             t0 = time.perf_counter()
-            r = c.post("/v1/completions", json={"model": "mnist-ar-gru", "max_tokens": 1})
+            r = c.post("/v1/completions", json=short)
             t1 = time.perf_counter()
             assert r.status_code == 200
             assert first.result(60).status_code == 200
         during = sum(n for end, n in done if t0 < end <= t1)
         assert sum(n for _, n in done) == window * n_windows
         assert during <= 4 * window, f"{during} prompt tokens were read while the short request waited"
-        passes = [b - a for (a, _), (b, _) in zip(done, done[1:])]
-        assert t1 - t0 <= 5 * statistics.median(passes), (t1 - t0, statistics.median(passes))
+        passes = [b - a for (a, _), (b, _) in itertools.pairwise(done)]
+        assert t1 - t0 <= alone + 4 * statistics.median(passes), (t1 - t0, alone, statistics.median(passes))
         assert done[-1][0] > t1  # the long prompt was still being read when the short request finished
