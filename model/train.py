@@ -63,6 +63,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     max_steps: int = 0  # stop after this many steps (0: no step limit)
     budget_minutes: float = 0.0  # stop after this much training wall-clock (0: no time limit)
+    budget_cpu_minutes: float = 0.0  # stop after this much CPU time of the training loop (0: no limit)
     kl_warmup_steps: int = 1000  # VSSM: KL weight ramps 0 -> 1 over these steps
     free_bits: float = 0.0  # VSSM: nats per step below which the KL is not penalised
     tau: float = 1.0  # VSSM: Gumbel-softmax temperature at the start
@@ -150,19 +151,21 @@ def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     ]
 
 
-def _progress(cfg: TrainConfig, step: int, elapsed: float) -> float:
+def _progress(cfg: TrainConfig, step: int, elapsed: float, cpu: float = 0.0) -> float:
     """Fraction of the run done, by steps or by time, whichever is further along."""
     fracs = []
     if cfg.max_steps:
         fracs.append(step / cfg.max_steps)
     if cfg.budget_minutes:
         fracs.append(elapsed / (60 * cfg.budget_minutes))
+    if cfg.budget_cpu_minutes:
+        fracs.append(cpu / (60 * cfg.budget_cpu_minutes))
     return min(1.0, max(fracs)) if fracs else 0.0
 
 
-def _finished(cfg: TrainConfig, step: int, elapsed: float, world: int) -> bool:
+def _finished(cfg: TrainConfig, step: int, elapsed: float, world: int, cpu: float = 0.0) -> bool:
     """Whether the budget is spent; under DDP rank 0's clock decides for everyone."""
-    flag = torch.tensor([1.0 if _progress(cfg, step, elapsed) >= 1.0 else 0.0])
+    flag = torch.tensor([1.0 if _progress(cfg, step, elapsed, cpu) >= 1.0 else 0.0])
     if world > 1:
         dist.broadcast(flag, src=0)
     return bool(flag.item())
@@ -259,8 +262,8 @@ def validate(
 # ----- the loop -----------------------------------------------------------------------------------
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
-    if not cfg.max_steps and not cfg.budget_minutes:
-        raise ValueError("give a budget: --max-steps and/or --budget-minutes")
+    if not cfg.max_steps and not cfg.budget_minutes and not cfg.budget_cpu_minutes:
+        raise ValueError("give a budget: --max-steps, --budget-minutes and/or --budget-cpu-minutes")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if cfg.threads:
@@ -332,9 +335,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     )
     t_last, c_last = time.perf_counter(), time.process_time()
     tokens_seen = 0
-    done = _finished(cfg, step, elapsed, world)
+    done = _finished(cfg, step, elapsed, world, cpu)
     while not done:
-        progress = _progress(cfg, step, elapsed)
+        progress = _progress(cfg, step, elapsed, cpu)
         factor = _lr_factor(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -365,7 +368,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
                 },
                 refresh=False,
             )
-        done = _finished(cfg, step, elapsed, world)  # the final step is always validated and saved
+        done = _finished(cfg, step, elapsed, world, cpu)  # the final step is always validated and saved
         do_val = step % cfg.val_every == 0 or done
         do_ckpt = step % cfg.ckpt_every == 0 or done
         if main and (do_val or do_ckpt):

@@ -96,3 +96,15 @@ def test_train_config_refuses_bad_values(tmp_path, field, value):
     )
     assert proc.returncode != 0 and f"vssm train: error: {field}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_cpu_budget_sets_the_schedule_and_the_end():
+    """On a shared machine the run's own CPU time is the fair budget: it drives the cosine and the stop."""
+    from model.train import TrainConfig, _finished, _progress
+
+    cfg = TrainConfig(budget_cpu_minutes=10.0)
+    assert _progress(cfg, step=5, elapsed=3000.0, cpu=300.0) == pytest.approx(0.5)
+    assert not _finished(cfg, 5, 3000.0, world=1, cpu=599.0)
+    assert _finished(cfg, 5, 3000.0, world=1, cpu=600.0)
+    both = TrainConfig(budget_minutes=20.0, budget_cpu_minutes=10.0)
+    assert _progress(both, 5, elapsed=900.0, cpu=300.0) == pytest.approx(0.75)  # whichever is further along
