@@ -15,6 +15,7 @@ import pytest
 
 from server import Settings
 from tests.server.conftest import ROOT, free_port, wait_until
+from tests.server.test_contract import _raw
 
 
 def _kind(name: str) -> type | None:
@@ -116,6 +117,9 @@ def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_pat
             line = " ".join(p.cmdline())
             assert "cli-key-9e2b" not in line and "file-key-5d1c" not in line, line
         assert httpx.get(url + "/v1/models", timeout=5).status_code == 401
+        # the workers run our HTTP protocol too: a request the parser refuses gets the envelope
+        status, headers, _ = _raw(port, b"GET /he alth HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status.startswith("HTTP/1.1 400") and headers["content-type"] == "application/json"
         # several requests, so that both workers answer some (each rebuilt its settings from the environment)
         for key in ["cli-key-9e2b", "x", "file-key-5d1c"] * 3:
             r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
