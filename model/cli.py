@@ -78,6 +78,15 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         default=1000,
         help="prompted NLLs on the first N test sequences (0: all); the VSSM's bound costs k passes",
     )
+    p.add_argument(
+        "--block-sizes",
+        default="",
+        help="also measure block sampling at these block sizes, e.g. 1,2,4,8,16,28,56,112,196,392,784: "
+        "bound, generation time at batch 1 and 32, sample figures (the JSON's block_curve)",
+    )
+    p.add_argument("--block-limit", type=int, default=500, help="test sequences of each block-size bound")
+    p.add_argument("--block-samples", type=_positive_int, default=8, help="importance samples of each block-size bound")
+    p.add_argument("--judge-samples", type=_positive_int, default=1000, help="unprompted samples judged per block size")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seq-len", type=int, default=256, help="text window length")
     p.add_argument("--threads", type=int, default=0)
@@ -94,6 +103,9 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-rows", type=int, default=14, help="image rows given as the prompt")
     p.add_argument("--prompt", default="ROMEO:\n", help="text prompt")
     p.add_argument("--length", type=int, default=400, help="text bytes to generate")
+    p.add_argument(
+        "--block-size", type=_positive_int, default=None, help="block sampling's block size (default: the model's)"
+    )
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_sample)
 

@@ -19,10 +19,12 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from .base import SequenceModel
@@ -93,15 +95,83 @@ def iw_curve(model: VSSM, seqs: torch.Tensor, samples: int, batch_size: int) -> 
 
 
 @torch.no_grad()
-def generation_seconds(model: SequenceModel, length: int, batch: int, repeats: int = 3) -> float:
-    """Best-of-``repeats`` wall-clock time to sample ``batch`` unprompted sequences of ``length``."""
+def generation_seconds(
+    model: SequenceModel, length: int, batch: int, repeats: int = 3, block_size: int | None = None
+) -> float:
+    """Best-of-``repeats`` wall-clock time to sample ``batch`` unprompted sequences of ``length``
+    (at ``block_size``; None: the model's default)."""
     empty = torch.zeros(batch, 0, dtype=torch.long)
     best = math.inf
     for r in range(repeats):
         t0 = time.perf_counter()
-        model.generate(model.start(empty, list(range(r, r + batch))), length, resumable=False)
+        model.generate(model.start(empty, list(range(r, r + batch))), length, resumable=False, block_size=block_size)
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+@torch.no_grad()
+def unprompted_samples(model: SequenceModel, n: int, length: int, block_size: int | None, batch: int = 250) -> Tensor:
+    """``n`` unprompted samples ``(n, length)`` at temperature 1, seeds ``0..n-1`` (so every block size
+    and every family is judged on the same seeds)."""
+    out = []
+    for i in range(0, n, batch):
+        rows = min(batch, n - i)
+        state = model.start(torch.zeros(rows, 0, dtype=torch.long), list(range(i, i + rows)))
+        out.append(model.generate(state, length, resumable=False, block_size=block_size)[0].cpu())
+    return torch.cat(out)
+
+
+def block_curve(
+    model: SequenceModel,
+    seqs: Tensor,
+    block_sizes: list[int],
+    samples: int = 8,
+    batch_size: int = 100,
+    judge: Callable[[Tensor], dict[str, Any]] | None = None,
+    judge_samples: int = 1000,
+) -> list[dict[str, Any]]:
+    """The speed / quality dial (docs/design.md, "Blocks"): per block size, the likelihood bound of
+    what block sampling really samples (``samples`` importance samples over ``seqs``), the time to
+    generate a whole sequence at batch 1 and 32, and ``judge``'s figures of ``judge_samples``
+    unprompted samples.  Autoregressive families sample token by token whatever the block size:
+    one row, their exact NLL."""
+    S, T = seqs.shape
+    rows = []
+    for c in block_sizes if isinstance(model, VSSM) else [1]:
+        if isinstance(model, VSSM):
+            w = []
+            for i in tqdm(range(0, S, batch_size), desc=f"block {c}", leave=False, disable=None):
+                w.append(model.block_log_weights(seqs[i : i + batch_size].to(model.device), c, samples).cpu())
+            lw = torch.cat(w, dim=1).double()  # (samples, S)
+            nats = float(-(torch.logsumexp(lw, 0) - math.log(samples)).mean())
+            nll = {
+                "bound": "iw",
+                "samples": samples,
+                **_per_sequence(nats, T),
+                "elbo": _per_sequence(float(-lw.mean()), T),
+            }
+        else:
+            nll = {"bound": "exact", **_summary(_score(model, seqs, batch_size, "nll"), S, T)}
+        row: dict[str, Any] = {
+            "block_size": c,
+            "sequences": S,
+            "nll": nll,
+            "generation_seconds": {
+                "length": T,
+                "batch_1": generation_seconds(model, T, 1, block_size=c),
+                "batch_32": generation_seconds(model, T, 32, block_size=c),
+            },
+        }
+        if judge is not None:
+            row["samples"] = judge(unprompted_samples(model, judge_samples, T, c))
+        log.info(
+            "block %d: %.2f nats, %.1f ms at batch 1",
+            c,
+            nll["nats_per_sequence"],
+            row["generation_seconds"]["batch_1"] * 1e3,
+        )
+        rows.append(row)
+    return rows
 
 
 def evaluate(
@@ -213,6 +283,16 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
+    if args.block_sizes:
+        result["block_curve"] = block_curve(
+            model,
+            seqs[: args.block_limit],
+            _block_list(args.block_sizes),
+            samples=args.block_samples,
+            batch_size=max(1, args.batch_size // 4),
+            judge=_judge(args, dataset, ds),
+            judge_samples=args.judge_samples,
+        )
     result["eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -222,3 +302,18 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     else:
         sys.stdout.write(text + "\n")
     return result
+
+
+def _block_list(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = [0]
+    if not sizes or min(sizes) < 1:
+        raise SystemExit(f"--block-sizes must list positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def _judge(args: argparse.Namespace, dataset: str, ds: Any) -> Callable[[Tensor], dict[str, Any]] | None:
+    """The sample judge of the dataset, when its checkpoints are given: none by default."""
+    return None

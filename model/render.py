@@ -58,6 +58,7 @@ def sample_images(
     temperature: float,
     real: torch.Tensor | None = None,
     prompt_rows: int = 0,
+    block_size: int | None = None,
 ) -> tuple[Image.Image, torch.Tensor]:
     """Unconditional grid (``real`` None) or prompted grid: pairs [real | completion] per image."""
     T = int(np.prod(shape))
@@ -65,11 +66,13 @@ def sample_images(
     seeds = list(range(seed, seed + n))
     if real is None:
         state = model.start(torch.zeros(n, 0, dtype=torch.long), seeds)
-        seqs, _ = model.generate(state, T, temperature=temperature, resumable=False)
+        seqs, _ = model.generate(state, T, temperature=temperature, resumable=False, block_size=block_size)
         return image_grid(_to_pixels(seqs, shape, model.vocab_size), cols=int(np.ceil(np.sqrt(n)))), seqs
     C = prompt_rows * per_row
     prompt = real[:n, :C]
-    cont, _ = model.generate(model.start(prompt, seeds), T - C, temperature=temperature, resumable=False)
+    cont, _ = model.generate(
+        model.start(prompt, seeds), T - C, temperature=temperature, resumable=False, block_size=block_size
+    )
     seqs = torch.cat([prompt.to(cont.device), cont], dim=1)
     pairs = torch.stack([real[:n].to(seqs.device), seqs], dim=1).reshape(2 * n, T)  # real, completion, real, ...
     marks = [0, prompt_rows] * n
@@ -78,14 +81,21 @@ def sample_images(
 
 
 @torch.no_grad()
-def sample_text(model: SequenceModel, prompt: str, length: int, n: int, seed: int, temperature: float) -> list[str]:
+def sample_text(
+    model: SequenceModel,
+    prompt: str,
+    length: int,
+    n: int,
+    seed: int,
+    temperature: float,
+    block_size: int | None = None,
+) -> list[str]:
     p = torch.tensor([list(prompt.encode())] * n, dtype=torch.long)
     if model.max_position is not None and p.shape[1] + length > model.max_position:
         length = model.max_position - p.shape[1]  # a transformer's context ends there
         log.warning("generating %d bytes: the model's maximum position is %d", length, model.max_position)
-    out, _ = model.generate(
-        model.start(p, list(range(seed, seed + n))), length, temperature=temperature, resumable=False
-    )
+    state = model.start(p, list(range(seed, seed + n)))
+    out, _ = model.generate(state, length, temperature=temperature, resumable=False, block_size=block_size)
     return [prompt + bytes(row).decode("utf-8", errors="replace") for row in out.tolist()]
 
 
@@ -104,12 +114,17 @@ def sample_cli(args: argparse.Namespace) -> None:
             grid.save(path)
             log.info("wrote %s", path)
 
-        save(sample_images(model, shape, args.n, args.seed, args.temperature)[0], "unconditional")
+        block = args.block_size
+        save(sample_images(model, shape, args.n, args.seed, args.temperature, block_size=block)[0], "unconditional")
         real = load_dataset(dataset, args.data_dir).test[: args.n]
-        prompted = sample_images(model, shape, args.n, args.seed, args.temperature, real, args.prompt_rows)
+        prompted = sample_images(
+            model, shape, args.n, args.seed, args.temperature, real, args.prompt_rows, block_size=block
+        )
         save(prompted[0], "prompted")
     else:
-        texts = sample_text(model, args.prompt, args.length, min(args.n, 4), args.seed, args.temperature)
+        texts = sample_text(
+            model, args.prompt, args.length, min(args.n, 4), args.seed, args.temperature, args.block_size
+        )
         path = out.with_name(prefix + ".txt")
         path.write_text("\n\n---\n\n".join(texts) + "\n")
         log.info("wrote %s", path)
