@@ -106,6 +106,7 @@ class VSSM(SequenceModel):
     family = "vssm"
     config_class = VSSMConfig
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
+    gen_window = 512  # longest parallel pass of generation: peak memory stays bounded; tokens do not change
 
     def __init__(self, config: VSSMConfig | None = None) -> None:
         config = config or VSSMConfig()
@@ -458,38 +459,46 @@ class VSSM(SequenceModel):
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
         pieces = []
         offset = 0
+        any_blocks = bool((blocks > 0).any())
         while offset < n:
             left = n - offset
             to_end = torch.where(blocks > 0, blocks - state.position % blocks.clamp_min(1), left)  # (B,)
-            m = int(to_end.clamp_max(left).min())
+            # a long piece is cut into windows: peak memory stays bounded, the tokens do not change
+            m = min(int(to_end.clamp_max(left).min()), self.gen_window)
             ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
-            tokens, state = self._piece(state, m, temperature, ends, absorb=resumable or m < left)
+            more = m < left
+            tokens, state = self._piece(
+                state, m, temperature, ends, keep=resumable or more, absorb=resumable or (more and any_blocks)
+            )
             pieces.append(tokens)
             offset += m
         return torch.cat(pieces, dim=1), state if resumable else None
 
     def _piece(
-        self, state: GenState, m: int, temperature: float | Tensor, ends: Tensor, absorb: bool
+        self, state: GenState, m: int, temperature: float | Tensor, ends: Tensor, keep: bool, absorb: bool
     ) -> tuple[Tensor, GenState]:
         """``m`` tokens ``(B, m)`` inside every row's current block, in one parallel pass, and the
-        next state (``absorb=False``: the tokens only, the state returned unchanged)."""
+        next state: ``keep=False`` returns the state unchanged; ``absorb=False`` (no block boundary
+        can follow) advances only what generation continues from (``gen``, ``dec``)."""
         Bsz = state.batch_size
         observed = state["observed"]
         # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
         gen, z_logits = state["gen"], None
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
-            out, gen_next = self.partial_encoder(empties, gen, return_state=absorb)
+            out, gen_next = self.partial_encoder(empties, gen, return_state=keep)
             z_logits = self._latent_logits(out)  # (B, m, Z, K)
-            if absorb:
+            if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         z = self._sample_latents(z_logits, state, m, temperature, observed)  # (B, m, Z)
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
-        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=absorb)  # (B, m, V)
+        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
         tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, m)
-        if not absorb:
+        if not keep:
             return tokens, state
+        if not absorb:
+            return tokens, state.evolve(position=state.position + m, dec=dec, gen=gen)
         # 3. absorb as an append does: the partial encoder reads the tokens as observed, their latents
         # are re-drawn from its logits and advance the absorbed decoder state.
         out, par = self.partial_encoder(tokens, state["par"])  # (B, m, Z*K)
