@@ -69,6 +69,9 @@ class Settings:
     train_batch: int = 32
     train_length: int = 784
     train_steps: int = 3
+    round_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # tokens of one round from a state (blocks part)
+    block_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 28, 56, 112, 196, 392, 784)  # the VSSM's dial (blocks part)
+    blocks_length: int = 784  # T of a whole sequence in the blocks part (an MNIST image)
 
 
 QUICK = Settings(
@@ -86,6 +89,9 @@ QUICK = Settings(
     train_batch=4,
     train_length=256,
     train_steps=2,
+    round_ns=(1, 16),
+    block_sizes=(16, 128),
+    blocks_length=128,
 )
 FULL = Settings(
     mode="full",

@@ -145,6 +145,7 @@ def write_plots(results: dict[str, Any], img_dir: Path) -> dict[str, str]:
         "limit": _plot_limit,
         "resume": _plot_resume,
         "training": _plot_training,
+        "blocks": _plot_blocks,
     }
     out = {}
     for part, fn in plots.items():
@@ -313,6 +314,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     )
     L += [f"![training]({plots['training']})", ""]
     L += _scan_section(results.get("ssm_parallel_mode"))
+    L += _blocks_section(results["blocks"], plots)
     path.write_text("\n".join(L))
     log.info("wrote %s", path)
 
@@ -361,6 +363,52 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
                 for r in sv["levels"][key]
             ],
         )
+    return L
+
+
+def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
+    """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch."""
+    batches = list(bl["sequence"])
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
+    for ax, batch in zip(axes[0], batches, strict=True):
+        sec = bl["sequence"][batch]["seconds"]
+        sizes = sorted(int(k.split(":")[1]) for k in sec if k.startswith("vssm:"))
+        ax.plot(sizes, [sec[f"vssm:{c}"]["median_s"] * 1e3 for c in sizes], "o-", label=LABELS["vssm"] + ", blocks")
+        for key, t in sec.items():
+            if key.startswith("ar:"):
+                ax.axhline(t["median_s"] * 1e3, ls="--", lw=1, color=COLORS.get(key[3:]), label=LABELS[key[3:]])
+        ax.set(xscale="log", yscale="log", xlabel="block size", ylabel="ms per sequence (median)")
+        ax.set_title(f"{bl['length']} tokens, batch {batch}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
+    L = [
+        "## 7. Block sampling: one round, and a whole sequence against block size",
+        "",
+        f"One call of n tokens from position {bl['round_position']}, batch 1 (the VSSM: one block of n,",
+        "four passes; the baselines: n recurrent steps); ms, median, side by side.",
+        "",
+    ]
+    families = list(next(iter(bl["rounds"].values())))
+    L += _table(
+        ["n", *[LABELS[f] for f in families]],
+        [[n, *[_ms(row[f]["median_s"]) for f in families]] for n, row in bl["rounds"].items()],
+    )
+    for batch, part in bl["sequence"].items():
+        sec = part["seconds"]
+        L += [f"A whole sequence of {bl['length']} tokens, batch {batch}, unprompted: ms (median), AR-SSM / VSSM.", ""]
+        L += _table(
+            ["block size", "VSSM ms", "speed-up vs AR-SSM"],
+            [[c, _ms(sec[f"vssm:{c}"]["median_s"]), _x(x)] for c, x in part["speedup_vs_ar_ssm"].items()],
+        )
+        L += _table(
+            ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
+        )
+    L += [f"![blocks]({plots['blocks']})", ""]
     return L
 
 

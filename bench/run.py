@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .blocks import run_blocks
 from .common import FULL, QUICK, build_models, machine_info, matched_configs, parameter_counts
 from .generation import run_generation
 from .limit import run_limit
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results["generation"] = run_generation(models, s)
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
     results["resume"] = run_resume(models, s)
+    results["blocks"] = run_blocks(models, s)
     results["serving"] = run_serving(s.mode == "quick", machine["threads"])
     results["training"] = run_training(configs, s)
     results["ssm_parallel_mode"] = run_scan(quick=s.mode == "quick")

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("machine", "params", "generation", "limit", "resume", "serving", "training", "targets", "plots")
+PARTS = ("machine", "params", "generation", "limit", "resume", "blocks", "serving", "training", "targets", "plots")
 
 
 def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
@@ -70,7 +70,12 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
 
     md = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in md and "## Machine" in md
-    assert set(r["plots"]) == {"generation", "limit", "resume", "training"}
+    bl = r["blocks"]
+    assert set(bl["rounds"]) == {"1", "16"} and all(set(v) == set(gen_params) for v in bl["rounds"].values())
+    for part in bl["sequence"].values():
+        speedups = part["speedup_vs_ar_ssm"]
+        assert set(speedups) == {"16", "128"} and all(x > 0 for x in speedups.values())
+    assert set(r["plots"]) == {"generation", "limit", "resume", "training", "blocks"}
     for rel in r["plots"].values():
         with Image.open(tmp_path / rel) as im:
             im.verify()

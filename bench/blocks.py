@@ -1,0 +1,72 @@
+"""Part 7: block sampling's speed dial (docs/design.md, "Blocks").
+
+- Round latency against n: one call of n tokens from a non-empty state (position 64), batch 1, for
+  every family; for the VSSM one round is a whole block (``block_size = n``: four passes), for the
+  autoregressive families n recurrent steps.
+- Full-sequence generation time against block size: the VSSM at each block size beside the three
+  autoregressive baselines, unprompted, at batch 1 and 32, timed round-robin in one process so that
+  background load hits every entry alike; the ratios to the AR-SSM are what the suite reports.
+
+Timing does not depend on the weights' values, so the matched random-weight models of the suite are
+timed; the MNIST VSSM preset's generation networks have the same shapes as the bundled ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+import model
+
+from .common import Settings, measure_interleaved
+
+log = logging.getLogger(__name__)
+
+__all__ = ["run_blocks"]
+
+
+def _from(m: model.SequenceModel, batch: int, position: int) -> model.GenState:
+    """A state after ``position`` observed tokens (seeds 0..batch-1)."""
+    prompt = torch.randint(0, m.vocab_size, (batch, position), generator=torch.Generator().manual_seed(0))
+    return m.start(prompt, list(range(batch)))
+
+
+@torch.no_grad()
+def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str, Any]:
+    T = s.blocks_length
+    out: dict[str, Any] = {"length": T, "round_position": 64, "rounds": {}, "sequence": {}}
+    # round latency against n, every family side by side
+    states = {f: _from(m, 1, 64) for f, m in models.items()}
+    for n in s.round_ns:
+        fns = {
+            f: (lambda f=f, m=m, n=n: m.generate(states[f], n, block_size=n, resumable=True)) for f, m in models.items()
+        }
+        timed = measure_interleaved(fns, s.repeats)
+        out["rounds"][str(n)] = {f: t.as_dict() for f, t in timed.items()}
+        log.info("round n=%d: %s", n, {f: f"{t.median_s * 1e3:.2f} ms" for f, t in timed.items()})
+    # a whole sequence against block size, beside the baselines
+    vssm = models["vssm"]
+    for batch in s.batches:
+        starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
+        fns: dict[str, Any] = {
+            f"ar:{f}": (lambda m=m, st=starts[f]: m.generate(st, T, resumable=False))
+            for f, m in models.items()
+            if f != "vssm"
+        }
+        for c in s.block_sizes:
+            fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
+        timed = measure_interleaved(fns, max(1, s.repeats // 2))
+        ar = timed["ar:ar-ssm"].median_s
+        out["sequence"][str(batch)] = {
+            "seconds": {k: t.as_dict() for k, t in timed.items()},
+            "speedup_vs_ar_ssm": {str(c): ar / timed[f"vssm:{c}"].median_s for c in s.block_sizes},
+        }
+        log.info(
+            "batch %d: AR-SSM %.0f ms; VSSM %s",
+            batch,
+            ar * 1e3,
+            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.0f} ms" for c in s.block_sizes},
+        )
+    return out
