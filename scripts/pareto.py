@@ -1,0 +1,112 @@
+"""The speed / quality plane of block sampling: NLL against milliseconds per sequence (log x).
+
+    .venv/bin/python scripts/pareto.py --dataset mnist --bench docs/benchmarks.json --img docs/img
+
+Likelihoods come from the eval JSONs beside the checkpoints (``checkpoints/NAME.json``: a VSSM's
+``block_curve`` rows, an autoregressive family's exact NLL); times from the benchmark's block part
+(``make bench``, part 7), where every model was timed side by side in one process, so the x axis
+compares like with like.  A model without a benchmark time falls back to its eval's own timing.
+The targets of issue 19 are drawn as the corner the VSSM should reach: NLL <= 1.15x the AR-SSM's
+and at least ``--speedup`` times faster.  Prints the table; writes ``pareto_<dataset>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parents[1]
+AR = ("ar-ssm", "ar-transformer", "ar-gru")
+
+
+def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
+    """Eval JSONs of one dataset, by model name."""
+    out = {}
+    for path in sorted(checkpoints.glob("*.json")):
+        d = json.loads(path.read_text())
+        if d.get("dataset") == dataset and "nll" in d:
+            out[path.stem] = d
+    return out
+
+
+def bench_times(bench: dict | None, batch: str) -> dict[str, float]:
+    """Seconds per sequence from the benchmark: ``ar:<family>`` and ``vssm:<block size>``."""
+    if not bench or "blocks" not in bench or batch not in bench["blocks"]["sequence"]:
+        return {}
+    return {k: v["median_s"] for k, v in bench["blocks"]["sequence"][batch]["seconds"].items()}
+
+
+def points(evals: dict[str, dict], times: dict[str, float], batch: str) -> list[dict]:
+    rows = []
+    for name, d in evals.items():
+        if d["family"] == "vssm":
+            for r in d.get("block_curve", []):
+                c = r["block_size"]
+                sec = times.get(f"vssm:{c}", r["generation_seconds"][f"batch_{batch}"])
+                nll = r["nll"]["nats_per_sequence"]
+                rows.append({"model": name, "family": "vssm", "block": c, "nll": nll, "s": sec})
+        else:
+            sec = times.get(f"ar:{d['family']}", d["generation_seconds"][f"batch_{batch}"])
+            nll = d["nll"]["nats_per_sequence"]
+            rows.append({"model": name, "family": d["family"], "block": 1, "nll": nll, "s": sec})
+    return rows
+
+
+def plot(rows: list[dict], dataset: str, speedup: float, batch: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ar = next((r for r in rows if r["family"] == "ar-ssm"), None)
+    if ar is not None:  # the target corner: as good as 1.15x the AR-SSM, `speedup` times faster
+        ax.axhline(1.15 * ar["nll"], color="grey", ls=":", lw=1)
+        ax.axvline(ar["s"] * 1e3 / speedup, color="grey", ls=":", lw=1)
+        x0 = min(r["s"] for r in rows) * 1e3 / 3
+        ax.fill_between(
+            [x0, ar["s"] * 1e3 / speedup], 0, 1.15 * ar["nll"], color="tab:green", alpha=0.08, label="target"
+        )
+    for name in sorted({r["model"] for r in rows if r["family"] == "vssm"}):
+        rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["block"])
+        ax.plot([r["s"] * 1e3 for r in rs], [r["nll"] for r in rs], "o-", ms=4, label=f"{name} (block sizes)")
+        for r in rs:
+            xy = (r["s"] * 1e3, r["nll"])
+            ax.annotate(str(r["block"]), xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for r in rows:
+        if r["family"] in AR:
+            ax.plot(r["s"] * 1e3, r["nll"], "s", ms=7, label=r["model"])
+    ax.set(xscale="log", xlabel=f"ms per sequence, batch {batch}", ylabel="NLL (nats per sequence; VSSM: IW bound)")
+    nlls = [r["nll"] for r in rows]
+    ax.set_ylim(0.9 * min(nlls), 1.05 * max(nlls))
+    ax.set_title(f"{dataset}: block sampling's speed / quality dial")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
+    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
+    p.add_argument("--batch", default="1")
+    p.add_argument("--speedup", type=float, default=10.0, help="the speed target against the AR-SSM")
+    args = p.parse_args()
+    bench = json.loads(args.bench.read_text()) if args.bench.exists() else None
+    rows = points(load(args.dataset, args.checkpoints), bench_times(bench, args.batch), args.batch)
+    args.img.mkdir(parents=True, exist_ok=True)
+    out = args.img / f"pareto_{args.dataset}.png"
+    plot(rows, args.dataset, args.speedup, args.batch, out)
+    print("| model | block size | NLL (nats) | ms per sequence |")
+    print("| --- | ---: | ---: | ---: |")
+    for r in sorted(rows, key=lambda r: (r["model"], r["block"])):
+        print(f"| {r['model']} | {r['block']} | {r['nll']:.1f} | {r['s'] * 1e3:.1f} |")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
