@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="CI smoke test: tiny grid, under a minute")
     p.add_argument("--out", type=Path, default=None, help=f"JSON path (default: {DEFAULT_OUT}; quick: a temp dir)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    p.add_argument(
+        "--only",
+        choices=("blocks",),
+        default=None,
+        help="run one part alone and write only its JSON (no report, no plots; never the committed file by default)",
+    )
     return p.parse_args(argv)
 
 
@@ -58,7 +64,8 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     if args.threads:
         torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
-    out = args.out or (Path(tempfile.mkdtemp(prefix="vssm-bench-")) / "benchmarks.json" if args.quick else DEFAULT_OUT)
+    scratch = args.quick or args.only
+    out = args.out or (Path(tempfile.mkdtemp(prefix="vssm-bench-")) / "benchmarks.json" if scratch else DEFAULT_OUT)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     machine = machine_info(command)
@@ -78,6 +85,12 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     longest = max(max(s.gen_lengths), max(s.resume_positions) + s.chunk)
     models = build_models(configs, longest)
     results: dict[str, Any] = {"schema": SCHEMA, "mode": s.mode, "machine": machine}
+    if args.only == "blocks":
+        results["blocks"] = run_blocks(models, s)
+        machine["load_average_end"] = list(os.getloadavg())
+        results["elapsed_s"] = time.perf_counter() - t0
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        return results, out
     results["params"] = parameter_counts(configs)
     results["generation"] = run_generation(models, s)
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
@@ -102,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     results, out = run(args, command.strip())
     print(f"\n{results['mode']} benchmark in {results['elapsed_s']:.0f} s -> {out}")
-    for t in results["targets"]:
+    for t in results.get("targets", []):
         value = "-" if t["measured"] is None else f"{t['measured']:.2f}"
         print(f"  {t['status']:4}  {value:>8}  (want {t['target']})  {t['what']}  [{t['conditions']}]")
     return 0
