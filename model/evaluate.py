@@ -255,6 +255,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         "family": model.family,
         "dataset": dataset,
         "fingerprint": model.fingerprint,
+        "default_block_size": model.default_block_size,
         "parameters": {"total": model.num_parameters(), "generation": model.num_parameters(generation_only=True)},
         "training": {
             "steps": int(meta.get("train_steps", 0)),

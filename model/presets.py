@@ -14,10 +14,11 @@ from .checkpoint import build_model
 __all__ = ["PRESETS", "matched_width", "preset_config"]
 
 # VSSM configs per (dataset, size); baselines are derived by matching.  The small presets spend
-# the generation-time budget on the decoder (6 blocks) rather than the partial encoder (1): the
-# decoder must rebuild the past from latents alone, and at equal parameters this beat 4 + 3 by
-# 5 nats in a 10-minute MNIST ablation (docs/results.md).  The encoder is not run at generation
-# time; one block of it trains 25% more steps in a budget and won a second ablation by 2.6 nats.
+# the generation-time budget on the decoder (6 blocks) rather than the partial encoder (1): for
+# one-pass sampling the decoder must rebuild the past from latents alone, and at equal parameters
+# this beat 4 + 3 by 5 nats in a 10-minute MNIST ablation (docs/experiments/, the one-pass
+# campaign).  The encoder is not run at generation time; one block of it trains 25% more steps in
+# a budget and won a second ablation by 2.6 nats.
 PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist", "tiny"): dict(width=16, state_size=8, enc_layers=1, dec_layers=2, par_layers=1, n_latents=2, n_classes=8),
     ("mnist", "small"): dict(

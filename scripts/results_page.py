@@ -1,0 +1,159 @@
+"""Write docs/results.md, the users' results page, from the bundled checkpoints' eval JSONs.
+
+    .venv/bin/python scripts/results_page.py            # writes docs/results.md
+    .venv/bin/python scripts/results_page.py --check    # exits 1 if docs/results.md is stale
+
+Every number on the page comes from ``checkpoints/NAME.json`` (``vssm eval``) or, for the block
+sampling timings, from ``docs/benchmarks.json`` (``make bench``, all models side by side); the
+words around them live here.  The lab notebook (every experiment, dated) is docs/experiments/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "mnist": ("Binarised MNIST", "nats per image", "nats_per_sequence", "{:.1f}"),
+    "shakespeare": ("Tiny Shakespeare", "bits per byte", "bits_per_token", "{:.3f}"),
+}
+LIMITATIONS = [
+    "Every model is small (about 0.2-0.3 M generation-time parameters) and trained 15-40 minutes on "
+    "a 2-core CPU; the figures compare families at equal budget, not the state of the art.",
+    "A VSSM's figure is an upper bound on its NLL (importance-weighted, the samples column says how "
+    "many); the autoregressive baselines' figures are exact.",
+    "One parallel pass (no block size) is the fastest and the weakest sampler: its unprompted "
+    "samples are mostly not recognisable digits. Block sampling buys quality with rounds.",
+    "The text VSSMs do not yet write words; the autoregressive text baselines write Shakespeare-shaped lines.",
+    "Times are wall-clock on a shared 2-core machine: compare the ratios of one run, not absolute "
+    "milliseconds across runs.",
+]
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else spec.format(v)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:,.1f}"
+
+
+def _bench(bench: dict | None) -> dict[str, dict[str, float]]:
+    """Median seconds per whole sequence from the benchmark's block part, by batch then entry."""
+    if not bench or "blocks" not in bench:
+        return {}
+    return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in bench["blocks"]["sequence"].items()}
+
+
+def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, img: Path) -> list[str]:
+    title, unit, key, spec = DATASETS[dataset]
+    L = [f"## {title} ({unit}, test set)", ""]
+    L += [
+        "| model | family | generation params | NLL | bound | block size | ms / sequence, batch 1 | batch 32 |",
+        "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for name, d in evals.items():
+        nll = d["nll"]
+        bound = f"IW-{nll['samples']}" if nll["bound"] == "iw" else "exact"
+        block = "token by token" if d["family"] != "vssm" else d.get("default_block_size") or "one pass"
+        g = d["generation_seconds"]
+        L.append(
+            f"| `{name}` | {d['family']} | {d['parameters']['generation']:,} | {_fmt(nll[key], spec)} | {bound} "
+            f"| {block} | {_ms(g['batch_1'])} | {_ms(g['batch_32'])} |"
+        )
+    L += ["", "Times in this table come from each model's own `vssm eval` run (its JSON)."]
+    for name, d in evals.items():
+        curve = d.get("block_curve")
+        if not curve:
+            continue
+        times = _bench(bench)
+        L += ["", f"### `{name}`: the block-size dial", ""]
+        L += [
+            'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then',
+            "read back by the partial encoder before the next. The bound is of what is really sampled at that",
+            f"block size ({curve[0]['sequences']} test sequences, IW-{curve[0]['nll'].get('samples', 1)}).",
+            "",
+        ]
+        has_judge = any("samples" in r for r in curve)
+        head = "| block size | NLL bound | ms / sequence, batch 1 | batch 32 |"
+        rule = "| ---: | ---: | ---: | ---: |"
+        if has_judge:
+            head += " confident digits | class entropy | ink |"
+            rule += " ---: | ---: | ---: |"
+        L += [head, rule]
+        for r in curve:
+            c = r["block_size"]
+            t1 = times.get("1", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_1"])
+            t32 = times.get("32", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_32"])
+            row = f"| {c} | {_fmt(r['nll'][key], spec)} | {_ms(t1)} | {_ms(t32)} |"
+            if has_judge:
+                s = r.get("samples", {})
+                row += (
+                    f" {_fmt(s.get('confident_share'), '{:.0%}')} | {_fmt(s.get('class_entropy'), '{:.2f}')} "
+                    f"| {_fmt(s.get('ink_fraction'), '{:.3f}')} |"
+                )
+            L.append(row)
+        if times:
+            L += ["", "Times: `make bench` part 7, every model side by side in one process (docs/benchmarks.md)."]
+        pareto = img / f"pareto_{dataset}.png"
+        if pareto.exists():
+            L += ["", f"![pareto](img/{pareto.name})"]
+    grids = [n for n in evals if (img / f"{n}-unconditional.png").exists()]
+    if grids:
+        L += ["", "### Samples (temperature 1, seeds 0-15; `vssm sample`)", ""]
+        for n in grids:
+            L.append(f"- `{n}`: [unconditional](img/{n}-unconditional.png), [prompted](img/{n}-prompted.png)")
+    texts = [n for n in evals if (img / f"{n}.txt").exists()]
+    if texts:
+        L += ["", "### Samples (`vssm sample`)", ""]
+        L += [f"- `{n}`: [text](img/{n}.txt)" for n in texts]
+    L += ["", "Reproduce a row: the `command` in its JSON, and the training command in checkpoints/README.md.", ""]
+    return L
+
+
+def render(checkpoints: Path, bench_path: Path, img: Path) -> str:
+    evals: dict[str, dict[str, dict]] = {ds: {} for ds in DATASETS}
+    for path in sorted(checkpoints.glob("*.json")):
+        d = json.loads(path.read_text())
+        if d.get("dataset") in evals and "nll" in d:
+            evals[d["dataset"]][path.stem] = d
+    bench = json.loads(bench_path.read_text()) if bench_path.exists() else None
+    L = [
+        "# Results",
+        "",
+        "Which model to call, how good and how fast it is, and its limits. Generated by",
+        "`scripts/results_page.py` from the eval JSONs in `checkpoints/`; the dated experiments behind",
+        "these models are in [experiments/](experiments/README.md), the speed measurements in",
+        "[benchmarks.md](benchmarks.md).",
+        "",
+    ]
+    for ds, e in evals.items():
+        if e:
+            L += dataset_section(ds, e, bench, img)
+    L += ["## Limitations", ""] + [f"- {x}" for x in LIMITATIONS] + [""]
+    return "\n".join(L)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
+    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    p.add_argument("--check", action="store_true", help="fail if --out differs from what would be written")
+    args = p.parse_args()
+    text = render(args.checkpoints, args.bench, args.out.parent / "img")
+    if args.check:
+        if not args.out.exists() or args.out.read_text() != text:
+            print(f"{args.out} is stale: run scripts/results_page.py", file=sys.stderr)
+            return 1
+        return 0
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
