@@ -5,8 +5,9 @@ request never waits), optionally after a further ``window`` of waiting for compa
 grouped by what can share one model call (operation, token count, resumability) and run in a
 single worker thread per replica, so torch never blocks
 the event loop and calls never contend for the cores.  Rows may sit at different positions with
-different seeds and temperatures: randomness is keyed by (seed, absolute position), so each row
-gets exactly the tokens it would get alone.
+different seeds, temperatures and block sizes (passed to the model one per row): randomness is
+keyed by (seed, absolute position) and blocks are aligned to absolute positions, so each row gets
+exactly the tokens it would get alone.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class _Job:
     resumable: bool
     future: asyncio.Future = field(repr=False)
     encode: bool = False  # return the next state serialised (the last step of a stored session's job)
+    block_size: int = 0  # "generate": positions per block for every row of the job, 0 for one parallel pass
 
     @property
     def key(self) -> tuple:
@@ -93,9 +95,13 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, state.to_bytes)
 
     async def generate(
-        self, state: GenState, n: int, temperature: float, resumable: bool = True
+        self, state: GenState, n: int, temperature: float, resumable: bool = True, block_size: int | None = None
     ) -> tuple[torch.Tensor, GenState | None]:
-        tokens, nxt = await self._submit(_Job("generate", state, n, None, temperature, resumable, self._future()))
+        """The next ``n`` tokens of every row, sampled in blocks of ``block_size`` (0: one parallel
+        pass; None: the model's default)."""
+        block = self.served.block_size(block_size)
+        job = _Job("generate", state, n, None, temperature, resumable, self._future(), block_size=block)
+        tokens, nxt = await self._submit(job)
         assert not isinstance(nxt, bytes)
         return tokens, nxt
 
@@ -113,16 +119,18 @@ class Batcher:
         w = self.served.model.append_window
         return [tokens[:, i : i + w] for i in range(0, tokens.shape[1], w)]
 
-    async def generate_stored(self, blob: bytes, n: int, temperature: float) -> tuple[torch.Tensor, bytes]:
+    async def generate_stored(
+        self, blob: bytes, n: int, temperature: float, block_size: int | None = None
+    ) -> tuple[torch.Tensor, bytes]:
         """``generate`` for one session's serialised state, returning the next state serialised.
 
         Decoding, checking and encoding states run in the worker thread, not on the event loop;
         a state that does not decode or belongs to other weights fails this job alone
         (:class:`model.StateError`).
         """
-        tokens, nxt = await self._submit(
-            _Job("generate", blob, n, None, temperature, True, self._future(), encode=True)
-        )
+        block = self.served.block_size(block_size)
+        job = _Job("generate", blob, n, None, temperature, True, self._future(), encode=True, block_size=block)
+        tokens, nxt = await self._submit(job)
         assert isinstance(nxt, bytes)
         return tokens, nxt
 
@@ -227,11 +235,13 @@ class Batcher:
             out, nxt = tokens, m.append(state, tokens)
         else:
             temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
+            blocks = [j.block_size for _, j, st in live for _ in range(st.batch_size)]
             out, nxt = m.generate(
                 state,
                 first.n,
                 temperature=torch.tensor(temps, dtype=m.dtype, device=m.device),
                 resumable=first.resumable,
+                block_size=torch.tensor(blocks, dtype=torch.long, device=m.device),  # per row, 0: one pass
             )
             self.metrics.tokens_generated.labels(self.served.id).inc(out.numel())
         start = 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from model import GenState, SequenceModel, load_checkpoint
 from model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
+from .schemas import BlockPoint
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,17 @@ class ServedModel:
     created: int  # checkpoint file mtime, unix seconds
     state_bytes: int  # serialised size of one session's state at position 0
     fingerprint: str = ""  # the weights' hash, taken once at load: served weights never change
+    block_curve: list[BlockPoint] = field(default_factory=list)  # measured speed / quality, from the eval JSON
 
     def __post_init__(self) -> None:
         # hashing is cached by the model, but even its cache check walks every parameter
         # (~0.2 ms): too much to pay on the event loop for every request
         self.fingerprint = self.fingerprint or self.model.fingerprint
+
+    def block_size(self, *choices: int | None) -> int:
+        """The first of ``choices`` that is set (a call's, then a session's), else the model's default:
+        the block size to sample at, 0 for one parallel pass (as the model's per-row tensor has it)."""
+        return next((c for c in choices if c is not None), self.model.default_block_size or 0)
 
     def check_state(self, state: GenState) -> None:
         """``model.check_state`` against the fingerprint taken at load."""
@@ -73,6 +81,43 @@ class ServedModel:
             )
 
 
+def read_block_curve(path: Path, fingerprint: str) -> list[BlockPoint]:
+    """The speed / quality curve that ``vssm eval --block-sizes`` wrote into the eval JSON beside a
+    checkpoint, one compact point per block size; empty when the JSON is missing, has no curve, does
+    not parse, or was measured on other weights (its ``fingerprint``).  A malformed row is skipped."""
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("%s: not read (%s): no block curve", path, exc)
+        return []
+    if not isinstance(data, dict):
+        return []
+    recorded = data.get("fingerprint")
+    if recorded is not None and recorded != fingerprint:
+        log.warning("%s was measured on weights %s, not %s: no block curve", path, recorded, fingerprint)
+        return []
+    points = []
+    for row in data.get("block_curve") or []:
+        try:
+            nll, seconds = row["nll"], row["generation_seconds"]
+            points.append(
+                BlockPoint(
+                    block_size=row["block_size"],
+                    bound=nll["bound"],
+                    nats_per_sequence=nll["nats_per_sequence"],
+                    bits_per_token=nll["bits_per_token"],
+                    length=seconds["length"],
+                    ms_per_sequence_batch_1=round(seconds["batch_1"] * 1e3, 3),
+                    ms_per_sequence_batch_32=round(seconds["batch_32"] * 1e3 / 32, 3),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            log.warning("%s: block_curve row %r skipped (%s)", path, row, exc)
+    return sorted(points, key=lambda p: p.block_size)
+
+
 class Registry:
     def __init__(self, models: dict[str, ServedModel]) -> None:
         self.models = models
@@ -89,7 +134,9 @@ class Registry:
             m = load_checkpoint(path, device=device)
             text = read_metadata(path).get("dataset") in TEXT_DATASETS
             empty = m.start(torch.zeros(1, 0, dtype=torch.long), 0)
-            models[path.stem] = ServedModel(path.stem, m, text, int(path.stat().st_mtime), len(empty.to_bytes()))
+            served = ServedModel(path.stem, m, text, int(path.stat().st_mtime), len(empty.to_bytes()))
+            served.block_curve = read_block_curve(path.with_suffix(".json"), served.fingerprint)
+            models[path.stem] = served
             log.info("serving %s (%s on %s)", path.stem, m.family, device)
         return cls(models)
 

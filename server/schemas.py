@@ -14,6 +14,10 @@ Prompt = (
 Temperature = Annotated[float, Field(ge=0.0, le=5.0, allow_inf_nan=False)]  # NaN: "not a finite number"
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
+# positions per block of block sampling (docs/api.md, "Block size"); a size at or past the model's
+# maximum position is one parallel pass, and so is null in responses.  Autoregressive families
+# accept any and sample token by token.
+BlockSize = Annotated[int, Field(ge=1, le=1_000_000)]
 
 
 class _Request(BaseModel):
@@ -22,6 +26,18 @@ class _Request(BaseModel):
 
 
 # ----- models ---------------------------------------------------------------------------------------
+class BlockPoint(BaseModel):
+    """One measured point of a model's speed / quality curve (its eval JSON's ``block_curve`` row)."""
+
+    block_size: int
+    bound: Literal["iw", "exact"]  # "iw": an importance-weighted upper bound on the NLL; "exact": the NLL
+    nats_per_sequence: float
+    bits_per_token: float
+    length: int  # tokens per generated sequence in the timings below
+    ms_per_sequence_batch_1: float  # wall-clock to generate one sequence of ``length`` tokens alone ...
+    ms_per_sequence_batch_32: float  # ... and per sequence in a batch of 32
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -34,6 +50,8 @@ class ModelCard(BaseModel):
     state_bytes: int
     fingerprint: str
     parameters: int
+    default_block_size: int | None  # the block size when a request names none (null: one parallel pass)
+    block_curve: list[BlockPoint]  # measured with the checkpoint (empty: not measured)
 
 
 class ModelList(BaseModel):
@@ -52,6 +70,7 @@ class CompletionCreate(BaseModel):
     temperature: Temperature = 1.0
     n: int = Field(1, ge=1, le=1024)
     seed: Seed | None = None
+    block_size: BlockSize | None = None
     stream: bool = False
     chunk_size: Tokens | None = None
 
@@ -78,6 +97,7 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     seed: int
+    block_size: int | None = None  # the block size the tokens were sampled at (null: one parallel pass)
 
 
 # ----- sessions -----------------------------------------------------------------------------------------
@@ -88,11 +108,13 @@ class SessionCreate(_Request):
     ttl_seconds: int | None = Field(None, ge=1)
     max_tokens: Tokens | None = None
     temperature: Temperature = 1.0
+    block_size: BlockSize | None = None
 
 
 class SessionGenerate(_Request):
     max_tokens: Tokens
     temperature: Temperature = 1.0
+    block_size: BlockSize | None = None  # this call only; the session's own block size stays
     expected_position: int | None = Field(None, ge=0)
     stream: bool = False
     chunk_size: Tokens | None = None
@@ -115,6 +137,7 @@ class Chunk(BaseModel):
     tokens: list[int]
     text: str
     finish_reason: Literal["length"] | None
+    block_size: int | None = None  # the block size this chunk was sampled at (null: one parallel pass)
     replayed: bool = False
 
 
@@ -124,6 +147,7 @@ class Session(BaseModel):
     model: str
     position: int
     seed: int
+    block_size: int | None = None  # generate's block size when a call names none (null: one parallel pass)
     created_at: float
     expires_at: float
     ttl_seconds: int

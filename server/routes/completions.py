@@ -58,6 +58,7 @@ async def create_completion(
     check_tokens(ctx, served, len(prompt), body.max_tokens)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     seeds = [(seed + i) % (MAX_SEED + 1) for i in range(body.n)]
+    block = served.block_size(body.block_size)  # 0: one parallel pass
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     batcher = ctx.batcher(served.id)
 
@@ -68,7 +69,9 @@ async def create_completion(
         for i, r in enumerate(rows):
             text, carry[i] = served.decode_chunk(r, carry[i], final=finished)
             choices.append(CompletionChoice(index=i, text=text, tokens=r, finish_reason="length" if finished else None))
-        return Completion(id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed)
+        return Completion(
+            id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed, block_size=block or None
+        )
 
     usage = Usage(
         prompt_tokens=len(prompt),
@@ -78,7 +81,7 @@ async def create_completion(
     if not body.stream:
         async with ctx.admit():
             state = await batcher.begin(prompt, seeds)
-            tokens, _ = await batcher.generate(state, body.max_tokens, body.temperature, resumable=False)
+            tokens, _ = await batcher.generate(state, body.max_tokens, body.temperature, False, block)
         return completion(tokens.tolist(), True, usage)
 
     chunk = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
@@ -92,7 +95,8 @@ async def create_completion(
             while done < body.max_tokens:
                 n = min(chunk, body.max_tokens - done)
                 last = done + n == body.max_tokens
-                tokens, state = await batcher.generate(state, n, body.temperature, resumable=not last)
+                # blocks are aligned to absolute positions: chunks cut them anywhere, the tokens stay
+                tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
                 done += n
                 yield completion(tokens.tolist(), last, usage if last else None)
         finally:

@@ -1,4 +1,4 @@
-"""``/v1/models`` in the OpenAI list shape, with our fields beside."""
+"""``/v1/models`` in the OpenAI list shape, with our fields beside (the block size dial among them)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def card(s: ServedModel) -> ModelCard:
         state_bytes=s.state_bytes,
         fingerprint=s.fingerprint,
         parameters=s.model.num_parameters(generation_only=True),
+        default_block_size=s.model.default_block_size,
+        block_curve=s.block_curve,
     )
 
 

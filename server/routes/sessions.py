@@ -4,6 +4,10 @@ Every write after creation is a compare-and-set on the record's version: a reque
 record, computes, and commits only if nobody committed in between (else 409 ``session_busy``).
 ``expected_position`` makes retries safe: a retry of a generate call whose response was lost is
 answered from the record's ``last_op`` instead of generating twice.
+
+Block size: a session keeps the one it was created with (the model's default when none was named),
+so its tokens do not change if the served default does; a generate call may name another for itself.
+Stored and passed to the model as an int, 0 for one parallel pass; null at the API.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def public(rec: SessionRecord, chunk: Chunk | None = None) -> Session:
         model=rec.model,
         position=rec.position,
         seed=rec.seed,
+        block_size=rec.block_size or None,
         created_at=rec.created_at,
         expires_at=rec.expires_at,
         ttl_seconds=rec.ttl_seconds,
@@ -126,6 +131,9 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
     await ctx.touch(rec.holder, sid, rec.ttl_seconds)  # the read refreshed its TTL: so does its quota
+    served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
+    if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
+        rec = replace(rec, block_size=served.block_size())
     return rec
 
 
@@ -181,6 +189,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
     if body.max_tokens:
         check_tokens(ctx, served, len(prompt), body.max_tokens)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
+    block = served.block_size(body.block_size)
     batcher = ctx.batcher(served.id)
     sid = new_id()
     await ctx.reserve(holder, sid, ttl)  # before any model work: a refused request costs nothing
@@ -189,7 +198,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
         async with ctx.admit():
             state = await batcher.begin(prompt, [seed])
             if body.max_tokens:
-                tokens, state = await batcher.generate(state, body.max_tokens, body.temperature)
+                tokens, state = await batcher.generate(state, body.max_tokens, body.temperature, True, block)
                 assert state is not None
                 out = tokens[0].tolist()
             state_bytes = await batcher.serialize(state)
@@ -204,6 +213,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
             ttl_seconds=ttl,
             state=state_bytes,
             holder=holder,
+            block_size=block,
         )
         if out is not None:
             text, rec.text_carry = served.decode_chunk(out, [])
@@ -222,6 +232,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
             tokens=out,
             text=text,
             finish_reason="length",
+            block_size=block or None,
         )
     return public(rec, c)
 
@@ -322,6 +333,7 @@ async def generate(
 ) -> Chunk | Response:
     rec = await _load(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
+    block = served.block_size(body.block_size, rec.block_size)  # the call's, else the session's
     last = rec.last_op or {}
     replay = (
         body.expected_position is not None
@@ -329,6 +341,7 @@ async def generate(
         and last.get("op") == "generate"
         and last.get("start") == body.expected_position
         and last.get("max_tokens") == body.max_tokens
+        and last.get("block_size", block) == block  # the same request: its tokens, not another block size's
         and len(last.get("tokens", [])) == body.max_tokens
         and rec.position == body.expected_position + body.max_tokens
     )
@@ -341,6 +354,7 @@ async def generate(
             tokens=tokens,
             text=served.decode_chunk(tokens, last.get("carry_in", []))[0],
             finish_reason="length",
+            block_size=block or None,
             replayed=True,
         )
         if not body.stream:
@@ -362,7 +376,8 @@ async def generate(
         """Generate ``n`` tokens and commit them: a chunk is committed before anyone sees it."""
         nonlocal rec
         try:
-            tokens, blob = await batcher.generate_stored(rec.state, n, body.temperature)
+            # blocks are aligned to absolute positions: streamed chunks cut them anywhere, the tokens stay
+            tokens, blob = await batcher.generate_stored(rec.state, n, body.temperature, block)
         except StateError as exc:
             raise _incompatible(rec, exc) from exc
         out = tokens[0].tolist()
@@ -374,6 +389,7 @@ async def generate(
             "max_tokens": body.max_tokens,
             "tokens": done,
             "carry_in": carry_in,
+            "block_size": block,
         }
         new = replace(rec, state=blob, position=rec.position + n, last_op=last_op, text_carry=carry)
         rec = await _commit(ctx, new, rec.version)
@@ -384,6 +400,7 @@ async def generate(
             tokens=out,
             text=text,
             finish_reason="length" if len(done) == body.max_tokens else None,
+            block_size=block or None,
         )
 
     if not body.stream:

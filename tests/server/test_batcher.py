@@ -48,3 +48,40 @@ def test_stored_states_batch_with_live_ones_and_a_bad_one_fails_alone():
     calls = metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"})
     rows = metrics.registry.get_sample_value("vssm_batch_rows_sum", {"model": "m"})
     assert (calls, rows) == (1, 4)  # all four went into one model call
+
+
+def test_rows_with_different_block_sizes_share_one_call_and_get_their_own_tokens():
+    """Block sizes 1, 3, one pass (0) and the model's default (None), at different positions, live and
+    stored: one model call, and each job's tokens and next state are those it gets alone."""
+    m = tiny_model("vssm")
+    m.default_block_size = 2
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    states = [m.start(torch.tensor([[1, 0, 1, 1, 0][:k]]), 10 + k) for k in range(4)]  # positions 0..3
+    sizes = [1, 3, 0, None]
+    metrics = Metrics()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)
+            b.start()
+            try:
+                return await asyncio.gather(
+                    b.generate(states[0], 7, 1.0, block_size=sizes[0]),
+                    b.generate_stored(states[1].to_bytes(), 7, 0.5, block_size=sizes[1]),
+                    b.generate(states[2], 7, 1.0, block_size=sizes[2]),
+                    b.generate_stored(states[3].to_bytes(), 7, 1.0, block_size=sizes[3]),
+                )
+            finally:
+                await b.stop()
+
+    results = asyncio.run(main())
+    assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 1  # one model call
+    one_pass = m.max_position or 10**6
+    for (tokens, nxt), state, size, temp in zip(results, states, sizes, [1.0, 0.5, 1.0, 1.0], strict=True):
+        block = 2 if size is None else size or one_pass
+        alone, alone_next = m.generate(state, 7, temperature=temp, block_size=block)
+        assert torch.equal(tokens, alone), size
+        nxt = GenState.from_bytes(nxt) if isinstance(nxt, bytes) else nxt
+        assert torch.equal(m.generate(nxt, 5, block_size=block)[0], m.generate(alone_next, 5, block_size=block)[0])
+    differ = [m.generate(states[0], 7, block_size=c)[0] for c in (1, one_pass)]
+    assert not torch.equal(*differ)  # the block size changes these tokens: the test can fail
