@@ -24,9 +24,35 @@ TYPES = {
     500: "internal_error",
     503: "service_unavailable_error",
 }
+CURVE = [  # as the server reports a measured block curve (docs/api.md, "Models")
+    {
+        "block_size": 28,
+        "bound": "iw",
+        "nats_per_sequence": 80.5,
+        "bits_per_token": 0.148,
+        "length": 784,
+        "ms_per_sequence_batch_1": 40.0,
+        "ms_per_sequence_batch_32": 6.5,
+    },
+    {
+        "block_size": 784,
+        "bound": "iw",
+        "nats_per_sequence": 88.3,
+        "bits_per_token": 0.162,
+        "length": 784,
+        "ms_per_sequence_batch_1": 9.0,
+        "ms_per_sequence_batch_32": 0.8,
+    },
+]
 MODELS = {
-    "mnist-vssm": {"vocab_size": 2, "max_position": 784, "text": False},
-    "shakespeare-vssm": {"vocab_size": 256, "max_position": None, "text": True},
+    "mnist-vssm": {"vocab_size": 2, "max_position": 784, "text": False, "default_block_size": 28, "block_curve": CURVE},
+    "shakespeare-vssm": {
+        "vocab_size": 256,
+        "max_position": None,
+        "text": True,
+        "default_block_size": None,
+        "block_curve": [],
+    },
 }
 
 
@@ -59,7 +85,8 @@ class FakeSession:
     position: int
     seed: int
     ttl_seconds: int = 3600
-    last_chunk: dict[str, Any] | None = None  # start, max_tokens, tokens: replayed for a lost response
+    block_size: int | None = None
+    last_chunk: dict[str, Any] | None = None  # start, max_tokens, block_size, tokens: replayed for a lost response
 
     def body(self, chunk: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -68,6 +95,7 @@ class FakeSession:
             "model": self.model,
             "position": self.position,
             "seed": self.seed,
+            "block_size": self.block_size,
             "created_at": 1763830000.5,
             "expires_at": 1763830000.5 + self.ttl_seconds,
             "ttl_seconds": self.ttl_seconds,
@@ -170,6 +198,7 @@ class FakeServer:
                 "model": body["model"],
                 "choices": choices,
                 "seed": seed,
+                "block_size": body.get("block_size", MODELS[body["model"]]["default_block_size"]),
                 "usage": {"prompt_tokens": start, "completion_tokens": b - a, "total_tokens": start + b - a},
             }
 
@@ -185,19 +214,23 @@ class FakeServer:
         prompt = body.get("prompt", [])
         sess = FakeSession(f"sess_{next(self._ids):032x}", body["model"], len(prompt), body.get("seed", 0))
         sess.ttl_seconds = body.get("ttl_seconds", 3600)
+        sess.block_size = body.get("block_size", MODELS[body["model"]]["default_block_size"])
         self.sessions[sess.id] = sess
-        chunk = self.step(sess, body["max_tokens"]) if body.get("max_tokens") else None
+        chunk = self.step(sess, body["max_tokens"], sess.block_size) if body.get("max_tokens") else None
         return httpx.Response(201, json=sess.body(chunk))
 
-    def step(self, sess: FakeSession, max_tokens: int) -> dict[str, Any]:
+    def step(self, sess: FakeSession, max_tokens: int, block_size: int | None = None) -> dict[str, Any]:
+        block_size = sess.block_size if block_size is None else block_size
         start = sess.position
         tokens = sampled(sess.seed, start, max_tokens)
         sess.position += max_tokens
-        sess.last_chunk = {"start": start, "max_tokens": max_tokens, "tokens": tokens}
-        return self.chunk(sess, start, tokens)
+        sess.last_chunk = {"start": start, "max_tokens": max_tokens, "block_size": block_size, "tokens": tokens}
+        return self.chunk(sess, start, tokens, block_size)
 
     @staticmethod
-    def chunk(sess: FakeSession, start: int, tokens: list[int], replayed: bool = False) -> dict[str, Any]:
+    def chunk(
+        sess: FakeSession, start: int, tokens: list[int], block_size: int | None, replayed: bool = False
+    ) -> dict[str, Any]:
         return {
             "object": "session.chunk",
             "session_id": sess.id,
@@ -206,20 +239,23 @@ class FakeServer:
             "tokens": tokens,
             "text": "",
             "finish_reason": "length",
+            "block_size": block_size,
             "replayed": replayed,
         }
 
     def session_generate(self, sess: FakeSession, body: dict[str, Any]) -> httpx.Response:
         expected, max_tokens = body.get("expected_position"), body["max_tokens"]
+        block = body.get("block_size", sess.block_size)  # this call's, else the session's
         if expected is not None and expected != sess.position:
             last = sess.last_chunk
-            if last and last["start"] == expected and last["max_tokens"] == max_tokens and not body.get("stream"):
-                return httpx.Response(200, json=self.chunk(sess, expected, last["tokens"], replayed=True))
+            same = last and (last["start"], last["max_tokens"], last["block_size"]) == (expected, max_tokens, block)
+            if same and not body.get("stream"):
+                return httpx.Response(200, json=self.chunk(sess, expected, last["tokens"], block, replayed=True))
             return error(409, "position_mismatch")
         if not body.get("stream"):
-            return httpx.Response(200, json=self.step(sess, max_tokens))
+            return httpx.Response(200, json=self.step(sess, max_tokens, block))
         size = body.get("chunk_size") or 64
-        events = [self.step(sess, min(size, max_tokens - a)) for a in range(0, max_tokens, size)]
+        events = [self.step(sess, min(size, max_tokens - a), block) for a in range(0, max_tokens, size)]
         return httpx.Response(200, content=sse(*events), headers={"Content-Type": "text/event-stream"})
 
     def session_append(self, sess: FakeSession, body: dict[str, Any]) -> httpx.Response:
@@ -232,7 +268,9 @@ class FakeServer:
         return httpx.Response(200, json=sess.body())
 
     def session_fork(self, sess: FakeSession, body: dict[str, Any]) -> httpx.Response:
-        new = FakeSession(f"sess_{next(self._ids):032x}", sess.model, sess.position, sess.seed)
+        new = FakeSession(
+            f"sess_{next(self._ids):032x}", sess.model, sess.position, sess.seed, block_size=sess.block_size
+        )
         self.sessions[new.id] = new
         return httpx.Response(201, json=new.body())
 

@@ -95,6 +95,32 @@ def test_retry_after_a_dropped_response_does_not_advance_twice(stack):
         assert s.generate(max_tokens=3).tokens == reference(d, "mnist-vssm", [1], 9, [7, 3])[1]
 
 
+def test_block_sizes_through_the_sdk_give_the_model_api_s_tokens(stack):
+    """A session at block size 3 streamed in chunks of 4 (chunks cut blocks), one call overridden to
+    block size 1, a completion at 3 and a dropped response's replay: the model API's own tokens."""
+    srv, d = stack
+    m = model.load_checkpoint(d / "mnist-vssm.safetensors")
+    state = m.start(torch.tensor([[1, 0]]), 4)
+    a, state = m.generate(state, 10, block_size=3)
+    b, state = m.generate(state, 5, block_size=1)
+    c, _ = m.generate(state, 6, block_size=3)
+    transport = DropFirstResponse(r"/generate$")
+    with Client(base_url=srv.url, transport=transport) as client:
+        client._sleep = lambda seconds: None
+        card = client.models.get("mnist-vssm")
+        assert card.default_block_size is None and card.block_curve == []  # no default, no eval JSON
+        out = client.completions.create(model="mnist-vssm", prompt=[1, 0], max_tokens=10, seed=4, block_size=3)
+        assert out.block_size == 3 and out.tokens == a[0].tolist()
+        s = client.sessions.create(model="mnist-vssm", prompt=[1, 0], seed=4, block_size=3)
+        first = s.generate(max_tokens=5)  # response dropped once, replayed on retry
+        assert transport.dropped == 1 and first.block_size == 3
+        tokens = first.tokens + [t for ch in s.stream(max_tokens=5, chunk_size=4) for t in ch.tokens]
+        assert tokens == a[0].tolist()
+        assert s.generate(max_tokens=5, block_size=1).tokens == b[0].tolist()
+        assert client.sessions.get(s.id).block_size == 3
+        assert s.generate(max_tokens=6).tokens == c[0].tolist()
+
+
 class AsyncDropFirstResponse(httpx.AsyncHTTPTransport):
     def __init__(self, pattern: str) -> None:
         super().__init__()

@@ -24,7 +24,7 @@ from ._exceptions import (
     ServiceUnavailableError,
     SessionNotFoundError,
 )
-from ._models import Chunk, Completion, CompletionChoice, Model, SessionDeleted, SessionInfo, Usage
+from ._models import BlockPoint, Chunk, Completion, CompletionChoice, Model, SessionDeleted, SessionInfo, Usage
 from ._resources import AsyncSession, Session
 from ._streaming import AsyncStream, Stream
 from ._version import __version__
@@ -39,6 +39,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "BlockPoint",
     "Chunk",
     "Client",
     "Completion",

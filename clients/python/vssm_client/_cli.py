@@ -4,8 +4,8 @@ generated text with ``--output text`` (the default when the prompt is given as `
     vssm-client models
     vssm-client complete --model mnist-vssm --tokens 0,1,0 --max-tokens 64 --seed 1
     vssm-client complete --model shakespeare-vssm --prompt "ROMEO:" --max-tokens 200 --stream
-    vssm-client session create --model mnist-vssm --tokens 0,0,1 --seed 7
-    vssm-client session generate sess_... --max-tokens 64
+    vssm-client session create --model mnist-vssm --tokens 0,0,1 --seed 7 --block-size 28
+    vssm-client session generate sess_... --max-tokens 64 [--block-size 1]
     vssm-client session append sess_... --tokens 1,1
     vssm-client session get|fork|delete sess_...
 """
@@ -41,6 +41,10 @@ def _add_prompt(p: argparse.ArgumentParser, required: bool = False) -> None:
     group.add_argument("--tokens", type=_tokens, help="prompt token ids, comma-separated: 0,1,0")
 
 
+def _add_block_size(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--block-size", type=int, help=f"positions per block of block sampling (default: {default})")
+
+
 def _add_output(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--output", choices=["json", "text"], help=f"print JSON or only the generated text ({default})")
 
@@ -64,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--temperature", type=float)
     complete.add_argument("--n", type=int)
     complete.add_argument("--seed", type=int)
+    _add_block_size(complete, "the model's")
     complete.add_argument("--stream", action="store_true")
     complete.add_argument("--chunk-size", type=int)
     _add_output(complete, "default: text with --prompt, else json")
@@ -77,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=int, dest="ttl_seconds")
     create.add_argument("--max-tokens", type=int)
     create.add_argument("--temperature", type=float)
+    _add_block_size(create, "the model's; the session keeps it")
     generate = actions.add_parser("generate", help="generate the next chunk")
     generate.add_argument("id")
     generate.add_argument("--max-tokens", type=int, required=True)
     generate.add_argument("--temperature", type=float)
+    _add_block_size(generate, "the session's")
     generate.add_argument(
         "--expected-position", type=int, help="default: the session's current position (looked up), so retries are safe"
     )
@@ -128,7 +135,7 @@ def _run(client: Client, args: argparse.Namespace) -> None:
             _write_json({"object": "list", "data": [m.model_dump(mode="json") for m in client.models.list()]})
     elif args.command == "complete":
         text = (args.output or ("text" if args.prompt is not None else "json")) == "text"
-        fields = {k: getattr(args, k) for k in ("model", "max_tokens", "temperature", "n", "seed")}
+        fields = {k: getattr(args, k) for k in ("model", "max_tokens", "temperature", "n", "seed", "block_size")}
         if args.stream:
             with client.completions.stream(prompt=_prompt(args), chunk_size=args.chunk_size, **fields) as stream:
                 _write_items(stream, text)
@@ -141,7 +148,8 @@ def _run(client: Client, args: argparse.Namespace) -> None:
 def _run_session(client: Client, args: argparse.Namespace) -> None:
     sessions = client.sessions
     if args.action == "create":
-        fields = {k: getattr(args, k) for k in ("model", "seed", "ttl_seconds", "max_tokens", "temperature")}
+        keys = ("model", "seed", "ttl_seconds", "max_tokens", "temperature", "block_size")
+        fields = {k: getattr(args, k) for k in keys}
         _write_json(sessions.create(prompt=_prompt(args), **fields).info)
     elif args.action == "generate":
         expected = args.expected_position if args.expected_position is not None else sessions.get(args.id).position
@@ -152,13 +160,18 @@ def _run_session(client: Client, args: argparse.Namespace) -> None:
                 max_tokens=args.max_tokens,
                 chunk_size=args.chunk_size,
                 temperature=args.temperature,
+                block_size=args.block_size,
                 expected_position=expected,
             )
             with stream:
                 _write_items(stream, text)
         else:
             chunk = sessions.generate(
-                args.id, max_tokens=args.max_tokens, temperature=args.temperature, expected_position=expected
+                args.id,
+                max_tokens=args.max_tokens,
+                temperature=args.temperature,
+                block_size=args.block_size,
+                expected_position=expected,
             )
             _write_items([chunk], text)
     elif args.action == "append":

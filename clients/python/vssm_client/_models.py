@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "BlockPoint",
     "Chunk",
     "Completion",
     "CompletionChoice",
@@ -20,6 +21,20 @@ __all__ = [
 
 class _Base(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class BlockPoint(_Base):
+    """One measured point of a model's speed / quality curve: sampling at ``block_size``, the NLL
+    (``bound``: "iw", an importance-weighted upper bound, or "exact") and the time to generate a
+    sequence of ``length`` tokens, alone and per sequence in a batch of 32."""
+
+    block_size: int
+    bound: str | None = None
+    nats_per_sequence: float | None = None
+    bits_per_token: float | None = None
+    length: int | None = None
+    ms_per_sequence_batch_1: float | None = None
+    ms_per_sequence_batch_32: float | None = None
 
 
 class Model(_Base):
@@ -36,6 +51,8 @@ class Model(_Base):
     state_bytes: int | None = None
     fingerprint: str | None = None
     parameters: int | None = None
+    default_block_size: int | None = None  # used when a request names no block size (None: one parallel pass)
+    block_curve: list[BlockPoint] = []  # measured with the checkpoint, by block size (empty: not measured)
 
 
 class ModelList(_Base):
@@ -67,6 +84,7 @@ class Completion(_Base):
     choices: list[CompletionChoice] = []
     usage: Usage | None = None
     seed: int | None = None
+    block_size: int | None = None  # the block size the tokens were sampled at (None: one parallel pass)
 
     @property
     def tokens(self) -> list[int]:
@@ -94,6 +112,7 @@ class Chunk(_Base):
     tokens: list[int] = []
     text: str = ""
     finish_reason: str | None = None
+    block_size: int | None = None  # the block size this chunk was sampled at (None: one parallel pass)
     replayed: bool = False  # the server returned an already committed chunk (retry after a lost response)
 
 
@@ -105,6 +124,7 @@ class SessionInfo(_Base):
     model: str = ""
     position: int = 0
     seed: int | None = None
+    block_size: int | None = None  # generate's block size when a call names none (None: one parallel pass)
     created_at: float | None = None
     expires_at: float | None = None
     ttl_seconds: int | None = None

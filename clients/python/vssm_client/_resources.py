@@ -53,6 +53,7 @@ def _completion_body(
     stream: bool,
     chunk_size: int | None,
     extra_body: dict[str, Any] | None,
+    block_size: int | None = None,
 ) -> dict[str, Any]:
     body = drop_none(
         model=model,
@@ -61,6 +62,7 @@ def _completion_body(
         temperature=temperature,
         n=n,
         seed=seed,
+        block_size=block_size,
         stream=stream or None,
         chunk_size=chunk_size,
     )
@@ -68,11 +70,17 @@ def _completion_body(
 
 
 def _generate_body(
-    max_tokens: int, temperature: float | None, expected_position: int | None, stream: bool, chunk_size: int | None
+    max_tokens: int,
+    temperature: float | None,
+    expected_position: int | None,
+    stream: bool,
+    chunk_size: int | None,
+    block_size: int | None = None,
 ) -> dict[str, Any]:
     return drop_none(
         max_tokens=max_tokens,
         temperature=temperature,
+        block_size=block_size,
         expected_position=expected_position,
         stream=stream or None,
         chunk_size=chunk_size,
@@ -141,10 +149,12 @@ class Completions:
         temperature: float | None = None,
         n: int | None = None,
         seed: int | None = None,
+        block_size: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body)
+        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults
+        (``block_size``: the model's ``default_block_size``)."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size)
         return parse(self._client._request("POST", "/v1/completions", body=body), Completion)
 
     def stream(
@@ -156,11 +166,14 @@ class Completions:
         temperature: float | None = None,
         n: int | None = None,
         seed: int | None = None,
+        block_size: int | None = None,
         chunk_size: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Stream[Completion]:
         """Like ``create`` but yields one ``Completion`` per ``chunk_size`` tokens."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body)
+        body = _completion_body(
+            model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body, block_size
+        )
         return Stream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
 
@@ -177,10 +190,12 @@ class AsyncCompletions:
         temperature: float | None = None,
         n: int | None = None,
         seed: int | None = None,
+        block_size: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body)
+        """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults
+        (``block_size``: the model's ``default_block_size``)."""
+        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size)
         return parse(await self._client._request("POST", "/v1/completions", body=body), Completion)
 
     def stream(
@@ -192,11 +207,14 @@ class AsyncCompletions:
         temperature: float | None = None,
         n: int | None = None,
         seed: int | None = None,
+        block_size: int | None = None,
         chunk_size: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> AsyncStream[Completion]:
         """Like ``create`` but an async iterator of one ``Completion`` per ``chunk_size`` tokens."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body)
+        body = _completion_body(
+            model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body, block_size
+        )
         return AsyncStream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
 
@@ -224,6 +242,11 @@ class _SessionState:
     @property
     def seed(self) -> int | None:
         return self.info.seed
+
+    @property
+    def block_size(self) -> int | None:
+        """The block size ``generate`` and ``stream`` use when they name none (None: one parallel pass)."""
+        return self.info.block_size
 
     @property
     def created_at(self) -> float | None:
@@ -269,20 +292,31 @@ class Session(_SessionState):
         super().__init__(info)
         self._client = client
 
-    def generate(self, max_tokens: int, *, temperature: float | None = None) -> Chunk:
-        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end."""
+    def generate(self, max_tokens: int, *, temperature: float | None = None, block_size: int | None = None) -> Chunk:
+        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
+        ``block_size`` applies to this call only (default: the session's)."""
         chunk = self._client.sessions.generate(
-            self.id, max_tokens=max_tokens, temperature=temperature, expected_position=self.position
+            self.id,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            block_size=block_size,
+            expected_position=self.position,
         )
         self._advance(chunk)
         return chunk
 
     def stream(
-        self, max_tokens: int, *, chunk_size: int | None = None, temperature: float | None = None
+        self,
+        max_tokens: int,
+        *,
+        chunk_size: int | None = None,
+        temperature: float | None = None,
+        block_size: int | None = None,
     ) -> Stream[Chunk]:
-        """Generate ``max_tokens`` tokens as a stream of chunks; ``position`` advances with each one."""
+        """Generate ``max_tokens`` tokens as a stream of chunks; ``position`` advances with each one.
+        At one block size, the chunks hold the tokens one ``generate`` call would."""
         return self._client.sessions._stream(
-            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance
+            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance, block_size=block_size
         )
 
     def append(self, prompt: Prompt) -> Session:
@@ -310,20 +344,32 @@ class AsyncSession(_SessionState):
         super().__init__(info)
         self._client = client
 
-    async def generate(self, max_tokens: int, *, temperature: float | None = None) -> Chunk:
-        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end."""
+    async def generate(
+        self, max_tokens: int, *, temperature: float | None = None, block_size: int | None = None
+    ) -> Chunk:
+        """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
+        ``block_size`` applies to this call only (default: the session's)."""
         chunk = await self._client.sessions.generate(
-            self.id, max_tokens=max_tokens, temperature=temperature, expected_position=self.position
+            self.id,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            block_size=block_size,
+            expected_position=self.position,
         )
         self._advance(chunk)
         return chunk
 
     def stream(
-        self, max_tokens: int, *, chunk_size: int | None = None, temperature: float | None = None
+        self,
+        max_tokens: int,
+        *,
+        chunk_size: int | None = None,
+        temperature: float | None = None,
+        block_size: int | None = None,
     ) -> AsyncStream[Chunk]:
         """Generate ``max_tokens`` tokens as an async stream of chunks; ``position`` advances with each one."""
         return self._client.sessions._stream(
-            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance
+            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance, block_size=block_size
         )
 
     async def append(self, prompt: Prompt) -> AsyncSession:
@@ -359,9 +405,11 @@ class Sessions:
         ttl_seconds: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        block_size: int | None = None,
         idempotency_key: str | None = None,
     ) -> Session:
         """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
+        The session keeps ``block_size`` (default: the model's) for every step that names none.
 
         Retries carry one ``Idempotency-Key`` (``idempotency_key``, or a fresh one per call), so a
         retry after a lost response returns the session the lost attempt made instead of a second one."""
@@ -372,6 +420,7 @@ class Sessions:
             ttl_seconds=ttl_seconds,
             max_tokens=max_tokens,
             temperature=temperature,
+            block_size=block_size,
         )
         response = self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
         return Session(self._client, parse(response, SessionInfo))
@@ -386,10 +435,12 @@ class Sessions:
         *,
         max_tokens: int,
         temperature: float | None = None,
+        block_size: int | None = None,
         expected_position: int | None = None,
     ) -> Chunk:
-        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None)
+        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
+        ``block_size`` applies to this call only (default: the session's)."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size)
         path = _session_path(session_id, "generate")
         try:
             response = self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -408,10 +459,11 @@ class Sessions:
         max_tokens: int,
         chunk_size: int | None = None,
         temperature: float | None = None,
+        block_size: int | None = None,
         expected_position: int | None = None,
     ) -> Stream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
-        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position)
+        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size)
 
     def _stream(
         self,
@@ -421,8 +473,9 @@ class Sessions:
         temperature: float | None,
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
+        block_size: int | None = None,
     ) -> Stream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size)
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size)
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return Stream(
@@ -480,9 +533,11 @@ class AsyncSessions:
         ttl_seconds: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        block_size: int | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncSession:
         """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
+        The session keeps ``block_size`` (default: the model's) for every step that names none.
 
         Made once, as in ``Sessions.create``."""
         body = drop_none(
@@ -492,6 +547,7 @@ class AsyncSessions:
             ttl_seconds=ttl_seconds,
             max_tokens=max_tokens,
             temperature=temperature,
+            block_size=block_size,
         )
         response = await self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
         return AsyncSession(self._client, parse(response, SessionInfo))
@@ -507,10 +563,12 @@ class AsyncSessions:
         *,
         max_tokens: int,
         temperature: float | None = None,
+        block_size: int | None = None,
         expected_position: int | None = None,
     ) -> Chunk:
-        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None)
+        """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
+        ``block_size`` applies to this call only (default: the session's)."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size)
         path = _session_path(session_id, "generate")
         try:
             response = await self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -529,10 +587,11 @@ class AsyncSessions:
         max_tokens: int,
         chunk_size: int | None = None,
         temperature: float | None = None,
+        block_size: int | None = None,
         expected_position: int | None = None,
     ) -> AsyncStream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
-        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position)
+        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size)
 
     def _stream(
         self,
@@ -542,8 +601,9 @@ class AsyncSessions:
         temperature: float | None,
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
+        block_size: int | None = None,
     ) -> AsyncStream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size)
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size)
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return AsyncStream(
