@@ -1,4 +1,4 @@
-"""``vssm train | eval | sample`` (also ``python -m model ...``); ``vssm serve`` lives in server/."""
+"""``vssm train | eval | sample | judge-train`` (also ``python -m model ...``); ``vssm serve`` lives in server/."""
 
 from __future__ import annotations
 
@@ -109,6 +109,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_sample)
 
+    from .judge import JudgeTrainConfig
+
+    p = sub.add_parser(
+        "judge-train", help="train the MNIST digit classifier that judges samples; write it and reference figures"
+    )
+    _add_dataclass_args(p, JudgeTrainConfig)
+    p.set_defaults(func=_judge_train)
+
 
 def _train(args: argparse.Namespace) -> None:
     from .train import TrainConfig, train
@@ -130,6 +138,12 @@ def _sample(args: argparse.Namespace) -> None:
     from .render import sample_cli
 
     sample_cli(args)
+
+
+def _judge_train(args: argparse.Namespace) -> None:
+    from .judge import JudgeTrainConfig, judge_train
+
+    judge_train(JudgeTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(JudgeTrainConfig)}))
 
 
 def build_parser(prog: str = "vssm") -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
