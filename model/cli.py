@@ -87,6 +87,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block-limit", type=int, default=500, help="test sequences of each block-size bound")
     p.add_argument("--block-samples", type=_positive_int, default=8, help="importance samples of each block-size bound")
     p.add_argument("--judge-samples", type=_positive_int, default=1000, help="unprompted samples judged per block size")
+    p.add_argument("--judge", default=None, help="digit classifier judging image samples (vssm judge-train)")
+    p.add_argument(
+        "--curve-only",
+        action="store_true",
+        help="measure only the block curve and add it to the JSON at --out (an earlier eval of the same weights)",
+    )
+    p.add_argument("--ar-judge", default=None, help="autoregressive checkpoint scoring the samples (its NLL of them)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--seq-len", type=int, default=256, help="text window length")
     p.add_argument("--threads", type=int, default=0)

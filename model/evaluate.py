@@ -264,13 +264,17 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             "machine": meta.get("train_machine"),
             "config": json.loads(meta.get("train_config", "{}")),
         },
-        **evaluate(
-            model,
-            seqs,
-            samples=args.samples,
-            batch_size=args.batch_size,
-            prompted_limit=args.prompted_limit,
-            prompted_samples=args.prompted_samples,
+        **(
+            {}
+            if args.curve_only
+            else evaluate(
+                model,
+                seqs,
+                samples=args.samples,
+                batch_size=args.batch_size,
+                prompted_limit=args.prompted_limit,
+                prompted_samples=args.prompted_samples,
+            )
         ),
         "machine": {
             "platform": platform.platform(),
@@ -284,6 +288,16 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
+    if args.curve_only:
+        if not args.block_sizes:
+            raise SystemExit("--curve-only needs --block-sizes")
+        # the rest of the JSON is an earlier full eval of the same weights: keep it, add the curve
+        earlier = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).exists() else {}
+        if earlier and earlier.get("fingerprint") != model.fingerprint:
+            raise SystemExit(f"{args.out} holds the eval of other weights ({earlier.get('fingerprint')})")
+        command, result = result["command"], {**earlier, **({} if earlier else result)}
+        result["block_curve_command"] = command
+        result["default_block_size"] = model.default_block_size
     if args.block_sizes:
         result["block_curve"] = block_curve(
             model,
@@ -316,5 +330,35 @@ def _block_list(text: str) -> list[int]:
 
 
 def _judge(args: argparse.Namespace, dataset: str, ds: Any) -> Callable[[Tensor], dict[str, Any]] | None:
-    """The sample judge of the dataset, when its checkpoints are given: none by default."""
+    """Figures of unprompted samples ``(N, T)`` (model/judge.py): for images, the digit classifier's
+    (``--judge``) and the AR judge's NLL; for text, the share of known words and the AR judge's bits
+    per byte (``--ar-judge``).  None when no judge is given."""
+    from .judge import (
+        ar_judge_bits_per_byte,
+        ar_judge_nll,
+        image_metrics,
+        load_judge,
+        text_metrics,
+        training_vocabulary,
+    )
+
+    ar = load_checkpoint(args.ar_judge) if args.ar_judge else None
+    if dataset == "mnist" and args.judge:
+        classifier = load_judge(args.judge)
+
+        def judge_images(x: Tensor) -> dict[str, Any]:
+            out = image_metrics(classifier, x)
+            if ar is not None:
+                out["ar_judge_nats"] = ar_judge_nll(ar, x)
+            return out
+
+        return judge_images
+    if dataset == "shakespeare" and ar is not None:
+        vocabulary = training_vocabulary(args.data_dir)
+
+        def judge_text(x: Tensor) -> dict[str, Any]:
+            texts = [bytes(row) for row in x.tolist()]
+            return {**text_metrics(texts, vocabulary), "ar_judge_bits_per_byte": ar_judge_bits_per_byte(ar, texts)}
+
+        return judge_text
     return None

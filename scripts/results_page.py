@@ -81,8 +81,8 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
         head = "| block size | NLL bound | ms / sequence, batch 1 | batch 32 |"
         rule = "| ---: | ---: | ---: | ---: |"
         if has_judge:
-            head += " confident digits | class entropy | ink |"
-            rule += " ---: | ---: | ---: |"
+            head += " confident digits | class entropy (nats) | ink | AR judge (nats) |"
+            rule += " ---: | ---: | ---: | ---: |"
         L += [head, rule]
         for r in curve:
             c = r["block_size"]
@@ -92,8 +92,8 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
             if has_judge:
                 s = r.get("samples", {})
                 row += (
-                    f" {_fmt(s.get('confident_share'), '{:.0%}')} | {_fmt(s.get('class_entropy'), '{:.2f}')} "
-                    f"| {_fmt(s.get('ink_fraction'), '{:.3f}')} |"
+                    f" {_fmt(s.get('confident_share'), '{:.0%}')} | {_fmt(s.get('class_entropy_nats'), '{:.2f}')} "
+                    f"| {_fmt(s.get('ink_fraction'), '{:.3f}')} | {_fmt(s.get('ar_judge_nats'), '{:.1f}')} |"
                 )
             L.append(row)
         if times:
