@@ -288,18 +288,10 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
-    if args.curve_only:
-        if not args.block_sizes:
-            raise SystemExit("--curve-only needs --block-sizes")
-        # the rest of the JSON is an earlier full eval of the same weights: keep it, add the curve
-        earlier = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).exists() else {}
-        if earlier and earlier.get("fingerprint") != model.fingerprint:
-            raise SystemExit(f"{args.out} holds the eval of other weights ({earlier.get('fingerprint')})")
-        command, result = result["command"], {**earlier, **({} if earlier else result)}
-        result["block_curve_command"] = command
-        result["default_block_size"] = model.default_block_size
+    if args.curve_only and not args.block_sizes:
+        raise SystemExit("--curve-only needs --block-sizes")
     if args.block_sizes:
-        result["block_curve"] = block_curve(
+        curve = block_curve(
             model,
             seqs[: args.block_limit],
             _block_list(args.block_sizes),
@@ -308,7 +300,17 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             judge=_judge(args, dataset, ds),
             judge_samples=args.judge_samples,
         )
-    result["eval_seconds"] = round(time.perf_counter() - t0, 1)
+        if args.curve_only:
+            # the rest of the JSON is a full eval of the same weights (read now: it may have been
+            # written while the curve ran): keep it, add the curve and the command that made it
+            earlier = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).exists() else {}
+            if earlier and earlier.get("fingerprint") != model.fingerprint:
+                raise SystemExit(f"{args.out} holds the eval of other weights ({earlier.get('fingerprint')})")
+            command = result["command"]
+            result = {**earlier, "default_block_size": model.default_block_size} if earlier else result
+            result["block_curve_command"] = command
+        result["block_curve"] = curve
+    result["block_curve_seconds" if args.curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
