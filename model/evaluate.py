@@ -308,7 +308,10 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
                 raise SystemExit(f"{args.out} holds the eval of other weights ({earlier.get('fingerprint')})")
             command = result["command"]
             result = {**earlier, "default_block_size": model.default_block_size} if earlier else result
-            result["block_curve_command"] = command
+            # curves measured in parts (block sizes split over processes) join: rows by block size
+            rows = {r["block_size"]: r for r in result.get("block_curve", [])} | {r["block_size"]: r for r in curve}
+            curve = [rows[c] for c in sorted(rows)]
+            result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
         result["block_curve"] = curve
     result["block_curve_seconds" if args.curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
