@@ -6,7 +6,16 @@ Families share one resumable-generation contract (see :class:`model.base.Sequenc
 
 from .autoregressive import ARGRU, ARSSM, ARGRUConfig, ARModel, ARSSMConfig
 from .base import PositionLimitError, SequenceModel, TokenRangeError
-from .checkpoint import FAMILIES, FORMAT_VERSION, CheckpointError, build_model, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    FAMILIES,
+    FORMAT_VERSION,
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+    set_default_block_size,
+)
 from .state import GenState, StateError
 from .transformer import ARTransformer, ARTransformerConfig
 from .vssm import VSSM, VSSMConfig, VSSMLoss
@@ -32,5 +41,7 @@ __all__ = [
     "VSSMLoss",
     "build_model",
     "load_checkpoint",
+    "read_metadata",
     "save_checkpoint",
+    "set_default_block_size",
 ]

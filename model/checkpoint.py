@@ -23,7 +23,15 @@ from .base import SequenceModel
 from .transformer import ARTransformer
 from .vssm import VSSM
 
-__all__ = ["FAMILIES", "FORMAT_VERSION", "CheckpointError", "build_model", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FAMILIES",
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "build_model",
+    "load_checkpoint",
+    "save_checkpoint",
+    "set_default_block_size",
+]
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +142,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Seq
         model.default_block_size = int(block)
     log.info("loaded %s (%s, %d parameters) from %s", model.family, model.fingerprint, model.num_parameters(), path)
     return model.to(device).eval()
+
+
+def set_default_block_size(path: str | Path, block_size: int | None) -> None:
+    """Record the block size ``path`` is served at when a request names none (None: one pass).
+
+    The weights, their fingerprint and every other metadata field stay as they are: sessions made
+    before keep working.  Chosen from the model's measured curve (``vssm eval --block-sizes``).
+    """
+    if block_size is not None and block_size < 1:
+        raise CheckpointError(f"block_size must be >= 1 or None, got {block_size}")
+    model = load_checkpoint(path)
+    meta = read_metadata(path)
+    own = {"format_version", "family", "config", "fingerprint", "default_block_size"}
+    model.default_block_size = block_size
+    save_checkpoint(model, path, extra={k: v for k, v in meta.items() if k not in own})
+    log.info("%s: default block size %s", path, block_size or "none (one pass)")

@@ -100,6 +100,13 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser(
+        "set-block-size", help="record the block size a checkpoint is served at by default (weights unchanged)"
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("block_size", type=int, help="block size; 0 for one parallel pass")
+    p.set_defaults(func=_set_block_size)
+
     p = sub.add_parser("sample", help="PNG grids (images) or text samples from a checkpoint")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output PNG (images) or .txt (text) path prefix")
@@ -139,6 +146,12 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_cli
 
     evaluate_cli(args)
+
+
+def _set_block_size(args: argparse.Namespace) -> None:
+    from .checkpoint import set_default_block_size
+
+    set_default_block_size(args.checkpoint, args.block_size or None)
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -348,3 +348,17 @@ def test_generation_windows_bound_memory_without_changing_tokens_or_state(block,
     if resumable:
         for k, v in ref_state.tensors.items():
             torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-12)
+
+
+def test_set_default_block_size_keeps_the_weights_and_the_metadata(tmp_path):
+    m = tiny_model("vssm", max_position=30)
+    path = model.save_checkpoint(m, tmp_path / "m.safetensors", extra={"dataset": "mnist", "train_steps": "7"})
+    model.set_default_block_size(path, 6)
+    loaded = model.load_checkpoint(path)
+    meta = model.read_metadata(path)
+    assert loaded.default_block_size == 6 and loaded.fingerprint == m.fingerprint
+    assert meta["dataset"] == "mnist" and meta["train_steps"] == "7"
+    model.set_default_block_size(path, None)
+    assert model.load_checkpoint(path).default_block_size is None
+    with pytest.raises(model.CheckpointError):
+        model.set_default_block_size(path, 0)
