@@ -1,6 +1,6 @@
 """The speed / quality plane of block sampling: NLL against milliseconds per sequence (log x).
 
-    .venv/bin/python scripts/pareto.py --dataset mnist --bench docs/benchmarks.json --img docs/img
+    .venv/bin/python scripts/pareto.py --dataset mnist --bench docs/benchmarks-blocks.json --img docs/img
 
 Likelihoods come from the eval JSONs beside the checkpoints (``checkpoints/NAME.json``: a VSSM's
 ``block_curve`` rows, an autoregressive family's exact NLL); times from the benchmark's block part
@@ -91,7 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
-    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks-blocks.json")
     p.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
     p.add_argument("--batch", default="1")
     p.add_argument("--speedup", type=float, default=10.0, help="the speed target against the AR-SSM")

@@ -4,7 +4,8 @@
     .venv/bin/python scripts/results_page.py --check    # exits 1 if docs/results.md is stale
 
 Every number on the page comes from ``checkpoints/NAME.json`` (``vssm eval``) or, for the block
-sampling timings, from ``docs/benchmarks.json`` (``make bench``, all models side by side); the
+sampling timings, from ``docs/benchmarks-blocks.json`` (``python -m bench.run --only blocks``: every
+model timed side by side in one process, the part 7 of ``make bench``); the
 words around them live here.  The lab notebook (every experiment, dated) is docs/experiments/.
 """
 
@@ -97,7 +98,12 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
                 )
             L.append(row)
         if times:
-            L += ["", "Times: `make bench` part 7, every model side by side in one process (docs/benchmarks.md)."]
+            load = bench["machine"]["load_average_start"][0] if bench else 0.0
+            L += [
+                "",
+                "Times: `python -m bench.run --only blocks` (docs/benchmarks-blocks.json), every model side by",
+                f"side in one process; the machine's load average was {load:.1f} on 2 cores, so compare ratios only.",
+            ]
         pareto = img / f"pareto_{dataset}.png"
         if pareto.exists():
             L += ["", f"![pareto](img/{pareto.name})"]
@@ -140,7 +146,7 @@ def render(checkpoints: Path, bench_path: Path, img: Path) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
-    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks-blocks.json")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     p.add_argument("--check", action="store_true", help="fail if --out differs from what would be written")
     args = p.parse_args()

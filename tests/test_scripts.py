@@ -64,3 +64,12 @@ def test_passes_to_fixed_point_counts_the_first_pass_that_reached_it():
         first = min(k for k in range(27) if all(torch.equal(it[row], fixed[row]) for it in iterates[k:]))
         assert passes[row] == first
     assert (passes > 1).any()  # the tiny model's rows do not all settle at once
+
+
+def test_the_results_page_is_written_from_the_eval_jsons_and_is_fresh():
+    """docs/results.md holds no hand-typed number: regenerating it from checkpoints/*.json changes nothing."""
+    results_page = _script("results_page")
+    text = results_page.render(ROOT / "checkpoints", ROOT / "docs" / "benchmarks-blocks.json", ROOT / "docs" / "img")
+    assert (ROOT / "docs" / "results.md").read_text() == text, "run scripts/results_page.py"
+    for name in (p.stem for p in (ROOT / "checkpoints").glob("*.safetensors")):
+        assert f"`{name}`" in text  # every bundled model has its row
