@@ -90,6 +90,28 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
 
 
+def read_tensors(path: str | Path, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked against ``expected`` (a module's state dict): every name
+    present, none unexpected, every shape right; the error names what is wrong."""
+    with safe_open(str(path), framework="pt") as f:
+        present = set(f.keys())
+        missing = sorted(set(expected) - present)
+        if missing:
+            raise CheckpointError(f"{path}: missing tensor(s): {', '.join(missing)}")
+        unexpected = sorted(present - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{path}: unexpected tensor(s): {', '.join(unexpected)}")
+        tensors = {}
+        for name, ref in expected.items():
+            t = f.get_tensor(name)
+            if tuple(t.shape) != tuple(ref.shape):
+                raise CheckpointError(
+                    f"{path}: tensor {name} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
+                )
+            tensors[name] = t
+    return tensors
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> SequenceModel:
     """Load, validate and return the model in eval mode on ``device`` (``"auto"``: CUDA if present)."""
     path = Path(path)
@@ -111,23 +133,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Seq
         raise CheckpointError(f"{path}: bad config: expected a JSON object")
     model = build_model(meta.get("family", "<missing>"), raw_config)
 
-    expected = model.state_dict()
-    with safe_open(str(path), framework="pt") as f:
-        present = set(f.keys())
-        missing = sorted(set(expected) - present)
-        if missing:
-            raise CheckpointError(f"{path}: missing tensor(s): {', '.join(missing)}")
-        unexpected = sorted(present - set(expected))
-        if unexpected:
-            raise CheckpointError(f"{path}: unexpected tensor(s): {', '.join(unexpected)}")
-        tensors = {}
-        for name, ref in expected.items():
-            t = f.get_tensor(name)
-            if tuple(t.shape) != tuple(ref.shape):
-                raise CheckpointError(
-                    f"{path}: tensor {name} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
-                )
-            tensors[name] = t
+    tensors = read_tensors(path, model.state_dict())
     dtype = next(iter(tensors.values())).dtype
     model.to(dtype).load_state_dict(tensors, strict=True)
     recorded = meta.get("fingerprint")

@@ -47,13 +47,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .autoregressive import ARModel
 from .base import SequenceModel
-from .checkpoint import CheckpointError, load_checkpoint, read_metadata
+from .checkpoint import CheckpointError, load_checkpoint, read_metadata, read_tensors
 from .data import load_dataset
 
 __all__ = [
@@ -339,21 +338,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> DigitCla
         classifier = DigitClassifier(JudgeConfig(**raw))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad config: {exc}") from exc
-    expected = classifier.state_dict()
-    with safe_open(str(path), framework="pt") as f:
-        present = set(f.keys())
-        if missing := sorted(set(expected) - present):
-            raise CheckpointError(f"{path}: missing tensor(s): {', '.join(missing)}")
-        if unexpected := sorted(present - set(expected)):
-            raise CheckpointError(f"{path}: unexpected tensor(s): {', '.join(unexpected)}")
-        tensors = {}
-        for name, ref in expected.items():
-            t = f.get_tensor(name)
-            if tuple(t.shape) != tuple(ref.shape):
-                raise CheckpointError(
-                    f"{path}: tensor {name} has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
-                )
-            tensors[name] = t
+    tensors = read_tensors(path, classifier.state_dict())
     classifier.to(next(iter(tensors.values())).dtype).load_state_dict(tensors, strict=True)
     recorded, actual = meta.get("fingerprint"), weights_fingerprint(classifier)
     if recorded != actual:
