@@ -24,7 +24,14 @@ from .sampling import as_seed_tensor
 from .ssm import weights_key
 from .state import GenState, StateError
 
-__all__ = ["PositionLimitError", "SequenceModel", "TokenRangeError", "check_config"]
+__all__ = [
+    "PositionLimitError",
+    "SequenceModel",
+    "TokenRangeError",
+    "check_config",
+    "parse_block_sizes",
+    "weights_hash",
+]
 
 
 class PositionLimitError(ValueError):
@@ -77,13 +84,7 @@ class SequenceModel(nn.Module):
         # parameters() is ~100x cheaper than state_dict(): the key costs microseconds per call
         key = weights_key(self.parameters())
         if key != self._fp_key:
-            sd = self.state_dict()
-            h = hashlib.sha256()
-            for name in sorted(sd):
-                t = sd[name].detach().contiguous().cpu()
-                h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-                h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            self._fp_key, self._fp = key, h.hexdigest()[:16]
+            self._fp_key, self._fp = key, weights_hash(self)
         return self._fp
 
     def num_parameters(self, generation_only: bool = False) -> int:
@@ -235,6 +236,28 @@ class SequenceModel(nn.Module):
     def positions(state: GenState, n: int) -> Tensor:
         """Absolute positions ``(B, n)`` of the next ``n`` tokens."""
         return state.position[:, None] + torch.arange(n, device=state.position.device)
+
+
+def weights_hash(module: nn.Module) -> str:
+    """SHA-256 (hex, 16 chars) of a module's weights: names, dtypes, shapes and bytes."""
+    sd = module.state_dict()
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def parse_block_sizes(text: str) -> list[int]:
+    """``"8,16,784"`` -> ``[8, 16, 784]``; ValueError unless every entry is a positive integer."""
+    try:
+        sizes = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        sizes = [0]
+    if any(c < 1 for c in sizes):
+        raise ValueError(f"block sizes must be positive integers separated by commas, got {text!r}")
+    return sizes
 
 
 def check_config(cfg: object, positive: tuple[str, ...], choices: dict[str, tuple[str, ...]] | None = None) -> None:

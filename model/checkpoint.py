@@ -75,6 +75,11 @@ def save_checkpoint(model: SequenceModel, path: str | Path, extra: dict[str, str
         **({"default_block_size": str(model.default_block_size)} if model.default_block_size else {}),
         **(extra or {}),
     }
+    return write_safetensors(tensors, meta, path)
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> Path:
+    """Write ``tensors`` with string ``meta`` to ``path`` through a temporary file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     tmp.replace(path)  # atomic: a crash mid-write never leaves a truncated checkpoint behind

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from .base import SequenceModel
+from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, read_metadata
 from .data import eval_sequences, load_dataset
 from .vssm import VSSM
@@ -326,11 +326,11 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
 
 def _block_list(text: str) -> list[int]:
     try:
-        sizes = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        sizes = [0]
-    if not sizes or min(sizes) < 1:
-        raise SystemExit(f"--block-sizes must list positive integers separated by commas, got {text!r}")
+        sizes = parse_block_sizes(text)
+    except ValueError as exc:
+        raise SystemExit(f"--block-sizes: {exc}") from None
+    if not sizes:
+        raise SystemExit("--block-sizes lists no block size")
     return sizes
 
 

@@ -30,7 +30,6 @@ at 92% and 84% (the JSON's ``probes``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -47,12 +46,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .autoregressive import ARModel
-from .base import SequenceModel
-from .checkpoint import CheckpointError, load_checkpoint, read_metadata, read_tensors
+from .base import SequenceModel, weights_hash
+from .checkpoint import CheckpointError, load_checkpoint, read_metadata, read_tensors, write_safetensors
 from .data import load_dataset
 
 __all__ = [
@@ -288,14 +286,8 @@ def sample_sequences(
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """SHA-256 (hex, 16 chars) of the weights: names, dtypes, shapes and bytes (as the models' fingerprint)."""
-    sd = module.state_dict()
-    h = hashlib.sha256()
-    for name in sorted(sd):
-        t = sd[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    """SHA-256 (hex, 16 chars) of the weights, as the models' fingerprint (``model.base.weights_hash``)."""
+    return weights_hash(module)
 
 
 def save_judge(classifier: DigitClassifier, path: str | Path, extra: dict[str, str] | None = None) -> Path:
@@ -310,10 +302,7 @@ def save_judge(classifier: DigitClassifier, path: str | Path, extra: dict[str, s
         "fingerprint": weights_fingerprint(classifier),
         **(extra or {}),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    return write_safetensors(tensors, meta, path)
 
 
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> DigitClassifier:

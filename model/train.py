@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .autoregressive import ARModel
-from .base import SequenceModel
+from .base import SequenceModel, parse_block_sizes
 from .checkpoint import build_model, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .presets import preset_config
@@ -94,13 +94,7 @@ class TrainConfig:
 
     def block_choices(self) -> list[int]:
         """The block sizes of ``block_sizes``, each a positive integer (empty: one-pass training)."""
-        try:
-            sizes = [int(v) for v in self.block_sizes.split(",") if v.strip()]
-        except ValueError:
-            sizes = [0]
-        if any(c < 1 for c in sizes):
-            raise ValueError(f"block_sizes must list positive integers separated by commas, got {self.block_sizes!r}")
-        return sizes
+        return parse_block_sizes(self.block_sizes)
 
 
 class LossModule(nn.Module):
