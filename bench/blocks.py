@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-import model
+from vssm import model
 
 from .common import Settings, measure_interleaved
 

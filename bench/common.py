@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-import model
-from model.presets import preset_config
+from vssm import model
+from vssm.model.presets import preset_config
 
 __all__ = [
     "FAMILIES",

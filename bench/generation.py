@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-import model
+from vssm import model
 
 from .common import Deadline, Settings, measure, unprompted
 

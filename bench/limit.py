@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from model import VSSM
+from vssm.model import VSSM
 
 from .common import Settings, measure_interleaved, unprompted
 

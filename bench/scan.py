@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from model.ssm import S4D, S4DConfig
+from vssm.model.ssm import S4D, S4DConfig
 
 
 def _assoc_scan(layer: S4D, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:

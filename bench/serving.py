@@ -26,8 +26,8 @@ import httpx
 import psutil
 import torch
 
-import model
-from model.presets import preset_config
+from vssm import model
+from vssm.model.presets import preset_config
 
 log = logging.getLogger(__name__)
 

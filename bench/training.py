@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import model
+from vssm import model
 
 from .common import Settings, measure_interleaved
 

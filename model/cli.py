@@ -1,4 +1,4 @@
-"""``vssm train | eval | sample | judge-train`` (also ``python -m model ...``); ``vssm serve`` lives in server/."""
+"""``vssm train | eval | sample | judge-train`` (also ``python -m vssm.model ...``); ``vssm serve`` lives in server/."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def build_parser(prog: str = "vssm") -> tuple[argparse.ArgumentParser, argparse.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, _ = build_parser("python -m model")
+    parser, _ = build_parser("python -m vssm.model")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

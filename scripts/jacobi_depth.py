@@ -32,12 +32,12 @@ import time
 import torch
 from torch import Tensor
 
-from model import load_checkpoint
-from model.autoregressive import ARModel
-from model.checkpoint import read_metadata
-from model.data import eval_sequences, load_dataset
-from model.evaluate import generation_seconds
-from model.sampling import STREAM_TOKEN, as_seed_tensor, keyed_uniform, sample_categorical
+from vssm.model import load_checkpoint
+from vssm.model.autoregressive import ARModel
+from vssm.model.checkpoint import read_metadata
+from vssm.model.data import eval_sequences, load_dataset
+from vssm.model.evaluate import generation_seconds
+from vssm.model.sampling import STREAM_TOKEN, as_seed_tensor, keyed_uniform, sample_categorical
 
 log = logging.getLogger("jacobi_depth")
 

@@ -21,9 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from model import VSSM, load_checkpoint
-from model.autoregressive import ARModel
-from model.data import load_dataset
+from vssm.model import VSSM, load_checkpoint
+from vssm.model.autoregressive import ARModel
+from vssm.model.data import load_dataset
 
 log = logging.getLogger("nats_map")
 

@@ -20,9 +20,9 @@ import sys
 import torch
 from torch import Tensor
 
-from model import VSSM, load_checkpoint
-from model.checkpoint import read_metadata
-from model.data import load_dataset
+from vssm.model import VSSM, load_checkpoint
+from vssm.model.checkpoint import read_metadata
+from vssm.model.data import load_dataset
 
 
 @torch.no_grad()

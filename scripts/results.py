@@ -141,8 +141,8 @@ def ablations(root: Path, out_json: Path, img: Path, bundled: dict[str, list[dic
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import dataclasses
 
-    from model.checkpoint import FAMILIES, read_metadata
-    from model.train import TrainConfig
+    from vssm.model.checkpoint import FAMILIES, read_metadata
+    from vssm.model.train import TrainConfig
 
     def defaults(cls: type) -> dict:
         return {f.name: f.default for f in dataclasses.fields(cls)}

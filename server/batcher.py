@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from model import GenState, StateError
+from vssm.model import GenState, StateError
 
 from .metrics import Metrics
 from .registry import ServedModel

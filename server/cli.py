@@ -6,11 +6,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from model.cli import build_parser
+from vssm.model.cli import build_parser
 
 from .config import Settings
 
-HTTP_PROTOCOL = "server.protocol:HTTPProtocol"  # uvicorn's, with the error envelope on its own 400s
+HTTP_PROTOCOL = "vssm.server.protocol:HTTPProtocol"  # uvicorn's, with the error envelope on its own 400s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +53,7 @@ def _serve(args) -> None:
     if args.workers > 1:  # worker processes rebuild the app from the environment (never a command line)
         os.environ.update(settings.to_environment())
         uvicorn.run(
-            "server.app:create_app",
+            "vssm.server.app:create_app",
             factory=True,
             host=settings.host,
             port=settings.port,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from model import GenState, SequenceModel, load_checkpoint
-from model.checkpoint import read_metadata
+from vssm.model import GenState, SequenceModel, load_checkpoint
+from vssm.model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
 from .schemas import BlockPoint

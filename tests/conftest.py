@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
+from vssm import model
 
 V = 5  # a small vocabulary exercises the categorical paths without cost
 

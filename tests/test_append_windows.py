@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
-from model import GenState
+from vssm import model
+from vssm.model import GenState
 
 from .conftest import tiny_model
 

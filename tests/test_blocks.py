@@ -14,10 +14,10 @@ import math
 import pytest
 import torch
 
-import model
-from model.network import SSMNet, SSMNetConfig
-from model.sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
 from tests.conftest import V, tiny_model
+from vssm import model
+from vssm.model.network import SSMNet, SSMNetConfig
+from vssm.model.sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
 
 F64 = torch.float64
 
@@ -310,7 +310,7 @@ def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
 
 # ----- the measured curve (vssm eval --block-sizes) ----------------------------------------------------
 def test_block_curve_reports_the_bound_time_and_judged_samples_per_block_size():
-    from model.evaluate import block_curve
+    from vssm.model.evaluate import block_curve
 
     m = tiny_model("vssm", max_position=12)
     x = torch.randint(0, V, (6, 12), generator=torch.Generator().manual_seed(1))

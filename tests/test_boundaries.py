@@ -26,13 +26,22 @@ RULES = {
 }
 
 
+def root(name: str) -> str:
+    """The package an import names: `vssm.server.app` is `server` (model/ and server/ install under vssm)."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "vssm" and len(parts) > 1 else parts[0]
+
+
 def imported_roots(path: Path) -> set[str]:
     roots = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {root(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
+            if node.module == "vssm":  # from vssm import server
+                roots |= {alias.name for alias in node.names}
+            else:
+                roots.add(root(node.module))
     return roots
 
 
@@ -48,5 +57,7 @@ def test_package_does_not_import_forbidden_modules(package):
 
 def test_rule_detects_a_violation(tmp_path):
     f = tmp_path / "x.py"
-    f.write_text("import torch\nfrom fastapi import FastAPI\nfrom . import sibling\n")
-    assert imported_roots(f) == {"torch", "fastapi"}
+    f.write_text("import torch\nfrom fastapi import FastAPI\nfrom . import sibling\nfrom vssm.server import app\n")
+    assert imported_roots(f) == {"torch", "fastapi", "server"}
+    f.write_text("from vssm import model\nimport vssm.server.app\n")
+    assert imported_roots(f) == {"model", "server"}

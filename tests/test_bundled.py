@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model import load_checkpoint
-from model.checkpoint import read_metadata
+from vssm.model import load_checkpoint
+from vssm.model.checkpoint import read_metadata
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 BUNDLED = sorted(CKPT.glob("*.safetensors"))

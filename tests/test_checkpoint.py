@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-import model
-from model import CheckpointError, GenState, load_checkpoint, save_checkpoint
 from tests.conftest import TINY, VARIANTS, tiny_model
+from vssm import model
+from vssm.model import CheckpointError, GenState, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("name", sorted(TINY) + sorted(VARIANTS))

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model import load_checkpoint
-from model.evaluate import EVAL_SCHEMA_KEYS
-from model.train import TrainConfig
 from tests.test_data import DATA, needs_data
+from vssm.model import load_checkpoint
+from vssm.model.evaluate import EVAL_SCHEMA_KEYS
+from vssm.model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = needs_data
@@ -43,7 +43,7 @@ def train_args(out: Path, family: str, dataset: str = "mnist", steps: int = 3) -
         "val-sequences": 8,
         "threads": 1,
     }
-    return ["-m", "model", "train", *(x for k, v in flags.items() for x in (f"--{k}", str(v)))]
+    return ["-m", "vssm.model", "train", *(x for k, v in flags.items() for x in (f"--{k}", str(v)))]
 
 
 def train(out: Path, family: str, dataset: str = "mnist", steps: int = 3) -> subprocess.CompletedProcess:
@@ -135,7 +135,7 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
     halves = []
     for offset in (0, 3):
         path = tmp_path / f"shard{offset}.json"
-        run("-m", "model", "eval", str(ckpt), "--offset", str(offset), "--limit", "3", "--samples", "4",
+        run("-m", "vssm.model", "eval", str(ckpt), "--offset", str(offset), "--limit", "3", "--samples", "4",
             "--prompted-limit", "1", "--batch-size", "2", "--out", str(path))  # fmt: skip
         halves.append(json.loads(path.read_text()))
     assert halves[1]["test"] == {"sequences": 3, "tokens_per_sequence": 784, "offset": 3}
@@ -143,8 +143,19 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
         pooled = (halves[0]["nll"]["iw_curve"][k] + halves[1]["nll"]["iw_curve"][k]) / 2
         assert pooled == pytest.approx(curve[k], rel=1e-5)
 
-    run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
-    run("-m", "model", "sample", str(ckpt), "--out", str(tmp_path / "grid-t0.3"), "--n", "2", "--temperature", "0.3")
+    run("-m", "vssm.model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "4", "--prompt-rows", "10")
+    run(
+        "-m",
+        "vssm.model",
+        "sample",
+        str(ckpt),
+        "--out",
+        str(tmp_path / "grid-t0.3"),
+        "--n",
+        "2",
+        "--temperature",
+        "0.3",
+    )
     names = ("grid-unconditional.png", "grid-prompted.png", "grid-t0.3-unconditional.png", "grid-t0.3-prompted.png")
     for name in names:
         with Image.open(tmp_path / name) as img:
@@ -172,7 +183,7 @@ def test_two_process_data_parallel_training(tmp_path):
 
 
 def test_train_config_fields_all_have_cli_flags():
-    proc = run("-m", "model", "train", "--help")
+    proc = run("-m", "vssm.model", "train", "--help")
     for name in TrainConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in proc.stdout
     # each flag's help is its config field's comment (argparse wraps lines: compare without spaces)

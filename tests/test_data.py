@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from model import data
-from model.data import DataError, batches, eval_sequences, load_dataset
+from vssm.model import data
+from vssm.model.data import DataError, batches, eval_sequences, load_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"offline datasets not found at {DATA}")

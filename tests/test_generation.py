@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model
-from model import GenState, PositionLimitError, StateError, TokenRangeError
 from tests.conftest import V, tiny_model
+from vssm import model
+from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError
 
 
 def roundtrip(state: GenState) -> GenState:

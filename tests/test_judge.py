@@ -11,10 +11,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from model import CheckpointError, load_checkpoint, save_checkpoint
-from model.cli import build_parser
-from model.data import load_dataset
-from model.judge import (
+from tests.conftest import tiny_model
+from tests.test_data import DATA, needs_data
+from vssm.model import CheckpointError, load_checkpoint, save_checkpoint
+from vssm.model.cli import build_parser
+from vssm.model.data import load_dataset
+from vssm.model.judge import (
     DigitClassifier,
     JudgeConfig,
     JudgeTrainConfig,
@@ -36,8 +38,6 @@ from model.judge import (
     weights_fingerprint,
     words,
 )
-from tests.conftest import tiny_model
-from tests.test_data import DATA, needs_data
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "checkpoints" / "judges" / "mnist-judge.safetensors"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from model.autoregressive import ARSSM, ARSSMConfig
+from vssm.model.autoregressive import ARSSM, ARSSMConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

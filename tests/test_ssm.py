@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.network import BLOCKS, SSMNet, SSMNetConfig
-from model.ssm import S4D, S4DConfig
+from vssm.model.network import BLOCKS, SSMNet, SSMNetConfig
+from vssm.model.ssm import S4D, S4DConfig
 
 F64 = torch.float64
 
@@ -167,7 +167,7 @@ def test_inner_estimates_are_evenly_spaced_returned_for_training_and_read_back()
 def test_short_inference_path_equals_the_fft_path_and_the_recurrence(T, fresh):
     """Inference over at most SHORT steps runs the layer as one matmul; it must never drift from the
     reference paths, from the zero state or any other, for outputs and the next state."""
-    from model.ssm import SHORT
+    from vssm.model.ssm import SHORT
 
     assert T <= SHORT
     torch.manual_seed(T)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import load_checkpoint
-from model.data import load_dataset
-from model.train import TrainConfig, train
 from tests.test_data import DATA, needs_data
+from vssm.model import load_checkpoint
+from vssm.model.data import load_dataset
+from vssm.model.train import TrainConfig, train
 
 pytestmark = needs_data
 
@@ -89,7 +89,7 @@ def test_train_config_refuses_bad_values(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
     proc = subprocess.run(
-        [sys.executable, "-m", "model", "train", "--" + field.replace("_", "-"), str(value), "--max-steps", "1"],
+        [sys.executable, "-m", "vssm.model", "train", "--" + field.replace("_", "-"), str(value), "--max-steps", "1"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -100,7 +100,7 @@ def test_train_config_refuses_bad_values(tmp_path, field, value):
 
 def test_a_cpu_budget_sets_the_schedule_and_the_end():
     """On a shared machine the run's own CPU time is the fair budget: it drives the cosine and the stop."""
-    from model.train import TrainConfig, _finished, _progress
+    from vssm.model.train import TrainConfig, _finished, _progress
 
     cfg = TrainConfig(budget_cpu_minutes=10.0)
     assert _progress(cfg, step=5, elapsed=3000.0, cpu=300.0) == pytest.approx(0.5)

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from model import VSSM, VSSMConfig
-from model.vssm import reinmax, straight_through_gumbel
 from tests.conftest import tiny_model
+from vssm.model import VSSM, VSSMConfig
+from vssm.model.vssm import reinmax, straight_through_gumbel
 
 
 def test_default_config_is_a_valid_small_model():
@@ -144,7 +144,7 @@ def test_bound_is_per_sequence_and_independent_of_batching():
 
 
 def test_sequences_get_their_own_latent_draws():
-    from model.sampling import hash_rows
+    from vssm.model.sampling import hash_rows
 
     x = torch.randint(0, 2, (500, 64), generator=torch.Generator().manual_seed(0))
     h = hash_rows(x)

@@ -25,7 +25,7 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Header, Response, status
 
-from model import StateError
+from vssm.model import StateError
 
 from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import torch
 
-import model
 from tests.server.conftest import CHECKPOINTS, RedisServer, ServerProcess, reference
+from vssm import model
 from vssm_client import AsyncClient, Client, ConflictError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import torch
 
-import model
+from vssm import model
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from server import Settings, create_app
-from server.store import SessionRecord
 from tests.server.conftest import reference
+from vssm.server import Settings, create_app
+from vssm.server.store import SessionRecord
 
 KEY_A, KEY_B = "key-a", "key-b"
 

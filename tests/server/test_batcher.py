@@ -7,11 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from model import GenState, StateError
-from server.batcher import Batcher
-from server.metrics import Metrics
-from server.registry import ServedModel
 from tests.conftest import tiny_model
+from vssm.model import GenState, StateError
+from vssm.server.batcher import Batcher
+from vssm.server.metrics import Metrics
+from vssm.server.registry import ServedModel
 
 
 def test_stored_states_batch_with_live_ones_and_a_bad_one_fails_alone():

@@ -14,12 +14,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import model
-from server import Settings, create_app
-from server.registry import read_block_curve
-from server.store import SessionRecord
 from tests.server.conftest import CHECKPOINTS
 from tests.server.test_api import assert_error, sse
+from vssm import model
+from vssm.server import Settings, create_app
+from vssm.server.registry import read_block_curve
+from vssm.server.store import SessionRecord
 
 DEFAULT = 4  # the default block size of the "mnist-vssm" checkpoint below
 ONE_PASS = 10**6  # past every max_position: one parallel pass

@@ -14,10 +14,10 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from server import cli, errors
-from server import protocol as protocol_module
 from tests.server.conftest import ROOT, free_port, wait_until
 from tests.server.test_api import assert_error, make_client
+from vssm.server import cli, errors
+from vssm.server import protocol as protocol_module
 from vssm_client._exceptions import _STATUS_BY_CODE
 
 
@@ -167,7 +167,7 @@ def test_vssm_serve_runs_uvicorn_with_our_protocol(monkeypatch, checkpoints):
     runs: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
     cli.main(["serve", "--checkpoints", str(checkpoints), "--port", "0"])
-    assert runs[0]["http"] == "server.protocol:HTTPProtocol"
+    assert runs[0]["http"] == "vssm.server.protocol:HTTPProtocol"
 
 
 # ----- every code, documented ---------------------------------------------------------------------

@@ -21,8 +21,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server import Settings, create_app
 from tests.server.conftest import CHECKPOINTS
+from vssm.server import Settings, create_app
 
 EXAMPLES = 30  # per operation and mode: about 550 requests in all, some 20 s
 CHECKS = [

@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from server import Settings, create_app
-from server.store import StoreUnavailable
 from tests.server.test_api import assert_error
+from vssm.server import Settings, create_app
+from vssm.server.store import StoreUnavailable
 
 A = {"Authorization": "Bearer key-a"}
 B = {"Authorization": "Bearer key-b"}

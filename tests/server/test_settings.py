@@ -13,9 +13,9 @@ import httpx
 import psutil
 import pytest
 
-from server import Settings
 from tests.server.conftest import ROOT, free_port, wait_until
 from tests.server.test_contract import _raw
+from vssm.server import Settings
 
 
 def _kind(name: str) -> type | None:
@@ -100,7 +100,7 @@ def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_pat
     args = ["--port", str(port), "--checkpoints", str(checkpoints), "--workers", "2", "--api-keys", "cli-key-9e2b,x"]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "vssm.server", "serve", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel
 
-from server.errors import APIError
-from server.sse import started, with_keepalive
+from vssm.server.errors import APIError
+from vssm.server.sse import started, with_keepalive
 
 
 class Item(BaseModel):

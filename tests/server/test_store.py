@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server import store as store_mod
-from server.store import MemoryStore, RedisStore, SessionRecord
+from vssm.server import store as store_mod
+from vssm.server.store import MemoryStore, RedisStore, SessionRecord
 
 
 def _rec(sid: str, ttl: int) -> SessionRecord:
