@@ -18,6 +18,10 @@ Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
 # maximum position is one parallel pass, and so is null in responses.  Autoregressive families
 # accept any and sample token by token.
 BlockSize = Annotated[int, Field(ge=1, le=1_000_000)]
+# ``stop``: the output ends before the first of these strings (text models; server/stops.py)
+StopString = Annotated[str, Field(min_length=1, max_length=256)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=4)]
+FinishReason = Literal["length", "stop"]  # "stop": a stop sequence ended the output
 
 
 class _Request(BaseModel):
@@ -73,13 +77,15 @@ class CompletionCreate(BaseModel):
     block_size: BlockSize | None = None
     stream: bool = False
     chunk_size: Tokens | None = None
+    stop: Stop | None = None
+    echo: bool = False  # the prompt in front of each choice's text and tokens
 
 
 class CompletionChoice(BaseModel):
     index: int
     text: str
     tokens: list[int]
-    finish_reason: Literal["length"] | None
+    finish_reason: FinishReason | None
     logprobs: None = None
 
 
@@ -118,6 +124,7 @@ class SessionGenerate(_Request):
     expected_position: int | None = Field(None, ge=0)
     stream: bool = False
     chunk_size: Tokens | None = None
+    stop: Stop | None = None  # the session stays exactly where the returned tokens end
 
 
 class SessionAppend(_Request):
@@ -136,7 +143,7 @@ class Chunk(BaseModel):
     position: int
     tokens: list[int]
     text: str
-    finish_reason: Literal["length"] | None
+    finish_reason: FinishReason | None
     block_size: int | None = None  # the block size this chunk was sampled at (null: one parallel pass)
     replayed: bool = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 
@@ -12,8 +13,9 @@ from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import bad_request
 from ..openapi import errors, json_or_stream
 from ..registry import ServedModel
-from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, Usage
+from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, FinishReason, Usage
 from ..sse import sse_response, started, with_keepalive
+from ..stops import scan, stop_sequences
 
 router = APIRouter(prefix="/v1", tags=["completions"])
 
@@ -56,33 +58,61 @@ async def create_completion(
     if body.n > ctx.settings.max_n:
         raise bad_request("n_exceeded", f"n {body.n} is above this server's limit {ctx.settings.max_n}", "n")
     check_tokens(ctx, served, len(prompt), body.max_tokens)
+    stops = stop_sequences(served, body.stop)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     seeds = [(seed + i) % (MAX_SEED + 1) for i in range(body.n)]
     block = served.block_size(body.block_size)  # 0: one parallel pass
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     batcher = ctx.batcher(served.id)
+    choices = [_Choice(i) for i in range(body.n)]
+    echoed = served.decode_chunk(prompt, [], final=True)[0] if body.echo else ""
 
-    carry: list[list[int]] = [[] for _ in seeds]  # per choice: a partial UTF-8 character held back
-
-    def completion(rows: list[list[int]], finished: bool, usage: Usage | None) -> Completion:
-        choices = []
-        for i, r in enumerate(rows):
-            text, carry[i] = served.decode_chunk(r, carry[i], final=finished)
-            choices.append(CompletionChoice(index=i, text=text, tokens=r, finish_reason="length" if finished else None))
+    def completion(parts: list[tuple[_Choice, list[int]]], usage: Usage | None) -> Completion:
+        out = []
+        for c, tokens in parts:
+            text, c.carry = served.decode_chunk(tokens, c.carry, final=c.finish is not None)
+            if body.echo and not c.echoed:  # the prompt goes in front of the choice's first part
+                c.echoed, text, tokens = True, echoed + text, [*prompt, *tokens]
+            out.append(CompletionChoice(index=c.index, text=text, tokens=tokens, finish_reason=c.finish))
         return Completion(
-            id=cid, created=created, model=served.id, choices=choices, usage=usage, seed=seed, block_size=block or None
+            id=cid, created=created, model=served.id, choices=out, usage=usage, seed=seed, block_size=block or None
         )
 
-    usage = Usage(
-        prompt_tokens=len(prompt),
-        completion_tokens=body.n * body.max_tokens,
-        total_tokens=len(prompt) + body.n * body.max_tokens,
-    )
+    def usage() -> Usage:
+        completion_tokens = sum(c.count for c in choices)
+        return Usage(
+            prompt_tokens=len(prompt), completion_tokens=completion_tokens, total_tokens=len(prompt) + completion_tokens
+        )
+
+    async def pieces(size: int) -> AsyncIterator[list[tuple[_Choice, list[int]]]]:
+        """Generate ``size`` tokens at a time until every choice has finished; yield each choice's
+        released tokens (only choices that release tokens or finish; nothing when none does)."""
+        state = await batcher.begin(prompt, seeds)
+        done = 0
+        while done < body.max_tokens and any(c.finish is None for c in choices):
+            n = min(size, body.max_tokens - done)
+            last = done + n == body.max_tokens
+            # blocks are aligned to absolute positions: chunks cut them anywhere, the tokens stay
+            tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
+            done += n
+            parts = []
+            for c, row in zip(choices, tokens.tolist(), strict=True):
+                if c.finish is None:
+                    released = c.feed(row, stops, last)
+                    if released or c.finish is not None:
+                        parts.append((c, released))
+            if parts:
+                yield parts
+
     if not body.stream:
+        # with stop sequences, a window at a time: a choice that stops early spares the rest
+        size = min(STOP_WINDOW, body.max_tokens) if stops else body.max_tokens
+        got: dict[int, list[int]] = {c.index: [] for c in choices}
         async with ctx.admit():
-            state = await batcher.begin(prompt, seeds)
-            tokens, _ = await batcher.generate(state, body.max_tokens, body.temperature, False, block)
-        return completion(tokens.tolist(), True, usage)
+            async for parts in pieces(size):
+                for c, tokens in parts:
+                    got[c.index] += tokens
+        return completion([(c, got[c.index]) for c in choices], usage())
 
     chunk = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
     slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
@@ -90,15 +120,9 @@ async def create_completion(
 
     async def chunks() -> AsyncIterator[Completion]:
         try:
-            state = await batcher.begin(prompt, seeds)
-            done = 0
-            while done < body.max_tokens:
-                n = min(chunk, body.max_tokens - done)
-                last = done + n == body.max_tokens
-                # blocks are aligned to absolute positions: chunks cut them anywhere, the tokens stay
-                tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
-                done += n
-                yield completion(tokens.tolist(), last, usage if last else None)
+            async for parts in pieces(chunk):
+                finished = all(c.finish is not None for c in choices)
+                yield completion(parts, usage() if finished else None)
         finally:
             slot.release()
 
@@ -107,3 +131,30 @@ async def create_completion(
 
     events = await started(chunks())
     return sse_response(with_keepalive(events, ctx.settings.keepalive_seconds, first), slot.release)
+
+
+STOP_WINDOW = 256  # tokens generated per step of a non-streamed completion with stop sequences
+
+
+@dataclass
+class _Choice:
+    """One choice of a completion as it is generated: tokens held back, text carried, how it ended."""
+
+    index: int
+    pending: list[int] = field(default_factory=list)  # generated, not released: they may begin a stop sequence
+    carry: list[int] = field(default_factory=list)  # a partial UTF-8 character held back from the text
+    count: int = 0  # generated tokens released
+    finish: FinishReason | None = None
+    echoed: bool = False
+
+    def feed(self, tokens: list[int], stops: list[bytes], last: bool) -> list[int]:
+        """The tokens this choice releases after ``tokens`` were generated (``last``: the request's last)."""
+        self.pending += tokens
+        k, stopped = scan(self.pending, stops, last)
+        released, self.pending = self.pending[:k], ([] if stopped else self.pending[k:])
+        self.count += k
+        if stopped:
+            self.finish = "stop"
+        elif last:
+            self.finish = "length"
+        return released

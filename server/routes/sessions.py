@@ -33,6 +33,7 @@ from ..openapi import errors, json_or_stream
 from ..registry import Registry
 from ..schemas import (
     Chunk,
+    FinishReason,
     Session,
     SessionAppend,
     SessionCreate,
@@ -41,8 +42,9 @@ from ..schemas import (
     SessionGenerate,
 )
 from ..sse import sse_response, started, with_keepalive
+from ..stops import scan, stop_sequences
 from ..store import SessionRecord
-from .completions import DEFAULT_CHUNK, check_prompt, check_tokens
+from .completions import DEFAULT_CHUNK, STOP_WINDOW, check_prompt, check_tokens
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -334,7 +336,12 @@ async def generate(
     rec = await _load(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
     block = served.block_size(body.block_size, rec.block_size)  # the call's, else the session's
+    stops = stop_sequences(served, body.stop)
+    stop_list = [s.decode() for s in stops]
     last = rec.last_op or {}
+    tokens_before = last.get("tokens", [])
+    # the last generate call, finished (older records have no finish_reason: they always ran to length)
+    finished = last.get("finish_reason") or ("length" if len(tokens_before) == last.get("max_tokens") else None)
     replay = (
         body.expected_position is not None
         and rec.position != body.expected_position
@@ -342,18 +349,18 @@ async def generate(
         and last.get("start") == body.expected_position
         and last.get("max_tokens") == body.max_tokens
         and last.get("block_size", block) == block  # the same request: its tokens, not another block size's
-        and len(last.get("tokens", [])) == body.max_tokens
-        and rec.position == body.expected_position + body.max_tokens
+        and last.get("stop", []) == stop_list
+        and finished is not None
+        and rec.position == body.expected_position + len(tokens_before)
     )
     if replay:
-        tokens = last["tokens"]
         chunk = Chunk(
             session_id=sid,
             start_position=last["start"],
             position=rec.position,
-            tokens=tokens,
-            text=served.decode_chunk(tokens, last.get("carry_in", []))[0],
-            finish_reason="length",
+            tokens=tokens_before,
+            text=served.decode_chunk(tokens_before, last.get("carry_in", []))[0],
+            finish_reason=finished,
             block_size=block or None,
             replayed=True,
         )
@@ -370,42 +377,76 @@ async def generate(
     batcher = ctx.batcher(served.id)
     start, carry_in = rec.position, rec.text_carry
 
-    done: list[int] = []
+    done: list[int] = []  # tokens released (and committed) by this call
+    pending: list[int] = []  # generated after them, held back: they may begin a stop sequence
+    ahead = rec.state  # the state after done + pending
+    generated = 0
 
-    async def step(n: int) -> Chunk:
-        """Generate ``n`` tokens and commit them: a chunk is committed before anyone sees it."""
-        nonlocal rec
+    async def advance(n: int) -> tuple[list[int], FinishReason | None]:
+        """Generate ``n`` more tokens from ``ahead``; the tokens released, and how the call ends."""
+        nonlocal ahead, pending, generated
         try:
             # blocks are aligned to absolute positions: streamed chunks cut them anywhere, the tokens stay
-            tokens, blob = await batcher.generate_stored(rec.state, n, body.temperature, block)
+            tokens, ahead = await batcher.generate_stored(ahead, n, body.temperature, block)
         except StateError as exc:
             raise _incompatible(rec, exc) from exc
-        out = tokens[0].tolist()
+        generated += n
+        pending += tokens[0].tolist()
+        k, stopped = scan(pending, stops, generated == body.max_tokens)
+        out, pending = pending[:k], ([] if stopped else pending[k:])
+        return out, "stop" if stopped else ("length" if generated == body.max_tokens else None)
+
+    async def commit(out: list[int], finish: FinishReason | None, exact: bool) -> Chunk:
+        """Commit the state after ``out``, then return them: a chunk is committed before anyone sees it.
+
+        ``exact``: ``ahead`` was made by one call of ``len(out)`` tokens from the committed state.
+        Otherwise (tokens held back or dropped after a stop, or several windows) those tokens are
+        generated again in one call from the committed state (the same tokens: chunks do not change
+        tokens), so the stored state is, bit for bit, that of a session whose calls returned these chunks.
+        """
+        nonlocal rec
+        blob = ahead
+        if not exact:
+            blob = rec.state
+            if out:
+                again, blob = await batcher.generate_stored(rec.state, len(out), body.temperature, block)
+                if again[0].tolist() != out:
+                    raise RuntimeError(f"session {sid}: tokens generated again differ from the first ones")
         done.extend(out)
         text, carry = served.decode_chunk(out, rec.text_carry)
         last_op = {
             "op": "generate",
             "start": start,
             "max_tokens": body.max_tokens,
-            "tokens": done,
+            "tokens": list(done),  # a copy: the in-memory store keeps this dict as it is
             "carry_in": carry_in,
             "block_size": block,
+            "stop": stop_list,
+            "finish_reason": finish,
         }
-        new = replace(rec, state=blob, position=rec.position + n, last_op=last_op, text_carry=carry)
-        rec = await _commit(ctx, new, rec.version)
+        if out or rec.last_op != last_op:  # a call that ends with nothing still records how it ended
+            new = replace(rec, state=blob, position=rec.position + len(out), last_op=last_op, text_carry=carry)
+            rec = await _commit(ctx, new, rec.version)
         return Chunk(
             session_id=sid,
-            start_position=rec.position - n,
+            start_position=rec.position - len(out),
             position=rec.position,
             tokens=out,
             text=text,
-            finish_reason="length" if len(done) == body.max_tokens else None,
+            finish_reason=finish,
             block_size=block or None,
         )
 
     if not body.stream:
+        # with stop sequences, a window at a time: output that stops early spares the rest
+        size = min(STOP_WINDOW, body.max_tokens) if stops else body.max_tokens
+        out: list[int] = []
+        finish: FinishReason | None = None
         async with ctx.admit():
-            return await step(body.max_tokens)
+            while finish is None:
+                got, finish = await advance(min(size, body.max_tokens - generated))
+                out += got
+            return await commit(out, finish, exact=generated == len(out) <= size)
 
     slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
     size = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
@@ -413,8 +454,12 @@ async def generate(
 
     async def streamed() -> AsyncIterator[Chunk]:
         try:
-            while len(done) < body.max_tokens:
-                yield await step(min(size, body.max_tokens - len(done)))
+            finish: FinishReason | None = None
+            while finish is None:
+                held = bool(pending)
+                out, finish = await advance(min(size, body.max_tokens - generated))
+                if out or finish is not None:
+                    yield await commit(out, finish, exact=not held and not pending and finish != "stop")
         finally:
             slot.release()
 
