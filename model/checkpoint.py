@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 FAMILIES: dict[str, type[SequenceModel]] = {cls.family: cls for cls in (VSSM, ARSSM, ARTransformer, ARGRU)}
 
+# Config fields of experimental options since removed from the model (docs/experiments/README.md,
+# "Removed options"), each with the value that meant "off".  Checkpoints saved before the removal
+# record them (every bundled VSSM does, at those values) and load unchanged; a checkpoint that
+# used one of them needs the removed code, and is refused by name.
+REMOVED_CONFIG: dict[str, dict[str, Any]] = {"vssm": {"block": "glu", "dec_estimates": 0}}
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says which part is wrong."""
@@ -51,7 +57,22 @@ def build_model(family: str, config: dict[str, Any] | None = None) -> SequenceMo
     return cls(_config(cls, config or {}))
 
 
+def current_config(family: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` without the fields of removed options (:data:`REMOVED_CONFIG`) that are at their
+    "off" value; CheckpointError if one is not, since no code here can run that model."""
+    removed = REMOVED_CONFIG.get(family, {})
+    used = {k: raw[k] for k in removed if k in raw and raw[k] != removed[k]}
+    if used:
+        names = ", ".join(f"{k}={v!r}" for k, v in sorted(used.items()))
+        raise CheckpointError(
+            f"bad config for {family}: it uses {names}, an experimental option removed from this version "
+            "(docs/experiments/README.md lists them and where their results are)"
+        )
+    return {k: v for k, v in raw.items() if k not in removed}
+
+
 def _config(cls: type[SequenceModel], raw: dict[str, Any]) -> Any:
+    raw = current_config(cls.family, raw)
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     unknown = sorted(set(raw) - fields)
     if unknown:

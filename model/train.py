@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from .autoregressive import ARModel
 from .base import SequenceModel, parse_block_sizes
-from .checkpoint import build_model, save_checkpoint
+from .checkpoint import build_model, current_config, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .presets import preset_config
-from .vssm import ESTIMATE_GRADS, ESTIMATORS, VSSM
+from .vssm import VSSM
 
 __all__ = ["LossModule", "TrainConfig", "train"]
 
@@ -65,13 +65,8 @@ class TrainConfig:
     budget_minutes: float = 0.0  # stop after this much training wall-clock (0: no time limit)
     budget_cpu_minutes: float = 0.0  # stop after this much CPU time of the training loop (0: no limit)
     kl_warmup_steps: int = 1000  # VSSM: KL weight ramps 0 -> 1 over these steps
-    free_bits: float = 0.0  # VSSM: nats per step below which the KL is not penalised
     tau: float = 1.0  # VSSM: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # VSSM: temperature at the end of the schedule
-    rao_samples: int = 0  # VSSM: Gumbel-Rao draws averaged in the straight-through gradient (0: plain ST Gumbel)
-    estimator: str = "gumbel"  # VSSM: latent gradient, gumbel (straight-through Gumbel) | reinmax (use tau >= 1)
-    estimates_grad: str = "all"  # VSSM with dec_estimates: their loss trains all (via the latents) | decoder (only)
-    unprompted: float = 0.0  # VSSM: share of training sequences given no prompt (C = 0) instead of C ~ U{0..T}
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
@@ -86,10 +81,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.estimates_grad not in ESTIMATE_GRADS:
-            raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {self.estimates_grad!r}")
         self.block_choices()  # fail at once on a malformed list
 
     def block_choices(self) -> list[int]:
@@ -98,30 +89,23 @@ class TrainConfig:
 
 
 class LossModule(nn.Module):
-    """Wraps a model so that ``forward`` returns the training loss (what DDP synchronises).
+    """Wraps a model so that ``forward`` returns the training loss (what DDP synchronises)."""
 
-    ``vssm_options``: the VSSM loss's fixed keyword arguments for the whole run (free bits, the
-    gradient estimator, ...); the scheduled ones (KL weight, temperature) come with each batch.
-    """
-
-    def __init__(self, model: SequenceModel, **vssm_options: Any) -> None:
+    def __init__(self, model: SequenceModel) -> None:
         super().__init__()
         self.model = model
-        self.vssm_options = vssm_options
 
     def forward(
         self, x: Tensor, kl_weight: float, tau: float, block_size: int | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         if isinstance(self.model, VSSM):
-            t = self.model.loss(x, tau=tau, block_size=block_size, **self.vssm_options)
+            t = self.model.loss(x, tau=tau, block_size=block_size)
             terms = {
                 "rec": t.reconstruction.mean().item(),
                 "kl": t.kl.mean().item(),
                 "pkl": t.partial_kl.mean().item(),
                 "nelbo": t.nelbo.mean().item(),
             }
-            if t.estimates is not None:
-                terms["est"] = t.estimates.mean().item()
             return t.total(kl_weight), terms
         assert isinstance(self.model, ARModel)
         nll = self.model.loss(x)
@@ -208,7 +192,8 @@ def load_train_state(
 ) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-        if meta.get("family") != model.family or json.loads(meta["config"]) != dataclasses.asdict(model.config):
+        same = meta.get("family") == model.family
+        if not same or current_config(model.family, json.loads(meta["config"])) != dataclasses.asdict(model.config):
             raise ValueError(f"{path} holds a different model; use another --out or delete it")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -298,14 +283,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         meta = {**meta, **load_train_state(state_path, model, opt, gen, ema)}
         if main:
             log.info("resuming %s at step %d (%.1f min spent)", state_path, meta["step"], meta["elapsed"] / 60)
-    wrapped: nn.Module = LossModule(
-        model,
-        free_bits=cfg.free_bits,
-        rao_samples=cfg.rao_samples,
-        unprompted=cfg.unprompted,
-        estimator=cfg.estimator,
-        estimates_grad=cfg.estimates_grad,
-    )
+    wrapped: nn.Module = LossModule(model)
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device] if device.type == "cuda" else None)
     val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]

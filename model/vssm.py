@@ -39,15 +39,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SequenceModel, check_config
-from .network import BLOCKS, SSMNet, SSMNetConfig
+from .network import SSMNet, SSMNetConfig
 from .sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState, StateError
 
-__all__ = ["ESTIMATE_GRADS", "ESTIMATORS", "VSSM", "VSSMConfig", "VSSMLoss", "reinmax", "straight_through_gumbel"]
-
-ESTIMATORS = ("gumbel", "reinmax")  # gradient estimators for the discrete latents (VSSM.loss)
-ESTIMATE_GRADS = ("all", "decoder")  # what the loss of the decoder's inner estimates trains (VSSM.loss)
-
+__all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
 
@@ -64,16 +60,14 @@ class VSSMConfig:
     n_latents: int = 8  # Z: categorical latent variables per step
     n_classes: int = 8  # K: classes of each latent variable
     dropout: float = 0.0  # dropout inside blocks, training only
-    block: str = "glu"  # residual block of every network: "glu" or "gated" (model/network.py SSMBlock)
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
-    dec_estimates: int = 0  # inner estimates of x_t the decoder makes and reads back, each trained (SSMNet)
 
     def __post_init__(self) -> None:
         check_config(
             self,
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
-            {"block": BLOCKS, "posterior": POSTERIORS},
+            {"posterior": POSTERIORS},
         )
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
@@ -86,8 +80,6 @@ class VSSMLoss:
     reconstruction: Tensor  # -log p(x | z), z ~ q_psi
     kl: Tensor  # KL(q_psi(z | x) || uniform), summed over steps and latent variables
     partial_kl: Tensor  # KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached
-    kl_penalty: Tensor  # the KL as charged to the loss (after free bits)
-    estimates: Tensor | None = None  # -log p(x | z) of the decoder's inner estimates, averaged over them
 
     @property
     def nelbo(self) -> Tensor:
@@ -96,10 +88,7 @@ class VSSMLoss:
 
     def total(self, kl_weight: float = 1.0) -> Tensor:
         """Scalar to minimise: both training steps of the paper in one loop."""
-        total = self.reconstruction + kl_weight * self.kl_penalty + self.partial_kl
-        if self.estimates is not None:
-            total = total + self.estimates
-        return total.mean()
+        return (self.reconstruction + kl_weight * self.kl + self.partial_kl).mean()
 
 
 class VSSM(SequenceModel):
@@ -107,22 +96,19 @@ class VSSM(SequenceModel):
     config_class = VSSMConfig
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)
+    fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four
 
     def __init__(self, config: VSSMConfig | None = None) -> None:
         config = config or VSSMConfig()
         super().__init__(config)
         V, ZK = config.vocab_size, config.n_latents * config.n_classes
-        common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout, block=config.block)
+        common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout)
         enc = SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common)
         self.encoder = SSMNet(enc)
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
         self.encoder_bwd = SSMNet(enc) if config.posterior != "causal" else None
-        self.decoder = SSMNet(
-            SSMNetConfig(
-                n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, estimates=config.dec_estimates, **common
-            )
-        )
+        self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
     @property
@@ -189,66 +175,37 @@ class VSSM(SequenceModel):
         self,
         x: Tensor,
         tau: float = 1.0,
-        free_bits: float = 0.0,
         prompt_lengths: Tensor | None = None,
-        rao_samples: int = 0,
-        unprompted: float = 0.0,
-        estimator: str = "gumbel",
-        estimates_grad: str = "all",
         block_size: int | None = None,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
         Latents use the straight-through Gumbel-softmax estimator (hard one-hot forward, soft
-        gradient at temperature ``tau``).  ``free_bits`` (nats per step) stops pushing the KL of a
-        step down once it is below that floor, against posterior collapse.  ``prompt_lengths``
-        (``(B,)``, default ``C ~ Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and,
-        for the "split" posterior, where its causal form gives way to the smoothing one.
-        ``rao_samples > 0`` Rao-Blackwellises the soft gradient over that many Gumbel draws given
-        the hard sample (:func:`straight_through_gumbel`); the forward pass is unchanged.
-        ``unprompted``: the share of rows whose drawn prompt length is set to 0, so that a "split"
-        posterior trains its smoothing form on whole sequences more often.
-        ``estimator``: "gumbel" (straight-through Gumbel-softmax) or "reinmax" (:func:`reinmax`,
-        which reads ``tau`` as its own temperature, best at 1 or above).  ``estimates_grad``: what
-        the loss of the decoder's inner estimates trains: "all" (through the latents into the
-        encoder too) or "decoder" (a second pass of the blocks below the last estimate, on
-        detached latents, so that the estimates cannot ask the latents to spell out pixels).
-        ``block_size``: train the ELBO of block sampling with blocks of that many steps instead
-        (:meth:`_block_loss`); the prompt options do not apply to it.
+        gradient at temperature ``tau``).  ``prompt_lengths`` (``(B,)``, default ``C ~
+        Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and, for the "split"
+        posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
+        the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
+        the prompt options do not apply to it.
         """
         if block_size is not None:
             return self._block_loss(x, block_size, tau)
-        if estimates_grad not in ESTIMATE_GRADS:
-            raise ValueError(f"estimates_grad must be one of {ESTIMATE_GRADS}, got {estimates_grad!r}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if not 0.0 <= unprompted <= 1.0:
-            raise ValueError(f"unprompted must be a share in [0, 1], got {unprompted}")
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
-            if unprompted > 0:
-                prompt_lengths = prompt_lengths * (torch.rand(Bsz, device=x.device) >= unprompted)
         # "split": a prompt's latents follow the causal posterior, which depends on the prompt
         # alone, so the partial encoder can match it exactly; the rest follow the smoothing one
         prompt = self._prompt_mask(prompt_lengths, T)  # (B, T)
         log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
-        # z: (B, T, Z, K) one-hot
-        z = reinmax(log_q, tau) if estimator == "reinmax" else straight_through_gumbel(log_q, tau, rao_samples)
-        x_logits, inner = self.decoder.forward_estimates(z.flatten(-2))  # (B, T, V), E x (B, T, V)
+        z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K) one-hot
+        x_logits = self.decoder(z, return_state=False)[0]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
-        if inner and estimates_grad == "decoder":
-            inner = self.decoder.inner_estimates(z.detach().flatten(-2))  # E x (B, T, V)
-        est = torch.stack([self._xent(e, x).sum(-1) for e in inner]).mean(0) if inner else None  # (B,)
-        kl_t = self._kl_to_prior(log_q)  # (B, T)
-        kl = kl_t.sum(-1)  # (B,)
-        penalty = kl_t.clamp_min(free_bits).sum(-1) if free_bits > 0 else kl
+        kl = self._kl_to_prior(log_q).sum(-1)  # (B,)
 
         xbar = torch.where(prompt, x, self.empty_token)  # (B, T)
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=penalty, estimates=est)
+        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl)
 
     def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor]:
         """The partial encoder's two roles in block sampling with blocks of ``c`` steps, both ``(B, T, Z, K)``:
@@ -295,7 +252,7 @@ class VSSM(SequenceModel):
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl, kl_penalty=kl)
+        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl)
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(
@@ -457,6 +414,10 @@ class VSSM(SequenceModel):
         """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
         boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
+        c = self._shared_block(state, blocks)
+        fused = self._fused_rows(state, n, temperature, resumable, c) if c else None
+        if fused is not None:
+            return fused
         pieces = []
         offset = 0
         any_blocks = bool((blocks > 0).any())
@@ -473,6 +434,81 @@ class VSSM(SequenceModel):
             pieces.append(tokens)
             offset += m
         return torch.cat(pieces, dim=1), state if resumable else None
+
+    def _shared_block(self, state: GenState, blocks: Tensor) -> int:
+        """The block size every row shares, at the same phase, if the fused path can run it; else 0."""
+        c = int(blocks[0])
+        if not self.fuse_rounds or c == 0 or 2 * c > self.gen_window or not bool((blocks == c).all()):
+            return 0
+        return c if bool((state.position % c == state.position[0] % c).all()) else 0
+
+    def _fused_rows(
+        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, c: int
+    ) -> tuple[Tensor, GenState | None] | None:
+        """Block sampling when every row has block size ``c`` and the same phase: the same tokens
+        and state as :meth:`_piece` block by block (up to float rounding), in half the passes.
+
+        A block's absorption and the next block's generation read the same states, so they share
+        passes: f_par over ``[block i's tokens, block i+1's EMPTYs]`` from ``par`` gives the
+        absorbed latents' logits, the next block's latent logits and (at the boundary) the next
+        ``par``; f_dec over ``[z'_i, z_i+1]`` from ``dec_abs`` gives block i+1's token logits and the
+        next ``dec_abs`` (docs/design.md, "Blocks").  A round is two passes of ``2c`` steps instead
+        of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse.
+        """
+        first = c - int(state.position[0]) % c
+        ms = [min(first, n)]
+        while sum(ms) < n:
+            ms.append(min(c, n - sum(ms)))
+        last_ends = (int(state.position[0]) + n) % c == 0
+        fused = len(ms) if not resumable or last_ends else len(ms) - 1  # pieces run here
+        if fused == 0:
+            return None  # a part-block kept mid-block: the reference path is as short
+        span = sum(ms[:fused])
+        positions = self.positions(state, span)  # (B, span)
+        Z, K = self.config.n_latents, self.config.n_classes
+        u_lat = keyed_uniform(state.seed, positions, STREAM_LATENT, Z, self.dtype)  # (B, span, Z)
+        u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, Z, self.dtype)  # (B, span, Z)
+        u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, span)
+        temp = _per_row(temperature, 2)
+        Bsz = state.batch_size
+        # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
+        m, observed = ms[0], state["observed"]
+        z = (u_lat[:, :m] * K).long().clamp_max(K - 1)  # (B, m, Z)
+        if bool(observed.any()):
+            empties = torch.full((Bsz, m), self.empty_token, device=self.device)
+            logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
+            z = torch.where(observed[:, None, None], sample_categorical(logits, u_lat[:, :m], temp), z)
+        x_logits = self.decoder(self._one_hot(z), state["dec"], return_state=False)[0]  # (B, m, V)
+        tokens = [sample_categorical(x_logits, u_tok[:, :m], _per_row(temperature, 1))]  # (B, m) each
+        par, dec_abs = state["par"], state["dec_abs"]
+        start = 0
+        for i in range(1, fused):
+            m, nxt = ms[i - 1], ms[i]
+            here, there = slice(start, start + m), slice(start + m, start + m + nxt)
+            x_in = torch.cat([tokens[-1], torch.full((Bsz, nxt), self.empty_token, device=self.device)], 1)
+            out, par = self.partial_encoder(x_in, par, lengths=m)  # (B, m + nxt, Z*K); par after the block
+            logits = self._latent_logits(out)  # (B, m + nxt, Z, K)
+            z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
+            z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
+            x_logits, dec_abs = self.decoder(self._one_hot(torch.cat([z_abs, z], 1)), dec_abs, lengths=m)
+            tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], _per_row(temperature, 1)))
+            start += m
+        out_tokens = torch.cat(tokens, 1)  # (B, span)
+        if not resumable and fused == len(ms):
+            return out_tokens, None
+        # absorb the last fused block as an append does, then hand any part-block left to _piece
+        m = ms[fused - 1]
+        out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
+        z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
+        _, dec_abs = self.decoder(self._one_hot(z_abs), dec_abs)
+        everyone = torch.ones_like(observed)
+        state = state.evolve(
+            position=state.position + span, dec=dec_abs, dec_abs=dec_abs, par=par, gen=par, observed=everyone
+        )
+        if fused == len(ms):
+            return out_tokens, state
+        rest, state = self._piece(state, n - span, temperature, ~everyone, keep=True, absorb=True)
+        return torch.cat([out_tokens, rest], 1), state
 
     def _piece(
         self, state: GenState, m: int, temperature: float | Tensor, ends: Tensor, keep: bool, absorb: bool
@@ -538,56 +574,16 @@ def _check_block_state(state: GenState) -> None:
         raise StateError("this state was made before block sampling (it has no absorbed decoder state); start anew")
 
 
-def _gumbel_draw(log_p: Tensor) -> tuple[Tensor, Tensor]:
-    """An exact one-hot draw from the categoricals ``log_p`` ``(..., K)`` by the Gumbel-max trick,
-    and the Gumbel(0, 1) noise ``(..., K)`` that chose it (the straight-through surrogate reuses it)."""
-    g = -torch.empty_like(log_p).exponential_().log()  # (..., K)
-    hard = F.one_hot((log_p.detach() + g).argmax(-1), log_p.shape[-1]).to(log_p.dtype)  # (..., K)
-    return hard, g
-
-
-def straight_through_gumbel(log_p: Tensor, tau: float, rao_samples: int = 0) -> Tensor:
+def straight_through_gumbel(log_p: Tensor, tau: float) -> Tensor:
     """One-hot samples of the categoricals ``log_p`` ``(..., K)`` (log-probabilities or logits)
-    whose gradient is the straight-through Gumbel-softmax one at temperature ``tau``.
-
-    ``rao_samples = m > 0``: the soft surrogate is averaged over m Gumbel perturbations drawn
-    *given* the hard sample (Gumbel-Rao, Paulus et al. 2021), which lowers the gradient's variance
-    at the cost of elementwise work on the latents only; the decoder still runs once.  Given
-    argmax D with E ~ Exp(1) and ``log_p`` normalised: the perturbed logit of D is ``-log E_D``
-    and of i != D ``-log(E_i exp(-log_p_i) + E_D)``, the truncated Gumbels that keep D the argmax.
-    """
-    hard, g = _gumbel_draw(log_p)  # (..., K), (..., K)
-    if rao_samples <= 0:
-        soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
-    else:
-        with torch.no_grad():  # the noise is a constant of the gradient, as in plain ST
-            lp = log_p - log_p.logsumexp(-1, keepdim=True)  # (..., K) normalised, whatever the caller passed
-            log_e = torch.empty((rao_samples, *lp.shape), dtype=lp.dtype, device=lp.device).exponential_().log()
-            log_e_top = torch.where(hard.bool(), log_e, 0.0).sum(-1, keepdim=True)  # (m, ..., 1)  log E_D
-            others = -torch.logaddexp(log_e - lp, log_e_top)  # (m, ..., K) in log space: no exp overflow
-            g_cond = torch.where(hard.bool(), -log_e_top, others) - lp  # (m, ..., K) argmax is D
-        soft = ((log_p + g_cond) / tau).softmax(-1).mean(0)  # (..., K)
+    whose gradient is the straight-through Gumbel-softmax one at temperature ``tau``: the forward
+    value is an exact draw (the Gumbel-max trick), the gradient that of the tempered softmax of
+    the same perturbed logits.  (Gumbel-Rao and ReinMax gradients were tried and removed:
+    docs/experiments/README.md.)"""
+    g = -torch.empty_like(log_p).exponential_().log()  # (..., K) Gumbel(0, 1)
+    hard = F.one_hot((log_p.detach() + g).argmax(-1), log_p.shape[-1]).to(log_p.dtype)  # (..., K)
+    soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
     return hard + soft - soft.detach()
-
-
-def reinmax(log_p: Tensor, tau: float = 1.0) -> Tensor:
-    """One-hot samples of the categoricals ``log_p`` ``(..., K)`` with the ReinMax gradient
-    (Liu et al., "Bridging Discrete and Backpropagation: Straight-Through and Beyond", 2023).
-
-    Plain straight-through is a forward-Euler step: it takes the softmax Jacobian J at pi0 =
-    softmax(log_p).  ReinMax takes Heun's step instead, ``2 J(pi1) - J(pi0) / 2`` with pi1 =
-    (D + softmax(log_p / tau)) / 2 halfway between the sample D and the tempered softmax:
-    second-order accurate at the cost of a few elementwise ops.  ``tau`` only moves pi1; the
-    sample is an exact draw from ``log_p``.  At ``tau = 1`` the expected gradient of a linear
-    function of D is exact, as for plain straight-through.
-    """
-    hard = _gumbel_draw(log_p)[0]  # (..., K) D
-    pi0 = log_p.softmax(-1)  # (..., K)
-    with torch.no_grad():
-        mid = 0.5 * (hard + (log_p / tau).softmax(-1))  # (..., K) pi1, a point, not a function of log_p
-    # softmax(log_p + c) with c fixed so that its value is pi1: J(pi1) is its Jacobian
-    pi1 = (log_p + (mid.log() - log_p).detach()).softmax(-1)  # (..., K)
-    return hard + 2.0 * (pi1 - pi1.detach()) - 0.5 * (pi0 - pi0.detach())
 
 
 def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:

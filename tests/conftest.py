@@ -38,9 +38,7 @@ def family(request) -> str:
 
 # Variants that change a family's layers run through the same contract tests: id -> (family, overrides)
 VARIANTS = {
-    "vssm-gated": ("vssm", {"block": "gated"}),
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
-    "vssm-estimates": ("vssm", {"dec_estimates": 1}),  # the decoder reads back an inner estimate
 }
 
 

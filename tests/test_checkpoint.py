@@ -107,7 +107,7 @@ def test_misshapen_tensor(saved, tmp_path):
         (lambda c: json.dumps({**json.loads(c), "width": -4}), "width must be a positive integer"),
         (lambda c: json.dumps({**json.loads(c), "n_classes": 1}), "n_classes must be an integer >= 2"),
         (lambda c: json.dumps({**json.loads(c), "posterior": "acausal"}), "posterior must be one of"),
-        (lambda c: json.dumps({**json.loads(c), "block": "mamba"}), "block must be one of"),
+        (lambda c: json.dumps({**json.loads(c), "block": "mamba"}), "block='mamba', an experimental option removed"),
         (lambda c: json.dumps([1, 2]), "expected a JSON object"),
     ],
 )
@@ -145,3 +145,24 @@ def test_models_loaded_or_built_under_inference_mode_work(tmp_path, family):
         assert m.fingerprint == load_checkpoint(path).fingerprint
     b, _ = load_checkpoint(path).generate(load_checkpoint(path).start(torch.zeros(1, 2, dtype=torch.long), 3), 5)
     assert torch.equal(a, b)
+
+
+def test_removed_options_load_at_their_off_value_and_are_refused_otherwise(saved, tmp_path):
+    """Checkpoints saved before the experimental options left the model record them (every bundled
+    VSSM does, as block "glu" and dec_estimates 0): those load unchanged; one that used an option
+    cannot run here and is refused by name."""
+    ref = load_checkpoint(saved)
+
+    def with_config(**extra):
+        def meta(m):
+            return {**m, "config": json.dumps({**json.loads(m["config"]), **extra})}
+
+        return meta
+
+    legacy = rewrite(saved, tmp_path / "legacy.safetensors", meta=with_config(block="glu", dec_estimates=0))
+    loaded = load_checkpoint(legacy)
+    assert loaded.config == ref.config and loaded.fingerprint == ref.fingerprint
+    for name, value in (("block", "gated"), ("dec_estimates", 2)):
+        used = rewrite(saved, tmp_path / f"{name}.safetensors", meta=with_config(**{name: value}))
+        with pytest.raises(CheckpointError, match=f"{name}={value!r}.*removed"):
+            load_checkpoint(used)

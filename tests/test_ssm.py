@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vssm.model.network import BLOCKS, SSMNet, SSMNetConfig
+from vssm.model.network import SSMNet, SSMNetConfig
 from vssm.model.ssm import S4D, S4DConfig
 
 F64 = torch.float64
@@ -99,13 +99,10 @@ def test_inference_cache_follows_weight_updates():
     assert not torch.allclose(y1, y2)
 
 
-@pytest.mark.parametrize(("block", "estimates"), [(b, 0) for b in BLOCKS] + [("glu", 2)])
 @pytest.mark.parametrize("tokens", [True, False])
-def test_network_parallel_equals_step_and_chunks(tokens, block, estimates):
+def test_network_parallel_equals_step_and_chunks(tokens):
     torch.manual_seed(3)
-    cfg = SSMNetConfig(
-        n_in=6, n_out=5, tokens=tokens, width=8, state_size=4, layers=3, block=block, estimates=estimates
-    )
+    cfg = SSMNetConfig(n_in=6, n_out=5, tokens=tokens, width=8, state_size=4, layers=3)
     net = SSMNet(cfg).double().eval()
     x = torch.randint(0, 6, (2, 12)) if tokens else torch.randn(2, 12, 6, dtype=F64)
     state0 = net.initial_state(2)
@@ -136,30 +133,6 @@ def test_inference_cache_is_bounded_and_drops_stale_weights():
         layer.D.add_(1.0)
         layer(torch.randn(1, 4, 8, dtype=F64))
         assert list(layer._cache.entries) == [("short", 8)]  # entries of the old weights are gone
-
-
-def test_block_forms_have_equal_parameters_and_unknown_forms_are_refused():
-    counts = {b: sum(p.numel() for p in SSMNet(SSMNetConfig(n_in=6, n_out=5, block=b)).parameters()) for b in BLOCKS}
-    assert len(set(counts.values())) == 1, counts  # an ablation of the block form keeps the size
-    with pytest.raises(ValueError, match="block must be one of"):
-        SSMNetConfig(n_in=6, n_out=5, block="mamba")
-
-
-def test_inner_estimates_are_evenly_spaced_returned_for_training_and_read_back():
-    cfg = SSMNetConfig(n_in=6, n_out=5, width=8, state_size=4, layers=6, estimates=2)
-    assert cfg.estimate_after() == [1, 3]
-    assert SSMNetConfig(n_in=6, n_out=5, layers=6, estimates=1).estimate_after() == [2]
-    torch.manual_seed(0)
-    net = SSMNet(cfg).double()
-    x = torch.randint(0, 6, (2, 9))
-    out, inner = net.forward_estimates(x)
-    assert len(inner) == 2 and all(e.shape == (2, 9, 5) for e in inner)
-    torch.testing.assert_close(out, net(x)[0])  # the same network as the plain forward
-    with torch.no_grad():  # the blocks above an estimate read it: changing its head changes the output
-        net.est_heads[0][1].bias[0] += 1.0
-    assert not torch.allclose(out, net(x)[0])
-    with pytest.raises(ValueError, match="estimates must be"):
-        SSMNetConfig(n_in=6, n_out=5, layers=3, estimates=3)
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16, 31, 64])

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import tiny_model
 from vssm.model import VSSM, VSSMConfig
-from vssm.model.vssm import reinmax, straight_through_gumbel
+from vssm.model.vssm import straight_through_gumbel
 
 
 def test_default_config_is_a_valid_small_model():
@@ -31,17 +31,6 @@ def test_terms_kl_nonnegative_reconstruction_finite_and_bounded():
     assert torch.allclose(terms.nelbo, terms.reconstruction + terms.kl)
 
 
-def test_free_bits_raise_the_charged_kl_floor():
-    m = tiny_model("vssm")
-    x = torch.randint(0, 5, (2, 10))
-    torch.manual_seed(0)
-    plain = m.loss(x)
-    torch.manual_seed(0)
-    floored = m.loss(x, free_bits=5.0)
-    assert torch.allclose(plain.kl, floored.kl)
-    assert (floored.kl_penalty >= 10 * 5.0 - 1e-9).all()
-
-
 def test_gradients_reach_every_parameter_of_all_three_networks():
     m = tiny_model("vssm").train()
     m.loss(torch.randint(0, 5, (4, 12))).total().backward()
@@ -55,40 +44,6 @@ def test_gradients_reach_every_parameter_of_all_three_networks():
     assert any(p.grad is not None and p.grad.any() for p in m.partial_encoder.parameters())
 
 
-def test_decoder_estimates_add_their_own_trained_term_outside_the_bound():
-    torch.manual_seed(0)
-    m = VSSM(VSSMConfig(vocab_size=5, width=8, state_size=4, dec_layers=4, dec_estimates=1, n_latents=2, n_classes=3))
-    x = torch.randint(0, 5, (3, 11))
-    torch.manual_seed(1)
-    terms = m.loss(x)
-    assert terms.estimates is not None and terms.estimates.shape == (3,) and (terms.estimates > 0).all()
-    assert torch.allclose(terms.nelbo, terms.reconstruction + terms.kl)  # the bound ignores the estimates
-    base = (terms.reconstruction + terms.kl_penalty + terms.partial_kl).mean()
-    torch.testing.assert_close(terms.total(), base + terms.estimates.mean())
-    terms.estimates.sum().backward()
-    assert m.decoder.est_heads[0][1].weight.grad.abs().sum() > 0
-    assert tiny_model("vssm").loss(x).estimates is None
-
-
-def test_decoder_only_estimates_keep_their_loss_out_of_the_encoder():
-    m = VSSM(VSSMConfig(vocab_size=5, width=8, state_size=4, dec_layers=4, dec_estimates=1, n_latents=2, n_classes=3))
-    x = torch.randint(0, 5, (3, 11), generator=torch.Generator().manual_seed(0))
-    losses = {}
-    for grad in ("all", "decoder"):
-        m.zero_grad()
-        torch.manual_seed(1)  # the same latent draws for both
-        terms = m.loss(x, estimates_grad=grad)
-        losses[grad] = terms.estimates.detach()
-        terms.estimates.sum().backward()
-        reached = any(p.grad is not None and p.grad.any() for p in m.encoder.parameters())
-        assert reached == (grad == "all")
-        assert m.decoder.est_heads[0][1].weight.grad.abs().sum() > 0
-        assert all(p.grad is None for p in m.decoder.blocks[-1].parameters())  # above the estimate: not trained by it
-    torch.testing.assert_close(losses["decoder"], losses["all"])  # the second pass computes the same estimates
-    with pytest.raises(ValueError, match="estimates_grad"):
-        m.loss(x, estimates_grad="encoder")
-
-
 def test_prompt_lengths_control_the_partial_encoder_inputs():
     m = tiny_model("vssm")
     x = torch.randint(0, 5, (1, 8))
@@ -98,11 +53,21 @@ def test_prompt_lengths_control_the_partial_encoder_inputs():
 
 
 def test_tiny_model_learns_a_toy_dataset_in_a_few_steps():
-    # 150 steps of a 10k-parameter model: a few seconds on an idle CPU (no timer here: timing belongs in bench/)
+    # 150 steps of a 10k-parameter model: a few seconds on an idle CPU (no timer here: timing belongs in bench/).
+    # The bundled recipe's ingredients (smoothing posterior, tau 0.5, a KL warm-up): without them the
+    # latents collapse to the prior within 150 steps here and the bound stays at 32 log 2 nats.
     torch.manual_seed(0)
     m = VSSM(
         VSSMConfig(
-            vocab_size=2, width=32, state_size=8, enc_layers=1, dec_layers=2, par_layers=1, n_latents=2, n_classes=4
+            vocab_size=2,
+            width=32,
+            state_size=8,
+            enc_layers=1,
+            dec_layers=2,
+            par_layers=1,
+            n_latents=2,
+            n_classes=4,
+            posterior="smoothing",
         )
     ).train()
     # toy data: alternating stripes with a random phase, so each sequence is one bit of information
@@ -112,9 +77,9 @@ def test_tiny_model_learns_a_toy_dataset_in_a_few_steps():
     first = last = None
     for step in range(150):
         x = data[torch.randint(0, 256, (32,))]
-        terms = m.loss(x, free_bits=0.05)
+        terms = m.loss(x, tau=0.5)
         opt.zero_grad()
-        terms.total().backward()
+        terms.total(kl_weight=min(1.0, (step + 1) / 100)).backward()
         opt.step()
         if step == 0:
             first = terms.nelbo.mean().item()
@@ -152,47 +117,24 @@ def test_sequences_get_their_own_latent_draws():
     assert torch.equal(hash_rows(x[100:200]), h[100:200])
 
 
-def _st_gradients(rao_samples: int, rows: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
+def _st_gradients(rows: int = 20000) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row gradients of a fixed linear function of straight-through samples, and the draws."""
     torch.manual_seed(1)
     log_p = torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=torch.float64).log()
     rows_p = log_p.repeat(rows, 1).requires_grad_()
-    out = straight_through_gumbel(rows_p, tau=0.5, rao_samples=rao_samples)  # (rows, K)
+    out = straight_through_gumbel(rows_p, tau=0.5)  # (rows, K)
     weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
     (grad,) = torch.autograd.grad((out * weights).sum(), rows_p)
     return grad, out.detach()
 
 
 def test_straight_through_draws_are_one_hot_with_the_right_frequencies():
-    for m in (0, 4):
-        _, out = _st_gradients(m)
-        torch.testing.assert_close(out, out.round(), atol=1e-12, rtol=0)  # one-hot, up to rounding
-        assert torch.equal(out.round().sum(-1), torch.ones(len(out), dtype=out.dtype))
-        freq = out.mean(0)
-        torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=freq.dtype), atol=0.012, rtol=0)
-
-
-def test_gumbel_rao_keeps_the_mean_gradient_and_lowers_its_variance():
-    """Rao-Blackwellisation: E[grad | hard sample] has the ST estimator's mean, and less variance."""
-    g_st, _ = _st_gradients(0)
-    g_gr, _ = _st_gradients(8)
-    scale = g_st.abs().mean()
-    torch.testing.assert_close(g_gr.mean(0), g_st.mean(0), atol=0.03 * float(scale), rtol=0)
-    assert float(g_gr.var(0).sum()) < 0.7 * float(g_st.var(0).sum())
-
-
-def test_gumbel_rao_takes_logits_as_well_as_log_probabilities():
-    """Shifting the logits moves neither the draws nor the gradient (no exp(-log_p) overflow either)."""
-    outs = []
-    for shift in (0.0, 200.0):
-        torch.manual_seed(3)
-        logits = (torch.tensor([[0.2, -1.0, 3.0], [-90.0, 0.0, 1.0]], dtype=torch.float64) + shift).requires_grad_()
-        out = straight_through_gumbel(logits, tau=0.5, rao_samples=4)
-        (grad,) = torch.autograd.grad((out * torch.tensor([1.0, -1.0, 2.0], dtype=out.dtype)).sum(), logits)
-        assert torch.isfinite(grad).all()
-        outs.append((out.detach(), grad))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
+    grad, out = _st_gradients()
+    torch.testing.assert_close(out, out.round(), atol=1e-12, rtol=0)  # one-hot, up to rounding
+    assert torch.equal(out.round().sum(-1), torch.ones(len(out), dtype=out.dtype))
+    freq = out.mean(0)
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=freq.dtype), atol=0.012, rtol=0)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
 def test_log_weights_refuse_a_prompt_as_long_as_the_sequence():
@@ -292,54 +234,3 @@ def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after(
     assert torch.allclose(qx[1, :4], qy[1, :4])  # row 1's causal steps 0..3 never see step 6
     assert not torch.allclose(qx[1, 4:6], qy[1, 4:6])  # smoothing after the prompt reads it
     assert not torch.allclose(qx[2, :6], qy[2, :6])  # row 2 has no prompt: smoothing throughout
-
-
-def test_unprompted_share_sets_drawn_prompt_lengths_to_zero():
-    """The KL and partial-KL terms depend on x and the prompt lengths only (no sampling), so with
-    every row unprompted they equal those of explicit zero-length prompts."""
-    m = tiny_model("vssm", posterior="split")
-    x = torch.randint(0, 5, (6, 12), generator=torch.Generator().manual_seed(5))
-    zero = m.loss(x, prompt_lengths=torch.zeros(6, dtype=torch.long))
-    all_unprompted = m.loss(x, unprompted=1.0)
-    torch.testing.assert_close(all_unprompted.kl, zero.kl)
-    torch.testing.assert_close(all_unprompted.partial_kl, zero.partial_kl)
-    torch.manual_seed(0)
-    assert not torch.allclose(m.loss(x).partial_kl, zero.partial_kl)  # C ~ U{0..T} otherwise
-    with pytest.raises(ValueError, match="unprompted"):
-        m.loss(x, unprompted=1.5)
-
-
-def test_reinmax_draws_exactly_and_its_gradient_is_heuns_step():
-    torch.manual_seed(2)
-    probs = torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=torch.float64)
-    rows = 20000
-    log_p = probs.log().repeat(rows, 1).requires_grad_()
-    w = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
-    out = reinmax(log_p, tau=1.0)  # (rows, K)
-    (grad,) = torch.autograd.grad((out * w).sum(), log_p)
-    hard = out.detach()
-    torch.testing.assert_close(hard, hard.round(), atol=1e-12, rtol=0)
-    torch.testing.assert_close(hard.mean(0), probs, atol=0.012, rtol=0)
-
-    def jvp(p: torch.Tensor) -> torch.Tensor:  # the softmax Jacobian at p times w, per row
-        return p * w - p * (p * w).sum(-1, keepdim=True)
-
-    # each row: 2 J(pi1) w - J(pi0) w / 2, with pi1 halfway between the draw and softmax(log_p / tau)
-    torch.testing.assert_close(grad, 2 * jvp(0.5 * (hard + probs)) - 0.5 * jvp(probs.expand(rows, -1)))
-    # at tau = 1 its mean is the exact gradient of E[w . D] = w . softmax(log_p)
-    exact = jvp(probs)
-    torch.testing.assert_close(grad.mean(0), exact, atol=0.03 * float(exact.abs().max()), rtol=0)
-
-
-def test_vssm_loss_takes_either_estimator():
-    m = tiny_model("vssm")
-    x = torch.randint(0, m.config.vocab_size, (2, 12))
-    for estimator in ("gumbel", "reinmax"):
-        loss = m.loss(x, tau=1.0, estimator=estimator).total().mean()
-        loss.backward()
-        grads = [p.grad for p in m.encoder.parameters()]
-        assert all(g is not None and torch.isfinite(g).all() for g in grads)
-        assert any(bool(g.abs().sum() > 0) for g in grads)  # the latents' gradient reaches the encoder
-        m.zero_grad()
-    with pytest.raises(ValueError, match="estimator"):
-        m.loss(x, estimator="rebar")
