@@ -134,6 +134,7 @@ class SessionAppend(_Request):
 
 class SessionFork(_Request):
     ttl_seconds: int | None = Field(None, ge=1)
+    seed: Seed | None = None  # the branch's random draws from its position on (default: the parent's)
 
 
 class Chunk(BaseModel):

@@ -25,7 +25,7 @@ from typing import Annotated
 import torch
 from fastapi import APIRouter, Header, Response, status
 
-from vssm.model import StateError
+from vssm.model import GenState, StateError
 
 from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
@@ -271,10 +271,28 @@ async def fork_session(
 ) -> Session:
     rec = await _load(ctx, sid, owner)
     ttl = _ttl(ctx, body.ttl_seconds) if body and body.ttl_seconds else rec.ttl_seconds
+    state, seed = rec.state, rec.seed
+    if body and body.seed is not None:
+        # a copy that draws other random numbers from here on: every family keeps its rows' seeds
+        # in the state, and randomness is keyed by (seed, position), so the branch is a sample of
+        # the same process that differs from the parent's from its position on
+        try:
+            parent = GenState.from_bytes(rec.state)
+        except StateError as exc:
+            raise _incompatible(rec, exc) from exc
+        state, seed = parent.evolve(seed=torch.full_like(parent.seed, body.seed)).to_bytes(), body.seed
 
     async def fork() -> Session:
         child = replace(
-            rec, id=new_id(), created_at=time.time(), ttl_seconds=ttl, version=0, last_op=None, holder=holder
+            rec,
+            id=new_id(),
+            created_at=time.time(),
+            ttl_seconds=ttl,
+            version=0,
+            last_op=None,
+            holder=holder,
+            state=state,
+            seed=seed,
         )
         await ctx.reserve(holder, child.id, ttl)
         try:
