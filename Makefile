@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test test-fast lint bench redis clean
+.PHONY: install serve test test-fast lint bench redis chromium clean
 
 install: $(STAMP)
 
@@ -14,6 +14,7 @@ install: $(STAMP)
 # build for their CUDA into .venv first, and it is kept since the project accepts torch>=2.2.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || $(MAKE) redis
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || $(MAKE) chromium
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
@@ -26,6 +27,14 @@ redis:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends redis-server; \
 	else echo "install redis-server (>= 6) with your package manager" >&2; exit 1; fi
+
+# The playground's tests drive a headless Chromium through Playwright, which is pointed at this
+# system browser (Playwright's own browser download is not needed); install it where missing.
+chromium:
+	@if command -v apt-get >/dev/null; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "install chromium with your package manager" >&2; exit 1; fi
 
 # Serve the bundled checkpoints on http://$(HOST):$(PORT) (set VSSM_REDIS_URL to share sessions).
 serve: $(STAMP)

@@ -20,7 +20,7 @@ from .config import Settings
 from .deps import Context
 from .metrics import Metrics
 from .registry import Registry
-from .routes import completions, health, models, sessions
+from .routes import completions, health, models, playground, sessions
 from .store import open_store
 
 log = logging.getLogger(__name__)
@@ -155,4 +155,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(EdgeMiddleware, ctx_getter=lambda: ctx)
     for r in (health.router, models.router, completions.router, sessions.router):
         app.include_router(r)
+    playground.install(app)
     return app

@@ -38,6 +38,8 @@ def test_nothing_named_model_or_server_at_the_top(wheel):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"vssm"}, tops
     assert "vssm/model/vssm.py" in names and "vssm/server/app.py" in names
+    for static in ("index.html", "playground.js", "playground.css", "digits.json"):  # the playground at /
+        assert f"vssm/server/static/{static}" in names
     assert "vssm/__init__.py" not in names  # a namespace: other distributions may add to vssm
 
 
