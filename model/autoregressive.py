@@ -78,17 +78,27 @@ class ARModel(SequenceModel):
         return state.evolve(position=state.position + tokens.shape[1], logits=logits[:, -1], **net)
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         logits, net = state["logits"], self._net_state(state)
-        out = []
+        out, log_p = [], []
         for i in range(n):
             x_t = sample_categorical(logits, u[:, i], temperature)  # (B,)
             out.append(x_t)
+            if scores is not None:
+                log_p.append(logits.log_softmax(-1))  # (B, V): p(x_t | x_<t)
             if resumable or i < n - 1:
                 logits, net = self._net_step(x_t, net)
         tokens = torch.stack(out, dim=1)  # (B, n)
+        if scores is not None:
+            scores.append(torch.stack(log_p, dim=1))  # (B, n, V)
         if not resumable:
             return tokens, None
         return tokens, state.evolve(position=state.position + n, logits=logits, **net)

@@ -8,6 +8,7 @@ Every family implements, over explicit state values (never module attributes)::
 
     state = m.start(prompt, seed)                 # prompt (B, C), C may be 0
     tokens, state = m.generate(state, n, temperature)
+    tokens, state, log_probs = m.generate_scored(state, n)   # and log p of each token's distribution
     state = m.append(state, tokens)
     m.nll(x)                                      # (B,) nats
 """
@@ -122,6 +123,28 @@ class SequenceModel(nn.Module):
         with torch.no_grad():
             return self._generate(state, n, temperature, resumable, blocks)
 
+    def generate_scored(
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor = 1.0,
+        resumable: bool = True,
+        block_size: int | Tensor | None = None,
+    ) -> tuple[Tensor, GenState | None, Tensor]:
+        """:meth:`generate`, and the log-probabilities ``(B, n, V)`` (float32) of the distribution
+        each token was drawn from, before temperature: an autoregressive family's ``p(x_t | x_<t)``,
+        the VSSM decoder's ``p(x_t | z_1:t)`` given the latents it drew.  The same tokens and state."""
+        self.check_state(state)
+        self._check_room(state, n)
+        blocks = self.block_sizes(block_size, state.batch_size)
+        if n == 0:
+            empty = torch.zeros(state.batch_size, 0, self.vocab_size, device=self.device)
+            return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state, empty
+        scores: list[Tensor] = []
+        with torch.no_grad():
+            tokens, nxt = self._generate(state, n, temperature, resumable, blocks, scores=scores)
+        return tokens, nxt, torch.cat(scores, dim=1).float()
+
     def block_sizes(self, block_size: int | Tensor | None, batch: int) -> Tensor:
         """Per-row block sizes ``(B,)`` int64, 0 for one pass (no boundary before the maximum position).
 
@@ -189,8 +212,16 @@ class SequenceModel(nn.Module):
         raise NotImplementedError
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
+        """``scores``: when a list, the implementation appends the log-probabilities of the tokens'
+        distributions, ``(B, m, V)`` per piece in order (see :meth:`generate_scored`)."""
         raise NotImplementedError
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:

@@ -145,7 +145,13 @@ class ARTransformer(ARModel):
         return logits, {"k": torch.stack(ks, 1), "v": torch.stack(vs, 1), "length": length + T}
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """Copy the cache once into a buffer with room for ``n`` more slots, then decode into it.
 
@@ -160,7 +166,7 @@ class ARTransformer(ARModel):
             "length": length,
             "buffer": length,
         }  # "buffer" marks the private, writable cache
-        tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable)
+        tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
         if nxt is None:
             return tokens, None
         used = int(nxt["length"].max())

@@ -390,32 +390,49 @@ class VSSM(SequenceModel):
         return torch.where(observed[:, None, None], drawn, prior)
 
     def _generate(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """Rows are independent, so a large call runs in blocks of rows whose activations stay in
-        the CPU's cache: about ``row_block_tokens`` tokens per block (bench/generation.py)."""
+        the CPU's cache: about ``row_block_tokens`` tokens per block (bench/generation.py).
+        ``scores``: a list that receives the decoder's log-probabilities ``(B, n, V)``."""
         _check_block_state(state)
         blocks = torch.zeros_like(state.position) if blocks is None else blocks
         rows = max(1, self.row_block_tokens // n)
         if state.batch_size <= rows:
-            return self._generate_rows(state, n, temperature, resumable, blocks)
+            return self._generate_rows(state, n, temperature, resumable, blocks, scores)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
-        parts = []
+        parts, part_scores = [], []
         for i in range(0, state.batch_size, rows):
             rs = slice(i, i + rows)
             temp = temperature[rs] if per_row else temperature
-            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs]))
+            got: list[Tensor] | None = None if scores is None else []
+            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got))
+            part_scores.append(got)
+        if scores is not None:
+            scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None]))  # (B, n, V)
         tokens = torch.cat([t for t, _ in parts])  # (B, n)
         return tokens, GenState.cat([s for _, s in parts]) if resumable else None
 
     def _generate_rows(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, blocks: Tensor
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
         boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
         c = self._shared_block(state, blocks)
-        fused = self._fused_rows(state, n, temperature, resumable, c) if c else None
+        fused = self._fused_rows(state, n, temperature, resumable, c, scores) if c else None
         if fused is not None:
             return fused
         pieces = []
@@ -428,9 +445,8 @@ class VSSM(SequenceModel):
             m = min(int(to_end.clamp_max(left).min()), self.gen_window)
             ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
             more = m < left
-            tokens, state = self._piece(
-                state, m, temperature, ends, keep=resumable or more, absorb=resumable or (more and any_blocks)
-            )
+            keep, absorb = resumable or more, resumable or (more and any_blocks)
+            tokens, state = self._piece(state, m, temperature, ends, keep=keep, absorb=absorb, scores=scores)
             pieces.append(tokens)
             offset += m
         return torch.cat(pieces, dim=1), state if resumable else None
@@ -443,7 +459,13 @@ class VSSM(SequenceModel):
         return c if bool((state.position % c == state.position[0] % c).all()) else 0
 
     def _fused_rows(
-        self, state: GenState, n: int, temperature: float | Tensor, resumable: bool, c: int
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        c: int,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None] | None:
         """Block sampling when every row has block size ``c`` and the same phase: the same tokens
         and state as :meth:`_piece` block by block (up to float rounding), in half the passes.
@@ -480,6 +502,8 @@ class VSSM(SequenceModel):
             z = torch.where(observed[:, None, None], sample_categorical(logits, u_lat[:, :m], temp), z)
         x_logits = self.decoder(self._one_hot(z), state["dec"], return_state=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], _per_row(temperature, 1))]  # (B, m) each
+        if scores is not None:
+            scores.append(x_logits.log_softmax(-1))
         par, dec_abs = state["par"], state["dec_abs"]
         start = 0
         for i in range(1, fused):
@@ -492,6 +516,8 @@ class VSSM(SequenceModel):
             z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
             x_logits, dec_abs = self.decoder(self._one_hot(torch.cat([z_abs, z], 1)), dec_abs, lengths=m)
             tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], _per_row(temperature, 1)))
+            if scores is not None:
+                scores.append(x_logits[:, m:].log_softmax(-1))
             start += m
         out_tokens = torch.cat(tokens, 1)  # (B, span)
         if not resumable and fused == len(ms):
@@ -507,15 +533,23 @@ class VSSM(SequenceModel):
         )
         if fused == len(ms):
             return out_tokens, state
-        rest, state = self._piece(state, n - span, temperature, ~everyone, keep=True, absorb=True)
+        rest, state = self._piece(state, n - span, temperature, ~everyone, keep=True, absorb=True, scores=scores)
         return torch.cat([out_tokens, rest], 1), state
 
     def _piece(
-        self, state: GenState, m: int, temperature: float | Tensor, ends: Tensor, keep: bool, absorb: bool
+        self,
+        state: GenState,
+        m: int,
+        temperature: float | Tensor,
+        ends: Tensor,
+        keep: bool,
+        absorb: bool,
+        scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState]:
         """``m`` tokens ``(B, m)`` inside every row's current block, in one parallel pass, and the
         next state: ``keep=False`` returns the state unchanged; ``absorb=False`` (no block boundary
-        can follow) advances only what generation continues from (``gen``, ``dec``)."""
+        can follow) advances only what generation continues from (``gen``, ``dec``).  ``scores``
+        receives the decoder's log-probabilities of the piece ``(B, m, V)`` given its latents."""
         Bsz = state.batch_size
         observed = state["observed"]
         # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
@@ -531,6 +565,8 @@ class VSSM(SequenceModel):
         x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
         tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, m)
+        if scores is not None:
+            scores.append(x_logits.log_softmax(-1))
         if not keep:
             return tokens, state
         if not absorb:
