@@ -10,8 +10,12 @@ import re
 import sys
 import typing
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-__all__ = ["add_model_commands", "main"]
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["add_model_commands", "main", "train_config"]
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -23,8 +27,11 @@ def _field_comments(cls: type) -> dict[str, str]:
     return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
 
 
-def _add_dataclass_args(p: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field, typed, with the field's comment as its help."""
+def _add_dataclass_args(p: argparse.ArgumentParser, cls: type, only_given: bool = False) -> None:
+    """One ``--flag`` per dataclass field, typed, with the field's comment as its help.
+
+    ``only_given``: flags not on the command line are left out of the parsed namespace (so that a
+    preset can tell them from flags given at their default value)."""
     hints = typing.get_type_hints(cls)
     comments = _field_comments(cls)
     for f in dataclasses.fields(cls):
@@ -32,7 +39,8 @@ def _add_dataclass_args(p: argparse.ArgumentParser, cls: type) -> None:
         hint = hints[f.name]
         base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         text = comments.get(f.name, "").replace("%", "%%")  # argparse formats help with %
-        p.add_argument(flag, type=base, default=f.default, help=f"{text} (default: {f.default})".strip())
+        default = argparse.SUPPRESS if only_given else f.default
+        p.add_argument(flag, type=base, default=default, help=f"{text} (default: {f.default})".strip())
 
 
 def _positive_int(text: str) -> int:
@@ -45,8 +53,13 @@ def _positive_int(text: str) -> int:
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
     from .train import TrainConfig
 
-    p = sub.add_parser("train", help="train (or resume) a model; rerunning the same command resumes")
-    _add_dataclass_args(p, TrainConfig)
+    p = sub.add_parser(
+        "train",
+        help="train (or resume) a model; rerunning the same command resumes",
+        description="Train a model. `vssm train --preset NAME` reproduces checkpoints/NAME.safetensors "
+        "(recipes in model/recipes.py); flags given with it override the recipe.",
+    )
+    _add_dataclass_args(p, TrainConfig, only_given=True)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="test-set NLL, prompted NLL and generation time, as JSON")
@@ -132,14 +145,22 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_judge_train)
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .train import TrainConfig, train
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``vssm train`` flags: the ``--preset`` recipe, if any, under the flags given."""
+    from .train import TrainConfig
 
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    preset = given.pop("preset", "")
     try:
-        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+        return TrainConfig.from_preset(preset, **given) if preset else TrainConfig(**given)
     except ValueError as e:  # a bad flag value: say which, without a traceback
         raise SystemExit(f"vssm train: error: {e}") from None
-    train(cfg)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .train import train
+
+    train(train_config(args))
 
 
 def _eval(args: argparse.Namespace) -> None:

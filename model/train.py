@@ -39,15 +39,17 @@ from .base import SequenceModel, parse_block_sizes
 from .checkpoint import build_model, current_config, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .presets import preset_config
+from .recipes import RECIPES, recipe_fields
 from .vssm import VSSM
 
-__all__ = ["LossModule", "TrainConfig", "train"]
+__all__ = ["LossModule", "TrainConfig", "model_config", "train"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
+    preset: str = ""  # a bundled checkpoint's whole recipe (model/recipes.py), e.g. mnist-vssm; other flags override it
     dataset: str = "mnist"  # mnist | mnist8 | shakespeare | cifar10
     family: str = "vssm"  # vssm | ar-ssm | ar-transformer | ar-gru
     size: str = "small"  # preset name (model/presets.py)
@@ -78,7 +80,21 @@ class TrainConfig:
     limit: int | None = None  # keep only this many sequences / bytes per split (tests)
     device: str = "auto"  # auto | cpu | cuda
 
+    @classmethod
+    def from_preset(cls, name: str, **explicit: Any) -> TrainConfig:
+        """The recipe ``name`` (model/recipes.py) with ``explicit`` fields on top; an explicit
+        ``overrides`` JSON object is merged into the recipe's model overrides, key by key."""
+        if name not in RECIPES:
+            raise ValueError(f"preset must be one of {', '.join(RECIPES)}, got {name!r}")
+        fields = recipe_fields(RECIPES[name])
+        if explicit.get("overrides"):
+            merged = {**json.loads(fields.get("overrides") or "{}"), **json.loads(explicit["overrides"])}
+            explicit = {**explicit, "overrides": json.dumps(merged)}
+        return cls(**{"out": f"runs/{name}", **fields, **explicit, "preset": name})
+
     def __post_init__(self) -> None:
+        if self.preset and self.preset not in RECIPES:
+            raise ValueError(f"preset must be one of {', '.join(RECIPES)}, got {self.preset!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self.block_choices()  # fail at once on a malformed list
@@ -86,6 +102,11 @@ class TrainConfig:
     def block_choices(self) -> list[int]:
         """The block sizes of ``block_sizes``, each a positive integer (empty: one-pass training)."""
         return parse_block_sizes(self.block_sizes)
+
+
+def model_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The model config dict ``cfg`` trains: the size preset (model/presets.py) plus ``overrides``."""
+    return {**preset_config(cfg.dataset, cfg.family, cfg.size, cfg.seq_len), **json.loads(cfg.overrides or "{}")}
 
 
 class LossModule(nn.Module):
@@ -265,8 +286,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit)
     seq_len = ds.max_position or cfg.seq_len
     torch.manual_seed(cfg.seed)
-    model_cfg = {**preset_config(cfg.dataset, cfg.family, cfg.size, cfg.seq_len), **json.loads(cfg.overrides or "{}")}
-    model = build_model(cfg.family, model_cfg).to(device)
+    model = build_model(cfg.family, model_config(cfg)).to(device)
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)
