@@ -43,10 +43,11 @@ class _Job:
     future: asyncio.Future = field(repr=False)
     encode: bool = False  # return the next state serialised (the last step of a stored session's job)
     block_size: int = 0  # "generate": positions per block for every row of the job, 0 for one parallel pass
+    scored: bool = False  # "generate": also the log-probabilities of the tokens' distributions
 
     @property
     def key(self) -> tuple:
-        return (self.op, self.n, self.resumable)
+        return (self.op, self.n, self.resumable, self.scored)
 
     @property
     def rows(self) -> int:
@@ -99,18 +100,33 @@ class Batcher:
     ) -> tuple[torch.Tensor, GenState | None]:
         """The next ``n`` tokens of every row, sampled in blocks of ``block_size`` (0: one parallel
         pass; None: the model's default)."""
-        block = self.served.block_size(block_size)
-        job = _Job("generate", state, n, None, temperature, resumable, self._future(), block_size=block)
-        tokens, nxt = await self._submit(job)
-        assert not isinstance(nxt, bytes)
+        tokens, nxt, _ = await self._generate(state, n, temperature, resumable, block_size, False)
         return tokens, nxt
+
+    async def generate_scored(
+        self, state: GenState, n: int, temperature: float, resumable: bool = True, block_size: int | None = None
+    ) -> tuple[torch.Tensor, GenState | None, torch.Tensor]:
+        """:meth:`generate`, and the log-probabilities ``(rows, n, V)`` of the distribution each token
+        was drawn from (``model.generate_scored``)."""
+        tokens, nxt, scores = await self._generate(state, n, temperature, resumable, block_size, True)
+        assert scores is not None
+        return tokens, nxt, scores
+
+    async def _generate(
+        self, state: GenState, n: int, temperature: float, resumable: bool, block_size: int | None, scored: bool
+    ) -> tuple[torch.Tensor, GenState | None, torch.Tensor | None]:
+        block = self.served.block_size(block_size)
+        job = _Job("generate", state, n, None, temperature, resumable, self._future(), block_size=block, scored=scored)
+        tokens, nxt, scores = await self._submit(job)
+        assert not isinstance(nxt, bytes)
+        return tokens, nxt, scores
 
     async def append(self, state: GenState, tokens: torch.Tensor) -> GenState:
         """``state`` after ``tokens`` ``(rows, n)``, one job per window of the model's ``append_window``:
         between two windows of a long prompt, jobs of other requests and models take their turn in
         the worker, so the prompt delays them by one window, not by all of it."""
         for piece in self._windows(tokens):
-            _, nxt = await self._submit(_Job("append", state, piece.shape[1], piece, 1.0, True, self._future()))
+            _, nxt, _ = await self._submit(_Job("append", state, piece.shape[1], piece, 1.0, True, self._future()))
             assert isinstance(nxt, GenState)
             state = nxt
         return state
@@ -130,7 +146,7 @@ class Batcher:
         """
         block = self.served.block_size(block_size)
         job = _Job("generate", blob, n, None, temperature, True, self._future(), encode=True, block_size=block)
-        tokens, nxt = await self._submit(job)
+        tokens, nxt, _ = await self._submit(job)
         assert isinstance(nxt, bytes)
         return tokens, nxt
 
@@ -140,7 +156,7 @@ class Batcher:
         pieces = self._windows(tokens)
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
-            _, nxt = await self._submit(
+            _, nxt, _ = await self._submit(
                 _Job("append", state, piece.shape[1], piece, 1.0, True, self._future(), encode=last)
             )
             assert nxt is not None
@@ -153,7 +169,7 @@ class Batcher:
     def _future() -> asyncio.Future:
         return asyncio.get_running_loop().create_future()
 
-    async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | bytes | None]:
+    async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None]:
         await self.queue.put(job)
         self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
         return await job.future
@@ -217,7 +233,9 @@ class Batcher:
                 out.append(exc)
         return out
 
-    def _compute(self, group: list[_Job]) -> list[tuple[torch.Tensor, GenState | bytes | None] | Exception]:
+    def _compute(
+        self, group: list[_Job]
+    ) -> list[tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None] | Exception]:
         """One model call for the whole group (worker thread)."""
         m = self.served.model
         decoded = self._decode(group)
@@ -230,19 +248,22 @@ class Batcher:
             return results
         state = live[0][2] if len(live) == 1 else GenState.cat([st for _, _, st in live])
         first = live[0][1]
+        scores = None
         if first.op == "append":
             tokens = torch.cat([j.tokens for _, j, _ in live if j.tokens is not None]).to(m.device)
             out, nxt = tokens, m.append(state, tokens)
         else:
             temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
             blocks = [j.block_size for _, j, st in live for _ in range(st.batch_size)]
-            out, nxt = m.generate(
-                state,
-                first.n,
+            args = dict(
                 temperature=torch.tensor(temps, dtype=m.dtype, device=m.device),
                 resumable=first.resumable,
                 block_size=torch.tensor(blocks, dtype=torch.long, device=m.device),  # per row, 0: one pass
             )
+            if first.scored:
+                out, nxt, scores = m.generate_scored(state, first.n, **args)
+            else:
+                out, nxt = m.generate(state, first.n, **args)
             self.metrics.tokens_generated.labels(self.served.id).inc(out.numel())
         start = 0
         for i, job, st in live:
@@ -250,5 +271,9 @@ class Batcher:
             start += st.batch_size
             part = None if nxt is None else nxt.rows(rows)
             # a stored session gets its next state back serialised, still in this thread
-            results[i] = (out[rows].cpu(), part.to_bytes() if part is not None and job.encode else part)
+            results[i] = (
+                out[rows].cpu(),
+                part.to_bytes() if part is not None and job.encode else part,
+                None if scores is None else scores[rows].cpu(),
+            )
         return results

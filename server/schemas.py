@@ -79,6 +79,16 @@ class CompletionCreate(BaseModel):
     chunk_size: Tokens | None = None
     stop: Stop | None = None
     echo: bool = False  # the prompt in front of each choice's text and tokens
+    logprobs: int | None = Field(None, ge=0, le=5)  # each token's log-probability and this many alternatives
+
+
+class Logprobs(BaseModel):
+    """OpenAI's completions ``logprobs``: one entry per token of the choice (server/logprobs.py)."""
+
+    tokens: list[str]  # a text model's byte as a character (``bytes:\\xNN`` past ASCII), else the token id
+    token_logprobs: list[float | None]  # null for an echoed prompt's tokens
+    top_logprobs: list[dict[str, float] | None]  # the ``logprobs`` most likely tokens at each position
+    text_offset: list[int]  # characters of the choice's text before the token (token models: its index)
 
 
 class CompletionChoice(BaseModel):
@@ -86,7 +96,7 @@ class CompletionChoice(BaseModel):
     text: str
     tokens: list[int]
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: Logprobs | None = None
 
 
 class Usage(BaseModel):

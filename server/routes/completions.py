@@ -11,9 +11,10 @@ from fastapi import APIRouter, Request
 
 from ..deps import Context, ContextDep, OwnerDep, RegistryDep
 from ..errors import bad_request
+from ..logprobs import Scored, TokenLogprobs, score_rows
 from ..openapi import errors, json_or_stream
 from ..registry import ServedModel
-from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, FinishReason, Usage
+from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, FinishReason, Logprobs, Usage
 from ..sse import sse_response, started, with_keepalive
 from ..stops import scan, stop_sequences
 
@@ -64,16 +65,25 @@ async def create_completion(
     block = served.block_size(body.block_size)  # 0: one parallel pass
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     batcher = ctx.batcher(served.id)
-    choices = [_Choice(i) for i in range(body.n)]
+    scored = body.logprobs is not None
+    choices = [_Choice(i, TokenLogprobs(served.text) if scored else None) for i in range(body.n)]
     echoed = served.decode_chunk(prompt, [], final=True)[0] if body.echo else ""
 
-    def completion(parts: list[tuple[_Choice, list[int]]], usage: Usage | None) -> Completion:
+    def completion(parts: list[_Part], usage: Usage | None) -> Completion:
         out = []
-        for c, tokens in parts:
+        for c, tokens, scores in parts:
             text, c.carry = served.decode_chunk(tokens, c.carry, final=c.finish is not None)
+            lp = None
             if body.echo and not c.echoed:  # the prompt goes in front of the choice's first part
                 c.echoed, text, tokens = True, echoed + text, [*prompt, *tokens]
-            out.append(CompletionChoice(index=c.index, text=text, tokens=tokens, finish_reason=c.finish))
+                scores = [None] * len(prompt) + scores  # a prompt is read, not scored
+                if c.logprobs is not None:
+                    lp = c.logprobs.part(prompt, scores[: len(prompt)], final=True)
+                    rest = c.logprobs.part(tokens[len(prompt) :], scores[len(prompt) :])
+                    lp = Logprobs(**{k: getattr(lp, k) + getattr(rest, k) for k in Logprobs.model_fields})
+            elif c.logprobs is not None:
+                lp = c.logprobs.part(tokens, scores)
+            out.append(CompletionChoice(index=c.index, text=text, tokens=tokens, finish_reason=c.finish, logprobs=lp))
         return Completion(
             id=cid, created=created, model=served.id, choices=out, usage=usage, seed=seed, block_size=block or None
         )
@@ -84,7 +94,7 @@ async def create_completion(
             prompt_tokens=len(prompt), completion_tokens=completion_tokens, total_tokens=len(prompt) + completion_tokens
         )
 
-    async def pieces(size: int) -> AsyncIterator[list[tuple[_Choice, list[int]]]]:
+    async def pieces(size: int) -> AsyncIterator[list[_Part]]:
         """Generate ``size`` tokens at a time until every choice has finished; yield each choice's
         released tokens (only choices that release tokens or finish; nothing when none does)."""
         state = await batcher.begin(prompt, seeds)
@@ -93,26 +103,32 @@ async def create_completion(
             n = min(size, body.max_tokens - done)
             last = done + n == body.max_tokens
             # blocks are aligned to absolute positions: chunks cut them anywhere, the tokens stay
-            tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
+            if scored:
+                tokens, state, log_p = await batcher.generate_scored(state, n, body.temperature, not last, block)
+                rows = score_rows(tokens, log_p, body.logprobs or 0, served.text)
+            else:
+                tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
+                rows = [[None] * n for _ in choices]
             done += n
             parts = []
-            for c, row in zip(choices, tokens.tolist(), strict=True):
+            for c, row, scores in zip(choices, tokens.tolist(), rows, strict=True):
                 if c.finish is None:
-                    released = c.feed(row, stops, last)
-                    if released or c.finish is not None:
-                        parts.append((c, released))
+                    part = c.feed(row, scores, stops, last)
+                    if part[1] or c.finish is not None:
+                        parts.append(part)
             if parts:
                 yield parts
 
     if not body.stream:
         # with stop sequences, a window at a time: a choice that stops early spares the rest
         size = min(STOP_WINDOW, body.max_tokens) if stops else body.max_tokens
-        got: dict[int, list[int]] = {c.index: [] for c in choices}
+        got: dict[int, _Part] = {c.index: (c, [], []) for c in choices}
         async with ctx.admit():
             async for parts in pieces(size):
-                for c, tokens in parts:
-                    got[c.index] += tokens
-        return completion([(c, got[c.index]) for c in choices], usage())
+                for c, tokens, scores in parts:
+                    got[c.index][1].extend(tokens)
+                    got[c.index][2].extend(scores)
+        return completion([got[c.index] for c in choices], usage())
 
     chunk = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
     slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
@@ -141,20 +157,27 @@ class _Choice:
     """One choice of a completion as it is generated: tokens held back, text carried, how it ended."""
 
     index: int
+    logprobs: TokenLogprobs | None  # None: no logprobs asked for
     pending: list[int] = field(default_factory=list)  # generated, not released: they may begin a stop sequence
+    pending_scores: list[Scored | None] = field(default_factory=list)  # theirs, when scored
     carry: list[int] = field(default_factory=list)  # a partial UTF-8 character held back from the text
     count: int = 0  # generated tokens released
     finish: FinishReason | None = None
     echoed: bool = False
 
-    def feed(self, tokens: list[int], stops: list[bytes], last: bool) -> list[int]:
-        """The tokens this choice releases after ``tokens`` were generated (``last``: the request's last)."""
+    def feed(self, tokens: list[int], scores: list[Scored | None], stops: list[bytes], last: bool) -> _Part:
+        """What this choice releases after ``tokens`` were generated (``last``: the request's last)."""
         self.pending += tokens
+        self.pending_scores += scores
         k, stopped = scan(self.pending, stops, last)
-        released, self.pending = self.pending[:k], ([] if stopped else self.pending[k:])
+        released, released_scores = self.pending[:k], self.pending_scores[:k]
+        self.pending, self.pending_scores = ([], []) if stopped else (self.pending[k:], self.pending_scores[k:])
         self.count += k
         if stopped:
             self.finish = "stop"
         elif last:
             self.finish = "length"
-        return released
+        return self, released, released_scores
+
+
+_Part = tuple[_Choice, list[int], list[Scored | None]]  # a choice, the tokens it releases, their scores

@@ -10,9 +10,15 @@ import torch
 
 from tests.server.conftest import reference
 from tests.server.test_api import assert_error, make_client, sse
+from vssm import model
 from vssm.model import GenState
+from vssm.server.logprobs import TokenLogprobs
 
 MAX = 48
+
+
+def flat(lists) -> list:
+    return [x for part in lists for x in part]
 
 
 @pytest.fixture
@@ -85,7 +91,7 @@ def test_a_streamed_stop_holds_back_what_may_begin_a_match(client, ref, chunk_si
     events = sse(r)
     assert events[-1] == "[DONE]"
     choices = [c for e in events[:-1] for c in e["choices"]]
-    assert sum((c["tokens"] for c in choices), []) == ref[:k]
+    assert flat(c["tokens"] for c in choices) == ref[:k]
     assert "".join(c["text"] for c in choices) == bytes(ref[:k]).decode("utf-8", errors="replace")
     assert [c["finish_reason"] for c in choices] == [None] * (len(choices) - 1) + ["stop"]
     assert events[-2]["usage"]["completion_tokens"] == k
@@ -144,7 +150,7 @@ def test_a_session_stopped_is_exactly_where_its_tokens_end(client, checkpoints, 
     body = {"max_tokens": MAX, "stop": stop, "stream": stream, "chunk_size": 5}
     r = client.post(f"/v1/sessions/{a['id']}/generate", json=body)
     chunks = sse(r)[:-1] if stream else [r.json()]
-    assert sum((c["tokens"] for c in chunks), []) == whole[:k]
+    assert flat(c["tokens"] for c in chunks) == whole[:k]
     assert chunks[-1]["finish_reason"] == "stop" and chunks[-1]["position"] == 7 + k
 
     b = client.post("/v1/sessions", json=start).json()
@@ -206,7 +212,7 @@ def test_echo_puts_the_prompt_in_front(client, ref, checkpoints):
     )
     events = sse(r)[:-1]
     assert events[0]["choices"][0]["text"].startswith("ROMEO:")
-    assert sum((e["choices"][0]["tokens"] for e in events), []) == list(b"ROMEO:") + ref[:8]
+    assert flat(e["choices"][0]["tokens"] for e in events) == list(b"ROMEO:") + ref[:8]
     digits = client.post(
         "/v1/completions", json={"model": "mnist-vssm", "prompt": [1, 0, 1], "seed": 2, "max_tokens": 4, "echo": True}
     ).json()["choices"][0]
@@ -231,3 +237,114 @@ def test_the_openai_package_sends_stop_and_echo(serve, redis, ref):
         text += chunk.choices[0].text
         reasons.append(chunk.choices[0].finish_reason)
     assert text == "ROMEO:" + out.choices[0].text and reasons[-1] == "stop"
+
+
+# ----- logprobs ---------------------------------------------------------------------------------------------
+def scored_reference(checkpoints, name: str, prompt: list[int], seed: int, n: int) -> tuple[list[int], torch.Tensor]:
+    """Tokens and their distributions' log-probabilities ``(n, V)`` from the model API itself."""
+    m = model.load_checkpoint(checkpoints / f"{name}.safetensors")
+    tokens, _, log_p = m.generate_scored(m.start(torch.tensor([prompt], dtype=torch.long), seed), n)
+    return tokens[0].tolist(), log_p[0]
+
+
+def test_logprobs_are_the_model_s_in_the_openai_shape(client, checkpoints, ref):
+    tokens, log_p = scored_reference(checkpoints, "text-vssm", list(b"ROMEO:"), 5, MAX)
+    assert tokens == ref
+    choice = completion(client, max_tokens=MAX, logprobs=3)["choices"][0]
+    lp = choice["logprobs"]
+    assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    assert lp["tokens"] == [chr(t) if t < 128 else f"bytes:\\x{t:02x}" for t in ref]
+    assert lp["token_logprobs"] == pytest.approx([float(log_p[i, t]) for i, t in enumerate(ref)], abs=1e-5)
+    for i, top in enumerate(lp["top_logprobs"]):
+        best = log_p[i].topk(3)
+        assert list(top.values()) == pytest.approx(best.values.tolist(), abs=1e-5)
+        assert len(top) == 3 and lp["token_logprobs"][i] <= max(top.values()) + 1e-6
+    # offsets: where each token's character starts in the text (an ASCII token is the character there)
+    assert lp["text_offset"][0] == 0 and lp["text_offset"] == sorted(lp["text_offset"])
+    for t, offset in zip(ref, lp["text_offset"], strict=True):
+        if t < 128:
+            assert choice["text"][offset] == chr(t)
+
+
+@pytest.mark.parametrize(
+    ("data", "offsets"),
+    [
+        (b"ab", [0, 1]),
+        ("é€a".encode(), [0, 0, 1, 1, 1, 2]),  # a multi-byte character's bytes: its start
+        (b"\xd5\x0e", [0, 1]),  # a lead byte cut short: its U+FFFD, then the next character
+        (b"\xd5\xc3\xa9", [0, 1, 1]),  # a cut lead byte, then a whole character
+        (b"\xe2\x82a", [0, 0, 1]),  # a truncated three-byte character is one U+FFFD
+        (b"\xff\xfe", [0, 1]),
+    ],
+)
+def test_text_offsets_point_at_each_byte_s_character(data, offsets):
+    lp = TokenLogprobs(text=True)
+    got = lp.part(list(data[:1]), [None]).text_offset + lp.part(list(data[1:]), [None] * (len(data) - 1)).text_offset
+    assert got == offsets
+    text = data.decode("utf-8", "replace")
+    assert all(0 <= o < len(text) for o in got)
+
+
+def test_streamed_logprobs_join_into_the_one_call_ones(client):
+    whole = completion(client, max_tokens=MAX, logprobs=2)["choices"][0]["logprobs"]
+    r = client.post(
+        "/v1/completions",
+        json={
+            "model": "text-vssm",
+            "prompt": "ROMEO:",
+            "seed": 5,
+            "max_tokens": MAX,
+            "logprobs": 2,
+            "stream": True,
+            "chunk_size": 7,
+        },
+    )
+    parts = [e["choices"][0]["logprobs"] for e in sse(r)[:-1]]
+    joined = {k: flat(p[k] for p in parts) for k in whole}
+    assert joined["tokens"] == whole["tokens"] and joined["text_offset"] == whole["text_offset"]
+    assert joined["token_logprobs"] == pytest.approx(whole["token_logprobs"], abs=1e-5)
+
+
+def test_logprobs_with_echo_and_stop(client, ref):
+    stop = ascii_pair(ref, after=10)
+    k = cut(ref, stop)
+    choice = completion(client, max_tokens=MAX, logprobs=1, echo=True, stop=stop)["choices"][0]
+    lp = choice["logprobs"]
+    assert len(lp["tokens"]) == 6 + k and lp["tokens"][:6] == list("ROMEO:")
+    assert lp["token_logprobs"][:6] == [None] * 6 and lp["top_logprobs"][:6] == [None] * 6  # a prompt is not scored
+    assert all(v is not None for v in lp["token_logprobs"][6:])
+    assert lp["text_offset"][:7] == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_a_token_model_names_tokens_by_id(client, checkpoints):
+    tokens, log_p = scored_reference(checkpoints, "mnist-ar-ssm", [1, 0], 4, 6)
+    r = client.post(
+        "/v1/completions",
+        json={"model": "mnist-ar-ssm", "prompt": [1, 0], "seed": 4, "max_tokens": 6, "logprobs": 5, "echo": True},
+    )
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["tokens"] == [str(t) for t in [1, 0, *tokens]]
+    assert lp["text_offset"] == list(range(8))  # no text: the token's index
+    for i, top in enumerate(lp["top_logprobs"][2:]):
+        assert set(top) == {"0", "1"}  # five asked for, two exist
+        assert top == pytest.approx({"0": float(log_p[i, 0]), "1": float(log_p[i, 1])}, abs=1e-5)
+    none = client.post("/v1/completions", json={"model": "mnist-ar-ssm", "max_tokens": 3, "logprobs": 0}).json()
+    assert none["choices"][0]["logprobs"]["top_logprobs"] == [{}, {}, {}]
+
+
+@pytest.mark.parametrize("value", [6, -1, True, "2", 1.0])
+def test_a_bad_logprobs_is_a_400(client, value):
+    r = client.post("/v1/completions", json={"model": "text-vssm", "max_tokens": 2, "logprobs": value})
+    assert_error(r, 400, "invalid_field", "logprobs")
+
+
+def test_the_openai_package_reads_logprobs(serve, redis, checkpoints, ref):
+    srv = serve(redis.url)
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+    _, log_p = scored_reference(checkpoints, "text-vssm", list(b"ROMEO:"), 5, 12)
+    out = client.completions.create(model="text-vssm", prompt="ROMEO:", max_tokens=12, seed=5, logprobs=2, echo=True)
+    lp = out.choices[0].logprobs
+    assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == len(lp.text_offset) == 18
+    assert lp.token_logprobs[6:] == pytest.approx([float(log_p[i, t]) for i, t in enumerate(ref[:12])], abs=1e-5)
+    assert all(len(top) == 2 for top in lp.top_logprobs[6:])
+    assert out.choices[0].text.startswith("ROMEO:")
