@@ -5,7 +5,7 @@ Families share one resumable-generation contract (see :class:`model.base.Sequenc
 """
 
 from .autoregressive import ARGRU, ARSSM, ARGRUConfig, ARModel, ARSSMConfig
-from .base import PositionLimitError, SequenceModel, TokenRangeError
+from .base import LossOutput, PositionLimitError, SequenceModel, TokenRangeError
 from .checkpoint import (
     FAMILIES,
     FORMAT_VERSION,
@@ -33,6 +33,7 @@ __all__ = [
     "ARTransformerConfig",
     "CheckpointError",
     "GenState",
+    "LossOutput",
     "PositionLimitError",
     "SequenceModel",
     "StateError",

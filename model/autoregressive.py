@@ -12,12 +12,13 @@ costs exactly one recurrent step and nothing re-reads the prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import SequenceModel, check_config
+from .base import LossOutput, SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
 from .sampling import STREAM_TOKEN, keyed_uniform, sample_categorical
 from .state import GenState
@@ -47,9 +48,11 @@ class ARModel(SequenceModel):
         """``x_t`` ``(B,)`` -> logits ``(B, V)``, next state."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor, prompt_len: int = 0) -> Tensor:
-        """Teacher-forced NLL ``(B,)`` in nats of ``x[:, prompt_len:]``, with gradients (training)."""
-        return self.token_nll(x)[:, prompt_len:].sum(-1)
+    def loss(self, x: Tensor, **schedule: Any) -> LossOutput:
+        """Teacher-forced NLL of ``x`` ``(B, T)``, with gradients; the schedule does not apply (see
+        :meth:`SequenceModel.loss`)."""
+        nll = self.token_nll(x).sum(-1)  # (B,)
+        return LossOutput(total=nll.mean(), parts={"nll": nll})
 
     def logits(self, x: Tensor) -> Tensor:
         """Teacher-forced logits of ``p(x_t | x_<t)`` for every step of ``x`` ``(B, T)`` -> ``(B, T, V)``."""
@@ -62,7 +65,7 @@ class ARModel(SequenceModel):
         return F.cross_entropy(self.logits(x).transpose(1, 2), x, reduction="none")  # (B, T)
 
     def _nll(self, x: Tensor, prompt_len: int = 0) -> Tensor:
-        return self.loss(x, prompt_len)
+        return self.token_nll(x)[:, prompt_len:].sum(-1)
 
     def _net_state(self, state: GenState) -> NetState:
         return {k: state[k] for k in (*self.state_keys, "buffer") if k in state.tensors}

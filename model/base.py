@@ -11,11 +11,13 @@ Every family implements, over explicit state values (never module attributes)::
     tokens, state, log_probs = m.generate_scored(state, n)   # and log p of each token's distribution
     state = m.append(state, tokens)
     m.nll(x)                                      # (B,) nats
+    m.loss(x, kl_weight=..., tau=..., block_size=...)  # LossOutput: what training minimises
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +28,7 @@ from .ssm import weights_key
 from .state import GenState, StateError
 
 __all__ = [
+    "LossOutput",
     "PositionLimitError",
     "SequenceModel",
     "TokenRangeError",
@@ -41,6 +44,14 @@ class PositionLimitError(ValueError):
 
 class TokenRangeError(ValueError):
     """A token id outside ``0..V-1``."""
+
+
+@dataclass
+class LossOutput:
+    """What every family's :meth:`SequenceModel.loss` returns."""
+
+    total: Tensor  # scalar: what the optimiser minimises
+    parts: dict[str, Tensor]  # name -> (B,) nats per sequence, logged and validated; "nll": the NLL or a bound on it
 
 
 class SequenceModel(nn.Module):
@@ -199,6 +210,26 @@ class SequenceModel(nn.Module):
         x = self._scored(x, prompt_len)
         with torch.no_grad():
             return self._nll(x, prompt_len=prompt_len, **kwargs)
+
+    def loss(
+        self,
+        x: Tensor,
+        *,
+        kl_weight: float = 1.0,
+        tau: float = 1.0,
+        block_size: int | None = None,
+        prompt_lengths: Tensor | None = None,
+    ) -> LossOutput:
+        """The training loss of a batch ``x`` ``(B, T)``, with gradients; one signature for every family.
+
+        The keywords are the trainer's schedule; a family ignores those it has no use for (an
+        autoregressive model has no latents, so no KL weight or temperature, and its teacher-forced
+        loss trains every prefix at once, whatever the block size or prompt).  ``kl_weight``: the
+        KL's weight during warm-up; ``tau``: the Gumbel-softmax temperature; ``block_size``: train
+        block sampling's ELBO at that block size; ``prompt_lengths`` ``(B,)``: the prompt each row
+        is treated as having (None: drawn as the family trains; validation passes zeros).
+        """
+        raise NotImplementedError
 
     def _scored(self, x: Tensor, prompt_len: int) -> Tensor:
         """``x`` checked as tokens to score after a prompt of ``prompt_len`` (what ``nll`` accepts)."""

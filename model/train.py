@@ -34,13 +34,11 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from .autoregressive import ARModel
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import build_model, current_config, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .presets import preset_config
 from .recipes import RECIPES, recipe_fields
-from .vssm import VSSM
 
 __all__ = ["LossModule", "TrainConfig", "model_config", "train"]
 
@@ -116,21 +114,9 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self, x: Tensor, kl_weight: float, tau: float, block_size: int | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        if isinstance(self.model, VSSM):
-            t = self.model.loss(x, tau=tau, block_size=block_size)
-            terms = {
-                "rec": t.reconstruction.mean().item(),
-                "kl": t.kl.mean().item(),
-                "pkl": t.partial_kl.mean().item(),
-                "nelbo": t.nelbo.mean().item(),
-            }
-            return t.total(kl_weight), terms
-        assert isinstance(self.model, ARModel)
-        nll = self.model.loss(x)
-        return nll.mean(), {"nll": nll.mean().item()}
+    def forward(self, x: Tensor, **schedule: Any) -> tuple[Tensor, dict[str, float]]:
+        out = self.model.loss(x, **schedule)
+        return out.total, {k: v.mean().item() for k, v in out.parts.items()}
 
 
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
@@ -244,13 +230,9 @@ def validate(
     totals: dict[str, float] = {}
     for i in range(0, len(seqs), batch_size):
         x = seqs[i : i + batch_size].to(model.device)
-        if isinstance(model, VSSM):
-            t = model.loss(x, prompt_lengths=torch.zeros(len(x), dtype=torch.long, device=x.device))
-            parts = {"nll": t.nelbo, "kl": t.kl, "rec": t.reconstruction, "pkl_c0": t.partial_kl}
-            for c in block_sizes:
-                parts[f"nll_c{c}"] = model.loss(x, block_size=c).nelbo
-        else:
-            parts = {"nll": model.nll(x)}
+        parts = dict(model.loss(x, prompt_lengths=torch.zeros(len(x), dtype=torch.long, device=x.device)).parts)
+        for c in block_sizes:
+            parts[f"nll_c{c}"] = model.loss(x, block_size=c).parts["nll"]
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + float(v.sum())
     model.train()
@@ -307,7 +289,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped, device_ids=[device] if device.type == "cuda" else None)
     val_seqs = eval_sequences(ds.valid, seq_len)[: cfg.val_sequences]
-    blocks = cfg.block_choices() if isinstance(model, VSSM) else []
+    blocks = cfg.block_choices()
     # validate block sampling at the smallest trained block size and at the middle one
     val_blocks = tuple(sorted({min(blocks), sorted(blocks)[len(blocks) // 2]})) if blocks else ()
     metrics_file = out / "metrics.jsonl"
@@ -337,7 +319,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
         block = blocks[int(torch.randint(len(blocks), (1,), generator=gen))] if blocks else None
-        loss, terms = wrapped(x, kl_weight, tau, block)
+        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

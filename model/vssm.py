@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import SequenceModel, check_config
+from .base import LossOutput, SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
 from .sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
 from .state import GenState, StateError
@@ -73,22 +73,36 @@ class VSSMConfig:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
 
-@dataclass
-class VSSMLoss:
-    """Per-sequence loss terms ``(B,)``, in nats."""
+class VSSMLoss(LossOutput):
+    """The VSSM's loss: ``parts`` holds the per-sequence terms ``(B,)`` in nats, also as attributes.
 
-    reconstruction: Tensor  # -log p(x | z), z ~ q_psi
-    kl: Tensor  # KL(q_psi(z | x) || uniform), summed over steps and latent variables
-    partial_kl: Tensor  # KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached
+    ``rec`` -log p(x | z), z ~ q_psi; ``kl`` KL(q_psi(z | x) || prior), summed over steps and
+    latent variables; ``pkl`` KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached;
+    ``nll`` the negative ELBO rec + kl, an upper bound on the NLL.  ``total`` is the mean of
+    rec + kl_weight kl + pkl: both training steps of the paper in one loop.
+    """
+
+    def __init__(self, reconstruction: Tensor, kl: Tensor, partial_kl: Tensor, kl_weight: float = 1.0) -> None:
+        total = (reconstruction + kl_weight * kl + partial_kl).mean()
+        parts = {"nll": reconstruction + kl, "rec": reconstruction, "kl": kl, "pkl": partial_kl}
+        super().__init__(total=total, parts=parts)
+
+    @property
+    def reconstruction(self) -> Tensor:
+        return self.parts["rec"]
+
+    @property
+    def kl(self) -> Tensor:
+        return self.parts["kl"]
+
+    @property
+    def partial_kl(self) -> Tensor:
+        return self.parts["pkl"]
 
     @property
     def nelbo(self) -> Tensor:
         """Negative ELBO: an upper bound on the NLL."""
-        return self.reconstruction + self.kl
-
-    def total(self, kl_weight: float = 1.0) -> Tensor:
-        """Scalar to minimise: both training steps of the paper in one loop."""
-        return (self.reconstruction + kl_weight * self.kl + self.partial_kl).mean()
+        return self.parts["nll"]
 
 
 class VSSM(SequenceModel):
@@ -174,9 +188,11 @@ class VSSM(SequenceModel):
     def loss(
         self,
         x: Tensor,
+        *,
+        kl_weight: float = 1.0,
         tau: float = 1.0,
-        prompt_lengths: Tensor | None = None,
         block_size: int | None = None,
+        prompt_lengths: Tensor | None = None,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -185,10 +201,10 @@ class VSSM(SequenceModel):
         Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and, for the "split"
         posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
-        the prompt options do not apply to it.
+        the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
         """
         if block_size is not None:
-            return self._block_loss(x, block_size, tau)
+            return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
@@ -205,7 +221,7 @@ class VSSM(SequenceModel):
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl)
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
     def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor]:
         """The partial encoder's two roles in block sampling with blocks of ``c`` steps, both ``(B, T, Z, K)``:
@@ -222,7 +238,7 @@ class VSSM(SequenceModel):
         log_gen = torch.where(first, -math.log(self.config.n_classes), self._latent_logits(gen).log_softmax(-1))
         return log_obs, log_gen
 
-    def _block_loss(self, x: Tensor, c: int, tau: float) -> VSSMLoss:
+    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         """Negative ELBO of block sampling with blocks of ``c`` steps (docs/design.md, "Blocks").
 
         The process served: block b's latents come from the block prior (the partial encoder over
@@ -252,7 +268,7 @@ class VSSM(SequenceModel):
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(reconstruction=rec, kl=kl, partial_kl=partial_kl)
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model
-from vssm.model import VSSM, VSSMConfig
+from vssm.model import VSSM, LossOutput, VSSMConfig
 from vssm.model.vssm import straight_through_gumbel
 
 
@@ -16,7 +16,7 @@ def test_default_config_is_a_valid_small_model():
     m = VSSM()
     assert isinstance(m.config, VSSMConfig) and m.num_parameters() < 1_000_000
     loss = m.loss(torch.randint(0, 2, (2, 16)))
-    assert torch.isfinite(loss.total())
+    assert torch.isfinite(loss.total)
 
 
 def test_terms_kl_nonnegative_reconstruction_finite_and_bounded():
@@ -33,7 +33,7 @@ def test_terms_kl_nonnegative_reconstruction_finite_and_bounded():
 
 def test_gradients_reach_every_parameter_of_all_three_networks():
     m = tiny_model("vssm").train()
-    m.loss(torch.randint(0, 5, (4, 12))).total().backward()
+    m.loss(torch.randint(0, 5, (4, 12))).total.backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     # the partial KL trains the partial encoder only: the encoder side is detached
@@ -77,9 +77,9 @@ def test_tiny_model_learns_a_toy_dataset_in_a_few_steps():
     first = last = None
     for step in range(150):
         x = data[torch.randint(0, 256, (32,))]
-        terms = m.loss(x, tau=0.5)
+        terms = m.loss(x, tau=0.5, kl_weight=min(1.0, (step + 1) / 100))
         opt.zero_grad()
-        terms.total(kl_weight=min(1.0, (step + 1) / 100)).backward()
+        terms.total.backward()
         opt.step()
         if step == 0:
             first = terms.nelbo.mean().item()
@@ -234,3 +234,26 @@ def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after(
     assert torch.allclose(qx[1, :4], qy[1, :4])  # row 1's causal steps 0..3 never see step 6
     assert not torch.allclose(qx[1, 4:6], qy[1, 4:6])  # smoothing after the prompt reads it
     assert not torch.allclose(qx[2, :6], qy[2, :6])  # row 2 has no prompt: smoothing throughout
+
+
+def test_every_family_has_one_loss_signature(family):
+    """The trainer calls ``loss(x, **schedule)`` on any family: a scalar total with a gradient, and
+    named per-sequence parts whose "nll" is the NLL (exact for autoregressive families, whose
+    schedule keywords are ignored) or the VSSM's negative ELBO."""
+    m = tiny_model(family).train()
+    x = torch.randint(0, m.vocab_size, (3, 10), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    out = m.loss(x, kl_weight=0.5, tau=0.7, block_size=4, prompt_lengths=torch.zeros(3, dtype=torch.long))
+    assert isinstance(out, LossOutput) and out.total.ndim == 0 and out.total.requires_grad
+    assert all(v.shape == (3,) for v in out.parts.values()) and "nll" in out.parts
+    out.total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    if family == "vssm":
+        plain = m.loss(x, prompt_lengths=torch.zeros(3, dtype=torch.long))
+        assert {"rec", "kl", "pkl"} <= set(plain.parts)
+        torch.testing.assert_close(plain.parts["nll"], plain.parts["rec"] + plain.parts["kl"])
+        torch.testing.assert_close(plain.total, (plain.parts["nll"] + plain.parts["pkl"]).mean())
+    else:
+        with torch.no_grad():
+            torch.testing.assert_close(m.loss(x).parts["nll"], m.nll(x))
+            torch.testing.assert_close(m.loss(x, tau=0.1, kl_weight=0.0).total, m.nll(x).mean())
