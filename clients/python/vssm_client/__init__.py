@@ -24,7 +24,17 @@ from ._exceptions import (
     ServiceUnavailableError,
     SessionNotFoundError,
 )
-from ._models import BlockPoint, Chunk, Completion, CompletionChoice, Model, SessionDeleted, SessionInfo, Usage
+from ._models import (
+    BlockPoint,
+    Chunk,
+    Completion,
+    CompletionChoice,
+    Logprobs,
+    Model,
+    SessionDeleted,
+    SessionInfo,
+    Usage,
+)
 from ._resources import AsyncSession, Session
 from ._streaming import AsyncStream, Stream
 from ._version import __version__
@@ -46,6 +56,7 @@ __all__ = [
     "CompletionChoice",
     "ConflictError",
     "InternalServerError",
+    "Logprobs",
     "Model",
     "NotFoundError",
     "RateLimitError",

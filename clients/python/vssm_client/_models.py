@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
@@ -11,6 +9,7 @@ __all__ = [
     "Chunk",
     "Completion",
     "CompletionChoice",
+    "Logprobs",
     "Model",
     "ModelList",
     "SessionDeleted",
@@ -60,12 +59,23 @@ class ModelList(_Base):
     data: list[Model] = []
 
 
+class Logprobs(_Base):
+    """A choice's log-probabilities (``logprobs`` on a completion), one entry per token: its name (a
+    text model's byte, ``bytes:\\xNN`` past ASCII; else the token id), its log-probability (None for
+    an echoed prompt's), the most likely alternatives, and where its character starts in the text."""
+
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top_logprobs: list[dict[str, float] | None] = []
+    text_offset: list[int] = []
+
+
 class CompletionChoice(_Base):
     index: int = 0
     text: str = ""
     tokens: list[int] = []
-    finish_reason: str | None = None
-    logprobs: Any = None
+    finish_reason: str | None = None  # "length", or "stop" when a stop sequence ended it
+    logprobs: Logprobs | None = None  # when the request asked for ``logprobs``
 
 
 class Usage(_Base):

@@ -37,6 +37,7 @@ __all__ = [
 log = logging.getLogger("vssm_client")
 
 Prompt = str | Sequence[int]
+Stop = str | Sequence[str]  # stop sequences: the output ends before the first (text models, up to 4)
 
 
 def _session_path(session_id: str, action: str = "") -> str:
@@ -54,6 +55,9 @@ def _completion_body(
     chunk_size: int | None,
     extra_body: dict[str, Any] | None,
     block_size: int | None = None,
+    stop: Stop | None = None,
+    echo: bool | None = None,
+    logprobs: int | None = None,
 ) -> dict[str, Any]:
     body = drop_none(
         model=model,
@@ -65,6 +69,9 @@ def _completion_body(
         block_size=block_size,
         stream=stream or None,
         chunk_size=chunk_size,
+        stop=_stop_value(stop),
+        echo=echo,
+        logprobs=logprobs,
     )
     return {**body, **(extra_body or {})}
 
@@ -76,6 +83,7 @@ def _generate_body(
     stream: bool,
     chunk_size: int | None,
     block_size: int | None = None,
+    stop: Stop | None = None,
 ) -> dict[str, Any]:
     return drop_none(
         max_tokens=max_tokens,
@@ -84,7 +92,12 @@ def _generate_body(
         expected_position=expected_position,
         stream=stream or None,
         chunk_size=chunk_size,
+        stop=_stop_value(stop),
     )
+
+
+def _stop_value(stop: Stop | None) -> str | list[str] | None:
+    return stop if stop is None or isinstance(stop, str) else list(stop)
 
 
 def _prompt_length(prompt: Prompt) -> int:
@@ -150,11 +163,18 @@ class Completions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
+        echo: bool | None = None,
+        logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
         """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults
-        (``block_size``: the model's ``default_block_size``)."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size)
+        (``block_size``: the model's ``default_block_size``).  ``stop``: the output ends before the first
+        of these strings (``finish_reason`` ``"stop"``); ``echo``: the prompt in front; ``logprobs``
+        (0..5): each token's log-probability and that many alternatives (``choices[i].logprobs``)."""
+        body = _completion_body(
+            model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size, stop, echo, logprobs
+        )
         return parse(self._client._request("POST", "/v1/completions", body=body), Completion)
 
     def stream(
@@ -168,11 +188,26 @@ class Completions:
         seed: int | None = None,
         block_size: int | None = None,
         chunk_size: int | None = None,
+        stop: Stop | None = None,
+        echo: bool | None = None,
+        logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Stream[Completion]:
         """Like ``create`` but yields one ``Completion`` per ``chunk_size`` tokens."""
         body = _completion_body(
-            model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body, block_size
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            n,
+            seed,
+            True,
+            chunk_size,
+            extra_body,
+            block_size,
+            stop,
+            echo,
+            logprobs,
         )
         return Stream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
@@ -191,11 +226,18 @@ class AsyncCompletions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
+        echo: bool | None = None,
+        logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
         """``POST /v1/completions``: ``prompt`` is text (text models) or token ids; unset fields use server defaults
-        (``block_size``: the model's ``default_block_size``)."""
-        body = _completion_body(model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size)
+        (``block_size``: the model's ``default_block_size``).  ``stop``: the output ends before the first
+        of these strings (``finish_reason`` ``"stop"``); ``echo``: the prompt in front; ``logprobs``
+        (0..5): each token's log-probability and that many alternatives (``choices[i].logprobs``)."""
+        body = _completion_body(
+            model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size, stop, echo, logprobs
+        )
         return parse(await self._client._request("POST", "/v1/completions", body=body), Completion)
 
     def stream(
@@ -209,11 +251,26 @@ class AsyncCompletions:
         seed: int | None = None,
         block_size: int | None = None,
         chunk_size: int | None = None,
+        stop: Stop | None = None,
+        echo: bool | None = None,
+        logprobs: int | None = None,
         extra_body: dict[str, Any] | None = None,
     ) -> AsyncStream[Completion]:
         """Like ``create`` but an async iterator of one ``Completion`` per ``chunk_size`` tokens."""
         body = _completion_body(
-            model, prompt, max_tokens, temperature, n, seed, True, chunk_size, extra_body, block_size
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            n,
+            seed,
+            True,
+            chunk_size,
+            extra_body,
+            block_size,
+            stop,
+            echo,
+            logprobs,
         )
         return AsyncStream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
@@ -292,15 +349,24 @@ class Session(_SessionState):
         super().__init__(info)
         self._client = client
 
-    def generate(self, max_tokens: int, *, temperature: float | None = None, block_size: int | None = None) -> Chunk:
+    def generate(
+        self,
+        max_tokens: int,
+        *,
+        temperature: float | None = None,
+        block_size: int | None = None,
+        stop: Stop | None = None,
+    ) -> Chunk:
         """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
-        ``block_size`` applies to this call only (default: the session's)."""
+        ``block_size`` applies to this call only (default: the session's); ``stop`` ends the chunk (and
+        the session) before the first of these strings."""
         chunk = self._client.sessions.generate(
             self.id,
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
             expected_position=self.position,
+            stop=stop,
         )
         self._advance(chunk)
         return chunk
@@ -312,11 +378,19 @@ class Session(_SessionState):
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
     ) -> Stream[Chunk]:
         """Generate ``max_tokens`` tokens as a stream of chunks; ``position`` advances with each one.
         At one block size, the chunks hold the tokens one ``generate`` call would."""
         return self._client.sessions._stream(
-            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance, block_size=block_size
+            self.id,
+            max_tokens,
+            chunk_size,
+            temperature,
+            self.position,
+            on_chunk=self._advance,
+            block_size=block_size,
+            stop=stop,
         )
 
     def append(self, prompt: Prompt) -> Session:
@@ -324,9 +398,9 @@ class Session(_SessionState):
         self.info = self._client.sessions.append(self.id, prompt, expected_position=self.position).info
         return self
 
-    def fork(self, *, ttl_seconds: int | None = None) -> Session:
-        """A new session with a copy of this one's state."""
-        return self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds)
+    def fork(self, *, ttl_seconds: int | None = None, seed: int | None = None) -> Session:
+        """A new session with a copy of this one's state (``seed``: its own random draws from here)."""
+        return self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds, seed=seed)
 
     def refresh(self) -> Session:
         """Reload from the server (also refreshes the TTL); returns ``self``."""
@@ -345,16 +419,23 @@ class AsyncSession(_SessionState):
         self._client = client
 
     async def generate(
-        self, max_tokens: int, *, temperature: float | None = None, block_size: int | None = None
+        self,
+        max_tokens: int,
+        *,
+        temperature: float | None = None,
+        block_size: int | None = None,
+        stop: Stop | None = None,
     ) -> Chunk:
         """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
-        ``block_size`` applies to this call only (default: the session's)."""
+        ``block_size`` applies to this call only (default: the session's); ``stop`` ends the chunk (and
+        the session) before the first of these strings."""
         chunk = await self._client.sessions.generate(
             self.id,
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
             expected_position=self.position,
+            stop=stop,
         )
         self._advance(chunk)
         return chunk
@@ -366,10 +447,18 @@ class AsyncSession(_SessionState):
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
         """Generate ``max_tokens`` tokens as an async stream of chunks; ``position`` advances with each one."""
         return self._client.sessions._stream(
-            self.id, max_tokens, chunk_size, temperature, self.position, on_chunk=self._advance, block_size=block_size
+            self.id,
+            max_tokens,
+            chunk_size,
+            temperature,
+            self.position,
+            on_chunk=self._advance,
+            block_size=block_size,
+            stop=stop,
         )
 
     async def append(self, prompt: Prompt) -> AsyncSession:
@@ -377,9 +466,9 @@ class AsyncSession(_SessionState):
         self.info = (await self._client.sessions.append(self.id, prompt, expected_position=self.position)).info
         return self
 
-    async def fork(self, *, ttl_seconds: int | None = None) -> AsyncSession:
-        """A new session with a copy of this one's state."""
-        return await self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds)
+    async def fork(self, *, ttl_seconds: int | None = None, seed: int | None = None) -> AsyncSession:
+        """A new session with a copy of this one's state (``seed``: its own random draws from here)."""
+        return await self._client.sessions.fork(self.id, ttl_seconds=ttl_seconds, seed=seed)
 
     async def refresh(self) -> AsyncSession:
         """Reload from the server (also refreshes the TTL); returns ``self``."""
@@ -437,10 +526,12 @@ class Sessions:
         temperature: float | None = None,
         block_size: int | None = None,
         expected_position: int | None = None,
+        stop: Stop | None = None,
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
-        ``block_size`` applies to this call only (default: the session's)."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size)
+        ``block_size`` applies to this call only (default: the session's).  ``stop``: the chunk ends before
+        the first of these strings, and the session right after the tokens returned."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size, stop)
         path = _session_path(session_id, "generate")
         try:
             response = self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -461,9 +552,12 @@ class Sessions:
         temperature: float | None = None,
         block_size: int | None = None,
         expected_position: int | None = None,
+        stop: Stop | None = None,
     ) -> Stream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
-        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size)
+        return self._stream(
+            session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size, stop=stop
+        )
 
     def _stream(
         self,
@@ -474,8 +568,9 @@ class Sessions:
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
     ) -> Stream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size)
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size, stop)
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return Stream(
@@ -501,9 +596,17 @@ class Sessions:
             return current
         return Session(self._client, parse(response, SessionInfo))
 
-    def fork(self, session_id: str, *, ttl_seconds: int | None = None, idempotency_key: str | None = None) -> Session:
-        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``)."""
-        body = drop_none(ttl_seconds=ttl_seconds)
+    def fork(
+        self,
+        session_id: str,
+        *,
+        ttl_seconds: int | None = None,
+        seed: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``).
+        ``seed``: the branch draws its own random numbers from here (default: the parent's, the same tokens)."""
+        body = drop_none(ttl_seconds=ttl_seconds, seed=seed)
         path = _session_path(session_id, "fork")
         response = self._client._request("POST", path, body=body, headers=_once(idempotency_key))
         return Session(self._client, parse(response, SessionInfo))
@@ -565,10 +668,12 @@ class AsyncSessions:
         temperature: float | None = None,
         block_size: int | None = None,
         expected_position: int | None = None,
+        stop: Stop | None = None,
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
-        ``block_size`` applies to this call only (default: the session's)."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size)
+        ``block_size`` applies to this call only (default: the session's).  ``stop``: the chunk ends before
+        the first of these strings, and the session right after the tokens returned."""
+        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size, stop)
         path = _session_path(session_id, "generate")
         try:
             response = await self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -589,9 +694,12 @@ class AsyncSessions:
         temperature: float | None = None,
         block_size: int | None = None,
         expected_position: int | None = None,
+        stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
-        return self._stream(session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size)
+        return self._stream(
+            session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size, stop=stop
+        )
 
     def _stream(
         self,
@@ -602,8 +710,9 @@ class AsyncSessions:
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
         block_size: int | None = None,
+        stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size)
+        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size, stop)
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return AsyncStream(
@@ -630,10 +739,16 @@ class AsyncSessions:
         return AsyncSession(self._client, parse(response, SessionInfo))
 
     async def fork(
-        self, session_id: str, *, ttl_seconds: int | None = None, idempotency_key: str | None = None
+        self,
+        session_id: str,
+        *,
+        ttl_seconds: int | None = None,
+        seed: int | None = None,
+        idempotency_key: str | None = None,
     ) -> AsyncSession:
-        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``)."""
-        body = drop_none(ttl_seconds=ttl_seconds)
+        """``POST /v1/sessions/{id}/fork``: a new session with a copy of the state (made once, as ``create``).
+        ``seed``: the branch draws its own random numbers from here (default: the parent's, the same tokens)."""
+        body = drop_none(ttl_seconds=ttl_seconds, seed=seed)
         path = _session_path(session_id, "fork")
         response = await self._client._request("POST", path, body=body, headers=_once(idempotency_key))
         return AsyncSession(self._client, parse(response, SessionInfo))
