@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from .modality import Modality
 from .sampling import as_seed_tensor
 from .ssm import weights_key
 from .state import GenState, StateError
@@ -66,6 +67,9 @@ class SequenceModel(nn.Module):
         # block size that generate() uses when none is given (None: one parallel pass); a setting
         # of the served model, kept in its checkpoint's metadata, not a weight
         self.default_block_size: int | None = None
+        # what the tokens are (image of a shape, text in an encoding, plain ids): model/modality.py;
+        # kept in the checkpoint's metadata, read by the server, `vssm sample` and the model card
+        self.modality: Modality = Modality("tokens")
         self._fp_key: tuple | None = None
         self._fp: str = ""
 

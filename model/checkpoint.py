@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from .autoregressive import ARGRU, ARSSM
 from .base import SequenceModel
+from .modality import Modality, of_dataset
 from .transformer import ARTransformer
 from .vssm import VSSM
 
@@ -94,6 +95,7 @@ def save_checkpoint(model: SequenceModel, path: str | Path, extra: dict[str, str
         "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
         "fingerprint": model.fingerprint,
         **({"default_block_size": str(model.default_block_size)} if model.default_block_size else {}),
+        **({"modality": model.modality.to_json()} if model.modality.kind != "tokens" else {}),
         **(extra or {}),
     }
     return write_safetensors(tensors, meta, path)
@@ -172,8 +174,19 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Seq
         if not block.isdigit() or int(block) < 1:
             raise CheckpointError(f"{path}: default_block_size must be a positive integer, got {block!r}")
         model.default_block_size = int(block)
+    model.modality = read_modality(path, meta)
     log.info("loaded %s (%s, %d parameters) from %s", model.family, model.fingerprint, model.num_parameters(), path)
     return model.to(device).eval()
+
+
+def read_modality(path: str | Path, meta: dict[str, str]) -> Modality:
+    """The modality a checkpoint records, or (saved before the field existed) its dataset's."""
+    if "modality" not in meta:
+        return of_dataset(meta.get("dataset"))
+    try:
+        return Modality.from_json(meta["modality"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: bad modality: {exc}") from exc
 
 
 def set_default_block_size(path: str | Path, block_size: int | None) -> None:
@@ -186,7 +199,7 @@ def set_default_block_size(path: str | Path, block_size: int | None) -> None:
         raise CheckpointError(f"block_size must be >= 1 or None, got {block_size}")
     model = load_checkpoint(path)
     meta = read_metadata(path)
-    own = {"format_version", "family", "config", "fingerprint", "default_block_size"}
+    own = {"format_version", "family", "config", "fingerprint", "default_block_size", "modality"}
     model.default_block_size = block_size
     save_checkpoint(model, path, extra={k: v for k, v in meta.items() if k not in own})
     log.info("%s: default block size %s", path, block_size or "none (one pass)")

@@ -22,8 +22,6 @@ __all__ = ["image_grid", "sample_cli", "sample_images", "sample_text"]
 
 log = logging.getLogger(__name__)
 
-SHAPES = {"mnist": (28, 28), "mnist8": (28, 28), "cifar10": (32, 32, 3)}
-
 
 def _to_pixels(seqs: torch.Tensor, shape: tuple[int, ...], vocab: int) -> np.ndarray:
     x = seqs.cpu().numpy().reshape(len(seqs), *shape)  # (B, R, W[, 3])
@@ -101,13 +99,14 @@ def sample_text(
 
 def sample_cli(args: argparse.Namespace) -> None:
     model = load_checkpoint(args.checkpoint, device=args.device)
-    dataset = read_metadata(args.checkpoint).get("dataset", "")
+    dataset = read_metadata(args.checkpoint).get("dataset", "")  # the real images beside prompted samples
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # only a file type is dropped from the prefix: "mnist-t0.3" must not lose its ".3"
     prefix = out.stem if out.suffix in (".png", ".txt") else out.name
-    if dataset in SHAPES:
-        shape = SHAPES[dataset]
+    if model.modality.kind == "image":  # model/modality.py: recorded in the checkpoint
+        assert model.modality.shape is not None
+        shape = model.modality.shape
 
         def save(grid: Image.Image, kind: str) -> None:
             path = out.with_name(f"{prefix}-{kind}.png")
@@ -121,10 +120,12 @@ def sample_cli(args: argparse.Namespace) -> None:
             model, shape, args.n, args.seed, args.temperature, real, args.prompt_rows, block_size=block
         )
         save(prompted[0], "prompted")
-    else:
+    elif model.modality.is_text:
         texts = sample_text(
             model, args.prompt, args.length, min(args.n, 4), args.seed, args.temperature, args.block_size
         )
         path = out.with_name(prefix + ".txt")
         path.write_text("\n\n---\n\n".join(texts) + "\n")
         log.info("wrote %s", path)
+    else:
+        raise SystemExit(f"vssm sample: {args.checkpoint} records no image shape or text encoding to render")

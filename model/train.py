@@ -37,6 +37,7 @@ from tqdm import tqdm
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import build_model, current_config, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
+from .modality import of_dataset
 from .presets import preset_config
 from .recipes import RECIPES, recipe_fields
 
@@ -269,6 +270,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     seq_len = ds.max_position or cfg.seq_len
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.family, model_config(cfg)).to(device)
+    model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)

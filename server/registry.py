@@ -11,21 +11,17 @@ from pathlib import Path
 import torch
 
 from vssm.model import GenState, SequenceModel, load_checkpoint
-from vssm.model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
 from .schemas import BlockPoint
 
 log = logging.getLogger(__name__)
 
-TEXT_DATASETS = {"shakespeare"}  # byte-level text: prompts and completions are UTF-8 at the API
-
-
 @dataclass
 class ServedModel:
     id: str  # the checkpoint's file stem, e.g. "mnist-vssm"
     model: SequenceModel
-    text: bool  # whether the API speaks text (UTF-8 bytes) for this model
+    text: bool  # whether the API speaks text (UTF-8 bytes) for this model: its modality (model/modality.py)
     created: int  # checkpoint file mtime, unix seconds
     state_bytes: int  # serialised size of one session's state at position 0
     fingerprint: str = ""  # the weights' hash, taken once at load: served weights never change
@@ -132,7 +128,7 @@ class Registry:
             log.warning("no checkpoints in %s", directory)
         for path in paths:
             m = load_checkpoint(path, device=device)
-            text = read_metadata(path).get("dataset") in TEXT_DATASETS
+            text = m.modality.is_text  # recorded in the checkpoint, or derived from its dataset by the loader
             empty = m.start(torch.zeros(1, 0, dtype=torch.long), 0)
             served = ServedModel(path.stem, m, text, int(path.stat().st_mtime), len(empty.to_bytes()))
             served.block_curve = read_block_curve(path.with_suffix(".json"), served.fingerprint)

@@ -30,3 +30,13 @@ def test_bundled_checkpoint_loads_and_matches_its_eval(path):
     family, dataset = m.family, meta["dataset"]
     # DATASET-FAMILY, or DATASET-FAMILY-VARIANT for a second recipe of one family (mnist-vssm-split)
     assert path.stem == f"{dataset}-{family}" or path.stem.startswith(f"{dataset}-{family}-")
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
+def test_bundled_checkpoint_knows_what_its_tokens_are(path):
+    """Saved before the modality field: the loader derives it from the dataset they record."""
+    m = load_checkpoint(path)
+    if path.stem.startswith("mnist"):
+        assert (m.modality.kind, m.modality.shape) == ("image", (28, 28))
+    else:
+        assert (m.modality.kind, m.modality.encoding) == ("text", "utf-8")

@@ -166,3 +166,28 @@ def test_removed_options_load_at_their_off_value_and_are_refused_otherwise(saved
         used = rewrite(saved, tmp_path / f"{name}.safetensors", meta=with_config(**{name: value}))
         with pytest.raises(CheckpointError, match=f"{name}={value!r}.*removed"):
             load_checkpoint(used)
+
+
+def test_modality_is_recorded_and_old_checkpoints_get_their_dataset_s(saved, tmp_path):
+    from vssm.model.modality import Modality
+
+    m = tiny_model("vssm", dtype=torch.float32)
+    m.modality = Modality("image", shape=(4, 4))
+    path = save_checkpoint(m, tmp_path / "image.safetensors")
+    assert load_checkpoint(path).modality == Modality("image", shape=(4, 4))
+    model.set_default_block_size(path, 2)  # rewriting the metadata keeps it
+    assert load_checkpoint(path).modality.shape == (4, 4)
+    # saved before the field: derived from the recorded dataset, once, by the loader
+    for dataset, want in (("shakespeare", Modality("text", encoding="utf-8")), ("mnist", Modality("image", (28, 28)))):
+        old = rewrite(
+            path,
+            tmp_path / f"{dataset}.safetensors",
+            meta=lambda m, d=dataset: {**{k: v for k, v in m.items() if k != "modality"}, "dataset": d},
+        )
+        assert load_checkpoint(old).modality == want
+    assert load_checkpoint(saved).modality == Modality("tokens")  # no dataset: plain token ids
+    bad = rewrite(path, tmp_path / "bad.safetensors", meta=lambda m: {**m, "modality": '{"kind": "video"}'})
+    with pytest.raises(CheckpointError, match="bad modality: modality kind must be one of"):
+        load_checkpoint(bad)
+    with pytest.raises(ValueError, match="needs a shape"):
+        Modality("image")
