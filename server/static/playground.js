@@ -383,11 +383,19 @@ function drawCurve(card, selected) {
   add("text", { x: 2, y: (H - B) / 2 + 4 }, "NLL");
   add("polyline", { class: "path", points: points.map((p, i) => `${px(xs[i])},${py(ys[i])}`).join(" ") });
   const onePass = (c) => (card.max_position ? Math.min(c, card.max_position) : c);
-  points.forEach((p, i) => {
-    const on = onePass(p.block_size) === onePass(selected);
-    add("circle", { class: on ? "pt on" : "pt", cx: px(xs[i]), cy: py(ys[i]), r: on ? 5 : 3 });
-    add("text", { class: on ? "on" : "", x: px(xs[i]) + 5, y: py(ys[i]) - 5 }, String(p.block_size));
-  });
+  // every point; a label where it does not cover another (the selected point's always)
+  const on = points.map((p) => onePass(p.block_size) === onePass(selected));
+  const placed = [];
+  const order = points.map((_, i) => i).sort((a, b) => on[b] - on[a]);
+  for (const i of [...order].reverse()) {
+    add("circle", { class: on[i] ? "pt on" : "pt", cx: px(xs[i]), cy: py(ys[i]), r: on[i] ? 5 : 3 });
+  }
+  for (const i of order) {
+    const [x, y] = [px(xs[i]) + 5, py(ys[i]) - 5];
+    if (placed.some(([u, v]) => Math.abs(u - x) < 20 && Math.abs(v - y) < 11)) continue;
+    placed.push([x, y]);
+    add("text", { class: on[i] ? "on" : "", x, y }, String(points[i].block_size));
+  }
   const point = points.find((p) => onePass(p.block_size) === onePass(selected));
   const note = point
     ? `block ${point.block_size}: ${point.nats_per_sequence.toFixed(1)} nats per sequence (${point.bound === "iw" ? "upper bound" : "exact"}), `

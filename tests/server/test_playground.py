@@ -294,6 +294,7 @@ def test_fork_shows_two_branches_and_a_reload_resumes_them(page, server):
         expect(branch).to_have_attribute("data-position", str(14 * 28 + 112))
         expect(branch).to_contain_text("resumed")
     assert canvas_pixels(p, f".branch[data-session='{ids[0]}'] canvas") == pixels[0]  # remembered here
+    p.fill("#session-step", "56")
     a = p.locator(f".branch[data-session='{ids[0]}']")
     a.locator("[data-action=continue]").click()
     expect(a).to_have_attribute("data-position", str(14 * 28 + 168), timeout=WAIT)
