@@ -12,11 +12,12 @@ VSSMs and the baselines, blocks.md for ``mnist-vssm-blocks``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RECIPES", "Recipe", "recipe_fields"]
+__all__ = ["IGNORED", "RECIPES", "REMOVED_OPTIONS", "Recipe", "recipe_fields", "recipe_of"]
 
 # Every bundled model was trained with these: batch 16, one thread on the project's shared 2-core
 # machine (the budgets are wall-clock or CPU minutes of that thread), a 200-step KL warm-up
@@ -34,6 +35,8 @@ class Recipe:
     name: str  # the checkpoint it reproduces: checkpoints/NAME.safetensors
     summary: str  # one line: what the model is for
     train: dict[str, Any]  # TrainConfig fields besides COMMON (model overrides as a dict under "overrides")
+    intended_use: str = ""  # the model card's "intended use" (model/card.py)
+    limitations: tuple[str, ...] = ()  # the model card's limitations besides those its figures imply
     default_block_size: int | None = None  # `vssm set-block-size` after training (None: one pass)
     note: str = ""  # how the bundled file's run differs from running the recipe once, if it does
 
@@ -50,18 +53,43 @@ _RECIPES = [
     Recipe(
         "mnist-vssm",
         "VSSM for binarised MNIST with the best unprompted likelihood (smoothing posterior)",
-        dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "smoothing"}),
+        intended_use=(
+            "The fastest whole-image sampler here (one parallel pass) and the VSSM with the best unprompted "
+            "likelihood bound; for studying one-pass generation and resumable sessions on MNIST."
+        ),
+        limitations=(
+            "One-pass samples are mostly not recognisable digits (the digit judge is confident of 7% of them).",
+            "Not trained for block sampling; for prompted completions mnist-vssm-split is better.",
+        ),
+        train=dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "smoothing"}),
     ),
     Recipe(
         "mnist-vssm-split",
         "VSSM for binarised MNIST trained for prompted completions (split posterior)",
-        dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "split"}),
+        intended_use=(
+            "Completing a digit from a prompt (e.g. its top half): the VSSM with the best prompted likelihood; "
+            "served at block 28, one image row per round."
+        ),
+        limitations=(
+            "Its unprompted bound is 11 nats worse than mnist-vssm's (the split posterior trades it for prompts).",
+            "Never trained for block sampling: block 28 is served because its measured curve is best there.",
+        ),
+        train=dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "split"}),
         default_block_size=28,
     ),
     Recipe(
         "mnist-vssm-blocks",
         "VSSM for binarised MNIST trained for block sampling, served at block 28",
-        dict(
+        intended_use=(
+            "Unprompted digits with the speed / quality dial: block 28 (the default) has the best bound of its "
+            "curve; 784 is one fast pass, 4 the most digit-like samples."
+        ),
+        limitations=(
+            "At block 28 its bound is 1.5 times the AR-SSM's exact NLL, and side by side it is only about 4 times "
+            "faster than the AR-SSM at batch 1 (docs/results.md).",
+            "Its one-pass bound is poor (141 nats): ask for a block size, or use mnist-vssm for one pass.",
+        ),
+        train=dict(
             dataset="mnist",
             **VSSM_TUNING,
             lr=2e-2,
@@ -82,37 +110,103 @@ _RECIPES = [
     Recipe(
         "mnist-ar-ssm",
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
-        dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
+        intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
+        limitations=("Generates token by token: 784 sequential steps per image, the slowest sampler per image.",),
+        train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
     Recipe(
         "mnist-ar-transformer",
         "Autoregressive transformer baseline for binarised MNIST",
-        dict(dataset="mnist", family="ar-transformer", lr=6e-3, budget_minutes=40.0),
+        intended_use="A baseline: an autoregressive transformer at the VSSM's generation-time parameter count.",
+        limitations=("Generates token by token with a KV cache; the slowest model here at batch 1.",),
+        train=dict(dataset="mnist", family="ar-transformer", lr=6e-3, budget_minutes=40.0),
     ),
     Recipe(
         "mnist-ar-gru",
         "Autoregressive GRU baseline for binarised MNIST",
-        dict(dataset="mnist", family="ar-gru", lr=6e-3, budget_minutes=40.0),
+        intended_use="A baseline: an autoregressive GRU at the VSSM's generation-time parameter count.",
+        limitations=("Generates token by token; its samples are rarely judged to be digits (19%).",),
+        train=dict(dataset="mnist", family="ar-gru", lr=6e-3, budget_minutes=40.0),
     ),
     Recipe(
         "shakespeare-vssm",
         "VSSM for tiny Shakespeare bytes (smoothing posterior)",
-        dict(dataset="shakespeare", **VSSM_TUNING, lr=1e-2, budget_minutes=15.0, overrides={"posterior": "smoothing"}),
+        intended_use="Studying one-pass text generation and resumable sessions on bytes; not for readable text.",
+        limitations=(
+            "It does not yet write words: its bound (3.86 bits per byte) is far from the baselines' 2.5-2.7.",
+        ),
+        train=dict(
+            dataset="shakespeare", **VSSM_TUNING, lr=1e-2, budget_minutes=15.0, overrides={"posterior": "smoothing"}
+        ),
     ),
     Recipe(
         "shakespeare-ar-ssm",
         "Autoregressive S4D baseline for tiny Shakespeare bytes",
-        dict(dataset="shakespeare", family="ar-ssm", lr=6e-3, budget_minutes=15.0),
+        intended_use="A baseline for text: writes Shakespeare-shaped lines, token by token.",
+        limitations=("Generates one byte per step.",),
+        train=dict(dataset="shakespeare", family="ar-ssm", lr=6e-3, budget_minutes=15.0),
     ),
     Recipe(
         "shakespeare-ar-transformer",
         "Autoregressive transformer baseline for tiny Shakespeare bytes (256-byte context)",
-        dict(dataset="shakespeare", family="ar-transformer", lr=6e-3, budget_minutes=15.0),
+        intended_use="A baseline for text: writes Shakespeare-shaped lines, token by token.",
+        limitations=("Its context is 256 bytes: a session cannot run past position 256.",),
+        train=dict(dataset="shakespeare", family="ar-transformer", lr=6e-3, budget_minutes=15.0),
     ),
     Recipe(
         "shakespeare-ar-gru",
         "Autoregressive GRU baseline for tiny Shakespeare bytes",
-        dict(dataset="shakespeare", family="ar-gru", lr=6e-3, budget_minutes=15.0),
+        intended_use="A baseline for text: the best exact likelihood on text here (2.46 bits per byte).",
+        limitations=("Generates one byte per step.",),
+        train=dict(dataset="shakespeare", family="ar-gru", lr=6e-3, budget_minutes=15.0),
     ),
 ]
 RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
+
+# TrainConfig fields a run may differ in from its recipe without changing the weights: where it
+# was written, where the same data files were read from, the device ("auto": every bundled run was
+# on the CPU), and the preset's own name (runs made before presets existed do not record it).
+# Everything else, validation and checkpoint cadence included (a validation draws from the global
+# RNG that training's Gumbel noise also uses), must be equal.
+IGNORED = frozenset({"out", "data_dir", "device", "preset"})
+# Options removed from the trainer (docs/experiments/README.md, "Removed options") with their off
+# value: a run that had one on was made by no recipe.
+REMOVED_OPTIONS: dict[str, Any] = {
+    "free_bits": 0.0,
+    "rao_samples": 0,
+    "estimator": "gumbel",
+    "estimates_grad": "all",
+    "unprompted": 0.0,
+}
+
+
+def comparable(train_config: dict[str, Any]) -> dict[str, Any] | None:
+    """A recorded ``train_config`` as the fields a recipe fixes: fields added to TrainConfig after
+    the run at their default (the code of the run behaved as that default), removed options
+    dropped, ``overrides`` parsed; None if it used a removed option or has a field unknown here."""
+    from .train import TrainConfig  # the trainer imports this module
+
+    raw = dict(train_config)
+    for name, off in REMOVED_OPTIONS.items():
+        if raw.pop(name, off) != off:
+            return None
+    defaults = dataclasses.asdict(TrainConfig())
+    if set(raw) - set(defaults):
+        return None
+    out = {k: v for k, v in {**defaults, **raw}.items() if k not in IGNORED}
+    out["overrides"] = json.loads(out["overrides"] or "{}")  # JSON text: key order is not the recipe
+    return out
+
+
+def recipe_of(train_config: dict[str, Any]) -> Recipe | None:
+    """The recipe a recorded ``train_config`` ran, or None (its preset's, or the one it equals)."""
+    from .train import TrainConfig  # the trainer imports this module
+
+    mine = comparable(train_config)
+    if mine is None:
+        return None
+    named = RECIPES.get(train_config.get("preset") or "")
+    for recipe in [named] if named else RECIPES.values():
+        if mine == comparable(dataclasses.asdict(TrainConfig.from_preset(recipe.name))):
+            return recipe
+    return None

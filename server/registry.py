@@ -7,15 +7,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vssm.model import GenState, SequenceModel, load_checkpoint
+from vssm.model.card import model_card
+from vssm.model.checkpoint import read_metadata
 
 from .errors import APIError, bad_request, not_found
 from .schemas import BlockPoint
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class ServedModel:
@@ -26,11 +30,14 @@ class ServedModel:
     state_bytes: int  # serialised size of one session's state at position 0
     fingerprint: str = ""  # the weights' hash, taken once at load: served weights never change
     block_curve: list[BlockPoint] = field(default_factory=list)  # measured speed / quality, from the eval JSON
+    card: dict[str, Any] = field(default_factory=dict)  # the model card (model/card.py), built at load
 
     def __post_init__(self) -> None:
         # hashing is cached by the model, but even its cache check walks every parameter
         # (~0.2 ms): too much to pay on the event loop for every request
         self.fingerprint = self.fingerprint or self.model.fingerprint
+        # a model served without its checkpoint's metadata (tests) still has a card: without figures
+        self.card = self.card or model_card(self.id, {}, None, self.model.default_block_size)
 
     def block_size(self, *choices: int | None) -> int:
         """The first of ``choices`` that is set (a call's, then a session's), else the model's default:
@@ -75,6 +82,17 @@ class ServedModel:
                 f"position {position} + {n} tokens exceeds model {self.id}'s maximum position {limit}",
                 param,
             )
+
+
+def read_evaluation(path: Path, fingerprint: str) -> dict | None:
+    """The eval JSON beside a checkpoint, if it parses and was measured on these weights."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("fingerprint", fingerprint) != fingerprint:
+        return None
+    return data
 
 
 def read_block_curve(path: Path, fingerprint: str) -> list[BlockPoint]:
@@ -132,6 +150,8 @@ class Registry:
             empty = m.start(torch.zeros(1, 0, dtype=torch.long), 0)
             served = ServedModel(path.stem, m, text, int(path.stat().st_mtime), len(empty.to_bytes()))
             served.block_curve = read_block_curve(path.with_suffix(".json"), served.fingerprint)
+            evaluation = read_evaluation(path.with_suffix(".json"), served.fingerprint)
+            served.card = model_card(path.stem, read_metadata(path), evaluation, m.default_block_size)
             models[path.stem] = served
             log.info("serving %s (%s on %s)", path.stem, m.family, device)
         return cls(models)

@@ -42,6 +42,43 @@ class BlockPoint(BaseModel):
     ms_per_sequence_batch_32: float  # ... and per sequence in a batch of 32
 
 
+class Modality(BaseModel):
+    """What a model's tokens are (model/modality.py)."""
+
+    kind: Literal["image", "text", "tokens"]  # pixels in raster order, bytes of text, or ids with no reading
+    shape: list[int] | None = None  # image: rows, columns[, channels]
+    encoding: str | None = None  # text: the bytes' encoding, one token per byte ("utf-8")
+
+
+class TrainingInfo(BaseModel):
+    dataset: str | None
+    preset: str | None  # `vssm train --preset NAME` reproduces the checkpoint (model/recipes.py)
+    steps: int | None
+    seconds: float | None  # wall-clock seconds of the training loop
+    cpu_seconds: float | None  # CPU seconds of it: what a shared machine really gave the run
+    machine: str | None
+    note: str | None  # how the run differs from running the preset once, if it does
+
+
+class Metric(BaseModel):
+    name: str  # e.g. "test_nll", "generation_ms_batch_1", "block_28_nll"
+    value: float
+    unit: str
+    note: str | None  # how it was measured: the bound and its samples, the sequences, the block size
+
+
+class ModelCardDetails(BaseModel):
+    """A model card (model/card.py): the figures come from the checkpoint's metadata and eval JSON."""
+
+    summary: str | None
+    intended_use: str | None
+    data: str | None
+    training: TrainingInfo
+    default_block_size: int | None
+    metrics: list[Metric]  # empty: no eval JSON for these weights
+    limitations: list[str]
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -56,6 +93,8 @@ class ModelCard(BaseModel):
     parameters: int
     default_block_size: int | None  # the block size when a request names none (null: one parallel pass)
     block_curve: list[BlockPoint]  # measured with the checkpoint (empty: not measured)
+    modality: Modality  # what the tokens are; ``text`` says whether the API speaks text for this model
+    card: ModelCardDetails  # intended use, data, training budget, figures, limitations
 
 
 class ModelList(BaseModel):

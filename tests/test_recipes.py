@@ -10,39 +10,15 @@ import pytest
 
 from vssm.model.checkpoint import build_model, current_config, load_checkpoint, read_metadata
 from vssm.model.cli import build_parser, train_config
-from vssm.model.recipes import RECIPES
+from vssm.model.recipes import IGNORED, RECIPES, comparable, recipe_of
 from vssm.model.train import TrainConfig, model_config
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints"
 BUNDLED = sorted(CKPT.glob("*.safetensors"))
 
-# TrainConfig fields a recorded config may differ in from its preset, and why each cannot change
-# the weights: where the run was written, where the same data files were read from, the device
-# ("auto": every bundled run was on the CPU), and the preset's own name (runs made before presets
-# existed do not record it).  Everything else, validation and checkpoint cadence included (a
-# validation draws from the global RNG that training's Gumbel noise also uses), must be equal.
-IGNORED = {"out", "data_dir", "device", "preset"}
-# Options removed from the trainer (docs/experiments/README.md, "Removed options") with their off
-# value: a recorded config must have them off, or the checkpoint was not made by any preset.
-REMOVED = {"free_bits": 0.0, "rao_samples": 0, "estimator": "gumbel", "estimates_grad": "all", "unprompted": 0.0}
-
 
 def recorded_config(path: Path) -> dict:
-    """A bundled checkpoint's ``train_config``, as TrainConfig fields: removed options checked off
-    and dropped, and fields added to TrainConfig after the run at their default (the code of the
-    run behaved as that default: no average, no block training, no CPU budget)."""
-    raw = json.loads(read_metadata(path)["train_config"])
-    for name, off in REMOVED.items():
-        assert raw.pop(name, off) == off, f"{path.stem} used the removed option {name}"
-    defaults = dataclasses.asdict(TrainConfig())
-    assert set(raw) <= set(defaults), set(raw) - set(defaults)
-    return {**defaults, **raw}
-
-
-def comparable(fields: dict) -> dict:
-    out = {k: v for k, v in fields.items() if k not in IGNORED}
-    out["overrides"] = json.loads(out["overrides"] or "{}")  # JSON text: key order is not the recipe
-    return out
+    return json.loads(read_metadata(path)["train_config"])
 
 
 def test_every_bundled_checkpoint_has_a_recipe_and_every_recipe_a_checkpoint():
@@ -51,8 +27,11 @@ def test_every_bundled_checkpoint_has_a_recipe_and_every_recipe_a_checkpoint():
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.stem)
 def test_recorded_training_config_equals_the_preset(path):
+    """Fields that cannot change the weights (model/recipes.py IGNORED, with the reasons) are left
+    out; fields added to TrainConfig after the run count at their default; removed options must be off."""
     preset = TrainConfig.from_preset(path.stem)
     assert comparable(recorded_config(path)) == comparable(dataclasses.asdict(preset))
+    assert recipe_of(recorded_config(path)) is RECIPES[path.stem]
     # and the architecture the preset builds is the checkpoint's
     meta = read_metadata(path)
     built = dataclasses.asdict(build_model(preset.family, model_config(preset)).config)
@@ -79,3 +58,12 @@ def test_preset_flag_gives_the_recipe_and_explicit_flags_override_it():
 def test_recipes_name_their_serving_block_size():
     for path in BUNDLED:
         assert load_checkpoint(path).default_block_size == RECIPES[path.stem].default_block_size, path.stem
+
+
+def test_a_run_is_matched_to_its_recipe_only_if_it_is_that_recipe():
+    cfg = dataclasses.asdict(TrainConfig.from_preset("mnist-ar-gru", out="elsewhere", device="cpu"))
+    assert recipe_of({**cfg, "preset": ""}) is RECIPES["mnist-ar-gru"]  # IGNORED fields differ: still it
+    assert {"out", "device"} <= IGNORED
+    assert recipe_of({**cfg, "lr": 1e-3}) is None
+    assert recipe_of({**cfg, "free_bits": 0.1}) is None  # a removed option was on
+    assert recipe_of(dataclasses.asdict(TrainConfig())) is None  # the defaults are no shipped recipe

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 
 from ..deps import OwnerDep, RegistryDep
 from ..openapi import errors
 from ..registry import ServedModel
-from ..schemas import ModelCard, ModelList
+from ..schemas import Modality, ModelCard, ModelCardDetails, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -25,6 +27,8 @@ def card(s: ServedModel) -> ModelCard:
         parameters=s.model.num_parameters(generation_only=True),
         default_block_size=s.model.default_block_size,
         block_curve=s.block_curve,
+        modality=Modality.model_validate(dataclasses.asdict(s.model.modality)),
+        card=ModelCardDetails.model_validate(s.card),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
@@ -10,7 +12,10 @@ __all__ = [
     "Completion",
     "CompletionChoice",
     "Logprobs",
+    "Metric",
+    "Modality",
     "Model",
+    "ModelCardDetails",
     "ModelList",
     "SessionDeleted",
     "SessionInfo",
@@ -36,6 +41,35 @@ class BlockPoint(_Base):
     ms_per_sequence_batch_32: float | None = None
 
 
+class Modality(_Base):
+    """What a model's tokens are: ``kind`` "image" (``shape``), "text" (``encoding``) or "tokens"."""
+
+    kind: str = "tokens"
+    shape: list[int] | None = None
+    encoding: str | None = None
+
+
+class Metric(_Base):
+    """One figure of a model card, e.g. ``test_nll`` in nats per sequence; ``note`` says how it was measured."""
+
+    name: str
+    value: float
+    unit: str | None = None
+    note: str | None = None
+
+
+class ModelCardDetails(_Base):
+    """A model card: intended use, data, training budget (``training``), figures, limitations."""
+
+    summary: str | None = None
+    intended_use: str | None = None
+    data: str | None = None
+    training: dict[str, Any] = {}  # dataset, preset, steps, seconds, cpu_seconds, machine, note
+    default_block_size: int | None = None
+    metrics: list[Metric] = []
+    limitations: list[str] = []
+
+
 class Model(_Base):
     """A loaded model: ``GET /v1/models/{id}``."""
 
@@ -52,6 +86,8 @@ class Model(_Base):
     parameters: int | None = None
     default_block_size: int | None = None  # used when a request names no block size (None: one parallel pass)
     block_curve: list[BlockPoint] = []  # measured with the checkpoint, by block size (empty: not measured)
+    modality: Modality | None = None  # what the tokens are (servers before it: None)
+    card: ModelCardDetails | None = None  # the model card (servers before it: None)
 
 
 class ModelList(_Base):

@@ -1,0 +1,140 @@
+"""Model cards: what a checkpoint is for, its data, its training budget, its measured figures, the
+block size it is served at, and its limitations.
+
+Every number comes from the checkpoint's metadata (training budget, default block size) or from
+its ``vssm eval`` JSON beside it (likelihood, generation time, the block curve); the prose comes
+from its recipe (model/recipes.py) when it is a bundled model.  The server serves the card as the
+``card`` field of ``GET /v1/models/{id}``; ``scripts/model_cards.py`` writes the same cards to
+docs/models.md.  A card is a plain dict (JSON-ready), so this module needs no web library.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .recipes import recipe_of
+
+__all__ = ["DATA", "model_card"]
+
+# What each dataset is, as the bundled models were trained and scored on it (model/data.py).
+DATA = {
+    "mnist": (
+        "Binarised MNIST (a pixel is 1 when its grey level is at least 128): 55,000 training images, "
+        "the last 5,000 of the training split held out for validation, scored on the 10,000 test "
+        "images; one token per pixel, 784 per image in raster order."
+    ),
+    "shakespeare": (
+        "Tiny Shakespeare as bytes: the first 90% for training (its last 5% held out for "
+        "validation), scored on the last 10% in windows of 256 bytes; one token per byte, UTF-8."
+    ),
+}
+
+
+def _metric(name: str, value: float, unit: str, note: str = "") -> dict[str, Any]:
+    return {"name": name, "value": round(float(value), 4), "unit": unit, "note": note or None}
+
+
+def _bound_note(nll: dict[str, Any]) -> str:
+    if nll.get("bound") == "exact":
+        return "exact"
+    return f"importance-weighted upper bound, {nll.get('samples', '?')} samples"
+
+
+def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
+    """The card's figures, from an eval JSON; rows the JSON lacks are left out."""
+    out: list[dict[str, Any]] = []
+    T = evaluation.get("test", {}).get("tokens_per_sequence")
+    nll = evaluation.get("nll") or {}
+    if "nats_per_sequence" in nll:
+        scored = (
+            f"{evaluation['test']['sequences']:,} test sequences, " if "sequences" in evaluation.get("test", {}) else ""
+        )
+        note = f"{scored}{_bound_note(nll)}" + ("; of one-pass sampling" if nll.get("bound") == "iw" else "")
+        out.append(_metric("test_nll", nll["nats_per_sequence"], "nats per sequence", note))
+        out.append(_metric("test_bits_per_token", nll["bits_per_token"], "bits per token", _bound_note(nll)))
+    half = (evaluation.get("prompted_nll") or {}).get("0.5")
+    if half and "nats_per_sequence" in half:
+        note = (
+            f"the second half given the first ({half.get('prompt_tokens')} tokens), {half.get('sequences')} sequences"
+        )
+        out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
+    gen = evaluation.get("generation_seconds") or {}
+    if "batch_1" in gen:
+        how = "one parallel pass" if evaluation.get("family") == "vssm" else "token by token"
+        note = f"{gen.get('length', T)} tokens, {how}"
+        out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
+        out.append(
+            _metric("generation_ms_batch_32", gen["batch_32"] * 1e3 / 32, "ms per sequence", note + ", batch 32")
+        )
+    row = next((r for r in evaluation.get("block_curve") or [] if r.get("block_size") == default_block_size), None)
+    if row is not None:
+        c, bnll = row["block_size"], row["nll"]
+        out.append(
+            _metric(
+                f"block_{c}_nll", bnll["nats_per_sequence"], "nats per sequence", f"at block {c}: {_bound_note(bnll)}"
+            )
+        )
+        secs = row.get("generation_seconds") or {}
+        if "batch_1" in secs:
+            out.append(
+                _metric(f"block_{c}_generation_ms_batch_1", secs["batch_1"] * 1e3, "ms per sequence", f"at block {c}")
+            )
+        share = (row.get("samples") or {}).get("confident_share")
+        if share is not None:
+            note = f"at block {c}, of {row['samples'].get('images')} unprompted samples (model/judge.py)"
+            out.append(_metric(f"block_{c}_confident_digits", share, "share judged a digit with p >= 0.9", note))
+    return out
+
+
+def model_card(
+    name: str,
+    meta: dict[str, str],
+    evaluation: dict[str, Any] | None,
+    default_block_size: int | None,
+) -> dict[str, Any]:
+    """The card of checkpoint ``name``: ``meta`` is its metadata, ``evaluation`` its eval JSON
+    (None: not evaluated, or evaluated on other weights: no figures)."""
+    dataset = meta.get("dataset")
+    config = json.loads(meta.get("train_config") or "{}")
+    # the recipe's prose only if the run was that recipe's (not another model that shares its name)
+    recipe = recipe_of(config) if config else None
+
+    def number(key: str) -> float | None:
+        try:
+            return float(meta[key])
+        except (KeyError, ValueError):
+            return None
+
+    steps = number("train_steps")
+    training = {
+        "dataset": dataset,
+        "preset": recipe.name if recipe else None,
+        "steps": int(steps) if steps is not None else None,
+        "seconds": number("train_seconds"),
+        "cpu_seconds": number("train_cpu_seconds"),
+        "machine": meta.get("train_machine"),
+        "note": (recipe.note or None) if recipe else None,
+    }
+    limitations = []
+    params = ((evaluation or {}).get("parameters") or {}).get("generation")
+    minutes = training["cpu_seconds"] and training["cpu_seconds"] / 60
+    if params and minutes:
+        limitations.append(
+            f"Small ({params:,} generation-time parameters) and trained for {minutes:.0f} CPU minutes on one "
+            f"thread ({training['machine'] or 'machine not recorded'}): the bundled models compare families "
+            "at equal budget, they are not the state of the art."
+        )
+    limitations += list(recipe.limitations) if recipe else []
+    nll = (evaluation or {}).get("nll") or {}
+    if nll.get("bound") == "iw":
+        limitations.append("Its NLL figures are upper bounds (importance-weighted); the exact NLL is lower.")
+    return {
+        "summary": recipe.summary if recipe else None,
+        "intended_use": recipe.intended_use if recipe else None,
+        "data": DATA.get(dataset or ""),
+        "training": training,
+        "default_block_size": default_block_size,
+        "metrics": _metrics(evaluation, default_block_size) if evaluation else [],
+        "limitations": limitations,
+    }

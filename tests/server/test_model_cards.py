@@ -1,0 +1,63 @@
+"""Model cards at ``GET /v1/models/{id}``: modality and card fields (model/card.py, model/modality.py),
+their figures read from the eval JSON beside the checkpoint, their prose only for a recipe's run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.server.conftest import CHECKPOINTS
+from vssm import model
+from vssm.server import Settings, create_app
+
+BUNDLED = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory) -> Iterator[TestClient]:
+    d = tmp_path_factory.mktemp("cards")
+    for name in ("mnist-vssm-blocks", "shakespeare-ar-gru"):  # two bundled models, with their eval JSONs
+        for suffix in (".safetensors", ".json"):
+            shutil.copy(BUNDLED / f"{name}{suffix}", d / f"{name}{suffix}")
+    family, dataset, cfg = CHECKPOINTS["mnist-vssm"]  # a tiny model that only shares a bundled one's name
+    model.save_checkpoint(model.build_model(family, cfg), d / "mnist-vssm.safetensors", extra={"dataset": dataset})
+    with TestClient(create_app(Settings(checkpoints=d)), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_a_bundled_model_s_card_has_its_recipe_budget_and_the_figures_of_its_eval_json(client):
+    card = client.get("/v1/models/mnist-vssm-blocks").json()
+    assert card["modality"] == {"kind": "image", "shape": [28, 28], "encoding": None} and not card["text"]
+    about = card["card"]
+    evaluation = json.loads((BUNDLED / "mnist-vssm-blocks.json").read_text())
+    assert about["training"]["preset"] == "mnist-vssm-blocks" and "--budget-cpu-minutes 39" in about["training"]["note"]
+    assert about["training"]["steps"] == evaluation["training"]["steps"] and about["default_block_size"] == 28
+    assert about["intended_use"] and about["data"].startswith("Binarised MNIST") and about["limitations"]
+    metrics = {m["name"]: m for m in about["metrics"]}
+    assert metrics["test_nll"]["value"] == round(evaluation["nll"]["nats_per_sequence"], 4)
+    row = next(r for r in evaluation["block_curve"] if r["block_size"] == 28)
+    assert metrics["block_28_nll"]["value"] == round(row["nll"]["nats_per_sequence"], 4)
+    assert metrics["block_28_confident_digits"]["value"] == round(row["samples"]["confident_share"], 4)
+    listed = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert listed["mnist-vssm-blocks"] == card
+
+
+def test_text_models_say_so_and_exact_figures_are_not_called_bounds(client):
+    card = client.get("/v1/models/shakespeare-ar-gru").json()
+    assert card["modality"] == {"kind": "text", "shape": None, "encoding": "utf-8"} and card["text"]
+    metrics = {m["name"]: m for m in card["card"]["metrics"]}
+    assert metrics["test_bits_per_token"]["note"] == "exact"
+    assert metrics["generation_ms_batch_1"]["note"].endswith("token by token")
+    assert not any("upper bound" in line for line in card["card"]["limitations"])
+
+
+def test_a_model_that_is_no_recipe_s_run_gets_figures_only(client):
+    """The tiny "mnist-vssm" was not trained by the mnist-vssm preset: no borrowed prose, no eval JSON."""
+    about = client.get("/v1/models/mnist-vssm").json()["card"]
+    assert about["intended_use"] is None and about["training"]["preset"] is None and about["metrics"] == []
+    assert about["data"].startswith("Binarised MNIST")
