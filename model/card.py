@@ -55,9 +55,8 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         out.append(_metric("test_bits_per_token", nll["bits_per_token"], "bits per token", _bound_note(nll)))
     half = (evaluation.get("prompted_nll") or {}).get("0.5")
     if half and "nats_per_sequence" in half:
-        note = (
-            f"the second half given the first ({half.get('prompt_tokens')} tokens), {half.get('sequences')} sequences"
-        )
+        given = f"the second half given the first ({half.get('prompt_tokens')} tokens)"
+        note = f"{given}, {half.get('sequences', 0):,} sequences"
         out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
     gen = evaluation.get("generation_seconds") or {}
     if "batch_1" in gen:
@@ -82,7 +81,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
             )
         share = (row.get("samples") or {}).get("confident_share")
         if share is not None:
-            note = f"at block {c}, of {row['samples'].get('images')} unprompted samples (model/judge.py)"
+            note = f"at block {c}, of {row['samples'].get('images', 0):,} unprompted samples (model/judge.py)"
             out.append(_metric(f"block_{c}_confident_digits", share, "share judged a digit with p >= 0.9", note))
     return out
 
