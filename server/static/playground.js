@@ -86,7 +86,7 @@ async function* stream(path, body, signal) {
       if (!data) continue; // a keep-alive comment
       if (data === "[DONE]") return;
       const event = JSON.parse(data);
-      if (event.error) throw new APIError(event.error.code === "internal_error" ? 500 : 200, event);
+      if (event.error) throw new APIError(null, event); // in band: the response's status was already 200
       yield event;
     }
   }
