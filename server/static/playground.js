@@ -115,8 +115,13 @@ function clearError() {
 
 // ----- models -----------------------------------------------------------------------------------------
 const isText = (card) => card.text;
+// The side of a square binary image model (0: not one): from the card's modality when the server
+// sends it, else from a square number of positions.
 const sideOf = (card) => {
   if (card.text || card.vocab_size !== 2 || !card.max_position) return 0;
+  const shape = card.modality && card.modality.kind === "image" ? card.modality.shape || [] : null;
+  if (card.modality && !shape) return 0;
+  if (shape && (shape.length !== 2 || shape[0] !== shape[1])) return 0; // the canvas draws squares
   const s = Math.round(Math.sqrt(card.max_position));
   return s * s === card.max_position ? s : 0;
 };
@@ -156,6 +161,7 @@ function selectModel(id) {
     ["fingerprint", card.fingerprint],
   ];
   $("#card").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+  $("#card-details").replaceChildren(...cardDetails(card));
   const image = kind(card) === "image";
   $("#image-prompt").hidden = !image;
   $("#text-prompt").hidden = image;
@@ -177,6 +183,34 @@ function selectModel(id) {
   url.searchParams.set("model", card.id);
   history.replaceState(null, "", url);
   renderIdle($("#output"), card);
+}
+
+// The model card's prose and figures (intended use, data, training, metrics, limitations), when sent.
+function cardDetails(card) {
+  const c = card.card;
+  if (!c) return [];
+  const out = [];
+  if (c.summary) out.push(el("p", { class: "summary" }, c.summary));
+  const more = [];
+  if (c.intended_use) more.push(el("h4", {}, "Intended use"), el("p", {}, c.intended_use));
+  if (c.data) more.push(el("h4", {}, "Data"), el("p", {}, c.data));
+  const t = c.training || {};
+  const training = [
+    t.preset && `preset ${t.preset}`,
+    t.steps && `${t.steps.toLocaleString("en")} steps`,
+    t.seconds && `${(t.seconds / 60).toFixed(0)} min`,
+    t.machine,
+  ].filter(Boolean);
+  if (training.length || t.note) more.push(el("h4", {}, "Training"), el("p", {}, [training.join(" · "), t.note].filter(Boolean).join(". ")));
+  if (c.metrics && c.metrics.length) {
+    more.push(el("h4", {}, "Measured"), el("ul", {}, ...c.metrics.map((m) =>
+      el("li", { title: m.note || "" }, `${m.name}: ${Number(m.value.toPrecision(4))} ${m.unit}`))));
+  }
+  if (c.limitations && c.limitations.length) {
+    more.push(el("h4", {}, "Limitations"), el("ul", {}, ...c.limitations.map((l) => el("li", {}, l))));
+  }
+  if (more.length) out.push(el("details", {}, el("summary", {}, "Model card"), ...more));
+  return out;
 }
 
 function formatBytes(n) {

@@ -172,6 +172,10 @@ def test_the_page_loads_offline_with_no_console_errors(page, server):
     expect(p.locator("#curve circle.on")).to_have_count(1)
     expect(p.locator("#block-out")).to_contain_text("28")
     expect(p.locator("#curve .note")).to_contain_text("block 28: 90.0 nats")
+    # the model card's prose, folded away until asked for
+    card = httpx.get(server.url + "/v1/models/digits-vssm").json()["card"]
+    p.click("#card-details summary")
+    expect(p.locator("#card-details details")).to_contain_text(card["data"])
     # an autoregressive model has no block size to choose
     p.select_option("#model", "digits-ar-ssm")
     expect(p.locator("#block")).to_be_disabled()
