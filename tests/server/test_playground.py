@@ -259,6 +259,15 @@ def test_a_text_stream_grows_chunk_by_chunk(page, server):
     assert len(pieces) >= 10  # 120 tokens in chunks of 4: the text grew event by event
     assert "".join(pieces) == text
     expect(p.locator("#output .stats")).to_contain_text("tokens/s")
+    # a stop sequence typed with an escape, as in JSON: the output ends before it
+    i = next(i for i in range(5, len(tokens)) if 32 <= tokens[i] < 127 and tokens[i] != ord("\\"))
+    p.fill("#stop", chr(tokens[i]) + "\\n" if tokens[i + 1 : i + 2] == [10] else chr(tokens[i]))
+    p.click("#generate")
+    expect(p.locator("#output .stats")).to_contain_text("stop", timeout=WAIT)
+    sent = page.sent("/v1/completions")[-1]
+    assert sent["stop"] in (chr(tokens[i]), chr(tokens[i]) + "\n")
+    cut = bytes(tokens).find(sent["stop"].encode())
+    assert p.locator("#output .generated").text_content() == bytes(tokens[:cut]).decode("utf-8", errors="replace")
     assert page.errors == []
 
 
