@@ -25,6 +25,7 @@ def _spy(m: model.SequenceModel) -> list[int]:
     return widths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("C", [1, 3, 20])
 def test_windowed_append_equals_one_pass(tiny, C):
     """Every state tensor and the tokens generated afterwards, float64, windows of 3 against one pass."""

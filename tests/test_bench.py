@@ -11,12 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("machine", "params", "generation", "limit", "resume", "blocks", "serving", "training", "targets", "plots")
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "b.json"
     # One thread: on a CI box that is busy, two intra-op threads on two cores crawl.

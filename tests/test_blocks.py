@@ -100,6 +100,7 @@ def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperat
     return x[C:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 2, 3, 5, 8, 0])
 @pytest.mark.parametrize("C", [0, 3])
 def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C):
@@ -118,6 +119,7 @@ def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C):
     assert nxt is None and non_resumable[0].tolist() == expected
 
 
+@pytest.mark.slow
 def test_block_size_at_or_past_the_length_is_one_pass_as_before():
     """One block reproduces the one-pass sampler: latents from f_par over the prompt then EMPTYs
     (the prior when nothing is observed), one decoder pass; computed here without any state."""
@@ -259,6 +261,7 @@ def enum_model() -> model.VSSM:
     return m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 2, 3])
 def test_block_bound_is_above_the_exact_nll_and_converges_to_it(enum_model, c):
     m = enum_model
@@ -280,6 +283,7 @@ def test_one_block_is_the_one_pass_bound(enum_model):
     torch.testing.assert_close(enum_model.nll(xs, samples=7, block_size=ENUM_T), enum_model.nll(xs, samples=7))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 2])
 def test_generate_samples_exactly_the_enumerated_block_process(enum_model, c):
     """A chi-square test of 6,000 keyed samples against ``p_c``; the seeds are fixed, so is the outcome."""
@@ -296,6 +300,7 @@ def test_generate_samples_exactly_the_enumerated_block_process(enum_model, c):
     assert chi_square_pvalue(counts, p_one * N) < 1e-3
 
 
+@pytest.mark.slow
 def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
     """The training loss at block c is a one-sample estimate of the same bound: its mean over many
     Gumbel draws matches the keyed one-sample bound's mean over many keys."""
@@ -309,6 +314,7 @@ def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
 
 
 # ----- the measured curve (vssm eval --block-sizes) ----------------------------------------------------
+@pytest.mark.slow
 def test_block_curve_reports_the_bound_time_and_judged_samples_per_block_size():
     from vssm.model.evaluate import block_curve
 
@@ -336,6 +342,7 @@ def test_block_curve_reports_the_bound_time_and_judged_samples_per_block_size():
     assert row["block_size"] == 1 and row["nll"]["bound"] == "exact"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", [None, 4])
 @pytest.mark.parametrize("resumable", [True, False])
 def test_generation_windows_bound_memory_without_changing_tokens_or_state(block, resumable):

@@ -18,7 +18,7 @@ from vssm.model.evaluate import EVAL_SCHEMA_KEYS
 from vssm.model.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = needs_data
+pytestmark = [needs_data, pytest.mark.slow]  # end to end: subprocesses and training runs
 
 
 def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:

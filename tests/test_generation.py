@@ -190,6 +190,7 @@ def test_every_family_is_registered():
     assert set(model.FAMILIES) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru"}
 
 
+@pytest.mark.slow
 def test_prompted_nll_is_the_conditional(family):
     m = tiny_model(family)
     x = prompt(B=3, C=12)

@@ -161,6 +161,7 @@ def test_probes_are_the_images_they_claim_to_be():
     assert 100 / 784 < p["test_with_stray_pixels"]["ink_fraction"] < 100 / 784 + 0.03
 
 
+@pytest.mark.slow
 def test_training_loop_keeps_the_best_held_out_weights():
     torch.manual_seed(0)
     labels = torch.arange(64) % 2  # class 1: ink in the top half; class 0: in the bottom half

@@ -82,6 +82,7 @@ def test_vssm_trains_with_an_average(tmp_path, mnist):
     assert load_checkpoint(out / "model.safetensors").family == "vssm"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("field", "value"), [("ema_decay", -0.1), ("ema_decay", 1.0)])
 def test_train_config_refuses_bad_values(tmp_path, field, value):
     with pytest.raises(ValueError, match=field):

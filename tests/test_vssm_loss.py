@@ -52,6 +52,7 @@ def test_prompt_lengths_control_the_partial_encoder_inputs():
     assert not torch.allclose(full, none)
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_a_toy_dataset_in_a_few_steps():
     # 150 steps of a 10k-parameter model: a few seconds on an idle CPU (no timer here: timing belongs in bench/).
     # The bundled recipe's ingredients (smoothing posterior, tau 0.5, a KL warm-up): without them the

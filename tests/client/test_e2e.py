@@ -15,6 +15,8 @@ from tests.server.conftest import CHECKPOINTS, RedisServer, ServerProcess, refer
 from vssm import model
 from vssm_client import AsyncClient, Client, ConflictError
 
+pytestmark = pytest.mark.slow  # end to end: real servers, subprocesses or training runs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

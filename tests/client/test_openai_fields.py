@@ -34,6 +34,7 @@ def stop_in(tokens: list[int]) -> tuple[str, int]:
     return stop, bytes(tokens).find(stop.encode())
 
 
+@pytest.mark.slow
 def test_completions_and_sessions_take_the_openai_fields(stack):
     srv, ref = stack
     stop, k = stop_in(ref)

@@ -13,6 +13,8 @@ import pytest
 
 from tests.server.conftest import RedisServer, reference, wait_until
 
+pytestmark = pytest.mark.slow  # end to end: real servers, subprocesses or training runs
+
 
 def post(srv, path: str, body: dict | None = None, **kw) -> httpx.Response:
     return httpx.post(srv.url + path, json=body, timeout=30, **kw)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.server.conftest import ROOT, free_port, wait_until
 
@@ -29,6 +30,7 @@ LAUNCH = (
 )
 
 
+@pytest.mark.slow
 def test_worst_requests_under_an_address_space_cap(tmp_path):
     ckpts = tmp_path / "checkpoints"
     ckpts.mkdir()

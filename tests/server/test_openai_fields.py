@@ -221,6 +221,7 @@ def test_echo_puts_the_prompt_in_front(client, ref, checkpoints):
 
 
 # ----- the openai package -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_the_openai_package_sends_stop_and_echo(serve, redis, ref):
     srv = serve(redis.url)
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
@@ -338,6 +339,7 @@ def test_a_bad_logprobs_is_a_400(client, value):
     assert_error(r, 400, "invalid_field", "logprobs")
 
 
+@pytest.mark.slow
 def test_the_openai_package_reads_logprobs(serve, redis, checkpoints, ref):
     srv = serve(redis.url)
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)

@@ -89,6 +89,7 @@ def test_settings_survive_the_environment(tmp_path, monkeypatch):
     assert Settings().api_keys == ["a,b", "c", "from-file"]
 
 
+@pytest.mark.slow
 def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_path):
     """``vssm serve --workers 2 --api-keys ...`` starts, every worker knows the keys (given on the
     command line and in a file), and no worker's command line holds one."""
