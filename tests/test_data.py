@@ -28,6 +28,7 @@ def test_mnist_is_binarised_raster_order():
     assert set(ds.test.unique().tolist()) == {0, 1}
 
 
+@pytest.mark.slow
 @needs_data
 def test_full_mnist_sizes():
     ds = load_dataset("mnist", DATA)

@@ -43,6 +43,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path).state_dict()
 
 
+@pytest.mark.slow
 def test_average_is_saved_validated_and_resumed_exactly(tmp_path, mnist):
     d = 0.75
     # two steps without an average, then resume with one: it starts from the step-2 weights

@@ -60,6 +60,7 @@ def test_completions_and_sessions_take_the_openai_fields(stack):
         assert len(direct.tokens) == 3 and direct.finish_reason == "length"
 
 
+@pytest.mark.slow
 def test_async_twins_take_them_too(stack):
     srv, ref = stack
     stop, k = stop_in(ref)

@@ -72,6 +72,7 @@ def with_real_ids(case, model: str | None, sid: str | None):
     return case
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_every_response_matches_the_document(api_schema, mode):
     """Each operation, ``EXAMPLES`` valid (or invalid) requests; every check on every response."""

@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import torch
 
 from tests.server.conftest import reference
@@ -46,6 +47,7 @@ def test_long_prompts_through_the_server_equal_the_model_api(checkpoints):
         assert chunk["tokens"] == reference(checkpoints, "text-vssm", prompt, 4, [8])[0]
 
 
+@pytest.mark.slow
 def test_a_long_prompt_does_not_starve_another_model(checkpoints):
     """While a long prompt is read for one model, a 1-token completion on another waits a few of its
     windows, not the whole prompt.  Each window's work is made slow and steady (a sleep per token in

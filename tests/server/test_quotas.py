@@ -77,6 +77,7 @@ def test_total_ttl_per_key(quota_client):
     assert create(c, A, ttl_seconds=60).status_code == 201
 
 
+@pytest.mark.slow
 def test_expiry_frees_the_quota_and_use_keeps_a_session_counting(quota_client):
     c = quota_client(max_sessions_per_key=1)
     s = create(c, ttl_seconds=1).json()
