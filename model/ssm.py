@@ -146,17 +146,21 @@ class S4D(nn.Module):
             self._cache.put(T, hit)
         return hit
 
-    def _short(self, T: int) -> Tensor:
+    def _short(self, T: int, at: int | None = None) -> Tensor:
         """The whole layer over ``T <= SHORT`` steps from a state as one real matrix ``(H, T + 2N, T + 2N)``, cached.
 
         Input and output rows are ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]``: the output
-        holds ``y`` and the next state, ``[y; h_T] = [u; h_0] @ M``, i.e. the Toeplitz kernel plus
-        ``D``, the state readout ``C Lambda^(t+1)``, the input term ``B_bar Lambda^(T-1-k)`` and
-        ``Lambda^T``.  A short round is then one batched matmul per layer instead of an FFT pair and
-        two readouts: at a few tokens, the number of kernels launched is the cost, not arithmetic.
+        holds ``y`` and the state after ``at`` inputs (default ``T``), ``[y; h_at] = [u; h_0] @ M``,
+        i.e. the Toeplitz kernel plus ``D``, the state readout ``C Lambda^(t+1)``, the input term
+        ``B_bar Lambda^(at-1-k)`` for ``k < at`` and ``Lambda^at``.  A short round is then one batched
+        matmul per layer instead of an FFT pair and two readouts: at a few tokens, the number of
+        kernels launched is the cost, not arithmetic.  A state before the end serves a pass that
+        continues past a block boundary: the block's tokens, then the next block's EMPTYs
+        (docs/design.md, "Blocks").
         """
+        at = T if at is None else at
         weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
-        hit = self._cache.get(weights, ("short", T))
+        hit = self._cache.get(weights, ("short", T, at))
         if hit is not None:
             return hit["M"]
         H, N = self.cfg.width, self.cfg.state_size
@@ -173,22 +177,24 @@ class S4D(nn.Module):
         cp = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1)
         M[:, T::2, :T] = cp.real  # Re h contributes Re(C L^(t+1)) Re h
         M[:, T + 1 :: 2, :T] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
-        b = B_bar[..., None] * powers[..., :T].flip(-1)  # (H, N, T)  B_bar Lambda^(T-1-k)
-        M[:, :T, T::2] = b.real.transpose(1, 2)
-        M[:, :T, T + 1 :: 2] = b.imag.transpose(1, 2)
-        lam = powers[..., T]  # (H, N)  Lambda^T
+        b = B_bar[..., None] * powers[..., :at].flip(-1)  # (H, N, at)  B_bar Lambda^(at-1-k)
+        M[:, :at, T::2] = b.real.transpose(1, 2)
+        M[:, :at, T + 1 :: 2] = b.imag.transpose(1, 2)
+        lam = powers[..., at]  # (H, N)  Lambda^at
         j = torch.arange(N, device=K.device)
         M[:, T + 2 * j, T + 2 * j] = lam.real  # Re h' = Re L Re h - Im L Im h
         M[:, T + 2 * j + 1, T + 2 * j] = -lam.imag
         M[:, T + 2 * j, T + 2 * j + 1] = lam.imag  # Im h' = Im L Re h + Re L Im h
         M[:, T + 2 * j + 1, T + 2 * j + 1] = lam.real
-        self._cache.put(("short", T), {"M": M})
+        self._cache.put(("short", T, at), {"M": M})
         return M
 
-    def _forward_short(self, u: Tensor, state: Tensor | None, return_state: bool) -> tuple[Tensor, Tensor | None]:
+    def _forward_short(
+        self, u: Tensor, state: Tensor | None, return_state: bool, at: int | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """:meth:`forward` over a few steps by :meth:`_short`'s matrix; same results, fewer kernels."""
         T = u.shape[-1]
-        M = self._short(T)  # (H, P, P)
+        M = self._short(T, at)  # (H, P, P)
         x = u.permute(1, 0, 2)  # (H, B, T)
         if state is None:
             out = torch.bmm(x, M[:, :T])  # (H, B, P)
@@ -242,17 +248,20 @@ class S4D(nn.Module):
         self,
         u: Tensor,
         state: Tensor | None = None,
-        lengths: Tensor | None = None,
+        lengths: Tensor | int | None = None,
         return_state: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         """Parallel mode. ``u``: ``(B, H, T)`` real; ``state``: ``(B, H, N)`` complex or None (zeros).
 
-        ``lengths`` (``(B,)``, each in 1..T) asks for row b's state after its first ``lengths[b]``
-        inputs; outputs past a row's length are computed but meaningless to it.
+        ``lengths`` (``(B,)``, each in 1..T, or one int for every row) asks for row b's state after
+        its first ``lengths[b]`` inputs; the outputs are those of all ``T`` steps either way.
         """
         _Bsz, _H, T = u.shape
-        if T <= SHORT and lengths is None and not torch.is_grad_enabled():
-            return self._forward_short(u, state, return_state)
+        uniform = lengths is None or isinstance(lengths, int)
+        if T <= SHORT and uniform and not torch.is_grad_enabled():
+            return self._forward_short(u, state, return_state, lengths)
+        if isinstance(lengths, int):
+            lengths = None if lengths == T else torch.full((u.shape[0],), lengths, device=u.device)
         tens = self._tensors(T, full=state is not None or return_state)
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]

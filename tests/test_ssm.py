@@ -132,7 +132,7 @@ def test_inference_cache_is_bounded_and_drops_stale_weights():
         assert 200 in layer._cache.entries  # the most recent length is kept
         layer.D.add_(1.0)
         layer(torch.randn(1, 4, 8, dtype=F64))
-        assert list(layer._cache.entries) == [("short", 8)]  # entries of the old weights are gone
+        assert list(layer._cache.entries) == [("short", 8, 8)]  # entries of the old weights are gone
 
 
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16, 31, 64])
