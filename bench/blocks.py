@@ -5,7 +5,8 @@
   autoregressive families n recurrent steps.
 - Full-sequence generation time against block size: the VSSM at each block size beside the three
   autoregressive baselines, unprompted, at batch 1 and 32, timed round-robin in one process so that
-  background load hits every entry alike; the ratios to the AR-SSM are what the suite reports.
+  background load hits every entry alike; the ratios to the AR-SSM are what the suite reports,
+  and for blocks up to 56 the ratio of fused rounds to the block-by-block path.
 
 Timing does not depend on the weights' values, so the matched random-weight models of the suite are
 timed; the MNIST VSSM preset's generation networks have the same shapes as the bundled ones.
@@ -25,6 +26,19 @@ from .common import Settings, measure_interleaved
 log = logging.getLogger(__name__)
 
 __all__ = ["run_blocks"]
+
+
+FUSED_REFERENCE_UP_TO = 56  # block sizes also timed on the block-by-block path, to report the fusion's gain
+
+
+def _reference(m: model.SequenceModel, state: model.GenState, n: int, c: int) -> None:
+    """Generation on the block-by-block path (four passes per block), for the fused path's ratio."""
+    saved = m.fuse_rounds
+    m.fuse_rounds = False  # an instance attribute: the class default is untouched
+    try:
+        m.generate(state, n, resumable=False, block_size=c)
+    finally:
+        m.fuse_rounds = saved
 
 
 def _from(m: model.SequenceModel, batch: int, position: int) -> model.GenState:
@@ -57,11 +71,19 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
         }
         for c in s.block_sizes:
             fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
+        for c in (c for c in s.block_sizes if c <= FUSED_REFERENCE_UP_TO):
+            fns[f"vssm-reference:{c}"] = lambda c=c, st=starts["vssm"]: _reference(vssm, st, T, c)
         timed = measure_interleaved(fns, max(1, s.repeats // 2))
         ar = timed["ar:ar-ssm"].median_s
         out["sequence"][str(batch)] = {
             "seconds": {k: t.as_dict() for k, t in timed.items()},
             "speedup_vs_ar_ssm": {str(c): ar / timed[f"vssm:{c}"].median_s for c in s.block_sizes},
+            # fused rounds (two passes per block) against the block-by-block path (four)
+            "fused_speedup": {
+                str(c): timed[f"vssm-reference:{c}"].median_s / timed[f"vssm:{c}"].median_s
+                for c in s.block_sizes
+                if c <= FUSED_REFERENCE_UP_TO
+            },
         }
         log.info(
             "batch %d: AR-SSM %.0f ms; VSSM %s",

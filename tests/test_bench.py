@@ -77,6 +77,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for part in bl["sequence"].values():
         speedups = part["speedup_vs_ar_ssm"]
         assert set(speedups) == {"16", "128"} and all(x > 0 for x in speedups.values())
+        assert set(part["fused_speedup"]) == {"16"} and part["fused_speedup"]["16"] > 0
     assert set(r["plots"]) == {"generation", "limit", "resume", "training", "blocks"}
     for rel in r["plots"].values():
         with Image.open(tmp_path / rel) as im:
