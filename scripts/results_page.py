@@ -116,7 +116,11 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
     if texts:
         L += ["", "### Samples (`vssm sample`)", ""]
         L += [f"- `{n}`: [text](img/{n}.txt)" for n in texts]
-    L += ["", "Reproduce a row: the `command` in its JSON, and the training command in checkpoints/README.md.", ""]
+    L += [
+        "",
+        "Reproduce a row: `vssm train --preset NAME` (checkpoints/README.md), then the `command` in its JSON.",
+        "",
+    ]
     return L
 
 
