@@ -130,13 +130,7 @@ class SequenceModel(nn.Module):
         read back before the next (docs/design.md, "Blocks"); a size at or past the maximum
         position is one parallel pass.  Autoregressive families accept it and sample token by token.
         """
-        self.check_state(state)
-        self._check_room(state, n)
-        blocks = self.block_sizes(block_size, state.batch_size)
-        if n == 0:
-            return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
-        with torch.no_grad():
-            return self._generate(state, n, temperature, resumable, blocks)
+        return self._checked_generate(state, n, temperature, resumable, block_size, None)
 
     def generate_scored(
         self,
@@ -149,16 +143,27 @@ class SequenceModel(nn.Module):
         """:meth:`generate`, and the log-probabilities ``(B, n, V)`` (float32) of the distribution
         each token was drawn from, before temperature: an autoregressive family's ``p(x_t | x_<t)``,
         the VSSM decoder's ``p(x_t | z_1:t)`` given the latents it drew.  The same tokens and state."""
+        scores: list[Tensor] = [torch.zeros(state.batch_size, 0, self.vocab_size, device=self.device)]
+        tokens, nxt = self._checked_generate(state, n, temperature, resumable, block_size, scores)
+        return tokens, nxt, torch.cat(scores, dim=1).float()
+
+    def _checked_generate(
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        block_size: int | Tensor | None,
+        scores: list[Tensor] | None,
+    ) -> tuple[Tensor, GenState | None]:
+        """What :meth:`generate` and :meth:`generate_scored` share: checks, block sizes, no grad."""
         self.check_state(state)
         self._check_room(state, n)
         blocks = self.block_sizes(block_size, state.batch_size)
         if n == 0:
-            empty = torch.zeros(state.batch_size, 0, self.vocab_size, device=self.device)
-            return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state, empty
-        scores: list[Tensor] = []
+            return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
         with torch.no_grad():
-            tokens, nxt = self._generate(state, n, temperature, resumable, blocks, scores=scores)
-        return tokens, nxt, torch.cat(scores, dim=1).float()
+            return self._generate(state, n, temperature, resumable, blocks, scores=scores)
 
     def block_sizes(self, block_size: int | Tensor | None, batch: int) -> Tensor:
         """Per-row block sizes ``(B,)`` int64, 0 for one pass (no boundary before the maximum position).

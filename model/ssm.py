@@ -260,8 +260,6 @@ class S4D(nn.Module):
         uniform = lengths is None or isinstance(lengths, int)
         if T <= SHORT and uniform and not torch.is_grad_enabled():
             return self._forward_short(u, state, return_state, lengths)
-        if isinstance(lengths, int):
-            lengths = None if lengths == T else torch.full((u.shape[0],), lengths, device=u.device)
         tens = self._tensors(T, full=state is not None or return_state)
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]
@@ -270,9 +268,11 @@ class S4D(nn.Module):
             y = y + torch.einsum("bhk,hkt->bht", h0, tens["C_pow"])  # (B, H, T)
         if not return_state:
             return y, None
-        if lengths is None:
+        if isinstance(lengths, Tensor):
+            return y, self._state_at(u, state, lengths)
+        if lengths is None or lengths == T:
             return y, self._advance(u, state, tens)
-        return y, self._state_at(u, state, lengths)
+        return y, self._advance(u[..., :lengths], state, self._tensors(lengths))  # every row after the same step
 
     def forward_blocks(self, u_a: Tensor, u_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
         """Two streams from the zero state, for training and bounds of block sampling.

@@ -493,31 +493,28 @@ class VSSM(SequenceModel):
         next ``dec_abs`` (docs/design.md, "Blocks").  A round is two passes of ``2c`` steps instead
         of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse.
         """
-        first = c - int(state.position[0]) % c
-        ms = [min(first, n)]
-        while sum(ms) < n:
-            ms.append(min(c, n - sum(ms)))
+        first = min(c - int(state.position[0]) % c, n)
+        ms = [first] + [c] * ((n - first) // c) + ([(n - first) % c] if (n - first) % c else [])  # piece lengths
         last_ends = (int(state.position[0]) + n) % c == 0
         fused = len(ms) if not resumable or last_ends else len(ms) - 1  # pieces run here
         if fused == 0:
             return None  # a part-block kept mid-block: the reference path is as short
         span = sum(ms[:fused])
         positions = self.positions(state, span)  # (B, span)
-        Z, K = self.config.n_latents, self.config.n_classes
+        Z = self.config.n_latents
         u_lat = keyed_uniform(state.seed, positions, STREAM_LATENT, Z, self.dtype)  # (B, span, Z)
         u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, Z, self.dtype)  # (B, span, Z)
         u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, span)
-        temp = _per_row(temperature, 2)
+        temp, temp_tok = _per_row(temperature, 2), _per_row(temperature, 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
-        m, observed = ms[0], state["observed"]
-        z = (u_lat[:, :m] * K).long().clamp_max(K - 1)  # (B, m, Z)
+        m, observed, logits = ms[0], state["observed"], None
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
-            z = torch.where(observed[:, None, None], sample_categorical(logits, u_lat[:, :m], temp), z)
+        z = self._sample_latents(logits, state, m, temperature, observed)  # (B, m, Z)
         x_logits = self.decoder(self._one_hot(z), state["dec"], return_state=False)[0]  # (B, m, V)
-        tokens = [sample_categorical(x_logits, u_tok[:, :m], _per_row(temperature, 1))]  # (B, m) each
+        tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         par, dec_abs = state["par"], state["dec_abs"]
@@ -531,7 +528,7 @@ class VSSM(SequenceModel):
             z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
             z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
             x_logits, dec_abs = self.decoder(self._one_hot(torch.cat([z_abs, z], 1)), dec_abs, lengths=m)
-            tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], _per_row(temperature, 1)))
+            tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
             if scores is not None:
                 scores.append(x_logits[:, m:].log_softmax(-1))
             start += m
