@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import check_config
-from .ssm import S4D, S4DConfig
+from .ssm import S4D, SHORT, S4DConfig
 
 __all__ = ["SSMNet", "SSMNetConfig"]
 
@@ -59,6 +59,9 @@ class SSMBlock(nn.Module):
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
         n = self.norm(x)  # (B, T, H)
+        if self.ssm.runs_short(x.shape[1], lengths):  # channels first: one layout change in, one out
+            y, nxt = self.ssm.short(n.permute(2, 0, 1), state, return_state, lengths)  # type: ignore[arg-type]
+            return x + self._mix(y.permute(1, 2, 0).contiguous()), nxt  # (B, T, H)
         y, nxt = self.ssm(n.transpose(1, 2), state, lengths=lengths, return_state=return_state)  # (B, H, T)
         # contiguous: GELU's backward over the strided transpose of the FFT output is 2-4x slower
         return x + self._mix(y.transpose(1, 2).contiguous()), nxt  # (B, T, H)
@@ -104,8 +107,10 @@ class SSMNet(nn.Module):
         ``state`` None means the zero state; ``lengths`` gives per-row final-state positions
         (see :meth:`S4D.forward`); ``return_state=False`` skips the state (training).
         """
-        if state is not None and not bool(state.any()):
-            state = None  # a fresh state: skip every layer's initial-state readout, the costliest part of a decode
+        if state is not None and x.shape[1] > SHORT and not bool(state.any()):
+            # a fresh state: skip every layer's initial-state readout, the costliest part of a long pass
+            # (on the short path the readout is a few matmul rows, cheaper than this check's host sync)
+            state = None
         h = self.inp(x)  # (B, T, H)
         states = []
         for i, block in enumerate(self.blocks):

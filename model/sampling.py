@@ -16,9 +16,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["STREAM_ABSORB", "STREAM_LATENT", "STREAM_TOKEN", "as_seed_tensor", "keyed_uniform", "sample_categorical"]
+__all__ = [
+    "STREAM_ABSORB",
+    "STREAM_LATENT",
+    "STREAM_TOKEN",
+    "as_seed_tensor",
+    "keyed_uniform",
+    "sample_categorical",
+    "sequence_seeds",
+]
 
-STREAM_LATENT = 1  # latents z_t of the VSSM
+STREAM_LATENT = 1  # latents z_t of the latent families (VSSM, TVAE, VRNN)
 STREAM_TOKEN = 2  # tokens x_t of every family
 STREAM_ABSORB = 3  # latents of the VSSM re-drawn when a block's generated tokens are absorbed
 
@@ -52,6 +60,13 @@ def hash_rows(x: Tensor) -> Tensor:
     return _mix(((x.long() & _M32) * coeff).sum(-1) & _M32)  # (B,)
 
 
+def sequence_seeds(x: Tensor, seed: int) -> Tensor:
+    """``(B,)`` keys of the latent draws of a likelihood bound over ``x`` ``(B, T)``: a hash of each
+    sequence's tokens, then ``seed`` (draw k of a bound is keyed ``seed + k``).  One key shared by a
+    whole test set would make every sequence's noise the same, and it would not average out."""
+    return hash_rows(x) * 1_000_003 + seed
+
+
 def keyed_uniform(seed: Tensor, position: Tensor, stream: int, width: int, dtype: torch.dtype) -> Tensor:
     """Uniforms in (0, 1): ``seed`` ``(B,)``, ``position`` ``(B, T)`` absolute -> ``(B, T, W)``."""
     lo = seed & _M32  # (B,)
@@ -66,14 +81,24 @@ def sample_categorical(logits: Tensor, u: Tensor, temperature: float | Tensor) -
     """Inverse-CDF draws: ``logits`` ``(..., V)``, ``u`` ``(...)`` uniforms -> ``(...)`` int64.
 
     One uniform per draw (not V Gumbels) keeps large vocabularies cheap.  ``temperature`` is a
-    float or a tensor broadcastable to ``logits[..., 0]``; 0 selects the argmax.
+    float or a tensor broadcastable to ``logits[..., 0]``; 0 selects the argmax.  A float takes a
+    short path: a block round draws a few small categoricals, so each kernel saved counts.
     """
-    temp = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
-    greedy = logits.argmax(-1)
-    if temp.ndim == 0 and float(temp) == 0.0:
-        return greedy
-    probs = torch.softmax(logits / temp.clamp_min(1e-6)[..., None], dim=-1)  # (..., V)
+    if not isinstance(temperature, Tensor):
+        if temperature == 0.0:
+            return logits.argmax(-1)
+        scaled = logits if temperature == 1.0 else logits / max(temperature, 1e-6)
+        return _inverse_cdf(torch.softmax(scaled, dim=-1), u)
+    temp = temperature.to(dtype=logits.dtype, device=logits.device)
+    drawn = _inverse_cdf(torch.softmax(logits / temp.clamp_min(1e-6)[..., None], dim=-1), u)  # (...)
+    return torch.where(temp == 0, logits.argmax(-1), drawn)
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """The first category whose cumulative probability reaches ``u`` times the total, ``(...)``.
+
+    Counting the categories below the target is ``searchsorted`` on a non-decreasing CDF, in two
+    kernels and without its contiguous copies."""
     cdf = probs.cumsum(-1)  # (..., V)
-    target = (u * cdf[..., -1]).unsqueeze(-1)  # (..., 1)
-    drawn = torch.searchsorted(cdf.contiguous(), target.contiguous()).squeeze(-1).clamp_max(logits.shape[-1] - 1)
-    return torch.where(temp == 0, greedy, drawn)
+    drawn = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)  # (...)
+    return drawn.clamp_max(probs.shape[-1] - 1)

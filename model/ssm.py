@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 __all__ = ["S4D", "SHORT", "S4DConfig"]
 
-SHORT = 64  # at most this many steps, inference runs a layer as one matmul (S4D._short), not FFTs
+SHORT = 64  # at most this many steps, inference runs a layer as one or two matmuls (S4D.short), not FFTs
 
 
 @dataclass
@@ -146,66 +146,66 @@ class S4D(nn.Module):
             self._cache.put(T, hit)
         return hit
 
-    def _short(self, T: int, at: int | None = None) -> Tensor:
-        """The whole layer over ``T <= SHORT`` steps from a state as one real matrix ``(H, T + 2N, T + 2N)``, cached.
+    def _short(self, T: int, at: int) -> dict[str, Tensor]:
+        """The layer over ``T <= SHORT`` steps from a state as two real matrices, cached.
 
-        Input and output rows are ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]``: the output
-        holds ``y`` and the state after ``at`` inputs (default ``T``), ``[y; h_at] = [u; h_0] @ M``,
-        i.e. the Toeplitz kernel plus ``D``, the state readout ``C Lambda^(t+1)``, the input term
-        ``B_bar Lambda^(at-1-k)`` for ``k < at`` and ``Lambda^at``.  A short round is then one batched
-        matmul per layer instead of an FFT pair and two readouts: at a few tokens, the number of
-        kernels launched is the cost, not arithmetic.  A state before the end serves a pass that
-        continues past a block boundary: the block's tokens, then the next block's EMPTYs
-        (docs/design.md, "Blocks").
+        ``Y`` ``(H, T + 2N, T)`` maps ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]`` to ``y``:
+        the Toeplitz kernel plus ``D`` and the state readout ``C Lambda^(t+1)``.  ``S`` ``(H, at, 2N)``
+        maps the first ``at`` inputs to the state after them (``B_bar Lambda^(at-1-k)``, interleaved
+        real and imaginary parts) and ``lam`` ``(H, N)`` is ``Lambda^at``, applied elementwise: the
+        state's own update is diagonal, so it is not worth a dense ``2N x 2N`` block per channel.
+        A short round is then one or two batched matmuls per layer instead of an FFT pair and two
+        readouts; at a few tokens and batch 1 the cost is the bytes of these matrices (a dense
+        ``(T + 2N)^2`` matrix moved 2.2x more) and the kernels launched, not arithmetic.  A state
+        before the end (``at < T``) serves a pass that continues past a block boundary: the block's
+        tokens, then the next block's EMPTYs (docs/design.md, "Blocks").
         """
-        at = T if at is None else at
         weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
         hit = self._cache.get(weights, ("short", T, at))
         if hit is not None:
-            return hit["M"]
+            return hit
         H, N = self.cfg.width, self.cfg.state_size
         dtA, _, B_bar, C = self.discretize()
         re, im = _powers(dtA, torch.arange(T + 1, device=dtA.device, dtype=dtA.real.dtype))  # (H, N, T+1)
         powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
-        M = torch.zeros(H, T + 2 * N, T + 2 * N, dtype=self.D.dtype, device=self.D.device)
+        Y = torch.zeros(H, T + 2 * N, T, dtype=self.D.dtype, device=self.D.device)
         K = self._kernel(dtA, C * B_bar, T)  # (H, T)
         lag = torch.arange(T, device=K.device)
         diff = lag[None, :] - lag[:, None]  # (k, t): t - k
-        M[:, :T, :T] = torch.where(diff >= 0, K[:, diff.clamp_min(0)], 0.0) + torch.diag_embed(
-            self.D[:, None].expand(H, T)
-        )
+        Y[:, :T] = torch.where(diff >= 0, K[:, diff.clamp_min(0)], 0.0) + torch.diag_embed(self.D[:, None].expand(H, T))
         cp = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1)
-        M[:, T::2, :T] = cp.real  # Re h contributes Re(C L^(t+1)) Re h
-        M[:, T + 1 :: 2, :T] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
+        Y[:, T::2] = cp.real  # Re h contributes Re(C L^(t+1)) Re h
+        Y[:, T + 1 :: 2] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
         b = B_bar[..., None] * powers[..., :at].flip(-1)  # (H, N, at)  B_bar Lambda^(at-1-k)
-        M[:, :at, T::2] = b.real.transpose(1, 2)
-        M[:, :at, T + 1 :: 2] = b.imag.transpose(1, 2)
-        lam = powers[..., at]  # (H, N)  Lambda^at
-        j = torch.arange(N, device=K.device)
-        M[:, T + 2 * j, T + 2 * j] = lam.real  # Re h' = Re L Re h - Im L Im h
-        M[:, T + 2 * j + 1, T + 2 * j] = -lam.imag
-        M[:, T + 2 * j, T + 2 * j + 1] = lam.imag  # Im h' = Im L Re h + Re L Im h
-        M[:, T + 2 * j + 1, T + 2 * j + 1] = lam.real
-        self._cache.put(("short", T, at), {"M": M})
-        return M
+        S = torch.stack([b.real, b.imag], -1).transpose(1, 2).flatten(-2).contiguous()  # (H, at, 2N)
+        hit = {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
+        self._cache.put(("short", T, at), hit)
+        return hit
 
-    def _forward_short(
-        self, u: Tensor, state: Tensor | None, return_state: bool, at: int | None = None
+    def runs_short(self, T: int, lengths: Tensor | int | None) -> bool:
+        """Whether :meth:`forward` over ``T`` steps takes the short path (:meth:`short`)."""
+        return T <= SHORT and not isinstance(lengths, Tensor) and not torch.is_grad_enabled()
+
+    def short(
+        self, x: Tensor, state: Tensor | None, return_state: bool = True, at: int | None = None
     ) -> tuple[Tensor, Tensor | None]:
-        """:meth:`forward` over a few steps by :meth:`_short`'s matrix; same results, fewer kernels."""
-        T = u.shape[-1]
-        M = self._short(T, at)  # (H, P, P)
-        x = u.permute(1, 0, 2)  # (H, B, T)
+        """:meth:`forward` over ``T <= SHORT`` steps by :meth:`_short`'s matrices, channels first:
+        ``x`` ``(H, B, T)`` -> ``y`` ``(H, B, T)`` and the state ``(B, H, N)`` after ``at`` steps
+        (default ``T``).  The same results as the FFT path, in two or three kernels."""
+        T = x.shape[-1]
+        at = T if at is None else at
+        mats = self._short(T, at)
+        x = x.contiguous()  # bmm over a strided batch falls back to one small matmul per channel
         if state is None:
-            out = torch.bmm(x, M[:, :T])  # (H, B, P)
+            y = torch.bmm(x, mats["Y"][:, :T])  # (H, B, T)
         else:
             h0 = torch.view_as_real(state).flatten(-2).permute(1, 0, 2)  # (H, B, 2N) interleaved re, im
-            out = torch.bmm(torch.cat([x, h0], -1), M)  # (H, B, P)
-        y = out[..., :T].permute(1, 0, 2)  # (B, H, T)
+            y = torch.bmm(torch.cat([x, h0], -1), mats["Y"])  # (H, B, T)
         if not return_state:
             return y, None
-        nxt = out[..., T:].permute(1, 0, 2).contiguous().unflatten(-1, (self.cfg.state_size, 2))  # (B, H, N, 2)
-        return y, torch.view_as_complex(nxt)
+        s = torch.bmm(x[..., :at], mats["S"])  # (H, B, 2N)
+        nxt = torch.view_as_complex(s.permute(1, 0, 2).unflatten(-1, (self.cfg.state_size, 2)))  # (B, H, N)
+        return y, nxt if state is None else nxt + state * mats["lam"]
 
     def _build(self, T: int, full: bool) -> dict[str, Tensor]:
         dtA, Lam, B_bar, C = self.discretize()
@@ -257,9 +257,9 @@ class S4D(nn.Module):
         its first ``lengths[b]`` inputs; the outputs are those of all ``T`` steps either way.
         """
         _Bsz, _H, T = u.shape
-        uniform = lengths is None or isinstance(lengths, int)
-        if T <= SHORT and uniform and not torch.is_grad_enabled():
-            return self._forward_short(u, state, return_state, lengths)
+        if self.runs_short(T, lengths):
+            y, nxt = self.short(u.permute(1, 0, 2), state, return_state, lengths)  # type: ignore[arg-type]
+            return y.permute(1, 0, 2), nxt  # (B, H, T)
         tens = self._tensors(T, full=state is not None or return_state)
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]

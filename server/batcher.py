@@ -255,8 +255,10 @@ class Batcher:
         else:
             temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
             blocks = [j.block_size for _, j, st in live for _ in range(st.batch_size)]
+            # one shared temperature goes as a float: the model's sampling takes a shorter path
+            shared = len(set(temps)) == 1
             args = dict(
-                temperature=torch.tensor(temps, dtype=m.dtype, device=m.device),
+                temperature=temps[0] if shared else torch.tensor(temps, dtype=m.dtype, device=m.device),
                 resumable=first.resumable,
                 block_size=torch.tensor(blocks, dtype=torch.long, device=m.device),  # per row, 0: one pass
             )
