@@ -28,6 +28,18 @@ from .sampling import as_seed_tensor
 from .ssm import weights_key
 from .state import GenState, StateError
 
+# Bumped whenever any module registers a parameter or a submodule, so that a model's cached list of
+# its parameters (SequenceModel._weights) is rebuilt after its structure may have changed.
+_structure = [0]
+
+
+def _structure_changed(*_args: Any) -> None:
+    _structure[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_structure_changed)
+nn.modules.module.register_module_module_registration_hook(_structure_changed)
+
 __all__ = [
     "LossOutput",
     "PositionLimitError",
@@ -72,6 +84,8 @@ class SequenceModel(nn.Module):
         self.modality: Modality = Modality("tokens")
         self._fp_key: tuple | None = None
         self._fp: str = ""
+        self._walk: list[Tensor] = []
+        self._walk_at = -1  # _structure[0] when _walk was taken
 
     # ----- identity -----------------------------------------------------------------------------
     @property
@@ -84,11 +98,21 @@ class SequenceModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return self._weights()[0].device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return self._weights()[0].dtype
+
+    def _weights(self) -> list[Tensor]:
+        """Every parameter, from a walk of the module tree kept until any module registers a
+        parameter or submodule.  ``parameters()`` walks the tree with generators on every call,
+        about 0.15 ms: more than a whole round's sampling, and every generate call checks the
+        fingerprint.  (``.to()`` and ``load_state_dict`` keep the parameter objects; only swapping
+        ``module._parameters`` entries by hand would go unseen.)"""
+        if self._walk_at != _structure[0]:
+            self._walk, self._walk_at = list(self.parameters()), _structure[0]
+        return self._walk
 
     @property
     def fingerprint(self) -> str:
@@ -97,8 +121,8 @@ class SequenceModel(nn.Module):
         Recomputed only when a parameter changed (storage or in-place version), so checking
         it on every call costs nothing.
         """
-        # parameters() is ~100x cheaper than state_dict(): the key costs microseconds per call
-        key = weights_key(self.parameters())
+        # the parameters are ~100x cheaper than state_dict(): the key costs microseconds per call
+        key = weights_key(self._weights())
         if key != self._fp_key:
             self._fp_key, self._fp = key, weights_hash(self)
         return self._fp
@@ -176,6 +200,12 @@ class SequenceModel(nn.Module):
             block_size = self.default_block_size
         if isinstance(block_size, bool) or (isinstance(block_size, Tensor) and block_size.is_floating_point()):
             raise ValueError(f"block_size must be an integer, got {block_size!r}")
+        if isinstance(block_size, int):  # checked in Python: no tensor checks (and host syncs) per call
+            if block_size < 1:
+                raise ValueError("block_size must be >= 1")
+            if self.max_position is not None and block_size >= self.max_position:
+                block_size = 0
+            return torch.full((batch,), block_size, dtype=torch.long, device=self.device)
         sizes = torch.as_tensor(block_size, dtype=torch.long, device=self.device).reshape(-1)
         if sizes.numel() == 1:
             sizes = sizes.expand(batch)

@@ -22,6 +22,7 @@ __all__ = [
     "STREAM_TOKEN",
     "as_seed_tensor",
     "keyed_uniform",
+    "keyed_uniforms",
     "sample_categorical",
     "sequence_seeds",
 ]
@@ -69,11 +70,20 @@ def sequence_seeds(x: Tensor, seed: int) -> Tensor:
 
 def keyed_uniform(seed: Tensor, position: Tensor, stream: int, width: int, dtype: torch.dtype) -> Tensor:
     """Uniforms in (0, 1): ``seed`` ``(B,)``, ``position`` ``(B, T)`` absolute -> ``(B, T, W)``."""
+    return keyed_uniforms(seed, position, (stream,), width, dtype)[:, 0]
+
+
+def keyed_uniforms(seed: Tensor, position: Tensor, streams: tuple[int, ...], width: int, dtype: torch.dtype) -> Tensor:
+    """:func:`keyed_uniform` of several streams at once, ``(B, S, T, W)``: the same numbers, in one
+    pass of the hash's small integer kernels instead of one pass per stream (a block round draws
+    from three streams, and at a few tokens the hash costs as much as a network layer)."""
     lo = seed & _M32  # (B,)
     hi = (seed >> 32) & _M32  # (B,)
-    key = _mix(_mix(_mix((lo + stream) & _M32) ^ hi)[:, None] ^ (position & _M32))  # (B, T)
+    s = torch.tensor(streams, dtype=torch.int64, device=seed.device)  # (S,)
+    row = _mix(_mix((lo[:, None] + s) & _M32) ^ hi[:, None])  # (B, S)
+    key = _mix(row[..., None] ^ (position[:, None] & _M32))  # (B, S, T)
     idx = torch.arange(width, device=seed.device, dtype=torch.int64)  # (W,)
-    bits = _mix(_mix(key[..., None] ^ idx)) >> 8  # (B, T, W) 24 random bits
+    bits = _mix(_mix(key[..., None] ^ idx)) >> 8  # (B, S, T, W) 24 random bits
     return ((bits.to(torch.float64) + 0.5) / float(1 << 24)).to(dtype)
 
 

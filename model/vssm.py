@@ -40,7 +40,15 @@ from torch import Tensor
 
 from .base import LossOutput, SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
-from .sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, hash_rows, keyed_uniform, sample_categorical
+from .sampling import (
+    STREAM_ABSORB,
+    STREAM_LATENT,
+    STREAM_TOKEN,
+    hash_rows,
+    keyed_uniform,
+    keyed_uniforms,
+    sample_categorical,
+)
 from .state import GenState, StateError
 
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
@@ -391,13 +399,16 @@ class VSSM(SequenceModel):
         temperature: float | Tensor,
         observed: Tensor,
         stream: int = STREAM_LATENT,
+        u: Tensor | None = None,
     ) -> Tensor:
         """Latents ``(B, n, Z)``: from ``logits`` where ``observed``, else uniform from the prior.
 
         A prior draw is ``floor(u K)``: exact for a uniform categorical, and it keeps the unprompted
         path free of softmax / cumsum work.  Temperature does not change the (uniform) prior.
+        ``u``: the stream's uniforms ``(B, n, Z)`` when the caller drew them already.
         """
-        u = keyed_uniform(state.seed, self.positions(state, n), stream, self.config.n_latents, self.dtype)
+        if u is None:
+            u = keyed_uniform(state.seed, self.positions(state, n), stream, self.config.n_latents, self.dtype)
         K = self.config.n_classes
         prior = (u * K).long().clamp_max(K - 1)  # (B, n, Z)
         if logits is None:
@@ -470,7 +481,11 @@ class VSSM(SequenceModel):
     def _shared_block(self, state: GenState, blocks: Tensor) -> int:
         """The block size every row shares, at the same phase, if the fused path can run it; else 0."""
         c = int(blocks[0])
-        if not self.fuse_rounds or c == 0 or 2 * c > self.gen_window or not bool((blocks == c).all()):
+        if not self.fuse_rounds or c == 0 or 2 * c > self.gen_window:
+            return 0
+        if state.batch_size == 1:  # a lone row: nothing to compare (and no host syncs to pay)
+            return c
+        if not bool((blocks == c).all()):
             return 0
         return c if bool((state.position % c == state.position[0] % c).all()) else 0
 
@@ -501,10 +516,9 @@ class VSSM(SequenceModel):
             return None  # a part-block kept mid-block: the reference path is as short
         span = sum(ms[:fused])
         positions = self.positions(state, span)  # (B, span)
-        Z = self.config.n_latents
-        u_lat = keyed_uniform(state.seed, positions, STREAM_LATENT, Z, self.dtype)  # (B, span, Z)
-        u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, Z, self.dtype)  # (B, span, Z)
-        u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, span)
+        streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
+        u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
+        u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
         temp, temp_tok = _per_row(temperature, 2), _per_row(temperature, 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
@@ -512,7 +526,7 @@ class VSSM(SequenceModel):
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
-        z = self._sample_latents(logits, state, m, temperature, observed)  # (B, m, Z)
+        z = self._sample_latents(logits, state, m, temperature, observed, u=u_lat[:, :m])  # (B, m, Z)
         x_logits = self.decoder(self._one_hot(z), state["dec"], return_state=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
