@@ -1,4 +1,5 @@
-"""Autoregressive Transformer baseline: causal self-attention with a key/value cache.
+"""Autoregressive Transformer baseline: causal self-attention with a key/value cache; and the
+transformer stack the TVAE's three networks are made of (:class:`TransformerNet`, model/tvae.py).
 
 Glossary of axis letters:
     B  batch      T  new inputs in one call      S  cache slots (inputs consumed so far + T)
@@ -24,7 +25,7 @@ from .autoregressive import ARModel, NetState
 from .base import check_config
 from .state import GenState
 
-__all__ = ["ARTransformer", "ARTransformerConfig"]
+__all__ = ["ARTransformer", "ARTransformerConfig", "Block", "TransformerNet", "TransformerNetConfig", "run_blocks"]
 
 
 @dataclass
@@ -44,34 +45,45 @@ class ARTransformerConfig:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ARTransformerConfig) -> None:
+    """Pre-norm residual block: causal multi-head self-attention, then an MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
-        self.heads = cfg.heads
-        self.ln1 = nn.LayerNorm(cfg.width)
-        self.qkv = nn.Linear(cfg.width, 3 * cfg.width)
-        self.proj = nn.Linear(cfg.width, cfg.width)
-        self.ln2 = nn.LayerNorm(cfg.width)
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width),
+            nn.Linear(width, mlp_ratio * width),
             nn.GELU(),
-            nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width),
+            nn.Linear(mlp_ratio * width, width),
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, length: Tensor | None, inplace: bool = False
+        self,
+        x: Tensor,
+        cache: tuple[Tensor, Tensor] | None,
+        length: Tensor | None,
+        inplace: bool = False,
+        causal: bool = True,
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x`` ``(B, T, H)``; ``cache`` ``(B, h, S0, d)`` twice with ``length`` ``(B,)``, or None.
 
         ``inplace``: the cache is a private buffer with room for ``T`` more slots per row (see
         :meth:`ARTransformer._generate`); new keys are written into it instead of copying it.
+        ``causal=False`` (no cache only): every step attends to the whole sequence, as a
+        smoothing posterior reads it (model/tvae.py).
         """
+        if not causal and cache is not None:
+            raise ValueError("a bidirectional pass reads a whole sequence: it takes no cache")
         Bsz, T, H = x.shape
         q, k, v = (
             self.qkv(self.ln1(x)).view(Bsz, T, 3, self.heads, H // self.heads).permute(2, 0, 3, 1, 4)
         )  # (B, h, T, d)
         if cache is None:
-            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, h, T, d)
             k_all, v_all = k, v
         else:
             k_all, v_all = _write(cache[0], k, length, inplace), _write(cache[1], v, length, inplace)  # (B, h, S, d)
@@ -104,6 +116,97 @@ def _write(cache: Tensor, new: Tensor, length: Tensor, inplace: bool = False) ->
     return out.scatter(2, idx, new)
 
 
+def run_blocks(
+    blocks: nn.ModuleList,
+    h: Tensor,
+    cache: tuple[Tensor, Tensor] | None,
+    length: Tensor,
+    inplace: bool = False,
+    causal: bool = True,
+    return_cache: bool = True,
+) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    """``h`` ``(B, T, H)`` through every block, each from its slice of ``cache`` (``k, v`` ``(B, L, h, S0, d)``
+    with ``length`` ``(B,)`` slots used per row; None: a fresh sequence).  Returns ``h`` and the
+    caches after it, ``(B, L, h, S, d)`` twice (the buffer itself when ``inplace``; None unless
+    ``return_cache``)."""
+    ks, vs = [], []
+    for i, block in enumerate(blocks):
+        layer_cache = None if cache is None else (cache[0][:, i], cache[1][:, i])
+        h, (k, v) = block(h, layer_cache, None if cache is None else length, inplace, causal)
+        ks.append(k)
+        vs.append(v)
+    if inplace:
+        assert cache is not None
+        return h, cache
+    return h, (torch.stack(ks, 1), torch.stack(vs, 1)) if return_cache else None
+
+
+@dataclass
+class TransformerNetConfig:
+    n_in: int  # I: token count (embedding input) or feature size (linear input)
+    n_out: int  # O: output features (logits)
+    max_position: int  # learned positions 0..max_position-1: the longest sequence the net reads
+    tokens: bool = True  # True: inputs are token ids (embedding); False: float vectors (linear)
+    width: int = 64  # H: model width
+    heads: int = 4  # h: attention heads (width must divide evenly)
+    layers: int = 2  # L: transformer blocks
+    mlp_ratio: int = 4  # hidden width of each MLP, as a multiple of H
+    dropout: float = 0.0  # dropout on attention output and MLP, training only
+
+    def __post_init__(self) -> None:
+        check_config(self, ("n_in", "n_out", "max_position", "width", "heads", "layers", "mlp_ratio"))
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+
+
+class TransformerNet(nn.Module):
+    """A sequence network of transformer blocks with SSMNet's shape (model/network.py): input layer,
+    blocks, head; output at step t reads inputs 1..t (or all of them with ``causal=False``).
+
+    Its state is the key/value cache ``(k, v)``, ``(B, L, h, S, d)`` each, with the steps each row
+    has read, ``length`` ``(B,)``, held by the caller (model/tvae.py keeps it equal to the position).
+    """
+
+    def __init__(self, cfg: TransformerNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.inp: nn.Module = nn.Embedding(cfg.n_in, cfg.width) if cfg.tokens else nn.Linear(cfg.n_in, cfg.width)
+        self.pos = nn.Embedding(cfg.max_position, cfg.width)
+        self.blocks = nn.ModuleList(Block(cfg.width, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.n_out)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def initial_state(self, batch: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """An empty cache ``(B, L, h, 0, d)`` twice."""
+        c = self.cfg
+        empty = torch.zeros(batch, c.layers, c.heads, 0, c.width // c.heads, dtype=dtype, device=device)
+        return empty, empty
+
+    def forward(
+        self,
+        x: Tensor,
+        cache: tuple[Tensor, Tensor] | None = None,
+        length: Tensor | None = None,
+        return_state: bool = True,
+        causal: bool = True,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """``x``: ``(B, T)`` tokens or ``(B, T, I)`` vectors -> logits ``(B, T, O)`` and the cache after them.
+
+        ``cache`` None reads a fresh sequence from position 0; otherwise ``x`` continues each row
+        from its ``length`` (positions ``length .. length + T - 1``), as if the rows' earlier
+        inputs were read in the same pass.  ``causal=False`` (fresh sequences only) attends both ways.
+        """
+        Bsz, T = x.shape[:2]
+        if cache is None:
+            length = torch.zeros(Bsz, dtype=torch.long, device=x.device)
+        assert length is not None
+        pos = length[:, None] + torch.arange(T, device=x.device)  # (B, T)
+        h = self.inp(x) + self.pos(pos)  # (B, T, H)
+        h, kv = run_blocks(self.blocks, h, cache, length, causal=causal, return_cache=return_state)
+        return self.head(self.norm(h)), kv
+
+
 class ARTransformer(ARModel):
     family = "ar-transformer"
     config_class = ARTransformerConfig
@@ -114,7 +217,9 @@ class ARTransformer(ARModel):
         super().__init__(config)
         self.embed = nn.Embedding(config.vocab_size + 1, config.width)
         self.pos = nn.Embedding(config.max_position + 1, config.width)  # slot 0 is BOS
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.layers)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, config.vocab_size)
         nn.init.normal_(self.pos.weight, std=0.02)
@@ -130,19 +235,16 @@ class ARTransformer(ARModel):
         pos = length[:, None] + torch.arange(T, device=x.device)  # (B, T)
         h = self.embed(x) + self.pos(pos)  # (B, T, H)
         inplace = state is not None and "buffer" in state
-        ks, vs = [], []
-        for i, block in enumerate(self.blocks):
-            cache = None if state is None else (state["k"][:, i], state["v"][:, i])
-            h, (k, v) = block(h, cache, None if state is None else length, inplace)
-            ks.append(k)
-            vs.append(v)
+        cache = None if state is None else (state["k"], state["v"])
+        h, kv = run_blocks(self.blocks, h, cache, length, inplace, return_cache=return_state)
         logits = self.head(self.norm(h))  # (B, T, V)
         if not return_state:
             return logits, {}
         if inplace:  # the buffer itself was written: no copy of the cache per token
             assert state is not None
             return logits, {**state, "length": length + T}
-        return logits, {"k": torch.stack(ks, 1), "v": torch.stack(vs, 1), "length": length + T}
+        assert kv is not None
+        return logits, {"k": kv[0], "v": kv[1], "length": length + T}
 
     def _generate(
         self,
