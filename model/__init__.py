@@ -1,7 +1,8 @@
 """VSSM serve's model package: pure PyTorch (no web, store or validation libraries).
 
 Families share one resumable-generation contract (see :class:`model.base.SequenceModel`):
-``VSSM`` and the autoregressive baselines ``ARSSM``, ``ARTransformer``, ``ARGRU``.
+``VSSM``, the autoregressive baselines ``ARSSM``, ``ARTransformer``, ``ARGRU``, and the latent-variable
+baselines ``TVAE`` (the VSSM's recipe with transformers) and ``VRNN``.
 """
 
 from .autoregressive import ARGRU, ARSSM, ARGRUConfig, ARModel, ARSSMConfig
@@ -18,6 +19,8 @@ from .checkpoint import (
 )
 from .state import GenState, StateError
 from .transformer import ARTransformer, ARTransformerConfig
+from .tvae import TVAE, TVAEConfig
+from .vrnn import VRNN, VRNNConfig
 from .vssm import VSSM, VSSMConfig, VSSMLoss
 
 __all__ = [
@@ -25,6 +28,8 @@ __all__ = [
     "ARSSM",
     "FAMILIES",
     "FORMAT_VERSION",
+    "TVAE",
+    "VRNN",
     "VSSM",
     "ARGRUConfig",
     "ARModel",
@@ -37,7 +42,9 @@ __all__ = [
     "PositionLimitError",
     "SequenceModel",
     "StateError",
+    "TVAEConfig",
     "TokenRangeError",
+    "VRNNConfig",
     "VSSMConfig",
     "VSSMLoss",
     "build_model",

@@ -22,6 +22,8 @@ from .autoregressive import ARGRU, ARSSM
 from .base import SequenceModel
 from .modality import Modality, of_dataset
 from .transformer import ARTransformer
+from .tvae import TVAE
+from .vrnn import VRNN
 from .vssm import VSSM
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-FAMILIES: dict[str, type[SequenceModel]] = {cls.family: cls for cls in (VSSM, ARSSM, ARTransformer, ARGRU)}
+FAMILIES: dict[str, type[SequenceModel]] = {cls.family: cls for cls in (VSSM, ARSSM, ARTransformer, ARGRU, TVAE, VRNN)}
 
 # Config fields of experimental options since removed from the model (docs/experiments/README.md,
 # "Removed options"), each with the value that meant "off".  Checkpoints saved before the removal

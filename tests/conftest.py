@@ -23,7 +23,21 @@ TINY = {
     "ar-ssm": {"vocab_size": V, "width": 16, "state_size": 8, "layers": 2},
     "ar-transformer": {"vocab_size": V, "width": 16, "heads": 2, "layers": 2, "max_position": 64},
     "ar-gru": {"vocab_size": V, "width": 16, "layers": 2},
+    "tvae": {
+        "vocab_size": V,
+        "max_position": 64,
+        "width": 16,
+        "heads": 2,
+        "enc_layers": 1,
+        "dec_layers": 2,
+        "par_layers": 2,
+        "n_latents": 3,
+        "n_classes": 4,
+    },
+    "vrnn": {"vocab_size": V, "width": 16, "n_latents": 3, "n_classes": 4},
 }
+# families whose NLL is an importance-weighted bound (``nll(..., samples=, seed=)``, ``log_weights``)
+LATENT = ("vssm", "tvae", "vrnn")
 
 
 def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> model.SequenceModel:
@@ -39,6 +53,7 @@ def family(request) -> str:
 # Variants that change a family's layers run through the same contract tests: id -> (family, overrides)
 VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
+    "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 
 

@@ -60,7 +60,7 @@ def test_windowed_append_equals_one_pass(tiny, C):
 
 def test_window_is_a_small_class_constant():
     assert model.SequenceModel.append_window == 256
-    for family in ("vssm", "ar-ssm", "ar-gru", "ar-transformer"):
+    for family in ("vssm", "ar-ssm", "ar-gru", "ar-transformer", "tvae", "vrnn"):
         m = tiny_model(family)
         assert m.append_window == model.SequenceModel.append_window
 

@@ -170,8 +170,9 @@ def test_block_size_must_be_a_positive_integer():
         m.generate(model.GenState.cat([state, state]), 2, block_size=torch.tensor([1, 2, 3]))
 
 
-@pytest.mark.parametrize("family", ["ar-ssm", "ar-gru", "ar-transformer"])
+@pytest.mark.parametrize("family", ["ar-ssm", "ar-gru", "ar-transformer", "tvae", "vrnn"])
 def test_autoregressive_families_accept_block_size_and_ignore_it(family):
+    """And the TVAE (one pass per call) and the VRNN (step by step): model/tvae.py says why."""
     m = tiny_model(family)
     state = m.start(torch.tensor([[1, 2]]), 3)
     ref, _ = m.generate(state, 6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import V, tiny_model
+from tests.conftest import LATENT, V, tiny_model
 from vssm import model
 from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError
 
@@ -67,7 +67,7 @@ def test_seed_changes_the_sample_and_temperature_zero_is_deterministic(tiny):
     assert not torch.equal(a, b)
     g1, _ = tiny.generate(s, 10, temperature=0.0)
     g2, _ = tiny.generate(tiny.start(prompt(B=1, C=2), 99), 10, temperature=0.0)
-    if tiny.family != "vssm":  # the VSSM's greedy path still differs by latent draws keyed on the seed
+    if tiny.family not in LATENT:  # a latent family's greedy path still differs by the prompt's keyed latent draws
         assert torch.equal(g1, g2)
 
 
@@ -134,7 +134,7 @@ def test_ssm_state_size_is_constant_in_position_transformer_grows(family):
     size0 = len(s.to_bytes())
     _, s = m.generate(s, 40)
     grows = len(s.to_bytes()) > size0
-    assert grows == (family == "ar-transformer")
+    assert grows == (family in ("ar-transformer", "tvae"))  # KV caches; every other state is fixed-size
 
 
 def test_nll_is_finite_per_sequence(tiny):
@@ -145,12 +145,15 @@ def test_nll_is_finite_per_sequence(tiny):
 
 def test_per_step_terms_sum_to_the_sequence_figures(tiny):
     x = prompt(B=3, C=12)
-    if isinstance(tiny, model.VSSM):
+    if isinstance(tiny, (model.VSSM, model.TVAE)):
         rec, kl = tiny.step_terms(x, seed=4)
         assert rec.shape == kl.shape == (3, 12) and (rec >= 0).all() and (kl >= -1e-9).all()
         torch.testing.assert_close(kl.sum(-1), tiny.loss(x).kl)  # closed form: no draw involved
         torch.testing.assert_close(rec, tiny.step_terms(x, seed=4)[0])  # keyed draws
         assert not torch.equal(rec, tiny.step_terms(x, seed=5)[0])
+    elif isinstance(tiny, model.VRNN):  # its KL depends on the draws through h: the keyed bound's terms
+        torch.testing.assert_close(tiny.nll(x, seed=4), -tiny.log_weights(x, seed=4)[0])
+        assert not torch.equal(tiny.nll(x, seed=4), tiny.nll(x, seed=5))
     else:
         per_step = tiny.token_nll(x)
         assert per_step.shape == (3, 12)
@@ -187,7 +190,7 @@ def test_vssm_unprompted_latents_come_from_the_prior_and_prompt_changes_them():
 
 
 def test_every_family_is_registered():
-    assert set(model.FAMILIES) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru"}
+    assert set(model.FAMILIES) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn"}
 
 
 @pytest.mark.slow
@@ -196,7 +199,7 @@ def test_prompted_nll_is_the_conditional(family):
     x = prompt(B=3, C=12)
     full, cont = m.nll(x), m.nll(x, prompt_len=5)
     assert cont.shape == (3,) and torch.isfinite(cont).all() and (cont > 0).all()
-    if family != "vssm":  # exact chain rule for the autoregressive families
+    if family not in LATENT:  # exact chain rule for the autoregressive families
         torch.testing.assert_close(cont + m.nll(x[:, :5]), full)
     else:  # a bound on fewer tokens; more importance samples never loosen it on average
         assert (
