@@ -60,7 +60,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
     gen = evaluation.get("generation_seconds") or {}
     if "batch_1" in gen:
-        how = "one parallel pass" if evaluation.get("family") == "vssm" else "token by token"
+        how = "one parallel pass" if evaluation.get("family") in ("vssm", "tvae") else "token by token"
         note = f"{gen.get('length', T)} tokens, {how}"
         out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
         out.append(

@@ -4,8 +4,8 @@ Glossary of axis letters:
     S  test sequences      T  sequence length      C  prompt length
 
 Units: nats per sequence (per image for MNIST) and bits per token (bits per byte for text).
-Autoregressive families are exact; the VSSM reports its negative ELBO and the tighter
-importance-weighted bound with k samples.
+Autoregressive families are exact; the latent-variable families (VSSM, TVAE, VRNN) report their
+negative ELBO and the tighter importance-weighted bound with k samples.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .checkpoint import load_checkpoint, read_metadata
 from .data import eval_sequences, load_dataset
 from .vssm import VSSM
 
-__all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "iw_curve"]
+__all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "is_latent", "iw_curve"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,13 @@ EVAL_SCHEMA_KEYS = (
 PROMPT_FRACTIONS = (0.25, 0.5, 0.75)
 
 
+def is_latent(model: SequenceModel) -> bool:
+    """Whether ``model``'s NLL is an importance-weighted bound: a latent family (VSSM, TVAE, VRNN),
+    whose ``log_weights(x, prompt_len, samples, seed)`` gives the draws' log weights ``(S, B)`` and
+    whose ``nll`` takes ``samples`` and ``seed``."""
+    return callable(getattr(model, "log_weights", None))
+
+
 def _summary(total_nats: float, n_seq: int, tokens_per_seq: int) -> dict[str, float]:
     return _per_sequence(total_nats / n_seq, tokens_per_seq)
 
@@ -70,8 +77,9 @@ def _score(model: SequenceModel, seqs: torch.Tensor, batch_size: int, desc: str,
 
 
 @torch.no_grad()
-def iw_curve(model: VSSM, seqs: torch.Tensor, samples: int, batch_size: int) -> dict[int, float]:
-    """Mean importance-weighted bound (nats per sequence) for k = 1, 2, 4, ..., ``samples`` draws.
+def iw_curve(model: SequenceModel, seqs: torch.Tensor, samples: int, batch_size: int) -> dict[int, float]:
+    """Mean importance-weighted bound (nats per sequence) of a latent family (:func:`is_latent`) for
+    k = 1, 2, 4, ..., ``samples`` draws.
 
     One set of ``samples`` log-weights per sequence serves every k: the k-sample bound is averaged
     over the ``samples // k`` disjoint groups of draws (the first ``(samples // k) * k`` draws), an
@@ -133,11 +141,12 @@ def block_curve(
     """The speed / quality dial (docs/design.md, "Blocks"): per block size, the likelihood bound of
     what block sampling really samples (``samples`` importance samples over ``seqs``), the time to
     generate a whole sequence at batch 1 and 32, and ``judge``'s figures of ``judge_samples``
-    unprompted samples.  Autoregressive families sample token by token whatever the block size:
-    one row, their exact NLL."""
+    unprompted samples.  Other families sample the same way whatever the block size: one row,
+    their exact NLL (autoregressive families, token by token, block 1) or their one-pass bound
+    (the TVAE, one pass, block T; the VRNN, step by step, block 1)."""
     S, T = seqs.shape
     rows = []
-    for c in block_sizes if isinstance(model, VSSM) else [1]:
+    for c in block_sizes if isinstance(model, VSSM) else [T if model.family == "tvae" else 1]:
         if isinstance(model, VSSM):
             w = []
             for i in tqdm(range(0, S, batch_size), desc=f"block {c}", leave=False, disable=None):
@@ -149,6 +158,14 @@ def block_curve(
                 "samples": samples,
                 **_per_sequence(nats, T),
                 "elbo": _per_sequence(float(-lw.mean()), T),
+            }
+        elif is_latent(model):
+            curve = iw_curve(model, seqs, samples, batch_size)
+            nll = {
+                "bound": "iw",
+                "samples": samples,
+                **_per_sequence(curve[samples], T),
+                "elbo": _per_sequence(curve[1], T),
             }
         else:
             nll = {"bound": "exact", **_summary(_score(model, seqs, batch_size, "nll"), S, T)}
@@ -187,7 +204,7 @@ def evaluate(
     rows and ``prompted_samples`` importance samples (default ``samples``)."""
     S, T = seqs.shape
     out: dict[str, Any] = {"test": {"sequences": S, "tokens_per_sequence": T}}
-    if isinstance(model, VSSM):
+    if is_latent(model):
         curve = iw_curve(model, seqs, samples, max(1, batch_size // 4))
         kl = rec = 0.0
         with torch.no_grad():  # scores only: no autograd graph over the whole test set
@@ -197,8 +214,8 @@ def evaluate(
                     tau=1.0,
                     prompt_lengths=torch.zeros(min(batch_size, S - i), dtype=torch.long, device=model.device),
                 )
-                kl += float(t.kl.sum())
-                rec += float(t.reconstruction.sum())
+                kl += float(t.parts["kl"].sum())
+                rec += float(t.parts["rec"].sum())
         out["nll"] = {
             "bound": "iw",
             "samples": samples,
@@ -214,7 +231,7 @@ def evaluate(
     subset = seqs[:prompted_limit] if prompted_limit else seqs
     for frac in PROMPT_FRACTIONS:
         C = int(T * frac)
-        kw = {"samples": samples if prompted_samples is None else prompted_samples} if isinstance(model, VSSM) else {}
+        kw = {"samples": samples if prompted_samples is None else prompted_samples} if is_latent(model) else {}
         nats = _score(model, subset, max(1, batch_size // (4 if kw else 1)), f"prompt{frac}", prompt_len=C, **kw)
         prompted[str(frac)] = {
             "prompt_tokens": C,

@@ -11,7 +11,7 @@ from typing import Any
 
 from .checkpoint import build_model
 
-__all__ = ["PRESETS", "matched_width", "preset_config"]
+__all__ = ["LATENT_SHAPE", "PRESETS", "matched_width", "preset_config"]
 
 # VSSM configs per (dataset, size); baselines are derived by matching.  The small presets spend
 # the generation-time budget on the decoder (6 blocks) rather than the partial encoder (1): for
@@ -39,6 +39,15 @@ DATA_FIELDS = {
 }
 # Depth of each baseline; width is matched.  (layers, width step)
 BASELINE_SHAPE = {"ar-ssm": (6, 4), "ar-gru": (2, 2), "ar-transformer": (3, 8)}
+# The latent-variable baselines keep the VSSM's latent space (Z, K) and these fields; width is
+# matched.  (fixed fields, width step)  The TVAE spends its depth on the decoder as the VSSM does
+# (3 blocks + 1 in the partial encoder); its learned positions are a large share of its count at
+# T = 784 (2 x 784 x H), which leaves it narrow.  The VRNN has one GRU and MLPs of one hidden
+# layer; every one of its parameters runs when serving (model/vrnn.py), so all of them count.
+LATENT_SHAPE: dict[str, tuple[dict[str, Any], int]] = {
+    "tvae": (dict(heads=4, enc_layers=1, dec_layers=3, par_layers=1), 4),
+    "vrnn": ({}, 2),
+}
 
 
 def _count(family: str, config: dict[str, Any]) -> int:
@@ -47,7 +56,7 @@ def _count(family: str, config: dict[str, Any]) -> int:
 
 def matched_width(family: str, fixed: dict[str, Any], target: int) -> dict[str, Any]:
     """``fixed`` plus the ``width`` (on the family's grid) whose parameter count is closest to ``target``."""
-    _, step = BASELINE_SHAPE[family]
+    _, step = BASELINE_SHAPE[family] if family in BASELINE_SHAPE else LATENT_SHAPE[family]
     best = None
     for width in range(step, 1025, step):
         n = _count(family, {**fixed, "width": width})
@@ -70,6 +79,11 @@ def preset_config(dataset: str, family: str, size: str, seq_len: int | None = No
     if family == "vssm":
         return vssm
     target = _count("vssm", vssm)
+    if family in LATENT_SHAPE:
+        latent = {**data, **LATENT_SHAPE[family][0], "n_latents": vssm["n_latents"], "n_classes": vssm["n_classes"]}
+        if family == "tvae":  # learned positions: the data's length, or the training window for text
+            latent["max_position"] = data["max_position"] or seq_len or 256
+        return matched_width(family, latent, target)
     layers, _ = BASELINE_SHAPE[family]
     fixed: dict[str, Any] = {**data, "layers": layers}
     if family == "ar-ssm":

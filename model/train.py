@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     preset: str = ""  # a bundled checkpoint's whole recipe (model/recipes.py), e.g. mnist-vssm; other flags override it
     dataset: str = "mnist"  # mnist | mnist8 | shakespeare | cifar10
-    family: str = "vssm"  # vssm | ar-ssm | ar-transformer | ar-gru
+    family: str = "vssm"  # vssm | ar-ssm | ar-transformer | ar-gru | tvae | vrnn
     size: str = "small"  # preset name (model/presets.py)
     overrides: str = ""  # JSON object merged into the preset's model config, e.g. '{"n_latents": 4}'
     out: str = "runs/mnist-vssm"  # run directory: train state, model checkpoint, metrics
@@ -65,9 +65,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps (0: no step limit)
     budget_minutes: float = 0.0  # stop after this much training wall-clock (0: no time limit)
     budget_cpu_minutes: float = 0.0  # stop after this much CPU time of the training loop (0: no limit)
-    kl_warmup_steps: int = 1000  # VSSM: KL weight ramps 0 -> 1 over these steps
-    tau: float = 1.0  # VSSM: Gumbel-softmax temperature at the start
-    tau_min: float = 0.5  # VSSM: temperature at the end of the schedule
+    kl_warmup_steps: int = 1000  # latent families (VSSM, TVAE, VRNN): KL weight ramps 0 -> 1 over these steps
+    tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
+    tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
