@@ -315,6 +315,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     L += [f"![training]({plots['training']})", ""]
     L += _scan_section(results.get("ssm_parallel_mode"))
     L += _blocks_section(results["blocks"], plots)
+    L += _rounds_section(results.get("rounds"))
     path.write_text("\n".join(L))
     log.info("wrote %s", path)
 
@@ -409,6 +410,44 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
         )
     L += [f"![blocks]({plots['blocks']})", ""]
+    return L
+
+
+def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
+    """One round against this CPU's limits (bench/rounds.py: the cost model)."""
+    if not rd:
+        return []
+    pk = rd["peaks"]
+    L = [
+        "## 8. One block round against the limit",
+        "",
+        f"A lone VSSM round of n tokens from position {rd['position']}, batch {rd['batch']}: four passes of n",
+        "steps (bench/rounds.py counts their FLOPs and bytes from the layer shapes). This CPU, measured in",
+        f"the same run: float32 matmul {pk['matmul_gflops']:.0f} GFLOP/s ({pk['matmul_size']}^3), read bandwidth",
+        f"{pk['cache_gbytes_per_s']:.0f} GB/s over a cache-sized buffer ({pk['cache_buffer_bytes'] / 1e6:.1f} MB) and "
+        f"{pk['dram_gbytes_per_s']:.0f} GB/s over {pk['dram_buffer_bytes'] / 1e6:.0f} MB, one eager PyTorch call "
+        f"{pk['call_us']:.1f} us.",
+        "The roofline is max(FLOPs / matmul rate, bytes / cache bandwidth); the dispatch floor is the",
+        "round's PyTorch calls times one call's time.",
+        "",
+    ]
+    L += _table(
+        ["n", "ms", "MFLOP", "MB", "roofline ms", "calls", "dispatch floor ms", "/ roofline", "/ (roofline + floor)"],
+        [
+            [
+                str(r["n"]),
+                _ms(r["measured"]["median_s"]),
+                f"{r['flops'] / 1e6:.1f}",
+                f"{r['bytes'] / 1e6:.2f}",
+                f"{r['roofline_s'] * 1e3:.3f}",
+                str(r["calls"]),
+                f"{r['dispatch_s'] * 1e3:.2f}",
+                _x(r["vs_roofline"], 1),
+                _x(r["vs_roofline_plus_dispatch"]),
+            ]
+            for r in rd["rounds"]
+        ],
+    )
     return L
 
 

@@ -26,6 +26,7 @@ from .generation import run_generation
 from .limit import run_limit
 from .report import write_markdown, write_plots
 from .resume import run_resume
+from .rounds import run_rounds
 from .scan import run_scan
 from .serving import run as run_serving_suite
 from .targets import evaluate_targets
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument(
         "--only",
-        choices=("blocks",),
+        choices=("blocks", "rounds"),
         default=None,
         help="run one part alone and write only its JSON (no report, no plots; never the committed file by default)",
     )
@@ -85,8 +86,9 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     longest = max(max(s.gen_lengths), max(s.resume_positions) + s.chunk)
     models = build_models(configs, longest)
     results: dict[str, Any] = {"schema": SCHEMA, "mode": s.mode, "machine": machine}
-    if args.only == "blocks":
-        results["blocks"] = run_blocks(models, s)
+    if args.only:
+        part = args.only
+        results[part] = run_blocks(models, s) if part == "blocks" else run_rounds(models["vssm"], s, s.mode == "quick")  # type: ignore[arg-type]
         machine["load_average_end"] = list(os.getloadavg())
         results["elapsed_s"] = time.perf_counter() - t0
         out.write_text(json.dumps(results, indent=1) + "\n")
@@ -96,6 +98,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
     results["resume"] = run_resume(models, s)
     results["blocks"] = run_blocks(models, s)
+    results["rounds"] = run_rounds(models["vssm"], s, s.mode == "quick")  # type: ignore[arg-type]
     results["serving"] = run_serving(s.mode == "quick", machine["threads"])
     results["training"] = run_training(configs, s)
     results["ssm_parallel_mode"] = run_scan(quick=s.mode == "quick")

@@ -138,6 +138,29 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
             )
         )
 
+        lv = {r["clients"]: r for r in sv["levels"]["batching_on"]}
+        if 64 in lv and 16 in lv:
+            rows.append(
+                _row(
+                    "serving throughput, 64 clients / 16 clients",
+                    lv[64]["tokens_per_s"] / lv[16]["tokens_per_s"],
+                    ">= 0.9",
+                    lambda v: v >= 0.9,
+                    f"batching on, {sv['chunk_tokens']}-token streamed session chunks",
+                )
+            )
+            rows.append(
+                _row(
+                    "chunk latency at 64 clients, p99 / p50",
+                    lv[64]["full_p99_ms"] / lv[64]["full_p50_ms"],
+                    "<= 4x",
+                    lambda v: v <= 4.0,
+                    "batching on",
+                )
+            )
+
+    rows += _block_rows(results, s)
+
     # Complexity is a long-T property: at short T a fixed per-call cost (Python, kernel launches)
     # flattens every curve, so each exponent target is judged on T >= 1024 when measured.
     lo, hi = EXPONENT_BAND
@@ -166,4 +189,51 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
                     where,
                 )
             )
+    return rows
+
+
+ROUND_N = 16  # the round of the fast-rounds targets
+ROUND_MS = 1.2  # its latency target at batch 1
+ROUND_VS_LIMIT = 3.0  # and its distance to the cost model's roofline
+BLOCK = 16  # block size of the whole-image speed targets
+BLOCK_SPEEDUP = (10.0, 5.0)  # over the AR-SSM at the small and large batch
+
+
+def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
+    """Block sampling's speed (parts 7 and 8): a round, and a whole image at block 16."""
+    rows = []
+    rd = results.get("rounds")
+    by_n = {r["n"]: r for r in rd["rounds"]} if rd else {}
+    if ROUND_N in by_n:
+        r = by_n[ROUND_N]
+        threads = results["machine"]["threads"]
+        rows.append(
+            _row(
+                f"VSSM {ROUND_N}-token round from a state, ms",
+                r["measured"]["median_s"] * 1e3,
+                f"<= {ROUND_MS} ms",
+                lambda v: v <= ROUND_MS,
+                f"B=1, position {rd['position']}, four passes, {threads} thread(s) (an absolute time: see the load)",
+            )
+        )
+        rows.append(
+            _row(
+                f"VSSM {ROUND_N}-token round / the cost model's roofline",
+                r["vs_roofline"],
+                f"<= {ROUND_VS_LIMIT:g}x",
+                lambda v: v <= ROUND_VS_LIMIT,
+                "roofline: max(FLOPs / matmul rate, bytes / cache bandwidth), measured in this run",
+            )
+        )
+    bl = results.get("blocks")
+    for (batch, part), need in zip((bl or {}).get("sequence", {}).items(), BLOCK_SPEEDUP, strict=False):
+        rows.append(
+            _row(
+                f"VSSM block-{BLOCK} generation speed-up over ar-ssm",
+                part["speedup_vs_ar_ssm"].get(str(BLOCK)),
+                f">= {need:g}x",
+                lambda v, need=need: v >= need,
+                f"T={bl['length']}, B={batch}, unprompted" + ("" if s.mode == "full" else " (quick mode)"),
+            )
+        )
     return rows

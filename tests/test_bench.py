@@ -15,7 +15,19 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("machine", "params", "generation", "limit", "resume", "blocks", "serving", "training", "targets", "plots")
+PARTS = (
+    "machine",
+    "params",
+    "generation",
+    "limit",
+    "resume",
+    "blocks",
+    "rounds",
+    "serving",
+    "training",
+    "targets",
+    "plots",
+)
 
 
 @pytest.mark.slow
@@ -78,8 +90,55 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         speedups = part["speedup_vs_ar_ssm"]
         assert set(speedups) == {"16", "128"} and all(x > 0 for x in speedups.values())
         assert set(part["fused_speedup"]) == {"16"} and part["fused_speedup"]["16"] > 0
+    rd = r["rounds"]
+    assert [x["n"] for x in rd["rounds"]] == [1, 16]
+    assert all(rd["peaks"][k] > 0 for k in ("matmul_gflops", "cache_gbytes_per_s", "dram_gbytes_per_s", "call_us"))
+    for x in rd["rounds"]:
+        assert x["flops"] > x["matmul_flops"] > 0 and x["bytes"] > 0 and x["calls"] > 0
+        assert x["roofline_s"] == max(x["compute_s"], x["memory_s"]) and x["vs_roofline"] > 0
+    assert "## 8. One block round against the limit" in md
+    assert {"VSSM 16-token round from a state, ms", "VSSM block-16 generation speed-up over ar-ssm"} <= {
+        t["what"] for t in r["targets"]
+    }
     assert set(r["plots"]) == {"generation", "limit", "resume", "training", "blocks"}
     for rel in r["plots"].values():
         with Image.open(tmp_path / rel) as im:
             im.verify()
             assert im.format == "PNG"
+
+
+@pytest.mark.parametrize("from_state", [False, True])
+@pytest.mark.parametrize("return_state", [False, True])
+@pytest.mark.parametrize("net", ["decoder", "partial_encoder"])
+def test_round_cost_model_counts_the_matmul_flops_pytorch_counts(
+    net: str, from_state: bool, return_state: bool
+) -> None:
+    """bench/rounds.py's FLOPs are derived from the layer shapes; PyTorch's FLOP counter, run over
+    the real pass, must agree on every matrix product, so the cost model cannot drift from the code."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.rounds import network_pass_cost
+    from vssm import model
+    from vssm.model.presets import preset_config
+
+    torch.manual_seed(0)
+    m = model.build_model("vssm", preset_config("mnist", "vssm", "small")).eval()
+    network = getattr(m, net)
+    B, T = 2, 16
+    x = (
+        m._one_hot(torch.randint(0, m.config.n_classes, (B, T, m.config.n_latents)))
+        if net == "decoder"
+        else (torch.randint(0, m.vocab_size, (B, T)))
+    )
+    state = None
+    if from_state:
+        state = torch.complex(
+            torch.randn(B, network.cfg.layers, network.cfg.width, network.cfg.state_size), torch.zeros(1)
+        )
+    with torch.no_grad():
+        network(x, state, return_state=return_state)  # builds and caches the layers' short matrices
+        with FlopCounterMode(display=False) as counter:
+            network(x, state, return_state=return_state)
+    cost = network_pass_cost(network, B, T, from_state=from_state, return_state=return_state)
+    assert cost.matmul_flops == counter.get_total_flops()

@@ -1,0 +1,182 @@
+"""Part 8: what one block round costs, against what this CPU can do (the round's cost model).
+
+A round of n tokens from a non-empty state (batch 1, the blocks part's round: one call of
+``generate(state, n, block_size=n)``) is four passes of n steps through small networks
+(docs/design.md, "Blocks"): f_par over EMPTYs, f_dec over the latents, f_par over the drawn
+tokens, f_dec over their re-drawn latents.  For each n this part
+
+- counts the round's floating-point operations and the bytes it must move, pass by pass, from the
+  shapes of the implementation (:func:`round_cost`; ``tests/test_bench.py`` checks the matmul
+  FLOPs against PyTorch's own FLOP counter, so the model cannot drift from the code);
+- measures this CPU's peaks in the same process: a large float32 matmul (FLOP/s), the read
+  bandwidth of a buffer the size of the round's working set (the round's matrices stay in cache
+  from one round to the next) and of a buffer far larger than the caches, and the time of one
+  eager PyTorch call on a tiny tensor (the dispatch floor);
+- counts the PyTorch calls the round makes (the profiler's top-level operators);
+- reports the roofline limit ``max(FLOPs / peak, bytes / bandwidth)``, the dispatch floor
+  ``calls x call time``, and the measured round against both.
+
+Glossary of axis letters:
+    B  batch      T  steps of one pass      H  width      N  SSM modes per channel
+    L  layers     O  network outputs        ZK latent one-hot features (Z latents x K classes)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vssm.model import VSSM
+from vssm.model.network import SSMNet
+
+from .common import Settings, measure, measure_interleaved
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PassCost", "measure_peaks", "network_pass_cost", "round_cost", "run_rounds"]
+
+F32 = 4  # bytes per float32
+
+
+@dataclass
+class PassCost:
+    flops: float  # floating-point operations (a multiply-add is 2)
+    matmul_flops: float  # of which in matrix products (what PyTorch's FLOP counter sees)
+    bytes: float  # weights and cached matrices read, plus activations read and written
+
+    def __add__(self, other: PassCost) -> PassCost:
+        return PassCost(self.flops + other.flops, self.matmul_flops + other.matmul_flops, self.bytes + other.bytes)
+
+
+def network_pass_cost(net: SSMNet, B: int, T: int, from_state: bool, return_state: bool) -> PassCost:
+    """One :class:`SSMNet` pass of ``T`` steps on the short path (``S4D.short``), batch ``B``.
+
+    Per layer: LayerNorm, the output matrix ``Y`` ``(H, T [+ 2N], T)`` (the rows of the state only
+    from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when the state is
+    kept, then GELU, the ``H -> 2H`` linear, GLU and the residual add.  Elementwise work is
+    counted at one FLOP per element and op (GELU's erf as 20); activations are read and written once
+    per elementwise op.
+    """
+    cfg = net.cfg
+    H, N, n_out = cfg.width, cfg.state_size, cfg.n_out  # n_out: O
+    act = B * T * H  # elements of one activation (B, T, H)
+    mm = 0.0
+    flops = 0.0
+    nbytes = 0.0
+    if cfg.tokens:  # embedding: a gather
+        nbytes += F32 * act + 8 * B * T
+    else:  # linear from I features
+        mm += 2 * B * T * cfg.n_in * H
+        nbytes += F32 * (cfg.n_in * H + H + B * T * cfg.n_in + act)
+    rows = T + (2 * N if from_state else 0)
+    for _ in range(cfg.layers):
+        flops += 8 * act  # LayerNorm
+        mm += 2 * B * H * rows * T  # [u; h0] @ Y
+        nbytes += F32 * (H * rows * T + 2 * H)
+        if return_state:
+            mm += 2 * B * H * T * 2 * N  # u @ S
+            nbytes += F32 * (H * T * 2 * N + 2 * H * N + 2 * 2 * B * H * N)  # S, Lambda^T, state in and out
+            flops += 8 * B * H * N  # Lambda^T h0 + new part (complex multiply-add)
+        mm += 2 * B * T * H * 2 * H  # linear H -> 2H
+        nbytes += F32 * (2 * H * H + 2 * H)
+        flops += 20 * act + 3 * act + act  # GELU, GLU, residual add
+        nbytes += F32 * act * 2 * 7  # about seven elementwise reads and writes of (B, T, H)-sized activations
+    flops += 8 * act  # final LayerNorm
+    mm += 2 * B * T * H * n_out  # head
+    nbytes += F32 * (H * n_out + n_out + B * T * n_out)
+    return PassCost(flops + mm, mm, nbytes)
+
+
+def round_cost(m: VSSM, n: int, batch: int = 1) -> dict[str, PassCost]:
+    """The four passes of one lone round of ``n`` tokens from a non-empty state (the blocks part's round)."""
+    par, dec = m.partial_encoder, m.decoder
+    return {
+        "f_par over EMPTYs": network_pass_cost(par, batch, n, from_state=True, return_state=False),
+        "f_dec over latents": network_pass_cost(dec, batch, n, from_state=True, return_state=False),
+        "f_par over tokens": network_pass_cost(par, batch, n, from_state=True, return_state=True),
+        "f_dec over re-drawn latents": network_pass_cost(dec, batch, n, from_state=True, return_state=True),
+    }
+
+
+def measure_peaks(working_set_bytes: float, quick: bool) -> dict[str, float]:
+    """This CPU's float32 matmul rate, read bandwidth (cache-sized and DRAM-sized), and call time."""
+    size = 256 if quick else 1024
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    mm = measure(lambda: torch.mm(a, b), repeats=5 if quick else 10).best_s
+    cached = torch.randn(max(1024, int(working_set_bytes) // F32))
+    cache_bw = measure(lambda: cached.sum(), repeats=20, warmup=3).best_s
+    big = torch.randn((16 if quick else 64) << 20)  # 64 or 256 MB, past this machine's 2 MB L2 (and most L3s)
+    dram_bw = measure(lambda: big.sum(), repeats=3 if quick else 5).best_s
+    tiny = torch.zeros(1)
+    calls = 200 if quick else 2000
+    call = measure(lambda: [tiny.add_(1.0) for _ in range(calls)], repeats=3).best_s / calls
+    return {
+        "matmul_gflops": 2 * size**3 / mm / 1e9,
+        "matmul_size": size,
+        "cache_gbytes_per_s": cached.numel() * F32 / cache_bw / 1e9,
+        "cache_buffer_bytes": cached.numel() * F32,
+        "dram_gbytes_per_s": big.numel() * F32 / dram_bw / 1e9,
+        "dram_buffer_bytes": big.numel() * F32,
+        "call_us": call * 1e6,
+    }
+
+
+def _count_calls(fn: Any) -> int:
+    """PyTorch operators ``fn`` calls from Python (the profiler's top-level events): each one costs
+    at least one eager dispatch, whatever it computes."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+
+
+@torch.no_grad()
+def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
+    prompt = torch.randint(0, vssm.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
+    state = vssm.start(prompt, [0])
+    costs = {n: round_cost(vssm, n) for n in s.round_ns}
+    totals = {n: sum(c.values(), PassCost(0.0, 0.0, 0.0)) for n, c in costs.items()}
+    peaks = measure_peaks(max(t.bytes for t in totals.values()), quick)
+    fns = {n: (lambda n=n: vssm.generate(state, n, block_size=n, resumable=True)) for n in s.round_ns}
+    timed = measure_interleaved(fns, max(3, s.repeats * 2))
+    rows = []
+    for n in s.round_ns:
+        tot = totals[n]
+        compute_s = tot.flops / (peaks["matmul_gflops"] * 1e9)
+        memory_s = tot.bytes / (peaks["cache_gbytes_per_s"] * 1e9)
+        calls = _count_calls(fns[n])
+        roofline_s = max(compute_s, memory_s)
+        dispatch_s = calls * peaks["call_us"] / 1e6
+        measured = timed[n].median_s
+        rows.append(
+            {
+                "n": n,
+                "flops": tot.flops,
+                "matmul_flops": tot.matmul_flops,
+                "bytes": tot.bytes,
+                "passes": {k: vars(v) for k, v in costs[n].items()},
+                "compute_s": compute_s,
+                "memory_s": memory_s,
+                "roofline_s": roofline_s,
+                "calls": calls,
+                "dispatch_s": dispatch_s,
+                "measured": timed[n].as_dict(),
+                "vs_roofline": measured / roofline_s,
+                "vs_roofline_plus_dispatch": measured / (roofline_s + dispatch_s),
+            }
+        )
+        log.info(
+            "round n=%d: %.2f ms measured; roofline %.3f ms (%.1f MFLOP, %.2f MB), %d calls = %.3f ms dispatch",
+            n,
+            measured * 1e3,
+            roofline_s * 1e3,
+            tot.flops / 1e6,
+            tot.bytes / 1e6,
+            calls,
+            dispatch_s * 1e3,
+        )
+    return {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1}
