@@ -50,7 +50,7 @@ def train(out: Path, family: str, dataset: str = "mnist", steps: int = 3) -> sub
     return run(*train_args(out, family, dataset, steps))
 
 
-@pytest.mark.parametrize("family", ["vssm", "ar-ssm", "ar-transformer", "ar-gru"])
+@pytest.mark.parametrize("family", ["vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn"])
 def test_train_each_family_and_resume(tmp_path, family):
     out = tmp_path / family
     proc = train(out, family)
@@ -161,6 +161,31 @@ def test_eval_json_schema_and_sample_pngs(tmp_path):
         with Image.open(tmp_path / name) as img:
             img.load()
             assert img.size[0] > 28 and img.mode == "RGB"
+
+
+@pytest.mark.parametrize("family", ["tvae", "vrnn"])
+def test_eval_and_sample_the_latent_baselines(tmp_path, family):
+    """`vssm eval` reports their importance-weighted bounds as it does the VSSM's; `vssm sample` draws them."""
+    out = tmp_path / family
+    train(out, family, "mnist", 1)
+    ckpt, path = out / "model.safetensors", tmp_path / "eval.json"
+    run("-m", "vssm.model", "eval", str(ckpt), "--limit", "3", "--samples", "2", "--prompted-limit", "2",
+        "--batch-size", "4", "--block-sizes", "1,784", "--block-limit", "2", "--block-samples", "2",
+        "--out", str(path))  # fmt: skip
+    result = json.loads(path.read_text())
+    assert set(EVAL_SCHEMA_KEYS) <= set(result) and result["family"] == family
+    nll = result["nll"]
+    assert nll["bound"] == "iw" and list(nll["iw_curve"]) == ["1", "2"] and nll["kl_nats_per_sequence"] >= 0
+    assert nll["iw_curve"]["2"] <= nll["iw_curve"]["1"] == nll["elbo"]["nats_per_sequence"]
+    assert result["prompted_nll"]["0.5"]["samples"] == 2
+    (row,) = result["block_curve"]  # one row: the family samples the same way at every block size
+    assert row["block_size"] == (784 if family == "tvae" else 1) and row["nll"]["bound"] == "iw"
+    params = result["parameters"]
+    assert (params["generation"] < params["total"]) == (family == "tvae")  # the VRNN serves every parameter
+    run("-m", "vssm.model", "sample", str(ckpt), "--out", str(tmp_path / "grid.png"), "--n", "2", "--prompt-rows", "10")
+    for name in ("grid-unconditional.png", "grid-prompted.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.size[0] > 28
 
 
 def test_two_process_data_parallel_training(tmp_path):
