@@ -329,11 +329,12 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
         f"Model: {sv['model']}; sessions generate {sv['chunk_tokens']}-token chunks (streamed), state read from and "
         f"committed to a real Redis on loopback for every chunk; {sv['threads']} torch thread(s).",
         "",
-        f"- In process, one chunk: {mt['alone_ms']:.2f} ms alone, {mt['batch16_ms']:.2f} ms for 16 rows batched "
+        f"- In process, one chunk: {mt['alone_ms']:.2f} ms alone (median {mt.get('alone_median_ms', 0.0):.2f}), "
+        f"{mt['batch16_ms']:.2f} ms for 16 rows batched "
         f"({mt['batch16_per_request_ms']:.2f} ms each): **{mt['throughput_ratio']:.1f}x** model-time throughput.",
         f"- Redis per chunk at 1 client (read + compare-and-set, as the server awaited them): "
         f"{sv['store_ms_per_chunk']:.2f} ms; at more clients the table shows it grow with the event loop's queue.",
-        f"- Server overhead per chunk at 1 client (p50 end to end minus model time): "
+        f"- Server overhead per chunk at 1 client (p50 end to end minus the median model time): "
         f"**{sv['server_overhead_ms_per_chunk']:.2f} ms**.",
         f"- End-to-end throughput with batching / without at {sv['ratio_at_clients']} clients: "
         f"**{sv['end_to_end_batching_ratio']:.2f}x**.",
