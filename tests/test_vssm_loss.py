@@ -240,7 +240,7 @@ def test_split_posterior_is_causal_over_the_training_prompt_and_smoothing_after(
 def test_every_family_has_one_loss_signature(family):
     """The trainer calls ``loss(x, **schedule)`` on any family: a scalar total with a gradient, and
     named per-sequence parts whose "nll" is the NLL (exact for autoregressive families, whose
-    schedule keywords are ignored) or the VSSM's negative ELBO."""
+    schedule keywords are ignored) or a latent family's negative ELBO."""
     m = tiny_model(family).train()
     x = torch.randint(0, m.vocab_size, (3, 10), generator=torch.Generator().manual_seed(0))
     torch.manual_seed(0)
@@ -249,11 +249,16 @@ def test_every_family_has_one_loss_signature(family):
     assert all(v.shape == (3,) for v in out.parts.values()) and "nll" in out.parts
     out.total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
-    if family == "vssm":
+    if family in ("vssm", "tvae"):  # the TVAE has the VSSM's loss, with transformer stacks
         plain = m.loss(x, prompt_lengths=torch.zeros(3, dtype=torch.long))
         assert {"rec", "kl", "pkl"} <= set(plain.parts)
         torch.testing.assert_close(plain.parts["nll"], plain.parts["rec"] + plain.parts["kl"])
         torch.testing.assert_close(plain.total, (plain.parts["nll"] + plain.parts["pkl"]).mean())
+    elif family == "vrnn":  # the negative ELBO, no partial encoder
+        plain = m.loss(x)
+        assert set(plain.parts) == {"nll", "rec", "kl"}
+        torch.testing.assert_close(plain.parts["nll"], plain.parts["rec"] + plain.parts["kl"])
+        torch.testing.assert_close(plain.total, plain.parts["nll"].mean())
     else:
         with torch.no_grad():
             torch.testing.assert_close(m.loss(x).parts["nll"], m.nll(x))
