@@ -4,7 +4,7 @@
   every family; for the VSSM one round is a whole block (``block_size = n``: four passes), for the
   autoregressive families n recurrent steps.
 - Full-sequence generation time against block size: the VSSM at each block size beside the three
-  autoregressive baselines, unprompted, at batch 1 and 32, timed round-robin in one process so that
+  baselines (their own generation), unprompted, at batch 1 and 32, timed round-robin in one process so that
   background load hits every entry alike; the ratios to the AR-SSM are what the suite reports,
   and for blocks up to 56 the ratio of fused rounds to the block-by-block path.
 

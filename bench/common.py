@@ -41,12 +41,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FAMILIES: tuple[str, ...] = ("vssm", "ar-ssm", "ar-transformer", "ar-gru")
+FAMILIES: tuple[str, ...] = ("vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn")
 LABELS: dict[str, str] = {
     "vssm": "VSSM (parallel)",
     "ar-ssm": "AR-SSM (recurrent)",
     "ar-transformer": "AR-Transformer (KV cache)",
     "ar-gru": "AR-GRU",
+    "tvae": "TVAE (parallel, KV caches)",
+    "vrnn": "VRNN (sequential latents)",
 }
 
 
@@ -181,12 +183,12 @@ def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int 
 
     Random weights time the same as trained ones.  Sequences past the data's 784 need
     ``max_position=None`` (no limit) for the recurrent families, and a longer learned position
-    table for the transformer: a lookup, so its compute is unchanged.
+    table for the transformers (AR and TVAE): a lookup, so their compute is unchanged.
     """
     out = {}
     for family in FAMILIES:
         cfg = dict(configs[family])
-        if family == "ar-transformer":
+        if family in ("ar-transformer", "tvae"):
             cfg["max_position"] = max(int(cfg["max_position"]), max_length)
         else:
             cfg["max_position"] = None

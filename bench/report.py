@@ -17,7 +17,14 @@ __all__ = ["write_markdown", "write_plots"]
 
 log = logging.getLogger(__name__)
 
-COLORS = {"vssm": "tab:blue", "ar-ssm": "tab:orange", "ar-transformer": "tab:red", "ar-gru": "tab:green"}
+COLORS = {
+    "vssm": "tab:blue",
+    "ar-ssm": "tab:orange",
+    "ar-transformer": "tab:red",
+    "ar-gru": "tab:green",
+    "tvae": "tab:purple",
+    "vrnn": "tab:brown",
+}
 
 
 def _ms(seconds: float | None) -> str:
@@ -198,9 +205,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         [[LABELS[f], f"{c['generation']:,}", f"{c['total']:,}", _x(c["vs_vssm_generation"], 3)] for f, c in p.items()],
     )
     L += [
-        "VSSM generation params = decoder + partial encoder (the encoder is only used in training).",
-        "Past T = 784 the recurrent families run with `max_position=None` and the transformer with a",
-        "longer learned position table (a lookup: compute unchanged).",
+        "VSSM generation params = decoder + partial encoder (the encoder is only used in training);",
+        "TVAE likewise; the VRNN counts every parameter (serving runs its posterior on prompts).",
+        "Past T = 784 the recurrent families run with `max_position=None` and the transformers (AR and",
+        "TVAE) with a longer learned position table (a lookup: compute unchanged).",
         "",
     ]
 

@@ -46,7 +46,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert r["machine"]["threads"] == 1 and "--quick" in r["machine"]["command"]
 
     gen_params = {f: c["generation"] for f, c in r["params"].items()}
-    assert set(gen_params) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru"}
+    assert set(gen_params) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn"}
     for family, n in gen_params.items():
         assert abs(n / gen_params["vssm"] - 1) <= 0.10, (family, n)
 
@@ -59,7 +59,8 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
                 assert (f, b, T) in measured | skipped
     assert all(x["best_s"] > 0 for x in gen["results"])
     shares = {e["family"]: e["quadratic_share"] for e in gen["exponents"]}
-    assert shares["vssm"] is None and (shares["ar-transformer"] is None or 0 <= shares["ar-transformer"] <= 1)
+    assert shares["vssm"] is None and shares["vrnn"] is None
+    assert all(shares[f] is None or 0 <= shares[f] <= 1 for f in ("ar-transformer", "tvae"))
     assert all(x["vssm_speedup"] > 0 for x in gen["speedups"])
 
     for row in r["limit"]["unprompted"] + r["limit"]["prompted"]:
@@ -81,6 +82,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
+    assert "tvae generation exponent at long T" in {t["what"] for t in r["targets"]}
 
     md = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in md and "## Machine" in md
