@@ -74,6 +74,8 @@ class Settings:
     round_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # tokens of one round from a state (blocks part)
     block_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 28, 56, 112, 196, 392, 784)  # the VSSM's dial (blocks part)
     blocks_length: int = 784  # T of a whole sequence in the blocks part (an MNIST image)
+    parallel_lengths: tuple[int, ...] = (64, 256)  # T of one call vs T one-token calls (Table 1 part)
+    parallel_budget_s: float = 30.0  # that comparison's share of the suite's wall-clock
 
 
 QUICK = Settings(
@@ -94,6 +96,8 @@ QUICK = Settings(
     round_ns=(1, 16),
     block_sizes=(16, 128),
     blocks_length=128,
+    parallel_lengths=(32, 128),
+    parallel_budget_s=10.0,
 )
 FULL = Settings(
     mode="full",

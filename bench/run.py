@@ -24,11 +24,12 @@ from .blocks import run_blocks
 from .common import FULL, QUICK, build_models, machine_info, matched_configs, parameter_counts
 from .generation import run_generation
 from .limit import run_limit
-from .report import write_markdown, write_plots
+from .report import table1_lines, write_markdown, write_plots
 from .resume import run_resume
 from .rounds import run_rounds
 from .scan import run_scan
 from .serving import run as run_serving_suite
+from .table1 import run_table1
 from .targets import evaluate_targets
 from .training import run_training
 
@@ -97,6 +98,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results["generation"] = run_generation(models, s)
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
     results["resume"] = run_resume(models, s)
+    results["table1"] = run_table1(models, results, s)  # reads parts 1 and 3
     results["blocks"] = run_blocks(models, s)
     results["rounds"] = run_rounds(models["vssm"], s, s.mode == "quick")  # type: ignore[arg-type]
     results["serving"] = run_serving(s.mode == "quick", machine["threads"])
@@ -121,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in results.get("targets", []):
         value = "-" if t["measured"] is None else f"{t['measured']:.2f}"
         print(f"  {t['status']:4}  {value:>8}  (want {t['target']})  {t['what']}  [{t['conditions']}]")
+    if "table1" in results:
+        print("\nTable 1, measured (paper -> measured; see benchmarks.md for the thresholds):")
+        print("\n".join("  " + line for line in table1_lines(results["table1"])))
     return 0
 
 

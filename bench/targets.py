@@ -200,10 +200,59 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
                     where,
                 )
             )
+    rows += _table1_rows(results, s)
     return rows
 
 
 TVAE_EXPONENT = 1.5  # issue 24: "TVAE's exponent at long T >= 1.5 at batch 32"
+TABLE1_CELLS = 3  # generation, parallel, resume: the paper's columns
+
+
+def _table1_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
+    """Issue 24: the seeds' Table 1 measured (part 9, bench/table1.py)."""
+    t1 = results.get("table1")
+    if not t1:
+        return []
+    rows = []
+    th = t1["thresholds"]
+    by_family = {r["family"]: r for r in t1["rows"]}
+    vrnn = by_family.get("vrnn")
+    if vrnn:
+        need = th["parallel_from_speedup"]
+        rows.append(
+            _row(
+                "vrnn speed-up of one T-token call over T one-token calls",
+                vrnn["parallel_speedup"],
+                f"< {need:g}x (no parallel speed-up)",
+                lambda v: v < need,
+                f"B=1, T={vrnn['parallel_T']}, resumable calls from one state",
+            )
+        )
+    both = [r["family"] for r in t1["rows"] if r["linear_parallel_resumable"]]
+    rows.append(
+        _row(
+            "families O(T), parallel and resumable in measurement",
+            float(len(both)),
+            "== 1, the VSSM",
+            lambda v: v == 1 and both == ["vssm"],
+            "measured: "
+            + (", ".join(both) or "none")
+            + ("" if s.mode == "full" else " (quick mode: short-T exponents)"),
+        )
+    )
+    cells = [v for r in t1["rows"] for v in r["agrees"].values()]
+    differ = [f"{r['family']} {k}" for r in t1["rows"] for k, v in r["agrees"].items() if v is False]
+    rows.append(
+        _row(
+            "Table 1 cells that agree with the paper",
+            float(sum(v is True for v in cells)),
+            f"== {TABLE1_CELLS * len(t1['rows'])} (every cell), or the difference shown",
+            lambda v: v == TABLE1_CELLS * len(t1["rows"]),
+            "differ: " + (", ".join(differ) or "none") + f"; not measured: {sum(v is None for v in cells)}",
+        )
+    )
+    return rows
+
 
 ROUND_N = 16  # the round of the fast-rounds targets
 ROUND_MS = 1.2  # its latency target at batch 1

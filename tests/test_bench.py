@@ -21,6 +21,7 @@ PARTS = (
     "generation",
     "limit",
     "resume",
+    "table1",
     "blocks",
     "rounds",
     "serving",
@@ -70,6 +71,13 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         rows = [x for x in r["resume"]["results"] if x["family"] == f]
         assert [x["position"] for x in rows] == positions
         assert all(x["chunk_vs_first"] > 0 and x["reprocess_vs_chunk"] > 0 and x["state_bytes"] > 0 for x in rows)
+    _check_table1(r["table1"], set(gen_params), md=(tmp_path / "benchmarks.md").read_text())
+    assert {
+        "tvae generation exponent at long T",
+        "vrnn speed-up of one T-token call over T one-token calls",
+        "families O(T), parallel and resumable in measurement",
+        "Table 1 cells that agree with the paper",
+    } <= {t["what"] for t in r["targets"]}
     sv = r["serving"]
     assert not sv.get("skipped"), sv  # make test installs redis-server, so this part must run
     assert sv["model_time"]["throughput_ratio"] > 0 and sv["store_ms_per_chunk"] > 0
@@ -82,7 +90,6 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
-    assert "tvae generation exponent at long T" in {t["what"] for t in r["targets"]}
 
     md = (tmp_path / "benchmarks.md").read_text()
     assert "## Targets" in md and "## Machine" in md
@@ -107,6 +114,99 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         with Image.open(tmp_path / rel) as im:
             im.verify()
             assert im.format == "PNG"
+
+
+def _check_table1(t1: dict, families: set[str], md: str) -> None:
+    """Part 9's schema: the parallel comparison per family and length, one row per family."""
+    from bench.table1 import PAPER
+
+    par = t1["parallel"]
+    done = {(x["family"], x["T"]) for x in par["results"]} | {(x["family"], x["T"]) for x in par["skipped"]}
+    assert done == {(f, T) for f in families for T in par["lengths"]}
+    for x in par["results"]:
+        assert x["one_call"]["best_s"] > 0 and x["token_calls"]["best_s"] > 0 and x["speedup"] > 0
+    assert set(t1["thresholds"]) == {
+        "quadratic_from_exponent",
+        "parallel_from_speedup",
+        "resumable_from_reprocess_vs_resume",
+    }
+    assert [row["family"] for row in t1["rows"]] == list(PAPER)
+    for row in t1["rows"]:
+        assert set(row["paper"]) == set(row["measured"]) == set(row["agrees"]) == {"generation", "parallel", "resume"}
+        assert row["measured"]["generation"] in ("O(T)", "O(T^2)")
+        assert isinstance(row["measured"]["parallel"], bool) and isinstance(row["measured"]["resume"], bool)
+        assert row["exponent"] is not None and row["parallel_speedup"] > 0
+        assert row["resume"]["state_growth"] > 0 and row["resume"]["reprocess_vs_resume"] > 0
+        assert all(e["nats_per_sequence"] > 0 for e in row["likelihood"])
+    rows = {row["family"]: row for row in t1["rows"]}
+    for f in ("vssm", "ar-ssm", "vrnn"):
+        assert rows[f]["resume"]["state_growth"] == 1.0  # fixed-size states, whatever the timing
+    for f in ("ar-transformer", "tvae"):
+        assert rows[f]["resume"]["state_growth"] > 1.0  # KV caches grow with the position
+    assert "## Table 1: the paper's claims, measured" in md
+    for f, row in rows.items():
+        (line,) = [x for x in md.splitlines() if x.startswith(f"| {row['model']} (`{f}`) |")]
+        nll = row["likelihood"]
+        assert ("not trained" in line) == (not nll)  # a family without an eval JSON gets no number
+        assert not nll or f"{nll[0]['nats_per_sequence']:.2f} ({nll[0]['checkpoint']}" in line
+
+
+def test_table1_reads_cells_from_the_measurements(tmp_path: Path) -> None:
+    """Table 1's decisions from synthetic parts: thresholds, agreement, and no invented likelihood."""
+    from bench.table1 import PAPER, PARALLEL_FROM, QUADRATIC_FROM, RESUME_FROM, table1_rows
+
+    fams = list(PAPER)
+    quadratic = {"ar-transformer", "tvae"}
+    parallel = {"vssm", "tvae"}
+    gen = {
+        "batches": [1, 32],
+        "exponents": [
+            {
+                "family": f,
+                "batch": b,
+                "exponent": 1.0,
+                "lengths": [256, 4096],
+                "exponent_long": QUADRATIC_FROM + 0.1 if f in quadratic and b == 32 else 1.0,
+                "lengths_long": [1024, 4096],
+            }
+            for f in fams
+            for b in (1, 32)
+        ],
+    }
+    res = {
+        "positions": [0, 64, 1024],
+        "results": [
+            {
+                "family": f,
+                "position": P,
+                "chunk": {"best_s": 0.01 * (P + 64) / 128 if f in quadratic else 0.01},
+                "reprocess_vs_chunk": RESUME_FROM - 0.1 if f == "ar-gru" else 3.0,
+                "state_bytes": 100 * max(P, 1) if f in quadratic else 100,
+            }
+            for f in fams
+            for P in (0, 64, 1024)
+        ],
+    }
+    par = {
+        "lengths": [64, 256],
+        "results": [
+            {"family": f, "T": T, "speedup": PARALLEL_FROM * (2 if f in parallel else 0.2)}
+            for f in fams
+            for T in (64, 256)
+        ],
+    }
+    (tmp_path / "mnist-ar-ssm.json").write_text(
+        '{"family": "ar-ssm", "nll": {"bound": "exact", "nats_per_sequence": 60.5}}'
+    )
+    (tmp_path / "mnist-broken.json").write_text('{"family": "tvae"}')  # no nll: skipped, never a number
+    rows = {r["family"]: r for r in table1_rows(gen, res, par, tmp_path)}
+    assert rows["tvae"]["measured"] == {"generation": "O(T^2)", "parallel": True, "resume": True}
+    assert rows["vrnn"]["measured"] == {"generation": "O(T)", "parallel": False, "resume": True}
+    assert rows["ar-gru"]["agrees"] == {"generation": True, "parallel": True, "resume": False}
+    assert [f for f, r in rows.items() if r["linear_parallel_resumable"]] == ["vssm"]
+    assert rows["tvae"]["resume"]["state_growth"] == 16.0 and rows["vrnn"]["resume"]["state_growth"] == 1.0
+    assert rows["ar-ssm"]["likelihood"][0]["nats_per_sequence"] == 60.5
+    assert all(rows[f]["likelihood"] == [] for f in fams if f != "ar-ssm")
 
 
 @pytest.mark.parametrize("from_state", [False, True])

@@ -1,0 +1,237 @@
+"""Part 9: the seeds' Table 1, every cell measured, beside the cells the paper claims.
+
+The paper's table (seeds/, Table 1) gives each model a generation cost, whether it generates in
+parallel and whether it resumes.  Here each cell is read from this run:
+
+- generation cost: the exponent of part 1 (slope of log time against log T) at the large batch
+  and long T; O(T^2) from ``QUADRATIC_FROM`` up, O(T) below.
+- parallel generation: measured here.  One sequence of T tokens is generated twice from the same
+  empty state, batch 1: in one call of T tokens, and in T chained calls of one token.  A family
+  that is sequential over time runs T network steps either way, so the one call saves only the
+  per-call overhead: its speed-up is at most 1 + overhead / step, a few x, and flat in T.  A family
+  that is parallel over time replaces the T steps by one pass over all T positions: its speed-up
+  grows with T.  Batching sequences (batch 32 against batch 1) would not separate the two, since
+  every family batches rows; the time axis is what the paper's column is about.
+- resume: a 64-token round from the state at prefix P against re-processing the P-token prefix
+  and then generating (part 3), at the longest P.  A family that had to re-read its prefix to
+  continue would sit at 1.0x.  The round's cost and the state's bytes at that P against P = 64
+  are shown beside it: they are what makes a cache-based resume O(T^2) over a whole sequence.
+- likelihood: the bundled MNIST checkpoints' eval JSONs (``checkpoints/mnist-*.json``), never
+  measured here: a family without one is "not trained".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vssm import model
+
+from .common import Deadline, Settings, measure_interleaved
+
+__all__ = ["PAPER", "likelihoods", "run_parallel", "run_table1", "table1_rows"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+# The seeds' Table 1, in its row order: (model, generation, parallel generation, resume)
+PAPER: dict[str, tuple[str, str, bool, bool]] = {
+    "ar-transformer": ("Transformer", "O(T^2)", False, True),
+    "ar-gru": ("RNN", "O(T)", False, True),
+    "ar-ssm": ("SSM", "O(T)", False, True),
+    "tvae": ("TVAE", "O(T^2)", True, True),
+    "vrnn": ("VRNN", "O(T)", False, True),
+    "vssm": ("VSSM", "O(T)", True, True),
+}
+QUADRATIC_FROM = 1.5  # exponent at long T from which generation reads as O(T^2) (midway from 1 to 2)
+PARALLEL_FROM = 10.0  # T one-token calls / one T-token call: sequential families measured 1.5-4.5x, T = 32-256
+RESUME_FROM = 1.2  # re-process / resume at the longest prefix: 1.0 would mean the prefix is re-read
+
+
+# ----- parallel over time ------------------------------------------------------------------------
+def _one_call(m: model.SequenceModel, state: model.GenState, T: int) -> None:
+    m.generate(state, T)
+
+
+def _token_calls(m: model.SequenceModel, state: model.GenState, T: int) -> None:
+    for _ in range(T):
+        _, state = m.generate(state, 1)  # type: ignore[assignment]
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run_parallel(models: dict[str, model.SequenceModel], s: Settings) -> dict[str, Any]:
+    """One sequence of T tokens, batch 1: one call of T tokens against T chained one-token calls.
+
+    Both are resumable calls from the same unprompted state, so each ends with the state a session
+    would store.  Every family's pair is timed round-robin with the others; the number of timed
+    rounds is what the length's share of the part's budget allows after a timed warm-up round (at
+    least one, at most ``s.repeats``).
+    """
+    deadline = Deadline(s.parallel_budget_s)
+    results: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    with torch.inference_mode():
+        states = {f: m.start(torch.zeros(1, 0, dtype=torch.long), 7) for f, m in models.items()}
+        # The longest T first: the table reads it; the shorter ones only show the trend in T.
+        lengths = sorted(s.parallel_lengths, reverse=True)
+        for i, T in enumerate(lengths):
+            if deadline.remaining() <= 0:
+                reason = f"part budget of {s.parallel_budget_s:.0f} s spent; not measured"
+                skipped += [{"family": f, "T": T, "reason": reason} for f in models]
+                continue
+            fns: dict[str, Callable[[], object]] = {}
+            for f, m in models.items():
+                fns[f"{f}:one"] = lambda m=m, st=states[f], T=T: _one_call(m, st, T)
+                fns[f"{f}:tokens"] = lambda m=m, st=states[f], T=T: _token_calls(m, st, T)
+            round_s = sum(_timed(fn) for fn in fns.values())  # the warm-up, timed to size the repeats
+            share = deadline.remaining() / (len(lengths) - i)
+            repeats = max(1, min(s.repeats, int(share / round_s)))
+            timed = measure_interleaved(fns, repeats=repeats, warmup=0)
+            for f in models:
+                one, tokens = timed[f"{f}:one"], timed[f"{f}:tokens"]
+                results.append(
+                    {
+                        "family": f,
+                        "T": T,
+                        "one_call": one.as_dict(),
+                        "token_calls": tokens.as_dict(),
+                        "speedup": tokens.best_s / one.best_s,
+                        "speedup_median": tokens.median_s / one.median_s,
+                    }
+                )
+                log.info(
+                    "parallel %-14s T=%-4d one call %.2f ms, %d one-token calls %.1f ms: %.1fx",
+                    f,
+                    T,
+                    one.best_s * 1e3,
+                    T,
+                    tokens.best_s * 1e3,
+                    results[-1]["speedup"],
+                )
+    results.sort(key=lambda r: r["T"])
+    return {
+        "lengths": sorted(s.parallel_lengths),
+        "batch": 1,
+        "one_call": "m.generate(state, T)",
+        "token_calls": "T x (_, state = m.generate(state, 1))",
+        "statistic": "speedup = best of the token calls / best of the one call",
+        "results": results,
+        "skipped": skipped,
+    }
+
+
+# ----- likelihood --------------------------------------------------------------------------------
+def likelihoods(directory: Path = CHECKPOINTS) -> dict[str, list[dict[str, Any]]]:
+    """Every bundled MNIST eval JSON's test NLL, per family, best first (nothing is measured here)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(directory.glob("mnist-*.json")):
+        try:
+            d = json.loads(path.read_text())
+            nll = d["nll"]
+            entry = {
+                "checkpoint": path.stem,
+                "nats_per_sequence": float(nll["nats_per_sequence"]),
+                "bound": nll.get("bound", "?"),
+                "samples": nll.get("samples"),
+            }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("no likelihood in %s: %s", path, exc)
+            continue
+        out.setdefault(d.get("family", "?"), []).append(entry)
+    for entries in out.values():
+        entries.sort(key=lambda e: e["nats_per_sequence"])
+    return out
+
+
+# ----- the table ---------------------------------------------------------------------------------
+def _exponent(gen: dict[str, Any], family: str, batch: int) -> tuple[float | None, list[int]]:
+    for e in gen["exponents"]:
+        if e["family"] == family and e["batch"] == batch:
+            if e["exponent_long"] is not None:
+                return e["exponent_long"], e["lengths_long"]
+            return e["exponent"], e["lengths"]
+    return None, []
+
+
+def _agree(paper: object, measured: object | None) -> bool | None:
+    return None if measured is None else paper == measured
+
+
+def table1_rows(
+    gen: dict[str, Any], res: dict[str, Any], par: dict[str, Any], checkpoints: Path = CHECKPOINTS
+) -> list[dict[str, Any]]:
+    """One row per family, in the paper's order, from parts 1 (``gen``), 3 (``res``) and 9 (``par``),
+    and the eval JSONs in ``checkpoints``."""
+    batch = max(gen["batches"])
+    first = min(p for p in res["positions"] if p > 0)
+    last = max(res["positions"])
+    nll = likelihoods(checkpoints)
+    rows = []
+    for family, (name, p_gen, p_par, p_res) in PAPER.items():
+        exponent, fit = _exponent(gen, family, batch)
+        cost = None if exponent is None else "O(T^2)" if exponent >= QUADRATIC_FROM else "O(T)"
+        measured_par = [r for r in par["results"] if r["family"] == family]
+        speedup = max(measured_par, key=lambda r: r["T"]) if measured_par else None
+        parallel = None if speedup is None else speedup["speedup"] >= PARALLEL_FROM
+        by_pos = {r["position"]: r for r in res["results"] if r["family"] == family}
+        resume = None
+        if first in by_pos and last in by_pos:
+            a, b = by_pos[first], by_pos[last]
+            resume = {
+                "reprocess_vs_resume": b["reprocess_vs_chunk"],
+                "cost_growth": b["chunk"]["best_s"] / a["chunk"]["best_s"],
+                "state_growth": b["state_bytes"] / a["state_bytes"],
+                "state_bytes": b["state_bytes"],
+            }
+        resumable = None if resume is None else resume["reprocess_vs_resume"] >= RESUME_FROM
+        agree = {
+            "generation": _agree(p_gen, cost),
+            "parallel": _agree(p_par, parallel),
+            "resume": _agree(p_res, resumable),
+        }
+        rows.append(
+            {
+                "family": family,
+                "model": name,
+                "paper": {"generation": p_gen, "parallel": p_par, "resume": p_res},
+                "measured": {"generation": cost, "parallel": parallel, "resume": resumable},
+                "exponent": exponent,
+                "exponent_batch": batch,
+                "exponent_lengths": fit,
+                "parallel_speedup": None if speedup is None else speedup["speedup"],
+                "parallel_T": None if speedup is None else speedup["T"],
+                "resume": resume,
+                "resume_positions": [first, last],
+                "linear_parallel_resumable": cost == "O(T)" and bool(parallel) and bool(resumable),
+                "agrees": agree,
+                "likelihood": nll.get(family, []),
+            }
+        )
+    return rows
+
+
+def run_table1(models: dict[str, model.SequenceModel], results: dict[str, Any], s: Settings) -> dict[str, Any]:
+    """Measure parallel generation, then assemble the table from it and parts 1 and 3 (run them first)."""
+    par = run_parallel(models, s)
+    return {
+        "thresholds": {
+            "quadratic_from_exponent": QUADRATIC_FROM,
+            "parallel_from_speedup": PARALLEL_FROM,
+            "resumable_from_reprocess_vs_resume": RESUME_FROM,
+        },
+        "parallel": par,
+        "likelihood_source": "checkpoints/mnist-*.json: nll.nats_per_sequence (test set)",
+        "rows": table1_rows(results["generation"], results["resume"], par),
+    }
