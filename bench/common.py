@@ -76,6 +76,7 @@ class Settings:
     blocks_length: int = 784  # T of a whole sequence in the blocks part (an MNIST image)
     parallel_lengths: tuple[int, ...] = (64, 256)  # T of one call vs T one-token calls (Table 1 part)
     parallel_budget_s: float = 30.0  # that comparison's share of the suite's wall-clock
+    one_pass_budget_s: float = 20.0  # the VSSM's curve without generation windows, at long T (Table 1 part)
 
 
 QUICK = Settings(

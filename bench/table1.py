@@ -26,16 +26,19 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vssm import model
+from vssm.model import VSSM
 
 from .common import Deadline, Settings, measure_interleaved
+from .generation import LONG_FROM, _curve, fit_exponent
 
-__all__ = ["PAPER", "likelihoods", "run_parallel", "run_table1", "table1_rows"]
+__all__ = ["PAPER", "likelihoods", "run_one_pass", "run_parallel", "run_table1", "table1_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,35 @@ def run_parallel(models: dict[str, model.SequenceModel], s: Settings) -> dict[st
     }
 
 
+# ----- the VSSM without windows -------------------------------------------------------------------
+def run_one_pass(vssm: VSSM, s: Settings) -> dict[str, Any]:
+    """The VSSM's long-T curve at the large batch with every T in one parallel pass.
+
+    Served, the VSSM generates in windows of ``gen_window`` tokens (model/vssm.py: bounded memory);
+    past one window, each window starts with the previous one's state, whose readout and advance
+    read (H, 2N, window) tables per layer.  Part 1 times that served path; this times the same
+    tokens in one pass (the tokens do not change), so the table can show how much of the exponent
+    at long T is the windows' hand-offs.  Not needed (skipped) when every T fits one window.
+    """
+    window = vssm.gen_window
+    lengths = tuple(T for T in s.gen_lengths if T >= LONG_FROM)
+    batch = max(s.batches)
+    out: dict[str, Any] = {"window": window, "batch": batch, "lengths": list(lengths), "results": [], "skipped": []}
+    if len(lengths) < 2 or max(lengths) <= window:
+        out["note"] = f"not measured: fewer than two T >= {LONG_FROM}, or every T within one window"
+        return out
+    vssm.gen_window = max(lengths)  # an instance attribute: one pass at every T; the class default is untouched
+    try:
+        with torch.inference_mode():
+            rows, skipped = _curve("vssm", vssm, batch, replace(s, gen_lengths=lengths), Deadline(s.one_pass_budget_s))
+    finally:
+        vssm.gen_window = window
+    exponent, used = fit_exponent({r["T"]: r["best_s"] for r in rows}, LONG_FROM)
+    out.update(results=rows, skipped=skipped, exponent=exponent, exponent_lengths=used if exponent else [])
+    log.info("VSSM in one pass (no %d-token windows), B=%d: exponent %s over T = %s", window, batch, exponent, used)
+    return out
+
+
 # ----- likelihood --------------------------------------------------------------------------------
 def likelihoods(directory: Path = CHECKPOINTS) -> dict[str, list[dict[str, Any]]]:
     """Every bundled MNIST eval JSON's test NLL, per family, best first (nothing is measured here)."""
@@ -225,6 +257,7 @@ def table1_rows(
 def run_table1(models: dict[str, model.SequenceModel], results: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Measure parallel generation, then assemble the table from it and parts 1 and 3 (run them first)."""
     par = run_parallel(models, s)
+    one_pass = run_one_pass(models["vssm"], s)  # type: ignore[arg-type]
     return {
         "thresholds": {
             "quadratic_from_exponent": QUADRATIC_FROM,
@@ -232,6 +265,7 @@ def run_table1(models: dict[str, model.SequenceModel], results: dict[str, Any], 
             "resumable_from_reprocess_vs_resume": RESUME_FROM,
         },
         "parallel": par,
+        "vssm_one_pass": one_pass,
         "likelihood_source": "checkpoints/mnist-*.json: nll.nats_per_sequence (test set)",
         "rows": table1_rows(results["generation"], results["resume"], par),
     }
