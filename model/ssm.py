@@ -15,8 +15,8 @@ Parallel mode, from any initial state h_0 (the state *before* the first input):
     h_T = Lambda^T h_0 + sum_k Lambda^(T-1-k) B_bar u_k
 Why FFT convolution: on CPU and GPU alike the kernel term is one rfft / irfft pair over (B, H, 2T),
 O(T log T) on the best-tuned primitive each backend has (pocketfft / cuFFT), and the two
-state terms are dense matmuls against a Vandermonde matrix Lambda^k that depends only on the
-weights and T, so inference caches it.  An associative scan in plain PyTorch needs log T
+state terms are batched matmuls against tables of Lambda^k that depend only on the weights and T
+(about sqrt T powers each: k = S i + j), so inference caches them.  An associative scan in plain PyTorch needs log T
 dependent passes over a (B, H, N, T) complex tensor (N times the memory traffic of the
 convolution) and a chunked scan needs a Python loop over chunks; both lose on a 2-core CPU
 and neither is faster on GPU without a custom kernel.
@@ -213,16 +213,51 @@ class S4D(nn.Module):
             return {"Lam": Lam, "B_bar": B_bar, "C": C}
         out = {"kernel_f": torch.fft.rfft(self._kernel(dtA, C * B_bar, T), n=2 * T)}  # (H, T+1) spectrum
         if full:
-            re, im = _powers(dtA, torch.arange(T + 1, device=Lam.device, dtype=Lam.real.dtype))  # (H, N, T+1)
-            # The state terms are real matmuls over stacked (real, imaginary) parts: PyTorch's complex
-            # bmm on CPU loops over the batch of matrices, 5x slower than MKL's real batched gemm.
-            powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
-            c_pow = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1): initial-state readout
-            out["C_pow"] = torch.cat([c_pow.real, -c_pow.imag], dim=1)  # (H, 2N, T)  Re(h C) = h_re C_re - h_im C_im
-            b_rev = B_bar[..., None] * powers[..., :T].flip(-1)  # (H, N, T)  B_bar Lambda^(T-1-k)
-            out["B_rev"] = torch.cat([b_rev.real, b_rev.imag], dim=1)  # (H, 2N, T)
-            out["Lam_T"] = powers[..., T]  # (H, N)
+            # The state terms need Lambda^k for k < T.  With k = S i + j (S ~ sqrt T) they factor into
+            # two tables of about sqrt(T) powers: a full (H, 2N, T) table per term was 17 MB per layer
+            # at T = 1024, streamed from memory on every state hand-off (at batch 1 that, not the
+            # arithmetic, was the cost: a long generation's window hand-offs took 55-61% of its time).
+            S = max(1, math.isqrt(T - 1) + 1)  # smallest S with S * S >= T
+            steps = -(-T // S)  # I: rows of the k = S i + j grid
+            k = torch.arange(max(S, steps), device=Lam.device, dtype=Lam.real.dtype)
+            lo_re, lo_im = _powers(dtA, k[:S])  # (H, N, S)  Lambda^j
+            hi_re, hi_im = _powers(dtA, k[:steps] * S)  # (H, N, I)  Lambda^(S i)
+            # real matmul operands, (real, imaginary) interleaved per mode so that results view as complex
+            lo = torch.stack([lo_re, lo_im], -1).transpose(1, 2)  # (H, S, N, 2)
+            out["lo_adv"] = lo.flatten(-2).contiguous()  # (H, S, 2N)  [Re, Im] Lambda^j
+            out["lo_read"] = (lo * torch.tensor([1.0, -1.0], dtype=lo.dtype, device=lo.device)).flatten(-2)
+            out["lo_read"] = out["lo_read"].transpose(1, 2).contiguous()  # (H, 2N, S)  [Re, -Im] Lambda^j
+            out["hi"] = torch.complex(hi_re, hi_im).transpose(1, 2).contiguous()  # (H, I, N)  Lambda^(S i)
+            out["C_Lam"] = C * Lam  # (H, N)  readout: Re(C Lambda^(t+1) h0) = Re((C Lambda h0) Lambda^t)
+            out["B_bar"] = B_bar  # (H, N)
+            re, im = _powers(dtA, torch.tensor([float(T)], device=Lam.device, dtype=Lam.real.dtype))
+            out["Lam_T"] = torch.complex(re, im)[..., 0]  # (H, N)  Lambda^T
         return out
+
+    @staticmethod
+    def _readout(state: Tensor, tens: dict[str, Tensor], T: int) -> Tensor:
+        """``Re(sum_n C_n Lambda_n^(t+1) h0_n)`` for ``t < T``: the initial state's share of the output,
+        ``(B, H, T)``, as one real batched matmul over the two power tables (:meth:`_build`)."""
+        hi = tens["hi"]  # (H, I, N)
+        Bsz, steps = state.shape[0], hi.shape[1]
+        g = (state * tens["C_Lam"]).transpose(0, 1)  # (H, B, N)  C Lambda h0
+        p = torch.view_as_real(g[:, :, None, :] * hi[:, None])  # (H, B, I, N, 2)  g Lambda^(S i)
+        y = torch.bmm(p.reshape(hi.shape[0], Bsz * steps, -1), tens["lo_read"])  # (H, B*I, S): step S i + j
+        return y.reshape(hi.shape[0], Bsz, -1)[..., :T].transpose(0, 1)  # (B, H, T)
+
+    @staticmethod
+    def _advance(u: Tensor, state: Tensor | None, tens: dict[str, Tensor]) -> Tensor:
+        """State after all of ``u`` ``(B, H, T)``, from ``state`` (None: zeros), ``(B, H, N)``:
+        ``Lambda^T h0 + B_bar sum_r Lambda^r u_(T-1-r)``, the sum over r = S i + j as a real
+        batched matmul against ``Lambda^j``, then a weighted sum over i with ``Lambda^(S i)``."""
+        Bsz, H, T = u.shape
+        lo, hi = tens["lo_adv"], tens["hi"]  # (H, S, 2N), (H, I, N)
+        S, steps = lo.shape[1], hi.shape[1]
+        v = torch.nn.functional.pad(u.flip(-1), (0, steps * S - T)).transpose(0, 1).contiguous()  # (H, B, I*S)
+        q = torch.bmm(v.view(H, Bsz * steps, S), lo)  # (H, B*I, 2N)  sum_j v_(S i + j) Lambda^j
+        inner = torch.view_as_complex(q.view(H, Bsz, steps, -1, 2))  # (H, B, I, N)
+        nxt = (inner * hi[:, None]).sum(2).transpose(0, 1) * tens["B_bar"]  # (B, H, N)
+        return nxt if state is None else nxt + state * tens["Lam_T"]
 
     @staticmethod
     def _kernel(dtA: Tensor, w: Tensor, T: int) -> Tensor:
@@ -264,8 +299,7 @@ class S4D(nn.Module):
         y = torch.fft.irfft(torch.fft.rfft(u, n=2 * T) * tens["kernel_f"], n=2 * T)[..., :T]  # (B, H, T)
         y = y + u * self.D[:, None]
         if state is not None:
-            h0 = torch.cat([state.real, state.imag], dim=-1)  # (B, H, 2N)
-            y = y + torch.einsum("bhk,hkt->bht", h0, tens["C_pow"])  # (B, H, T)
+            y = y + self._readout(state, tens, T)  # (B, H, T)
         if not return_state:
             return y, None
         if isinstance(lengths, Tensor):
@@ -291,13 +325,6 @@ class S4D(nn.Module):
         y_a = conv_a + u_a * self.D[:, None]  # (B, H, T)
         y_m = conv_a + _block_conv(u_m - u_a, K, min(block, T)) + u_m * self.D[:, None]  # (B, H, T)
         return y_a, y_m
-
-    def _advance(self, u: Tensor, state: Tensor | None, tens: dict[str, Tensor]) -> Tensor:
-        """State after all of ``u`` ``(B, H, T)``, from ``state`` (None: zeros)."""
-        ri = torch.einsum("bht,hkt->bhk", u, tens["B_rev"])  # (B, H, 2N) real and imaginary parts
-        N = self.cfg.state_size
-        nxt = torch.complex(ri[..., :N], ri[..., N:])  # (B, H, N)
-        return nxt if state is None else nxt + state * tens["Lam_T"]
 
     def _state_at(self, u: Tensor, state: Tensor | None, lengths: Tensor) -> Tensor:
         """State after ``lengths[b]`` inputs for each row, grouped by distinct length (usually one)."""
