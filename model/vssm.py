@@ -426,11 +426,15 @@ class VSSM(SequenceModel):
         scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """Rows are independent, so a large call runs in blocks of rows whose activations stay in
-        the CPU's cache: about ``row_block_tokens`` tokens per block (bench/generation.py).
+        the CPU's cache: about ``row_block_tokens`` tokens per pass (bench/generation.py).  A pass
+        of block sampling spans about two blocks, not the call: cutting 32 rows of a block-16 image
+        into groups sized by its 784 tokens made four times the rounds.
         ``scores``: a list that receives the decoder's log-probabilities ``(B, n, V)``."""
         _check_block_state(state)
         blocks = torch.zeros_like(state.position) if blocks is None else blocks
         rows = max(1, self.row_block_tokens // n)
+        if state.batch_size > rows and not bool((blocks == 0).any()):  # every row in blocks: passes of ~2c
+            rows = max(1, self.row_block_tokens // min(n, 2 * int(blocks.max())))
         if state.batch_size <= rows:
             return self._generate_rows(state, n, temperature, resumable, blocks, scores)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
