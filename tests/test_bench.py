@@ -135,9 +135,12 @@ def _check_table1(t1: dict, families: set[str], md: str) -> None:
     assert [row["family"] for row in t1["rows"]] == list(PAPER)
     for row in t1["rows"]:
         assert set(row["paper"]) == set(row["measured"]) == set(row["agrees"]) == {"generation", "parallel", "resume"}
-        assert row["measured"]["generation"] in ("O(T)", "O(T^2)")
-        assert isinstance(row["measured"]["parallel"], bool) and isinstance(row["measured"]["resume"], bool)
-        assert row["exponent"] is not None and row["parallel_speedup"] > 0
+        # None: not measured in this run (on a loaded machine the run caps can cut a family's curve
+        # short of two lengths); a cell is then left open, never guessed
+        assert row["measured"]["generation"] in ("O(T)", "O(T^2)", None)
+        assert (row["exponent"] is None) == (row["measured"]["generation"] is None)
+        assert row["measured"]["parallel"] in (True, False, None) and isinstance(row["measured"]["resume"], bool)
+        assert row["parallel_speedup"] is None or row["parallel_speedup"] > 0
         assert row["resume"]["state_growth"] > 0 and row["resume"]["reprocess_vs_resume"] > 0
         assert all(e["nats_per_sequence"] > 0 for e in row["likelihood"])
     rows = {row["family"]: row for row in t1["rows"]}
