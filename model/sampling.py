@@ -23,6 +23,9 @@ __all__ = [
     "as_seed_tensor",
     "keyed_uniform",
     "keyed_uniforms",
+    "latents_from",
+    "per_row",
+    "positional_draw",
     "sample_categorical",
     "sequence_seeds",
 ]
@@ -112,3 +115,31 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     cdf = probs.cumsum(-1)  # (..., V)
     drawn = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)  # (...)
     return drawn.clamp_max(probs.shape[-1] - 1)
+
+
+def per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:
+    """A per-row temperature ``(B,)`` reshaped to broadcast over ``extra_dims`` more axes."""
+    if isinstance(temperature, Tensor) and temperature.ndim == 1:
+        return temperature.reshape(-1, *([1] * extra_dims))
+    return temperature
+
+
+def positional_draw(log_p: Tensor, row_seed: Tensor, stream: int) -> Tensor:
+    """Latents ``(B, T, W)`` drawn from ``log_p`` ``(B, T, W, K)`` at positions ``0..T-1``, keyed on
+    (``row_seed`` ``(B,)``, position): the draws of a likelihood bound or a training pass."""
+    Bsz, T, W = log_p.shape[:3]
+    pos = torch.arange(T, device=log_p.device).expand(Bsz, T)
+    return sample_categorical(log_p, keyed_uniform(row_seed, pos, stream, W, log_p.dtype), 1.0)
+
+
+def latents_from(
+    logits: Tensor | None, u: Tensor, n_classes: int, temperature: float | Tensor, observed: Tensor
+) -> Tensor:
+    """Latents ``(B, n, W)`` from uniforms ``u`` ``(B, n, W)``: drawn from ``logits`` where ``observed``
+    ``(B,)``, else from the uniform prior as ``floor(u K)`` (exact for a uniform categorical, with no
+    softmax work on the unprompted path; temperature leaves the uniform prior unchanged)."""
+    prior = (u * n_classes).long().clamp_max(n_classes - 1)  # (B, n, W)
+    if logits is None:
+        return prior
+    drawn = sample_categorical(logits, u, per_row(temperature, 2))  # (B, n, W)
+    return torch.where(observed[:, None, None], drawn, prior)

@@ -42,7 +42,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SequenceModel, check_config
-from .sampling import STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical, sequence_seeds
+from .sampling import (
+    STREAM_LATENT,
+    STREAM_TOKEN,
+    keyed_uniform,
+    latents_from,
+    per_row,
+    positional_draw,
+    sample_categorical,
+    sequence_seeds,
+)
 from .state import GenState
 from .transformer import TransformerNet, TransformerNetConfig
 from .vssm import VSSMLoss, straight_through_gumbel
@@ -154,13 +163,6 @@ class TVAE(SequenceModel):
         """``-log p(x_t | z_1:t)`` of every step ``(B, T)``."""
         return F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")
 
-    def _keyed_draw(self, log_p: Tensor, row_seed: Tensor) -> Tensor:
-        """Latents ``(B, T, Z)`` drawn from ``log_p`` ``(B, T, Z, K)``, keyed on (``row_seed``, position)."""
-        Bsz, T = log_p.shape[:2]
-        pos = torch.arange(T, device=log_p.device).expand(Bsz, T)
-        u = keyed_uniform(row_seed, pos, STREAM_LATENT, self.config.n_latents, self.dtype)
-        return sample_categorical(log_p, u, 1.0)
-
     # ----- training -------------------------------------------------------------------------------
     def loss(
         self,
@@ -226,7 +228,7 @@ class TVAE(SequenceModel):
         for k0 in range(0, samples, group):
             g = min(group, samples - k0)
             keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
-            z = self._keyed_draw(proposal.repeat(g, 1, 1, 1), keys)  # (g*B, T, Z)
+            z = positional_draw(proposal.repeat(g, 1, 1, 1), keys, STREAM_LATENT)  # (g*B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (g*B, T, V)
             log_px = -self._xent(x_logits, x.repeat(g, 1))[:, C:].sum(-1)  # (g*B,)
             zc = z[:, C:, :, None]  # (g*B, T-C, Z, 1)
@@ -241,7 +243,7 @@ class TVAE(SequenceModel):
         ``-log p(x_t | z_1:t)`` for one keyed posterior draw, and ``KL(q_psi(z_t | x) || uniform)``."""
         x = self._scored(x, 0)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
-        z = self._keyed_draw(log_q, sequence_seeds(x, seed))  # (B, T, Z)
+        z = positional_draw(log_q, sequence_seeds(x, seed), STREAM_LATENT)  # (B, T, Z)
         x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
         return self._xent(x_logits, x), self._kl_to_prior(log_q)
 
@@ -279,14 +281,9 @@ class TVAE(SequenceModel):
         self, logits: Tensor | None, state: GenState, n: int, temperature: float | Tensor, observed: Tensor
     ) -> Tensor:
         """Latents ``(B, n, Z)``: from ``logits`` where ``observed``, else uniform from the prior
-        (``floor(u K)``, exact for a uniform categorical; temperature leaves the prior unchanged)."""
+        (:func:`sampling.latents_from`)."""
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
-        K = self.config.n_classes
-        prior = (u * K).long().clamp_max(K - 1)  # (B, n, Z)
-        if logits is None:
-            return prior
-        drawn = sample_categorical(logits, u, _per_row(temperature, 2))  # (B, n, Z)
-        return torch.where(observed[:, None, None], drawn, prior)
+        return latents_from(logits, u, self.config.n_classes, temperature, observed)
 
     def _generate(
         self,
@@ -310,7 +307,7 @@ class TVAE(SequenceModel):
         z = self._sample_latents(z_logits, state, n, temperature, observed)  # (B, n, Z)
         x_logits, dec = self.decoder(self._one_hot(z), self._cache(state, "dec"), P, return_state=resumable)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, n)
+        tokens = sample_categorical(x_logits, u, per_row(temperature, 1))  # (B, n)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))  # (B, n, V): p(x_t | z_1:t)
         if not resumable:
@@ -338,10 +335,3 @@ class TVAE(SequenceModel):
         _, dec = self.decoder(self._one_hot(z), self._cache(state, "dec"), P)
         used = int(P.max()) + n
         return state.evolve(position=P + n, observed=everyone, **self._caches(used, dec=dec, par=par, gen=par))
-
-
-def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:
-    """A per-row temperature ``(B,)`` reshaped to broadcast over ``extra_dims`` more axes."""
-    if isinstance(temperature, Tensor) and temperature.ndim == 1:
-        return temperature.reshape(-1, *([1] * extra_dims))
-    return temperature

@@ -44,10 +44,13 @@ from .sampling import (
     STREAM_ABSORB,
     STREAM_LATENT,
     STREAM_TOKEN,
-    hash_rows,
     keyed_uniform,
     keyed_uniforms,
+    latents_from,
+    per_row,
+    positional_draw,
     sample_categorical,
+    sequence_seeds,
 )
 from .state import GenState, StateError
 
@@ -178,20 +181,6 @@ class VSSM(SequenceModel):
         """``-log p(x_t | .)`` of every step, ``(B, T)``, from the decoder's logits ``(B, T, V)``."""
         return F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")
 
-    @staticmethod
-    def _row_seed(x: Tensor, seed: int) -> Tensor:
-        """``(B,)`` keys of the latent draws of each sequence: a hash of its tokens, then ``seed``
-        (so draw k of a bound is keyed ``seed + k``).  With one draw shared by a whole test set,
-        its noise would not average out over the sequences."""
-        return hash_rows(x) * 1_000_003 + seed
-
-    def _keyed_draw(self, log_p: Tensor, row_seed: Tensor, stream: int = STREAM_LATENT) -> Tensor:
-        """Latents ``(B, T, Z)`` drawn from ``log_p`` ``(B, T, Z, K)``, keyed on (``row_seed``, position)."""
-        Bsz, T = log_p.shape[:2]
-        pos = torch.arange(T, device=log_p.device).expand(Bsz, T)
-        u = keyed_uniform(row_seed, pos, stream, self.config.n_latents, self.dtype)
-        return sample_categorical(log_p, u, 1.0)
-
     # ----- training -------------------------------------------------------------------------------
     def loss(
         self,
@@ -311,15 +300,15 @@ class VSSM(SequenceModel):
             return self._log_weights(x, 0, samples, seed)  # one block: the one-pass bound
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         log_obs, log_gen = self._block_priors(x, c)  # (B, T, Z, K) each
-        row_seed = self._row_seed(x, seed)  # (B,)
+        row_seed = sequence_seeds(x, seed)  # (B,)
         weights = []
         group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
         for k0 in range(0, samples, group):
             g = min(group, samples - k0)
             keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
             lq, lg = log_q.repeat(g, 1, 1, 1), log_gen.repeat(g, 1, 1, 1)  # (g*B, T, Z, K)
-            z = self._keyed_draw(lq, keys)  # (g*B, T, Z)
-            z_abs = self._keyed_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
+            z = positional_draw(lq, keys, STREAM_LATENT)  # (g*B, T, Z)
+            z_abs = positional_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
             x_logits = self.decoder.forward_blocks(self._one_hot(z_abs), self._one_hot(z), c)[1]  # (g*B, T, V)
             log_px = -self._xent(x_logits, x.repeat(g, 1)).sum(-1)  # (g*B,)
             zi = z[..., None]  # (g*B, T, Z, 1)
@@ -334,7 +323,7 @@ class VSSM(SequenceModel):
         ``KL(q_psi(z_t | x) || uniform)`` in closed form, as the training loss counts them."""
         x = self._scored(x, 0)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
-        z = self._keyed_draw(log_q, self._row_seed(x, seed))  # (B, T, Z)
+        z = positional_draw(log_q, sequence_seeds(x, seed), STREAM_LATENT)  # (B, T, Z)
         x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
         return self._xent(x_logits, x), self._kl_to_prior(log_q)
 
@@ -365,11 +354,11 @@ class VSSM(SequenceModel):
             log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         else:
             log_w = torch.full_like(log_q, -math.log(self.config.n_classes))  # the uniform prior
-        row_seed = self._row_seed(x, seed)  # (B,)
+        row_seed = sequence_seeds(x, seed)  # (B,)
         proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
         weights = []
         for k in range(samples):
-            z = self._keyed_draw(proposal, row_seed + k)  # (B, T, Z)
+            z = positional_draw(proposal, row_seed + k, STREAM_LATENT)  # (B, T, Z)
             x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
             log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
             zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
@@ -403,18 +392,12 @@ class VSSM(SequenceModel):
     ) -> Tensor:
         """Latents ``(B, n, Z)``: from ``logits`` where ``observed``, else uniform from the prior.
 
-        A prior draw is ``floor(u K)``: exact for a uniform categorical, and it keeps the unprompted
-        path free of softmax / cumsum work.  Temperature does not change the (uniform) prior.
-        ``u``: the stream's uniforms ``(B, n, Z)`` when the caller drew them already.
+        ``u``: the stream's uniforms ``(B, n, Z)`` when the caller drew them already
+        (:func:`sampling.latents_from` says how a prior draw is made).
         """
         if u is None:
             u = keyed_uniform(state.seed, self.positions(state, n), stream, self.config.n_latents, self.dtype)
-        K = self.config.n_classes
-        prior = (u * K).long().clamp_max(K - 1)  # (B, n, Z)
-        if logits is None:
-            return prior
-        drawn = sample_categorical(logits, u, _per_row(temperature, 2))  # (B, n, Z)
-        return torch.where(observed[:, None, None], drawn, prior)
+        return latents_from(logits, u, self.config.n_classes, temperature, observed)
 
     def _generate(
         self,
@@ -523,7 +506,7 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
         u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
         u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
-        temp, temp_tok = _per_row(temperature, 2), _per_row(temperature, 1)
+        temp, temp_tok = per_row(temperature, 2), per_row(temperature, 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
         m, observed, logits = ms[0], state["observed"], None
@@ -595,7 +578,7 @@ class VSSM(SequenceModel):
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
-        tokens = sample_categorical(x_logits, u, _per_row(temperature, 1))  # (B, m)
+        tokens = sample_categorical(x_logits, u, per_row(temperature, 1))  # (B, m)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         if not keep:
@@ -651,10 +634,3 @@ def straight_through_gumbel(log_p: Tensor, tau: float) -> Tensor:
     hard = F.one_hot((log_p.detach() + g).argmax(-1), log_p.shape[-1]).to(log_p.dtype)  # (..., K)
     soft = ((log_p + g) / tau).softmax(-1)  # (..., K)
     return hard + soft - soft.detach()
-
-
-def _per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:
-    """A per-row temperature ``(B,)`` reshaped to broadcast over ``extra_dims`` more axes."""
-    if isinstance(temperature, Tensor) and temperature.ndim == 1:
-        return temperature.reshape(-1, *([1] * extra_dims))
-    return temperature
