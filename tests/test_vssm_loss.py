@@ -263,3 +263,43 @@ def test_every_family_has_one_loss_signature(family):
         with torch.no_grad():
             torch.testing.assert_close(m.loss(x).parts["nll"], m.nll(x))
             torch.testing.assert_close(m.loss(x, tau=0.1, kl_weight=0.0).total, m.nll(x).mean())
+
+
+def test_free_nats_spare_the_encoder_below_the_floor_and_train_the_prior_there():
+    """Free bits (``VSSM._kl_terms``): the reported KL stays exact; a step whose batch-mean KL is
+    under the floor sends no KL gradient to the posterior, only to the prior; 0 is the exact ELBO."""
+    gen = torch.Generator().manual_seed(0)
+    q_logits = torch.randn(4, 6, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    p_logits = torch.randn(4, 6, 2, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    log_q, log_p = q_logits.log_softmax(-1), p_logits.log_softmax(-1)
+    exact = (log_q.exp() * (log_q - log_p)).sum((-1, -2, -3))  # (B,)
+    kl, trained = VSSM._kl_terms(log_q, log_p, 0.0)
+    torch.testing.assert_close(kl, exact)
+    torch.testing.assert_close(trained, exact)
+
+    per_step = (log_q.exp() * (log_q - log_p)).sum((-1, -2)).mean(0)  # (T,)
+    floor = float(per_step.detach().median())
+    kl, trained = VSSM._kl_terms(log_q, log_p, floor)
+    torch.testing.assert_close(kl, exact)
+    trained.sum().backward()
+    free = per_step < floor  # (T,)
+    assert free.any() and (~free).any()
+    assert not q_logits.grad[:, free].any() and q_logits.grad[:, ~free].abs().sum() > 0
+    assert p_logits.grad[:, free].abs().sum() > 0 and p_logits.grad[:, ~free].abs().sum() > 0
+
+
+def test_free_nats_change_the_gradient_not_the_reported_bound():
+    m = tiny_model("vssm").train()
+    x = torch.randint(0, 5, (3, 12), generator=torch.Generator().manual_seed(1))
+    for block_size in (None, 4):
+        torch.manual_seed(0)
+        exact = m.loss(x, block_size=block_size)
+        torch.manual_seed(0)
+        free = m.loss(x, block_size=block_size, free_nats=1e6)
+        torch.testing.assert_close(free.parts["nll"], exact.parts["nll"])
+        torch.testing.assert_close(free.parts["kl"], exact.parts["kl"])
+        m.zero_grad()  # every step free: the KL's gradient reaches the partial encoder, not the encoder
+        (free.total - free.parts["rec"].mean() - free.parts["pkl"].mean()).backward()
+        assert all(p.grad is None or not p.grad.any() for p in m.encoder.parameters())
+    with pytest.raises(ValueError, match="free_nats"):
+        tiny_model("tvae").loss(x, free_nats=0.1)
