@@ -94,3 +94,12 @@ def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone():
         assert torch.equal(tok[i], t_alone[0])
         for k, v in s_alone.tensors.items():
             torch.testing.assert_close(st[k][i], v[0], rtol=1e-10, atol=1e-12)
+
+
+def test_long_fused_passes_are_kept_for_a_few_rows():
+    """Past SHORT steps a fused pass leaves the layers' matmul path: many rows go block by block."""
+    m = tiny_model("vssm", max_position=200)
+    many = m.fuse_long_rows + 1
+    for rows, c, fused in ((1, 40, True), (m.fuse_long_rows, 40, True), (many, 40, False), (many, SHORT // 2, True)):
+        state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
+        assert (m._shared_block(state, m.block_sizes(c, rows)) == c) is fused, (rows, c)
