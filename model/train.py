@@ -69,7 +69,8 @@ class TrainConfig:
     tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
-    free_nats: float = 0.0  # VSSM: KL per step free for the encoder (free bits), full to half-way, 0 from 3/4 on
+    free_nats: float = 0.0  # VSSM: KL per step free for the encoder (free bits); see free_nats_end
+    free_nats_end: float = 0.75  # free nats fall to 0 over the quarter of training before this fraction (0: never)
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -161,9 +162,12 @@ def _finished(cfg: TrainConfig, step: int, elapsed: float, world: int, cpu: floa
 
 
 def _free_nats(cfg: TrainConfig, progress: float) -> float:
-    """Free nats per step at ``progress``: ``cfg.free_nats`` until half-way, then down to 0 at three
-    quarters, so that the last quarter trains the exact ELBO the model is scored on."""
-    return cfg.free_nats * min(1.0, max(0.0, (0.75 - progress) / 0.25))
+    """Free nats per step at ``progress``: ``cfg.free_nats``, falling linearly to 0 over the quarter
+    of training that ends at ``cfg.free_nats_end`` (by default the last quarter trains the exact
+    ELBO the model is scored on); ``free_nats_end = 0`` keeps them to the end."""
+    if cfg.free_nats_end <= 0:
+        return cfg.free_nats
+    return cfg.free_nats * min(1.0, max(0.0, (cfg.free_nats_end - progress) / 0.25))
 
 
 def _lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:

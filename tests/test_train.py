@@ -114,5 +114,6 @@ def test_free_nats_hold_to_half_way_and_are_gone_by_three_quarters():
     cfg = TrainConfig(free_nats=0.2)
     assert [round(_free_nats(cfg, p), 6) for p in (0.0, 0.5, 0.625, 0.75, 0.9)] == [0.2, 0.2, 0.1, 0.0, 0.0]
     assert _free_nats(TrainConfig(), 0.1) == 0.0
+    assert _free_nats(TrainConfig(free_nats=0.2, free_nats_end=0.0), 0.99) == 0.2
     with pytest.raises(ValueError, match="free_nats"):
         TrainConfig(family="ar-ssm", free_nats=0.1)
