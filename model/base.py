@@ -72,6 +72,9 @@ class SequenceModel(nn.Module):
 
     family: ClassVar[str]
     config_class: ClassVar[type]
+    # how a whole sequence is sampled (model cards, results): one network step per token unless a
+    # family generates all positions at once
+    parallel_sampling: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .checkpoint import FAMILIES
 from .recipes import recipe_of
 
 __all__ = ["DATA", "model_card"]
@@ -41,6 +42,12 @@ def _bound_note(nll: dict[str, Any]) -> str:
     return f"importance-weighted upper bound, {nll.get('samples', '?')} samples"
 
 
+def _parallel(evaluation: dict[str, Any]) -> bool:
+    """Whether the evaluated family samples a sequence in one pass (``SequenceModel.parallel_sampling``)."""
+    cls = FAMILIES.get(evaluation.get("family", ""))
+    return bool(cls and cls.parallel_sampling)
+
+
 def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
     """The card's figures, from an eval JSON; rows the JSON lacks are left out."""
     out: list[dict[str, Any]] = []
@@ -50,7 +57,8 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         scored = (
             f"{evaluation['test']['sequences']:,} test sequences, " if "sequences" in evaluation.get("test", {}) else ""
         )
-        note = f"{scored}{_bound_note(nll)}" + ("; of one-pass sampling" if nll.get("bound") == "iw" else "")
+        one_pass = nll.get("bound") == "iw" and _parallel(evaluation)
+        note = f"{scored}{_bound_note(nll)}" + ("; of one-pass sampling" if one_pass else "")
         out.append(_metric("test_nll", nll["nats_per_sequence"], "nats per sequence", note))
         out.append(_metric("test_bits_per_token", nll["bits_per_token"], "bits per token", _bound_note(nll)))
     half = (evaluation.get("prompted_nll") or {}).get("0.5")
@@ -60,7 +68,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
     gen = evaluation.get("generation_seconds") or {}
     if "batch_1" in gen:
-        how = "one parallel pass" if evaluation.get("family") in ("vssm", "tvae") else "token by token"
+        how = "one parallel pass" if _parallel(evaluation) else "token by token"
         note = f"{gen.get('length', T)} tokens, {how}"
         out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
         out.append(

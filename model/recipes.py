@@ -155,7 +155,6 @@ _RECIPES = [
             kl_warmup_steps=1000,
             overrides={"posterior": "smoothing"},
         ),
-        note="Trained on a machine shared with other runs: 3,256 steps in 63 wall-clock minutes.",
     ),
     Recipe(
         "mnist-vrnn",
@@ -178,7 +177,6 @@ _RECIPES = [
             budget_minutes=0.0,
             budget_cpu_minutes=39.0,
         ),
-        note="Trained on a machine shared with other runs: 3,299 steps in 80 wall-clock minutes.",
     ),
     Recipe(
         "shakespeare-vssm",

@@ -102,6 +102,7 @@ class TVAEConfig:
 
 class TVAE(SequenceModel):
     family = "tvae"
+    parallel_sampling = True  # a block (the whole sequence by default) in one pass
     config_class = TVAEConfig
     row_block_tokens = 32768  # a bound stacks its draws into decoder passes of about this many tokens (memory)
 

@@ -128,6 +128,7 @@ class VSSMLoss(LossOutput):
 
 class VSSM(SequenceModel):
     family = "vssm"
+    parallel_sampling = True  # a block (the whole sequence by default) in one pass
     config_class = VSSMConfig
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)

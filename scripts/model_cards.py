@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
 from vssm.model.card import model_card  # noqa: E402
-from vssm.model.checkpoint import read_metadata  # noqa: E402
+from vssm.model.checkpoint import FAMILIES, read_metadata  # noqa: E402
 
 
 def _default_block_size(meta: dict[str, str]) -> int | None:
@@ -61,8 +61,9 @@ def render(checkpoints: Path) -> str:
         lines.append(f"- **Training.** `vssm train --preset {t['preset']}`; {budget} on {machine}.")
         if t["note"]:
             lines.append(f"  {t['note']}")
-        if meta.get("family") != "vssm":
-            served = "token by token, whatever the block size"
+        if meta.get("family") != "vssm":  # no block sampling: how the family always samples
+            how = "one parallel pass" if FAMILIES[meta["family"]].parallel_sampling else "token by token"
+            served = f"{how}, whatever the block size"
         else:
             served = f"block {block} when a request names no block size" if block else "one parallel pass by default"
         lines.append(f"- **Samples.** {served}.")
