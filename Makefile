@@ -52,8 +52,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# One torch thread per process: the serving part runs a server, load generators and Redis on the
+# machine's 2 cores, and two threads each oversubscribe them (docs/experiments/rounds-and-serving.md).
 bench: $(STAMP)
-	$(PY) -m bench.run --out docs/benchmarks.json
+	$(PY) -m bench.run --threads 1 --out docs/benchmarks.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
