@@ -261,7 +261,6 @@ class SequenceModel(nn.Module):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        free_nats: float = 0.0,
     ) -> LossOutput:
         """The training loss of a batch ``x`` ``(B, T)``, with gradients; one signature for every family.
 
@@ -270,8 +269,7 @@ class SequenceModel(nn.Module):
         loss trains every prefix at once, whatever the block size or prompt).  ``kl_weight``: the
         KL's weight during warm-up; ``tau``: the Gumbel-softmax temperature; ``block_size``: train
         block sampling's ELBO at that block size; ``prompt_lengths`` ``(B,)``: the prompt each row
-        is treated as having (None: drawn as the family trains; validation passes zeros);
-        ``free_nats``: KL per step not charged to the encoder (the VSSM's free bits).
+        is treated as having (None: drawn as the family trains; validation passes zeros).
         """
         raise NotImplementedError
 

@@ -223,6 +223,8 @@ IGNORED = frozenset({"out", "data_dir", "device", "preset"})
 # value: a run that had one on was made by no recipe.
 REMOVED_OPTIONS: dict[str, Any] = {
     "free_bits": 0.0,
+    "free_nats": 0.0,
+    "free_nats_end": 0.75,
     "rao_samples": 0,
     "estimator": "gumbel",
     "estimates_grad": "all",

@@ -69,8 +69,6 @@ class TrainConfig:
     tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
-    free_nats: float = 0.0  # VSSM: KL per step free for the encoder (free bits); see free_nats_end
-    free_nats_end: float = 0.75  # free nats fall to 0 over the quarter of training before this fraction (0: never)
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -98,8 +96,6 @@ class TrainConfig:
             raise ValueError(f"preset must be one of {', '.join(RECIPES)}, got {self.preset!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.free_nats < 0 or (self.free_nats and self.family != "vssm"):
-            raise ValueError(f"free_nats must be >= 0, and 0 unless the family is vssm, got {self.free_nats}")
         self.block_choices()  # fail at once on a malformed list
 
     def block_choices(self) -> list[int]:
@@ -159,15 +155,6 @@ def _finished(cfg: TrainConfig, step: int, elapsed: float, world: int, cpu: floa
     if world > 1:
         dist.broadcast(flag, src=0)
     return bool(flag.item())
-
-
-def _free_nats(cfg: TrainConfig, progress: float) -> float:
-    """Free nats per step at ``progress``: ``cfg.free_nats``, falling linearly to 0 over the quarter
-    of training that ends at ``cfg.free_nats_end`` (by default the last quarter trains the exact
-    ELBO the model is scored on); ``free_nats_end = 0`` keeps them to the end."""
-    if cfg.free_nats_end <= 0:
-        return cfg.free_nats
-    return cfg.free_nats * min(1.0, max(0.0, (cfg.free_nats_end - progress) / 0.25))
 
 
 def _lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -334,8 +321,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
         block = blocks[int(torch.randint(len(blocks), (1,), generator=gen))] if blocks else None
-        extra = {"free_nats": _free_nats(cfg, progress)} if cfg.free_nats else {}
-        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block, **extra)
+        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
@@ -368,7 +354,6 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
                 "lr": opt.param_groups[1]["lr"],
                 "kl_weight": kl_weight,
                 "tau": tau,
-                **extra,
                 "grad_norm": gnorm,
                 **{f"train_{k}": v for k, v in terms.items()},
             }

@@ -173,15 +173,12 @@ class TVAE(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        free_nats: float = 0.0,
     ) -> VSSMLoss:
         """The VSSM's one-pass loss (``VSSM.loss``) for a batch ``x`` ``(B, T)``: reconstruction with
         straight-through Gumbel latents at temperature ``tau``, KL to the uniform prior (weighted by
         ``kl_weight`` in ``total``), and the partial encoder's KL to the detached posterior with
         EMPTYs after ``prompt_lengths`` (default ``C ~ Uniform{0..T}``).  ``block_size`` does not
-        apply: the TVAE samples in one pass (module docstring); nor does ``free_nats`` (VSSM only)."""
-        if free_nats:
-            raise ValueError("free_nats is a VSSM training option")
+        apply: the TVAE samples in one pass (module docstring)."""
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)

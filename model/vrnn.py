@@ -167,15 +167,11 @@ class VRNN(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        free_nats: float = 0.0,
     ) -> LossOutput:
         """Negative ELBO terms of a batch ``x`` ``(B, T)`` (``parts``: ``rec``, ``kl``, ``nll`` = their
         sum, a bound on the NLL, all ``(B,)`` nats); z_t by straight-through Gumbel at temperature
         ``tau``; ``kl_weight`` scales the KL in ``total`` (warm-up).  ``block_size`` and
-        ``prompt_lengths`` do not apply: there is no partial encoder, and generation is step by step;
-        nor does ``free_nats`` (a VSSM option)."""
-        if free_nats:
-            raise ValueError("free_nats is a VSSM training option")
+        ``prompt_lengths`` do not apply: there is no partial encoder, and generation is step by step."""
         shape = (*x.shape, self.config.n_latents, self.config.n_classes)
         gumbel = -torch.empty(shape, dtype=self.dtype, device=x.device).exponential_().log()  # (B, T, Z, K) at once
 

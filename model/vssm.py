@@ -94,17 +94,8 @@ class VSSMLoss(LossOutput):
     rec + kl_weight kl + pkl: both training steps of the paper in one loop.
     """
 
-    def __init__(
-        self,
-        reconstruction: Tensor,
-        kl: Tensor,
-        partial_kl: Tensor,
-        kl_weight: float = 1.0,
-        kl_trained: Tensor | None = None,
-    ) -> None:
-        # kl_trained: the KL as the gradient sees it (free nats, VSSM.loss); the reported kl is exact
-        trained = kl if kl_trained is None else kl_trained
-        total = (reconstruction + kl_weight * trained + partial_kl).mean()
+    def __init__(self, reconstruction: Tensor, kl: Tensor, partial_kl: Tensor, kl_weight: float = 1.0) -> None:
+        total = (reconstruction + kl_weight * kl + partial_kl).mean()
         parts = {"nll": reconstruction + kl, "rec": reconstruction, "kl": kl, "pkl": partial_kl}
         super().__init__(total=total, parts=parts)
 
@@ -191,24 +182,6 @@ class VSSM(SequenceModel):
         return (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)
 
     @staticmethod
-    def _kl_terms(log_q: Tensor, log_prior: Tensor, free_nats: float) -> tuple[Tensor, Tensor]:
-        """``KL(q || prior)`` per sequence ``(B,)``, exact and as trained with ``free_nats`` per step.
-
-        ``log_q`` ``(B, T, Z, K)``, ``log_prior`` broadcastable to it.  Free nats (the "free bits"
-        of Kingma et al. 2016, per step and averaged over the batch): at a step whose KL is below
-        ``free_nats`` the encoder is not charged for it, so latents may carry up to that much about
-        the tokens before the prior can predict them; the prior is still trained towards the
-        posterior there (its side of the KL, posterior detached).  0 trains the exact ELBO.
-        """
-        kl_t = (log_q.exp() * (log_q - log_prior)).sum((-1, -2))  # (B, T)
-        if free_nats <= 0:
-            return kl_t.sum(-1), kl_t.sum(-1)
-        q_det = log_q.detach()
-        prior_side = (q_det.exp() * (q_det - log_prior)).sum((-1, -2))  # (B, T) gradient to the prior only
-        free = kl_t.detach().mean(0, keepdim=True) < free_nats  # (1, T)
-        return kl_t.sum(-1), torch.where(free, prior_side, kl_t).sum(-1)
-
-    @staticmethod
     def _xent(x_logits: Tensor, x: Tensor) -> Tensor:
         """``-log p(x_t | .)`` of every step, ``(B, T)``, from the decoder's logits ``(B, T, V)``."""
         return F.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")
@@ -222,7 +195,6 @@ class VSSM(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        free_nats: float = 0.0,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -231,11 +203,10 @@ class VSSM(SequenceModel):
         Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and, for the "split"
         posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
-        the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up);
-        ``free_nats`` per step are not charged to the encoder (:meth:`_kl_terms`).
+        the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
         """
         if block_size is not None:
-            return self._block_loss(x, block_size, tau, kl_weight, free_nats)
+            return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
@@ -246,16 +217,13 @@ class VSSM(SequenceModel):
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K) one-hot
         x_logits = self.decoder(z, return_state=False)[0]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
-        if free_nats > 0:
-            kl, kl_trained = self._kl_terms(log_q, log_q.new_tensor(-math.log(self.config.n_classes)), free_nats)
-        else:
-            kl = kl_trained = self._kl_to_prior(log_q).sum(-1)  # (B,)
+        kl = self._kl_to_prior(log_q).sum(-1)  # (B,)
 
         xbar = torch.where(prompt, x, self.empty_token)  # (B, T)
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(rec, kl, partial_kl, kl_weight, kl_trained)
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
     def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor]:
         """The partial encoder's two roles in block sampling with blocks of ``c`` steps, both ``(B, T, Z, K)``:
@@ -272,7 +240,7 @@ class VSSM(SequenceModel):
         log_gen = torch.where(first, -math.log(self.config.n_classes), self._latent_logits(gen).log_softmax(-1))
         return log_obs, log_gen
 
-    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0, free_nats: float = 0.0) -> VSSMLoss:
+    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         """Negative ELBO of block sampling with blocks of ``c`` steps (docs/design.md, "Blocks").
 
         The process served: block b's latents come from the block prior (the partial encoder over
@@ -299,10 +267,10 @@ class VSSM(SequenceModel):
             z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
             x_logits = self.decoder.forward_blocks(z_abs, z, c)[1]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
-        kl, kl_trained = self._kl_terms(log_q, log_gen, free_nats)  # (B,) each
+        kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
-        return VSSMLoss(rec, kl, partial_kl, kl_weight, kl_trained)
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(

@@ -13,7 +13,7 @@ import torch
 from tests.test_data import DATA, needs_data
 from vssm.model import load_checkpoint
 from vssm.model.data import load_dataset
-from vssm.model.train import TrainConfig, _free_nats, train
+from vssm.model.train import TrainConfig, train
 
 pytestmark = needs_data
 
@@ -108,12 +108,3 @@ def test_a_cpu_budget_sets_the_schedule_and_the_end():
     assert _finished(cfg, 5, 3000.0, world=1, cpu=600.0)
     both = TrainConfig(budget_minutes=20.0, budget_cpu_minutes=10.0)
     assert _progress(both, 5, elapsed=900.0, cpu=300.0) == pytest.approx(0.75)  # whichever is further along
-
-
-def test_free_nats_hold_to_half_way_and_are_gone_by_three_quarters():
-    cfg = TrainConfig(free_nats=0.2)
-    assert [round(_free_nats(cfg, p), 6) for p in (0.0, 0.5, 0.625, 0.75, 0.9)] == [0.2, 0.2, 0.1, 0.0, 0.0]
-    assert _free_nats(TrainConfig(), 0.1) == 0.0
-    assert _free_nats(TrainConfig(free_nats=0.2, free_nats_end=0.0), 0.99) == 0.2
-    with pytest.raises(ValueError, match="free_nats"):
-        TrainConfig(family="ar-ssm", free_nats=0.1)
