@@ -16,7 +16,7 @@ from typing import Any
 from .checkpoint import FAMILIES
 from .recipes import recipe_of
 
-__all__ = ["DATA", "model_card"]
+__all__ = ["DATA", "model_card", "samples_in_one_pass"]
 
 # What each dataset is, as the bundled models were trained and scored on it (model/data.py).
 DATA = {
@@ -42,9 +42,9 @@ def _bound_note(nll: dict[str, Any]) -> str:
     return f"importance-weighted upper bound, {nll.get('samples', '?')} samples"
 
 
-def _parallel(evaluation: dict[str, Any]) -> bool:
-    """Whether the evaluated family samples a sequence in one pass (``SequenceModel.parallel_sampling``)."""
-    cls = FAMILIES.get(evaluation.get("family", ""))
+def samples_in_one_pass(family: str) -> bool:
+    """Whether ``family`` samples a whole sequence in one pass (``SequenceModel.parallel_sampling``)."""
+    cls = FAMILIES.get(family)
     return bool(cls and cls.parallel_sampling)
 
 
@@ -57,7 +57,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         scored = (
             f"{evaluation['test']['sequences']:,} test sequences, " if "sequences" in evaluation.get("test", {}) else ""
         )
-        one_pass = nll.get("bound") == "iw" and _parallel(evaluation)
+        one_pass = nll.get("bound") == "iw" and samples_in_one_pass(evaluation.get("family", ""))
         note = f"{scored}{_bound_note(nll)}" + ("; of one-pass sampling" if one_pass else "")
         out.append(_metric("test_nll", nll["nats_per_sequence"], "nats per sequence", note))
         out.append(_metric("test_bits_per_token", nll["bits_per_token"], "bits per token", _bound_note(nll)))
@@ -68,7 +68,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
     gen = evaluation.get("generation_seconds") or {}
     if "batch_1" in gen:
-        how = "one parallel pass" if _parallel(evaluation) else "token by token"
+        how = "one parallel pass" if samples_in_one_pass(evaluation.get("family", "")) else "token by token"
         note = f"{gen.get('length', T)} tokens, {how}"
         out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
         out.append(

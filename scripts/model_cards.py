@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
-from vssm.model.card import model_card  # noqa: E402
-from vssm.model.checkpoint import FAMILIES, read_metadata  # noqa: E402
+from vssm.model.card import model_card, samples_in_one_pass  # noqa: E402
+from vssm.model.checkpoint import read_metadata  # noqa: E402
 
 
 def _default_block_size(meta: dict[str, str]) -> int | None:
@@ -62,7 +62,7 @@ def render(checkpoints: Path) -> str:
         if t["note"]:
             lines.append(f"  {t['note']}")
         if meta.get("family") != "vssm":  # no block sampling: how the family always samples
-            how = "one parallel pass" if FAMILIES[meta["family"]].parallel_sampling else "token by token"
+            how = "one parallel pass" if samples_in_one_pass(meta["family"]) else "token by token"
             served = f"{how}, whatever the block size"
         else:
             served = f"block {block} when a request names no block size" if block else "one parallel pass by default"

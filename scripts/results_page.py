@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
-from vssm.model.checkpoint import FAMILIES  # noqa: E402
+from vssm.model.card import samples_in_one_pass  # noqa: E402
 
 DATASETS = {
     "mnist": ("Binarised MNIST", "nats per image", "nats_per_sequence", "{:.1f}"),
@@ -69,7 +69,7 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
         if d["family"] == "vssm":
             block = d.get("default_block_size") or "one pass"
         else:  # no block sampling: how the family always samples
-            block = "one pass" if FAMILIES[d["family"]].parallel_sampling else "token by token"
+            block = "one pass" if samples_in_one_pass(d["family"]) else "token by token"
         # a model served at a block size is scored at it (its curve), not by its one-pass bound
         served = [r for r in d.get("block_curve", []) if r["block_size"] == d.get("default_block_size")]
         if served:
