@@ -11,6 +11,7 @@ negative ELBO and the tighter importance-weighted bound with k samples.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, read_metadata
 from .data import eval_sequences, load_dataset
+from .modality import Modality
 from .vssm import VSSM
 
 __all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "is_latent", "iw_curve"]
@@ -258,6 +260,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     if not dataset:
         raise SystemExit(f"{args.checkpoint} records no dataset; it was not written by `vssm train`")
     ds = load_dataset(dataset, args.data_dir)
+    if model.modality.order != "raster":  # score the tokens in the order the model reads them
+        ds = dataclasses.replace(ds, test=model.modality.to_model(ds.test))
     seq_len = ds.max_position or args.seq_len
     seqs = eval_sequences(ds.test, seq_len)
     offset = args.offset
@@ -314,7 +318,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             _block_list(args.block_sizes),
             samples=args.block_samples,
             batch_size=max(1, args.batch_size // 4),
-            judge=_judge(args, dataset, ds),
+            judge=_judge(args, dataset, model.modality),
             judge_samples=args.judge_samples,
         )
         if args.curve_only:
@@ -351,10 +355,11 @@ def _block_list(text: str) -> list[int]:
     return sizes
 
 
-def _judge(args: argparse.Namespace, dataset: str, ds: Any) -> Callable[[Tensor], dict[str, Any]] | None:
-    """Figures of unprompted samples ``(N, T)`` (model/judge.py): for images, the digit classifier's
-    (``--judge``) and the AR judge's NLL; for text, the share of known words and the AR judge's bits
-    per byte (``--ar-judge``).  None when no judge is given."""
+def _judge(args: argparse.Namespace, dataset: str, modality: Modality) -> Callable[[Tensor], dict[str, Any]] | None:
+    """Figures of unprompted samples ``(N, T)`` in the model's token order (model/judge.py): for
+    images, the digit classifier's (``--judge``) and the AR judge's NLL, both of the raster images;
+    for text, the share of known words and the AR judge's bits per byte (``--ar-judge``).  None when
+    no judge is given."""
     from .judge import (
         ar_judge_bits_per_byte,
         ar_judge_nll,
@@ -369,6 +374,7 @@ def _judge(args: argparse.Namespace, dataset: str, ds: Any) -> Callable[[Tensor]
         classifier = load_judge(args.judge)
 
         def judge_images(x: Tensor) -> dict[str, Any]:
+            x = modality.to_raster(x)
             out = image_metrics(classifier, x)
             if ar is not None:
                 out["ar_judge_nats"] = ar_judge_nll(ar, x)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from functools import lru_cache
 
 from fastapi import APIRouter
+
+from vssm.model.modality import Modality as TokenModality
 
 from ..deps import OwnerDep, RegistryDep
 from ..openapi import errors
@@ -12,6 +15,13 @@ from ..registry import ServedModel
 from ..schemas import Modality, ModelCard, ModelCardDetails, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@lru_cache(maxsize=32)
+def _modality(m: TokenModality) -> Modality:
+    """The card's modality; a non-raster image lists where each token goes, so a client can draw it."""
+    perm = m.permutation()
+    return Modality.model_validate({**dataclasses.asdict(m), "positions": None if perm is None else perm.tolist()})
 
 
 def card(s: ServedModel) -> ModelCard:
@@ -27,7 +37,7 @@ def card(s: ServedModel) -> ModelCard:
         parameters=s.model.num_parameters(generation_only=True),
         default_block_size=s.model.default_block_size,
         block_curve=s.block_curve,
-        modality=Modality.model_validate(dataclasses.asdict(s.model.modality)),
+        modality=_modality(s.model.modality),
         card=ModelCardDetails.model_validate(s.card),
     )
 
