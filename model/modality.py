@@ -25,7 +25,7 @@ from torch import Tensor
 __all__ = ["KINDS", "ORDERS", "PHASES", "Modality", "of_dataset"]
 
 KINDS = ("image", "text", "tokens")
-ORDERS = ("raster", "polyphase4")
+ORDERS = ("raster", "polyphase2", "polyphase4")
 # (row, column) offsets of the 4 x 4 polyphase split, coarse to fine: the stride-4 grid, the stride-2
 # additions (the centres first), then the stride-1 additions (the centres first, then the edges)
 PHASES = (
@@ -34,6 +34,7 @@ PHASES = (
     (1, 1), (1, 3), (3, 1), (3, 3),
     (0, 1), (0, 3), (2, 1), (2, 3), (1, 0), (1, 2), (3, 0), (3, 2),
 )  # fmt: skip
+PHASES_2 = ((0, 0), (1, 1), (0, 1), (1, 0))  # "polyphase2": the 2 x 2 split, the same way round
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class Modality:
         assert self.shape is not None
         rows, cols = self.shape
         raster = torch.arange(rows * cols).view(rows, cols)
-        return torch.cat([raster[a::4, b::4].flatten() for a, b in PHASES])  # (T,)
+        stride, phases = (4, PHASES) if self.order == "polyphase4" else (2, PHASES_2)
+        return torch.cat([raster[a::stride, b::stride].flatten() for a, b in phases])  # (T,)
 
     def to_model(self, x: Tensor) -> Tensor:
         """(..., T) tokens in raster order -> the model's order."""
