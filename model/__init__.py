@@ -16,6 +16,7 @@ from .checkpoint import (
     read_metadata,
     save_checkpoint,
     set_default_block_size,
+    set_observation_temperature,
 )
 from .state import GenState, StateError
 from .transformer import ARTransformer, ARTransformerConfig
@@ -52,4 +53,5 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "set_default_block_size",
+    "set_observation_temperature",
 ]

@@ -82,6 +82,11 @@ class SequenceModel(nn.Module):
         # block size that generate() uses when none is given (None: one parallel pass); a setting
         # of the served model, kept in its checkpoint's metadata, not a weight
         self.default_block_size: int | None = None
+        # latent families: tokens are drawn from p(x_t | latents) at the request's temperature times
+        # this (0: the most likely token given the latents, which are still drawn at the request's
+        # temperature); 1 samples the model's own distribution, the one its NLL bound is about.  A
+        # setting of the served model, kept in its checkpoint's metadata like the block size
+        self.observation_temperature: float = 1.0
         # what the tokens are (image of a shape, text in an encoding, plain ids): model/modality.py;
         # kept in the checkpoint's metadata, read by the server, `vssm sample` and the model card
         self.modality: Modality = Modality("tokens")
@@ -156,6 +161,8 @@ class SequenceModel(nn.Module):
         VSSM samples in blocks of that many positions, aligned to absolute positions, each block
         read back before the next (docs/design.md, "Blocks"); a size at or past the maximum
         position is one parallel pass.  Autoregressive families accept it and sample token by token.
+        Latent families draw latents at ``temperature`` and tokens given them at ``temperature``
+        times :attr:`observation_temperature`.
         """
         return self._checked_generate(state, n, temperature, resumable, block_size, None)
 
@@ -191,6 +198,11 @@ class SequenceModel(nn.Module):
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
         with torch.no_grad():
             return self._generate(state, n, temperature, resumable, blocks, scores=scores)
+
+    def token_temperature(self, temperature: float | Tensor) -> float | Tensor:
+        """The temperature of tokens drawn given latents (:attr:`observation_temperature`)."""
+        r = self.observation_temperature
+        return temperature if r == 1.0 else temperature * r
 
     def block_sizes(self, block_size: int | Tensor | None, batch: int) -> Tensor:
         """Per-row block sizes ``(B,)`` int64, 0 for one pass (no boundary before the maximum position).

@@ -87,10 +87,18 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
             out.append(
                 _metric(f"block_{c}_generation_ms_batch_1", secs["batch_1"] * 1e3, "ms per sequence", f"at block {c}")
             )
-        share = (row.get("samples") or {}).get("confident_share")
-        if share is not None:
-            note = f"at block {c}, of {row['samples'].get('images', 0):,} unprompted samples (model/judge.py)"
-            out.append(_metric(f"block_{c}_confident_digits", share, "share judged a digit with p >= 0.9", note))
+        judged = [("samples", f"block_{c}_confident_digits")]
+        if "samples_observation_temperature_1" in row:  # served below 1: the model's own samples beside
+            own = "samples_observation_temperature_1"
+            judged.append((own, f"block_{c}_confident_digits_observation_temperature_1"))
+        for key, name in judged:
+            samples = row.get(key) or {}
+            if samples.get("confident_share") is None:
+                continue
+            r = samples.get("observation_temperature", 1.0)
+            at = f"at block {c}" + (f", observation temperature {r:g}" if key != "samples" or r != 1.0 else "")
+            note = f"{at}, of {samples.get('images', 0):,} unprompted samples (model/judge.py)"
+            out.append(_metric(name, samples["confident_share"], "share judged a digit with p >= 0.9", note))
     return out
 
 
@@ -136,12 +144,22 @@ def model_card(
     nll = (evaluation or {}).get("nll") or {}
     if nll.get("bound") == "iw":
         limitations.append("Its NLL figures are upper bounds (importance-weighted); the exact NLL is lower.")
+    r = number("observation_temperature")
+    r = 1.0 if r is None else r
+    if r != 1.0:
+        limitations.append(
+            f"Served at observation temperature {r:g}: latents are drawn at the request's temperature, tokens "
+            f"given them at {r:g} times it ({'the most likely token' if r == 0 else 'sharper than sampled'}). "
+            "Samples are cleaner and less varied than the model's own distribution; every NLL figure is that "
+            "of its own distribution (observation temperature 1). `vssm set-observation-temperature` changes it."
+        )
     return {
         "summary": recipe.summary if recipe else None,
         "intended_use": recipe.intended_use if recipe else None,
         "data": DATA.get(dataset or ""),
         "training": training,
         "default_block_size": default_block_size,
+        "observation_temperature": r,
         "metrics": _metrics(evaluation, default_block_size) if evaluation else [],
         "limitations": limitations,
     }

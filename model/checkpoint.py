@@ -32,8 +32,10 @@ __all__ = [
     "CheckpointError",
     "build_model",
     "load_checkpoint",
+    "observation_temperature",
     "save_checkpoint",
     "set_default_block_size",
+    "set_observation_temperature",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,11 @@ def save_checkpoint(model: SequenceModel, path: str | Path, extra: dict[str, str
         "config": json.dumps(dataclasses.asdict(model.config), sort_keys=True),
         "fingerprint": model.fingerprint,
         **({"default_block_size": str(model.default_block_size)} if model.default_block_size else {}),
+        **(
+            {"observation_temperature": repr(model.observation_temperature)}
+            if model.observation_temperature != 1.0
+            else {}
+        ),
         **({"modality": model.modality.to_json()} if model.modality.kind != "tokens" else {}),
         **(extra or {}),
     }
@@ -176,6 +183,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Seq
         if not block.isdigit() or int(block) < 1:
             raise CheckpointError(f"{path}: default_block_size must be a positive integer, got {block!r}")
         model.default_block_size = int(block)
+    if "observation_temperature" in meta:
+        try:
+            model.observation_temperature = observation_temperature(model, float(meta["observation_temperature"]))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     model.modality = read_modality(path, meta)
     log.info("loaded %s (%s, %d parameters) from %s", model.family, model.fingerprint, model.num_parameters(), path)
     return model.to(device).eval()
@@ -200,8 +212,42 @@ def set_default_block_size(path: str | Path, block_size: int | None) -> None:
     if block_size is not None and block_size < 1:
         raise CheckpointError(f"block_size must be >= 1 or None, got {block_size}")
     model = load_checkpoint(path)
-    meta = read_metadata(path)
-    own = {"format_version", "family", "config", "fingerprint", "default_block_size", "modality"}
     model.default_block_size = block_size
-    save_checkpoint(model, path, extra={k: v for k, v in meta.items() if k not in own})
+    _rewrite_settings(model, path)
     log.info("%s: default block size %s", path, block_size or "none (one pass)")
+
+
+def set_observation_temperature(path: str | Path, ratio: float) -> None:
+    """Record the temperature of tokens given latents, as a fraction of the request's
+    (:attr:`SequenceModel.observation_temperature`); the weights stay as they are."""
+    model = load_checkpoint(path)
+    try:
+        model.observation_temperature = observation_temperature(model, ratio)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
+    _rewrite_settings(model, path)
+    log.info("%s: observation temperature %g", path, ratio)
+
+
+def observation_temperature(model: SequenceModel, ratio: float) -> float:
+    """``ratio`` if ``model`` can be served at that observation temperature, else ValueError."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"observation_temperature must be in [0, 1], got {ratio}")
+    if ratio != 1.0 and not callable(getattr(model, "log_weights", None)):
+        raise ValueError(f"a {model.family} model has no latents: its tokens are drawn at the request's temperature")
+    return ratio
+
+
+def _rewrite_settings(model: SequenceModel, path: str | Path) -> None:
+    """Save ``model``'s serving settings over ``path``, every other metadata field kept."""
+    meta = read_metadata(path)
+    own = {
+        "format_version",
+        "family",
+        "config",
+        "fingerprint",
+        "default_block_size",
+        "observation_temperature",
+        "modality",
+    }
+    save_checkpoint(model, path, extra={k: v for k, v in meta.items() if k not in own})

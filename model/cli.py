@@ -102,6 +102,18 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--judge-samples", type=_positive_int, default=1000, help="unprompted samples judged per block size")
     p.add_argument("--judge", default=None, help="digit classifier judging image samples (vssm judge-train)")
     p.add_argument(
+        "--observation-temperature",
+        type=float,
+        default=None,
+        help="latent families: measure at this observation temperature instead of the checkpoint's",
+    )
+    p.add_argument(
+        "--judge-only",
+        action="store_true",
+        help="judge new samples for the curve's rows in the JSON at --out (after a change of sampling "
+        "setting such as --observation-temperature); bounds and times are kept",
+    )
+    p.add_argument(
         "--curve-only",
         action="store_true",
         help="measure only the block curve and add it to the JSON at --out (an earlier eval of the same weights)",
@@ -119,6 +131,14 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("block_size", type=int, help="block size; 0 for one parallel pass")
     p.set_defaults(func=_set_block_size)
+
+    p = sub.add_parser(
+        "set-observation-temperature",
+        help="record the temperature of tokens given latents, as a fraction of the request's (weights unchanged)",
+    )
+    p.add_argument("checkpoint")
+    p.add_argument("ratio", type=float, help="0: the most likely token given the latents; 1: the model's own sampling")
+    p.set_defaults(func=_set_observation_temperature)
 
     p = sub.add_parser("sample", help="PNG grids (images) or text samples from a checkpoint")
     p.add_argument("checkpoint")
@@ -173,6 +193,15 @@ def _set_block_size(args: argparse.Namespace) -> None:
     from .checkpoint import set_default_block_size
 
     set_default_block_size(args.checkpoint, args.block_size or None)
+
+
+def _set_observation_temperature(args: argparse.Namespace) -> None:
+    from .checkpoint import CheckpointError, set_observation_temperature
+
+    try:
+        set_observation_temperature(args.checkpoint, args.ratio)
+    except CheckpointError as exc:
+        raise SystemExit(f"vssm set-observation-temperature: {exc}") from None
 
 
 def _sample(args: argparse.Namespace) -> None:

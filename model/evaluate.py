@@ -29,7 +29,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .base import SequenceModel, parse_block_sizes
-from .checkpoint import load_checkpoint, read_metadata
+from .checkpoint import load_checkpoint, observation_temperature, read_metadata
 from .data import eval_sequences, load_dataset
 from .modality import Modality
 from .vssm import VSSM
@@ -139,16 +139,22 @@ def block_curve(
     batch_size: int = 100,
     judge: Callable[[Tensor], dict[str, Any]] | None = None,
     judge_samples: int = 1000,
+    judge_only: bool = False,
 ) -> list[dict[str, Any]]:
     """The speed / quality dial (docs/design.md, "Blocks"): per block size, the likelihood bound of
     what block sampling really samples (``samples`` importance samples over ``seqs``), the time to
     generate a whole sequence at batch 1 and 32, and ``judge``'s figures of ``judge_samples``
     unprompted samples.  Other families sample the same way whatever the block size: one row,
     their exact NLL (autoregressive families, token by token, block 1) or their one-pass bound
-    (the TVAE, one pass, block T; the VRNN, step by step, block 1)."""
+    (the TVAE, one pass, block T; the VRNN, step by step, block 1).  ``judge_only``: the judged
+    samples alone (rows without the bound and the times, to join to rows that have them)."""
     S, T = seqs.shape
     rows = []
     for c in block_sizes if isinstance(model, VSSM) else [T if model.family == "tvae" else 1]:
+        if judge_only:
+            assert judge is not None, "judge_only needs a judge"
+            rows.append({"block_size": c, **_judged(model, judge, judge_samples, T, c)})
+            continue
         if isinstance(model, VSSM):
             w = []
             for i in tqdm(range(0, S, batch_size), desc=f"block {c}", leave=False, disable=None):
@@ -182,7 +188,7 @@ def block_curve(
             },
         }
         if judge is not None:
-            row["samples"] = judge(unprompted_samples(model, judge_samples, T, c))
+            row.update(_judged(model, judge, judge_samples, T, c))
         log.info(
             "block %d: %.2f nats, %.1f ms at batch 1",
             c,
@@ -191,6 +197,22 @@ def block_curve(
         )
         rows.append(row)
     return rows
+
+
+def _judged(model: SequenceModel, judge: Callable[[Tensor], dict[str, Any]], n: int, T: int, c: int) -> dict[str, Any]:
+    """``samples``: the judge's figures of ``n`` unprompted samples at block ``c`` as served; for a
+    latent model served below observation temperature 1, ``samples_observation_temperature_1``
+    beside them: the same seeds drawn from the model's own distribution."""
+    out = {"samples": judge(unprompted_samples(model, n, T, c))}
+    r = model.observation_temperature
+    if r != 1.0:
+        out["samples"]["observation_temperature"] = r
+        try:
+            model.observation_temperature = 1.0
+            out["samples_observation_temperature_1"] = judge(unprompted_samples(model, n, T, c))
+        finally:
+            model.observation_temperature = r
+    return out
 
 
 def evaluate(
@@ -255,6 +277,11 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint, device=args.device)
+    if args.observation_temperature is not None:  # measure another setting than the checkpoint's
+        try:
+            model.observation_temperature = observation_temperature(model, args.observation_temperature)
+        except ValueError as exc:
+            raise SystemExit(f"--observation-temperature: {exc}") from None
     meta = read_metadata(args.checkpoint)
     dataset = meta.get("dataset")
     if not dataset:
@@ -277,6 +304,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": dataset,
         "fingerprint": model.fingerprint,
         "default_block_size": model.default_block_size,
+        "observation_temperature": model.observation_temperature,
         "parameters": {"total": model.num_parameters(), "generation": model.num_parameters(generation_only=True)},
         "training": {
             "steps": int(meta.get("train_steps", 0)),
@@ -309,8 +337,13 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
+    if args.judge_only:
+        args.curve_only = True  # the samples of a curve measured before: nothing else is measured
     if args.curve_only and not args.block_sizes:
         raise SystemExit("--curve-only needs --block-sizes")
+    judge = _judge(args, dataset, model.modality) if args.block_sizes else None
+    if args.judge_only and judge is None:
+        raise SystemExit("--judge-only needs a judge: --judge (images) or --ar-judge (text)")
     if args.block_sizes:
         curve = block_curve(
             model,
@@ -318,8 +351,9 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             _block_list(args.block_sizes),
             samples=args.block_samples,
             batch_size=max(1, args.batch_size // 4),
-            judge=_judge(args, dataset, model.modality),
+            judge=judge,
             judge_samples=args.judge_samples,
+            judge_only=args.judge_only,
         )
         if args.curve_only:
             # the rest of the JSON is a full eval of the same weights (read now: it may have been
@@ -328,9 +362,20 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             if earlier and earlier.get("fingerprint") != model.fingerprint:
                 raise SystemExit(f"{args.out} holds the eval of other weights ({earlier.get('fingerprint')})")
             command = result["command"]
-            result = {**earlier, "default_block_size": model.default_block_size} if earlier else result
+            result = (
+                {
+                    **earlier,
+                    "default_block_size": model.default_block_size,
+                    "observation_temperature": model.observation_temperature,
+                }
+                if earlier
+                else result
+            )
             # curves measured in parts (block sizes split over processes) join: rows by block size
-            rows = {r["block_size"]: r for r in result.get("block_curve", [])} | {r["block_size"]: r for r in curve}
+            rows = {r["block_size"]: r for r in result.get("block_curve", [])}
+            for r in curve:  # judged samples alone replace only the samples of the row they join
+                kept = {k: v for k, v in rows.get(r["block_size"], {}).items() if not k.startswith("samples")}
+                rows[r["block_size"]] = {**kept, **r} if args.judge_only else r
             curve = [rows[c] for c in sorted(rows)]
             result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
         result["block_curve"] = curve

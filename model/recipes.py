@@ -41,6 +41,7 @@ class Recipe:
     intended_use: str = ""  # the model card's "intended use" (model/card.py)
     limitations: tuple[str, ...] = ()  # the model card's limitations besides those its figures imply
     default_block_size: int | None = None  # `vssm set-block-size` after training (None: one pass)
+    observation_temperature: float = 1.0  # `vssm set-observation-temperature` after training (latent families)
     note: str = ""  # how the bundled file's run differs from running the recipe once, if it does
 
 

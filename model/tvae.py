@@ -308,7 +308,7 @@ class TVAE(SequenceModel):
         z = self._sample_latents(z_logits, state, n, temperature, observed)  # (B, n, Z)
         x_logits, dec = self.decoder(self._one_hot(z), self._cache(state, "dec"), P, return_state=resumable)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        tokens = sample_categorical(x_logits, u, per_row(temperature, 1))  # (B, n)
+        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature), 1))  # (B, n)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))  # (B, n, V): p(x_t | z_1:t)
         if not resumable:

@@ -240,20 +240,21 @@ class VRNN(SequenceModel):
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
     ) -> tuple[Tensor, GenState | None]:
-        """One step per token whatever ``blocks``: z_t from the prior, x_t from the emission (both at
-        ``temperature``), then the GRU reads them."""
+        """One step per token whatever ``blocks``: z_t from the prior at ``temperature``, x_t from the
+        emission at :meth:`token_temperature`, then the GRU reads them."""
         positions = self.positions(state, n)  # (B, n)
         u_lat = keyed_uniform(state.seed, positions, STREAM_LATENT, self.config.n_latents, self.dtype)  # (B, n, Z)
         u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         temp_z = temperature[:, None] if per_row else temperature  # type: ignore[index]
+        temp_x = self.token_temperature(temperature)
         h = state["h"]
         out, log_p = [], []
         for i in range(n):
             z = sample_categorical(self._prior_log_probs(h), u_lat[:, i], temp_z)  # (B, Z)
             ez = self.phi_z(self._one_hot(z))  # (B, H)
             x_logits = self._emission(ez, h)  # (B, V)
-            x_t = sample_categorical(x_logits, u_tok[:, i], temperature)  # (B,)
+            x_t = sample_categorical(x_logits, u_tok[:, i], temp_x)  # (B,)
             out.append(x_t)
             if scores is not None:
                 log_p.append(x_logits.log_softmax(-1))  # p(x_t | z_t, h_t-1)

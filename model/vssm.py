@@ -513,7 +513,7 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
         u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
         u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
-        temp, temp_tok = per_row(temperature, 2), per_row(temperature, 1)
+        temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature), 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
         m, observed, logits = ms[0], state["observed"], None
@@ -585,7 +585,7 @@ class VSSM(SequenceModel):
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
-        tokens = sample_categorical(x_logits, u, per_row(temperature, 1))  # (B, m)
+        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature), 1))  # (B, m)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         if not keep:

@@ -77,6 +77,7 @@ class ModelCardDetails(BaseModel):
     data: str | None
     training: TrainingInfo
     default_block_size: int | None
+    observation_temperature: float  # tokens given latents at the request's temperature times this
     metrics: list[Metric]  # empty: no eval JSON for these weights
     limitations: list[str]
 
@@ -94,6 +95,9 @@ class ModelCard(BaseModel):
     fingerprint: str
     parameters: int
     default_block_size: int | None  # the block size when a request names none (null: one parallel pass)
+    # latent families: tokens are drawn given the latents at the request's temperature times this
+    # (0: the most likely token given them); 1 is the model's own distribution, the one its NLL is of
+    observation_temperature: float
     block_curve: list[BlockPoint]  # measured with the checkpoint (empty: not measured)
     modality: Modality  # what the tokens are; ``text`` says whether the API speaks text for this model
     card: ModelCardDetails  # intended use, data, training budget, figures, limitations

@@ -58,6 +58,8 @@ def test_preset_flag_gives_the_recipe_and_explicit_flags_override_it():
 def test_recipes_name_their_serving_block_size():
     for path in BUNDLED:
         assert load_checkpoint(path).default_block_size == RECIPES[path.stem].default_block_size, path.stem
+        recipe_ratio = RECIPES[path.stem].observation_temperature
+        assert load_checkpoint(path).observation_temperature == recipe_ratio, path.stem
 
 
 def test_a_run_is_matched_to_its_recipe_only_if_it_is_that_recipe():

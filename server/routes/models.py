@@ -36,6 +36,7 @@ def card(s: ServedModel) -> ModelCard:
         fingerprint=s.fingerprint,
         parameters=s.model.num_parameters(generation_only=True),
         default_block_size=s.model.default_block_size,
+        observation_temperature=s.model.observation_temperature,
         block_curve=s.block_curve,
         modality=_modality(s.model.modality),
         card=ModelCardDetails.model_validate(s.card),

@@ -30,6 +30,9 @@ def client(tmp_path_factory) -> Iterator[TestClient]:
     coarse = model.build_model(family, cfg)  # a model that reads its pixels coarse to fine
     coarse.modality = Modality("image", shape=(28, 28), order="polyphase4")
     model.save_checkpoint(coarse, d / "mnist-coarse.safetensors", extra={"dataset": dataset})
+    mode = model.build_model(family, cfg)  # a model served at observation temperature 0
+    mode.observation_temperature = 0.0
+    model.save_checkpoint(mode, d / "mnist-mode.safetensors", extra={"dataset": dataset})
     with TestClient(create_app(Settings(checkpoints=d)), raise_server_exceptions=False) as c:
         yield c
 
@@ -97,3 +100,18 @@ def test_a_coarse_to_fine_model_says_where_each_token_goes(client):
     r = client.post("/v1/completions", json={"model": "mnist-coarse", "prompt": [1] * 40, "max_tokens": 20, "seed": 0})
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"][0]["tokens"]) == 20
+
+
+def test_a_model_served_at_observation_temperature_zero_says_so_and_draws_the_decoder_s_mode(client):
+    card = client.get("/v1/models/mnist-mode").json()
+    assert card["observation_temperature"] == 0.0 and card["card"]["observation_temperature"] == 0.0
+    assert any("observation temperature 0" in line for line in card["card"]["limitations"])
+    assert client.get("/v1/models/mnist-vssm").json()["observation_temperature"] == 1.0
+    body = {"model": "mnist-mode", "prompt": [], "max_tokens": 30, "seed": 3, "logprobs": 2}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    lp = choice["logprobs"]
+    # each token is the most likely one under the distribution it was drawn from (p(x_t | latents))
+    for token, top in zip(lp["token_logprobs"], lp["top_logprobs"], strict=True):
+        assert token == pytest.approx(max(top.values()))
+    again = client.post("/v1/completions", json={**body, "seed": 4}).json()["choices"][0]
+    assert again["logprobs"]["token_logprobs"] != lp["token_logprobs"]  # latents still drawn per seed

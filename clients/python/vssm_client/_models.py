@@ -85,6 +85,7 @@ class ModelCardDetails(_Base):
     data: str | None = None
     training: dict[str, Any] = {}  # dataset, preset, steps, seconds, cpu_seconds, machine, note
     default_block_size: int | None = None
+    observation_temperature: float = 1.0
     metrics: list[Metric] = []
     limitations: list[str] = []
 
@@ -104,6 +105,8 @@ class Model(_Base):
     fingerprint: str | None = None
     parameters: int | None = None
     default_block_size: int | None = None  # used when a request names no block size (None: one parallel pass)
+    # latent families: tokens given latents at the request's temperature times this (0: most likely)
+    observation_temperature: float = 1.0
     block_curve: list[BlockPoint] = []  # measured with the checkpoint, by block size (empty: not measured)
     modality: Modality | None = None  # what the tokens are (servers before it: None)
     card: ModelCardDetails | None = None  # the model card (servers before it: None)

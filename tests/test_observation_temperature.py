@@ -1,0 +1,101 @@
+"""The observation temperature of latent families (``SequenceModel.observation_temperature``):
+latents at the request's temperature, tokens given them at that times the ratio; a checkpoint
+setting like the default block size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import V, tiny_model
+from vssm import model
+
+LATENT = ("vssm", "tvae", "vrnn")
+
+
+def _sample(m: model.SequenceModel, seeds: list[int], n: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, _, scores = m.generate_scored(m.start(torch.zeros(len(seeds), 0, dtype=torch.long), seeds), n, **kw)
+    return tokens, scores
+
+
+@pytest.mark.parametrize("family", LATENT)
+def test_ratio_zero_draws_the_most_likely_token_given_the_latents(family):
+    m = tiny_model(family, max_position=40)
+    m.observation_temperature = 0.0
+    for block in (None, 4) if family == "vssm" else (None,):
+        tokens, scores = _sample(m, list(range(6)), 30, block_size=block)
+        # scores are the decoder's p(x_t | latents) the token was drawn from: the token is its mode
+        assert torch.equal(tokens, scores.argmax(-1)), block
+        # the latents are still drawn: seeds give different distributions to take the mode of
+        assert not torch.allclose(scores[0], scores[1])
+
+
+@pytest.mark.parametrize("family", LATENT)
+def test_ratio_one_is_the_model_s_own_sampling_and_ratios_scale_the_tokens_only(family):
+    m = tiny_model(family, max_position=40)
+    base = _sample(m, [0, 1, 2], 30, temperature=0.7)[0]
+    m.observation_temperature = 1.0
+    assert torch.equal(_sample(m, [0, 1, 2], 30, temperature=0.7)[0], base)
+    # ratio r at temperature t draws the tokens the ratio-1 model draws at t * r when latents are
+    # not random (temperature 0 makes them the mode for both): the ratio reaches the tokens only
+    m.observation_temperature = 0.5
+    half = _sample(m, [0, 1, 2], 30, temperature=0.0)[0]
+    m.observation_temperature = 1.0
+    assert torch.equal(half, _sample(m, [0, 1, 2], 30, temperature=0.0)[0])
+
+
+def test_resumed_and_batched_equal_alone_at_a_ratio():
+    m = tiny_model("vssm", max_position=60)
+    m.observation_temperature = 0.3
+    state = m.start(torch.tensor([[1, 0, 1]]), 5)
+    whole, _ = m.generate(state, 40, temperature=0.9, block_size=6)
+    parts, s = [], state
+    for a in (7, 13, 20):
+        t, s = m.generate(model.GenState.from_bytes(s.to_bytes()), a, temperature=0.9, block_size=6)
+        parts.append(t)
+    assert torch.equal(torch.cat(parts, 1), whole)
+    states = model.GenState.cat(
+        [m.start(torch.tensor([[1, 0, 1]]), 5), m.start(torch.zeros(1, 0, dtype=torch.long), 9)]
+    )
+    both, _ = m.generate(states, 20, temperature=torch.tensor([0.9, 0.4]), block_size=6)
+    assert torch.equal(
+        both[0], m.generate(m.start(torch.tensor([[1, 0, 1]]), 5), 20, temperature=0.9, block_size=6)[0][0]
+    )
+    alone = m.generate(m.start(torch.zeros(1, 0, dtype=torch.long), 9), 20, temperature=0.4, block_size=6)[0][0]
+    assert torch.equal(both[1], alone)
+
+
+def test_the_ratio_is_kept_in_the_checkpoint_and_refused_where_it_means_nothing(tmp_path):
+    m = tiny_model("vssm", max_position=30)
+    path = model.save_checkpoint(m, tmp_path / "m.safetensors", extra={"dataset": "mnist", "train_steps": "7"})
+    assert "observation_temperature" not in model.read_metadata(path)  # 1: nothing written
+    model.set_default_block_size(path, 6)
+    model.set_observation_temperature(path, 0.25)
+    loaded = model.load_checkpoint(path)
+    assert loaded.observation_temperature == 0.25 and loaded.default_block_size == 6
+    assert loaded.fingerprint == m.fingerprint and model.read_metadata(path)["train_steps"] == "7"
+    model.set_default_block_size(path, None)  # one setting rewritten keeps the other
+    assert model.load_checkpoint(path).observation_temperature == 0.25
+    for bad in (-0.1, 1.5):
+        with pytest.raises(model.CheckpointError, match=r"in \[0, 1\]"):
+            model.set_observation_temperature(path, bad)
+    ar = model.save_checkpoint(tiny_model("ar-ssm"), tmp_path / "ar.safetensors")
+    with pytest.raises(model.CheckpointError, match="no latents"):
+        model.set_observation_temperature(ar, 0.0)
+    model.set_observation_temperature(ar, 1.0)  # the one value that means nothing is allowed
+    cli = [sys.executable, "-m", "vssm.model", "set-observation-temperature"]
+    done = subprocess.run([*cli, str(path), "0"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert model.load_checkpoint(path).observation_temperature == 0.0
+    done = subprocess.run([*cli, str(ar), "0.5"], capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and "no latents" in done.stderr
+
+
+def test_tokens_range_at_ratio_zero():
+    m = tiny_model("vssm", max_position=30)
+    m.observation_temperature = 0.0
+    tokens, _ = m.generate(m.start(torch.zeros(2, 0, dtype=torch.long), [0, 1]), 30)
+    assert tokens.min() >= 0 and tokens.max() < V
