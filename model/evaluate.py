@@ -373,6 +373,9 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             )
             # curves measured in parts (block sizes split over processes) join: rows by block size
             rows = {r["block_size"]: r for r in result.get("block_curve", [])}
+            missing = sorted({r["block_size"] for r in curve} - set(rows)) if args.judge_only else []
+            if missing:  # judged samples join a measured row; alone they are not a point of the curve
+                raise SystemExit(f"--judge-only: {args.out} has no curve row at block sizes {missing}")
             for r in curve:  # judged samples alone replace only the samples of the row they join
                 kept = {k: v for k, v in rows.get(r["block_size"], {}).items() if not k.startswith("samples")}
                 rows[r["block_size"]] = {**kept, **r} if args.judge_only else r

@@ -522,6 +522,7 @@ def reference_figures(
             "family": m.family,
             "fingerprint": m.fingerprint,
             "block_size": m.default_block_size,  # None: the model's one parallel pass (VSSM), token by token (AR)
+            "observation_temperature": m.observation_temperature,  # tokens given latents (latent families)
             **image_metrics(judge, samples),
             "ar_judge_nll": nll,
             "ar_judge_nll_ratio": nll / test_nll,

@@ -66,6 +66,11 @@ def render(checkpoints: Path) -> str:
             served = f"{how}, whatever the block size"
         else:
             served = f"block {block} when a request names no block size" if block else "one parallel pass by default"
+        if card["observation_temperature"] != 1.0:
+            served += (
+                f"; tokens given the latents at observation temperature {card['observation_temperature']:g}"
+                " (the limitations say what it changes)"
+            )
         lines.append(f"- **Samples.** {served}.")
         lines += ["", "| figure | value | unit | how |", "| --- | ---: | --- | --- |"]
         lines += [f"| `{m['name']}` | {_value(m)} | {m['unit']} | {m['note'] or ''} |" for m in card["metrics"]]

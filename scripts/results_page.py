@@ -100,11 +100,23 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
             "",
         ]
         has_judge = any("samples" in r for r in curve)
+        own = any("samples_observation_temperature_1" in r for r in curve)
+        r_served = next((r["samples"].get("observation_temperature") for r in curve if "samples" in r), None)
+        if own and r_served is not None:
+            L += [
+                f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, pixels",
+                "given them the most likely ones when 0; docs/api.md). The last two columns are the same seeds",
+                "drawn from the model's own distribution (observation temperature 1), the one the bound is of.",
+                "",
+            ]
         head = "| block size | NLL bound | ms / sequence, batch 1 | batch 32 |"
         rule = "| ---: | ---: | ---: | ---: |"
         if has_judge:
             head += " confident digits | class entropy (nats) | ink | AR judge (nats) |"
             rule += " ---: | ---: | ---: | ---: |"
+        if own:
+            head += " confident, own | AR judge, own |"
+            rule += " ---: | ---: |"
         L += [head, rule]
         for r in curve:
             c = r["block_size"]
@@ -117,6 +129,9 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
                     f" {_fmt(s.get('confident_share'), '{:.0%}')} | {_fmt(s.get('class_entropy_nats'), '{:.2f}')} "
                     f"| {_fmt(s.get('ink_fraction'), '{:.3f}')} | {_fmt(s.get('ar_judge_nats'), '{:.1f}')} |"
                 )
+            if own:
+                o = r.get("samples_observation_temperature_1", {})
+                row += f" {_fmt(o.get('confident_share'), '{:.0%}')} | {_fmt(o.get('ar_judge_nats'), '{:.1f}')} |"
             L.append(row)
         if times:
             load = bench["machine"]["load_average_start"][0] if bench else 0.0
