@@ -11,7 +11,6 @@ negative ELBO and the tighter importance-weighted bound with k samples.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import math
@@ -31,7 +30,6 @@ from tqdm import tqdm
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, observation_temperature, read_metadata
 from .data import eval_sequences, load_dataset
-from .modality import Modality
 from .vssm import VSSM
 
 __all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "is_latent", "iw_curve"]
@@ -287,8 +285,6 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     if not dataset:
         raise SystemExit(f"{args.checkpoint} records no dataset; it was not written by `vssm train`")
     ds = load_dataset(dataset, args.data_dir)
-    if model.modality.order != "raster":  # score the tokens in the order the model reads them
-        ds = dataclasses.replace(ds, test=model.modality.to_model(ds.test))
     seq_len = ds.max_position or args.seq_len
     seqs = eval_sequences(ds.test, seq_len)
     offset = args.offset
@@ -341,7 +337,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         args.curve_only = True  # the samples of a curve measured before: nothing else is measured
     if args.curve_only and not args.block_sizes:
         raise SystemExit("--curve-only needs --block-sizes")
-    judge = _judge(args, dataset, model.modality) if args.block_sizes else None
+    judge = _judge(args, dataset) if args.block_sizes else None
     if args.judge_only and judge is None:
         raise SystemExit("--judge-only needs a judge: --judge (images) or --ar-judge (text)")
     if args.block_sizes:
@@ -403,11 +399,10 @@ def _block_list(text: str) -> list[int]:
     return sizes
 
 
-def _judge(args: argparse.Namespace, dataset: str, modality: Modality) -> Callable[[Tensor], dict[str, Any]] | None:
-    """Figures of unprompted samples ``(N, T)`` in the model's token order (model/judge.py): for
-    images, the digit classifier's (``--judge``) and the AR judge's NLL, both of the raster images;
-    for text, the share of known words and the AR judge's bits per byte (``--ar-judge``).  None when
-    no judge is given."""
+def _judge(args: argparse.Namespace, dataset: str) -> Callable[[Tensor], dict[str, Any]] | None:
+    """Figures of unprompted samples ``(N, T)`` (model/judge.py): for images, the digit classifier's
+    (``--judge``) and the AR judge's NLL; for text, the share of known words and the AR judge's bits
+    per byte (``--ar-judge``).  None when no judge is given."""
     from .judge import (
         ar_judge_bits_per_byte,
         ar_judge_nll,
@@ -422,7 +417,6 @@ def _judge(args: argparse.Namespace, dataset: str, modality: Modality) -> Callab
         classifier = load_judge(args.judge)
 
         def judge_images(x: Tensor) -> dict[str, Any]:
-            x = modality.to_raster(x)
             out = image_metrics(classifier, x)
             if ar is not None:
                 out["ar_judge_nats"] = ar_judge_nll(ar, x)

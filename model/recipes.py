@@ -66,6 +66,7 @@ _RECIPES = [
             "Not trained for block sampling; for prompted completions mnist-vssm-split is better.",
         ),
         train=dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "smoothing"}),
+        observation_temperature=0.0,
     ),
     Recipe(
         "mnist-vssm-split",
@@ -80,6 +81,7 @@ _RECIPES = [
         ),
         train=dict(dataset="mnist", **VSSM_TUNING, lr=2e-2, budget_minutes=40.0, overrides={"posterior": "split"}),
         default_block_size=28,
+        observation_temperature=0.0,
     ),
     Recipe(
         "mnist-vssm-blocks",
@@ -110,6 +112,7 @@ _RECIPES = [
             "on a machine shared with other runs: 2,860 steps in 69 wall-clock minutes "
             "(docs/experiments/blocks.md, third session)."
         ),
+        observation_temperature=0.0,
     ),
     Recipe(
         "mnist-ar-ssm",
@@ -155,6 +158,7 @@ _RECIPES = [
             kl_warmup_steps=1000,
             overrides={"posterior": "smoothing"},
         ),
+        observation_temperature=0.0,
     ),
     Recipe(
         "mnist-vrnn",
@@ -180,6 +184,7 @@ _RECIPES = [
         train=dict(
             dataset="shakespeare", **VSSM_TUNING, lr=1e-2, budget_minutes=15.0, overrides={"posterior": "smoothing"}
         ),
+        observation_temperature=0.0,
     ),
     Recipe(
         "shakespeare-ar-ssm",
@@ -221,6 +226,7 @@ REMOVED_OPTIONS: dict[str, Any] = {
     "estimator": "gumbel",
     "estimates_grad": "all",
     "unprompted": 0.0,
+    "pixel_order": "raster",
 }
 
 

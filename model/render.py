@@ -58,27 +58,22 @@ def sample_images(
     prompt_rows: int = 0,
     block_size: int | None = None,
 ) -> tuple[Image.Image, torch.Tensor]:
-    """Unconditional grid (``real`` None) or prompted grid: pairs [real | completion] per image.
-
-    ``real`` is in raster order; the returned sequences are in the model's token order, the grids
-    in raster order.  The prompt is the first ``prompt_rows`` rows' worth of tokens in the model's
-    order: the top rows for raster order, the coarsest phases for a coarse-to-fine order."""
+    """Unconditional grid (``real`` None) or prompted grid: pairs [real | completion] per image."""
     T = int(np.prod(shape))
     per_row = T // shape[0]
     seeds = list(range(seed, seed + n))
-    raster = model.modality.to_raster
     if real is None:
         state = model.start(torch.zeros(n, 0, dtype=torch.long), seeds)
         seqs, _ = model.generate(state, T, temperature=temperature, resumable=False, block_size=block_size)
-        return image_grid(_to_pixels(raster(seqs), shape, model.vocab_size), cols=int(np.ceil(np.sqrt(n)))), seqs
+        return image_grid(_to_pixels(seqs, shape, model.vocab_size), cols=int(np.ceil(np.sqrt(n)))), seqs
     C = prompt_rows * per_row
-    prompt = model.modality.to_model(real[:n])[:, :C]
+    prompt = real[:n, :C]
     cont, _ = model.generate(
         model.start(prompt, seeds), T - C, temperature=temperature, resumable=False, block_size=block_size
     )
     seqs = torch.cat([prompt.to(cont.device), cont], dim=1)
-    pairs = torch.stack([real[:n].to(seqs.device), raster(seqs)], dim=1).reshape(2 * n, T)  # real, completion, ...
-    marks = [0, prompt_rows if model.modality.order == "raster" else 0] * n  # a line under the prompt's rows
+    pairs = torch.stack([real[:n].to(seqs.device), seqs], dim=1).reshape(2 * n, T)  # real, completion, real, ...
+    marks = [0, prompt_rows] * n
     grid = image_grid(_to_pixels(pairs, shape, model.vocab_size), cols=8 if n >= 4 else 2 * n, marks=marks)
     return grid, seqs
 

@@ -69,7 +69,6 @@ class TrainConfig:
     tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
-    pixel_order: str = "raster"  # images: the pixels' order in the token sequence (model/modality.py ORDERS)
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -268,16 +267,10 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         out.mkdir(parents=True, exist_ok=True)
 
     ds = dataset or load_dataset(cfg.dataset, cfg.data_dir, limit=cfg.limit)
-    modality = of_dataset(ds.name)
-    if cfg.pixel_order != modality.order:
-        modality = modality.with_order(cfg.pixel_order)  # ValueError for text or a shape it does not fit
-        ds = dataclasses.replace(
-            ds, train=modality.to_model(ds.train), valid=modality.to_model(ds.valid), test=modality.to_model(ds.test)
-        )
     seq_len = ds.max_position or cfg.seq_len
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.family, model_config(cfg)).to(device)
-    model.modality = modality  # before the average copies the model: both checkpoints record it
+    model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(cfg.seed * 1009 + rank)

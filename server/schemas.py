@@ -45,11 +45,9 @@ class BlockPoint(BaseModel):
 class Modality(BaseModel):
     """What a model's tokens are (model/modality.py)."""
 
-    kind: Literal["image", "text", "tokens"]  # pixels in ``order``, bytes of text, or ids with no reading
+    kind: Literal["image", "text", "tokens"]  # pixels in raster order, bytes of text, or ids with no reading
     shape: list[int] | None = None  # image: rows, columns[, channels]
     encoding: str | None = None  # text: the bytes' encoding, one token per byte ("utf-8")
-    order: str = "raster"  # image: the pixels' order in the token sequence ("raster" or "polyphase4")
-    positions: list[int] | None = None  # a non-raster image: the raster index of token k, for k < T
 
 
 class TrainingInfo(BaseModel):

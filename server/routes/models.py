@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
 
 from fastapi import APIRouter
-
-from vssm.model.modality import Modality as TokenModality
 
 from ..deps import OwnerDep, RegistryDep
 from ..openapi import errors
@@ -15,13 +12,6 @@ from ..registry import ServedModel
 from ..schemas import Modality, ModelCard, ModelCardDetails, ModelList
 
 router = APIRouter(prefix="/v1", tags=["models"])
-
-
-@lru_cache(maxsize=32)
-def _modality(m: TokenModality) -> Modality:
-    """The card's modality; a non-raster image lists where each token goes, so a client can draw it."""
-    perm = m.permutation()
-    return Modality.model_validate({**dataclasses.asdict(m), "positions": None if perm is None else perm.tolist()})
 
 
 def card(s: ServedModel) -> ModelCard:
@@ -38,7 +28,7 @@ def card(s: ServedModel) -> ModelCard:
         default_block_size=s.model.default_block_size,
         observation_temperature=s.model.observation_temperature,
         block_curve=s.block_curve,
-        modality=_modality(s.model.modality),
+        modality=Modality.model_validate(dataclasses.asdict(s.model.modality)),
         card=ModelCardDetails.model_validate(s.card),
     )
 

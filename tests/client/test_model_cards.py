@@ -24,19 +24,3 @@ def test_model_reads_card_and_modality_and_tolerates_their_absence():
     assert m.card.training["preset"] == "mnist-vssm-blocks" and m.card.metrics[0].value == 82.6
     old = Model.model_validate({"id": "x"})
     assert old.modality is None and old.card is None
-
-
-def test_to_raster_places_tokens_where_the_modality_says():
-    from vssm_client import Modality
-
-    raster = Modality(kind="image", shape=[2, 2])
-    assert raster.to_raster([1, 0]) == [1, 0, None, None]
-    coarse = Modality(kind="image", shape=[2, 2], order="custom", positions=[3, 0, 2, 1])
-    assert coarse.to_raster([1, 0, 1]) == [0, None, 1, 1]
-    assert coarse.to_raster([]) == [None] * 4
-    for bad, tokens in ((Modality(kind="text", encoding="utf-8"), [1]), (raster, [0] * 5)):
-        try:
-            bad.to_raster(tokens)
-        except ValueError:
-            continue
-        raise AssertionError(f"{bad} accepted {tokens}")

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from tests.server.conftest import CHECKPOINTS
 from vssm import model
-from vssm.model.modality import Modality
 from vssm.server import Settings, create_app
 
 BUNDLED = Path(__file__).resolve().parents[2] / "checkpoints"
@@ -27,9 +26,6 @@ def client(tmp_path_factory) -> Iterator[TestClient]:
             shutil.copy(BUNDLED / f"{name}{suffix}", d / f"{name}{suffix}")
     family, dataset, cfg = CHECKPOINTS["mnist-vssm"]  # a tiny model that only shares a bundled one's name
     model.save_checkpoint(model.build_model(family, cfg), d / "mnist-vssm.safetensors", extra={"dataset": dataset})
-    coarse = model.build_model(family, cfg)  # a model that reads its pixels coarse to fine
-    coarse.modality = Modality("image", shape=(28, 28), order="polyphase4")
-    model.save_checkpoint(coarse, d / "mnist-coarse.safetensors", extra={"dataset": dataset})
     mode = model.build_model(family, cfg)  # a model served at observation temperature 0
     mode.observation_temperature = 0.0
     model.save_checkpoint(mode, d / "mnist-mode.safetensors", extra={"dataset": dataset})
@@ -39,17 +35,7 @@ def client(tmp_path_factory) -> Iterator[TestClient]:
 
 def test_a_bundled_model_s_card_has_its_recipe_budget_and_the_figures_of_its_eval_json(client):
     card = client.get("/v1/models/mnist-vssm-blocks").json()
-    assert (
-        card["modality"]
-        == {
-            "kind": "image",
-            "shape": [28, 28],
-            "encoding": None,
-            "order": "raster",
-            "positions": None,
-        }
-        and not card["text"]
-    )
+    assert card["modality"] == {"kind": "image", "shape": [28, 28], "encoding": None} and not card["text"]
     about = card["card"]
     evaluation = json.loads((BUNDLED / "mnist-vssm-blocks.json").read_text())
     assert about["training"]["preset"] == "mnist-vssm-blocks" and "--budget-cpu-minutes 39" in about["training"]["note"]
@@ -66,17 +52,7 @@ def test_a_bundled_model_s_card_has_its_recipe_budget_and_the_figures_of_its_eva
 
 def test_text_models_say_so_and_exact_figures_are_not_called_bounds(client):
     card = client.get("/v1/models/shakespeare-ar-gru").json()
-    assert (
-        card["modality"]
-        == {
-            "kind": "text",
-            "shape": None,
-            "encoding": "utf-8",
-            "order": "raster",
-            "positions": None,
-        }
-        and card["text"]
-    )
+    assert card["modality"] == {"kind": "text", "shape": None, "encoding": "utf-8"} and card["text"]
     metrics = {m["name"]: m for m in card["card"]["metrics"]}
     assert metrics["test_bits_per_token"]["note"] == "exact"
     assert metrics["generation_ms_batch_1"]["note"].endswith("token by token")
@@ -88,18 +64,6 @@ def test_a_model_that_is_no_recipe_s_run_gets_figures_only(client):
     about = client.get("/v1/models/mnist-vssm").json()["card"]
     assert about["intended_use"] is None and about["training"]["preset"] is None and about["metrics"] == []
     assert about["data"].startswith("Binarised MNIST")
-
-
-def test_a_coarse_to_fine_model_says_where_each_token_goes(client):
-    card = client.get("/v1/models/mnist-coarse").json()
-    positions = Modality("image", shape=(28, 28), order="polyphase4").permutation().tolist()
-    assert card["modality"]["order"] == "polyphase4" and card["modality"]["positions"] == positions
-    assert sorted(positions) == list(range(784)) and positions[:3] == [0, 4, 8]
-    # tokens cross the API in the model's order: a prompt is its first tokens, the coarsest pixels
-    # (this tiny stand-in reads 64 positions)
-    r = client.post("/v1/completions", json={"model": "mnist-coarse", "prompt": [1] * 40, "max_tokens": 20, "seed": 0})
-    assert r.status_code == 200, r.text
-    assert len(r.json()["choices"][0]["tokens"]) == 20
 
 
 def test_a_model_served_at_observation_temperature_zero_says_so_and_draws_the_decoder_s_mode(client):

@@ -47,25 +47,6 @@ class Modality(_Base):
     kind: str = "tokens"
     shape: list[int] | None = None
     encoding: str | None = None
-    order: str = "raster"  # image: the pixels' order in the token sequence
-    positions: list[int] | None = None  # a non-raster image: the raster index of token k
-
-    def to_raster(self, tokens: list[int]) -> list[int | None]:
-        """An image's tokens (a prefix of the sequence, in the model's order) as raster pixels; pixels
-        not yet generated are None.  Raster order: the tokens as they are, padded with None."""
-        size = len(self.positions) if self.positions is not None else None
-        if size is None:
-            if not self.shape:
-                raise ValueError("to_raster needs an image modality")
-            size = 1
-            for d in self.shape:
-                size *= d
-        if len(tokens) > size:
-            raise ValueError(f"{len(tokens)} tokens for an image of {size} pixels")
-        out: list[int | None] = [None] * size
-        for k, t in enumerate(tokens):
-            out[self.positions[k] if self.positions is not None else k] = t
-        return out
 
 
 class Metric(_Base):
