@@ -99,3 +99,28 @@ def test_tokens_range_at_ratio_zero():
     m.observation_temperature = 0.0
     tokens, _ = m.generate(m.start(torch.zeros(2, 0, dtype=torch.long), [0, 1]), 30)
     assert tokens.min() >= 0 and tokens.max() < V
+
+
+def test_a_curve_judges_the_served_samples_and_the_model_s_own_beside_them():
+    from vssm.model.evaluate import block_curve
+
+    m = tiny_model("vssm", max_position=12)
+    x = torch.randint(0, V, (6, 12), generator=torch.Generator().manual_seed(1))
+    seen: list[torch.Tensor] = []
+
+    def judge(samples: torch.Tensor) -> dict:
+        seen.append(samples)
+        return {"ink": float(samples.float().mean())}
+
+    m.observation_temperature = 0.0
+    rows = block_curve(m, x, [3, 12], samples=2, batch_size=4, judge=judge, judge_samples=5, judge_only=True)
+    # judged samples alone: no bound, no times (they join rows measured before)
+    assert [sorted(r) for r in rows] == [["block_size", "samples", "samples_observation_temperature_1"]] * 2
+    assert rows[0]["samples"]["observation_temperature"] == 0.0 and m.observation_temperature == 0.0
+    empty = torch.zeros(5, 0, dtype=torch.long)
+    served = m.generate(m.start(empty, list(range(5))), 12, block_size=3)[0]
+    assert torch.equal(seen[0], served)  # the served setting first, then the model's own draws
+    m.observation_temperature = 1.0
+    assert torch.equal(seen[1], m.generate(m.start(empty, list(range(5))), 12, block_size=3)[0])
+    rows = block_curve(m, x, [12], samples=2, batch_size=4, judge=judge, judge_samples=5, judge_only=True)
+    assert sorted(rows[0]) == ["block_size", "samples"]  # at 1 there is nothing to put beside
