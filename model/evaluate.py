@@ -152,6 +152,7 @@ def block_curve(
         if judge_only:
             assert judge is not None, "judge_only needs a judge"
             rows.append({"block_size": c, **_judged(model, judge, judge_samples, T, c)})
+            log.info("block %d: judged %d samples", c, judge_samples)
             continue
         if isinstance(model, VSSM):
             w = []
@@ -293,6 +294,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     seqs = seqs[offset:]
     if args.limit:
         seqs = seqs[: args.limit]
+    if args.judge_only:
+        args.curve_only = True  # the samples of a curve measured before: nothing else is measured
     t0 = time.perf_counter()
     result = {
         "checkpoint": str(args.checkpoint),
@@ -333,8 +336,6 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
-    if args.judge_only:
-        args.curve_only = True  # the samples of a curve measured before: nothing else is measured
     if args.curve_only and not args.block_sizes:
         raise SystemExit("--curve-only needs --block-sizes")
     judge = _judge(args, dataset) if args.block_sizes else None

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import V, tiny_model
+from tests.test_data import DATA, needs_data
 from vssm import model
 
 LATENT = ("vssm", "tvae", "vrnn")
@@ -124,3 +126,36 @@ def test_a_curve_judges_the_served_samples_and_the_model_s_own_beside_them():
     assert torch.equal(seen[1], m.generate(m.start(empty, list(range(5))), 12, block_size=3)[0])
     rows = block_curve(m, x, [12], samples=2, batch_size=4, judge=judge, judge_samples=5, judge_only=True)
     assert sorted(rows[0]) == ["block_size", "samples"]  # at 1 there is nothing to put beside
+
+
+@needs_data
+def test_judge_only_rejudges_a_measured_curve_and_measures_nothing_else(tmp_path, monkeypatch):
+    import json
+
+    from vssm.model import evaluate
+    from vssm.model.cli import build_parser
+
+    m = tiny_model("vssm", dtype=torch.float32, max_position=784, vocab_size=2)
+    path = model.save_checkpoint(m, tmp_path / "m.safetensors", extra={"dataset": "mnist"})
+    model.set_observation_temperature(path, 0.0)
+    row = {"block_size": 392, "sequences": 3, "nll": {"nats_per_sequence": 123.0}, "samples": {"images": 9}}
+    earlier = {"fingerprint": m.fingerprint, "nll": {"nats_per_sequence": 456.0}, "block_curve": [row]}
+    out = tmp_path / "m.json"
+    out.write_text(json.dumps(earlier))
+
+    def measured(*args, **kwargs):
+        raise AssertionError("--judge-only must not score the test set")
+
+    monkeypatch.setattr(evaluate, "evaluate", measured)
+    judge = Path(__file__).resolve().parents[1] / "checkpoints" / "judges" / "mnist-judge.safetensors"
+    parser, _ = build_parser()
+    argv = ["eval", str(path), "--judge-only", "--block-sizes", "392", "--judge-samples", "4"]
+    evaluate.evaluate_cli(parser.parse_args([*argv, "--judge", str(judge), "--data-dir", str(DATA), "--out", str(out)]))
+    result = json.loads(out.read_text())
+    (new,) = result["block_curve"]
+    assert new["nll"] == row["nll"] and result["nll"] == earlier["nll"]  # kept
+    assert new["samples"]["images"] == 4 and new["samples"]["observation_temperature"] == 0.0
+    assert new["samples_observation_temperature_1"]["images"] == 4
+    assert result["observation_temperature"] == 0.0
+    with pytest.raises(SystemExit, match="no curve row at block sizes"):
+        evaluate.evaluate_cli(parser.parse_args([*argv[:4], "28", "--judge", str(judge), "--out", str(out)]))
