@@ -56,7 +56,57 @@ def _bench(bench: dict | None) -> dict[str, dict[str, float]]:
     return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in bench["blocks"]["sequence"].items()}
 
 
-def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, img: Path) -> list[str]:
+def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> list[str]:
+    """Every bundled model's unprompted samples as the digit judge and the AR judge see them, beside
+    the test images (checkpoints/judges/mnist-judge.json, written by ``vssm judge-train``)."""
+    path = checkpoints / "judges" / f"{dataset}-judge.json"
+    if not path.exists():
+        return []
+    ref = json.loads(path.read_text())["reference"]
+    test = ref["test_images"]
+    L = ["", f"### Every model's samples, judged ({ref['samples']:,} unprompted samples, seeds {ref['seeds']})", ""]
+    L += [
+        "The digit judge's share of confident digits (max probability >= 0.9), its class-histogram entropy,",
+        "and the AR-SSM's NLL of the samples (the AR judge), each model at its default block size and",
+        'observation temperature; "own" is the same seeds from the model\'s own distribution (observation',
+        "temperature 1) where it is served below 1.",
+        "",
+        "| samples | block size | observation temperature | confident digits | class entropy | AR judge (nats) "
+        "| confident, own | AR judge, own |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {test['which']} | - | - | {test['confident_share']:.0%} | {test['class_entropy_nats']:.2f} "
+        f"| {test['ar_judge_nll']:.1f} | | |",
+    ]
+    models = dict(ref["models"])
+    for name, d in evals.items():  # a model judged in its curve: the row at its default block size
+        row = next((r for r in d.get("block_curve", []) if r["block_size"] == d.get("default_block_size")), None)
+        if name not in models and row is not None and "samples" in row:
+            s = row["samples"]
+            models[name] = {
+                **s,
+                "family": d["family"],
+                "block_size": row["block_size"],
+                "ar_judge_nll": s.get("ar_judge_nats"),
+                "observation_temperature_1": {
+                    **row.get("samples_observation_temperature_1", {}),
+                    "ar_judge_nll": row.get("samples_observation_temperature_1", {}).get("ar_judge_nats"),
+                },
+            }
+    for name, m in sorted(models.items()):
+        own = m.get("observation_temperature_1") or {}
+        r = m.get("observation_temperature", 1.0)
+        block = m.get("block_size") or ("one pass" if samples_in_one_pass(m["family"]) else "token by token")
+        L.append(
+            f"| `{name}` | {block} | {r:g} | {m['confident_share']:.0%} | {m['class_entropy_nats']:.2f} "
+            f"| {m['ar_judge_nll']:.1f} | {_fmt(own.get('confident_share'), '{:.0%}')} "
+            f"| {_fmt(own.get('ar_judge_nll'), '{:.1f}')} |"
+        )
+    return L
+
+
+def dataset_section(
+    dataset: str, evals: dict[str, dict], bench: dict | None, img: Path, checkpoints: Path
+) -> list[str]:
     title, unit, key, spec = DATASETS[dataset]
     L = [f"## {title} ({unit}, test set)", ""]
     L += [
@@ -143,9 +193,10 @@ def dataset_section(dataset: str, evals: dict[str, dict], bench: dict | None, im
         pareto = img / f"pareto_{dataset}.png"
         if pareto.exists():
             L += ["", f"![pareto](img/{pareto.name})"]
+    L += _judged_section(checkpoints, dataset, evals)
     grids = [n for n in evals if (img / f"{n}-unconditional.png").exists()]
     if grids:
-        L += ["", "### Samples (temperature 1, seeds 0-15; `vssm sample`)", ""]
+        L += ["", "### Samples (temperature 1, seeds 0-15, each model as served; `vssm sample`)", ""]
         for n in grids:
             L.append(f"- `{n}`: [unconditional](img/{n}-unconditional.png), [prompted](img/{n}-prompted.png)")
     texts = [n for n in evals if (img / f"{n}.txt").exists()]
@@ -178,7 +229,7 @@ def render(checkpoints: Path, bench_path: Path, img: Path) -> str:
     ]
     for ds, e in evals.items():
         if e:
-            L += dataset_section(ds, e, bench, img)
+            L += dataset_section(ds, e, bench, img, checkpoints)
     L += ["## Limitations", ""] + [f"- {x}" for x in LIMITATIONS] + [""]
     return "\n".join(L)
 
