@@ -528,6 +528,17 @@ def reference_figures(
             "ar_judge_nll_ratio": nll / test_nll,
             "sampling_seconds": round(gen_s, 1),
         }
+        r = m.observation_temperature
+        if r != 1.0:  # served below 1: the same seeds from the model's own distribution, beside
+            m.observation_temperature = 1.0
+            own = sample_sequences(m, n, seed=0, temperature=1.0)
+            m.observation_temperature = r
+            own_nll = ar_judge_nll(ar, own)
+            models[path.stem]["observation_temperature_1"] = {
+                **image_metrics(judge, own),
+                "ar_judge_nll": own_nll,
+                "ar_judge_nll_ratio": own_nll / test_nll,
+            }
         log.info("%s: %s (%.0f s)", path.stem, _brief(models[path.stem]), time.perf_counter() - t0)
     out["models"] = models
     return out

@@ -159,3 +159,30 @@ def test_judge_only_rejudges_a_measured_curve_and_measures_nothing_else(tmp_path
     assert result["observation_temperature"] == 0.0
     with pytest.raises(SystemExit, match="no curve row at block sizes"):
         evaluate.evaluate_cli(parser.parse_args([*argv[:4], "28", "--judge", str(judge), "--out", str(out)]))
+
+
+def test_judge_reference_figures_put_a_model_s_own_samples_beside_the_served_ones(tmp_path):
+    from vssm.model.judge import load_judge, reference_figures
+
+    root = Path(__file__).resolve().parents[1]
+    judge = load_judge(root / "checkpoints" / "judges" / "mnist-judge.safetensors")
+    served = tiny_model("vssm", dtype=torch.float32, max_position=784, vocab_size=2)
+    served.observation_temperature = 0.0
+    paths = [
+        model.save_checkpoint(served, tmp_path / "served.safetensors"),
+        model.save_checkpoint(
+            tiny_model("vssm", dtype=torch.float32, max_position=784, vocab_size=2), tmp_path / "own.safetensors"
+        ),
+    ]
+    ar = model.save_checkpoint(
+        tiny_model("ar-ssm", dtype=torch.float32, max_position=784, vocab_size=2), tmp_path / "ar.safetensors"
+    )
+    test = torch.randint(0, 2, (4, 784), generator=torch.Generator().manual_seed(0))
+    ref = reference_figures(judge, test, paths, ar, n=4)
+    at_zero, at_one = ref["models"]["served"], ref["models"]["own"]
+    assert at_zero["observation_temperature"] == 0.0 and at_one["observation_temperature"] == 1.0
+    assert "observation_temperature_1" not in at_one
+    beside = at_zero["observation_temperature_1"]
+    # the same weights: the served model's own samples are the 1-setting model's samples
+    assert beside["ar_judge_nll"] == pytest.approx(at_one["ar_judge_nll"], rel=1e-6)
+    assert beside["ink_fraction"] == pytest.approx(at_one["ink_fraction"]) and beside["images"] == 4
