@@ -88,6 +88,7 @@ class ARModel(SequenceModel):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         logits, net = state["logits"], self._net_state(state)

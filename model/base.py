@@ -154,6 +154,7 @@ class SequenceModel(nn.Module):
         temperature: float | Tensor = 1.0,
         resumable: bool = True,
         block_size: int | Tensor | None = None,
+        observation_temperature: float | Tensor | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """Sample the next ``n`` tokens ``(B, n)``; ``resumable=False`` skips the next state.
 
@@ -162,9 +163,10 @@ class SequenceModel(nn.Module):
         read back before the next (docs/design.md, "Blocks"); a size at or past the maximum
         position is one parallel pass.  Autoregressive families accept it and sample token by token.
         Latent families draw latents at ``temperature`` and tokens given them at ``temperature``
-        times :attr:`observation_temperature`.
+        times ``observation_temperature`` (a float in [0, 1], or one per row ``(B,)``; None:
+        :attr:`observation_temperature`); other families accept it and sample as they always do.
         """
-        return self._checked_generate(state, n, temperature, resumable, block_size, None)
+        return self._checked_generate(state, n, temperature, resumable, block_size, None, observation_temperature)
 
     def generate_scored(
         self,
@@ -173,12 +175,15 @@ class SequenceModel(nn.Module):
         temperature: float | Tensor = 1.0,
         resumable: bool = True,
         block_size: int | Tensor | None = None,
+        observation_temperature: float | Tensor | None = None,
     ) -> tuple[Tensor, GenState | None, Tensor]:
         """:meth:`generate`, and the log-probabilities ``(B, n, V)`` (float32) of the distribution
         each token was drawn from, before temperature: an autoregressive family's ``p(x_t | x_<t)``,
         the VSSM decoder's ``p(x_t | z_1:t)`` given the latents it drew.  The same tokens and state."""
         scores: list[Tensor] = [torch.zeros(state.batch_size, 0, self.vocab_size, device=self.device)]
-        tokens, nxt = self._checked_generate(state, n, temperature, resumable, block_size, scores)
+        tokens, nxt = self._checked_generate(
+            state, n, temperature, resumable, block_size, scores, observation_temperature
+        )
         return tokens, nxt, torch.cat(scores, dim=1).float()
 
     def _checked_generate(
@@ -189,20 +194,42 @@ class SequenceModel(nn.Module):
         resumable: bool,
         block_size: int | Tensor | None,
         scores: list[Tensor] | None,
+        observation_temperature: float | Tensor | None = None,
     ) -> tuple[Tensor, GenState | None]:
         """What :meth:`generate` and :meth:`generate_scored` share: checks, block sizes, no grad."""
         self.check_state(state)
         self._check_room(state, n)
         blocks = self.block_sizes(block_size, state.batch_size)
+        ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
         with torch.no_grad():
-            return self._generate(state, n, temperature, resumable, blocks, scores=scores)
+            return self._generate(state, n, temperature, resumable, blocks, scores=scores, ratio=ratio)
 
-    def token_temperature(self, temperature: float | Tensor) -> float | Tensor:
-        """The temperature of tokens drawn given latents (:attr:`observation_temperature`)."""
-        r = self.observation_temperature
-        return temperature if r == 1.0 else temperature * r
+    def _ratio(self, value: float | Tensor | None, batch: int) -> float | Tensor:
+        """The observation temperature of a call: a float, or ``(B,)``; ValueError outside [0, 1]."""
+        if value is None:
+            return self.observation_temperature
+        if isinstance(value, Tensor):
+            value = value.to(dtype=self.dtype, device=self.device).reshape(-1)
+            if value.numel() == 1:
+                return self._ratio(float(value), batch)
+            if value.numel() != batch:
+                raise ValueError(f"observation_temperature has {value.numel()} values for {batch} rows")
+            if bool(((value < 0) | (value > 1) | value.isnan()).any()):
+                raise ValueError("observation_temperature must be in [0, 1]")
+            return value
+        if isinstance(value, bool) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"observation_temperature must be in [0, 1], got {value!r}")
+        return float(value)
+
+    @staticmethod
+    def token_temperature(temperature: float | Tensor, ratio: float | Tensor) -> float | Tensor:
+        """The temperature of tokens drawn given latents: ``temperature`` times the observation
+        temperature ``ratio`` (each a float or one per row ``(B,)``)."""
+        if not isinstance(ratio, Tensor) and ratio == 1.0:
+            return temperature
+        return temperature * ratio
 
     def block_sizes(self, block_size: int | Tensor | None, batch: int) -> Tensor:
         """Per-row block sizes ``(B,)`` int64, 0 for one pass (no boundary before the maximum position).
@@ -304,9 +331,11 @@ class SequenceModel(nn.Module):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """``scores``: when a list, the implementation appends the log-probabilities of the tokens'
-        distributions, ``(B, m, V)`` per piece in order (see :meth:`generate_scored`)."""
+        distributions, ``(B, m, V)`` per piece in order (see :meth:`generate_scored`).  ``ratio``:
+        the observation temperature (latent families; a float or ``(B,)``)."""
         raise NotImplementedError
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:

@@ -254,6 +254,7 @@ class ARTransformer(ARModel):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """Copy the cache once into a buffer with room for ``n`` more slots, then decode into it.
 

@@ -294,6 +294,7 @@ class TVAE(SequenceModel):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """One parallel pass of each network whatever ``blocks`` (module docstring): latents from
         ``f_par`` over EMPTYs continued from ``gen`` (or the prior), tokens from one decoder pass
@@ -308,7 +309,7 @@ class TVAE(SequenceModel):
         z = self._sample_latents(z_logits, state, n, temperature, observed)  # (B, n, Z)
         x_logits, dec = self.decoder(self._one_hot(z), self._cache(state, "dec"), P, return_state=resumable)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature), 1))  # (B, n)
+        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, n)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))  # (B, n, V): p(x_t | z_1:t)
         if not resumable:

@@ -239,6 +239,7 @@ class VRNN(SequenceModel):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """One step per token whatever ``blocks``: z_t from the prior at ``temperature``, x_t from the
         emission at :meth:`token_temperature`, then the GRU reads them."""
@@ -247,7 +248,7 @@ class VRNN(SequenceModel):
         u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         temp_z = temperature[:, None] if per_row else temperature  # type: ignore[index]
-        temp_x = self.token_temperature(temperature)
+        temp_x = self.token_temperature(temperature, ratio)
         h = state["h"]
         out, log_p = [], []
         for i in range(n):

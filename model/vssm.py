@@ -412,6 +412,7 @@ class VSSM(SequenceModel):
         resumable: bool,
         blocks: Tensor | None = None,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """Rows are independent, so a large call runs in blocks of rows whose activations stay in
         the CPU's cache: about ``row_block_tokens`` tokens per pass (bench/generation.py).  A pass
@@ -424,14 +425,16 @@ class VSSM(SequenceModel):
         if state.batch_size > rows and not bool((blocks == 0).any()):  # every row in blocks: passes of ~2c
             rows = max(1, self.row_block_tokens // min(n, 2 * int(blocks.max())))
         if state.batch_size <= rows:
-            return self._generate_rows(state, n, temperature, resumable, blocks, scores)
+            return self._generate_rows(state, n, temperature, resumable, blocks, scores, ratio)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
+        ratio_rows = isinstance(ratio, Tensor)
         parts, part_scores = [], []
         for i in range(0, state.batch_size, rows):
             rs = slice(i, i + rows)
             temp = temperature[rs] if per_row else temperature
+            r = ratio[rs] if ratio_rows else ratio  # type: ignore[index]
             got: list[Tensor] | None = None if scores is None else []
-            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got))
+            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got, r))
             part_scores.append(got)
         if scores is not None:
             scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None]))  # (B, n, V)
@@ -446,12 +449,13 @@ class VSSM(SequenceModel):
         resumable: bool,
         blocks: Tensor,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
         boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
         c = self._shared_block(state, blocks)
-        fused = self._fused_rows(state, n, temperature, resumable, c, scores) if c else None
+        fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
         pieces = []
@@ -465,7 +469,9 @@ class VSSM(SequenceModel):
             ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
             more = m < left
             keep, absorb = resumable or more, resumable or (more and any_blocks)
-            tokens, state = self._piece(state, m, temperature, ends, keep=keep, absorb=absorb, scores=scores)
+            tokens, state = self._piece(
+                state, m, temperature, ends, keep=keep, absorb=absorb, scores=scores, ratio=ratio
+            )
             pieces.append(tokens)
             offset += m
         return torch.cat(pieces, dim=1), state if resumable else None
@@ -491,6 +497,7 @@ class VSSM(SequenceModel):
         resumable: bool,
         c: int,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None] | None:
         """Block sampling when every row has block size ``c`` and the same phase: the same tokens
         and state as :meth:`_piece` block by block (up to float rounding), in half the passes.
@@ -513,7 +520,7 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
         u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
         u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
-        temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature), 1)
+        temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
         m, observed, logits = ms[0], state["observed"], None
@@ -554,7 +561,9 @@ class VSSM(SequenceModel):
         )
         if fused == len(ms):
             return out_tokens, state
-        rest, state = self._piece(state, n - span, temperature, ~everyone, keep=True, absorb=True, scores=scores)
+        rest, state = self._piece(
+            state, n - span, temperature, ~everyone, keep=True, absorb=True, scores=scores, ratio=ratio
+        )
         return torch.cat([out_tokens, rest], 1), state
 
     def _piece(
@@ -566,6 +575,7 @@ class VSSM(SequenceModel):
         keep: bool,
         absorb: bool,
         scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState]:
         """``m`` tokens ``(B, m)`` inside every row's current block, in one parallel pass, and the
         next state: ``keep=False`` returns the state unchanged; ``absorb=False`` (no block boundary
@@ -585,7 +595,7 @@ class VSSM(SequenceModel):
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
-        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature), 1))  # (B, m)
+        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         if not keep:

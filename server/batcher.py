@@ -43,6 +43,7 @@ class _Job:
     future: asyncio.Future = field(repr=False)
     encode: bool = False  # return the next state serialised (the last step of a stored session's job)
     block_size: int = 0  # "generate": positions per block for every row of the job, 0 for one parallel pass
+    ratio: float = 1.0  # "generate": the observation temperature of every row of the job
     scored: bool = False  # "generate": also the log-probabilities of the tokens' distributions
 
     @property
@@ -96,27 +97,48 @@ class Batcher:
         return await asyncio.get_running_loop().run_in_executor(self.executor, state.to_bytes)
 
     async def generate(
-        self, state: GenState, n: int, temperature: float, resumable: bool = True, block_size: int | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float,
+        resumable: bool = True,
+        block_size: int | None = None,
+        ratio: float | None = None,
     ) -> tuple[torch.Tensor, GenState | None]:
         """The next ``n`` tokens of every row, sampled in blocks of ``block_size`` (0: one parallel
-        pass; None: the model's default)."""
-        tokens, nxt, _ = await self._generate(state, n, temperature, resumable, block_size, False)
+        pass; None: the model's default) at observation temperature ``ratio`` (None: the model's)."""
+        tokens, nxt, _ = await self._generate(state, n, temperature, resumable, block_size, ratio, False)
         return tokens, nxt
 
     async def generate_scored(
-        self, state: GenState, n: int, temperature: float, resumable: bool = True, block_size: int | None = None
+        self,
+        state: GenState,
+        n: int,
+        temperature: float,
+        resumable: bool = True,
+        block_size: int | None = None,
+        ratio: float | None = None,
     ) -> tuple[torch.Tensor, GenState | None, torch.Tensor]:
         """:meth:`generate`, and the log-probabilities ``(rows, n, V)`` of the distribution each token
         was drawn from (``model.generate_scored``)."""
-        tokens, nxt, scores = await self._generate(state, n, temperature, resumable, block_size, True)
+        tokens, nxt, scores = await self._generate(state, n, temperature, resumable, block_size, ratio, True)
         assert scores is not None
         return tokens, nxt, scores
 
     async def _generate(
-        self, state: GenState, n: int, temperature: float, resumable: bool, block_size: int | None, scored: bool
+        self,
+        state: GenState,
+        n: int,
+        temperature: float,
+        resumable: bool,
+        block_size: int | None,
+        ratio: float | None,
+        scored: bool,
     ) -> tuple[torch.Tensor, GenState | None, torch.Tensor | None]:
-        block = self.served.block_size(block_size)
-        job = _Job("generate", state, n, None, temperature, resumable, self._future(), block_size=block, scored=scored)
+        block, r = self.served.block_size(block_size), self.served.observation_temperature(ratio)
+        job = _Job(
+            "generate", state, n, None, temperature, resumable, self._future(), block_size=block, ratio=r, scored=scored
+        )
         tokens, nxt, scores = await self._submit(job)
         assert not isinstance(nxt, bytes)
         return tokens, nxt, scores
@@ -136,7 +158,7 @@ class Batcher:
         return [tokens[:, i : i + w] for i in range(0, tokens.shape[1], w)]
 
     async def generate_stored(
-        self, blob: bytes, n: int, temperature: float, block_size: int | None = None
+        self, blob: bytes, n: int, temperature: float, block_size: int | None = None, ratio: float | None = None
     ) -> tuple[torch.Tensor, bytes]:
         """``generate`` for one session's serialised state, returning the next state serialised.
 
@@ -144,8 +166,8 @@ class Batcher:
         a state that does not decode or belongs to other weights fails this job alone
         (:class:`model.StateError`).
         """
-        block = self.served.block_size(block_size)
-        job = _Job("generate", blob, n, None, temperature, True, self._future(), encode=True, block_size=block)
+        block, r = self.served.block_size(block_size), self.served.observation_temperature(ratio)
+        job = _Job("generate", blob, n, None, temperature, True, self._future(), encode=True, block_size=block, ratio=r)
         tokens, nxt, _ = await self._submit(job)
         assert isinstance(nxt, bytes)
         return tokens, nxt
@@ -255,12 +277,16 @@ class Batcher:
         else:
             temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
             blocks = [j.block_size for _, j, st in live for _ in range(st.batch_size)]
+            ratios = [j.ratio for _, j, st in live for _ in range(st.batch_size)]
             # one shared temperature goes as a float: the model's sampling takes a shorter path
             shared = len(set(temps)) == 1
             args = dict(
                 temperature=temps[0] if shared else torch.tensor(temps, dtype=m.dtype, device=m.device),
                 resumable=first.resumable,
                 block_size=torch.tensor(blocks, dtype=torch.long, device=m.device),  # per row, 0: one pass
+                observation_temperature=(
+                    ratios[0] if len(set(ratios)) == 1 else torch.tensor(ratios, dtype=m.dtype, device=m.device)
+                ),
             )
             if first.scored:
                 out, nxt, scores = m.generate_scored(state, first.n, **args)

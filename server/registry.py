@@ -44,6 +44,10 @@ class ServedModel:
         the block size to sample at, 0 for one parallel pass (as the model's per-row tensor has it)."""
         return next((c for c in choices if c is not None), self.model.default_block_size or 0)
 
+    def observation_temperature(self, *choices: float | None) -> float:
+        """The first of ``choices`` that is set (a call's, then a session's), else the model's setting."""
+        return next((c for c in choices if c is not None), self.model.observation_temperature)
+
     def check_state(self, state: GenState) -> None:
         """``model.check_state`` against the fingerprint taken at load."""
         self.model.check_state(state, self.fingerprint)

@@ -18,6 +18,9 @@ Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
 # maximum position is one parallel pass, and so is null in responses.  Autoregressive families
 # accept any and sample token by token.
 BlockSize = Annotated[int, Field(ge=1, le=1_000_000)]
+# latent families: tokens drawn given the latents at ``temperature`` times this (docs/api.md,
+# "Observation temperature"); other families accept any and sample as they always do
+ObservationTemperature = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 # ``stop``: the output ends before the first of these strings (text models; server/stops.py)
 StopString = Annotated[str, Field(min_length=1, max_length=256)]
 Stop = StopString | Annotated[list[StopString], Field(max_length=4)]
@@ -118,6 +121,7 @@ class CompletionCreate(BaseModel):
     n: int = Field(1, ge=1, le=1024)
     seed: Seed | None = None
     block_size: BlockSize | None = None
+    observation_temperature: ObservationTemperature | None = None  # null: the model's
     stream: bool = False
     chunk_size: Tokens | None = None
     stop: Stop | None = None
@@ -157,6 +161,7 @@ class Completion(BaseModel):
     usage: Usage | None = None
     seed: int
     block_size: int | None = None  # the block size the tokens were sampled at (null: one parallel pass)
+    observation_temperature: float  # the observation temperature the tokens were sampled at
 
 
 # ----- sessions -----------------------------------------------------------------------------------------
@@ -168,12 +173,14 @@ class SessionCreate(_Request):
     max_tokens: Tokens | None = None
     temperature: Temperature = 1.0
     block_size: BlockSize | None = None
+    observation_temperature: ObservationTemperature | None = None  # kept by the session (null: the model's)
 
 
 class SessionGenerate(_Request):
     max_tokens: Tokens
     temperature: Temperature = 1.0
     block_size: BlockSize | None = None  # this call only; the session's own block size stays
+    observation_temperature: ObservationTemperature | None = None  # this call only, as block_size
     expected_position: int | None = Field(None, ge=0)
     stream: bool = False
     chunk_size: Tokens | None = None
@@ -199,6 +206,7 @@ class Chunk(BaseModel):
     text: str
     finish_reason: FinishReason | None
     block_size: int | None = None  # the block size this chunk was sampled at (null: one parallel pass)
+    observation_temperature: float | None = None  # the observation temperature this chunk was sampled at
     replayed: bool = False
 
 
@@ -209,6 +217,7 @@ class Session(BaseModel):
     position: int
     seed: int
     block_size: int | None = None  # generate's block size when a call names none (null: one parallel pass)
+    observation_temperature: float | None = None  # generate's when a call names none
     created_at: float
     expires_at: float
     ttl_seconds: int

@@ -54,6 +54,7 @@ class SessionRecord:
     text_carry: list[int] = field(default_factory=list)  # an incomplete UTF-8 character ending the generated text
     holder: str = ""  # whose quota it counts against (an API key's or a client address's hash); "": none
     block_size: int | None = None  # generate's block size when a call names none, 0: one pass (None: not recorded)
+    observation_temperature: float | None = None  # generate's when a call names none (None: not recorded)
     expires_at: float = 0.0  # unix time, as of the last read or write
 
     def meta_json(self) -> str:

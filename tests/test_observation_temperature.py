@@ -186,3 +186,39 @@ def test_judge_reference_figures_put_a_model_s_own_samples_beside_the_served_one
     # the same weights: the served model's own samples are the 1-setting model's samples
     assert beside["ar_judge_nll"] == pytest.approx(at_one["ar_judge_nll"], rel=1e-6)
     assert beside["ink_fraction"] == pytest.approx(at_one["ink_fraction"]) and beside["images"] == 4
+
+
+@pytest.mark.parametrize("family", LATENT)
+def test_a_call_overrides_the_model_s_setting_row_by_row(family):
+    m = tiny_model(family, max_position=40)
+    empty = torch.zeros(3, 0, dtype=torch.long)
+    blocks = (None, 4) if family == "vssm" else (None,)
+    for block in blocks:
+        # a call at 0 on a model set to 1 is a model set to 0
+        tokens, _, scores = m.generate_scored(
+            m.start(empty, [0, 1, 2]), 30, block_size=block, observation_temperature=0.0
+        )
+        assert torch.equal(tokens, scores.argmax(-1))
+        m.observation_temperature = 0.0
+        assert torch.equal(m.generate(m.start(empty, [0, 1, 2]), 30, block_size=block)[0], tokens)
+        # and the other way round: 1 on a model set to 0 samples its own distribution
+        own = m.generate(m.start(empty, [0, 1, 2]), 30, block_size=block, observation_temperature=1.0)[0]
+        m.observation_temperature = 1.0
+        assert torch.equal(own, m.generate(m.start(empty, [0, 1, 2]), 30, block_size=block)[0])
+        # one value per row == each row alone
+        ratios = torch.tensor([0.0, 1.0, 0.5])
+        mixed = m.generate(m.start(empty, [0, 1, 2]), 30, block_size=block, observation_temperature=ratios)[0]
+        for row, r in enumerate(ratios.tolist()):
+            alone = m.generate(m.start(empty[:1], [row]), 30, block_size=block, observation_temperature=r)[0]
+            assert torch.equal(mixed[row : row + 1], alone), (block, row)
+
+
+def test_a_call_s_observation_temperature_is_checked_and_ignored_where_there_are_no_latents():
+    m = tiny_model("vssm", max_position=20)
+    state = m.start(torch.zeros(2, 0, dtype=torch.long), [0, 1])
+    for bad in (-0.5, 1.5, float("nan"), torch.tensor([0.0, 2.0]), torch.tensor([0.0, 0.5, 1.0])):
+        with pytest.raises(ValueError, match="observation_temperature"):
+            m.generate(state, 5, observation_temperature=bad)
+    ar = tiny_model("ar-ssm")
+    s = ar.start(torch.zeros(2, 0, dtype=torch.long), [0, 1])
+    assert torch.equal(ar.generate(s, 8, observation_temperature=0.0)[0], ar.generate(s, 8)[0])

@@ -63,6 +63,7 @@ async def create_completion(
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     seeds = [(seed + i) % (MAX_SEED + 1) for i in range(body.n)]
     block = served.block_size(body.block_size)  # 0: one parallel pass
+    ratio = served.observation_temperature(body.observation_temperature)
     cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
     batcher = ctx.batcher(served.id)
     scored = body.logprobs is not None
@@ -85,7 +86,14 @@ async def create_completion(
                 lp = c.logprobs.part(tokens, scores)
             out.append(CompletionChoice(index=c.index, text=text, tokens=tokens, finish_reason=c.finish, logprobs=lp))
         return Completion(
-            id=cid, created=created, model=served.id, choices=out, usage=usage, seed=seed, block_size=block or None
+            id=cid,
+            created=created,
+            model=served.id,
+            choices=out,
+            usage=usage,
+            seed=seed,
+            block_size=block or None,
+            observation_temperature=ratio,
         )
 
     def usage() -> Usage:
@@ -104,10 +112,10 @@ async def create_completion(
             last = done + n == body.max_tokens
             # blocks are aligned to absolute positions: chunks cut them anywhere, the tokens stay
             if scored:
-                tokens, state, log_p = await batcher.generate_scored(state, n, body.temperature, not last, block)
+                tokens, state, log_p = await batcher.generate_scored(state, n, body.temperature, not last, block, ratio)
                 rows = score_rows(tokens, log_p, body.logprobs or 0, served.text)
             else:
-                tokens, state = await batcher.generate(state, n, body.temperature, not last, block)
+                tokens, state = await batcher.generate(state, n, body.temperature, not last, block, ratio)
                 rows = [[None] * n for _ in choices]
             done += n
             parts = []

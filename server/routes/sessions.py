@@ -60,6 +60,7 @@ def public(rec: SessionRecord, chunk: Chunk | None = None) -> Session:
         position=rec.position,
         seed=rec.seed,
         block_size=rec.block_size or None,
+        observation_temperature=rec.observation_temperature,
         created_at=rec.created_at,
         expires_at=rec.expires_at,
         ttl_seconds=rec.ttl_seconds,
@@ -136,6 +137,8 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
     served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
     if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
         rec = replace(rec, block_size=served.block_size())
+    if rec.observation_temperature is None and served is not None:  # the same, for the observation temperature
+        rec = replace(rec, observation_temperature=served.observation_temperature())
     return rec
 
 
@@ -192,6 +195,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
         check_tokens(ctx, served, len(prompt), body.max_tokens)
     seed = body.seed if body.seed is not None else secrets.randbits(63)
     block = served.block_size(body.block_size)
+    ratio = served.observation_temperature(body.observation_temperature)
     batcher = ctx.batcher(served.id)
     sid = new_id()
     await ctx.reserve(holder, sid, ttl)  # before any model work: a refused request costs nothing
@@ -200,7 +204,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
         async with ctx.admit():
             state = await batcher.begin(prompt, [seed])
             if body.max_tokens:
-                tokens, state = await batcher.generate(state, body.max_tokens, body.temperature, True, block)
+                tokens, state = await batcher.generate(state, body.max_tokens, body.temperature, True, block, ratio)
                 assert state is not None
                 out = tokens[0].tolist()
             state_bytes = await batcher.serialize(state)
@@ -216,6 +220,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
             state=state_bytes,
             holder=holder,
             block_size=block,
+            observation_temperature=ratio,
         )
         if out is not None:
             text, rec.text_carry = served.decode_chunk(out, [])
@@ -235,6 +240,7 @@ async def _create(body: SessionCreate, ctx: Context, registry: Registry, owner: 
             text=text,
             finish_reason="length",
             block_size=block or None,
+            observation_temperature=ratio,
         )
     return public(rec, c)
 
@@ -354,6 +360,7 @@ async def generate(
     rec = await _load(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
     block = served.block_size(body.block_size, rec.block_size)  # the call's, else the session's
+    ratio = served.observation_temperature(body.observation_temperature, rec.observation_temperature)
     stops = stop_sequences(served, body.stop)
     stop_list = [s.decode() for s in stops]
     last = rec.last_op or {}
@@ -367,6 +374,7 @@ async def generate(
         and last.get("start") == body.expected_position
         and last.get("max_tokens") == body.max_tokens
         and last.get("block_size", block) == block  # the same request: its tokens, not another block size's
+        and last.get("observation_temperature", ratio) == ratio
         and last.get("stop", []) == stop_list
         and finished is not None
         and rec.position == body.expected_position + len(tokens_before)
@@ -380,6 +388,7 @@ async def generate(
             text=served.decode_chunk(tokens_before, last.get("carry_in", []))[0],
             finish_reason=finished,
             block_size=block or None,
+            observation_temperature=ratio,
             replayed=True,
         )
         if not body.stream:
@@ -405,7 +414,7 @@ async def generate(
         nonlocal ahead, pending, generated
         try:
             # blocks are aligned to absolute positions: streamed chunks cut them anywhere, the tokens stay
-            tokens, ahead = await batcher.generate_stored(ahead, n, body.temperature, block)
+            tokens, ahead = await batcher.generate_stored(ahead, n, body.temperature, block, ratio)
         except StateError as exc:
             raise _incompatible(rec, exc) from exc
         generated += n
@@ -427,7 +436,7 @@ async def generate(
         if not exact:
             blob = rec.state
             if out:
-                again, blob = await batcher.generate_stored(rec.state, len(out), body.temperature, block)
+                again, blob = await batcher.generate_stored(rec.state, len(out), body.temperature, block, ratio)
                 if again[0].tolist() != out:
                     raise RuntimeError(f"session {sid}: tokens generated again differ from the first ones")
         done.extend(out)
@@ -439,6 +448,7 @@ async def generate(
             "tokens": list(done),  # a copy: the in-memory store keeps this dict as it is
             "carry_in": carry_in,
             "block_size": block,
+            "observation_temperature": ratio,
             "stop": stop_list,
             "finish_reason": finish,
         }
@@ -453,6 +463,7 @@ async def generate(
             text=text,
             finish_reason=finish,
             block_size=block or None,
+            observation_temperature=ratio,
         )
 
     if not body.stream:

@@ -114,3 +114,22 @@ def test_parser_flags_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VSSM_API_KEY", "sk-env")
     assert main(["models"], transport=httpx.MockTransport(handler)) == 0
     assert str(seen[0].url) == "http://env:7/v1/models" and seen[0].headers["authorization"] == "Bearer sk-env"
+
+
+def test_block_size_and_observation_temperature_reach_the_requests(capsys: pytest.CaptureFixture[str]) -> None:
+    server = FakeServer()
+    flags = ("--block-size", "4", "--observation-temperature", "0")
+    code, _, _ = run(server, capsys, "complete", "--model", "mnist-vssm", "--max-tokens", "5", "--seed", "3", *flags)
+    assert code == 0
+    assert server.bodies("/completions")[0] == {
+        "model": "mnist-vssm",
+        "max_tokens": 5,
+        "seed": 3,
+        "block_size": 4,
+        "observation_temperature": 0.0,
+    }
+    code, out, _ = run(server, capsys, "session", "create", "--model", "mnist-vssm", "--seed", "1", *flags)
+    assert code == 0 and server.bodies("/sessions")[-1]["observation_temperature"] == 0.0
+    sid = json.loads(out)["id"]
+    code, _, _ = run(server, capsys, "session", "generate", sid, "--max-tokens", "3", "--observation-temperature", "1")
+    assert code == 0 and server.bodies("/generate")[-1]["observation_temperature"] == 1.0

@@ -168,3 +168,36 @@ def test_async_client_does_the_same(stack):
 
 async def _no_sleep(seconds: float) -> None:
     return None
+
+
+def test_the_sdk_names_the_observation_temperature_sync_and_async(stack):
+    srv, _ = stack
+    kw = {"model": "mnist-vssm", "prompt": [1, 0], "max_tokens": 12, "seed": 2}
+    with Client(base_url=srv.url) as c:
+        own = c.completions.create(**kw)
+        assert own.observation_temperature == 1.0  # the model's setting
+        mode = c.completions.create(**kw, observation_temperature=0.0, logprobs=1)
+        assert mode.observation_temperature == 0.0
+        lp = mode.choices[0].logprobs
+        assert all(t == max(top.values()) for t, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True))
+        streamed = [
+            t
+            for part in c.completions.stream(**kw, observation_temperature=0.0, chunk_size=5)
+            for t in part.choices[0].tokens
+        ]
+        assert streamed == mode.choices[0].tokens
+        s = c.sessions.create(model="mnist-vssm", prompt=[1, 0], seed=2, observation_temperature=0.0)
+        assert s.info.observation_temperature == 0.0
+        chunk = s.generate(max_tokens=12)
+        assert chunk.tokens == mode.choices[0].tokens and chunk.observation_temperature == 0.0
+        assert s.generate(max_tokens=3, observation_temperature=1.0).observation_temperature == 1.0
+
+    async def run() -> None:
+        async with AsyncClient(base_url=srv.url) as a:
+            got = await a.completions.create(**kw, observation_temperature=0.0)
+            assert got.choices[0].tokens == mode.choices[0].tokens
+            s = await a.sessions.create(model="mnist-vssm", prompt=[1, 0], seed=2)
+            first = await s.generate(max_tokens=12, observation_temperature=0.0)
+            assert first.tokens == mode.choices[0].tokens
+
+    asyncio.run(run())

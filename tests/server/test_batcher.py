@@ -85,3 +85,34 @@ def test_rows_with_different_block_sizes_share_one_call_and_get_their_own_tokens
         assert torch.equal(m.generate(nxt, 5, block_size=block)[0], m.generate(alone_next, 5, block_size=block)[0])
     differ = [m.generate(states[0], 7, block_size=c)[0] for c in (1, one_pass)]
     assert not torch.equal(*differ)  # the block size changes these tokens: the test can fail
+
+
+def test_rows_with_different_observation_temperatures_share_one_call_and_get_their_own_tokens():
+    """Ratios 0, 0.5 and the model's (None: 0.25), live and stored: one model call, each job's tokens
+    those it gets alone."""
+    m = tiny_model("vssm")
+    m.observation_temperature = 0.25
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    states = [m.start(torch.tensor([[1, 0, 1][:k]]), 20 + k) for k in range(3)]
+    ratios = [0.0, 0.5, None]
+    metrics = Metrics()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)
+            b.start()
+            try:
+                return await asyncio.gather(
+                    b.generate(states[0], 9, 1.0, ratio=ratios[0]),
+                    b.generate_stored(states[1].to_bytes(), 9, 1.0, ratio=ratios[1]),
+                    b.generate(states[2], 9, 1.0, ratio=ratios[2]),
+                )
+            finally:
+                await b.stop()
+
+    results = asyncio.run(main())
+    assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 1  # one model call
+    for (tokens, _), state, ratio in zip(results, states, [0.0, 0.5, 0.25], strict=True):
+        assert torch.equal(tokens, m.generate(state, 9, observation_temperature=ratio)[0]), ratio
+    differ = [m.generate(states[1], 9, observation_temperature=r)[0] for r in (0.0, 1.0)]
+    assert not torch.equal(*differ)  # the ratio changes these tokens: the test can fail

@@ -79,3 +79,46 @@ def test_a_model_served_at_observation_temperature_zero_says_so_and_draws_the_de
         assert token == pytest.approx(max(top.values()))
     again = client.post("/v1/completions", json={**body, "seed": 4}).json()["choices"][0]
     assert again["logprobs"]["token_logprobs"] != lp["token_logprobs"]  # latents still drawn per seed
+
+
+def test_a_request_or_a_session_chooses_its_own_observation_temperature(client):
+    body = {"model": "mnist-mode", "prompt": [], "max_tokens": 30, "seed": 3, "logprobs": 2}
+    served = client.post("/v1/completions", json=body).json()
+    assert served["observation_temperature"] == 0.0
+    own = client.post("/v1/completions", json={**body, "observation_temperature": 1.0}).json()
+    assert own["observation_temperature"] == 1.0
+    lp = own["choices"][0]["logprobs"]
+    # at 1 the tokens are drawn: not every one is the most likely under its distribution
+    assert any(t < max(top.values()) - 1e-9 for t, top in zip(lp["token_logprobs"], lp["top_logprobs"], strict=True))
+    assert (
+        client.post("/v1/completions", json={**body, "observation_temperature": 0.0}).json()["choices"]
+        == (served["choices"])
+    )
+    for bad in (-0.1, 1.5, "0"):
+        r = client.post("/v1/completions", json={**body, "observation_temperature": bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "observation_temperature", r.text
+    # a session keeps its own; a call may override it for itself; the tokens are those of one call
+    sess = client.post("/v1/sessions", json={"model": "mnist-mode", "seed": 3, "observation_temperature": 1.0}).json()
+    assert sess["observation_temperature"] == 1.0
+    url = f"/v1/sessions/{sess['id']}/generate"
+    first = client.post(url, json={"max_tokens": 10}).json()
+    second = client.post(url, json={"max_tokens": 20}).json()
+    assert first["observation_temperature"] == second["observation_temperature"] == 1.0
+    whole = client.post("/v1/completions", json={**body, "logprobs": None, "observation_temperature": 1.0}).json()
+    assert first["tokens"] + second["tokens"] == whole["choices"][0]["tokens"]
+    at_zero = client.post(url, json={"max_tokens": 5, "observation_temperature": 0.0}).json()
+    assert at_zero["observation_temperature"] == 0.0
+    assert client.get(f"/v1/sessions/{sess['id']}").json()["observation_temperature"] == 1.0  # the session's stays
+    default = client.post("/v1/sessions", json={"model": "mnist-mode", "seed": 3}).json()
+    assert default["observation_temperature"] == 0.0  # none named: the model's, kept with the session
+
+
+def test_a_retried_generate_is_replayed_only_at_the_same_observation_temperature(client):
+    sess = client.post("/v1/sessions", json={"model": "mnist-mode", "seed": 5}).json()
+    url = f"/v1/sessions/{sess['id']}/generate"
+    call = {"max_tokens": 8, "expected_position": 0}
+    first = client.post(url, json=call).json()
+    again = client.post(url, json=call).json()
+    assert again["replayed"] and again["tokens"] == first["tokens"]
+    other = client.post(url, json={**call, "observation_temperature": 1.0})
+    assert other.status_code == 409  # not the same request: the session has moved on

@@ -43,6 +43,11 @@ def _add_prompt(p: argparse.ArgumentParser, required: bool = False) -> None:
 
 def _add_block_size(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--block-size", type=int, help=f"positions per block of block sampling (default: {default})")
+    p.add_argument(
+        "--observation-temperature",
+        type=float,
+        help=f"latent models: tokens given the latents at the temperature times this, 0..1 (default: {default})",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser, default: str) -> None:
@@ -135,7 +140,10 @@ def _run(client: Client, args: argparse.Namespace) -> None:
             _write_json({"object": "list", "data": [m.model_dump(mode="json") for m in client.models.list()]})
     elif args.command == "complete":
         text = (args.output or ("text" if args.prompt is not None else "json")) == "text"
-        fields = {k: getattr(args, k) for k in ("model", "max_tokens", "temperature", "n", "seed", "block_size")}
+        fields = {
+            k: getattr(args, k)
+            for k in ("model", "max_tokens", "temperature", "n", "seed", "block_size", "observation_temperature")
+        }
         if args.stream:
             with client.completions.stream(prompt=_prompt(args), chunk_size=args.chunk_size, **fields) as stream:
                 _write_items(stream, text)
@@ -148,7 +156,7 @@ def _run(client: Client, args: argparse.Namespace) -> None:
 def _run_session(client: Client, args: argparse.Namespace) -> None:
     sessions = client.sessions
     if args.action == "create":
-        keys = ("model", "seed", "ttl_seconds", "max_tokens", "temperature", "block_size")
+        keys = ("model", "seed", "ttl_seconds", "max_tokens", "temperature", "block_size", "observation_temperature")
         fields = {k: getattr(args, k) for k in keys}
         _write_json(sessions.create(prompt=_prompt(args), **fields).info)
     elif args.action == "generate":
@@ -161,6 +169,7 @@ def _run_session(client: Client, args: argparse.Namespace) -> None:
                 chunk_size=args.chunk_size,
                 temperature=args.temperature,
                 block_size=args.block_size,
+                observation_temperature=args.observation_temperature,
                 expected_position=expected,
             )
             with stream:
@@ -171,6 +180,7 @@ def _run_session(client: Client, args: argparse.Namespace) -> None:
                 max_tokens=args.max_tokens,
                 temperature=args.temperature,
                 block_size=args.block_size,
+                observation_temperature=args.observation_temperature,
                 expected_position=expected,
             )
             _write_items([chunk], text)

@@ -134,6 +134,7 @@ class Completion(_Base):
     usage: Usage | None = None
     seed: int | None = None
     block_size: int | None = None  # the block size the tokens were sampled at (None: one parallel pass)
+    observation_temperature: float | None = None  # the observation temperature they were sampled at
 
     @property
     def tokens(self) -> list[int]:
@@ -162,6 +163,7 @@ class Chunk(_Base):
     text: str = ""
     finish_reason: str | None = None
     block_size: int | None = None  # the block size this chunk was sampled at (None: one parallel pass)
+    observation_temperature: float | None = None  # the observation temperature this chunk was sampled at
     replayed: bool = False  # the server returned an already committed chunk (retry after a lost response)
 
 
@@ -174,6 +176,7 @@ class SessionInfo(_Base):
     position: int = 0
     seed: int | None = None
     block_size: int | None = None  # generate's block size when a call names none (None: one parallel pass)
+    observation_temperature: float | None = None  # generate's observation temperature when a call names none
     created_at: float | None = None
     expires_at: float | None = None
     ttl_seconds: int | None = None

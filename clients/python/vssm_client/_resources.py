@@ -58,6 +58,7 @@ def _completion_body(
     stop: Stop | None = None,
     echo: bool | None = None,
     logprobs: int | None = None,
+    observation_temperature: float | None = None,
 ) -> dict[str, Any]:
     body = drop_none(
         model=model,
@@ -67,6 +68,7 @@ def _completion_body(
         n=n,
         seed=seed,
         block_size=block_size,
+        observation_temperature=observation_temperature,
         stream=stream or None,
         chunk_size=chunk_size,
         stop=_stop_value(stop),
@@ -84,11 +86,13 @@ def _generate_body(
     chunk_size: int | None,
     block_size: int | None = None,
     stop: Stop | None = None,
+    observation_temperature: float | None = None,
 ) -> dict[str, Any]:
     return drop_none(
         max_tokens=max_tokens,
         temperature=temperature,
         block_size=block_size,
+        observation_temperature=observation_temperature,
         expected_position=expected_position,
         stream=stream or None,
         chunk_size=chunk_size,
@@ -163,6 +167,7 @@ class Completions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
         echo: bool | None = None,
         logprobs: int | None = None,
@@ -173,7 +178,20 @@ class Completions:
         of these strings (``finish_reason`` ``"stop"``); ``echo``: the prompt in front; ``logprobs``
         (0..5): each token's log-probability and that many alternatives (``choices[i].logprobs``)."""
         body = _completion_body(
-            model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size, stop, echo, logprobs
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            n,
+            seed,
+            False,
+            None,
+            extra_body,
+            block_size,
+            stop,
+            echo,
+            logprobs,
+            observation_temperature,
         )
         return parse(self._client._request("POST", "/v1/completions", body=body), Completion)
 
@@ -187,6 +205,7 @@ class Completions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         chunk_size: int | None = None,
         stop: Stop | None = None,
         echo: bool | None = None,
@@ -208,6 +227,7 @@ class Completions:
             stop,
             echo,
             logprobs,
+            observation_temperature,
         )
         return Stream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
@@ -226,6 +246,7 @@ class AsyncCompletions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
         echo: bool | None = None,
         logprobs: int | None = None,
@@ -236,7 +257,20 @@ class AsyncCompletions:
         of these strings (``finish_reason`` ``"stop"``); ``echo``: the prompt in front; ``logprobs``
         (0..5): each token's log-probability and that many alternatives (``choices[i].logprobs``)."""
         body = _completion_body(
-            model, prompt, max_tokens, temperature, n, seed, False, None, extra_body, block_size, stop, echo, logprobs
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            n,
+            seed,
+            False,
+            None,
+            extra_body,
+            block_size,
+            stop,
+            echo,
+            logprobs,
+            observation_temperature,
         )
         return parse(await self._client._request("POST", "/v1/completions", body=body), Completion)
 
@@ -250,6 +284,7 @@ class AsyncCompletions:
         n: int | None = None,
         seed: int | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         chunk_size: int | None = None,
         stop: Stop | None = None,
         echo: bool | None = None,
@@ -271,6 +306,7 @@ class AsyncCompletions:
             stop,
             echo,
             logprobs,
+            observation_temperature,
         )
         return AsyncStream(lambda: self._client._request("POST", "/v1/completions", body=body, stream=True), Completion)
 
@@ -355,6 +391,7 @@ class Session(_SessionState):
         *,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> Chunk:
         """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
@@ -365,6 +402,7 @@ class Session(_SessionState):
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
+            observation_temperature=observation_temperature,
             expected_position=self.position,
             stop=stop,
         )
@@ -378,6 +416,7 @@ class Session(_SessionState):
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> Stream[Chunk]:
         """Generate ``max_tokens`` tokens as a stream of chunks; ``position`` advances with each one.
@@ -390,6 +429,7 @@ class Session(_SessionState):
             self.position,
             on_chunk=self._advance,
             block_size=block_size,
+            observation_temperature=observation_temperature,
             stop=stop,
         )
 
@@ -424,6 +464,7 @@ class AsyncSession(_SessionState):
         *,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> Chunk:
         """Generate the next ``max_tokens`` tokens; ``position`` advances to the chunk's end.
@@ -434,6 +475,7 @@ class AsyncSession(_SessionState):
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
+            observation_temperature=observation_temperature,
             expected_position=self.position,
             stop=stop,
         )
@@ -447,6 +489,7 @@ class AsyncSession(_SessionState):
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
         """Generate ``max_tokens`` tokens as an async stream of chunks; ``position`` advances with each one."""
@@ -458,6 +501,7 @@ class AsyncSession(_SessionState):
             self.position,
             on_chunk=self._advance,
             block_size=block_size,
+            observation_temperature=observation_temperature,
             stop=stop,
         )
 
@@ -495,6 +539,7 @@ class Sessions:
         max_tokens: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         idempotency_key: str | None = None,
     ) -> Session:
         """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
@@ -510,6 +555,7 @@ class Sessions:
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
+            observation_temperature=observation_temperature,
         )
         response = self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
         return Session(self._client, parse(response, SessionInfo))
@@ -525,13 +571,16 @@ class Sessions:
         max_tokens: int,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         expected_position: int | None = None,
         stop: Stop | None = None,
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
         ``block_size`` applies to this call only (default: the session's).  ``stop``: the chunk ends before
         the first of these strings, and the session right after the tokens returned."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size, stop)
+        body = _generate_body(
+            max_tokens, temperature, expected_position, False, None, block_size, stop, observation_temperature
+        )
         path = _session_path(session_id, "generate")
         try:
             response = self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -551,12 +600,20 @@ class Sessions:
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         expected_position: int | None = None,
         stop: Stop | None = None,
     ) -> Stream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
         return self._stream(
-            session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size, stop=stop
+            session_id,
+            max_tokens,
+            chunk_size,
+            temperature,
+            expected_position,
+            block_size=block_size,
+            stop=stop,
+            observation_temperature=observation_temperature,
         )
 
     def _stream(
@@ -568,9 +625,12 @@ class Sessions:
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> Stream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size, stop)
+        body = _generate_body(
+            max_tokens, temperature, expected_position, True, chunk_size, block_size, stop, observation_temperature
+        )
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return Stream(
@@ -637,6 +697,7 @@ class AsyncSessions:
         max_tokens: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         idempotency_key: str | None = None,
     ) -> AsyncSession:
         """``POST /v1/sessions``; with ``max_tokens`` the first chunk is generated too (``session.chunk``).
@@ -651,6 +712,7 @@ class AsyncSessions:
             max_tokens=max_tokens,
             temperature=temperature,
             block_size=block_size,
+            observation_temperature=observation_temperature,
         )
         response = await self._client._request("POST", "/v1/sessions", body=body, headers=_once(idempotency_key))
         return AsyncSession(self._client, parse(response, SessionInfo))
@@ -667,13 +729,16 @@ class AsyncSessions:
         max_tokens: int,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         expected_position: int | None = None,
         stop: Stop | None = None,
     ) -> Chunk:
         """``POST /v1/sessions/{id}/generate``; with ``expected_position`` a lost response is retried safely.
         ``block_size`` applies to this call only (default: the session's).  ``stop``: the chunk ends before
         the first of these strings, and the session right after the tokens returned."""
-        body = _generate_body(max_tokens, temperature, expected_position, False, None, block_size, stop)
+        body = _generate_body(
+            max_tokens, temperature, expected_position, False, None, block_size, stop, observation_temperature
+        )
         path = _session_path(session_id, "generate")
         try:
             response = await self._client._request("POST", path, body=body, idempotent=expected_position is not None)
@@ -693,12 +758,20 @@ class AsyncSessions:
         chunk_size: int | None = None,
         temperature: float | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         expected_position: int | None = None,
         stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
         """Streaming ``generate``: one committed ``Chunk`` per ``chunk_size`` tokens."""
         return self._stream(
-            session_id, max_tokens, chunk_size, temperature, expected_position, block_size=block_size, stop=stop
+            session_id,
+            max_tokens,
+            chunk_size,
+            temperature,
+            expected_position,
+            block_size=block_size,
+            stop=stop,
+            observation_temperature=observation_temperature,
         )
 
     def _stream(
@@ -710,9 +783,12 @@ class AsyncSessions:
         expected_position: int | None,
         on_chunk: Callable[[Chunk], None] | None = None,
         block_size: int | None = None,
+        observation_temperature: float | None = None,
         stop: Stop | None = None,
     ) -> AsyncStream[Chunk]:
-        body = _generate_body(max_tokens, temperature, expected_position, True, chunk_size, block_size, stop)
+        body = _generate_body(
+            max_tokens, temperature, expected_position, True, chunk_size, block_size, stop, observation_temperature
+        )
         path = _session_path(session_id, "generate")
         idempotent = expected_position is not None
         return AsyncStream(
