@@ -127,6 +127,7 @@ const sideOf = (card) => {
 };
 const kind = (card) => (isText(card) ? "text" : sideOf(card) ? "image" : "tokens");
 const autoregressive = (card) => card.family !== "vssm";
+const latent = (card) => ["vssm", "tvae", "vrnn"].includes(card.family); // draws tokens given latents
 
 async function loadModels() {
   clearError();
@@ -158,6 +159,7 @@ function selectModel(id) {
     ["max position", card.max_position ?? "none"],
     ["state", `${formatBytes(card.state_bytes)} per session${card.family === "ar-transformer" ? " at position 0 (a KV cache: grows)" : ", at any position"}`],
     ["default block", card.default_block_size ?? "one parallel pass"],
+    ...(latent(card) ? [["tokens given latents", (card.observation_temperature ?? 1) === 0 ? "most likely (observation temperature 0)" : `observation temperature ${card.observation_temperature ?? 1}`]] : []),
     ["fingerprint", card.fingerprint],
   ];
   $("#card").replaceChildren(...fields.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
@@ -177,6 +179,7 @@ function selectModel(id) {
   $("#session-step").value = image ? ui.side * 4 : 64;
   fillChunks(card);
   fillBlocks(card);
+  fillObservation(card);
   fillRace();
   $("#generate").textContent = image ? "Complete the image" : "Generate";
   const url = new URL(location.href);
@@ -362,6 +365,21 @@ function fillBlocks(card) {
   showBlock();
 }
 
+// The observation temperature (docs/api.md): the model's own setting unless the page names one.
+function fillObservation(card) {
+  const select = $("#observation");
+  select.disabled = !latent(card);
+  select.options[0].textContent = latent(card)
+    ? `the model's (${card.observation_temperature ?? 1})`
+    : "no latents (autoregressive)";
+  if (!latent(card)) select.value = "";
+}
+
+function observation(card) {
+  const v = $("#observation").value;
+  return v === "" || !latent(card) ? null : +v;
+}
+
 function blockSize() {
   if (autoregressive(ui.card)) return null; // token by token whatever is asked
   return ui.blocks[+$("#block").value];
@@ -459,6 +477,8 @@ function request(card) {
   const c = blockSize();
   const onePassByDefault = card.default_block_size == null && c === (card.max_position || ONE_PASS);
   if (c != null && !autoregressive(card) && !onePassByDefault) body.block_size = c;
+  const r = observation(card);
+  if (r != null) body.observation_temperature = r;
   if (kind(card) === "image") {
     const side = sideOf(card), n = promptRows() * side;
     body.prompt = Array.from(ui.pixels.slice(0, n));
@@ -608,6 +628,7 @@ async function race() {
   const run = (i) => {
     const body = { ...base, model: cards[i].id };
     if (autoregressive(cards[i])) delete body.block_size; // it would be ignored anyway
+    if (!latent(cards[i])) delete body.observation_temperature; // likewise
     return runCompletion(lanes[i], cards[i], body);
   };
   lanes.forEach((lane, i) => renderIdle(lane, cards[i]));
@@ -730,6 +751,7 @@ async function startSession() {
   const card = ui.card, base = request(card);
   const body = { model: card.id, prompt: base.prompt, seed: base.seed };
   if (base.block_size != null) body.block_size = base.block_size;
+  if (base.observation_temperature != null) body.observation_temperature = base.observation_temperature;
   const info = await api("POST", "/v1/sessions", body);
   const image = kind(card) === "image";
   for (const b of ui.branches) b.element.remove();

@@ -200,11 +200,25 @@ def test_drawing_then_generating_paints_the_tokens_the_api_returned(page, server
     expect(p.locator("#output")).to_have_attribute("data-state", "done", timeout=WAIT)
     (sent,) = page.sent("/v1/completions")
     assert sent["stream"] is True and sent["seed"] == 5 and sent["block_size"] == 28
+    assert "observation_temperature" not in sent  # the model's own setting
     assert len(sent["prompt"]) == 12 * 28 and sum(sent["prompt"]) >= 12  # the stroke is in the prompt
     assert sent["max_tokens"] == 784 - 12 * 28
     assert_painted(canvas_pixels(p, "#output canvas"), sent["prompt"], api_tokens(server, sent))
     expect(p.locator("#output .stats")).to_contain_text("first chunk")
     expect(p.locator("#output .stats")).to_contain_text("total")
+    assert page.errors == []
+
+
+def test_the_page_names_an_observation_temperature_and_paints_what_it_returns(page, server):
+    p = open_page(page, server.url + "/", "digits-vssm")
+    expect(p.locator("#observation option").first).to_have_text("the model's (1)")
+    p.select_option("#observation", "0")
+    fixed_seed(p, 7)
+    p.click("#generate")
+    expect(p.locator("#output")).to_have_attribute("data-state", "done", timeout=WAIT)
+    (sent,) = page.sent("/v1/completions")
+    assert sent["observation_temperature"] == 0
+    assert_painted(canvas_pixels(p, "#output canvas"), sent["prompt"], api_tokens(server, sent))
     assert page.errors == []
 
 
