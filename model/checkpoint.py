@@ -231,8 +231,7 @@ def set_observation_temperature(path: str | Path, ratio: float) -> None:
 
 def observation_temperature(model: SequenceModel, ratio: float) -> float:
     """``ratio`` if ``model`` can be served at that observation temperature, else ValueError."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"observation_temperature must be in [0, 1], got {ratio}")
+    ratio = float(model._ratio(ratio, 1))  # the range every call is checked against
     if ratio != 1.0 and not callable(getattr(model, "log_weights", None)):
         raise ValueError(f"a {model.family} model has no latents: its tokens are drawn at the request's temperature")
     return ratio

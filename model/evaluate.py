@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, observation_temperature, read_metadata
 from .data import eval_sequences, load_dataset
+from .judge import sample_sequences
 from .vssm import VSSM
 
 __all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "is_latent", "iw_curve"]
@@ -117,18 +118,6 @@ def generation_seconds(
     return best
 
 
-@torch.no_grad()
-def unprompted_samples(model: SequenceModel, n: int, length: int, block_size: int | None, batch: int = 250) -> Tensor:
-    """``n`` unprompted samples ``(n, length)`` at temperature 1, seeds ``0..n-1`` (so every block size
-    and every family is judged on the same seeds)."""
-    out = []
-    for i in range(0, n, batch):
-        rows = min(batch, n - i)
-        state = model.start(torch.zeros(rows, 0, dtype=torch.long), list(range(i, i + rows)))
-        out.append(model.generate(state, length, resumable=False, block_size=block_size)[0].cpu())
-    return torch.cat(out)
-
-
 def block_curve(
     model: SequenceModel,
     seqs: Tensor,
@@ -201,16 +190,14 @@ def block_curve(
 def _judged(model: SequenceModel, judge: Callable[[Tensor], dict[str, Any]], n: int, T: int, c: int) -> dict[str, Any]:
     """``samples``: the judge's figures of ``n`` unprompted samples at block ``c`` as served; for a
     latent model served below observation temperature 1, ``samples_observation_temperature_1``
-    beside them: the same seeds drawn from the model's own distribution."""
-    out = {"samples": judge(unprompted_samples(model, n, T, c))}
+    beside them: the same seeds drawn from the model's own distribution.  Seeds ``0..n-1``, so every
+    block size and every family is judged on the same seeds."""
+    out = {"samples": judge(sample_sequences(model, n, T, block_size=c, batch_size=250))}
     r = model.observation_temperature
     if r != 1.0:
         out["samples"]["observation_temperature"] = r
-        try:
-            model.observation_temperature = 1.0
-            out["samples_observation_temperature_1"] = judge(unprompted_samples(model, n, T, c))
-        finally:
-            model.observation_temperature = r
+        own = sample_sequences(model, n, T, block_size=c, batch_size=250, observation_temperature=1.0)
+        out["samples_observation_temperature_1"] = judge(own)
     return out
 
 
@@ -294,8 +281,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     seqs = seqs[offset:]
     if args.limit:
         seqs = seqs[: args.limit]
-    if args.judge_only:
-        args.curve_only = True  # the samples of a curve measured before: nothing else is measured
+    # judged samples join a curve measured before: like --curve-only, nothing else is measured
+    curve_only = args.curve_only or args.judge_only
     t0 = time.perf_counter()
     result = {
         "checkpoint": str(args.checkpoint),
@@ -314,7 +301,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         },
         **(
             {}
-            if args.curve_only
+            if curve_only
             else evaluate(
                 model,
                 seqs,
@@ -336,7 +323,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if offset:  # a shard: say which rows, so shards can be pooled (each sequence's draws are its own)
         result["test"]["offset"] = offset
-    if args.curve_only and not args.block_sizes:
+    if curve_only and not args.block_sizes:
         raise SystemExit("--curve-only needs --block-sizes")
     judge = _judge(args, dataset) if args.block_sizes else None
     if args.judge_only and judge is None:
@@ -352,7 +339,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             judge_samples=args.judge_samples,
             judge_only=args.judge_only,
         )
-        if args.curve_only:
+        if curve_only:
             # the rest of the JSON is a full eval of the same weights (read now: it may have been
             # written while the curve ran): keep it, add the curve and the command that made it
             earlier = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).exists() else {}
@@ -379,7 +366,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             curve = [rows[c] for c in sorted(rows)]
             result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
         result["block_curve"] = curve
-    result["block_curve_seconds" if args.curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
+    result["block_curve_seconds" if curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

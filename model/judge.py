@@ -268,8 +268,10 @@ def sample_sequences(
     temperature: float = 1.0,
     block_size: int | None = None,
     batch_size: int = 100,
+    observation_temperature: float | None = None,
 ) -> Tensor:
-    """``n`` unprompted samples ``(n, length)`` with seeds ``seed .. seed + n - 1`` (the same whatever the batch)."""
+    """``n`` unprompted samples ``(n, length)`` with seeds ``seed .. seed + n - 1`` (the same whatever
+    the batch); ``block_size`` and ``observation_temperature``: None for the model's own settings."""
     length = length or model.max_position
     if not length:
         raise ValueError("give a length for a model without a maximum position")
@@ -277,7 +279,14 @@ def sample_sequences(
     for i in range(0, n, batch_size):
         rows = min(batch_size, n - i)
         state = model.start(torch.zeros(rows, 0, dtype=torch.long), list(range(seed + i, seed + i + rows)))
-        tokens, _ = model.generate(state, length, temperature=temperature, resumable=False, block_size=block_size)
+        tokens, _ = model.generate(
+            state,
+            length,
+            temperature=temperature,
+            resumable=False,
+            block_size=block_size,
+            observation_temperature=observation_temperature,
+        )
         parts.append(tokens.cpu())
     return torch.cat(parts)
 
@@ -528,11 +537,8 @@ def reference_figures(
             "ar_judge_nll_ratio": nll / test_nll,
             "sampling_seconds": round(gen_s, 1),
         }
-        r = m.observation_temperature
-        if r != 1.0:  # served below 1: the same seeds from the model's own distribution, beside
-            m.observation_temperature = 1.0
-            own = sample_sequences(m, n, seed=0, temperature=1.0)
-            m.observation_temperature = r
+        if m.observation_temperature != 1.0:  # served below 1: the same seeds from the model's own distribution
+            own = sample_sequences(m, n, seed=0, temperature=1.0, observation_temperature=1.0)
             own_nll = ar_judge_nll(ar, own)
             models[path.stem]["observation_temperature_1"] = {
                 **image_metrics(judge, own),
