@@ -17,6 +17,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
+# A C compiler for the S4D recurrence kernel (model/native.py), built on first use for the CPU it
+# runs on; without one the layers run on their matrices: the same tokens, slower small rounds.
+# hadolint ignore=DL3008
+RUN if ! command -v cc >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*; \
+    fi
+
 # Same install steps as `make install` (README): torch 2.13.0 unless the base image has a torch, then the project.
 COPY pyproject.toml README.md ./
 COPY model ./model

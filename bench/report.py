@@ -438,15 +438,32 @@ def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
         f"{pk['dram_gbytes_per_s']:.0f} GB/s over {pk['dram_buffer_bytes'] / 1e6:.0f} MB, one eager PyTorch call "
         f"{pk['call_us']:.1f} us.",
         "The roofline is max(FLOPs / matmul rate, bytes / cache bandwidth); the dispatch floor is the",
-        "round's PyTorch calls times one call's time.",
+        "round's PyTorch calls times one call's time.  The layers' SSMs run the compiled recurrence "
+        '(model/native.py) where it is faster; "on matrices" is the same round with every SSM on its '
+        "matrices (`S4D.short`), timed round-robin with it."
+        if rd.get("kernel")
+        else "round's PyTorch calls times one call's time.  No C compiler here: every SSM ran on its matrices.",
         "",
     ]
+    kernel = bool(rd.get("kernel"))
     L += _table(
-        ["n", "ms", "MFLOP", "MB", "roofline ms", "calls", "dispatch floor ms", "/ roofline", "/ (roofline + floor)"],
+        [
+            "n",
+            "ms",
+            *(["on matrices", "kernel gain"] if kernel else []),
+            "MFLOP",
+            "MB",
+            "roofline ms",
+            "calls",
+            "dispatch floor ms",
+            "/ roofline",
+            "/ (roofline + floor)",
+        ],
         [
             [
                 str(r["n"]),
                 _ms(r["measured"]["median_s"]),
+                *([_ms(r["matrices"]["median_s"]), _x(r["kernel_speedup"])] if kernel else []),
                 f"{r['flops'] / 1e6:.1f}",
                 f"{r['bytes'] / 1e6:.2f}",
                 f"{r['roofline_s'] * 1e3:.3f}",

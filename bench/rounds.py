@@ -24,19 +24,22 @@ Glossary of axis letters:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from vssm.model import VSSM
+from vssm.model import VSSM, native
 from vssm.model.network import SSMNet
+from vssm.model.ssm import S4D
 
 from .common import Settings, measure, measure_interleaved
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PassCost", "measure_peaks", "network_pass_cost", "round_cost", "run_rounds"]
+__all__ = ["PassCost", "matrices_only", "measure_peaks", "network_pass_cost", "round_cost", "run_rounds"]
 
 F32 = 4  # bytes per float32
 
@@ -51,16 +54,23 @@ class PassCost:
         return PassCost(self.flops + other.flops, self.matmul_flops + other.matmul_flops, self.bytes + other.bytes)
 
 
-def network_pass_cost(net: SSMNet, B: int, T: int, from_state: bool, return_state: bool) -> PassCost:
-    """One :class:`SSMNet` pass of ``T`` steps on the short path (``S4D.short``), batch ``B``.
+def network_pass_cost(
+    net: SSMNet, B: int, T: int, from_state: bool, return_state: bool, kernel: bool | None = None
+) -> PassCost:
+    """One :class:`SSMNet` pass of ``T`` steps on the short path, batch ``B``.
 
-    Per layer: LayerNorm, the output matrix ``Y`` ``(H, T [+ 2N], T)`` (the rows of the state only
-    from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when the state is
-    kept, then GELU, the ``H -> 2H`` linear, GLU and the residual add.  Elementwise work is
-    counted at one FLOP per element and op (GELU's erf as 20); activations are read and written once
-    per elementwise op.
+    Per layer: LayerNorm, the SSM, then GELU, the ``H -> 2H`` linear, GLU and the residual add.  The
+    SSM as matrices (``S4D.short``): the output matrix ``Y`` ``(H, T [+ 2N], T)`` (the rows of the
+    state only from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when
+    the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py): a complex
+    multiply-add and a readout per step, mode and channel (12 FLOPs) over the weight planes
+    ``(6, N, H)``, no matrix.  ``kernel`` None: the path the layer itself takes at this size.
+    Elementwise work is counted at one FLOP per element and op (GELU's erf as 20); activations are
+    read and written once per elementwise op.
     """
     cfg = net.cfg
+    if kernel is None:
+        kernel = net.blocks[0].ssm.runs_scan(torch.empty(B, 1, 1), T)
     H, N, n_out = cfg.width, cfg.state_size, cfg.n_out  # n_out: O
     act = B * T * H  # elements of one activation (B, T, H)
     mm = 0.0
@@ -74,9 +84,13 @@ def network_pass_cost(net: SSMNet, B: int, T: int, from_state: bool, return_stat
     rows = T + (2 * N if from_state else 0)
     for _ in range(cfg.layers):
         flops += 8 * act  # LayerNorm
-        mm += 2 * B * H * rows * T  # [u; h0] @ Y
-        nbytes += F32 * (H * rows * T + 2 * H)
-        if return_state:
+        if kernel:
+            flops += 12 * B * T * H * N + 2 * act  # the recurrence and its readout, D u
+            nbytes += F32 * (6 * N * H + H + 2 * act + 2 * B * H * N * (int(from_state) + int(return_state)))
+        else:
+            mm += 2 * B * H * rows * T  # [u; h0] @ Y
+            nbytes += F32 * (H * rows * T + 2 * H)
+        if return_state and not kernel:
             mm += 2 * B * H * T * 2 * N  # u @ S
             nbytes += F32 * (H * T * 2 * N + 2 * H * N + 2 * 2 * B * H * N)  # S, Lambda^T, state in and out
             flops += 8 * B * H * N  # Lambda^T h0 + new part (complex multiply-add)
@@ -134,6 +148,27 @@ def _count_calls(fn: Any) -> int:
     return sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
 
 
+@contextmanager
+def matrices_only(m: torch.nn.Module) -> Iterator[None]:
+    """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel."""
+    layers = [mod for mod in m.modules() if isinstance(mod, S4D)]
+    for layer in layers:
+        layer.scan_max_tokens = 0  # an instance attribute: the class default is untouched
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.scan_max_tokens
+
+
+def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], object]:
+    def run() -> object:
+        with matrices_only(m):
+            return fn()
+
+    return run
+
+
 @torch.no_grad()
 def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
     prompt = torch.randint(0, vssm.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
@@ -142,7 +177,12 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
     totals = {n: sum(c.values(), PassCost(0.0, 0.0, 0.0)) for n, c in costs.items()}
     peaks = measure_peaks(max(t.bytes for t in totals.values()), quick)
     fns = {n: (lambda n=n: vssm.generate(state, n, block_size=n, resumable=True)) for n in s.round_ns}
-    timed = measure_interleaved(fns, max(3, s.repeats * 2))
+    kernel = native.available()
+    # the same rounds on the matrices, timed round-robin with the default path: the kernel's gain
+    both: dict[Any, Callable[[], object]] = dict(fns)
+    if kernel:
+        both.update({("matrices", n): _on_matrices(vssm, fn) for n, fn in fns.items()})
+    timed = measure_interleaved(both, max(3, s.repeats * 2))
     rows = []
     for n in s.round_ns:
         tot = totals[n]
@@ -169,6 +209,9 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
                 "vs_roofline_plus_dispatch": measured / (roofline_s + dispatch_s),
             }
         )
+        if kernel:
+            rows[-1]["matrices"] = timed["matrices", n].as_dict()
+            rows[-1]["kernel_speedup"] = timed["matrices", n].median_s / measured
         log.info(
             "round n=%d: %.2f ms measured; roofline %.3f ms (%.1f MFLOP, %.2f MB), %d calls = %.3f ms dispatch",
             n,
@@ -179,4 +222,4 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
             calls,
             dispatch_s * 1e3,
         )
-    return {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1}
+    return {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1, "kernel": kernel}

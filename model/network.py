@@ -51,15 +51,28 @@ class SSMBlock(nn.Module):
         self.out = nn.Linear(width, 2 * width)
         self.drop = nn.Dropout(dropout)
 
-    def _mix(self, y: Tensor) -> Tensor:
-        """SSM output ``y`` ``(..., H)`` -> residual update ``(..., H)``."""
-        mixed = F.glu(self.out(F.gelu(y)), dim=-1)
+    def _mix(self, y: Tensor, activated: bool = False) -> Tensor:
+        """SSM output ``y`` ``(..., H)`` (``activated``: GELU(y) already) -> residual update ``(..., H)``."""
+        mixed = F.glu(self.out(y if activated else F.gelu(y)), dim=-1)
         # an identity dropout is still a call per layer: a short round makes a few hundred
         return self.drop(mixed) if self.training and self.drop.p > 0 else mixed
+
+    def _fused(self, x: Tensor, T: int) -> bool:
+        """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps)."""
+        return self.norm.weight is not None and not torch.is_grad_enabled() and self.ssm.runs_scan(x, T)
+
+    def _native(
+        self, x: Tensor, state: Tensor | None, return_state: bool, at: int | None
+    ) -> tuple[Tensor, Tensor | None]:
+        norm = (self.norm.weight, self.norm.bias, self.norm.eps)
+        g, nxt = self.ssm.scan(x, state, return_state, at, norm=norm, gelu=True)  # (B, T, H): GELU(S4D(LN(x)))
+        return x + self._mix(g, activated=True), nxt
 
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
+        if self.ssm.runs_short(x.shape[1], lengths) and self._fused(x, x.shape[1]):
+            return self._native(x, state, return_state, lengths)  # type: ignore[arg-type]
         n = self.norm(x)  # (B, T, H)
         if self.ssm.runs_short(x.shape[1], lengths):  # channels first: one layout change in, one out
             y, nxt = self.ssm.short(n.permute(2, 0, 1), state, return_state, lengths)  # type: ignore[arg-type]
@@ -78,6 +91,9 @@ class SSMBlock(nn.Module):
         )
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        if self._fused(x_t, 1):  # a step is a pass of one: the autoregressive SSM gets the kernel too
+            y, nxt = self._native(x_t[:, None], state, True, None)  # (B, 1, H)
+            return y[:, 0], nxt  # type: ignore[return-value]
         n = self.norm(x_t)  # (B, H)
         y, nxt = self.ssm.step(n, state)  # (B, H)
         return x_t + self._mix(y), nxt

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import native
+
 __all__ = ["S4D", "SHORT", "S4DConfig"]
 
 SHORT = 64  # at most this many steps, inference runs a layer as one or two matmuls (S4D.short), not FFTs
@@ -181,6 +183,45 @@ class S4D(nn.Module):
         hit = {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
         self._cache.put(("short", T, at), hit)
         return hit
+
+    # batch x steps at most this, a short pass runs the recurrence kernel (model/native.py) instead of
+    # the matrices: on a 2-core AMD EPYC the kernel took 0.3-0.6x the matrices' time up to 64 steps
+    # at batch 1 and 16 steps at batch 4, and lost beyond about 128 (bench/rounds.py, "kernel")
+    scan_max_tokens = 96
+
+    def runs_scan(self, x: Tensor, T: int) -> bool:
+        """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`)."""
+        return (
+            x.shape[0] * T <= self.scan_max_tokens
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and self.cfg.state_size <= native.MAX_MODES
+            and native.available()
+        )
+
+    def scan(
+        self,
+        x: Tensor,
+        state: Tensor | None,
+        return_state: bool = True,
+        at: int | None = None,
+        norm: tuple[Tensor, Tensor, float] | None = None,
+        gelu: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`short` by the recurrence kernel, channels last: ``x`` ``(B, T, H)`` (channels
+        contiguous) -> ``y`` ``(B, T, H)`` and the state ``(B, H, N)`` after ``at`` steps (default T).
+        ``norm`` (weight, bias, eps): the layer reads ``LayerNorm(x)``; ``gelu``: ``GELU(y)`` is returned
+        (the block's neighbours, in the same call: :class:`~model.network.SSMBlock`)."""
+        T = x.shape[1]
+        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
+        hit = self._cache.get(weights, "scan")
+        if hit is None:
+            _, Lam, B_bar, C = self.discretize()
+            hit = {"w": native.weights(Lam, B_bar, C), "D": self.D.detach().contiguous()}  # (6, N, H), (H,)
+            self._cache.put("scan", hit)
+        kernel = native.block()
+        assert kernel is not None
+        return kernel(x, state, hit["w"], hit["D"], T if at is None else at, return_state, norm, gelu)
 
     def runs_short(self, T: int, lengths: Tensor | int | None) -> bool:
         """Whether :meth:`forward` over ``T`` steps takes the short path (:meth:`short`)."""
@@ -337,6 +378,9 @@ class S4D(nn.Module):
 
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """Recurrent mode. ``u_t``: ``(B, H)`` real; ``state``: ``(B, H, N)`` complex."""
+        if not torch.is_grad_enabled() and self.runs_scan(u_t, 1):
+            y, nxt = self.scan(u_t[:, None], state)  # (B, 1, H)
+            return y[:, 0], nxt  # type: ignore[return-value]
         d = self._tensors(0)
         Lam, B_bar, C = d["Lam"], d["B_bar"], d["C"]
         nxt = Lam * state + B_bar * u_t[..., None].to(Lam.dtype)  # (B, H, N)

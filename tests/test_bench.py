@@ -105,6 +105,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for x in rd["rounds"]:
         assert x["flops"] > x["matmul_flops"] > 0 and x["bytes"] > 0 and x["calls"] > 0
         assert x["roofline_s"] == max(x["compute_s"], x["memory_s"]) and x["vs_roofline"] > 0
+        assert (x.get("kernel_speedup", 0) > 0) == rd["kernel"]
     assert "## 8. One block round against the limit" in md
     assert {"VSSM 16-token round from a state, ms", "VSSM block-16 generation speed-up over ar-ssm"} <= {
         t["what"] for t in r["targets"]
@@ -217,17 +218,26 @@ def test_table1_reads_cells_from_the_measurements(tmp_path: Path) -> None:
 @pytest.mark.parametrize("from_state", [False, True])
 @pytest.mark.parametrize("return_state", [False, True])
 @pytest.mark.parametrize("net", ["decoder", "partial_encoder"])
+@pytest.mark.parametrize("kernel", [False, True])
 def test_round_cost_model_counts_the_matmul_flops_pytorch_counts(
-    net: str, from_state: bool, return_state: bool
+    net: str, from_state: bool, return_state: bool, kernel: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bench/rounds.py's FLOPs are derived from the layer shapes; PyTorch's FLOP counter, run over
-    the real pass, must agree on every matrix product, so the cost model cannot drift from the code."""
+    the real pass, must agree on every matrix product, so the cost model cannot drift from the code
+    (on the matrices, and with the recurrence kernel, whose SSM is no matrix product)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from bench.rounds import network_pass_cost
     from vssm import model
+    from vssm.model import native
     from vssm.model.presets import preset_config
+    from vssm.model.ssm import S4D
+
+    if kernel and not native.available():
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    if not kernel:
+        monkeypatch.setattr(S4D, "scan_max_tokens", 0)
 
     torch.manual_seed(0)
     m = model.build_model("vssm", preset_config("mnist", "vssm", "small")).eval()
@@ -248,4 +258,5 @@ def test_round_cost_model_counts_the_matmul_flops_pytorch_counts(
         with FlopCounterMode(display=False) as counter:
             network(x, state, return_state=return_state)
     cost = network_pass_cost(network, B, T, from_state=from_state, return_state=return_state)
+    assert network.blocks[0].ssm.runs_scan(torch.empty(B, T, 1), T) == kernel
     assert cost.matmul_flops == counter.get_total_flops()

@@ -1,0 +1,174 @@
+"""A compiled CPU kernel for short S4D passes: LayerNorm, the recurrence step by step and GELU
+(csrc/s4d_block.c).
+
+Glossary of axis letters:
+    B  batch      T  steps      H  channels      N  complex modes per channel
+
+Why a kernel: at batch 1 a short pass as matrices (``S4D.short``) is a matrix-vector product per
+channel whose matrix is ``(T + 2N) x T``, read from memory for one multiply-add per element; the
+recurrence reads only the input, the state and three ``(H, N)`` weight tables, and in eager
+PyTorch it would be a few calls per step.  Around it the block's LayerNorm and GELU cost a PyTorch
+call each whose fixed cost, at a few steps, is many times their arithmetic.  The C file is
+compiled once per machine with the system's C compiler (``cc``; no PyTorch headers, a fraction of
+a second) into a cache directory and loaded with ctypes; GELU's erf is vectorised by glibc's
+libmvec where it links.  Without a compiler, or with ``VSSM_NATIVE=0``, :func:`block` is None and
+callers keep the matrices: the kernel changes speed, never results beyond float rounding
+(tests/test_native.py).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["MAX_MODES", "available", "block", "kernel_path", "weights"]
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "s4d_block.c"
+# gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
+FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
+LINKS = (["-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-lm"])  # with glibc's vector math, else scalar erf
+MAX_MODES = 1024  # the kernel keeps a block of channels' state on the stack
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_L, _P, _D, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P]
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def _cpu_key() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature flags (a cache directory
+    shared between machines must not hand one CPU's code to another)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        info = [ln for ln in lines if ln.startswith(("model name", "flags", "Features"))][:2]
+    except OSError:
+        info = []
+    return "\n".join([platform.machine(), platform.processor(), *info])
+
+
+def kernel_path() -> Path:
+    """Where the compiled kernel for this source, compiler flags and CPU lives."""
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), repr((FLAGS, LINKS)).encode(), _cpu_key().encode()):
+        digest.update(part)
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vssm"
+    return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"s4d_block-{digest.hexdigest()[:16]}.so"
+
+
+def _compile(target: Path) -> None:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise OSError("no C compiler (cc or gcc) on PATH")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # compile to a private name, then rename: concurrent processes never load a half-written file
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for i, links in enumerate(LINKS):
+            cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, *links]
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+                break
+            except subprocess.CalledProcessError:
+                if i == len(LINKS) - 1:
+                    raise
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if _tried:
+        return _lib
+    _tried = True
+    if os.environ.get("VSSM_NATIVE", "1") == "0":
+        return None
+    try:
+        path = kernel_path()
+        if not path.exists():
+            _compile(path)
+        lib = ctypes.CDLL(str(path))
+        for name in ("s4d_block_f32", "s4d_block_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _ARGTYPES, None
+        _lib = lib
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
+        log.warning("native S4D kernel unavailable, short passes use matrices: %s %s", err, detail)
+    return _lib
+
+
+def available() -> bool:
+    """Whether the compiled kernel is loaded (compiling it on first use)."""
+    return _load() is not None
+
+
+def weights(lam: Tensor, b_bar: Tensor, c: Tensor) -> Tensor:
+    """The kernel's weight planes ``(6, N, H)``: Re and Im of ``Lambda``, ``B_bar`` and ``C``, each
+    complex ``(H, N)`` (a layer caches this: it depends on the weights only)."""
+    planes = [p for w in (lam, b_bar, c) for p in (w.real, w.imag)]  # (H, N) each
+    return torch.stack(planes).transpose(1, 2).contiguous()  # (6, N, H)
+
+
+def _block(
+    x: Tensor,
+    state: Tensor | None,
+    w: Tensor,
+    d: Tensor,
+    at: int,
+    return_state: bool,
+    norm: tuple[Tensor, Tensor, float] | None = None,
+    gelu: bool = False,
+) -> tuple[Tensor, Tensor | None]:
+    """One S4D layer over ``x`` ``(B, T, H)`` (channels contiguous) from ``state`` ``(B, H, N)``
+    complex (None: zeros): ``y`` ``(B, T, H)`` and the state after ``at`` steps (None unless
+    ``return_state``).  ``w``: :func:`weights`; ``d``: real ``(H,)``.  ``norm`` (weight, bias, eps):
+    the layer reads ``LayerNorm(x)`` instead of ``x``; ``gelu``: returns ``GELU(y)``."""
+    lib = _lib
+    assert lib is not None
+    Bsz, T, H = x.shape
+    N = w.shape[1]
+    if N > MAX_MODES:
+        raise ValueError(f"the native S4D kernel takes at most {MAX_MODES} modes, got {N}")
+    if x.stride(2) != 1:
+        x = x.contiguous()
+    if w.dtype != x.dtype or d.dtype != x.dtype or (state is not None and state.dtype != _COMPLEX[x.dtype]):
+        raise ValueError("the input, the weights and the state must share one precision")
+    fn = lib.s4d_block_f64 if x.dtype == torch.float64 else lib.s4d_block_f32
+    out = torch.empty(Bsz, T, H, dtype=x.dtype)  # (B, T, H)
+    h0, h0_sb = None, 0
+    if state is not None:
+        h0 = torch.view_as_real(state)  # (B, H, N, 2)
+        if h0.stride()[1:] != (2 * N, 2, 1):
+            h0 = h0.contiguous()
+        h0_sb = h0.stride(0)
+    nxt = torch.empty(Bsz, H, N, dtype=_COMPLEX[x.dtype]) if return_state else None  # (B, H, N)
+    ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)
+    fn(
+        Bsz, H, N, T, at, x.data_ptr(), x.stride(0), x.stride(1),
+        None if ln_w is None else ln_w.data_ptr(), None if ln_b is None else ln_b.data_ptr(), eps,
+        None if h0 is None else h0.data_ptr(), h0_sb, w.data_ptr(), d.data_ptr(), int(gelu), out.data_ptr(),
+        None if nxt is None else torch.view_as_real(nxt).data_ptr(),
+    )  # fmt: skip
+    return out, nxt
+
+
+def block() -> Callable[..., tuple[Tensor, Tensor | None]] | None:
+    """The kernel's entry point (see :func:`_block`), or None where it cannot run."""
+    return _block if _load() is not None else None

@@ -1,0 +1,146 @@
+"""The compiled block kernel (model/native.py): equal to the reference paths, never required."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vssm.model import native
+from vssm.model.network import SSMNet, SSMNetConfig
+from vssm.model.ssm import S4D, S4DConfig
+from vssm.model.vssm import VSSM, VSSMConfig
+
+F64 = torch.float64
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel cannot be built here")
+
+
+def _scan_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S4D, "scan_max_tokens", 0)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 16, 33, 64])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh):
+    """Outputs and the state after any step ``at`` of the pass, width not a multiple of the lanes."""
+    torch.manual_seed(T)
+    layer = S4D(S4DConfig(width=37, state_size=5)).double()
+    u = torch.randn(3, T, 37, dtype=F64)  # (B, T, H)
+    h0 = None if fresh else torch.randn(3, 37, 5, dtype=torch.complex128)
+    for at in sorted({1, max(1, T // 2), T}):
+        with torch.no_grad():
+            y, h_at = layer.scan(u, h0, at=at)
+            y_mat, h_mat = layer.short(u.permute(2, 0, 1), h0, at=at)  # (H, B, T)
+            y_none, none = layer.scan(u, h0, return_state=False)
+        y_fft, h_fft = layer(u.transpose(1, 2), h0, lengths=at)  # grad enabled: the FFT path
+        for a, b in ((y, y_mat.permute(1, 2, 0)), (y, y_fft.detach().transpose(1, 2)), (h_at, h_mat), (h_at, h_fft)):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-10)
+        assert none is None and torch.equal(y_none, y)
+
+
+def test_kernel_reads_strided_inputs_and_states():
+    """A permuted input and a state sliced out of a network's (B, L, H, N) state need no copy."""
+    torch.manual_seed(0)
+    layer = S4D(S4DConfig(width=8, state_size=3)).double()
+    u = torch.randn(8, 4, 2, dtype=F64).permute(2, 1, 0)  # (B, T, H) with channels contiguous, batch strided
+    stacked = torch.randn(2, 3, 8, 3, dtype=torch.complex128)  # (B, L, H, N)
+    with torch.no_grad():
+        y, h = layer.scan(u, stacked[:, 1])
+        y_ref, h_ref = layer.scan(u.contiguous(), stacked[:, 1].contiguous())
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_kernel_layer_norm_and_gelu_equal_pytorchs(dtype):
+    """The block's LayerNorm before the recurrence and its exact GELU after, in the same call."""
+    torch.manual_seed(2)
+    layer = S4D(S4DConfig(width=40, state_size=6)).to(dtype)
+    ln = torch.nn.LayerNorm(40).to(dtype)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.normal_()
+        x = 3 * torch.randn(2, 9, 40, dtype=dtype) + 1
+        h0 = torch.randn(2, 40, 6, dtype=torch.complex128 if dtype == F64 else torch.complex64)
+        g, h = layer.scan(x, h0, at=4, norm=(ln.weight, ln.bias, ln.eps), gelu=True)
+        y_ref, h_ref = layer.scan(ln(x), h0, at=4)
+    tol = 1e-10 if dtype == F64 else 1e-5
+    torch.testing.assert_close(g, torch.nn.functional.gelu(y_ref), rtol=tol, atol=tol)
+    torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
+
+
+def test_float32_kernel_stays_within_rounding_of_the_matrices():
+    torch.manual_seed(1)
+    layer = S4D(S4DConfig(width=64, state_size=32))
+    u = torch.randn(1, 56, 64)
+    h0 = torch.randn(1, 64, 32, dtype=torch.complex64)
+    with torch.no_grad():
+        y, h = layer.scan(u, h0, at=28)
+        y_mat, h_mat = layer.short(u.permute(2, 0, 1), h0, at=28)
+    torch.testing.assert_close(y, y_mat.permute(1, 2, 0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h, h_mat, rtol=1e-4, atol=1e-4)
+
+
+def test_network_and_its_step_are_unchanged_by_the_kernel(monkeypatch):
+    """The network's short passes and recurrent steps, with the kernel and without, in float64."""
+    torch.manual_seed(3)
+    net = SSMNet(SSMNetConfig(n_in=6, n_out=5, width=8, state_size=4, layers=3)).double().eval()
+    x = torch.randint(0, 6, (2, 12))
+    s0 = torch.randn_like(net.initial_state(2))
+
+    def run() -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            y, s = net(x, s0, lengths=5)
+            y1, s1 = net.step(x[:, 0], s0)
+        return y, s, y1, s1
+
+    with torch.no_grad():
+        assert net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12)
+    with_kernel = run()
+    _scan_off(monkeypatch)
+    with torch.no_grad():
+        assert not net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12)
+    for a, b in zip(with_kernel, run(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("c", [1, 4, 7])
+def test_block_sampling_draws_the_same_tokens_with_and_without_the_kernel(c, monkeypatch):
+    torch.manual_seed(0)
+    m = VSSM(VSSMConfig(vocab_size=3, n_latents=2, n_classes=3, width=8, state_size=4, max_position=20)).double().eval()
+    prompt = torch.randint(0, 3, (2, 3))
+
+    def draw() -> torch.Tensor:
+        state = m.start(prompt, [5, 6])
+        return m.generate(state, 17, block_size=c, resumable=True)[0]
+
+    tokens = draw()
+    _scan_off(monkeypatch)
+    assert torch.equal(draw(), tokens)
+
+
+def test_without_a_compiler_the_model_keeps_the_matrices(monkeypatch, tmp_path):
+    """No compiler (or VSSM_NATIVE=0): no kernel, a warning, and the same outputs by the matrices."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("VSSM_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert not native.available() and native.block() is None
+    layer = S4D(S4DConfig(width=4, state_size=3)).double()
+    assert not layer.runs_scan(torch.zeros(1, 2, 4, dtype=F64), 2)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.delenv("CC")
+    monkeypatch.setenv("VSSM_NATIVE", "0")
+    assert not native.available()
+
+
+def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    monkeypatch.setenv("VSSM_KERNEL_CACHE", str(tmp_path))
+    path = native.kernel_path()
+    assert path.parent == tmp_path and not path.exists()
+    assert native.available() and path.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+    monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-DVSSM_TEST"])
+    assert native.kernel_path() != path  # other flags, another file
