@@ -35,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .base import SequenceModel, parse_block_sizes
-from .checkpoint import build_model, current_config, save_checkpoint
+from .checkpoint import build_model, current_config, load_checkpoint, save_checkpoint
 from .data import Dataset, batches, eval_sequences, load_dataset
 from .modality import of_dataset
 from .presets import preset_config
@@ -75,6 +75,7 @@ class TrainConfig:
     val_sequences: int = 500  # validation sequences (a fixed prefix of the valid split)
     ckpt_every: int = 250  # steps between resumable checkpoints
     seed: int = 0  # weights and data order
+    init_from: str = ""  # fine-tune: start from this checkpoint's weights (same family and config), fresh optimiser
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     limit: int | None = None  # keep only this many sequences / bytes per split (tests)
     device: str = "auto"  # auto | cpu | cuda
@@ -243,6 +244,19 @@ def validate(
 
 
 # ----- the loop -----------------------------------------------------------------------------------
+def _init_from(model: SequenceModel, path: str) -> None:
+    """Copy the weights of the checkpoint at ``path`` into ``model``, which must be of the same family
+    and config (a resumed run reloads its own state over them)."""
+    source = load_checkpoint(path)
+    mine = dataclasses.asdict(model.config)
+    theirs = dataclasses.asdict(source.config)
+    if source.family != model.family or mine != theirs:
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        raise ValueError(f"--init-from {path}: a {source.family} with {diff or 'another family'} (checkpoint, run)")
+    model.load_state_dict(source.state_dict())
+    log.info("weights from %s", path)
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
     if not cfg.max_steps and not cfg.budget_minutes and not cfg.budget_cpu_minutes:
@@ -270,6 +284,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     seq_len = ds.max_position or cfg.seq_len
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.family, model_config(cfg)).to(device)
+    if cfg.init_from:
+        _init_from(model, cfg.init_from)
     model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))

@@ -108,3 +108,25 @@ def test_a_cpu_budget_sets_the_schedule_and_the_end():
     assert _finished(cfg, 5, 3000.0, world=1, cpu=600.0)
     both = TrainConfig(budget_minutes=20.0, budget_cpu_minutes=10.0)
     assert _progress(both, 5, elapsed=900.0, cpu=300.0) == pytest.approx(0.75)  # whichever is further along
+
+
+def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(tmp_path, mnist):
+    """Fine-tuning: the run starts from the checkpoint's weights (at learning rate 0 it keeps them),
+    and a checkpoint of another family or config is refused by name."""
+    import dataclasses
+
+    source = load_checkpoint(train(config(tmp_path / "src", 2, family="vssm"), mnist))
+    cfg = dataclasses.replace(
+        config(tmp_path / "ft", 1, family="vssm"), init_from=str(tmp_path / "src" / "model.safetensors")
+    )
+    tuned = load_checkpoint(train(dataclasses.replace(cfg, lr=0.0, weight_decay=0.0), mnist))
+    for (name, a), (_, b) in zip(source.state_dict().items(), tuned.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    moved = load_checkpoint(train(dataclasses.replace(cfg, out=str(tmp_path / "ft2")), mnist))
+    pairs = zip(source.state_dict().values(), moved.state_dict().values(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)
+    other = dataclasses.replace(cfg, out=str(tmp_path / "bad"), overrides='{"n_latents": 3}')
+    with pytest.raises(ValueError, match="n_latents"):
+        train(other, mnist)
+    with pytest.raises(ValueError, match="vssm"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad2"), family="ar-ssm"), mnist)
