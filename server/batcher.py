@@ -192,9 +192,13 @@ class Batcher:
         return asyncio.get_running_loop().create_future()
 
     async def _submit(self, job: _Job) -> tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None]:
+        t0 = time.perf_counter()
         await self.queue.put(job)
         self.metrics.queue_depth.labels(self.served.id).set(self.queue.qsize())
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self.metrics.job_seconds.labels(self.served.id).observe(time.perf_counter() - t0)
 
     async def _loop(self) -> None:
         while True:
@@ -259,6 +263,15 @@ class Batcher:
         self, group: list[_Job]
     ) -> list[tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None] | Exception]:
         """One model call for the whole group (worker thread)."""
+        t0 = time.perf_counter()
+        try:
+            return self._model_call(group)
+        finally:
+            self.metrics.model_seconds.labels(self.served.id).observe(time.perf_counter() - t0)
+
+    def _model_call(
+        self, group: list[_Job]
+    ) -> list[tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None] | Exception]:
         m = self.served.model
         decoded = self._decode(group)
         # a job whose state failed to decode keeps its error; the others' results are filled in below

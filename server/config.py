@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     batching: bool = True  # dynamic batching on/off (off: every request runs alone)
     keepalive_seconds: float = Field(15.0, gt=0)  # SSE keep-alive comment interval
     store_timeout_seconds: float = Field(2.0, gt=0)  # per Redis command
+    # states this replica keeps of the sessions it served (Redis only): a session's next call here reads
+    # its metadata alone; 0 reads every state from Redis
+    state_cache_mb: float = Field(64.0, ge=0)
     torch_threads: int = Field(0, ge=0)  # torch intra-op threads (0: torch default)
     log_level: str = "info"  # logging level
 

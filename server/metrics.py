@@ -19,6 +19,15 @@ class Metrics:
         self.batch_rows = Histogram(
             "vssm_batch_rows", "rows per model call", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
         )
+        # a job's time from the queue to its result, and the model call's own time in the worker (the
+        # state decoded, the model run, the next state encoded): their difference is the queue and the
+        # hand-off to the worker thread; a request's time beyond its jobs is the route's own
+        self.job_seconds = Histogram(
+            "vssm_job_seconds", "batcher job: queued to result", ["model"], buckets=LATENCY, registry=r
+        )
+        self.model_seconds = Histogram(
+            "vssm_model_seconds", "one batched model call in the worker", ["model"], buckets=LATENCY, registry=r
+        )
         self.queue_depth = Gauge("vssm_queue_depth", "jobs waiting for the batcher", ["model"], registry=r)
         self.in_flight = Gauge("vssm_in_flight", "admitted requests doing model work", registry=r)
         self.state_bytes = Histogram(

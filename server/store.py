@@ -6,6 +6,11 @@ atomic on the server), so two requests racing on one session can never both comm
 refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
 reconnects by itself once Redis is back.
 
+Each write also records a random ``etag``, and each replica keeps the states it last wrote or read
+(least recently used, bounded in bytes): a read names the etag it holds and gets the state back
+only when the session changed since (another replica wrote it).  A session's next chunk on the
+replica that served the last one then moves its metadata alone from Redis, not its state.
+
 Quotas: each session counts against its ``holder`` (an API key, or a client address without
 keys) from ``reserve`` until it expires or is ``release``d; ``touch`` moves its expiry with every
 refresh, so a session kept alive keeps counting.  Per holder, Redis keeps a sorted set (session id
@@ -18,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import urlparse, urlunparse
@@ -56,10 +63,11 @@ class SessionRecord:
     block_size: int | None = None  # generate's block size when a call names none, 0: one pass (None: not recorded)
     observation_temperature: float | None = None  # generate's when a call names none (None: not recorded)
     expires_at: float = 0.0  # unix time, as of the last read or write
+    touched_at: float = 0.0  # monotonic time this process last refreshed its quota entry (never stored)
 
     def meta_json(self) -> str:
         d = asdict(self)
-        for k in ("state", "version", "expires_at", "id"):
+        for k in ("state", "version", "expires_at", "touched_at", "id"):
             d.pop(k)
         return json.dumps(d)
 
@@ -262,25 +270,61 @@ class MemoryStore:
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3], 'etag', ARGV[4])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+# ARGV[1]: the etag whose state the caller holds ('' for none); the state comes back as '' when it matches
 _GET = """
-local r = redis.call('HMGET', KEYS[1], 'state', 'meta', 'version', 'ttl_ms')
-if not r[3] then return nil end
-redis.call('PEXPIRE', KEYS[1], r[4])
-return r
+local r = redis.call('HMGET', KEYS[1], 'meta', 'version', 'ttl_ms', 'etag')
+if not r[2] then return nil end
+redis.call('PEXPIRE', KEYS[1], r[3])
+local etag = r[4] or ''
+local state = ''
+if etag == '' or etag ~= ARGV[1] then state = redis.call('HGET', KEYS[1], 'state') end
+return {state, r[1], r[2], r[3], etag}
 """
 _CAS = """
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
 if v ~= ARGV[1] then return -2 end
 local nv = tonumber(v) + 1
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4],
+  'etag', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return nv
 """
+
+
+class _StateCache:
+    """The states this replica last wrote or read, by session: ``(etag, state bytes)``, least
+    recently used first, at most ``max_bytes`` of states (0: none kept)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self.entries: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    def get(self, sid: str) -> tuple[str, bytes] | None:
+        hit = self.entries.get(sid)
+        if hit is not None:
+            self.entries.move_to_end(sid)
+        return hit
+
+    def put(self, sid: str, etag: str, state: bytes) -> None:
+        self.drop(sid)
+        if not etag or len(state) > self.max_bytes:
+            return
+        self.entries[sid] = (etag, state)
+        self.bytes += len(state)
+        while self.bytes > self.max_bytes:
+            _, (_, old) = self.entries.popitem(last=False)
+            self.bytes -= len(old)
+
+    def drop(self, sid: str) -> None:
+        old = self.entries.pop(sid, None)
+        if old is not None:
+            self.bytes -= len(old[1])
+
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
@@ -344,9 +388,12 @@ return 1
 class RedisStore:
     """Sessions in Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``)."""
 
-    def __init__(self, url: str, timeout: float = 2.0, prefix: str = "vssm:session:") -> None:
+    def __init__(
+        self, url: str, timeout: float = 2.0, prefix: str = "vssm:session:", state_cache_bytes: int = 64 << 20
+    ) -> None:
         parsed = urlparse(url)
         self.prefix = prefix
+        self.states = _StateCache(state_cache_bytes)
         opts = dict(socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=False)
         if parsed.scheme in ("redis+cluster", "rediss+cluster"):
             plain = urlunparse(parsed._replace(scheme=parsed.scheme.replace("+cluster", "")))
@@ -391,27 +438,41 @@ class RedisStore:
         return None if found is None else found.decode()
 
     async def create(self, rec: SessionRecord) -> SessionRecord:
-        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000)
+        etag = secrets.token_hex(8)
+        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag)
         if not ok:
             raise KeyError(rec.id)
+        self.states.put(rec.id, etag, rec.state)
         return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds)
 
     async def get(self, sid: str) -> SessionRecord | None:
-        r = await self._run(self._get, sid)
+        held = self.states.get(sid)
+        r = await self._run(self._get, sid, held[0] if held else "")
         if r is None:
+            self.states.drop(sid)
             return None
-        state, meta, version, ttl_ms = r
+        state, meta, version, ttl_ms, etag = r
+        if state:
+            self.states.put(sid, etag.decode(), state)
+        elif held is not None:  # unchanged since this replica last wrote or read it
+            state = held[1]
+        else:  # a record written without an etag reads in full, so this needs a store that lost its data
+            raise StoreUnavailable(f"session {sid}: the store returned no state")
         return SessionRecord.from_parts(sid, meta, state, int(version), int(ttl_ms))
 
     async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+        etag = secrets.token_hex(8)
+        self.states.drop(rec.id)  # whatever happens next, the state held may be stale
         nv = await self._run(
-            self._cas, rec.id, str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000
+            self._cas, rec.id, str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag
         )
         if int(nv) < 0:
             return None
+        self.states.put(rec.id, etag, rec.state)
         return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds)
 
     async def delete(self, sid: str) -> bool:
+        self.states.drop(sid)
         return bool(await self._call(self.client.delete(self._key(sid))))
 
     def _quota_keys(self, holder: str) -> list[str]:
@@ -444,5 +505,5 @@ class RedisStore:
             log.debug("error while closing the Redis client", exc_info=True)
 
 
-def open_store(url: str | None, timeout: float = 2.0) -> SessionStore:
-    return MemoryStore() if not url else RedisStore(url, timeout=timeout)
+def open_store(url: str | None, timeout: float = 2.0, state_cache_bytes: int = 64 << 20) -> SessionStore:
+    return MemoryStore() if not url else RedisStore(url, timeout=timeout, state_cache_bytes=state_cache_bytes)

@@ -1,8 +1,10 @@
-"""The in-process session store on its own (the Redis store is tested through the API)."""
+"""The session stores on their own: the in-process store, and the Redis store's state cache (the rest of
+the Redis store is tested through the API)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from vssm.server import store as store_mod
 from vssm.server.store import MemoryStore, RedisStore, SessionRecord
@@ -58,3 +60,55 @@ def test_redis_clients_never_resend_a_command_themselves():
         store = RedisStore(url)  # no connection is made until the first command
         retry = store.client.retry if url.startswith("redis+") else store.client.connection_pool.make_connection().retry
         assert retry is not None and retry._retries == 0, url
+
+
+def test_a_replica_reads_a_state_it_holds_without_moving_it(redis):
+    """The etag cache: the replica that wrote a state reads back its metadata alone; another replica's
+    write is read in full; a record written without an etag (an older server) reads in full."""
+    url = f"redis://127.0.0.1:{redis.port}/0"
+
+    async def main() -> None:
+        a, b = RedisStore(url), RedisStore(url)
+        sid = "sess_" + "a" * 32
+        big = bytes(range(256)) * 400  # ~100 kB, like a model state
+        rec = await a.create(replace(_rec(sid, 60), state=big))
+        etag, held = a.states.get(sid)
+        assert held == big
+        raw = await a._run(a._get, sid, etag)  # what crosses the wire when the etag matches
+        assert raw[0] == b"" and raw[4].decode() == etag
+        got = await a.get(sid)
+        assert got is not None and got.state == big and got.version == 1
+        # another replica writes: the first one's etag no longer matches, it reads the new state
+        fresh = await b.get(sid)
+        assert fresh is not None and fresh.state == big  # b held nothing: the state came in full
+        moved = await b.compare_and_set(replace(fresh, state=b"new state", position=3), fresh.version)
+        assert moved is not None
+        again = await a.get(sid)
+        assert again is not None and again.state == b"new state" and again.position == 3
+        assert a.states.get(sid)[1] == b"new state"
+        # a record with no etag, as an older server wrote it
+        old = "sess_" + "b" * 32
+        await a.client.hset(
+            a._key(old), mapping={"state": b"old", "meta": rec.meta_json(), "version": "1", "ttl_ms": "60000"}
+        )
+        got_old = await a.get(old)
+        assert got_old is not None and got_old.state == b"old" and a.states.get(old) is None
+        assert await a.delete(sid) and a.states.get(sid) is None
+        await a.close()
+        await b.close()
+
+    asyncio.run(main())
+
+
+def test_the_state_cache_is_bounded_least_recently_used_first():
+    cache = store_mod._StateCache(max_bytes=10)
+    cache.put("s1", "e1", b"1234")
+    cache.put("s2", "e2", b"5678")
+    assert cache.get("s1") == ("e1", b"1234")  # s1 is now the most recently used
+    cache.put("s3", "e3", b"abcd")  # 12 bytes: s2 goes
+    assert cache.get("s2") is None and cache.get("s1") is not None and cache.bytes == 8
+    cache.put("s4", "e4", b"x" * 11)  # larger than the bound: not kept
+    assert cache.get("s4") is None and cache.bytes == 8
+    none = store_mod._StateCache(max_bytes=0)
+    none.put("s1", "e1", b"1")
+    assert none.get("s1") is None and none.bytes == 0
