@@ -14,6 +14,8 @@ import torch
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vssm.model import native
+
 from . import errors, openapi
 from .batcher import Batcher
 from .config import Settings
@@ -127,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         loop = asyncio.get_running_loop()
         registry = await loop.run_in_executor(ctx.executor, Registry.load, settings.checkpoints, settings.device)
+        # build (or find) the layers' compiled kernel now, not in the first request (model/native.py)
+        kernel = await loop.run_in_executor(ctx.executor, native.available)
         for mid, served in registry.models.items():
             b = Batcher(
                 served, ctx.metrics, ctx.executor, settings.batch_window_ms, settings.max_batch_size, settings.batching
@@ -134,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             b.start()
             ctx.batchers[mid] = b
         ctx.registry = registry
-        log.info("ready: %d model(s), store %s", len(registry.models), ctx.store.kind)
+        log.info("ready: %d model(s), store %s, native kernel %s", len(registry.models), ctx.store.kind, kernel)
         try:
             yield
         finally:
