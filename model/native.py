@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -39,8 +40,10 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc") / "s4d_block.c"
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
-LINKS = (["-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-lm"])  # with glibc's vector math, else scalar erf
-MAX_MODES = 1024  # the kernel keeps a block of channels' state on the stack
+# with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
+# without vector erf, before glibc 2.35) fails here, not when it is loaded after being cached
+LINKS = (["-Wl,-z,defs", "-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-Wl,-z,defs", "-lm"])
+MAX_MODES = 256  # the kernel keeps a block of channels' state on the stack: 2 x N x 32 doubles
 
 _lib: ctypes.CDLL | None = None
 _tried = False
@@ -60,18 +63,26 @@ def _cpu_key() -> str:
     return "\n".join([platform.machine(), platform.processor(), *info])
 
 
+def _compiler() -> list[str]:
+    """The C compiler's command line: ``$CC`` (which may carry arguments, e.g. ``ccache gcc``), else cc or gcc."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else []
+
+
 def kernel_path() -> Path:
-    """Where the compiled kernel for this source, compiler flags and CPU lives."""
+    """Where the compiled kernel for this source, compiler, flags and CPU lives."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr((FLAGS, LINKS)).encode(), _cpu_key().encode()):
+    for part in (SOURCE.read_bytes(), repr((_compiler(), FLAGS, LINKS)).encode(), _cpu_key().encode()):
         digest.update(part)
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vssm"
     return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"s4d_block-{digest.hexdigest()[:16]}.so"
 
 
 def _compile(target: Path) -> None:
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = _compiler()
+    if not compiler:
         raise OSError("no C compiler (cc or gcc) on PATH")
     target.parent.mkdir(parents=True, exist_ok=True)
     # compile to a private name, then rename: concurrent processes never load a half-written file
@@ -79,13 +90,14 @@ def _compile(target: Path) -> None:
     os.close(fd)
     try:
         for i, links in enumerate(LINKS):
-            cmd = [compiler, *FLAGS, str(SOURCE), "-o", tmp, *links]
+            cmd = [*compiler, *FLAGS, str(SOURCE), "-o", tmp, *links]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 break
             except subprocess.CalledProcessError:
                 if i == len(LINKS) - 1:
                     raise
+        os.chmod(tmp, 0o755)  # mkstemp made it private: a shared cache directory serves every user
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -108,7 +120,7 @@ def _load() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _ARGTYPES, None
         _lib = lib
-    except (OSError, subprocess.SubprocessError) as err:
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
         log.warning("native S4D kernel unavailable, short passes use matrices: %s %s", err, detail)
     return _lib
@@ -144,12 +156,22 @@ def _block(
     assert lib is not None
     Bsz, T, H = x.shape
     N = w.shape[1]
-    if N > MAX_MODES:
-        raise ValueError(f"the native S4D kernel takes at most {MAX_MODES} modes, got {N}")
+    if not 1 <= N <= MAX_MODES:
+        raise ValueError(f"the native S4D kernel takes 1 to {MAX_MODES} modes, got {N}")
     if x.stride(2) != 1:
         x = x.contiguous()
-    if w.dtype != x.dtype or d.dtype != x.dtype or (state is not None and state.dtype != _COMPLEX[x.dtype]):
-        raise ValueError("the input, the weights and the state must share one precision")
+    # the C code trusts every shape, stride and type: a mismatch here would read past a buffer
+    tables = [w, d] + ([] if norm is None else [norm[0], norm[1]])
+    if (
+        w.shape != (6, N, H)
+        or any(t.shape != (H,) for t in tables[1:])
+        or any(t.dtype != x.dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tables)
+        or x.device.type != "cpu"
+        or not 0 <= at <= T
+    ):
+        raise ValueError(f"bad inputs for the native S4D kernel: x {tuple(x.shape)}, weights {tuple(w.shape)}, at {at}")
+    if state is not None and (state.shape != (Bsz, H, N) or state.dtype != _COMPLEX[x.dtype]):
+        raise ValueError(f"the state must be {(Bsz, H, N)} {_COMPLEX[x.dtype]}, got {tuple(state.shape)} {state.dtype}")
     fn = lib.s4d_block_f64 if x.dtype == torch.float64 else lib.s4d_block_f32
     out = torch.empty(Bsz, T, H, dtype=x.dtype)  # (B, T, H)
     h0, h0_sb = None, 0

@@ -57,9 +57,16 @@ class SSMBlock(nn.Module):
         # an identity dropout is still a call per layer: a short round makes a few hundred
         return self.drop(mixed) if self.training and self.drop.p > 0 else mixed
 
-    def _fused(self, x: Tensor, T: int) -> bool:
-        """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps)."""
-        return self.norm.weight is not None and not torch.is_grad_enabled() and self.ssm.runs_scan(x, T)
+    def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
+        """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
+        ``state`` (one per row: a state broadcast over the batch takes the reference path)."""
+        return (
+            self.norm.weight is not None
+            and self.norm.bias is not None
+            and not torch.is_grad_enabled()
+            and (state is None or state.shape[0] == x.shape[0])
+            and self.ssm.runs_scan(x, T)
+        )
 
     def _native(
         self, x: Tensor, state: Tensor | None, return_state: bool, at: int | None
@@ -71,7 +78,7 @@ class SSMBlock(nn.Module):
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
-        if self.ssm.runs_short(x.shape[1], lengths) and self._fused(x, x.shape[1]):
+        if self.ssm.runs_short(x.shape[1], lengths) and self._fused(x, x.shape[1], state):
             return self._native(x, state, return_state, lengths)  # type: ignore[arg-type]
         n = self.norm(x)  # (B, T, H)
         if self.ssm.runs_short(x.shape[1], lengths):  # channels first: one layout change in, one out
@@ -91,7 +98,7 @@ class SSMBlock(nn.Module):
         )
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        if self._fused(x_t, 1):  # a step is a pass of one: the autoregressive SSM gets the kernel too
+        if self._fused(x_t, 1, state):  # a step is a pass of one: the autoregressive SSM gets the kernel too
             y, nxt = self._native(x_t[:, None], state, True, None)  # (B, 1, H)
             return y[:, 0], nxt  # type: ignore[return-value]
         n = self.norm(x_t)  # (B, H)

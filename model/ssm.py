@@ -195,6 +195,7 @@ class S4D(nn.Module):
             x.shape[0] * T <= self.scan_max_tokens
             and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)
+            and x.dtype == self.D.dtype
             and self.cfg.state_size <= native.MAX_MODES
             and native.available()
         )
@@ -378,7 +379,7 @@ class S4D(nn.Module):
 
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """Recurrent mode. ``u_t``: ``(B, H)`` real; ``state``: ``(B, H, N)`` complex."""
-        if not torch.is_grad_enabled() and self.runs_scan(u_t, 1):
+        if not torch.is_grad_enabled() and self.runs_scan(u_t, 1) and state.shape[0] == u_t.shape[0]:
             y, nxt = self.scan(u_t[:, None], state)  # (B, 1, H)
             return y[:, 0], nxt  # type: ignore[return-value]
         d = self._tensors(0)

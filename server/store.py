@@ -7,8 +7,9 @@ refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; red
 reconnects by itself once Redis is back.
 
 Each write also records a random ``etag``, and each replica keeps the states it last wrote or read
-(least recently used, bounded in bytes): a read names the etag it holds and gets the state back
-only when the session changed since (another replica wrote it).  A session's next chunk on the
+(least recently used, bounded in bytes): a read names the etag and version it holds and gets the
+state back only when the session changed since (another replica wrote it; a server from before
+etags leaves the etag but bumps the version).  A session's next chunk on the
 replica that served the last one then moves its metadata alone from Redis, not its state.
 
 Quotas: each session counts against its ``holder`` (an API key, or a client address without
@@ -63,11 +64,10 @@ class SessionRecord:
     block_size: int | None = None  # generate's block size when a call names none, 0: one pass (None: not recorded)
     observation_temperature: float | None = None  # generate's when a call names none (None: not recorded)
     expires_at: float = 0.0  # unix time, as of the last read or write
-    touched_at: float = 0.0  # monotonic time this process last refreshed its quota entry (never stored)
 
     def meta_json(self) -> str:
         d = asdict(self)
-        for k in ("state", "version", "expires_at", "touched_at", "id"):
+        for k in ("state", "version", "expires_at", "id"):
             d.pop(k)
         return json.dumps(d)
 
@@ -274,14 +274,15 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', '
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
-# ARGV[1]: the etag whose state the caller holds ('' for none); the state comes back as '' when it matches
+# ARGV[1], ARGV[2]: the etag and version of the state the caller holds ('' for none); the state comes
+# back as '' when both match (a server from before etags bumps the version and leaves the etag as it was)
 _GET = """
 local r = redis.call('HMGET', KEYS[1], 'meta', 'version', 'ttl_ms', 'etag')
 if not r[2] then return nil end
 redis.call('PEXPIRE', KEYS[1], r[3])
 local etag = r[4] or ''
 local state = ''
-if etag == '' or etag ~= ARGV[1] then state = redis.call('HGET', KEYS[1], 'state') end
+if etag == '' or etag ~= ARGV[1] or r[2] ~= ARGV[2] then state = redis.call('HGET', KEYS[1], 'state') end
 return {state, r[1], r[2], r[3], etag}
 """
 _CAS = """
@@ -297,33 +298,33 @@ return nv
 
 
 class _StateCache:
-    """The states this replica last wrote or read, by session: ``(etag, state bytes)``, least
+    """The states this replica last wrote or read, by session: ``(etag, version, state bytes)``, least
     recently used first, at most ``max_bytes`` of states (0: none kept)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes, self.bytes = max_bytes, 0
-        self.entries: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[str, int, bytes]] = OrderedDict()
 
-    def get(self, sid: str) -> tuple[str, bytes] | None:
+    def get(self, sid: str) -> tuple[str, int, bytes] | None:
         hit = self.entries.get(sid)
         if hit is not None:
             self.entries.move_to_end(sid)
         return hit
 
-    def put(self, sid: str, etag: str, state: bytes) -> None:
+    def put(self, sid: str, etag: str, version: int, state: bytes) -> None:
         self.drop(sid)
         if not etag or len(state) > self.max_bytes:
             return
-        self.entries[sid] = (etag, state)
+        self.entries[sid] = (etag, version, state)
         self.bytes += len(state)
         while self.bytes > self.max_bytes:
-            _, (_, old) = self.entries.popitem(last=False)
+            _, (_, _, old) = self.entries.popitem(last=False)
             self.bytes -= len(old)
 
     def drop(self, sid: str) -> None:
         old = self.entries.pop(sid, None)
         if old is not None:
-            self.bytes -= len(old[1])
+            self.bytes -= len(old[2])
 
 
 _CLAIM = """
@@ -442,20 +443,20 @@ class RedisStore:
         ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag)
         if not ok:
             raise KeyError(rec.id)
-        self.states.put(rec.id, etag, rec.state)
+        self.states.put(rec.id, etag, 1, rec.state)
         return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds)
 
     async def get(self, sid: str) -> SessionRecord | None:
         held = self.states.get(sid)
-        r = await self._run(self._get, sid, held[0] if held else "")
+        r = await self._run(self._get, sid, *((held[0], str(held[1])) if held else ("", "")))
         if r is None:
             self.states.drop(sid)
             return None
         state, meta, version, ttl_ms, etag = r
         if state:
-            self.states.put(sid, etag.decode(), state)
+            self.states.put(sid, etag.decode(), int(version), state)
         elif held is not None:  # unchanged since this replica last wrote or read it
-            state = held[1]
+            state = held[2]
         else:  # a record written without an etag reads in full, so this needs a store that lost its data
             raise StoreUnavailable(f"session {sid}: the store returned no state")
         return SessionRecord.from_parts(sid, meta, state, int(version), int(ttl_ms))
@@ -468,7 +469,7 @@ class RedisStore:
         )
         if int(nv) < 0:
             return None
-        self.states.put(rec.id, etag, rec.state)
+        self.states.put(rec.id, etag, int(nv), rec.state)
         return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds)
 
     async def delete(self, sid: str) -> bool:

@@ -36,13 +36,18 @@ def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh):
         for a, b in ((y, y_mat.permute(1, 2, 0)), (y, y_fft.detach().transpose(1, 2)), (h_at, h_mat), (h_at, h_fft)):
             torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-10)
         assert none is None and torch.equal(y_none, y)
+    with torch.no_grad():  # the state before the first step is the one given (the references take at >= 1)
+        y0, h_0 = layer.scan(u, h0, at=0)
+    assert torch.equal(y0, y) and torch.equal(h_0, layer.initial_state(3) if fresh else h0)
 
 
 def test_kernel_reads_strided_inputs_and_states():
-    """A permuted input and a state sliced out of a network's (B, L, H, N) state need no copy."""
+    """An input whose rows and steps are strided (channels contiguous) and a state sliced out of a
+    network's (B, L, H, N) state are read in place, with no copy."""
     torch.manual_seed(0)
     layer = S4D(S4DConfig(width=8, state_size=3)).double()
-    u = torch.randn(8, 4, 2, dtype=F64).permute(2, 1, 0)  # (B, T, H) with channels contiguous, batch strided
+    u = torch.randn(2, 4, 11, dtype=F64)[..., 1:9]  # (B, T, H): step stride 11, row stride 44, channels 1
+    assert u.stride() == (44, 11, 1) and not u.is_contiguous()
     stacked = torch.randn(2, 3, 8, 3, dtype=torch.complex128)  # (B, L, H, N)
     with torch.no_grad():
         y, h = layer.scan(u, stacked[:, 1])
@@ -67,6 +72,24 @@ def test_kernel_layer_norm_and_gelu_equal_pytorchs(dtype):
     tol = 1e-10 if dtype == F64 else 1e-5
     torch.testing.assert_close(g, torch.nn.functional.gelu(y_ref), rtol=tol, atol=tol)
     torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
+
+
+def test_kernel_refuses_what_it_cannot_read_safely():
+    """The C code trusts its shapes: a wrong state, weight table or step is refused before the call,
+    and a state broadcast over the batch takes the reference path."""
+    layer = S4D(S4DConfig(width=8, state_size=3)).double()
+    u = torch.randn(3, 5, 8, dtype=F64)
+    ok = torch.randn(3, 8, 3, dtype=torch.complex128)
+    with torch.no_grad():
+        for state, at in ((ok[:1], 5), (ok[..., :2], 5), (ok.to(torch.complex64), 5), (ok, 6), (ok, -1)):
+            with pytest.raises(ValueError):
+                layer.scan(u, state, at=at)
+        with pytest.raises(ValueError):
+            layer.scan(u, ok, norm=(torch.ones(7, dtype=F64), torch.zeros(8, dtype=F64), 1e-5))
+        y, _ = layer.step(u[:, 0], ok[:1])  # (1, H, N) broadcast over 3 rows: the eager step, as before
+    y_ref, _ = layer.step(u[:, 0], ok[:1].expand(3, -1, -1))  # grad enabled: the eager step
+    torch.testing.assert_close(y, y_ref.detach())
+    assert not layer.runs_scan(u.float(), 5)  # a float32 input to a float64 layer: the reference path
 
 
 def test_float32_kernel_stays_within_rounding_of_the_matrices():
@@ -95,11 +118,11 @@ def test_network_and_its_step_are_unchanged_by_the_kernel(monkeypatch):
         return y, s, y1, s1
 
     with torch.no_grad():
-        assert net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12)
+        assert net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12, s0[:, 0])
     with_kernel = run()
     _scan_off(monkeypatch)
     with torch.no_grad():
-        assert not net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12)
+        assert not net.blocks[0]._fused(torch.zeros(2, 12, 8, dtype=F64), 12, s0[:, 0])
     for a, b in zip(with_kernel, run(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 

@@ -16,9 +16,10 @@ is one more PyTorch call whose fixed cost is many times its arithmetic.
 
 Layouts: x is (B, T, H) with strides x_sb, x_st (channels contiguous); out is (B, T, H) contiguous
 and receives y, or GELU(y) when gelu is set; w is (6, N, H), the planes Re Lambda, Im Lambda,
-Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) or NULL (no LayerNorm); states are
+Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
 (B, H, N) complex, interleaved (real, imaginary) pairs as torch.view_as_real lays them out, h0 with
-batch stride h0_sb (NULL: zeros), h_out contiguous (NULL: not wanted), after `at` steps. */
+batch stride h0_sb (NULL: zeros), h_out contiguous (NULL: not wanted), after `at` steps (0 <= at <= T).
+Nothing here checks a shape: the caller does (model/native.py). */
 
 #include <math.h>
 

@@ -134,7 +134,6 @@ async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
     await ctx.touch(rec.holder, sid, rec.ttl_seconds)  # the read refreshed its TTL: so does its quota
-    rec.touched_at = time.monotonic()
     served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
     if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
         rec = replace(rec, block_size=served.block_size())
@@ -154,11 +153,10 @@ async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> Se
         if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
-    # the write refreshed the session's TTL; the quota's was refreshed when the request read it, so it
-    # is touched again only once a tenth of the TTL has passed since (a long stream): a round trip saved
-    if time.monotonic() - rec.touched_at > done.ttl_seconds / 10:
-        await ctx.touch(done.holder, done.id, done.ttl_seconds)
-        done.touched_at = time.monotonic()
+    # the write refreshed the session's TTL, so its quota entry must be refreshed too: skipping this (the
+    # read touched it moments before) would let the entry expire before the session, and a touch does not
+    # bring a lost entry back, so the session would stop counting for the rest of its life
+    await ctx.touch(done.holder, done.id, done.ttl_seconds)
     return done
 
 

@@ -72,9 +72,9 @@ def test_a_replica_reads_a_state_it_holds_without_moving_it(redis):
         sid = "sess_" + "a" * 32
         big = bytes(range(256)) * 400  # ~100 kB, like a model state
         rec = await a.create(replace(_rec(sid, 60), state=big))
-        etag, held = a.states.get(sid)
-        assert held == big
-        raw = await a._run(a._get, sid, etag)  # what crosses the wire when the etag matches
+        etag, version, held = a.states.get(sid)
+        assert held == big and version == 1
+        raw = await a._run(a._get, sid, etag, "1")  # what crosses the wire when the etag and version match
         assert raw[0] == b"" and raw[4].decode() == etag
         got = await a.get(sid)
         assert got is not None and got.state == big and got.version == 1
@@ -85,7 +85,11 @@ def test_a_replica_reads_a_state_it_holds_without_moving_it(redis):
         assert moved is not None
         again = await a.get(sid)
         assert again is not None and again.state == b"new state" and again.position == 3
-        assert a.states.get(sid)[1] == b"new state"
+        assert a.states.get(sid)[2] == b"new state"
+        # a server from before etags writes: the version moves, the etag stays; the state must come in full
+        await a.client.hset(a._key(sid), mapping={"state": b"older server's state", "version": "3"})
+        older = await a.get(sid)
+        assert older is not None and older.state == b"older server's state" and older.version == 3
         # a record with no etag, as an older server wrote it
         old = "sess_" + "b" * 32
         await a.client.hset(
@@ -102,13 +106,15 @@ def test_a_replica_reads_a_state_it_holds_without_moving_it(redis):
 
 def test_the_state_cache_is_bounded_least_recently_used_first():
     cache = store_mod._StateCache(max_bytes=10)
-    cache.put("s1", "e1", b"1234")
-    cache.put("s2", "e2", b"5678")
-    assert cache.get("s1") == ("e1", b"1234")  # s1 is now the most recently used
-    cache.put("s3", "e3", b"abcd")  # 12 bytes: s2 goes
+    cache.put("s1", "e1", 1, b"1234")
+    cache.put("s2", "e2", 1, b"5678")
+    assert cache.get("s1") == ("e1", 1, b"1234")  # s1 is now the most recently used
+    cache.put("s3", "e3", 1, b"abcd")  # 12 bytes: s2 goes
     assert cache.get("s2") is None and cache.get("s1") is not None and cache.bytes == 8
-    cache.put("s4", "e4", b"x" * 11)  # larger than the bound: not kept
+    cache.put("s4", "e4", 1, b"x" * 11)  # larger than the bound: not kept
     assert cache.get("s4") is None and cache.bytes == 8
+    cache.put("s1", "e5", 2, b"12")  # a new write replaces the entry and its bytes
+    assert cache.get("s1") == ("e5", 2, b"12") and cache.bytes == 6
     none = store_mod._StateCache(max_bytes=0)
-    none.put("s1", "e1", b"1")
+    none.put("s1", "e1", 1, b"1")
     assert none.get("s1") is None and none.bytes == 0
