@@ -343,8 +343,14 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
         f"({mt['batch16_per_request_ms']:.2f} ms each): **{mt['throughput_ratio']:.1f}x** model-time throughput.",
         f"- Redis per chunk at 1 client (read + compare-and-set, as the server awaited them): "
         f"{sv['store_ms_per_chunk']:.2f} ms; at more clients the table shows it grow with the event loop's queue.",
-        f"- Server overhead per chunk at 1 client (p50 end to end minus the median model time): "
-        f"**{sv['server_overhead_ms_per_chunk']:.2f} ms**.",
+        f"- Server overhead per chunk at 1 client (p50 end to end minus the median model time, each pair "
+        f"measured back to back, the median of {sv.get('overhead', {}).get('repeats', 1)}): "
+        f"**{sv['server_overhead_ms_per_chunk']:.2f} ms**"
+        + (
+            " (each: " + ", ".join(f"{v:.2f}" for v in sv["overhead"]["per_repeat_ms"]) + " ms)."
+            if "overhead" in sv
+            else "."
+        ),
         f"- End-to-end throughput with batching / without at {sv['ratio_at_clients']} clients: "
         f"**{sv['end_to_end_batching_ratio']:.2f}x**.",
         "",

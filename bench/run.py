@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     p.add_argument(
         "--only",
-        choices=("blocks", "rounds"),
+        choices=("blocks", "rounds", "serving"),
         default=None,
         help="run one part alone and write only its JSON (no report, no plots; never the committed file by default)",
     )
@@ -89,7 +89,12 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results: dict[str, Any] = {"schema": SCHEMA, "mode": s.mode, "machine": machine}
     if args.only:
         part = args.only
-        results[part] = run_blocks(models, s) if part == "blocks" else run_rounds(models["vssm"], s, s.mode == "quick")  # type: ignore[arg-type]
+        if part == "serving":
+            results[part] = run_serving(s.mode == "quick", machine["threads"])
+        elif part == "blocks":
+            results[part] = run_blocks(models, s)
+        else:
+            results[part] = run_rounds(models["vssm"], s, s.mode == "quick")  # type: ignore[arg-type]
         machine["load_average_end"] = list(os.getloadavg())
         results["elapsed_s"] = time.perf_counter() - t0
         out.write_text(json.dumps(results, indent=1) + "\n")

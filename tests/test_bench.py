@@ -82,6 +82,9 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert not sv.get("skipped"), sv  # make test installs redis-server, so this part must run
     assert sv["model_time"]["throughput_ratio"] > 0 and sv["store_ms_per_chunk"] > 0
     assert all(x["store_ms_per_chunk"] > 0 for k in ("batching_on", "batching_off") for x in sv["levels"][k])
+    oh = sv["overhead"]  # back-to-back pairs of a single-client run and the in-process model time
+    assert oh["repeats"] == len(oh["per_repeat_ms"]) == 1 and sv["server_overhead_ms_per_chunk"] == oh["median_ms"]
+    assert oh["per_repeat_ms"][0] == oh["request_p50_ms"][0] - oh["model_median_ms"][0]
     for key in ("batching_on", "batching_off"):
         assert [x["clients"] for x in sv["levels"][key]] == [1, 4]
         assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
