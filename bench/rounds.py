@@ -70,7 +70,7 @@ def network_pass_cost(
     """
     cfg = net.cfg
     if kernel is None:
-        kernel = net.blocks[0].ssm.runs_scan(torch.empty(B, 1, 1), T)
+        kernel = net.blocks[0].ssm.runs_scan(torch.empty(B, 1, 1, dtype=net.head.weight.dtype), T)
     H, N, n_out = cfg.width, cfg.state_size, cfg.n_out  # n_out: O
     act = B * T * H  # elements of one activation (B, T, H)
     mm = 0.0

@@ -25,7 +25,7 @@ and neither is faster on GPU without a custom kernel.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -141,11 +141,16 @@ class S4D(nn.Module):
         """
         if torch.is_grad_enabled():
             return self._build(T, full)
+        return self._cached(T, lambda: self._build(T, True))
+
+    def _cached(self, key: int | tuple | str, build: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+        """The weight-derived tensors under ``key``, built by ``build`` unless the cache holds them for
+        the current weights."""
         weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))  # parameters() costs more
-        hit = self._cache.get(weights, T)
+        hit = self._cache.get(weights, key)
         if hit is None:
-            hit = self._build(T, True)
-            self._cache.put(T, hit)
+            hit = build()
+            self._cache.put(key, hit)
         return hit
 
     def _short(self, T: int, at: int) -> dict[str, Tensor]:
@@ -162,10 +167,9 @@ class S4D(nn.Module):
         before the end (``at < T``) serves a pass that continues past a block boundary: the block's
         tokens, then the next block's EMPTYs (docs/design.md, "Blocks").
         """
-        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
-        hit = self._cache.get(weights, ("short", T, at))
-        if hit is not None:
-            return hit
+        return self._cached(("short", T, at), lambda: self._build_short(T, at))
+
+    def _build_short(self, T: int, at: int) -> dict[str, Tensor]:
         H, N = self.cfg.width, self.cfg.state_size
         dtA, _, B_bar, C = self.discretize()
         re, im = _powers(dtA, torch.arange(T + 1, device=dtA.device, dtype=dtA.real.dtype))  # (H, N, T+1)
@@ -180,9 +184,7 @@ class S4D(nn.Module):
         Y[:, T + 1 :: 2] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
         b = B_bar[..., None] * powers[..., :at].flip(-1)  # (H, N, at)  B_bar Lambda^(at-1-k)
         S = torch.stack([b.real, b.imag], -1).transpose(1, 2).flatten(-2).contiguous()  # (H, at, 2N)
-        hit = {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
-        self._cache.put(("short", T, at), hit)
-        return hit
+        return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
     # batch x steps at most this, a short pass runs the recurrence kernel (model/native.py) instead of
     # the matrices: on a 2-core AMD EPYC the kernel took 0.3-0.6x the matrices' time up to 64 steps
@@ -214,15 +216,14 @@ class S4D(nn.Module):
         ``norm`` (weight, bias, eps): the layer reads ``LayerNorm(x)``; ``gelu``: ``GELU(y)`` is returned
         (the block's neighbours, in the same call: :class:`~model.network.SSMBlock`)."""
         T = x.shape[1]
-        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))
-        hit = self._cache.get(weights, "scan")
-        if hit is None:
-            _, Lam, B_bar, C = self.discretize()
-            hit = {"w": native.weights(Lam, B_bar, C), "D": self.D.detach().contiguous()}  # (6, N, H), (H,)
-            self._cache.put("scan", hit)
+        hit = self._cached("scan", self._build_scan)
         kernel = native.block()
         assert kernel is not None
         return kernel(x, state, hit["w"], hit["D"], T if at is None else at, return_state, norm, gelu)
+
+    def _build_scan(self) -> dict[str, Tensor]:
+        _, Lam, B_bar, C = self.discretize()
+        return {"w": native.weights(Lam, B_bar, C), "D": self.D.detach().contiguous()}  # (6, N, H), (H,)
 
     def runs_short(self, T: int, lengths: Tensor | int | None) -> bool:
         """Whether :meth:`forward` over ``T`` steps takes the short path (:meth:`short`)."""
@@ -379,9 +380,6 @@ class S4D(nn.Module):
 
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """Recurrent mode. ``u_t``: ``(B, H)`` real; ``state``: ``(B, H, N)`` complex."""
-        if not torch.is_grad_enabled() and self.runs_scan(u_t, 1) and state.shape[0] == u_t.shape[0]:
-            y, nxt = self.scan(u_t[:, None], state)  # (B, 1, H)
-            return y[:, 0], nxt  # type: ignore[return-value]
         d = self._tensors(0)
         Lam, B_bar, C = d["Lam"], d["B_bar"], d["C"]
         nxt = Lam * state + B_bar * u_t[..., None].to(Lam.dtype)  # (B, H, N)
