@@ -1,5 +1,5 @@
-"""A compiled CPU kernel for short S4D passes: LayerNorm, the recurrence step by step and GELU
-(csrc/s4d_block.c).
+"""Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
+csrc/s4d_block.c) and the keyed uniforms of model/sampling.py (csrc/keyed.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -13,7 +13,8 @@ compiled once per machine with the system's C compiler (``cc``; no PyTorch heade
 a second) into a cache directory and loaded with ctypes; GELU's erf is vectorised by glibc's
 libmvec where it links.  Without a compiler, or with ``VSSM_NATIVE=0``, :func:`block` is None and
 callers keep the matrices: the kernel changes speed, never results beyond float rounding
-(tests/test_native.py).
+(tests/test_native.py).  The keyed uniforms are integer arithmetic: the compiled ones equal
+PyTorch's bit for bit.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "kernel_path", "weights"]
+__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "weights"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "s4d_block.c"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c")]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
@@ -49,6 +50,7 @@ _lib: ctypes.CDLL | None = None
 _tried = False
 _L, _P, _D, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P]
+_KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -72,12 +74,14 @@ def _compiler() -> list[str]:
 
 
 def kernel_path() -> Path:
-    """Where the compiled kernel for this source, compiler, flags and CPU lives."""
+    """Where the compiled kernels for these sources, compiler, flags and CPU live."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr((_compiler(), FLAGS, LINKS)).encode(), _cpu_key().encode()):
+    for src in SOURCES:
+        digest.update(src.read_bytes())
+    for part in (repr((_compiler(), FLAGS, LINKS)).encode(), _cpu_key().encode()):
         digest.update(part)
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vssm"
-    return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"s4d_block-{digest.hexdigest()[:16]}.so"
+    return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"kernels-{digest.hexdigest()[:16]}.so"
 
 
 def _compile(target: Path) -> None:
@@ -90,7 +94,7 @@ def _compile(target: Path) -> None:
     os.close(fd)
     try:
         for i, links in enumerate(LINKS):
-            cmd = [*compiler, *FLAGS, str(SOURCE), "-o", tmp, *links]
+            cmd = [*compiler, *FLAGS, *map(str, SOURCES), "-o", tmp, *links]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 break
@@ -119,6 +123,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("s4d_block_f32", "s4d_block_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _ARGTYPES, None
+        for name in ("keyed_uniforms_f32", "keyed_uniforms_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _KEYED_ARGTYPES, None
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
@@ -194,3 +201,36 @@ def _block(
 def block() -> Callable[..., tuple[Tensor, Tensor | None]] | None:
     """The kernel's entry point (see :func:`_block`), or None where it cannot run."""
     return _block if _load() is not None else None
+
+
+def _keyed(seed: Tensor, position: Tensor, streams: tuple[int, ...], width: int, dtype: torch.dtype) -> Tensor:
+    """:func:`model.sampling.keyed_uniforms` compiled: ``seed`` ``(B,)`` and ``position`` ``(B, T)``
+    int64 on the CPU -> ``(B, S, T, W)`` uniforms of ``dtype`` (float32 or float64), the same bits."""
+    lib = _lib
+    assert lib is not None
+    if (
+        seed.dtype != torch.int64
+        or position.dtype != torch.int64
+        or seed.device.type != "cpu"
+        or position.device.type != "cpu"
+        or seed.ndim != 1
+        or position.ndim != 2
+        or position.shape[0] != seed.shape[0]
+        or width < 0
+        or dtype not in (torch.float32, torch.float64)
+    ):
+        shapes = f"seed {tuple(seed.shape)} {seed.dtype}, positions {tuple(position.shape)} {position.dtype}"
+        raise ValueError(f"bad inputs for the native keyed uniforms: {shapes}, {dtype}")
+    seed = seed.contiguous()
+    Bsz, T = position.shape
+    out = torch.empty(Bsz, len(streams), T, width, dtype=dtype)  # (B, S, T, W)
+    fn = lib.keyed_uniforms_f64 if dtype == torch.float64 else lib.keyed_uniforms_f32
+    keys = (ctypes.c_int64 * len(streams))(*streams)
+    pos_sb, pos_st = position.stride()
+    fn(Bsz, len(streams), T, width, seed.data_ptr(), position.data_ptr(), pos_sb, pos_st, keys, out.data_ptr())
+    return out
+
+
+def keyed() -> Callable[..., Tensor] | None:
+    """The compiled keyed uniforms (see :func:`_keyed`), or None where the kernels cannot be built."""
+    return _keyed if _load() is not None else None

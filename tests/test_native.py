@@ -1,16 +1,19 @@
-"""The compiled block kernel (model/native.py): equal to the reference paths, never required."""
+"""The compiled kernels (model/native.py): equal to the reference paths, never required."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vssm.model import native
+from vssm.model import native, sampling
 from vssm.model.network import SSMNet, SSMNetConfig
 from vssm.model.ssm import S4D, S4DConfig
 from vssm.model.vssm import VSSM, VSSMConfig
 
 F64 = torch.float64
+
+# keyed_uniform(seed 3, positions 5 and 6, the token stream): sessions stored anywhere rely on these bits
+_UNIFORMS_3_5_6 = torch.tensor([0.41250893473625183, 0.8107076585292816], dtype=F64)
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the kernel cannot be built here")
 
@@ -148,7 +151,9 @@ def test_without_a_compiler_the_model_keeps_the_matrices(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_tried", False)
     monkeypatch.setenv("VSSM_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert not native.available() and native.block() is None
+    assert not native.available() and native.block() is None and native.keyed() is None
+    seed, pos = torch.tensor([3]), torch.tensor([[5, 6]])
+    torch.testing.assert_close(sampling.keyed_uniform(seed, pos, 2, 1, F64)[0, :, 0], _UNIFORMS_3_5_6)
     layer = S4D(S4DConfig(width=4, state_size=3)).double()
     assert not layer.runs_scan(torch.zeros(1, 2, 4, dtype=F64), 2)
     monkeypatch.setattr(native, "_tried", False)
@@ -167,3 +172,42 @@ def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
     monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-DVSSM_TEST"])
     assert native.kernel_path() != path  # other flags, another file
+
+
+def _torch_keyed(monkeypatch: pytest.MonkeyPatch, *args: object) -> torch.Tensor:
+    with monkeypatch.context() as m:
+        m.setattr(native, "_lib", None)  # _tried stays True: keyed() is None, the PyTorch hash runs
+        assert native.keyed() is None
+        return sampling.keyed_uniforms(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_compiled_keyed_uniforms_equal_pytorchs_bit_for_bit(monkeypatch, dtype):
+    """Seeds over the whole int64 range (negative ones too), positions past 2**32, several streams,
+    widths 0, 1 and odd, positions broadcast over the batch and sliced out of a larger tensor."""
+    g = torch.Generator().manual_seed(0)
+    seed = torch.cat([torch.randint(-(2**62), 2**62, (4,), generator=g), torch.tensor([0, -1, 2**63 - 1])])  # (7,)
+    positions = torch.randint(0, 2**40, (7, 40), generator=g)  # (B, T)
+    cases = [
+        (seed, positions, (2,), 1),
+        (seed, positions, (1, 2, 3), 8),
+        (seed, positions[:, 3:20:2], (3,), 13),  # strided positions
+        (seed[::2], torch.arange(9).expand(4, 9), (1,), 5),  # a broadcast batch axis, strided seeds
+        (seed, positions, (1,), 0),
+    ]
+    for args in cases:
+        compiled = native.keyed()(*args, dtype)  # type: ignore[misc]
+        assert compiled.shape == (args[0].shape[0], len(args[2]), args[1].shape[1], args[3])
+        assert torch.equal(compiled, _torch_keyed(monkeypatch, *args, dtype))
+        assert torch.equal(sampling.keyed_uniforms(*args, dtype), compiled)  # the compiled hash is the default
+    assert ((compiled >= 0) & (compiled < 1)).all()
+
+
+def test_compiled_keyed_uniforms_refuse_what_they_cannot_read():
+    fn = native.keyed()
+    seed, pos = torch.tensor([1, 2]), torch.zeros(2, 3, dtype=torch.long)
+    for bad in [(seed.int(), pos), (seed, pos.int()), (seed[:1], pos), (seed, pos[0]), (seed[:, None], pos)]:
+        with pytest.raises(ValueError, match="keyed uniforms"):
+            fn(*bad, (1,), 2, torch.float32)
+    with pytest.raises(ValueError, match="keyed uniforms"):
+        fn(seed, pos, (1,), 2, torch.float16)

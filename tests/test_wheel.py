@@ -40,7 +40,8 @@ def test_nothing_named_model_or_server_at_the_top(wheel):
     assert "vssm/model/vssm.py" in names and "vssm/server/app.py" in names
     for static in ("index.html", "playground.js", "playground.css", "digits.json"):  # the playground at /
         assert f"vssm/server/static/{static}" in names
-    assert "vssm/model/csrc/s4d_block.c" in names  # the recurrence kernel's source, compiled on first use
+    for source in ("s4d_block.c", "keyed.c"):  # the kernels' sources, compiled on first use
+        assert f"vssm/model/csrc/{source}" in names
     assert "vssm/__init__.py" not in names  # a namespace: other distributions may add to vssm
 
 
