@@ -265,7 +265,10 @@ class Batcher:
         """One model call for the whole group (worker thread)."""
         t0 = time.perf_counter()
         try:
-            return self._model_call(group)
+            # inference mode, not only no_grad: no version counters or view tracking on the few hundred
+            # small operators of a chunk (about 9% of a 64-token chunk's time at batch 1)
+            with torch.inference_mode():
+                return self._model_call(group)
         finally:
             self.metrics.model_seconds.labels(self.served.id).observe(time.perf_counter() - t0)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from .registry import Registry
 from .store import SessionStore, StoreUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -97,9 +100,23 @@ class Context:
         if self.quotas and holder:
             await self.store_call("touch", self.store.touch(holder, sid, ttl))
 
+    def touch_soon(self, holder: str, sid: str, ttl: int) -> asyncio.Task[None] | None:
+        """:meth:`touch` as a task, for a caller with other work to do first (None: no quotas).  Its
+        failure is the caller's to raise by awaiting it; one nobody awaits is logged, never lost silently."""
+        if not (self.quotas and holder):
+            return None
+        task = asyncio.ensure_future(self.touch(holder, sid, ttl))
+        task.add_done_callback(_log_failure)
+        return task
+
     async def release(self, holder: str, sid: str) -> None:
         if self.quotas and holder:
             await self.store_call("release", self.store.release(holder, sid))
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:  # retrieving it also silences asyncio's warning
+        log.warning("a quota refresh failed: %s", task.exception())
 
 
 class Slot:

@@ -12,6 +12,7 @@ Stored and passed to the model as an int, 0 for one parallel pass; null at the A
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -127,36 +128,57 @@ SESSION_ID = re.compile(r"sess_[0-9a-f]{32}")
 
 
 async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
+    rec, touching = await _load_for_write(ctx, sid, owner)
+    if touching is not None:
+        await touching  # the read refreshed its TTL: so does its quota
+    return rec
+
+
+async def _load_for_write(ctx: Context, sid: str, owner: str) -> tuple[SessionRecord, asyncio.Task[None] | None]:
+    """The caller's session, and the refresh of its quota entry (the read refreshed its TTL) running
+    beside whatever the caller does next: a caller that commits hands it to :func:`_commit`, which
+    waits for it; one that does not lets it finish on its own (:meth:`Context.touch_soon`)."""
     if not SESSION_ID.fullmatch(sid):  # not an id we make: no store call, and no echo of what may be huge
         raise not_found("session_not_found", "no session has this id")
     rec = await ctx.store_call("get", ctx.store.get(sid))
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
-    await ctx.touch(rec.holder, sid, rec.ttl_seconds)  # the read refreshed its TTL: so does its quota
+    touching = ctx.touch_soon(rec.holder, sid, rec.ttl_seconds)
     served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
     if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
         rec = replace(rec, block_size=served.block_size())
     if rec.observation_temperature is None and served is not None:  # the same, for the observation temperature
         rec = replace(rec, observation_temperature=served.observation_temperature())
-    return rec
+    return rec, touching
 
 
 def _incompatible(rec: SessionRecord, exc: StateError) -> APIError:
     return APIError(409, "state_incompatible", f"session {rec.id}: {exc}")
 
 
-async def _commit(ctx: Context, rec: SessionRecord, expected_version: int) -> SessionRecord:
+async def _commit(
+    ctx: Context, rec: SessionRecord, expected_version: int, read_touch: asyncio.Task[None] | None = None
+) -> SessionRecord:
     ctx.metrics.state_bytes.observe(len(rec.state))
-    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
+    # the write refreshes the session's TTL, so its quota entry must be refreshed too: skipping this (the
+    # read touched it moments before) would let the entry expire before the session, and a touch does not
+    # bring a lost entry back, so the session would stop counting for the rest of its life.  The two run
+    # side by side: a touch refreshes only an entry that is there, so one beside a write that fails
+    # (a delete released the entry, or another request won) changes nothing that matters, and it
+    # reaches a little past the TTL so that landing before the write leaves no gap (store.TOUCH_GRACE_MS).
+    # The read's touch, if still running, is awaited here too.
+    cas = ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
+    touches = [ctx.touch(rec.holder, rec.id, rec.ttl_seconds), *([read_touch] if read_touch else [])]
+    results = await asyncio.gather(cas, *touches, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    done = results[0]
     if done is None:
         if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
-    # the write refreshed the session's TTL, so its quota entry must be refreshed too: skipping this (the
-    # read touched it moments before) would let the entry expire before the session, and a touch does not
-    # bring a lost entry back, so the session would stop counting for the rest of its life
-    await ctx.touch(done.holder, done.id, done.ttl_seconds)
     return done
 
 
@@ -318,7 +340,7 @@ async def fork_session(
 
 @router.post("/{sid}/append", responses=errors(400, 401, 404, 409, 413, 429, 503))
 async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
-    rec = await _load(ctx, sid, owner)
+    rec, touching = await _load_for_write(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
     tokens = served.encode(body.prompt)
     last = rec.last_op or {}
@@ -349,7 +371,7 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
         text_carry=[],  # observed tokens end the generated text; a held-back partial character stays out
     )
     ctx.metrics.sessions.labels("resumed").inc()
-    return public(await _commit(ctx, new, rec.version))
+    return public(await _commit(ctx, new, rec.version, touching))
 
 
 @router.post(
@@ -360,7 +382,7 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
 async def generate(
     sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
 ) -> Chunk | Response:
-    rec = await _load(ctx, sid, owner)
+    rec, touching = await _load_for_write(ctx, sid, owner)
     served = registry.for_session(rec.model, rec.fingerprint)
     block = served.block_size(body.block_size, rec.block_size)  # the call's, else the session's
     ratio = served.observation_temperature(body.observation_temperature, rec.observation_temperature)
@@ -457,7 +479,7 @@ async def generate(
         }
         if out or rec.last_op != last_op:  # a call that ends with nothing still records how it ended
             new = replace(rec, state=blob, position=rec.position + len(out), last_op=last_op, text_carry=carry)
-            rec = await _commit(ctx, new, rec.version)
+            rec = await _commit(ctx, new, rec.version, touching)
         return Chunk(
             session_id=sid,
             start_position=rec.position - len(out),

@@ -126,3 +126,44 @@ def test_a_create_that_fails_gives_its_place_back(quota_client):
     finally:
         store.create = real
     assert create(c).status_code == 201
+
+
+def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints):
+    """The refresh of a session's quota runs beside its write (and the read's beside the model
+    call): on the Redis clock the entry must still expire after the session, never before."""
+    import redis as redis_sync
+
+    from vssm.server.deps import owner_of
+
+    app = create_app(Settings(checkpoints=checkpoints, redis_url=redis.url, api_keys=["key-a"], max_sessions_per_key=3))
+    r = redis_sync.Redis.from_url(redis.url)
+    with TestClient(app) as c:
+        sid = create(c, A, ttl_seconds=30).json()["id"]
+        zset = f"vssm:session:quota:{{key:{owner_of('key-a')}}}"
+        calls = [("generate", {"max_tokens": 3}), ("append", {"prompt": [1, 0]}), ("generate", {"max_tokens": 2})]
+        for call, body in calls:
+            assert c.post(f"/v1/sessions/{sid}/{call}", json=body, headers=A).status_code == 200
+            seconds, micros = r.time()
+            now_ms = seconds * 1000 + micros // 1000
+            session_expiry = now_ms + r.pttl(f"vssm:session:{{{sid}}}")
+            assert r.zscore(zset, sid) >= session_expiry
+            assert r.zscore(zset, sid) <= session_expiry + 1000  # a grace of a fraction of a second, no more
+
+
+def test_a_failed_quota_refresh_fails_the_write_that_waited_for_it(quota_client, monkeypatch):
+    """The read's refresh runs beside the model call; its failure still reaches the caller (503),
+    and a retry of the same call then finds the chunk it committed, or makes it."""
+    c = quota_client(api_keys=["key-a"], max_sessions_per_key=3)
+    sid = create(c, A).json()["id"]
+    store = c.app.state.ctx.store
+    real = store.touch
+
+    async def broken(*args, **kwargs):
+        raise StoreUnavailable("the quota refresh failed")
+
+    monkeypatch.setattr(store, "touch", broken)
+    body = {"max_tokens": 4, "expected_position": 0}
+    assert_error(c.post(f"/v1/sessions/{sid}/generate", json=body, headers=A), 503, "store_unavailable")
+    monkeypatch.setattr(store, "touch", real)
+    again = c.post(f"/v1/sessions/{sid}/generate", json=body, headers=A)
+    assert again.status_code == 200 and again.json()["position"] == 4

@@ -118,3 +118,28 @@ def test_the_state_cache_is_bounded_least_recently_used_first():
     none = store_mod._StateCache(max_bytes=0)
     none.put("s1", "e1", 1, b"1")
     assert none.get("s1") is None and none.bytes == 0
+
+
+def test_after_redis_restarts_one_failure_clears_every_dead_connection(redis):
+    """A server with several pooled connections (concurrent requests, or a write beside a quota
+    refresh) must not fail a request per dead connection once Redis is back: the first failure, or
+    the readiness probe's failed ping, closes the idle ones, and nothing is ever resent."""
+    url = f"redis://127.0.0.1:{redis.port}/0"
+
+    async def main() -> None:
+        store = RedisStore(url, timeout=1.0)
+        sids = ["sess_" + c * 32 for c in "cde"]
+        await asyncio.gather(*[store.create(_rec(sid, 600)) for sid in sids])  # three connections in the pool
+        assert len(store.client.connection_pool._available_connections) >= 2
+        redis.stop()
+        assert not await store.ping()
+        redis.start()  # the same AOF directory: the sessions come back
+        for _ in range(50):  # the readiness probe, polled: one failed ping may still meet a dead connection
+            if await store.ping():
+                break
+            await asyncio.sleep(0.1)
+        got = await asyncio.gather(*[store.get(sid) for sid in sids])  # several connections at once again
+        assert [g.id for g in got if g is not None] == sids
+        await store.close()
+
+    asyncio.run(main())
