@@ -486,6 +486,23 @@ def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
             for r in rd["rounds"]
         ],
     )
+    if rd.get("image_flops"):
+        L += [
+            "",
+            f"A whole {rd['image_length']}-token sequence's FLOPs at batch 1 (the cost model): the AR-SSM's",
+            "steps against block sampling's rounds.  Their ratio is the speed-up over the AR-SSM that block",
+            "sampling would have if both ran at the same FLOP rate; a measured speed-up beyond it comes from",
+            "the AR-SSM's cost per step",
+            "(a call per layer and step), not from the arithmetic.",
+            "",
+        ]
+        L += _table(
+            ["block", "AR-SSM MFLOP", "VSSM MFLOP", "AR-SSM / VSSM FLOPs"],
+            [
+                [c, f"{f['ar_ssm'] / 1e6:.1f}", f"{f['vssm'] / 1e6:.1f}", _x(f["ratio"])]
+                for c, f in rd["image_flops"].items()
+            ],
+        )
     return L
 
 

@@ -39,7 +39,15 @@ from .common import Settings, measure, measure_interleaved
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PassCost", "matrices_only", "measure_peaks", "network_pass_cost", "round_cost", "run_rounds"]
+__all__ = [
+    "PassCost",
+    "image_flops",
+    "matrices_only",
+    "measure_peaks",
+    "network_pass_cost",
+    "round_cost",
+    "run_rounds",
+]
 
 F32 = 4  # bytes per float32
 
@@ -115,6 +123,21 @@ def round_cost(m: VSSM, n: int, batch: int = 1) -> dict[str, PassCost]:
     }
 
 
+def image_flops(vssm: VSSM, ar_net: SSMNet, T: int, block: int) -> dict[str, float]:
+    """FLOPs of a whole ``T``-token sequence at batch 1: the AR-SSM's ``T`` recurrent steps (a pass of
+    one step each, from a state, keeping it) against block sampling's ``T / block`` rounds (four
+    passes of ``block`` steps each; the fused path's two passes of ``2 block`` steps do the same work).
+
+    Their ratio is what the block-``block`` speed-up over the AR-SSM would be if both ran at the same
+    FLOP rate: beyond it, a speed-up comes from the AR-SSM's per-step overhead, not from the
+    parallel passes (per generated token, block sampling runs each token through both networks twice).
+    """
+    ar = T * network_pass_cost(ar_net, 1, 1, from_state=True, return_state=True).flops
+    rounds = -(-T // block)
+    vs = rounds * sum(c.flops for c in round_cost(vssm, block).values())
+    return {"ar_ssm": ar, "vssm": vs, "ratio": ar / vs}
+
+
 def measure_peaks(working_set_bytes: float, quick: bool) -> dict[str, float]:
     """This CPU's float32 matmul rate, read bandwidth (cache-sized and DRAM-sized), and call time."""
     size = 256 if quick else 1024
@@ -170,7 +193,8 @@ def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], o
 
 
 @torch.no_grad()
-def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
+def run_rounds(vssm: VSSM, s: Settings, quick: bool, ar_net: SSMNet | None = None, T: int = 784) -> dict[str, Any]:
+    """Part 8; ``ar_net``: the AR-SSM's network, for the whole-sequence FLOPs of :func:`image_flops`."""
     prompt = torch.randint(0, vssm.vocab_size, (1, 64), generator=torch.Generator().manual_seed(0))
     state = vssm.start(prompt, [0])
     costs = {n: round_cost(vssm, n) for n in s.round_ns}
@@ -226,4 +250,8 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool) -> dict[str, Any]:
             calls,
             dispatch_s * 1e3,
         )
-    return {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1, "kernel": kernel}
+    out = {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1, "kernel": kernel}
+    if ar_net is not None:
+        out["image_flops"] = {str(c): image_flops(vssm, ar_net, T, c) for c in (16, 28)}
+        out["image_length"] = T
+    return out

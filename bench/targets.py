@@ -287,6 +287,17 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
                 "roofline: max(FLOPs / matmul rate, bytes / cache bandwidth), measured in this run",
             )
         )
+    flops = (rd or {}).get("image_flops", {}).get(str(BLOCK))
+    if flops:
+        rows.append(
+            _row(
+                f"AR-SSM / VSSM block-{BLOCK} FLOPs for a whole sequence (the speed-up at equal FLOP rates)",
+                flops["ratio"],
+                "(reference)",
+                None,
+                "the cost model of part 8: a measured speed-up beyond this comes from per-step overhead",
+            )
+        )
     bl = results.get("blocks")
     for (batch, part), need in zip((bl or {}).get("sequence", {}).items(), BLOCK_SPEEDUP, strict=False):
         rows.append(

@@ -263,3 +263,18 @@ def test_round_cost_model_counts_the_matmul_flops_pytorch_counts(
     cost = network_pass_cost(network, B, T, from_state=from_state, return_state=return_state)
     assert network.blocks[0].ssm.runs_scan(torch.empty(B, T, 1), T) == kernel
     assert cost.matmul_flops == counter.get_total_flops()
+
+
+def test_whole_sequence_flops_are_steps_against_rounds() -> None:
+    """Part 8's equal-FLOP-rate speed-up: T AR-SSM steps against T / c rounds, from the same cost model."""
+    from bench.rounds import image_flops, network_pass_cost, round_cost
+    from vssm import model
+    from vssm.model.presets import preset_config
+
+    vssm = model.build_model("vssm", preset_config("mnist", "vssm", "small"))
+    ar = model.build_model("ar-ssm", preset_config("mnist", "ar-ssm", "small"))
+    f = image_flops(vssm, ar.net, 784, 16)
+    step = network_pass_cost(ar.net, 1, 1, from_state=True, return_state=True).flops
+    rnd = sum(c.flops for c in round_cost(vssm, 16).values())
+    assert f["ar_ssm"] == 784 * step and f["vssm"] == 49 * rnd and f["ratio"] == pytest.approx(784 * step / (49 * rnd))
+    assert image_flops(vssm, ar.net, 784, 28)["vssm"] == 28 * sum(c.flops for c in round_cost(vssm, 28).values())
