@@ -163,37 +163,39 @@ def _block(
     assert lib is not None
     Bsz, T, H = x.shape
     N = w.shape[1]
+    dt = x.dtype
     if not 1 <= N <= MAX_MODES:
         raise ValueError(f"the native S4D kernel takes 1 to {MAX_MODES} modes, got {N}")
     if x.stride(2) != 1:
         x = x.contiguous()
-    # the C code trusts every shape, stride and type: a mismatch here would read past a buffer
-    tables = [w, d] + ([] if norm is None else [norm[0], norm[1]])
-    if (
-        w.shape != (6, N, H)
-        or any(t.shape != (H,) for t in tables[1:])
-        or any(t.dtype != x.dtype or not t.is_contiguous() or t.device.type != "cpu" for t in tables)
-        or x.device.type != "cpu"
-        or not 0 <= at <= T
-    ):
+    # the C code trusts every shape, stride and type: a mismatch here would read past a buffer (plain
+    # comparisons, no generators: this runs for every layer of every short pass and recurrent step)
+    ok = w.shape == (6, N, H) and d.shape == (H,) and x.is_cpu and 0 <= at <= T
+    ok = ok and w.dtype == dt and d.dtype == dt and w.is_contiguous() and d.is_contiguous() and w.is_cpu and d.is_cpu
+    ln_w = ln_b = None
+    eps = 0.0
+    if norm is not None:
+        ln_w, ln_b, eps = norm
+        ok = ok and ln_w.shape == (H,) and ln_b.shape == (H,) and ln_w.dtype == dt and ln_b.dtype == dt
+        ok = ok and ln_w.is_contiguous() and ln_b.is_contiguous() and ln_w.is_cpu and ln_b.is_cpu
+    if not ok:
         raise ValueError(f"bad inputs for the native S4D kernel: x {tuple(x.shape)}, weights {tuple(w.shape)}, at {at}")
-    if state is not None and (state.shape != (Bsz, H, N) or state.dtype != _COMPLEX[x.dtype]):
-        raise ValueError(f"the state must be {(Bsz, H, N)} {_COMPLEX[x.dtype]}, got {tuple(state.shape)} {state.dtype}")
-    fn = lib.s4d_block_f64 if x.dtype == torch.float64 else lib.s4d_block_f32
-    out = torch.empty(Bsz, T, H, dtype=x.dtype)  # (B, T, H)
-    h0, h0_sb = None, 0
+    cdt = _COMPLEX[dt]
+    h0_sb = 0
     if state is not None:
-        h0 = torch.view_as_real(state)  # (B, H, N, 2)
-        if h0.stride()[1:] != (2 * N, 2, 1):
-            h0 = h0.contiguous()
-        h0_sb = h0.stride(0)
-    nxt = torch.empty(Bsz, H, N, dtype=_COMPLEX[x.dtype]) if return_state else None  # (B, H, N)
-    ln_w, ln_b, eps = norm if norm is not None else (None, None, 0.0)
+        if state.shape != (Bsz, H, N) or state.dtype != cdt:
+            raise ValueError(f"the state must be {(Bsz, H, N)} {cdt}, got {tuple(state.shape)} {state.dtype}")
+        if state.stride()[1:] != (N, 1) or not state.is_cpu:  # (B, H, N): interleaved pairs, rows by stride
+            state = state.contiguous().cpu()
+        h0_sb = 2 * state.stride(0)  # in real numbers
+    fn = lib.s4d_block_f64 if dt == torch.float64 else lib.s4d_block_f32
+    out = torch.empty(Bsz, T, H, dtype=dt)  # (B, T, H)
+    nxt = torch.empty(Bsz, H, N, dtype=cdt) if return_state else None  # (B, H, N), contiguous
     fn(
         Bsz, H, N, T, at, x.data_ptr(), x.stride(0), x.stride(1),
         None if ln_w is None else ln_w.data_ptr(), None if ln_b is None else ln_b.data_ptr(), eps,
-        None if h0 is None else h0.data_ptr(), h0_sb, w.data_ptr(), d.data_ptr(), int(gelu), out.data_ptr(),
-        None if nxt is None else torch.view_as_real(nxt).data_ptr(),
+        None if state is None else state.data_ptr(), h0_sb, w.data_ptr(), d.data_ptr(), int(gelu), out.data_ptr(),
+        None if nxt is None else nxt.data_ptr(),
     )  # fmt: skip
     return out, nxt
 

@@ -60,20 +60,28 @@ class SSMBlock(nn.Module):
     def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
         ``state`` (one per row: a state broadcast over the batch takes the reference path)."""
+        norm = self._modules["norm"]._parameters  # type: ignore[union-attr]  # (Module.__getattr__ costs)
         return (
-            self.norm.weight is not None
-            and self.norm.bias is not None
-            and not torch.is_grad_enabled()
+            not torch.is_grad_enabled()
+            and norm["weight"] is not None
+            and norm["bias"] is not None
             and (state is None or state.shape[0] == x.shape[0])
-            and self.ssm.runs_scan(x, T)
+            and self._modules["ssm"].runs_scan(x, T)  # type: ignore[union-attr,operator]
         )
 
     def _native(
         self, x: Tensor, state: Tensor | None, return_state: bool, at: int | None
     ) -> tuple[Tensor, Tensor | None]:
-        norm = (self.norm.weight, self.norm.bias, self.norm.eps)
-        g, nxt = self.ssm.scan(x, state, return_state, at, norm=norm, gelu=True)  # (B, T, H): GELU(S4D(LN(x)))
-        return x + self._mix(g, activated=True), nxt
+        # the modules' dicts, not attributes: at one step this path is a few microseconds a layer, and
+        # each Module.__getattr__ costs a few hundred nanoseconds (the AR-SSM makes 4,704 of these calls an image)
+        mods = self._modules
+        norm, out = mods["norm"], mods["out"]
+        ln = (norm._parameters["weight"], norm._parameters["bias"], norm.eps)  # type: ignore[union-attr]
+        g, nxt = mods["ssm"].scan(x, state, return_state, at, norm=ln, gelu=True)  # type: ignore[union-attr,operator]
+        if self.training and mods["drop"].p > 0:  # type: ignore[union-attr]
+            return x + self._mix(g, activated=True), nxt
+        lin = out._parameters  # type: ignore[union-attr]
+        return x + F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1), nxt  # (B, T, H): GELU(S4D(LN(x)))
 
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool

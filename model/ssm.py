@@ -80,9 +80,10 @@ def weights_key(params: Iterable[Tensor]) -> tuple:
     """Identity of the current weights: storage and in-place version of each tensor.
 
     Inference tensors (made under ``torch.inference_mode``) keep no version counter; they are
-    frozen outside that mode, so their storage alone identifies them.
+    frozen outside that mode, so their storage alone identifies them.  (A list, not a generator:
+    this runs for every layer of every short pass.)
     """
-    return tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
+    return tuple([(p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params])
 
 
 def _powers(dtA: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -146,7 +147,8 @@ class S4D(nn.Module):
     def _cached(self, key: int | tuple | str, build: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
         """The weight-derived tensors under ``key``, built by ``build`` unless the cache holds them for
         the current weights."""
-        weights = weights_key((self.log_dt, self.A_log, self.A_imag, self.C, self.D))  # parameters() costs more
+        p = self._parameters  # a dict: each `self.<param>` would go through Module.__getattr__
+        weights = weights_key((p["log_dt"], p["A_log"], p["A_imag"], p["C"], p["D"]))  # type: ignore[arg-type]
         hit = self._cache.get(weights, key)
         if hit is None:
             hit = build()
@@ -195,9 +197,9 @@ class S4D(nn.Module):
         """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`)."""
         return (
             x.shape[0] * T <= self.scan_max_tokens
-            and x.device.type == "cpu"
+            and x.is_cpu
             and x.dtype in (torch.float32, torch.float64)
-            and x.dtype == self.D.dtype
+            and x.dtype == self._parameters["D"].dtype  # type: ignore[union-attr]
             and self.cfg.state_size <= native.MAX_MODES
             and native.available()
         )

@@ -211,3 +211,24 @@ def test_compiled_keyed_uniforms_refuse_what_they_cannot_read():
             fn(*bad, (1,), 2, torch.float32)
     with pytest.raises(ValueError, match="keyed uniforms"):
         fn(seed, pos, (1,), 2, torch.float16)
+
+
+def test_a_block_in_training_mode_keeps_its_dropout_on_the_kernel_path(monkeypatch):
+    """The kernel path builds the block's output itself (no nn.Linear call): in training mode under
+    no_grad (a validation pass of a model left in train()) its dropout must still apply, as on the matrices."""
+    from vssm.model.network import SSMBlock
+
+    torch.manual_seed(0)
+    blk = SSMBlock(8, 4, 0.5).double().train()
+    x, st = torch.randn(2, 3, 8, dtype=F64), torch.randn(2, 8, 4, dtype=torch.complex128)
+    with torch.no_grad():
+        assert blk._fused(x, 3, st)
+        torch.manual_seed(1)
+        y_kernel, h_kernel = blk(x, st, None, True)
+        _scan_off(monkeypatch)
+        torch.manual_seed(1)
+        y_matrices, h_matrices = blk(x, st, None, True)
+        y_eval, _ = blk.eval()(x, st, None, True)
+    torch.testing.assert_close(y_kernel, y_matrices, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h_kernel, h_matrices, rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(y_kernel, y_eval)  # the dropout did apply
