@@ -126,7 +126,9 @@ def round_cost(m: VSSM, n: int, batch: int = 1) -> dict[str, PassCost]:
 def image_flops(vssm: VSSM, ar_net: SSMNet, T: int, block: int) -> dict[str, float]:
     """FLOPs of a whole ``T``-token sequence at batch 1: the AR-SSM's ``T`` recurrent steps (a pass of
     one step each, from a state, keeping it) against block sampling's ``T / block`` rounds (four
-    passes of ``block`` steps each; the fused path's two passes of ``2 block`` steps do the same work).
+    passes of ``block`` steps each; the fused path's two passes of ``2 block`` steps do the same work
+    on the recurrence kernel, which takes them at batch 1 up to ``S4D.scan_max_tokens``; on the
+    matrices a pass costs the square of its length, and the fused passes somewhat more).
 
     Their ratio is what the block-``block`` speed-up over the AR-SSM would be if both ran at the same
     FLOP rate: beyond it, a speed-up comes from the AR-SSM's per-step overhead, not from the

@@ -129,7 +129,9 @@ def _load() -> ctypes.CDLL | None:
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
-        log.warning("native S4D kernel unavailable, short passes use matrices: %s %s", err, detail)
+        log.warning(
+            "native kernels unavailable (short passes use matrices, the keyed hash PyTorch): %s %s", err, detail
+        )
     return _lib
 
 
@@ -185,8 +187,9 @@ def _block(
     if state is not None:
         if state.shape != (Bsz, H, N) or state.dtype != cdt:
             raise ValueError(f"the state must be {(Bsz, H, N)} {cdt}, got {tuple(state.shape)} {state.dtype}")
-        if state.stride()[1:] != (N, 1) or not state.is_cpu:  # (B, H, N): interleaved pairs, rows by stride
-            state = state.contiguous().cpu()
+        # (B, H, N) interleaved pairs, rows by stride; a lazy conjugate or negation is not in the memory
+        if state.stride()[1:] != (N, 1) or not state.is_cpu or state.is_conj() or state.is_neg():
+            state = state.resolve_conj().resolve_neg().contiguous().cpu()
         h0_sb = 2 * state.stride(0)  # in real numbers
     fn = lib.s4d_block_f64 if dt == torch.float64 else lib.s4d_block_f32
     out = torch.empty(Bsz, T, H, dtype=dt)  # (B, T, H)

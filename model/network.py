@@ -78,9 +78,10 @@ class SSMBlock(nn.Module):
         norm, out = mods["norm"], mods["out"]
         ln = (norm._parameters["weight"], norm._parameters["bias"], norm.eps)  # type: ignore[union-attr]
         g, nxt = mods["ssm"].scan(x, state, return_state, at, norm=ln, gelu=True)  # type: ignore[union-attr,operator]
-        if self.training and mods["drop"].p > 0:  # type: ignore[union-attr]
-            return x + self._mix(g, activated=True), nxt
         lin = out._parameters  # type: ignore[union-attr]
+        hooked = bool(out._forward_hooks or out._forward_pre_hooks) or "weight" not in lin  # e.g. parametrised
+        if hooked or (self.training and mods["drop"].p > 0):
+            return x + self._mix(g, activated=True), nxt  # the module calls: its hooks, its dropout
         return x + F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1), nxt  # (B, T, H): GELU(S4D(LN(x)))
 
     def forward(

@@ -85,7 +85,7 @@ def keyed_uniforms(seed: Tensor, position: Tensor, streams: tuple[int, ...], wid
     from three streams, and at a few tokens the hash costs as much as a network layer).  On the CPU
     the compiled hash takes over: one call instead of about forty integer kernels."""
     compiled = native.keyed() if seed.device.type == "cpu" and dtype in (torch.float32, torch.float64) else None
-    if compiled is not None:
+    if compiled is not None and seed.ndim == 1 and position.ndim == 2 and position.shape[0] == seed.shape[0]:
         return compiled(seed, position, streams, width, dtype)
     lo = seed & _M32  # (B,)
     hi = (seed >> 32) & _M32  # (B,)

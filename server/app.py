@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             for b in ctx.batchers.values():
                 await b.stop()
+            await ctx.settle()  # quota refreshes still on their way to the store
             await ctx.store.close()
             ctx.executor.shutdown(wait=False, cancel_futures=True)
 

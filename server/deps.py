@@ -35,6 +35,7 @@ class Context:
     registry: Registry | None = None  # None while loading
     batchers: dict[str, Batcher] = field(default_factory=dict)
     in_flight: int = 0
+    touching: set[asyncio.Task[None]] = field(default_factory=set)  # quota refreshes running on their own
 
     def slot(self) -> Slot:
         """Take one of ``max_in_flight`` slots for model work, or refuse with 429."""
@@ -101,22 +102,30 @@ class Context:
             await self.store_call("touch", self.store.touch(holder, sid, ttl))
 
     def touch_soon(self, holder: str, sid: str, ttl: int) -> asyncio.Task[None] | None:
-        """:meth:`touch` as a task, for a caller with other work to do first (None: no quotas).  Its
-        failure is the caller's to raise by awaiting it; one nobody awaits is logged, never lost silently."""
+        """:meth:`touch` as a task of its own (None: no quotas), for a caller with other work to do
+        meanwhile.  The task is held here until it ends, so a request that goes away (a client that
+        disconnects) neither cancels nor drops it; a caller that needs its outcome awaits it
+        (shielded, so its own cancellation does not reach the task).  Every failure is logged."""
         if not (self.quotas and holder):
             return None
         task = asyncio.ensure_future(self.touch(holder, sid, ttl))
-        task.add_done_callback(_log_failure)
+        self.touching.add(task)
+        task.add_done_callback(self._touched)
         return task
+
+    def _touched(self, task: asyncio.Task[None]) -> None:
+        self.touching.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # retrieved: asyncio does not report it lost
+            log.warning("a quota refresh failed: %s", task.exception())
 
     async def release(self, holder: str, sid: str) -> None:
         if self.quotas and holder:
             await self.store_call("release", self.store.release(holder, sid))
 
-
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:  # retrieving it also silences asyncio's warning
-        log.warning("a quota refresh failed: %s", task.exception())
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Wait (a bounded time) for the quota refreshes still running, e.g. before the store closes."""
+        if self.touching:
+            await asyncio.wait(set(self.touching), timeout=timeout)
 
 
 class Slot:

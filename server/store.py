@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
@@ -369,16 +370,11 @@ expire_with_last()
 return nil
 """
 )
-# A touch may run beside the write that refreshes the session's TTL (server/routes/sessions.py, _commit)
-# and land a moment before it: the entry is refreshed a little past the TTL, so that it never expires
-# before its session (once an expired entry is pruned no touch brings it back: the session would stop
-# counting for good).
-TOUCH_GRACE_MS = 100  # far longer than a write takes to land; short enough that an expiry frees a quota at once
 _TOUCH = (
     _NOW
     + """
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000 + tonumber(ARGV[3]), ARGV[1])
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
   expire_with_last()
 end
 return 1
@@ -429,13 +425,16 @@ class RedisStore:
         try:
             return await call
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            await self._drop_idle_connections()
+            if isinstance(exc, (RedisConnectionError, OSError)):  # not an error reply, nor a slow script
+                await self._drop_idle_connections()
             raise StoreUnavailable(f"session store unreachable: {exc.__class__.__name__}: {exc}") from exc
 
     async def _drop_idle_connections(self) -> None:
-        """After a failure, close the pool's idle connections: if Redis restarted, every one of them is
-        dead and would fail its next command once (commands are never resent, see __init__), so a
-        server that had several open would keep failing requests after Redis is back."""
+        """After a connection failure, close the pool's idle connections: if Redis restarted, every one of
+        them is dead and would fail its next command once (commands are never resent, see __init__), so a
+        server that had several open would keep failing requests after Redis is back.  (A connection
+        checked out between this call and its closing would fail its command: that takes a connection
+        error to begin with, when requests are failing anyway.)"""
         pool = getattr(self.client, "connection_pool", None)  # a Cluster client reconnects per node itself
         if pool is not None:
             try:
@@ -504,8 +503,7 @@ class RedisStore:
         return Refusal(limit.decode(), int(sessions), int(ttl), int(wait_ms) / 1000)
 
     async def touch(self, holder: str, sid: str, ttl_seconds: int) -> None:
-        args = [sid, ttl_seconds, TOUCH_GRACE_MS]
-        await self._call(self._touch(keys=self._quota_keys(holder), args=args))
+        await self._call(self._touch(keys=self._quota_keys(holder), args=[sid, ttl_seconds]))
 
     async def release(self, holder: str, sid: str) -> None:
         await self._call(self._release(keys=self._quota_keys(holder), args=[sid]))
@@ -513,8 +511,9 @@ class RedisStore:
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError, asyncio.TimeoutError):
-            await self._drop_idle_connections()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            if isinstance(exc, (RedisConnectionError, OSError)):
+                await self._drop_idle_connections()
             return False
 
     async def close(self) -> None:

@@ -200,7 +200,11 @@ def test_compiled_keyed_uniforms_equal_pytorchs_bit_for_bit(monkeypatch, dtype):
         assert compiled.shape == (args[0].shape[0], len(args[2]), args[1].shape[1], args[3])
         assert torch.equal(compiled, _torch_keyed(monkeypatch, *args, dtype))
         assert torch.equal(sampling.keyed_uniforms(*args, dtype), compiled)  # the compiled hash is the default
-    assert ((compiled >= 0) & (compiled < 1)).all()
+        assert ((compiled > 0) & (compiled < 1)).all()
+    # shapes the PyTorch hash broadcasts (one seed for every row, one row of positions for every seed)
+    one_seed, one_row = seed[:1], positions[:1]
+    for args in [(one_seed, positions, (1,), 3), (seed, one_row, (2,), 3)]:
+        assert torch.equal(sampling.keyed_uniforms(*args, dtype), _torch_keyed(monkeypatch, *args, dtype))
 
 
 def test_compiled_keyed_uniforms_refuse_what_they_cannot_read():
@@ -232,3 +236,34 @@ def test_a_block_in_training_mode_keeps_its_dropout_on_the_kernel_path(monkeypat
     torch.testing.assert_close(y_kernel, y_matrices, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(h_kernel, h_matrices, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(y_kernel, y_eval)  # the dropout did apply
+
+
+def test_a_conjugate_or_negated_state_view_reads_as_its_values():
+    """A lazy conjugate (``.conj()``) or negation is a flag on the tensor, not in its memory: the kernel
+    must read the values, as PyTorch's own paths do."""
+    torch.manual_seed(3)
+    layer = S4D(S4DConfig(width=6, state_size=4)).double()
+    u = torch.randn(2, 5, 6, dtype=F64)
+    st = torch.randn(2, 6, 4, dtype=torch.complex128)
+    with torch.no_grad():
+        for view in (st.conj(), torch._neg_view(st)):
+            assert view.is_conj() or view.is_neg()
+            y, h = layer.scan(u, view)
+            y_ref, h_ref = layer.scan(u, view.resolve_conj().resolve_neg().clone())
+            torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+            torch.testing.assert_close(h, h_ref, rtol=0, atol=0)
+
+
+def test_a_hook_on_the_blocks_output_layer_still_runs_on_the_kernel_path():
+    from vssm.model.network import SSMBlock
+
+    torch.manual_seed(0)
+    blk = SSMBlock(8, 4, 0.0).double().eval()
+    x, st = torch.randn(1, 2, 8, dtype=F64), torch.randn(1, 8, 4, dtype=torch.complex128)
+    with torch.no_grad():
+        plain, _ = blk(x, st, None, True)
+        seen = []
+        blk.out.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        assert blk._fused(x, 2, st)
+        hooked, _ = blk(x, st, None, True)
+    assert seen == [(1, 2, 16)] and torch.equal(hooked, plain)

@@ -160,25 +160,24 @@ def _incompatible(rec: SessionRecord, exc: StateError) -> APIError:
 async def _commit(
     ctx: Context, rec: SessionRecord, expected_version: int, read_touch: asyncio.Task[None] | None = None
 ) -> SessionRecord:
+    """Write ``rec`` if the session is still at ``expected_version``, then refresh its quota entry.
+
+    ``read_touch``: the refresh the read started beside the model call; it must have succeeded before
+    anything is written (a store failure is a 503 before the commit, as it was before the model call).
+    The refresh after the write is a task of its own: it is issued once the write is acknowledged,
+    so the entry never expires before its session, and nobody waits for it (a failure is logged;
+    the next read or write of the session refreshes the entry again).  Skipping it would let the entry
+    expire before the session, and no refresh brings a pruned entry back: the session would stop counting.
+    """
+    if read_touch is not None:
+        await asyncio.shield(read_touch)  # shielded: a client that disconnects must not cancel it
     ctx.metrics.state_bytes.observe(len(rec.state))
-    # the write refreshes the session's TTL, so its quota entry must be refreshed too: skipping this (the
-    # read touched it moments before) would let the entry expire before the session, and a touch does not
-    # bring a lost entry back, so the session would stop counting for the rest of its life.  The two run
-    # side by side: a touch refreshes only an entry that is there, so one beside a write that fails
-    # (a delete released the entry, or another request won) changes nothing that matters, and it
-    # reaches a little past the TTL so that landing before the write leaves no gap (store.TOUCH_GRACE_MS).
-    # The read's touch, if still running, is awaited here too.
-    cas = ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
-    touches = [ctx.touch(rec.holder, rec.id, rec.ttl_seconds), *([read_touch] if read_touch else [])]
-    results = await asyncio.gather(cas, *touches, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    done = results[0]
+    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
     if done is None:
         if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
+    ctx.touch_soon(done.holder, done.id, done.ttl_seconds)
     return done
 
 
