@@ -114,6 +114,12 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         "setting such as --observation-temperature); bounds and times are kept",
     )
     p.add_argument(
+        "--times-only",
+        action="store_true",
+        help="re-time generation (the whole-sequence time and every curve row's) in the JSON at --out, "
+        "after a change of code or machine; bounds and samples are kept",
+    )
+    p.add_argument(
         "--curve-only",
         action="store_true",
         help="measure only the block curve and add it to the JSON at --out (an earlier eval of the same weights)",

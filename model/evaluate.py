@@ -259,10 +259,52 @@ def evaluate(
     return out
 
 
+def retime(model: SequenceModel, earlier: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` (an eval JSON of ``model``'s weights) with every generation time measured again:
+    the whole-sequence time and each block-curve row's, at the lengths and block sizes they record.
+    Bounds and judged samples do not depend on speed and are kept."""
+    if earlier.get("fingerprint") != model.fingerprint:
+        raise ValueError(f"the JSON holds the eval of other weights ({earlier.get('fingerprint')})")
+    out = dict(earlier)
+
+    def timed(old: dict[str, Any], block_size: int | None) -> dict[str, Any]:
+        L = int(old["length"])
+        batches = [k for k in old if k.startswith("batch_")]  # "batch_1", "batch_32"
+        return {"length": L, **{k: generation_seconds(model, L, int(k[6:]), block_size=block_size) for k in batches}}
+
+    if "generation_seconds" in earlier:
+        out["generation_seconds"] = timed(earlier["generation_seconds"], None)
+    rows = []
+    for row in earlier.get("block_curve", []):
+        c = row["block_size"] if isinstance(model, VSSM) else None  # other families sample one way
+        rows.append({**row, "generation_seconds": timed(row["generation_seconds"], c)})
+        log.info("block %d: %.1f ms at batch 1", row["block_size"], rows[-1]["generation_seconds"]["batch_1"] * 1e3)
+    if rows:
+        out["block_curve"] = rows
+    return out
+
+
 def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint, device=args.device)
+    if args.times_only:
+        if not args.out or not Path(args.out).exists():
+            raise SystemExit("--times-only re-times the eval JSON at --out: give an existing one")
+        t0 = time.perf_counter()
+        try:
+            result = retime(model, json.loads(Path(args.out).read_text()))
+        except ValueError as exc:
+            raise SystemExit(f"{args.out}: {exc}") from None
+        command = "vssm eval " + shlex.join(sys.argv[2:] if len(sys.argv) > 1 else [])
+        result["timing"] = {
+            "command": command,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+        }
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", args.out)
+        return result
     if args.observation_temperature is not None:  # measure another setting than the checkpoint's
         try:
             model.observation_temperature = observation_temperature(model, args.observation_temperature)

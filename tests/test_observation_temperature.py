@@ -222,3 +222,50 @@ def test_a_call_s_observation_temperature_is_checked_and_ignored_where_there_are
     ar = tiny_model("ar-ssm")
     s = ar.start(torch.zeros(2, 0, dtype=torch.long), [0, 1])
     assert torch.equal(ar.generate(s, 8, observation_temperature=0.0)[0], ar.generate(s, 8)[0])
+
+
+@pytest.mark.parametrize("family", ["vssm", "ar-ssm"])
+def test_times_only_retimes_generation_and_keeps_everything_else(tmp_path, monkeypatch, family):
+    """After a change of code or machine the curve's times (what /v1/models reports to clients
+    choosing a block size) are measured again; bounds and judged samples stay as they were."""
+    import json
+
+    from vssm.model import evaluate
+    from vssm.model.cli import build_parser
+
+    m = tiny_model(family, dtype=torch.float32, max_position=12, vocab_size=2)
+    path = model.save_checkpoint(m, tmp_path / "m.safetensors", extra={"dataset": "mnist"})
+    old = {"length": 12, "batch_1": 99.0, "batch_32": 99.0}
+    rows = [
+        {"block_size": c, "nll": {"nats_per_sequence": c}, "samples": {"images": 3}, "generation_seconds": old}
+        for c in (1, 4)
+    ]
+    earlier = {"fingerprint": m.fingerprint, "nll": {"nats_per_sequence": 7.0}, "generation_seconds": old}
+    earlier["block_curve"] = rows
+    out = tmp_path / "m.json"
+    out.write_text(json.dumps(earlier))
+    calls = []
+
+    def timed(mod, length, batch, repeats=3, block_size=None):
+        calls.append((length, batch, block_size))
+        return 0.001 * batch
+
+    monkeypatch.setattr(evaluate, "generation_seconds", timed)
+    parser, _ = build_parser()
+    evaluate.evaluate_cli(parser.parse_args(["eval", str(path), "--times-only", "--out", str(out)]))
+    result = json.loads(out.read_text())
+    blocks = [1, 4] if family == "vssm" else [None, None]  # other families sample one way at any block size
+    assert calls == [(12, 1, None), (12, 32, None)] + [(12, b, c) for c in blocks for b in (1, 32)]
+    assert result["generation_seconds"] == {"length": 12, "batch_1": 0.001, "batch_32": 0.032}
+    for new, before in zip(result["block_curve"], rows, strict=True):
+        assert new["generation_seconds"]["batch_32"] == 0.032
+        assert {k: v for k, v in new.items() if k != "generation_seconds"} == {
+            k: v for k, v in before.items() if k != "generation_seconds"
+        }
+    assert result["nll"] == earlier["nll"] and result["timing"]["seconds"] >= 0
+    out.write_text(json.dumps({**earlier, "fingerprint": "another"}))
+    with pytest.raises(SystemExit, match="other weights"):
+        evaluate.evaluate_cli(parser.parse_args(["eval", str(path), "--times-only", "--out", str(out)]))
+    missing = ["eval", str(path), "--times-only", "--out", str(tmp_path / "none.json")]
+    with pytest.raises(SystemExit, match="existing"):
+        evaluate.evaluate_cli(parser.parse_args(missing))
