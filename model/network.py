@@ -72,17 +72,18 @@ class SSMBlock(nn.Module):
     def _native(
         self, x: Tensor, state: Tensor | None, return_state: bool, at: int | None
     ) -> tuple[Tensor, Tensor | None]:
-        # the modules' dicts, not attributes: at one step this path is a few microseconds a layer, and
-        # each Module.__getattr__ costs a few hundred nanoseconds (the AR-SSM makes 4,704 of these calls an image)
+        # the modules' dicts, not attributes: a layer call of one step is a few tens of microseconds in all,
+        # each Module.__getattr__ a few hundred nanoseconds, and the AR-SSM makes 4,704 such calls an image
         mods = self._modules
         norm, out = mods["norm"], mods["out"]
         ln = (norm._parameters["weight"], norm._parameters["bias"], norm.eps)  # type: ignore[union-attr]
+        # g: GELU(S4D(LayerNorm(x))) (B, T, H), in one native call
         g, nxt = mods["ssm"].scan(x, state, return_state, at, norm=ln, gelu=True)  # type: ignore[union-attr,operator]
         lin = out._parameters  # type: ignore[union-attr]
         hooked = bool(out._forward_hooks or out._forward_pre_hooks) or "weight" not in lin  # e.g. parametrised
         if hooked or (self.training and mods["drop"].p > 0):
             return x + self._mix(g, activated=True), nxt  # the module calls: its hooks, its dropout
-        return x + F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1), nxt  # (B, T, H): GELU(S4D(LN(x)))
+        return x + F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1), nxt  # (B, T, H)
 
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
