@@ -52,10 +52,23 @@ class SSMBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def _mix(self, y: Tensor, activated: bool = False) -> Tensor:
-        """SSM output ``y`` ``(..., H)`` (``activated``: GELU(y) already) -> residual update ``(..., H)``."""
-        mixed = F.glu(self.out(y if activated else F.gelu(y)), dim=-1)
+        """SSM output ``y`` ``(..., H)`` (``activated``: GELU(y) already) -> residual update ``(..., H)``.
+
+        The modules' dicts, not attributes: a layer call of one step is a few tens of microseconds in
+        all, each Module.__getattr__ a few hundred nanoseconds, and the AR-SSM makes 4,704 such calls
+        an image.  The output layer runs as ``F.linear`` unless a hook or a parametrised weight needs
+        the module call."""
+        g = y if activated else F.gelu(y)
+        mods = self._modules
+        out = mods["out"]
+        lin = out._parameters  # type: ignore[union-attr]
+        if out._forward_hooks or out._forward_pre_hooks or "weight" not in lin:  # type: ignore[union-attr]
+            mixed = F.glu(out(g), dim=-1)  # type: ignore[misc]
+        else:
+            mixed = F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1)
         # an identity dropout is still a call per layer: a short round makes a few hundred
-        return self.drop(mixed) if self.training and self.drop.p > 0 else mixed
+        drop = mods["drop"]
+        return drop(mixed) if self.training and drop.p > 0 else mixed  # type: ignore[misc,union-attr]
 
     def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
@@ -72,26 +85,21 @@ class SSMBlock(nn.Module):
     def _native(
         self, x: Tensor, state: Tensor | None, return_state: bool, at: int | None
     ) -> tuple[Tensor, Tensor | None]:
-        # the modules' dicts, not attributes: a layer call of one step is a few tens of microseconds in all,
-        # each Module.__getattr__ a few hundred nanoseconds, and the AR-SSM makes 4,704 such calls an image
-        mods = self._modules
-        norm, out = mods["norm"], mods["out"]
+        mods = self._modules  # (see _mix: no Module.__getattr__ on this path)
+        norm = mods["norm"]
         ln = (norm._parameters["weight"], norm._parameters["bias"], norm.eps)  # type: ignore[union-attr]
         # g: GELU(S4D(LayerNorm(x))) (B, T, H), in one native call
         g, nxt = mods["ssm"].scan(x, state, return_state, at, norm=ln, gelu=True)  # type: ignore[union-attr,operator]
-        lin = out._parameters  # type: ignore[union-attr]
-        hooked = bool(out._forward_hooks or out._forward_pre_hooks) or "weight" not in lin  # e.g. parametrised
-        if hooked or (self.training and mods["drop"].p > 0):
-            return x + self._mix(g, activated=True), nxt  # the module calls: its hooks, its dropout
-        return x + F.glu(F.linear(g, lin["weight"], lin["bias"]), dim=-1), nxt  # (B, T, H)
+        return x + self._mix(g, activated=True), nxt  # (B, T, H)
 
     def forward(
         self, x: Tensor, state: Tensor | None, lengths: Tensor | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
-        if self.ssm.runs_short(x.shape[1], lengths) and self._fused(x, x.shape[1], state):
+        short = self.ssm.runs_short(x.shape[1], lengths)
+        if short and self._fused(x, x.shape[1], state):
             return self._native(x, state, return_state, lengths)  # type: ignore[arg-type]
         n = self.norm(x)  # (B, T, H)
-        if self.ssm.runs_short(x.shape[1], lengths):  # channels first: one layout change in, one out
+        if short:  # channels first: one layout change in, one out
             y, nxt = self.ssm.short(n.permute(2, 0, 1), state, return_state, lengths)  # type: ignore[arg-type]
             return x + self._mix(y.permute(1, 2, 0).contiguous()), nxt  # (B, T, H)
         y, nxt = self.ssm(n.transpose(1, 2), state, lengths=lengths, return_state=return_state)  # (B, H, T)

@@ -425,18 +425,18 @@ class RedisStore:
         try:
             return await call
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, (RedisConnectionError, OSError)):  # not an error reply, nor a slow script
-                await self._drop_idle_connections()
+            await self._after_error(exc)
             raise StoreUnavailable(f"session store unreachable: {exc.__class__.__name__}: {exc}") from exc
 
-    async def _drop_idle_connections(self) -> None:
-        """After a connection failure, close the pool's idle connections: if Redis restarted, every one of
-        them is dead and would fail its next command once (commands are never resent, see __init__), so a
-        server that had several open would keep failing requests after Redis is back.  (A connection
-        checked out between this call and its closing would fail its command: that takes a connection
-        error to begin with, when requests are failing anyway.)"""
+    async def _after_error(self, exc: BaseException) -> None:
+        """After a connection failure (not an error reply, nor a slow script), close the pool's idle
+        connections: if Redis restarted, every one of them is dead and would fail its next command once
+        (commands are never resent, see __init__), so a server that had several open would keep failing
+        requests after Redis is back.  (A connection checked out between this call and its closing
+        would fail its command: that takes a connection error to begin with, when requests are failing
+        anyway.)"""
         pool = getattr(self.client, "connection_pool", None)  # a Cluster client reconnects per node itself
-        if pool is not None:
+        if isinstance(exc, (RedisConnectionError, OSError)) and pool is not None:
             try:
                 await pool.disconnect(inuse_connections=False)
             except (RedisError, OSError):
@@ -512,8 +512,7 @@ class RedisStore:
         try:
             return bool(await self.client.ping())
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            if isinstance(exc, (RedisConnectionError, OSError)):
-                await self._drop_idle_connections()
+            await self._after_error(exc)
             return False
 
     async def close(self) -> None:
