@@ -11,6 +11,8 @@ Networks (names from the paper):
               (posterior="smoothing" adds a backward stack: q_psi(z_t | x_1:T); training and bounds only;
                posterior="split" trains with the causal form over the prompt, the smoothing one after)
     decoder   f_dec (phi):   z_1:t        -> logits of p_phi(x_t | z_1:t)        (B, T, V)
+              (decoder_tokens=True: also x_1:s, the tokens before the current block, EMPTY inside
+               it: p_phi(x_t | z_1:t, x_1:s); s = 0 in one pass, so one-pass sampling is unchanged)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
 
@@ -74,6 +76,7 @@ class VSSMConfig:
     dropout: float = 0.0  # dropout inside blocks, training only
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
+    decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
 
     def __post_init__(self) -> None:
         check_config(
@@ -138,7 +141,10 @@ class VSSM(SequenceModel):
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
         self.encoder_bwd = SSMNet(enc) if config.posterior != "causal" else None
-        self.decoder = SSMNet(SSMNetConfig(n_in=ZK, n_out=V, tokens=False, layers=config.dec_layers, **common))
+        # with decoder_tokens the input is [one-hot z_t, one-hot token]: the token is x_t where x_t was
+        # observed or absorbed before the current block, EMPTY where it is being drawn (_dec_in)
+        dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
+        self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
     @property
@@ -181,6 +187,18 @@ class VSSM(SequenceModel):
         Z, K = self.config.n_latents, self.config.n_classes
         return (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)
 
+    def _dec_in(self, z: Tensor, x: Tensor | None = None) -> Tensor:
+        """The decoder's input ``(B, n, I)`` from one-hot latents ``z`` ``(B, n, Z*K)`` and, for a
+        model with ``decoder_tokens``, the tokens it reads ``x`` ``(B, n)`` (None: all EMPTY).
+
+        A token is only ever read at a position the decoder is not predicting: the outputs over
+        absorbed or observed tokens advance a state and are discarded (or scored only past a prompt)."""
+        if not self.config.decoder_tokens:
+            return z
+        if x is None:
+            x = torch.full(z.shape[:2], self.empty_token, device=z.device)
+        return torch.cat([z, F.one_hot(x, self.config.vocab_size + 1).to(z.dtype)], -1)
+
     @staticmethod
     def _xent(x_logits: Tensor, x: Tensor) -> Tensor:
         """``-log p(x_t | .)`` of every step, ``(B, T)``, from the decoder's logits ``(B, T, V)``."""
@@ -215,7 +233,9 @@ class VSSM(SequenceModel):
         prompt = self._prompt_mask(prompt_lengths, T)  # (B, T)
         log_q = self._posterior_log_probs(x, prompt if self.config.posterior == "split" else None)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K) one-hot
-        x_logits = self.decoder(z, return_state=False)[0]  # (B, T, V)
+        # the unprompted one-pass ELBO: every token the decoder reads is EMPTY (with decoder_tokens,
+        # reading the prompt would score tokens it reads; prompts train the partial encoder here)
+        x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
         kl = self._kl_to_prior(log_q).sum(-1)  # (B,)
 
@@ -259,13 +279,13 @@ class VSSM(SequenceModel):
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
         if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
-            x_logits = self.decoder(z, return_state=False)[0]  # (B, T, V)
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
             log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
         else:
             log_obs, log_gen = self._block_priors(x, c)
             z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
-            x_logits = self.decoder.forward_blocks(z_abs, z, c)[1]  # (B, T, V)
+            x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
@@ -314,7 +334,8 @@ class VSSM(SequenceModel):
             lq, lg = log_q.repeat(g, 1, 1, 1), log_gen.repeat(g, 1, 1, 1)  # (g*B, T, Z, K)
             z = positional_draw(lq, keys, STREAM_LATENT)  # (g*B, T, Z)
             z_abs = positional_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
-            x_logits = self.decoder.forward_blocks(self._one_hot(z_abs), self._one_hot(z), c)[1]  # (g*B, T, V)
+            z_in, abs_in = self._dec_in(self._one_hot(z)), self._dec_in(self._one_hot(z_abs), x.repeat(g, 1))
+            x_logits = self.decoder.forward_blocks(abs_in, z_in, c)[1]  # (g*B, T, V)
             log_px = -self._xent(x_logits, x.repeat(g, 1)).sum(-1)  # (g*B,)
             zi = z[..., None]  # (g*B, T, Z, 1)
             log_ratio = (lg.gather(-1, zi) - lq.gather(-1, zi)).sum((-1, -2, -3))  # (g*B,)
@@ -329,7 +350,7 @@ class VSSM(SequenceModel):
         x = self._scored(x, 0)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = positional_draw(log_q, sequence_seeds(x, seed), STREAM_LATENT)  # (B, T, Z)
-        x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
+        x_logits = self.decoder(self._dec_in(self._one_hot(z)), return_state=False)[0]  # (B, T, V)
         return self._xent(x_logits, x), self._kl_to_prior(log_q)
 
     @torch.no_grad()
@@ -353,9 +374,8 @@ class VSSM(SequenceModel):
         T = x.shape[1]
         C = prompt_len
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        xbar = torch.where(torch.arange(T, device=x.device)[None, :] < C, x, self.empty_token)  # (B, T)
         if C > 0:
-            t = torch.arange(T, device=x.device)
-            xbar = torch.where(t[None, :] < C, x, self.empty_token)  # (B, T)
             log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         else:
             log_w = torch.full_like(log_q, -math.log(self.config.n_classes))  # the uniform prior
@@ -364,7 +384,8 @@ class VSSM(SequenceModel):
         weights = []
         for k in range(samples):
             z = positional_draw(proposal, row_seed + k, STREAM_LATENT)  # (B, T, Z)
-            x_logits = self.decoder(self._one_hot(z), return_state=False)[0]  # (B, T, V)
+            # the decoder reads the prompt's tokens as an append absorbs them; only steps past it are scored
+            x_logits = self.decoder(self._dec_in(self._one_hot(z), xbar), return_state=False)[0]  # (B, T, V)
             log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
             zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
             log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
@@ -528,7 +549,7 @@ class VSSM(SequenceModel):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
         z = self._sample_latents(logits, state, m, temperature, observed, u=u_lat[:, :m])  # (B, m, Z)
-        x_logits = self.decoder(self._one_hot(z), state["dec"], return_state=False)[0]  # (B, m, V)
+        x_logits = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
@@ -542,7 +563,8 @@ class VSSM(SequenceModel):
             logits = self._latent_logits(out)  # (B, m + nxt, Z, K)
             z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
             z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
-            x_logits, dec_abs = self.decoder(self._one_hot(torch.cat([z_abs, z], 1)), dec_abs, lengths=m)
+            dec_in = self._dec_in(self._one_hot(torch.cat([z_abs, z], 1)), x_in)  # (B, m + nxt, I)
+            x_logits, dec_abs = self.decoder(dec_in, dec_abs, lengths=m)
             tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
             if scores is not None:
                 scores.append(x_logits[:, m:].log_softmax(-1))
@@ -554,7 +576,7 @@ class VSSM(SequenceModel):
         m = ms[fused - 1]
         out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
-        _, dec_abs = self.decoder(self._one_hot(z_abs), dec_abs)
+        _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens[-1]), dec_abs)
         everyone = torch.ones_like(observed)
         state = state.evolve(
             position=state.position + span, dec=dec_abs, dec_abs=dec_abs, par=par, gen=par, observed=everyone
@@ -593,7 +615,7 @@ class VSSM(SequenceModel):
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         z = self._sample_latents(z_logits, state, m, temperature, observed)  # (B, m, Z)
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
-        x_logits, dec = self.decoder(self._one_hot(z), state["dec"], return_state=keep)  # (B, m, V)
+        x_logits, dec = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
         tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
         if scores is not None:
@@ -607,7 +629,7 @@ class VSSM(SequenceModel):
         out, par = self.partial_encoder(tokens, state["par"])  # (B, m, Z*K)
         everyone = torch.ones_like(observed)
         z_abs = self._sample_latents(self._latent_logits(out), state, m, 1.0, everyone, STREAM_ABSORB)  # (B, m, Z)
-        _, dec_abs = self.decoder(self._one_hot(z_abs), state["dec_abs"])
+        _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens), state["dec_abs"])
         # 4. where a block ends, the next block starts from what was absorbed.
         e = ends[:, None, None, None]
         return tokens, state.evolve(
@@ -625,7 +647,7 @@ class VSSM(SequenceModel):
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
         z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
-        _, dec = self.decoder(self._one_hot(z), state["dec_abs"])
+        _, dec = self.decoder(self._dec_in(self._one_hot(z), tokens), state["dec_abs"])
         return state.evolve(
             position=state.position + n,
             dec=dec,

@@ -53,6 +53,7 @@ def family(request) -> str:
 # Variants that change a family's layers run through the same contract tests: id -> (family, overrides)
 VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
+    "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

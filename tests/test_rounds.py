@@ -56,8 +56,9 @@ def assert_states_close(a: model.GenState | None, b: model.GenState | None) -> N
 @pytest.mark.parametrize("c", [1, 3, 8, 40])
 @pytest.mark.parametrize("C", [0, 5])
 @pytest.mark.parametrize("resumable", [True, False])
-def test_fused_rounds_equal_the_reference_from_any_state(c, C, resumable, monkeypatch):
-    m = tiny_model("vssm", max_position=200)
+@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
+def test_fused_rounds_equal_the_reference_from_any_state(c, C, resumable, tokens, monkeypatch):
+    m = tiny_model("vssm", max_position=200, decoder_tokens=tokens)
     prompt = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C))
     for skip in (0, 1, c - 1 if c > 1 else 0):  # start at, just after or just before a boundary
         state = m.start(prompt, 7)
@@ -84,7 +85,7 @@ def test_fused_rounds_over_serialised_states_equal_one_call(monkeypatch):
 
 def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone():
     """Rows sharing a block size and phase run fused together, with their own seeds, prompts and temperatures."""
-    m = tiny_model("vssm", max_position=100)
+    m = tiny_model("vssm", max_position=100, decoder_tokens=True)
     prompts = [torch.randint(0, V, (1, 5), generator=torch.Generator().manual_seed(s)) for s in range(3)]
     seeds, temps = [1, 2, 3], [1.0, 0.5, 0.0]
     states = model.GenState.cat([m.start(p, s) for p, s in zip(prompts, seeds, strict=True)])
