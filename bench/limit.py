@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def _unprompted(m: VSSM, batch: int, T: int, repeats: int) -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     z = torch.randint(0, m.config.n_classes, (batch, T, m.config.n_latents), generator=g)
-    onehot = m._one_hot(z)  # (B, T, Z*K)
+    onehot = m._dec_in(m._one_hot(z))  # (B, T, I): the decoder's input, tokens (if it reads them) EMPTY
     zero = m.decoder.initial_state(batch)  # (B, L, H, N)
     t = measure_interleaved(
         {
@@ -54,7 +54,7 @@ def _prompted(m: VSSM, batch: int, prompt_length: int, n: int, repeats: int) -> 
     prompt = torch.randint(0, m.vocab_size, (batch, prompt_length), generator=g)
     state = m.start(prompt, list(range(batch)))
     empties = torch.full((batch, n), m.empty_token)
-    onehot = m._one_hot(torch.randint(0, m.config.n_classes, (batch, n, m.config.n_latents), generator=g))
+    onehot = m._dec_in(m._one_hot(torch.randint(0, m.config.n_classes, (batch, n, m.config.n_latents), generator=g)))
     tokens = torch.randint(0, m.vocab_size, (batch, n), generator=g)
 
     def passes() -> None:

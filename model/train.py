@@ -284,6 +284,9 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     seq_len = ds.max_position or cfg.seq_len
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.family, model_config(cfg)).to(device)
+    if getattr(model.config, "decoder_tokens", False) and not any(c < seq_len for c in cfg.block_choices()):
+        # one-pass training feeds the decoder EMPTYs only: its token weights would stay at their init
+        raise ValueError("decoder_tokens trains with block sampling: give --block-sizes with a size below the length")
     if cfg.init_from:
         _init_from(model, cfg.init_from)
     model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it

@@ -12,7 +12,8 @@ Networks (names from the paper):
                posterior="split" trains with the causal form over the prompt, the smoothing one after)
     decoder   f_dec (phi):   z_1:t        -> logits of p_phi(x_t | z_1:t)        (B, T, V)
               (decoder_tokens=True: also x_1:s, the tokens before the current block, EMPTY inside
-               it: p_phi(x_t | z_1:t, x_1:s); s = 0 in one pass, so one-pass sampling is unchanged)
+               it: p_phi(x_t | z_1:t, x_1:s); unprompted one-pass sampling has s = 0, the paper's model;
+               trained with block sampling only, where the decoder learns to read tokens)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
 

@@ -332,6 +332,35 @@ def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
     assert abs(float(train - keyed)) < 0.05
 
 
+@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
+def test_block_training_loss_decodes_every_block_from_its_definition(tokens, monkeypatch):
+    """On fixed latent draws the training loss's reconstruction is every block decoded from the
+    zero state over the absorbed latents (and, with decoder_tokens, the tokens) before it, then the
+    block's own latents over EMPTYs: the exact term, where the Gumbel-average test above is loose."""
+    from vssm.model import vssm as vssm_module
+
+    m = tiny_model("vssm", max_position=13, decoder_tokens=tokens)
+    draws: list[torch.Tensor] = []
+
+    def mode(log_p: torch.Tensor, tau: float) -> torch.Tensor:  # a deterministic draw: the mode
+        draws.append(log_p.argmax(-1))
+        return torch.nn.functional.one_hot(draws[-1], log_p.shape[-1]).to(log_p.dtype)
+
+    monkeypatch.setattr(vssm_module, "straight_through_gumbel", mode)
+    x = torch.randint(0, V, (2, 13), generator=torch.Generator().manual_seed(4))
+    c = 4
+    rec = m.loss(x, block_size=c).reconstruction
+    z, z_abs = draws  # (B, T, Z) each: the posterior's, then the absorbed latents
+    expected = torch.zeros(2, dtype=F64)
+    for s in range(0, 13, c):
+        e = min(s + c, 13)
+        zs = torch.cat([z_abs[:, :s], z[:, s:e]], 1)
+        read = torch.cat([x[:, :s], torch.full((2, e - s), m.empty_token)], 1)
+        logits = m.decoder(dec_in(m, zs, read), return_state=False)[0][:, s:e]  # (B, e - s, V)
+        expected += torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, s:e], reduction="none").sum(-1)
+    torch.testing.assert_close(rec, expected, rtol=1e-9, atol=1e-9)
+
+
 # ----- the measured curve (vssm eval --block-sizes) ----------------------------------------------------
 @pytest.mark.slow
 def test_block_curve_reports_the_bound_time_and_judged_samples_per_block_size():

@@ -83,9 +83,10 @@ def test_fused_rounds_over_serialised_states_equal_one_call(monkeypatch):
     assert torch.equal(torch.cat(parts, 1), whole)
 
 
-def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone():
+@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
+def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone(tokens):
     """Rows sharing a block size and phase run fused together, with their own seeds, prompts and temperatures."""
-    m = tiny_model("vssm", max_position=100, decoder_tokens=True)
+    m = tiny_model("vssm", max_position=100, decoder_tokens=tokens)
     prompts = [torch.randint(0, V, (1, 5), generator=torch.Generator().manual_seed(s)) for s in range(3)]
     seeds, temps = [1, 2, 3], [1.0, 0.5, 0.0]
     states = model.GenState.cat([m.start(p, s) for p, s in zip(prompts, seeds, strict=True)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -81,6 +82,17 @@ def test_vssm_trains_with_an_average(tmp_path, mnist):
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"val_nll", "val_raw_nll", "val_kl", "val_raw_kl"} <= set(record)
     assert load_checkpoint(out / "model.safetensors").family == "vssm"
+
+
+def test_a_decoder_that_reads_tokens_trains_with_blocks_only(tmp_path, mnist):
+    """One-pass training shows the decoder EMPTYs only: its token weights would never move."""
+    base = dataclasses.replace(config(tmp_path / "one-pass", 2, family="vssm"), overrides='{"decoder_tokens": true}')
+    for sizes in ("", "784"):
+        with pytest.raises(ValueError, match="decoder_tokens"):
+            train(dataclasses.replace(base, block_sizes=sizes), mnist)
+    out = tmp_path / "blocks"
+    train(dataclasses.replace(base, out=str(out), block_sizes="28,784"), mnist)  # a block below the length: fine
+    assert load_checkpoint(out / "model.safetensors").config.decoder_tokens
 
 
 @pytest.mark.slow

@@ -166,7 +166,11 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
     joint, elbo = [], torch.zeros(B, dtype=m.dtype)
     for seq in itertools.product(range(K), repeat=T):
         z = torch.tensor(seq).expand(B, T)[..., None]  # (B, T, 1)
-        x_logits = m.decoder(m._one_hot(z))[0]  # (B, T, V)
+        read = xbar if C > 0 else torch.full_like(x, m.empty_token)  # the tokens the decoder reads
+        zh = torch.nn.functional.one_hot(z, K).to(m.dtype).flatten(-2)  # (B, T, K)
+        if m.config.decoder_tokens:
+            zh = torch.cat([zh, torch.nn.functional.one_hot(read, m.vocab_size + 1).to(m.dtype)], -1)
+        x_logits = m.decoder(zh)[0]  # (B, T, V)
         log_px = x_logits.log_softmax(-1).gather(-1, x[..., None])[:, C:, 0].sum(-1)  # (B,)
         log_pz = log_w.gather(-1, z)[..., 0]  # (B, T)
         joint.append(log_px + log_pz.sum(-1))
@@ -175,12 +179,14 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
     return -torch.logsumexp(torch.stack(joint), 0), -elbo
 
 
-@pytest.mark.parametrize("posterior", ["causal", "smoothing", "split"])
+@pytest.mark.parametrize(
+    ("posterior", "tokens"), [("causal", False), ("smoothing", False), ("split", False), ("smoothing", True)]
+)
 @pytest.mark.parametrize("C", [0, 1])
-def test_bounds_match_their_exact_values_for_every_posterior(posterior, C):
+def test_bounds_match_their_exact_values_for_every_posterior(posterior, tokens, C):
     """Single draws average to the exact ELBO, many importance draws close in on the exact NLL
-    (both enumerated), unprompted and prompted."""
-    m = tiny_model("vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior)
+    (both enumerated), unprompted and prompted; a decoder that reads tokens reads the prompt's."""
+    m = tiny_model("vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior, decoder_tokens=tokens)
     x = torch.randint(0, 2, (4, 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         nll, nelbo = _exact(m, x, C)
@@ -193,6 +199,30 @@ def test_bounds_match_their_exact_values_for_every_posterior(posterior, C):
     # log K, a prior term counted twice) would be off by a nat or more
     torch.testing.assert_close(singles.mean(0), nelbo, atol=0.1, rtol=0)
     torch.testing.assert_close(iw, nll, atol=0.1, rtol=0)
+
+
+def test_prompted_bound_decodes_past_the_prompt_over_its_tokens():
+    """A decoder that reads tokens reads the prompt's where the bound draws the prompt's latents from
+    the partial encoder (as an append absorbs a prompt), and EMPTYs after it: one draw's weight
+    rebuilt from that definition with the same keyed latents.  (The enumerated test above cannot
+    tell: on its tiny decoder a prompt token moves the later steps by less than its tolerance.)"""
+    from vssm.model.sampling import STREAM_LATENT, positional_draw, sequence_seeds
+
+    m = tiny_model("vssm", decoder_tokens=True)
+    x = torch.randint(0, m.vocab_size, (3, 9), generator=torch.Generator().manual_seed(3))
+    C, nn_f = 4, torch.nn.functional
+    w = m.log_weights(x, prompt_len=C, samples=1, seed=5)[0]  # (B,)
+    xbar = torch.where(torch.arange(9)[None, :] < C, x, m.empty_token)
+    log_w = m._latent_logits(m.partial_encoder(xbar)[0]).log_softmax(-1)  # (B, T, Z, K)
+    log_q = m._posterior_log_probs(x)
+    proposal = torch.cat([log_w[:, :C], log_q[:, C:]], 1)
+    z = positional_draw(proposal, sequence_seeds(x, 5), STREAM_LATENT)  # (B, T, Z)
+    zh = nn_f.one_hot(z, m.config.n_classes).to(m.dtype).flatten(-2)
+    x_logits = m.decoder(torch.cat([zh, nn_f.one_hot(xbar, m.vocab_size + 1).to(m.dtype)], -1))[0]
+    log_px = -nn_f.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")[:, C:].sum(-1)
+    zc = z[:, C:, :, None]
+    ratio = (log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)).sum((-1, -2, -3))
+    torch.testing.assert_close(w, log_px + ratio, rtol=1e-10, atol=1e-10)
 
 
 def test_smoothing_posterior_reads_the_future_and_causal_does_not():
