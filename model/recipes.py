@@ -92,7 +92,7 @@ _RECIPES = [
             "the fastest block within 3 nats of block 1; 784 is one fast pass."
         ),
         limitations=(
-            "At block 28 its bound is 1.19 times the AR-SSM's exact NLL (block 1: 1.14 times, at 20 times the "
+            "At block 28 its bound is 1.19 times the AR-SSM's exact NLL (block 1: 1.14 times, at 28 times the "
             "rounds). As served (observation temperature 0.5) the digit judge is confident of 75% of its samples "
             "(the AR-SSM's: 80%), with 1s and 9s more often than 2s, 3s and 5s (class entropy 2.10 nats against "
             "2.30); of the model's own samples, 58%.",
