@@ -113,7 +113,7 @@ _RECIPES = [
         default_block_size=28,
         note=(
             "Trained in one run with --budget-minutes 0 --budget-cpu-minutes 39 (the CPU time the baselines had) "
-            "beside a second training run: 3,120 steps in 47 wall-clock minutes "
+            "beside a second training run: 3,120 steps in 43 wall-clock minutes "
             "(docs/experiments/blocks.md, eighth session)."
         ),
         # chosen on held-out seeds: the confident share and the class balance cross here (blocks.md)

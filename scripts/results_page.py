@@ -155,7 +155,8 @@ def dataset_section(
         if own and r_served is not None:
             L += [
                 f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, pixels",
-                "given them the most likely ones when 0; docs/api.md). The last two columns are the same seeds",
+                f"given them at temperature {r_served:g}, the most likely ones at 0; docs/api.md). The last two",
+                "columns are the same seeds",
                 "drawn from the model's own distribution (observation temperature 1), the one the bound is of.",
                 "",
             ]
