@@ -68,9 +68,12 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         out.append(_metric("prompted_nll_half", half["nats_per_sequence"], "nats per sequence", note))
     gen = evaluation.get("generation_seconds") or {}
     if "batch_1" in gen:
-        how = "one parallel pass" if samples_in_one_pass(evaluation.get("family", "")) else "token by token"
-        if how == "one parallel pass" and default_block_size:  # vssm eval times the model as served
+        if not samples_in_one_pass(evaluation.get("family", "")):
+            how = "token by token"
+        elif default_block_size:  # vssm eval times the model as served
             how = f"block sampling at the default block {default_block_size}"
+        else:
+            how = "one parallel pass"
         note = f"{gen.get('length', T)} tokens, {how}"
         out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
         out.append(

@@ -196,9 +196,12 @@ class VSSM(SequenceModel):
         absorbed or observed tokens advance a state and are discarded (or scored only past a prompt)."""
         if not self.config.decoder_tokens:
             return z
-        if x is None:
-            x = torch.full(z.shape[:2], self.empty_token, device=z.device)
-        return torch.cat([z, F.one_hot(x, self.config.vocab_size + 1).to(z.dtype)], -1)
+        if x is None:  # all EMPTY, the one-hot of the last class: no one_hot (it checks its input's range)
+            tok = z.new_zeros(*z.shape[:2], self.config.vocab_size + 1)  # (B, n, V+1)
+            tok[..., -1] = 1.0
+        else:
+            tok = F.one_hot(x, self.config.vocab_size + 1).to(z.dtype)  # (B, n, V+1)
+        return torch.cat([z, tok], -1)
 
     @staticmethod
     def _xent(x_logits: Tensor, x: Tensor) -> Tensor:

@@ -40,6 +40,15 @@ TINY = {
 LATENT = ("vssm", "tvae", "vrnn")
 
 
+def decoder_input(m: model.VSSM, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A VSSM decoder's input from its definition: one-hot latents ``z`` ``(B, n, Z)``, and for a
+    model with ``decoder_tokens`` the one-hot tokens ``x`` ``(B, n)`` it reads (EMPTY where it draws)."""
+    zh = torch.nn.functional.one_hot(z, m.config.n_classes).to(m.dtype).flatten(-2)  # (B, n, Z*K)
+    if not m.config.decoder_tokens:
+        return zh
+    return torch.cat([zh, torch.nn.functional.one_hot(x, m.vocab_size + 1).to(m.dtype)], -1)
+
+
 def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> model.SequenceModel:
     torch.manual_seed(seed)
     return model.build_model(family, {**TINY[family], **overrides}).to(dtype).eval()

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import V, tiny_model
+from tests.conftest import decoder_input as dec_in
 from vssm import model
 from vssm.model.network import SSMNet, SSMNetConfig
 from vssm.model.sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
@@ -68,15 +69,6 @@ def test_forward_blocks_gradients_match_the_per_block_passes():
 
 
 # ----- generation against an oracle that re-reads the prefix --------------------------------------------
-def dec_in(m: model.VSSM, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The decoder's input from its definition: one-hot latents ``z`` ``(B, n, Z)``, and for a model
-    with ``decoder_tokens`` the one-hot tokens ``x`` ``(B, n)`` it reads (EMPTY where it draws)."""
-    zh = torch.nn.functional.one_hot(z, m.config.n_classes).to(m.dtype).flatten(-2)  # (B, n, Z*K)
-    if not m.config.decoder_tokens:
-        return zh
-    return torch.cat([zh, torch.nn.functional.one_hot(x, m.vocab_size + 1).to(m.dtype)], -1)
-
-
 def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperature: float = 1.0) -> list[int]:
     """Block sampling from its definition: every block re-runs every network from the zero state."""
     K = m.config.n_classes

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import tiny_model
+from tests.conftest import decoder_input, tiny_model
 from vssm.model import VSSM, LossOutput, VSSMConfig
 from vssm.model.vssm import straight_through_gumbel
 
@@ -167,10 +167,7 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
     for seq in itertools.product(range(K), repeat=T):
         z = torch.tensor(seq).expand(B, T)[..., None]  # (B, T, 1)
         read = xbar if C > 0 else torch.full_like(x, m.empty_token)  # the tokens the decoder reads
-        zh = torch.nn.functional.one_hot(z, K).to(m.dtype).flatten(-2)  # (B, T, K)
-        if m.config.decoder_tokens:
-            zh = torch.cat([zh, torch.nn.functional.one_hot(read, m.vocab_size + 1).to(m.dtype)], -1)
-        x_logits = m.decoder(zh)[0]  # (B, T, V)
+        x_logits = m.decoder(decoder_input(m, z, read))[0]  # (B, T, V)
         log_px = x_logits.log_softmax(-1).gather(-1, x[..., None])[:, C:, 0].sum(-1)  # (B,)
         log_pz = log_w.gather(-1, z)[..., 0]  # (B, T)
         joint.append(log_px + log_pz.sum(-1))
@@ -217,8 +214,7 @@ def test_prompted_bound_decodes_past_the_prompt_over_its_tokens():
     log_q = m._posterior_log_probs(x)
     proposal = torch.cat([log_w[:, :C], log_q[:, C:]], 1)
     z = positional_draw(proposal, sequence_seeds(x, 5), STREAM_LATENT)  # (B, T, Z)
-    zh = nn_f.one_hot(z, m.config.n_classes).to(m.dtype).flatten(-2)
-    x_logits = m.decoder(torch.cat([zh, nn_f.one_hot(xbar, m.vocab_size + 1).to(m.dtype)], -1))[0]
+    x_logits = m.decoder(decoder_input(m, z, xbar))[0]  # (B, T, V)
     log_px = -nn_f.cross_entropy(x_logits.transpose(1, 2), x, reduction="none")[:, C:].sum(-1)
     zc = z[:, C:, :, None]
     ratio = (log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)).sum((-1, -2, -3))
