@@ -8,12 +8,14 @@
   background load hits every entry alike; the ratios to the AR-SSM are what the suite reports,
   and for blocks up to 56 the ratio of fused rounds to the block-by-block path.
 
-Timing does not depend on the weights' values, so the matched random-weight models of the suite are
-timed; the MNIST VSSM preset's generation networks have the same shapes as the bundled ones.
+Timing does not depend on the weights' values, so random-weight models are timed: the suite's
+matched baselines, and a VSSM of the served block model's shapes (``bench.common.with_block_vssm``:
+the ``mnist-vssm-blocks`` recipe, whose decoder reads the tokens before each block).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -50,7 +52,13 @@ def _from(m: model.SequenceModel, batch: int, position: int) -> model.GenState:
 @torch.no_grad()
 def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str, Any]:
     T = s.blocks_length
-    out: dict[str, Any] = {"length": T, "round_position": 64, "rounds": {}, "sequence": {}}
+    out: dict[str, Any] = {
+        "length": T,
+        "round_position": 64,
+        "vssm_config": dataclasses.asdict(models["vssm"].config),  # the shapes timed (the served block model's)
+        "rounds": {},
+        "sequence": {},
+    }
     # round latency against n, every family side by side
     states = {f: _from(m, 1, 64) for f, m in models.items()}
     for n in s.round_ns:

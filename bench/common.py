@@ -21,8 +21,10 @@ import torch
 
 from vssm import model
 from vssm.model.presets import preset_config
+from vssm.model.recipes import RECIPES
 
 __all__ = [
+    "BLOCK_RECIPE",
     "FAMILIES",
     "FULL",
     "LABELS",
@@ -37,6 +39,7 @@ __all__ = [
     "measure_interleaved",
     "parameter_counts",
     "unprompted",
+    "with_block_vssm",
 ]
 
 log = logging.getLogger(__name__)
@@ -181,6 +184,27 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warm
 def matched_configs() -> dict[str, dict[str, Any]]:
     """The MNIST ``small`` preset of every family: baselines matched to the VSSM's generation params."""
     return {f: preset_config("mnist", f, "small") for f in FAMILIES}
+
+
+BLOCK_RECIPE = "mnist-vssm-blocks"  # served at a block size: the blocks and rounds parts time its shapes
+
+
+def block_config() -> dict[str, Any]:
+    """The served block model's architecture: the MNIST ``small`` preset plus its recipe's overrides."""
+    overrides = RECIPES[BLOCK_RECIPE].train.get("overrides", {})
+    return {**preset_config("mnist", "vssm", "small"), **overrides}
+
+
+def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> dict[str, model.SequenceModel]:
+    """``models`` with the VSSM replaced by a random-weight one of the served block model's shapes.
+
+    The one-pass parts time the ``small`` preset (the one-pass VSSMs' shapes); block sampling is
+    served by ``mnist-vssm-blocks``, whose split of layers (decoder 4, partial encoder 3) and decoder
+    input (the tokens before the block) differ, and whose rounds are what the speed targets count.
+    """
+    cfg = {**block_config(), "max_position": None}
+    torch.manual_seed(seed)
+    return {**models, "vssm": model.build_model("vssm", cfg).eval()}
 
 
 def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int = 0) -> dict[str, model.SequenceModel]:

@@ -410,6 +410,13 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         "four passes; the baselines: n recurrent steps); ms, median, side by side.",
         "",
     ]
+    vc = bl.get("vssm_config")
+    if vc:
+        L += [
+            f"The VSSM here has the served block model's shapes (decoder {vc['dec_layers']}, partial encoder "
+            f"{vc['par_layers']}{', reading the tokens before each block' if vc.get('decoder_tokens') else ''}).",
+            "",
+        ]
     families = list(next(iter(bl["rounds"].values())))
     L += _table(
         ["n", *[LABELS[f] for f in families]],

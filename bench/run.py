@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from .blocks import run_blocks
-from .common import FULL, QUICK, build_models, machine_info, matched_configs, parameter_counts
+from .common import FULL, QUICK, build_models, machine_info, matched_configs, parameter_counts, with_block_vssm
 from .generation import run_generation
 from .limit import run_limit
 from .report import table1_lines, write_markdown, write_plots
@@ -97,9 +97,9 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
         if part == "serving":
             results[part] = run_serving(s.mode == "quick", machine["threads"])
         elif part == "blocks":
-            results[part] = run_blocks(models, s)
+            results[part] = run_blocks(with_block_vssm(models), s)
         else:
-            results[part] = run_rounds(models["vssm"], s, s.mode == "quick", _ar_net(models))  # type: ignore[arg-type]
+            results[part] = run_rounds(with_block_vssm(models)["vssm"], s, s.mode == "quick", _ar_net(models))  # type: ignore[arg-type]
         machine["load_average_end"] = list(os.getloadavg())
         results["elapsed_s"] = time.perf_counter() - t0
         out.write_text(json.dumps(results, indent=1) + "\n")
@@ -109,8 +109,9 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
     results["resume"] = run_resume(models, s)
     results["table1"] = run_table1(models, results, s)  # reads parts 1 and 3
-    results["blocks"] = run_blocks(models, s)
-    results["rounds"] = run_rounds(models["vssm"], s, s.mode == "quick", _ar_net(models))  # type: ignore[arg-type]
+    block_models = with_block_vssm(models)  # parts 7 and 8 time the served block model's shapes
+    results["blocks"] = run_blocks(block_models, s)
+    results["rounds"] = run_rounds(block_models["vssm"], s, s.mode == "quick", _ar_net(models))  # type: ignore[arg-type]
     results["serving"] = run_serving(s.mode == "quick", machine["threads"])
     results["training"] = run_training(configs, s)
     results["ssm_parallel_mode"] = run_scan(quick=s.mode == "quick")
