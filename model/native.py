@@ -1,8 +1,10 @@
 """Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
-csrc/s4d_block.c) and the keyed uniforms of model/sampling.py (csrc/keyed.c).
+csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
+head: :func:`net`) and the keyed uniforms of model/sampling.py (csrc/keyed.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
+    L  layers     O  a network's outputs
 
 Why a kernel: at batch 1 a short pass as matrices (``S4D.short``) is a matrix-vector product per
 channel whose matrix is ``(T + 2N) x T``, read from memory for one multiply-add per element; the
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "weights"]
+__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "weights"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ MAX_MODES = 256  # the kernel keeps a block of channels' state on the stack: 2 x
 _lib: ctypes.CDLL | None = None
 _tried = False
 _L, _P, _D, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
-_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P]
+_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P, _L]
+_NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -123,6 +126,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("s4d_block_f32", "s4d_block_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _ARGTYPES, None
+        for name in ("ssm_net_f32", "ssm_net_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _NET_ARGTYPES, None
         for name in ("keyed_uniforms_f32", "keyed_uniforms_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _KEYED_ARGTYPES, None
@@ -198,9 +204,61 @@ def _block(
         Bsz, H, N, T, at, x.data_ptr(), x.stride(0), x.stride(1),
         None if ln_w is None else ln_w.data_ptr(), None if ln_b is None else ln_b.data_ptr(), eps,
         None if state is None else state.data_ptr(), h0_sb, w.data_ptr(), d.data_ptr(), int(gelu), out.data_ptr(),
-        None if nxt is None else nxt.data_ptr(),
+        None if nxt is None else nxt.data_ptr(), H * N * 2,
     )  # fmt: skip
     return out, nxt
+
+
+def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tuple[Tensor, Tensor]) -> Tensor:
+    """One network's weights for :func:`_net`, in csrc/s4d_block.c's order: per layer ``(ln_w, ln_b,
+    planes, D, W_out, b_out)`` (``planes`` from :func:`weights`, ``W_out`` ``(2H, H)`` as nn.Linear
+    holds it), then the final LayerNorm's ``(weight, bias)`` and the head's ``(weight (O, H), bias)``.
+    The linear weights are stored transposed, so that C's inner loop runs over outputs."""
+    parts = []
+    for ln_w, ln_b, planes, d, w_out, b_out in layers:
+        parts += [ln_w, ln_b, planes, d, w_out.t(), b_out]
+    parts += [norm[0], norm[1], head[0].t(), head[1]]
+    return torch.cat([p.detach().reshape(-1) for p in parts])
+
+
+def _net(
+    x: Tensor, state: Tensor | None, packed: Tensor, L: int, N: int, n_out: int, eps: float, at: int, return_state: bool
+) -> tuple[Tensor, Tensor | None]:
+    """A whole :class:`~model.network.SSMNet` pass after its input layer: ``x`` ``(B, T, H)`` (the
+    input layer's output) from ``state`` ``(B, L, H, N)`` complex (None: zeros) -> logits ``(B, T, O)``
+    and the state after ``at`` steps (None unless ``return_state``).  ``packed``: :func:`pack`."""
+    lib = _lib
+    assert lib is not None
+    Bsz, T, H = x.shape
+    dt = x.dtype
+    size = L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
+    ok = x.is_cpu and packed.is_cpu and packed.dtype == dt and packed.is_contiguous() and packed.numel() == size
+    if not (ok and 1 <= N <= MAX_MODES and 0 <= at <= T and dt in _COMPLEX):
+        raise ValueError(f"bad inputs for the native network pass: x {tuple(x.shape)} {dt}, pack {packed.numel()}")
+    x = x.detach().clone(memory_format=torch.contiguous_format)  # the residual stream, overwritten in C
+    cdt = _COMPLEX[dt]
+    h0_sb = 0
+    if state is not None:
+        if state.shape != (Bsz, L, H, N) or state.dtype != cdt:
+            raise ValueError(f"the state must be {(Bsz, L, H, N)} {cdt}, got {tuple(state.shape)} {state.dtype}")
+        if state.stride()[1:] != (H * N, N, 1) or not state.is_cpu or state.is_conj() or state.is_neg():
+            state = state.resolve_conj().resolve_neg().contiguous().cpu()
+        h0_sb = 2 * state.stride(0)  # in real numbers
+    fn = lib.ssm_net_f64 if dt == torch.float64 else lib.ssm_net_f32
+    scratch = torch.empty(Bsz, T, H, dtype=dt)  # (B, T, H): each layer's GELU(S4D(LayerNorm(x)))
+    logits = torch.empty(Bsz, T, n_out, dtype=dt)  # (B, T, O)
+    nxt = torch.empty(Bsz, L, H, N, dtype=cdt) if return_state else None  # (B, L, H, N)
+    fn(
+        Bsz, H, N, T, L, n_out, at, x.data_ptr(), packed.data_ptr(), eps,
+        None if state is None else state.data_ptr(), h0_sb, None if nxt is None else nxt.data_ptr(),
+        scratch.data_ptr(), logits.data_ptr(),
+    )  # fmt: skip
+    return logits, nxt
+
+
+def net() -> Callable[..., tuple[Tensor, Tensor | None]] | None:
+    """The whole-network pass (see :func:`_net`), or None where the kernels cannot be built."""
+    return _net if _load() is not None else None
 
 
 def block() -> Callable[..., tuple[Tensor, Tensor | None]] | None:

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .base import check_config
-from .ssm import S4D, SHORT, S4DConfig
+from .ssm import S4D, SHORT, S4DConfig, weights_key
 
 __all__ = ["SSMNet", "SSMNetConfig"]
 
@@ -69,6 +70,18 @@ class SSMBlock(nn.Module):
         # an identity dropout is still a call per layer: a short round makes a few hundred
         drop = mods["drop"]
         return drop(mixed) if self.training and drop.p > 0 else mixed  # type: ignore[misc,union-attr]
+
+    def plain(self) -> bool:
+        """Whether the block is the bare computation a native network pass reproduces: no hook, no
+        parametrised weight, dropout inactive (the modules' dicts: see _mix)."""
+        mods = self._modules
+        if self._forward_hooks or self._forward_pre_hooks:
+            return False
+        for name in ("norm", "out"):
+            mod = mods[name]
+            if mod._forward_hooks or mod._forward_pre_hooks or "weight" not in mod._parameters:  # type: ignore[union-attr]
+                return False
+        return not (self.training and mods["drop"].p > 0)  # type: ignore[union-attr]
 
     def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
@@ -138,6 +151,49 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
+    def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
+        """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
+        block would take its fused kernel (short, small, no gradient) and is plain, and so are the rest."""
+        blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
+        first = blocks["0"] if blocks else None
+        if first is None or not first._fused(h, T, None if state is None else state[:, 0]):  # type: ignore[union-attr,operator]
+            return False
+        if state is not None and state.shape[0] != h.shape[0]:
+            return False
+        if self._forward_hooks or self._forward_pre_hooks:
+            return False
+        for mod in (self._modules["norm"], self._modules["head"]):
+            if mod._forward_hooks or mod._forward_pre_hooks or "weight" not in mod._parameters:  # type: ignore[union-attr]
+                return False
+        eps = self._modules["norm"].eps  # type: ignore[union-attr]
+        return all(b.plain() and b._modules["norm"].eps == eps for b in blocks.values())  # type: ignore[union-attr,operator]
+
+    def _packed(self) -> Tensor:
+        """The weights of :func:`model.native.pack`, rebuilt when any of them changes (the key of
+        :func:`model.ssm.weights_key`: an optimiser step, ``load_state_dict`` or ``.to()``)."""
+        mods = self.__dict__.get("_submodules")
+        if mods is None:  # Module.parameters() walks the tree through generators: ~200 us a call
+            mods = self.__dict__["_submodules"] = list(self.modules())
+        key = weights_key([p for m in mods for p in m._parameters.values() if p is not None])
+        hit = self.__dict__.get("_pack")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        layers = []
+        for b in self.blocks:
+            scan = b.ssm._cached("scan", b.ssm._build_scan)
+            layers.append((b.norm.weight, b.norm.bias, scan["w"], scan["D"], b.out.weight, b.out.bias))
+        packed = native.pack(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
+        self.__dict__["_pack"] = (key, packed)  # a cache, not module state: never saved, never moved
+        return packed
+
+    def _native(self, h: Tensor, state: Tensor | None, at: int, return_state: bool) -> tuple[Tensor, Tensor | None]:
+        """Blocks, final norm and head over ``h`` ``(B, T, H)`` in one native call (model/native.py)."""
+        run = native.net()
+        assert run is not None
+        cfg = self.cfg
+        eps = self._modules["norm"].eps  # type: ignore[union-attr]
+        return run(h, state, self._packed(), cfg.layers, cfg.state_size, cfg.n_out, eps, at, return_state)
+
     def forward(
         self,
         x: Tensor,
@@ -155,6 +211,9 @@ class SSMNet(nn.Module):
             # (on the short path the readout is a few matmul rows, cheaper than this check's host sync)
             state = None
         h = self.inp(x)  # (B, T, H)
+        T = h.shape[1]
+        if (lengths is None or isinstance(lengths, int)) and T <= SHORT and self._native_ok(h, T, state):
+            return self._native(h, state, T if lengths is None else lengths, return_state)
         states = []
         for i, block in enumerate(self.blocks):
             h, s = block(h, None if state is None else state[:, i], lengths, return_state)
@@ -179,6 +238,9 @@ class SSMNet(nn.Module):
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """``x_t``: ``(B,)`` tokens or ``(B, I)`` vectors -> logits ``(B, O)``, next state."""
         h = self.inp(x_t)  # (B, H)
+        if self._native_ok(h[:, None], 1, state):  # a step is a pass of one: the AR-SSM gets the kernel too
+            logits, nxt = self._native(h[:, None], state, 1, True)
+            return logits[:, 0], nxt  # type: ignore[return-value]
         states = []
         for i, block in enumerate(self.blocks):
             h, s = block.step(h, state[:, i])

@@ -267,3 +267,109 @@ def test_a_hook_on_the_blocks_output_layer_still_runs_on_the_kernel_path():
         assert blk._fused(x, 2, st)
         hooked, _ = blk(x, st, None, True)
     assert seen == [(1, 2, 16)] and torch.equal(hooked, plain)
+
+
+def _per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every network pass block by block (each block's own kernel call), not as one native call."""
+    monkeypatch.setattr(SSMNet, "_native_ok", lambda self, h, T, state: False)
+
+
+@pytest.mark.parametrize("tokens", [True, False])
+@pytest.mark.parametrize(("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24)])
+@pytest.mark.parametrize("fresh", [True, False])
+def test_one_native_network_pass_equals_the_blocks_one_by_one(tokens, B, T, at, fresh, monkeypatch):
+    """The whole network in one call (csrc/s4d_block.c, NET) against its blocks called one by one, in
+    float64: logits, the state after ``at`` steps, and the recurrent step (the AR-SSM's path)."""
+    torch.manual_seed(B * 100 + T)
+    n_in = 5 if tokens else 7
+    net = SSMNet(SSMNetConfig(n_in=n_in, n_out=6, tokens=tokens, width=8, state_size=4, layers=3)).double().eval()
+    x = torch.randint(0, n_in, (B, T)) if tokens else torch.randn(B, T, n_in, dtype=F64)
+    s0 = None if fresh else torch.randn_like(net.initial_state(B))
+
+    def run() -> tuple[torch.Tensor | None, ...]:
+        with torch.no_grad():
+            y, s = net(x, s0, lengths=at)
+            y_nostate, none = net(x, s0, return_state=False)
+            y1, s1 = net.step(x[:, 0], net.initial_state(B) if s0 is None else s0)
+        return y, s, y_nostate, none, y1, s1
+
+    with torch.no_grad():
+        assert net._native_ok(net.inp(x), T, s0)
+    native_pass = run()
+    _per_block(monkeypatch)
+    for a, b in zip(native_pass, run(), strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_native_pass_follows_the_weights_and_reads_any_state_view(monkeypatch):
+    """Its packed weights are rebuilt after an in-place change (an optimiser step, a load), and a state
+    that is a strided row of a larger batch, a conjugate view or a float32 model's all read right."""
+    torch.manual_seed(1)
+    net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2)).double().eval()
+    x = torch.randint(0, 4, (1, 6))
+    big = torch.randn(3, 2, 8, 4, dtype=torch.complex128)
+    states = [big[1:2], big[2:3].conj(), big.transpose(2, 3).contiguous().transpose(2, 3)[:1]]
+    with torch.no_grad():
+        first = [net(x, s)[0] for s in states]
+        net.blocks[1].out.weight.add_(0.5)
+        net.head.bias.sub_(1.0)
+        net.blocks[0].ssm.C.mul_(2.0)
+        after = [net(x, s) for s in states]
+    assert not torch.allclose(first[0], after[0][0])
+    _per_block(monkeypatch)
+    with torch.no_grad():
+        for s, (y, h) in zip(states, after, strict=True):
+            y_ref, h_ref = net(x, s.resolve_conj().clone())
+            torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-12)
+    monkeypatch.undo()
+    net32 = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2)).eval()
+    with torch.no_grad():
+        y32, h32 = net32(x, None)
+        _per_block(monkeypatch)
+        y_ref, h_ref = net32(x, None)
+    torch.testing.assert_close(y32, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(h32, h_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_dropout_and_gradients_keep_the_blocks_one_by_one():
+    """What one native call cannot reproduce (a hook, an active dropout, a gradient) takes the block path."""
+    torch.manual_seed(2)
+    net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2, dropout=0.5)).double().eval()
+    x = torch.randint(0, 4, (1, 5))
+    h = net.inp(x).detach()
+    with torch.no_grad():
+        assert net._native_ok(h, 5, None)
+        net.train()
+        assert not net._native_ok(h, 5, None)  # dropout on
+        net.eval()
+        seen = []
+        handle = net.head.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        assert not net._native_ok(h, 5, None)
+        net(x)
+        assert seen == [(1, 5, 3)]
+        handle.remove()
+        handle = net.blocks[1].out.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        assert not net._native_ok(h, 5, None)
+        handle.remove()
+    assert not net._native_ok(h, 5, None)  # gradients enabled
+
+
+def test_the_native_pass_refuses_what_it_cannot_read_safely():
+    torch.manual_seed(0)
+    net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2)).double().eval()
+    run = native.net()
+    assert run is not None
+    h = torch.randn(1, 5, 8, dtype=F64)
+    packed = net._packed()
+    with pytest.raises(ValueError, match="native network pass"):
+        run(h, None, packed[:-1], 2, 4, 3, 1e-5, 5, True)  # a pack of the wrong size
+    with pytest.raises(ValueError, match="native network pass"):
+        run(h.float(), None, packed, 2, 4, 3, 1e-5, 5, True)  # dtypes differ
+    with pytest.raises(ValueError, match="native network pass"):
+        run(h, None, packed, 2, 4, 3, 1e-5, 6, True)  # a state past the pass
+    with pytest.raises(ValueError, match="state must be"):
+        run(h, torch.zeros(1, 3, 8, 4, dtype=torch.complex128), packed, 2, 4, 3, 1e-5, 5, True)
