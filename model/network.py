@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .base import check_config
+from .base import _structure, check_config
 from .ssm import S4D, SHORT, S4DConfig, weights_key
 
 __all__ = ["SSMNet", "SSMNetConfig"]
@@ -70,18 +70,6 @@ class SSMBlock(nn.Module):
         # an identity dropout is still a call per layer: a short round makes a few hundred
         drop = mods["drop"]
         return drop(mixed) if self.training and drop.p > 0 else mixed  # type: ignore[misc,union-attr]
-
-    def plain(self) -> bool:
-        """Whether the block is the bare computation a native network pass reproduces: no hook, no
-        parametrised weight, dropout inactive (the modules' dicts: see _mix)."""
-        mods = self._modules
-        if self._forward_hooks or self._forward_pre_hooks:
-            return False
-        for name in ("norm", "out"):
-            mod = mods[name]
-            if mod._forward_hooks or mod._forward_pre_hooks or "weight" not in mod._parameters:  # type: ignore[union-attr]
-                return False
-        return not (self.training and mods["drop"].p > 0)  # type: ignore[union-attr]
 
     def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
@@ -151,30 +139,45 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
+    def _walk(self) -> tuple[list[nn.Module], list[Tensor], bool]:
+        """Every module and parameter of the network, and whether its layers have the plain form the
+        native pass computes (affine LayerNorms of one eps, no parametrised linear weight), kept until
+        any module registers a parameter or submodule (model/base.py, ``_structure``): a short pass
+        checks them every call, and ``Module.parameters()`` alone costs ~200 us."""
+        hit = self.__dict__.get("_walked")
+        if hit is None or hit[0] != _structure[0]:
+            mods = list(self.modules())
+            params = [p for m in mods for p in m._parameters.values() if p is not None]
+            eps = self.norm.eps
+            plain = all(
+                n.weight is not None and n.bias is not None and n.eps == eps
+                for n in [self.norm, *(b.norm for b in self.blocks)]
+            ) and all("weight" in lin._parameters for lin in [self.head, *(b.out for b in self.blocks)])
+            hit = self.__dict__["_walked"] = (_structure[0], mods, params, plain)
+        return hit[1], hit[2], hit[3]
+
     def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
-        block would take its fused kernel (short, small, no gradient) and is plain, and so are the rest."""
+        block would take its fused kernel (short, small, no gradient), and nothing in the network is
+        what one call cannot reproduce (a hook, an active dropout, a parametrised weight)."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
         if first is None or not first._fused(h, T, None if state is None else state[:, 0]):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False
-        if self._forward_hooks or self._forward_pre_hooks:
+        mods, _, plain = self._walk()
+        if not plain:
             return False
-        for mod in (self._modules["norm"], self._modules["head"]):
-            if mod._forward_hooks or mod._forward_pre_hooks or "weight" not in mod._parameters:  # type: ignore[union-attr]
+        for m in mods:
+            if m._forward_hooks or m._forward_pre_hooks:
                 return False
-        eps = self._modules["norm"].eps  # type: ignore[union-attr]
-        return all(b.plain() and b._modules["norm"].eps == eps for b in blocks.values())  # type: ignore[union-attr,operator]
+        return not (self.training and any(b._modules["drop"].p > 0 for b in blocks.values()))  # type: ignore[union-attr]
 
     def _packed(self) -> Tensor:
         """The weights of :func:`model.native.pack`, rebuilt when any of them changes (the key of
         :func:`model.ssm.weights_key`: an optimiser step, ``load_state_dict`` or ``.to()``)."""
-        mods = self.__dict__.get("_submodules")
-        if mods is None:  # Module.parameters() walks the tree through generators: ~200 us a call
-            mods = self.__dict__["_submodules"] = list(self.modules())
-        key = weights_key([p for m in mods for p in m._parameters.values() if p is not None])
+        key = weights_key(self._walk()[1])
         hit = self.__dict__.get("_pack")
         if hit is not None and hit[0] == key:
             return hit[1]

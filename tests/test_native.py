@@ -336,7 +336,8 @@ def test_the_native_pass_follows_the_weights_and_reads_any_state_view(monkeypatc
 
 
 def test_hooks_dropout_and_gradients_keep_the_blocks_one_by_one():
-    """What one native call cannot reproduce (a hook, an active dropout, a gradient) takes the block path."""
+    """What one native call cannot reproduce (a hook, an active dropout, a parametrised weight, a gradient)
+    takes the block path."""
     torch.manual_seed(2)
     net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2, dropout=0.5)).double().eval()
     x = torch.randint(0, 4, (1, 5))
@@ -355,6 +356,9 @@ def test_hooks_dropout_and_gradients_keep_the_blocks_one_by_one():
         handle = net.blocks[1].out.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
         assert not net._native_ok(h, 5, None)
         handle.remove()
+        assert net._native_ok(h, 5, None)
+        torch.nn.utils.parametrize.register_parametrization(net.blocks[0].out, "weight", torch.nn.Identity())
+        assert not net._native_ok(h, 5, None)  # a parametrised weight
     assert not net._native_ok(h, 5, None)  # gradients enabled
 
 
