@@ -408,6 +408,8 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             curve = [rows[c] for c in sorted(rows)]
             result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
         result["block_curve"] = curve
+        if args.ar_judge:  # the curve's bounds are on these rows: compare them with the AR model's NLL of the same rows
+            result["block_curve_reference"] = reference_nll(args.ar_judge, seqs[: args.block_limit], args.batch_size)
     result["block_curve_seconds" if curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -417,6 +419,21 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     else:
         sys.stdout.write(text + "\n")
     return result
+
+
+def reference_nll(checkpoint: str, seqs: Tensor, batch_size: int) -> dict[str, Any]:
+    """The exact NLL of an autoregressive ``checkpoint`` on ``seqs`` ``(S, T)``: the figure a block
+    curve's bounds on the same rows are compared with (a subset of the test set is not its average)."""
+    ref = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        nll = torch.cat([ref.nll(seqs[i : i + batch_size]) for i in range(0, len(seqs), batch_size)])  # (S,)
+    mean = float(nll.mean())
+    return {
+        "checkpoint": checkpoint,
+        "sequences": len(seqs),
+        "nats_per_sequence": mean,
+        "bits_per_token": mean / math.log(2) / seqs.shape[1],
+    }
 
 
 def _block_list(text: str) -> list[int]:

@@ -149,6 +149,14 @@ def dataset_section(
             f"block size ({curve[0]['sequences']} test sequences, IW-{curve[0]['nll'].get('samples', 1)}).",
             "",
         ]
+        ref = d.get("block_curve_reference")
+        if ref:
+            L += [
+                f"On the same {ref['sequences']} test sequences `{Path(ref['checkpoint']).stem}` scores an exact NLL "
+                f"of {ref['nats_per_sequence']:.1f} nats: the column 'x reference' divides the bound by it (a subset "
+                "of the test set is not its average).",
+                "",
+            ]
         has_judge = any("samples" in r for r in curve)
         own = any("samples_observation_temperature_1" in r for r in curve)
         r_served = next((r["samples"].get("observation_temperature") for r in curve if "samples" in r), None)
@@ -160,8 +168,8 @@ def dataset_section(
                 "drawn from the model's own distribution (observation temperature 1), the one the bound is of.",
                 "",
             ]
-        head = "| block size | NLL bound | ms / sequence, batch 1 | batch 32 |"
-        rule = "| ---: | ---: | ---: | ---: |"
+        head = "| block size | NLL bound |" + (" x reference |" if ref else "") + " ms / sequence, batch 1 | batch 32 |"
+        rule = "| ---: | ---: |" + (" ---: |" if ref else "") + " ---: | ---: |"
         if has_judge:
             head += " confident digits | class entropy (nats) | ink | AR judge (nats) |"
             rule += " ---: | ---: | ---: | ---: |"
@@ -173,7 +181,8 @@ def dataset_section(
             c = r["block_size"]
             t1 = times.get("1", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_1"])
             t32 = times.get("32", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_32"])
-            row = f"| {c} | {_fmt(r['nll'][key], spec)} | {_ms(t1)} | {_ms(t32)} |"
+            ratio = f" {r['nll']['nats_per_sequence'] / ref['nats_per_sequence']:.3f}x |" if ref else ""
+            row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {_ms(t1)} | {_ms(t32)} |"
             if has_judge:
                 s = r.get("samples", {})
                 row += (

@@ -186,6 +186,22 @@ def test_ar_judge_nll_is_the_mean_of_nll_whatever_the_batch():
     assert ar_judge_nll(m, x, batch_size=100) == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_block_curves_reference_is_the_ar_models_nll_of_the_same_rows(tmp_path):
+    """The curve's bounds are on the first rows of the test set: the reference it is compared with is
+    the autoregressive model's exact NLL of those rows, whatever the batch."""
+    from vssm.model.evaluate import reference_nll
+
+    m = tiny_model("ar-ssm", vocab_size=2)
+    path = save_checkpoint(m, tmp_path / "ar.safetensors")
+    x = torch.randint(0, 2, (7, 12), generator=torch.Generator().manual_seed(1))
+    expected = float(load_checkpoint(path).nll(x).mean())
+    for batch in (2, 100):
+        ref = reference_nll(str(path), x, batch)
+        assert ref["nats_per_sequence"] == pytest.approx(expected, rel=1e-6) and ref["sequences"] == 7
+        assert ref["bits_per_token"] == pytest.approx(expected / math.log(2) / 12, rel=1e-6)
+    assert reference_nll(str(path), x[:3], 2)["nats_per_sequence"] != pytest.approx(expected, rel=1e-6)
+
+
 def test_ar_judge_refuses_a_vssm_and_empty_input():
     with pytest.raises(TypeError, match="autoregressive"):
         ar_judge_nll(tiny_model("vssm"), torch.zeros(1, 4, dtype=torch.long))
