@@ -203,8 +203,9 @@ def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> di
     input (the tokens before the block) differ, and whose rounds are what the speed targets count.
     """
     cfg = {**block_config(), "max_position": None}
-    torch.manual_seed(seed)
-    return {**models, "vssm": model.build_model("vssm", cfg).eval()}
+    with torch.random.fork_rng():  # the later parts' random draws stay what they were
+        torch.manual_seed(seed)
+        return {**models, "vssm": model.build_model("vssm", cfg).eval()}
 
 
 def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int = 0) -> dict[str, model.SequenceModel]:

@@ -451,10 +451,11 @@ def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
         f"{pk['dram_gbytes_per_s']:.0f} GB/s over {pk['dram_buffer_bytes'] / 1e6:.0f} MB, one eager PyTorch call "
         f"{pk['call_us']:.1f} us.",
         "The roofline is max(FLOPs / matmul rate, bytes / cache bandwidth); the dispatch floor is the",
-        "round's PyTorch calls times one call's time.  The layers' SSMs run the compiled recurrence "
-        '(model/native.py) where it is faster; "on matrices" is the same round with every SSM on its '
-        'matrices (`S4D.short`); for that gain each size is timed alone on each path ("alone"), since round-robin '
-        "the matrices' megabytes evict the kernel's kilobytes from the caches."
+        "round's PyTorch calls times one call's time.  Each network pass runs as one compiled call "
+        '(model/native.py: the recurrence, norms, linears and head in C) where it is faster; "on matrices" is '
+        "the same round in PyTorch with every SSM on its matrices (`S4D.short`); for that gain each size is "
+        "timed alone on each path (\"alone\"), since round-robin the matrices' megabytes evict the kernel's "
+        "kilobytes from the caches."
         if rd.get("kernel")
         else "round's PyTorch calls times one call's time.  No C compiler here: every SSM ran on its matrices.",
         "",

@@ -72,7 +72,9 @@ def network_pass_cost(
     state only from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when
     the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py): a complex
     multiply-add and a readout per step, mode and channel (12 FLOPs) over the weight planes
-    ``(6, N, H)``, no matrix.  ``kernel`` None: the path the layer itself takes at this size.
+    ``(6, N, H)``, no matrix; and then the whole pass after the input layer is one native call
+    (``SSMNet._native``), whose linears and head are C loops, counted as FLOPs but not as matrix
+    products.  ``kernel`` None: the path the layer itself takes at this size.
     Elementwise work is counted at one FLOP per element and op (GELU's erf as 20); activations are
     read and written once per elementwise op.
     """
@@ -102,12 +104,18 @@ def network_pass_cost(
             mm += 2 * B * H * T * 2 * N  # u @ S
             nbytes += F32 * (H * T * 2 * N + 2 * H * N + 2 * 2 * B * H * N)  # S, Lambda^T, state in and out
             flops += 8 * B * H * N  # Lambda^T h0 + new part (complex multiply-add)
-        mm += 2 * B * T * H * 2 * H  # linear H -> 2H
+        if kernel:  # the whole pass is one native call (SSMNet._native): the linear is a loop in C
+            flops += 2 * B * T * H * 2 * H
+        else:
+            mm += 2 * B * T * H * 2 * H  # linear H -> 2H
         nbytes += F32 * (2 * H * H + 2 * H)
         flops += 20 * act + 3 * act + act  # GELU, GLU, residual add
         nbytes += F32 * act * 2 * 7  # about seven elementwise reads and writes of (B, T, H)-sized activations
     flops += 8 * act  # final LayerNorm
-    mm += 2 * B * T * H * n_out  # head
+    if kernel:
+        flops += 2 * B * T * H * n_out  # head, in the same native call
+    else:
+        mm += 2 * B * T * H * n_out  # head
     nbytes += F32 * (H * n_out + n_out + B * T * n_out)
     return PassCost(flops + mm, mm, nbytes)
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, observation_temperature, read_metadata
 from .data import eval_sequences, load_dataset
-from .judge import sample_sequences
+from .judge import ar_judge_nll, sample_sequences
 from .vssm import VSSM
 
 __all__ = ["EVAL_SCHEMA_KEYS", "evaluate", "evaluate_cli", "is_latent", "iw_curve"]
@@ -371,6 +371,10 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     if args.judge_only and judge is None:
         raise SystemExit("--judge-only needs a judge: --judge (images) or --ar-judge (text)")
     if args.block_sizes:
+        # before the curve, which can take hours: a wrong reference model fails now, not after it
+        reference = (
+            reference_nll(args.ar_judge, seqs[: args.block_limit], args.batch_size, offset) if args.ar_judge else None
+        )
         curve = block_curve(
             model,
             seqs[: args.block_limit],
@@ -408,8 +412,12 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             curve = [rows[c] for c in sorted(rows)]
             result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
         result["block_curve"] = curve
-        if args.ar_judge:  # the curve's bounds are on these rows: compare them with the AR model's NLL of the same rows
-            result["block_curve_reference"] = reference_nll(args.ar_judge, seqs[: args.block_limit], args.batch_size)
+        rows = (offset, len(seqs[: args.block_limit]))
+        earlier_ref = result.get("block_curve_reference")
+        if reference is not None:  # the AR model's NLL of the rows the bounds are on
+            result["block_curve_reference"] = reference
+        elif earlier_ref and (earlier_ref.get("offset", 0), earlier_ref["sequences"]) != rows:
+            del result["block_curve_reference"]  # an earlier run's, of other rows
     result["block_curve_seconds" if curve_only else "eval_seconds"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -421,15 +429,15 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def reference_nll(checkpoint: str, seqs: Tensor, batch_size: int) -> dict[str, Any]:
-    """The exact NLL of an autoregressive ``checkpoint`` on ``seqs`` ``(S, T)``: the figure a block
-    curve's bounds on the same rows are compared with (a subset of the test set is not its average)."""
-    ref = load_checkpoint(checkpoint)
+def reference_nll(checkpoint: str, seqs: Tensor, batch_size: int, offset: int = 0) -> dict[str, Any]:
+    """The exact NLL of an autoregressive ``checkpoint`` on ``seqs`` ``(S, T)`` (test rows from ``offset``):
+    the figure a block curve's bounds on the same rows are compared with (a subset of the test set is
+    not its average)."""
     with torch.no_grad():
-        nll = torch.cat([ref.nll(seqs[i : i + batch_size]) for i in range(0, len(seqs), batch_size)])  # (S,)
-    mean = float(nll.mean())
+        mean = ar_judge_nll(load_checkpoint(checkpoint), seqs, batch_size)  # TypeError unless autoregressive
     return {
         "checkpoint": checkpoint,
+        "offset": offset,
         "sequences": len(seqs),
         "nats_per_sequence": mean,
         "bits_per_token": mean / math.log(2) / seqs.shape[1],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from . import native
 from .base import _structure, check_config
@@ -125,6 +126,12 @@ class SSMBlock(nn.Module):
         return x_t + self._mix(y), nxt
 
 
+def _affine(mod: nn.Module) -> bool:
+    """A LayerNorm or Linear with its own weight and bias tensors (not parametrised, not removed)."""
+    p = mod._parameters
+    return p.get("weight") is not None and p.get("bias") is not None
+
+
 class SSMNet(nn.Module):
     """Causal sequence network: output at t depends on inputs 1..t only."""
 
@@ -139,45 +146,49 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
-    def _walk(self) -> tuple[list[nn.Module], list[Tensor], bool]:
-        """Every module and parameter of the network, and whether its layers have the plain form the
-        native pass computes (affine LayerNorms of one eps, no parametrised linear weight), kept until
-        any module registers a parameter or submodule (model/base.py, ``_structure``): a short pass
-        checks them every call, and ``Module.parameters()`` alone costs ~200 us."""
+    def _walk(self) -> list[nn.Module]:
+        """Every module of the network, kept until any module registers a parameter or submodule
+        (model/base.py, ``_structure``): a short pass checks them on every call, and
+        ``Module.modules()`` walks the tree through generators."""
         hit = self.__dict__.get("_walked")
         if hit is None or hit[0] != _structure[0]:
-            mods = list(self.modules())
-            params = [p for m in mods for p in m._parameters.values() if p is not None]
-            eps = self.norm.eps
-            plain = all(
-                n.weight is not None and n.bias is not None and n.eps == eps
-                for n in [self.norm, *(b.norm for b in self.blocks)]
-            ) and all("weight" in lin._parameters for lin in [self.head, *(b.out for b in self.blocks)])
-            hit = self.__dict__["_walked"] = (_structure[0], mods, params, plain)
-        return hit[1], hit[2], hit[3]
+            hit = self.__dict__["_walked"] = (_structure[0], list(self.modules()))
+        return hit[1]
 
     def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
         block would take its fused kernel (short, small, no gradient), and nothing in the network is
-        what one call cannot reproduce (a hook, an active dropout, a parametrised weight)."""
+        what one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight,
+        LayerNorms of different eps).  Checked on every call, from the modules' own dicts."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
         if first is None or not first._fused(h, T, None if state is None else state[:, 0]):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False
-        mods, _, plain = self._walk()
-        if not plain:
+        if _global_forward_hooks or _global_forward_pre_hooks:
             return False
-        for m in mods:
+        for m in self._walk():
             if m._forward_hooks or m._forward_pre_hooks:
                 return False
-        return not (self.training and any(b._modules["drop"].p > 0 for b in blocks.values()))  # type: ignore[union-attr]
+        mods = self._modules
+        eps = mods["norm"].eps  # type: ignore[union-attr]
+        for b in blocks.values():
+            bm = b._modules
+            drop = bm["drop"]
+            if (drop.training and drop.p > 0) or bm["norm"].eps != eps:  # type: ignore[union-attr,operator]
+                return False
+            if not (_affine(bm["norm"]) and _affine(bm["out"])):  # type: ignore[arg-type]
+                return False
+        return _affine(mods["norm"]) and _affine(mods["head"])  # type: ignore[arg-type]
 
     def _packed(self) -> Tensor:
-        """The weights of :func:`model.native.pack`, rebuilt when any of them changes (the key of
-        :func:`model.ssm.weights_key`: an optimiser step, ``load_state_dict`` or ``.to()``)."""
-        key = weights_key(self._walk()[1])
+        """The weights of :func:`model.native.pack`, rebuilt when any of them changes: the key of
+        :func:`model.ssm.weights_key` over the modules' live parameter entries (an optimiser step,
+        ``load_state_dict``, ``.to()``, a parameter replaced or set to None).  Like every weights cache
+        here it cannot see writes that bypass the version counter (``p.data.mul_()``, fused optimisers)."""
+        params = [p for m in self._walk() for p in m._parameters.values()]
+        key = weights_key([p for p in params if p is not None]), tuple(p is None for p in params)
         hit = self.__dict__.get("_pack")
         if hit is not None and hit[0] == key:
             return hit[1]

@@ -61,7 +61,12 @@ def points(evals: dict[str, dict], times: dict[str, float], batch: str) -> list[
 def reference(evals: dict[str, dict]) -> float | None:
     """The AR model's exact NLL on the rows the block curves were measured on (``block_curve_reference``,
     written by ``vssm eval --ar-judge``), if an eval has it: the figure the curves' bounds compare with."""
-    refs = [d["block_curve_reference"]["nats_per_sequence"] for d in evals.values() if d.get("block_curve_reference")]
+    refs = [
+        d["block_curve_reference"]["nats_per_sequence"]
+        for d in evals.values()
+        if d.get("block_curve_reference")
+        and d["block_curve_reference"]["sequences"] == d["block_curve"][0]["sequences"]
+    ]
     return refs[0] if refs else None
 
 

@@ -150,6 +150,7 @@ def dataset_section(
             "",
         ]
         ref = d.get("block_curve_reference")
+        ref = ref if ref and ref["sequences"] == curve[0]["sequences"] else None  # of the curve's rows only
         if ref:
             L += [
                 f"On the same {ref['sequences']} test sequences `{Path(ref['checkpoint']).stem}` scores an exact NLL "

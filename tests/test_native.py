@@ -277,12 +277,14 @@ def _per_block(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("tokens", [True, False])
 @pytest.mark.parametrize(("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24)])
 @pytest.mark.parametrize("fresh", [True, False])
-def test_one_native_network_pass_equals_the_blocks_one_by_one(tokens, B, T, at, fresh, monkeypatch):
+@pytest.mark.parametrize("width", [8, 70])  # 70: two full blocks of the kernel's 32 lanes and a remainder
+def test_one_native_network_pass_equals_the_blocks_one_by_one(tokens, B, T, at, fresh, width, monkeypatch):
     """The whole network in one call (csrc/s4d_block.c, NET) against its blocks called one by one, in
     float64: logits, the state after ``at`` steps, and the recurrent step (the AR-SSM's path)."""
     torch.manual_seed(B * 100 + T)
     n_in = 5 if tokens else 7
-    net = SSMNet(SSMNetConfig(n_in=n_in, n_out=6, tokens=tokens, width=8, state_size=4, layers=3)).double().eval()
+    cfg = SSMNetConfig(n_in=n_in, n_out=6, tokens=tokens, width=width, state_size=4, layers=3)
+    net = SSMNet(cfg).double().eval()
     x = torch.randint(0, n_in, (B, T)) if tokens else torch.randn(B, T, n_in, dtype=F64)
     s0 = None if fresh else torch.randn_like(net.initial_state(B))
 
@@ -335,31 +337,74 @@ def test_the_native_pass_follows_the_weights_and_reads_any_state_view(monkeypatc
     torch.testing.assert_close(h32, h_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_hooks_dropout_and_gradients_keep_the_blocks_one_by_one():
-    """What one native call cannot reproduce (a hook, an active dropout, a parametrised weight, a gradient)
-    takes the block path."""
+def test_what_one_native_call_cannot_reproduce_keeps_the_blocks_one_by_one(monkeypatch):
+    """A hook (on a module or global), an active dropout (the network's or one block's), a parametrised
+    or removed weight, LayerNorms of different eps, a gradient, a state broadcast over the batch or
+    per-row lengths: the block path, with its results."""
     torch.manual_seed(2)
     net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2, dropout=0.5)).double().eval()
-    x = torch.randint(0, 4, (1, 5))
+    x = torch.randint(0, 4, (3, 5))
     h = net.inp(x).detach()
+    assert not net._native_ok(h, 5, None)  # gradients enabled
     with torch.no_grad():
         assert net._native_ok(h, 5, None)
+        assert not net._native_ok(h, 5, net.initial_state(1))  # one state broadcast over three rows
         net.train()
         assert not net._native_ok(h, 5, None)  # dropout on
         net.eval()
+        net.blocks[1].train()
+        assert not net._native_ok(h, 5, None)  # one block's dropout on
+        net.blocks[1].eval()
         seen = []
         handle = net.head.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
         assert not net._native_ok(h, 5, None)
         net(x)
-        assert seen == [(1, 5, 3)]
+        assert seen == [(3, 5, 3)]
         handle.remove()
         handle = net.blocks[1].out.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
         assert not net._native_ok(h, 5, None)
         handle.remove()
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, args, out: None)
+        assert not net._native_ok(h, 5, None)
+        handle.remove()
         assert net._native_ok(h, 5, None)
+        net.blocks[0].norm.eps = 1e-3
+        assert not net._native_ok(h, 5, None)
+        net.blocks[0].norm.eps = net.norm.eps
         torch.nn.utils.parametrize.register_parametrization(net.blocks[0].out, "weight", torch.nn.Identity())
         assert not net._native_ok(h, 5, None)  # a parametrised weight
-    assert not net._native_ok(h, 5, None)  # gradients enabled
+        torch.nn.utils.parametrize.remove_parametrizations(net.blocks[0].out, "weight")
+        assert net._native_ok(h, 5, None)
+        net.head.bias = None
+        assert not net._native_ok(h, 5, None)  # a removed bias
+        y = net(x)[0]
+        _per_block(monkeypatch)
+        torch.testing.assert_close(y, net(x)[0], rtol=0, atol=0)
+        lengths = torch.tensor([5, 2, 4])
+        monkeypatch.undo()
+        y_rows, s_rows = net(x, None, lengths=lengths)  # per-row lengths: never the native call
+        _per_block(monkeypatch)
+        y_ref, s_ref = net(x, None, lengths=lengths)
+    torch.testing.assert_close(y_rows, y_ref, rtol=0, atol=0)
+    torch.testing.assert_close(s_rows, s_ref, rtol=0, atol=0)
+
+
+def test_the_native_pass_reads_the_weights_it_is_called_with():
+    """Weights swapped for a call (torch.func.functional_call) or replaced by a new Parameter are
+    the ones used, not the last pack."""
+    torch.manual_seed(4)
+    net = SSMNet(SSMNetConfig(n_in=4, n_out=3, width=8, state_size=4, layers=2)).double().eval()
+    x = torch.randint(0, 4, (1, 5))
+    with torch.no_grad():
+        before = net(x)[0]
+        swapped = {"head.weight": net.head.weight * 2, "blocks.1.out.bias": net.blocks[1].out.bias + 1}
+        y_swapped = torch.func.functional_call(net, swapped, (x,))[0]
+        assert torch.equal(net(x)[0], before)
+        net.head.weight = torch.nn.Parameter(swapped["head.weight"])
+        net.blocks[1].out.bias = torch.nn.Parameter(swapped["blocks.1.out.bias"])
+        y_replaced = net(x)[0]
+    torch.testing.assert_close(y_swapped, y_replaced, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(y_swapped, before)
 
 
 def test_the_native_pass_refuses_what_it_cannot_read_safely():
