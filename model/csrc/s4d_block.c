@@ -47,6 +47,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #define NAME s4d_block_f32
 #define NET ssm_net_f32
 #define LAYERNORM layernorm_f32
+#define LINEAR linear_f32
 #include __FILE__
 #undef REAL
 #undef ERF
@@ -54,12 +55,14 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #undef NAME
 #undef NET
 #undef LAYERNORM
+#undef LINEAR
 #define REAL double
 #define ERF erf
 #define EXP exp
 #define NAME s4d_block_f64
 #define NET ssm_net_f64
 #define LAYERNORM layernorm_f64
+#define LINEAR linear_f64
 #include __FILE__
 #else
 
@@ -138,6 +141,17 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
     }
 }
 
+/* out (M) = bias + v (K) W^T, W^T given as wt (K, M): the lanes run over the outputs */
+static inline void LINEAR(long K, long M, const REAL *v, const REAL *wt, const REAL *bias, REAL *out) {
+    for (long j = 0; j < M; ++j) out[j] = bias[j];
+    for (long k = 0; k < K; ++k) {
+        const REAL vk = v[k];
+        const REAL *wk = wt + k * M;
+#pragma omp simd
+        for (long j = 0; j < M; ++j) out[j] += vk * wk[j];
+    }
+}
+
 void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
          const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
@@ -151,14 +165,7 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
         NAME(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1, g,
              h_out ? h_out + l * NH * 2 : 0, LH);
         for (long r = 0; r < rows; ++r) { /* x += GLU(g W^T + bias) */
-            const REAL *gr = g + r * H;
-            for (long j = 0; j < H2; ++j) z[j] = bias[j];
-            for (long k = 0; k < H; ++k) {
-                const REAL gk = gr[k];
-                const REAL *wk = wt + k * H2;
-#pragma omp simd
-                for (long j = 0; j < H2; ++j) z[j] += gk * wk[j];
-            }
+            LINEAR(H, H2, g + r * H, wt, bias, z);
             REAL *xr = x + r * H;
 #pragma omp simd
             for (long j = 0; j < H; ++j) xr[j] += z[j] / (1 + EXP(-z[H + j]));
@@ -168,14 +175,7 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
     const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
     for (long r = 0; r < rows; ++r) { /* logits = LayerNorm(x) W_head^T + b_head */
         LAYERNORM(H, x + r * H, nw, nb, eps, v);
-        REAL *lo = logits + r * O;
-        for (long j = 0; j < O; ++j) lo[j] = hb[j];
-        for (long k = 0; k < H; ++k) {
-            const REAL vk = v[k];
-            const REAL *wk = hw + k * O;
-#pragma omp simd
-            for (long j = 0; j < O; ++j) lo[j] += vk * wk[j];
-        }
+        LINEAR(H, O, v, hw, hb, logits + r * O);
     }
 }
 
