@@ -410,7 +410,9 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
                 kept = {k: v for k, v in rows.get(r["block_size"], {}).items() if not k.startswith("samples")}
                 rows[r["block_size"]] = {**kept, **r} if args.judge_only else r
             curve = [rows[c] for c in sorted(rows)]
-            result["block_curve_commands"] = [*result.get("block_curve_commands", []), command]
+            # a command run again (the same rows re-measured) is listed once, at its last run
+            earlier_commands = [c for c in result.get("block_curve_commands", []) if c != command]
+            result["block_curve_commands"] = [*earlier_commands, command]
         result["block_curve"] = curve
         rows = (offset, len(seqs[: args.block_limit]))
         earlier_ref = result.get("block_curve_reference")
