@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "weights"]
+__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "tune_malloc", "weights"]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,42 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the compiled kernel is loaded (compiling it on first use)."""
     return _load() is not None
+
+
+# glibc's mallopt parameters, and the values tune_malloc sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # blocks below it come from the heap (glibc's ceiling for its adaptive one)
+TRIM_THRESHOLD = 256 << 20  # free memory the heap keeps at its top before giving it back
+_tuned: bool | None = None
+
+
+def tune_malloc() -> bool:
+    """Keep large freed blocks in the heap for reuse, process-wide (glibc only; the entry points call it:
+    the server's lifespan, the ``vssm`` CLI, the benchmark).  False without glibc or with
+    ``VSSM_MALLOC_TUNING=0``.
+
+    Why: a generation loop allocates its next state every step (3.7 MB for the AR-SSM at batch 32)
+    and frees the last.  glibc serves blocks that size with mmap, or trims the heap once its free top
+    passes an adaptive threshold, so the block goes back to the OS and every step page-faults a fresh
+    one in: a 2,048-step AR-SSM generation at batch 32 spent 2.5 s of its 5.0 in the kernel's page
+    faults (405k minor faults), and none with these fixed thresholds (2.2 s;
+    docs/experiments/rounds-and-serving.md, tenth session).  A library does not change its host
+    process's allocator on import: programs opt in here."""
+    global _tuned
+    if _tuned is None:
+        _tuned = False
+        if os.environ.get("VSSM_MALLOC_TUNING", "1") != "0" and platform.system() == "Linux":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                mallopt = libc.mallopt
+            except (OSError, AttributeError):  # musl and others: no glibc mallopt
+                mallopt = None
+            if mallopt is not None:
+                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+                ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                _tuned = ok and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        log.debug("malloc thresholds %s", "fixed" if _tuned else "left as they are")
+    return _tuned
 
 
 def weights(lam: Tensor, b_bar: Tensor, c: Tensor) -> Tensor:
