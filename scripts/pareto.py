@@ -1,13 +1,15 @@
 """The speed / quality plane of block sampling: NLL against milliseconds per sequence (log x).
 
     .venv/bin/python scripts/pareto.py --dataset mnist --bench docs/benchmarks-blocks.json --img docs/img
+    .venv/bin/python scripts/pareto.py --dataset shakespeare --img docs/img
 
 Likelihoods come from the eval JSONs beside the checkpoints (``checkpoints/NAME.json``: a VSSM's
 ``block_curve`` rows, an autoregressive family's exact NLL); times from the benchmark's block part
 (``make bench``, part 7), where every model was timed side by side in one process, so the x axis
 compares like with like.  A model without a benchmark time falls back to its eval's own timing.
 The targets of issue 19 are drawn as the corner the VSSM should reach: NLL <= 1.15x the AR-SSM's
-and at least ``--speedup`` times faster.  Prints the table; writes ``pareto_<dataset>.png``.
+and at least ``--speedup`` times faster (10x for MNIST, 5x for text).  Prints the table; writes
+``pareto_<dataset>.png``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import matplotlib.pyplot as plt
 
 ROOT = Path(__file__).resolve().parents[1]
 AR = ("ar-ssm", "ar-transformer", "ar-gru")
+SPEEDUP_TARGET = {"mnist": 10.0, "shakespeare": 5.0}  # issue 19's speed targets at the served default
 
 
 def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
@@ -35,9 +38,11 @@ def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
     return out
 
 
-def bench_times(bench: dict | None, batch: str) -> dict[str, float]:
-    """Seconds per sequence from the benchmark: ``ar:<family>`` and ``vssm:<block size>``."""
-    if not bench or "blocks" not in bench or batch not in bench["blocks"]["sequence"]:
+def bench_times(bench: dict | None, batch: str, length: int) -> dict[str, float]:
+    """Seconds per sequence from the benchmark: ``ar:<family>`` and ``vssm:<block size>``, where it timed
+    sequences of this ``length`` (its block part times MNIST's shapes; text falls back to the evals)."""
+    blocks = (bench or {}).get("blocks")
+    if not blocks or blocks.get("length") != length or batch not in blocks["sequence"]:
         return {}
     return {k: v["median_s"] for k, v in bench["blocks"]["sequence"][batch]["seconds"].items()}
 
@@ -106,15 +111,21 @@ def main() -> None:
     p.add_argument("--bench", type=Path, default=ROOT / "docs" / "benchmarks-blocks.json")
     p.add_argument("--img", type=Path, default=ROOT / "docs" / "img")
     p.add_argument("--batch", default="1")
-    p.add_argument("--speedup", type=float, default=10.0, help="the speed target against the AR-SSM")
+    p.add_argument(
+        "--speedup", type=float, default=None, help="the speed target against the AR-SSM (default: the dataset's)"
+    )
     args = p.parse_args()
     bench = json.loads(args.bench.read_text()) if args.bench.exists() else None
     evals = load(args.dataset, args.checkpoints)
-    rows = points(evals, bench_times(bench, args.batch), args.batch)
+    if not evals:
+        raise SystemExit(f"no eval JSONs of {args.dataset} in {args.checkpoints}")
+    length = next(iter(evals.values()))["generation_seconds"]["length"]
+    rows = points(evals, bench_times(bench, args.batch, length), args.batch)
+    speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET[args.dataset]
     args.img.mkdir(parents=True, exist_ok=True)
     out = args.img / f"pareto_{args.dataset}.png"
     ref = reference(evals)
-    plot(rows, args.dataset, args.speedup, args.batch, out, ref)
+    plot(rows, args.dataset, speedup, args.batch, out, ref)
     print("| model | block size | NLL (nats) | ms per sequence |")
     print("| --- | ---: | ---: | ---: |")
     for r in sorted(rows, key=lambda r: (r["model"], r["block"])):

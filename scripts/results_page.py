@@ -49,9 +49,32 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:,.1f}"
 
 
-def _bench(bench: dict | None) -> dict[str, dict[str, float]]:
-    """Median seconds per whole sequence from the benchmark's block part, by batch then entry."""
-    if not bench or "blocks" not in bench:
+# the judged samples' columns of a curve: (header, key in the judge's figures, format) per dataset,
+# then those of the same seeds from the model's own distribution (observation temperature 1)
+JUDGE_COLUMNS = {
+    "mnist": (
+        [
+            ("confident digits", "confident_share", "{:.0%}"),
+            ("class entropy (nats)", "class_entropy_nats", "{:.2f}"),
+            ("ink", "ink_fraction", "{:.3f}"),
+            ("AR judge (nats)", "ar_judge_nats", "{:.1f}"),
+        ],
+        [("confident, own", "confident_share", "{:.0%}"), ("AR judge, own", "ar_judge_nats", "{:.1f}")],
+    ),
+    "shakespeare": (
+        [
+            ("known words", "known_word_share", "{:.0%}"),
+            ("AR judge (bits per byte)", "ar_judge_bits_per_byte", "{:.2f}"),
+        ],
+        [("known words, own", "known_word_share", "{:.0%}"), ("AR judge, own", "ar_judge_bits_per_byte", "{:.2f}")],
+    ),
+}
+
+
+def _bench(bench: dict | None, length: int) -> dict[str, dict[str, float]]:
+    """Median seconds per whole sequence from the benchmark's block part, by batch then entry: only
+    where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes)."""
+    if not bench or "blocks" not in bench or bench["blocks"].get("length") != length:
         return {}
     return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in bench["blocks"]["sequence"].items()}
 
@@ -104,6 +127,63 @@ def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> 
     return L
 
 
+def _served_row(d: dict) -> dict | None:
+    """The curve row a model is served at: its default block size, one pass (a VSSM without one: the
+    row at the whole length), or another family's only row."""
+    curve = d.get("block_curve", [])
+    if d["family"] != "vssm":
+        return curve[0] if len(curve) == 1 else None
+    c = d.get("default_block_size")
+    return next(
+        (
+            r
+            for r in curve
+            if r["block_size"] == c or (c is None and r["block_size"] >= r["generation_seconds"]["length"])
+        ),
+        None,
+    )
+
+
+def _text_judged_section(evals: dict[str, dict]) -> list[str]:
+    """Every text model's unprompted samples, judged (``vssm eval --block-sizes --ar-judge``): the share of
+    their words found in the training text and the AR judge's bits per byte, beside the test windows'."""
+    served = {name: (d, _served_row(d)) for name, d in evals.items()}
+    served = {name: (d, r) for name, (d, r) in served.items() if r is not None and "samples" in r}
+    if not served:
+        return []
+    cols, own_cols = JUDGE_COLUMNS["shakespeare"]
+    n = next(iter(served.values()))[1]["samples"]["samples"]
+    L = ["", f"### Every model's samples, judged ({n:,} unprompted samples of 256 bytes, seeds 0..{n - 1})", ""]
+    L += [
+        "The share of the samples' words (runs of letters) found in the training text, and the bits per byte",
+        "the AR-SSM gives them (the AR judge), each model at its default block size and observation",
+        'temperature; "own" is the same seeds from the model\'s own distribution (observation temperature 1)',
+        "where it is served below 1. The test windows start mid-line: a word cut at an edge counts as unknown.",
+        "",
+        "| samples | block size | observation temperature |" + "".join(f" {h} |" for h, _, _ in cols + own_cols),
+        "| --- | ---: | ---: |" + " ---: |" * (len(cols) + len(own_cols)),
+    ]
+    test = next((d["judged_test_sequences"] for d, _ in served.values() if "judged_test_sequences" in d), None)
+    if test is not None:
+        L.append(
+            f"| test windows ({test['samples']:,}) | - | - |"
+            + "".join(f" {_fmt(test.get(k), f)} |" for _, k, f in cols)
+            + " |" * len(own_cols)
+        )
+    for name, (d, r) in sorted(served.items()):
+        s, own = r["samples"], r.get("samples_observation_temperature_1", {})
+        if d["family"] == "vssm":
+            block = "one pass" if r["block_size"] >= r["generation_seconds"]["length"] else r["block_size"]
+        else:
+            block = "one pass" if samples_in_one_pass(d["family"]) else "token by token"
+        L.append(
+            f"| `{name}` | {block} | {s.get('observation_temperature', 1.0):g} |"
+            + "".join(f" {_fmt(s.get(k), f)} |" for _, k, f in cols)
+            + "".join(f" {_fmt(own.get(k), f)} |" for _, k, f in own_cols)
+        )
+    return L
+
+
 def dataset_section(
     dataset: str, evals: dict[str, dict], bench: dict | None, img: Path, checkpoints: Path
 ) -> list[str]:
@@ -137,11 +217,12 @@ def dataset_section(
         "NLL: at the block size a model is served at where it has a curve (below), else over the whole sequence "
         "in one pass. Times in this table come from each model's own `vssm eval` run (its JSON).",
     ]
+    judged_cols, own_cols = JUDGE_COLUMNS[dataset]
     for name, d in evals.items():
         curve = d.get("block_curve")
-        if not curve:
+        if not curve or d["family"] != "vssm":  # another family's one row: its judged samples (below)
             continue
-        times = _bench(bench)
+        times = _bench(bench, curve[0]["generation_seconds"]["length"])
         L += ["", f"### `{name}`: the block-size dial", ""]
         L += [
             'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then',
@@ -163,7 +244,7 @@ def dataset_section(
         r_served = next((r["samples"].get("observation_temperature") for r in curve if "samples" in r), None)
         if own and r_served is not None:
             L += [
-                f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, pixels",
+                f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, tokens",
                 f"given them at temperature {r_served:g}, the most likely ones at 0; docs/api.md). The last two",
                 "columns are the same seeds",
                 "drawn from the model's own distribution (observation temperature 1), the one the bound is of.",
@@ -171,12 +252,9 @@ def dataset_section(
             ]
         head = "| block size | NLL bound |" + (" x reference |" if ref else "") + " ms / sequence, batch 1 | batch 32 |"
         rule = "| ---: | ---: |" + (" ---: |" if ref else "") + " ---: | ---: |"
-        if has_judge:
-            head += " confident digits | class entropy (nats) | ink | AR judge (nats) |"
-            rule += " ---: | ---: | ---: | ---: |"
-        if own:
-            head += " confident, own | AR judge, own |"
-            rule += " ---: | ---: |"
+        cols = (judged_cols if has_judge else []) + (own_cols if own else [])
+        head += "".join(f" {h} |" for h, _, _ in cols)
+        rule += " ---: |" * len(cols)
         L += [head, rule]
         for r in curve:
             c = r["block_size"]
@@ -186,13 +264,10 @@ def dataset_section(
             row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {_ms(t1)} | {_ms(t32)} |"
             if has_judge:
                 s = r.get("samples", {})
-                row += (
-                    f" {_fmt(s.get('confident_share'), '{:.0%}')} | {_fmt(s.get('class_entropy_nats'), '{:.2f}')} "
-                    f"| {_fmt(s.get('ink_fraction'), '{:.3f}')} | {_fmt(s.get('ar_judge_nats'), '{:.1f}')} |"
-                )
+                row += "".join(f" {_fmt(s.get(k), f)} |" for _, k, f in judged_cols)
             if own:
                 o = r.get("samples_observation_temperature_1", {})
-                row += f" {_fmt(o.get('confident_share'), '{:.0%}')} | {_fmt(o.get('ar_judge_nats'), '{:.1f}')} |"
+                row += "".join(f" {_fmt(o.get(k), f)} |" for _, k, f in own_cols)
             L.append(row)
         if times:
             load = bench["machine"]["load_average_start"][0] if bench else 0.0
@@ -204,7 +279,7 @@ def dataset_section(
         pareto = img / f"pareto_{dataset}.png"
         if pareto.exists():
             L += ["", f"![pareto](img/{pareto.name})"]
-    L += _judged_section(checkpoints, dataset, evals)
+    L += _judged_section(checkpoints, dataset, evals) if dataset == "mnist" else _text_judged_section(evals)
     grids = [n for n in evals if (img / f"{n}-unconditional.png").exists()]
     if grids:
         L += ["", "### Samples (temperature 1, seeds 0-15, each model as served; `vssm sample`)", ""]

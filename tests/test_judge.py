@@ -240,6 +240,33 @@ def test_text_metrics_known_word_share():
     assert text_metrics([b"...", b""], vocab) == {"samples": 2, "words": 0, "known_word_share": 0.0}
 
 
+@needs_data
+def test_a_text_curve_judges_each_row_s_samples_and_the_test_windows_themselves(tmp_path):
+    """`vssm eval --block-sizes --ar-judge` on a text VSSM: every row's samples get the known-word share
+    and the AR judge's bits per byte, and so do the test windows (what a perfect sampler scores)."""
+    from vssm.model.evaluate import evaluate_cli
+
+    vssm = tiny_model("vssm", dtype=torch.float32, vocab_size=256, max_position=None)
+    path = save_checkpoint(vssm, tmp_path / "v.safetensors", extra={"dataset": "shakespeare"})
+    ar = save_checkpoint(tiny_model("ar-ssm", dtype=torch.float32, vocab_size=256), tmp_path / "ar.safetensors")
+    out = tmp_path / "v.json"
+    argv = ["eval", str(path), "--curve-only", "--block-sizes", "4,16", "--block-limit", "2", "--block-samples", "2"]
+    argv += ["--judge-samples", "3", "--ar-judge", str(ar), "--seq-len", "16", "--data-dir", str(DATA)]
+    evaluate_cli(build_parser()[0].parse_args([*argv, "--out", str(out)]))
+    result = json.loads(out.read_text())
+    assert [r["block_size"] for r in result["block_curve"]] == [4, 16]
+    for r in result["block_curve"]:
+        s = r["samples"]
+        assert s["samples"] == 3 and 0.0 <= s["known_word_share"] <= 1.0 and s["ar_judge_bits_per_byte"] > 0
+    test = result["judged_test_sequences"]
+    assert test["samples"] == 3 and test["offset"] == 0
+    windows = load_dataset("shakespeare", DATA).test[:48].tolist()  # the first three 16-byte windows
+    texts = [bytes(windows[i : i + 16]) for i in range(0, 48, 16)]
+    assert test["ar_judge_bits_per_byte"] == pytest.approx(ar_judge_bits_per_byte(load_checkpoint(ar), texts))
+    # the reference is the AR judge's exact NLL of the curve's rows, in bits per byte too
+    assert result["block_curve_reference"]["sequences"] == 2
+
+
 # ----- the judge's file -----------------------------------------------------------------------------
 
 

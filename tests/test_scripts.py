@@ -73,3 +73,51 @@ def test_the_results_page_is_written_from_the_eval_jsons_and_is_fresh():
     assert (ROOT / "docs" / "results.md").read_text() == text, "run scripts/results_page.py"
     for name in (p.stem for p in (ROOT / "checkpoints").glob("*.safetensors")):
         assert f"`{name}`" in text  # every bundled model has its row
+
+
+def _row(c: int, length: int, seconds: float, samples: dict | None = None) -> dict:
+    row = {
+        "block_size": c,
+        "sequences": 2,
+        "nll": {"bound": "iw", "samples": 2, "nats_per_sequence": 500.0 + c, "bits_per_token": 3.0 + c / 1000},
+        "generation_seconds": {"length": length, "batch_1": seconds, "batch_32": 10 * seconds},
+    }
+    return {**row, "samples": samples} if samples else row
+
+
+def test_a_text_curve_gets_text_columns_its_own_times_and_every_model_s_judged_samples(tmp_path):
+    """Text rows show known words and the AR judge's bits per byte; the benchmark's block part (MNIST's
+    784-token shapes) never lends its times to 256-byte rows; a VSSM served in one pass is judged at
+    its whole-length row, an AR baseline at its only row, beside the test windows."""
+    results_page = _script("results_page")
+    words = {"samples": 3, "words": 10, "known_word_share": 0.25, "ar_judge_bits_per_byte": 4.5}
+    vssm = {
+        "family": "vssm",
+        "default_block_size": None,
+        "parameters": {"generation": 10},
+        "nll": {"bound": "iw", "samples": 8, "bits_per_token": 3.9},
+        "test": {"sequences": 2},
+        "generation_seconds": {"length": 256, "batch_1": 0.004, "batch_32": 0.05},
+        "block_curve": [_row(4, 256, 0.07, words), _row(256, 256, 0.004, {**words, "known_word_share": 0.5})],
+        "judged_test_sequences": {"offset": 0, **words, "known_word_share": 0.9, "ar_judge_bits_per_byte": 2.7},
+    }
+    ar = {
+        "family": "ar-ssm",
+        "parameters": {"generation": 10},
+        "nll": {"bound": "exact", "bits_per_token": 2.7},
+        "test": {"sequences": 2},
+        "generation_seconds": {"length": 256, "batch_1": 0.04, "batch_32": 0.4},
+        "block_curve": [_row(1, 256, 0.04, {**words, "known_word_share": 0.8})],
+    }
+    mnist_bench = {"machine": {"load_average_start": [0.1]}, "blocks": {"length": 784, "sequence": {
+        "1": {"seconds": {"vssm:4": {"median_s": 123.0}}}}}}  # fmt: skip
+    page = "\n".join(
+        results_page.dataset_section("shakespeare", {"t-ar": ar, "t-vssm": vssm}, mnist_bench, tmp_path, tmp_path)
+    )
+    assert "| known words | AR judge (bits per byte) |" in page
+    assert "| 4 | 3.004 | 70.0 | 700.0 | 25% | 4.50 |" in page  # the eval's own times, not the benchmark's
+    assert "123,000" not in page
+    assert "`t-ar`: the block-size dial" not in page  # an AR model's one row is not a dial
+    assert "| test windows (3) | - | - | 90% | 2.70 |" in page
+    assert "| `t-vssm` | one pass | 1 | 50% | 4.50 |" in page
+    assert "| `t-ar` | token by token | 1 | 80% | 4.50 |" in page
