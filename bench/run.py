@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 
-from vssm.model import native
-
 from .blocks import run_blocks
 from .common import FULL, QUICK, build_models, machine_info, matched_configs, parameter_counts, with_block_vssm
 from .generation import run_generation
@@ -78,8 +76,6 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     machine = machine_info(command)
-    # as the server and the CLI run: freed states reused, not page-faulted in again (model/native.py)
-    machine["malloc_tuned"] = native.tune_malloc()
     log.info("bench %s mode on %s, %d threads -> %s", s.mode, machine["cpu"], machine["threads"], out)
     busy = machine["load_average_start"][0]
     if machine["threads"] > 1 and busy + machine["threads"] > machine["usable_cores"] + 0.5:

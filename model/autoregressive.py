@@ -44,8 +44,9 @@ class ARModel(SequenceModel):
         """``x`` ``(B, T)`` -> logits ``(B, T, V)`` and the state after ``x`` (None state: fresh)."""
         raise NotImplementedError
 
-    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
-        """``x_t`` ``(B,)`` -> logits ``(B, V)``, next state."""
+    def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
+        """``x_t`` ``(B,)`` -> logits ``(B, V)``, next state.  ``spare``: a dead state of the same
+        loop (never the caller's) whose tensors the next state may be written into."""
         raise NotImplementedError
 
     def loss(self, x: Tensor, **schedule: Any) -> LossOutput:
@@ -93,13 +94,17 @@ class ARModel(SequenceModel):
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         logits, net = state["logits"], self._net_state(state)
         out, log_p = [], []
+        # states this loop made and has read for the last time: the step after next writes into one,
+        # instead of allocating (the caller's state is never one of them)
+        spare: NetState | None = None
         for i in range(n):
             x_t = sample_categorical(logits, u[:, i], temperature)  # (B,)
             out.append(x_t)
             if scores is not None:
                 log_p.append(logits.log_softmax(-1))  # (B, V): p(x_t | x_<t)
             if resumable or i < n - 1:
-                logits, net = self._net_step(x_t, net)
+                logits, nxt = self._net_step(x_t, net, spare)
+                spare, net = (net if i > 0 else None), nxt
         tokens = torch.stack(out, dim=1)  # (B, n)
         if scores is not None:
             scores.append(torch.stack(log_p, dim=1))  # (B, n, V)
@@ -152,8 +157,8 @@ class ARSSM(ARModel):
         logits, h = self.net(x, None if state is None else state["h"], return_state=return_state)
         return logits, {"h": h} if return_state else {}
 
-    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
-        logits, h = self.net.step(x_t, state["h"])
+    def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
+        logits, h = self.net.step(x_t, state["h"], None if spare is None else spare["h"])
         return logits, {"h": h}
 
 
@@ -198,6 +203,6 @@ class ARGRU(ARModel):
         y, hT = self.gru(self.embed(x), h0)  # (B, T, H), (L, B, H)
         return self.head(y), {"h": hT.transpose(0, 1)}
 
-    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
+    def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
         logits, nxt = self._net_forward(x_t[:, None], state)
         return logits[:, 0], nxt

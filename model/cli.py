@@ -233,9 +233,6 @@ def build_parser(prog: str = "vssm") -> tuple[argparse.ArgumentParser, argparse.
 def main(argv: Sequence[str] | None = None) -> int:
     parser, _ = build_parser("python -m vssm.model")
     args = parser.parse_args(argv)
-    from .native import tune_malloc  # (imports torch: not for --help)
-
-    tune_malloc()  # generation loops reuse their freed states (model/native.py)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

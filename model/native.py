@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "tune_malloc", "weights"]
+__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "weights"]
 
 log = logging.getLogger(__name__)
 
@@ -146,42 +146,6 @@ def available() -> bool:
     return _load() is not None
 
 
-# glibc's mallopt parameters, and the values tune_malloc sets
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MMAP_THRESHOLD = 32 << 20  # blocks below it come from the heap (glibc's ceiling for its adaptive one)
-TRIM_THRESHOLD = 256 << 20  # free memory the heap keeps at its top before giving it back
-_tuned: bool | None = None
-
-
-def tune_malloc() -> bool:
-    """Keep large freed blocks in the heap for reuse, process-wide (glibc only; the entry points call it:
-    the server's lifespan, the ``vssm`` CLI, the benchmark).  False without glibc or with
-    ``VSSM_MALLOC_TUNING=0``.
-
-    Why: a generation loop allocates its next state every step (3.7 MB for the AR-SSM at batch 32)
-    and frees the last.  glibc serves blocks that size with mmap, or trims the heap once its free top
-    passes an adaptive threshold, so the block goes back to the OS and every step page-faults a fresh
-    one in: a 2,048-step AR-SSM generation at batch 32 spent 2.5 s of its 5.0 in the kernel's page
-    faults (405k minor faults), and none with these fixed thresholds (2.2 s;
-    docs/experiments/rounds-and-serving.md, tenth session).  A library does not change its host
-    process's allocator on import: programs opt in here."""
-    global _tuned
-    if _tuned is None:
-        _tuned = False
-        if os.environ.get("VSSM_MALLOC_TUNING", "1") != "0" and platform.system() == "Linux":
-            try:
-                libc = ctypes.CDLL("libc.so.6")
-                mallopt = libc.mallopt
-            except (OSError, AttributeError):  # musl and others: no glibc mallopt
-                mallopt = None
-            if mallopt is not None:
-                mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-                ok = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
-                _tuned = ok and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-        log.debug("malloc thresholds %s", "fixed" if _tuned else "left as they are")
-    return _tuned
-
-
 def weights(lam: Tensor, b_bar: Tensor, c: Tensor) -> Tensor:
     """The kernel's weight planes ``(6, N, H)``: Re and Im of ``Lambda``, ``B_bar`` and ``C``, each
     complex ``(H, N)`` (a layer caches this: it depends on the weights only)."""
@@ -258,11 +222,23 @@ def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tu
 
 
 def _net(
-    x: Tensor, state: Tensor | None, packed: Tensor, L: int, N: int, n_out: int, eps: float, at: int, return_state: bool
+    x: Tensor,
+    state: Tensor | None,
+    packed: Tensor,
+    L: int,
+    N: int,
+    n_out: int,
+    eps: float,
+    at: int,
+    return_state: bool,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """A whole :class:`~model.network.SSMNet` pass after its input layer: ``x`` ``(B, T, H)`` (the
     input layer's output) from ``state`` ``(B, L, H, N)`` complex (None: zeros) -> logits ``(B, T, O)``
-    and the state after ``at`` steps (None unless ``return_state``).  ``packed``: :func:`pack`."""
+    and the state after ``at`` steps (None unless ``return_state``).  ``packed``: :func:`pack`.
+    ``out``: a dead state's tensor to write the next state into (a generation loop's spare: a fresh
+    state every step is a large allocation, which glibc can hand back to the OS and fault in again);
+    used when it has the state's shape, dtype and layout and is not ``state`` itself."""
     lib = _lib
     assert lib is not None
     Bsz, T, H = x.shape
@@ -283,7 +259,18 @@ def _net(
     fn = lib.ssm_net_f64 if dt == torch.float64 else lib.ssm_net_f32
     scratch = torch.empty(Bsz, T, H, dtype=dt)  # (B, T, H): each layer's GELU(S4D(LayerNorm(x)))
     logits = torch.empty(Bsz, T, n_out, dtype=dt)  # (B, T, O)
-    nxt = torch.empty(Bsz, L, H, N, dtype=cdt) if return_state else None  # (B, L, H, N)
+    nxt = None
+    if return_state:
+        reusable = (
+            out is not None
+            and out.shape == (Bsz, L, H, N)
+            and out.dtype == cdt
+            and out.is_cpu
+            and out.is_contiguous()
+            and not out.requires_grad
+            and (state is None or out.data_ptr() != state.data_ptr())
+        )
+        nxt = out if reusable else torch.empty(Bsz, L, H, N, dtype=cdt)  # (B, L, H, N)
     fn(
         Bsz, H, N, T, L, n_out, at, x.data_ptr(), packed.data_ptr(), eps,
         None if state is None else state.data_ptr(), h0_sb, None if nxt is None else nxt.data_ptr(),

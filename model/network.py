@@ -200,13 +200,15 @@ class SSMNet(nn.Module):
         self.__dict__["_pack"] = (key, packed)  # a cache, not module state: never saved, never moved
         return packed
 
-    def _native(self, h: Tensor, state: Tensor | None, at: int, return_state: bool) -> tuple[Tensor, Tensor | None]:
+    def _native(
+        self, h: Tensor, state: Tensor | None, at: int, return_state: bool, out: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Blocks, final norm and head over ``h`` ``(B, T, H)`` in one native call (model/native.py)."""
         run = native.net()
         assert run is not None
         cfg = self.cfg
         eps = self._modules["norm"].eps  # type: ignore[union-attr]
-        return run(h, state, self._packed(), cfg.layers, cfg.state_size, cfg.n_out, eps, at, return_state)
+        return run(h, state, self._packed(), cfg.layers, cfg.state_size, cfg.n_out, eps, at, return_state, out)
 
     def forward(
         self,
@@ -249,11 +251,13 @@ class SSMNet(nn.Module):
             h_a, h_m = block_layer.forward_blocks(h_a, h_m, block)
         return self.head(self.norm(h_a)), self.head(self.norm(h_m))
 
-    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """``x_t``: ``(B,)`` tokens or ``(B, I)`` vectors -> logits ``(B, O)``, next state."""
+    def step(self, x_t: Tensor, state: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x_t``: ``(B,)`` tokens or ``(B, I)`` vectors -> logits ``(B, O)``, next state.  ``out``: a
+        state the caller will never read again, whose memory the native pass may write the next
+        state into (a generation loop's spare); the result is the same either way."""
         h = self.inp(x_t)  # (B, H)
         if self._native_ok(h[:, None], 1, state):  # a step is a pass of one: the AR-SSM gets the kernel too
-            logits, nxt = self._native(h[:, None], state, 1, True)
+            logits, nxt = self._native(h[:, None], state, 1, True, out)
             return logits[:, 0], nxt  # type: ignore[return-value]
         states = []
         for i, block in enumerate(self.blocks):

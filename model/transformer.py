@@ -277,6 +277,6 @@ class ARTransformer(ARModel):
         tensors["k"], tensors["v"] = nxt["k"][:, :, :, :used], nxt["v"][:, :, :, :used]
         return tokens, GenState(nxt.family, nxt.fingerprint, tensors)
 
-    def _net_step(self, x_t: Tensor, state: NetState) -> tuple[Tensor, NetState]:
+    def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
         logits, nxt = self._net_forward(x_t[:, None], state)
         return logits[:, 0], nxt

@@ -127,7 +127,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        native.tune_malloc()  # a served model's freed states are reused, not page-faulted in again
         loop = asyncio.get_running_loop()
         registry = await loop.run_in_executor(ctx.executor, Registry.load, settings.checkpoints, settings.device)
         # build (or find) the layers' compiled kernel now, not in the first request (model/native.py)
