@@ -104,6 +104,47 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
             at = f"at block {c}" + (f", observation temperature {r:g}" if key != "samples" or r != 1.0 else "")
             note = f"{at}, of {samples.get('images', 0):,} unprompted samples (model/judge.py)"
             out.append(_metric(name, samples["confident_share"], "share judged a digit with p >= 0.9", note))
+    out += _text_samples(evaluation, default_block_size)
+    return out
+
+
+def _text_samples(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
+    """The served text samples' figures (model/judge.py): the share of their words found in the training
+    text and the AR judge's bits per byte, at the curve row the model is served at (a VSSM's default
+    block, else its one-pass row; another family's only row)."""
+    curve = evaluation.get("block_curve") or []
+    length = (evaluation.get("generation_seconds") or {}).get("length")
+    if evaluation.get("family") != "vssm":
+        row = curve[0] if len(curve) == 1 else None
+    else:
+        one_pass = [r for r in curve if default_block_size is None and length and r.get("block_size", 0) >= length]
+        row = next((r for r in curve if r.get("block_size") == default_block_size), one_pass[0] if one_pass else None)
+    if row is None:
+        return []
+    prefix = f"block_{default_block_size}_" if default_block_size and evaluation.get("family") == "vssm" else ""
+    out = []
+    for key, suffix in (("samples", ""), ("samples_observation_temperature_1", "_observation_temperature_1")):
+        samples = row.get(key) or {}
+        if samples.get("known_word_share") is None:
+            continue
+        r = samples.get("observation_temperature", 1.0)
+        note = f"of {samples.get('samples', 0):,} unprompted samples of {length} bytes" + (
+            f", observation temperature {r:g}" if key != "samples" or r != 1.0 else ""
+        )
+        out.append(
+            _metric(
+                f"{prefix}known_words{suffix}", samples["known_word_share"], "share found in the training text", note
+            )
+        )
+        if samples.get("ar_judge_bits_per_byte") is not None:
+            out.append(
+                _metric(
+                    f"{prefix}ar_judge_bits_per_byte{suffix}",
+                    samples["ar_judge_bits_per_byte"],
+                    "bits per byte",
+                    f"the AR judge's, {note}",
+                )
+            )
     return out
 
 

@@ -405,7 +405,7 @@ function showBlock() {
 function drawCurve(card, selected) {
   const box = $("#curve");
   const points = card.block_curve;
-  if (!points.length) {
+  if (!points.length || autoregressive(card)) { // an AR model's one point is its token-by-token figure
     box.replaceChildren(el("p", { class: "note" }, autoregressive(card)
       ? "An autoregressive model samples one token per step."
       : "No measured speed / quality curve for this model (vssm eval --block-sizes writes one)."));

@@ -56,6 +56,10 @@ def test_text_models_say_so_and_exact_figures_are_not_called_bounds(client):
     metrics = {m["name"]: m for m in card["card"]["metrics"]}
     assert metrics["test_bits_per_token"]["note"] == "exact"
     assert metrics["generation_ms_batch_1"]["note"].endswith("token by token")
+    (row,) = json.loads((BUNDLED / "shakespeare-ar-gru.json").read_text())["block_curve"]  # its judged samples
+    assert metrics["known_words"]["value"] == round(row["samples"]["known_word_share"], 4)
+    assert metrics["ar_judge_bits_per_byte"]["value"] == round(row["samples"]["ar_judge_bits_per_byte"], 4)
+    assert "1,000 unprompted samples of 256 bytes" in metrics["known_words"]["note"]
     assert not any("upper bound" in line for line in card["card"]["limitations"])
 
 
