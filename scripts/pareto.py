@@ -83,7 +83,7 @@ def plot(rows: list[dict], dataset: str, speedup: float, batch: str, path: Path,
         ax.axhline(bar, color="grey", ls=":", lw=1)
         ax.axvline(ar["s"] * 1e3 / speedup, color="grey", ls=":", lw=1)
         x0 = min(r["s"] for r in rows) * 1e3 / 3
-        label = "target (1.15x the AR-SSM on the curve's images)" if ref is not None else "target"
+        label = "target (1.15x the AR-SSM on the curve's sequences)" if ref is not None else "target"
         ax.fill_between([x0, ar["s"] * 1e3 / speedup], 0, bar, color="tab:green", alpha=0.08, label=label)
     for name in sorted({r["model"] for r in rows if r["family"] == "vssm"}):
         rs = sorted((r for r in rows if r["model"] == name), key=lambda r: r["block"])

@@ -235,8 +235,12 @@ def dataset_section(
         if ref:
             L += [
                 f"On the same {ref['sequences']} test sequences `{Path(ref['checkpoint']).stem}` scores an exact NLL "
-                f"of {ref['nats_per_sequence']:.1f} nats: the column 'x reference' divides the bound by it (a subset "
-                "of the test set is not its average).",
+                f"of {ref['nats_per_sequence']:.1f} nats: the column 'x reference' divides the bound by it"
+                + (
+                    " (a subset of the test set is not its average)."
+                    if ref["sequences"] < FULL_TEST.get(dataset, 0)
+                    else "."
+                ),
                 "",
             ]
         has_judge = any("samples" in r for r in curve)
@@ -244,8 +248,13 @@ def dataset_section(
         r_served = next((r["samples"].get("observation_temperature") for r in curve if "samples" in r), None)
         if own and r_served is not None:
             L += [
-                f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, tokens",
-                f"given them at temperature {r_served:g}, the most likely ones at 0; docs/api.md). The last two",
+                f"Samples as served: observation temperature {r_served:g} (latents drawn at temperature 1, then"
+                + (
+                    " each token the decoder's most likely one given them;"
+                    if r_served == 0
+                    else f" tokens given them at temperature {r_served:g};"
+                )
+                + " docs/api.md). The last two",
                 "columns are the same seeds",
                 "drawn from the model's own distribution (observation temperature 1), the one the bound is of.",
                 "",
