@@ -94,7 +94,7 @@ class ARModel(SequenceModel):
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         logits, net = state["logits"], self._net_state(state)
         out, log_p = [], []
-        # states this loop made and has read for the last time: the step after next writes into one,
+        # the state this loop made and has just read for the last time: the next step writes into it
         # instead of allocating (the caller's state is never one of them)
         spare: NetState | None = None
         for i in range(n):

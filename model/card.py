@@ -121,6 +121,7 @@ def _text_samples(evaluation: dict[str, Any], default_block_size: int | None) ->
         row = next((r for r in curve if r.get("block_size") == default_block_size), one_pass[0] if one_pass else None)
     if row is None:
         return []
+    length = length or (row.get("generation_seconds") or {}).get("length")
     prefix = f"block_{default_block_size}_" if default_block_size and evaluation.get("family") == "vssm" else ""
     out = []
     for key, suffix in (("samples", ""), ("samples_observation_temperature_1", "_observation_temperature_1")):

@@ -414,11 +414,11 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
             earlier_commands = [c for c in result.get("block_curve_commands", []) if c != command]
             result["block_curve_commands"] = [*earlier_commands, command]
         result["block_curve"] = curve
-        if judge is not None and not args.judge_only:
-            # the judge's figures of the test sequences themselves: what a perfect sampler would score
-            # (text windows start mid-line, so a few cut words at their edges count as unknown)
+        if judge is not None:
+            # the judge's figures of the test sequences themselves, by the judge of this run's rows: what
+            # a perfect sampler would score (text windows start mid-line: a cut word counts as unknown)
             test = seqs[: args.judge_samples]
-            result["judged_test_sequences"] = {"offset": offset, **judge(test)}
+            result["judged_test_sequences"] = {"offset": offset, "ar_judge": args.ar_judge, **judge(test)}
         rows = (offset, len(seqs[: args.block_limit]))
         earlier_ref = result.get("block_curve_reference")
         if reference is not None:  # the AR model's NLL of the rows the bounds are on

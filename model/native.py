@@ -238,7 +238,7 @@ def _net(
     and the state after ``at`` steps (None unless ``return_state``).  ``packed``: :func:`pack`.
     ``out``: a dead state's tensor to write the next state into (a generation loop's spare: a fresh
     state every step is a large allocation, which glibc can hand back to the OS and fault in again);
-    used when it has the state's shape, dtype and layout and is not ``state`` itself."""
+    used when it has the state's shape, dtype and layout and shares no memory with ``state``."""
     lib = _lib
     assert lib is not None
     Bsz, T, H = x.shape
@@ -250,6 +250,7 @@ def _net(
     x = x.detach().clone(memory_format=torch.contiguous_format)  # the residual stream, overwritten in C
     cdt = _COMPLEX[dt]
     h0_sb = 0
+    given = state  # the caller's, before any copy below: ``out`` must not share its memory
     if state is not None:
         if state.shape != (Bsz, L, H, N) or state.dtype != cdt:
             raise ValueError(f"the state must be {(Bsz, L, H, N)} {cdt}, got {tuple(state.shape)} {state.dtype}")
@@ -267,8 +268,10 @@ def _net(
             and out.dtype == cdt
             and out.is_cpu
             and out.is_contiguous()
-            and not out.requires_grad
-            and (state is None or out.data_ptr() != state.data_ptr())
+            and not (out.is_conj() or out.is_neg() or out.requires_grad)
+            # not the caller's state, nor any view of its memory (a partial overlap would be read
+            # after it was written)
+            and (given is None or out.untyped_storage().data_ptr() != given.untyped_storage().data_ptr())
         )
         nxt = out if reusable else torch.empty(Bsz, L, H, N, dtype=cdt)  # (B, L, H, N)
     fn(

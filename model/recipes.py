@@ -124,8 +124,8 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image, about 50 times the time of one VSSM pass "
-            "at batch 1.",
+            "Generates token by token: 784 sequential steps per image, about 17-19 times the time of one VSSM "
+            "pass at batch 1.",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
@@ -187,7 +187,7 @@ _RECIPES = [
         intended_use=(
             "Studying one-pass text generation and resumable sessions on bytes; not for readable text. Served in "
             "one pass, where its measured curve is best: never trained for blocks, it loses bits at every smaller "
-            "block (4.16 bits per byte at block 16, 5.42 at block 1) and writes no more known words."
+            "block (4.16 bits per byte at block 16, 5.42 at block 1) and writes no more known words (49-50%)."
         ),
         limitations=(
             "It does not yet write words: its bound (3.86 bits per byte) is far from the baselines' 2.5-2.7, and "

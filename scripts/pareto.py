@@ -121,7 +121,7 @@ def main() -> None:
         raise SystemExit(f"no eval JSONs of {args.dataset} in {args.checkpoints}")
     length = next(iter(evals.values()))["generation_seconds"]["length"]
     rows = points(evals, bench_times(bench, args.batch, length), args.batch)
-    speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET[args.dataset]
+    speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET.get(args.dataset, 10.0)
     args.img.mkdir(parents=True, exist_ok=True)
     out = args.img / f"pareto_{args.dataset}.png"
     ref = reference(evals)

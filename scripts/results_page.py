@@ -152,8 +152,9 @@ def _text_judged_section(evals: dict[str, dict]) -> list[str]:
     if not served:
         return []
     cols, own_cols = JUDGE_COLUMNS["shakespeare"]
-    n = next(iter(served.values()))[1]["samples"]["samples"]
-    L = ["", f"### Every model's samples, judged ({n:,} unprompted samples of 256 bytes, seeds 0..{n - 1})", ""]
+    first = next(iter(served.values()))[1]
+    n, length = first["samples"]["samples"], first["generation_seconds"]["length"]
+    L = ["", f"### Every model's samples, judged ({n:,} unprompted samples of {length} bytes, seeds 0..{n - 1})", ""]
     L += [
         "The share of the samples' words (runs of letters) found in the training text, and the bits per byte",
         "the AR-SSM gives them (the AR judge), each model at its default block size and observation",

@@ -130,6 +130,35 @@ def test_network_and_its_step_are_unchanged_by_the_kernel(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
+def test_the_network_pass_writes_into_a_spare_only_if_it_shares_no_memory_with_the_state():
+    """``out`` is used when it is a separate plain tensor; a view of the state's memory (the state itself,
+    an overlapping slice, its conjugate view) or a conjugate-bit ``out`` is refused, and the result is
+    the same whichever way."""
+    torch.manual_seed(5)
+    net = SSMNet(SSMNetConfig(n_in=6, n_out=5, width=8, state_size=4, layers=3)).double().eval()
+    x = torch.randint(0, 6, (2,))
+    big = torch.randn(3, 3, 8, 4, dtype=torch.complex128)
+    with torch.no_grad():
+        ref_logits, ref_state = net.step(x, big[:2].clone())
+        spare = torch.empty_like(ref_state)
+        logits, nxt = net.step(x, big[:2].clone(), spare)
+        assert nxt.data_ptr() == spare.data_ptr()  # a separate tensor: written into
+        torch.testing.assert_close(nxt, ref_state, rtol=0, atol=0)
+        torch.testing.assert_close(logits, ref_logits, rtol=0, atol=0)
+        for state, out in [
+            (big[:2], big[:2]),  # the state itself
+            (big[:2], big[1:]),  # overlapping rows
+            (big[:2].conj(), big[:2]),  # the caller's memory behind a conjugate view
+            (big[:2].clone(), torch.empty_like(ref_state).conj()),  # a conjugate-bit spare
+        ]:
+            kept, expected = big.clone(), net.step(x, state.clone())
+            logits, nxt = net.step(x, state, out)
+            assert nxt.data_ptr() != out.data_ptr()
+            assert torch.equal(big, kept)  # the caller's memory is untouched
+            torch.testing.assert_close(nxt, expected[1], rtol=0, atol=0)
+            torch.testing.assert_close(logits, expected[0], rtol=0, atol=0)
+
+
 def test_an_ar_generation_loop_writes_into_its_own_dead_states_never_the_caller_s(monkeypatch):
     """The AR-SSM's loop hands each step a state it has read for the last time, and the native pass
     writes the next state there: the same tokens and final state as step-by-step calls (which have no

@@ -405,10 +405,12 @@ function showBlock() {
 function drawCurve(card, selected) {
   const box = $("#curve");
   const points = card.block_curve;
-  if (!points.length || autoregressive(card)) { // an AR model's one point is its token-by-token figure
-    box.replaceChildren(el("p", { class: "note" }, autoregressive(card)
-      ? "An autoregressive model samples one token per step."
-      : "No measured speed / quality curve for this model (vssm eval --block-sizes writes one)."));
+  if (!points.length || (autoregressive(card) && points.length === 1)) { // a one-way sampler's only point
+    box.replaceChildren(el("p", { class: "note" }, !autoregressive(card)
+      ? "No measured speed / quality curve for this model (vssm eval --block-sizes writes one)."
+      : card.family.startsWith("ar-")
+        ? "An autoregressive model samples one token per step."
+        : `A ${card.family.toUpperCase()} samples the same way at every block size.`));
     return;
   }
   const W = 340, H = 150, L = 44, R = 26, T = 14, B = 30;
