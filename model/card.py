@@ -16,7 +16,7 @@ from typing import Any
 from .checkpoint import FAMILIES
 from .recipes import recipe_of
 
-__all__ = ["DATA", "model_card", "samples_in_one_pass"]
+__all__ = ["DATA", "model_card", "samples_in_one_pass", "served_row"]
 
 # What each dataset is, as the bundled models were trained and scored on it (model/data.py).
 DATA = {
@@ -108,20 +108,28 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
     return out
 
 
+def served_row(evaluation: dict[str, Any], default_block_size: int | None) -> dict[str, Any] | None:
+    """The curve row (``block_curve``) a model is served at: a VSSM's default block size, or without
+    one its one-pass row (a block at or past the whole length); another family's only row."""
+    curve = evaluation.get("block_curve") or []
+    if evaluation.get("family") != "vssm":
+        return curve[0] if len(curve) == 1 else None
+    for r in curve:
+        length = (r.get("generation_seconds") or {}).get("length")
+        if r.get("block_size") == default_block_size or (
+            default_block_size is None and length and r.get("block_size", 0) >= length
+        ):
+            return r
+    return None
+
+
 def _text_samples(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
     """The served text samples' figures (model/judge.py): the share of their words found in the training
-    text and the AR judge's bits per byte, at the curve row the model is served at (a VSSM's default
-    block, else its one-pass row; another family's only row)."""
-    curve = evaluation.get("block_curve") or []
-    length = (evaluation.get("generation_seconds") or {}).get("length")
-    if evaluation.get("family") != "vssm":
-        row = curve[0] if len(curve) == 1 else None
-    else:
-        one_pass = [r for r in curve if default_block_size is None and length and r.get("block_size", 0) >= length]
-        row = next((r for r in curve if r.get("block_size") == default_block_size), one_pass[0] if one_pass else None)
+    text and the AR judge's bits per byte, at the curve row the model is served at (:func:`served_row`)."""
+    row = served_row(evaluation, default_block_size)
     if row is None:
         return []
-    length = length or (row.get("generation_seconds") or {}).get("length")
+    length = (row.get("generation_seconds") or {}).get("length")
     prefix = f"block_{default_block_size}_" if default_block_size and evaluation.get("family") == "vssm" else ""
     out = []
     for key, suffix in (("samples", ""), ("samples_observation_temperature_1", "_observation_temperature_1")):

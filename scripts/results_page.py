@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
-from vssm.model.card import samples_in_one_pass  # noqa: E402
+from vssm.model.card import samples_in_one_pass, served_row  # noqa: E402
 
 DATASETS = {
     "mnist": ("Binarised MNIST", "nats per image", "nats_per_sequence", "{:.1f}"),
@@ -127,27 +127,10 @@ def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> 
     return L
 
 
-def _served_row(d: dict) -> dict | None:
-    """The curve row a model is served at: its default block size, one pass (a VSSM without one: the
-    row at the whole length), or another family's only row."""
-    curve = d.get("block_curve", [])
-    if d["family"] != "vssm":
-        return curve[0] if len(curve) == 1 else None
-    c = d.get("default_block_size")
-    return next(
-        (
-            r
-            for r in curve
-            if r["block_size"] == c or (c is None and r["block_size"] >= r["generation_seconds"]["length"])
-        ),
-        None,
-    )
-
-
 def _text_judged_section(evals: dict[str, dict]) -> list[str]:
     """Every text model's unprompted samples, judged (``vssm eval --block-sizes --ar-judge``): the share of
     their words found in the training text and the AR judge's bits per byte, beside the test windows'."""
-    served = {name: (d, _served_row(d)) for name, d in evals.items()}
+    served = {name: (d, served_row(d, d.get("default_block_size"))) for name, d in evals.items()}
     served = {name: (d, r) for name, (d, r) in served.items() if r is not None and "samples" in r}
     if not served:
         return []
