@@ -121,3 +121,19 @@ def test_a_text_curve_gets_text_columns_its_own_times_and_every_model_s_judged_s
     assert "| test windows (3) | - | - | 90% | 2.70 |" in page
     assert "| `t-vssm` | one pass | 1 | 50% | 4.50 |" in page
     assert "| `t-ar` | token by token | 1 | 80% | 4.50 |" in page
+
+
+@torch.no_grad()
+def test_block_bounds_are_the_model_s_bound_whatever_the_batching():
+    """The comparison script's IW column is ``VSSM.nll`` at the block size (keyed draws: batching
+    cannot move it), and its ELBO split has a KL that is never negative."""
+    from tests.conftest import tiny_model
+
+    block_bounds = _script("block_bounds")
+    m = tiny_model("vssm", max_position=12, decoder_tokens=True, posterior="smoothing", posterior_blocks=True)
+    x = torch.randint(0, 4, (6, 12), generator=torch.Generator().manual_seed(2))
+    one = block_bounds.bounds(m, x, 4, samples=3, batch=6)
+    split = block_bounds.bounds(m, x, 4, samples=3, batch=2)
+    assert abs(one["iw"] - split["iw"]) < 1e-9
+    assert abs(one["iw"] - float(m.nll(x, samples=3, block_size=4).mean())) < 1e-9
+    assert one["kl"] >= 0.0 and one["rec"] > 0.0
