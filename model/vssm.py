@@ -14,9 +14,6 @@ Networks (names from the paper):
               (decoder_tokens=True: also x_1:s, the tokens before the current block, EMPTY inside
                it: p_phi(x_t | z_1:t, x_1:s); unprompted one-pass sampling has s = 0, the paper's model;
                trained with block sampling only, where the decoder learns to read tokens)
-              (posterior_blocks=True: f_enc also reads the block size c and each step's place in its
-               block, q_psi(z_t | x, c): the best proposal differs with the block prior; generation
-               never runs f_enc, so serving is unchanged)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
 
@@ -64,8 +61,6 @@ from .state import GenState, StateError
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
-BLOCK_BUCKETS = 11  # one-hot of round(log2 c), c = 1 .. 1024 (longer blocks share the last bucket)
-BLOCK_FEATURES = BLOCK_BUCKETS + 3  # + log2(c) / 10, the place in the block (t - s) / c, and t == s
 
 
 @dataclass
@@ -83,7 +78,6 @@ class VSSMConfig:
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
     decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
-    posterior_blocks: bool = False  # f_enc also reads the block size c and each step's place in its block
 
     def __post_init__(self) -> None:
         check_config(
@@ -143,9 +137,7 @@ class VSSM(SequenceModel):
         super().__init__(config)
         V, ZK = config.vocab_size, config.n_latents * config.n_classes
         common = dict(width=config.width, state_size=config.state_size, dropout=config.dropout)
-        # with posterior_blocks the encoder's input is [one-hot x_t, block features of t] (_posterior_input)
-        enc_in = dict(n_in=V + BLOCK_FEATURES, tokens=False) if config.posterior_blocks else dict(n_in=V)
-        enc = SSMNetConfig(n_out=ZK, layers=config.enc_layers, **enc_in, **common)
+        enc = SSMNetConfig(n_in=V, n_out=ZK, layers=config.enc_layers, **common)
         self.encoder = SSMNet(enc)
         # a smoothing posterior also reads the future through a second causal stack run backwards in
         # time; only training and the likelihood bounds use the encoder, so generation is unchanged
@@ -172,42 +164,17 @@ class VSSM(SequenceModel):
         """``(B, T)``: True on each row's prompt steps, t < C."""
         return torch.arange(T, device=prompt_lengths.device)[None, :] < prompt_lengths[:, None]
 
-    def _posterior_input(self, x: Tensor, block_size: int | None) -> Tensor:
-        """What the encoder reads: the tokens ``(B, T)``, or with ``posterior_blocks``
-        ``(B, T, V + BLOCK_FEATURES)``: each token's one-hot and the features of blocks of
-        ``block_size`` steps (None, or at least T: one block, the one-pass process)."""
-        if not self.config.posterior_blocks:
-            return x
-        Bsz, T = x.shape
-        c = T if block_size is None else min(block_size, T)
-        t = torch.arange(T, device=x.device)
-        place = t % c  # (T,) t - s, s the start of t's block
-        bucket = F.one_hot(torch.tensor(min(round(math.log2(c)), BLOCK_BUCKETS - 1), device=x.device), BLOCK_BUCKETS)
-        feats = torch.cat(
-            [
-                bucket.to(self.dtype).expand(T, -1),
-                torch.full((T, 1), math.log2(c) / 10, dtype=self.dtype, device=x.device),
-                (place / c).to(self.dtype)[:, None],
-                (place == 0).to(self.dtype)[:, None],
-            ],
-            -1,
-        )  # (T, BLOCK_FEATURES)
-        tokens = F.one_hot(x, self.config.vocab_size).to(self.dtype)  # (B, T, V)
-        return torch.cat([tokens, feats.expand(Bsz, -1, -1)], -1)
-
-    def _posterior_log_probs(self, x: Tensor, causal: Tensor | None = None, block_size: int | None = None) -> Tensor:
+    def _posterior_log_probs(self, x: Tensor, causal: Tensor | None = None) -> Tensor:
         """``log q_psi(z_t | x_1:t)`` (causal) or ``log q_psi(z_t | x_1:T)`` (smoothing), ``(B, T, Z, K)``.
 
         Any q gives a valid ELBO and importance-weighted bound of the same generative model; the
         smoothing form can match the true posterior more closely, since x_t+1:T depend on z_t
         through the decoder.  ``causal`` ``(B, T)``: steps that keep the causal form (the forward
         stack alone), as the "split" posterior trains its prompts (:meth:`_prompt_mask`).
-        ``block_size``: the process scored (None: one pass), read by a ``posterior_blocks`` encoder.
         """
-        inp = self._posterior_input(x, block_size)  # (B, T) or (B, T, V + BLOCK_FEATURES)
-        logits = self.encoder(inp, return_state=False)[0]  # (B, T, Z*K)
+        logits = self.encoder(x, return_state=False)[0]  # (B, T, Z*K)
         if self.encoder_bwd is not None:
-            future = self.encoder_bwd(inp.flip(1), return_state=False)[0].flip(1)  # (B, T, Z*K) reads x_t:T at t
+            future = self.encoder_bwd(x.flip(1), return_state=False)[0].flip(1)  # (B, T, Z*K) reads x_t:T at t
             if causal is not None:
                 future = future.masked_fill(causal[..., None], 0.0)  # (B, T, Z*K)
             logits = logits + future
@@ -313,7 +280,7 @@ class VSSM(SequenceModel):
         one kind of latent wherever a block starts; it is outside the bound.
         """
         T = x.shape[1]
-        log_q = self._posterior_log_probs(x, block_size=c)  # (B, T, Z, K)
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
         if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
@@ -360,7 +327,7 @@ class VSSM(SequenceModel):
         Bsz, T = x.shape
         if c >= T:
             return self._log_weights(x, 0, samples, seed)  # one block: the one-pass bound
-        log_q = self._posterior_log_probs(x, block_size=c)  # (B, T, Z, K)
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         log_obs, log_gen = self._block_priors(x, c)  # (B, T, Z, K) each
         row_seed = sequence_seeds(x, seed)  # (B,)
         weights = []

@@ -63,8 +63,6 @@ def family(request) -> str:
 VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
     "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
-    # f_enc also reads the block size: training and bounds only, generation must not change
-    "vssm-posterior-blocks": ("vssm", {"posterior": "smoothing", "posterior_blocks": True}),
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

@@ -289,57 +289,6 @@ def test_block_bound_is_above_the_exact_nll_and_converges_to_it(enum_model, c):
     assert float((iw - exact).mean()) > -0.005
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("c", [1, 2])
-def test_a_block_aware_posterior_bounds_the_same_process(c):
-    """``posterior_blocks``: the encoder reads the block size, so each block size has its own proposal.
-    The generative process is the enumerated one's; the bound stays above its exact NLL and converges."""
-    m = tiny_model(
-        "vssm", vocab_size=2, max_position=ENUM_T, n_latents=1, n_classes=2, seed=3, decoder_tokens=True,
-        posterior="smoothing", posterior_blocks=True,
-    )  # fmt: skip
-    with torch.no_grad():
-        for net in (m.decoder, m.partial_encoder):
-            net.head.weight.mul_(3.0)
-            net.inp.weight.mul_(3.0)
-    exact = -enumerate_pc(m, c).log()
-    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))
-    w = m.block_log_weights(xs, c, samples=16000)  # (S, X)
-    gap = {S: -(torch.logsumexp(w[:S], 0) - math.log(S)) - exact for S in (100, 16000)}  # IW-S bound - exact
-    elbo = -w.mean(0)
-    assert bool((elbo > exact).all()) and float((elbo - exact).mean()) > 0.02
-    # an untrained proposal (one-sample gap 1.2-1.7 nats): the IW bound closes in on the exact NLL
-    # as the samples grow, from above on average (IW-100 0.04-0.09 nats above, IW-16000 0.006-0.014)
-    assert float(gap[16000].mean()) < float(gap[100].mean()) / 4
-    assert float(gap[16000].abs().max()) < 0.1 and float(gap[16000].mean()) > -0.005
-
-
-def test_a_block_aware_posterior_reads_the_block_size_of_the_process_scored(monkeypatch):
-    m = tiny_model("vssm", max_position=12, posterior="smoothing", posterior_blocks=True)
-    x = torch.randint(0, V, (2, 12), generator=torch.Generator().manual_seed(1))
-    q = {c: m._posterior_log_probs(x, block_size=c) for c in (1, 3, 4, 12, 50, None)}
-    torch.testing.assert_close(q[12], q[None])  # one block, however it is asked for
-    torch.testing.assert_close(q[50], q[None])
-    for a, b in [(1, 4), (3, 4), (4, 12)]:  # 3 and 4 share a size bucket: the place in the block differs
-        assert not torch.allclose(q[a], q[b])
-    # the blocks' features are by position alone: the forward stack stays causal in the tokens
-    causal = tiny_model("vssm", max_position=12, posterior_blocks=True)
-    y = x.clone()
-    y[:, 7] = (y[:, 7] + 1) % V
-    qx, qy = causal._posterior_log_probs(x, block_size=4), causal._posterior_log_probs(y, block_size=4)
-    torch.testing.assert_close(qx[:, :7], qy[:, :7])
-    assert not torch.allclose(qx[:, 7:], qy[:, 7:])
-    # training, the bounds and the per-step terms pass the block size of the process they score
-    seen: list[int | None] = []
-    read = m._posterior_input
-    monkeypatch.setattr(m, "_posterior_input", lambda x, c: seen.append(c) or read(x, c))
-    m.loss(x, block_size=4)
-    m.nll(x, block_size=3)
-    m.nll(x)
-    m.loss(x)
-    assert seen == [4, 3, None, None]
-
-
 def test_one_block_is_the_one_pass_bound(enum_model):
     xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))
     torch.testing.assert_close(enum_model.nll(xs, samples=7, block_size=ENUM_T), enum_model.nll(xs, samples=7))
