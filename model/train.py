@@ -76,6 +76,7 @@ class TrainConfig:
     ckpt_every: int = 250  # steps between resumable checkpoints
     seed: int = 0  # weights and data order
     init_from: str = ""  # fine-tune: start from this checkpoint's weights (same family and config), fresh optimiser
+    train_only: str = ""  # train only these top-level networks, e.g. "encoder,encoder_bwd"; the rest stay frozen
     threads: int = 0  # torch intra-op threads (0: leave torch's default)
     limit: int | None = None  # keep only this many sequences / bytes per split (tests)
     device: str = "auto"  # auto | cpu | cuda
@@ -124,6 +125,8 @@ class LossModule(nn.Module):
 def _param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     ssm, decay, no_decay = [], [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen by train_only
+            continue
         leaf = name.rsplit(".", 1)[-1]
         if leaf in ("log_dt", "A_log", "A_imag"):
             ssm.append(p)
@@ -257,6 +260,19 @@ def _init_from(model: SequenceModel, path: str) -> None:
     log.info("weights from %s", path)
 
 
+def _freeze_all_but(model: SequenceModel, names: str) -> None:
+    """Freeze every parameter outside the comma-separated top-level networks ``names``: e.g. a
+    VSSM's encoder fitted to a fixed generative model, whose bounds tighten while what it samples
+    stays the same (docs/experiments/blocks.md, eleventh session)."""
+    keep = {n.strip() for n in names.split(",") if n.strip()}
+    nets = {name for name, _ in model.named_children()}
+    if not keep or keep - nets:
+        raise ValueError(f"train_only: {sorted(keep - nets) or names!r} not among {sorted(nets)}")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".", 1)[0] in keep)
+    log.info("training only %s", ", ".join(sorted(keep)))
+
+
 def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     """Train (or resume) ``cfg`` and return the path of the model checkpoint."""
     if not cfg.max_steps and not cfg.budget_minutes and not cfg.budget_cpu_minutes:
@@ -289,6 +305,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         raise ValueError("decoder_tokens trains with block sampling: give --block-sizes with a size below the length")
     if cfg.init_from:
         _init_from(model, cfg.init_from)
+    if cfg.train_only:
+        _freeze_all_but(model, cfg.train_only)
     model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it
     model.train()
     opt = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr, betas=(0.9, 0.99))

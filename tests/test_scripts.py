@@ -130,7 +130,7 @@ def test_block_bounds_are_the_model_s_bound_whatever_the_batching():
     from tests.conftest import tiny_model
 
     block_bounds = _script("block_bounds")
-    m = tiny_model("vssm", max_position=12, decoder_tokens=True, posterior="smoothing", posterior_blocks=True)
+    m = tiny_model("vssm", max_position=12, decoder_tokens=True, posterior="smoothing")
     x = torch.randint(0, 4, (6, 12), generator=torch.Generator().manual_seed(2))
     one = block_bounds.bounds(m, x, 4, samples=3, batch=6)
     split = block_bounds.bounds(m, x, 4, samples=3, batch=2)

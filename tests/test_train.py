@@ -142,3 +142,24 @@ def test_init_from_starts_at_a_checkpoints_weights_and_refuses_another_model(tmp
         train(other, mnist)
     with pytest.raises(ValueError, match="vssm"):
         train(dataclasses.replace(cfg, out=str(tmp_path / "bad2"), family="ar-ssm"), mnist)
+
+
+def test_train_only_moves_the_named_networks_and_freezes_the_rest(tmp_path, mnist):
+    """``train_only``: an encoder fitted to a fixed generative model (its decoder and partial encoder
+    bit for bit the checkpoint's, so what it samples is too); an unknown network is refused."""
+    source = load_checkpoint(train(config(tmp_path / "src", 2, family="vssm"), mnist))
+    cfg = dataclasses.replace(
+        config(tmp_path / "enc", 2, family="vssm"),
+        init_from=str(tmp_path / "src" / "model.safetensors"),
+        train_only="encoder",
+        block_sizes="4,784",
+    )
+    tuned = load_checkpoint(train(cfg, mnist))
+    theirs = source.state_dict()
+    for name, value in tuned.state_dict().items():
+        if name.startswith("encoder."):
+            continue
+        assert torch.equal(value, theirs[name]), name
+    assert any(not torch.equal(v, theirs[k]) for k, v in tuned.state_dict().items() if k.startswith("encoder."))
+    with pytest.raises(ValueError, match="encoderr"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), train_only="encoderr"), mnist)
