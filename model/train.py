@@ -201,12 +201,20 @@ def load_train_state(
     opt: torch.optim.Optimizer,
     gen: torch.Generator,
     ema: AveragedModel | None = None,
+    train_only: str = "",
 ) -> dict[str, Any]:
+    """Restore a run's state into ``model``, ``opt``, ``gen`` and ``ema``; returns the run's meta.
+    ``train_only`` must be the run's own: the optimiser's state is stored by position among the
+    parameters it trains, so another frozen set would give it to the wrong tensors."""
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         same = meta.get("family") == model.family
         if not same or current_config(model.family, json.loads(meta["config"])) != dataclasses.asdict(model.config):
             raise ValueError(f"{path} holds a different model; use another --out or delete it")
+        theirs = json.loads(meta["meta"]).get("config", {}).get("train_only", "")
+        if theirs != train_only:
+            run = f"{path} trained --train-only {theirs!r}, not {train_only!r}"
+            raise ValueError(f"{run}; use another --out or delete it")
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
@@ -306,6 +314,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     if cfg.init_from:
         _init_from(model, cfg.init_from)
     if cfg.train_only:
+        if not cfg.init_from and not (out / "train.safetensors").exists():
+            log.warning("--train-only without --init-from: the frozen networks keep their random initial weights")
         _freeze_all_but(model, cfg.train_only)
     model.modality = of_dataset(ds.name)  # before the average copies the model: both checkpoints record it
     model.train()
@@ -321,7 +331,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
     state_path = out / "train.safetensors"
     meta: dict[str, Any] = {"step": 0, "elapsed": 0.0, "cpu": 0.0, "best_val": None, "config": dataclasses.asdict(cfg)}
     if state_path.exists():
-        meta = {**meta, **load_train_state(state_path, model, opt, gen, ema)}
+        meta = {**meta, **load_train_state(state_path, model, opt, gen, ema, cfg.train_only)}
         if main:
             log.info("resuming %s at step %d (%.1f min spent)", state_path, meta["step"], meta["elapsed"] / 60)
     wrapped: nn.Module = LossModule(model)
