@@ -100,12 +100,18 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
             samples = row.get(key) or {}
             if samples.get("confident_share") is None:
                 continue
-            r = samples.get("observation_temperature", 1.0)
-            at = f"at block {c}" + (f", observation temperature {r:g}" if key != "samples" or r != 1.0 else "")
+            at = f"at block {c}" + _temperature_note(key, samples)
             note = f"{at}, of {samples.get('images', 0):,} unprompted samples (model/judge.py)"
             out.append(_metric(name, samples["confident_share"], "share judged a digit with p >= 0.9", note))
     out += _text_samples(evaluation, default_block_size)
     return out
+
+
+def _temperature_note(key: str, samples: dict[str, Any]) -> str:
+    """ ", observation temperature R" for judged samples (a curve row's ``key`` entry) drawn at R, unless
+    they are the served samples at temperature 1, where there is nothing to say."""
+    r = samples.get("observation_temperature", 1.0)
+    return f", observation temperature {r:g}" if key != "samples" or r != 1.0 else ""
 
 
 def served_row(evaluation: dict[str, Any], default_block_size: int | None) -> dict[str, Any] | None:
@@ -136,9 +142,8 @@ def _text_samples(evaluation: dict[str, Any], default_block_size: int | None) ->
         samples = row.get(key) or {}
         if samples.get("known_word_share") is None:
             continue
-        r = samples.get("observation_temperature", 1.0)
-        note = f"of {samples.get('samples', 0):,} unprompted samples of {length} bytes" + (
-            f", observation temperature {r:g}" if key != "samples" or r != 1.0 else ""
+        note = f"of {samples.get('samples', 0):,} unprompted samples of {length} bytes" + _temperature_note(
+            key, samples
         )
         out.append(
             _metric(

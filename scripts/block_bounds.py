@@ -26,25 +26,21 @@ from torch import Tensor
 from vssm.model import VSSM, load_checkpoint
 from vssm.model.base import parse_block_sizes
 from vssm.model.checkpoint import read_metadata
-from vssm.model.data import eval_sequences, load_dataset
+from vssm.model.data import Dataset, eval_sequences, load_dataset
+from vssm.model.evaluate import _score
 
 
 @torch.no_grad()
 def bounds(model: VSSM, x: Tensor, c: int, samples: int, batch: int) -> dict[str, float]:
     """Mean over the sequences ``x`` ``(N, T)`` of the IW-``samples`` bound and the ELBO's terms at block ``c``."""
-    iw, rec, kl = [], [], []
+    iw = _score(model, x, batch, f"block {c}", samples=samples, block_size=c) / len(x)  # as vssm eval sums it
+    rec, kl = [], []
     torch.manual_seed(0)  # the ELBO split's Gumbel draws
     for i in range(0, len(x), batch):
-        xb = x[i : i + batch]  # (n, T)
-        iw.append(model.nll(xb, samples=samples, block_size=c))
-        terms = model.loss(xb, block_size=c)
+        terms = model.loss(x[i : i + batch], block_size=c)
         rec.append(terms.reconstruction)
         kl.append(terms.kl)
-    return {
-        "iw": float(torch.cat(iw).mean()),
-        "rec": float(torch.cat(rec).mean()),
-        "kl": float(torch.cat(kl).mean()),
-    }
+    return {"iw": iw, "rec": float(torch.cat(rec).mean()), "kl": float(torch.cat(kl).mean())}
 
 
 def main() -> int:
@@ -61,12 +57,15 @@ def main() -> int:
     torch.set_num_threads(1)
     blocks = parse_block_sizes(args.blocks)
     rows: dict[str, dict[int, dict[str, float]]] = {}
+    datasets: dict[str, Dataset] = {}  # read once, however many checkpoints share one
     for path in args.checkpoints:
         model = load_checkpoint(path).eval()
         if not isinstance(model, VSSM):
             raise SystemExit(f"{path} is a {model.family} model, not a VSSM")
-        ds = load_dataset(read_metadata(path)["dataset"], args.data_dir)
-        x = eval_sequences(ds.test, args.seq_len)[: args.limit]  # (N, T)
+        name = read_metadata(path)["dataset"]
+        if name not in datasets:
+            datasets[name] = load_dataset(name, args.data_dir)
+        x = eval_sequences(datasets[name].test, args.seq_len)[: args.limit]  # (N, T)
         rows[path] = {c: bounds(model, x, c, args.samples, args.batch) for c in blocks}
     print(f"IW-{args.samples} bound, and the negative ELBO as reconstruction + KL (nats), first {args.limit} test rows")
     print()

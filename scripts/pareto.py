@@ -44,7 +44,7 @@ def bench_times(bench: dict | None, batch: str, length: int) -> dict[str, float]
     blocks = (bench or {}).get("blocks")
     if not blocks or blocks.get("length") != length or batch not in blocks["sequence"]:
         return {}
-    return {k: v["median_s"] for k, v in bench["blocks"]["sequence"][batch]["seconds"].items()}
+    return {k: v["median_s"] for k, v in blocks["sequence"][batch]["seconds"].items()}
 
 
 def points(evals: dict[str, dict], times: dict[str, float], batch: str) -> list[dict]:
