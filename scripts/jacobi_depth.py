@@ -11,11 +11,15 @@ from the teacher-forced conditionals given x^(k-1)_<t.  Pass k is exact for t <=
 iteration reaches the model's own sample after at most T passes.  How many it needs in practice
 measures how deep the chain of dependencies is that a one-pass decoder would have to unroll.
 
-Two measurements, on the first ``--images`` test sequences:
+Three measurements, on the first ``--images`` test sequences:
   - posterior latents: u_t drawn uniformly from the interval that gives the real token x_t (the
     exact posterior of u given x); wrong tokens per sequence after k passes, against the real x;
   - prior latents: u_t from the same keyed stream as ``model.generate``; passes until the
-    iteration stops changing, and whether its fixed point equals the sequential sample.
+    iteration stops changing, and whether its fixed point equals the sequential sample;
+  - ``--blocks``: the same iteration block by block from the model's state (a block of c tokens
+    iterated until it stops changing, then the next from the state after it), the way a block
+    model's tokens that read each other are drawn (VSSM ``decoder_ar``): passes per sequence and the
+    batch-1 time of a whole sequence against token-by-token generation, both exact.
 
     .venv/bin/python scripts/jacobi_depth.py checkpoints/mnist-ar-ssm.safetensors --images 100
 """
@@ -105,6 +109,64 @@ def measure(model: ARModel, x: Tensor, max_passes: int, report: list[int], seed:
 
 
 @torch.no_grad()
+def block_fixed_point(model: ARModel, T: int, c: int, seed: int) -> tuple[Tensor, int]:
+    """One sequence ``(1, T)`` of ``model.generate`` (same keyed uniforms), drawn in blocks of ``c``:
+    each block iterated from all-zero tokens by passes of the network from the state before it,
+    until a pass changes nothing; returns the tokens and the passes it took."""
+    state = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), seed)
+    u = keyed_uniform(state.seed, model.positions(state, T), STREAM_TOKEN, 1, model.dtype)[..., 0]  # (1, T)
+    logits, net = state["logits"], model._net_state(state)  # (1, V): p(x_s | x_<s)
+    blocks, passes = [], 0
+    for s in range(0, T, c):
+        m = min(c, T - s)
+        x = torch.zeros(1, m, dtype=torch.long, device=model.device)
+        for _ in range(m + 1):  # pass k is exact up to step k: at most m + 1 passes
+            out, after = model._net_forward(x, net)  # (1, m, V): p(x_t+1 | x_<=t) for the block's steps
+            passes += 1
+            nxt = sample_categorical(torch.cat([logits[:, None], out[:, :-1]], 1), u[:, s : s + m], 1.0)
+            if torch.equal(nxt, x):
+                break
+            x = nxt
+        logits, net = out[:, -1], after
+        blocks.append(x)
+    return torch.cat(blocks, 1), passes
+
+
+@torch.no_grad()
+def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int, repeats: int = 3) -> dict:
+    """Passes per sequence and median batch-1 seconds of block fixed-point sampling, per block size,
+    against token-by-token generation (``seeds`` sequences each; every one checked equal)."""
+    start = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), 0)
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    sequential = timed(lambda: model.generate(start, T, resumable=False))
+    out: dict = {"sequential_seconds": sequential, "blocks": {}}
+    for c in blocks:
+        passes = []
+        for seed in range(seeds):
+            x, k = block_fixed_point(model, T, c, seed)
+            ref, _ = model.generate(model.start(torch.zeros(1, 0, dtype=torch.long), seed), T, resumable=False)
+            if not torch.equal(x, ref):
+                raise AssertionError(f"block {c}, seed {seed}: the fixed point is not the sequential sample")
+            passes.append(k)
+        seconds = timed(lambda c=c: block_fixed_point(model, T, c, 0))
+        out["blocks"][c] = {
+            "passes_mean": sum(passes) / len(passes),
+            "seconds_seed0": seconds,
+            "sequential_over_blocks": sequential / seconds,
+        }
+        log.info("block %d: %s", c, out["blocks"][c])
+    return out
+
+
+@torch.no_grad()
 def batch1_seconds(model: ARModel, T: int, repeats: int = 5) -> dict[str, float]:
     """Best-of wall clock at batch 1: one parallel pass over ``T`` tokens, and ``T`` sequential steps."""
     x = torch.zeros(1, T, dtype=torch.long)
@@ -124,6 +186,8 @@ def main() -> int:
     p.add_argument("--max-passes", type=int, default=200, help="stop the prior-latent iteration after this many")
     p.add_argument("--report", default="1,2,4,8,16,24,32,40,50,60", help="passes to report for posterior latents")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blocks", default="", help="block sizes for block fixed-point sampling, e.g. 8,28,56")
+    p.add_argument("--block-seeds", type=int, default=20, help="sequences per block size")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -134,6 +198,9 @@ def main() -> int:
     ds = load_dataset(read_metadata(args.checkpoint)["dataset"], args.data_dir)
     x = eval_sequences(ds.test, ds.max_position or 256)[: args.images]  # text: the eval's 256-byte windows
     timing = batch1_seconds(model, x.shape[1])  # in the served dtype
+    blocks = [int(c) for c in args.blocks.split(",") if c]
+    # in the served dtype and one thread, as `vssm eval` times generation
+    by_block = blocks_measure(model, x.shape[1], blocks, args.block_seeds) if blocks else None
     # then float64 throughout, so that a decision at a CDF boundary does not depend on a pass's rounding
     model = model.double()
     report = sorted({int(k) for k in args.report.split(",")})
@@ -141,6 +208,7 @@ def main() -> int:
         "checkpoint": args.checkpoint,
         **measure(model, x, args.max_passes, report, args.seed),
         "batch1_seconds": timing,
+        **({"block_fixed_point": by_block} if by_block else {}),
     }
     sys.stdout.write(json.dumps(out, indent=1) + "\n")
     return 0

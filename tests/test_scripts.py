@@ -66,6 +66,21 @@ def test_passes_to_fixed_point_counts_the_first_pass_that_reached_it():
     assert (passes > 1).any()  # the tiny model's rows do not all settle at once
 
 
+@torch.no_grad()
+def test_block_fixed_point_sampling_is_the_sequential_sample_at_every_block_size():
+    jd, model = _script("jacobi_depth"), _tiny_ar(3)
+    T = 23
+    for c in (1, 4, 7, T, 40):
+        for seed in (0, 5):
+            x, passes = jd.block_fixed_point(model, T, c, seed)
+            ref, _ = model.generate(model.start(torch.zeros(1, 0, dtype=torch.long), seed), T, resumable=False)
+            assert torch.equal(x, ref)
+            blocks = -(-T // c)
+            assert blocks <= passes <= T + blocks  # a pass per block at least, one per token plus a check at most
+    out = jd.blocks_measure(model, T, [4], seeds=2, repeats=1)
+    assert out["blocks"][4]["passes_mean"] >= 6 and out["sequential_seconds"] > 0
+
+
 def test_the_results_page_is_written_from_the_eval_jsons_and_is_fresh():
     """docs/results.md holds no hand-typed number: regenerating it from checkpoints/*.json changes nothing."""
     results_page = _script("results_page")
