@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import math
+import statistics
 import sys
 import time
 
@@ -133,34 +134,32 @@ def block_fixed_point(model: ARModel, T: int, c: int, seed: int) -> tuple[Tensor
 
 
 @torch.no_grad()
-def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int, repeats: int = 3) -> dict:
-    """Passes per sequence and median batch-1 seconds of block fixed-point sampling, per block size,
-    against token-by-token generation (``seeds`` sequences each; every one checked equal)."""
-    start = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), 0)
-
-    def timed(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
-
-    sequential = timed(lambda: model.generate(start, T, resumable=False))
-    out: dict = {"sequential_seconds": sequential, "blocks": {}}
+def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int) -> dict:
+    """Passes and batch-1 seconds per sequence of block fixed-point sampling, per block size, against
+    token-by-token generation: ``seeds`` sequences each (the passes differ by sequence), medians;
+    every sequence is checked equal to the sequential sample."""
+    sequential, out = [], {"blocks": {}}
+    refs = []
+    for seed in range(seeds):
+        start = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), seed)
+        t0 = time.perf_counter()
+        refs.append(model.generate(start, T, resumable=False)[0])
+        sequential.append(time.perf_counter() - t0)
+    out["sequential_seconds"] = statistics.median(sequential)
     for c in blocks:
-        passes = []
+        passes, seconds = [], []
         for seed in range(seeds):
+            t0 = time.perf_counter()
             x, k = block_fixed_point(model, T, c, seed)
-            ref, _ = model.generate(model.start(torch.zeros(1, 0, dtype=torch.long), seed), T, resumable=False)
-            if not torch.equal(x, ref):
+            seconds.append(time.perf_counter() - t0)
+            if not torch.equal(x, refs[seed]):
                 raise AssertionError(f"block {c}, seed {seed}: the fixed point is not the sequential sample")
             passes.append(k)
-        seconds = timed(lambda c=c: block_fixed_point(model, T, c, 0))
         out["blocks"][c] = {
-            "passes_mean": sum(passes) / len(passes),
-            "seconds_seed0": seconds,
-            "sequential_over_blocks": sequential / seconds,
+            "passes_median": statistics.median(passes),
+            "passes_mean": statistics.mean(passes),
+            "seconds_median": statistics.median(seconds),
+            "sequential_over_blocks": out["sequential_seconds"] / statistics.median(seconds),
         }
         log.info("block %d: %s", c, out["blocks"][c])
     return out
