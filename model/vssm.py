@@ -14,8 +14,6 @@ Networks (names from the paper):
               (decoder_tokens=True: also x_1:s, the tokens before the current block, EMPTY inside
                it: p_phi(x_t | z_1:t, x_1:s); unprompted one-pass sampling has s = 0, the paper's model;
                trained with block sampling only, where the decoder learns to read tokens)
-              (decoder_ar=True: also x_t-1, the token before t, everywhere: p_phi(x_t | z_1:t, x_1:t-1);
-               a block's tokens then depend on each other and are drawn by fixed-point passes)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
 with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
 
@@ -80,7 +78,6 @@ class VSSMConfig:
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
     decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
-    decoder_ar: bool = False  # f_dec also reads x_t-1 at every step: a block is drawn by fixed-point passes
 
     def __post_init__(self) -> None:
         check_config(
@@ -90,8 +87,6 @@ class VSSMConfig:
         )
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
-        if self.decoder_ar and self.decoder_tokens:
-            raise ValueError("decoder_ar and decoder_tokens are two ways to read tokens: choose one")
 
 
 class VSSMLoss(LossOutput):
@@ -149,8 +144,7 @@ class VSSM(SequenceModel):
         self.encoder_bwd = SSMNet(enc) if config.posterior != "causal" else None
         # with decoder_tokens the input is [one-hot z_t, one-hot token]: the token is x_t where x_t was
         # observed or absorbed before the current block, EMPTY where it is being drawn (_dec_in)
-        # with decoder_ar it is [one-hot z_t, one-hot x_t-1], EMPTY before the first token (_shifted)
-        dec_in = ZK + (V + 1 if config.decoder_tokens or config.decoder_ar else 0)
+        dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
 
@@ -199,9 +193,8 @@ class VSSM(SequenceModel):
         model with ``decoder_tokens``, the tokens it reads ``x`` ``(B, n)`` (None: all EMPTY).
 
         A token is only ever read at a position the decoder is not predicting: the outputs over
-        absorbed or observed tokens advance a state and are discarded (or scored only past a prompt).
-        With ``decoder_ar``, ``x`` is already the previous token of every step (:meth:`_shifted`)."""
-        if not (self.config.decoder_tokens or self.config.decoder_ar):
+        absorbed or observed tokens advance a state and are discarded (or scored only past a prompt)."""
+        if not self.config.decoder_tokens:
             return z
         if x is None:  # all EMPTY, the one-hot of the last class: no one_hot (it checks its input's range)
             tok = z.new_zeros(*z.shape[:2], self.config.vocab_size + 1)  # (B, n, V+1)
@@ -209,14 +202,6 @@ class VSSM(SequenceModel):
         else:
             tok = F.one_hot(x, self.config.vocab_size + 1).to(z.dtype)  # (B, n, V+1)
         return torch.cat([z, tok], -1)
-
-    def _shifted(self, x: Tensor, last: Tensor | None = None) -> Tensor:
-        """What a ``decoder_ar`` decoder reads over ``x`` ``(B, n)``: ``x_t-1`` at step t, ``last``
-        ``(B,)`` (the token before the call; None: EMPTY, nothing before) at the first step."""
-        if x.shape[1] == 0:
-            return x
-        first = torch.full_like(x[:, :1], self.empty_token) if last is None else last[:, None]  # (B, 1)
-        return torch.cat([first, x[:, :-1]], 1)  # (B, n)
 
     @staticmethod
     def _xent(x_logits: Tensor, x: Tensor) -> Tensor:
@@ -242,8 +227,8 @@ class VSSM(SequenceModel):
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
         the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
         """
-        if block_size is not None or self.config.decoder_ar:  # decoder_ar: one block is the one-pass ELBO
-            return self._block_loss(x, x.shape[1] if block_size is None else block_size, tau, kl_weight)
+        if block_size is not None:
+            return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
@@ -293,23 +278,11 @@ class VSSM(SequenceModel):
         Both ``z`` and ``z'`` use the straight-through Gumbel estimator.  ``partial_kl`` keeps the
         partial encoder's absorbed latents close to the posterior's, so that the decoder reads
         one kind of latent wherever a block starts; it is outside the bound.
-
-        With ``decoder_ar`` nothing is re-drawn: the decoder reads the latents each block was drawn
-        from and the tokens before each step, ``log p_c(x) >= E[sum_t log p(x_t | z_1:t, x_1:t-1) -
-        KL(q_psi(z_t | x) || block prior_t)]``, one teacher-forced pass; ``partial_kl`` then serves
-        appends (a prompt's latents are drawn from the partial encoder reading it).
         """
         T = x.shape[1]
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
-        if self.config.decoder_ar:  # the tokens are read as they were drawn: one teacher-forced pass
-            if c >= T:
-                log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
-                log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
-            else:
-                log_obs, log_gen = self._block_priors(x, c)
-            x_logits = self.decoder(self._dec_in(z, self._shifted(x)), return_state=False)[0]  # (B, T, V)
-        elif c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
+        if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
             log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
@@ -356,8 +329,6 @@ class VSSM(SequenceModel):
             return self._log_weights(x, 0, samples, seed)  # one block: the one-pass bound
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         log_obs, log_gen = self._block_priors(x, c)  # (B, T, Z, K) each
-        if self.config.decoder_ar:  # no absorbed latents: the block prior is the only change
-            return self._prior_log_weights(x, log_q, log_gen, samples, seed)
         row_seed = sequence_seeds(x, seed)  # (B,)
         weights = []
         group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
@@ -383,8 +354,7 @@ class VSSM(SequenceModel):
         x = self._scored(x, 0)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = positional_draw(log_q, sequence_seeds(x, seed), STREAM_LATENT)  # (B, T, Z)
-        read = self._shifted(x) if self.config.decoder_ar else None
-        x_logits = self.decoder(self._dec_in(self._one_hot(z), read), return_state=False)[0]  # (B, T, V)
+        x_logits = self.decoder(self._dec_in(self._one_hot(z)), return_state=False)[0]  # (B, T, V)
         return self._xent(x_logits, x), self._kl_to_prior(log_q)
 
     @torch.no_grad()
@@ -413,56 +383,31 @@ class VSSM(SequenceModel):
             log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         else:
             log_w = torch.full_like(log_q, -math.log(self.config.n_classes))  # the uniform prior
-        return self._prior_log_weights(x, log_q, log_w, samples, seed, C)
-
-    def _prior_log_weights(
-        self, x: Tensor, log_q: Tensor, log_w: Tensor, samples: int, seed: int, C: int = 0
-    ) -> Tensor:
-        """Log weights ``(S, B)`` of ``x`` ``(B, T)`` under latents with prior ``log_w`` ``(B, T, Z, K)``
-        and proposal ``log_q`` after the prompt's ``C`` steps (whose latents come from ``log_w``
-        itself, so their terms cancel), the decoder reading what :meth:`generate` lets it read."""
-        T = x.shape[1]
-        # the decoder reads the prompt's tokens as an append absorbs them (decoder_ar: every earlier token)
-        read = (
-            self._shifted(x)
-            if self.config.decoder_ar
-            else torch.where(torch.arange(T, device=x.device)[None, :] < C, x, self.empty_token)
-        )  # (B, T)
-        Bsz = x.shape[0]
         row_seed = sequence_seeds(x, seed)  # (B,)
         proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
         weights = []
-        group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
-        for k0 in range(0, samples, group):
-            g = min(group, samples - k0)
-            keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
-            z = positional_draw(proposal.repeat(g, 1, 1, 1), keys, STREAM_LATENT)  # (g*B, T, Z)
-            x_logits = self.decoder(self._dec_in(self._one_hot(z), read.repeat(g, 1)), return_state=False)[0]
-            log_px = -self._xent(x_logits, x.repeat(g, 1))[:, C:].sum(-1)  # (g*B,) only steps past the prompt
-            zc = z[:, C:, :, None]  # (g*B, T-C, Z, 1)
-            lw, lq = log_w[:, C:].repeat(g, 1, 1, 1), log_q[:, C:].repeat(g, 1, 1, 1)
-            log_ratio = lw.gather(-1, zc) - lq.gather(-1, zc)  # (g*B, T-C, Z, 1)
-            weights.append((log_px + log_ratio.sum((-1, -2, -3))).view(g, Bsz))
-        return torch.cat(weights)  # (S, B)
+        for k in range(samples):
+            z = positional_draw(proposal, row_seed + k, STREAM_LATENT)  # (B, T, Z)
+            # the decoder reads the prompt's tokens as an append absorbs them; only steps past it are scored
+            x_logits = self.decoder(self._dec_in(self._one_hot(z), xbar), return_state=False)[0]  # (B, T, V)
+            log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
+            zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
+            log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
+            weights.append(log_px + log_ratio.sum((-1, -2, -3)))
+        return torch.stack(weights)  # (S, B)
 
     # ----- resumable generation ---------------------------------------------------------------------
     def _empty_state(self, batch: int, seed: Tensor) -> GenState:
         par0 = self.partial_encoder.initial_state(batch)
         dec0 = self.decoder.initial_state(batch)
-        # decoder_ar: nothing is re-drawn, so `dec` is the one decoder state; `last` the token it reads next
-        decoder = (
-            {"last": torch.full((batch,), self.empty_token, dtype=torch.long, device=self.device)}
-            if self.config.decoder_ar
-            else {"dec_abs": dec0}
-        )
         return self.new_state(
             position=torch.zeros(batch, dtype=torch.long, device=self.device),
             seed=seed,
             dec=dec0,
+            dec_abs=dec0,
             par=par0,
             gen=par0,
             observed=torch.zeros(batch, dtype=torch.bool, device=self.device),
-            **decoder,
         )
 
     def _sample_latents(
@@ -534,7 +479,7 @@ class VSSM(SequenceModel):
         """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
         boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
-        c = 0 if self.config.decoder_ar else self._shared_block(state, blocks)
+        c = self._shared_block(state, blocks)
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
@@ -673,13 +618,10 @@ class VSSM(SequenceModel):
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         z = self._sample_latents(z_logits, state, m, temperature, observed)  # (B, m, Z)
-        u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, m)
-        temp_tok = per_row(self.token_temperature(temperature, ratio), 1)
-        if self.config.decoder_ar:
-            return self._ar_piece(state, z, u, temp_tok, gen, ends, keep, absorb, scores)
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=keep)  # (B, m, V)
-        tokens = sample_categorical(x_logits, u, temp_tok)  # (B, m)
+        u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
+        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         if not keep:
@@ -703,73 +645,25 @@ class VSSM(SequenceModel):
             observed=observed | ends,
         )
 
-    def _ar_piece(
-        self,
-        state: GenState,
-        z: Tensor,
-        u: Tensor,
-        temperature: float | Tensor,
-        gen: Tensor,
-        ends: Tensor,
-        keep: bool,
-        absorb: bool,
-        scores: list[Tensor] | None,
-    ) -> tuple[Tensor, GenState]:
-        """:meth:`_piece` of a ``decoder_ar`` model, from its latents ``z`` ``(B, m, Z)`` and token
-        uniforms ``u`` ``(B, m)``: the tokens by fixed-point passes (:meth:`_fixed_point`), then the
-        partial encoder reads them where a boundary can follow."""
-        tokens, x_logits, dec = self._fixed_point(self._one_hot(z), state["dec"], state["last"], u, temperature, keep)
-        if scores is not None:
-            scores.append(x_logits.log_softmax(-1))
-        if not keep:
-            return tokens, state
-        moved = dict(position=state.position + tokens.shape[1], dec=dec, last=tokens[:, -1])
-        if not absorb:
-            return tokens, state.evolve(**moved, gen=gen)
-        _, par = self.partial_encoder(tokens, state["par"])
-        e = ends[:, None, None, None]
-        return tokens, state.evolve(**moved, par=par, gen=torch.where(e, par, gen), observed=state["observed"] | ends)
-
-    def _fixed_point(
-        self, z: Tensor, dec: Tensor, last: Tensor, u: Tensor, temperature: float | Tensor, keep: bool
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Tokens ``(B, m)`` of ``p(x_t | z_1:t, x_1:t-1)`` for one-hot latents ``z`` ``(B, m, Z*K)``
-        from decoder state ``dec`` after token ``last`` ``(B,)``, each drawn by inverse CDF with its
-        uniform ``u`` ``(B, m)``: exactly the token-by-token sample, in parallel passes.
-
-        Fixed-point (Jacobi) iteration: pass k decodes every step at once, reading the tokens of
-        pass k - 1 (the first reads 0s), so it is exact up to step k; once a pass changes nothing,
-        the tokens it read are its own output and the pass's state is the decoder's after them.
-        At most m + 1 passes; each costs one decoder pass over m steps.  Also returns the last
-        pass's logits ``(B, m, V)`` (the conditionals of the tokens drawn) and state (``keep``)."""
-        x = torch.zeros_like(u, dtype=torch.long)  # (B, m)
-        for _ in range(u.shape[1] + 1):
-            x_logits, dec_next = self.decoder(self._dec_in(z, self._shifted(x, last)), dec, return_state=keep)
-            nxt = sample_categorical(x_logits, u, temperature)  # (B, m)
-            if torch.equal(nxt, x):
-                break
-            x = nxt
-        return x, x_logits, dec_next
-
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
-        """Observed tokens end the current block: they continue the absorbed decoder state (with
-        ``decoder_ar`` the decoder state, which holds no provisional latents)."""
+        """Observed tokens end the current block: they continue the absorbed decoder state."""
         _check_block_state(state)
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
         z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
-        everyone = torch.ones_like(state["observed"])
-        if self.config.decoder_ar:
-            _, dec = self.decoder(self._dec_in(self._one_hot(z), self._shifted(tokens, state["last"])), state["dec"])
-            return state.evolve(
-                position=state.position + n, dec=dec, last=tokens[:, -1], par=par, gen=par, observed=everyone
-            )
         _, dec = self.decoder(self._dec_in(self._one_hot(z), tokens), state["dec_abs"])
-        return state.evolve(position=state.position + n, dec=dec, dec_abs=dec, par=par, gen=par, observed=everyone)
+        return state.evolve(
+            position=state.position + n,
+            dec=dec,
+            dec_abs=dec,
+            par=par,
+            gen=par,
+            observed=torch.ones_like(state["observed"]),
+        )
 
 
 def _check_block_state(state: GenState) -> None:
-    if "dec_abs" not in state.tensors and "last" not in state.tensors:
+    if "dec_abs" not in state.tensors:
         raise StateError("this state was made before block sampling (it has no absorbed decoder state); start anew")
 
 

@@ -63,7 +63,6 @@ def family(request) -> str:
 VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
     "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
-    "vssm-decoder-ar": ("vssm", {"decoder_ar": True}),  # f_dec also reads x_t-1: blocks by fixed-point passes
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

@@ -160,11 +160,13 @@ def test_removed_options_load_at_their_off_value_and_are_refused_otherwise(saved
         return meta
 
     legacy = rewrite(
-        saved, tmp_path / "legacy.safetensors", meta=with_config(block="glu", dec_estimates=0, posterior_blocks=False)
+        saved,
+        tmp_path / "legacy.safetensors",
+        meta=with_config(block="glu", dec_estimates=0, posterior_blocks=False, decoder_ar=False),
     )
     loaded = load_checkpoint(legacy)
     assert loaded.config == ref.config and loaded.fingerprint == ref.fingerprint
-    for name, value in (("block", "gated"), ("dec_estimates", 2), ("posterior_blocks", True)):
+    for name, value in (("block", "gated"), ("dec_estimates", 2), ("posterior_blocks", True), ("decoder_ar", True)):
         used = rewrite(saved, tmp_path / f"{name}.safetensors", meta=with_config(**{name: value}))
         with pytest.raises(CheckpointError, match=f"{name}={value!r}.*removed"):
             load_checkpoint(used)
