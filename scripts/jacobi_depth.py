@@ -110,57 +110,80 @@ def measure(model: ARModel, x: Tensor, max_passes: int, report: list[int], seed:
 
 
 @torch.no_grad()
-def block_fixed_point(model: ARModel, T: int, c: int, seed: int) -> tuple[Tensor, int]:
-    """One sequence ``(1, T)`` of ``model.generate`` (same keyed uniforms), drawn in blocks of ``c``:
-    each block iterated from all-zero tokens by passes of the network from the state before it,
-    until a pass changes nothing; returns the tokens and the passes it took."""
-    state = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), seed)
-    u = keyed_uniform(state.seed, model.positions(state, T), STREAM_TOKEN, 1, model.dtype)[..., 0]  # (1, T)
-    logits, net = state["logits"], model._net_state(state)  # (1, V): p(x_s | x_<s)
+def block_fixed_point(model: ARModel, T: int, c: int, seed: int | list[int]) -> tuple[Tensor, int]:
+    """Sequences ``(N, T)`` of ``model.generate`` for the seeds ``seed`` (same keyed uniforms), drawn
+    in blocks of ``c``: each block iterated from all-zero tokens by passes of the network from the
+    state before it, until a pass changes no row; returns the tokens and the passes it took."""
+    N = 1 if isinstance(seed, int) else len(seed)
+    state = model.start(torch.zeros(N, 0, dtype=torch.long, device=model.device), seed)
+    u = keyed_uniform(state.seed, model.positions(state, T), STREAM_TOKEN, 1, model.dtype)[..., 0]  # (N, T)
+    logits, net = state["logits"], model._net_state(state)  # (N, V): p(x_s | x_<s)
     blocks, passes = [], 0
     for s in range(0, T, c):
         m = min(c, T - s)
-        x = torch.zeros(1, m, dtype=torch.long, device=model.device)
+        x = torch.zeros(N, m, dtype=torch.long, device=model.device)
         for _ in range(m + 1):  # pass k is exact up to step k: at most m + 1 passes
-            out, after = model._net_forward(x, net)  # (1, m, V): p(x_t+1 | x_<=t) for the block's steps
+            out, after = model._net_forward(x, net)  # (N, m, V): p(x_t+1 | x_<=t) for the block's steps
             passes += 1
             nxt = sample_categorical(torch.cat([logits[:, None], out[:, :-1]], 1), u[:, s : s + m], 1.0)
             if torch.equal(nxt, x):
                 break
             x = nxt
+        else:  # exact arithmetic settles by pass m; rounding at a CDF boundary could cycle
+            raise RuntimeError(f"block at {s} did not settle in {m + 1} passes")
         logits, net = out[:, -1], after
         blocks.append(x)
     return torch.cat(blocks, 1), passes
 
 
 @torch.no_grad()
-def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int) -> dict:
+def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int, batch: int = 0) -> dict:
     """Passes and batch-1 seconds per sequence of block fixed-point sampling, per block size, against
     token-by-token generation: ``seeds`` sequences each (the passes differ by sequence), medians;
-    every sequence is checked equal to the sequential sample."""
-    sequential, out = [], {"blocks": {}}
-    refs = []
-    for seed in range(seeds):
-        start = model.start(torch.zeros(1, 0, dtype=torch.long, device=model.device), seed)
-        t0 = time.perf_counter()
-        refs.append(model.generate(start, T, resumable=False)[0])
-        sequential.append(time.perf_counter() - t0)
-    out["sequential_seconds"] = statistics.median(sequential)
+    every sequence is checked equal to the sequential sample.  ``batch``: also both samplers' seconds
+    for that many sequences in one call (a batch's block iterates until its slowest row settles)."""
+
+    def sequential(ids: int | list[int]) -> Tensor:
+        n = 1 if isinstance(ids, int) else len(ids)
+        start = model.start(torch.zeros(n, 0, dtype=torch.long, device=model.device), ids)
+        return model.generate(start, T, resumable=False)[0]
+
+    out: dict = {"blocks": {}}
     for c in blocks:
-        passes, seconds = [], []
-        for seed in range(seeds):
+        passes, seconds, seq_seconds = [], [], []
+        for seed in range(seeds):  # the two samplers alternate, each timed with its start
+            t0 = time.perf_counter()
+            ref = sequential(seed)
+            seq_seconds.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             x, k = block_fixed_point(model, T, c, seed)
             seconds.append(time.perf_counter() - t0)
-            if not torch.equal(x, refs[seed]):
+            if not torch.equal(x, ref):
                 raise AssertionError(f"block {c}, seed {seed}: the fixed point is not the sequential sample")
             passes.append(k)
         out["blocks"][c] = {
             "passes_median": statistics.median(passes),
             "passes_mean": statistics.mean(passes),
             "seconds_median": statistics.median(seconds),
-            "sequential_over_blocks": out["sequential_seconds"] / statistics.median(seconds),
+            "sequential_seconds_median": statistics.median(seq_seconds),
+            "sequential_over_blocks": statistics.median(seq_seconds) / statistics.median(seconds),
         }
+        if batch:
+            ids = list(range(batch))
+            t0 = time.perf_counter()
+            ref = sequential(ids)
+            seq_b = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            x, k = block_fixed_point(model, T, c, ids)
+            fp_b = time.perf_counter() - t0
+            if not torch.equal(x, ref):
+                raise AssertionError(f"block {c}, batch {batch}: the fixed point is not the sequential sample")
+            out["blocks"][c][f"batch_{batch}"] = {
+                "passes": k,
+                "seconds": fp_b,
+                "sequential_seconds": seq_b,
+                "sequential_over_blocks": seq_b / fp_b,
+            }
         log.info("block %d: %s", c, out["blocks"][c])
     return out
 
@@ -187,6 +210,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blocks", default="", help="block sizes for block fixed-point sampling, e.g. 8,28,56")
     p.add_argument("--block-seeds", type=int, default=20, help="sequences per block size")
+    p.add_argument("--block-batch", type=int, default=32, help="also time a batch of this many (0: no)")
     p.add_argument("--data-dir", default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -199,7 +223,7 @@ def main() -> int:
     timing = batch1_seconds(model, x.shape[1])  # in the served dtype
     blocks = [int(c) for c in args.blocks.split(",") if c]
     # in the served dtype and one thread, as `vssm eval` times generation
-    by_block = blocks_measure(model, x.shape[1], blocks, args.block_seeds) if blocks else None
+    by_block = blocks_measure(model, x.shape[1], blocks, args.block_seeds, args.block_batch) if blocks else None
     # then float64 throughout, so that a decision at a CDF boundary does not depend on a pass's rounding
     model = model.double()
     report = sorted({int(k) for k in args.report.split(",")})

@@ -69,7 +69,13 @@ def test_passes_to_fixed_point_counts_the_first_pass_that_reached_it():
 @torch.no_grad()
 def test_block_fixed_point_sampling_is_the_sequential_sample_at_every_block_size():
     jd, model = _script("jacobi_depth"), _tiny_ar(3)
+    with torch.no_grad():  # sharpened: the context must matter, or a sampler that drops it would pass
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
     T = 23
+    x, passes = jd.block_fixed_point(model, T, 1, 5)
+    assert passes == 2 * T - int((x == 0).sum())  # a block of one: one pass if the zero guess holds, else two
     for c in (1, 4, 7, T, 40):
         for seed in (0, 5):
             x, passes = jd.block_fixed_point(model, T, c, seed)
@@ -77,8 +83,12 @@ def test_block_fixed_point_sampling_is_the_sequential_sample_at_every_block_size
             assert torch.equal(x, ref)
             blocks = -(-T // c)
             assert blocks <= passes <= T + blocks  # a pass per block at least, one per token plus a check at most
-    out = jd.blocks_measure(model, T, [4], seeds=2)
-    assert out["blocks"][4]["passes_median"] >= 6 and out["sequential_seconds"] > 0
+    x, _ = jd.block_fixed_point(model, T, 4, [0, 5, 9])  # a batch: every row its own sample
+    ref, _ = model.generate(model.start(torch.zeros(3, 0, dtype=torch.long), [0, 5, 9]), T, resumable=False)
+    assert torch.equal(x, ref)
+    out = jd.blocks_measure(model, T, [4], seeds=2, batch=3)
+    assert out["blocks"][4]["passes_median"] >= 6 and out["blocks"][4]["sequential_seconds_median"] > 0
+    assert out["blocks"][4]["batch_3"]["passes"] >= out["blocks"][4]["passes_median"]
 
 
 def test_the_results_page_is_written_from_the_eval_jsons_and_is_fresh():
