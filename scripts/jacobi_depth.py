@@ -17,9 +17,10 @@ Three measurements, on the first ``--images`` test sequences:
   - prior latents: u_t from the same keyed stream as ``model.generate``; passes until the
     iteration stops changing, and whether its fixed point equals the sequential sample;
   - ``--blocks``: the same iteration block by block from the model's state (a block of c tokens
-    iterated until it stops changing, then the next from the state after it), the way a block
-    model's tokens that read each other are drawn (VSSM ``decoder_ar``): passes per sequence and the
-    batch-1 time of a whole sequence against token-by-token generation, both exact.
+    iterated until it stops changing, then the next from the state after it), the sampler a block
+    model whose tokens read each other needs (the removed VSSM option ``decoder_ar``:
+    docs/experiments/blocks.md, twelfth session): passes per sequence and the time of a whole
+    sequence against token-by-token generation, both exact.
 
     .venv/bin/python scripts/jacobi_depth.py checkpoints/mnist-ar-ssm.safetensors --images 100
 """
