@@ -494,6 +494,29 @@ def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
             for r in rd["rounds"]
         ],
     )
+    if rd.get("crossover"):
+        L += [
+            "",
+            f"Where the kernel stops paying (bench/rounds.py, kernel_crossover): a pass of T steps from a state at "
+            f"batch B through the partial encoder and then the decoder, on the kernel and on the matrices, "
+            f"alternately. Passes with B x T at most {rd['scan_max_tokens']} take the kernel (`S4D.scan_max_tokens`).",
+            "",
+        ]
+        L += _table(
+            ["B", "T", "B x T", "kernel ms", "matrices ms", "kernel gain", "default path"],
+            [
+                [
+                    str(r["batch"]),
+                    str(r["steps"]),
+                    str(r["batch"] * r["steps"]),
+                    _ms(r["kernel"]["median_s"]),
+                    _ms(r["matrices"]["median_s"]),
+                    _x(r["kernel_speedup"]),
+                    "kernel" if r["on_kernel"] else "matrices",
+                ]
+                for r in rd["crossover"]
+            ],
+        )
     if rd.get("image_flops"):
         L += [
             "",

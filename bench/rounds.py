@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "PassCost",
     "image_flops",
+    "kernel_crossover",
     "matrices_only",
     "measure_peaks",
     "network_pass_cost",
@@ -182,11 +183,12 @@ def _count_calls(fn: Any) -> int:
 
 
 @contextmanager
-def matrices_only(m: torch.nn.Module) -> Iterator[None]:
-    """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel."""
+def matrices_only(m: torch.nn.Module, limit: int = 0) -> Iterator[None]:
+    """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel; with
+    ``limit``, on the kernel wherever batch x steps is at most that instead of the class's threshold."""
     layers = [mod for mod in m.modules() if isinstance(mod, S4D)]
     for layer in layers:
-        layer.scan_max_tokens = 0  # an instance attribute: the class default is untouched
+        layer.scan_max_tokens = limit  # an instance attribute: the class default is untouched
     try:
         yield
     finally:
@@ -200,6 +202,53 @@ def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], o
             return fn()
 
     return run
+
+
+@torch.no_grad()
+def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) -> list[dict[str, Any]]:
+    """Where the recurrence kernel stops paying: for each ``(B, T)``, a pass of ``T`` steps from a
+    non-zero state (state kept) through the partial encoder and then the decoder, the pair timed on
+    the kernel and on the matrices alternately.  ``S4D.scan_max_tokens`` (model/ssm.py) is chosen from
+    these figures; ``on_kernel`` says which path a pass of this shape takes by default."""
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for B, T in shapes:
+        inputs: list[tuple[SSMNet, torch.Tensor, torch.Tensor]] = []
+        for net in (vssm.partial_encoder, vssm.decoder):
+            n_in = net.cfg.n_in
+            x = (
+                torch.randint(0, n_in, (B, T), generator=gen)
+                if net.cfg.tokens
+                else torch.nn.functional.one_hot(torch.randint(0, n_in, (B, T), generator=gen), n_in).float()
+            )
+            h = net.initial_state(B)  # (B, L, H, N)
+            state = torch.complex(torch.randn(h.shape, generator=gen), torch.randn(h.shape, generator=gen)) * 0.1
+            inputs.append((net, x, state))
+
+        def both(inputs: list[tuple[SSMNet, torch.Tensor, torch.Tensor]] = inputs) -> None:
+            for net, x, state in inputs:
+                net(x, state, return_state=True)
+
+        def on(limit: int) -> Callable[[], object]:
+            def run() -> None:
+                with matrices_only(vssm, limit):
+                    both()
+
+            return run
+
+        timed = measure_interleaved({"kernel": on(1 << 30), "matrices": on(0)}, repeats)
+        rows.append(
+            {
+                "batch": B,
+                "steps": T,
+                "kernel": timed["kernel"].as_dict(),
+                "matrices": timed["matrices"].as_dict(),
+                "kernel_speedup": timed["matrices"].median_s / timed["kernel"].median_s,
+                "on_kernel": S4D.scan_max_tokens >= B * T,
+            }
+        )
+        log.info("crossover B=%d T=%d: kernel %.2fx the matrices' speed", B, T, rows[-1]["kernel_speedup"])
+    return rows
 
 
 @torch.no_grad()
@@ -261,6 +310,10 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool, ar_net: SSMNet | None = Non
             dispatch_s * 1e3,
         )
     out = {"peaks": peaks, "rounds": rows, "position": 64, "batch": 1, "kernel": kernel}
+    if kernel:
+        shapes = [(2, 28), (8, 32), (16, 56)] if quick else [(b, t) for b in (2, 4, 8, 16, 32) for t in (16, 28, 56)]
+        out["crossover"] = kernel_crossover(vssm, shapes, max(3, s.repeats * 2))
+        out["scan_max_tokens"] = S4D.scan_max_tokens
     if ar_net is not None:
         out["image_flops"] = {str(c): image_flops(vssm, ar_net, T, c) for c in (16, 28)}
         out["image_length"] = T

@@ -189,9 +189,11 @@ class S4D(nn.Module):
         return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
     # batch x steps at most this, a short pass runs the recurrence kernel (model/native.py) instead of
-    # the matrices: on a 2-core AMD EPYC the kernel took 0.3-0.6x the matrices' time up to 64 steps
-    # at batch 1 and 16 steps at batch 4, and lost beyond about 128 (bench/rounds.py, "kernel")
-    scan_max_tokens = 96
+    # the matrices.  Set at 96 when each layer was its own call; with a whole network pass in one call
+    # the kernel is faster further out: 1.1-2.2x the matrices' speed up to 256 (2 x 56 steps: 2.2x;
+    # 16 x 16: 1.1-1.2x), a tie at 448 and slower past it, on a 2-core AMD EPYC (bench/rounds.py,
+    # kernel_crossover; docs/experiments/rounds-and-serving.md, thirteenth session)
+    scan_max_tokens = 256
 
     def runs_scan(self, x: Tensor, T: int) -> bool:
         """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`)."""

@@ -109,6 +109,12 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         assert x["flops"] > x["matmul_flops"] > 0 and x["bytes"] > 0 and x["calls"] > 0
         assert x["roofline_s"] == max(x["compute_s"], x["memory_s"]) and x["vs_roofline"] > 0
         assert (x.get("kernel_speedup", 0) > 0) == rd["kernel"]
+    if rd["kernel"]:  # where the kernel stops paying: the shapes the threshold was chosen from
+        assert [(x["batch"], x["steps"]) for x in rd["crossover"]] == [(2, 28), (8, 32), (16, 56)]
+        limit = rd["scan_max_tokens"]
+        for x in rd["crossover"]:
+            assert x["kernel_speedup"] > 0 and x["on_kernel"] == (x["batch"] * x["steps"] <= limit)
+        assert "Where the kernel stops paying" in md
     assert "## 8. One block round against the limit" in md
     assert {"VSSM 16-token round from a state, ms", "VSSM block-16 generation speed-up over ar-ssm"} <= {
         t["what"] for t in r["targets"]

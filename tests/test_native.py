@@ -339,7 +339,10 @@ def _per_block(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("tokens", [True, False])
-@pytest.mark.parametrize(("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24)])
+# (8, 32): past the per-layer kernel's old threshold of 96 tokens, within the whole pass's 256
+@pytest.mark.parametrize(
+    ("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24), (8, 32, 20)]
+)
 @pytest.mark.parametrize("fresh", [True, False])
 @pytest.mark.parametrize("width", [8, 70])  # 70: two full blocks of the kernel's 32 lanes and a remainder
 def test_one_native_network_pass_equals_the_blocks_one_by_one(tokens, B, T, at, fresh, width, monkeypatch):
