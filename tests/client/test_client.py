@@ -123,3 +123,22 @@ def test_ready_is_not_retried() -> None:
 def test_negative_max_retries_is_rejected() -> None:
     with pytest.raises(ValueError):
         vc.Client(max_retries=-1)
+
+
+def test_an_injected_httpx2_client_takes_the_sdk_s_timeouts() -> None:
+    """Starlette's TestClient runs on httpx2 where it is installed (the openai package brings it); httpx2
+    refuses an ``httpx.Timeout`` object, so the SDK hands any client plain (connect, read, write, pool)."""
+    httpx2 = pytest.importorskip("httpx2")
+    seen = []
+
+    def handler(request):  # an httpx2.Request
+        seen.append(request.extensions["timeout"])
+        return httpx2.Response(200, json={"status": "ok"})
+
+    with httpx2.Client(transport=httpx2.MockTransport(handler)) as http:
+        client = vc.Client(base_url=BASE, http_client=http)  # the default: httpx.Timeout(600, connect=5)
+        assert client.health() == {"status": "ok"}
+        client.with_options(timeout=httpx.Timeout(9.0)).health()
+        client.with_options(timeout=3.0).health()
+    assert seen[0]["connect"] == 5.0 and seen[0]["read"] == 600.0
+    assert seen[1]["read"] == 9.0 and seen[2]["read"] == 3.0

@@ -102,6 +102,15 @@ def wrap_transport_error(e: httpx.TransportError, request: httpx.Request) -> API
     return APIConnectionError(f"Connection error: {e}", request=request)
 
 
+def _timeout_arg(timeout: float | httpx.Timeout | None) -> float | tuple[float | None, ...] | None:
+    """``timeout`` as plain values: an injected client may be another httpx-compatible library (e.g.
+    Starlette's ``TestClient`` runs on ``httpx2`` where installed), which rejects an ``httpx.Timeout``
+    object but takes the (connect, read, write, pool) tuple, as httpx does."""
+    if isinstance(timeout, httpx.Timeout):
+        return (timeout.connect, timeout.read, timeout.write, timeout.pool)
+    return timeout
+
+
 class BaseClient:
     """Configuration and policy; subclasses own the ``httpx`` client and the request loop."""
 
@@ -152,7 +161,7 @@ class BaseClient:
             self.base_url + path,
             json=body,
             headers={**self._headers(stream), **(headers or {})},
-            timeout=self.timeout,
+            timeout=_timeout_arg(self.timeout),
         )
 
     def _retry_on_error(self, attempt: int, retries: int, error: httpx.TransportError, idempotent: bool) -> bool:
