@@ -14,7 +14,9 @@ tokens, f_dec over their re-drawn latents.  For each n this part
   eager PyTorch call on a tiny tensor (the dispatch floor);
 - counts the PyTorch calls the round makes (the profiler's top-level operators);
 - reports the roofline limit ``max(FLOPs / peak, bytes / bandwidth)``, the dispatch floor
-  ``calls x call time``, and the measured round against both.
+  ``calls x call time``, and the measured round against both;
+- times a network pass on the recurrence kernel against the matrices over a grid of batch sizes
+  and steps (:func:`kernel_crossover`), the figures ``S4D.scan_max_tokens`` is chosen from.
 
 Glossary of axis letters:
     B  batch      T  steps of one pass      H  width      N  SSM modes per channel
@@ -23,6 +25,7 @@ Glossary of axis letters:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,7 +36,7 @@ import torch
 
 from vssm.model import VSSM, native
 from vssm.model.network import SSMNet
-from vssm.model.ssm import S4D
+from vssm.model.ssm import S4D, SHORT
 
 from .common import Settings, measure, measure_interleaved
 
@@ -48,6 +51,7 @@ __all__ = [
     "network_pass_cost",
     "round_cost",
     "run_rounds",
+    "scan_limit",
 ]
 
 F32 = 4  # bytes per float32
@@ -136,8 +140,8 @@ def image_flops(vssm: VSSM, ar_net: SSMNet, T: int, block: int) -> dict[str, flo
     """FLOPs of a whole ``T``-token sequence at batch 1: the AR-SSM's ``T`` recurrent steps (a pass of
     one step each, from a state, keeping it) against block sampling's ``T / block`` rounds (four
     passes of ``block`` steps each; the fused path's two passes of ``2 block`` steps do the same work
-    on the recurrence kernel, which takes them at batch 1 up to ``S4D.scan_max_tokens``; on the
-    matrices a pass costs the square of its length, and the fused passes somewhat more).
+    on the recurrence kernel, which takes them at batch 1 up to ``SHORT`` steps; on the matrices a
+    pass costs the square of its length, and the fused passes somewhat more).
 
     Their ratio is what the block-``block`` speed-up over the AR-SSM would be if both ran at the same
     FLOP rate: beyond it, a speed-up comes from the AR-SSM's per-step overhead, not from the
@@ -183,9 +187,9 @@ def _count_calls(fn: Any) -> int:
 
 
 @contextmanager
-def matrices_only(m: torch.nn.Module, limit: int = 0) -> Iterator[None]:
-    """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel; with
-    ``limit``, on the kernel wherever batch x steps is at most that instead of the class's threshold."""
+def scan_limit(m: torch.nn.Module, limit: int) -> Iterator[None]:
+    """Every S4D layer of ``m`` on the recurrence kernel wherever batch x steps is at most ``limit``
+    (in a whole native network pass), instead of the class's threshold; 0: always on the matrices."""
     layers = [mod for mod in m.modules() if isinstance(mod, S4D)]
     for layer in layers:
         layer.scan_max_tokens = limit  # an instance attribute: the class default is untouched
@@ -194,6 +198,11 @@ def matrices_only(m: torch.nn.Module, limit: int = 0) -> Iterator[None]:
     finally:
         for layer in layers:
             del layer.scan_max_tokens
+
+
+def matrices_only(m: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel."""
+    return scan_limit(m, 0)
 
 
 def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], object]:
@@ -206,10 +215,13 @@ def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], o
 
 @torch.no_grad()
 def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) -> list[dict[str, Any]]:
-    """Where the recurrence kernel stops paying: for each ``(B, T)``, a pass of ``T`` steps from a
-    non-zero state (state kept) through the partial encoder and then the decoder, the pair timed on
-    the kernel and on the matrices alternately.  ``S4D.scan_max_tokens`` (model/ssm.py) is chosen from
-    these figures; ``on_kernel`` says which path a pass of this shape takes by default."""
+    """Where the recurrence kernel stops paying: for each ``(B, T)`` (``T <= SHORT``), a pass of ``T``
+    steps from a non-zero state (state kept) through the partial encoder and then the decoder, the
+    pair timed on the kernel (the whole network in one native call) and on the matrices alternately.
+    Alternating favours the matrices a little (their megabytes evict the kernel's kilobytes from the
+    caches between calls, which :func:`run_rounds` avoids by timing each path alone), so the kernel's
+    gains here are if anything low.  ``S4D.scan_max_tokens`` (model/ssm.py) is chosen from these
+    figures; ``on_kernel`` says which path a pass of this shape takes by default."""
     gen = torch.Generator().manual_seed(0)
     rows = []
     for B, T in shapes:
@@ -229,9 +241,14 @@ def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) ->
             for net, x, state in inputs:
                 net(x, state, return_state=True)
 
+        with scan_limit(vssm, 1 << 30):  # the kernel side must be the one native call, not a fallback
+            for net, x, state in inputs:
+                if T > SHORT or not net._native_ok(net.inp(x), T, state):
+                    raise RuntimeError(f"a pass of {B} x {T} cannot run as one native call")
+
         def on(limit: int) -> Callable[[], object]:
             def run() -> None:
-                with matrices_only(vssm, limit):
+                with scan_limit(vssm, limit):
                     both()
 
             return run

@@ -72,16 +72,17 @@ class SSMBlock(nn.Module):
         drop = mods["drop"]
         return drop(mixed) if self.training and drop.p > 0 else mixed  # type: ignore[misc,union-attr]
 
-    def _fused(self, x: Tensor, T: int, state: Tensor | None) -> bool:
+    def _fused(self, x: Tensor, T: int, state: Tensor | None, whole_network: bool = False) -> bool:
         """Whether LayerNorm, the SSM and GELU run as one native call over ``x`` (``T`` steps) from
-        ``state`` (one per row: a state broadcast over the batch takes the reference path)."""
+        ``state`` (one per row: a state broadcast over the batch takes the reference path); with
+        ``whole_network``, as part of one native call for the whole network (S4D.runs_scan)."""
         norm = self._modules["norm"]._parameters  # type: ignore[union-attr]  # (Module.__getattr__ costs)
         return (
             not torch.is_grad_enabled()
             and norm["weight"] is not None
             and norm["bias"] is not None
             and (state is None or state.shape[0] == x.shape[0])
-            and self._modules["ssm"].runs_scan(x, T)  # type: ignore[union-attr,operator]
+            and self._modules["ssm"].runs_scan(x, T, whole_network)  # type: ignore[union-attr,operator]
         )
 
     def _native(
@@ -162,7 +163,7 @@ class SSMNet(nn.Module):
         LayerNorms of different eps).  Checked on every call, from the modules' own dicts."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
-        if first is None or not first._fused(h, T, None if state is None else state[:, 0]):  # type: ignore[union-attr,operator]
+        if first is None or not first._fused(h, T, None if state is None else state[:, 0], True):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False

@@ -188,17 +188,22 @@ class S4D(nn.Module):
         S = torch.stack([b.real, b.imag], -1).transpose(1, 2).flatten(-2).contiguous()  # (H, at, 2N)
         return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
-    # batch x steps at most this, a short pass runs the recurrence kernel (model/native.py) instead of
-    # the matrices.  Set at 96 when each layer was its own call; with a whole network pass in one call
-    # the kernel is faster further out: 1.1-2.2x the matrices' speed up to 256 (2 x 56 steps: 2.2x;
-    # 16 x 16: 1.1-1.2x), a tie at 448 and slower past it, on a 2-core AMD EPYC (bench/rounds.py,
+    # batch x steps at most this, a short network pass runs the recurrence kernel (model/native.py)
+    # instead of the matrices: with the whole pass in one native call (SSMNet._native) the kernel was
+    # 1.25-2.6x the matrices' speed up to 256 (2 x 56 steps: 2.3x; 16 x 16: 1.25x), 1.05-1.14x at 448,
+    # a tie at 512 (32 x 16) and 0.75-0.88x past it, on a 2-core AMD EPYC at one thread (bench/rounds.py,
     # kernel_crossover; docs/experiments/rounds-and-serving.md, thirteenth session)
     scan_max_tokens = 256
+    # the same for a layer called alone (a network the one native call cannot reproduce: a hook, a
+    # parametrised weight): measured when every layer was its own call, where it lost past about 128
+    layer_scan_max_tokens = 96
 
-    def runs_scan(self, x: Tensor, T: int) -> bool:
-        """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`)."""
+    def runs_scan(self, x: Tensor, T: int, whole_network: bool = False) -> bool:
+        """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`):
+        within a whole network pass in one call (``whole_network``), or this layer alone."""
+        limit = self.scan_max_tokens if whole_network else min(self.scan_max_tokens, self.layer_scan_max_tokens)
         return (
-            x.shape[0] * T <= self.scan_max_tokens
+            x.shape[0] * T <= limit
             and x.is_cpu
             and x.dtype in (torch.float32, torch.float64)
             and x.dtype == self._parameters["D"].dtype  # type: ignore[union-attr]

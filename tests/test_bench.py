@@ -290,3 +290,27 @@ def test_whole_sequence_flops_are_steps_against_rounds() -> None:
     rnd = sum(c.flops for c in round_cost(vssm, 16).values())
     assert f["ar_ssm"] == 784 * step and f["vssm"] == 49 * rnd and f["ratio"] == pytest.approx(784 * step / (49 * rnd))
     assert image_flops(vssm, ar.net, 784, 28)["vssm"] == 28 * sum(c.flops for c in round_cost(vssm, 28).values())
+
+
+def test_the_crossover_refuses_to_time_a_fallback_as_the_kernel() -> None:
+    """kernel_crossover's kernel side must be the one native network call: with a hook on a block (which
+    that call cannot run) it would silently time the blocks one by one, so it refuses instead."""
+    from bench.rounds import kernel_crossover
+    from vssm import model
+    from vssm.model import native
+    from vssm.model.presets import preset_config
+
+    if not native.available():
+        pytest.skip("no C compiler: the kernel cannot be built here")
+    import torch
+
+    torch.manual_seed(0)
+    m = model.build_model("vssm", preset_config("mnist", "vssm", "tiny")).eval()
+    rows = kernel_crossover(m, [(2, 8)], repeats=1)
+    assert rows[0]["kernel_speedup"] > 0 and rows[0]["on_kernel"]
+    handle = m.decoder.blocks[0].register_forward_hook(lambda *_: None)
+    try:
+        with pytest.raises(RuntimeError, match="one native call"):
+            kernel_crossover(m, [(2, 8)], repeats=1)
+    finally:
+        handle.remove()

@@ -339,7 +339,7 @@ def _per_block(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("tokens", [True, False])
-# (8, 32): past the per-layer kernel's old threshold of 96 tokens, within the whole pass's 256
+# (8, 32): the whole pass takes the kernel (S4D.scan_max_tokens), its blocks one by one the matrices (a layer alone)
 @pytest.mark.parametrize(
     ("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24), (8, 32, 20)]
 )
