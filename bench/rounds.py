@@ -26,6 +26,7 @@ Glossary of axis letters:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -213,6 +214,13 @@ def _on_matrices(m: torch.nn.Module, fn: Callable[[], object]) -> Callable[[], o
     return run
 
 
+def _passes(vssm: VSSM, inputs: list[tuple[SSMNet, torch.Tensor, torch.Tensor]], limit: int) -> None:
+    """One pass of each ``(network, input, state)`` with the kernel's threshold at ``limit``."""
+    with scan_limit(vssm, limit):
+        for net, x, state in inputs:
+            net(x, state, return_state=True)
+
+
 @torch.no_grad()
 def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) -> list[dict[str, Any]]:
     """Where the recurrence kernel stops paying: for each ``(B, T)`` (``T <= SHORT``), a pass of ``T``
@@ -236,24 +244,18 @@ def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) ->
             h = net.initial_state(B)  # (B, L, H, N)
             state = torch.complex(torch.randn(h.shape, generator=gen), torch.randn(h.shape, generator=gen)) * 0.1
             inputs.append((net, x, state))
-
-        def both(inputs: list[tuple[SSMNet, torch.Tensor, torch.Tensor]] = inputs) -> None:
-            for net, x, state in inputs:
-                net(x, state, return_state=True)
-
         with scan_limit(vssm, 1 << 30):  # the kernel side must be the one native call, not a fallback
             for net, x, state in inputs:
                 if T > SHORT or not net._native_ok(net.inp(x), T, state):
                     raise RuntimeError(f"a pass of {B} x {T} cannot run as one native call")
-
-        def on(limit: int) -> Callable[[], object]:
-            def run() -> None:
-                with scan_limit(vssm, limit):
-                    both()
-
-            return run
-
-        timed = measure_interleaved({"kernel": on(1 << 30), "matrices": on(0)}, repeats)
+        timed = measure_interleaved(
+            {
+                "kernel": functools.partial(_passes, vssm, inputs, 1 << 30),
+                "matrices": functools.partial(_passes, vssm, inputs, 0),
+            },
+            repeats,
+        )
+        layer = vssm.decoder.blocks[0].ssm
         rows.append(
             {
                 "batch": B,
@@ -261,7 +263,8 @@ def kernel_crossover(vssm: VSSM, shapes: list[tuple[int, int]], repeats: int) ->
                 "kernel": timed["kernel"].as_dict(),
                 "matrices": timed["matrices"].as_dict(),
                 "kernel_speedup": timed["matrices"].median_s / timed["kernel"].median_s,
-                "on_kernel": S4D.scan_max_tokens >= B * T,
+                # the layer's own rule, for an input of this shape and the network's dtype
+                "on_kernel": layer.runs_scan(torch.empty(B, T, 1, dtype=layer.D.dtype), T, whole_network=True),
             }
         )
         log.info("crossover B=%d T=%d: kernel %.2fx the matrices' speed", B, T, rows[-1]["kernel_speedup"])

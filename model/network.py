@@ -163,7 +163,7 @@ class SSMNet(nn.Module):
         LayerNorms of different eps).  Checked on every call, from the modules' own dicts."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
-        if first is None or not first._fused(h, T, None if state is None else state[:, 0], True):  # type: ignore[union-attr,operator]
+        if first is None or not first._fused(h, T, None if state is None else state[:, 0], whole_network=True):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False

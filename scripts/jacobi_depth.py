@@ -144,24 +144,24 @@ def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int, batch:
     every sequence is checked equal to the sequential sample.  ``batch``: also both samplers' seconds
     for that many sequences in one call (a batch's block iterates until its slowest row settles)."""
 
-    def sequential(ids: int | list[int]) -> Tensor:
+    def both(c: int, ids: int | list[int]) -> tuple[float, float, int]:
+        """Token by token, then by block fixed points (each timed with its start), checked equal:
+        the two samplers' seconds and the passes of the second."""
         n = 1 if isinstance(ids, int) else len(ids)
+        t0 = time.perf_counter()
         start = model.start(torch.zeros(n, 0, dtype=torch.long, device=model.device), ids)
-        return model.generate(start, T, resumable=False)[0]
+        ref = model.generate(start, T, resumable=False)[0]
+        t1 = time.perf_counter()
+        x, k = block_fixed_point(model, T, c, ids)
+        t2 = time.perf_counter()
+        if not torch.equal(x, ref):
+            raise AssertionError(f"block {c}, seeds {ids}: the fixed point is not the sequential sample")
+        return t1 - t0, t2 - t1, k
 
     out: dict = {"blocks": {}}
     for c in blocks:
-        passes, seconds, seq_seconds = [], [], []
-        for seed in range(seeds):  # the two samplers alternate, each timed with its start
-            t0 = time.perf_counter()
-            ref = sequential(seed)
-            seq_seconds.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            x, k = block_fixed_point(model, T, c, seed)
-            seconds.append(time.perf_counter() - t0)
-            if not torch.equal(x, ref):
-                raise AssertionError(f"block {c}, seed {seed}: the fixed point is not the sequential sample")
-            passes.append(k)
+        runs = [both(c, seed) for seed in range(seeds)]  # the two samplers alternate
+        seq_seconds, seconds, passes = (list(v) for v in zip(*runs, strict=True))
         out["blocks"][c] = {
             "passes_median": statistics.median(passes),
             "passes_mean": statistics.mean(passes),
@@ -170,15 +170,7 @@ def blocks_measure(model: ARModel, T: int, blocks: list[int], seeds: int, batch:
             "sequential_over_blocks": statistics.median(seq_seconds) / statistics.median(seconds),
         }
         if batch:
-            ids = list(range(batch))
-            t0 = time.perf_counter()
-            ref = sequential(ids)
-            seq_b = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            x, k = block_fixed_point(model, T, c, ids)
-            fp_b = time.perf_counter() - t0
-            if not torch.equal(x, ref):
-                raise AssertionError(f"block {c}, batch {batch}: the fixed point is not the sequential sample")
+            seq_b, fp_b, k = both(c, list(range(batch)))
             out["blocks"][c][f"batch_{batch}"] = {
                 "passes": k,
                 "seconds": fp_b,
