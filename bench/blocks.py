@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 __all__ = ["run_blocks"]
 
 
-FUSED_REFERENCE_UP_TO = 56  # block sizes also timed on the block-by-block path, to report the fusion's gain
+FUSED_REFERENCE_UP_TO = 112  # block sizes also timed on the block-by-block path, to report the fusion's gain
 
 
 def _reference(m: model.SequenceModel, state: model.GenState, n: int, c: int) -> None:

@@ -128,9 +128,6 @@ class VSSM(SequenceModel):
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)
     fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four
-    # fused passes of 2c > SHORT steps leave the layers' matmul path: worth it for a few rows only
-    # (one thread, block 56: 1.9x at batch 1, 1.1-1.3x at 4, 0.76x at 8, 0.53x at 32)
-    fuse_long_rows = 4
 
     def __init__(self, config: VSSMConfig | None = None) -> None:
         config = config or VSSMConfig()
@@ -506,7 +503,11 @@ class VSSM(SequenceModel):
         c = int(blocks[0])
         if not self.fuse_rounds or c == 0 or 2 * c > self.gen_window:
             return 0
-        if 2 * c > SHORT and state.batch_size > self.fuse_long_rows:
+        if c <= SHORT < 2 * c:
+            # fused passes of 2c steps would leave the short path that four passes of c steps take:
+            # one thread, blocks 40-64, batches 1-32, four passes took 0.49-0.88 of the fused time
+            # (one tie at 1.06); past SHORT both are long and fusing wins, 1.23-1.57x at blocks
+            # 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session)
             return 0
         if state.batch_size == 1:  # a lone row: nothing to compare (and no host syncs to pay)
             return c

@@ -53,12 +53,12 @@ def assert_states_close(a: model.GenState | None, b: model.GenState | None) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("c", [1, 3, 8, 40])
+@pytest.mark.parametrize("c", [1, 3, 8, SHORT + 6])  # the last: fused passes past SHORT steps
 @pytest.mark.parametrize("C", [0, 5])
 @pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
 def test_fused_rounds_equal_the_reference_from_any_state(c, C, resumable, tokens, monkeypatch):
-    m = tiny_model("vssm", max_position=200, decoder_tokens=tokens)
+    m = tiny_model("vssm", max_position=240, decoder_tokens=tokens)
     prompt = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C))
     for skip in (0, 1, c - 1 if c > 1 else 0):  # start at, just after or just before a boundary
         state = m.start(prompt, 7)
@@ -98,10 +98,10 @@ def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone(tokens):
             torch.testing.assert_close(st[k][i], v[0], rtol=1e-10, atol=1e-12)
 
 
-def test_long_fused_passes_are_kept_for_a_few_rows():
-    """Past SHORT steps a fused pass leaves the layers' matmul path: many rows go block by block."""
+def test_fused_rounds_skip_blocks_whose_double_passes_would_leave_the_short_path():
+    """A fused pass is 2c steps: where c fits SHORT and 2c does not, four short passes are faster."""
     m = tiny_model("vssm", max_position=200)
-    many = m.fuse_long_rows + 1
-    for rows, c, fused in ((1, 40, True), (m.fuse_long_rows, 40, True), (many, 40, False), (many, SHORT // 2, True)):
-        state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
-        assert (m._shared_block(state, m.block_sizes(c, rows)) == c) is fused, (rows, c)
+    for rows in (1, 5):
+        for c, fused in ((SHORT // 2, True), (SHORT // 2 + 1, False), (SHORT, False), (SHORT + 1, True)):
+            state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
+            assert (m._shared_block(state, m.block_sizes(c, rows)) == c) is fused, (rows, c)
