@@ -128,6 +128,7 @@ class VSSM(SequenceModel):
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)
     fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four
+    # (except blocks of SHORT/2 < c <= SHORT: _shared_block)
 
     def __init__(self, config: VSSMConfig | None = None) -> None:
         config = config or VSSMConfig()
