@@ -6,8 +6,8 @@
 - Full-sequence generation time against block size: the VSSM at each block size beside the three
   baselines (their own generation), unprompted, at batch 1 and 32, timed round-robin in one process so that
   background load hits every entry alike; the ratios to the AR-SSM are what the suite reports,
-  and for blocks up to 112 that fuse (not 33-64: ``VSSM._shared_block``) the ratio of fused rounds
-  to the block-by-block path.
+  and for blocks up to 112 that fuse (``VSSM.fuses``: not 33-64) the ratio of fused rounds to the
+  block-by-block path.
 
 Timing does not depend on the weights' values, so random-weight models are timed: the suite's
 matched baselines, and a VSSM of the served block model's shapes (``bench.common.with_block_vssm``:
@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from vssm import model
-from vssm.model.ssm import SHORT
 
 from .common import Settings, measure_interleaved
 
@@ -33,12 +32,6 @@ __all__ = ["run_blocks"]
 
 
 FUSED_REFERENCE_UP_TO = 112  # block sizes also timed on the block-by-block path, to report the fusion's gain
-
-
-def _fusion_timed(c: int) -> bool:
-    """Whether block ``c`` is also timed on the block-by-block path: up to FUSED_REFERENCE_UP_TO,
-    where the VSSM fuses its rounds (blocks of SHORT/2 < c <= SHORT run four passes either way)."""
-    return c <= FUSED_REFERENCE_UP_TO and not c <= SHORT < 2 * c
 
 
 def _reference(m: model.SequenceModel, state: model.GenState, n: int, c: int) -> None:
@@ -78,6 +71,8 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
         log.info("round n=%d: %s", n, {f: f"{t.median_s * 1e3:.2f} ms" for f, t in timed.items()})
     # a whole sequence against block size, beside the baselines
     vssm = models["vssm"]
+    # fused rounds also timed block by block, for the fusion's gain (blocks 33-64 never fuse)
+    timed_fused = [c for c in s.block_sizes if c <= FUSED_REFERENCE_UP_TO and vssm.fuses(c)]
     for batch in s.batches:
         starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
         fns: dict[str, Any] = {
@@ -87,7 +82,7 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
         }
         for c in s.block_sizes:
             fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
-        for c in filter(_fusion_timed, s.block_sizes):
+        for c in timed_fused:
             fns[f"vssm-reference:{c}"] = lambda c=c, st=starts["vssm"]: _reference(vssm, st, T, c)
         timed = measure_interleaved(fns, max(1, s.repeats // 2))
         ar = timed["ar:ar-ssm"].median_s
@@ -96,8 +91,7 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
             "speedup_vs_ar_ssm": {str(c): ar / timed[f"vssm:{c}"].median_s for c in s.block_sizes},
             # fused rounds (two passes per block) against the block-by-block path (four)
             "fused_speedup": {
-                str(c): timed[f"vssm-reference:{c}"].median_s / timed[f"vssm:{c}"].median_s
-                for c in filter(_fusion_timed, s.block_sizes)
+                str(c): timed[f"vssm-reference:{c}"].median_s / timed[f"vssm:{c}"].median_s for c in timed_fused
             },
         }
         log.info(

@@ -25,11 +25,10 @@ Glossary of axis letters:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,7 +200,7 @@ def scan_limit(m: torch.nn.Module, limit: int) -> Iterator[None]:
             del layer.scan_max_tokens
 
 
-def matrices_only(m: torch.nn.Module) -> contextlib.AbstractContextManager[None]:
+def matrices_only(m: torch.nn.Module) -> AbstractContextManager[None]:
     """Every S4D layer of ``m`` on the matrices (``S4D.short``), not the recurrence kernel."""
     return scan_limit(m, 0)
 

@@ -127,8 +127,7 @@ class VSSM(SequenceModel):
     config_class = VSSMConfig
     row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)
-    fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four
-    # (except blocks of SHORT/2 < c <= SHORT: _shared_block)
+    fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four (fuses)
 
     def __init__(self, config: VSSMConfig | None = None) -> None:
         config = config or VSSMConfig()
@@ -499,16 +498,18 @@ class VSSM(SequenceModel):
             offset += m
         return torch.cat(pieces, dim=1), state if resumable else None
 
+    def fuses(self, c: int) -> bool:
+        """Whether rounds of block size ``c`` run fused (two passes of ``2c`` steps, not four of ``c``)."""
+        # where c fits SHORT and 2c does not, fused passes would leave the short path that four
+        # passes take: one thread, blocks 40-64, batches 1-32, four passes took 0.49-0.88 of the
+        # fused time (one tie at 1.06); past SHORT both are long and fusing wins, 1.23-1.57x at
+        # blocks 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session)
+        return self.fuse_rounds and c > 0 and 2 * c <= self.gen_window and not c <= SHORT < 2 * c
+
     def _shared_block(self, state: GenState, blocks: Tensor) -> int:
         """The block size every row shares, at the same phase, if the fused path can run it; else 0."""
         c = int(blocks[0])
-        if not self.fuse_rounds or c == 0 or 2 * c > self.gen_window:
-            return 0
-        if c <= SHORT < 2 * c:
-            # fused passes of 2c steps would leave the short path that four passes of c steps take:
-            # one thread, blocks 40-64, batches 1-32, four passes took 0.49-0.88 of the fused time
-            # (one tie at 1.06); past SHORT both are long and fusing wins, 1.23-1.57x at blocks
-            # 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session)
+        if not self.fuses(c):
             return 0
         if state.batch_size == 1:  # a lone row: nothing to compare (and no host syncs to pay)
             return c
