@@ -40,13 +40,17 @@ chromium:
 serve: $(STAMP)
 	$(VENV)/bin/vssm serve --host $(HOST) --port $(PORT)
 
+# One pytest worker per core (pytest-xdist); a file's tests stay on one worker, so its module
+# fixtures (servers, Redis, trained checkpoints) are built once. `make test XDIST=` runs serially.
+XDIST ?= -n auto --dist loadfile
+
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q $(XDIST) -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from vssm import model
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker gets its share of the cores:
+# torch's default of every core per process would oversubscribe them.
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 V = 5  # a small vocabulary exercises the categorical paths without cost
 
