@@ -8,9 +8,11 @@ Per channel h and mode n, from the state h_0 before the first input (model/ssm.p
     h_t = Lambda h_(t-1) + B_bar u_t,      y_t = Re(sum_n C_n h_t[n]) + D u_t
 in real arithmetic.  A short pass at batch 1 as one matrix per channel (S4D.short) reads a
 (T + 2N) x T matrix per channel from memory for one multiply-add per element read; this loop reads
-the input, the state and the weights once and keeps a block of LANES channels' state in cache.
-The vector lanes run over channels, not modes: the sum over modes is then a plain add per lane,
-with no horizontal reduction at every step.  Around it, optionally, the block's LayerNorm before
+the input, the state and the weights once.  The vector lanes run over channels, not modes: the sum
+over modes is then a plain add per lane, with no horizontal reduction at every step.  From
+MODES_MIN_T steps a pair of modes runs through every step with its state and weights in registers
+(GCC/Clang vector types of 64 bytes, which a machine without 512-bit registers splits); below it,
+steps run outer and a block of LANES channels' states stays in cache.  Around it, optionally, the block's LayerNorm before
 (u = LN(x)) and its exact GELU after (model/network.py, SSMBlock): at a few steps each of those
 is one more PyTorch call whose fixed cost is many times its arithmetic.
 
@@ -23,7 +25,8 @@ batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wante
 
 A whole network pass (NET, model/network.py, SSMNet) runs every block in one call: per layer the
 block above (LayerNorm, recurrence, GELU), then the H -> 2H output linear, GLU and the residual
-add; then the final LayerNorm and the head.  At a few steps a block is otherwise five PyTorch calls
+add (a tile of four rows at a time, so that a weight read serves four rows); then the final
+LayerNorm and the head.  At a few steps a block is otherwise five PyTorch calls
 around the kernel, and a network pass of L blocks a few dozen: the calls, not their arithmetic,
 were most of a short block round and of an autoregressive step (docs/experiments/rounds-and-serving.md).
 Its weights come packed in one buffer (model/native.py, pack): per layer LayerNorm weight and bias
@@ -31,6 +34,8 @@ Its weights come packed in one buffer (model/native.py, pack): per layer LayerNo
 then the final LayerNorm's weight and bias (H each), the head transposed (H, O) and its bias (O). */
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #ifndef VSSM_NO_MVEC /* glibc's libmvec has vector erf and erff; math.h declares them only under -ffast-math */
 __attribute__((__simd__("notinbranch"))) extern float erff(float);
@@ -41,7 +46,12 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 
 #ifndef REAL /* the file includes itself once per precision */
 #define LANES 32
+#define MODES_MIN_T 4   /* from this many steps the modes run outer (below: steps outer, as before) */
+#define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (2 x 64 KB) */
 #define REAL float
+#define VL 16
+#define VEC vf32
+typedef float vf32 __attribute__((vector_size(64)));
 #define ERF erff
 #define EXP expf
 #define NAME s4d_block_f32
@@ -56,6 +66,11 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #undef NET
 #undef LAYERNORM
 #undef LINEAR
+#undef VL
+#undef VEC
+#define VL 8
+#define VEC vf64
+typedef double vf64 __attribute__((vector_size(64)));
 #define REAL double
 #define ERF erf
 #define EXP exp
@@ -67,9 +82,11 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #else
 
 static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, double eps, REAL *o) {
-    REAL mean = 0, var = 0;
+    REAL mean = 0, var = 0; /* sums in vector lanes, then across them */
+#pragma omp simd reduction(+ : mean)
     for (long h = 0; h < H; ++h) mean += xr[h];
     mean /= H;
+#pragma omp simd reduction(+ : var)
     for (long h = 0; h < H; ++h) var += (xr[h] - mean) * (xr[h] - mean);
     const REAL inv = 1 / sqrt(var / H + eps);
     for (long h = 0; h < H; ++h) o[h] = (xr[h] - mean) * inv * w[h] + bias[h];
@@ -87,49 +104,124 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
     }
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
-    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
-    for (long b = 0; b < Bsz; ++b) {
-        for (long h0c = 0; h0c < H; h0c += LANES) {
-            const long J = H - h0c < LANES ? H - h0c : LANES;
-            for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
-                const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
-                for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
+    if (T >= MODES_MIN_T && T <= MODES_MAX_T) {
+        /* Modes outer, steps inner: a pair of modes keeps its state and weights in registers for the
+           whole pass, so a step is arithmetic only (with every mode's state in memory, steps outer,
+           each mode and step also loaded and stored its state: 1.5-2x slower from 16 steps on,
+           docs/experiments/rounds-and-serving.md); the sums over modes accumulate in yb, a vector
+           per step, and the input's lanes are read once into ub */
+        VEC ub[T], yb[T];
+        for (long b = 0; b < Bsz; ++b) {
+            for (long h0c = 0; h0c < H; h0c += VL) {
+                const long J = H - h0c < VL ? H - h0c : VL;
+                for (long t = 0; t < T; ++t) {
+                    const REAL *ut = u + b * u_sb + t * u_st + h0c;
+                    REAL tmp[VL];
+                    for (long j = 0; j < VL; ++j) tmp[j] = j < J ? ut[j] : 0;
+                    memcpy(&ub[t], tmp, sizeof(VEC));
+                    yb[t] = (VEC){0};
+                }
+                for (long n = 0; n < N; n += 2) {
+                    const long G = N - n < 2 ? 1 : 2;
+                    VEC wv[2][6], sv[2][2];
+                    for (long g = 0; g < 2; ++g) {
+                        const long m = n + (g < G ? g : 0), o = m * H + h0c;
+                        const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
+                        REAL pad[VL];
+                        for (long k = 0; k < 6; ++k) {
+                            if (J == VL && g < G) {
+                                memcpy(&wv[g][k], src[k], sizeof(VEC));
+                                continue;
+                            }
+                            for (long j = 0; j < VL; ++j) pad[j] = j < J && g < G ? src[k][j] : 0;
+                            memcpy(&wv[g][k], pad, sizeof(VEC));
+                        }
+                        for (long k = 0; k < 2; ++k) {
+                            for (long j = 0; j < VL; ++j)
+                                pad[j] = h0 && j < J && g < G ? h0[b * h0_sb + ((h0c + j) * N + m) * 2 + k] : 0;
+                            memcpy(&sv[g][k], pad, sizeof(VEC));
+                        }
+                    }
+                    /* plain variables, not arrays: the state stays in registers across steps */
+                    const VEC lr0 = wv[0][0], li0 = wv[0][1], br0 = wv[0][2], bi0 = wv[0][3], cr0 = wv[0][4], ci0 = wv[0][5];
+                    const VEC lr1 = wv[1][0], li1 = wv[1][1], br1 = wv[1][2], bi1 = wv[1][3], cr1 = wv[1][4], ci1 = wv[1][5];
+                    VEC sr0 = sv[0][0], si0 = sv[0][1], sr1 = sv[1][0], si1 = sv[1][1];
+                    const long stop = h_out ? at : T;
+                    for (int half = 0; half < 2; ++half) {
+                        for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
+                            const VEC x_t = ub[t];
+                            /* the input's term first: off the state's chain of dependent multiply-adds */
+                            const VEC r0 = br0 * x_t + lr0 * sr0 - li0 * si0, i0 = bi0 * x_t + lr0 * si0 + li0 * sr0;
+                            const VEC r1 = br1 * x_t + lr1 * sr1 - li1 * si1, i1 = bi1 * x_t + lr1 * si1 + li1 * sr1;
+                            sr0 = r0, si0 = i0, sr1 = r1, si1 = i1;
+                            yb[t] += (cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1);
+                        }
+                        if (half == 0 && h_out) { /* the state after `at` steps */
+                            const VEC s[2][2] = {{sr0, si0}, {sr1, si1}};
+                            for (long g = 0; g < G; ++g) {
+                                REAL re[VL], im[VL];
+                                memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
+                                for (long j = 0; j < J; ++j) {
+                                    REAL *so = h_out + b * ho_sb + ((h0c + j) * N + n + g) * 2;
+                                    so[0] = re[j], so[1] = im[j];
+                                }
+                            }
+                        }
+                    }
+                }
+                for (long t = 0; t < T; ++t) {
+                    REAL y[VL], x[VL];
+                    memcpy(y, &yb[t], sizeof(VEC)), memcpy(x, &ub[t], sizeof(VEC));
+                    REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
+                    for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * x[j];
+                }
             }
-            for (long t = 0; t <= T; ++t) {
-                if (h_out && t == at) { /* the state after `at` steps */
-                    for (long j = 0; j < J; ++j) {
-                        REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
-                        for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
-                    }
+        }
+    } else { /* a few steps: steps outer, every mode's state in a cache-resident block */
+        REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
+        for (long b = 0; b < Bsz; ++b) {
+            for (long h0c = 0; h0c < H; h0c += LANES) {
+                const long J = H - h0c < LANES ? H - h0c : LANES;
+                for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
+                    const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
+                    for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
                 }
-                if (t == T) break;
-                const REAL *ut = u + b * u_sb + t * u_st + h0c;
-                for (long j = 0; j < LANES; ++j) {
-                    xv[j] = j < J ? ut[j] : 0;
-                    acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
-                }
-                for (long n = 0; n < N; ++n) {
-                    const long o = n * H + h0c;
-                    if (J == LANES) {
-#pragma omp simd
-                        for (long j = 0; j < LANES; ++j) {
-                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
-                            sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
-                        }
-                    } else {
+                for (long t = 0; t <= T; ++t) {
+                    if (h_out && t == at) { /* the state after `at` steps */
                         for (long j = 0; j < J; ++j) {
-                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
-                            sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                            REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
+                            for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
                         }
                     }
-                }
-                REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
-                for (long j = 0; j < J; ++j) {
-                    yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
+                    if (t == T) break;
+                    const REAL *ut = u + b * u_sb + t * u_st + h0c;
+                    for (long j = 0; j < LANES; ++j) {
+                        xv[j] = j < J ? ut[j] : 0;
+                        acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
+                    }
+                    for (long n = 0; n < N; ++n) {
+                        const long o = n * H + h0c;
+                        if (J == LANES) {
+    #pragma omp simd
+                            for (long j = 0; j < LANES; ++j) {
+                                const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                                const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                                sr[n][j] = r, si[n][j] = i;
+                                acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                            }
+                        } else {
+                            for (long j = 0; j < J; ++j) {
+                                const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                                const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                                sr[n][j] = r, si[n][j] = i;
+                                acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                            }
+                        }
+                    }
+                    REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
+                    for (long j = 0; j < J; ++j) {
+                        yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
+                    }
                 }
             }
         }
@@ -141,14 +233,54 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
     }
 }
 
-/* out (M) = bias + v (K) W^T, W^T given as wt (K, M): the lanes run over the outputs */
-static inline void LINEAR(long K, long M, const REAL *v, const REAL *wt, const REAL *bias, REAL *out) {
-    for (long j = 0; j < M; ++j) out[j] = bias[j];
-    for (long k = 0; k < K; ++k) {
-        const REAL vk = v[k];
-        const REAL *wk = wt + k * M;
+/* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt: a tile of 4 rows by 2 vectors of outputs
+   stays in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
+   multiply-add also loaded its weight and its running sum); the sums run over k in order, as before */
+static void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out) {
+    long c = 0;
+    for (; c + 2 * VL <= M; c += 2 * VL) {
+        VEC b0, b1;
+        memcpy(&b0, bias + c, sizeof(VEC)), memcpy(&b1, bias + c + VL, sizeof(VEC));
+        long r = 0;
+        for (; r + 4 <= R; r += 4) {
+            VEC acc[4][2] = {{b0, b1}, {b0, b1}, {b0, b1}, {b0, b1}};
+            const REAL *a0 = a + r * K;
+            for (long k = 0; k < K; ++k) {
+                VEC w0, w1;
+                memcpy(&w0, wt + k * M + c, sizeof(VEC)), memcpy(&w1, wt + k * M + c + VL, sizeof(VEC));
+                for (long q = 0; q < 4; ++q) {
+                    const REAL v = a0[q * K + k];
+                    acc[q][0] += v * w0, acc[q][1] += v * w1;
+                }
+            }
+            for (long q = 0; q < 4; ++q) {
+                memcpy(out + (r + q) * M + c, &acc[q][0], sizeof(VEC));
+                memcpy(out + (r + q) * M + c + VL, &acc[q][1], sizeof(VEC));
+            }
+        }
+        for (; r < R; ++r) {
+            VEC acc0 = b0, acc1 = b1;
+            for (long k = 0; k < K; ++k) {
+                VEC w0, w1;
+                memcpy(&w0, wt + k * M + c, sizeof(VEC)), memcpy(&w1, wt + k * M + c + VL, sizeof(VEC));
+                const REAL v = a[r * K + k];
+                acc0 += v * w0, acc1 += v * w1;
+            }
+            memcpy(out + r * M + c, &acc0, sizeof(VEC)), memcpy(out + r * M + c + VL, &acc1, sizeof(VEC));
+        }
+    }
+    if (c < M) { /* the last outputs, fewer than two vectors: a row at a time, the lanes over outputs */
+        const long Mc = M - c;
+        for (long r = 0; r < R; ++r) {
+            REAL *o = out + r * M + c;
+            for (long j = 0; j < Mc; ++j) o[j] = bias[c + j];
+            for (long k = 0; k < K; ++k) {
+                const REAL v = a[r * K + k];
+                const REAL *wk = wt + k * M + c;
 #pragma omp simd
-        for (long j = 0; j < M; ++j) out[j] += vk * wk[j];
+                for (long j = 0; j < Mc; ++j) o[j] += v * wk[j];
+            }
+        }
     }
 }
 
@@ -156,7 +288,7 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
          const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
     const long layer = 2 * H + 6 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
-    REAL z[H2], v[H];
+    REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
     for (long l = 0; l < L; ++l) {
         const REAL *p = pack + l * layer;
         const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 6 * NH;
@@ -164,19 +296,21 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
         /* g = GELU(S4D(LayerNorm(x))), the layer's state into h_out's row l */
         NAME(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1, g,
              h_out ? h_out + l * NH * 2 : 0, LH);
-        for (long r = 0; r < rows; ++r) { /* x += GLU(g W^T + bias) */
-            LINEAR(H, H2, g + r * H, wt, bias, z);
-            REAL *xr = x + r * H;
+        for (long r0 = 0; r0 < rows; r0 += 4) { /* x += GLU(g W^T + bias), four rows at a time */
+            const long R = rows - r0 < 4 ? rows - r0 : 4;
+            LINEAR(R, H, H2, g + r0 * H, wt, bias, z);
+            for (long r = 0; r < R; ++r) {
+                REAL *xr = x + (r0 + r) * H;
+                const REAL *zr = z + r * H2;
 #pragma omp simd
-            for (long j = 0; j < H; ++j) xr[j] += z[j] / (1 + EXP(-z[H + j]));
+                for (long j = 0; j < H; ++j) xr[j] += zr[j] / (1 + EXP(-zr[H + j]));
+            }
         }
     }
     const REAL *p = pack + L * layer;
     const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
-    for (long r = 0; r < rows; ++r) { /* logits = LayerNorm(x) W_head^T + b_head */
-        LAYERNORM(H, x + r * H, nw, nb, eps, v);
-        LINEAR(H, O, v, hw, hb, logits + r * O);
-    }
+    for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H); /* g: the scratch again */
+    LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
 }
 
 #endif
