@@ -10,7 +10,7 @@ in real arithmetic.  A short pass at batch 1 as one matrix per channel (S4D.shor
 (T + 2N) x T matrix per channel from memory for one multiply-add per element read; this loop reads
 the input, the state and the weights once.  The vector lanes run over channels, not modes: the sum
 over modes is then a plain add per lane, with no horizontal reduction at every step.  From
-MODES_MIN_T steps a pair of modes runs through every step with its state and weights in registers
+MODES_MIN_T steps four modes run through every step with its state and weights in registers
 (GCC/Clang vector types of 64 bytes, which a machine without 512-bit registers splits); below it,
 steps run outer and a block of LANES channels' states stays in cache.  Around it, optionally, the block's LayerNorm before
 (u = LN(x)) and its exact GELU after (model/network.py, SSMBlock): at a few steps each of those
@@ -105,11 +105,11 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
     if (T >= MODES_MIN_T && T <= MODES_MAX_T) {
-        /* Modes outer, steps inner: a pair of modes keeps its state and weights in registers for the
-           whole pass, so a step is arithmetic only (with every mode's state in memory, steps outer,
-           each mode and step also loaded and stored its state: 1.5-2x slower from 16 steps on,
-           docs/experiments/rounds-and-serving.md); the sums over modes accumulate in yb, a vector
-           per step, and the input's lanes are read once into ub */
+        /* Modes outer, steps inner: four modes keep their states and weights in registers for the
+           whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
+           (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
+           from 16 steps on, docs/experiments/rounds-and-serving.md); the sums over modes accumulate
+           in yb, a vector per step, and the input's lanes are read once into ub */
         VEC ub[T], yb[T];
         for (long b = 0; b < Bsz; ++b) {
             for (long h0c = 0; h0c < H; h0c += VL) {
@@ -121,10 +121,10 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
                     memcpy(&ub[t], tmp, sizeof(VEC));
                     yb[t] = (VEC){0};
                 }
-                for (long n = 0; n < N; n += 2) {
-                    const long G = N - n < 2 ? 1 : 2;
-                    VEC wv[2][6], sv[2][2];
-                    for (long g = 0; g < 2; ++g) {
+                for (long n = 0; n < N; n += 4) {
+                    const long G = N - n < 4 ? N - n : 4;
+                    VEC wv[4][6], sv[4][2];
+                    for (long g = 0; g < 4; ++g) {
                         const long m = n + (g < G ? g : 0), o = m * H + h0c;
                         const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
                         REAL pad[VL];
@@ -142,22 +142,22 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
                             memcpy(&sv[g][k], pad, sizeof(VEC));
                         }
                     }
-                    /* plain variables, not arrays: the state stays in registers across steps */
-                    const VEC lr0 = wv[0][0], li0 = wv[0][1], br0 = wv[0][2], bi0 = wv[0][3], cr0 = wv[0][4], ci0 = wv[0][5];
-                    const VEC lr1 = wv[1][0], li1 = wv[1][1], br1 = wv[1][2], bi1 = wv[1][3], cr1 = wv[1][4], ci1 = wv[1][5];
-                    VEC sr0 = sv[0][0], si0 = sv[0][1], sr1 = sv[1][0], si1 = sv[1][1];
+/* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
+#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
+                    W(0) W(1) W(2) W(3)
+#undef W
                     const long stop = h_out ? at : T;
                     for (int half = 0; half < 2; ++half) {
                         for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
                             const VEC x_t = ub[t];
-                            /* the input's term first: off the state's chain of dependent multiply-adds */
-                            const VEC r0 = br0 * x_t + lr0 * sr0 - li0 * si0, i0 = bi0 * x_t + lr0 * si0 + li0 * sr0;
-                            const VEC r1 = br1 * x_t + lr1 * sr1 - li1 * si1, i1 = bi1 * x_t + lr1 * si1 + li1 * sr1;
-                            sr0 = r0, si0 = i0, sr1 = r1, si1 = i1;
-                            yb[t] += (cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1);
+/* the input's term first: off the state's chain of dependent multiply-adds */
+#define S(g) const VEC r##g = br##g * x_t + lr##g * sr##g - li##g * si##g, i##g = bi##g * x_t + lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
+                            S(0) S(1) S(2) S(3)
+#undef S
+                            yb[t] += ((cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1)) + ((cr2 * r2 - ci2 * i2) + (cr3 * r3 - ci3 * i3));
                         }
                         if (half == 0 && h_out) { /* the state after `at` steps */
-                            const VEC s[2][2] = {{sr0, si0}, {sr1, si1}};
+                            const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
                             for (long g = 0; g < G; ++g) {
                                 REAL re[VL], im[VL];
                                 memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
