@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .modality import Modality
 from .sampling import as_seed_tensor
-from .ssm import weights_key
+from .ssm import weights_fixed, weights_key
 from .state import GenState, StateError
 
 # Bumped whenever any module registers a parameter or a submodule, so that a model's cached list of
@@ -203,7 +203,7 @@ class SequenceModel(nn.Module):
         ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
-        with torch.no_grad():
+        with torch.no_grad(), weights_fixed():
             return self._generate(state, n, temperature, resumable, blocks, scores=scores, ratio=ratio)
 
     def _ratio(self, value: float | Tensor | None, batch: int) -> float | Tensor:

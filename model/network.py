@@ -20,7 +20,7 @@ from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_h
 
 from . import native
 from .base import _structure, check_config
-from .ssm import S4D, SHORT, S4DConfig, weights_key
+from .ssm import S4D, SHORT, S4DConfig, fixed_call, weights_key
 
 __all__ = ["SSMNet", "SSMNetConfig"]
 
@@ -160,19 +160,31 @@ class SSMNet(nn.Module):
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
         block would take its fused kernel (short, small, no gradient), and nothing in the network is
         what one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight,
-        LayerNorms of different eps).  Checked on every call, from the modules' own dicts."""
+        LayerNorms of different eps).  Checked from the modules' own dicts on every call, the modules'
+        part once per generation call (model/ssm.py, ``weights_fixed``)."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
         if first is None or not first._fused(h, T, None if state is None else state[:, 0], whole_network=True):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False
+        call = fixed_call()
+        hit = self.__dict__.get("_modules_ok")
+        if call is not None and hit is not None and hit[0] == call:  # checked already in this generation call
+            return hit[1]
+        ok = self._modules_native_ok()
+        self.__dict__["_modules_ok"] = (call, ok)
+        return ok
+
+    def _modules_native_ok(self) -> bool:
+        """The part of :meth:`_native_ok` that depends on the modules only, not on the pass."""
         if _global_forward_hooks or _global_forward_pre_hooks:
             return False
         for m in self._walk():
             if m._forward_hooks or m._forward_pre_hooks:
                 return False
         mods = self._modules
+        blocks = mods["blocks"]._modules  # type: ignore[union-attr]
         eps = mods["norm"].eps  # type: ignore[union-attr]
         for b in blocks.values():
             bm = b._modules
@@ -186,19 +198,24 @@ class SSMNet(nn.Module):
     def _packed(self) -> Tensor:
         """The weights of :func:`model.native.pack`, rebuilt when any of them changes: the key of
         :func:`model.ssm.weights_key` over the modules' live parameter entries (an optimiser step,
-        ``load_state_dict``, ``.to()``, a parameter replaced or set to None).  Like every weights cache
+        ``load_state_dict``, ``.to()``, a parameter replaced or set to None); once per generation call
+        (model/ssm.py, ``weights_fixed``).  Like every weights cache
         here it cannot see writes that bypass the version counter (``p.data.mul_()``, fused optimisers)."""
+        call = fixed_call()
+        hit = self.__dict__.get("_pack")
+        if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call
+            return hit[1]
         params = [p for m in self._walk() for p in m._parameters.values()]
         key = weights_key([p for p in params if p is not None]), tuple(p is None for p in params)
-        hit = self.__dict__.get("_pack")
         if hit is not None and hit[0] == key:
+            self.__dict__["_pack"] = (key, hit[1], call)
             return hit[1]
         layers = []
         for b in self.blocks:
             scan = b.ssm._cached("scan", b.ssm._build_scan)
             layers.append((b.norm.weight, b.norm.bias, scan["w"], scan["D"], b.out.weight, b.out.bias))
         packed = native.pack(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
-        self.__dict__["_pack"] = (key, packed)  # a cache, not module state: never saved, never moved
+        self.__dict__["_pack"] = (key, packed, call)  # a cache, not module state: never saved, never moved
         return packed
 
     def _native(

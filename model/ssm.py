@@ -24,8 +24,11 @@ and neither is faster on GPU without a custom kernel.
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +77,29 @@ class _KernelCache:
         while size > self.max_bytes and len(self.entries) > 1:
             oldest = next(iter(self.entries))
             size -= sum(_nbytes(v) for v in self.entries.pop(oldest).values())
+
+
+# The generation call in progress in this thread or task (a number per call), or None: within one
+# call the weights cannot change, so caches keyed on them are checked once per call, not per pass.
+_FIXED: ContextVar[int | None] = ContextVar("vssm_weights_fixed", default=None)
+_calls = itertools.count(1)
+
+
+@contextmanager
+def weights_fixed() -> Iterator[None]:
+    """A region (one generation call) in which no weight changes: a network checks its packed weights
+    once in it (:meth:`model.network.SSMNet._packed`); the AR-SSM otherwise checked them at each of an
+    image's 784 steps, about a fifth of its step (docs/experiments/rounds-and-serving.md)."""
+    token = _FIXED.set(next(_calls))
+    try:
+        yield
+    finally:
+        _FIXED.reset(token)
+
+
+def fixed_call() -> int | None:
+    """The number of the :func:`weights_fixed` region in progress, or None."""
+    return _FIXED.get()
 
 
 def weights_key(params: Iterable[Tensor]) -> tuple:

@@ -489,3 +489,37 @@ def test_the_native_pass_refuses_what_it_cannot_read_safely():
         run(h, None, packed, 2, 4, 3, 1e-5, 6, True)  # a state past the pass
     with pytest.raises(ValueError, match="state must be"):
         run(h, torch.zeros(1, 3, 8, 4, dtype=torch.complex128), packed, 2, 4, 3, 1e-5, 5, True)
+
+
+def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_ones(monkeypatch):
+    """Within one generation call the weights cannot change: the AR-SSM's steps and the VSSM's rounds
+    check the packed weights and the modules once per call, not once per pass; a change between calls
+    (here in place, as an optimiser step or a load makes it) is read by the next call."""
+    from vssm.model import network
+    from vssm.model.autoregressive import ARSSM, ARSSMConfig
+
+    torch.manual_seed(5)
+    ar = ARSSM(ARSSMConfig(vocab_size=3, width=8, state_size=4, layers=2)).double().eval()
+    vssm = VSSM(VSSMConfig(vocab_size=3, n_latents=2, n_classes=3, width=8, state_size=4, max_position=24))
+    vssm = vssm.double().eval()
+    keys, checks = [], []
+    real_key, real_modules = network.weights_key, SSMNet._modules_native_ok
+    monkeypatch.setattr(network, "weights_key", lambda params: keys.append(1) or real_key(params))
+    monkeypatch.setattr(SSMNet, "_modules_native_ok", lambda self: checks.append(1) or real_modules(self))
+    for m, networks, kwargs in ((ar, 1, {}), (vssm, 2, {"block_size": 4})):
+        prompt = torch.randint(0, 3, (2, 3))
+        for scale in (1.0, 1.3):
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.mul_(scale)
+            start = m.start(prompt, [1, 2])  # a state names the weights that made it
+            keys.clear(), checks.clear()
+            tokens, state, scores = m.generate_scored(start, 12, **kwargs)  # 12 steps, or 3 block rounds
+            assert len(keys) == networks and len(checks) == networks, (type(m).__name__, keys, checks)
+            with monkeypatch.context() as off:  # the reference: every network block by block
+                off.setattr(SSMNet, "_native_ok", lambda self, h, T, state: False)
+                ref_tokens, ref_state, ref_scores = m.generate_scored(start, 12, **kwargs)
+            assert torch.equal(tokens, ref_tokens)
+            torch.testing.assert_close(scores, ref_scores, rtol=1e-10, atol=1e-10)
+            for k, v in ref_state.tensors.items():
+                torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-10)
