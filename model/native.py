@@ -1,6 +1,7 @@
 """Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
-head: :func:`net`) and the keyed uniforms of model/sampling.py (csrc/keyed.c).
+head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c) and its inverse-CDF
+draws (csrc/categorical.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -36,11 +37,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "kernel_path", "keyed", "net", "pack", "weights"]
+__all__ = ["MAX_MODES", "available", "block", "categorical", "kernel_path", "keyed", "net", "pack", "weights"]
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c", "categorical.c")]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
@@ -54,6 +55,7 @@ _L, _P, _D, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P, _L]
 _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
+_CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -132,6 +134,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("keyed_uniforms_f32", "keyed_uniforms_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _KEYED_ARGTYPES, None
+        for name in ("categorical_f32", "categorical_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _CATEGORICAL_ARGTYPES, None
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
@@ -323,3 +328,31 @@ def _keyed(seed: Tensor, position: Tensor, streams: tuple[int, ...], width: int,
 def keyed() -> Callable[..., Tensor] | None:
     """The compiled keyed uniforms (see :func:`_keyed`), or None where the kernels cannot be built."""
     return _keyed if _load() is not None else None
+
+
+def _categorical(logits: Tensor, u: Tensor, temperature: float) -> Tensor:
+    """:func:`model.sampling.sample_categorical` at a float temperature, compiled: ``logits``
+    ``(..., V)`` and ``u`` ``(...)`` of one dtype (float32 or float64) on the CPU -> ``(...)`` int64."""
+    lib = _lib
+    assert lib is not None
+    dt = logits.dtype
+    if (
+        dt not in _COMPLEX
+        or u.dtype != dt
+        or not logits.is_cpu
+        or not u.is_cpu
+        or logits.ndim < 1
+        or u.shape != logits.shape[:-1]
+    ):
+        shapes = f"logits {tuple(logits.shape)} {dt}, u {tuple(u.shape)} {u.dtype}"
+        raise ValueError(f"bad inputs for the native draw: {shapes}")
+    logits, u = logits.detach().contiguous(), u.contiguous()  # a draw has no gradient
+    out = torch.empty(u.shape, dtype=torch.int64)
+    fn = lib.categorical_f64 if dt == torch.float64 else lib.categorical_f32
+    fn(u.numel(), logits.shape[-1], logits.data_ptr(), u.data_ptr(), float(temperature), out.data_ptr())
+    return out
+
+
+def categorical() -> Callable[..., Tensor] | None:
+    """The compiled inverse-CDF draw (see :func:`_categorical`), or None where the kernels cannot be built."""
+    return _categorical if _load() is not None else None

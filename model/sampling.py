@@ -38,6 +38,7 @@ STREAM_TOKEN = 2  # tokens x_t of every family
 STREAM_ABSORB = 3  # latents of the VSSM re-drawn when a block's generated tokens are absorbed
 
 _M32 = 0xFFFFFFFF
+_REAL = (torch.float32, torch.float64)
 
 
 def _mix(x: Tensor) -> Tensor:
@@ -105,6 +106,9 @@ def sample_categorical(logits: Tensor, u: Tensor, temperature: float | Tensor) -
     short path: a block round draws a few small categoricals, so each kernel saved counts.
     """
     if not isinstance(temperature, Tensor):
+        compiled = native.categorical() if logits.is_cpu and logits.shape[-1] > 0 else None
+        if compiled is not None and u.dtype == logits.dtype and u.shape == logits.shape[:-1] and logits.dtype in _REAL:
+            return compiled(logits, u, temperature)  # the same draw in one call (csrc/categorical.c)
         if temperature == 0.0:
             return logits.argmax(-1)
         scaled = logits if temperature == 1.0 else logits / max(temperature, 1e-6)

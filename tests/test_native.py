@@ -523,3 +523,39 @@ def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_o
             torch.testing.assert_close(scores, ref_scores, rtol=1e-10, atol=1e-10)
             for k, v in ref_state.tensors.items():
                 torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 1e-9, 0.0])
+def test_compiled_draws_equal_the_tensor_arithmetic(monkeypatch, dtype, temperature):
+    """csrc/categorical.c draws what sample_categorical's PyTorch path draws (the inverse CDF of the
+    tempered softmax, the argmax at 0), for latents (B, n, Z, K) and tokens (B, n, V), strided views,
+    one category, and logits with -inf, +inf and NaN (PyTorch's answers: its softmax's NaNs draw 0)."""
+    torch.manual_seed(11)
+    cases = [
+        (torch.randn(3, 7, 2, 5, dtype=dtype) * 3, torch.rand(3, 7, 2, dtype=dtype)),
+        (torch.randn(2, 9, 256, dtype=dtype) * 2, torch.rand(2, 9, dtype=dtype)),
+        (torch.randn(4, 12, 6, dtype=dtype)[:, ::2, 1:], torch.rand(4, 6, dtype=dtype)),  # a strided view
+        (torch.randn(5, 1, dtype=dtype), torch.rand(5, dtype=dtype)),
+    ]
+    odd = torch.randn(6, 4, dtype=dtype)
+    odd[0, 1] = -torch.inf
+    odd[1] = -torch.inf
+    odd[2, 2] = torch.inf
+    odd[3, 0] = torch.nan
+    odd[4, 3] = 1e4
+    cases.append((odd, torch.rand(6, dtype=dtype)))
+    compiled = [sampling.sample_categorical(logits, u, temperature) for logits, u in cases]
+    monkeypatch.setattr(native, "categorical", lambda: None)
+    for (logits, u), got in zip(cases, compiled, strict=True):
+        assert got.dtype == torch.int64 and got.shape == u.shape
+        assert torch.equal(got, sampling.sample_categorical(logits, u, temperature)), (logits.shape, temperature)
+
+
+def test_compiled_draws_refuse_what_they_cannot_read():
+    draw = native.categorical()
+    assert draw is not None
+    with pytest.raises(ValueError, match="native draw"):
+        draw(torch.randn(2, 3), torch.rand(3), 1.0)  # one uniform per draw: (2,), not (3,)
+    with pytest.raises(ValueError, match="native draw"):
+        draw(torch.randn(2, 3), torch.rand(2, dtype=F64), 1.0)  # one dtype
