@@ -199,8 +199,9 @@ class SSMNet(nn.Module):
         """The weights of :func:`model.native.pack`, rebuilt when any of them changes: the key of
         :func:`model.ssm.weights_key` over the modules' live parameter entries (an optimiser step,
         ``load_state_dict``, ``.to()``, a parameter replaced or set to None); once per generation call
-        (model/ssm.py, ``weights_fixed``).  Like every weights cache
-        here it cannot see writes that bypass the version counter (``p.data.mul_()``, fused optimisers)."""
+        (model/ssm.py, ``weights_fixed``), so a weight changed by another thread during a call, or a hook
+        added in it, is read by the next call.  Like every weights cache here it cannot see writes that
+        bypass the version counter (``p.data.mul_()``, fused optimisers)."""
         call = fixed_call()
         hit = self.__dict__.get("_pack")
         if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call

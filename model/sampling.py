@@ -103,11 +103,15 @@ def sample_categorical(logits: Tensor, u: Tensor, temperature: float | Tensor) -
 
     One uniform per draw (not V Gumbels) keeps large vocabularies cheap.  ``temperature`` is a
     float or a tensor broadcastable to ``logits[..., 0]``; 0 selects the argmax.  A float takes a
-    short path: a block round draws a few small categoricals, so each kernel saved counts.
+    short path: a block round draws a few small categoricals, so each kernel saved counts; on the CPU
+    it is one compiled call (csrc/categorical.c), whose draw may differ from this arithmetic's only
+    where ``u`` falls within rounding of a category boundary.
     """
     if not isinstance(temperature, Tensor):
-        compiled = native.categorical() if logits.is_cpu and logits.shape[-1] > 0 else None
-        if compiled is not None and u.dtype == logits.dtype and u.shape == logits.shape[:-1] and logits.dtype in _REAL:
+        compiled = native.categorical() if logits.is_cpu else None
+        # same dtype, one uniform per draw; a NaN temperature keeps PyTorch's answer (its NaNs draw 0)
+        same = u.dtype == logits.dtype and u.shape == logits.shape[:-1] and logits.dtype in _REAL
+        if compiled is not None and same and logits.shape[-1] > 0 and temperature == temperature:
             return compiled(logits, u, temperature)  # the same draw in one call (csrc/categorical.c)
         if temperature == 0.0:
             return logits.argmax(-1)

@@ -107,6 +107,23 @@ def test_float32_kernel_stays_within_rounding_of_the_matrices():
     torch.testing.assert_close(h, h_mat, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(("B", "T", "at", "fresh"), [(1, 56, 28, False), (3, 7, 7, True), (2, 9, 4, False)])
+def test_float32_network_pass_stays_within_rounding_of_the_blocks(B, T, at, fresh, monkeypatch):
+    """A float32 network wide enough for the output linear's vector tiles (2H = 80: two tiles of 32
+    outputs and a tail of 16) and a head of 40 outputs, against its blocks one by one."""
+    torch.manual_seed(B + T)
+    net = SSMNet(SSMNetConfig(n_in=5, n_out=40, width=40, state_size=6, layers=2)).eval()
+    x = torch.randint(0, 5, (B, T))
+    s0 = None if fresh else torch.randn_like(net.initial_state(B)) * 0.5
+    with torch.no_grad():
+        assert net._native_ok(net.inp(x), T, s0)
+        y, s = net(x, s0, lengths=at)
+        _per_block(monkeypatch)
+        y_ref, s_ref = net(x, s0, lengths=at)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_network_and_its_step_are_unchanged_by_the_kernel(monkeypatch):
     """The network's short passes and recurrent steps, with the kernel and without, in float64."""
     torch.manual_seed(3)
@@ -526,7 +543,7 @@ def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_o
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 1e-9, 0.0])
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 1e-9, 0.0, float("nan")])
 def test_compiled_draws_equal_the_tensor_arithmetic(monkeypatch, dtype, temperature):
     """csrc/categorical.c draws what sample_categorical's PyTorch path draws (the inverse CDF of the
     tempered softmax, the argmax at 0), for latents (B, n, Z, K) and tokens (B, n, V), strided views,
@@ -559,3 +576,20 @@ def test_compiled_draws_refuse_what_they_cannot_read():
         draw(torch.randn(2, 3), torch.rand(3), 1.0)  # one uniform per draw: (2,), not (3,)
     with pytest.raises(ValueError, match="native draw"):
         draw(torch.randn(2, 3), torch.rand(2, dtype=F64), 1.0)  # one dtype
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_compiled_draws_never_pick_a_category_of_probability_zero(dtype):
+    """At u = 1 (a float32 keyed uniform rounds to 1 once in 2**24 draws) the target is the whole
+    total: the draw is the last category with any probability, never a masked or underflowed one."""
+    torch.manual_seed(3)
+    far = torch.randn(32, 512, dtype=dtype)
+    far[:, -1] -= 30  # exp underflows to 0 at temperature 0.05 in float32
+    masked = torch.randn(32, 8, dtype=dtype)
+    masked[:, 5:] = -torch.inf
+    for logits, temperature in ((far, 0.05), (masked, 1.0), (masked, 0.3)):
+        p = torch.softmax(logits / temperature, -1)  # (R, V)
+        for top in (1.0, 1 - 2**-24, 1 - 2**-23):
+            u = torch.full(logits.shape[:-1], top, dtype=dtype)
+            drawn = sampling.sample_categorical(logits, u, temperature)  # (R,)
+            assert (p.gather(-1, drawn[:, None]) > 0).all(), (temperature, top)

@@ -5,23 +5,21 @@ Glossary of axis letters:
 
 The same draw as sample_categorical's tensor arithmetic, in one call: the first category whose
 cumulative probability reaches u times the total, from softmax(logits / temperature), or the first
-largest logit at temperature 0.  Only rounding differs (the sums run over unnormalised exponentials,
-in order).  In PyTorch a draw is eight small kernels, some 30-50 us whatever the size, and block
-sampling makes three a round, an autoregressive model one a step.
+largest logit at temperature 0.  The cumulative sums run in order, in double precision, over
+unnormalised exponentials, and the total is the last of them (as PyTorch's is the last of its
+cumsum), so a category of probability zero is never drawn, even at u = 1; a draw within rounding of
+a category boundary may fall on the other side of it than PyTorch's.  In PyTorch a draw is eight
+small kernels, some 20-40 us whatever its size, and block sampling makes three a round, an
+autoregressive model one a step.
 
-Layouts: logits (R, V) and u (R,) contiguous; out (R,) int64. */
+Layouts: logits (R, V) and u (R,) contiguous; out (R,) int64.  No buffer: the exponentials are
+computed twice, so any V fits. */
 
 #include <math.h>
 #include <stdint.h>
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec: vector exp and expf (csrc/s4d_block.c declares them the same way) */
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
-
 #define CATEGORICAL(NAME, REAL, EXP)                                                                      \
     void NAME(long R, long V, const REAL *logits, const REAL *u, double temperature, int64_t *out) {      \
-        REAL e[V > 0 ? V : 1];                                                                            \
         for (long r = 0; r < R; ++r) {                                                                    \
             const REAL *l = logits + r * V;                                                               \
             long k = 0;                                                                                   \
@@ -32,15 +30,17 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                 continue;                                                                                 \
             }                                                                                             \
             const REAL t = temperature == 1 ? 1 : (REAL)(temperature > 1e-6 ? temperature : 1e-6);        \
-            REAL m = -INFINITY, total = 0;                                                                \
-            for (long j = 0; j < V; ++j) e[j] = t == 1 ? l[j] : l[j] / t;                                 \
-            for (long j = 0; j < V; ++j) m = e[j] > m ? e[j] : m;                                         \
-            _Pragma("omp simd reduction(+ : total)") /* the sum in vector lanes (rounding only) */        \
-            for (long j = 0; j < V; ++j) e[j] = EXP(e[j] - m), total += e[j];                             \
-            const REAL target = u[r] * total;                                                             \
-            REAL cdf = 0;                                                                                 \
+            REAL m = -INFINITY;                                                                           \
+            for (long j = 0; j < V; ++j) {                                                                \
+                const REAL s = l[j] / t;                                                                  \
+                m = s > m ? s : m;                                                                        \
+            }                                                                                             \
+            double total = 0;                                                                             \
+            for (long j = 0; j < V; ++j) total += EXP(l[j] / t - m);                                      \
+            const double target = u[r] * total;                                                          \
+            double cdf = 0; /* the same sums in the same order: the last equals total */                  \
             for (long j = 0; j < V; ++j) { /* count the categories whose cumulative sum is below target */ \
-                cdf += e[j];                                                                              \
+                cdf += EXP(l[j] / t - m);                                                                 \
                 if (!(cdf < target)) break;                                                               \
                 k = j + 1;                                                                                \
             }                                                                                             \
