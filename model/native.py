@@ -37,7 +37,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_MODES", "available", "block", "categorical", "kernel_path", "keyed", "net", "pack", "weights"]
+__all__ = [
+    "MAX_MODES",
+    "available",
+    "block",
+    "categorical",
+    "kernel_path",
+    "keyed",
+    "max_tokens",
+    "net",
+    "pack",
+    "weights",
+]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +148,7 @@ def _load() -> ctypes.CDLL | None:
         for name in ("categorical_f32", "categorical_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _CATEGORICAL_ARGTYPES, None
+        lib.s4d_vector_bytes.argtypes, lib.s4d_vector_bytes.restype = [], _L
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
@@ -144,6 +156,19 @@ def _load() -> ctypes.CDLL | None:
             "native kernels unavailable (short passes use matrices, the keyed hash PyTorch): %s %s", err, detail
         )
     return _lib
+
+
+def max_tokens() -> int:
+    """Batch x steps up to which a whole network pass runs faster on the kernel than as matrices, on
+    this machine (0 without the kernel).  Measured by bench/rounds.py (``kernel_crossover``;
+    docs/experiments/rounds-and-serving.md, fifteenth session): built with 64-byte vectors (AVX-512)
+    the kernel was 1.6x the matrices' speed at 1,792 tokens (32 x 56) on one thread and tied on two;
+    with narrower vectors the last measurement (thirteenth session, an AMD EPYC, before the
+    kernel's modes-outer loop) tied at 512 and lost past it."""
+    lib = _load()
+    if lib is None:
+        return 0
+    return 2048 if lib.s4d_vector_bytes() >= 64 else 256
 
 
 def available() -> bool:

@@ -215,11 +215,9 @@ class S4D(nn.Module):
         return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
     # batch x steps at most this, a short network pass runs the recurrence kernel (model/native.py)
-    # instead of the matrices: with the whole pass in one native call (SSMNet._native) the kernel was
-    # 1.25-2.6x the matrices' speed up to 256 (2 x 56 steps: 2.3x; 16 x 16: 1.25x), 1.05-1.14x at 448,
-    # a tie at 512 (32 x 16) and 0.75-0.88x past it, on a 2-core AMD EPYC at one thread (bench/rounds.py,
-    # kernel_crossover; docs/experiments/rounds-and-serving.md, thirteenth session)
-    scan_max_tokens = 256
+    # instead of the matrices; None: the machine's crossover, native.max_tokens() (2,048 where the
+    # kernel has 64-byte vectors, else 256: the last measurement there, thirteenth session)
+    scan_max_tokens: int | None = None
     # the same for a layer called alone (a network the one native call cannot reproduce: a hook, a
     # parametrised weight): measured when every layer was its own call, where it lost past about 128
     layer_scan_max_tokens = 96
@@ -227,7 +225,8 @@ class S4D(nn.Module):
     def runs_scan(self, x: Tensor, T: int, whole_network: bool = False) -> bool:
         """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`):
         within a whole network pass in one call (``whole_network``), or this layer alone."""
-        limit = self.scan_max_tokens if whole_network else min(self.scan_max_tokens, self.layer_scan_max_tokens)
+        limit = native.max_tokens() if self.scan_max_tokens is None else self.scan_max_tokens
+        limit = limit if whole_network else min(limit, self.layer_scan_max_tokens)
         return (
             x.shape[0] * T <= limit
             and x.is_cpu

@@ -89,6 +89,9 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
 #include __FILE__
+
+/* the width of the vectors this build uses, in bytes (model/native.py: the short-pass threshold) */
+long s4d_vector_bytes(void) { return VEC_BYTES; }
 #else
 
 static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, double eps, REAL *o) {
