@@ -124,8 +124,8 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image, about 17-19 times the time of one VSSM "
-            "pass at batch 1.",
+            "Generates token by token: 784 sequential steps per image, about 11 times the time of one VSSM "
+            "pass at batch 1 (docs/benchmarks.json).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),

@@ -249,12 +249,15 @@ def dataset_section(
         head += "".join(f" {h} |" for h, _, _ in cols)
         rule += " ---: |" * len(cols)
         L += [head, rule]
+        from_eval = False  # a block size the benchmark does not time: the eval's own run, marked
         for r in curve:
             c = r["block_size"]
+            mark = "" if not times or f"vssm:{c}" in times.get("1", {}) else " *"
+            from_eval = from_eval or bool(mark)
             t1 = times.get("1", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_1"])
             t32 = times.get("32", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_32"])
             ratio = f" {r['nll']['nats_per_sequence'] / ref['nats_per_sequence']:.3f}x |" if ref else ""
-            row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {_ms(t1)} | {_ms(t32)} |"
+            row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {_ms(t1)}{mark} | {_ms(t32)}{mark} |"
             if has_judge:
                 s = r.get("samples", {})
                 row += "".join(f" {_fmt(s.get(k), f)} |" for _, k, f in judged_cols)
@@ -269,6 +272,8 @@ def dataset_section(
                 "Times: `python -m bench.run --only blocks` (docs/benchmarks-blocks.json), every model side by",
                 f"side in one process; the machine's load average was {load:.1f} on 2 cores, so compare ratios only.",
             ]
+            if from_eval:
+                L[-1] += " \\* not timed by that benchmark: the model's eval (its JSON), another run and machine state."
         pareto = img / f"pareto_{dataset}.png"
         if pareto.exists():
             L += ["", f"![pareto](img/{pareto.name})"]
