@@ -62,6 +62,7 @@ MAX_MODES = 256  # the kernel keeps a block of channels' state on the stack: 2 x
 
 _lib: ctypes.CDLL | None = None
 _tried = False
+_vector_bytes = 0
 _L, _P, _D, _I = ctypes.c_long, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
 _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P, _P, _L]
 _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
@@ -149,6 +150,8 @@ def _load() -> ctypes.CDLL | None:
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _CATEGORICAL_ARGTYPES, None
         lib.s4d_vector_bytes.argtypes, lib.s4d_vector_bytes.restype = [], _L
+        global _vector_bytes
+        _vector_bytes = lib.s4d_vector_bytes()  # the build's vector width, for max_tokens
         _lib = lib
     except (OSError, RuntimeError, subprocess.SubprocessError) as err:  # RuntimeError: no home directory
         detail = (getattr(err, "stderr", b"") or b"").decode(errors="replace")[-500:]
@@ -160,15 +163,18 @@ def _load() -> ctypes.CDLL | None:
 
 def max_tokens() -> int:
     """Batch x steps up to which a whole network pass runs faster on the kernel than as matrices, on
-    this machine (0 without the kernel).  Measured by bench/rounds.py (``kernel_crossover``;
-    docs/experiments/rounds-and-serving.md, fifteenth session): built with 64-byte vectors (AVX-512)
-    the kernel was 1.6x the matrices' speed at 1,792 tokens (32 x 56) on one thread and tied on two;
-    with narrower vectors the last measurement (thirteenth session, an AMD EPYC, before the
-    kernel's modes-outer loop) tied at 512 and lost past it."""
-    lib = _load()
-    if lib is None:
+    this machine and at PyTorch's thread count (0 without the kernel).  Measured by bench/rounds.py
+    (``kernel_crossover``; docs/experiments/rounds-and-serving.md, fifteenth session) on an Intel
+    Xeon with the kernel built with 64-byte vectors (AVX-512): on one thread the kernel was 1.4-2.0x
+    the matrices' speed at 1,024-2,048 tokens (32 x 64: 1.55x); on two, whose matrices use both
+    cores, 1.2-1.4x at 1,024 and 0.93-1.02x at 1,792-2,048.  So 2,048 over the threads (more than
+    two threads: assumed, not measured).  With narrower vectors, 256: the last measurement there
+    (thirteenth session, an AMD EPYC, before the modes-outer loop) tied at 512."""
+    if _load() is None:
         return 0
-    return 2048 if lib.s4d_vector_bytes() >= 64 else 256
+    if _vector_bytes < 64:
+        return 256
+    return 2048 // max(1, torch.get_num_threads())
 
 
 def available() -> bool:

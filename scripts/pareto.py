@@ -28,6 +28,24 @@ AR = ("ar-ssm", "ar-transformer", "ar-gru")
 SPEEDUP_TARGET = {"mnist": 10.0, "shakespeare": 5.0}  # issue 19's speed targets at the served default
 
 
+# what decides a VSSM's generation time; the posterior (its encoder) is not used to generate
+GENERATION_SHAPE = ("vocab_size", "width", "state_size", "dec_layers", "par_layers", "n_latents", "n_classes")
+
+
+def timed_by_bench(bench: dict | None, checkpoint: Path) -> bool:
+    """Whether the benchmark's block part timed this VSSM checkpoint's generation-time shapes (it
+    times one VSSM's, ``blocks.vssm_config``): only then are its ``vssm:<block size>`` times this
+    model's.  Reads the config from the safetensors header (8 bytes of length, then JSON)."""
+    timed = ((bench or {}).get("blocks") or {}).get("vssm_config")
+    if not timed or not checkpoint.exists():
+        return False
+    with checkpoint.open("rb") as f:
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+    cfg = json.loads(header.get("__metadata__", {}).get("config", "{}"))
+    same = all(timed.get(k) == cfg.get(k) for k in GENERATION_SHAPE)
+    return same and bool(timed.get("decoder_tokens")) == bool(cfg.get("decoder_tokens"))
+
+
 def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
     """Eval JSONs of one dataset, by model name."""
     out = {}
@@ -47,13 +65,17 @@ def bench_times(bench: dict | None, batch: str, length: int) -> dict[str, float]
     return {k: v["median_s"] for k, v in blocks["sequence"][batch]["seconds"].items()}
 
 
-def points(evals: dict[str, dict], times: dict[str, float], batch: str) -> list[dict]:
+def points(evals: dict[str, dict], times: dict[str, float], batch: str, timed: set[str] | None = None) -> list[dict]:
+    """One point per VSSM block size and per other model; ``timed``: the VSSMs whose shapes the
+    benchmark's ``vssm:`` times are of (None: every VSSM); the others keep their eval's times."""
     rows = []
     for name, d in evals.items():
         if d["family"] == "vssm":
+            own = timed is None or name in timed
             for r in d.get("block_curve", []):
                 c = r["block_size"]
-                sec = times.get(f"vssm:{c}", r["generation_seconds"][f"batch_{batch}"])
+                eval_s = r["generation_seconds"][f"batch_{batch}"]
+                sec = times.get(f"vssm:{c}", eval_s) if own else eval_s
                 nll = r["nll"]["nats_per_sequence"]
                 rows.append({"model": name, "family": "vssm", "block": c, "nll": nll, "s": sec})
         else:
@@ -120,7 +142,8 @@ def main() -> None:
     if not evals:
         raise SystemExit(f"no eval JSONs of {args.dataset} in {args.checkpoints}")
     length = next(iter(evals.values()))["generation_seconds"]["length"]
-    rows = points(evals, bench_times(bench, args.batch, length), args.batch)
+    timed = {n for n in evals if timed_by_bench(bench, args.checkpoints / f"{n}.safetensors")}
+    rows = points(evals, bench_times(bench, args.batch, length), args.batch, timed)
     speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET.get(args.dataset, 10.0)
     args.img.mkdir(parents=True, exist_ok=True)
     out = args.img / f"pareto_{args.dataset}.png"

@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
+sys.path.insert(0, str(Path(__file__).parent))  # its neighbour scripts/pareto.py
+from pareto import timed_by_bench  # noqa: E402
+
 from vssm.model.card import samples_in_one_pass, served_row  # noqa: E402
 
 DATASETS = {
@@ -206,7 +209,8 @@ def dataset_section(
         curve = d.get("block_curve")
         if not curve or d["family"] != "vssm":  # another family's one row: its judged samples (below)
             continue
-        times = _bench(bench, curve[0]["generation_seconds"]["length"])
+        timed = timed_by_bench(bench, checkpoints / f"{name}.safetensors")
+        times = _bench(bench, curve[0]["generation_seconds"]["length"]) if timed else {}
         L += ["", f"### `{name}`: the block-size dial", ""]
         L += [
             'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then',
@@ -249,15 +253,17 @@ def dataset_section(
         head += "".join(f" {h} |" for h, _, _ in cols)
         rule += " ---: |" * len(cols)
         L += [head, rule]
-        from_eval = False  # a block size the benchmark does not time: the eval's own run, marked
+        from_eval = False  # a cell the benchmark did not time: the eval's own run, marked
         for r in curve:
             c = r["block_size"]
-            mark = "" if not times or f"vssm:{c}" in times.get("1", {}) else " *"
-            from_eval = from_eval or bool(mark)
-            t1 = times.get("1", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_1"])
-            t32 = times.get("32", {}).get(f"vssm:{c}", r["generation_seconds"]["batch_32"])
+            cells = []
+            for batch in ("1", "32"):
+                t = times.get(batch, {}).get(f"vssm:{c}")
+                mark = "" if t is not None or not times else " *"
+                from_eval = from_eval or bool(mark)
+                cells.append(_ms(r["generation_seconds"][f"batch_{batch}"] if t is None else t) + mark)
             ratio = f" {r['nll']['nats_per_sequence'] / ref['nats_per_sequence']:.3f}x |" if ref else ""
-            row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {_ms(t1)}{mark} | {_ms(t32)}{mark} |"
+            row = f"| {c} | {_fmt(r['nll'][key], spec)} |{ratio} {cells[0]} | {cells[1]} |"
             if has_judge:
                 s = r.get("samples", {})
                 row += "".join(f" {_fmt(s.get(k), f)} |" for _, k, f in judged_cols)
@@ -274,6 +280,8 @@ def dataset_section(
             ]
             if from_eval:
                 L[-1] += " \\* not timed by that benchmark: the model's eval (its JSON), another run and machine state."
+        else:
+            L += ["", "Times: this model's own `vssm eval` run (its JSON); the benchmark times another model's shapes."]
         pareto = img / f"pareto_{dataset}.png"
         if pareto.exists():
             L += ["", f"![pareto](img/{pareto.name})"]

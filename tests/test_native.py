@@ -233,6 +233,7 @@ def test_without_a_compiler_the_model_keeps_the_matrices(monkeypatch, tmp_path):
     monkeypatch.setenv("VSSM_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert not native.available() and native.block() is None and native.keyed() is None
+    assert native.categorical() is None and native.max_tokens() == 0
     seed, pos = torch.tensor([3]), torch.tensor([[5, 6]])
     torch.testing.assert_close(sampling.keyed_uniform(seed, pos, 2, 1, F64)[0, :, 0], _UNIFORMS_3_5_6)
     layer = S4D(S4DConfig(width=4, state_size=3)).double()
@@ -593,3 +594,25 @@ def test_compiled_draws_never_pick_a_category_of_probability_zero(dtype):
             u = torch.full(logits.shape[:-1], top, dtype=dtype)
             drawn = sampling.sample_categorical(logits, u, temperature)  # (R,)
             assert (p.gather(-1, drawn[:, None]) > 0).all(), (temperature, top)
+
+
+def test_the_kernel_threshold_follows_the_build_and_the_threads(monkeypatch):
+    """S4D.scan_max_tokens None (the default) means native.max_tokens(): 2,048 tokens over PyTorch's
+    threads where the kernel has 64-byte vectors, else 256; a whole network pass takes the kernel up
+    to it and the matrices past it."""
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            wide = native.max_tokens() != 256
+            assert native.max_tokens() == (2048 // n if wide else 256)
+            layer = S4D(S4DConfig(width=4, state_size=3))
+            limit = native.max_tokens()
+            assert layer.scan_max_tokens is None
+            assert layer.runs_scan(torch.zeros(limit // 8, 8, 4), 8, whole_network=True)
+            assert not layer.runs_scan(torch.zeros(limit // 8 + 1, 8, 4), 8, whole_network=True)
+            monkeypatch.setattr(native, "_vector_bytes", 32)  # a build with narrower vectors
+            assert native.max_tokens() == 256
+            monkeypatch.undo()
+    finally:
+        torch.set_num_threads(threads)
