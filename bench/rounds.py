@@ -332,8 +332,7 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool, ar_net: SSMNet | None = Non
     if kernel:
         shapes = [(2, 28), (8, 32), (16, 56)] if quick else [(b, t) for b in (2, 4, 8, 16, 32) for t in (16, 28, 56)]
         out["crossover"] = kernel_crossover(vssm, shapes, max(3, s.repeats * 2))
-        limit = S4D.scan_max_tokens  # None: the machine's (model/native.py, max_tokens)
-        out["scan_max_tokens"] = native.max_tokens() if limit is None else limit
+        out["scan_max_tokens"] = vssm.decoder.blocks[0].ssm.kernel_max_tokens()  # the default, on this machine
     if ar_net is not None:
         out["image_flops"] = {str(c): image_flops(vssm, ar_net, T, c) for c in (16, 28)}
         out["image_length"] = T

@@ -222,10 +222,14 @@ class S4D(nn.Module):
     # parametrised weight): measured when every layer was its own call, where it lost past about 128
     layer_scan_max_tokens = 96
 
+    def kernel_max_tokens(self) -> int:
+        """:attr:`scan_max_tokens`, the machine's (model/native.py, ``max_tokens``) where it is None."""
+        return native.max_tokens() if self.scan_max_tokens is None else self.scan_max_tokens
+
     def runs_scan(self, x: Tensor, T: int, whole_network: bool = False) -> bool:
         """Whether a short pass over ``x`` (``T`` steps) takes the recurrence kernel (:meth:`scan`):
         within a whole network pass in one call (``whole_network``), or this layer alone."""
-        limit = native.max_tokens() if self.scan_max_tokens is None else self.scan_max_tokens
+        limit = self.kernel_max_tokens()
         limit = limit if whole_network else min(limit, self.layer_scan_max_tokens)
         return (
             x.shape[0] * T <= limit
