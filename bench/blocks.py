@@ -9,6 +9,10 @@
   and for blocks up to 112 that fuse (``VSSM.fuses``: not 33-64) the ratio of fused rounds to the
   block-by-block path.
 
+- Text: 256 bytes against block size, the bundled text VSSM's shapes beside the three text
+  baselines' (``bench.common.text_models``), at batch 1 and 32, with the text VSSM's served default
+  marked: the text targets' speed.
+
 Timing does not depend on the weights' values, so random-weight models are timed: the suite's
 matched baselines, and a VSSM of the served block model's shapes (``bench.common.with_block_vssm``:
 the ``mnist-vssm-blocks`` recipe, whose decoder reads the tokens before each block).
@@ -23,12 +27,13 @@ from typing import Any
 import torch
 
 from vssm import model
+from vssm.model.recipes import RECIPES
 
-from .common import Settings, measure_interleaved
+from .common import TEXT_RECIPES, Settings, measure_interleaved, text_models
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_blocks"]
+__all__ = ["run_blocks", "run_text"]
 
 
 FUSED_REFERENCE_UP_TO = 112  # block sizes also timed on the block-by-block path, to report the fusion's gain
@@ -99,5 +104,48 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
             batch,
             ar * 1e3,
             {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.0f} ms" for c in s.block_sizes},
+        )
+    out["text"] = run_text(s)
+    return out
+
+
+@torch.no_grad()
+def run_text(s: Settings) -> dict[str, Any]:
+    """A whole text sequence against block size: the text VSSM's shapes beside the text baselines',
+    in the same form as the MNIST part (``sequence``), with the served default's block size."""
+    T = s.text_length
+    models = text_models()
+    vssm = models["vssm"]
+    default = RECIPES[TEXT_RECIPES["vssm"]].default_block_size
+    served = T if default is None or default >= T else default  # None: one pass
+    sizes = sorted({*s.text_block_sizes, served})
+    out: dict[str, Any] = {
+        "length": T,
+        "recipes": TEXT_RECIPES,
+        "vssm_config": dataclasses.asdict(vssm.config),
+        "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
+        "served_block_size": served,
+        "sequence": {},
+    }
+    for batch in s.batches:
+        starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
+        fns: dict[str, Any] = {
+            f"ar:{f}": (lambda m=m, st=starts[f]: m.generate(st, T, resumable=False))
+            for f, m in models.items()
+            if f != "vssm"
+        }
+        for c in sizes:
+            fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
+        timed = measure_interleaved(fns, max(1, s.repeats // 2))
+        ar_s = timed["ar:ar-ssm"].median_s
+        out["sequence"][str(batch)] = {
+            "seconds": {k: t.as_dict() for k, t in timed.items()},
+            "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
+        }
+        log.info(
+            "text, batch %d: AR-SSM %.0f ms; VSSM %s",
+            batch,
+            ar_s * 1e3,
+            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
         )
     return out

@@ -77,6 +77,8 @@ class Settings:
     round_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # tokens of one round from a state (blocks part)
     block_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 28, 56, 112, 196, 392, 784)  # the VSSM's dial (blocks part)
     blocks_length: int = 784  # T of a whole sequence in the blocks part (an MNIST image)
+    text_block_sizes: tuple[int, ...] = (1, 4, 16, 64, 256)  # the text VSSM's dial (blocks part)
+    text_length: int = 256  # bytes of a whole text sequence in the blocks part (the text targets' 256)
     parallel_lengths: tuple[int, ...] = (64, 256)  # T of one call vs T one-token calls (Table 1 part)
     parallel_budget_s: float = 30.0  # that comparison's share of the suite's wall-clock
     one_pass_budget_s: float = 20.0  # the VSSM's curve without generation windows, at long T (Table 1 part)
@@ -100,6 +102,8 @@ QUICK = Settings(
     round_ns=(1, 16),
     block_sizes=(16, 128),
     blocks_length=128,
+    text_block_sizes=(16, 64),
+    text_length=64,
     parallel_lengths=(32, 128),
     parallel_budget_s=10.0,
 )
@@ -206,6 +210,28 @@ def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> di
     with torch.random.fork_rng():  # the later parts' random draws stay what they were
         torch.manual_seed(seed)
         return {**models, "vssm": model.build_model("vssm", cfg).eval()}
+
+
+# the bundled text models timed beside each other, by family: the served VSSM and the three baselines
+TEXT_RECIPES = {
+    "vssm": "shakespeare-vssm",
+    "ar-ssm": "shakespeare-ar-ssm",
+    "ar-transformer": "shakespeare-ar-transformer",
+    "ar-gru": "shakespeare-ar-gru",
+}
+
+
+def text_models(seed: int = 0) -> dict[str, model.SequenceModel]:
+    """Random-weight models of the bundled text models' shapes (their recipes), by family."""
+    from vssm.model.train import TrainConfig, model_config
+
+    out = {}
+    for name in TEXT_RECIPES.values():
+        cfg = TrainConfig.from_preset(name)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            out[cfg.family] = model.build_model(cfg.family, model_config(cfg)).eval()
+    return out
 
 
 def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int = 0) -> dict[str, model.SequenceModel]:

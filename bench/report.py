@@ -433,6 +433,26 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
         )
     L += [f"![blocks]({plots['blocks']})", ""]
+    text = bl.get("text")
+    if text:
+        vc, ac = text["vssm_config"], text["ar_ssm_config"]
+        L += [
+            f"Text: a whole sequence of {text['length']} bytes, the bundled text VSSM's shapes (decoder "
+            f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}) beside the text "
+            f"AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
+            f"{text['served_block_size']}" + (" (one pass)." if text["served_block_size"] >= text["length"] else "."),
+            "",
+        ]
+        for batch, part in text["sequence"].items():
+            sec = part["seconds"]
+            L += [f"Batch {batch}: ms (median), AR-SSM / VSSM.", ""]
+            L += _table(
+                ["block size", "VSSM ms", "speed-up vs AR-SSM"],
+                [[c, _ms(sec[f"vssm:{c}"]["median_s"]), _x(x)] for c, x in part["speedup_vs_ar_ssm"].items()],
+            )
+            L += _table(
+                ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
+            )
     return L
 
 

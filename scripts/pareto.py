@@ -41,11 +41,18 @@ GENERATION_SHAPE = (
 )  # fmt: skip
 
 
-def timed_by_bench(bench: dict | None, checkpoint: Path) -> bool:
-    """Whether the benchmark's block part timed this VSSM checkpoint's generation-time shapes (it
-    times one VSSM's, ``blocks.vssm_config``): only then are its ``vssm:<block size>`` times this
-    model's.  A field a config does not record has VSSMConfig's default."""
-    timed = ((bench or {}).get("blocks") or {}).get("vssm_config")
+def bench_section(bench: dict | None, length: int) -> dict | None:
+    """The benchmark's block part that timed whole sequences of ``length`` tokens: the MNIST part
+    (``blocks``) or its text part (``blocks.text``), or None."""
+    blocks = (bench or {}).get("blocks") or {}
+    return next((sec for sec in (blocks, blocks.get("text") or {}) if sec.get("length") == length), None)
+
+
+def timed_by_bench(bench: dict | None, checkpoint: Path, length: int) -> bool:
+    """Whether the benchmark's block part for sequences of ``length`` timed this VSSM checkpoint's
+    generation-time shapes (each part times one VSSM's, its ``vssm_config``): only then are its
+    ``vssm:<block size>`` times this model's.  A field a config does not record has VSSMConfig's default."""
+    timed = (bench_section(bench, length) or {}).get("vssm_config")
     if not timed or not checkpoint.exists():
         return False
     cfg = json.loads(read_metadata(checkpoint).get("config", "{}"))
@@ -65,11 +72,11 @@ def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
 
 def bench_times(bench: dict | None, batch: str, length: int) -> dict[str, float]:
     """Seconds per sequence from the benchmark: ``ar:<family>`` and ``vssm:<block size>``, where it timed
-    sequences of this ``length`` (its block part times MNIST's shapes; text falls back to the evals)."""
-    blocks = (bench or {}).get("blocks")
-    if not blocks or blocks.get("length") != length or batch not in blocks["sequence"]:
+    sequences of this ``length`` (its block part times MNIST's shapes, its text part the text models')."""
+    sec = bench_section(bench, length)
+    if not sec or batch not in sec["sequence"]:
         return {}
-    return {k: v["median_s"] for k, v in blocks["sequence"][batch]["seconds"].items()}
+    return {k: v["median_s"] for k, v in sec["sequence"][batch]["seconds"].items()}
 
 
 def points(evals: dict[str, dict], times: dict[str, float], batch: str, timed: set[str] | None = None) -> list[dict]:
@@ -149,7 +156,7 @@ def main() -> None:
     if not evals:
         raise SystemExit(f"no eval JSONs of {args.dataset} in {args.checkpoints}")
     length = next(iter(evals.values()))["generation_seconds"]["length"]
-    timed = {n for n in evals if timed_by_bench(bench, args.checkpoints / f"{n}.safetensors")}
+    timed = {n for n in evals if timed_by_bench(bench, args.checkpoints / f"{n}.safetensors", length)}
     rows = points(evals, bench_times(bench, args.batch, length), args.batch, timed)
     speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET.get(args.dataset, 10.0)
     args.img.mkdir(parents=True, exist_ok=True)

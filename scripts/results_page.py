@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
 sys.path.insert(0, str(Path(__file__).parent))  # its neighbour scripts/pareto.py
-from pareto import timed_by_bench  # noqa: E402
+from pareto import bench_section, timed_by_bench  # noqa: E402
 
 from vssm.model.card import samples_in_one_pass, served_row  # noqa: E402
 
@@ -76,10 +76,11 @@ JUDGE_COLUMNS = {
 
 def _bench(bench: dict | None, length: int) -> dict[str, dict[str, float]]:
     """Median seconds per whole sequence from the benchmark's block part, by batch then entry: only
-    where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes)."""
-    if not bench or "blocks" not in bench or bench["blocks"].get("length") != length:
+    where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes and the text models')."""
+    sec = bench_section(bench, length)
+    if not sec:
         return {}
-    return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in bench["blocks"]["sequence"].items()}
+    return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in sec["sequence"].items()}
 
 
 def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> list[str]:
@@ -209,8 +210,9 @@ def dataset_section(
         curve = d.get("block_curve")
         if not curve or d["family"] != "vssm":  # another family's one row: its judged samples (below)
             continue
-        timed = timed_by_bench(bench, checkpoints / f"{name}.safetensors")
-        times = _bench(bench, curve[0]["generation_seconds"]["length"]) if timed else {}
+        length = curve[0]["generation_seconds"]["length"]
+        timed = timed_by_bench(bench, checkpoints / f"{name}.safetensors", length)
+        times = _bench(bench, length) if timed else {}
         L += ["", f"### `{name}`: the block-size dial", ""]
         L += [
             'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then',

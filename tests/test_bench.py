@@ -102,6 +102,11 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         speedups = part["speedup_vs_ar_ssm"]
         assert set(speedups) == {"16", "128"} and all(x > 0 for x in speedups.values())
         assert set(part["fused_speedup"]) == {"16"} and part["fused_speedup"]["16"] > 0
+    text = bl["text"]  # the text pair's shapes, 64 bytes in quick mode; the served default is one pass
+    assert text["length"] == 64 and text["served_block_size"] == 64 and text["vssm_config"]["vocab_size"] == 256
+    for part in text["sequence"].values():
+        assert set(part["speedup_vs_ar_ssm"]) == {"16", "64"} and all(x > 0 for x in part["speedup_vs_ar_ssm"].values())
+    assert "Text: a whole sequence of 64 bytes" in md
     rd = r["rounds"]
     assert [x["n"] for x in rd["rounds"]] == [1, 16]
     assert all(rd["peaks"][k] > 0 for k in ("matmul_gflops", "cache_gbytes_per_s", "dram_gbytes_per_s", "call_us"))
@@ -116,9 +121,11 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
             assert x["kernel_speedup"] > 0 and x["on_kernel"] == (x["batch"] * x["steps"] <= limit)
         assert "Where the kernel stops paying" in md
     assert "## 8. One block round against the limit" in md
-    assert {"VSSM 16-token round from a state, ms", "VSSM block-16 generation speed-up over ar-ssm"} <= {
-        t["what"] for t in r["targets"]
-    }
+    assert {
+        "VSSM 16-token round from a state, ms",
+        "VSSM block-16 generation speed-up over ar-ssm",
+        "text VSSM (one pass, served default) generation speed-up over the text AR-SSM",
+    } <= {t["what"] for t in r["targets"]}
     assert set(r["plots"]) == {"generation", "limit", "resume", "training", "blocks"}
     for rel in r["plots"].values():
         with Image.open(tmp_path / rel) as im:
