@@ -161,3 +161,36 @@ def test_block_bounds_are_the_model_s_bound_whatever_the_batching():
     assert abs(one["iw"] - split["iw"]) < 1e-9
     assert abs(one["iw"] - float(m.nll(x, samples=3, block_size=4).mean())) < 1e-9
     assert one["kl"] >= 0.0 and one["rec"] > 0.0
+
+
+def test_the_observation_temperature_rule_serves_the_best_smallest_margin():
+    choose = _script("observation_temperature").choose
+    rows = [
+        {"observation_temperature": 0.4, "smallest_margin": 0.97},  # confident, lopsided
+        {"observation_temperature": 0.5, "smallest_margin": 1.02},
+        {"observation_temperature": 0.6, "smallest_margin": 1.02},  # a tie keeps the lower temperature
+        {"observation_temperature": 0.7, "smallest_margin": 0.95},
+    ]
+    assert choose(rows) == 0.5
+    assert choose(rows[2:]) == 0.6
+
+
+def test_a_sequence_length_takes_its_times_from_the_benchmark_part_that_timed_it(tmp_path):
+    """The block part times MNIST's 784 tokens and the text models' 256 bytes: a curve of either length
+    takes that part's times, and only for a checkpoint of the shapes that part timed."""
+    import dataclasses
+
+    from tests.conftest import tiny_model
+    from vssm.model.checkpoint import save_checkpoint
+
+    pareto = _script("pareto")
+    text_vssm = tiny_model("vssm", vocab_size=256, max_position=None)
+    path = save_checkpoint(text_vssm, tmp_path / "t.safetensors")
+    text = {"length": 256, "vssm_config": dataclasses.asdict(text_vssm.config), "sequence": {
+        "1": {"seconds": {"vssm:16": {"median_s": 0.5}, "ar:ar-ssm": {"median_s": 2.0}}}}}  # fmt: skip
+    bench = {"blocks": {"length": 784, "vssm_config": {"vocab_size": 2}, "sequence": {}, "text": text}}
+    assert pareto.bench_section(bench, 256) is text and pareto.bench_section(bench, 784) is bench["blocks"]
+    assert pareto.bench_section(bench, 100) is None
+    assert pareto.timed_by_bench(bench, path, 256) and not pareto.timed_by_bench(bench, path, 784)
+    assert pareto.bench_times(bench, "1", 256) == {"vssm:16": 0.5, "ar:ar-ssm": 2.0}
+    assert pareto.bench_times(bench, "32", 256) == {}
