@@ -297,8 +297,9 @@ class VSSM(SequenceModel):
         ``samples`` S > 1 trains the importance-weighted bound of the same process instead (the
         bound :meth:`_block_log_weights` evaluates, docs/design.md "Blocks"): S draws of ``(z, z')``
         per sequence, log weights ``log p(x | z', z) + kl_weight (log prior(z) - log q_psi(z | x))``
-        at the drawn one-hots (straight-through, as above), and ``-log mean exp`` over the draws.
-        The networks that read x alone (the encoder, the partial encoder) run once for all draws.
+        at the drawn one-hots (straight-through, as above; ``log q_psi`` detached there, so the encoder
+        learns through its draws only), and ``-log mean exp`` over the draws.  The networks that read x
+        alone (the encoder, the partial encoder) run once for all draws.
         """
         Bsz, T = x.shape
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
@@ -323,7 +324,11 @@ class VSSM(SequenceModel):
         if samples == 1:
             return VSSMLoss(rec, kl, partial_kl, kl_weight)
         lg = log_gen.repeat(samples, 1, 1, 1)  # (S*B, T, Z, K)
-        log_ratio = (z * (lg - lq).flatten(-2)).sum((-1, -2))  # (S*B,): log prior(z) - log q(z | x) at the draws
+        # log prior(z) - log q(z | x) at the draws, (S*B,).  q's own density enters detached ("sticking the
+        # landing"): its direct gradient, weighted by the normalised weights, would push q away from the
+        # posterior as S grows (in the exact gradient a score-function term cancels it; straight-through has
+        # none), so the encoder learns through the draws' straight-through path only.
+        log_ratio = (z * (lg - lq.detach()).flatten(-2)).sum((-1, -2))
         log_w = (kl_weight * log_ratio - rec).view(samples, Bsz)  # (S, B)
         iw = -(torch.logsumexp(log_w, 0) - math.log(samples))  # (B,)
         with torch.no_grad():

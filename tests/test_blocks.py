@@ -402,6 +402,14 @@ def test_importance_weighted_training_loss_is_the_bound_of_its_draws(tokens, c, 
     torch.testing.assert_close(loss.total.detach(), (trained + pkl).mean(), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(loss.reconstruction.detach(), rec.mean(0), rtol=1e-9, atol=1e-9)
     assert not torch.equal(z[0], z[1])  # the draws differ: a bound of S samples, not of one repeated
+    # the encoder learns through its draws only: with draws that carry no gradient, none reaches it
+    # (the one-sample ELBO's closed-form KL does reach it)
+    for S_, reaches in ((S, False), (1, True)):
+        m.zero_grad()
+        x_ = x.clone()
+        m.loss(x_, block_size=c, samples=S_, kl_weight=beta).total.backward()
+        grads = [p.grad for p in m.encoder.parameters() if p.grad is not None]
+        assert bool(grads and any(g.abs().sum() > 0 for g in grads)) == reaches, S_
 
 
 def test_importance_weighted_training_reaches_every_network_and_needs_blocks():
