@@ -77,7 +77,7 @@ class Settings:
     round_ns: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)  # tokens of one round from a state (blocks part)
     block_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 28, 56, 112, 196, 392, 784)  # the VSSM's dial (blocks part)
     blocks_length: int = 784  # T of a whole sequence in the blocks part (an MNIST image)
-    text_block_sizes: tuple[int, ...] = (1, 4, 16, 64, 256)  # the text VSSM's dial (blocks part)
+    text_block_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # the text VSSM's dial: its curve's sizes
     text_length: int = 256  # bytes of a whole text sequence in the blocks part (the text targets' 256)
     parallel_lengths: tuple[int, ...] = (64, 256)  # T of one call vs T one-token calls (Table 1 part)
     parallel_budget_s: float = 30.0  # that comparison's share of the suite's wall-clock

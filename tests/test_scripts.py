@@ -166,13 +166,15 @@ def test_block_bounds_are_the_model_s_bound_whatever_the_batching():
 def test_the_observation_temperature_rule_serves_the_best_smallest_margin():
     choose = _script("observation_temperature").choose
     rows = [
-        {"observation_temperature": 0.4, "smallest_margin": 0.97},  # confident, lopsided
-        {"observation_temperature": 0.5, "smallest_margin": 1.02},
-        {"observation_temperature": 0.6, "smallest_margin": 1.02},  # a tie keeps the lower temperature
-        {"observation_temperature": 0.7, "smallest_margin": 0.95},
+        {"observation_temperature": 0.4, "smallest_margin": 0.97, "ar_judge_margin": 1.4},  # confident, lopsided
+        {"observation_temperature": 0.5, "smallest_margin": 1.02, "ar_judge_margin": 1.3},
+        {"observation_temperature": 0.6, "smallest_margin": 1.02, "ar_judge_margin": 1.2},  # a tie: the lower
+        {"observation_temperature": 0.7, "smallest_margin": 0.95, "ar_judge_margin": 1.1},
+        {"observation_temperature": 1.0, "smallest_margin": 1.10, "ar_judge_margin": 0.9},  # misses the AR judge
     ]
     assert choose(rows) == 0.5
     assert choose(rows[2:]) == 0.6
+    assert choose(rows[4:]) is None
 
 
 def test_a_sequence_length_takes_its_times_from_the_benchmark_part_that_timed_it(tmp_path):
