@@ -38,12 +38,15 @@ ENTROPY_MIN = 2.1
 AR_JUDGE_VS_TEST = 1.3
 
 
-def choose(rows: list[dict]) -> float:
-    """The rule: the observation temperature whose smallest margin over the two digit targets is largest
-    (ties: the lower temperature)."""
-    return max(rows, key=lambda row: (row["smallest_margin"], -row["observation_temperature"]))[
-        "observation_temperature"
-    ]
+def choose(rows: list[dict]) -> float | None:
+    """The rule: among the rows whose AR judge meets its target (``ar_judge_margin`` >= 1), the observation
+    temperature whose smallest margin over the two digit targets is largest (ties: the lower one);
+    None if no row meets the AR judge's target."""
+    ok = [row for row in rows if row["ar_judge_margin"] >= 1.0]
+    if not ok:
+        return None
+    best = max(ok, key=lambda row: (row["smallest_margin"], -row["observation_temperature"]))
+    return best["observation_temperature"]
 
 
 def main() -> int:
