@@ -49,6 +49,23 @@ def _reference(m: model.SequenceModel, state: model.GenState, n: int, c: int) ->
         m.fuse_rounds = saved
 
 
+def _whole_sequences(
+    models: dict[str, model.SequenceModel], T: int, batch: int, sizes: list[int] | tuple[int, ...]
+) -> dict[str, Any]:
+    """Calls drawing ``batch`` whole unprompted sequences of ``T`` tokens (seeds 0..batch-1): ``ar:<family>``
+    for each baseline, ``vssm:<c>`` for the VSSM at each block size of ``sizes``."""
+    starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
+    fns: dict[str, Any] = {
+        f"ar:{f}": (lambda m=m, st=starts[f]: m.generate(st, T, resumable=False))
+        for f, m in models.items()
+        if f != "vssm"
+    }
+    vssm, st = models["vssm"], starts["vssm"]
+    for c in sizes:
+        fns[f"vssm:{c}"] = lambda c=c: vssm.generate(st, T, resumable=False, block_size=c)
+    return fns
+
+
 def _from(m: model.SequenceModel, batch: int, position: int) -> model.GenState:
     """A state after ``position`` observed tokens (seeds 0..batch-1)."""
     prompt = torch.randint(0, m.vocab_size, (batch, position), generator=torch.Generator().manual_seed(0))
@@ -79,16 +96,10 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
     # fused rounds also timed block by block, for the fusion's gain (blocks 33-64 never fuse)
     timed_fused = [c for c in s.block_sizes if c <= FUSED_REFERENCE_UP_TO and vssm.fuses(c)]
     for batch in s.batches:
-        starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
-        fns: dict[str, Any] = {
-            f"ar:{f}": (lambda m=m, st=starts[f]: m.generate(st, T, resumable=False))
-            for f, m in models.items()
-            if f != "vssm"
-        }
-        for c in s.block_sizes:
-            fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
+        fns = _whole_sequences(models, T, batch, s.block_sizes)
+        st = vssm.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch)))
         for c in timed_fused:
-            fns[f"vssm-reference:{c}"] = lambda c=c, st=starts["vssm"]: _reference(vssm, st, T, c)
+            fns[f"vssm-reference:{c}"] = lambda c=c, st=st: _reference(vssm, st, T, c)
         timed = measure_interleaved(fns, max(1, s.repeats // 2))
         ar = timed["ar:ar-ssm"].median_s
         out["sequence"][str(batch)] = {
@@ -128,15 +139,7 @@ def run_text(s: Settings) -> dict[str, Any]:
         "sequence": {},
     }
     for batch in s.batches:
-        starts = {f: m.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch))) for f, m in models.items()}
-        fns: dict[str, Any] = {
-            f"ar:{f}": (lambda m=m, st=starts[f]: m.generate(st, T, resumable=False))
-            for f, m in models.items()
-            if f != "vssm"
-        }
-        for c in sizes:
-            fns[f"vssm:{c}"] = lambda c=c, st=starts["vssm"]: vssm.generate(st, T, resumable=False, block_size=c)
-        timed = measure_interleaved(fns, max(1, s.repeats // 2))
+        timed = measure_interleaved(_whole_sequences(models, T, batch, sizes), max(1, s.repeats // 2))
         ar_s = timed["ar:ar-ssm"].median_s
         out["sequence"][str(batch)] = {
             "seconds": {k: t.as_dict() for k, t in timed.items()},

@@ -402,6 +402,18 @@ def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _sequence_tables(part: dict[str, Any]) -> list[str]:
+    """One batch of whole sequences: the VSSM per block size against the AR-SSM, and the baselines."""
+    sec = part["seconds"]
+    L = _table(
+        ["block size", "VSSM ms", "speed-up vs AR-SSM"],
+        [[c, _ms(sec[f"vssm:{c}"]["median_s"]), _x(x)] for c, x in part["speedup_vs_ar_ssm"].items()],
+    )
+    return L + _table(
+        ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
+    )
+
+
 def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
     L = [
         "## 7. Block sampling: one round, and a whole sequence against block size",
@@ -423,15 +435,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         [[n, *[_ms(row[f]["median_s"]) for f in families]] for n, row in bl["rounds"].items()],
     )
     for batch, part in bl["sequence"].items():
-        sec = part["seconds"]
         L += [f"A whole sequence of {bl['length']} tokens, batch {batch}, unprompted: ms (median), AR-SSM / VSSM.", ""]
-        L += _table(
-            ["block size", "VSSM ms", "speed-up vs AR-SSM"],
-            [[c, _ms(sec[f"vssm:{c}"]["median_s"]), _x(x)] for c, x in part["speedup_vs_ar_ssm"].items()],
-        )
-        L += _table(
-            ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
-        )
+        L += _sequence_tables(part)
     L += [f"![blocks]({plots['blocks']})", ""]
     text = bl.get("text")
     if text:
@@ -444,15 +449,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             "",
         ]
         for batch, part in text["sequence"].items():
-            sec = part["seconds"]
             L += [f"Batch {batch}: ms (median), AR-SSM / VSSM.", ""]
-            L += _table(
-                ["block size", "VSSM ms", "speed-up vs AR-SSM"],
-                [[c, _ms(sec[f"vssm:{c}"]["median_s"]), _x(x)] for c, x in part["speedup_vs_ar_ssm"].items()],
-            )
-            L += _table(
-                ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
-            )
+            L += _sequence_tables(part)
     return L
 
 
