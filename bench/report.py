@@ -384,19 +384,23 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
 
 
 def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
-    """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch."""
+    """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch; a
+    second row for the text models where the run timed them."""
+    parts = [bl] + ([bl["text"]] if bl.get("text") else [])
     batches = list(bl["sequence"])
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 4), squeeze=False)
-    for ax, batch in zip(axes[0], batches, strict=True):
-        sec = bl["sequence"][batch]["seconds"]
-        sizes = sorted(int(k.split(":")[1]) for k in sec if k.startswith("vssm:"))
-        ax.plot(sizes, [sec[f"vssm:{c}"]["median_s"] * 1e3 for c in sizes], "o-", label=LABELS["vssm"] + ", blocks")
-        for key, t in sec.items():
-            if key.startswith("ar:"):
-                ax.axhline(t["median_s"] * 1e3, ls="--", lw=1, color=COLORS.get(key[3:]), label=LABELS[key[3:]])
-        ax.set(xscale="log", yscale="log", xlabel="block size", ylabel="ms per sequence (median)")
-        ax.set_title(f"{bl['length']} tokens, batch {batch}")
-        ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(parts), len(batches), figsize=(5.5 * len(batches), 4 * len(parts)), squeeze=False)
+    for row, part in zip(axes, parts, strict=True):
+        unit = "bytes" if part is not bl else "tokens"
+        for ax, batch in zip(row, batches, strict=True):
+            sec = part["sequence"][batch]["seconds"]
+            sizes = sorted(int(k.split(":")[1]) for k in sec if k.startswith("vssm:"))
+            ax.plot(sizes, [sec[f"vssm:{c}"]["median_s"] * 1e3 for c in sizes], "o-", label=LABELS["vssm"] + ", blocks")
+            for key, t in sec.items():
+                if key.startswith("ar:"):
+                    ax.axhline(t["median_s"] * 1e3, ls="--", lw=1, color=COLORS.get(key[3:]), label=LABELS[key[3:]])
+            ax.set(xscale="log", yscale="log", xlabel="block size", ylabel="ms per sequence (median)")
+            ax.set_title(f"{'text, ' if part is not bl else ''}{part['length']} {unit}, batch {batch}")
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
