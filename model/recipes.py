@@ -240,6 +240,7 @@ REMOVED_OPTIONS: dict[str, Any] = {
     "estimates_grad": "all",
     "unprompted": 0.0,
     "pixel_order": "raster",
+    "iw_samples": 1,
 }
 
 

@@ -69,7 +69,6 @@ class TrainConfig:
     tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
-    iw_samples: int = 1  # VSSM block training: draws per sequence of the importance-weighted bound (1: the ELBO)
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -100,10 +99,6 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self.block_choices()  # fail at once on a malformed list
-        if not isinstance(self.iw_samples, int) or self.iw_samples < 1:
-            raise ValueError(f"iw_samples must be a positive integer, got {self.iw_samples!r}")
-        if self.iw_samples > 1 and (self.family != "vssm" or not self.block_sizes):
-            raise ValueError("iw_samples > 1 trains a VSSM's block-sampling bound: it needs block_sizes")
 
     def block_choices(self) -> list[int]:
         """The block sizes of ``block_sizes``, each a positive integer (empty: one-pass training)."""
@@ -373,8 +368,7 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
         block = blocks[int(torch.randint(len(blocks), (1,), generator=gen))] if blocks else None
-        iw = {"samples": cfg.iw_samples} if cfg.iw_samples > 1 else {}
-        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block, **iw)
+        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

@@ -95,26 +95,12 @@ class VSSMLoss(LossOutput):
     ``rec`` -log p(x | z), z ~ q_psi; ``kl`` KL(q_psi(z | x) || prior), summed over steps and
     latent variables; ``pkl`` KL(q_psi(z | x) || q_omega(z | x_1:C)), encoder side detached;
     ``nll`` the negative ELBO rec + kl, an upper bound on the NLL.  ``total`` is the mean of
-    rec + kl_weight kl + pkl: both training steps of the paper in one loop.  An importance-weighted
-    objective (``iw``: the S-sample bound at the KL weight, and ``iw_nll`` at weight 1) replaces
-    rec + kl_weight kl in ``total``, and ``nll`` is then that tighter bound.
+    rec + kl_weight kl + pkl: both training steps of the paper in one loop.
     """
 
-    def __init__(
-        self,
-        reconstruction: Tensor,
-        kl: Tensor,
-        partial_kl: Tensor,
-        kl_weight: float = 1.0,
-        iw: tuple[Tensor, Tensor] | None = None,
-    ) -> None:
-        if iw is None:
-            total = (reconstruction + kl_weight * kl + partial_kl).mean()
-            nll = reconstruction + kl
-        else:
-            total = (iw[0] + partial_kl).mean()
-            nll = iw[1]
-        parts = {"nll": nll, "rec": reconstruction, "kl": kl, "pkl": partial_kl}
+    def __init__(self, reconstruction: Tensor, kl: Tensor, partial_kl: Tensor, kl_weight: float = 1.0) -> None:
+        total = (reconstruction + kl_weight * kl + partial_kl).mean()
+        parts = {"nll": reconstruction + kl, "rec": reconstruction, "kl": kl, "pkl": partial_kl}
         super().__init__(total=total, parts=parts)
 
     @property
@@ -228,7 +214,6 @@ class VSSM(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        samples: int = 1,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -237,13 +222,10 @@ class VSSM(SequenceModel):
         Uniform{0..T}``) sets where the partial encoder's EMPTYs begin and, for the "split"
         posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
-        the prompt options do not apply to it; ``samples`` > 1 trains its importance-weighted
-        bound instead of the ELBO.  ``kl_weight`` scales the KL in ``total`` (warm-up).
+        the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
         """
         if block_size is not None:
-            return self._block_loss(x, block_size, tau, kl_weight, samples)
-        if samples != 1:
-            raise ValueError("importance-weighted training is for block sampling's bound (block_size)")
+            return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
         if prompt_lengths is None:
             prompt_lengths = torch.randint(0, T + 1, (Bsz,), device=x.device)
@@ -279,7 +261,7 @@ class VSSM(SequenceModel):
         log_gen = torch.where(first, -math.log(self.config.n_classes), self._latent_logits(gen).log_softmax(-1))
         return log_obs, log_gen
 
-    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0, samples: int = 1) -> VSSMLoss:
+    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         """Negative ELBO of block sampling with blocks of ``c`` steps (docs/design.md, "Blocks").
 
         The process served: block b's latents come from the block prior (the partial encoder over
@@ -293,47 +275,23 @@ class VSSM(SequenceModel):
         Both ``z`` and ``z'`` use the straight-through Gumbel estimator.  ``partial_kl`` keeps the
         partial encoder's absorbed latents close to the posterior's, so that the decoder reads
         one kind of latent wherever a block starts; it is outside the bound.
-
-        ``samples`` S > 1 trains the importance-weighted bound of the same process instead (the
-        bound :meth:`_block_log_weights` evaluates, docs/design.md "Blocks"): S draws of ``(z, z')``
-        per sequence, log weights ``log p(x | z', z) + kl_weight (log prior(z) - log q_psi(z | x))``
-        at the drawn one-hots (straight-through, as above; ``log q_psi`` detached there, so the encoder
-        learns through its draws only), and ``-log mean exp`` over the draws.  The networks that read x
-        alone (the encoder, the partial encoder) run once for all draws.
         """
-        Bsz, T = x.shape
+        T = x.shape[1]
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
         if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
             log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
         else:
             log_obs, log_gen = self._block_priors(x, c)
-        lq = log_q.repeat(samples, 1, 1, 1) if samples > 1 else log_q  # (S*B, T, Z, K)
-        xs = x.repeat(samples, 1) if samples > 1 else x  # (S*B, T)
-        z = straight_through_gumbel(lq, tau).flatten(-2)  # (S*B, T, Z*K)
-        if c >= T:
-            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (S*B, T, V)
-        else:
-            lo = log_obs.repeat(samples, 1, 1, 1) if samples > 1 else log_obs
-            z_abs = straight_through_gumbel(lo, tau).flatten(-2)  # (S*B, T, Z*K)
-            x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, xs), self._dec_in(z), c)[1]  # (S*B, T, V)
-        rec = self._xent(x_logits, xs).sum(-1)  # (S*B,)
+            z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
+            x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]  # (B, T, V)
+        rec = self._xent(x_logits, x).sum(-1)  # (B,)
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
-        if samples == 1:
-            return VSSMLoss(rec, kl, partial_kl, kl_weight)
-        lg = log_gen.repeat(samples, 1, 1, 1)  # (S*B, T, Z, K)
-        # log prior(z) - log q(z | x) at the draws, (S*B,).  q's own density enters detached ("sticking the
-        # landing"): its direct gradient, weighted by the normalised weights, would push q away from the
-        # posterior as S grows (in the exact gradient a score-function term cancels it; straight-through has
-        # none), so the encoder learns through the draws' straight-through path only.
-        log_ratio = (z * (lg - lq.detach()).flatten(-2)).sum((-1, -2))
-        log_w = (kl_weight * log_ratio - rec).view(samples, Bsz)  # (S, B)
-        iw = -(torch.logsumexp(log_w, 0) - math.log(samples))  # (B,)
-        with torch.no_grad():
-            iw_nll = -(torch.logsumexp((log_ratio - rec).view(samples, Bsz), 0) - math.log(samples))  # (B,)
-        return VSSMLoss(rec.view(samples, Bsz).mean(0), kl, partial_kl, kl_weight, iw=(iw, iw_nll))
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(

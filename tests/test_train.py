@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -94,20 +93,6 @@ def test_a_decoder_that_reads_tokens_trains_with_blocks_only(tmp_path, mnist):
     out = tmp_path / "blocks"
     train(dataclasses.replace(base, out=str(out), block_sizes="28,784"), mnist)  # a block below the length: fine
     assert load_checkpoint(out / "model.safetensors").config.decoder_tokens
-
-
-def test_importance_weighted_training_needs_a_vssm_trained_for_blocks(tmp_path, mnist):
-    base = dataclasses.replace(config(tmp_path / "iw", 2, family="vssm"), block_sizes="28,784")
-    with pytest.raises(ValueError, match="block_sizes"):
-        dataclasses.replace(base, block_sizes="", iw_samples=2)
-    with pytest.raises(ValueError, match="block_sizes"):
-        dataclasses.replace(base, family="ar-ssm", iw_samples=2)
-    with pytest.raises(ValueError, match="positive"):
-        dataclasses.replace(base, iw_samples=0)
-    out = train(dataclasses.replace(base, iw_samples=2), mnist)
-    record = json.loads((tmp_path / "iw" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["step"] == 2 and math.isfinite(record["val_nll"])
-    assert load_checkpoint(out).family == "vssm"
 
 
 @pytest.mark.slow
