@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
 sys.path.insert(0, str(Path(__file__).parent))  # its neighbour scripts/pareto.py
-from pareto import bench_section, timed_by_bench  # noqa: E402
+from pareto import bench_section, bench_times, timed_by_bench  # noqa: E402
 
 from vssm.model.card import samples_in_one_pass, served_row  # noqa: E402
 
@@ -78,9 +78,7 @@ def _bench(bench: dict | None, length: int) -> dict[str, dict[str, float]]:
     """Median seconds per whole sequence from the benchmark's block part, by batch then entry: only
     where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes and the text models')."""
     sec = bench_section(bench, length)
-    if not sec:
-        return {}
-    return {b: {k: v["median_s"] for k, v in p["seconds"].items()} for b, p in sec["sequence"].items()}
+    return {b: bench_times(bench, b, length) for b in sec["sequence"]} if sec else {}
 
 
 def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> list[str]:
