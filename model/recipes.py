@@ -241,6 +241,7 @@ REMOVED_OPTIONS: dict[str, Any] = {
     "unprompted": 0.0,
     "pixel_order": "raster",
     "iw_samples": 1,
+    "code_steps": 0,
 }
 
 

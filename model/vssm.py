@@ -214,7 +214,6 @@ class VSSM(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
-        code: bool = False,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -224,12 +223,7 @@ class VSSM(SequenceModel):
         posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
         the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
-        ``code``: block training with every latent fixed to its token's code (:meth:`_code_loss`).
         """
-        if code:
-            if block_size is None:
-                raise ValueError("the code stage trains block sampling: give a block_size")
-            return self._code_loss(x, block_size)
         if block_size is not None:
             return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
@@ -298,47 +292,6 @@ class VSSM(SequenceModel):
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
         return VSSMLoss(rec, kl, partial_kl, kl_weight)
-
-    def token_code(self, x: Tensor) -> Tensor:
-        """``(B, T, Z)``: token ``x_t`` written in base K, least significant latent first (needs V <= K^Z)."""
-        Z, K = self.config.n_latents, self.config.n_classes
-        if self.config.vocab_size > K**Z:
-            raise ValueError(f"a code of {Z} latent(s) of {K} classes cannot hold {self.config.vocab_size} tokens")
-        powers = K ** torch.arange(Z, device=x.device)  # (Z,)
-        return torch.div(x[..., None], powers, rounding_mode="floor") % K
-
-    def _code_loss(self, x: Tensor, c: int) -> VSSMLoss:
-        """Block sampling's terms at one point, every latent the code of its token: ``z_t = z'_t = code(x_t)``.
-
-        ``p_c(x)`` sums ``q_omega(z' | x) prior(z) p(x | z', z)`` over all ``z'`` and ``z``, so its
-        term at this one point bounds it: ``rec + kl`` is an upper bound on the block-c NLL, with
-        ``kl = -log prior(code) - log q_omega(z' = code | x)`` (no ``z'`` in one pass: there the
-        second part trains through ``pkl``).  The decoder learns to read the code back, the block
-        prior to predict the block's codes from the tokens before it (an autoregressive model's
-        loss at c = 1), the partial encoder to re-draw the code of what it reads, and ``pkl``
-        (outside the bound) the encoder to write it.  ``vssm train --code-steps N`` starts from
-        latents that carry the tokens instead of a decoder that learns the unigram first
-        (docs/experiments/blocks.md, seventeenth session); the ELBO takes over after N steps.
-        """
-        T = x.shape[1]
-        code = self.token_code(x)  # (B, T, Z)
-        z = self._one_hot(code)  # (B, T, Z*K)
-        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
-        if c >= T:
-            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
-            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
-            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
-        else:
-            log_obs, log_gen = self._block_priors(x, c)
-            x_logits = self.decoder.forward_blocks(self._dec_in(z, x), self._dec_in(z), c)[1]  # (B, T, V)
-
-        def xent(log_p: Tensor) -> Tensor:  # -log p(code) summed over steps and latents, (B,)
-            return -log_p.gather(-1, code[..., None]).sum((-1, -2, -3))
-
-        rec = self._xent(x_logits, x).sum(-1)  # (B,)
-        if c >= T:
-            return VSSMLoss(rec, xent(log_gen), xent(log_obs) + xent(log_q))
-        return VSSMLoss(rec, xent(log_gen) + xent(log_obs), xent(log_q))
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(

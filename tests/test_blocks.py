@@ -324,43 +324,6 @@ def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
     assert abs(float(train - keyed)) < 0.05
 
 
-@pytest.mark.parametrize("c", [1, 2, ENUM_T])
-def test_code_stage_is_the_bound_at_one_point_above_the_exact_nll(enum_model, c):
-    """``vssm train --code-steps``: with z = z' = code(x) (here x itself: V = K = 2, Z = 1) the
-    loss is ``-log`` of one term of the sum that defines ``p_c(x)``, so it bounds the exact NLL."""
-    m = enum_model
-    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))  # (X, T)
-    torch.testing.assert_close(m.token_code(xs), xs[..., None])
-    with torch.no_grad():
-        out = m.loss(xs, block_size=c, code=True)
-        log_obs = m._latent_logits(m.partial_encoder(xs, return_state=False)[0]).log_softmax(-1)[..., 0, :]
-        expected = torch.zeros(len(xs), dtype=F64)
-        for s in range(0, ENUM_T, c):
-            e = min(s + c, ENUM_T)
-            read = torch.cat([xs[:, :s], torch.full((len(xs), e - s), m.empty_token)], 1)
-            logits = m.decoder(dec_in(m, xs[:, :e, None], read), return_state=False)[0][:, s:e]
-            expected += torch.nn.functional.cross_entropy(logits.transpose(1, 2), xs[:, s:e], reduction="none").sum(-1)
-            if s == 0:
-                expected += (e - s) * math.log(2)  # the uniform prior of the first block
-            else:
-                log_gen = m._latent_logits(m.partial_encoder(read, return_state=False)[0]).log_softmax(-1)[:, s:e, 0]
-                expected -= log_gen.gather(-1, xs[:, s:e, None])[..., 0].sum(-1)
-        if c < ENUM_T:  # the absorbed latents' probability under the partial encoder
-            expected -= log_obs.gather(-1, xs[..., None])[..., 0].sum(-1)
-    torch.testing.assert_close(out.nelbo, expected, rtol=1e-9, atol=1e-9)
-    assert bool((out.nelbo >= -enumerate_pc(m, c).log() - 1e-9).all())
-
-
-def test_code_stage_needs_a_block_size_and_a_code_that_holds_the_vocabulary():
-    with pytest.raises(ValueError, match="block_size"):
-        tiny_model("vssm").loss(torch.zeros(1, 4, dtype=torch.long), code=True)
-    m = tiny_model("vssm", vocab_size=9, n_latents=1, n_classes=8)  # 9 tokens, 8 codes
-    with pytest.raises(ValueError, match="cannot hold 9 tokens"):
-        m.loss(torch.zeros(1, 4, dtype=torch.long), block_size=2, code=True)
-    m = tiny_model("vssm", vocab_size=9, n_latents=2, n_classes=3)  # base 3, least significant first
-    torch.testing.assert_close(m.token_code(torch.tensor([[0, 5, 8]])), torch.tensor([[[0, 0], [2, 1], [2, 2]]]))
-
-
 @pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
 def test_block_training_loss_decodes_every_block_from_its_definition(tokens, monkeypatch):
     """On fixed latent draws the training loss's reconstruction is every block decoded from the
