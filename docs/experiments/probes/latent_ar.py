@@ -1,0 +1,205 @@
+"""Probe (lab material, not the served model): block sampling with a prior that reads the block's
+own earlier latents (docs/experiments/blocks.md, seventeenth session).
+
+Glossary of axis letters (docs/design.md):
+    B  batch      T  sequence length      c  block size      R  width of the latent prior's state
+    Z  categorical latent variables per step      K  classes per latent variable
+
+The block prior of block sampling draws a block's latents independently, each from the partial
+encoder over the tokens before the block and EMPTYs.  Here step t of a block also reads the
+block's latents before it through a small diagonal linear recurrence, reset at every block start::
+
+    r_t = a * r_(t-1) + E z_t          (B, R), r = 0 before a block's first step
+    log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(log q_omega(z_t | x_1:s, EMPTY...) + MLP(r_(t-1)))
+
+so a block's latents are drawn in sequence (a few thousand FLOPs a step) while the decoder still
+reads them in one pass.  The ELBO keeps its form: the KL of step t is taken against this prior
+given the posterior's own draws z_s+1:t-1 (straight-through, as the rest of the model).
+
+Run: ``python docs/experiments/probes/latent_ar.py train ARGS`` (``vssm train``'s flags; the model
+gains the prior) and ``python docs/experiments/probes/latent_ar.py sample RUN_DIR --block-sizes
+32,64 --samples 200`` (a naive sampler: every block from the prefix again, so quadratic in T; for
+judging samples, not for timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from vssm.model import VSSM, VSSMConfig
+from vssm.model import train as train_module
+from vssm.model.checkpoint import load_checkpoint, read_metadata
+from vssm.model.data import eval_sequences, load_dataset
+from vssm.model.judge import ar_judge_bits_per_byte, text_metrics, training_vocabulary
+from vssm.model.vssm import VSSMLoss, straight_through_gumbel
+
+WIDTH = 128  # R
+
+
+class LatentPrior(nn.Module):
+    """The correction ``MLP(r_(t-1))`` ``(B, T, Z*K)`` of a block's prior from the block's earlier latents."""
+
+    def __init__(self, zk: int, width: int = WIDTH) -> None:
+        super().__init__()
+        self.embed = nn.Linear(zk, width, bias=False)
+        self.decay = nn.Parameter(torch.linspace(-2.0, 4.0, width))  # a = sigmoid: 0.12 .. 0.98
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, zk))
+        nn.init.zeros_(self.mlp[-1].weight)  # the start is the plain block prior
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def step(self, r: Tensor, z: Tensor) -> Tensor:
+        """``r_t`` ``(B, R)`` from ``r_(t-1)`` and the one-hot ``z_t`` ``(B, Z*K)``."""
+        return torch.sigmoid(self.decay) * r + self.embed(z)
+
+    def forward(self, z: Tensor, c: int) -> Tensor:
+        B, T, ZK = z.shape
+        nb = -(-T // c)
+        zp = F.pad(z, (0, 0, 0, nb * c - T)).view(B, nb, c, ZK)  # (B, nb, c, ZK)
+        e = self.embed(zp)  # (B, nb, c, R)
+        a = torch.sigmoid(self.decay)
+        r = e.new_zeros(B, nb, e.shape[-1])
+        before = []
+        for k in range(c):
+            before.append(r)
+            r = a * r + e[:, :, k]
+        h = torch.stack(before, 2).view(B, nb * c, -1)[:, :T]  # (B, T, R): r_(t-1), 0 at a block start
+        return self.mlp(h)
+
+
+class LatentARVSSM(VSSM):
+    def __init__(self, config: VSSMConfig | None = None) -> None:
+        super().__init__(config)
+        self.latent_prior = LatentPrior(self.config.n_latents * self.config.n_classes)
+
+    def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
+        T = x.shape[1]
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
+        if c >= T:
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
+            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
+            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
+        else:
+            log_obs, log_gen = self._block_priors(x, c)
+            z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)
+            x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]
+        prior = (log_gen + self._latent_logits(self.latent_prior(z, c))).log_softmax(-1)  # (B, T, Z, K)
+        rec = self._xent(x_logits, x).sum(-1)
+        kl = (log_q.exp() * (log_q - prior)).sum((-1, -2, -3))
+        q_det = log_q.detach()
+        partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))
+        return VSSMLoss(rec, kl, partial_kl, kl_weight)
+
+
+def _build(family: str, config: dict | None = None):  # the trainer's build_model, with the prior
+    if family != "vssm":
+        raise ValueError("the probe trains the VSSM only")
+    return LatentARVSSM(VSSMConfig(**(config or {})))
+
+
+def load(run: Path) -> LatentARVSSM:
+    cfg = json.loads(read_metadata(run / "model.safetensors")["config"])
+    m = LatentARVSSM(VSSMConfig(**cfg)).double()
+    m.load_state_dict({k: v.double() for k, v in load_file(run / "model.safetensors").items()})
+    return m.eval()
+
+
+@torch.no_grad()
+def sample(m: LatentARVSSM, n: int, T: int, c: int, obs_temperature: float, seed: int) -> Tensor:
+    """``(n, T)`` tokens of the block-c process, naively: every block's passes from the start."""
+    g = torch.Generator().manual_seed(seed)
+    Z, K, E = m.config.n_latents, m.config.n_classes, m.empty_token
+
+    def draw(logits: Tensor) -> Tensor:  # (n, Z, K) -> one-hot (n, Z*K)
+        idx = torch.multinomial(logits.softmax(-1).flatten(0, 1), 1, generator=g).view(n, Z)
+        return F.one_hot(idx, K).to(logits.dtype).flatten(-2)
+
+    x = torch.zeros(n, 0, dtype=torch.long)
+    z_abs = torch.zeros(n, 0, Z * K, dtype=torch.float64)
+    for s in range(0, T, c):
+        e = min(s + c, T)
+        if s == 0:
+            base = torch.full((n, e - s, Z, K), -math.log(K), dtype=torch.float64)
+        else:
+            xbar = torch.cat([x, torch.full((n, e - s), E)], 1)
+            base = m._latent_logits(m.partial_encoder(xbar, return_state=False)[0][:, s:e]).log_softmax(-1)
+        r = torch.zeros(n, WIDTH, dtype=torch.float64)
+        zs = []
+        for k in range(e - s):
+            logits = base[:, k] + m._latent_logits(m.latent_prior.mlp(r))
+            zs.append(draw(logits))
+            r = m.latent_prior.step(r, zs[-1])
+        zb = torch.stack(zs, 1)  # (n, e - s, Z*K)
+        read = torch.cat([x, torch.full((n, e - s), E)], 1)
+        dec_in = m._dec_in(torch.cat([z_abs, zb], 1), read if m.config.decoder_tokens else None)
+        logits = m.decoder(dec_in, return_state=False)[0][:, s:e]  # (n, e - s, V)
+        if obs_temperature == 0:
+            tok = logits.argmax(-1)
+        else:
+            p = (logits / obs_temperature).softmax(-1)
+            tok = torch.multinomial(p.flatten(0, 1), 1, generator=g).view(n, e - s)
+        x = torch.cat([x, tok], 1)
+        obs = m._latent_logits(m.partial_encoder(x, return_state=False)[0][:, s:e]).log_softmax(-1)
+        z_abs = torch.cat([z_abs, torch.stack([draw(obs[:, k]) for k in range(e - s)], 1)], 1)
+    return x
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "train":
+        train_module.build_model = _build  # the trainer builds the probe's model
+        from vssm.model.cli import main as cli
+
+        cli(["train", *sys.argv[2:]])
+        return
+    p = argparse.ArgumentParser()
+    p.add_argument("cmd", choices=["sample", "elbo"])
+    p.add_argument("run", type=Path)
+    p.add_argument("--block-sizes", default="32,64")
+    p.add_argument("--samples", type=int, default=200)
+    p.add_argument("--length", type=int, default=256)
+    p.add_argument("--observation-temperature", type=float, default=0.0)
+    p.add_argument("--windows", type=int, default=500, help="elbo: validation windows")
+    p.add_argument("--ar-judge", default="checkpoints/shakespeare-ar-ssm.safetensors")
+    p.add_argument("--baseline", default=None, help="elbo: a bundled checkpoint measured beside the probe")
+    a = p.parse_args()
+    m = load(a.run)
+    blocks = [int(v) for v in a.block_sizes.split(",")]
+    if a.cmd == "elbo":  # the trainer's validation figure (one-sample ELBO), side by side with a baseline
+        dataset = read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare")
+        ds = load_dataset(dataset)
+        seqs = eval_sequences(ds.valid, ds.max_position or a.length)[: a.windows]
+        models = {"probe": m.float()}
+        if a.baseline:
+            models["baseline"] = load_checkpoint(a.baseline).eval()
+        with torch.no_grad():
+            for c in blocks:
+                for name, net in models.items():
+                    torch.manual_seed(0)
+                    outs = [net.loss(seqs[i : i + 50], block_size=c) for i in range(0, len(seqs), 50)]
+                    rec = float(torch.cat([o.reconstruction for o in outs]).mean())
+                    kl = float(torch.cat([o.kl for o in outs]).mean())
+                    nats = {"nelbo": round(rec + kl, 2), "rec": round(rec, 2), "kl": round(kl, 2)}
+                    print(json.dumps({"model": name, "block": c, **nats}), flush=True)
+        return
+    vocab = training_vocabulary()
+    judge = load_checkpoint(a.ar_judge)
+    for c in blocks:
+        x = sample(m, a.samples, a.length, c, a.observation_temperature, seed=0)
+        texts = [bytes(row.tolist()) for row in x]
+        bpb = ar_judge_bits_per_byte(judge, texts)
+        print(json.dumps({"block": c, **text_metrics(texts, vocab), "ar_judge_bits_per_byte": bpb}), flush=True)
+        for t in texts[:2]:
+            print(t.decode("latin-1")[:160].replace("\n", "\\n"), flush=True)
+
+
+if __name__ == "__main__":
+    main()
