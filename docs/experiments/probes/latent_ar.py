@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,9 @@ from vssm.model.judge import ar_judge_bits_per_byte, text_metrics, training_voca
 from vssm.model.vssm import VSSMLoss, straight_through_gumbel
 
 WIDTH = 128  # R
+# LAR_DETACH=1: the prior reads the posterior's draws without a gradient into them (the encoder
+# is then not pushed to make its draws predictable to the prior; the MNIST run without it collapsed)
+DETACH = os.environ.get("LAR_DETACH") == "1"
 
 
 class LatentPrior(nn.Module):
@@ -92,7 +96,8 @@ class LatentARVSSM(VSSM):
             log_obs, log_gen = self._block_priors(x, c)
             z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)
             x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]
-        prior = (log_gen + self._latent_logits(self.latent_prior(z, c))).log_softmax(-1)  # (B, T, Z, K)
+        reads = z.detach() if DETACH else z
+        prior = (log_gen + self._latent_logits(self.latent_prior(reads, c))).log_softmax(-1)  # (B, T, Z, K)
         rec = self._xent(x_logits, x).sum(-1)
         kl = (log_q.exp() * (log_q - prior)).sum((-1, -2, -3))
         q_det = log_q.detach()
