@@ -17,7 +17,8 @@ reads them in one pass.  The ELBO keeps its form: the KL of step t is taken agai
 given the posterior's own draws z_s+1:t-1 (straight-through, as the rest of the model).
 
 Run: ``python docs/experiments/probes/latent_ar.py train ARGS`` (``vssm train``'s flags; the model
-gains the prior) and ``python docs/experiments/probes/latent_ar.py sample RUN_DIR --block-sizes
+gains the prior; ``--init-from`` a plain VSSM with ``--train-only latent_prior`` fits the prior alone
+to a trained model's posterior) and ``python docs/experiments/probes/latent_ar.py sample RUN_DIR --block-sizes
 32,64 --samples 200`` (a naive sampler: every block from the prefix again, so quadratic in T; for
 judging samples, not for timing).
 """
@@ -40,7 +41,14 @@ from vssm.model import VSSM, VSSMConfig
 from vssm.model import train as train_module
 from vssm.model.checkpoint import load_checkpoint, read_metadata
 from vssm.model.data import eval_sequences, load_dataset
-from vssm.model.judge import ar_judge_bits_per_byte, text_metrics, training_vocabulary
+from vssm.model.judge import (
+    ar_judge_bits_per_byte,
+    ar_judge_nll,
+    image_metrics,
+    load_judge,
+    text_metrics,
+    training_vocabulary,
+)
 from vssm.model.vssm import VSSMLoss, straight_through_gumbel
 
 WIDTH = 128  # R
@@ -111,6 +119,13 @@ def _build(family: str, config: dict | None = None):  # the trainer's build_mode
     return LatentARVSSM(VSSMConfig(**(config or {})))
 
 
+def _init_from(model: LatentARVSSM, path: str) -> None:
+    """``--init-from`` a plain VSSM checkpoint: its weights, the latent prior left at its start."""
+    missing, unexpected = model.load_state_dict(load_checkpoint(path).state_dict(), strict=False)
+    if unexpected or any(not k.startswith("latent_prior.") for k in missing):
+        raise ValueError(f"--init-from {path}: missing {missing}, unexpected {unexpected}")
+
+
 def load(run: Path) -> LatentARVSSM:
     cfg = json.loads(read_metadata(run / "model.safetensors")["config"])
     m = LatentARVSSM(VSSMConfig(**cfg)).double()
@@ -161,6 +176,7 @@ def sample(m: LatentARVSSM, n: int, T: int, c: int, obs_temperature: float, seed
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "train":
         train_module.build_model = _build  # the trainer builds the probe's model
+        train_module._init_from = _init_from  # and starts it from a plain VSSM (two-stage: --train-only latent_prior)
         from vssm.model.cli import main as cli
 
         cli(["train", *sys.argv[2:]])
@@ -174,6 +190,7 @@ def main() -> None:
     p.add_argument("--observation-temperature", type=float, default=0.0)
     p.add_argument("--windows", type=int, default=500, help="elbo: validation windows")
     p.add_argument("--ar-judge", default="checkpoints/shakespeare-ar-ssm.safetensors")
+    p.add_argument("--judge", default="checkpoints/judges/mnist-judge.safetensors")
     p.add_argument("--baseline", default=None, help="elbo: a bundled checkpoint measured beside the probe")
     a = p.parse_args()
     m = load(a.run)
@@ -195,6 +212,16 @@ def main() -> None:
                     nats = {"nelbo": round(rec + kl, 2), "rec": round(rec, 2), "kl": round(kl, 2)}
                     print(json.dumps({"model": name, "block": c, **nats}), flush=True)
         return
+    dataset = read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare")
+    if dataset == "mnist":  # the digit classifier and the AR-SSM judge images (vssm eval's figures)
+        judge = load_judge(a.judge)
+        ar = load_checkpoint("checkpoints/mnist-ar-ssm.safetensors")
+        for c in blocks:
+            x = sample(m, a.samples, 784, c, a.observation_temperature, seed=0)
+            row = {k: v for k, v in image_metrics(judge, x).items() if k != "confidence_threshold"}
+            print(json.dumps({"block": c, **row, "ar_judge_nats": ar_judge_nll(ar, x)}), flush=True)
+            save_grid(x[:64], a.run / f"samples-c{c}.png")
+        return
     vocab = training_vocabulary()
     judge = load_checkpoint(a.ar_judge)
     for c in blocks:
@@ -204,6 +231,19 @@ def main() -> None:
         print(json.dumps({"block": c, **text_metrics(texts, vocab), "ar_judge_bits_per_byte": bpb}), flush=True)
         for t in texts[:2]:
             print(t.decode("latin-1")[:160].replace("\n", "\\n"), flush=True)
+
+
+def save_grid(x: Tensor, path: Path) -> None:
+    """An 8-wide grid of 28 x 28 binary images ``(N, 784)`` as a PNG."""
+    from PIL import Image
+
+    n = len(x)
+    rows = -(-n // 8)
+    grid = torch.zeros(rows * 28, 8 * 28, dtype=torch.uint8)
+    for i, img in enumerate(x.view(n, 28, 28)):
+        r, col = divmod(i, 8)
+        grid[r * 28 : (r + 1) * 28, col * 28 : (col + 1) * 28] = (img * 255).to(torch.uint8)
+    Image.fromarray(grid.numpy()).resize((8 * 28 * 3, rows * 28 * 3), Image.NEAREST).save(path)
 
 
 if __name__ == "__main__":
