@@ -12,20 +12,23 @@ block's latents before it through a small diagonal linear recurrence, reset at e
     r_t = a * r_(t-1) + E z_t          (B, R), r = 0 before a block's first step
     log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(log q_omega(z_t | x_1:s, EMPTY...) + MLP(r_(t-1)))
 
-so a block's latents are drawn in sequence (a few thousand FLOPs a step) while the decoder still
-reads them in one pass.  The ELBO keeps its form: the KL of step t is taken against this prior
+so a block's latents are drawn in sequence (about 66,000 FLOPs a step, one step after another)
+while the decoder still reads them in one pass.  The ELBO keeps its form: the KL of step t is taken against this prior
 given the posterior's own draws z_s+1:t-1 (straight-through, as the rest of the model).
 
 Run: ``python docs/experiments/probes/latent_ar.py train ARGS`` (``vssm train``'s flags; the model
 gains the prior; ``--init-from`` a plain VSSM with ``--train-only latent_prior`` fits the prior alone
 to a trained model's posterior) and ``python docs/experiments/probes/latent_ar.py sample RUN_DIR --block-sizes
 32,64 --samples 200`` (a naive sampler: every block from the prefix again, so quadratic in T; for
-judging samples, not for timing).
+judging samples, not for timing; ``sample`` also takes a plain VSSM checkpoint, the prior at its
+start, which is the served process).  The trainer's ``val_nll`` and ``val_kl`` (one pass through
+``VSSM.loss``) ignore the prior; its ``val_nll_c*`` and the ``elbo`` command include it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -52,8 +55,9 @@ from vssm.model.judge import (
 from vssm.model.vssm import VSSMLoss, straight_through_gumbel
 
 WIDTH = 128  # R
-# LAR_DETACH=1: the prior reads the posterior's draws without a gradient into them (the encoder
-# is then not pushed to make its draws predictable to the prior; the MNIST run without it collapsed)
+# LAR_DETACH=1: the prior reads the posterior's draws without a gradient into them, so the draws
+# are not shaped through the prior's input (the KL still pulls q toward the prior); both MNIST runs
+# collapsed, with and without it
 DETACH = os.environ.get("LAR_DETACH") == "1"
 
 
@@ -119,18 +123,26 @@ def _build(family: str, config: dict | None = None):  # the trainer's build_mode
     return LatentARVSSM(VSSMConfig(**(config or {})))
 
 
-def _init_from(model: LatentARVSSM, path: str) -> None:
-    """``--init-from`` a plain VSSM checkpoint: its weights, the latent prior left at its start."""
-    missing, unexpected = model.load_state_dict(load_checkpoint(path).state_dict(), strict=False)
+def _init_from(model: LatentARVSSM, path: str | Path) -> None:
+    """``--init-from`` a plain VSSM checkpoint of the same config: its weights, the latent prior
+    left at its start (the output layer zero: the plain block prior)."""
+    source = load_checkpoint(path)
+    if source.family != "vssm" or dataclasses.asdict(source.config) != dataclasses.asdict(model.config):
+        raise ValueError(f"--init-from {path}: not a VSSM of this run's config")
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
     if unexpected or any(not k.startswith("latent_prior.") for k in missing):
         raise ValueError(f"--init-from {path}: missing {missing}, unexpected {unexpected}")
 
 
-def load(run: Path) -> LatentARVSSM:
-    cfg = json.loads(read_metadata(run / "model.safetensors")["config"])
-    m = LatentARVSSM(VSSMConfig(**cfg)).double()
-    m.load_state_dict({k: v.double() for k, v in load_file(run / "model.safetensors").items()})
-    return m.eval()
+def load(path: Path) -> LatentARVSSM:
+    """A probe run's directory, or a plain VSSM checkpoint (the prior at its start: the served process)."""
+    file = path / "model.safetensors" if path.is_dir() else path
+    m = LatentARVSSM(VSSMConfig(**json.loads(read_metadata(file)["config"])))
+    if path.is_dir():
+        m.load_state_dict(load_file(file))
+    else:
+        _init_from(m, file)
+    return m.double().eval()
 
 
 @torch.no_grad()
@@ -196,8 +208,7 @@ def main() -> None:
     m = load(a.run)
     blocks = [int(v) for v in a.block_sizes.split(",")]
     if a.cmd == "elbo":  # the trainer's validation figure (one-sample ELBO), side by side with a baseline
-        dataset = read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare")
-        ds = load_dataset(dataset)
+        ds = load_dataset(read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare"))
         seqs = eval_sequences(ds.valid, ds.max_position or a.length)[: a.windows]
         models = {"probe": m.float()}
         if a.baseline:
@@ -212,7 +223,7 @@ def main() -> None:
                     nats = {"nelbo": round(rec + kl, 2), "rec": round(rec, 2), "kl": round(kl, 2)}
                     print(json.dumps({"model": name, "block": c, **nats}), flush=True)
         return
-    dataset = read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare")
+    dataset = read_metadata(a.run / "model.safetensors" if a.run.is_dir() else a.run).get("dataset", "shakespeare")
     if dataset == "mnist":  # the digit classifier and the AR-SSM judge images (vssm eval's figures)
         judge = load_judge(a.judge)
         ar = load_checkpoint("checkpoints/mnist-ar-ssm.safetensors")
@@ -220,7 +231,8 @@ def main() -> None:
             x = sample(m, a.samples, 784, c, a.observation_temperature, seed=0)
             row = {k: v for k, v in image_metrics(judge, x).items() if k != "confidence_threshold"}
             print(json.dumps({"block": c, **row, "ar_judge_nats": ar_judge_nll(ar, x)}), flush=True)
-            save_grid(x[:64], a.run / f"samples-c{c}.png")
+            if a.run.is_dir():
+                save_grid(x[:64], a.run / f"samples-c{c}.png")
         return
     vocab = training_vocabulary()
     judge = load_checkpoint(a.ar_judge)
