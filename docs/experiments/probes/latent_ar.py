@@ -44,14 +44,7 @@ from vssm.model import VSSM, VSSMConfig
 from vssm.model import train as train_module
 from vssm.model.checkpoint import load_checkpoint, read_metadata
 from vssm.model.data import eval_sequences, load_dataset
-from vssm.model.judge import (
-    ar_judge_bits_per_byte,
-    ar_judge_nll,
-    image_metrics,
-    load_judge,
-    text_metrics,
-    training_vocabulary,
-)
+from vssm.model.evaluate import _judge
 from vssm.model.vssm import VSSMLoss, straight_through_gumbel
 
 WIDTH = 128  # R
@@ -201,7 +194,7 @@ def main() -> None:
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--observation-temperature", type=float, default=0.0)
     p.add_argument("--windows", type=int, default=500, help="elbo: validation windows")
-    p.add_argument("--ar-judge", default="checkpoints/shakespeare-ar-ssm.safetensors")
+    p.add_argument("--ar-judge", default=None, help="default: checkpoints/DATASET-ar-ssm.safetensors")
     p.add_argument("--judge", default="checkpoints/judges/mnist-judge.safetensors")
     p.add_argument("--baseline", default=None, help="elbo: a bundled checkpoint measured beside the probe")
     a = p.parse_args()
@@ -224,25 +217,19 @@ def main() -> None:
                     print(json.dumps({"model": name, "block": c, **nats}), flush=True)
         return
     dataset = read_metadata(a.run / "model.safetensors" if a.run.is_dir() else a.run).get("dataset", "shakespeare")
-    if dataset == "mnist":  # the digit classifier and the AR-SSM judge images (vssm eval's figures)
-        judge = load_judge(a.judge)
-        ar = load_checkpoint("checkpoints/mnist-ar-ssm.safetensors")
-        for c in blocks:
-            x = sample(m, a.samples, 784, c, a.observation_temperature, seed=0)
-            row = {k: v for k, v in image_metrics(judge, x).items() if k != "confidence_threshold"}
-            print(json.dumps({"block": c, **row, "ar_judge_nats": ar_judge_nll(ar, x)}), flush=True)
-            if a.run.is_dir():
-                save_grid(x[:64], a.run / f"samples-c{c}.png")
-        return
-    vocab = training_vocabulary()
-    judge = load_checkpoint(a.ar_judge)
+    ar_judge = a.ar_judge or f"checkpoints/{dataset}-ar-ssm.safetensors"
+    judge = _judge(argparse.Namespace(judge=a.judge, ar_judge=ar_judge, data_dir=None), dataset)  # vssm eval's
+    assert judge is not None
+    length = 784 if dataset == "mnist" else a.length
     for c in blocks:
-        x = sample(m, a.samples, a.length, c, a.observation_temperature, seed=0)
-        texts = [bytes(row.tolist()) for row in x]
-        bpb = ar_judge_bits_per_byte(judge, texts)
-        print(json.dumps({"block": c, **text_metrics(texts, vocab), "ar_judge_bits_per_byte": bpb}), flush=True)
-        for t in texts[:2]:
-            print(t.decode("latin-1")[:160].replace("\n", "\\n"), flush=True)
+        x = sample(m, a.samples, length, c, a.observation_temperature, seed=0)
+        figures = {k: v for k, v in judge(x).items() if k != "confidence_threshold"}
+        print(json.dumps({"block": c, **figures}), flush=True)
+        if dataset == "mnist" and a.run.is_dir():
+            save_grid(x[:64], a.run / f"samples-c{c}.png")
+        if dataset != "mnist":
+            for row in x[:2].tolist():
+                print(bytes(row).decode("latin-1")[:160].replace("\n", "\\n"), flush=True)
 
 
 def save_grid(x: Tensor, path: Path) -> None:
