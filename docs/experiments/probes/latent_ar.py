@@ -52,6 +52,9 @@ WIDTH = 128  # R
 # are not shaped through the prior's input (the KL still pulls q toward the prior); both MNIST runs
 # collapsed, with and without it
 DETACH = os.environ.get("LAR_DETACH") == "1"
+# LAR_CODE_STEPS=N: the first N training steps fix every latent to its token's code (z_t = z'_t =
+# code(x_t), Z = 1 and K >= V), as bbff4c1's code stage did, now against this prior; then the ELBO
+CODE_STEPS = int(os.environ.get("LAR_CODE_STEPS", "0"))
 
 
 class LatentPrior(nn.Module):
@@ -88,11 +91,19 @@ class LatentARVSSM(VSSM):
     def __init__(self, config: VSSMConfig | None = None) -> None:
         super().__init__(config)
         self.latent_prior = LatentPrior(self.config.n_latents * self.config.n_classes)
+        self._steps = 0  # training calls of the loss so far (LAR_CODE_STEPS; not saved: no resume)
 
     def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         T = x.shape[1]
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
+        code = self.training and torch.is_grad_enabled() and self._steps < CODE_STEPS
+        if self.training and torch.is_grad_enabled():
+            self._steps += 1  # training calls only: validation runs without gradients
+        if code:
+            if self.config.n_latents != 1 or self.config.n_classes < self.config.vocab_size:
+                raise ValueError("LAR_CODE_STEPS needs one latent of at least V classes")
+            return self._code_loss(x, c)
         if c >= T:
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
@@ -108,6 +119,29 @@ class LatentARVSSM(VSSM):
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))
         return VSSMLoss(rec, kl, partial_kl, kl_weight)
+
+    def _code_loss(self, x: Tensor, c: int) -> VSSMLoss:
+        """The code stage: ``-log`` of the block-c process's term at ``z = z' = one-hot(x)``, plus the
+        encoder's cross-entropy to the code (outside the bound) so that it writes the code at the switch."""
+        T = x.shape[1]
+        z = F.one_hot(x, self.config.n_classes).to(self.dtype)  # (B, T, K): Z = 1
+        log_q = self._posterior_log_probs(x)
+        if c >= T:
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
+            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
+            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
+        else:
+            log_obs, log_gen = self._block_priors(x, c)
+            x_logits = self.decoder.forward_blocks(self._dec_in(z, x), self._dec_in(z), c)[1]
+        prior = (log_gen + self._latent_logits(self.latent_prior(z, c))).log_softmax(-1)
+
+        def xent(log_p: Tensor) -> Tensor:  # -log p(code), summed over steps, (B,)
+            return -log_p[..., 0, :].gather(-1, x[..., None])[..., 0].sum(-1)
+
+        rec = self._xent(x_logits, x).sum(-1)
+        if c >= T:
+            return VSSMLoss(rec, xent(prior), xent(log_obs) + xent(log_q))
+        return VSSMLoss(rec, xent(prior) + xent(log_obs), xent(log_q))
 
 
 def _build(family: str, config: dict | None = None):  # the trainer's build_model, with the prior
@@ -193,7 +227,8 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=200)
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--observation-temperature", type=float, default=0.0)
-    p.add_argument("--windows", type=int, default=500, help="elbo: validation windows")
+    p.add_argument("--windows", type=int, default=500, help="elbo: windows (images) of the split")
+    p.add_argument("--split", choices=["valid", "test"], default="valid", help="elbo: the split")
     p.add_argument("--ar-judge", default=None, help="default: checkpoints/DATASET-ar-ssm.safetensors")
     p.add_argument("--judge", default="checkpoints/judges/mnist-judge.safetensors")
     p.add_argument("--baseline", default=None, help="elbo: a bundled checkpoint measured beside the probe")
@@ -202,7 +237,7 @@ def main() -> None:
     blocks = [int(v) for v in a.block_sizes.split(",")]
     if a.cmd == "elbo":  # the trainer's validation figure (one-sample ELBO), side by side with a baseline
         ds = load_dataset(read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare"))
-        seqs = eval_sequences(ds.valid, ds.max_position or a.length)[: a.windows]
+        seqs = eval_sequences(getattr(ds, a.split), ds.max_position or a.length)[: a.windows]
         models = {"probe": m.float()}
         if a.baseline:
             models["baseline"] = load_checkpoint(a.baseline).eval()
