@@ -94,7 +94,6 @@ class LatentARVSSM(VSSM):
         self._steps = 0  # training calls of the loss so far (LAR_CODE_STEPS; not saved: no resume)
 
     def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
-        T = x.shape[1]
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
         code = self.training and torch.is_grad_enabled() and self._steps < CODE_STEPS
@@ -104,14 +103,7 @@ class LatentARVSSM(VSSM):
             if self.config.n_latents != 1 or self.config.n_classes < self.config.vocab_size:
                 raise ValueError("LAR_CODE_STEPS needs one latent of at least V classes")
             return self._code_loss(x, c)
-        if c >= T:
-            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
-            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
-            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
-        else:
-            log_obs, log_gen = self._block_priors(x, c)
-            z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)
-            x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]
+        x_logits, log_obs, log_gen = self._passes(x, z, c, tau)
         reads = z.detach() if DETACH else z
         prior = (log_gen + self._latent_logits(self.latent_prior(reads, c))).log_softmax(-1)  # (B, T, Z, K)
         rec = self._xent(x_logits, x).sum(-1)
@@ -120,19 +112,26 @@ class LatentARVSSM(VSSM):
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))
         return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
+    def _passes(self, x: Tensor, z: Tensor, c: int, tau: float | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The decoder's logits ``(B, T, V)`` over the block latents ``z`` and the absorbed ones, and
+        the partial encoder's ``log_obs``, ``log_gen`` ``(B, T, Z, K)`` (``VSSM._block_loss``); the
+        absorbed latents are drawn from ``log_obs`` at ``tau``, or are ``z`` itself when ``tau`` is None."""
+        if c >= x.shape[1]:  # one block: the uniform base prior, nothing absorbed
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
+            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
+            return x_logits, log_obs, torch.full_like(log_obs, -math.log(self.config.n_classes))
+        log_obs, log_gen = self._block_priors(x, c)
+        z_abs = z if tau is None else straight_through_gumbel(log_obs, tau).flatten(-2)
+        x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]
+        return x_logits, log_obs, log_gen
+
     def _code_loss(self, x: Tensor, c: int) -> VSSMLoss:
         """The code stage: ``-log`` of the block-c process's term at ``z = z' = one-hot(x)``, plus the
         encoder's cross-entropy to the code (outside the bound) so that it writes the code at the switch."""
         T = x.shape[1]
         z = F.one_hot(x, self.config.n_classes).to(self.dtype)  # (B, T, K): Z = 1
         log_q = self._posterior_log_probs(x)
-        if c >= T:
-            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]
-            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
-            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
-        else:
-            log_obs, log_gen = self._block_priors(x, c)
-            x_logits = self.decoder.forward_blocks(self._dec_in(z, x), self._dec_in(z), c)[1]
+        x_logits, log_obs, log_gen = self._passes(x, z, c, None)
         prior = (log_gen + self._latent_logits(self.latent_prior(z, c))).log_softmax(-1)
 
         def xent(log_p: Tensor) -> Tensor:  # -log p(code), summed over steps, (B,)
