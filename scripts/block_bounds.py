@@ -34,13 +34,20 @@ from vssm.model.evaluate import _score
 def bounds(model: VSSM, x: Tensor, c: int, samples: int, batch: int) -> dict[str, float]:
     """Mean over the sequences ``x`` ``(N, T)`` of the IW-``samples`` bound and the ELBO's terms at block ``c``."""
     iw = _score(model, x, batch, f"block {c}", samples=samples, block_size=c) / len(x)  # as vssm eval sums it
+    return {"iw": iw, **elbo_terms(model, x, c, batch)}
+
+
+@torch.no_grad()
+def elbo_terms(model: VSSM, x: Tensor, c: int, batch: int) -> dict[str, float]:
+    """Mean over ``x`` ``(N, T)`` of the negative ELBO's terms at block ``c``: the training loss,
+    one Gumbel draw from seed 0 (docs/experiments/probes/latent_ar.py uses it for its own prior)."""
     rec, kl = [], []
-    torch.manual_seed(0)  # the ELBO split's Gumbel draws
+    torch.manual_seed(0)
     for i in range(0, len(x), batch):
         terms = model.loss(x[i : i + batch], block_size=c)
         rec.append(terms.reconstruction)
         kl.append(terms.kl)
-    return {"iw": iw, "rec": float(torch.cat(rec).mean()), "kl": float(torch.cat(kl).mean())}
+    return {"rec": float(torch.cat(rec).mean()), "kl": float(torch.cat(kl).mean())}
 
 
 def main() -> int:

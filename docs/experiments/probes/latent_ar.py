@@ -12,9 +12,10 @@ block's latents before it through a small diagonal linear recurrence, reset at e
     r_t = a * r_(t-1) + E z_t          (B, R), r = 0 before a block's first step
     log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(log q_omega(z_t | x_1:s, EMPTY...) + MLP(r_(t-1)))
 
-so a block's latents are drawn in sequence (about 66,000 FLOPs a step, one step after another)
-while the decoder still reads them in one pass.  The ELBO keeps its form: the KL of step t is taken against this prior
-given the posterior's own draws z_s+1:t-1 (straight-through, as the rest of the model).
+so a block's latents are drawn in sequence (2 R (2 Z K + R) FLOPs a step, one step after another:
+66,000 at Z K = 64, 164,000 at 256) while the decoder still reads them in one pass.  The ELBO keeps
+its form: the KL of step t is taken against this prior given the posterior's own draws z_s+1:t-1
+(straight-through, as the rest of the model).
 
 Run: ``python docs/experiments/probes/latent_ar.py train ARGS`` (``vssm train``'s flags; the model
 gains the prior; ``--init-from`` a plain VSSM with ``--train-only latent_prior`` fits the prior alone
@@ -45,7 +46,11 @@ from vssm.model import train as train_module
 from vssm.model.checkpoint import load_checkpoint, read_metadata
 from vssm.model.data import eval_sequences, load_dataset
 from vssm.model.evaluate import _judge
+from vssm.model.render import _to_pixels, image_grid
 from vssm.model.vssm import VSSMLoss, straight_through_gumbel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))  # scripts/block_bounds.py
+from block_bounds import elbo_terms
 
 WIDTH = 128  # R
 # LAR_DETACH=1: the prior reads the posterior's draws without a gradient into them, so the draws
@@ -96,9 +101,9 @@ class LatentARVSSM(VSSM):
     def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
-        code = self.training and torch.is_grad_enabled() and self._steps < CODE_STEPS
-        if self.training and torch.is_grad_enabled():
-            self._steps += 1  # training calls only: validation runs without gradients
+        training = self.training and torch.is_grad_enabled()  # validation runs without gradients
+        code = training and self._steps < CODE_STEPS
+        self._steps += int(training)
         if code:
             if self.config.n_latents != 1 or self.config.n_classes < self.config.vocab_size:
                 raise ValueError("LAR_CODE_STEPS needs one latent of at least V classes")
@@ -160,9 +165,14 @@ def _init_from(model: LatentARVSSM, path: str | Path) -> None:
         raise ValueError(f"--init-from {path}: missing {missing}, unexpected {unexpected}")
 
 
+def _file(path: Path) -> Path:
+    """The checkpoint of a probe run's directory, or ``path`` itself (a plain VSSM checkpoint)."""
+    return path / "model.safetensors" if path.is_dir() else path
+
+
 def load(path: Path) -> LatentARVSSM:
     """A probe run's directory, or a plain VSSM checkpoint (the prior at its start: the served process)."""
-    file = path / "model.safetensors" if path.is_dir() else path
+    file = _file(path)
     m = LatentARVSSM(VSSMConfig(**json.loads(read_metadata(file)["config"])))
     if path.is_dir():
         m.load_state_dict(load_file(file))
@@ -182,15 +192,15 @@ def sample(m: LatentARVSSM, n: int, T: int, c: int, obs_temperature: float, seed
         return F.one_hot(idx, K).to(logits.dtype).flatten(-2)
 
     x = torch.zeros(n, 0, dtype=torch.long)
-    z_abs = torch.zeros(n, 0, Z * K, dtype=torch.float64)
+    z_abs = torch.zeros(n, 0, Z * K, dtype=m.dtype)
     for s in range(0, T, c):
         e = min(s + c, T)
         if s == 0:
-            base = torch.full((n, e - s, Z, K), -math.log(K), dtype=torch.float64)
+            base = torch.full((n, e - s, Z, K), -math.log(K), dtype=m.dtype)
         else:
             xbar = torch.cat([x, torch.full((n, e - s), E)], 1)
             base = m._latent_logits(m.partial_encoder(xbar, return_state=False)[0][:, s:e]).log_softmax(-1)
-        r = torch.zeros(n, WIDTH, dtype=torch.float64)
+        r = torch.zeros(n, WIDTH, dtype=m.dtype)
         zs = []
         for k in range(e - s):
             logits = base[:, k] + m._latent_logits(m.latent_prior.mlp(r))
@@ -234,23 +244,19 @@ def main() -> None:
     a = p.parse_args()
     m = load(a.run)
     blocks = [int(v) for v in a.block_sizes.split(",")]
+    dataset = read_metadata(_file(a.run)).get("dataset", "shakespeare")
     if a.cmd == "elbo":  # the trainer's validation figure (one-sample ELBO), side by side with a baseline
-        ds = load_dataset(read_metadata(a.run / "model.safetensors").get("dataset", "shakespeare"))
+        ds = load_dataset(dataset)
         seqs = eval_sequences(getattr(ds, a.split), ds.max_position or a.length)[: a.windows]
         models = {"probe": m.float()}
         if a.baseline:
             models["baseline"] = load_checkpoint(a.baseline).eval()
-        with torch.no_grad():
-            for c in blocks:
-                for name, net in models.items():
-                    torch.manual_seed(0)
-                    outs = [net.loss(seqs[i : i + 50], block_size=c) for i in range(0, len(seqs), 50)]
-                    rec = float(torch.cat([o.reconstruction for o in outs]).mean())
-                    kl = float(torch.cat([o.kl for o in outs]).mean())
-                    nats = {"nelbo": round(rec + kl, 2), "rec": round(rec, 2), "kl": round(kl, 2)}
-                    print(json.dumps({"model": name, "block": c, **nats}), flush=True)
+        for c in blocks:
+            for name, net in models.items():
+                t = elbo_terms(net, seqs, c, 50)  # type: ignore[arg-type]
+                nats = {"nelbo": round(t["rec"] + t["kl"], 2), "rec": round(t["rec"], 2), "kl": round(t["kl"], 2)}
+                print(json.dumps({"model": name, "block": c, **nats}), flush=True)
         return
-    dataset = read_metadata(a.run / "model.safetensors" if a.run.is_dir() else a.run).get("dataset", "shakespeare")
     ar_judge = a.ar_judge or f"checkpoints/{dataset}-ar-ssm.safetensors"
     judge = _judge(argparse.Namespace(judge=a.judge, ar_judge=ar_judge, data_dir=None), dataset)  # vssm eval's
     assert judge is not None
@@ -259,24 +265,11 @@ def main() -> None:
         x = sample(m, a.samples, length, c, a.observation_temperature, seed=0)
         figures = {k: v for k, v in judge(x).items() if k != "confidence_threshold"}
         print(json.dumps({"block": c, **figures}), flush=True)
-        if dataset == "mnist" and a.run.is_dir():
-            save_grid(x[:64], a.run / f"samples-c{c}.png")
+        if dataset == "mnist" and a.run.is_dir():  # the project's sample grids (model/render.py)
+            image_grid(_to_pixels(x[:64], (28, 28), 2), cols=8).save(a.run / f"samples-c{c}.png")
         if dataset != "mnist":
             for row in x[:2].tolist():
                 print(bytes(row).decode("latin-1")[:160].replace("\n", "\\n"), flush=True)
-
-
-def save_grid(x: Tensor, path: Path) -> None:
-    """An 8-wide grid of 28 x 28 binary images ``(N, 784)`` as a PNG."""
-    from PIL import Image
-
-    n = len(x)
-    rows = -(-n // 8)
-    grid = torch.zeros(rows * 28, 8 * 28, dtype=torch.uint8)
-    for i, img in enumerate(x.view(n, 28, 28)):
-        r, col = divmod(i, 8)
-        grid[r * 28 : (r + 1) * 28, col * 28 : (col + 1) * 28] = (img * 255).to(torch.uint8)
-    Image.fromarray(grid.numpy()).resize((8 * 28 * 3, rows * 28 * 3), Image.NEAREST).save(path)
 
 
 if __name__ == "__main__":
