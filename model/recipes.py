@@ -241,7 +241,6 @@ REMOVED_OPTIONS: dict[str, Any] = {
     "unprompted": 0.0,
     "pixel_order": "raster",
     "iw_samples": 1,
-    "code_steps": 0,
 }
 
 

@@ -69,6 +69,7 @@ class TrainConfig:
     tau: float = 1.0  # latent families: Gumbel-softmax temperature at the start
     tau_min: float = 0.5  # latent families: temperature at the end of the schedule
     block_sizes: str = ""  # VSSM: train block sampling's ELBO, a block size per batch drawn from this list ("8,16,784")
+    code_steps: int = 0  # VSSM block training: the first N steps fix the latents to the tokens' code, then the ELBO
     grad_clip: float = 1.0  # max gradient norm
     ema_decay: float = 0.0  # validate and save an exponential moving average of the weights with this decay (0: off)
     val_every: int = 250  # steps between validations
@@ -99,6 +100,8 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self.block_choices()  # fail at once on a malformed list
+        if self.code_steps and (self.family != "vssm" or not self.block_sizes):
+            raise ValueError("code_steps trains a VSSM for block sampling: give --block-sizes")
 
     def block_choices(self) -> list[int]:
         """The block sizes of ``block_sizes``, each a positive integer (empty: one-pass training)."""
@@ -368,7 +371,8 @@ def train(cfg: TrainConfig, dataset: Dataset | None = None) -> Path:
         tau = cfg.tau + (cfg.tau_min - cfg.tau) * progress
         x = batches(ds.train, cfg.batch_size, seq_len, gen).to(device)
         block = blocks[int(torch.randint(len(blocks), (1,), generator=gen))] if blocks else None
-        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block)
+        stage = {"code": True} if step < cfg.code_steps else {}  # VSSM._code_loss
+        loss, terms = wrapped(x, kl_weight=kl_weight, tau=tau, block_size=block, **stage)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import LossOutput, SequenceModel, check_config
+from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig
 from .sampling import (
     STREAM_ABSORB,
@@ -78,6 +79,7 @@ class VSSMConfig:
     posterior: str = "causal"  # q_psi(z_t | .): "causal" reads x_1:t (paper); "smoothing" also x_t:T, backwards;
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
     decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
+    prior_width: int = 0  # R: a block's latents also read its earlier latents (model/latent_prior.py); 0: independent
 
     def __post_init__(self) -> None:
         check_config(
@@ -85,6 +87,8 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
+        if not isinstance(self.prior_width, int) or self.prior_width < 0:
+            raise ValueError(f"prior_width must be an integer >= 0, got {self.prior_width!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -144,14 +148,16 @@ class VSSM(SequenceModel):
         dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
+        R = config.prior_width
+        self.latent_prior = LatentPrior(config.n_latents, config.n_classes, R) if R else None
 
     @property
     def empty_token(self) -> int:
         return self.config.vocab_size
 
     def num_parameters(self, generation_only: bool = False) -> int:
-        nets = [self.decoder, self.partial_encoder] if generation_only else [self]
-        return sum(p.numel() for net in nets for p in net.parameters())
+        nets = [self.decoder, self.partial_encoder, self.latent_prior] if generation_only else [self]
+        return sum(p.numel() for net in nets if net is not None for p in net.parameters())
 
     def _latent_logits(self, out: Tensor) -> Tensor:
         return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
@@ -185,6 +191,18 @@ class VSSM(SequenceModel):
         Z, K = self.config.n_latents, self.config.n_classes
         return (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)
 
+    def _prior_log_probs(self, base: Tensor, z: Tensor, c: int) -> Tensor:
+        """The block prior ``(B, T, Z, K)`` given its log-probabilities ``base`` ``(B, T, Z, K)``:
+        ``base`` itself, or with the latent prior reading the one-hot latents ``z`` ``(B, T, Z*K)``
+        in blocks of ``c`` steps from step 0 (model/latent_prior.py)."""
+        if self.latent_prior is None:
+            return base
+        return self.latent_prior.log_probs(base, z, c)
+
+    def _uniform(self, like: Tensor) -> Tensor:
+        """The uniform prior's log-probabilities, shaped as ``like`` ``(..., K)``."""
+        return torch.full_like(like, -math.log(self.config.n_classes))
+
     def _dec_in(self, z: Tensor, x: Tensor | None = None) -> Tensor:
         """The decoder's input ``(B, n, I)`` from one-hot latents ``z`` ``(B, n, Z*K)`` and, for a
         model with ``decoder_tokens``, the tokens it reads ``x`` ``(B, n)`` (None: all EMPTY).
@@ -214,6 +232,7 @@ class VSSM(SequenceModel):
         tau: float = 1.0,
         block_size: int | None = None,
         prompt_lengths: Tensor | None = None,
+        code: bool = False,
     ) -> VSSMLoss:
         """ELBO terms and the partial-posterior KL for a batch ``x`` ``(B, T)``.
 
@@ -223,7 +242,12 @@ class VSSM(SequenceModel):
         posterior, where its causal form gives way to the smoothing one.  ``block_size``: train
         the ELBO of block sampling with blocks of that many steps instead (:meth:`_block_loss`);
         the prompt options do not apply to it.  ``kl_weight`` scales the KL in ``total`` (warm-up).
+        ``code``: block training with every latent fixed to its token's code (:meth:`_code_loss`).
         """
+        if code:
+            if block_size is None:
+                raise ValueError("the code stage trains block sampling: give a block_size")
+            return self._code_loss(x, block_size)
         if block_size is not None:
             return self._block_loss(x, block_size, tau, kl_weight)
         Bsz, T = x.shape
@@ -238,7 +262,11 @@ class VSSM(SequenceModel):
         # reading the prompt would score tokens it reads; prompts train the partial encoder here)
         x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
-        kl = self._kl_to_prior(log_q).sum(-1)  # (B,)
+        if self.latent_prior is None:
+            kl = self._kl_to_prior(log_q).sum(-1)  # (B,)
+        else:  # one block from step 0: the latent prior over the uniform base
+            log_p = self._prior_log_probs(self._uniform(log_q), z, T)  # (B, T, Z, K)
+            kl = (log_q.exp() * (log_q - log_p)).sum((-1, -2, -3))  # (B,)
 
         xbar = torch.where(prompt, x, self.empty_token)  # (B, T)
         log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
@@ -282,16 +310,60 @@ class VSSM(SequenceModel):
         if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
-            log_gen = torch.full_like(log_q, -math.log(self.config.n_classes))
+            log_gen = self._uniform(log_q)
         else:
             log_obs, log_gen = self._block_priors(x, c)
             z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
             x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]  # (B, T, V)
+        log_gen = self._prior_log_probs(log_gen, z, c)  # (B, T, Z, K)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
         partial_kl = (q_det.exp() * (q_det - log_obs)).sum((-1, -2, -3))  # (B,)
         return VSSMLoss(rec, kl, partial_kl, kl_weight)
+
+    def token_code(self, x: Tensor) -> Tensor:
+        """``(B, T, Z)``: token ``x_t`` written in base K, least significant latent first (needs V <= K^Z)."""
+        Z, K = self.config.n_latents, self.config.n_classes
+        if self.config.vocab_size > K**Z:
+            raise ValueError(f"a code of {Z} latent(s) of {K} classes cannot hold {self.config.vocab_size} tokens")
+        powers = K ** torch.arange(Z, device=x.device)  # (Z,)
+        return torch.div(x[..., None], powers, rounding_mode="floor") % K
+
+    def _code_loss(self, x: Tensor, c: int) -> VSSMLoss:
+        """Block sampling's terms at one point, every latent the code of its token: ``z_t = z'_t = code(x_t)``.
+
+        ``p_c(x)`` sums ``q_omega(z' | x) prior(z) p(x | z', z)`` over all ``z'`` and ``z``, so its
+        term at this one point bounds it: ``rec + kl`` is an upper bound on the block-c NLL, with
+        ``kl = -log prior(code) - log q_omega(z' = code | x)`` (no ``z'`` in one pass: there the
+        second part trains through ``pkl``).  The decoder learns to read the code back, the block
+        prior (with the latent prior, which reads the block's earlier codes) to predict the
+        block's codes, the partial encoder to re-draw the code of what it reads, and ``pkl``
+        (outside the bound) the encoder to write it.  ``vssm train --code-steps N`` starts from
+        latents that carry the tokens; the ELBO takes over after N steps.  Against the plain block
+        prior the code collapsed once the ELBO took over; against the latent prior it held
+        (docs/experiments/blocks.md, seventeenth and eighteenth sessions).
+        """
+        T = x.shape[1]
+        code = self.token_code(x)  # (B, T, Z)
+        z = self._one_hot(code)  # (B, T, Z*K)
+        log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        if c >= T:
+            x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
+            log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
+            log_gen = self._uniform(log_q)
+        else:
+            log_obs, log_gen = self._block_priors(x, c)
+            x_logits = self.decoder.forward_blocks(self._dec_in(z, x), self._dec_in(z), c)[1]  # (B, T, V)
+        log_gen = self._prior_log_probs(log_gen, z, c)  # (B, T, Z, K)
+
+        def xent(log_p: Tensor) -> Tensor:  # -log p(code) summed over steps and latents, (B,)
+            return -log_p.gather(-1, code[..., None]).sum((-1, -2, -3))
+
+        rec = self._xent(x_logits, x).sum(-1)  # (B,)
+        if c >= T:
+            return VSSMLoss(rec, xent(log_gen), xent(log_obs) + xent(log_q))
+        return VSSMLoss(rec, xent(log_gen) + xent(log_obs), xent(log_q))
 
     # ----- likelihood -----------------------------------------------------------------------------
     def _nll(
@@ -334,6 +406,7 @@ class VSSM(SequenceModel):
             keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
             lq, lg = log_q.repeat(g, 1, 1, 1), log_gen.repeat(g, 1, 1, 1)  # (g*B, T, Z, K)
             z = positional_draw(lq, keys, STREAM_LATENT)  # (g*B, T, Z)
+            lg = self._prior_log_probs(lg, self._one_hot(z), c)  # (g*B, T, Z, K)
             z_abs = positional_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
             z_in, abs_in = self._dec_in(self._one_hot(z)), self._dec_in(self._one_hot(z_abs), x.repeat(g, 1))
             x_logits = self.decoder.forward_blocks(abs_in, z_in, c)[1]  # (g*B, T, V)
@@ -347,12 +420,16 @@ class VSSM(SequenceModel):
     def step_terms(self, x: Tensor, seed: int = 0) -> tuple[Tensor, Tensor]:
         """Where the negative ELBO of ``x`` ``(B, T)`` goes, step by step, both ``(B, T)`` nats:
         ``-log p(x_t | z_1:t)`` for one posterior draw keyed on (the sequence, ``seed``), and
-        ``KL(q_psi(z_t | x) || uniform)`` in closed form, as the training loss counts them."""
+        ``KL(q_psi(z_t | x) || prior_t)`` in closed form, as the training loss counts them (the prior
+        uniform, or with ``prior_width`` the latent prior given the draw's latents before t)."""
         x = self._scored(x, 0)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = positional_draw(log_q, sequence_seeds(x, seed), STREAM_LATENT)  # (B, T, Z)
         x_logits = self.decoder(self._dec_in(self._one_hot(z)), return_state=False)[0]  # (B, T, V)
-        return self._xent(x_logits, x), self._kl_to_prior(log_q)
+        if self.latent_prior is None:
+            return self._xent(x_logits, x), self._kl_to_prior(log_q)
+        log_p = self._prior_log_probs(self._uniform(log_q), self._one_hot(z), x.shape[1])  # (B, T, Z, K)
+        return self._xent(x_logits, x), (log_q.exp() * (log_q - log_p)).sum((-1, -2))
 
     @torch.no_grad()
     def log_weights(self, x: Tensor, prompt_len: int = 0, samples: int = 1, seed: int = 0) -> Tensor:
@@ -379,17 +456,19 @@ class VSSM(SequenceModel):
         if C > 0:
             log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
         else:
-            log_w = torch.full_like(log_q, -math.log(self.config.n_classes))  # the uniform prior
+            log_w = self._uniform(log_q)  # the uniform prior
         row_seed = sequence_seeds(x, seed)  # (B,)
         proposal = torch.cat([log_w[:, :C], log_q[:, C:]], dim=1)  # (B, T, Z, K)
         weights = []
         for k in range(samples):
             z = positional_draw(proposal, row_seed + k, STREAM_LATENT)  # (B, T, Z)
+            # after the prompt one block: the latent prior reads the latents drawn since C
+            lw = self._prior_log_probs(log_w[:, C:], self._one_hot(z[:, C:]), T - C) if C < T else log_w[:, C:]
             # the decoder reads the prompt's tokens as an append absorbs them; only steps past it are scored
             x_logits = self.decoder(self._dec_in(self._one_hot(z), xbar), return_state=False)[0]  # (B, T, V)
             log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
             zc = z[:, C:, :, None]  # (B, T-C, Z, 1)
-            log_ratio = log_w[:, C:].gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
+            log_ratio = lw.gather(-1, zc) - log_q[:, C:].gather(-1, zc)  # (B, T-C, Z, 1)
             weights.append(log_px + log_ratio.sum((-1, -2, -3)))
         return torch.stack(weights)  # (S, B)
 
@@ -405,7 +484,34 @@ class VSSM(SequenceModel):
             par=par0,
             gen=par0,
             observed=torch.zeros(batch, dtype=torch.bool, device=self.device),
+            **self._block_start(batch),
         )
+
+    def _block_start(self, batch: int) -> dict[str, Tensor]:
+        """The latent prior's state at a block start, ``prior`` ``(B, R)`` zeros ({} without one)."""
+        return {} if self.latent_prior is None else {"prior": self.latent_prior.initial_state(batch)}
+
+    def _draw_latents(
+        self,
+        logits: Tensor | None,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        observed: Tensor,
+        r: Tensor | None = None,
+        u: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """A block's latents ``(B, n, Z)`` from the block prior's ``logits`` (uniform where not
+        ``observed``) and, with a latent prior, from its state ``r`` ``(B, R)`` (None: a block
+        start); returns them and the latent prior's state after them (None without one)."""
+        if u is None:
+            u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
+        if self.latent_prior is None:
+            return latents_from(logits, u, self.config.n_classes, temperature, observed), None
+        if logits is not None and not bool(observed.all()):
+            logits = logits.masked_fill(~observed[:, None, None, None], 0.0)  # the uniform base
+        r = self.latent_prior.initial_state(state.batch_size) if r is None else r
+        return self.latent_prior.draw(logits, r, u, temperature)
 
     def _sample_latents(
         self,
@@ -555,12 +661,14 @@ class VSSM(SequenceModel):
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
-        z = self._sample_latents(logits, state, m, temperature, observed, u=u_lat[:, :m])  # (B, m, Z)
+        r = state.tensors.get("prior")
+        z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m])  # (B, m, Z)
         x_logits = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         par, dec_abs = state["par"], state["dec_abs"]
+        everyone = torch.ones_like(observed)
         start = 0
         for i in range(1, fused):
             m, nxt = ms[i - 1], ms[i]
@@ -569,7 +677,10 @@ class VSSM(SequenceModel):
             out, par = self.partial_encoder(x_in, par, lengths=m)  # (B, m + nxt, Z*K); par after the block
             logits = self._latent_logits(out)  # (B, m + nxt, Z, K)
             z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
-            z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
+            if self.latent_prior is None:
+                z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
+            else:  # a new block: the latent prior from its start
+                z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_lat[:, there])
             dec_in = self._dec_in(self._one_hot(torch.cat([z_abs, z], 1)), x_in)  # (B, m + nxt, I)
             x_logits, dec_abs = self.decoder(dec_in, dec_abs, lengths=m)
             tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
@@ -584,9 +695,14 @@ class VSSM(SequenceModel):
         out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
         _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens[-1]), dec_abs)
-        everyone = torch.ones_like(observed)
         state = state.evolve(
-            position=state.position + span, dec=dec_abs, dec_abs=dec_abs, par=par, gen=par, observed=everyone
+            position=state.position + span,
+            dec=dec_abs,
+            dec_abs=dec_abs,
+            par=par,
+            gen=par,
+            observed=everyone,
+            **self._block_start(Bsz),
         )
         if fused == len(ms):
             return out_tokens, state
@@ -620,7 +736,8 @@ class VSSM(SequenceModel):
             z_logits = self._latent_logits(out)  # (B, m, Z, K)
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
-        z = self._sample_latents(z_logits, state, m, temperature, observed)  # (B, m, Z)
+        z, r = self._draw_latents(z_logits, state, m, temperature, observed, state.tensors.get("prior"))  # (B, m, Z)
+        prior = {} if r is None else {"prior": r}  # the latent prior's state after the piece
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
@@ -630,7 +747,7 @@ class VSSM(SequenceModel):
         if not keep:
             return tokens, state
         if not absorb:
-            return tokens, state.evolve(position=state.position + m, dec=dec, gen=gen)
+            return tokens, state.evolve(position=state.position + m, dec=dec, gen=gen, **prior)
         # 3. absorb as an append does: the partial encoder reads the tokens as observed, their latents
         # are re-drawn from its logits and advance the absorbed decoder state.
         out, par = self.partial_encoder(tokens, state["par"])  # (B, m, Z*K)
@@ -639,6 +756,8 @@ class VSSM(SequenceModel):
         _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens), state["dec_abs"])
         # 4. where a block ends, the next block starts from what was absorbed.
         e = ends[:, None, None, None]
+        if r is not None:  # where a block ends the next starts the latent prior anew
+            prior["prior"] = r.masked_fill(ends[:, None], 0.0)
         return tokens, state.evolve(
             position=state.position + m,
             dec=torch.where(e, dec_abs, dec),
@@ -646,6 +765,7 @@ class VSSM(SequenceModel):
             par=par,
             gen=torch.where(e, par, gen),
             observed=observed | ends,
+            **prior,
         )
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
@@ -662,6 +782,7 @@ class VSSM(SequenceModel):
             par=par,
             gen=par,
             observed=torch.ones_like(state["observed"]),
+            **self._block_start(state.batch_size),
         )
 
 

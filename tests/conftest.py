@@ -58,7 +58,13 @@ def decoder_input(m: model.VSSM, z: torch.Tensor, x: torch.Tensor) -> torch.Tens
 
 def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides) -> model.SequenceModel:
     torch.manual_seed(seed)
-    return model.build_model(family, {**TINY[family], **overrides}).to(dtype).eval()
+    m = model.build_model(family, {**TINY[family], **overrides}).to(dtype).eval()
+    prior = getattr(m, "latent_prior", None)
+    if prior is not None:  # a fresh latent prior is the plain block prior: make it act (model/latent_prior.py)
+        with torch.no_grad():
+            prior.mlp[-1].weight.normal_(0.0, 1.0)
+            prior.mlp[-1].bias.normal_(0.0, 1.0)
+    return m
 
 
 @pytest.fixture(params=sorted(TINY))
@@ -70,6 +76,7 @@ def family(request) -> str:
 VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
     "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
+    "vssm-latent-prior": ("vssm", {"prior_width": 6}),  # a block's latents also read its earlier latents
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

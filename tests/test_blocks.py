@@ -14,13 +14,14 @@ import math
 import pytest
 import torch
 
-from tests.conftest import V, tiny_model
+from tests.conftest import TINY, V, tiny_model
 from tests.conftest import decoder_input as dec_in
 from vssm import model
 from vssm.model.network import SSMNet, SSMNetConfig
 from vssm.model.sampling import STREAM_ABSORB, STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical
 
 F64 = torch.float64
+TINY_VSSM = TINY["vssm"]
 
 
 def chi_square_pvalue(counts: torch.Tensor, expected: torch.Tensor) -> float:
@@ -69,6 +70,20 @@ def test_forward_blocks_gradients_match_the_per_block_passes():
 
 
 # ----- generation against an oracle that re-reads the prefix --------------------------------------------
+def latent_prior_draws(m: model.VSSM, base: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
+    """One block's latents ``(1, n, Z)`` from its definition (model/latent_prior.py): step t draws from
+    ``base_t + MLP(r_(t-1))``, ``r_t = sigmoid(decay) r_(t-1) + E one_hot(z_t)``, ``r = 0`` at the start."""
+    p, K = m.latent_prior, m.config.n_classes
+    r = torch.zeros(1, p.width, dtype=m.dtype)
+    out = []
+    for t in range(u.shape[1]):
+        logits = base[:, t] + p.mlp(r).view(1, -1, K)  # (1, Z, K)
+        z = sample_categorical(logits, u[:, t], temperature)  # (1, Z)
+        r = torch.sigmoid(p.decay) * r + p.embed(torch.nn.functional.one_hot(z, K).to(m.dtype).flatten(-2))
+        out.append(z)
+    return torch.stack(out, 1)
+
+
 def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperature: float = 1.0) -> list[int]:
     """Block sampling from its definition: every block re-runs every network from the zero state."""
     K = m.config.n_classes
@@ -89,7 +104,11 @@ def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperat
         e = min(starts[i + 1] if i + 1 < len(starts) else C + n, C + n)
         pos = list(range(s, e))
         uz = u(STREAM_LATENT, pos, m.config.n_latents)
-        if s == 0:  # nothing observed yet: the uniform prior
+        if m.latent_prior is not None:
+            # the block prior's logits: f_par over the tokens before the block, else uniform
+            base = par_logits(x + [m.empty_token] * len(pos))[:, s:] if s else torch.zeros(1, e - s, uz.shape[-1], K)
+            z = latent_prior_draws(m, base.to(m.dtype), uz, temperature)
+        elif s == 0:  # nothing observed yet: the uniform prior
             z = (uz * K).long().clamp_max(K - 1)
         else:
             z = sample_categorical(par_logits(x + [m.empty_token] * len(pos))[:, s:], uz, temperature)
@@ -102,12 +121,15 @@ def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperat
     return x[C:]
 
 
+VARIANTS = {"latents": {}, "decoder-tokens": {"decoder_tokens": True}, "latent-prior": {"prior_width": 6}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("c", [1, 2, 3, 5, 8, 0])
 @pytest.mark.parametrize("C", [0, 3])
-def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C, tokens):
-    m = tiny_model("vssm", max_position=40, decoder_tokens=tokens)
+def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C, variant):
+    m = tiny_model("vssm", max_position=40, **VARIANTS[variant])
     prompt = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C))
     expected = oracle(m, prompt[0].tolist(), 17, c, seed=11, temperature=0.9)
     block = c or None
@@ -123,11 +145,11 @@ def test_generation_equals_the_oracle_in_one_call_and_in_pieces(c, C, tokens):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
-def test_block_size_at_or_past_the_length_is_one_pass_as_before(tokens):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_block_size_at_or_past_the_length_is_one_pass_as_before(variant):
     """One block reproduces the one-pass sampler: latents from f_par over the prompt then EMPTYs
     (the prior when nothing is observed), one decoder pass; computed here without any state."""
-    m = tiny_model("vssm", max_position=30, decoder_tokens=tokens)
+    m = tiny_model("vssm", max_position=30, **VARIANTS[variant])
     for C in (0, 4):
         prompt = torch.randint(0, V, (2, C), generator=torch.Generator().manual_seed(5))
         ref = torch.stack([torch.tensor(oracle(m, prompt[b].tolist(), 20, 0, seed=3 + b)) for b in range(2)])
@@ -136,9 +158,9 @@ def test_block_size_at_or_past_the_length_is_one_pass_as_before(tokens):
             assert torch.equal(tokens, ref), block
 
 
-@pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
-def test_batched_rows_with_their_own_positions_seeds_temperatures_and_blocks_equal_alone(tokens):
-    m = tiny_model("vssm", max_position=64, decoder_tokens=tokens)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_batched_rows_with_their_own_positions_seeds_temperatures_and_blocks_equal_alone(variant):
+    m = tiny_model("vssm", max_position=64, **VARIANTS[variant])
     prompts = [torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C)) for C in (0, 3, 6, 1)]
     seeds, temps, blocks = [5, 6, 7, 8], [1.0, 0.7, 1.3, 0.0], [3, 1, 0, 8]
     alone = []
@@ -225,6 +247,18 @@ def test_block_one_conditions_latent_t_on_tokens_before_t_only():
 ENUM_T = 4
 
 
+def latent_prior_log_probs(m: model.VSSM, base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``log p(z_t | ...)`` ``(B, n, Z, K)`` of one block's latents ``z`` ``(B, n, Z)`` from the block
+    prior's log-probabilities ``base`` ``(B, n, Z, K)``, step by step from the definition."""
+    p, K = m.latent_prior, m.config.n_classes
+    r = torch.zeros(len(z), p.width, dtype=m.dtype)
+    out = []
+    for t in range(z.shape[1]):
+        out.append((base[:, t] + p.mlp(r).view(len(z), -1, K)).log_softmax(-1))
+        r = torch.sigmoid(p.decay) * r + p.embed(torch.nn.functional.one_hot(z[:, t], K).to(m.dtype).flatten(-2))
+    return torch.stack(out, 1)
+
+
 @torch.no_grad()
 def enumerate_pc(m: model.VSSM, c: int) -> torch.Tensor:
     """Exact ``p_c(x)`` ``(V^T,)`` of block sampling, by summing over every z and z' (naive passes)."""
@@ -245,7 +279,10 @@ def enumerate_pc(m: model.VSSM, c: int) -> torch.Tensor:
                 seq = torch.cat([x[:s], torch.full((e - s,), m.empty_token)])[None]
                 log_gen = m._latent_logits(m.partial_encoder(seq, return_state=False)[0]).log_softmax(-1)[0]
             zb = torch.tensor(list(itertools.product(range(K), repeat=(e - s) * Z))).view(-1, e - s, Z)  # (M, n, Z)
-            lg = log_gen[s:e].expand(len(zb), -1, -1, -1).gather(-1, zb[..., None])[..., 0].sum((-1, -2))  # (M,)
+            lg = log_gen[s:e].expand(len(zb), -1, -1, -1)  # (M, n, Z, K)
+            if m.latent_prior is not None:  # step t of the block also reads the block's latents before it
+                lg = latent_prior_log_probs(m, lg, zb)
+            lg = lg.gather(-1, zb[..., None])[..., 0].sum((-1, -2))  # (M,)
             inp = torch.cat([lat[:, None, :s].expand(-1, len(zb), -1, -1), zb[None].expand(len(lat), -1, -1, -1)], 2)
             read = torch.cat([x[:s], torch.full((e - s,), m.empty_token)]).expand(len(lat) * len(zb), -1)  # (L*M, e)
             logits = m.decoder(dec_in(m, inp.flatten(0, 1), read), return_state=False)[0][:, s:e]  # (L*M, n, V)
@@ -255,14 +292,15 @@ def enumerate_pc(m: model.VSSM, c: int) -> torch.Tensor:
     return logp.exp()
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["latents", "decoder-tokens"])
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def enum_model(request) -> model.VSSM:
     """V = 2, Z = 1, K = 2: every latent can be enumerated.  Its decoder and partial encoder are
     sharpened so that the block size visibly changes the distribution (total variation 0.07-0.09
     between blocks of 1 or 2 and one pass), which the chi-square test must be able to see.  The
-    second model's decoder also reads the tokens before the current block (``decoder_tokens``)."""
+    second model's decoder also reads the tokens before the current block (``decoder_tokens``); the
+    third's block prior also reads the block's earlier latents (``prior_width``)."""
     m = tiny_model(
-        "vssm", vocab_size=2, max_position=ENUM_T, n_latents=1, n_classes=2, seed=3, decoder_tokens=request.param
+        "vssm", vocab_size=2, max_position=ENUM_T, n_latents=1, n_classes=2, seed=3, **VARIANTS[request.param]
     )
     with torch.no_grad():
         for net in (m.decoder, m.partial_encoder):
@@ -322,6 +360,84 @@ def test_block_training_loss_is_the_negative_elbo_of_the_bound(enum_model):
         train = m.loss(xs, block_size=2).nelbo.mean()
     keyed = torch.stack([m.nll(xs[:16], samples=1, block_size=2, seed=s) for s in range(400)]).mean()
     assert abs(float(train - keyed)) < 0.05
+
+
+@pytest.mark.parametrize("c", [1, 2, ENUM_T])
+def test_code_stage_is_the_bound_at_one_point_above_the_exact_nll(enum_model, c):
+    """``vssm train --code-steps``: with z = z' = code(x) (here x itself: V = K = 2, Z = 1) the
+    loss is ``-log`` of one term of the sum that defines ``p_c(x)``, so it bounds the exact NLL."""
+    m = enum_model
+    xs = torch.tensor(list(itertools.product(range(2), repeat=ENUM_T)))  # (X, T)
+    torch.testing.assert_close(m.token_code(xs), xs[..., None])
+    with torch.no_grad():
+        out = m.loss(xs, block_size=c, code=True)
+        log_obs = m._latent_logits(m.partial_encoder(xs, return_state=False)[0]).log_softmax(-1)[..., 0, :]
+        expected = torch.zeros(len(xs), dtype=F64)
+        for s in range(0, ENUM_T, c):
+            e = min(s + c, ENUM_T)
+            read = torch.cat([xs[:, :s], torch.full((len(xs), e - s), m.empty_token)], 1)
+            logits = m.decoder(dec_in(m, xs[:, :e, None], read), return_state=False)[0][:, s:e]
+            expected += torch.nn.functional.cross_entropy(logits.transpose(1, 2), xs[:, s:e], reduction="none").sum(-1)
+            if s == 0:  # the uniform prior of the first block
+                log_gen = torch.full((len(xs), e - s, 1, 2), -math.log(2), dtype=F64)
+            else:
+                log_gen = m._latent_logits(m.partial_encoder(read, return_state=False)[0]).log_softmax(-1)[:, s:e]
+            if m.latent_prior is not None:
+                log_gen = latent_prior_log_probs(m, log_gen, xs[:, s:e, None])
+            expected -= log_gen[..., 0, :].gather(-1, xs[:, s:e, None])[..., 0].sum(-1)
+        if c < ENUM_T:  # the absorbed latents' probability under the partial encoder
+            expected -= log_obs.gather(-1, xs[..., None])[..., 0].sum(-1)
+    torch.testing.assert_close(out.nelbo, expected, rtol=1e-9, atol=1e-9)
+    assert bool((out.nelbo >= -enumerate_pc(m, c).log() - 1e-9).all())
+
+
+def test_code_stage_needs_a_block_size_and_a_code_that_holds_the_vocabulary():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny_model("vssm").loss(torch.zeros(1, 4, dtype=torch.long), code=True)
+    m = tiny_model("vssm", vocab_size=9, n_latents=1, n_classes=8)  # 9 tokens, 8 codes
+    with pytest.raises(ValueError, match="cannot hold 9 tokens"):
+        m.loss(torch.zeros(1, 4, dtype=torch.long), block_size=2, code=True)
+    m = tiny_model("vssm", vocab_size=9, n_latents=2, n_classes=3)  # base 3, least significant first
+    torch.testing.assert_close(m.token_code(torch.tensor([[0, 5, 8]])), torch.tensor([[[0, 0], [2, 1], [2, 2]]]))
+
+
+# ----- the latent prior: parallel (training, bounds) == step by step (generation) ----------------------------
+@pytest.mark.parametrize("c", [1, 3, 7, 40])
+def test_latent_prior_in_blocks_equals_its_definition_step_by_step(c):
+    m = tiny_model("vssm", prior_width=5, n_latents=2, n_classes=3)
+    T, K = 17, 3
+    z = torch.randint(0, K, (4, T, 2), generator=torch.Generator().manual_seed(c))
+    base = torch.randn(4, T, 2, K, dtype=F64).log_softmax(-1)
+    got = m._prior_log_probs(base, m._one_hot(z), c)  # (B, T, Z, K)
+    for s in range(0, T, c):  # reset at every block start
+        torch.testing.assert_close(got[:, s : s + c], latent_prior_log_probs(m, base[:, s : s + c], z[:, s : s + c]))
+    # generation's sequential draws are inverse-CDF draws from the same conditionals
+    u = torch.rand(4, T, 2, dtype=F64, generator=torch.Generator().manual_seed(9))
+    drawn, r = m.latent_prior.draw(base, m.latent_prior.initial_state(4), u, 1.0)  # one block of T
+    expected = sample_categorical(m._prior_log_probs(base, m._one_hot(drawn), T), u, 1.0)
+    assert torch.equal(drawn, expected)
+    # the state after the block: the recurrence over every drawn latent
+    a, zh = torch.sigmoid(m.latent_prior.decay), m._one_hot(drawn)
+    ref = torch.zeros(4, 5, dtype=F64)
+    for t in range(T):
+        ref = a * ref + m.latent_prior.embed(zh[:, t])
+    torch.testing.assert_close(r, ref)
+
+
+def test_a_fresh_latent_prior_is_the_plain_block_prior():
+    """The prior's output layer starts at zero: the bounds (and, where a row has observed tokens,
+    the draws) of a new model equal those of the same weights without it."""
+    torch.manual_seed(0)
+    plain = model.build_model("vssm", {**TINY_VSSM, "max_position": 30}).double()
+    torch.manual_seed(0)
+    fresh = model.build_model("vssm", {**TINY_VSSM, "max_position": 30, "prior_width": 4}).double()
+    x = torch.randint(0, V, (3, 12), generator=torch.Generator().manual_seed(1))
+    for c in (1, 4, 12):
+        torch.testing.assert_close(fresh.nll(x, samples=3, block_size=c), plain.nll(x, samples=3, block_size=c))
+    torch.testing.assert_close(fresh.nll(x, prompt_len=4, samples=3), plain.nll(x, prompt_len=4, samples=3))
+    a, _ = fresh.generate(fresh.start(x[:, :5], 3), 9, block_size=3)
+    b, _ = plain.generate(plain.start(x[:, :5], 3), 9, block_size=3)
+    assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])

@@ -95,6 +95,28 @@ def test_a_decoder_that_reads_tokens_trains_with_blocks_only(tmp_path, mnist):
     assert load_checkpoint(out / "model.safetensors").config.decoder_tokens
 
 
+def test_code_steps_fix_the_latents_for_the_first_steps_then_train_the_elbo(tmp_path, mnist, monkeypatch):
+    from vssm.model import VSSM
+
+    with pytest.raises(ValueError, match="block-sizes"):
+        TrainConfig(family="vssm", code_steps=2)
+    with pytest.raises(ValueError, match="block-sizes"):
+        TrainConfig(family="ar-ssm", code_steps=2, block_sizes="4")
+    stages: list[bool] = []  # training steps only: validation runs without gradients, on the ELBO
+    validated: list[bool] = []
+    loss = VSSM.loss
+
+    def spy(self, x, **kw):
+        (stages if torch.is_grad_enabled() else validated).append(kw.get("code", False))
+        return loss(self, x, **kw)
+
+    monkeypatch.setattr(VSSM, "loss", spy)
+    cfg = dataclasses.replace(config(tmp_path / "code", 3, family="vssm"), block_sizes="4", code_steps=2)
+    train(cfg, mnist)
+    assert stages == [True, True, False]
+    assert validated and not any(validated)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("field", "value"), [("ema_decay", -0.1), ("ema_decay", 1.0)])
 def test_train_config_refuses_bad_values(tmp_path, field, value):

@@ -146,6 +146,18 @@ def test_log_weights_refuse_a_prompt_as_long_as_the_sequence():
         m.log_weights(x, prompt_len=6)
 
 
+def _prior_steps(m: VSSM, base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``log p(z_t | ...)`` ``(B, n, K)`` of one block's latents ``z`` ``(B, n)`` (Z = 1) under the latent
+    prior, step by step from its definition (model/latent_prior.py), given the base ``(B, n, K)``."""
+    p, K = m.latent_prior, m.config.n_classes
+    r = torch.zeros(len(z), p.width, dtype=m.dtype)
+    out = []
+    for t in range(z.shape[1]):
+        out.append((base[:, t] + p.mlp(r)).log_softmax(-1))
+        r = torch.sigmoid(p.decay) * r + p.embed(torch.nn.functional.one_hot(z[:, t], K).to(m.dtype))
+    return torch.stack(out, 1) if out else base
+
+
 def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The NLL ``-log p(x_C+1:T | x_1:C)`` of the model that generation samples from, and the
     negative ELBO of the posterior that the bounds draw from, by summing over every latent sequence
@@ -169,7 +181,10 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
         read = xbar if C > 0 else torch.full_like(x, m.empty_token)  # the tokens the decoder reads
         x_logits = m.decoder(decoder_input(m, z, read))[0]  # (B, T, V)
         log_px = x_logits.log_softmax(-1).gather(-1, x[..., None])[:, C:, 0].sum(-1)  # (B,)
-        log_pz = log_w.gather(-1, z)[..., 0]  # (B, T)
+        lw = log_w
+        if m.latent_prior is not None:  # after the prompt one block, whose latents read the ones before
+            lw = torch.cat([log_w[:, :C], _prior_steps(m, log_w[:, C:], z[:, C:, 0])], 1)
+        log_pz = lw.gather(-1, z)[..., 0]  # (B, T)
         joint.append(log_px + log_pz.sum(-1))
         log_ratio = (log_pz - log_prop.gather(-1, z)[..., 0])[:, C:].sum(-1)  # (B,)
         elbo += log_prop.gather(-1, z)[..., 0].sum(-1).exp() * (log_px + log_ratio)
@@ -177,22 +192,38 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 @pytest.mark.parametrize(
-    ("posterior", "tokens"), [("causal", False), ("smoothing", False), ("split", False), ("smoothing", True)]
+    ("posterior", "tokens", "prior"),
+    [
+        ("causal", False, 0),
+        ("smoothing", False, 0),
+        ("split", False, 0),
+        ("smoothing", True, 0),
+        ("smoothing", False, 4),  # a latent prior of width 4
+    ],
 )
 @pytest.mark.parametrize("C", [0, 1])
-def test_bounds_match_their_exact_values_for_every_posterior(posterior, tokens, C):
+def test_bounds_match_their_exact_values_for_every_posterior(posterior, tokens, prior, C):
     """Single draws average to the exact ELBO, many importance draws close in on the exact NLL
-    (both enumerated), unprompted and prompted; a decoder that reads tokens reads the prompt's."""
-    m = tiny_model("vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior, decoder_tokens=tokens)
+    (both enumerated), unprompted and prompted; a decoder that reads tokens reads the prompt's; a
+    latent prior reads the latents drawn since the prompt."""
+    m = tiny_model(
+        "vssm", vocab_size=2, n_latents=1, n_classes=3, posterior=posterior, decoder_tokens=tokens, prior_width=prior
+    )
     x = torch.randint(0, 2, (4, 3), generator=torch.Generator().manual_seed(1))
+    S = 300
+    if prior:  # a milder prior and more draws: the weights' spread is then that of the other models
+        with torch.no_grad():
+            m.latent_prior.mlp[-1].weight.mul_(0.3)
+            m.latent_prior.mlp[-1].bias.mul_(0.3)
+        S = 1200
     with torch.no_grad():
         nll, nelbo = _exact(m, x, C)
     assert (nelbo >= nll).all()
-    w = m.log_weights(x, prompt_len=C, samples=300, seed=0)  # (300, B): what nll averages
-    singles, iw = -w, -(torch.logsumexp(w, 0) - math.log(300))
+    w = m.log_weights(x, prompt_len=C, samples=S, seed=0)  # (S, B): what nll averages
+    singles, iw = -w, -(torch.logsumexp(w, 0) - math.log(S))
     iw20 = -(torch.logsumexp(w[:20, :2], 0) - math.log(20))  # the first 20 draws are a 20-draw bound
     torch.testing.assert_close(iw20, m.nll(x[:2], prompt_len=C, samples=20, seed=0))
-    # tolerances are several standard errors of 300 draws here; a normalisation bug (a missing
+    # tolerances are several standard errors of S draws here; a normalisation bug (a missing
     # log K, a prior term counted twice) would be off by a nat or more
     torch.testing.assert_close(singles.mean(0), nelbo, atol=0.1, rtol=0)
     torch.testing.assert_close(iw, nll, atol=0.1, rtol=0)

@@ -1,5 +1,7 @@
 """Probe (lab material, not the served model): block sampling with a prior that reads the block's
-own earlier latents (docs/experiments/blocks.md, seventeenth session).
+own earlier latents (docs/experiments/blocks.md, seventeenth session).  Superseded by the model's
+own ``VSSMConfig.prior_width`` (model/latent_prior.py, eighteenth session), whose attribute name it
+now collides with: run it at 98cbe2a.
 
 Glossary of axis letters (docs/design.md):
     B  batch      T  sequence length      c  block size      R  width of the latent prior's state

@@ -1,0 +1,96 @@
+"""A within-block latent prior: step t of a block also reads the block's latents before it.
+
+Glossary of axis letters (docs/design.md):
+    B  batch      T  sequence length      n  steps in one call      c  block size
+    Z  categorical latent variables per step      K  classes per latent variable
+    R  width of the prior's state
+
+The block prior of block sampling (model/vssm.py) draws a block's latents independently, each
+from the partial encoder over the tokens before the block and EMPTYs (the uniform prior in the
+first block).  With ``VSSMConfig.prior_width = R`` it also reads the block's earlier latents
+through a diagonal linear recurrence, reset at every block start::
+
+    r_t = a * r_(t-1) + E z_t                                   (B, R), r = 0 before a block
+    log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(base_t + MLP(r_(t-1)))
+
+``base_t`` the block prior's logits, ``a = sigmoid(decay)`` per channel, ``E`` ``(R, Z*K)``.
+So a block's latents are drawn one after another (a step is ``2 R (R + Z K)`` multiply-adds
+plus the draw) while the decoder still reads them in one parallel pass.  The ELBO keeps its
+form: the KL at step t is taken against this prior given the posterior's own draws before t in
+the block.  Why it exists and what it did: docs/experiments/blocks.md, seventeenth and
+eighteenth sessions.  The MLP's last layer starts at zero: a fresh prior is the plain block prior.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .sampling import per_row, sample_categorical
+
+__all__ = ["LatentPrior"]
+
+
+class LatentPrior(nn.Module):
+    """The correction ``MLP(r_(t-1))`` of a block's latent logits from the block's earlier latents."""
+
+    def __init__(self, n_latents: int, n_classes: int, width: int) -> None:
+        super().__init__()
+        self.n_latents, self.n_classes = n_latents, n_classes
+        zk = n_latents * n_classes
+        self.embed = nn.Linear(zk, width, bias=False)  # E: the one-hot z_t -> (R,)
+        self.decay = nn.Parameter(torch.linspace(-2.0, 4.0, width))  # a = sigmoid(decay): 0.12 .. 0.98
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, zk))
+        nn.init.zeros_(self.mlp[-1].weight)  # the start is the plain block prior
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    @property
+    def width(self) -> int:
+        return self.decay.shape[0]
+
+    def initial_state(self, batch: int) -> Tensor:
+        """``r`` before a block's first step: zeros ``(B, R)``."""
+        return self.decay.new_zeros(batch, self.width)
+
+    def forward(self, z: Tensor, c: int) -> Tensor:
+        """The corrections ``(B, T, Z*K)`` of every step, given the one-hot latents ``z``
+        ``(B, T, Z*K)`` in blocks of ``c`` steps from step 0 (``c >= T``: one block)."""
+        B, T, ZK = z.shape
+        c = min(c, T)
+        nb = -(-T // c)
+        zp = F.pad(z, (0, 0, 0, nb * c - T)).view(B, nb, c, ZK)  # (B, nb, c, Z*K)
+        e = self.embed(zp)  # (B, nb, c, R)
+        a = torch.sigmoid(self.decay)  # (R,)
+        r = e.new_zeros(B, nb, e.shape[-1])  # (B, nb, R)
+        before = []
+        for k in range(c):  # every block at once, one step of each at a time
+            before.append(r)
+            r = a * r + e[:, :, k]
+        h = torch.stack(before, 2).view(B, nb * c, -1)[:, :T]  # (B, T, R): r_(t-1), 0 at a block start
+        return self.mlp(h)
+
+    def log_probs(self, base: Tensor, z: Tensor, c: int) -> Tensor:
+        """``log p(z_t | ...)`` ``(B, T, Z, K)`` from the block prior's log-probabilities ``base``
+        ``(B, T, Z, K)`` and the one-hot latents ``z`` ``(B, T, Z*K)`` the prior reads."""
+        corr = self(z, c).unflatten(-1, (self.n_latents, self.n_classes))  # (B, T, Z, K)
+        return (base + corr).log_softmax(-1)
+
+    def draw(self, base: Tensor | None, r: Tensor, u: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+        """Latents ``(B, n, Z)`` drawn one after another from uniforms ``u`` ``(B, n, Z)``, the
+        block prior's logits ``base`` ``(B, n, Z, K)`` (None: the uniform prior) and the state
+        ``r`` ``(B, R)`` before the first; returns them and ``r`` after the last.  The draws are
+        inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching."""
+        a = torch.sigmoid(self.decay)  # (R,)
+        E = self.embed.weight  # (R, Z*K)
+        offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)
+        temp = per_row(temperature, 1)
+        out = []
+        for t in range(u.shape[1]):
+            logits = self.mlp(r).unflatten(-1, (self.n_latents, self.n_classes))  # (B, Z, K)
+            if base is not None:
+                logits = logits + base[:, t]
+            z = sample_categorical(logits, u[:, t], temp)  # (B, Z)
+            r = a * r + E[:, z + offsets].sum(-1).t()  # (B, R)
+            out.append(z)
+        return torch.stack(out, 1) if out else u.new_zeros(u.shape, dtype=torch.long), r
