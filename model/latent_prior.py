@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .sampling import per_row, sample_categorical
+from .ssm import fixed_call, weights_key
 
 __all__ = ["LatentPrior"]
 
@@ -80,7 +82,14 @@ class LatentPrior(nn.Module):
         """Latents ``(B, n, Z)`` drawn one after another from uniforms ``u`` ``(B, n, Z)``, the
         block prior's logits ``base`` ``(B, n, Z, K)`` (None: the uniform prior) and the state
         ``r`` ``(B, R)`` before the first; returns them and ``r`` after the last.  The draws are
-        inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching."""
+        inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching.
+        On the CPU, without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
+        compiled = native.prior_draws() if self._native_ok(u) else None
+        if compiled is not None:
+            B = u.shape[0]
+            temp = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(B)  # (B,)
+            flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
+            return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.mlp[0].eps)
         a = torch.sigmoid(self.decay)  # (R,)
         E = self.embed.weight  # (R, Z*K)
         offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)
@@ -94,3 +103,34 @@ class LatentPrior(nn.Module):
             r = a * r + E[:, z + offsets].sum(-1).t()  # (B, R)
             out.append(z)
         return torch.stack(out, 1) if out else u.new_zeros(u.shape, dtype=torch.long), r
+
+    def _native_ok(self, u: Tensor) -> bool:
+        """Whether :meth:`draw` can run compiled: on the CPU, in float32 or float64, with no gradient
+        to keep and no hook that a compiled loop would skip."""
+        if not u.is_cpu or u.dtype not in (torch.float32, torch.float64) or u.dtype != self.decay.dtype:
+            return False
+        if torch.is_grad_enabled() and self.decay.requires_grad:
+            return False
+        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+
+    def _packed(self) -> Tensor:
+        """The weights for the compiled loop (model/native.py, ``pack_prior``), rebuilt when any of
+        them changes, checked once per generation call (model/ssm.py, ``weights_fixed``)."""
+        call = fixed_call()
+        hit = self.__dict__.get("_pack")
+        if call is not None and hit is not None and hit[2] == call:
+            return hit[1]
+        key = weights_key(list(self.parameters()))
+        if hit is not None and hit[0] == key:
+            self.__dict__["_pack"] = (key, hit[1], call)
+            return hit[1]
+        norm, first, last = self.mlp[0], self.mlp[1], self.mlp[3]
+        packed = native.pack_prior(
+            self.decay,
+            self.embed.weight,
+            (norm.weight, norm.bias),
+            (first.weight, first.bias),
+            (last.weight, last.bias),
+        )
+        self.__dict__["_pack"] = (key, packed, call)  # a cache, not module state: never saved, never moved
+        return packed

@@ -1,7 +1,7 @@
 """Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
-head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c) and its inverse-CDF
-draws (csrc/categorical.c).
+head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
+draws (csrc/categorical.c) and a block's latents under the latent prior (csrc/latent_prior.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -47,12 +47,16 @@ __all__ = [
     "max_tokens",
     "net",
     "pack",
+    "pack_prior",
+    "prior_draws",
     "weights",
 ]
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c", "categorical.c")]
+SOURCES = [
+    Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c")
+]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
@@ -68,6 +72,7 @@ _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P,
 _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
+_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _P, _D, _P, _P, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -149,6 +154,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("categorical_f32", "categorical_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _CATEGORICAL_ARGTYPES, None
+        for name in ("latent_prior_f32", "latent_prior_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _PRIOR_ARGTYPES, None
         lib.s4d_vector_bytes.argtypes, lib.s4d_vector_bytes.restype = [], _L
         global _vector_bytes
         _vector_bytes = lib.s4d_vector_bytes()  # the build's vector width, for max_tokens
@@ -387,3 +395,53 @@ def _categorical(logits: Tensor, u: Tensor, temperature: float) -> Tensor:
 def categorical() -> Callable[..., Tensor] | None:
     """The compiled inverse-CDF draw (see :func:`_categorical`), or None where the kernels cannot be built."""
     return _categorical if _load() is not None else None
+
+
+def pack_prior(
+    decay: Tensor, embed: Tensor, norm: tuple[Tensor, Tensor], w1: tuple[Tensor, Tensor], w2: tuple[Tensor, Tensor]
+) -> Tensor:
+    """The latent prior's weights for :func:`_prior_draws`, in csrc/latent_prior.c's order:
+    ``sigmoid(decay)`` ``(R,)``, ``E`` ``(R, Z*K)`` transposed, the LayerNorm's ``(weight, bias)``,
+    then each linear's weight (as nn.Linear holds it) transposed and its bias."""
+    parts = [torch.sigmoid(decay), embed.t(), norm[0], norm[1], w1[0].t(), w1[1], w2[0].t(), w2[1]]
+    return torch.cat([p.detach().reshape(-1) for p in parts])
+
+
+def _prior_draws(
+    base: Tensor | None, r: Tensor, u: Tensor, temperature: Tensor, packed: Tensor, n_classes: int, eps: float
+) -> tuple[Tensor, Tensor]:
+    """:meth:`model.latent_prior.LatentPrior.draw` compiled: latents ``(B, n, Z)`` int64 from uniforms
+    ``u`` ``(B, n, Z)``, the base logits ``base`` ``(B, n, Z*K)`` (None: zeros), the state ``r``
+    ``(B, R)`` and per-row ``temperature`` ``(B,)`` float64; returns them and the state after them."""
+    lib = _lib
+    assert lib is not None
+    Bsz, n, Z = u.shape
+    R = r.shape[-1]
+    ZK = Z * n_classes
+    dt = r.dtype
+    size = R + ZK * R + 2 * R + R * R + R + R * ZK + ZK
+    ok = dt in _COMPLEX and u.dtype == dt and r.shape == (Bsz, R) and packed.dtype == dt and packed.numel() == size
+    ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64
+    ok = ok and r.is_cpu and u.is_cpu and packed.is_cpu and temperature.is_cpu and packed.is_contiguous()
+    if base is not None:
+        ok = ok and base.shape == (Bsz, n, ZK) and base.dtype == dt and base.is_cpu
+        if base.stride(2) != 1:
+            base = base.contiguous()
+    if not ok:
+        raise ValueError(f"bad inputs for the native latent prior: u {tuple(u.shape)} {u.dtype}, r {tuple(r.shape)}")
+    u, temperature = u.contiguous(), temperature.contiguous()
+    r = r.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    z = torch.empty(Bsz, n, Z, dtype=torch.int64)
+    scratch = torch.empty(2 * R + ZK, dtype=dt)
+    fn = lib.latent_prior_f64 if dt == torch.float64 else lib.latent_prior_f32
+    fn(
+        Bsz, n, Z, n_classes, R, None if base is None else base.data_ptr(),
+        0 if base is None else base.stride(0), 0 if base is None else base.stride(1),
+        u.data_ptr(), temperature.data_ptr(), packed.data_ptr(), eps, r.data_ptr(), z.data_ptr(), scratch.data_ptr(),
+    )  # fmt: skip
+    return z, r
+
+
+def prior_draws() -> Callable[..., tuple[Tensor, Tensor]] | None:
+    """The compiled latent-prior draws (see :func:`_prior_draws`), or None where the kernels cannot be built."""
+    return _prior_draws if _load() is not None else None

@@ -616,3 +616,60 @@ def test_the_kernel_threshold_follows_the_build_and_the_threads(monkeypatch):
             monkeypatch.undo()
     finally:
         torch.set_num_threads(threads)
+
+
+# ----- the latent prior's draws (csrc/latent_prior.c) ---------------------------------------------------------
+def _prior(dtype: torch.dtype, Z: int = 2, K: int = 5, R: int = 37) -> torch.nn.Module:
+    from vssm.model.latent_prior import LatentPrior
+
+    torch.manual_seed(7)
+    p = LatentPrior(Z, K, R).to(dtype)
+    with torch.no_grad():  # a fresh prior's output layer is zero: make every weight act
+        p.mlp[-1].weight.normal_(0.0, 1.0)
+        p.mlp[-1].bias.normal_(0.0, 1.0)
+        p.mlp[0].weight.normal_(1.0, 0.2)
+        p.mlp[0].bias.normal_(0.0, 0.2)
+    return p
+
+
+def _python_draw(p: torch.nn.Module, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "prior_draws", lambda: None)
+        return p.draw(*args)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("base", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0, "rows"])
+def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature):
+    """Latents and the state after them, from any state, with or without a base, at any temperature
+    (one per row included); float32 within rounding of the state, the same latents."""
+    p = _prior(dtype)
+    B, n, Z, K = 3, 19, 2, 5
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(B, n, Z, K, generator=g, dtype=F64).to(dtype) if base else None
+    r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
+    u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
+    temp = torch.tensor([1.0, 0.0, 1.7], dtype=F64) if temperature == "rows" else temperature
+    with torch.no_grad():
+        z, r_after = p.draw(b, r, u, temp)
+        z_ref, r_ref = _python_draw(p, b, r, u, temp)
+    assert torch.equal(z, z_ref)
+    tol = 1e-12 if dtype == F64 else 1e-4
+    torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
+    assert not torch.equal(r_after, r)  # the caller's state is not written
+
+
+def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradients():
+    p = _prior(F64)
+    u = torch.rand(2, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    r = torch.zeros(2, 37, dtype=F64)
+    with torch.no_grad():
+        before = p.draw(None, r, u, 1.0)[1]
+        p.mlp[1].weight.mul_(-1.0)  # an in-place change: the packed weights must follow
+        after = p.draw(None, r, u, 1.0)[1]
+        torch.testing.assert_close(after, _python_draw(p, None, r, u, 1.0)[1], rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(before, after)
+    with pytest.MonkeyPatch.context() as mp:  # with gradients the loop stays in PyTorch
+        mp.setattr(native, "_prior_draws", lambda *a: pytest.fail("compiled with gradients on"))
+        p.draw(None, r, u, 1.0)
