@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .base import LossOutput, SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
 from .sampling import STREAM_TOKEN, keyed_uniform, sample_categorical
@@ -160,6 +161,38 @@ class ARSSM(ARModel):
     def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
         logits, h = self.net.step(x_t, state["h"], None if spare is None else spare["h"])
         return logits, {"h": h}
+
+    def _generate(
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
+    ) -> tuple[Tensor, GenState | None]:
+        """On the CPU, where every step would be one native network pass, the whole loop is one
+        compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
+        its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
+        loop = native.ar_loop() if scores is None and n > 0 else None
+        h = state["h"]
+        probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype)  # (B, 1, H): what a step reads
+        if loop is None or not (
+            self.net.inp._parameters.get("weight") is not None and self.net._native_ok(probe, 1, h)
+        ):
+            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
+        B = state.batch_size
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        temp = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(B)  # (B,)
+        cfg = self.net.cfg
+        tokens, logits, h_next = loop(
+            state["logits"], h, u, temp, self.net._packed(), self.net.inp.weight, cfg.layers, cfg.state_size,
+            self.net.norm.eps, resumable,
+        )  # fmt: skip
+        if not resumable:
+            return tokens, None
+        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
 
 
 # ----- autoregressive GRU ------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
 head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
-draws (csrc/categorical.c) and a block's latents under the latent prior (csrc/latent_prior.c).
+draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c) and
+the autoregressive SSM's whole generation loop (csrc/ar_loop.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -39,6 +40,7 @@ from torch import Tensor
 
 __all__ = [
     "MAX_MODES",
+    "ar_loop",
     "available",
     "block",
     "categorical",
@@ -55,7 +57,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SOURCES = [
-    Path(__file__).with_name("csrc") / name for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c")
+    Path(__file__).with_name("csrc") / name
+    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c")
 ]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
@@ -72,6 +75,7 @@ _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P,
 _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
+_AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _P, _D, _P, _P, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -157,6 +161,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("latent_prior_f32", "latent_prior_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _PRIOR_ARGTYPES, None
+        for name in ("ssm_ar_loop_f32", "ssm_ar_loop_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _AR_LOOP_ARGTYPES, _I
         lib.s4d_vector_bytes.argtypes, lib.s4d_vector_bytes.restype = [], _L
         global _vector_bytes
         _vector_bytes = lib.s4d_vector_bytes()  # the build's vector width, for max_tokens
@@ -445,3 +452,54 @@ def _prior_draws(
 def prior_draws() -> Callable[..., tuple[Tensor, Tensor]] | None:
     """The compiled latent-prior draws (see :func:`_prior_draws`), or None where the kernels cannot be built."""
     return _prior_draws if _load() is not None else None
+
+
+def _ar_loop(
+    logits: Tensor,
+    state: Tensor,
+    u: Tensor,
+    temperature: Tensor,
+    packed: Tensor,
+    emb: Tensor,
+    L: int,
+    N: int,
+    eps: float,
+    last_step: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The autoregressive SSM's loop compiled (csrc/ar_loop.c): from the logits ``(B, V)`` of the next
+    draw and the network's state ``(B, L, H, N)`` complex, ``n`` tokens ``(B, n)`` drawn with the
+    uniforms ``u`` ``(B, n)`` at per-row ``temperature`` ``(B,)`` float64, each read by the network
+    (``packed``: :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns the tokens, the
+    logits and the state after the last (unchanged copies unless ``last_step``)."""
+    lib = _lib
+    assert lib is not None
+    Bsz, V = logits.shape
+    n = u.shape[1]
+    H = emb.shape[1]
+    dt = logits.dtype
+    cdt = _COMPLEX.get(dt)
+    size = L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * V + V
+    ok = cdt is not None and u.dtype == dt and emb.dtype == dt and packed.dtype == dt and packed.numel() == size
+    ok = ok and state.shape == (Bsz, L, H, N) and state.dtype == cdt and u.shape == (Bsz, n) and n >= 1
+    ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64 and 1 <= N <= MAX_MODES
+    ok = ok and all(t.is_cpu for t in (logits, state, u, temperature, packed, emb)) and packed.is_contiguous()
+    if not ok:
+        raise ValueError(f"bad inputs for the native AR loop: logits {tuple(logits.shape)}, state {tuple(state.shape)}")
+    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    h = state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    spare = torch.empty_like(h)
+    x = torch.empty(Bsz, H, dtype=dt)
+    g = torch.empty(Bsz, H, dtype=dt)
+    out = torch.empty(Bsz, n, dtype=torch.int64)
+    emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
+    fn = lib.ssm_ar_loop_f64 if dt == torch.float64 else lib.ssm_ar_loop_f32
+    which = fn(
+        Bsz, H, N, L, V, n, packed.data_ptr(), eps, emb.data_ptr(), u.data_ptr(), temperature.data_ptr(),
+        logits.data_ptr(), h.data_ptr(), spare.data_ptr(), x.data_ptr(), g.data_ptr(), out.data_ptr(), int(last_step),
+    )  # fmt: skip
+    return out, logits, spare if which else h
+
+
+def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+    """The compiled autoregressive SSM loop (see :func:`_ar_loop`), or None where the kernels cannot be built."""
+    return _ar_loop if _load() is not None else None

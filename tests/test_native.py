@@ -179,8 +179,11 @@ def test_the_network_pass_writes_into_a_spare_only_if_it_shares_no_memory_with_t
 def test_an_ar_generation_loop_writes_into_its_own_dead_states_never_the_caller_s(monkeypatch):
     """The AR-SSM's loop hands each step a state it has read for the last time, and the native pass
     writes the next state there: the same tokens and final state as step-by-step calls (which have no
-    spare), the caller's state untouched, and from the third step on no fresh state allocated."""
+    spare), the caller's state untouched, and from the third step on no fresh state allocated.  (The
+    loop in PyTorch: the scored path and any device take it; on the CPU the compiled loop runs.)"""
     from vssm.model.autoregressive import ARSSM, ARSSMConfig
+
+    monkeypatch.setattr(native, "ar_loop", lambda: None)
 
     torch.manual_seed(4)
     m = ARSSM(ARSSMConfig(vocab_size=3, width=8, state_size=4, layers=3)).double().eval()
@@ -673,3 +676,42 @@ def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradi
     with pytest.MonkeyPatch.context() as mp:  # with gradients the loop stays in PyTorch
         mp.setattr(native, "_prior_draws", lambda *a: pytest.fail("compiled with gradients on"))
         p.draw(None, r, u, 1.0)
+
+
+# ----- the autoregressive SSM's loop (csrc/ar_loop.c) -----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("resumable", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.0, "rows"])
+def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature):
+    """Tokens, logits and state, from a prompted state of rows at different positions; float32
+    within rounding of the state."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("ar-ssm", dtype=dtype, vocab_size=7, width=24, state_size=5, layers=3)
+    start = m.start(torch.randint(0, 7, (3, 4), generator=torch.Generator().manual_seed(2)), [1, 2, 3])
+    state = start.evolve(position=start.position + torch.tensor([0, 5, 9]))  # rows at their own positions
+    temp = torch.tensor([1.0, 0.0, 1.6], dtype=F64) if temperature == "rows" else temperature
+    calls = []
+    real = native._ar_loop
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    kept = {k: v.clone() for k, v in state.tensors.items()}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_ar_loop", spy)
+        tokens, nxt = m.generate(state, 13, temperature=temp, resumable=resumable)
+    for k, v in kept.items():
+        assert torch.equal(state[k], v), k  # the caller's state is a value: never written
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "ar_loop", lambda: None)
+        ref_tokens, ref = m.generate(state, 13, temperature=temp, resumable=resumable)
+    assert calls and torch.equal(tokens, ref_tokens)
+    if resumable:
+        tol = 1e-10 if dtype == F64 else 1e-4
+        for k in ("h", "logits"):
+            torch.testing.assert_close(nxt[k], ref[k], rtol=tol, atol=tol)
+        assert torch.equal(nxt.position, ref.position)
+    else:
+        assert nxt is None and ref is None
