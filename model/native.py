@@ -1,8 +1,9 @@
 """Compiled CPU kernels: short S4D passes (LayerNorm, the recurrence step by step and GELU;
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
 head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
-draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c) and
-the autoregressive SSM's whole generation loop (csrc/ar_loop.c).
+draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c),
+the autoregressive SSM's whole generation loop (csrc/ar_loop.c) and block sampling's fused rounds
+(csrc/rounds.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import logging
 import os
 import platform
@@ -44,6 +46,7 @@ __all__ = [
     "available",
     "block",
     "categorical",
+    "fused_rounds",
     "kernel_path",
     "keyed",
     "max_tokens",
@@ -58,7 +61,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name("csrc") / name
-    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c")
+    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c", "rounds.c")
 ]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
@@ -76,7 +79,9 @@ _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
-_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _P, _D, _P, _P, _P]
+_ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _D, _P, _P, _P, _P, _P, _P, _P]
+_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -161,6 +166,9 @@ def _load() -> ctypes.CDLL | None:
         for name in ("latent_prior_f32", "latent_prior_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _PRIOR_ARGTYPES, None
+        for name in ("fused_rounds_f32", "fused_rounds_f64"):
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = _ROUNDS_ARGTYPES, _I
         for name in ("ssm_ar_loop_f32", "ssm_ar_loop_f64"):
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = _AR_LOOP_ARGTYPES, _I
@@ -444,7 +452,8 @@ def _prior_draws(
     fn(
         Bsz, n, Z, n_classes, R, None if base is None else base.data_ptr(),
         0 if base is None else base.stride(0), 0 if base is None else base.stride(1),
-        u.data_ptr(), temperature.data_ptr(), packed.data_ptr(), eps, r.data_ptr(), z.data_ptr(), scratch.data_ptr(),
+        u.data_ptr(), n * Z, temperature.data_ptr(), packed.data_ptr(), eps, r.data_ptr(), z.data_ptr(), n * Z,
+        scratch.data_ptr(),
     )  # fmt: skip
     return z, r
 
@@ -503,3 +512,77 @@ def _ar_loop(
 def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
     """The compiled autoregressive SSM loop (see :func:`_ar_loop`), or None where the kernels cannot be built."""
     return _ar_loop if _load() is not None else None
+
+
+def _fused_rounds(
+    ms: list[int],
+    tokens: Tensor,
+    u: tuple[Tensor, Tensor, Tensor],
+    temps: tuple[Tensor, Tensor],
+    states: tuple[Tensor, Tensor],
+    par: tuple[Tensor, float, Tensor, int],
+    dec: tuple[Tensor, float, Tensor, Tensor, int, bool],
+    prior: tuple[Tensor, int, float] | None,
+    shape: tuple[int, int, int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Block sampling's rounds after the first block, compiled (csrc/rounds.c; model/vssm.py,
+    ``VSSM._fused_rows``).  ``ms``: the pieces' lengths, ``ms[0]`` drawn already; ``tokens`` ``(B, span)``
+    int64 holding its tokens first; ``u``: the latent, absorb and token uniforms ``(B, span, Z)``,
+    ``(B, span, Z)``, ``(B, span)``; ``temps``: the latent and token temperatures ``(B,)`` float64;
+    ``states``: the partial encoder's and the absorbed decoder's ``(B, L, H, N)`` complex; ``par``:
+    its pack, eps, embedding ``(V+1, H)``, layers; ``dec``: its pack, eps, input weight ``(H, I)`` as
+    nn.Linear holds it, bias, layers, whether it reads tokens; ``prior``: the latent prior's pack,
+    width, eps (None: none); ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
+    two states after the last round's absorbed steps."""
+    lib = _lib
+    assert lib is not None
+    N, V, Z, K = shape
+    u_lat, u_abs, u_tok = (t.contiguous() for t in u)
+    temp, temp_tok = (t.contiguous() for t in temps)
+    pack_p, eps_p, emb, Lp = par
+    pack_d, eps_d, w_in, b_in, Ld, dec_tokens = dec
+    Bsz, span = tokens.shape
+    H = emb.shape[1]
+    dt = u_lat.dtype
+    cdt = _COMPLEX.get(dt)
+    n_in = Z * K + (V + 1 if dec_tokens else 0)
+    longest = max(a + b for a, b in itertools.pairwise(ms))
+    ok = cdt is not None and len(ms) >= 2 and sum(ms) == span and tokens.dtype == torch.int64 and tokens.is_contiguous()
+    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span) and 1 <= N <= MAX_MODES
+    ok = ok and all(t.dtype == dt for t in (u_abs, u_tok, pack_p, emb, pack_d, w_in, b_in))
+    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and states[0].shape == (Bsz, Lp, H, N) and states[1].shape == (Bsz, Ld, H, N)
+    ok = ok and states[0].dtype == states[1].dtype == cdt and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
+    ok = ok and pack_p.numel() == Lp * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * Z * K + Z * K
+    ok = ok and pack_d.numel() == Ld * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * V + V
+    R = 0
+    if prior is not None:
+        pack_r, R, _ = prior
+        ok = ok and pack_r.dtype == dt and pack_r.numel() == R + Z * K * R + 2 * R + R * R + R + R * Z * K + Z * K
+    tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, pack_p, emb, pack_d, w_in, b_in)
+    if not (ok and all(t.is_cpu for t in tensors)):
+        raise ValueError(f"bad inputs for the native rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
+    par_a = states[0].detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    dec_a = states[1].detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    par_b, dec_b = torch.empty_like(par_a), torch.empty_like(dec_a)
+    w_t, emb = w_in.detach().t().contiguous(), emb.detach().contiguous()  # (I, H): a column per input
+    x, g = torch.empty(Bsz, longest, H, dtype=dt), torch.empty(Bsz, longest, H, dtype=dt)
+    lp, ld = torch.empty(Bsz, longest, Z * K, dtype=dt), torch.empty(Bsz, longest, V, dtype=dt)
+    zs = torch.empty(Bsz, longest, Z, dtype=torch.int64)
+    ps, r = torch.empty(2 * R + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
+    pieces = torch.tensor(ms, dtype=torch.int64)
+    fn = lib.fused_rounds_f64 if dt == torch.float64 else lib.fused_rounds_f32
+    which = fn(
+        Bsz, len(ms) - 1, pieces.data_ptr(), span, H, N, Lp, Ld, V, Z, K, int(dec_tokens), tokens.data_ptr(),
+        u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
+        par_a.data_ptr(), par_b.data_ptr(), dec_a.data_ptr(), dec_b.data_ptr(),
+        pack_p.data_ptr(), eps_p, emb.data_ptr(), pack_d.data_ptr(), eps_d, w_t.data_ptr(), b_in.detach().data_ptr(),
+        None if prior is None else prior[0].data_ptr(), R, 0.0 if prior is None else prior[2],
+        x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), ps.data_ptr(), r.data_ptr(),
+    )  # fmt: skip
+    return tokens, par_b if which & 1 else par_a, dec_b if which & 2 else dec_a
+
+
+def fused_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+    """The compiled fused rounds (see :func:`_fused_rounds`), or None where the kernels cannot be built."""
+    return _fused_rounds if _load() is not None else None

@@ -34,13 +34,17 @@ tokens equals a call of a then b at any fixed block size.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from . import native
 from .base import LossOutput, SequenceModel, check_config
 from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig
@@ -670,7 +674,16 @@ class VSSM(SequenceModel):
         par, dec_abs = state["par"], state["dec_abs"]
         everyone = torch.ones_like(observed)
         start = 0
-        for i in range(1, fused):
+        compiled = self._compiled_rounds(ms[:fused], state) if scores is None else None
+        if compiled is not None:  # the loop below in one call (csrc/rounds.c)
+            every = torch.zeros(Bsz, span, dtype=torch.long)
+            every[:, : ms[0]] = tokens[0]
+            temps = (temperature, self.token_temperature(temperature, ratio))
+            temps = tuple(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(Bsz) for t in temps)
+            every, par, dec_abs = compiled(ms[:fused], every, (u_lat, u_abs, u_tok), temps, (par, dec_abs))
+            start = span - ms[fused - 1]
+            tokens = [every[:, :start], every[:, start:]]
+        for i in range(1, fused if compiled is None else 1):
             m, nxt = ms[i - 1], ms[i]
             here, there = slice(start, start + m), slice(start + m, start + m + nxt)
             x_in = torch.cat([tokens[-1], torch.full((Bsz, nxt), self.empty_token, device=self.device)], 1)
@@ -710,6 +723,32 @@ class VSSM(SequenceModel):
             state, n - span, temperature, ~everyone, keep=True, absorb=True, scores=scores, ratio=ratio
         )
         return torch.cat([out_tokens, rest], 1), state
+
+    def _compiled_rounds(self, ms: list[int], state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+        """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
+        weights, where every pass would be one native network call on the CPU (model/native.py,
+        csrc/rounds.c); else None (the loop in PyTorch)."""
+        run = native.fused_rounds()
+        if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
+            return None
+        par_net, dec_net = self.partial_encoder, self.decoder
+        T = max(a + b for a, b in itertools.pairwise(ms))
+        probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
+        if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
+            return None
+        emb, lin = par_net.inp, dec_net.inp
+        if not (isinstance(emb, nn.Embedding) and isinstance(lin, nn.Linear) and lin.bias is not None):
+            return None
+        prior = None
+        if self.latent_prior is not None:
+            if not self.latent_prior._native_ok(probe):
+                return None
+            prior = (self.latent_prior._packed(), self.latent_prior.width, self.latent_prior.mlp[0].eps)
+        cfg = self.config
+        par = (par_net._packed(), par_net.norm.eps, emb.weight, cfg.par_layers)
+        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)
+        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+        return functools.partial(run, par=par, dec=dec, prior=prior, shape=shape)
 
     def _piece(
         self,

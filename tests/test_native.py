@@ -715,3 +715,38 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
         assert torch.equal(nxt.position, ref.position)
     else:
         assert nxt is None and ref is None
+
+
+# ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6}])
+@pytest.mark.parametrize(("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24)])
+def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n):
+    """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a
+    temperature per row; float32 within rounding of the states."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
+    prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = []
+    real = native._fused_rounds
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    for resumable in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "_fused_rounds", spy)
+            tokens, state = m.generate(start, n, temperature=temp, block_size=c, resumable=resumable)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "fused_rounds", lambda: None)
+            ref_tokens, ref = m.generate(start, n, temperature=temp, block_size=c, resumable=resumable)
+        assert torch.equal(tokens, ref_tokens)
+        if resumable:
+            tol = 1e-10 if dtype == F64 else 1e-4
+            for k, v in ref.tensors.items():
+                torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    assert len(calls) == 2

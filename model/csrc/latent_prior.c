@@ -13,8 +13,9 @@ as long as the autoregressive SSM's 256 network steps (docs/experiments/blocks.m
 session).
 
 Layouts: base (B, n, Z*K) with strides base_sb, base_st (the last contiguous), or NULL (zeros: the
-uniform base); u (B, n, Z) contiguous; temperature (B,) doubles; r (B, R) contiguous, read and
-overwritten with the state after the last step; z (B, n, Z) int64.  The weights, packed by
+uniform base); u (B, n, Z) with row stride u_sb (the rest contiguous); temperature (B,) doubles; r
+(B, R) contiguous, read and overwritten with the state after the last step; z (B, n, Z) int64 with
+row stride z_sb (a block inside a longer call's buffers: csrc/rounds.c).  The weights, packed by
 model/native.py (pack_prior): a = sigmoid(decay) (R), E transposed (Z*K, R), LayerNorm weight and
 bias (R each), W1 transposed (R, R) as (in, out), b1 (R), W2 transposed (R, Z*K), b2 (Z*K).
 scratch holds 2 R + Z*K reals.  Nothing here checks a shape: the caller does. */
@@ -32,8 +33,8 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
 
 #define LATENT_PRIOR(NAME, REAL, ERF, DRAW)                                                                  \
     void NAME(long B, long n, long Z, long K, long R, const REAL *base, long base_sb, long base_st,         \
-              const REAL *u, const double *temperature, const REAL *packed, double eps, REAL *r,           \
-              int64_t *z, REAL *scratch) {                                                                  \
+              const REAL *u, long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
+              int64_t *z, long z_sb, REAL *scratch) {                                                       \
         const long ZK = Z * K;                                                                              \
         const REAL *a = packed, *ET = a + R, *ln_w = ET + ZK * R, *ln_b = ln_w + R;                         \
         const REAL *W1 = ln_b + R, *b1 = W1 + R * R, *W2 = b1 + R, *b2 = W2 + R * ZK;                       \
@@ -66,8 +67,8 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
                 if (bt)                                                                                     \
                     for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                       \
                 /* the draws, then r = a r + E z_t */                                                       \
-                int64_t *zt = z + (b * n + t) * Z;                                                          \
-                DRAW(Z, K, logits, u + (b * n + t) * Z, temperature[b], zt);                                \
+                int64_t *zt = z + b * z_sb + t * Z;                                                         \
+                DRAW(Z, K, logits, u + b * u_sb + t * Z, temperature[b], zt);                               \
                 _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] *= a[i];                             \
                 for (long j = 0; j < Z; ++j) {                                                              \
                     const REAL *e = ET + (j * K + zt[j]) * R;                                               \
