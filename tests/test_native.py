@@ -551,11 +551,13 @@ def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_o
 def test_compiled_draws_equal_the_tensor_arithmetic(monkeypatch, dtype, temperature):
     """csrc/categorical.c draws what sample_categorical's PyTorch path draws (the inverse CDF of the
     tempered softmax, the argmax at 0), for latents (B, n, Z, K) and tokens (B, n, V), strided views,
-    one category, and logits with -inf, +inf and NaN (PyTorch's answers: its softmax's NaNs draw 0)."""
+    one category, more categories than the kernel buffers, and logits with -inf, +inf and NaN
+    (PyTorch's answers: its softmax's NaNs draw 0)."""
     torch.manual_seed(11)
     cases = [
         (torch.randn(3, 7, 2, 5, dtype=dtype) * 3, torch.rand(3, 7, 2, dtype=dtype)),
         (torch.randn(2, 9, 256, dtype=dtype) * 2, torch.rand(2, 9, dtype=dtype)),
+        (torch.randn(2, 3, 1500, dtype=dtype) * 2, torch.rand(2, 3, dtype=dtype)),  # past the exponentials' buffer
         (torch.randn(4, 12, 6, dtype=dtype)[:, ::2, 1:], torch.rand(4, 6, dtype=dtype)),  # a strided view
         (torch.randn(5, 1, dtype=dtype), torch.rand(5, dtype=dtype)),
     ]
