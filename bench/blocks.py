@@ -9,9 +9,10 @@
   and for blocks up to 112 that fuse (``VSSM.fuses``: not 33-64) the ratio of fused rounds to the
   block-by-block path.
 
-- Text: 256 bytes against block size, the bundled text VSSM's shapes beside the three text
-  baselines' (``bench.common.text_models``), at batch 1 and 32, with the text VSSM's served default
-  marked: the text targets' speed.
+- Text: 256 bytes against block size, each bundled text VSSM's shapes (``bench.common.TEXT_VSSMS``:
+  ``text`` the paper's, ``texts`` the others by recipe) beside the three text baselines'
+  (``bench.common.text_models``), at batch 1 and 32, with its served default marked: the text
+  targets' speed.
 
 Timing does not depend on the weights' values, so random-weight models are timed: the suite's
 matched baselines, and a VSSM of the served block model's shapes (``bench.common.with_block_vssm``:
@@ -29,7 +30,7 @@ import torch
 from vssm import model
 from vssm.model.recipes import RECIPES
 
-from .common import TEXT_RECIPES, Settings, measure_interleaved, text_models
+from .common import TEXT_RECIPES, TEXT_VSSMS, Settings, measure_interleaved, text_models
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ FUSED_REFERENCE_UP_TO = 112  # block sizes also timed on the block-by-block path
 
 
 def _reference(m: model.SequenceModel, state: model.GenState, n: int, c: int) -> None:
-    """Generation on the block-by-block path (four passes per block), for the fused path's ratio."""
+    """Generation on the block-by-block path (four passes per block, in PyTorch), for the fused path's
+    ratio: the fused path is also the compiled loop where its passes are short (csrc/rounds.c), so
+    the ratio is of both."""
     saved = m.fuse_rounds
     m.fuse_rounds = False  # an instance attribute: the class default is untouched
     try:
@@ -117,22 +120,23 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
             {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.0f} ms" for c in s.block_sizes},
         )
     out["text"] = run_text(s)
+    out["texts"] = {name: run_text(s, name) for name in TEXT_VSSMS if name != TEXT_RECIPES["vssm"]}
     return out
 
 
 @torch.no_grad()
-def run_text(s: Settings) -> dict[str, Any]:
-    """A whole text sequence against block size: the text VSSM's shapes beside the text baselines',
-    in the same form as the MNIST part (``sequence``), with the served default's block size."""
+def run_text(s: Settings, recipe: str = TEXT_RECIPES["vssm"]) -> dict[str, Any]:
+    """A whole text sequence against block size: the text VSSM ``recipe``'s shapes beside the text
+    baselines', in the same form as the MNIST part (``sequence``), with the served default's block size."""
     T = s.text_length
-    models = text_models()
+    models = text_models(vssm=recipe)
     vssm = models["vssm"]
-    default = RECIPES[TEXT_RECIPES["vssm"]].default_block_size
+    default = RECIPES[recipe].default_block_size
     served = T if default is None or default >= T else default  # None: one pass
     sizes = sorted({*s.text_block_sizes, served})
     out: dict[str, Any] = {
         "length": T,
-        "recipes": TEXT_RECIPES,
+        "recipes": {**TEXT_RECIPES, "vssm": recipe},
         "vssm_config": dataclasses.asdict(vssm.config),
         "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
         "served_block_size": served,
@@ -146,7 +150,8 @@ def run_text(s: Settings) -> dict[str, Any]:
             "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
         }
         log.info(
-            "text, batch %d: AR-SSM %.0f ms; VSSM %s",
+            "text, %s, batch %d: AR-SSM %.0f ms; VSSM %s",
+            recipe,
             batch,
             ar_s * 1e3,
             {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},

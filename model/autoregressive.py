@@ -175,7 +175,8 @@ class ARSSM(ARModel):
         """On the CPU, where every step would be one native network pass, the whole loop is one
         compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
         its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
-        loop = native.ar_loop() if scores is None and n > 0 else None
+        finite = not bool(torch.as_tensor(temperature).isnan().any())  # a NaN draws as PyTorch's does
+        loop = native.ar_loop() if scores is None and n > 0 and finite else None
         h = state["h"]
         probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype)  # (B, 1, H): what a step reads
         if loop is None or not (

@@ -14,7 +14,7 @@ through a diagonal linear recurrence, reset at every block start::
     log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(base_t + MLP(r_(t-1)))
 
 ``base_t`` the block prior's logits, ``a = sigmoid(decay)`` per channel, ``E`` ``(R, Z*K)``.
-So a block's latents are drawn one after another (a step is ``2 R (R + Z K)`` multiply-adds
+So a block's latents are drawn one after another (a step is ``R (R + Z K)`` multiply-adds
 plus the draw) while the decoder still reads them in one parallel pass.  The ELBO keeps its
 form: the KL at step t is taken against this prior given the posterior's own draws before t in
 the block.  Why it exists and what it did: docs/experiments/blocks.md, seventeenth and
@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from . import native
 from .sampling import per_row, sample_categorical
@@ -84,7 +85,8 @@ class LatentPrior(nn.Module):
         ``r`` ``(B, R)`` before the first; returns them and ``r`` after the last.  The draws are
         inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching.
         On the CPU, without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
-        compiled = native.prior_draws() if self._native_ok(u) else None
+        finite = not bool(torch.as_tensor(temperature).isnan().any())  # a NaN draws as PyTorch's does
+        compiled = native.prior_draws() if finite and self._native_ok(u) else None
         if compiled is not None:
             B = u.shape[0]
             temp = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(B)  # (B,)
@@ -110,6 +112,8 @@ class LatentPrior(nn.Module):
         if not u.is_cpu or u.dtype not in (torch.float32, torch.float64) or u.dtype != self.decay.dtype:
             return False
         if torch.is_grad_enabled() and self.decay.requires_grad:
+            return False
+        if _global_forward_hooks or _global_forward_pre_hooks:
             return False
         return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
 

@@ -492,6 +492,7 @@ def _ar_loop(
     ok = ok and state.shape == (Bsz, L, H, N) and state.dtype == cdt and u.shape == (Bsz, n) and n >= 1
     ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64 and 1 <= N <= MAX_MODES
     ok = ok and all(t.is_cpu for t in (logits, state, u, temperature, packed, emb)) and packed.is_contiguous()
+    ok = ok and emb.ndim == 2 and emb.shape[0] >= V  # every token drawn is read back through the embedding
     if not ok:
         raise ValueError(f"bad inputs for the native AR loop: logits {tuple(logits.shape)}, state {tuple(state.shape)}")
     logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
@@ -555,11 +556,17 @@ def _fused_rounds(
     ok = ok and states[0].dtype == states[1].dtype == cdt and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
     ok = ok and pack_p.numel() == Lp * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * Z * K + Z * K
     ok = ok and pack_d.numel() == Ld * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * V + V
+    ok = ok and pack_p.is_contiguous() and pack_d.is_contiguous() and b_in.shape == (H,) and min(ms) >= 1
+    first = tokens[:, : ms[0]]
+    ok = ok and (first.numel() == 0 or (int(first.min()) >= 0 and int(first.max()) < V))  # read by the embedding
     R = 0
+    packs = (pack_p, pack_d)
     if prior is not None:
         pack_r, R, _ = prior
         ok = ok and pack_r.dtype == dt and pack_r.numel() == R + Z * K * R + 2 * R + R * R + R + R * Z * K + Z * K
-    tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, pack_p, emb, pack_d, w_in, b_in)
+        packs = (*packs, pack_r)
+    ok = ok and all(p.is_contiguous() for p in packs)
+    tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, *packs, emb, w_in, b_in)
     if not (ok and all(t.is_cpu for t in tensors)):
         raise ValueError(f"bad inputs for the native rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
     par_a = states[0].detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)

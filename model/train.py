@@ -100,6 +100,8 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         self.block_choices()  # fail at once on a malformed list
+        if self.code_steps < 0:
+            raise ValueError(f"code_steps must be >= 0, got {self.code_steps}")
         if self.code_steps and (self.family != "vssm" or not self.block_sizes):
             raise ValueError("code_steps trains a VSSM for block sampling: give --block-sizes")
 

@@ -15,7 +15,8 @@ Networks (names from the paper):
                it: p_phi(x_t | z_1:t, x_1:s); unprompted one-pass sampling has s = 0, the paper's model;
                trained with block sampling only, where the decoder learns to read tokens)
     partial   f_par (omega): xbar_1:t     -> logits of q_omega(z_t | x_1:C)      (B, T, Z, K)
-with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t.
+with xbar = (x_1:C, EMPTY, ..., EMPTY) and a uniform prior over the K^Z values of each z_t (with
+prior_width, a block's latents also read the block's earlier ones: model/latent_prior.py).
 
 Resumable state (one row per sequence; every network state has a fixed size; docs/design.md):
     dec       decoder state the current block is generated from   (B, L_dec, H, N)
@@ -23,6 +24,7 @@ Resumable state (one row per sequence; every network state has a fixed size; doc
     par       partial-encoder state after x_1:P, observed          (B, L_par, H, N)
     gen       partial-encoder state after the tokens before the current block, then EMPTYs up to P
     observed  whether any token was observed; if not, latents come from the prior
+    prior     with prior_width only: the latent prior's state inside the current block   (B, R)
 
 Block sampling (the paper's Algorithm 5, docs/design.md "Blocks"): blocks of c positions aligned to
 absolute positions; a block's latents come from f_par over EMPTYs continued from ``gen``, its tokens
@@ -91,7 +93,7 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        if not isinstance(self.prior_width, int) or self.prior_width < 0:
+        if not isinstance(self.prior_width, int) or isinstance(self.prior_width, bool) or self.prior_width < 0:
             raise ValueError(f"prior_width must be an integer >= 0, got {self.prior_width!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
@@ -512,6 +514,8 @@ class VSSM(SequenceModel):
             u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
         if self.latent_prior is None:
             return latents_from(logits, u, self.config.n_classes, temperature, observed), None
+        if "prior" not in state.tensors:
+            raise StateError("this state has no latent prior state (made by a model without one); start anew")
         if logits is not None and not bool(observed.all()):
             logits = logits.masked_fill(~observed[:, None, None, None], 0.0)  # the uniform base
         r = self.latent_prior.initial_state(state.batch_size) if r is None else r
@@ -674,7 +678,7 @@ class VSSM(SequenceModel):
         par, dec_abs = state["par"], state["dec_abs"]
         everyone = torch.ones_like(observed)
         start = 0
-        compiled = self._compiled_rounds(ms[:fused], state) if scores is None else None
+        compiled = self._compiled_rounds(ms[:fused], state) if scores is None and _finite(temperature) else None
         if compiled is not None:  # the loop below in one call (csrc/rounds.c)
             every = torch.zeros(Bsz, span, dtype=torch.long)
             every[:, : ms[0]] = tokens[0]
@@ -726,13 +730,16 @@ class VSSM(SequenceModel):
 
     def _compiled_rounds(self, ms: list[int], state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
         """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
-        weights, where every pass would be one native network call on the CPU (model/native.py,
+        weights, where every pass would be one native network call on the CPU (short passes:
+        ``SSMNet.forward`` takes its kernel up to ``SHORT`` steps, an FFT past them; model/native.py,
         csrc/rounds.c); else None (the loop in PyTorch)."""
         run = native.fused_rounds()
         if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self.partial_encoder, self.decoder
         T = max(a + b for a, b in itertools.pairwise(ms))
+        if T > SHORT:
+            return None
         probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
             return None
@@ -828,6 +835,14 @@ class VSSM(SequenceModel):
 def _check_block_state(state: GenState) -> None:
     if "dec_abs" not in state.tensors:
         raise StateError("this state was made before block sampling (it has no absorbed decoder state); start anew")
+
+
+def _finite(temperature: float | Tensor) -> bool:
+    """Whether no temperature is NaN: the compiled loops read a NaN as almost 0, PyTorch's draw as
+    category 0, so a NaN keeps the PyTorch path (as ``sample_categorical`` does)."""
+    if isinstance(temperature, Tensor):
+        return not bool(temperature.isnan().any())
+    return temperature == temperature
 
 
 def straight_through_gumbel(log_p: Tensor, tau: float) -> Tensor:

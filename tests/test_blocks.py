@@ -413,7 +413,8 @@ def test_latent_prior_in_blocks_equals_its_definition_step_by_step(c):
         torch.testing.assert_close(got[:, s : s + c], latent_prior_log_probs(m, base[:, s : s + c], z[:, s : s + c]))
     # generation's sequential draws are inverse-CDF draws from the same conditionals
     u = torch.rand(4, T, 2, dtype=F64, generator=torch.Generator().manual_seed(9))
-    drawn, r = m.latent_prior.draw(base, m.latent_prior.initial_state(4), u, 1.0)  # one block of T
+    with torch.no_grad():  # as generation draws (compiled where it can be)
+        drawn, r = m.latent_prior.draw(base, m.latent_prior.initial_state(4), u, 1.0)  # one block of T
     expected = sample_categorical(m._prior_log_probs(base, m._one_hot(drawn), T), u, 1.0)
     assert torch.equal(drawn, expected)
     # the state after the block: the recurrence over every drawn latent
@@ -422,6 +423,17 @@ def test_latent_prior_in_blocks_equals_its_definition_step_by_step(c):
     for t in range(T):
         ref = a * ref + m.latent_prior.embed(zh[:, t])
     torch.testing.assert_close(r, ref)
+
+
+def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_width():
+    m = tiny_model("vssm", prior_width=4, max_position=20)
+    state = m.start(torch.tensor([[1, 2]]), 0)
+    old = model.GenState(state.family, state.fingerprint, {k: v for k, v in state.tensors.items() if k != "prior"})
+    with pytest.raises(model.StateError, match="latent prior"):
+        m.generate(old, 3, block_size=2)
+    for bad in (True, -1, 2.5):
+        with pytest.raises(ValueError, match="prior_width"):
+            model.VSSMConfig(prior_width=bad)
 
 
 def test_a_fresh_latent_prior_is_the_plain_block_prior():

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from tests.conftest import LATENT, V, tiny_model
+from tests.test_blocks import latent_prior_log_probs
 from vssm import model
 from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError
+from vssm.model.sampling import STREAM_LATENT, positional_draw, sequence_seeds
 
 
 def roundtrip(state: GenState) -> GenState:
@@ -150,8 +154,11 @@ def test_per_step_terms_sum_to_the_sequence_figures(tiny):
         assert rec.shape == kl.shape == (3, 12) and (rec >= 0).all() and (kl >= -1e-9).all()
         if getattr(tiny, "latent_prior", None) is None:
             torch.testing.assert_close(kl.sum(-1), tiny.loss(x).kl)  # closed form: no draw involved
-        else:  # the latent prior reads the draw's latents before t: a keyed KL
-            torch.testing.assert_close(kl, tiny.step_terms(x, seed=4)[1])
+        else:  # the latent prior reads the draw's latents before t: a keyed KL, from its definition
+            log_q = tiny._posterior_log_probs(x)  # (B, T, Z, K)
+            z = positional_draw(log_q, sequence_seeds(x, 4), STREAM_LATENT)  # the draw step_terms keys
+            log_p = latent_prior_log_probs(tiny, torch.full_like(log_q, -math.log(tiny.config.n_classes)), z)
+            torch.testing.assert_close(kl, (log_q.exp() * (log_q - log_p)).sum((-1, -2)))
             assert not torch.equal(kl, tiny.step_terms(x, seed=5)[1])
         torch.testing.assert_close(rec, tiny.step_terms(x, seed=4)[0])  # keyed draws
         assert not torch.equal(rec, tiny.step_terms(x, seed=5)[0])

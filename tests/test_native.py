@@ -656,10 +656,14 @@ def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, te
     r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
     u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
     temp = torch.tensor([1.0, 0.0, 1.7], dtype=F64) if temperature == "rows" else temperature
-    with torch.no_grad():
+    calls = []
+    real = native._prior_draws
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
         z, r_after = p.draw(b, r, u, temp)
+    with torch.no_grad():
         z_ref, r_ref = _python_draw(p, b, r, u, temp)
-    assert torch.equal(z, z_ref)
+    assert calls and torch.equal(z, z_ref)
     tol = 1e-12 if dtype == F64 else 1e-4
     torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
     assert not torch.equal(r_after, r)  # the caller's state is not written
@@ -669,10 +673,15 @@ def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradi
     p = _prior(F64)
     u = torch.rand(2, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     r = torch.zeros(2, 37, dtype=F64)
-    with torch.no_grad():
+    calls = []
+    real = native._prior_draws
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
         before = p.draw(None, r, u, 1.0)[1]
         p.mlp[1].weight.mul_(-1.0)  # an in-place change: the packed weights must follow
         after = p.draw(None, r, u, 1.0)[1]
+    assert len(calls) == 2
+    with torch.no_grad():
         torch.testing.assert_close(after, _python_draw(p, None, r, u, 1.0)[1], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(before, after)
     with pytest.MonkeyPatch.context() as mp:  # with gradients the loop stays in PyTorch
@@ -732,6 +741,7 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
     prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    obs = 0.5 if variant else 1.0  # tokens given the latents at half the temperature (the served models' kind)
     calls = []
     real = native._fused_rounds
 
@@ -742,10 +752,14 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
     for resumable in (True, False):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_fused_rounds", spy)
-            tokens, state = m.generate(start, n, temperature=temp, block_size=c, resumable=resumable)
+            tokens, state = m.generate(
+                start, n, temperature=temp, block_size=c, resumable=resumable, observation_temperature=obs
+            )
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "fused_rounds", lambda: None)
-            ref_tokens, ref = m.generate(start, n, temperature=temp, block_size=c, resumable=resumable)
+            ref_tokens, ref = m.generate(
+                start, n, temperature=temp, block_size=c, resumable=resumable, observation_temperature=obs
+            )
         assert torch.equal(tokens, ref_tokens)
         if resumable:
             tol = 1e-10 if dtype == F64 else 1e-4

@@ -100,6 +100,8 @@ def test_code_steps_fix_the_latents_for_the_first_steps_then_train_the_elbo(tmp_
 
     with pytest.raises(ValueError, match="block-sizes"):
         TrainConfig(family="vssm", code_steps=2)
+    with pytest.raises(ValueError, match="code_steps must be >= 0"):
+        TrainConfig(family="vssm", code_steps=-1, block_sizes="4")
     with pytest.raises(ValueError, match="block-sizes"):
         TrainConfig(family="ar-ssm", code_steps=2, block_sizes="4")
     stages: list[bool] = []  # training steps only: validation runs without gradients, on the ELBO

@@ -24,10 +24,18 @@ ROOT = Path(__file__).resolve().parents[2]
 def stack(tmp_path_factory) -> Iterator[tuple[ServerProcess, Path]]:
     """One server with models named as in the README, on its own Redis."""
     d = tmp_path_factory.mktemp("ckpt")
-    for name, source in (("shakespeare-vssm", "text-vssm"), ("mnist-vssm", "mnist-vssm")):
+    named = [
+        ("shakespeare-vssm", "text-vssm", {}),
+        ("shakespeare-vssm-prior", "text-vssm", {"prior_width": 8}),
+        ("mnist-vssm", "mnist-vssm", {}),
+    ]
+    for name, source, extra in named:
         family, dataset, cfg = CHECKPOINTS[source]
         torch.manual_seed(0)
-        model.save_checkpoint(model.build_model(family, cfg), d / f"{name}.safetensors", extra={"dataset": dataset})
+        m = model.build_model(family, {**cfg, **extra})
+        if getattr(m, "latent_prior", None) is not None:  # a fresh prior is the plain block prior: make it act
+            torch.nn.init.normal_(m.latent_prior.mlp[-1].weight)
+        model.save_checkpoint(m, d / f"{name}.safetensors", extra={"dataset": dataset})
     redis = RedisServer(tmp_path_factory.mktemp("redis")).start()
     srv = ServerProcess(d, redis.url).start()
     yield srv, d
@@ -97,6 +105,21 @@ def test_retry_after_a_dropped_response_does_not_advance_twice(stack):
         assert s.generate(max_tokens=3).tokens == reference(d, "mnist-vssm", [1], 9, [7, 3])[1]
 
 
+def test_a_latent_prior_session_resumes_mid_block_through_the_store(stack):
+    """The latent prior's state inside a block travels with the session (Redis, another client):
+    chunks cut anywhere give the model API's own tokens, which a lost prior state would change."""
+    srv, d = stack
+    expected = reference(d, "shakespeare-vssm-prior", list(b"ROMEO:"), 5, [5, 7, 9])
+    with Client(base_url=srv.url) as a, Client(base_url=srv.url) as b:
+        s = a.sessions.create(model="shakespeare-vssm-prior", prompt="ROMEO:", seed=5)
+        got = [s.generate(max_tokens=5).tokens, b.sessions.get(s.id).generate(max_tokens=7).tokens]
+        got.append([t for ch in a.sessions.get(s.id).stream(max_tokens=9, chunk_size=4) for t in ch.tokens])
+    assert got == expected
+    m = model.load_checkpoint(d / "shakespeare-vssm-prior.safetensors")
+    one, _ = m.generate(m.start(torch.tensor([list(b"ROMEO:")]), 5), 21)
+    assert [t for chunk in expected for t in chunk] == one[0].tolist()  # and the chunks are one call's tokens
+
+
 def test_block_sizes_through_the_sdk_give_the_model_api_s_tokens(stack):
     """A session at block size 3 streamed in chunks of 4 (chunks cut blocks), one call overridden to
     block size 1, a completion at 3 and a dropped response's replay: the model API's own tokens."""
@@ -144,7 +167,7 @@ def test_async_client_does_the_same(stack):
         transport = AsyncDropFirstResponse(r"/generate$")
         async with AsyncClient(base_url=srv.url, transport=transport) as a, AsyncClient(base_url=srv.url) as b:
             a._sleep = _no_sleep
-            assert {m.id for m in await a.models.list()} == {"mnist-vssm", "shakespeare-vssm"}
+            assert {m.id for m in await a.models.list()} == {"mnist-vssm", "shakespeare-vssm", "shakespeare-vssm-prior"}
             out = await a.completions.create(model="shakespeare-vssm", prompt="ROMEO:", max_tokens=8, seed=2)
             assert out.tokens == reference(d, "shakespeare-vssm", list(b"ROMEO:"), 2, [8])[0]
             streamed = [
