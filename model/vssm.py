@@ -730,16 +730,16 @@ class VSSM(SequenceModel):
 
     def _compiled_rounds(self, ms: list[int], state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
         """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
-        weights, where every pass would be one native network call on the CPU (short passes:
-        ``SSMNet.forward`` takes its kernel up to ``SHORT`` steps, an FFT past them; model/native.py,
-        csrc/rounds.c); else None (the loop in PyTorch)."""
+        weights, where both networks can run their passes on the kernel on the CPU (batch x steps
+        within ``native.max_tokens()``; model/native.py, csrc/rounds.c); else None (the loop in
+        PyTorch).  Past ``SHORT`` steps the PyTorch rounds take the FFT; the compiled ones keep the
+        kernel, which at batch 1 drew a block-112 image in a third of the FFT rounds' time
+        (docs/experiments/rounds-and-serving.md, eighteenth session)."""
         run = native.fused_rounds()
         if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self.partial_encoder, self.decoder
         T = max(a + b for a, b in itertools.pairwise(ms))
-        if T > SHORT:
-            return None
         probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
             return None
