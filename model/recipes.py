@@ -124,8 +124,8 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image, about 11 times the time of one VSSM "
-            "pass at batch 1 (docs/benchmarks.json).",
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 4.5 times the "
+            "time of one VSSM pass at batch 1 (docs/benchmarks.json).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
@@ -185,7 +185,8 @@ _RECIPES = [
         "shakespeare-vssm",
         "VSSM for tiny Shakespeare bytes (smoothing posterior)",
         intended_use=(
-            "Studying one-pass text generation and resumable sessions on bytes; not for readable text. Served in "
+            "Studying one-pass text generation and resumable sessions on bytes; not for readable text (ask "
+            "shakespeare-vssm-prior for that). Served in "
             "one pass, where its measured curve is best: never trained for blocks, it loses bits at every smaller "
             "block (4.16 bits per byte at block 16, 5.42 at block 1) and writes no more known words (49-50%)."
         ),
