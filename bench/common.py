@@ -213,6 +213,8 @@ def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> di
 
 
 # the bundled text models timed beside each other, by family: the served VSSM and the three baselines
+# the text VSSMs the benchmark times, each beside the baselines (bench/blocks.py, run_text)
+TEXT_VSSMS = ("shakespeare-vssm", "shakespeare-vssm-prior")
 TEXT_RECIPES = {
     "vssm": "shakespeare-vssm",
     "ar-ssm": "shakespeare-ar-ssm",
@@ -221,12 +223,13 @@ TEXT_RECIPES = {
 }
 
 
-def text_models(seed: int = 0) -> dict[str, model.SequenceModel]:
-    """Random-weight models of the bundled text models' shapes (their recipes), by family."""
+def text_models(seed: int = 0, vssm: str = TEXT_RECIPES["vssm"]) -> dict[str, model.SequenceModel]:
+    """Random-weight models of the bundled text models' shapes (their recipes), by family; the VSSM
+    is the recipe ``vssm``'s."""
     from vssm.model.train import TrainConfig, model_config
 
     out = {}
-    for name in TEXT_RECIPES.values():
+    for name in {**TEXT_RECIPES, "vssm": vssm}.values():
         cfg = TrainConfig.from_preset(name)
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -386,7 +386,7 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
 def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
     """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch; a
     second row for the text models where the run timed them."""
-    parts = [bl] + ([bl["text"]] if bl.get("text") else [])
+    parts = [bl] + ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
     batches = list(bl["sequence"])
     fig, axes = plt.subplots(len(parts), len(batches), figsize=(5.5 * len(batches), 4 * len(parts)), squeeze=False)
     for row, part in zip(axes, parts, strict=True):
@@ -399,7 +399,8 @@ def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
                 if key.startswith("ar:"):
                     ax.axhline(t["median_s"] * 1e3, ls="--", lw=1, color=COLORS.get(key[3:]), label=LABELS[key[3:]])
             ax.set(xscale="log", yscale="log", xlabel="block size", ylabel="ms per sequence (median)")
-            ax.set_title(f"{'text, ' if part is not bl else ''}{part['length']} {unit}, batch {batch}")
+            name = f"{part['recipes']['vssm']}, " if part is not bl and "recipes" in part else ""
+            ax.set_title(f"{name}{part['length']} {unit}, batch {batch}")
             ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -442,12 +443,15 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         L += [f"A whole sequence of {bl['length']} tokens, batch {batch}, unprompted: ms (median), AR-SSM / VSSM.", ""]
         L += _sequence_tables(part)
     L += [f"![blocks]({plots['blocks']})", ""]
-    text = bl.get("text")
-    if text:
+    for text in [bl.get("text"), *(bl.get("texts") or {}).values()]:
+        if not text:
+            continue
         vc, ac = text["vssm_config"], text["ar_ssm_config"]
+        name = text.get("recipes", {}).get("vssm", "the bundled text VSSM")
+        prior = f", a latent prior of width {vc['prior_width']}" if vc.get("prior_width") else ""
         L += [
-            f"Text: a whole sequence of {text['length']} bytes, the bundled text VSSM's shapes (decoder "
-            f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}) beside the text "
+            f"Text: a whole sequence of {text['length']} bytes, {name}'s shapes (decoder "
+            f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}{prior}) beside the text "
             f"AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
             f"{text['served_block_size']}" + (" (one pass)." if text["served_block_size"] >= text["length"] else "."),
             "",

@@ -327,19 +327,22 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
                 + ("" if s.mode == "full" else " (quick mode)"),
             )
         )
-    text = (bl or {}).get("text")
-    first = next(iter((text or {}).get("sequence", {}).items()), None)
-    if text and first is not None:
+    texts = [(bl or {}).get("text"), *((bl or {}).get("texts") or {}).values()]
+    for text in texts:
+        first = next(iter((text or {}).get("sequence", {}).items()), None)
+        if not text or first is None:
+            continue
         batch, part = first
         c = text["served_block_size"]
+        name = text.get("recipes", TEXT_RECIPES)["vssm"]
         rows.append(
             _row(
-                f"text VSSM ({'one pass' if c >= text['length'] else f'block-{c}'}, served default) "
+                f"{name} ({'one pass' if c >= text['length'] else f'block-{c}'}, served default) "
                 "generation speed-up over the text AR-SSM",
                 part["speedup_vs_ar_ssm"].get(str(c)),
                 f">= {TEXT_SPEEDUP:g}x",
                 lambda v: v >= TEXT_SPEEDUP,
-                f"{TEXT_RECIPES['vssm']}'s and {TEXT_RECIPES['ar-ssm']}'s shapes, {text['length']} bytes, B={batch}, "
+                f"{name}'s and {TEXT_RECIPES['ar-ssm']}'s shapes, {text['length']} bytes, B={batch}, "
                 "unprompted" + ("" if s.mode == "full" else " (quick mode)"),
             )
         )

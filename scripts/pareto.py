@@ -38,27 +38,37 @@ SPEEDUP_TARGET = {"mnist": 10.0, "shakespeare": 5.0}  # issue 19's speed targets
 
 # what decides a VSSM's generation time; the posterior (its encoder) is not used to generate
 GENERATION_SHAPE = (
-    "vocab_size", "width", "state_size", "dec_layers", "par_layers", "n_latents", "n_classes", "decoder_tokens"
+    "vocab_size", "width", "state_size", "dec_layers", "par_layers", "n_latents", "n_classes", "decoder_tokens",
+    "prior_width",
 )  # fmt: skip
 
 
-def bench_section(bench: dict | None, length: int) -> dict | None:
-    """The benchmark's block part that timed whole sequences of ``length`` tokens: the MNIST part
-    (``blocks``) or its text part (``blocks.text``), or None."""
-    blocks = (bench or {}).get("blocks") or {}
-    return next((sec for sec in (blocks, blocks.get("text") or {}) if sec.get("length") == length), None)
-
-
-def timed_by_bench(bench: dict | None, checkpoint: Path, length: int) -> bool:
-    """Whether the benchmark's block part for sequences of ``length`` timed this VSSM checkpoint's
-    generation-time shapes (each part times one VSSM's, its ``vssm_config``): only then are its
-    ``vssm:<block size>`` times this model's.  A field a config does not record has VSSMConfig's default."""
-    timed = (bench_section(bench, length) or {}).get("vssm_config")
-    if not timed or not checkpoint.exists():
+def _same_shape(timed: dict | None, checkpoint: Path | None) -> bool:
+    """Whether a benchmark part's ``vssm_config`` has this checkpoint's generation-time shapes (a field
+    a config does not record has VSSMConfig's default)."""
+    if not timed or checkpoint is None or not checkpoint.exists():
         return False
     cfg = json.loads(read_metadata(checkpoint).get("config", "{}"))
     default = dataclasses.asdict(VSSMConfig())
     return all(timed.get(k, default[k]) == cfg.get(k, default[k]) for k in GENERATION_SHAPE)
+
+
+def bench_section(bench: dict | None, length: int, checkpoint: Path | None = None) -> dict | None:
+    """The benchmark's block part that timed whole sequences of ``length`` tokens: the MNIST part
+    (``blocks``) or a text part (``blocks.text``, the paper's text VSSM; ``blocks.texts``, the others),
+    the one that timed ``checkpoint``'s shapes where one did, or None."""
+    blocks = (bench or {}).get("blocks") or {}
+    parts = [blocks, blocks.get("text") or {}, *(blocks.get("texts") or {}).values()]
+    parts = [sec for sec in parts if sec.get("length") == length]
+    mine = next((sec for sec in parts if _same_shape(sec.get("vssm_config"), checkpoint)), None)
+    return mine or next(iter(parts), None)
+
+
+def timed_by_bench(bench: dict | None, checkpoint: Path, length: int) -> bool:
+    """Whether a benchmark block part for sequences of ``length`` timed this VSSM checkpoint's
+    generation-time shapes (each part times one VSSM's, its ``vssm_config``): only then are its
+    ``vssm:<block size>`` times this model's."""
+    return _same_shape((bench_section(bench, length, checkpoint) or {}).get("vssm_config"), checkpoint)
 
 
 def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
@@ -71,26 +81,35 @@ def load(dataset: str, checkpoints: Path) -> dict[str, dict]:
     return out
 
 
-def bench_times(bench: dict | None, batch: str, length: int) -> dict[str, float]:
+def bench_times(bench: dict | None, batch: str, length: int, checkpoint: Path | None = None) -> dict[str, float]:
     """Seconds per sequence from the benchmark: ``ar:<family>`` and ``vssm:<block size>``, where it timed
-    sequences of this ``length`` (its block part times MNIST's shapes, its text part the text models')."""
-    sec = bench_section(bench, length)
+    sequences of this ``length`` (its block part times MNIST's shapes, its text parts the text models';
+    ``checkpoint``: the part that timed its shapes)."""
+    sec = bench_section(bench, length, checkpoint)
     if not sec or batch not in sec["sequence"]:
         return {}
     return {k: v["median_s"] for k, v in sec["sequence"][batch]["seconds"].items()}
 
 
-def points(evals: dict[str, dict], times: dict[str, float], batch: str, timed: set[str] | None = None) -> list[dict]:
+def points(
+    evals: dict[str, dict],
+    times: dict[str, float],
+    batch: str,
+    timed: set[str] | None = None,
+    per_model: dict[str, dict[str, float]] | None = None,
+) -> list[dict]:
     """One point per VSSM block size and per other model; ``timed``: the VSSMs whose shapes the
-    benchmark's ``vssm:`` times are of (None: every VSSM); the others keep their eval's times."""
+    benchmark's ``vssm:`` times are of (None: every VSSM); the others keep their eval's times.
+    ``per_model``: a VSSM's own benchmark times where the benchmark timed several VSSMs' shapes."""
     rows = []
     for name, d in evals.items():
         if d["family"] == "vssm":
             own = timed is None or name in timed
+            mine = (per_model or {}).get(name, times)
             for r in d.get("block_curve", []):
                 c = r["block_size"]
                 eval_s = r["generation_seconds"][f"batch_{batch}"]
-                sec = times.get(f"vssm:{c}", eval_s) if own else eval_s
+                sec = mine.get(f"vssm:{c}", eval_s) if own else eval_s
                 nll = r["nll"]["nats_per_sequence"]
                 rows.append({"model": name, "family": "vssm", "block": c, "nll": nll, "s": sec})
         else:
@@ -158,7 +177,8 @@ def main() -> None:
         raise SystemExit(f"no eval JSONs of {args.dataset} in {args.checkpoints}")
     length = next(iter(evals.values()))["generation_seconds"]["length"]
     timed = {n for n in evals if timed_by_bench(bench, args.checkpoints / f"{n}.safetensors", length)}
-    rows = points(evals, bench_times(bench, args.batch, length), args.batch, timed)
+    per_model = {n: bench_times(bench, args.batch, length, args.checkpoints / f"{n}.safetensors") for n in timed}
+    rows = points(evals, bench_times(bench, args.batch, length), args.batch, timed, per_model)
     speedup = args.speedup if args.speedup is not None else SPEEDUP_TARGET.get(args.dataset, 10.0)
     args.img.mkdir(parents=True, exist_ok=True)
     out = args.img / f"pareto_{args.dataset}.png"

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # its neighbour scripts/pareto.p
 from pareto import bench_section, bench_times, timed_by_bench  # noqa: E402
 
 from vssm.model.card import samples_in_one_pass, served_row  # noqa: E402
+from vssm.model.checkpoint import read_metadata  # noqa: E402
 
 DATASETS = {
     "mnist": ("Binarised MNIST", "nats per image", "nats_per_sequence", "{:.1f}"),
@@ -74,11 +75,12 @@ JUDGE_COLUMNS = {
 }
 
 
-def _bench(bench: dict | None, length: int) -> dict[str, dict[str, float]]:
+def _bench(bench: dict | None, length: int, checkpoint: Path | None = None) -> dict[str, dict[str, float]]:
     """Median seconds per whole sequence from the benchmark's block part, by batch then entry: only
-    where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes and the text models')."""
-    sec = bench_section(bench, length)
-    return {b: bench_times(bench, b, length) for b in sec["sequence"]} if sec else {}
+    where the benchmark timed sequences of this ``length`` (its part 7 times MNIST's shapes and the
+    text models'; ``checkpoint``: the part that timed its shapes)."""
+    sec = bench_section(bench, length, checkpoint)
+    return {b: bench_times(bench, b, length, checkpoint) for b in sec["sequence"]} if sec else {}
 
 
 def _judged_section(checkpoints: Path, dataset: str, evals: dict[str, dict]) -> list[str]:
@@ -209,11 +211,16 @@ def dataset_section(
         if not curve or d["family"] != "vssm":  # another family's one row: its judged samples (below)
             continue
         length = curve[0]["generation_seconds"]["length"]
-        timed = timed_by_bench(bench, checkpoints / f"{name}.safetensors", length)
-        times = _bench(bench, length) if timed else {}
+        ckpt = checkpoints / f"{name}.safetensors"
+        timed = timed_by_bench(bench, ckpt, length)
+        times = _bench(bench, length, ckpt) if timed else {}
+        prior = ckpt.exists() and json.loads(read_metadata(ckpt).get("config", "{}")).get("prior_width", 0)
         L += ["", f"### `{name}`: the block-size dial", ""]
         L += [
-            'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then',
+            'Block sampling (docs/design.md, "Blocks"): each block is generated in one parallel pass, then'
+            if not prior
+            else 'Block sampling (docs/design.md, "Blocks"): each block\'s latents are drawn one after another by the '
+            "latent prior, its tokens decoded in one parallel pass, then",
             "read back by the partial encoder before the next. The bound is of what is really sampled at that",
             f"block size ({curve[0]['sequences']} test sequences, IW-{curve[0]['nll'].get('samples', 1)}).",
             "",

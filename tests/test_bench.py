@@ -124,7 +124,8 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert {
         "VSSM 16-token round from a state, ms",
         "VSSM block-16 generation speed-up over ar-ssm",
-        "text VSSM (one pass, served default) generation speed-up over the text AR-SSM",
+        "shakespeare-vssm (one pass, served default) generation speed-up over the text AR-SSM",
+        "shakespeare-vssm-prior (one pass, served default) generation speed-up over the text AR-SSM",
     } <= {t["what"] for t in r["targets"]}
     assert set(r["plots"]) == {"generation", "limit", "resume", "training", "blocks"}
     for rel in r["plots"].values():
