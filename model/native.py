@@ -151,27 +151,19 @@ def _load() -> ctypes.CDLL | None:
         if not path.exists():
             _compile(path)
         lib = ctypes.CDLL(str(path))
-        for name in ("s4d_block_f32", "s4d_block_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _ARGTYPES, None
-        for name in ("ssm_net_f32", "ssm_net_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _NET_ARGTYPES, None
-        for name in ("keyed_uniforms_f32", "keyed_uniforms_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _KEYED_ARGTYPES, None
-        for name in ("categorical_f32", "categorical_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _CATEGORICAL_ARGTYPES, None
-        for name in ("latent_prior_f32", "latent_prior_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _PRIOR_ARGTYPES, None
-        for name in ("fused_rounds_f32", "fused_rounds_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _ROUNDS_ARGTYPES, _I
-        for name in ("ssm_ar_loop_f32", "ssm_ar_loop_f64"):
-            fn = getattr(lib, name)
-            fn.argtypes, fn.restype = _AR_LOOP_ARGTYPES, _I
+        signatures = (  # each entry point, in float32 and float64
+            ("s4d_block", _ARGTYPES, None),
+            ("ssm_net", _NET_ARGTYPES, None),
+            ("keyed_uniforms", _KEYED_ARGTYPES, None),
+            ("categorical", _CATEGORICAL_ARGTYPES, None),
+            ("latent_prior", _PRIOR_ARGTYPES, None),
+            ("fused_rounds", _ROUNDS_ARGTYPES, _I),
+            ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
+        )
+        for stem, argtypes, restype in signatures:
+            for suffix in ("_f32", "_f64"):
+                fn = getattr(lib, stem + suffix)
+                fn.argtypes, fn.restype = argtypes, restype
         lib.s4d_vector_bytes.argtypes, lib.s4d_vector_bytes.restype = [], _L
         global _vector_bytes
         _vector_bytes = lib.s4d_vector_bytes()  # the build's vector width, for max_tokens

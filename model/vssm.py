@@ -510,10 +510,10 @@ class VSSM(SequenceModel):
         """A block's latents ``(B, n, Z)`` from the block prior's ``logits`` (uniform where not
         ``observed``) and, with a latent prior, from its state ``r`` ``(B, R)`` (None: a block
         start); returns them and the latent prior's state after them (None without one)."""
+        if self.latent_prior is None:
+            return self._sample_latents(logits, state, n, temperature, observed, u=u), None
         if u is None:
             u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
-        if self.latent_prior is None:
-            return latents_from(logits, u, self.config.n_classes, temperature, observed), None
         if "prior" not in state.tensors:
             raise StateError("this state has no latent prior state (made by a model without one); start anew")
         if logits is not None and not bool(observed.all()):
