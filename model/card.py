@@ -48,7 +48,17 @@ def samples_in_one_pass(family: str) -> bool:
     return bool(cls and cls.parallel_sampling)
 
 
-def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
+def one_pass_words(config: dict[str, Any]) -> str:
+    """How a VSSM of ``config`` samples a whole sequence without blocks: one parallel pass, or, with a
+    latent prior (model/latent_prior.py), its latents one after another and its tokens in one pass."""
+    if config.get("prior_width"):
+        return "one pass: latents drawn one after another by the latent prior, tokens in one parallel pass"
+    return "one parallel pass"
+
+
+def _metrics(
+    evaluation: dict[str, Any], default_block_size: int | None, unblocked: str = "one parallel pass"
+) -> list[dict[str, Any]]:
     """The card's figures, from an eval JSON; rows the JSON lacks are left out."""
     out: list[dict[str, Any]] = []
     T = evaluation.get("test", {}).get("tokens_per_sequence")
@@ -73,7 +83,7 @@ def _metrics(evaluation: dict[str, Any], default_block_size: int | None) -> list
         elif default_block_size:  # vssm eval times the model as served
             how = f"block sampling at the default block {default_block_size}"
         else:
-            how = "one parallel pass"
+            how = unblocked  # how it samples without blocks (one_pass_words)
         note = f"{gen.get('length', T)} tokens, {how}"
         out.append(_metric("generation_ms_batch_1", gen["batch_1"] * 1e3, "ms per sequence", note))
         out.append(
@@ -196,7 +206,7 @@ def model_card(
     minutes = training["cpu_seconds"] and training["cpu_seconds"] / 60
     if params and minutes:
         limitations.append(
-            f"Small ({params:,} generation-time parameters) and trained for {minutes:.0f} CPU minutes on one "
+            f"Small ({params:,} generation-time parameters) and trained for {minutes:.1f} CPU minutes on one "
             f"thread ({training['machine'] or 'machine not recorded'}): the bundled models compare families "
             "at equal budget, they are not the state of the art."
         )
@@ -220,6 +230,8 @@ def model_card(
         "training": training,
         "default_block_size": default_block_size,
         "observation_temperature": r,
-        "metrics": _metrics(evaluation, default_block_size) if evaluation else [],
+        "metrics": _metrics(evaluation, default_block_size, one_pass_words(json.loads(meta.get("config") or "{}")))
+        if evaluation
+        else [],
         "limitations": limitations,
     }

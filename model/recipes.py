@@ -208,11 +208,11 @@ _RECIPES = [
             "three real. One latent of 256 classes per byte, started from the byte's code; a small latent prior "
             "(a 128-wide linear recurrence and an MLP: model/latent_prior.py) draws a block's latents one after "
             "another, the decoder reads them in one parallel pass. Served in one pass, where its curve is best "
-            "(2.91 bits per byte, 64% known words; 2.98 and 58% at block 16)."
+            "(2.91 bits per byte, 64% known words; 2.97 and 58% at block 16)."
         ),
         limitations=(
             "Its latents are its bytes and its decoder copies them: generation is a sequential draw through the "
-            "latent prior (one compiled step a byte, about a quarter of the AR-SSM's arithmetic), not one "
+            "latent prior (one compiled step a byte, about a sixth of the AR-SSM's multiply-adds), not one "
             "parallel pass. Its speed lead over the AR-SSM comes from that step being small "
             "(docs/benchmarks.md), not from parallel sampling.",
             "64% of the words it writes are in the training text (target 70%; the AR-SSM's: 84%).",

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
 
-from vssm.model.card import model_card, samples_in_one_pass  # noqa: E402
+from vssm.model.card import model_card, one_pass_words, samples_in_one_pass  # noqa: E402
 from vssm.model.checkpoint import read_metadata  # noqa: E402
 
 
@@ -65,7 +65,12 @@ def render(checkpoints: Path) -> str:
             how = "one parallel pass" if samples_in_one_pass(meta["family"]) else "token by token"
             served = f"{how}, whatever the block size"
         else:
-            served = f"block {block} when a request names no block size" if block else "one parallel pass by default"
+            config = json.loads(meta.get("config") or "{}")
+            served = (
+                f"block {block} when a request names no block size"
+                if block
+                else f"{one_pass_words(config)}, by default"
+            )
         if card["observation_temperature"] != 1.0:
             served += (
                 f"; tokens given the latents at observation temperature {card['observation_temperature']:g}"
