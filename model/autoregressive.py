@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import native
 from .base import LossOutput, SequenceModel, check_config
 from .network import SSMNet, SSMNetConfig
-from .sampling import STREAM_TOKEN, keyed_uniform, sample_categorical
+from .sampling import STREAM_TOKEN, finite_temperature, keyed_uniform, row_temperatures, sample_categorical
 from .state import GenState
 
 __all__ = ["ARGRU", "ARSSM", "ARGRUConfig", "ARModel", "ARSSMConfig"]
@@ -175,8 +175,7 @@ class ARSSM(ARModel):
         """On the CPU, where every step would be one native network pass, the whole loop is one
         compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
         its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
-        finite = not bool(torch.as_tensor(temperature).isnan().any())  # a NaN draws as PyTorch's does
-        loop = native.ar_loop() if scores is None and n > 0 and finite else None
+        loop = native.ar_loop() if scores is None and n > 0 and finite_temperature(temperature) else None
         h = state["h"]
         probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype)  # (B, 1, H): what a step reads
         if loop is None or not (
@@ -185,11 +184,10 @@ class ARSSM(ARModel):
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
         B = state.batch_size
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        temp = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(B)  # (B,)
         cfg = self.net.cfg
         tokens, logits, h_next = loop(
-            state["logits"], h, u, temp, self.net._packed(), self.net.inp.weight, cfg.layers, cfg.state_size,
-            self.net.norm.eps, resumable,
+            state["logits"], h, u, row_temperatures(temperature, B), self.net._packed(), self.net.inp.weight,
+            cfg.layers, cfg.state_size, self.net.norm.eps, resumable,
         )  # fmt: skip
         if not resumable:
             return tokens, None

@@ -26,11 +26,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from . import native
-from .sampling import per_row, sample_categorical
-from .ssm import fixed_call, weights_key
+from .network import has_hooks
+from .sampling import finite_temperature, per_row, row_temperatures, sample_categorical
+from .ssm import cached_pack
 
 __all__ = ["LatentPrior"]
 
@@ -85,12 +85,10 @@ class LatentPrior(nn.Module):
         ``r`` ``(B, R)`` before the first; returns them and ``r`` after the last.  The draws are
         inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching.
         On the CPU, without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
-        finite = not bool(torch.as_tensor(temperature).isnan().any())  # a NaN draws as PyTorch's does
-        compiled = native.prior_draws() if finite and self._native_ok(u) else None
+        compiled = native.prior_draws() if finite_temperature(temperature) and self._native_ok(u) else None
         if compiled is not None:
-            B = u.shape[0]
-            temp = torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(B)  # (B,)
             flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
+            temp = row_temperatures(temperature, u.shape[0])  # (B,)
             return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.mlp[0].eps)
         a = torch.sigmoid(self.decay)  # (R,)
         E = self.embed.weight  # (R, Z*K)
@@ -113,28 +111,15 @@ class LatentPrior(nn.Module):
             return False
         if torch.is_grad_enabled() and self.decay.requires_grad:
             return False
-        if _global_forward_hooks or _global_forward_pre_hooks:
-            return False
-        return not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules())
+        return not has_hooks(self.modules())
 
     def _packed(self) -> Tensor:
         """The weights for the compiled loop (model/native.py, ``pack_prior``), rebuilt when any of
         them changes, checked once per generation call (model/ssm.py, ``weights_fixed``)."""
-        call = fixed_call()
-        hit = self.__dict__.get("_pack")
-        if call is not None and hit is not None and hit[2] == call:
-            return hit[1]
-        key = weights_key(list(self.parameters()))
-        if hit is not None and hit[0] == key:
-            self.__dict__["_pack"] = (key, hit[1], call)
-            return hit[1]
         norm, first, last = self.mlp[0], self.mlp[1], self.mlp[3]
-        packed = native.pack_prior(
-            self.decay,
-            self.embed.weight,
-            (norm.weight, norm.bias),
-            (first.weight, first.bias),
-            (last.weight, last.bias),
-        )
-        self.__dict__["_pack"] = (key, packed, call)  # a cache, not module state: never saved, never moved
-        return packed
+
+        def build() -> Tensor:
+            pairs = (norm.weight, norm.bias), (first.weight, first.bias), (last.weight, last.bias)
+            return native.pack_prior(self.decay, self.embed.weight, *pairs)
+
+        return cached_pack(self, lambda: list(self.parameters()), build)

@@ -260,6 +260,22 @@ def _block(
     return out, nxt
 
 
+def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
+    """Reals in :func:`pack`'s buffer: per layer LayerNorm, the six planes, D, the output linear and
+    its bias; then the final LayerNorm and the head."""
+    return L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
+
+
+def _prior_pack_size(R: int, zk: int) -> int:
+    """Reals in :func:`pack_prior`'s buffer (``zk`` = Z * K)."""
+    return R + zk * R + 2 * R + R * R + R + R * zk + zk
+
+
+def _writable(state: Tensor) -> Tensor:
+    """A contiguous copy of a complex state that C may overwrite (a lazy conjugate or negation resolved)."""
+    return state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+
+
 def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tuple[Tensor, Tensor]) -> Tensor:
     """One network's weights for :func:`_net`, in csrc/s4d_block.c's order: per layer ``(ln_w, ln_b,
     planes, D, W_out, b_out)`` (``planes`` from :func:`weights`, ``W_out`` ``(2H, H)`` as nn.Linear
@@ -294,7 +310,7 @@ def _net(
     assert lib is not None
     Bsz, T, H = x.shape
     dt = x.dtype
-    size = L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
+    size = _net_pack_size(L, H, N, n_out)
     ok = x.is_cpu and packed.is_cpu and packed.dtype == dt and packed.is_contiguous() and packed.numel() == size
     if not (ok and 1 <= N <= MAX_MODES and 0 <= at <= T and dt in _COMPLEX):
         raise ValueError(f"bad inputs for the native network pass: x {tuple(x.shape)} {dt}, pack {packed.numel()}")
@@ -426,7 +442,7 @@ def _prior_draws(
     R = r.shape[-1]
     ZK = Z * n_classes
     dt = r.dtype
-    size = R + ZK * R + 2 * R + R * R + R + R * ZK + ZK
+    size = _prior_pack_size(R, ZK)
     ok = dt in _COMPLEX and u.dtype == dt and r.shape == (Bsz, R) and packed.dtype == dt and packed.numel() == size
     ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64
     ok = ok and r.is_cpu and u.is_cpu and packed.is_cpu and temperature.is_cpu and packed.is_contiguous()
@@ -479,7 +495,7 @@ def _ar_loop(
     H = emb.shape[1]
     dt = logits.dtype
     cdt = _COMPLEX.get(dt)
-    size = L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * V + V
+    size = _net_pack_size(L, H, N, V)
     ok = cdt is not None and u.dtype == dt and emb.dtype == dt and packed.dtype == dt and packed.numel() == size
     ok = ok and state.shape == (Bsz, L, H, N) and state.dtype == cdt and u.shape == (Bsz, n) and n >= 1
     ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64 and 1 <= N <= MAX_MODES
@@ -488,7 +504,7 @@ def _ar_loop(
     if not ok:
         raise ValueError(f"bad inputs for the native AR loop: logits {tuple(logits.shape)}, state {tuple(state.shape)}")
     logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
-    h = state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    h = _writable(state)
     spare = torch.empty_like(h)
     x = torch.empty(Bsz, H, dtype=dt)
     g = torch.empty(Bsz, H, dtype=dt)
@@ -546,8 +562,7 @@ def _fused_rounds(
     ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
     ok = ok and states[0].shape == (Bsz, Lp, H, N) and states[1].shape == (Bsz, Ld, H, N)
     ok = ok and states[0].dtype == states[1].dtype == cdt and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
-    ok = ok and pack_p.numel() == Lp * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * Z * K + Z * K
-    ok = ok and pack_d.numel() == Ld * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * V + V
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, Z * K) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and pack_p.is_contiguous() and pack_d.is_contiguous() and b_in.shape == (H,) and min(ms) >= 1
     first = tokens[:, : ms[0]]
     ok = ok and (first.numel() == 0 or (int(first.min()) >= 0 and int(first.max()) < V))  # read by the embedding
@@ -555,14 +570,13 @@ def _fused_rounds(
     packs = (pack_p, pack_d)
     if prior is not None:
         pack_r, R, _ = prior
-        ok = ok and pack_r.dtype == dt and pack_r.numel() == R + Z * K * R + 2 * R + R * R + R + R * Z * K + Z * K
+        ok = ok and pack_r.dtype == dt and pack_r.numel() == _prior_pack_size(R, Z * K)
         packs = (*packs, pack_r)
     ok = ok and all(p.is_contiguous() for p in packs)
     tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, *packs, emb, w_in, b_in)
     if not (ok and all(t.is_cpu for t in tensors)):
         raise ValueError(f"bad inputs for the native rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
-    par_a = states[0].detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
-    dec_a = states[1].detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
+    par_a, dec_a = _writable(states[0]), _writable(states[1])
     par_b, dec_b = torch.empty_like(par_a), torch.empty_like(dec_a)
     w_t, emb = w_in.detach().t().contiguous(), emb.detach().contiguous()  # (I, H): a column per input
     x, g = torch.empty(Bsz, longest, H, dtype=dt), torch.empty(Bsz, longest, H, dtype=dt)

@@ -11,6 +11,7 @@ position, and stacked so that batching, splitting and serialising states are ind
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +21,17 @@ from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_h
 
 from . import native
 from .base import _structure, check_config
-from .ssm import S4D, SHORT, S4DConfig, fixed_call, weights_key
+from .ssm import S4D, SHORT, S4DConfig, cached_pack, fixed_call
 
-__all__ = ["SSMNet", "SSMNetConfig"]
+__all__ = ["SSMNet", "SSMNetConfig", "has_hooks"]
+
+
+def has_hooks(modules: Iterable[nn.Module]) -> bool:
+    """Whether a forward hook (global, or on any of ``modules``) would run: a compiled pass or loop
+    would skip it, so it keeps the modules' own forward."""
+    if _global_forward_hooks or _global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 @dataclass
@@ -178,11 +187,8 @@ class SSMNet(nn.Module):
 
     def _modules_native_ok(self) -> bool:
         """The part of :meth:`_native_ok` that depends on the modules only, not on the pass."""
-        if _global_forward_hooks or _global_forward_pre_hooks:
+        if has_hooks(self._walk()):
             return False
-        for m in self._walk():
-            if m._forward_hooks or m._forward_pre_hooks:
-                return False
         mods = self._modules
         blocks = mods["blocks"]._modules  # type: ignore[union-attr]
         eps = mods["norm"].eps  # type: ignore[union-attr]
@@ -202,22 +208,15 @@ class SSMNet(nn.Module):
         (model/ssm.py, ``weights_fixed``), so a weight changed by another thread during a call, or a hook
         added in it, is read by the next call.  Like every weights cache here it cannot see writes that
         bypass the version counter (``p.data.mul_()``, fused optimisers)."""
-        call = fixed_call()
-        hit = self.__dict__.get("_pack")
-        if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call
-            return hit[1]
-        params = [p for m in self._walk() for p in m._parameters.values()]
-        key = weights_key([p for p in params if p is not None]), tuple(p is None for p in params)
-        if hit is not None and hit[0] == key:
-            self.__dict__["_pack"] = (key, hit[1], call)
-            return hit[1]
-        layers = []
-        for b in self.blocks:
-            scan = b.ssm._cached("scan", b.ssm._build_scan)
-            layers.append((b.norm.weight, b.norm.bias, scan["w"], scan["D"], b.out.weight, b.out.bias))
-        packed = native.pack(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
-        self.__dict__["_pack"] = (key, packed, call)  # a cache, not module state: never saved, never moved
-        return packed
+
+        def build() -> Tensor:
+            layers = []
+            for b in self.blocks:
+                scan = b.ssm._cached("scan", b.ssm._build_scan)
+                layers.append((b.norm.weight, b.norm.bias, scan["w"], scan["D"], b.out.weight, b.out.bias))
+            return native.pack(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
+
+        return cached_pack(self, lambda: [p for m in self._walk() for p in m._parameters.values()], build)
 
     def _native(
         self, h: Tensor, state: Tensor | None, at: int, return_state: bool, out: Tensor | None = None

@@ -24,11 +24,13 @@ __all__ = [
     "STREAM_LATENT",
     "STREAM_TOKEN",
     "as_seed_tensor",
+    "finite_temperature",
     "keyed_uniform",
     "keyed_uniforms",
     "latents_from",
     "per_row",
     "positional_draw",
+    "row_temperatures",
     "sample_categorical",
     "sequence_seeds",
 ]
@@ -130,6 +132,20 @@ def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     cdf = probs.cumsum(-1)  # (..., V)
     drawn = (cdf < (u * cdf[..., -1]).unsqueeze(-1)).sum(-1)  # (...)
     return drawn.clamp_max(probs.shape[-1] - 1)
+
+
+def finite_temperature(temperature: float | Tensor) -> bool:
+    """Whether no temperature is NaN.  The compiled sampling loops (model/native.py) read a NaN as
+    almost 0 where PyTorch's draw gives category 0, so a NaN keeps the PyTorch path, as
+    :func:`sample_categorical` does for its compiled draw."""
+    if isinstance(temperature, Tensor):
+        return not bool(temperature.isnan().any())
+    return temperature == temperature
+
+
+def row_temperatures(temperature: float | Tensor, batch: int) -> Tensor:
+    """A float or per-row temperature as the compiled loops read it: ``(B,)`` float64 on the CPU."""
+    return torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(batch)
 
 
 def per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:

@@ -102,6 +102,27 @@ def fixed_call() -> int | None:
     return _FIXED.get()
 
 
+def cached_pack(owner: nn.Module, params: Callable[[], list[Tensor | None]], build: Callable[[], Tensor]) -> Tensor:
+    """``owner``'s weights packed for a compiled kernel (``build()``), rebuilt when any of
+    ``params()`` changes (:func:`weights_key`, and which entries are None), checked once per
+    generation call (:func:`weights_fixed`): a weight changed by another thread during a call is
+    read by the next.  Kept in ``owner.__dict__``: a cache, not module state (never saved, never
+    moved).  Like every weights cache here it cannot see writes that bypass the version counter."""
+    call = fixed_call()
+    hit = owner.__dict__.get("_pack")
+    if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call
+        return hit[1]
+    key = pack_key(params())
+    packed = hit[1] if hit is not None and hit[0] == key else build()
+    owner.__dict__["_pack"] = (key, packed, call)
+    return packed
+
+
+def pack_key(params: list[Tensor | None]) -> tuple:
+    """:func:`cached_pack`'s key: :func:`weights_key` of the parameters, and which entries are None."""
+    return weights_key([p for p in params if p is not None]), tuple(p is None for p in params)
+
+
 def weights_key(params: Iterable[Tensor]) -> tuple:
     """Identity of the current weights: storage and in-place version of each tensor.
 

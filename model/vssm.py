@@ -54,11 +54,13 @@ from .sampling import (
     STREAM_ABSORB,
     STREAM_LATENT,
     STREAM_TOKEN,
+    finite_temperature,
     keyed_uniform,
     keyed_uniforms,
     latents_from,
     per_row,
     positional_draw,
+    row_temperatures,
     sample_categorical,
     sequence_seeds,
 )
@@ -678,12 +680,13 @@ class VSSM(SequenceModel):
         par, dec_abs = state["par"], state["dec_abs"]
         everyone = torch.ones_like(observed)
         start = 0
-        compiled = self._compiled_rounds(ms[:fused], state) if scores is None and _finite(temperature) else None
+        compiled = None
+        if scores is None and finite_temperature(temperature):
+            compiled = self._compiled_rounds(ms[:fused], state)
         if compiled is not None:  # the loop below in one call (csrc/rounds.c)
             every = torch.zeros(Bsz, span, dtype=torch.long)
             every[:, : ms[0]] = tokens[0]
-            temps = (temperature, self.token_temperature(temperature, ratio))
-            temps = tuple(torch.as_tensor(t, dtype=torch.float64).reshape(-1).expand(Bsz) for t in temps)
+            temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
             every, par, dec_abs = compiled(ms[:fused], every, (u_lat, u_abs, u_tok), temps, (par, dec_abs))
             start = span - ms[fused - 1]
             tokens = [every[:, :start], every[:, start:]]
@@ -835,14 +838,6 @@ class VSSM(SequenceModel):
 def _check_block_state(state: GenState) -> None:
     if "dec_abs" not in state.tensors:
         raise StateError("this state was made before block sampling (it has no absorbed decoder state); start anew")
-
-
-def _finite(temperature: float | Tensor) -> bool:
-    """Whether no temperature is NaN: the compiled loops read a NaN as almost 0, PyTorch's draw as
-    category 0, so a NaN keeps the PyTorch path (as ``sample_categorical`` does)."""
-    if isinstance(temperature, Tensor):
-        return not bool(temperature.isnan().any())
-    return temperature == temperature
 
 
 def straight_through_gumbel(log_p: Tensor, tau: float) -> Tensor:

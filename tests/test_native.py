@@ -516,7 +516,7 @@ def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_o
     """Within one generation call the weights cannot change: the AR-SSM's steps and the VSSM's rounds
     check the packed weights and the modules once per call, not once per pass; a change between calls
     (here in place, as an optimiser step or a load makes it) is read by the next call."""
-    from vssm.model import network
+    from vssm.model import ssm
     from vssm.model.autoregressive import ARSSM, ARSSMConfig
 
     torch.manual_seed(5)
@@ -524,8 +524,8 @@ def test_a_generation_call_checks_the_weights_once_and_the_next_call_reads_new_o
     vssm = VSSM(VSSMConfig(vocab_size=3, n_latents=2, n_classes=3, width=8, state_size=4, max_position=24))
     vssm = vssm.double().eval()
     keys, checks = [], []
-    real_key, real_modules = network.weights_key, SSMNet._modules_native_ok
-    monkeypatch.setattr(network, "weights_key", lambda params: keys.append(1) or real_key(params))
+    real_key, real_modules = ssm.pack_key, SSMNet._modules_native_ok
+    monkeypatch.setattr(ssm, "pack_key", lambda params: keys.append(1) or real_key(params))
     monkeypatch.setattr(SSMNet, "_modules_native_ok", lambda self: checks.append(1) or real_modules(self))
     for m, networks, kwargs in ((ar, 1, {}), (vssm, 2, {"block_size": 4})):
         prompt = torch.randint(0, 3, (2, 3))

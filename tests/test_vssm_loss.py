@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import decoder_input, tiny_model
+from tests.test_blocks import latent_prior_log_probs
 from vssm.model import VSSM, LossOutput, VSSMConfig
 from vssm.model.vssm import straight_through_gumbel
 
@@ -146,18 +147,6 @@ def test_log_weights_refuse_a_prompt_as_long_as_the_sequence():
         m.log_weights(x, prompt_len=6)
 
 
-def _prior_steps(m: VSSM, base: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``log p(z_t | ...)`` ``(B, n, K)`` of one block's latents ``z`` ``(B, n)`` (Z = 1) under the latent
-    prior, step by step from its definition (model/latent_prior.py), given the base ``(B, n, K)``."""
-    p, K = m.latent_prior, m.config.n_classes
-    r = torch.zeros(len(z), p.width, dtype=m.dtype)
-    out = []
-    for t in range(z.shape[1]):
-        out.append((base[:, t] + p.mlp(r)).log_softmax(-1))
-        r = torch.sigmoid(p.decay) * r + p.embed(torch.nn.functional.one_hot(z[:, t], K).to(m.dtype))
-    return torch.stack(out, 1) if out else base
-
-
 def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The NLL ``-log p(x_C+1:T | x_1:C)`` of the model that generation samples from, and the
     negative ELBO of the posterior that the bounds draw from, by summing over every latent sequence
@@ -183,7 +172,8 @@ def _exact(m: VSSM, x: torch.Tensor, C: int) -> tuple[torch.Tensor, torch.Tensor
         log_px = x_logits.log_softmax(-1).gather(-1, x[..., None])[:, C:, 0].sum(-1)  # (B,)
         lw = log_w
         if m.latent_prior is not None:  # after the prompt one block, whose latents read the ones before
-            lw = torch.cat([log_w[:, :C], _prior_steps(m, log_w[:, C:], z[:, C:, 0])], 1)
+            after = latent_prior_log_probs(m, log_w[:, C:, None], z[:, C:])[:, :, 0]  # (B, T - C, K)
+            lw = torch.cat([log_w[:, :C], after], 1)
         log_pz = lw.gather(-1, z)[..., 0]  # (B, T)
         joint.append(log_px + log_pz.sum(-1))
         log_ratio = (log_pz - log_prop.gather(-1, z)[..., 0])[:, C:].sum(-1)  # (B,)
