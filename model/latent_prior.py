@@ -3,7 +3,7 @@
 Glossary of axis letters (docs/design.md):
     B  batch      T  sequence length      n  steps in one call      c  block size
     Z  categorical latent variables per step      K  classes per latent variable
-    R  width of the prior's state
+    R  width of the prior's state      M  hidden width of its MLP
 
 The block prior of block sampling (model/vssm.py) draws a block's latents independently, each
 from the partial encoder over the tokens before the block and EMPTYs (the uniform prior in the
@@ -14,10 +14,10 @@ through a diagonal linear recurrence, reset at every block start::
     log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(base_t + MLP(r_(t-1)))
 
 ``base_t`` the block prior's logits, ``a = sigmoid(decay)`` per channel, ``E`` ``(R, Z*K)``.
-So a block's latents are drawn one after another (a step is ``R (R + Z K)`` multiply-adds
-plus the draw) while the decoder still reads them in one parallel pass.  The ELBO keeps its
-form: the KL at step t is taken against this prior given the posterior's own draws before t in
-the block.  Why it exists and what it did: docs/experiments/blocks.md, seventeenth and
+So a block's latents are drawn one after another (a step is ``M (R + Z K)`` multiply-adds plus
+the draw, ``M`` the MLP's hidden width) while the decoder still reads them in one parallel pass.
+The ELBO keeps its form: the KL at step t is taken against this prior given the posterior's own
+draws before t in the block.  Why it exists and what it did: docs/experiments/blocks.md, seventeenth and
 eighteenth sessions.  The MLP's last layer starts at zero: a fresh prior is the plain block prior.
 """
 
@@ -38,19 +38,24 @@ __all__ = ["LatentPrior"]
 class LatentPrior(nn.Module):
     """The correction ``MLP(r_(t-1))`` of a block's latent logits from the block's earlier latents."""
 
-    def __init__(self, n_latents: int, n_classes: int, width: int) -> None:
+    def __init__(self, n_latents: int, n_classes: int, width: int, hidden: int | None = None) -> None:
         super().__init__()
         self.n_latents, self.n_classes = n_latents, n_classes
         zk = n_latents * n_classes
         self.embed = nn.Linear(zk, width, bias=False)  # E: the one-hot z_t -> (R,)
         self.decay = nn.Parameter(torch.linspace(-2.0, 4.0, width))  # a = sigmoid(decay): 0.12 .. 0.98
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, zk))
+        M = hidden or width
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, M), nn.GELU(), nn.Linear(M, zk))
         nn.init.zeros_(self.mlp[-1].weight)  # the start is the plain block prior
         nn.init.zeros_(self.mlp[-1].bias)
 
     @property
     def width(self) -> int:
         return self.decay.shape[0]
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp[1].out_features
 
     def initial_state(self, batch: int) -> Tensor:
         """``r`` before a block's first step: zeros ``(B, R)``."""
@@ -89,7 +94,7 @@ class LatentPrior(nn.Module):
         if compiled is not None:
             flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
             temp = row_temperatures(temperature, u.shape[0])  # (B,)
-            return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.mlp[0].eps)
+            return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.hidden, self.mlp[0].eps)
         a = torch.sigmoid(self.decay)  # (R,)
         E = self.embed.weight  # (R, Z*K)
         offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)

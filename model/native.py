@@ -80,8 +80,8 @@ _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _D, _P, _P, _P, _P, _P, _P, _P]
-_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _P, _P, _P, _P, _P, _P, _P]
+_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -266,9 +266,9 @@ def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
     return L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
 
 
-def _prior_pack_size(R: int, zk: int) -> int:
-    """Reals in :func:`pack_prior`'s buffer (``zk`` = Z * K)."""
-    return R + zk * R + 2 * R + R * R + R + R * zk + zk
+def _prior_pack_size(R: int, M: int, zk: int) -> int:
+    """Reals in :func:`pack_prior`'s buffer (``zk`` = Z * K, ``M`` the MLP's hidden width)."""
+    return R + zk * R + 2 * R + R * M + M + M * zk + zk
 
 
 def _writable(state: Tensor) -> Tensor:
@@ -431,19 +431,28 @@ def pack_prior(
 
 
 def _prior_draws(
-    base: Tensor | None, r: Tensor, u: Tensor, temperature: Tensor, packed: Tensor, n_classes: int, eps: float
+    base: Tensor | None,
+    r: Tensor,
+    u: Tensor,
+    temperature: Tensor,
+    packed: Tensor,
+    n_classes: int,
+    hidden: int,
+    eps: float,
 ) -> tuple[Tensor, Tensor]:
     """:meth:`model.latent_prior.LatentPrior.draw` compiled: latents ``(B, n, Z)`` int64 from uniforms
     ``u`` ``(B, n, Z)``, the base logits ``base`` ``(B, n, Z*K)`` (None: zeros), the state ``r``
-    ``(B, R)`` and per-row ``temperature`` ``(B,)`` float64; returns them and the state after them."""
+    ``(B, R)``, per-row ``temperature`` ``(B,)`` float64 and the MLP's hidden width; returns them and
+    the state after them."""
     lib = _lib
     assert lib is not None
     Bsz, n, Z = u.shape
     R = r.shape[-1]
     ZK = Z * n_classes
     dt = r.dtype
-    size = _prior_pack_size(R, ZK)
-    ok = dt in _COMPLEX and u.dtype == dt and r.shape == (Bsz, R) and packed.dtype == dt and packed.numel() == size
+    size = _prior_pack_size(R, hidden, ZK)
+    ok = hidden >= 1 and dt in _COMPLEX and u.dtype == dt and r.shape == (Bsz, R)
+    ok = ok and packed.dtype == dt and packed.numel() == size
     ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64
     ok = ok and r.is_cpu and u.is_cpu and packed.is_cpu and temperature.is_cpu and packed.is_contiguous()
     if base is not None:
@@ -455,10 +464,10 @@ def _prior_draws(
     u, temperature = u.contiguous(), temperature.contiguous()
     r = r.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
     z = torch.empty(Bsz, n, Z, dtype=torch.int64)
-    scratch = torch.empty(2 * R + ZK, dtype=dt)
+    scratch = torch.empty(R + hidden + ZK, dtype=dt)
     fn = lib.latent_prior_f64 if dt == torch.float64 else lib.latent_prior_f32
     fn(
-        Bsz, n, Z, n_classes, R, None if base is None else base.data_ptr(),
+        Bsz, n, Z, n_classes, R, hidden, None if base is None else base.data_ptr(),
         0 if base is None else base.stride(0), 0 if base is None else base.stride(1),
         u.data_ptr(), n * Z, temperature.data_ptr(), packed.data_ptr(), eps, r.data_ptr(), z.data_ptr(), n * Z,
         scratch.data_ptr(),
@@ -531,7 +540,7 @@ def _fused_rounds(
     states: tuple[Tensor, Tensor],
     par: tuple[Tensor, float, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int, bool],
-    prior: tuple[Tensor, int, float] | None,
+    prior: tuple[Tensor, int, int, float] | None,
     shape: tuple[int, int, int, int],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Block sampling's rounds after the first block, compiled (csrc/rounds.c; model/vssm.py,
@@ -541,7 +550,7 @@ def _fused_rounds(
     ``states``: the partial encoder's and the absorbed decoder's ``(B, L, H, N)`` complex; ``par``:
     its pack, eps, embedding ``(V+1, H)``, layers; ``dec``: its pack, eps, input weight ``(H, I)`` as
     nn.Linear holds it, bias, layers, whether it reads tokens; ``prior``: the latent prior's pack,
-    width, eps (None: none); ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
+    width, hidden width, eps (None: none); ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
     two states after the last round's absorbed steps."""
     lib = _lib
     assert lib is not None
@@ -566,11 +575,11 @@ def _fused_rounds(
     ok = ok and pack_p.is_contiguous() and pack_d.is_contiguous() and b_in.shape == (H,) and min(ms) >= 1
     first = tokens[:, : ms[0]]
     ok = ok and (first.numel() == 0 or (int(first.min()) >= 0 and int(first.max()) < V))  # read by the embedding
-    R = 0
+    R = M = 0
     packs = (pack_p, pack_d)
     if prior is not None:
-        pack_r, R, _ = prior
-        ok = ok and pack_r.dtype == dt and pack_r.numel() == _prior_pack_size(R, Z * K)
+        pack_r, R, M, _ = prior
+        ok = ok and M >= 1 and pack_r.dtype == dt and pack_r.numel() == _prior_pack_size(R, M, Z * K)
         packs = (*packs, pack_r)
     ok = ok and all(p.is_contiguous() for p in packs)
     tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, *packs, emb, w_in, b_in)
@@ -582,7 +591,7 @@ def _fused_rounds(
     x, g = torch.empty(Bsz, longest, H, dtype=dt), torch.empty(Bsz, longest, H, dtype=dt)
     lp, ld = torch.empty(Bsz, longest, Z * K, dtype=dt), torch.empty(Bsz, longest, V, dtype=dt)
     zs = torch.empty(Bsz, longest, Z, dtype=torch.int64)
-    ps, r = torch.empty(2 * R + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
+    ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
     pieces = torch.tensor(ms, dtype=torch.int64)
     fn = lib.fused_rounds_f64 if dt == torch.float64 else lib.fused_rounds_f32
     which = fn(
@@ -590,7 +599,7 @@ def _fused_rounds(
         u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
         par_a.data_ptr(), par_b.data_ptr(), dec_a.data_ptr(), dec_b.data_ptr(),
         pack_p.data_ptr(), eps_p, emb.data_ptr(), pack_d.data_ptr(), eps_d, w_t.data_ptr(), b_in.detach().data_ptr(),
-        None if prior is None else prior[0].data_ptr(), R, 0.0 if prior is None else prior[2],
+        None if prior is None else prior[0].data_ptr(), R, M, 0.0 if prior is None else prior[3],
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), ps.data_ptr(), r.data_ptr(),
     )  # fmt: skip
     return tokens, par_b if which & 1 else par_a, dec_b if which & 2 else dec_a

@@ -88,6 +88,7 @@ class VSSMConfig:
     # "split": causal for t <= C and smoothing after, C the training prompt length (VSSM.loss)
     decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
     prior_width: int = 0  # R: a block's latents also read its earlier latents (model/latent_prior.py); 0: independent
+    prior_hidden: int = 0  # M: hidden width of the latent prior's MLP; 0: R
 
     def __post_init__(self) -> None:
         check_config(
@@ -95,8 +96,10 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        if not isinstance(self.prior_width, int) or isinstance(self.prior_width, bool) or self.prior_width < 0:
-            raise ValueError(f"prior_width must be an integer >= 0, got {self.prior_width!r}")
+        for name in ("prior_width", "prior_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -157,7 +160,8 @@ class VSSM(SequenceModel):
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
         R = config.prior_width
-        self.latent_prior = LatentPrior(config.n_latents, config.n_classes, R) if R else None
+        M = config.prior_hidden or R
+        self.latent_prior = LatentPrior(config.n_latents, config.n_classes, R, M) if R else None
 
     @property
     def empty_token(self) -> int:
@@ -753,7 +757,8 @@ class VSSM(SequenceModel):
         if self.latent_prior is not None:
             if not self.latent_prior._native_ok(probe):
                 return None
-            prior = (self.latent_prior._packed(), self.latent_prior.width, self.latent_prior.mlp[0].eps)
+            lp = self.latent_prior
+            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
         cfg = self.config
         par = (par_net._packed(), par_net.norm.eps, emb.weight, cfg.par_layers)
         dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)

@@ -121,7 +121,11 @@ def oracle(m: model.VSSM, prompt: list[int], n: int, c: int, seed: int, temperat
     return x[C:]
 
 
-VARIANTS = {"latents": {}, "decoder-tokens": {"decoder_tokens": True}, "latent-prior": {"prior_width": 6}}
+VARIANTS = {
+    "latents": {},
+    "decoder-tokens": {"decoder_tokens": True},
+    "latent-prior": {"prior_width": 6, "prior_hidden": 4},
+}
 
 
 @pytest.mark.slow
@@ -434,6 +438,8 @@ def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_
     for bad in (True, -1, 2.5):
         with pytest.raises(ValueError, match="prior_width"):
             model.VSSMConfig(prior_width=bad)
+        with pytest.raises(ValueError, match="prior_hidden"):
+            model.VSSMConfig(prior_width=4, prior_hidden=bad)
 
 
 def test_a_fresh_latent_prior_is_the_plain_block_prior():

@@ -624,11 +624,11 @@ def test_the_kernel_threshold_follows_the_build_and_the_threads(monkeypatch):
 
 
 # ----- the latent prior's draws (csrc/latent_prior.c) ---------------------------------------------------------
-def _prior(dtype: torch.dtype, Z: int = 2, K: int = 5, R: int = 37) -> torch.nn.Module:
+def _prior(dtype: torch.dtype, Z: int = 2, K: int = 5, R: int = 37, M: int | None = None) -> torch.nn.Module:
     from vssm.model.latent_prior import LatentPrior
 
     torch.manual_seed(7)
-    p = LatentPrior(Z, K, R).to(dtype)
+    p = LatentPrior(Z, K, R, M).to(dtype)
     with torch.no_grad():  # a fresh prior's output layer is zero: make every weight act
         p.mlp[-1].weight.normal_(0.0, 1.0)
         p.mlp[-1].bias.normal_(0.0, 1.0)
@@ -646,10 +646,12 @@ def _python_draw(p: torch.nn.Module, *args) -> tuple[torch.Tensor, torch.Tensor]
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("base", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0, "rows"])
-def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature):
+@pytest.mark.parametrize("hidden", [None, 11])
+def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature, hidden):
     """Latents and the state after them, from any state, with or without a base, at any temperature
-    (one per row included); float32 within rounding of the state, the same latents."""
-    p = _prior(dtype)
+    (one per row included), the MLP as wide as the state or narrower; float32 within rounding of the
+    state, the same latents."""
+    p = _prior(dtype, M=hidden)
     B, n, Z, K = 3, 19, 2, 5
     g = torch.Generator().manual_seed(1)
     b = torch.randn(B, n, Z, K, generator=g, dtype=F64).to(dtype) if base else None
@@ -730,7 +732,7 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
 
 # ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6}])
+@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6, "prior_hidden": 4}])
 @pytest.mark.parametrize(("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200)])
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a

@@ -2,6 +2,7 @@
 
 Glossary of axis letters:
     B  batch      n  steps      Z  latent variables per step      K  classes of each      R  prior width
+    M  hidden width of the prior's MLP
 
 Per row, from the state r before the first step (model/latent_prior.py, LatentPrior.draw):
     logits_t = base_t + W2 GELU(W1 LayerNorm(r) + b1) + b2          (Z*K,)
@@ -17,8 +18,8 @@ uniform base); u (B, n, Z) with row stride u_sb (the rest contiguous); temperatu
 (B, R) contiguous, read and overwritten with the state after the last step; z (B, n, Z) int64 with
 row stride z_sb (a block inside a longer call's buffers: csrc/rounds.c).  The weights, packed by
 model/native.py (pack_prior): a = sigmoid(decay) (R), E transposed (Z*K, R), LayerNorm weight and
-bias (R each), W1 transposed (R, R) as (in, out), b1 (R), W2 transposed (R, Z*K), b2 (Z*K).
-scratch holds 2 R + Z*K reals.  Nothing here checks a shape: the caller does. */
+bias (R each), W1 transposed (R, M) as (in, out), b1 (M), W2 transposed (M, Z*K), b2 (Z*K).
+scratch holds R + M + Z*K reals.  Nothing here checks a shape: the caller does. */
 
 #include <math.h>
 #include <stdint.h>
@@ -32,13 +33,13 @@ void categorical_f32(long R, long V, const float *logits, const float *u, double
 void categorical_f64(long R, long V, const double *logits, const double *u, double temperature, int64_t *out);
 
 #define LATENT_PRIOR(NAME, REAL, ERF, DRAW)                                                                  \
-    void NAME(long B, long n, long Z, long K, long R, const REAL *base, long base_sb, long base_st,         \
+    void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st,         \
               const REAL *u, long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
               int64_t *z, long z_sb, REAL *scratch) {                                                       \
         const long ZK = Z * K;                                                                              \
         const REAL *a = packed, *ET = a + R, *ln_w = ET + ZK * R, *ln_b = ln_w + R;                         \
-        const REAL *W1 = ln_b + R, *b1 = W1 + R * R, *W2 = b1 + R, *b2 = W2 + R * ZK;                       \
-        REAL *h = scratch, *g = h + R, *logits = g + R;                                                     \
+        const REAL *W1 = ln_b + R, *b1 = W1 + R * M, *W2 = b1 + M, *b2 = W2 + M * ZK;                       \
+        REAL *h = scratch, *g = h + R, *logits = g + M;                                                     \
         for (long b = 0; b < B; ++b) {                                                                      \
             REAL *rb = r + b * R;                                                                           \
             for (long t = 0; t < n; ++t) {                                                                  \
@@ -50,17 +51,17 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
                 const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps);                           \
                 for (long i = 0; i < R; ++i) h[i] = (rb[i] - mean) * inv * ln_w[i] + ln_b[i];               \
                 /* g = GELU(W1 h + b1), the exact GELU */                                                   \
-                for (long o = 0; o < R; ++o) g[o] = b1[o];                                                  \
+                for (long o = 0; o < M; ++o) g[o] = b1[o];                                                  \
                 for (long i = 0; i < R; ++i) {                                                              \
-                    const REAL hi = h[i], *w = W1 + i * R;                                                  \
-                    _Pragma("omp simd") for (long o = 0; o < R; ++o) g[o] += hi * w[o];                     \
+                    const REAL hi = h[i], *w = W1 + i * M;                                                  \
+                    _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] += hi * w[o];                     \
                 }                                                                                           \
-                _Pragma("omp simd") for (long o = 0; o < R; ++o) g[o] =                                     \
+                _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] =                                     \
                     (REAL)0.5 * g[o] * ((REAL)1 + ERF(g[o] * (REAL)0.70710678118654752440));                \
                 /* logits = base_t + W2 g + b2 */                                                           \
                 const REAL *bt = base ? base + b * base_sb + t * base_st : 0;                               \
                 for (long o = 0; o < ZK; ++o) logits[o] = b2[o];                                            \
-                for (long i = 0; i < R; ++i) {                                                              \
+                for (long i = 0; i < M; ++i) {                                                              \
                     const REAL gi = g[i], *w = W2 + i * ZK;                                                 \
                     _Pragma("omp simd") for (long o = 0; o < ZK; ++o) logits[o] += gi * w[o];               \
                 }                                                                                           \
