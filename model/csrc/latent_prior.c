@@ -11,7 +11,10 @@ Per row, from the state r before the first step (model/latent_prior.py, LatentPr
 the draw being csrc/categorical.c's, so a draw equals sample_categorical's.  In PyTorch a step is
 about a dozen calls of a few microseconds of arithmetic each; a block of 256 steps at batch 1 took
 as long as the autoregressive SSM's 256 network steps (docs/experiments/blocks.md, eighteenth
-session).
+session).  The two products run through the network step's linear (csrc/s4d_block.c, LINEAR: its
+sums in registers, as the autoregressive SSM's step has them), not as one row of sums in memory
+updated per input: a fifth faster (blocks.md, nineteenth session).  A step reads M (R + Z K)
+weights, from the second-level cache at these sizes; their bytes set its time.
 
 Layouts: base (B, n, Z*K) with strides base_sb, base_st (the last contiguous), or NULL (zeros: the
 uniform base); u (B, n, Z) with row stride u_sb (the rest contiguous); temperature (B,) doubles; r
@@ -29,10 +32,12 @@ __attribute__((__simd__("notinbranch"))) extern float erff(float);
 __attribute__((__simd__("notinbranch"))) extern double erf(double);
 #endif
 
+void linear_rows_f32(long R, long K, long M, const float *a, const float *wt, const float *bias, float *out);
+void linear_rows_f64(long R, long K, long M, const double *a, const double *wt, const double *bias, double *out);
 void categorical_f32(long R, long V, const float *logits, const float *u, double temperature, int64_t *out);
 void categorical_f64(long R, long V, const double *logits, const double *u, double temperature, int64_t *out);
 
-#define LATENT_PRIOR(NAME, REAL, ERF, DRAW)                                                                  \
+#define LATENT_PRIOR(NAME, REAL, ERF, DRAW, LINEAR)                                                                  \
     void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st,         \
               const REAL *u, long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
               int64_t *z, long z_sb, REAL *scratch) {                                                       \
@@ -51,20 +56,12 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
                 const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps);                           \
                 for (long i = 0; i < R; ++i) h[i] = (rb[i] - mean) * inv * ln_w[i] + ln_b[i];               \
                 /* g = GELU(W1 h + b1), the exact GELU */                                                   \
-                for (long o = 0; o < M; ++o) g[o] = b1[o];                                                  \
-                for (long i = 0; i < R; ++i) {                                                              \
-                    const REAL hi = h[i], *w = W1 + i * M;                                                  \
-                    _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] += hi * w[o];                     \
-                }                                                                                           \
+                LINEAR(1, R, M, h, W1, b1, g);                                                              \
                 _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] =                                     \
                     (REAL)0.5 * g[o] * ((REAL)1 + ERF(g[o] * (REAL)0.70710678118654752440));                \
                 /* logits = base_t + W2 g + b2 */                                                           \
                 const REAL *bt = base ? base + b * base_sb + t * base_st : 0;                               \
-                for (long o = 0; o < ZK; ++o) logits[o] = b2[o];                                            \
-                for (long i = 0; i < M; ++i) {                                                              \
-                    const REAL gi = g[i], *w = W2 + i * ZK;                                                 \
-                    _Pragma("omp simd") for (long o = 0; o < ZK; ++o) logits[o] += gi * w[o];               \
-                }                                                                                           \
+                LINEAR(1, M, ZK, g, W2, b2, logits);                                                        \
                 if (bt)                                                                                     \
                     for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                       \
                 /* the draws, then r = a r + E z_t */                                                       \
@@ -79,5 +76,5 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
         }                                                                                                   \
     }
 
-LATENT_PRIOR(latent_prior_f32, float, erff, categorical_f32)
-LATENT_PRIOR(latent_prior_f64, double, erf, categorical_f64)
+LATENT_PRIOR(latent_prior_f32, float, erff, categorical_f32, linear_rows_f32)
+LATENT_PRIOR(latent_prior_f64, double, erf, categorical_f64, linear_rows_f64)

@@ -68,6 +68,7 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #define NET ssm_net_f32
 #define LAYERNORM layernorm_f32
 #define LINEAR linear_f32
+#define LINEAR_ROWS linear_rows_f32
 #include __FILE__
 #undef REAL
 #undef ERF
@@ -76,6 +77,7 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef NET
 #undef LAYERNORM
 #undef LINEAR
+#undef LINEAR_ROWS
 #undef VL
 #undef VEC
 #define VL (VEC_BYTES / 8)
@@ -88,6 +90,7 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define NET ssm_net_f64
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
+#define LINEAR_ROWS linear_rows_f64
 #include __FILE__
 
 /* the width of the vectors this build uses, in bytes (model/native.py: the short-pass threshold) */
@@ -295,6 +298,12 @@ static void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt, const 
             }
         }
     }
+}
+
+/* LINEAR for other files: the latent prior's step (csrc/latent_prior.c) runs its matrix-vector products
+   through the same register tiles as a network step, as the autoregressive SSM's loop does */
+void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out) {
+    LINEAR(R, K, M, a, wt, bias, out);
 }
 
 void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
