@@ -240,12 +240,22 @@ class SSMNet(nn.Module):
         ``state`` None means the zero state; ``lengths`` gives per-row final-state positions
         (see :meth:`S4D.forward`); ``return_state=False`` skips the state (training).
         """
-        if state is not None and x.shape[1] > SHORT and not bool(state.any()):
+        return self.forward_from(self.inp(x), state, lengths, return_state)
+
+    def forward_from(
+        self,
+        h: Tensor,
+        state: Tensor | None = None,
+        lengths: Tensor | None = None,
+        return_state: bool = True,
+    ) -> tuple[Tensor, Tensor | None]:
+        """:meth:`forward` after the input layer: ``h`` ``(B, T, H)`` is ``self.inp(x)`` (a caller
+        that can compute it more cheaply, e.g. a linear layer of one-hot inputs as a sum of columns)."""
+        T = h.shape[1]
+        if state is not None and T > SHORT and not bool(state.any()):
             # a fresh state: skip every layer's initial-state readout, the costliest part of a long pass
             # (on the short path the readout is a few matmul rows, cheaper than this check's host sync)
             state = None
-        h = self.inp(x)  # (B, T, H)
-        T = h.shape[1]
         if (lengths is None or isinstance(lengths, int)) and T <= SHORT and self._native_ok(h, T, state):
             return self._native(h, state, T if lengths is None else lengths, return_state)
         states = []

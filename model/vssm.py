@@ -230,6 +230,23 @@ class VSSM(SequenceModel):
             tok = F.one_hot(x, self.config.vocab_size + 1).to(z.dtype)  # (B, n, V+1)
         return torch.cat([z, tok], -1)
 
+    def _decode(
+        self, z: Tensor, state: Tensor | None, x: Tensor | None = None, lengths: int | None = None, keep: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """``self.decoder(self._dec_in(self._one_hot(z), x), state, ...)`` for latents ``z`` ``(B, n, Z)``
+        without the one-hot: the decoder's linear input layer as a sum of its weight's columns and its bias,
+        the lookup an embedding is (the autoregressive families' inputs are lookups; the one-hot matmul took
+        five times as long at 256 classes: docs/experiments/blocks.md, nineteenth session).  Generation
+        only: training keeps the one-hot, whose straight-through gradient it needs."""
+        lin = self.decoder.inp
+        assert isinstance(lin, nn.Linear) and lin.bias is not None
+        Z, K = self.config.n_latents, self.config.n_classes
+        wt = lin.weight.t()  # (I, H): a row per input
+        h = wt[z + torch.arange(Z, device=z.device) * K].sum(-2) + lin.bias  # (B, n, H)
+        if self.config.decoder_tokens:
+            h = h + (wt[Z * K + self.empty_token] if x is None else wt[Z * K + x])
+        return self.decoder.forward_from(h, state, lengths, return_state=keep)
+
     @staticmethod
     def _xent(x_logits: Tensor, x: Tensor) -> Tensor:
         """``-log p(x_t | .)`` of every step, ``(B, T)``, from the decoder's logits ``(B, T, V)``."""
@@ -677,7 +694,7 @@ class VSSM(SequenceModel):
             logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
         r = state.tensors.get("prior")
         z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m])  # (B, m, Z)
-        x_logits = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=False)[0]  # (B, m, V)
+        x_logits = self._decode(z, state["dec"], keep=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
@@ -705,8 +722,7 @@ class VSSM(SequenceModel):
                 z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
             else:  # a new block: the latent prior from its start
                 z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_lat[:, there])
-            dec_in = self._dec_in(self._one_hot(torch.cat([z_abs, z], 1)), x_in)  # (B, m + nxt, I)
-            x_logits, dec_abs = self.decoder(dec_in, dec_abs, lengths=m)
+            x_logits, dec_abs = self._decode(torch.cat([z_abs, z], 1), dec_abs, x_in, lengths=m)  # (B, m + nxt, V)
             tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
             if scores is not None:
                 scores.append(x_logits[:, m:].log_softmax(-1))
@@ -718,7 +734,7 @@ class VSSM(SequenceModel):
         m = ms[fused - 1]
         out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
-        _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens[-1]), dec_abs)
+        _, dec_abs = self._decode(z_abs, dec_abs, tokens[-1])
         state = state.evolve(
             position=state.position + span,
             dec=dec_abs,
@@ -793,7 +809,7 @@ class VSSM(SequenceModel):
         z, r = self._draw_latents(z_logits, state, m, temperature, observed, state.tensors.get("prior"))  # (B, m, Z)
         prior = {} if r is None else {"prior": r}  # the latent prior's state after the piece
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
-        x_logits, dec = self.decoder(self._dec_in(self._one_hot(z)), state["dec"], return_state=keep)  # (B, m, V)
+        x_logits, dec = self._decode(z, state["dec"], keep=keep)  # (B, m, V)
         u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
         tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
         if scores is not None:
@@ -807,7 +823,7 @@ class VSSM(SequenceModel):
         out, par = self.partial_encoder(tokens, state["par"])  # (B, m, Z*K)
         everyone = torch.ones_like(observed)
         z_abs = self._sample_latents(self._latent_logits(out), state, m, 1.0, everyone, STREAM_ABSORB)  # (B, m, Z)
-        _, dec_abs = self.decoder(self._dec_in(self._one_hot(z_abs), tokens), state["dec_abs"])
+        _, dec_abs = self._decode(z_abs, state["dec_abs"], tokens)
         # 4. where a block ends, the next block starts from what was absorbed.
         e = ends[:, None, None, None]
         if r is not None:  # where a block ends the next starts the latent prior anew
@@ -828,7 +844,7 @@ class VSSM(SequenceModel):
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
         z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
-        _, dec = self.decoder(self._dec_in(self._one_hot(z), tokens), state["dec_abs"])
+        _, dec = self._decode(z, state["dec_abs"], tokens)
         return state.evolve(
             position=state.position + n,
             dec=dec,
