@@ -448,7 +448,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             continue
         vc, ac = text["vssm_config"], text["ar_ssm_config"]
         name = text.get("recipes", {}).get("vssm", "the bundled text VSSM")
-        prior = f", a latent prior of width {vc['prior_width']}" if vc.get("prior_width") else ""
+        hidden = f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else ""
+        prior = f", a latent prior of width {vc['prior_width']}{hidden}" if vc.get("prior_width") else ""
         L += [
             f"Text: a whole sequence of {text['length']} bytes, {name}'s shapes (decoder "
             f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}{prior}) beside the text "

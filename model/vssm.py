@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from . import native
 from .base import LossOutput, SequenceModel, check_config
 from .latent_prior import LatentPrior
-from .network import SSMNet, SSMNetConfig
+from .network import SSMNet, SSMNetConfig, has_hooks
 from .sampling import (
     STREAM_ABSORB,
     STREAM_LATENT,
@@ -70,6 +70,7 @@ from .state import GenState, StateError
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
+LOOKUP_MIN_CLASSES = 32  # from this many classes a latent, generation reads the decoder's input as a lookup
 
 
 @dataclass
@@ -100,6 +101,8 @@ class VSSMConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.prior_hidden and not self.prior_width:
+            raise ValueError("prior_hidden sizes the latent prior's MLP: set prior_width too")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -233,16 +236,23 @@ class VSSM(SequenceModel):
     def _decode(
         self, z: Tensor, state: Tensor | None, x: Tensor | None = None, lengths: int | None = None, keep: bool = True
     ) -> tuple[Tensor, Tensor | None]:
-        """``self.decoder(self._dec_in(self._one_hot(z), x), state, ...)`` for latents ``z`` ``(B, n, Z)``
-        without the one-hot: the decoder's linear input layer as a sum of its weight's columns and its bias,
-        the lookup an embedding is (the autoregressive families' inputs are lookups; the one-hot matmul took
-        five times as long at 256 classes: docs/experiments/blocks.md, nineteenth session).  Generation
-        only: training keeps the one-hot, whose straight-through gradient it needs."""
+        """``self.decoder(self._dec_in(self._one_hot(z), x), state, lengths, return_state=keep)`` for
+        latents ``z`` ``(B, n, Z)``, equal up to float rounding (the order of the sums).  With many
+        classes a latent the decoder's linear input layer is read as what it computes on a one-hot, a
+        sum of its weight's rows and its bias: the lookup an embedding is (the autoregressive families'
+        inputs are lookups).  At 256 classes the one-hot matmul took five times as long; at 8 classes
+        of 8 latents the lookup was twice as slow (docs/experiments/blocks.md, nineteenth session), so
+        few classes, and any hook the lookup would skip, keep the one-hot.  Generation only: training
+        keeps the one-hot, whose straight-through gradient it needs."""
         lin = self.decoder.inp
-        assert isinstance(lin, nn.Linear) and lin.bias is not None
         Z, K = self.config.n_latents, self.config.n_classes
+        lookup = K >= LOOKUP_MIN_CLASSES and isinstance(lin, nn.Linear) and lin.bias is not None
+        if not lookup or has_hooks((self.decoder, lin)):
+            return self.decoder(self._dec_in(self._one_hot(z), x), state, lengths, return_state=keep)
         wt = lin.weight.t()  # (I, H): a row per input
-        h = wt[z + torch.arange(Z, device=z.device) * K].sum(-2) + lin.bias  # (B, n, H)
+        h = wt[z[..., 0]] + lin.bias  # (B, n, H)
+        for j in range(1, Z):
+            h = h + wt[j * K + z[..., j]]
         if self.config.decoder_tokens:
             h = h + (wt[Z * K + self.empty_token] if x is None else wt[Z * K + x])
         return self.decoder.forward_from(h, state, lengths, return_state=keep)

@@ -429,6 +429,32 @@ def test_latent_prior_in_blocks_equals_its_definition_step_by_step(c):
     torch.testing.assert_close(r, ref)
 
 
+@pytest.mark.parametrize("tokens", [False, True])
+def test_generation_reads_the_decoders_one_hot_input_as_a_lookup(tokens):
+    """``VSSM._decode`` (a sum of the input layer's rows, from 32 classes a latent) equals the decoder
+    over the one-hot inputs: logits and state, from a state, all EMPTY or with tokens, part of a pass
+    kept; a hook on the input layer makes it take the one-hot (and so run the hook)."""
+    from vssm.model.vssm import LOOKUP_MIN_CLASSES
+
+    m = tiny_model("vssm", n_latents=2, n_classes=LOOKUP_MIN_CLASSES, decoder_tokens=tokens, max_position=40)
+    g = torch.Generator().manual_seed(5)
+    z = torch.randint(0, LOOKUP_MIN_CLASSES, (3, 9, 2), generator=g)
+    x = torch.randint(0, m.vocab_size, (3, 9), generator=g)
+    _, state = m.decoder(m._dec_in(m._one_hot(z), x), None)  # a non-empty state to start from
+    for xs, lengths in ((None, None), (x, None), (x, 4)):
+        ref = m.decoder(m._dec_in(m._one_hot(z), xs), state, lengths)
+        got = m._decode(z, state, xs, lengths)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-12, atol=1e-12)
+    seen = []
+    handle = m.decoder.inp.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    try:
+        m._decode(z, state, x)
+    finally:
+        handle.remove()
+    assert seen == [(3, 9, m.config.width)]
+
+
 def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_width():
     m = tiny_model("vssm", prior_width=4, max_position=20)
     state = m.start(torch.tensor([[1, 2]]), 0)
@@ -440,6 +466,8 @@ def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_
             model.VSSMConfig(prior_width=bad)
         with pytest.raises(ValueError, match="prior_hidden"):
             model.VSSMConfig(prior_width=4, prior_hidden=bad)
+    with pytest.raises(ValueError, match="prior_hidden"):
+        model.VSSMConfig(prior_hidden=8)  # an MLP for a prior that is not there
 
 
 def test_a_fresh_latent_prior_is_the_plain_block_prior():

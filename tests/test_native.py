@@ -646,11 +646,11 @@ def _python_draw(p: torch.nn.Module, *args) -> tuple[torch.Tensor, torch.Tensor]
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("base", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0, "rows"])
-@pytest.mark.parametrize("hidden", [None, 11])
+@pytest.mark.parametrize("hidden", [None, 11, 53])
 def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature, hidden):
     """Latents and the state after them, from any state, with or without a base, at any temperature
-    (one per row included), the MLP as wide as the state or narrower; float32 within rounding of the
-    state, the same latents."""
+    (one per row included), the MLP as wide as the state, narrower or wider (53: a whole register
+    tile and a remainder at any vector width); float32 within rounding of the state, the same latents."""
     p = _prior(dtype, M=hidden)
     B, n, Z, K = 3, 19, 2, 5
     g = torch.Generator().manual_seed(1)
@@ -732,7 +732,7 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
 
 # ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6, "prior_hidden": 4}])
+@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6, "prior_hidden": 20}])
 @pytest.mark.parametrize(("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200)])
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a

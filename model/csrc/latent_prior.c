@@ -37,8 +37,8 @@ void linear_rows_f64(long R, long K, long M, const double *a, const double *wt, 
 void categorical_f32(long R, long V, const float *logits, const float *u, double temperature, int64_t *out);
 void categorical_f64(long R, long V, const double *logits, const double *u, double temperature, int64_t *out);
 
-#define LATENT_PRIOR(NAME, REAL, ERF, DRAW, LINEAR)                                                                  \
-    void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st,         \
+#define LATENT_PRIOR(NAME, REAL, ERF, DRAW, LINEAR)                                                         \
+    void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st, \
               const REAL *u, long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
               int64_t *z, long z_sb, REAL *scratch) {                                                       \
         const long ZK = Z * K;                                                                              \

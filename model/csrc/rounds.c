@@ -26,8 +26,9 @@ all contiguous; temperature and temp_tok (B,) doubles; the states (B, L, H, N) c
 pairs, contiguous, read from par and dec and ping-ponged with par2 and dec2: bit 0 of the return value
 says which holds the final par (0: par), bit 1 the final dec.  emb_par (V+1, H); w_dec the decoder's
 input weight transposed (I, H), b_dec (H,); the nets' packs (model/native.py, pack); prior: the
-latent prior's pack (NULL: none) of width R and hidden width M.  Scratch: x (B, 2c, H), g (B, 2c, H), lp (B, 2c, Z*K),
-ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K) and r (B, R).  Nothing here checks a shape. */
+latent prior's pack (NULL: none) of width R and hidden width M.  Scratch: x (B, 2c, H), g (B, 2c, H),
+lp (B, 2c, Z*K), ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K) and r (B, R).  Nothing here
+checks a shape. */
 
 #include <stdint.h>
 #include <string.h>
@@ -37,7 +38,7 @@ ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K) and r (B, R).  Nothing here
                           double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
-    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,        \
+    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
                                long base_st, const REAL *u, long u_sb, const double *temperature,             \
                                const REAL *packed, double eps, REAL *r, int64_t *z, long z_sb, REAL *scratch);
 DECLARE(float, f32)
