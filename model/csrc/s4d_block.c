@@ -251,8 +251,11 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
 
 /* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt: a tile of 4 rows by 2 vectors of outputs
    stays in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
-   multiply-add also loaded its weight and its running sum); the sums run over k in order, as before */
-static void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out) {
+   multiply-add also loaded its weight and its running sum); the sums run over k in order, as before.
+   Always inlined: once LINEAR_ROWS also called it, GCC stopped inlining it into NET, and an
+   autoregressive step took 11% longer (docs/experiments/rounds-and-serving.md, nineteenth session) */
+static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
+                                                         const REAL *bias, REAL *out) {
     long c = 0;
     for (; c + 2 * VL <= M; c += 2 * VL) {
         VEC b0, b1;
