@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from vssm import model
+from vssm.model.checkpoint import observation_temperature
 from vssm.model.presets import preset_config
 from vssm.model.recipes import RECIPES
 
@@ -199,6 +200,13 @@ def block_config() -> dict[str, Any]:
     return {**preset_config("mnist", "vssm", "small"), **overrides}
 
 
+def as_served(m: model.SequenceModel, recipe: str) -> model.SequenceModel:
+    """``m`` at the recipe's observation temperature, as its bundled checkpoint is served (random
+    weights carry none): at 0 its tokens given the latents are an argmax, not a categorical draw."""
+    m.observation_temperature = observation_temperature(m, RECIPES[recipe].observation_temperature)
+    return m
+
+
 def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> dict[str, model.SequenceModel]:
     """``models`` with the VSSM replaced by a random-weight one of the served block model's shapes.
 
@@ -209,7 +217,7 @@ def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> di
     cfg = {**block_config(), "max_position": None}
     with torch.random.fork_rng():  # the later parts' random draws stay what they were
         torch.manual_seed(seed)
-        return {**models, "vssm": model.build_model("vssm", cfg).eval()}
+        return {**models, "vssm": as_served(model.build_model("vssm", cfg).eval(), BLOCK_RECIPE)}
 
 
 # the bundled text models timed beside each other, by family: the served VSSM and the three baselines
@@ -225,7 +233,7 @@ TEXT_RECIPES = {
 
 def text_models(seed: int = 0, vssm: str = TEXT_RECIPES["vssm"]) -> dict[str, model.SequenceModel]:
     """Random-weight models of the bundled text models' shapes (their recipes), by family; the VSSM
-    is the recipe ``vssm``'s."""
+    is the recipe ``vssm``'s, at its served observation temperature (:func:`as_served`)."""
     from vssm.model.train import TrainConfig, model_config
 
     out = {}
@@ -233,7 +241,7 @@ def text_models(seed: int = 0, vssm: str = TEXT_RECIPES["vssm"]) -> dict[str, mo
         cfg = TrainConfig.from_preset(name)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            out[cfg.family] = model.build_model(cfg.family, model_config(cfg)).eval()
+            out[cfg.family] = as_served(model.build_model(cfg.family, model_config(cfg)).eval(), name)
     return out
 
 

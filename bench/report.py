@@ -454,7 +454,14 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             f"Text: a whole sequence of {text['length']} bytes, {name}'s shapes (decoder "
             f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}{prior}) beside the text "
             f"AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
-            f"{text['served_block_size']}" + (" (one pass)." if text["served_block_size"] >= text["length"] else "."),
+            f"{text['served_block_size']}"
+            + (" (one pass)" if text["served_block_size"] >= text["length"] else "")
+            + f", at its served observation temperature {text.get('observation_temperature', 1.0):g}"
+            + (
+                " (tokens given the latents by argmax; `vssm-t1` is the same call with them drawn)."
+                if text.get("observation_temperature", 1.0) == 0
+                else "."
+            ),
             "",
         ]
         for batch, part in text["sequence"].items():

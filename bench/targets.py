@@ -343,7 +343,19 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
                 f">= {TEXT_SPEEDUP:g}x",
                 lambda v: v >= TEXT_SPEEDUP,
                 f"{name}'s and {TEXT_RECIPES['ar-ssm']}'s shapes, {text['length']} bytes, B={batch}, "
-                "unprompted" + ("" if s.mode == "full" else " (quick mode)"),
+                f"unprompted, observation temperature {text.get('observation_temperature', 1.0):g} (as served)"
+                + ("" if s.mode == "full" else " (quick mode)"),
             )
         )
+        at_one = part.get("served_speedup_at_observation_temperature_1")
+        if at_one is not None and text.get("observation_temperature", 1.0) != 1.0:
+            rows.append(
+                _row(
+                    f"{name}, the same at observation temperature 1 (tokens drawn, not the served argmax)",
+                    at_one,
+                    "(reference)",
+                    None,
+                    f"the row above's call with its tokens drawn from the decoder's distribution, B={batch}",
+                )
+            )
     return rows
