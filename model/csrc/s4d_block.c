@@ -253,7 +253,7 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
    stays in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
    multiply-add also loaded its weight and its running sum); the sums run over k in order, as before.
    Always inlined: once LINEAR_ROWS also called it, GCC stopped inlining it into NET, and an
-   autoregressive step took 11% longer (docs/experiments/rounds-and-serving.md, nineteenth session) */
+   autoregressive step took about 12% longer (docs/experiments/rounds-and-serving.md, nineteenth session) */
 static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
                                                          const REAL *bias, REAL *out) {
     long c = 0;
