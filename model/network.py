@@ -256,7 +256,10 @@ class SSMNet(nn.Module):
             # a fresh state: skip every layer's initial-state readout, the costliest part of a long pass
             # (on the short path the readout is a few matmul rows, cheaper than this check's host sync)
             state = None
-        if (lengths is None or isinstance(lengths, int)) and T <= SHORT and self._native_ok(h, T, state):
+        # the kernel also past SHORT (the block's rows within its limit, S4D.runs_scan), as the compiled
+        # rounds already run it: one row's 256-784-step decoder pass took 0.8 of the FFT path's time
+        # (docs/experiments/rounds-and-serving.md, nineteenth session)
+        if (lengths is None or isinstance(lengths, int)) and self._native_ok(h, T, state):
             return self._native(h, state, T if lengths is None else lengths, return_state)
         states = []
         for i, block in enumerate(self.blocks):

@@ -360,9 +360,11 @@ def _per_block(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("tokens", [True, False])
-# (8, 32): the whole pass takes the kernel (S4D.scan_max_tokens), its blocks one by one the matrices (a layer alone)
+# (8, 32): the whole pass takes the kernel (S4D.scan_max_tokens), its blocks one by one the matrices (a layer alone);
+# (1, 300) and (2, 130): past SHORT, against the blocks' FFT path
 @pytest.mark.parametrize(
-    ("B", "T", "at"), [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24), (8, 32, 20)]
+    ("B", "T", "at"),
+    [(1, 1, None), (1, 16, 9), (2, 7, None), (3, 32, 0), (4, 24, 24), (8, 32, 20), (1, 300, 120), (2, 130, None)],
 )
 @pytest.mark.parametrize("fresh", [True, False])
 @pytest.mark.parametrize("width", [8, 70])  # 70: two full blocks of the kernel's 32 lanes and a remainder
