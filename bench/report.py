@@ -449,6 +449,7 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         vc, ac = text["vssm_config"], text["ar_ssm_config"]
         name = text.get("recipes", {}).get("vssm", "the bundled text VSSM")
         hidden = f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else ""
+        temp = text.get("observation_temperature", 1.0)
         prior = f", a latent prior of width {vc['prior_width']}{hidden}" if vc.get("prior_width") else ""
         L += [
             f"Text: a whole sequence of {text['length']} bytes, {name}'s shapes (decoder "
@@ -456,10 +457,10 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             f"AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
             f"{text['served_block_size']}"
             + (" (one pass)" if text["served_block_size"] >= text["length"] else "")
-            + f", at its served observation temperature {text.get('observation_temperature', 1.0):g}"
+            + f", at its served observation temperature {temp:g}"
             + (
                 " (tokens given the latents by argmax; `vssm-t1` is the same call with them drawn)."
-                if text.get("observation_temperature", 1.0) == 0
+                if temp == 0
                 else "."
             ),
             "",

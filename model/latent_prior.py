@@ -17,8 +17,9 @@ through a diagonal linear recurrence, reset at every block start::
 So a block's latents are drawn one after another (a step is ``M (R + Z K)`` multiply-adds plus
 the draw, ``M`` the MLP's hidden width) while the decoder still reads them in one parallel pass.
 The ELBO keeps its form: the KL at step t is taken against this prior given the posterior's own
-draws before t in the block.  Why it exists and what it did: docs/experiments/blocks.md, seventeenth and
-eighteenth sessions.  The MLP's last layer starts at zero: a fresh prior is the plain block prior.
+draws before t in the block.  Why it exists and what it did: docs/experiments/blocks.md,
+seventeenth to nineteenth sessions.  The MLP's last layer starts at zero: a fresh prior is the
+plain block prior.
 """
 
 from __future__ import annotations

@@ -162,8 +162,7 @@ class VSSM(SequenceModel):
         dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
-        R = config.prior_width
-        M = config.prior_hidden or R
+        R, M = config.prior_width, config.prior_hidden or None  # M None: as wide as R (LatentPrior)
         self.latent_prior = LatentPrior(config.n_latents, config.n_classes, R, M) if R else None
 
     @property
@@ -765,9 +764,7 @@ class VSSM(SequenceModel):
         """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
         weights, where both networks can run their passes on the kernel on the CPU (batch x steps
         within ``native.max_tokens()``; model/native.py, csrc/rounds.c); else None (the loop in
-        PyTorch).  Past ``SHORT`` steps the PyTorch rounds take the FFT; the compiled ones keep the
-        kernel, which at batch 1 drew a block-112 image in a third of the FFT rounds' time
-        (docs/experiments/rounds-and-serving.md, eighteenth session)."""
+        PyTorch, whose passes take the same kernel within that limit: SSMNet.forward_from)."""
         run = native.fused_rounds()
         if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
