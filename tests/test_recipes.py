@@ -72,3 +72,6 @@ def test_a_run_is_matched_to_its_recipe_only_if_it_is_that_recipe():
     assert recipe_of({**cfg, "lr": 1e-3}) is None
     assert recipe_of({**cfg, "free_bits": 0.1}) is None  # a removed option was on
     assert recipe_of(dataclasses.asdict(TrainConfig())) is None  # the defaults are no shipped recipe
+    # started from one preset, with flags that make it another recipe: that recipe
+    other = dataclasses.asdict(TrainConfig.from_preset("mnist-ar-ssm", out="elsewhere"))
+    assert recipe_of({**other, "preset": "mnist-ar-gru"}) is RECIPES["mnist-ar-ssm"]
