@@ -9,6 +9,8 @@
   and for blocks up to 112 that fuse (``VSSM.fuses``: not 33-64) the ratio of fused rounds to the
   block-by-block path.
 
+- Images: a whole image against block size from each other MNIST VSSM served at a block size
+  (``bench.common.IMAGE_VSSMS``, ``images`` by recipe), beside the AR-SSM, at batch 1 and 32.
 - Text: 256 bytes against block size, each bundled text VSSM's shapes (``bench.common.TEXT_VSSMS``:
   ``text`` the paper's, ``texts`` the others by recipe) beside the three text baselines'
   (``bench.common.text_models``), at batch 1 and 32, with its served default marked: the text
@@ -31,11 +33,19 @@ import torch
 from vssm import model
 from vssm.model.recipes import RECIPES
 
-from .common import TEXT_RECIPES, TEXT_VSSMS, Settings, measure_interleaved, text_models
+from .common import (
+    IMAGE_VSSMS,
+    TEXT_RECIPES,
+    TEXT_VSSMS,
+    Settings,
+    measure_interleaved,
+    text_models,
+    with_block_vssm,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["run_blocks", "run_text"]
+__all__ = ["run_blocks", "run_image", "run_text"]
 
 
 FUSED_REFERENCE_UP_TO = 112  # block sizes also timed on the block-by-block path, to report the fusion's gain
@@ -120,8 +130,44 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
             ar * 1e3,
             {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.0f} ms" for c in s.block_sizes},
         )
+    out["images"] = {name: run_image({"ar-ssm": models["ar-ssm"]}, s, name) for name in IMAGE_VSSMS}
     out["text"] = run_text(s)
     out["texts"] = {name: run_text(s, name) for name in TEXT_VSSMS if name != TEXT_RECIPES["vssm"]}
+    return out
+
+
+@torch.no_grad()
+def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: str) -> dict[str, Any]:
+    """A whole image from the MNIST VSSM ``recipe``'s shapes against block size (the suite's dial and its
+    served default), beside ``baselines`` (the suite's matched AR-SSM), in the form of the text part."""
+    T = s.blocks_length
+    models = with_block_vssm(baselines, recipe=recipe)
+    vssm = models["vssm"]
+    served = RECIPES[recipe].default_block_size or T
+    sizes = sorted({*s.block_sizes, served})
+    out: dict[str, Any] = {
+        "length": T,
+        "recipes": {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"},
+        "observation_temperature": vssm.observation_temperature,
+        "vssm_config": dataclasses.asdict(vssm.config),
+        "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
+        "served_block_size": served,
+        "sequence": {},
+    }
+    for batch in s.batches:
+        timed = measure_interleaved(_whole_sequences(models, T, batch, sizes), max(1, s.repeats // 2))
+        ar_s = timed["ar:ar-ssm"].median_s
+        out["sequence"][str(batch)] = {
+            "seconds": {k: t.as_dict() for k, t in timed.items()},
+            "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
+        }
+        log.info(
+            "image, %s, batch %d: AR-SSM %.0f ms; VSSM %s",
+            recipe,
+            batch,
+            ar_s * 1e3,
+            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
+        )
     return out
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "BLOCK_RECIPE",
     "FAMILIES",
     "FULL",
+    "IMAGE_VSSMS",
     "LABELS",
     "QUICK",
     "Deadline",
@@ -192,11 +193,13 @@ def matched_configs() -> dict[str, dict[str, Any]]:
 
 
 BLOCK_RECIPE = "mnist-vssm-blocks"  # served at a block size: the blocks and rounds parts time its shapes
+# the other MNIST VSSMs served at a block size: the blocks part times a whole image of each at its default
+IMAGE_VSSMS = ("mnist-vssm-prior",)
 
 
-def block_config() -> dict[str, Any]:
-    """The served block model's architecture: the MNIST ``small`` preset plus its recipe's overrides."""
-    overrides = RECIPES[BLOCK_RECIPE].train.get("overrides", {})
+def block_config(recipe: str = BLOCK_RECIPE) -> dict[str, Any]:
+    """A served block model's architecture: the MNIST ``small`` preset plus its recipe's overrides."""
+    overrides = RECIPES[recipe].train.get("overrides", {})
     return {**preset_config("mnist", "vssm", "small"), **overrides}
 
 
@@ -207,17 +210,20 @@ def as_served(m: model.SequenceModel, recipe: str) -> model.SequenceModel:
     return m
 
 
-def with_block_vssm(models: dict[str, model.SequenceModel], seed: int = 0) -> dict[str, model.SequenceModel]:
-    """``models`` with the VSSM replaced by a random-weight one of the served block model's shapes.
+def with_block_vssm(
+    models: dict[str, model.SequenceModel], seed: int = 0, recipe: str = BLOCK_RECIPE
+) -> dict[str, model.SequenceModel]:
+    """``models`` with the VSSM replaced by a random-weight one of a served block model's shapes.
 
     The one-pass parts time the ``small`` preset (the one-pass VSSMs' shapes); block sampling is
-    served by ``mnist-vssm-blocks``, whose split of layers (decoder 4, partial encoder 3) and decoder
-    input (the tokens before the block) differ, and whose rounds are what the speed targets count.
+    served by ``mnist-vssm-blocks`` (``recipe``'s default), whose split of layers (decoder 4,
+    partial encoder 3) and decoder input (the tokens before the block) differ, and whose rounds
+    are what the speed targets count; ``IMAGE_VSSMS`` are the others served at a block size.
     """
-    cfg = {**block_config(), "max_position": None}
+    cfg = {**block_config(recipe), "max_position": None}
     with torch.random.fork_rng():  # the later parts' random draws stay what they were
         torch.manual_seed(seed)
-        return {**models, "vssm": as_served(model.build_model("vssm", cfg).eval(), BLOCK_RECIPE)}
+        return {**models, "vssm": as_served(model.build_model("vssm", cfg).eval(), recipe)}
 
 
 # the bundled text models timed beside each other, by family: the served VSSM and the three baselines

@@ -386,11 +386,12 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
 def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
     """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch; a
     second row for the text models where the run timed them."""
-    parts = [bl] + ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
+    images = list((bl.get("images") or {}).values())
+    parts = [bl, *images] + ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
     batches = list(bl["sequence"])
     fig, axes = plt.subplots(len(parts), len(batches), figsize=(5.5 * len(batches), 4 * len(parts)), squeeze=False)
     for row, part in zip(axes, parts, strict=True):
-        unit = "bytes" if part is not bl else "tokens"
+        unit = "tokens" if part is bl or any(part is i for i in images) else "bytes"
         for ax, batch in zip(row, batches, strict=True):
             sec = part["sequence"][batch]["seconds"]
             sizes = sorted(int(k.split(":")[1]) for k in sec if k.startswith("vssm:"))
@@ -443,6 +444,19 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         L += [f"A whole sequence of {bl['length']} tokens, batch {batch}, unprompted: ms (median), AR-SSM / VSSM.", ""]
         L += _sequence_tables(part)
     L += [f"![blocks]({plots['blocks']})", ""]
+    for name, image in (bl.get("images") or {}).items():
+        vc = image["vssm_config"]
+        L += [
+            f"A whole image from {name}'s shapes (decoder {vc['dec_layers']}, partial encoder {vc['par_layers']}, "
+            f"{vc['n_latents']} latent(s) of {vc['n_classes']} classes"
+            + (f", a latent prior of width {vc['prior_width']}" if vc.get("prior_width") else "")
+            + (f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else "")
+            + f") against block size beside the AR-SSM; its served default is block {image['served_block_size']}.",
+            "",
+        ]
+        for batch, part in image["sequence"].items():
+            L += [f"Batch {batch}: ms (median), AR-SSM / VSSM.", ""]
+            L += _sequence_tables(part)
     for text in [bl.get("text"), *(bl.get("texts") or {}).values()]:
         if not text:
             continue

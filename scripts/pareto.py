@@ -54,11 +54,13 @@ def _same_shape(timed: dict | None, checkpoint: Path | None) -> bool:
 
 
 def bench_section(bench: dict | None, length: int, checkpoint: Path | None = None) -> dict | None:
-    """The benchmark's block part that timed whole sequences of ``length`` tokens: the MNIST part
-    (``blocks``) or a text part (``blocks.text``, the paper's text VSSM; ``blocks.texts``, the others),
+    """The benchmark's block part that timed whole sequences of ``length`` tokens: an MNIST part
+    (``blocks``, the served block model's curve; ``blocks.images``, the other MNIST VSSMs served at a
+    block size) or a text part (``blocks.text``, the paper's text VSSM; ``blocks.texts``, the others),
     the one that timed ``checkpoint``'s shapes where one did, or None."""
     blocks = (bench or {}).get("blocks") or {}
-    parts = [blocks, blocks.get("text") or {}, *(blocks.get("texts") or {}).values()]
+    images, texts = (blocks.get("images") or {}).values(), (blocks.get("texts") or {}).values()
+    parts = [blocks, *images, blocks.get("text") or {}, *texts]
     parts = [sec for sec in parts if sec.get("length") == length]
     mine = next((sec for sec in parts if _same_shape(sec.get("vssm_config"), checkpoint)), None)
     return mine or next(iter(parts), None)

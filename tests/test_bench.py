@@ -102,6 +102,12 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         speedups = part["speedup_vs_ar_ssm"]
         assert set(speedups) == {"16", "128"} and all(x > 0 for x in speedups.values())
         assert set(part["fused_speedup"]) == {"16"} and part["fused_speedup"]["16"] > 0
+    image = bl["images"]["mnist-vssm-prior"]  # its shapes (a latent prior), its served block beside the dial's
+    assert image["served_block_size"] == 28 and image["vssm_config"]["prior_width"] == 64
+    for part in image["sequence"].values():
+        assert set(part["speedup_vs_ar_ssm"]) == {"16", "28", "128"}
+        assert all(x > 0 for x in part["speedup_vs_ar_ssm"].values())
+    assert "A whole image from mnist-vssm-prior's shapes" in md
     text = bl["text"]  # the text pair's shapes, 64 bytes in quick mode; the served default is one pass
     assert text["length"] == 64 and text["served_block_size"] == 64 and text["vssm_config"]["vocab_size"] == 256
     for part in text["sequence"].values():
@@ -124,6 +130,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert {
         "VSSM 16-token round from a state, ms",
         "VSSM block-16 generation speed-up over ar-ssm",
+        "mnist-vssm-prior (block-28, served default) generation speed-up over ar-ssm",
         "shakespeare-vssm (one pass, served default) generation speed-up over the text AR-SSM",
         "shakespeare-vssm-prior (one pass, served default) generation speed-up over the text AR-SSM",
     } <= {t["what"] for t in r["targets"]}

@@ -196,3 +196,12 @@ def test_a_sequence_length_takes_its_times_from_the_benchmark_part_that_timed_it
     assert pareto.timed_by_bench(bench, path, 256) and not pareto.timed_by_bench(bench, path, 784)
     assert pareto.bench_times(bench, "1", 256) == {"vssm:16": 0.5, "ar:ar-ssm": 2.0}
     assert pareto.bench_times(bench, "32", 256) == {}
+    # an MNIST VSSM served at a block size besides the curve's model: its own part of the same length
+    image_vssm = tiny_model("vssm", vocab_size=2, max_position=784)
+    image_path = save_checkpoint(image_vssm, tmp_path / "i.safetensors")
+    image = {"length": 784, "vssm_config": dataclasses.asdict(image_vssm.config), "sequence": {
+        "1": {"seconds": {"vssm:28": {"median_s": 0.25}, "ar:ar-ssm": {"median_s": 2.0}}}}}  # fmt: skip
+    bench["blocks"]["images"] = {"i": image}
+    assert pareto.bench_section(bench, 784) is bench["blocks"]  # no checkpoint: the curve's part
+    assert pareto.bench_section(bench, 784, image_path) is image and pareto.timed_by_bench(bench, image_path, 784)
+    assert pareto.bench_times(bench, "1", 784, image_path) == {"vssm:28": 0.25, "ar:ar-ssm": 2.0}
