@@ -17,8 +17,9 @@
   targets' speed.
 
 Timing does not depend on the weights' values, so random-weight models are timed: the suite's
-matched baselines, and a VSSM of the served block model's shapes (``bench.common.with_block_vssm``:
-the ``mnist-vssm-blocks`` recipe, whose decoder reads the tokens before each block).
+matched baselines, and VSSMs of the served block models' shapes (``bench.common.with_block_vssm``:
+the ``mnist-vssm-blocks`` recipe for the curve and the rounds, whose decoder reads the tokens before
+each block; ``IMAGE_VSSMS``' recipes for ``images``).
 """
 
 from __future__ import annotations

@@ -385,7 +385,7 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
 
 def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
     """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch; a
-    second row for the text models where the run timed them."""
+    row more for each other MNIST VSSM (``images``) and each text model where the run timed them."""
     images = list((bl.get("images") or {}).values())
     parts = [bl, *images] + ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
     batches = list(bl["sequence"])
@@ -451,7 +451,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             f"{vc['n_latents']} latent(s) of {vc['n_classes']} classes"
             + (f", a latent prior of width {vc['prior_width']}" if vc.get("prior_width") else "")
             + (f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else "")
-            + f") against block size beside the AR-SSM; its served default is block {image['served_block_size']}.",
+            + f") against block size beside the AR-SSM, at its served observation temperature "
+            f"{image.get('observation_temperature', 1.0):g}; its served default is block {image['served_block_size']}.",
             "",
         ]
         for batch, part in image["sequence"].items():

@@ -139,6 +139,15 @@ def served_row(evaluation: dict[str, Any], default_block_size: int | None) -> di
     return None
 
 
+def _same_samples(row: dict[str, Any] | None) -> bool:
+    """Whether a curve row's served samples and the same seeds at observation temperature 1 were judged
+    alike in every figure (a decoder that is certain given the latents draws the same tokens at both)."""
+    if not row or "samples" not in row or "samples_observation_temperature_1" not in row:
+        return False
+    served = {k: v for k, v in row["samples"].items() if k != "observation_temperature"}
+    return served == row["samples_observation_temperature_1"]
+
+
 def _text_samples(evaluation: dict[str, Any], default_block_size: int | None) -> list[dict[str, Any]]:
     """The served text samples' figures (model/judge.py): the share of their words found in the training
     text and the AR judge's bits per byte, at the curve row the model is served at (:func:`served_row`)."""
@@ -220,8 +229,14 @@ def model_card(
         limitations.append(
             f"Served at observation temperature {r:g}: latents are drawn at the request's temperature, tokens "
             f"given them at {r:g} times it ({'the most likely token' if r == 0 else 'sharper than sampled'}). "
-            "Samples are cleaner and less varied than the model's own distribution; every NLL figure is that "
-            "of its own distribution (observation temperature 1). `vssm set-observation-temperature` changes it."
+            + (
+                "Its decoder is sure of each token given the latents: the served samples judge exactly as the "
+                "model's own (observation temperature 1) do"
+                if _same_samples(served_row(evaluation or {}, default_block_size))
+                else "Samples are cleaner and less varied than the model's own distribution"
+            )
+            + "; every NLL figure is that of its own distribution (observation temperature 1). "
+            "`vssm set-observation-temperature` changes it."
         )
     return {
         "summary": recipe.summary if recipe else None,

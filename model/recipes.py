@@ -7,7 +7,8 @@ TrainConfig default.  ``tests/test_recipes.py`` checks every bundled checkpoint'
 ``train_config`` against its recipe, so the two cannot drift apart.
 
 How the recipes were chosen is in docs/experiments/ (the one-pass campaign for the one-pass
-VSSMs and the baselines, blocks.md for ``mnist-vssm-blocks``).
+VSSMs and the baselines, blocks.md for ``mnist-vssm-blocks``, ``mnist-vssm-prior`` and
+``shakespeare-vssm-prior``).
 """
 
 from __future__ import annotations
@@ -165,9 +166,9 @@ _RECIPES = [
         default_block_size=28,
         note=(
             "Trained in one run with --budget-minutes 0 --budget-cpu-minutes 39 (the CPU time the baselines had) "
-            "beside a second training run: 3,840 steps in 39 CPU minutes. Chosen between two runs of the same "
-            "budget (a partial encoder of 4 or 5 blocks, docs/experiments/blocks.md, twentieth session) for its "
-            "speed at an equal bound."
+            "beside a second training run: 3,840 steps in 39 CPU minutes (run as --preset mnist-vssm-blocks with "
+            "this recipe's flags). Chosen between two runs of the same budget (a partial encoder of 4 or 5 blocks, "
+            "docs/experiments/blocks.md, twentieth session): a block cheaper, within 0.2 nats of the other."
         ),
         observation_temperature=0.0,
     ),
@@ -329,7 +330,8 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in _RECIPES}
 
 # TrainConfig fields a run may differ in from its recipe without changing the weights: where it
 # was written, where the same data files were read from, the device ("auto": every bundled run was
-# on the CPU), and the preset's own name (runs made before presets existed do not record it).
+# on the CPU), and the preset's own name (runs made before presets existed do not record it, and a run
+# started from one preset with flags that make it another recipe is that recipe: ``recipe_of``).
 # Everything else, validation and checkpoint cadence included (a validation draws from the global
 # RNG that training's Gumbel noise also uses), must be equal.
 IGNORED = frozenset({"out", "data_dir", "device", "preset"})

@@ -5,8 +5,8 @@
 
 Likelihoods come from the eval JSONs beside the checkpoints (``checkpoints/NAME.json``: a VSSM's
 ``block_curve`` rows, an autoregressive family's exact NLL); times from the benchmark's block part
-(``python -m bench.run --only blocks``, docs/benchmarks-blocks.json: MNIST's shapes and the text
-models'), where every model was timed side by side in one process, so the x axis
+(``python -m bench.run --only blocks``, docs/benchmarks-blocks.json: the MNIST block models' shapes
+and the text models'), where every model was timed side by side in one process, so the x axis
 compares like with like.  A model without a benchmark time falls back to its eval's own timing.
 The targets of issue 19 are drawn as the corner the VSSM should reach: NLL <= 1.15x the AR-SSM's
 and at least ``--speedup`` times faster (10x for MNIST, 5x for text).  Prints the table; writes

@@ -21,6 +21,7 @@ PIXEL = dict(dec_layers=1, n_latents=1, n_classes=2, posterior="smoothing")
 VARIANTS = {
     "par 4, R 128, M 64": dict(PIXEL, par_layers=4, prior_width=128, prior_hidden=64),
     "par 5, R 64, M 256": dict(PIXEL, par_layers=5, prior_width=64, prior_hidden=256),
+    "par 6, R 64, M 128": dict(PIXEL, par_layers=6, prior_width=64, prior_hidden=128),
     "par 4, R 64, M 256": dict(PIXEL, par_layers=4, prior_width=64, prior_hidden=256),
     "par 4, R 64, M 384": dict(PIXEL, par_layers=4, prior_width=64, prior_hidden=384),
 }
