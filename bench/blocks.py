@@ -137,24 +137,31 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
     return out
 
 
+def _served_part(
+    models: dict[str, model.SequenceModel], T: int, recipes: dict[str, str], served: int
+) -> dict[str, Any]:
+    """The head of a part that times one bundled VSSM's shapes (``recipes``: its recipe and the
+    baselines', by family) beside the AR-SSM, whole sequences of ``T`` tokens; ``sequence`` to fill."""
+    return {
+        "length": T,
+        "recipes": recipes,
+        "observation_temperature": models["vssm"].observation_temperature,
+        "vssm_config": dataclasses.asdict(models["vssm"].config),
+        "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
+        "served_block_size": served,
+        "sequence": {},
+    }
+
+
 @torch.no_grad()
 def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: str) -> dict[str, Any]:
     """A whole image from the MNIST VSSM ``recipe``'s shapes against block size (the suite's dial and its
     served default), beside ``baselines`` (the suite's matched AR-SSM), in the form of the text part."""
     T = s.blocks_length
     models = with_block_vssm(baselines, recipe=recipe)
-    vssm = models["vssm"]
     served = RECIPES[recipe].default_block_size or T
     sizes = sorted({*s.block_sizes, served})
-    out: dict[str, Any] = {
-        "length": T,
-        "recipes": {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"},
-        "observation_temperature": vssm.observation_temperature,
-        "vssm_config": dataclasses.asdict(vssm.config),
-        "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
-        "served_block_size": served,
-        "sequence": {},
-    }
+    out = _served_part(models, T, {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"}, served)
     for batch in s.batches:
         timed = measure_interleaved(_whole_sequences(models, T, batch, sizes), max(1, s.repeats // 2))
         ar_s = timed["ar:ar-ssm"].median_s
@@ -187,15 +194,7 @@ def run_text(s: Settings, recipe: str = TEXT_RECIPES["vssm"]) -> dict[str, Any]:
     if vssm.observation_temperature != 1.0:
         at_one = copy.deepcopy(vssm)
         at_one.observation_temperature = 1.0
-    out: dict[str, Any] = {
-        "length": T,
-        "recipes": {**TEXT_RECIPES, "vssm": recipe},
-        "observation_temperature": vssm.observation_temperature,
-        "vssm_config": dataclasses.asdict(vssm.config),
-        "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
-        "served_block_size": served,
-        "sequence": {},
-    }
+    out = _served_part(models, T, {**TEXT_RECIPES, "vssm": recipe}, served)
     for batch in s.batches:
         fns = _whole_sequences(models, T, batch, sizes)
         if at_one is not None:
