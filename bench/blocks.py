@@ -138,19 +138,52 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
 
 
 def _served_part(
-    models: dict[str, model.SequenceModel], T: int, recipes: dict[str, str], served: int
+    models: dict[str, model.SequenceModel],
+    s: Settings,
+    T: int,
+    recipes: dict[str, str],
+    sizes: list[int],
+    served: int,
+    at_one: bool = False,
 ) -> dict[str, Any]:
-    """The head of a part that times one bundled VSSM's shapes (``recipes``: its recipe and the
-    baselines', by family) beside the AR-SSM, whole sequences of ``T`` tokens; ``sequence`` to fill."""
-    return {
+    """Whole sequences of ``T`` tokens from one bundled VSSM's shapes (``recipes``: its recipe and the
+    baselines', by family) at each block size of ``sizes``, beside the baselines, per batch; ``at_one``:
+    also its served default at observation temperature 1 where it is served below 1, as a reference."""
+    vssm = models["vssm"]
+    t1 = None  # the served observation temperature (bench.common.as_served) and, below 1, the same call at 1
+    if at_one and vssm.observation_temperature != 1.0:
+        t1 = copy.deepcopy(vssm)
+        t1.observation_temperature = 1.0
+    out: dict[str, Any] = {
         "length": T,
         "recipes": recipes,
-        "observation_temperature": models["vssm"].observation_temperature,
-        "vssm_config": dataclasses.asdict(models["vssm"].config),
+        "observation_temperature": vssm.observation_temperature,
+        "vssm_config": dataclasses.asdict(vssm.config),
         "ar_ssm_config": dataclasses.asdict(models["ar-ssm"].config),
         "served_block_size": served,
         "sequence": {},
     }
+    for batch in s.batches:
+        fns = _whole_sequences(models, T, batch, sizes)
+        if t1 is not None:
+            st = t1.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch)))
+            fns[f"vssm-t1:{served}"] = lambda m=t1, st=st: m.generate(st, T, resumable=False, block_size=served)
+        timed = measure_interleaved(fns, max(1, s.repeats // 2))
+        ar_s = timed["ar:ar-ssm"].median_s
+        part = out["sequence"][str(batch)] = {
+            "seconds": {k: t.as_dict() for k, t in timed.items()},
+            "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
+        }
+        if t1 is not None:
+            part["served_speedup_at_observation_temperature_1"] = ar_s / timed[f"vssm-t1:{served}"].median_s
+        log.info(
+            "%s, batch %d: AR-SSM %.0f ms; VSSM %s",
+            recipes["vssm"],
+            batch,
+            ar_s * 1e3,
+            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
+        )
+    return out
 
 
 @torch.no_grad()
@@ -158,61 +191,19 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
     """A whole image from the MNIST VSSM ``recipe``'s shapes against block size (the suite's dial and its
     served default), beside ``baselines`` (the suite's matched AR-SSM), in the form of the text part."""
     T = s.blocks_length
-    models = with_block_vssm(baselines, recipe=recipe)
     served = RECIPES[recipe].default_block_size or T
-    sizes = sorted({*s.block_sizes, served})
-    out = _served_part(models, T, {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"}, served)
-    for batch in s.batches:
-        timed = measure_interleaved(_whole_sequences(models, T, batch, sizes), max(1, s.repeats // 2))
-        ar_s = timed["ar:ar-ssm"].median_s
-        out["sequence"][str(batch)] = {
-            "seconds": {k: t.as_dict() for k, t in timed.items()},
-            "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
-        }
-        log.info(
-            "image, %s, batch %d: AR-SSM %.0f ms; VSSM %s",
-            recipe,
-            batch,
-            ar_s * 1e3,
-            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
-        )
-    return out
+    recipes = {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"}
+    models = with_block_vssm(baselines, recipe=recipe)
+    return _served_part(models, s, T, recipes, sorted({*s.block_sizes, served}), served)
 
 
 @torch.no_grad()
 def run_text(s: Settings, recipe: str = TEXT_RECIPES["vssm"]) -> dict[str, Any]:
     """A whole text sequence against block size: the text VSSM ``recipe``'s shapes beside the text
-    baselines', in the same form as the MNIST part (``sequence``), with the served default's block size."""
+    baselines', in the same form as the MNIST part (``sequence``), with the served default's block size
+    and, where it is served below observation temperature 1, that call at 1 as a reference."""
     T = s.text_length
-    models = text_models(vssm=recipe)
-    vssm = models["vssm"]
     default = RECIPES[recipe].default_block_size
     served = T if default is None or default >= T else default  # None: one pass
     sizes = sorted({*s.text_block_sizes, served})
-    # the served observation temperature (bench.common.as_served) and, where it is not 1, the same call at 1
-    at_one = None
-    if vssm.observation_temperature != 1.0:
-        at_one = copy.deepcopy(vssm)
-        at_one.observation_temperature = 1.0
-    out = _served_part(models, T, {**TEXT_RECIPES, "vssm": recipe}, served)
-    for batch in s.batches:
-        fns = _whole_sequences(models, T, batch, sizes)
-        if at_one is not None:
-            st = at_one.start(torch.zeros(batch, 0, dtype=torch.long), list(range(batch)))
-            fns[f"vssm-t1:{served}"] = lambda m=at_one, st=st: m.generate(st, T, resumable=False, block_size=served)
-        timed = measure_interleaved(fns, max(1, s.repeats // 2))
-        ar_s = timed["ar:ar-ssm"].median_s
-        part = out["sequence"][str(batch)] = {
-            "seconds": {k: t.as_dict() for k, t in timed.items()},
-            "speedup_vs_ar_ssm": {str(c): ar_s / timed[f"vssm:{c}"].median_s for c in sizes},
-        }
-        if at_one is not None:
-            part["served_speedup_at_observation_temperature_1"] = ar_s / timed[f"vssm-t1:{served}"].median_s
-        log.info(
-            "text, %s, batch %d: AR-SSM %.0f ms; VSSM %s",
-            recipe,
-            batch,
-            ar_s * 1e3,
-            {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
-        )
-    return out
+    return _served_part(text_models(vssm=recipe), s, T, {**TEXT_RECIPES, "vssm": recipe}, sizes, served, True)

@@ -386,12 +386,11 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
 def _plot_blocks(bl: dict[str, Any], path: Path) -> None:
     """Whole-sequence time against block size, the AR baselines as horizontal lines, per batch; a
     row more for each other MNIST VSSM (``images``) and each text model where the run timed them."""
-    images = list((bl.get("images") or {}).values())
-    parts = [bl, *images] + ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
+    texts = ([bl["text"]] if bl.get("text") else []) + list((bl.get("texts") or {}).values())
+    parts = [(p, "tokens") for p in [bl, *(bl.get("images") or {}).values()]] + [(p, "bytes") for p in texts]
     batches = list(bl["sequence"])
     fig, axes = plt.subplots(len(parts), len(batches), figsize=(5.5 * len(batches), 4 * len(parts)), squeeze=False)
-    for row, part in zip(axes, parts, strict=True):
-        unit = "tokens" if part is bl or any(part is i for i in images) else "bytes"
+    for row, (part, unit) in zip(axes, parts, strict=True):
         for ax, batch in zip(row, batches, strict=True):
             sec = part["sequence"][batch]["seconds"]
             sizes = sorted(int(k.split(":")[1]) for k in sec if k.startswith("vssm:"))
@@ -418,6 +417,14 @@ def _sequence_tables(part: dict[str, Any]) -> list[str]:
     return L + _table(
         ["baseline", "ms"], [[LABELS[k[3:]], _ms(t["median_s"])] for k, t in sec.items() if k.startswith("ar:")]
     )
+
+
+def _prior_words(vc: dict[str, Any]) -> str:
+    """ ", a latent prior of width R (its MLP M wide)" for a VSSM config with a latent prior, else ""."""
+    if not vc.get("prior_width"):
+        return ""
+    hidden = f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else ""
+    return f", a latent prior of width {vc['prior_width']}{hidden}"
 
 
 def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
@@ -448,10 +455,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
         vc = image["vssm_config"]
         L += [
             f"A whole image from {name}'s shapes (decoder {vc['dec_layers']}, partial encoder {vc['par_layers']}, "
-            f"{vc['n_latents']} latent(s) of {vc['n_classes']} classes"
-            + (f", a latent prior of width {vc['prior_width']}" if vc.get("prior_width") else "")
-            + (f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else "")
-            + f") against block size beside the AR-SSM, at its served observation temperature "
+            f"{vc['n_latents']} latent(s) of {vc['n_classes']} classes{_prior_words(vc)}) against block size "
+            "beside the AR-SSM, at its served observation temperature "
             f"{image.get('observation_temperature', 1.0):g}; its served default is block {image['served_block_size']}.",
             "",
         ]
@@ -463,13 +468,11 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
             continue
         vc, ac = text["vssm_config"], text["ar_ssm_config"]
         name = text.get("recipes", {}).get("vssm", "the bundled text VSSM")
-        hidden = f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else ""
         temp = text.get("observation_temperature", 1.0)
-        prior = f", a latent prior of width {vc['prior_width']}{hidden}" if vc.get("prior_width") else ""
         L += [
             f"Text: a whole sequence of {text['length']} bytes, {name}'s shapes (decoder "
-            f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}{prior}) beside the text "
-            f"AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
+            f"{vc['dec_layers']}, partial encoder {vc['par_layers']}, width {vc['width']}{_prior_words(vc)}) "
+            f"beside the text AR-SSM's ({ac['layers']} layers, width {ac['width']}); its served default is block "
             f"{text['served_block_size']}"
             + (" (one pass)" if text["served_block_size"] >= text["length"] else "")
             + f", at its served observation temperature {temp:g}"

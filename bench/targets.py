@@ -329,9 +329,11 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         )
     quick = "" if s.mode == "full" else " (quick mode)"
 
-    def served_row(part: dict[str, Any], batch: str, against: str, need: float, conditions: str) -> dict[str, Any]:
-        """The speed-up of a bundled VSSM's served default (a part of ``run_image`` or ``run_text``)."""
-        c, name = part["served_block_size"], part["recipes"]["vssm"]
+    def served_row(
+        part: dict[str, Any], batch: str, name: str, against: str, need: float, conditions: str
+    ) -> dict[str, Any]:
+        """The speed-up of bundled VSSM ``name``'s served default (a part of ``run_image`` or ``run_text``)."""
+        c = part["served_block_size"]
         return _row(
             f"{name} ({'one pass' if c >= part['length'] else f'block-{c}'}, served default) "
             f"generation speed-up over {against}",
@@ -348,6 +350,7 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
                 served_row(
                     image,
                     batch,
+                    name,
                     "ar-ssm",
                     SERVED_SPEEDUP,
                     f"{name}'s shapes, T={image['length']}, B={batch}, unprompted",
@@ -359,12 +362,12 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         if not text or batch is None:
             continue
         part = text["sequence"][batch]
-        text = {**text, "recipes": text.get("recipes", TEXT_RECIPES)}  # older runs: the paper's text VSSM
-        name = text["recipes"]["vssm"]
+        name = text.get("recipes", TEXT_RECIPES)["vssm"]  # older runs have no "recipes": the paper's text VSSM
         rows.append(
             served_row(
                 text,
                 batch,
+                name,
                 "the text AR-SSM",
                 TEXT_SPEEDUP,
                 f"{name}'s and {TEXT_RECIPES['ar-ssm']}'s shapes, {text['length']} bytes, B={batch}, "
