@@ -4,6 +4,7 @@ Glossary of axis letters (docs/design.md):
     B  batch      T  sequence length      n  steps in one call      c  block size
     Z  categorical latent variables per step      K  classes per latent variable
     R  width of the prior's state      M  hidden width of its MLP
+    F  context features the partial encoder passes the MLP (``VSSMConfig.prior_context``)
 
 The block prior of block sampling (model/vssm.py) draws a block's latents independently, each
 from the partial encoder over the tokens before the block and EMPTYs (the uniform prior in the
@@ -14,6 +15,13 @@ through a diagonal linear recurrence, reset at every block start::
     log p(z_t | x_1:s, z_s+1:t-1) = log_softmax(base_t + MLP(r_(t-1)))
 
 ``base_t`` the block prior's logits, ``a = sigmoid(decay)`` per channel, ``E`` ``(R, Z*K)``.
+With ``VSSMConfig.prior_context = F`` the MLP also reads ``g_t`` ``(F,)``, features the partial
+encoder computes beside ``base_t`` (from the same pass over the tokens before the block and the
+EMPTYs): its hidden layer is ``GELU(W1 LayerNorm(r_(t-1)) + b1 + G g_t)``, ``G`` ``(M, F)``.  The
+sum ``base_t + MLP(r_(t-1))`` can only add what the rows above say to what the row so far says;
+``G g_t`` lets the two interact (a stroke from above that the row so far has turned).  ``G g_t``
+does not depend on the block's latents, so a block computes it for every step in one product before
+its sequential draws.
 So a block's latents are drawn one after another (a step is ``M (R + Z K)`` multiply-adds plus
 the draw, ``M`` the MLP's hidden width) while the decoder still reads them in one parallel pass.
 The ELBO keeps its form: the KL at step t is taken against this prior given the posterior's own
@@ -39,7 +47,7 @@ __all__ = ["LatentPrior"]
 class LatentPrior(nn.Module):
     """The correction ``MLP(r_(t-1))`` of a block's latent logits from the block's earlier latents."""
 
-    def __init__(self, n_latents: int, n_classes: int, width: int, hidden: int | None = None) -> None:
+    def __init__(self, n_latents: int, n_classes: int, width: int, hidden: int | None = None, context: int = 0) -> None:
         super().__init__()
         self.n_latents, self.n_classes = n_latents, n_classes
         zk = n_latents * n_classes
@@ -49,6 +57,8 @@ class LatentPrior(nn.Module):
         self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, M), nn.GELU(), nn.Linear(M, zk))
         nn.init.zeros_(self.mlp[-1].weight)  # the start is the plain block prior
         nn.init.zeros_(self.mlp[-1].bias)
+        # G: the partial encoder's context features into the MLP's hidden layer (None: no context)
+        self.context = nn.Linear(context, M, bias=False) if context else None
 
     @property
     def width(self) -> int:
@@ -62,9 +72,18 @@ class LatentPrior(nn.Module):
         """``r`` before a block's first step: zeros ``(B, R)``."""
         return self.decay.new_zeros(batch, self.width)
 
-    def forward(self, z: Tensor, c: int) -> Tensor:
+    def _mlp(self, h: Tensor, context: Tensor | None) -> Tensor:
+        """``MLP(h)`` ``(..., Z*K)`` of states ``h`` ``(..., R)``, with ``G g`` added to the hidden
+        layer's input where ``context`` ``g`` ``(..., F)`` is given (None: zeros)."""
+        if context is None or self.context is None:
+            return self.mlp(h)
+        norm, first, act, last = self.mlp
+        return last(act(first(norm(h)) + self.context(context)))
+
+    def forward(self, z: Tensor, c: int, context: Tensor | None = None) -> Tensor:
         """The corrections ``(B, T, Z*K)`` of every step, given the one-hot latents ``z``
-        ``(B, T, Z*K)`` in blocks of ``c`` steps from step 0 (``c >= T``: one block)."""
+        ``(B, T, Z*K)`` in blocks of ``c`` steps from step 0 (``c >= T``: one block) and the
+        partial encoder's ``context`` ``(B, T, F)`` (None: zeros)."""
         B, T, ZK = z.shape
         c = min(c, T)
         nb = -(-T // c)
@@ -77,21 +96,34 @@ class LatentPrior(nn.Module):
             before.append(r)
             r = a * r + e[:, :, k]
         h = torch.stack(before, 2).view(B, nb * c, -1)[:, :T]  # (B, T, R): r_(t-1), 0 at a block start
-        return self.mlp(h)
+        return self._mlp(h, context)
 
-    def log_probs(self, base: Tensor, z: Tensor, c: int) -> Tensor:
+    def log_probs(self, base: Tensor, z: Tensor, c: int, context: Tensor | None = None) -> Tensor:
         """``log p(z_t | ...)`` ``(B, T, Z, K)`` from the block prior's log-probabilities ``base``
-        ``(B, T, Z, K)`` and the one-hot latents ``z`` ``(B, T, Z*K)`` the prior reads."""
-        corr = self(z, c).unflatten(-1, (self.n_latents, self.n_classes))  # (B, T, Z, K)
+        ``(B, T, Z, K)``, the one-hot latents ``z`` ``(B, T, Z*K)`` the prior reads and the partial
+        encoder's ``context`` ``(B, T, F)`` (None: zeros)."""
+        corr = self(z, c, context).unflatten(-1, (self.n_latents, self.n_classes))  # (B, T, Z, K)
         return (base + corr).log_softmax(-1)
 
-    def draw(self, base: Tensor | None, r: Tensor, u: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    def draw(
+        self,
+        base: Tensor | None,
+        r: Tensor,
+        u: Tensor,
+        temperature: float | Tensor,
+        context: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Latents ``(B, n, Z)`` drawn one after another from uniforms ``u`` ``(B, n, Z)``, the
-        block prior's logits ``base`` ``(B, n, Z, K)`` (None: the uniform prior) and the state
-        ``r`` ``(B, R)`` before the first; returns them and ``r`` after the last.  The draws are
-        inverse-CDF ones (model/sampling.py), so keyed ``u`` give the same latents at any batching.
-        On the CPU, without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
-        compiled = native.prior_draws() if finite_temperature(temperature) and self._native_ok(u) else None
+        block prior's logits ``base`` ``(B, n, Z, K)`` (None: the uniform prior), the partial
+        encoder's ``context`` ``(B, n, F)`` (None: zeros) and the state ``r`` ``(B, R)`` before
+        the first; returns them and ``r`` after the last.  The draws are inverse-CDF ones
+        (model/sampling.py), so keyed ``u`` give the same latents at any batching.  On the CPU,
+        without gradients and without context, the whole loop is one compiled call
+        (csrc/latent_prior.c); with context it runs here."""
+        if self.context is None:
+            context = None
+        native_ok = context is None and finite_temperature(temperature) and self._native_ok(u)
+        compiled = native.prior_draws() if native_ok else None
         if compiled is not None:
             flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
             temp = row_temperatures(temperature, u.shape[0])  # (B,)
@@ -100,9 +132,12 @@ class LatentPrior(nn.Module):
         E = self.embed.weight  # (R, Z*K)
         offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)
         temp = per_row(temperature, 1)
+        norm, first, act, last = self.mlp
+        g = None if context is None else self.context(context)  # (B, n, M): every step's G g_t at once
         out = []
         for t in range(u.shape[1]):
-            logits = self.mlp(r).unflatten(-1, (self.n_latents, self.n_classes))  # (B, Z, K)
+            pre = first(norm(r)) if g is None else first(norm(r)) + g[:, t]  # (B, M)
+            logits = last(act(pre)).unflatten(-1, (self.n_latents, self.n_classes))  # (B, Z, K)
             if base is not None:
                 logits = logits + base[:, t]
             z = sample_categorical(logits, u[:, t], temp)  # (B, Z)

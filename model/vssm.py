@@ -25,6 +25,8 @@ Resumable state (one row per sequence; every network state has a fixed size; doc
     gen       partial-encoder state after the tokens before the current block, then EMPTYs up to P
     observed  whether any token was observed; if not, latents come from the prior
     prior     with prior_width only: the latent prior's state inside the current block   (B, R)
+With prior_context = F the partial encoder's outputs are the latents' logits followed by F
+features the latent prior's MLP reads beside them (model/latent_prior.py)     (B, T, Z*K + F)
 
 Block sampling (the paper's Algorithm 5, docs/design.md "Blocks"): blocks of c positions aligned to
 absolute positions; a block's latents come from f_par over EMPTYs continued from ``gen``, its tokens
@@ -90,6 +92,7 @@ class VSSMConfig:
     decoder_tokens: bool = False  # f_dec also reads the tokens before the current block (EMPTY inside it)
     prior_width: int = 0  # R: a block's latents also read its earlier latents (model/latent_prior.py); 0: independent
     prior_hidden: int = 0  # M: hidden width of the latent prior's MLP; 0: R
+    prior_context: int = 0  # F: features of the partial encoder the latent prior's MLP also reads; 0: none
 
     def __post_init__(self) -> None:
         check_config(
@@ -97,12 +100,13 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        for name in ("prior_width", "prior_hidden"):
+        for name in ("prior_width", "prior_hidden", "prior_context"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.prior_hidden and not self.prior_width:
-            raise ValueError("prior_hidden sizes the latent prior's MLP: set prior_width too")
+        for name in ("prior_hidden", "prior_context"):
+            if getattr(self, name) and not self.prior_width:
+                raise ValueError(f"{name} shapes the latent prior's MLP: set prior_width too")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -161,9 +165,11 @@ class VSSM(SequenceModel):
         # observed or absorbed before the current block, EMPTY where it is being drawn (_dec_in)
         dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
-        self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=ZK, layers=config.par_layers, **common))
+        par_out = ZK + config.prior_context  # the latents' logits, then the latent prior's context features
+        self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=par_out, layers=config.par_layers, **common))
         R, M = config.prior_width, config.prior_hidden or None  # M None: as wide as R (LatentPrior)
-        self.latent_prior = LatentPrior(config.n_latents, config.n_classes, R, M) if R else None
+        lp = LatentPrior(config.n_latents, config.n_classes, R, M, config.prior_context) if R else None
+        self.latent_prior = lp
 
     @property
     def empty_token(self) -> int:
@@ -174,7 +180,15 @@ class VSSM(SequenceModel):
         return sum(p.numel() for net in nets if net is not None for p in net.parameters())
 
     def _latent_logits(self, out: Tensor) -> Tensor:
-        return out.unflatten(-1, (self.config.n_latents, self.config.n_classes))  # (B, T, Z, K)
+        """The latents' logits ``(B, T, Z, K)`` of a network's output ``(B, T, Z*K [+ F])``."""
+        Z, K = self.config.n_latents, self.config.n_classes
+        return out[..., : Z * K].unflatten(-1, (Z, K))
+
+    def _context(self, out: Tensor | None) -> Tensor | None:
+        """The latent prior's context ``(B, T, F)`` in the partial encoder's output (None without one)."""
+        if out is None or not self.config.prior_context:
+            return None
+        return out[..., self.config.n_latents * self.config.n_classes :]
 
     @staticmethod
     def _prompt_mask(prompt_lengths: Tensor, T: int) -> Tensor:
@@ -205,13 +219,14 @@ class VSSM(SequenceModel):
         Z, K = self.config.n_latents, self.config.n_classes
         return (log_q.exp() * log_q).sum((-1, -2)) + Z * math.log(K)
 
-    def _prior_log_probs(self, base: Tensor, z: Tensor, c: int) -> Tensor:
+    def _prior_log_probs(self, base: Tensor, z: Tensor, c: int, context: Tensor | None = None) -> Tensor:
         """The block prior ``(B, T, Z, K)`` given its log-probabilities ``base`` ``(B, T, Z, K)``:
         ``base`` itself, or with the latent prior reading the one-hot latents ``z`` ``(B, T, Z*K)``
-        in blocks of ``c`` steps from step 0 (model/latent_prior.py)."""
+        in blocks of ``c`` steps from step 0 and the partial encoder's ``context`` ``(B, T, F)``
+        (None: zeros; model/latent_prior.py)."""
         if self.latent_prior is None:
             return base
-        return self.latent_prior.log_probs(base, z, c)
+        return self.latent_prior.log_probs(base, z, c, context)
 
     def _uniform(self, like: Tensor) -> Tensor:
         """The uniform prior's log-probabilities, shaped as ``like`` ``(..., K)``."""
@@ -312,12 +327,15 @@ class VSSM(SequenceModel):
         partial_kl = (q_det.exp() * (q_det - log_w)).sum((-1, -2, -3))  # (B,)
         return VSSMLoss(rec, kl, partial_kl, kl_weight)
 
-    def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor]:
-        """The partial encoder's two roles in block sampling with blocks of ``c`` steps, both ``(B, T, Z, K)``:
+    def _block_priors(self, x: Tensor, c: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The partial encoder's roles in block sampling with blocks of ``c`` steps:
 
-        - ``log_obs``: ``log q_omega(z'_t | x_1:t)``, the latents re-drawn when tokens are absorbed;
-        - ``log_gen``: the block prior, ``log q_omega(z_t | x_1:s, EMPTY_s+1:t)`` for t in the block
-          starting at s, and the uniform prior in the first block (nothing observed yet).
+        - ``log_obs`` ``(B, T, Z, K)``: ``log q_omega(z'_t | x_1:t)``, the latents re-drawn when tokens
+          are absorbed;
+        - ``log_gen`` ``(B, T, Z, K)``: the block prior, ``log q_omega(z_t | x_1:s, EMPTY_s+1:t)`` for
+          t in the block starting at s, and the uniform prior in the first block (nothing observed yet);
+        - ``context`` ``(B, T, F)``: the latent prior's features from the same pass, zeros in the first
+          block (None without ``prior_context``).
         """
         T = x.shape[1]
         empties = torch.full_like(x, self.empty_token)  # (B, T)
@@ -325,7 +343,10 @@ class VSSM(SequenceModel):
         log_obs = self._latent_logits(obs).log_softmax(-1)
         first = (torch.arange(T, device=x.device) < c)[None, :, None, None]  # (1, T, 1, 1)
         log_gen = torch.where(first, -math.log(self.config.n_classes), self._latent_logits(gen).log_softmax(-1))
-        return log_obs, log_gen
+        context = self._context(gen)
+        if context is not None:
+            context = context.masked_fill(first[..., 0], 0.0)  # (B, T, F)
+        return log_obs, log_gen, context
 
     def _block_loss(self, x: Tensor, c: int, tau: float, kl_weight: float = 1.0) -> VSSMLoss:
         """Negative ELBO of block sampling with blocks of ``c`` steps (docs/design.md, "Blocks").
@@ -345,15 +366,16 @@ class VSSM(SequenceModel):
         T = x.shape[1]
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         z = straight_through_gumbel(log_q, tau).flatten(-2)  # (B, T, Z*K)
+        context = None
         if c >= T:  # one block: the uniform prior everywhere, nothing is absorbed
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
             log_gen = self._uniform(log_q)
         else:
-            log_obs, log_gen = self._block_priors(x, c)
+            log_obs, log_gen, context = self._block_priors(x, c)
             z_abs = straight_through_gumbel(log_obs, tau).flatten(-2)  # (B, T, Z*K)
             x_logits = self.decoder.forward_blocks(self._dec_in(z_abs, x), self._dec_in(z), c)[1]  # (B, T, V)
-        log_gen = self._prior_log_probs(log_gen, z, c)  # (B, T, Z, K)
+        log_gen = self._prior_log_probs(log_gen, z, c, context)  # (B, T, Z, K)
         rec = self._xent(x_logits, x).sum(-1)  # (B,)
         kl = (log_q.exp() * (log_q - log_gen)).sum((-1, -2, -3))  # (B,)
         q_det = log_q.detach()
@@ -386,14 +408,15 @@ class VSSM(SequenceModel):
         code = self.token_code(x)  # (B, T, Z)
         z = self._one_hot(code)  # (B, T, Z*K)
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
+        context = None
         if c >= T:
             x_logits = self.decoder(self._dec_in(z), return_state=False)[0]  # (B, T, V)
             log_obs = self._latent_logits(self.partial_encoder(x, return_state=False)[0]).log_softmax(-1)
             log_gen = self._uniform(log_q)
         else:
-            log_obs, log_gen = self._block_priors(x, c)
+            log_obs, log_gen, context = self._block_priors(x, c)
             x_logits = self.decoder.forward_blocks(self._dec_in(z, x), self._dec_in(z), c)[1]  # (B, T, V)
-        log_gen = self._prior_log_probs(log_gen, z, c)  # (B, T, Z, K)
+        log_gen = self._prior_log_probs(log_gen, z, c, context)  # (B, T, Z, K)
 
         def xent(log_p: Tensor) -> Tensor:  # -log p(code) summed over steps and latents, (B,)
             return -log_p.gather(-1, code[..., None]).sum((-1, -2, -3))
@@ -435,7 +458,7 @@ class VSSM(SequenceModel):
         if c >= T:
             return self._log_weights(x, 0, samples, seed)  # one block: the one-pass bound
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
-        log_obs, log_gen = self._block_priors(x, c)  # (B, T, Z, K) each
+        log_obs, log_gen, context = self._block_priors(x, c)  # (B, T, Z, K) each, (B, T, F) or None
         row_seed = sequence_seeds(x, seed)  # (B,)
         weights = []
         group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
@@ -444,7 +467,8 @@ class VSSM(SequenceModel):
             keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
             lq, lg = log_q.repeat(g, 1, 1, 1), log_gen.repeat(g, 1, 1, 1)  # (g*B, T, Z, K)
             z = positional_draw(lq, keys, STREAM_LATENT)  # (g*B, T, Z)
-            lg = self._prior_log_probs(lg, self._one_hot(z), c)  # (g*B, T, Z, K)
+            ctx = None if context is None else context.repeat(g, 1, 1)  # (g*B, T, F)
+            lg = self._prior_log_probs(lg, self._one_hot(z), c, ctx)  # (g*B, T, Z, K)
             z_abs = positional_draw(log_obs.repeat(g, 1, 1, 1), keys, STREAM_ABSORB)  # (g*B, T, Z)
             z_in, abs_in = self._dec_in(self._one_hot(z)), self._dec_in(self._one_hot(z_abs), x.repeat(g, 1))
             x_logits = self.decoder.forward_blocks(abs_in, z_in, c)[1]  # (g*B, T, V)
@@ -491,8 +515,10 @@ class VSSM(SequenceModel):
         C = prompt_len
         log_q = self._posterior_log_probs(x)  # (B, T, Z, K)
         xbar = torch.where(torch.arange(T, device=x.device)[None, :] < C, x, self.empty_token)  # (B, T)
+        context = None
         if C > 0:
-            log_w = self._latent_logits(self.partial_encoder(xbar, return_state=False)[0]).log_softmax(-1)
+            out = self.partial_encoder(xbar, return_state=False)[0]  # (B, T, Z*K [+ F])
+            log_w, context = self._latent_logits(out).log_softmax(-1), self._context(out)
         else:
             log_w = self._uniform(log_q)  # the uniform prior
         row_seed = sequence_seeds(x, seed)  # (B,)
@@ -501,7 +527,8 @@ class VSSM(SequenceModel):
         for k in range(samples):
             z = positional_draw(proposal, row_seed + k, STREAM_LATENT)  # (B, T, Z)
             # after the prompt one block: the latent prior reads the latents drawn since C
-            lw = self._prior_log_probs(log_w[:, C:], self._one_hot(z[:, C:]), T - C) if C < T else log_w[:, C:]
+            ctx = None if context is None else context[:, C:]  # (B, T-C, F)
+            lw = self._prior_log_probs(log_w[:, C:], self._one_hot(z[:, C:]), T - C, ctx) if C < T else log_w[:, C:]
             # the decoder reads the prompt's tokens as an append absorbs them; only steps past it are scored
             x_logits = self.decoder(self._dec_in(self._one_hot(z), xbar), return_state=False)[0]  # (B, T, V)
             log_px = -self._xent(x_logits, x)[:, C:].sum(-1)  # (B,)
@@ -538,10 +565,12 @@ class VSSM(SequenceModel):
         observed: Tensor,
         r: Tensor | None = None,
         u: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """A block's latents ``(B, n, Z)`` from the block prior's ``logits`` (uniform where not
         ``observed``) and, with a latent prior, from its state ``r`` ``(B, R)`` (None: a block
-        start); returns them and the latent prior's state after them (None without one)."""
+        start) and the partial encoder's ``context`` ``(B, n, F)`` (zeros where not ``observed``);
+        returns them and the latent prior's state after them (None without one)."""
         if self.latent_prior is None:
             return self._sample_latents(logits, state, n, temperature, observed, u=u), None
         if u is None:
@@ -550,8 +579,10 @@ class VSSM(SequenceModel):
             raise StateError("this state has no latent prior state (made by a model without one); start anew")
         if logits is not None and not bool(observed.all()):
             logits = logits.masked_fill(~observed[:, None, None, None], 0.0)  # the uniform base
+            if context is not None:
+                context = context.masked_fill(~observed[:, None, None], 0.0)  # (B, n, F)
         r = self.latent_prior.initial_state(state.batch_size) if r is None else r
-        return self.latent_prior.draw(logits, r, u, temperature)
+        return self.latent_prior.draw(logits, r, u, temperature, context)
 
     def _sample_latents(
         self,
@@ -697,12 +728,13 @@ class VSSM(SequenceModel):
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
         Bsz = state.batch_size
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
-        m, observed, logits = ms[0], state["observed"], None
+        m, observed, logits, context = ms[0], state["observed"], None, None
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
-            logits = self._latent_logits(self.partial_encoder(empties, state["gen"], return_state=False)[0])
+            out = self.partial_encoder(empties, state["gen"], return_state=False)[0]  # (B, m, Z*K [+ F])
+            logits, context = self._latent_logits(out), self._context(out)
         r = state.tensors.get("prior")
-        z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m])  # (B, m, Z)
+        z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m], context)  # (B, m, Z)
         x_logits = self._decode(z, state["dec"], keep=False)[0]  # (B, m, V)
         tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
         if scores is not None:
@@ -730,7 +762,8 @@ class VSSM(SequenceModel):
             if self.latent_prior is None:
                 z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
             else:  # a new block: the latent prior from its start
-                z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_lat[:, there])
+                ctx, u_there = self._context(out[:, m:]), u_lat[:, there]  # (B, nxt, F) or None, (B, nxt, Z)
+                z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_there, context=ctx)
             x_logits, dec_abs = self._decode(torch.cat([z_abs, z], 1), dec_abs, x_in, lengths=m)  # (B, m + nxt, V)
             tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
             if scores is not None:
@@ -778,8 +811,8 @@ class VSSM(SequenceModel):
             return None
         prior = None
         if self.latent_prior is not None:
-            if not self.latent_prior._native_ok(probe):
-                return None
+            if self.latent_prior.context is not None or not self.latent_prior._native_ok(probe):
+                return None  # csrc/rounds.c has no context features: the loop in PyTorch
             lp = self.latent_prior
             prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
         cfg = self.config
@@ -806,14 +839,15 @@ class VSSM(SequenceModel):
         Bsz = state.batch_size
         observed = state["observed"]
         # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
-        gen, z_logits = state["gen"], None
+        gen, z_logits, context = state["gen"], None, None
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             out, gen_next = self.partial_encoder(empties, gen, return_state=keep)
-            z_logits = self._latent_logits(out)  # (B, m, Z, K)
+            z_logits, context = self._latent_logits(out), self._context(out)  # (B, m, Z, K), (B, m, F) or None
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
-        z, r = self._draw_latents(z_logits, state, m, temperature, observed, state.tensors.get("prior"))  # (B, m, Z)
+        r = state.tensors.get("prior")
+        z, r = self._draw_latents(z_logits, state, m, temperature, observed, r, context=context)  # (B, m, Z)
         prior = {} if r is None else {"prior": r}  # the latent prior's state after the piece
         # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
         x_logits, dec = self._decode(z, state["dec"], keep=keep)  # (B, m, V)

@@ -64,6 +64,8 @@ def tiny_model(family: str, dtype: torch.dtype = torch.float64, seed: int = 0, *
         with torch.no_grad():
             prior.mlp[-1].weight.normal_(0.0, 1.0)
             prior.mlp[-1].bias.normal_(0.0, 1.0)
+            if prior.context is not None:  # and its context features count as much as its state
+                prior.context.weight.normal_(0.0, 0.5)
     return m
 
 
@@ -77,6 +79,7 @@ VARIANTS = {
     "vssm-smoothing": ("vssm", {"posterior": "smoothing"}),  # generation must not change at all
     "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
     "vssm-latent-prior": ("vssm", {"prior_width": 6}),  # a block's latents also read its earlier latents
+    "vssm-prior-context": ("vssm", {"prior_width": 6, "prior_context": 3}),  # and the partial encoder's features
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 
