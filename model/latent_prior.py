@@ -118,16 +118,16 @@ class LatentPrior(nn.Module):
         encoder's ``context`` ``(B, n, F)`` (None: zeros) and the state ``r`` ``(B, R)`` before
         the first; returns them and ``r`` after the last.  The draws are inverse-CDF ones
         (model/sampling.py), so keyed ``u`` give the same latents at any batching.  On the CPU,
-        without gradients and without context, the whole loop is one compiled call
-        (csrc/latent_prior.c); with context it runs here."""
+        without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
         if self.context is None:
             context = None
-        native_ok = context is None and finite_temperature(temperature) and self._native_ok(u)
-        compiled = native.prior_draws() if native_ok else None
+        compiled = native.prior_draws() if finite_temperature(temperature) and self._native_ok(u) else None
         if compiled is not None:
             flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
             temp = row_temperatures(temperature, u.shape[0])  # (B,)
-            return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.hidden, self.mlp[0].eps)
+            pre = None if context is None else self.context(context)  # (B, n, M): G g_t
+            eps = self.mlp[0].eps
+            return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.hidden, eps, pre)
         a = torch.sigmoid(self.decay)  # (R,)
         E = self.embed.weight  # (R, Z*K)
         offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)

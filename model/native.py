@@ -80,8 +80,8 @@ _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _P, _P, _P, _P, _P, _P, _P]
-_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
@@ -439,11 +439,13 @@ def _prior_draws(
     n_classes: int,
     hidden: int,
     eps: float,
+    pre: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:meth:`model.latent_prior.LatentPrior.draw` compiled: latents ``(B, n, Z)`` int64 from uniforms
     ``u`` ``(B, n, Z)``, the base logits ``base`` ``(B, n, Z*K)`` (None: zeros), the state ``r``
     ``(B, R)``, per-row ``temperature`` ``(B,)`` float64 and the MLP's hidden width; returns them and
-    the state after them."""
+    the state after them.  ``pre`` ``(B, n, M)``: the context's ``G g_t``, added to the MLP's hidden
+    layer before its GELU (None: no context)."""
     lib = _lib
     assert lib is not None
     Bsz, n, Z = u.shape
@@ -459,6 +461,9 @@ def _prior_draws(
         ok = ok and base.shape == (Bsz, n, ZK) and base.dtype == dt and base.is_cpu
         if base.stride(2) != 1:
             base = base.contiguous()
+    if pre is not None:
+        ok = ok and pre.shape == (Bsz, n, hidden) and pre.dtype == dt and pre.is_cpu
+        pre = pre.contiguous()
     if not ok:
         raise ValueError(f"bad inputs for the native latent prior: u {tuple(u.shape)} {u.dtype}, r {tuple(r.shape)}")
     u, temperature = u.contiguous(), temperature.contiguous()
@@ -469,6 +474,7 @@ def _prior_draws(
     fn(
         Bsz, n, Z, n_classes, R, hidden, None if base is None else base.data_ptr(),
         0 if base is None else base.stride(0), 0 if base is None else base.stride(1),
+        None if pre is None else pre.data_ptr(), n * hidden, hidden,
         u.data_ptr(), n * Z, temperature.data_ptr(), packed.data_ptr(), eps, r.data_ptr(), z.data_ptr(), n * Z,
         scratch.data_ptr(),
     )  # fmt: skip
@@ -540,7 +546,7 @@ def _fused_rounds(
     states: tuple[Tensor, Tensor],
     par: tuple[Tensor, float, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int, bool],
-    prior: tuple[Tensor, int, int, float] | None,
+    prior: tuple[Tensor, int, int, float, Tensor | None] | None,
     shape: tuple[int, int, int, int],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Block sampling's rounds after the first block, compiled (csrc/rounds.c; model/vssm.py,
@@ -550,7 +556,9 @@ def _fused_rounds(
     ``states``: the partial encoder's and the absorbed decoder's ``(B, L, H, N)`` complex; ``par``:
     its pack, eps, embedding ``(V+1, H)``, layers; ``dec``: its pack, eps, input weight ``(H, I)`` as
     nn.Linear holds it, bias, layers, whether it reads tokens; ``prior``: the latent prior's pack,
-    width, hidden width, eps (None: none); ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
+    width, hidden width, eps and context weight ``G`` ``(M, F)`` as nn.Linear holds it (None: no
+    context; the partial encoder's head then has ``Z*K + F`` outputs), or None: no latent prior;
+    ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
     two states after the last round's absorbed steps."""
     lib = _lib
     assert lib is not None
@@ -571,17 +579,23 @@ def _fused_rounds(
     ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
     ok = ok and states[0].shape == (Bsz, Lp, H, N) and states[1].shape == (Bsz, Ld, H, N)
     ok = ok and states[0].dtype == states[1].dtype == cdt and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
-    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, Z * K) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
+    ok = ok and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and pack_p.is_contiguous() and pack_d.is_contiguous() and b_in.shape == (H,) and min(ms) >= 1
     first = tokens[:, : ms[0]]
     ok = ok and (first.numel() == 0 or (int(first.min()) >= 0 and int(first.max()) < V))  # read by the embedding
-    R = M = 0
+    R = M = F = 0
     packs = (pack_p, pack_d)
+    g_t: Tensor | None = None  # G transposed (F, M)
     if prior is not None:
-        pack_r, R, M, _ = prior
+        pack_r, R, M, _, G = prior
         ok = ok and M >= 1 and pack_r.dtype == dt and pack_r.numel() == _prior_pack_size(R, M, Z * K)
         packs = (*packs, pack_r)
-    ok = ok and all(p.is_contiguous() for p in packs)
+        if G is not None:
+            F = G.shape[1]
+            ok = ok and G.shape == (M, F) and G.dtype == dt and G.is_cpu
+            g_t = G.detach().t().contiguous()
+    n_par = Z * K + F  # the partial encoder's outputs: the latents' logits, then the context features
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, n_par) and all(p.is_contiguous() for p in packs)
     tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, *packs, emb, w_in, b_in)
     if not (ok and all(t.is_cpu for t in tensors)):
         raise ValueError(f"bad inputs for the native rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
@@ -589,7 +603,8 @@ def _fused_rounds(
     par_b, dec_b = torch.empty_like(par_a), torch.empty_like(dec_a)
     w_t, emb = w_in.detach().t().contiguous(), emb.detach().contiguous()  # (I, H): a column per input
     x, g = torch.empty(Bsz, longest, H, dtype=dt), torch.empty(Bsz, longest, H, dtype=dt)
-    lp, ld = torch.empty(Bsz, longest, Z * K, dtype=dt), torch.empty(Bsz, longest, V, dtype=dt)
+    lp, ld = torch.empty(Bsz, longest, n_par, dtype=dt), torch.empty(Bsz, longest, V, dtype=dt)
+    pre = torch.empty(Bsz, longest, M, dtype=dt) if F else None
     zs = torch.empty(Bsz, longest, Z, dtype=torch.int64)
     ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
     pieces = torch.tensor(ms, dtype=torch.int64)
@@ -600,7 +615,9 @@ def _fused_rounds(
         par_a.data_ptr(), par_b.data_ptr(), dec_a.data_ptr(), dec_b.data_ptr(),
         pack_p.data_ptr(), eps_p, emb.data_ptr(), pack_d.data_ptr(), eps_d, w_t.data_ptr(), b_in.detach().data_ptr(),
         None if prior is None else prior[0].data_ptr(), R, M, 0.0 if prior is None else prior[3],
+        n_par, None if g_t is None else g_t.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), ps.data_ptr(), r.data_ptr(),
+        None if pre is None else pre.data_ptr(),
     )  # fmt: skip
     return tokens, par_b if which & 1 else par_a, dec_b if which & 2 else dec_a
 

@@ -811,10 +811,11 @@ class VSSM(SequenceModel):
             return None
         prior = None
         if self.latent_prior is not None:
-            if self.latent_prior.context is not None or not self.latent_prior._native_ok(probe):
-                return None  # csrc/rounds.c has no context features: the loop in PyTorch
+            if not self.latent_prior._native_ok(probe):
+                return None
             lp = self.latent_prior
-            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
+            G = None if lp.context is None else lp.context.weight  # (M, F)
+            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
         cfg = self.config
         par = (par_net._packed(), par_net.norm.eps, emb.weight, cfg.par_layers)
         dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)

@@ -626,11 +626,13 @@ def test_the_kernel_threshold_follows_the_build_and_the_threads(monkeypatch):
 
 
 # ----- the latent prior's draws (csrc/latent_prior.c) ---------------------------------------------------------
-def _prior(dtype: torch.dtype, Z: int = 2, K: int = 5, R: int = 37, M: int | None = None) -> torch.nn.Module:
+def _prior(
+    dtype: torch.dtype, Z: int = 2, K: int = 5, R: int = 37, M: int | None = None, F: int = 0
+) -> torch.nn.Module:
     from vssm.model.latent_prior import LatentPrior
 
     torch.manual_seed(7)
-    p = LatentPrior(Z, K, R, M).to(dtype)
+    p = LatentPrior(Z, K, R, M, F).to(dtype)
     with torch.no_grad():  # a fresh prior's output layer is zero: make every weight act
         p.mlp[-1].weight.normal_(0.0, 1.0)
         p.mlp[-1].bias.normal_(0.0, 1.0)
@@ -648,15 +650,17 @@ def _python_draw(p: torch.nn.Module, *args) -> tuple[torch.Tensor, torch.Tensor]
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("base", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0, "rows"])
-@pytest.mark.parametrize("hidden", [None, 11, 53])
-def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature, hidden):
+@pytest.mark.parametrize(("hidden", "context"), [(None, 0), (11, 0), (53, 0), (11, 4), (53, 9)])
+def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, temperature, hidden, context):
     """Latents and the state after them, from any state, with or without a base, at any temperature
     (one per row included), the MLP as wide as the state, narrower or wider (53: a whole register
-    tile and a remainder at any vector width); float32 within rounding of the state, the same latents."""
-    p = _prior(dtype, M=hidden)
+    tile and a remainder at any vector width), with or without context features; float32 within
+    rounding of the state, the same latents."""
+    p = _prior(dtype, M=hidden, F=context)
     B, n, Z, K = 3, 19, 2, 5
     g = torch.Generator().manual_seed(1)
     b = torch.randn(B, n, Z, K, generator=g, dtype=F64).to(dtype) if base else None
+    ctx = torch.randn(B, n, context, generator=g, dtype=F64).to(dtype) if context else None
     r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
     u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
     temp = torch.tensor([1.0, 0.0, 1.7], dtype=F64) if temperature == "rows" else temperature
@@ -664,9 +668,11 @@ def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, te
     real = native._prior_draws
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
-        z, r_after = p.draw(b, r, u, temp)
+        z, r_after = p.draw(b, r, u, temp, ctx)
     with torch.no_grad():
-        z_ref, r_ref = _python_draw(p, b, r, u, temp)
+        z_ref, r_ref = _python_draw(p, b, r, u, temp, ctx)
+        if ctx is not None:  # the features count
+            assert not torch.equal(_python_draw(p, b, r, u, 1.0)[1], _python_draw(p, b, r, u, 1.0, ctx)[1])
     assert calls and torch.equal(z, z_ref)
     tol = 1e-12 if dtype == F64 else 1e-4
     torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
@@ -734,7 +740,15 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
 
 # ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"prior_width": 6, "prior_hidden": 20}])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"decoder_tokens": True},
+        {"prior_width": 6, "prior_hidden": 20},
+        {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+    ],
+)
 @pytest.mark.parametrize(("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200)])
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a

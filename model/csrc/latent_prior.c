@@ -5,7 +5,7 @@ Glossary of axis letters:
     M  hidden width of the prior's MLP
 
 Per row, from the state r before the first step (model/latent_prior.py, LatentPrior.draw):
-    logits_t = base_t + W2 GELU(W1 LayerNorm(r) + b1) + b2          (Z*K,)
+    logits_t = base_t + W2 GELU(W1 LayerNorm(r) + b1 + pre_t) + b2          (Z*K,)
     z_t[i]   = the inverse-CDF draw of latent i from logits_t[iK : (i+1)K] at the row's temperature
     r        = a * r + sum_i E[:, i K + z_t[i]]
 the draw being csrc/categorical.c's, so a draw equals sample_categorical's.  In PyTorch a step is
@@ -17,7 +17,8 @@ updated per input: a fifth faster (blocks.md, nineteenth session).  A step reads
 weights, from the second-level cache at these sizes; their bytes set its time.
 
 Layouts: base (B, n, Z*K) with strides base_sb, base_st (the last contiguous), or NULL (zeros: the
-uniform base); u (B, n, Z) with row stride u_sb (the rest contiguous); temperature (B,) doubles; r
+uniform base); pre (B, n, M) with strides pre_sb, pre_st, the product G g_t of the partial encoder's
+context features (VSSMConfig.prior_context), or NULL (none); u (B, n, Z) with row stride u_sb (the rest contiguous); temperature (B,) doubles; r
 (B, R) contiguous, read and overwritten with the state after the last step; z (B, n, Z) int64 with
 row stride z_sb (a block inside a longer call's buffers: csrc/rounds.c).  The weights, packed by
 model/native.py (pack_prior): a = sigmoid(decay) (R), E transposed (Z*K, R), LayerNorm weight and
@@ -39,8 +40,8 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
 
 #define LATENT_PRIOR(NAME, REAL, ERF, DRAW, LINEAR)                                                         \
     void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st, \
-              const REAL *u, long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
-              int64_t *z, long z_sb, REAL *scratch) {                                                       \
+              const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb, const double *temperature, \
+              const REAL *packed, double eps, REAL *r, int64_t *z, long z_sb, REAL *scratch) {               \
         const long ZK = Z * K;                                                                              \
         const REAL *a = packed, *ET = a + R, *ln_w = ET + ZK * R, *ln_b = ln_w + R;                         \
         const REAL *W1 = ln_b + R, *b1 = W1 + R * M, *W2 = b1 + M, *b2 = W2 + M * ZK;                       \
@@ -55,8 +56,12 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
                 for (long i = 0; i < R; ++i) var += (rb[i] - mean) * (rb[i] - mean);                        \
                 const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps);                           \
                 for (long i = 0; i < R; ++i) h[i] = (rb[i] - mean) * inv * ln_w[i] + ln_b[i];               \
-                /* g = GELU(W1 h + b1), the exact GELU */                                                   \
+                /* g = GELU(W1 h + b1 + pre_t), the exact GELU */                                           \
                 LINEAR(1, R, M, h, W1, b1, g);                                                              \
+                if (pre) {                                                                                  \
+                    const REAL *pt = pre + b * pre_sb + t * pre_st;                                         \
+                    for (long o = 0; o < M; ++o) g[o] += pt[o];                                             \
+                }                                                                                           \
                 _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] =                                     \
                     (REAL)0.5 * g[o] * ((REAL)1 + ERF(g[o] * (REAL)0.70710678118654752440));                \
                 /* logits = base_t + W2 g + b2 */                                                           \

@@ -26,9 +26,11 @@ all contiguous; temperature and temp_tok (B,) doubles; the states (B, L, H, N) c
 pairs, contiguous, read from par and dec and ping-ponged with par2 and dec2: bit 0 of the return value
 says which holds the final par (0: par), bit 1 the final dec.  emb_par (V+1, H); w_dec the decoder's
 input weight transposed (I, H), b_dec (H,); the nets' packs (model/native.py, pack); prior: the
-latent prior's pack (NULL: none) of width R and hidden width M.  Scratch: x (B, 2c, H), g (B, 2c, H),
-lp (B, 2c, Z*K), ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K) and r (B, R).  Nothing here
-checks a shape. */
+latent prior's pack (NULL: none) of width R and hidden width M.  O is the partial encoder's output
+width: Z*K logits, then F = O - Z*K context features the latent prior reads through Gt (F, M), G
+transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per step.  Scratch:
+x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K), r
+(B, R) and pre (B, 2c, M) (unused without context).  Nothing here checks a shape. */
 
 #include <stdint.h>
 #include <string.h>
@@ -39,8 +41,9 @@ checks a shape. */
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
-                               long base_st, const REAL *u, long u_sb, const double *temperature,             \
-                               const REAL *packed, double eps, REAL *r, int64_t *z, long z_sb, REAL *scratch);
+                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
+                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
+                               int64_t *z, long z_sb, REAL *scratch);
 DECLARE(float, f32)
 DECLARE(double, f64)
 
@@ -51,9 +54,9 @@ DECLARE(double, f64)
                               const double *temp_tok, REAL *par, REAL *par2, REAL *dec, REAL *dec2,            \
                               const REAL *pack_par, double eps_par, const REAL *emb_par, const REAL *pack_dec, \
                               double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R, \
-                              long M, double eps_prior, REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, REAL *ps,   \
-                              REAL *r) {                                                                        \
-        const long ZK = Z * K, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                                        \
+                              long M, double eps_prior, long O, const REAL *Gt, REAL *x, REAL *g, REAL *lp,    \
+                              REAL *ld, int64_t *zs, REAL *ps, REAL *r, REAL *pre) {                           \
+        const long ZK = Z * K, F = O - ZK, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                            \
         int wp = 0, wd = 0;                                                                                     \
         long start = 0;                                                                                         \
         for (long i = 1; i <= rounds; ++i) {                                                                    \
@@ -65,22 +68,32 @@ DECLARE(double, f64)
                     memcpy(x + (b * T + t) * H, emb_par + tok * H, H * sizeof(REAL));                            \
                 }                                                                                               \
             REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                  \
-            ssm_net_##SUFFIX(B, H, N, T, Lp, ZK, m, x, pack_par, eps_par, pf, sp, pt, g, lp);                   \
+            ssm_net_##SUFFIX(B, H, N, T, Lp, O, m, x, pack_par, eps_par, pf, sp, pt, g, lp);                    \
             wp = !wp;                                                                                           \
             /* 2. z' of block i-1 at temperature 1, z of block i at the latent temperature */                   \
             for (long b = 0; b < B; ++b) {                                                                      \
                 for (long t = 0; t < m; ++t)                                                                    \
-                    categorical_##SUFFIX(Z, K, lp + (b * T + t) * ZK, u_abs + (b * span + start + t) * Z, 1.0,  \
+                    categorical_##SUFFIX(Z, K, lp + (b * T + t) * O, u_abs + (b * span + start + t) * Z, 1.0,   \
                                          zs + (b * T + t) * Z);                                                 \
                 if (!prior)                                                                                     \
                     for (long t = m; t < T; ++t)                                                                \
-                        categorical_##SUFFIX(Z, K, lp + (b * T + t) * ZK, u_lat + (b * span + start + t) * Z,    \
+                        categorical_##SUFFIX(Z, K, lp + (b * T + t) * O, u_lat + (b * span + start + t) * Z,     \
                                              temp[b], zs + (b * T + t) * Z);                                    \
             }                                                                                                   \
-            if (prior) { /* a new block: the latent prior from its start */                                     \
+            if (prior) { /* a new block: the latent prior from its start, pre = G g_t from the context */      \
+                if (F)                                                                                          \
+                    for (long b = 0; b < B; ++b)                                                                \
+                        for (long t = 0; t < nx; ++t) {                                                         \
+                            REAL *pt = pre + (b * nx + t) * M;                                                  \
+                            const REAL *ft = lp + (b * T + m + t) * O + ZK;                                     \
+                            memset(pt, 0, M * sizeof(REAL));                                                    \
+                            for (long f = 0; f < F; ++f)                                                        \
+                                for (long o = 0; o < M; ++o) pt[o] += ft[f] * Gt[f * M + o];                    \
+                        }                                                                                       \
                 memset(r, 0, B * R * sizeof(REAL));                                                             \
-                latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp + m * ZK, T * ZK, ZK, u_lat + (start + m) * Z, span * Z, \
-                                      temp, prior, eps_prior, r, zs + m * Z, T * Z, ps);                        \
+                latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp + m * O, T * O, O, F ? pre : 0, nx * M, M,          \
+                                      u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs + m * Z, \
+                                      T * Z, ps);                                                               \
             }                                                                                                   \
             /* 3. f_dec over [z' (and the tokens), z (and EMPTYs)] */                                           \
             for (long b = 0; b < B; ++b)                                                                        \
