@@ -257,8 +257,8 @@ def test_block_one_conditions_latent_t_on_tokens_before_t_only():
     t = 7
     y = x.clone()
     y[0, t - 1] = (x[0, t - 1] + 1) % V
-    _, gen_x = m._block_priors(x, 1)
-    _, gen_y = m._block_priors(y, 1)
+    _, gen_x, _ = m._block_priors(x, 1)
+    _, gen_y, _ = m._block_priors(y, 1)
     torch.testing.assert_close(gen_x[:, :t], gen_y[:, :t], rtol=0, atol=1e-12)  # latents up to t-1 unchanged
     assert (gen_x[:, t] - gen_y[:, t]).abs().max() > 1e-6  # latent t reads token t-1
     # and so does generation: the latent logits that draw z_t come from the same pass
