@@ -13,10 +13,8 @@ batch 1, best of 7, each right after the AR-SSM::
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
+from pixel_prior_speed import best_ms  # the twentieth session's probe, beside this one (best of 7, ms)
 
 from vssm import model
 from vssm.model.network import SSMNet, SSMNetConfig
@@ -24,15 +22,6 @@ from vssm.model.presets import preset_config
 
 ROW = 28  # pixels a row: one block, one round
 PIXEL = dict(dec_layers=1, n_latents=1, n_classes=2, posterior="smoothing", par_layers=4, prior_width=64)
-
-
-def best_ms(fn: Callable[[], object], repeats: int = 7) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
 
 
 @torch.no_grad()
