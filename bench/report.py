@@ -420,11 +420,15 @@ def _sequence_tables(part: dict[str, Any]) -> list[str]:
 
 
 def _prior_words(vc: dict[str, Any]) -> str:
-    """ ", a latent prior of width R (its MLP M wide)" for a VSSM config with a latent prior, else ""."""
+    """ ", a latent prior of width R (its MLP M wide, reading F features of the partial encoder)" for a
+    VSSM config with a latent prior, else ""."""
     if not vc.get("prior_width"):
         return ""
-    hidden = f" (its MLP {vc['prior_hidden']} wide)" if vc.get("prior_hidden") else ""
-    return f", a latent prior of width {vc['prior_width']}{hidden}"
+    parts = [f"its MLP {vc['prior_hidden']} wide"] if vc.get("prior_hidden") else []
+    if vc.get("prior_context"):
+        parts.append(f"reading {vc['prior_context']} features of the partial encoder")
+    detail = f" ({', '.join(parts)})" if parts else ""
+    return f", a latent prior of width {vc['prior_width']}{detail}"
 
 
 def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:

@@ -135,7 +135,12 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a block's pixels are drawn one after another "
             "through the latent prior (a small compiled step), then read by the partial encoder, so an image is "
             "28 rounds of sequential draws and two network passes, 2.6-2.7 times faster than the AR-SSM at batch "
-            "1 on an AMD EPYC and 3.9-4.1 on an Intel Xeon (docs/benchmarks-blocks.json), not one parallel pass.",
+            "1 on an AMD EPYC (docs/benchmarks.json, docs/benchmarks-blocks.json), not one parallel pass; the "
+            "same shape without the context features was 3.9-4.1 times faster on an Intel Xeon (blocks.md, "
+            "twentieth session).",
+            "Trained for blocks of 14 to 112: after a prompt it is scored in one pass worse than the recipe "
+            "without context features (the second half given the first: 125.3 nats against 99.7), and at block "
+            "392 too (234.3 against 223.6). Generate in blocks of 28 after a prompt as well (its default).",
             "Block 28 is its best block: blocks 1-16 bound 59.1-61.3 nats against 56.8, and from 56 up the latent "
             "prior draws more than a row from the partial encoder's guess (56: 65.6 nats; 112: 79.0; one pass: "
             "233, no recognisable digits).",
@@ -163,7 +168,7 @@ _RECIPES = [
                 "n_classes": 2,
                 "prior_width": 64,
                 "prior_hidden": 256,
-                "prior_context": 16,  # the MLP also reads the partial encoder's features: 2.5 nats at block 28
+                "prior_context": 16,  # the MLP also reads the partial encoder's features: 2.6 nats at block 28
             },
         ),
         default_block_size=28,

@@ -39,7 +39,7 @@ SPEEDUP_TARGET = {"mnist": 10.0, "shakespeare": 5.0}  # issue 19's speed targets
 # what decides a VSSM's generation time; the posterior (its encoder) is not used to generate
 GENERATION_SHAPE = (
     "vocab_size", "width", "state_size", "dec_layers", "par_layers", "n_latents", "n_classes", "decoder_tokens",
-    "prior_width", "prior_hidden",
+    "prior_width", "prior_hidden", "prior_context",
 )  # fmt: skip
 
 

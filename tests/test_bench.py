@@ -108,6 +108,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         assert set(part["speedup_vs_ar_ssm"]) == {"16", "28", "128"}
         assert all(x > 0 for x in part["speedup_vs_ar_ssm"].values())
     assert "A whole image from mnist-vssm-prior's shapes" in md
+    assert "features of the partial encoder" in md  # its latent prior's context (prior_context), named
     text = bl["text"]  # the text pair's shapes, 64 bytes in quick mode; the served default is one pass
     assert text["length"] == 64 and text["served_block_size"] == 64 and text["vssm_config"]["vocab_size"] == 256
     for part in text["sequence"].values():

@@ -2,10 +2,12 @@
 
 docs/experiments/blocks.md, twenty-first session.  The pixel-latent model (``mnist-vssm-prior``)
 draws a row's 28 pixels one after another through its latent prior, so at any block size its image
-costs at least 28 calls of 28 prior steps, however cheap the partial encoder's reading of the rows
-above is made (even one network step a row, a "row-patch" partial encoder).  This times that floor
-for latent priors of several hidden widths beside the AR-SSM's whole image, and a one-step pass of a
-4-block partial encoder for scale.  Random weights (they time as trained ones do), one thread,
+costs at least 784 prior steps, however cheap the partial encoder's reading of the rows above is
+made (even one network step a row, a "row-patch" partial encoder).  This times those steps for
+latent priors of several hidden widths beside the AR-SSM's whole image, two ways: 28 calls of 28
+from Python (as the PyTorch loop of rounds calls them) and one compiled call of 784 (the floor a
+round loop in C would pay), and 28 one-step passes of a 4-block partial encoder for scale.
+Random weights (they time as trained ones do), one thread,
 batch 1, best of 7, each right after the AR-SSM::
 
     .venv/bin/python docs/experiments/probes/row_step_ceiling.py
@@ -41,9 +43,18 @@ def main() -> None:
             for _ in range(784 // ROW):
                 prior.draw(logits, r0, u, 1.0)
 
+        u_all, logits_all = u.repeat(1, 784 // ROW, 1), logits.repeat(1, 784 // ROW, 1, 1)  # (1, 784, ...)
+
+        def whole(prior=prior, r0=r0, u_all=u_all, logits_all=logits_all) -> None:
+            prior.draw(logits_all, r0, u_all, 1.0)  # the same 784 steps in one compiled call
+
         rows()  # warm-up
-        a, b = best_ms(lambda: ar.generate(ar_start, 784, resumable=False)), best_ms(rows)
-        print(f"prior M {hidden}: AR-SSM {a:.2f} ms an image; 28 rows of prior draws {b:.2f} ms: ceiling {a / b:.1f}x")
+        whole()
+        a, b, c = best_ms(lambda: ar.generate(ar_start, 784, resumable=False)), best_ms(rows), best_ms(whole)
+        print(
+            f"prior M {hidden}: AR-SSM {a:.2f} ms an image; 28 calls of 28 draws {b:.2f} ms ({a / b:.1f}x), "
+            f"one call of 784 {c:.2f} ms ({a / c:.1f}x)"
+        )
     # one step of a 4-block partial encoder reading a whole row as one input vector (row-patch)
     net = SSMNet(SSMNetConfig(n_in=3 * ROW, n_out=4 * ROW, tokens=False, width=64, layers=4)).eval()
     s, x = net.initial_state(1), torch.rand(1, 3 * ROW)
