@@ -72,13 +72,18 @@ class LatentPrior(nn.Module):
         """``r`` before a block's first step: zeros ``(B, R)``."""
         return self.decay.new_zeros(batch, self.width)
 
-    def _mlp(self, h: Tensor, context: Tensor | None) -> Tensor:
-        """``MLP(h)`` ``(..., Z*K)`` of states ``h`` ``(..., R)``, with ``G g`` added to the hidden
-        layer's input where ``context`` ``g`` ``(..., F)`` is given (None: zeros)."""
-        if context is None or self.context is None:
+    def _pre(self, context: Tensor | None) -> Tensor | None:
+        """``G g`` ``(..., M)`` of the partial encoder's ``context`` ``g`` ``(..., F)``: what it adds
+        to the MLP's hidden layer (None without context, given or built)."""
+        return None if context is None or self.context is None else self.context(context)
+
+    def _mlp(self, h: Tensor, pre: Tensor | None) -> Tensor:
+        """``MLP(h)`` ``(..., Z*K)`` of states ``h`` ``(..., R)``, with ``pre`` ``(..., M)`` (:meth:`_pre`)
+        added to the hidden layer's input (None: nothing)."""
+        if pre is None:
             return self.mlp(h)
         norm, first, act, last = self.mlp
-        return last(act(first(norm(h)) + self.context(context)))
+        return last(act(first(norm(h)) + pre))
 
     def forward(self, z: Tensor, c: int, context: Tensor | None = None) -> Tensor:
         """The corrections ``(B, T, Z*K)`` of every step, given the one-hot latents ``z``
@@ -96,7 +101,7 @@ class LatentPrior(nn.Module):
             before.append(r)
             r = a * r + e[:, :, k]
         h = torch.stack(before, 2).view(B, nb * c, -1)[:, :T]  # (B, T, R): r_(t-1), 0 at a block start
-        return self._mlp(h, context)
+        return self._mlp(h, self._pre(context))
 
     def log_probs(self, base: Tensor, z: Tensor, c: int, context: Tensor | None = None) -> Tensor:
         """``log p(z_t | ...)`` ``(B, T, Z, K)`` from the block prior's log-probabilities ``base``
@@ -119,25 +124,20 @@ class LatentPrior(nn.Module):
         the first; returns them and ``r`` after the last.  The draws are inverse-CDF ones
         (model/sampling.py), so keyed ``u`` give the same latents at any batching.  On the CPU,
         without gradients, the whole loop is one compiled call (csrc/latent_prior.c)."""
-        if self.context is None:
-            context = None
+        pre = self._pre(context)  # (B, n, M): every step's G g_t at once, or None
         compiled = native.prior_draws() if finite_temperature(temperature) and self._native_ok(u) else None
         if compiled is not None:
             flat = None if base is None else base.flatten(-2)  # (B, n, Z*K)
             temp = row_temperatures(temperature, u.shape[0])  # (B,)
-            pre = None if context is None else self.context(context)  # (B, n, M): G g_t
             eps = self.mlp[0].eps
             return compiled(flat, r, u, temp, self._packed(), self.n_classes, self.hidden, eps, pre)
         a = torch.sigmoid(self.decay)  # (R,)
         E = self.embed.weight  # (R, Z*K)
         offsets = torch.arange(self.n_latents, device=u.device) * self.n_classes  # (Z,)
         temp = per_row(temperature, 1)
-        norm, first, act, last = self.mlp
-        g = None if context is None else self.context(context)  # (B, n, M): every step's G g_t at once
         out = []
         for t in range(u.shape[1]):
-            pre = first(norm(r)) if g is None else first(norm(r)) + g[:, t]  # (B, M)
-            logits = last(act(pre)).unflatten(-1, (self.n_latents, self.n_classes))  # (B, Z, K)
+            logits = self._mlp(r, None if pre is None else pre[:, t]).unflatten(-1, (self.n_latents, self.n_classes))
             if base is not None:
                 logits = logits + base[:, t]
             z = sample_categorical(logits, u[:, t], temp)  # (B, Z)

@@ -184,11 +184,16 @@ class VSSM(SequenceModel):
         Z, K = self.config.n_latents, self.config.n_classes
         return out[..., : Z * K].unflatten(-1, (Z, K))
 
-    def _context(self, out: Tensor | None) -> Tensor | None:
+    def _context(self, out: Tensor) -> Tensor | None:
         """The latent prior's context ``(B, T, F)`` in the partial encoder's output (None without one)."""
-        if out is None or not self.config.prior_context:
+        if not self.config.prior_context:
             return None
         return out[..., self.config.n_latents * self.config.n_classes :]
+
+    def _block_prior_of(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The partial encoder's output ``(B, n, Z*K [+ F])`` over EMPTYs, as the block prior reads it:
+        the latents' logits ``(B, n, Z, K)`` and the latent prior's context ``(B, n, F)`` (or None)."""
+        return self._latent_logits(out), self._context(out)
 
     @staticmethod
     def _prompt_mask(prompt_lengths: Tensor, T: int) -> Tensor:
@@ -517,8 +522,8 @@ class VSSM(SequenceModel):
         xbar = torch.where(torch.arange(T, device=x.device)[None, :] < C, x, self.empty_token)  # (B, T)
         context = None
         if C > 0:
-            out = self.partial_encoder(xbar, return_state=False)[0]  # (B, T, Z*K [+ F])
-            log_w, context = self._latent_logits(out).log_softmax(-1), self._context(out)
+            log_w, context = self._block_prior_of(self.partial_encoder(xbar, return_state=False)[0])
+            log_w = log_w.log_softmax(-1)  # (B, T, Z, K)
         else:
             log_w = self._uniform(log_q)  # the uniform prior
         row_seed = sequence_seeds(x, seed)  # (B,)
@@ -731,8 +736,7 @@ class VSSM(SequenceModel):
         m, observed, logits, context = ms[0], state["observed"], None, None
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
-            out = self.partial_encoder(empties, state["gen"], return_state=False)[0]  # (B, m, Z*K [+ F])
-            logits, context = self._latent_logits(out), self._context(out)
+            logits, context = self._block_prior_of(self.partial_encoder(empties, state["gen"], return_state=False)[0])
         r = state.tensors.get("prior")
         z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m], context)  # (B, m, Z)
         x_logits = self._decode(z, state["dec"], keep=False)[0]  # (B, m, V)
@@ -844,7 +848,7 @@ class VSSM(SequenceModel):
         if bool(observed.any()):
             empties = torch.full((Bsz, m), self.empty_token, device=self.device)
             out, gen_next = self.partial_encoder(empties, gen, return_state=keep)
-            z_logits, context = self._latent_logits(out), self._context(out)  # (B, m, Z, K), (B, m, F) or None
+            z_logits, context = self._block_prior_of(out)  # (B, m, Z, K), (B, m, F) or None
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         r = state.tensors.get("prior")

@@ -36,11 +36,10 @@ AR = ("ar-ssm", "ar-transformer", "ar-gru")
 SPEEDUP_TARGET = {"mnist": 10.0, "shakespeare": 5.0}  # issue 19's speed targets at the served default
 
 
-# what decides a VSSM's generation time; the posterior (its encoder) is not used to generate
-GENERATION_SHAPE = (
-    "vocab_size", "width", "state_size", "dec_layers", "par_layers", "n_latents", "n_classes", "decoder_tokens",
-    "prior_width", "prior_hidden", "prior_context",
-)  # fmt: skip
+# what decides a VSSM's generation time: every config field but the posterior's (its encoder is not
+# used to generate), dropout and the data's length, so a new field counts until it is listed here
+NOT_GENERATION = ("enc_layers", "posterior", "dropout", "max_position")
+GENERATION_SHAPE = tuple(f.name for f in dataclasses.fields(VSSMConfig) if f.name not in NOT_GENERATION)
 
 
 def _same_shape(timed: dict | None, checkpoint: Path | None) -> bool:
