@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name("csrc") / name
-    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c", "rounds.c")
+    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c", "rounds.c", "patch_rounds.c")
 ]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
@@ -81,6 +81,8 @@ _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -158,6 +160,7 @@ def _load() -> ctypes.CDLL | None:
             ("categorical", _CATEGORICAL_ARGTYPES, None),
             ("latent_prior", _PRIOR_ARGTYPES, None),
             ("fused_rounds", _ROUNDS_ARGTYPES, _I),
+            ("patch_rounds", _PATCH_ARGTYPES, _I),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
@@ -625,3 +628,92 @@ def _fused_rounds(
 def fused_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
     """The compiled fused rounds (see :func:`_fused_rounds`), or None where the kernels cannot be built."""
     return _fused_rounds if _load() is not None else None
+
+
+def _patch_rounds(
+    ms: list[int],
+    tokens: Tensor,
+    u: tuple[Tensor, Tensor, Tensor],
+    temps: tuple[Tensor, Tensor],
+    states: tuple[Tensor, Tensor, Tensor, Tensor],
+    par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
+    dec: tuple[Tensor, float, Tensor, Tensor, int],
+    prior: tuple[Tensor, int, int, float, Tensor | None],
+    shape: tuple[int, int, int, int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Block sampling's rounds for a partial encoder that reads a patch a step, compiled
+    (csrc/patch_rounds.c; model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.
+    ``ms``: the blocks' lengths, ``ms[0] = P`` drawn already, the last at most P; ``tokens`` ``(B, span)``
+    int64 with block 0's first; ``u`` and ``temps`` as :func:`_fused_rounds`; ``states``: the patch
+    network's SSM states ``(B, Lp, H, N)`` complex and residual ``(B, H)`` after the patches before
+    block 0, its head's output for block 0 ``(B, P O)``, and the absorbed decoder state ``(B, Ld, H, N)``;
+    ``par``: the network's pack (its head of P O outputs), eps, input weight ``(H, P (V+1))`` as
+    nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)`` and its layers; ``dec``: the
+    decoder's pack, eps, input weight ``(H, Z K)``, bias, layers; ``prior``: as :func:`_fused_rounds`;
+    ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)``, the SSM states and residual after
+    the patches before the last block, the absorbed decoder state before it, and how many rounds
+    skipped the decoder's pass over the absorbed latents (every row's equal to its drawn ones)."""
+    lib = _lib
+    assert lib is not None
+    N, V, Z, K = shape
+    u_lat, u_abs, u_tok = (t.contiguous() for t in u)
+    temp, temp_tok = (t.contiguous() for t in temps)
+    ssm, y, head0, dec_state = states
+    pack_p, eps_p, w_in, b_in, A, Lp = par
+    pack_d, eps_d, w_dec, b_dec, Ld = dec
+    pack_r, R, M, eps_r, G = prior
+    Bsz, span = tokens.shape
+    P, V1, n_out = A.shape
+    H = b_in.shape[0]
+    dt = u_lat.dtype
+    cdt = _COMPLEX.get(dt)
+    F = n_out - Z * K
+    ok = cdt is not None and len(ms) >= 2 and ms[0] == P and max(ms) == P and min(ms) >= 1 and sum(ms) == span
+    ok = ok and V1 == V + 1 and tokens.dtype == torch.int64 and tokens.is_contiguous() and 1 <= N <= MAX_MODES
+    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span)
+    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and ssm.shape == (Bsz, Lp, H, N) and dec_state.shape == (Bsz, Ld, H, N)
+    ok = ok and ssm.dtype == dec_state.dtype == cdt and y.shape == (Bsz, H) and head0.shape == (Bsz, P * n_out)
+    ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,) and F >= 0
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, P * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
+    ok = ok and M >= 1 and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
+    ok = ok and (G is None or G.shape == (M, F))
+    tensors = (tokens, u_lat, u_abs, u_tok, y, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
+    ok = ok and all(t.is_cpu for t in (*tensors, ssm, dec_state, temp, temp_tok))
+    ok = ok and all(t.dtype == dt for t in tensors[1:]) and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
+    first = tokens[:, : ms[0]]
+    ok = ok and int(first.min()) >= 0 and int(first.max()) < V  # read through the input table
+    if not ok:
+        raise ValueError(f"bad inputs for the native patch rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
+    par_a = _writable(ssm)
+    par_b = torch.empty_like(par_a)
+    decs = torch.empty(2, *dec_state.shape, dtype=cdt)
+    decs[0] = dec_state
+    y_out, head = torch.empty(Bsz, H, dtype=dt), head0.detach().clone(memory_format=torch.contiguous_format)
+    w_t = w_in.detach().t().contiguous()  # (P (V+1), H): a row per (position, token)
+    wd_t = w_dec.detach().t().contiguous()  # (Z K, H)
+    g_t = None if G is None else G.detach().t().contiguous()  # (F, M)
+    A = A.detach().contiguous()
+    x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
+    lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
+    zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
+    ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
+    pre = torch.empty(Bsz, P, M, dtype=dt)
+    pieces = torch.tensor(ms, dtype=torch.int64)
+    fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
+    which = fn(
+        Bsz, len(ms) - 1, pieces.data_ptr(), span, P, H, N, Lp, Ld, V, Z, K, tokens.data_ptr(),
+        u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
+        par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
+        pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(),
+        pack_d.data_ptr(), eps_d, wd_t.data_ptr(), b_dec.detach().data_ptr(),
+        pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
+        x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),
+        r.data_ptr(), pre.data_ptr(),
+    )  # fmt: skip
+    return tokens, par_b if which & 1 else par_a, y_out, decs[(which >> 1) & 1], which >> 2
+
+
+def patch_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, int]] | None:
+    """The compiled patch rounds (see :func:`_patch_rounds`), or None where the kernels cannot be built."""
+    return _patch_rounds if _load() is not None else None

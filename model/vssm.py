@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from . import native
 from .base import LossOutput, SequenceModel, check_config
 from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig, has_hooks
+from .patch import PatchNet
 from .sampling import (
     STREAM_ABSORB,
     STREAM_LATENT,
@@ -70,6 +72,8 @@ from .ssm import SHORT
 from .state import GenState, StateError
 
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
+
+log = logging.getLogger(__name__)
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
 LOOKUP_MIN_CLASSES = 32  # from this many classes a latent, generation reads the decoder's input as a lookup
@@ -93,6 +97,7 @@ class VSSMConfig:
     prior_width: int = 0  # R: a block's latents also read its earlier latents (model/latent_prior.py); 0: independent
     prior_hidden: int = 0  # M: hidden width of the latent prior's MLP; 0: R
     prior_context: int = 0  # F: features of the partial encoder the latent prior's MLP also reads; 0: none
+    par_patch: int = 0  # P: the partial encoder reads P tokens a step (aligned patches: model/patch.py); 0: one
 
     def __post_init__(self) -> None:
         check_config(
@@ -100,13 +105,15 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        for name in ("prior_width", "prior_hidden", "prior_context"):
+        for name in ("prior_width", "prior_hidden", "prior_context", "par_patch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("prior_hidden", "prior_context"):
             if getattr(self, name) and not self.prior_width:
                 raise ValueError(f"{name} shapes the latent prior's MLP: set prior_width too")
+        if self.par_patch and self.state_size < 2:
+            raise ValueError("par_patch keeps its pending patch in the state's second mode: state_size >= 2")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -166,7 +173,8 @@ class VSSM(SequenceModel):
         dec_in = ZK + (V + 1 if config.decoder_tokens else 0)
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         par_out = ZK + config.prior_context  # the latents' logits, then the latent prior's context features
-        self.partial_encoder = SSMNet(SSMNetConfig(n_in=V + 1, n_out=par_out, layers=config.par_layers, **common))
+        par = SSMNetConfig(n_in=V + 1, n_out=par_out, layers=config.par_layers, **common)
+        self.partial_encoder = PatchNet(par, config.par_patch) if config.par_patch else SSMNet(par)
         R, M = config.prior_width, config.prior_hidden or None  # M None: as wide as R (LatentPrior)
         lp = LatentPrior(config.n_latents, config.n_classes, R, M, config.prior_context) if R else None
         self.latent_prior = lp
@@ -806,6 +814,8 @@ class VSSM(SequenceModel):
         if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self.partial_encoder, self.decoder
+        if isinstance(par_net, PatchNet):
+            return self._compiled_patch_rounds(ms, state, par_net)
         T = max(a + b for a, b in itertools.pairwise(ms))
         probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
@@ -825,6 +835,48 @@ class VSSM(SequenceModel):
         dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)
         shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
         return functools.partial(run, par=par, dec=dec, prior=prior, shape=shape)
+
+    def _compiled_patch_rounds(
+        self, ms: list[int], state: GenState, net: PatchNet
+    ) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+        """:meth:`_compiled_rounds` for a partial encoder that reads a patch a step (csrc/patch_rounds.c):
+        where blocks are its patches (the call starting at one), the decoder reads latents only and a
+        latent prior draws them, a round is one network step, one decoder pass and the prior's draws."""
+        run, lp, cfg, P = native.patch_rounds(), self.latent_prior, self.config, net.patch
+        if run is None or lp is None or cfg.decoder_tokens or ms[0] != P or max(ms) != P:
+            return None
+        ssm, _, _, count = net._unpack(state["par"])
+        Bsz, H = state.batch_size, cfg.width
+        probe = torch.empty(Bsz, 1, H, dtype=self.dtype)  # (B, 1, H): a network step
+        dec_probe = torch.empty(Bsz, P, H, dtype=self.dtype)  # (B, P, H): a decoder pass
+        inner, dec_net = net.net, self.decoder
+        if bool(count.any()) or not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
+            return None
+        lin = dec_net.inp
+        if not (isinstance(lin, nn.Linear) and lin.bias is not None):
+            return None
+        if not dec_net._native_ok(dec_probe, P, state["dec_abs"]):
+            return None
+        G = None if lp.context is None else lp.context.weight  # (M, F)
+        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
+        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
+        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
+        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+
+        def rounds(
+            ms: list[int], tokens: Tensor, u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor],
+            states: tuple[Tensor, Tensor],
+        ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+            ssm, _, y, _ = net._unpack(states[0])
+            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's positions read
+            tokens, ssm, y, dec_abs, skipped = run(
+                ms, tokens, u, temps, (ssm, y, head0, states[1]), par=par, dec=dec, prior=prior, shape=shape
+            )
+            log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
+            zero = torch.zeros(Bsz, dtype=torch.long)
+            return tokens, net._pack(ssm, torch.zeros_like(y), y, zero), dec_abs
+
+        return rounds
 
     def _piece(
         self,

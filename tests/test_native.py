@@ -784,3 +784,70 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
             for k, v in ref.tensors.items():
                 torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
     assert len(calls) == 2
+
+
+# ----- block sampling's rounds for a partial encoder that reads a patch a step (csrc/patch_rounds.c) --------------
+def copying(m: VSSM) -> VSSM:
+    """``m`` made to copy: its decoder draws the token its latent names (no block adds anything, the
+    input and head agree), and an absorbed latent is its token's (``A`` large), so that every z' of a
+    round equals its z and the compiled rounds skip the pass over z' (csrc/patch_rounds.c, step 4)."""
+    with torch.no_grad():
+        for block in m.decoder.blocks:
+            block.out.weight.zero_()
+            block.out.bias.zero_()
+        H = m.config.width
+        a = torch.tensor([(-1.0) ** i for i in range(H)], dtype=m.dtype)  # (H,): zero mean, so LayerNorm keeps it
+        m.decoder.inp.weight.copy_(torch.stack([-a, a], 1))  # z = 0 -> -a, z = 1 -> a
+        m.decoder.inp.bias.zero_()
+        m.decoder.head.weight.copy_(torch.stack([-5 * a, 5 * a]))  # token 1 where the latent is 1
+        m.decoder.head.bias.zero_()
+        A = m.partial_encoder.token_out  # (P, V+1, Z*K + F)
+        A[:, 0, :2], A[:, 1, :2] = torch.tensor([20.0, -20.0]), torch.tensor([-20.0, 20.0])
+    return m
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("position", "n", "compiled"), [(0, 17, True), (8, 24, True), (5, 20, False)])
+def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, compiled):
+    """Tokens and every state tensor for blocks that are the partial encoder's patches (P = 4), from
+    a patch boundary (the call starts a block: compiled) or not (the PyTorch rounds throughout),
+    resumable or not, a temperature per row; with random weights (z' differs from z: the decoder
+    passes over z') and with a copying model (every z' is its z: the pass is skipped)."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    if copy:
+        m = copying(m)
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    obs = 0.0 if copy else 0.5
+    calls = []
+    real = native._patch_rounds
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((len(args[0]) - 1, out[-1]))  # (rounds, rounds that skipped the pass over z')
+        return out
+
+    for resumable in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "_patch_rounds", spy)
+            tokens, state = m.generate(
+                start, n, temperature=temp, block_size=4, resumable=resumable, observation_temperature=obs
+            )
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "patch_rounds", lambda: None)
+            ref_tokens, ref = m.generate(
+                start, n, temperature=temp, block_size=4, resumable=resumable, observation_temperature=obs
+            )
+        assert torch.equal(tokens, ref_tokens)
+        if resumable:
+            tol = 1e-10 if dtype == F64 else 1e-4
+            for k, v in ref.tensors.items():
+                torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    assert len(calls) == (2 if compiled else 0)
+    for rounds, skipped in calls:  # the first round cannot skip (no pass of the last round to reuse)
+        assert skipped == (rounds - 1 if copy else 0)

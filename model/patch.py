@@ -1,0 +1,217 @@
+"""A partial encoder that reads P tokens a step (a patch: an image row), for cheap block rounds.
+
+Glossary of axis letters (docs/design.md):
+    B  batch      T  tokens in one call      P  tokens a patch      k  patch slot
+    H  width      N  SSM modes per channel      L  layers      V  vocabulary (EMPTY = V)
+    O  outputs a position (the latents' logits, then the latent prior's context features)
+
+The token-level partial encoder (model/network.py, SSMNet) makes a round of block 28 two passes of
+56 steps through 4 blocks; this one reads a whole patch as one input, so a round of an aligned
+block of P is one step (docs/experiments/blocks.md, twenty-second session).  Patches are aligned
+to absolute positions: patch p holds positions pP .. pP+P-1.  The network is an SSMNet over patch
+steps, whose inputs are [START, patch 0, patch 1, ...]:
+
+    u_0 = b + sum_j W[j, EMPTY]                 START: a patch of EMPTYs        (H,)
+    u_p+1 = b + sum_j W[j, x_pP+j]               patch p, an EMPTY where no token is known yet
+    y_p = blocks(u_0 .. u_p)                     the residual stream after reading patches < p
+    out_t = Head_j(LayerNorm(y_p)) + A[j, x_t],  t = pP + j      (O,): position j's rows of the head (P O, H)
+
+so the output at t reads the patches before t's own and the token at t: it is causal, as f_par
+must be.  ``A`` ``(P, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
+latents read EMPTY there, a per-position bias): without it the latents re-drawn when tokens are
+absorbed could not see them.  A block that starts inside a patch reads the tokens before it in
+that patch only through the decoder's absorbed state and the latent prior, not here.  Feeding
+EMPTYs fills a patch with EMPTYs, exactly as the token-level network reads them.
+
+State (one complex tensor, so that GenState batches, selects and stores it as the SSMNet's):
+``(B, L + 1, H, N)``; slots 0..L-1 are the blocks' SSM states after the patches read so far; slot L
+holds the pending patch: ``[:, L, :, 0]`` is ``acc + i y``, ``acc`` ``(B, H)`` the sum of
+``W[j, x] - W[j, EMPTY]`` over the tokens of the current patch so far and ``y`` ``(B, H)`` the
+residual stream its positions read; ``[:, L, 0, 1]`` the count of its tokens (0 .. P-1).  N >= 2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .network import SSMNet, SSMNetConfig
+
+__all__ = ["PatchNet"]
+
+
+class PatchNet(nn.Module):
+    """Causal network over tokens that advances once per patch of ``patch`` tokens (see above)."""
+
+    def __init__(self, cfg: SSMNetConfig, patch: int) -> None:
+        super().__init__()
+        if not cfg.tokens or patch < 1 or cfg.state_size < 2:
+            raise ValueError("a patch network reads tokens, patches of >= 1 and a state of >= 2 modes")
+        self.cfg, self.patch = cfg, patch
+        V1, n_out = cfg.n_in, cfg.n_out  # V + 1 token ids (EMPTY included), outputs a position (O)
+        inner = SSMNetConfig(
+            n_in=patch * V1, n_out=patch * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
+            layers=cfg.layers, dropout=cfg.dropout,
+        )  # fmt: skip
+        self.net = SSMNet(inner)  # inp: W (H, P (V+1)) and b; head: (P O, H), position j's rows j O .. j O + O
+        self.token_out = nn.Parameter(0.1 * torch.randn(patch, V1, n_out))  # A: what the token at t adds to its output
+
+    # ----- the pieces ---------------------------------------------------------------------------------
+    def _table(self) -> tuple[Tensor, Tensor]:
+        """``D`` ``(P, V+1, H)``, ``W[j, x] - W[j, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
+        lin = self.net.inp
+        W = lin.weight.t().unflatten(0, (self.patch, self.cfg.n_in))  # (P, V+1, H)
+        empty = W[:, -1]  # (P, H)
+        return W - empty[:, None], lin.bias + empty.sum(0)
+
+    def _blocks(
+        self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The residual blocks over slot inputs ``h`` ``(B, k, H)`` -> residual stream ``(B, k, H)``,
+        state ``(B, L, H, N)`` after ``lengths`` slots (>= 1)."""
+        states = []
+        for i, block in enumerate(self.net.blocks):
+            h, s = block(h, None if ssm is None else ssm[:, i], lengths, return_state)
+            states.append(s)
+        return h, torch.stack(states, 1) if return_state else None
+
+    def _head_slots(self, Y: Tensor, q: Tensor) -> Tensor:
+        """Outputs ``(B, T, O)`` at offsets ``q`` ``(B, T)`` (slot ``q // P``, position ``q % P``) from the
+        residuals ``Y`` ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
+        n_out = self.cfg.n_out
+        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
+        return full.gather(1, q[..., None].expand(-1, -1, n_out))
+
+    def _head_grid(self, y: Tensor) -> Tensor:
+        """Outputs ``(B, T, O)`` of residuals ``y`` ``(B, T, H)`` at positions 0 .. T-1 (patch-aligned): each
+        position through its own rows of the head only."""
+        T = y.shape[1]
+        P, n_out = self.patch, self.cfg.n_out
+        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % P))).unflatten(1, (-1, P))  # (B, k, P, H)
+        head = self.net.head
+        w, b = head.weight.unflatten(0, (P, n_out)), head.bias.unflatten(0, (P, n_out))  # (P, O, H), (P, O)
+        return (torch.einsum("bkph,poh->bkpo", n, w) + b).flatten(1, 2)[:, :T]
+
+    @staticmethod
+    def _pack(ssm: Tensor, acc: Tensor, y: Tensor, count: Tensor) -> Tensor:
+        B, _, H, N = ssm.shape
+        slot = ssm.new_zeros(B, 1, H, N)
+        slot[:, 0, :, 0] = torch.complex(acc, y)
+        slot[:, 0, 0, 1] = count.to(acc.dtype)
+        return torch.cat([ssm, slot], 1)  # (B, L + 1, H, N)
+
+    @staticmethod
+    def _unpack(state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(ssm (B, L, H, N), acc (B, H), y (B, H), count (B,) long)`` of a state."""
+        pend = state[:, -1, :, 0]  # (B, H)
+        return state[:, :-1], pend.real, pend.imag, state[:, -1, 0, 1].real.round().long()
+
+    def _start(self, batch: int) -> tuple[Tensor, Tensor]:
+        """The SSM states ``(B, L, H, N)`` and residual ``(B, H)`` after START."""
+        _, u0 = self._table()
+        y, ssm = self._blocks(u0.expand(batch, 1, -1), None, None, True)  # (B, 1, H)
+        return ssm, y[:, 0]  # type: ignore[return-value]
+
+    def _residuals(self, x: Tensor) -> Tensor:
+        """From the initial state, the residuals ``(B, 1 + k, H)`` that slot k's positions read, for
+        every slot of tokens ``x`` ``(B, T)`` (the last maybe incomplete, its missing tokens EMPTYs)."""
+        B, T = x.shape
+        P = self.patch
+        D, u0 = self._table()
+        t = torch.arange(T, device=x.device)
+        contrib = nn.functional.pad(D[t % P, x], (0, 0, 0, -T % P))  # (B, k P, H)
+        h = torch.cat([u0.expand(B, 1, -1), u0 + contrib.unflatten(1, (-1, P)).sum(2)], 1)  # (B, 1 + k, H)
+        return self._blocks(h, None, None, False)[0]
+
+    # ----- the SSMNet interface -----------------------------------------------------------------------
+    def initial_state(self, batch: int) -> Tensor:
+        """The state after nothing: START read, no pending token ``(B, L + 1, H, N)``."""
+        ssm, y = self._start(batch)
+        return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(batch, dtype=torch.long, device=y.device))
+
+    def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
+        return False  # no compiled round loop reads patches yet: generation takes the PyTorch passes
+
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, lengths: Tensor | int | None = None, return_state: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """Tokens ``x`` ``(B, T)`` from ``state`` (None: the initial one) -> outputs ``(B, T, O)`` and the
+        state after each row's first ``lengths`` tokens (None: all ``T``)."""
+        B, T = x.shape
+        P = self.patch
+        D, u0 = self._table()
+        if state is None:
+            ssm, acc, y0, count = None, None, None, torch.zeros(B, dtype=torch.long, device=x.device)
+        else:
+            ssm, acc, y0, count = self._unpack(state)
+        q = count[:, None] + torch.arange(T, device=x.device)  # (B, T) offsets from the pending patch's start
+        slot, j = q // P, q % P
+        K = int(slot.max()) + 1 if T else 1  # slots the span touches
+        contrib = D[j, x]  # (B, T, H)
+        sums = contrib.new_zeros(B, K + 1, contrib.shape[-1]).index_put((torch.arange(B)[:, None], slot), contrib, True)
+        if acc is not None:
+            sums[:, 0] += acc
+        h = u0 + sums[:, :K]  # (B, K, H): the slots' inputs (the last maybe incomplete)
+        m = torch.full((B,), T, device=x.device) if lengths is None else torch.as_tensor(lengths, device=x.device)
+        m = m.expand(B)
+        done = (count + m) // P  # (B,) slots completed within the first m tokens
+        lead = 0 if ssm is not None else 1  # from nothing, START runs first
+        if ssm is None:
+            h = torch.cat([u0.expand(B, 1, -1), h], 1)  # (B, 1 + K, H)
+        at = done + lead  # (B,) slot steps the state is wanted after
+        keep = return_state and bool((at > 0).any())
+        uniform = bool((at == at[0]).all())
+        n_at: Tensor | int | None = int(at[0]) if uniform else at.clamp_min(1)
+        if uniform and n_at == h.shape[1]:
+            n_at = None
+        Y, ssm_next = self._blocks(h, ssm, n_at if keep else None, keep)  # (B, lead + K, H)
+        if ssm is not None:
+            Y = torch.cat([y0[:, None], Y], 1)  # (B, 1 + K, H): what slot k's positions read, k = 0 ..
+        out = self._head_slots(Y, q) + self.token_out[j, x]  # (B, T, O)
+        if not return_state:
+            return out, None
+        # the state after m tokens: the SSM after `done` slots, the pending slot's sum and residual
+        before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
+        pend = contrib.new_zeros(B, K + 1, contrib.shape[-1]).index_put(
+            (torch.arange(B)[:, None], slot), contrib * before, True
+        )  # (B, K + 1, H)
+        if acc is not None:
+            pend[:, 0] += acc
+        acc_next = pend.gather(1, done[:, None, None].expand(-1, 1, pend.shape[-1]))[:, 0]  # (B, H)
+        y_next = Y.gather(1, done[:, None, None].expand(-1, 1, Y.shape[-1]))[:, 0]  # (B, H)
+        if ssm_next is None:  # nothing completed anywhere
+            ssm_next = ssm
+        elif (at == 0).any():
+            ssm_next = torch.where((at == 0)[:, None, None, None], ssm, ssm_next)  # type: ignore[arg-type]
+        return out, self._pack(ssm_next, acc_next, y_next, (count + m) % P)  # type: ignore[arg-type]
+
+    def forward_blocks(self, x_a: Tensor, x_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
+        """As :meth:`SSMNet.forward_blocks`: the outputs over ``x_a`` ``(B, T)`` and, at step t of the
+        block starting at s, over ``x_a[:, :s] ++ x_m[:, s:t+1]``.  Every block's mixed sequence is its
+        own row of one pass over patches (T / P steps, so B T / c rows of them stay cheap); its slot
+        inputs are those of ``x_a`` before the block's patch, of ``x_m`` after it, and in it the sum of
+        ``x_a``'s tokens before s and ``x_m``'s from s, from within-patch prefix sums."""
+        B, T = x_a.shape
+        P = self.patch
+        D, u0 = self._table()
+        t = torch.arange(T, device=x_a.device)
+        pad = (0, 0, 0, -T % P)
+        ca = nn.functional.pad(D[t % P, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
+        cm = nn.functional.pad(D[t % P, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
+        K = ca.shape[1]
+        sa, sm = ca[:, :, -1], cm[:, :, -1]  # (B, k, H) whole slots
+        starts = torch.arange(0, T, block, device=x_a.device)  # (nb,)
+        nb = starts.shape[0]
+        kb, o = starts // P, starts % P  # (nb,) the patch each block starts in, its offset there
+        zero = ca.new_zeros(B, K, 1, ca.shape[-1])
+        pa, pm = torch.cat([zero, ca], 2), torch.cat([zero, cm], 2)  # (B, k, P + 1, H): sums of the first i
+        edge = pa[:, kb, o] + sm[:, kb] - pm[:, kb, o]  # (B, nb, H): the start's patch, mixed
+        k = torch.arange(K, device=x_a.device)
+        before, at = (k < kb[:, None])[..., None], (k == kb[:, None])[..., None]  # (nb, k, 1)
+        mixed = torch.where(before, sa[:, None], torch.where(at, edge[:, :, None], sm[:, None]))  # (B, nb, k, H)
+        h = u0 + torch.cat([sa[:, None], mixed], 1).flatten(0, 1)  # (B (1+nb), k, H)
+        h = torch.cat([u0.expand(h.shape[0], 1, -1), h], 1)  # START first
+        Y = self._blocks(h, None, None, False)[0].unflatten(0, (B, 1 + nb))  # (B, 1+nb, 1+k, H)
+        A = self.token_out
+        out_a = self._head_slots(Y[:, 0], t.expand(B, T)) + A[t % P, x_a]  # (B, T, O)
+        return out_a, self._head_grid(Y[:, 1 + t // block, t // P]) + A[t % P, x_m]  # (B, T, O)

@@ -1,0 +1,98 @@
+"""The partial encoder that reads a patch a step (model/patch.py): causal, resumable, one function.
+
+Glossary: B batch, T length, P tokens a patch, O outputs a position.  Float64 throughout: every
+path must give the full pass's outputs within rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vssm.model.network import SSMNetConfig
+from vssm.model.patch import PatchNet
+
+F64 = torch.float64
+P, T = 3, 11  # T not a multiple of P: a last patch left incomplete
+
+
+def net(seed: int = 0) -> PatchNet:
+    torch.manual_seed(seed)
+    out = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), P).double()
+    with torch.no_grad():
+        out.token_out.normal_()  # a token term that matters
+    return out
+
+
+def tokens(seed: int, B: int = 2, n: int = T) -> torch.Tensor:
+    return torch.randint(0, 3, (B, n), generator=torch.Generator().manual_seed(seed))  # EMPTY = 2 included
+
+
+def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only():
+    m, x = net(), tokens(1)
+    full = m(x, return_state=False)[0]  # (B, T, O)
+    for t in range(T):
+        start = t // P * P
+        changed = x.clone()
+        changed[:, start:t] = tokens(2 + t, n=t - start)  # earlier tokens of t's own patch
+        changed[:, t + 1 :] = tokens(40 + t, n=T - t - 1)  # everything after t
+        torch.testing.assert_close(m(changed, return_state=False)[0][:, t], full[:, t], rtol=1e-12, atol=1e-12)
+        if start:  # a token of an earlier patch, or t's own token, changes it
+            earlier = x.clone()
+            earlier[:, start - 1] = (earlier[:, start - 1] + 1) % 3
+            assert not torch.allclose(m(earlier, return_state=False)[0][:, t], full[:, t])
+        own = x.clone()
+        own[:, t] = (own[:, t] + 1) % 3
+        assert not torch.allclose(m(own, return_state=False)[0][:, t], full[:, t])
+
+
+def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass():
+    m, x = net(), tokens(3)
+    full = m(x, return_state=False)[0]
+    for a in range(T + 1):
+        for b in range(T + 1 - a):
+            out_a, s = m(x[:, :a], m.initial_state(2))
+            out_b, s = m(x[:, a : a + b], s)
+            out_c, _ = m(x[:, a + b :], s)
+            torch.testing.assert_close(torch.cat([out_a, out_b, out_c], 1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_at_different_phases_and_lengths_equal_each_row_alone():
+    m, x, y = net(), tokens(4), tokens(5, n=7)
+    _, s0 = m(x[:1, :2])
+    _, s1 = m(x[1:, :5])
+    out, s = m(y, torch.cat([s0, s1]), lengths=torch.tensor([4, 6]))
+    for row, (done, given) in enumerate([(2, 4), (5, 6)]):
+        seq = torch.cat([x[row : row + 1, :done], y[row : row + 1]], 1)
+        torch.testing.assert_close(out[row], m(seq, return_state=False)[0][0, done:], rtol=1e-12, atol=1e-12)
+        _, alone = m(seq[:, : done + given])
+        torch.testing.assert_close(s[row : row + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 4, 7, 20])
+def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c):
+    m, xa, xm = net(), tokens(6), tokens(7)
+    out_a, out_m = m.forward_blocks(xa, xm, c)
+    torch.testing.assert_close(out_a, m(xa, return_state=False)[0], rtol=1e-12, atol=1e-12)
+    for s in range(0, T, c):
+        ref = m(torch.cat([xa[:, :s], xm[:, s:]], 1), return_state=False)[0][:, s : s + c]
+        torch.testing.assert_close(out_m[:, s : s + c], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_blocks_gradients_match_the_per_block_passes():
+    m, xa, xm, c = net(), tokens(8), tokens(9), 2
+    fast = m.forward_blocks(xa, xm, c)[1].square().sum()
+    slow = sum(
+        m(torch.cat([xa[:, :s], xm[:, s:]], 1), return_state=False)[0][:, s : s + c].square().sum()
+        for s in range(0, T, c)
+    )
+    params = list(m.parameters())
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(slow, params), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_a_patch_network_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="modes"):
+        PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=1), P)  # the pending patch needs a second mode
+    with pytest.raises(ValueError, match="tokens"):
+        PatchNet(SSMNetConfig(n_in=3, n_out=4, tokens=False, width=8, state_size=4), P)
