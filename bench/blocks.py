@@ -19,7 +19,11 @@
 Timing does not depend on the weights' values, so random-weight models are timed: the suite's
 matched baselines, and VSSMs of the served block models' shapes (``bench.common.with_block_vssm``:
 the ``mnist-vssm-blocks`` recipe for the curve and the rounds, whose decoder reads the tokens before
-each block; ``IMAGE_VSSMS``' recipes for ``images``).
+each block; ``IMAGE_VSSMS``' recipes for ``images``).  One exception: a VSSM whose partial encoder
+reads a patch a step (``VSSMConfig.par_patch``) skips a decoder pass in a round where the absorbed
+latents equal the drawn ones (csrc/patch_rounds.c), which trained weights nearly always meet and
+random ones almost never; ``images`` times such a recipe's bundled checkpoint where its shapes are
+the recipe's, and says which weights it timed (``weights``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from vssm import model
 from vssm.model.recipes import RECIPES
 
 from .common import (
+    CHECKPOINTS,
     IMAGE_VSSMS,
     TEXT_RECIPES,
     TEXT_VSSMS,
@@ -194,7 +199,15 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
     served = RECIPES[recipe].default_block_size or T
     recipes = {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"}
     models = with_block_vssm(baselines, recipe=recipe)
-    return _served_part(models, s, T, recipes, sorted({*s.block_sizes, served}), served)
+    weights = "random"
+    bundled = CHECKPOINTS / f"{recipe}.safetensors"
+    if models["vssm"].config.par_patch and bundled.exists():  # its rounds depend on its weights (module doc)
+        trained = model.load_checkpoint(bundled).eval()
+        shapes = {**dataclasses.asdict(models["vssm"].config), "max_position": trained.config.max_position}
+        if dataclasses.asdict(trained.config) == shapes:
+            models, weights = {**models, "vssm": trained}, f"checkpoints/{bundled.name}"
+    part = _served_part(models, s, T, recipes, sorted({*s.block_sizes, served}), served)
+    return {**part, "weights": weights}
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from vssm.model.recipes import RECIPES
 
 __all__ = [
     "BLOCK_RECIPE",
+    "CHECKPOINTS",
     "FAMILIES",
     "FULL",
     "IMAGE_VSSMS",
@@ -46,6 +48,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"  # the bundled models
 FAMILIES: tuple[str, ...] = ("vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn")
 LABELS: dict[str, str] = {
     "vssm": "VSSM (parallel)",

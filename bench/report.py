@@ -457,10 +457,13 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
     L += [f"![blocks]({plots['blocks']})", ""]
     for name, image in (bl.get("images") or {}).items():
         vc = image["vssm_config"]
+        patch = f" reading {vc['par_patch']} tokens a step" if vc.get("par_patch") else ""
+        weights = image.get("weights", "random")
+        source = "random weights" if weights == "random" else f"the weights of {weights}"
         L += [
-            f"A whole image from {name}'s shapes (decoder {vc['dec_layers']}, partial encoder {vc['par_layers']}, "
-            f"{vc['n_latents']} latent(s) of {vc['n_classes']} classes{_prior_words(vc)}) against block size "
-            "beside the AR-SSM, at its served observation temperature "
+            f"A whole image from {name}'s shapes (decoder {vc['dec_layers']}, partial encoder {vc['par_layers']}"
+            f"{patch}, {vc['n_latents']} latent(s) of {vc['n_classes']} classes{_prior_words(vc)}) against block "
+            f"size beside the AR-SSM, {source}, at its served observation temperature "
             f"{image.get('observation_temperature', 1.0):g}; its served default is block {image['served_block_size']}.",
             "",
         ]

@@ -82,7 +82,8 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -635,7 +636,7 @@ def _patch_rounds(
     tokens: Tensor,
     u: tuple[Tensor, Tensor, Tensor],
     temps: tuple[Tensor, Tensor],
-    states: tuple[Tensor, Tensor, Tensor, Tensor],
+    states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
     par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
@@ -643,10 +644,13 @@ def _patch_rounds(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled
     (csrc/patch_rounds.c; model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.
-    ``ms``: the blocks' lengths, ``ms[0] = P`` drawn already, the last at most P; ``tokens`` ``(B, span)``
-    int64 with block 0's first; ``u`` and ``temps`` as :func:`_fused_rounds`; ``states``: the patch
-    network's SSM states ``(B, Lp, H, N)`` complex and residual ``(B, H)`` after the patches before
-    block 0, its head's output for block 0 ``(B, P O)``, and the absorbed decoder state ``(B, Ld, H, N)``;
+    ``ms``: the blocks' lengths, ``ms[0] = P - phase`` drawn already (the rest of a patch whose first
+    ``phase`` tokens the state holds), the last at most P; ``tokens`` ``(B, span)`` int64 with block
+    0's first; ``u`` and ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM
+    states ``(B, Lp, H, N)`` complex and residual ``(B, H)`` after the patches before block 0's, its
+    head's output for block 0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and
+    with a phase the network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending
+    tokens (None without);
     ``par``: the network's pack (its head of P O outputs), eps, input weight ``(H, P (V+1))`` as
     nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)`` and its layers; ``dec``: the
     decoder's pack, eps, input weight ``(H, Z K)``, bias, layers; ``prior``: as :func:`_fused_rounds`;
@@ -658,7 +662,7 @@ def _patch_rounds(
     N, V, Z, K = shape
     u_lat, u_abs, u_tok = (t.contiguous() for t in u)
     temp, temp_tok = (t.contiguous() for t in temps)
-    ssm, y, head0, dec_state = states
+    ssm, y, head0, dec_state, in0 = states
     pack_p, eps_p, w_in, b_in, A, Lp = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec
     pack_r, R, M, eps_r, G = prior
@@ -668,7 +672,9 @@ def _patch_rounds(
     dt = u_lat.dtype
     cdt = _COMPLEX.get(dt)
     F = n_out - Z * K
-    ok = cdt is not None and len(ms) >= 2 and ms[0] == P and max(ms) == P and min(ms) >= 1 and sum(ms) == span
+    phase = P - ms[0]
+    ok = cdt is not None and len(ms) >= 2 and max(ms[1:]) == P and min(ms) >= 1 and sum(ms) == span
+    ok = ok and (phase == 0) == (in0 is None) and (in0 is None or (in0.shape == (Bsz, H) and in0.dtype == dt))
     ok = ok and V1 == V + 1 and tokens.dtype == torch.int64 and tokens.is_contiguous() and 1 <= N <= MAX_MODES
     ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span)
     ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
@@ -694,6 +700,7 @@ def _patch_rounds(
     wd_t = w_dec.detach().t().contiguous()  # (Z K, H)
     g_t = None if G is None else G.detach().t().contiguous()  # (F, M)
     A = A.detach().contiguous()
+    in0 = None if in0 is None else in0.detach().contiguous()
     x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
     lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
     zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
@@ -705,7 +712,8 @@ def _patch_rounds(
         Bsz, len(ms) - 1, pieces.data_ptr(), span, P, H, N, Lp, Ld, V, Z, K, tokens.data_ptr(),
         u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
         par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
-        pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(),
+        pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(), phase,
+        None if in0 is None else in0.data_ptr(),
         pack_d.data_ptr(), eps_d, wd_t.data_ptr(), b_dec.detach().data_ptr(),
         pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),

@@ -843,14 +843,15 @@ class VSSM(SequenceModel):
         where blocks are its patches (the call starting at one), the decoder reads latents only and a
         latent prior draws them, a round is one network step, one decoder pass and the prior's draws."""
         run, lp, cfg, P = native.patch_rounds(), self.latent_prior, self.config, net.patch
-        if run is None or lp is None or cfg.decoder_tokens or ms[0] != P or max(ms) != P:
+        if run is None or lp is None or cfg.decoder_tokens or max(ms[1:]) != P:
             return None
         ssm, _, _, count = net._unpack(state["par"])
+        phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
         Bsz, H = state.batch_size, cfg.width
         probe = torch.empty(Bsz, 1, H, dtype=self.dtype)  # (B, 1, H): a network step
         dec_probe = torch.empty(Bsz, P, H, dtype=self.dtype)  # (B, P, H): a decoder pass
         inner, dec_net = net.net, self.decoder
-        if bool(count.any()) or not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
+        if bool((count != phase).any()) or not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
             return None
         lin = dec_net.inp
         if not (isinstance(lin, nn.Linear) and lin.bias is not None):
@@ -867,10 +868,14 @@ class VSSM(SequenceModel):
             ms: list[int], tokens: Tensor, u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor],
             states: tuple[Tensor, Tensor],
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            ssm, _, y, _ = net._unpack(states[0])
-            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's positions read
+            ssm, acc, y, _ = net._unpack(states[0])
+            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's patch reads
+            in0 = None  # with a phase: the pending patch's input so far, b + sum_j<phase W[j, x_j]
+            if phase:
+                W = inner.inp.weight.t().unflatten(0, (P, -1))  # (P, V+1, H)
+                in0 = inner.inp.bias + acc + W[:phase, -1].sum(0)  # (B, H)
             tokens, ssm, y, dec_abs, skipped = run(
-                ms, tokens, u, temps, (ssm, y, head0, states[1]), par=par, dec=dec, prior=prior, shape=shape
+                ms, tokens, u, temps, (ssm, y, head0, states[1], in0), par=par, dec=dec, prior=prior, shape=shape
             )
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
             zero = torch.zeros(Bsz, dtype=torch.long)

@@ -808,12 +808,13 @@ def copying(m: VSSM) -> VSSM:
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
-@pytest.mark.parametrize(("position", "n", "compiled"), [(0, 17, True), (8, 24, True), (5, 20, False)])
-def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, compiled):
+@pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
+def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block):
     """Tokens and every state tensor for blocks that are the partial encoder's patches (P = 4), from
-    a patch boundary (the call starts a block: compiled) or not (the PyTorch rounds throughout),
-    resumable or not, a temperature per row; with random weights (z' differs from z: the decoder
-    passes over z') and with a copying model (every z' is its z: the pass is skipped)."""
+    a patch boundary or inside a patch (its first tokens pending in the state), resumable or not, a
+    temperature per row; with random weights (z' differs from z: the decoder passes over z') and with
+    a copying model (every z' is its z: the pass is skipped).  Blocks that are not the patches take
+    the rounds in PyTorch."""
     from tests.conftest import tiny_model
 
     cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
@@ -836,18 +837,18 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_patch_rounds", spy)
             tokens, state = m.generate(
-                start, n, temperature=temp, block_size=4, resumable=resumable, observation_temperature=obs
+                start, n, temperature=temp, block_size=block, resumable=resumable, observation_temperature=obs
             )
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "patch_rounds", lambda: None)
             ref_tokens, ref = m.generate(
-                start, n, temperature=temp, block_size=4, resumable=resumable, observation_temperature=obs
+                start, n, temperature=temp, block_size=block, resumable=resumable, observation_temperature=obs
             )
         assert torch.equal(tokens, ref_tokens)
         if resumable:
             tol = 1e-10 if dtype == F64 else 1e-4
             for k, v in ref.tensors.items():
                 torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
-    assert len(calls) == (2 if compiled else 0)
+    assert len(calls) == (2 if block == 4 else 0)
     for rounds, skipped in calls:  # the first round cannot skip (no pass of the last round to reuse)
         assert skipped == (rounds - 1 if copy else 0)

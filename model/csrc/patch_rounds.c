@@ -23,8 +23,13 @@ So a round is one network step, one decoder pass over P steps (two where a z' di
 prior's P draws, where the token-level partial encoder's round is two passes of 2P steps
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
 
-Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P drawn already; the last may be
-shorter); tokens (B, span) int64; u_lat, u_abs (B, span, Z), u_tok (B, span); temp, temp_tok (B,)
+A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
+last ms[0] = P - phase positions of its patch, the pending patch's first `phase` tokens are in the
+state, and round 1's network input starts from in0 (B, H), b + sum over them of W[j, x_j] (and
+W[j, EMPTY] past them in the patch, added here), not from b_in.
+
+Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P - phase drawn already; the last may
+be shorter); tokens (B, span) int64; u_lat, u_abs (B, span, Z), u_tok (B, span); temp, temp_tok (B,)
 doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): written with
 the residual stream after the last step (what the last block reads); head0 (B, P O): read, then
 scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
@@ -70,7 +75,8 @@ DECLARE_P(double, f64)
                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const REAL *u_lat,     \
                               const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok, \
                               REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,     \
-                              double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A,               \
+                              double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,   \
+                              const REAL *in0,                                                                  \
                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,       \
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,      \
                               REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,        \
@@ -81,26 +87,26 @@ DECLARE_P(double, f64)
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: after it and z (-1: none) */    \
         long start = 0, skipped = 0;                                                                            \
         for (long i = 1; i <= rounds; ++i) {                                                                    \
-            const long m = ms[i - 1], nx = ms[i];                                                               \
+            const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */       \
             /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                    \
             int same = f >= 0;                                                                                  \
             for (long b = 0; b < B; ++b)                                                                        \
                 for (long t = 0; t < m; ++t) {                                                                  \
                     const int64_t tok = tokens[b * span + start + t];                                           \
                     REAL *l = lp + (b * P + t) * O;                                                             \
-                    const REAL *h = head0 + (b * P + t) * O, *a = A + (t * V1 + tok) * O;                       \
+                    const REAL *h = head0 + (b * P + at + t) * O, *a = A + ((at + t) * V1 + tok) * O;           \
                     for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                           \
                     int64_t *zt = za + (b * P + t) * Z;                                                         \
                     categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                \
                     for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * P + t) * Z + j];               \
                 }                                                                                               \
             /* 2. one step of the network over patch i-1: the states after it, block i's head */               \
-            for (long b = 0; b < B; ++b) {                                                                      \
+            for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */     \
                 REAL *xb = x + b * H;                                                                           \
-                memcpy(xb, b_in, H * sizeof(REAL));                                                             \
-                for (long t = 0; t < P; ++t) {                                                                  \
+                memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                          \
+                for (long t = 0; t < P - at; ++t) {                                                             \
                     const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
-                    const REAL *w = w_in + (t * V1 + tok) * H;                                                  \
+                    const REAL *w = w_in + ((at + t) * V1 + tok) * H;                                           \
                     for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
                 }                                                                                               \
             }                                                                                                   \
