@@ -636,7 +636,7 @@ def _patch_rounds(
     tokens: Tensor,
     u: tuple[Tensor, Tensor, Tensor],
     temps: tuple[Tensor, Tensor],
-    states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None],
+    states: tuple[Tensor, Tensor, Tensor, Tensor | None],
     par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
@@ -647,10 +647,9 @@ def _patch_rounds(
     ``ms``: the blocks' lengths, ``ms[0] = P - phase`` drawn already (the rest of a patch whose first
     ``phase`` tokens the state holds), the last at most P; ``tokens`` ``(B, span)`` int64 with block
     0's first; ``u`` and ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM
-    states ``(B, Lp, H, N)`` complex and residual ``(B, H)`` after the patches before block 0's, its
-    head's output for block 0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and
-    with a phase the network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending
-    tokens (None without);
+    states ``(B, Lp, H, N)`` complex after the patches before block 0's, its head's output for block
+    0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the
+    network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without);
     ``par``: the network's pack (its head of P O outputs), eps, input weight ``(H, P (V+1))`` as
     nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)`` and its layers; ``dec``: the
     decoder's pack, eps, input weight ``(H, Z K)``, bias, layers; ``prior``: as :func:`_fused_rounds`;
@@ -662,7 +661,7 @@ def _patch_rounds(
     N, V, Z, K = shape
     u_lat, u_abs, u_tok = (t.contiguous() for t in u)
     temp, temp_tok = (t.contiguous() for t in temps)
-    ssm, y, head0, dec_state, in0 = states
+    ssm, head0, dec_state, in0 = states
     pack_p, eps_p, w_in, b_in, A, Lp = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec
     pack_r, R, M, eps_r, G = prior
@@ -673,18 +672,19 @@ def _patch_rounds(
     cdt = _COMPLEX.get(dt)
     F = n_out - Z * K
     phase = P - ms[0]
-    ok = cdt is not None and len(ms) >= 2 and max(ms[1:]) == P and min(ms) >= 1 and sum(ms) == span
+    ok = cdt is not None and len(ms) >= 2 and 1 <= ms[0] <= P and all(m == P for m in ms[1:-1])
+    ok = ok and 1 <= ms[-1] <= P and sum(ms) == span
     ok = ok and (phase == 0) == (in0 is None) and (in0 is None or (in0.shape == (Bsz, H) and in0.dtype == dt))
     ok = ok and V1 == V + 1 and tokens.dtype == torch.int64 and tokens.is_contiguous() and 1 <= N <= MAX_MODES
     ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span)
     ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
     ok = ok and ssm.shape == (Bsz, Lp, H, N) and dec_state.shape == (Bsz, Ld, H, N)
-    ok = ok and ssm.dtype == dec_state.dtype == cdt and y.shape == (Bsz, H) and head0.shape == (Bsz, P * n_out)
+    ok = ok and ssm.dtype == dec_state.dtype == cdt and head0.shape == (Bsz, P * n_out)
     ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,) and F >= 0
     ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, P * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and M >= 1 and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
-    ok = ok and (G is None or G.shape == (M, F))
-    tensors = (tokens, u_lat, u_abs, u_tok, y, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
+    ok = ok and (G is None or (G.shape == (M, F) and G.dtype == dt and G.is_cpu)) and (in0 is None or in0.is_cpu)
+    tensors = (tokens, u_lat, u_abs, u_tok, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
     ok = ok and all(t.is_cpu for t in (*tensors, ssm, dec_state, temp, temp_tok))
     ok = ok and all(t.dtype == dt for t in tensors[1:]) and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
     first = tokens[:, : ms[0]]

@@ -1,9 +1,10 @@
 """A partial encoder that reads P tokens a step (a patch: an image row), for cheap block rounds.
 
 Glossary of axis letters (docs/design.md):
-    B  batch      T  tokens in one call      P  tokens a patch      k  patch slot
+    B  batch      T  tokens in one call      P  tokens a patch      k  patch slots      S  slots read
     H  width      N  SSM modes per channel      L  layers      V  vocabulary (EMPTY = V)
     O  outputs a position (the latents' logits, then the latent prior's context features)
+    c  block size      nb  blocks
 
 The token-level partial encoder (model/network.py, SSMNet) makes a round of block 28 two passes of
 56 steps through 4 blocks; this one reads a whole patch as one input, so a round of an aligned
@@ -45,8 +46,10 @@ class PatchNet(nn.Module):
 
     def __init__(self, cfg: SSMNetConfig, patch: int) -> None:
         super().__init__()
-        if not cfg.tokens or patch < 1 or cfg.state_size < 2:
-            raise ValueError("a patch network reads tokens, patches of >= 1 and a state of >= 2 modes")
+        if not cfg.tokens:
+            raise ValueError("a patch network reads tokens, not vectors")
+        if patch < 1 or cfg.state_size < 2:
+            raise ValueError("a patch holds >= 1 token, and its pending part needs a state of >= 2 modes")
         self.cfg, self.patch = cfg, patch
         V1, n_out = cfg.n_in, cfg.n_out  # V + 1 token ids (EMPTY included), outputs a position (O)
         inner = SSMNetConfig(
@@ -129,9 +132,6 @@ class PatchNet(nn.Module):
         ssm, y = self._start(batch)
         return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(batch, dtype=torch.long, device=y.device))
 
-    def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
-        return False  # no compiled round loop reads patches yet: generation takes the PyTorch passes
-
     def forward(
         self, x: Tensor, state: Tensor | None = None, lengths: Tensor | int | None = None, return_state: bool = True
     ) -> tuple[Tensor, Tensor | None]:
@@ -146,35 +146,35 @@ class PatchNet(nn.Module):
             ssm, acc, y0, count = self._unpack(state)
         q = count[:, None] + torch.arange(T, device=x.device)  # (B, T) offsets from the pending patch's start
         slot, j = q // P, q % P
-        K = int(slot.max()) + 1 if T else 1  # slots the span touches
+        k = int(slot.max()) + 1 if T else 1  # slots the span touches
+        rows = torch.arange(B, device=x.device)[:, None]
         contrib = D[j, x]  # (B, T, H)
-        sums = contrib.new_zeros(B, K + 1, contrib.shape[-1]).index_put((torch.arange(B)[:, None], slot), contrib, True)
+        sums = contrib.new_zeros(B, k + 1, contrib.shape[-1]).index_put((rows, slot), contrib, True)
         if acc is not None:
             sums[:, 0] += acc
-        h = u0 + sums[:, :K]  # (B, K, H): the slots' inputs (the last maybe incomplete)
+        h = u0 + sums[:, :k]  # (B, k, H): the slots' inputs (the last maybe incomplete)
         m = torch.full((B,), T, device=x.device) if lengths is None else torch.as_tensor(lengths, device=x.device)
         m = m.expand(B)
         done = (count + m) // P  # (B,) slots completed within the first m tokens
         lead = 0 if ssm is not None else 1  # from nothing, START runs first
         if ssm is None:
-            h = torch.cat([u0.expand(B, 1, -1), h], 1)  # (B, 1 + K, H)
+            h = torch.cat([u0.expand(B, 1, -1), h], 1)  # (B, 1 + k, H)
         at = done + lead  # (B,) slot steps the state is wanted after
         keep = return_state and bool((at > 0).any())
         uniform = bool((at == at[0]).all())
         n_at: Tensor | int | None = int(at[0]) if uniform else at.clamp_min(1)
         if uniform and n_at == h.shape[1]:
             n_at = None
-        Y, ssm_next = self._blocks(h, ssm, n_at if keep else None, keep)  # (B, lead + K, H)
+        Y, ssm_next = self._blocks(h, ssm, n_at if keep else None, keep)  # (B, lead + k, H)
         if ssm is not None:
-            Y = torch.cat([y0[:, None], Y], 1)  # (B, 1 + K, H): what slot k's positions read, k = 0 ..
+            Y = torch.cat([y0[:, None], Y], 1)  # (B, 1 + k, H): what each slot's positions read
         out = self._head_slots(Y, q) + self.token_out[j, x]  # (B, T, O)
         if not return_state:
             return out, None
         # the state after m tokens: the SSM after `done` slots, the pending slot's sum and residual
         before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
-        pend = contrib.new_zeros(B, K + 1, contrib.shape[-1]).index_put(
-            (torch.arange(B)[:, None], slot), contrib * before, True
-        )  # (B, K + 1, H)
+        pend = contrib.new_zeros(B, k + 1, contrib.shape[-1])  # (B, k + 1, H): the slots' sums before m
+        pend = pend.index_put((rows, slot), contrib * before, True)
         if acc is not None:
             pend[:, 0] += acc
         acc_next = pend.gather(1, done[:, None, None].expand(-1, 1, pend.shape[-1]))[:, 0]  # (B, H)
@@ -198,16 +198,16 @@ class PatchNet(nn.Module):
         pad = (0, 0, 0, -T % P)
         ca = nn.functional.pad(D[t % P, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
         cm = nn.functional.pad(D[t % P, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
-        K = ca.shape[1]
+        n_slots = ca.shape[1]
         sa, sm = ca[:, :, -1], cm[:, :, -1]  # (B, k, H) whole slots
         starts = torch.arange(0, T, block, device=x_a.device)  # (nb,)
         nb = starts.shape[0]
         kb, o = starts // P, starts % P  # (nb,) the patch each block starts in, its offset there
-        zero = ca.new_zeros(B, K, 1, ca.shape[-1])
+        zero = ca.new_zeros(B, n_slots, 1, ca.shape[-1])
         pa, pm = torch.cat([zero, ca], 2), torch.cat([zero, cm], 2)  # (B, k, P + 1, H): sums of the first i
         edge = pa[:, kb, o] + sm[:, kb] - pm[:, kb, o]  # (B, nb, H): the start's patch, mixed
-        k = torch.arange(K, device=x_a.device)
-        before, at = (k < kb[:, None])[..., None], (k == kb[:, None])[..., None]  # (nb, k, 1)
+        slots = torch.arange(n_slots, device=x_a.device)
+        before, at = (slots < kb[:, None])[..., None], (slots == kb[:, None])[..., None]  # (nb, k, 1)
         mixed = torch.where(before, sa[:, None], torch.where(at, edge[:, :, None], sm[:, None]))  # (B, nb, k, H)
         h = u0 + torch.cat([sa[:, None], mixed], 1).flatten(0, 1)  # (B (1+nb), k, H)
         h = torch.cat([u0.expand(h.shape[0], 1, -1), h], 1)  # START first

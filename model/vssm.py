@@ -694,6 +694,8 @@ class VSSM(SequenceModel):
         # passes take: one thread, blocks 40-64, batches 1-32, four passes took 0.49-0.88 of the
         # fused time (one tie at 1.06); past SHORT both are long and fusing wins, 1.23-1.57x at
         # blocks 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session)
+        if self.fuse_rounds and c > 0 and c == self.config.par_patch:  # a patch's rounds: compiled where they can be
+            return True
         return self.fuse_rounds and c > 0 and 2 * c <= self.gen_window and not c <= SHORT < 2 * c
 
     def _shared_block(self, state: GenState, blocks: Tensor) -> int:
@@ -840,10 +842,15 @@ class VSSM(SequenceModel):
         self, ms: list[int], state: GenState, net: PatchNet
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
         """:meth:`_compiled_rounds` for a partial encoder that reads a patch a step (csrc/patch_rounds.c):
-        where blocks are its patches (the call starting at one), the decoder reads latents only and a
-        latent prior draws them, a round is one network step, one decoder pass and the prior's draws."""
+        where blocks are its patches (the call may start inside one), the decoder reads latents only and
+        a latent prior draws them, a round is one network step, one decoder pass and the prior's draws."""
         run, lp, cfg, P = native.patch_rounds(), self.latent_prior, self.config, net.patch
-        if run is None or lp is None or cfg.decoder_tokens or max(ms[1:]) != P:
+        # every piece after the first a whole patch (the last may end early), the first the rest of one
+        # (checked against the state's pending count below): blocks of P, or a larger block's first P
+        # tokens when the call ends there, which are drawn the same way
+        if run is None or lp is None or cfg.decoder_tokens or ms[0] > P or any(m != P for m in ms[1:-1]):
+            return None
+        if ms[-1] > P:
             return None
         ssm, _, _, count = net._unpack(state["par"])
         phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
@@ -851,7 +858,9 @@ class VSSM(SequenceModel):
         probe = torch.empty(Bsz, 1, H, dtype=self.dtype)  # (B, 1, H): a network step
         dec_probe = torch.empty(Bsz, P, H, dtype=self.dtype)  # (B, P, H): a decoder pass
         inner, dec_net = net.net, self.decoder
-        if bool((count != phase).any()) or not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
+        if bool((count != phase).any()) or has_hooks([net]):  # a hook on the patch network: its own forward
+            return None
+        if not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
             return None
         lin = dec_net.inp
         if not (isinstance(lin, nn.Linear) and lin.bias is not None):
@@ -869,13 +878,13 @@ class VSSM(SequenceModel):
             states: tuple[Tensor, Tensor],
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
             ssm, acc, y, _ = net._unpack(states[0])
-            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's patch reads
+            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's patch reads, Head(LayerNorm(y))
             in0 = None  # with a phase: the pending patch's input so far, b + sum_j<phase W[j, x_j]
             if phase:
                 W = inner.inp.weight.t().unflatten(0, (P, -1))  # (P, V+1, H)
                 in0 = inner.inp.bias + acc + W[:phase, -1].sum(0)  # (B, H)
             tokens, ssm, y, dec_abs, skipped = run(
-                ms, tokens, u, temps, (ssm, y, head0, states[1], in0), par=par, dec=dec, prior=prior, shape=shape
+                ms, tokens, u, temps, (ssm, head0, states[1], in0), par=par, dec=dec, prior=prior, shape=shape
             )
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
             zero = torch.zeros(Bsz, dtype=torch.long)

@@ -788,12 +788,13 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
 
 # ----- block sampling's rounds for a partial encoder that reads a patch a step (csrc/patch_rounds.c) --------------
 def copying(m: VSSM) -> VSSM:
-    """``m`` made to copy: its decoder draws the token its latent names (no block adds anything, the
-    input and head agree), and an absorbed latent is its token's (``A`` large), so that every z' of a
-    round equals its z and the compiled rounds skip the pass over z' (csrc/patch_rounds.c, step 4)."""
+    """``m`` made to copy: its decoder draws the token its latent names (the input and head agree; the
+    blocks add a little that depends on the state, so that a wrong state still shows in the states
+    compared), and an absorbed latent is its token's (``A`` large), so that every z' of a round equals
+    its z and the compiled rounds skip the pass over z' (csrc/patch_rounds.c, step 4)."""
     with torch.no_grad():
         for block in m.decoder.blocks:
-            block.out.weight.zero_()
+            block.out.weight.mul_(0.05)
             block.out.bias.zero_()
         H = m.config.width
         a = torch.tensor([(-1.0) ** i for i in range(H)], dtype=m.dtype)  # (H,): zero mean, so LayerNorm keeps it

@@ -58,11 +58,14 @@ def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass():
 
 
 def test_rows_at_different_phases_and_lengths_equal_each_row_alone():
+    """Rows 1 and 2 tokens into a patch; the first keeps its state (length 0: no slot completes, its
+    SSM state must stay), the second completes two slots."""
     m, x, y = net(), tokens(4), tokens(5, n=7)
-    _, s0 = m(x[:1, :2])
+    _, s0 = m(x[:1, :1])
     _, s1 = m(x[1:, :5])
-    out, s = m(y, torch.cat([s0, s1]), lengths=torch.tensor([4, 6]))
-    for row, (done, given) in enumerate([(2, 4), (5, 6)]):
+    out, s = m(y, torch.cat([s0, s1]), lengths=torch.tensor([0, 6]))
+    torch.testing.assert_close(s[:1], s0, rtol=0, atol=0)
+    for row, (done, given) in enumerate([(1, 0), (5, 6)]):
         seq = torch.cat([x[row : row + 1, :done], y[row : row + 1]], 1)
         torch.testing.assert_close(out[row], m(seq, return_state=False)[0][0, done:], rtol=1e-12, atol=1e-12)
         _, alone = m(seq[:, : done + given])
@@ -94,5 +97,5 @@ def test_forward_blocks_gradients_match_the_per_block_passes():
 def test_a_patch_network_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError, match="modes"):
         PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=1), P)  # the pending patch needs a second mode
-    with pytest.raises(ValueError, match="tokens"):
+    with pytest.raises(ValueError, match="vectors"):
         PatchNet(SSMNetConfig(n_in=3, n_out=4, tokens=False, width=8, state_size=4), P)

@@ -15,8 +15,8 @@ absorbed latents before block i-1):
        head's output for block i, whose logits are head + A[j, EMPTY];
     3. z of block i through the latent prior (csrc/latent_prior.c), its context pre = G g_t;
     4. the decoder: D after z' of block i-1, then a pass over z of block i from there for its
-       token logits and F, the state after it.  When every row's z' equals the z drawn for block
-       i-1, D after z' is F of the last round (the same function of the same inputs), and the pass
+       token logits and E, the state after it.  When every row's z' equals the z drawn for block
+       i-1, D after z' is E of the last round (the same function of the same inputs), and the pass
        over z' is skipped: with latents that are their pixels it nearly always is;
     5. block i's tokens at the token temperature.
 So a round is one network step, one decoder pass over P steps (two where a z' differs) and the
@@ -43,116 +43,116 @@ state before the last block; the bits above: how many rounds skipped the pass ov
 #include <stdint.h>
 #include <string.h>
 
-#define DECLARE_P(REAL, SUFFIX)                                                                                \
-    void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \
-                          double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
-    void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
-                              int64_t *out);                                                                    \
-    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
-                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
-                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
+#define DECLARE_P(REAL, SUFFIX)                                                                                     \
+    void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack,     \
+                          double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);              \
+    void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,                \
+                              int64_t *out);                                                                        \
+    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,      \
+                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,              \
+                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r,       \
                                int64_t *z, long z_sb, REAL *scratch);
 DECLARE_P(float, f32)
 DECLARE_P(double, f64)
 
-#define PATCH_ROUNDS(REAL, SUFFIX)                                                                              \
-    /* the decoder's inputs (B, n, H) of latents z (B, n, Z) in rows of P: b_dec + sum_i w_dec[i K + z_i] */     \
-    static void dec_inputs_##SUFFIX(long B, long n, long P, long H, long Z, long K, const int64_t *z,          \
-                                    const REAL *w_dec, const REAL *b_dec, REAL *x) {                           \
-        for (long b = 0; b < B; ++b)                                                                            \
-            for (long t = 0; t < n; ++t) {                                                                      \
-                REAL *xt = x + (b * n + t) * H;                                                                 \
-                memcpy(xt, b_dec, H * sizeof(REAL));                                                            \
-                const int64_t *zt = z + (b * P + t) * Z;                                                        \
-                for (long j = 0; j < Z; ++j) {                                                                  \
-                    const REAL *w = w_dec + (j * K + zt[j]) * H;                                                \
-                    for (long k = 0; k < H; ++k) xt[k] += w[k];                                                 \
-                }                                                                                               \
-            }                                                                                                   \
-    }                                                                                                           \
-                                                                                                                \
-    int patch_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long P, long H, long N,       \
-                              long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const REAL *u_lat,     \
-                              const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok, \
-                              REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,     \
-                              double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,   \
-                              const REAL *in0,                                                                  \
-                              const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,       \
-                              const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,      \
-                              REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,        \
-                              REAL *r, REAL *pre) {                                                             \
-        const long ZK = Z * K, F = O - ZK, V1 = V + 1, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                \
-        const long one = B * sd; /* a decoder state buffer, in reals */                                         \
-        int wp = 0;                                                                                             \
-        long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: after it and z (-1: none) */    \
-        long start = 0, skipped = 0;                                                                            \
-        for (long i = 1; i <= rounds; ++i) {                                                                    \
-            const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */       \
-            /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                    \
-            int same = f >= 0;                                                                                  \
-            for (long b = 0; b < B; ++b)                                                                        \
-                for (long t = 0; t < m; ++t) {                                                                  \
-                    const int64_t tok = tokens[b * span + start + t];                                           \
-                    REAL *l = lp + (b * P + t) * O;                                                             \
-                    const REAL *h = head0 + (b * P + at + t) * O, *a = A + ((at + t) * V1 + tok) * O;           \
-                    for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                           \
-                    int64_t *zt = za + (b * P + t) * Z;                                                         \
-                    categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                \
-                    for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * P + t) * Z + j];               \
-                }                                                                                               \
-            /* 2. one step of the network over patch i-1: the states after it, block i's head */               \
-            for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */     \
-                REAL *xb = x + b * H;                                                                           \
-                memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                          \
-                for (long t = 0; t < P - at; ++t) {                                                             \
-                    const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
-                    const REAL *w = w_in + ((at + t) * V1 + tok) * H;                                           \
-                    for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
-                }                                                                                               \
-            }                                                                                                   \
-            REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                  \
-            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0);             \
-            wp = !wp;                                                                                           \
-            memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                       \
-            /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                              \
-            for (long b = 0; b < B; ++b)                                                                        \
-                for (long t = 0; t < nx; ++t) {                                                                 \
-                    REAL *l = lp + (b * P + t) * O;                                                             \
-                    const REAL *h = head0 + (b * P + t) * O, *a = A + (t * V1 + V) * O;                         \
-                    for (long o = 0; o < O; ++o) l[o] = h[o] + a[o];                                            \
-                    if (F) {                                                                                    \
-                        REAL *pt2 = pre + (b * P + t) * M;                                                      \
-                        memset(pt2, 0, M * sizeof(REAL));                                                       \
-                        for (long k = 0; k < F; ++k)                                                            \
-                            for (long o = 0; o < M; ++o) pt2[o] += l[ZK + k] * Gt[k * M + o];                   \
-                    }                                                                                           \
-                }                                                                                               \
-            memset(r, 0, B * R * sizeof(REAL));                                                                 \
-            latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M,                        \
-                                  u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs, P * Z, ps);  \
-            /* 4. the decoder: D after z' (F of the last round when every z' is its z), then z from there */   \
-            if (!same) {                                                                                        \
-                const long to = f >= 0 ? f : 1 - d;                                                       \
-                dec_inputs_##SUFFIX(B, m, P, H, Z, K, za, w_dec, b_dec, x);                                     \
-                ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd, dec + to * one, \
-                                 g, ld);                                                                        \
-                f = to;                                                                                         \
-            } else                                                                                              \
-                ++skipped;                                                                                      \
-            const long dnew = f, fnew = d; /* the old D is read no more: F goes there */                        \
-            dec_inputs_##SUFFIX(B, nx, P, H, Z, K, zs, w_dec, b_dec, x);                                        \
-            ssm_net_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd, dec + fnew * one, \
-                             g, ld);                                                                            \
-            d = dnew;                                                                                           \
-            f = fnew;                                                                                           \
-            /* 5. block i's tokens */                                                                           \
-            for (long b = 0; b < B; ++b)                                                                        \
-                for (long t = 0; t < nx; ++t)                                                                   \
-                    categorical_##SUFFIX(1, V, ld + (b * nx + t) * V, u_tok + b * span + start + m + t,         \
-                                         temp_tok[b], tokens + b * span + start + m + t);                       \
-            start += m;                                                                                         \
-        }                                                                                                       \
-        return wp | (int)(d << 1) | (int)(skipped << 2);                                                                              \
+#define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
+    /* the decoder's inputs (B, n, H) of latents z (B, n, Z) in rows of P: b_dec + sum_i w_dec[i K + z_i] */        \
+    static void dec_inputs_##SUFFIX(long B, long n, long P, long H, long Z, long K, const int64_t *z,               \
+                                    const REAL *w_dec, const REAL *b_dec, REAL *x) {                                \
+        for (long b = 0; b < B; ++b)                                                                                \
+            for (long t = 0; t < n; ++t) {                                                                          \
+                REAL *xt = x + (b * n + t) * H;                                                                     \
+                memcpy(xt, b_dec, H * sizeof(REAL));                                                                \
+                const int64_t *zt = z + (b * P + t) * Z;                                                            \
+                for (long j = 0; j < Z; ++j) {                                                                      \
+                    const REAL *w = w_dec + (j * K + zt[j]) * H;                                                    \
+                    for (long k = 0; k < H; ++k) xt[k] += w[k];                                                     \
+                }                                                                                                   \
+            }                                                                                                       \
+    }                                                                                                               \
+                                                                                                                    \
+    int patch_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long P, long H, long N,            \
+                              long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const REAL *u_lat,         \
+                              const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok,     \
+                              REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,         \
+                              double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,        \
+                              const REAL *in0,                                                                      \
+                              const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
+                              const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
+                              REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
+                              REAL *r, REAL *pre) {                                                                 \
+        const long ZK = Z * K, F = O - ZK, V1 = V + 1, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                    \
+        const long one = B * sd; /* a decoder state buffer, in reals */                                             \
+        int wp = 0;                                                                                                 \
+        long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
+        long start = 0, skipped = 0;                                                                                \
+        for (long i = 1; i <= rounds; ++i) {                                                                        \
+            const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */           \
+            /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                         \
+            int same = f >= 0;                                                                                      \
+            for (long b = 0; b < B; ++b)                                                                            \
+                for (long t = 0; t < m; ++t) {                                                                      \
+                    const int64_t tok = tokens[b * span + start + t];                                               \
+                    REAL *l = lp + (b * P + t) * O;                                                                 \
+                    const REAL *h = head0 + (b * P + at + t) * O, *a = A + ((at + t) * V1 + tok) * O;               \
+                    for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                               \
+                    int64_t *zt = za + (b * P + t) * Z;                                                             \
+                    categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                     \
+                    for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * P + t) * Z + j];                   \
+                }                                                                                                   \
+            /* 2. one step of the network over patch i-1: the states after it, block i's head */                    \
+            for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */         \
+                REAL *xb = x + b * H;                                                                               \
+                memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                              \
+                for (long t = 0; t < P - at; ++t) {                                                                 \
+                    const int64_t tok = t < m ? tokens[b * span + start + t] : V;                                   \
+                    const REAL *w = w_in + ((at + t) * V1 + tok) * H;                                               \
+                    for (long k = 0; k < H; ++k) xb[k] += w[k];                                                     \
+                }                                                                                                   \
+            }                                                                                                       \
+            REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                      \
+            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0);                 \
+            wp = !wp;                                                                                               \
+            memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
+            /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
+            for (long b = 0; b < B; ++b)                                                                            \
+                for (long t = 0; t < nx; ++t) {                                                                     \
+                    REAL *l = lp + (b * P + t) * O;                                                                 \
+                    const REAL *h = head0 + (b * P + t) * O, *a = A + (t * V1 + V) * O;                             \
+                    for (long o = 0; o < O; ++o) l[o] = h[o] + a[o];                                                \
+                    if (F) {                                                                                        \
+                        REAL *pt2 = pre + (b * P + t) * M;                                                          \
+                        memset(pt2, 0, M * sizeof(REAL));                                                           \
+                        for (long k = 0; k < F; ++k)                                                                \
+                            for (long o = 0; o < M; ++o) pt2[o] += l[ZK + k] * Gt[k * M + o];                       \
+                    }                                                                                               \
+                }                                                                                                   \
+            memset(r, 0, B * R * sizeof(REAL));                                                                     \
+            latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M,                           \
+                                  u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs, P * Z, ps);     \
+            /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
+            if (!same) {                                                                                            \
+                const long to = f >= 0 ? f : 1 - d;                                                                 \
+                dec_inputs_##SUFFIX(B, m, P, H, Z, K, za, w_dec, b_dec, x);                                         \
+                ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd, dec + to * one,     \
+                                 g, ld);                                                                            \
+                f = to;                                                                                             \
+            } else                                                                                                  \
+                ++skipped;                                                                                          \
+            const long dnew = f, fnew = d; /* the old D is read no more: E goes there */                            \
+            dec_inputs_##SUFFIX(B, nx, P, H, Z, K, zs, w_dec, b_dec, x);                                            \
+            ssm_net_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd, dec + fnew * one,  \
+                             g, ld);                                                                                \
+            d = dnew;                                                                                               \
+            f = fnew;                                                                                               \
+            /* 5. block i's tokens */                                                                               \
+            for (long b = 0; b < B; ++b)                                                                            \
+                for (long t = 0; t < nx; ++t)                                                                       \
+                    categorical_##SUFFIX(1, V, ld + (b * nx + t) * V, u_tok + b * span + start + m + t,             \
+                                         temp_tok[b], tokens + b * span + start + m + t);                           \
+            start += m;                                                                                             \
+        }                                                                                                           \
+        return wp | (int)(d << 1) | (int)(skipped << 2);                                                            \
     }
 
 PATCH_ROUNDS(float, f32)
