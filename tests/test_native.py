@@ -739,6 +739,34 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
 
 
 # ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
+def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float, entry: str) -> list:
+    """Generation from ``start`` with the compiled ``native.<entry>`` (spied on) and without it (the
+    rounds in PyTorch), resumable or not: the same tokens, and every state tensor within rounding
+    (float32: of the states').  Returns the compiled calls' ``(args, result)``."""
+    calls = []
+    real = getattr(native, f"_{entry}")
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, out))
+        return out
+
+    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
+    for resumable in (True, False):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, f"_{entry}", spy)
+            tokens, state = m.generate(start, n, resumable=resumable, **kwargs)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, entry, lambda: None)
+            ref_tokens, ref = m.generate(start, n, resumable=resumable, **kwargs)
+        assert torch.equal(tokens, ref_tokens)
+        if resumable:
+            tol = 1e-10 if m.dtype == F64 else 1e-4
+            for k, v in ref.tensors.items():
+                torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize(
     "variant",
@@ -760,29 +788,7 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
     start = m.start(prompt, [4, 5, 6])
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.5 if variant else 1.0  # tokens given the latents at half the temperature (the served models' kind)
-    calls = []
-    real = native._fused_rounds
-
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    for resumable in (True, False):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(native, "_fused_rounds", spy)
-            tokens, state = m.generate(
-                start, n, temperature=temp, block_size=c, resumable=resumable, observation_temperature=obs
-            )
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(native, "fused_rounds", lambda: None)
-            ref_tokens, ref = m.generate(
-                start, n, temperature=temp, block_size=c, resumable=resumable, observation_temperature=obs
-            )
-        assert torch.equal(tokens, ref_tokens)
-        if resumable:
-            tol = 1e-10 if dtype == F64 else 1e-4
-            for k, v in ref.tensors.items():
-                torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    calls = compiled_equals_pytorch(m, start, n, temp, c, obs, "fused_rounds")
     assert len(calls) == 2
 
 
@@ -828,30 +834,8 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     start = m.start(prompt, [4, 5, 6])
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
-    calls = []
-    real = native._patch_rounds
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append((len(args[0]) - 1, out[-1]))  # (rounds, rounds that skipped the pass over z')
-        return out
-
-    for resumable in (True, False):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(native, "_patch_rounds", spy)
-            tokens, state = m.generate(
-                start, n, temperature=temp, block_size=block, resumable=resumable, observation_temperature=obs
-            )
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(native, "patch_rounds", lambda: None)
-            ref_tokens, ref = m.generate(
-                start, n, temperature=temp, block_size=block, resumable=resumable, observation_temperature=obs
-            )
-        assert torch.equal(tokens, ref_tokens)
-        if resumable:
-            tol = 1e-10 if dtype == F64 else 1e-4
-            for k, v in ref.tensors.items():
-                torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
     assert len(calls) == (2 if block == 4 else 0)
-    for rounds, skipped in calls:  # the first round cannot skip (no pass of the last round to reuse)
-        assert skipped == (rounds - 1 if copy else 0)
+    for args, out in calls:  # rounds that skipped the pass over z'; the first cannot (no last pass to reuse)
+        rounds = len(args[0]) - 1
+        assert out[-1] == (rounds - 1 if copy else 0)
