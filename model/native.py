@@ -82,8 +82,8 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _L, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -637,7 +637,7 @@ def _patch_rounds(
     u: tuple[Tensor, Tensor, Tensor],
     temps: tuple[Tensor, Tensor],
     states: tuple[Tensor, Tensor, Tensor, Tensor | None],
-    par: tuple[Tensor, float, Tensor, Tensor, Tensor, int, tuple[Tensor, Tensor] | None],
+    par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
     shape: tuple[int, int, int, int],
@@ -650,10 +650,8 @@ def _patch_rounds(
     states ``(B, Lp, H, N)`` complex after the patches before block 0's, its head's output for block
     0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the
     network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without);
-    ``par``: the network's pack (its head of P O outputs, or of D with a hidden layer), eps, input
-    weight ``(H, P (V+1))`` as nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)``, its
-    layers, and the head's last layer after the hidden one's GELU, ``(weight (P O, D), bias)`` (None:
-    no hidden layer); ``dec``: the
+    ``par``: the network's pack (its head of P O outputs), eps, input weight ``(H, P (V+1))`` as
+    nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)`` and its layers; ``dec``: the
     decoder's pack, eps, input weight ``(H, Z K)``, bias, layers; ``prior``: as :func:`_fused_rounds`;
     ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)``, the SSM states and residual after
     the patches before the last block, the absorbed decoder state before it, and how many rounds
@@ -664,7 +662,7 @@ def _patch_rounds(
     u_lat, u_abs, u_tok = (t.contiguous() for t in u)
     temp, temp_tok = (t.contiguous() for t in temps)
     ssm, head0, dec_state, in0 = states
-    pack_p, eps_p, w_in, b_in, A, Lp, out = par
+    pack_p, eps_p, w_in, b_in, A, Lp = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec
     pack_r, R, M, eps_r, G = prior
     Bsz, span = tokens.shape
@@ -683,11 +681,7 @@ def _patch_rounds(
     ok = ok and ssm.shape == (Bsz, Lp, H, N) and dec_state.shape == (Bsz, Ld, H, N)
     ok = ok and ssm.dtype == dec_state.dtype == cdt and head0.shape == (Bsz, P * n_out)
     ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,) and F >= 0
-    Dh = 0 if out is None else out[0].shape[1]
-    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, Dh or P * n_out)
-    ok = ok and pack_d.numel() == _net_pack_size(Ld, H, N, V)
-    ok = ok and (out is None or (out[0].shape == (P * n_out, Dh) and out[1].shape == (P * n_out,)))
-    ok = ok and (out is None or all(t.dtype == dt and t.is_cpu for t in out))
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, P * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and M >= 1 and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
     ok = ok and (G is None or (G.shape == (M, F) and G.dtype == dt and G.is_cpu)) and (in0 is None or in0.is_cpu)
     tensors = (tokens, u_lat, u_abs, u_tok, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
@@ -707,9 +701,6 @@ def _patch_rounds(
     g_t = None if G is None else G.detach().t().contiguous()  # (F, M)
     A = A.detach().contiguous()
     in0 = None if in0 is None else in0.detach().contiguous()
-    out_t = None if out is None else out[0].detach().t().contiguous()  # (D, P O)
-    out_b = None if out is None else out[1].detach().contiguous()
-    hid = torch.empty(Bsz, max(Dh, 1), dtype=dt)
     x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
     lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
     zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
@@ -722,8 +713,7 @@ def _patch_rounds(
         u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
         par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
         pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(), phase,
-        None if in0 is None else in0.data_ptr(), Dh, None if out_t is None else out_t.data_ptr(),
-        None if out_b is None else out_b.data_ptr(), hid.data_ptr(),
+        None if in0 is None else in0.data_ptr(),
         pack_d.data_ptr(), eps_d, wd_t.data_ptr(), b_dec.detach().data_ptr(),
         pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),

@@ -4,7 +4,7 @@ Glossary of axis letters (docs/design.md):
     B  batch      T  tokens in one call      P  tokens a patch      k  patch slots      S  slots read
     H  width      N  SSM modes per channel      L  layers      V  vocabulary (EMPTY = V)
     O  outputs a position (the latents' logits, then the latent prior's context features)
-    c  block size      nb  blocks      D  what a position's rows of the head read (H, or head_hidden)
+    c  block size      nb  blocks
 
 The token-level partial encoder (model/network.py, SSMNet) makes a round of block 28 two passes of
 56 steps through 4 blocks; this one reads a whole patch as one input, so a round of an aligned
@@ -16,7 +16,6 @@ steps, whose inputs are [START, patch 0, patch 1, ...]:
     u_p+1 = b + sum_j W[j, x_pP+j]               patch p, an EMPTY where no token is known yet
     y_p = blocks(u_0 .. u_p)                     the residual stream after reading patches < p
     out_t = Head_j(LayerNorm(y_p)) + A[j, x_t],  t = pP + j      (O,): position j's rows of the head (P O, H)
-    (with head_hidden = D:  Out_j(GELU(U LayerNorm(y_p) + c)) + A[j, x_t], U (D, H) shared by the positions)
 
 so the output at t reads the patches before t's own and the token at t: it is causal, as f_par
 must be.  ``A`` ``(P, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
@@ -45,7 +44,7 @@ __all__ = ["PatchNet"]
 class PatchNet(nn.Module):
     """Causal network over tokens that advances once per patch of ``patch`` tokens (see above)."""
 
-    def __init__(self, cfg: SSMNetConfig, patch: int, head_hidden: int = 0) -> None:
+    def __init__(self, cfg: SSMNetConfig, patch: int) -> None:
         super().__init__()
         if not cfg.tokens:
             raise ValueError("a patch network reads tokens, not vectors")
@@ -54,13 +53,10 @@ class PatchNet(nn.Module):
         self.cfg, self.patch = cfg, patch
         V1, n_out = cfg.n_in, cfg.n_out  # V + 1 token ids (EMPTY included), outputs a position (O)
         inner = SSMNetConfig(
-            n_in=patch * V1, n_out=head_hidden or patch * n_out, tokens=False, width=cfg.width,
-            state_size=cfg.state_size, layers=cfg.layers, dropout=cfg.dropout,
+            n_in=patch * V1, n_out=patch * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
+            layers=cfg.layers, dropout=cfg.dropout,
         )  # fmt: skip
-        # inp: W (H, P (V+1)) and b; head: (P O, H), position j's rows j O .. j O + O (with head_hidden:
-        # the hidden layer U (D, H), and out (P O, D) holds the positions' rows)
-        self.net = SSMNet(inner)
-        self.out = nn.Linear(head_hidden, patch * n_out) if head_hidden else None
+        self.net = SSMNet(inner)  # inp: W (H, P (V+1)) and b; head: (P O, H), position j's rows j O .. j O + O
         self.token_out = nn.Parameter(0.1 * torch.randn(patch, V1, n_out))  # A: what the token at t adds to its output
 
     # ----- the pieces ---------------------------------------------------------------------------------
@@ -82,21 +78,11 @@ class PatchNet(nn.Module):
             states.append(s)
         return h, torch.stack(states, 1) if return_state else None
 
-    def _features(self, Y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """What each position's rows of the head read, ``(..., D)`` of residuals ``(..., H)``, and those
-        rows ``(P O, D)`` with their bias ``(P O,)``: ``LayerNorm(y)`` and the head (D = H), or with a
-        hidden layer ``GELU(U LayerNorm(y) + c)`` and ``out``."""
-        n = self.net.norm(Y)
-        if self.out is None:
-            return n, self.net.head.weight, self.net.head.bias
-        return nn.functional.gelu(self.net.head(n)), self.out.weight, self.out.bias
-
     def _head_slots(self, Y: Tensor, q: Tensor) -> Tensor:
         """Outputs ``(B, T, O)`` at offsets ``q`` ``(B, T)`` (slot ``q // P``, position ``q % P``) from the
         residuals ``Y`` ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
         n_out = self.cfg.n_out
-        f, w, b = self._features(Y)  # (B, S, D), (P O, D), (P O,)
-        full = nn.functional.linear(f, w, b).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
+        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
         return full.gather(1, q[..., None].expand(-1, -1, n_out))
 
     def _head_grid(self, y: Tensor) -> Tensor:
@@ -104,9 +90,10 @@ class PatchNet(nn.Module):
         position through its own rows of the head only."""
         T = y.shape[1]
         P, n_out = self.patch, self.cfg.n_out
-        f, w, b = self._features(nn.functional.pad(y, (0, 0, 0, -T % P)).unflatten(1, (-1, P)))  # (B, k, P, D)
-        w, b = w.unflatten(0, (P, n_out)), b.unflatten(0, (P, n_out))  # (P, O, D), (P, O)
-        return (torch.einsum("bkpd,pod->bkpo", f, w) + b).flatten(1, 2)[:, :T]
+        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % P))).unflatten(1, (-1, P))  # (B, k, P, H)
+        head = self.net.head
+        w, b = head.weight.unflatten(0, (P, n_out)), head.bias.unflatten(0, (P, n_out))  # (P, O, H), (P, O)
+        return (torch.einsum("bkph,poh->bkpo", n, w) + b).flatten(1, 2)[:, :T]
 
     @staticmethod
     def _pack(ssm: Tensor, acc: Tensor, y: Tensor, count: Tensor) -> Tensor:

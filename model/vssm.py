@@ -98,7 +98,6 @@ class VSSMConfig:
     prior_hidden: int = 0  # M: hidden width of the latent prior's MLP; 0: R
     prior_context: int = 0  # F: features of the partial encoder the latent prior's MLP also reads; 0: none
     par_patch: int = 0  # P: the partial encoder reads P tokens a step (aligned patches: model/patch.py); 0: one
-    par_head: int = 0  # D: a hidden GELU layer of this width in the patch encoder's head; 0: linear
 
     def __post_init__(self) -> None:
         check_config(
@@ -106,15 +105,13 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        for name in ("prior_width", "prior_hidden", "prior_context", "par_patch", "par_head"):
+        for name in ("prior_width", "prior_hidden", "prior_context", "par_patch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("prior_hidden", "prior_context"):
             if getattr(self, name) and not self.prior_width:
                 raise ValueError(f"{name} shapes the latent prior's MLP: set prior_width too")
-        if self.par_head and not self.par_patch:
-            raise ValueError("par_head shapes the patch encoder's head: set par_patch too")
         if self.par_patch and self.state_size < 2:
             raise ValueError("par_patch keeps its pending patch in the state's second mode: state_size >= 2")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
@@ -177,7 +174,7 @@ class VSSM(SequenceModel):
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         par_out = ZK + config.prior_context  # the latents' logits, then the latent prior's context features
         par = SSMNetConfig(n_in=V + 1, n_out=par_out, layers=config.par_layers, **common)
-        self.partial_encoder = PatchNet(par, config.par_patch, config.par_head) if config.par_patch else SSMNet(par)
+        self.partial_encoder = PatchNet(par, config.par_patch) if config.par_patch else SSMNet(par)
         R, M = config.prior_width, config.prior_hidden or None  # M None: as wide as R (LatentPrior)
         lp = LatentPrior(config.n_latents, config.n_classes, R, M, config.prior_context) if R else None
         self.latent_prior = lp
@@ -871,8 +868,7 @@ class VSSM(SequenceModel):
         if not dec_net._native_ok(dec_probe, P, state["dec_abs"]):
             return None
         G = None if lp.context is None else lp.context.weight  # (M, F)
-        out = None if net.out is None else (net.out.weight, net.out.bias)
-        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers, out)
+        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
         dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
         prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
         shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
@@ -882,8 +878,7 @@ class VSSM(SequenceModel):
             states: tuple[Tensor, Tensor],
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
             ssm, acc, y, _ = net._unpack(states[0])
-            f, w, b = net._features(y)  # (B, D), (P O, D), (P O,)
-            head0 = nn.functional.linear(f, w, b)  # (B, P O): what block 0's patch reads
+            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's patch reads, Head(LayerNorm(y))
             in0 = None  # with a phase: the pending patch's input so far, b + sum_j<phase W[j, x_j]
             if phase:
                 W = inner.inp.weight.t().unflatten(0, (P, -1))  # (P, V+1, H)

@@ -80,8 +80,7 @@ VARIANTS = {
     "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),  # f_dec also reads the absorbed tokens
     "vssm-latent-prior": ("vssm", {"prior_width": 6}),  # a block's latents also read its earlier latents
     "vssm-prior-context": ("vssm", {"prior_width": 6, "prior_context": 3}),  # and the partial encoder's features
-    # f_par reads 3 tokens a step, its head with a hidden layer
-    "vssm-patch": ("vssm", {"prior_width": 6, "prior_context": 3, "par_patch": 3, "par_head": 5}),
+    "vssm-patch": ("vssm", {"prior_width": 6, "prior_context": 3, "par_patch": 3}),  # f_par reads 3 tokens a step
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

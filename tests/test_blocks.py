@@ -524,8 +524,6 @@ def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_
             model.VSSMConfig(par_patch=bad)
     with pytest.raises(ValueError, match="state_size"):  # the pending patch lives in the state's second mode
         model.VSSMConfig(par_patch=4, state_size=1)
-    with pytest.raises(ValueError, match="par_head"):  # a head for a patch encoder that is not there
-        model.VSSMConfig(par_head=8)
 
 
 def test_a_fresh_latent_prior_is_the_plain_block_prior():

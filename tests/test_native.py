@@ -816,17 +816,15 @@ def copying(m: VSSM) -> VSSM:
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
-@pytest.mark.parametrize("head", [0, 12])
-def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block, head):
+def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block):
     """Tokens and every state tensor for blocks that are the partial encoder's patches (P = 4), from
     a patch boundary or inside a patch (its first tokens pending in the state), resumable or not, a
     temperature per row; with random weights (z' differs from z: the decoder passes over z') and with
-    a copying model (every z' is its z: the pass is skipped); the head linear or with a hidden layer.
-    Blocks that are not the patches take the rounds in PyTorch."""
+    a copying model (every z' is its z: the pass is skipped).  Blocks that are not the patches take
+    the rounds in PyTorch."""
     from tests.conftest import tiny_model
 
     cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    cfg["par_head"] = head  # a hidden layer in the patch encoder's head, or none
     m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
     if copy:
         m = copying(m)

@@ -16,14 +16,9 @@ F64 = torch.float64
 P, T = 3, 11  # T not a multiple of P: a last patch left incomplete
 
 
-@pytest.fixture(params=[0, 6], ids=["linear-head", "hidden-head"])
-def head(request) -> int:
-    return request.param
-
-
-def net(seed: int = 0, head: int = 0) -> PatchNet:
+def net(seed: int = 0) -> PatchNet:
     torch.manual_seed(seed)
-    out = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), P, head).double()
+    out = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), P).double()
     with torch.no_grad():
         out.token_out.normal_()  # a token term that matters
     return out
@@ -33,8 +28,8 @@ def tokens(seed: int, B: int = 2, n: int = T) -> torch.Tensor:
     return torch.randint(0, 3, (B, n), generator=torch.Generator().manual_seed(seed))  # EMPTY = 2 included
 
 
-def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only(head):
-    m, x = net(head=head), tokens(1)
+def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only():
+    m, x = net(), tokens(1)
     full = m(x, return_state=False)[0]  # (B, T, O)
     for t in range(T):
         start = t // P * P
@@ -51,8 +46,8 @@ def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only(he
         assert not torch.allclose(m(own, return_state=False)[0][:, t], full[:, t])
 
 
-def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass(head):
-    m, x = net(head=head), tokens(3)
+def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass():
+    m, x = net(), tokens(3)
     full = m(x, return_state=False)[0]
     for a in range(T + 1):
         for b in range(T + 1 - a):
@@ -62,10 +57,10 @@ def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass(head):
             torch.testing.assert_close(torch.cat([out_a, out_b, out_c], 1), full, rtol=1e-12, atol=1e-12)
 
 
-def test_rows_at_different_phases_and_lengths_equal_each_row_alone(head):
+def test_rows_at_different_phases_and_lengths_equal_each_row_alone():
     """Rows 1 and 2 tokens into a patch; the first keeps its state (length 0: no slot completes, its
     SSM state must stay), the second completes two slots."""
-    m, x, y = net(head=head), tokens(4), tokens(5, n=7)
+    m, x, y = net(), tokens(4), tokens(5, n=7)
     _, s0 = m(x[:1, :1])
     _, s1 = m(x[1:, :5])
     out, s = m(y, torch.cat([s0, s1]), lengths=torch.tensor([0, 6]))
@@ -78,8 +73,8 @@ def test_rows_at_different_phases_and_lengths_equal_each_row_alone(head):
 
 
 @pytest.mark.parametrize("c", [1, 2, 3, 4, 7, 20])
-def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c, head):
-    m, xa, xm = net(head=head), tokens(6), tokens(7)
+def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c):
+    m, xa, xm = net(), tokens(6), tokens(7)
     out_a, out_m = m.forward_blocks(xa, xm, c)
     torch.testing.assert_close(out_a, m(xa, return_state=False)[0], rtol=1e-12, atol=1e-12)
     for s in range(0, T, c):
@@ -87,8 +82,8 @@ def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c, 
         torch.testing.assert_close(out_m[:, s : s + c], ref, rtol=1e-10, atol=1e-12)
 
 
-def test_forward_blocks_gradients_match_the_per_block_passes(head):
-    m, xa, xm, c = net(head=head), tokens(8), tokens(9), 2
+def test_forward_blocks_gradients_match_the_per_block_passes():
+    m, xa, xm, c = net(), tokens(8), tokens(9), 2
     fast = m.forward_blocks(xa, xm, c)[1].square().sum()
     slow = sum(
         m(torch.cat([xa[:, :s], xm[:, s:]], 1), return_state=False)[0][:, s : s + c].square().sum()

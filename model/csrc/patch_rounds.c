@@ -34,15 +34,12 @@ doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B,
 the residual stream after the last step (what the last block reads); head0 (B, P O): read, then
 scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
 w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
-network's pack (model/native.py, pack) with a head of P O outputs, or with a hidden layer in the head
-(VSSMConfig.par_head = Dh > 0) of Dh, then GELU and out_t (Dh, P O) transposed, out_b (P O,) (NULL
-and 0: none; hid (B, Dh) scratch); w_dec the decoder's input weight
+network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
 transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL.  Scratch: x, g
 (B, P, H); lp (B, P, O); ld (B, P, V); zs, za (B, P, Z) int64; ps (R + M + Z K); r (B, R); pre
 (B, P, M).  Returns bit 0: par2 holds the final SSM states; bit 1: dec[1] holds the absorbed
 state before the last block; the bits above: how many rounds skipped the pass over z'.  Nothing here checks a shape. */
 
-#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -51,16 +48,12 @@ state before the last block; the bits above: how many rounds skipped the pass ov
                           double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);              \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,                \
                               int64_t *out);                                                                        \
-    void linear_rows_##SUFFIX(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out);  \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,      \
                                long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,              \
                                long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r,       \
                                int64_t *z, long z_sb, REAL *scratch);
 DECLARE_P(float, f32)
 DECLARE_P(double, f64)
-#define ERF_f32 erff
-#define ERF_f64 erf
-#define SQRT1_2 0.70710678118654752440
 
 #define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
     /* the decoder's inputs (B, n, H) of latents z (B, n, Z) in rows of P: b_dec + sum_i w_dec[i K + z_i] */        \
@@ -83,7 +76,7 @@ DECLARE_P(double, f64)
                               const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok,     \
                               REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,         \
                               double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,        \
-                              const REAL *in0, long Dh, const REAL *out_t, const REAL *out_b, REAL *hid,            \
+                              const REAL *in0,                                                                      \
                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
                               REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
@@ -118,13 +111,7 @@ DECLARE_P(double, f64)
                 }                                                                                                   \
             }                                                                                                       \
             REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                      \
-            ssm_net_##SUFFIX(B, H, N, 1, Lp, Dh ? Dh : P * O, 1, x, pack_par, eps_par, pf, sp, pt, g,               \
-                             Dh ? hid : head0);                                                                     \
-            if (Dh) { /* the head's hidden layer: GELU, then every position's rows */                               \
-                for (long k = 0; k < B * Dh; ++k)                                                                   \
-                    hid[k] = (REAL)0.5 * hid[k] * (1 + ERF_##SUFFIX(hid[k] * (REAL)SQRT1_2));                       \
-                linear_rows_##SUFFIX(B, Dh, P * O, hid, out_t, out_b, head0);                                       \
-            }                                                                                                       \
+            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0);                 \
             wp = !wp;                                                                                               \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
