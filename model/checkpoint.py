@@ -48,7 +48,7 @@ FAMILIES: dict[str, type[SequenceModel]] = {cls.family: cls for cls in (VSSM, AR
 # record them (every bundled VSSM does, at those values) and load unchanged; a checkpoint that
 # used one of them needs the removed code, and is refused by name.
 REMOVED_CONFIG: dict[str, dict[str, Any]] = {
-    "vssm": {"block": "glu", "dec_estimates": 0, "posterior_blocks": False, "decoder_ar": False}
+    "vssm": {"block": "glu", "dec_estimates": 0, "posterior_blocks": False, "decoder_ar": False, "par_head": 0}
 }
 
 
