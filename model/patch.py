@@ -21,7 +21,7 @@ so the output at t reads the patches before t's own and the token at t: it is ca
 must be.  ``A`` ``(P, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
 latents read EMPTY there, a per-position bias): without it the latents re-drawn when tokens are
 absorbed could not see them.  A block that starts inside a patch reads the tokens before it in
-that patch only through the decoder's absorbed state and the latent prior, not here.  Feeding
+that patch only through the decoder's absorbed state (the latent prior starts anew at every block).  Feeding
 EMPTYs fills a patch with EMPTYs, exactly as the token-level network reads them.
 
 State (one complex tensor, so that GenState batches, selects and stores it as the SSMNet's):

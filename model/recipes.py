@@ -124,27 +124,26 @@ _RECIPES = [
         "mnist-vssm-prior",
         "VSSM for binarised MNIST whose latents are its pixels, drawn a row at a time: served at block 28",
         intended_use=(
-            "Unprompted digits from a VSSM: the bundled MNIST VSSM with the best bound at its served block "
-            "(block 28, one image row per round: 1.03 times the AR-SSM's exact NLL). One latent of 2 classes "
-            "per pixel, trained at the pixel's code; the partial encoder "
-            "reads the rows above, a small latent prior (a 64-wide linear recurrence and a 256-wide MLP that "
-            "also reads 16 features of the partial encoder: model/latent_prior.py) draws the row's pixels "
-            "left to right, the decoder copies them."
+            "Unprompted digits from a VSSM, and digits completed after a prompt at its block 28: the bundled MNIST "
+            "VSSM with the best bound at its served "
+            "block (block 28, one image row per round: 1.08 times the AR-SSM's exact NLL). One latent of 2 classes "
+            "per pixel, trained at the pixel's code; the partial encoder reads the rows above, a row a step "
+            "(model/patch.py), a small latent prior (a 64-wide linear recurrence and a 256-wide MLP that also "
+            "reads 16 features of the partial encoder: model/latent_prior.py) draws the row's pixels left to "
+            "right, the decoder copies them."
         ),
         limitations=(
-            "Its latents are its pixels and its decoder copies them: a block's pixels are drawn one after another "
-            "through the latent prior (a small compiled step), then read by the partial encoder, so an image is "
-            "28 rounds of sequential draws and two network passes, 2.6-2.7 times faster than the AR-SSM at batch "
-            "1 on an AMD EPYC (docs/benchmarks.json, docs/benchmarks-blocks.json), not one parallel pass; the "
-            "same shape without the context features was 3.9-4.1 times faster on an Intel Xeon (blocks.md, "
-            "twentieth session).",
-            "Trained for blocks of 14 to 112: after a prompt it is scored in one pass worse than the recipe "
-            "without context features (the second half given the first: 125.3 nats against 99.7), and at block "
-            "392 too (234.3 against 223.6). Generate in blocks of 28 after a prompt as well (its default).",
-            "Block 28 is its best block: blocks 1-16 bound 59.1-61.3 nats against 56.8, and from 56 up the latent "
-            "prior draws more than a row from the partial encoder's guess (56: 65.6 nats; 112: 79.0; one pass: "
-            "233, no recognisable digits).",
-            "As served the digit judge is confident of 72% of its samples (the AR-SSM's: 80%). The decoder copies "
+            "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
+            "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
+            "decoder pass over the row), not one parallel pass: 6.5-6.9 times faster than the AR-SSM at batch 1 "
+            "on an Intel Xeon (medians of two benchmark runs), about twice the token-level partial encoder's "
+            "speed, short of the 10x target (docs/benchmarks.json, docs/benchmarks-blocks.json; blocks.md, "
+            "twenty-second session).",
+            "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
+            "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
+            "slower (no compiled loop: block 16 takes about 15 times block 28's time) than block 28. Larger blocks "
+            "draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172).",
+            "As served the digit judge is confident of 77% of its samples (the AR-SSM's: 80%). The decoder copies "
             "the latents, so observation temperature 0 (served) and 1 draw the same pixels.",
         ),
         train=dict(
@@ -168,15 +167,21 @@ _RECIPES = [
                 "n_classes": 2,
                 "prior_width": 64,
                 "prior_hidden": 256,
-                "prior_context": 16,  # the MLP also reads the partial encoder's features: 2.6 nats at block 28
+                # the MLP also reads the partial encoder's features: 2.6 nats at block 28 (token-level
+                # partial encoder, twenty-first session; not re-measured with par_patch)
+                "prior_context": 16,
+                # the partial encoder reads a row a step: a round is one network step, compiled
+                # (model/patch.py, csrc/patch_rounds.c; blocks.md, twenty-second session)
+                "par_patch": 28,
             },
         ),
         default_block_size=28,
         note=(
             "Trained in one run with --budget-minutes 0 --budget-cpu-minutes 39 (the CPU time the baselines had) "
-            "beside a second training run: 4,771 steps in 39 CPU minutes on an AMD EPYC. Chosen over the same "
-            "recipe with 32 context features (docs/experiments/blocks.md, twenty-first session): 0.1 nats better "
-            "at block 28, a point more confident digits (within noise) and 5,136 fewer parameters."
+            "beside a second training run: 3,636 steps in 39 CPU minutes on an Intel Xeon. Chosen over the same "
+            "recipe with 32 context features (docs/experiments/blocks.md, twenty-second session): 0.4 nats better "
+            "at block 28 and 4 points more confident digits (single runs: about two standard errors; its AR judge "
+            "0.6 nats worse), with 34,560 fewer parameters."
         ),
         observation_temperature=0.0,
     ),
