@@ -63,6 +63,7 @@ SOURCES = [
     Path(__file__).with_name("csrc") / name
     for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c", "rounds.c", "patch_rounds.c")
 ]
+HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
@@ -110,7 +111,7 @@ def _compiler() -> list[str]:
 def kernel_path() -> Path:
     """Where the compiled kernels for these sources, compiler, flags and CPU live."""
     digest = hashlib.sha256()
-    for src in SOURCES:
+    for src in [*SOURCES, *HEADERS]:
         digest.update(src.read_bytes())
     for part in (repr((_compiler(), FLAGS, LINKS)).encode(), _cpu_key().encode()):
         digest.update(part)
@@ -567,8 +568,7 @@ def _fused_rounds(
     lib = _lib
     assert lib is not None
     N, V, Z, K = shape
-    u_lat, u_abs, u_tok = (t.contiguous() for t in u)
-    temp, temp_tok = (t.contiguous() for t in temps)
+    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
     pack_p, eps_p, emb, Lp = par
     pack_d, eps_d, w_in, b_in, Ld, dec_tokens = dec
     Bsz, span = tokens.shape
@@ -659,8 +659,7 @@ def _patch_rounds(
     lib = _lib
     assert lib is not None
     N, V, Z, K = shape
-    u_lat, u_abs, u_tok = (t.contiguous() for t in u)
-    temp, temp_tok = (t.contiguous() for t in temps)
+    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
     ssm, head0, dec_state, in0 = states
     pack_p, eps_p, w_in, b_in, A, Lp = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec

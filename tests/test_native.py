@@ -255,6 +255,10 @@ def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):
     assert path.parent == tmp_path and not path.exists()
     assert native.available() and path.exists()
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary files left behind
+    header = tmp_path / "kernels.h"  # a header the sources include, changed: another file
+    header.write_bytes(native.HEADERS[0].read_bytes() + b"\n")
+    monkeypatch.setattr(native, "HEADERS", [header])
+    assert native.kernel_path() != path
     monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-DVSSM_TEST"])
     assert native.kernel_path() != path  # other flags, another file
 

@@ -43,17 +43,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
 #include <stdint.h>
 #include <string.h>
 
-#define DECLARE_P(REAL, SUFFIX)                                                                                     \
-    void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack,     \
-                          double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);              \
-    void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,                \
-                              int64_t *out);                                                                        \
-    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,      \
-                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,              \
-                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r,       \
-                               int64_t *z, long z_sb, REAL *scratch);
-DECLARE_P(float, f32)
-DECLARE_P(double, f64)
+#include "kernels.h"
 
 #define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
     /* the decoder's inputs (B, n, H) of latents z (B, n, Z) in rows of P: b_dec + sum_i w_dec[i K + z_i] */        \

@@ -35,17 +35,7 @@ x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, p
 #include <stdint.h>
 #include <string.h>
 
-#define DECLARE(REAL, SUFFIX)                                                                                  \
-    void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \
-                          double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
-    void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
-                              int64_t *out);                                                                    \
-    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
-                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
-                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
-                               int64_t *z, long z_sb, REAL *scratch);
-DECLARE(float, f32)
-DECLARE(double, f64)
+#include "kernels.h"
 
 #define ROUNDS(REAL, SUFFIX)                                                                                   \
     int fused_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long H, long N, long Lp,       \

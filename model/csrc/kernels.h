@@ -1,0 +1,23 @@
+/* The kernels' entry points that the round loops call (csrc/rounds.c, csrc/patch_rounds.c), in float32
+and float64: their definitions and layouts are in csrc/s4d_block.c (ssm_net, linear_rows),
+csrc/categorical.c and csrc/latent_prior.c.  model/native.py hashes this file with the sources. */
+
+#ifndef VSSM_KERNELS_H
+#define VSSM_KERNELS_H
+
+#include <stdint.h>
+
+#define VSSM_DECLARE(REAL, SUFFIX)                                                                            \
+    void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \
+                          double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
+    void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
+                              int64_t *out);                                                                    \
+    void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
+                               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
+                               long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
+                               int64_t *z, long z_sb, REAL *scratch);
+VSSM_DECLARE(float, f32)
+VSSM_DECLARE(double, f64)
+#undef VSSM_DECLARE
+
+#endif
