@@ -60,12 +60,15 @@ class PatchNet(nn.Module):
         self.token_out = nn.Parameter(0.1 * torch.randn(patch, V1, n_out))  # A: what the token at t adds to its output
 
     # ----- the pieces ---------------------------------------------------------------------------------
+    def _inputs(self) -> Tensor:
+        """The input layer's weight as a table ``W`` ``(P, V+1, H)``: position j's column for token x."""
+        return self.net.inp.weight.t().unflatten(0, (self.patch, self.cfg.n_in))
+
     def _table(self) -> tuple[Tensor, Tensor]:
         """``D`` ``(P, V+1, H)``, ``W[j, x] - W[j, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
-        lin = self.net.inp
-        W = lin.weight.t().unflatten(0, (self.patch, self.cfg.n_in))  # (P, V+1, H)
+        W = self._inputs()
         empty = W[:, -1]  # (P, H)
-        return W - empty[:, None], lin.bias + empty.sum(0)
+        return W - empty[:, None], self.net.inp.bias + empty.sum(0)
 
     def _blocks(
         self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
@@ -78,11 +81,15 @@ class PatchNet(nn.Module):
             states.append(s)
         return h, torch.stack(states, 1) if return_state else None
 
+    def _head(self, Y: Tensor) -> Tensor:
+        """Every position's head ``(..., P O)`` of residuals ``Y`` ``(..., H)``: ``Head(LayerNorm(Y))``."""
+        return self.net.head(self.net.norm(Y))
+
     def _head_slots(self, Y: Tensor, q: Tensor) -> Tensor:
         """Outputs ``(B, T, O)`` at offsets ``q`` ``(B, T)`` (slot ``q // P``, position ``q % P``) from the
         residuals ``Y`` ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
         n_out = self.cfg.n_out
-        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
+        full = self._head(Y).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
         return full.gather(1, q[..., None].expand(-1, -1, n_out))
 
     def _head_grid(self, y: Tensor) -> Tensor:
@@ -115,22 +122,23 @@ class PatchNet(nn.Module):
         y, ssm = self._blocks(u0.expand(batch, 1, -1), None, None, True)  # (B, 1, H)
         return ssm, y[:, 0]  # type: ignore[return-value]
 
-    def _residuals(self, x: Tensor) -> Tensor:
-        """From the initial state, the residuals ``(B, 1 + k, H)`` that slot k's positions read, for
-        every slot of tokens ``x`` ``(B, T)`` (the last maybe incomplete, its missing tokens EMPTYs)."""
-        B, T = x.shape
-        P = self.patch
-        D, u0 = self._table()
-        t = torch.arange(T, device=x.device)
-        contrib = nn.functional.pad(D[t % P, x], (0, 0, 0, -T % P))  # (B, k P, H)
-        h = torch.cat([u0.expand(B, 1, -1), u0 + contrib.unflatten(1, (-1, P)).sum(2)], 1)  # (B, 1 + k, H)
-        return self._blocks(h, None, None, False)[0]
+    def round_inputs(self, state: Tensor, phase: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """What compiled rounds (csrc/patch_rounds.c) start from, for a state ``phase`` tokens into a patch:
+        the SSM states ``(B, L, H, N)``, the head's output ``(B, P O)`` the pending patch's positions read,
+        and with a phase the patch's input so far ``(B, H)``, ``b + sum_j<phase W[j, x_j]`` (None without)."""
+        ssm, acc, y, _ = self._unpack(state)
+        # acc holds W[j, x_j] - W[j, EMPTY] of the pending tokens: add back their EMPTY columns
+        in0 = self.net.inp.bias + acc + self._inputs()[:phase, -1].sum(0) if phase else None
+        return ssm, self._head(y), in0
+
+    def at_boundary(self, ssm: Tensor, y: Tensor) -> Tensor:
+        """The state at a patch boundary from its SSM states ``(B, L, H, N)`` and residual ``(B, H)``."""
+        return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device))
 
     # ----- the SSMNet interface -----------------------------------------------------------------------
     def initial_state(self, batch: int) -> Tensor:
         """The state after nothing: START read, no pending token ``(B, L + 1, H, N)``."""
-        ssm, y = self._start(batch)
-        return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(batch, dtype=torch.long, device=y.device))
+        return self.at_boundary(*self._start(batch))
 
     def forward(
         self, x: Tensor, state: Tensor | None = None, lengths: Tensor | int | None = None, return_state: bool = True
@@ -172,11 +180,12 @@ class PatchNet(nn.Module):
         if not return_state:
             return out, None
         # the state after m tokens: the SSM after `done` slots, the pending slot's sum and residual
-        before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
-        pend = contrib.new_zeros(B, k + 1, contrib.shape[-1])  # (B, k + 1, H): the slots' sums before m
-        pend = pend.index_put((rows, slot), contrib * before, True)
-        if acc is not None:
-            pend[:, 0] += acc
+        pend = sums  # (B, k + 1, H): the slots' sums of the tokens before m (all of them without lengths)
+        if lengths is not None:
+            before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
+            pend = contrib.new_zeros(B, k + 1, contrib.shape[-1]).index_put((rows, slot), contrib * before, True)
+            if acc is not None:
+                pend[:, 0] += acc
         acc_next = pend.gather(1, done[:, None, None].expand(-1, 1, pend.shape[-1]))[:, 0]  # (B, H)
         y_next = Y.gather(1, done[:, None, None].expand(-1, 1, Y.shape[-1]))[:, 0]  # (B, H)
         if ssm_next is None:  # nothing completed anywhere

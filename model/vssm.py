@@ -848,9 +848,7 @@ class VSSM(SequenceModel):
         # every piece after the first a whole patch (the last may end early), the first the rest of one
         # (checked against the state's pending count below): blocks of P, or a larger block's first P
         # tokens when the call ends there, which are drawn the same way
-        if run is None or lp is None or cfg.decoder_tokens or ms[0] > P or any(m != P for m in ms[1:-1]):
-            return None
-        if ms[-1] > P:
+        if run is None or lp is None or cfg.decoder_tokens or max(ms[0], ms[-1]) > P or any(m != P for m in ms[1:-1]):
             return None
         ssm, _, _, count = net._unpack(state["par"])
         phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
@@ -877,18 +875,12 @@ class VSSM(SequenceModel):
             ms: list[int], tokens: Tensor, u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor],
             states: tuple[Tensor, Tensor],
         ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            ssm, acc, y, _ = net._unpack(states[0])
-            head0 = inner.head(inner.norm(y))  # (B, P O): what block 0's patch reads, Head(LayerNorm(y))
-            in0 = None  # with a phase: the pending patch's input so far, b + sum_j<phase W[j, x_j]
-            if phase:
-                W = inner.inp.weight.t().unflatten(0, (P, -1))  # (P, V+1, H)
-                in0 = inner.inp.bias + acc + W[:phase, -1].sum(0)  # (B, H)
+            ssm, head0, in0 = net.round_inputs(states[0], phase)  # (B, L, H, N), (B, P O), (B, H) or None
             tokens, ssm, y, dec_abs, skipped = run(
                 ms, tokens, u, temps, (ssm, head0, states[1], in0), par=par, dec=dec, prior=prior, shape=shape
             )
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
-            zero = torch.zeros(Bsz, dtype=torch.long)
-            return tokens, net._pack(ssm, torch.zeros_like(y), y, zero), dec_abs
+            return tokens, net.at_boundary(ssm, y), dec_abs
 
         return rounds
 
