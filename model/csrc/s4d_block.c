@@ -69,6 +69,8 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #define LAYERNORM layernorm_f32
 #define LINEAR linear_f32
 #define LINEAR_ROWS linear_rows_f32
+#define ROW_CHUNK row_chunk_f32
+#define DOT_NARROW dot_narrow_f32
 #include __FILE__
 #undef REAL
 #undef ERF
@@ -78,6 +80,8 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef LAYERNORM
 #undef LINEAR
 #undef LINEAR_ROWS
+#undef ROW_CHUNK
+#undef DOT_NARROW
 #undef VL
 #undef VEC
 #define VL (VEC_BYTES / 8)
@@ -91,6 +95,8 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
 #define LINEAR_ROWS linear_rows_f64
+#define ROW_CHUNK row_chunk_f64
+#define DOT_NARROW dot_narrow_f64
 #include __FILE__
 
 /* the width of the vectors this build uses, in bytes (model/native.py: the short-pass threshold) */
@@ -249,19 +255,81 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
     }
 }
 
-/* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt: a tile of 4 rows by 2 vectors of outputs
-   stays in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
-   multiply-add also loaded its weight and its running sum); the sums run over k in order, as before.
-   Always inlined: once LINEAR_ROWS also called it, GCC stopped inlining it into NET, and an
-   autoregressive step took about 12% longer (docs/experiments/rounds-and-serving.md, nineteenth session) */
+/* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of 4 rows by 2 vectors of outputs
+   stay in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
+   multiply-add also loaded its weight and its running sum).  Rows left over (all of them in a
+   matrix-vector product) run as one row by up to 8 vectors: 8 independent chains of multiply-adds
+   where 2 left each waiting on the last (a step's products at batch 1 were latency-bound: see
+   ROW_CHUNK).  Either way an output's sum runs over k in order, so a row's result does not depend on
+   the rows beside it.  A narrow output (M < VL, e.g. a binary head) runs as dot products over a row
+   of a repeated M times (DOT_NARROW).  Always inlined: once LINEAR_ROWS also called it, GCC stopped
+   inlining it into NET, and an autoregressive step took about 12% longer
+   (docs/experiments/rounds-and-serving.md, nineteenth session) */
+static inline __attribute__((always_inline)) void ROW_CHUNK(long NV, long K, long M, const REAL *ar, const REAL *wt,
+                                                            const REAL *bias, REAL *o) {
+    VEC acc[8];
+    for (long q = 0; q < NV; ++q) memcpy(&acc[q], bias + q * VL, sizeof(VEC));
+    for (long k = 0; k < K; ++k) {
+        const REAL v = ar[k];
+        for (long q = 0; q < NV; ++q) {
+            VEC w;
+            memcpy(&w, wt + k * M + q * VL, sizeof(VEC));
+            acc[q] += v * w;
+        }
+    }
+    for (long q = 0; q < NV; ++q) memcpy(o + q * VL, &acc[q], sizeof(VEC));
+}
+
+/* out (R, M) for M < VL dividing VL: wt is (K, M) contiguous, so lane i of a vector read at k M holds
+   output i mod M; a row's a, each element repeated M times, lines up with it, and the product is
+   4 chains of vector multiply-adds over the K M weights, each output's lanes summed at the end */
+#ifndef NARROW_MAX
+#define NARROW_MAX 2048 /* K M up to which the repeated row fits the stack */
+#endif
+static inline __attribute__((always_inline)) void DOT_NARROW(long R, long K, long M, const REAL *a, const REAL *wt,
+                                                             const REAL *bias, REAL *out) {
+    REAL rep[NARROW_MAX];
+    const long KM = K * M, whole = KM / (4 * VL) * (4 * VL);
+    for (long r = 0; r < R; ++r) {
+        const REAL *ar = a + r * K;
+        for (long k = 0; k < K; ++k)
+            for (long j = 0; j < M; ++j) rep[k * M + j] = ar[k];
+        VEC acc[4] = {{0}, {0}, {0}, {0}};
+        for (long i = 0; i < whole; i += 4 * VL)
+            for (long q = 0; q < 4; ++q) {
+                VEC x, w;
+                memcpy(&x, rep + i + q * VL, sizeof(VEC)), memcpy(&w, wt + i + q * VL, sizeof(VEC));
+                acc[q] += x * w;
+            }
+        REAL lanes[VL], sum[VL];
+        const VEC total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+        memcpy(lanes, &total, sizeof(VEC));
+        for (long j = 0; j < M; ++j) sum[j] = bias[j];
+        for (long i = 0; i < VL; ++i) sum[i % M] += lanes[i];
+        for (long i = whole; i < KM; ++i) sum[i % M] += rep[i] * wt[i];
+        for (long j = 0; j < M; ++j) out[r * M + j] = sum[j];
+    }
+}
+
 static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
                                                          const REAL *bias, REAL *out) {
+    if (M < VL && VL % M == 0 && K * M <= NARROW_MAX) { /* M a constant in each: the repeat vectorises */
+        if (M == 1)
+            DOT_NARROW(R, K, 1, a, wt, bias, out);
+        else if (M == 2)
+            DOT_NARROW(R, K, 2, a, wt, bias, out);
+        else if (M == 4)
+            DOT_NARROW(R, K, 4, a, wt, bias, out);
+        else
+            DOT_NARROW(R, K, M, a, wt, bias, out);
+        return;
+    }
+    const long R4 = R / 4 * 4;
     long c = 0;
-    for (; c + 2 * VL <= M; c += 2 * VL) {
+    for (; c + 2 * VL <= M && R4; c += 2 * VL) {
         VEC b0, b1;
         memcpy(&b0, bias + c, sizeof(VEC)), memcpy(&b1, bias + c + VL, sizeof(VEC));
-        long r = 0;
-        for (; r + 4 <= R; r += 4) {
+        for (long r = 0; r < R4; r += 4) {
             VEC acc[4][2] = {{b0, b1}, {b0, b1}, {b0, b1}, {b0, b1}};
             const REAL *a0 = a + r * K;
             for (long k = 0; k < K; ++k) {
@@ -277,27 +345,25 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
                 memcpy(out + (r + q) * M + c + VL, &acc[q][1], sizeof(VEC));
             }
         }
-        for (; r < R; ++r) {
-            VEC acc0 = b0, acc1 = b1;
-            for (long k = 0; k < K; ++k) {
-                VEC w0, w1;
-                memcpy(&w0, wt + k * M + c, sizeof(VEC)), memcpy(&w1, wt + k * M + c + VL, sizeof(VEC));
-                const REAL v = a[r * K + k];
-                acc0 += v * w0, acc1 += v * w1;
-            }
-            memcpy(out + r * M + c, &acc0, sizeof(VEC)), memcpy(out + r * M + c + VL, &acc1, sizeof(VEC));
-        }
     }
-    if (c < M) { /* the last outputs, fewer than two vectors: a row at a time, the lanes over outputs */
-        const long Mc = M - c;
-        for (long r = 0; r < R; ++r) {
-            REAL *o = out + r * M + c;
-            for (long j = 0; j < Mc; ++j) o[j] = bias[c + j];
+    const long tiled = c; /* outputs the tiles covered, in rows below R4 */
+    for (long r = 0; r < R; ++r) {
+        const long from = r < R4 ? tiled : 0;
+        const REAL *ar = a + r * K;
+        REAL *o = out + r * M;
+        long d = from;
+        for (; d + 8 * VL <= M; d += 8 * VL) ROW_CHUNK(8, K, M, ar, wt + d, bias + d, o + d);
+        if (d + 4 * VL <= M) ROW_CHUNK(4, K, M, ar, wt + d, bias + d, o + d), d += 4 * VL;
+        if (d + 2 * VL <= M) ROW_CHUNK(2, K, M, ar, wt + d, bias + d, o + d), d += 2 * VL;
+        if (d + VL <= M) ROW_CHUNK(1, K, M, ar, wt + d, bias + d, o + d), d += VL;
+        if (d < M) { /* the last outputs, fewer than a vector */
+            const long Mc = M - d;
+            for (long j = 0; j < Mc; ++j) o[d + j] = bias[d + j];
             for (long k = 0; k < K; ++k) {
-                const REAL v = a[r * K + k];
-                const REAL *wk = wt + k * M + c;
+                const REAL v = ar[k];
+                const REAL *wk = wt + k * M + d;
 #pragma omp simd
-                for (long j = 0; j < Mc; ++j) o[j] += v * wk[j];
+                for (long j = 0; j < Mc; ++j) o[d + j] += v * wk[j];
             }
         }
     }
