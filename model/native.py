@@ -83,8 +83,8 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P]
+_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -641,12 +641,16 @@ def _patch_rounds(
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
     shape: tuple[int, int, int, int],
+    gen: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled
     (csrc/patch_rounds.c; model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.
-    ``ms``: the blocks' lengths, ``ms[0] = P - phase`` drawn already (the rest of a patch whose first
-    ``phase`` tokens the state holds), the last at most P; ``tokens`` ``(B, span)`` int64 with block
-    0's first; ``u`` and ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM
+    ``ms``: the blocks' lengths, ``ms[0] = P - phase`` (the rest of a patch whose first ``phase``
+    tokens the state holds), the last at most P; ``tokens`` ``(B, span)`` int64, block 0's first
+    unless ``gen`` is given: then block 0 is drawn here too, from the decoder state generation
+    continues from ``(B, Ld, H, N)``, which rows have observed a token ``(B,)`` bool (the rest draw
+    from the uniform prior) and the latent prior's state ``(B, R)``; ``u`` and ``temps`` as
+    :func:`_fused_rounds`; ``states``: the patch network's SSM
     states ``(B, Lp, H, N)`` complex after the patches before block 0's, its head's output for block
     0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the
     network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without);
@@ -671,7 +675,7 @@ def _patch_rounds(
     cdt = _COMPLEX.get(dt)
     F = n_out - Z * K
     phase = P - ms[0]
-    ok = cdt is not None and len(ms) >= 2 and 1 <= ms[0] <= P and all(m == P for m in ms[1:-1])
+    ok = cdt is not None and len(ms) >= (1 if gen else 2) and 1 <= ms[0] <= P and all(m == P for m in ms[1:-1])
     ok = ok and 1 <= ms[-1] <= P and sum(ms) == span
     ok = ok and (phase == 0) == (in0 is None) and (in0 is None or (in0.shape == (Bsz, H) and in0.dtype == dt))
     ok = ok and V1 == V + 1 and tokens.dtype == torch.int64 and tokens.is_contiguous() and 1 <= N <= MAX_MODES
@@ -686,8 +690,15 @@ def _patch_rounds(
     tensors = (tokens, u_lat, u_abs, u_tok, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
     ok = ok and all(t.is_cpu for t in (*tensors, ssm, dec_state, temp, temp_tok))
     ok = ok and all(t.dtype == dt for t in tensors[1:]) and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
-    first = tokens[:, : ms[0]]
-    ok = ok and int(first.min()) >= 0 and int(first.max()) < V  # read through the input table
+    if gen is not None:
+        dec_gen, observed, r0 = gen
+        ok = ok and dec_gen.shape == dec_state.shape and dec_gen.dtype == cdt and dec_gen.is_cpu
+        ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and observed.is_cpu
+        ok = ok and r0.shape == (Bsz, R) and r0.dtype == dt and r0.is_cpu
+        gen = (dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
+    else:
+        first = tokens[:, : ms[0]]
+        ok = ok and int(first.min()) >= 0 and int(first.max()) < V  # read through the input table
     if not ok:
         raise ValueError(f"bad inputs for the native patch rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
     par_a = _writable(ssm)
@@ -712,7 +723,7 @@ def _patch_rounds(
         u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
         par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
         pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(), phase,
-        None if in0 is None else in0.data_ptr(),
+        None if in0 is None else in0.data_ptr(), *((None,) * 3 if gen is None else (t.data_ptr() for t in gen)),
         pack_d.data_ptr(), eps_d, wd_t.data_ptr(), b_dec.detach().data_ptr(),
         pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),

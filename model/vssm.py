@@ -740,54 +740,25 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
         u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
         u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
-        temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
         Bsz = state.batch_size
-        # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
-        m, observed, logits, context = ms[0], state["observed"], None, None
-        if bool(observed.any()):
-            empties = torch.full((Bsz, m), self.empty_token, device=self.device)
-            logits, context = self._block_prior_of(self.partial_encoder(empties, state["gen"], return_state=False)[0])
-        r = state.tensors.get("prior")
-        z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m], context)  # (B, m, Z)
-        x_logits = self._decode(z, state["dec"], keep=False)[0]  # (B, m, V)
-        tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
-        if scores is not None:
-            scores.append(x_logits.log_softmax(-1))
-        par, dec_abs = state["par"], state["dec_abs"]
-        everyone = torch.ones_like(observed)
-        start = 0
-        compiled = None
+        temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
+        everyone = torch.ones_like(state["observed"])
+        compiled = patch = None
         if scores is None and finite_temperature(temperature):
-            compiled = self._compiled_rounds(ms[:fused], state)
-        if compiled is not None:  # the loop below in one call (csrc/rounds.c)
-            every = torch.zeros(Bsz, span, dtype=torch.long)
-            every[:, : ms[0]] = tokens[0]
-            temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
-            every, par, dec_abs = compiled(ms[:fused], every, (u_lat, u_abs, u_tok), temps, (par, dec_abs))
-            start = span - ms[fused - 1]
+            patch = self._compiled_patch_rounds(c, ms[:fused], state)
+            compiled = None if patch is not None else self._compiled_rounds(ms[:fused], state)
+        start = span - ms[fused - 1]  # where the last fused block starts
+        if patch is not None:  # every block, the first too, in one call (csrc/patch_rounds.c)
+            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state)
             tokens = [every[:, :start], every[:, start:]]
-        for i in range(1, fused if compiled is None else 1):
-            m, nxt = ms[i - 1], ms[i]
-            here, there = slice(start, start + m), slice(start + m, start + m + nxt)
-            x_in = torch.cat([tokens[-1], torch.full((Bsz, nxt), self.empty_token, device=self.device)], 1)
-            out, par = self.partial_encoder(x_in, par, lengths=m)  # (B, m + nxt, Z*K); par after the block
-            logits = self._latent_logits(out)  # (B, m + nxt, Z, K)
-            z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
-            if self.latent_prior is None:
-                z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
-            else:  # a new block: the latent prior from its start
-                ctx, u_there = self._context(out[:, m:]), u_lat[:, there]  # (B, nxt, F) or None, (B, nxt, Z)
-                z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_there, context=ctx)
-            x_logits, dec_abs = self._decode(torch.cat([z_abs, z], 1), dec_abs, x_in, lengths=m)  # (B, m + nxt, V)
-            tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
-            if scores is not None:
-                scores.append(x_logits[:, m:].log_softmax(-1))
-            start += m
+        else:
+            tokens, par, dec_abs = self._fused_loop(
+                state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, compiled, scores
+            )
         out_tokens = torch.cat(tokens, 1)  # (B, span)
         if not resumable and fused == len(ms):
             return out_tokens, None
         # absorb the last fused block as an append does, then hand any part-block left to _piece
-        m = ms[fused - 1]
         out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
         _, dec_abs = self._decode(z_abs, dec_abs, tokens[-1])
@@ -807,6 +778,62 @@ class VSSM(SequenceModel):
         )
         return torch.cat([out_tokens, rest], 1), state
 
+    def _fused_loop(
+        self,
+        state: GenState,
+        ms: list[int],
+        u: tuple[Tensor, Tensor, Tensor],
+        temperature: float | Tensor,
+        ratio: float | Tensor,
+        compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None,
+        scores: list[Tensor] | None,
+    ) -> tuple[list[Tensor], Tensor, Tensor]:
+        """:meth:`_fused_rows`'s blocks ``ms`` for a token-level partial encoder: the first piece, then
+        the rounds (in one ``compiled`` call where it is given, else here).  Returns the tokens (a list
+        of pieces whose last is the last block's), ``par`` and ``dec_abs`` before the last block."""
+        u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
+        Bsz, span = state.batch_size, u_tok.shape[1]
+        temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
+        # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
+        m, observed, logits, context = ms[0], state["observed"], None, None
+        if bool(observed.any()):
+            empties = torch.full((Bsz, m), self.empty_token, device=self.device)
+            logits, context = self._block_prior_of(self.partial_encoder(empties, state["gen"], return_state=False)[0])
+        r = state.tensors.get("prior")
+        z, _ = self._draw_latents(logits, state, m, temperature, observed, r, u_lat[:, :m], context)  # (B, m, Z)
+        x_logits = self._decode(z, state["dec"], keep=False)[0]  # (B, m, V)
+        tokens = [sample_categorical(x_logits, u_tok[:, :m], temp_tok)]  # (B, m) each
+        if scores is not None:
+            scores.append(x_logits.log_softmax(-1))
+        par, dec_abs = state["par"], state["dec_abs"]
+        if compiled is not None:  # the loop below in one call (csrc/rounds.c)
+            every = torch.zeros(Bsz, span, dtype=torch.long)
+            every[:, : ms[0]] = tokens[0]
+            temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
+            every, par, dec_abs = compiled(ms, every, u, temps, (par, dec_abs))
+            start = span - ms[-1]
+            return [every[:, :start], every[:, start:]], par, dec_abs
+        everyone = torch.ones_like(observed)
+        start = 0
+        for i in range(1, len(ms)):
+            m, nxt = ms[i - 1], ms[i]
+            here, there = slice(start, start + m), slice(start + m, start + m + nxt)
+            x_in = torch.cat([tokens[-1], torch.full((Bsz, nxt), self.empty_token, device=self.device)], 1)
+            out, par = self.partial_encoder(x_in, par, lengths=m)  # (B, m + nxt, Z*K); par after the block
+            logits = self._latent_logits(out)  # (B, m + nxt, Z, K)
+            z_abs = sample_categorical(logits[:, :m], u_abs[:, here], 1.0)  # (B, m, Z)
+            if self.latent_prior is None:
+                z = sample_categorical(logits[:, m:], u_lat[:, there], temp)  # (B, nxt, Z)
+            else:  # a new block: the latent prior from its start
+                ctx, u_there = self._context(out[:, m:]), u_lat[:, there]  # (B, nxt, F) or None, (B, nxt, Z)
+                z, _ = self._draw_latents(logits[:, m:], state, nxt, temperature, everyone, u=u_there, context=ctx)
+            x_logits, dec_abs = self._decode(torch.cat([z_abs, z], 1), dec_abs, x_in, lengths=m)  # (B, m + nxt, V)
+            tokens.append(sample_categorical(x_logits[:, m:], u_tok[:, there], temp_tok))
+            if scores is not None:
+                scores.append(x_logits[:, m:].log_softmax(-1))
+            start += m
+        return tokens, par, dec_abs
+
     def _compiled_rounds(self, ms: list[int], state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
         """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
         weights, where both networks can run their passes on the kernel on the CPU (batch x steps
@@ -816,8 +843,8 @@ class VSSM(SequenceModel):
         if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self.partial_encoder, self.decoder
-        if isinstance(par_net, PatchNet):
-            return self._compiled_patch_rounds(ms, state, par_net)
+        if isinstance(par_net, PatchNet):  # its rounds: _compiled_patch_rounds
+            return None
         T = max(a + b for a, b in itertools.pairwise(ms))
         probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
@@ -839,31 +866,36 @@ class VSSM(SequenceModel):
         return functools.partial(run, par=par, dec=dec, prior=prior, shape=shape)
 
     def _compiled_patch_rounds(
-        self, ms: list[int], state: GenState, net: PatchNet
+        self, c: int, ms: list[int], state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
-        """:meth:`_compiled_rounds` for a partial encoder that reads a patch a step (csrc/patch_rounds.c):
-        where blocks are its patches (the call may start inside one), the decoder reads latents only and
-        a latent prior draws them, a round is one network step, one decoder pass and the prior's draws."""
-        run, lp, cfg, P = native.patch_rounds(), self.latent_prior, self.config, net.patch
-        # every piece after the first a whole patch (the last may end early), the first the rest of one
-        # (checked against the state's pending count below): blocks of P, or a larger block's first P
-        # tokens when the call ends there, which are drawn the same way
-        if run is None or lp is None or cfg.decoder_tokens or max(ms[0], ms[-1]) > P or any(m != P for m in ms[1:-1]):
+        """:meth:`_fused_rows`'s blocks ``ms`` (block size ``c``) in one compiled call for a partial
+        encoder that reads a patch a step (csrc/patch_rounds.c), the first block too: where blocks are
+        its patches (the call may start inside one), the decoder reads latents only and a latent prior
+        draws them, a round is one network step, one decoder pass and the prior's draws.  None: not this
+        model, or not these blocks."""
+        run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
+        if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
+            return None
+        if self.device.type != "cpu" or torch.is_grad_enabled():
+            return None
+        P = net.patch
+        # blocks are the patches: block 0 the rest of one (its first tokens pending in the state, checked
+        # below), which generation continues from the patches absorbed before it, the rest whole
+        # patches (the last may end early, where the call does)
+        if c != P or max(ms[0], ms[-1]) > P or any(m != P for m in ms[1:-1]):
             return None
         ssm, _, _, count = net._unpack(state["par"])
         phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
-        Bsz, H = state.batch_size, cfg.width
-        probe = torch.empty(Bsz, 1, H, dtype=self.dtype)  # (B, 1, H): a network step
-        dec_probe = torch.empty(Bsz, P, H, dtype=self.dtype)  # (B, P, H): a decoder pass
-        inner, dec_net = net.net, self.decoder
+        inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         if bool((count != phase).any()) or has_hooks([net]):  # a hook on the patch network: its own forward
             return None
-        if not (inner._native_ok(probe, 1, ssm) and lp._native_ok(probe)):
+        # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
+        # limit of one pass against PyTorch's matrices (S4D.scan_max_tokens), since the alternative to
+        # this call is the loop of small passes in PyTorch, not one long pass
+        probe = torch.empty(state.batch_size, 1, cfg.width, dtype=self.dtype)
+        if not (inner._native_ok(probe, 1, ssm) and dec_net._native_ok(probe, 1, state["dec_abs"])):
             return None
-        lin = dec_net.inp
-        if not (isinstance(lin, nn.Linear) and lin.bias is not None):
-            return None
-        if not dec_net._native_ok(dec_probe, P, state["dec_abs"]):
+        if not (lp._native_ok(probe) and isinstance(lin, nn.Linear) and lin.bias is not None):
             return None
         G = None if lp.context is None else lp.context.weight  # (M, F)
         par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
@@ -872,14 +904,17 @@ class VSSM(SequenceModel):
         shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
 
         def rounds(
-            ms: list[int], tokens: Tensor, u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor],
-            states: tuple[Tensor, Tensor],
-        ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-            ssm, head0, in0 = net.round_inputs(states[0], phase)  # (B, L, H, N), (B, P O), (B, H) or None
+            ms: list[int], u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor], state: GenState
+        ) -> tuple[Tensor, Tensor, Tensor]:
+            ssm, head0, in0 = net.round_inputs(state["par"], phase)  # (B, L, H, N), (B, P O), (B, H) or None
+            tokens = torch.empty(state.batch_size, sum(ms), dtype=torch.long)
+            gen = (state["dec"], state["observed"], state["prior"])
             tokens, ssm, y, dec_abs, skipped = run(
-                ms, tokens, u, temps, (ssm, head0, states[1], in0), par=par, dec=dec, prior=prior, shape=shape
+                ms, tokens, u, temps, (ssm, head0, state["dec_abs"], in0), par, dec, prior, shape, gen
             )
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
+            if len(ms) == 1:  # block 0 only: no patch absorbed, the state as it was
+                return tokens, state["par"], state["dec_abs"]
             return tokens, net.at_boundary(ssm, y), dec_abs
 
         return rounds

@@ -842,6 +842,49 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
     assert len(calls) == (2 if block == 4 else 0)
-    for args, out in calls:  # rounds that skipped the pass over z'; the first cannot (no last pass to reuse)
+    # rounds that skipped the pass over z': inside a patch the first cannot (block 0 was drawn from a
+    # decoder state other than the absorbed one), at a boundary it reuses block 0's pass
+    for args, out in calls:
         rounds = len(args[0]) - 1
-        assert out[-1] == (rounds - 1 if copy else 0)
+        assert out[-1] == ((rounds if position % 4 == 0 else rounds - 1) if copy else 0)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype):
+    """Block 0, drawn in the compiled call, from the uniform prior in a row that has observed nothing
+    and from the partial encoder in a row that has, in one batch (rows at the same phase)."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    with torch.no_grad():  # where a token was observed, block 0's latents are all but surely 0
+        m.partial_encoder.token_out[:, m.empty_token, :2] = torch.tensor([6.0, -6.0])
+    fresh = m.start(torch.zeros(1, 0, dtype=torch.long), [4])
+    prompted = m.start(torch.randint(0, 2, (1, 8), generator=torch.Generator().manual_seed(3)), [5])
+    start = GenState.cat([fresh, prompted])
+    assert start["observed"].tolist() == [False, True]
+    temp = torch.tensor([0.8, 1.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, start, 14, temp, 4, 0.5, "patch_rounds")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_compiled_patch_rounds_continue_a_block_a_call_left_open(dtype, monkeypatch):
+    """A call that ends inside a block leaves the latent prior mid-block; the next call's block 0,
+    drawn in the compiled call, continues the prior from that state (made to matter: its last layer
+    scaled up), as the rounds in PyTorch do."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    with torch.no_grad():
+        m.latent_prior.mlp[3].weight.mul_(10.0)
+    start = m.start(torch.randint(0, 2, (3, 4), generator=torch.Generator().manual_seed(2)), [4, 5, 6])
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)
+        _, mid = m.generate(start, 2, block_size=4)  # two tokens into the block: the prior's state after them
+    assert bool((mid["prior"] != 0).any())
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, mid, 11, temp, 4, 0.5, "patch_rounds")
+    assert len(calls) == 2

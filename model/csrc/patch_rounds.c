@@ -23,6 +23,13 @@ So a round is one network step, one decoder pass over P steps (two where a z' di
 prior's P draws, where the token-level partial encoder's round is two passes of 2P steps
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
 
+Block 0 is drawn here too (round 0) when dec_gen is given: its latents through the latent prior from
+r0 (B, R), the prior's state before its first position (zeros at a block start), from head0 + A[j,
+EMPTY] where the row has observed a token (observed (B,) bytes) and the uniform prior where not;
+then the decoder from dec_gen (B, Ld, H, N), the state generation continues from, and the tokens.  At
+a patch boundary that state is the absorbed one, so round 1 may skip its pass over z' as any round
+does.  Without dec_gen the caller drew block 0 (its tokens are in `tokens`).
+
 A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
 last ms[0] = P - phase positions of its patch, the pending patch's first `phase` tokens are in the
 state, and round 1's network input starts from in0 (B, H), b + sum over them of W[j, x_j] (and
@@ -61,12 +68,34 @@ state before the last block; the bits above: how many rounds skipped the pass ov
             }                                                                                                       \
     }                                                                                                               \
                                                                                                                     \
+    /* the latent prior's inputs for n positions of a block from `at` in its patch: base logits lp (B, P, O) =  \
+       head (B, P O) + A[j, EMPTY], pre (B, P, M) = G times their context features; zeros in a row not        \
+       observed (obs NULL: all are), whose latents the uniform prior draws */                                   \
+    static void prior_inputs_##SUFFIX(long B, long n, long at, long P, long O, long ZK, long M, long V,           \
+                                      const REAL *head, const REAL *A, const REAL *Gt, const uint8_t *obs,      \
+                                      REAL *lp, REAL *pre) {                                                    \
+        const long F = O - ZK;                                                                                  \
+        for (long b = 0; b < B; ++b)                                                                            \
+            for (long t = 0; t < n; ++t) {                                                                      \
+                REAL *l = lp + (b * P + t) * O;                                                                 \
+                const REAL *h = head + (b * P + at + t) * O, *a = A + ((at + t) * (V + 1) + V) * O;             \
+                const int on = !obs || obs[b];                                                                  \
+                for (long o = 0; o < O; ++o) l[o] = on ? h[o] + a[o] : 0;                                       \
+                if (F) {                                                                                        \
+                    REAL *pt = pre + (b * P + t) * M;                                                           \
+                    memset(pt, 0, M * sizeof(REAL));                                                            \
+                    for (long k = 0; k < F && on; ++k)                                                          \
+                        for (long o = 0; o < M; ++o) pt[o] += l[ZK + k] * Gt[k * M + o];                        \
+                }                                                                                               \
+            }                                                                                                   \
+    }                                                                                                           \
+                                                                                                                    \
     int patch_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long P, long H, long N,            \
                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const REAL *u_lat,         \
                               const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok,     \
                               REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,         \
                               double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,        \
-                              const REAL *in0,                                                                      \
+                              const REAL *in0, const REAL *dec_gen, const uint8_t *observed, const REAL *r0,       \
                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
                               REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
@@ -76,6 +105,22 @@ state before the last block; the bits above: how many rounds skipped the pass ov
         int wp = 0;                                                                                                 \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
+        if (dec_gen) { /* round 0: block 0 drawn here, from the state generation continues from */                \
+            const long m = ms[0];                                                                                   \
+            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre);                    \
+            memcpy(r, r0, B * R * sizeof(REAL));                                                                    \
+            latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M, u_lat, span * Z, temp,     \
+                                  prior, eps_prior, r, zs, P * Z, ps);                                              \
+            dec_inputs_##SUFFIX(B, m, P, H, Z, K, zs, w_dec, b_dec, x);                                             \
+            /* at a patch boundary the decoder state generation continues from is the absorbed one, so E, the   \
+               state after z of block 0, may stand for D after z' in round 1; inside a patch it may not */      \
+            ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, dec + one, g, ld);            \
+            f = phase ? -1 : 1;                                                                                     \
+            for (long b = 0; b < B; ++b)                                                                            \
+                for (long t = 0; t < m; ++t)                                                                        \
+                    categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],             \
+                                         tokens + b * span + t);                                                    \
+        }                                                                                                           \
         for (long i = 1; i <= rounds; ++i) {                                                                        \
             const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */           \
             /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                         \
@@ -105,18 +150,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
             wp = !wp;                                                                                               \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
-            for (long b = 0; b < B; ++b)                                                                            \
-                for (long t = 0; t < nx; ++t) {                                                                     \
-                    REAL *l = lp + (b * P + t) * O;                                                                 \
-                    const REAL *h = head0 + (b * P + t) * O, *a = A + (t * V1 + V) * O;                             \
-                    for (long o = 0; o < O; ++o) l[o] = h[o] + a[o];                                                \
-                    if (F) {                                                                                        \
-                        REAL *pt2 = pre + (b * P + t) * M;                                                          \
-                        memset(pt2, 0, M * sizeof(REAL));                                                           \
-                        for (long k = 0; k < F; ++k)                                                                \
-                            for (long o = 0; o < M; ++o) pt2[o] += l[ZK + k] * Gt[k * M + o];                       \
-                    }                                                                                               \
-                }                                                                                                   \
+            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre);                              \
             memset(r, 0, B * R * sizeof(REAL));                                                                     \
             latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M,                           \
                                   u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs, P * Z, ps);     \
