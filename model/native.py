@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -631,86 +632,116 @@ def fused_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
     return _fused_rounds if _load() is not None else None
 
 
-def _patch_rounds(
-    ms: list[int],
-    tokens: Tensor,
-    u: tuple[Tensor, Tensor, Tensor],
-    temps: tuple[Tensor, Tensor],
-    states: tuple[Tensor, Tensor, Tensor, Tensor | None],
+@dataclass(frozen=True)
+class PatchWeights:
+    """What the compiled patch rounds read of a model (:func:`patch_weights`), checked and laid out
+    once per weights, not per call: packs, transposed input tables and sizes."""
+
+    pack_p: Tensor  # the patch network's pack, its head of P O outputs
+    eps_p: float
+    w_t: Tensor  # (P (V+1), H): the network's input layer, a row per (position, token)
+    b_in: Tensor  # (H,)
+    A: Tensor  # (P, V+1, O): the token term
+    Lp: int
+    pack_d: Tensor  # the decoder's pack
+    eps_d: float
+    wd_t: Tensor  # (Z K, H): the decoder's input layer transposed
+    b_dec: Tensor  # (H,)
+    Ld: int
+    pack_r: Tensor  # the latent prior's pack
+    R: int
+    M: int
+    eps_r: float
+    g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
+    shape: tuple[int, int, int, int]  # (N, V, Z, K)
+
+
+def patch_weights(
     par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
     shape: tuple[int, int, int, int],
-    gen: tuple[Tensor, Tensor, Tensor] | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
-    """Block sampling's rounds for a partial encoder that reads a patch a step, compiled
-    (csrc/patch_rounds.c; model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.
-    ``ms``: the blocks' lengths, ``ms[0] = P - phase`` (the rest of a patch whose first ``phase``
-    tokens the state holds), the last at most P; ``tokens`` ``(B, span)`` int64, block 0's first
-    unless ``gen`` is given: then block 0 is drawn here too, from the decoder state generation
-    continues from ``(B, Ld, H, N)``, which rows have observed a token ``(B,)`` bool (the rest draw
-    from the uniform prior) and the latent prior's state ``(B, R)``; ``u`` and ``temps`` as
-    :func:`_fused_rounds`; ``states``: the patch network's SSM
-    states ``(B, Lp, H, N)`` complex after the patches before block 0's, its head's output for block
-    0's patch ``(B, P O)``, the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the
-    network's input so far ``(B, H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without);
-    ``par``: the network's pack (its head of P O outputs), eps, input weight ``(H, P (V+1))`` as
-    nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)`` and its layers; ``dec``: the
-    decoder's pack, eps, input weight ``(H, Z K)``, bias, layers; ``prior``: as :func:`_fused_rounds`;
-    ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)``, the SSM states and residual after
-    the patches before the last block, the absorbed decoder state before it, and how many rounds
-    skipped the decoder's pass over the absorbed latents (every row's equal to its drawn ones)."""
-    lib = _lib
-    assert lib is not None
+) -> PatchWeights:
+    """:class:`PatchWeights` of ``par``: the patch network's pack (its head of P O outputs), eps,
+    input weight ``(H, P (V+1))`` as nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)``
+    and its layers; ``dec``: the decoder's pack, eps, input weight ``(H, Z K)``, bias, layers;
+    ``prior``: as :func:`_fused_rounds`; ``shape``: ``(N, V, Z, K)``.  ValueError where they do not fit."""
     N, V, Z, K = shape
-    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
-    ssm, head0, dec_state, in0 = states
     pack_p, eps_p, w_in, b_in, A, Lp = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec
     pack_r, R, M, eps_r, G = prior
-    Bsz, span = tokens.shape
     P, V1, n_out = A.shape
-    H = b_in.shape[0]
-    dt = u_lat.dtype
-    cdt = _COMPLEX.get(dt)
+    H, dt = b_in.shape[0], pack_p.dtype
     F = n_out - Z * K
-    phase = P - ms[0]
-    ok = cdt is not None and len(ms) >= (1 if gen else 2) and 1 <= ms[0] <= P and all(m == P for m in ms[1:-1])
-    ok = ok and 1 <= ms[-1] <= P and sum(ms) == span
-    ok = ok and (phase == 0) == (in0 is None) and (in0 is None or (in0.shape == (Bsz, H) and in0.dtype == dt))
-    ok = ok and V1 == V + 1 and tokens.dtype == torch.int64 and tokens.is_contiguous() and 1 <= N <= MAX_MODES
-    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span)
-    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
-    ok = ok and ssm.shape == (Bsz, Lp, H, N) and dec_state.shape == (Bsz, Ld, H, N)
-    ok = ok and ssm.dtype == dec_state.dtype == cdt and head0.shape == (Bsz, P * n_out)
-    ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,) and F >= 0
+    ok = dt in _COMPLEX and V1 == V + 1 and 1 <= N <= MAX_MODES and F >= 0 and M >= 1
+    ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,)
     ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, P * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
-    ok = ok and M >= 1 and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
-    ok = ok and (G is None or (G.shape == (M, F) and G.dtype == dt and G.is_cpu)) and (in0 is None or in0.is_cpu)
-    tensors = (tokens, u_lat, u_abs, u_tok, head0, pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r)
-    ok = ok and all(t.is_cpu for t in (*tensors, ssm, dec_state, temp, temp_tok))
-    ok = ok and all(t.dtype == dt for t in tensors[1:]) and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
-    if gen is not None:
-        dec_gen, observed, r0 = gen
-        ok = ok and dec_gen.shape == dec_state.shape and dec_gen.dtype == cdt and dec_gen.is_cpu
-        ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and observed.is_cpu
-        ok = ok and r0.shape == (Bsz, R) and r0.dtype == dt and r0.is_cpu
-        gen = (dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
-    else:
-        first = tokens[:, : ms[0]]
-        ok = ok and int(first.min()) >= 0 and int(first.max()) < V  # read through the input table
+    ok = ok and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
+    ok = ok and (G is None or G.shape == (M, F))
+    tensors = (pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r, *(() if G is None else (G,)))
+    ok = ok and all(t.is_cpu and t.dtype == dt for t in tensors)
+    ok = ok and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
     if not ok:
-        raise ValueError(f"bad inputs for the native patch rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
+        raise ValueError(f"weights that do not fit the native patch rounds: A {tuple(A.shape)}, shape {shape}")
+    return PatchWeights(
+        pack_p, eps_p, w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous(), Lp,
+        pack_d, eps_d, w_dec.detach().t().contiguous(), b_dec.detach().contiguous(), Ld,
+        pack_r, R, M, eps_r, None if G is None else G.detach().t().contiguous(), shape,
+    )  # fmt: skip
+
+
+def _patch_rounds(
+    ms: list[int],
+    u: tuple[Tensor, Tensor, Tensor],
+    temps: tuple[Tensor, Tensor],
+    states: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    gen: tuple[Tensor, Tensor, Tensor],
+    w: PatchWeights,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P. ``ms``: the blocks' lengths, ``ms[0]
+    = P - phase`` (the rest of a patch whose first ``phase`` tokens the state holds), the last at most P; ``u``
+    and ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM states ``(B, Lp, H, N)`` complex
+    after the patches before block 0's, its residual stream there ``(B, H)`` (what block 0's patch reads through
+    the head), the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the network's input so far ``(B,
+    H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without); ``gen``: what block 0 is drawn from,
+    the decoder state generation continues from ``(B, Ld, H, N)``, which rows have observed a token ``(B,)`` bool
+    (the rest draw from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's
+    :func:`patch_weights`. Returns every token ``(B, span)``, the SSM states and residual after the patches before
+    the last block, the absorbed decoder state before it, and how many rounds skipped the decoder's pass over the
+    absorbed latents (every row's equal to its drawn ones)."""
+    lib = _lib
+    assert lib is not None
+    N, V, Z, K = w.shape
+    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
+    ssm, y0, dec_state, in0 = states
+    dec_gen, observed, r0 = gen
+    P, _, n_out = w.A.shape
+    H, R, M = w.b_in.shape[0], w.R, w.M
+    Bsz, span = u_tok.shape
+    dt = w.pack_p.dtype
+    cdt = _COMPLEX[dt]
+    phase = P - ms[0]
+    ok = 1 <= ms[0] <= P and all(m == P for m in ms[1:-1]) and 1 <= ms[-1] <= P and sum(ms) == span
+    ok = ok and (phase == 0) == (in0 is None) and (in0 is None or in0.shape == (Bsz, H))
+    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and temp.shape == temp_tok.shape == (Bsz,)
+    ok = ok and temp.dtype == temp_tok.dtype == torch.float64 and y0.shape == (Bsz, H)
+    ok = ok and ssm.shape == (Bsz, w.Lp, H, N) and dec_state.shape == dec_gen.shape == (Bsz, w.Ld, H, N)
+    ok = ok and ssm.dtype == dec_state.dtype == dec_gen.dtype == cdt
+    ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, R)
+    reals = (u_lat, u_abs, u_tok, y0, r0, *(() if in0 is None else (in0,)))
+    ok = ok and all(t.dtype == dt for t in reals)
+    ok = ok and all(t.is_cpu for t in (*reals, temp, temp_tok, ssm, dec_state, dec_gen, observed))
+    if not ok:
+        raise ValueError(f"bad inputs for the native patch rounds: uniforms {tuple(u_tok.shape)}, pieces {ms}")
+    tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_a = _writable(ssm)
     par_b = torch.empty_like(par_a)
     decs = torch.empty(2, *dec_state.shape, dtype=cdt)
     decs[0] = dec_state
-    y_out, head = torch.empty(Bsz, H, dtype=dt), head0.detach().clone(memory_format=torch.contiguous_format)
-    w_t = w_in.detach().t().contiguous()  # (P (V+1), H): a row per (position, token)
-    wd_t = w_dec.detach().t().contiguous()  # (Z K, H)
-    g_t = None if G is None else G.detach().t().contiguous()  # (F, M)
-    A = A.detach().contiguous()
+    y_out, head = y0.detach().clone(memory_format=torch.contiguous_format), torch.empty(Bsz, P * n_out, dtype=dt)
     in0 = None if in0 is None else in0.detach().contiguous()
+    gen = (dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
     x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
     lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
     zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
@@ -719,13 +750,13 @@ def _patch_rounds(
     pieces = torch.tensor(ms, dtype=torch.int64)
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     which = fn(
-        Bsz, len(ms) - 1, pieces.data_ptr(), span, P, H, N, Lp, Ld, V, Z, K, tokens.data_ptr(),
+        Bsz, len(ms) - 1, pieces.data_ptr(), span, P, H, N, w.Lp, w.Ld, V, Z, K, tokens.data_ptr(),
         u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
         par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
-        pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_in.detach().data_ptr(), A.data_ptr(), phase,
-        None if in0 is None else in0.data_ptr(), *((None,) * 3 if gen is None else (t.data_ptr() for t in gen)),
-        pack_d.data_ptr(), eps_d, wd_t.data_ptr(), b_dec.detach().data_ptr(),
-        pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
+        w.pack_p.data_ptr(), w.eps_p, w.w_t.data_ptr(), w.b_in.data_ptr(), w.A.data_ptr(), phase,
+        None if in0 is None else in0.data_ptr(), *(t.data_ptr() for t in gen),
+        w.pack_d.data_ptr(), w.eps_d, w.wd_t.data_ptr(), w.b_dec.data_ptr(),
+        w.pack_r.data_ptr(), R, M, w.eps_r, n_out, None if w.g_t is None else w.g_t.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),
         r.data_ptr(), pre.data_ptr(),
     )  # fmt: skip

@@ -114,7 +114,12 @@ class PatchNet(nn.Module):
     def _unpack(state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(ssm (B, L, H, N), acc (B, H), y (B, H), count (B,) long)`` of a state."""
         pend = state[:, -1, :, 0]  # (B, H)
-        return state[:, :-1], pend.real, pend.imag, state[:, -1, 0, 1].real.round().long()
+        return state[:, :-1], pend.real, pend.imag, PatchNet.pending(state)
+
+    @staticmethod
+    def pending(state: Tensor) -> Tensor:
+        """How many tokens of its current patch a state holds ``(B,)`` long."""
+        return state[:, -1, 0, 1].real.round().long()
 
     def _start(self, batch: int) -> tuple[Tensor, Tensor]:
         """The SSM states ``(B, L, H, N)`` and residual ``(B, H)`` after START."""
@@ -124,12 +129,13 @@ class PatchNet(nn.Module):
 
     def round_inputs(self, state: Tensor, phase: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """What compiled rounds (csrc/patch_rounds.c) start from, for a state ``phase`` tokens into a patch:
-        the SSM states ``(B, L, H, N)``, the head's output ``(B, P O)`` the pending patch's positions read,
-        and with a phase the patch's input so far ``(B, H)``, ``b + sum_j<phase W[j, x_j]`` (None without)."""
+        the SSM states ``(B, L, H, N)``, the residual stream ``(B, H)`` whose head the pending patch's
+        positions read, and with a phase the patch's input so far ``(B, H)``, ``b + sum_j<phase W[j,
+        x_j]`` (None without)."""
         ssm, acc, y, _ = self._unpack(state)
         # acc holds W[j, x_j] - W[j, EMPTY] of the pending tokens: add back their EMPTY columns
         in0 = self.net.inp.bias + acc + self._inputs()[:phase, -1].sum(0) if phase else None
-        return ssm, self._head(y), in0
+        return ssm, y, in0
 
     def at_boundary(self, ssm: Tensor, y: Tensor) -> Tensor:
         """The state at a patch boundary from its SSM states ``(B, L, H, N)`` and residual ``(B, H)``."""

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .base import LossOutput, SequenceModel, check_config
+from .base import LossOutput, SequenceModel, _structure, check_config
 from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig, has_hooks
 from .patch import PatchNet
@@ -68,7 +68,7 @@ from .sampling import (
     sample_categorical,
     sequence_seeds,
 )
-from .ssm import SHORT
+from .ssm import SHORT, fixed_call
 from .state import GenState, StateError
 
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
@@ -749,7 +749,8 @@ class VSSM(SequenceModel):
             compiled = None if patch is not None else self._compiled_rounds(ms[:fused], state)
         start = span - ms[fused - 1]  # where the last fused block starts
         if patch is not None:  # every block, the first too, in one call (csrc/patch_rounds.c)
-            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state)
+            keep = resumable or fused < len(ms)
+            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, keep)
             tokens = [every[:, :start], every[:, start:]]
         else:
             tokens, par, dec_abs = self._fused_loop(
@@ -884,7 +885,7 @@ class VSSM(SequenceModel):
         # patches (the last may end early, where the call does)
         if c != P or max(ms[0], ms[-1]) > P or any(m != P for m in ms[1:-1]):
             return None
-        ssm, _, _, count = net._unpack(state["par"])
+        count = net.pending(state["par"])
         phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         if bool((count != phase).any()) or has_hooks([net]):  # a hook on the patch network: its own forward
@@ -893,31 +894,47 @@ class VSSM(SequenceModel):
         # limit of one pass against PyTorch's matrices (S4D.scan_max_tokens), since the alternative to
         # this call is the loop of small passes in PyTorch, not one long pass
         probe = torch.empty(state.batch_size, 1, cfg.width, dtype=self.dtype)
-        if not (inner._native_ok(probe, 1, ssm) and dec_net._native_ok(probe, 1, state["dec_abs"])):
+        if not (inner._native_ok(probe, 1, state["par"]) and dec_net._native_ok(probe, 1, state["dec_abs"])):
             return None
         if not (lp._native_ok(probe) and isinstance(lin, nn.Linear) and lin.bias is not None):
             return None
-        G = None if lp.context is None else lp.context.weight  # (M, F)
-        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
-        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
-        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
-        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+        weights = self._patch_weights(net)
 
         def rounds(
-            ms: list[int], u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor], state: GenState
-        ) -> tuple[Tensor, Tensor, Tensor]:
-            ssm, head0, in0 = net.round_inputs(state["par"], phase)  # (B, L, H, N), (B, P O), (B, H) or None
-            tokens = torch.empty(state.batch_size, sum(ms), dtype=torch.long)
+            ms: list[int], u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
+        ) -> tuple[Tensor, Tensor | None, Tensor]:
+            ssm, y, in0 = net.round_inputs(state["par"], phase)  # (B, L, H, N), (B, H), (B, H) or None
             gen = (state["dec"], state["observed"], state["prior"])
-            tokens, ssm, y, dec_abs, skipped = run(
-                ms, tokens, u, temps, (ssm, head0, state["dec_abs"], in0), par, dec, prior, shape, gen
-            )
+            tokens, ssm, y, dec_abs, skipped = run(ms, u, temps, (ssm, y, state["dec_abs"], in0), gen, weights)
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
+            if not keep:  # no state wanted
+                return tokens, None, dec_abs
             if len(ms) == 1:  # block 0 only: no patch absorbed, the state as it was
                 return tokens, state["par"], state["dec_abs"]
             return tokens, net.at_boundary(ssm, y), dec_abs
 
         return rounds
+
+    def _patch_weights(self, net: PatchNet) -> native.PatchWeights:
+        """The weights the compiled patch rounds read, laid out once per weights: rebuilt when the key of
+        every parameter that :meth:`check_state` refreshed at the start of this generation call changed
+        (or a module was added), else reused without walking the modules again."""
+        inner, dec_net, lp, cfg = net.net, self.decoder, self.latent_prior, self.config
+        assert lp is not None
+        eps = (inner.norm.eps, dec_net.norm.eps, lp.mlp[0].eps)  # not parameters: in the key
+        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
+        hit = self.__dict__.get("_patch_weights_cache")
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        lin = dec_net.inp
+        G = None if lp.context is None else lp.context.weight  # (M, F)
+        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
+        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
+        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
+        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+        weights = native.patch_weights(par, dec, prior, shape)
+        self.__dict__["_patch_weights_cache"] = (key, weights)
+        return weights
 
     def _piece(
         self,

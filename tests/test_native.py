@@ -869,6 +869,36 @@ def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype)
     assert len(calls) == 2
 
 
+def test_compiled_patch_rounds_follow_the_weights():
+    """The compiled rounds' laid-out weights (VSSM._patch_weights) are rebuilt after an in-place change
+    to any weight they read (an optimiser step, a load) or to a LayerNorm's eps."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=F64, max_position=64, **cfg)
+    temp = torch.tensor([1.0, 0.7], dtype=F64)
+
+    def start():  # a state of the current weights
+        return m.start(torch.zeros(2, 0, dtype=torch.long), [1, 2])
+
+    changes = [
+        lambda: m.decoder.inp.weight.mul_(-3.0),
+        lambda: m.partial_encoder.token_out.mul_(4.0),
+        lambda: m.partial_encoder.net.inp.bias.add_(torch.linspace(-3.0, 3.0, m.config.width, dtype=F64)),
+        lambda: m.latent_prior.context.weight.add_(torch.randn(20, 5, generator=torch.Generator().manual_seed(0))),
+        lambda: [setattr(ln, "eps", 0.5) for ln in m.decoder.modules() if isinstance(ln, torch.nn.LayerNorm)],
+    ]
+    for change in changes:
+        m.generate(start(), 12, temperature=temp, block_size=4, resumable=False)  # laid out, cached
+        before = m.__dict__["_patch_weights_cache"][1]
+        m.generate(start(), 12, temperature=temp, block_size=4, resumable=False)  # reused
+        assert m.__dict__["_patch_weights_cache"][1] is before
+        with torch.no_grad():
+            change()
+        assert len(compiled_equals_pytorch(m, start(), 12, temp, 4, 0.5, "patch_rounds")) == 2
+        assert m.__dict__["_patch_weights_cache"][1] is not before
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 def test_compiled_patch_rounds_continue_a_block_a_call_left_open(dtype, monkeypatch):
     """A call that ends inside a block leaves the latent prior mid-block; the next call's block 0,

@@ -1,5 +1,5 @@
 /* The kernels' entry points that the round loops call (csrc/rounds.c, csrc/patch_rounds.c), in float32
-and float64: their definitions and layouts are in csrc/s4d_block.c (ssm_net, linear_rows),
+and float64: their definitions and layouts are in csrc/s4d_block.c (ssm_net, ssm_net_head, linear_rows),
 csrc/categorical.c and csrc/latent_prior.c.  model/native.py hashes this file with the sources. */
 
 #ifndef VSSM_KERNELS_H
@@ -10,6 +10,8 @@ csrc/categorical.c and csrc/latent_prior.c.  model/native.py hashes this file wi
 #define VSSM_DECLARE(REAL, SUFFIX)                                                                            \
     void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \
                           double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
+    void ssm_net_head_##SUFFIX(long rows, long H, long N, long L, long O, const REAL *pack, double eps,         \
+                               const REAL *x, REAL *g, REAL *logits);                                           \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \

@@ -23,23 +23,22 @@ So a round is one network step, one decoder pass over P steps (two where a z' di
 prior's P draws, where the token-level partial encoder's round is two passes of 2P steps
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
 
-Block 0 is drawn here too (round 0) when dec_gen is given: its latents through the latent prior from
-r0 (B, R), the prior's state before its first position (zeros at a block start), from head0 + A[j,
-EMPTY] where the row has observed a token (observed (B,) bytes) and the uniform prior where not;
-then the decoder from dec_gen (B, Ld, H, N), the state generation continues from, and the tokens.  At
-a patch boundary that state is the absorbed one, so round 1 may skip its pass over z' as any round
-does.  Without dec_gen the caller drew block 0 (its tokens are in `tokens`).
+Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
+state before its first position (zeros at a block start), from head0 + A[j, EMPTY] where the row has
+observed a token (observed (B,) bytes) and the uniform prior where not; then the decoder from dec_gen
+(B, Ld, H, N), the state generation continues from, and the tokens.  At a patch boundary that state
+is the absorbed one, so round 1 may skip its pass over z' as any round does.
 
 A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
 last ms[0] = P - phase positions of its patch, the pending patch's first `phase` tokens are in the
 state, and round 1's network input starts from in0 (B, H), b + sum over them of W[j, x_j] (and
 W[j, EMPTY] past them in the patch, added here), not from b_in.
 
-Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P - phase drawn already; the last may
-be shorter); tokens (B, span) int64; u_lat, u_abs (B, span, Z), u_tok (B, span); temp, temp_tok (B,)
-doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): written with
-the residual stream after the last step (what the last block reads); head0 (B, P O): read, then
-scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
+Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P - phase; the last may
+be shorter); tokens (B, span) int64, written; u_lat, u_abs (B, span, Z), u_tok (B, span); temp, temp_tok (B,)
+doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): the residual stream
+before block 0's patch (whose head gives head0), overwritten with the one after the last step (what
+the last block reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
 w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
 network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
 transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL.  Scratch: x, g
@@ -105,7 +104,8 @@ state before the last block; the bits above: how many rounds skipped the pass ov
         int wp = 0;                                                                                                 \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        if (dec_gen) { /* round 0: block 0 drawn here, from the state generation continues from */                \
+        ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0); /* block 0's patch reads */    \
+        { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = ms[0];                                                                                   \
             prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre);                    \
             memcpy(r, r0, B * R * sizeof(REAL));                                                                    \

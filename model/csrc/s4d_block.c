@@ -66,6 +66,7 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #define EXP expf
 #define NAME s4d_block_f32
 #define NET ssm_net_f32
+#define NET_HEAD ssm_net_head_f32
 #define LAYERNORM layernorm_f32
 #define LINEAR linear_f32
 #define LINEAR_ROWS linear_rows_f32
@@ -77,6 +78,7 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef EXP
 #undef NAME
 #undef NET
+#undef NET_HEAD
 #undef LAYERNORM
 #undef LINEAR
 #undef LINEAR_ROWS
@@ -92,6 +94,7 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define EXP exp
 #define NAME s4d_block_f64
 #define NET ssm_net_f64
+#define NET_HEAD ssm_net_head_f64
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
 #define LINEAR_ROWS linear_rows_f64
@@ -375,6 +378,18 @@ void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const RE
     LINEAR(R, K, M, a, wt, bias, out);
 }
 
+/* A network's final LayerNorm and head over `rows` residual rows x (rows, H) into logits (rows, O), g
+   (rows, H) scratch: the end of NET, and what a round that steps the network elsewhere reads
+   (csrc/patch_rounds.c); the pack as NET's (L layers of N modes) */
+void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, double eps, const REAL *x, REAL *g,
+              REAL *logits) {
+    const long layer = 2 * H + 6 * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
+    const REAL *p = pack + L * layer;
+    const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
+    for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H);
+    LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
+}
+
 void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
          const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
@@ -398,10 +413,7 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
             }
         }
     }
-    const REAL *p = pack + L * layer;
-    const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
-    for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H); /* g: the scratch again */
-    LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
+    NET_HEAD(rows, H, N, L, O, pack, eps, x, g, logits); /* g: the scratch again */
 }
 
 #endif
