@@ -85,7 +85,7 @@ _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, 
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -653,7 +653,26 @@ class PatchWeights:
     M: int
     eps_r: float
     g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
+    tables: Tensor  # the prior's tables for draws from a block start (prior_tables)
     shape: tuple[int, int, int, int]  # (N, V, Z, K)
+
+
+def prior_tables(packed: Tensor, R: int, M: int, Z: int, K: int, P: int) -> Tensor:
+    """csrc/latent_prior.c's tables (LATENT_PRIOR_TABLE) for blocks of up to ``P`` draws from a block
+    start, from the latent prior's pack (:func:`pack_prior`): ``q0`` ``(P, M)``, ``Td`` ``(P, Z K, M)``,
+    ``c1`` and ``c2`` ``(M,)``, flat, in the pack's dtype; computed in float64."""
+    ZK = Z * K
+    w = packed.detach().double()
+    sizes = [R, ZK * R, R, R, R * M, M, M * ZK, ZK]
+    a, ET, ln_w, ln_b, W1T, b1, _, _ = torch.split(w, sizes)
+    ET, W1T = ET.view(ZK, R), W1T.view(R, M)
+    powers = a[None] ** torch.arange(P, dtype=w.dtype)[:, None]  # (P, R): a^d
+    T = torch.einsum("dr,cr,rm->dcm", powers, ET, ln_w[:, None] * W1T)  # (P, ZK, M): Q (a^d E[:, c])
+    zero = T.view(P, Z, K, M)[:, :, :1]  # (P, Z, 1, M): each latent's class 0
+    q0 = torch.cat([T.new_zeros(1, M), zero.sum(1)[:, 0].cumsum(0)[:-1]])  # (P, M): sum over d < t
+    Td = (T.view(P, Z, K, M) - zero).view(P, ZK, M)
+    c1, c2 = ln_w @ W1T, ln_b @ W1T + b1  # (M,) each
+    return torch.cat([q0.reshape(-1), Td.reshape(-1), c1, c2]).to(packed.dtype)
 
 
 def patch_weights(
@@ -686,7 +705,8 @@ def patch_weights(
     return PatchWeights(
         pack_p, eps_p, w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous(), Lp,
         pack_d, eps_d, w_dec.detach().t().contiguous(), b_dec.detach().contiguous(), Ld,
-        pack_r, R, M, eps_r, None if G is None else G.detach().t().contiguous(), shape,
+        pack_r, R, M, eps_r, None if G is None else G.detach().t().contiguous(),
+        prior_tables(pack_r, R, M, Z, K, P), shape,
     )  # fmt: skip
 
 
@@ -756,7 +776,7 @@ def _patch_rounds(
         w.pack_p.data_ptr(), w.eps_p, w.w_t.data_ptr(), w.b_in.data_ptr(), w.A.data_ptr(), phase,
         None if in0 is None else in0.data_ptr(), *(t.data_ptr() for t in gen),
         w.pack_d.data_ptr(), w.eps_d, w.wd_t.data_ptr(), w.b_dec.data_ptr(),
-        w.pack_r.data_ptr(), R, M, w.eps_r, n_out, None if w.g_t is None else w.g_t.data_ptr(),
+        w.pack_r.data_ptr(), R, M, w.eps_r, n_out, None if w.g_t is None else w.g_t.data_ptr(), w.tables.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),
         r.data_ptr(), pre.data_ptr(),
     )  # fmt: skip

@@ -1,6 +1,7 @@
 /* The kernels' entry points that the round loops call (csrc/rounds.c, csrc/patch_rounds.c), in float32
 and float64: their definitions and layouts are in csrc/s4d_block.c (ssm_net, ssm_net_head, linear_rows),
-csrc/categorical.c and csrc/latent_prior.c.  model/native.py hashes this file with the sources. */
+csrc/categorical.c and csrc/latent_prior.c (latent_prior, latent_prior_table).  model/native.py hashes
+this file with the sources. */
 
 #ifndef VSSM_KERNELS_H
 #define VSSM_KERNELS_H
@@ -17,7 +18,12 @@ csrc/categorical.c and csrc/latent_prior.c.  model/native.py hashes this file wi
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
                                long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
                                long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \
-                               int64_t *z, long z_sb, REAL *scratch);
+                               int64_t *z, long z_sb, REAL *scratch);                                         \
+    void latent_prior_table_##SUFFIX(long B, long n, long Z, long K, long R, long M, long P, const REAL *base,   \
+                                     long base_sb, long base_st, const REAL *pre, long pre_sb, long pre_st,     \
+                                     const REAL *u, long u_sb, const double *temperature, const REAL *packed,   \
+                                     double eps, const REAL *table, REAL *r, int64_t *z, long z_sb,             \
+                                     REAL *scratch);
 VSSM_DECLARE(float, f32)
 VSSM_DECLARE(double, f64)
 #undef VSSM_DECLARE

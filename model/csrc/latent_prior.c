@@ -81,5 +81,69 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
         }                                                                                                   \
     }
 
+/* The same draws for a block from its start (r = 0 before its first step), reading tables instead of W1
+(csrc/patch_rounds.c, a block a patch).  From r = 0, r before step t is sum_{s<t} a^(t-1-s) E[:, c_s]
+over the classes c_s drawn at s, so with Q = W1 diag(LayerNorm weight) and T[d][c] = Q (a^d E[:, c]):
+    W1 LayerNorm(r) + b1 = inv (Q r) - inv mean(r) (W1 ln_w) + (W1 ln_b + b1),   Q r = sum_s T[t-1-s][c_s]
+where mean(r) and inv = 1 / sqrt(var(r) + eps) come from r itself (R numbers).  T of class 0 of each
+latent, summed, is q0[t] = sum_{d<t} sum_i T[d][iK]; a class other than 0 drawn at s adds
+Td[t-1-s][c] = T[t-1-s][c] - T[t-1-s][iK].  So a step reads q0[t] and one row of Td per draw other than
+class 0 so far in the block (for pixel latents: the ink), M numbers each, not W1's R M: the product
+read W1 from the second-level cache at every step and was the prior's largest cost
+(docs/experiments/blocks.md, twenty-third session).  Equal to LATENT_PRIOR up to float rounding.
+
+Layouts as LATENT_PRIOR's, plus P (n <= P) and table: q0 (P, M), Td (P, Z K, M), c1 = W1 ln_w (M), c2 =
+W1 ln_b + b1 (M), built by model/native.py (prior_tables); r is set to 0 first. */
+#define LATENT_PRIOR_TABLE(NAME, REAL, ERF, DRAW, LINEAR)                                                   \
+    void NAME(long B, long n, long Z, long K, long R, long M, long P, const REAL *base, long base_sb,        \
+              long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb,            \
+              const double *temperature, const REAL *packed, double eps, const REAL *table, REAL *r,        \
+              int64_t *z, long z_sb, REAL *scratch) {                                                       \
+        const long ZK = Z * K;                                                                              \
+        const REAL *a = packed, *ET = a + R, *ln_w = ET + ZK * R, *ln_b = ln_w + R;                         \
+        const REAL *W1 = ln_b + R, *b1 = W1 + R * M, *W2 = b1 + M, *b2 = W2 + M * ZK;                       \
+        const REAL *q0 = table, *Td = q0 + P * M, *c1 = Td + P * ZK * M, *c2 = c1 + M;                      \
+        REAL *g = scratch + R, *logits = g + M;                                                             \
+        long es[n * Z + 1], ec[n * Z + 1]; /* the draws other than class 0: step, class */                  \
+        (void)ln_w, (void)ln_b, (void)W1, (void)b1;                                                         \
+        for (long b = 0; b < B; ++b) {                                                                      \
+            REAL *rb = r + b * R;                                                                           \
+            long ne = 0;                                                                                    \
+            for (long i = 0; i < R; ++i) rb[i] = 0;                                                         \
+            for (long t = 0; t < n; ++t) {                                                                  \
+                REAL mean = 0, var = 0;                                                                     \
+                for (long i = 0; i < R; ++i) mean += rb[i];                                                 \
+                mean /= (REAL)R;                                                                            \
+                for (long i = 0; i < R; ++i) var += (rb[i] - mean) * (rb[i] - mean);                        \
+                const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps), shift = inv * mean;       \
+                const REAL *qt = q0 + t * M;                                                                \
+                _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] = qt[o];                              \
+                for (long e = 0; e < ne; ++e) {                                                             \
+                    const REAL *d = Td + ((t - 1 - es[e]) * ZK + ec[e]) * M;                                \
+                    _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] += d[o];                          \
+                }                                                                                           \
+                const REAL *pt = pre ? pre + b * pre_sb + t * pre_st : 0;                                   \
+                _Pragma("omp simd") for (long o = 0; o < M; ++o) {                                          \
+                    const REAL v = inv * g[o] - shift * c1[o] + c2[o] + (pt ? pt[o] : 0);                   \
+                    g[o] = (REAL)0.5 * v * ((REAL)1 + ERF(v * (REAL)0.70710678118654752440));               \
+                }                                                                                           \
+                const REAL *bt = base ? base + b * base_sb + t * base_st : 0;                               \
+                LINEAR(1, M, ZK, g, W2, b2, logits);                                                        \
+                if (bt)                                                                                     \
+                    for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                       \
+                int64_t *zt = z + b * z_sb + t * Z;                                                         \
+                DRAW(Z, K, logits, u + b * u_sb + t * Z, temperature[b], zt);                               \
+                _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] *= a[i];                             \
+                for (long j = 0; j < Z; ++j) {                                                              \
+                    const REAL *e = ET + (j * K + zt[j]) * R;                                               \
+                    _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] += e[i];                         \
+                    if (zt[j] != 0) es[ne] = t, ec[ne++] = j * K + zt[j];                                   \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 LATENT_PRIOR(latent_prior_f32, float, erff, categorical_f32, linear_rows_f32)
 LATENT_PRIOR(latent_prior_f64, double, erf, categorical_f64, linear_rows_f64)
+LATENT_PRIOR_TABLE(latent_prior_table_f32, float, erff, categorical_f32, linear_rows_f32)
+LATENT_PRIOR_TABLE(latent_prior_table_f64, double, erf, categorical_f64, linear_rows_f64)

@@ -13,7 +13,8 @@ absorbed latents before block i-1):
     1. z' of block i-1, drawn at temperature 1 (the absorb stream) from head0 + A[j, x_t];
     2. one network step over patch i-1 (input b + sum_j W[j, x_j]): the SSM states after it, and the
        head's output for block i, whose logits are head + A[j, EMPTY];
-    3. z of block i through the latent prior (csrc/latent_prior.c), its context pre = G g_t;
+    3. z of block i through the latent prior (csrc/latent_prior.c, from tables: the block starts it
+      anew), its context pre = G g_t;
     4. the decoder: D after z' of block i-1, then a pass over z of block i from there for its
        token logits and E, the state after it.  When every row's z' equals the z drawn for block
        i-1, D after z' is E of the last round (the same function of the same inputs), and the pass
@@ -41,7 +42,8 @@ before block 0's patch (whose head gives head0), overwritten with the one after 
 the last block reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
 w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
 network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
-transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL.  Scratch: x, g
+transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL, ptab its tables
+for draws from a block start (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Scratch: x, g
 (B, P, H); lp (B, P, O); ld (B, P, V); zs, za (B, P, Z) int64; ps (R + M + Z K); r (B, R); pre
 (B, P, M).  Returns bit 0: par2 holds the final SSM states; bit 1: dec[1] holds the absorbed
 state before the last block; the bits above: how many rounds skipped the pass over z'.  Nothing here checks a shape. */
@@ -97,6 +99,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
                               const REAL *in0, const REAL *dec_gen, const uint8_t *observed, const REAL *r0,       \
                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
+                              const REAL *ptab,                                                                     \
                               REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
                               REAL *r, REAL *pre) {                                                                 \
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                    \
@@ -108,9 +111,16 @@ state before the last block; the bits above: how many rounds skipped the pass ov
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = ms[0];                                                                                   \
             prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre);                    \
-            memcpy(r, r0, B * R * sizeof(REAL));                                                                    \
-            latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M, u_lat, span * Z, temp,     \
-                                  prior, eps_prior, r, zs, P * Z, ps);                                              \
+            int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
+            for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
+            if (fresh)                                                                                              \
+                latent_prior_table_##SUFFIX(B, m, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M, u_lat,        \
+                                            span * Z, temp, prior, eps_prior, ptab, r, zs, P * Z, ps);              \
+            else {                                                                                                  \
+                memcpy(r, r0, B * R * sizeof(REAL));                                                                \
+                latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M, u_lat, span * Z, temp, \
+                                      prior, eps_prior, r, zs, P * Z, ps);                                          \
+            }                                                                                                       \
             dec_inputs_##SUFFIX(B, m, P, H, Z, K, zs, w_dec, b_dec, x);                                             \
             /* at a patch boundary the decoder state generation continues from is the absorbed one, so E, the   \
                state after z of block 0, may stand for D after z' in round 1; inside a patch it may not */      \
@@ -151,9 +161,9 @@ state before the last block; the bits above: how many rounds skipped the pass ov
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
             prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre);                              \
-            memset(r, 0, B * R * sizeof(REAL));                                                                     \
-            latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M,                           \
-                                  u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs, P * Z, ps);     \
+            latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
+                                        u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \
+                                        P * Z, ps);                                                                 \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
             if (!same) {                                                                                            \
                 const long to = f >= 0 ? f : 1 - d;                                                                 \
