@@ -85,7 +85,7 @@ _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, 
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _P, _P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -767,6 +767,7 @@ def _patch_rounds(
     zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
     ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
     pre = torch.empty(Bsz, P, M, dtype=dt)
+    cxz = torch.zeros(P * (n_out - Z * K) + M, dtype=dt)  # a row's context features, then M zeros
     pieces = torch.tensor(ms, dtype=torch.int64)
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     which = fn(
@@ -778,7 +779,7 @@ def _patch_rounds(
         w.pack_d.data_ptr(), w.eps_d, w.wd_t.data_ptr(), w.b_dec.data_ptr(),
         w.pack_r.data_ptr(), R, M, w.eps_r, n_out, None if w.g_t is None else w.g_t.data_ptr(), w.tables.data_ptr(),
         x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),
-        r.data_ptr(), pre.data_ptr(),
+        r.data_ptr(), pre.data_ptr(), cxz.data_ptr(),
     )  # fmt: skip
     return tokens, par_b if which & 1 else par_a, y_out, decs[(which >> 1) & 1], which >> 2
 

@@ -13,6 +13,8 @@ this file with the sources. */
                           double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \
     void ssm_net_head_##SUFFIX(long rows, long H, long N, long L, long O, const REAL *pack, double eps,         \
                                const REAL *x, REAL *g, REAL *logits);                                           \
+    void linear_rows_##SUFFIX(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias,         \
+                              REAL *out);                                                                       \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \

@@ -43,10 +43,11 @@ the last block reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec
 w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
 network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
 transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL, ptab its tables
-for draws from a block start (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Scratch: x, g
-(B, P, H); lp (B, P, O); ld (B, P, V); zs, za (B, P, Z) int64; ps (R + M + Z K); r (B, R); pre
-(B, P, M).  Returns bit 0: par2 holds the final SSM states; bit 1: dec[1] holds the absorbed
-state before the last block; the bits above: how many rounds skipped the pass over z'.  Nothing here checks a shape. */
+for draws from a block start (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Scratch: x, g (B, P, H); lp
+(B, P, O); ld (B, P, V); zs, za (B, P, Z) int64; ps (R + M + Z K); r (B, R); pre (B, P, M); cxz (P F
++ M), its last M zeros.  Returns bit 0: par2 holds the final SSM states; bit 1: dec[1] holds the
+absorbed state before the last block; the bits above: how many rounds skipped the pass over z'.
+Nothing here checks a shape. */
 
 #include <stdint.h>
 #include <string.h>
@@ -70,25 +71,26 @@ state before the last block; the bits above: how many rounds skipped the pass ov
     }                                                                                                               \
                                                                                                                     \
     /* the latent prior's inputs for n positions of a block from `at` in its patch: base logits lp (B, P, O) =  \
-       head (B, P O) + A[j, EMPTY], pre (B, P, M) = G times their context features; zeros in a row not        \
-       observed (obs NULL: all are), whose latents the uniform prior draws */                                   \
+       head (B, P O) + A[j, EMPTY], pre (B, P, M) = G times their context features (a row's F features        \
+       gathered into cxz, then one product; cxz + P F holds M zeros, its bias); zeros in a row not observed    \
+       (obs NULL: all are), whose latents the uniform prior draws */                                            \
     static void prior_inputs_##SUFFIX(long B, long n, long at, long P, long O, long ZK, long M, long V,           \
                                       const REAL *head, const REAL *A, const REAL *Gt, const uint8_t *obs,      \
-                                      REAL *lp, REAL *pre) {                                                    \
+                                      REAL *lp, REAL *pre, REAL *cxz) {                                         \
         const long F = O - ZK;                                                                                  \
-        for (long b = 0; b < B; ++b)                                                                            \
+        for (long b = 0; b < B; ++b) {                                                                          \
+            const int on = !obs || obs[b];                                                                      \
             for (long t = 0; t < n; ++t) {                                                                      \
                 REAL *l = lp + (b * P + t) * O;                                                                 \
                 const REAL *h = head + (b * P + at + t) * O, *a = A + ((at + t) * (V + 1) + V) * O;             \
-                const int on = !obs || obs[b];                                                                  \
                 for (long o = 0; o < O; ++o) l[o] = on ? h[o] + a[o] : 0;                                       \
-                if (F) {                                                                                        \
-                    REAL *pt = pre + (b * P + t) * M;                                                           \
-                    memset(pt, 0, M * sizeof(REAL));                                                            \
-                    for (long k = 0; k < F && on; ++k)                                                          \
-                        for (long o = 0; o < M; ++o) pt[o] += l[ZK + k] * Gt[k * M + o];                        \
-                }                                                                                               \
+                if (F) memcpy(cxz + t * F, l + ZK, F * sizeof(REAL));                                           \
             }                                                                                                   \
+            if (F && on)                                                                                        \
+                linear_rows_##SUFFIX(n, F, M, cxz, Gt, cxz + P * F, pre + b * P * M);                           \
+            else if (F)                                                                                         \
+                memset(pre + b * P * M, 0, n * M * sizeof(REAL));                                               \
+        }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
     int patch_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long P, long H, long N,            \
@@ -101,7 +103,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
                               const REAL *ptab,                                                                     \
                               REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
-                              REAL *r, REAL *pre) {                                                                 \
+                              REAL *r, REAL *pre, REAL *cxz) {                                                                 \
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                    \
         const long one = B * sd; /* a decoder state buffer, in reals */                                             \
         int wp = 0;                                                                                                 \
@@ -110,7 +112,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
         ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0); /* block 0's patch reads */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = ms[0];                                                                                   \
-            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre);                    \
+            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);                    \
             int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
             for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
             if (fresh)                                                                                              \
@@ -160,7 +162,7 @@ state before the last block; the bits above: how many rounds skipped the pass ov
             wp = !wp;                                                                                               \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
-            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre);                              \
+            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);                              \
             latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
                                         u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \
                                         P * Z, ps);                                                                 \
