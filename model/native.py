@@ -84,7 +84,7 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _P, _P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -719,23 +719,23 @@ def _patch_rounds(
     w: PatchWeights,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
-    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P. ``ms``: the blocks' lengths, ``ms[0]
-    = P - phase`` (the rest of a patch whose first ``phase`` tokens the state holds), the last at most P; ``u``
-    and ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM states ``(B, Lp, H, N)`` complex
-    after the patches before block 0's, its residual stream there ``(B, H)`` (what block 0's patch reads through
-    the head), the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the network's input so far ``(B,
-    H)``: its bias plus ``W[j, x_j]`` of the pending tokens (None without); ``gen``: what block 0 is drawn from,
-    the decoder state generation continues from ``(B, Ld, H, N)``, which rows have observed a token ``(B,)`` bool
-    (the rest draw from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's
-    :func:`patch_weights`. Returns every token ``(B, span)``, the SSM states and residual after the patches before
-    the last block, the absorbed decoder state before it, and how many rounds skipped the decoder's pass over the
-    absorbed latents (every row's equal to its drawn ones)."""
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P. ``ms``: the blocks' lengths, ``ms[0] =
+    P - phase`` (the rest of a patch whose first ``phase`` tokens the state holds), the last at most P; ``u`` and
+    ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM states ``(B, Lp, H, N)`` complex after
+    the patches before block 0's, its residual stream there ``(B, H)`` (what block 0's patch reads through the
+    head), the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the network's input so far ``(B, H)``: its
+    bias plus ``W[j, x_j]`` of the pending tokens (None without); ``gen``: what block 0 is drawn from, the residual
+    stream ``(B, H)`` and decoder state ``(B, Ld, H, N)`` generation continues from, which rows have observed a
+    token ``(B,)`` bool (the rest draw from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the
+    model's :func:`patch_weights`. Returns every token ``(B, span)``, the SSM states and residual after the patches
+    before the last block, the absorbed decoder state before it, and how many rounds skipped the decoder's pass over
+    the absorbed latents (every row's equal to its drawn ones)."""
     lib = _lib
     assert lib is not None
     N, V, Z, K = w.shape
     u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
     ssm, y0, dec_state, in0 = states
-    dec_gen, observed, r0 = gen
+    y_gen, dec_gen, observed, r0 = gen
     P, _, n_out = w.A.shape
     H, R, M = w.b_in.shape[0], w.R, w.M
     Bsz, span = u_tok.shape
@@ -745,11 +745,11 @@ def _patch_rounds(
     ok = 1 <= ms[0] <= P and all(m == P for m in ms[1:-1]) and 1 <= ms[-1] <= P and sum(ms) == span
     ok = ok and (phase == 0) == (in0 is None) and (in0 is None or in0.shape == (Bsz, H))
     ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and temp.shape == temp_tok.shape == (Bsz,)
-    ok = ok and temp.dtype == temp_tok.dtype == torch.float64 and y0.shape == (Bsz, H)
+    ok = ok and temp.dtype == temp_tok.dtype == torch.float64 and y0.shape == y_gen.shape == (Bsz, H)
     ok = ok and ssm.shape == (Bsz, w.Lp, H, N) and dec_state.shape == dec_gen.shape == (Bsz, w.Ld, H, N)
     ok = ok and ssm.dtype == dec_state.dtype == dec_gen.dtype == cdt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, R)
-    reals = (u_lat, u_abs, u_tok, y0, r0, *(() if in0 is None else (in0,)))
+    reals = (u_lat, u_abs, u_tok, y0, y_gen, r0, *(() if in0 is None else (in0,)))
     ok = ok and all(t.dtype == dt for t in reals)
     ok = ok and all(t.is_cpu for t in (*reals, temp, temp_tok, ssm, dec_state, dec_gen, observed))
     if not ok:
@@ -761,7 +761,7 @@ def _patch_rounds(
     decs[0] = dec_state
     y_out, head = y0.detach().clone(memory_format=torch.contiguous_format), torch.empty(Bsz, P * n_out, dtype=dt)
     in0 = None if in0 is None else in0.detach().contiguous()
-    gen = (dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
+    gen = (y_gen.contiguous(), dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
     x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
     lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
     zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)

@@ -749,12 +749,11 @@ class VSSM(SequenceModel):
             compiled = None if patch is not None else self._compiled_rounds(ms[:fused], state)
         start = span - ms[fused - 1]  # where the last fused block starts
         if patch is not None:  # every block, the first too, in one call (csrc/patch_rounds.c)
-            keep = resumable or fused < len(ms)
-            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, keep)
+            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, resumable)
             tokens = [every[:, :start], every[:, start:]]
         else:
             tokens, par, dec_abs = self._fused_loop(
-                state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, compiled, scores
+                state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, temps, compiled, scores
             )
         out_tokens = torch.cat(tokens, 1)  # (B, span)
         if not resumable and fused == len(ms):
@@ -786,12 +785,15 @@ class VSSM(SequenceModel):
         u: tuple[Tensor, Tensor, Tensor],
         temperature: float | Tensor,
         ratio: float | Tensor,
+        temps: tuple[Tensor, Tensor],
         compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None,
         scores: list[Tensor] | None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """:meth:`_fused_rows`'s blocks ``ms`` for a token-level partial encoder: the first piece, then
-        the rounds (in one ``compiled`` call where it is given, else here).  Returns the tokens (a list
-        of pieces whose last is the last block's), ``par`` and ``dec_abs`` before the last block."""
+        """:meth:`_fused_rows`'s blocks ``ms`` where the patch rounds do not take them (a token-level
+        partial encoder, or scores wanted, or blocks that are not the patches): the first piece, then the
+        rounds (in one ``compiled`` call where it is given, else here; ``temps`` its per-row
+        temperatures).  Returns the tokens (a list of pieces whose last is the last block's), ``par``
+        and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz, span = state.batch_size, u_tok.shape[1]
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
@@ -810,7 +812,6 @@ class VSSM(SequenceModel):
         if compiled is not None:  # the loop below in one call (csrc/rounds.c)
             every = torch.zeros(Bsz, span, dtype=torch.long)
             every[:, : ms[0]] = tokens[0]
-            temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
             every, par, dec_abs = compiled(ms, every, u, temps, (par, dec_abs))
             start = span - ms[-1]
             return [every[:, :start], every[:, start:]], par, dec_abs
@@ -880,10 +881,9 @@ class VSSM(SequenceModel):
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         P = net.patch
-        # blocks are the patches: block 0 the rest of one (its first tokens pending in the state, checked
-        # below), which generation continues from the patches absorbed before it, the rest whole
-        # patches (the last may end early, where the call does)
-        if c != P or max(ms[0], ms[-1]) > P or any(m != P for m in ms[1:-1]):
+        # blocks are the patches (so _fused_rows' ms are the rest of one, whose first tokens are pending
+        # in the state, checked below, then whole patches, the last maybe cut where the call ends)
+        if c != P:
             return None
         count = net.pending(state["par"])
         phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
@@ -903,8 +903,9 @@ class VSSM(SequenceModel):
         def rounds(
             ms: list[int], u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
         ) -> tuple[Tensor, Tensor | None, Tensor]:
-            ssm, y, in0 = net.round_inputs(state["par"], phase)  # (B, L, H, N), (B, H), (B, H) or None
-            gen = (state["dec"], state["observed"], state["prior"])
+            # (B, L, H, N), (B, H) twice, (B, H) or None
+            ssm, y, y_gen, in0 = net.round_inputs(state["par"], state["gen"], phase)
+            gen = (y_gen, state["dec"], state["observed"], state["prior"])
             tokens, ssm, y, dec_abs, skipped = run(ms, u, temps, (ssm, y, state["dec_abs"], in0), gen, weights)
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
             if not keep:  # no state wanted

@@ -107,6 +107,12 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for part in image["sequence"].values():
         assert set(part["speedup_vs_ar_ssm"]) == {"16", "28", "128"}
         assert all(x > 0 for x in part["speedup_vs_ar_ssm"].values())
+        again = part["served"]  # the target's pair timed again, with more runs
+        assert again["block_size"] == 28 and set(again["seconds"]) == {"ar:ar-ssm", "vssm:28"}
+        assert all(len(t["runs_s"]) == again["repeats"] > 1 for t in again["seconds"].values())
+    row = next(t for t in r["targets"] if t["what"].startswith("mnist-vssm-prior (block-28, served default)"))
+    first = next(iter(image["sequence"].values()))
+    assert row["measured"] == first["served"]["speedup_vs_ar_ssm"] and "interleaved runs" in row["conditions"]
     assert "A whole image from mnist-vssm-prior's shapes" in md
     assert "features of the partial encoder" in md  # its latent prior's context (prior_context), named
     text = bl["text"]  # the text pair's shapes, 64 bytes in quick mode; the served default is one pass

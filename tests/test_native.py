@@ -842,11 +842,10 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
     assert len(calls) == (2 if block == 4 else 0)
-    # rounds that skipped the pass over z': inside a patch the first cannot (block 0 was drawn from a
-    # decoder state other than the absorbed one), at a boundary it reuses block 0's pass
+    # rounds that skipped the pass over z': after a prompt generation continues from the absorbed decoder
+    # state, so the first round reuses block 0's pass as the others reuse the last round's
     for args, out in calls:
-        rounds = len(args[0]) - 1
-        assert out[-1] == ((rounds if position % 4 == 0 else rounds - 1) if copy else 0)
+        assert out[-1] == (len(args[0]) - 1 if copy else 0)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -867,6 +866,48 @@ def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype)
     temp = torch.tensor([0.8, 1.0], dtype=dtype)
     calls = compiled_equals_pytorch(m, start, 14, temp, 4, 0.5, "patch_rounds")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("first", "block"), [(4, 8), (6, 8), (4, 64)])
+def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, first, block, monkeypatch):
+    """A call of another block size (8, or one pass) leaves the state generation continues from ahead
+    of the absorbed one, here at a patch boundary (12) or inside one (14): block 0 reads generation's
+    residual stream and decoder state, and round 1 reuses block 0's decoder pass only where that
+    state is the absorbed one, as the rounds in PyTorch read them."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    if copy:
+        m = copying(m)
+        with torch.no_grad():  # drawn tokens that differ from their latents at temperature 1
+            m.decoder.head.weight.mul_(0.01)
+    start = m.start(torch.randint(0, 2, (3, 8), generator=torch.Generator().manual_seed(8)), [4, 5, 6])
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)
+        _, mid = m.generate(start, first, block_size=block, observation_temperature=1.0)
+    assert not torch.equal(mid["gen"], mid["par"]) and not torch.equal(mid["dec"], mid["dec_abs"])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, mid, 12, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
+    assert len(calls) == 2
+    for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
+        assert out[-1] == (len(args[0]) - 2 if copy else 0)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_compiled_patch_rounds_with_several_latents_of_several_classes(dtype):
+    """Two latents of three classes a step: the prior's tables keep each latent's class 0 apart."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=3, n_latents=2, n_classes=3, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    with torch.no_grad():
+        m.latent_prior.mlp[3].weight.mul_(10.0)  # the prior's state matters
+    start = m.start(torch.randint(0, 3, (3, 5), generator=torch.Generator().manual_seed(5)), [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    assert len(compiled_equals_pytorch(m, start, 19, temp, 4, 0.5, "patch_rounds")) == 2
 
 
 def test_compiled_patch_rounds_follow_the_weights():

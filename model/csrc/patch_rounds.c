@@ -27,8 +27,12 @@ prior's P draws, where the token-level partial encoder's round is two passes of 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
 state before its first position (zeros at a block start), from head0 + A[j, EMPTY] where the row has
 observed a token (observed (B,) bytes) and the uniform prior where not; then the decoder from dec_gen
-(B, Ld, H, N), the state generation continues from, and the tokens.  At a patch boundary that state
-is the absorbed one, so round 1 may skip its pass over z' as any round does.
+(B, Ld, H, N), the state generation continues from, and the tokens.  Where that state is the
+absorbed one (byte for byte: at a block start, unless a call of another block size left the state),
+round 1 may skip its pass over z' as any round does.  Block 0's z read the head of y_gen (B, H),
+the residual stream generation continues from, and its z' in round 1 that of y, the absorbed one: a
+call of another block size may have left the first ahead of the second.  The network step reads the
+absorbed SSM states.
 
 A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
 last ms[0] = P - phase positions of its patch, the pending patch's first `phase` tokens are in the
@@ -36,10 +40,11 @@ state, and round 1's network input starts from in0 (B, H), b + sum over them of 
 W[j, EMPTY] past them in the patch, added here), not from b_in.
 
 Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P - phase; the last may
-be shorter); tokens (B, span) int64, written; u_lat, u_abs (B, span, Z), u_tok (B, span); temp, temp_tok (B,)
-doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): the residual stream
-before block 0's patch (whose head gives head0), overwritten with the one after the last step (what
-the last block reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block 0, dec[1] scratch;
+be shorter); tokens (B, span) int64, written; u_lat, u_abs (B, span, Z), u_tok (B, span); temp,
+temp_tok (B,) doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): the absorbed residual
+stream before block 0's patch, overwritten with the one after the last step (what the last block
+reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block
+0, dec[1] scratch;
 w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
 network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
 transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL, ptab its tables
@@ -98,7 +103,8 @@ Nothing here checks a shape. */
                               const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok,     \
                               REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,         \
                               double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,        \
-                              const REAL *in0, const REAL *dec_gen, const uint8_t *observed, const REAL *r0,       \
+                              const REAL *in0, const REAL *y_gen, const REAL *dec_gen, const uint8_t *observed,    \
+                              const REAL *r0,                                                                       \
                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
                               const REAL *ptab,                                                                     \
@@ -109,7 +115,7 @@ Nothing here checks a shape. */
         int wp = 0;                                                                                                 \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0); /* block 0's patch reads */    \
+        ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = ms[0];                                                                                   \
             prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);                    \
@@ -124,15 +130,18 @@ Nothing here checks a shape. */
                                       prior, eps_prior, r, zs, P * Z, ps);                                          \
             }                                                                                                       \
             dec_inputs_##SUFFIX(B, m, P, H, Z, K, zs, w_dec, b_dec, x);                                             \
-            /* at a patch boundary the decoder state generation continues from is the absorbed one, so E, the   \
-               state after z of block 0, may stand for D after z' in round 1; inside a patch it may not */      \
+            /* where the decoder state generation continues from is the absorbed one (at a block start, unless \
+               a call of another block size left it), E, the state after z of block 0, may stand for D after z' \
+               in round 1 */                                                                                    \
+            f = memcmp(dec_gen, dec, one * sizeof(REAL)) == 0 ? 1 : -1;                                             \
             ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, dec + one, g, ld);            \
-            f = phase ? -1 : 1;                                                                                     \
             for (long b = 0; b < B; ++b)                                                                            \
                 for (long t = 0; t < m; ++t)                                                                        \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],             \
                                          tokens + b * span + t);                                                    \
         }                                                                                                           \
+        if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
+            ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= rounds; ++i) {                                                                        \
             const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */           \
             /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                         \
