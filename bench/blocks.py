@@ -181,12 +181,29 @@ def _served_part(
         }
         if t1 is not None:
             part["served_speedup_at_observation_temperature_1"] = ar_s / timed[f"vssm-t1:{served}"].median_s
+        # the target's pair again, with more runs: the sweep's one run of a few-millisecond call moved by
+        # a quarter between runs (docs/experiments/blocks.md, twenty-third session)
+        pair = {k: fns[k] for k in ("ar:ar-ssm", f"vssm:{served}")}
+        again = measure_interleaved(pair, s.limit_repeats)
+        part["served"] = {
+            "block_size": served,
+            "repeats": s.limit_repeats,
+            "seconds": {k: t.as_dict() for k, t in again.items()},
+            "speedup_vs_ar_ssm": again["ar:ar-ssm"].median_s / again[f"vssm:{served}"].median_s,
+        }
         log.info(
             "%s, batch %d: AR-SSM %.0f ms; VSSM %s",
             recipes["vssm"],
             batch,
             ar_s * 1e3,
             {c: f"{timed[f'vssm:{c}'].median_s * 1e3:.1f} ms" for c in sizes},
+        )
+        log.info(
+            "%s, batch %d, served block %d again: %.2fx",
+            recipes["vssm"],
+            batch,
+            served,
+            part["served"]["speedup_vs_ar_ssm"],
         )
     return out
 
