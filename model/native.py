@@ -189,13 +189,16 @@ def max_tokens() -> int:
     Xeon with the kernel built with 64-byte vectors (AVX-512): on one thread the kernel was 1.4-2.0x
     the matrices' speed at 1,024-2,048 tokens (32 x 64: 1.55x); on two, whose matrices use both
     cores, 1.2-1.4x at 1,024 and 0.93-1.02x at 1,792-2,048.  So 2,048 over the threads (more than
-    two threads: assumed, not measured).  With narrower vectors, 256: the last measurement there
-    (thirteenth session, an AMD EPYC, before the modes-outer loop) tied at 512."""
+    two threads: assumed, not measured).  With 32-byte vectors (AVX2, an AMD EPYC, twenty-third
+    session): on one thread 1.22-3.13x at every shape up to 32 x 56 (1,792), so 2,048 there too; on
+    two 1.04-3.02x up to 512 tokens, 1.03x and 0.78x at 896, so 512 (1,024 over the threads; more than
+    two: assumed)."""
     if _load() is None:
         return 0
-    if _vector_bytes < 64:
-        return 256
-    return 2048 // max(1, torch.get_num_threads())
+    threads = max(1, torch.get_num_threads())
+    if _vector_bytes < 64 and threads > 1:
+        return 1024 // threads
+    return 2048 // threads
 
 
 def available() -> bool:

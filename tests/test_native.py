@@ -611,22 +611,21 @@ def test_compiled_draws_never_pick_a_category_of_probability_zero(dtype):
 
 def test_the_kernel_threshold_follows_the_build_and_the_threads(monkeypatch):
     """S4D.scan_max_tokens None (the default) means native.max_tokens(): 2,048 tokens over PyTorch's
-    threads where the kernel has 64-byte vectors, else 256; a whole network pass takes the kernel up
-    to it and the matrices past it."""
+    threads where the kernel has 64-byte vectors or runs on one thread, else 1,024 over them; a whole
+    network pass takes the kernel up to it and the matrices past it."""
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            wide = native.max_tokens() != 256
-            assert native.max_tokens() == (2048 // n if wide else 256)
             layer = S4D(S4DConfig(width=4, state_size=3))
             limit = native.max_tokens()
             assert layer.scan_max_tokens is None
             assert layer.runs_scan(torch.zeros(limit // 8, 8, 4), 8, whole_network=True)
             assert not layer.runs_scan(torch.zeros(limit // 8 + 1, 8, 4), 8, whole_network=True)
-            monkeypatch.setattr(native, "_vector_bytes", 32)  # a build with narrower vectors
-            assert native.max_tokens() == 256
-            monkeypatch.undo()
+            for width, want in ((64, 2048 // n), (32, 2048 if n == 1 else 1024 // n)):  # the build's vectors
+                monkeypatch.setattr(native, "_vector_bytes", width)
+                assert native.max_tokens() == want
+                monkeypatch.undo()
     finally:
         torch.set_num_threads(threads)
 
