@@ -135,10 +135,9 @@ _RECIPES = [
         limitations=(
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
-            "decoder pass over the row), not one parallel pass: 6.5-6.9 times faster than the AR-SSM at batch 1 "
-            "on an Intel Xeon (medians of two benchmark runs), about twice the token-level partial encoder's "
-            "speed, short of the 10x target (docs/benchmarks.json, docs/benchmarks-blocks.json; blocks.md, "
-            "twenty-second session).",
+            "decoder pass over the row), not one parallel pass: 9.5-9.7 times faster than the AR-SSM at batch 1 "
+            "on an AMD EPYC (medians of 7 interleaved runs in two benchmark runs), short of the 10x target by "
+            "3-5%, and 14-15 times at batch 32 (docs/benchmarks.json; blocks.md, twenty-third session).",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
             "slower (no compiled loop: block 16 takes about 15 times block 28's time) than block 28. Larger blocks "
