@@ -38,7 +38,27 @@ void linear_rows_f64(long R, long K, long M, const double *a, const double *wt, 
 void categorical_f32(long R, long V, const float *logits, const float *u, double temperature, int64_t *out);
 void categorical_f64(long R, long V, const double *logits, const double *u, double temperature, int64_t *out);
 
-#define LATENT_PRIOR(NAME, REAL, ERF, DRAW, LINEAR)                                                         \
+/* What both forms of a step share, from the hidden layer g (M) on: logits = base_t (bt, or NULL) + W2 g +
+   b2, the draws z_t, then r = a r + E z_t */
+#define PRIOR_TAIL(NAME, REAL, DRAW, LINEAR)                                                                \
+    static inline void NAME(long Z, long K, long R, long M, const REAL *g, const REAL *W2, const REAL *b2, \
+                            const REAL *bt, const REAL *u, double temperature, const REAL *a,              \
+                            const REAL *ET, REAL *logits, REAL *r, int64_t *zt) {                          \
+        const long ZK = Z * K;                                                                              \
+        LINEAR(1, M, ZK, g, W2, b2, logits);                                                                \
+        if (bt)                                                                                             \
+            for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                               \
+        DRAW(Z, K, logits, u, temperature, zt);                                                             \
+        _Pragma("omp simd") for (long i = 0; i < R; ++i) r[i] *= a[i];                                      \
+        for (long j = 0; j < Z; ++j) {                                                                      \
+            const REAL *e = ET + (j * K + zt[j]) * R;                                                       \
+            _Pragma("omp simd") for (long i = 0; i < R; ++i) r[i] += e[i];                                  \
+        }                                                                                                   \
+    }
+PRIOR_TAIL(prior_tail_f32, float, categorical_f32, linear_rows_f32)
+PRIOR_TAIL(prior_tail_f64, double, categorical_f64, linear_rows_f64)
+
+#define LATENT_PRIOR(NAME, REAL, ERF, TAIL, LINEAR)                                                         \
     void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st, \
               const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb, const double *temperature, \
               const REAL *packed, double eps, REAL *r, int64_t *z, long z_sb, REAL *scratch) {               \
@@ -64,19 +84,10 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
                 }                                                                                           \
                 _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] =                                     \
                     (REAL)0.5 * g[o] * ((REAL)1 + ERF(g[o] * (REAL)0.70710678118654752440));                \
-                /* logits = base_t + W2 g + b2 */                                                           \
+                /* logits = base_t + W2 g + b2, the draws, then r = a r + E z_t */                          \
                 const REAL *bt = base ? base + b * base_sb + t * base_st : 0;                               \
-                LINEAR(1, M, ZK, g, W2, b2, logits);                                                        \
-                if (bt)                                                                                     \
-                    for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                       \
-                /* the draws, then r = a r + E z_t */                                                       \
-                int64_t *zt = z + b * z_sb + t * Z;                                                         \
-                DRAW(Z, K, logits, u + b * u_sb + t * Z, temperature[b], zt);                               \
-                _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] *= a[i];                             \
-                for (long j = 0; j < Z; ++j) {                                                              \
-                    const REAL *e = ET + (j * K + zt[j]) * R;                                               \
-                    _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] += e[i];                         \
-                }                                                                                           \
+                TAIL(Z, K, R, M, g, W2, b2, bt, u + b * u_sb + t * Z, temperature[b], a, ET, logits, rb,    \
+                     z + b * z_sb + t * Z);                                                                 \
             }                                                                                               \
         }                                                                                                   \
     }
@@ -94,7 +105,7 @@ read W1 from the second-level cache at every step and was the prior's largest co
 
 Layouts as LATENT_PRIOR's, plus P (n <= P) and table: q0 (P, M), Td (P, Z K, M), c1 = W1 ln_w (M), c2 =
 W1 ln_b + b1 (M), built by model/native.py (prior_tables); r is set to 0 first. */
-#define LATENT_PRIOR_TABLE(NAME, REAL, ERF, DRAW, LINEAR)                                                   \
+#define LATENT_PRIOR_TABLE(NAME, REAL, ERF, TAIL)                                                   \
     void NAME(long B, long n, long Z, long K, long R, long M, long P, const REAL *base, long base_sb,        \
               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb,            \
               const double *temperature, const REAL *packed, double eps, const REAL *table, REAL *r,        \
@@ -128,22 +139,15 @@ W1 ln_b + b1 (M), built by model/native.py (prior_tables); r is set to 0 first. 
                     g[o] = (REAL)0.5 * v * ((REAL)1 + ERF(v * (REAL)0.70710678118654752440));               \
                 }                                                                                           \
                 const REAL *bt = base ? base + b * base_sb + t * base_st : 0;                               \
-                LINEAR(1, M, ZK, g, W2, b2, logits);                                                        \
-                if (bt)                                                                                     \
-                    for (long o = 0; o < ZK; ++o) logits[o] += bt[o];                                       \
                 int64_t *zt = z + b * z_sb + t * Z;                                                         \
-                DRAW(Z, K, logits, u + b * u_sb + t * Z, temperature[b], zt);                               \
-                _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] *= a[i];                             \
-                for (long j = 0; j < Z; ++j) {                                                              \
-                    const REAL *e = ET + (j * K + zt[j]) * R;                                               \
-                    _Pragma("omp simd") for (long i = 0; i < R; ++i) rb[i] += e[i];                         \
+                TAIL(Z, K, R, M, g, W2, b2, bt, u + b * u_sb + t * Z, temperature[b], a, ET, logits, rb, zt); \
+                for (long j = 0; j < Z; ++j)                                                                \
                     if (zt[j] != 0) es[ne] = t, ec[ne++] = j * K + zt[j];                                   \
-                }                                                                                           \
             }                                                                                               \
         }                                                                                                   \
     }
 
-LATENT_PRIOR(latent_prior_f32, float, erff, categorical_f32, linear_rows_f32)
-LATENT_PRIOR(latent_prior_f64, double, erf, categorical_f64, linear_rows_f64)
-LATENT_PRIOR_TABLE(latent_prior_table_f32, float, erff, categorical_f32, linear_rows_f32)
-LATENT_PRIOR_TABLE(latent_prior_table_f64, double, erf, categorical_f64, linear_rows_f64)
+LATENT_PRIOR(latent_prior_f32, float, erff, prior_tail_f32, linear_rows_f32)
+LATENT_PRIOR(latent_prior_f64, double, erf, prior_tail_f64, linear_rows_f64)
+LATENT_PRIOR_TABLE(latent_prior_table_f32, float, erff, prior_tail_f32)
+LATENT_PRIOR_TABLE(latent_prior_table_f64, double, erf, prior_tail_f64)
