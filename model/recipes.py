@@ -137,10 +137,11 @@ _RECIPES = [
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass: 9.5-9.7 times faster than the AR-SSM at batch 1 "
             "on an AMD EPYC (medians of 7 interleaved runs in two benchmark runs), short of the 10x target by "
-            "3-5%, and 14-15 times at batch 32 (docs/benchmarks.json; blocks.md, twenty-third session).",
+            "3-5%, and 13.7-15.0 times at batch 32 (docs/benchmarks.json, docs/benchmarks-blocks.json; "
+            "blocks.md, twenty-third session).",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
-            "slower (no compiled loop: block 16 takes about 15 times block 28's time) than block 28. Larger blocks "
+            "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "
             "draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172).",
             "As served the digit judge is confident of 77% of its samples (the AR-SSM's: 80%). The decoder copies "
             "the latents, so observation temperature 0 (served) and 1 draw the same pixels.",
@@ -189,8 +190,8 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image (one compiled loop), about 4.5 times the "
-            "time of one VSSM pass at batch 1 (docs/benchmarks.json).",
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.9 times the "
+            "time of one VSSM pass at batch 1 on an AMD EPYC (8.6 on an Intel Xeon; docs/benchmarks.json).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),

@@ -236,8 +236,8 @@ class S4D(nn.Module):
         return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
     # batch x steps at most this, a short network pass runs the recurrence kernel (model/native.py)
-    # instead of the matrices; None: the machine's crossover, native.max_tokens() (where the kernel
-    # has 64-byte vectors 2,048 over PyTorch's threads, else 256: the last measurement there)
+    # instead of the matrices; None: the machine's crossover, native.max_tokens() (2,048 over PyTorch's
+    # threads where the kernel has 64-byte vectors or runs on one thread, else 1,024 over them)
     scan_max_tokens: int | None = None
     # the same for a layer called alone (a network the one native call cannot reproduce: a hook, a
     # parametrised weight): measured when every layer was its own call, where it lost past about 128
