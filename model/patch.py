@@ -81,15 +81,11 @@ class PatchNet(nn.Module):
             states.append(s)
         return h, torch.stack(states, 1) if return_state else None
 
-    def _head(self, Y: Tensor) -> Tensor:
-        """Every position's head ``(..., P O)`` of residuals ``Y`` ``(..., H)``: ``Head(LayerNorm(Y))``."""
-        return self.net.head(self.net.norm(Y))
-
     def _head_slots(self, Y: Tensor, q: Tensor) -> Tensor:
         """Outputs ``(B, T, O)`` at offsets ``q`` ``(B, T)`` (slot ``q // P``, position ``q % P``) from the
         residuals ``Y`` ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
         n_out = self.cfg.n_out
-        full = self._head(Y).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
+        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
         return full.gather(1, q[..., None].expand(-1, -1, n_out))
 
     def _head_grid(self, y: Tensor) -> Tensor:

@@ -749,19 +749,19 @@ class VSSM(SequenceModel):
             compiled = None if patch is not None else self._compiled_rounds(ms[:fused], state)
         start = span - ms[fused - 1]  # where the last fused block starts
         if patch is not None:  # every block, the first too, in one call (csrc/patch_rounds.c)
-            every, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, resumable)
-            tokens = [every[:, :start], every[:, start:]]
+            out_tokens, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, resumable)
         else:
-            tokens, par, dec_abs = self._fused_loop(
+            pieces, par, dec_abs = self._fused_loop(
                 state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, temps, compiled, scores
             )
-        out_tokens = torch.cat(tokens, 1)  # (B, span)
+            out_tokens = torch.cat(pieces, 1)  # (B, span)
         if not resumable and fused == len(ms):
             return out_tokens, None
         # absorb the last fused block as an append does, then hand any part-block left to _piece
-        out, par = self.partial_encoder(tokens[-1], par)  # (B, m, Z*K)
+        last = out_tokens[:, start:]  # (B, m)
+        out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
-        _, dec_abs = self._decode(z_abs, dec_abs, tokens[-1])
+        _, dec_abs = self._decode(z_abs, dec_abs, last)
         state = state.evolve(
             position=state.position + span,
             dec=dec_abs,
@@ -792,8 +792,8 @@ class VSSM(SequenceModel):
         """:meth:`_fused_rows`'s blocks ``ms`` where the patch rounds do not take them (a token-level
         partial encoder, or scores wanted, or blocks that are not the patches): the first piece, then the
         rounds (in one ``compiled`` call where it is given, else here; ``temps`` its per-row
-        temperatures).  Returns the tokens (a list of pieces whose last is the last block's), ``par``
-        and ``dec_abs`` before the last block."""
+        temperatures).  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last
+        block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz, span = state.batch_size, u_tok.shape[1]
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
@@ -813,8 +813,7 @@ class VSSM(SequenceModel):
             every = torch.zeros(Bsz, span, dtype=torch.long)
             every[:, : ms[0]] = tokens[0]
             every, par, dec_abs = compiled(ms, every, u, temps, (par, dec_abs))
-            start = span - ms[-1]
-            return [every[:, :start], every[:, start:]], par, dec_abs
+            return [every], par, dec_abs
         everyone = torch.ones_like(observed)
         start = 0
         for i in range(1, len(ms)):

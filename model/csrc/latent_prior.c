@@ -40,6 +40,18 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
 
 /* What both forms of a step share, from the hidden layer g (M) on: logits = base_t (bt, or NULL) + W2 g +
    b2, the draws z_t, then r = a r + E z_t */
+/* LayerNorm(r)'s mean and 1 / sqrt(var + eps), the biased variance, as PyTorch's */
+#define PRIOR_STATS(NAME, REAL)                                                                             \
+    static inline void NAME(long R, const REAL *r, double eps, REAL *mean, REAL *inv) {                     \
+        REAL m = 0, var = 0;                                                                                \
+        for (long i = 0; i < R; ++i) m += r[i];                                                             \
+        m /= (REAL)R;                                                                                       \
+        for (long i = 0; i < R; ++i) var += (r[i] - m) * (r[i] - m);                                        \
+        *mean = m, *inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps);                                  \
+    }
+PRIOR_STATS(prior_stats_f32, float)
+PRIOR_STATS(prior_stats_f64, double)
+
 #define PRIOR_TAIL(NAME, REAL, DRAW, LINEAR)                                                                \
     static inline void NAME(long Z, long K, long R, long M, const REAL *g, const REAL *W2, const REAL *b2, \
                             const REAL *bt, const REAL *u, double temperature, const REAL *a,              \
@@ -58,7 +70,7 @@ void categorical_f64(long R, long V, const double *logits, const double *u, doub
 PRIOR_TAIL(prior_tail_f32, float, categorical_f32, linear_rows_f32)
 PRIOR_TAIL(prior_tail_f64, double, categorical_f64, linear_rows_f64)
 
-#define LATENT_PRIOR(NAME, REAL, ERF, TAIL, LINEAR)                                                         \
+#define LATENT_PRIOR(NAME, REAL, ERF, STATS, TAIL, LINEAR)                                                         \
     void NAME(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb, long base_st, \
               const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb, const double *temperature, \
               const REAL *packed, double eps, REAL *r, int64_t *z, long z_sb, REAL *scratch) {               \
@@ -69,12 +81,8 @@ PRIOR_TAIL(prior_tail_f64, double, categorical_f64, linear_rows_f64)
         for (long b = 0; b < B; ++b) {                                                                      \
             REAL *rb = r + b * R;                                                                           \
             for (long t = 0; t < n; ++t) {                                                                  \
-                /* LayerNorm(r): the biased variance, as PyTorch's */                                       \
-                REAL mean = 0, var = 0;                                                                     \
-                for (long i = 0; i < R; ++i) mean += rb[i];                                                 \
-                mean /= (REAL)R;                                                                            \
-                for (long i = 0; i < R; ++i) var += (rb[i] - mean) * (rb[i] - mean);                        \
-                const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps);                           \
+                REAL mean, inv; /* LayerNorm(r) */                                                          \
+                STATS(R, rb, eps, &mean, &inv);                                                             \
                 for (long i = 0; i < R; ++i) h[i] = (rb[i] - mean) * inv * ln_w[i] + ln_b[i];               \
                 /* g = GELU(W1 h + b1 + pre_t), the exact GELU */                                           \
                 LINEAR(1, R, M, h, W1, b1, g);                                                              \
@@ -105,28 +113,25 @@ read W1 from the second-level cache at every step and was the prior's largest co
 
 Layouts as LATENT_PRIOR's, plus P (n <= P) and table: q0 (P, M), Td (P, Z K, M), c1 = W1 ln_w (M), c2 =
 W1 ln_b + b1 (M), built by model/native.py (prior_tables); r is set to 0 first. */
-#define LATENT_PRIOR_TABLE(NAME, REAL, ERF, TAIL)                                                   \
+#define LATENT_PRIOR_TABLE(NAME, REAL, ERF, STATS, TAIL)                                                   \
     void NAME(long B, long n, long Z, long K, long R, long M, long P, const REAL *base, long base_sb,        \
               long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u, long u_sb,            \
               const double *temperature, const REAL *packed, double eps, const REAL *table, REAL *r,        \
               int64_t *z, long z_sb, REAL *scratch) {                                                       \
         const long ZK = Z * K;                                                                              \
-        const REAL *a = packed, *ET = a + R, *ln_w = ET + ZK * R, *ln_b = ln_w + R;                         \
-        const REAL *W1 = ln_b + R, *b1 = W1 + R * M, *W2 = b1 + M, *b2 = W2 + M * ZK;                       \
+        /* the pack as LATENT_PRIOR's; LayerNorm's weights, W1 and b1 are in the tables */                  \
+        const REAL *a = packed, *ET = a + R, *W2 = ET + ZK * R + 2 * R + R * M + M, *b2 = W2 + M * ZK;     \
         const REAL *q0 = table, *Td = q0 + P * M, *c1 = Td + P * ZK * M, *c2 = c1 + M;                      \
         REAL *g = scratch + R, *logits = g + M;                                                             \
         long es[n * Z + 1], ec[n * Z + 1]; /* the draws other than class 0: step, class */                  \
-        (void)ln_w, (void)ln_b, (void)W1, (void)b1;                                                         \
         for (long b = 0; b < B; ++b) {                                                                      \
             REAL *rb = r + b * R;                                                                           \
             long ne = 0;                                                                                    \
             for (long i = 0; i < R; ++i) rb[i] = 0;                                                         \
             for (long t = 0; t < n; ++t) {                                                                  \
-                REAL mean = 0, var = 0;                                                                     \
-                for (long i = 0; i < R; ++i) mean += rb[i];                                                 \
-                mean /= (REAL)R;                                                                            \
-                for (long i = 0; i < R; ++i) var += (rb[i] - mean) * (rb[i] - mean);                        \
-                const REAL inv = (REAL)1 / (REAL)sqrt(var / (REAL)R + (REAL)eps), shift = inv * mean;       \
+                REAL mean, inv;                                                                             \
+                STATS(R, rb, eps, &mean, &inv);                                                             \
+                const REAL shift = inv * mean;                                                              \
                 const REAL *qt = q0 + t * M;                                                                \
                 _Pragma("omp simd") for (long o = 0; o < M; ++o) g[o] = qt[o];                              \
                 for (long e = 0; e < ne; ++e) {                                                             \
@@ -147,7 +152,7 @@ W1 ln_b + b1 (M), built by model/native.py (prior_tables); r is set to 0 first. 
         }                                                                                                   \
     }
 
-LATENT_PRIOR(latent_prior_f32, float, erff, prior_tail_f32, linear_rows_f32)
-LATENT_PRIOR(latent_prior_f64, double, erf, prior_tail_f64, linear_rows_f64)
-LATENT_PRIOR_TABLE(latent_prior_table_f32, float, erff, prior_tail_f32)
-LATENT_PRIOR_TABLE(latent_prior_table_f64, double, erf, prior_tail_f64)
+LATENT_PRIOR(latent_prior_f32, float, erff, prior_stats_f32, prior_tail_f32, linear_rows_f32)
+LATENT_PRIOR(latent_prior_f64, double, erf, prior_stats_f64, prior_tail_f64, linear_rows_f64)
+LATENT_PRIOR_TABLE(latent_prior_table_f32, float, erff, prior_stats_f32, prior_tail_f32)
+LATENT_PRIOR_TABLE(latent_prior_table_f64, double, erf, prior_stats_f64, prior_tail_f64)
