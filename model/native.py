@@ -83,9 +83,9 @@ _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_D, _P, _P, _P, _L, _P, _P, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _P, _P, _P, _P, _P]
+# patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
+_PATCH_ARGTYPES = [_L] * 11 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -163,7 +163,7 @@ def _load() -> ctypes.CDLL | None:
             ("categorical", _CATEGORICAL_ARGTYPES, None),
             ("latent_prior", _PRIOR_ARGTYPES, None),
             ("fused_rounds", _ROUNDS_ARGTYPES, _I),
-            ("patch_rounds", _PATCH_ARGTYPES, _I),
+            ("patch_rounds", _PATCH_ARGTYPES, _L),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
@@ -658,6 +658,8 @@ class PatchWeights:
     g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
     tables: Tensor  # the prior's tables for draws from a block start (prior_tables)
     shape: tuple[int, int, int, int]  # (N, V, Z, K)
+    dims: tuple[int, ...]  # the call's sizes (P, H, N, Lp, Ld, V, Z, K)
+    args: tuple[int | float | None, ...]  # the call's weight arguments: the tensors' addresses, eps, sizes
 
 
 def prior_tables(packed: Tensor, R: int, M: int, Z: int, K: int, P: int) -> Tensor:
@@ -705,88 +707,81 @@ def patch_weights(
     ok = ok and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
     if not ok:
         raise ValueError(f"weights that do not fit the native patch rounds: A {tuple(A.shape)}, shape {shape}")
+    w_t, b_t, A_t = w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous()
+    wd_t, bd_t = w_dec.detach().t().contiguous(), b_dec.detach().contiguous()
+    g_t = None if G is None else G.detach().t().contiguous()
+    tables = prior_tables(pack_r, R, M, Z, K, P)
+    # the addresses stay valid while the PatchWeights holds the tensors; a call passes them as they are
+    args = (
+        pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_t.data_ptr(), A_t.data_ptr(),
+        pack_d.data_ptr(), eps_d, wd_t.data_ptr(), bd_t.data_ptr(),
+        pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(), tables.data_ptr(),
+    )  # fmt: skip
     return PatchWeights(
-        pack_p, eps_p, w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous(), Lp,
-        pack_d, eps_d, w_dec.detach().t().contiguous(), b_dec.detach().contiguous(), Ld,
-        pack_r, R, M, eps_r, None if G is None else G.detach().t().contiguous(),
-        prior_tables(pack_r, R, M, Z, K, P), shape,
+        pack_p, eps_p, w_t, b_t, A_t, Lp, pack_d, eps_d, wd_t, bd_t, Ld, pack_r, R, M, eps_r, g_t, tables, shape,
+        (P, H, N, Lp, Ld, V, Z, K), args,
     )  # fmt: skip
 
 
 def _patch_rounds(
-    ms: list[int],
-    u: tuple[Tensor, Tensor, Tensor],
+    phase: int,
+    span: int,
+    keys: tuple[Tensor, Tensor, tuple[int, int, int]],
     temps: tuple[Tensor, Tensor],
-    states: tuple[Tensor, Tensor, Tensor, Tensor | None],
-    gen: tuple[Tensor, Tensor, Tensor],
+    states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
     w: PatchWeights,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    keep: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
-    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P. ``ms``: the blocks' lengths, ``ms[0] =
-    P - phase`` (the rest of a patch whose first ``phase`` tokens the state holds), the last at most P; ``u`` and
-    ``temps`` as :func:`_fused_rounds`; ``states``: the patch network's SSM states ``(B, Lp, H, N)`` complex after
-    the patches before block 0's, its residual stream there ``(B, H)`` (what block 0's patch reads through the
-    head), the absorbed decoder state ``(B, Ld, H, N)``, and with a phase the network's input so far ``(B, H)``: its
-    bias plus ``W[j, x_j]`` of the pending tokens (None without); ``gen``: what block 0 is drawn from, the residual
-    stream ``(B, H)`` and decoder state ``(B, Ld, H, N)`` generation continues from, which rows have observed a
-    token ``(B,)`` bool (the rest draw from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the
-    model's :func:`patch_weights`. Returns every token ``(B, span)``, the SSM states and residual after the patches
-    before the last block, the absorbed decoder state before it, and how many rounds skipped the decoder's pass over
-    the absorbed latents (every row's equal to its drawn ones)."""
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.  ``span`` tokens from ``phase``
+    positions into a patch: block 0 the rest of that patch, then whole patches, the last maybe cut where the
+    span ends.  ``keys``: the rows' seeds and the span's first positions ``(B,)`` int64 and the streams of the
+    latents, the absorbed latents and the tokens (model/sampling.py: the uniforms are drawn in C, the same
+    numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)`` float64; ``states``: the packed
+    absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and generation's, the absorbed decoder
+    state ``(B, Ld, H, N)`` and generation's, which rows have observed a token ``(B,)`` bool (the rest draw block 0
+    from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's :func:`patch_weights`.
+    Returns every token ``(B, span)``, with ``keep`` the packed partial-encoder state after the patches before the
+    last block and the absorbed decoder state before it (else None twice), and how many rounds skipped the
+    decoder's pass over the absorbed latents; None where a row's pending patch does not hold ``phase`` tokens
+    (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
-    N, V, Z, K = w.shape
-    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
-    ssm, y0, dec_state, in0 = states
-    y_gen, dec_gen, observed, r0 = gen
-    P, _, n_out = w.A.shape
-    H, R, M = w.b_in.shape[0], w.R, w.M
-    Bsz, span = u_tok.shape
-    dt = w.pack_p.dtype
+    P, H, N, Lp, Ld = w.dims[:5]
+    seed, pos0, (s_lat, s_abs, s_tok) = keys
+    temp, temp_tok = temps
+    par, gen, dec, dec_gen, observed, r0 = states
+    Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
-    phase = P - ms[0]
-    ok = 1 <= ms[0] <= P and all(m == P for m in ms[1:-1]) and 1 <= ms[-1] <= P and sum(ms) == span
-    ok = ok and (phase == 0) == (in0 is None) and (in0 is None or in0.shape == (Bsz, H))
-    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and temp.shape == temp_tok.shape == (Bsz,)
-    ok = ok and temp.dtype == temp_tok.dtype == torch.float64 and y0.shape == y_gen.shape == (Bsz, H)
-    ok = ok and ssm.shape == (Bsz, w.Lp, H, N) and dec_state.shape == dec_gen.shape == (Bsz, w.Ld, H, N)
-    ok = ok and ssm.dtype == dec_state.dtype == dec_gen.dtype == cdt
-    ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, R)
-    reals = (u_lat, u_abs, u_tok, y0, y_gen, r0, *(() if in0 is None else (in0,)))
-    ok = ok and all(t.dtype == dt for t in reals)
-    ok = ok and all(t.is_cpu for t in (*reals, temp, temp_tok, ssm, dec_state, dec_gen, observed))
+    ok = 0 <= phase < P and span >= 1 and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
+    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
+    ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
+    ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
+    inputs = (seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0)
+    ok = ok and all(t.is_cpu for t in inputs)
     if not ok:
-        raise ValueError(f"bad inputs for the native patch rounds: uniforms {tuple(u_tok.shape)}, pieces {ms}")
+        raise ValueError(f"bad inputs for the native patch rounds: span {span} from phase {phase}, batch {Bsz}")
+    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
+        t if t.is_contiguous() and not t.is_conj() else t.resolve_conj().contiguous() for t in inputs
+    )
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
-    par_a = _writable(ssm)
-    par_b = torch.empty_like(par_a)
-    decs = torch.empty(2, *dec_state.shape, dtype=cdt)
-    decs[0] = dec_state
-    y_out, head = y0.detach().clone(memory_format=torch.contiguous_format), torch.empty(Bsz, P * n_out, dtype=dt)
-    in0 = None if in0 is None else in0.detach().contiguous()
-    gen = (y_gen.contiguous(), dec_gen.resolve_conj().contiguous(), observed.contiguous(), r0.contiguous())
-    x, g = torch.empty(Bsz, P, H, dtype=dt), torch.empty(Bsz, P, H, dtype=dt)
-    lp, ld = torch.empty(Bsz, P, n_out, dtype=dt), torch.empty(Bsz, P, V, dtype=dt)
-    zs, za = torch.empty(Bsz, P, Z, dtype=torch.int64), torch.empty(Bsz, P, Z, dtype=torch.int64)
-    ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
-    pre = torch.empty(Bsz, P, M, dtype=dt)
-    cxz = torch.zeros(P * (n_out - Z * K) + M, dtype=dt)  # a row's context features, then M zeros
-    pieces = torch.tensor(ms, dtype=torch.int64)
+    par_out = torch.empty_like(par) if keep else None
+    dec_out = torch.empty_like(dec) if keep else None
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
-    which = fn(
-        Bsz, len(ms) - 1, pieces.data_ptr(), span, P, H, N, w.Lp, w.Ld, V, Z, K, tokens.data_ptr(),
-        u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
-        par_a.data_ptr(), par_b.data_ptr(), y_out.data_ptr(), head.data_ptr(), decs.data_ptr(),
-        w.pack_p.data_ptr(), w.eps_p, w.w_t.data_ptr(), w.b_in.data_ptr(), w.A.data_ptr(), phase,
-        None if in0 is None else in0.data_ptr(), *(t.data_ptr() for t in gen),
-        w.pack_d.data_ptr(), w.eps_d, w.wd_t.data_ptr(), w.b_dec.data_ptr(),
-        w.pack_r.data_ptr(), R, M, w.eps_r, n_out, None if w.g_t is None else w.g_t.data_ptr(), w.tables.data_ptr(),
-        x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), za.data_ptr(), ps.data_ptr(),
-        r.data_ptr(), pre.data_ptr(), cxz.data_ptr(),
+    skipped = fn(
+        Bsz, phase, span, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(), s_lat, s_abs, s_tok,
+        temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(), dec_gen.data_ptr(),
+        observed.data_ptr(), r0.data_ptr(), *w.args,
+        None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
     )  # fmt: skip
-    return tokens, par_b if which & 1 else par_a, y_out, decs[(which >> 1) & 1], which >> 2
+    if skipped == -2:
+        return None
+    if skipped < 0:
+        raise MemoryError("the native patch rounds could not allocate their scratch")
+    return tokens, par_out, dec_out, skipped
 
 
-def patch_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor, int]] | None:
+def patch_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, int] | None] | None:
     """The compiled patch rounds (see :func:`_patch_rounds`), or None where the kernels cannot be built."""
     return _patch_rounds if _load() is not None else None

@@ -736,21 +736,25 @@ class VSSM(SequenceModel):
         if fused == 0:
             return None  # a part-block kept mid-block: the reference path is as short
         span = sum(ms[:fused])
-        positions = self.positions(state, span)  # (B, span)
-        streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
-        u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
-        u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         everyone = torch.ones_like(state["observed"])
-        compiled = patch = None
-        if scores is None and finite_temperature(temperature):
-            patch = self._compiled_patch_rounds(c, ms[:fused], state)
-            compiled = None if patch is not None else self._compiled_rounds(ms[:fused], state)
+        got = None
+        if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
+            patch = self._compiled_patch_rounds(c, state)
+            got = None if patch is None else patch(int(state.position[0]) % c, span, temps, state, resumable)
         start = span - ms[fused - 1]  # where the last fused block starts
-        if patch is not None:  # every block, the first too, in one call (csrc/patch_rounds.c)
-            out_tokens, par, dec_abs = patch(ms[:fused], (u_lat, u_abs, u_tok), temps, state, resumable)
+        u_abs: Tensor | None = None  # (B, span, Z): the patch rounds draw theirs in C
+        if got is not None:
+            out_tokens, par, dec_abs = got
         else:
+            positions = self.positions(state, span)  # (B, span)
+            streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
+            u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
+            u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
+            compiled = None
+            if scores is None and finite_temperature(temperature):
+                compiled = self._compiled_rounds(ms[:fused], state)
             pieces, par, dec_abs = self._fused_loop(
                 state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, temps, compiled, scores
             )
@@ -759,6 +763,9 @@ class VSSM(SequenceModel):
             return out_tokens, None
         # absorb the last fused block as an append does, then hand any part-block left to _piece
         last = out_tokens[:, start:]  # (B, m)
+        if u_abs is None:  # the same numbers as the C drew
+            positions = self.positions(state, span)  # (B, span)
+            u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, self.config.n_latents, self.dtype)
         out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
         z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
         _, dec_abs = self._decode(z_abs, dec_abs, last)
@@ -867,28 +874,21 @@ class VSSM(SequenceModel):
         return functools.partial(run, par=par, dec=dec, prior=prior, shape=shape)
 
     def _compiled_patch_rounds(
-        self, c: int, ms: list[int], state: GenState
-    ) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
-        """:meth:`_fused_rows`'s blocks ``ms`` (block size ``c``) in one compiled call for a partial
-        encoder that reads a patch a step (csrc/patch_rounds.c), the first block too: where blocks are
-        its patches (the call may start inside one), the decoder reads latents only and a latent prior
-        draws them, a round is one network step, one decoder pass and the prior's draws.  None: not this
-        model, or not these blocks."""
+        self, c: int, state: GenState
+    ) -> Callable[..., tuple[Tensor, Tensor, Tensor] | None] | None:
+        """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
+        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches (the call may start
+        inside one), the decoder reads latents only and a latent prior draws them, a round is one network step,
+        one decoder pass and the prior's draws.  None: not this model, or not these blocks.  The call itself
+        returns None where the state's pending patch is not where the call starts (then nothing was drawn)."""
         run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
         if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        P = net.patch
-        # blocks are the patches (so _fused_rows' ms are the rest of one, whose first tokens are pending
-        # in the state, checked below, then whole patches, the last maybe cut where the call ends)
-        if c != P:
+        if c != net.patch or has_hooks([net]):  # blocks are the patches; a hook on the patch network: its forward
             return None
-        count = net.pending(state["par"])
-        phase = P - ms[0]  # tokens of block 0's patch before it, pending in the state (the same in every row)
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
-        if bool((count != phase).any()) or has_hooks([net]):  # a hook on the patch network: its own forward
-            return None
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
         # limit of one pass against PyTorch's matrices (S4D.scan_max_tokens), since the alternative to
         # this call is the loop of small passes in PyTorch, not one long pass
@@ -898,20 +898,21 @@ class VSSM(SequenceModel):
         if not (lp._native_ok(probe) and isinstance(lin, nn.Linear) and lin.bias is not None):
             return None
         weights = self._patch_weights(net)
+        streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
 
         def rounds(
-            ms: list[int], u: tuple[Tensor, Tensor, Tensor], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
-        ) -> tuple[Tensor, Tensor | None, Tensor]:
-            # (B, L, H, N), (B, H) twice, (B, H) or None
-            ssm, y, y_gen, in0 = net.round_inputs(state["par"], state["gen"], phase)
-            gen = (y_gen, state["dec"], state["observed"], state["prior"])
-            tokens, ssm, y, dec_abs, skipped = run(ms, u, temps, (ssm, y, state["dec_abs"], in0), gen, weights)
-            log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, len(ms) - 1)
-            if not keep:  # no state wanted
-                return tokens, None, dec_abs
-            if len(ms) == 1:  # block 0 only: no patch absorbed, the state as it was
-                return tokens, state["par"], state["dec_abs"]
-            return tokens, net.at_boundary(ssm, y), dec_abs
+            phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool
+        ) -> tuple[Tensor, Tensor, Tensor] | None:
+            s = state.tensors
+            n_rounds = max(0, -(-(span - (c - phase)) // c))  # blocks after block 0
+            keep = keep and n_rounds > 0  # block 0 only: no patch absorbed, the state as it was
+            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], s["prior"])
+            got = run(phase, span, (state.seed, state.position, streams), temps, states, weights, keep)
+            if got is None:
+                return None
+            tokens, par, dec_abs, skipped = got
+            log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, n_rounds)
+            return tokens, s["par"] if par is None else par, s["dec_abs"] if dec_abs is None else dec_abs
 
         return rounds
 

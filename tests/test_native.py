@@ -820,6 +820,11 @@ def copying(m: VSSM) -> VSSM:
     return m
 
 
+def rounds_of(phase: int, span: int, P: int = 4) -> int:
+    """The rounds after block 0 of a compiled patch-rounds call of ``span`` tokens from ``phase`` into a patch."""
+    return max(0, -(-(span - (P - phase)) // P))
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
@@ -844,7 +849,40 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     # rounds that skipped the pass over z': after a prompt generation continues from the absorbed decoder
     # state, so the first round reuses block 0's pass as the others reuse the last round's
     for args, out in calls:
-        assert out[-1] == (len(args[0]) - 1 if copy else 0)
+        assert out[-1] == (rounds_of(*args[:2]) if copy else 0)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("position", "n"), [(0, 3), (5, 2), (6, 1)])
+def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, position, n):
+    """A call that ends before its first block does (no round after block 0) runs compiled where no
+    state is kept, and draws what the rounds in PyTorch draw; a resumable one keeps the reference path."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, start, n, temp, 4, 0.5, "patch_rounds")
+    assert [args[:2] for args, _ in calls] == [(position % 4, n)]
+
+
+def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere():
+    """The C reads the pending patch's token count from the packed state and draws nothing where a row's
+    is not the call's phase: the call returns None (the caller's loop runs instead)."""
+    from tests.conftest import tiny_model
+    from vssm.model.sampling import row_temperatures
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=F64, max_position=64, **cfg)
+    start = m.start(torch.randint(0, 2, (2, 5), generator=torch.Generator().manual_seed(1)), [1, 2])  # phase 1
+    temps = (row_temperatures(1.0, 2), row_temperatures(0.5, 2))
+    with torch.no_grad():
+        rounds = m._compiled_patch_rounds(4, start)
+        assert rounds is not None
+        assert rounds(1, 11, temps, start, True) is not None
+        assert rounds(2, 11, temps, start, True) is None  # the state holds one pending token, not two
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -892,7 +930,7 @@ def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, f
     calls = compiled_equals_pytorch(m, mid, 12, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
     assert len(calls) == 2
     for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
-        assert out[-1] == (len(args[0]) - 2 if copy else 0)
+        assert out[-1] == (rounds_of(*args[:2]) - 1 if copy else 0)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

@@ -35,26 +35,33 @@ call of another block size may have left the first ahead of the second.  The net
 absorbed SSM states.
 
 A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
-last ms[0] = P - phase positions of its patch, the pending patch's first `phase` tokens are in the
+last P - phase positions of its patch, the pending patch's first `phase` tokens are in the
 state, and round 1's network input starts from in0 (B, H), b + sum over them of W[j, x_j] (and
-W[j, EMPTY] past them in the patch, added here), not from b_in.
+W[j, EMPTY] past them in the patch, added in the round), not from b_in: in0 = b + acc + sum over
+j < phase of W[j, EMPTY], acc read from the packed state.
 
-Layouts: ms (rounds + 1,) int64, the blocks' lengths (ms[0] = P - phase; the last may
-be shorter); tokens (B, span) int64, written; u_lat, u_abs (B, span, Z), u_tok (B, span); temp,
-temp_tok (B,) doubles; par, par2 (B, Lp, H, N) complex (interleaved pairs), ping-ponged; y (B, H): the absorbed residual
-stream before block 0's patch, overwritten with the one after the last step (what the last block
-reads); head0 (B, P O) scratch; dec (2, B, Ld, H, N) complex, dec[0] the absorbed state before block
-0, dec[1] scratch;
-w_in (P, V+1, H) and b_in (H,): the network's input layer as a table; A (P, V+1, O); pack_par the
-network's pack (model/native.py, pack) with a head of P O outputs; w_dec the decoder's input weight
-transposed (Z K, H), b_dec (H,); prior the latent prior's pack, Gt (F, M) or NULL, ptab its tables
-for draws from a block start (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Scratch: x, g (B, P, H); lp
-(B, P, O); ld (B, P, V); zs, za (B, P, Z) int64; ps (R + M + Z K); r (B, R); pre (B, P, M); cxz (P F
-+ M), its last M zeros.  Returns bit 0: par2 holds the final SSM states; bit 1: dec[1] holds the
-absorbed state before the last block; the bits above: how many rounds skipped the pass over z'.
+Layouts: the blocks are m0 = P - phase positions (phase: the position of the span's start in its
+patch), then P each, the first or the last cut where the span ends; tokens (B, span) int64, written; seed and pos0 (B,) int64, the rows' keys and the span's first absolute
+position, whose uniforms are drawn here from streams s_lat, s_abs and s_tok, as csrc/keyed.c draws them
+(model/sampling.py, keyed_uniforms); temp, temp_tok (B,) doubles.  The states, read only, are
+model/patch.py's packed partial-encoder state par (B, Lp + 1, H, N) complex (interleaved pairs): slots
+0..Lp-1 the SSM states, slot Lp the pending patch, [Lp, :, 0] = acc + i y, [Lp, 0, 1] its token
+count, which must be `phase` in every row (else nothing is drawn and -2 returned); gen the same form,
+generation's, of which only y_gen is read; dec and dec_gen (B, Ld, H, N) complex, the absorbed decoder
+state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (P, V+1, H) and b_in (H,): the
+network's input layer as a table; A (P, V+1, O); pack_par the network's pack (model/native.py, pack)
+with a head of P O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
+latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
+(csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
+H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
+0), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
+allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1 where the
+scratch could not be allocated, -2 where a row's pending count is not `phase`.
 Nothing here checks a shape. */
 
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
@@ -98,27 +105,69 @@ Nothing here checks a shape. */
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
-    int patch_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long P, long H, long N,            \
-                              long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const REAL *u_lat,         \
-                              const REAL *u_abs, const REAL *u_tok, const double *temp, const double *temp_tok,     \
-                              REAL *par, REAL *par2, REAL *y, REAL *head0, REAL *dec, const REAL *pack_par,         \
-                              double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A, long phase,        \
-                              const REAL *in0, const REAL *y_gen, const REAL *dec_gen, const uint8_t *observed,    \
-                              const REAL *r0,                                                                       \
-                              const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,           \
-                              const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,          \
-                              const REAL *ptab,                                                                     \
-                              REAL *x, REAL *g, REAL *lp, REAL *ld, int64_t *zs, int64_t *za, REAL *ps,             \
-                              REAL *r, REAL *pre, REAL *cxz) {                                                                 \
-        const long ZK = Z * K, F = O - ZK, V1 = V + 1, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                    \
-        const long one = B * sd; /* a decoder state buffer, in reals */                                             \
-        int wp = 0;                                                                                                 \
+    long patch_rounds_##SUFFIX(long B, long phase, long span, long P, long H, long N, long Lp, long Ld, long V,      \
+                               long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,           \
+                               long s_lat, long s_abs, long s_tok, const double *temp, const double *temp_tok,      \
+                               const REAL *par, const REAL *gen, const REAL *dec_in, const REAL *dec_gen,          \
+                               const uint8_t *observed, const REAL *r0, const REAL *pack_par, double eps_par,      \
+                               const REAL *w_in, const REAL *b_in, const REAL *A, const REAL *pack_dec,            \
+                               double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R,    \
+                               long M, double eps_prior, long O, const REAL *Gt, const REAL *ptab, REAL *par_out,  \
+                               REAL *dec_out) {                                                                     \
+        const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
+        const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
+        const long m0 = P - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
+        for (long b = 0; b < B; ++b)                                                                                \
+            if (phase != (long)nearbyint(par[b * packed + slot + 2])) /* [Lp, 0, 1], its real part */               \
+                return -2;                                                                                          \
+        /* the scratch: states ping-ponged, then the rounds' buffers, each 64-byte aligned */                       \
+        const long Rp = R > 1 ? R : 1;                                                                              \
+        const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * P * O, B * P * H, B * P * H,       \
+                              B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
+                              B * span * Z, B * span};                                                              \
+        const long ints[] = {B * P * Z, B * P * Z, B * span};                                                       \
+        const long nr = sizeof reals / sizeof *reals, ni = sizeof ints / sizeof *ints;                              \
+        long total = 0;                                                                                             \
+        for (long k = 0; k < nr; ++k) total += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;                     \
+        for (long k = 0; k < ni; ++k) total += (ints[k] * 8 + 63) / 64 * 64;                                        \
+        char *block = aligned_alloc(64, total), *at_ = block;                                                       \
+        if (!block)                                                                                                 \
+            return -1;                                                                                              \
+        REAL *bufs[sizeof reals / sizeof *reals];                                                                   \
+        int64_t *ibufs[sizeof ints / sizeof *ints];                                                                 \
+        for (long k = 0; k < nr; ++k) bufs[k] = (REAL *)at_, at_ += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64; \
+        for (long k = 0; k < ni; ++k) ibufs[k] = (int64_t *)at_, at_ += (ints[k] * 8 + 63) / 64 * 64;              \
+        REAL *pa = bufs[0], *pb = bufs[1], *dec = bufs[2], *y = bufs[3], *y_gen = bufs[4], *in0 = bufs[5];         \
+        REAL *head0 = bufs[6], *x = bufs[7], *g = bufs[8], *lp = bufs[9], *ld = bufs[10], *ps = bufs[11];          \
+        REAL *r = bufs[12], *pre = bufs[13], *cxz = bufs[14], *u_lat = bufs[15], *u_abs = bufs[16];                \
+        REAL *u_tok = bufs[17];                                                                                     \
+        int64_t *zs = ibufs[0], *za = ibufs[1], *pos = ibufs[2];                                                    \
+        /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
+        for (long b = 0; b < B; ++b)                                                                                \
+            for (long h = 0; h < H; ++h) {                                                                          \
+                const long o = b * packed + slot + h * N * 2;                                                       \
+                y[b * H + h] = par[o + 1], y_gen[b * H + h] = gen[o + 1];                                           \
+                in0[b * H + h] = b_in[h] + par[o]; /* b + acc, then the EMPTY columns of the pending tokens */      \
+                for (long j = 0; j < phase; ++j) in0[b * H + h] += w_in[(j * V1 + V) * H + h];                      \
+            }                                                                                                       \
+        memcpy(dec, dec_in, one * sizeof(REAL));                                                                    \
+        memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
+        /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
+        for (long b = 0; b < B; ++b)                                                                                \
+            for (long t = 0; t < span; ++t) pos[b * span + t] = pos0[b] + t;                                        \
+        const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
+        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st, u_lat);                                      \
+        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st + 1, u_abs);                                  \
+        keyed_uniforms_##SUFFIX(B, 1, span, 1, seed, pos, span, 1, st + 2, u_tok);                                  \
+        const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
+        const REAL *pf = par; /* the SSM states the next step reads: the packed input first, then pa and pb */      \
+        long pf_sb = packed;                                                                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
-            const long m = ms[0];                                                                                   \
-            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);                    \
+            const long m = m0 < span ? m0 : span;                                                                   \
+            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);               \
             int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
             for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
             if (fresh)                                                                                              \
@@ -143,7 +192,8 @@ Nothing here checks a shape. */
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= rounds; ++i) {                                                                        \
-            const long m = ms[i - 1], nx = ms[i], at = i == 1 ? phase : 0; /* block i-1 starts at `at` */           \
+            const long m = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */    \
+            const long nx = span - start - m < P ? span - start - m : P;                                            \
             /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                         \
             int same = f >= 0;                                                                                      \
             for (long b = 0; b < B; ++b)                                                                            \
@@ -166,12 +216,12 @@ Nothing here checks a shape. */
                     for (long k = 0; k < H; ++k) xb[k] += w[k];                                                     \
                 }                                                                                                   \
             }                                                                                                       \
-            REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                      \
-            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0);                 \
-            wp = !wp;                                                                                               \
+            REAL *pt = pf == pa ? pb : pa;                                                                          \
+            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, pf_sb, pt, g, head0);              \
+            pf = pt, pf_sb = sp;                                                                                    \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
-            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);                              \
+            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);                         \
             latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
                                         u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \
                                         P * Z, ps);                                                                 \
@@ -197,7 +247,17 @@ Nothing here checks a shape. */
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
             start += m;                                                                                             \
         }                                                                                                           \
-        return wp | (int)(d << 1) | (int)(skipped << 2);                                                            \
+        if (par_out) /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */               \
+            for (long b = 0; b < B; ++b) {                                                                          \
+                REAL *o = par_out + b * packed;                                                                     \
+                memcpy(o, pf + b * pf_sb, sp * sizeof(REAL));                                                       \
+                memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
+                for (long h = 0; h < H; ++h) o[slot + h * N * 2 + 1] = y[b * H + h];                                \
+            }                                                                                                       \
+        if (dec_out)                                                                                                \
+            memcpy(dec_out, dec + d * one, one * sizeof(REAL));                                                     \
+        free(block);                                                                                                \
+        return skipped;                                                                                             \
     }
 
 PATCH_ROUNDS(float, f32)
