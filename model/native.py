@@ -62,7 +62,10 @@ log = logging.getLogger(__name__)
 
 SOURCES = [
     Path(__file__).with_name("csrc") / name
-    for name in ("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c", "ar_loop.c", "rounds.c", "patch_rounds.c")
+    for name in (
+        *("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c"),
+        *("ar_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c"),
+    )
 ]
 HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
@@ -86,6 +89,8 @@ _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P,
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
 _PATCH_ARGTYPES = [_L] * 11 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
+# prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
+_PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -164,6 +169,7 @@ def _load() -> ctypes.CDLL | None:
             ("latent_prior", _PRIOR_ARGTYPES, None),
             ("fused_rounds", _ROUNDS_ARGTYPES, _I),
             ("patch_rounds", _PATCH_ARGTYPES, _L),
+            ("prior_piece", _PIECE_ARGTYPES, _L),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
@@ -785,3 +791,94 @@ def _patch_rounds(
 def patch_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, int] | None] | None:
     """The compiled patch rounds (see :func:`_patch_rounds`), or None where the kernels cannot be built."""
     return _patch_rounds if _load() is not None else None
+
+
+@dataclass(frozen=True)
+class PieceWeights:
+    """What the compiled prior piece reads of a model (:func:`piece_weights`), laid out once per weights:
+    the latent prior's and the decoder's packs and the decoder's input layer as a table."""
+
+    pack_r: Tensor  # the latent prior's pack (pack_prior)
+    pack_d: Tensor  # the decoder's pack (pack), its head of V outputs
+    wd_t: Tensor  # (Z K, H): the decoder's input layer transposed
+    b_dec: Tensor  # (H,)
+    dims: tuple[int, ...]  # the call's sizes (H, N, Ld, V, Z, K, R, M)
+    args: tuple[int | float, ...]  # the call's weight arguments: the tensors' addresses and the eps
+
+
+def piece_weights(
+    prior: tuple[Tensor, int, int, float],
+    dec: tuple[Tensor, float, Tensor, Tensor, int],
+    shape: tuple[int, int, int, int],
+) -> PieceWeights:
+    """:class:`PieceWeights` of ``prior``: the latent prior's pack, width R, hidden width M and eps; ``dec``:
+    the decoder's pack, eps, input weight ``(H, Z K)`` as nn.Linear holds it, its bias and layers; ``shape``:
+    ``(N, V, Z, K)``.  ValueError where they do not fit."""
+    N, V, Z, K = shape
+    pack_r, R, M, eps_r = prior
+    pack_d, eps_d, w_dec, b_dec, Ld = dec
+    H, dt = b_dec.shape[0], pack_d.dtype
+    ok = dt in _COMPLEX and 1 <= N <= MAX_MODES and M >= 1 and R >= 1 and w_dec.shape == (H, Z * K)
+    ok = ok and pack_d.numel() == _net_pack_size(Ld, H, N, V) and pack_r.numel() == _prior_pack_size(R, M, Z * K)
+    ok = ok and all(t.is_cpu and t.dtype == dt for t in (pack_r, pack_d, w_dec, b_dec))
+    ok = ok and pack_r.is_contiguous() and pack_d.is_contiguous()
+    if not ok:
+        raise ValueError(f"weights that do not fit the native prior piece: decoder input {tuple(w_dec.shape)}")
+    wd_t, bd = w_dec.detach().t().contiguous(), b_dec.detach().contiguous()
+    args = (pack_r.data_ptr(), eps_r, pack_d.data_ptr(), eps_d, wd_t.data_ptr(), bd.data_ptr())
+    return PieceWeights(pack_r, pack_d, wd_t, bd, (H, N, Ld, V, Z, K, R, M), args)
+
+
+def _prior_piece(
+    n: int,
+    keys: tuple[Tensor, Tensor, tuple[int, int]],
+    temps: tuple[Tensor, Tensor],
+    block_prior: tuple[Tensor | None, Tensor | None],
+    states: tuple[Tensor, Tensor],
+    w: PieceWeights,
+    keep: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """A piece of ``n`` steps through the latent prior and the decoder, compiled (csrc/prior_piece.c;
+    model/vssm.py, ``VSSM._compiled_piece``).  ``keys``: the rows' seeds and the piece's first positions
+    ``(B,)`` int64 and the streams of the latents and the tokens (the uniforms are drawn in C, the same
+    numbers as model/sampling.py's); ``temps``: the latents' and the tokens' temperatures ``(B,)`` float64;
+    ``block_prior``: the block prior's logits ``(B, n, Z K)`` and the context's product ``G g_t`` ``(B, n, M)``
+    (None: zeros); ``states``: the latent prior's ``(B, R)`` and the decoder's ``(B, Ld, H, N)`` complex.
+    Returns the tokens ``(B, n)``, the prior's state after them and, with ``keep``, the decoder's (else None)."""
+    lib = _lib
+    assert lib is not None
+    H, N, Ld, _, Z, K, R, M = w.dims
+    seed, pos0, (s_lat, s_tok) = keys
+    temp, temp_tok = temps
+    base, pre = block_prior
+    r0, dec = states
+    Bsz, dt = seed.shape[0], w.pack_d.dtype
+    ok = n >= 1 and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
+    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and r0.shape == (Bsz, R) and r0.dtype == dt and dec.shape == (Bsz, Ld, H, N) and dec.dtype == _COMPLEX[dt]
+    ok = ok and (base is None or (base.shape == (Bsz, n, Z * K) and base.dtype == dt))
+    ok = ok and (pre is None or (pre.shape == (Bsz, n, M) and pre.dtype == dt))
+    inputs = (seed, pos0, temp, temp_tok, base, pre, r0, dec)
+    ok = ok and all(t is None or t.is_cpu for t in inputs)
+    if not ok:
+        raise ValueError(f"bad inputs for the native prior piece: {n} steps, batch {Bsz}")
+    seed, pos0, temp, temp_tok, base, pre, r0, dec = (
+        t if t is None or (t.is_contiguous() and not t.is_conj()) else t.resolve_conj().contiguous() for t in inputs
+    )
+    tokens = torch.empty(Bsz, n, dtype=torch.int64)
+    r_out = torch.empty_like(r0)
+    dec_out = torch.empty_like(dec) if keep else None
+    fn = lib.prior_piece_f64 if dt == torch.float64 else lib.prior_piece_f32
+    status = fn(
+        Bsz, n, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(), s_lat, s_tok, temp.data_ptr(),
+        temp_tok.data_ptr(), None if base is None else base.data_ptr(), None if pre is None else pre.data_ptr(),
+        r0.data_ptr(), r_out.data_ptr(), dec.data_ptr(), None if dec_out is None else dec_out.data_ptr(), *w.args,
+    )  # fmt: skip
+    if status < 0:
+        raise MemoryError("the native prior piece could not allocate its scratch")
+    return tokens, r_out, dec_out
+
+
+def prior_piece() -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
+    """The compiled prior piece (see :func:`_prior_piece`), or None where the kernels cannot be built."""
+    return _prior_piece if _load() is not None else None

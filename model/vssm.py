@@ -588,6 +588,16 @@ class VSSM(SequenceModel):
             return self._sample_latents(logits, state, n, temperature, observed, u=u), None
         if u is None:
             u = keyed_uniform(state.seed, self.positions(state, n), STREAM_LATENT, self.config.n_latents, self.dtype)
+        logits, r, context = self._prior_inputs(logits, state, observed, r, context)
+        return self.latent_prior.draw(logits, r, u, temperature, context)
+
+    def _prior_inputs(
+        self, logits: Tensor | None, state: GenState, observed: Tensor, r: Tensor | None, context: Tensor | None
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """What the latent prior draws a block's latents from (:meth:`_draw_latents`): the block prior's
+        ``logits`` ``(B, n, Z, K)`` and ``context`` ``(B, n, F)``, each zero where not ``observed`` (the uniform
+        base, no context), and its state ``r`` ``(B, R)`` (None: a block start, zeros)."""
+        assert self.latent_prior is not None
         if "prior" not in state.tensors:
             raise StateError("this state has no latent prior state (made by a model without one); start anew")
         if logits is not None and not bool(observed.all()):
@@ -595,7 +605,7 @@ class VSSM(SequenceModel):
             if context is not None:
                 context = context.masked_fill(~observed[:, None, None], 0.0)  # (B, n, F)
         r = self.latent_prior.initial_state(state.batch_size) if r is None else r
-        return self.latent_prior.draw(logits, r, u, temperature, context)
+        return logits, r, context
 
     def _sample_latents(
         self,
@@ -963,14 +973,18 @@ class VSSM(SequenceModel):
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         r = state.tensors.get("prior")
-        z, r = self._draw_latents(z_logits, state, m, temperature, observed, r, context=context)  # (B, m, Z)
+        compiled = self._compiled_piece(state, m, temperature, scores)
+        if compiled is not None:  # 1. and 2. in one call (csrc/prior_piece.c)
+            tokens, r, dec = compiled(z_logits, context, state, m, temperature, ratio, r, keep)
+        else:
+            z, r = self._draw_latents(z_logits, state, m, temperature, observed, r, context=context)  # (B, m, Z)
+            # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
+            x_logits, dec = self._decode(z, state["dec"], keep=keep)  # (B, m, V)
+            u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
+            tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
+            if scores is not None:
+                scores.append(x_logits.log_softmax(-1))
         prior = {} if r is None else {"prior": r}  # the latent prior's state after the piece
-        # 2. one parallel decoder pass over the latents from the block's provisional state, then the tokens.
-        x_logits, dec = self._decode(z, state["dec"], keep=keep)  # (B, m, V)
-        u = keyed_uniform(state.seed, self.positions(state, m), STREAM_TOKEN, 1, self.dtype)[..., 0]
-        tokens = sample_categorical(x_logits, u, per_row(self.token_temperature(temperature, ratio), 1))  # (B, m)
-        if scores is not None:
-            scores.append(x_logits.log_softmax(-1))
         if not keep:
             return tokens, state
         if not absorb:
@@ -994,6 +1008,62 @@ class VSSM(SequenceModel):
             observed=observed | ends,
             **prior,
         )
+
+    def _compiled_piece(
+        self, state: GenState, m: int, temperature: float | Tensor, scores: list[Tensor] | None
+    ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
+        """Steps 1 and 2 of :meth:`_piece`, the latents through the latent prior, one decoder pass over them
+        and the tokens, in one compiled call (csrc/prior_piece.c): where a latent prior draws the latents,
+        the decoder reads them only, and both the prior's draws and the decoder's pass would run compiled
+        on their own.  None: not this model, or not this call."""
+        run, lp, cfg, dec_net = native.prior_piece(), self.latent_prior, self.config, self.decoder
+        if run is None or lp is None or cfg.decoder_tokens or scores is not None:
+            return None
+        if self.device.type != "cpu" or torch.is_grad_enabled() or not finite_temperature(temperature):
+            return None
+        lin = dec_net.inp
+        if not (isinstance(lin, nn.Linear) and lin.bias is not None):
+            return None
+        probe = torch.empty(state.batch_size, m, cfg.width, dtype=self.dtype)  # (B, m, H): what the pass reads
+        if not (dec_net._native_ok(probe, m, state["dec"]) and lp._native_ok(probe)):
+            return None
+        weights = self._piece_weights()
+        streams = (STREAM_LATENT, STREAM_TOKEN)
+
+        def piece(
+            z_logits: Tensor | None,
+            context: Tensor | None,
+            state: GenState,
+            m: int,
+            temperature: float | Tensor,
+            ratio: float | Tensor,
+            r: Tensor | None,
+            keep: bool,
+        ) -> tuple[Tensor, Tensor, Tensor | None]:
+            B = state.batch_size
+            base, r, context = self._prior_inputs(z_logits, state, state["observed"], r, context)
+            block_prior = (None if base is None else base.flatten(-2), lp._pre(context))  # (B, m, Z K), (B, m, M)
+            temps = (row_temperatures(temperature, B), row_temperatures(self.token_temperature(temperature, ratio), B))
+            keys = (state.seed, state.position, streams)
+            return run(m, keys, temps, block_prior, (r, state["dec"]), weights, keep)
+
+        return piece
+
+    def _piece_weights(self) -> native.PieceWeights:
+        """The weights the compiled piece reads, laid out once per weights (as :meth:`_patch_weights`)."""
+        dec_net, lp, cfg = self.decoder, self.latent_prior, self.config
+        assert lp is not None
+        eps = (dec_net.norm.eps, lp.mlp[0].eps)  # not parameters: in the key
+        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
+        hit = self.__dict__.get("_piece_weights_cache")
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        lin = dec_net.inp
+        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
+        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
+        weights = native.piece_weights(prior, dec, (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes))
+        self.__dict__["_piece_weights_cache"] = (key, weights)
+        return weights
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         """Observed tokens end the current block: they continue the absorbed decoder state."""

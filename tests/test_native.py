@@ -799,6 +799,80 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
     assert len(calls) == 2
 
 
+# ----- a piece drawn through the latent prior and decoded from its latents (csrc/prior_piece.c) -------------------
+PRIOR_VARIANTS = [
+    {"prior_width": 6, "prior_hidden": 20},
+    {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+    {"prior_width": 6, "prior_hidden": 20, "n_latents": 2, "n_classes": 3},
+    {"prior_width": 6, "prior_hidden": 20, "prior_context": 5, "n_classes": 40},  # PyTorch reads it as a lookup
+]
+
+
+def prior_model(dtype, **variant):
+    """A tiny VSSM with a latent prior whose last layer is not zero (a fresh prior adds nothing)."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
+    with torch.no_grad():
+        last = m.latent_prior.mlp[3]
+        last.weight.copy_(torch.randn(last.weight.shape, generator=torch.Generator().manual_seed(7), dtype=dtype))
+    return m
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("variant", PRIOR_VARIANTS)
+@pytest.mark.parametrize(("position", "n", "block"), [(0, 20, 64), (7, 22, 64), (5, 20, 9), (3, 30, 4)])
+def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, position, n, block):
+    """Tokens and every state tensor of pieces whose latents the latent prior draws: one pass (block 64)
+    unprompted or after a prompt, and block sizes whose pieces are not fused; resumable or not, a
+    temperature per row, tokens at half the latents' temperature."""
+    m = prior_model(dtype, **variant)
+    prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, start, n, temp, block, 0.5, "prior_piece")
+    assert calls
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_compiled_prior_piece_per_row_from_the_prior_it_has(dtype):
+    """One call for a row that has observed nothing (the uniform base, no context) and one that has (the
+    partial encoder's logits and context), at different positions."""
+    from vssm.model.state import GenState
+
+    m = prior_model(dtype, prior_width=6, prior_hidden=20, prior_context=5)
+    fresh = m.start(torch.zeros(1, 0, dtype=torch.long), [4])
+    prompted = m.start(torch.randint(0, m.vocab_size, (1, 5), generator=torch.Generator().manual_seed(3)), [5])
+    start = GenState.cat([fresh, prompted])
+    assert start["observed"].tolist() == [False, True]
+    calls = compiled_equals_pytorch(m, start, 17, torch.tensor([0.8, 1.0], dtype=dtype), 64, 0.5, "prior_piece")
+    assert calls
+
+
+def test_compiled_prior_piece_leaves_what_it_cannot_run():
+    """Scores wanted, or a hook on the decoder: the piece keeps its PyTorch calls."""
+    m = prior_model(F64, prior_width=6, prior_hidden=20)
+    start = m.start(torch.zeros(2, 0, dtype=torch.long), [1, 2])
+    calls = []
+    real = native._prior_piece
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_prior_piece", spy)
+        m.generate(start, 10, resumable=False)
+        assert len(calls) == 1
+        m.generate_scored(start, 10, resumable=False)
+        handle = m.decoder.register_forward_hook(lambda *_: None)
+        try:
+            m.generate(start, 10, resumable=False)
+        finally:
+            handle.remove()
+    assert len(calls) == 1
+
+
 # ----- block sampling's rounds for a partial encoder that reads a patch a step (csrc/patch_rounds.c) --------------
 def copying(m: VSSM) -> VSSM:
     """``m`` made to copy: its decoder draws the token its latent names (the input and head agree; the

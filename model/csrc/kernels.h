@@ -1,7 +1,8 @@
-/* The kernels' entry points that the round loops call (csrc/rounds.c, csrc/patch_rounds.c), in float32
-and float64: their definitions and layouts are in csrc/s4d_block.c (ssm_net, ssm_net_head, linear_rows),
-csrc/keyed.c (keyed_uniforms), csrc/categorical.c and csrc/latent_prior.c (latent_prior, latent_prior_table).  model/native.py hashes
-this file with the sources. */
+/* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
+csrc/prior_piece.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
+(ssm_net, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms), csrc/categorical.c,
+csrc/latent_prior.c (latent_prior, latent_prior_table) and csrc/prior_piece.c (dec_inputs).
+model/native.py hashes this file with the sources. */
 
 #ifndef VSSM_KERNELS_H
 #define VSSM_KERNELS_H
@@ -17,6 +18,8 @@ this file with the sources. */
                               REAL *out);                                                                       \
     void keyed_uniforms_##SUFFIX(long Bsz, long S, long T, long W, const int64_t *seed, const int64_t *pos,     \
                                  long pos_sb, long pos_st, const int64_t *streams, REAL *out);                 \
+    void dec_inputs_##SUFFIX(long B, long n, long z_sb, long H, long Z, long K, const int64_t *z,             \
+                             const REAL *w_dec, const REAL *b_dec, REAL *x);                                \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \

@@ -67,21 +67,6 @@ Nothing here checks a shape. */
 #include "kernels.h"
 
 #define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
-    /* the decoder's inputs (B, n, H) of latents z (B, n, Z) in rows of P: b_dec + sum_i w_dec[i K + z_i] */        \
-    static void dec_inputs_##SUFFIX(long B, long n, long P, long H, long Z, long K, const int64_t *z,               \
-                                    const REAL *w_dec, const REAL *b_dec, REAL *x) {                                \
-        for (long b = 0; b < B; ++b)                                                                                \
-            for (long t = 0; t < n; ++t) {                                                                          \
-                REAL *xt = x + (b * n + t) * H;                                                                     \
-                memcpy(xt, b_dec, H * sizeof(REAL));                                                                \
-                const int64_t *zt = z + (b * P + t) * Z;                                                            \
-                for (long j = 0; j < Z; ++j) {                                                                      \
-                    const REAL *w = w_dec + (j * K + zt[j]) * H;                                                    \
-                    for (long k = 0; k < H; ++k) xt[k] += w[k];                                                     \
-                }                                                                                                   \
-            }                                                                                                       \
-    }                                                                                                               \
-                                                                                                                    \
     /* the latent prior's inputs for n positions of a block from `at` in its patch: base logits lp (B, P, O) =  \
        head (B, P O) + A[j, EMPTY], pre (B, P, M) = G times their context features (a row's F features        \
        gathered into cxz, then one product; cxz + P F holds M zeros, its bias); zeros in a row not observed    \
@@ -178,7 +163,7 @@ Nothing here checks a shape. */
                 latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M, u_lat, span * Z, temp, \
                                       prior, eps_prior, r, zs, P * Z, ps);                                          \
             }                                                                                                       \
-            dec_inputs_##SUFFIX(B, m, P, H, Z, K, zs, w_dec, b_dec, x);                                             \
+            dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                             \
             /* where the decoder state generation continues from is the absorbed one (at a block start, unless \
                a call of another block size left it), E, the state after z of block 0, may stand for D after z' \
                in round 1 */                                                                                    \
@@ -228,14 +213,14 @@ Nothing here checks a shape. */
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
             if (!same) {                                                                                            \
                 const long to = f >= 0 ? f : 1 - d;                                                                 \
-                dec_inputs_##SUFFIX(B, m, P, H, Z, K, za, w_dec, b_dec, x);                                         \
+                dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, za, w_dec, b_dec, x);                                         \
                 ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd, dec + to * one,     \
                                  g, ld);                                                                            \
                 f = to;                                                                                             \
             } else                                                                                                  \
                 ++skipped;                                                                                          \
             const long dnew = f, fnew = d; /* the old D is read no more: E goes there */                            \
-            dec_inputs_##SUFFIX(B, nx, P, H, Z, K, zs, w_dec, b_dec, x);                                            \
+            dec_inputs_##SUFFIX(B, nx, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                            \
             ssm_net_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd, dec + fnew * one,  \
                              g, ld);                                                                                \
             d = dnew;                                                                                               \
