@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import itertools
 import logging
 import os
 import platform
@@ -84,8 +83,9 @@ _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
-_ROUNDS_ARGTYPES = [_L, _L, _P, _L, _L, _L, _L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]
-_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P]
+# fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
+_ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
 _PATCH_ARGTYPES = [_L] * 11 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
@@ -167,7 +167,7 @@ def _load() -> ctypes.CDLL | None:
             ("keyed_uniforms", _KEYED_ARGTYPES, None),
             ("categorical", _CATEGORICAL_ARGTYPES, None),
             ("latent_prior", _PRIOR_ARGTYPES, None),
-            ("fused_rounds", _ROUNDS_ARGTYPES, _I),
+            ("fused_rounds", _ROUNDS_ARGTYPES, _L),
             ("patch_rounds", _PATCH_ARGTYPES, _L),
             ("prior_piece", _PIECE_ARGTYPES, _L),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
@@ -553,90 +553,122 @@ def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
     return _ar_loop if _load() is not None else None
 
 
-def _fused_rounds(
-    ms: list[int],
-    tokens: Tensor,
-    u: tuple[Tensor, Tensor, Tensor],
-    temps: tuple[Tensor, Tensor],
-    states: tuple[Tensor, Tensor],
+@dataclass(frozen=True)
+class RoundWeights:
+    """What the compiled fused rounds read of a model (:func:`round_weights`), laid out once per weights."""
+
+    pack_p: Tensor  # the partial encoder's pack, its head of Z K + F outputs
+    emb: Tensor  # (V+1, H): its embedding
+    pack_d: Tensor  # the decoder's pack
+    w_t: Tensor  # (I, H): the decoder's input layer transposed
+    b_in: Tensor  # (H,)
+    pack_r: Tensor | None  # the latent prior's pack, None without one
+    g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
+    R: int  # the latent prior's width (0 without one)
+    dims: tuple[int, ...]  # the call's sizes (H, N, Lp, Ld, V, Z, K, dec_tokens)
+    args: tuple[int | float | None, ...]  # the call's weight arguments: the tensors' addresses, eps, sizes
+
+
+def round_weights(
     par: tuple[Tensor, float, Tensor, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int, bool],
     prior: tuple[Tensor, int, int, float, Tensor | None] | None,
     shape: tuple[int, int, int, int],
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Block sampling's rounds after the first block, compiled (csrc/rounds.c; model/vssm.py,
-    ``VSSM._fused_rows``).  ``ms``: the pieces' lengths, ``ms[0]`` drawn already; ``tokens`` ``(B, span)``
-    int64 holding its tokens first; ``u``: the latent, absorb and token uniforms ``(B, span, Z)``,
-    ``(B, span, Z)``, ``(B, span)``; ``temps``: the latent and token temperatures ``(B,)`` float64;
-    ``states``: the partial encoder's and the absorbed decoder's ``(B, L, H, N)`` complex; ``par``:
-    its pack, eps, embedding ``(V+1, H)``, layers; ``dec``: its pack, eps, input weight ``(H, I)`` as
-    nn.Linear holds it, bias, layers, whether it reads tokens; ``prior``: the latent prior's pack,
-    width, hidden width, eps and context weight ``G`` ``(M, F)`` as nn.Linear holds it (None: no
-    context; the partial encoder's head then has ``Z*K + F`` outputs), or None: no latent prior;
-    ``shape``: ``(N, V, Z, K)``.  Returns every token ``(B, span)`` and the
-    two states after the last round's absorbed steps."""
-    lib = _lib
-    assert lib is not None
+) -> RoundWeights:
+    """:class:`RoundWeights` of ``par``: the partial encoder's pack, eps, embedding ``(V+1, H)``, layers; ``dec``:
+    the decoder's pack, eps, input weight ``(H, I)`` as nn.Linear holds it, bias, layers, whether it reads
+    tokens; ``prior``: the latent prior's pack, width, hidden width, eps and context weight ``G`` ``(M, F)`` as
+    nn.Linear holds it (None: no context; the partial encoder's head then has ``Z*K + F`` outputs), or None: no
+    latent prior; ``shape``: ``(N, V, Z, K)``.  ValueError where they do not fit."""
     N, V, Z, K = shape
-    u_lat, u_abs, u_tok, temp, temp_tok = (t.contiguous() for t in (*u, *temps))
     pack_p, eps_p, emb, Lp = par
     pack_d, eps_d, w_in, b_in, Ld, dec_tokens = dec
-    Bsz, span = tokens.shape
-    H = emb.shape[1]
-    dt = u_lat.dtype
-    cdt = _COMPLEX.get(dt)
+    H, dt = emb.shape[1], pack_p.dtype
     n_in = Z * K + (V + 1 if dec_tokens else 0)
-    longest = max(a + b for a, b in itertools.pairwise(ms))
-    ok = cdt is not None and len(ms) >= 2 and sum(ms) == span and tokens.dtype == torch.int64 and tokens.is_contiguous()
-    ok = ok and u_lat.shape == u_abs.shape == (Bsz, span, Z) and u_tok.shape == (Bsz, span) and 1 <= N <= MAX_MODES
-    ok = ok and all(t.dtype == dt for t in (u_abs, u_tok, pack_p, emb, pack_d, w_in, b_in))
-    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
-    ok = ok and states[0].shape == (Bsz, Lp, H, N) and states[1].shape == (Bsz, Ld, H, N)
-    ok = ok and states[0].dtype == states[1].dtype == cdt and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
-    ok = ok and pack_d.numel() == _net_pack_size(Ld, H, N, V)
-    ok = ok and pack_p.is_contiguous() and pack_d.is_contiguous() and b_in.shape == (H,) and min(ms) >= 1
-    first = tokens[:, : ms[0]]
-    ok = ok and (first.numel() == 0 or (int(first.min()) >= 0 and int(first.max()) < V))  # read by the embedding
+    ok = dt in _COMPLEX and 1 <= N <= MAX_MODES and emb.shape == (V + 1, H) and w_in.shape == (H, n_in)
+    ok = ok and b_in.shape == (H,) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     R = M = F = 0
-    packs = (pack_p, pack_d)
-    g_t: Tensor | None = None  # G transposed (F, M)
+    pack_r = g_t = None
+    eps_r = 0.0
     if prior is not None:
-        pack_r, R, M, _, G = prior
-        ok = ok and M >= 1 and pack_r.dtype == dt and pack_r.numel() == _prior_pack_size(R, M, Z * K)
-        packs = (*packs, pack_r)
+        pack_r, R, M, eps_r, G = prior
+        ok = ok and M >= 1 and R >= 1 and pack_r.numel() == _prior_pack_size(R, M, Z * K)
         if G is not None:
             F = G.shape[1]
-            ok = ok and G.shape == (M, F) and G.dtype == dt and G.is_cpu
+            ok = ok and G.shape == (M, F)
             g_t = G.detach().t().contiguous()
     n_par = Z * K + F  # the partial encoder's outputs: the latents' logits, then the context features
-    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, n_par) and all(p.is_contiguous() for p in packs)
-    tensors = (tokens, u_lat, u_abs, u_tok, temp, temp_tok, *states, *packs, emb, w_in, b_in)
-    if not (ok and all(t.is_cpu for t in tensors)):
-        raise ValueError(f"bad inputs for the native rounds: tokens {tuple(tokens.shape)}, pieces {ms}")
-    par_a, dec_a = _writable(states[0]), _writable(states[1])
-    par_b, dec_b = torch.empty_like(par_a), torch.empty_like(dec_a)
-    w_t, emb = w_in.detach().t().contiguous(), emb.detach().contiguous()  # (I, H): a column per input
-    x, g = torch.empty(Bsz, longest, H, dtype=dt), torch.empty(Bsz, longest, H, dtype=dt)
-    lp, ld = torch.empty(Bsz, longest, n_par, dtype=dt), torch.empty(Bsz, longest, V, dtype=dt)
-    pre = torch.empty(Bsz, longest, M, dtype=dt) if F else None
-    zs = torch.empty(Bsz, longest, Z, dtype=torch.int64)
-    ps, r = torch.empty(R + M + Z * K, dtype=dt), torch.empty(Bsz, max(R, 1), dtype=dt)
-    pieces = torch.tensor(ms, dtype=torch.int64)
-    fn = lib.fused_rounds_f64 if dt == torch.float64 else lib.fused_rounds_f32
-    which = fn(
-        Bsz, len(ms) - 1, pieces.data_ptr(), span, H, N, Lp, Ld, V, Z, K, int(dec_tokens), tokens.data_ptr(),
-        u_lat.data_ptr(), u_abs.data_ptr(), u_tok.data_ptr(), temp.data_ptr(), temp_tok.data_ptr(),
-        par_a.data_ptr(), par_b.data_ptr(), dec_a.data_ptr(), dec_b.data_ptr(),
-        pack_p.data_ptr(), eps_p, emb.data_ptr(), pack_d.data_ptr(), eps_d, w_t.data_ptr(), b_in.detach().data_ptr(),
-        None if prior is None else prior[0].data_ptr(), R, M, 0.0 if prior is None else prior[3],
-        n_par, None if g_t is None else g_t.data_ptr(),
-        x.data_ptr(), g.data_ptr(), lp.data_ptr(), ld.data_ptr(), zs.data_ptr(), ps.data_ptr(), r.data_ptr(),
-        None if pre is None else pre.data_ptr(),
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, n_par)
+    tensors = [t for t in (pack_p, emb, pack_d, w_in, b_in, pack_r, g_t) if t is not None]
+    ok = ok and all(t.is_cpu and t.dtype == dt for t in tensors)
+    ok = ok and all(t.is_contiguous() for t in (pack_p, pack_d, *(() if pack_r is None else (pack_r,))))
+    if not ok:
+        raise ValueError(f"weights that do not fit the native rounds: embedding {tuple(emb.shape)}, shape {shape}")
+    emb_c, w_t, b_c = emb.detach().contiguous(), w_in.detach().t().contiguous(), b_in.detach().contiguous()
+    # the addresses stay valid while the RoundWeights holds the tensors; a call passes them as they are
+    args = (
+        pack_p.data_ptr(), eps_p, emb_c.data_ptr(), pack_d.data_ptr(), eps_d, w_t.data_ptr(), b_c.data_ptr(),
+        None if pack_r is None else pack_r.data_ptr(), R, M, eps_r, n_par, None if g_t is None else g_t.data_ptr(),
     )  # fmt: skip
-    return tokens, par_b if which & 1 else par_a, dec_b if which & 2 else dec_a
+    dims = (H, N, Lp, Ld, V, Z, K, int(dec_tokens))
+    return RoundWeights(pack_p, emb_c, pack_d, w_t, b_c, pack_r, g_t, R, dims, args)
 
 
-def fused_rounds() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+def _fused_rounds(
+    ms: list[int],
+    keys: tuple[Tensor, Tensor, tuple[int, int, int]],
+    temps: tuple[Tensor, Tensor],
+    states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None],
+    w: RoundWeights,
+    keep: bool,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Block sampling's blocks of a call, compiled (csrc/rounds.c; model/vssm.py, ``VSSM._fused_rows``): block 0
+    from the states generation continues from, the rounds after it, and a last piece of 0 absorbs the last
+    block.  ``ms``: the pieces' lengths; ``keys``: the rows' seeds and the span's first positions ``(B,)`` int64
+    and the streams of the latents, the absorbed latents and the tokens (the uniforms are drawn in C, the same
+    numbers as model/sampling.py's); ``temps``: the latent and token temperatures ``(B,)`` float64; ``states``:
+    the partial encoder's absorbed state and generation's ``(B, Lp, H, N)``, the decoder's absorbed state and
+    generation's ``(B, Ld, H, N)`` complex, which rows have observed a token ``(B,)`` bool and the latent
+    prior's state ``(B, R)`` (None without a prior); ``w``: the model's :func:`round_weights`.  Returns every
+    token ``(B, span)`` and, with ``keep``, the two absorbed states after the last round (else None twice)."""
+    lib = _lib
+    assert lib is not None
+    H, N, Lp, Ld = w.dims[:4]
+    seed, pos0, (s_lat, s_abs, s_tok) = keys
+    temp, temp_tok = temps
+    par, gen, dec, dec_gen, observed, r0 = states
+    Bsz, dt, span = seed.shape[0], w.pack_p.dtype, sum(ms)
+    cdt = _COMPLEX[dt]
+    ok = len(ms) >= 1 and ms[0] >= 1 and min(ms[1:-1], default=1) >= 1 and ms[-1] >= 0
+    ok = ok and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
+    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and par.shape == gen.shape == (Bsz, Lp, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
+    ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt
+    ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool
+    ok = ok and (r0 is None) == (w.pack_r is None) and (r0 is None or (r0.shape == (Bsz, w.R) and r0.dtype == dt))
+    inputs = (seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0)
+    if not (ok and all(t is None or t.is_cpu for t in inputs)):
+        raise ValueError(f"bad inputs for the native rounds: batch {Bsz}, pieces {ms}")
+    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
+        t if t is None or (t.is_contiguous() and not t.is_conj()) else t.resolve_conj().contiguous() for t in inputs
+    )
+    tokens = torch.empty(Bsz, span, dtype=torch.int64)
+    par_out = torch.empty_like(par) if keep else None
+    dec_out = torch.empty_like(dec) if keep else None
+    pieces = (ctypes.c_int64 * len(ms))(*ms)
+    fn = lib.fused_rounds_f64 if dt == torch.float64 else lib.fused_rounds_f32
+    status = fn(
+        Bsz, len(ms), pieces, span, H, N, Lp, Ld, *w.dims[4:], tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
+        s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
+        dec_gen.data_ptr(), observed.data_ptr(), None if r0 is None else r0.data_ptr(), *w.args,
+        None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
+    )  # fmt: skip
+    if status < 0:
+        raise MemoryError("the native rounds could not allocate their scratch")
+    return tokens, par_out, dec_out
+
+
+def fused_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None:
     """The compiled fused rounds (see :func:`_fused_rounds`), or None where the kernels cannot be built."""
     return _fused_rounds if _load() is not None else None
 

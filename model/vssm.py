@@ -38,7 +38,6 @@ tokens equals a call of a then b at any fixed block size.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import math
@@ -749,12 +748,18 @@ class VSSM(SequenceModel):
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         everyone = torch.ones_like(state["observed"])
-        got = None
+        got, absorbed = None, False
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
             patch = self._compiled_patch_rounds(c, state)
-            got = None if patch is None else patch(int(state.position[0]) % c, span, temps, state, resumable)
+            if patch is not None:  # csrc/patch_rounds.c: the states before the last block
+                got = patch(int(state.position[0]) % c, span, temps, state, resumable)
+            else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
+                pieces = ms[:fused] + ([0] if resumable else [])
+                rounds = self._compiled_rounds(pieces, state)
+                got = None if rounds is None else rounds(pieces, temps, state, resumable)
+                absorbed = got is not None and resumable
         start = span - ms[fused - 1]  # where the last fused block starts
-        u_abs: Tensor | None = None  # (B, span, Z): the patch rounds draw theirs in C
+        u_abs: Tensor | None = None  # (B, span, Z): the compiled calls draw theirs in C
         if got is not None:
             out_tokens, par, dec_abs = got
         else:
@@ -762,23 +767,21 @@ class VSSM(SequenceModel):
             streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
             u = keyed_uniforms(state.seed, positions, streams, self.config.n_latents, self.dtype)  # (B, 3, span, Z)
             u_lat, u_abs, u_tok = u[:, 0], u[:, 1], u[:, 2, :, 0]  # (B, span, Z) twice, (B, span)
-            compiled = None
-            if scores is None and finite_temperature(temperature):
-                compiled = self._compiled_rounds(ms[:fused], state)
-            pieces, par, dec_abs = self._fused_loop(
-                state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, temps, compiled, scores
+            pieces_out, par, dec_abs = self._fused_loop(
+                state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, scores
             )
-            out_tokens = torch.cat(pieces, 1)  # (B, span)
+            out_tokens = torch.cat(pieces_out, 1)  # (B, span)
         if not resumable and fused == len(ms):
             return out_tokens, None
-        # absorb the last fused block as an append does, then hand any part-block left to _piece
-        last = out_tokens[:, start:]  # (B, m)
-        if u_abs is None:  # the same numbers as the C drew
-            positions = self.positions(state, span)  # (B, span)
-            u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, self.config.n_latents, self.dtype)
-        out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
-        z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
-        _, dec_abs = self._decode(z_abs, dec_abs, last)
+        if not absorbed:  # absorb the last fused block as an append does
+            last = out_tokens[:, start:]  # (B, m)
+            if u_abs is None:  # the same numbers as the C drew
+                positions = self.positions(state, span)  # (B, span)
+                u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, self.config.n_latents, self.dtype)
+            out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
+            z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
+            _, dec_abs = self._decode(z_abs, dec_abs, last)
+        # then hand any part-block left to _piece
         state = state.evolve(
             position=state.position + span,
             dec=dec_abs,
@@ -802,17 +805,13 @@ class VSSM(SequenceModel):
         u: tuple[Tensor, Tensor, Tensor],
         temperature: float | Tensor,
         ratio: float | Tensor,
-        temps: tuple[Tensor, Tensor],
-        compiled: Callable[..., tuple[Tensor, Tensor, Tensor]] | None,
         scores: list[Tensor] | None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """:meth:`_fused_rows`'s blocks ``ms`` where the patch rounds do not take them (a token-level
-        partial encoder, or scores wanted, or blocks that are not the patches): the first piece, then the
-        rounds (in one ``compiled`` call where it is given, else here; ``temps`` its per-row
-        temperatures).  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last
-        block."""
+        """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
+        NaN temperature, a hook, or passes past the kernel's limit): the first piece, then the rounds.
+        Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
-        Bsz, span = state.batch_size, u_tok.shape[1]
+        Bsz = state.batch_size
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
         # the first piece: latents from f_par over EMPTYs where a token was observed, else the prior
         m, observed, logits, context = ms[0], state["observed"], None, None
@@ -826,11 +825,6 @@ class VSSM(SequenceModel):
         if scores is not None:
             scores.append(x_logits.log_softmax(-1))
         par, dec_abs = state["par"], state["dec_abs"]
-        if compiled is not None:  # the loop below in one call (csrc/rounds.c)
-            every = torch.zeros(Bsz, span, dtype=torch.long)
-            every[:, : ms[0]] = tokens[0]
-            every, par, dec_abs = compiled(ms, every, u, temps, (par, dec_abs))
-            return [every], par, dec_abs
         everyone = torch.ones_like(observed)
         start = 0
         for i in range(1, len(ms)):
@@ -852,36 +846,60 @@ class VSSM(SequenceModel):
             start += m
         return tokens, par, dec_abs
 
-    def _compiled_rounds(self, ms: list[int], state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
-        """The fused rounds of :meth:`_fused_rows` as one compiled call, bound to this model's
-        weights, where both networks can run their passes on the kernel on the CPU (batch x steps
-        within ``native.max_tokens()``; model/native.py, csrc/rounds.c); else None (the loop in
-        PyTorch, whose passes take the same kernel within that limit: SSMNet.forward_from)."""
+    def _compiled_rounds(
+        self, ms: list[int], state: GenState
+    ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None:
+        """:meth:`_fused_rows`'s blocks ``ms`` (a last 0: the last block absorbed too) as one compiled call
+        (csrc/rounds.c), block 0 included, where both networks can run their passes on the kernel on the CPU
+        (batch x steps within ``native.max_tokens()``; model/native.py); else None (the loop in PyTorch, whose
+        passes take the same kernel within that limit: SSMNet.forward_from)."""
         run = native.fused_rounds()
-        if run is None or len(ms) < 2 or self.device.type != "cpu" or torch.is_grad_enabled():
+        if run is None or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self.partial_encoder, self.decoder
         if isinstance(par_net, PatchNet):  # its rounds: _compiled_patch_rounds
             return None
-        T = max(a + b for a, b in itertools.pairwise(ms))
+        T = max([ms[0], *(a + b for a, b in itertools.pairwise(ms))])  # the longest pass
         probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
             return None
         emb, lin = par_net.inp, dec_net.inp
         if not (isinstance(emb, nn.Embedding) and isinstance(lin, nn.Linear) and lin.bias is not None):
             return None
+        if self.latent_prior is not None and not self.latent_prior._native_ok(probe):
+            return None
+        weights = self._round_weights()
+        streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
+
+        def rounds(
+            ms: list[int], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
+        ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+            s = state.tensors
+            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], s.get("prior"))
+            if self.latent_prior is not None and states[-1] is None:
+                raise StateError("this state has no latent prior state (made by a model without one); start anew")
+            return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
+
+        return rounds
+
+    def _round_weights(self) -> native.RoundWeights:
+        """The weights the compiled rounds read, laid out once per weights (as :meth:`_patch_weights`)."""
+        par_net, dec_net, lp, cfg = self.partial_encoder, self.decoder, self.latent_prior, self.config
+        eps = (par_net.norm.eps, dec_net.norm.eps, None if lp is None else lp.mlp[0].eps)  # not parameters: in the key
+        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
+        hit = self.__dict__.get("_round_weights_cache")
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
         prior = None
-        if self.latent_prior is not None:
-            if not self.latent_prior._native_ok(probe):
-                return None
-            lp = self.latent_prior
+        if lp is not None:
             G = None if lp.context is None else lp.context.weight  # (M, F)
             prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
-        cfg = self.config
-        par = (par_net._packed(), par_net.norm.eps, emb.weight, cfg.par_layers)
+        par = (par_net._packed(), par_net.norm.eps, par_net.inp.weight, cfg.par_layers)
+        lin = dec_net.inp
         dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)
-        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
-        return functools.partial(run, par=par, dec=dec, prior=prior, shape=shape)
+        weights = native.round_weights(par, dec, prior, (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes))
+        self.__dict__["_round_weights_cache"] = (key, weights)
+        return weights
 
     def _compiled_patch_rounds(
         self, c: int, state: GenState

@@ -782,7 +782,9 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
         {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
     ],
 )
-@pytest.mark.parametrize(("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200)])
+@pytest.mark.parametrize(
+    ("c", "position", "n"), [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200), (4, 8, 4), (4, 5, 3), (16, 0, 16)]
+)
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n, monkeypatch):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a
     temperature per row; float32 within rounding of the states."""
@@ -871,6 +873,23 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
         finally:
             handle.remove()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("variant", [{}, {"prior_width": 6, "prior_hidden": 20, "prior_context": 5}])
+def test_compiled_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype, variant):
+    """Block 0, drawn in the compiled rounds, from the uniform prior in a row that has observed nothing
+    (floor(u K), or zero logits through the latent prior) and from the partial encoder in a row that has."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
+    fresh = m.start(torch.zeros(1, 0, dtype=torch.long), [4])
+    prompted = m.start(torch.randint(0, m.vocab_size, (1, 8), generator=torch.Generator().manual_seed(3)), [5])
+    start = GenState.cat([fresh, prompted])
+    assert start["observed"].tolist() == [False, True]
+    calls = compiled_equals_pytorch(m, start, 14, torch.tensor([0.8, 1.0], dtype=dtype), 4, 0.5, "fused_rounds")
+    assert len(calls) == 2
 
 
 # ----- block sampling's rounds for a partial encoder that reads a patch a step (csrc/patch_rounds.c) --------------

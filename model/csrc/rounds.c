@@ -1,12 +1,18 @@
-/* Block sampling's fused rounds in one call (model/vssm.py, VSSM._fused_rows): the loop over blocks.
+/* Block sampling's fused rounds in one call (model/vssm.py, VSSM._fused_rows): a call's blocks, the
+first drawn from the states generation continues from, then the loop over blocks, then (where the
+call keeps its state) the absorption of the last.
 
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      V  vocabulary (EMPTY = V)
     Z  latent variables per step      K  classes of each      m  the block just drawn      c' the next
 
-Round i reads block i-1's tokens and draws block i, from the partial encoder's state par (after
-every token before block i-1) and the decoder's absorbed state dec (after the absorbed latents
-before block i-1):
+Round 0 draws block 0 (ms[0] steps) from gen and dec_gen, the partial encoder's and the decoder's
+states generation continues from: f_par over EMPTYs from gen where the row has observed a token
+(its latent logits and context), the uniform prior where not (floor(u K), or zero logits through the
+latent prior); z through the latent prior from its state r0 where there is one; f_dec over z (and
+EMPTYs) from dec_gen; the tokens.  Round i >= 1 reads block i-1's tokens and draws block i, from the
+partial encoder's state par (after every token before block i-1) and the decoder's absorbed state dec
+(after the absorbed latents before block i-1):
     1. f_par over [block i-1's tokens, c' EMPTYs] from par: the absorbed latents' logits, block i's
        latent logits, and par after the m tokens (NET with at = m);
     2. z' of block i-1 drawn at temperature 1 (the absorb stream), z of block i at the latent
@@ -14,42 +20,137 @@ before block i-1):
     3. f_dec over [z' (and, with decoder tokens, block i-1's tokens), z (and EMPTYs)] from dec: block
        i's token logits and dec after the m absorbed steps;
     4. block i's tokens drawn at the token temperature.
-The input layers are the partial encoder's embedding (a row per token) and the decoder's linear map
-of one-hot inputs (a sum of the weight's columns and its bias).  In PyTorch a round is these two
-native passes plus a few dozen small calls around them; the autoregressive SSM's loop and the latent
-prior's are one compiled call each (csrc/ar_loop.c, csrc/latent_prior.c), and this is the same for
-the rounds.
+A last piece of length 0 is a round with no next block: the last block's absorption, as an append
+absorbs tokens.  The input layers are the partial encoder's embedding (a row per token) and the
+decoder's linear map of one-hot inputs (a sum of the weight's columns and its bias).  In PyTorch a
+round is these two native passes plus a few dozen small calls around them; a lone round of 16 tokens
+was two thirds Python before block 0 and the absorption moved here (docs/experiments/
+rounds-and-serving.md, twenty-fourth session).
 
-Layouts: ms (rounds + 1,) int64, the pieces' lengths (ms[0] the block already drawn); tokens (B, span)
-int64 with ms[0] tokens in place, the rest written here; u_lat and u_abs (B, span, Z), u_tok (B, span),
-all contiguous; temperature and temp_tok (B,) doubles; the states (B, L, H, N) complex as interleaved
-pairs, contiguous, read from par and dec and ping-ponged with par2 and dec2: bit 0 of the return value
-says which holds the final par (0: par), bit 1 the final dec.  emb_par (V+1, H); w_dec the decoder's
-input weight transposed (I, H), b_dec (H,); the nets' packs (model/native.py, pack); prior: the
-latent prior's pack (NULL: none) of width R and hidden width M.  O is the partial encoder's output
-width: Z*K logits, then F = O - Z*K context features the latent prior reads through Gt (F, M), G
-transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per step.  Scratch:
-x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, ps (R + M + Z*K), r
-(B, R) and pre (B, 2c, M) (unused without context).  Nothing here checks a shape. */
+Layouts: ms (n_ms,) int64, the pieces' lengths (ms[0] >= 1 block 0; a last 0 absorbs); tokens (B,
+span) int64, written; seed and pos0 (B,) int64, the rows' keys and the span's first absolute position,
+whose uniforms are drawn here from streams s_lat, s_abs and s_tok (csrc/keyed.c, as model/sampling.py
+draws them); temperature and temp_tok (B,) doubles; the states (B, L, H, N) complex as interleaved
+pairs, contiguous, read only: par and dec the absorbed ones, gen and dec_gen generation's; observed
+(B,) bytes; r0 (B, R) the latent prior's state before block 0 (NULL without a prior).  emb_par (V+1,
+H); w_dec the decoder's input weight transposed (I, H), b_dec (H,); the nets' packs (model/native.py,
+pack); prior: the latent prior's pack (NULL: none) of width R and hidden width M.  O is the partial
+encoder's output width: Z*K logits, then F = O - Z*K context features the latent prior reads through
+Gt (F, M), G transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per
+step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's
+absorbed steps.  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
+not be allocated.  Nothing here checks a shape. */
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
 
 #define ROUNDS(REAL, SUFFIX)                                                                                   \
-    int fused_rounds_##SUFFIX(long B, long rounds, const int64_t *ms, long span, long H, long N, long Lp,       \
-                              long Ld, long V, long Z, long K, int dec_tokens, int64_t *tokens,                \
-                              const REAL *u_lat, const REAL *u_abs, const REAL *u_tok, const double *temp,     \
-                              const double *temp_tok, REAL *par, REAL *par2, REAL *dec, REAL *dec2,            \
-                              const REAL *pack_par, double eps_par, const REAL *emb_par, const REAL *pack_dec, \
-                              double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R, \
-                              long M, double eps_prior, long O, const REAL *Gt, REAL *x, REAL *g, REAL *lp,    \
-                              REAL *ld, int64_t *zs, REAL *ps, REAL *r, REAL *pre) {                           \
+    /* pre (n, M) = G g_t of the context features at lp + ZK in rows of O (n of them) */                        \
+    static void context_##SUFFIX(long n, long O, long ZK, long M, const REAL *lp, const REAL *Gt, REAL *pre) { \
+        const long F = O - ZK;                                                                                  \
+        for (long t = 0; t < n; ++t) {                                                                          \
+            REAL *pt = pre + t * M;                                                                             \
+            const REAL *ft = lp + t * O + ZK;                                                                   \
+            memset(pt, 0, M * sizeof(REAL));                                                                    \
+            for (long f = 0; f < F; ++f)                                                                        \
+                for (long o = 0; o < M; ++o) pt[o] += ft[f] * Gt[f * M + o];                                    \
+        }                                                                                                       \
+    }                                                                                                           \
+                                                                                                                \
+    /* the decoder's inputs x (B, T, H): b_dec + the columns of the latents zs (B, T, Z) and, with decoder      \
+       tokens, of the first m steps' tokens (EMPTY past them) */                                                \
+    static void dec_in_##SUFFIX(long B, long T, long m, long H, long Z, long K, long V, int dec_tokens,         \
+                                const int64_t *zs, const int64_t *tokens, long span, const REAL *w_dec,         \
+                                const REAL *b_dec, REAL *x) {                                                   \
+        dec_inputs_##SUFFIX(B, T, T * Z, H, Z, K, zs, w_dec, b_dec, x);                                         \
+        if (dec_tokens)                                                                                         \
+            for (long b = 0; b < B; ++b)                                                                        \
+                for (long t = 0; t < T; ++t) {                                                                  \
+                    const int64_t tok = t < m ? tokens[b * span + t] : V;                                       \
+                    const REAL *w = w_dec + (Z * K + tok) * H;                                                  \
+                    REAL *xt = x + (b * T + t) * H;                                                             \
+                    for (long k = 0; k < H; ++k) xt[k] += w[k];                                                 \
+                }                                                                                               \
+    }                                                                                                           \
+                                                                                                                \
+    long fused_rounds_##SUFFIX(long B, long n_ms, const int64_t *ms, long span, long H, long N, long Lp,        \
+                               long Ld, long V, long Z, long K, int dec_tokens, int64_t *tokens,                \
+                               const int64_t *seed, const int64_t *pos0, long s_lat, long s_abs, long s_tok,    \
+                               const double *temp, const double *temp_tok, const REAL *par, const REAL *gen,    \
+                               const REAL *dec, const REAL *dec_gen, const uint8_t *observed, const REAL *r0,  \
+                               const REAL *pack_par, double eps_par, const REAL *emb_par, const REAL *pack_dec, \
+                               double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R, \
+                               long M, double eps_prior, long O, const REAL *Gt, REAL *par_out, REAL *dec_out) { \
         const long ZK = Z * K, F = O - ZK, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                            \
-        int wp = 0, wd = 0;                                                                                     \
+        long L2 = ms[0]; /* the longest pass */                                                                 \
+        for (long i = 1; i < n_ms; ++i) L2 = ms[i - 1] + ms[i] > L2 ? ms[i - 1] + ms[i] : L2;                   \
+        const long Rp = R > 1 ? R : 1, Mp = M > 1 ? M : 1;                                                      \
+        const long reals[] = {B * sp, B * sp, B * sd, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V,   \
+                              Rp + Mp + ZK, B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};         \
+        const long ints[] = {B * L2 * Z, B * span};                                                             \
+        const long nr = sizeof reals / sizeof *reals, ni = sizeof ints / sizeof *ints;                          \
+        long total = 0;                                                                                         \
+        for (long k = 0; k < nr; ++k) total += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;                 \
+        for (long k = 0; k < ni; ++k) total += (ints[k] * 8 + 63) / 64 * 64;                                    \
+        char *block = aligned_alloc(64, total), *at = block;                                                    \
+        if (!block)                                                                                             \
+            return -1;                                                                                          \
+        REAL *bufs[sizeof reals / sizeof *reals];                                                               \
+        int64_t *ibufs[sizeof ints / sizeof *ints];                                                             \
+        for (long k = 0; k < nr; ++k) bufs[k] = (REAL *)at, at += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64; \
+        for (long k = 0; k < ni; ++k) ibufs[k] = (int64_t *)at, at += (ints[k] * 8 + 63) / 64 * 64;            \
+        REAL *pa = bufs[0], *pb = bufs[1], *da = bufs[2], *db = bufs[3], *x = bufs[4], *g = bufs[5];           \
+        REAL *lp = bufs[6], *ld = bufs[7], *ps = bufs[8], *r = bufs[9], *pre = bufs[10], *u_lat = bufs[11];    \
+        REAL *u_abs = bufs[12], *u_tok = bufs[13];                                                              \
+        int64_t *zs = ibufs[0], *pos = ibufs[1];                                                                \
+        for (long b = 0; b < B; ++b)                                                                            \
+            for (long t = 0; t < span; ++t) pos[b * span + t] = pos0[b] + t;                                    \
+        const int64_t st[3] = {s_lat, s_abs, s_tok};                                                            \
+        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st, u_lat);                                  \
+        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st + 1, u_abs);                              \
+        keyed_uniforms_##SUFFIX(B, 1, span, 1, seed, pos, span, 1, st + 2, u_tok);                              \
+        { /* round 0: block 0 from the states generation continues from */                                      \
+            const long m = ms[0];                                                                               \
+            int any = 0;                                                                                        \
+            for (long b = 0; b < B; ++b) any = any || observed[b];                                              \
+            if (any) { /* f_par over EMPTYs: the latents' logits and context, zero where nothing was observed */ \
+                for (long k = 0; k < B * m; ++k) memcpy(x + k * H, emb_par + V * H, H * sizeof(REAL));          \
+                ssm_net_##SUFFIX(B, H, N, m, Lp, O, m, x, pack_par, eps_par, gen, sp, 0, g, lp);                 \
+                for (long b = 0; b < B; ++b)                                                                    \
+                    if (!observed[b]) memset(lp + b * m * O, 0, m * O * sizeof(REAL));                          \
+            }                                                                                                   \
+            if (prior) {                                                                                        \
+                if (F && any)                                                                                   \
+                    for (long b = 0; b < B; ++b) context_##SUFFIX(m, O, ZK, M, lp + b * m * O, Gt, pre + b * m * M); \
+                memcpy(r, r0, B * R * sizeof(REAL));                                                            \
+                latent_prior_##SUFFIX(B, m, Z, K, R, M, any ? lp : 0, m * O, O, F && any ? pre : 0, m * M, M,   \
+                                      u_lat, span * Z, temp, prior, eps_prior, r, zs, m * Z, ps);               \
+            } else                                                                                              \
+                for (long b = 0; b < B; ++b)                                                                    \
+                    for (long t = 0; t < m; ++t) {                                                              \
+                        const REAL *u = u_lat + (b * span + t) * Z;                                             \
+                        int64_t *zt = zs + (b * m + t) * Z;                                                     \
+                        if (observed[b])                                                                        \
+                            categorical_##SUFFIX(Z, K, lp + (b * m + t) * O, u, temp[b], zt);                   \
+                        else /* the uniform prior, floor(u K), as model/sampling.py's latents_from */           \
+                            for (long j = 0; j < Z; ++j) {                                                      \
+                                const int64_t c = (int64_t)(u[j] * (REAL)K);                                    \
+                                zt[j] = c < K - 1 ? c : K - 1;                                                  \
+                            }                                                                                   \
+                    }                                                                                           \
+            dec_in_##SUFFIX(B, m, 0, H, Z, K, V, dec_tokens, zs, tokens, span, w_dec, b_dec, x);               \
+            ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, 0, g, ld);                \
+            for (long b = 0; b < B; ++b)                                                                        \
+                for (long t = 0; t < m; ++t)                                                                    \
+                    categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],         \
+                                         tokens + b * span + t);                                                \
+        }                                                                                                       \
+        const REAL *pf = par, *df = dec; /* the states the next round reads: the inputs, then pa/pb, da/db */    \
         long start = 0;                                                                                         \
-        for (long i = 1; i <= rounds; ++i) {                                                                    \
+        for (long i = 1; i < n_ms; ++i) {                                                                       \
             const long m = ms[i - 1], nx = ms[i], T = m + nx;                                                   \
             /* 1. f_par over [block i-1's tokens, EMPTYs] */                                                     \
             for (long b = 0; b < B; ++b)                                                                        \
@@ -57,9 +158,9 @@ x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, p
                     const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
                     memcpy(x + (b * T + t) * H, emb_par + tok * H, H * sizeof(REAL));                            \
                 }                                                                                               \
-            REAL *pf = wp ? par2 : par, *pt = wp ? par : par2;                                                  \
+            REAL *pt = pf == pa ? pb : pa;                                                                      \
             ssm_net_##SUFFIX(B, H, N, T, Lp, O, m, x, pack_par, eps_par, pf, sp, pt, g, lp);                    \
-            wp = !wp;                                                                                           \
+            pf = pt;                                                                                            \
             /* 2. z' of block i-1 at temperature 1, z of block i at the latent temperature */                   \
             for (long b = 0; b < B; ++b) {                                                                      \
                 for (long t = 0; t < m; ++t)                                                                    \
@@ -70,40 +171,20 @@ x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, p
                         categorical_##SUFFIX(Z, K, lp + (b * T + t) * O, u_lat + (b * span + start + t) * Z,     \
                                              temp[b], zs + (b * T + t) * Z);                                    \
             }                                                                                                   \
-            if (prior) { /* a new block: the latent prior from its start, pre = G g_t from the context */      \
+            if (prior && nx) { /* a new block: the latent prior from its start, pre = G g_t from the context */ \
                 if (F)                                                                                          \
                     for (long b = 0; b < B; ++b)                                                                \
-                        for (long t = 0; t < nx; ++t) {                                                         \
-                            REAL *pt = pre + (b * nx + t) * M;                                                  \
-                            const REAL *ft = lp + (b * T + m + t) * O + ZK;                                     \
-                            memset(pt, 0, M * sizeof(REAL));                                                    \
-                            for (long f = 0; f < F; ++f)                                                        \
-                                for (long o = 0; o < M; ++o) pt[o] += ft[f] * Gt[f * M + o];                    \
-                        }                                                                                       \
+                        context_##SUFFIX(nx, O, ZK, M, lp + (b * T + m) * O, Gt, pre + b * nx * M);             \
                 memset(r, 0, B * R * sizeof(REAL));                                                             \
                 latent_prior_##SUFFIX(B, nx, Z, K, R, M, lp + m * O, T * O, O, F ? pre : 0, nx * M, M,          \
                                       u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, r, zs + m * Z, \
                                       T * Z, ps);                                                               \
             }                                                                                                   \
             /* 3. f_dec over [z' (and the tokens), z (and EMPTYs)] */                                           \
-            for (long b = 0; b < B; ++b)                                                                        \
-                for (long t = 0; t < T; ++t) {                                                                  \
-                    REAL *xt = x + (b * T + t) * H;                                                             \
-                    memcpy(xt, b_dec, H * sizeof(REAL));                                                        \
-                    const int64_t *zt = zs + (b * T + t) * Z;                                                   \
-                    for (long j = 0; j < Z; ++j) {                                                              \
-                        const REAL *w = w_dec + (j * K + zt[j]) * H;                                            \
-                        for (long k = 0; k < H; ++k) xt[k] += w[k];                                             \
-                    }                                                                                           \
-                    if (dec_tokens) {                                                                           \
-                        const int64_t tok = t < m ? tokens[b * span + start + t] : V;                           \
-                        const REAL *w = w_dec + (ZK + tok) * H;                                                 \
-                        for (long k = 0; k < H; ++k) xt[k] += w[k];                                             \
-                    }                                                                                           \
-                }                                                                                               \
-            REAL *df = wd ? dec2 : dec, *dt = wd ? dec : dec2;                                                  \
+            dec_in_##SUFFIX(B, T, m, H, Z, K, V, dec_tokens, zs, tokens + start, span, w_dec, b_dec, x);       \
+            REAL *dt = df == da ? db : da;                                                                      \
             ssm_net_##SUFFIX(B, H, N, T, Ld, V, m, x, pack_dec, eps_dec, df, sd, dt, g, ld);                    \
-            wd = !wd;                                                                                           \
+            df = dt;                                                                                            \
             /* 4. block i's tokens */                                                                           \
             for (long b = 0; b < B; ++b)                                                                        \
                 for (long t = m; t < T; ++t)                                                                    \
@@ -111,7 +192,12 @@ x (B, 2c, H), g (B, 2c, H), lp (B, 2c, O), ld (B, 2c, V), zs (B, 2c, Z) int64, p
                                          tokens + b * span + start + t);                                        \
             start += m;                                                                                         \
         }                                                                                                       \
-        return wp | (wd << 1);                                                                                  \
+        if (par_out)                                                                                            \
+            memcpy(par_out, pf, B * sp * sizeof(REAL));                                                         \
+        if (dec_out)                                                                                            \
+            memcpy(dec_out, df, B * sd * sizeof(REAL));                                                         \
+        free(block);                                                                                            \
+        return 0;                                                                                               \
     }
 
 ROUNDS(float, f32)
