@@ -132,6 +132,36 @@ def test_state_records_position_seed_and_fingerprint(tiny):
         assert torch.equal(r[k], s[k]), k
 
 
+def test_the_fingerprint_follows_every_kind_of_weight_change():
+    """The fingerprint (checked on every call, from a key of the parameters' storage and versions kept with
+    the module walk) changes with an in-place update, a swapped storage, a dtype change and a parameter
+    replaced; a swap for an inference tensor (no version counter) still reads; an unchanged model keeps it."""
+    m = tiny_model("vssm")
+    seen = [m.fingerprint]
+    assert m.fingerprint == seen[0]
+    p = next(iter(m.decoder.parameters()))
+
+    def in_place() -> None:
+        with torch.no_grad():
+            p.add_(1.0)
+
+    other = torch.float32 if m.dtype == torch.float64 else torch.float64
+    changes = [
+        in_place,
+        lambda: setattr(p, "data", p.data * 2.0),
+        lambda: m.to(other),
+        lambda: setattr(m.decoder.head, "bias", torch.nn.Parameter(m.decoder.head.bias.detach() + 1.0)),
+    ]
+    for change in changes:
+        change()
+        seen.append(m.fingerprint)
+        assert seen[-1] not in seen[:-1]
+    with torch.inference_mode():
+        frozen = m.decoder.head.bias.detach() + 1.0  # an inference tensor
+    m.decoder.head.bias.data = frozen
+    assert m.fingerprint not in seen
+
+
 def test_ssm_state_size_is_constant_in_position_transformer_grows(family):
     m = tiny_model(family)
     s = m.start(prompt(B=1, C=1), 1)
