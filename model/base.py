@@ -130,8 +130,10 @@ class SequenceModel(nn.Module):
     def _weights_key(self) -> tuple:
         """Identity of the current weights, as :func:`model.ssm.weights_key` but cheaper: every parameter's
         storage and each versioned one's in-place version, from lists kept with the walk (a dtype change
-        comes with new storage).  10.7 us for the 102 parameters of mnist-vssm-blocks' shapes, where
-        weights_key takes 24.9 (docs/experiments/rounds-and-serving.md, twenty-fourth session)."""
+        comes with new storage; only ``p.data = p.data.view(dtype)``, the same bytes read as another
+        dtype, would go unseen, as a write that bypasses the version counter does).  10.7 us for the
+        102 parameters of mnist-vssm-blocks' shapes, where weights_key takes 24.9
+        (docs/experiments/rounds-and-serving.md, twenty-fourth session)."""
         ps = self._weights()
         try:
             return tuple(map(_DATA_PTR, ps)), tuple(map(_VERSION, self._versioned))

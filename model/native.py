@@ -2,8 +2,9 @@
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
 head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
 draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c),
-the autoregressive SSM's whole generation loop (csrc/ar_loop.c) and block sampling's fused rounds
-(csrc/rounds.c).
+the autoregressive SSM's whole generation loop (csrc/ar_loop.c), block sampling's blocks of a call
+for a token-level partial encoder (csrc/rounds.c) and for one that reads a patch a step
+(csrc/patch_rounds.c), and a piece whose latents a latent prior draws (csrc/prior_piece.c).
 
 Glossary of axis letters:
     B  batch      T  steps      H  channels      N  complex modes per channel
@@ -42,6 +43,9 @@ from torch import Tensor
 
 __all__ = [
     "MAX_MODES",
+    "PatchWeights",
+    "PieceWeights",
+    "RoundWeights",
     "ar_loop",
     "available",
     "block",
@@ -53,7 +57,13 @@ __all__ = [
     "net",
     "pack",
     "pack_prior",
+    "patch_rounds",
+    "patch_weights",
+    "piece_weights",
     "prior_draws",
+    "prior_piece",
+    "prior_tables",
+    "round_weights",
     "weights",
 ]
 
@@ -284,6 +294,11 @@ def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
 def _prior_pack_size(R: int, M: int, zk: int) -> int:
     """Reals in :func:`pack_prior`'s buffer (``zk`` = Z * K, ``M`` the MLP's hidden width)."""
     return R + zk * R + 2 * R + R * M + M + M * zk + zk
+
+
+def _plain(t: Tensor) -> Tensor:
+    """``t`` contiguous with any lazy conjugate or negation resolved: what C reads as plain memory."""
+    return t.detach().resolve_conj().resolve_neg().contiguous()
 
 
 def _writable(state: Tensor) -> Tensor:
@@ -650,7 +665,7 @@ def _fused_rounds(
     if not (ok and all(t is None or t.is_cpu for t in inputs)):
         raise ValueError(f"bad inputs for the native rounds: batch {Bsz}, pieces {ms}")
     seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
-        t if t is None or (t.is_contiguous() and not t.is_conj()) else t.resolve_conj().contiguous() for t in inputs
+        t if t is None or (t.is_contiguous() and not (t.is_conj() or t.is_neg())) else _plain(t) for t in inputs
     )
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
@@ -801,7 +816,7 @@ def _patch_rounds(
     if not ok:
         raise ValueError(f"bad inputs for the native patch rounds: span {span} from phase {phase}, batch {Bsz}")
     seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
-        t if t.is_contiguous() and not t.is_conj() else t.resolve_conj().contiguous() for t in inputs
+        t if t.is_contiguous() and not (t.is_conj() or t.is_neg()) else _plain(t) for t in inputs
     )
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
@@ -895,7 +910,7 @@ def _prior_piece(
     if not ok:
         raise ValueError(f"bad inputs for the native prior piece: {n} steps, batch {Bsz}")
     seed, pos0, temp, temp_tok, base, pre, r0, dec = (
-        t if t is None or (t.is_contiguous() and not t.is_conj()) else t.resolve_conj().contiguous() for t in inputs
+        t if t is None or (t.is_contiguous() and not (t.is_conj() or t.is_neg())) else _plain(t) for t in inputs
     )
     tokens = torch.empty(Bsz, n, dtype=torch.int64)
     r_out = torch.empty_like(r0)

@@ -123,17 +123,6 @@ class PatchNet(nn.Module):
         y, ssm = self._blocks(u0.expand(batch, 1, -1), None, None, True)  # (B, 1, H)
         return ssm, y[:, 0]  # type: ignore[return-value]
 
-    def round_inputs(self, state: Tensor, gen: Tensor, phase: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """What compiled rounds (csrc/patch_rounds.c) start from, for an absorbed ``state`` ``phase`` tokens
-        into a patch and the state ``gen`` that generation continues from: the absorbed SSM states ``(B, L,
-        H, N)``; the residual streams ``(B, H)`` whose head the pending patch's positions read, the absorbed
-        one and generation's (a call of another block size may have left the latter ahead); and with a
-        phase the patch's input so far ``(B, H)``, ``b + sum_j<phase W[j, x_j]`` (None without)."""
-        ssm, acc, y, _ = self._unpack(state)
-        # acc holds W[j, x_j] - W[j, EMPTY] of the pending tokens: add back their EMPTY columns
-        in0 = self.net.inp.bias + acc + self._inputs()[:phase, -1].sum(0) if phase else None
-        return ssm, y, gen[:, -1, :, 0].imag, in0
-
     def at_boundary(self, ssm: Tensor, y: Tensor) -> Tensor:
         """The state at a patch boundary from its SSM states ``(B, L, H, N)`` and residual ``(B, H)``."""
         return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device))

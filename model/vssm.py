@@ -808,8 +808,10 @@ class VSSM(SequenceModel):
         scores: list[Tensor] | None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
-        NaN temperature, a hook, or passes past the kernel's limit): the first piece, then the rounds.
-        Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
+        NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
+        patch encoder's blocks that are not its patches or a state the patch rounds refuse): the first
+        piece, then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before
+        the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz = state.batch_size
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)

@@ -54,7 +54,7 @@ with a head of P O outputs; w_dec the decoder's input weight transposed (Z K, H)
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
-0), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
+0; with no round after block 0, the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
 allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1 where the
 scratch could not be allocated, -2 where a row's pending count is not `phase`.
 Nothing here checks a shape. */
@@ -232,7 +232,9 @@ Nothing here checks a shape. */
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
             start += m;                                                                                             \
         }                                                                                                           \
-        if (par_out) /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */               \
+        if (par_out && !rounds) /* no patch absorbed: the state as it came in */                                    \
+            memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
+        else if (par_out) /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */          \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
                 memcpy(o, pf + b * pf_sb, sp * sizeof(REAL));                                                       \
