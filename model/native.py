@@ -73,7 +73,7 @@ SOURCES = [
     Path(__file__).with_name("csrc") / name
     for name in (
         *("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c"),
-        *("ar_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c"),
+        *("ar_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c", "scratch.c"),
     )
 ]
 HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them

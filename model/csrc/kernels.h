@@ -1,7 +1,8 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
 csrc/prior_piece.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
 (ssm_net, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms), csrc/categorical.c,
-csrc/latent_prior.c (latent_prior, latent_prior_table) and csrc/prior_piece.c (dec_inputs).
+csrc/latent_prior.c (latent_prior, latent_prior_table), csrc/prior_piece.c (dec_inputs) and
+csrc/scratch.c (scratch_block).
 model/native.py hashes this file with the sources. */
 
 #ifndef VSSM_KERNELS_H
@@ -34,5 +35,8 @@ model/native.py hashes this file with the sources. */
 VSSM_DECLARE(float, f32)
 VSSM_DECLARE(double, f64)
 #undef VSSM_DECLARE
+
+/* csrc/scratch.c */
+char *scratch_block(long nr, const long *reals, long real_bytes, long ni, const long *ints, char **out);
 
 #endif

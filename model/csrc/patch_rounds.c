@@ -111,22 +111,17 @@ Nothing here checks a shape. */
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
                               B * span * Z, B * span};                                                              \
         const long ints[] = {B * P * Z, B * P * Z, B * span};                                                       \
-        const long nr = sizeof reals / sizeof *reals, ni = sizeof ints / sizeof *ints;                              \
-        long total = 0;                                                                                             \
-        for (long k = 0; k < nr; ++k) total += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;                     \
-        for (long k = 0; k < ni; ++k) total += (ints[k] * 8 + 63) / 64 * 64;                                        \
-        char *block = aligned_alloc(64, total), *at_ = block;                                                       \
+        char *bufs[sizeof reals / sizeof *reals + sizeof ints / sizeof *ints];                                      \
+        char *block = scratch_block(sizeof reals / sizeof *reals, reals, sizeof(REAL), sizeof ints / sizeof *ints,  \
+                                    ints, bufs);                                                                    \
         if (!block)                                                                                                 \
             return -1;                                                                                              \
-        REAL *bufs[sizeof reals / sizeof *reals];                                                                   \
-        int64_t *ibufs[sizeof ints / sizeof *ints];                                                                 \
-        for (long k = 0; k < nr; ++k) bufs[k] = (REAL *)at_, at_ += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64; \
-        for (long k = 0; k < ni; ++k) ibufs[k] = (int64_t *)at_, at_ += (ints[k] * 8 + 63) / 64 * 64;              \
-        REAL *pa = bufs[0], *pb = bufs[1], *dec = bufs[2], *y = bufs[3], *y_gen = bufs[4], *in0 = bufs[5];         \
-        REAL *head0 = bufs[6], *x = bufs[7], *g = bufs[8], *lp = bufs[9], *ld = bufs[10], *ps = bufs[11];          \
-        REAL *r = bufs[12], *pre = bufs[13], *cxz = bufs[14], *u_lat = bufs[15], *u_abs = bufs[16];                \
-        REAL *u_tok = bufs[17];                                                                                     \
-        int64_t *zs = ibufs[0], *za = ibufs[1], *pos = ibufs[2];                                                    \
+        REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *dec = (REAL *)bufs[2], *y = (REAL *)bufs[3];           \
+        REAL *y_gen = (REAL *)bufs[4], *in0 = (REAL *)bufs[5], *head0 = (REAL *)bufs[6], *x = (REAL *)bufs[7];     \
+        REAL *g = (REAL *)bufs[8], *lp = (REAL *)bufs[9], *ld = (REAL *)bufs[10], *ps = (REAL *)bufs[11];          \
+        REAL *r = (REAL *)bufs[12], *pre = (REAL *)bufs[13], *cxz = (REAL *)bufs[14], *u_lat = (REAL *)bufs[15];   \
+        REAL *u_abs = (REAL *)bufs[16], *u_tok = (REAL *)bufs[17];                                                  \
+        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19], *pos = (int64_t *)bufs[20];                   \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \

@@ -59,18 +59,13 @@ Nothing here checks a shape. */
         const long ZK = Z * K, sd = Ld * H * N * 2;                                                                 \
         const long reals[] = {B * n * Z, B * n, R + M + ZK, B * n * H, B * n * H, B * n * V};                       \
         const long ints[] = {B * n, B * n * Z};                                                                     \
-        long total = 0;                                                                                             \
-        for (long k = 0; k < 6; ++k) total += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;                      \
-        for (long k = 0; k < 2; ++k) total += (ints[k] * 8 + 63) / 64 * 64;                                        \
-        char *block = aligned_alloc(64, total), *at = block;                                                        \
+        char *bufs[8];                                                                                              \
+        char *block = scratch_block(6, reals, sizeof(REAL), 2, ints, bufs);                                         \
         if (!block)                                                                                                 \
             return -1;                                                                                              \
-        REAL *bufs[6];                                                                                              \
-        int64_t *ibufs[2];                                                                                          \
-        for (long k = 0; k < 6; ++k) bufs[k] = (REAL *)at, at += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;   \
-        for (long k = 0; k < 2; ++k) ibufs[k] = (int64_t *)at, at += (ints[k] * 8 + 63) / 64 * 64;                 \
-        REAL *u_lat = bufs[0], *u_tok = bufs[1], *ps = bufs[2], *x = bufs[3], *g = bufs[4], *logits = bufs[5];     \
-        int64_t *pos = ibufs[0], *z = ibufs[1];                                                                     \
+        REAL *u_lat = (REAL *)bufs[0], *u_tok = (REAL *)bufs[1], *ps = (REAL *)bufs[2], *x = (REAL *)bufs[3];      \
+        REAL *g = (REAL *)bufs[4], *logits = (REAL *)bufs[5];                                                       \
+        int64_t *pos = (int64_t *)bufs[6], *z = (int64_t *)bufs[7];                                                 \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long t = 0; t < n; ++t) pos[b * n + t] = pos0[b] + t;                                              \
         const int64_t st[2] = {s_lat, s_tok};                                                                       \

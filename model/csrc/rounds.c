@@ -91,21 +91,16 @@ not be allocated.  Nothing here checks a shape. */
         const long reals[] = {B * sp, B * sp, B * sd, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V,   \
                               Rp + Mp + ZK, B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};         \
         const long ints[] = {B * L2 * Z, B * span};                                                             \
-        const long nr = sizeof reals / sizeof *reals, ni = sizeof ints / sizeof *ints;                          \
-        long total = 0;                                                                                         \
-        for (long k = 0; k < nr; ++k) total += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64;                 \
-        for (long k = 0; k < ni; ++k) total += (ints[k] * 8 + 63) / 64 * 64;                                    \
-        char *block = aligned_alloc(64, total), *at = block;                                                    \
+        char *bufs[sizeof reals / sizeof *reals + sizeof ints / sizeof *ints];                                  \
+        char *block = scratch_block(sizeof reals / sizeof *reals, reals, sizeof(REAL), sizeof ints / sizeof *ints, \
+                                    ints, bufs);                                                                \
         if (!block)                                                                                             \
             return -1;                                                                                          \
-        REAL *bufs[sizeof reals / sizeof *reals];                                                               \
-        int64_t *ibufs[sizeof ints / sizeof *ints];                                                             \
-        for (long k = 0; k < nr; ++k) bufs[k] = (REAL *)at, at += (reals[k] * (long)sizeof(REAL) + 63) / 64 * 64; \
-        for (long k = 0; k < ni; ++k) ibufs[k] = (int64_t *)at, at += (ints[k] * 8 + 63) / 64 * 64;            \
-        REAL *pa = bufs[0], *pb = bufs[1], *da = bufs[2], *db = bufs[3], *x = bufs[4], *g = bufs[5];           \
-        REAL *lp = bufs[6], *ld = bufs[7], *ps = bufs[8], *r = bufs[9], *pre = bufs[10], *u_lat = bufs[11];    \
-        REAL *u_abs = bufs[12], *u_tok = bufs[13];                                                              \
-        int64_t *zs = ibufs[0], *pos = ibufs[1];                                                                \
+        REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *da = (REAL *)bufs[2], *db = (REAL *)bufs[3];       \
+        REAL *x = (REAL *)bufs[4], *g = (REAL *)bufs[5], *lp = (REAL *)bufs[6], *ld = (REAL *)bufs[7];         \
+        REAL *ps = (REAL *)bufs[8], *r = (REAL *)bufs[9], *pre = (REAL *)bufs[10], *u_lat = (REAL *)bufs[11];  \
+        REAL *u_abs = (REAL *)bufs[12], *u_tok = (REAL *)bufs[13];                                              \
+        int64_t *zs = (int64_t *)bufs[14], *pos = (int64_t *)bufs[15];                                          \
         for (long b = 0; b < B; ++b)                                                                            \
             for (long t = 0; t < span; ++t) pos[b * span + t] = pos0[b] + t;                                    \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                            \
