@@ -135,10 +135,12 @@ _RECIPES = [
         limitations=(
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
-            "decoder pass over the row), not one parallel pass: 9.5-9.7 times faster than the AR-SSM at batch 1 "
-            "on an AMD EPYC (medians of 7 interleaved runs in two benchmark runs), short of the 10x target by "
-            "3-5%, and 13.7-15.0 times at batch 32 (docs/benchmarks.json, docs/benchmarks-blocks.json; "
-            "blocks.md, twenty-third session).",
+            "decoder pass over the row), not one parallel pass, each round one C call with its first row: 12.0-14.3 "
+            "times faster than the AR-SSM at batch 1 on an Intel Xeon with AVX-512 (medians of 7 interleaved runs "
+            "in two benchmark runs; target 10x) and 15.5-15.7 times at batch 32 (docs/benchmarks.json, "
+            "docs/benchmarks-blocks.json; blocks.md, twenty-fourth session). The ratio moves with the CPU: on the "
+            "AMD EPYC of the twenty-third session, before that session's cuts to the Python around the call, "
+            "9.5-9.7 times.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
             "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "
