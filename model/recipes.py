@@ -135,12 +135,12 @@ _RECIPES = [
         limitations=(
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
-            "decoder pass over the row), not one parallel pass, each round one C call with its first row: 12.0-14.3 "
-            "times faster than the AR-SSM at batch 1 on an Intel Xeon with AVX-512 (medians of 7 interleaved runs "
-            "in two benchmark runs; target 10x) and 15.5-15.7 times at batch 32 (docs/benchmarks.json, "
-            "docs/benchmarks-blocks.json; blocks.md, twenty-fourth session). The ratio moves with the CPU: on the "
-            "AMD EPYC of the twenty-third session, before that session's cuts to the Python around the call, "
-            "9.5-9.7 times.",
+            "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
+            "call: 12.0-14.3 times faster than the AR-SSM at batch 1 on an Intel Xeon with AVX-512 (medians of 7 "
+            "interleaved runs in two benchmark runs; target 10x) and 15.5-15.7 times at batch 32 "
+            "(docs/benchmarks.json, docs/benchmarks-blocks.json; blocks.md, twenty-fourth session). The ratio "
+            "moves with the CPU: on the AMD EPYC of the twenty-third session, before the twenty-fourth session's "
+            "cuts to the Python around the call, 9.5-9.7 times.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
             "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "
@@ -192,8 +192,9 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.9 times the "
-            "time of one VSSM pass at batch 1 on an AMD EPYC (8.6 on an Intel Xeon; docs/benchmarks.json).",
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 7.6 times the "
+            "time of one VSSM pass at batch 1 on an Intel Xeon with AVX-512 (6.9 on an AMD EPYC; "
+            "docs/benchmarks.json).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
@@ -259,9 +260,9 @@ _RECIPES = [
             "block (4.16 bits per byte at block 16, 5.42 at block 1) and writes no more known words (49-50%)."
         ),
         limitations=(
-            "It does not yet write words: its bound (3.86 bits per byte) is far from the baselines' 2.5-2.7, and "
-            "about half of the words it writes as served are in the training text (a fifth of its own samples'; "
-            "the AR-SSM's: 84%, the test text's: 90%).",
+            "Only about half of its words are real: its bound (3.86 bits per byte) is far from the baselines' "
+            "2.5-2.7, and about half of the words it writes as served are in the training text (a fifth of its "
+            "own samples'; the AR-SSM's: 84%, the test text's: 90%).",
         ),
         train=dict(
             dataset="shakespeare", **VSSM_TUNING, lr=1e-2, budget_minutes=15.0, overrides={"posterior": "smoothing"}
