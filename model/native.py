@@ -301,6 +301,19 @@ def _plain(t: Tensor) -> Tensor:
     return t.detach().resolve_conj().resolve_neg().contiguous()
 
 
+def _as_plain(tensors: tuple[Tensor | None, ...]) -> list[Tensor | None]:
+    """:func:`_plain` of each tensor that needs it (None kept): the inputs a compiled call reads."""
+    return [t if t is None or (t.is_contiguous() and not (t.is_conj() or t.is_neg())) else _plain(t) for t in tensors]
+
+
+def _draws_ok(seed: Tensor, pos0: Tensor, temp: Tensor, temp_tok: Tensor) -> bool:
+    """Whether a block-sampling call's keys and temperatures fit it: the rows' seeds and first positions
+    ``(B,)`` int64, the latents' and tokens' temperatures ``(B,)`` float64."""
+    B = seed.shape[0]
+    ok = seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (B,)
+    return ok and temp.shape == temp_tok.shape == (B,) and temp.dtype == temp_tok.dtype == torch.float64
+
+
 def _writable(state: Tensor) -> Tensor:
     """A contiguous copy of a complex state that C may overwrite (a lazy conjugate or negation resolved)."""
     return state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
@@ -655,8 +668,7 @@ def _fused_rounds(
     Bsz, dt, span = seed.shape[0], w.pack_p.dtype, sum(ms)
     cdt = _COMPLEX[dt]
     ok = len(ms) >= 1 and ms[0] >= 1 and min(ms[1:-1], default=1) >= 1 and ms[-1] >= 0
-    ok = ok and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
-    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = ok and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and par.shape == gen.shape == (Bsz, Lp, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool
@@ -664,9 +676,7 @@ def _fused_rounds(
     inputs = (seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0)
     if not (ok and all(t is None or t.is_cpu for t in inputs)):
         raise ValueError(f"bad inputs for the native rounds: batch {Bsz}, pieces {ms}")
-    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
-        t if t is None or (t.is_contiguous() and not (t.is_conj() or t.is_neg())) else _plain(t) for t in inputs
-    )
+    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = _as_plain(inputs)
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
     dec_out = torch.empty_like(dec) if keep else None
@@ -806,8 +816,7 @@ def _patch_rounds(
     par, gen, dec, dec_gen, observed, r0 = states
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
-    ok = 0 <= phase < P and span >= 1 and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
-    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
@@ -815,9 +824,7 @@ def _patch_rounds(
     ok = ok and all(t.is_cpu for t in inputs)
     if not ok:
         raise ValueError(f"bad inputs for the native patch rounds: span {span} from phase {phase}, batch {Bsz}")
-    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = (
-        t if t.is_contiguous() and not (t.is_conj() or t.is_neg()) else _plain(t) for t in inputs
-    )
+    seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0 = _as_plain(inputs)
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
     dec_out = torch.empty_like(dec) if keep else None
@@ -900,8 +907,7 @@ def _prior_piece(
     base, pre = block_prior
     r0, dec = states
     Bsz, dt = seed.shape[0], w.pack_d.dtype
-    ok = n >= 1 and seed.dtype == pos0.dtype == torch.int64 and pos0.shape == (Bsz,)
-    ok = ok and temp.shape == temp_tok.shape == (Bsz,) and temp.dtype == temp_tok.dtype == torch.float64
+    ok = n >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and r0.shape == (Bsz, R) and r0.dtype == dt and dec.shape == (Bsz, Ld, H, N) and dec.dtype == _COMPLEX[dt]
     ok = ok and (base is None or (base.shape == (Bsz, n, Z * K) and base.dtype == dt))
     ok = ok and (pre is None or (pre.shape == (Bsz, n, M) and pre.dtype == dt))
@@ -909,9 +915,7 @@ def _prior_piece(
     ok = ok and all(t is None or t.is_cpu for t in inputs)
     if not ok:
         raise ValueError(f"bad inputs for the native prior piece: {n} steps, batch {Bsz}")
-    seed, pos0, temp, temp_tok, base, pre, r0, dec = (
-        t if t is None or (t.is_contiguous() and not (t.is_conj() or t.is_neg())) else _plain(t) for t in inputs
-    )
+    seed, pos0, temp, temp_tok, base, pre, r0, dec = _as_plain(inputs)
     tokens = torch.empty(Bsz, n, dtype=torch.int64)
     r_out = torch.empty_like(r0)
     dec_out = torch.empty_like(dec) if keep else None

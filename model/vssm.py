@@ -43,6 +43,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -597,8 +598,7 @@ class VSSM(SequenceModel):
         ``logits`` ``(B, n, Z, K)`` and ``context`` ``(B, n, F)``, each zero where not ``observed`` (the uniform
         base, no context), and its state ``r`` ``(B, R)`` (None: a block start, zeros)."""
         assert self.latent_prior is not None
-        if "prior" not in state.tensors:
-            raise StateError("this state has no latent prior state (made by a model without one); start anew")
+        _prior_state(state)  # refuses a state without one
         if logits is not None and not bool(observed.all()):
             logits = logits.masked_fill(~observed[:, None, None, None], 0.0)  # the uniform base
             if context is not None:
@@ -775,13 +775,15 @@ class VSSM(SequenceModel):
             return out_tokens, None
         if not absorbed:  # absorb the last fused block as an append does
             last = out_tokens[:, start:]  # (B, m)
-            if u_abs is None:  # the same numbers as the C drew
-                positions = self.positions(state, span)  # (B, span)
-                u_abs = keyed_uniform(state.seed, positions, STREAM_ABSORB, self.config.n_latents, self.dtype)
+            if u_abs is None:  # the compiled call drew them in C: the last block's again, the same numbers
+                at = self.positions(state, span)[:, start:]  # (B, m)
+                u_last = keyed_uniform(state.seed, at, STREAM_ABSORB, self.config.n_latents, self.dtype)
+            else:
+                u_last = u_abs[:, start:]  # (B, m, Z)
             out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
-            z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
+            z_abs = sample_categorical(self._latent_logits(out), u_last, 1.0)  # (B, m, Z)
             _, dec_abs = self._decode(z_abs, dec_abs, last)
-        # then hand any part-block left to _piece
+        # the state after the fused blocks; a part-block left goes to _piece
         state = state.evolve(
             position=state.position + span,
             dec=dec_abs,
@@ -877,31 +879,41 @@ class VSSM(SequenceModel):
             ms: list[int], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
         ) -> tuple[Tensor, Tensor | None, Tensor | None]:
             s = state.tensors
-            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], s.get("prior"))
-            if self.latent_prior is not None and states[-1] is None:
-                raise StateError("this state has no latent prior state (made by a model without one); start anew")
+            r0 = None if self.latent_prior is None else _prior_state(state)
+            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], r0)
             return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
 
         return rounds
 
-    def _round_weights(self) -> native.RoundWeights:
-        """The weights the compiled rounds read, laid out once per weights (as :meth:`_patch_weights`)."""
-        par_net, dec_net, lp, cfg = self.partial_encoder, self.decoder, self.latent_prior, self.config
-        eps = (par_net.norm.eps, dec_net.norm.eps, None if lp is None else lp.mlp[0].eps)  # not parameters: in the key
+    def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
+        """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
+        rebuilt when the key of every parameter that :meth:`check_state` refreshed at the start of this
+        generation call changed, a module was added, or a LayerNorm's ``eps`` (not a parameter) changed."""
         key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
-        hit = self.__dict__.get("_round_weights_cache")
+        hit = self.__dict__.get(name)
         if key is not None and hit is not None and hit[0] == key:
             return hit[1]
-        prior = None
-        if lp is not None:
-            G = None if lp.context is None else lp.context.weight  # (M, F)
-            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
-        par = (par_net._packed(), par_net.norm.eps, par_net.inp.weight, cfg.par_layers)
-        lin = dec_net.inp
-        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)
-        weights = native.round_weights(par, dec, prior, (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes))
-        self.__dict__["_round_weights_cache"] = (key, weights)
+        weights = build()
+        self.__dict__[name] = (key, weights)
         return weights
+
+    def _round_weights(self) -> native.RoundWeights:
+        """The weights the compiled rounds read (:meth:`_laid_out`)."""
+        par_net, dec_net, lp, cfg = self.partial_encoder, self.decoder, self.latent_prior, self.config
+
+        def build() -> native.RoundWeights:
+            prior = None
+            if lp is not None:
+                G = None if lp.context is None else lp.context.weight  # (M, F)
+                prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
+            par = (par_net._packed(), par_net.norm.eps, par_net.inp.weight, cfg.par_layers)
+            lin = dec_net.inp
+            dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers, cfg.decoder_tokens)
+            shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+            return native.round_weights(par, dec, prior, shape)
+
+        eps = (par_net.norm.eps, dec_net.norm.eps, None if lp is None else lp.mlp[0].eps)
+        return self._laid_out("_round_weights_cache", eps, build)
 
     def _compiled_patch_rounds(
         self, c: int, state: GenState
@@ -936,7 +948,7 @@ class VSSM(SequenceModel):
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c))  # blocks after block 0
             keep = keep and n_rounds > 0  # block 0 only: no patch absorbed, the state as it was
-            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], s["prior"])
+            states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
             got = run(phase, span, (state.seed, state.position, streams), temps, states, weights, keep)
             if got is None:
                 return None
@@ -947,25 +959,20 @@ class VSSM(SequenceModel):
         return rounds
 
     def _patch_weights(self, net: PatchNet) -> native.PatchWeights:
-        """The weights the compiled patch rounds read, laid out once per weights: rebuilt when the key of
-        every parameter that :meth:`check_state` refreshed at the start of this generation call changed
-        (or a module was added), else reused without walking the modules again."""
+        """The weights the compiled patch rounds read (:meth:`_laid_out`)."""
         inner, dec_net, lp, cfg = net.net, self.decoder, self.latent_prior, self.config
         assert lp is not None
-        eps = (inner.norm.eps, dec_net.norm.eps, lp.mlp[0].eps)  # not parameters: in the key
-        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
-        hit = self.__dict__.get("_patch_weights_cache")
-        if key is not None and hit is not None and hit[0] == key:
-            return hit[1]
-        lin = dec_net.inp
-        G = None if lp.context is None else lp.context.weight  # (M, F)
-        par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
-        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
-        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
-        shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
-        weights = native.patch_weights(par, dec, prior, shape)
-        self.__dict__["_patch_weights_cache"] = (key, weights)
-        return weights
+
+        def build() -> native.PatchWeights:
+            lin = dec_net.inp
+            G = None if lp.context is None else lp.context.weight  # (M, F)
+            par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
+            dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
+            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
+            shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+            return native.patch_weights(par, dec, prior, shape)
+
+        return self._laid_out("_patch_weights_cache", (inner.norm.eps, dec_net.norm.eps, lp.mlp[0].eps), build)
 
     def _piece(
         self,
@@ -1070,20 +1077,17 @@ class VSSM(SequenceModel):
         return piece
 
     def _piece_weights(self) -> native.PieceWeights:
-        """The weights the compiled piece reads, laid out once per weights (as :meth:`_patch_weights`)."""
+        """The weights the compiled piece reads (:meth:`_laid_out`)."""
         dec_net, lp, cfg = self.decoder, self.latent_prior, self.config
         assert lp is not None
-        eps = (dec_net.norm.eps, lp.mlp[0].eps)  # not parameters: in the key
-        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
-        hit = self.__dict__.get("_piece_weights_cache")
-        if key is not None and hit is not None and hit[0] == key:
-            return hit[1]
-        lin = dec_net.inp
-        prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
-        dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
-        weights = native.piece_weights(prior, dec, (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes))
-        self.__dict__["_piece_weights_cache"] = (key, weights)
-        return weights
+
+        def build() -> native.PieceWeights:
+            lin = dec_net.inp
+            prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps)
+            dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
+            return native.piece_weights(prior, dec, (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes))
+
+        return self._laid_out("_piece_weights_cache", (dec_net.norm.eps, lp.mlp[0].eps), build)
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         """Observed tokens end the current block: they continue the absorbed decoder state."""
@@ -1101,6 +1105,14 @@ class VSSM(SequenceModel):
             observed=torch.ones_like(state["observed"]),
             **self._block_start(state.batch_size),
         )
+
+
+def _prior_state(state: GenState) -> Tensor:
+    """The latent prior's state ``(B, R)`` of a state; StateError where it has none (made by a model without one)."""
+    r = state.tensors.get("prior")
+    if r is None:
+        raise StateError("this state has no latent prior state (made by a model without one); start anew")
+    return r
 
 
 def _check_block_state(state: GenState) -> None:
