@@ -76,6 +76,7 @@ __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 log = logging.getLogger(__name__)
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
+BOUND_PASS_TOKENS = 32768  # a block bound stacks its draws into decoder passes of about this many tokens (memory)
 LOOKUP_MIN_CLASSES = 32  # from this many classes a latent, generation reads the decoder's input as a lookup
 
 
@@ -154,7 +155,7 @@ class VSSM(SequenceModel):
     family = "vssm"
     parallel_sampling = True  # a block (the whole sequence by default) in one pass
     config_class = VSSMConfig
-    row_block_tokens = 8192  # generation runs in blocks of about this many (rows x tokens); a speed knob only
+    row_block_tokens = 2048  # rows x steps of one pass of a large call, per torch thread (_row_group); speed only
     gen_window = 1024  # longest parallel pass of generation (bounds memory; an MNIST image stays one pass)
     fuse_rounds = True  # rows sharing a block size run two fused passes per block (_fused_rows), not four (fuses)
 
@@ -474,7 +475,7 @@ class VSSM(SequenceModel):
         log_obs, log_gen, context = self._block_priors(x, c)  # (B, T, Z, K) each, (B, T, F) or None
         row_seed = sequence_seeds(x, seed)  # (B,)
         weights = []
-        group = max(1, self.row_block_tokens * 4 // (Bsz * T))  # draws stacked into one decoder pass
+        group = max(1, BOUND_PASS_TOKENS // (Bsz * T))  # draws stacked into one decoder pass
         for k0 in range(0, samples, group):
             g = min(group, samples - k0)
             keys = (row_seed[None] + torch.arange(k0, k0 + g, device=x.device)[:, None]).reshape(-1)  # (g*B,)
@@ -636,15 +637,15 @@ class VSSM(SequenceModel):
         ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """Rows are independent, so a large call runs in blocks of rows whose activations stay in
-        the CPU's cache: about ``row_block_tokens`` tokens per pass (bench/generation.py).  A pass
+        the CPU's cache: about ``row_block_tokens`` tokens per pass and thread (:meth:`_row_group`).  A pass
         of block sampling spans about two blocks, not the call: cutting 32 rows of a block-16 image
         into groups sized by its 784 tokens made four times the rounds.
         ``scores``: a list that receives the decoder's log-probabilities ``(B, n, V)``."""
         _check_block_state(state)
         blocks = torch.zeros_like(state.position) if blocks is None else blocks
-        rows = max(1, self.row_block_tokens // n)
+        rows = self._row_group(min(n, self.gen_window))  # a pass is at most a window long, whatever n
         if state.batch_size > rows and not bool((blocks == 0).any()):  # every row in blocks: passes of ~2c
-            rows = max(1, self.row_block_tokens // min(n, 2 * int(blocks.max())))
+            rows = self._row_group(min(n, 2 * int(blocks.max())))
         if state.batch_size <= rows:
             return self._generate_rows(state, n, temperature, resumable, blocks, scores, ratio)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
@@ -661,6 +662,16 @@ class VSSM(SequenceModel):
             scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None]))  # (B, n, V)
         tokens = torch.cat([t for t, _ in parts])  # (B, n)
         return tokens, GenState.cat([s for _, s in parts]) if resumable else None
+
+    def _row_group(self, steps: int) -> int:
+        """Rows per group of a large call whose passes run ``steps`` steps: about ``row_block_tokens``
+        rows x steps per torch thread.  Measured on an AMD EPYC (AVX-512, 1 MB of second-level cache a
+        core), 32 unprompted rows, 784-4,096 tokens, us per row-token (docs/experiments/rounds-and-serving.md,
+        twenty-fifth session): on one thread 4.4-4.6 at 1,024-2,048 (passes on the recurrence kernel,
+        within ``native.max_tokens()``) against 5.3-7.4 at 4,096-8,192; on two threads, whose larger
+        passes run on both cores, 3.3 at 4,096 against 3.9-6.3 at 8,192 and 4.4 at 1,024."""
+        budget = self.row_block_tokens * max(1, torch.get_num_threads())
+        return max(1, budget // max(1, steps))
 
     def _generate_rows(
         self,

@@ -262,6 +262,22 @@ def test_generate_and_append_never_mutate_their_input_state(tiny):
     assert torch.equal(a, b)
 
 
+def test_vssm_row_groups_follow_the_pass_not_the_call(monkeypatch):
+    """A call longer than a window runs passes of a window, so its rows group by the window's length
+    (rows x steps per thread about ``row_block_tokens``), and the groups draw what one group draws."""
+    m = tiny_model("vssm")
+    s = m.start(torch.zeros(5, 0, dtype=torch.long), [1, 2, 3, 4, 5])
+    whole, _ = m.generate(s, 12, resumable=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    m.gen_window, m.row_block_tokens = 4, 4  # passes of 4 steps, 8 row-steps: groups of 2, 2 and 1 rows
+    groups = []
+    inner = m._generate_rows
+    monkeypatch.setattr(m, "_generate_rows", lambda st, *a, **k: groups.append(st.batch_size) or inner(st, *a, **k))
+    grouped, _ = m.generate(s, 12, resumable=False)
+    assert groups == [2, 2, 1]  # by the call's 12 steps it would be five groups of one row
+    assert torch.equal(whole, grouped)
+
+
 @pytest.mark.parametrize("resumable", [True, False])
 def test_vssm_row_blocks_equal_one_block(resumable):
     """Large calls run in blocks of rows (a cache-size speed knob): tokens and states are unchanged."""
@@ -270,7 +286,7 @@ def test_vssm_row_blocks_equal_one_block(resumable):
     s = GenState.cat([m.start(p[:3], [1, 2, 3]), m.start(torch.zeros(2, 0, dtype=torch.long), [4, 5])])
     temps = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.7], dtype=m.dtype)
     whole, s_whole = m.generate(s, 6, temperature=temps, resumable=resumable)
-    m.row_block_tokens = 12  # two rows of 6 tokens per block: blocks of 2, 2 and 1 rows
+    m.row_block_tokens = 12 // torch.get_num_threads()  # per thread: two rows of 6 tokens, blocks of 2, 2 and 1 rows
     blocked, s_blocked = m.generate(s, 6, temperature=temps, resumable=resumable)
     assert torch.equal(whole, blocked)
     if resumable:
