@@ -27,7 +27,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 from urllib.parse import urlparse, urlunparse
 
@@ -45,6 +45,9 @@ __all__ = ["MemoryStore", "RedisStore", "Refusal", "SessionRecord", "SessionStor
 
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached; the request may be retried later."""
+
+
+_NOT_META = frozenset(("state", "version", "expires_at", "id"))  # a record's fields kept outside its meta JSON
 
 
 @dataclass
@@ -67,10 +70,9 @@ class SessionRecord:
     expires_at: float = 0.0  # unix time, as of the last read or write
 
     def meta_json(self) -> str:
-        d = asdict(self)
-        for k in ("state", "version", "expires_at", "id"):
-            d.pop(k)
-        return json.dumps(d)
+        # the fields read directly: asdict deep-copies every value (the last step's token lists
+        # included), and it was a third of a commit's CPU in a profile of one client's chunks
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_META})
 
     @classmethod
     def from_parts(cls, sid: str, meta: str | bytes, state: bytes, version: int, ttl_ms: int | None) -> SessionRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -105,6 +106,70 @@ def test_bad_state_bytes_are_refused():
         GenState.from_bytes(b"\x00" * 3)
     with pytest.raises(StateError):
         GenState.from_bytes(b"not safetensors at all, not at all")
+
+
+def _states_equal(a: GenState, b: GenState) -> bool:
+    return (a.family, a.fingerprint, a.tensors.keys()) == (b.family, b.fingerprint, b.tensors.keys()) and all(
+        a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_state_bytes_are_safetensors_both_ways(family, dtype):
+    """The bytes a state writes read back with the safetensors library, and bytes the library writes (as
+    states were written before) read as the same state."""
+    from safetensors.torch import load, save
+
+    m = tiny_model(family, dtype=dtype)
+    s = m.start(prompt(B=2, C=3), [1, 2])
+    _, s = m.generate(s, 4)
+    blob = s.to_bytes()
+    flat = load(blob)
+    assert flat.keys() == s.tensors.keys()
+    for k, v in s.tensors.items():
+        assert torch.equal(torch.view_as_complex(flat[k]) if v.is_complex() else flat[k], v), k
+    assert _states_equal(GenState.from_bytes(blob), s)
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    lib = {k: t.clone() for k, t in flat.items()}  # the library refuses shared memory
+    assert _states_equal(GenState.from_bytes(save(lib, metadata=header["__metadata__"])), s)
+
+
+def test_a_state_of_a_dtype_safetensors_names_only_through_the_library():
+    s = GenState(
+        "x",
+        "f",
+        {"position": torch.tensor([3]), "seed": torch.tensor([1]), "h": torch.ones(2, 3).to(torch.float8_e4m3fn)},
+    )
+    back = GenState.from_bytes(s.to_bytes())
+    assert back.tensors["h"].dtype == torch.float8_e4m3fn and torch.equal(back.tensors["h"].float(), torch.ones(2, 3))
+
+
+def _with_header(blob: bytes, edit) -> bytes:
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    edit(header)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h + blob[8 + n :]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda h: h["dec"].update(data_offsets=[h["dec"]["data_offsets"][0] + 8, h["dec"]["data_offsets"][1] + 8]),
+        lambda h: h["dec"].update(shape=[*h["dec"]["shape"][:-1], h["dec"]["shape"][-1] + 1]),
+        lambda h: h["dec"].update(shape=[-1]),
+        lambda h: h["dec"].update(data_offsets=[0]),
+        lambda h: h["position"].update(data_offsets=h["seed"]["data_offsets"]),
+        lambda h: h.update(__metadata__=["not", "an", "object"]),
+        lambda h: h.pop("seed"),
+    ],
+)
+def test_state_bytes_with_a_bad_header_are_refused(edit):
+    m = tiny_model("vssm")
+    blob = m.start(prompt(B=1, C=2), 1).to_bytes()
+    with pytest.raises(StateError):
+        GenState.from_bytes(_with_header(blob, edit))
 
 
 def test_limits_and_token_range(family):

@@ -4,6 +4,7 @@ the Redis store is tested through the API)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 
 from vssm.server import store as store_mod
@@ -143,3 +144,24 @@ def test_after_redis_restarts_one_failure_clears_every_dead_connection(redis):
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_record_reads_back_from_its_meta_json_and_parts():
+    """Every field but the state, version, expiry and id travels in the meta JSON, nested values included."""
+    rec = replace(
+        _rec("sess_a", ttl=60),
+        position=70,
+        seed=9,
+        owner="o",
+        created_at=12.5,
+        version=4,
+        last_op={"op": "generate", "start": 6, "tokens": [1, 0, 1], "extra": {"k": [2.5]}},
+        text_carry=[0xE2, 0x82],
+        holder="h",
+        block_size=16,
+        observation_temperature=0.5,
+    )
+    back = SessionRecord.from_parts(rec.id, rec.meta_json(), rec.state, rec.version, 60_000)
+    assert replace(back, expires_at=0.0) == replace(rec, expires_at=0.0)
+    meta = rec.meta_json()
+    assert not {"state", "version", "expires_at", "id"} & set(json.loads(meta))
