@@ -645,7 +645,7 @@ class VSSM(SequenceModel):
         blocks = torch.zeros_like(state.position) if blocks is None else blocks
         rows = self._row_group(min(n, self.gen_window))  # a pass is at most a window long, whatever n
         if state.batch_size > rows and not bool((blocks == 0).any()):  # every row in blocks: passes of ~2c
-            rows = self._row_group(min(n, 2 * int(blocks.max())))
+            rows = self._row_group(min(n, 2 * int(blocks.max()), self.gen_window))
         if state.batch_size <= rows:
             return self._generate_rows(state, n, temperature, resumable, blocks, scores, ratio)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
@@ -669,7 +669,9 @@ class VSSM(SequenceModel):
         core), 32 unprompted rows, 784-4,096 tokens, us per row-token (docs/experiments/rounds-and-serving.md,
         twenty-fifth session): on one thread 4.4-4.6 at 1,024-2,048 (passes on the recurrence kernel,
         within ``native.max_tokens()``) against 5.3-7.4 at 4,096-8,192; on two threads, whose larger
-        passes run on both cores, 3.3 at 4,096 against 3.9-6.3 at 8,192 and 4.4 at 1,024."""
+        passes run on both cores, 3.3 at 4,096 against 3.9-6.3 at 8,192 and 4.4 at 1,024.  More threads:
+        assumed, not measured (a group's activations grow with them: at 64 threads, 128 rows of a 1,024-step
+        window, about 33 MB a (rows, steps, width) activation at width 64)."""
         budget = self.row_block_tokens * max(1, torch.get_num_threads())
         return max(1, budget // max(1, steps))
 

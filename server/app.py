@@ -150,12 +150,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            gc.unfreeze()  # first: whatever fails below, the objects go back to the collector
             for b in ctx.batchers.values():
                 await b.stop()
             await ctx.settle()  # quota refreshes still on their way to the store
             await ctx.store.close()
             ctx.executor.shutdown(wait=False, cancel_futures=True)
-            gc.unfreeze()
 
     app = FastAPI(
         title="VSSM serve",

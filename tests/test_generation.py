@@ -134,6 +134,34 @@ def test_state_bytes_are_safetensors_both_ways(family, dtype):
     assert _states_equal(GenState.from_bytes(save(lib, metadata=header["__metadata__"])), s)
 
 
+def test_state_bytes_of_shared_empty_scalar_and_bool_tensors():
+    """Tensors sharing memory (a view, the same tensor twice), empty, 0-d and bool tensors read back as
+    they were, with the library and through from_bytes, as the library's own bytes do."""
+    from safetensors.torch import load, save
+
+    x = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tensors = {
+        "position": torch.tensor([5]),
+        "seed": torch.tensor([2]),
+        "a": x,
+        "b": x,
+        "c": x[1:],
+        "e": torch.empty(0, 3),
+        "s": torch.tensor(1.5, dtype=torch.float64),
+        "m": torch.tensor([True, False, True]),
+        "z": torch.zeros(2, 3, dtype=torch.complex64),
+    }
+    s = GenState("x", "f", tensors)
+    blob = s.to_bytes()
+    assert _states_equal(GenState.from_bytes(blob), s)
+    flat = load(blob)
+    for k, v in tensors.items():
+        assert torch.equal(torch.view_as_complex(flat[k]) if v.is_complex() else flat[k], v), k
+    header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+    lib = save({k: t.clone() for k, t in flat.items()}, metadata=header["__metadata__"])
+    assert _states_equal(GenState.from_bytes(lib), s)
+
+
 def test_a_state_of_a_dtype_safetensors_names_only_through_the_library():
     s = GenState(
         "x",
@@ -344,14 +372,15 @@ def test_vssm_row_groups_follow_the_pass_not_the_call(monkeypatch):
 
 
 @pytest.mark.parametrize("resumable", [True, False])
-def test_vssm_row_blocks_equal_one_block(resumable):
+def test_vssm_row_blocks_equal_one_block(resumable, monkeypatch):
     """Large calls run in blocks of rows (a cache-size speed knob): tokens and states are unchanged."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # row_block_tokens is per thread
     m = tiny_model("vssm")
     p = prompt(B=5, C=3)
     s = GenState.cat([m.start(p[:3], [1, 2, 3]), m.start(torch.zeros(2, 0, dtype=torch.long), [4, 5])])
     temps = torch.tensor([0.5, 1.0, 2.0, 1.0, 0.7], dtype=m.dtype)
     whole, s_whole = m.generate(s, 6, temperature=temps, resumable=resumable)
-    m.row_block_tokens = 12 // torch.get_num_threads()  # per thread: two rows of 6 tokens, blocks of 2, 2 and 1 rows
+    m.row_block_tokens = 12  # two rows of 6 tokens per block: blocks of 2, 2 and 1 rows
     blocked, s_blocked = m.generate(s, 6, temperature=temps, resumable=resumable)
     assert torch.equal(whole, blocked)
     if resumable:

@@ -40,7 +40,7 @@ def test_vssm_scores_do_not_depend_on_chunks_or_row_blocks(block_size):
     b, _, log_b = m.generate_scored(mid, 7, block_size=block_size)
     assert torch.equal(whole, torch.cat([a, b], 1))
     assert torch.allclose(log_p, torch.cat([log_a, log_b], 1), atol=1e-5)
-    m.row_block_tokens = 12 // torch.get_num_threads()  # per thread: one row per block of rows
+    m.row_block_tokens = 12 // max(1, torch.get_num_threads())  # per thread: one row per block of rows
     rows, _, log_rows = m.generate_scored(state, 12, block_size=block_size)
     assert torch.equal(rows, whole) and torch.allclose(log_rows, log_p, atol=1e-5)
 
