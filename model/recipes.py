@@ -136,11 +136,11 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 12.0-14.3 times faster than the AR-SSM at batch 1 on an Intel Xeon with AVX-512 (medians of 7 "
-            "interleaved runs in two benchmark runs; target 10x) and 15.5-15.7 times at batch 32 "
-            "(docs/benchmarks.json, docs/benchmarks-blocks.json; blocks.md, twenty-fourth session). The ratio "
-            "moves with the CPU: on the AMD EPYC of the twenty-third session, before the twenty-fourth session's "
-            "cuts to the Python around the call, 9.5-9.7 times.",
+            "call: 10.5-10.8 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (medians of 7 "
+            "interleaved runs in two benchmark runs; target 10x) and 13.4-14.6 times at batch 32 "
+            "(docs/benchmarks.json, docs/benchmarks-blocks.json, twenty-fifth session). The ratio moves with "
+            "the CPU: 12.0-14.3 times at batch 1 on the Intel Xeon of the twenty-fourth session; 9.5-9.7 times "
+            "on the AMD EPYC with AVX2 of the twenty-third, before that session's cuts to the Python around the call.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
             "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "
@@ -192,9 +192,9 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image (one compiled loop), about 7.6 times the "
-            "time of one VSSM pass at batch 1 on an Intel Xeon with AVX-512 (6.9 on an AMD EPYC; "
-            "docs/benchmarks.json).",
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.4 times the "
+            "time of one VSSM pass at batch 1 on an AMD EPYC with AVX-512 (7.6 on an Intel Xeon, 6.9 on an "
+            "AMD EPYC with AVX2; docs/benchmarks.json).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
