@@ -140,7 +140,8 @@ _RECIPES = [
             "interleaved runs in two benchmark runs; target 10x) and 13.4-14.6 times at batch 32 "
             "(docs/benchmarks.json, docs/benchmarks-blocks.json, twenty-fifth session). The ratio moves with "
             "the CPU: 12.0-14.3 times at batch 1 on the Intel Xeon of the twenty-fourth session; 9.5-9.7 times "
-            "on the AMD EPYC with AVX2 of the twenty-third, before that session's cuts to the Python around the call.",
+            "on the AMD EPYC with AVX2 of the twenty-third session, before the twenty-fourth session's cuts to "
+            "the Python around the call.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
             "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "

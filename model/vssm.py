@@ -666,10 +666,10 @@ class VSSM(SequenceModel):
     def _row_group(self, steps: int) -> int:
         """Rows per group of a large call whose passes run ``steps`` steps: about ``row_block_tokens``
         rows x steps per torch thread.  Measured on an AMD EPYC (AVX-512, 1 MB of second-level cache a
-        core), 32 unprompted rows, 784-4,096 tokens, us per row-token (docs/experiments/rounds-and-serving.md,
+        core), 32 unprompted rows, 784 and 1,024 tokens, us per row-token (docs/experiments/rounds-and-serving.md,
         twenty-fifth session): on one thread 4.4-4.6 at 1,024-2,048 (passes on the recurrence kernel,
-        within ``native.max_tokens()``) against 5.3-7.4 at 4,096-8,192; on two threads, whose larger
-        passes run on both cores, 3.3 at 4,096 against 3.9-6.3 at 8,192 and 4.4 at 1,024.  More threads:
+        within ``native.max_tokens()``) against 5.3-7.3 at 4,096-8,192; on two threads, whose larger
+        passes run on both cores, 3.3 at 4,096 against 3.9-4.8 at 8,192 and 4.4-4.6 at 1,024.  More threads:
         assumed, not measured (a group's activations grow with them: at 64 threads, 128 rows of a 1,024-step
         window, about 33 MB a (rows, steps, width) activation at width 64)."""
         budget = self.row_block_tokens * max(1, torch.get_num_threads())
