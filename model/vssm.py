@@ -76,6 +76,7 @@ __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
 log = logging.getLogger(__name__)
 
 POSTERIORS = ("causal", "smoothing", "split")  # forms of the encoder's posterior (VSSMConfig.posterior)
+DEVICE_ROW_TOKENS = 8192  # rows x steps of a large call's passes off the CPU (VSSM._row_group; not measured there)
 BOUND_PASS_TOKENS = 32768  # a block bound stacks its draws into decoder passes of about this many tokens (memory)
 LOOKUP_MIN_CLASSES = 32  # from this many classes a latent, generation reads the decoder's input as a lookup
 
@@ -671,8 +672,13 @@ class VSSM(SequenceModel):
         within ``native.max_tokens()``) against 5.3-7.3 at 4,096-8,192; on two threads, whose larger
         passes run on both cores, 3.3 at 4,096 against 3.9-4.8 at 8,192 and 4.4-4.6 at 1,024.  More threads:
         assumed, not measured (a group's activations grow with them: at 64 threads, 128 rows of a 1,024-step
-        window, about 33 MB a (rows, steps, width) activation at width 64)."""
-        budget = self.row_block_tokens * max(1, torch.get_num_threads())
+        window, about 33 MB a (rows, steps, width) activation at width 64).  Off the CPU nothing was
+        measured: a group keeps the size it had before, ``DEVICE_ROW_TOKENS`` rows x steps (now of the pass,
+        not the call), whatever the threads."""
+        if self.device.type == "cpu":
+            budget = self.row_block_tokens * max(1, torch.get_num_threads())
+        else:
+            budget = DEVICE_ROW_TOKENS
         return max(1, budget // max(1, steps))
 
     def _generate_rows(

@@ -12,6 +12,7 @@ from tests.conftest import LATENT, V, tiny_model
 from tests.test_blocks import latent_prior_log_probs
 from vssm import model
 from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError
+from vssm.model import vssm as vssm_module
 from vssm.model.sampling import STREAM_LATENT, positional_draw, sequence_seeds
 
 
@@ -369,6 +370,9 @@ def test_vssm_row_groups_follow_the_pass_not_the_call(monkeypatch):
     grouped, _ = m.generate(s, 12, resumable=False)
     assert groups == [2, 2, 1]  # by the call's 12 steps it would be five groups of one row
     assert torch.equal(whole, grouped)
+    # off the CPU (not measured there) a group keeps its earlier size, whatever the threads
+    monkeypatch.setattr(type(m), "device", property(lambda self: torch.device("cuda")))
+    assert m._row_group(1024) == vssm_module.DEVICE_ROW_TOKENS // 1024
 
 
 @pytest.mark.parametrize("resumable", [True, False])
