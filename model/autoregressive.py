@@ -185,8 +185,11 @@ class ARSSM(ARModel):
         B = state.batch_size
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
         cfg = self.net.cfg
+        # the pack once per weights, keyed as the VSSM's compiled calls key theirs (SequenceModel._laid_out),
+        # not re-keyed from every parameter on each call: the same treatment for both families
+        packed = self._laid_out("_ar_pack_cache", (), self.net._packed)  # eps goes beside it, not in it
         tokens, logits, h_next = loop(
-            state["logits"], h, u, row_temperatures(temperature, B), self.net._packed(), self.net.inp.weight,
+            state["logits"], h, u, row_temperatures(temperature, B), packed, self.net.inp.weight,
             cfg.layers, cfg.state_size, self.net.norm.eps, resumable,
         )  # fmt: skip
         if not resumable:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 
 from .modality import Modality
 from .sampling import as_seed_tensor
-from .ssm import weights_fixed, weights_key
+from .ssm import fixed_call, weights_fixed, weights_key
 from .state import GenState, StateError
 
 # Bumped whenever any module registers a parameter or a submodule, so that a model's cached list of
@@ -152,6 +153,19 @@ class SequenceModel(nn.Module):
         if key != self._fp_key:
             self._fp_key, self._fp = key, weights_hash(self)
         return self._fp
+
+    def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
+        """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
+        rebuilt when the key of every parameter that :meth:`check_state` refreshed at the start of this
+        generation call changed, a module was added, or a LayerNorm's ``eps`` (not a parameter) changed.
+        Outside a generation call (:func:`weights_fixed`) it always builds."""
+        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
+        hit = self.__dict__.get(name)
+        if key is not None and hit is not None and hit[0] == key:
+            return hit[1]
+        weights = build()
+        self.__dict__[name] = (key, weights)
+        return weights
 
     def num_parameters(self, generation_only: bool = False) -> int:
         """All parameters, or only those used at generation time (the VSSM drops its encoder)."""

@@ -43,14 +43,13 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .base import LossOutput, SequenceModel, _structure, check_config
+from .base import LossOutput, SequenceModel, check_config
 from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig, has_hooks
 from .patch import PatchNet
@@ -68,7 +67,7 @@ from .sampling import (
     sample_categorical,
     sequence_seeds,
 )
-from .ssm import SHORT, fixed_call
+from .ssm import SHORT
 from .state import GenState, StateError
 
 __all__ = ["VSSM", "VSSMConfig", "VSSMLoss", "straight_through_gumbel"]
@@ -903,18 +902,6 @@ class VSSM(SequenceModel):
             return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
 
         return rounds
-
-    def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
-        """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
-        rebuilt when the key of every parameter that :meth:`check_state` refreshed at the start of this
-        generation call changed, a module was added, or a LayerNorm's ``eps`` (not a parameter) changed."""
-        key = (self._fp_key, _structure[0], eps) if fixed_call() is not None else None
-        hit = self.__dict__.get(name)
-        if key is not None and hit is not None and hit[0] == key:
-            return hit[1]
-        weights = build()
-        self.__dict__[name] = (key, weights)
-        return weights
 
     def _round_weights(self) -> native.RoundWeights:
         """The weights the compiled rounds read (:meth:`_laid_out`)."""

@@ -743,6 +743,40 @@ def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, tempe
         assert nxt is None and ref is None
 
 
+def test_the_compiled_ar_loop_follows_the_weights():
+    """The AR-SSM's pack (SequenceModel._laid_out, as the VSSM's compiled calls key theirs) is reused within
+    one version of the weights and rebuilt after an in-place change to any weight; after that, or a change
+    of the LayerNorms' eps (passed beside the pack, not in it), the compiled loop draws what the loop in
+    PyTorch draws."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("ar-ssm", vocab_size=7, width=24, state_size=5, layers=3)
+
+    def start():  # a state of the current weights
+        return m.start(torch.randint(0, 7, (2, 3), generator=torch.Generator().manual_seed(0)), [1, 2])
+
+    changes = [
+        lambda: m.net.blocks[1].out.weight.mul_(-2.0),
+        lambda: m.net.head.bias.add_(0.7),
+        lambda: m.net.blocks[0].ssm.log_dt.add_(0.4),
+        lambda: [setattr(ln, "eps", 0.5) for ln in m.net.modules() if isinstance(ln, torch.nn.LayerNorm)],
+    ]
+    for i, change in enumerate(changes):
+        m.generate(start(), 9)  # laid out, cached
+        before = m.__dict__["_ar_pack_cache"][1]
+        m.generate(start(), 9)  # reused
+        assert m.__dict__["_ar_pack_cache"][1] is before
+        with torch.no_grad():
+            change()
+        tokens, nxt = m.generate(start(), 9)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "ar_loop", lambda: None)
+            ref_tokens, ref = m.generate(start(), 9)
+        assert torch.equal(tokens, ref_tokens)
+        torch.testing.assert_close(nxt["h"], ref["h"], rtol=1e-10, atol=1e-10)
+        assert (m.__dict__["_ar_pack_cache"][1] is before) == (i == len(changes) - 1)  # eps: the same pack
+
+
 # ----- block sampling's fused rounds (csrc/rounds.c) -------------------------------------------------------------
 def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float, entry: str) -> list:
     """Generation from ``start`` with the compiled ``native.<entry>`` (spied on) and without it (the
