@@ -173,7 +173,8 @@ class SSMNet(nn.Module):
         part once per generation call (model/ssm.py, ``weights_fixed``)."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
-        if first is None or not first._fused(h, T, None if state is None else state[:, 0], whole_network=True):  # type: ignore[union-attr,operator]
+        # the state's rows, not a layer's slice: _fused reads only its batch size
+        if first is None or not first._fused(h, T, state, whole_network=True):  # type: ignore[union-attr,operator]
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False

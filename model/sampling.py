@@ -143,9 +143,20 @@ def finite_temperature(temperature: float | Tensor) -> bool:
     return temperature == temperature
 
 
+_ROW_TEMPERATURES: dict[float, Tensor] = {}  # a float temperature as a (1,) tensor, made once (read only)
+
+
 def row_temperatures(temperature: float | Tensor, batch: int) -> Tensor:
-    """A float or per-row temperature as the compiled loops read it: ``(B,)`` float64 on the CPU."""
-    return torch.as_tensor(temperature, dtype=torch.float64).reshape(-1).expand(batch)
+    """A float or per-row temperature as the compiled loops read it: ``(B,)`` float64 on the CPU (a float's
+    tensor is made once and shared: the compiled calls only read it)."""
+    if isinstance(temperature, Tensor):
+        return temperature.to(torch.float64).reshape(-1).expand(batch)
+    one = _ROW_TEMPERATURES.get(temperature)
+    if one is None:
+        one = torch.tensor([temperature], dtype=torch.float64)
+        if len(_ROW_TEMPERATURES) < 256 and temperature == temperature:  # bounded; NaN never matches a key
+            _ROW_TEMPERATURES[temperature] = one
+    return one.expand(batch)
 
 
 def per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:

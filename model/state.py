@@ -51,11 +51,12 @@ class GenState:
 
     def evolve(self, **tensors: Tensor) -> GenState:
         """A new state with some tensors replaced (the old one is untouched)."""
-        return replace(self, tensors={**self.tensors, **tensors})
+        # the constructor, not dataclasses.replace: every generate call of every family makes one
+        return type(self)(self.family, self.fingerprint, {**self.tensors, **tensors})
 
     def rows(self, index: Tensor | list[int] | slice) -> GenState:
         """The state of a subset of rows."""
-        return replace(self, tensors={k: v[index] for k, v in self.tensors.items()})
+        return type(self)(self.family, self.fingerprint, {k: v[index] for k, v in self.tensors.items()})
 
     @staticmethod
     def cat(states: list[GenState]) -> GenState:

@@ -756,9 +756,10 @@ class VSSM(SequenceModel):
         next ``dec_abs`` (docs/design.md, "Blocks").  A round is two passes of ``2c`` steps instead
         of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse.
         """
-        first = min(c - int(state.position[0]) % c, n)
+        p0 = int(state.position[0])
+        first = min(c - p0 % c, n)
         ms = [first] + [c] * ((n - first) // c) + ([(n - first) % c] if (n - first) % c else [])  # piece lengths
-        last_ends = (int(state.position[0]) + n) % c == 0
+        last_ends = (p0 + n) % c == 0
         fused = len(ms) if not resumable or last_ends else len(ms) - 1  # pieces run here
         if fused == 0:
             return None  # a part-block kept mid-block: the reference path is as short
@@ -878,7 +879,7 @@ class VSSM(SequenceModel):
         run = native.fused_rounds()
         if run is None or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        par_net, dec_net = self.partial_encoder, self.decoder
+        par_net, dec_net = self._modules["partial_encoder"], self._modules["decoder"]  # (no Module.__getattr__)
         if isinstance(par_net, PatchNet):  # its rounds: _compiled_patch_rounds
             return None
         T = max([ms[0], *(a + b for a, b in itertools.pairwise(ms))])  # the longest pass

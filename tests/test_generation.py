@@ -393,3 +393,17 @@ def test_vssm_row_blocks_equal_one_block(resumable, monkeypatch):
             torch.testing.assert_close(t, s_blocked.tensors[k], rtol=1e-12, atol=1e-12, msg=k)
     else:
         assert s_whole is None and s_blocked is None
+
+
+def test_a_float_temperature_s_shared_tensor_is_never_written():
+    """row_temperatures makes a float's tensor once and shares it between calls: the compiled calls
+    that read it (rounds, the AR-SSM's loop) must leave it as it was."""
+    from vssm.model.sampling import row_temperatures
+
+    shared = row_temperatures(0.7, 2)
+    assert shared.data_ptr() == row_temperatures(0.7, 5).data_ptr()  # one tensor, expanded per batch
+    for family, kwargs in (("vssm", {"block_size": 3}), ("ar-ssm", {})):
+        m = tiny_model(family)
+        m.generate(m.start(prompt(B=2, C=3), [1, 2]), 9, temperature=0.7, **kwargs)
+    assert row_temperatures(0.7, 3).tolist() == [0.7, 0.7, 0.7]
+    assert row_temperatures(torch.tensor([0.5, 2.0]), 2).tolist() == [0.5, 2.0]
