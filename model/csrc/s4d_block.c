@@ -65,6 +65,8 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #define ERF erff
 #define EXP expf
 #define NAME s4d_block_f32
+#define MODES_OUTER modes_outer_f32
+#define STEPS_OUTER steps_outer_f32
 #define NET ssm_net_f32
 #define NET_HEAD ssm_net_head_f32
 #define LAYERNORM layernorm_f32
@@ -77,6 +79,8 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef ERF
 #undef EXP
 #undef NAME
+#undef MODES_OUTER
+#undef STEPS_OUTER
 #undef NET
 #undef NET_HEAD
 #undef LAYERNORM
@@ -93,6 +97,8 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define ERF erf
 #define EXP exp
 #define NAME s4d_block_f64
+#define MODES_OUTER modes_outer_f64
+#define STEPS_OUTER steps_outer_f64
 #define NET ssm_net_f64
 #define NET_HEAD ssm_net_head_f64
 #define LAYERNORM layernorm_f64
@@ -117,6 +123,158 @@ static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, d
     for (long h = 0; h < H; ++h) o[h] = (xr[h] - mean) * inv * w[h] + bias[h];
 }
 
+/* NAME's recurrence from MODES_MIN_T to MODES_MAX_T steps.  Each branch of NAME is a function of its own:
+   in one body, a change to this branch alone left the other, which an autoregressive step takes, at
+   0.85-0.92 of its speed (docs/experiments/rounds-and-serving.md, twenty-fifth session) */
+static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
+                                                  long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
+                                                  REAL *out, REAL *h_out, long ho_sb) {
+    const long NH = N * H;
+    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
+    /* Modes outer, steps inner: four modes keep their states and weights in registers for the
+       whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
+       (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
+       from 16 steps on, docs/experiments/rounds-and-serving.md); the sums over modes accumulate
+       in yb, a vector per step, and the input's lanes are read once into ub */
+    VEC ub[T], yb[T];
+    REAL tr[2][N][VL]; /* a block of VL channels' state, lanes over channels (below) */
+    for (long b = 0; b < Bsz; ++b) {
+        for (long h0c = 0; h0c < H; h0c += VL) {
+            const long J = H - h0c < VL ? H - h0c : VL;
+            for (long t = 0; t < T; ++t) {
+                const REAL *ut = u + b * u_sb + t * u_st + h0c;
+                if (J == VL) {
+                    memcpy(&ub[t], ut, sizeof(VEC));
+                } else {
+                    REAL tmp[VL];
+                    for (long j = 0; j < VL; ++j) tmp[j] = j < J ? ut[j] : 0;
+                    memcpy(&ub[t], tmp, sizeof(VEC));
+                }
+                yb[t] = (VEC){0};
+            }
+            /* the block's state turned to lanes over channels before any of it is read as a vector,
+               modes outer so that the first modes read were the first written: gathered a vector at a
+               time, each vector's reload of its lanes' scalar stores waited on store forwarding */
+            for (long n = 0; n < N; ++n)
+                for (long j = 0; j < VL; ++j) {
+                    const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + ((h0c + j) * N + n) * 2 : 0;
+                    tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[1] : 0;
+                }
+            for (long n = 0; n < N; n += 4) {
+                const long G = N - n < 4 ? N - n : 4;
+                VEC wv[4][6], sv[4][2];
+                for (long g = 0; g < 4; ++g) {
+                    const long m = n + (g < G ? g : 0), o = m * H + h0c;
+                    const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
+                    REAL pad[VL];
+                    for (long k = 0; k < 6; ++k) {
+                        if (J == VL && g < G) {
+                            memcpy(&wv[g][k], src[k], sizeof(VEC));
+                            continue;
+                        }
+                        for (long j = 0; j < VL; ++j) pad[j] = j < J && g < G ? src[k][j] : 0;
+                        memcpy(&wv[g][k], pad, sizeof(VEC));
+                    }
+                    for (long k = 0; k < 2; ++k) {
+                        if (g < G)
+                            memcpy(&sv[g][k], tr[k][m], sizeof(VEC));
+                        else
+                            sv[g][k] = (VEC){0};
+                    }
+                }
+/* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
+#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
+                W(0) W(1) W(2) W(3)
+#undef W
+                const long stop = h_out ? at : T;
+                for (int half = 0; half < 2; ++half) {
+                    for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
+                        const VEC x_t = ub[t];
+/* the input's term first: off the state's chain of dependent multiply-adds */
+#define S(g) const VEC r##g = br##g * x_t + lr##g * sr##g - li##g * si##g, i##g = bi##g * x_t + lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
+                        S(0) S(1) S(2) S(3)
+#undef S
+                        yb[t] += ((cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1)) + ((cr2 * r2 - ci2 * i2) + (cr3 * r3 - ci3 * i3));
+                    }
+                    if (half == 0 && h_out) { /* the state after `at` steps */
+                        const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
+                        for (long g = 0; g < G; ++g) {
+                            REAL re[VL], im[VL];
+                            memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
+                            for (long j = 0; j < J; ++j) {
+                                REAL *so = h_out + b * ho_sb + ((h0c + j) * N + n + g) * 2;
+                                so[0] = re[j], so[1] = im[j];
+                            }
+                        }
+                    }
+                }
+            }
+            for (long t = 0; t < T; ++t) {
+                REAL y[VL], xin[VL];
+                memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
+                REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
+                for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * xin[j];
+            }
+        }
+    }
+}
+
+/* NAME's recurrence for a few steps (an autoregressive step's one): steps outer, every mode's state in a
+   cache-resident block of LANES channels */
+static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
+                                                  long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
+                                                  REAL *out, REAL *h_out, long ho_sb) {
+    const long NH = N * H;
+    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
+    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
+    for (long b = 0; b < Bsz; ++b) {
+        for (long h0c = 0; h0c < H; h0c += LANES) {
+            const long J = H - h0c < LANES ? H - h0c : LANES;
+            for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
+                const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
+                for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
+            }
+            for (long t = 0; t <= T; ++t) {
+                if (h_out && t == at) { /* the state after `at` steps */
+                    for (long j = 0; j < J; ++j) {
+                        REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
+                        for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
+                    }
+                }
+                if (t == T) break;
+                const REAL *ut = u + b * u_sb + t * u_st + h0c;
+                for (long j = 0; j < LANES; ++j) {
+                    xv[j] = j < J ? ut[j] : 0;
+                    acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
+                }
+                for (long n = 0; n < N; ++n) {
+                    const long o = n * H + h0c;
+                    if (J == LANES) {
+#pragma omp simd
+                        for (long j = 0; j < LANES; ++j) {
+                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                            sr[n][j] = r, si[n][j] = i;
+                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                        }
+                    } else {
+                        for (long j = 0; j < J; ++j) {
+                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                            sr[n][j] = r, si[n][j] = i;
+                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                        }
+                    }
+                }
+                REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
+                for (long j = 0; j < J; ++j) {
+                    yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
+                }
+            }
+        }
+    }
+}
+
 void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st, const REAL *ln_w,
           const REAL *ln_b, double eps, const REAL *h0, long h0_sb, const REAL *w, const REAL *d, int gelu,
           REAL *out, REAL *h_out, long ho_sb) {
@@ -127,130 +285,10 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
             for (long t = 0; t < T; ++t) LAYERNORM(H, x + b * x_sb + t * x_st, ln_w, ln_b, eps, out + (b * T + t) * H);
         u = out, u_sb = T * H, u_st = H;
     }
-    const long NH = N * H;
-    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
-    if (T >= MODES_MIN_T && T <= MODES_MAX_T) {
-        /* Modes outer, steps inner: four modes keep their states and weights in registers for the
-           whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
-           (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
-           from 16 steps on, docs/experiments/rounds-and-serving.md); the sums over modes accumulate
-           in yb, a vector per step, and the input's lanes are read once into ub */
-        VEC ub[T], yb[T];
-        for (long b = 0; b < Bsz; ++b) {
-            for (long h0c = 0; h0c < H; h0c += VL) {
-                const long J = H - h0c < VL ? H - h0c : VL;
-                for (long t = 0; t < T; ++t) {
-                    const REAL *ut = u + b * u_sb + t * u_st + h0c;
-                    REAL tmp[VL];
-                    for (long j = 0; j < VL; ++j) tmp[j] = j < J ? ut[j] : 0;
-                    memcpy(&ub[t], tmp, sizeof(VEC));
-                    yb[t] = (VEC){0};
-                }
-                for (long n = 0; n < N; n += 4) {
-                    const long G = N - n < 4 ? N - n : 4;
-                    VEC wv[4][6], sv[4][2];
-                    for (long g = 0; g < 4; ++g) {
-                        const long m = n + (g < G ? g : 0), o = m * H + h0c;
-                        const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
-                        REAL pad[VL];
-                        for (long k = 0; k < 6; ++k) {
-                            if (J == VL && g < G) {
-                                memcpy(&wv[g][k], src[k], sizeof(VEC));
-                                continue;
-                            }
-                            for (long j = 0; j < VL; ++j) pad[j] = j < J && g < G ? src[k][j] : 0;
-                            memcpy(&wv[g][k], pad, sizeof(VEC));
-                        }
-                        for (long k = 0; k < 2; ++k) {
-                            for (long j = 0; j < VL; ++j)
-                                pad[j] = h0 && j < J && g < G ? h0[b * h0_sb + ((h0c + j) * N + m) * 2 + k] : 0;
-                            memcpy(&sv[g][k], pad, sizeof(VEC));
-                        }
-                    }
-/* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
-#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
-                    W(0) W(1) W(2) W(3)
-#undef W
-                    const long stop = h_out ? at : T;
-                    for (int half = 0; half < 2; ++half) {
-                        for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
-                            const VEC x_t = ub[t];
-/* the input's term first: off the state's chain of dependent multiply-adds */
-#define S(g) const VEC r##g = br##g * x_t + lr##g * sr##g - li##g * si##g, i##g = bi##g * x_t + lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
-                            S(0) S(1) S(2) S(3)
-#undef S
-                            yb[t] += ((cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1)) + ((cr2 * r2 - ci2 * i2) + (cr3 * r3 - ci3 * i3));
-                        }
-                        if (half == 0 && h_out) { /* the state after `at` steps */
-                            const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
-                            for (long g = 0; g < G; ++g) {
-                                REAL re[VL], im[VL];
-                                memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
-                                for (long j = 0; j < J; ++j) {
-                                    REAL *so = h_out + b * ho_sb + ((h0c + j) * N + n + g) * 2;
-                                    so[0] = re[j], so[1] = im[j];
-                                }
-                            }
-                        }
-                    }
-                }
-                for (long t = 0; t < T; ++t) {
-                    REAL y[VL], xin[VL];
-                    memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
-                    REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
-                    for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * xin[j];
-                }
-            }
-        }
-    } else { /* a few steps: steps outer, every mode's state in a cache-resident block */
-        REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
-        for (long b = 0; b < Bsz; ++b) {
-            for (long h0c = 0; h0c < H; h0c += LANES) {
-                const long J = H - h0c < LANES ? H - h0c : LANES;
-                for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
-                    const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
-                    for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
-                }
-                for (long t = 0; t <= T; ++t) {
-                    if (h_out && t == at) { /* the state after `at` steps */
-                        for (long j = 0; j < J; ++j) {
-                            REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
-                            for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
-                        }
-                    }
-                    if (t == T) break;
-                    const REAL *ut = u + b * u_sb + t * u_st + h0c;
-                    for (long j = 0; j < LANES; ++j) {
-                        xv[j] = j < J ? ut[j] : 0;
-                        acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
-                    }
-                    for (long n = 0; n < N; ++n) {
-                        const long o = n * H + h0c;
-                        if (J == LANES) {
-#pragma omp simd
-                            for (long j = 0; j < LANES; ++j) {
-                                const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                                const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
-                                sr[n][j] = r, si[n][j] = i;
-                                acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
-                            }
-                        } else {
-                            for (long j = 0; j < J; ++j) {
-                                const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                                const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
-                                sr[n][j] = r, si[n][j] = i;
-                                acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
-                            }
-                        }
-                    }
-                    REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
-                    for (long j = 0; j < J; ++j) {
-                        yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
-                    }
-                }
-            }
-        }
-    }
+    if (T >= MODES_MIN_T && T <= MODES_MAX_T)
+        MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb);
+    else
+        STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb);
     if (gelu) { /* exact GELU, x Phi(x), vectorised through libmvec's erf */
         const long n = Bsz * T * H;
 #pragma omp simd
