@@ -136,8 +136,8 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 10.5-10.8 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (medians of 7 "
-            "interleaved runs in two benchmark runs; target 10x) and 13.4-14.6 times at batch 32 "
+            "call: 10.9 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (medians of 7 "
+            "interleaved runs in two benchmark runs, 10.85-10.92; target 10x) and 14.4-19.5 times at batch 32 "
             "(docs/benchmarks.json, docs/benchmarks-blocks.json, twenty-fifth session). The ratio moves with "
             "the CPU: 12.0-14.3 times at batch 1 on the Intel Xeon of the twenty-fourth session; 9.5-9.7 times "
             "on the AMD EPYC with AVX2 of the twenty-third session, before the twenty-fourth session's cuts to "
@@ -193,7 +193,7 @@ _RECIPES = [
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.4 times the "
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.1 times the "
             "time of one VSSM pass at batch 1 on an AMD EPYC with AVX-512 (7.6 on an Intel Xeon, 6.9 on an "
             "AMD EPYC with AVX2; docs/benchmarks.json).",
         ),
