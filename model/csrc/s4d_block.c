@@ -125,7 +125,7 @@ static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, d
 
 /* NAME's recurrence from MODES_MIN_T to MODES_MAX_T steps.  Each branch of NAME is a function of its own:
    in one body, a change to this branch alone left the other, which an autoregressive step takes, at
-   0.85-0.92 of its speed (docs/experiments/rounds-and-serving.md, twenty-fifth session) */
+   0.90-0.92 of its speed (docs/experiments/rounds-and-serving.md, twenty-fifth session) */
 static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb) {
