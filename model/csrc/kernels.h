@@ -1,6 +1,6 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
 csrc/prior_piece.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
-(ssm_net, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms), csrc/categorical.c,
+(ssm_net, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms, span_uniforms), csrc/categorical.c,
 csrc/latent_prior.c (latent_prior, latent_prior_table), csrc/prior_piece.c (dec_inputs) and
 csrc/scratch.c (scratch_block).
 model/native.py hashes this file with the sources. */
@@ -19,6 +19,8 @@ model/native.py hashes this file with the sources. */
                               REAL *out);                                                                       \
     void keyed_uniforms_##SUFFIX(long Bsz, long S, long T, long W, const int64_t *seed, const int64_t *pos,     \
                                  long pos_sb, long pos_st, const int64_t *streams, REAL *out);                 \
+    void span_uniforms_##SUFFIX(long Bsz, long T, const int64_t *seed, const int64_t *pos0, long S,             \
+                                const int64_t *streams, const long *W, REAL *const *out);                      \
     void dec_inputs_##SUFFIX(long B, long n, long z_sb, long H, long Z, long K, const int64_t *z,             \
                              const REAL *w_dec, const REAL *b_dec, REAL *x);                                \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
@@ -38,5 +40,10 @@ VSSM_DECLARE(double, f64)
 
 /* csrc/scratch.c */
 char *scratch_block(long nr, const long *reals, long real_bytes, long ni, const long *ints, char **out);
+/* a call's scratch from its arrays of sizes, reals of type real: ``char *bufs[SCRATCH_COUNT(reals, ints)]``
+   receives the addresses */
+#define SCRATCH_COUNT(reals, ints) (sizeof reals / sizeof *reals + sizeof ints / sizeof *ints)
+#define SCRATCH(reals, ints, real, bufs) \
+    scratch_block(sizeof reals / sizeof *reals, reals, sizeof(real), sizeof ints / sizeof *ints, ints, bufs)
 
 #endif

@@ -110,10 +110,9 @@ Nothing here checks a shape. */
         const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * P * O, B * P * H, B * P * H,       \
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
                               B * span * Z, B * span};                                                              \
-        const long ints[] = {B * P * Z, B * P * Z, B * span};                                                       \
-        char *bufs[sizeof reals / sizeof *reals + sizeof ints / sizeof *ints];                                      \
-        char *block = scratch_block(sizeof reals / sizeof *reals, reals, sizeof(REAL), sizeof ints / sizeof *ints,  \
-                                    ints, bufs);                                                                    \
+        const long ints[] = {B * P * Z, B * P * Z};                                                                 \
+        char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
+        char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
         if (!block)                                                                                                 \
             return -1;                                                                                              \
         REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *dec = (REAL *)bufs[2], *y = (REAL *)bufs[3];           \
@@ -121,7 +120,7 @@ Nothing here checks a shape. */
         REAL *g = (REAL *)bufs[8], *lp = (REAL *)bufs[9], *ld = (REAL *)bufs[10], *ps = (REAL *)bufs[11];          \
         REAL *r = (REAL *)bufs[12], *pre = (REAL *)bufs[13], *cxz = (REAL *)bufs[14], *u_lat = (REAL *)bufs[15];   \
         REAL *u_abs = (REAL *)bufs[16], *u_tok = (REAL *)bufs[17];                                                  \
-        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19], *pos = (int64_t *)bufs[20];                   \
+        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
@@ -133,12 +132,10 @@ Nothing here checks a shape. */
         memcpy(dec, dec_in, one * sizeof(REAL));                                                                    \
         memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
         /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
-        for (long b = 0; b < B; ++b)                                                                                \
-            for (long t = 0; t < span; ++t) pos[b * span + t] = pos0[b] + t;                                        \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
-        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st, u_lat);                                      \
-        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st + 1, u_abs);                                  \
-        keyed_uniforms_##SUFFIX(B, 1, span, 1, seed, pos, span, 1, st + 2, u_tok);                                  \
+        const long draws[3] = {Z, Z, 1};                                                                            \
+        REAL *const us[3] = {u_lat, u_abs, u_tok};                                                                  \
+        span_uniforms_##SUFFIX(B, span, seed, pos0, 3, st, draws, us);                                              \
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \

@@ -58,19 +58,18 @@ Nothing here checks a shape. */
                               const REAL *b_dec) {                                                                  \
         const long ZK = Z * K, sd = Ld * H * N * 2;                                                                 \
         const long reals[] = {B * n * Z, B * n, R + M + ZK, B * n * H, B * n * H, B * n * V};                       \
-        const long ints[] = {B * n, B * n * Z};                                                                     \
-        char *bufs[8];                                                                                              \
-        char *block = scratch_block(6, reals, sizeof(REAL), 2, ints, bufs);                                         \
+        const long ints[] = {B * n * Z};                                                                            \
+        char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
+        char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
         if (!block)                                                                                                 \
             return -1;                                                                                              \
         REAL *u_lat = (REAL *)bufs[0], *u_tok = (REAL *)bufs[1], *ps = (REAL *)bufs[2], *x = (REAL *)bufs[3];      \
         REAL *g = (REAL *)bufs[4], *logits = (REAL *)bufs[5];                                                       \
-        int64_t *pos = (int64_t *)bufs[6], *z = (int64_t *)bufs[7];                                                 \
-        for (long b = 0; b < B; ++b)                                                                                \
-            for (long t = 0; t < n; ++t) pos[b * n + t] = pos0[b] + t;                                              \
+        int64_t *z = (int64_t *)bufs[6];                                                                            \
         const int64_t st[2] = {s_lat, s_tok};                                                                       \
-        keyed_uniforms_##SUFFIX(B, 1, n, Z, seed, pos, n, 1, st, u_lat);                                            \
-        keyed_uniforms_##SUFFIX(B, 1, n, 1, seed, pos, n, 1, st + 1, u_tok);                                        \
+        const long draws[2] = {Z, 1};                                                                               \
+        REAL *const us[2] = {u_lat, u_tok};                                                                         \
+        span_uniforms_##SUFFIX(B, n, seed, pos0, 2, st, draws, us);                                                 \
         /* 1. the latents, the prior's state going from r0 to r_out */                                              \
         memcpy(r_out, r0, B * R * sizeof(REAL));                                                                    \
         latent_prior_##SUFFIX(B, n, Z, K, R, M, base, n * ZK, ZK, pre, n * M, M, u_lat, n * Z, temp, prior,          \

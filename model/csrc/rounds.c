@@ -90,23 +90,20 @@ not be allocated.  Nothing here checks a shape. */
         const long Rp = R > 1 ? R : 1, Mp = M > 1 ? M : 1;                                                      \
         const long reals[] = {B * sp, B * sp, B * sd, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V,   \
                               Rp + Mp + ZK, B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};         \
-        const long ints[] = {B * L2 * Z, B * span};                                                             \
-        char *bufs[sizeof reals / sizeof *reals + sizeof ints / sizeof *ints];                                  \
-        char *block = scratch_block(sizeof reals / sizeof *reals, reals, sizeof(REAL), sizeof ints / sizeof *ints, \
-                                    ints, bufs);                                                                \
+        const long ints[] = {B * L2 * Z};                                                                       \
+        char *bufs[SCRATCH_COUNT(reals, ints)];                                                                 \
+        char *block = SCRATCH(reals, ints, REAL, bufs);                                                         \
         if (!block)                                                                                             \
             return -1;                                                                                          \
         REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *da = (REAL *)bufs[2], *db = (REAL *)bufs[3];       \
         REAL *x = (REAL *)bufs[4], *g = (REAL *)bufs[5], *lp = (REAL *)bufs[6], *ld = (REAL *)bufs[7];         \
         REAL *ps = (REAL *)bufs[8], *r = (REAL *)bufs[9], *pre = (REAL *)bufs[10], *u_lat = (REAL *)bufs[11];  \
         REAL *u_abs = (REAL *)bufs[12], *u_tok = (REAL *)bufs[13];                                              \
-        int64_t *zs = (int64_t *)bufs[14], *pos = (int64_t *)bufs[15];                                          \
-        for (long b = 0; b < B; ++b)                                                                            \
-            for (long t = 0; t < span; ++t) pos[b * span + t] = pos0[b] + t;                                    \
+        int64_t *zs = (int64_t *)bufs[14];                                                                      \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                            \
-        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st, u_lat);                                  \
-        keyed_uniforms_##SUFFIX(B, 1, span, Z, seed, pos, span, 1, st + 1, u_abs);                              \
-        keyed_uniforms_##SUFFIX(B, 1, span, 1, seed, pos, span, 1, st + 2, u_tok);                              \
+        const long draws[3] = {Z, Z, 1};                                                                        \
+        REAL *const us[3] = {u_lat, u_abs, u_tok};                                                              \
+        span_uniforms_##SUFFIX(B, span, seed, pos0, 3, st, draws, us);                                          \
         { /* round 0: block 0 from the states generation continues from */                                      \
             const long m = ms[0];                                                                               \
             int any = 0;                                                                                        \
