@@ -97,7 +97,7 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
-_PATCH_ARGTYPES = [_L] * 11 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES = [_L] * 12 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
 # prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
 _PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
@@ -703,11 +703,11 @@ class PatchWeights:
     """What the compiled patch rounds read of a model (:func:`patch_weights`), checked and laid out
     once per weights, not per call: packs, transposed input tables and sizes."""
 
-    pack_p: Tensor  # the patch network's pack, its head of P O outputs
+    pack_p: Tensor  # the patch network's pack, its head of Q O outputs (Q: the tables' period, P or more)
     eps_p: float
-    w_t: Tensor  # (P (V+1), H): the network's input layer, a row per (position, token)
-    b_in: Tensor  # (H,)
-    A: Tensor  # (P, V+1, O): the token term
+    w_t: Tensor  # (Q (V+1), H): the network's input layer, a row per (column, token); W - W[:, EMPTY] where Q > P
+    b_in: Tensor  # (H,): its bias; where Q > P, START's input (model/patch.py, PatchNet._table)
+    A: Tensor  # (Q, V+1, O): the token term
     Lp: int
     pack_d: Tensor  # the decoder's pack
     eps_d: float
@@ -721,7 +721,7 @@ class PatchWeights:
     g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
     tables: Tensor  # the prior's tables for draws from a block start (prior_tables)
     shape: tuple[int, int, int, int]  # (N, V, Z, K)
-    dims: tuple[int, ...]  # the call's sizes (P, H, N, Lp, Ld, V, Z, K)
+    dims: tuple[int, ...]  # the call's sizes (P, Q, H, N, Lp, Ld, V, Z, K)
     args: tuple[int | float | None, ...]  # the call's weight arguments: the tensors' addresses, eps, sizes
 
 
@@ -744,25 +744,26 @@ def prior_tables(packed: Tensor, R: int, M: int, Z: int, K: int, P: int) -> Tens
 
 
 def patch_weights(
-    par: tuple[Tensor, float, Tensor, Tensor, Tensor, int],
+    par: tuple[Tensor, float, Tensor, Tensor, Tensor, int, int],
     dec: tuple[Tensor, float, Tensor, Tensor, int],
     prior: tuple[Tensor, int, int, float, Tensor | None],
     shape: tuple[int, int, int, int],
 ) -> PatchWeights:
-    """:class:`PatchWeights` of ``par``: the patch network's pack (its head of P O outputs), eps,
-    input weight ``(H, P (V+1))`` as nn.Linear holds it, its bias, the token term ``A`` ``(P, V+1, O)``
-    and its layers; ``dec``: the decoder's pack, eps, input weight ``(H, Z K)``, bias, layers;
+    """:class:`PatchWeights` of ``par``: the patch network's pack (its head of Q O outputs), eps,
+    input weight ``(H, Q (V+1))`` as nn.Linear holds it, its bias, the token term ``A`` ``(Q, V+1, O)``,
+    its layers and its patch P (Q, the tables' period, is P or more: model/patch.py); ``dec``: the decoder's
+    pack, eps, input weight ``(H, Z K)``, bias, layers;
     ``prior``: as :func:`_fused_rounds`; ``shape``: ``(N, V, Z, K)``.  ValueError where they do not fit."""
     N, V, Z, K = shape
-    pack_p, eps_p, w_in, b_in, A, Lp = par
+    pack_p, eps_p, w_in, b_in, A, Lp, P = par
     pack_d, eps_d, w_dec, b_dec, Ld = dec
     pack_r, R, M, eps_r, G = prior
-    P, V1, n_out = A.shape
+    Q, V1, n_out = A.shape
     H, dt = b_in.shape[0], pack_p.dtype
     F = n_out - Z * K
-    ok = dt in _COMPLEX and V1 == V + 1 and 1 <= N <= MAX_MODES and F >= 0 and M >= 1
-    ok = ok and w_in.shape == (H, P * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,)
-    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, P * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
+    ok = dt in _COMPLEX and V1 == V + 1 and 1 <= N <= MAX_MODES and F >= 0 and M >= 1 and 1 <= P <= Q
+    ok = ok and w_in.shape == (H, Q * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,)
+    ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, Q * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
     ok = ok and (G is None or G.shape == (M, F))
     tensors = (pack_p, w_in, b_in, A, pack_d, w_dec, b_dec, pack_r, *(() if G is None else (G,)))
@@ -771,6 +772,10 @@ def patch_weights(
     if not ok:
         raise ValueError(f"weights that do not fit the native patch rounds: A {tuple(A.shape)}, shape {shape}")
     w_t, b_t, A_t = w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous()
+    if Q > P:  # by column: an EMPTY adds nothing and the bias is START's input, as PatchNet._table has them
+        table = w_t.unflatten(0, (Q, V1))  # (Q, V+1, H)
+        empty = table[:, -1]  # (Q, H)
+        w_t, b_t = (table - empty[:, None]).flatten(0, 1).contiguous(), b_t + empty[:P].sum(0)
     wd_t, bd_t = w_dec.detach().t().contiguous(), b_dec.detach().contiguous()
     g_t = None if G is None else G.detach().t().contiguous()
     tables = prior_tables(pack_r, R, M, Z, K, P)
@@ -782,7 +787,7 @@ def patch_weights(
     )  # fmt: skip
     return PatchWeights(
         pack_p, eps_p, w_t, b_t, A_t, Lp, pack_d, eps_d, wd_t, bd_t, Ld, pack_r, R, M, eps_r, g_t, tables, shape,
-        (P, H, N, Lp, Ld, V, Z, K), args,
+        (P, Q, H, N, Lp, Ld, V, Z, K), args,
     )  # fmt: skip
 
 
@@ -810,7 +815,7 @@ def _patch_rounds(
     (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
-    P, H, N, Lp, Ld = w.dims[:5]
+    P, _, H, N, Lp, Ld = w.dims[:6]
     seed, pos0, (s_lat, s_abs, s_tok) = keys
     temp, temp_tok = temps
     par, gen, dec, dec_gen, observed, r0 = states

@@ -2,6 +2,7 @@
 
 Glossary of axis letters (docs/design.md):
     B  batch      T  tokens in one call      P  tokens a patch      k  patch slots      S  slots read
+    R  the period of the tables (positions; R = P unless set)      c  a position's column, t mod R
     H  width      N  SSM modes per channel      L  layers      V  vocabulary (EMPTY = V)
     O  outputs a position (the latents' logits, then the latent prior's context features)
     c  block size      nb  blocks
@@ -17,6 +18,12 @@ steps, whose inputs are [START, patch 0, patch 1, ...]:
     y_p = blocks(u_0 .. u_p)                     the residual stream after reading patches < p
     out_t = Head_j(LayerNorm(y_p)) + A[j, x_t],  t = pP + j      (O,): position j's rows of the head (P O, H)
 
+With a period R > P (``period``: an image row's width where a patch is not a row) the tables are
+indexed by a position's column c = t mod R instead of j: ``W[c, x]``, ``Head_c`` and ``A[c, x]``, so a
+position's weights are those of its place in the row wherever the patch that holds it starts
+(docs/experiments/blocks.md, twenty-sixth session); START's input sums W[c, EMPTY] over c < P.  R = P is
+the form above.
+
 so the output at t reads the patches before t's own and the token at t: it is causal, as f_par
 must be.  ``A`` ``(P, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
 latents read EMPTY there, a per-position bias): without it the latents re-drawn when tokens are
@@ -28,10 +35,13 @@ State (one complex tensor, so that GenState batches, selects and stores it as th
 ``(B, L + 1, H, N)``; slots 0..L-1 are the blocks' SSM states after the patches read so far; slot L
 holds the pending patch: ``[:, L, :, 0]`` is ``acc + i y``, ``acc`` ``(B, H)`` the sum of
 ``W[j, x] - W[j, EMPTY]`` over the tokens of the current patch so far and ``y`` ``(B, H)`` the
-residual stream its positions read; ``[:, L, 0, 1]`` the count of its tokens (0 .. P-1).  N >= 2.
+residual stream its positions read; ``[:, L, 0, 1]`` the count of its tokens (0 .. P-1); with R > P,
+``[:, L, 1, 1]`` the patch's index modulo R / gcd(P, R) (its columns' phase; 0 where R = P).  N >= 2.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -44,31 +54,37 @@ __all__ = ["PatchNet"]
 class PatchNet(nn.Module):
     """Causal network over tokens that advances once per patch of ``patch`` tokens (see above)."""
 
-    def __init__(self, cfg: SSMNetConfig, patch: int) -> None:
+    def __init__(self, cfg: SSMNetConfig, patch: int, period: int = 0) -> None:
         super().__init__()
         if not cfg.tokens:
             raise ValueError("a patch network reads tokens, not vectors")
         if patch < 1 or cfg.state_size < 2:
             raise ValueError("a patch holds >= 1 token, and its pending part needs a state of >= 2 modes")
-        self.cfg, self.patch = cfg, patch
+        R = period or patch
+        if period and period < patch:
+            raise ValueError(f"the tables' period must be >= the patch ({patch}), got {period}")
+        if period > patch and cfg.width < 2:
+            raise ValueError("a period keeps its phase in the state's second channel: width >= 2")
+        self.cfg, self.patch, self.period = cfg, patch, R
+        self.cycle = R // math.gcd(patch, R)  # patches after which the columns' phase repeats (1 where R = P)
         V1, n_out = cfg.n_in, cfg.n_out  # V + 1 token ids (EMPTY included), outputs a position (O)
         inner = SSMNetConfig(
-            n_in=patch * V1, n_out=patch * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
+            n_in=R * V1, n_out=R * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
             layers=cfg.layers, dropout=cfg.dropout,
         )  # fmt: skip
-        self.net = SSMNet(inner)  # inp: W (H, P (V+1)) and b; head: (P O, H), position j's rows j O .. j O + O
-        self.token_out = nn.Parameter(0.1 * torch.randn(patch, V1, n_out))  # A: what the token at t adds to its output
+        self.net = SSMNet(inner)  # inp: W (H, R (V+1)) and b; head: (R O, H), column c's rows c O .. c O + O
+        self.token_out = nn.Parameter(0.1 * torch.randn(R, V1, n_out))  # A: what the token at t adds to its output
 
     # ----- the pieces ---------------------------------------------------------------------------------
     def _inputs(self) -> Tensor:
-        """The input layer's weight as a table ``W`` ``(P, V+1, H)``: position j's column for token x."""
-        return self.net.inp.weight.t().unflatten(0, (self.patch, self.cfg.n_in))
+        """The input layer's weight as a table ``W`` ``(R, V+1, H)``: column c's weights for token x."""
+        return self.net.inp.weight.t().unflatten(0, (self.period, self.cfg.n_in))
 
     def _table(self) -> tuple[Tensor, Tensor]:
-        """``D`` ``(P, V+1, H)``, ``W[j, x] - W[j, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
+        """``D`` ``(R, V+1, H)``, ``W[c, x] - W[c, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
         W = self._inputs()
-        empty = W[:, -1]  # (P, H)
-        return W - empty[:, None], self.net.inp.bias + empty.sum(0)
+        empty = W[:, -1]  # (R, H)
+        return W - empty[:, None], self.net.inp.bias + empty[: self.patch].sum(0)
 
     def _blocks(
         self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
@@ -81,36 +97,41 @@ class PatchNet(nn.Module):
             states.append(s)
         return h, torch.stack(states, 1) if return_state else None
 
-    def _head_slots(self, Y: Tensor, q: Tensor) -> Tensor:
-        """Outputs ``(B, T, O)`` at offsets ``q`` ``(B, T)`` (slot ``q // P``, position ``q % P``) from the
-        residuals ``Y`` ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
+    def _head_slots(self, Y: Tensor, slot: Tensor, col: Tensor) -> Tensor:
+        """Outputs ``(B, T, O)`` at slots ``slot`` and columns ``col`` ``(B, T)`` from the residuals ``Y``
+        ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
         n_out = self.cfg.n_out
-        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.patch, n_out)).flatten(1, 2)  # (B, S P, O)
-        return full.gather(1, q[..., None].expand(-1, -1, n_out))
+        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.period, n_out)).flatten(1, 2)  # (B, S R, O)
+        return full.gather(1, (slot * self.period + col)[..., None].expand(-1, -1, n_out))
 
     def _head_grid(self, y: Tensor) -> Tensor:
-        """Outputs ``(B, T, O)`` of residuals ``y`` ``(B, T, H)`` at positions 0 .. T-1 (patch-aligned): each
-        position through its own rows of the head only."""
+        """Outputs ``(B, T, O)`` of residuals ``y`` ``(B, T, H)`` at positions 0 .. T-1: each position
+        through its own column's rows of the head only."""
         T = y.shape[1]
-        P, n_out = self.patch, self.cfg.n_out
-        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % P))).unflatten(1, (-1, P))  # (B, k, P, H)
+        R, n_out = self.period, self.cfg.n_out
+        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % R))).unflatten(1, (-1, R))  # (B, T / R, R, H)
         head = self.net.head
-        w, b = head.weight.unflatten(0, (P, n_out)), head.bias.unflatten(0, (P, n_out))  # (P, O, H), (P, O)
-        return (torch.einsum("bkph,poh->bkpo", n, w) + b).flatten(1, 2)[:, :T]
+        w, b = head.weight.unflatten(0, (R, n_out)), head.bias.unflatten(0, (R, n_out))  # (R, O, H), (R, O)
+        return (torch.einsum("bkch,coh->bkco", n, w) + b).flatten(1, 2)[:, :T]
 
     @staticmethod
-    def _pack(ssm: Tensor, acc: Tensor, y: Tensor, count: Tensor) -> Tensor:
+    def _pack(ssm: Tensor, acc: Tensor, y: Tensor, count: Tensor, phase: Tensor | None = None) -> Tensor:
         B, _, H, N = ssm.shape
         slot = ssm.new_zeros(B, 1, H, N)
         slot[:, 0, :, 0] = torch.complex(acc, y)
         slot[:, 0, 0, 1] = count.to(acc.dtype)
+        if phase is not None:
+            slot[:, 0, 1, 1] = phase.to(acc.dtype)
         return torch.cat([ssm, slot], 1)  # (B, L + 1, H, N)
 
-    @staticmethod
-    def _unpack(state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(ssm (B, L, H, N), acc (B, H), y (B, H), count (B,) long)`` of a state."""
+    def _unpack(self, state: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(ssm (B, L, H, N), acc (B, H), y (B, H), count (B,) long, phase (B,) long)`` of a state."""
         pend = state[:, -1, :, 0]  # (B, H)
-        return state[:, :-1], pend.real, pend.imag, PatchNet.pending(state)
+        if self.cycle > 1:
+            phase = state[:, -1, 1, 1].real.round().long()  # (B,)
+        else:
+            phase = torch.zeros(state.shape[0], dtype=torch.long, device=state.device)
+        return state[:, :-1], pend.real, pend.imag, PatchNet.pending(state), phase
 
     @staticmethod
     def pending(state: Tensor) -> Tensor:
@@ -124,7 +145,8 @@ class PatchNet(nn.Module):
         return ssm, y[:, 0]  # type: ignore[return-value]
 
     def at_boundary(self, ssm: Tensor, y: Tensor) -> Tensor:
-        """The state at a patch boundary from its SSM states ``(B, L, H, N)`` and residual ``(B, H)``."""
+        """The state at a patch boundary from its SSM states ``(B, L, H, N)`` and residual ``(B, H)``, at
+        position 0 (a period's phase 0)."""
         return self._pack(ssm, torch.zeros_like(y), y, torch.zeros(y.shape[0], dtype=torch.long, device=y.device))
 
     # ----- the SSMNet interface -----------------------------------------------------------------------
@@ -141,14 +163,15 @@ class PatchNet(nn.Module):
         P = self.patch
         D, u0 = self._table()
         if state is None:
-            ssm, acc, y0, count = None, None, None, torch.zeros(B, dtype=torch.long, device=x.device)
+            ssm, acc, y0 = None, None, None
+            count = phase = torch.zeros(B, dtype=torch.long, device=x.device)
         else:
-            ssm, acc, y0, count = self._unpack(state)
+            ssm, acc, y0, count, phase = self._unpack(state)
         q = count[:, None] + torch.arange(T, device=x.device)  # (B, T) offsets from the pending patch's start
-        slot, j = q // P, q % P
+        slot, col = q // P, (phase[:, None] * P + q) % self.period  # (B, T) each; col: q % P where R = P
         k = int(slot.max()) + 1 if T else 1  # slots the span touches
         rows = torch.arange(B, device=x.device)[:, None]
-        contrib = D[j, x]  # (B, T, H)
+        contrib = D[col, x]  # (B, T, H)
         sums = contrib.new_zeros(B, k + 1, contrib.shape[-1]).index_put((rows, slot), contrib, True)
         if acc is not None:
             sums[:, 0] += acc
@@ -168,7 +191,7 @@ class PatchNet(nn.Module):
         Y, ssm_next = self._blocks(h, ssm, n_at if keep else None, keep)  # (B, lead + k, H)
         if ssm is not None:
             Y = torch.cat([y0[:, None], Y], 1)  # (B, 1 + k, H): what each slot's positions read
-        out = self._head_slots(Y, q) + self.token_out[j, x]  # (B, T, O)
+        out = self._head_slots(Y, slot, col) + self.token_out[col, x]  # (B, T, O)
         if not return_state:
             return out, None
         # the state after m tokens: the SSM after `done` slots, the pending slot's sum and residual
@@ -184,7 +207,8 @@ class PatchNet(nn.Module):
             ssm_next = ssm
         elif (at == 0).any():
             ssm_next = torch.where((at == 0)[:, None, None, None], ssm, ssm_next)  # type: ignore[arg-type]
-        return out, self._pack(ssm_next, acc_next, y_next, (count + m) % P)  # type: ignore[arg-type]
+        phase_next = (phase + done) % self.cycle if self.cycle > 1 else None  # (B,)
+        return out, self._pack(ssm_next, acc_next, y_next, (count + m) % P, phase_next)  # type: ignore[arg-type]
 
     def forward_blocks(self, x_a: Tensor, x_m: Tensor, block: int) -> tuple[Tensor, Tensor]:
         """As :meth:`SSMNet.forward_blocks`: the outputs over ``x_a`` ``(B, T)`` and, at step t of the
@@ -193,12 +217,12 @@ class PatchNet(nn.Module):
         inputs are those of ``x_a`` before the block's patch, of ``x_m`` after it, and in it the sum of
         ``x_a``'s tokens before s and ``x_m``'s from s, from within-patch prefix sums."""
         B, T = x_a.shape
-        P = self.patch
+        P, R = self.patch, self.period
         D, u0 = self._table()
         t = torch.arange(T, device=x_a.device)
         pad = (0, 0, 0, -T % P)
-        ca = nn.functional.pad(D[t % P, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
-        cm = nn.functional.pad(D[t % P, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
+        ca = nn.functional.pad(D[t % R, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
+        cm = nn.functional.pad(D[t % R, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
         n_slots = ca.shape[1]
         sa, sm = ca[:, :, -1], cm[:, :, -1]  # (B, k, H) whole slots
         starts = torch.arange(0, T, block, device=x_a.device)  # (nb,)
@@ -214,5 +238,5 @@ class PatchNet(nn.Module):
         h = torch.cat([u0.expand(h.shape[0], 1, -1), h], 1)  # START first
         Y = self._blocks(h, None, None, False)[0].unflatten(0, (B, 1 + nb))  # (B, 1+nb, 1+k, H)
         A = self.token_out
-        out_a = self._head_slots(Y[:, 0], t.expand(B, T)) + A[t % P, x_a]  # (B, T, O)
-        return out_a, self._head_grid(Y[:, 1 + t // block, t // P]) + A[t % P, x_m]  # (B, T, O)
+        out_a = self._head_slots(Y[:, 0], (t // P).expand(B, T), (t % R).expand(B, T)) + A[t % R, x_a]  # (B, T, O)
+        return out_a, self._head_grid(Y[:, 1 + t // block, t // P]) + A[t % R, x_m]  # (B, T, O)

@@ -99,6 +99,7 @@ class VSSMConfig:
     prior_hidden: int = 0  # M: hidden width of the latent prior's MLP; 0: R
     prior_context: int = 0  # F: features of the partial encoder the latent prior's MLP also reads; 0: none
     par_patch: int = 0  # P: the partial encoder reads P tokens a step (aligned patches: model/patch.py); 0: one
+    par_period: int = 0  # its tables by column t mod this (an image row, where a patch is not one); 0: the patch
 
     def __post_init__(self) -> None:
         check_config(
@@ -106,7 +107,7 @@ class VSSMConfig:
             ("vocab_size", "width", "state_size", "enc_layers", "dec_layers", "par_layers", "n_latents"),
             {"posterior": POSTERIORS},
         )
-        for name in ("prior_width", "prior_hidden", "prior_context", "par_patch"):
+        for name in ("prior_width", "prior_hidden", "prior_context", "par_patch", "par_period"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -115,6 +116,8 @@ class VSSMConfig:
                 raise ValueError(f"{name} shapes the latent prior's MLP: set prior_width too")
         if self.par_patch and self.state_size < 2:
             raise ValueError("par_patch keeps its pending patch in the state's second mode: state_size >= 2")
+        if self.par_period and not 0 < self.par_patch <= self.par_period:
+            raise ValueError(f"par_period indexes a patch network's tables: set par_patch, at most {self.par_period}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
             raise ValueError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
 
@@ -175,7 +178,7 @@ class VSSM(SequenceModel):
         self.decoder = SSMNet(SSMNetConfig(n_in=dec_in, n_out=V, tokens=False, layers=config.dec_layers, **common))
         par_out = ZK + config.prior_context  # the latents' logits, then the latent prior's context features
         par = SSMNetConfig(n_in=V + 1, n_out=par_out, layers=config.par_layers, **common)
-        self.partial_encoder = PatchNet(par, config.par_patch) if config.par_patch else SSMNet(par)
+        self.partial_encoder = PatchNet(par, config.par_patch, config.par_period) if config.par_patch else SSMNet(par)
         R, M = config.prior_width, config.prior_hidden or None  # M None: as wide as R (LatentPrior)
         lp = LatentPrior(config.n_latents, config.n_classes, R, M, config.prior_context) if R else None
         self.latent_prior = lp
@@ -973,7 +976,8 @@ class VSSM(SequenceModel):
         def build() -> native.PatchWeights:
             lin = dec_net.inp
             G = None if lp.context is None else lp.context.weight  # (M, F)
-            par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out, cfg.par_layers)
+            par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out)
+            par = (*par, cfg.par_layers, net.patch)  # its tables' period is A's length
             dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
             prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
             shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)

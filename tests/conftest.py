@@ -81,6 +81,8 @@ VARIANTS = {
     "vssm-latent-prior": ("vssm", {"prior_width": 6}),  # a block's latents also read its earlier latents
     "vssm-prior-context": ("vssm", {"prior_width": 6, "prior_context": 3}),  # and the partial encoder's features
     "vssm-patch": ("vssm", {"prior_width": 6, "prior_context": 3, "par_patch": 3}),  # f_par reads 3 tokens a step
+    # and its tables by column t mod 5, a phase that the state carries (model/patch.py)
+    "vssm-patch-period": ("vssm", {"prior_width": 6, "prior_context": 3, "par_patch": 3, "par_period": 5}),
     "tvae-smoothing": ("tvae", {"posterior": "smoothing"}),  # a bidirectional encoder: training and bounds only
 }
 

@@ -147,6 +147,8 @@ VARIANTS = {
     "prior-context": {"prior_width": 6, "prior_hidden": 4, "prior_context": 3},
     # and the partial encoder reads two tokens a step (par_patch, model/patch.py)
     "patch": {"prior_width": 6, "prior_hidden": 4, "prior_context": 3, "par_patch": 2},
+    # its tables by column t mod 3 (par_period: an image row where a patch is not one)
+    "patch-period": {"prior_width": 6, "prior_hidden": 4, "prior_context": 3, "par_patch": 2, "par_period": 3},
 }
 
 
@@ -524,6 +526,9 @@ def test_a_latent_prior_model_refuses_a_state_without_its_prior_state_and_a_bad_
             model.VSSMConfig(par_patch=bad)
     with pytest.raises(ValueError, match="state_size"):  # the pending patch lives in the state's second mode
         model.VSSMConfig(par_patch=4, state_size=1)
+    for bad in (dict(par_period=True), dict(par_period=-1), dict(par_period=5), dict(par_patch=4, par_period=3)):
+        with pytest.raises(ValueError, match="par_period"):  # an integer, for a patch network, >= its patch
+            model.VSSMConfig(**bad)
 
 
 def test_a_fresh_latent_prior_is_the_plain_block_prior():

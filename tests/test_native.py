@@ -1017,16 +1017,18 @@ def rounds_of(phase: int, span: int, P: int = 4) -> int:
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
-def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block):
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block, period):
     """Tokens and every state tensor for blocks that are the partial encoder's patches (P = 4), from
     a patch boundary or inside a patch (its first tokens pending in the state), resumable or not, a
     temperature per row; with random weights (z' differs from z: the decoder passes over z') and with
-    a copying model (every z' is its z: the pass is skipped).  Blocks that are not the patches take
-    the rounds in PyTorch."""
+    a copying model (every z' is its z: the pass is skipped); with the tables by patch position and by
+    column (a period of 6: three patches before the columns' phase repeats, which the state carries).
+    Blocks that are not the patches take the rounds in PyTorch."""
     from tests.conftest import tiny_model
 
     cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
     if copy:
         m = copying(m)
     prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
@@ -1042,14 +1044,15 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(("position", "n"), [(0, 3), (5, 2), (6, 1)])
-def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, position, n):
+@pytest.mark.parametrize(("position", "n"), [(0, 3), (5, 2), (6, 1), (9, 2)])
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, position, n, period):
     """A call that ends before its first block does (no round after block 0) runs compiled where no
     state is kept, and draws what the rounds in PyTorch draw; a resumable one keeps the reference path."""
     from tests.conftest import tiny_model
 
     cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
     prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)

@@ -1,7 +1,9 @@
 """The partial encoder that reads a patch a step (model/patch.py): causal, resumable, one function.
 
-Glossary: B batch, T length, P tokens a patch, O outputs a position.  Float64 throughout: every
-path must give the full pass's outputs within rounding.
+Glossary: B batch, T length, P tokens a patch, R the tables' period, O outputs a position.  Float64
+throughout: every path must give the full pass's outputs within rounding.  Every equivalence runs with
+the tables by patch position (R = P) and by column (R = 5: phases that do not repeat within T; R = 6:
+two patches a period).
 """
 
 from __future__ import annotations
@@ -16,9 +18,14 @@ F64 = torch.float64
 P, T = 3, 11  # T not a multiple of P: a last patch left incomplete
 
 
-def net(seed: int = 0) -> PatchNet:
+@pytest.fixture(params=[0, 5, 6], ids=["R=P", "R=5", "R=6"])
+def period(request: pytest.FixtureRequest) -> int:
+    return request.param
+
+
+def net(seed: int = 0, period: int = 0) -> PatchNet:
     torch.manual_seed(seed)
-    out = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), P).double()
+    out = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), P, period).double()
     with torch.no_grad():
         out.token_out.normal_()  # a token term that matters
     return out
@@ -28,8 +35,8 @@ def tokens(seed: int, B: int = 2, n: int = T) -> torch.Tensor:
     return torch.randint(0, 3, (B, n), generator=torch.Generator().manual_seed(seed))  # EMPTY = 2 included
 
 
-def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only():
-    m, x = net(), tokens(1)
+def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only(period):
+    m, x = net(period=period), tokens(1)
     full = m(x, return_state=False)[0]  # (B, T, O)
     for t in range(T):
         start = t // P * P
@@ -46,8 +53,8 @@ def test_the_output_at_t_reads_the_patches_before_t_s_and_the_token_at_t_only():
         assert not torch.allclose(m(own, return_state=False)[0][:, t], full[:, t])
 
 
-def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass():
-    m, x = net(), tokens(3)
+def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass(period):
+    m, x = net(period=period), tokens(3)
     full = m(x, return_state=False)[0]
     for a in range(T + 1):
         for b in range(T + 1 - a):
@@ -57,10 +64,10 @@ def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass():
             torch.testing.assert_close(torch.cat([out_a, out_b, out_c], 1), full, rtol=1e-12, atol=1e-12)
 
 
-def test_rows_at_different_phases_and_lengths_equal_each_row_alone():
+def test_rows_at_different_phases_and_lengths_equal_each_row_alone(period):
     """Rows 1 and 2 tokens into a patch; the first keeps its state (length 0: no slot completes, its
     SSM state must stay), the second completes two slots."""
-    m, x, y = net(), tokens(4), tokens(5, n=7)
+    m, x, y = net(period=period), tokens(4), tokens(5, n=7)
     _, s0 = m(x[:1, :1])
     _, s1 = m(x[1:, :5])
     out, s = m(y, torch.cat([s0, s1]), lengths=torch.tensor([0, 6]))
@@ -73,8 +80,8 @@ def test_rows_at_different_phases_and_lengths_equal_each_row_alone():
 
 
 @pytest.mark.parametrize("c", [1, 2, 3, 4, 7, 20])
-def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c):
-    m, xa, xm = net(), tokens(6), tokens(7)
+def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c, period):
+    m, xa, xm = net(period=period), tokens(6), tokens(7)
     out_a, out_m = m.forward_blocks(xa, xm, c)
     torch.testing.assert_close(out_a, m(xa, return_state=False)[0], rtol=1e-12, atol=1e-12)
     for s in range(0, T, c):
@@ -82,8 +89,8 @@ def test_forward_blocks_equals_each_block_continued_from_its_absorbed_prefix(c):
         torch.testing.assert_close(out_m[:, s : s + c], ref, rtol=1e-10, atol=1e-12)
 
 
-def test_forward_blocks_gradients_match_the_per_block_passes():
-    m, xa, xm, c = net(), tokens(8), tokens(9), 2
+def test_forward_blocks_gradients_match_the_per_block_passes(period):
+    m, xa, xm, c = net(period=period), tokens(8), tokens(9), 2
     fast = m.forward_blocks(xa, xm, c)[1].square().sum()
     slow = sum(
         m(torch.cat([xa[:, :s], xm[:, s:]], 1), return_state=False)[0][:, s : s + c].square().sum()
@@ -94,8 +101,37 @@ def test_forward_blocks_gradients_match_the_per_block_passes():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
+def test_tables_by_column_read_each_position_s_column():
+    """With a period, position t reads column t mod R of the tables, from any state: a change to one
+    column of A moves exactly the outputs of its positions, read in one pass or in pieces; and tables
+    tiled from a period-P network (R = 2P) give that network's outputs."""
+    R, n = 5, 23  # 23 tokens: the columns' phase wraps (8 patches, a cycle of 5)
+    m, x = net(period=R), tokens(10, n=n)
+    full = m(x, return_state=False)[0]
+    _, s = m(x[:, :7])
+    pieces = torch.cat([m(x[:, :7])[0], m(x[:, 7:], s)[0]], 1)
+    torch.testing.assert_close(pieces, full, rtol=1e-12, atol=1e-12)
+    for c in range(R):
+        moved = net(period=R)
+        with torch.no_grad():
+            moved.token_out[c] += 1.0
+        changed = (moved(x, return_state=False)[0] - full).abs().amax((0, 2)) > 0  # (T,)
+        assert changed.tolist() == [t % R == c for t in range(n)]
+    base, tiled = net(period=0), net(period=2 * P)
+    own = tiled.state_dict()
+    tiled.load_state_dict({k: v for k, v in base.state_dict().items() if v.shape == own[k].shape}, strict=False)
+    with torch.no_grad():
+        tiled.token_out.copy_(base.token_out.repeat(2, 1, 1))
+        tiled.net.inp.weight.copy_(base.net.inp.weight.repeat(1, 2))
+        tiled.net.head.weight.copy_(base.net.head.weight.repeat(2, 1))
+        tiled.net.head.bias.copy_(base.net.head.bias.repeat(2))
+    torch.testing.assert_close(tiled(x, return_state=False)[0], base(x, return_state=False)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_a_patch_network_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError, match="modes"):
         PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=1), P)  # the pending patch needs a second mode
     with pytest.raises(ValueError, match="vectors"):
         PatchNet(SSMNetConfig(n_in=3, n_out=4, tokens=False, width=8, state_size=4), P)
+    with pytest.raises(ValueError, match="period"):
+        PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4), P, P - 1)  # a patch's columns repeat

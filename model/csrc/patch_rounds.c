@@ -5,6 +5,8 @@ Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      V  vocabulary (EMPTY = V)
     P  tokens a patch = a block      Z  latent variables per step      K  classes of each
     O  the partial encoder's outputs a position: Z*K logits, then F context features
+    Q  the period of its tables: a position t reads column (t mod Q) of w_in, A and the head (Q = P: its
+       place in its patch; model/patch.py)
 
 Blocks are patches (block size P, aligned).  Round i reads block i-1's tokens and draws block i, from
 the patch network's state after the patches before block i-1 (SSM states and head0, the head's
@@ -49,12 +51,13 @@ model/patch.py's packed partial-encoder state par (B, Lp + 1, H, N) complex (int
 count, which must be `phase` in every row (else nothing is drawn and -2 returned); gen the same form,
 generation's, of which only y_gen is read; dec and dec_gen (B, Ld, H, N) complex, the absorbed decoder
 state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (P, V+1, H) and b_in (H,): the
-network's input layer as a table; A (P, V+1, O); pack_par the network's pack (model/native.py, pack)
-with a head of P O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
+network's input layer as a table (Q rows where Q > P: then W[c, x] - W[c, EMPTY], and b_in START's input,
+model/native.py); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
-0; with no round after block 0, the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
+0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0, the
+state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
 allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1 where the
 scratch could not be allocated, -2 where a row's pending count is not `phase`.
 Nothing here checks a shape. */
@@ -67,19 +70,20 @@ Nothing here checks a shape. */
 #include "kernels.h"
 
 #define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
-    /* the latent prior's inputs for n positions of a block from `at` in its patch: base logits lp (B, P, O) =  \
-       head (B, P O) + A[j, EMPTY], pre (B, P, M) = G times their context features (a row's F features        \
-       gathered into cxz, then one product; cxz + P F holds M zeros, its bias); zeros in a row not observed    \
-       (obs NULL: all are), whose latents the uniform prior draws */                                            \
-    static void prior_inputs_##SUFFIX(long B, long n, long at, long P, long O, long ZK, long M, long V,           \
-                                      const REAL *head, const REAL *A, const REAL *Gt, const uint8_t *obs,      \
-                                      REAL *lp, REAL *pre, REAL *cxz) {                                         \
+    /* the latent prior's inputs for n positions of a block from span offset s0: base logits lp (B, P, O) =    \
+       head (B, Q O) + A[c, EMPTY] at each position's column c, pre (B, P, M) = G times their context features  \
+       (a row's F features gathered into cxz, then one product; cxz + P F holds M zeros, its bias); zeros in a \
+       row not observed (obs NULL: all are), whose latents the uniform prior draws */                           \
+    static void prior_inputs_##SUFFIX(long B, long n, long s0, const int64_t *pos0, long P, long Q, long O,       \
+                                      long ZK, long M, long V, const REAL *head, const REAL *A, const REAL *Gt,  \
+                                      const uint8_t *obs, REAL *lp, REAL *pre, REAL *cxz) {                     \
         const long F = O - ZK;                                                                                  \
         for (long b = 0; b < B; ++b) {                                                                          \
             const int on = !obs || obs[b];                                                                      \
             for (long t = 0; t < n; ++t) {                                                                      \
                 REAL *l = lp + (b * P + t) * O;                                                                 \
-                const REAL *h = head + (b * P + at + t) * O, *a = A + ((at + t) * (V + 1) + V) * O;             \
+                const long c = (pos0[b] + s0 + t) % Q;                                                          \
+                const REAL *h = head + (b * Q + c) * O, *a = A + (c * (V + 1) + V) * O;                         \
                 for (long o = 0; o < O; ++o) l[o] = on ? h[o] + a[o] : 0;                                       \
                 if (F) memcpy(cxz + t * F, l + ZK, F * sizeof(REAL));                                           \
             }                                                                                                   \
@@ -90,8 +94,8 @@ Nothing here checks a shape. */
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
-    long patch_rounds_##SUFFIX(long B, long phase, long span, long P, long H, long N, long Lp, long Ld, long V,      \
-                               long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,           \
+    long patch_rounds_##SUFFIX(long B, long phase, long span, long P, long Q, long H, long N, long Lp, long Ld,      \
+                               long V, long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,   \
                                long s_lat, long s_abs, long s_tok, const double *temp, const double *temp_tok,      \
                                const REAL *par, const REAL *gen, const REAL *dec_in, const REAL *dec_gen,          \
                                const uint8_t *observed, const REAL *r0, const REAL *pack_par, double eps_par,      \
@@ -102,12 +106,15 @@ Nothing here checks a shape. */
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = P - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
+        long gcd = P; /* patches after which the columns' phase repeats: Q / gcd(P, Q) */                          \
+        for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
+        const long cycle = Q / gcd;                                                                                 \
         for (long b = 0; b < B; ++b)                                                                                \
             if (phase != (long)nearbyint(par[b * packed + slot + 2])) /* [Lp, 0, 1], its real part */               \
                 return -2;                                                                                          \
         /* the scratch: states ping-ponged, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
-        const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * P * O, B * P * H, B * P * H,       \
+        const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
                               B * span * Z, B * span};                                                              \
         const long ints[] = {B * P * Z, B * P * Z};                                                                 \
@@ -127,7 +134,8 @@ Nothing here checks a shape. */
                 const long o = b * packed + slot + h * N * 2;                                                       \
                 y[b * H + h] = par[o + 1], y_gen[b * H + h] = gen[o + 1];                                           \
                 in0[b * H + h] = b_in[h] + par[o]; /* b + acc, then the EMPTY columns of the pending tokens */      \
-                for (long j = 0; j < phase; ++j) in0[b * H + h] += w_in[(j * V1 + V) * H + h];                      \
+                for (long j = 0; j < phase; ++j) /* the pending patch's positions, from pos0 - phase */             \
+                    in0[b * H + h] += w_in[(((pos0[b] - phase + j) % Q) * V1 + V) * H + h];                         \
             }                                                                                                       \
         memcpy(dec, dec_in, one * sizeof(REAL));                                                                    \
         memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
@@ -141,10 +149,10 @@ Nothing here checks a shape. */
         long start = 0, skipped = 0;                                                                                \
         const REAL *pf = par; /* the SSM states the next step reads: the packed input first, then pa and pb */      \
         long pf_sb = packed;                                                                                        \
-        ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
+        ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
-            prior_inputs_##SUFFIX(B, m, phase, P, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);               \
+            prior_inputs_##SUFFIX(B, m, 0, pos0, P, Q, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);          \
             int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
             for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
             if (fresh)                                                                                              \
@@ -167,7 +175,7 @@ Nothing here checks a shape. */
                                          tokens + b * span + t);                                                    \
         }                                                                                                           \
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
-            ssm_net_head_##SUFFIX(B, H, N, Lp, P * O, pack_par, eps_par, y, g, head0);                              \
+            ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= rounds; ++i) {                                                                        \
             const long m = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */    \
             const long nx = span - start - m < P ? span - start - m : P;                                            \
@@ -177,7 +185,8 @@ Nothing here checks a shape. */
                 for (long t = 0; t < m; ++t) {                                                                      \
                     const int64_t tok = tokens[b * span + start + t];                                               \
                     REAL *l = lp + (b * P + t) * O;                                                                 \
-                    const REAL *h = head0 + (b * P + at + t) * O, *a = A + ((at + t) * V1 + tok) * O;               \
+                    const long c = (pos0[b] + start + t) % Q;                                                       \
+                    const REAL *h = head0 + (b * Q + c) * O, *a = A + (c * V1 + tok) * O;                           \
                     for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                               \
                     int64_t *zt = za + (b * P + t) * Z;                                                             \
                     categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                     \
@@ -189,16 +198,16 @@ Nothing here checks a shape. */
                 memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                              \
                 for (long t = 0; t < P - at; ++t) {                                                                 \
                     const int64_t tok = t < m ? tokens[b * span + start + t] : V;                                   \
-                    const REAL *w = w_in + ((at + t) * V1 + tok) * H;                                               \
+                    const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tok) * H;                            \
                     for (long k = 0; k < H; ++k) xb[k] += w[k];                                                     \
                 }                                                                                                   \
             }                                                                                                       \
             REAL *pt = pf == pa ? pb : pa;                                                                          \
-            ssm_net_##SUFFIX(B, H, N, 1, Lp, P * O, 1, x, pack_par, eps_par, pf, pf_sb, pt, g, head0);              \
+            ssm_net_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pf, pf_sb, pt, g, head0);              \
             pf = pt, pf_sb = sp;                                                                                    \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
-            prior_inputs_##SUFFIX(B, nx, 0, P, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);                         \
+            prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);        \
             latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
                                         u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \
                                         P * Z, ps);                                                                 \
@@ -232,6 +241,8 @@ Nothing here checks a shape. */
                 memcpy(o, pf + b * pf_sb, sp * sizeof(REAL));                                                       \
                 memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
                 for (long h = 0; h < H; ++h) o[slot + h * N * 2 + 1] = y[b * H + h];                                \
+                if (cycle > 1) /* the next patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
+                    o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                               \
             }                                                                                                       \
         if (dec_out)                                                                                                \
             memcpy(dec_out, dec + d * one, one * sizeof(REAL));                                                     \

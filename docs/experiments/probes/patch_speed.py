@@ -1,10 +1,11 @@
-"""Probe (lab material): a block-28 image from pixel-latent VSSM checkpoints beside the AR-SSM's.
+"""Probe (lab material): an image from pixel-latent VSSM checkpoints at their served block, beside the AR-SSM's.
 
-docs/experiments/blocks.md, twenty-second session.  A partial encoder that reads a row a step
+docs/experiments/blocks.md, twenty-second and twenty-sixth sessions.  A partial encoder that reads a row a step
 (``par_patch``) runs its rounds compiled (csrc/patch_rounds.c) and skips the decoder's pass over
 absorbed latents where they equal the drawn ones, which depends on the weights: so trained
 checkpoints are timed, each against the bundled AR-SSM, one thread, unprompted, served settings
-(block 28, observation temperature 0), best of 9, each right after the AR-SSM; batch 1 and 32.
+(each checkpoint's default block size, else 28; observation temperature 0), best of 9, each right after
+the AR-SSM; batch 1 and 32.
 Also counts the rounds that skipped the pass (logged by model/vssm.py at DEBUG)::
 
     .venv/bin/python docs/experiments/probes/patch_speed.py CKPT [CKPT ...]
@@ -47,14 +48,15 @@ def main(paths: list[str]) -> None:
             log = logging.getLogger("vssm.model.vssm")
             log.setLevel(logging.DEBUG)
             log.addHandler(skips)
-            m.generate(start, 784, block_size=28, resumable=False)  # warm-up
+            c = m.default_block_size or 28
+            m.generate(start, 784, block_size=c, resumable=False)  # warm-up
             a = best_ms(lambda s=ar_start: ar.generate(s, 784, resumable=False), 9)
-            b = best_ms(lambda m=m, start=start: m.generate(start, 784, block_size=28, resumable=False), 9)
+            b = best_ms(lambda m=m, start=start, c=c: m.generate(start, 784, block_size=c, resumable=False), 9)
             log.removeHandler(skips)
             share = (
                 f"{skips.skipped}/{skips.rounds} rounds skipped the pass over z'" if skips.rounds else "no patch rounds"
             )
-            print(f"batch {batch}, {path}: AR-SSM {a:.2f} ms, VSSM {b:.2f} ms: {a / b:.2f}x ({share})", flush=True)
+            print(f"batch {batch}, {path} at block {c}: AR-SSM {a:.2f} ms, VSSM {b:.2f} ms: {a / b:.2f}x ({share})")
 
 
 if __name__ == "__main__":
