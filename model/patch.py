@@ -2,7 +2,7 @@
 
 Glossary of axis letters (docs/design.md):
     B  batch      T  tokens in one call      P  tokens a patch      k  patch slots      S  slots read
-    R  the period of the tables (positions; R = P unless set)      c  a position's column, t mod R
+    Q  the period of the tables, in positions (Q = P unless set: below)
     H  width      N  SSM modes per channel      L  layers      V  vocabulary (EMPTY = V)
     O  outputs a position (the latents' logits, then the latent prior's context features)
     c  block size      nb  blocks
@@ -18,25 +18,30 @@ steps, whose inputs are [START, patch 0, patch 1, ...]:
     y_p = blocks(u_0 .. u_p)                     the residual stream after reading patches < p
     out_t = Head_j(LayerNorm(y_p)) + A[j, x_t],  t = pP + j      (O,): position j's rows of the head (P O, H)
 
-With a period R > P (``period``: an image row's width where a patch is not a row) the tables are
-indexed by a position's column c = t mod R instead of j: ``W[c, x]``, ``Head_c`` and ``A[c, x]``, so a
-position's weights are those of its place in the row wherever the patch that holds it starts
-(docs/experiments/blocks.md, twenty-sixth session); START's input sums W[c, EMPTY] over c < P.  R = P is
-the form above.
-
 so the output at t reads the patches before t's own and the token at t: it is causal, as f_par
-must be.  ``A`` ``(P, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
+must be.  ``A`` ``(Q, V+1, O)`` is what lets an absorbed latent encode its own token (a block's
 latents read EMPTY there, a per-position bias): without it the latents re-drawn when tokens are
 absorbed could not see them.  A block that starts inside a patch reads the tokens before it in
 that patch only through the decoder's absorbed state (the latent prior starts anew at every block).  Feeding
 EMPTYs fills a patch with EMPTYs, exactly as the token-level network reads them.
 
+With a period Q > P (``period``: an image row's width, where a patch is not a row) the tables are
+indexed by a position's column col(t) = t mod Q instead of j, so that a position reads its own
+column's weights wherever the patch holding it starts (docs/experiments/blocks.md, twenty-sixth
+session).  With ``D[col, x] = W[col, x] - W[col, EMPTY]``:
+
+    u_0 = b + sum_(col < P) W[col, EMPTY]        START
+    u_p+1 = u_0 + sum_j D[col(pP+j), x_pP+j]     patch p (an EMPTY adds nothing)
+    out_t = Head_col(t)(LayerNorm(y_p)) + A[col(t), x_t]
+
+which is the form above where Q = P (then col(pP+j) = j), as the code computes it.
+
 State (one complex tensor, so that GenState batches, selects and stores it as the SSMNet's):
 ``(B, L + 1, H, N)``; slots 0..L-1 are the blocks' SSM states after the patches read so far; slot L
 holds the pending patch: ``[:, L, :, 0]`` is ``acc + i y``, ``acc`` ``(B, H)`` the sum of
-``W[j, x] - W[j, EMPTY]`` over the tokens of the current patch so far and ``y`` ``(B, H)`` the
-residual stream its positions read; ``[:, L, 0, 1]`` the count of its tokens (0 .. P-1); with R > P,
-``[:, L, 1, 1]`` the patch's index modulo R / gcd(P, R) (its columns' phase; 0 where R = P).  N >= 2.
+``D[col, x]`` over the tokens of the current patch so far and ``y`` ``(B, H)`` the
+residual stream its positions read; ``[:, L, 0, 1]`` the count of its tokens (0 .. P-1); with Q > P,
+``[:, L, 1, 1]`` the patch's index modulo Q / gcd(P, Q) (its columns' phase; 0 where Q = P).  N >= 2.
 """
 
 from __future__ import annotations
@@ -60,30 +65,30 @@ class PatchNet(nn.Module):
             raise ValueError("a patch network reads tokens, not vectors")
         if patch < 1 or cfg.state_size < 2:
             raise ValueError("a patch holds >= 1 token, and its pending part needs a state of >= 2 modes")
-        R = period or patch
+        Q = period or patch
         if period and period < patch:
             raise ValueError(f"the tables' period must be >= the patch ({patch}), got {period}")
         if period > patch and cfg.width < 2:
             raise ValueError("a period keeps its phase in the state's second channel: width >= 2")
-        self.cfg, self.patch, self.period = cfg, patch, R
-        self.cycle = R // math.gcd(patch, R)  # patches after which the columns' phase repeats (1 where R = P)
+        self.cfg, self.patch, self.period = cfg, patch, Q
+        self.cycle = Q // math.gcd(patch, Q)  # patches after which the columns' phase repeats (1 where Q = P)
         V1, n_out = cfg.n_in, cfg.n_out  # V + 1 token ids (EMPTY included), outputs a position (O)
         inner = SSMNetConfig(
-            n_in=R * V1, n_out=R * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
+            n_in=Q * V1, n_out=Q * n_out, tokens=False, width=cfg.width, state_size=cfg.state_size,
             layers=cfg.layers, dropout=cfg.dropout,
         )  # fmt: skip
-        self.net = SSMNet(inner)  # inp: W (H, R (V+1)) and b; head: (R O, H), column c's rows c O .. c O + O
-        self.token_out = nn.Parameter(0.1 * torch.randn(R, V1, n_out))  # A: what the token at t adds to its output
+        self.net = SSMNet(inner)  # inp: W (H, Q (V+1)) and b; head: (Q O, H), column col's rows col O .. col O + O
+        self.token_out = nn.Parameter(0.1 * torch.randn(Q, V1, n_out))  # A: what the token at t adds to its output
 
     # ----- the pieces ---------------------------------------------------------------------------------
     def _inputs(self) -> Tensor:
-        """The input layer's weight as a table ``W`` ``(R, V+1, H)``: column c's weights for token x."""
+        """The input layer's weight as a table ``W`` ``(Q, V+1, H)``: column col's weights for token x."""
         return self.net.inp.weight.t().unflatten(0, (self.period, self.cfg.n_in))
 
     def _table(self) -> tuple[Tensor, Tensor]:
-        """``D`` ``(R, V+1, H)``, ``W[c, x] - W[c, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
+        """``D`` ``(Q, V+1, H)``, ``W[col, x] - W[col, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
         W = self._inputs()
-        empty = W[:, -1]  # (R, H)
+        empty = W[:, -1]  # (Q, H)
         return W - empty[:, None], self.net.inp.bias + empty[: self.patch].sum(0)
 
     def _blocks(
@@ -101,17 +106,17 @@ class PatchNet(nn.Module):
         """Outputs ``(B, T, O)`` at slots ``slot`` and columns ``col`` ``(B, T)`` from the residuals ``Y``
         ``(B, S, H)`` each slot's positions read: every slot's whole head, then a gather."""
         n_out = self.cfg.n_out
-        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.period, n_out)).flatten(1, 2)  # (B, S R, O)
+        full = self.net.head(self.net.norm(Y)).unflatten(-1, (self.period, n_out)).flatten(1, 2)  # (B, S Q, O)
         return full.gather(1, (slot * self.period + col)[..., None].expand(-1, -1, n_out))
 
     def _head_grid(self, y: Tensor) -> Tensor:
         """Outputs ``(B, T, O)`` of residuals ``y`` ``(B, T, H)`` at positions 0 .. T-1: each position
         through its own column's rows of the head only."""
         T = y.shape[1]
-        R, n_out = self.period, self.cfg.n_out
-        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % R))).unflatten(1, (-1, R))  # (B, T / R, R, H)
+        Q, n_out = self.period, self.cfg.n_out
+        n = self.net.norm(nn.functional.pad(y, (0, 0, 0, -T % Q))).unflatten(1, (-1, Q))  # (B, T / Q, Q, H)
         head = self.net.head
-        w, b = head.weight.unflatten(0, (R, n_out)), head.bias.unflatten(0, (R, n_out))  # (R, O, H), (R, O)
+        w, b = head.weight.unflatten(0, (Q, n_out)), head.bias.unflatten(0, (Q, n_out))  # (Q, O, H), (Q, O)
         return (torch.einsum("bkch,coh->bkco", n, w) + b).flatten(1, 2)[:, :T]
 
     @staticmethod
@@ -168,7 +173,7 @@ class PatchNet(nn.Module):
         else:
             ssm, acc, y0, count, phase = self._unpack(state)
         q = count[:, None] + torch.arange(T, device=x.device)  # (B, T) offsets from the pending patch's start
-        slot, col = q // P, (phase[:, None] * P + q) % self.period  # (B, T) each; col: q % P where R = P
+        slot, col = q // P, (phase[:, None] * P + q) % self.period  # (B, T) each; col: q % P where Q = P
         k = int(slot.max()) + 1 if T else 1  # slots the span touches
         rows = torch.arange(B, device=x.device)[:, None]
         contrib = D[col, x]  # (B, T, H)
@@ -217,12 +222,12 @@ class PatchNet(nn.Module):
         inputs are those of ``x_a`` before the block's patch, of ``x_m`` after it, and in it the sum of
         ``x_a``'s tokens before s and ``x_m``'s from s, from within-patch prefix sums."""
         B, T = x_a.shape
-        P, R = self.patch, self.period
+        P, Q = self.patch, self.period
         D, u0 = self._table()
         t = torch.arange(T, device=x_a.device)
         pad = (0, 0, 0, -T % P)
-        ca = nn.functional.pad(D[t % R, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
-        cm = nn.functional.pad(D[t % R, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
+        ca = nn.functional.pad(D[t % Q, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums
+        cm = nn.functional.pad(D[t % Q, x_m], pad).unflatten(1, (-1, P)).cumsum(2)
         n_slots = ca.shape[1]
         sa, sm = ca[:, :, -1], cm[:, :, -1]  # (B, k, H) whole slots
         starts = torch.arange(0, T, block, device=x_a.device)  # (nb,)
@@ -238,5 +243,5 @@ class PatchNet(nn.Module):
         h = torch.cat([u0.expand(h.shape[0], 1, -1), h], 1)  # START first
         Y = self._blocks(h, None, None, False)[0].unflatten(0, (B, 1 + nb))  # (B, 1+nb, 1+k, H)
         A = self.token_out
-        out_a = self._head_slots(Y[:, 0], (t // P).expand(B, T), (t % R).expand(B, T)) + A[t % R, x_a]  # (B, T, O)
-        return out_a, self._head_grid(Y[:, 1 + t // block, t // P]) + A[t % R, x_m]  # (B, T, O)
+        out_a = self._head_slots(Y[:, 0], (t // P).expand(B, T), (t % Q).expand(B, T)) + A[t % Q, x_a]  # (B, T, O)
+        return out_a, self._head_grid(Y[:, 1 + t // block, t // P]) + A[t % Q, x_m]  # (B, T, O)

@@ -8,6 +8,7 @@ import torch
 from vssm.model import native, sampling
 from vssm.model.network import SSMNet, SSMNetConfig
 from vssm.model.ssm import S4D, S4DConfig
+from vssm.model.state import GenState
 from vssm.model.vssm import VSSM, VSSMConfig
 
 F64 = torch.float64
@@ -1004,7 +1005,7 @@ def copying(m: VSSM) -> VSSM:
         m.decoder.inp.bias.zero_()
         m.decoder.head.weight.copy_(torch.stack([-5 * a, 5 * a]))  # token 1 where the latent is 1
         m.decoder.head.bias.zero_()
-        A = m.partial_encoder.token_out  # (P, V+1, Z*K + F)
+        A = m.partial_encoder.token_out  # (Q, V+1, Z*K + F): every column
         A[:, 0, :2], A[:, 1, :2] = torch.tensor([20.0, -20.0]), torch.tensor([-20.0, 20.0])
     return m
 
@@ -1075,6 +1076,30 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
         assert rounds is not None
         assert rounds(1, 11, temps, start, True) is not None
         assert rounds(2, 11, temps, start, True) is None  # the state holds one pending token, not two
+
+
+def test_compiled_patch_rounds_by_column_read_each_row_s_own_columns():
+    """Tables by column (Q = 6 > P = 4): rows at positions 5 and 9 (one pending token each, the
+    patch's phase 1 and 2 of a cycle of 3) read different columns in one compiled call, which draws
+    and leaves what the rounds in PyTorch do; a state whose stored phase disagrees with its position
+    is refused (None: nothing drawn)."""
+    from tests.conftest import tiny_model
+    from vssm.model.sampling import row_temperatures
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=F64, max_position=64, par_period=6, **cfg)
+    gen = torch.Generator().manual_seed(3)
+    a, b = (m.start(torch.randint(0, 2, (1, p), generator=gen), [s]) for p, s in ((5, 7), (9, 8)))
+    start = GenState.cat([a, b])
+    calls = compiled_equals_pytorch(m, start, 19, torch.tensor([1.0, 0.7], dtype=F64), 4, 0.5, "patch_rounds")
+    assert calls and all(args[0] == 1 for args, _ in calls)  # the call's phase: one pending token
+    temps = (row_temperatures(1.0, 2), row_temperatures(0.5, 2))
+    par = start["par"].clone()
+    par[1, -1, 1, 1] = 0  # row 1's stored phase (2) no longer its position's
+    with torch.no_grad():
+        rounds = m._compiled_patch_rounds(4, start)
+        assert rounds is not None and rounds(1, 11, temps, start, True) is not None
+        assert rounds(1, 11, temps, start.evolve(par=par), True) is None
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

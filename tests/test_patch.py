@@ -102,21 +102,39 @@ def test_forward_blocks_gradients_match_the_per_block_passes(period):
 
 
 def test_tables_by_column_read_each_position_s_column():
-    """With a period, position t reads column t mod R of the tables, from any state: a change to one
-    column of A moves exactly the outputs of its positions, read in one pass or in pieces; and tables
-    tiled from a period-P network (R = 2P) give that network's outputs."""
-    R, n = 5, 23  # 23 tokens: the columns' phase wraps (8 patches, a cycle of 5)
-    m, x = net(period=R), tokens(10, n=n)
-    full = m(x, return_state=False)[0]
-    _, s = m(x[:, :7])
-    pieces = torch.cat([m(x[:, :7])[0], m(x[:, 7:], s)[0]], 1)
-    torch.testing.assert_close(pieces, full, rtol=1e-12, atol=1e-12)
+    """With a period, position t reads column t mod R of the tables, read in one pass or in pieces
+    (the phase carried by the state): a change to one column of A or of the head moves exactly the
+    outputs of that column's positions; one to W[c, x] moves nothing up to the end of the patch of
+    the first position of column c holding x, and everything after it.  Tables tiled from a period-P network
+    (R = 2P) give that network's outputs."""
+    R, n, outs = 5, 23, 4  # 23 tokens: the columns' phase wraps (8 patches, a cycle of 5); O = 4
+    x = tokens(10, B=1, n=n)
+
+    def outputs(m: PatchNet) -> torch.Tensor:  # (T, O), in two pieces from a state
+        first, s = m(x[:, :7])
+        return torch.cat([first, m(x[:, 7:], s)[0]], 1)[0]
+
+    full = outputs(net(period=R))
+    torch.testing.assert_close(full, net(period=R)(x, return_state=False)[0][0], rtol=1e-12, atol=1e-12)
     for c in range(R):
+        mine = [t % R == c for t in range(n)]
+        for table in ("A", "head"):
+            moved = net(period=R)
+            with torch.no_grad():
+                if table == "A":
+                    moved.token_out[c] += 1.0
+                else:
+                    moved.net.head.bias[c * outs : (c + 1) * outs] += 1.0
+            assert ((outputs(moved) - full).abs().amax(1) > 1e-9).tolist() == mine, (table, c)
+        # the first position of column c with a token (W[c, EMPTY] is START's, read by every position)
+        first = next(t for t in range(n) if mine[t] and x[0, t] != 2)
         moved = net(period=R)
         with torch.no_grad():
-            moved.token_out[c] += 1.0
-        changed = (moved(x, return_state=False)[0] - full).abs().amax((0, 2)) > 0  # (T,)
-        assert changed.tolist() == [t % R == c for t in range(n)]
+            # W[c, x] of (H, R (V+1)), V + 1 = 3; not a constant, which the LayerNorms would remove
+            moved.net.inp.weight[:, c * 3 + x[0, first]] += torch.linspace(-1.0, 1.0, 8, dtype=F64)
+        changed = ((outputs(moved) - full).abs().amax(1) > 1e-9).tolist()  # not rounding: the FFT mixes positions
+        end = (first // P + 1) * P  # its patch is read by the positions after it
+        assert not any(changed[:end]) and all(changed[end:]), c
     base, tiled = net(period=0), net(period=2 * P)
     own = tiled.state_dict()
     tiled.load_state_dict({k: v for k, v in base.state_dict().items() if v.shape == own[k].shape}, strict=False)

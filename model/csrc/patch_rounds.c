@@ -10,11 +10,11 @@ Glossary of axis letters:
 
 Blocks are patches (block size P, aligned).  Round i reads block i-1's tokens and draws block i, from
 the patch network's state after the patches before block i-1 (SSM states and head0, the head's
-output (B, P O) that block i-1's positions read) and the decoder's absorbed state D (after the
-absorbed latents before block i-1):
-    1. z' of block i-1, drawn at temperature 1 (the absorb stream) from head0 + A[j, x_t];
-    2. one network step over patch i-1 (input b + sum_j W[j, x_j]): the SSM states after it, and the
-       head's output for block i, whose logits are head + A[j, EMPTY];
+output (B, Q O) that block i-1's positions read, a column's O each) and the decoder's absorbed state D
+(after the absorbed latents before block i-1); c below is a position's column, t mod Q:
+    1. z' of block i-1, drawn at temperature 1 (the absorb stream) from head0 + A[c, x_t];
+    2. one network step over patch i-1 (input b + sum over its positions of w_in[c, x_t]): the SSM
+       states after it, and the head's output for block i, whose logits are head + A[c, EMPTY];
     3. z of block i through the latent prior (csrc/latent_prior.c, from tables: the block starts it
       anew), its context pre = G g_t;
     4. the decoder: D after z' of block i-1, then a pass over z of block i from there for its
@@ -27,7 +27,7 @@ prior's P draws, where the token-level partial encoder's round is two passes of 
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
-state before its first position (zeros at a block start), from head0 + A[j, EMPTY] where the row has
+state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
 observed a token (observed (B,) bytes) and the uniform prior where not; then the decoder from dec_gen
 (B, Ld, H, N), the state generation continues from, and the tokens.  Where that state is the
 absorbed one (byte for byte: at a block start, unless a call of another block size left the state),
@@ -38,28 +38,32 @@ absorbed SSM states.
 
 A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
 last P - phase positions of its patch, the pending patch's first `phase` tokens are in the
-state, and round 1's network input starts from in0 (B, H), b + sum over them of W[j, x_j] (and
-W[j, EMPTY] past them in the patch, added in the round), not from b_in: in0 = b + acc + sum over
-j < phase of W[j, EMPTY], acc read from the packed state.
+state, and round 1's network input starts from in0 (B, H), b + sum over them of w_in[c, x_t] (and
+w_in[c, EMPTY] past them in the patch, added in the round), not from b_in: in0 = b + acc + sum over
+the patch's first `phase` positions of w_in[c, EMPTY], acc read from the packed state.
 
 Layouts: the blocks are m0 = P - phase positions (phase: the position of the span's start in its
-patch), then P each, the first or the last cut where the span ends; tokens (B, span) int64, written; seed and pos0 (B,) int64, the rows' keys and the span's first absolute
-position, whose uniforms are drawn here from streams s_lat, s_abs and s_tok, as csrc/keyed.c draws them
-(model/sampling.py, keyed_uniforms); temp, temp_tok (B,) doubles.  The states, read only, are
+patch), then P each, the first or the last cut where the span ends; tokens (B, span) int64, written;
+seed and pos0 (B,) int64, the rows' keys and the span's first absolute position (pos0 mod P must be
+`phase`: the columns are read from it), whose uniforms are drawn here from streams s_lat, s_abs and
+s_tok, as csrc/keyed.c draws them (model/sampling.py, keyed_uniforms); temp, temp_tok (B,) doubles.  The states, read only, are
 model/patch.py's packed partial-encoder state par (B, Lp + 1, H, N) complex (interleaved pairs): slots
 0..Lp-1 the SSM states, slot Lp the pending patch, [Lp, :, 0] = acc + i y, [Lp, 0, 1] its token
-count, which must be `phase` in every row (else nothing is drawn and -2 returned); gen the same form,
+count, which must be `phase` in every row, and where Q > P [Lp, 1, 1] the patch's index modulo Q / gcd(P, Q),
+which must be pos0's (else nothing is drawn and -2 returned); gen the same form,
 generation's, of which only y_gen is read; dec and dec_gen (B, Ld, H, N) complex, the absorbed decoder
-state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (P, V+1, H) and b_in (H,): the
-network's input layer as a table (Q rows where Q > P: then W[c, x] - W[c, EMPTY], and b_in START's input,
-model/native.py); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
+state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
+network's input layer as a table (where Q > P, W[c, x] - W[c, EMPTY] and b_in START's input:
+model/native.py); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
+Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
-0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0, the
-state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.  The scratch is
-allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1 where the
-scratch could not be allocated, -2 where a row's pending count is not `phase`.
+0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0,
+the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
+The scratch is allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1
+where the scratch could not be allocated, -2 where a row's pending count is not `phase` (or its
+position or phase disagree with it).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -106,12 +110,15 @@ Nothing here checks a shape. */
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = P - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
-        long gcd = P; /* patches after which the columns' phase repeats: Q / gcd(P, Q) */                          \
+        long gcd = P;                                                                                               \
         for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
-        const long cycle = Q / gcd;                                                                                 \
-        for (long b = 0; b < B; ++b)                                                                                \
-            if (phase != (long)nearbyint(par[b * packed + slot + 2])) /* [Lp, 0, 1], its real part */               \
-                return -2;                                                                                          \
+        const long cycle = Q / gcd; /* patches after which the columns' phase repeats */                           \
+        for (long b = 0; b < B; ++b) {                                                                              \
+            if (phase != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % P != phase)        \
+                return -2; /* [Lp, 0, 1], its real part, and the position the columns are read from */             \
+            if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
+                return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
+        }                                                                                                           \
         /* the scratch: states ping-ponged, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
@@ -179,7 +186,7 @@ Nothing here checks a shape. */
         for (long i = 1; i <= rounds; ++i) {                                                                        \
             const long m = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */    \
             const long nx = span - start - m < P ? span - start - m : P;                                            \
-            /* 1. z' of block i-1 from head0 + A[j, x]; whether every row's equals its z */                         \
+            /* 1. z' of block i-1 from head0 + A[c, x]; whether every row's equals its z */                         \
             int same = f >= 0;                                                                                      \
             for (long b = 0; b < B; ++b)                                                                            \
                 for (long t = 0; t < m; ++t) {                                                                      \
@@ -206,7 +213,7 @@ Nothing here checks a shape. */
             ssm_net_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pf, pf_sb, pt, g, head0);              \
             pf = pt, pf_sb = sp;                                                                                    \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
-            /* 3. z of block i through the latent prior, from head + A[j, EMPTY] */                                 \
+            /* 3. z of block i through the latent prior, from head + A[c, EMPTY] */                                 \
             prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);        \
             latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
                                         u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \

@@ -56,7 +56,8 @@ def main(paths: list[str]) -> None:
             share = (
                 f"{skips.skipped}/{skips.rounds} rounds skipped the pass over z'" if skips.rounds else "no patch rounds"
             )
-            print(f"batch {batch}, {path} at block {c}: AR-SSM {a:.2f} ms, VSSM {b:.2f} ms: {a / b:.2f}x ({share})")
+            times = f"AR-SSM {a:.2f} ms, VSSM {b:.2f} ms: {a / b:.2f}x"
+            print(f"batch {batch}, {path} at block {c}: {times} ({share})", flush=True)
 
 
 if __name__ == "__main__":
