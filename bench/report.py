@@ -458,6 +458,8 @@ def _blocks_section(bl: dict[str, Any], plots: dict[str, str]) -> list[str]:
     for name, image in (bl.get("images") or {}).items():
         vc = image["vssm_config"]
         patch = f" reading {vc['par_patch']} tokens a step" if vc.get("par_patch") else ""
+        if vc.get("par_period"):  # its tables by column (model/patch.py)
+            patch += f", its tables by column mod {vc['par_period']}"
         weights = image.get("weights", "random")
         source = "random weights" if weights == "random" else f"the weights of {weights}"
         L += [

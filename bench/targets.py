@@ -346,18 +346,15 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         )
 
     for name, image in ((bl or {}).get("images") or {}).items():
-        batch = next(iter(image.get("sequence", {})), None)
-        if batch is not None:
-            rows.append(
-                served_row(
-                    image,
-                    batch,
-                    name,
-                    "ar-ssm",
-                    SERVED_SPEEDUP,
-                    f"{name}'s shapes, T={image['length']}, B={batch}, unprompted",
-                )
-            )
+        # served at block 16, a model answers the block-16 targets at both batches; else its first batch
+        # answers the block-sampling issue's target at its served block
+        if image.get("served_block_size") == BLOCK:
+            needs = list(zip(image.get("sequence", {}), BLOCK_SPEEDUP, strict=False))
+        else:
+            needs = [(batch, SERVED_SPEEDUP) for batch in list(image.get("sequence", {}))[:1]]
+        for batch, need in needs:
+            conditions = f"{name}'s shapes, T={image['length']}, B={batch}, unprompted"
+            rows.append(served_row(image, batch, name, "ar-ssm", need, conditions))
     texts = [(bl or {}).get("text"), *((bl or {}).get("texts") or {}).values()]
     for text in texts:
         batch = next(iter((text or {}).get("sequence", {})), None)

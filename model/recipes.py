@@ -7,8 +7,8 @@ TrainConfig default.  ``tests/test_recipes.py`` checks every bundled checkpoint'
 ``train_config`` against its recipe, so the two cannot drift apart.
 
 How the recipes were chosen is in docs/experiments/ (the one-pass campaign for the one-pass
-VSSMs and the baselines, blocks.md for ``mnist-vssm-blocks``, ``mnist-vssm-prior`` and
-``shakespeare-vssm-prior``).
+VSSMs and the baselines, blocks.md for ``mnist-vssm-blocks``, ``mnist-vssm-prior``,
+``mnist-vssm-prior16`` and ``shakespeare-vssm-prior``).
 """
 
 from __future__ import annotations
@@ -189,13 +189,68 @@ _RECIPES = [
         observation_temperature=0.0,
     ),
     Recipe(
+        "mnist-vssm-prior16",
+        "mnist-vssm-prior's recipe for blocks of 16 pixels: a round is one network step at block 16",
+        intended_use=(
+            "Unprompted and prompted digits from a VSSM at block 16, compiled: the block dial's small end. As "
+            "mnist-vssm-prior, one latent of 2 classes per pixel trained at the pixel's code and a decoder that "
+            "copies them; its partial encoder reads 16 pixels a step with its tables by image column "
+            "(par_period 28: model/patch.py), so a round of block 16 is one network step, the latent prior's 16 "
+            "draws and one decoder pass."
+        ),
+        limitations=(
+            "49 compiled rounds an image against mnist-vssm-prior's 28: 12.8-12.9 times faster than the AR-SSM at "
+            "batch 1 and 14.4 times at batch 32 on an Intel Xeon with AVX-512, where mnist-vssm-prior at its block "
+            "28 is 15.2-16.5 and 18.9 times (medians of 7 interleaved runs, docs/benchmarks.json and "
+            "docs/benchmarks-blocks.json, twenty-sixth session; not measured on other CPUs).",
+            "A little worse than mnist-vssm-prior at its block 28: at block 16 the digit judge is confident of 73% "
+            "of its samples (77%; the AR-SSM's: 80%), and the AR-SSM scores them at 73.9 nats (68.8; the test "
+            "images: 55.6; the block-sampling issue's line, 1.3 times that, is 72.3).",
+            "Blocks that are not 16 run their rounds in PyTorch (no compiled loop: block 28 takes about twelve "
+            "times block 16's time), and a block that starts inside a patch reads that patch's earlier pixels only "
+            "through the decoder (blocks 1-8: 63-91 nats).",
+        ),
+        train=dict(
+            dataset="mnist",
+            **VSSM_TUNING,
+            lr=2e-2,
+            budget_minutes=0.0,
+            budget_cpu_minutes=39.0,  # the CPU time the baselines had, one thread
+            code_steps=1_000_000,  # the latents are the pixels' code throughout (as mnist-vssm-prior)
+            # the served block weighted, with two and seven patches (docs/experiments/blocks.md, twenty-sixth session)
+            block_sizes="16,16,16,16,32,112",
+            overrides={
+                "posterior": "smoothing",
+                "dec_layers": 1,
+                "par_layers": 4,
+                "decoder_tokens": False,
+                "n_latents": 1,
+                "n_classes": 2,
+                "prior_width": 64,
+                "prior_hidden": 256,
+                "prior_context": 16,
+                "par_patch": 16,
+                # the tables by column: a patch of 16 starts at a different column each time; by position in
+                # the patch the same run's samples were 62% confident digits at block 16, by column 73%
+                "par_period": 28,
+            },
+        ),
+        default_block_size=16,
+        note=(
+            "Trained in one run with --budget-minutes 0 --budget-cpu-minutes 39 beside a second training run: "
+            "3,742 steps on an Intel Xeon. Chosen over the same recipe with blocks 8,16,16,16,32,64 and over "
+            "both without par_period (docs/experiments/blocks.md, twenty-sixth session)."
+        ),
+        observation_temperature=0.0,
+    ),
+    Recipe(
         "mnist-ar-ssm",
         "Autoregressive S4D baseline for binarised MNIST (exact likelihood, token by token)",
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
-            "Generates token by token: 784 sequential steps per image (one compiled loop), about 6.1 times the "
-            "time of one VSSM pass at batch 1 on an AMD EPYC with AVX-512 (7.6 on an Intel Xeon, 6.9 on an "
-            "AMD EPYC with AVX2; docs/benchmarks.json).",
+            "Generates token by token: 784 sequential steps per image (one compiled loop), about 10.1 times the "
+            "time of one VSSM pass at batch 1 on an Intel Xeon with AVX-512 (docs/benchmarks.json, twenty-sixth "
+            "session; 6.1 on an AMD EPYC with AVX-512, 6.9 on an AMD EPYC with AVX2).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),

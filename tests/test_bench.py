@@ -113,6 +113,13 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     row = next(t for t in r["targets"] if t["what"].startswith("mnist-vssm-prior (block-28, served default)"))
     first = next(iter(image["sequence"].values()))
     assert row["measured"] == first["served"]["speedup_vs_ar_ssm"] and "interleaved runs" in row["conditions"]
+    # served at block 16 (its bundled weights: their rounds skip passes): the block-16 targets at both batches
+    image16 = bl["images"]["mnist-vssm-prior16"]
+    assert image16["served_block_size"] == 16 and image16["weights"] == "checkpoints/mnist-vssm-prior16.safetensors"
+    rows16 = [t for t in r["targets"] if t["what"].startswith("mnist-vssm-prior16 (block-16, served default)")]
+    assert [t["target"] for t in rows16] == [">= 10x", ">= 5x"]
+    for t, (batch, part) in zip(rows16, image16["sequence"].items(), strict=True):
+        assert t["measured"] == part["served"]["speedup_vs_ar_ssm"] and f"B={batch}," in t["conditions"]
     assert "A whole image from mnist-vssm-prior's shapes" in md
     assert "features of the partial encoder" in md  # its latent prior's context (prior_context), named
     text = bl["text"]  # the text pair's shapes, 64 bytes in quick mode; the served default is one pass
