@@ -32,6 +32,32 @@ VSSM_TUNING: dict[str, Any] = dict(family="vssm", tau=0.5, grad_clip=1000.0)
 # The VSSM's two latent rivals (issue 24): its temperature and clip, the baselines' learning rate
 # (short probes of 3e-3, 6e-3 and higher), and the 39 CPU minutes the baselines had.
 RIVAL_TUNING: dict[str, Any] = dict(tau=0.5, grad_clip=1000.0, lr=6e-3, budget_minutes=0.0, budget_cpu_minutes=39.0)
+# The MNIST VSSMs whose latents are their pixels (mnist-vssm-prior and mnist-vssm-prior16), besides their
+# partial encoder's patch and their blocks.
+PIXEL_LATENTS: dict[str, Any] = dict(
+    dataset="mnist",
+    **VSSM_TUNING,
+    lr=2e-2,
+    budget_minutes=0.0,
+    budget_cpu_minutes=39.0,  # the CPU time the baselines had, one thread
+    # every latent is its pixel's code for the whole budget (about 5,000 steps): the bound's term at
+    # that point, no ELBO stage. Two of four runs that handed over to the ELBO broke; this trains
+    # as well and cannot (docs/experiments/blocks.md, twentieth and twenty-first sessions)
+    code_steps=1_000_000,
+)
+PIXEL_LATENTS_MODEL: dict[str, Any] = {
+    "posterior": "smoothing",
+    "dec_layers": 1,  # it copies its latents
+    "par_layers": 4,  # the pixels before the block, read by the partial encoder a patch a step
+    "decoder_tokens": False,
+    "n_latents": 1,
+    "n_classes": 2,
+    "prior_width": 64,
+    "prior_hidden": 256,
+    # the MLP also reads the partial encoder's features: 2.6 nats at block 28 (token-level
+    # partial encoder, twenty-first session; not re-measured with par_patch)
+    "prior_context": 16,
+}
 
 
 @dataclass(frozen=True)
@@ -150,33 +176,12 @@ _RECIPES = [
             "the latents, so observation temperature 0 (served) and 1 draw the same pixels.",
         ),
         train=dict(
-            dataset="mnist",
-            **VSSM_TUNING,
-            lr=2e-2,
-            budget_minutes=0.0,
-            budget_cpu_minutes=39.0,  # the CPU time the baselines had, one thread
-            # every latent is its pixel's code for the whole budget (about 5,000 steps): the bound's term at
-            # that point, no ELBO stage. Two of four runs that handed over to the ELBO broke; this trains
-            # as well and cannot (docs/experiments/blocks.md, twentieth and twenty-first sessions)
-            code_steps=1_000_000,
+            **PIXEL_LATENTS,
             # the served block weighted, with its neighbours (one row, two, four; half a row)
             block_sizes="14,28,28,28,56,112",
-            overrides={
-                "posterior": "smoothing",
-                "dec_layers": 1,  # it copies its latents
-                "par_layers": 4,  # the rows above, read by the partial encoder
-                "decoder_tokens": False,
-                "n_latents": 1,
-                "n_classes": 2,
-                "prior_width": 64,
-                "prior_hidden": 256,
-                # the MLP also reads the partial encoder's features: 2.6 nats at block 28 (token-level
-                # partial encoder, twenty-first session; not re-measured with par_patch)
-                "prior_context": 16,
-                # the partial encoder reads a row a step: a round is one network step, compiled
-                # (model/patch.py, csrc/patch_rounds.c; blocks.md, twenty-second session)
-                "par_patch": 28,
-            },
+            # the partial encoder reads a row a step: a round is one network step, compiled
+            # (model/patch.py, csrc/patch_rounds.c; blocks.md, twenty-second session)
+            overrides={**PIXEL_LATENTS_MODEL, "par_patch": 28},
         ),
         default_block_size=28,
         note=(
@@ -211,29 +216,12 @@ _RECIPES = [
             "through the decoder (blocks 1-8: 63-91 nats).",
         ),
         train=dict(
-            dataset="mnist",
-            **VSSM_TUNING,
-            lr=2e-2,
-            budget_minutes=0.0,
-            budget_cpu_minutes=39.0,  # the CPU time the baselines had, one thread
-            code_steps=1_000_000,  # the latents are the pixels' code throughout (as mnist-vssm-prior)
+            **PIXEL_LATENTS,
             # the served block weighted, with two and seven patches (docs/experiments/blocks.md, twenty-sixth session)
             block_sizes="16,16,16,16,32,112",
-            overrides={
-                "posterior": "smoothing",
-                "dec_layers": 1,
-                "par_layers": 4,
-                "decoder_tokens": False,
-                "n_latents": 1,
-                "n_classes": 2,
-                "prior_width": 64,
-                "prior_hidden": 256,
-                "prior_context": 16,
-                "par_patch": 16,
-                # the tables by column: a patch of 16 starts at a different column each time; by position in
-                # the patch the same run's samples were 62% confident digits at block 16, by column 73%
-                "par_period": 28,
-            },
+            # the tables by column: a patch of 16 starts at a different column each time; by position in the
+            # patch the same run's samples were 62% confident digits at block 16, by column 73%
+            overrides={**PIXEL_LATENTS_MODEL, "par_patch": 16, "par_period": 28},
         ),
         default_block_size=16,
         note=(
