@@ -40,7 +40,7 @@ PIXEL_LATENTS: dict[str, Any] = dict(
     lr=2e-2,
     budget_minutes=0.0,
     budget_cpu_minutes=39.0,  # the CPU time the baselines had, one thread
-    # every latent is its pixel's code for the whole budget (about 5,000 steps): the bound's term at
+    # every latent is its pixel's code for the whole budget (3,600-3,800 steps): the bound's term at
     # that point, no ELBO stage. Two of four runs that handed over to the ELBO broke; this trains
     # as well and cannot (docs/experiments/blocks.md, twentieth and twenty-first sessions)
     code_steps=1_000_000,
@@ -206,21 +206,21 @@ _RECIPES = [
         limitations=(
             "49 compiled rounds an image against mnist-vssm-prior's 28: 12.8-12.9 times faster than the AR-SSM at "
             "batch 1 and 14.4 times at batch 32 on an Intel Xeon with AVX-512, where mnist-vssm-prior at its block "
-            "28 is 15.2-16.5 and 18.9 times (medians of 7 interleaved runs, docs/benchmarks.json and "
+            "28 is 15.2-16.5 and 18.4-18.9 times (medians of 7 interleaved runs, docs/benchmarks.json and "
             "docs/benchmarks-blocks.json, twenty-sixth session; not measured on other CPUs).",
             "A little worse than mnist-vssm-prior at its block 28: at block 16 the digit judge is confident of 73% "
             "of its samples (77%; the AR-SSM's: 80%), and the AR-SSM scores them at 73.9 nats (68.8; the test "
             "images: 55.6; the block-sampling issue's line, 1.3 times that, is 72.3).",
             "Blocks that are not 16 run their rounds in PyTorch (no compiled loop: block 28 takes about twelve "
-            "times block 16's time), and a block that starts inside a patch reads that patch's earlier pixels only "
-            "through the decoder (blocks 1-8: 63-91 nats).",
+            "times block 16's time at batch 1, three at batch 32), and a block that starts inside a patch reads "
+            "that patch's earlier pixels only through the decoder (blocks 1-8: 63-91 nats).",
         ),
         train=dict(
             **PIXEL_LATENTS,
             # the served block weighted, with two and seven patches (docs/experiments/blocks.md, twenty-sixth session)
             block_sizes="16,16,16,16,32,112",
             # the tables by column: a patch of 16 starts at a different column each time; by position in the
-            # patch the same run's samples were 62% confident digits at block 16, by column 73%
+            # patch the same recipe's run drew 62% confident digits at block 16, by column 73%
             overrides={**PIXEL_LATENTS_MODEL, "par_patch": 16, "par_period": 28},
         ),
         default_block_size=16,
