@@ -705,8 +705,8 @@ class PatchWeights:
 
     pack_p: Tensor  # the patch network's pack, its head of Q O outputs (Q: the tables' period, P or more)
     eps_p: float
-    w_t: Tensor  # (Q (V+1), H): the network's input layer, a row per (column, token); W - W[:, EMPTY] where Q > P
-    b_in: Tensor  # (H,): its bias; where Q > P, START's input (model/patch.py, PatchNet._table)
+    w_t: Tensor  # (Q (V+1), H): a patch's input table, a row per (column, token) (PatchNet.step_table)
+    b_in: Tensor  # (H,): its bias
     A: Tensor  # (Q, V+1, O): the token term
     Lp: int
     pack_d: Tensor  # the decoder's pack
@@ -749,10 +749,10 @@ def patch_weights(
     prior: tuple[Tensor, int, int, float, Tensor | None],
     shape: tuple[int, int, int, int],
 ) -> PatchWeights:
-    """:class:`PatchWeights` of ``par``: the patch network's pack (its head of Q O outputs), eps,
-    input weight ``(H, Q (V+1))`` as nn.Linear holds it, its bias, the token term ``A`` ``(Q, V+1, O)``,
-    its layers and its patch P (Q, the tables' period, is P or more: model/patch.py); ``dec``: the decoder's
-    pack, eps, input weight ``(H, Z K)``, bias, layers;
+    """:class:`PatchWeights` of ``par``: the patch network's pack (its head of Q O outputs), eps, its
+    input table ``(Q, V+1, H)`` and bias (model/patch.py, ``PatchNet.step_table``), the token term ``A``
+    ``(Q, V+1, O)``, its layers and its patch P (Q, the tables' period, is P or more); ``dec``: the
+    decoder's pack, eps, input weight ``(H, Z K)``, bias, layers;
     ``prior``: as :func:`_fused_rounds`; ``shape``: ``(N, V, Z, K)``.  ValueError where they do not fit."""
     N, V, Z, K = shape
     pack_p, eps_p, w_in, b_in, A, Lp, P = par
@@ -762,7 +762,7 @@ def patch_weights(
     H, dt = b_in.shape[0], pack_p.dtype
     F = n_out - Z * K
     ok = dt in _COMPLEX and V1 == V + 1 and 1 <= N <= MAX_MODES and F >= 0 and M >= 1 and 1 <= P <= Q
-    ok = ok and w_in.shape == (H, Q * V1) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,)
+    ok = ok and w_in.shape == (Q, V1, H) and w_dec.shape == (H, Z * K) and b_dec.shape == (H,)
     ok = ok and pack_p.numel() == _net_pack_size(Lp, H, N, Q * n_out) and pack_d.numel() == _net_pack_size(Ld, H, N, V)
     ok = ok and pack_r.numel() == _prior_pack_size(R, M, Z * K) and (G is None) == (F == 0)
     ok = ok and (G is None or G.shape == (M, F))
@@ -771,11 +771,7 @@ def patch_weights(
     ok = ok and all(p.is_contiguous() for p in (pack_p, pack_d, pack_r))
     if not ok:
         raise ValueError(f"weights that do not fit the native patch rounds: A {tuple(A.shape)}, shape {shape}")
-    w_t, b_t, A_t = w_in.detach().t().contiguous(), b_in.detach().contiguous(), A.detach().contiguous()
-    if Q > P:  # by column: an EMPTY adds nothing and the bias is START's input, as PatchNet._table has them
-        table = w_t.unflatten(0, (Q, V1))  # (Q, V+1, H)
-        empty = table[:, -1]  # (Q, H)
-        w_t, b_t = (table - empty[:, None]).flatten(0, 1).contiguous(), b_t + empty[:P].sum(0)
+    w_t, b_t, A_t = w_in.detach().flatten(0, 1).contiguous(), b_in.detach().contiguous(), A.detach().contiguous()
     wd_t, bd_t = w_dec.detach().t().contiguous(), b_dec.detach().contiguous()
     g_t = None if G is None else G.detach().t().contiguous()
     tables = prior_tables(pack_r, R, M, Z, K, P)

@@ -91,6 +91,14 @@ class PatchNet(nn.Module):
         empty = W[:, -1]  # (Q, H)
         return W - empty[:, None], self.net.inp.bias + empty[: self.patch].sum(0)
 
+    def step_table(self) -> tuple[Tensor, Tensor]:
+        """A patch's input as the compiled rounds read it, ``bias + sum over its positions of
+        table[col, x]``: ``(table (Q, V+1, H), bias (H,))``.  Where Q = P the input layer itself (``W``,
+        ``b``); by column ``D`` and START's input (:meth:`_table`), an EMPTY adding nothing."""
+        if self.period == self.patch:
+            return self._inputs(), self.net.inp.bias
+        return self._table()
+
     def _blocks(
         self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:

@@ -976,8 +976,8 @@ class VSSM(SequenceModel):
         def build() -> native.PatchWeights:
             lin = dec_net.inp
             G = None if lp.context is None else lp.context.weight  # (M, F)
-            par = (inner._packed(), inner.norm.eps, inner.inp.weight, inner.inp.bias, net.token_out)
-            par = (*par, cfg.par_layers, net.patch)  # its tables' period is A's length
+            table, bias = net.step_table()  # (Q, V+1, H), (H,)
+            par = (inner._packed(), inner.norm.eps, table, bias, net.token_out, cfg.par_layers, net.patch)
             dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
             prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)
             shape = (cfg.state_size, cfg.vocab_size, cfg.n_latents, cfg.n_classes)

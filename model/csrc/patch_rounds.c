@@ -53,8 +53,8 @@ count, which must be `phase` in every row, and where Q > P [Lp, 1, 1] the patch'
 which must be pos0's (else nothing is drawn and -2 returned); gen the same form,
 generation's, of which only y_gen is read; dec and dec_gen (B, Ld, H, N) complex, the absorbed decoder
 state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
-network's input layer as a table (where Q > P, W[c, x] - W[c, EMPTY] and b_in START's input:
-model/native.py); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
+network's input as a table, a patch's input b_in + sum of w_in[c, x] over its positions (where Q > P,
+W[c, x] - W[c, EMPTY] and START's input: model/patch.py, PatchNet.step_table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
 Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
