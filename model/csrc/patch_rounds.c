@@ -61,7 +61,14 @@ latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block s
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
 0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0,
 the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
-The scratch is allocated here, one block a call.  Returns how many rounds skipped the pass over z', -1
+The scratch is allocated here, one block a call.
+
+The decoder's states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; converted from dec_in
+and dec_gen on entry, to dec_out on return): its passes of P steps then read and write whole vectors of
+them, where the interleaved pairs were gathered and scattered a lane at a time.  The partial encoder's
+one-step passes keep the interleaved layout: planar, they would gain what the autoregressive SSM's step
+(csrc/ar_loop.c) would gain from it, and the baseline gets the same treatment as the rounds
+(model/autoregressive.py).  Returns how many rounds skipped the pass over z', -1
 where the scratch could not be allocated, -2 where a row's pending count is not `phase` (or its
 position or phase disagree with it).
 Nothing here checks a shape. */
@@ -121,7 +128,7 @@ Nothing here checks a shape. */
         }                                                                                                           \
         /* the scratch: states ping-ponged, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
-        const long reals[] = {B * sp, B * sp, 2 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
+        const long reals[] = {B * sp, B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
                               B * span * Z, B * span};                                                              \
         const long ints[] = {B * P * Z, B * P * Z};                                                                 \
@@ -130,6 +137,7 @@ Nothing here checks a shape. */
         if (!block)                                                                                                 \
             return -1;                                                                                              \
         REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *dec = (REAL *)bufs[2], *y = (REAL *)bufs[3];           \
+        REAL *dg = dec + 2 * one; /* dec: the two absorbed states the rounds alternate, then generation's */        \
         REAL *y_gen = (REAL *)bufs[4], *in0 = (REAL *)bufs[5], *head0 = (REAL *)bufs[6], *x = (REAL *)bufs[7];     \
         REAL *g = (REAL *)bufs[8], *lp = (REAL *)bufs[9], *ld = (REAL *)bufs[10], *ps = (REAL *)bufs[11];          \
         REAL *r = (REAL *)bufs[12], *pre = (REAL *)bufs[13], *cxz = (REAL *)bufs[14], *u_lat = (REAL *)bufs[15];   \
@@ -144,7 +152,8 @@ Nothing here checks a shape. */
                 for (long j = 0; j < phase; ++j) /* the pending patch's positions, from pos0 - phase */             \
                     in0[b * H + h] += w_in[(((pos0[b] - phase + j) % Q) * V1 + V) * H + h];                         \
             }                                                                                                       \
-        memcpy(dec, dec_in, one * sizeof(REAL));                                                                    \
+        /* the decoder's states planar while the call runs (the note above) */                                     \
+        ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, 1);                                                \
         memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
         /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
@@ -174,8 +183,9 @@ Nothing here checks a shape. */
             /* where the decoder state generation continues from is the absorbed one (at a block start, unless \
                a call of another block size left it), E, the state after z of block 0, may stand for D after z' \
                in round 1 */                                                                                    \
-            f = memcmp(dec_gen, dec, one * sizeof(REAL)) == 0 ? 1 : -1;                                             \
-            ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, dec + one, g, ld);            \
+            f = memcmp(dec_gen, dec_in, one * sizeof(REAL)) == 0 ? 1 : -1;                                          \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, 1);                                            \
+            ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dg, sd, dec + one, g, ld, 1);         \
             for (long b = 0; b < B; ++b)                                                                            \
                 for (long t = 0; t < m; ++t)                                                                        \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],             \
@@ -222,15 +232,15 @@ Nothing here checks a shape. */
             if (!same) {                                                                                            \
                 const long to = f >= 0 ? f : 1 - d;                                                                 \
                 dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, za, w_dec, b_dec, x);                                         \
-                ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd, dec + to * one,     \
-                                 g, ld);                                                                            \
+                ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd,                \
+                                      dec + to * one, g, ld, 1);                                                    \
                 f = to;                                                                                             \
             } else                                                                                                  \
                 ++skipped;                                                                                          \
             const long dnew = f, fnew = d; /* the old D is read no more: E goes there */                            \
             dec_inputs_##SUFFIX(B, nx, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                            \
-            ssm_net_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd, dec + fnew * one,  \
-                             g, ld);                                                                                \
+            ssm_net_laid_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd,               \
+                                  dec + fnew * one, g, ld, 1);                                                      \
             d = dnew;                                                                                               \
             f = fnew;                                                                                               \
             /* 5. block i's tokens */                                                                               \
@@ -252,7 +262,7 @@ Nothing here checks a shape. */
                     o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                               \
             }                                                                                                       \
         if (dec_out)                                                                                                \
-            memcpy(dec_out, dec + d * one, one * sizeof(REAL));                                                     \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, 0);                                 \
         free(block);                                                                                                \
         return skipped;                                                                                             \
     }

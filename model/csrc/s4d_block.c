@@ -23,7 +23,11 @@ and receives y, or GELU(y) when gelu is set; w is (6, N, H), the planes Re Lambd
 Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
 (B, H, N) complex, interleaved (real, imaginary) pairs as torch.view_as_real lays them out, h0 with
 batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wanted), after `at` steps
-(0 <= at <= T).  Nothing here checks a shape: the caller does (model/native.py).
+(0 <= at <= T).  A loop that keeps its own states between passes may hold them planar instead, (B, 2, N, H)
+reals, the real parts then the imaginary ones, lanes over channels as the recurrence reads them
+(BLOCK_LAID and NET_LAID with planar set; STATES_LAYOUT converts): a pass then reads and writes them as
+whole vectors, where interleaved pairs are gathered and scattered a lane at a time.  Nothing here
+checks a shape: the caller does (model/native.py).
 
 A whole network pass (NET, model/network.py, SSMNet) runs every block in one call: per layer the
 block above (LayerNorm, recurrence, GELU), then the H -> 2H output linear, GLU and the residual
@@ -61,13 +65,18 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #define REAL float
 #define VL (VEC_BYTES / 4)
 #define VEC vf32
+#define VECU vf32u
 typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
+typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias));
 #define ERF erff
 #define EXP expf
 #define NAME s4d_block_f32
 #define MODES_OUTER modes_outer_f32
 #define STEPS_OUTER steps_outer_f32
 #define NET ssm_net_f32
+#define NET_LAID ssm_net_laid_f32
+#define BLOCK_LAID s4d_block_laid_f32
+#define STATES_LAYOUT ssm_states_layout_f32
 #define NET_HEAD ssm_net_head_f32
 #define LAYERNORM layernorm_f32
 #define LINEAR linear_f32
@@ -82,6 +91,9 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef MODES_OUTER
 #undef STEPS_OUTER
 #undef NET
+#undef NET_LAID
+#undef BLOCK_LAID
+#undef STATES_LAYOUT
 #undef NET_HEAD
 #undef LAYERNORM
 #undef LINEAR
@@ -90,9 +102,12 @@ typedef float vf32 __attribute__((vector_size(VEC_BYTES)));
 #undef DOT_NARROW
 #undef VL
 #undef VEC
+#undef VECU
 #define VL (VEC_BYTES / 8)
 #define VEC vf64
+#define VECU vf64u
 typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
+typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alias));
 #define REAL double
 #define ERF erf
 #define EXP exp
@@ -100,6 +115,9 @@ typedef double vf64 __attribute__((vector_size(VEC_BYTES)));
 #define MODES_OUTER modes_outer_f64
 #define STEPS_OUTER steps_outer_f64
 #define NET ssm_net_f64
+#define NET_LAID ssm_net_laid_f64
+#define BLOCK_LAID s4d_block_laid_f64
+#define STATES_LAYOUT ssm_states_layout_f64
 #define NET_HEAD ssm_net_head_f64
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
@@ -128,7 +146,7 @@ static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, d
    0.90-0.92 of its speed (docs/experiments/rounds-and-serving.md, twenty-fifth session) */
 static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
-                                                  REAL *out, REAL *h_out, long ho_sb) {
+                                                  REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
     /* Modes outer, steps inner: four modes keep their states and weights in registers for the
@@ -144,7 +162,7 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
             for (long t = 0; t < T; ++t) {
                 const REAL *ut = u + b * u_sb + t * u_st + h0c;
                 if (J == VL) {
-                    memcpy(&ub[t], ut, sizeof(VEC));
+                    ub[t] = *(const VECU *)ut;
                 } else {
                     REAL tmp[VL];
                     for (long j = 0; j < VL; ++j) tmp[j] = j < J ? ut[j] : 0;
@@ -152,17 +170,36 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                 }
                 yb[t] = (VEC){0};
             }
-            /* the block's state turned to lanes over channels before any of it is read as a vector,
-               modes outer so that the first modes read were the first written: gathered a vector at a
-               time, each vector's reload of its lanes' scalar stores waited on store forwarding */
-            for (long n = 0; n < N; ++n)
-                for (long j = 0; j < VL; ++j) {
-                    const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + ((h0c + j) * N + n) * 2 : 0;
-                    tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[1] : 0;
-                }
+            /* planar states with whole vectors are read straight from h0 below (lanes over channels already) */
+            const int direct = planar && J == VL && N % 4 == 0;
+            const REAL *hb = h0 ? h0 + b * h0_sb : 0;
+            if (!direct) /* else the block's state turned to lanes over channels before any of it is read as
+                            a vector, modes outer so that the first modes read were the first written: gathered
+                            a vector at a time, each vector's reload of its lanes' scalar stores waited on
+                            store forwarding */
+                for (long n = 0; n < N; ++n)
+                    for (long j = 0; j < VL; ++j) {
+                        const REAL *s0 = hb && j < J ? hb + (planar ? n * H + h0c + j : ((h0c + j) * N + n) * 2) : 0;
+                        tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[planar ? NH : 1] : 0;
+                    }
             for (long n = 0; n < N; n += 4) {
                 const long G = N - n < 4 ? N - n : 4;
                 VEC wv[4][6], sv[4][2];
+                if (J == VL && G == 4) /* whole vectors: loaded straight into registers (no copy through the stack,
+                                          whose halves a vector read back would wait on) */
+                    for (long g = 0; g < 4; ++g) {
+                        const long o = (n + g) * H + h0c;
+                        wv[g][0] = *(const VECU *)(lr + o), wv[g][1] = *(const VECU *)(li + o);
+                        wv[g][2] = *(const VECU *)(br + o), wv[g][3] = *(const VECU *)(bi + o);
+                        wv[g][4] = *(const VECU *)(cr + o), wv[g][5] = *(const VECU *)(ci + o);
+                        if (!direct)
+                            sv[g][0] = *(const VECU *)tr[0][n + g], sv[g][1] = *(const VECU *)tr[1][n + g];
+                        else if (hb)
+                            sv[g][0] = *(const VECU *)(hb + o), sv[g][1] = *(const VECU *)(hb + NH + o);
+                        else
+                            sv[g][0] = sv[g][1] = (VEC){0};
+                    }
+                else
                 for (long g = 0; g < 4; ++g) {
                     const long m = n + (g < G ? g : 0), o = m * H + h0c;
                     const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
@@ -198,17 +235,24 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                     }
                     if (half == 0 && h_out) { /* the state after `at` steps */
                         const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
-                        for (long g = 0; g < G; ++g) {
+                        REAL *hob = h_out + b * ho_sb;
+                        for (long g = 0; g < G && planar && J == VL; ++g) /* planar: (2, N, H), whole vectors */
+                            for (long k = 0; k < 2; ++k) *(VECU *)(hob + k * NH + (n + g) * H + h0c) = s[g][k];
+                        for (long g = 0; g < G && !(planar && J == VL); ++g) {
                             REAL re[VL], im[VL];
                             memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
                             for (long j = 0; j < J; ++j) {
-                                REAL *so = h_out + b * ho_sb + ((h0c + j) * N + n + g) * 2;
-                                so[0] = re[j], so[1] = im[j];
+                                REAL *so = hob + (planar ? (n + g) * H + h0c + j : ((h0c + j) * N + n + g) * 2);
+                                so[0] = re[j], so[planar ? NH : 1] = im[j];
                             }
                         }
                     }
                 }
             }
+            if (J == VL) { /* y + D u as whole vectors */
+                const VEC dv = *(const VECU *)(d + h0c);
+                for (long t = 0; t < T; ++t) *(VECU *)(out + (b * T + t) * H + h0c) = yb[t] + dv * ub[t];
+            } else
             for (long t = 0; t < T; ++t) {
                 REAL y[VL], xin[VL];
                 memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
@@ -223,19 +267,32 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
    cache-resident block of LANES channels */
 static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
-                                                  REAL *out, REAL *h_out, long ho_sb) {
+                                                  REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
     REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
             const long J = H - h0c < LANES ? H - h0c : LANES;
-            for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
-                const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
-                for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
-            }
+            if (planar) /* (2, N, H): a mode's channels are contiguous */
+                for (long n = 0; n < N; ++n)
+                    for (long j = 0; j < LANES; ++j) {
+                        const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + n * H + h0c + j : 0;
+                        sr[n][j] = s0 ? s0[0] : 0, si[n][j] = s0 ? s0[NH] : 0;
+                    }
+            else
+                for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
+                    const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
+                    for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
+                }
             for (long t = 0; t <= T; ++t) {
-                if (h_out && t == at) { /* the state after `at` steps */
+                if (h_out && t == at && planar) /* the state after `at` steps */
+                    for (long n = 0; n < N; ++n)
+                        for (long j = 0; j < J; ++j) {
+                            REAL *so = h_out + b * ho_sb + n * H + h0c + j;
+                            so[0] = sr[n][j], so[NH] = si[n][j];
+                        }
+                else if (h_out && t == at) {
                     for (long j = 0; j < J; ++j) {
                         REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
                         for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
@@ -275,9 +332,12 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
     }
 }
 
-void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st, const REAL *ln_w,
-          const REAL *ln_b, double eps, const REAL *h0, long h0_sb, const REAL *w, const REAL *d, int gelu,
-          REAL *out, REAL *h_out, long ho_sb) {
+/* NAME with the states' layout chosen: planar (2, N, H) reals a layer, the real parts then the imaginary ones,
+   lanes over channels as the kernels read them (a loop's own states between its passes: ssm_net_laid,
+   ssm_states_layout), else interleaved (H, N) complex pairs */
+static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st,
+                       const REAL *ln_w, const REAL *ln_b, double eps, const REAL *h0, long h0_sb, const REAL *w,
+                       const REAL *d, int gelu, REAL *out, REAL *h_out, long ho_sb, int planar) {
     const REAL *u = x;
     long u_sb = x_sb, u_st = x_st;
     if (ln_w) { /* LayerNorm of every row into out; the recurrence then reads and overwrites it in place */
@@ -286,14 +346,39 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
         u = out, u_sb = T * H, u_st = H;
     }
     if (T >= MODES_MIN_T && T <= MODES_MAX_T)
-        MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb);
+        MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     else
-        STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb);
+        STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     if (gelu) { /* exact GELU, x Phi(x), vectorised through libmvec's erf */
         const long n = Bsz * T * H;
 #pragma omp simd
         for (long k = 0; k < n; ++k) out[k] = (REAL)0.5 * out[k] * (1 + ERF(out[k] * (REAL)0.70710678118654752440));
     }
+}
+
+void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st, const REAL *ln_w,
+          const REAL *ln_b, double eps, const REAL *h0, long h0_sb, const REAL *w, const REAL *d, int gelu,
+          REAL *out, REAL *h_out, long ho_sb) {
+    BLOCK_LAID(Bsz, H, N, T, at, x, x_sb, x_st, ln_w, ln_b, eps, h0, h0_sb, w, d, gelu, out, h_out, ho_sb, 0);
+}
+
+/* A network's states (B, L, H, N) complex, interleaved, to the planar layout (to_planar) or back, rows of
+   sb reals in both: what a loop that keeps its states planar between passes converts once a call */
+void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long sb, REAL *out, int to_planar) {
+    const long NH = N * H;
+    for (long b = 0; b < Bsz; ++b)
+        for (long l = 0; l < L; ++l) {
+            const REAL *i = in + b * sb + l * NH * 2;
+            REAL *o = out + b * sb + l * NH * 2;
+            for (long h = 0; h < H; ++h)
+                for (long n = 0; n < N; ++n) {
+                    const long c = (h * N + n) * 2, p = n * H + h; /* interleaved, planar */
+                    if (to_planar)
+                        o[p] = i[c], o[NH + p] = i[c + 1];
+                    else
+                        o[c] = i[p], o[c + 1] = i[NH + p];
+                }
+        }
 }
 
 /* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of 4 rows by 2 vectors of outputs
@@ -428,8 +513,8 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
     LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
 }
 
-void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
-         const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits) {
+void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
+              const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
     const long layer = 2 * H + 6 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
     REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
@@ -438,8 +523,8 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
         const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 6 * NH;
         const REAL *wt = d + H, *bias = wt + H * H2;
         /* g = GELU(S4D(LayerNorm(x))), the layer's state into h_out's row l */
-        NAME(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1, g,
-             h_out ? h_out + l * NH * 2 : 0, LH);
+        BLOCK_LAID(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1,
+                   g, h_out ? h_out + l * NH * 2 : 0, LH, planar);
         for (long r0 = 0; r0 < rows; r0 += 4) { /* x += GLU(g W^T + bias), four rows at a time */
             const long R = rows - r0 < 4 ? rows - r0 : 4;
             LINEAR(R, H, H2, g + r0 * H, wt, bias, z);
@@ -452,6 +537,12 @@ void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, con
         }
     }
     NET_HEAD(rows, H, N, L, O, pack, eps, x, g, logits); /* g: the scratch again */
+}
+
+/* NET_LAID with interleaved states: the layout every caller outside a loop's own buffers holds */
+void NET(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
+         const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits) {
+    NET_LAID(Bsz, H, N, T, L, O, at, x, pack, eps, h0, h0_sb, h_out, g, logits, 0);
 }
 
 #endif
