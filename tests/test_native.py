@@ -1019,7 +1019,7 @@ def rounds_of(phase: int, span: int, P: int = 4) -> int:
 @pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
-@pytest.mark.parametrize("shape", [{}, {"width": 12, "state_size": 5}], ids=["tiny", "H12-N5"])
+@pytest.mark.parametrize("shape", [{}, {"width": 17, "state_size": 5}, {"width": 17}], ids=["tiny", "H17-N5", "H17"])
 def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position, n, block, period, shape):
     """Tokens and every state tensor for blocks that are the partial encoder's patches (P = 4), from
     a patch boundary or inside a patch (its first tokens pending in the state), resumable or not, a
@@ -1027,8 +1027,9 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     a copying model (every z' is its z: the pass is skipped); with the tables by patch position and by
     column (a period of 6: three patches before the columns' phase repeats, which the state carries).
     Blocks that are not the patches take the rounds in PyTorch.  Widths and modes that fill whole vectors
-    and groups of four modes, and ones that do not (12 channels, 5 modes: the decoder's planar states
-    gathered a lane at a time, csrc/s4d_block.c)."""
+    and groups of four modes (16 and 8), and ones that do not on any build's vectors (17 channels: whole
+    vectors and a last channel; 5 modes: the decoder's planar states gathered a lane at a time, 8 modes:
+    read straight but for the last channel, csrc/s4d_block.c)."""
     from tests.conftest import tiny_model
 
     cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)

@@ -51,8 +51,8 @@ model/patch.py's packed partial-encoder state par (B, Lp + 1, H, N) complex (int
 0..Lp-1 the SSM states, slot Lp the pending patch, [Lp, :, 0] = acc + i y, [Lp, 0, 1] its token
 count, which must be `phase` in every row, and where Q > P [Lp, 1, 1] the patch's index modulo Q / gcd(P, Q),
 which must be pos0's (else nothing is drawn and -2 returned); gen the same form,
-generation's, of which only y_gen is read; dec and dec_gen (B, Ld, H, N) complex, the absorbed decoder
-state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
+generation's, of which only y_gen is read; dec_in and dec_gen (B, Ld, H, N) complex, the absorbed
+decoder state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
 network's input as a table, a patch's input b_in + sum of w_in[c, x] over its positions (where Q > P,
 W[c, x] - W[c, EMPTY] and START's input: model/patch.py, PatchNet.step_table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
 Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
@@ -64,8 +64,9 @@ the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state 
 The scratch is allocated here, one block a call.
 
 The decoder's states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; converted from dec_in
-and dec_gen on entry, to dec_out on return): its passes of P steps then read and write whole vectors of
-them, where the interleaved pairs were gathered and scattered a lane at a time.  The partial encoder's
+and dec_gen on entry, to dec_out on return): its passes of P steps then read and write them as whole
+vectors where the channels fill whole vectors (and the modes groups of four), where the interleaved
+pairs were gathered and scattered a lane at a time.  The partial encoder's
 one-step passes keep the interleaved layout: planar, they would gain what the autoregressive SSM's step
 (csrc/ar_loop.c) would gain from it, and the baseline gets the same treatment as the rounds
 (model/autoregressive.py).  Returns how many rounds skipped the pass over z', -1

@@ -25,8 +25,9 @@ Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) both or neither (no L
 batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wanted), after `at` steps
 (0 <= at <= T).  A loop that keeps its own states between passes may hold them planar instead, (B, 2, N, H)
 reals, the real parts then the imaginary ones, lanes over channels as the recurrence reads them
-(BLOCK_LAID and NET_LAID with planar set; STATES_LAYOUT converts): a pass then reads and writes them as
-whole vectors, where interleaved pairs are gathered and scattered a lane at a time.  Nothing here
+(BLOCK_LAID and NET_LAID with planar set; STATES_LAYOUT converts): a pass of MODES_MIN_T steps or more
+then reads and writes them as whole vectors where the channels fill whole vectors (and, for the reads,
+the modes groups of four), where interleaved pairs are gathered and scattered a lane at a time.  Nothing here
 checks a shape: the caller does (model/native.py).
 
 A whole network pass (NET, model/network.py, SSMNet) runs every block in one call: per layer the
@@ -170,13 +171,14 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                 }
                 yb[t] = (VEC){0};
             }
-            /* planar states with whole vectors are read straight from h0 below (lanes over channels already) */
+            /* a planar state of whole vectors in groups of four modes is read straight from h0 below (lanes
+               over channels already); any other is turned to lanes over channels here first, before any of
+               it is read as a vector, modes outer so that the first modes read were the first written
+               (gathered a vector at a time, each vector's reload of its lanes' scalar stores waited on
+               store forwarding) */
             const int direct = planar && J == VL && N % 4 == 0;
             const REAL *hb = h0 ? h0 + b * h0_sb : 0;
-            if (!direct) /* else the block's state turned to lanes over channels before any of it is read as
-                            a vector, modes outer so that the first modes read were the first written: gathered
-                            a vector at a time, each vector's reload of its lanes' scalar stores waited on
-                            store forwarding */
+            if (!direct)
                 for (long n = 0; n < N; ++n)
                     for (long j = 0; j < VL; ++j) {
                         const REAL *s0 = hb && j < J ? hb + (planar ? n * H + h0c + j : ((h0c + j) * N + n) * 2) : 0;
@@ -199,26 +201,26 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                         else
                             sv[g][0] = sv[g][1] = (VEC){0};
                     }
-                else
-                for (long g = 0; g < 4; ++g) {
-                    const long m = n + (g < G ? g : 0), o = m * H + h0c;
-                    const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
-                    REAL pad[VL];
-                    for (long k = 0; k < 6; ++k) {
-                        if (J == VL && g < G) {
-                            memcpy(&wv[g][k], src[k], sizeof(VEC));
-                            continue;
+                else /* a group of fewer modes or a block of fewer channels: padded with zeros */
+                    for (long g = 0; g < 4; ++g) {
+                        const long m = n + (g < G ? g : 0), o = m * H + h0c;
+                        const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
+                        REAL pad[VL];
+                        for (long k = 0; k < 6; ++k) {
+                            if (J == VL && g < G) {
+                                memcpy(&wv[g][k], src[k], sizeof(VEC));
+                                continue;
+                            }
+                            for (long j = 0; j < VL; ++j) pad[j] = j < J && g < G ? src[k][j] : 0;
+                            memcpy(&wv[g][k], pad, sizeof(VEC));
                         }
-                        for (long j = 0; j < VL; ++j) pad[j] = j < J && g < G ? src[k][j] : 0;
-                        memcpy(&wv[g][k], pad, sizeof(VEC));
+                        for (long k = 0; k < 2; ++k) {
+                            if (g < G)
+                                memcpy(&sv[g][k], tr[k][m], sizeof(VEC));
+                            else
+                                sv[g][k] = (VEC){0};
+                        }
                     }
-                    for (long k = 0; k < 2; ++k) {
-                        if (g < G)
-                            memcpy(&sv[g][k], tr[k][m], sizeof(VEC));
-                        else
-                            sv[g][k] = (VEC){0};
-                    }
-                }
 /* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
 #define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
                 W(0) W(1) W(2) W(3)
@@ -252,12 +254,13 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
             if (J == VL) { /* y + D u as whole vectors */
                 const VEC dv = *(const VECU *)(d + h0c);
                 for (long t = 0; t < T; ++t) *(VECU *)(out + (b * T + t) * H + h0c) = yb[t] + dv * ub[t];
-            } else
-            for (long t = 0; t < T; ++t) {
-                REAL y[VL], xin[VL];
-                memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
-                REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
-                for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * xin[j];
+            } else {
+                for (long t = 0; t < T; ++t) {
+                    REAL y[VL], xin[VL];
+                    memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
+                    REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
+                    for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * xin[j];
+                }
             }
         }
     }
