@@ -283,10 +283,12 @@ def dataset_section(
             L.append(row)
         if times:
             load = bench["machine"]["load_average_start"][0] if bench else 0.0
+            cpu = bench["machine"]["cpu"] if bench else "an unrecorded CPU"
             L += [
                 "",
                 "Times: `python -m bench.run --only blocks` (docs/benchmarks-blocks.json), every model side by",
-                f"side in one process; the machine's load average was {load:.1f} on 2 cores, so compare ratios only.",
+                f"side in one process on {cpu}, one thread; the machine's load average was {load:.1f} on 2 cores,",
+                "so compare ratios only (times move with the CPU and the host's load).",
             ]
             if from_eval:
                 L[-1] += " \\* not timed by that benchmark: the model's eval (its JSON), another run and machine state."
