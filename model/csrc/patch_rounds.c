@@ -185,8 +185,10 @@ Nothing here checks a shape. */
                a call of another block size left it), E, the state after z of block 0, may stand for D after z' \
                in round 1 */                                                                                    \
             f = memcmp(dec_gen, dec_in, one * sizeof(REAL)) == 0 ? 1 : -1;                                          \
-            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, 1);                                            \
-            ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dg, sd, dec + one, g, ld, 1);         \
+            if (f < 0) /* else slot 0 is its planar copy already */                                                 \
+                ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, 1);                                        \
+            ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, f < 0 ? dg : dec, sd, dec + one, g,  \
+                                  ld, 1);                                                                           \
             for (long b = 0; b < B; ++b)                                                                            \
                 for (long t = 0; t < m; ++t)                                                                        \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],             \

@@ -63,6 +63,10 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #else
 #define VEC_BYTES 16
 #endif
+/* where channel h, mode n of a layer's state is, in reals from the layer's start: its real part here, its
+   imaginary part STATE_IM(planar, NH) further on (planar (2, N, H), or interleaved (H, N) pairs) */
+static inline long state_at(int planar, long H, long N, long h, long n) { return planar ? n * H + h : (h * N + n) * 2; }
+#define STATE_IM(planar, NH) ((planar) ? (NH) : 1)
 #define REAL float
 #define VL (VEC_BYTES / 4)
 #define VEC vf32
@@ -178,11 +182,12 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                store forwarding) */
             const int direct = planar && J == VL && N % 4 == 0;
             const REAL *hb = h0 ? h0 + b * h0_sb : 0;
+            const long im = STATE_IM(planar, NH);
             if (!direct)
                 for (long n = 0; n < N; ++n)
                     for (long j = 0; j < VL; ++j) {
-                        const REAL *s0 = hb && j < J ? hb + (planar ? n * H + h0c + j : ((h0c + j) * N + n) * 2) : 0;
-                        tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[planar ? NH : 1] : 0;
+                        const REAL *s0 = hb && j < J ? hb + state_at(planar, H, N, h0c + j, n) : 0;
+                        tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[im] : 0;
                     }
             for (long n = 0; n < N; n += 4) {
                 const long G = N - n < 4 ? N - n : 4;
@@ -241,11 +246,11 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                         for (long g = 0; g < G && planar && J == VL; ++g) /* planar: (2, N, H), whole vectors */
                             for (long k = 0; k < 2; ++k) *(VECU *)(hob + k * NH + (n + g) * H + h0c) = s[g][k];
                         for (long g = 0; g < G && !(planar && J == VL); ++g) {
-                            REAL re[VL], im[VL];
-                            memcpy(re, &s[g][0], sizeof(VEC)), memcpy(im, &s[g][1], sizeof(VEC));
+                            REAL re[VL], imag[VL];
+                            memcpy(re, &s[g][0], sizeof(VEC)), memcpy(imag, &s[g][1], sizeof(VEC));
                             for (long j = 0; j < J; ++j) {
-                                REAL *so = hob + (planar ? (n + g) * H + h0c + j : ((h0c + j) * N + n + g) * 2);
-                                so[0] = re[j], so[planar ? NH : 1] = im[j];
+                                REAL *so = hob + state_at(planar, H, N, h0c + j, n + g);
+                                so[0] = re[j], so[im] = imag[j];
                             }
                         }
                     }
@@ -375,7 +380,7 @@ void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long sb, RE
             REAL *o = out + b * sb + l * NH * 2;
             for (long h = 0; h < H; ++h)
                 for (long n = 0; n < N; ++n) {
-                    const long c = (h * N + n) * 2, p = n * H + h; /* interleaved, planar */
+                    const long c = state_at(0, H, N, h, n), p = state_at(1, H, N, h, n);
                     if (to_planar)
                         o[p] = i[c], o[NH + p] = i[c + 1];
                     else
