@@ -709,12 +709,14 @@ def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradi
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.0, "rows"])
-def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature):
+@pytest.mark.parametrize("width", [24, 17])
+def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature, width):
     """Tokens, logits and state, from a prompted state of rows at different positions; float32
-    within rounding of the state."""
+    within rounding of the state.  The loop holds its state planar between steps: 24 channels fill
+    whole vectors in every build, 17 leave a part-vector of channels (the lane-at-a-time paths)."""
     from tests.conftest import tiny_model
 
-    m = tiny_model("ar-ssm", dtype=dtype, vocab_size=7, width=24, state_size=5, layers=3)
+    m = tiny_model("ar-ssm", dtype=dtype, vocab_size=7, width=width, state_size=5, layers=3)
     start = m.start(torch.randint(0, 7, (3, 4), generator=torch.Generator().manual_seed(2)), [1, 2, 3])
     state = start.evolve(position=start.position + torch.tensor([0, 5, 9]))  # rows at their own positions
     temp = torch.tensor([1.0, 0.0, 1.6], dtype=F64) if temperature == "rows" else temperature

@@ -14,39 +14,38 @@ same treatment, so that the comparison between them stays one of arithmetic, not
 Layouts: pack is the network's packed weights after its input layer (model/native.py, pack); emb
 the embedding (n_in, H); u (B, n) contiguous; temperature (B,) doubles; logits (B, V), read as the
 logits of the first draw and overwritten with those after the last step; h and spare (B, L, H, N)
-complex as interleaved pairs, contiguous: the state is read from h, and each step writes the next
-state into the other buffer; the return value says which holds the final state (0: h, 1: spare).
+complex as interleaved pairs, contiguous: the state is read from h, and the final state is written
+to one of them, which the return value names (0: h, 1: spare).  Between those, the loop holds the
+state planar ((2, N, H) reals a layer, csrc/s4d_block.c, ssm_states_layout) in the two buffers by
+turns, so that each step reads and writes whole vectors of channels: converting once a call instead
+of gathering and scattering the interleaved pairs every step makes a step about a third cheaper
+(docs/experiments/rounds-and-serving.md, twenty-eighth session).
 x and g are (B, H) scratch; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
 
-#include <stdint.h>
+#include "kernels.h"
 
-void ssm_net_f32(long Bsz, long H, long N, long T, long L, long O, long at, float *x, const float *pack, double eps,
-                 const float *h0, long h0_sb, float *h_out, float *g, float *logits);
-void ssm_net_f64(long Bsz, long H, long N, long T, long L, long O, long at, double *x, const double *pack,
-                 double eps, const double *h0, long h0_sb, double *h_out, double *g, double *logits);
-void categorical_f32(long R, long V, const float *logits, const float *u, double temperature, int64_t *out);
-void categorical_f64(long R, long V, const double *logits, const double *u, double temperature, int64_t *out);
-
-#define AR_LOOP(NAME, REAL, NET, DRAW)                                                                       \
-    int NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,  \
-             const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g, \
-             int64_t *out, int last_step) {                                                                 \
-        const long sb = L * H * N * 2; /* a row of the state, in reals */                                   \
-        int which = 0;                                                                                      \
-        for (long i = 0; i < n; ++i) {                                                                      \
+#define AR_LOOP(NAME, REAL, NET, DRAW, SLAY)                                                                         \
+    int NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,          \
+             const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
+             int64_t *out, int last_step) {                                                                          \
+        const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
+        SLAY(B, L, H, N, h, sb, spare, 1); /* planar from here on */                                                 \
+        int which = 1;                       /* the buffer holding the current state: 0 h, 1 spare */                \
+        for (long i = 0; i < n; ++i) {                                                                               \
             for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
-            if (i == n - 1 && !last_step) break;                                                            \
-            for (long b = 0; b < B; ++b) {                                                                  \
-                const REAL *e = emb + out[b * n + i] * H;                                                   \
-                for (long k = 0; k < H; ++k) x[b * H + k] = e[k];                                           \
-            }                                                                                               \
-            REAL *from = which ? spare : h, *to = which ? h : spare;                                        \
-            NET(B, H, N, 1, L, V, 1, x, pack, eps, from, sb, to, g, logits);                                \
-            which = !which;                                                                                 \
-        }                                                                                                   \
-        return which;                                                                                       \
+            if (i == n - 1 && !last_step) break;                                                                     \
+            for (long b = 0; b < B; ++b) {                                                                           \
+                const REAL *e = emb + out[b * n + i] * H;                                                            \
+                for (long k = 0; k < H; ++k) x[b * H + k] = e[k];                                                    \
+            }                                                                                                        \
+            REAL *from = which ? spare : h, *to = which ? h : spare;                                                 \
+            NET(B, H, N, 1, L, V, 1, x, pack, eps, from, sb, to, g, logits, 1);                                      \
+            which = !which;                                                                                          \
+        }                                                                                                            \
+        SLAY(B, L, H, N, which ? spare : h, sb, which ? h : spare, 0); /* back, into the other buffer */             \
+        return !which;                                                                                               \
     }
 
-AR_LOOP(ssm_ar_loop_f32, float, ssm_net_f32, categorical_f32)
-AR_LOOP(ssm_ar_loop_f64, double, ssm_net_f64, categorical_f64)
+AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32)
+AR_LOOP(ssm_ar_loop_f64, double, ssm_net_laid_f64, categorical_f64, ssm_states_layout_f64)

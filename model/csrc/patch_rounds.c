@@ -63,13 +63,13 @@ H, N), the packed state after the patches before the last block (at a patch boun
 the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
 The scratch is allocated here, one block a call.
 
-The decoder's states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; converted from dec_in
-and dec_gen on entry, to dec_out on return): its passes of P steps then read and write them as whole
-vectors where the channels fill whole vectors (and the modes groups of four), where the interleaved
-pairs were gathered and scattered a lane at a time.  The partial encoder's
-one-step passes keep the interleaved layout: planar, they would gain what the autoregressive SSM's step
-(csrc/ar_loop.c) would gain from it, and the baseline gets the same treatment as the rounds
-(model/autoregressive.py).  Returns how many rounds skipped the pass over z', -1
+Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
+converted from dec_in and dec_gen on entry, to dec_out on return; the partial encoder's from par's SSM
+states on entry, to par_out's on return): the decoder's passes of P steps and the partial encoder's
+one-step passes then read and write them as whole vectors where the channels fill whole vectors (and,
+P steps, the modes groups of four), where the interleaved pairs were gathered and scattered a lane at
+a time.  The autoregressive SSM's loop (csrc/ar_loop.c) holds its states planar the same way, so the
+baseline's step gains what the partial encoder's step gains.  Returns how many rounds skipped the pass over z', -1
 where the scratch could not be allocated, -2 where a row's pending count is not `phase` (or its
 position or phase disagree with it).
 Nothing here checks a shape. */
@@ -164,8 +164,9 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        const REAL *pf = par; /* the SSM states the next step reads: the packed input first, then pa and pb */      \
-        long pf_sb = packed;                                                                                        \
+        for (long b = 0; b < B; ++b) /* the partial encoder's SSM states planar too: pf, in pb then pa by turns */  \
+            ssm_states_layout_##SUFFIX(1, Lp, H, N, par + b * packed, sp, pb + b * sp, 1);                        \
+        const REAL *pf = pb;                                                                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
@@ -223,8 +224,8 @@ Nothing here checks a shape. */
                 }                                                                                                   \
             }                                                                                                       \
             REAL *pt = pf == pa ? pb : pa;                                                                          \
-            ssm_net_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pf, pf_sb, pt, g, head0);              \
-            pf = pt, pf_sb = sp;                                                                                    \
+            ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0, 1);          \
+            pf = pt;                                                                                                \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[c, EMPTY] */                                 \
             prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);        \
@@ -258,7 +259,7 @@ Nothing here checks a shape. */
         else if (par_out) /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */          \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
-                memcpy(o, pf + b * pf_sb, sp * sizeof(REAL));                                                       \
+                ssm_states_layout_##SUFFIX(1, Lp, H, N, pf + b * sp, sp, o, 0);                                     \
                 memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
                 for (long h = 0; h < H; ++h) o[slot + h * N * 2 + 1] = y[b * H + h];                                \
                 if (cycle > 1) /* the next patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
