@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .network import has_hooks
+from .network import has_hooks, walked
 from .sampling import finite_temperature, per_row, row_temperatures, sample_categorical
 from .ssm import cached_pack
 
@@ -152,7 +152,7 @@ class LatentPrior(nn.Module):
             return False
         if torch.is_grad_enabled() and self.decay.requires_grad:
             return False
-        return not has_hooks(self.modules())
+        return not has_hooks(walked(self))
 
     def _packed(self) -> Tensor:
         """The weights for the compiled loop (model/native.py, ``pack_prior``), rebuilt when any of

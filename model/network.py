@@ -23,7 +23,7 @@ from . import native
 from .base import _structure, check_config
 from .ssm import S4D, SHORT, S4DConfig, cached_pack, fixed_call
 
-__all__ = ["SSMNet", "SSMNetConfig", "has_hooks"]
+__all__ = ["SSMNet", "SSMNetConfig", "has_hooks", "walked"]
 
 
 def has_hooks(modules: Iterable[nn.Module]) -> bool:
@@ -32,6 +32,17 @@ def has_hooks(modules: Iterable[nn.Module]) -> bool:
     if _global_forward_hooks or _global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def walked(module: nn.Module) -> list[nn.Module]:
+    """Every module of ``module``'s tree, kept in its ``__dict__`` until any module registers a parameter or
+    submodule (model/base.py, ``_structure``): a short pass checks them for hooks on every call, and
+    ``Module.modules()`` walks the tree through generators (a latent prior's walk took 6.7 us of a
+    block-16 image's 0.3 ms of Python, 1.5 us kept; docs/experiments/rounds-and-serving.md, twenty-eighth session)."""
+    hit = module.__dict__.get("_walked")
+    if hit is None or hit[0] != _structure[0]:
+        hit = module.__dict__["_walked"] = (_structure[0], list(module.modules()))
+    return hit[1]
 
 
 @dataclass
@@ -157,13 +168,7 @@ class SSMNet(nn.Module):
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
     def _walk(self) -> list[nn.Module]:
-        """Every module of the network, kept until any module registers a parameter or submodule
-        (model/base.py, ``_structure``): a short pass checks them on every call, and
-        ``Module.modules()`` walks the tree through generators."""
-        hit = self.__dict__.get("_walked")
-        if hit is None or hit[0] != _structure[0]:
-            hit = self.__dict__["_walked"] = (_structure[0], list(self.modules()))
-        return hit[1]
+        return walked(self)
 
     def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every

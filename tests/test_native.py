@@ -705,6 +705,25 @@ def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradi
         p.draw(None, r, u, 1.0)
 
 
+def test_a_hook_on_the_latent_prior_keeps_its_draws_in_pytorch():
+    """The hook check reads a walk of the prior's modules kept between calls (model/network.py, walked):
+    a hook registered after the walk was taken still sends the draws through the modules' forward."""
+    p = _prior(F64)
+    u = torch.rand(2, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    r = torch.zeros(2, 37, dtype=F64)
+    seen = []
+    with torch.no_grad():
+        compiled = p.draw(None, r, u, 1.0)  # the walk is taken here
+        handle = p.mlp[1].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "_prior_draws", lambda *a: pytest.fail("compiled with a hook"))
+            hooked = p.draw(None, r, u, 1.0)
+        handle.remove()
+    assert len(seen) == 6  # one forward a step
+    assert torch.equal(compiled[0], hooked[0])
+    torch.testing.assert_close(compiled[1], hooked[1], rtol=1e-12, atol=1e-12)
+
+
 # ----- the autoregressive SSM's loop (csrc/ar_loop.c) -----------------------------------------------------------
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("resumable", [True, False])
