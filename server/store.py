@@ -47,7 +47,7 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached; the request may be retried later."""
 
 
-_NOT_META = frozenset(("state", "version", "expires_at", "id"))  # a record's fields kept outside its meta JSON
+_NOT_META = frozenset(("state", "version", "expires_at", "id", "quota_fresh"))  # fields outside its meta JSON
 
 
 @dataclass
@@ -68,6 +68,7 @@ class SessionRecord:
     block_size: int | None = None  # generate's block size when a call names none, 0: one pass (None: not recorded)
     observation_temperature: float | None = None  # generate's when a call names none (None: not recorded)
     expires_at: float = 0.0  # unix time, as of the last read or write
+    quota_fresh: bool = False  # the store call that returned it refreshed its quota entry too (never stored)
 
     def meta_json(self) -> str:
         # the fields read directly: asdict deep-copies every value (the last step's token lists
@@ -83,11 +84,20 @@ class SessionRecord:
 
 class SessionStore(Protocol):
     kind: str
+    fold_quotas: bool  # whether get and compare_and_set can refresh a quota entry themselves (quota_fresh)
 
     async def create(self, rec: SessionRecord) -> SessionRecord: ...
-    async def get(self, sid: str) -> SessionRecord | None: ...
-    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
-        """Write ``rec`` if the stored version is ``expected_version``; None if it moved or vanished."""
+    async def get(self, sid: str, holder: str = "") -> SessionRecord | None:
+        """The session, its TTL refreshed; None if it does not exist.  ``holder`` (quotas on: the caller's):
+        where the session counts against it, a store that can refreshes its quota entry in the same call
+        (as :meth:`touch` would), and the record's ``quota_fresh`` says so."""
+        ...
+
+    async def compare_and_set(
+        self, rec: SessionRecord, expected_version: int, touch: bool = False
+    ) -> SessionRecord | None:
+        """Write ``rec`` if the stored version is ``expected_version``; None if it moved or vanished.
+        ``touch``: refresh its holder's quota entry in the same call where the store can (``quota_fresh``)."""
         ...
 
     async def delete(self, sid: str) -> bool: ...
@@ -178,6 +188,7 @@ class MemoryStore:
     kind = "memory"
 
     sweep_every = 30.0  # seconds between sweeps of expired sessions (each is O(sessions))
+    fold_quotas = True  # a read or write refreshes the session's quota entry itself (False: its caller does)
 
     def __init__(self) -> None:
         self._data: dict[str, tuple[SessionRecord, float]] = {}
@@ -219,17 +230,27 @@ class MemoryStore:
                 raise KeyError(rec.id)
             return self._put(replace(rec, version=1))
 
-    async def get(self, sid: str) -> SessionRecord | None:
+    async def get(self, sid: str, holder: str = "") -> SessionRecord | None:
         async with self._lock:
             rec = self._live(sid)
-            return None if rec is None else self._put(rec)
+            if rec is None:
+                return None
+            fresh = self.fold_quotas and bool(holder) and rec.holder == holder
+            if fresh:
+                self._quotas.touch(holder, sid, rec.ttl_seconds)
+            return replace(self._put(rec), quota_fresh=fresh)
 
-    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+    async def compare_and_set(
+        self, rec: SessionRecord, expected_version: int, touch: bool = False
+    ) -> SessionRecord | None:
         async with self._lock:
             cur = self._live(rec.id)
             if cur is None or cur.version != expected_version:
                 return None
-            return self._put(replace(rec, version=expected_version + 1))
+            fresh = self.fold_quotas and touch and bool(rec.holder)
+            if fresh:
+                self._quotas.touch(rec.holder, rec.id, rec.ttl_seconds)
+            return replace(self._put(replace(rec, version=expected_version + 1, quota_fresh=False)), quota_fresh=fresh)
 
     async def delete(self, sid: str) -> bool:
         async with self._lock:
@@ -271,33 +292,74 @@ class MemoryStore:
         self._data.clear()
 
 
+# Quotas. A holder's sorted set (session id by expiry, ms on the Redis clock) and hash (session id ->
+# ttl_seconds) expire with their last entry.  Sessions keep their holder in a field of their own, so that
+# on a single Redis the session's read and write refresh its quota entry in the same script (the quota keys
+# are another Cluster slot: there the server refreshes it with a call of its own, _TOUCH).
+_QUOTA_LIB = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function expire_with_last(zkey, hkey)
+  local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  if last[2] then
+    redis.call('PEXPIREAT', zkey, last[2])
+    redis.call('PEXPIREAT', hkey, last[2])
+  end
+end
+local function touch_quota(zkey, hkey, sid, ttl_ms)
+  if redis.call('ZSCORE', zkey, sid) then
+    redis.call('ZADD', zkey, now_ms() + ttl_ms, sid)
+    expire_with_last(zkey, hkey)
+  end
+end
+"""
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3], 'etag', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3], 'etag', ARGV[4],
+  'holder', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
 # ARGV[1], ARGV[2]: the etag and version of the state the caller holds ('' for none); the state comes
-# back as '' when both match (a server from before etags bumps the version and leaves the etag as it was)
-_GET = """
-local r = redis.call('HMGET', KEYS[1], 'meta', 'version', 'ttl_ms', 'etag')
+# back as '' when both match (a server from before etags bumps the version and leaves the etag as it was).
+# KEYS[2], KEYS[3] and ARGV[3], ARGV[4] (optional): the caller's quota keys, its holder and the session id:
+# the quota entry is refreshed, after the session's TTL, where the session's holder is the caller's (the
+# last value returned: 1).  A record from before holders were kept has none: its caller refreshes it.
+_GET = (
+    _QUOTA_LIB
+    + """
+local r = redis.call('HMGET', KEYS[1], 'meta', 'version', 'ttl_ms', 'etag', 'holder')
 if not r[2] then return nil end
 redis.call('PEXPIRE', KEYS[1], r[3])
+local fresh = 0
+if KEYS[3] and r[5] and r[5] == ARGV[3] then
+  touch_quota(KEYS[2], KEYS[3], ARGV[4], tonumber(r[3]))
+  fresh = 1
+end
 local etag = r[4] or ''
 local state = ''
 if etag == '' or etag ~= ARGV[1] or r[2] ~= ARGV[2] then state = redis.call('HGET', KEYS[1], 'state') end
-return {state, r[1], r[2], r[3], etag}
+return {state, r[1], r[2], r[3], etag, fresh}
 """
-_CAS = """
+)
+# KEYS[2], KEYS[3] and ARGV[7] (optional): the record's holder's quota keys and the session id, its entry
+# refreshed after the write
+_CAS = (
+    _QUOTA_LIB
+    + """
 local v = redis.call('HGET', KEYS[1], 'version')
 if not v then return -1 end
 if v ~= ARGV[1] then return -2 end
 local nv = tonumber(v) + 1
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4],
-  'etag', ARGV[5])
+  'etag', ARGV[5], 'holder', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if KEYS[3] then touch_quota(KEYS[2], KEYS[3], ARGV[7], tonumber(ARGV[4])) end
 return nv
 """
+)
 
 
 class _StateCache:
@@ -335,22 +397,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
 return redis.call('GET', KEYS[1])
 """
 
-# Quotas. KEYS: the holder's sorted set (session id by expiry, ms on the Redis clock) and hash
-# (session id -> ttl_seconds); both keys expire with their last entry.
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function expire_with_last()
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  if last[2] then
-    redis.call('PEXPIREAT', KEYS[1], last[2])
-    redis.call('PEXPIREAT', KEYS[2], last[2])
-  end
-end
-"""
+# The quota scripts' KEYS: the holder's sorted set and hash (_QUOTA_LIB)
 _RESERVE = (
-    _NOW
+    _QUOTA_LIB
     + """
+local now = now_ms()
 for _, sid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
   redis.call('ZREM', KEYS[1], sid)
   redis.call('HDEL', KEYS[2], sid)
@@ -368,17 +419,14 @@ if limit then
 end
 redis.call('ZADD', KEYS[1], now + ttl * 1000, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ttl)
-expire_with_last()
+expire_with_last(KEYS[1], KEYS[2])
 return nil
 """
 )
 _TOUCH = (
-    _NOW
+    _QUOTA_LIB
     + """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]) * 1000, ARGV[1])
-  expire_with_last()
-end
+touch_quota(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]) * 1000)
 return 1
 """
 )
@@ -408,6 +456,9 @@ class RedisStore:
         else:
             self.client = aioredis.from_url(url, health_check_interval=10, **opts)
             self.kind = "redis"
+        # a session's read and write refresh its quota entry in the same script (on a Cluster the quota
+        # keys are another slot, and the caller refreshes it with a call of its own)
+        self.fold_quotas = self.kind == "redis"
         self._create = self.client.register_script(_CREATE)
         self._get = self.client.register_script(_GET)
         self._cas = self.client.register_script(_CAS)
@@ -457,37 +508,47 @@ class RedisStore:
 
     async def create(self, rec: SessionRecord) -> SessionRecord:
         etag = secrets.token_hex(8)
-        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag)
+        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag, rec.holder)
         if not ok:
             raise KeyError(rec.id)
         self.states.put(rec.id, etag, 1, rec.state)
         return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds)
 
-    async def get(self, sid: str) -> SessionRecord | None:
+    async def get(self, sid: str, holder: str = "") -> SessionRecord | None:
         held = self.states.get(sid)
-        r = await self._run(self._get, sid, *((held[0], str(held[1])) if held else ("", "")))
+        keys, args = [self._key(sid)], list((held[0], str(held[1])) if held else ("", ""))
+        if holder and self.fold_quotas:
+            keys, args = keys + self._quota_keys(holder), [*args, holder, sid]
+        r = await self._call(self._get(keys=keys, args=args))
         if r is None:
             self.states.drop(sid)
             return None
-        state, meta, version, ttl_ms, etag = r
+        state, meta, version, ttl_ms, etag, fresh = r
         if state:
             self.states.put(sid, etag.decode(), int(version), state)
         elif held is not None:  # unchanged since this replica last wrote or read it
             state = held[2]
         else:  # a record written without an etag reads in full, so this needs a store that lost its data
             raise StoreUnavailable(f"session {sid}: the store returned no state")
-        return SessionRecord.from_parts(sid, meta, state, int(version), int(ttl_ms))
+        rec = SessionRecord.from_parts(sid, meta, state, int(version), int(ttl_ms))
+        rec.quota_fresh = bool(int(fresh))
+        return rec
 
-    async def compare_and_set(self, rec: SessionRecord, expected_version: int) -> SessionRecord | None:
+    async def compare_and_set(
+        self, rec: SessionRecord, expected_version: int, touch: bool = False
+    ) -> SessionRecord | None:
         etag = secrets.token_hex(8)
         self.states.drop(rec.id)  # whatever happens next, the state held may be stale
-        nv = await self._run(
-            self._cas, rec.id, str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag
-        )
+        keys = [self._key(rec.id)]
+        args = [str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag, rec.holder]
+        fresh = touch and bool(rec.holder) and self.fold_quotas
+        if fresh:
+            keys, args = keys + self._quota_keys(rec.holder), [*args, rec.id]
+        nv = await self._call(self._cas(keys=keys, args=args))
         if int(nv) < 0:
             return None
         self.states.put(rec.id, etag, int(nv), rec.state)
-        return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds)
+        return replace(rec, version=int(nv), expires_at=time.time() + rec.ttl_seconds, quota_fresh=fresh)
 
     async def delete(self, sid: str) -> bool:
         self.states.drop(sid)

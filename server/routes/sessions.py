@@ -127,24 +127,28 @@ def _ttl(ctx: Context, ttl: int | None) -> int:
 SESSION_ID = re.compile(r"sess_[0-9a-f]{32}")
 
 
-async def _load(ctx: Context, sid: str, owner: str) -> SessionRecord:
-    rec, touching = await _load_for_write(ctx, sid, owner)
+async def _load(ctx: Context, sid: str, owner: str, holder: str) -> SessionRecord:
+    rec, touching = await _load_for_write(ctx, sid, owner, holder)
     if touching is not None:
         await touching  # the read refreshed its TTL: so does its quota
     return rec
 
 
-async def _load_for_write(ctx: Context, sid: str, owner: str) -> tuple[SessionRecord, asyncio.Task[None] | None]:
-    """The caller's session, and the refresh of its quota entry (the read refreshed its TTL) running
-    beside whatever the caller does next: a caller that commits hands it to :func:`_commit`, which
-    waits for it; one that does not lets it finish on its own (:meth:`Context.touch_soon`)."""
+async def _load_for_write(
+    ctx: Context, sid: str, owner: str, holder: str
+) -> tuple[SessionRecord, asyncio.Task[None] | None]:
+    """The caller's session, and the refresh of its quota entry (the read refreshed its TTL).  Where the
+    session counts against the caller's ``holder``, a store that can refreshes it in the read itself
+    (``quota_fresh``: one round trip, none beside the model call); else the refresh runs beside whatever
+    the caller does next: a caller that commits hands it to :func:`_commit`, which waits for it; one that
+    does not lets it finish on its own (:meth:`Context.touch_soon`)."""
     if not SESSION_ID.fullmatch(sid):  # not an id we make: no store call, and no echo of what may be huge
         raise not_found("session_not_found", "no session has this id")
-    rec = await ctx.store_call("get", ctx.store.get(sid))
+    rec = await ctx.store_call("get", ctx.store.get(sid, holder if ctx.quotas else ""))
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
-    touching = ctx.touch_soon(rec.holder, sid, rec.ttl_seconds)
+    touching = None if rec.quota_fresh else ctx.touch_soon(rec.holder, sid, rec.ttl_seconds)
     served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
     if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
         rec = replace(rec, block_size=served.block_size())
@@ -160,7 +164,8 @@ def _incompatible(rec: SessionRecord, exc: StateError) -> APIError:
 async def _commit(
     ctx: Context, rec: SessionRecord, expected_version: int, read_touch: asyncio.Task[None] | None = None
 ) -> SessionRecord:
-    """Write ``rec`` if the session is still at ``expected_version``, then refresh its quota entry.
+    """Write ``rec`` if the session is still at ``expected_version``, and refresh its quota entry: in the
+    write itself where the store can (``quota_fresh``), else as below.
 
     ``read_touch``: the refresh the read started beside the model call; it must have succeeded before
     anything is written (a store failure is a 503 before the commit, as it was before the model call).
@@ -172,12 +177,13 @@ async def _commit(
     if read_touch is not None:
         await asyncio.shield(read_touch)  # shielded: a client that disconnects must not cancel it
     ctx.metrics.state_bytes.observe(len(rec.state))
-    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version))
+    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version, touch=ctx.quotas))
     if done is None:
         if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
-    ctx.touch_soon(done.holder, done.id, done.ttl_seconds)
+    if not done.quota_fresh:
+        ctx.touch_soon(done.holder, done.id, done.ttl_seconds)
     return done
 
 
@@ -276,13 +282,13 @@ async def _release_quietly(ctx: Context, holder: str, sid: str) -> None:
 
 
 @router.get("/{sid}", responses=errors(401, 404, 503))
-async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> Session:
-    return public(await _load(ctx, sid, owner))
+async def get_session(sid: str, ctx: ContextDep, owner: OwnerDep, holder: HolderDep) -> Session:
+    return public(await _load(ctx, sid, owner, holder))
 
 
 @router.delete("/{sid}", responses=errors(401, 404, 503))
-async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep) -> SessionDeleted:
-    rec = await _load(ctx, sid, owner)
+async def delete_session(sid: str, ctx: ContextDep, owner: OwnerDep, holder: HolderDep) -> SessionDeleted:
+    rec = await _load(ctx, sid, owner, holder)
     if not await ctx.store_call("delete", ctx.store.delete(sid)):
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
     await ctx.release(rec.holder, sid)
@@ -299,7 +305,7 @@ async def fork_session(
     body: SessionFork | None = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Session:
-    rec = await _load(ctx, sid, owner)
+    rec = await _load(ctx, sid, owner, holder)
     ttl = _ttl(ctx, body.ttl_seconds) if body and body.ttl_seconds else rec.ttl_seconds
     state, seed = rec.state, rec.seed
     if body and body.seed is not None:
@@ -338,8 +344,10 @@ async def fork_session(
 
 
 @router.post("/{sid}/append", responses=errors(400, 401, 404, 409, 413, 429, 503))
-async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep) -> Session:
-    rec, touching = await _load_for_write(ctx, sid, owner)
+async def append(
+    sid: str, body: SessionAppend, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep, holder: HolderDep
+) -> Session:
+    rec, touching = await _load_for_write(ctx, sid, owner, holder)
     served = registry.for_session(rec.model, rec.fingerprint)
     tokens = served.encode(body.prompt)
     last = rec.last_op or {}
@@ -379,9 +387,9 @@ async def append(sid: str, body: SessionAppend, ctx: ContextDep, registry: Regis
     responses={**json_or_stream(Chunk), **errors(400, 401, 404, 409, 413, 429, 503)},
 )
 async def generate(
-    sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep
+    sid: str, body: SessionGenerate, ctx: ContextDep, registry: RegistryDep, owner: OwnerDep, holder: HolderDep
 ) -> Chunk | Response:
-    rec, touching = await _load_for_write(ctx, sid, owner)
+    rec, touching = await _load_for_write(ctx, sid, owner, holder)
     served = registry.for_session(rec.model, rec.fingerprint)
     block = served.block_size(body.block_size, rec.block_size)  # the call's, else the session's
     ratio = served.observation_temperature(body.observation_temperature, rec.observation_temperature)

@@ -99,6 +99,7 @@ def from_address(app):
             scope = {**scope, "client": (host, 40000)}
         await app(scope, receive, send)
 
+    wrapped.state = app.state  # type: ignore[attr-defined]  # where tests reach the app's context
     return wrapped
 
 
@@ -128,10 +129,12 @@ def test_a_create_that_fails_gives_its_place_back(quota_client):
     assert create(c).status_code == 201
 
 
-def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints):
-    """The read's refresh of a session's quota runs beside the model call, the write's once the
-    write is acknowledged, in a task of its own: on the Redis clock the entry ends up expiring after
-    the session, never before (polled: nobody waits for the second refresh)."""
+@pytest.mark.parametrize("fold", [True, False])
+def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints, fold):
+    """Folded (a single Redis), the session's read and write refresh its quota entry in their own
+    scripts; else (the path a Cluster takes) the read's refresh runs beside the model call, the
+    write's once the write is acknowledged, in a task of its own.  Either way, on the Redis clock the
+    entry ends up expiring after the session, never before (polled: nobody waits for the second refresh)."""
     import redis as redis_sync
 
     from vssm.server.deps import owner_of
@@ -139,6 +142,16 @@ def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints):
     app = create_app(Settings(checkpoints=checkpoints, redis_url=redis.url, api_keys=["key-a"], max_sessions_per_key=3))
     r = redis_sync.Redis.from_url(redis.url)
     with TestClient(app) as c:
+        store = c.app.state.ctx.store
+        store.fold_quotas = fold
+        touches = []
+        real_touch = store.touch
+
+        async def counted(*args, **kwargs):
+            touches.append(args)
+            return await real_touch(*args, **kwargs)
+
+        store.touch = counted
         sid = create(c, A, ttl_seconds=30).json()["id"]
         zset = f"vssm:session:quota:{{key:{owner_of('key-a')}}}"
         calls = [("generate", {"max_tokens": 3}), ("append", {"prompt": [1, 0]}), ("generate", {"max_tokens": 2})]
@@ -150,15 +163,18 @@ def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints):
             while r.zscore(zset, sid) < session_expiry and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert session_expiry <= r.zscore(zset, sid) <= session_expiry + 1000
+        assert len(touches) == (0 if fold else 2 * len(calls))  # folded: no call of its own
 
 
 def test_a_failed_quota_refresh_before_the_write_fails_the_call_and_writes_nothing(quota_client, monkeypatch):
-    """The read's refresh runs beside the model call: if it failed, the call is a 503 and nothing is
-    committed (as when it ran before the model), and a retry of the same call makes the chunk.  A failed
-    refresh after the write fails nothing: the chunk is committed and returned."""
+    """Where the store does not refresh quotas in its reads and writes (a Cluster's quota keys are
+    another slot), the read's refresh runs beside the model call: if it failed, the call is a 503 and
+    nothing is committed (as when it ran before the model), and a retry of the same call makes the chunk.
+    A failed refresh after the write fails nothing: the chunk is committed and returned."""
     c = quota_client(api_keys=["key-a"], max_sessions_per_key=3)
     sid = create(c, A).json()["id"]
     store = c.app.state.ctx.store
+    monkeypatch.setattr(store, "fold_quotas", False)
     real = store.touch
     calls = []
 
@@ -188,3 +204,64 @@ def test_a_failed_quota_refresh_before_the_write_fails_the_call_and_writes_nothi
     assert done.status_code == 200 and done.json()["position"] == 6
     monkeypatch.setattr(store, "touch", real)
     assert c.get(f"/v1/sessions/{sid}", headers=A).json()["position"] == 6
+
+
+def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client, monkeypatch):
+    """Folded, a chunk's read and write refresh the session's quota entry themselves: no refresh call of
+    its own, and the session keeps counting; a read by a caller whose quota the session does not count
+    against (another address, without keys) refreshes its holder's entry with a call of its own."""
+    c = quota_client(wrap=from_address, max_sessions_per_key=1)
+    one, two = {"X-Test-Address": "10.0.0.1"}, {"X-Test-Address": "10.0.0.2"}
+    store = c.app.state.ctx.store
+    assert store.fold_quotas
+    sid = create(c, one, ttl_seconds=60).json()["id"]
+    touched = []
+    real = store.touch
+
+    async def counted(holder, s, ttl):
+        touched.append((holder, s, ttl))
+        return await real(holder, s, ttl)
+
+    monkeypatch.setattr(store, "touch", counted)
+    body = {"max_tokens": 3, "expected_position": 0}
+    assert c.post(f"/v1/sessions/{sid}/generate", json=body, headers=one).status_code == 200
+    assert c.post(f"/v1/sessions/{sid}/append", json={"prompt": [1]}, headers=one).status_code == 200
+    assert c.get(f"/v1/sessions/{sid}", headers=one).status_code == 200
+    assert touched == []
+    assert_error(create(c, one), 429, "session_quota_exceeded")  # still counting
+    assert c.get(f"/v1/sessions/{sid}", headers=two).json()["position"] == 4
+    assert [(s, ttl) for _, s, ttl in touched] == [(sid, 60)]  # the session's holder's entry, not two's
+
+
+def test_a_record_without_its_holder_field_is_refreshed_by_its_caller(redis, checkpoints):
+    """A record written by a server from before sessions kept their holder in a field of their own: its
+    read cannot refresh the quota in the script, so the server does it with a call of its own; its next
+    write stores the field, and from then on the reads refresh it themselves."""
+    import redis as redis_sync
+
+    from vssm.server.deps import owner_of
+
+    app = create_app(Settings(checkpoints=checkpoints, redis_url=redis.url, api_keys=["key-a"], max_sessions_per_key=3))
+    r = redis_sync.Redis.from_url(redis.url)
+    with TestClient(app) as c:
+        store = c.app.state.ctx.store
+        sid = create(c, A, ttl_seconds=30).json()["id"]
+        key = f"vssm:session:{{{sid}}}"
+        r.hdel(key, "holder")  # as an older server left it
+        touched = []
+        real = store.touch
+
+        async def counted(*args, **kwargs):
+            touched.append(args)
+            return await real(*args, **kwargs)
+
+        store.touch = counted
+        assert c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 2}, headers=A).status_code == 200
+        assert len(touched) == 1  # the read's; the write refreshes it in its script and stores the field
+        assert r.hget(key, "holder") is not None
+        assert c.get(f"/v1/sessions/{sid}", headers=A).status_code == 200
+        assert len(touched) == 1
+        seconds, micros = r.time()  # the read's script moved the entry with the session's TTL
+        session_expiry = seconds * 1000 + micros // 1000 + r.pttl(key)
+        zset = f"vssm:session:quota:{{key:{owner_of('key-a')}}}"
+        assert session_expiry <= r.zscore(zset, sid) <= session_expiry + 1000
