@@ -544,8 +544,9 @@ def _ar_loop(
     """The autoregressive SSM's loop compiled (csrc/ar_loop.c): from the logits ``(B, V)`` of the next
     draw and the network's state ``(B, L, H, N)`` complex, ``n`` tokens ``(B, n)`` drawn with the
     uniforms ``u`` ``(B, n)`` at per-row ``temperature`` ``(B,)`` float64, each read by the network
-    (``packed``: :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns the tokens, the
-    logits and the state after the last (unchanged copies unless ``last_step``)."""
+    (``packed``: :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns the tokens, and the
+    logits and state after the network read the last of them (without ``last_step`` it does not read
+    the last: those after the one before it, for a caller that keeps no state)."""
     lib = _lib
     assert lib is not None
     Bsz, V = logits.shape

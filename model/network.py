@@ -167,9 +167,6 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
-    def _walk(self) -> list[nn.Module]:
-        return walked(self)
-
     def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
         block would take its fused kernel (short, small, no gradient), and nothing in the network is
@@ -193,7 +190,7 @@ class SSMNet(nn.Module):
 
     def _modules_native_ok(self) -> bool:
         """The part of :meth:`_native_ok` that depends on the modules only, not on the pass."""
-        if has_hooks(self._walk()):
+        if has_hooks(walked(self)):
             return False
         mods = self._modules
         blocks = mods["blocks"]._modules  # type: ignore[union-attr]
@@ -222,7 +219,7 @@ class SSMNet(nn.Module):
                 layers.append((b.norm.weight, b.norm.bias, scan["w"], scan["D"], b.out.weight, b.out.bias))
             return native.pack(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
 
-        return cached_pack(self, lambda: [p for m in self._walk() for p in m._parameters.values()], build)
+        return cached_pack(self, lambda: [p for m in walked(self) for p in m._parameters.values()], build)
 
     def _native(
         self, h: Tensor, state: Tensor | None, at: int, return_state: bool, out: Tensor | None = None

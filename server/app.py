@@ -120,7 +120,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ctx = Context(
         settings=settings,
         metrics=Metrics(),
-        store=open_store(settings.redis_url, settings.store_timeout_seconds, int(settings.state_cache_mb * 2**20)),
+        store=open_store(
+            settings.redis_url,
+            settings.store_timeout_seconds,
+            int(settings.state_cache_mb * 2**20),
+            fold_quotas=settings.redis_fold_quotas,
+        ),
         executor=ThreadPoolExecutor(1, thread_name_prefix="torch"),
     )
 

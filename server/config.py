@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     # states this replica keeps of the sessions it served (Redis only): a session's next call here reads
     # its metadata alone; 0 reads every state from Redis
     state_cache_mb: float = Field(64.0, ge=0)
+    # a session's Redis read and write refresh its quota entry in the same script (Redis only; a Cluster
+    # never does): off for a sharding proxy behind a redis:// URL, where one script may not span two slots
+    redis_fold_quotas: bool = True
     torch_threads: int = Field(0, ge=0)  # torch intra-op threads (0: torch default)
     log_level: str = "info"  # logging level
 

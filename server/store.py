@@ -1,9 +1,9 @@
 """Session stores: in-process (one machine) and Redis / Redis Cluster (any number of replicas).
 
-A session is one key: a hash of ``state`` (safetensors bytes), ``meta`` (JSON), ``version`` and
-``ttl_ms``.  Writes after creation go only through compare-and-set on ``version`` (a Lua script,
-atomic on the server), so two requests racing on one session can never both commit.  Reads
-refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
+A session is one key: a hash of ``state`` (safetensors bytes), ``meta`` (JSON), ``version``,
+``ttl_ms``, ``etag`` and ``holder``.  Writes after creation go only through compare-and-set on
+``version`` (a Lua script, atomic on the server), so two requests racing on one session can never
+both commit.  Reads refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
 reconnects by itself once Redis is back.
 
 Each write also records a random ``etag``, and each replica keeps the states it last wrote or read
@@ -17,6 +17,9 @@ keys) from ``reserve`` until it expires or is ``release``d; ``touch`` moves its 
 refresh, so a session kept alive keeps counting.  Per holder, Redis keeps a sorted set (session id
 by expiry) and a hash (session id to ttl_seconds) under one hash tag, so a reservation is one
 atomic script on one Cluster slot; times come from the Redis server's clock, shared by replicas.
+On a single Redis a session's read and write refresh its quota entry in their own scripts
+(``fold_quotas``: one round trip, where a refresh of its own made two); a Cluster keeps the quota
+keys on another slot, and there the server refreshes them with a call of its own.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ class SessionRecord:
     block_size: int | None = None  # generate's block size when a call names none, 0: one pass (None: not recorded)
     observation_temperature: float | None = None  # generate's when a call names none (None: not recorded)
     expires_at: float = 0.0  # unix time, as of the last read or write
-    quota_fresh: bool = False  # the store call that returned it refreshed its quota entry too (never stored)
+    # the store call that returned it refreshed its quota entry too: never stored, not part of its value
+    quota_fresh: bool = field(default=False, compare=False)
 
     def meta_json(self) -> str:
         # the fields read directly: asdict deep-copies every value (the last step's token lists
@@ -94,10 +98,11 @@ class SessionStore(Protocol):
         ...
 
     async def compare_and_set(
-        self, rec: SessionRecord, expected_version: int, touch: bool = False
+        self, rec: SessionRecord, expected_version: int, refresh_quota: bool = False
     ) -> SessionRecord | None:
         """Write ``rec`` if the stored version is ``expected_version``; None if it moved or vanished.
-        ``touch``: refresh its holder's quota entry in the same call where the store can (``quota_fresh``)."""
+        ``refresh_quota``: refresh its holder's quota entry in the same call where the store can
+        (``quota_fresh``)."""
         ...
 
     async def delete(self, sid: str) -> bool: ...
@@ -219,7 +224,7 @@ class MemoryStore:
         return hit[0]
 
     def _put(self, rec: SessionRecord) -> SessionRecord:
-        rec = replace(rec, expires_at=time.time() + rec.ttl_seconds)
+        rec = replace(rec, expires_at=time.time() + rec.ttl_seconds, quota_fresh=False)
         self._data[rec.id] = (rec, time.monotonic() + rec.ttl_seconds)
         return rec
 
@@ -235,22 +240,24 @@ class MemoryStore:
             rec = self._live(sid)
             if rec is None:
                 return None
+            rec = self._put(rec)  # the session's TTL first, then its quota entry's: never the other way
             fresh = self.fold_quotas and bool(holder) and rec.holder == holder
             if fresh:
                 self._quotas.touch(holder, sid, rec.ttl_seconds)
-            return replace(self._put(rec), quota_fresh=fresh)
+            return replace(rec, quota_fresh=fresh)
 
     async def compare_and_set(
-        self, rec: SessionRecord, expected_version: int, touch: bool = False
+        self, rec: SessionRecord, expected_version: int, refresh_quota: bool = False
     ) -> SessionRecord | None:
         async with self._lock:
             cur = self._live(rec.id)
             if cur is None or cur.version != expected_version:
                 return None
-            fresh = self.fold_quotas and touch and bool(rec.holder)
+            rec = self._put(replace(rec, version=expected_version + 1))
+            fresh = self.fold_quotas and refresh_quota and bool(rec.holder)
             if fresh:
                 self._quotas.touch(rec.holder, rec.id, rec.ttl_seconds)
-            return replace(self._put(replace(rec, version=expected_version + 1, quota_fresh=False)), quota_fresh=fresh)
+            return replace(rec, quota_fresh=fresh)
 
     async def delete(self, sid: str) -> bool:
         async with self._lock:
@@ -344,8 +351,8 @@ if etag == '' or etag ~= ARGV[1] or r[2] ~= ARGV[2] then state = redis.call('HGE
 return {state, r[1], r[2], r[3], etag, fresh}
 """
 )
-# KEYS[2], KEYS[3] and ARGV[7] (optional): the record's holder's quota keys and the session id, its entry
-# refreshed after the write
+# ARGV[6]: the record's holder, kept in its own field for _GET.  KEYS[2], KEYS[3] and ARGV[7] (optional):
+# that holder's quota keys and the session id, its entry refreshed after the write
 _CAS = (
     _QUOTA_LIB
     + """
@@ -441,7 +448,12 @@ class RedisStore:
     """Sessions in Redis (``redis://``, ``rediss://``) or Redis Cluster (``redis+cluster://``)."""
 
     def __init__(
-        self, url: str, timeout: float = 2.0, prefix: str = "vssm:session:", state_cache_bytes: int = 64 << 20
+        self,
+        url: str,
+        timeout: float = 2.0,
+        prefix: str = "vssm:session:",
+        state_cache_bytes: int = 64 << 20,
+        fold_quotas: bool = True,
     ) -> None:
         parsed = urlparse(url)
         self.prefix = prefix
@@ -457,8 +469,9 @@ class RedisStore:
             self.client = aioredis.from_url(url, health_check_interval=10, **opts)
             self.kind = "redis"
         # a session's read and write refresh its quota entry in the same script (on a Cluster the quota
-        # keys are another slot, and the caller refreshes it with a call of its own)
-        self.fold_quotas = self.kind == "redis"
+        # keys are another slot, and the caller refreshes it with a call of its own; so behind a sharding
+        # proxy, which the URL does not reveal: Settings.redis_fold_quotas)
+        self.fold_quotas = fold_quotas and self.kind == "redis"
         self._create = self.client.register_script(_CREATE)
         self._get = self.client.register_script(_GET)
         self._cas = self.client.register_script(_CAS)
@@ -512,7 +525,7 @@ class RedisStore:
         if not ok:
             raise KeyError(rec.id)
         self.states.put(rec.id, etag, 1, rec.state)
-        return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds)
+        return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds, quota_fresh=False)
 
     async def get(self, sid: str, holder: str = "") -> SessionRecord | None:
         held = self.states.get(sid)
@@ -535,13 +548,13 @@ class RedisStore:
         return rec
 
     async def compare_and_set(
-        self, rec: SessionRecord, expected_version: int, touch: bool = False
+        self, rec: SessionRecord, expected_version: int, refresh_quota: bool = False
     ) -> SessionRecord | None:
         etag = secrets.token_hex(8)
         self.states.drop(rec.id)  # whatever happens next, the state held may be stale
         keys = [self._key(rec.id)]
         args = [str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag, rec.holder]
-        fresh = touch and bool(rec.holder) and self.fold_quotas
+        fresh = refresh_quota and bool(rec.holder) and self.fold_quotas
         if fresh:
             keys, args = keys + self._quota_keys(rec.holder), [*args, rec.id]
         nv = await self._call(self._cas(keys=keys, args=args))
@@ -585,5 +598,9 @@ class RedisStore:
             log.debug("error while closing the Redis client", exc_info=True)
 
 
-def open_store(url: str | None, timeout: float = 2.0, state_cache_bytes: int = 64 << 20) -> SessionStore:
-    return MemoryStore() if not url else RedisStore(url, timeout=timeout, state_cache_bytes=state_cache_bytes)
+def open_store(
+    url: str | None, timeout: float = 2.0, state_cache_bytes: int = 64 << 20, fold_quotas: bool = True
+) -> SessionStore:
+    if not url:
+        return MemoryStore()
+    return RedisStore(url, timeout=timeout, state_cache_bytes=state_cache_bytes, fold_quotas=fold_quotas)

@@ -711,9 +711,13 @@ def test_a_hook_on_the_latent_prior_keeps_its_draws_in_pytorch():
     p = _prior(F64)
     u = torch.rand(2, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     r = torch.zeros(2, 37, dtype=F64)
-    seen = []
+    seen, calls = [], []
+    real = native._prior_draws
     with torch.no_grad():
-        compiled = p.draw(None, r, u, 1.0)  # the walk is taken here
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
+            compiled = p.draw(None, r, u, 1.0)  # compiled: the walk is taken here
+        assert calls
         handle = p.mlp[1].register_forward_hook(lambda mod, args, out: seen.append(out.shape))
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_prior_draws", lambda *a: pytest.fail("compiled with a hook"))
@@ -728,11 +732,12 @@ def test_a_hook_on_the_latent_prior_keeps_its_draws_in_pytorch():
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.0, "rows"])
-@pytest.mark.parametrize("width", [24, 17])
+@pytest.mark.parametrize("width", [40, 17])
 def test_the_compiled_ar_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature, width):
     """Tokens, logits and state, from a prompted state of rows at different positions; float32
-    within rounding of the state.  The loop holds its state planar between steps: 24 channels fill
-    whole vectors in every build, 17 leave a part-vector of channels (the lane-at-a-time paths)."""
+    within rounding of the state.  The loop holds its state planar between steps, and a step runs its
+    channels in blocks of 32 (csrc/s4d_block.c, STEPS_OUTER's LANES): 40 channels are a whole block and
+    a part block, 17 a part block alone."""
     from tests.conftest import tiny_model
 
     m = tiny_model("ar-ssm", dtype=dtype, vocab_size=7, width=width, state_size=5, layers=3)

@@ -6,7 +6,7 @@ Glossary of axis letters:
 
 Per step, for every row: draw x_t from the current logits with its keyed uniform (csrc/categorical.c,
 so a draw equals sample_categorical's), then embed x_t and run the whole network one step from the
-state (csrc/s4d_block.c, NET with T = 1), which gives the next logits and state.  The latent
+state (csrc/s4d_block.c, NET_LAID with T = 1, its states planar), which gives the next logits and state.  The latent
 prior's sequential draws are one compiled call (csrc/latent_prior.c); the baseline's loop gets the
 same treatment, so that the comparison between them stays one of arithmetic, not of Python
 (docs/experiments/rounds-and-serving.md, eighteenth session).
@@ -17,9 +17,9 @@ logits of the first draw and overwritten with those after the last step; h and s
 complex as interleaved pairs, contiguous: the state is read from h, and the final state is written
 to one of them, which the return value names (0: h, 1: spare).  Between those, the loop holds the
 state planar ((2, N, H) reals a layer, csrc/s4d_block.c, ssm_states_layout) in the two buffers by
-turns, so that each step reads and writes whole vectors of channels: converting once a call instead
-of gathering and scattering the interleaved pairs every step makes a step about a third cheaper
-(docs/experiments/rounds-and-serving.md, twenty-eighth session).
+turns, so that each step reads and writes a mode's channels contiguously, not pairs 2N apart: converting
+once a call instead of gathering and scattering the interleaved pairs every step took a third off an
+image's time (docs/experiments/rounds-and-serving.md, twenty-seventh and twenty-eighth sessions).
 x and g are (B, H) scratch; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
 

@@ -1,5 +1,5 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
-csrc/prior_piece.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
+csrc/prior_piece.c, csrc/ar_loop.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
 (ssm_net, ssm_net_laid, ssm_states_layout, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms,
 span_uniforms), csrc/categorical.c, csrc/latent_prior.c (latent_prior, latent_prior_table),
 csrc/prior_piece.c (dec_inputs) and csrc/scratch.c (scratch_block).

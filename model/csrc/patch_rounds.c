@@ -66,12 +66,13 @@ The scratch is allocated here, one block a call.
 Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
 converted from dec_in and dec_gen on entry, to dec_out on return; the partial encoder's from par's SSM
 states on entry, to par_out's on return): the decoder's passes of P steps and the partial encoder's
-one-step passes then read and write them as whole vectors where the channels fill whole vectors (and,
-P steps, the modes groups of four), where the interleaved pairs were gathered and scattered a lane at
-a time.  The autoregressive SSM's loop (csrc/ar_loop.c) holds its states planar the same way, so the
-baseline's step gains what the partial encoder's step gains.  Returns how many rounds skipped the pass over z', -1
-where the scratch could not be allocated, -2 where a row's pending count is not `phase` (or its
-position or phase disagree with it).
+one-step passes then read and write a mode's channels contiguously (the passes of P steps as whole
+vectors where the channels fill them and the modes come in groups of four), where the interleaved
+pairs, 2N apart, were gathered and scattered a lane at a time.  The autoregressive SSM's loop
+(csrc/ar_loop.c) holds its states planar the same way: its step gets the same treatment.
+
+Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
+where a row's pending count is not `phase` (or its position or phase disagree with it).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -164,7 +165,7 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        for (long b = 0; b < B; ++b) /* the partial encoder's SSM states planar too: pf, in pb then pa by turns */  \
+        for (long b = 0; b < B && rounds; ++b) /* the partial encoder's states planar too: pb, then pa, by turns */ \
             ssm_states_layout_##SUFFIX(1, Lp, H, N, par + b * packed, sp, pb + b * sp, 1);                        \
         const REAL *pf = pb;                                                                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \

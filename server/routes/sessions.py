@@ -177,10 +177,13 @@ async def _commit(
     if read_touch is not None:
         await asyncio.shield(read_touch)  # shielded: a client that disconnects must not cancel it
     ctx.metrics.state_bytes.observe(len(rec.state))
-    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version, touch=ctx.quotas))
+    done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version, refresh_quota=ctx.quotas))
     if done is None:
-        if await ctx.store_call("get", ctx.store.get(rec.id)) is None:
+        found = await ctx.store_call("get", ctx.store.get(rec.id, rec.holder if ctx.quotas else ""))
+        if found is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
+        if not found.quota_fresh:  # the read refreshed the session's TTL: so does its quota
+            ctx.touch_soon(found.holder, found.id, found.ttl_seconds)
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
     if not done.quota_fresh:
         ctx.touch_soon(done.holder, done.id, done.ttl_seconds)
@@ -329,6 +332,7 @@ async def fork_session(
             holder=holder,
             state=state,
             seed=seed,
+            quota_fresh=False,  # the parent's read, not the child's
         )
         await ctx.reserve(holder, child.id, ttl)
         try:

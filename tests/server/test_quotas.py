@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -132,18 +133,21 @@ def test_a_create_that_fails_gives_its_place_back(quota_client):
 @pytest.mark.parametrize("fold", [True, False])
 def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints, fold):
     """Folded (a single Redis), the session's read and write refresh its quota entry in their own
-    scripts; else (the path a Cluster takes) the read's refresh runs beside the model call, the
-    write's once the write is acknowledged, in a task of its own.  Either way, on the Redis clock the
-    entry ends up expiring after the session, never before (polled: nobody waits for the second refresh)."""
+    scripts; else (the path a Cluster takes, or ``redis_fold_quotas`` off) the read's refresh runs
+    beside the model call, the write's once the write is acknowledged, in a task of its own.  Either
+    way, on the Redis clock the entry ends up expiring after the session, never before (polled: nobody
+    waits for the second refresh)."""
     import redis as redis_sync
 
     from vssm.server.deps import owner_of
 
-    app = create_app(Settings(checkpoints=checkpoints, redis_url=redis.url, api_keys=["key-a"], max_sessions_per_key=3))
+    settings = Settings(
+        checkpoints=checkpoints, redis_url=redis.url, api_keys=["key-a"], max_sessions_per_key=3, redis_fold_quotas=fold
+    )
     r = redis_sync.Redis.from_url(redis.url)
-    with TestClient(app) as c:
+    with TestClient(create_app(settings)) as c:
         store = c.app.state.ctx.store
-        store.fold_quotas = fold
+        assert store.fold_quotas == fold  # VSSM_REDIS_FOLD_QUOTAS
         touches = []
         real_touch = store.touch
 
@@ -206,15 +210,33 @@ def test_a_failed_quota_refresh_before_the_write_fails_the_call_and_writes_nothi
     assert c.get(f"/v1/sessions/{sid}", headers=A).json()["position"] == 6
 
 
+def quota_deadline(c: TestClient, holder: str, sid: str) -> float:
+    """When session ``sid``'s quota entry for ``holder`` expires, on its store's clock (seconds)."""
+    store = c.app.state.ctx.store
+    if store.kind == "memory":
+        return store._quotas.held[holder][sid][0]
+    import redis as redis_sync
+
+    r = redis_sync.Redis.from_url(c.app.state.ctx.settings.redis_url)
+    return r.zscore(f"vssm:session:quota:{{{holder}}}", sid) / 1000
+
+
+def address_holder(host: str) -> str:
+    """The quota holder the server derives for a client address without keys (deps.get_holder)."""
+    return "addr:" + hashlib.sha256(host.encode()).hexdigest()[:24]
+
+
 def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client, monkeypatch):
     """Folded, a chunk's read and write refresh the session's quota entry themselves: no refresh call of
-    its own, and the session keeps counting; a read by a caller whose quota the session does not count
-    against (another address, without keys) refreshes its holder's entry with a call of its own."""
+    its own, and the entry's expiry moves with every call; a read by a caller whose quota the session
+    does not count against (another address, without keys) refreshes its holder's entry with a call of
+    its own."""
     c = quota_client(wrap=from_address, max_sessions_per_key=1)
     one, two = {"X-Test-Address": "10.0.0.1"}, {"X-Test-Address": "10.0.0.2"}
     store = c.app.state.ctx.store
     assert store.fold_quotas
     sid = create(c, one, ttl_seconds=60).json()["id"]
+    holder = address_holder("10.0.0.1")
     touched = []
     real = store.touch
 
@@ -223,14 +245,20 @@ def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client, monke
         return await real(holder, s, ttl)
 
     monkeypatch.setattr(store, "touch", counted)
-    body = {"max_tokens": 3, "expected_position": 0}
-    assert c.post(f"/v1/sessions/{sid}/generate", json=body, headers=one).status_code == 200
-    assert c.post(f"/v1/sessions/{sid}/append", json={"prompt": [1]}, headers=one).status_code == 200
-    assert c.get(f"/v1/sessions/{sid}", headers=one).status_code == 200
+    calls = [
+        lambda: c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 3, "expected_position": 0}, headers=one),
+        lambda: c.post(f"/v1/sessions/{sid}/append", json={"prompt": [1]}, headers=one),
+        lambda: c.get(f"/v1/sessions/{sid}", headers=one),
+    ]
+    for call in calls:
+        before = quota_deadline(c, holder, sid)
+        time.sleep(0.002)  # past the Redis clock's millisecond
+        assert call().status_code == 200
+        assert quota_deadline(c, holder, sid) > before
     assert touched == []
-    assert_error(create(c, one), 429, "session_quota_exceeded")  # still counting
+    assert_error(create(c, one), 429, "session_quota_exceeded")
     assert c.get(f"/v1/sessions/{sid}", headers=two).json()["position"] == 4
-    assert [(s, ttl) for _, s, ttl in touched] == [(sid, 60)]  # the session's holder's entry, not two's
+    assert touched == [(holder, sid, 60)]  # the session's holder's entry, not two's
 
 
 def test_a_record_without_its_holder_field_is_refreshed_by_its_caller(redis, checkpoints):
@@ -258,7 +286,7 @@ def test_a_record_without_its_holder_field_is_refreshed_by_its_caller(redis, che
         store.touch = counted
         assert c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 2}, headers=A).status_code == 200
         assert len(touched) == 1  # the read's; the write refreshes it in its script and stores the field
-        assert r.hget(key, "holder") is not None
+        assert r.hget(key, "holder") == f"key:{owner_of('key-a')}".encode()
         assert c.get(f"/v1/sessions/{sid}", headers=A).status_code == 200
         assert len(touched) == 1
         seconds, micros = r.time()  # the read's script moved the entry with the session's TTL
