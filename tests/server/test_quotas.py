@@ -130,6 +130,36 @@ def test_a_create_that_fails_gives_its_place_back(quota_client):
     assert create(c).status_code == 201
 
 
+def count_refreshes(store) -> list[tuple]:
+    """The quota refreshes of their own (``store.touch``) that the server makes from now on, as their
+    arguments ``(holder, sid, ttl_seconds)``."""
+    calls: list[tuple] = []
+    real = store.touch
+
+    async def counted(*args):
+        calls.append(args)
+        return await real(*args)
+
+    store.touch = counted
+    return calls
+
+
+def quota_deadline(c: TestClient, holder: str, sid: str) -> float:
+    """When session ``sid``'s quota entry for ``holder`` expires, on its store's clock (seconds)."""
+    store = c.app.state.ctx.store
+    if store.kind == "memory":
+        return store._quotas.held[holder][sid][0]
+    import redis as redis_sync
+
+    r = redis_sync.Redis.from_url(c.app.state.ctx.settings.redis_url)
+    return r.zscore(f"vssm:session:quota:{{{holder}}}", sid) / 1000
+
+
+def address_holder(host: str) -> str:
+    """The quota holder the server derives for a client address without keys (deps.get_holder)."""
+    return "addr:" + hashlib.sha256(host.encode()).hexdigest()[:24]
+
+
 @pytest.mark.parametrize("fold", [True, False])
 def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints, fold):
     """Folded (a single Redis), the session's read and write refresh its quota entry in their own
@@ -148,14 +178,7 @@ def test_after_writes_a_quota_entry_outlives_its_session(redis, checkpoints, fol
     with TestClient(create_app(settings)) as c:
         store = c.app.state.ctx.store
         assert store.fold_quotas == fold  # VSSM_REDIS_FOLD_QUOTAS
-        touches = []
-        real_touch = store.touch
-
-        async def counted(*args, **kwargs):
-            touches.append(args)
-            return await real_touch(*args, **kwargs)
-
-        store.touch = counted
+        touches = count_refreshes(store)
         sid = create(c, A, ttl_seconds=30).json()["id"]
         zset = f"vssm:session:quota:{{key:{owner_of('key-a')}}}"
         calls = [("generate", {"max_tokens": 3}), ("append", {"prompt": [1, 0]}), ("generate", {"max_tokens": 2})]
@@ -210,23 +233,7 @@ def test_a_failed_quota_refresh_before_the_write_fails_the_call_and_writes_nothi
     assert c.get(f"/v1/sessions/{sid}", headers=A).json()["position"] == 6
 
 
-def quota_deadline(c: TestClient, holder: str, sid: str) -> float:
-    """When session ``sid``'s quota entry for ``holder`` expires, on its store's clock (seconds)."""
-    store = c.app.state.ctx.store
-    if store.kind == "memory":
-        return store._quotas.held[holder][sid][0]
-    import redis as redis_sync
-
-    r = redis_sync.Redis.from_url(c.app.state.ctx.settings.redis_url)
-    return r.zscore(f"vssm:session:quota:{{{holder}}}", sid) / 1000
-
-
-def address_holder(host: str) -> str:
-    """The quota holder the server derives for a client address without keys (deps.get_holder)."""
-    return "addr:" + hashlib.sha256(host.encode()).hexdigest()[:24]
-
-
-def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client, monkeypatch):
+def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client):
     """Folded, a chunk's read and write refresh the session's quota entry themselves: no refresh call of
     its own, and the entry's expiry moves with every call; a read by a caller whose quota the session
     does not count against (another address, without keys) refreshes its holder's entry with a call of
@@ -237,14 +244,7 @@ def test_reads_and_writes_refresh_the_quota_in_the_same_call(quota_client, monke
     assert store.fold_quotas
     sid = create(c, one, ttl_seconds=60).json()["id"]
     holder = address_holder("10.0.0.1")
-    touched = []
-    real = store.touch
-
-    async def counted(holder, s, ttl):
-        touched.append((holder, s, ttl))
-        return await real(holder, s, ttl)
-
-    monkeypatch.setattr(store, "touch", counted)
+    touched = count_refreshes(store)
     calls = [
         lambda: c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 3, "expected_position": 0}, headers=one),
         lambda: c.post(f"/v1/sessions/{sid}/append", json={"prompt": [1]}, headers=one),
@@ -276,14 +276,7 @@ def test_a_record_without_its_holder_field_is_refreshed_by_its_caller(redis, che
         sid = create(c, A, ttl_seconds=30).json()["id"]
         key = f"vssm:session:{{{sid}}}"
         r.hdel(key, "holder")  # as an older server left it
-        touched = []
-        real = store.touch
-
-        async def counted(*args, **kwargs):
-            touched.append(args)
-            return await real(*args, **kwargs)
-
-        store.touch = counted
+        touched = count_refreshes(store)
         assert c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 2}, headers=A).status_code == 200
         assert len(touched) == 1  # the read's; the write refreshes it in its script and stores the field
         assert r.hget(key, "holder") == f"key:{owner_of('key-a')}".encode()
