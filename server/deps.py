@@ -20,7 +20,7 @@ from .config import Settings
 from .errors import APIError, unavailable
 from .metrics import Metrics
 from .registry import Registry
-from .store import SessionStore, StoreUnavailable
+from .store import SessionRecord, SessionStore, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -112,6 +112,11 @@ class Context:
         self.touching.add(task)
         task.add_done_callback(self._touched)
         return task
+
+    def touch_owed(self, rec: SessionRecord) -> asyncio.Task[None] | None:
+        """The refresh of ``rec``'s quota entry that the read or write which returned it still owes
+        (:meth:`touch_soon`), or None: the store made it in that call (``quota_fresh``), or no quotas."""
+        return None if rec.quota_fresh else self.touch_soon(rec.holder, rec.id, rec.ttl_seconds)
 
     def _touched(self, task: asyncio.Task[None]) -> None:
         self.touching.discard(task)

@@ -30,7 +30,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
              const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
              int64_t *out, int last_step) {                                                                          \
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
-        SLAY(B, L, H, N, h, sb, spare, 1); /* planar from here on */                                                 \
+        SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on */                                             \
         int which = 1;                       /* the buffer holding the current state: 0 h, 1 spare */                \
         for (long i = 0; i < n; ++i) {                                                                               \
             for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
@@ -43,7 +43,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
             NET(B, H, N, 1, L, V, 1, x, pack, eps, from, sb, to, g, logits, 1);                                      \
             which = !which;                                                                                          \
         }                                                                                                            \
-        SLAY(B, L, H, N, which ? spare : h, sb, which ? h : spare, 0); /* back, into the other buffer */             \
+        SLAY(B, L, H, N, which ? spare : h, sb, which ? h : spare, sb, 0); /* back, into the other buffer */         \
         return !which;                                                                                               \
     }
 

@@ -155,7 +155,7 @@ Nothing here checks a shape. */
                     in0[b * H + h] += w_in[(((pos0[b] - phase + j) % Q) * V1 + V) * H + h];                         \
             }                                                                                                       \
         /* the decoder's states planar while the call runs (the note above) */                                     \
-        ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, 1);                                                \
+        ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, sd, 1);                                            \
         memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
         /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
@@ -165,8 +165,8 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        for (long b = 0; b < B && rounds; ++b) /* the partial encoder's states planar too: pb, then pa, by turns */ \
-            ssm_states_layout_##SUFFIX(1, Lp, H, N, par + b * packed, sp, pb + b * sp, 1);                        \
+        if (rounds) /* the partial encoder's states planar too: pb, then pa, by turns */                            \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pb, sp, 1);                                        \
         const REAL *pf = pb;                                                                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
@@ -188,7 +188,7 @@ Nothing here checks a shape. */
                in round 1 */                                                                                    \
             f = memcmp(dec_gen, dec_in, one * sizeof(REAL)) == 0 ? 1 : -1;                                          \
             if (f < 0) /* else slot 0 is its planar copy already */                                                 \
-                ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, 1);                                        \
+                ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, sd, 1);                                    \
             ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, f < 0 ? dg : dec, sd, dec + one, g,  \
                                   ld, 1);                                                                           \
             for (long b = 0; b < B; ++b)                                                                            \
@@ -257,17 +257,18 @@ Nothing here checks a shape. */
         }                                                                                                           \
         if (par_out && !rounds) /* no patch absorbed: the state as it came in */                                    \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
-        else if (par_out) /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */          \
+        else if (par_out) { /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */        \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, pf, sp, par_out, packed, 0);                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
-                ssm_states_layout_##SUFFIX(1, Lp, H, N, pf + b * sp, sp, o, 0);                                     \
                 memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
                 for (long h = 0; h < H; ++h) o[slot + h * N * 2 + 1] = y[b * H + h];                                \
                 if (cycle > 1) /* the next patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
                     o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                               \
             }                                                                                                       \
+        }                                                                                                           \
         if (dec_out)                                                                                                \
-            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, 0);                                 \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, sd, 0);                             \
         free(block);                                                                                                \
         return skipped;                                                                                             \
     }

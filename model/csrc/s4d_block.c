@@ -285,8 +285,8 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
             if (planar) /* (2, N, H): a mode's channels are contiguous */
                 for (long n = 0; n < N; ++n)
                     for (long j = 0; j < LANES; ++j) {
-                        const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + n * H + h0c + j : 0;
-                        sr[n][j] = s0 ? s0[0] : 0, si[n][j] = s0 ? s0[NH] : 0;
+                        const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + state_at(1, H, N, h0c + j, n) : 0;
+                        sr[n][j] = s0 ? s0[0] : 0, si[n][j] = s0 ? s0[STATE_IM(1, NH)] : 0;
                     }
             else
                 for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
@@ -297,8 +297,8 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 if (h_out && t == at && planar) /* the state after `at` steps */
                     for (long n = 0; n < N; ++n)
                         for (long j = 0; j < J; ++j) {
-                            REAL *so = h_out + b * ho_sb + n * H + h0c + j;
-                            so[0] = sr[n][j], so[NH] = si[n][j];
+                            REAL *so = h_out + b * ho_sb + state_at(1, H, N, h0c + j, n);
+                            so[0] = sr[n][j], so[STATE_IM(1, NH)] = si[n][j];
                         }
                 else if (h_out && t == at) {
                     for (long j = 0; j < J; ++j) {
@@ -371,13 +371,15 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
 }
 
 /* A network's states (B, L, H, N) complex, interleaved, to the planar layout (to_planar) or back, rows of
-   sb reals in both: what a loop that keeps its states planar between passes converts once a call */
-void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long sb, REAL *out, int to_planar) {
+   in_sb reals in and out_sb out (a packed state may carry more than its layers' states): what a loop that
+   keeps its states planar between passes converts once a call */
+void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb, REAL *out, long out_sb,
+                   int to_planar) {
     const long NH = N * H;
     for (long b = 0; b < Bsz; ++b)
         for (long l = 0; l < L; ++l) {
-            const REAL *i = in + b * sb + l * NH * 2;
-            REAL *o = out + b * sb + l * NH * 2;
+            const REAL *i = in + b * in_sb + l * NH * 2;
+            REAL *o = out + b * out_sb + l * NH * 2;
             for (long h = 0; h < H; ++h)
                 for (long n = 0; n < N; ++n) {
                     const long c = state_at(0, H, N, h, n), p = state_at(1, H, N, h, n);

@@ -148,7 +148,7 @@ async def _load_for_write(
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
-    touching = None if rec.quota_fresh else ctx.touch_soon(rec.holder, sid, rec.ttl_seconds)
+    touching = ctx.touch_owed(rec)
     served = ctx.registry.models.get(rec.model) if ctx.registry is not None else None
     if rec.block_size is None and served is not None:  # made before sessions recorded it: pin the default now
         rec = replace(rec, block_size=served.block_size())
@@ -182,11 +182,9 @@ async def _commit(
         found = await ctx.store_call("get", ctx.store.get(rec.id, rec.holder if ctx.quotas else ""))
         if found is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
-        if not found.quota_fresh:  # the read refreshed the session's TTL: so does its quota
-            ctx.touch_soon(found.holder, found.id, found.ttl_seconds)
+        ctx.touch_owed(found)  # the read refreshed the session's TTL: so does its quota
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
-    if not done.quota_fresh:
-        ctx.touch_soon(done.holder, done.id, done.ttl_seconds)
+    ctx.touch_owed(done)
     return done
 
 
