@@ -99,6 +99,8 @@ class SequenceModel(nn.Module):
         self._walk: list[Tensor] = []
         self._versioned: list[Tensor] = []  # the parameters of _walk with a version counter (not inference tensors)
         self._walk_at = -1  # _structure[0] when _walk was taken
+        self._frozen_at = -1  # _structure[0] when freeze() fixed the weights; -1: not frozen
+        self._frozen_key: tuple | None = None  # the weights' key then (_weights_key)
 
     # ----- identity -----------------------------------------------------------------------------
     @property
@@ -135,6 +137,8 @@ class SequenceModel(nn.Module):
         dtype, would go unseen, as a write that bypasses the version counter does).  10.7 us for the
         102 parameters of mnist-vssm-blocks' shapes, where weights_key takes 24.9
         (docs/experiments/rounds-and-serving.md, twenty-fourth session)."""
+        if self._frozen_at == _structure[0] and self._frozen_key is not None:  # freeze(): nothing to read
+            return self._frozen_key
         ps = self._weights()
         try:
             return tuple(map(_DATA_PTR, ps)), tuple(map(_VERSION, self._versioned))
@@ -153,6 +157,40 @@ class SequenceModel(nn.Module):
         if key != self._fp_key:
             self._fp_key, self._fp = key, weights_hash(self)
         return self._fp
+
+    def freeze(self) -> SequenceModel:
+        """Fix the weights for serving and return the model, in eval mode: every parameter becomes an
+        inference tensor without gradient, so an in-place write (an optimiser step, ``load_state_dict``)
+        raises, and generation calls stop reading every parameter's storage and version to see whether the
+        weights changed (:meth:`_weights_key`).  That read touched 94 tensors: 50-80 us of a 2 ms block-16
+        image, most of it when the call follows other work (docs/experiments/rounds-and-serving.md,
+        twenty-ninth session).  ``.to()`` and ``.double()`` freeze the new weights again; a module or
+        parameter registered later ends it (the key is read again); swapping ``p.data`` by hand goes unseen.
+        The server freezes every model it loads; training needs an unfrozen one (load it again)."""
+        self.eval()
+        with torch.inference_mode():
+            for module in self.modules():
+                for name, p in list(module._parameters.items()):
+                    if p is not None and not (p.is_inference() and not p.requires_grad):
+                        setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
+        self._frozen_at = -1
+        self._frozen_key = self._weights_key()  # every parameter's storage, read once
+        self._frozen_at = _structure[0]
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """Whether :meth:`freeze` fixed the current weights (no parameter or module registered since)."""
+        return self._frozen_at == _structure[0]
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
+        """``nn.Module._apply`` (``.to()``, ``.double()``, ``.cuda()``), which swaps every parameter's data
+        in place: a frozen model freezes the new weights, so its key is not the old storage's."""
+        frozen = self.frozen
+        out = super()._apply(fn, recurse)
+        if frozen:
+            self.freeze()
+        return out
 
     def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
         """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
@@ -396,9 +434,9 @@ class SequenceModel(nn.Module):
         if n < 0:
             raise ValueError("a token count cannot be negative")
         limit = self.max_position
-        if limit is not None and int(state.position.max()) + n > limit:
+        if limit is not None and state.batch_size and max(state.position_list) + n > limit:
             raise PositionLimitError(
-                f"position {int(state.position.max())} + {n} tokens exceeds the maximum position {limit}"
+                f"position {max(state.position_list)} + {n} tokens exceeds the maximum position {limit}"
             )
 
     def _tokens(self, x: Tensor) -> Tensor:

@@ -156,7 +156,7 @@ def row_temperatures(temperature: float | Tensor, batch: int) -> Tensor:
         one = torch.tensor([temperature], dtype=torch.float64)
         if len(_ROW_TEMPERATURES) < 256 and temperature == temperature:  # bounded; NaN never matches a key
             _ROW_TEMPERATURES[temperature] = one
-    return one.expand(batch)
+    return one if batch == 1 else one.expand(batch)
 
 
 def per_row(temperature: float | Tensor, extra_dims: int) -> float | Tensor:

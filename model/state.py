@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,13 @@ class GenState:
     @property
     def position(self) -> Tensor:
         return self.tensors["position"]
+
+    @cached_property
+    def position_list(self) -> list[int]:
+        """``position`` as Python ints, read once per state (a state is a value: its tensors never change).
+        A generation call's checks read these, where each tensor op they replace cost 20-60 us when the
+        call followed other work (docs/experiments/rounds-and-serving.md, twenty-ninth session)."""
+        return self.position.tolist()
 
     @property
     def seed(self) -> Tensor:

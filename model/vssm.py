@@ -730,14 +730,16 @@ class VSSM(SequenceModel):
 
     def _shared_block(self, state: GenState, blocks: Tensor) -> int:
         """The block size every row shares, at the same phase, if the fused path can run it; else 0."""
-        c = int(blocks[0])
+        sizes = blocks.tolist()  # one host read, not an op per check
+        c = sizes[0]
         if not self.fuses(c):
             return 0
-        if state.batch_size == 1:  # a lone row: nothing to compare (and no host syncs to pay)
+        if len(sizes) == 1:  # a lone row: nothing to compare
             return c
-        if not bool((blocks == c).all()):
+        if any(b != c for b in sizes):
             return 0
-        return c if bool((state.position % c == state.position[0] % c).all()) else 0
+        phases = {p % c for p in state.position_list}
+        return c if len(phases) == 1 else 0
 
     def _fused_rows(
         self,
@@ -759,7 +761,7 @@ class VSSM(SequenceModel):
         next ``dec_abs`` (docs/design.md, "Blocks").  A round is two passes of ``2c`` steps instead
         of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse.
         """
-        p0 = int(state.position[0])
+        p0 = state.position_list[0]
         first = min(c - p0 % c, n)
         ms = [first] + [c] * ((n - first) // c) + ([(n - first) % c] if (n - first) % c else [])  # piece lengths
         last_ends = (p0 + n) % c == 0
@@ -769,12 +771,11 @@ class VSSM(SequenceModel):
         span = sum(ms[:fused])
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
-        everyone = torch.ones_like(state["observed"])
         got, absorbed = None, False
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
             patch = self._compiled_patch_rounds(c, state)
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
-                got = patch(int(state.position[0]) % c, span, temps, state, resumable)
+                got = patch(p0 % c, span, temps, state, resumable)
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
                 pieces = ms[:fused] + ([0] if resumable else [])
                 rounds = self._compiled_rounds(pieces, state)
@@ -806,6 +807,7 @@ class VSSM(SequenceModel):
             z_abs = sample_categorical(self._latent_logits(out), u_last, 1.0)  # (B, m, Z)
             _, dec_abs = self._decode(z_abs, dec_abs, last)
         # the state after the fused blocks; a part-block left goes to _piece
+        everyone = torch.ones_like(state["observed"])
         state = state.evolve(
             position=state.position + span,
             dec=dec_abs,
@@ -886,7 +888,7 @@ class VSSM(SequenceModel):
         if isinstance(par_net, PatchNet):  # its rounds: _compiled_patch_rounds
             return None
         T = max([ms[0], *(a + b for a, b in itertools.pairwise(ms))])  # the longest pass
-        probe = torch.empty(state.batch_size, T, self.config.width, dtype=self.dtype)  # (B, T, H): what a pass reads
+        probe = self._probe(state.batch_size, T)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
             return None
         emb, lin = par_net.inp, dec_net.inp
@@ -906,6 +908,18 @@ class VSSM(SequenceModel):
             return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
 
         return rounds
+
+    def _probe(self, batch: int, steps: int) -> Tensor:
+        """An empty ``(B, T, H)`` tensor whose shape, dtype and device stand for a pass's input in the checks of
+        the compiled calls (read, never written): kept per shape, an op less per call."""
+        key = (batch, steps, self.dtype)
+        probes = self.__dict__.setdefault("_probes", {})
+        hit = probes.get(key)
+        if hit is None or hit.device != self.device:
+            if len(probes) > 64:  # bounded: batch sizes vary by call
+                probes.clear()
+            hit = probes[key] = torch.empty(batch, steps, self.config.width, dtype=self.dtype, device=self.device)
+        return hit
 
     def _round_weights(self) -> native.RoundWeights:
         """The weights the compiled rounds read (:meth:`_laid_out`)."""
@@ -944,7 +958,7 @@ class VSSM(SequenceModel):
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
         # limit of one pass against PyTorch's matrices (S4D.scan_max_tokens), since the alternative to
         # this call is the loop of small passes in PyTorch, not one long pass
-        probe = torch.empty(state.batch_size, 1, cfg.width, dtype=self.dtype)
+        probe = self._probe(state.batch_size, 1)
         if not (inner._native_ok(probe, 1, state["par"]) and dec_net._native_ok(probe, 1, state["dec_abs"])):
             return None
         if not (lp._native_ok(probe) and isinstance(lin, nn.Linear) and lin.bias is not None):

@@ -1,0 +1,86 @@
+"""A frozen model (SequenceModel.freeze, as the server holds every model it serves): the same tokens
+and states as the model unfrozen, weights that refuse in-place writes, and caches that follow a
+conversion.  Float64 unless a test says otherwise."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import TINY, VARIANTS, tiny_model
+from vssm.model.state import GenState
+
+F64 = torch.float64
+PATCH = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+
+
+def _calls(m, block_size: int | None) -> tuple[torch.Tensor, bytes, torch.Tensor]:
+    """Tokens and state of a prompted resumable call, then tokens of an unprompted one-shot call."""
+    prompt = torch.randint(0, m.vocab_size, (3, 5), generator=torch.Generator().manual_seed(1))
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=m.dtype)
+    tokens, state = m.generate(m.start(prompt, [4, 5, 6]), 13, temperature=temp, block_size=block_size)
+    more, _ = m.generate(m.start(torch.zeros(2, 0, dtype=torch.long), [7, 8]), 9, resumable=False)
+    return tokens, state.to_bytes(), more
+
+
+CASES = [(f, None) for f in sorted(TINY)] + [("vssm", "vssm-patch"), ("vssm", "vssm-latent-prior")]
+
+
+@pytest.mark.parametrize(("family", "variant"), CASES, ids=[v or f for f, v in CASES])
+def test_a_frozen_model_generates_what_it_did_unfrozen(family, variant):
+    overrides = VARIANTS[variant][1] if variant else {}
+    m = tiny_model(family, max_position=64, **overrides)
+    block = 3 if family == "vssm" else None  # the VSSM's rounds (the patch variant's compiled ones), else its default
+    want = _calls(m, block)
+    fingerprint = m.fingerprint
+    assert m.freeze() is m and m.frozen and not m.training
+    assert all(p.is_inference() and not p.requires_grad for p in m.parameters())
+    assert m.fingerprint == fingerprint  # states made before freezing still resume
+    got = _calls(m, block)
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    assert got[1] == want[1]
+    torch.testing.assert_close(got[2], want[2], rtol=0, atol=0)
+
+
+def test_a_frozen_model_refuses_in_place_writes():
+    m = tiny_model("vssm", max_position=64, **PATCH)
+    weights = copy.deepcopy(m.state_dict())
+    m.freeze()
+    with pytest.raises(RuntimeError, match=r"[Ii]nference tensor"), torch.no_grad():
+        m.decoder.inp.weight.add_(1.0)  # an optimiser's step
+    with pytest.raises(RuntimeError):
+        m.load_state_dict(weights)
+    assert m.frozen
+
+
+def test_a_frozen_model_converted_lays_out_the_new_weights():
+    """``.double()`` swaps every parameter's storage: the compiled calls' laid-out weights (keyed on
+    the frozen key) must follow, or they would read the float32 weights' freed memory."""
+    m = tiny_model("vssm", dtype=torch.float32, max_position=64, **PATCH)
+    twin = copy.deepcopy(m).double()
+    start = torch.zeros(2, 0, dtype=torch.long)
+    m.freeze().generate(m.start(start, [1, 2]), 12, block_size=4, resumable=False)  # float32 weights laid out
+    m.double()
+    assert m.frozen and m.dtype == F64
+    assert all(p.is_inference() and p.dtype == F64 for p in m.parameters())
+    got, _ = m.generate(m.start(start, [1, 2]), 12, block_size=4, resumable=False)
+    want, _ = twin.generate(twin.start(start, [1, 2]), 12, block_size=4, resumable=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_module_registered_after_freezing_ends_it():
+    m = tiny_model("ar-ssm").freeze()
+    key = m._weights_key()
+    m.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=F64)))
+    assert not m.frozen
+    assert m._weights_key() != key  # read again: the new parameter is in it
+
+
+def test_a_state_reads_its_positions_once():
+    state = GenState("vssm", "f", {"position": torch.tensor([3, 9, 4]), "seed": torch.zeros(3, dtype=torch.long)})
+    assert state.position_list == [3, 9, 4]
+    assert state.position_list is state.position_list  # read once
+    assert state.evolve(position=torch.tensor([5, 5, 5])).position_list == [5, 5, 5]  # a new state, read anew
