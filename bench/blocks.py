@@ -219,7 +219,7 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
     weights = "random"
     bundled = CHECKPOINTS / f"{recipe}.safetensors"
     if models["vssm"].config.par_patch and bundled.exists():  # its rounds depend on its weights (module doc)
-        trained = model.load_checkpoint(bundled).eval()
+        trained = model.load_checkpoint(bundled).freeze()
         shapes = {**dataclasses.asdict(models["vssm"].config), "max_position": trained.config.max_position}
         if dataclasses.asdict(trained.config) == shapes:
             models, weights = {**models, "vssm": trained}, f"checkpoints/{bundled.name}"

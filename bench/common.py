@@ -227,7 +227,7 @@ def with_block_vssm(
     cfg = {**block_config(recipe), "max_position": None}
     with torch.random.fork_rng():  # the later parts' random draws stay what they were
         torch.manual_seed(seed)
-        return {**models, "vssm": as_served(model.build_model("vssm", cfg).eval(), recipe)}
+        return {**models, "vssm": as_served(model.build_model("vssm", cfg).freeze(), recipe)}
 
 
 # the bundled text models timed beside each other, by family: the served VSSM and the three baselines
@@ -251,7 +251,7 @@ def text_models(seed: int = 0, vssm: str = TEXT_RECIPES["vssm"]) -> dict[str, mo
         cfg = TrainConfig.from_preset(name)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            out[cfg.family] = as_served(model.build_model(cfg.family, model_config(cfg)).eval(), name)
+            out[cfg.family] = as_served(model.build_model(cfg.family, model_config(cfg)).freeze(), name)
     return out
 
 
@@ -260,7 +260,8 @@ def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int 
 
     Random weights time the same as trained ones.  Sequences past the data's 784 need
     ``max_position=None`` (no limit) for the recurrent families, and a longer learned position
-    table for the transformers (AR and TVAE): a lookup, so their compute is unchanged.
+    table for the transformers (AR and TVAE): a lookup, so their compute is unchanged.  Frozen
+    (``SequenceModel.freeze``), as the server holds every model it serves.
     """
     out = {}
     for family in FAMILIES:
@@ -270,7 +271,7 @@ def build_models(configs: dict[str, dict[str, Any]], max_length: int, seed: int 
         else:
             cfg["max_position"] = None
         torch.manual_seed(seed)
-        out[family] = model.build_model(family, cfg).eval()
+        out[family] = model.build_model(family, cfg).freeze()  # as the server holds it
     return out
 
 

@@ -149,7 +149,7 @@ class Registry:
         if not paths:
             log.warning("no checkpoints in %s", directory)
         for path in paths:
-            m = load_checkpoint(path, device=device)
+            m = load_checkpoint(path, device=device).freeze()  # served weights never change
             text = m.modality.is_text  # recorded in the checkpoint, or derived from its dataset by the loader
             empty = m.start(torch.zeros(1, 0, dtype=torch.long), 0)
             served = ServedModel(path.stem, m, text, int(path.stat().st_mtime), len(empty.to_bytes()))
