@@ -137,13 +137,19 @@ class SequenceModel(nn.Module):
         dtype, would go unseen, as a write that bypasses the version counter does).  10.7 us for the
         102 parameters of mnist-vssm-blocks' shapes, where weights_key takes 24.9
         (docs/experiments/rounds-and-serving.md, twenty-fourth session)."""
-        if self._frozen_at == _structure[0] and self._frozen_key is not None:  # freeze(): nothing to read
+        if self._frozen_key is not None and self._frozen_at == _structure[0]:  # frozen: nothing to read
             return self._frozen_key
         ps = self._weights()
         try:
-            return tuple(map(_DATA_PTR, ps)), tuple(map(_VERSION, self._versioned))
+            key = tuple(map(_DATA_PTR, ps)), tuple(map(_VERSION, self._versioned))
         except RuntimeError:  # a parameter's data swapped for an inference tensor: no version to read
-            return weights_key(ps)
+            key = weights_key(ps)
+        if self._frozen_key is not None:  # a module registered somewhere since: frozen still if these are the same
+            if key == self._frozen_key:
+                self._frozen_at = _structure[0]
+            else:
+                self._frozen_key, self._frozen_at = None, -1
+        return key
 
     @property
     def fingerprint(self) -> str:
@@ -160,37 +166,50 @@ class SequenceModel(nn.Module):
 
     def freeze(self) -> SequenceModel:
         """Fix the weights for serving and return the model, in eval mode: every parameter becomes an
-        inference tensor without gradient, so an in-place write (an optimiser step, ``load_state_dict``)
-        raises, and generation calls stop reading every parameter's storage and version to see whether the
-        weights changed (:meth:`_weights_key`).  That read touched 94 tensors: 50-80 us of a 2 ms block-16
-        image, most of it when the call follows other work (docs/experiments/rounds-and-serving.md,
-        twenty-ninth session).  ``.to()`` and ``.double()`` freeze the new weights again; a module or
-        parameter registered later ends it (the key is read again); swapping ``p.data`` by hand goes unseen.
-        The server freezes every model it loads; training needs an unfrozen one (load it again)."""
+        inference tensor without gradient, so an in-place write outside ``torch.inference_mode`` (an
+        optimiser step, ``load_state_dict``) raises, and a generation call no longer reads every parameter's
+        storage and version to see whether the weights changed (:meth:`_weights_key`): 94 tensors, 50-80 us
+        of a 2 ms block-16 image, most of it when the call follows other work
+        (docs/experiments/rounds-and-serving.md, twenty-ninth session).
+
+        A module or parameter registered anywhere (another model built) makes the next call read the key
+        once: the same storages, the model stays frozen; this model's own weights replaced, it no longer is.
+        ``.to()``, ``.double()`` and the like on the whole model freeze the new weights.  What goes unseen,
+        as writes that bypass the version counter do on any model: a write inside ``torch.inference_mode``,
+        ``p.data`` swapped by hand, a part of the model converted on its own (``m.decoder.double()``,
+        ``share_memory_``).  The server freezes every model it loads; to train, load the checkpoint again."""
         self.eval()
         with torch.inference_mode():
             for module in self.modules():
                 for name, p in list(module._parameters.items()):
                     if p is not None and not (p.is_inference() and not p.requires_grad):
                         setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
-        self._frozen_at = -1
-        self._frozen_key = self._weights_key()  # every parameter's storage, read once
-        self._frozen_at = _structure[0]
+        self._frozen_key, self._frozen_at = None, -1
+        key = self._weights_key()  # every parameter's storage, read once
+        self._frozen_key, self._frozen_at = key, _structure[0]
         return self
 
     @property
     def frozen(self) -> bool:
-        """Whether :meth:`freeze` fixed the current weights (no parameter or module registered since)."""
-        return self._frozen_at == _structure[0]
+        """Whether :meth:`freeze` fixed the current weights (and none was replaced since)."""
+        self._weights_key()
+        return self._frozen_key is not None
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
         """``nn.Module._apply`` (``.to()``, ``.double()``, ``.cuda()``), which swaps every parameter's data
-        in place: a frozen model freezes the new weights, so its key is not the old storage's."""
-        frozen = self.frozen
+        in place: a frozen model freezes the new weights, so that its key is theirs."""
+        frozen = self._frozen_key is not None
         out = super()._apply(fn, recurse)
         if frozen:
             self.freeze()
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What ``copy.deepcopy`` and pickling copy: not the weights' key nor the laid-out weights, whose
+        addresses are the original's storages (the copy reads and lays out its own; it is not frozen)."""
+        state = dict(super().__getstate__())
+        state.update(_frozen_key=None, _frozen_at=-1, _fp_key=None, _walk_at=-1)  # the copy walks its own
+        return {k: v for k, v in state.items() if not (k.endswith("_cache") or k == "_probes")}
 
     def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
         """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
@@ -434,7 +453,9 @@ class SequenceModel(nn.Module):
         if n < 0:
             raise ValueError("a token count cannot be negative")
         limit = self.max_position
-        if limit is not None and state.batch_size and max(state.position_list) + n > limit:
+        if limit is not None and not state.batch_size:
+            raise ValueError("a state of no rows")
+        if limit is not None and max(state.position_list) + n > limit:
             raise PositionLimitError(
                 f"position {max(state.position_list)} + {n} tokens exceeds the maximum position {limit}"
             )

@@ -106,8 +106,9 @@ def cached_pack(owner: nn.Module, params: Callable[[], list[Tensor | None]], bui
     """``owner``'s weights packed for a compiled kernel (``build()``), rebuilt when any of
     ``params()`` changes (:func:`weights_key`, and which entries are None), checked once per
     generation call (:func:`weights_fixed`): a weight changed by another thread during a call is
-    read by the next.  Kept in ``owner.__dict__``: a cache, not module state (never saved, never
-    moved).  Like every weights cache here it cannot see writes that bypass the version counter."""
+    read by the next.  Kept in ``owner.__dict__``: a cache, not module state (not in the state dict; a deep
+    copy keeps it under the original's key, so the copy, whose storages differ, builds its own).  Like every
+    weights cache here it cannot see writes that bypass the version counter."""
     call = fixed_call()
     hit = owner.__dict__.get("_pack")
     if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call

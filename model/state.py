@@ -41,7 +41,7 @@ class GenState:
 
     @cached_property
     def position_list(self) -> list[int]:
-        """``position`` as Python ints, read once per state (a state is a value: its tensors never change).
+        """``position`` as Python ints, read once per state (a state is a value: its position never changes).
         A generation call's checks read these, where each tensor op they replace cost 20-60 us when the
         call followed other work (docs/experiments/rounds-and-serving.md, twenty-ninth session)."""
         return self.position.tolist()

@@ -71,16 +71,61 @@ def test_a_frozen_model_converted_lays_out_the_new_weights():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_a_module_registered_after_freezing_ends_it():
-    m = tiny_model("ar-ssm").freeze()
-    key = m._weights_key()
-    m.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=F64)))
-    assert not m.frozen
-    assert m._weights_key() != key  # read again: the new parameter is in it
-
-
 def test_a_state_reads_its_positions_once():
     state = GenState("vssm", "f", {"position": torch.tensor([3, 9, 4]), "seed": torch.zeros(3, dtype=torch.long)})
     assert state.position_list == [3, 9, 4]
     assert state.position_list is state.position_list  # read once
     assert state.evolve(position=torch.tensor([5, 5, 5])).position_list == [5, 5, 5]  # a new state, read anew
+
+
+def test_a_model_built_elsewhere_leaves_a_frozen_model_frozen_and_convertible():
+    """Registration hooks are global: another model built after freezing makes the next call read the key
+    once, finds the same storages and stays frozen; a conversion then freezes the new weights."""
+    m = tiny_model("vssm", dtype=torch.float32, max_position=64, **PATCH)
+    twin = copy.deepcopy(m).double()
+    start = torch.zeros(2, 0, dtype=torch.long)
+    m.freeze().generate(m.start(start, [1, 2]), 12, block_size=4, resumable=False)
+    tiny_model("ar-gru")  # modules registered elsewhere
+    assert m.frozen
+    m.double()
+    assert m.frozen and all(p.is_inference() and p.dtype == F64 for p in m.parameters())
+    got, _ = m.generate(m.start(start, [1, 2]), 12, block_size=4, resumable=False)
+    want, _ = twin.generate(twin.start(start, [1, 2]), 12, block_size=4, resumable=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_a_copy_of_a_frozen_model_lays_out_its_own_weights():
+    """A deep copy's laid-out weights would hold the original's addresses: the copy reads its own, follows
+    its own weights, and outlives the original."""
+    m = tiny_model("vssm", max_position=64, **PATCH).freeze()
+    start = torch.zeros(2, 0, dtype=torch.long)
+
+    def image(model):
+        return model.generate(model.start(start, [1, 2]), 12, block_size=4, resumable=False)[0]
+
+    before = image(m)  # laid out
+    twin = copy.deepcopy(m)
+    assert not twin.frozen
+    torch.testing.assert_close(image(twin), before, rtol=0, atol=0)
+    with torch.no_grad():
+        twin.decoder.inp.weight.mul_(-3.0)
+    changed = image(twin)
+    assert not torch.equal(changed, before)
+    torch.testing.assert_close(image(m), before, rtol=0, atol=0)
+    del m
+    torch.testing.assert_close(image(twin), changed, rtol=0, atol=0)
+
+
+def test_replacing_a_weight_of_a_frozen_model_ends_it():
+    m = tiny_model("ar-ssm").freeze()
+    fingerprint = m.fingerprint
+    m.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=F64)))
+    assert not m.frozen
+    assert m.fingerprint != fingerprint  # read again: the new parameter is in it
+
+
+def test_a_state_of_no_rows_is_refused():
+    m = tiny_model("vssm", max_position=64)
+    empty = m.start(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="no rows"):
+        m.generate(empty, 4)
