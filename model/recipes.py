@@ -162,15 +162,16 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 9.5-9.8 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (medians of 7 "
+            "call: 9.5-9.8 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (Zen 4; medians of 7 "
             "interleaved runs in two benchmark runs; target 10x, missed) and 10.0-11.6 times at batch 32 "
             "(docs/benchmarks.json, docs/benchmarks-blocks.json, twenty-ninth session). Before the AR-SSM's own "
             "loop took about a third off its image's time (twenty-eighth session): 10.1-12.1 times at batch 1 on "
-            "an AMD EPYC with AVX2, 10.9 on an AMD EPYC with AVX-512, 12.0-16.5 on Intel Xeons.",
+            "an AMD EPYC with AVX2, 10.9 on the twenty-fifth session's AMD EPYC with AVX-512, 12.0-16.5 on "
+            "Intel Xeons.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse (block 16: 64.1 nats, block 1: 126.9) and "
-            "slower (no compiled loop: block 16 takes about 20-25 times block 28's time) than block 28. Larger blocks "
-            "draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172).",
+            "slower (no compiled loop: block 16 takes about 28-32 times block 28's time at batch 1) than block 28. "
+            "Larger blocks draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172).",
             "As served the digit judge is confident of 77% of its samples (the AR-SSM's: 80%). The decoder copies "
             "the latents, so observation temperature 0 (served) and 1 draw the same pixels.",
         ),
@@ -204,7 +205,7 @@ _RECIPES = [
         ),
         limitations=(
             "49 compiled rounds an image against mnist-vssm-prior's 28: 8.2-8.5 times faster than the AR-SSM at "
-            "batch 1 (target 10x, missed) and 10.4-10.5 times at batch 32 on an AMD EPYC with AVX-512, where "
+            "batch 1 (target 10x, missed) and 10.4-10.5 times at batch 32 on an AMD EPYC with AVX-512 (Zen 4), where "
             "mnist-vssm-prior at its block 28 is 9.5-9.8 and 10.0-11.6 times (medians of 7 interleaved runs, "
             "docs/benchmarks.json and docs/benchmarks-blocks.json, twenty-ninth session). Before the AR-SSM's "
             "loop took about a third off its image's time (twenty-eighth session): 9.2-9.6 times on an AMD EPYC "
@@ -212,8 +213,8 @@ _RECIPES = [
             "A little worse than mnist-vssm-prior at its block 28: at block 16 the digit judge is confident of 73% "
             "of its samples (77%; the AR-SSM's: 80%), and the AR-SSM scores them at 73.9 nats (68.8; the test "
             "images: 55.6; the block-sampling issue's line, 1.3 times that, is 72.3).",
-            "Blocks that are not 16 run their rounds in PyTorch (no compiled loop: block 28 takes about twelve "
-            "times block 16's time at batch 1, three at batch 32), and a block that starts inside a patch reads "
+            "Blocks that are not 16 run their rounds in PyTorch (no compiled loop: block 28 takes about 15-17 "
+            "times block 16's time at batch 1, about four at batch 32), and a block that starts inside a patch reads "
             "that patch's earlier pixels only through the decoder (blocks 1-8: 63-91 nats).",
         ),
         train=dict(
@@ -239,7 +240,7 @@ _RECIPES = [
         limitations=(
             "Generates token by token: 784 sequential steps per image (one compiled loop, its states laid out so "
             "that a step reads a mode's channels contiguously), about 5.0 times the time of one VSSM pass at "
-            "batch 1 on an AMD EPYC with AVX-512 (docs/benchmarks.json, twenty-ninth session; before the "
+            "batch 1 on an AMD EPYC with AVX-512 (Zen 4; docs/benchmarks.json, twenty-ninth session; before the "
             "twenty-eighth session's faster loop 6.4 on an AMD EPYC with AVX2, 10.1 on an Intel Xeon with AVX-512).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
