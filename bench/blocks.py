@@ -157,7 +157,7 @@ def _served_part(
     vssm = models["vssm"]
     t1 = None  # the served observation temperature (bench.common.as_served) and, below 1, the same call at 1
     if at_one and vssm.observation_temperature != 1.0:
-        t1 = copy.deepcopy(vssm)
+        t1 = copy.deepcopy(vssm).freeze()  # a copy is not frozen (SequenceModel.__getstate__)
         t1.observation_temperature = 1.0
     out: dict[str, Any] = {
         "length": T,

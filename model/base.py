@@ -146,7 +146,7 @@ class SequenceModel(nn.Module):
             key = weights_key(ps)
         if self._frozen_key is not None:  # a module registered somewhere since: frozen still if these are the same
             if key == self._frozen_key:
-                self._frozen_at = _structure[0]
+                self._frozen_at = self._walk_at  # the walk the key was read from
             else:
                 self._frozen_key, self._frozen_at = None, -1
         return key
@@ -174,10 +174,12 @@ class SequenceModel(nn.Module):
 
         A module or parameter registered anywhere (another model built) makes the next call read the key
         once: the same storages, the model stays frozen; this model's own weights replaced, it no longer is.
-        ``.to()``, ``.double()`` and the like on the whole model freeze the new weights.  What goes unseen,
-        as writes that bypass the version counter do on any model: a write inside ``torch.inference_mode``,
-        ``p.data`` swapped by hand, a part of the model converted on its own (``m.decoder.double()``,
-        ``share_memory_``).  The server freezes every model it loads; to train, load the checkpoint again."""
+        ``.to()``, ``.double()`` and the like on the whole model freeze the new weights (so does a model
+        that still holds frozen weights after its freeze ended).  What goes unseen, as writes that bypass the
+        version counter do on any model: a write inside ``torch.inference_mode``, ``p.data`` swapped by hand.
+        A part of the model converted on its own (``m.decoder.double()``) keeps inference tensors whose data
+        was swapped, which no op can read: convert the whole model.  The server freezes every model it loads;
+        to train, load the checkpoint again."""
         self.eval()
         with torch.inference_mode():
             for module in self.modules():
@@ -186,7 +188,7 @@ class SequenceModel(nn.Module):
                         setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
         self._frozen_key, self._frozen_at = None, -1
         key = self._weights_key()  # every parameter's storage, read once
-        self._frozen_key, self._frozen_at = key, _structure[0]
+        self._frozen_key, self._frozen_at = key, self._walk_at
         return self
 
     @property
@@ -197,10 +199,12 @@ class SequenceModel(nn.Module):
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Any:
         """``nn.Module._apply`` (``.to()``, ``.double()``, ``.cuda()``), which swaps every parameter's data
-        in place: a frozen model freezes the new weights, so that its key is theirs."""
-        frozen = self._frozen_key is not None
+        in place: a frozen model, or one that still holds frozen weights (an inference tensor whose data is
+        swapped keeps no version counter, and no op can read it), freezes the new weights."""
+        refreeze = self.frozen or any(p.is_inference() for p in self._weights())
+        self._frozen_key, self._frozen_at = None, -1  # the old storages' key, should the conversion fail midway
         out = super()._apply(fn, recurse)
-        if frozen:
+        if refreeze:
             self.freeze()
         return out
 

@@ -116,12 +116,30 @@ def test_a_copy_of_a_frozen_model_lays_out_its_own_weights():
     torch.testing.assert_close(image(twin), changed, rtol=0, atol=0)
 
 
-def test_replacing_a_weight_of_a_frozen_model_ends_it():
+def test_replacing_a_weight_of_a_frozen_model_ends_it_and_a_conversion_freezes_again():
+    """A parameter added ends the freeze; the model still holds frozen weights, whose data a conversion
+    swaps, so the conversion freezes them all again (else no op could read them)."""
     m = tiny_model("ar-ssm").freeze()
     fingerprint = m.fingerprint
     m.register_parameter("extra", nn.Parameter(torch.zeros(2, dtype=F64)))
     assert not m.frozen
     assert m.fingerprint != fingerprint  # read again: the new parameter is in it
+    m.float()
+    assert m.frozen and all(p.is_inference() and p.dtype == torch.float32 for p in m.parameters())
+    m.generate(m.start(torch.zeros(2, 0, dtype=torch.long), [1, 2]), 5)
+
+
+def test_weights_loaded_by_assignment_end_the_freeze_whenever_it_is_asked():
+    """``load_state_dict(assign=True)`` replaces every parameter: the model is no longer frozen, and a
+    conversion right after it leaves it so, whether or not anything asked in between."""
+    weights = tiny_model("ar-ssm", seed=1).state_dict()
+    for ask in (False, True):
+        m = tiny_model("ar-ssm").freeze()
+        m.load_state_dict(weights, assign=True)
+        if ask:
+            assert not m.frozen
+        m.float()
+        assert not m.frozen and not any(p.is_inference() for p in m.parameters())
 
 
 def test_a_state_of_no_rows_is_refused():
