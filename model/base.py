@@ -99,7 +99,7 @@ class SequenceModel(nn.Module):
         self._walk: list[Tensor] = []
         self._versioned: list[Tensor] = []  # the parameters of _walk with a version counter (not inference tensors)
         self._walk_at = -1  # _structure[0] when _walk was taken
-        self._frozen_at = -1  # _structure[0] when freeze() fixed the weights; -1: not frozen
+        self._frozen_at = -1  # _walk_at of the walk the frozen key was last checked against; -1: not frozen
         self._frozen_key: tuple | None = None  # the weights' key then (_weights_key)
 
     # ----- identity -----------------------------------------------------------------------------
@@ -201,7 +201,7 @@ class SequenceModel(nn.Module):
         """``nn.Module._apply`` (``.to()``, ``.double()``, ``.cuda()``), which swaps every parameter's data
         in place: a frozen model, or one that still holds frozen weights (an inference tensor whose data is
         swapped keeps no version counter, and no op can read it), freezes the new weights."""
-        refreeze = self.frozen or any(p.is_inference() for p in self._weights())
+        refreeze = any(p.is_inference() for p in self._weights())  # every one, where the model is frozen
         self._frozen_key, self._frozen_at = None, -1  # the old storages' key, should the conversion fail midway
         out = super()._apply(fn, recurse)
         if refreeze:

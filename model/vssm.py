@@ -912,10 +912,10 @@ class VSSM(SequenceModel):
     def _probe(self, batch: int, steps: int) -> Tensor:
         """An empty ``(B, T, H)`` tensor whose shape, dtype and device stand for a pass's input in the checks of
         the compiled calls (read, never written): kept per shape, an op less per call."""
-        key = (batch, steps, self.dtype)
+        key = (batch, steps, self.dtype, self.device)
         probes = self.__dict__.setdefault("_probes", {})
         hit = probes.get(key)
-        if hit is None or hit.device != self.device:
+        if hit is None:
             if len(probes) > 64:  # bounded: batch sizes vary by call
                 probes.clear()
             hit = probes[key] = torch.empty(batch, steps, self.config.width, dtype=self.dtype, device=self.device)

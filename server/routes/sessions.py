@@ -127,6 +127,12 @@ def _ttl(ctx: Context, ttl: int | None) -> int:
 SESSION_ID = re.compile(r"sess_[0-9a-f]{32}")
 
 
+async def _read(ctx: Context, sid: str, holder: str) -> SessionRecord | None:
+    """The stored session, its TTL refreshed, and its quota entry where the store folds that into the read
+    and the session counts against ``holder`` (``quota_fresh``); None if it does not exist."""
+    return await ctx.store_call("get", ctx.store.get(sid, holder if ctx.quotas else ""))
+
+
 async def _load(ctx: Context, sid: str, owner: str, holder: str) -> SessionRecord:
     rec, touching = await _load_for_write(ctx, sid, owner, holder)
     if touching is not None:
@@ -144,7 +150,7 @@ async def _load_for_write(
     does not lets it finish on its own (:meth:`Context.touch_soon`)."""
     if not SESSION_ID.fullmatch(sid):  # not an id we make: no store call, and no echo of what may be huge
         raise not_found("session_not_found", "no session has this id")
-    rec = await ctx.store_call("get", ctx.store.get(sid, holder if ctx.quotas else ""))
+    rec = await _read(ctx, sid, holder)
     if rec is None or rec.owner != owner:  # another key's session is indistinguishable from none
         ctx.metrics.sessions.labels("expired").inc()
         raise not_found("session_not_found", f"session {sid} does not exist or has expired")
@@ -179,7 +185,7 @@ async def _commit(
     ctx.metrics.state_bytes.observe(len(rec.state))
     done = await ctx.store_call("cas", ctx.store.compare_and_set(rec, expected_version, refresh_quota=ctx.quotas))
     if done is None:
-        found = await ctx.store_call("get", ctx.store.get(rec.id, rec.holder if ctx.quotas else ""))
+        found = await _read(ctx, rec.id, rec.holder)
         if found is None:
             raise not_found("session_not_found", f"session {rec.id} was deleted or expired meanwhile")
         ctx.touch_owed(found)  # the read refreshed the session's TTL: so does its quota
