@@ -11,6 +11,7 @@ costs exactly one recurrent step and nothing re-reads the prefix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,26 +176,38 @@ class ARSSM(ARModel):
         """On the CPU, where every step would be one native network pass, the whole loop is one
         compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
         its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
-        loop = native.ar_loop() if scores is None and n > 0 and finite_temperature(temperature) else None
+        B = state.batch_size
+        # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
+        eligible = scores is None and n > 0 and finite_temperature(temperature)
+        loop = self._settled(("ar loop", B), lambda: self._compiled_loop(state)) if eligible else None
+        if loop is None:
+            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        tokens, logits, h_next = loop(state, u, row_temperatures(temperature, B), resumable)
+        if not resumable:
+            return tokens, None
+        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+
+    def _compiled_loop(self, state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+        """The whole loop as one compiled call (csrc/ar_loop.c) where every step would be one native network
+        pass over ``state``'s rows; else None."""
+        loop = native.ar_loop()
         h = state["h"]
         probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype)  # (B, 1, H): what a step reads
         if loop is None or not (
             self.net.inp._parameters.get("weight") is not None and self.net._native_ok(probe, 1, h)
         ):
-            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
-        B = state.batch_size
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+            return None
         cfg = self.net.cfg
         # the pack once per weights, keyed as the VSSM's compiled calls key theirs (SequenceModel._laid_out),
         # not re-keyed from every parameter on each call: the same treatment for both families
         packed = self._laid_out("_ar_pack_cache", (), self.net._packed)  # eps goes beside it, not in it
-        tokens, logits, h_next = loop(
-            state["logits"], h, u, row_temperatures(temperature, B), packed, self.net.inp.weight,
-            cfg.layers, cfg.state_size, self.net.norm.eps, resumable,
-        )  # fmt: skip
-        if not resumable:
-            return tokens, None
-        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+        weight, eps = self.net.inp.weight, self.net.norm.eps
+
+        def run(state: GenState, u: Tensor, temps: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
+            return loop(state["logits"], state["h"], u, temps, packed, weight, cfg.layers, cfg.state_size, eps, keep)
+
+        return run
 
 
 # ----- autoregressive GRU ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .modality import Modality
 from .sampling import as_seed_tensor
@@ -178,8 +179,12 @@ class SequenceModel(nn.Module):
         that still holds frozen weights after its freeze ended).  What goes unseen, as writes that bypass the
         version counter do on any model: a write inside ``torch.inference_mode``, ``p.data`` swapped by hand.
         A part of the model converted on its own (``m.decoder.double()``) keeps inference tensors whose data
-        was swapped, which no op can read: convert the whole model.  The server freezes every model it loads;
-        to train, load the checkpoint again."""
+        was swapped, which no op can read: convert the whole model.  A frozen model also keeps what the
+        compiled calls' checks found (:meth:`_settled`) until a module, parameter or hook is registered
+        anywhere, or the model is converted, frozen again or switched by ``train()``/``eval()``: like
+        ``torch.jit.freeze``, it does not see settings changed by hand on its parts (a LayerNorm's ``eps``,
+        ``model.decoder.train()``); freeze again after such a change.  The server freezes every model it
+        loads; to train, load the checkpoint again."""
         self.eval()
         with torch.inference_mode():
             for module in self.modules():
@@ -187,6 +192,7 @@ class SequenceModel(nn.Module):
                     if p is not None and not (p.is_inference() and not p.requires_grad):
                         setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
         self._frozen_key, self._frozen_at = None, -1
+        self.__dict__.pop("_settled_cache", None)  # what was checked before, checked again
         key = self._weights_key()  # every parameter's storage, read once
         self._frozen_key, self._frozen_at = key, self._walk_at
         return self
@@ -203,6 +209,7 @@ class SequenceModel(nn.Module):
         swapped keeps no version counter, and no op can read it), freezes the new weights."""
         refreeze = any(p.is_inference() for p in self._weights())  # every one, where the model is frozen
         self._frozen_key, self._frozen_at = None, -1  # the old storages' key, should the conversion fail midway
+        self.__dict__.pop("_settled_cache", None)
         out = super()._apply(fn, recurse)
         if refreeze:
             self.freeze()
@@ -227,6 +234,37 @@ class SequenceModel(nn.Module):
         weights = build()
         self.__dict__[name] = (key, weights)
         return weights
+
+    def _settled(self, key: tuple, check: Callable[[], Any]) -> Any:
+        """``check()``, whether a compiled call can run and the call (None: it cannot), kept per ``key`` (the
+        call's kind and shape) while the model stays frozen (:meth:`freeze`) and nothing the check reads can
+        have changed: no module or parameter registered anywhere, no hook registered anywhere (torch numbers
+        every hook handle it makes, of any kind, from one count), no conversion, freeze, ``train()`` or
+        ``eval()`` of the model, gradients off.  A check walks the networks for hooks, active dropouts and
+        LayerNorm eps, and keys the laid-out weights: 128 us of a 2.0 ms block-16 image when the call
+        follows other work, 48 us back to back (docs/experiments/rounds-and-serving.md, thirtieth session).
+        Only a call found runnable is kept (removing a hook does not move the count).  Not seen, as
+        ``torch.jit.freeze`` does not see them: settings changed by hand on a part of a frozen model (a
+        LayerNorm's ``eps``, a dropout's ``p``, ``model.decoder.train()``); freeze again after such a change."""
+        made = getattr(RemovableHandle, "next_id", None)  # torch's count of hook handles
+        if made is None or self._frozen_key is None or self._frozen_at != _structure[0] or torch.is_grad_enabled():
+            return check()
+        guard = (_structure[0], made)
+        kept = self.__dict__.setdefault("_settled_cache", {})
+        hit = kept.get(key)
+        if hit is not None and hit[0] == guard:
+            return hit[1]
+        got = check()
+        if got is not None:
+            if len(kept) >= 64:  # bounded: batch sizes vary by call
+                kept.clear()
+            kept[key] = (guard, got)
+        return got
+
+    def train(self, mode: bool = True) -> SequenceModel:
+        """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped."""
+        self.__dict__.pop("_settled_cache", None)
+        return super().train(mode)
 
     def num_parameters(self, generation_only: bool = False) -> int:
         """All parameters, or only those used at generation time (the VSSM drops its encoder)."""
@@ -292,7 +330,7 @@ class SequenceModel(nn.Module):
         """What :meth:`generate` and :meth:`generate_scored` share: checks, block sizes, no grad."""
         self.check_state(state)
         self._check_room(state, n)
-        blocks = self.block_sizes(block_size, state.batch_size)
+        blocks = self._blocks(block_size, state.batch_size)
         ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
@@ -352,6 +390,24 @@ class SequenceModel(nn.Module):
         if self.max_position is not None:
             sizes = torch.where(sizes >= self.max_position, 0, sizes)
         return sizes.contiguous()
+
+    def _blocks(self, block_size: int | Tensor | None, batch: int) -> Tensor:
+        """:meth:`block_sizes` of a generation call, kept per value for an int or None: a tensor made is the
+        first op of a call, 40 us of a block-16 image when the call follows other work, 8 us back to back
+        (docs/experiments/rounds-and-serving.md, thirtieth session).  Kept as an inference tensor, which an
+        in-place write outside ``torch.inference_mode`` refuses; nothing here writes it."""
+        if not (block_size is None or type(block_size) is int):  # a tensor, or what block_sizes refuses
+            return self.block_sizes(block_size, batch)
+        key = (block_size, self.default_block_size, self.max_position, batch, self.device)
+        kept = self.__dict__.setdefault("_blocks_cache", {})
+        hit = kept.get(key)
+        if hit is None:
+            with torch.inference_mode():
+                hit = self.block_sizes(block_size, batch)
+            if len(kept) >= 64:  # bounded: batch sizes vary by call
+                kept.clear()
+            kept[key] = hit
+        return hit
 
     # Observed tokens are read this many at a time, each window one ``_append`` from the state the
     # previous one left, so peak memory does not grow with the prompt: an SSM's parallel pass builds

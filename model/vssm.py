@@ -773,12 +773,13 @@ class VSSM(SequenceModel):
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         got, absorbed = None, False
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
-            patch = self._compiled_patch_rounds(c, state)
+            patch = self._settled(("patch rounds", c, Bsz), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
                 got = patch(p0 % c, span, temps, state, resumable)
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
                 pieces = ms[:fused] + ([0] if resumable else [])
-                rounds = self._compiled_rounds(pieces, state)
+                T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
+                rounds = self._settled(("rounds", T, Bsz), lambda: self._compiled_rounds(T, state))
                 got = None if rounds is None else rounds(pieces, temps, state, resumable)
                 absorbed = got is not None and resumable
         start = span - ms[fused - 1]  # where the last fused block starts
@@ -875,19 +876,18 @@ class VSSM(SequenceModel):
         return tokens, par, dec_abs
 
     def _compiled_rounds(
-        self, ms: list[int], state: GenState
+        self, T: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None:
-        """:meth:`_fused_rows`'s blocks ``ms`` (a last 0: the last block absorbed too) as one compiled call
-        (csrc/rounds.c), block 0 included, where both networks can run their passes on the kernel on the CPU
-        (batch x steps within ``native.max_tokens()``; model/native.py); else None (the loop in PyTorch, whose
-        passes take the same kernel within that limit: SSMNet.forward_from)."""
+        """:meth:`_fused_rows`'s blocks (``ms`` a call's argument, a last 0: the last block absorbed too) as one
+        compiled call (csrc/rounds.c), block 0 included, where both networks can run their passes of up to ``T``
+        steps on the kernel on the CPU (batch x steps within ``native.max_tokens()``; model/native.py); else None
+        (the loop in PyTorch, whose passes take the same kernel within that limit: SSMNet.forward_from)."""
         run = native.fused_rounds()
         if run is None or self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         par_net, dec_net = self._modules["partial_encoder"], self._modules["decoder"]  # (no Module.__getattr__)
         if isinstance(par_net, PatchNet):  # its rounds: _compiled_patch_rounds
             return None
-        T = max([ms[0], *(a + b for a, b in itertools.pairwise(ms))])  # the longest pass
         probe = self._probe(state.batch_size, T)  # (B, T, H): what a pass reads
         if not (par_net._native_ok(probe, T, state["par"]) and dec_net._native_ok(probe, T, state["dec_abs"])):
             return None

@@ -135,3 +135,134 @@ def test_a_state_of_no_rows_is_refused():
     empty = m.start(torch.zeros(0, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="no rows"):
         m.generate(empty, 4)
+
+
+# The compiled calls' checks, kept while the model stays frozen (SequenceModel._settled): each case is a
+# model, the method that checks whether its compiled call can run, and the block size that takes it.
+KEPT = {
+    "patch rounds": ("vssm", PATCH, "_compiled_patch_rounds", 4),
+    "rounds": ("vssm", {"prior_width": 6, "prior_context": 3}, "_compiled_rounds", 3),
+    "ar loop": ("ar-ssm", {}, "_compiled_loop", None),
+}
+
+
+def _counted(monkeypatch, m, name: str) -> list[int]:
+    """How many times ``m``'s class runs its check ``name`` (a list of one count, kept up to date)."""
+    count = [0]
+    check = getattr(type(m), name)
+
+    def counted(self, *args):
+        count[0] += 1
+        return check(self, *args)
+
+    monkeypatch.setattr(type(m), name, counted)
+    return count
+
+
+def _start(m) -> GenState:
+    """Two rows after a prompt of 5 tokens."""
+    return m.start(torch.randint(0, m.vocab_size, (2, 5), generator=torch.Generator().manual_seed(3)), [4, 5])
+
+
+def _tokens(m, block: int | None, start: GenState | None = None, resumable: bool = True) -> torch.Tensor:
+    """A call of 13 tokens from ``start`` (None: :func:`_start`)."""
+    return m.generate(_start(m) if start is None else start, 13, block_size=block, resumable=resumable)[0]
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_frozen_model_checks_its_compiled_call_once(case, monkeypatch):
+    family, overrides, name, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides)
+    count = _counted(monkeypatch, m, name)
+    want = _tokens(m, block)
+    _tokens(m, block)
+    assert count[0] == 2  # unfrozen: every call checks (an optimiser may have changed the weights)
+    m.freeze()
+    for _ in range(3):
+        torch.testing.assert_close(_tokens(m, block), want, rtol=0, atol=0)
+    assert count[0] == 3  # frozen: the first call checks, the rest keep what it found
+    tiny_model("ar-gru")  # modules registered elsewhere: checked again, once
+    _tokens(m, block), _tokens(m, block)
+    assert count[0] == 4
+    m.eval()  # train() and eval() drop what was kept
+    _tokens(m, block), _tokens(m, block)
+    assert count[0] == 5
+    with torch.enable_grad():  # gradients on: nothing is kept, nothing is used
+        assert m._settled(("probe",), lambda: "checked") == "checked"
+        assert "probe" not in str(m.__dict__.get("_settled_cache"))
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_hook_registered_after_the_check_is_run(case):
+    """A forward hook on a network's head leaves the compiled call (which would skip it): registered after a
+    frozen model kept its check, the next call still runs it, and draws the same tokens.  The prompt is read
+    before the hook, and no state is kept (the last block would be absorbed in PyTorch): only the compiled
+    call's part of generation could run the hook."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides).freeze()
+    start = _start(m)
+    want = _tokens(m, block, start, resumable=False)
+    _tokens(m, block, start, resumable=False)  # kept
+    seen = []
+    net = m.net if family == "ar-ssm" else m.decoder
+    handle = net.head.register_forward_hook(lambda *_: seen.append(1))
+    torch.testing.assert_close(_tokens(m, block, start, resumable=False), want, rtol=0, atol=0)
+    assert seen  # run in PyTorch, the hook with it
+    handle.remove()
+    seen.clear()
+    torch.testing.assert_close(_tokens(m, block, start, resumable=False), want, rtol=0, atol=0)
+    assert not seen  # the hook gone, nothing runs it
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_weight_replaced_after_the_check_is_read(case):
+    """A parameter replaced ends the freeze: the next call reads the new weight, as a model built with it does."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides)
+    twin = copy.deepcopy(m)
+    before = _tokens(m.freeze(), block)
+    _tokens(m, block)  # kept
+    net, twin_net = (m.net, twin.net) if family == "ar-ssm" else (m.decoder, twin.decoder)
+    new = nn.Parameter(torch.randn(net.head.weight.shape, dtype=F64, generator=torch.Generator().manual_seed(9)))
+    net.head.weight = new
+    twin_net.head.weight = nn.Parameter(new.detach().clone())
+    assert not m.frozen
+    got = _tokens(m, block)
+    assert not torch.equal(got, before)
+    torch.testing.assert_close(got, _tokens(twin, block), rtol=0, atol=0)
+
+
+def test_a_call_s_block_sizes_are_kept_and_read_only():
+    m = tiny_model("vssm", max_position=64)
+    blocks = m._blocks(4, 3)
+    assert blocks.tolist() == [4, 4, 4] and m._blocks(4, 3) is blocks
+    assert m._blocks(64, 3).tolist() == [0, 0, 0]  # at the maximum position: one pass
+    with pytest.raises(RuntimeError, match=r"[Ii]nference tensor"):
+        blocks.add_(1)
+    assert m._blocks(1, 3).tolist() == [1, 1, 1]
+    for bad in (True, 0):  # refused every time: True is no block size of 1, though it hashes as one
+        with pytest.raises(ValueError):
+            m._blocks(bad, 3)
+
+
+class _Negated(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return -w
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_parametrization_registered_after_the_check_is_read(case):
+    """A parametrization changes what the head computes, which no compiled call reproduces: the next call
+    reads the parametrized weight, as a model built with it does."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides)
+    twin = copy.deepcopy(m)
+    before = _tokens(m.freeze(), block)
+    _tokens(m, block)  # kept
+    for model in (m, twin):
+        net = model.net if family == "ar-ssm" else model.decoder
+        with torch.inference_mode():  # a frozen weight is moved in place only there
+            torch.nn.utils.parametrize.register_parametrization(net.head, "weight", _Negated())
+    got = _tokens(m, block)
+    assert not torch.equal(got, before)
+    torch.testing.assert_close(got, _tokens(twin, block), rtol=0, atol=0)
