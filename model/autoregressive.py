@@ -179,7 +179,8 @@ class ARSSM(ARModel):
         B = state.batch_size
         # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
         eligible = scores is None and n > 0 and finite_temperature(temperature)
-        loop = self._settled(("ar loop", B), lambda: self._compiled_loop(state)) if eligible else None
+        key = ("ar loop", B, self.net.kernel_limit())
+        loop = self._settled(key, lambda: self._compiled_loop(state)) if eligible else None
         if loop is None:
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
@@ -193,7 +194,8 @@ class ARSSM(ARModel):
         pass over ``state``'s rows; else None."""
         loop = native.ar_loop()
         h = state["h"]
-        probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype)  # (B, 1, H): what a step reads
+        # (B, 1, H): what a step reads, where the state is
+        probe = torch.empty(h.shape[0], 1, self.config.width, dtype=self.dtype, device=h.device)
         if loop is None or not (
             self.net.inp._parameters.get("weight") is not None and self.net._native_ok(probe, 1, h)
         ):

@@ -243,9 +243,13 @@ class SequenceModel(nn.Module):
         ``eval()`` of the model, gradients off.  A check walks the networks for hooks, active dropouts and
         LayerNorm eps, and keys the laid-out weights: 128 us of a 2.0 ms block-16 image when the call
         follows other work, 48 us back to back (docs/experiments/rounds-and-serving.md, thirtieth session).
-        Only a call found runnable is kept (removing a hook does not move the count).  Not seen, as
-        ``torch.jit.freeze`` does not see them: settings changed by hand on a part of a frozen model (a
-        LayerNorm's ``eps``, a dropout's ``p``, ``model.decoder.train()``); freeze again after such a change."""
+        Only a call found runnable is kept (removing a hook does not move the count); the callers key it on
+        what the check reads beside the modules (the batch size, the pass length, the networks' kernel limits,
+        which follow the thread count).  Not seen, as ``torch.jit.freeze`` does not see them: settings
+        changed by hand on a part of a frozen model (a LayerNorm's ``eps``, a dropout's ``p``,
+        ``model.decoder.train()``), a part converted on its own (``model.decoder.float()``: the call reads
+        the weights laid out before), hooks or parameters written into a module's dicts without registering
+        them; freeze again after such a change."""
         made = getattr(RemovableHandle, "next_id", None)  # torch's count of hook handles
         if made is None or self._frozen_key is None or self._frozen_at != _structure[0] or torch.is_grad_enabled():
             return check()
@@ -262,9 +266,12 @@ class SequenceModel(nn.Module):
         return got
 
     def train(self, mode: bool = True) -> SequenceModel:
-        """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped."""
+        """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped (after the switch
+        too: a generation in another thread may have checked the modules half switched)."""
         self.__dict__.pop("_settled_cache", None)
-        return super().train(mode)
+        out = super().train(mode)
+        self.__dict__.pop("_settled_cache", None)
+        return out
 
     def num_parameters(self, generation_only: bool = False) -> int:
         """All parameters, or only those used at generation time (the VSSM drops its encoder)."""

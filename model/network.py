@@ -167,6 +167,14 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
+    def kernel_limit(self) -> int:
+        """Batch x steps up to which :meth:`_native_ok` lets a pass run in one native call: its first layer's
+        (S4D.kernel_max_tokens, the layer the check reads; 0 without layers).  The compiled calls' kept checks
+        are keyed on it (model/base.py, ``SequenceModel._settled``): it follows the thread count and a limit
+        set by hand."""
+        blocks = self._modules["blocks"]._modules  # (no Module.__getattr__ on this path)
+        return blocks["0"]._modules["ssm"].kernel_max_tokens() if blocks else 0  # type: ignore[union-attr,operator]
+
     def _native_ok(self, h: Tensor, T: int, state: Tensor | None) -> bool:
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
         block would take its fused kernel (short, small, no gradient), and nothing in the network is

@@ -773,13 +773,16 @@ class VSSM(SequenceModel):
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         got, absorbed = None, False
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
-            patch = self._settled(("patch rounds", c, Bsz), lambda: self._compiled_patch_rounds(c, state))
+            patch = self._settled(
+                ("patch rounds", c, Bsz, *self._kernel_limits()), lambda: self._compiled_patch_rounds(c, state)
+            )
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
                 got = patch(p0 % c, span, temps, state, resumable)
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
                 pieces = ms[:fused] + ([0] if resumable else [])
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
-                rounds = self._settled(("rounds", T, Bsz), lambda: self._compiled_rounds(T, state))
+                key = ("rounds", T, Bsz, *self._kernel_limits())
+                rounds = self._settled(key, lambda: self._compiled_rounds(T, state))
                 got = None if rounds is None else rounds(pieces, temps, state, resumable)
                 absorbed = got is not None and resumable
         start = span - ms[fused - 1]  # where the last fused block starts
@@ -908,6 +911,13 @@ class VSSM(SequenceModel):
             return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
 
         return rounds
+
+    def _kernel_limits(self) -> tuple[int, int]:
+        """The partial encoder's and the decoder's :meth:`SSMNet.kernel_limit` (a patch encoder's inner network):
+        what the compiled rounds' checks read beside the modules, in their kept checks' keys."""
+        par, dec = self._modules["partial_encoder"], self._modules["decoder"]  # (no Module.__getattr__)
+        inner = par._modules["net"] if isinstance(par, PatchNet) else par
+        return inner.kernel_limit(), dec.kernel_limit()  # type: ignore[union-attr,operator]
 
     def _probe(self, batch: int, steps: int) -> Tensor:
         """An empty ``(B, T, H)`` tensor whose shape, dtype and device stand for a pass's input in the checks of

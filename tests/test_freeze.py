@@ -5,12 +5,15 @@ conversion.  Float64 unless a test says otherwise."""
 from __future__ import annotations
 
 import copy
+import itertools
 
 import pytest
 import torch
 from torch import nn
 
 from tests.conftest import TINY, VARIANTS, tiny_model
+from vssm.model import native
+from vssm.model.ssm import S4D
 from vssm.model.state import GenState
 
 F64 = torch.float64
@@ -144,6 +147,21 @@ KEPT = {
     "rounds": ("vssm", {"prior_width": 6, "prior_context": 3}, "_compiled_rounds", 3),
     "ar loop": ("ar-ssm", {}, "_compiled_loop", None),
 }
+ENTRY = {"patch rounds": "patch_rounds_f64", "rounds": "fused_rounds_f64", "ar loop": "ssm_ar_loop_f64"}  # their C
+
+
+def _entered(monkeypatch, case: str) -> list[int]:
+    """How many times the case's compiled call is entered in C (a list of one count, kept up to date)."""
+    if native._load() is None:
+        pytest.skip("no C compiler: the kernels cannot be built here")
+    count, fn = [0], getattr(native._lib, ENTRY[case])
+
+    def entered(*args):
+        count[0] += 1
+        return fn(*args)
+
+    monkeypatch.setattr(native._lib, ENTRY[case], entered)
+    return count
 
 
 def _counted(monkeypatch, m, name: str) -> list[int]:
@@ -193,16 +211,90 @@ def test_a_frozen_model_checks_its_compiled_call_once(case, monkeypatch):
 
 
 @pytest.mark.parametrize("case", sorted(KEPT))
-def test_a_hook_registered_after_the_check_is_run(case):
+def test_kept_checks_are_the_call_s_own(case):
+    """Kept per call kind, block size, batch size and pass length: calls that alternate them draw the tokens and
+    reach the states the model unfrozen does (the patch rounds take block 4 only; block 3 runs elsewhere)."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides)
+    twin = copy.deepcopy(m)
+    m.freeze()
+    prompt = torch.randint(0, m.vocab_size, (3, 5), generator=torch.Generator().manual_seed(3))
+    blocks = [block, 3, block] if family == "vssm" else [None]
+    for _ in range(2):
+        for rows, length, b, n in itertools.product((1, 3), (0, 5), blocks, (13, 4)):
+            got = m.generate(m.start(prompt[:rows, :length], list(range(rows))), n, block_size=b)
+            want = twin.generate(twin.start(prompt[:rows, :length], list(range(rows))), n, block_size=b)
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+            assert got[1].to_bytes() == want[1].to_bytes()
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+@pytest.mark.parametrize("where", ["class", "layers"])
+def test_a_kernel_limit_set_after_the_check_is_read(case, where, monkeypatch):
+    """A pass's kernel limit (S4D.scan_max_tokens: on the class, or on every layer as bench/rounds.py sets it)
+    set to 0 after a frozen model kept its check: the next call leaves the compiled call, as a fresh check
+    would, and draws the same tokens; the limit restored, it returns to it."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides).freeze()
+    entered = _entered(monkeypatch, case)
+    start = _start(m)
+    want = _tokens(m, block, start, resumable=False)
+    assert entered[0] == 1
+    layers = [mod for mod in m.modules() if isinstance(mod, S4D)]
+    with monkeypatch.context() as patch:
+        for owner in [S4D] if where == "class" else layers:
+            patch.setattr(owner, "scan_max_tokens", 0, raising=False)
+        torch.testing.assert_close(_tokens(m, block, start, resumable=False), want, rtol=0, atol=0)
+        assert entered[0] == 1
+    torch.testing.assert_close(_tokens(m, block, start, resumable=False), want, rtol=0, atol=0)
+    assert entered[0] == 2
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_kept_check_is_the_batch_size_s_own(case, monkeypatch):
+    """With a kernel limit that admits one row's passes and not two rows' (a patch step or an AR step is a pass of
+    one; a 13-token call at block 3 from position 5 makes passes of up to 6), a frozen model's call of one row
+    runs compiled and one of two rows does not, in any order."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides).freeze()
+    monkeypatch.setattr(S4D, "scan_max_tokens", 6 if case == "rounds" else 1)
+    entered = _entered(monkeypatch, case)
+    start = _start(m)
+    for rows, calls in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        _tokens(m, block, start.rows(slice(0, rows)), resumable=False)
+        assert entered[0] == calls, rows
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_settings_changed_by_hand_are_read_after_freezing_again(case):
+    """An eps set by hand on a part of a frozen model is not seen (as torch.jit.freeze does not see it); freezing
+    again, as the docstring says, makes the next call read it, as a model built with it does."""
+    family, overrides, _, block = KEPT[case]
+    m = tiny_model(family, max_position=64, **overrides)
+    twin = copy.deepcopy(m)
+    start = _start(m)
+    before = _tokens(m.freeze(), block, start, resumable=False)
+    for model in (m, twin):
+        (model.net if family == "ar-ssm" else model.decoder).norm.eps = 50.0
+    m.freeze()
+    got = _tokens(m, block, start, resumable=False)
+    assert not torch.equal(got, before)
+    torch.testing.assert_close(got, _tokens(twin, block, _start(twin), resumable=False), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("case", sorted(KEPT))
+def test_a_hook_registered_after_the_check_is_run(case, monkeypatch):
     """A forward hook on a network's head leaves the compiled call (which would skip it): registered after a
     frozen model kept its check, the next call still runs it, and draws the same tokens.  The prompt is read
     before the hook, and no state is kept (the last block would be absorbed in PyTorch): only the compiled
     call's part of generation could run the hook."""
     family, overrides, _, block = KEPT[case]
     m = tiny_model(family, max_position=64, **overrides).freeze()
+    entered = _entered(monkeypatch, case)
     start = _start(m)
     want = _tokens(m, block, start, resumable=False)
     _tokens(m, block, start, resumable=False)  # kept
+    assert entered[0] == 2
     seen = []
     net = m.net if family == "ar-ssm" else m.decoder
     handle = net.head.register_forward_hook(lambda *_: seen.append(1))
@@ -211,7 +303,7 @@ def test_a_hook_registered_after_the_check_is_run(case):
     handle.remove()
     seen.clear()
     torch.testing.assert_close(_tokens(m, block, start, resumable=False), want, rtol=0, atol=0)
-    assert not seen  # the hook gone, nothing runs it
+    assert not seen and entered[0] == 3  # the hook gone, compiled again
 
 
 @pytest.mark.parametrize("case", sorted(KEPT))
@@ -240,6 +332,10 @@ def test_a_call_s_block_sizes_are_kept_and_read_only():
     with pytest.raises(RuntimeError, match=r"[Ii]nference tensor"):
         blocks.add_(1)
     assert m._blocks(1, 3).tolist() == [1, 1, 1]
+    m.default_block_size = 5
+    assert m._blocks(None, 2).tolist() == [5, 5]
+    m.default_block_size = 7
+    assert m._blocks(None, 2).tolist() == [7, 7]
     for bad in (True, 0):  # refused every time: True is no block size of 1, though it hashes as one
         with pytest.raises(ValueError):
             m._blocks(bad, 3)
