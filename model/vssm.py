@@ -1035,7 +1035,10 @@ class VSSM(SequenceModel):
             if keep:
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         r = state.tensors.get("prior")
-        compiled = self._compiled_piece(state, m, temperature, scores)
+        compiled = None
+        if scores is None and finite_temperature(temperature):  # per call; the rest kept (SequenceModel._settled)
+            key = ("piece", Bsz, m, self.decoder.kernel_limit())
+            compiled = self._settled(key, lambda: self._compiled_piece(state, m))
         if compiled is not None:  # 1. and 2. in one call (csrc/prior_piece.c)
             tokens, r, dec = compiled(z_logits, context, state, m, temperature, ratio, r, keep)
         else:
@@ -1071,17 +1074,16 @@ class VSSM(SequenceModel):
             **prior,
         )
 
-    def _compiled_piece(
-        self, state: GenState, m: int, temperature: float | Tensor, scores: list[Tensor] | None
-    ) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
-        """Steps 1 and 2 of :meth:`_piece`, the latents through the latent prior, one decoder pass over them
-        and the tokens, in one compiled call (csrc/prior_piece.c): where a latent prior draws the latents,
-        the decoder reads them only, and both the prior's draws and the decoder's pass would run compiled
-        on their own.  None: not this model, or not this call."""
+    def _compiled_piece(self, state: GenState, m: int) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
+        """Steps 1 and 2 of :meth:`_piece` (``m`` steps, no scores wanted, a finite temperature), the latents
+        through the latent prior, one decoder pass over them and the tokens, in one compiled call
+        (csrc/prior_piece.c): where a latent prior draws the latents, the decoder reads them only, and both
+        the prior's draws and the decoder's pass would run compiled on their own.  None: not this model, or
+        not this call."""
         run, lp, cfg, dec_net = native.prior_piece(), self.latent_prior, self.config, self.decoder
-        if run is None or lp is None or cfg.decoder_tokens or scores is not None:
+        if run is None or lp is None or cfg.decoder_tokens:
             return None
-        if self.device.type != "cpu" or torch.is_grad_enabled() or not finite_temperature(temperature):
+        if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         lin = dec_net.inp
         if not (isinstance(lin, nn.Linear) and lin.bias is not None):

@@ -145,9 +145,16 @@ def test_a_state_of_no_rows_is_refused():
 KEPT = {
     "patch rounds": ("vssm", PATCH, "_compiled_patch_rounds", 4),
     "rounds": ("vssm", {"prior_width": 6, "prior_context": 3}, "_compiled_rounds", 3),
+    "piece": ("vssm", {"prior_width": 6, "prior_context": 3}, "_compiled_piece", None),  # one pass
     "ar loop": ("ar-ssm", {}, "_compiled_loop", None),
 }
-ENTRY = {"patch rounds": "patch_rounds_f64", "rounds": "fused_rounds_f64", "ar loop": "ssm_ar_loop_f64"}  # their C
+ENTRY = {  # their C
+    "patch rounds": "patch_rounds_f64",
+    "rounds": "fused_rounds_f64",
+    "piece": "prior_piece_f64",
+    "ar loop": "ssm_ar_loop_f64",
+}
+ONE_ROW = {"patch rounds": 1, "rounds": 6, "piece": 13, "ar loop": 1}  # a kernel limit for one row's passes, not two
 
 
 def _entered(monkeypatch, case: str) -> list[int]:
@@ -253,16 +260,19 @@ def test_a_kernel_limit_set_after_the_check_is_read(case, where, monkeypatch):
 @pytest.mark.parametrize("case", sorted(KEPT))
 def test_a_kept_check_is_the_batch_size_s_own(case, monkeypatch):
     """With a kernel limit that admits one row's passes and not two rows' (a patch step or an AR step is a pass of
-    one; a 13-token call at block 3 from position 5 makes passes of up to 6), a frozen model's call of one row
-    runs compiled and one of two rows does not, in any order."""
+    one; a 13-token call at block 3 from position 5 makes passes of up to 6, in one pass one of 13), a frozen
+    model's call of one row runs compiled and one of two rows does not, in any order."""
     family, overrides, _, block = KEPT[case]
     m = tiny_model(family, max_position=64, **overrides).freeze()
-    monkeypatch.setattr(S4D, "scan_max_tokens", 6 if case == "rounds" else 1)
+    monkeypatch.setattr(S4D, "scan_max_tokens", ONE_ROW[case])
     entered = _entered(monkeypatch, case)
     start = _start(m)
     for rows, calls in ((1, 1), (2, 1), (1, 2), (2, 2)):
         _tokens(m, block, start.rows(slice(0, rows)), resumable=False)
         assert entered[0] == calls, rows
+    if case == "piece":  # and the pass length's own: one row, 20 steps
+        m.generate(start.rows(slice(0, 1)), 20, resumable=False)
+        assert entered[0] == 2
 
 
 @pytest.mark.parametrize("case", sorted(KEPT))
