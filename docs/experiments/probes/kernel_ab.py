@@ -3,10 +3,11 @@
 docs/experiments/blocks.md, twenty-fourth session.  Build A is the repository's sources; build B is a
 copy of ``model/csrc`` (edited by hand) in the directory given.  Each repeat times a bundled AR-SSM
 image and a bundled ``mnist-vssm-prior`` image at block 28 under A, then both under B (the order
-alternating), one thread, so each VSSM call follows an AR-SSM call as in the benchmark's pair::
+alternating), one thread, so each VSSM call follows an AR-SSM call as in the benchmark's pair.  Another
+bundled VSSM and its block size may follow (thirtieth session: ``mnist-vssm-prior16 16``)::
 
     cp -r model/csrc /tmp/variant && $EDITOR /tmp/variant/latent_prior.c
-    .venv/bin/python docs/experiments/probes/kernel_ab.py /tmp/variant [BATCH] [REPEATS]
+    .venv/bin/python docs/experiments/probes/kernel_ab.py /tmp/variant [BATCH] [REPEATS] [VSSM BLOCK]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vssm import model
 from vssm.model import native
 
 
-def main(variant: Path, batch: int, repeats: int) -> None:
+def main(variant: Path, batch: int, repeats: int, name: str = "mnist-vssm-prior", block: int = 28) -> None:
     torch.set_num_threads(1)
     lib_a = native._load()
     assert lib_a is not None
@@ -31,13 +32,13 @@ def main(variant: Path, batch: int, repeats: int) -> None:
     native.HEADERS = [variant / p.name for p in native.HEADERS]
     lib_b = native._load()
     assert lib_b is not None and lib_b is not lib_a
-    ar = model.load_checkpoint("checkpoints/mnist-ar-ssm.safetensors")
-    m = model.load_checkpoint("checkpoints/mnist-vssm-prior.safetensors")
+    ar = model.load_checkpoint("checkpoints/mnist-ar-ssm.safetensors").freeze()  # as the benchmark holds them
+    m = model.load_checkpoint(f"checkpoints/{name}.safetensors").freeze()
     empty = torch.zeros(batch, 0, dtype=torch.long)
     sa, sv = ar.start(empty, list(range(batch))), m.start(empty, list(range(batch)))
     calls = {
         "ar": lambda: ar.generate(sa, 784, resumable=False),
-        "vssm": lambda: m.generate(sv, 784, block_size=28, resumable=False),
+        "vssm": lambda: m.generate(sv, 784, block_size=block, resumable=False),
     }
     libs = {"A": lib_a, "B": lib_b}
     runs: dict[tuple[str, str], list[float]] = {(k, f): [] for k in libs for f in calls}
@@ -63,4 +64,5 @@ def main(variant: Path, batch: int, repeats: int) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(Path(args[0]), int(args[1]) if len(args) > 1 else 1, int(args[2]) if len(args) > 2 else 15)
+    rest = (args[3], int(args[4])) if len(args) > 4 else ()
+    main(Path(args[0]), int(args[1]) if len(args) > 1 else 1, int(args[2]) if len(args) > 2 else 15, *rest)
