@@ -163,8 +163,9 @@ _RECIPES = [
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
             "call: 10.2-10.9 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (Zen 4; medians of "
-            "7 interleaved runs in three benchmark runs; target 10x) and 11.5-12.3 times at batch 32 "
-            "(docs/benchmarks.json, docs/benchmarks-blocks.json, thirtieth session). Before the AR-SSM's own "
+            "7 interleaved runs in three benchmark runs; target 10x, lowest 10.16) and 11.5-12.3 times at batch 32 "
+            "(docs/benchmarks.json, docs/benchmarks-blocks.json, docs/experiments/logs/s30-make-bench-5e41fed.txt, "
+            "thirtieth session). Before the AR-SSM's own "
             "loop took about a third off its image's time (twenty-eighth session): 10.1-12.1 times at batch 1 on "
             "an AMD EPYC with AVX2, 10.9 on the twenty-fifth session's AMD EPYC with AVX-512, 12.0-16.5 on "
             "Intel Xeons.",
@@ -207,7 +208,8 @@ _RECIPES = [
             "49 compiled rounds an image against mnist-vssm-prior's 28: 9.2-9.8 times faster than the AR-SSM at "
             "batch 1 (target 10x, missed) and 10.2-10.3 times at batch 32 on an AMD EPYC with AVX-512 (Zen 4), where "
             "mnist-vssm-prior at its block 28 is 10.2-10.9 and 11.5-12.3 times (medians of 7 interleaved runs in "
-            "three benchmark runs, docs/benchmarks.json and docs/benchmarks-blocks.json, thirtieth session). Before "
+            "three benchmark runs, docs/benchmarks.json, docs/benchmarks-blocks.json and "
+            "docs/experiments/logs/s30-make-bench-5e41fed.txt, thirtieth session). Before "
             "the AR-SSM's "
             "loop took about a third off its image's time (twenty-eighth session): 9.2-9.6 times on an AMD EPYC "
             "with AVX2, 12.8-12.9 times on an Intel Xeon with AVX-512.",
