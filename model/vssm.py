@@ -773,16 +773,14 @@ class VSSM(SequenceModel):
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         got, absorbed = None, False
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
-            patch = self._settled(
-                ("patch rounds", c, Bsz, *self._kernel_limits()), lambda: self._compiled_patch_rounds(c, state)
-            )
+            limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
+            patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
                 got = patch(p0 % c, span, temps, state, resumable)
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
                 pieces = ms[:fused] + ([0] if resumable else [])
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
-                key = ("rounds", T, Bsz, *self._kernel_limits())
-                rounds = self._settled(key, lambda: self._compiled_rounds(T, state))
+                rounds = self._settled(("rounds", T, Bsz, *limits), lambda: self._compiled_rounds(T, state))
                 got = None if rounds is None else rounds(pieces, temps, state, resumable)
                 absorbed = got is not None and resumable
         start = span - ms[fused - 1]  # where the last fused block starts
