@@ -696,27 +696,31 @@ class VSSM(SequenceModel):
         """Block sampling (docs/design.md, "Blocks"): the call is cut at every row's block
         boundaries, blocks aligned to absolute positions (``blocks`` ``(B,)``, 0: none); each piece
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
-        c = self._shared_block(state, blocks)
+        sizes = blocks.tolist()  # one host read: the shared block, and whether any row samples in blocks
+        c = self._shared_block(state, sizes)
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
         pieces = []
         offset = 0
-        any_blocks = bool((blocks > 0).any())
         while offset < n:
             left = n - offset
-            to_end = torch.where(blocks > 0, blocks - state.position % blocks.clamp_min(1), left)  # (B,)
             # a long piece is cut into windows: peak memory stays bounded, the tokens do not change
-            m = min(int(to_end.clamp_max(left).min()), self.gen_window)
-            ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
+            if not any(sizes):  # one pass in every row: no block ends, the piece is a window (ints, no tensor op)
+                m, ends = min(left, self.gen_window), None
+            else:
+                to_end = torch.where(blocks > 0, blocks - state.position % blocks.clamp_min(1), left)  # (B,)
+                m = min(int(to_end.clamp_max(left).min()), self.gen_window)
+                ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
             more = m < left
-            keep, absorb = resumable or more, resumable or (more and any_blocks)
+            # a window left for later is absorbed only where a block may end in it, or the state is kept
+            keep, absorb = resumable or more, resumable or (more and any(sizes))
             tokens, state = self._piece(
                 state, m, temperature, ends, keep=keep, absorb=absorb, scores=scores, ratio=ratio
             )
             pieces.append(tokens)
             offset += m
-        return torch.cat(pieces, dim=1), state if resumable else None
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1), state if resumable else None
 
     def fuses(self, c: int) -> bool:
         """Whether rounds of block size ``c`` run fused (two passes of ``2c`` steps, not four of ``c``)."""
@@ -728,9 +732,9 @@ class VSSM(SequenceModel):
             return True
         return self.fuse_rounds and c > 0 and 2 * c <= self.gen_window and not c <= SHORT < 2 * c
 
-    def _shared_block(self, state: GenState, blocks: Tensor) -> int:
-        """The block size every row shares, at the same phase, if the fused path can run it; else 0."""
-        sizes = blocks.tolist()  # one host read, not an op per check
+    def _shared_block(self, state: GenState, sizes: list[int]) -> int:
+        """The block size every row shares (``sizes``: the rows' block sizes, 0 for one pass), at the same
+        phase, if the fused path can run it; else 0."""
         c = sizes[0]
         if not self.fuses(c):
             return 0
@@ -822,7 +826,7 @@ class VSSM(SequenceModel):
         if fused == len(ms):
             return out_tokens, state
         rest, state = self._piece(
-            state, n - span, temperature, ~everyone, keep=True, absorb=True, scores=scores, ratio=ratio
+            state, n - span, temperature, None, keep=True, absorb=True, scores=scores, ratio=ratio
         )
         return torch.cat([out_tokens, rest], 1), state
 
@@ -1012,7 +1016,7 @@ class VSSM(SequenceModel):
         state: GenState,
         m: int,
         temperature: float | Tensor,
-        ends: Tensor,
+        ends: Tensor | None,
         keep: bool,
         absorb: bool,
         scores: list[Tensor] | None = None,
@@ -1020,8 +1024,9 @@ class VSSM(SequenceModel):
     ) -> tuple[Tensor, GenState]:
         """``m`` tokens ``(B, m)`` inside every row's current block, in one parallel pass, and the
         next state: ``keep=False`` returns the state unchanged; ``absorb=False`` (no block boundary
-        can follow) advances only what generation continues from (``gen``, ``dec``).  ``scores``
-        receives the decoder's log-probabilities of the piece ``(B, m, V)`` given its latents."""
+        can follow) advances only what generation continues from (``gen``, ``dec``).  ``ends`` ``(B,)``:
+        the rows whose block ends with the piece (None: none does).  ``scores`` receives the decoder's
+        log-probabilities of the piece ``(B, m, V)`` given its latents."""
         Bsz = state.batch_size
         observed = state["observed"]
         # 1. latents: f_par over EMPTYs from `gen` where a token was observed, else the uniform prior.
@@ -1059,6 +1064,9 @@ class VSSM(SequenceModel):
         z_abs = self._sample_latents(self._latent_logits(out), state, m, 1.0, everyone, STREAM_ABSORB)  # (B, m, Z)
         _, dec_abs = self._decode(z_abs, state["dec_abs"], tokens)
         # 4. where a block ends, the next block starts from what was absorbed.
+        if ends is None:  # no row's: each goes on from where generation left it
+            nxt = {"dec": dec, "dec_abs": dec_abs, "par": par, "gen": gen, **prior}
+            return tokens, state.evolve(position=state.position + m, **nxt)
         e = ends[:, None, None, None]
         if r is not None:  # where a block ends the next starts the latent prior anew
             prior["prior"] = r.masked_fill(ends[:, None], 0.0)

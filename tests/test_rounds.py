@@ -104,4 +104,4 @@ def test_fused_rounds_skip_blocks_whose_double_passes_would_leave_the_short_path
     for rows in (1, 5):
         for c, fused in ((SHORT // 2, True), (SHORT // 2 + 1, False), (SHORT, False), (SHORT + 1, True)):
             state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
-            assert (m._shared_block(state, m.block_sizes(c, rows)) == c) is fused, (rows, c)
+            assert (m._shared_block(state, m.block_sizes(c, rows).tolist()) == c) is fused, (rows, c)
