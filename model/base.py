@@ -250,10 +250,9 @@ class SequenceModel(nn.Module):
         ``model.decoder.train()``), a part converted on its own (``model.decoder.float()``: the call reads
         the weights laid out before), hooks or parameters written into a module's dicts without registering
         them; freeze again after such a change."""
-        made = getattr(RemovableHandle, "next_id", None)  # torch's count of hook handles
-        if made is None or self._frozen_key is None or self._frozen_at != _structure[0] or torch.is_grad_enabled():
+        guard = self._guard()
+        if guard is None:
             return check()
-        guard = (_structure[0], made)
         kept = self.__dict__.setdefault("_settled_cache", {})
         hit = kept.get(key)
         if hit is not None and hit[0] == guard:
@@ -264,6 +263,16 @@ class SequenceModel(nn.Module):
                 kept.clear()
             kept[key] = (guard, got)
         return got
+
+    def _guard(self) -> tuple | None:
+        """What a check made in a generation call of this frozen model depends on beside the call itself, as
+        one value (None: the model is not frozen, or gradients are on): the registration count, torch's count
+        of hook handles and the frozen weights' key (a new object at every freeze).  :meth:`_settled` keeps
+        checks under it, and a generation call hands it to its networks (model/ssm.py, ``weights_fixed``)."""
+        made = getattr(RemovableHandle, "next_id", None)  # torch's count of hook handles
+        if made is None or self._frozen_key is None or self._frozen_at != _structure[0] or torch.is_grad_enabled():
+            return None
+        return (_structure[0], made, self._frozen_key)
 
     def train(self, mode: bool = True) -> SequenceModel:
         """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped (after the switch
@@ -341,7 +350,7 @@ class SequenceModel(nn.Module):
         ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
-        with torch.no_grad(), weights_fixed():
+        with torch.no_grad(), weights_fixed(self._guard()):  # the guard read with gradients off
             return self._generate(state, n, temperature, resumable, blocks, scores=scores, ratio=ratio)
 
     def _ratio(self, value: float | Tensor | None, batch: int) -> float | Tensor:

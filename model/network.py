@@ -21,7 +21,7 @@ from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_h
 
 from . import native
 from .base import _structure, check_config
-from .ssm import S4D, SHORT, S4DConfig, cached_pack, fixed_call
+from .ssm import S4D, SHORT, S4DConfig, cached_pack, fixed_call, fixed_guard
 
 __all__ = ["SSMNet", "SSMNetConfig", "has_hooks", "walked"]
 
@@ -188,12 +188,14 @@ class SSMNet(nn.Module):
             return False
         if state is not None and state.shape[0] != h.shape[0]:
             return False
-        call = fixed_call()
+        call, guard = fixed_call(), fixed_guard()
         hit = self.__dict__.get("_modules_ok")
         if call is not None and hit is not None and hit[0] == call:  # checked already in this generation call
             return hit[1]
+        if guard is not None and hit is not None and hit[1] and hit[2] == guard:  # found fit under this guard
+            return True  # (not a refusal: a hook removed since does not move the guard)
         ok = self._modules_native_ok()
-        self.__dict__["_modules_ok"] = (call, ok)
+        self.__dict__["_modules_ok"] = (call, ok, guard)
         return ok
 
     def _modules_native_ok(self) -> bool:

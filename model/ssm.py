@@ -79,18 +79,21 @@ class _KernelCache:
             size -= sum(_nbytes(v) for v in self.entries.pop(oldest).values())
 
 
-# The generation call in progress in this thread or task (a number per call), or None: within one
-# call the weights cannot change, so caches keyed on them are checked once per call, not per pass.
-_FIXED: ContextVar[int | None] = ContextVar("vssm_weights_fixed", default=None)
+# The generation call in progress in this thread or task (a number per call, and its model's guard), or
+# None: within one call the weights cannot change, so caches keyed on them are checked once per call, not
+# per pass; across calls, while the guard stays the same (model/base.py, SequenceModel._guard).
+_FIXED: ContextVar[tuple[int, tuple | None] | None] = ContextVar("vssm_weights_fixed", default=None)
 _calls = itertools.count(1)
 
 
 @contextmanager
-def weights_fixed() -> Iterator[None]:
+def weights_fixed(guard: tuple | None = None) -> Iterator[None]:
     """A region (one generation call) in which no weight changes: a network checks its packed weights
     once in it (:meth:`model.network.SSMNet._packed`); the AR-SSM otherwise checked them at each of an
-    image's 784 steps, about a fifth of its step (docs/experiments/rounds-and-serving.md)."""
-    token = _FIXED.set(next(_calls))
+    image's 784 steps, about a fifth of its step (docs/experiments/rounds-and-serving.md).  ``guard``: the
+    calling model's (``SequenceModel._guard``), which a frozen model gives: what was checked under the same
+    guard in an earlier call holds in this one, and is not checked again."""
+    token = _FIXED.set((next(_calls), guard))
     try:
         yield
     finally:
@@ -99,7 +102,14 @@ def weights_fixed() -> Iterator[None]:
 
 def fixed_call() -> int | None:
     """The number of the :func:`weights_fixed` region in progress, or None."""
-    return _FIXED.get()
+    region = _FIXED.get()
+    return None if region is None else region[0]
+
+
+def fixed_guard() -> tuple | None:
+    """The guard of the :func:`weights_fixed` region in progress (None: none, or not a frozen model's)."""
+    region = _FIXED.get()
+    return None if region is None else region[1]
 
 
 def cached_pack(owner: nn.Module, params: Callable[[], list[Tensor | None]], build: Callable[[], Tensor]) -> Tensor:
@@ -108,14 +118,20 @@ def cached_pack(owner: nn.Module, params: Callable[[], list[Tensor | None]], bui
     generation call (:func:`weights_fixed`): a weight changed by another thread during a call is
     read by the next.  Kept in ``owner.__dict__``: a cache, not module state (not in the state dict; a deep
     copy keeps it under the original's key, so the copy, whose storages differ, builds its own).  Like every
-    weights cache here it cannot see writes that bypass the version counter."""
-    call = fixed_call()
+    weights cache here it cannot see writes that bypass the version counter.  Under a frozen model's guard
+    (:func:`fixed_guard`) it is checked once while the guard stays the same: the walk over every parameter
+    was about 5% of a text VSSM's one-pass sample that follows other work
+    (docs/experiments/rounds-and-serving.md, thirtieth session)."""
+    region = _FIXED.get()
+    call, guard = (None, None) if region is None else region
     hit = owner.__dict__.get("_pack")
     if call is not None and hit is not None and hit[2] == call:  # checked already in this generation call
         return hit[1]
+    if guard is not None and hit is not None and hit[3] == guard:  # checked under this frozen model's guard
+        return hit[1]
     key = pack_key(params())
     packed = hit[1] if hit is not None and hit[0] == key else build()
-    owner.__dict__["_pack"] = (key, packed, call)
+    owner.__dict__["_pack"] = (key, packed, call, guard)
     return packed
 
 

@@ -153,6 +153,7 @@ ENTRY = {  # their C
     "rounds": "fused_rounds_f64",
     "piece": "prior_piece_f64",
     "ar loop": "ssm_ar_loop_f64",
+    "net pass": "ssm_net_f64",
 }
 ONE_ROW = {"patch rounds": 1, "rounds": 6, "piece": 13, "ar loop": 1}  # a kernel limit for one row's passes, not two
 
@@ -372,3 +373,50 @@ def test_a_parametrization_registered_after_the_check_is_read(case):
     got = _tokens(m, block)
     assert not torch.equal(got, before)
     torch.testing.assert_close(got, _tokens(twin, block), rtol=0, atol=0)
+
+
+def test_a_frozen_model_s_networks_check_their_pass_once(monkeypatch):
+    """A pass that is no kept call of its own (a one-pass VSSM without a latent prior: the decoder's network pass)
+    checks its modules and keys its packed weights once while its frozen model's guard stays the same; a hook
+    registered since is run, and after its removal the compiled pass is entered again."""
+    from vssm.model import network, ssm
+
+    m = tiny_model("vssm", max_position=64)
+    twin = copy.deepcopy(m)
+    checks, keys = [0], [0]
+    check, key = network.SSMNet._modules_native_ok, ssm.pack_key
+
+    def counted_check(self):
+        checks[0] += 1
+        return check(self)
+
+    def counted_key(params):
+        keys[0] += 1
+        return key(params)
+
+    monkeypatch.setattr(network.SSMNet, "_modules_native_ok", counted_check)
+    monkeypatch.setattr(ssm, "pack_key", counted_key)
+    entered = _entered(monkeypatch, "net pass")
+
+    def call(model=m):  # unprompted: the decoder's pass only
+        return model.generate(model.start(torch.zeros(2, 0, dtype=torch.long), [1, 2]), 13, resumable=False)[0]
+
+    want = call()
+    call()
+    assert checks[0] == 2 and keys[0] == 2 and entered[0] == 2  # unfrozen: every call
+    m.freeze()
+    for _ in range(3):
+        torch.testing.assert_close(call(), want, rtol=0, atol=0)
+    assert checks[0] == 3 and keys[0] == 3 and entered[0] == 5  # frozen: the first call checks
+    seen = []
+    handle = m.decoder.head.register_forward_hook(lambda *_: seen.append(1))
+    for _ in range(2):
+        torch.testing.assert_close(call(), want, rtol=0, atol=0)
+    assert len(seen) == 2 and entered[0] == 5  # in PyTorch, the hook with it, each time
+    handle.remove()
+    torch.testing.assert_close(call(), want, rtol=0, atol=0)
+    assert entered[0] == 6  # compiled again: a refusal is never kept
+    new = nn.Parameter(torch.randn(m.decoder.head.weight.shape, dtype=F64, generator=torch.Generator().manual_seed(9)))
+    m.decoder.head.weight = new
+    twin.decoder.head.weight = nn.Parameter(new.detach().clone())
+    torch.testing.assert_close(call(), call(twin), rtol=0, atol=0)  # the new weight packed
