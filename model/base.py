@@ -28,7 +28,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .modality import Modality
 from .sampling import as_seed_tensor
-from .ssm import fixed_call, weights_fixed, weights_key
+from .ssm import fixed_call, fixed_guard, weights_fixed, weights_key
 from .state import GenState, StateError
 
 # Bumped whenever any module registers a parameter or a submodule, so that a model's cached list of
@@ -102,6 +102,7 @@ class SequenceModel(nn.Module):
         self._walk_at = -1  # _structure[0] when _walk was taken
         self._frozen_at = -1  # _walk_at of the walk the frozen key was last checked against; -1: not frozen
         self._frozen_key: tuple | None = None  # the weights' key then (_weights_key)
+        self._epoch = object()  # renewed by freeze(), train()/eval() and conversions: part of _guard
 
     # ----- identity -----------------------------------------------------------------------------
     @property
@@ -181,9 +182,10 @@ class SequenceModel(nn.Module):
         A part of the model converted on its own (``m.decoder.double()``) keeps inference tensors whose data
         was swapped, which no op can read: convert the whole model.  A frozen model also keeps what the
         compiled calls' checks found (:meth:`_settled`) until a module, parameter or hook is registered
-        anywhere, or the model is converted, frozen again or switched by ``train()``/``eval()``: like
-        ``torch.jit.freeze``, it does not see settings changed by hand on its parts (a LayerNorm's ``eps``,
-        ``model.decoder.train()``); freeze again after such a change.  The server freezes every model it
+        anywhere, or the model is converted, frozen again or switched by ``train()``/``eval()``, and so do
+        its networks' packed weights and native-pass checks: like ``torch.jit.freeze``, it does not see
+        settings changed by hand on its parts (a LayerNorm's ``eps``, ``model.decoder.train()``, a bias set to
+        None); freeze again after such a change.  The server freezes every model it
         loads; to train, load the checkpoint again."""
         self.eval()
         with torch.inference_mode():
@@ -193,6 +195,7 @@ class SequenceModel(nn.Module):
                         setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
         self._frozen_key, self._frozen_at = None, -1
         self.__dict__.pop("_settled_cache", None)  # what was checked before, checked again
+        self._epoch = object()  # and what the networks kept under the old guard
         key = self._weights_key()  # every parameter's storage, read once
         self._frozen_key, self._frozen_at = key, self._walk_at
         return self
@@ -210,6 +213,7 @@ class SequenceModel(nn.Module):
         refreeze = any(p.is_inference() for p in self._weights())  # every one, where the model is frozen
         self._frozen_key, self._frozen_at = None, -1  # the old storages' key, should the conversion fail midway
         self.__dict__.pop("_settled_cache", None)
+        self._epoch = object()
         out = super()._apply(fn, recurse)
         if refreeze:
             self.freeze()
@@ -249,9 +253,10 @@ class SequenceModel(nn.Module):
         changed by hand on a part of a frozen model (a LayerNorm's ``eps``, a dropout's ``p``,
         ``model.decoder.train()``), a part converted on its own (``model.decoder.float()``: the call reads
         the weights laid out before), hooks or parameters written into a module's dicts without registering
-        them; freeze again after such a change."""
-        guard = self._guard()
-        if guard is None:
+        them, a parameter set to None or deleted (no registration hook fires); freeze again after such a
+        change."""
+        guard = fixed_guard()  # the guard this generation call began under: what its networks' checks read
+        if guard is None or guard != self._guard():  # not frozen, or something registered since the call began
             return check()
         kept = self.__dict__.setdefault("_settled_cache", {})
         hit = kept.get(key)
@@ -267,12 +272,13 @@ class SequenceModel(nn.Module):
     def _guard(self) -> tuple | None:
         """What a check made in a generation call of this frozen model depends on beside the call itself, as
         one value (None: the model is not frozen, or gradients are on): the registration count, torch's count
-        of hook handles and the frozen weights' key (a new object at every freeze).  :meth:`_settled` keeps
-        checks under it, and a generation call hands it to its networks (model/ssm.py, ``weights_fixed``)."""
+        of hook handles, the frozen weights' key and an epoch that freezing, ``train()``/``eval()`` and
+        conversions renew.  :meth:`_settled` keeps checks under it, and a generation call hands it to its
+        networks (model/ssm.py, ``weights_fixed``), which keep their packed weights and a pass found fit."""
         made = getattr(RemovableHandle, "next_id", None)  # torch's count of hook handles
         if made is None or self._frozen_key is None or self._frozen_at != _structure[0] or torch.is_grad_enabled():
             return None
-        return (_structure[0], made, self._frozen_key)
+        return (_structure[0], made, self._frozen_key, self._epoch)
 
     def train(self, mode: bool = True) -> SequenceModel:
         """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped (after the switch
@@ -280,6 +286,7 @@ class SequenceModel(nn.Module):
         self.__dict__.pop("_settled_cache", None)
         out = super().train(mode)
         self.__dict__.pop("_settled_cache", None)
+        self._epoch = object()  # what the networks kept under the old guard, checked again
         return out
 
     def num_parameters(self, generation_only: bool = False) -> int:

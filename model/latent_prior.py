@@ -156,7 +156,8 @@ class LatentPrior(nn.Module):
 
     def _packed(self) -> Tensor:
         """The weights for the compiled loop (model/native.py, ``pack_prior``), rebuilt when any of
-        them changes, checked once per generation call (model/ssm.py, ``weights_fixed``)."""
+        them changes, checked once per generation call (model/ssm.py, ``weights_fixed``) and, under a frozen
+        model's guard, once while the guard stays the same (model/ssm.py, ``cached_pack``)."""
         norm, first, last = self.mlp[0], self.mlp[1], self.mlp[3]
 
         def build() -> Tensor:

@@ -180,7 +180,8 @@ class SSMNet(nn.Module):
         block would take its fused kernel (short, small, no gradient), and nothing in the network is
         what one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight,
         LayerNorms of different eps).  Checked from the modules' own dicts on every call, the modules'
-        part once per generation call (model/ssm.py, ``weights_fixed``)."""
+        part once per generation call (model/ssm.py, ``weights_fixed``), and under a frozen model's guard
+        a pass found fit once while the guard stays the same (model/base.py, ``SequenceModel._guard``)."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
         # the state's rows, not a layer's slice: _fused reads only its batch size
@@ -218,9 +219,10 @@ class SSMNet(nn.Module):
         """The weights of :func:`model.native.pack`, rebuilt when any of them changes: the key of
         :func:`model.ssm.weights_key` over the modules' live parameter entries (an optimiser step,
         ``load_state_dict``, ``.to()``, a parameter replaced or set to None); once per generation call
-        (model/ssm.py, ``weights_fixed``), so a weight changed by another thread during a call, or a hook
-        added in it, is read by the next call.  Like every weights cache here it cannot see writes that
-        bypass the version counter (``p.data.mul_()``, fused optimisers)."""
+        (model/ssm.py, ``weights_fixed``), so a weight changed by another thread during a call is read by the
+        next call, and under a frozen model's guard once while it stays the same (a parameter set to None on
+        a frozen model is then not seen: freeze again).  Like every weights cache here it cannot see writes
+        that bypass the version counter (``p.data.mul_()``, fused optimisers)."""
 
         def build() -> Tensor:
             layers = []

@@ -416,6 +416,14 @@ def test_a_frozen_model_s_networks_check_their_pass_once(monkeypatch):
     handle.remove()
     torch.testing.assert_close(call(), want, rtol=0, atol=0)
     assert entered[0] == 6  # compiled again: a refusal is never kept
+    before = checks[0], keys[0]
+    call(), call()
+    assert (checks[0], keys[0]) == before  # kept again
+    for renew in (m.freeze, m.eval):  # freezing again and a train()/eval() switch renew the guard
+        renew()
+        call(), call()
+        assert (checks[0], keys[0]) == (before[0] + 1, before[1] + 1)
+        before = checks[0], keys[0]
     new = nn.Parameter(torch.randn(m.decoder.head.weight.shape, dtype=F64, generator=torch.Generator().manual_seed(9)))
     m.decoder.head.weight = new
     twin.decoder.head.weight = nn.Parameter(new.detach().clone())
