@@ -703,10 +703,11 @@ class VSSM(SequenceModel):
             return fused
         pieces = []
         offset = 0
+        in_blocks = any(sizes)  # some row samples in blocks
         while offset < n:
             left = n - offset
             # a long piece is cut into windows: peak memory stays bounded, the tokens do not change
-            if not any(sizes):  # one pass in every row: no block ends, the piece is a window (ints, no tensor op)
+            if not in_blocks:  # one pass in every row: no block ends, the piece is a window (ints, no tensor op)
                 m, ends = min(left, self.gen_window), None
             else:
                 to_end = torch.where(blocks > 0, blocks - state.position % blocks.clamp_min(1), left)  # (B,)
@@ -714,7 +715,7 @@ class VSSM(SequenceModel):
                 ends = (blocks > 0) & (to_end == m)  # (B,) rows whose block ends with this piece
             more = m < left
             # a window left for later is absorbed only where a block may end in it, or the state is kept
-            keep, absorb = resumable or more, resumable or (more and any(sizes))
+            keep, absorb = resumable or more, resumable or (more and in_blocks)
             tokens, state = self._piece(
                 state, m, temperature, ends, keep=keep, absorb=absorb, scores=scores, ratio=ratio
             )

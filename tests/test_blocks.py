@@ -620,6 +620,29 @@ def test_generation_windows_bound_memory_without_changing_tokens_or_state(block,
             torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("variant", ["latent-prior", "prior-context", "patch"])
+@pytest.mark.parametrize("block", [None, "rows"])
+def test_windows_with_a_latent_prior_keep_tokens_and_state(variant, block):
+    """One pass in every row (windows cut with ints, no row's block ending: model/vssm.py, ``_generate_rows``)
+    and rows of which one samples in blocks of 4 (the tensor path), with a latent prior whose state each
+    window carries: windows of 3 give the one window's tokens and state, and the states resume alike."""
+    m = tiny_model("vssm", max_position=40, **VARIANTS[variant])
+    prompt = torch.tensor([[1, 2, 3], [3, 2, 1]])
+    blocks = None if block is None else torch.tensor([0, 4])
+
+    def run() -> tuple[torch.Tensor, model.GenState, torch.Tensor]:
+        tokens, state = m.generate(m.start(prompt, [4, 5]), 20, block_size=blocks)
+        return tokens, state, m.generate(state, 6, block_size=blocks)[0]
+
+    ref_tokens, ref_state, ref_more = run()
+    m.gen_window = 3  # every piece of a call is at most 3 tokens
+    tokens, state, more = run()
+    assert torch.equal(tokens, ref_tokens) and torch.equal(more, ref_more)
+    assert state.tensors.keys() == ref_state.tensors.keys()
+    for k, v in ref_state.tensors.items():
+        torch.testing.assert_close(state[k], v, rtol=1e-10, atol=1e-12)
+
+
 def test_set_default_block_size_keeps_the_weights_and_the_metadata(tmp_path):
     m = tiny_model("vssm", max_position=30)
     path = model.save_checkpoint(m, tmp_path / "m.safetensors", extra={"dataset": "mnist", "train_steps": "7"})
