@@ -178,9 +178,9 @@ class ARSSM(ARModel):
         its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
         B = state.batch_size
         # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
-        eligible = scores is None and n > 0 and finite_temperature(temperature)
-        key = ("ar loop", B, self.net.kernel_limit())
-        loop = self._settled(key, lambda: self._compiled_loop(state)) if eligible else None
+        loop = None
+        if scores is None and n > 0 and finite_temperature(temperature):
+            loop = self._settled(("ar loop", B, self.net.kernel_limit()), lambda: self._compiled_loop(state))
         if loop is None:
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
         u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)

@@ -187,15 +187,13 @@ class SequenceModel(nn.Module):
         settings changed by hand on its parts (a LayerNorm's ``eps``, ``model.decoder.train()``, a bias set to
         None); freeze again after such a change.  The server freezes every model it
         loads; to train, load the checkpoint again."""
-        self.eval()
+        self.eval()  # (drops the kept checks and renews the guard's epoch: train())
         with torch.inference_mode():
             for module in self.modules():
                 for name, p in list(module._parameters.items()):
                     if p is not None and not (p.is_inference() and not p.requires_grad):
                         setattr(module, name, nn.Parameter(p.detach().clone(), requires_grad=False))
         self._frozen_key, self._frozen_at = None, -1
-        self.__dict__.pop("_settled_cache", None)  # what was checked before, checked again
-        self._epoch = object()  # and what the networks kept under the old guard
         key = self._weights_key()  # every parameter's storage, read once
         self._frozen_key, self._frozen_at = key, self._walk_at
         return self
@@ -281,12 +279,12 @@ class SequenceModel(nn.Module):
         return (_structure[0], made, self._frozen_key, self._epoch)
 
     def train(self, mode: bool = True) -> SequenceModel:
-        """``nn.Module.train``; the compiled calls' kept checks (:meth:`_settled`) are dropped (after the switch
-        too: a generation in another thread may have checked the modules half switched)."""
-        self.__dict__.pop("_settled_cache", None)
+        """``nn.Module.train``; then the compiled calls' kept checks (:meth:`_settled`) are dropped and the
+        guard's epoch renewed, so that what the networks kept is checked again (after the switch: a generation
+        in another thread may have checked the modules half switched)."""
         out = super().train(mode)
         self.__dict__.pop("_settled_cache", None)
-        self._epoch = object()  # what the networks kept under the old guard, checked again
+        self._epoch = object()
         return out
 
     def num_parameters(self, generation_only: bool = False) -> int:
