@@ -180,7 +180,7 @@ def _load() -> ctypes.CDLL | None:
             ("fused_rounds", _ROUNDS_ARGTYPES, _L),
             ("patch_rounds", _PATCH_ARGTYPES, _L),
             ("prior_piece", _PIECE_ARGTYPES, _L),
-            ("ssm_ar_loop", _AR_LOOP_ARGTYPES, _I),
+            ("ssm_ar_loop", _AR_LOOP_ARGTYPES, None),
         )
         for stem, argtypes, restype in signatures:
             for suffix in ("_f32", "_f64"):
@@ -570,11 +570,11 @@ def _ar_loop(
     out = torch.empty(Bsz, n, dtype=torch.int64)
     emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
     fn = lib.ssm_ar_loop_f64 if dt == torch.float64 else lib.ssm_ar_loop_f32
-    which = fn(
+    fn(
         Bsz, H, N, L, V, n, packed.data_ptr(), eps, emb.data_ptr(), u.data_ptr(), temperature.data_ptr(),
         logits.data_ptr(), h.data_ptr(), spare.data_ptr(), x.data_ptr(), g.data_ptr(), out.data_ptr(), int(last_step),
     )  # fmt: skip
-    return out, logits, spare if which else h
+    return out, logits, h
 
 
 def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:

@@ -14,24 +14,24 @@ same treatment, so that the comparison between them stays one of arithmetic, not
 Layouts: pack is the network's packed weights after its input layer (model/native.py, pack); emb
 the embedding (n_in, H); u (B, n) contiguous; temperature (B,) doubles; logits (B, V), read as the
 logits of the first draw and overwritten with those after the last step; h and spare (B, L, H, N)
-complex as interleaved pairs, contiguous: the state is read from h, and the final state is written
-to one of them, which the return value names (0: h, 1: spare).  Between those, the loop holds the
-state planar ((2, N, H) reals a layer, csrc/s4d_block.c, ssm_states_layout) in the two buffers by
-turns, so that each step reads and writes a mode's channels contiguously, not pairs 2N apart: converting
-once a call instead of gathering and scattering the interleaved pairs every step took a third off an
-image's time (docs/experiments/rounds-and-serving.md, twenty-seventh and twenty-eighth sessions).
+complex as interleaved pairs, contiguous: the state is read from h and the final state written back
+to h.  Between those, the loop holds the state planar ((2, N, H) reals a layer, csrc/s4d_block.c,
+ssm_states_layout) in spare, so that each step reads and writes a mode's channels contiguously, not
+pairs 2N apart: converting once a call instead of gathering and scattering the interleaved pairs every
+step took a third off an image's time (docs/experiments/rounds-and-serving.md, twenty-seventh and
+twenty-eighth sessions).  Each step updates that state in place (NET_LAID allows it): two buffers
+by turns were a second copy of the state in the working set (thirty-first session).
 x and g are (B, H) scratch; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
 
 #include "kernels.h"
 
 #define AR_LOOP(NAME, REAL, NET, DRAW, SLAY)                                                                         \
-    int NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,          \
+    void NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,          \
              const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
              int64_t *out, int last_step) {                                                                          \
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
-        SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on */                                             \
-        int which = 1;                       /* the buffer holding the current state: 0 h, 1 spare */                \
+        SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
         for (long i = 0; i < n; ++i) {                                                                               \
             for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
             if (i == n - 1 && !last_step) break;                                                                     \
@@ -39,12 +39,9 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
                 const REAL *e = emb + out[b * n + i] * H;                                                            \
                 for (long k = 0; k < H; ++k) x[b * H + k] = e[k];                                                    \
             }                                                                                                        \
-            REAL *from = which ? spare : h, *to = which ? h : spare;                                                 \
-            NET(B, H, N, 1, L, V, 1, x, pack, eps, from, sb, to, g, logits, 1);                                      \
-            which = !which;                                                                                          \
+            NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 1);                                  \
         }                                                                                                            \
-        SLAY(B, L, H, N, which ? spare : h, sb, which ? h : spare, sb, 0); /* back, into the other buffer */         \
-        return !which;                                                                                               \
+        SLAY(B, L, H, N, spare, sb, h, sb, 0); /* back, into h */                                                    \
     }
 
 AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32)

@@ -68,8 +68,9 @@ converted from dec_in and dec_gen on entry, to dec_out on return; the partial en
 states on entry, to par_out's on return): the decoder's passes of P steps and the partial encoder's
 one-step passes then read and write a mode's channels contiguously (the passes of P steps as whole
 vectors where the channels fill them and the modes come in groups of four), where the interleaved
-pairs, 2N apart, were gathered and scattered a lane at a time.  The autoregressive SSM's loop
-(csrc/ar_loop.c) holds its states planar the same way: its step gets the same treatment.
+pairs, 2N apart, were gathered and scattered a lane at a time.  The partial encoder's states are
+stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The autoregressive SSM's loop
+(csrc/ar_loop.c) holds its states planar and in place the same way: its step gets the same treatment.
 
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
 where a row's pending count is not `phase` (or its position or phase disagree with it).
@@ -128,9 +129,9 @@ Nothing here checks a shape. */
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
         }                                                                                                           \
-        /* the scratch: states ping-ponged, then the rounds' buffers, each 64-byte aligned */                       \
+        /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
-        const long reals[] = {B * sp, B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
+        const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
                               B * span * Z, B * span};                                                              \
         const long ints[] = {B * P * Z, B * P * Z};                                                                 \
@@ -138,13 +139,13 @@ Nothing here checks a shape. */
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
         if (!block)                                                                                                 \
             return -1;                                                                                              \
-        REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *dec = (REAL *)bufs[2], *y = (REAL *)bufs[3];           \
+        REAL *pe = (REAL *)bufs[0], *dec = (REAL *)bufs[1], *y = (REAL *)bufs[2];                                  \
         REAL *dg = dec + 2 * one; /* dec: the two absorbed states the rounds alternate, then generation's */        \
-        REAL *y_gen = (REAL *)bufs[4], *in0 = (REAL *)bufs[5], *head0 = (REAL *)bufs[6], *x = (REAL *)bufs[7];     \
-        REAL *g = (REAL *)bufs[8], *lp = (REAL *)bufs[9], *ld = (REAL *)bufs[10], *ps = (REAL *)bufs[11];          \
-        REAL *r = (REAL *)bufs[12], *pre = (REAL *)bufs[13], *cxz = (REAL *)bufs[14], *u_lat = (REAL *)bufs[15];   \
-        REAL *u_abs = (REAL *)bufs[16], *u_tok = (REAL *)bufs[17];                                                  \
-        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19];                                               \
+        REAL *y_gen = (REAL *)bufs[3], *in0 = (REAL *)bufs[4], *head0 = (REAL *)bufs[5], *x = (REAL *)bufs[6];     \
+        REAL *g = (REAL *)bufs[7], *lp = (REAL *)bufs[8], *ld = (REAL *)bufs[9], *ps = (REAL *)bufs[10];           \
+        REAL *r = (REAL *)bufs[11], *pre = (REAL *)bufs[12], *cxz = (REAL *)bufs[13], *u_lat = (REAL *)bufs[14];   \
+        REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16];                                                  \
+        int64_t *zs = (int64_t *)bufs[17], *za = (int64_t *)bufs[18];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
@@ -165,9 +166,8 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        if (rounds) /* the partial encoder's states planar too: pb, then pa, by turns */                            \
-            ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pb, sp, 1);                                        \
-        const REAL *pf = pb;                                                                                        \
+        if (rounds) /* the partial encoder's states planar too, stepped in place (the note above) */               \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
@@ -224,9 +224,7 @@ Nothing here checks a shape. */
                     for (long k = 0; k < H; ++k) xb[k] += w[k];                                                     \
                 }                                                                                                   \
             }                                                                                                       \
-            REAL *pt = pf == pa ? pb : pa;                                                                          \
-            ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pf, sp, pt, g, head0, 1);          \
-            pf = pt;                                                                                                \
+            ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);          \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[c, EMPTY] */                                 \
             prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);        \
@@ -258,7 +256,7 @@ Nothing here checks a shape. */
         if (par_out && !rounds) /* no patch absorbed: the state as it came in */                                    \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
         else if (par_out) { /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */        \
-            ssm_states_layout_##SUFFIX(B, Lp, H, N, pf, sp, par_out, packed, 0);                                    \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, par_out, packed, 0);                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
                 memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \

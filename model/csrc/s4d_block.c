@@ -523,6 +523,12 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
     LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
 }
 
+/* NET with the states' layout chosen (BLOCK_LAID).  With planar states h_out may be h0 itself, the states
+   updated in place: both recurrences read a block of channels' states (all of its modes, or a group of
+   four) before they write them, and no block reads another's.  A loop's one-step passes do that
+   (csrc/ar_loop.c, csrc/patch_rounds.c): a second buffer taken by turns was another copy of the states in a
+   working set that outgrows a 512 kB second-level cache (docs/experiments/rounds-and-serving.md,
+   thirty-first session) */
 void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
               const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
