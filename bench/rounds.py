@@ -75,11 +75,9 @@ def network_pass_cost(
     Per layer: LayerNorm, the SSM, then GELU, the ``H -> 2H`` linear, GLU and the residual add.  The
     SSM as matrices (``S4D.short``): the output matrix ``Y`` ``(H, T [+ 2N], T)`` (the rows of the
     state only from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when
-    the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py), which steps
-    ``h / B_bar``: a complex multiply, the input's add and a readout per step, mode and channel (6 + 1
-    + 4 FLOPs) over two of the weight planes, ``Lambda`` and ``C B_bar`` (4 reals a mode), no matrix,
-    and a complex multiply per mode where a state enters (by ``1 / B_bar``) and where it leaves (by
-    ``B_bar``), 2 reals a mode each; and then the whole pass after the input layer is one native call
+    the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py): a complex
+    multiply-add and a readout per step, mode and channel (12 FLOPs) over the weight planes
+    ``(6, N, H)``, no matrix; and then the whole pass after the input layer is one native call
     (``SSMNet._native``), whose linears and head are C loops, counted as FLOPs but not as matrix
     products.  ``kernel`` None: the path the layer itself takes at this size.
     Elementwise work is counted at one FLOP per element and op (GELU's erf as 20); activations are
@@ -102,9 +100,8 @@ def network_pass_cost(
     for _ in range(cfg.layers):
         flops += 8 * act  # LayerNorm
         if kernel:
-            ends = int(from_state) + int(return_state)  # a state converted where it enters or leaves
-            flops += 11 * B * T * H * N + 2 * act + 6 * B * H * N * ends  # the recurrence, its readout, D u
-            nbytes += F32 * (4 * N * H + H + 2 * act + 2 * B * H * N * ends + 2 * N * H * ends)
+            flops += 12 * B * T * H * N + 2 * act  # the recurrence and its readout, D u
+            nbytes += F32 * (6 * N * H + H + 2 * act + 2 * B * H * N * (int(from_state) + int(return_state)))
         else:
             mm += 2 * B * H * rows * T  # [u; h0] @ Y
             nbytes += F32 * (H * rows * T + 2 * H)

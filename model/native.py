@@ -12,8 +12,7 @@ Glossary of axis letters:
 
 Why a kernel: at batch 1 a short pass as matrices (``S4D.short``) is a matrix-vector product per
 channel whose matrix is ``(T + 2N) x T``, read from memory for one multiply-add per element; the
-recurrence reads only the input, the state and two ``(H, N)`` complex weight tables a step
-(``Lambda`` and ``C B_bar``: it steps ``h / B_bar``, :func:`weights`), and in eager
+recurrence reads only the input, the state and three ``(H, N)`` weight tables, and in eager
 PyTorch it would be a few calls per step.  Around it the block's LayerNorm and GELU cost a PyTorch
 call each whose fixed cost, at a few steps, is many times their arithmetic.  The C file is
 compiled once per machine with the system's C compiler (``cc``; no PyTorch headers, a fraction of
@@ -83,7 +82,6 @@ FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-er
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
 # without vector erf, before glibc 2.35) fails here, not when it is loaded after being cached
 LINKS = (["-Wl,-z,defs", "-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-Wl,-z,defs", "-lm"])
-PLANES = 8  # the weight planes of a layer (weights)
 MAX_MODES = 256  # the kernel keeps a block of channels' state on the stack: 2 x N x 32 doubles
 
 _lib: ctypes.CDLL | None = None
@@ -225,17 +223,10 @@ def available() -> bool:
 
 
 def weights(lam: Tensor, b_bar: Tensor, c: Tensor) -> Tensor:
-    """The kernel's weight planes ``(8, N, H)`` from ``Lambda``, ``B_bar`` and ``C``, each complex
-    ``(H, N)`` (a layer caches this: it depends on the weights only): Re and Im of ``Lambda``, of
-    ``C B_bar``, of ``B_bar`` and of ``1 / B_bar``.  The kernel runs the recurrence on ``h / B_bar``
-    (csrc/s4d_block.c): the first four planes are all a step reads; the last four convert a state
-    where it enters or leaves.  The products are taken in double precision, then rounded once."""
-    real = torch.float32 if c.dtype == torch.complex64 else torch.float64
-    wide = torch.complex128
-    lam, b_bar, c = lam.to(wide), b_bar.to(wide), c.to(wide)
-    folded = (lam, c * b_bar, b_bar, 1 / b_bar)
-    planes = [p for w in folded for p in (w.real, w.imag)]  # (H, N) each
-    return torch.stack(planes).transpose(1, 2).to(real).contiguous()  # (8, N, H)
+    """The kernel's weight planes ``(6, N, H)``: Re and Im of ``Lambda``, ``B_bar`` and ``C``, each
+    complex ``(H, N)`` (a layer caches this: it depends on the weights only)."""
+    planes = [p for w in (lam, b_bar, c) for p in (w.real, w.imag)]  # (H, N) each
+    return torch.stack(planes).transpose(1, 2).contiguous()  # (6, N, H)
 
 
 def _block(
@@ -263,7 +254,7 @@ def _block(
         x = x.contiguous()
     # the C code trusts every shape, stride and type: a mismatch here would read past a buffer (plain
     # comparisons, no generators: this runs for every layer of every short pass and recurrent step)
-    ok = w.shape == (PLANES, N, H) and d.shape == (H,) and x.is_cpu and 0 <= at <= T
+    ok = w.shape == (6, N, H) and d.shape == (H,) and x.is_cpu and 0 <= at <= T
     ok = ok and w.dtype == dt and d.dtype == dt and w.is_contiguous() and d.is_contiguous() and w.is_cpu and d.is_cpu
     ln_w = ln_b = None
     eps = 0.0
@@ -295,9 +286,9 @@ def _block(
 
 
 def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
-    """Reals in :func:`pack`'s buffer: per layer LayerNorm, the planes (:func:`weights`), D, the output
-    linear and its bias; then the final LayerNorm and the head."""
-    return L * (2 * H + PLANES * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
+    """Reals in :func:`pack`'s buffer: per layer LayerNorm, the six planes, D, the output linear and
+    its bias; then the final LayerNorm and the head."""
+    return L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
 
 
 def _prior_pack_size(R: int, M: int, zk: int) -> int:

@@ -179,10 +179,9 @@ class SSMNet(nn.Module):
         """Whether the blocks, final norm and head over ``h`` ``(B, T, H)`` run as one native call: every
         block would take its fused kernel (short, small, no gradient), and nothing in the network is
         what one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight,
-        LayerNorms of different eps, a layer the kernel cannot fold: model/ssm.py, ``S4D.folds``).
-        Checked from the modules' own dicts on every call, the modules' part once per generation call
-        (model/ssm.py, ``weights_fixed``), and under a frozen model's guard a pass found fit once while
-        the guard stays the same (model/base.py, ``SequenceModel._guard``)."""
+        LayerNorms of different eps).  Checked from the modules' own dicts on every call, the modules'
+        part once per generation call (model/ssm.py, ``weights_fixed``), and under a frozen model's guard
+        a pass found fit once while the guard stays the same (model/base.py, ``SequenceModel._guard``)."""
         blocks = self._modules["blocks"]._modules  # (Module.__getattr__ costs: see SSMBlock._mix)
         first = blocks["0"] if blocks else None
         # the state's rows, not a layer's slice: _fused reads only its batch size
@@ -213,8 +212,6 @@ class SSMNet(nn.Module):
             if (drop.training and drop.p > 0) or bm["norm"].eps != eps:  # type: ignore[union-attr,operator]
                 return False
             if not (_affine(bm["norm"]) and _affine(bm["out"])):  # type: ignore[arg-type]
-                return False
-            if not bm["ssm"].folds():  # type: ignore[operator]
                 return False
         return _affine(mods["norm"]) and _affine(mods["head"])  # type: ignore[arg-type]
 

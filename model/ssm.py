@@ -276,7 +276,6 @@ class S4D(nn.Module):
             and x.dtype == self._parameters["D"].dtype  # type: ignore[union-attr]
             and self.cfg.state_size <= native.MAX_MODES
             and native.available()
-            and (whole_network or self.folds())  # a whole pass: SSMNet checks every layer once a call
         )
 
     def scan(
@@ -300,15 +299,7 @@ class S4D(nn.Module):
 
     def _build_scan(self) -> dict[str, Tensor]:
         _, Lam, B_bar, C = self.discretize()
-        w = native.weights(Lam, B_bar, C)  # (8, N, H)
-        return {"w": w, "D": self.D.detach().contiguous(), "folds": torch.isfinite(w).all()}  # (H,), ()
-
-    def folds(self) -> bool:
-        """Whether the kernel can run this layer: it steps ``h / B_bar`` (model/native.py, ``weights``), so
-        every ``1 / B_bar`` must be finite in the layer's precision.  ``B_bar = (Lambda - 1) / A`` is 0 only
-        where ``dt |A|`` is below the float precision (``Lambda`` rounds to 1; the bundled models' smallest
-        ``|B_bar|`` is 3e-4); such a layer keeps the matrices."""
-        return bool(self._cached("scan", self._build_scan)["folds"])
+        return {"w": native.weights(Lam, B_bar, C), "D": self.D.detach().contiguous()}  # (6, N, H), (H,)
 
     def runs_short(self, T: int, lengths: Tensor | int | None) -> bool:
         """Whether :meth:`forward` over ``T`` steps takes the short path (:meth:`short`)."""

@@ -78,32 +78,6 @@ def test_kernel_layer_norm_and_gelu_equal_pytorchs(dtype):
     torch.testing.assert_close(h, h_ref, rtol=tol, atol=tol)
 
 
-def test_a_layer_whose_b_bar_rounds_to_zero_keeps_the_matrices():
-    """The kernel steps h / B_bar.  Where dt |A| is below the float precision, Lambda rounds to 1 and
-    B_bar to 0: such a layer, alone or in a network, keeps the reference paths, whose results stay
-    finite from any state; the kernel, asked directly, would not be."""
-    torch.manual_seed(6)
-    layer = S4D(S4DConfig(width=8, state_size=3)).double()
-    u = torch.randn(2, 5, 8, dtype=F64)
-    h0 = torch.randn(2, 8, 3, dtype=torch.complex128)
-    assert layer.folds() and layer.runs_scan(u, 5)
-    with torch.no_grad():
-        layer.log_dt[2], layer.A_imag[2] = -80.0, 0.0  # dt about 2e-35: exp(dt A) == 1 in float64
-        assert (layer.discretize()[2][2] == 0).all()
-        assert not layer.folds() and not layer.runs_scan(u, 5)
-        assert not torch.isfinite(layer.scan(u, h0)[1]).all()  # why: the kernel's 1 / B_bar
-        y, h = layer(u.transpose(1, 2), h0)
-    assert torch.isfinite(y).all() and torch.isfinite(h).all()
-    net = SSMNet(SSMNetConfig(n_in=8, n_out=4, tokens=False, width=8, state_size=3, layers=2)).double().eval()
-    x = torch.randn(2, 5, 8, dtype=F64)
-    with torch.no_grad():
-        assert net._native_ok(x, 5, None)
-        net.blocks[1].ssm.log_dt[0], net.blocks[1].ssm.A_imag[0] = -80.0, 0.0
-        assert not net._native_ok(x, 5, None)
-        y_net, s_net = net(x)
-    assert torch.isfinite(y_net).all() and torch.isfinite(s_net).all()
-
-
 def test_kernel_refuses_what_it_cannot_read_safely():
     """The C code trusts its shapes: a wrong state, weight table or step is refused before the call,
     and a state broadcast over the batch takes the reference path."""

@@ -31,7 +31,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
              const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
              int64_t *out, int last_step) {                                                                          \
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
-        SLAY(B, L, H, N, pack, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
+        SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
         for (long i = 0; i < n; ++i) {                                                                               \
             for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
             if (i == n - 1 && !last_step) break;                                                                     \
@@ -41,7 +41,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
             }                                                                                                        \
             NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 1);                                  \
         }                                                                                                            \
-        SLAY(B, L, H, N, pack, spare, sb, h, sb, 0); /* back, into h */                                                    \
+        SLAY(B, L, H, N, spare, sb, h, sb, 0); /* back, into h */                                                    \
     }
 
 AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32)

@@ -16,8 +16,8 @@ model/native.py hashes this file with the sources. */
     void ssm_net_laid_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x,               \
                                const REAL *pack, double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g,  \
                                REAL *logits, int planar);                                                       \
-    void ssm_states_layout_##SUFFIX(long Bsz, long L, long H, long N, const REAL *pack, const REAL *in,          \
-                                    long in_sb, REAL *out, long out_sb, int to_planar);                         \
+    void ssm_states_layout_##SUFFIX(long Bsz, long L, long H, long N, const REAL *in, long in_sb, REAL *out,     \
+                                    long out_sb, int to_planar);                                                \
     void ssm_net_head_##SUFFIX(long rows, long H, long N, long L, long O, const REAL *pack, double eps,         \
                                const REAL *x, REAL *g, REAL *logits);                                           \
     void linear_rows_##SUFFIX(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias,         \

@@ -156,7 +156,7 @@ Nothing here checks a shape. */
                     in0[b * H + h] += w_in[(((pos0[b] - phase + j) % Q) * V1 + V) * H + h];                         \
             }                                                                                                       \
         /* the decoder's states planar while the call runs (the note above) */                                     \
-        ssm_states_layout_##SUFFIX(B, Ld, H, N, pack_dec, dec_in, sd, dec, sd, 1);                                            \
+        ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, sd, 1);                                            \
         memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
         /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
@@ -167,7 +167,7 @@ Nothing here checks a shape. */
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
         if (rounds) /* the partial encoder's states planar too, stepped in place (the note above) */               \
-            ssm_states_layout_##SUFFIX(B, Lp, H, N, pack_par, par, packed, pe, sp, 1);                                        \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
@@ -188,7 +188,7 @@ Nothing here checks a shape. */
                in round 1 */                                                                                    \
             f = memcmp(dec_gen, dec_in, one * sizeof(REAL)) == 0 ? 1 : -1;                                          \
             if (f < 0) /* else slot 0 is its planar copy already */                                                 \
-                ssm_states_layout_##SUFFIX(B, Ld, H, N, pack_dec, dec_gen, sd, dg, sd, 1);                                    \
+                ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_gen, sd, dg, sd, 1);                                    \
             ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, f < 0 ? dg : dec, sd, dec + one, g,  \
                                   ld, 1);                                                                           \
             for (long b = 0; b < B; ++b)                                                                            \
@@ -256,7 +256,7 @@ Nothing here checks a shape. */
         if (par_out && !rounds) /* no patch absorbed: the state as it came in */                                    \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
         else if (par_out) { /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */        \
-            ssm_states_layout_##SUFFIX(B, Lp, H, N, pack_par, pe, sp, par_out, packed, 0);                                    \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, par_out, packed, 0);                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
                 memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
@@ -266,7 +266,7 @@ Nothing here checks a shape. */
             }                                                                                                       \
         }                                                                                                           \
         if (dec_out)                                                                                                \
-            ssm_states_layout_##SUFFIX(B, Ld, H, N, pack_dec, dec + d * one, sd, dec_out, sd, 0);                             \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, sd, 0);                             \
         free(block);                                                                                                \
         return skipped;                                                                                             \
     }

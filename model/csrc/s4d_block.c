@@ -6,14 +6,7 @@ Glossary of axis letters:
 
 Per channel h and mode n, from the state h_0 before the first input (model/ssm.py):
     h_t = Lambda h_(t-1) + B_bar u_t,      y_t = Re(sum_n C_n h_t[n]) + D u_t
-in real arithmetic, stepped as g_t = h_t / B_bar (every B_bar nonzero: model/ssm.py, S4D.folds):
-    g_t = Lambda g_(t-1) + u_t,      y_t = Re(sum_n C~_n g_t[n]) + D u_t,      C~ = C B_bar
-so that a mode's step is 6 vector operations where it was 8, and reads 4 weight planes where it read 6:
-an image of mnist-vssm-prior16 at block 16 and one of the AR-SSM each took about 0.8 of the time on an
-AVX2 host (docs/experiments/rounds-and-serving.md, thirty-first session).  A state enters as h (times
-1 / B_bar) and leaves as h (times B_bar); a loop's planar states stay g between its passes.  Equal to
-the recurrence in h up to float rounding; the state after 0 steps is the one given, as it came.
-A short pass at batch 1 as one matrix per channel (S4D.short) reads a
+in real arithmetic.  A short pass at batch 1 as one matrix per channel (S4D.short) reads a
 (T + 2N) x T matrix per channel from memory for one multiply-add per element read; this loop reads
 the input and the state once, and the weights once per row.  The vector lanes run over channels,
 not modes: the sum over modes is then a plain add per lane, with no horizontal reduction at every
@@ -26,8 +19,8 @@ channels' states stays in cache.  Around it, optionally, the block's LayerNorm b
 is one more PyTorch call whose fixed cost is many times its arithmetic.
 
 Layouts: x is (B, T, H) with strides x_sb, x_st (channels contiguous); out is (B, T, H) contiguous
-and receives y, or GELU(y) when gelu is set; w is (8, N, H), the planes (model/native.py, weights):
-Re and Im of Lambda, of C~ = C B_bar, of B_bar and of 1 / B_bar; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
+and receives y, or GELU(y) when gelu is set; w is (6, N, H), the planes Re Lambda, Im Lambda,
+Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
 (B, H, N) complex, interleaved (real, imaginary) pairs as torch.view_as_real lays them out, h0 with
 batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wanted), after `at` steps
 (0 <= at <= T).  A loop that keeps its own states between passes may hold them planar instead, (B, 2, N, H)
@@ -44,7 +37,7 @@ LayerNorm and the head.  At a few steps a block is otherwise five PyTorch calls
 around the kernel, and a network pass of L blocks a few dozen: the calls, not their arithmetic,
 were most of a short block round and of an autoregressive step (docs/experiments/rounds-and-serving.md).
 Its weights come packed in one buffer (model/native.py, pack): per layer LayerNorm weight and bias
-(H each), the planes (8, N, H), D (H), the output linear transposed (H, 2H) and its bias (2H);
+(H each), the six planes (6, N, H), D (H), the output linear transposed (H, 2H) and its bias (2H);
 then the final LayerNorm's weight and bias (H each), the head transposed (H, O) and its bias (O). */
 
 #include <math.h>
@@ -59,7 +52,6 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 
 #ifndef REAL /* the file includes itself once per precision */
 #define LANES 32
-#define PLANES 8 /* a layer's weight planes (N, H) each: Lambda, C B_bar, B_bar, 1 / B_bar, real and imaginary */
 #define MODES_MIN_T 4   /* from this many steps the modes run outer (below: steps outer, as before) */
 #define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (2 x 64 KB) */
 /* vectors as wide as the machine's registers (-march=native): generic vectors wider than them are
@@ -74,12 +66,6 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 /* where channel h, mode n of a layer's state is, in reals from the layer's start: its real part here, its
    imaginary part STATE_IM(planar, NH) further on (planar (2, N, H), or interleaved (H, N) pairs) */
 static inline long state_at(int planar, long H, long N, long h, long n) { return planar ? n * H + h : (h * N + n) * 2; }
-/* (re + i im) *= (a + i b), in place: a state into the kernels' basis (times 1 / B_bar) or out of it (times B_bar) */
-#define TO_FOLDED(re, im, a, b)                                   \
-    do {                                                          \
-        const REAL re_ = (re), im_ = (im), a_ = (a), b_ = (b);   \
-        (re) = re_ * a_ - im_ * b_, (im) = re_ * b_ + im_ * a_;  \
-    } while (0)
 #define STATE_IM(planar, NH) ((planar) ? (NH) : 1)
 #define REAL float
 #define VL (VEC_BYTES / 4)
@@ -167,8 +153,7 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
-    const REAL *lr = w, *li = w + NH, *cr = w + 2 * NH, *ci = w + 3 * NH; /* Lambda, C~ = C B_bar: a step's */
-    const REAL *br = w + 4 * NH, *bi = w + 5 * NH, *qr = w + 6 * NH, *qi = w + 7 * NH; /* B_bar, 1 / B_bar */
+    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
     /* Modes outer, steps inner: four modes keep their states and weights in registers for the
        whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
        (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
@@ -203,18 +188,17 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                     for (long j = 0; j < VL; ++j) {
                         const REAL *s0 = hb && j < J ? hb + state_at(planar, H, N, h0c + j, n) : 0;
                         tr[0][n][j] = s0 ? s0[0] : 0, tr[1][n][j] = s0 ? s0[im] : 0;
-                        if (s0 && !planar) /* h, turned to h / B_bar */
-                            TO_FOLDED(tr[0][n][j], tr[1][n][j], qr[n * H + h0c + j], qi[n * H + h0c + j]);
                     }
             for (long n = 0; n < N; n += 4) {
                 const long G = N - n < 4 ? N - n : 4;
-                VEC wv[4][4], sv[4][2];
+                VEC wv[4][6], sv[4][2];
                 if (J == VL && G == 4) /* whole vectors: loaded straight into registers (no copy through the stack,
                                           whose halves a vector read back would wait on) */
                     for (long g = 0; g < 4; ++g) {
                         const long o = (n + g) * H + h0c;
                         wv[g][0] = *(const VECU *)(lr + o), wv[g][1] = *(const VECU *)(li + o);
-                        wv[g][2] = *(const VECU *)(cr + o), wv[g][3] = *(const VECU *)(ci + o);
+                        wv[g][2] = *(const VECU *)(br + o), wv[g][3] = *(const VECU *)(bi + o);
+                        wv[g][4] = *(const VECU *)(cr + o), wv[g][5] = *(const VECU *)(ci + o);
                         if (!direct)
                             sv[g][0] = *(const VECU *)tr[0][n + g], sv[g][1] = *(const VECU *)tr[1][n + g];
                         else if (hb)
@@ -225,9 +209,9 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                 else /* a group of fewer modes or a block of fewer channels: padded with zeros */
                     for (long g = 0; g < 4; ++g) {
                         const long m = n + (g < G ? g : 0), o = m * H + h0c;
-                        const REAL *src[4] = {lr + o, li + o, cr + o, ci + o};
+                        const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
                         REAL pad[VL];
-                        for (long k = 0; k < 4; ++k) {
+                        for (long k = 0; k < 6; ++k) {
                             if (J == VL && g < G) {
                                 memcpy(&wv[g][k], src[k], sizeof(VEC));
                                 continue;
@@ -243,16 +227,15 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                         }
                     }
 /* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
-#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], cr##g = wv[g][2], ci##g = wv[g][3]; VEC sr##g = sv[g][0], si##g = sv[g][1];
+#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
                 W(0) W(1) W(2) W(3)
 #undef W
                 const long stop = h_out ? at : T;
                 for (int half = 0; half < 2; ++half) {
                     for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
                         const VEC x_t = ub[t];
-/* h / B_bar: the input adds to the real part, with no weight (a state that is h itself took 8 operations a
-   mode and step where this takes 6) */
-#define S(g) const VEC r##g = x_t + lr##g * sr##g - li##g * si##g, i##g = lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
+/* the input's term first: off the state's chain of dependent multiply-adds */
+#define S(g) const VEC r##g = br##g * x_t + lr##g * sr##g - li##g * si##g, i##g = bi##g * x_t + lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
                         S(0) S(1) S(2) S(3)
 #undef S
                         yb[t] += ((cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1)) + ((cr2 * r2 - ci2 * i2) + (cr3 * r3 - ci3 * i3));
@@ -267,9 +250,6 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                             memcpy(re, &s[g][0], sizeof(VEC)), memcpy(imag, &s[g][1], sizeof(VEC));
                             for (long j = 0; j < J; ++j) {
                                 REAL *so = hob + state_at(planar, H, N, h0c + j, n + g);
-                                const long o = (n + g) * H + h0c + j;
-                                if (!planar) /* h = (h / B_bar) B_bar */
-                                    TO_FOLDED(re[j], imag[j], br[o], bi[o]);
                                 so[0] = re[j], so[im] = imag[j];
                             }
                         }
@@ -297,13 +277,12 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
-    const REAL *lr = w, *li = w + NH, *cr = w + 2 * NH, *ci = w + 3 * NH; /* Lambda, C~ = C B_bar: a step's */
-    const REAL *br = w + 4 * NH, *bi = w + 5 * NH, *qr = w + 6 * NH, *qi = w + 7 * NH; /* B_bar, 1 / B_bar */
+    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
     REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
             const long J = H - h0c < LANES ? H - h0c : LANES;
-            if (planar) /* (2, N, H): a mode's channels are contiguous, h / B_bar already */
+            if (planar) /* (2, N, H): a mode's channels are contiguous */
                 for (long n = 0; n < N; ++n)
                     for (long j = 0; j < LANES; ++j) {
                         const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + state_at(1, H, N, h0c + j, n) : 0;
@@ -312,11 +291,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
             else
                 for (long j = 0; j < LANES; ++j) { /* each channel's N modes are contiguous in the state */
                     const REAL *s0 = h0 && j < J ? h0 + b * h0_sb + (h0c + j) * N * 2 : 0;
-                    for (long n = 0; n < N; ++n) {
-                        sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
-                        if (s0) /* h, turned to h / B_bar */
-                            TO_FOLDED(sr[n][j], si[n][j], qr[n * H + h0c + j], qi[n * H + h0c + j]);
-                    }
+                    for (long n = 0; n < N; ++n) sr[n][j] = s0 ? s0[2 * n] : 0, si[n][j] = s0 ? s0[2 * n + 1] : 0;
                 }
             for (long t = 0; t <= T; ++t) {
                 if (h_out && t == at && planar) /* the state after `at` steps */
@@ -328,11 +303,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 else if (h_out && t == at) {
                     for (long j = 0; j < J; ++j) {
                         REAL *so = h_out + b * ho_sb + (h0c + j) * N * 2;
-                        for (long n = 0; n < N; ++n) { /* h = (h / B_bar) B_bar */
-                            REAL re = sr[n][j], imag = si[n][j];
-                            TO_FOLDED(re, imag, br[n * H + h0c + j], bi[n * H + h0c + j]);
-                            so[2 * n] = re, so[2 * n + 1] = imag;
-                        }
+                        for (long n = 0; n < N; ++n) so[2 * n] = sr[n][j], so[2 * n + 1] = si[n][j];
                     }
                 }
                 if (t == T) break;
@@ -346,15 +317,15 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                     if (J == LANES) {
 #pragma omp simd
                         for (long j = 0; j < LANES; ++j) {
-                            const REAL r = xv[j] + lr[o + j] * sr[n][j] - li[o + j] * si[n][j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j];
+                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
                             sr[n][j] = r, si[n][j] = i;
                             acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
                         }
                     } else {
                         for (long j = 0; j < J; ++j) {
-                            const REAL r = xv[j] + lr[o + j] * sr[n][j] - li[o + j] * si[n][j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j];
+                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
+                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
                             sr[n][j] = r, si[n][j] = i;
                             acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
                         }
@@ -382,16 +353,6 @@ static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x,
             for (long t = 0; t < T; ++t) LAYERNORM(H, x + b * x_sb + t * x_st, ln_w, ln_b, eps, out + (b * T + t) * H);
         u = out, u_sb = T * H, u_st = H;
     }
-    if (h_out && at == 0) { /* the state before the first step: the one given, as it came (not turned to
-                               h / B_bar and back, which rounds) */
-        for (long b = 0; b < Bsz; ++b) {
-            if (h0)
-                memmove(h_out + b * ho_sb, h0 + b * h0_sb, N * H * 2 * sizeof(REAL));
-            else
-                memset(h_out + b * ho_sb, 0, N * H * 2 * sizeof(REAL));
-        }
-        h_out = 0;
-    }
     if (T >= MODES_MIN_T && T <= MODES_MAX_T)
         MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     else
@@ -411,29 +372,21 @@ void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, l
 
 /* A network's states (B, L, H, N) complex, interleaved, to the planar layout (to_planar) or back, rows of
    in_sb reals in and out_sb out (a packed state may carry more than its layers' states): what a loop that
-   keeps its states planar between passes converts once a call.  A planar state is h / B_bar, as the
-   kernels step it: the network's pack (NET's) gives each layer's B_bar and 1 / B_bar */
-void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *pack, const REAL *in, long in_sb, REAL *out,
-                   long out_sb, int to_planar) {
-    const long NH = N * H, layer = 2 * H + PLANES * NH + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
+   keeps its states planar between passes converts once a call */
+void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb, REAL *out, long out_sb,
+                   int to_planar) {
+    const long NH = N * H;
     for (long b = 0; b < Bsz; ++b)
         for (long l = 0; l < L; ++l) {
-            const REAL *i = in + b * in_sb + l * NH * 2, *w = pack + l * layer + 2 * H;
-            const REAL *br = w + 4 * NH, *bi = w + 5 * NH, *qr = w + 6 * NH, *qi = w + 7 * NH;
+            const REAL *i = in + b * in_sb + l * NH * 2;
             REAL *o = out + b * out_sb + l * NH * 2;
             for (long h = 0; h < H; ++h)
                 for (long n = 0; n < N; ++n) {
                     const long c = state_at(0, H, N, h, n), p = state_at(1, H, N, h, n);
-                    REAL re, im;
-                    if (to_planar) { /* h / B_bar */
-                        re = i[c], im = i[c + 1];
-                        TO_FOLDED(re, im, qr[p], qi[p]);
-                        o[p] = re, o[NH + p] = im;
-                    } else { /* h */
-                        re = i[p], im = i[NH + p];
-                        TO_FOLDED(re, im, br[p], bi[p]);
-                        o[c] = re, o[c + 1] = im;
-                    }
+                    if (to_planar)
+                        o[p] = i[c], o[NH + p] = i[c + 1];
+                    else
+                        o[c] = i[p], o[c + 1] = i[NH + p];
                 }
         }
 }
@@ -563,7 +516,7 @@ void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const RE
    (csrc/patch_rounds.c); the pack as NET's (L layers of N modes) */
 void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, double eps, const REAL *x, REAL *g,
               REAL *logits) {
-    const long layer = 2 * H + PLANES * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
+    const long layer = 2 * H + 6 * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
     const REAL *p = pack + L * layer;
     const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
     for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H);
@@ -579,11 +532,11 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
 void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
               const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
-    const long layer = 2 * H + PLANES * NH + H + H * H2 + H2; /* a layer's weights in the pack */
+    const long layer = 2 * H + 6 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
     REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
     for (long l = 0; l < L; ++l) {
         const REAL *p = pack + l * layer;
-        const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + PLANES * NH;
+        const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 6 * NH;
         const REAL *wt = d + H, *bias = wt + H * H2;
         /* g = GELU(S4D(LayerNorm(x))), the layer's state into h_out's row l */
         BLOCK_LAID(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1,
