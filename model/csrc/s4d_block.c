@@ -523,9 +523,10 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
     LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
 }
 
-/* NET with the states' layout chosen (BLOCK_LAID).  With planar states h_out may be h0 itself, the states
-   updated in place: both recurrences read a block of channels' states (all of its modes, or a group of
-   four) before they write them, and no block reads another's.  A loop's one-step passes do that
+/* NET with the states' layout chosen (BLOCK_LAID).  With planar states h_out may be h0 itself (and ho_sb,
+   fixed at L N H 2 reals a row, then h0_sb too), the states updated in place: both recurrences read a
+   block of channels' states (all of its modes, or a group of four) before they write them, and no block
+   reads another's.  A loop's one-step passes do that
    (csrc/ar_loop.c, csrc/patch_rounds.c): a second buffer taken by turns was another copy of the states in a
    working set that outgrows a 512 kB second-level cache (docs/experiments/rounds-and-serving.md,
    thirty-first session) */
