@@ -162,10 +162,11 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 10.2-11.2 times faster than the AR-SSM at batch 1 on an AMD EPYC with AVX-512 (Zen 4; medians of "
-            "7 interleaved runs in five benchmark runs; target 10x, lowest 10.16) and 11.5-12.3 times at batch 32 "
-            "(docs/benchmarks.json, docs/benchmarks-blocks.json, docs/experiments/logs/s30-*.txt, "
-            "thirtieth session). Before the AR-SSM's own "
+            "call: 9.29-9.75 times faster than the AR-SSM at batch 1 and 8.89-9.62 times at batch 32 on an AMD "
+            "EPYC with AVX2 and a 512 kB second-level cache (Zen 3; medians of 7 interleaved runs in three "
+            "benchmark runs; target 10x, missed; docs/benchmarks.json, docs/benchmarks-blocks.json, "
+            "docs/experiments/logs/s31-*.txt, thirty-first session); 10.2-11.2 and 11.5-12.3 times on the "
+            "thirtieth session's AMD EPYC with AVX-512 (Zen 4). Before the AR-SSM's own "
             "loop took about a third off its image's time (twenty-eighth session): 10.1-12.1 times at batch 1 on "
             "an AMD EPYC with AVX2, 10.9 on the twenty-fifth session's AMD EPYC with AVX-512, 12.0-16.5 on "
             "Intel Xeons.",
@@ -205,11 +206,13 @@ _RECIPES = [
             "draws and one decoder pass."
         ),
         limitations=(
-            "49 compiled rounds an image against mnist-vssm-prior's 28: 8.9-9.8 times faster than the AR-SSM at "
-            "batch 1 (target 10x, missed) and 10.0-10.4 times at batch 32 on an AMD EPYC with AVX-512 (Zen 4), where "
-            "mnist-vssm-prior at its block 28 is 10.2-11.2 and 11.5-12.3 times (medians of 7 interleaved runs in "
-            "five benchmark runs, docs/benchmarks.json, docs/benchmarks-blocks.json and "
-            "docs/experiments/logs/s30-*.txt, thirtieth session). Before "
+            "49 compiled rounds an image against mnist-vssm-prior's 28: 7.97-8.59 times faster than the AR-SSM at "
+            "batch 1 (target 10x, missed) and 7.75-8.64 times at batch 32 on an AMD EPYC with AVX2 and a 512 kB "
+            "second-level cache (Zen 3; medians of 7 interleaved runs in three benchmark runs, docs/benchmarks.json, "
+            "docs/benchmarks-blocks.json and docs/experiments/logs/s31-*.txt, thirty-first session): a round reads "
+            "about 550 kB of weights and 100 kB of states, more than that cache holds, an AR-SSM step about 420 "
+            "kB and 80 kB. On the "
+            "thirtieth session's AMD EPYC with AVX-512 (Zen 4, 1 MB) 8.9-9.8 and 10.0-10.4 times. Before "
             "the AR-SSM's "
             "loop took about a third off its image's time (twenty-eighth session): 9.2-9.6 times on an AMD EPYC "
             "with AVX2, 12.8-12.9 times on an Intel Xeon with AVX-512.",
@@ -242,10 +245,10 @@ _RECIPES = [
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
             "Generates token by token: 784 sequential steps per image (one compiled loop, its states laid out so "
-            "that a step reads a mode's channels contiguously), about 4.9-5.1 times the time of one VSSM pass at "
-            "batch 1 on an AMD EPYC with AVX-512 (Zen 4; docs/experiments/logs/s30-make-bench-*.txt, thirtieth "
-            "session; before the twenty-eighth session's faster loop 6.4 on an AMD EPYC with AVX2, 10.1 on an "
-            "Intel Xeon with AVX-512).",
+            "that a step reads a mode's channels contiguously), about 4.1 times the time of one VSSM pass at "
+            "batch 1 on an AMD EPYC with AVX2 (Zen 3; docs/experiments/logs/s31-make-bench-*.txt, thirty-first "
+            "session), 4.9-5.1 on an AMD EPYC with AVX-512 (Zen 4, thirtieth session); before the twenty-eighth "
+            "session's faster loop 6.4 on an AMD EPYC with AVX2, 10.1 on an Intel Xeon with AVX-512).",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
