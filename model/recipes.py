@@ -209,9 +209,8 @@ _RECIPES = [
             "49 compiled rounds an image against mnist-vssm-prior's 28: 7.97-8.59 times faster than the AR-SSM at "
             "batch 1 (target 10x, missed) and 7.75-8.64 times at batch 32 on an AMD EPYC with AVX2 and a 512 kB "
             "second-level cache (Zen 3; medians of 7 interleaved runs in three benchmark runs, docs/benchmarks.json, "
-            "docs/benchmarks-blocks.json and docs/experiments/logs/s31-*.txt, thirty-first session): a round reads "
-            "about 550 kB of weights and 100 kB of states, more than that cache holds, an AR-SSM step about 420 "
-            "kB and 80 kB. On the "
+            "docs/benchmarks-blocks.json and docs/experiments/logs/s31-*.txt, thirty-first session); a round reads "
+            "about 630 KiB of weights and 100 KiB of states, an AR-SSM step about 620 and 110. On the "
             "thirtieth session's AMD EPYC with AVX-512 (Zen 4, 1 MB) 8.9-9.8 and 10.0-10.4 times. Before "
             "the AR-SSM's "
             "loop took about a third off its image's time (twenty-eighth session): 9.2-9.6 times on an AMD EPYC "
@@ -247,8 +246,8 @@ _RECIPES = [
             "Generates token by token: 784 sequential steps per image (one compiled loop, its states laid out so "
             "that a step reads a mode's channels contiguously), about 4.1 times the time of one VSSM pass at "
             "batch 1 on an AMD EPYC with AVX2 (Zen 3; docs/experiments/logs/s31-make-bench-*.txt, thirty-first "
-            "session), 4.9-5.1 on an AMD EPYC with AVX-512 (Zen 4, thirtieth session); before the twenty-eighth "
-            "session's faster loop 6.4 on an AMD EPYC with AVX2, 10.1 on an Intel Xeon with AVX-512).",
+            "session) and 4.9-5.1 on an AMD EPYC with AVX-512 (Zen 4, thirtieth session); before the twenty-eighth "
+            "session's faster loop, 6.4 on an AMD EPYC with AVX2 and 10.1 on an Intel Xeon with AVX-512.",
         ),
         train=dict(dataset="mnist", family="ar-ssm", lr=6e-3, budget_minutes=40.0, ema_decay=0.999),
     ),
