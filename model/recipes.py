@@ -162,8 +162,8 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 9.29-9.75 times faster than the AR-SSM at batch 1 and 8.89-9.62 times at batch 32 on an AMD "
-            "EPYC with AVX2 and a 512 kB second-level cache (Zen 3; medians of 7 interleaved runs in three "
+            "call: 8.88-9.75 times faster than the AR-SSM at batch 1 and 8.89-9.62 times at batch 32 on an AMD "
+            "EPYC with AVX2 and a 512 KiB second-level cache (Zen 3; medians of 7 interleaved runs in four "
             "benchmark runs; target 10x, missed; docs/benchmarks.json, docs/benchmarks-blocks.json, "
             "docs/experiments/logs/s31-*.txt, thirty-first session); 10.2-11.2 and 11.5-12.3 times on the "
             "thirtieth session's AMD EPYC with AVX-512 (Zen 4). Before the AR-SSM's own "
@@ -206,9 +206,9 @@ _RECIPES = [
             "draws and one decoder pass."
         ),
         limitations=(
-            "49 compiled rounds an image against mnist-vssm-prior's 28: 7.97-8.59 times faster than the AR-SSM at "
-            "batch 1 (target 10x, missed) and 7.75-8.64 times at batch 32 on an AMD EPYC with AVX2 and a 512 kB "
-            "second-level cache (Zen 3; medians of 7 interleaved runs in three benchmark runs, docs/benchmarks.json, "
+            "49 compiled rounds an image against mnist-vssm-prior's 28: 7.91-8.59 times faster than the AR-SSM at "
+            "batch 1 (target 10x, missed) and 7.75-8.64 times at batch 32 on an AMD EPYC with AVX2 and a 512 KiB "
+            "second-level cache (Zen 3; medians of 7 interleaved runs in four benchmark runs, docs/benchmarks.json, "
             "docs/benchmarks-blocks.json and docs/experiments/logs/s31-*.txt, thirty-first session); a round reads "
             "about 630 KiB of weights and 100 KiB of states, an AR-SSM step about 620 and 110. On the "
             "thirtieth session's AMD EPYC with AVX-512 (Zen 4, 1 MB) 8.9-9.8 and 10.0-10.4 times. Before "
@@ -244,7 +244,7 @@ _RECIPES = [
         intended_use="The quality reference for MNIST: the best exact likelihood here, and the digit judge's AR judge.",
         limitations=(
             "Generates token by token: 784 sequential steps per image (one compiled loop, its states laid out so "
-            "that a step reads a mode's channels contiguously), about 4.1 times the time of one VSSM pass at "
+            "that a step reads a mode's channels contiguously), about 3.5-4.1 times the time of one VSSM pass at "
             "batch 1 on an AMD EPYC with AVX2 (Zen 3; docs/experiments/logs/s31-make-bench-*.txt, thirty-first "
             "session) and 4.9-5.1 on an AMD EPYC with AVX-512 (Zen 4, thirtieth session); before the twenty-eighth "
             "session's faster loop, 6.4 on an AMD EPYC with AVX2 and 10.1 on an Intel Xeon with AVX-512.",
