@@ -72,6 +72,20 @@ class LossOutput:
     parts: dict[str, Tensor]  # name -> (B,) nats per sequence, logged and validated; "nll": the NLL or a bound on it
 
 
+def memo(kept: dict, key: tuple, make: Callable[[], Any]) -> Any:
+    """``make()``, kept in ``kept`` per ``key`` unless it is None: a model's small caches in its ``__dict__``
+    (not module state: ``SequenceModel.__getstate__`` drops every ``*_cache``), at most 64 keys, cleared
+    when full (batch sizes vary by call)."""
+    hit = kept.get(key)
+    if hit is None:
+        hit = make()
+        if hit is not None:
+            if len(kept) >= 64:
+                kept.clear()
+            kept[key] = hit
+    return hit
+
+
 class SequenceModel(nn.Module):
     """Base of every family; subclasses set ``family`` and ``config_class``."""
 
@@ -210,8 +224,7 @@ class SequenceModel(nn.Module):
         swapped keeps no version counter, and no op can read it), freezes the new weights."""
         refreeze = any(p.is_inference() for p in self._weights())  # every one, where the model is frozen
         self._frozen_key, self._frozen_at = None, -1  # the old storages' key, should the conversion fail midway
-        self.__dict__.pop("_settled_cache", None)
-        self._epoch = object()
+        self._unsettle()
         out = super()._apply(fn, recurse)
         if refreeze:
             self.freeze()
@@ -222,7 +235,7 @@ class SequenceModel(nn.Module):
         addresses are the original's storages (the copy reads and lays out its own; it is not frozen)."""
         state = dict(super().__getstate__())
         state.update(_frozen_key=None, _frozen_at=-1, _fp_key=None, _walk_at=-1)  # the copy walks its own
-        return {k: v for k, v in state.items() if not (k.endswith("_cache") or k == "_probes")}
+        return {k: v for k, v in state.items() if not k.endswith("_cache")}
 
     def _laid_out(self, name: str, eps: tuple, build: Callable[[], Any]) -> Any:
         """The weights a compiled call reads, laid out by ``build`` once per weights and cached under ``name``:
@@ -256,16 +269,16 @@ class SequenceModel(nn.Module):
         guard = fixed_guard()  # the guard this generation call began under: what its networks' checks read
         if guard is None or guard != self._guard():  # not frozen, or something registered since the call began
             return check()
-        kept = self.__dict__.setdefault("_settled_cache", {})
-        hit = kept.get(key)
-        if hit is not None and hit[0] == guard:
-            return hit[1]
-        got = check()
-        if got is not None:
-            if len(kept) >= 64:  # bounded: batch sizes vary by call
-                kept.clear()
-            kept[key] = (guard, got)
-        return got
+        held = self.__dict__.get("_settled_cache")  # (guard, checks kept under it)
+        if held is None or held[0] != guard:
+            held = self.__dict__["_settled_cache"] = (guard, {})
+        return memo(held[1], key, check)
+
+    def _unsettle(self) -> None:
+        """Drop the compiled calls' kept checks (:meth:`_settled`) and renew the guard's epoch (:meth:`_guard`),
+        so that what the networks kept under the old guard is checked again."""
+        self.__dict__.pop("_settled_cache", None)
+        self._epoch = object()
 
     def _guard(self) -> tuple | None:
         """What a check made in a generation call of this frozen model depends on beside the call itself, as
@@ -283,8 +296,7 @@ class SequenceModel(nn.Module):
         guard's epoch renewed, so that what the networks kept is checked again (after the switch: a generation
         in another thread may have checked the modules half switched)."""
         out = super().train(mode)
-        self.__dict__.pop("_settled_cache", None)
-        self._epoch = object()
+        self._unsettle()
         return out
 
     def num_parameters(self, generation_only: bool = False) -> int:
@@ -420,15 +432,12 @@ class SequenceModel(nn.Module):
         if not (block_size is None or type(block_size) is int):  # a tensor, or what block_sizes refuses
             return self.block_sizes(block_size, batch)
         key = (block_size, self.default_block_size, self.max_position, batch, self.device)
-        kept = self.__dict__.setdefault("_blocks_cache", {})
-        hit = kept.get(key)
-        if hit is None:
+
+        def make() -> Tensor:
             with torch.inference_mode():
-                hit = self.block_sizes(block_size, batch)
-            if len(kept) >= 64:  # bounded: batch sizes vary by call
-                kept.clear()
-            kept[key] = hit
-        return hit
+                return self.block_sizes(block_size, batch)
+
+        return memo(self.__dict__.setdefault("_blocks_cache", {}), key, make)
 
     # Observed tokens are read this many at a time, each window one ``_append`` from the state the
     # previous one left, so peak memory does not grow with the prompt: an SSM's parallel pass builds

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .base import LossOutput, SequenceModel, check_config
+from .base import LossOutput, SequenceModel, check_config, memo
 from .latent_prior import LatentPrior
 from .network import SSMNet, SSMNetConfig, has_hooks
 from .patch import PatchNet
@@ -926,13 +926,9 @@ class VSSM(SequenceModel):
         """An empty ``(B, T, H)`` tensor whose shape, dtype and device stand for a pass's input in the checks of
         the compiled calls (read, never written): kept per shape, an op less per call."""
         key = (batch, steps, self.dtype, self.device)
-        probes = self.__dict__.setdefault("_probes", {})
-        hit = probes.get(key)
-        if hit is None:
-            if len(probes) > 64:  # bounded: batch sizes vary by call
-                probes.clear()
-            hit = probes[key] = torch.empty(batch, steps, self.config.width, dtype=self.dtype, device=self.device)
-        return hit
+        width, dtype, device = self.config.width, self.dtype, self.device
+        make = lambda: torch.empty(batch, steps, width, dtype=dtype, device=device)  # noqa: E731
+        return memo(self.__dict__.setdefault("_probe_cache", {}), key, make)
 
     def _round_weights(self) -> native.RoundWeights:
         """The weights the compiled rounds read (:meth:`_laid_out`)."""
