@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -92,6 +93,49 @@ class GenState:
     def to_bytes(self) -> bytes:
         """safetensors bytes of the state: written here (:func:`_write`) where every dtype is one
         safetensors names, else by the library."""
+        flat, meta = self._flat()
+        if _writable(flat):
+            return _write(flat, meta)
+        seen: set[int] = set()
+        for k, t in flat.items():  # the library refuses tensors sharing memory
+            if t.data_ptr() in seen:  # e.g. the VSSM's `gen` is `par` right after an append
+                flat[k] = t.clone()
+            seen.add(t.data_ptr())
+        return st_save(flat, metadata=meta)
+
+    def to_bytes_split(self, sizes: Sequence[int]) -> list[bytes]:
+        """The bytes of consecutive groups of ``sizes`` rows, each exactly what ``rows(group).to_bytes()``
+        writes, from one copy of each tensor.
+
+        A batched server call returns one state per session; slicing and copying row by row took some
+        80 PyTorch calls a row, each of which lets the event loop's thread take the GIL
+        (docs/experiments/rounds-and-serving.md, thirty-second session).
+        """
+        if any(n < 0 for n in sizes) or sum(sizes) != self.batch_size:
+            raise ValueError(f"row groups {list(sizes)} do not cover the state's {self.batch_size} rows")
+        flat, meta = self._flat()
+        if not _writable(flat):
+            starts = [sum(sizes[:i]) for i in range(len(sizes))]
+            return [self.rows(slice(a, a + n)).to_bytes() for a, n in zip(starts, sizes, strict=True)]
+        B = self.batch_size
+        layout = _order(flat)
+        row_bytes = [t.numel() // B * t.element_size() if B else 0 for _, t in layout]
+        data = [memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"" for _, t in layout]
+        heads: dict[int, bytes] = {}
+        out = []
+        row = 0
+        for n in sizes:
+            if n not in heads:
+                heads[n] = _header(
+                    [(k, t.dtype, [n, *t.shape[1:]], n * r) for (k, t), r in zip(layout, row_bytes, strict=True)], meta
+                )
+            parts = [d[row * r : (row + n) * r] for d, r in zip(data, row_bytes, strict=True) if r]
+            out.append(b"".join([heads[n], *parts]))
+            row += n
+        return out
+
+    def _flat(self) -> tuple[dict[str, Tensor], dict[str, str]]:
+        """Contiguous CPU tensors (complex ones as their real view) and the metadata of the state's bytes."""
         complex_names = sorted(k for k, v in self.tensors.items() if v.is_complex())
         flat = {
             k: (torch.view_as_real(v) if v.is_complex() else v).detach().contiguous().cpu()
@@ -103,14 +147,7 @@ class GenState:
             "fingerprint": self.fingerprint,
             "complex": json.dumps(complex_names),
         }
-        if sys.byteorder == "little" and all(t.dtype in _DTYPES for t in flat.values()):  # the format's order
-            return _write(flat, meta)
-        seen: set[int] = set()
-        for k, t in flat.items():  # the library refuses tensors sharing memory
-            if t.data_ptr() in seen:  # e.g. the VSSM's `gen` is `par` right after an append
-                flat[k] = t.clone()
-            seen.add(t.data_ptr())
-        return st_save(flat, metadata=meta)
+        return flat, meta
 
     @classmethod
     def from_bytes(cls, blob: bytes, device: torch.device | str | None = None) -> GenState:
@@ -121,12 +158,44 @@ class GenState:
             raise StateError(f"state bytes are not a valid safetensors blob: {exc}") from exc
         if meta.get("format") != STATE_FORMAT:
             raise StateError(f"unsupported state format {meta.get('format')!r} (expected {STATE_FORMAT!r})")
-        complex_names = set(json.loads(meta.get("complex", "[]")))
-        tensors = {k: (torch.view_as_complex(v) if k in complex_names else v) for k, v in flat.items()}
+        if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
+            raise StateError("state bytes do not name their family and fingerprint")
+        try:
+            complex_names = set(json.loads(meta.get("complex", "[]")))
+            tensors = {k: (torch.view_as_complex(v) if k in complex_names else v) for k, v in flat.items()}
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise StateError(f"state bytes' complex tensors do not read: {exc}") from exc
         if "position" not in tensors or "seed" not in tensors:
             raise StateError("state lacks its position or seed")
         state = cls(meta["family"], meta["fingerprint"], tensors)
         return state.to(device) if device is not None else state
+
+    @classmethod
+    def from_bytes_many(
+        cls, blobs: Sequence[bytes], device: torch.device | str | None = None
+    ) -> tuple[GenState, list[int]]:
+        """One state of every blob's rows in order, and each blob's row count: what
+        ``cat([from_bytes(b) for b in blobs])`` gives, in a few PyTorch calls a tensor rather than a
+        few a blob and tensor (see :meth:`to_bytes_split`).
+
+        Blobs that this module wrote for states of one model with equal shapes are read here, each
+        header checked as strictly as the library checks it; anything else (a KV cache's ragged
+        length, another writer's layout, a bad blob) goes through :meth:`from_bytes` and
+        :meth:`cat`, which raise :class:`StateError` for a blob that is not a state.
+        """
+        if not blobs:
+            raise ValueError("no state bytes to read")
+        try:
+            read = _read_many(blobs)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, RuntimeError):
+            read = None  # the slow path says what is wrong with it
+        if read is None:
+            states = [cls.from_bytes(b) for b in blobs]
+            state = states[0] if len(states) == 1 else cls.cat(states)
+            return (state.to(device) if device is not None else state), [s.batch_size for s in states]
+        meta, tensors, sizes = read
+        state = cls(meta["family"], meta["fingerprint"], tensors)
+        return (state.to(device) if device is not None else state), sizes
 
     @property
     def nbytes(self) -> int:
@@ -146,27 +215,102 @@ _DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+_NAMED = {name: dtype for dtype, name in _DTYPES.items()}
 
 
-def _write(flat: dict[str, Tensor], meta: dict[str, str]) -> bytes:
-    """safetensors bytes of contiguous CPU tensors: 8 bytes of header length, the JSON header (padded
-    with spaces to 8 bytes), then the tensors' bytes, widest dtype first so that every range is aligned
-    (docs/design.md, "Generation state").  The library's ``save`` checks for shared memory and copies
-    twice: a 230 KB state's ``to_bytes`` took 210 us through it and 56 here
-    (docs/experiments/rounds-and-serving.md, twenty-fifth session); tests read these bytes with the library."""
+def _writable(flat: dict[str, Tensor]) -> bool:
+    """Whether :func:`_write` can write these tensors (the format is little-endian)."""
+    return sys.byteorder == "little" and all(t.dtype in _DTYPES for t in flat.values())
+
+
+def _order(flat: dict[str, Tensor]) -> list[tuple[str, Tensor]]:
+    """The tensors in the order their bytes are written: widest dtype first, so that every range is aligned."""
+    return sorted(flat.items(), key=lambda kv: -kv[1].element_size())
+
+
+def _header(layout: list[tuple[str, torch.dtype, list[int], int]], meta: dict[str, str]) -> bytes:
+    """8 bytes of header length and the JSON header (padded with spaces to 8 bytes) of tensors
+    ``(name, dtype, shape, bytes)`` whose bytes follow one another in this order."""
     header: dict[str, object] = {}
-    parts: list[object] = []
     at = 0
-    for k, t in sorted(flat.items(), key=lambda kv: -kv[1].element_size()):  # widest first: every offset aligned
-        n = t.numel() * t.element_size()
-        header[k] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [at, at + n]}
-        if n:
-            parts.append(t.reshape(-1).view(torch.uint8).numpy())  # (n,) the tensor's bytes, no copy
+    for k, dtype, shape, n in layout:
+        header[k] = {"dtype": _DTYPES[dtype], "shape": shape, "data_offsets": [at, at + n]}
         at += n
     header["__metadata__"] = meta
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)
-    return b"".join([len(h).to_bytes(8, "little"), h, *parts])  # type: ignore[list-item]
+    return len(h).to_bytes(8, "little") + h
+
+
+def _write(flat: dict[str, Tensor], meta: dict[str, str]) -> bytes:
+    """safetensors bytes of contiguous CPU tensors: the header, then the tensors' bytes in
+    :func:`_order` (docs/design.md, "Generation state").  The library's ``save`` checks for shared
+    memory and copies twice: a 230 KB state's ``to_bytes`` took 210 us through it and 56 here
+    (docs/experiments/rounds-and-serving.md, twenty-fifth session); tests read these bytes with the library."""
+    layout = _order(flat)
+    head = _header([(k, t.dtype, list(t.shape), t.numel() * t.element_size()) for k, t in layout], meta)
+    parts = [t.reshape(-1).view(torch.uint8).numpy() for _, t in layout if t.numel()]  # (n,) each, no copy
+    return b"".join([head, *parts])  # type: ignore[list-item]
+
+
+def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor], list[int]] | None:
+    """The metadata, batched tensors and row counts of blobs that :func:`_write` wrote for states of
+    one model with equal shapes but the batch's; None for anything else.  Each header is held to what
+    the library checks (known dtypes, offsets that tile the data exactly, sizes that match shapes), so
+    no blob is read here that :meth:`GenState.from_bytes` would refuse; raises ``ValueError``,
+    ``KeyError`` or ``TypeError`` for a malformed one."""
+    if sys.byteorder != "little":
+        return None
+    first: tuple | None = None
+    where: list[tuple[memoryview, dict[str, tuple[int, int]], int]] = []
+    for blob in blobs:
+        n = int.from_bytes(blob[:8], "little")
+        if len(blob) < 8 or n <= 0 or n > len(blob) - 8:
+            return None
+        header = json.loads(blob[8 : 8 + n])
+        meta = header.pop("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+            return None
+        if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
+            return None
+        spans, rows, shapes, end = {}, set(), {}, 0
+        for k, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            dtype, shape, (a, b) = _NAMED[entry["dtype"]], entry["shape"], entry["data_offsets"]
+            if not shape or not all(type(d) is int and d >= 0 for d in (*shape, a, b)) or a != end:
+                return None
+            size = dtype.itemsize
+            for d in shape:
+                size *= d
+            if b - a != size:
+                return None
+            spans[k], shapes[k], end = (a, b), (dtype, tuple(shape[1:])), b
+            rows.add(shape[0])
+        if end != len(blob) - 8 - n or len(rows) != 1:
+            return None
+        sig = (tuple(sorted(meta.items())), shapes)
+        if first is None:
+            first = sig
+        elif sig != first:
+            return None
+        where.append((memoryview(blob)[8 + n :], spans, rows.pop()))
+    assert first is not None
+    meta = dict(first[0])
+    complex_names = set(json.loads(meta.get("complex", "[]")))
+    if "position" not in first[1] or "seed" not in first[1]:
+        return None
+    total = sum(r for _, _, r in where)
+    tensors = {}
+    for k, (dtype, rest) in first[1].items():
+        buf = bytearray(sum(b - a for _, spans, _ in where for a, b in [spans[k]]))
+        view, at = memoryview(buf), 0
+        for data, spans, _ in where:
+            a, b = spans[k]
+            view[at : at + b - a] = data[a:b]
+            at += b - a
+        t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+        t = t.view(total, *rest)
+        tensors[k] = torch.view_as_complex(t) if k in complex_names else t
+    return meta, tensors, [r for _, _, r in where]
 
 
 def _metadata(blob: bytes) -> dict[str, str]:

@@ -259,6 +259,20 @@ class Batcher:
                 out.append(exc)
         return out
 
+    def _stored_batch(self, group: list[_Job]) -> tuple[GenState, list[int]] | None:
+        """The batch of a group whose every job is a stored state (sessions' chunks), read in one go,
+        and each job's rows; None when some job's state is live, or some blob does not read or check
+        (then :meth:`_decode` finds which)."""
+        blobs = [job.state for job in group if isinstance(job.state, bytes)]
+        if len(blobs) < len(group):
+            return None
+        try:
+            state, sizes = GenState.from_bytes_many(blobs, device=self.served.model.device)
+            self.served.check_state(state)
+        except StateError:
+            return None
+        return state, sizes
+
     def _compute(
         self, group: list[_Job]
     ) -> list[tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None] | Exception]:
@@ -276,24 +290,31 @@ class Batcher:
         self, group: list[_Job]
     ) -> list[tuple[torch.Tensor, GenState | bytes | None, torch.Tensor | None] | Exception]:
         m = self.served.model
-        decoded = self._decode(group)
-        # a job whose state failed to decode keeps its error; the others' results are filled in below
-        results: list[Any] = list(decoded)
-        live = [
-            (i, job, st) for i, (job, st) in enumerate(zip(group, decoded, strict=True)) if isinstance(st, GenState)
-        ]
-        if not live:
-            return results
-        state = live[0][2] if len(live) == 1 else GenState.cat([st for _, _, st in live])
+        stored = self._stored_batch(group)
+        if stored is not None:
+            state, sizes = stored
+            results: list[Any] = [None] * len(group)
+            live = [(i, job, rows) for i, (job, rows) in enumerate(zip(group, sizes, strict=True))]
+        else:
+            decoded = self._decode(group)
+            # a job whose state failed to decode keeps its error; the others' results are filled in below
+            results = list(decoded)
+            ok = [
+                (i, job, st) for i, (job, st) in enumerate(zip(group, decoded, strict=True)) if isinstance(st, GenState)
+            ]
+            if not ok:
+                return results
+            state = ok[0][2] if len(ok) == 1 else GenState.cat([st for _, _, st in ok])
+            live = [(i, job, st.batch_size) for i, job, st in ok]
         first = live[0][1]
         scores = None
         if first.op == "append":
-            tokens = torch.cat([j.tokens for _, j, _ in live if j.tokens is not None]).to(m.device)
-            out, nxt = tokens, m.append(state, tokens)
+            observed = torch.cat([j.tokens for _, j, _ in live if j.tokens is not None]).to(m.device)
+            out, nxt = observed, m.append(state, observed)
         else:
-            temps = [j.temperature for _, j, st in live for _ in range(st.batch_size)]
-            blocks = [j.block_size for _, j, st in live for _ in range(st.batch_size)]
-            ratios = [j.ratio for _, j, st in live for _ in range(st.batch_size)]
+            temps = [j.temperature for _, j, rows in live for _ in range(rows)]
+            blocks = [j.block_size for _, j, rows in live for _ in range(rows)]
+            ratios = [j.ratio for _, j, rows in live for _ in range(rows)]
             # one shared temperature goes as a float: the model's sampling takes a shorter path
             shared = len(set(temps)) == 1
             args = dict(
@@ -309,15 +330,24 @@ class Batcher:
             else:
                 out, nxt = m.generate(state, first.n, **args)
             self.metrics.tokens_generated.labels(self.served.id).inc(out.numel())
-        start = 0
-        for i, job, st in live:
-            rows = slice(start, start + st.batch_size)
-            start += st.batch_size
-            part = None if nxt is None else nxt.rows(rows)
+        # one split of the tokens and, for sessions, one write of every row's state: slicing and copying
+        # job by job cost a few PyTorch calls a job and tensor, each a chance for the event loop to take
+        # the GIL (docs/experiments/rounds-and-serving.md, thirty-second session)
+        sizes = [rows for _, _, rows in live]
+        tokens = out.cpu().split(sizes)
+        scored = None if scores is None else scores.cpu().split(sizes)
+        if nxt is None:
+            states: list[Any] = [None] * len(live)
+        elif all(job.encode for _, job, _ in live):
+            states = nxt.to_bytes_split(sizes)
+        else:
+            starts = [sum(sizes[:k]) for k in range(len(sizes))]
+            states = [
+                part.to_bytes() if job.encode else part
+                for (_, job, rows), a in zip(live, starts, strict=True)
+                for part in [nxt.rows(slice(a, a + rows))]
+            ]
+        for k, (i, _, _) in enumerate(live):
             # a stored session gets its next state back serialised, still in this thread
-            results[i] = (
-                out[rows].cpu(),
-                part.to_bytes() if part is not None and job.encode else part,
-                None if scores is None else scores[rows].cpu(),
-            )
+            results[i] = (tokens[k], states[k], None if scored is None else scored[k])
         return results

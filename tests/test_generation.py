@@ -201,6 +201,75 @@ def test_state_bytes_with_a_bad_header_are_refused(edit):
         GenState.from_bytes(_with_header(blob, edit))
 
 
+def _groups(m: model.SequenceModel) -> list[GenState]:
+    """States of 1, 2 and 1 rows at different positions (a KV cache's length differs between them)."""
+    out = []
+    for i, rows in enumerate([1, 2, 1]):
+        s = m.start(
+            torch.randint(0, V, (rows, i), generator=torch.Generator().manual_seed(i)),
+            [10 * i + r for r in range(rows)],
+        )
+        out.append(m.generate(s, 2 + i)[1])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_many_states_read_and_written_at_once_are_those_row_by_row(family, dtype):
+    """What a batched server call reads and writes in one go (``from_bytes_many``, ``to_bytes_split``)
+    is exactly what reading and writing each session's state alone gives."""
+    m = tiny_model(family, dtype=dtype)
+    states = _groups(m)
+    blobs = [s.to_bytes() for s in states]
+    batch, sizes = GenState.from_bytes_many(blobs)
+    assert sizes == [1, 2, 1]
+    assert _states_equal(batch, GenState.cat([GenState.from_bytes(b) for b in blobs]))
+    assert batch.to_bytes_split(sizes) == [batch.rows(slice(a, a + n)).to_bytes() for a, n in [(0, 1), (1, 2), (3, 1)]]
+    assert batch.to_bytes_split([4]) == [batch.to_bytes()]
+    with pytest.raises(ValueError):
+        batch.to_bytes_split([1, 2])
+    # and the state read at once generates what the states read alone do
+    assert torch.equal(m.generate(batch, 3)[0], torch.cat([m.generate(s, 3)[0] for s in states]))
+
+
+def test_states_of_fixed_shapes_are_read_without_the_library(monkeypatch):
+    """The recurrent families' states all have one shape, and are read at once, not blob by blob."""
+    m = tiny_model("vssm")
+    blobs = [s.to_bytes() for s in _groups(m)]
+    expected = GenState.cat([GenState.from_bytes(b) for b in blobs])
+
+    def refused(*_: object, **__: object) -> GenState:
+        raise AssertionError("read blob by blob")
+
+    monkeypatch.setattr(GenState, "from_bytes", refused)
+    assert _states_equal(GenState.from_bytes_many(blobs)[0], expected)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda blob: blob[:-8],  # cut short
+        lambda blob: blob + b"\0" * 8,  # a tail no tensor covers
+        lambda blob: b"not a state",
+        lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(format="vssm-state/0")),
+        lambda blob: _with_header(blob, lambda h: h["__metadata__"].pop("family")),
+        lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(complex='["seed"]')),
+        lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="F16")),
+        lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="C64")),
+        lambda blob: _with_header(blob, lambda h: h["dec"].update(data_offsets=[0.0, h["dec"]["data_offsets"][1]])),
+        lambda blob: tiny_model("vssm", seed=1).start(prompt(B=1, C=0), 1).to_bytes(),  # other weights
+        lambda blob: tiny_model("ar-ssm").start(prompt(B=1, C=0), 1).to_bytes(),  # another family
+    ],
+)
+def test_many_states_with_one_bad_blob_are_refused(bad):
+    """One bad blob among good ones: :class:`StateError` (the server then reads them one by one to
+    fail that session alone), never a state made of what the blob's bytes happen to hold."""
+    m = tiny_model("vssm")
+    blobs = [s.to_bytes() for s in _groups(m)]
+    blobs[1] = bad(blobs[1])
+    with pytest.raises(StateError):
+        GenState.from_bytes_many(blobs)
+
+
 def test_limits_and_token_range(family):
     m = tiny_model(family, max_position=10)
     s = m.start(prompt(C=4), 1)

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from tests.conftest import tiny_model
+from tests.test_generation import _states_equal
 from vssm.model import GenState, StateError
 from vssm.server.batcher import Batcher
 from vssm.server.metrics import Metrics
@@ -116,3 +117,36 @@ def test_rows_with_different_observation_temperatures_share_one_call_and_get_the
         assert torch.equal(tokens, m.generate(state, 9, observation_temperature=ratio)[0]), ratio
     differ = [m.generate(states[1], 9, observation_temperature=r)[0] for r in (0.0, 1.0)]
     assert not torch.equal(*differ)  # the ratio changes these tokens: the test can fail
+
+
+def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_one_fails_alone():
+    """A call of stored states only (the sessions' chunks) reads them in one go and writes one blob per
+    session; each session gets the tokens and next state it gets alone, and a bad blob among them
+    fails its own request only."""
+    m = tiny_model("vssm")
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    states = [m.start(torch.tensor([[1, 0, 1, 1, 0][:k]]), 20 + k) for k in range(4)]
+    metrics = Metrics()
+
+    async def main(blobs: list[bytes]) -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)
+            b.start()
+            try:
+                return await asyncio.gather(*[b.generate_stored(x, 6, 1.0) for x in blobs], return_exceptions=True)
+            finally:
+                await b.stop()
+
+    for bad in (None, 2):
+        blobs = [s.to_bytes() for s in states]
+        if bad is not None:
+            blobs[bad] = blobs[bad][:-8]
+        results = asyncio.run(main(blobs))
+        for k, (state, got) in enumerate(zip(states, results, strict=True)):
+            if k == bad:
+                assert isinstance(got, StateError)
+                continue
+            tokens, blob = got
+            ref_tokens, ref_next = m.generate(state, 6)
+            assert torch.equal(tokens, ref_tokens) and _states_equal(GenState.from_bytes(blob), ref_next)
+    assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 2  # one call each time
