@@ -355,6 +355,13 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
         f"**{sv['end_to_end_batching_ratio']:.2f}x**.",
         "",
     ]
+    runs = sv["levels"]["batching_on"][0].get("runs", 1)
+    if runs > 1:
+        L += [
+            f"Each level ran {runs} times, the levels by turns; a row gives its run of median throughput, "
+            "every run's throughput in brackets.",
+            "",
+        ]
     for key in ("batching_on", "batching_off"):
         L += [f"{key.replace('_', ' ')}:", ""]
         L += _table(
@@ -370,7 +377,12 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
             [
                 [
                     str(r["clients"]),
-                    f"{r['tokens_per_s']:,.0f}",
+                    f"{r['tokens_per_s']:,.0f}"
+                    + (
+                        " (" + ", ".join(f"{v:,.0f}" for v in r["runs_tokens_per_s"]) + ")"
+                        if r.get("runs", 1) > 1
+                        else ""
+                    ),
                     f"{r['first_chunk_p50_ms']:.1f} / {r['first_chunk_p99_ms']:.1f}",
                     f"{r['full_p50_ms']:.1f} / {r['full_p99_ms']:.1f}",
                     f"{r['store_ms_per_chunk']:.2f}",

@@ -142,22 +142,32 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
 
         lv = {r["clients"]: r for r in sv["levels"]["batching_on"]}
         if 64 in lv and 16 in lv:
+            hi, lo = lv[64], lv[16]
+            runs = hi.get("runs", 1)
+            each = ""
+            if runs > 1:  # every pair of runs taken side by side, for the spread
+                pairs = zip(hi["runs_tokens_per_s"], lo["runs_tokens_per_s"], strict=True)
+                each = "; each pair: " + ", ".join(f"{a / b:.2f}" for a, b in pairs)
             rows.append(
                 _row(
                     "serving throughput, 64 clients / 16 clients",
-                    lv[64]["tokens_per_s"] / lv[16]["tokens_per_s"],
+                    hi["tokens_per_s"] / lo["tokens_per_s"],
                     ">= 0.9",
                     lambda v: v >= 0.9,
-                    f"batching on, {sv['chunk_tokens']}-token streamed session chunks",
+                    f"batching on, {sv['chunk_tokens']}-token streamed session chunks, median of {runs} "
+                    f"interleaved run(s){each}",
                 )
             )
+            spread = ""
+            if runs > 1:
+                spread = "; each run: " + ", ".join(f"{v:.2f}" for v in hi["runs_p99_over_p50"])
             rows.append(
                 _row(
                     "chunk latency at 64 clients, p99 / p50",
-                    lv[64]["full_p99_ms"] / lv[64]["full_p50_ms"],
+                    hi["full_p99_ms"] / hi["full_p50_ms"],
                     "<= 4x",
                     lambda v: v <= 4.0,
-                    "batching on",
+                    f"batching on, the median run{spread}",
                 )
             )
 

@@ -343,3 +343,17 @@ def test_the_crossover_refuses_to_time_a_fallback_as_the_kernel() -> None:
             kernel_crossover(m, [(2, 8)], repeats=1)
     finally:
         handle.remove()
+
+
+def test_a_serving_level_reports_its_median_run_and_every_run() -> None:
+    from bench.serving import _median_run
+
+    runs = [
+        {"tokens_per_s": v, "full_p50_ms": 10.0, "full_p99_ms": p99}
+        for v, p99 in ((30.0, 20.0), (10.0, 40.0), (20.0, 30.0))
+    ]
+    level = _median_run(runs)
+    assert level["tokens_per_s"] == 20.0 and level["full_p99_ms"] == 30.0  # the whole median run, not a mix
+    assert level["runs"] == 3 and level["runs_tokens_per_s"] == [30.0, 10.0, 20.0]
+    assert level["runs_p99_over_p50"] == [2.0, 4.0, 3.0]
+    assert _median_run(runs[:2])["tokens_per_s"] == 10.0  # an even number: the lower middle
