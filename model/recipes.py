@@ -162,8 +162,8 @@ _RECIPES = [
             "Its latents are its pixels and its decoder copies them: a row's pixels are drawn one after another "
             "through the latent prior, so an image is 28 compiled rounds (one partial-encoder step, 28 draws, one "
             "decoder pass over the row), not one parallel pass; the 28 rounds, the first row included, are one C "
-            "call: 12.1-12.9 times faster than the AR-SSM at batch 1 and 13.5-13.9 times at batch 32 on an Intel "
-            "Xeon with AVX-512 and a 2 MiB second-level cache (medians of 7 interleaved runs in four and two "
+            "call: 12.1-12.9 times faster than the AR-SSM at batch 1 and 13.3-13.9 times at batch 32 on an Intel "
+            "Xeon with AVX-512 and a 2 MiB second-level cache (medians of 7 interleaved runs in four "
             "benchmark runs; target 10x; docs/benchmarks.json, docs/benchmarks-blocks.json, "
             "docs/experiments/logs/s32-*.txt, thirty-second session); 8.88-9.75 and 8.89-9.62 times (missed) on "
             "an AMD EPYC with AVX2 and a 512 KiB one (Zen 3, thirty-first session), 10.2-11.2 and 11.5-12.3 times "
@@ -208,12 +208,12 @@ _RECIPES = [
         ),
         limitations=(
             "49 compiled rounds an image against mnist-vssm-prior's 28: 10.2-11.0 times faster than the AR-SSM at "
-            "batch 1 (target 10x, met by a thin margin) and 11.1-11.7 times at batch 32 on an Intel Xeon with "
+            "batch 1 (target 10x, met by a thin margin) and 11.0-11.7 times at batch 32 on an Intel Xeon with "
             "AVX-512 and a 2 MiB second-level cache (medians of 7 interleaved runs in four benchmark runs, "
             "docs/benchmarks.json, docs/benchmarks-blocks.json and docs/experiments/logs/s32-*.txt, thirty-second "
             "session); a round reads about 630 KiB of weights and 100 KiB of states, an AR-SSM step about 620 and "
             "110, and on hosts with less cache the ratio falls: 7.91-8.59 and 7.75-8.64 times (missed at batch 1) "
-            "on an AMD EPYC with AVX2 and 512 KiB (Zen 3, thirty-first session), 8.9-9.8 and 10.0-10.4 times on "
+            "on an AMD EPYC with AVX2 and 512 KiB (Zen 3, thirty-first session), 8.9-9.8 and 9.99-10.4 times on "
             "one with AVX-512 and 1 MiB (Zen 4, thirtieth). Before "
             "the AR-SSM's "
             "loop took about a third off its image's time (twenty-eighth session): 9.2-9.6 times on an AMD EPYC "
@@ -249,7 +249,7 @@ _RECIPES = [
             "Generates token by token: 784 sequential steps per image (one compiled loop, its states laid out so "
             "that a step reads a mode's channels contiguously), about 5.9-6.4 times the time of one VSSM pass at "
             "batch 1 on an Intel Xeon with AVX-512 (docs/experiments/logs/s32-make-bench-*.txt, thirty-second "
-            "session), 3.5-4.1 on an AMD EPYC with AVX2 (Zen 3, thirty-first) and 4.9-5.1 on an AMD EPYC with "
+            "session), 3.4-4.1 on an AMD EPYC with AVX2 (Zen 3, thirty-first) and 4.8-5.1 on an AMD EPYC with "
             "AVX-512 (Zen 4, thirtieth); before the twenty-eighth "
             "session's faster loop, 6.4 on an AMD EPYC with AVX2 and 10.1 on an Intel Xeon with AVX-512.",
         ),
