@@ -71,9 +71,14 @@ class GenState:
     def cat(states: list[GenState]) -> GenState:
         """Stack states of one model row-wise; ragged dims (a KV cache's length) are zero-padded."""
         first = states[0]
+        layout = {k: (v.dtype, v.ndim) for k, v in first.tensors.items()}
+        if any(ndim == 0 for _, ndim in layout.values()):
+            raise StateError("cannot batch a state with a tensor of no batch dimension")
         for s in states[1:]:
             if (s.family, s.fingerprint) != (first.family, first.fingerprint):
                 raise StateError("cannot batch states of different models")
+            if {k: (v.dtype, v.ndim) for k, v in s.tensors.items()} != layout:
+                raise StateError("cannot batch states whose tensors differ in name, dtype or rank")
         out = {}
         for name in first.tensors:
             parts = [s.tensors[name] for s in states]
@@ -114,10 +119,10 @@ class GenState:
         if any(n < 0 for n in sizes) or sum(sizes) != self.batch_size:
             raise ValueError(f"row groups {list(sizes)} do not cover the state's {self.batch_size} rows")
         flat, meta = self._flat()
-        if not _writable(flat):
+        B = self.batch_size
+        if not _writable(flat) or any(t.ndim == 0 or t.shape[0] != B for t in flat.values()):
             starts = [sum(sizes[:i]) for i in range(len(sizes))]
             return [self.rows(slice(a, a + n)).to_bytes() for a, n in zip(starts, sizes, strict=True)]
-        B = self.batch_size
         layout = _order(flat)
         row_bytes = [t.numel() // B * t.element_size() if B else 0 for _, t in layout]
         data = [memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"" for _, t in layout]
@@ -187,8 +192,8 @@ class GenState:
             raise ValueError("no state bytes to read")
         try:
             read = _read_many(blobs)
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError, RuntimeError):
-            read = None  # the slow path says what is wrong with it
+        except Exception:  # whatever a malformed blob raises here, the slow path says what is wrong with it
+            read = None
         if read is None:
             states = [cls.from_bytes(b) for b in blobs]
             state = states[0] if len(states) == 1 else cls.cat(states)
@@ -253,6 +258,18 @@ def _write(flat: dict[str, Tensor], meta: dict[str, str]) -> bytes:
     return b"".join([head, *parts])  # type: ignore[list-item]
 
 
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object whose keys are unique (the library refuses a repeated one)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a repeated key in the header")
+    return out
+
+
+def _refused(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor], list[int]] | None:
     """The metadata, batched tensors and row counts of blobs that :func:`_write` wrote for states of
     one model with equal shapes but the batch's; None for anything else.  Each header is held to what
@@ -267,12 +284,15 @@ def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor
         n = int.from_bytes(blob[:8], "little")
         if len(blob) < 8 or n <= 0 or n > len(blob) - 8:
             return None
-        header = json.loads(blob[8 : 8 + n])
+        # as the library reads a header: UTF-8 JSON, no repeated keys, no NaN, string metadata
+        header = json.loads(blob[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refused)
         meta = header.pop("__metadata__") if isinstance(header, dict) else None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             return None
-        if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
+        if not all(isinstance(v, str) for v in meta.values()) or not {"family", "fingerprint"} <= meta.keys():
             return None
+        for k in (*header, *meta.keys(), *meta.values()):
+            k.encode("utf-8")  # a lone surrogate (json's "\ud800") is not UTF-8: the library refuses it
         spans, rows, shapes, end = {}, set(), {}, 0
         for k, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             dtype, shape, (a, b) = _NAMED[entry["dtype"]], entry["shape"], entry["data_offsets"]

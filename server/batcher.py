@@ -232,10 +232,22 @@ class Batcher:
 
     async def _run(self, group: list[_Job]) -> None:
         self.metrics.batch_rows.labels(self.served.id).observe(sum(j.rows for j in group))
+        loop = asyncio.get_running_loop()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._compute, group)
-        except Exception as exc:  # delivered to every waiting request, which maps it to a response
-            results = [exc] * len(group)
+            results = await loop.run_in_executor(self.executor, self._compute, group)
+        except Exception as exc:  # delivered to the waiting request, which maps it to a response
+            if len(group) == 1:
+                results = [exc]
+            else:
+                # one job's input (a stored state that reads but does not fit, say) must not fail the others:
+                # a row's tokens and state are those it gets alone, so each job runs again on its own
+                log.warning("a batch of %d jobs failed (%r): running them one by one", len(group), exc)
+                results = []
+                for job in group:
+                    try:
+                        results += await loop.run_in_executor(self.executor, self._compute, [job])
+                    except Exception as alone:
+                        results.append(alone)
         for job, result in zip(group, results, strict=True):
             if job.future.done():
                 continue
@@ -269,7 +281,7 @@ class Batcher:
         try:
             state, sizes = GenState.from_bytes_many(blobs, device=self.served.model.device)
             self.served.check_state(state)
-        except StateError:
+        except Exception:  # one session's bad state must fail that session alone: _decode finds which
             return None
         return state, sizes
 

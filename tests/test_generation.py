@@ -244,30 +244,57 @@ def test_states_of_fixed_shapes_are_read_without_the_library(monkeypatch):
     assert _states_equal(GenState.from_bytes_many(blobs)[0], expected)
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        lambda blob: blob[:-8],  # cut short
-        lambda blob: blob + b"\0" * 8,  # a tail no tensor covers
-        lambda blob: b"not a state",
-        lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(format="vssm-state/0")),
-        lambda blob: _with_header(blob, lambda h: h["__metadata__"].pop("family")),
-        lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(complex='["seed"]')),
-        lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="F16")),
-        lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="C64")),
-        lambda blob: _with_header(blob, lambda h: h["dec"].update(data_offsets=[0.0, h["dec"]["data_offsets"][1]])),
-        lambda blob: tiny_model("vssm", seed=1).start(prompt(B=1, C=0), 1).to_bytes(),  # other weights
-        lambda blob: tiny_model("ar-ssm").start(prompt(B=1, C=0), 1).to_bytes(),  # another family
-    ],
-)
-def test_many_states_with_one_bad_blob_are_refused(bad):
-    """One bad blob among good ones: :class:`StateError` (the server then reads them one by one to
-    fail that session alone), never a state made of what the blob's bytes happen to hold."""
+def _raw_header(blob: bytes, edit) -> bytes:
+    """The blob with its header's JSON text edited as text (what a dict cannot hold: repeated keys, NaN)."""
+    n = int.from_bytes(blob[:8], "little")
+    h = edit(blob[8 : 8 + n].decode().rstrip(" ")).encode("utf-8", "surrogatepass")
+    h += b" " * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h + blob[8 + n :]
+
+
+MALFORMED = [
+    lambda blob: blob[:-8],  # cut short
+    lambda blob: blob + b"\0" * 8,  # a tail no tensor covers
+    lambda blob: b"not a state",
+    lambda blob: b"",
+    lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(format="vssm-state/0")),
+    lambda blob: _with_header(blob, lambda h: h["__metadata__"].pop("family")),
+    lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(extra=1)),  # not a string
+    lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(complex='["seed"]')),
+    lambda blob: _with_header(blob, lambda h: h["__metadata__"].update(complex='["gone"]')),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="F16")),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="C64")),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(data_offsets=[0.0, h["dec"]["data_offsets"][1]])),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(data_offsets=[])),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(data_offsets="")),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(shape=[True, *h["dec"]["shape"][1:]])),
+    lambda blob: _with_header(blob, lambda h: h["position"].update(shape=[])),
+    lambda blob: _with_header(blob, lambda h: h.update(dec=[1, 2])),
+    lambda blob: _raw_header(blob, lambda t: '{"seed":' + json.dumps(json.loads(t)["seed"]) + "," + t[1:]),  # repeated
+    lambda blob: _raw_header(blob, lambda t: t.replace('"shape":[', '"shape":[NaN,', 1)),
+    lambda blob: _raw_header(blob, lambda t: "\ufeff" + t),  # a byte-order mark
+    lambda blob: _raw_header(blob, lambda t: t.replace('"__metadata__":{', '"__metadata__":{"\\ud800":"x",', 1)),
+    lambda blob: tiny_model("vssm", seed=1).start(prompt(B=1, C=0), 1).to_bytes(),  # other weights
+    lambda blob: tiny_model("ar-ssm").start(prompt(B=1, C=0), 1).to_bytes(),  # another family
+]
+
+
+@pytest.mark.parametrize("where", [0, 1])
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_many_states_accept_exactly_what_one_by_one_accepts(bad, where):
+    """A bad blob among good ones (first or not): :class:`StateError` wherever reading the blobs one by one
+    refuses them (the server then reads them one by one to fail that session alone), never another
+    exception and never a state made of what the blob's bytes happen to hold; the same state where not."""
     m = tiny_model("vssm")
     blobs = [s.to_bytes() for s in _groups(m)]
-    blobs[1] = bad(blobs[1])
-    with pytest.raises(StateError):
-        GenState.from_bytes_many(blobs)
+    blobs[where] = bad(blobs[where])
+    try:
+        expected = GenState.cat([GenState.from_bytes(b) for b in blobs])
+    except StateError:
+        with pytest.raises(StateError):
+            GenState.from_bytes_many(blobs)
+        return
+    assert _states_equal(GenState.from_bytes_many(blobs)[0], expected)
 
 
 def test_limits_and_token_range(family):

@@ -119,7 +119,7 @@ def test_rows_with_different_observation_temperatures_share_one_call_and_get_the
     assert not torch.equal(*differ)  # the ratio changes these tokens: the test can fail
 
 
-def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_one_fails_alone():
+def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_one_fails_alone(monkeypatch):
     """A call of stored states only (the sessions' chunks) reads them in one go and writes one blob per
     session; each session gets the tokens and next state it gets alone, and a bad blob among them
     fails its own request only."""
@@ -137,11 +137,17 @@ def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_
             finally:
                 await b.stop()
 
+    def one_by_one(*_: object, **__: object) -> GenState:
+        raise AssertionError("read blob by blob")
+
     for bad in (None, 2):
         blobs = [s.to_bytes() for s in states]
-        if bad is not None:
-            blobs[bad] = blobs[bad][:-8]
-        results = asyncio.run(main(blobs))
+        with monkeypatch.context() as patch:
+            if bad is None:  # read at once: reading them one by one would fail every session
+                patch.setattr(GenState, "from_bytes", one_by_one)
+            else:
+                blobs[bad] = blobs[bad][:-8]
+            results = asyncio.run(main(blobs))
         for k, (state, got) in enumerate(zip(states, results, strict=True)):
             if k == bad:
                 assert isinstance(got, StateError)
@@ -150,3 +156,32 @@ def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_
             ref_tokens, ref_next = m.generate(state, 6)
             assert torch.equal(tokens, ref_tokens) and _states_equal(GenState.from_bytes(blob), ref_next)
     assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 2  # one call each time
+
+
+def test_a_state_that_reads_but_does_not_fit_fails_its_own_session_alone():
+    """A stored state of the right model whose tensors do not fit it (here the decoder's modes) reads and
+    checks, and the model call of the whole batch fails: each job then runs alone, so only its session
+    fails, and the others get what they get alone."""
+    m = tiny_model("vssm")
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    states = [m.start(torch.tensor([[1, 0, 1][:k]]), 30 + k) for k in range(3)]
+    dec = states[1]["dec"]
+    misfit = states[1].evolve(dec=torch.zeros(*dec.shape[:-1], dec.shape[-1] + 1, dtype=dec.dtype))
+    blobs = [states[0].to_bytes(), misfit.to_bytes(), states[2].to_bytes()]
+    metrics = Metrics()
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)
+            b.start()
+            try:
+                return await asyncio.gather(*[b.generate_stored(x, 4, 1.0) for x in blobs], return_exceptions=True)
+            finally:
+                await b.stop()
+
+    first, failed, last = asyncio.run(main())
+    assert isinstance(failed, Exception)
+    for state, (tokens, blob) in ((states[0], first), (states[2], last)):
+        ref_tokens, ref_next = m.generate(state, 4)
+        assert torch.equal(tokens, ref_tokens) and _states_equal(GenState.from_bytes(blob), ref_next)
+    assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 1  # one batch, then alone
