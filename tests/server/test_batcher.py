@@ -119,6 +119,21 @@ def test_rows_with_different_observation_temperatures_share_one_call_and_get_the
     assert not torch.equal(*differ)  # the ratio changes these tokens: the test can fail
 
 
+def _stored_together(served: ServedModel, metrics: Metrics, blobs: list[bytes], n: int) -> list:
+    """``generate_stored`` of ``n`` tokens for every blob, in one batch; each result or exception."""
+
+    async def main() -> list:
+        with ThreadPoolExecutor(1) as pool:
+            b = Batcher(served, metrics, pool, window_ms=200.0)
+            b.start()
+            try:
+                return await asyncio.gather(*[b.generate_stored(x, n, 1.0) for x in blobs], return_exceptions=True)
+            finally:
+                await b.stop()
+
+    return asyncio.run(main())
+
+
 def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_one_fails_alone(monkeypatch):
     """A call of stored states only (the sessions' chunks) reads them in one go and writes one blob per
     session; each session gets the tokens and next state it gets alone, and a bad blob among them
@@ -127,15 +142,6 @@ def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_
     served = ServedModel("m", m, text=False, created=0, state_bytes=0)
     states = [m.start(torch.tensor([[1, 0, 1, 1, 0][:k]]), 20 + k) for k in range(4)]
     metrics = Metrics()
-
-    async def main(blobs: list[bytes]) -> list:
-        with ThreadPoolExecutor(1) as pool:
-            b = Batcher(served, metrics, pool, window_ms=200.0)
-            b.start()
-            try:
-                return await asyncio.gather(*[b.generate_stored(x, 6, 1.0) for x in blobs], return_exceptions=True)
-            finally:
-                await b.stop()
 
     def one_by_one(*_: object, **__: object) -> GenState:
         raise AssertionError("read blob by blob")
@@ -147,7 +153,7 @@ def test_sessions_alone_in_a_call_read_and_write_their_states_at_once_and_a_bad_
                 patch.setattr(GenState, "from_bytes", one_by_one)
             else:
                 blobs[bad] = blobs[bad][:-8]
-            results = asyncio.run(main(blobs))
+            results = _stored_together(served, metrics, blobs, 6)
         for k, (state, got) in enumerate(zip(states, results, strict=True)):
             if k == bad:
                 assert isinstance(got, StateError)
@@ -169,17 +175,7 @@ def test_a_state_that_reads_but_does_not_fit_fails_its_own_session_alone():
     misfit = states[1].evolve(dec=torch.zeros(*dec.shape[:-1], dec.shape[-1] + 1, dtype=dec.dtype))
     blobs = [states[0].to_bytes(), misfit.to_bytes(), states[2].to_bytes()]
     metrics = Metrics()
-
-    async def main() -> list:
-        with ThreadPoolExecutor(1) as pool:
-            b = Batcher(served, metrics, pool, window_ms=200.0)
-            b.start()
-            try:
-                return await asyncio.gather(*[b.generate_stored(x, 4, 1.0) for x in blobs], return_exceptions=True)
-            finally:
-                await b.stop()
-
-    first, failed, last = asyncio.run(main())
+    first, failed, last = _stored_together(served, metrics, blobs, 4)
     assert isinstance(failed, Exception)
     for state, (tokens, blob) in ((states[0], first), (states[2], last)):
         ref_tokens, ref_next = m.generate(state, 4)
