@@ -16,7 +16,6 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
@@ -159,7 +158,7 @@ class GenState:
         try:
             flat = st_load(blob)
             meta = _metadata(blob)
-        except (SafetensorError, ValueError, json.JSONDecodeError) as exc:
+        except Exception as exc:  # the library raises its own errors and, beneath them, KeyError or TypeError
             raise StateError(f"state bytes are not a valid safetensors blob: {exc}") from exc
         if meta.get("format") != STATE_FORMAT:
             raise StateError(f"unsupported state format {meta.get('format')!r} (expected {STATE_FORMAT!r})")
@@ -221,6 +220,8 @@ _DTYPES = {
     torch.bool: "BOOL",
 }
 _NAMED = {name: dtype for dtype, name in _DTYPES.items()}
+_ENTRY = {"dtype", "shape", "data_offsets"}  # a tensor's header entry
+_MAX_HEADER = 100_000_000  # bytes: the library refuses a longer header
 
 
 def _writable(flat: dict[str, Tensor]) -> bool:
@@ -259,7 +260,8 @@ def _write(flat: dict[str, Tensor], meta: dict[str, str]) -> bytes:
 
 
 def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    """A JSON object whose keys are unique (the library refuses a repeated one)."""
+    """A JSON object whose keys are unique: a repeated key (which the library reads, keeping one) is left
+    to the library, so that which one counts is its choice."""
     out = dict(pairs)
     if len(out) != len(pairs):
         raise ValueError("a repeated key in the header")
@@ -268,6 +270,13 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _refused(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
+
+
+def _natural(text: str) -> int:
+    """A JSON integer of the header: offsets and sizes, never negative (the library refuses even -0)."""
+    if text.startswith("-"):
+        raise ValueError(f"a negative integer {text} in the header")
+    return int(text)
 
 
 def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor], list[int]] | None:
@@ -282,10 +291,12 @@ def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor
     where: list[tuple[memoryview, dict[str, tuple[int, int]], int]] = []
     for blob in blobs:
         n = int.from_bytes(blob[:8], "little")
-        if len(blob) < 8 or n <= 0 or n > len(blob) - 8:
+        if len(blob) < 8 or n <= 0 or n > min(len(blob) - 8, _MAX_HEADER):
             return None
         # as the library reads a header: UTF-8 JSON, no repeated keys, no NaN, string metadata
-        header = json.loads(blob[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refused)
+        header = json.loads(
+            blob[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refused, parse_int=_natural
+        )
         meta = header.pop("__metadata__") if isinstance(header, dict) else None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             return None
@@ -295,6 +306,8 @@ def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor
             k.encode("utf-8")  # a lone surrogate (json's "\ud800") is not UTF-8: the library refuses it
         spans, rows, shapes, end = {}, set(), {}, 0
         for k, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if entry.keys() != _ENTRY:  # what this module writes; anything more goes to the library
+                return None
             dtype, shape, (a, b) = _NAMED[entry["dtype"]], entry["shape"], entry["data_offsets"]
             if not shape or not all(type(d) is int and d >= 0 for d in (*shape, a, b)) or a != end:
                 return None

@@ -241,9 +241,12 @@ class Batcher:
             else:
                 # one job's input (a stored state that reads but does not fit, say) must not fail the others:
                 # a row's tokens and state are those it gets alone, so each job runs again on its own
-                log.warning("a batch of %d jobs failed (%r): running them one by one", len(group), exc)
+                log.warning("a batch of %d jobs failed: running them one by one", len(group), exc_info=exc)
                 results = []
                 for job in group:
+                    if job.future.done():  # cancelled meanwhile: nobody waits for it
+                        results.append(None)
+                        continue
                     try:
                         results += await loop.run_in_executor(self.executor, self._compute, [job])
                     except Exception as alone:

@@ -274,6 +274,11 @@ MALFORMED = [
     lambda blob: _raw_header(blob, lambda t: t.replace('"shape":[', '"shape":[NaN,', 1)),
     lambda blob: _raw_header(blob, lambda t: "\ufeff" + t),  # a byte-order mark
     lambda blob: _raw_header(blob, lambda t: t.replace('"__metadata__":{', '"__metadata__":{"\\ud800":"x",', 1)),
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(dtype="F8_E8M0")),  # known to the library, not torch
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(x="\ud800")),  # a field more, not UTF-8
+    lambda blob: _with_header(blob, lambda h: h["dec"].update(x=1)),  # a field more
+    lambda blob: _with_header(blob, lambda h: h["position"].update(shape=[1, 0, 2**63])),  # zero bytes, a huge dim
+    lambda blob: _raw_header(blob, lambda t: t.replace('"data_offsets":[0,', '"data_offsets":[-0,', 1)),
     lambda blob: tiny_model("vssm", seed=1).start(prompt(B=1, C=0), 1).to_bytes(),  # other weights
     lambda blob: tiny_model("ar-ssm").start(prompt(B=1, C=0), 1).to_bytes(),  # another family
 ]

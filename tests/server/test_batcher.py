@@ -181,3 +181,4 @@ def test_a_state_that_reads_but_does_not_fit_fails_its_own_session_alone():
         ref_tokens, ref_next = m.generate(state, 4)
         assert torch.equal(tokens, ref_tokens) and _states_equal(GenState.from_bytes(blob), ref_next)
     assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 1  # one batch, then alone
+    assert metrics.registry.get_sample_value("vssm_model_seconds_count", {"model": "m"}) == 4  # the batch failed
