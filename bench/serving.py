@@ -356,7 +356,7 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
                         runs[c].append(row)
                 out["levels"][key] = [_median_run(runs[c]) for c in levels]
                 if batching:
-                    out["overhead"] = _overhead(stack, m, OVERHEAD_REPEATS[quick], chunks if quick else SESSION_CHUNKS)
+                    out["overhead"] = _overhead(stack, m, OVERHEAD_REPEATS[quick], chunks)
         single = out["levels"]["batching_on"][0]
         out["server_overhead_ms_per_chunk"] = out["overhead"]["median_ms"]
         out["store_ms_per_chunk"] = single["store_ms_per_chunk"]  # at 1 client: Redis itself, not queueing

@@ -8,6 +8,7 @@ pickle), complex tensors stored as their real view.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Sequence
@@ -120,8 +121,8 @@ class GenState:
         flat, meta = self._flat()
         B = self.batch_size
         if not _writable(flat) or any(t.ndim == 0 or t.shape[0] != B for t in flat.values()):
-            starts = [sum(sizes[:i]) for i in range(len(sizes))]
-            return [self.rows(slice(a, a + n)).to_bytes() for a, n in zip(starts, sizes, strict=True)]
+            starts = itertools.accumulate(sizes, initial=0)
+            return [self.rows(slice(a, a + n)).to_bytes() for a, n in zip(starts, sizes, strict=False)]
         layout = _order(flat)
         row_bytes = [t.numel() // B * t.element_size() if B else 0 for _, t in layout]
         data = [memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"" for _, t in layout]
@@ -195,10 +196,10 @@ class GenState:
             read = None
         if read is None:
             states = [cls.from_bytes(b) for b in blobs]
-            state = states[0] if len(states) == 1 else cls.cat(states)
-            return (state.to(device) if device is not None else state), [s.batch_size for s in states]
-        meta, tensors, sizes = read
-        state = cls(meta["family"], meta["fingerprint"], tensors)
+            state, sizes = (states[0] if len(states) == 1 else cls.cat(states)), [s.batch_size for s in states]
+        else:
+            meta, tensors, sizes = read
+            state = cls(meta["family"], meta["fingerprint"], tensors)
         return (state.to(device) if device is not None else state), sizes
 
     @property

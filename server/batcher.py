@@ -13,6 +13,7 @@ exactly the tokens it would get alone.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import defaultdict
@@ -232,25 +233,10 @@ class Batcher:
 
     async def _run(self, group: list[_Job]) -> None:
         self.metrics.batch_rows.labels(self.served.id).observe(sum(j.rows for j in group))
-        loop = asyncio.get_running_loop()
         try:
-            results = await loop.run_in_executor(self.executor, self._compute, group)
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self._compute, group)
         except Exception as exc:  # delivered to the waiting request, which maps it to a response
-            if len(group) == 1:
-                results = [exc]
-            else:
-                # one job's input (a stored state that reads but does not fit, say) must not fail the others:
-                # a row's tokens and state are those it gets alone, so each job runs again on its own
-                log.warning("a batch of %d jobs failed: running them one by one", len(group), exc_info=exc)
-                results = []
-                for job in group:
-                    if job.future.done():  # cancelled meanwhile: nobody waits for it
-                        results.append(None)
-                        continue
-                    try:
-                        results += await loop.run_in_executor(self.executor, self._compute, [job])
-                    except Exception as alone:
-                        results.append(alone)
+            results = [exc] if len(group) == 1 else await self._alone(group, exc)
         for job, result in zip(group, results, strict=True):
             if job.future.done():
                 continue
@@ -258,6 +244,23 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
+
+    async def _alone(self, group: list[_Job], exc: Exception) -> list[Any]:
+        """Each job of a group whose batched call failed, run on its own: one job's input (a stored state
+        that reads but does not fit, say) must not fail the others, and a row's tokens and state are those
+        it gets alone."""
+        log.warning("a batch of %d jobs failed: running them one by one", len(group), exc_info=exc)
+        loop = asyncio.get_running_loop()
+        results: list[Any] = []
+        for job in group:
+            if job.future.done():  # cancelled meanwhile: nobody waits for it
+                results.append(None)
+                continue
+            try:
+                results += await loop.run_in_executor(self.executor, self._compute, [job])
+            except Exception as alone:
+                results.append(alone)
+        return results
 
     def _decode(self, group: list[_Job]) -> list[GenState | Exception]:
         """Each job's state; a stored one that fails to decode or check is that job's error."""
@@ -356,10 +359,10 @@ class Batcher:
         elif all(job.encode for _, job, _ in live):
             states = nxt.to_bytes_split(sizes)
         else:
-            starts = [sum(sizes[:k]) for k in range(len(sizes))]
+            starts = itertools.accumulate(sizes, initial=0)
             states = [
                 part.to_bytes() if job.encode else part
-                for (_, job, rows), a in zip(live, starts, strict=True)
+                for (_, job, rows), a in zip(live, starts, strict=False)
                 for part in [nxt.rows(slice(a, a + rows))]
             ]
         for k, (i, _, _) in enumerate(live):
