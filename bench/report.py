@@ -392,6 +392,32 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
                 for r in sv["levels"][key]
             ],
         )
+    wk = sv.get("workers")
+    if wk:
+        L += [
+            "One server process against `vssm serve --workers 2` (batching on, both up, their levels by turns; "
+            "the load generator shares the machine's cores):",
+            "",
+        ]
+        L += _table(
+            ["clients", "tokens / s, 1 process", "tokens / s, 2 workers", "2 / 1", "full p99 / p50, 1 / 2"],
+            [
+                [
+                    str(r["clients"]),
+                    f"{r['one']['tokens_per_s']:,.0f}",
+                    f"{r['two']['tokens_per_s']:,.0f}",
+                    f"**{r['two_over_one']:.2f}x**"
+                    + (
+                        " (" + ", ".join(f"{v:.2f}" for v in r["runs_two_over_one"]) + ")"
+                        if len(r["runs_two_over_one"]) > 1
+                        else ""
+                    ),
+                    f"{r['one']['full_p99_ms'] / r['one']['full_p50_ms']:.2f} / "
+                    f"{r['two']['full_p99_ms'] / r['two']['full_p50_ms']:.2f}",
+                ]
+                for r in wk["levels"]
+            ],
+        )
     return L
 
 

@@ -5,11 +5,14 @@ with dynamic batching on and off: first-chunk and full-request latency (p50 / p9
 Redis read + write time per chunk (from the server's own metrics), and the server's overhead per
 chunk over calling the model in process.  Model-time throughput of batching is measured in
 process: one 64-token chunk for 1 row against a batch of 16 rows at different positions.
+Then one server process against ``vssm serve --workers 2`` (both up, their levels taken by turns):
+what a second worker process buys where one process's event loop holds the interpreter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -61,10 +64,10 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 class _Stack:
-    """redis-server + one server process, torn down on exit."""
+    """redis-server + one ``vssm serve`` (``workers`` worker processes), torn down on exit."""
 
-    def __init__(self, ckpt_dir: Path, batching: bool, threads: int) -> None:
-        self.ckpt_dir, self.batching, self.threads = ckpt_dir, batching, threads
+    def __init__(self, ckpt_dir: Path, batching: bool, threads: int, workers: int = 1) -> None:
+        self.ckpt_dir, self.batching, self.threads, self.workers = ckpt_dir, batching, threads, workers
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> _Stack:
@@ -99,6 +102,8 @@ class _Stack:
                     str(self.ckpt_dir),
                     "--redis-url",
                     f"redis://127.0.0.1:{self.redis_port}/0",
+                    "--workers",
+                    str(self.workers),
                 ],
                 cwd=ROOT,
                 env=env,
@@ -160,6 +165,15 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def _tree_cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds of a server and its worker processes (``--workers`` > 1: uvicorn's supervisor and its children)."""
+    total = _cpu_s(proc)
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone since the listing: its seconds went with it
+            total += _cpu_s(child)
+    return total
+
+
 CLIENTS_PER_PROCESS = 16  # one asyncio + httpx process drives at most this many sessions
 
 
@@ -212,11 +226,11 @@ def _run_level(url: str, model_id: str, clients: int, chunks: int, server_pid: i
         if not ready.acquire(timeout=120):
             raise TimeoutError("a load-generator process did not make its sessions")
     server = psutil.Process(server_pid)
-    cpu0, t0 = _cpu_s(server), time.perf_counter()
+    cpu0, t0 = _tree_cpu_s(server), time.perf_counter()
     go.set()
     parts = [out.get(timeout=600) for _ in procs]
     wall = time.perf_counter() - t0
-    server_cpu = _cpu_s(server) - cpu0
+    server_cpu = _tree_cpu_s(server) - cpu0
     for p in procs:
         p.join(30)
     errors = [e for *_, e in parts if e]
@@ -308,6 +322,41 @@ def model_time(m: model.SequenceModel, rows: int, repeats: int) -> tuple[float, 
     return min(runs), statistics.median(runs)
 
 
+WORKER_LEVELS = {True: (4,), False: (16, 64)}  # quick / full: client counts of the workers comparison
+
+
+def _workers(ckpt_dir: Path, threads: int, quick: bool, chunks: int) -> dict[str, Any]:
+    """One server process against two worker processes (``vssm serve --workers 2``), batching on, both stacks up
+    and their levels taken by turns, each level ``LEVEL_RUNS`` times: the throughput a second process buys.
+
+    One process is bound by its event loop's Python, which holds the interpreter most of the time
+    (docs/experiments/rounds-and-serving.md, thirty-second session); a second process has its own.
+    On a machine whose load generator shares the cores the second worker competes with it too."""
+    levels, counts = WORKER_LEVELS[quick], (1, 2)
+    runs: dict[tuple[int, int], list[dict[str, Any]]] = {(w, c): [] for w in counts for c in levels}
+    with _Stack(ckpt_dir, True, threads) as one, _Stack(ckpt_dir, True, threads, workers=2) as two:
+        stacks = dict(zip(counts, (one, two), strict=True))
+        for stack in stacks.values():  # warm-up: enough clients at once that every worker process serves some
+            _run_level(stack.url, "mnist-vssm", 8, 1, stack.server_pid)
+        for _ in range(LEVEL_RUNS[quick]):
+            for c in levels:
+                for w, stack in stacks.items():
+                    runs[w, c].append(_run_level(stack.url, "mnist-vssm", c, chunks, stack.server_pid))
+    rows = []
+    for c in levels:
+        a, b = runs[1, c], runs[2, c]
+        rows.append(
+            {
+                "clients": c,
+                "one": _median_run(a),
+                "two": _median_run(b),
+                "runs_two_over_one": [y["tokens_per_s"] / x["tokens_per_s"] for x, y in zip(a, b, strict=True)],
+            }
+        )
+        rows[-1]["two_over_one"] = rows[-1]["two"]["tokens_per_s"] / rows[-1]["one"]["tokens_per_s"]
+    return {"worker_counts": list(counts), "levels": rows}
+
+
 def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) -> dict[str, Any]:
     """The serving part of the benchmark; ``model_dir`` may hold a trained mnist-vssm, else random weights."""
     torch.set_num_threads(threads)
@@ -357,6 +406,7 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
                 out["levels"][key] = [_median_run(runs[c]) for c in levels]
                 if batching:
                     out["overhead"] = _overhead(stack, m, OVERHEAD_REPEATS[quick], chunks)
+        out["workers"] = _workers(ckpt_dir, threads, quick, chunks)
         single = out["levels"]["batching_on"][0]
         out["server_overhead_ms_per_chunk"] = out["overhead"]["median_ms"]
         out["store_ms_per_chunk"] = single["store_ms_per_chunk"]  # at 1 client: Redis itself, not queueing

@@ -170,6 +170,18 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
                 )
             )
 
+        for r in sv.get("workers", {}).get("levels", []):
+            rows.append(
+                _row(
+                    f"serving throughput, 2 worker processes / 1, {r['clients']} clients",
+                    r["two_over_one"],
+                    "(reference)",
+                    None,
+                    "vssm serve --workers 2 beside one process, levels by turns; each pair: "
+                    + ", ".join(f"{v:.2f}" for v in r["runs_two_over_one"]),
+                )
+            )
+
     rows += _block_rows(results, s)
 
     # Complexity is a long-T property: at short T a fixed per-call cost (Python, kernel launches)

@@ -90,6 +90,14 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         assert all(x["tokens_per_s"] > 0 and x["first_chunk_p50_ms"] > 0 for x in sv["levels"][key])
         # CPU clocks tick every 10 ms: a quick level of 2 chunks may read 0, never less
         assert all(x["server_cpu_ms_per_chunk"] >= 0 and x["client_cpu_ms_per_chunk"] >= 0 for x in sv["levels"][key])
+    wk = sv["workers"]  # one server process beside `vssm serve --workers 2`
+    assert wk["worker_counts"] == [1, 2] and [x["clients"] for x in wk["levels"]] == [4]
+    for x in wk["levels"]:
+        assert x["one"]["tokens_per_s"] > 0 and x["two"]["tokens_per_s"] > 0
+        assert x["two_over_one"] == x["two"]["tokens_per_s"] / x["one"]["tokens_per_s"]
+        assert x["runs_two_over_one"] == [x["two_over_one"]]  # quick: one run a level
+    assert any(t["what"] == "serving throughput, 2 worker processes / 1, 4 clients" for t in r["targets"])
+    assert "vssm serve --workers 2" in (tmp_path / "benchmarks.md").read_text()
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
     assert r["targets"] and all(t["status"] in ("PASS", "MISS", "N/A", "INFO") for t in r["targets"])
