@@ -29,14 +29,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         "so prefer the variable or --api-keys-file",
     )
     p.add_argument("--api-keys-file", help="file of Bearer keys, one per line (VSSM_API_KEYS_FILE)")
-    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (they share the store)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes; more than one needs Redis (they share it)"
+    )
     p.set_defaults(func=_serve)
     args = parser.parse_args(argv)
+    if args.func is _serve and args.workers != 1:  # checked before any model loads or worker starts
+        problem = _workers_problem(args.workers, args.redis_url or Settings().redis_url)
+        if problem:
+            p.error(problem)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     args.func(args)
     return 0
+
+
+def _workers_problem(workers: int, redis_url: str | None) -> str | None:
+    """Why ``--workers`` cannot run with this store, or None: each worker process has its own memory, so
+    sessions kept in it would be found only by the worker that made them (a 404 on every other)."""
+    if workers < 1:
+        return f"--workers must be at least 1, got {workers}"
+    if workers > 1 and not redis_url:
+        return (
+            f"--workers {workers} needs a session store they share: set --redis-url or VSSM_REDIS_URL "
+            "(sessions in one worker's memory are not seen by the others)"
+        )
+    return None
 
 
 def _serve(args) -> None:

@@ -1,5 +1,6 @@
-"""Settings from the environment (lists as ``a,b`` and as JSON), keys from a file, and ``vssm serve
---workers 2`` passing keys to its workers without a command line."""
+"""Settings from the environment (lists as ``a,b`` and as JSON), keys from a file, ``vssm serve
+--workers 2`` passing keys to its workers without a command line and sharing its sessions through Redis,
+and refused without Redis."""
 
 from __future__ import annotations
 
@@ -89,16 +90,34 @@ def test_settings_survive_the_environment(tmp_path, monkeypatch):
     assert Settings().api_keys == ["a,b", "c", "from-file"]
 
 
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_serve_refuses_workers_without_a_shared_store(workers, monkeypatch):
+    """Each worker process has its own memory: sessions kept there would 404 on every other worker, so
+    ``--workers 2`` without Redis is refused before anything loads (and fewer than one worker always)."""
+    monkeypatch.delenv("VSSM_REDIS_URL", raising=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "vssm.server", "serve", "--workers", workers, "--port", str(free_port())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out
+    assert ("needs a session store" if workers == "2" else "at least 1") in out.stderr
+
+
 @pytest.mark.slow
-def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_path):
+def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_path, redis):
     """``vssm serve --workers 2 --api-keys ...`` starts, every worker knows the keys (given on the
-    command line and in a file), and no worker's command line holds one."""
+    command line and in a file), no worker's command line holds one, and a session made on one worker
+    is continued by whichever answers next (Redis is their shared store)."""
     port = free_port()
     keys_file = tmp_path / "keys"
     keys_file.write_text("file-key-5d1c\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VSSM_TORCH_THREADS": "1", "VSSM_API_KEYS_FILE": str(keys_file)}
     env.pop("VSSM_API_KEYS", None)
     args = ["--port", str(port), "--checkpoints", str(checkpoints), "--workers", "2", "--api-keys", "cli-key-9e2b,x"]
+    args += ["--redis-url", redis.url]
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "vssm.server", "serve", *args], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -124,6 +143,16 @@ def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_pat
         # several requests, so that both workers answer some (each rebuilt its settings from the environment)
         for key in ["cli-key-9e2b", "x", "file-key-5d1c"] * 3:
             r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            assert r.status_code == 200, r.text
+        # one session, chunk by chunk on fresh connections: each may land on either worker
+        auth = {"Authorization": "Bearer x"}
+        model_id = httpx.get(url + "/v1/models", headers=auth, timeout=5).json()["data"][0]["id"]
+        sid = httpx.post(url + "/v1/sessions", json={"model": model_id, "seed": 3}, headers=auth, timeout=30)
+        assert sid.status_code in (200, 201), sid.text
+        sid = sid.json()["id"]
+        for position in range(0, 24, 4):
+            body = {"max_tokens": 4, "expected_position": position}
+            r = httpx.post(f"{url}/v1/sessions/{sid}/generate", json=body, headers=auth, timeout=30)
             assert r.status_code == 200, r.text
     finally:
         proc.terminate()
