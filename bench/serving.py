@@ -46,9 +46,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(url: str, timeout: float = 60) -> None:
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before {url} answered")
         try:
             if httpx.get(url, timeout=1).status_code == 200:
                 return
@@ -56,6 +58,22 @@ def _wait(url: str, timeout: float = 60) -> None:
             pass
         time.sleep(0.1)
     raise TimeoutError(url)
+
+
+def _settle(pid: int, workers: int, timeout: float = 180) -> None:
+    """Wait until a server's ``workers`` worker processes are up and idle: uvicorn's supervisor answers as soon
+    as one worker has loaded the models, while another may still be loading them (then the first timed run
+    would be one worker beside one busy loading, and count the loading as the server's CPU)."""
+    proc, deadline = psutil.Process(pid), time.monotonic() + timeout
+    before = None
+    while time.monotonic() < deadline:
+        children = proc.children(recursive=True)
+        now = _tree_cpu_s(proc)
+        if (workers == 1 or len(children) >= workers) and before is not None and now - before < 0.05:
+            return
+        before = now
+        time.sleep(0.5)
+    raise TimeoutError(f"the server's {workers} worker(s) did not settle in {timeout:.0f} s")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -71,6 +89,13 @@ class _Stack:
         self.procs: list[subprocess.Popen] = []
 
     def __enter__(self) -> _Stack:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # whatever started goes down with the failure
+            raise
+
+    def _start(self) -> _Stack:
         redis_bin = shutil.which("redis-server")
         if redis_bin is None:
             raise RuntimeError("redis-server is needed for the serving benchmark")
@@ -113,13 +138,26 @@ class _Stack:
         )
         self.server_pid = self.procs[-1].pid
         self.url = f"http://127.0.0.1:{self.port}"
-        _wait(self.url + "/ready")
+        _wait(self.url + "/ready", self.procs[-1])
+        _settle(self.server_pid, self.workers)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for p in reversed(self.procs):
+            try:
+                children = psutil.Process(p.pid).children(recursive=True)  # a supervisor's workers
+            except psutil.NoSuchProcess:
+                children = []
             p.terminate()
-            p.wait(10)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(10)
+            for child in children:  # none outlives its supervisor, however that went
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+        self.procs = []
 
     def store_totals(self) -> dict[str, tuple[float, float]]:
         """(seconds, calls) of the server's store reads and compare-and-sets so far (its /metrics)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from collections.abc import Sequence
@@ -34,8 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.set_defaults(func=_serve)
     args = parser.parse_args(argv)
-    if args.func is _serve and args.workers != 1:  # checked before any model loads or worker starts
-        problem = _workers_problem(args.workers, args.redis_url or Settings().redis_url)
+    if args.func is _serve:  # the settings the server will run with, checked before any model loads
+        args.settings = _settings(args)
+        problem = _workers_problem(args.workers, args.settings.redis_url)
         if problem:
             p.error(problem)
     logging.basicConfig(
@@ -58,17 +60,22 @@ def _workers_problem(workers: int, redis_url: str | None) -> str | None:
     return None
 
 
-def _serve(args) -> None:
-    import os
-
-    import uvicorn
-
+def _settings(args: argparse.Namespace) -> Settings:
+    """The ``VSSM_...`` variables with the command line's flags over them."""
     overrides = {
         k: getattr(args, k)
         for k in ("host", "port", "checkpoints", "redis_url", "device", "api_keys", "api_keys_file")
         if getattr(args, k) is not None
     }
-    settings = Settings(**overrides)
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import os
+
+    import uvicorn
+
+    settings = args.settings
     if args.workers > 1:  # worker processes rebuild the app from the environment (never a command line)
         os.environ.update(settings.to_environment())
         uvicorn.run(

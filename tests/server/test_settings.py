@@ -90,27 +90,37 @@ def test_settings_survive_the_environment(tmp_path, monkeypatch):
     assert Settings().api_keys == ["a,b", "c", "from-file"]
 
 
-@pytest.mark.parametrize("workers", ["2", "0"])
-def test_serve_refuses_workers_without_a_shared_store(workers, monkeypatch):
+@pytest.mark.parametrize(
+    ("flags", "env_url", "why"),
+    [
+        (["--workers", "2"], None, "needs a session store"),
+        # the flag wins over the variable, as in the settings the server runs with: "" is the in-process store
+        (["--workers", "2", "--redis-url", ""], "redis://127.0.0.1:1/0", "needs a session store"),
+        (["--workers", "0"], "redis://127.0.0.1:1/0", "at least 1"),
+    ],
+)
+def test_serve_refuses_workers_without_a_shared_store(flags, env_url, why, monkeypatch):
     """Each worker process has its own memory: sessions kept there would 404 on every other worker, so
     ``--workers 2`` without Redis is refused before anything loads (and fewer than one worker always)."""
     monkeypatch.delenv("VSSM_REDIS_URL", raising=False)
+    if env_url:
+        monkeypatch.setenv("VSSM_REDIS_URL", env_url)
     out = subprocess.run(
-        [sys.executable, "-m", "vssm.server", "serve", "--workers", workers, "--port", str(free_port())],
+        [sys.executable, "-m", "vssm.server", "serve", *flags, "--port", str(free_port())],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 2, out
-    assert ("needs a session store" if workers == "2" else "at least 1") in out.stderr
+    assert why in out.stderr
 
 
 @pytest.mark.slow
 def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_path, redis):
     """``vssm serve --workers 2 --api-keys ...`` starts, every worker knows the keys (given on the
     command line and in a file), no worker's command line holds one, and a session made on one worker
-    is continued by whichever answers next (Redis is their shared store)."""
+    is continued chunk by chunk from the store they share (Redis), whichever worker answers."""
     port = free_port()
     keys_file = tmp_path / "keys"
     keys_file.write_text("file-key-5d1c\n")
@@ -154,6 +164,8 @@ def test_serve_with_workers_passes_keys_by_environment_only(checkpoints, tmp_pat
             body = {"max_tokens": 4, "expected_position": position}
             r = httpx.post(f"{url}/v1/sessions/{sid}/generate", json=body, headers=auth, timeout=30)
             assert r.status_code == 200, r.text
+        # the session lives in the store both workers read, not in the memory of the one that made it
+        assert sid in redis.cli("--scan", "--pattern", "vssm:session:*")
     finally:
         proc.terminate()
         try:
