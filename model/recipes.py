@@ -213,8 +213,9 @@ _RECIPES = [
             "runs on an Intel Xeon with AVX-512 and a 2 MiB second-level cache (medians of 7 interleaved runs, "
             "docs/benchmarks.json, docs/benchmarks-blocks.json, docs/experiments/logs/s33-*.txt), where the "
             "32-mode model it replaced read 9.78 and 10.53 in the session's first run. On that host an image "
-            "right after an AR-SSM image took 2.4 ms against 1.4 back to back (best of 9 each right after one: "
-            "14.7 times), so the benchmark's ratio moves with what the host does to a call that follows another. "
+            "right after an AR-SSM image took 2.2 ms against 1.5 back to back (the best of 9, each right after "
+            "one: 14.5 times), so the benchmark's ratio moves with what the host does to a call that follows "
+            "another. "
             "The 32-mode model read 9.8-11.0 and 11.0-11.7 times on the same kind of host (thirty-second "
             "session), 7.9-8.6 and 7.8-8.6 on an AMD EPYC with AVX2 and 512 KiB (Zen 3), 8.9-9.8 and 10.0-10.4 "
             "on one with AVX-512 and 1 MiB (Zen 4): the ratio falls with less cache. 16 modes took about a quarter "
@@ -223,7 +224,7 @@ _RECIPES = [
             "of its samples (77%; the AR-SSM's: 80%), and the AR-SSM scores them at 73.0 nats (68.8; the test "
             "images: 55.6; the block-sampling issue's line, 1.3 times that, is 72.3).",
             "Blocks that are not 16 run their rounds in PyTorch (no compiled loop: block 28 takes about 15-17 "
-            "times block 16's time at batch 1, about four at batch 32), and a block that starts inside a patch reads "
+            "times block 16's time at batch 1, about five at batch 32), and a block that starts inside a patch reads "
             "that patch's earlier pixels only through the decoder (blocks 1-8: 64-87 nats).",
         ),
         train=dict(
@@ -232,7 +233,7 @@ _RECIPES = [
             block_sizes="16,16,16,16,32,112",
             # the tables by column: a patch of 16 starts at a different column each time; by position in the
             # patch the same recipe's run drew 62% confident digits at block 16, by column 73%. 16 modes a
-            # channel, not 32: a round in about 0.77 of the time, the quality lines kept (docs/experiments/
+            # channel, not 32: an image in 0.73-0.77 of the time, the quality lines kept (docs/experiments/
             # blocks.md, thirty-third session)
             overrides={**PIXEL_LATENTS_MODEL, "par_patch": 16, "par_period": 28, "state_size": 16},
             # the second of two runs side by side: seed 0's confident share fell under the line on 4,000 samples
