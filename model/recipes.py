@@ -209,7 +209,7 @@ _RECIPES = [
         ),
         limitations=(
             "49 compiled rounds an image against mnist-vssm-prior's 28: 10.25-10.71 times faster than the AR-SSM at "
-            "batch 1 (target 10x) and 10.44-10.53 times at batch 32 in the thirty-third session's two benchmark "
+            "batch 1 (target 10x) and 8.85-10.53 times at batch 32 in the thirty-third session's three benchmark "
             "runs on an Intel Xeon with AVX-512 and a 2 MiB second-level cache (medians of 7 interleaved runs, "
             "docs/benchmarks.json, docs/benchmarks-blocks.json, docs/experiments/logs/s33-*.txt), where the "
             "32-mode model it replaced read 9.78 and 10.53 in the session's first run. On that host an image "
