@@ -329,6 +329,11 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     log.info("wrote %s", path)
 
 
+def _each_run(values: list[float], fmt: str) -> str:
+    """Every run's figure in brackets after a level's median, where there was more than one run."""
+    return " (" + ", ".join(fmt.format(v) for v in values) + ")" if len(values) > 1 else ""
+
+
 def _serving_section(sv: dict[str, Any]) -> list[str]:
     L = ["## 4. Serving", ""]
     if sv.get("skipped"):
@@ -377,12 +382,7 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
             [
                 [
                     str(r["clients"]),
-                    f"{r['tokens_per_s']:,.0f}"
-                    + (
-                        " (" + ", ".join(f"{v:,.0f}" for v in r["runs_tokens_per_s"]) + ")"
-                        if r.get("runs", 1) > 1
-                        else ""
-                    ),
+                    f"{r['tokens_per_s']:,.0f}" + _each_run(r.get("runs_tokens_per_s", []), "{:,.0f}"),
                     f"{r['first_chunk_p50_ms']:.1f} / {r['first_chunk_p99_ms']:.1f}",
                     f"{r['full_p50_ms']:.1f} / {r['full_p99_ms']:.1f}",
                     f"{r['store_ms_per_chunk']:.2f}",
@@ -406,12 +406,7 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
                     str(r["clients"]),
                     f"{r['one']['tokens_per_s']:,.0f}",
                     f"{r['two']['tokens_per_s']:,.0f}",
-                    f"**{r['two_over_one']:.2f}x**"
-                    + (
-                        " (" + ", ".join(f"{v:.2f}" for v in r["runs_two_over_one"]) + ")"
-                        if len(r["runs_two_over_one"]) > 1
-                        else ""
-                    ),
+                    f"**{r['two_over_one']:.2f}x**" + _each_run(r["runs_two_over_one"], "{:.2f}"),
                     f"{r['one']['full_p99_ms'] / r['one']['full_p50_ms']:.2f} / "
                     f"{r['two']['full_p99_ms'] / r['two']['full_p50_ms']:.2f}",
                 ]

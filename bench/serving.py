@@ -67,9 +67,9 @@ def _settle(pid: int, workers: int, timeout: float = 180) -> None:
     proc, deadline = psutil.Process(pid), time.monotonic() + timeout
     before = None
     while time.monotonic() < deadline:
-        children = proc.children(recursive=True)
+        up = workers == 1 or len(proc.children(recursive=True)) >= workers
         now = _tree_cpu_s(proc)
-        if (workers == 1 or len(children) >= workers) and before is not None and now - before < 0.05:
+        if up and before is not None and now - before < 0.05:
             return
         before = now
         time.sleep(0.5)
@@ -374,7 +374,7 @@ def _workers(ckpt_dir: Path, threads: int, quick: bool, chunks: int) -> dict[str
     runs: dict[tuple[int, int], list[dict[str, Any]]] = {(w, c): [] for w in counts for c in levels}
     with _Stack(ckpt_dir, True, threads) as one, _Stack(ckpt_dir, True, threads, workers=2) as two:
         stacks = dict(zip(counts, (one, two), strict=True))
-        for stack in stacks.values():  # warm-up: enough clients at once that every worker process serves some
+        for stack in stacks.values():  # warm-up: the first requests (connections, first calls) go untimed
             _run_level(stack.url, "mnist-vssm", 8, 1, stack.server_pid)
         for _ in range(LEVEL_RUNS[quick]):
             for c in levels:
@@ -382,16 +382,17 @@ def _workers(ckpt_dir: Path, threads: int, quick: bool, chunks: int) -> dict[str
                     runs[w, c].append(_run_level(stack.url, "mnist-vssm", c, chunks, stack.server_pid))
     rows = []
     for c in levels:
-        a, b = runs[1, c], runs[2, c]
+        one, two = _median_run(runs[1, c]), _median_run(runs[2, c])  # every run's throughput in run order
+        pairs = zip(one["runs_tokens_per_s"], two["runs_tokens_per_s"], strict=True)
         rows.append(
             {
                 "clients": c,
-                "one": _median_run(a),
-                "two": _median_run(b),
-                "runs_two_over_one": [y["tokens_per_s"] / x["tokens_per_s"] for x, y in zip(a, b, strict=True)],
+                "one": one,
+                "two": two,
+                "two_over_one": two["tokens_per_s"] / one["tokens_per_s"],
+                "runs_two_over_one": [b / a for a, b in pairs],
             }
         )
-        rows[-1]["two_over_one"] = rows[-1]["two"]["tokens_per_s"] / rows[-1]["one"]["tokens_per_s"]
     return {"worker_counts": list(counts), "levels": rows}
 
 
