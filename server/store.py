@@ -1,10 +1,9 @@
 """Session stores: in-process (one machine) and Redis / Redis Cluster (any number of replicas).
 
-A session is one key: a hash of ``meta`` (JSON), ``version``, ``ttl_ms``, ``etag``, ``holder`` and its
-state (safetensors bytes) in the field ``state:<etag>``.  Writes after creation go only through
-compare-and-set on ``version`` (a Lua script, atomic on the server, run in one transaction after the
-state's field is written: _STATE_LIB), so two requests racing on one session can never both commit.
-Reads refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
+A session is one key: a hash of ``state`` (safetensors bytes), ``meta`` (JSON), ``version``,
+``ttl_ms``, ``etag`` and ``holder``.  Writes after creation go only through compare-and-set on
+``version`` (a Lua script, atomic on the server), so two requests racing on one session can never
+both commit.  Reads refresh the TTL.  Every Redis failure surfaces as :class:`StoreUnavailable`; redis-py's pool
 reconnects by itself once Redis is back.
 
 Each write also records a random ``etag``, and each replica keeps the states it last wrote or read
@@ -40,7 +39,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
@@ -323,89 +322,48 @@ local function touch_quota(zkey, hkey, sid, ttl_ms)
   end
 end
 """
-# Where a record keeps its state.  A write sends the state on its own, as the field named by the write's
-# etag (``state:<etag>``), and gives the key the record's TTL (so a key that field made, the session being
-# gone, expires), then runs a script that commits the state or drops it, the three in one transaction:
-# 230 kB passed to a Lua script as an argument cost Redis about 0.3 ms more than the same bytes in a plain
-# HSET, at every chunk (docs/experiments/rounds-and-serving.md, thirty-fourth session).  The ``state``
-# field then holds MOVED, which no older server can decode (a 409 there, never a stale state from its
-# cache); a ``state`` that is not MOVED was written by an older server, and it is the state.
-_STATE_LIB = """
-local MOVED = 'state:etag'
--- the state of record KEYS[1] whose etag is etag ('' for none); false where it has none
-local function state_of(etag)
-  local s = redis.call('HGET', KEYS[1], 'state')
-  if s == MOVED then s = redis.call('HGET', KEYS[1], 'state:' .. etag) end
-  return s
-end
--- commit the fields of a write whose state went to 'state:' .. etag, and drop the state it replaces
-local function commit(etag, fields)
-  local old = redis.call('HGET', KEYS[1], 'etag')
-  redis.call('HSET', KEYS[1], 'state', MOVED, 'etag', etag, unpack(fields))
-  if old and old ~= etag then redis.call('HDEL', KEYS[1], 'state:' .. old) end
-end
-"""
-# ARGV[1]: the etag of the state sent beside the script; then meta, ttl_ms and holder
-_CREATE = (
-    _STATE_LIB
-    + """
-if redis.call('HEXISTS', KEYS[1], 'version') == 1 then
-  redis.call('HDEL', KEYS[1], 'state:' .. ARGV[1])
-  return 0
-end
-commit(ARGV[1], {'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3], 'holder', ARGV[4]})
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'meta', ARGV[2], 'version', '1', 'ttl_ms', ARGV[3], 'etag', ARGV[4],
+  'holder', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
-)
 # ARGV[1], ARGV[2]: the etag and version of the state the caller holds ('' for none); the state comes
 # back as '' when both match (a server from before etags bumps the version and leaves the etag as it was).
 # KEYS[2], KEYS[3] and ARGV[3], ARGV[4] (optional): the caller's quota keys, its holder and the session id:
 # the quota entry is refreshed, after the session's TTL, where the session's holder is the caller's (the
 # last value returned: 1).  A record from before holders were kept has none: its caller refreshes it.
-# A key with no version (what a write to a session that was gone left) or no state reads as no session.
 _GET = (
     _QUOTA_LIB
-    + _STATE_LIB
     + """
 local r = redis.call('HMGET', KEYS[1], 'meta', 'version', 'ttl_ms', 'etag', 'holder')
 if not r[2] then return nil end
-local etag = r[4] or ''
-local state = ''
-if etag == '' or etag ~= ARGV[1] or r[2] ~= ARGV[2] then
-  state = state_of(etag)
-  if not state then return nil end
-end
 redis.call('PEXPIRE', KEYS[1], r[3])
 local fresh = 0
 if KEYS[3] and r[5] and r[5] == ARGV[3] then
   touch_quota(KEYS[2], KEYS[3], ARGV[4], tonumber(r[3]))
   fresh = 1
 end
+local etag = r[4] or ''
+local state = ''
+if etag == '' or etag ~= ARGV[1] or r[2] ~= ARGV[2] then state = redis.call('HGET', KEYS[1], 'state') end
 return {state, r[1], r[2], r[3], etag, fresh}
 """
 )
-# ARGV[1]: the version the caller read; ARGV[2]: the etag of the state sent beside the script; then meta,
-# ttl_ms and the record's holder, kept in its own field for _GET.  KEYS[2], KEYS[3] and ARGV[6] (optional):
-# that holder's quota keys and the session id, its entry refreshed after the write.  A refused write drops
-# the state it sent, and the key where the session is gone.
+# ARGV[6]: the record's holder, kept in its own field for _GET.  KEYS[2], KEYS[3] and ARGV[7] (optional):
+# that holder's quota keys and the session id, its entry refreshed after the write
 _CAS = (
     _QUOTA_LIB
-    + _STATE_LIB
     + """
 local v = redis.call('HGET', KEYS[1], 'version')
-if not v then
-  redis.call('DEL', KEYS[1])
-  return -1
-end
-if v ~= ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'state:' .. ARGV[2])
-  return -2
-end
+if not v then return -1 end
+if v ~= ARGV[1] then return -2 end
 local nv = tonumber(v) + 1
-commit(ARGV[2], {'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4], 'holder', ARGV[5]})
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'meta', ARGV[3], 'version', tostring(nv), 'ttl_ms', ARGV[4],
+  'etag', ARGV[5], 'holder', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if KEYS[3] then touch_quota(KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[4])) end
+if KEYS[3] then touch_quota(KEYS[2], KEYS[3], ARGV[7], tonumber(ARGV[4])) end
 return nv
 """
 )
@@ -561,32 +519,10 @@ class RedisStore:
         found = await self._call(self.client.get(self._claim_key(key)))
         return None if found is None else found.decode()
 
-    async def _write(self, script: Any, rec: SessionRecord, etag: str, keys: list[str], args: list[Any]) -> Any:
-        """``script``'s answer, run after ``rec``'s state is sent as the field ``state:<etag>`` of ``keys[0]``
-        and the key given the record's TTL, the three in one transaction (_STATE_LIB).  Redis keeps no
-        scripts across a restart: a write that finds its script missing loads it and runs again, the same
-        field written again."""
-
-        async def run() -> Any:
-            for attempt in (0, 1):
-                async with self.client.pipeline(transaction=True) as pipe:
-                    pipe.hset(keys[0], f"state:{etag}", rec.state)
-                    pipe.pexpire(keys[0], rec.ttl_seconds * 1000)
-                    pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    try:
-                        return (await pipe.execute())[-1]
-                    except NoScriptError:
-                        if attempt:
-                            raise
-                await self.client.script_load(script.script)
-            raise AssertionError("unreachable")
-
-        return await self._call(run())
-
     async def create(self, rec: SessionRecord) -> SessionRecord:
         etag = secrets.token_hex(8)
-        args = [etag, rec.meta_json(), rec.ttl_seconds * 1000, rec.holder]
-        if not await self._write(self._create, rec, etag, [self._key(rec.id)], args):
+        ok = await self._run(self._create, rec.id, rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag, rec.holder)
+        if not ok:
             raise KeyError(rec.id)
         self.states.put(rec.id, etag, 1, rec.state)
         return replace(rec, version=1, expires_at=time.time() + rec.ttl_seconds, quota_fresh=False)
@@ -617,11 +553,11 @@ class RedisStore:
         etag = secrets.token_hex(8)
         self.states.drop(rec.id)  # whatever happens next, the state held may be stale
         keys = [self._key(rec.id)]
-        args = [str(expected_version), etag, rec.meta_json(), rec.ttl_seconds * 1000, rec.holder]
+        args = [str(expected_version), rec.state, rec.meta_json(), rec.ttl_seconds * 1000, etag, rec.holder]
         fresh = refresh_quota and bool(rec.holder) and self.fold_quotas
         if fresh:
             keys, args = keys + self._quota_keys(rec.holder), [*args, rec.id]
-        nv = await self._write(self._cas, rec, etag, keys, args)
+        nv = await self._call(self._cas(keys=keys, args=args))
         if int(nv) < 0:
             return None
         self.states.put(rec.id, etag, int(nv), rec.state)
