@@ -396,6 +396,15 @@ def _workers(ckpt_dir: Path, threads: int, quick: bool, chunks: int) -> dict[str
     return {"worker_counts": list(counts), "levels": rows}
 
 
+def random_checkpoint(ckpt_dir: Path) -> model.SequenceModel:
+    """The served model of the serving part when no trained one is given: the small mnist preset's VSSM,
+    seeded random weights, written to ``ckpt_dir / "mnist-vssm.safetensors"`` and returned."""
+    torch.manual_seed(0)
+    m = model.build_model("vssm", preset_config("mnist", "vssm", "small"))
+    model.save_checkpoint(m, ckpt_dir / "mnist-vssm.safetensors", extra={"dataset": "mnist"})
+    return m
+
+
 def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) -> dict[str, Any]:
     """The serving part of the benchmark; ``model_dir`` may hold a trained mnist-vssm, else random weights."""
     torch.set_num_threads(threads)
@@ -407,12 +416,7 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
         if src is not None and src.exists():
             shutil.copy(src, ckpt_dir / "mnist-vssm.safetensors")
         else:
-            torch.manual_seed(0)
-            model.save_checkpoint(
-                model.build_model("vssm", preset_config("mnist", "vssm", "small")),
-                ckpt_dir / "mnist-vssm.safetensors",
-                extra={"dataset": "mnist"},
-            )
+            random_checkpoint(ckpt_dir)
         m = model.load_checkpoint(ckpt_dir / "mnist-vssm.safetensors").freeze()  # as the server holds it
         repeats = 3 if quick else 10
         alone, alone_median = model_time(m, 1, repeats)

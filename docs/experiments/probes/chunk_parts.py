@@ -25,11 +25,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-import torch
 
 from bench import serving
-from vssm import model
-from vssm.model.presets import preset_config
 
 SUMS = {
     "request": r'vssm_request_seconds_(sum|count)\{route="/v1/sessions/\{sid\}/generate"\}',
@@ -104,10 +101,7 @@ def main() -> None:
     chunks = int(sys.argv[2]) if len(sys.argv) > 2 else serving.SESSION_CHUNKS
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)
-        torch.manual_seed(0)
-        m = model.build_model("vssm", preset_config("mnist", "vssm", "small"))
-        model.save_checkpoint(m, ckpt / "mnist-vssm.safetensors", extra={"dataset": "mnist"})
-        m.freeze()
+        m = serving.random_checkpoint(ckpt).freeze()
         with serving._Stack(ckpt, True, 1) as stack:
             run(stack.url, "httpx", 1, 2, 0)  # warm-up
             server = psutil.Process(stack.server_pid)

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-import torch
 
 from bench import serving
-from vssm import model
-from vssm.model.presets import preset_config
 
 METRICS = {"vssm_batch_rows": "rows", "vssm_model_seconds": "model", "vssm_job_seconds": "job"}
 
@@ -43,9 +40,7 @@ def main() -> None:
     chunks = int(sys.argv[2]) if len(sys.argv) > 2 else serving.SESSION_CHUNKS
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp)
-        torch.manual_seed(0)
-        m = model.build_model("vssm", preset_config("mnist", "vssm", "small"))
-        model.save_checkpoint(m, ckpt / "mnist-vssm.safetensors", extra={"dataset": "mnist"})
+        serving.random_checkpoint(ckpt)
         with serving._Stack(ckpt, True, 1) as stack:
             serving._run_level(stack.url, "mnist-vssm", 1, 1, stack.server_pid)  # warm-up
             server = psutil.Process(stack.server_pid)
