@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
@@ -15,7 +15,7 @@ from ..logprobs import Scored, TokenLogprobs, score_rows
 from ..openapi import errors, json_or_stream
 from ..registry import ServedModel
 from ..schemas import MAX_SEED, Completion, CompletionChoice, CompletionCreate, FinishReason, Logprobs, Usage
-from ..sse import sse_response, started, with_keepalive
+from ..sse import stream_response
 from ..stops import scan, stop_sequences
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -142,7 +142,7 @@ async def create_completion(
     slot = ctx.slot()  # refuse with 429 before the stream starts; released when it ends
     t0 = time.perf_counter()
 
-    async def chunks() -> AsyncIterator[Completion]:
+    async def chunks() -> AsyncGenerator[Completion, None]:
         try:
             async for parts in pieces(chunk):
                 finished = all(c.finish is not None for c in choices)
@@ -153,8 +153,10 @@ async def create_completion(
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/completions").observe(time.perf_counter() - t0)
 
-    events = await started(chunks())
-    return sse_response(with_keepalive(events, ctx.settings.keepalive_seconds, first), slot.release)
+    def last(c: Completion) -> bool:  # the producer's loop ends once every choice has finished
+        return c.usage is not None
+
+    return await stream_response(chunks(), ctx.settings.keepalive_seconds, last, first, slot.release)
 
 
 STOP_WINDOW = 256  # tokens generated per step of a non-streamed completion with stop sequences

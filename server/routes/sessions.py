@@ -19,7 +19,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import replace
 from typing import Annotated
 
@@ -42,7 +42,7 @@ from ..schemas import (
     SessionFork,
     SessionGenerate,
 )
-from ..sse import sse_response, started, with_keepalive
+from ..sse import stream_response
 from ..stops import scan, stop_sequences
 from ..store import SessionRecord
 from .completions import DEFAULT_CHUNK, STOP_WINDOW, check_prompt, check_tokens
@@ -434,10 +434,10 @@ async def generate(
         if not body.stream:
             return chunk
 
-        async def replayed() -> AsyncIterator[Chunk]:
+        async def replayed() -> AsyncGenerator[Chunk, None]:
             yield chunk
 
-        return sse_response(with_keepalive(replayed(), ctx.settings.keepalive_seconds))
+        return await stream_response(replayed(), ctx.settings.keepalive_seconds, lambda c: True)
     _check_position(rec, body.expected_position)
     check_tokens(ctx, served, rec.position, body.max_tokens)
     ctx.metrics.sessions.labels("resumed").inc()
@@ -521,7 +521,7 @@ async def generate(
     size = min(body.chunk_size or DEFAULT_CHUNK, body.max_tokens)
     t0 = time.perf_counter()
 
-    async def streamed() -> AsyncIterator[Chunk]:
+    async def streamed() -> AsyncGenerator[Chunk, None]:
         try:
             finish: FinishReason | None = None
             while finish is None:
@@ -535,5 +535,6 @@ async def generate(
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/sessions/{sid}/generate").observe(time.perf_counter() - t0)
 
-    events = await started(streamed())
-    return sse_response(with_keepalive(events, ctx.settings.keepalive_seconds, first), slot.release)
+    return await stream_response(
+        streamed(), ctx.settings.keepalive_seconds, lambda c: c.finish_reason is not None, first, slot.release
+    )

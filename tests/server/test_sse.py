@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from vssm.server.errors import APIError
-from vssm.server.sse import started, with_keepalive
+from vssm.server.sse import stream_response, with_keepalive
 
 
 class Item(BaseModel):
@@ -44,12 +45,12 @@ def test_error_after_first_item_is_in_band():
     assert b'"code": "session_busy"' in out[1] and len(out) == 2  # no [DONE] after an error
 
 
-def test_a_started_stream_closed_between_chunks_closes_its_producer_at_once():
-    """``started`` reads the first chunk ahead; closing the stream must still run the producer's cleanup
-    (it releases the admission slot), not leave it to garbage collection."""
+def test_a_stream_closed_between_chunks_closes_its_producer_at_once():
+    """``stream_response`` reads the first chunk ahead; closing the stream must still run the producer's
+    cleanup (it releases the admission slot), not leave it to garbage collection."""
     cleaned = asyncio.Event()
 
-    async def producer() -> AsyncIterator[Item]:
+    async def producer() -> AsyncGenerator[Item, None]:
         try:
             yield Item(n=1)
             yield Item(n=2)
@@ -57,10 +58,48 @@ def test_a_started_stream_closed_between_chunks_closes_its_producer_at_once():
             cleaned.set()
 
     async def main() -> None:
-        stream = with_keepalive(await started(producer()), keepalive=10.0)
-        assert await stream.__anext__() == b'data: {"n":1}\n\n'
+        response = await stream_response(producer(), keepalive=10.0, last=lambda item: item.n == 2)
+        assert isinstance(response, StreamingResponse) and not cleaned.is_set()
+        stream = response.body_iterator
+        assert await anext(stream) == b'data: {"n":1}\n\n'
         await stream.aclose()  # the client left after the first chunk
         assert cleaned.is_set()
+
+    asyncio.run(main())
+
+
+def test_a_stream_whose_first_item_is_its_last_is_one_response_of_the_same_bytes():
+    """Where the first item is the last, every byte is known before the response starts: one write of
+    the event and [DONE], the producer closed and the slot released first; a longer stream sends the
+    same events one by one."""
+    calls: list[str] = []
+
+    def producer(n: int):
+        async def items() -> AsyncGenerator[Item, None]:
+            try:
+                for i in range(1, n + 1):
+                    yield Item(n=i)
+            finally:
+                calls.append("cleaned")
+
+        return items()
+
+    async def main() -> None:
+        def last(item: Item) -> bool:
+            return item.n == 1
+
+        one = await stream_response(
+            producer(1), 10.0, last, lambda: calls.append("first"), lambda: calls.append("closed")
+        )
+        assert not isinstance(one, StreamingResponse) and one.media_type == "text/event-stream"
+        assert one.body == b'data: {"n":1}\n\ndata: [DONE]\n\n'
+        assert one.headers["cache-control"] == "no-cache" and one.headers["x-accel-buffering"] == "no"
+        assert calls == ["cleaned", "first", "closed"]
+        empty = await stream_response(producer(0), 10.0, last)
+        assert empty.body == b"data: [DONE]\n\n"
+        two = await stream_response(producer(2), 10.0, lambda item: item.n == 2)
+        assert isinstance(two, StreamingResponse)
+        assert b"".join([b async for b in two.body_iterator]) == (b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n')
 
     asyncio.run(main())
 
