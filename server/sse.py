@@ -119,7 +119,7 @@ async def stream_response(
     every byte is known: it goes as one response, the events and ``[DONE]`` in one write, with the
     producer closed first (its cleanup run, ``on_close`` called).  A stream made of one chunk (a session's
     chunk streamed at its own size) otherwise paid three writes and the streaming response's task group:
-    one response took 0.33-0.47 ms off such a chunk at one client, and as much of the server's CPU
+    one response took 0.33-0.47 ms off such a chunk at one client, and 0.33-0.50 ms of the server's CPU
     (docs/experiments/rounds-and-serving.md, thirty-fourth session).  The bytes are those the stream would send; only keep-alive comments could not precede
     them, and none can where the first item is already made.  Else the stream, as :func:`sse_response`.
     """
