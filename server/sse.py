@@ -120,8 +120,9 @@ async def stream_response(
     producer closed first (its cleanup run, ``on_close`` called).  A stream made of one chunk (a session's
     chunk streamed at its own size) otherwise paid three writes and the streaming response's task group:
     one response took 0.33-0.47 ms off such a chunk at one client, and 0.33-0.50 ms of the server's CPU
-    (docs/experiments/rounds-and-serving.md, thirty-fourth session).  The bytes are those the stream would send; only keep-alive comments could not precede
-    them, and none can where the first item is already made.  Else the stream, as :func:`sse_response`.
+    (docs/experiments/rounds-and-serving.md, thirty-fourth session).  The bytes are those the stream would
+    send; only keep-alive comments could not precede them, and none can where the first item is already
+    made.  Else the stream, as :func:`sse_response`.
     """
     try:
         head = await anext(events)
