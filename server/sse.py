@@ -18,7 +18,7 @@ from .store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 def event(data: BaseModel | dict | str) -> bytes:
@@ -105,15 +105,15 @@ def sse_response(body: AsyncIterator[bytes], on_close: Callable[[], None] | None
 
 
 async def stream_response(
-    events: AsyncGenerator[T, None],
+    events: AsyncGenerator[M, None],
     keepalive: float,
-    last: Callable[[T], bool],
+    last: Callable[[M], bool],
     on_first: Callable[[], None] | None = None,
     on_close: Callable[[], None] | None = None,
 ) -> Response:
-    """The event stream of ``events`` (pydantic models), run up to its first item now, before any byte is
-    sent: a failure there (a busy session, an incompatible state, the store down) is then an ordinary HTTP
-    error with its status, and only a failure after the first chunk goes in band.
+    """The event stream of ``events``, run up to its first item now, before any byte is sent: a failure
+    there (a busy session, an incompatible state, the store down) is then an ordinary HTTP error with its
+    status, and only a failure after the first chunk goes in band.
 
     Where that item is the last one (``last(item)``: the producer yields nothing after it), the stream's
     every byte is known: it goes as one response, the events and ``[DONE]`` in one write, with the
@@ -121,26 +121,40 @@ async def stream_response(
     chunk streamed at its own size) otherwise paid three writes and the streaming response's task group:
     one response took 0.33-0.47 ms off such a chunk at one client, and 0.33-0.50 ms of the server's CPU
     (docs/experiments/rounds-and-serving.md, thirty-fourth session).  The bytes are those the stream would
-    send; only keep-alive comments could not precede them, and none can where the first item is already
-    made.  Else the stream, as :func:`sse_response`.
+    send (a failure while closing the producer: the event, then the error in band); only keep-alive
+    comments could not precede them, and none can where the first item is already made.  Else the stream,
+    as :func:`sse_response`.
     """
     try:
         head = await anext(events)
     except StopAsyncIteration:
-        head = None
-    if head is None or last(head):
-        await events.aclose()
-        if head is not None and on_first is not None:
-            on_first()
-        if on_close is not None:
-            on_close()
-        body = DONE if head is None else event(head) + DONE  # type: ignore[arg-type]
-        return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        return _whole(DONE, None, on_close)
+    try:
+        whole = last(head)
+        if whole:
+            await events.aclose()  # the producer's cleanup now: it releases the admission slot
+    except Exception as exc:
+        with contextlib.suppress(Exception):  # closed already, or failing again: the first failure is reported
+            await events.aclose()
+        return _whole(event(head) + error_event(exc), on_first, on_close)
+    if whole:
+        return _whole(event(head) + DONE, on_first, on_close)
 
-    async def rest() -> AsyncIterator[T]:
+    async def rest() -> AsyncIterator[M]:
         async with contextlib.aclosing(events):  # closing the stream runs the producer's cleanup now
             yield head
             async for item in events:
                 yield item
 
-    return sse_response(with_keepalive(rest(), keepalive, on_first), on_close)  # type: ignore[arg-type]
+    return sse_response(with_keepalive(rest(), keepalive, on_first), on_close)
+
+
+def _whole(body: bytes, on_first: Callable[[], None] | None, on_close: Callable[[], None] | None) -> Response:
+    """A whole event stream's bytes as one response; ``on_close`` runs whatever ``on_first`` does."""
+    try:
+        if on_first is not None:
+            on_first()
+    finally:
+        if on_close is not None:
+            on_close()
+    return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
@@ -102,7 +103,7 @@ async def create_completion(
             prompt_tokens=len(prompt), completion_tokens=completion_tokens, total_tokens=len(prompt) + completion_tokens
         )
 
-    async def pieces(size: int) -> AsyncIterator[list[_Part]]:
+    async def pieces(size: int) -> AsyncGenerator[list[_Part], None]:
         """Generate ``size`` tokens at a time until every choice has finished; yield each choice's
         released tokens (only choices that release tokens or finish; nothing when none does)."""
         state = await batcher.begin(prompt, seeds)
@@ -144,19 +145,21 @@ async def create_completion(
 
     async def chunks() -> AsyncGenerator[Completion, None]:
         try:
-            async for parts in pieces(chunk):
-                finished = all(c.finish is not None for c in choices)
-                yield completion(parts, usage() if finished else None)
+            # closed with this one: a stream sent whole closes it at its last chunk, not at its end
+            async with contextlib.aclosing(pieces(chunk)) as generated:
+                async for parts in generated:
+                    finished = all(c.finish is not None for c in choices)
+                    yield completion(parts, usage() if finished else None)
         finally:
             slot.release()
 
     def first() -> None:
         ctx.metrics.first_chunk.labels("/v1/completions").observe(time.perf_counter() - t0)
 
-    def last(c: Completion) -> bool:  # the producer's loop ends once every choice has finished
+    def final(c: Completion) -> bool:  # the producer's loop ends once every choice has finished
         return c.usage is not None
 
-    return await stream_response(chunks(), ctx.settings.keepalive_seconds, last, first, slot.release)
+    return await stream_response(chunks(), ctx.settings.keepalive_seconds, final, first, slot.release)
 
 
 STOP_WINDOW = 256  # tokens generated per step of a non-streamed completion with stop sequences

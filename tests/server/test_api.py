@@ -373,6 +373,31 @@ def test_session_stream_commits_each_chunk(client, checkpoints):
     assert client.get(f"/v1/sessions/{s['id']}").json()["position"] == 10
 
 
+def test_a_one_chunk_stream_is_one_body_sent_after_its_commit(client, checkpoints):
+    """A stream whose first chunk is its last comes whole (a length, not chunked), its bytes those of the
+    stream; the chunk is committed and the admission slot given back before it; a longer one streams."""
+    s = create(client, prompt=[1], seed=6)
+    r = client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 5, "stream": True, "expected_position": 1})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert int(r.headers["content-length"]) == len(r.content) and "transfer-encoding" not in r.headers
+    assert r.headers["cache-control"] == "no-cache" and r.headers["x-accel-buffering"] == "no"
+    events = sse(r)
+    assert len(events) == 2 and events[-1] == "[DONE]" and events[0]["finish_reason"] == "length"
+    assert events[0]["tokens"] == reference(checkpoints, "mnist-vssm", [1], 6, [5])[0]
+    assert client.get(f"/v1/sessions/{s['id']}").json()["position"] == 6
+    assert client.app.state.ctx.in_flight == 0
+    # a completion of n choices that all end in their first chunk: one body, usage in it
+    body = {"model": "mnist-ar-ssm", "max_tokens": 3, "n": 2, "seed": 3, "stream": True}
+    whole = client.post("/v1/completions", json=body)
+    assert "content-length" in whole.headers
+    events = sse(whole)
+    assert len(events) == 2 and events[0]["usage"]["completion_tokens"] == 6
+    # more than one chunk: streamed, as before
+    streamed = client.post("/v1/completions", json={**body, "chunk_size": 2})
+    assert "content-length" not in streamed.headers and len(sse(streamed)) == 3
+    assert client.app.state.ctx.in_flight == 0
+
+
 def test_session_limits(client):
     s = create(client, prompt=[0] * 60)
     assert_error(

@@ -1,4 +1,5 @@
-"""The SSE encoder on its own: keep-alives, in-band errors, and a client that leaves mid-chunk."""
+"""The SSE encoder on its own: keep-alives, in-band errors, a client that leaves mid-chunk, and a stream whose
+first item is its last sent whole (``stream_response``)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,26 @@ def test_a_stream_whose_first_item_is_its_last_is_one_response_of_the_same_bytes
         two = await stream_response(producer(2), 10.0, lambda item: item.n == 2)
         assert isinstance(two, StreamingResponse)
         assert b"".join([b async for b in two.body_iterator]) == (b'data: {"n":1}\n\ndata: {"n":2}\n\ndata: [DONE]\n\n')
+
+    asyncio.run(main())
+
+
+def test_a_whole_stream_whose_producer_fails_to_close_sends_what_the_stream_would():
+    """A failure in the producer's cleanup after its last item: the item, then the error in band (no [DONE]),
+    as the stream would have sent them; the slot is still released."""
+    calls: list[str] = []
+
+    async def producer() -> AsyncGenerator[Item, None]:
+        try:
+            yield Item(n=1)
+        finally:
+            raise APIError(409, "session_busy", "busy")
+
+    async def main() -> None:
+        r = await stream_response(producer(), 10.0, lambda item: True, None, lambda: calls.append("closed"))
+        first, second = r.body.split(b"\n\n", 1)
+        assert first == b'data: {"n":1}' and b'"code": "session_busy"' in second and b"[DONE]" not in second
+        assert calls == ["closed"]
 
     asyncio.run(main())
 
