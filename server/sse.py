@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+DONE = b"data: [DONE]\n\n"  # the end of every stream
+
 
 def event(data: BaseModel | dict | str) -> bytes:
     if isinstance(data, BaseModel):
@@ -73,15 +76,11 @@ async def with_keepalive(
                 on_first()
             first = False
             yield event(item)
-        yield b"data: [DONE]\n\n"
+        yield DONE
     finally:
         aclose = getattr(it, "aclose", None)
         if aclose is not None:  # run the producer's own cleanup now, not at garbage collection
             await aclose()
-
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-DONE = b"data: [DONE]\n\n"
 
 
 def sse_response(body: AsyncIterator[bytes], on_close: Callable[[], None] | None = None) -> StreamingResponse:
