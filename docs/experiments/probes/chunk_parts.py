@@ -59,7 +59,15 @@ def raw_chunk(sock: socket.socket, host: str, sid: str, pos: int) -> None:
     ).encode()
     sock.sendall(head + body)
     buf = b""
-    while not buf.endswith(b"\r\n0\r\n\r\n"):  # the chunked body's last chunk
+
+    def done(buf: bytes) -> bool:  # a whole response: its Content-Length read, or a chunked body's last chunk
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if not sep:
+            return False
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        return len(body) >= int(length.group(1)) if length else body.endswith(b"0\r\n\r\n")
+
+    while not done(buf):  # a one-chunk stream comes as one body with a Content-Length (server/sse.py)
         got = sock.recv(65536)
         if not got:
             raise RuntimeError("connection closed")
