@@ -841,15 +841,31 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
         {"decoder_tokens": True},
         {"prior_width": 6, "prior_hidden": 20},
         {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+        {"width": 20, "state_size": 6},  # part vectors of channels, a part group of four modes
     ],
 )
 @pytest.mark.parametrize(
     ("c", "position", "n"),
-    [(4, 0, 17), (3, 7, 20), (8, 5, 24), (70, 9, 200), (4, 8, 4), (4, 5, 3), (4, 5, 2), (16, 0, 16)],
+    [
+        (4, 0, 17),
+        (3, 7, 20),
+        (8, 5, 24),
+        (70, 9, 200),
+        (4, 8, 4),
+        (4, 5, 3),
+        (4, 5, 2),
+        (16, 0, 16),
+        (1, 2, 5),
+        (2, 3, 9),
+        (2, 1, 1),
+    ],
 )
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n, monkeypatch):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a
-    temperature per row; float32 within rounding of the states."""
+    temperature per row; float32 within rounding of the states.  The cases take both of csrc/rounds.c's
+    layouts: a lone round of passes under four steps keeps the states interleaved ((4, 5, 3), (2, 1, 1)),
+    any other call steps them planar, on both of the recurrence's loops (blocks 1 and 2: passes of two and
+    four steps)."""
     from tests.conftest import tiny_model
 
     monkeypatch.setattr(S4D, "scan_max_tokens", 2048)  # block 70's passes compiled on any machine

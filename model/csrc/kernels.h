@@ -10,6 +10,10 @@ model/native.py hashes this file with the sources. */
 
 #include <stdint.h>
 
+/* csrc/s4d_block.c: from this many steps a pass's recurrence runs modes outer, its states read and written as
+   whole vectors where they are planar (below it, steps outer copy them through a cache-resident block either way) */
+#define SSM_MODES_MIN_T 4
+
 #define VSSM_DECLARE(REAL, SUFFIX)                                                                            \
     void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \
                           double eps, const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits);          \

@@ -88,18 +88,18 @@ not be allocated.  Nothing here checks a shape. */
         long L2 = ms[0]; /* the longest pass */                                                                 \
         for (long i = 1; i < n_ms; ++i) L2 = ms[i - 1] + ms[i] > L2 ? ms[i - 1] + ms[i] : L2;                   \
         const long Rp = R > 1 ? R : 1, Mp = M > 1 ? M : 1;                                                      \
-        const long reals[] = {B * sp, B * sp, B * sd, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V,   \
-                              Rp + Mp + ZK, B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};         \
+        const long reals[] = {B * sp, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V, Rp + Mp + ZK,     \
+                              B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};                       \
         const long ints[] = {B * L2 * Z};                                                                       \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                 \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                         \
         if (!block)                                                                                             \
             return -1;                                                                                          \
-        REAL *pa = (REAL *)bufs[0], *pb = (REAL *)bufs[1], *da = (REAL *)bufs[2], *db = (REAL *)bufs[3];       \
-        REAL *x = (REAL *)bufs[4], *g = (REAL *)bufs[5], *lp = (REAL *)bufs[6], *ld = (REAL *)bufs[7];         \
-        REAL *ps = (REAL *)bufs[8], *r = (REAL *)bufs[9], *pre = (REAL *)bufs[10], *u_lat = (REAL *)bufs[11];  \
-        REAL *u_abs = (REAL *)bufs[12], *u_tok = (REAL *)bufs[13];                                              \
-        int64_t *zs = (int64_t *)bufs[14];                                                                      \
+        REAL *pa = (REAL *)bufs[0], *da = (REAL *)bufs[1], *x = (REAL *)bufs[2], *g = (REAL *)bufs[3];         \
+        REAL *lp = (REAL *)bufs[4], *ld = (REAL *)bufs[5], *ps = (REAL *)bufs[6], *r = (REAL *)bufs[7];        \
+        REAL *pre = (REAL *)bufs[8], *u_lat = (REAL *)bufs[9], *u_abs = (REAL *)bufs[10];                       \
+        REAL *u_tok = (REAL *)bufs[11];                                                                         \
+        int64_t *zs = (int64_t *)bufs[12];                                                                      \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                            \
         const long draws[3] = {Z, Z, 1};                                                                        \
         REAL *const us[3] = {u_lat, u_abs, u_tok};                                                              \
@@ -140,7 +140,17 @@ not be allocated.  Nothing here checks a shape. */
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],         \
                                          tokens + b * span + t);                                                \
         }                                                                                                       \
-        const REAL *pf = par, *df = dec; /* the states the next round reads: the inputs, then pa/pb, da/db */    \
+        /* The rounds after block 0 read the absorbed states from pa and da and write them back there.  With more \
+           than one of them, or passes long enough that the recurrence runs modes outer (which then reads and   \
+           writes planar states as whole vectors), the states are planar for the whole call (csrc/s4d_block.c,  \
+           ssm_net_laid; updated in place): converted once, where every pass gathered them from their pairs and \
+           scattered them back.  A lone round of a step or two stays interleaved: its recurrence copies the     \
+           states through a cache-resident block either way, so converting them would be two more copies. */    \
+        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T;                                                     \
+        if (laid && n_ms > 1) {                                                                                 \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, par, sp, pa, sp, 1);                                        \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec, sd, da, sd, 1);                                        \
+        }                                                                                                       \
         long start = 0;                                                                                         \
         for (long i = 1; i < n_ms; ++i) {                                                                       \
             const long m = ms[i - 1], nx = ms[i], T = m + nx;                                                   \
@@ -150,9 +160,8 @@ not be allocated.  Nothing here checks a shape. */
                     const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
                     memcpy(x + (b * T + t) * H, emb_par + tok * H, H * sizeof(REAL));                            \
                 }                                                                                               \
-            REAL *pt = pf == pa ? pb : pa;                                                                      \
-            ssm_net_##SUFFIX(B, H, N, T, Lp, O, m, x, pack_par, eps_par, pf, sp, pt, g, lp);                    \
-            pf = pt;                                                                                            \
+            ssm_net_laid_##SUFFIX(B, H, N, T, Lp, O, m, x, pack_par, eps_par, laid ? pa : par, sp, pa, g, lp,   \
+                                  laid);                                                                        \
             /* 2. z' of block i-1 at temperature 1, z of block i at the latent temperature */                   \
             for (long b = 0; b < B; ++b) {                                                                      \
                 for (long t = 0; t < m; ++t)                                                                    \
@@ -174,9 +183,8 @@ not be allocated.  Nothing here checks a shape. */
             }                                                                                                   \
             /* 3. f_dec over [z' (and the tokens), z (and EMPTYs)] */                                           \
             dec_in_##SUFFIX(B, T, m, H, Z, K, V, dec_tokens, zs, tokens + start, span, w_dec, b_dec, x);       \
-            REAL *dt = df == da ? db : da;                                                                      \
-            ssm_net_##SUFFIX(B, H, N, T, Ld, V, m, x, pack_dec, eps_dec, df, sd, dt, g, ld);                    \
-            df = dt;                                                                                            \
+            ssm_net_laid_##SUFFIX(B, H, N, T, Ld, V, m, x, pack_dec, eps_dec, laid ? da : dec, sd, da, g, ld,   \
+                                  laid);                                                                        \
             /* 4. block i's tokens */                                                                           \
             for (long b = 0; b < B; ++b)                                                                        \
                 for (long t = m; t < T; ++t)                                                                    \
@@ -184,10 +192,14 @@ not be allocated.  Nothing here checks a shape. */
                                          tokens + b * span + start + t);                                        \
             start += m;                                                                                         \
         }                                                                                                       \
-        if (par_out)                                                                                            \
-            memcpy(par_out, pf, B * sp * sizeof(REAL));                                                         \
-        if (dec_out)                                                                                            \
-            memcpy(dec_out, df, B * sd * sizeof(REAL));                                                         \
+        if (par_out && n_ms > 1 && laid)                                                                        \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, pa, sp, par_out, sp, 0);                                    \
+        else if (par_out)                                                                                       \
+            memcpy(par_out, n_ms > 1 ? pa : par, B * sp * sizeof(REAL));                                        \
+        if (dec_out && n_ms > 1 && laid)                                                                        \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, da, sd, dec_out, sd, 0);                                    \
+        else if (dec_out)                                                                                       \
+            memcpy(dec_out, n_ms > 1 ? da : dec, B * sd * sizeof(REAL));                                        \
         free(block);                                                                                            \
         return 0;                                                                                               \
     }

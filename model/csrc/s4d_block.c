@@ -43,6 +43,8 @@ then the final LayerNorm's weight and bias (H each), the head transposed (H, O) 
 #include <math.h>
 #include <string.h>
 
+#include "kernels.h"
+
 #ifndef VSSM_NO_MVEC /* glibc's libmvec has vector erf and erff; math.h declares them only under -ffast-math */
 __attribute__((__simd__("notinbranch"))) extern float erff(float);
 __attribute__((__simd__("notinbranch"))) extern double erf(double);
@@ -52,7 +54,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 
 #ifndef REAL /* the file includes itself once per precision */
 #define LANES 32
-#define MODES_MIN_T 4   /* from this many steps the modes run outer (below: steps outer, as before) */
+#define MODES_MIN_T SSM_MODES_MIN_T /* kernels.h: from this many steps the modes run outer (below: steps outer) */
 #define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (2 x 64 KB) */
 /* vectors as wide as the machine's registers (-march=native): generic vectors wider than them are
    lowered to slow code (64-byte vectors built for AVX2 ran 2-7x slower than the steps-outer loop) */
