@@ -841,7 +841,9 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
         {"decoder_tokens": True},
         {"prior_width": 6, "prior_hidden": 20},
         {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
-        {"width": 20, "state_size": 6},  # part vectors of channels, a part group of four modes
+        {"width": 20, "state_size": 6},  # a part group of four modes; part vectors of channels with AVX-512
+        {"par_layers": 1, "dec_layers": 3},  # the two networks' states of different sizes, either way
+        {"par_layers": 3, "dec_layers": 1},
     ],
 )
 @pytest.mark.parametrize(
@@ -858,12 +860,14 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
         (1, 2, 5),
         (2, 3, 9),
         (2, 1, 1),
+        (2, 1, 3),
     ],
 )
 def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position, n, monkeypatch):
     """Tokens and every state tensor, unprompted or mid-block after a prompt, resumable or not, a
     temperature per row; float32 within rounding of the states.  The cases take both of csrc/rounds.c's
-    layouts: a lone round of passes under four steps keeps the states interleaved ((4, 5, 3), (2, 1, 1)),
+    layouts: a lone round of passes under four steps keeps the states interleaved (the resumable calls of
+    (4, 5, 3) and (2, 1, 1), which absorb their block; the other call of (2, 1, 3), which keeps no state),
     any other call steps them planar, on both of the recurrence's loops (blocks 1 and 2: passes of two and
     four steps)."""
     from tests.conftest import tiny_model

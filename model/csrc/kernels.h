@@ -10,8 +10,9 @@ model/native.py hashes this file with the sources. */
 
 #include <stdint.h>
 
-/* csrc/s4d_block.c: from this many steps a pass's recurrence runs modes outer, its states read and written as
-   whole vectors where they are planar (below it, steps outer copy them through a cache-resident block either way) */
+/* csrc/s4d_block.c: from this many steps (up to its MODES_MAX_T) a pass's recurrence runs modes outer, its states
+   read and written as whole vectors where they are planar; below it (and past MODES_MAX_T) it runs steps outer,
+   which copies them through a cache-resident block whatever their layout */
 #define SSM_MODES_MIN_T 4
 
 #define VSSM_DECLARE(REAL, SUFFIX)                                                                            \

@@ -140,12 +140,13 @@ not be allocated.  Nothing here checks a shape. */
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],         \
                                          tokens + b * span + t);                                                \
         }                                                                                                       \
-        /* The rounds after block 0 read the absorbed states from pa and da and write them back there.  With more \
-           than one of them, or passes long enough that the recurrence runs modes outer (which then reads and   \
-           writes planar states as whole vectors), the states are planar for the whole call (csrc/s4d_block.c,  \
-           ssm_net_laid; updated in place): converted once, where every pass gathered them from their pairs and \
-           scattered them back.  A lone round of a step or two stays interleaved: its recurrence copies the     \
-           states through a cache-resident block either way, so converting them would be two more copies. */    \
+        /* The rounds after block 0 read the absorbed states from pa and da and write them back there. With     \
+           more than one of them, or passes of SSM_MODES_MIN_T steps or more (where the recurrence may run      \
+           modes outer, which reads and writes planar states as whole vectors), the states are planar for the   \
+           whole call (csrc/s4d_block.c, ssm_net_laid; updated in place): converted once, where every pass      \
+           gathered them from their pairs and scattered them back. A lone round of passes under SSM_MODES_MIN_T \
+           steps stays interleaved: its recurrence copies the states through a cache-resident block either way, \
+           so converting them would be two more copies. */                                                      \
         const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T;                                                     \
         if (laid && n_ms > 1) {                                                                                 \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, sp, pa, sp, 1);                                        \

@@ -529,7 +529,7 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
    fixed at L N H 2 reals a row, then h0_sb too), the states updated in place: both recurrences read a
    block of channels' states (all of its modes, or a group of four) before they write them, and no block
    reads another's.  A loop's one-step passes do that
-   (csrc/ar_loop.c, csrc/patch_rounds.c): a second buffer taken by turns was another copy of the states in a
+   (csrc/ar_loop.c, csrc/patch_rounds.c), and so do the block rounds' passes (csrc/rounds.c): a second buffer taken by turns was another copy of the states in a
    working set that outgrows a 512 kB second-level cache (docs/experiments/rounds-and-serving.md,
    thirty-first session) */
 void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
