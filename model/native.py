@@ -95,7 +95,7 @@ _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
-_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
 _PATCH_ARGTYPES = [_L] * 12 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
@@ -650,7 +650,8 @@ def _fused_rounds(
     states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None],
     w: RoundWeights,
     keep: bool,
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    open_end: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor | None] | None]:
     """Block sampling's blocks of a call, compiled (csrc/rounds.c; model/vssm.py, ``VSSM._fused_rows``): block 0
     from the states generation continues from, the rounds after it, and a last piece of 0 absorbs the last
     block.  ``ms``: the pieces' lengths; ``keys``: the rows' seeds and the span's first positions ``(B,)`` int64
@@ -658,8 +659,11 @@ def _fused_rounds(
     numbers as model/sampling.py's); ``temps``: the latent and token temperatures ``(B,)`` float64; ``states``:
     the partial encoder's absorbed state and generation's ``(B, Lp, H, N)``, the decoder's absorbed state and
     generation's ``(B, Ld, H, N)`` complex, which rows have observed a token ``(B,)`` bool and the latent
-    prior's state ``(B, R)`` (None without a prior); ``w``: the model's :func:`round_weights`.  Returns every
-    token ``(B, span)`` and, with ``keep``, the two absorbed states after the last round (else None twice)."""
+    prior's state ``(B, R)`` (None without a prior); ``w``: the model's :func:`round_weights`; ``open_end``
+    (with ``keep``): the call stops inside its last block, ``ms``' last nonzero piece (then a 0 absorbs it).
+    Returns every token ``(B, span)``; with ``keep`` the two absorbed states after the last round (else None
+    twice); with ``open_end`` generation's states after the last block, the partial encoder's and the
+    decoder's, and the latent prior's (None without one) as a tuple (else None)."""
     lib = _lib
     assert lib is not None
     H, N, Lp, Ld = w.dims[:4]
@@ -669,6 +673,7 @@ def _fused_rounds(
     Bsz, dt, span = seed.shape[0], w.pack_p.dtype, sum(ms)
     cdt = _COMPLEX[dt]
     ok = len(ms) >= 1 and ms[0] >= 1 and min(ms[1:-1], default=1) >= 1 and ms[-1] >= 0
+    ok = ok and (not open_end or (keep and len(ms) >= 3 and ms[-1] == 0))  # block 0, the open block, its absorption
     ok = ok and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and par.shape == gen.shape == (Bsz, Lp, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt
@@ -681,6 +686,10 @@ def _fused_rounds(
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
     dec_out = torch.empty_like(dec) if keep else None
+    opened = None
+    if open_end:
+        opened = (torch.empty_like(gen), torch.empty_like(dec_gen), None if r0 is None else torch.empty_like(r0))
+    outs = [None if t is None else t.data_ptr() for t in (opened or (None, None, None))]
     pieces = (ctypes.c_int64 * len(ms))(*ms)
     fn = lib.fused_rounds_f64 if dt == torch.float64 else lib.fused_rounds_f32
     status = fn(
@@ -688,13 +697,14 @@ def _fused_rounds(
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
         dec_gen.data_ptr(), observed.data_ptr(), None if r0 is None else r0.data_ptr(), *w.args,
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
+        int(open_end), *outs,
     )  # fmt: skip
     if status < 0:
         raise MemoryError("the native rounds could not allocate their scratch")
-    return tokens, par_out, dec_out
+    return tokens, par_out, dec_out, opened
 
 
-def fused_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None:
+def fused_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, tuple | None]] | None:
     """The compiled fused rounds (see :func:`_fused_rounds`), or None where the kernels cannot be built."""
     return _fused_rounds if _load() is not None else None
 

@@ -776,18 +776,33 @@ class VSSM(SequenceModel):
         span = sum(ms[:fused])
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
-        got, absorbed = None, False
+        got, absorbed, opened = None, False, None
         if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
                 got = patch(p0 % c, span, temps, state, resumable)
-            else:  # csrc/rounds.c: the last block absorbed there too where the state is kept
-                pieces = ms[:fused] + ([0] if resumable else [])
+            else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
+                # call stops inside drawn there as well, with generation's states after it (else _piece's passes
+                # and small ops: three times the compiled rounds' time for a session in 64-token chunks at
+                # block 28, docs/experiments/rounds-and-serving.md, thirty-fifth session)
+                open_end = resumable and not last_ends
+                pieces = (ms if open_end else ms[:fused]) + ([0] if resumable else [])
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
                 rounds = self._settled(("rounds", T, Bsz, *limits), lambda: self._compiled_rounds(T, state))
-                got = None if rounds is None else rounds(pieces, temps, state, resumable)
+                if rounds is not None:
+                    out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
+                    got = (out_tokens, par, dec_abs)
                 absorbed = got is not None and resumable
+        if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
+            gen, dec_gen, r = opened
+            everyone = torch.ones_like(state["observed"])
+            out_tokens, par, dec_abs = got  # type: ignore[misc]
+            prior = {} if r is None else {"prior": r}
+            nxt = state.evolve(
+                position=state.position + n, dec=dec_gen, dec_abs=dec_abs, par=par, gen=gen, observed=everyone, **prior
+            )
+            return out_tokens, nxt
         start = span - ms[fused - 1]  # where the last fused block starts
         u_abs: Tensor | None = None  # (B, span, Z): the compiled calls draw theirs in C
         if got is not None:
@@ -883,7 +898,7 @@ class VSSM(SequenceModel):
 
     def _compiled_rounds(
         self, T: int, state: GenState
-    ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None]] | None:
+    ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, tuple | None]] | None:
         """:meth:`_fused_rows`'s blocks (``ms`` a call's argument, a last 0: the last block absorbed too) as one
         compiled call (csrc/rounds.c), block 0 included, where both networks can run their passes of up to ``T``
         steps on the kernel on the CPU (batch x steps within ``native.max_tokens()``; model/native.py); else None
@@ -906,12 +921,12 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
 
         def rounds(
-            ms: list[int], temps: tuple[Tensor, Tensor], state: GenState, keep: bool
-        ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+            ms: list[int], temps: tuple[Tensor, Tensor], state: GenState, keep: bool, open_end: bool = False
+        ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor | None] | None]:
             s = state.tensors
             r0 = None if self.latent_prior is None else _prior_state(state)
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], r0)
-            return run(ms, (state.seed, state.position, streams), temps, states, weights, keep)
+            return run(ms, (state.seed, state.position, streams), temps, states, weights, keep, open_end)
 
         return rounds
 

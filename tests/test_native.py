@@ -907,11 +907,14 @@ def prior_model(dtype, **variant):
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("variant", PRIOR_VARIANTS)
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 20, 64), (7, 22, 64), (5, 20, 9), (3, 30, 4), (3, 50, 40)])
-def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, position, n, block):
+def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, position, n, block, monkeypatch):
     """Tokens and every state tensor of pieces whose latents the latent prior draws: one pass (block 64)
-    unprompted or after a prompt; blocks 9 and 4, whose rounds run fused and whose part-block left at
-    the end is a piece; block 40, not fused (SHORT < 2c), piece after piece; resumable or not, a
+    unprompted or after a prompt; blocks 9 and 4 with the compiled rounds off, whose rounds then run fused in
+    PyTorch and whose part-block left at the end is a piece (with them on, csrc/rounds.c draws it: the
+    compiled rounds' tests); block 40, not fused (SHORT < 2c), piece after piece; resumable or not, a
     temperature per row, tokens at half the latents' temperature."""
+    if block in (9, 4):
+        monkeypatch.setattr(native, "fused_rounds", lambda: None)
     m = prior_model(dtype, **variant)
     prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
@@ -957,6 +960,30 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
         finally:
             handle.remove()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    "variant", [{}, {"decoder_tokens": True}, {"prior_width": 6, "prior_hidden": 20, "prior_context": 5}]
+)
+def test_a_call_that_stops_inside_a_later_block_runs_whole_in_the_compiled_rounds(variant, monkeypatch):
+    """A resumable call whose end falls inside a block after its first draws that part block in
+    csrc/rounds.c too (no piece in PyTorch), which hands back generation's states after it beside the
+    absorbed ones; the next call, which continues the open block, draws what it would have after the
+    reference path's state (and whole, what one call of both lengths draws)."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", max_position=64, **variant)
+    start = m.start(torch.randint(0, m.vocab_size, (2, 5), generator=torch.Generator().manual_seed(1)), [3, 4])
+    pieces = []
+    real = VSSM._piece
+    monkeypatch.setattr(VSSM, "_piece", lambda self, *a, **k: pieces.append(a[1]) or real(self, *a, **k))
+    calls = compiled_equals_pytorch(m, start, 13, torch.tensor([1.0, 0.7], dtype=F64), 4, 1.0, "fused_rounds")
+    assert [args[-1] for args, _ in calls] == [True, False]  # open_end: the resumable call, then the other
+    assert pieces == [2]  # the reference path's piece only: 5 + 13 = 18 stops two tokens into block 4
+    tokens, mid = m.generate(start, 13, block_size=4)
+    more, _ = m.generate(mid, 7, block_size=4)
+    whole, _ = m.generate(start, 20, block_size=4)
+    assert torch.equal(torch.cat([tokens, more], 1), whole)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

@@ -38,7 +38,11 @@ pack); prior: the latent prior's pack (NULL: none) of width R and hidden width M
 encoder's output width: Z*K logits, then F = O - Z*K context features the latent prior reads through
 Gt (F, M), G transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per
 step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's
-absorbed steps.  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
+absorbed steps.  With open_end the last block stops inside (the call's last nonzero piece is part of a
+block, then a 0 absorbs it): gen_out and dgen_out receive generation's states after it, the partial
+encoder's after the part's EMPTYs and the decoder's after its latents (two short passes from the absorbed
+states before it), and r_out the latent prior's state after its latents, as VSSM._piece leaves a block
+it stops inside.  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
 not be allocated.  Nothing here checks a shape. */
 
 #include <stdint.h>
@@ -83,13 +87,16 @@ not be allocated.  Nothing here checks a shape. */
                                const REAL *dec, const REAL *dec_gen, const uint8_t *observed, const REAL *r0,  \
                                const REAL *pack_par, double eps_par, const REAL *emb_par, const REAL *pack_dec, \
                                double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R, \
-                               long M, double eps_prior, long O, const REAL *Gt, REAL *par_out, REAL *dec_out) { \
+                               long M, double eps_prior, long O, const REAL *Gt, REAL *par_out, REAL *dec_out,  \
+                               int open_end, REAL *gen_out, REAL *dgen_out, REAL *r_out) {                      \
         const long ZK = Z * K, F = O - ZK, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                            \
         long L2 = ms[0]; /* the longest pass */                                                                 \
         for (long i = 1; i < n_ms; ++i) L2 = ms[i - 1] + ms[i] > L2 ? ms[i - 1] + ms[i] : L2;                   \
         const long Rp = R > 1 ? R : 1, Mp = M > 1 ? M : 1;                                                      \
+        const long ends = open_end ? 1 : 0; /* generation's states after an open last block: pg and dg */       \
         const long reals[] = {B * sp, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V, Rp + Mp + ZK,     \
-                              B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span};                       \
+                              B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span, ends * B * sp,         \
+                              ends * B * sd};                                                                   \
         const long ints[] = {B * L2 * Z};                                                                       \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                 \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                         \
@@ -98,8 +105,8 @@ not be allocated.  Nothing here checks a shape. */
         REAL *pa = (REAL *)bufs[0], *da = (REAL *)bufs[1], *x = (REAL *)bufs[2], *g = (REAL *)bufs[3];         \
         REAL *lp = (REAL *)bufs[4], *ld = (REAL *)bufs[5], *ps = (REAL *)bufs[6], *r = (REAL *)bufs[7];        \
         REAL *pre = (REAL *)bufs[8], *u_lat = (REAL *)bufs[9], *u_abs = (REAL *)bufs[10];                       \
-        REAL *u_tok = (REAL *)bufs[11];                                                                         \
-        int64_t *zs = (int64_t *)bufs[12];                                                                      \
+        REAL *u_tok = (REAL *)bufs[11], *pg = (REAL *)bufs[12], *dg = (REAL *)bufs[13];                         \
+        int64_t *zs = (int64_t *)bufs[14];                                                                      \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                            \
         const long draws[3] = {Z, Z, 1};                                                                        \
         REAL *const us[3] = {u_lat, u_abs, u_tok};                                                              \
@@ -147,7 +154,7 @@ not be allocated.  Nothing here checks a shape. */
            gathered them from their pairs and scattered them back. A lone round of passes under SSM_MODES_MIN_T \
            steps stays interleaved: its recurrence copies the states through a cache-resident block either way, \
            so converting them would be two more copies. */                                                      \
-        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T;                                                     \
+        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T || open_end;                                         \
         if (laid && n_ms > 1) {                                                                                 \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, sp, pa, sp, 1);                                        \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec, sd, da, sd, 1);                                        \
@@ -191,6 +198,19 @@ not be allocated.  Nothing here checks a shape. */
                 for (long t = m; t < T; ++t)                                                                    \
                     categorical_##SUFFIX(1, V, ld + (b * T + t) * V, u_tok + b * span + start + t, temp_tok[b],  \
                                          tokens + b * span + start + t);                                        \
+            if (open_end && i == n_ms - 2) { /* the call stops inside block i: generation's states after it */  \
+                memcpy(pg, pa, B * sp * sizeof(REAL)); /* from the absorbed states after block i-1, nx steps */ \
+                for (long k = 0; k < B * nx; ++k) memcpy(x + k * H, emb_par + V * H, H * sizeof(REAL));         \
+                ssm_net_laid_##SUFFIX(B, H, N, nx, Lp, O, nx, x, pack_par, eps_par, pg, sp, pg, g, lp, 1);      \
+                memcpy(dg, da, B * sd * sizeof(REAL));                                                          \
+                dec_inputs_##SUFFIX(B, nx, T * Z, H, Z, K, zs + m * Z, w_dec, b_dec, x); /* block i's z */      \
+                if (dec_tokens) /* and EMPTYs */                                                                \
+                    for (long k = 0; k < B * nx; ++k)                                                           \
+                        for (long j = 0; j < H; ++j) x[k * H + j] += w_dec[(ZK + V) * H + j];                   \
+                ssm_net_laid_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dg, sd, dg, g, ld, 1);      \
+                if (prior && r_out) /* the latent prior's state after block i's latents */                      \
+                    memcpy(r_out, r, B * R * sizeof(REAL));                                                     \
+            }                                                                                                   \
             start += m;                                                                                         \
         }                                                                                                       \
         if (par_out && n_ms > 1 && laid)                                                                        \
@@ -201,6 +221,10 @@ not be allocated.  Nothing here checks a shape. */
             ssm_states_layout_##SUFFIX(B, Ld, H, N, da, sd, dec_out, sd, 0);                                    \
         else if (dec_out)                                                                                       \
             memcpy(dec_out, n_ms > 1 ? da : dec, B * sd * sizeof(REAL));                                        \
+        if (open_end && gen_out)                                                                                \
+            ssm_states_layout_##SUFFIX(B, Lp, H, N, pg, sp, gen_out, sp, 0);                                    \
+        if (open_end && dgen_out)                                                                               \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dg, sd, dgen_out, sd, 0);                                   \
         free(block);                                                                                            \
         return 0;                                                                                               \
     }
