@@ -770,7 +770,8 @@ class VSSM(SequenceModel):
         first = min(c - p0 % c, n)
         ms = [first] + [c] * ((n - first) // c) + ([(n - first) % c] if (n - first) % c else [])  # piece lengths
         last_ends = (p0 + n) % c == 0
-        fused = len(ms) if not resumable or last_ends else len(ms) - 1  # pieces run here
+        # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
+        fused = len(ms) if not resumable or last_ends else len(ms) - 1
         if fused == 0:
             return None  # a part-block kept mid-block: the reference path is as short
         span = sum(ms[:fused])
@@ -793,7 +794,7 @@ class VSSM(SequenceModel):
                 if rounds is not None:
                     out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
                     got = (out_tokens, par, dec_abs)
-                absorbed = got is not None and resumable
+                absorbed = got is not None and resumable  # (and with opened, nothing is left to absorb)
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
             gen, dec_gen, r = opened
             everyone = torch.ones_like(state["observed"])
@@ -828,7 +829,7 @@ class VSSM(SequenceModel):
             out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
             z_abs = sample_categorical(self._latent_logits(out), u_last, 1.0)  # (B, m, Z)
             _, dec_abs = self._decode(z_abs, dec_abs, last)
-        # the state after the fused blocks; a part-block left goes to _piece
+        # the state after the fused blocks; a part-block left goes to _piece (where the compiled rounds did not run)
         everyone = torch.ones_like(state["observed"])
         state = state.evolve(
             position=state.position + span,
@@ -899,10 +900,12 @@ class VSSM(SequenceModel):
     def _compiled_rounds(
         self, T: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, tuple | None]] | None:
-        """:meth:`_fused_rows`'s blocks (``ms`` a call's argument, a last 0: the last block absorbed too) as one
-        compiled call (csrc/rounds.c), block 0 included, where both networks can run their passes of up to ``T``
-        steps on the kernel on the CPU (batch x steps within ``native.max_tokens()``; model/native.py); else None
-        (the loop in PyTorch, whose passes take the same kernel within that limit: SSMNet.forward_from)."""
+        """:meth:`_fused_rows`'s blocks (``ms`` a call's argument, a last 0: the last block absorbed too; with
+        ``open_end`` that block is one the call stops inside, and generation's states after it come back too:
+        :func:`native._fused_rounds`) as one compiled call (csrc/rounds.c), block 0 included, where both networks
+        can run their passes of up to ``T`` steps on the kernel on the CPU (batch x steps within
+        ``native.max_tokens()``; model/native.py); else None (the loop in PyTorch, whose passes take the same kernel
+        within that limit: SSMNet.forward_from)."""
         run = native.fused_rounds()
         if run is None or self.device.type != "cpu" or torch.is_grad_enabled():
             return None

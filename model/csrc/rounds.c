@@ -154,7 +154,7 @@ not be allocated.  Nothing here checks a shape. */
            gathered them from their pairs and scattered them back. A lone round of passes under SSM_MODES_MIN_T \
            steps stays interleaved: its recurrence copies the states through a cache-resident block either way, \
            so converting them would be two more copies. */                                                      \
-        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T || open_end;                                         \
+        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T; /* open_end comes with three pieces or more */      \
         if (laid && n_ms > 1) {                                                                                 \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, sp, pa, sp, 1);                                        \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec, sd, da, sd, 1);                                        \
