@@ -12,6 +12,7 @@ bundled VSSM and its block size may follow (thirtieth session: ``mnist-vssm-prio
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 import sys
 import time
@@ -23,8 +24,9 @@ from vssm import model
 from vssm.model import native
 
 
-def main(variant: Path, batch: int, repeats: int, name: str = "mnist-vssm-prior", block: int = 28) -> None:
-    torch.set_num_threads(1)
+def two_builds(variant: Path) -> tuple[ctypes.CDLL, ctypes.CDLL]:
+    """Build A (the repository's sources, loaded first) and build B (the same entry points from the copied
+    sources in ``variant``); ``native._lib`` is B's afterwards: a probe sets it to the build each call runs."""
     lib_a = native._load()
     assert lib_a is not None
     native._tried, native._lib = False, None  # build B: the same entry points from the copied sources
@@ -32,6 +34,12 @@ def main(variant: Path, batch: int, repeats: int, name: str = "mnist-vssm-prior"
     native.HEADERS = [variant / p.name for p in native.HEADERS]
     lib_b = native._load()
     assert lib_b is not None and lib_b is not lib_a
+    return lib_a, lib_b
+
+
+def main(variant: Path, batch: int, repeats: int, name: str = "mnist-vssm-prior", block: int = 28) -> None:
+    torch.set_num_threads(1)
+    lib_a, lib_b = two_builds(variant)
     ar = model.load_checkpoint("checkpoints/mnist-ar-ssm.safetensors").freeze()  # as the benchmark holds them
     m = model.load_checkpoint(f"checkpoints/{name}.safetensors").freeze()
     empty = torch.zeros(batch, 0, dtype=torch.long)

@@ -7,10 +7,12 @@ alternating which build goes first, one thread, medians of REPEATS:
   position 64, a call of n tokens at block size n, resumable);
 - whole unprompted 784-token images of the bundled ``mnist-vssm-blocks`` and ``mnist-vssm-split`` at several
   block sizes (not resumable, as the benchmark's images), and a resumable 64-token chunk at their block 28.
-Every call's tokens, and a resumable call's state tensors, must be the same bits under both builds::
+Every call's tokens, and a resumable call's state tensors, must be the same bits under both builds.  Both builds
+run under the repository's Python, so build B must take the arguments it passes: since 0deb633 (a call that
+stops inside a block, as the 64-token chunks do) a build from before compares only the other calls::
 
     git show HEAD~1:model/csrc/rounds.c > /tmp/old/rounds.c ...   # (or: cp -r model/csrc /tmp/old, then edit)
-    PYTHONPATH=. .venv/bin/python docs/experiments/probes/rounds_ab.py /tmp/old [REPEATS]
+    PYTHONPATH=.:docs/experiments/probes .venv/bin/python docs/experiments/probes/rounds_ab.py /tmp/old [REPEATS]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from kernel_ab import two_builds
 
 from bench.common import build_models, matched_configs, with_block_vssm
 from vssm import model
@@ -48,13 +51,7 @@ def cases() -> dict[str, Callable[[], tuple[torch.Tensor, model.GenState | None]
 
 def main(variant: Path, repeats: int) -> None:
     torch.set_num_threads(1)
-    lib_a = native._load()
-    assert lib_a is not None
-    native._tried, native._lib = False, None  # build B: the same entry points from the copied sources
-    native.SOURCES = [variant / p.name for p in native.SOURCES]
-    native.HEADERS = [variant / p.name for p in native.HEADERS]
-    lib_b = native._load()
-    assert lib_b is not None and lib_b is not lib_a
+    lib_a, lib_b = two_builds(variant)
     calls = cases()
     times: dict[tuple[str, str], list[float]] = {(k, b): [] for k in calls for b in "AB"}
     first: dict[tuple[str, str], tuple[torch.Tensor, model.GenState | None]] = {}
