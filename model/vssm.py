@@ -785,8 +785,8 @@ class VSSM(SequenceModel):
                 got = patch(p0 % c, span, temps, state, resumable)
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
-                # and small ops: three times the compiled rounds' time for a session in 64-token chunks at
-                # block 28, docs/experiments/rounds-and-serving.md, thirty-fifth session)
+                # and small ops: a session in 64-token chunks at block 28 took 2.5 times its compiled rounds'
+                # time, docs/experiments/rounds-and-serving.md, thirty-fifth session)
                 open_end = resumable and not last_ends
                 pieces = (ms if open_end else ms[:fused]) + ([0] if resumable else [])
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
