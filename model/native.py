@@ -660,7 +660,8 @@ def _fused_rounds(
     the partial encoder's absorbed state and generation's ``(B, Lp, H, N)``, the decoder's absorbed state and
     generation's ``(B, Ld, H, N)`` complex, which rows have observed a token ``(B,)`` bool and the latent
     prior's state ``(B, R)`` (None without a prior); ``w``: the model's :func:`round_weights`; ``open_end``
-    (with ``keep``): the call stops inside its last block, ``ms``' last nonzero piece (then a 0 absorbs it).
+    (with ``keep``): the call stops inside its last block, ``ms``' last nonzero piece (then a 0 absorbs it; with
+    ``ms`` ``[m, 0]`` block 0 itself is left open, as a one-pass call leaves its state).
     Returns every token ``(B, span)``; with ``keep`` the two absorbed states after the last round (else None
     twice); with ``open_end`` generation's states after the last block, the partial encoder's and the
     decoder's, and the latent prior's (None without one) as a tuple (else None)."""
@@ -673,7 +674,7 @@ def _fused_rounds(
     Bsz, dt, span = seed.shape[0], w.pack_p.dtype, sum(ms)
     cdt = _COMPLEX[dt]
     ok = len(ms) >= 1 and ms[0] >= 1 and min(ms[1:-1], default=1) >= 1 and ms[-1] >= 0
-    ok = ok and (not open_end or (keep and len(ms) >= 3 and ms[-1] == 0))  # block 0, the open block, its absorption
+    ok = ok and (not open_end or (keep and len(ms) >= 2 and ms[-1] == 0))  # [the blocks before,] the open one, 0
     ok = ok and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and par.shape == gen.shape == (Bsz, Lp, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt

@@ -701,6 +701,10 @@ class VSSM(SequenceModel):
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
+        if resumable and not any(sizes):  # one pass in every row, the state kept: one compiled call where it can
+            whole = self._one_pass_compiled(state, n, temperature, scores, ratio)
+            if whole is not None:
+                return whole
         pieces = []
         offset = 0
         in_blocks = any(sizes)  # some row samples in blocks
@@ -722,6 +726,27 @@ class VSSM(SequenceModel):
             pieces.append(tokens)
             offset += m
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1), state if resumable else None
+
+    def _one_pass_compiled(
+        self, state: GenState, n: int, temperature: float | Tensor, scores: list[Tensor] | None, ratio: float | Tensor
+    ) -> tuple[Tensor, GenState] | None:
+        """A resumable one-pass call of one window as the compiled rounds' block 0 left open (csrc/rounds.c,
+        ``open_end`` with pieces ``[n, 0]``): the tokens and state :meth:`_piece` gives (up to float rounding), in
+        one C call instead of its four passes and the small ops around them (a 64-token chunk of the bundled
+        mnist-vssm: about 0.4 of its 1.1 ms; docs/experiments/rounds-and-serving.md, thirty-fifth session).  None
+        where it cannot run: scores wanted, a NaN temperature, a call past a window, no compiled rounds here."""
+        if scores is not None or not finite_temperature(temperature) or n > self.gen_window:
+            return None
+        Bsz = state.batch_size
+        limits = self._kernel_limits()
+        rounds = self._settled(("rounds", n, Bsz, *limits), lambda: self._compiled_rounds(n, state))
+        if rounds is None:
+            return None
+        temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
+        tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True)
+        gen, dec, r = opened
+        prior = {} if r is None else {"prior": r}  # observed stays: a one-pass piece ends no block
+        return tokens, state.evolve(position=state.position + n, dec=dec, dec_abs=dec_abs, par=par, gen=gen, **prior)
 
     def fuses(self, c: int) -> bool:
         """Whether rounds of block size ``c`` run fused (two passes of ``2c`` steps, not four of ``c``)."""

@@ -908,13 +908,12 @@ def prior_model(dtype, **variant):
 @pytest.mark.parametrize("variant", PRIOR_VARIANTS)
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 20, 64), (7, 22, 64), (5, 20, 9), (3, 30, 4), (3, 50, 40)])
 def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, position, n, block, monkeypatch):
-    """Tokens and every state tensor of pieces whose latents the latent prior draws: one pass (block 64)
-    unprompted or after a prompt; blocks 9 and 4 with the compiled rounds off, whose rounds then run fused in
-    PyTorch and whose part-block left at the end is a piece (with them on, csrc/rounds.c draws it: the
-    compiled rounds' tests); block 40, not fused (SHORT < 2c), piece after piece; resumable or not, a
-    temperature per row, tokens at half the latents' temperature."""
-    if block in (9, 4):
-        monkeypatch.setattr(native, "fused_rounds", lambda: None)
+    """Tokens and every state tensor of pieces whose latents the latent prior draws, with the compiled rounds
+    off (with them on, csrc/rounds.c draws a resumable one-pass call and a part block a call stops inside: the
+    compiled rounds' tests): one pass (block 64) unprompted or after a prompt; blocks 9 and 4, whose rounds
+    then run fused in PyTorch and whose part-block left at the end is a piece; block 40, not fused (SHORT <
+    2c), piece after piece; resumable or not, a temperature per row, tokens at half the latents' temperature."""
+    monkeypatch.setattr(native, "fused_rounds", lambda: None)
     m = prior_model(dtype, **variant)
     prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
@@ -960,6 +959,40 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
         finally:
             handle.remove()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"decoder_tokens": True},
+        {"prior_width": 6, "prior_hidden": 20},
+        {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+        {"par_layers": 3, "dec_layers": 1, "width": 20, "state_size": 6},
+    ],
+)
+@pytest.mark.parametrize(("position", "n"), [(0, 9), (0, 2), (6, 13), (6, 3), (None, 11)])
+def test_a_resumable_one_pass_call_is_the_compiled_rounds_block_0_left_open(dtype, variant, position, n):
+    """A resumable call with no block size is csrc/rounds.c's block 0 kept open (pieces [n, 0]): its tokens and
+    every state tensor as VSSM._piece leaves them (within rounding; float32 of the states'), unprompted (the
+    uniform prior: the partial encoder's generation state stays), after a prompt, or (None) a batch of one row
+    of each; passes under four steps too; its latent prior running on; the call that keeps no state a piece."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
+    if position is None:
+        fresh = m.start(torch.zeros(1, 0, dtype=torch.long), [4])
+        start = GenState.cat(
+            [fresh, m.start(torch.randint(0, m.vocab_size, (1, 5), generator=torch.Generator().manual_seed(9)), [5])]
+        )
+        temp = torch.tensor([0.8, 1.0], dtype=dtype)
+    else:
+        prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
+        start = m.start(prompt, [4, 5, 6])
+        temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    calls = compiled_equals_pytorch(m, start, n, temp, None, 0.5 if variant else 1.0, "fused_rounds")
+    assert [(list(args[0]), args[-1]) for args, _ in calls] == [([n, 0], True)]  # the resumable call only
 
 
 @pytest.mark.parametrize(

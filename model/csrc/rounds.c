@@ -41,8 +41,9 @@ step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the
 absorbed steps.  With open_end the last block stops inside (the call's last nonzero piece is part of a
 block, then a 0 absorbs it): gen_out and dgen_out receive generation's states after it, the partial
 encoder's after the part's EMPTYs and the decoder's after its latents (two short passes from the absorbed
-states before it), and r_out the latent prior's state after its latents, as VSSM._piece leaves a block
-it stops inside.  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
+states before it; where that block is block 0, ms = [m, 0], from block 0's own passes), and r_out the
+latent prior's state after its latents, as VSSM._piece leaves a block it stops inside (or a one-pass call
+its state).  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
 not be allocated.  Nothing here checks a shape. */
 
 #include <stdint.h>
@@ -111,22 +112,29 @@ not be allocated.  Nothing here checks a shape. */
         const long draws[3] = {Z, Z, 1};                                                                        \
         REAL *const us[3] = {u_lat, u_abs, u_tok};                                                              \
         span_uniforms_##SUFFIX(B, span, seed, pos0, 3, st, draws, us);                                          \
+        const int keep0 = open_end && n_ms == 2; /* the call stops inside block 0: its passes keep states */    \
         { /* round 0: block 0 from the states generation continues from */                                      \
             const long m = ms[0];                                                                               \
             int any = 0;                                                                                        \
             for (long b = 0; b < B; ++b) any = any || observed[b];                                              \
             if (any) { /* f_par over EMPTYs: the latents' logits and context, zero where nothing was observed */ \
                 for (long k = 0; k < B * m; ++k) memcpy(x + k * H, emb_par + V * H, H * sizeof(REAL));          \
-                ssm_net_##SUFFIX(B, H, N, m, Lp, O, m, x, pack_par, eps_par, gen, sp, 0, g, lp);                 \
+                ssm_net_##SUFFIX(B, H, N, m, Lp, O, m, x, pack_par, eps_par, gen, sp, keep0 ? gen_out : 0, g,   \
+                                 lp);                                                                           \
                 for (long b = 0; b < B; ++b)                                                                    \
                     if (!observed[b]) memset(lp + b * m * O, 0, m * O * sizeof(REAL));                          \
             }                                                                                                   \
+            if (keep0) /* generation's partial-encoder state moves only where a token was observed */           \
+                for (long b = 0; b < B; ++b)                                                                    \
+                    if (!any || !observed[b]) memcpy(gen_out + b * sp, gen + b * sp, sp * sizeof(REAL));        \
             if (prior) {                                                                                        \
                 if (F && any)                                                                                   \
                     for (long b = 0; b < B; ++b) context_##SUFFIX(m, O, ZK, M, lp + b * m * O, Gt, pre + b * m * M); \
                 memcpy(r, r0, B * R * sizeof(REAL));                                                            \
                 latent_prior_##SUFFIX(B, m, Z, K, R, M, any ? lp : 0, m * O, O, F && any ? pre : 0, m * M, M,   \
                                       u_lat, span * Z, temp, prior, eps_prior, r, zs, m * Z, ps);               \
+                if (keep0 && r_out)                                                                             \
+                    memcpy(r_out, r, B * R * sizeof(REAL));                                                     \
             } else                                                                                              \
                 for (long b = 0; b < B; ++b)                                                                    \
                     for (long t = 0; t < m; ++t) {                                                              \
@@ -141,7 +149,8 @@ not be allocated.  Nothing here checks a shape. */
                             }                                                                                   \
                     }                                                                                           \
             dec_in_##SUFFIX(B, m, 0, H, Z, K, V, dec_tokens, zs, tokens, span, w_dec, b_dec, x);               \
-            ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, 0, g, ld);                \
+            ssm_net_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec_gen, sd, keep0 ? dgen_out : 0, g,  \
+                             ld);                                                                               \
             for (long b = 0; b < B; ++b)                                                                        \
                 for (long t = 0; t < m; ++t)                                                                    \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],         \
@@ -221,9 +230,9 @@ not be allocated.  Nothing here checks a shape. */
             ssm_states_layout_##SUFFIX(B, Ld, H, N, da, sd, dec_out, sd, 0);                                    \
         else if (dec_out)                                                                                       \
             memcpy(dec_out, n_ms > 1 ? da : dec, B * sd * sizeof(REAL));                                        \
-        if (open_end && gen_out)                                                                                \
+        if (open_end && !keep0 && gen_out)                                                                      \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, pg, sp, gen_out, sp, 0);                                    \
-        if (open_end && dgen_out)                                                                               \
+        if (open_end && !keep0 && dgen_out)                                                                     \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dg, sd, dgen_out, sd, 0);                                   \
         free(block);                                                                                            \
         return 0;                                                                                               \
