@@ -702,7 +702,7 @@ class VSSM(SequenceModel):
         if fused is not None:
             return fused
         if resumable and not any(sizes):  # one pass in every row, the state kept: one compiled call where it can
-            whole = self._one_pass_compiled(state, n, temperature, scores, ratio)
+            whole = self._compiled_open_block(state, n, temperature, scores, ratio)
             if whole is not None:
                 return whole
         pieces = []
@@ -727,14 +727,16 @@ class VSSM(SequenceModel):
             offset += m
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1), state if resumable else None
 
-    def _one_pass_compiled(
+    def _compiled_open_block(
         self, state: GenState, n: int, temperature: float | Tensor, scores: list[Tensor] | None, ratio: float | Tensor
     ) -> tuple[Tensor, GenState] | None:
-        """A resumable one-pass call of one window as the compiled rounds' block 0 left open (csrc/rounds.c,
+        """A resumable call that stays inside the block it starts in (a one-pass call of one window, or a block
+        call that ends inside its first block) as the compiled rounds' block 0 left open (csrc/rounds.c,
         ``open_end`` with pieces ``[n, 0]``): the tokens and state :meth:`_piece` gives (up to float rounding), in
         one C call instead of its four passes and the small ops around them (a 64-token chunk of the bundled
-        mnist-vssm: about 0.4 of its 1.1 ms; docs/experiments/rounds-and-serving.md, thirty-fifth session).  None
-        where it cannot run: scores wanted, a NaN temperature, a call past a window, no compiled rounds here."""
+        mnist-vssm: 0.65 ms against 0.95; docs/experiments/rounds-and-serving.md, thirty-fifth session).  None
+        where it cannot run: scores wanted, a NaN temperature, a call past a window, no compiled rounds here.
+        A scored call keeps the piece, so its tokens equal an unscored call's up to float rounding only."""
         if scores is not None or not finite_temperature(temperature) or n > self.gen_window:
             return None
         Bsz = state.batch_size
@@ -797,8 +799,8 @@ class VSSM(SequenceModel):
         last_ends = (p0 + n) % c == 0
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
-        if fused == 0:
-            return None  # a part-block kept mid-block: the reference path is as short
+        if fused == 0:  # a part-block kept mid-block: block 0 left open, compiled where it can be
+            return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
@@ -925,12 +927,12 @@ class VSSM(SequenceModel):
     def _compiled_rounds(
         self, T: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, tuple | None]] | None:
-        """:meth:`_fused_rows`'s blocks (``ms`` a call's argument, a last 0: the last block absorbed too; with
-        ``open_end`` that block is one the call stops inside, and generation's states after it come back too:
-        :func:`native._fused_rounds`) as one compiled call (csrc/rounds.c), block 0 included, where both networks
-        can run their passes of up to ``T`` steps on the kernel on the CPU (batch x steps within
-        ``native.max_tokens()``; model/native.py); else None (the loop in PyTorch, whose passes take the same kernel
-        within that limit: SSMNet.forward_from)."""
+        """:meth:`_fused_rows`'s blocks and :meth:`_compiled_open_block`'s one (``ms`` a call's argument, a last 0: the
+        last block absorbed too; with ``open_end`` that block is one the call stops inside, and generation's states
+        after it come back too: :func:`native._fused_rounds`) as one compiled call (csrc/rounds.c), block 0
+        included, where both networks can run their passes of up to ``T`` steps on the kernel on the CPU (batch x
+        steps within ``native.max_tokens()``; model/native.py); else None (the loop in PyTorch, whose passes take
+        the same kernel within that limit: SSMNet.forward_from)."""
         run = native.fused_rounds()
         if run is None or self.device.type != "cpu" or torch.is_grad_enabled():
             return None

@@ -15,6 +15,7 @@ from tests.conftest import TINY, VARIANTS, tiny_model
 from vssm.model import native
 from vssm.model.ssm import S4D
 from vssm.model.state import GenState
+from vssm.model.vssm import VSSM
 
 F64 = torch.float64
 PATCH = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
@@ -190,8 +191,12 @@ def _start(m) -> GenState:
     return m.start(torch.randint(0, m.vocab_size, (2, 5), generator=torch.Generator().manual_seed(3)), [4, 5])
 
 
-def _tokens(m, block: int | None, start: GenState | None = None, resumable: bool = True) -> torch.Tensor:
-    """A call of 13 tokens from ``start`` (None: :func:`_start`)."""
+def _tokens(m, block: int | None, start: GenState | None = None, resumable: bool | None = None) -> torch.Tensor:
+    """A call of 13 tokens from ``start`` (None: :func:`_start`), resumable unless ``resumable`` says otherwise or
+    it is a VSSM's one-pass call: that one keeps no state, so that it stays a piece (the piece case; a resumable
+    one is the compiled rounds' block 0 left open, VSSM._compiled_open_block, which the rounds case covers)."""
+    if resumable is None:
+        resumable = not (block is None and isinstance(m, VSSM))
     return m.generate(_start(m) if start is None else start, 13, block_size=block, resumable=resumable)[0]
 
 
@@ -200,21 +205,18 @@ def test_a_frozen_model_checks_its_compiled_call_once(case, monkeypatch):
     family, overrides, name, block = KEPT[case]
     m = tiny_model(family, max_position=64, **overrides)
     count = _counted(monkeypatch, m, name)
-    # a resumable one-pass call of a VSSM takes the compiled rounds (VSSM._one_pass_compiled), one that keeps no
-    # state the piece
-    resumable = case != "piece"
-    want = _tokens(m, block, resumable=resumable)
-    _tokens(m, block, resumable=resumable)
+    want = _tokens(m, block)
+    _tokens(m, block)
     assert count[0] == 2  # unfrozen: every call checks (an optimiser may have changed the weights)
     m.freeze()
     for _ in range(3):
-        torch.testing.assert_close(_tokens(m, block, resumable=resumable), want, rtol=0, atol=0)
+        torch.testing.assert_close(_tokens(m, block), want, rtol=0, atol=0)
     assert count[0] == 3  # frozen: the first call checks, the rest keep what it found
     tiny_model("ar-gru")  # modules registered elsewhere: checked again, once
-    _tokens(m, block, resumable=resumable), _tokens(m, block, resumable=resumable)
+    _tokens(m, block), _tokens(m, block)
     assert count[0] == 4
     m.eval()  # train() and eval() drop what was kept
-    _tokens(m, block, resumable=resumable), _tokens(m, block, resumable=resumable)
+    _tokens(m, block), _tokens(m, block)
     assert count[0] == 5
     with torch.enable_grad():  # gradients on: nothing is kept, nothing is used
         assert m._settled(("probe",), lambda: "checked") == "checked"

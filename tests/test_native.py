@@ -821,9 +821,13 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
     for resumable in (True, False):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, f"_{entry}", spy)
+            if entry == "prior_piece":  # the piece, not the compiled rounds' open block a resumable call can be
+                mp.setattr(native, "fused_rounds", lambda: None)
             tokens, state = m.generate(start, n, resumable=resumable, **kwargs)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, entry, lambda: None)
+            if entry == "prior_piece":
+                mp.setattr(native, "fused_rounds", lambda: None)
             ref_tokens, ref = m.generate(start, n, resumable=resumable, **kwargs)
         assert torch.equal(tokens, ref_tokens)
         if resumable:
@@ -880,8 +884,8 @@ def test_compiled_rounds_equal_the_rounds_in_pytorch(dtype, variant, c, position
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.5 if variant else 1.0  # tokens given the latents at half the temperature (the served models' kind)
     calls = compiled_equals_pytorch(m, start, n, temp, c, obs, "fused_rounds")
-    # a resumable call that ends inside its first block keeps the reference path (nothing to fuse)
-    assert len(calls) == (1 if position % c + n < c else 2)
+    # both calls compiled: a resumable one that ends inside its first block as block 0 left open ([n, 0])
+    assert len(calls) == 2
 
 
 # ----- a piece drawn through the latent prior and decoded from its latents (csrc/prior_piece.c) -------------------
@@ -913,7 +917,6 @@ def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, positi
     compiled rounds' tests): one pass (block 64) unprompted or after a prompt; blocks 9 and 4, whose rounds
     then run fused in PyTorch and whose part-block left at the end is a piece; block 40, not fused (SHORT <
     2c), piece after piece; resumable or not, a temperature per row, tokens at half the latents' temperature."""
-    monkeypatch.setattr(native, "fused_rounds", lambda: None)
     m = prior_model(dtype, **variant)
     prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
@@ -972,16 +975,27 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
         {"par_layers": 3, "dec_layers": 1, "width": 20, "state_size": 6},
     ],
 )
-@pytest.mark.parametrize(("position", "n"), [(0, 9), (0, 2), (6, 13), (6, 3), (None, 11)])
-def test_a_resumable_one_pass_call_is_the_compiled_rounds_block_0_left_open(dtype, variant, position, n):
-    """A resumable call with no block size is csrc/rounds.c's block 0 kept open (pieces [n, 0]): its tokens and
-    every state tensor as VSSM._piece leaves them (within rounding; float32 of the states'), unprompted (the
-    uniform prior: the partial encoder's generation state stays), after a prompt, or (None) a batch of one row
-    of each; passes under four steps too; its latent prior running on; the call that keeps no state a piece."""
+@pytest.mark.parametrize(
+    ("position", "n", "block"),
+    [(0, 9, None), (0, 2, None), (6, 13, None), (6, 3, None), (None, 11, None), ("after", 7, None), (6, 9, 28)],
+)
+def test_a_resumable_call_inside_its_block_is_the_compiled_rounds_block_0_left_open(dtype, variant, position, n, block):
+    """A resumable call with no block size, or one that ends inside the block it starts in (block 28 from 6), is
+    csrc/rounds.c's block 0 kept open (pieces [n, 0]): its tokens and every state tensor as VSSM._piece leaves
+    them (within rounding; float32 of the states'), unprompted (the uniform prior: the partial encoder's
+    generation state stays), after a prompt, (None) a batch of one row of each, or ("after") after a resumable
+    call, the latent prior's state not zero; passes under four steps too; the call that keeps no state a piece."""
     from tests.conftest import tiny_model
 
     m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
-    if position is None:
+    if position == "after":
+        first = m.start(torch.randint(0, m.vocab_size, (2, 4), generator=torch.Generator().manual_seed(8)), [4, 5])
+        with pytest.MonkeyPatch.context() as mp:  # the reference path's state, to start both from
+            mp.setattr(native, "fused_rounds", lambda: None)
+            _, start = m.generate(first, 5, block_size=block)
+        assert "prior" not in start.tensors or bool(start["prior"].abs().sum() > 0)
+        temp = torch.tensor([0.8, 1.0], dtype=dtype)
+    elif position is None:
         fresh = m.start(torch.zeros(1, 0, dtype=torch.long), [4])
         start = GenState.cat(
             [fresh, m.start(torch.randint(0, m.vocab_size, (1, 5), generator=torch.Generator().manual_seed(9)), [5])]
@@ -991,8 +1005,8 @@ def test_a_resumable_one_pass_call_is_the_compiled_rounds_block_0_left_open(dtyp
         prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
         start = m.start(prompt, [4, 5, 6])
         temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
-    calls = compiled_equals_pytorch(m, start, n, temp, None, 0.5 if variant else 1.0, "fused_rounds")
-    assert [(list(args[0]), args[-1]) for args, _ in calls] == [([n, 0], True)]  # the resumable call only
+    calls = compiled_equals_pytorch(m, start, n, temp, block, 0.5 if variant else 1.0, "fused_rounds")
+    assert [(list(args[0]), args[-1]) for args, _ in calls][:1] == [([n, 0], True)]  # then the other's, if fused
 
 
 @pytest.mark.parametrize(

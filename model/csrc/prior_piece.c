@@ -1,6 +1,7 @@
 /* A piece of block sampling drawn through the latent prior and decoded from its latents, in one call
-(model/vssm.py, VSSM._compiled_piece): the whole of a one-pass call of a model whose latents a latent
-prior draws (shakespeare-vssm-prior), and the first two steps of any piece of one.
+(model/vssm.py, VSSM._compiled_piece): the whole of a one-pass call that keeps no state of a model whose
+latents a latent prior draws (shakespeare-vssm-prior), and the first two steps of any piece of one (a
+resumable call that stays inside its block is csrc/rounds.c's block 0 left open, where that can run).
 
 Glossary of axis letters:
     B  batch      n  steps      H  channels      N  complex modes per channel      V  vocabulary

@@ -37,14 +37,14 @@ H); w_dec the decoder's input weight transposed (I, H), b_dec (H,); the nets' pa
 pack); prior: the latent prior's pack (NULL: none) of width R and hidden width M.  O is the partial
 encoder's output width: Z*K logits, then F = O - Z*K context features the latent prior reads through
 Gt (F, M), G transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per
-step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's
-absorbed steps.  With open_end the last block stops inside (the call's last nonzero piece is part of a
-block, then a 0 absorbs it): gen_out and dgen_out receive generation's states after it, the partial
-encoder's after the part's EMPTYs and the decoder's after its latents (two short passes from the absorbed
-states before it; where that block is block 0, ms = [m, 0], from block 0's own passes), and r_out the
-latent prior's state after its latents, as VSSM._piece leaves a block it stops inside (or a one-pass call
-its state).  The scratch is allocated here, one block a call.  Returns 0, or -1 where it could
-not be allocated.  Nothing here checks a shape. */
+step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's absorbed steps.
+With open_end the last block stops inside (the call's last nonzero piece is part of a block, then a 0 absorbs
+it): gen_out and dgen_out receive generation's states after it, the partial encoder's after the part's EMPTYs
+and the decoder's after its latents (two short passes from the absorbed states before it; where that block is
+block 0, ms = [m, 0], from block 0's own passes, the partial encoder's moving only in rows that observed a
+token), and r_out the latent prior's state after its latents, as VSSM._piece leaves a block it stops inside
+(or a one-pass call its state).  The scratch is allocated here, one block a call.  Returns 0, or -1 where it
+could not be allocated.  Nothing here checks a shape. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -94,7 +94,7 @@ not be allocated.  Nothing here checks a shape. */
         long L2 = ms[0]; /* the longest pass */                                                                 \
         for (long i = 1; i < n_ms; ++i) L2 = ms[i - 1] + ms[i] > L2 ? ms[i - 1] + ms[i] : L2;                   \
         const long Rp = R > 1 ? R : 1, Mp = M > 1 ? M : 1;                                                      \
-        const long ends = open_end ? 1 : 0; /* generation's states after an open last block: pg and dg */       \
+        const long ends = open_end && n_ms > 2 ? 1 : 0; /* an open last block after block 0: pg and dg */       \
         const long reals[] = {B * sp, B * sd, B * L2 * H, B * L2 * H, B * L2 * O, B * L2 * V, Rp + Mp + ZK,     \
                               B * Rp, B * L2 * Mp, B * span * Z, B * span * Z, B * span, ends * B * sp,         \
                               ends * B * sd};                                                                   \
@@ -124,7 +124,7 @@ not be allocated.  Nothing here checks a shape. */
                 for (long b = 0; b < B; ++b)                                                                    \
                     if (!observed[b]) memset(lp + b * m * O, 0, m * O * sizeof(REAL));                          \
             }                                                                                                   \
-            if (keep0) /* generation's partial-encoder state moves only where a token was observed */           \
+            if (keep0 && gen_out) /* generation's partial encoder moves only where a token was observed */      \
                 for (long b = 0; b < B; ++b)                                                                    \
                     if (!any || !observed[b]) memcpy(gen_out + b * sp, gen + b * sp, sp * sizeof(REAL));        \
             if (prior) {                                                                                        \
@@ -163,7 +163,7 @@ not be allocated.  Nothing here checks a shape. */
            gathered them from their pairs and scattered them back. A lone round of passes under SSM_MODES_MIN_T \
            steps stays interleaved: its recurrence copies the states through a cache-resident block either way, \
            so converting them would be two more copies. */                                                      \
-        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T; /* open_end comes with three pieces or more */      \
+        const int laid = n_ms > 2 || L2 >= SSM_MODES_MIN_T; /* an open block after block 0: n_ms > 2 */         \
         if (laid && n_ms > 1) {                                                                                 \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, sp, pa, sp, 1);                                        \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec, sd, da, sd, 1);                                        \
