@@ -837,19 +837,20 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
     return calls
 
 
+# the compiled rounds' model variants: a latent prior with and without context, decoder tokens, odd shapes
+ROUNDS_VARIANTS = [
+    {},
+    {"decoder_tokens": True},
+    {"prior_width": 6, "prior_hidden": 20},
+    {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+    {"width": 20, "state_size": 6},  # a part group of four modes; part vectors of channels with AVX-512
+    {"par_layers": 1, "dec_layers": 3},  # the two networks' states of different sizes, either way
+    {"par_layers": 3, "dec_layers": 1},
+]
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(
-    "variant",
-    [
-        {},
-        {"decoder_tokens": True},
-        {"prior_width": 6, "prior_hidden": 20},
-        {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
-        {"width": 20, "state_size": 6},  # a part group of four modes; part vectors of channels with AVX-512
-        {"par_layers": 1, "dec_layers": 3},  # the two networks' states of different sizes, either way
-        {"par_layers": 3, "dec_layers": 1},
-    ],
-)
+@pytest.mark.parametrize("variant", ROUNDS_VARIANTS)
 @pytest.mark.parametrize(
     ("c", "position", "n"),
     [
@@ -965,16 +966,7 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(
-    "variant",
-    [
-        {},
-        {"decoder_tokens": True},
-        {"prior_width": 6, "prior_hidden": 20},
-        {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
-        {"par_layers": 3, "dec_layers": 1, "width": 20, "state_size": 6},
-    ],
-)
+@pytest.mark.parametrize("variant", ROUNDS_VARIANTS)
 @pytest.mark.parametrize(
     ("position", "n", "block"),
     [(0, 9, None), (0, 2, None), (6, 13, None), (6, 3, None), (None, 11, None), ("after", 7, None), (6, 9, 28)],
