@@ -727,6 +727,12 @@ class VSSM(SequenceModel):
             offset += m
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=1), state if resumable else None
 
+    def _finite_temperatures(self, temperature: float | Tensor, ratio: float | Tensor) -> bool:
+        """Whether neither the latents' temperature nor the tokens' (``temperature`` times the observation
+        temperature ``ratio``: an infinite one times 0 is NaN) is NaN, which the compiled calls read otherwise
+        than PyTorch's draws do (:func:`finite_temperature`)."""
+        return finite_temperature(temperature) and finite_temperature(self.token_temperature(temperature, ratio))
+
     def _compiled_open_block(
         self, state: GenState, n: int, temperature: float | Tensor, scores: list[Tensor] | None, ratio: float | Tensor
     ) -> tuple[Tensor, GenState] | None:
@@ -737,7 +743,7 @@ class VSSM(SequenceModel):
         mnist-vssm: 0.65 ms against 0.95; docs/experiments/rounds-and-serving.md, thirty-fifth session).  None
         where it cannot run: scores wanted, a NaN temperature, a call past a window, no compiled rounds here.
         A scored call keeps the piece, so its tokens equal an unscored call's up to float rounding only."""
-        if scores is not None or not finite_temperature(temperature) or n > self.gen_window:
+        if scores is not None or not self._finite_temperatures(temperature, ratio) or n > self.gen_window:
             return None
         Bsz = state.batch_size
         limits = self._kernel_limits()
@@ -805,7 +811,7 @@ class VSSM(SequenceModel):
         Bsz = state.batch_size
         temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
         got, absorbed, opened = None, False, None
-        if scores is None and finite_temperature(temperature):  # every block, the first too, in one call
+        if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the states before the last block
@@ -1081,7 +1087,7 @@ class VSSM(SequenceModel):
                 gen = torch.where(observed[:, None, None, None], gen_next, gen)
         r = state.tensors.get("prior")
         compiled = None
-        if scores is None and finite_temperature(temperature):  # per call; the rest kept (SequenceModel._settled)
+        if scores is None and self._finite_temperatures(temperature, ratio):  # per call; the rest kept (_settled)
             key = ("piece", Bsz, m, self.decoder.kernel_limit())
             compiled = self._settled(key, lambda: self._compiled_piece(state, m))
         if compiled is not None:  # 1. and 2. in one call (csrc/prior_piece.c)

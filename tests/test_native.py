@@ -965,6 +965,26 @@ def test_compiled_prior_piece_leaves_what_it_cannot_run():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("block", [None, 4, 28])
+def test_an_infinite_temperature_at_observation_temperature_0_keeps_the_pytorch_path(block, monkeypatch):
+    """Tokens at temperature inf x 0 = NaN: the compiled calls read a NaN temperature otherwise than PyTorch's
+    draws, so such a call (one pass, block rounds, an open block) keeps the PyTorch path and draws its tokens."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", max_position=64)
+    start = m.start(torch.randint(0, m.vocab_size, (2, 5), generator=torch.Generator().manual_seed(2)), [1, 2])
+    calls = []
+    real = native._fused_rounds
+    monkeypatch.setattr(native, "_fused_rounds", lambda *a, **k: calls.append(a) or real(*a, **k))
+    kwargs = dict(temperature=float("inf"), block_size=block, observation_temperature=0.0)
+    tokens, state = m.generate(start, 13, **kwargs)
+    assert calls == []
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "fused_rounds", lambda: None)
+        ref_tokens, ref = m.generate(start, 13, **kwargs)
+    assert torch.equal(tokens, ref_tokens) and state.to_bytes() == ref.to_bytes()
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("variant", ROUNDS_VARIANTS)
 @pytest.mark.parametrize(
