@@ -750,11 +750,29 @@ class VSSM(SequenceModel):
         rounds = self._settled(("rounds", n, Bsz, *limits), lambda: self._compiled_rounds(n, state))
         if rounds is None:
             return None
-        temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
-        tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True)
+        tokens, par, dec_abs, opened = rounds([n, 0], self._row_temps(temperature, ratio, Bsz), state, True, True)
+        return tokens, self._left_open(state, n, par, dec_abs, opened)  # observed stays: no block ended
+
+    def _row_temps(self, temperature: float | Tensor, ratio: float | Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """The latents' and the tokens' temperatures ``(B,)`` float64, as the compiled rounds read them."""
+        return row_temperatures(temperature, batch), row_temperatures(self.token_temperature(temperature, ratio), batch)
+
+    def _left_open(
+        self,
+        state: GenState,
+        n: int,
+        par: Tensor,
+        dec_abs: Tensor,
+        opened: tuple[Tensor, Tensor, Tensor | None],
+        observed: Tensor | None = None,
+    ) -> GenState:
+        """The state after a compiled call of ``n`` tokens that stops inside a block, as :meth:`_piece` leaves one:
+        the absorbed states ``par`` and ``dec_abs``, and ``opened``, generation's states (the partial encoder's,
+        the decoder's) and the latent prior's (None without one) from :func:`native._fused_rounds`; ``observed``
+        where blocks ended in the call (None: as it was)."""
         gen, dec, r = opened
-        prior = {} if r is None else {"prior": r}  # observed stays: a one-pass piece ends no block
-        return tokens, state.evolve(position=state.position + n, dec=dec, dec_abs=dec_abs, par=par, gen=gen, **prior)
+        rest = ({} if r is None else {"prior": r}) | ({} if observed is None else {"observed": observed})
+        return state.evolve(position=state.position + n, dec=dec, dec_abs=dec_abs, par=par, gen=gen, **rest)
 
     def fuses(self, c: int) -> bool:
         """Whether rounds of block size ``c`` run fused (two passes of ``2c`` steps, not four of ``c``)."""
@@ -809,7 +827,7 @@ class VSSM(SequenceModel):
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
         Bsz = state.batch_size
-        temps = tuple(row_temperatures(t, Bsz) for t in (temperature, self.token_temperature(temperature, ratio)))
+        temps = self._row_temps(temperature, ratio, Bsz)
         got, absorbed, opened = None, False, None
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
@@ -829,14 +847,8 @@ class VSSM(SequenceModel):
                     got = (out_tokens, par, dec_abs)
                 absorbed = got is not None and resumable  # (and with opened, nothing is left to absorb)
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
-            gen, dec_gen, r = opened
-            everyone = torch.ones_like(state["observed"])
             out_tokens, par, dec_abs = got  # type: ignore[misc]
-            prior = {} if r is None else {"prior": r}
-            nxt = state.evolve(
-                position=state.position + n, dec=dec_gen, dec_abs=dec_abs, par=par, gen=gen, observed=everyone, **prior
-            )
-            return out_tokens, nxt
+            return out_tokens, self._left_open(state, n, par, dec_abs, opened, torch.ones_like(state["observed"]))
         start = span - ms[fused - 1]  # where the last fused block starts
         u_abs: Tensor | None = None  # (B, span, Z): the compiled calls draw theirs in C
         if got is not None:
@@ -1161,7 +1173,7 @@ class VSSM(SequenceModel):
             B = state.batch_size
             base, r, context = self._prior_inputs(z_logits, state, state["observed"], r, context)
             block_prior = (None if base is None else base.flatten(-2), lp._pre(context))  # (B, m, Z K), (B, m, M)
-            temps = (row_temperatures(temperature, B), row_temperatures(self.token_temperature(temperature, ratio), B))
+            temps = self._row_temps(temperature, ratio, B)
             keys = (state.seed, state.position, streams)
             return run(m, keys, temps, block_prior, (r, state["dec"]), weights, keep)
 
