@@ -113,7 +113,7 @@ def run_blocks(models: dict[str, model.SequenceModel], s: Settings) -> dict[str,
         log.info("round n=%d: %s", n, {f: f"{t.median_s * 1e3:.2f} ms" for f, t in timed.items()})
     # a whole sequence against block size, beside the baselines
     vssm = models["vssm"]
-    # fused rounds also timed block by block, for the fusion's gain (blocks 33-64 never fuse)
+    # fused rounds also timed block by block, for the fusion's gain (blocks 33-64 fuse only where compiled)
     timed_fused = [c for c in s.block_sizes if c <= FUSED_REFERENCE_UP_TO and vssm.fuses(c)]
     for batch in s.batches:
         fns = _whole_sequences(models, T, batch, s.block_sizes)

@@ -775,14 +775,21 @@ class VSSM(SequenceModel):
         return state.evolve(position=state.position + n, dec=dec, dec_abs=dec_abs, par=par, gen=gen, **rest)
 
     def fuses(self, c: int) -> bool:
-        """Whether rounds of block size ``c`` run fused (two passes of ``2c`` steps, not four of ``c``)."""
+        """Whether rounds of block size ``c`` may run fused (two passes of ``2c`` steps, not four of ``c``):
+        compiled where they can be (csrc/rounds.c), else in PyTorch where that pays (:meth:`_fuses_in_torch`)."""
+        if self.fuse_rounds and c > 0 and c == self.config.par_patch:  # a patch's rounds: compiled where they can be
+            return True
+        return self.fuse_rounds and c > 0 and 2 * c <= self.gen_window
+
+    def _fuses_in_torch(self, c: int) -> bool:
+        """Whether fused rounds of block size ``c`` beat four passes a block where they run in PyTorch
+        (:meth:`_fused_loop`, when the compiled rounds cannot take them)."""
         # where c fits SHORT and 2c does not, fused passes would leave the short path that four
         # passes take: one thread, blocks 40-64, batches 1-32, four passes took 0.49-0.88 of the
         # fused time (one tie at 1.06); past SHORT both are long and fusing wins, 1.23-1.57x at
-        # blocks 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session)
-        if self.fuse_rounds and c > 0 and c == self.config.par_patch:  # a patch's rounds: compiled where they can be
-            return True
-        return self.fuse_rounds and c > 0 and 2 * c <= self.gen_window and not c <= SHORT < 2 * c
+        # blocks 112 and 196 (docs/experiments/rounds-and-serving.md, fourteenth session).  The
+        # compiled rounds have no such step: there blocks 33-64 fuse too (thirty-sixth session)
+        return c == self.config.par_patch or not c <= SHORT < 2 * c
 
     def _shared_block(self, state: GenState, sizes: list[int]) -> int:
         """The block size every row shares (``sizes``: the rows' block sizes, 0 for one pass), at the same
@@ -815,7 +822,8 @@ class VSSM(SequenceModel):
         absorbed latents' logits, the next block's latent logits and (at the boundary) the next
         ``par``; f_dec over ``[z'_i, z_i+1]`` from ``dec_abs`` gives block i+1's token logits and the
         next ``dec_abs`` (docs/design.md, "Blocks").  A round is two passes of ``2c`` steps instead
-        of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse.
+        of four of ``c``, and each call draws its uniforms once, not per block.  None: nothing to fuse, or
+        blocks that fuse only compiled (:meth:`_fuses_in_torch`) where the compiled rounds cannot run.
         """
         p0 = state.position_list[0]
         first = min(c - p0 % c, n)
@@ -846,6 +854,8 @@ class VSSM(SequenceModel):
                     out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
                     got = (out_tokens, par, dec_abs)
                 absorbed = got is not None and resumable  # (and with opened, nothing is left to absorb)
+        if got is None and not self._fuses_in_torch(c):  # four passes a block (_piece) beat PyTorch's fused ones
+            return None
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
             out_tokens, par, dec_abs = got  # type: ignore[misc]
             return out_tokens, self._left_open(state, n, par, dec_abs, opened, torch.ones_like(state["observed"]))

@@ -858,6 +858,7 @@ ROUNDS_VARIANTS = [
         (3, 7, 20),
         (8, 5, 24),
         (70, 9, 200),
+        (40, 5, 100),  # c fits SHORT and 2c does not: fused only compiled, else block by block
         (4, 8, 4),
         (4, 5, 3),
         (4, 5, 2),
@@ -916,8 +917,9 @@ def test_compiled_prior_piece_equals_the_piece_in_pytorch(dtype, variant, positi
     """Tokens and every state tensor of pieces whose latents the latent prior draws, with the compiled rounds
     off (with them on, csrc/rounds.c draws a resumable one-pass call and a part block a call stops inside: the
     compiled rounds' tests): one pass (block 64) unprompted or after a prompt; blocks 9 and 4, whose rounds
-    then run fused in PyTorch and whose part-block left at the end is a piece; block 40, not fused (SHORT <
-    2c), piece after piece; resumable or not, a temperature per row, tokens at half the latents' temperature."""
+    then run fused in PyTorch and whose part-block left at the end is a piece; block 40, fused only compiled
+    (c <= SHORT < 2c; the compiled rounds are off here), piece after piece; resumable or not, a temperature per
+    row, tokens at half the latents' temperature."""
     m = prior_model(dtype, **variant)
     prompt = torch.randint(0, m.vocab_size, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])

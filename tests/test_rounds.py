@@ -14,6 +14,7 @@ import torch
 
 from tests.conftest import V, tiny_model
 from vssm import model
+from vssm.model import native
 from vssm.model.ssm import S4D, SHORT, S4DConfig
 
 F64 = torch.float64
@@ -53,7 +54,8 @@ def assert_states_close(a: model.GenState | None, b: model.GenState | None) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("c", [1, 3, 8, SHORT + 6])  # the last: fused passes past SHORT steps
+# SHORT // 2 + 8: fused only where compiled (c <= SHORT < 2c); SHORT + 6: fused passes past SHORT steps
+@pytest.mark.parametrize("c", [1, 3, 8, SHORT // 2 + 8, SHORT + 6])
 @pytest.mark.parametrize("C", [0, 5])
 @pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("tokens", [False, True], ids=["latents", "decoder-tokens"])
@@ -98,10 +100,22 @@ def test_fused_batched_rows_with_the_same_phase_equal_each_row_alone(tokens):
             torch.testing.assert_close(st[k][i], v[0], rtol=1e-10, atol=1e-12)
 
 
-def test_fused_rounds_skip_blocks_whose_double_passes_would_leave_the_short_path():
-    """A fused pass is 2c steps: where c fits SHORT and 2c does not, four short passes are faster."""
+def test_blocks_whose_double_passes_would_leave_the_short_path_fuse_only_compiled(monkeypatch):
+    """A fused pass is 2c steps: where c fits SHORT and 2c does not, four short passes in PyTorch beat two fused
+    ones (VSSM._fused_loop), while the compiled rounds have no short path to leave: such blocks are shared and
+    fused there, and run block by block where the compiled rounds cannot run."""
     m = tiny_model("vssm", max_position=200)
+    cases = ((SHORT // 2, True), (SHORT // 2 + 1, False), (SHORT, False), (SHORT + 1, True))
+    loops = []
+    real = model.VSSM._fused_loop
+    monkeypatch.setattr(model.VSSM, "_fused_loop", lambda self, *a: loops.append(a) or real(self, *a))
     for rows in (1, 5):
-        for c, fused in ((SHORT // 2, True), (SHORT // 2 + 1, False), (SHORT, False), (SHORT + 1, True)):
-            state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
-            assert (m._shared_block(state, m.block_sizes(c, rows).tolist()) == c) is fused, (rows, c)
+        state = m.start(torch.zeros(rows, 0, dtype=torch.long), list(range(rows)))
+        for c, in_torch in cases:
+            assert m._shared_block(state, m.block_sizes(c, rows).tolist()) == c, (rows, c)
+            assert m._fuses_in_torch(c) is in_torch
+            loops.clear()
+            with monkeypatch.context() as mp:
+                mp.setattr(native, "fused_rounds", lambda: None)  # the rounds in PyTorch
+                m.generate(state, 2 * c + 3, block_size=c, resumable=False)
+            assert bool(loops) is in_torch, (rows, c)
