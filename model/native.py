@@ -97,7 +97,7 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
-_PATCH_ARGTYPES = [_L] * 12 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES = [_L] * 13 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
 # prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
 _PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
@@ -807,6 +807,7 @@ def _patch_rounds(
     states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
     w: PatchWeights,
     keep: bool,
+    absorb: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
     model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.  ``span`` tokens from ``phase``
@@ -818,9 +819,10 @@ def _patch_rounds(
     state ``(B, Ld, H, N)`` and generation's, which rows have observed a token ``(B,)`` bool (the rest draw block 0
     from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's :func:`patch_weights`.
     Returns every token ``(B, span)``, with ``keep`` the packed partial-encoder state after the patches before the
-    last block and the absorbed decoder state before it (else None twice), and how many rounds skipped the
-    decoder's pass over the absorbed latents; None where a row's pending patch does not hold ``phase`` tokens
-    (nothing was drawn: the caller's own loop runs instead)."""
+    last block and the absorbed decoder state before it (with ``absorb``, where the span must end at a patch
+    boundary: both after the last block too, as an append of its tokens leaves them; else None twice), and how
+    many rounds (the absorbing one too) skipped the decoder's pass over the absorbed latents; None where a row's
+    pending patch does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
     P, _, H, N, Lp, Ld = w.dims[:6]
@@ -830,6 +832,7 @@ def _patch_rounds(
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
     ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
+    ok = ok and (not absorb or (keep and (phase + span) % P == 0))
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
@@ -843,9 +846,9 @@ def _patch_rounds(
     dec_out = torch.empty_like(dec) if keep else None
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     skipped = fn(
-        Bsz, phase, span, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(), s_lat, s_abs, s_tok,
-        temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(), dec_gen.data_ptr(),
-        observed.data_ptr(), r0.data_ptr(), *w.args,
+        Bsz, phase, span, int(absorb), *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
+        s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
+        dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args,
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
     )  # fmt: skip
     if skipped == -2:

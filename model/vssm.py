@@ -840,8 +840,9 @@ class VSSM(SequenceModel):
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
-            if patch is not None:  # csrc/patch_rounds.c: the states before the last block
+            if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept
                 got = patch(p0 % c, span, temps, state, resumable)
+                absorbed = got is not None and resumable
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
                 # and small ops: a session in 64-token chunks at block 28 took 2.5 times its compiled rounds'
@@ -1051,11 +1052,11 @@ class VSSM(SequenceModel):
         def rounds(
             phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool
         ) -> tuple[Tensor, Tensor, Tensor] | None:
+            """``keep``: the states after the span's last block too (it must end at a block boundary)."""
             s = state.tensors
-            n_rounds = max(0, -(-(span - (c - phase)) // c))  # blocks after block 0
-            keep = keep and n_rounds > 0  # block 0 only: no patch absorbed, the state as it was
+            n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
-            got = run(phase, span, (state.seed, state.position, streams), temps, states, weights, keep)
+            got = run(phase, span, (state.seed, state.position, streams), temps, states, weights, keep, keep)
             if got is None:
                 return None
             tokens, par, dec_abs, skipped = got

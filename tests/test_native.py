@@ -1144,9 +1144,10 @@ def copying(m: VSSM) -> VSSM:
     return m
 
 
-def rounds_of(phase: int, span: int, P: int = 4) -> int:
-    """The rounds after block 0 of a compiled patch-rounds call of ``span`` tokens from ``phase`` into a patch."""
-    return max(0, -(-(span - (P - phase)) // P))
+def rounds_of(phase: int, span: int, absorb: bool = False, P: int = 4) -> int:
+    """The rounds after block 0 of a compiled patch-rounds call of ``span`` tokens from ``phase`` into a patch,
+    with ``absorb`` the one that absorbs the last block too."""
+    return max(0, -(-(span - (P - phase)) // P)) + absorb
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1179,7 +1180,7 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     # rounds that skipped the pass over z': after a prompt generation continues from the absorbed decoder
     # state, so the first round reuses block 0's pass as the others reuse the last round's
     for args, out in calls:
-        assert out[-1] == (rounds_of(*args[:2]) if copy else 0)
+        assert out[-1] == (rounds_of(*args[:2], args[-1]) if copy else 0)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1199,6 +1200,29 @@ def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype,
     assert [args[:2] for args, _ in calls] == [(position % 4, n)]
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("position", "n"), [(5, 3), (0, 4), (6, 2), (3, 5)])
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_absorb_the_block_that_ends_a_kept_call(dtype, copy, position, n, period):
+    """A resumable call that ends at a block boundary absorbs its last block in the compiled call (a last round
+    that draws no block), whatever came before it in the call: block 0 alone, from a patch boundary or from
+    inside a patch (the pending tokens' input: in0), or after a round; the states as the rounds in PyTorch
+    leave them, and the absorbing round skips the decoder's pass over z' where every z' is its z."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
+    if copy:
+        m = copying(m)
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), 4, 0.0, "patch_rounds")
+    assert [(args[:2], args[-1]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
+    for args, out in calls:
+        assert out[-1] == (rounds_of(*args[:2], args[-1]) if copy else 0)
+
+
 def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere():
     """The C reads the pending patch's token count from the packed state and draws nothing where a row's
     is not the call's phase: the call returns None (the caller's loop runs instead)."""
@@ -1213,7 +1237,7 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
         rounds = m._compiled_patch_rounds(4, start)
         assert rounds is not None
         assert rounds(1, 11, temps, start, True) is not None
-        assert rounds(2, 11, temps, start, True) is None  # the state holds one pending token, not two
+        assert rounds(2, 10, temps, start, True) is None  # the state holds one pending token, not two
 
 
 def test_compiled_patch_rounds_by_column_read_each_row_s_own_columns():
@@ -1285,7 +1309,7 @@ def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, f
     calls = compiled_equals_pytorch(m, mid, 12, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
     assert len(calls) == 2
     for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
-        assert out[-1] == (rounds_of(*args[:2]) - 1 if copy else 0)
+        assert out[-1] == (rounds_of(*args[:2], args[-1]) - 1 if copy else 0)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

@@ -61,6 +61,9 @@ latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block s
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
 0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0,
 the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
+With absorb (non-zero; the span must then end at a patch boundary) both are the states after the last
+block too: a last round runs steps 1, 2 and 4's pass over z' for it and draws no block, as
+model/vssm.py's absorption of a block does.
 The scratch is allocated here, one block a call.
 
 Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
@@ -108,8 +111,8 @@ Nothing here checks a shape. */
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
-    long patch_rounds_##SUFFIX(long B, long phase, long span, long P, long Q, long H, long N, long Lp, long Ld,      \
-                               long V, long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,   \
+    long patch_rounds_##SUFFIX(long B, long phase, long span, long absorb, long P, long Q, long H, long N,       \
+                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,   \
                                long s_lat, long s_abs, long s_tok, const double *temp, const double *temp_tok,      \
                                const REAL *par, const REAL *gen, const REAL *dec_in, const REAL *dec_gen,          \
                                const uint8_t *observed, const REAL *r0, const REAL *pack_par, double eps_par,      \
@@ -164,9 +167,10 @@ Nothing here checks a shape. */
         REAL *const us[3] = {u_lat, u_abs, u_tok};                                                                  \
         span_uniforms_##SUFFIX(B, span, seed, pos0, 3, st, draws, us);                                              \
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
+        const long total = rounds + (absorb != 0); /* with absorb, a last round reads the last block and draws none */ \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long start = 0, skipped = 0;                                                                                \
-        if (rounds) /* the partial encoder's states planar too, stepped in place (the note above) */               \
+        if (total) /* the partial encoder's states planar too, stepped in place (the note above) */                \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
@@ -198,7 +202,7 @@ Nothing here checks a shape. */
         }                                                                                                           \
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
-        for (long i = 1; i <= rounds; ++i) {                                                                        \
+        for (long i = 1; i <= total; ++i) {                                                                         \
             const long m = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */    \
             const long nx = span - start - m < P ? span - start - m : P;                                            \
             /* 1. z' of block i-1 from head0 + A[c, x]; whether every row's equals its z */                         \
@@ -226,11 +230,13 @@ Nothing here checks a shape. */
             }                                                                                                       \
             ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);          \
             memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
-            /* 3. z of block i through the latent prior, from head + A[c, EMPTY] */                                 \
-            prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);        \
-            latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,                  \
-                                        u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs,     \
-                                        P * Z, ps);                                                                 \
+            /* 3. z of block i through the latent prior, from head + A[c, EMPTY] (none after absorb's round) */     \
+            if (nx) {                                                                                               \
+                prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);    \
+                latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,              \
+                                            u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs, \
+                                            P * Z, ps);                                                             \
+            }                                                                                                       \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
             if (!same) {                                                                                            \
                 const long to = f >= 0 ? f : 1 - d;                                                                 \
@@ -241,9 +247,11 @@ Nothing here checks a shape. */
             } else                                                                                                  \
                 ++skipped;                                                                                          \
             const long dnew = f, fnew = d; /* the old D is read no more: E goes there */                            \
-            dec_inputs_##SUFFIX(B, nx, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                            \
-            ssm_net_laid_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd,               \
-                                  dec + fnew * one, g, ld, 1);                                                      \
+            if (nx) {                                                                                               \
+                dec_inputs_##SUFFIX(B, nx, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                        \
+                ssm_net_laid_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd,           \
+                                      dec + fnew * one, g, ld, 1);                                                  \
+            }                                                                                                       \
             d = dnew;                                                                                               \
             f = fnew;                                                                                               \
             /* 5. block i's tokens */                                                                               \
@@ -253,7 +261,7 @@ Nothing here checks a shape. */
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
             start += m;                                                                                             \
         }                                                                                                           \
-        if (par_out && !rounds) /* no patch absorbed: the state as it came in */                                    \
+        if (par_out && !total) /* no patch absorbed: the state as it came in */                                     \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
         else if (par_out) { /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */        \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, par_out, packed, 0);                                    \
