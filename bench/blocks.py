@@ -6,8 +6,9 @@
 - Full-sequence generation time against block size: the VSSM at each block size beside the three
   baselines (their own generation), unprompted, at batch 1 and 32, timed round-robin in one process so that
   background load hits every entry alike; the ratios to the AR-SSM are what the suite reports,
-  and for blocks up to 112 that fuse (``VSSM.fuses``: not 33-64) the ratio of fused rounds to the
-  block-by-block path.
+  and for blocks up to 112 that fuse (``VSSM.fuses``) the ratio of fused rounds to the block-by-block
+  path (blocks 33-64 fuse only on the compiled rounds: where those cannot run, both take the
+  block-by-block path and the ratio reads about 1).
 
 - Images: a whole image against block size from each other MNIST VSSM served at a block size
   (``bench.common.IMAGE_VSSMS``, ``images`` by recipe), beside the AR-SSM, at batch 1 and 32.

@@ -98,7 +98,7 @@ _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
 _PATCH_ARGTYPES = [_L] * 13 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P]
 # prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
 _PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
@@ -808,7 +808,8 @@ def _patch_rounds(
     w: PatchWeights,
     keep: bool,
     absorb: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor | None, int] | None:
+    open_end: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
     model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.  ``span`` tokens from ``phase``
     positions into a patch: block 0 the rest of that patch, then whole patches, the last maybe cut where the
@@ -820,9 +821,12 @@ def _patch_rounds(
     from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's :func:`patch_weights`.
     Returns every token ``(B, span)``, with ``keep`` the packed partial-encoder state after the patches before the
     last block and the absorbed decoder state before it (with ``absorb``, where the span must end at a patch
-    boundary: both after the last block too, as an append of its tokens leaves them; else None twice), and how
-    many rounds (the absorbing one too) skipped the decoder's pass over the absorbed latents; None where a row's
-    pending patch does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
+    boundary: both after the last block too, as an append of its tokens leaves them; else None twice); with
+    ``open_end`` (``keep`` too, and a span that stops inside a block after at least one round) the absorbed
+    states after the part block it stops inside (its tokens the pending patch's first) and generation's states
+    after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how many rounds (the
+    absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's pending patch
+    does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
     P, _, H, N, Lp, Ld = w.dims[:6]
@@ -833,6 +837,7 @@ def _patch_rounds(
     cdt = _COMPLEX[dt]
     ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and (not absorb or (keep and (phase + span) % P == 0))
+    ok = ok and (not open_end or (keep and not absorb and span > P - phase and (phase + span) % P != 0))
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
@@ -844,21 +849,27 @@ def _patch_rounds(
     tokens = torch.empty(Bsz, span, dtype=torch.int64)
     par_out = torch.empty_like(par) if keep else None
     dec_out = torch.empty_like(dec) if keep else None
+    opened = (torch.empty_like(gen), torch.empty_like(dec_gen), torch.empty_like(r0)) if open_end else None
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     skipped = fn(
-        Bsz, phase, span, int(absorb), *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
+        Bsz, phase, span, 2 if open_end else int(absorb), *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
         dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args,
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
+        *(None,) * 3 if opened is None else (t.data_ptr() for t in opened),
     )  # fmt: skip
     if skipped == -2:
         return None
+    if skipped == -3:  # the checks above keep a caller from it
+        raise ValueError(f"the native patch rounds cannot absorb the last block of span {span} from phase {phase}")
     if skipped < 0:
         raise MemoryError("the native patch rounds could not allocate their scratch")
-    return tokens, par_out, dec_out, skipped
+    return tokens, par_out, dec_out, opened, skipped
 
 
-def patch_rounds() -> Callable[..., tuple[Tensor, Tensor | None, Tensor | None, int] | None] | None:
+def patch_rounds() -> (
+    Callable[..., tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None] | None
+):
     """The compiled patch rounds (see :func:`_patch_rounds`), or None where the kernels cannot be built."""
     return _patch_rounds if _load() is not None else None
 

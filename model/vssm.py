@@ -840,8 +840,12 @@ class VSSM(SequenceModel):
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
-            if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept
-                got = patch(p0 % c, span, temps, state, resumable)
+            if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
+                # and a block the call stops inside drawn there as well, with generation's states after it
+                open_end = resumable and not last_ends
+                done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
+                if done is not None:
+                    got, opened = done[:3], done[3]
                 absorbed = got is not None and resumable
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
@@ -914,9 +918,9 @@ class VSSM(SequenceModel):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
         NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
-        patch encoder's blocks that are not its patches or a state the patch rounds refuse): the first
-        piece, then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before
-        the last block."""
+        patch encoder's blocks that are not its patches or a state the patch rounds refuse), but for blocks
+        that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece, then the
+        rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz = state.batch_size
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
@@ -1050,18 +1054,21 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
 
         def rounds(
-            phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool
-        ) -> tuple[Tensor, Tensor, Tensor] | None:
-            """``keep``: the states after the span's last block too (it must end at a block boundary)."""
+            phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool, open_end: bool = False
+        ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None:
+            """``keep``: the absorbed states after the span's last block too (where it ends at a block boundary);
+            with ``open_end`` (the span stops inside its last block) after that part block, and generation's
+            states after it (:func:`native._patch_rounds`)."""
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
-            got = run(phase, span, (state.seed, state.position, streams), temps, states, weights, keep, keep)
+            keys = (state.seed, state.position, streams)
+            got = run(phase, span, keys, temps, states, weights, keep, keep and not open_end, open_end)
             if got is None:
                 return None
-            tokens, par, dec_abs, skipped = got
+            tokens, par, dec_abs, opened, skipped = got
             log.debug("patch rounds: %d of %d skipped the pass over absorbed latents", skipped, n_rounds)
-            return tokens, s["par"] if par is None else par, s["dec_abs"] if dec_abs is None else dec_abs
+            return tokens, s["par"] if par is None else par, s["dec_abs"] if dec_abs is None else dec_abs, opened
 
         return rounds
 

@@ -1146,8 +1146,13 @@ def copying(m: VSSM) -> VSSM:
 
 def rounds_of(phase: int, span: int, absorb: bool = False, P: int = 4) -> int:
     """The rounds after block 0 of a compiled patch-rounds call of ``span`` tokens from ``phase`` into a patch,
-    with ``absorb`` the one that absorbs the last block too."""
+    with ``absorb`` the one that absorbs the last block too (whole, or the part a call stops inside)."""
     return max(0, -(-(span - (P - phase)) // P)) + absorb
+
+
+def absorbs(args: tuple) -> bool:
+    """Whether a compiled patch-rounds call (its arguments, ``native._patch_rounds``'s) absorbs its last block."""
+    return bool(args[-2] or args[-1])  # absorb, open_end
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1178,9 +1183,11 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
     assert len(calls) == (2 if block == 4 else 0)
     # rounds that skipped the pass over z': after a prompt generation continues from the absorbed decoder
-    # state, so the first round reuses block 0's pass as the others reuse the last round's
+    # state, so the first round reuses block 0's pass as the others reuse the last round's; with random
+    # weights a round skips only where each z' of its block happens to be its z (a part block's few may)
     for args, out in calls:
-        assert out[-1] == (rounds_of(*args[:2], args[-1]) if copy else 0)
+        rounds = rounds_of(*args[:2], absorbs(args))
+        assert out[-1] == rounds if copy else out[-1] < rounds or rounds == 0  # random: some z' is not its z
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1218,9 +1225,45 @@ def test_compiled_patch_rounds_absorb_the_block_that_ends_a_kept_call(dtype, cop
     prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
     start = m.start(prompt, [4, 5, 6])
     calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), 4, 0.0, "patch_rounds")
-    assert [(args[:2], args[-1]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
+    assert [(args[:2], args[-2]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
     for args, out in calls:
-        assert out[-1] == (rounds_of(*args[:2], args[-1]) if copy else 0)
+        rounds = rounds_of(*args[:2], absorbs(args))
+        assert out[-1] == rounds if copy else out[-1] < rounds or rounds == 0  # random: some z' is not its z
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("position", "n"), [(0, 6), (5, 6), (8, 13), (3, 2), (6, 7)])
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_stop_inside_a_block_with_the_state_kept(dtype, copy, position, n, period):
+    """A resumable call that stops inside a block after at least one round draws that part block in the compiled
+    call too (open end): the absorbed states after it (its tokens the pending patch's first: their sum, their
+    count, the patch's phase), and generation's (the part block read as EMPTYs, the decoder after its latents,
+    the latent prior's state after its draws), as VSSM._piece leaves them; a session goes on from that state
+    as from the state the rounds in PyTorch leave."""
+    from tests.conftest import tiny_model
+
+    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
+    if copy:
+        m = copying(m)
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    obs = 0.0 if copy else 0.5
+    calls = compiled_equals_pytorch(m, start, n, temp, 4, obs, "patch_rounds")
+    assert [(args[:2], args[-1]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
+    for args, out in calls:  # with random weights a block of a token or two may skip its pass by chance
+        assert not copy or out[-1] == rounds_of(*args[:2], absorbs(args))
+        assert (out[3] is None) is not args[-1]  # generation's states come back with an open end only
+    kwargs = dict(temperature=temp, block_size=4, observation_temperature=obs)
+    tokens, mid = m.generate(start, n, **kwargs)  # compiled, then on from that state: two more calls
+    tokens = torch.cat([tokens, *(m.generate(mid, k, **kwargs)[0] for k in (9, 3))], 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)  # the rounds in PyTorch throughout
+        ref, ref_mid = m.generate(start, n, **kwargs)
+        ref = torch.cat([ref, *(m.generate(ref_mid, k, **kwargs)[0] for k in (9, 3))], 1)
+    assert torch.equal(tokens, ref)
 
 
 def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere():
@@ -1238,6 +1281,10 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
         assert rounds is not None
         assert rounds(1, 11, temps, start, True) is not None
         assert rounds(2, 10, temps, start, True) is None  # the state holds one pending token, not two
+        with pytest.raises(ValueError, match="bad inputs"):  # a kept call's span ends at a block's end ...
+            rounds(1, 10, temps, start, True)
+        with pytest.raises(ValueError, match="bad inputs"):  # ... or, with an open end, after a round inside one
+            rounds(1, 2, temps, start, True, True)
 
 
 def test_compiled_patch_rounds_by_column_read_each_row_s_own_columns():
@@ -1309,7 +1356,8 @@ def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, f
     calls = compiled_equals_pytorch(m, mid, 12, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
     assert len(calls) == 2
     for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
-        assert out[-1] == (rounds_of(*args[:2], args[-1]) - 1 if copy else 0)
+        rounds = rounds_of(*args[:2], absorbs(args))
+        assert out[-1] == rounds - 1 if copy else out[-1] < rounds  # random: some z' is not its z
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

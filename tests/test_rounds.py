@@ -62,12 +62,18 @@ def assert_states_close(a: model.GenState | None, b: model.GenState | None) -> N
 def test_fused_rounds_equal_the_reference_from_any_state(c, C, resumable, tokens, monkeypatch):
     m = tiny_model("vssm", max_position=240, decoder_tokens=tokens)
     prompt = torch.randint(0, V, (1, C), generator=torch.Generator().manual_seed(C))
+    compiled = []
+    real = native._fused_rounds
+    monkeypatch.setattr(native, "_fused_rounds", lambda *a, **k: compiled.append(a) or real(*a, **k))
     for skip in (0, 1, c - 1 if c > 1 else 0):  # start at, just after or just before a boundary
         state = m.start(prompt, 7)
         if skip:
             state = m.generate(state, skip, block_size=c)[1]
         for n in (1, c, 2 * c + 3, 37):
+            compiled.clear()
             fast_tokens, fast_state = m.generate(state, n, temperature=0.8, resumable=resumable, block_size=c)
+            if not m._fuses_in_torch(c) and native.fused_rounds() is not None:  # fused only compiled: it was
+                assert compiled, (skip, n)
             ref_tokens, ref_state = reference(
                 m, monkeypatch, state, n, temperature=0.8, resumable=resumable, block_size=c
             )

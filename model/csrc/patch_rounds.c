@@ -59,11 +59,16 @@ Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); p
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
 H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
-0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0,
-the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
-With absorb (non-zero; the span must then end at a patch boundary) both are the states after the last
-block too: a last round runs steps 1, 2 and 4's pass over z' for it and draws no block, as
-model/vssm.py's absorption of a block does.
+0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0
+and no absorb, the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
+With absorb 1 (the span must then end at a patch boundary) both are instead the states after the last
+block: a last round runs steps 1, 2 and 4's pass over z' for it and draws no block, as model/vssm.py's
+absorption of a block does.  With absorb 2 the span stops inside its last block, after at least one
+round (open end): the last round reads that part block's tokens as the pending patch's first ones (no
+network step: par_out packs their sum acc, their count and y), z' of it and the decoder's pass over them
+give dec_out; generation's states come back too, as VSSM._piece leaves them: gen_out (par_out's form,
+the part block read as EMPTYs: acc 0), dgen_out (B, Ld, H, N), the decoder's state after the part
+block's z, and r_out (B, R), the latent prior's after its draws (each NULL unless absorb is 2).
 The scratch is allocated here, one block a call.
 
 Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
@@ -76,7 +81,8 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 (csrc/ar_loop.c) holds its states planar and in place the same way: its step gets the same treatment.
 
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
-where a row's pending count is not `phase` (or its position or phase disagree with it).
+where a row's pending count is not `phase` (or its position or phase disagree with it), -3 where absorb
+does not fit the span (above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -112,14 +118,15 @@ Nothing here checks a shape. */
     }                                                                                                           \
                                                                                                                     \
     long patch_rounds_##SUFFIX(long B, long phase, long span, long absorb, long P, long Q, long H, long N,       \
-                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const int64_t *seed, const int64_t *pos0,   \
-                               long s_lat, long s_abs, long s_tok, const double *temp, const double *temp_tok,      \
-                               const REAL *par, const REAL *gen, const REAL *dec_in, const REAL *dec_gen,          \
-                               const uint8_t *observed, const REAL *r0, const REAL *pack_par, double eps_par,      \
-                               const REAL *w_in, const REAL *b_in, const REAL *A, const REAL *pack_dec,            \
-                               double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R,    \
-                               long M, double eps_prior, long O, const REAL *Gt, const REAL *ptab, REAL *par_out,  \
-                               REAL *dec_out) {                                                                     \
+                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const int64_t *seed,   \
+                               const int64_t *pos0, long s_lat, long s_abs, long s_tok, const double *temp,      \
+                               const double *temp_tok, const REAL *par, const REAL *gen, const REAL *dec_in,    \
+                               const REAL *dec_gen, const uint8_t *observed, const REAL *r0, const REAL *pack_par, \
+                               double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A,               \
+                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,      \
+                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,     \
+                               const REAL *ptab, REAL *par_out, REAL *dec_out, REAL *gen_out, REAL *dgen_out,   \
+                               REAL *r_out) {                                                                   \
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = P - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
@@ -132,11 +139,14 @@ Nothing here checks a shape. */
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
         }                                                                                                           \
+        const int whole_end = (phase + span) % P == 0; /* the span ends at a patch boundary */                   \
+        if ((absorb == 1 && !whole_end) || (absorb == 2 && (whole_end || span <= P - phase)))                      \
+            return -3; /* an absorbed last block that is not whole, an open end not inside a later block */        \
         /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
                               B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
-                              B * span * Z, B * span};                                                              \
+                              B * span * Z, B * span, B * H};                                                       \
         const long ints[] = {B * P * Z, B * P * Z};                                                                 \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
@@ -147,8 +157,8 @@ Nothing here checks a shape. */
         REAL *y_gen = (REAL *)bufs[3], *in0 = (REAL *)bufs[4], *head0 = (REAL *)bufs[5], *x = (REAL *)bufs[6];     \
         REAL *g = (REAL *)bufs[7], *lp = (REAL *)bufs[8], *ld = (REAL *)bufs[9], *ps = (REAL *)bufs[10];           \
         REAL *r = (REAL *)bufs[11], *pre = (REAL *)bufs[12], *cxz = (REAL *)bufs[13], *u_lat = (REAL *)bufs[14];   \
-        REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16];                                                  \
-        int64_t *zs = (int64_t *)bufs[17], *za = (int64_t *)bufs[18];                                               \
+        REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16], *acc = (REAL *)bufs[17];                         \
+        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
@@ -169,6 +179,7 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
         const long total = rounds + (absorb != 0); /* with absorb, a last round reads the last block and draws none */ \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
+        long dgen = -1, pending = 0; /* open end: dec[dgen], generation's decoder state; the part block's length */ \
         long start = 0, skipped = 0;                                                                                \
         if (total) /* the partial encoder's states planar too, stepped in place (the note above) */                \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
@@ -203,7 +214,8 @@ Nothing here checks a shape. */
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= total; ++i) {                                                                         \
-            const long m = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */    \
+            const long whole = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */ \
+            const long m = span - start < whole ? span - start : whole; /* shorter: absorb 2's part block */         \
             const long nx = span - start - m < P ? span - start - m : P;                                            \
             /* 1. z' of block i-1 from head0 + A[c, x]; whether every row's equals its z */                         \
             int same = f >= 0;                                                                                      \
@@ -218,18 +230,32 @@ Nothing here checks a shape. */
                     categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                     \
                     for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * P + t) * Z + j];                   \
                 }                                                                                                   \
-            /* 2. one step of the network over patch i-1: the states after it, block i's head */                    \
-            for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */         \
-                REAL *xb = x + b * H;                                                                               \
-                memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                              \
-                for (long t = 0; t < P - at; ++t) {                                                                 \
-                    const int64_t tok = t < m ? tokens[b * span + start + t] : V;                                   \
-                    const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tok) * H;                            \
-                    for (long k = 0; k < H; ++k) xb[k] += w[k];                                                     \
+            /* 2. one step of the network over patch i-1: the states after it, block i's head; a part block (absorb \
+               2, which starts at a patch boundary) is the pending patch's start instead: acc, the sum of       \
+               table[c, x] - table[c, EMPTY] over its tokens (model/patch.py's D) */                             \
+            if (m < whole) {                                                                                        \
+                pending = m;                                                                                        \
+                memset(acc, 0, B * H * sizeof(REAL));                                                               \
+                for (long b = 0; b < B; ++b)                                                                        \
+                    for (long t = 0; t < m; ++t) {                                                                  \
+                        const long c = (pos0[b] + start + t) % Q;                                                   \
+                        const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                         \
+                        const REAL *e = w_in + (c * V1 + V) * H;                                                    \
+                        for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                                 \
+                    }                                                                                               \
+            } else {                                                                                                \
+                for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */     \
+                    REAL *xb = x + b * H;                                                                           \
+                    memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                          \
+                    for (long t = 0; t < P - at; ++t) {                                                             \
+                        const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
+                        const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tok) * H;                        \
+                        for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
+                    }                                                                                               \
                 }                                                                                                   \
+                ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);      \
+                memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                        \
             }                                                                                                       \
-            ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);          \
-            memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                            \
             /* 3. z of block i through the latent prior, from head + A[c, EMPTY] (none after absorb's round) */     \
             if (nx) {                                                                                               \
                 prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);    \
@@ -238,8 +264,10 @@ Nothing here checks a shape. */
                                             P * Z, ps);                                                             \
             }                                                                                                       \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
+            if (pending) /* E stays generation's decoder state: D after z' goes to the third slot */                \
+                dgen = f;                                                                                           \
             if (!same) {                                                                                            \
-                const long to = f >= 0 ? f : 1 - d;                                                                 \
+                const long to = pending ? 2 : f >= 0 ? f : 1 - d;                                                   \
                 dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, za, w_dec, b_dec, x);                                         \
                 ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd,                \
                                       dec + to * one, g, ld, 1);                                                    \
@@ -263,18 +291,29 @@ Nothing here checks a shape. */
         }                                                                                                           \
         if (par_out && !total) /* no patch absorbed: the state as it came in */                                     \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
-        else if (par_out) { /* packed at the boundary: the SSM states, then acc 0 + i y and a count of 0 */        \
-            ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, par_out, packed, 0);                                    \
-            for (long b = 0; b < B; ++b) {                                                                          \
-                REAL *o = par_out + b * packed;                                                                     \
-                memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                         \
-                for (long h = 0; h < H; ++h) o[slot + h * N * 2 + 1] = y[b * H + h];                                \
-                if (cycle > 1) /* the next patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
-                    o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                               \
+        else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
+            for (int which = 0; which < (pending && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */       \
+                REAL *out = which ? gen_out : par_out;                                                              \
+                ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, out, packed, 0);                                    \
+                for (long b = 0; b < B; ++b) {                                                                      \
+                    REAL *o = out + b * packed;                                                                     \
+                    memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                     \
+                    for (long h = 0; h < H; ++h) {                                                                  \
+                        o[slot + h * N * 2] = pending && !which ? acc[b * H + h] : 0;                               \
+                        o[slot + h * N * 2 + 1] = y[b * H + h];                                                     \
+                    }                                                                                               \
+                    o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                 \
+                    if (cycle > 1) /* that patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
+                        o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                           \
+                }                                                                                                   \
             }                                                                                                       \
         }                                                                                                           \
         if (dec_out)                                                                                                \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, sd, 0);                             \
+        if (pending && dgen_out)                                                                                    \
+            ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + dgen * one, sd, dgen_out, sd, 0);                         \
+        if (pending && r_out)                                                                                       \
+            memcpy(r_out, r, B * R * sizeof(REAL));                                                                 \
         free(block);                                                                                                \
         return skipped;                                                                                             \
     }
