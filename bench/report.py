@@ -357,7 +357,14 @@ def _serving_section(sv: dict[str, Any]) -> list[str]:
             else "."
         ),
         f"- End-to-end throughput with batching / without at {sv['ratio_at_clients']} clients: "
-        f"**{sv['end_to_end_batching_ratio']:.2f}x**.",
+        f"**{sv['end_to_end_batching_ratio']:.2f}x**"
+        + (
+            " (both servers up, each level run on one and then the other; each run's ratio: "
+            + ", ".join(f"{v:.2f}" for v in sv["runs_end_to_end_batching_ratio"])
+            + ")."
+            if "runs_end_to_end_batching_ratio" in sv
+            else "."
+        ),
         "",
     ]
     runs = sv["levels"]["batching_on"][0].get("runs", 1)

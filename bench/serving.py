@@ -434,21 +434,25 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
             },
             "levels": {},
         }
-        for batching in (True, False):
-            key = "batching_on" if batching else "batching_off"
-            with _Stack(ckpt_dir, batching, threads) as stack:
+        # both stacks up, each level run on one and then the other by turns, so that batching on and off sit
+        # side by side: run one after the other, the on / off ratio of two runs read 1.77 and 1.24 on one
+        # host an hour apart (docs/experiments/rounds-and-serving.md, thirty-sixth session)
+        with _Stack(ckpt_dir, True, threads) as on, _Stack(ckpt_dir, False, threads) as off:
+            stacks = {"batching_on": on, "batching_off": off}
+            for stack in stacks.values():
                 _run_level(stack.url, "mnist-vssm", 1, 1, stack.server_pid)  # warm-up
-                runs: dict[int, list[dict[str, Any]]] = {c: [] for c in levels}
-                for _ in range(LEVEL_RUNS[quick]):  # the levels by turns, so that their runs sit side by side
-                    for c in levels:
+            runs: dict[tuple[str, int], list[dict[str, Any]]] = {(k, c): [] for k in stacks for c in levels}
+            for i in range(LEVEL_RUNS[quick]):  # the levels by turns, so that their runs sit side by side
+                for c in levels:
+                    for key, stack in stacks.items() if i % 2 == 0 else reversed(stacks.items()):
                         before = stack.store_totals()
                         row = _run_level(stack.url, "mnist-vssm", c, chunks, stack.server_pid)
                         # session creation is one "create", so the reads and CASes counted are the chunks'
                         row["store_ms_per_chunk"] = _store_ms_per_chunk(before, stack.store_totals())
-                        runs[c].append(row)
-                out["levels"][key] = [_median_run(runs[c]) for c in levels]
-                if batching:
-                    out["overhead"] = _overhead(stack, m, OVERHEAD_REPEATS[quick], chunks)
+                        runs[key, c].append(row)
+            for key in stacks:
+                out["levels"][key] = [_median_run(runs[key, c]) for c in levels]
+            out["overhead"] = _overhead(on, m, OVERHEAD_REPEATS[quick], chunks)
         out["workers"] = _workers(ckpt_dir, threads, quick, chunks)
         single = out["levels"]["batching_on"][0]
         out["server_overhead_ms_per_chunk"] = out["overhead"]["median_ms"]
@@ -457,5 +461,7 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
         off = {r["clients"]: r for r in out["levels"]["batching_off"]}
         top = 4 if quick else 16
         out["end_to_end_batching_ratio"] = by_level[top]["tokens_per_s"] / off[top]["tokens_per_s"]
+        pairs = zip(by_level[top]["runs_tokens_per_s"], off[top]["runs_tokens_per_s"], strict=True)
+        out["runs_end_to_end_batching_ratio"] = [a / b for a, b in pairs]  # each run's, side by side
         out["ratio_at_clients"] = top
     return out

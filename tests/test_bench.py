@@ -98,6 +98,9 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
         assert x["two_over_one"] == x["two"]["tokens_per_s"] / x["one"]["tokens_per_s"]
         assert x["runs_two_over_one"] == [x["two_over_one"]]  # quick: one run a level
     assert any(t["what"] == "serving throughput, 2 worker processes / 1, 4 clients" for t in r["targets"])
+    # batching on and off side by side: each run's ratio from the two stacks' runs at the ratio's level
+    assert sv["runs_end_to_end_batching_ratio"] == [sv["end_to_end_batching_ratio"]]  # quick: one run a level
+    assert any("each pair:" in t["conditions"] for t in r["targets"] if t["what"].startswith("batching: end-to-end"))
     assert "vssm serve --workers 2" in (tmp_path / "benchmarks.md").read_text()
     assert {x["family"] for x in r["training"]["results"]} == set(gen_params)
     assert all(x["tokens_per_s"] > 0 and x["vs_vssm"] > 0 for x in r["training"]["results"])
