@@ -1155,6 +1155,22 @@ def absorbs(args: tuple) -> bool:
     return bool(args[-2] or args[-1])  # absorb, open_end
 
 
+# a tiny pixel-latent VSSM whose partial encoder reads patches of 4 tokens (the patch rounds' tests)
+PATCH_CFG = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+
+
+def patch_start(dtype, position: int, period: int = 0, copy: bool = False, **shape) -> tuple[VSSM, GenState]:
+    """:data:`PATCH_CFG`'s model (tables by column where ``period``; :func:`copying` where ``copy``) and three rows
+    after the same random ``position``-token prompt, seeds 4, 5, 6."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **PATCH_CFG, **shape)
+    if copy:
+        m = copying(m)
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    return m, m.start(prompt, [4, 5, 6])
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
 @pytest.mark.parametrize(("position", "n", "block"), [(0, 17, 4), (8, 24, 4), (5, 20, 4), (7, 22, 4), (5, 20, 3)])
@@ -1170,14 +1186,7 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     and groups of four modes (16 and 8), and ones that do not on any build's vectors (17 channels: whole
     vectors and a last channel; 5 modes: the decoder's planar states gathered a lane at a time, 8 modes:
     read straight but for the last channel, csrc/s4d_block.c)."""
-    from tests.conftest import tiny_model
-
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg, **shape)
-    if copy:
-        m = copying(m)
-    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
-    start = m.start(prompt, [4, 5, 6])
+    m, start = patch_start(dtype, position, period, copy, **shape)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
@@ -1196,12 +1205,7 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
 def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, position, n, period):
     """A call that ends before its first block does (no round after block 0) runs compiled where no
     state is kept, and draws what the rounds in PyTorch draw; a resumable one keeps the reference path."""
-    from tests.conftest import tiny_model
-
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
-    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
-    start = m.start(prompt, [4, 5, 6])
+    m, start = patch_start(dtype, position, period)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     calls = compiled_equals_pytorch(m, start, n, temp, 4, 0.5, "patch_rounds")
     assert [args[:2] for args, _ in calls] == [(position % 4, n)]
@@ -1216,14 +1220,7 @@ def test_compiled_patch_rounds_absorb_the_block_that_ends_a_kept_call(dtype, cop
     that draws no block), whatever came before it in the call: block 0 alone, from a patch boundary or from
     inside a patch (the pending tokens' input: in0), or after a round; the states as the rounds in PyTorch
     leave them, and the absorbing round skips the decoder's pass over z' where every z' is its z."""
-    from tests.conftest import tiny_model
-
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
-    if copy:
-        m = copying(m)
-    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
-    start = m.start(prompt, [4, 5, 6])
+    m, start = patch_start(dtype, position, period, copy)
     calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), 4, 0.0, "patch_rounds")
     assert [(args[:2], args[-2]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
     for args, out in calls:
@@ -1241,14 +1238,7 @@ def test_compiled_patch_rounds_stop_inside_a_block_with_the_state_kept(dtype, co
     count, the patch's phase), and generation's (the part block read as EMPTYs, the decoder after its latents,
     the latent prior's state after its draws), as VSSM._piece leaves them; a session goes on from that state
     as from the state the rounds in PyTorch leave."""
-    from tests.conftest import tiny_model
-
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
-    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **cfg)
-    if copy:
-        m = copying(m)
-    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
-    start = m.start(prompt, [4, 5, 6])
+    m, start = patch_start(dtype, position, period, copy)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, 4, obs, "patch_rounds")
@@ -1272,7 +1262,7 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
     from tests.conftest import tiny_model
     from vssm.model.sampling import row_temperatures
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=F64, max_position=64, **cfg)
     start = m.start(torch.randint(0, 2, (2, 5), generator=torch.Generator().manual_seed(1)), [1, 2])  # phase 1
     temps = (row_temperatures(1.0, 2), row_temperatures(0.5, 2))
@@ -1295,7 +1285,7 @@ def test_compiled_patch_rounds_by_column_read_each_row_s_own_columns():
     from tests.conftest import tiny_model
     from vssm.model.sampling import row_temperatures
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=F64, max_position=64, par_period=6, **cfg)
     gen = torch.Generator().manual_seed(3)
     a, b = (m.start(torch.randint(0, 2, (1, p), generator=gen), [s]) for p, s in ((5, 7), (9, 8)))
@@ -1318,7 +1308,7 @@ def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype)
     from tests.conftest import tiny_model
     from vssm.model.state import GenState
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
     with torch.no_grad():  # where a token was observed, block 0's latents are all but surely 0
         m.partial_encoder.token_out[:, m.empty_token, :2] = torch.tensor([6.0, -6.0])
@@ -1341,7 +1331,7 @@ def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, f
     state is the absorbed one, as the rounds in PyTorch read them."""
     from tests.conftest import tiny_model
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
     if copy:
         m = copying(m)
@@ -1379,7 +1369,7 @@ def test_compiled_patch_rounds_follow_the_weights():
     to any weight they read (an optimiser step, a load) or to a LayerNorm's eps."""
     from tests.conftest import tiny_model
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=F64, max_position=64, **cfg)
     temp = torch.tensor([1.0, 0.7], dtype=F64)
 
@@ -1411,7 +1401,7 @@ def test_compiled_patch_rounds_continue_a_block_a_call_left_open(dtype, monkeypa
     scaled up), as the rounds in PyTorch do."""
     from tests.conftest import tiny_model
 
-    cfg = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
+    cfg = PATCH_CFG
     m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
     with torch.no_grad():
         m.latent_prior.mlp[3].weight.mul_(10.0)
