@@ -436,7 +436,7 @@ def run(quick: bool = False, threads: int = 1, model_dir: Path | None = None) ->
         }
         # both stacks up, each level run on one and then the other by turns, so that batching on and off sit
         # side by side: run one after the other, the on / off ratio of two runs read 1.77 and 1.24 on one
-        # host an hour apart (docs/experiments/rounds-and-serving.md, thirty-sixth session)
+        # host half an hour apart (docs/experiments/rounds-and-serving.md, thirty-sixth session)
         with _Stack(ckpt_dir, True, threads) as on, _Stack(ckpt_dir, False, threads) as off:
             stacks = {"batching_on": on, "batching_off": off}
             for stack in stacks.values():

@@ -129,7 +129,7 @@ def evaluate_targets(results: dict[str, Any], s: Settings) -> list[dict[str, Any
                 "real server + Redis on loopback"
                 + ("" if n == 16 else " (quick mode: stands in for 16 clients)")
                 + (
-                    "; medians of runs by turns with batching off; each pair: "
+                    "; the median run of each, run by turns with batching off; each pair: "
                     + ", ".join(f"{v:.2f}" for v in sv["runs_end_to_end_batching_ratio"])
                     if "runs_end_to_end_batching_ratio" in sv
                     else ""

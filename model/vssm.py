@@ -768,7 +768,8 @@ class VSSM(SequenceModel):
     ) -> GenState:
         """The state after a compiled call of ``n`` tokens that stops inside a block, as :meth:`_piece` leaves one:
         the absorbed states ``par`` and ``dec_abs``, and ``opened``, generation's states (the partial encoder's,
-        the decoder's) and the latent prior's (None without one) from :func:`native._fused_rounds`; ``observed``
+        the decoder's) and the latent prior's (None without one) from :func:`native._fused_rounds` or
+        :func:`native._patch_rounds`; ``observed``
         where blocks ended in the call (None: as it was)."""
         gen, dec, r = opened
         rest = ({} if r is None else {"prior": r}) | ({} if observed is None else {"observed": observed})
@@ -1028,7 +1029,7 @@ class VSSM(SequenceModel):
 
     def _compiled_patch_rounds(
         self, c: int, state: GenState
-    ) -> Callable[..., tuple[Tensor, Tensor, Tensor] | None] | None:
+    ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
         patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches (the call may start
         inside one), the decoder reads latents only and a latent prior draws them, a round is one network step,
