@@ -822,7 +822,7 @@ def _patch_rounds(
     Returns every token ``(B, span)``, with ``keep`` the packed partial-encoder state after the patches before the
     last block and the absorbed decoder state before it (with ``absorb``, where the span must end at a patch
     boundary: both after the last block too, as an append of its tokens leaves them; else None twice); with
-    ``open_end`` (``keep`` too, and a span that stops inside a block after at least one round) the absorbed
+    ``open_end`` (``keep`` too, and a span that stops inside a block, block 0 too) the absorbed
     states after the part block it stops inside (its tokens the pending patch's first) and generation's states
     after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how many rounds (the
     absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's pending patch
@@ -837,7 +837,7 @@ def _patch_rounds(
     cdt = _COMPLEX[dt]
     ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and (not absorb or (keep and (phase + span) % P == 0))
-    ok = ok and (not open_end or (keep and not absorb and span > P - phase and (phase + span) % P != 0))
+    ok = ok and (not open_end or (keep and not absorb and (phase + span) % P != 0))
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)

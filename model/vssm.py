@@ -832,7 +832,8 @@ class VSSM(SequenceModel):
         last_ends = (p0 + n) % c == 0
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
-        if fused == 0:  # a part-block kept mid-block: block 0 left open, compiled where it can be
+        patches = c == self.config.par_patch  # a partial encoder that reads patches, blocks its patches
+        if fused == 0 and not patches:  # a part-block kept mid-block: block 0 left open, compiled where it can be
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
         Bsz = state.batch_size
@@ -842,7 +843,7 @@ class VSSM(SequenceModel):
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
-                # and a block the call stops inside drawn there as well, with generation's states after it
+                # and a block the call stops inside drawn there as well (block 0 too), with generation's states
                 open_end = resumable and not last_ends
                 done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
                 if done is not None:
@@ -860,11 +861,12 @@ class VSSM(SequenceModel):
                     out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
                     got = (out_tokens, par, dec_abs)
                 absorbed = got is not None and resumable  # (and with opened, nothing is left to absorb)
-        if got is None and not self._fuses_in_torch(c):  # four passes a block (_piece) beat PyTorch's fused ones
-            return None
+        if got is None and (fused == 0 or not self._fuses_in_torch(c)):  # block 0 left open, or blocks that fuse
+            return None  # only compiled: _piece, block by block
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
             out_tokens, par, dec_abs = got  # type: ignore[misc]
-            return out_tokens, self._left_open(state, n, par, dec_abs, opened, torch.ones_like(state["observed"]))
+            ended = torch.ones_like(state["observed"]) if fused else None  # blocks ended: every row has observed
+            return out_tokens, self._left_open(state, n, par, dec_abs, opened, ended)
         start = span - ms[fused - 1]  # where the last fused block starts
         u_abs: Tensor | None = None  # (B, span, Z): the compiled calls draw theirs in C
         if got is not None:

@@ -1200,15 +1200,27 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(("position", "n"), [(0, 3), (5, 2), (6, 1), (9, 2)])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("position", "n"), [(0, 3), (5, 2), (6, 1), (9, 2), (4, 1)])
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
-def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, position, n, period):
-    """A call that ends before its first block does (no round after block 0) runs compiled where no
-    state is kept, and draws what the rounds in PyTorch draw; a resumable one keeps the reference path."""
-    m, start = patch_start(dtype, position, period)
+def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype, copy, position, n, period):
+    """A call that ends before its first block does (no round after block 0) runs compiled, kept or not: the kept
+    one is block 0 left open (absorb 2 with no round), its tokens added to the pending patch of the absorbed state
+    and, where the row has observed a token, read as EMPTYs by generation's (unprompted rows keep theirs);
+    the tokens and every state tensor as the rounds in PyTorch leave them, and a session goes on from it alike."""
+    m, start = patch_start(dtype, position, period, copy)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
-    calls = compiled_equals_pytorch(m, start, n, temp, 4, 0.5, "patch_rounds")
-    assert [args[:2] for args, _ in calls] == [(position % 4, n)]
+    obs = 0.0 if copy else 0.5
+    calls = compiled_equals_pytorch(m, start, n, temp, 4, obs, "patch_rounds")
+    assert [(args[:2], args[-1]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]
+    kwargs = dict(temperature=temp, block_size=4, observation_temperature=obs)
+    tokens, mid = m.generate(start, n, **kwargs)  # compiled, then on from that state
+    tokens = torch.cat([tokens, m.generate(mid, 7, **kwargs)[0]], 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)
+        ref, ref_mid = m.generate(start, n, **kwargs)
+        ref = torch.cat([ref, m.generate(ref_mid, 7, **kwargs)[0]], 1)
+    assert torch.equal(tokens, ref)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1273,8 +1285,8 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
         assert rounds(2, 10, temps, start, True) is None  # the state holds one pending token, not two
         with pytest.raises(ValueError, match="bad inputs"):  # a kept call's span ends at a block's end ...
             rounds(1, 10, temps, start, True)
-        with pytest.raises(ValueError, match="bad inputs"):  # ... or, with an open end, after a round inside one
-            rounds(1, 2, temps, start, True, True)
+        with pytest.raises(ValueError, match="bad inputs"):  # ... or, with an open end, inside one
+            rounds(1, 3, temps, start, True, True)
 
 
 def test_compiled_patch_rounds_by_column_read_each_row_s_own_columns():
@@ -1317,8 +1329,9 @@ def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype)
     start = GenState.cat([fresh, prompted])
     assert start["observed"].tolist() == [False, True]
     temp = torch.tensor([0.8, 1.0], dtype=dtype)
-    calls = compiled_equals_pytorch(m, start, 14, temp, 4, 0.5, "patch_rounds")
-    assert len(calls) == 2
+    for n in (14, 2):  # 2: block 0 left open, generation's state advanced in the prompted row only
+        calls = compiled_equals_pytorch(m, start, n, temp, 4, 0.5, "patch_rounds")
+        assert len(calls) == 2
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1343,11 +1356,12 @@ def test_compiled_patch_rounds_after_a_call_of_another_block_size(dtype, copy, f
         _, mid = m.generate(start, first, block_size=block, observation_temperature=1.0)
     assert not torch.equal(mid["gen"], mid["par"]) and not torch.equal(mid["dec"], mid["dec_abs"])
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
-    calls = compiled_equals_pytorch(m, mid, 12, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
-    assert len(calls) == 2
-    for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
-        rounds = rounds_of(*args[:2], absorbs(args))
-        assert out[-1] == rounds - 1 if copy else out[-1] < rounds  # random: some z' is not its z
+    for n in (12, 1):  # 1: block 0 left open, from generation's states ahead of the absorbed ones
+        calls = compiled_equals_pytorch(m, mid, n, temp, 4, 0.0 if copy else 0.5, "patch_rounds")
+        assert len(calls) == 2
+        for args, out in calls:  # round 1 cannot reuse block 0's pass: it ran from generation's state
+            rounds = rounds_of(*args[:2], absorbs(args))
+            assert out[-1] == max(rounds - 1, 0) if copy else out[-1] < rounds or rounds == 0  # random: a z' differs
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

@@ -63,12 +63,16 @@ H, N), the packed state after the patches before the last block (at a patch boun
 and no absorb, the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
 With absorb 1 (the span must then end at a patch boundary) both are instead the states after the last
 block: a last round runs steps 1, 2 and 4's pass over z' for it and draws no block, as model/vssm.py's
-absorption of a block does.  With absorb 2 the span stops inside its last block, after at least one
-round (open end): the last round reads that part block's tokens as the pending patch's first ones (no
-network step: par_out packs their sum acc, their count and y), z' of it and the decoder's pass over them
-give dec_out; generation's states come back too, as VSSM._piece leaves them: gen_out (par_out's form,
-the part block read as EMPTYs: acc 0), dgen_out (B, Ld, H, N), the decoder's state after the part
-block's z, and r_out (B, R), the latent prior's after its draws (each NULL unless absorb is 2).
+absorption of a block does.  With absorb 2 the span stops inside its last block (open end): the last
+round reads that part block's tokens as pending ones of its patch (no network step: par_out packs their
+sum acc, their count and y), z' of it and the decoder's pass over them give dec_out; generation's states
+come back too, as VSSM._piece leaves them: gen_out (par_out's form, the part block read as EMPTYs, which
+add 0), dgen_out (B, Ld, H, N), the decoder's state after the part block's z, and r_out (B, R), the
+latent prior's after its draws (each NULL unless absorb is 2).  After at least one round the part block
+starts a patch (acc its sum, the count its length, y and the SSM states the absorbed ones); where it is
+block 0 (block 0 left open) par and gen come back as they came in, par with the part's sum added to its
+acc and phase + its length as its count, gen with the length added to its count where the row has
+observed a token (a row that has not keeps gen as it was: model/vssm.py, VSSM._piece).
 The scratch is allocated here, one block a call.
 
 Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
@@ -140,8 +144,8 @@ Nothing here checks a shape. */
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
         }                                                                                                           \
         const int whole_end = (phase + span) % P == 0; /* the span ends at a patch boundary */                   \
-        if ((absorb == 1 && !whole_end) || (absorb == 2 && (whole_end || span <= P - phase)))                      \
-            return -3; /* an absorbed last block that is not whole, an open end not inside a later block */        \
+        if ((absorb == 1 && !whole_end) || (absorb == 2 && whole_end))                                              \
+            return -3; /* an absorbed last block that is not whole, an open end that is not inside a block */       \
         /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
@@ -264,8 +268,8 @@ Nothing here checks a shape. */
                                             P * Z, ps);                                                             \
             }                                                                                                       \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
-            if (pending) /* E stays generation's decoder state: D after z' goes to the third slot */                \
-                dgen = f;                                                                                           \
+            if (pending) /* E stays generation's decoder state (block 0's in slot 1): D after z' goes to slot 2 */ \
+                dgen = i == 1 ? 1 : f;                                                                              \
             if (!same) {                                                                                            \
                 const long to = pending ? 2 : f >= 0 ? f : 1 - d;                                                   \
                 dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, za, w_dec, b_dec, x);                                         \
@@ -289,7 +293,18 @@ Nothing here checks a shape. */
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
             start += m;                                                                                             \
         }                                                                                                           \
-        if (par_out && !total) /* no patch absorbed: the state as it came in */                                     \
+        if (par_out && pending && !rounds) { /* block 0 left open: the states as they came in, the part added */  \
+            memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
+            if (gen_out)                                                                                            \
+                memcpy(gen_out, gen, B * packed * sizeof(REAL));                                                    \
+            for (long b = 0; b < B; ++b) {                                                                          \
+                REAL *o = par_out + b * packed;                                                                     \
+                for (long h = 0; h < H; ++h) o[slot + h * N * 2] += acc[b * H + h];                                 \
+                o[slot + 2] = (REAL)(phase + pending); /* [Lp, 0, 1]: the pending patch's token count */           \
+                if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
+                    gen_out[b * packed + slot + 2] += (REAL)pending;                                                \
+            }                                                                                                       \
+        } else if (par_out && !total) /* no patch absorbed: the state as it came in */                              \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
         else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
             for (int which = 0; which < (pending && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */       \
