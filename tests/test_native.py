@@ -828,6 +828,8 @@ def compiled_equals_pytorch(m: VSSM, start, n: int, temp, block: int, obs: float
             mp.setattr(native, entry, lambda: None)
             if entry == "prior_piece":
                 mp.setattr(native, "fused_rounds", lambda: None)
+            if entry == "patch_rounds":  # the reference's pieces without the compiled prior piece: all PyTorch
+                mp.setattr(native, "prior_piece", lambda: None)
             ref_tokens, ref = m.generate(start, n, resumable=resumable, **kwargs)
         assert torch.equal(tokens, ref_tokens)
         if resumable:
@@ -1283,6 +1285,9 @@ def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere()
         assert rounds is not None
         assert rounds(1, 11, temps, start, True) is not None
         assert rounds(2, 10, temps, start, True) is None  # the state holds one pending token, not two
+        gen = start["gen"].clone()
+        gen[1, -1, 0, 1] = 0  # row 1 has observed its prompt: generation's pending patch must hold its token too
+        assert rounds(1, 11, temps, start.evolve(gen=gen), True) is None
         with pytest.raises(ValueError, match="bad inputs"):  # a kept call's span ends at a block's end ...
             rounds(1, 10, temps, start, True)
         with pytest.raises(ValueError, match="bad inputs"):  # ... or, with an open end, inside one
@@ -1332,6 +1337,15 @@ def test_compiled_patch_rounds_draw_block_0_per_row_from_the_prior_it_has(dtype)
     for n in (14, 2):  # 2: block 0 left open, generation's state advanced in the prompted row only
         calls = compiled_equals_pytorch(m, start, n, temp, 4, 0.5, "patch_rounds")
         assert len(calls) == 2
+    # block 0 left open from phases 0, 1 and 2: from 1 on the unprompted row's generation state holds no pending
+    # token (it read none) while its absorbed state holds some
+    from vssm.model.patch import PatchNet
+
+    for _ in range(3):
+        calls = compiled_equals_pytorch(m, start, 1, temp, 4, 0.5, "patch_rounds")
+        assert len(calls) == 2
+        start = m.generate(start, 1, temperature=temp, block_size=4)[1]
+    assert PatchNet.pending(start["par"]).tolist() == [3, 3] and PatchNet.pending(start["gen"]).tolist() == [0, 3]
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

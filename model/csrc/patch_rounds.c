@@ -85,8 +85,9 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 (csrc/ar_loop.c) holds its states planar and in place the same way: its step gets the same treatment.
 
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
-where a row's pending count is not `phase` (or its position or phase disagree with it), -3 where absorb
-does not fit the span (above).
+where a row's pending count is not `phase` (or its position or phase disagree with it), or where a row that
+has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
+the span (above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -142,6 +143,10 @@ Nothing here checks a shape. */
                 return -2; /* [Lp, 0, 1], its real part, and the position the columns are read from */             \
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
+            const REAL *gb = gen + b * packed + slot; /* a row that has observed: generation's patch is par's */   \
+            if (observed[b] && (phase != (long)nearbyint(gb[2]) ||                                                  \
+                                (cycle > 1 && (long)nearbyint(gb[(N + 1) * 2]) != (pos0[b] / P) % cycle)))         \
+                return -2;                                                                                          \
         }                                                                                                           \
         const int whole_end = (phase + span) % P == 0; /* the span ends at a patch boundary */                   \
         if ((absorb == 1 && !whole_end) || (absorb == 2 && whole_end))                                              \
@@ -185,7 +190,7 @@ Nothing here checks a shape. */
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long dgen = -1, pending = 0; /* open end: dec[dgen], generation's decoder state; the part block's length */ \
         long start = 0, skipped = 0;                                                                                \
-        if (total) /* the partial encoder's states planar too, stepped in place (the note above) */                \
+        if (rounds || absorb == 1) /* the partial encoder's states planar too, stepped in place (the note above) */ \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
