@@ -843,7 +843,7 @@ class VSSM(SequenceModel):
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
-                # and a block the call stops inside drawn there as well (block 0 too), with generation's states
+                # and a block the call stops inside drawn there as well (block 0 too), with generation's states after it
                 open_end = resumable and not last_ends
                 done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
                 if done is not None:
