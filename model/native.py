@@ -807,7 +807,6 @@ def _patch_rounds(
     states: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor],
     w: PatchWeights,
     keep: bool,
-    absorb: bool = False,
     open_end: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
@@ -819,13 +818,12 @@ def _patch_rounds(
     absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and generation's, the absorbed decoder
     state ``(B, Ld, H, N)`` and generation's, which rows have observed a token ``(B,)`` bool (the rest draw block 0
     from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's :func:`patch_weights`.
-    Returns every token ``(B, span)``, with ``keep`` the packed partial-encoder state after the patches before the
-    last block and the absorbed decoder state before it (with ``absorb``, where the span must end at a patch
-    boundary: both after the last block too, as an append of its tokens leaves them; else None twice); with
-    ``open_end`` (``keep`` too, and a span that stops inside a block, block 0 too) the absorbed
-    states after the part block it stops inside (its tokens the pending patch's first) and generation's states
-    after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how many rounds (the
-    absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's pending patch
+    Returns every token ``(B, span)``; with ``keep`` the packed partial-encoder state and the absorbed decoder
+    state after the last block, as an append of its tokens leaves them (the span must then end at a patch
+    boundary, or stop inside a block with ``open_end``; else None twice); with ``open_end`` (a span that stops
+    inside a block, block 0 too: its tokens read as pending ones of their patch) generation's states after it,
+    ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how many rounds (the absorbing one
+    too) skipped the decoder's pass over the absorbed latents.  None where a row's pending patch
     does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
@@ -836,8 +834,7 @@ def _patch_rounds(
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
     ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
-    ok = ok and (not absorb or (keep and (phase + span) % P == 0))
-    ok = ok and (not open_end or (keep and not absorb and (phase + span) % P != 0))
+    ok = ok and (not keep or ((phase + span) % P != 0) == open_end) and (keep or not open_end)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
@@ -851,8 +848,9 @@ def _patch_rounds(
     dec_out = torch.empty_like(dec) if keep else None
     opened = (torch.empty_like(gen), torch.empty_like(dec_gen), torch.empty_like(r0)) if open_end else None
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
+    absorb = (2 if open_end else 1) if keep else 0  # csrc/patch_rounds.c: a kept call absorbs its last block
     skipped = fn(
-        Bsz, phase, span, 2 if open_end else int(absorb), *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
+        Bsz, phase, span, absorb, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
         dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args,
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),

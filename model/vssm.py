@@ -838,38 +838,33 @@ class VSSM(SequenceModel):
         span = sum(ms[:fused])
         Bsz = state.batch_size
         temps = self._row_temps(temperature, ratio, Bsz)
-        got, absorbed, opened = None, False, None
+        got, opened = None, None
+        open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
                 # and a block the call stops inside drawn there as well (block 0 too), with generation's states after it
-                open_end = resumable and not last_ends
                 done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
                 if done is not None:
                     got, opened = done[:3], done[3]
-                absorbed = got is not None and resumable
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
                 # and small ops: a session in 64-token chunks at block 28 took 2.5 times its compiled rounds'
                 # time, docs/experiments/rounds-and-serving.md, thirty-fifth session)
-                open_end = resumable and not last_ends
                 pieces = (ms if open_end else ms[:fused]) + ([0] if resumable else [])
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
                 rounds = self._settled(("rounds", T, Bsz, *limits), lambda: self._compiled_rounds(T, state))
                 if rounds is not None:
                     out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
                     got = (out_tokens, par, dec_abs)
-                absorbed = got is not None and resumable  # (and with opened, nothing is left to absorb)
         if got is None and (fused == 0 or not self._fuses_in_torch(c)):  # block 0 left open, or blocks that fuse
             return None  # only compiled: _piece, block by block
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
             out_tokens, par, dec_abs = got  # type: ignore[misc]
             ended = torch.ones_like(state["observed"]) if fused else None  # blocks ended: every row has observed
             return out_tokens, self._left_open(state, n, par, dec_abs, opened, ended)
-        start = span - ms[fused - 1]  # where the last fused block starts
-        u_abs: Tensor | None = None  # (B, span, Z): the compiled calls draw theirs in C
-        if got is not None:
+        if got is not None:  # where the state is kept, the compiled calls absorbed the last block too
             out_tokens, par, dec_abs = got
         else:
             positions = self.positions(state, span)  # (B, span)
@@ -880,18 +875,14 @@ class VSSM(SequenceModel):
                 state, ms[:fused], (u_lat, u_abs, u_tok), temperature, ratio, scores
             )
             out_tokens = torch.cat(pieces_out, 1)  # (B, span)
-        if not resumable and fused == len(ms):
+            if resumable:  # absorb the last fused block as an append does (unkept, every block is fused)
+                start = span - ms[fused - 1]  # where the last fused block starts
+                last = out_tokens[:, start:]  # (B, m)
+                out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
+                z_abs = sample_categorical(self._latent_logits(out), u_abs[:, start:], 1.0)  # (B, m, Z)
+                _, dec_abs = self._decode(z_abs, dec_abs, last)
+        if not resumable:
             return out_tokens, None
-        if not absorbed:  # absorb the last fused block as an append does
-            last = out_tokens[:, start:]  # (B, m)
-            if u_abs is None:  # the compiled call drew them in C: the last block's again, the same numbers
-                at = self.positions(state, span)[:, start:]  # (B, m)
-                u_last = keyed_uniform(state.seed, at, STREAM_ABSORB, self.config.n_latents, self.dtype)
-            else:
-                u_last = u_abs[:, start:]  # (B, m, Z)
-            out, par = self.partial_encoder(last, par)  # (B, m, Z*K)
-            z_abs = sample_categorical(self._latent_logits(out), u_last, 1.0)  # (B, m, Z)
-            _, dec_abs = self._decode(z_abs, dec_abs, last)
         # the state after the fused blocks; a part-block left goes to _piece (where the compiled rounds did not run)
         everyone = torch.ones_like(state["observed"])
         state = state.evolve(
@@ -1059,14 +1050,14 @@ class VSSM(SequenceModel):
         def rounds(
             phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool, open_end: bool = False
         ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None:
-            """``keep``: the absorbed states after the span's last block too (where it ends at a block boundary);
+            """``keep``: the absorbed states after the span's last block (where it ends at a block boundary);
             with ``open_end`` (the span stops inside its last block) after that part block, and generation's
             states after it (:func:`native._patch_rounds`)."""
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
             keys = (state.seed, state.position, streams)
-            got = run(phase, span, keys, temps, states, weights, keep, keep and not open_end, open_end)
+            got = run(phase, span, keys, temps, states, weights, keep, open_end)
             if got is None:
                 return None
             tokens, par, dec_abs, opened, skipped = got

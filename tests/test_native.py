@@ -1154,7 +1154,7 @@ def rounds_of(phase: int, span: int, absorb: bool = False, P: int = 4) -> int:
 
 def absorbs(args: tuple) -> bool:
     """Whether a compiled patch-rounds call (its arguments, ``native._patch_rounds``'s) absorbs its last block."""
-    return bool(args[-2] or args[-1])  # absorb, open_end
+    return bool(args[-2] or args[-1])  # keep (it absorbs), open_end
 
 
 # a tiny pixel-latent VSSM whose partial encoder reads patches of 4 tokens (the patch rounds' tests)

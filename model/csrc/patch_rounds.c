@@ -57,13 +57,11 @@ network's input as a table, a patch's input b_in + sum of w_in[c, x] over its po
 W[c, x] - W[c, EMPTY] and START's input: model/patch.py, PatchNet.step_table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
 Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
-(csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted: par_out (B, Lp + 1,
-H, N), the packed state after the patches before the last block (at a patch boundary: acc 0, count
-0, and where Q > P the patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; with no round after block 0
-and no absorb, the state as it came in), and dec_out (B, Ld, H, N), the absorbed decoder state before the last block.
-With absorb 1 (the span must then end at a patch boundary) both are instead the states after the last
-block: a last round runs steps 1, 2 and 4's pass over z' for it and draws no block, as model/vssm.py's
-absorption of a block does.  With absorb 2 the span stops inside its last block (open end): the last
+(csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted, and written only with
+absorb (non-zero): par_out (B, Lp + 1, H, N) and dec_out (B, Ld, H, N), the absorbed states after the last
+block.  With absorb 1 (the span must then end at a patch boundary) a last round runs steps 1, 2 and 4's pass
+over z' for that block and draws none, as model/vssm.py's absorption of a block does: par_out is packed at
+the boundary (acc 0, count 0, and where Q > P the next patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]).  With absorb 2 the span stops inside its last block (open end): the last
 round reads that part block's tokens as pending ones of its patch (no network step: par_out packs their
 sum acc, their count and y), z' of it and the decoder's pass over them give dec_out; generation's states
 come back too, as VSSM._piece leaves them: gen_out (par_out's form, the part block read as EMPTYs, which
@@ -87,7 +85,7 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
 where a row's pending count is not `phase` (or its position or phase disagree with it), or where a row that
 has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
-the span (above).
+the span or outputs are wanted without it (above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -149,8 +147,8 @@ Nothing here checks a shape. */
                 return -2;                                                                                          \
         }                                                                                                           \
         const int whole_end = (phase + span) % P == 0; /* the span ends at a patch boundary */                   \
-        if ((absorb == 1 && !whole_end) || (absorb == 2 && whole_end))                                              \
-            return -3; /* an absorbed last block that is not whole, an open end that is not inside a block */       \
+        if ((absorb == 1 && !whole_end) || (absorb == 2 && whole_end) || (!absorb && (par_out || dec_out)))        \
+            return -3; /* an absorbed last block that is not whole, an open end not inside a block, states unabsorbed */ \
         /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
@@ -309,9 +307,7 @@ Nothing here checks a shape. */
                 if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
                     gen_out[b * packed + slot + 2] += (REAL)pending;                                                \
             }                                                                                                       \
-        } else if (par_out && !total) /* no patch absorbed: the state as it came in */                              \
-            memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
-        else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
+        } else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
             for (int which = 0; which < (pending && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */       \
                 REAL *out = which ? gen_out : par_out;                                                              \
                 ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, out, packed, 0);                                    \
