@@ -842,7 +842,9 @@ class VSSM(SequenceModel):
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
-            patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
+            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks that are its patches only
+            if patches:
+                patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
                 # and a block the call stops inside drawn there as well (block 0 too), with generation's states after it
                 done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
