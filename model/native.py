@@ -35,7 +35,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -97,7 +97,7 @@ _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P,
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
-_PATCH_ARGTYPES = [_L] * 13 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES = [_L] * 14 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P]
 # prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
 _PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
@@ -731,10 +731,25 @@ class PatchWeights:
     M: int
     eps_r: float
     g_t: Tensor | None  # (F, M): the prior's context weight transposed, None without context
-    tables: Tensor  # the prior's tables for draws from a block start (prior_tables)
+    tables: Tensor  # the prior's tables for draws from a block start (prior_tables), blocks of up to P
     shape: tuple[int, int, int, int]  # (N, V, Z, K)
     dims: tuple[int, ...]  # the call's sizes (P, Q, H, N, Lp, Ld, V, Z, K)
     args: tuple[int | float | None, ...]  # the call's weight arguments: the tensors' addresses, eps, sizes
+    wider: dict[int, Tensor] = field(default_factory=dict)  # tables for blocks of several patches, by block size
+
+    def tables_for(self, block: int) -> Tensor:
+        """The prior's tables for blocks of ``block`` draws (P: :attr:`tables`; a multiple of P: made once per block
+        size and kept while these weights are, a few at a time)."""
+        if block == self.dims[0]:
+            return self.tables
+        got = self.wider.get(block)
+        if got is None:
+            R, M, (_, _, Z, K) = self.R, self.M, self.shape
+            got = prior_tables(self.pack_r, R, M, Z, K, block)
+            if len(self.wider) >= 8:  # block sizes vary by call: bounded
+                self.wider.clear()
+            self.wider[block] = got
+        return got
 
 
 def prior_tables(packed: Tensor, R: int, M: int, Z: int, K: int, P: int) -> Tensor:
@@ -791,7 +806,7 @@ def patch_weights(
     args = (
         pack_p.data_ptr(), eps_p, w_t.data_ptr(), b_t.data_ptr(), A_t.data_ptr(),
         pack_d.data_ptr(), eps_d, wd_t.data_ptr(), bd_t.data_ptr(),
-        pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(), tables.data_ptr(),
+        pack_r.data_ptr(), R, M, eps_r, n_out, None if g_t is None else g_t.data_ptr(),
     )  # fmt: skip
     return PatchWeights(
         pack_p, eps_p, w_t, b_t, A_t, Lp, pack_d, eps_d, wd_t, bd_t, Ld, pack_r, R, M, eps_r, g_t, tables, shape,
@@ -808,33 +823,37 @@ def _patch_rounds(
     w: PatchWeights,
     keep: bool,
     open_end: bool = False,
+    block: int = 0,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
-    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks are patches of P.  ``span`` tokens from ``phase``
-    positions into a patch: block 0 the rest of that patch, then whole patches, the last maybe cut where the
-    span ends.  ``keys``: the rows' seeds and the span's first positions ``(B,)`` int64 and the streams of the
-    latents, the absorbed latents and the tokens (model/sampling.py: the uniforms are drawn in C, the same
-    numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)`` float64; ``states``: the packed
-    absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and generation's, the absorbed decoder
-    state ``(B, Ld, H, N)`` and generation's, which rows have observed a token ``(B,)`` bool (the rest draw block 0
-    from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the model's :func:`patch_weights`.
-    Returns every token ``(B, span)``; with ``keep`` the packed partial-encoder state and the absorbed decoder
-    state after the last block, as an append of its tokens leaves them (the span must then end at a patch
-    boundary, or stop inside a block with ``open_end``; else None twice); with ``open_end`` (a span that stops
-    inside a block, block 0 too: its tokens read as pending ones of their patch) generation's states after it,
-    ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how many rounds (the absorbing one
-    too) skipped the decoder's pass over the absorbed latents.  None where a row's pending patch
-    does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; else a multiple of
+    it).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that block, then whole
+    blocks, the last maybe cut where the span ends; a block of several patches only from a block start
+    (``phase`` 0) and not left open (no ``open_end``).  ``keys``: the rows' seeds and the span's first positions
+    ``(B,)`` int64 and the streams of the latents, the absorbed latents and the tokens (model/sampling.py: the
+    uniforms are drawn in C, the same numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)``
+    float64; ``states``: the packed absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and
+    generation's, the absorbed decoder state ``(B, Ld, H, N)`` and generation's, which rows have observed a token
+    ``(B,)`` bool (the rest draw block 0 from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the
+    model's :func:`patch_weights`.  Returns every token ``(B, span)``; with ``keep`` the packed partial-encoder
+    state and the absorbed decoder state after the last block, as an append of its tokens leaves them (the span
+    must then end at a block boundary, or stop inside a block with ``open_end``; else None twice); with
+    ``open_end`` (a span that stops inside a block, block 0 too: its tokens read as pending ones of their patch)
+    generation's states after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how
+    many rounds (the absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's
+    pending patch does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
     P, _, H, N, Lp, Ld = w.dims[:6]
+    block = block or P
     seed, pos0, (s_lat, s_abs, s_tok) = keys
     temp, temp_tok = temps
     par, gen, dec, dec_gen, observed, r0 = states
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
-    ok = 0 <= phase < P and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
-    ok = ok and (not keep or ((phase + span) % P != 0) == open_end) and (keep or not open_end)
+    ok = block % P == 0 and 0 <= phase < block and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
+    ok = ok and (block == P or (phase == 0 and not open_end))  # several patches a block: from a start, kept whole
+    ok = ok and (not keep or ((phase + span) % block != 0) == open_end) and (keep or not open_end)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
@@ -850,9 +869,9 @@ def _patch_rounds(
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     absorb = (2 if open_end else 1) if keep else 0  # csrc/patch_rounds.c: a kept call absorbs its last block
     skipped = fn(
-        Bsz, phase, span, absorb, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
+        Bsz, phase, span, absorb, block, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
-        dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args,
+        dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args, w.tables_for(block).data_ptr(),
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
         *(None,) * 3 if opened is None else (t.data_ptr() for t in opened),
     )  # fmt: skip

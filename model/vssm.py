@@ -832,7 +832,8 @@ class VSSM(SequenceModel):
         last_ends = (p0 + n) % c == 0
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
-        patches = c == self.config.par_patch  # a partial encoder that reads patches, blocks its patches
+        P = self.config.par_patch  # a partial encoder that reads patches, blocks of whole patches
+        patches = P > 0 and c % P == 0
         if fused == 0 and not patches:  # a part-block kept mid-block: block 0 left open, compiled where it can be
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
@@ -842,7 +843,7 @@ class VSSM(SequenceModel):
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
-            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks that are its patches only
+            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks of whole patches only
             if patches:
                 patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
@@ -1027,15 +1028,17 @@ class VSSM(SequenceModel):
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
         patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches (the call may start
-        inside one), the decoder reads latents only and a latent prior draws them, a round is one network step,
-        one decoder pass and the prior's draws.  None: not this model, or not these blocks.  The call itself
-        returns None where the state's pending patch is not where the call starts (then nothing was drawn)."""
+        inside one) or several whole patches (from a block start, ending at a block's end or unkept), the decoder
+        reads latents only and a latent prior draws them, a round is a network step a patch of the block absorbed
+        (and one a later patch of the block drawn, over EMPTYs), the decoder's passes and the prior's draws.  None:
+        not this model, or not these blocks.  The call itself returns None where the state's pending patch is not
+        where the call starts (then nothing was drawn)."""
         run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
         if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        if c != net.patch or has_hooks([net]):  # blocks are the patches; a hook on the patch network: its forward
+        if c % net.patch or has_hooks([net]):  # blocks of whole patches; a hook on the patch network: its forward
             return None
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
@@ -1054,12 +1057,15 @@ class VSSM(SequenceModel):
         ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None:
             """``keep``: the absorbed states after the span's last block (where it ends at a block boundary);
             with ``open_end`` (the span stops inside its last block) after that part block, and generation's
-            states after it (:func:`native._patch_rounds`)."""
+            states after it (:func:`native._patch_rounds`).  None where blocks of several patches would start or
+            stop inside one (not built: the caller's loop runs)."""
+            if c > net.patch and (phase or open_end):
+                return None
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
             keys = (state.seed, state.position, streams)
-            got = run(phase, span, keys, temps, states, weights, keep, open_end)
+            got = run(phase, span, keys, temps, states, weights, keep, open_end, block=c)
             if got is None:
                 return None
             tokens, par, dec_abs, opened, skipped = got

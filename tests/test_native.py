@@ -1270,6 +1270,42 @@ def test_compiled_patch_rounds_stop_inside_a_block_with_the_state_kept(dtype, co
     assert torch.equal(tokens, ref)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(
+    ("position", "n", "block"),
+    [(0, 17, 8), (8, 24, 8), (0, 24, 12), (12, 20, 12), (16, 16, 8), (0, 40, 16), (5, 20, 8), (4, 13, 8), (8, 5, 8)],
+)
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, position, n, block, period):
+    """Blocks of two, three and four patches (P = 4) run compiled from a block start: generation reads a block's
+    later patches through network steps over EMPTYs (from generation's state in block 0, from the absorbed one
+    after), absorption steps over each patch of the block; the tokens and every state tensor as the rounds in
+    PyTorch leave them, unprompted and after a prompt, with the tables by patch position and by column, and a
+    session goes on from the kept state alike.  A call that starts inside such a block, or keeps a state that
+    stops inside one, runs in PyTorch (not built)."""
+    m, start = patch_start(dtype, position, period, copy)
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    obs = 0.0 if copy else 0.5
+    calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
+    from_start, ends = position % block == 0, (position + n) % block == 0
+    assert [(args[:2], args[-2], args[-1]) for args, _ in calls] == (  # keep, open_end
+        [((0, n), True, False)] * ends + [((0, n), False, False)] if from_start else []
+    )
+    for args, out in calls:  # a copying model's every z' is its z: each round skips the pass over z'
+        rounds = rounds_of(0, n, absorbs(args), block)
+        assert out is not None and (out[-1] == rounds if copy else out[-1] < rounds or rounds == 0)
+    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
+    more = min(2 * block, m.max_position - position - n)
+    tokens, mid = m.generate(start, n, **kwargs)  # then on from that state, compiled where it can be
+    tokens = torch.cat([tokens, m.generate(mid, more, **kwargs)[0]], 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)  # the rounds in PyTorch throughout
+        ref, ref_mid = m.generate(start, n, **kwargs)
+        ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
+    assert torch.equal(tokens, ref)
+
+
 def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere():
     """The C reads the pending patch's token count from the packed state and draws nothing where a row's
     is not the call's phase: the call returns None (the caller's loop runs instead)."""

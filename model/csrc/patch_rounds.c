@@ -3,7 +3,8 @@
 
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      V  vocabulary (EMPTY = V)
-    P  tokens a patch = a block      Z  latent variables per step      K  classes of each
+    P  tokens a patch      Cb  tokens a block: P, or a multiple of it (below)
+    Z  latent variables per step      K  classes of each
     O  the partial encoder's outputs a position: Z*K logits, then F context features
     Q  the period of its tables: a position t reads column (t mod Q) of w_in, A and the head (Q = P: its
        place in its patch; model/patch.py)
@@ -25,6 +26,16 @@ output (B, Q O) that block i-1's positions read, a column's O each) and the deco
 So a round is one network step, one decoder pass over P steps (two where a z' differs) and the
 prior's P draws, where the token-level partial encoder's round is two passes of 2P steps
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
+
+Blocks of several patches (Cb = kP, k > 1; blocks aligned to multiples of Cb, so each starts a patch) are read
+the same way a patch at a time: step 1 draws z' of a patch of block i-1 from the head before it and step 2 steps
+the network over that patch, k times a round; generation's f_par over block i's EMPTYs reads its first patch's
+positions from the absorbed head, and each later patch's from one more network step over the patch before it,
+read as EMPTYs (input b_in + the sum of w_in[c, EMPTY] over it), taken from a copy of the absorbed states (block
+0: from generation's, gen, planar), k - 1 steps; the latent prior draws Cb positions from its block start (its
+tables built for Cb draws).  Such a call starts at a block start (phase 0) and, kept, ends at a block's end
+(absorb 1): a call that starts or stops inside a block of several patches is not built here (-3; model/vssm.py
+runs it in PyTorch).
 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
 state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
@@ -85,7 +96,8 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
 where a row's pending count is not `phase` (or its position or phase disagree with it), or where a row that
 has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
-the span or outputs are wanted without it (above).
+the span or outputs are wanted without it, or the block is not whole patches or a block of several patches is
+entered or left open (above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -96,48 +108,82 @@ Nothing here checks a shape. */
 #include "kernels.h"
 
 #define PATCH_ROUNDS(REAL, SUFFIX)                                                                                  \
-    /* the latent prior's inputs for n positions of a block from span offset s0: base logits lp (B, P, O) =    \
-       head (B, Q O) + A[c, EMPTY] at each position's column c, pre (B, P, M) = G times their context features  \
-       (a row's F features gathered into cxz, then one product; cxz + P F holds M zeros, its bias); zeros in a \
-       row not observed (obs NULL: all are), whose latents the uniform prior draws */                           \
-    static void prior_inputs_##SUFFIX(long B, long n, long s0, const int64_t *pos0, long P, long Q, long O,       \
+    /* the latent prior's inputs for n positions of a block from span offset s0, rows of S positions a batch    \
+       row (lp and pre point at the first position's row): base logits lp (B, S, O) = head (B, Q O) +         \
+       A[c, EMPTY] at each position's column c, pre (B, S, M) = G times their context features (a row's F     \
+       features gathered into cxz, then one product; cxz + S F holds M zeros, its bias); zeros in a row not    \
+       observed (obs NULL: all are), whose latents the uniform prior draws */                                   \
+    static void prior_inputs_##SUFFIX(long B, long n, long s0, const int64_t *pos0, long S, long Q, long O,       \
                                       long ZK, long M, long V, const REAL *head, const REAL *A, const REAL *Gt,  \
                                       const uint8_t *obs, REAL *lp, REAL *pre, REAL *cxz) {                     \
         const long F = O - ZK;                                                                                  \
         for (long b = 0; b < B; ++b) {                                                                          \
             const int on = !obs || obs[b];                                                                      \
             for (long t = 0; t < n; ++t) {                                                                      \
-                REAL *l = lp + (b * P + t) * O;                                                                 \
+                REAL *l = lp + (b * S + t) * O;                                                                 \
                 const long c = (pos0[b] + s0 + t) % Q;                                                          \
                 const REAL *h = head + (b * Q + c) * O, *a = A + (c * (V + 1) + V) * O;                         \
                 for (long o = 0; o < O; ++o) l[o] = on ? h[o] + a[o] : 0;                                       \
                 if (F) memcpy(cxz + t * F, l + ZK, F * sizeof(REAL));                                           \
             }                                                                                                   \
             if (F && on)                                                                                        \
-                linear_rows_##SUFFIX(n, F, M, cxz, Gt, cxz + P * F, pre + b * P * M);                           \
+                linear_rows_##SUFFIX(n, F, M, cxz, Gt, cxz + S * F, pre + b * S * M);                           \
             else if (F)                                                                                         \
-                memset(pre + b * P * M, 0, n * M * sizeof(REAL));                                               \
+                memset(pre + b * S * M, 0, n * M * sizeof(REAL));                                               \
+        }                                                                                                       \
+    }                                                                                                           \
+                                                                                                                \
+    /* the latent prior's inputs for the n positions of a block from span offset s0 that generation reads,  \
+       its latents' f_par over EMPTYs: the first `first` positions (the rest of the current patch) from head,    \
+       each later patch's from the head after one more network step over the patch before it, read as EMPTYs  \
+       (input b_in + the sum of w_in[c, EMPTY] over it), from the planar states st (stepped in place: the       \
+       caller's copy) into hg (B, Q O).  A block of P (Cb = P) is one patch: no step */                        \
+    static void block_inputs_##SUFFIX(long B, long n, long s0, long first, const int64_t *pos0, long P, long Cb,  \
+                                      long Q, long O, long ZK, long M, long V, long H, long N, long Lp, long sp,  \
+                                      const REAL *head, REAL *hg, const REAL *A, const REAL *Gt,               \
+                                      const uint8_t *obs, const REAL *w_in, const REAL *b_in,                  \
+                                      const REAL *pack_par, double eps_par, REAL *st, REAL *x, REAL *g,          \
+                                      REAL *lp, REAL *pre, REAL *cxz) {                                         \
+        long done = 0;                                                                                          \
+        for (;;) {                                                                                              \
+            const long seg = done ? (n - done < P ? n - done : P) : (n < first ? n : first);                    \
+            prior_inputs_##SUFFIX(B, seg, s0 + done, pos0, Cb, Q, O, ZK, M, V, done ? hg : head, A, Gt, obs,    \
+                                  lp + done * O, pre + done * M, cxz);                                          \
+            done += seg;                                                                                        \
+            if (done >= n)                                                                                      \
+                return;                                                                                         \
+            for (long b = 0; b < B; ++b) { /* the patch just read, [done - P, done), all EMPTYs */             \
+                REAL *xb = x + b * H;                                                                           \
+                memcpy(xb, b_in, H * sizeof(REAL));                                                             \
+                for (long t = done - P; t < done; ++t) {                                                        \
+                    const REAL *w = w_in + (((pos0[b] + s0 + t) % Q) * (V + 1) + V) * H;                        \
+                    for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
+                }                                                                                               \
+            }                                                                                                   \
+            ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, st, sp, st, g, hg, 1);         \
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
-    long patch_rounds_##SUFFIX(long B, long phase, long span, long absorb, long P, long Q, long H, long N,       \
-                               long Lp, long Ld, long V, long Z, long K, int64_t *tokens, const int64_t *seed,   \
-                               const int64_t *pos0, long s_lat, long s_abs, long s_tok, const double *temp,      \
-                               const double *temp_tok, const REAL *par, const REAL *gen, const REAL *dec_in,    \
-                               const REAL *dec_gen, const uint8_t *observed, const REAL *r0, const REAL *pack_par, \
-                               double eps_par, const REAL *w_in, const REAL *b_in, const REAL *A,               \
-                               const REAL *pack_dec, double eps_dec, const REAL *w_dec, const REAL *b_dec,      \
-                               const REAL *prior, long R, long M, double eps_prior, long O, const REAL *Gt,     \
-                               const REAL *ptab, REAL *par_out, REAL *dec_out, REAL *gen_out, REAL *dgen_out,   \
-                               REAL *r_out) {                                                                   \
+    long patch_rounds_##SUFFIX(long B, long phase, long span, long absorb, long Cb, long P, long Q, long H,       \
+                               long N, long Lp, long Ld, long V, long Z, long K, int64_t *tokens,                 \
+                               const int64_t *seed, const int64_t *pos0, long s_lat, long s_abs, long s_tok,      \
+                               const double *temp, const double *temp_tok, const REAL *par, const REAL *gen,     \
+                               const REAL *dec_in, const REAL *dec_gen, const uint8_t *observed, const REAL *r0, \
+                               const REAL *pack_par, double eps_par, const REAL *w_in, const REAL *b_in,         \
+                               const REAL *A, const REAL *pack_dec, double eps_dec, const REAL *w_dec,           \
+                               const REAL *b_dec, const REAL *prior, long R, long M, double eps_prior, long O,   \
+                               const REAL *Gt, const REAL *ptab, REAL *par_out, REAL *dec_out, REAL *gen_out,    \
+                               REAL *dgen_out, REAL *r_out) {                                                   \
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
-        const long m0 = P - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
+        const long m0 = Cb - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
+        if (P < 1 || Cb < P || Cb % P || phase < 0 || phase >= Cb || (Cb > P && (phase || absorb == 2)))         \
+            return -3; /* blocks of several patches: from a block start, none left open (the note above) */     \
         long gcd = P;                                                                                               \
         for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
         const long cycle = Q / gcd; /* patches after which the columns' phase repeats */                           \
         for (long b = 0; b < B; ++b) {                                                                              \
-            if (phase != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % P != phase)        \
+            if (phase != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % Cb != phase)       \
                 return -2; /* [Lp, 0, 1], its real part, and the position the columns are read from */             \
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
@@ -146,15 +192,15 @@ Nothing here checks a shape. */
                                 (cycle > 1 && (long)nearbyint(gb[(N + 1) * 2]) != (pos0[b] / P) % cycle)))         \
                 return -2;                                                                                          \
         }                                                                                                           \
-        const int whole_end = (phase + span) % P == 0; /* the span ends at a patch boundary */                   \
+        const int whole_end = (phase + span) % Cb == 0; /* the span ends at a block boundary */                  \
         if ((absorb == 1 && !whole_end) || (absorb == 2 && whole_end) || (!absorb && (par_out || dec_out)))        \
             return -3; /* an absorbed last block that is not whole, an open end not inside a block, states unabsorbed */ \
         /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
-        const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * P * H, B * P * H,       \
-                              B * P * O, B * P * V, R + M + ZK, B * Rp, B * P * M, P * F + M, B * span * Z,        \
-                              B * span * Z, B * span, B * H};                                                       \
-        const long ints[] = {B * P * Z, B * P * Z};                                                                 \
+        const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * Cb * H, B * Cb * H,     \
+                              B * Cb * O, B * Cb * V, R + M + ZK, B * Rp, B * Cb * M, Cb * F + M, B * span * Z,    \
+                              B * span * Z, B * span, B * H, B * sp, B * Q * O};                                    \
+        const long ints[] = {B * Cb * Z, B * Cb * Z};                                                               \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
         if (!block)                                                                                                 \
@@ -165,7 +211,8 @@ Nothing here checks a shape. */
         REAL *g = (REAL *)bufs[7], *lp = (REAL *)bufs[8], *ld = (REAL *)bufs[9], *ps = (REAL *)bufs[10];           \
         REAL *r = (REAL *)bufs[11], *pre = (REAL *)bufs[12], *cxz = (REAL *)bufs[13], *u_lat = (REAL *)bufs[14];   \
         REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16], *acc = (REAL *)bufs[17];                         \
-        int64_t *zs = (int64_t *)bufs[18], *za = (int64_t *)bufs[19];                                               \
+        REAL *pg = (REAL *)bufs[18], *hg = (REAL *)bufs[19]; /* generation's steps in a block of several patches */ \
+        int64_t *zs = (int64_t *)bufs[20], *za = (int64_t *)bufs[21];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
@@ -177,13 +224,13 @@ Nothing here checks a shape. */
             }                                                                                                       \
         /* the decoder's states planar while the call runs (the note above) */                                     \
         ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, sd, 1);                                            \
-        memset(cxz + P * F, 0, M * sizeof(REAL));                                                                   \
+        memset(cxz + Cb * F, 0, M * sizeof(REAL));                                                                  \
         /* the uniforms of the span, as model/sampling.py's keyed_uniforms draws them */                            \
         const int64_t st[3] = {s_lat, s_abs, s_tok};                                                                \
         const long draws[3] = {Z, Z, 1};                                                                            \
         REAL *const us[3] = {u_lat, u_abs, u_tok};                                                                  \
         span_uniforms_##SUFFIX(B, span, seed, pos0, 3, st, draws, us);                                              \
-        const long rounds = span <= m0 ? 0 : (span - m0 + P - 1) / P;                                               \
+        const long rounds = span <= m0 ? 0 : (span - m0 + Cb - 1) / Cb;                                             \
         const long total = rounds + (absorb != 0); /* with absorb, a last round reads the last block and draws none */ \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
         long dgen = -1, pending = 0; /* open end: dec[dgen], generation's decoder state; the part block's length */ \
@@ -193,18 +240,21 @@ Nothing here checks a shape. */
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
-            prior_inputs_##SUFFIX(B, m, 0, pos0, P, Q, O, ZK, M, V, head0, A, Gt, observed, lp, pre, cxz);          \
+            if (m > P) /* generation's partial encoder steps over block 0's patches: its states, planar */         \
+                ssm_states_layout_##SUFFIX(B, Lp, H, N, gen, packed, pg, sp, 1);                                    \
+            block_inputs_##SUFFIX(B, m, 0, P - phase % P, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, head0, hg, A,   \
+                                  Gt, observed, w_in, b_in, pack_par, eps_par, pg, x, g, lp, pre, cxz);             \
             int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
             for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
             if (fresh)                                                                                              \
-                latent_prior_table_##SUFFIX(B, m, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M, u_lat,        \
-                                            span * Z, temp, prior, eps_prior, ptab, r, zs, P * Z, ps);              \
+                latent_prior_table_##SUFFIX(B, m, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M, u_lat,     \
+                                            span * Z, temp, prior, eps_prior, ptab, r, zs, Cb * Z, ps);             \
             else {                                                                                                  \
                 memcpy(r, r0, B * R * sizeof(REAL));                                                                \
-                latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, P * O, O, F ? pre : 0, P * M, M, u_lat, span * Z, temp, \
-                                      prior, eps_prior, r, zs, P * Z, ps);                                          \
+                latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, Cb * O, O, F ? pre : 0, Cb * M, M, u_lat, span * Z,     \
+                                      temp, prior, eps_prior, r, zs, Cb * Z, ps);                                   \
             }                                                                                                       \
-            dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                             \
+            dec_inputs_##SUFFIX(B, m, Cb * Z, H, Z, K, zs, w_dec, b_dec, x);                                        \
             /* where the decoder state generation continues from is the absorbed one (at a block start, unless \
                a call of another block size left it), E, the state after z of block 0, may stand for D after z' \
                in round 1 */                                                                                    \
@@ -221,61 +271,72 @@ Nothing here checks a shape. */
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= total; ++i) {                                                                         \
-            const long whole = i == 1 ? m0 : P, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its patch */ \
+            const long whole = i == 1 ? m0 : Cb, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its block */ \
             const long m = span - start < whole ? span - start : whole; /* shorter: absorb 2's part block */         \
-            const long nx = span - start - m < P ? span - start - m : P;                                            \
-            /* 1. z' of block i-1 from head0 + A[c, x]; whether every row's equals its z */                         \
-            int same = f >= 0;                                                                                      \
-            for (long b = 0; b < B; ++b)                                                                            \
-                for (long t = 0; t < m; ++t) {                                                                      \
-                    const int64_t tok = tokens[b * span + start + t];                                               \
-                    REAL *l = lp + (b * P + t) * O;                                                                 \
-                    const long c = (pos0[b] + start + t) % Q;                                                       \
-                    const REAL *h = head0 + (b * Q + c) * O, *a = A + (c * V1 + tok) * O;                           \
-                    for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                               \
-                    int64_t *zt = za + (b * P + t) * Z;                                                             \
-                    categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                     \
-                    for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * P + t) * Z + j];                   \
-                }                                                                                                   \
-            /* 2. one step of the network over patch i-1: the states after it, block i's head; a part block (absorb \
-               2, which starts at a patch boundary) is the pending patch's start instead: acc, the sum of       \
-               table[c, x] - table[c, EMPTY] over its tokens (model/patch.py's D) */                             \
-            if (m < whole) {                                                                                        \
-                pending = m;                                                                                        \
-                memset(acc, 0, B * H * sizeof(REAL));                                                               \
+            const long nx = span - start - m < Cb ? span - start - m : Cb;                                          \
+            int same = f >= 0; /* whether every row's z' of block i-1 equals its z */                               \
+            /* block i-1 a patch at a time (one, where blocks are patches: Cb = P); `at` is inside a patch only    \
+               there, a block of several patches starting at a block start */                                     \
+            for (long j0 = 0; j0 < m;) {                                                                            \
+                const long len = Cb == P ? m : (m - j0 < P ? m - j0 : P); /* Cb = P: the whole block */         \
+                /* 1. z' of the patch's positions from head0 + A[c, x] */                                           \
                 for (long b = 0; b < B; ++b)                                                                        \
-                    for (long t = 0; t < m; ++t) {                                                                  \
+                    for (long t = j0; t < j0 + len; ++t) {                                                          \
+                        const int64_t tok = tokens[b * span + start + t];                                           \
+                        REAL *l = lp + (b * Cb + t) * O;                                                            \
                         const long c = (pos0[b] + start + t) % Q;                                                   \
-                        const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                         \
-                        const REAL *e = w_in + (c * V1 + V) * H;                                                    \
-                        for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                                 \
+                        const REAL *h = head0 + (b * Q + c) * O, *a = A + (c * V1 + tok) * O;                       \
+                        for (long o = 0; o < ZK; ++o) l[o] = h[o] + a[o];                                           \
+                        int64_t *zt = za + (b * Cb + t) * Z;                                                        \
+                        categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                 \
+                        for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * Cb + t) * Z + j];              \
                     }                                                                                               \
-            } else {                                                                                                \
-                for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */     \
-                    REAL *xb = x + b * H;                                                                           \
-                    memcpy(xb, at ? in0 + b * H : b_in, H * sizeof(REAL));                                          \
-                    for (long t = 0; t < P - at; ++t) {                                                             \
-                        const int64_t tok = t < m ? tokens[b * span + start + t] : V;                               \
-                        const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tok) * H;                        \
-                        for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
+                /* 2. one step of the network over the patch: the states after it, the next patch's head; a part  \
+                   block (absorb 2, which starts at a patch boundary) is the pending patch's start instead: acc,  \
+                   the sum of table[c, x] - table[c, EMPTY] over its tokens (model/patch.py's D) */              \
+                if (m < whole) {                                                                                    \
+                    pending = m;                                                                                    \
+                    memset(acc, 0, B * H * sizeof(REAL));                                                           \
+                    for (long b = 0; b < B; ++b)                                                                    \
+                        for (long t = 0; t < m; ++t) {                                                              \
+                            const long c = (pos0[b] + start + t) % Q;                                               \
+                            const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                     \
+                            const REAL *e = w_in + (c * V1 + V) * H;                                                \
+                            for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                             \
+                        }                                                                                           \
+                } else {                                                                                            \
+                    const long a0 = j0 ? 0 : at; /* the patch's first position read here */                         \
+                    for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */ \
+                        REAL *xb = x + b * H;                                                                       \
+                        memcpy(xb, a0 ? in0 + b * H : b_in, H * sizeof(REAL));                                      \
+                        for (long t = 0; t < P - a0; ++t) {                                                         \
+                            const int64_t tok = tokens[b * span + start + j0 + t];                                  \
+                            const REAL *w = w_in + (((pos0[b] + start + j0 + t) % Q) * V1 + tok) * H;               \
+                            for (long k = 0; k < H; ++k) xb[k] += w[k];                                             \
+                        }                                                                                           \
                     }                                                                                               \
+                    ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);  \
+                    memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                    \
                 }                                                                                                   \
-                ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);      \
-                memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                        \
+                j0 += len;                                                                                          \
             }                                                                                                       \
-            /* 3. z of block i through the latent prior, from head + A[c, EMPTY] (none after absorb's round) */     \
+            /* 3. z of block i through the latent prior, from head + A[c, EMPTY] (none after absorb's round); a  \
+               block of several patches reads its later patches' heads from generation's steps over EMPTYs */    \
             if (nx) {                                                                                               \
-                prior_inputs_##SUFFIX(B, nx, start + m, pos0, P, Q, O, ZK, M, V, head0, A, Gt, 0, lp, pre, cxz);    \
-                latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, P, lp, P * O, O, F ? pre : 0, P * M, M,              \
+                if (nx > P)                                                                                         \
+                    memcpy(pg, pe, B * sp * sizeof(REAL));                                                          \
+                block_inputs_##SUFFIX(B, nx, start + m, P, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, head0, hg, A, \
+                                      Gt, 0, w_in, b_in, pack_par, eps_par, pg, x, g, lp, pre, cxz);                \
+                latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M,           \
                                             u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs, \
-                                            P * Z, ps);                                                             \
+                                            Cb * Z, ps);                                                            \
             }                                                                                                       \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
             if (pending) /* E stays generation's decoder state (block 0's in slot 1): D after z' goes to slot 2 */ \
                 dgen = i == 1 ? 1 : f;                                                                              \
             if (!same) {                                                                                            \
                 const long to = pending ? 2 : f >= 0 ? f : 1 - d;                                                   \
-                dec_inputs_##SUFFIX(B, m, P * Z, H, Z, K, za, w_dec, b_dec, x);                                         \
+                dec_inputs_##SUFFIX(B, m, Cb * Z, H, Z, K, za, w_dec, b_dec, x);                                    \
                 ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd,                \
                                       dec + to * one, g, ld, 1);                                                    \
                 f = to;                                                                                             \
@@ -283,7 +344,7 @@ Nothing here checks a shape. */
                 ++skipped;                                                                                          \
             const long dnew = f, fnew = d; /* the old D is read no more: E goes there */                            \
             if (nx) {                                                                                               \
-                dec_inputs_##SUFFIX(B, nx, P * Z, H, Z, K, zs, w_dec, b_dec, x);                                        \
+                dec_inputs_##SUFFIX(B, nx, Cb * Z, H, Z, K, zs, w_dec, b_dec, x);                                   \
                 ssm_net_laid_##SUFFIX(B, H, N, nx, Ld, V, nx, x, pack_dec, eps_dec, dec + dnew * one, sd,           \
                                       dec + fnew * one, g, ld, 1);                                                  \
             }                                                                                                       \
