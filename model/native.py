@@ -828,8 +828,7 @@ def _patch_rounds(
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
     model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; else a multiple of
     it).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that block, then whole
-    blocks, the last maybe cut where the span ends; a block of several patches only from a block start
-    (``phase`` 0) and not left open (no ``open_end``).  ``keys``: the rows' seeds and the span's first positions
+    blocks, the last maybe cut where the span ends.  ``keys``: the rows' seeds and the span's first positions
     ``(B,)`` int64 and the streams of the latents, the absorbed latents and the tokens (model/sampling.py: the
     uniforms are drawn in C, the same numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)``
     float64; ``states``: the packed absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and
@@ -841,7 +840,7 @@ def _patch_rounds(
     ``open_end`` (a span that stops inside a block, block 0 too: its tokens read as pending ones of their patch)
     generation's states after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how
     many rounds (the absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's
-    pending patch does not hold ``phase`` tokens (nothing was drawn: the caller's own loop runs instead)."""
+    pending patch does not hold ``phase`` mod P tokens (nothing was drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
     P, _, H, N, Lp, Ld = w.dims[:6]
@@ -852,7 +851,6 @@ def _patch_rounds(
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
     ok = block % P == 0 and 0 <= phase < block and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
-    ok = ok and (block == P or (phase == 0 and not open_end))  # several patches a block: from a start, kept whole
     ok = ok and (not keep or ((phase + span) % block != 0) == open_end) and (keep or not open_end)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt

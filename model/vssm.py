@@ -1027,12 +1027,12 @@ class VSSM(SequenceModel):
         self, c: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
-        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches (the call may start
-        inside one) or several whole patches (from a block start, ending at a block's end or unkept), the decoder
-        reads latents only and a latent prior draws them, a round is a network step a patch of the block absorbed
-        (and one a later patch of the block drawn, over EMPTYs), the decoder's passes and the prior's draws.  None:
-        not this model, or not these blocks.  The call itself returns None where the state's pending patch is not
-        where the call starts (then nothing was drawn)."""
+        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches or several whole
+        patches (the call may start or stop inside one), the decoder reads latents only and a latent prior draws
+        them, a round is a network step a patch of the block absorbed (and one a later patch of the block drawn,
+        over EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these blocks.  The
+        call itself returns None where the state's pending patch is not where the call starts (then nothing was
+        drawn)."""
         run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
         if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
             return None
@@ -1057,10 +1057,7 @@ class VSSM(SequenceModel):
         ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None:
             """``keep``: the absorbed states after the span's last block (where it ends at a block boundary);
             with ``open_end`` (the span stops inside its last block) after that part block, and generation's
-            states after it (:func:`native._patch_rounds`).  None where blocks of several patches would start or
-            stop inside one (not built: the caller's loop runs)."""
-            if c > net.patch and (phase or open_end):
-                return None
+            states after it (:func:`native._patch_rounds`)."""
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))

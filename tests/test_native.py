@@ -1270,40 +1270,70 @@ def test_compiled_patch_rounds_stop_inside_a_block_with_the_state_kept(dtype, co
     assert torch.equal(tokens, ref)
 
 
+# blocks of two to four patches of 4: from a block start or inside one, inside a patch or at its start; kept calls that
+# end at a block's end, at a patch's inside a block, or inside a patch, after rounds or inside block 0
+SEVERAL_PATCHES = [
+    (0, 17, 8), (8, 24, 8), (0, 24, 12), (12, 20, 12), (16, 16, 8), (0, 40, 16), (5, 20, 8), (4, 13, 8), (8, 5, 8),
+    (5, 2, 8), (5, 3, 8), (5, 6, 8), (6, 9, 12), (3, 1, 8), (0, 4, 8), (0, 6, 12), (13, 20, 8), (2, 30, 12),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
-@pytest.mark.parametrize(
-    ("position", "n", "block"),
-    [(0, 17, 8), (8, 24, 8), (0, 24, 12), (12, 20, 12), (16, 16, 8), (0, 40, 16), (5, 20, 8), (4, 13, 8), (8, 5, 8)],
-)
+@pytest.mark.parametrize(("position", "n", "block"), SEVERAL_PATCHES)
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
 def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, position, n, block, period):
-    """Blocks of two, three and four patches (P = 4) run compiled from a block start: generation reads a block's
-    later patches through network steps over EMPTYs (from generation's state in block 0, from the absorbed one
-    after), absorption steps over each patch of the block; the tokens and every state tensor as the rounds in
-    PyTorch leave them, unprompted and after a prompt, with the tables by patch position and by column, and a
-    session goes on from the kept state alike.  A call that starts inside such a block, or keeps a state that
-    stops inside one, runs in PyTorch (not built)."""
+    """Blocks of two, three and four patches (P = 4) run compiled: generation reads a block's later patches
+    through network steps over EMPTYs (from generation's state in block 0, its pending tokens' input first, from
+    the absorbed one after), absorption steps over each patch of the block; a kept call that stops inside a block
+    leaves the pending patch's tokens in the absorbed state and generation's states after the part read as
+    EMPTYs.  The tokens and every state tensor as the rounds in PyTorch leave them, unprompted (position 0: block
+    0 from the uniform prior) and after a prompt, with the tables by patch position and by column, and a session
+    goes on from the kept state alike."""
     m, start = patch_start(dtype, position, period, copy)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
-    from_start, ends = position % block == 0, (position + n) % block == 0
-    assert [(args[:2], args[-2], args[-1]) for args, _ in calls] == (  # keep, open_end
-        [((0, n), True, False)] * ends + [((0, n), False, False)] if from_start else []
-    )
-    for args, out in calls:  # a copying model's every z' is its z: each round skips the pass over z'
-        rounds = rounds_of(0, n, absorbs(args), block)
-        assert out is not None and (out[-1] == rounds if copy else out[-1] < rounds or rounds == 0)
-    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
+    phase, open_end = position % block, (position + n) % block != 0
+    assert [(args[:2], args[-2], args[-1]) for args, _ in calls] == [  # keep, open_end
+        ((phase, n), True, open_end),
+        ((phase, n), False, False),
+    ]
+    for args, out in calls:  # a copying model's every z' is its z: each round skips the pass over z' (with random
+        rounds = rounds_of(phase, n, absorbs(args), block)  # weights a part block of a token may, by chance)
+        assert out is not None and (out[-1] == rounds if copy else out[-1] <= rounds)
     more = min(2 * block, m.max_position - position - n)
-    tokens, mid = m.generate(start, n, **kwargs)  # then on from that state, compiled where it can be
+    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
+    tokens, mid = m.generate(start, n, **kwargs)  # then on from that state, compiled
     tokens = torch.cat([tokens, m.generate(mid, more, **kwargs)[0]], 1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, "patch_rounds", lambda: None)  # the rounds in PyTorch throughout
         ref, ref_mid = m.generate(start, n, **kwargs)
         ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
     assert torch.equal(tokens, ref)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("first", "n"), [(3, 14), (4, 13), (1, 2), (6, 1), (0, 9)])
+def test_compiled_patch_rounds_of_several_patches_mix_prompted_rows_and_block_sizes(dtype, first, n, monkeypatch):
+    """Blocks of 8 (two patches of 4) in a batch of an unprompted row and two prompted ones, after a call at block
+    4 (generation's states then ahead of the absorbed ones where it stopped inside a block): block 0's
+    generation steps from generation's state in the rows that observed a token and leaves the other's as it was,
+    as the rounds in PyTorch do."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **PATCH_CFG)
+    with torch.no_grad():  # the prompted rows' block 0 reads the partial encoder: latents all but surely 0
+        m.partial_encoder.token_out[:, m.empty_token, :2] = torch.tensor([3.0, -3.0])
+    rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in (0, 8, 16)]
+    start = GenState.cat(rows)
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)
+        _, mid = m.generate(start, first, block_size=4, observation_temperature=0.5)
+    temp = torch.tensor([0.8, 1.0, 0.5], dtype=dtype)
+    calls = compiled_equals_pytorch(m, mid, n, temp, 8, 0.5, "patch_rounds")
+    assert [args[:2] for args, _ in calls] == [(first % 8, n)] * 2 and all(out is not None for _, out in calls)
 
 
 def test_compiled_patch_rounds_refuse_a_state_whose_pending_patch_is_elsewhere():

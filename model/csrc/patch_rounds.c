@@ -32,10 +32,9 @@ the same way a patch at a time: step 1 draws z' of a patch of block i-1 from the
 the network over that patch, k times a round; generation's f_par over block i's EMPTYs reads its first patch's
 positions from the absorbed head, and each later patch's from one more network step over the patch before it,
 read as EMPTYs (input b_in + the sum of w_in[c, EMPTY] over it), taken from a copy of the absorbed states (block
-0: from generation's, gen, planar), k - 1 steps; the latent prior draws Cb positions from its block start (its
-tables built for Cb draws).  Such a call starts at a block start (phase 0) and, kept, ends at a block's end
-(absorb 1): a call that starts or stops inside a block of several patches is not built here (-3; model/vssm.py
-runs it in PyTorch).
+0: from generation's, gen, planar, the current patch's input from gin0, as in0 below but of gen's pending
+tokens), k - 1 steps; the latent prior draws Cb positions from its block start (its tables built for Cb
+draws).
 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
 state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
@@ -47,22 +46,22 @@ the residual stream generation continues from, and its z' in round 1 that of y, 
 call of another block size may have left the first ahead of the second.  The network step reads the
 absorbed SSM states.
 
-A call that starts inside a block starts inside a patch (blocks are patches): block 0 is then the
-last P - phase positions of its patch, the pending patch's first `phase` tokens are in the
-state, and round 1's network input starts from in0 (B, H), b + sum over them of w_in[c, x_t] (and
-w_in[c, EMPTY] past them in the patch, added in the round), not from b_in: in0 = b + acc + sum over
-the patch's first `phase` positions of w_in[c, EMPTY], acc read from the packed state.
+A call that starts inside a block (phase > 0) starts pp = phase mod P positions into a patch: block 0 is then
+the last Cb - phase positions of its block, the first P - pp of them the rest of that patch, whose first pp
+tokens are pending in the state, and round 1's network input for that patch starts from in0 (B, H), b + sum
+over them of w_in[c, x_t] (and w_in[c, EMPTY] past them in the patch, added in the round), not from b_in: in0 =
+b + acc + sum over the patch's first pp positions of w_in[c, EMPTY], acc read from the packed state.
 
-Layouts: the blocks are m0 = P - phase positions (phase: the position of the span's start in its
-patch), then P each, the first or the last cut where the span ends; tokens (B, span) int64, written;
-seed and pos0 (B,) int64, the rows' keys and the span's first absolute position (pos0 mod P must be
+Layouts: the blocks are m0 = Cb - phase positions (phase: the position of the span's start in its
+block), then Cb each, the first or the last cut where the span ends; tokens (B, span) int64, written;
+seed and pos0 (B,) int64, the rows' keys and the span's first absolute position (pos0 mod Cb must be
 `phase`: the columns are read from it), whose uniforms are drawn here from streams s_lat, s_abs and
 s_tok, as csrc/keyed.c draws them (model/sampling.py, keyed_uniforms); temp, temp_tok (B,) doubles.  The states, read only, are
 model/patch.py's packed partial-encoder state par (B, Lp + 1, H, N) complex (interleaved pairs): slots
 0..Lp-1 the SSM states, slot Lp the pending patch, [Lp, :, 0] = acc + i y, [Lp, 0, 1] its token
-count, which must be `phase` in every row, and where Q > P [Lp, 1, 1] the patch's index modulo Q / gcd(P, Q),
+count, which must be pp in every row, and where Q > P [Lp, 1, 1] the patch's index modulo Q / gcd(P, Q),
 which must be pos0's (else nothing is drawn and -2 returned); gen the same form,
-generation's, of which only y_gen is read; dec_in and dec_gen (B, Ld, H, N) complex, the absorbed
+generation's, of which y_gen is read (and, in a block of several patches, the SSM states and acc); dec_in and dec_gen (B, Ld, H, N) complex, the absorbed
 decoder state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
 network's input as a table, a patch's input b_in + sum of w_in[c, x] over its positions (where Q > P,
 W[c, x] - W[c, EMPTY] and START's input: model/patch.py, PatchNet.step_table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
@@ -70,18 +69,19 @@ Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); p
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted, and written only with
 absorb (non-zero): par_out (B, Lp + 1, H, N) and dec_out (B, Ld, H, N), the absorbed states after the last
-block.  With absorb 1 (the span must then end at a patch boundary) a last round runs steps 1, 2 and 4's pass
+block.  With absorb 1 (the span must then end at a block boundary) a last round runs steps 1, 2 and 4's pass
 over z' for that block and draws none, as model/vssm.py's absorption of a block does: par_out is packed at
 the boundary (acc 0, count 0, and where Q > P the next patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]).  With absorb 2 the span stops inside its last block (open end): the last
-round reads that part block's tokens as pending ones of its patch (no network step: par_out packs their
-sum acc, their count and y), z' of it and the decoder's pass over them give dec_out; generation's states
-come back too, as VSSM._piece leaves them: gen_out (par_out's form, the part block read as EMPTYs, which
-add 0), dgen_out (B, Ld, H, N), the decoder's state after the part block's z, and r_out (B, R), the
-latent prior's after its draws (each NULL unless absorb is 2).  After at least one round the part block
-starts a patch (acc its sum, the count its length, y and the SSM states the absorbed ones); where it is
-block 0 (block 0 left open) par and gen come back as they came in, par with the part's sum added to its
-acc and phase + its length as its count, gen with the length added to its count where the row has
-observed a token (a row that has not keeps gen as it was: model/vssm.py, VSSM._piece).
+round reads that part block as the others, a step over each patch it ends, and the tokens of a patch it stops
+inside as pending ones (par_out packs their sum acc, their count and y), z' of it and the decoder's pass over
+them give dec_out; generation's states come back too, as VSSM._piece leaves them: gen_out (par_out's form,
+the part block read as EMPTYs, which add 0: in a block of several patches generation's own steps over them,
+the last one too where the part ends a patch), dgen_out (B, Ld, H, N), the decoder's state after the part
+block's z, and r_out (B, R), the latent prior's after its draws (each NULL unless absorb is 2).  Where the part
+is block 0 and ends no patch (no step: block 0 left open) par and gen come back as they came in, par with the
+part's sum added to its acc and pp + its length as its count, gen with the length added to its count where the
+row has observed a token (a row that has not keeps gen as it was, as it does where block 0 steps:
+model/vssm.py, VSSM._piece).
 The scratch is allocated here, one block a call.
 
 Both networks' states are planar while the call runs (csrc/s4d_block.c, ssm_net_laid; the decoder's
@@ -94,10 +94,9 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 (csrc/ar_loop.c) holds its states planar and in place the same way: its step gets the same treatment.
 
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
-where a row's pending count is not `phase` (or its position or phase disagree with it), or where a row that
+where a row's pending count is not pp (or its position or phase disagree with it), or where a row that
 has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
-the span or outputs are wanted without it, or the block is not whole patches or a block of several patches is
-entered or left open (above).
+the span or outputs are wanted without it, or the block is not whole patches (above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -136,31 +135,39 @@ Nothing here checks a shape. */
     /* the latent prior's inputs for the n positions of a block from span offset s0 that generation reads,  \
        its latents' f_par over EMPTYs: the first `first` positions (the rest of the current patch) from head,    \
        each later patch's from the head after one more network step over the patch before it, read as EMPTYs  \
-       (input b_in + the sum of w_in[c, EMPTY] over it), from the planar states st (stepped in place: the       \
-       caller's copy) into hg (B, Q O).  A block of P (Cb = P) is one patch: no step */                        \
-    static void block_inputs_##SUFFIX(long B, long n, long s0, long first, const int64_t *pos0, long P, long Cb,  \
-                                      long Q, long O, long ZK, long M, long V, long H, long N, long Lp, long sp,  \
-                                      const REAL *head, REAL *hg, const REAL *A, const REAL *Gt,               \
-                                      const uint8_t *obs, const REAL *w_in, const REAL *b_in,                  \
-                                      const REAL *pack_par, double eps_par, REAL *st, REAL *x, REAL *g,          \
-                                      REAL *lp, REAL *pre, REAL *cxz) {                                         \
-        long done = 0;                                                                                          \
+       (input b_in + the sum of w_in[c, EMPTY] over it; the current patch's from base0, where its first tokens \
+       are pending: their sum, the rest added here), from the planar states st (stepped in place: the caller's  \
+       copy) into hg (B, Q O), each step's residual stream into yg (B, H).  With close, a last patch that the  \
+       n positions complete is stepped too (the states generation leaves after a block it stops inside).     \
+       Returns the steps taken: none in a block of P (Cb = P), one patch */                                    \
+    static long block_inputs_##SUFFIX(long B, long n, long s0, long first, const REAL *base0, int close,         \
+                                      const int64_t *pos0, long P, long Cb, long Q, long O, long ZK, long M,     \
+                                      long V, long H, long N, long Lp, long sp, const REAL *head, REAL *hg,      \
+                                      const REAL *A, const REAL *Gt, const uint8_t *obs, const REAL *w_in,      \
+                                      const REAL *b_in, const REAL *pack_par, double eps_par, REAL *st,        \
+                                      REAL *yg, REAL *x, REAL *g, REAL *lp, REAL *pre, REAL *cxz) {             \
+        long done = 0, steps = 0;                                                                               \
         for (;;) {                                                                                              \
-            const long seg = done ? (n - done < P ? n - done : P) : (n < first ? n : first);                    \
+            const long from = done, seg = done ? (n - done < P ? n - done : P) : (n < first ? n : first);       \
             prior_inputs_##SUFFIX(B, seg, s0 + done, pos0, Cb, Q, O, ZK, M, V, done ? hg : head, A, Gt, obs,    \
                                   lp + done * O, pre + done * M, cxz);                                          \
             done += seg;                                                                                        \
-            if (done >= n)                                                                                      \
-                return;                                                                                         \
-            for (long b = 0; b < B; ++b) { /* the patch just read, [done - P, done), all EMPTYs */             \
+            const int full = from ? seg == P : seg == first; /* the segment ends its patch */                   \
+            if (!full || (done >= n && !close))                                                                 \
+                return steps;                                                                                   \
+            for (long b = 0; b < B; ++b) { /* the patch just read, [from, done), all EMPTYs */                  \
                 REAL *xb = x + b * H;                                                                           \
-                memcpy(xb, b_in, H * sizeof(REAL));                                                             \
-                for (long t = done - P; t < done; ++t) {                                                        \
+                memcpy(xb, from == 0 && base0 ? base0 + b * H : b_in, H * sizeof(REAL));                        \
+                for (long t = from; t < done; ++t) {                                                            \
                     const REAL *w = w_in + (((pos0[b] + s0 + t) % Q) * (V + 1) + V) * H;                        \
                     for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
                 }                                                                                               \
             }                                                                                                   \
             ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, st, sp, st, g, hg, 1);         \
+            memcpy(yg, x, B * H * sizeof(REAL)); /* the residual stream after the step */                      \
+            ++steps;                                                                                            \
+            if (done >= n)                                                                                      \
+                return steps;                                                                                   \
         }                                                                                                       \
     }                                                                                                           \
                                                                                                                     \
@@ -177,18 +184,19 @@ Nothing here checks a shape. */
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = Cb - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
-        if (P < 1 || Cb < P || Cb % P || phase < 0 || phase >= Cb || (Cb > P && (phase || absorb == 2)))         \
-            return -3; /* blocks of several patches: from a block start, none left open (the note above) */     \
+        if (P < 1 || Cb < P || Cb % P || phase < 0 || phase >= Cb)                                                \
+            return -3; /* blocks of whole patches (the note above) */                                          \
+        const long pp = phase % P; /* the span's first position in its patch: the pending tokens before it */   \
         long gcd = P;                                                                                               \
         for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
         const long cycle = Q / gcd; /* patches after which the columns' phase repeats */                           \
         for (long b = 0; b < B; ++b) {                                                                              \
-            if (phase != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % Cb != phase)       \
+            if (pp != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % Cb != phase)          \
                 return -2; /* [Lp, 0, 1], its real part, and the position the columns are read from */             \
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
             const REAL *gb = gen + b * packed + slot; /* a row that has observed: generation's patch is par's */   \
-            if (observed[b] && (phase != (long)nearbyint(gb[2]) ||                                                  \
+            if (observed[b] && (pp != (long)nearbyint(gb[2]) ||                                                     \
                                 (cycle > 1 && (long)nearbyint(gb[(N + 1) * 2]) != (pos0[b] / P) % cycle)))         \
                 return -2;                                                                                          \
         }                                                                                                           \
@@ -199,7 +207,7 @@ Nothing here checks a shape. */
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * Cb * H, B * Cb * H,     \
                               B * Cb * O, B * Cb * V, R + M + ZK, B * Rp, B * Cb * M, Cb * F + M, B * span * Z,    \
-                              B * span * Z, B * span, B * H, B * sp, B * Q * O};                                    \
+                              B * span * Z, B * span, B * H, B * sp, B * Q * O, B * H, B * H};                      \
         const long ints[] = {B * Cb * Z, B * Cb * Z};                                                               \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
@@ -212,15 +220,19 @@ Nothing here checks a shape. */
         REAL *r = (REAL *)bufs[11], *pre = (REAL *)bufs[12], *cxz = (REAL *)bufs[13], *u_lat = (REAL *)bufs[14];   \
         REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16], *acc = (REAL *)bufs[17];                         \
         REAL *pg = (REAL *)bufs[18], *hg = (REAL *)bufs[19]; /* generation's steps in a block of several patches */ \
-        int64_t *zs = (int64_t *)bufs[20], *za = (int64_t *)bufs[21];                                               \
+        REAL *gin0 = (REAL *)bufs[20], *yg = (REAL *)bufs[21]; /* its pending patch's input; its residual stream */ \
+        int64_t *zs = (int64_t *)bufs[22], *za = (int64_t *)bufs[23];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
                 const long o = b * packed + slot + h * N * 2;                                                       \
-                y[b * H + h] = par[o + 1], y_gen[b * H + h] = gen[o + 1];                                           \
+                y[b * H + h] = par[o + 1], y_gen[b * H + h] = yg[b * H + h] = gen[o + 1];                           \
                 in0[b * H + h] = b_in[h] + par[o]; /* b + acc, then the EMPTY columns of the pending tokens */      \
-                for (long j = 0; j < phase; ++j) /* the pending patch's positions, from pos0 - phase */             \
-                    in0[b * H + h] += w_in[(((pos0[b] - phase + j) % Q) * V1 + V) * H + h];                         \
+                gin0[b * H + h] = b_in[h] + gen[o]; /* generation's, where a block of several patches steps it */  \
+                for (long j = 0; j < pp; ++j) { /* the pending patch's positions, from pos0 - pp */                 \
+                    const REAL e = w_in[(((pos0[b] - pp + j) % Q) * V1 + V) * H + h];                                \
+                    in0[b * H + h] += e, gin0[b * H + h] += e;                                                      \
+                }                                                                                                   \
             }                                                                                                       \
         /* the decoder's states planar while the call runs (the note above) */                                     \
         ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, sd, 1);                                            \
@@ -233,17 +245,20 @@ Nothing here checks a shape. */
         const long rounds = span <= m0 ? 0 : (span - m0 + Cb - 1) / Cb;                                             \
         const long total = rounds + (absorb != 0); /* with absorb, a last round reads the last block and draws none */ \
         long d = 0, f = -1; /* dec[d]: absorbed state before block i-1; dec[f]: E, after it and z (-1: none) */     \
-        long dgen = -1, pending = 0; /* open end: dec[dgen], generation's decoder state; the part block's length */ \
-        long start = 0, skipped = 0;                                                                                \
-        if (rounds || absorb == 1) /* the partial encoder's states planar too, stepped in place (the note above) */ \
+        long dgen = -1, pending = 0, part = 0; /* open end: dec[dgen], generation's decoder state; the pending     \
+                                                   patch's count after the call, the call's tokens among it */     \
+        long start = 0, skipped = 0, stepped = 0; /* stepped: absorbed network steps */                             \
+        if (rounds || absorb == 1 || (absorb == 2 && span >= P - pp)) /* the partial encoder's states planar too,  \
+                                                                   stepped in place (the note above) */            \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
-            if (m > P) /* generation's partial encoder steps over block 0's patches: its states, planar */         \
+            if (m >= P - pp && Cb > P) /* generation's partial encoder steps over block 0's patches: planar */    \
                 ssm_states_layout_##SUFFIX(B, Lp, H, N, gen, packed, pg, sp, 1);                                    \
-            block_inputs_##SUFFIX(B, m, 0, P - phase % P, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, head0, hg, A,   \
-                                  Gt, observed, w_in, b_in, pack_par, eps_par, pg, x, g, lp, pre, cxz);             \
+            block_inputs_##SUFFIX(B, m, 0, P - pp, pp ? gin0 : 0, absorb == 2 && !rounds, pos0, P, Cb, Q, O, ZK, M, \
+                                  V, H, N, Lp, sp, head0, hg, A, Gt, observed, w_in, b_in, pack_par, eps_par, pg,   \
+                                  yg, x, g, lp, pre, cxz);                                                          \
             int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
             for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
             if (fresh)                                                                                              \
@@ -275,10 +290,10 @@ Nothing here checks a shape. */
             const long m = span - start < whole ? span - start : whole; /* shorter: absorb 2's part block */         \
             const long nx = span - start - m < Cb ? span - start - m : Cb;                                          \
             int same = f >= 0; /* whether every row's z' of block i-1 equals its z */                               \
-            /* block i-1 a patch at a time (one, where blocks are patches: Cb = P); `at` is inside a patch only    \
-               there, a block of several patches starting at a block start */                                     \
-            for (long j0 = 0; j0 < m;) {                                                                            \
-                const long len = Cb == P ? m : (m - j0 < P ? m - j0 : P); /* Cb = P: the whole block */         \
+            const int open_round = absorb == 2 && i == total; /* it reads the part block the call stops inside */  \
+            for (long j0 = 0; j0 < m;) { /* block i-1 a patch at a time (one where blocks are patches, Cb = P) */  \
+                const long a0 = j0 ? 0 : at % P; /* the patch's first position read here */                         \
+                const long len = m - j0 < P - a0 ? m - j0 : P - a0;                                                 \
                 /* 1. z' of the patch's positions from head0 + A[c, x] */                                           \
                 for (long b = 0; b < B; ++b)                                                                        \
                     for (long t = j0; t < j0 + len; ++t) {                                                          \
@@ -291,21 +306,22 @@ Nothing here checks a shape. */
                         categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                 \
                         for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * Cb + t) * Z + j];              \
                     }                                                                                               \
-                /* 2. one step of the network over the patch: the states after it, the next patch's head; a part  \
-                   block (absorb 2, which starts at a patch boundary) is the pending patch's start instead: acc,  \
-                   the sum of table[c, x] - table[c, EMPTY] over its tokens (model/patch.py's D) */              \
-                if (m < whole) {                                                                                    \
-                    pending = m;                                                                                    \
+                /* 2. one step of the network over the patch: the states after it, the next patch's head; the  \
+                   last part of a block the call stops inside (absorb 2), where it does not end its patch, is the \
+                   pending patch's instead: acc, the sum of table[c, x] - table[c, EMPTY] over its tokens          \
+                   (model/patch.py's D), added to the pending tokens' before it where it is block 0's first */    \
+                if (a0 + len < P) {                                                                                 \
+                    pending = a0 + len, part = len;                                                                 \
                     memset(acc, 0, B * H * sizeof(REAL));                                                           \
                     for (long b = 0; b < B; ++b)                                                                    \
-                        for (long t = 0; t < m; ++t) {                                                              \
+                        for (long t = j0; t < j0 + len; ++t) {                                                      \
                             const long c = (pos0[b] + start + t) % Q;                                               \
                             const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                     \
                             const REAL *e = w_in + (c * V1 + V) * H;                                                \
                             for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                             \
                         }                                                                                           \
                 } else {                                                                                            \
-                    const long a0 = j0 ? 0 : at; /* the patch's first position read here */                         \
+                    ++stepped;                                                                                      \
                     for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */ \
                         REAL *xb = x + b * H;                                                                       \
                         memcpy(xb, a0 ? in0 + b * H : b_in, H * sizeof(REAL));                                      \
@@ -323,19 +339,22 @@ Nothing here checks a shape. */
             /* 3. z of block i through the latent prior, from head + A[c, EMPTY] (none after absorb's round); a  \
                block of several patches reads its later patches' heads from generation's steps over EMPTYs */    \
             if (nx) {                                                                                               \
-                if (nx > P)                                                                                         \
+                const int close = absorb == 2 && i == rounds; /* block i is the one the call stops inside */       \
+                if (Cb > P && (nx >= P || close)) /* generation's steps (and states) from the absorbed ones */      \
                     memcpy(pg, pe, B * sp * sizeof(REAL));                                                          \
-                block_inputs_##SUFFIX(B, nx, start + m, P, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, head0, hg, A, \
-                                      Gt, 0, w_in, b_in, pack_par, eps_par, pg, x, g, lp, pre, cxz);                \
+                memcpy(yg, y, B * H * sizeof(REAL));                                                                \
+                block_inputs_##SUFFIX(B, nx, start + m, P, 0, close, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp,     \
+                                      head0, hg, A, Gt, 0, w_in, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
+                                      cxz);                                                                         \
                 latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M,           \
                                             u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs, \
                                             Cb * Z, ps);                                                            \
             }                                                                                                       \
             /* 4. the decoder: D after z' (E of the last round when every z' is its z), then z from there */        \
-            if (pending) /* E stays generation's decoder state (block 0's in slot 1): D after z' goes to slot 2 */ \
+            if (open_round) /* E stays generation's decoder state (block 0's in slot 1): D after z' to slot 2 */  \
                 dgen = i == 1 ? 1 : f;                                                                              \
             if (!same) {                                                                                            \
-                const long to = pending ? 2 : f >= 0 ? f : 1 - d;                                                   \
+                const long to = open_round ? 2 : f >= 0 ? f : 1 - d;                                                \
                 dec_inputs_##SUFFIX(B, m, Cb * Z, H, Z, K, za, w_dec, b_dec, x);                                    \
                 ssm_net_laid_##SUFFIX(B, H, N, m, Ld, V, m, x, pack_dec, eps_dec, dec + d * one, sd,                \
                                       dec + to * one, g, ld, 1);                                                    \
@@ -357,39 +376,44 @@ Nothing here checks a shape. */
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
             start += m;                                                                                             \
         }                                                                                                           \
-        if (par_out && pending && !rounds) { /* block 0 left open: the states as they came in, the part added */  \
+        const int open = absorb == 2;                                                                               \
+        if (par_out && open && !stepped) { /* block 0 left open inside its patch: the states as they came in, the \
+                                              part added */                                                        \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
             if (gen_out)                                                                                            \
                 memcpy(gen_out, gen, B * packed * sizeof(REAL));                                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
                 for (long h = 0; h < H; ++h) o[slot + h * N * 2] += acc[b * H + h];                                 \
-                o[slot + 2] = (REAL)(phase + pending); /* [Lp, 0, 1]: the pending patch's token count */           \
+                o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                      \
                 if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
-                    gen_out[b * packed + slot + 2] += (REAL)pending;                                                \
+                    gen_out[b * packed + slot + 2] += (REAL)part;                                                   \
             }                                                                                                       \
         } else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
-            for (int which = 0; which < (pending && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */       \
+            for (int which = 0; which < (open && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */          \
                 REAL *out = which ? gen_out : par_out;                                                              \
-                ssm_states_layout_##SUFFIX(B, Lp, H, N, pe, sp, out, packed, 0);                                    \
+                const int own = which && Cb > P; /* generation's own steps over the block's EMPTYs */               \
+                ssm_states_layout_##SUFFIX(B, Lp, H, N, own ? pg : pe, sp, out, packed, 0);                         \
                 for (long b = 0; b < B; ++b) {                                                                      \
                     REAL *o = out + b * packed;                                                                     \
                     memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                     \
                     for (long h = 0; h < H; ++h) {                                                                  \
                         o[slot + h * N * 2] = pending && !which ? acc[b * H + h] : 0;                               \
-                        o[slot + h * N * 2 + 1] = y[b * H + h];                                                     \
+                        o[slot + h * N * 2 + 1] = own ? yg[b * H + h] : y[b * H + h];                               \
                     }                                                                                               \
                     o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                 \
                     if (cycle > 1) /* that patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
                         o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                           \
+                    if (own && !rounds && !observed[b]) /* block 0: generation moves where a token was observed */ \
+                        memcpy(o, gen + b * packed, packed * sizeof(REAL));                                         \
                 }                                                                                                   \
             }                                                                                                       \
         }                                                                                                           \
         if (dec_out)                                                                                                \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + d * one, sd, dec_out, sd, 0);                             \
-        if (pending && dgen_out)                                                                                    \
+        if (open && dgen_out)                                                                                       \
             ssm_states_layout_##SUFFIX(B, Ld, H, N, dec + dgen * one, sd, dgen_out, sd, 0);                         \
-        if (pending && r_out)                                                                                       \
+        if (open && r_out)                                                                                          \
             memcpy(r_out, r, B * R * sizeof(REAL));                                                                 \
         free(block);                                                                                                \
         return skipped;                                                                                             \
