@@ -735,7 +735,8 @@ class PatchWeights:
     shape: tuple[int, int, int, int]  # (N, V, Z, K)
     dims: tuple[int, ...]  # the call's sizes (P, Q, H, N, Lp, Ld, V, Z, K)
     args: tuple[int | float | None, ...]  # the call's weight arguments: the tensors' addresses, eps, sizes
-    wider: dict[int, Tensor] = field(default_factory=dict)  # tables for blocks of several patches, by block size
+    # tables for blocks of several patches, by block size (a call holds the one it passes: a clear cannot free it)
+    wider: dict[int, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def tables_for(self, block: int) -> Tensor:
         """The prior's tables for blocks of ``block`` draws (P: :attr:`tables`; a multiple of P: made once per block
@@ -866,10 +867,11 @@ def _patch_rounds(
     opened = (torch.empty_like(gen), torch.empty_like(dec_gen), torch.empty_like(r0)) if open_end else None
     fn = lib.patch_rounds_f64 if dt == torch.float64 else lib.patch_rounds_f32
     absorb = (2 if open_end else 1) if keep else 0  # csrc/patch_rounds.c: a kept call absorbs its last block
+    tables = w.tables_for(block)  # held while C reads it
     skipped = fn(
         Bsz, phase, span, absorb, block, *w.dims, tokens.data_ptr(), seed.data_ptr(), pos0.data_ptr(),
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
-        dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args, w.tables_for(block).data_ptr(),
+        dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args, tables.data_ptr(),
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
         *(None,) * 3 if opened is None else (t.data_ptr() for t in opened),
     )  # fmt: skip

@@ -915,7 +915,7 @@ class VSSM(SequenceModel):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
         NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
-        patch encoder's blocks that are not its patches or a state the patch rounds refuse), but for blocks
+        patch encoder's blocks that are not whole patches or a state the patch rounds refuse), but for blocks
         that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece, then the
         rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)

@@ -1314,16 +1314,55 @@ def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, positio
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(("first", "n"), [(3, 14), (4, 13), (1, 2), (6, 1), (0, 9)])
-def test_compiled_patch_rounds_of_several_patches_mix_prompted_rows_and_block_sizes(dtype, first, n, monkeypatch):
+@pytest.mark.parametrize(("position", "n", "block"), [(5, 20, 8), (0, 17, 8), (6, 9, 12), (13, 20, 8), (1, 5, 8)])
+@pytest.mark.parametrize("shape", [{"width": 17, "state_size": 5}, {"width": 72, "state_size": 20}], ids=["H17", "H72"])
+def test_compiled_patch_rounds_of_several_patches_in_odd_shapes(dtype, position, n, block, shape):
+    """Blocks of several patches with widths and modes that do not fill whole vectors or groups of four (17
+    channels, 5 modes), and with more than one tile of the states' layout (72 channels, 20 modes:
+    csrc/s4d_block.c, ssm_states_layout), as the rounds in PyTorch leave them."""
+    m, start = patch_start(dtype, position, 6, False, **shape)
+    calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), block, 0.5, "patch_rounds")
+    assert len(calls) == 2 and all(out is not None for _, out in calls)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, period):
+    """A session whose calls change block size (8, 12, 4, 16, 8), each starting where the last stopped, inside
+    blocks and patches, every call compiled: the same tokens and state tensors after each call as the same session
+    in PyTorch."""
+    m, start = patch_start(dtype, 3, period)
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    state, ref, compiled = start, start, []
+    real = native._patch_rounds
+    tol = 1e-10 if dtype == F64 else 1e-4
+    for block, n in [(8, 7), (12, 9), (4, 6), (16, 13), (8, 5)]:
+        kwargs = dict(temperature=temp, block_size=block, observation_temperature=0.5)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "_patch_rounds", lambda *a, **k: compiled.append(real(*a, **k)) or compiled[-1])
+            tokens, state = m.generate(state, n, **kwargs)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "patch_rounds", lambda: None)
+            mp.setattr(native, "prior_piece", lambda: None)
+            ref_tokens, ref = m.generate(ref, n, **kwargs)
+        assert torch.equal(tokens, ref_tokens)
+        for k, v in ref.tensors.items():
+            torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+    assert len(compiled) == 5 and all(out is not None for out in compiled)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("first", "n"), [(3, 14), (4, 13), (1, 2), (6, 1), (0, 9), (1, 5), (2, 3)])
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_of_several_patches_mix_prompted_rows(dtype, first, n, period, monkeypatch):
     """Blocks of 8 (two patches of 4) in a batch of an unprompted row and two prompted ones, after a call at block
     4 (generation's states then ahead of the absorbed ones where it stopped inside a block): block 0's
-    generation steps from generation's state in the rows that observed a token and leaves the other's as it was,
-    as the rounds in PyTorch do."""
+    generation steps from generation's state in the rows that observed a token and leaves the other's as it was
+    (also where a call stops inside block 0 after a step: 1 + 5, 2 + 3), as the rounds in PyTorch do."""
     from tests.conftest import tiny_model
     from vssm.model.state import GenState
 
-    m = tiny_model("vssm", dtype=dtype, max_position=64, **PATCH_CFG)
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **PATCH_CFG)
     with torch.no_grad():  # the prompted rows' block 0 reads the partial encoder: latents all but surely 0
         m.partial_encoder.token_out[:, m.empty_token, :2] = torch.tensor([3.0, -3.0])
     rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in (0, 8, 16)]
