@@ -211,8 +211,9 @@ def _served_part(
 
 @torch.no_grad()
 def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: str) -> dict[str, Any]:
-    """A whole image from the MNIST VSSM ``recipe``'s shapes against block size (the suite's dial and its
-    served default), beside ``baselines`` (the suite's matched AR-SSM), in the form of the text part."""
+    """A whole image from the MNIST VSSM ``recipe``'s shapes against block size (the suite's dial, its served
+    default and the sizes its training used), beside ``baselines`` (the suite's matched AR-SSM), in the form of
+    the text part."""
     T = s.blocks_length
     served = RECIPES[recipe].default_block_size or T
     recipes = {"vssm": recipe, "ar-ssm": "mnist-ar-ssm"}
@@ -224,7 +225,11 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
         shapes = {**dataclasses.asdict(models["vssm"].config), "max_position": trained.config.max_position}
         if dataclasses.asdict(trained.config) == shapes:
             models, weights = {**models, "vssm": trained}, f"checkpoints/{bundled.name}"
-    part = _served_part(models, s, T, recipes, sorted({*s.block_sizes, served}), served)
+    # the dial's sizes, the served one and (not in a quick run) those its training used: a patch model's are
+    # whole patches, its compiled calls' sizes, where the dial's may not be (mnist-vssm-prior16's 28, 56, 196)
+    trained = "" if s.mode == "quick" else str(RECIPES[recipe].train.get("block_sizes", ""))
+    sizes = sorted({*s.block_sizes, served, *(int(c) for c in trained.split(",") if c.strip() and int(c) < T)})
+    part = _served_part(models, s, T, recipes, sizes, served)
     return {**part, "weights": weights}
 
 
