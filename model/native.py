@@ -827,8 +827,8 @@ def _patch_rounds(
     block: int = 0,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
-    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; else a multiple of
-    it).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that block, then whole
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; else a multiple or
+    a divisor of it).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that block, then whole
     blocks, the last maybe cut where the span ends.  ``keys``: the rows' seeds and the span's first positions
     ``(B,)`` int64 and the streams of the latents, the absorbed latents and the tokens (model/sampling.py: the
     uniforms are drawn in C, the same numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)``
@@ -841,7 +841,8 @@ def _patch_rounds(
     ``open_end`` (a span that stops inside a block, block 0 too: its tokens read as pending ones of their patch)
     generation's states after it, ``(gen (B, Lp + 1, H, N), dec (B, Ld, H, N), r (B, R))`` (else None); and how
     many rounds (the absorbing one too) skipped the decoder's pass over the absorbed latents.  None where a row's
-    pending patch does not hold ``phase`` mod P tokens (nothing was drawn: the caller's own loop runs instead)."""
+    pending patch does not hold as many tokens as its position mod P, or rows' positions mod P differ (nothing was
+    drawn: the caller's own loop runs instead)."""
     lib = _lib
     assert lib is not None
     P, _, H, N, Lp, Ld = w.dims[:6]
@@ -851,7 +852,8 @@ def _patch_rounds(
     par, gen, dec, dec_gen, observed, r0 = states
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
-    ok = block % P == 0 and 0 <= phase < block and span >= 1 and _draws_ok(seed, pos0, temp, temp_tok)
+    ok = (block % P == 0 or P % block == 0) and 0 <= phase < block and span >= 1
+    ok = ok and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and (not keep or ((phase + span) % block != 0) == open_end) and (keep or not open_end)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt

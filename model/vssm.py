@@ -832,8 +832,8 @@ class VSSM(SequenceModel):
         last_ends = (p0 + n) % c == 0
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
-        P = self.config.par_patch  # a partial encoder that reads patches, blocks of whole patches
-        patches = P > 0 and c % P == 0
+        P = self.config.par_patch  # a partial encoder that reads patches, blocks of whole patches or inside one
+        patches = P > 0 and (c % P == 0 or P % c == 0)
         if fused == 0 and not patches:  # a part-block kept mid-block: block 0 left open, compiled where it can be
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
@@ -1027,18 +1027,18 @@ class VSSM(SequenceModel):
         self, c: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
-        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches or several whole
-        patches (the call may start or stop inside one), the decoder reads latents only and a latent prior draws
-        them, a round is a network step a patch of the block absorbed (and one a later patch of the block drawn,
-        over EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these blocks.  The
-        call itself returns None where the state's pending patch is not where the call starts (then nothing was
-        drawn)."""
+        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches, several whole
+        patches or a whole part of one (the call may start or stop inside one), the decoder reads latents only and
+        a latent prior draws them, a round is a network step a patch the block ends (and one a later patch of the
+        block drawn, over EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these
+        blocks.  The call itself returns None where the state's pending patch is not where the call starts (then
+        nothing was drawn)."""
         run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
         if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        if c % net.patch or has_hooks([net]):  # blocks of whole patches; a hook on the patch network: its forward
+        if (c % net.patch and net.patch % c) or has_hooks([net]):  # whole patches or whole blocks a patch; a hook
             return None
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length

@@ -1313,6 +1313,66 @@ def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, positio
     assert torch.equal(tokens, ref)
 
 
+# blocks of 2 and 1 inside patches of 4: from a patch start or inside one, at a block start or inside one; kept
+# calls that end at a block's end inside a patch or at a patch's end, or stop inside a block, after rounds or not,
+# with a step or without one (0 + 3, 1 + 2, 9 + 2: rounds inside one patch)
+INSIDE_A_PATCH = [
+    (0, 17, 2), (1, 9, 2), (3, 6, 2), (5, 3, 1), (0, 8, 2), (2, 7, 1), (6, 13, 2), (7, 1, 2), (4, 2, 2), (1, 1, 2),
+    (0, 5, 1), (0, 3, 2), (1, 2, 2), (9, 2, 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("copy", [False, True])
+@pytest.mark.parametrize(("position", "n", "block"), INSIDE_A_PATCH)
+@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
+def test_compiled_patch_rounds_of_blocks_inside_a_patch(dtype, copy, position, n, block, period):
+    """Blocks that divide the patch (2 and 1, P = 4) run compiled: a block's tokens join the pending patch, whose
+    input gathers over the blocks until the patch ends and the network steps; generation reads the head of the
+    patches before, the pending tokens only through the decoder, as model/patch.py's network does.  The tokens and
+    every state tensor as the rounds in PyTorch leave them (a kept state mid-patch: its pending sum and count, and
+    generation's with the call's last part read as EMPTYs), and a session goes on from it alike."""
+    m, start = patch_start(dtype, position, period, copy)
+    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
+    obs = 0.0 if copy else 0.5
+    calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
+    phase, open_end = position % block, (position + n) % block != 0
+    assert [(args[:2], args[-2], args[-1]) for args, _ in calls] == [  # keep, open_end
+        ((phase, n), True, open_end),
+        ((phase, n), False, False),
+    ]
+    assert all(out is not None for _, out in calls)
+    more = min(5, m.max_position - position - n)
+    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
+    tokens, mid = m.generate(start, n, **kwargs)
+    tokens = torch.cat([tokens, m.generate(mid, more, **kwargs)[0]], 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "patch_rounds", lambda: None)
+        ref, ref_mid = m.generate(start, n, **kwargs)
+        ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
+    assert torch.equal(tokens, ref)
+
+
+def test_compiled_patch_rounds_refuse_rows_at_different_places_in_their_patches():
+    """Blocks inside a patch step the network where a patch ends, for every row at once: rows at the same phase of
+    a block of 2 but at different places in their patches of 4 (positions 8 and 10) are refused (None: nothing
+    drawn), and the rounds in PyTorch draw them, as each row alone would be drawn."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=F64, max_position=64, **PATCH_CFG)
+    rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in (8, 10)]
+    start = GenState.cat(rows)
+    calls = compiled_equals_pytorch(m, start, 9, torch.tensor([1.0, 0.5], dtype=F64), 2, 0.5, "patch_rounds")
+    assert calls and all(out is None for _, out in calls)
+    kwargs = dict(temperature=torch.tensor([1.0, 0.5], dtype=F64), block_size=2, observation_temperature=0.5)
+    together = m.generate(start, 9, **kwargs)[0]
+    alone = [
+        m.generate(r, 9, **{**kwargs, "temperature": kwargs["temperature"][i : i + 1]})[0] for i, r in enumerate(rows)
+    ]
+    assert torch.equal(together, torch.cat(alone))
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize(("position", "n", "block"), [(5, 20, 8), (0, 17, 8), (6, 9, 12), (13, 20, 8), (1, 5, 8)])
 @pytest.mark.parametrize("shape", [{"width": 17, "state_size": 5}, {"width": 72, "state_size": 20}], ids=["H17", "H72"])
@@ -1328,7 +1388,7 @@ def test_compiled_patch_rounds_of_several_patches_in_odd_shapes(dtype, position,
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
 def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, period):
-    """A session whose calls change block size (8, 12, 4, 16, 8), each starting where the last stopped, inside
+    """A session whose calls change block size (8, 2, 12, 1, 4, 16, 8), each starting where the last stopped, inside
     blocks and patches, every call compiled: the same tokens and state tensors after each call as the same session
     in PyTorch."""
     m, start = patch_start(dtype, 3, period)
@@ -1336,7 +1396,7 @@ def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, perio
     state, ref, compiled = start, start, []
     real = native._patch_rounds
     tol = 1e-10 if dtype == F64 else 1e-4
-    for block, n in [(8, 7), (12, 9), (4, 6), (16, 13), (8, 5)]:
+    for block, n in [(8, 7), (2, 5), (12, 9), (1, 3), (4, 6), (16, 13), (8, 5)]:
         kwargs = dict(temperature=temp, block_size=block, observation_temperature=0.5)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_patch_rounds", lambda *a, **k: compiled.append(real(*a, **k)) or compiled[-1])
@@ -1348,7 +1408,7 @@ def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, perio
         assert torch.equal(tokens, ref_tokens)
         for k, v in ref.tensors.items():
             torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
-    assert len(compiled) == 5 and all(out is not None for out in compiled)
+    assert len(compiled) == 7 and all(out is not None for out in compiled)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

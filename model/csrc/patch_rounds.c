@@ -3,7 +3,7 @@
 
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      V  vocabulary (EMPTY = V)
-    P  tokens a patch      Cb  tokens a block: P, or a multiple of it (below)
+    P  tokens a patch      Cb  tokens a block: P, a multiple of it or a divisor (below)
     Z  latent variables per step      K  classes of each
     O  the partial encoder's outputs a position: Z*K logits, then F context features
     Q  the period of its tables: a position t reads column (t mod Q) of w_in, A and the head (Q = P: its
@@ -36,6 +36,13 @@ read as EMPTYs (input b_in + the sum of w_in[c, EMPTY] over it), taken from a co
 tokens), k - 1 steps; the latent prior draws Cb positions from its block start (its tables built for Cb
 draws).
 
+Blocks inside a patch (Cb divides P) never cross a patch's end: a round's absorption adds the block's tokens to
+the pending patch's input, in0, which gathers them over the blocks (b_in + table[c, x] over the patch's tokens so
+far, EMPTY's where pending ones came in with the state), and steps the network only where the block ends its
+patch; generation reads the head of the patches before (model/patch.py: a position reads the tokens before it in
+its patch only through the decoder).  Every row's patches then end at the same round: rows at different places
+in their patches are refused (-2).
+
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
 state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
 observed a token (observed (B,) bytes) and the uniform prior where not; then the decoder from dec_gen
@@ -47,8 +54,8 @@ call of another block size may have left the first ahead of the second.  The net
 absorbed SSM states.
 
 A call that starts inside a block (phase > 0) starts pp = phase mod P positions into a patch: block 0 is then
-the last Cb - phase positions of its block, the first P - pp of them the rest of that patch, whose first pp
-tokens are pending in the state, and round 1's network input for that patch starts from in0 (B, H), b + sum
+the last Cb - phase positions of its block, the first P - pp of them (at most) the rest of that patch, whose
+first pp tokens are pending in the state, and round 1's network input for that patch starts from in0 (B, H), b + sum
 over them of w_in[c, x_t] (and w_in[c, EMPTY] past them in the patch, added in the round), not from b_in: in0 =
 b + acc + sum over the patch's first pp positions of w_in[c, EMPTY], acc read from the packed state.
 
@@ -96,7 +103,8 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
 where a row's pending count is not pp (or its position or phase disagree with it), or where a row that
 has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
-the span or outputs are wanted without it, or the block is not whole patches (above).
+the span or outputs are wanted without it, or the block is neither whole patches nor a whole part of one
+(above).
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -184,15 +192,16 @@ Nothing here checks a shape. */
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = Cb - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
-        if (P < 1 || Cb < P || Cb % P || phase < 0 || phase >= Cb)                                                \
-            return -3; /* blocks of whole patches (the note above) */                                          \
-        const long pp = phase % P; /* the span's first position in its patch: the pending tokens before it */   \
+        if (P < 1 || Cb < 1 || (Cb % P && P % Cb) || phase < 0 || phase >= Cb)                                  \
+            return -3; /* blocks of whole patches, or whole blocks a patch (the note above) */                   \
+        const long pp = pos0[0] % P; /* the span's first position in its patch: the pending tokens before it */  \
         long gcd = P;                                                                                               \
         for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
         const long cycle = Q / gcd; /* patches after which the columns' phase repeats */                           \
         for (long b = 0; b < B; ++b) {                                                                              \
-            if (pp != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % Cb != phase)          \
-                return -2; /* [Lp, 0, 1], its real part, and the position the columns are read from */             \
+            if (pp != (long)nearbyint(par[b * packed + slot + 2]) || pos0[b] < 0 || pos0[b] % Cb != phase ||        \
+                pos0[b] % P != pp) /* [Lp, 0, 1], its real part, and the positions, where the columns are read */ \
+                return -2; /* from and every row's patches end alike */                                            \
             if (cycle > 1 && (long)nearbyint(par[b * packed + slot + (N + 1) * 2]) != (pos0[b] / P) % cycle)       \
                 return -2; /* [Lp, 1, 1]: the patch's phase */                                                      \
             const REAL *gb = gen + b * packed + slot; /* a row that has observed: generation's patch is par's */   \
@@ -286,13 +295,13 @@ Nothing here checks a shape. */
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
         for (long i = 1; i <= total; ++i) {                                                                         \
-            const long whole = i == 1 ? m0 : Cb, at = i == 1 ? phase : 0; /* block i-1 starts at `at` in its block */ \
+            const long whole = i == 1 ? m0 : Cb; /* block i-1's length, where the span does not cut it */          \
             const long m = span - start < whole ? span - start : whole; /* shorter: absorb 2's part block */         \
             const long nx = span - start - m < Cb ? span - start - m : Cb;                                          \
             int same = f >= 0; /* whether every row's z' of block i-1 equals its z */                               \
             const int open_round = absorb == 2 && i == total; /* it reads the part block the call stops inside */  \
             for (long j0 = 0; j0 < m;) { /* block i-1 a patch at a time (one where blocks are patches, Cb = P) */  \
-                const long a0 = j0 ? 0 : at % P; /* the patch's first position read here */                         \
+                const long a0 = (pp + start + j0) % P; /* the patch's first position read here */                   \
                 const long len = m - j0 < P - a0 ? m - j0 : P - a0;                                                 \
                 /* 1. z' of the patch's positions from head0 + A[c, x] */                                           \
                 for (long b = 0; b < B; ++b)                                                                        \
@@ -306,10 +315,16 @@ Nothing here checks a shape. */
                         categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                 \
                         for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * Cb + t) * Z + j];              \
                     }                                                                                               \
-                /* 2. one step of the network over the patch: the states after it, the next patch's head; the  \
-                   last part of a block the call stops inside (absorb 2), where it does not end its patch, is the \
-                   pending patch's instead: acc, the sum of table[c, x] - table[c, EMPTY] over its tokens          \
-                   (model/patch.py's D), added to the pending tokens' before it where it is block 0's first */    \
+                /* 2. the patch's input so far, in0 (b_in + table[c, x] over its tokens, EMPTY's where pending ones  \
+                   came in: model/patch.py), gains the segment's tokens; where the segment ends its patch one step \
+                   of the network over it (the states after it, the next patch's head) and in0 starts anew; else  \
+                   its tokens are pending (a block inside a patch; the last part of a block the call stops inside): \
+                   acc, the sum of table[c, x] - table[c, EMPTY] over them (model/patch.py's D) */                   \
+                for (long b = 0; b < B; ++b)                                                                        \
+                    for (long t = j0; t < j0 + len; ++t) {                                                          \
+                        const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tokens[b * span + start + t]) * H; \
+                        for (long k = 0; k < H; ++k) in0[b * H + k] += w[k];                                        \
+                    }                                                                                               \
                 if (a0 + len < P) {                                                                                 \
                     pending = a0 + len, part = len;                                                                 \
                     memset(acc, 0, B * H * sizeof(REAL));                                                           \
@@ -321,18 +336,11 @@ Nothing here checks a shape. */
                             for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                             \
                         }                                                                                           \
                 } else {                                                                                            \
-                    ++stepped;                                                                                      \
-                    for (long b = 0; b < B; ++b) { /* the pending patch's input (in0 in round 1) and block i-1's */ \
-                        REAL *xb = x + b * H;                                                                       \
-                        memcpy(xb, a0 ? in0 + b * H : b_in, H * sizeof(REAL));                                      \
-                        for (long t = 0; t < P - a0; ++t) {                                                         \
-                            const int64_t tok = tokens[b * span + start + j0 + t];                                  \
-                            const REAL *w = w_in + (((pos0[b] + start + j0 + t) % Q) * V1 + tok) * H;               \
-                            for (long k = 0; k < H; ++k) xb[k] += w[k];                                             \
-                        }                                                                                           \
-                    }                                                                                               \
+                    ++stepped, pending = 0;                                                                         \
+                    memcpy(x, in0, B * H * sizeof(REAL));                                                           \
                     ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);  \
                     memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                    \
+                    for (long b = 0; b < B; ++b) memcpy(in0 + b * H, b_in, H * sizeof(REAL));                       \
                 }                                                                                                   \
                 j0 += len;                                                                                          \
             }                                                                                                       \
@@ -343,7 +351,8 @@ Nothing here checks a shape. */
                 if (Cb > P && (nx >= P || close)) /* generation's steps (and states) from the absorbed ones */      \
                     memcpy(pg, pe, B * sp * sizeof(REAL));                                                          \
                 memcpy(yg, y, B * H * sizeof(REAL));                                                                \
-                block_inputs_##SUFFIX(B, nx, start + m, P, 0, close, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp,     \
+                block_inputs_##SUFFIX(B, nx, start + m, P - (pp + start + m) % P, 0, close, pos0, P, Cb, Q, O, ZK, M, \
+                                      V, H, N, Lp, sp,                                                              \
                                       head0, hg, A, Gt, 0, w_in, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
                                       cxz);                                                                         \
                 latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M,           \
@@ -377,14 +386,22 @@ Nothing here checks a shape. */
             start += m;                                                                                             \
         }                                                                                                           \
         const int open = absorb == 2;                                                                               \
-        if (par_out && open && !stepped) { /* block 0 left open inside its patch: the states as they came in, the \
-                                              part added */                                                        \
+        if (pending) /* the pending patch's acc: in0 less b_in and its positions' EMPTY columns; gen_in0 (its */   \
+            for (long b = 0; b < B; ++b) /* generation's, the call's part read as EMPTYs) that less acc */         \
+                for (long h = 0; h < H; ++h) {                                                                      \
+                    REAL a = in0[b * H + h] - b_in[h];                                                              \
+                    for (long j = 0; j < pending; ++j)                                                              \
+                        a -= w_in[(((pos0[b] + span - pending + j) % Q) * V1 + V) * H + h];                         \
+                    gin0[b * H + h] = a - acc[b * H + h], acc[b * H + h] = a;                                       \
+                }                                                                                                   \
+        if (par_out && open && !rounds && !stepped) { /* block 0 left open inside its patch: the states as they   \
+                                                         came in, the part added */                                \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
             if (gen_out)                                                                                            \
                 memcpy(gen_out, gen, B * packed * sizeof(REAL));                                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
-                for (long h = 0; h < H; ++h) o[slot + h * N * 2] += acc[b * H + h];                                 \
+                for (long h = 0; h < H; ++h) o[slot + h * N * 2] = acc[b * H + h];                                  \
                 o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                      \
                 if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
                     gen_out[b * packed + slot + 2] += (REAL)part;                                                   \
@@ -398,7 +415,7 @@ Nothing here checks a shape. */
                     REAL *o = out + b * packed;                                                                     \
                     memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                     \
                     for (long h = 0; h < H; ++h) {                                                                  \
-                        o[slot + h * N * 2] = pending && !which ? acc[b * H + h] : 0;                               \
+                        o[slot + h * N * 2] = !pending ? 0 : which ? gin0[b * H + h] : acc[b * H + h];              \
                         o[slot + h * N * 2 + 1] = own ? yg[b * H + h] : y[b * H + h];                               \
                     }                                                                                               \
                     o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                 \
