@@ -739,7 +739,7 @@ class PatchWeights:
     wider: dict[int, Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def tables_for(self, block: int) -> Tensor:
-        """The prior's tables for blocks of ``block`` draws (P: :attr:`tables`; a multiple of P: made once per block
+        """The prior's tables for blocks of ``block`` draws (P: :attr:`tables`; another: made once per block
         size and kept while these weights are, a few at a time)."""
         if block == self.dims[0]:
             return self.tables

@@ -843,7 +843,7 @@ class VSSM(SequenceModel):
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
-            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks of whole patches only
+            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks of whole patches or inside one only
             if patches:
                 patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
             if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
@@ -915,9 +915,9 @@ class VSSM(SequenceModel):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
         NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
-        patch encoder's blocks that are not whole patches or a state the patch rounds refuse), but for blocks
-        that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece, then the
-        rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
+        patch encoder's blocks that are neither whole patches nor inside one, or a state the patch rounds refuse),
+        but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece,
+        then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz = state.batch_size
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)

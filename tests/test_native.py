@@ -1315,10 +1315,10 @@ def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, positio
 
 # blocks of 2 and 1 inside patches of 4: from a patch start or inside one, at a block start or inside one; kept
 # calls that end at a block's end inside a patch or at a patch's end, or stop inside a block, after rounds or not,
-# with a step or without one (0 + 3, 1 + 2, 9 + 2: rounds inside one patch)
+# with a step or without one (0 + 3, 1 + 2, 9 + 2: rounds inside one patch), block 0 left open (0, 2, 4 + 1)
 INSIDE_A_PATCH = [
     (0, 17, 2), (1, 9, 2), (3, 6, 2), (5, 3, 1), (0, 8, 2), (2, 7, 1), (6, 13, 2), (7, 1, 2), (4, 2, 2), (1, 1, 2),
-    (0, 5, 1), (0, 3, 2), (1, 2, 2), (9, 2, 2),
+    (0, 5, 1), (0, 3, 2), (1, 2, 2), (9, 2, 2), (0, 1, 2), (2, 1, 2), (4, 1, 2),
 ]  # fmt: skip
 
 
@@ -1351,6 +1351,37 @@ def test_compiled_patch_rounds_of_blocks_inside_a_patch(dtype, copy, position, n
         ref, ref_mid = m.generate(start, n, **kwargs)
         ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
     assert torch.equal(tokens, ref)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("n", [1, 3, 6])
+@pytest.mark.parametrize(("positions", "period"), [((0, 4, 8), 0), ((8, 12, 0), 0), ((0, 8, 20), 6)])
+def test_compiled_patch_rounds_inside_a_patch_mix_rows(dtype, n, positions, period):
+    """Blocks of 2 inside patches of 4 in a batch of rows at different positions but the same place in their patches
+    (and, with tables by column, different phases of the columns), an unprompted row among them (position 0: block
+    0 from the uniform prior, generation's state kept where the call stops inside it): compiled, and as the rounds
+    in PyTorch leave them."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **PATCH_CFG)
+    rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in positions]
+    temp = torch.tensor([0.8, 1.0, 0.5], dtype=dtype)
+    calls = compiled_equals_pytorch(m, GenState.cat(rows), n, temp, 2, 0.5, "patch_rounds")
+    assert len(calls) == 2 and all(out is not None for _, out in calls)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("position", "n", "block"), [(0, 20, 3), (4, 9, 2), (7, 14, 3), (1, 25, 12), (13, 4, 2)])
+def test_compiled_patch_rounds_of_another_patch_size(dtype, position, n, block):
+    """Patches of 6, blocks of 2, 3 (inside one) and 12 (two): the same as the rounds in PyTorch."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **{**PATCH_CFG, "par_patch": 6})
+    prompt = torch.randint(0, 2, (3, position), generator=torch.Generator().manual_seed(position))
+    start = m.start(prompt, [4, 5, 6])
+    calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), block, 0.5, "patch_rounds")
+    assert len(calls) == 2 and all(out is not None for _, out in calls)
 
 
 def test_compiled_patch_rounds_refuse_rows_at_different_places_in_their_patches():
@@ -1388,7 +1419,7 @@ def test_compiled_patch_rounds_of_several_patches_in_odd_shapes(dtype, position,
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
 def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, period):
-    """A session whose calls change block size (8, 2, 12, 1, 4, 16, 8), each starting where the last stopped, inside
+    """A session whose calls change block size (8, 2, 12, 1, 4, 16, 2, 8), each starting where the last stopped, inside
     blocks and patches, every call compiled: the same tokens and state tensors after each call as the same session
     in PyTorch."""
     m, start = patch_start(dtype, 3, period)
@@ -1396,7 +1427,7 @@ def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, perio
     state, ref, compiled = start, start, []
     real = native._patch_rounds
     tol = 1e-10 if dtype == F64 else 1e-4
-    for block, n in [(8, 7), (2, 5), (12, 9), (1, 3), (4, 6), (16, 13), (8, 5)]:
+    for block, n in [(8, 7), (2, 5), (12, 9), (1, 3), (4, 6), (16, 13), (2, 3), (8, 5)]:
         kwargs = dict(temperature=temp, block_size=block, observation_temperature=0.5)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_patch_rounds", lambda *a, **k: compiled.append(real(*a, **k)) or compiled[-1])
@@ -1408,7 +1439,7 @@ def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, perio
         assert torch.equal(tokens, ref_tokens)
         for k, v in ref.tensors.items():
             torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
-    assert len(compiled) == 7 and all(out is not None for out in compiled)
+    assert len(compiled) == 8 and all(out is not None for out in compiled)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

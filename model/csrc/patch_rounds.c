@@ -78,7 +78,8 @@ latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block s
 absorb (non-zero): par_out (B, Lp + 1, H, N) and dec_out (B, Ld, H, N), the absorbed states after the last
 block.  With absorb 1 (the span must then end at a block boundary) a last round runs steps 1, 2 and 4's pass
 over z' for that block and draws none, as model/vssm.py's absorption of a block does: par_out is packed at
-the boundary (acc 0, count 0, and where Q > P the next patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]).  With absorb 2 the span stops inside its last block (open end): the last
+the boundary (acc 0, count 0, and where Q > P the next patch's index modulo Q / gcd(P, Q) in [Lp, 1, 1]; for
+blocks inside a patch, a block's end inside its patch: that patch's pending sum, count and index).  With absorb 2 the span stops inside its last block (open end): the last
 round reads that part block as the others, a step over each patch it ends, and the tokens of a patch it stops
 inside as pending ones (par_out packs their sum acc, their count and y), z' of it and the decoder's pass over
 them give dec_out; generation's states come back too, as VSSM._piece leaves them: gen_out (par_out's form,
@@ -216,7 +217,7 @@ Nothing here checks a shape. */
         const long Rp = R > 1 ? R : 1;                                                                              \
         const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * Cb * H, B * Cb * H,     \
                               B * Cb * O, B * Cb * V, R + M + ZK, B * Rp, B * Cb * M, Cb * F + M, B * span * Z,    \
-                              B * span * Z, B * span, B * H, B * sp, B * Q * O, B * H, B * H};                      \
+                              B * span * Z, B * span, B * H, B * sp, B * Q * O, B * H, B * H, B * H};               \
         const long ints[] = {B * Cb * Z, B * Cb * Z};                                                               \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
@@ -230,13 +231,15 @@ Nothing here checks a shape. */
         REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16], *acc = (REAL *)bufs[17];                         \
         REAL *pg = (REAL *)bufs[18], *hg = (REAL *)bufs[19]; /* generation's steps in a block of several patches */ \
         REAL *gin0 = (REAL *)bufs[20], *yg = (REAL *)bufs[21]; /* its pending patch's input; its residual stream */ \
-        int64_t *zs = (int64_t *)bufs[22], *za = (int64_t *)bufs[23];                                               \
+        REAL *dsum = (REAL *)bufs[22]; /* the pending patch's acc (model/patch.py's D-sum), kept with in0 */         \
+        int64_t *zs = (int64_t *)bufs[23], *za = (int64_t *)bufs[24];                                               \
         /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
                 const long o = b * packed + slot + h * N * 2;                                                       \
                 y[b * H + h] = par[o + 1], y_gen[b * H + h] = yg[b * H + h] = gen[o + 1];                           \
                 in0[b * H + h] = b_in[h] + par[o]; /* b + acc, then the EMPTY columns of the pending tokens */      \
+                dsum[b * H + h] = par[o];                                                                           \
                 gin0[b * H + h] = b_in[h] + gen[o]; /* generation's, where a block of several patches steps it */  \
                 for (long j = 0; j < pp; ++j) { /* the pending patch's positions, from pos0 - pp */                 \
                     const REAL e = w_in[(((pos0[b] - pp + j) % Q) * V1 + V) * H + h];                                \
@@ -319,28 +322,30 @@ Nothing here checks a shape. */
                    came in: model/patch.py), gains the segment's tokens; where the segment ends its patch one step \
                    of the network over it (the states after it, the next patch's head) and in0 starts anew; else  \
                    its tokens are pending (a block inside a patch; the last part of a block the call stops inside): \
-                   acc, the sum of table[c, x] - table[c, EMPTY] over them (model/patch.py's D) */                   \
+                   dsum, the pending patch's sum of table[c, x] - table[c, EMPTY] (model/patch.py's acc), gains \
+                   them as well, and acc holds the segment's own */                                                  \
+                const int ends = a0 + len == P; /* the segment ends its patch */                                     \
+                if (!ends) /* generation's pending sum: the patch's tokens before this last part (its EMPTYs add 0) */ \
+                    memcpy(gin0, dsum, B * H * sizeof(REAL));                                                       \
+                memset(acc, 0, B * H * sizeof(REAL));                                                               \
                 for (long b = 0; b < B; ++b)                                                                        \
                     for (long t = j0; t < j0 + len; ++t) {                                                          \
-                        const REAL *w = w_in + (((pos0[b] + start + t) % Q) * V1 + tokens[b * span + start + t]) * H; \
-                        for (long k = 0; k < H; ++k) in0[b * H + k] += w[k];                                        \
-                    }                                                                                               \
-                if (a0 + len < P) {                                                                                 \
-                    pending = a0 + len, part = len;                                                                 \
-                    memset(acc, 0, B * H * sizeof(REAL));                                                           \
-                    for (long b = 0; b < B; ++b)                                                                    \
-                        for (long t = j0; t < j0 + len; ++t) {                                                      \
-                            const long c = (pos0[b] + start + t) % Q;                                               \
-                            const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                     \
-                            const REAL *e = w_in + (c * V1 + V) * H;                                                \
-                            for (long k = 0; k < H; ++k) acc[b * H + k] += w[k] - e[k];                             \
+                        const long c = (pos0[b] + start + t) % Q;                                                   \
+                        const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H, *e = w_in + (c * V1 + V) * H; \
+                        for (long k = 0; k < H; ++k) {                                                              \
+                            in0[b * H + k] += w[k];                                                                 \
+                            acc[b * H + k] += w[k] - e[k], dsum[b * H + k] += w[k] - e[k];                          \
                         }                                                                                           \
+                    }                                                                                               \
+                if (!ends) {                                                                                        \
+                    pending = a0 + len, part = len;                                                                 \
                 } else {                                                                                            \
                     ++stepped, pending = 0;                                                                         \
                     memcpy(x, in0, B * H * sizeof(REAL));                                                           \
                     ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);  \
                     memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                    \
                     for (long b = 0; b < B; ++b) memcpy(in0 + b * H, b_in, H * sizeof(REAL));                       \
+                    memset(dsum, 0, B * H * sizeof(REAL));                                                          \
                 }                                                                                                   \
                 j0 += len;                                                                                          \
             }                                                                                                       \
@@ -386,14 +391,6 @@ Nothing here checks a shape. */
             start += m;                                                                                             \
         }                                                                                                           \
         const int open = absorb == 2;                                                                               \
-        if (pending) /* the pending patch's acc: in0 less b_in and its positions' EMPTY columns; gen_in0 (its */   \
-            for (long b = 0; b < B; ++b) /* generation's, the call's part read as EMPTYs) that less acc */         \
-                for (long h = 0; h < H; ++h) {                                                                      \
-                    REAL a = in0[b * H + h] - b_in[h];                                                              \
-                    for (long j = 0; j < pending; ++j)                                                              \
-                        a -= w_in[(((pos0[b] + span - pending + j) % Q) * V1 + V) * H + h];                         \
-                    gin0[b * H + h] = a - acc[b * H + h], acc[b * H + h] = a;                                       \
-                }                                                                                                   \
         if (par_out && open && !rounds && !stepped) { /* block 0 left open inside its patch: the states as they   \
                                                          came in, the part added */                                \
             memcpy(par_out, par, B * packed * sizeof(REAL));                                                        \
@@ -401,7 +398,7 @@ Nothing here checks a shape. */
                 memcpy(gen_out, gen, B * packed * sizeof(REAL));                                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
-                for (long h = 0; h < H; ++h) o[slot + h * N * 2] = acc[b * H + h];                                  \
+                for (long h = 0; h < H; ++h) o[slot + h * N * 2] += acc[b * H + h];                                 \
                 o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                      \
                 if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
                     gen_out[b * packed + slot + 2] += (REAL)part;                                                   \
@@ -415,7 +412,7 @@ Nothing here checks a shape. */
                     REAL *o = out + b * packed;                                                                     \
                     memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                     \
                     for (long h = 0; h < H; ++h) {                                                                  \
-                        o[slot + h * N * 2] = !pending ? 0 : which ? gin0[b * H + h] : acc[b * H + h];              \
+                        o[slot + h * N * 2] = !pending ? 0 : which ? gin0[b * H + h] : dsum[b * H + h];             \
                         o[slot + h * N * 2 + 1] = own ? yg[b * H + h] : y[b * H + h];                               \
                     }                                                                                               \
                     o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                 \
