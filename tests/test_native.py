@@ -1278,18 +1278,29 @@ SEVERAL_PATCHES = [
 ]  # fmt: skip
 
 
+# blocks of 2 and 1 inside patches of 4: from a patch start or inside one, at a block start or inside one; kept
+# calls that end at a block's end inside a patch or at a patch's end, or stop inside a block, after rounds or not,
+# with a step or without one (0 + 3, 1 + 2, 9 + 2: rounds inside one patch), block 0 left open (0, 2, 4 + 1)
+INSIDE_A_PATCH = [
+    (0, 17, 2), (1, 9, 2), (3, 6, 2), (5, 3, 1), (0, 8, 2), (2, 7, 1), (6, 13, 2), (7, 1, 2), (4, 2, 2), (1, 1, 2),
+    (0, 5, 1), (0, 3, 2), (1, 2, 2), (9, 2, 2), (0, 1, 2), (2, 1, 2), (4, 1, 2),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
-@pytest.mark.parametrize(("position", "n", "block"), SEVERAL_PATCHES)
+@pytest.mark.parametrize(("position", "n", "block"), SEVERAL_PATCHES + INSIDE_A_PATCH)
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
-def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, position, n, block, period):
-    """Blocks of two, three and four patches (P = 4) run compiled: generation reads a block's later patches
-    through network steps over EMPTYs (from generation's state in block 0, its pending tokens' input first, from
-    the absorbed one after), absorption steps over each patch of the block; a kept call that stops inside a block
-    leaves the pending patch's tokens in the absorbed state and generation's states after the part read as
-    EMPTYs.  The tokens and every state tensor as the rounds in PyTorch leave them, unprompted (position 0: block
-    0 from the uniform prior) and after a prompt, with the tables by patch position and by column, and a session
-    goes on from the kept state alike."""
+def test_compiled_patch_rounds_of_blocks_other_than_the_patch(dtype, copy, position, n, block, period):
+    """Blocks of two, three and four patches (P = 4), and blocks that divide the patch (2 and 1), run compiled.
+    In a block of several patches generation reads the later patches through network steps over EMPTYs (from
+    generation's state in block 0, its pending tokens' input first, from the absorbed one after) and absorption
+    steps over each patch; inside a patch a block's tokens join the pending patch, whose input gathers over the
+    blocks until the patch ends and the network steps, and generation reads the head of the patches before.  A kept
+    call that stops inside a block leaves the pending tokens in the absorbed state and generation's states after the
+    part read as EMPTYs.  The tokens and every state tensor as the rounds in PyTorch leave them, unprompted
+    (position 0: block 0 from the uniform prior) and after a prompt, with the tables by patch position and by
+    column, and a session goes on from the kept state alike."""
     m, start = patch_start(dtype, position, period, copy)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
@@ -1308,46 +1319,6 @@ def test_compiled_patch_rounds_of_blocks_of_several_patches(dtype, copy, positio
     tokens = torch.cat([tokens, m.generate(mid, more, **kwargs)[0]], 1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, "patch_rounds", lambda: None)  # the rounds in PyTorch throughout
-        ref, ref_mid = m.generate(start, n, **kwargs)
-        ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
-    assert torch.equal(tokens, ref)
-
-
-# blocks of 2 and 1 inside patches of 4: from a patch start or inside one, at a block start or inside one; kept
-# calls that end at a block's end inside a patch or at a patch's end, or stop inside a block, after rounds or not,
-# with a step or without one (0 + 3, 1 + 2, 9 + 2: rounds inside one patch), block 0 left open (0, 2, 4 + 1)
-INSIDE_A_PATCH = [
-    (0, 17, 2), (1, 9, 2), (3, 6, 2), (5, 3, 1), (0, 8, 2), (2, 7, 1), (6, 13, 2), (7, 1, 2), (4, 2, 2), (1, 1, 2),
-    (0, 5, 1), (0, 3, 2), (1, 2, 2), (9, 2, 2), (0, 1, 2), (2, 1, 2), (4, 1, 2),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("copy", [False, True])
-@pytest.mark.parametrize(("position", "n", "block"), INSIDE_A_PATCH)
-@pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
-def test_compiled_patch_rounds_of_blocks_inside_a_patch(dtype, copy, position, n, block, period):
-    """Blocks that divide the patch (2 and 1, P = 4) run compiled: a block's tokens join the pending patch, whose
-    input gathers over the blocks until the patch ends and the network steps; generation reads the head of the
-    patches before, the pending tokens only through the decoder, as model/patch.py's network does.  The tokens and
-    every state tensor as the rounds in PyTorch leave them (a kept state mid-patch: its pending sum and count, and
-    generation's with the call's last part read as EMPTYs), and a session goes on from it alike."""
-    m, start = patch_start(dtype, position, period, copy)
-    temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
-    obs = 0.0 if copy else 0.5
-    calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
-    phase, open_end = position % block, (position + n) % block != 0
-    assert [(args[:2], args[-2], args[-1]) for args, _ in calls] == [  # keep, open_end
-        ((phase, n), True, open_end),
-        ((phase, n), False, False),
-    ]
-    assert all(out is not None for _, out in calls)
-    more = min(5, m.max_position - position - n)
-    kwargs = dict(temperature=temp, block_size=block, observation_temperature=obs)
-    tokens, mid = m.generate(start, n, **kwargs)
-    tokens = torch.cat([tokens, m.generate(mid, more, **kwargs)[0]], 1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "patch_rounds", lambda: None)
         ref, ref_mid = m.generate(start, n, **kwargs)
         ref = torch.cat([ref, m.generate(ref_mid, more, **kwargs)[0]], 1)
     assert torch.equal(tokens, ref)
