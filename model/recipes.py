@@ -175,7 +175,7 @@ _RECIPES = [
             "earlier pixels only through the decoder, and is worse than block 28 (block 16: 64.1 nats, block 1: "
             "126.9). Blocks that divide a row (1, 2, 4, 7, 14) run compiled as block 28 does (block 14: 1.2 ms "
             "against 38 before, block 1: 2.9 ms against 496, at batch 1 on an Intel Xeon, thirty-seventh session); "
-            "others below a row (16) run in PyTorch, about 28-32 times block 28's time at batch 1. "
+            "others below a row (8, 16) run in PyTorch, about 28-55 times block 28's time at batch 1. "
             "Larger blocks draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172); "
             "blocks of whole rows (56, 112, 196, 392) run compiled as block 28 does, a session's chunks too: an "
             "image at block 56 took 1.7 ms against 1.5 at block 28, at batch 1 on an Intel Xeon (thirty-seventh "
