@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from vssm import model
+from vssm.model.base import parse_block_sizes
 from vssm.model.recipes import RECIPES
 
 from .common import (
@@ -227,8 +228,8 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
             models, weights = {**models, "vssm": trained}, f"checkpoints/{bundled.name}"
     # the dial's sizes, the served one and (not in a quick run) those its training used: a patch model's are
     # whole patches, its compiled calls' sizes, where the dial's may not be (mnist-vssm-prior16's 28, 56, 196)
-    trained = "" if s.mode == "quick" else str(RECIPES[recipe].train.get("block_sizes", ""))
-    sizes = sorted({*s.block_sizes, served, *(int(c) for c in trained.split(",") if c.strip() and int(c) < T)})
+    trained = [] if s.mode == "quick" else parse_block_sizes(str(RECIPES[recipe].train.get("block_sizes", "")))
+    sizes = sorted({*s.block_sizes, served, *(c for c in trained if c < T)})
     part = _served_part(models, s, T, recipes, sizes, served)
     return {**part, "weights": weights}
 

@@ -832,8 +832,8 @@ class VSSM(SequenceModel):
         last_ends = (p0 + n) % c == 0
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
-        P = self.config.par_patch  # a partial encoder that reads patches, blocks of whole patches or inside one
-        patches = P > 0 and (c % P == 0 or P % c == 0)
+        P = self.config.par_patch  # a partial encoder that reads patches (0: tokens)
+        patches = _patch_blocks(c, P)
         if fused == 0 and not patches:  # a part-block kept mid-block: block 0 left open, compiled where it can be
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
@@ -843,12 +843,13 @@ class VSSM(SequenceModel):
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
-            patch = None  # csrc/patch_rounds.c takes a patch encoder's blocks of whole patches or inside one only
-            if patches:
-                patch = self._settled(("patch rounds", c, Bsz, *limits), lambda: self._compiled_patch_rounds(c, state))
-            if patch is not None:  # csrc/patch_rounds.c: the last block absorbed there too where the state is kept,
-                # and a block the call stops inside drawn there as well (block 0 too), with generation's states after it
-                done = patch(p0 % c, n if open_end else span, temps, state, resumable, open_end)
+            if P:  # csrc/patch_rounds.c, for blocks of whole patches or inside one: the last block absorbed there
+                # too where the state is kept, and a block the call stops inside drawn there as well (block 0
+                # too), with generation's states after it
+                key = ("patch rounds", c, Bsz, *limits)
+                patch = self._settled(key, lambda: self._compiled_patch_rounds(c, state)) if patches else None
+                span_c = n if open_end else span  # the call's tokens, the block it stops inside included
+                done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end)
                 if done is not None:
                     got, opened = done[:3], done[3]
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
@@ -1038,7 +1039,7 @@ class VSSM(SequenceModel):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        if (c % net.patch and net.patch % c) or has_hooks([net]):  # whole patches or whole blocks a patch; a hook
+        if not _patch_blocks(c, net.patch) or has_hooks([net]):  # blocks it cannot take; a hook
             return None
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
@@ -1225,6 +1226,12 @@ class VSSM(SequenceModel):
             observed=torch.ones_like(state["observed"]),
             **self._block_start(state.batch_size),
         )
+
+
+def _patch_blocks(c: int, patch: int) -> bool:
+    """Whether csrc/patch_rounds.c takes blocks of ``c`` for a partial encoder that reads ``patch`` tokens a step
+    (0: it reads tokens): blocks of whole patches, or whole parts of one."""
+    return patch > 0 and (c % patch == 0 or patch % c == 0)
 
 
 def _prior_state(state: GenState) -> Tensor:

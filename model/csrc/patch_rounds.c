@@ -353,9 +353,10 @@ Nothing here checks a shape. */
                block of several patches reads its later patches' heads from generation's steps over EMPTYs */    \
             if (nx) {                                                                                               \
                 const int close = absorb == 2 && i == rounds; /* block i is the one the call stops inside */       \
-                if (Cb > P && (nx >= P || close)) /* generation's steps (and states) from the absorbed ones */      \
+                if (Cb > P && (nx >= P || close)) { /* generation's steps (and states) from the absorbed ones */    \
                     memcpy(pg, pe, B * sp * sizeof(REAL));                                                          \
-                memcpy(yg, y, B * H * sizeof(REAL));                                                                \
+                    memcpy(yg, y, B * H * sizeof(REAL));                                                            \
+                }                                                                                                   \
                 block_inputs_##SUFFIX(B, nx, start + m, P - (pp + start + m) % P, 0, close, pos0, P, Cb, Q, O, ZK, M, \
                                       V, H, N, Lp, sp,                                                              \
                                       head0, hg, A, Gt, 0, w_in, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
