@@ -698,6 +698,10 @@ class VSSM(SequenceModel):
         is one parallel pass for every row, and a row whose block ends with the piece absorbs it."""
         sizes = blocks.tolist()  # one host read: the shared block, and whether any row samples in blocks
         c = self._shared_block(state, sizes)
+        if not c and len(sizes) > 1:
+            groups = self._block_groups(state, sizes)
+            if len(groups) > 1:
+                return self._by_groups(state, n, temperature, resumable, blocks, groups, scores, ratio)
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
@@ -794,7 +798,7 @@ class VSSM(SequenceModel):
 
     def _shared_block(self, state: GenState, sizes: list[int]) -> int:
         """The block size every row shares (``sizes``: the rows' block sizes, 0 for one pass), at the same
-        phase, if the fused path can run it; else 0."""
+        place (:meth:`_place`), if the fused path can run it; else 0."""
         c = sizes[0]
         if not self.fuses(c):
             return 0
@@ -802,8 +806,67 @@ class VSSM(SequenceModel):
             return c
         if any(b != c for b in sizes):
             return 0
-        phases = {p % c for p in state.position_list}
-        return c if len(phases) == 1 else 0
+        places = {self._place(c, p) for p in state.position_list}
+        return c if len(places) == 1 else 0
+
+    def _place(self, c: int, position: int) -> tuple[int, int]:
+        """Where a row at ``position`` stands for fused rounds of block size ``c``: its phase in the block and,
+        for a partial encoder that reads patches, in its patch where blocks are not whole patches (the compiled
+        patch rounds step the network where a patch ends, for every row at once: csrc/patch_rounds.c)."""
+        P = self.config.par_patch
+        return position % c, position % P if P and c % P else 0
+
+    def _block_groups(self, state: GenState, sizes: list[int]) -> list[list[int]]:
+        """The rows of a batch that shares no fused block (:meth:`_shared_block`), grouped so that each group does:
+        by block size and place (:meth:`_place`); rows in one pass in a group of their own, and rows whose blocks
+        do not fuse in another."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for row, (c, p) in enumerate(zip(sizes, state.position_list, strict=True)):
+            key = (c, *self._place(c, p)) if self.fuses(c) else (0 if c == 0 else -1,)
+            groups.setdefault(key, []).append(row)
+        return list(groups.values())
+
+    def _by_groups(
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor,
+        groups: list[list[int]],
+        scores: list[Tensor] | None,
+        ratio: float | Tensor,
+    ) -> tuple[Tensor, GenState | None]:
+        """:meth:`_generate_rows` a group of rows at a time (``groups``: :meth:`_block_groups`), the rows put back
+        in their order.  Rows are independent (randomness keyed by seed and position, blocks aligned to absolute
+        positions), so each gets what it gets alone, and each group runs fused, compiled where it can be: a
+        server's batch of sessions in 64-token chunks meets them at different places in their blocks, which
+        otherwise went to the piece loop in PyTorch, block by block for every row (8 such sessions of
+        mnist-vssm-prior at block 28: 122 ms batched against 3.2 ms one at a time; docs/experiments/
+        rounds-and-serving.md, thirty-eighth session)."""
+        # one gather puts the groups' rows together, and each group is a slice of it (a view): a gather a group
+        # cost about 20 us a tensor
+        order = torch.tensor([row for rows in groups for row in rows], device=blocks.device)
+        state, blocks = state.rows(order), blocks[order]
+        if isinstance(temperature, Tensor) and temperature.ndim == 1:
+            temperature = temperature[order]
+        if isinstance(ratio, Tensor) and ratio.ndim == 1:
+            ratio = ratio[order]
+        parts, part_scores, at = [], [], 0
+        for rows in groups:
+            rs = slice(at, at + len(rows))
+            at += len(rows)
+            temp = temperature[rs] if isinstance(temperature, Tensor) and temperature.ndim == 1 else temperature
+            r = ratio[rs] if isinstance(ratio, Tensor) and ratio.ndim == 1 else ratio
+            got: list[Tensor] | None = None if scores is None else []
+            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got, r))
+            part_scores.append(got)
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order), device=order.device)  # row i's place among the groups' rows
+        if scores is not None:
+            scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None])[back])  # (B, n, V)
+        tokens = torch.cat([t for t, _ in parts])[back]  # (B, n)
+        return tokens, GenState.cat([s for _, s in parts if s is not None]).rows(back) if resumable else None
 
     def _fused_rows(
         self,

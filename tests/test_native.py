@@ -1356,23 +1356,73 @@ def test_compiled_patch_rounds_of_another_patch_size(dtype, position, n, block):
 
 
 def test_compiled_patch_rounds_refuse_rows_at_different_places_in_their_patches():
-    """Blocks inside a patch step the network where a patch ends, for every row at once: rows at the same phase of
-    a block of 2 but at different places in their patches of 4 (positions 8 and 10) are refused (None: nothing
-    drawn), and the rounds in PyTorch draw them, as each row alone would be drawn."""
+    """Blocks inside a patch step the network where a patch ends, for every row at once: the compiled call refuses
+    rows at the same phase of a block of 2 but at different places in their patches of 4 (positions 8 and 10; None:
+    nothing drawn).  Generation never hands it such rows: it runs a compiled call for each place (VSSM._by_groups),
+    and each row gets what it gets alone."""
     from tests.conftest import tiny_model
+    from vssm.model.sampling import row_temperatures
     from vssm.model.state import GenState
 
     m = tiny_model("vssm", dtype=F64, max_position=64, **PATCH_CFG)
     rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in (8, 10)]
     start = GenState.cat(rows)
+    with torch.no_grad():
+        rounds = m._compiled_patch_rounds(2, start)
+        assert rounds is not None
+        assert rounds(0, 9, (row_temperatures(1.0, 2), row_temperatures(0.5, 2)), start, True, True) is None
     calls = compiled_equals_pytorch(m, start, 9, torch.tensor([1.0, 0.5], dtype=F64), 2, 0.5, "patch_rounds")
-    assert calls and all(out is None for _, out in calls)
+    assert len(calls) == 4 and all(out is not None for _, out in calls)  # a call a row, kept and not
     kwargs = dict(temperature=torch.tensor([1.0, 0.5], dtype=F64), block_size=2, observation_temperature=0.5)
     together = m.generate(start, 9, **kwargs)[0]
     alone = [
         m.generate(r, 9, **{**kwargs, "temperature": kwargs["temperature"][i : i + 1]})[0] for i, r in enumerate(rows)
     ]
     assert torch.equal(together, torch.cat(alone))
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("patch", [0, 4], ids=["tokens", "patches"])
+def test_a_batch_at_different_places_in_its_blocks_runs_compiled_a_group_at_a_time(dtype, patch):
+    """A batch whose rows share no block size and place (a server's batch of sessions in chunks meets them at
+    different places in their blocks) runs a group of rows at a time (VSSM._by_groups): by block size, phase and,
+    for a partial encoder that reads patches, place in the patch; rows in one pass together.  Each group of blocks is
+    one compiled call, none refused, and every row gets the tokens, the state and the scores it gets alone, with its
+    own temperature and observation temperature."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    cfg = PATCH_CFG if patch else {k: v for k, v in PATCH_CFG.items() if k != "par_patch"}
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
+    positions, blocks = [0, 5, 9, 6, 8, 3, 7, 10, 13], [4, 4, 4, 2, 2, 0, 0, 4, 2]  # groups of 1 to 3 rows
+    rows = [
+        m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [i])
+        for i, p in enumerate(positions)
+    ]
+    temps = torch.linspace(0.4, 1.2, len(rows), dtype=dtype)
+    ratios = torch.linspace(0.0, 1.0, len(rows), dtype=dtype)
+    entry = "_patch_rounds" if patch else "_fused_rounds"
+    real, calls = getattr(native, entry), []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, entry, lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+        tokens, state, scores = m.generate_scored(
+            GenState.cat(rows), 11, temperature=temps, block_size=torch.tensor(blocks), observation_temperature=ratios
+        )
+        plain, plain_state = m.generate(
+            GenState.cat(rows), 11, temperature=temps, block_size=torch.tensor(blocks), observation_temperature=ratios
+        )
+    # unscored, a call a group: phases 0, 1 and 2 of block 4; block 2 at places 2, 0 and 1 of the patch of 4, or at
+    # phases 0 and 1 without patches, whose rows in one pass are a call of the compiled rounds too (an open block)
+    assert len(calls) == 6 and all(out is not None for out in calls)
+    tol = 1e-10 if dtype == F64 else 1e-4
+    for i, r in enumerate(rows):
+        kw = dict(temperature=temps[i : i + 1], block_size=blocks[i] or None, observation_temperature=ratios[i : i + 1])
+        t_alone, s_alone, sc_alone = m.generate_scored(r, 11, **kw)
+        assert torch.equal(tokens[i], t_alone[0]) and torch.equal(plain[i], m.generate(r, 11, **kw)[0][0])
+        torch.testing.assert_close(scores[i], sc_alone[0], rtol=tol, atol=tol)
+        for k, v in s_alone.tensors.items():
+            torch.testing.assert_close(state[k][i], v[0], rtol=tol, atol=tol)
+            torch.testing.assert_close(plain_state[k][i], v[0], rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])

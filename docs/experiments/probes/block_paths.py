@@ -10,12 +10,16 @@ Three measurements, each a subcommand:
   keeping the state costs over drawing the tokens.
 - ``session CKPT T SIZES CHUNKS``: a session of T tokens in chunks at each block size, the state serialised and
   read back between chunks as the server stores it.
+- ``mixed CKPT BLOCK CHUNK ROWS``: a batch of ROWS sessions at positions 0, CHUNK, 2 CHUNK, ... (as a server's
+  batch of sessions in CHUNK-token chunks meets them: at different places in their blocks), one CHUNK-token kept
+  call for the batch, beside the rows drawn one at a time (thirty-eighth session).
 
 Run it under two builds by turns for a side-by-side comparison (an older build on the PYTHONPATH first)::
 
     .venv/bin/python docs/experiments/probes/block_paths.py sweep mnist-vssm 784 1 32,40,48,64,65
     .venv/bin/python docs/experiments/probes/block_paths.py kept mnist-vssm-prior16 16 10,16,64
     .venv/bin/python docs/experiments/probes/block_paths.py session mnist-vssm-prior 784 28 10,64,100
+    .venv/bin/python docs/experiments/probes/block_paths.py mixed mnist-vssm-prior 28 64 8
 """
 
 from __future__ import annotations
@@ -74,13 +78,29 @@ def session(m: model.SequenceModel, T: int, sizes: list[int], chunks: list[int])
         print(f"block {c:4d}: " + ", ".join(row), flush=True)
 
 
+def mixed(m: model.SequenceModel, block: int, chunk: int, rows: int) -> None:
+    empty = [m.start(torch.zeros(1, 0, dtype=torch.long), [k]) for k in range(rows)]
+    states = [m.generate(e, k * chunk, block_size=block)[1] if k else e for k, e in enumerate(empty)]
+    batch = model.GenState.cat(states)
+    together = median_ms(lambda: m.generate(batch, chunk, block_size=block), 30)
+    alone = median_ms(lambda: [m.generate(s, chunk, block_size=block) for s in states], 30)
+    phases = sorted({k * chunk % block for k in range(rows)}) if block else [0]
+    print(
+        f"{rows} rows at {len(phases)} phases of block {block}, {chunk}-token kept chunk: batched {together:.2f} ms, "
+        f"one at a time {alone:.2f} ms ({alone / together:.2f}x)",
+        flush=True,
+    )
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     what, name, *args = sys.argv[1:]
-    m = model.load_checkpoint(CHECKPOINTS / f"{name}.safetensors")
+    m = model.load_checkpoint(CHECKPOINTS / f"{name}.safetensors").freeze()  # as the server holds it
     with torch.inference_mode():
         if what == "sweep":
             sweep(m, int(args[0]), int(args[1]), ints(args[2]))
+        elif what == "mixed":
+            mixed(m, *(int(a) for a in args))
         elif what == "kept":
             kept(m, int(args[0]), ints(args[1]))
         else:
