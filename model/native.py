@@ -827,10 +827,10 @@ def _patch_rounds(
     block: int = 0,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
-    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; else a multiple or
-    a divisor of it).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that block, then whole
-    blocks, the last maybe cut where the span ends.  ``keys``: the rows' seeds and the span's first positions
-    ``(B,)`` int64 and the streams of the latents, the absorbed latents and the tokens (model/sampling.py: the
+    model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; any size: blocks
+    and patches need not align).  ``span`` tokens from ``phase`` positions into a block: block 0 the rest of that
+    block, then whole blocks, the last maybe cut where the span ends.  ``keys``: the rows' seeds and the span's first
+    positions ``(B,)`` int64 and the streams of the latents, the absorbed latents and the tokens (model/sampling.py: the
     uniforms are drawn in C, the same numbers); ``temps``: the latents' and the tokens' temperatures ``(B,)``
     float64; ``states``: the packed absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and
     generation's, the absorbed decoder state ``(B, Ld, H, N)`` and generation's, which rows have observed a token
@@ -852,7 +852,7 @@ def _patch_rounds(
     par, gen, dec, dec_gen, observed, r0 = states
     Bsz, dt = seed.shape[0], w.pack_p.dtype
     cdt = _COMPLEX[dt]
-    ok = (block % P == 0 or P % block == 0) and 0 <= phase < block and span >= 1
+    ok = 0 <= phase < block and span >= 1
     ok = ok and _draws_ok(seed, pos0, temp, temp_tok)
     ok = ok and (not keep or ((phase + span) % block != 0) == open_end) and (keep or not open_end)
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)

@@ -173,9 +173,10 @@ _RECIPES = [
             "Intel Xeons.",
             "Its partial encoder reads whole rows: a block that is not a whole row (1-16 here) reads the row's "
             "earlier pixels only through the decoder, and is worse than block 28 (block 16: 64.1 nats, block 1: "
-            "126.9). Blocks that divide a row (1, 2, 4, 7, 14) run compiled as block 28 does (block 14: 1.2 ms "
-            "against 38 before, block 1: 2.9 ms against 496, at batch 1 on an Intel Xeon, thirty-seventh session); "
-            "others below a row (8, 16) run in PyTorch, about 28-55 times block 28's time at batch 1. "
+            "126.9). Every block size runs compiled as block 28 does: those that divide a row (1, 2, 4, 7, 14) since "
+            "the thirty-seventh session (block 14: 1.2 ms against 38 before, block 1: 2.9 ms against 496, at batch 1 "
+            "on an Intel Xeon), the others since the thirty-eighth (block 8: 2.7 ms against 152-188 before, block "
+            "16: 2.5-2.8 against 69-78, beside 2.0-2.9 at block 28, at batch 1 on an AMD EPYC with AVX2). "
             "Larger blocks draw more than a row from the partial encoder's guess (56: 68.6 nats; one pass: 172); "
             "blocks of whole rows (56, 112, 196, 392) run compiled as block 28 does, a session's chunks too: an "
             "image at block 56 took 1.7 ms against 1.5 at block 28, at batch 1 on an Intel Xeon (thirty-seventh "
@@ -228,10 +229,11 @@ _RECIPES = [
             "A little worse than mnist-vssm-prior at its block 28: at block 16 the digit judge is confident of 72% "
             "of its samples (77%; the AR-SSM's: 80%), and the AR-SSM scores them at 73.0 nats (68.8; the test "
             "images: 55.6; the block-sampling issue's line, 1.3 times that, is 72.3).",
-            "Blocks that neither divide 16 nor are multiples of it (28, 56, 196, 392) run their rounds in PyTorch "
-            "(no compiled loop: block 28 takes about 15-17 times block 16's time at batch 1, about five at batch "
-            "32); multiples (32, 48, 112) and divisors (1-8) run compiled (block 32: 1.5 ms against 1.3 at block "
-            "16, block 8: 1.2 ms against 66 before, at batch 1 on an Intel Xeon, thirty-seventh session). A block "
+            "Every block size runs compiled: multiples of 16 (32, 48, 112) and divisors (1-8) since the "
+            "thirty-seventh session (block 32: 1.5 ms against 1.3 at block 16, block 8: 1.2 ms against 66 before, "
+            "at batch 1 on an Intel Xeon), the others since the thirty-eighth (block 28, an image row: 2.5-2.8 ms "
+            "against 36-46 before, 56: 2.4-2.5 against 31-38, 392: 2.2-2.6 against 4.6-5.0, beside 2.0-2.6 at "
+            "block 16, at batch 1 on an AMD EPYC with AVX2; at batch 32 block 28 took 63 ms against 208). A block "
             "that starts inside a patch reads that patch's earlier pixels only through the decoder (blocks 1-8: "
             "64-87 nats).",
         ),

@@ -844,29 +844,28 @@ class VSSM(SequenceModel):
         otherwise went to the piece loop in PyTorch, block by block for every row (8 such sessions of
         mnist-vssm-prior at block 28: 122 ms batched against 3.2 ms one at a time; docs/experiments/
         rounds-and-serving.md, thirty-eighth session)."""
-        # one gather puts the groups' rows together, and each group is a slice of it (a view): a gather a group
-        # cost about 20 us a tensor
-        order = torch.tensor([row for rows in groups for row in rows], device=blocks.device)
-        state, blocks = state.rows(order), blocks[order]
-        if isinstance(temperature, Tensor) and temperature.ndim == 1:
-            temperature = temperature[order]
-        if isinstance(ratio, Tensor) and ratio.ndim == 1:
-            ratio = ratio[order]
-        parts, part_scores, at = [], [], 0
+        per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
+        ratio_rows = isinstance(ratio, Tensor) and ratio.ndim == 1
+        parts, part_scores, index = [], [], []
         for rows in groups:
-            rs = slice(at, at + len(rows))
-            at += len(rows)
-            temp = temperature[rs] if isinstance(temperature, Tensor) and temperature.ndim == 1 else temperature
-            r = ratio[rs] if isinstance(ratio, Tensor) and ratio.ndim == 1 else ratio
+            idx = torch.tensor(rows, device=blocks.device)
+            temp = temperature[idx] if per_row else temperature  # type: ignore[index]
+            r = ratio[idx] if ratio_rows else ratio  # type: ignore[index]
             got: list[Tensor] | None = None if scores is None else []
-            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got, r))
+            parts.append(self._generate_rows(state.rows(idx), n, temp, resumable, blocks[idx], got, r))
             part_scores.append(got)
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order), device=order.device)  # row i's place among the groups' rows
+            index.append(idx)
+        # each group's rows written into their places: one new tensor a name, not a concatenation and a gather (two,
+        # whose large new tensors cost 1-4 ms a call of 8 rows on an AMD EPYC, against 1 ms)
+        tokens = _put_back([t for t, _ in parts], index)  # (B, n)
         if scores is not None:
-            scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None])[back])  # (B, n, V)
-        tokens = torch.cat([t for t, _ in parts])[back]  # (B, n)
-        return tokens, GenState.cat([s for _, s in parts if s is not None]).rows(back) if resumable else None
+            scores.append(_put_back([torch.cat(g, 1) for g in part_scores if g is not None], index))  # (B, n, V)
+        if not resumable:
+            return tokens, None
+        first = parts[0][1]
+        assert first is not None
+        merged = {k: _put_back([s[k] for _, s in parts if s is not None], index) for k in first.tensors}
+        return tokens, first.evolve(**merged)
 
     def _fused_rows(
         self,
@@ -896,8 +895,7 @@ class VSSM(SequenceModel):
         # pieces run before a part-block kept mid-block goes to _piece (the compiled rounds take it as well)
         fused = len(ms) if not resumable or last_ends else len(ms) - 1
         P = self.config.par_patch  # a partial encoder that reads patches (0: tokens)
-        patches = _patch_blocks(c, P)
-        if fused == 0 and not patches:  # a part-block kept mid-block: block 0 left open, compiled where it can be
+        if fused == 0 and not P:  # a part-block kept mid-block: block 0 left open, compiled where it can be
             return self._compiled_open_block(state, n, temperature, scores, ratio)
         span = sum(ms[:fused])
         Bsz = state.batch_size
@@ -906,11 +904,11 @@ class VSSM(SequenceModel):
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
         if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
-            if P:  # csrc/patch_rounds.c, for blocks of whole patches or inside one: the last block absorbed there
-                # too where the state is kept, and a block the call stops inside drawn there as well (block 0
-                # too), with generation's states after it
+            if P:  # csrc/patch_rounds.c, for blocks of any size: the last block absorbed there too where the state
+                # is kept, and a block the call stops inside drawn there as well (block 0 too), with generation's
+                # states after it
                 key = ("patch rounds", c, Bsz, *limits)
-                patch = self._settled(key, lambda: self._compiled_patch_rounds(c, state)) if patches else None
+                patch = self._settled(key, lambda: self._compiled_patch_rounds(c, state))
                 span_c = n if open_end else span  # the call's tokens, the block it stops inside included
                 done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end)
                 if done is not None:
@@ -979,7 +977,7 @@ class VSSM(SequenceModel):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
         NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
-        patch encoder's blocks that are neither whole patches nor inside one, or a state the patch rounds refuse),
+        or a state the patch rounds refuse),
         but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece,
         then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
@@ -1091,8 +1089,8 @@ class VSSM(SequenceModel):
         self, c: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
-        patch a step (csrc/patch_rounds.c), the first block too: where blocks are its patches, several whole
-        patches or a whole part of one (the call may start or stop inside one), the decoder reads latents only and
+        patch a step (csrc/patch_rounds.c), the first block too: blocks of any size (the call may start or stop inside
+        one, blocks and patches need not align), where the decoder reads latents only and
         a latent prior draws them, a round is a network step a patch the block ends (and one a later patch of the
         block drawn, over EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these
         blocks.  The call itself returns None where the state's pending patch is not where the call starts (then
@@ -1102,7 +1100,7 @@ class VSSM(SequenceModel):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        if not _patch_blocks(c, net.patch) or has_hooks([net]):  # blocks it cannot take; a hook
+        if has_hooks([net]):
             return None
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length
@@ -1291,10 +1289,12 @@ class VSSM(SequenceModel):
         )
 
 
-def _patch_blocks(c: int, patch: int) -> bool:
-    """Whether csrc/patch_rounds.c takes blocks of ``c`` for a partial encoder that reads ``patch`` tokens a step
-    (0: it reads tokens): blocks of whole patches, or whole parts of one."""
-    return patch > 0 and (c % patch == 0 or patch % c == 0)
+def _put_back(parts: list[Tensor], index: list[Tensor]) -> Tensor:
+    """One tensor of every row: ``parts[g]`` ``(b_g, ...)`` holds the rows ``index[g]`` ``(b_g,)``."""
+    out = parts[0].new_empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]))
+    for idx, part in zip(index, parts, strict=True):
+        out.index_copy_(0, idx, part)
+    return out
 
 
 def _prior_state(state: GenState) -> Tensor:

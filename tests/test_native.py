@@ -1184,7 +1184,7 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     temperature per row; with random weights (z' differs from z: the decoder passes over z') and with
     a copying model (every z' is its z: the pass is skipped); with the tables by patch position and by
     column (a period of 6: three patches before the columns' phase repeats, which the state carries).
-    Blocks that are not the patches take the rounds in PyTorch.  Widths and modes that fill whole vectors
+    A block of 3 runs compiled too, across the patches.  Widths and modes that fill whole vectors
     and groups of four modes (16 and 8), and ones that do not on any build's vectors (17 channels: whole
     vectors and a last channel; 5 modes: the decoder's planar states gathered a lane at a time, 8 modes:
     read straight but for the last channel, csrc/s4d_block.c)."""
@@ -1192,12 +1192,12 @@ def test_compiled_patch_rounds_equal_the_rounds_in_pytorch(dtype, copy, position
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     obs = 0.0 if copy else 0.5
     calls = compiled_equals_pytorch(m, start, n, temp, block, obs, "patch_rounds")
-    assert len(calls) == (2 if block == 4 else 0)
+    assert len(calls) == 2
     # rounds that skipped the pass over z': after a prompt generation continues from the absorbed decoder
     # state, so the first round reuses block 0's pass as the others reuse the last round's; with random
     # weights a round skips only where each z' of its block happens to be its z (a part block's few may)
     for args, out in calls:
-        rounds = rounds_of(*args[:2], absorbs(args))
+        rounds = rounds_of(*args[:2], absorbs(args), block)
         assert out[-1] == rounds if copy else out[-1] < rounds or rounds == 0  # random: some z' is not its z
 
 
@@ -1287,12 +1287,22 @@ INSIDE_A_PATCH = [
 ]  # fmt: skip
 
 
+# blocks that neither are whole patches of 4 nor divide one (3, 5, 6, 7, 10): patches end inside blocks, at a place that
+# moves from block to block, or a block lies inside a patch; from a block start or inside one, a patch's start or inside
+# one; kept calls that end at a block's end inside a patch or stop inside a block, after rounds or inside block 0
+ACROSS_PATCHES = [
+    (0, 17, 3), (5, 20, 3), (2, 9, 3), (0, 23, 5), (7, 19, 5), (3, 2, 5), (0, 25, 6), (4, 14, 6), (9, 5, 6), (1, 1, 6),
+    (0, 30, 7), (6, 15, 7), (11, 3, 7), (0, 21, 10), (13, 17, 10), (2, 8, 10), (3, 4, 6), (8, 12, 6), (1, 4, 3),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("copy", [False, True])
-@pytest.mark.parametrize(("position", "n", "block"), SEVERAL_PATCHES + INSIDE_A_PATCH)
+@pytest.mark.parametrize(("position", "n", "block"), SEVERAL_PATCHES + INSIDE_A_PATCH + ACROSS_PATCHES)
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
 def test_compiled_patch_rounds_of_blocks_other_than_the_patch(dtype, copy, position, n, block, period):
-    """Blocks of two, three and four patches (P = 4), and blocks that divide the patch (2 and 1), run compiled.
+    """Blocks of two, three and four patches (P = 4), blocks that divide the patch (2 and 1), and blocks that do
+    neither (3, 5, 6, 7, 10), run compiled.
     In a block of several patches generation reads the later patches through network steps over EMPTYs (from
     generation's state in block 0, its pending tokens' input first, from the absorbed one after) and absorption
     steps over each patch; inside a patch a block's tokens join the pending patch, whose input gathers over the
@@ -1325,27 +1335,34 @@ def test_compiled_patch_rounds_of_blocks_other_than_the_patch(dtype, copy, posit
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize("n", [1, 3, 6])
-@pytest.mark.parametrize(("positions", "period"), [((0, 4, 8), 0), ((8, 12, 0), 0), ((0, 8, 20), 6)])
-def test_compiled_patch_rounds_inside_a_patch_mix_rows(dtype, n, positions, period):
-    """Blocks of 2 inside patches of 4 in a batch of rows at different positions but the same place in their patches
-    (and, with tables by column, different phases of the columns), an unprompted row among them (position 0: block
-    0 from the uniform prior, generation's state kept where the call stops inside it): compiled, and as the rounds
-    in PyTorch leave them."""
+@pytest.mark.parametrize("n", [1, 3, 5, 6])
+@pytest.mark.parametrize(
+    ("positions", "period", "block"),
+    [((0, 4, 8), 0, 2), ((8, 12, 0), 0, 2), ((0, 8, 20), 6, 2), ((0, 12, 24), 0, 6), ((2, 14, 26), 6, 3)],
+)
+def test_compiled_patch_rounds_inside_a_patch_mix_rows(dtype, n, positions, period, block):
+    """Blocks of 2 inside patches of 4, and blocks of 6 and 3 across them, in a batch of rows at different positions
+    but the same place in their blocks and patches (and, with tables by column, different phases of the columns), an
+    unprompted row among them (position 0: block 0 from the uniform prior, generation's state kept where the call
+    stops inside it): compiled, and as the rounds in PyTorch leave them."""
     from tests.conftest import tiny_model
     from vssm.model.state import GenState
 
     m = tiny_model("vssm", dtype=dtype, max_position=64, par_period=period, **PATCH_CFG)
     rows = [m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [p]) for p in positions]
     temp = torch.tensor([0.8, 1.0, 0.5], dtype=dtype)
-    calls = compiled_equals_pytorch(m, GenState.cat(rows), n, temp, 2, 0.5, "patch_rounds")
+    calls = compiled_equals_pytorch(m, GenState.cat(rows), n, temp, block, 0.5, "patch_rounds")
     assert len(calls) == 2 and all(out is not None for _, out in calls)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(("position", "n", "block"), [(0, 20, 3), (4, 9, 2), (7, 14, 3), (1, 25, 12), (13, 4, 2)])
+@pytest.mark.parametrize(
+    ("position", "n", "block"),
+    [(0, 20, 3), (4, 9, 2), (7, 14, 3), (1, 25, 12), (13, 4, 2), (0, 22, 4), (5, 19, 4), (3, 30, 9), (2, 17, 8)],
+)
 def test_compiled_patch_rounds_of_another_patch_size(dtype, position, n, block):
-    """Patches of 6, blocks of 2, 3 (inside one) and 12 (two): the same as the rounds in PyTorch."""
+    """Patches of 6, blocks of 2, 3 (inside one), 12 (two) and 4, 8 and 9 (across them): the same as the rounds in
+    PyTorch."""
     from tests.conftest import tiny_model
 
     m = tiny_model("vssm", dtype=dtype, max_position=64, **{**PATCH_CFG, "par_patch": 6})
@@ -1426,7 +1443,9 @@ def test_a_batch_at_different_places_in_its_blocks_runs_compiled_a_group_at_a_ti
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-@pytest.mark.parametrize(("position", "n", "block"), [(5, 20, 8), (0, 17, 8), (6, 9, 12), (13, 20, 8), (1, 5, 8)])
+@pytest.mark.parametrize(
+    ("position", "n", "block"), [(5, 20, 8), (0, 17, 8), (6, 9, 12), (13, 20, 8), (1, 5, 8), (5, 20, 6), (2, 17, 10)]
+)
 @pytest.mark.parametrize("shape", [{"width": 17, "state_size": 5}, {"width": 72, "state_size": 20}], ids=["H17", "H72"])
 def test_compiled_patch_rounds_of_several_patches_in_odd_shapes(dtype, position, n, block, shape):
     """Blocks of several patches with widths and modes that do not fill whole vectors or groups of four (17
@@ -1439,16 +1458,24 @@ def test_compiled_patch_rounds_of_several_patches_in_odd_shapes(dtype, position,
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("period", [0, 6], ids=["Q=P", "Q=6"])
-def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, period):
-    """A session whose calls change block size (8, 2, 12, 1, 4, 16, 2, 8), each starting where the last stopped, inside
-    blocks and patches, every call compiled: the same tokens and state tensors after each call as the same session
-    in PyTorch."""
+@pytest.mark.parametrize(
+    "calls",
+    [
+        [(8, 7), (2, 5), (12, 9), (1, 3), (4, 6), (16, 13), (2, 3), (8, 5)],
+        [(3, 7), (6, 5), (5, 9), (10, 3), (7, 6), (4, 13), (6, 3), (9, 5)],
+    ],
+    ids=["of-patches", "across-patches"],
+)
+def test_compiled_patch_rounds_of_a_session_that_changes_block_size(dtype, period, calls):
+    """A session whose calls change block size (whole patches or parts of one; or sizes across patches), each
+    starting where the last stopped, inside blocks and patches, every call compiled: the same tokens and state
+    tensors after each call as the same session in PyTorch."""
     m, start = patch_start(dtype, 3, period)
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     state, ref, compiled = start, start, []
     real = native._patch_rounds
     tol = 1e-10 if dtype == F64 else 1e-4
-    for block, n in [(8, 7), (2, 5), (12, 9), (1, 3), (4, 6), (16, 13), (2, 3), (8, 5)]:
+    for block, n in calls:
         kwargs = dict(temperature=temp, block_size=block, observation_temperature=0.5)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, "_patch_rounds", lambda *a, **k: compiled.append(real(*a, **k)) or compiled[-1])

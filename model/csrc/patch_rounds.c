@@ -3,7 +3,7 @@
 
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      V  vocabulary (EMPTY = V)
-    P  tokens a patch      Cb  tokens a block: P, a multiple of it or a divisor (below)
+    P  tokens a patch      Cb  tokens a block (any size: below)
     Z  latent variables per step      K  classes of each
     O  the partial encoder's outputs a position: Z*K logits, then F context features
     Q  the period of its tables: a position t reads column (t mod Q) of w_in, A and the head (Q = P: its
@@ -27,21 +27,21 @@ So a round is one network step, one decoder pass over P steps (two where a z' di
 prior's P draws, where the token-level partial encoder's round is two passes of 2P steps
 (csrc/rounds.c).  The decoder reads latents only (no tokens: VSSMConfig.decoder_tokens is False).
 
-Blocks of several patches (Cb = kP, k > 1; blocks aligned to multiples of Cb, so each starts a patch) are read
-the same way a patch at a time: step 1 draws z' of a patch of block i-1 from the head before it and step 2 steps
-the network over that patch, k times a round; generation's f_par over block i's EMPTYs reads its first patch's
-positions from the absorbed head, and each later patch's from one more network step over the patch before it,
-read as EMPTYs (input b_in + the sum of w_in[c, EMPTY] over it), taken from a copy of the absorbed states (block
-0: from generation's, gen, planar, the current patch's input from gin0, as in0 below but of gen's pending
-tokens), k - 1 steps; the latent prior draws Cb positions from its block start (its tables built for Cb
-draws).
-
-Blocks inside a patch (Cb divides P) never cross a patch's end: a round's absorption adds the block's tokens to
-the pending patch's input, in0, which gathers them over the blocks (b_in + table[c, x] over the patch's tokens so
-far, EMPTY's where pending ones came in with the state), and steps the network only where the block ends its
-patch; generation reads the head of the patches before (model/patch.py: a position reads the tokens before it in
-its patch only through the decoder).  Every row's patches then end at the same round: rows at different places
-in their patches are refused (-2).
+Blocks of any size Cb (aligned to multiples of Cb, as patches are to multiples of P) are read the same way a
+segment at a time, a segment ending where its patch or its block ends.  Absorbing block i-1: step 1 draws z' of a
+segment's positions from the head before their patch (head0); step 2 adds the segment's tokens to the pending
+patch's input in0 (b_in + table[c, x] over the patch's tokens so far, EMPTY's where pending ones came in with the
+state), and where the segment ends its patch steps the network over in0 (the states after it, the next patch's
+head) and starts in0 anew; a block's tokens that end no patch stay pending, gathered over the blocks.  Generating
+block i (step 3): its positions in the patch it starts in read the absorbed head, and each later patch's the head
+after one more network step over the patch before it, read as EMPTYs (input in0 plus the sum of w_in[c, EMPTY]
+over the block's positions in it; b_in plus that sum for a patch wholly in the block), taken from a copy of the
+absorbed states (block 0: from generation's, gen, planar, the current patch's input from gin0, as in0 but of
+gen's pending tokens); the latent prior draws Cb positions from its block start (its tables built for Cb draws).
+A position reads the tokens before it in its patch only through the decoder (model/patch.py).  So a round of
+blocks of P, aligned, is the one step above; a block of kP, k steps and k - 1 of generation's; a block inside a
+patch, a step only where it ends the patch.  Every row's patches must end at the same round: rows at different
+places in their patches (pos0 mod P) are refused (-2).
 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
 state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
@@ -104,8 +104,7 @@ stepped in place, in one buffer (NET_LAID allows it), not two by turns.  The aut
 Returns how many rounds skipped the pass over z', -1 where the scratch could not be allocated, -2
 where a row's pending count is not pp (or its position or phase disagree with it), or where a row that
 has observed a token has generation's pending count or phase other than that, -3 where absorb does not fit
-the span or outputs are wanted without it, or the block is neither whole patches nor a whole part of one
-(above).
+the span or outputs are wanted without it, or the block or patch is empty.
 Nothing here checks a shape. */
 
 #include <math.h>
@@ -193,8 +192,8 @@ Nothing here checks a shape. */
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = Cb - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
-        if (P < 1 || Cb < 1 || (Cb % P && P % Cb) || phase < 0 || phase >= Cb)                                  \
-            return -3; /* blocks of whole patches, or whole blocks a patch (the note above) */                   \
+        if (P < 1 || Cb < 1 || phase < 0 || phase >= Cb)                                                        \
+            return -3;                                                                                              \
         const long pp = pos0[0] % P; /* the span's first position in its patch: the pending tokens before it */  \
         long gcd = P;                                                                                               \
         for (long r = Q, q; r; gcd = r, r = q) q = gcd % r;                                                        \
@@ -260,14 +259,18 @@ Nothing here checks a shape. */
         long dgen = -1, pending = 0, part = 0; /* open end: dec[dgen], generation's decoder state; the pending     \
                                                    patch's count after the call, the call's tokens among it */     \
         long start = 0, skipped = 0, stepped = 0; /* stepped: absorbed network steps */                             \
+        int own = 0; /* pg and yg hold generation's states (its steps over the EMPTYs of the block last drawn) */     \
         if (rounds || absorb == 1 || (absorb == 2 && span >= P - pp)) /* the partial encoder's states planar too,  \
                                                                    stepped in place (the note above) */            \
             ssm_states_layout_##SUFFIX(B, Lp, H, N, par, packed, pe, sp, 1);                                        \
         ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y_gen, g, head0); /* block 0's z read */    \
         { /* round 0: block 0, from the state generation continues from */                                        \
             const long m = m0 < span ? m0 : span;                                                                   \
-            if (m >= P - pp && Cb > P) /* generation's partial encoder steps over block 0's patches: planar */    \
+            if (m > P - pp || (m == P - pp && absorb == 2 && !rounds)) { /* generation's partial encoder steps    \
+                                                                         over a patch of block 0: planar */         \
                 ssm_states_layout_##SUFFIX(B, Lp, H, N, gen, packed, pg, sp, 1);                                    \
+                own = 1;                                                                                            \
+            }                                                                                                       \
             block_inputs_##SUFFIX(B, m, 0, P - pp, pp ? gin0 : 0, absorb == 2 && !rounds, pos0, P, Cb, Q, O, ZK, M, \
                                   V, H, N, Lp, sp, head0, hg, A, Gt, observed, w_in, b_in, pack_par, eps_par, pg,   \
                                   yg, x, g, lp, pre, cxz);                                                          \
@@ -353,12 +356,13 @@ Nothing here checks a shape. */
                block of several patches reads its later patches' heads from generation's steps over EMPTYs */    \
             if (nx) {                                                                                               \
                 const int close = absorb == 2 && i == rounds; /* block i is the one the call stops inside */       \
-                if (Cb > P && (nx >= P || close)) { /* generation's steps (and states) from the absorbed ones */    \
+                const long first = P - (pp + start + m) % P; /* block i's positions in the patch it starts in */   \
+                if (nx > first || close) { /* generation's steps (and states) from the absorbed ones */             \
                     memcpy(pg, pe, B * sp * sizeof(REAL));                                                          \
                     memcpy(yg, y, B * H * sizeof(REAL));                                                            \
+                    own = 1;                                                                                        \
                 }                                                                                                   \
-                block_inputs_##SUFFIX(B, nx, start + m, P - (pp + start + m) % P, 0, close, pos0, P, Cb, Q, O, ZK, M, \
-                                      V, H, N, Lp, sp,                                                              \
+                block_inputs_##SUFFIX(B, nx, start + m, first, in0, close, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, \
                                       head0, hg, A, Gt, 0, w_in, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
                                       cxz);                                                                         \
                 latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M,           \
@@ -407,19 +411,19 @@ Nothing here checks a shape. */
         } else if (par_out) { /* packed: the SSM states, then acc + i y (acc 0 at a boundary) and the count */        \
             for (int which = 0; which < (open && gen_out ? 2 : 1); ++which) { /* par_out, then gen_out */          \
                 REAL *out = which ? gen_out : par_out;                                                              \
-                const int own = which && Cb > P; /* generation's own steps over the block's EMPTYs */               \
-                ssm_states_layout_##SUFFIX(B, Lp, H, N, own ? pg : pe, sp, out, packed, 0);                         \
+                const int mine = which && own; /* generation's own steps over the block's EMPTYs */                 \
+                ssm_states_layout_##SUFFIX(B, Lp, H, N, mine ? pg : pe, sp, out, packed, 0);                        \
                 for (long b = 0; b < B; ++b) {                                                                      \
                     REAL *o = out + b * packed;                                                                     \
                     memset(o + slot, 0, NH * 2 * sizeof(REAL));                                                     \
                     for (long h = 0; h < H; ++h) {                                                                  \
                         o[slot + h * N * 2] = !pending ? 0 : which ? gin0[b * H + h] : dsum[b * H + h];             \
-                        o[slot + h * N * 2 + 1] = own ? yg[b * H + h] : y[b * H + h];                               \
+                        o[slot + h * N * 2 + 1] = mine ? yg[b * H + h] : y[b * H + h];                              \
                     }                                                                                               \
                     o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                 \
                     if (cycle > 1) /* that patch's index modulo the cycle: [Lp, 1, 1], its real part */             \
                         o[slot + (N + 1) * 2] = (REAL)(((pos0[b] + start) / P) % cycle);                           \
-                    if (own && !rounds && !observed[b]) /* block 0: generation moves where a token was observed */ \
+                    if (mine && !rounds && !observed[b]) /* block 0: generation moves where a token was observed */ \
                         memcpy(o, gen + b * packed, packed * sizeof(REAL));                                         \
                 }                                                                                                   \
             }                                                                                                       \
