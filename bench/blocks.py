@@ -231,7 +231,37 @@ def run_image(baselines: dict[str, model.SequenceModel], s: Settings, recipe: st
     trained = [] if s.mode == "quick" else parse_block_sizes(str(RECIPES[recipe].train.get("block_sizes", "")))
     sizes = sorted({*s.block_sizes, served, *(c for c in trained if c < T)})
     part = _served_part(models, s, T, recipes, sizes, served)
-    return {**part, "weights": weights}
+    return {**part, "weights": weights, "mixed": _mixed_places(models["vssm"], s, served)}
+
+
+MIXED_ROWS, MIXED_CHUNK = 8, 64  # sessions streamed in 64-token chunks, as the serving part's
+
+
+def _mixed_places(m: model.SequenceModel, s: Settings, block: int) -> dict[str, Any]:
+    """One kept 64-token chunk of 8 sessions at positions 0, 64, ..., 448 (a server's batch of sessions in chunks
+    meets them at different places in their blocks: at block 28, seven phases), batched against each alone, in
+    process: a batch went block by block in PyTorch for every row before the thirty-eighth session
+    (docs/experiments/rounds-and-serving.md)."""
+    empty = [m.start(torch.zeros(1, 0, dtype=torch.long), [k]) for k in range(MIXED_ROWS)]
+    states = [m.generate(e, k * MIXED_CHUNK, block_size=block)[1] if k else e for k, e in enumerate(empty)]
+    batch = model.GenState.cat(states)
+    fns = {
+        "batched": lambda: m.generate(batch, MIXED_CHUNK, block_size=block),
+        "one at a time": lambda: [m.generate(st, MIXED_CHUNK, block_size=block) for st in states],
+    }
+    timed = measure_interleaved(fns, s.limit_repeats)
+    alone, together = timed["one at a time"].median_s, timed["batched"].median_s
+    places = {(p % block, p % (m.config.par_patch or block)) for p in batch.position_list}
+    log.info("%d sessions at %d places of block %d: one at a time / batched %.2fx", MIXED_ROWS, len(places), block,
+             alone / together)  # fmt: skip
+    return {
+        "rows": MIXED_ROWS,
+        "chunk": MIXED_CHUNK,
+        "block_size": block,
+        "places": len(places),
+        "seconds": {k: t.as_dict() for k, t in timed.items()},
+        "throughput_ratio": alone / together,
+    }
 
 
 @torch.no_grad()

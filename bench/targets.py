@@ -383,6 +383,19 @@ def _block_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         for batch, need in needs:
             conditions = f"{name}'s shapes, T={image['length']}, B={batch}, unprompted"
             rows.append(served_row(image, batch, name, "ar-ssm", need, conditions))
+        mixed = image.get("mixed")  # runs before the thirty-eighth session have none
+        if mixed:
+            rows.append(
+                _row(
+                    f"{name}: {mixed['rows']} sessions at different places in their blocks, batched / one at a time",
+                    mixed["throughput_ratio"],
+                    "(reference)",
+                    None,
+                    f"one kept {mixed['chunk']}-token chunk each, at {mixed['places']} places of block "
+                    f"{mixed['block_size']}, in process, medians of {len(mixed['seconds']['batched']['runs_s'])} "
+                    "interleaved runs",
+                )
+            )
     texts = [(bl or {}).get("text"), *((bl or {}).get("texts") or {}).values()]
     for text in texts:
         batch = next(iter((text or {}).get("sequence", {})), None)

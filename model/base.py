@@ -366,6 +366,7 @@ class SequenceModel(nn.Module):
         self.check_state(state)
         self._check_room(state, n)
         blocks = self._blocks(block_size, state.batch_size)
+        temperature = _temperature(temperature, state.batch_size)
         ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
@@ -564,6 +565,18 @@ class SequenceModel(nn.Module):
     def positions(state: GenState, n: int) -> Tensor:
         """Absolute positions ``(B, n)`` of the next ``n`` tokens."""
         return state.position[:, None] + torch.arange(n, device=state.position.device)
+
+
+def _temperature(value: float | Tensor, batch: int) -> float | Tensor:
+    """A call's temperature: a float, or one per row ``(B,)``; a tensor of one value is that float (as a shared
+    observation temperature is), ValueError for another count."""
+    if not isinstance(value, Tensor):
+        return value
+    if value.numel() == 1:
+        return float(value)
+    if value.numel() != batch:
+        raise ValueError(f"temperature has {value.numel()} values for {batch} rows")
+    return value.reshape(-1)
 
 
 def weights_hash(module: nn.Module) -> str:

@@ -819,10 +819,10 @@ class VSSM(SequenceModel):
     def _block_groups(self, state: GenState, sizes: list[int]) -> list[list[int]]:
         """The rows of a batch that shares no fused block (:meth:`_shared_block`), grouped so that each group does:
         by block size and place (:meth:`_place`); rows in one pass in a group of their own, and rows whose blocks
-        do not fuse in another."""
+        do not fuse by block size and phase (the piece loop then cuts them where they would be cut alone)."""
         groups: dict[tuple[int, ...], list[int]] = {}
         for row, (c, p) in enumerate(zip(sizes, state.position_list, strict=True)):
-            key = (c, *self._place(c, p)) if self.fuses(c) else (0 if c == 0 else -1,)
+            key = (c, *self._place(c, p)) if self.fuses(c) else (-1, c, p % c) if c else (0,)
             groups.setdefault(key, []).append(row)
         return list(groups.values())
 
@@ -976,8 +976,8 @@ class VSSM(SequenceModel):
         scores: list[Tensor] | None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
-        NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, a
-        or a state the patch rounds refuse),
+        NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, or a state the
+        patch rounds refuse),
         but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece,
         then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)

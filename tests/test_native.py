@@ -1293,7 +1293,8 @@ INSIDE_A_PATCH = [
 ACROSS_PATCHES = [
     (0, 17, 3), (5, 20, 3), (2, 9, 3), (0, 23, 5), (7, 19, 5), (3, 2, 5), (0, 25, 6), (4, 14, 6), (9, 5, 6), (1, 1, 6),
     (0, 30, 7), (6, 15, 7), (11, 3, 7), (0, 21, 10), (13, 17, 10), (2, 8, 10), (3, 4, 6), (8, 12, 6), (1, 4, 3),
-]  # fmt: skip
+    (1, 4, 6), (2, 2, 5), (1, 3, 6),
+]  # fmt: skip  # the last three: block 0 left open past its patch's end, at it, and before it, from inside the patch
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1338,10 +1339,17 @@ def test_compiled_patch_rounds_of_blocks_other_than_the_patch(dtype, copy, posit
 @pytest.mark.parametrize("n", [1, 3, 5, 6])
 @pytest.mark.parametrize(
     ("positions", "period", "block"),
-    [((0, 4, 8), 0, 2), ((8, 12, 0), 0, 2), ((0, 8, 20), 6, 2), ((0, 12, 24), 0, 6), ((2, 14, 26), 6, 3)],
+    [
+        ((0, 4, 8), 0, 2),
+        ((8, 12, 0), 0, 2),
+        ((0, 8, 20), 6, 2),
+        ((0, 12, 24), 0, 6),
+        ((2, 14, 26), 6, 3),
+        ((1, 21, 41), 6, 5),
+    ],
 )
 def test_compiled_patch_rounds_inside_a_patch_mix_rows(dtype, n, positions, period, block):
-    """Blocks of 2 inside patches of 4, and blocks of 6 and 3 across them, in a batch of rows at different positions
+    """Blocks of 2 inside patches of 4, and blocks of 6, 3 and 5 across them, in a batch of rows at different positions
     but the same place in their blocks and patches (and, with tables by column, different phases of the columns), an
     unprompted row among them (position 0: block 0 from the uniform prior, generation's state kept where the call
     stops inside it): compiled, and as the rounds in PyTorch leave them."""
@@ -1400,46 +1408,71 @@ def test_compiled_patch_rounds_refuse_rows_at_different_places_in_their_patches(
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("patch", [0, 4], ids=["tokens", "patches"])
-def test_a_batch_at_different_places_in_its_blocks_runs_compiled_a_group_at_a_time(dtype, patch):
+@pytest.mark.parametrize("shared", [False, True], ids=["by-row", "shared"])
+def test_a_batch_at_different_places_in_its_blocks_runs_compiled_a_group_at_a_time(dtype, patch, shared):
     """A batch whose rows share no block size and place (a server's batch of sessions in chunks meets them at
     different places in their blocks) runs a group of rows at a time (VSSM._by_groups): by block size, phase and,
-    for a partial encoder that reads patches, place in the patch; rows in one pass together.  Each group of blocks is
-    one compiled call, none refused, and every row gets the tokens, the state and the scores it gets alone, with its
-    own temperature and observation temperature."""
+    for a partial encoder that reads patches, place in the patch; rows in one pass together; rows whose blocks do
+    not fuse (here past half a window of 16) by block size and phase.  Each group of blocks that fuse is one compiled
+    call, none refused, and every row gets the tokens, the state and the scores it gets alone, with its own
+    temperature and observation temperature or shared ones, kept or not."""
     from tests.conftest import tiny_model
     from vssm.model.state import GenState
 
     cfg = PATCH_CFG if patch else {k: v for k, v in PATCH_CFG.items() if k != "par_patch"}
     m = tiny_model("vssm", dtype=dtype, max_position=64, **cfg)
-    positions, blocks = [0, 5, 9, 6, 8, 3, 7, 10, 13], [4, 4, 4, 2, 2, 0, 0, 4, 2]  # groups of 1 to 3 rows
+    m.gen_window = 16  # blocks of 12 do not fuse
+    positions = [0, 5, 9, 6, 8, 3, 7, 10, 13, 2, 14, 4, 11]
+    blocks = [4, 4, 4, 2, 2, 0, 0, 4, 2, 3, 6, 12, 12]
     rows = [
         m.start(torch.randint(0, 2, (1, p), generator=torch.Generator().manual_seed(p)), [i])
         for i, p in enumerate(positions)
     ]
-    temps = torch.linspace(0.4, 1.2, len(rows), dtype=dtype)
-    ratios = torch.linspace(0.0, 1.0, len(rows), dtype=dtype)
+    temps = 0.8 if shared else torch.linspace(0.4, 1.2, len(rows), dtype=dtype)
+    ratios = 0.5 if shared else torch.linspace(0.0, 1.0, len(rows), dtype=dtype)
+    kwargs = dict(temperature=temps, block_size=torch.tensor(blocks), observation_temperature=ratios)
     entry = "_patch_rounds" if patch else "_fused_rounds"
     real, calls = getattr(native, entry), []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, entry, lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
-        tokens, state, scores = m.generate_scored(
-            GenState.cat(rows), 11, temperature=temps, block_size=torch.tensor(blocks), observation_temperature=ratios
-        )
-        plain, plain_state = m.generate(
-            GenState.cat(rows), 11, temperature=temps, block_size=torch.tensor(blocks), observation_temperature=ratios
-        )
-    # unscored, a call a group: phases 0, 1 and 2 of block 4; block 2 at places 2, 0 and 1 of the patch of 4, or at
-    # phases 0 and 1 without patches, whose rows in one pass are a call of the compiled rounds too (an open block)
-    assert len(calls) == 6 and all(out is not None for out in calls)
+        tokens, state, scores = m.generate_scored(GenState.cat(rows), 11, **kwargs)
+        plain, plain_state = m.generate(GenState.cat(rows), 11, **kwargs)
+        calls_kept = len(calls)
+        unkept, none = m.generate(GenState.cat(rows), 11, resumable=False, **kwargs)
+    # a call a group that fuses, none refused: phases 0, 1 and 2 of block 4; block 2 at places 2, 0 and 1 of the
+    # patch of 4, or at phases 0 and 1 without patches; blocks 3 and 6; without patches, the rows in one pass are a
+    # call of the compiled rounds too (an open block, kept calls only); the scored calls make none
+    assert calls_kept == 8 and len(calls) == calls_kept + (8 if patch else 7), len(calls)
+    assert all(out is not None for out in calls) and none is None
     tol = 1e-10 if dtype == F64 else 1e-4
     for i, r in enumerate(rows):
-        kw = dict(temperature=temps[i : i + 1], block_size=blocks[i] or None, observation_temperature=ratios[i : i + 1])
+        t = temps if shared else temps[i : i + 1]
+        o = ratios if shared else ratios[i : i + 1]
+        kw = dict(temperature=t, block_size=blocks[i] or None, observation_temperature=o)
         t_alone, s_alone, sc_alone = m.generate_scored(r, 11, **kw)
         assert torch.equal(tokens[i], t_alone[0]) and torch.equal(plain[i], m.generate(r, 11, **kw)[0][0])
+        assert torch.equal(unkept[i], m.generate(r, 11, resumable=False, **kw)[0][0])
         torch.testing.assert_close(scores[i], sc_alone[0], rtol=tol, atol=tol)
+        assert set(state.tensors) == set(s_alone.tensors) == set(plain_state.tensors)
         for k, v in s_alone.tensors.items():
             torch.testing.assert_close(state[k][i], v[0], rtol=tol, atol=tol)
             torch.testing.assert_close(plain_state[k][i], v[0], rtol=tol, atol=tol)
+
+
+def test_a_one_value_temperature_is_shared_by_every_row_and_another_count_is_refused():
+    """A temperature tensor of one value is every row's (as a float is), in a batch of rows at different places
+    in their blocks too; a tensor of another count than the rows is refused."""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=F64, max_position=64, **PATCH_CFG)
+    start = GenState.cat([m.start(torch.zeros(1, p, dtype=torch.long), [p]) for p in (0, 5, 6)])
+    ref = m.generate(start, 9, temperature=0.7, block_size=4)
+    for t in (torch.tensor(0.7, dtype=F64), torch.tensor([0.7], dtype=F64)):
+        got = m.generate(start, 9, temperature=t, block_size=4)
+        assert torch.equal(got[0], ref[0]) and all(torch.equal(got[1][k], v) for k, v in ref[1].tensors.items())
+    with pytest.raises(ValueError, match="temperature has 2 values for 3 rows"):
+        m.generate(start, 9, temperature=torch.tensor([0.7, 0.8]), block_size=4)
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
