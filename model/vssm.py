@@ -846,25 +846,29 @@ class VSSM(SequenceModel):
         rounds-and-serving.md, thirty-eighth session)."""
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         ratio_rows = isinstance(ratio, Tensor) and ratio.ndim == 1
-        parts, part_scores, index = [], [], []
+        parts, part_scores = [], []
         for rows in groups:
-            idx = torch.tensor(rows, device=blocks.device)
-            temp = temperature[idx] if per_row else temperature  # type: ignore[index]
-            r = ratio[idx] if ratio_rows else ratio  # type: ignore[index]
+            # a group of neighbouring rows (a lone row always) is a view of the batch's tensors, another a gather:
+            # 8 rows in 7 groups took 0.49 ms of gathers, 0.18 of views and gathers (AMD EPYC, one thread)
+            ix: slice | Tensor = (
+                slice(rows[0], rows[-1] + 1)
+                if rows[-1] - rows[0] == len(rows) - 1
+                else torch.tensor(rows, device=blocks.device)
+            )
+            temp = temperature[ix] if per_row else temperature  # type: ignore[index]
+            r = ratio[ix] if ratio_rows else ratio  # type: ignore[index]
             got: list[Tensor] | None = None if scores is None else []
-            parts.append(self._generate_rows(state.rows(idx), n, temp, resumable, blocks[idx], got, r))
+            parts.append(self._generate_rows(state.rows(ix), n, temp, resumable, blocks[ix], got, r))
             part_scores.append(got)
-            index.append(idx)
-        # each group's rows written into their places: one new tensor a name, not a concatenation and a gather (two,
-        # whose large new tensors cost 1-4 ms a call of 8 rows on an AMD EPYC, against 1 ms)
-        tokens = _put_back([t for t, _ in parts], index)  # (B, n)
+        runs = _runs(groups)
+        tokens = _put_back([t for t, _ in parts], runs)  # (B, n)
         if scores is not None:
-            scores.append(_put_back([torch.cat(g, 1) for g in part_scores if g is not None], index))  # (B, n, V)
+            scores.append(_put_back([torch.cat(g, 1) for g in part_scores if g is not None], runs))  # (B, n, V)
         if not resumable:
             return tokens, None
         first = parts[0][1]
         assert first is not None
-        merged = {k: _put_back([s[k] for _, s in parts if s is not None], index) for k in first.tensors}
+        merged = {k: _put_back([s[k] for _, s in parts if s is not None], runs) for k in first.tensors}
         return tokens, first.evolve(**merged)
 
     def _fused_rows(
@@ -1289,12 +1293,26 @@ class VSSM(SequenceModel):
         )
 
 
-def _put_back(parts: list[Tensor], index: list[Tensor]) -> Tensor:
-    """One tensor of every row: ``parts[g]`` ``(b_g, ...)`` holds the rows ``index[g]`` ``(b_g,)``."""
-    out = parts[0].new_empty((sum(p.shape[0] for p in parts), *parts[0].shape[1:]))
-    for idx, part in zip(index, parts, strict=True):
-        out.index_copy_(0, idx, part)
-    return out
+def _runs(groups: list[list[int]]) -> list[tuple[int, int, int]]:
+    """The batch's rows, in order, as runs ``(g, j, k)`` of groups' rows: rows ``j .. j+k-1`` of group ``g``
+    (``groups[g]`` its rows in the batch)."""
+    where = {row: (g, j) for g, rows in enumerate(groups) for j, row in enumerate(rows)}
+    runs: list[tuple[int, int, int]] = []
+    for row in range(len(where)):
+        g, j = where[row]
+        if runs and runs[-1][0] == g and runs[-1][1] + runs[-1][2] == j:  # the next row of the same group
+            runs[-1] = (g, runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((g, j, 1))
+    return runs
+
+
+def _put_back(parts: list[Tensor], runs: list[tuple[int, int, int]]) -> Tensor:
+    """One tensor of every row from the groups' ``parts`` ``(b_g, ...)``, one concatenation of the runs of
+    :func:`_runs`: 8 rows in 7 groups took 0.25 ms a state's tensors, 0.33 written by ``index_copy_`` into a new
+    tensor, 1.1 concatenated and gathered (AMD EPYC, one thread)."""
+    pieces = [parts[g] if k == len(parts[g]) else parts[g][j : j + k] for g, j, k in runs]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _prior_state(state: GenState) -> Tensor:
