@@ -1718,3 +1718,29 @@ def test_compiled_patch_rounds_continue_a_block_a_call_left_open(dtype, monkeypa
     temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     calls = compiled_equals_pytorch(m, mid, 11, temp, 4, 0.5, "patch_rounds")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("n", [3, 7])
+def test_compiled_patch_rounds_draw_each_row_s_block_0_as_alone_whatever_the_others_prior(dtype, n):
+    """Block 0's latents come from the prior's tables where a row's prior state is zeros (a block start) and from
+    its recurrence where it is not, a row's way its own: a row at phase 2 of block 6 whose last call ended a block of
+    4 (its prior state zeros) batched with one in the middle of its block of 6 draws what it draws alone, and so does
+    the other, the latent prior's state bit for bit.  (The two ways differ only in the logits' rounding, which here
+    never moved a draw: this checks the batch against each row alone, not which way a row took.)"""
+    from tests.conftest import tiny_model
+    from vssm.model.state import GenState
+
+    m = tiny_model("vssm", dtype=dtype, max_position=64, **PATCH_CFG)
+    fresh = m.generate(m.start(torch.zeros(1, 0, dtype=torch.long), [1]), 8, block_size=4)[1]  # a block of 4 ended
+    mid = m.generate(m.start(torch.zeros(1, 0, dtype=torch.long), [2]), 8, block_size=6)[1]  # inside a block of 6
+    assert not bool(fresh["prior"].any()) and bool(mid["prior"].any())
+    real, calls = native._patch_rounds, []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_patch_rounds", lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
+        tokens, state = m.generate(GenState.cat([fresh, mid]), n, block_size=6)
+    assert len(calls) == 1 and calls[0] is not None  # one call for both rows: the same place
+    for i, row in enumerate((fresh, mid)):
+        alone_tokens, alone = m.generate(row, n, block_size=6)
+        assert torch.equal(tokens[i], alone_tokens[0])
+        assert torch.equal(state["prior"][i], alone["prior"][0])

@@ -44,7 +44,8 @@ patch, a step only where it ends the patch.  Every row's patches must end at the
 places in their patches (pos0 mod P) are refused (-2).
 
 Block 0 is drawn here too (round 0): its latents through the latent prior from r0 (B, R), the prior's
-state before its first position (zeros at a block start), from head0 + A[c, EMPTY] where the row has
+state before its first position (zeros at a block start: then from the prior's tables, a row's choice its own,
+as alone), from head0 + A[c, EMPTY] where the row has
 observed a token (observed (B,) bytes) and the uniform prior where not; then the decoder from dec_gen
 (B, Ld, H, N), the state generation continues from, and the tokens.  Where that state is the
 absorbed one (byte for byte: at a block start, unless a call of another block size left the state),
@@ -274,15 +275,20 @@ Nothing here checks a shape. */
             block_inputs_##SUFFIX(B, m, 0, P - pp, pp ? gin0 : 0, absorb == 2 && !rounds, pos0, P, Cb, Q, O, ZK, M, \
                                   V, H, N, Lp, sp, head0, hg, A, Gt, observed, w_in, b_in, pack_par, eps_par, pg,   \
                                   yg, x, g, lp, pre, cxz);                                                          \
-            int fresh = 1; /* the prior at a block start in every row (inside one, the state the last call left) */ \
-            for (long k = 0; k < B * R; ++k) fresh = fresh && r0[k] == 0;                                           \
-            if (fresh)                                                                                              \
-                latent_prior_table_##SUFFIX(B, m, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M, u_lat,     \
-                                            span * Z, temp, prior, eps_prior, ptab, r, zs, Cb * Z, ps);             \
-            else {                                                                                                  \
-                memcpy(r, r0, B * R * sizeof(REAL));                                                                \
-                latent_prior_##SUFFIX(B, m, Z, K, R, M, lp, Cb * O, O, F ? pre : 0, Cb * M, M, u_lat, span * Z,     \
-                                      temp, prior, eps_prior, r, zs, Cb * Z, ps);                                   \
+            for (long b = 0; b < B; ++b) { /* the prior from its tables where the row's state is zeros (a block   \
+                                               start), else from the state the last call left: a row as alone */  \
+                int fresh = 1;                                                                                      \
+                for (long k = 0; k < R; ++k) fresh = fresh && r0[b * R + k] == 0;                                   \
+                const REAL *lb = lp + b * Cb * O, *pb = F ? pre + b * Cb * M : 0, *ub = u_lat + b * span * Z;       \
+                if (fresh)                                                                                          \
+                    latent_prior_table_##SUFFIX(1, m, Z, K, R, M, Cb, lb, Cb * O, O, pb, Cb * M, M, ub, span * Z,   \
+                                                temp + b, prior, eps_prior, ptab, r + b * R, zs + b * Cb * Z,       \
+                                                Cb * Z, ps);                                                        \
+                else {                                                                                              \
+                    memcpy(r + b * R, r0 + b * R, R * sizeof(REAL));                                                \
+                    latent_prior_##SUFFIX(1, m, Z, K, R, M, lb, Cb * O, O, pb, Cb * M, M, ub, span * Z, temp + b,   \
+                                          prior, eps_prior, r + b * R, zs + b * Cb * Z, Cb * Z, ps);                \
+                }                                                                                                   \
             }                                                                                                       \
             dec_inputs_##SUFFIX(B, m, Cb * Z, H, Z, K, zs, w_dec, b_dec, x);                                        \
             /* where the decoder state generation continues from is the absorbed one (at a block start, unless \
