@@ -11,26 +11,16 @@ bench's 16-token round.  Run it by turns with and without fixed thresholds, whic
 
 from __future__ import annotations
 
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from block_paths import median_ms  # this directory: the script's own
 
 from bench.serving import model_time, random_checkpoint
 from vssm import model
 
 CHECKPOINTS = Path(__file__).resolve().parents[3] / "checkpoints"
-
-
-def median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
