@@ -251,14 +251,14 @@ def _mixed_places(m: model.SequenceModel, s: Settings, block: int) -> dict[str, 
     }
     timed = measure_interleaved(fns, s.limit_repeats)
     alone, together = timed["one at a time"].median_s, timed["batched"].median_s
-    places = {(p % block, p % (m.config.par_patch or block)) for p in batch.position_list}
-    log.info("%d sessions at %d places of block %d: one at a time / batched %.2fx", MIXED_ROWS, len(places), block,
+    places = len(m._block_groups(batch, [block] * MIXED_ROWS))  # the groups the batch runs in, a call each
+    log.info("%d sessions at %d places of block %d: one at a time / batched %.2fx", MIXED_ROWS, places, block,
              alone / together)  # fmt: skip
     return {
         "rows": MIXED_ROWS,
         "chunk": MIXED_CHUNK,
         "block_size": block,
-        "places": len(places),
+        "places": places,
         "seconds": {k: t.as_dict() for k, t in timed.items()},
         "throughput_ratio": alone / together,
     }

@@ -366,7 +366,7 @@ class SequenceModel(nn.Module):
         self.check_state(state)
         self._check_room(state, n)
         blocks = self._blocks(block_size, state.batch_size)
-        temperature = _temperature(temperature, state.batch_size)
+        temperature = _row_values(temperature, state.batch_size, "temperature")
         ratio = self._ratio(observation_temperature, state.batch_size)
         if n == 0:
             return torch.zeros(state.batch_size, 0, dtype=torch.long, device=self.device), state
@@ -378,11 +378,9 @@ class SequenceModel(nn.Module):
         if value is None:
             return self.observation_temperature
         if isinstance(value, Tensor):
-            value = value.to(dtype=self.dtype, device=self.device).reshape(-1)
-            if value.numel() == 1:
-                return self._ratio(float(value), batch)
-            if value.numel() != batch:
-                raise ValueError(f"observation_temperature has {value.numel()} values for {batch} rows")
+            value = _row_values(value.to(dtype=self.dtype, device=self.device), batch, "observation_temperature")
+            if isinstance(value, float):
+                return self._ratio(value, batch)
             if bool(((value < 0) | (value > 1) | value.isnan()).any()):
                 raise ValueError("observation_temperature must be in [0, 1]")
             return value
@@ -567,15 +565,15 @@ class SequenceModel(nn.Module):
         return state.position[:, None] + torch.arange(n, device=state.position.device)
 
 
-def _temperature(value: float | Tensor, batch: int) -> float | Tensor:
-    """A call's temperature: a float, or one per row ``(B,)``; a tensor of one value is that float (as a shared
-    observation temperature is), ValueError for another count."""
+def _row_values(value: float | Tensor, batch: int, what: str) -> float | Tensor:
+    """A call's temperature or observation temperature (``what``): a float, or one per row ``(B,)``; a tensor of
+    one value is that float, ValueError for another count."""
     if not isinstance(value, Tensor):
         return value
     if value.numel() == 1:
         return float(value)
     if value.numel() != batch:
-        raise ValueError(f"temperature has {value.numel()} values for {batch} rows")
+        raise ValueError(f"{what} has {value.numel()} values for {batch} rows")
     return value.reshape(-1)
 
 

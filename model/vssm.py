@@ -651,20 +651,8 @@ class VSSM(SequenceModel):
             rows = self._row_group(min(n, 2 * int(blocks.max()), self.gen_window))
         if state.batch_size <= rows:
             return self._generate_rows(state, n, temperature, resumable, blocks, scores, ratio)
-        per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
-        ratio_rows = isinstance(ratio, Tensor)
-        parts, part_scores = [], []
-        for i in range(0, state.batch_size, rows):
-            rs = slice(i, i + rows)
-            temp = temperature[rs] if per_row else temperature
-            r = ratio[rs] if ratio_rows else ratio  # type: ignore[index]
-            got: list[Tensor] | None = None if scores is None else []
-            parts.append(self._generate_rows(state.rows(rs), n, temp, resumable, blocks[rs], got, r))
-            part_scores.append(got)
-        if scores is not None:
-            scores.append(torch.cat([torch.cat(g, 1) for g in part_scores if g is not None]))  # (B, n, V)
-        tokens = torch.cat([t for t, _ in parts])  # (B, n)
-        return tokens, GenState.cat([s for _, s in parts]) if resumable else None
+        groups = [list(range(i, min(i + rows, state.batch_size))) for i in range(0, state.batch_size, rows)]
+        return self._by_groups(state, n, temperature, resumable, blocks, groups, scores, ratio)
 
     def _row_group(self, steps: int) -> int:
         """Rows per group of a large call whose passes run ``steps`` steps: about ``row_block_tokens``
@@ -837,10 +825,11 @@ class VSSM(SequenceModel):
         scores: list[Tensor] | None,
         ratio: float | Tensor,
     ) -> tuple[Tensor, GenState | None]:
-        """:meth:`_generate_rows` a group of rows at a time (``groups``: :meth:`_block_groups`), the rows put back
-        in their order.  Rows are independent (randomness keyed by seed and position, blocks aligned to absolute
-        positions), so each gets what it gets alone, and each group runs fused, compiled where it can be: a
-        server's batch of sessions in 64-token chunks meets them at different places in their blocks, which
+        """:meth:`_generate_rows` a group of rows at a time, the rows put back in their order: a large call's
+        blocks of rows (:meth:`_generate`), or a batch's rows by block size and place (:meth:`_block_groups`).
+        Rows are independent (randomness keyed by seed and position, blocks aligned to absolute positions), so each
+        gets what it gets alone, and each group of a batch runs fused, compiled where it can be: a server's batch
+        of sessions in 64-token chunks meets them at different places in their blocks, which
         otherwise went to the piece loop in PyTorch, block by block for every row (8 such sessions of
         mnist-vssm-prior at block 28: 122 ms batched against 3.2 ms one at a time; docs/experiments/
         rounds-and-serving.md, thirty-eighth session)."""
@@ -981,9 +970,9 @@ class VSSM(SequenceModel):
     ) -> tuple[list[Tensor], Tensor, Tensor]:
         """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
         NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, or a state the
-        patch rounds refuse),
-        but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by block): the first piece,
-        then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs`` before the last block."""
+        patch rounds refuse), but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by
+        block): the first piece, then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs``
+        before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
         Bsz = state.batch_size
         temp, temp_tok = per_row(temperature, 2), per_row(self.token_temperature(temperature, ratio), 1)
@@ -1093,12 +1082,12 @@ class VSSM(SequenceModel):
         self, c: int, state: GenState
     ) -> Callable[..., tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None] | None:
         """:meth:`_fused_rows`'s blocks (block size ``c``) in one compiled call for a partial encoder that reads a
-        patch a step (csrc/patch_rounds.c), the first block too: blocks of any size (the call may start or stop inside
-        one, blocks and patches need not align), where the decoder reads latents only and
-        a latent prior draws them, a round is a network step a patch the block ends (and one a later patch of the
-        block drawn, over EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these
-        blocks.  The call itself returns None where the state's pending patch is not where the call starts (then
-        nothing was drawn)."""
+        patch a step (csrc/patch_rounds.c), the first block too: blocks of any size (the call may start or stop
+        inside one, blocks and patches need not align), where the decoder reads latents only and a latent prior
+        draws them, a round is a network step a patch the block ends (and one a later patch of the block drawn, over
+        EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these blocks.  The call
+        itself returns None where the state's pending patch is not where the call starts (then nothing was
+        drawn)."""
         run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
         if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
             return None
