@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -25,12 +27,16 @@ def _scan_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize("T", [1, 2, 5, 16, 33, 64])
 @pytest.mark.parametrize("fresh", [True, False])
-def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh):
-    """Outputs and the state after any step ``at`` of the pass, width not a multiple of the lanes."""
+@pytest.mark.parametrize("shape", [(37, 5), (64, 8), (40, 6)])
+def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh, shape):
+    """Outputs and the state after any step ``at`` of the pass: a width that is not a multiple of the lanes; whole
+    vectors of channels in groups of four modes, where from 8 steps the pass scales its states by 1 / B_bar
+    (csrc/s4d_block.c, MODES_OUTER); whole vectors (with 64-byte vectors) and a part group of modes."""
     torch.manual_seed(T)
-    layer = S4D(S4DConfig(width=37, state_size=5)).double()
-    u = torch.randn(3, T, 37, dtype=F64)  # (B, T, H)
-    h0 = None if fresh else torch.randn(3, 37, 5, dtype=torch.complex128)
+    width, modes = shape
+    layer = S4D(S4DConfig(width=width, state_size=modes)).double()
+    u = torch.randn(3, T, width, dtype=F64)  # (B, T, H)
+    h0 = None if fresh else torch.randn(3, width, modes, dtype=torch.complex128)
     for at in sorted({1, max(1, T // 2), T}):
         with torch.no_grad():
             y, h_at = layer.scan(u, h0, at=at)
@@ -43,6 +49,21 @@ def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh):
     with torch.no_grad():  # the state before the first step is the one given (the references take at >= 1)
         y0, h_0 = layer.scan(u, h0, at=0)
     assert torch.equal(y0, y) and torch.equal(h_0, layer.initial_state(3) if fresh else h0)
+
+
+@pytest.mark.parametrize("T", [8, 33])
+def test_kernel_in_float32_is_float64s_within_rounding(T):
+    """The float32 pass over whole vectors of channels and groups of four modes (its states scaled by 1 / B_bar
+    from 8 steps) within rounding of the float64 one, outputs and the state after ``at`` steps."""
+    torch.manual_seed(5)
+    layer = S4D(S4DConfig(width=64, state_size=8)).double()
+    u = torch.randn(2, T, 64, dtype=F64)
+    h0 = torch.randn(2, 64, 8, dtype=torch.complex128)
+    with torch.no_grad():
+        y, h = layer.scan(u, h0, at=T // 2)
+        y32, h32 = copy.deepcopy(layer).float().scan(u.float(), h0.to(torch.complex64), at=T // 2)
+    torch.testing.assert_close(y32.double(), y, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(h32.to(torch.complex128), h, rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_reads_strided_inputs_and_states():
