@@ -203,12 +203,7 @@ class ARSSM(ARModel):
         cfg = self.net.cfg
         # the pack once per weights, keyed as the VSSM's compiled calls key theirs (SequenceModel._laid_out),
         # not re-keyed from every parameter on each call: the same treatment for both families
-        # scaled: the loop holds its states as h / B_bar (csrc/ar_loop.c), as the VSSM's passes do theirs
-        packed = self._laid_out(
-            "_ar_pack_cache", (), lambda: native.scaled_pack(self.net._packed(), cfg.layers, cfg.width, cfg.state_size)
-        )  # eps goes beside it, not in it
-        if packed is None:
-            return None
+        packed = self._laid_out("_ar_pack_cache", (), self.net._packed)  # eps goes beside it, not in it
         weight, eps = self.net.inp.weight, self.net.norm.eps
 
         def run(state: GenState, u: Tensor, temps: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:

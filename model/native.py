@@ -64,7 +64,6 @@ __all__ = [
     "prior_piece",
     "prior_tables",
     "round_weights",
-    "scaled_pack",
     "weights",
 ]
 
@@ -332,23 +331,6 @@ def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tu
     return torch.cat([p.detach().reshape(-1) for p in parts])
 
 
-def scaled_pack(packed: Tensor, L: int, H: int, N: int) -> Tensor | None:
-    """:func:`pack`'s buffer ``packed`` of ``L`` layers with each layer's planes 4-5 (``C``) replaced by
-    ``W = C B_bar``: what a loop that holds its states scaled by ``1 / B_bar`` steps with (csrc/ar_loop.c;
-    csrc/s4d_block.c, ssm_states_scale), a mode's step then ``g = Lambda g + u``, ``y = Re(W g)``.  None where
-    some ``|B_bar|^2`` is too near 0 for its inverse (never for :class:`~model.ssm.S4D`'s own, ``(Lambda - 1) / A``)."""
-    NH, layer = N * H, 2 * H + 6 * N * H + H + 2 * H * H + 2 * H
-    out = packed.detach().clone()
-    for lay in range(L):
-        planes = out[lay * layer + 2 * H : lay * layer + 2 * H + 6 * NH].view(6, N, H)
-        br, bi, cr, ci = planes[2], planes[3], planes[4].clone(), planes[5].clone()
-        if not bool(((br * br + bi * bi) > 1e-30).all()):
-            return None
-        planes[4] = cr * br - ci * bi
-        planes[5] = cr * bi + ci * br
-    return out
-
-
 def _net(
     x: Tensor,
     state: Tensor | None,
@@ -562,9 +544,9 @@ def _ar_loop(
     """The autoregressive SSM's loop compiled (csrc/ar_loop.c): from the logits ``(B, V)`` of the next
     draw and the network's state ``(B, L, H, N)`` complex, ``n`` tokens ``(B, n)`` drawn with the
     uniforms ``u`` ``(B, n)`` at per-row ``temperature`` ``(B,)`` float64, each read by the network
-    (``packed``: :func:`scaled_pack` of its :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns
-    the tokens, and the logits and state after the network read the last of them (without ``last_step`` it does
-    not read the last: those after the one before it, for a caller that keeps no state)."""
+    (``packed``: :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns the tokens, and the
+    logits and state after the network read the last of them (without ``last_step`` it does not read
+    the last: those after the one before it, for a caller that keeps no state)."""
     lib = _lib
     assert lib is not None
     Bsz, V = logits.shape

@@ -30,8 +30,8 @@ def _scan_off(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("shape", [(37, 5), (64, 8), (40, 6)])
 def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh, shape):
     """Outputs and the state after any step ``at`` of the pass: a width that is not a multiple of the lanes; whole
-    vectors of channels in groups of four modes, where from 8 steps the pass scales its states by 1 / B_bar
-    (csrc/s4d_block.c, MODES_OUTER); whole vectors (with 64-byte vectors) and a part group of modes."""
+    vectors of channels in groups of four modes, where the states are read and written as vectors (csrc/s4d_block.c,
+    MODES_OUTER); whole vectors (with 64-byte vectors) and a part group of modes."""
     torch.manual_seed(T)
     width, modes = shape
     layer = S4D(S4DConfig(width=width, state_size=modes)).double()
@@ -53,8 +53,8 @@ def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh, sh
 
 @pytest.mark.parametrize("T", [8, 33])
 def test_kernel_in_float32_is_float64s_within_rounding(T):
-    """The float32 pass over whole vectors of channels and groups of four modes (its states scaled by 1 / B_bar
-    from 8 steps) within rounding of the float64 one, outputs and the state after ``at`` steps."""
+    """The float32 pass over whole vectors of channels and groups of four modes within rounding of the float64
+    one, outputs and the state after ``at`` steps."""
     torch.manual_seed(5)
     layer = S4D(S4DConfig(width=64, state_size=8)).double()
     u = torch.randn(2, T, 64, dtype=F64)

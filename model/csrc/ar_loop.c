@@ -11,7 +11,7 @@ prior's sequential draws are one compiled call (csrc/latent_prior.c); the baseli
 same treatment, so that the comparison between them stays one of arithmetic, not of Python
 (docs/experiments/rounds-and-serving.md, eighteenth session).
 
-Layouts: pack is the network's packed weights after its input layer, scaled (model/native.py, scaled_pack); emb
+Layouts: pack is the network's packed weights after its input layer (model/native.py, pack); emb
 the embedding (n_in, H); u (B, n) contiguous; temperature (B,) doubles; logits (B, V), read as the
 logits of the first draw and overwritten with those after the last step; h and spare (B, L, H, N)
 complex as interleaved pairs, contiguous: the state is read from h and the final state written back
@@ -20,22 +20,18 @@ ssm_states_layout) in spare, so that each step reads and writes a mode's channel
 pairs 2N apart: converting once a call instead of gathering and scattering the interleaved pairs every
 step took a third off an image's time (docs/experiments/rounds-and-serving.md, twenty-seventh and
 twenty-eighth sessions).  Each step updates that state in place (NET_LAID allows it): two buffers
-by turns were a second copy of the state in the working set (thirty-first session).  The loop holds it
-scaled by 1 / B_bar too (csrc/s4d_block.c, ssm_states_scale; pack is model/native.py's scaled_pack, whose
-planes 4-5 hold W = C B_bar): a mode's step reads four planes, not six, and is three operations shorter, as
-the VSSM's passes of several steps are (MODES_OUTER; thirty-ninth session).
+by turns were a second copy of the state in the working set (thirty-first session).
 x and g are (B, H) scratch; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
 
 #include "kernels.h"
 
-#define AR_LOOP(NAME, REAL, NET, DRAW, SLAY, SCALE)                                                                  \
+#define AR_LOOP(NAME, REAL, NET, DRAW, SLAY)                                                                         \
     void NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,          \
              const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
              int64_t *out, int last_step) {                                                                          \
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
         SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
-        SCALE(B, L, H, N, pack, spare, sb, 1); /* and scaled */                                                      \
         for (long i = 0; i < n; ++i) {                                                                               \
             for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
             if (i == n - 1 && !last_step) break;                                                                     \
@@ -43,11 +39,10 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
                 const REAL *e = emb + out[b * n + i] * H;                                                            \
                 for (long k = 0; k < H; ++k) x[b * H + k] = e[k];                                                    \
             }                                                                                                        \
-            NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 2);                                  \
+            NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 1);                                  \
         }                                                                                                            \
-        SCALE(B, L, H, N, pack, spare, sb, 0);                                                                       \
         SLAY(B, L, H, N, spare, sb, h, sb, 0); /* back, into h */                                                    \
     }
 
-AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32, ssm_states_scale_f32)
-AR_LOOP(ssm_ar_loop_f64, double, ssm_net_laid_f64, categorical_f64, ssm_states_layout_f64, ssm_states_scale_f64)
+AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32)
+AR_LOOP(ssm_ar_loop_f64, double, ssm_net_laid_f64, categorical_f64, ssm_states_layout_f64)

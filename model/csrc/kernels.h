@@ -1,7 +1,6 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
 csrc/prior_piece.c, csrc/ar_loop.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
-(ssm_net, ssm_net_laid, ssm_states_layout, ssm_states_scale, ssm_net_head,
-linear_rows), csrc/keyed.c (keyed_uniforms,
+(ssm_net, ssm_net_laid, ssm_states_layout, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms,
 span_uniforms), csrc/categorical.c, csrc/latent_prior.c (latent_prior, latent_prior_table),
 csrc/prior_piece.c (dec_inputs) and csrc/scratch.c (scratch_block).
 model/native.py hashes this file with the sources. */
@@ -24,8 +23,6 @@ model/native.py hashes this file with the sources. */
                                REAL *logits, int planar);                                                       \
     void ssm_states_layout_##SUFFIX(long Bsz, long L, long H, long N, const REAL *in, long in_sb, REAL *out,     \
                                     long out_sb, int to_planar);                                                \
-    void ssm_states_scale_##SUFFIX(long Bsz, long L, long H, long N, const REAL *pack, REAL *s, long sb,          \
-                                   int to_scaled);                                                              \
     void ssm_net_head_##SUFFIX(long rows, long H, long N, long L, long O, const REAL *pack, double eps,         \
                                const REAL *x, REAL *g, REAL *logits);                                           \
     void linear_rows_##SUFFIX(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias,         \

@@ -27,11 +27,7 @@ batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wante
 reals, the real parts then the imaginary ones, lanes over channels as the recurrence reads them
 (BLOCK_LAID and NET_LAID with planar set; STATES_LAYOUT converts): a pass of MODES_MIN_T steps or more
 then reads and writes them as whole vectors where the channels fill whole vectors (and, for the reads,
-the modes groups of four), where interleaved pairs are gathered and scattered a lane at a time.  With planar 2
-they are planar and scaled, g = h / B_bar (STATES_SCALE converts), and the planes 4-5 hold W = C B_bar in place
-of C: a step is then g_t = Lambda g_(t-1) + u_t, y_t = Re(W g_t) + D u_t, two fewer planes read and three fewer
-operations a mode (the autoregressive SSM's loop, csrc/ar_loop.c, steps so; such a pass runs steps outer).  From
-SCALED_MIN_T steps MODES_OUTER scales the states itself for the pass, whatever layout they come in.  Nothing here
+the modes groups of four), where interleaved pairs are gathered and scattered a lane at a time.  Nothing here
 checks a shape: the caller does (model/native.py).
 
 A whole network pass (NET, model/network.py, SSMNet) runs every block in one call: per layer the
@@ -60,7 +56,6 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #define LANES 32
 #define MODES_MIN_T SSM_MODES_MIN_T /* kernels.h: from this many steps the modes run outer (below: steps outer) */
 #define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (2 x 64 KB) */
-#define SCALED_MIN_T 8   /* and from this many, states scaled by 1 / B_bar (MODES_OUTER): the scaling's fixed cost paid */
 /* vectors as wide as the machine's registers (-march=native): generic vectors wider than them are
    lowered to slow code (64-byte vectors built for AVX2 ran 2-7x slower than the steps-outer loop) */
 #if defined(__AVX512F__)
@@ -84,13 +79,11 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define EXP expf
 #define NAME s4d_block_f32
 #define MODES_OUTER modes_outer_f32
-#define SCALABLE scalable_f32
 #define STEPS_OUTER steps_outer_f32
 #define NET ssm_net_f32
 #define NET_LAID ssm_net_laid_f32
 #define BLOCK_LAID s4d_block_laid_f32
 #define STATES_LAYOUT ssm_states_layout_f32
-#define STATES_SCALE ssm_states_scale_f32
 #define NET_HEAD ssm_net_head_f32
 #define LAYERNORM layernorm_f32
 #define LINEAR linear_f32
@@ -103,13 +96,11 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef EXP
 #undef NAME
 #undef MODES_OUTER
-#undef SCALABLE
 #undef STEPS_OUTER
 #undef NET
 #undef NET_LAID
 #undef BLOCK_LAID
 #undef STATES_LAYOUT
-#undef STATES_SCALE
 #undef NET_HEAD
 #undef LAYERNORM
 #undef LINEAR
@@ -129,13 +120,11 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define EXP exp
 #define NAME s4d_block_f64
 #define MODES_OUTER modes_outer_f64
-#define SCALABLE scalable_f64
 #define STEPS_OUTER steps_outer_f64
 #define NET ssm_net_f64
 #define NET_LAID ssm_net_laid_f64
 #define BLOCK_LAID s4d_block_laid_f64
 #define STATES_LAYOUT ssm_states_layout_f64
-#define STATES_SCALE ssm_states_scale_f64
 #define NET_HEAD ssm_net_head_f64
 #define LAYERNORM layernorm_f64
 #define LINEAR linear_f64
@@ -162,35 +151,6 @@ static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, d
 /* NAME's recurrence from MODES_MIN_T to MODES_MAX_T steps.  Each branch of NAME is a function of its own:
    in one body, a change to this branch alone left the other, which an autoregressive step takes, at
    0.90-0.92 of its speed (docs/experiments/rounds-and-serving.md, twenty-fifth session) */
-/* whether four modes' B_bar (wv[g][2] + i wv[g][3], MODES_OUTER) are far enough from 0 in every lane for states
-   scaled by their inverse: B_bar = (Lambda - 1) / A is never 0 (model/ssm.py), but a weight may be anything */
-static inline int SCALABLE(const VEC wv[4][6]) {
-    for (int g = 0; g < 4; ++g) {
-        const VEC bb = wv[g][2] * wv[g][2] + wv[g][3] * wv[g][3];
-        REAL l[VL];
-        memcpy(l, &bb, sizeof(VEC));
-        for (int j = 0; j < VL; ++j)
-            if (!(l[j] > (REAL)1e-30)) return 0; /* NaN too */
-    }
-    return 1;
-}
-
-/* MODES_OUTER's four modes' states s (VEC [4][2]) into h_out after `at` steps */
-#define STORE_STATES(s)                                                                                         \
-    do {                                                                                                        \
-        REAL *hob = h_out + b * ho_sb;                                                                          \
-        for (long g = 0; g < G && planar && J == VL; ++g) /* planar: (2, N, H), whole vectors */                \
-            for (long k = 0; k < 2; ++k) *(VECU *)(hob + k * NH + (n + g) * H + h0c) = s[g][k];                 \
-        for (long g = 0; g < G && !(planar && J == VL); ++g) {                                                  \
-            REAL re[VL], imag[VL];                                                                              \
-            memcpy(re, &s[g][0], sizeof(VEC)), memcpy(imag, &s[g][1], sizeof(VEC));                             \
-            for (long j = 0; j < J; ++j) {                                                                      \
-                REAL *so = hob + state_at(planar, H, N, h0c + j, n + g);                                        \
-                so[0] = re[j], so[im] = imag[j];                                                                \
-            }                                                                                                   \
-        }                                                                                                       \
-    } while (0)
-
 static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb, int planar) {
@@ -273,44 +233,6 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                 W(0) W(1) W(2) W(3)
 #undef W
                 const long stop = h_out ? at : T;
-                if (J == VL && G == 4 && T >= SCALED_MIN_T && SCALABLE(wv)) {
-                    /* the states scaled by 1 / B_bar, g = h / B_bar: g_t = Lambda g_(t-1) + u_t and
-                       y_t = Re(W g_t) with W = C B_bar, four multiply-adds a mode and step for the state and
-                       two for the sum, where h took six and three (the arithmetic is the pass's bound) */
-#define P(g)                                                                                                  \
-    const VEC wr##g = cr##g * br##g - ci##g * bi##g, wi##g = cr##g * bi##g + ci##g * br##g;                   \
-    {                                                                                                         \
-        const VEC bb = br##g * br##g + bi##g * bi##g, ir = br##g / bb, ii = -bi##g / bb;                      \
-        const VEC gr = sr##g * ir - si##g * ii, gi = sr##g * ii + si##g * ir;                                 \
-        sr##g = gr, si##g = gi;                                                                               \
-    }
-                    P(0) P(1) P(2) P(3)
-#undef P
-                    for (int half = 0; half < 2; ++half) {
-                        for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
-                            const VEC x_t = ub[t];
-/* the input's term first, as above; the sum in two chains of multiply-adds */
-#define S(g) const VEC r##g = x_t - li##g * si##g + lr##g * sr##g, i##g = li##g * sr##g + lr##g * si##g; sr##g = r##g, si##g = i##g;
-                            S(0) S(1) S(2) S(3)
-#undef S
-                            VEC y0 = yb[t] + wr0 * r0, y1 = wr2 * r2;
-                            y0 -= wi0 * i0, y1 -= wi2 * i2;
-                            y0 += wr1 * r1, y1 += wr3 * r3;
-                            y0 -= wi1 * i1, y1 -= wi3 * i3;
-                            yb[t] = y0 + y1;
-                        }
-                        if (half == 0 && h_out && stop == 0) { /* after no step: the one given, exactly */
-                            STORE_STATES(sv);
-                        } else if (half == 0 && h_out) { /* the state after `at` steps, h = B_bar g */
-                            const VEC s[4][2] = {{br0 * sr0 - bi0 * si0, br0 * si0 + bi0 * sr0},
-                                                 {br1 * sr1 - bi1 * si1, br1 * si1 + bi1 * sr1},
-                                                 {br2 * sr2 - bi2 * si2, br2 * si2 + bi2 * sr2},
-                                                 {br3 * sr3 - bi3 * si3, br3 * si3 + bi3 * sr3}};
-                            STORE_STATES(s);
-                        }
-                    }
-                    continue;
-                }
                 for (int half = 0; half < 2; ++half) {
                     for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
                         const VEC x_t = ub[t];
@@ -322,7 +244,17 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                     }
                     if (half == 0 && h_out) { /* the state after `at` steps */
                         const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
-                        STORE_STATES(s);
+                        REAL *hob = h_out + b * ho_sb;
+                        for (long g = 0; g < G && planar && J == VL; ++g) /* planar: (2, N, H), whole vectors */
+                            for (long k = 0; k < 2; ++k) *(VECU *)(hob + k * NH + (n + g) * H + h0c) = s[g][k];
+                        for (long g = 0; g < G && !(planar && J == VL); ++g) {
+                            REAL re[VL], imag[VL];
+                            memcpy(re, &s[g][0], sizeof(VEC)), memcpy(imag, &s[g][1], sizeof(VEC));
+                            for (long j = 0; j < J; ++j) {
+                                REAL *so = hob + state_at(planar, H, N, h0c + j, n + g);
+                                so[0] = re[j], so[im] = imag[j];
+                            }
+                        }
                     }
                 }
             }
@@ -384,23 +316,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 }
                 for (long n = 0; n < N; ++n) {
                     const long o = n * H + h0c;
-/* states scaled by 1 / B_bar, planes 4-5 W = C B_bar (MODES_OUTER): two fewer planes read, three fewer operations */
-#define SCALED_STEP(j)                                                                                  \
-    const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];                                  \
-    const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];                                          \
-    sr[n][j] = r, si[n][j] = i;                                                                          \
-    acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
-                    if (planar == 2 && J == LANES) {
-#pragma omp simd
-                        for (long j = 0; j < LANES; ++j) {
-                            SCALED_STEP(j)
-                        }
-                    } else if (planar == 2) {
-                        for (long j = 0; j < J; ++j) {
-                            SCALED_STEP(j)
-                        }
-#undef SCALED_STEP
-                    } else if (J == LANES) {
+                    if (J == LANES) {
 #pragma omp simd
                         for (long j = 0; j < LANES; ++j) {
                             const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
@@ -428,8 +344,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
 
 /* NAME with the states' layout chosen: planar (2, N, H) reals a layer, the real parts then the imaginary ones,
    lanes over channels as the kernels read them (a loop's own states between its passes: ssm_net_laid,
-   ssm_states_layout; 2: scaled as well, from a pack of W planes, steps outer), else interleaved (H, N) complex
-   pairs */
+   ssm_states_layout), else interleaved (H, N) complex pairs */
 static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st,
                        const REAL *ln_w, const REAL *ln_b, double eps, const REAL *h0, long h0_sb, const REAL *w,
                        const REAL *d, int gelu, REAL *out, REAL *h_out, long ho_sb, int planar) {
@@ -440,7 +355,7 @@ static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x,
             for (long t = 0; t < T; ++t) LAYERNORM(H, x + b * x_sb + t * x_st, ln_w, ln_b, eps, out + (b * T + t) * H);
         u = out, u_sb = T * H, u_st = H;
     }
-    if (T >= MODES_MIN_T && T <= MODES_MAX_T && planar != 2)
+    if (T >= MODES_MIN_T && T <= MODES_MAX_T)
         MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     else
         STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
@@ -670,29 +585,6 @@ void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x
         }
     }
     NET_HEAD(rows, H, N, L, O, pack, eps, x, g, logits); /* g: the scratch again */
-}
-
-/* A loop's planar states (STATES_LAYOUT's, L layers a row, rows of sb reals) scaled by the pack's 1 / B_bar, g = h / B_bar
-   (to_scaled), or back, h = B_bar g: the form NET_LAID steps with planar 2, from a pack whose planes 4-5 hold
-   W = C B_bar (model/native.py, scaled_pack).  B_bar is never 0 (model/ssm.py); scaled_pack refuses a pack where it
-   is near 0. */
-void STATES_SCALE(long Bsz, long L, long H, long N, const REAL *pack, REAL *s, long sb, int to_scaled) {
-    const long NH = N * H, layer = 2 * H + 6 * NH + H + 2 * H * H + 2 * H;
-    for (long b = 0; b < Bsz; ++b)
-        for (long l = 0; l < L; ++l) {
-            const REAL *br = pack + l * layer + 2 * H + 2 * NH, *bi = br + NH;
-            REAL *re = s + b * sb + l * 2 * NH, *im = re + NH;
-#pragma omp simd
-            for (long k = 0; k < NH; ++k) {
-                const REAL hr = re[k], hi = im[k];
-                if (to_scaled) {
-                    const REAL bb = br[k] * br[k] + bi[k] * bi[k], ir = br[k] / bb, ii = -bi[k] / bb;
-                    re[k] = hr * ir - hi * ii, im[k] = hr * ii + hi * ir;
-                } else {
-                    re[k] = br[k] * hr - bi[k] * hi, im[k] = br[k] * hi + bi[k] * hr;
-                }
-            }
-        }
 }
 
 /* NET_LAID with interleaved states: the layout every caller outside a loop's own buffers holds */
