@@ -22,9 +22,9 @@ from vssm.model.ssm import S4D, S4DConfig
 
 
 def _assoc_scan(layer: S4D, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    _, Lam, B_bar, C = layer.discretize()
+    _, Lam, W = layer.discretize()  # the state g = h / B_bar (model/ssm.py)
     T = u.shape[-1]
-    b = B_bar[..., None] * u[:, :, None, :].to(Lam.dtype)  # (B, H, N, T)
+    b = u[:, :, None, :].to(Lam.dtype).expand(-1, -1, Lam.shape[-1], -1).clone()  # (B, H, N, T)
     b[..., 0] = b[..., 0] + Lam * h0  # fold the initial state into the first element
     a = Lam[..., None].expand_as(b).clone()  # (B, H, N, T)
     d = 1
@@ -32,7 +32,7 @@ def _assoc_scan(layer: S4D, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
         b = torch.cat([b[..., :d], b[..., d:] + a[..., d:] * b[..., :-d]], -1)
         a = torch.cat([a[..., :d], a[..., d:] * a[..., :-d]], -1)
         d *= 2
-    return (b * C[..., None]).sum(2).real + u * layer.D[:, None]  # (B, H, T)
+    return (b * W[..., None]).sum(2).real + u * layer.D[:, None]  # (B, H, T)
 
 
 def _chunked(layer: S4D, u: torch.Tensor, h0: torch.Tensor, chunk: int = 64) -> torch.Tensor:

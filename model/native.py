@@ -222,11 +222,11 @@ def available() -> bool:
     return _load() is not None
 
 
-def weights(lam: Tensor, b_bar: Tensor, c: Tensor) -> Tensor:
-    """The kernel's weight planes ``(6, N, H)``: Re and Im of ``Lambda``, ``B_bar`` and ``C``, each
-    complex ``(H, N)`` (a layer caches this: it depends on the weights only)."""
-    planes = [p for w in (lam, b_bar, c) for p in (w.real, w.imag)]  # (H, N) each
-    return torch.stack(planes).transpose(1, 2).contiguous()  # (6, N, H)
+def weights(lam: Tensor, w: Tensor) -> Tensor:
+    """The kernel's weight planes ``(4, N, H)``: Re and Im of ``Lambda`` and ``W``, each complex ``(H, N)``
+    (model/ssm.py, S4D.discretize; a layer caches this: it depends on the weights only)."""
+    planes = [p for t in (lam, w) for p in (t.real, t.imag)]  # (H, N) each
+    return torch.stack(planes).transpose(1, 2).contiguous()  # (4, N, H)
 
 
 def _block(
@@ -254,7 +254,7 @@ def _block(
         x = x.contiguous()
     # the C code trusts every shape, stride and type: a mismatch here would read past a buffer (plain
     # comparisons, no generators: this runs for every layer of every short pass and recurrent step)
-    ok = w.shape == (6, N, H) and d.shape == (H,) and x.is_cpu and 0 <= at <= T
+    ok = w.shape == (4, N, H) and d.shape == (H,) and x.is_cpu and 0 <= at <= T
     ok = ok and w.dtype == dt and d.dtype == dt and w.is_contiguous() and d.is_contiguous() and w.is_cpu and d.is_cpu
     ln_w = ln_b = None
     eps = 0.0
@@ -286,9 +286,9 @@ def _block(
 
 
 def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
-    """Reals in :func:`pack`'s buffer: per layer LayerNorm, the six planes, D, the output linear and
+    """Reals in :func:`pack`'s buffer: per layer LayerNorm, the four planes, D, the output linear and
     its bias; then the final LayerNorm and the head."""
-    return L * (2 * H + 6 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
+    return L * (2 * H + 4 * N * H + H + 2 * H * H + 2 * H) + 2 * H + H * n_out + n_out
 
 
 def _prior_pack_size(R: int, M: int, zk: int) -> int:

@@ -9,10 +9,15 @@ The recurrence, per channel h and mode n, with complex diagonal A and real input
     h_t = Lambda * h_{t-1} + B_bar * u_t,      Lambda = exp(dt * A),  B_bar = (Lambda - 1) / A
     y_t = Re(sum_n C_n h_t[n]) + D * u_t
 Stability is structural: Re(A) = -exp(A_log) < 0 and dt > 0, so |Lambda| < 1 for any weights.
+The state every mode here carries is h scaled by 1 / B_bar (B_bar is never 0: Lambda != 1), g = h / B_bar:
+    g_t = Lambda * g_{t-1} + u_t,      y_t = Re(sum_n W_n g_t[n]) + D * u_t,      W = C B_bar
+the same outputs, with the input's complex product gone: a step is a complex multiply, a real add and the
+readout, which is what bounds the compiled passes (csrc/s4d_block.c; docs/experiments/rounds-and-serving.md,
+thirty-ninth session).  A state in this form is model/state.py's format 2.
 
-Parallel mode, from any initial state h_0 (the state *before* the first input):
-    y = causal_conv(u, K) + Re(C * Lambda^(t+1) . h_0) + D u,      K_j = Re(sum_n C_n B_bar_n Lambda_n^j)
-    h_T = Lambda^T h_0 + sum_k Lambda^(T-1-k) B_bar u_k
+Parallel mode, from any initial state g_0 (the state *before* the first input):
+    y = causal_conv(u, K) + Re(W * Lambda^(t+1) . g_0) + D u,      K_j = Re(sum_n W_n Lambda_n^j)
+    g_T = Lambda^T g_0 + sum_k Lambda^(T-1-k) u_k
 Why FFT convolution: on CPU and GPU alike the kernel term is one rfft / irfft pair over (B, H, 2T),
 O(T log T) on the best-tuned primitive each backend has (pocketfft / cuFFT), and the two
 state terms are batched matmuls against tables of Lambda^k that depend only on the weights and T
@@ -165,7 +170,7 @@ def _nbytes(t: Tensor) -> int:
 
 
 class S4D(nn.Module):
-    """One diagonal SSM over H channels. State: complex ``(B, H, N)``."""
+    """One diagonal SSM over H channels. State: complex ``(B, H, N)``, ``g = h / B_bar`` (the module's docstring)."""
 
     def __init__(self, cfg: S4DConfig) -> None:
         super().__init__()
@@ -184,14 +189,15 @@ class S4D(nn.Module):
     def _complex_dtype(self) -> torch.dtype:
         return torch.complex128 if self.log_dt.dtype == torch.float64 else torch.complex64
 
-    def discretize(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Return (dt A, Lambda, B_bar, C) as complex ``(H, N)`` tensors."""
+    def discretize(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (dt A, Lambda, W) as complex ``(H, N)`` tensors: ``W = C B_bar`` reads the state ``g``
+        (the module's docstring)."""
         A = torch.complex(-torch.exp(self.A_log), self.A_imag)  # (H, N)
         dtA = A * torch.exp(self.log_dt)[:, None]  # (H, N)
         Lam = torch.exp(dtA)  # (H, N)
         B_bar = (Lam - 1.0) / A  # (H, N)  ZOH with B = 1 (its scale is absorbed in C)
         C = torch.view_as_complex(self.C)  # (H, N)
-        return dtA, Lam, B_bar, C
+        return dtA, Lam, C * B_bar
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(
@@ -223,8 +229,8 @@ class S4D(nn.Module):
         """The layer over ``T <= SHORT`` steps from a state as two real matrices, cached.
 
         ``Y`` ``(H, T + 2N, T)`` maps ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]`` to ``y``:
-        the Toeplitz kernel plus ``D`` and the state readout ``C Lambda^(t+1)``.  ``S`` ``(H, at, 2N)``
-        maps the first ``at`` inputs to the state after them (``B_bar Lambda^(at-1-k)``, interleaved
+        the Toeplitz kernel plus ``D`` and the state readout ``W Lambda^(t+1)``.  ``S`` ``(H, at, 2N)``
+        maps the first ``at`` inputs to the state after them (``Lambda^(at-1-k)``, interleaved
         real and imaginary parts) and ``lam`` ``(H, N)`` is ``Lambda^at``, applied elementwise: the
         state's own update is diagonal, so it is not worth a dense ``2N x 2N`` block per channel.
         A short round is then one or two batched matmuls per layer instead of an FFT pair and two
@@ -237,18 +243,18 @@ class S4D(nn.Module):
 
     def _build_short(self, T: int, at: int) -> dict[str, Tensor]:
         H, N = self.cfg.width, self.cfg.state_size
-        dtA, _, B_bar, C = self.discretize()
+        dtA, _, W = self.discretize()
         re, im = _powers(dtA, torch.arange(T + 1, device=dtA.device, dtype=dtA.real.dtype))  # (H, N, T+1)
         powers = torch.complex(re, im)  # (H, N, T+1)  Lambda^k
         Y = torch.zeros(H, T + 2 * N, T, dtype=self.D.dtype, device=self.D.device)
-        K = self._kernel(dtA, C * B_bar, T)  # (H, T)
+        K = self._kernel(dtA, W, T)  # (H, T)
         lag = torch.arange(T, device=K.device)
         diff = lag[None, :] - lag[:, None]  # (k, t): t - k
         Y[:, :T] = torch.where(diff >= 0, K[:, diff.clamp_min(0)], 0.0) + torch.diag_embed(self.D[:, None].expand(H, T))
-        cp = C[..., None] * powers[..., 1:]  # (H, N, T)  C Lambda^(t+1)
-        Y[:, T::2] = cp.real  # Re h contributes Re(C L^(t+1)) Re h
-        Y[:, T + 1 :: 2] = -cp.imag  # Im h contributes -Im(C L^(t+1)) Im h
-        b = B_bar[..., None] * powers[..., :at].flip(-1)  # (H, N, at)  B_bar Lambda^(at-1-k)
+        cp = W[..., None] * powers[..., 1:]  # (H, N, T)  W Lambda^(t+1)
+        Y[:, T::2] = cp.real  # Re g contributes Re(W L^(t+1)) Re g
+        Y[:, T + 1 :: 2] = -cp.imag  # Im g contributes -Im(W L^(t+1)) Im g
+        b = powers[..., :at].flip(-1)  # (H, N, at)  Lambda^(at-1-k)
         S = torch.stack([b.real, b.imag], -1).transpose(1, 2).flatten(-2).contiguous()  # (H, at, 2N)
         return {"Y": Y, "S": S, "lam": powers[..., at].contiguous()}
 
@@ -298,8 +304,8 @@ class S4D(nn.Module):
         return kernel(x, state, hit["w"], hit["D"], T if at is None else at, return_state, norm, gelu)
 
     def _build_scan(self) -> dict[str, Tensor]:
-        _, Lam, B_bar, C = self.discretize()
-        return {"w": native.weights(Lam, B_bar, C), "D": self.D.detach().contiguous()}  # (6, N, H), (H,)
+        _, Lam, W = self.discretize()
+        return {"w": native.weights(Lam, W), "D": self.D.detach().contiguous()}  # (4, N, H), (H,)
 
     def runs_short(self, T: int, lengths: Tensor | int | None) -> bool:
         """Whether :meth:`forward` over ``T`` steps takes the short path (:meth:`short`)."""
@@ -327,10 +333,10 @@ class S4D(nn.Module):
         return y, nxt if state is None else nxt + state * mats["lam"]
 
     def _build(self, T: int, full: bool) -> dict[str, Tensor]:
-        dtA, Lam, B_bar, C = self.discretize()
+        dtA, Lam, W = self.discretize()
         if T == 0:
-            return {"Lam": Lam, "B_bar": B_bar, "C": C}
-        out = {"kernel_f": torch.fft.rfft(self._kernel(dtA, C * B_bar, T), n=2 * T)}  # (H, T+1) spectrum
+            return {"Lam": Lam, "W": W}
+        out = {"kernel_f": torch.fft.rfft(self._kernel(dtA, W, T), n=2 * T)}  # (H, T+1) spectrum
         if full:
             # The state terms need Lambda^k for k < T.  With k = S i + j (S ~ sqrt T) they factor into
             # two tables of about sqrt(T) powers: a full (H, 2N, T) table per term was 17 MB per layer
@@ -347,19 +353,18 @@ class S4D(nn.Module):
             out["lo_read"] = (lo * torch.tensor([1.0, -1.0], dtype=lo.dtype, device=lo.device)).flatten(-2)
             out["lo_read"] = out["lo_read"].transpose(1, 2).contiguous()  # (H, 2N, S)  [Re, -Im] Lambda^j
             out["hi"] = torch.complex(hi_re, hi_im).transpose(1, 2).contiguous()  # (H, I, N)  Lambda^(S i)
-            out["C_Lam"] = C * Lam  # (H, N)  readout: Re(C Lambda^(t+1) h0) = Re((C Lambda h0) Lambda^t)
-            out["B_bar"] = B_bar  # (H, N)
+            out["W_Lam"] = W * Lam  # (H, N)  readout: Re(W Lambda^(t+1) g0) = Re((W Lambda g0) Lambda^t)
             re, im = _powers(dtA, torch.tensor([float(T)], device=Lam.device, dtype=Lam.real.dtype))
             out["Lam_T"] = torch.complex(re, im)[..., 0]  # (H, N)  Lambda^T
         return out
 
     @staticmethod
     def _readout(state: Tensor, tens: dict[str, Tensor], T: int) -> Tensor:
-        """``Re(sum_n C_n Lambda_n^(t+1) h0_n)`` for ``t < T``: the initial state's share of the output,
+        """``Re(sum_n W_n Lambda_n^(t+1) g0_n)`` for ``t < T``: the initial state's share of the output,
         ``(B, H, T)``, as one real batched matmul over the two power tables (:meth:`_build`)."""
         hi = tens["hi"]  # (H, I, N)
         Bsz, steps = state.shape[0], hi.shape[1]
-        g = (state * tens["C_Lam"]).transpose(0, 1)  # (H, B, N)  C Lambda h0
+        g = (state * tens["W_Lam"]).transpose(0, 1)  # (H, B, N)  W Lambda g0
         p = torch.view_as_real(g[:, :, None, :] * hi[:, None])  # (H, B, I, N, 2)  g Lambda^(S i)
         y = torch.bmm(p.reshape(hi.shape[0], Bsz * steps, -1), tens["lo_read"])  # (H, B*I, S): step S i + j
         return y.reshape(hi.shape[0], Bsz, -1)[..., :T].transpose(0, 1)  # (B, H, T)
@@ -367,7 +372,7 @@ class S4D(nn.Module):
     @staticmethod
     def _advance(u: Tensor, state: Tensor | None, tens: dict[str, Tensor]) -> Tensor:
         """State after all of ``u`` ``(B, H, T)``, from ``state`` (None: zeros), ``(B, H, N)``:
-        ``Lambda^T h0 + B_bar sum_r Lambda^r u_(T-1-r)``, the sum over r = S i + j as a real
+        ``Lambda^T g0 + sum_r Lambda^r u_(T-1-r)``, the sum over r = S i + j as a real
         batched matmul against ``Lambda^j``, then a weighted sum over i with ``Lambda^(S i)``."""
         Bsz, H, T = u.shape
         lo, hi = tens["lo_adv"], tens["hi"]  # (H, S, 2N), (H, I, N)
@@ -375,7 +380,7 @@ class S4D(nn.Module):
         v = torch.nn.functional.pad(u.flip(-1), (0, steps * S - T)).transpose(0, 1).contiguous()  # (H, B, I*S)
         q = torch.bmm(v.view(H, Bsz * steps, S), lo)  # (H, B*I, 2N)  sum_j v_(S i + j) Lambda^j
         inner = torch.view_as_complex(q.view(H, Bsz, steps, -1, 2))  # (H, B, I, N)
-        nxt = (inner * hi[:, None]).sum(2).transpose(0, 1) * tens["B_bar"]  # (B, H, N)
+        nxt = (inner * hi[:, None]).sum(2).transpose(0, 1)  # (B, H, N)
         return nxt if state is None else nxt + state * tens["Lam_T"]
 
     @staticmethod
@@ -438,8 +443,8 @@ class S4D(nn.Module):
         restricted to within a block: no per-block states are ever materialised.
         """
         _Bsz, _H, T = u_a.shape
-        dtA, _, B_bar, C = self.discretize()
-        K = self._kernel(dtA, C * B_bar, T)  # (H, T)
+        dtA, _, W = self.discretize()
+        K = self._kernel(dtA, W, T)  # (H, T)
         conv_a = torch.fft.irfft(torch.fft.rfft(u_a, n=2 * T) * torch.fft.rfft(K, n=2 * T), n=2 * T)[..., :T]
         y_a = conv_a + u_a * self.D[:, None]  # (B, H, T)
         y_m = conv_a + _block_conv(u_m - u_a, K, min(block, T)) + u_m * self.D[:, None]  # (B, H, T)
@@ -457,9 +462,9 @@ class S4D(nn.Module):
     def step(self, u_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """Recurrent mode. ``u_t``: ``(B, H)`` real; ``state``: ``(B, H, N)`` complex."""
         d = self._tensors(0)
-        Lam, B_bar, C = d["Lam"], d["B_bar"], d["C"]
-        nxt = Lam * state + B_bar * u_t[..., None].to(Lam.dtype)  # (B, H, N)
-        y = (nxt * C).sum(-1).real + self.D * u_t  # (B, H)
+        Lam, W = d["Lam"], d["W"]
+        nxt = Lam * state + u_t[..., None].to(Lam.dtype)  # (B, H, N)
+        y = (nxt * W).sum(-1).real + self.D * u_t  # (B, H)
         return y, nxt
 
 

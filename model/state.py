@@ -23,7 +23,8 @@ from torch import Tensor
 
 __all__ = ["STATE_FORMAT", "GenState", "StateError"]
 
-STATE_FORMAT = "vssm-state/1"
+# 2: an SSM's state is h / B_bar (model/ssm.py); a state of format 1 (h itself) is refused, not misread
+STATE_FORMAT = "vssm-state/2"
 
 
 class StateError(ValueError):

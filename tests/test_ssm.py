@@ -80,7 +80,7 @@ def test_layer_is_stable_for_any_weights():
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_(0, 5)
-        _, Lam, _, _ = layer.discretize()
+        _, Lam, _ = layer.discretize()
     assert bool((Lam.abs() < 1).all())
 
 

@@ -4,9 +4,9 @@
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      T  steps
 
-Per channel h and mode n, from the state h_0 before the first input (model/ssm.py):
-    h_t = Lambda h_(t-1) + B_bar u_t,      y_t = Re(sum_n C_n h_t[n]) + D u_t
-in real arithmetic.  A short pass at batch 1 as one matrix per channel (S4D.short) reads a
+Per channel h and mode n, from the state g_0 before the first input (model/ssm.py: g = h / B_bar, W = C B_bar):
+    g_t = Lambda g_(t-1) + u_t,      y_t = Re(sum_n W_n g_t[n]) + D u_t
+in real arithmetic: a complex multiply, the input's add and two multiply-adds of the readout a mode and step.  A short pass at batch 1 as one matrix per channel (S4D.short) reads a
 (T + 2N) x T matrix per channel from memory for one multiply-add per element read; this loop reads
 the input and the state once, and the weights once per row.  The vector lanes run over channels,
 not modes: the sum over modes is then a plain add per lane, with no horizontal reduction at every
@@ -19,8 +19,8 @@ channels' states stays in cache.  Around it, optionally, the block's LayerNorm b
 is one more PyTorch call whose fixed cost is many times its arithmetic.
 
 Layouts: x is (B, T, H) with strides x_sb, x_st (channels contiguous); out is (B, T, H) contiguous
-and receives y, or GELU(y) when gelu is set; w is (6, N, H), the planes Re Lambda, Im Lambda,
-Re B_bar, Im B_bar, Re C, Im C; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
+and receives y, or GELU(y) when gelu is set; w is (4, N, H), the planes Re Lambda, Im Lambda,
+Re W, Im W; d is (H,); ln_w, ln_b (H,) both or neither (no LayerNorm); states are
 (B, H, N) complex, interleaved (real, imaginary) pairs as torch.view_as_real lays them out, h0 with
 batch stride h0_sb (NULL: zeros), h_out with batch stride ho_sb (NULL: not wanted), after `at` steps
 (0 <= at <= T).  A loop that keeps its own states between passes may hold them planar instead, (B, 2, N, H)
@@ -37,7 +37,7 @@ LayerNorm and the head.  At a few steps a block is otherwise five PyTorch calls
 around the kernel, and a network pass of L blocks a few dozen: the calls, not their arithmetic,
 were most of a short block round and of an autoregressive step (docs/experiments/rounds-and-serving.md).
 Its weights come packed in one buffer (model/native.py, pack): per layer LayerNorm weight and bias
-(H each), the six planes (6, N, H), D (H), the output linear transposed (H, 2H) and its bias (2H);
+(H each), the four planes (4, N, H), D (H), the output linear transposed (H, 2H) and its bias (2H);
 then the final LayerNorm's weight and bias (H each), the head transposed (H, O) and its bias (O). */
 
 #include <math.h>
@@ -155,7 +155,7 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
-    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
+    const REAL *lr = w, *li = w + NH, *wr = w + 2 * NH, *wi = w + 3 * NH;
     /* Modes outer, steps inner: four modes keep their states and weights in registers for the
        whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
        (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
@@ -193,14 +193,13 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                     }
             for (long n = 0; n < N; n += 4) {
                 const long G = N - n < 4 ? N - n : 4;
-                VEC wv[4][6], sv[4][2];
+                VEC wv[4][4], sv[4][2];
                 if (J == VL && G == 4) /* whole vectors: loaded straight into registers (no copy through the stack,
                                           whose halves a vector read back would wait on) */
                     for (long g = 0; g < 4; ++g) {
                         const long o = (n + g) * H + h0c;
                         wv[g][0] = *(const VECU *)(lr + o), wv[g][1] = *(const VECU *)(li + o);
-                        wv[g][2] = *(const VECU *)(br + o), wv[g][3] = *(const VECU *)(bi + o);
-                        wv[g][4] = *(const VECU *)(cr + o), wv[g][5] = *(const VECU *)(ci + o);
+                        wv[g][2] = *(const VECU *)(wr + o), wv[g][3] = *(const VECU *)(wi + o);
                         if (!direct)
                             sv[g][0] = *(const VECU *)tr[0][n + g], sv[g][1] = *(const VECU *)tr[1][n + g];
                         else if (hb)
@@ -211,9 +210,9 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                 else /* a group of fewer modes or a block of fewer channels: padded with zeros */
                     for (long g = 0; g < 4; ++g) {
                         const long m = n + (g < G ? g : 0), o = m * H + h0c;
-                        const REAL *src[6] = {lr + o, li + o, br + o, bi + o, cr + o, ci + o};
+                        const REAL *src[4] = {lr + o, li + o, wr + o, wi + o};
                         REAL pad[VL];
-                        for (long k = 0; k < 6; ++k) {
+                        for (long k = 0; k < 4; ++k) {
                             if (J == VL && g < G) {
                                 memcpy(&wv[g][k], src[k], sizeof(VEC));
                                 continue;
@@ -229,18 +228,23 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                         }
                     }
 /* four modes' weights and states as plain variables, not arrays: they stay in registers across steps */
-#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], br##g = wv[g][2], bi##g = wv[g][3], cr##g = wv[g][4], ci##g = wv[g][5]; VEC sr##g = sv[g][0], si##g = sv[g][1];
+#define W(g) const VEC lr##g = wv[g][0], li##g = wv[g][1], wr##g = wv[g][2], wi##g = wv[g][3]; VEC sr##g = sv[g][0], si##g = sv[g][1];
                 W(0) W(1) W(2) W(3)
 #undef W
                 const long stop = h_out ? at : T;
                 for (int half = 0; half < 2; ++half) {
                     for (long t = half ? stop : 0; t < (half ? T : stop); ++t) {
                         const VEC x_t = ub[t];
-/* the input's term first: off the state's chain of dependent multiply-adds */
-#define S(g) const VEC r##g = br##g * x_t + lr##g * sr##g - li##g * si##g, i##g = bi##g * x_t + lr##g * si##g + li##g * sr##g; sr##g = r##g, si##g = i##g;
+/* the input first: off the state's chain of dependent multiply-adds; the sum over modes in two chains of
+   multiply-adds, not a tree of products and adds (a step is bound by its arithmetic) */
+#define S(g) const VEC r##g = x_t - li##g * si##g + lr##g * sr##g, i##g = li##g * sr##g + lr##g * si##g; sr##g = r##g, si##g = i##g;
                         S(0) S(1) S(2) S(3)
 #undef S
-                        yb[t] += ((cr0 * r0 - ci0 * i0) + (cr1 * r1 - ci1 * i1)) + ((cr2 * r2 - ci2 * i2) + (cr3 * r3 - ci3 * i3));
+                        VEC y0 = yb[t] + wr0 * r0, y1 = wr2 * r2;
+                        y0 -= wi0 * i0, y1 -= wi2 * i2;
+                        y0 += wr1 * r1, y1 += wr3 * r3;
+                        y0 -= wi1 * i1, y1 -= wi3 * i3;
+                        yb[t] = y0 + y1;
                     }
                     if (half == 0 && h_out) { /* the state after `at` steps */
                         const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
@@ -279,7 +283,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
                                                   REAL *out, REAL *h_out, long ho_sb, int planar) {
     const long NH = N * H;
-    const REAL *lr = w, *li = w + NH, *br = w + 2 * NH, *bi = w + 3 * NH, *cr = w + 4 * NH, *ci = w + 5 * NH;
+    const REAL *lr = w, *li = w + NH, *wr = w + 2 * NH, *wi = w + 3 * NH;
     REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
@@ -319,17 +323,19 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                     if (J == LANES) {
 #pragma omp simd
                         for (long j = 0; j < LANES; ++j) {
-                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                            const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];
+                            const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];
                             sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                            acc[n & 3][j] += wr[o + j] * r;
+                            acc[n & 3][j] -= wi[o + j] * i;
                         }
                     } else {
                         for (long j = 0; j < J; ++j) {
-                            const REAL r = lr[o + j] * sr[n][j] - li[o + j] * si[n][j] + br[o + j] * xv[j];
-                            const REAL i = lr[o + j] * si[n][j] + li[o + j] * sr[n][j] + bi[o + j] * xv[j];
+                            const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];
+                            const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];
                             sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += cr[o + j] * r - ci[o + j] * i;
+                            acc[n & 3][j] += wr[o + j] * r;
+                            acc[n & 3][j] -= wi[o + j] * i;
                         }
                     }
                 }
@@ -547,7 +553,7 @@ void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const RE
    (csrc/patch_rounds.c); the pack as NET's (L layers of N modes) */
 void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, double eps, const REAL *x, REAL *g,
               REAL *logits) {
-    const long layer = 2 * H + 6 * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
+    const long layer = 2 * H + 4 * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
     const REAL *p = pack + L * layer;
     const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
     for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H);
@@ -564,11 +570,11 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
 void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
               const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
-    const long layer = 2 * H + 6 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
+    const long layer = 2 * H + 4 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
     REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
     for (long l = 0; l < L; ++l) {
         const REAL *p = pack + l * layer;
-        const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 6 * NH;
+        const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 4 * NH;
         const REAL *wt = d + H, *bias = wt + H * H2;
         /* g = GELU(S4D(LayerNorm(x))), the layer's state into h_out's row l */
         BLOCK_LAID(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1,
