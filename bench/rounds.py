@@ -75,11 +75,11 @@ def network_pass_cost(
     Per layer: LayerNorm, the SSM, then GELU, the ``H -> 2H`` linear, GLU and the residual add.  The
     SSM as matrices (``S4D.short``): the output matrix ``Y`` ``(H, T [+ 2N], T)`` (the rows of the
     state only from a state), the input-to-state matrix ``S`` ``(H, T, 2N)`` and ``Lambda^T`` when
-    the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py): a complex
-    multiply-add and a readout per step, mode and channel (12 FLOPs) over the weight planes
-    ``(6, N, H)``, no matrix; and then the whole pass after the input layer is one native call
-    (``SSMNet._native``), whose linears and head are C loops, counted as FLOPs but not as matrix
-    products.  ``kernel`` None: the path the layer itself takes at this size.
+    the state is kept; as the recurrence kernel (``S4D.scan``, model/native.py, its state ``h / B_bar``):
+    a complex multiply, the input's add and the readout per step, mode and channel (11 FLOPs, a
+    multiply-add 2) over the weight planes ``(4, N, H)``, no matrix; and then the whole pass after the
+    input layer is one native call (``SSMNet._native``), whose linears and head are C loops, counted as
+    FLOPs but not as matrix products.  ``kernel`` None: the path the layer itself takes at this size.
     Elementwise work is counted at one FLOP per element and op (GELU's erf as 20); activations are
     read and written once per elementwise op.
     """
@@ -100,8 +100,8 @@ def network_pass_cost(
     for _ in range(cfg.layers):
         flops += 8 * act  # LayerNorm
         if kernel:
-            flops += 12 * B * T * H * N + 2 * act  # the recurrence and its readout, D u
-            nbytes += F32 * (6 * N * H + H + 2 * act + 2 * B * H * N * (int(from_state) + int(return_state)))
+            flops += 11 * B * T * H * N + 2 * act  # the recurrence and its readout, D u
+            nbytes += F32 * (4 * N * H + H + 2 * act + 2 * B * H * N * (int(from_state) + int(return_state)))
         else:
             mm += 2 * B * H * rows * T  # [u; h0] @ Y
             nbytes += F32 * (H * rows * T + 2 * H)
