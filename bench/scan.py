@@ -4,7 +4,7 @@ One layer (H=64, N=32, the small preset's), T=784, forward only, from a non-zero
 - ``fft``: the layer's own forward (FFT convolution + Vandermonde state terms), kernels cached;
 - ``fft_uncached``: the same with the kernels rebuilt (what a training step pays);
 - ``chunked``: the layer's forward over 64-token chunks, carrying the state between them;
-- ``assoc_scan``: a Hillis-Steele associative scan of h_t = Lambda h_t-1 + B u_t in plain PyTorch
+- ``assoc_scan``: a Hillis-Steele associative scan of g_t = Lambda g_t-1 + u_t (model/ssm.py) in plain PyTorch
   (log2 T dependent passes over a (B, H, N, T) complex tensor);
 - ``loop``: the recurrent step, T times.
 All five give the same outputs (checked); the report is their times and ratios to ``fft``.

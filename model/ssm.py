@@ -9,7 +9,8 @@ The recurrence, per channel h and mode n, with complex diagonal A and real input
     h_t = Lambda * h_{t-1} + B_bar * u_t,      Lambda = exp(dt * A),  B_bar = (Lambda - 1) / A
     y_t = Re(sum_n C_n h_t[n]) + D * u_t
 Stability is structural: Re(A) = -exp(A_log) < 0 and dt > 0, so |Lambda| < 1 for any weights.
-The state every mode here carries is h scaled by 1 / B_bar (B_bar is never 0: Lambda != 1), g = h / B_bar:
+The state every mode here carries is h scaled by 1 / B_bar (B_bar = 0 only where float rounds Lambda to 1,
+and then W = 0 as well), g = h / B_bar:
     g_t = Lambda * g_{t-1} + u_t,      y_t = Re(sum_n W_n g_t[n]) + D * u_t,      W = C B_bar
 the same outputs, with the input's complex product gone: a step is a complex multiply, a real add and the
 readout, which is what bounds the compiled passes (csrc/s4d_block.c; docs/experiments/rounds-and-serving.md,
@@ -228,7 +229,7 @@ class S4D(nn.Module):
     def _short(self, T: int, at: int) -> dict[str, Tensor]:
         """The layer over ``T <= SHORT`` steps from a state as two real matrices, cached.
 
-        ``Y`` ``(H, T + 2N, T)`` maps ``[u_0 .. u_T-1, Re h_1, Im h_1, .., Re h_N, Im h_N]`` to ``y``:
+        ``Y`` ``(H, T + 2N, T)`` maps ``[u_0 .. u_T-1, Re g_1, Im g_1, .., Re g_N, Im g_N]`` to ``y``:
         the Toeplitz kernel plus ``D`` and the state readout ``W Lambda^(t+1)``.  ``S`` ``(H, at, 2N)``
         maps the first ``at`` inputs to the state after them (``Lambda^(at-1-k)``, interleaved
         real and imaginary parts) and ``lam`` ``(H, N)`` is ``Lambda^at``, applied elementwise: the
@@ -364,8 +365,8 @@ class S4D(nn.Module):
         ``(B, H, T)``, as one real batched matmul over the two power tables (:meth:`_build`)."""
         hi = tens["hi"]  # (H, I, N)
         Bsz, steps = state.shape[0], hi.shape[1]
-        g = (state * tens["W_Lam"]).transpose(0, 1)  # (H, B, N)  W Lambda g0
-        p = torch.view_as_real(g[:, :, None, :] * hi[:, None])  # (H, B, I, N, 2)  g Lambda^(S i)
+        v = (state * tens["W_Lam"]).transpose(0, 1)  # (H, B, N)  W Lambda g0
+        p = torch.view_as_real(v[:, :, None, :] * hi[:, None])  # (H, B, I, N, 2)  v Lambda^(S i)
         y = torch.bmm(p.reshape(hi.shape[0], Bsz * steps, -1), tens["lo_read"])  # (H, B*I, S): step S i + j
         return y.reshape(hi.shape[0], Bsz, -1)[..., :T].transpose(0, 1)  # (B, H, T)
 

@@ -23,8 +23,16 @@ from torch import Tensor
 
 __all__ = ["STATE_FORMAT", "GenState", "StateError"]
 
-# 2: an SSM's state is h / B_bar (model/ssm.py); a state of format 1 (h itself) is refused, not misread
 STATE_FORMAT = "vssm-state/2"
+# format 1 held an SSM layer's state as h, where format 2 holds h / B_bar (model/ssm.py): such a state is refused,
+# not continued wrongly; the families without an SSM layer wrote the same bytes, and their format-1 states are read
+_SSM_FAMILIES = frozenset({"vssm", "ar-ssm"})
+
+
+def _format_ok(meta: dict) -> bool:
+    """Whether a state's metadata names a format this code reads for its family."""
+    fmt = meta.get("format")
+    return fmt == STATE_FORMAT or (fmt == "vssm-state/1" and meta.get("family") not in _SSM_FAMILIES)
 
 
 class StateError(ValueError):
@@ -162,8 +170,9 @@ class GenState:
             meta = _metadata(blob)
         except Exception as exc:  # the library raises its own errors and, beneath them, KeyError or TypeError
             raise StateError(f"state bytes are not a valid safetensors blob: {exc}") from exc
-        if meta.get("format") != STATE_FORMAT:
-            raise StateError(f"unsupported state format {meta.get('format')!r} (expected {STATE_FORMAT!r})")
+        if not _format_ok(meta):
+            fmt, family = meta.get("format"), meta.get("family")
+            raise StateError(f"unsupported state format {fmt!r} for {family!r} (expected {STATE_FORMAT!r})")
         if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
             raise StateError("state bytes do not name their family and fingerprint")
         try:
@@ -300,7 +309,7 @@ def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor
             blob[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refused, parse_int=_natural
         )
         meta = header.pop("__metadata__") if isinstance(header, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
+        if not isinstance(meta, dict) or not _format_ok(meta):
             return None
         if not all(isinstance(v, str) for v in meta.values()) or not {"family", "fingerprint"} <= meta.keys():
             return None

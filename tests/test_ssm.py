@@ -19,6 +19,31 @@ def recurrent(layer, u, h):
     return torch.stack(ys, -1), h
 
 
+def test_the_state_is_the_zoh_recurrences_over_b_bar():
+    """Against the zero-order-hold recurrence written out from the parameters (``h_t = Lambda h_t-1 + B_bar u_t``,
+    ``y_t = Re(C h_t) + D u_t``, model/ssm.py's docstring), not from the layer's own ``discretize``: the layer's
+    outputs, on every path, and its state ``g`` is ``h / B_bar`` (a consistent slip in ``W``, say ``C / B_bar``,
+    would pass every test that compares the layer's paths with each other)."""
+    torch.manual_seed(4)
+    layer = S4D(S4DConfig(width=6, state_size=5)).double()
+    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag).detach()  # (H, N)
+    Lam = torch.exp(A * torch.exp(layer.log_dt.detach())[:, None])
+    B_bar, C = (Lam - 1) / A, torch.view_as_complex(layer.C.detach())
+    u = torch.randn(2, 6, 40, dtype=F64)  # (B, H, T)
+    h = torch.randn(2, 6, 5, dtype=torch.complex128)
+    g0 = h / B_bar
+    ys = []
+    for t in range(u.shape[-1]):
+        h = Lam * h + B_bar * u[..., t, None]
+        ys.append((C * h).sum(-1).real + layer.D.detach() * u[..., t])
+    y_ref = torch.stack(ys, -1)  # (B, H, T)
+    with torch.no_grad():
+        for y, g in (layer(u, g0), recurrent(layer, u, g0), layer.scan(u.transpose(1, 2), g0)):
+            y = y if y.shape == y_ref.shape else y.transpose(1, 2)
+            torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(g * B_bar, h, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("T", [1, 7, 64])
 def test_parallel_from_random_state_equals_recurrence(T):
     torch.manual_seed(T)

@@ -4,9 +4,11 @@
 Glossary of axis letters:
     B  batch      H  channels      N  complex modes per channel      T  steps
 
-Per channel h and mode n, from the state g_0 before the first input (model/ssm.py: g = h / B_bar, W = C B_bar):
+Per channel c and mode n, from the state g_0 before the first input (model/ssm.py: the state is h / B_bar,
+read out through W = C B_bar):
     g_t = Lambda g_(t-1) + u_t,      y_t = Re(sum_n W_n g_t[n]) + D u_t
-in real arithmetic: a complex multiply, the input's add and two multiply-adds of the readout a mode and step.  A short pass at batch 1 as one matrix per channel (S4D.short) reads a
+in real arithmetic: a complex multiply, the input's add and two multiply-adds of the readout a mode and step.
+A short pass at batch 1 as one matrix per channel (S4D.short) reads a
 (T + 2N) x T matrix per channel from memory for one multiply-add per element read; this loop reads
 the input and the state once, and the weights once per row.  The vector lanes run over channels,
 not modes: the sum over modes is then a plain add per lane, with no horizontal reduction at every
