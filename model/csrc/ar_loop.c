@@ -39,7 +39,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
                 const REAL *e = emb + out[b * n + i] * H;                                                            \
                 for (long k = 0; k < H; ++k) x[b * H + k] = e[k];                                                    \
             }                                                                                                        \
-            NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 1);                                  \
+            NET(B, H, N, 1, L, V, 1, x, pack, eps, spare, sb, spare, g, logits, 1 | SSM_ANY_ORDER);                  \
         }                                                                                                            \
         SLAY(B, L, H, N, spare, sb, h, sb, 0); /* back, into h */                                                    \
     }

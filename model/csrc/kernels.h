@@ -14,6 +14,12 @@ model/native.py hashes this file with the sources. */
    read and written as whole vectors where they are planar; below it (and past MODES_MAX_T) it runs steps outer,
    which copies them through a cache-resident block whatever their layout */
 #define SSM_MODES_MIN_T 4
+/* a bit of ssm_net_laid's `planar`: every pass of the caller's network is one step (an autoregressive loop), so the
+   sums over modes may run in the steps-outer loop's shortest chains; without it every pass sums them in the
+   modes-outer loop's order, so that passes of any length give the same bits and a session's chunks never change
+   them (that order took 3% of the autoregressive SSM's step: docs/experiments/rounds-and-serving.md, thirty-ninth
+   session) */
+#define SSM_ANY_ORDER 2
 
 #define VSSM_DECLARE(REAL, SUFFIX)                                                                            \
     void ssm_net_##SUFFIX(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, \

@@ -57,7 +57,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #ifndef REAL /* the file includes itself once per precision */
 #define LANES 32
 #define MODES_MIN_T SSM_MODES_MIN_T /* kernels.h: from this many steps the modes run outer (below: steps outer) */
-#define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (2 x 64 KB) */
+#define MODES_MAX_T 1024 /* and up to this many, whose buffers stay on the stack (3 x 64 KB) */
 /* vectors as wide as the machine's registers (-march=native): generic vectors wider than them are
    lowered to slow code (64-byte vectors built for AVX2 ran 2-7x slower than the steps-outer loop) */
 #if defined(__AVX512F__)
@@ -162,8 +162,10 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
        whole pass, four independent chains of multiply-adds a step, so a step is arithmetic only
        (steps outer, every mode's state was loaded and stored at every step: 1.5-2.2x slower
        from 16 steps on, docs/experiments/rounds-and-serving.md); the sums over modes accumulate
-       in yb, a vector per step, and the input's lanes are read once into ub */
-    VEC ub[T], yb[T];
+       in yb, a vector per step, the even groups of four modes in yb[0] and the odd ones in yb[1] (STEPS_OUTER
+       sums in this order too, with two chains where one made the autoregressive step 3% slower), and the
+       input's lanes are read once into ub */
+    VEC ub[T], yb[2][T];
     REAL tr[2][N][VL]; /* a block of VL channels' state, lanes over channels (below) */
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += VL) {
@@ -177,7 +179,7 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
                     for (long j = 0; j < VL; ++j) tmp[j] = j < J ? ut[j] : 0;
                     memcpy(&ub[t], tmp, sizeof(VEC));
                 }
-                yb[t] = (VEC){0};
+                yb[0][t] = yb[1][t] = (VEC){0};
             }
             /* a planar state of whole vectors in groups of four modes is read straight from h0 below (lanes
                over channels already); any other is turned to lanes over channels here first, before any of
@@ -242,11 +244,11 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
 #define S(g) const VEC r##g = x_t - li##g * si##g + lr##g * sr##g, i##g = li##g * sr##g + lr##g * si##g; sr##g = r##g, si##g = i##g;
                         S(0) S(1) S(2) S(3)
 #undef S
-                        VEC y0 = yb[t] + wr0 * r0, y1 = wr2 * r2;
+                        VEC y0 = yb[n >> 2 & 1][t] + wr0 * r0, y1 = wr2 * r2;
                         y0 -= wi0 * i0, y1 -= wi2 * i2;
                         y0 += wr1 * r1, y1 += wr3 * r3;
                         y0 -= wi1 * i1, y1 -= wi3 * i3;
-                        yb[t] = y0 + y1;
+                        yb[n >> 2 & 1][t] = y0 + y1;
                     }
                     if (half == 0 && h_out) { /* the state after `at` steps */
                         const VEC s[4][2] = {{sr0, si0}, {sr1, si1}, {sr2, si2}, {sr3, si3}};
@@ -266,11 +268,12 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
             }
             if (J == VL) { /* y + D u as whole vectors */
                 const VEC dv = *(const VECU *)(d + h0c);
-                for (long t = 0; t < T; ++t) *(VECU *)(out + (b * T + t) * H + h0c) = yb[t] + dv * ub[t];
+                for (long t = 0; t < T; ++t) *(VECU *)(out + (b * T + t) * H + h0c) = (yb[0][t] + yb[1][t]) + dv * ub[t];
             } else {
                 for (long t = 0; t < T; ++t) {
                     REAL y[VL], xin[VL];
-                    memcpy(y, &yb[t], sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
+                    const VEC sum = yb[0][t] + yb[1][t];
+                    memcpy(y, &sum, sizeof(VEC)), memcpy(xin, &ub[t], sizeof(VEC));
                     REAL *yt = out + (b * T + t) * H + h0c; /* may be u itself: every lane was copied into ub */
                     for (long j = 0; j < J; ++j) yt[j] = y[j] + d[h0c + j] * xin[j];
                 }
@@ -283,10 +286,28 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
    cache-resident block of LANES channels */
 static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
                                                   long u_st, const REAL *h0, long h0_sb, const REAL *w, const REAL *d,
-                                                  REAL *out, REAL *h_out, long ho_sb, int planar) {
+                                                  REAL *out, REAL *h_out, long ho_sb, int planar, int any_order) {
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *wr = w + 2 * NH, *wi = w + 3 * NH;
-    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* 4 partial sums: a shorter chain */
+    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[2][LANES], quad[4][LANES] = {{0}};
+/* modes n..n+3 of lane j, in MODES_OUTER's operations and order, the even groups into acc[0] and the odd ones into
+   acc[1] (a mode past the group's G as its padding: no weights, its step x): a pass of any length gives the same
+   bits, so chunks of a session never change them */
+#define MODE(g, G)                                                                                              \
+    REAL r##g = xv[j], i##g = 0, wr##g = 0, wi##g = 0;                                                         \
+    if (g < G) {                                                                                                \
+        const long q = o + g * H;                                                                              \
+        r##g = xv[j] - li[q + j] * si[n + g][j] + lr[q + j] * sr[n + g][j];                                     \
+        i##g = li[q + j] * sr[n + g][j] + lr[q + j] * si[n + g][j];                                             \
+        sr[n + g][j] = r##g, si[n + g][j] = i##g, wr##g = wr[q + j], wi##g = wi[q + j];                         \
+    }
+#define GROUP_STEP(j, G)                                                                                        \
+    MODE(0, G) MODE(1, G) MODE(2, G) MODE(3, G)                                                                 \
+    REAL y0 = acc[n >> 2 & 1][j] + wr0 * r0, y1 = wr2 * r2;                                                     \
+    y0 -= wi0 * i0, y1 -= wi2 * i2;                                                                             \
+    y0 += wr1 * r1, y1 += wr3 * r3;                                                                             \
+    y0 -= wi1 * i1, y1 -= wi3 * i3;                                                                             \
+    acc[n >> 2 & 1][j] = y0 + y1;
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
             const long J = H - h0c < LANES ? H - h0c : LANES;
@@ -316,35 +337,48 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 }
                 if (t == T) break;
                 const REAL *ut = u + b * u_sb + t * u_st + h0c;
-                for (long j = 0; j < LANES; ++j) {
-                    xv[j] = j < J ? ut[j] : 0;
-                    acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
-                }
-                for (long n = 0; n < N; ++n) {
+                for (long j = 0; j < LANES; ++j) xv[j] = j < J ? ut[j] : 0, acc[0][j] = acc[1][j] = 0;
+#define MODE_STEP(j)                                                                                            \
+    const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];                                         \
+    const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];                                                 \
+    sr[n][j] = r, si[n][j] = i;                                                                                 \
+    quad[n & 3][j] += wr[o + j] * r;                                                                            \
+    quad[n & 3][j] -= wi[o + j] * i;
+                for (long n = 0; n < N && any_order; ++n) { /* a mode at a time, four sums by turns */
                     const long o = n * H + h0c;
                     if (J == LANES) {
 #pragma omp simd
                         for (long j = 0; j < LANES; ++j) {
-                            const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];
-                            const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];
-                            sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += wr[o + j] * r;
-                            acc[n & 3][j] -= wi[o + j] * i;
+                            MODE_STEP(j)
                         }
                     } else {
                         for (long j = 0; j < J; ++j) {
-                            const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];
-                            const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];
-                            sr[n][j] = r, si[n][j] = i;
-                            acc[n & 3][j] += wr[o + j] * r;
-                            acc[n & 3][j] -= wi[o + j] * i;
+                            MODE_STEP(j)
+                        }
+                    }
+                }
+                for (long n = 0; n < N && !any_order; n += 4) {
+                    const long G = N - n < 4 ? N - n : 4;
+                    const long o = n * H + h0c;
+                    if (J == LANES && G == 4) {
+#pragma omp simd
+                        for (long j = 0; j < LANES; ++j) {
+                            GROUP_STEP(j, 4)
+                        }
+                    } else {
+                        for (long j = 0; j < J; ++j) {
+                            GROUP_STEP(j, G)
                         }
                     }
                 }
                 REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
-                for (long j = 0; j < J; ++j) {
-                    yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
-                }
+                if (any_order)
+                    for (long j = 0; j < J; ++j) {
+                        yt[j] = (quad[0][j] + quad[1][j]) + (quad[2][j] + quad[3][j]) + d[h0c + j] * xv[j];
+                        quad[0][j] = quad[1][j] = quad[2][j] = quad[3][j] = 0;
+                    }
+                else
+                    for (long j = 0; j < J; ++j) yt[j] = (acc[0][j] + acc[1][j]) + d[h0c + j] * xv[j];
             }
         }
     }
@@ -358,6 +392,8 @@ static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x,
                        const REAL *d, int gelu, REAL *out, REAL *h_out, long ho_sb, int planar) {
     const REAL *u = x;
     long u_sb = x_sb, u_st = x_st;
+    const int any_order = planar & SSM_ANY_ORDER;
+    planar &= 1;
     if (ln_w) { /* LayerNorm of every row into out; the recurrence then reads and overwrites it in place */
         for (long b = 0; b < Bsz; ++b)
             for (long t = 0; t < T; ++t) LAYERNORM(H, x + b * x_sb + t * x_st, ln_w, ln_b, eps, out + (b * T + t) * H);
@@ -366,7 +402,7 @@ static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x,
     if (T >= MODES_MIN_T && T <= MODES_MAX_T)
         MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     else
-        STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
+        STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar, any_order);
     if (gelu) { /* exact GELU, x Phi(x), vectorised through libmvec's erf */
         const long n = Bsz * T * H;
 #pragma omp simd
