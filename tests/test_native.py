@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -49,21 +47,6 @@ def test_kernel_equals_the_matrices_and_the_fft_path_from_any_state(T, fresh, sh
     with torch.no_grad():  # the state before the first step is the one given (the references take at >= 1)
         y0, h_0 = layer.scan(u, h0, at=0)
     assert torch.equal(y0, y) and torch.equal(h_0, layer.initial_state(3) if fresh else h0)
-
-
-@pytest.mark.parametrize("T", [8, 33])
-def test_kernel_in_float32_is_float64s_within_rounding(T):
-    """The float32 pass over whole vectors of channels and groups of four modes within rounding of the float64
-    one, outputs and the state after ``at`` steps."""
-    torch.manual_seed(5)
-    layer = S4D(S4DConfig(width=64, state_size=8)).double()
-    u = torch.randn(2, T, 64, dtype=F64)
-    h0 = torch.randn(2, 64, 8, dtype=torch.complex128)
-    with torch.no_grad():
-        y, h = layer.scan(u, h0, at=T // 2)
-        y32, h32 = copy.deepcopy(layer).float().scan(u.float(), h0.to(torch.complex64), at=T // 2)
-    torch.testing.assert_close(y32.double(), y, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(h32.to(torch.complex128), h, rtol=1e-4, atol=1e-4)
 
 
 def test_kernel_reads_strided_inputs_and_states():

@@ -70,6 +70,8 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 /* where channel h, mode n of a layer's state is, in reals from the layer's start: its real part here, its
    imaginary part STATE_IM(planar, NH) further on (planar (2, N, H), or interleaved (H, N) pairs) */
 static inline long state_at(int planar, long H, long N, long h, long n) { return planar ? n * H + h : (h * N + n) * 2; }
+/* reals of a layer's weights in a network's pack (NET_LAID's layout; model/native.py, _net_pack_size) */
+static inline long pack_layer(long H, long N) { return 2 * H + 4 * N * H + H + 2 * H * H + 2 * H; }
 #define STATE_IM(planar, NH) ((planar) ? (NH) : 1)
 #define REAL float
 #define VL (VEC_BYTES / 4)
@@ -268,7 +270,8 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
             }
             if (J == VL) { /* y + D u as whole vectors */
                 const VEC dv = *(const VECU *)(d + h0c);
-                for (long t = 0; t < T; ++t) *(VECU *)(out + (b * T + t) * H + h0c) = (yb[0][t] + yb[1][t]) + dv * ub[t];
+                for (long t = 0; t < T; ++t)
+                    *(VECU *)(out + (b * T + t) * H + h0c) = (yb[0][t] + yb[1][t]) + dv * ub[t];
             } else {
                 for (long t = 0; t < T; ++t) {
                     REAL y[VL], xin[VL];
@@ -289,7 +292,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                                                   REAL *out, REAL *h_out, long ho_sb, int planar, int any_order) {
     const long NH = N * H;
     const REAL *lr = w, *li = w + NH, *wr = w + 2 * NH, *wi = w + 3 * NH;
-    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[2][LANES], quad[4][LANES] = {{0}};
+    REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* the sums over modes: two, or four in any order */
 /* modes n..n+3 of lane j, in MODES_OUTER's operations and order, the even groups into acc[0] and the odd ones into
    acc[1] (a mode past the group's G as its padding: no weights, its step x): a pass of any length gives the same
    bits, so chunks of a session never change them */
@@ -337,13 +340,16 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 }
                 if (t == T) break;
                 const REAL *ut = u + b * u_sb + t * u_st + h0c;
-                for (long j = 0; j < LANES; ++j) xv[j] = j < J ? ut[j] : 0, acc[0][j] = acc[1][j] = 0;
+                for (long j = 0; j < LANES; ++j) {
+                    xv[j] = j < J ? ut[j] : 0;
+                    acc[0][j] = acc[1][j] = acc[2][j] = acc[3][j] = 0;
+                }
 #define MODE_STEP(j)                                                                                            \
     const REAL r = xv[j] - li[o + j] * si[n][j] + lr[o + j] * sr[n][j];                                         \
     const REAL i = li[o + j] * sr[n][j] + lr[o + j] * si[n][j];                                                 \
     sr[n][j] = r, si[n][j] = i;                                                                                 \
-    quad[n & 3][j] += wr[o + j] * r;                                                                            \
-    quad[n & 3][j] -= wi[o + j] * i;
+    acc[n & 3][j] += wr[o + j] * r;                                                                             \
+    acc[n & 3][j] -= wi[o + j] * i;
                 for (long n = 0; n < N && any_order; ++n) { /* a mode at a time, four sums by turns */
                     const long o = n * H + h0c;
                     if (J == LANES) {
@@ -373,16 +379,18 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                 }
                 REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
                 if (any_order)
-                    for (long j = 0; j < J; ++j) {
-                        yt[j] = (quad[0][j] + quad[1][j]) + (quad[2][j] + quad[3][j]) + d[h0c + j] * xv[j];
-                        quad[0][j] = quad[1][j] = quad[2][j] = quad[3][j] = 0;
-                    }
+                    for (long j = 0; j < J; ++j)
+                        yt[j] = (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]) + d[h0c + j] * xv[j];
                 else
                     for (long j = 0; j < J; ++j) yt[j] = (acc[0][j] + acc[1][j]) + d[h0c + j] * xv[j];
             }
         }
     }
 }
+
+#undef MODE
+#undef GROUP_STEP
+#undef MODE_STEP
 
 /* NAME with the states' layout chosen: planar (2, N, H) reals a layer, the real parts then the imaginary ones,
    lanes over channels as the kernels read them (a loop's own states between its passes: ssm_net_laid,
@@ -591,8 +599,7 @@ void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const RE
    (csrc/patch_rounds.c); the pack as NET's (L layers of N modes) */
 void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, double eps, const REAL *x, REAL *g,
               REAL *logits) {
-    const long layer = 2 * H + 4 * N * H + H + 2 * H * H + 2 * H; /* a layer's weights in the pack */
-    const REAL *p = pack + L * layer;
+    const REAL *p = pack + L * pack_layer(H, N);
     const REAL *nw = p, *nb = p + H, *hw = p + 2 * H, *hb = hw + H * O;
     for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, nw, nb, eps, g + r * H);
     LINEAR(rows, H, O, g, hw, hb, logits); /* logits = LayerNorm(x) W_head^T + b_head */
@@ -608,7 +615,7 @@ void NET_HEAD(long rows, long H, long N, long L, long O, const REAL *pack, doubl
 void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x, const REAL *pack, double eps,
               const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
-    const long layer = 2 * H + 4 * NH + H + H * H2 + H2; /* a layer's weights in the pack */
+    const long layer = pack_layer(H, N);
     REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
     for (long l = 0; l < L; ++l) {
         const REAL *p = pack + l * layer;
