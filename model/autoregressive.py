@@ -155,6 +155,9 @@ class ARSSM(ARModel):
     def _net_initial(self, batch: int) -> NetState:
         return {"h": self.net.initial_state(batch)}
 
+    def _upgrade_tensors(self, state: GenState) -> dict[str, Tensor]:
+        return {**state.tensors, "h": self.net.state_of_h(state["h"])}
+
     def _net_forward(self, x: Tensor, state: NetState | None, return_state: bool = True) -> tuple[Tensor, NetState]:
         logits, h = self.net(x, None if state is None else state["h"], return_state=return_state)
         return logits, {"h": h} if return_state else {}

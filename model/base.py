@@ -17,6 +17,7 @@ Every family implements, over explicit state values (never module attributes)::
 from __future__ import annotations
 
 import hashlib
+import logging
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from torch.utils.hooks import RemovableHandle
 from .modality import Modality
 from .sampling import as_seed_tensor
 from .ssm import fixed_call, fixed_guard, weights_fixed, weights_key
-from .state import GenState, StateError
+from .state import FORMAT_1, STATE_FORMAT, GenState, StateError
+
+log = logging.getLogger(__name__)
 
 # Bumped whenever any module registers a parameter or a submodule, so that a model's cached list of
 # its parameters (SequenceModel._weights) is rebuilt after its structure may have changed.
@@ -539,6 +542,31 @@ class SequenceModel(nn.Module):
             raise StateError(
                 f"state was made by {state.family}@{state.fingerprint}, not by this model ({self.family}@{fingerprint})"
             )
+        if state.format != STATE_FORMAT:
+            raise StateError(f"state of format {state.format!r}: upgrade_state converts it to {STATE_FORMAT!r}")
+
+    def upgrade_state(self, state: GenState, fingerprint: str | None = None) -> GenState:
+        """The state in this release's format (model/state.py): a state of an older format that this model
+        made, converted; any other state as it is (``check_state`` refuses it if it is not this model's).
+
+        Converting is exact up to one rounding of each SSM state (S4D.state_of_h): a session stored by an
+        earlier release goes on as it would have, except where a draw falls within that rounding."""
+        if (
+            state.format == STATE_FORMAT
+            or state.family != self.family
+            or state.fingerprint != (fingerprint or self.fingerprint)
+        ):
+            return state
+        if state.format != FORMAT_1:
+            raise StateError(f"no conversion from state format {state.format!r}")
+        with torch.no_grad():
+            tensors = self._upgrade_tensors(state)
+        log.debug("converted a %s state of %d rows to %s", state.format, state.batch_size, STATE_FORMAT)
+        return GenState(state.family, state.fingerprint, tensors, STATE_FORMAT)
+
+    def _upgrade_tensors(self, state: GenState) -> dict[str, Tensor]:
+        """A format-1 state's tensors in format 2: the same where a family's bytes did not change."""
+        return dict(state.tensors)
 
     def _check_room(self, state: GenState, n: int) -> None:
         if n < 0:

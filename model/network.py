@@ -167,6 +167,10 @@ class SSMNet(nn.Module):
     def initial_state(self, batch: int) -> Tensor:
         return torch.stack([b.ssm.initial_state(batch) for b in self.blocks], dim=1)  # (B, L, H, N)
 
+    def state_of_h(self, h: Tensor) -> Tensor:
+        """The network's state ``(B, L, H, N)`` of one held as ``h`` (model/state.py's format 1; S4D.state_of_h)."""
+        return torch.stack([b.ssm.state_of_h(h[:, i]) for i, b in enumerate(self.blocks)], dim=1)
+
     def kernel_limit(self) -> int:
         """Batch x steps up to which :meth:`_native_ok` lets a pass run in one native call: its first layer's
         (S4D.kernel_max_tokens, the layer the check reads; 0 without layers).  The compiled calls' kept checks

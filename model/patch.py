@@ -167,6 +167,11 @@ class PatchNet(nn.Module):
         """The state after nothing: START read, no pending token ``(B, L + 1, H, N)``."""
         return self.at_boundary(*self._start(batch))
 
+    def state_of_h(self, h: Tensor) -> Tensor:
+        """The state ``(B, L + 1, H, N)`` of one whose SSM slots are held as ``h`` (model/state.py's format 1);
+        the pending patch's slot is no SSM state and stays as it is."""
+        return torch.cat([self.net.state_of_h(h[:, :-1]), h[:, -1:]], 1)
+
     def forward(
         self, x: Tensor, state: Tensor | None = None, lengths: Tensor | int | None = None, return_state: bool = True
     ) -> tuple[Tensor, Tensor | None]:

@@ -190,15 +190,28 @@ class S4D(nn.Module):
     def _complex_dtype(self) -> torch.dtype:
         return torch.complex128 if self.log_dt.dtype == torch.float64 else torch.complex64
 
-    def discretize(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Return (dt A, Lambda, W) as complex ``(H, N)`` tensors: ``W = C B_bar`` reads the state ``g``
-        (the module's docstring)."""
+    def _zoh(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(dt A, Lambda, B_bar), complex ``(H, N)``: the zero-order hold of the module's docstring."""
         A = torch.complex(-torch.exp(self.A_log), self.A_imag)  # (H, N)
         dtA = A * torch.exp(self.log_dt)[:, None]  # (H, N)
         Lam = torch.exp(dtA)  # (H, N)
-        B_bar = (Lam - 1.0) / A  # (H, N)  ZOH with B = 1 (its scale is absorbed in C)
+        return dtA, Lam, (Lam - 1.0) / A  # B_bar: ZOH with B = 1 (its scale is absorbed in C)
+
+    def discretize(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Return (dt A, Lambda, W) as complex ``(H, N)`` tensors: ``W = C B_bar`` reads the state ``g``
+        (the module's docstring)."""
+        dtA, Lam, B_bar = self._zoh()
         C = torch.view_as_complex(self.C)  # (H, N)
         return dtA, Lam, C * B_bar
+
+    def state_of_h(self, h: Tensor) -> Tensor:
+        """The state ``g = h / B_bar`` ``(B, H, N)`` of a state held as ``h`` (model/state.py's format 1).
+
+        Divided in double precision and rounded once to the state's dtype; a mode whose B_bar rounds to 0
+        never moves ``h`` from 0 (nor ``g``: its input adds nothing to the readout, W = 0 there)."""
+        B_bar = self._zoh()[2].to(torch.complex128)  # (H, N)
+        g = torch.where(B_bar == 0, 0, h.to(torch.complex128) / torch.where(B_bar == 0, 1, B_bar))
+        return g.to(h.dtype)  # (B, H, N)
 
     def initial_state(self, batch: int) -> Tensor:
         return torch.zeros(

@@ -21,18 +21,22 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-__all__ = ["STATE_FORMAT", "GenState", "StateError"]
+__all__ = ["FORMAT_1", "STATE_FORMAT", "GenState", "StateError"]
 
 STATE_FORMAT = "vssm-state/2"
-# format 1 held an SSM layer's state as h, where format 2 holds h / B_bar (model/ssm.py): such a state is refused,
-# not continued wrongly; the families without an SSM layer wrote the same bytes, and their format-1 states are read
+FORMAT_1 = "vssm-state/1"
+# format 1 held an SSM layer's state as h, where format 2 holds h / B_bar (model/ssm.py): such a state is read as
+# format 1, and the model it belongs to converts it (SequenceModel.upgrade_state) before going on; the families
+# without an SSM layer wrote the same bytes, and their format-1 states are read as format 2
 _SSM_FAMILIES = frozenset({"vssm", "ar-ssm"})
 
 
-def _format_ok(meta: dict) -> bool:
-    """Whether a state's metadata names a format this code reads for its family."""
+def _format_of(meta: dict) -> str | None:
+    """The format a state's bytes are read as, from their metadata; None for a format this code does not read."""
     fmt = meta.get("format")
-    return fmt == STATE_FORMAT or (fmt == "vssm-state/1" and meta.get("family") not in _SSM_FAMILIES)
+    if fmt == FORMAT_1 and meta.get("family") not in _SSM_FAMILIES:
+        return STATE_FORMAT
+    return fmt if fmt in (STATE_FORMAT, FORMAT_1) else None
 
 
 class StateError(ValueError):
@@ -44,6 +48,7 @@ class GenState:
     family: str  # model family that produced the state
     fingerprint: str  # hash of the weights that produced it; refused by any other weights
     tensors: dict[str, Tensor]  # batch-first tensors, including "position" and "seed"
+    format: str = STATE_FORMAT  # what the tensors mean: FORMAT_1 until the model converts it (upgrade_state)
 
     @property
     def position(self) -> Tensor:
@@ -70,11 +75,11 @@ class GenState:
     def evolve(self, **tensors: Tensor) -> GenState:
         """A new state with some tensors replaced (the old one is untouched)."""
         # the constructor, not dataclasses.replace: every generate call of every family makes one
-        return type(self)(self.family, self.fingerprint, {**self.tensors, **tensors})
+        return type(self)(self.family, self.fingerprint, {**self.tensors, **tensors}, self.format)
 
     def rows(self, index: Tensor | list[int] | slice) -> GenState:
         """The state of a subset of rows."""
-        return type(self)(self.family, self.fingerprint, {k: v[index] for k, v in self.tensors.items()})
+        return type(self)(self.family, self.fingerprint, {k: v[index] for k, v in self.tensors.items()}, self.format)
 
     @staticmethod
     def cat(states: list[GenState]) -> GenState:
@@ -86,6 +91,8 @@ class GenState:
         for s in states[1:]:
             if (s.family, s.fingerprint) != (first.family, first.fingerprint):
                 raise StateError("cannot batch states of different models")
+            if s.format != first.format:
+                raise StateError(f"cannot batch states of formats {first.format!r} and {s.format!r}")
             if {k: (v.dtype, v.ndim) for k, v in s.tensors.items()} != layout:
                 raise StateError("cannot batch states whose tensors differ in name, dtype or rank")
         out = {}
@@ -99,7 +106,7 @@ class GenState:
                     pad += [0, shape[d] - p.shape[d]]
                 padded.append(F.pad(p, pad) if any(pad) else p)
             out[name] = torch.cat(padded, dim=0)
-        return GenState(first.family, first.fingerprint, out)
+        return GenState(first.family, first.fingerprint, out, first.format)
 
     def to(self, device: torch.device | str) -> GenState:
         return replace(self, tensors={k: v.to(device) for k, v in self.tensors.items()})
@@ -156,7 +163,7 @@ class GenState:
             for k, v in self.tensors.items()
         }
         meta = {
-            "format": STATE_FORMAT,
+            "format": self.format,
             "family": self.family,
             "fingerprint": self.fingerprint,
             "complex": json.dumps(complex_names),
@@ -170,9 +177,9 @@ class GenState:
             meta = _metadata(blob)
         except Exception as exc:  # the library raises its own errors and, beneath them, KeyError or TypeError
             raise StateError(f"state bytes are not a valid safetensors blob: {exc}") from exc
-        if not _format_ok(meta):
-            fmt, family = meta.get("format"), meta.get("family")
-            raise StateError(f"unsupported state format {fmt!r} for {family!r} (expected {STATE_FORMAT!r})")
+        fmt = _format_of(meta)
+        if fmt is None:
+            raise StateError(f"unsupported state format {meta.get('format')!r} (this release reads {STATE_FORMAT!r})")
         if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
             raise StateError("state bytes do not name their family and fingerprint")
         try:
@@ -182,7 +189,7 @@ class GenState:
             raise StateError(f"state bytes' complex tensors do not read: {exc}") from exc
         if "position" not in tensors or "seed" not in tensors:
             raise StateError("state lacks its position or seed")
-        state = cls(meta["family"], meta["fingerprint"], tensors)
+        state = cls(meta["family"], meta["fingerprint"], tensors, fmt)
         return state.to(device) if device is not None else state
 
     @classmethod
@@ -209,7 +216,7 @@ class GenState:
             state, sizes = (states[0] if len(states) == 1 else cls.cat(states)), [s.batch_size for s in states]
         else:
             meta, tensors, sizes = read
-            state = cls(meta["family"], meta["fingerprint"], tensors)
+            state = cls(meta["family"], meta["fingerprint"], tensors, _format_of(meta))  # type: ignore[arg-type]
         return (state.to(device) if device is not None else state), sizes
 
     @property
@@ -309,7 +316,7 @@ def _read_many(blobs: Sequence[bytes]) -> tuple[dict[str, str], dict[str, Tensor
             blob[8 : 8 + n].decode("utf-8"), object_pairs_hook=_unique, parse_constant=_refused, parse_int=_natural
         )
         meta = header.pop("__metadata__") if isinstance(header, dict) else None
-        if not isinstance(meta, dict) or not _format_ok(meta):
+        if not isinstance(meta, dict) or _format_of(meta) is None:
             return None
         if not all(isinstance(v, str) for v in meta.values()) or not {"family", "fingerprint"} <= meta.keys():
             return None

@@ -569,6 +569,15 @@ class VSSM(SequenceModel):
             **self._block_start(batch),
         )
 
+    def _upgrade_tensors(self, state: GenState) -> dict[str, Tensor]:
+        # the four SSM networks' states; ``observed``, ``prior`` (a real recurrence) and the rest did not change
+        dec, par = self.decoder.state_of_h, self.partial_encoder.state_of_h
+        out = dict(state.tensors)
+        for name, convert in (("dec", dec), ("dec_abs", dec), ("par", par), ("gen", par)):
+            if name in out:  # (a state made before block sampling has no dec_abs: _absorbed refuses it)
+                out[name] = convert(out[name])
+        return out
+
     def _block_start(self, batch: int) -> dict[str, Tensor]:
         """The latent prior's state at a block start, ``prior`` ``(B, R)`` zeros ({} without one)."""
         return {} if self.latent_prior is None else {"prior": self.latent_prior.initial_state(batch)}

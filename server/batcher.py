@@ -271,8 +271,7 @@ class Batcher:
                 continue
             try:
                 state = GenState.from_bytes(job.state, device=self.served.model.device)
-                self.served.check_state(state)
-                out.append(state)
+                out.append(self.served.check_state(state))
             except StateError as exc:
                 out.append(exc)
         return out
@@ -286,7 +285,7 @@ class Batcher:
             return None
         try:
             state, sizes = GenState.from_bytes_many(blobs, device=self.served.model.device)
-            self.served.check_state(state)
+            state = self.served.check_state(state)
         except Exception:  # one session's bad state must fail that session alone: _decode finds which
             return None
         return state, sizes

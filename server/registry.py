@@ -48,9 +48,12 @@ class ServedModel:
         """The first of ``choices`` that is set (a call's, then a session's), else the model's setting."""
         return next((c for c in choices if c is not None), self.model.observation_temperature)
 
-    def check_state(self, state: GenState) -> None:
-        """``model.check_state`` against the fingerprint taken at load."""
+    def check_state(self, state: GenState) -> GenState:
+        """The state in this release's format (``model.upgrade_state``: a session stored by an earlier
+        release goes on), checked by ``model.check_state`` against the fingerprint taken at load."""
+        state = self.model.upgrade_state(state, self.fingerprint)
         self.model.check_state(state, self.fingerprint)
+        return state
 
     def encode(self, prompt: str | list[int], param: str = "prompt") -> list[int]:
         """Prompt -> token ids, validated against the vocabulary."""

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import LATENT, V, tiny_model
+from tests.conftest import LATENT, VARIANTS, V, tiny_model
 from tests.test_blocks import latent_prior_log_probs
 from vssm import model
 from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError, native
@@ -110,22 +110,71 @@ def test_bad_state_bytes_are_refused():
         GenState.from_bytes(b"not safetensors at all, not at all")
 
 
-@pytest.mark.parametrize("family", ["vssm", "ar-ssm", "ar-gru", "ar-transformer", "tvae", "vrnn"])
-def test_a_format_1_state_is_read_only_where_it_meant_the_same(family):
-    """Format 2 holds an SSM layer's state as ``h / B_bar`` (model/ssm.py), format 1 held ``h``: a format-1 state
-    of a family with SSM layers is refused (a server answers 409 ``state_incompatible``), and one of any other
-    family, whose bytes did not change, reads as the state it was (sessions stored before survive the upgrade)."""
-    m = tiny_model(family)
-    state = m.start(prompt(B=2, C=3), [1, 2])
-    old = _with_header(state.to_bytes(), lambda h: h["__metadata__"].update(format="vssm-state/1"))
-    if family in ("vssm", "ar-ssm"):
-        with pytest.raises(StateError, match="vssm-state/1"):
-            GenState.from_bytes(old)
-        with pytest.raises(StateError):
-            GenState.from_bytes_many([old])
+def _b_bar(layer: S4D) -> torch.Tensor:
+    """B_bar ``(H, N)`` of a layer, written out from its parameters (zero-order hold, model/ssm.py)."""
+    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag)
+    Lam = torch.exp(A * torch.exp(layer.log_dt)[:, None])
+    return (Lam - 1) / A
+
+
+def as_format_1(m: model.SequenceModel, state: GenState) -> bytes:
+    """The bytes an earlier release wrote for ``state``: every SSM layer's state held as ``h = g B_bar``."""
+    nets = {"h": m.net} if m.family == "ar-ssm" else {}
+    if m.family == "vssm":
+        nets = {"dec": m.decoder, "dec_abs": m.decoder, "par": m.partial_encoder, "gen": m.partial_encoder}
+    tensors = dict(state.tensors)
+    for name, net in nets.items():
+        blocks = getattr(net, "net", net).blocks  # a patch network's SSM slots come first, its pending patch last
+        h = tensors[name].clone()
+        for i, block in enumerate(blocks):
+            h[:, i] = tensors[name][:, i] * _b_bar(block.ssm)
+        tensors[name] = h
+    return GenState(state.family, state.fingerprint, tensors, model.state.FORMAT_1).to_bytes()
+
+
+FORMAT_1_FAMILIES = ["vssm", "vssm-patch", "ar-ssm", "ar-gru", "ar-transformer", "tvae", "vrnn"]
+
+
+@pytest.mark.parametrize("family", FORMAT_1_FAMILIES)
+def test_a_format_1_state_goes_on_where_it_was(family):
+    """Format 2 holds an SSM layer's state as ``g = h / B_bar`` (model/ssm.py), format 1 held ``h``: a format-1
+    state of a family with SSM layers reads as format 1, which no model call takes until ``upgrade_state``
+    converts it; converted it goes on as the state it was (a session stored by an earlier release survives
+    an upgrade).  A format-1 state of any other family, whose bytes did not change, reads as format 2."""
+    name, overrides = VARIANTS.get(family, (family, {}))
+    m = tiny_model(name, **overrides)
+    kwargs = {"block_size": 3} if m.family == "vssm" else {}
+    state = m.generate(m.start(prompt(B=2, C=3), [1, 2]), 4, **kwargs)[1]  # every state tensor in use
+    old = as_format_1(m, state)
+    read, batched = GenState.from_bytes(old), GenState.from_bytes_many([old, old])[0]
+    if m.family in ("vssm", "ar-ssm"):
+        assert read.format == batched.format == model.state.FORMAT_1
+        for s in (read, batched):
+            with pytest.raises(StateError, match="upgrade_state"):
+                m.generate(s, 2)
+            with pytest.raises(StateError, match="upgrade_state"):
+                m.append(s, prompt(B=s.batch_size, C=1))
+        with pytest.raises(StateError, match="formats"):  # a batch of both formats does not form
+            GenState.from_bytes_many([old, state.to_bytes()])
+        # converted, not relabelled: read as format 2 the same bytes go on elsewhere
+        relabelled = GenState(read.family, read.fingerprint, read.tensors)
+        wrong, right = m.generate(relabelled, 6, **kwargs)[1], m.generate(state, 6, **kwargs)[1]
+        assert max(float((wrong[k] - right[k]).abs().max()) for k in ("dec", "h") if k in right.tensors) > 1e-3
     else:
-        assert _states_equal(GenState.from_bytes(old), state)
-        assert _states_equal(GenState.from_bytes_many([old])[0], state)
+        assert _states_equal(read, state) and _states_equal(GenState.from_bytes_many([old])[0], state)
+    for s, expected in ((read, state), (batched, GenState.cat([state, state]))):
+        up = m.upgrade_state(s)
+        assert up.format == model.state.STATE_FORMAT and up.tensors.keys() == state.tensors.keys()
+        for k, v in expected.tensors.items():
+            assert up.tensors[k].dtype == v.dtype
+            torch.testing.assert_close(up.tensors[k], v, rtol=1e-12, atol=1e-12)
+        assert torch.equal(m.generate(up, 6, **kwargs)[0], m.generate(expected, 6, **kwargs)[0])
+        assert GenState.from_bytes(up.to_bytes()).format == model.state.STATE_FORMAT
+    assert m.upgrade_state(state) is state  # this release's state as it is
+    other = tiny_model(name, seed=1, **overrides)
+    assert other.upgrade_state(read) is read  # another model's: check_state refuses it, not a conversion
+    with pytest.raises(StateError):
+        other.check_state(other.upgrade_state(read))
 
 
 def _states_equal(a: GenState, b: GenState) -> bool:
@@ -211,8 +260,7 @@ def _with_header(blob: bytes, edit) -> bytes:
         lambda h: h["position"].update(data_offsets=h["seed"]["data_offsets"]),
         lambda h: h.update(__metadata__=["not", "an", "object"]),
         lambda h: h.pop("seed"),
-        # format 1 held an SSM's state as h, not h / B_bar (model/ssm.py): read as format 2 it would go on wrongly
-        lambda h: h["__metadata__"].update(format="vssm-state/1"),
+        lambda h: h["__metadata__"].update(format="vssm-state/3"),  # a newer release's
     ],
 )
 def test_state_bytes_with_a_bad_header_are_refused(edit):

@@ -180,3 +180,20 @@ def test_short_inference_path_equals_the_fft_path_and_the_recurrence(T, fresh):
     for a, b in ((y, y_fft), (y, y_rec), (hT, h_fft), (hT, h_rec), (y_ns, y)):
         torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-10)
     assert none is None
+
+
+def test_state_of_h_is_h_over_b_bar_and_zero_where_b_bar_rounds_to_zero():
+    """A state held as ``h`` (model/state.py's format 1) converts to ``g = h / B_bar``; where a step so short
+    that float rounds Lambda to 1 makes B_bar 0, ``h`` never left 0 and ``g`` is 0, not NaN."""
+    layer = S4D(S4DConfig(width=3, state_size=4))
+    with torch.no_grad():
+        layer.log_dt[0] = -60.0
+        A = torch.complex(-torch.exp(layer.A_log), layer.A_imag)
+        B_bar = (torch.exp(A * torch.exp(layer.log_dt)[:, None]) - 1) / A  # (H, N)
+        assert (B_bar == 0).any() and (B_bar != 0).any()
+        h = torch.randn(2, 3, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+        h = torch.where(B_bar == 0, 0, h)
+        g = layer.state_of_h(h)
+    assert g.dtype == h.dtype and torch.isfinite(torch.view_as_real(g)).all()
+    assert (g[:, B_bar == 0] == 0).all()
+    torch.testing.assert_close(g * B_bar, h)

@@ -12,6 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.server.conftest import reference
+from tests.test_generation import as_format_1
+from vssm import model
+from vssm.model import GenState
+from vssm.model.state import STATE_FORMAT
 from vssm.server import Settings, create_app
 from vssm.server.store import SessionRecord
 
@@ -453,6 +457,26 @@ def test_state_of_other_weights_is_refused(client):
     streamed = client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 4, "stream": True})
     assert_error(streamed, 409, "state_incompatible")
     assert ctx.in_flight == 0  # the stream's admission slot was given back
+
+
+@pytest.mark.parametrize("name", ["mnist-vssm", "mnist-ar-ssm"])
+def test_a_session_stored_by_an_earlier_release_goes_on(client, checkpoints, name):
+    """An SSM session stored in state format 1 (docs/api.md) is converted on its next call and goes on as its
+    copy stored in this release's format does; the state written back is this release's."""
+    s = create(client, model=name, seed=3, prompt=[0, 1, 1])
+    assert client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 5}).status_code == 200
+    copy = client.post(f"/v1/sessions/{s['id']}/fork").json()
+    ctx = client.app.state.ctx
+    rec = client.portal.call(ctx.store.get, s["id"])
+    m = model.load_checkpoint(checkpoints / f"{name}.safetensors")
+    old = SessionRecord(**{**rec.__dict__, "state": as_format_1(m, GenState.from_bytes(rec.state))})
+    assert client.portal.call(ctx.store.compare_and_set, old, rec.version) is not None
+    a = client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 12})
+    b = client.post(f"/v1/sessions/{copy['id']}/generate", json={"max_tokens": 12})
+    assert a.status_code == b.status_code == 200, a.text
+    assert a.json()["tokens"] == b.json()["tokens"]
+    after = GenState.from_bytes(client.portal.call(ctx.store.get, s["id"]).state)
+    assert after.format == STATE_FORMAT and after.position.tolist() == [20]
 
 
 # ----- auth ------------------------------------------------------------------------------------------------
