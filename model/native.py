@@ -717,8 +717,8 @@ class PatchWeights:
 
     pack_p: Tensor  # the patch network's pack, its head of Q O outputs (Q: the tables' period, P or more)
     eps_p: float
-    w_t: Tensor  # (Q (V+1), H): a patch's input table, a row per (column, token) (PatchNet.step_table)
-    b_in: Tensor  # (H,): its bias
+    w_t: Tensor  # (Q (V+1), H): a patch's input table D, a row per (column, token); EMPTY's rows zero (PatchNet.table)
+    b_in: Tensor  # (H,): START's input u_0, to which a patch's input adds its tokens' rows
     A: Tensor  # (Q, V+1, O): the token term
     Lp: int
     pack_d: Tensor  # the decoder's pack
@@ -778,8 +778,8 @@ def patch_weights(
     shape: tuple[int, int, int, int],
 ) -> PatchWeights:
     """:class:`PatchWeights` of ``par``: the patch network's pack (its head of Q O outputs), eps, its
-    input table ``(Q, V+1, H)`` and bias (model/patch.py, ``PatchNet.step_table``), the token term ``A``
-    ``(Q, V+1, O)``, its layers and its patch P (Q, the tables' period, is P or more); ``dec``: the
+    input table ``D`` ``(Q, V+1, H)`` and START's input ``u_0`` (model/patch.py, ``PatchNet.table``), the token
+    term ``A`` ``(Q, V+1, O)``, its layers and its patch P (Q, the tables' period, is P or more); ``dec``: the
     decoder's pack, eps, input weight ``(H, Z K)``, bias, layers;
     ``prior``: as :func:`_fused_rounds`; ``shape``: ``(N, V, Z, K)``.  ValueError where they do not fit."""
     N, V, Z, K = shape

@@ -85,19 +85,16 @@ class PatchNet(nn.Module):
         """The input layer's weight as a table ``W`` ``(Q, V+1, H)``: column col's weights for token x."""
         return self.net.inp.weight.t().unflatten(0, (self.period, self.cfg.n_in))
 
-    def _table(self) -> tuple[Tensor, Tensor]:
-        """``D`` ``(Q, V+1, H)``, ``W[col, x] - W[col, EMPTY]``, and the START input ``u_0`` ``(H,)``."""
+    def table(self) -> tuple[Tensor, Tensor]:
+        """``D`` ``(Q, V+1, H)``, ``W[col, x] - W[col, EMPTY]``, and the START input ``u_0`` ``(H,)``.
+
+        Every path forms a patch's input as ``u_0 + acc``, ``acc`` the sum of ``D[col, x]`` over the patch's
+        tokens so far taken one token at a time in order from 0 (an EMPTY adds nothing), the compiled rounds
+        (csrc/patch_rounds.c) as well: so a call that stops inside a patch and one that goes on past it
+        leave the same bits, whatever cuts the tokens into calls (docs/api.md: chunks do not change tokens)."""
         W = self._inputs()
         empty = W[:, -1]  # (Q, H)
         return W - empty[:, None], self.net.inp.bias + empty[: self.patch].sum(0)
-
-    def step_table(self) -> tuple[Tensor, Tensor]:
-        """A patch's input as the compiled rounds read it, ``bias + sum over its positions of
-        table[col, x]``: ``(table (Q, V+1, H), bias (H,))``.  Where Q = P the input layer itself (``W``,
-        ``b``); by column ``D`` and START's input (:meth:`_table`), an EMPTY adding nothing."""
-        if self.period == self.patch:
-            return self._inputs(), self.net.inp.bias
-        return self._table()
 
     def _blocks(
         self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
@@ -153,7 +150,7 @@ class PatchNet(nn.Module):
 
     def _start(self, batch: int) -> tuple[Tensor, Tensor]:
         """The SSM states ``(B, L, H, N)`` and residual ``(B, H)`` after START."""
-        _, u0 = self._table()
+        _, u0 = self.table()
         y, ssm = self._blocks(u0.expand(batch, 1, -1), None, None, True)  # (B, 1, H)
         return ssm, y[:, 0]  # type: ignore[return-value]
 
@@ -179,7 +176,7 @@ class PatchNet(nn.Module):
         state after each row's first ``lengths`` tokens (None: all ``T``)."""
         B, T = x.shape
         P = self.patch
-        D, u0 = self._table()
+        D, u0 = self.table()
         if state is None:
             ssm, acc, y0 = None, None, None
             count = phase = torch.zeros(B, dtype=torch.long, device=x.device)
@@ -190,9 +187,12 @@ class PatchNet(nn.Module):
         k = int(slot.max()) + 1 if T else 1  # slots the span touches
         rows = torch.arange(B, device=x.device)[:, None]
         contrib = D[col, x]  # (B, T, H)
-        sums = contrib.new_zeros(B, k + 1, contrib.shape[-1]).index_put((rows, slot), contrib, True)
+        # each slot's sum one token at a time in order (an accumulating index_put is a serial loop on the CPU),
+        # from the pending sum: what a call that had not stopped inside the patch would have summed (table())
+        sums = contrib.new_zeros(B, k + 1, contrib.shape[-1])
         if acc is not None:
-            sums[:, 0] += acc
+            sums[:, 0] = acc
+        sums = sums.index_put((rows, slot), contrib, True)
         h = u0 + sums[:, :k]  # (B, k, H): the slots' inputs (the last maybe incomplete)
         m = torch.full((B,), T, device=x.device) if lengths is None else torch.as_tensor(lengths, device=x.device)
         m = m.expand(B)
@@ -216,9 +216,10 @@ class PatchNet(nn.Module):
         pend = sums  # (B, k + 1, H): the slots' sums of the tokens before m (all of them without lengths)
         if lengths is not None:
             before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
-            pend = contrib.new_zeros(B, k + 1, contrib.shape[-1]).index_put((rows, slot), contrib * before, True)
+            pend = contrib.new_zeros(B, k + 1, contrib.shape[-1])
             if acc is not None:
-                pend[:, 0] += acc
+                pend[:, 0] = acc
+            pend = pend.index_put((rows, slot), contrib * before, True)
         acc_next = pend.gather(1, done[:, None, None].expand(-1, 1, pend.shape[-1]))[:, 0]  # (B, H)
         y_next = Y.gather(1, done[:, None, None].expand(-1, 1, Y.shape[-1]))[:, 0]  # (B, H)
         if ssm_next is None:  # nothing completed anywhere
@@ -236,7 +237,7 @@ class PatchNet(nn.Module):
         ``x_a``'s tokens before s and ``x_m``'s from s, from within-patch prefix sums."""
         B, T = x_a.shape
         P, Q = self.patch, self.period
-        D, u0 = self._table()
+        D, u0 = self.table()
         t = torch.arange(T, device=x_a.device)
         pad = (0, 0, 0, -T % P)
         ca = nn.functional.pad(D[t % Q, x_a], pad).unflatten(1, (-1, P)).cumsum(2)  # (B, k, P, H) prefix sums

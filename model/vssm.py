@@ -1143,7 +1143,7 @@ class VSSM(SequenceModel):
         def build() -> native.PatchWeights:
             lin = dec_net.inp
             G = None if lp.context is None else lp.context.weight  # (M, F)
-            table, bias = net.step_table()  # (Q, V+1, H), (H,)
+            table, bias = net.table()  # D (Q, V+1, H), u_0 (H,): an EMPTY adds nothing
             par = (inner._packed(), inner.norm.eps, table, bias, net.token_out, cfg.par_layers, net.patch)
             dec = (dec_net._packed(), dec_net.norm.eps, lin.weight, lin.bias, cfg.dec_layers)
             prior = (lp._packed(), lp.width, lp.hidden, lp.mlp[0].eps, G)

@@ -483,6 +483,10 @@ def test_vssm_unprompted_one_call_equals_many_chunks():
     [
         ("ar-ssm", [(96,), (16,) * 6, (3, 29, 1, 40, 23)]),  # a step at a time whatever the chunks
         ("vssm", [(96,), (16,) * 6, (32, 48, 16), (3, 29, 1, 40, 23), (2, 2, 1, 91)]),  # passes of any length
+        # blocks of 4 across patches of 3: chunks that cut a patch anywhere, its pending tokens' sum carried
+        ("vssm-patch:4", [(96,), (16,) * 6, (3, 29, 1, 40, 23), (2, 2, 1, 91), (5, 7, 11, 73)]),
+        ("vssm-patch:6", [(96,), (16,) * 6, (3, 29, 1, 40, 23), (5, 7, 11, 73)]),  # blocks of whole patches
+        ("vssm-patch-period:4", [(96,), (16,) * 6, (3, 29, 1, 40, 23)]),  # tables by column t mod 5
     ],
 )
 def test_chunks_leave_the_state_bit_for_bit(family, chunkings, dtype, monkeypatch):
@@ -494,13 +498,16 @@ def test_chunks_leave_the_state_bit_for_bit(family, chunkings, dtype, monkeypatc
     if not native.available():
         pytest.skip("the compiled kernels: without them a pass's length chooses between the FFT and the matrices")
     monkeypatch.setattr(S4D, "scan_max_tokens", 4096)  # every pass on the kernel, whatever the thread count
-    m = tiny_model(family, dtype=dtype, width=64, state_size=8)
+    variant, _, block = family.partition(":")
+    name, overrides = VARIANTS.get(variant, (variant, {}))
+    m = tiny_model(name, dtype=dtype, **{**overrides, "width": 64, "state_size": 8})
+    kwargs = {"block_size": int(block)} if block else {}
     start = m.start(torch.zeros(3, 0, dtype=torch.long), [31, 32, 33])
     results = []
     for chunks in chunkings:
         parts, st = [], start
         for n in chunks:
-            t, st = m.generate(roundtrip(st), n)
+            t, st = m.generate(roundtrip(st), n, **kwargs)
             parts.append(t)
         results.append((torch.cat(parts, 1), st))
     (tokens, state), rest = results[0], results[1:]

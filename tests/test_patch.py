@@ -64,6 +64,29 @@ def test_a_sequence_read_in_any_pieces_from_states_equals_one_pass(period):
             torch.testing.assert_close(torch.cat([out_a, out_b, out_c], 1), full, rtol=1e-12, atol=1e-12)
 
 
+def test_a_pending_patch_sums_its_tokens_in_order_wherever_calls_cut_it(period):
+    """A patch's input is u_0 plus its tokens' rows of D summed one at a time in order from 0, whatever calls
+    cut the patch (PatchNet.table): the pending sum after any pieces is, bit for bit, that order's, in float32
+    where a sum's order shows (the compiled rounds form it so too: tests/test_generation.py, chunks)."""
+    torch.manual_seed(0)
+    m = PatchNet(SSMNetConfig(n_in=3, n_out=4, width=8, state_size=4, layers=2), 5, period)  # a pending patch of 4
+    x = torch.randint(0, 3, (2, 14), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        m.net.inp.weight.normal_(0.0, 10.0)  # rows of different magnitudes: the order of a sum shows
+        D, _ = m.table()
+        Q = m.period
+        last = 10  # the last patch's first position
+        want = torch.zeros(2, D.shape[-1])
+        for t in range(last, x.shape[1]):
+            want = want + D[t % Q, x[:, t]]
+        for cuts in ([], [last + 1], [last + 2], [last - 1, last + 1], [3, 12], list(range(1, x.shape[1]))):
+            s, at = m.initial_state(2), 0
+            for end in [*cuts, x.shape[1]]:
+                s = m(x[:, at:end], s)[1]
+                at = end
+            assert torch.equal(s[:, -1, :, 0].real, want), cuts
+
+
 def test_rows_at_different_phases_and_lengths_equal_each_row_alone(period):
     """Rows 1 and 2 tokens into a patch; the first keeps its state (length 0: no slot completes, its
     SSM state must stay), the second completes two slots."""

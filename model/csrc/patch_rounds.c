@@ -14,7 +14,8 @@ the patch network's state after the patches before block i-1 (SSM states and hea
 output (B, Q O) that block i-1's positions read, a column's O each) and the decoder's absorbed state D
 (after the absorbed latents before block i-1); c below is a position's column, t mod Q:
     1. z' of block i-1, drawn at temperature 1 (the absorb stream) from head0 + A[c, x_t];
-    2. one network step over patch i-1 (input b + sum over its positions of w_in[c, x_t]): the SSM
+    2. one network step over patch i-1 (input b_in + acc, acc the sum of w_in[c, x_t] over its positions, one
+       at a time in order: model/patch.py, PatchNet.table; w_in is D, whose EMPTY rows are zero): the SSM
        states after it, and the head's output for block i, whose logits are head + A[c, EMPTY];
     3. z of block i through the latent prior (csrc/latent_prior.c, from tables: the block starts it
       anew), its context pre = G g_t;
@@ -30,14 +31,15 @@ prior's P draws, where the token-level partial encoder's round is two passes of 
 Blocks of any size Cb (aligned to multiples of Cb, as patches are to multiples of P) are read the same way a
 segment at a time, a segment ending where its patch or its block ends.  Absorbing block i-1: step 1 draws z' of a
 segment's positions from the head before their patch (head0); step 2 adds the segment's tokens to the pending
-patch's input in0 (b_in + table[c, x] over the patch's tokens so far, EMPTY's where pending ones came in with the
-state), and where the segment ends its patch steps the network over in0 (the states after it, the next patch's
-head) and starts in0 anew; a block's tokens that end no patch stay pending, gathered over the blocks.  Generating
-block i (step 3): its positions in the patch it starts in read the absorbed head, and each later patch's the head
-after one more network step over the patch before it, read as EMPTYs (input in0 plus the sum of w_in[c, EMPTY]
-over the block's positions in it; b_in plus that sum for a patch wholly in the block), taken from a copy of the
-absorbed states (block 0: from generation's, gen, planar, the current patch's input from gin0, as in0 but of
-gen's pending tokens); the latent prior draws Cb positions from its block start (its tables built for Cb draws).
+patch's sum dsum (w_in[c, x] over the patch's tokens so far, from the state's acc where pending ones came in with
+it), and where the segment ends its patch steps the network over b_in + dsum (the states after it, the next
+patch's head) and starts dsum anew; a block's tokens that end no patch stay pending, gathered over the blocks.
+Every patch's input is b_in + its tokens' sum taken in order from 0, wherever calls cut it, so chunks leave the
+same bits (model/patch.py, PatchNet.table).  Generating block i (step 3): its positions in the patch it starts in
+read the absorbed head, and each later patch's the head after one more network step over the patch before it,
+read as EMPTYs, which add nothing (input b_in + dsum; b_in for a patch wholly in the block), taken from a copy of
+the absorbed states (block 0: from generation's, gen, planar, the current patch's sum gin0, as dsum but of gen's
+pending tokens); the latent prior draws Cb positions from its block start (its tables built for Cb draws).
 A position reads the tokens before it in its patch only through the decoder (model/patch.py).  So a round of
 blocks of P, aligned, is the one step above; a block of kP, k steps and k - 1 of generation's; a block inside a
 patch, a step only where it ends the patch.  Every row's patches must end at the same round: rows at different
@@ -56,9 +58,8 @@ absorbed SSM states.
 
 A call that starts inside a block (phase > 0) starts pp = phase mod P positions into a patch: block 0 is then
 the last Cb - phase positions of its block, the first P - pp of them (at most) the rest of that patch, whose
-first pp tokens are pending in the state, and round 1's network input for that patch starts from in0 (B, H), b + sum
-over them of w_in[c, x_t] (and w_in[c, EMPTY] past them in the patch, added in the round), not from b_in: in0 =
-b + acc + sum over the patch's first pp positions of w_in[c, EMPTY], acc read from the packed state.
+first pp tokens are pending in the state, and round 1's sum for that patch starts from their sum acc (B, H), read
+from the packed state, not from 0.
 
 Layouts: the blocks are m0 = Cb - phase positions (phase: the position of the span's start in its
 block), then Cb each, the first or the last cut where the span ends; tokens (B, span) int64, written;
@@ -71,8 +72,8 @@ count, which must be pp in every row, and where Q > P [Lp, 1, 1] the patch's ind
 which must be pos0's (else nothing is drawn and -2 returned); gen the same form,
 generation's, of which y_gen is read (and, in a block of several patches, the SSM states and acc); dec_in and dec_gen (B, Ld, H, N) complex, the absorbed
 decoder state and generation's; observed (B,) bytes; r0 (B, R).  Weights: w_in (Q, V+1, H) and b_in (H,): the
-network's input as a table, a patch's input b_in + sum of w_in[c, x] over its positions (where Q > P,
-W[c, x] - W[c, EMPTY] and START's input: model/patch.py, PatchNet.step_table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
+network's input as a table, a patch's input b_in + the sum of w_in[c, x] over its positions (D[c, x] = W[c, x] -
+W[c, EMPTY], zero for an EMPTY, and START's input u_0: model/patch.py, PatchNet.table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
 Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
 (csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted, and written only with
@@ -144,17 +145,17 @@ Nothing here checks a shape. */
     /* the latent prior's inputs for the n positions of a block from span offset s0 that generation reads,  \
        its latents' f_par over EMPTYs: the first `first` positions (the rest of the current patch) from head,    \
        each later patch's from the head after one more network step over the patch before it, read as EMPTYs  \
-       (input b_in + the sum of w_in[c, EMPTY] over it; the current patch's from base0, where its first tokens \
-       are pending: their sum, the rest added here), from the planar states st (stepped in place: the caller's  \
+       (they add nothing: input b_in; the current patch's b_in + base0, where its first tokens are pending:  \
+       their sum), from the planar states st (stepped in place: the caller's                                    \
        copy) into hg (B, Q O), each step's residual stream into yg (B, H).  With close, a last patch that the  \
        n positions complete is stepped too (the states generation leaves after a block it stops inside).     \
        Returns the steps taken: none in a block of P (Cb = P), one patch */                                    \
     static long block_inputs_##SUFFIX(long B, long n, long s0, long first, const REAL *base0, int close,         \
                                       const int64_t *pos0, long P, long Cb, long Q, long O, long ZK, long M,     \
                                       long V, long H, long N, long Lp, long sp, const REAL *head, REAL *hg,      \
-                                      const REAL *A, const REAL *Gt, const uint8_t *obs, const REAL *w_in,      \
-                                      const REAL *b_in, const REAL *pack_par, double eps_par, REAL *st,        \
-                                      REAL *yg, REAL *x, REAL *g, REAL *lp, REAL *pre, REAL *cxz) {             \
+                                      const REAL *A, const REAL *Gt, const uint8_t *obs, const REAL *b_in,      \
+                                      const REAL *pack_par, double eps_par, REAL *st, REAL *yg, REAL *x,        \
+                                      REAL *g, REAL *lp, REAL *pre, REAL *cxz) {                                \
         long done = 0, steps = 0;                                                                               \
         for (;;) {                                                                                              \
             const long from = done, seg = done ? (n - done < P ? n - done : P) : (n < first ? n : first);       \
@@ -164,13 +165,12 @@ Nothing here checks a shape. */
             const int full = from ? seg == P : seg == first; /* the segment ends its patch */                   \
             if (!full || (done >= n && !close))                                                                 \
                 return steps;                                                                                   \
-            for (long b = 0; b < B; ++b) { /* the patch just read, [from, done), all EMPTYs */                  \
+            for (long b = 0; b < B; ++b) { /* the patch just read, [from, done), all EMPTYs: they add nothing */ \
                 REAL *xb = x + b * H;                                                                           \
-                memcpy(xb, from == 0 && base0 ? base0 + b * H : b_in, H * sizeof(REAL));                        \
-                for (long t = from; t < done; ++t) {                                                            \
-                    const REAL *w = w_in + (((pos0[b] + s0 + t) % Q) * (V + 1) + V) * H;                        \
-                    for (long k = 0; k < H; ++k) xb[k] += w[k];                                                 \
-                }                                                                                               \
+                if (from == 0 && base0)                                                                         \
+                    for (long k = 0; k < H; ++k) xb[k] = b_in[k] + base0[b * H + k];                            \
+                else                                                                                            \
+                    memcpy(xb, b_in, H * sizeof(REAL));                                                         \
             }                                                                                                   \
             ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, st, sp, st, g, hg, 1);         \
             memcpy(yg, x, B * H * sizeof(REAL)); /* the residual stream after the step */                      \
@@ -215,9 +215,9 @@ Nothing here checks a shape. */
             return -3; /* an absorbed last block that is not whole, an open end not inside a block, states unabsorbed */ \
         /* the scratch: the states, then the rounds' buffers, each 64-byte aligned */                       \
         const long Rp = R > 1 ? R : 1;                                                                              \
-        const long reals[] = {B * sp, 3 * one, B * H, B * H, B * H, B * Q * O, B * Cb * H, B * Cb * H,     \
-                              B * Cb * O, B * Cb * V, R + M + ZK, B * Rp, B * Cb * M, Cb * F + M, B * span * Z,    \
-                              B * span * Z, B * span, B * H, B * sp, B * Q * O, B * H, B * H, B * H};               \
+        const long reals[] = {B * sp, 3 * one, B * H, B * H, B * Q * O, B * Cb * H, B * Cb * H, B * Cb * O,      \
+                              B * Cb * V, R + M + ZK, B * Rp, B * Cb * M, Cb * F + M, B * span * Z, B * span * Z,  \
+                              B * span, B * sp, B * Q * O, B * H, B * H, B * H};                                   \
         const long ints[] = {B * Cb * Z, B * Cb * Z};                                                               \
         char *bufs[SCRATCH_COUNT(reals, ints)];                                                                     \
         char *block = SCRATCH(reals, ints, REAL, bufs);                                                             \
@@ -225,26 +225,21 @@ Nothing here checks a shape. */
             return -1;                                                                                              \
         REAL *pe = (REAL *)bufs[0], *dec = (REAL *)bufs[1], *y = (REAL *)bufs[2];                                  \
         REAL *dg = dec + 2 * one; /* dec: the two absorbed states the rounds alternate, then generation's */        \
-        REAL *y_gen = (REAL *)bufs[3], *in0 = (REAL *)bufs[4], *head0 = (REAL *)bufs[5], *x = (REAL *)bufs[6];     \
-        REAL *g = (REAL *)bufs[7], *lp = (REAL *)bufs[8], *ld = (REAL *)bufs[9], *ps = (REAL *)bufs[10];           \
-        REAL *r = (REAL *)bufs[11], *pre = (REAL *)bufs[12], *cxz = (REAL *)bufs[13], *u_lat = (REAL *)bufs[14];   \
-        REAL *u_abs = (REAL *)bufs[15], *u_tok = (REAL *)bufs[16], *acc = (REAL *)bufs[17];                         \
-        REAL *pg = (REAL *)bufs[18], *hg = (REAL *)bufs[19]; /* generation's steps in a block of several patches */ \
-        REAL *gin0 = (REAL *)bufs[20], *yg = (REAL *)bufs[21]; /* its pending patch's input; its residual stream */ \
-        REAL *dsum = (REAL *)bufs[22]; /* the pending patch's acc (model/patch.py's D-sum), kept with in0 */         \
-        int64_t *zs = (int64_t *)bufs[23], *za = (int64_t *)bufs[24];                                               \
-        /* the residual streams and the pending patch's input from the packed states: [Lp, h, 0] = acc + i y */    \
+        REAL *y_gen = (REAL *)bufs[3], *head0 = (REAL *)bufs[4], *x = (REAL *)bufs[5], *g = (REAL *)bufs[6];       \
+        REAL *lp = (REAL *)bufs[7], *ld = (REAL *)bufs[8], *ps = (REAL *)bufs[9], *r = (REAL *)bufs[10];           \
+        REAL *pre = (REAL *)bufs[11], *cxz = (REAL *)bufs[12], *u_lat = (REAL *)bufs[13];                          \
+        REAL *u_abs = (REAL *)bufs[14], *u_tok = (REAL *)bufs[15];                                                  \
+        REAL *pg = (REAL *)bufs[16], *hg = (REAL *)bufs[17]; /* generation's steps in a block of several patches */ \
+        REAL *gin0 = (REAL *)bufs[18], *yg = (REAL *)bufs[19]; /* its pending patch's sum; its residual stream */   \
+        REAL *dsum = (REAL *)bufs[20]; /* the absorbed pending patch's sum acc of D[c, x] (model/patch.py) */       \
+        int64_t *zs = (int64_t *)bufs[21], *za = (int64_t *)bufs[22];                                               \
+        /* the residual streams and the pending patches' sums from the packed states: [Lp, h, 0] = acc + i y */    \
         for (long b = 0; b < B; ++b)                                                                                \
             for (long h = 0; h < H; ++h) {                                                                          \
                 const long o = b * packed + slot + h * N * 2;                                                       \
                 y[b * H + h] = par[o + 1], y_gen[b * H + h] = yg[b * H + h] = gen[o + 1];                           \
-                in0[b * H + h] = b_in[h] + par[o]; /* b + acc, then the EMPTY columns of the pending tokens */      \
                 dsum[b * H + h] = par[o];                                                                           \
-                gin0[b * H + h] = b_in[h] + gen[o]; /* generation's, where a block of several patches steps it */  \
-                for (long j = 0; j < pp; ++j) { /* the pending patch's positions, from pos0 - pp */                 \
-                    const REAL e = w_in[(((pos0[b] - pp + j) % Q) * V1 + V) * H + h];                                \
-                    in0[b * H + h] += e, gin0[b * H + h] += e;                                                      \
-                }                                                                                                   \
+                gin0[b * H + h] = gen[o]; /* generation's, where a block of several patches steps it */             \
             }                                                                                                       \
         /* the decoder's states planar while the call runs (the note above) */                                     \
         ssm_states_layout_##SUFFIX(B, Ld, H, N, dec_in, sd, dec, sd, 1);                                            \
@@ -273,7 +268,7 @@ Nothing here checks a shape. */
                 own = 1;                                                                                            \
             }                                                                                                       \
             block_inputs_##SUFFIX(B, m, 0, P - pp, pp ? gin0 : 0, absorb == 2 && !rounds, pos0, P, Cb, Q, O, ZK, M, \
-                                  V, H, N, Lp, sp, head0, hg, A, Gt, observed, w_in, b_in, pack_par, eps_par, pg,   \
+                                  V, H, N, Lp, sp, head0, hg, A, Gt, observed, b_in, pack_par, eps_par, pg,   \
                                   yg, x, g, lp, pre, cxz);                                                          \
             for (long b = 0; b < B; ++b) { /* the prior from its tables where the row's state is zeros (a block   \
                                                start), else from the state the last call left: a row as alone */  \
@@ -327,33 +322,28 @@ Nothing here checks a shape. */
                         categorical_##SUFFIX(Z, K, l, u_abs + (b * span + start + t) * Z, 1.0, zt);                 \
                         for (long j = 0; j < Z && same; ++j) same = zt[j] == zs[(b * Cb + t) * Z + j];              \
                     }                                                                                               \
-                /* 2. the patch's input so far, in0 (b_in + table[c, x] over its tokens, EMPTY's where pending ones  \
-                   came in: model/patch.py), gains the segment's tokens; where the segment ends its patch one step \
-                   of the network over it (the states after it, the next patch's head) and in0 starts anew; else  \
-                   its tokens are pending (a block inside a patch; the last part of a block the call stops inside): \
-                   dsum, the pending patch's sum of table[c, x] - table[c, EMPTY] (model/patch.py's acc), gains \
-                   them as well, and acc holds the segment's own */                                                  \
+                /* 2. the patch's sum so far, dsum (D[c, x] over its tokens one at a time in order from 0, the  \
+                   pending ones' sum acc where they came in: model/patch.py, PatchNet.table), gains the segment's \
+                   tokens; where the segment ends its patch one step of the network over b_in + dsum (the states \
+                   after it, the next patch's head) and dsum starts anew; else its tokens are pending (a block   \
+                   inside a patch; the last part of a block the call stops inside) */                               \
                 const int ends = a0 + len == P; /* the segment ends its patch */                                     \
                 if (!ends) /* generation's pending sum: the patch's tokens before this last part (its EMPTYs add 0) */ \
                     memcpy(gin0, dsum, B * H * sizeof(REAL));                                                       \
-                memset(acc, 0, B * H * sizeof(REAL));                                                               \
                 for (long b = 0; b < B; ++b)                                                                        \
                     for (long t = j0; t < j0 + len; ++t) {                                                          \
                         const long c = (pos0[b] + start + t) % Q;                                                   \
-                        const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H, *e = w_in + (c * V1 + V) * H; \
-                        for (long k = 0; k < H; ++k) {                                                              \
-                            in0[b * H + k] += w[k];                                                                 \
-                            acc[b * H + k] += w[k] - e[k], dsum[b * H + k] += w[k] - e[k];                          \
-                        }                                                                                           \
+                        const REAL *w = w_in + (c * V1 + tokens[b * span + start + t]) * H;                         \
+                        for (long k = 0; k < H; ++k) dsum[b * H + k] += w[k];                                       \
                     }                                                                                               \
                 if (!ends) {                                                                                        \
                     pending = a0 + len, part = len;                                                                 \
                 } else {                                                                                            \
                     ++stepped, pending = 0;                                                                         \
-                    memcpy(x, in0, B * H * sizeof(REAL));                                                           \
+                    for (long b = 0; b < B; ++b)                                                                    \
+                        for (long k = 0; k < H; ++k) x[b * H + k] = b_in[k] + dsum[b * H + k];                     \
                     ssm_net_laid_##SUFFIX(B, H, N, 1, Lp, Q * O, 1, x, pack_par, eps_par, pe, sp, pe, g, head0, 1);  \
                     memcpy(y, x, B * H * sizeof(REAL)); /* the residual stream after the step */                    \
-                    for (long b = 0; b < B; ++b) memcpy(in0 + b * H, b_in, H * sizeof(REAL));                       \
                     memset(dsum, 0, B * H * sizeof(REAL));                                                          \
                 }                                                                                                   \
                 j0 += len;                                                                                          \
@@ -368,8 +358,8 @@ Nothing here checks a shape. */
                     memcpy(yg, y, B * H * sizeof(REAL));                                                            \
                     own = 1;                                                                                        \
                 }                                                                                                   \
-                block_inputs_##SUFFIX(B, nx, start + m, first, in0, close, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, \
-                                      head0, hg, A, Gt, 0, w_in, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
+                block_inputs_##SUFFIX(B, nx, start + m, first, dsum, close, pos0, P, Cb, Q, O, ZK, M, V, H, N, Lp, sp, \
+                                      head0, hg, A, Gt, 0, b_in, pack_par, eps_par, pg, yg, x, g, lp, pre,    \
                                       cxz);                                                                         \
                 latent_prior_table_##SUFFIX(B, nx, Z, K, R, M, Cb, lp, Cb * O, O, F ? pre : 0, Cb * M, M,           \
                                             u_lat + (start + m) * Z, span * Z, temp, prior, eps_prior, ptab, r, zs, \
@@ -409,7 +399,7 @@ Nothing here checks a shape. */
                 memcpy(gen_out, gen, B * packed * sizeof(REAL));                                                    \
             for (long b = 0; b < B; ++b) {                                                                          \
                 REAL *o = par_out + b * packed;                                                                     \
-                for (long h = 0; h < H; ++h) o[slot + h * N * 2] += acc[b * H + h];                                 \
+                for (long h = 0; h < H; ++h) o[slot + h * N * 2] = dsum[b * H + h]; /* acc and the part's sum */    \
                 o[slot + 2] = (REAL)pending; /* [Lp, 0, 1]: the pending patch's token count */                      \
                 if (gen_out && observed[b]) /* the part read as EMPTYs (they add 0) where the row had observed */  \
                     gen_out[b * packed + slot + 2] += (REAL)part;                                                   \
