@@ -559,8 +559,11 @@ class SequenceModel(nn.Module):
             return state
         if state.format != FORMAT_1:
             raise StateError(f"no conversion from state format {state.format!r}")
-        with torch.no_grad():
-            tensors = self._upgrade_tensors(state)
+        try:
+            with torch.no_grad():
+                tensors = self._upgrade_tensors(state)
+        except (KeyError, IndexError, RuntimeError, ValueError) as exc:  # bytes that read but are not this model's
+            raise StateError(f"a {state.format} state that does not fit this model: {exc}") from exc
         log.debug("converted a %s state of %d rows to %s", state.format, state.batch_size, STATE_FORMAT)
         return GenState(state.family, state.fingerprint, tensors, STATE_FORMAT)
 

@@ -169,6 +169,23 @@ class PatchNet(nn.Module):
         the pending patch's slot is no SSM state and stays as it is."""
         return torch.cat([self.net.state_of_h(h[:, :-1]), h[:, -1:]], 1)
 
+    def _slot_sums(self, contrib: Tensor, rows: Tensor, q: Tensor, k: int, acc: Tensor | None) -> Tensor:
+        """Each slot's sum ``(B, k + 1, H)`` of the tokens' rows ``contrib`` ``(B, T, H)`` at offsets ``q``
+        ``(B, T)`` from the pending patch's start, one position of the patch at a time in order, slot 0's from
+        the pending sum ``acc`` ``(B, H)``: what a call that had not stopped inside the patch sums (:meth:`table`).
+        Positions a call does not hold add zeros, which change no sum.  (An accumulating ``index_put`` adds in
+        a serial loop only on one thread or a small call: past that its threads' atomic adds take any order.)"""
+        B, _, H = contrib.shape
+        P = self.patch
+        grid = contrib.new_zeros(B, (k + 1) * P, H).index_put((rows, q), contrib)  # (B, (k+1) P, H): one per place
+        grid = grid.view(B, k + 1, P, H)
+        sums = contrib.new_zeros(B, k + 1, H)
+        if acc is not None:
+            sums[:, 0] = acc
+        for j in range(P):
+            sums = sums + grid[:, :, j]
+        return sums
+
     def forward(
         self, x: Tensor, state: Tensor | None = None, lengths: Tensor | int | None = None, return_state: bool = True
     ) -> tuple[Tensor, Tensor | None]:
@@ -187,12 +204,7 @@ class PatchNet(nn.Module):
         k = int(slot.max()) + 1 if T else 1  # slots the span touches
         rows = torch.arange(B, device=x.device)[:, None]
         contrib = D[col, x]  # (B, T, H)
-        # each slot's sum one token at a time in order (an accumulating index_put is a serial loop on the CPU),
-        # from the pending sum: what a call that had not stopped inside the patch would have summed (table())
-        sums = contrib.new_zeros(B, k + 1, contrib.shape[-1])
-        if acc is not None:
-            sums[:, 0] = acc
-        sums = sums.index_put((rows, slot), contrib, True)
+        sums = self._slot_sums(contrib, rows, q, k, acc)  # (B, k + 1, H)
         h = u0 + sums[:, :k]  # (B, k, H): the slots' inputs (the last maybe incomplete)
         m = torch.full((B,), T, device=x.device) if lengths is None else torch.as_tensor(lengths, device=x.device)
         m = m.expand(B)
@@ -216,10 +228,7 @@ class PatchNet(nn.Module):
         pend = sums  # (B, k + 1, H): the slots' sums of the tokens before m (all of them without lengths)
         if lengths is not None:
             before = (torch.arange(T, device=x.device) < m[:, None])[..., None]  # (B, T, 1)
-            pend = contrib.new_zeros(B, k + 1, contrib.shape[-1])
-            if acc is not None:
-                pend[:, 0] = acc
-            pend = pend.index_put((rows, slot), contrib * before, True)
+            pend = self._slot_sums(contrib * before, rows, q, k, acc)
         acc_next = pend.gather(1, done[:, None, None].expand(-1, 1, pend.shape[-1]))[:, 0]  # (B, H)
         y_next = Y.gather(1, done[:, None, None].expand(-1, 1, Y.shape[-1]))[:, 0]  # (B, H)
         if ssm_next is None:  # nothing completed anywhere

@@ -207,8 +207,8 @@ class S4D(nn.Module):
     def state_of_h(self, h: Tensor) -> Tensor:
         """The state ``g = h / B_bar`` ``(B, H, N)`` of a state held as ``h`` (model/state.py's format 1).
 
-        Divided in double precision and rounded once to the state's dtype; a mode whose B_bar rounds to 0
-        never moves ``h`` from 0 (nor ``g``: its input adds nothing to the readout, W = 0 there)."""
+        Divided in double precision and rounded once to the state's dtype.  A mode whose B_bar rounds to 0
+        never moved ``h`` from 0, and its ``g`` starts at 0 (``g`` moves from there, but W = 0 reads none of it)."""
         B_bar = self._zoh()[2].to(torch.complex128)  # (H, N)
         g = torch.where(B_bar == 0, 0, h.to(torch.complex128) / torch.where(B_bar == 0, 1, B_bar))
         return g.to(h.dtype)  # (B, H, N)

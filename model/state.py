@@ -179,7 +179,9 @@ class GenState:
             raise StateError(f"state bytes are not a valid safetensors blob: {exc}") from exc
         fmt = _format_of(meta)
         if fmt is None:
-            raise StateError(f"unsupported state format {meta.get('format')!r} (this release reads {STATE_FORMAT!r})")
+            raise StateError(
+                f"unsupported state format {meta.get('format')!r} (this release reads {FORMAT_1!r}, {STATE_FORMAT!r})"
+            )
         if not all(isinstance(meta.get(k), str) for k in ("family", "fingerprint")):
             raise StateError("state bytes do not name their family and fingerprint")
         try:

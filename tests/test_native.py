@@ -1236,8 +1236,8 @@ def test_compiled_patch_rounds_of_a_call_that_ends_inside_its_first_block(dtype,
 def test_compiled_patch_rounds_absorb_the_block_that_ends_a_kept_call(dtype, copy, position, n, period):
     """A resumable call that ends at a block boundary absorbs its last block in the compiled call (a last round
     that draws no block), whatever came before it in the call: block 0 alone, from a patch boundary or from
-    inside a patch (the pending tokens' input: in0), or after a round; the states as the rounds in PyTorch
-    leave them, and the absorbing round skips the decoder's pass over z' where every z' is its z."""
+    inside a patch (the pending tokens' sum, carried in the state), or after a round; the states as the rounds in
+    PyTorch leave them, and the absorbing round skips the decoder's pass over z' where every z' is its z."""
     m, start = patch_start(dtype, position, period, copy)
     calls = compiled_equals_pytorch(m, start, n, torch.tensor([1.0, 0.6, 0.0], dtype=dtype), 4, 0.0, "patch_rounds")
     assert [(args[:2], args[-2]) for args, _ in calls] == [((position % 4, n), True), ((position % 4, n), False)]

@@ -90,6 +90,8 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define STATES_LAYOUT ssm_states_layout_f32
 #define NET_HEAD ssm_net_head_f32
 #define LAYERNORM layernorm_f32
+#define GELU_ROWS gelu_rows_f32
+#define PADDED_GROUP padded_group_f32
 #define LINEAR linear_f32
 #define LINEAR_ROWS linear_rows_f32
 #define ROW_CHUNK row_chunk_f32
@@ -107,6 +109,8 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef STATES_LAYOUT
 #undef NET_HEAD
 #undef LAYERNORM
+#undef GELU_ROWS
+#undef PADDED_GROUP
 #undef LINEAR
 #undef LINEAR_ROWS
 #undef ROW_CHUNK
@@ -131,6 +135,8 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define STATES_LAYOUT ssm_states_layout_f64
 #define NET_HEAD ssm_net_head_f64
 #define LAYERNORM layernorm_f64
+#define GELU_ROWS gelu_rows_f64
+#define PADDED_GROUP padded_group_f64
 #define LINEAR linear_f64
 #define LINEAR_ROWS linear_rows_f64
 #define ROW_CHUNK row_chunk_f64
@@ -150,6 +156,22 @@ static void LAYERNORM(long H, const REAL *xr, const REAL *w, const REAL *bias, d
     for (long h = 0; h < H; ++h) var += (xr[h] - mean) * (xr[h] - mean);
     const REAL inv = 1 / sqrt(var / H + eps);
     for (long h = 0; h < H; ++h) o[h] = (xr[h] - mean) * inv * w[h] + bias[h];
+}
+
+/* the exact GELU, x Phi(x), of rows (rows, H) in place, vectorised through libmvec's erf.  Where H is not a
+   multiple of the vector, a row at a time: over a call's rows at once, the elements left to the loop's scalar
+   tail (libm's erf, whose last bit may differ from libmvec's) were the call's last ones, so a token's row came
+   out otherwise in a call cut elsewhere and chunks of a session changed its state; a row at a time, which
+   elements the tail takes follows from H alone, as in NET_LAID's GLU (docs/experiments/rounds-and-serving.md,
+   fortieth session) */
+static void GELU_ROWS(long rows, long H, REAL *x) {
+    const long whole = H % VL == 0; /* no row has a tail: one loop over them all (the vectors no wider than VL) */
+    for (long r = 0; r < (whole ? 1 : rows); ++r) {
+        REAL *xr = x + r * H;
+        const long n = whole ? rows * H : H;
+#pragma omp simd
+        for (long h = 0; h < n; ++h) xr[h] = (REAL)0.5 * xr[h] * (1 + ERF(xr[h] * (REAL)0.70710678118654752440));
+    }
 }
 
 /* NAME's recurrence from MODES_MIN_T to MODES_MAX_T steps.  Each branch of NAME is a function of its own:
@@ -285,6 +307,46 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
     }
 }
 
+/* STEPS_OUTER's step of modes n..n+G-1 (G <= 4) of J lanes (J <= LANES), the states sr, si of mode n on, where a
+   group has fewer channels or modes than a whole one: zero-padded copies through the whole group's loop, so that a
+   pass of 2 or 3 steps gives MODES_OUTER's bits (its padded vectors) and chunks of a session never change them (a
+   loop over the J lanes alone came out otherwise: docs/experiments/rounds-and-serving.md, fortieth session).  A
+   function of its own: in STEPS_OUTER's body its buffers took the autoregressive step, which never comes here,
+   to 0.8-0.85 of its speed */
+/* the sum over a group of four modes' outputs, lane j, into acc's even or odd row: MODES_OUTER's order */
+#define GROUP_SUM(j)                                                                                            \
+    REAL y0 = acc[n >> 2 & 1][j] + wr0 * r0, y1 = wr2 * r2;                                                     \
+    y0 -= wi0 * i0, y1 -= wi2 * i2;                                                                             \
+    y0 += wr1 * r1, y1 += wr3 * r3;                                                                             \
+    y0 -= wi1 * i1, y1 -= wi3 * i3;                                                                             \
+    acc[n >> 2 & 1][j] = y0 + y1;
+static __attribute__((noinline)) void PADDED_GROUP(long n, long G, long J, long N, long H, long o, const REAL *xv,
+                                                   const REAL *w, REAL (*sr)[LANES], REAL (*si)[LANES],
+                                                   REAL (*acc)[LANES]) {
+    const long NH = N * H;
+    const REAL *planes[4] = {w, w + NH, w + 2 * NH, w + 3 * NH}; /* Lambda's real, imaginary parts; W's */
+    REAL pw[4][4][LANES], pr[4][LANES], pi[4][LANES];
+    for (long g = 0; g < 4; ++g)
+        for (long j = 0; j < LANES; ++j) {
+            const int in = g < G && j < J;
+            for (long k = 0; k < 4; ++k) pw[g][k][j] = in ? planes[k][o + g * H + j] : 0;
+            pr[g][j] = in ? sr[g][j] : 0, pi[g][j] = in ? si[g][j] : 0;
+        }
+/* mode g of the padded copies, lane j, as MODE's step */
+#define PADDED_MODE(g)                                                                                          \
+    const REAL r##g = xv[j] - pw[g][1][j] * pi[g][j] + pw[g][0][j] * pr[g][j];                                  \
+    const REAL i##g = pw[g][1][j] * pr[g][j] + pw[g][0][j] * pi[g][j];                                          \
+    const REAL wr##g = pw[g][2][j], wi##g = pw[g][3][j];                                                        \
+    pr[g][j] = r##g, pi[g][j] = i##g;
+#pragma omp simd
+    for (long j = 0; j < LANES; ++j) {
+        PADDED_MODE(0) PADDED_MODE(1) PADDED_MODE(2) PADDED_MODE(3) GROUP_SUM(j)
+    }
+#undef PADDED_MODE
+    for (long g = 0; g < G; ++g)
+        for (long j = 0; j < J; ++j) sr[g][j] = pr[g][j], si[g][j] = pi[g][j];
+}
+
 /* NAME's recurrence for a few steps (an autoregressive step's one): steps outer, every mode's state in a
    cache-resident block of LANES channels */
 static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long T, long at, const REAL *u, long u_sb,
@@ -305,12 +367,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
         sr[n + g][j] = r##g, si[n + g][j] = i##g, wr##g = wr[q + j], wi##g = wi[q + j];                         \
     }
 #define GROUP_STEP(j, G)                                                                                        \
-    MODE(0, G) MODE(1, G) MODE(2, G) MODE(3, G)                                                                 \
-    REAL y0 = acc[n >> 2 & 1][j] + wr0 * r0, y1 = wr2 * r2;                                                     \
-    y0 -= wi0 * i0, y1 -= wi2 * i2;                                                                             \
-    y0 += wr1 * r1, y1 += wr3 * r3;                                                                             \
-    y0 -= wi1 * i1, y1 -= wi3 * i3;                                                                             \
-    acc[n >> 2 & 1][j] = y0 + y1;
+    MODE(0, G) MODE(1, G) MODE(2, G) MODE(3, G) GROUP_SUM(j)
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
             const long J = H - h0c < LANES ? H - h0c : LANES;
@@ -372,9 +429,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                             GROUP_STEP(j, 4)
                         }
                     } else {
-                        for (long j = 0; j < J; ++j) {
-                            GROUP_STEP(j, G)
-                        }
+                        PADDED_GROUP(n, G, J, N, H, o, xv, w, sr + n, si + n, acc);
                     }
                 }
                 REAL *yt = out + (b * T + t) * H + h0c; /* may be ut itself: every lane was read into xv */
@@ -390,6 +445,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
 
 #undef MODE
 #undef GROUP_STEP
+#undef GROUP_SUM
 #undef MODE_STEP
 
 /* NAME with the states' layout chosen: planar (2, N, H) reals a layer, the real parts then the imaginary ones,
@@ -411,11 +467,8 @@ static void BLOCK_LAID(long Bsz, long H, long N, long T, long at, const REAL *x,
         MODES_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar);
     else
         STEPS_OUTER(Bsz, H, N, T, at, u, u_sb, u_st, h0, h0_sb, w, d, out, h_out, ho_sb, planar, any_order);
-    if (gelu) { /* exact GELU, x Phi(x), vectorised through libmvec's erf */
-        const long n = Bsz * T * H;
-#pragma omp simd
-        for (long k = 0; k < n; ++k) out[k] = (REAL)0.5 * out[k] * (1 + ERF(out[k] * (REAL)0.70710678118654752440));
-    }
+    if (gelu)
+        GELU_ROWS(Bsz * T, H, out);
 }
 
 void NAME(long Bsz, long H, long N, long T, long at, const REAL *x, long x_sb, long x_st, const REAL *ln_w,
