@@ -493,7 +493,7 @@ def test_vssm_unprompted_one_call_equals_many_chunks():
         ("vssm-patch:6", [(96,), (16,) * 6, (3, 29, 1, 40, 23), (5, 7, 11, 73)]),  # blocks of whole patches
         ("vssm-patch-period:4", [(96,), (16,) * 6, (3, 29, 1, 40, 23)]),  # tables by column t mod 5
         # widths that leave a part vector of channels, a part group of modes: rows that move from one alignment to
-        # another between calls, and the short passes' padded lanes (csrc/s4d_block.c, LAYERNORM, STEPS_OUTER)
+        # another between calls, and the short passes' padded lanes (csrc/s4d_block.c, GELU_ROWS, PADDED_GROUP)
         ("vssm@76x6", [(96,), (16,) * 6, (3, 29, 1, 40, 23), (2, 2, 1, 91), (5, 7, 11, 73)]),
         ("vssm-patch:4@72x6", [(96,), (3, 29, 1, 40, 23), (2, 2, 1, 91)]),
         ("ar-ssm@76x6", [(96,), (16,) * 6, (3, 29, 1, 40, 23)]),

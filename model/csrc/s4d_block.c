@@ -307,12 +307,6 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
     }
 }
 
-/* STEPS_OUTER's step of modes n..n+G-1 (G <= 4) of J lanes (J <= LANES), the states sr, si of mode n on, where a
-   group has fewer channels or modes than a whole one: zero-padded copies through the whole group's loop, so that a
-   pass of 2 or 3 steps gives MODES_OUTER's bits (its padded vectors) and chunks of a session never change them (a
-   loop over the J lanes alone came out otherwise: docs/experiments/rounds-and-serving.md, fortieth session).  A
-   function of its own: in STEPS_OUTER's body its buffers took the autoregressive step, which never comes here,
-   to 0.8-0.85 of its speed */
 /* the sum over a group of four modes' outputs, lane j, into acc's even or odd row: MODES_OUTER's order */
 #define GROUP_SUM(j)                                                                                            \
     REAL y0 = acc[n >> 2 & 1][j] + wr0 * r0, y1 = wr2 * r2;                                                     \
@@ -320,6 +314,12 @@ static __attribute__((noinline)) void MODES_OUTER(long Bsz, long H, long N, long
     y0 += wr1 * r1, y1 += wr3 * r3;                                                                             \
     y0 -= wi1 * i1, y1 -= wi3 * i3;                                                                             \
     acc[n >> 2 & 1][j] = y0 + y1;
+/* STEPS_OUTER's step of modes n..n+G-1 (G <= 4) of J lanes (J <= LANES), the states sr, si of mode n on, where a
+   group has fewer channels or modes than a whole one: zero-padded copies through the whole group's loop, so that a
+   short pass (1-3 steps; the autoregressive loop's sum in their own order) gives MODES_OUTER's bits (its padded
+   vectors) and chunks of a session never change them (a loop over the J lanes alone came out otherwise:
+   docs/experiments/rounds-and-serving.md, fortieth session).  A function of its own: in STEPS_OUTER's body its
+   buffers took the autoregressive step, which never comes here, to 0.8-0.85 of its speed */
 static __attribute__((noinline)) void PADDED_GROUP(long n, long G, long J, long N, long H, long o, const REAL *xv,
                                                    const REAL *w, REAL (*sr)[LANES], REAL (*si)[LANES],
                                                    REAL (*acc)[LANES]) {
@@ -356,18 +356,15 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
     const REAL *lr = w, *li = w + NH, *wr = w + 2 * NH, *wi = w + 3 * NH;
     REAL sr[N][LANES], si[N][LANES], xv[LANES], acc[4][LANES]; /* the sums over modes: two, or four in any order */
 /* modes n..n+3 of lane j, in MODES_OUTER's operations and order, the even groups into acc[0] and the odd ones into
-   acc[1] (a mode past the group's G as its padding: no weights, its step x): a pass of any length gives the same
-   bits, so chunks of a session never change them */
-#define MODE(g, G)                                                                                              \
-    REAL r##g = xv[j], i##g = 0, wr##g = 0, wi##g = 0;                                                         \
-    if (g < G) {                                                                                                \
-        const long q = o + g * H;                                                                              \
-        r##g = xv[j] - li[q + j] * si[n + g][j] + lr[q + j] * sr[n + g][j];                                     \
-        i##g = li[q + j] * sr[n + g][j] + lr[q + j] * si[n + g][j];                                             \
-        sr[n + g][j] = r##g, si[n + g][j] = i##g, wr##g = wr[q + j], wi##g = wi[q + j];                         \
-    }
-#define GROUP_STEP(j, G)                                                                                        \
-    MODE(0, G) MODE(1, G) MODE(2, G) MODE(3, G) GROUP_SUM(j)
+   acc[1]: a pass of any length gives the same bits, so chunks of a session never change them (a part group:
+   PADDED_GROUP) */
+#define MODE(g)                                                                                                 \
+    const long q##g = o + g * H;                                                                               \
+    const REAL r##g = xv[j] - li[q##g + j] * si[n + g][j] + lr[q##g + j] * sr[n + g][j];                       \
+    const REAL i##g = li[q##g + j] * sr[n + g][j] + lr[q##g + j] * si[n + g][j];                               \
+    const REAL wr##g = wr[q##g + j], wi##g = wi[q##g + j];                                                     \
+    sr[n + g][j] = r##g, si[n + g][j] = i##g;
+#define GROUP_STEP(j) MODE(0) MODE(1) MODE(2) MODE(3) GROUP_SUM(j)
     for (long b = 0; b < Bsz; ++b) {
         for (long h0c = 0; h0c < H; h0c += LANES) {
             const long J = H - h0c < LANES ? H - h0c : LANES;
@@ -426,7 +423,7 @@ static __attribute__((noinline)) void STEPS_OUTER(long Bsz, long H, long N, long
                     if (J == LANES && G == 4) {
 #pragma omp simd
                         for (long j = 0; j < LANES; ++j) {
-                            GROUP_STEP(j, 4)
+                            GROUP_STEP(j)
                         }
                     } else {
                         PADDED_GROUP(n, G, J, N, H, o, xv, w, sr + n, si + n, acc);
