@@ -477,6 +477,9 @@ def test_a_session_stored_by_an_earlier_release_goes_on(client, checkpoints, nam
     assert a.json()["tokens"] == b.json()["tokens"]
     after = GenState.from_bytes(client.portal.call(ctx.store.get, s["id"]).state)
     assert after.format == STATE_FORMAT and after.position.tolist() == [20]
+    upgraded = [line for line in client.get("/metrics").text.splitlines() if line.startswith("vssm_sessions_total")]
+    upgraded = [line for line in upgraded if 'event="upgraded"' in line]
+    assert upgraded == ['vssm_sessions_total{event="upgraded"} 1.0']  # the copy was this release's already
 
 
 # ----- auth ------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from tests.conftest import tiny_model
-from tests.test_generation import _states_equal
+from tests.test_generation import _states_equal, as_format_1
 from vssm.model import GenState, StateError
+from vssm.model.state import STATE_FORMAT
 from vssm.server.batcher import Batcher
 from vssm.server.metrics import Metrics
 from vssm.server.registry import ServedModel
@@ -182,3 +183,24 @@ def test_a_state_that_reads_but_does_not_fit_fails_its_own_session_alone():
         assert torch.equal(tokens, ref_tokens) and _states_equal(GenState.from_bytes(blob), ref_next)
     assert metrics.registry.get_sample_value("vssm_batch_rows_count", {"model": "m"}) == 1  # one batch, then alone
     assert metrics.registry.get_sample_value("vssm_model_seconds_count", {"model": "m"}) == 4  # the batch failed
+
+
+def test_sessions_of_both_state_formats_in_one_batch_each_go_on_and_count_as_upgraded():
+    """Stored states of this release and of the one before (format 1: docs/api.md) in one batch: all format 1 is
+    read and converted at once, a mix job by job; every session gets what its state in this release's format
+    gets, and ``vssm_sessions{event="upgraded"}`` counts the sessions converted."""
+    m = tiny_model("vssm")
+    served = ServedModel("m", m, text=False, created=0, state_bytes=0)
+    states = [m.generate(m.start(torch.tensor([[1, 0, 1, 1][:k]]), 40 + k), 5, block_size=3)[1] for k in range(4)]
+    old = [as_format_1(m, s) for s in states]
+    metrics = Metrics()
+    for blobs, upgraded in (([old[0], old[1], old[2]], 3), ([old[0], states[1].to_bytes(), old[3]], 5)):
+        results = _stored_together(served, metrics, blobs, 6)
+        for blob, (tokens, nxt) in zip(blobs, results, strict=True):
+            state = states[next(k for k in range(4) if blob in (old[k], states[k].to_bytes()))]
+            ref_tokens, ref_next = m.generate(state, 6)
+            got = GenState.from_bytes(nxt)
+            assert torch.equal(tokens, ref_tokens) and got.format == STATE_FORMAT
+            for k, v in ref_next.tensors.items():  # a converted state is this release's up to one rounding
+                torch.testing.assert_close(got[k], v, rtol=1e-12, atol=1e-12)
+        assert metrics.registry.get_sample_value("vssm_sessions_total", {"event": "upgraded"}) == upgraded
