@@ -265,7 +265,13 @@ class VSSM(SequenceModel):
         return torch.cat([z, tok], -1)
 
     def _decode(
-        self, z: Tensor, state: Tensor | None, x: Tensor | None = None, lengths: int | None = None, keep: bool = True
+        self,
+        z: Tensor,
+        state: Tensor | None,
+        x: Tensor | None = None,
+        lengths: int | None = None,
+        keep: bool = True,
+        exact: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """``self.decoder(self._dec_in(self._one_hot(z), x), state, lengths, return_state=keep)`` for
         latents ``z`` ``(B, n, Z)``, equal up to float rounding (the order of the sums).  With many
@@ -274,10 +280,13 @@ class VSSM(SequenceModel):
         inputs are lookups).  At 256 classes the one-hot matmul took five times as long; at 8 classes
         of 8 latents the lookup was twice as slow (docs/experiments/blocks.md, nineteenth session), so
         few classes, and any hook the lookup would skip, keep the one-hot.  Generation only: training
-        keeps the one-hot, whose straight-through gradient it needs."""
+        keeps the one-hot, whose straight-through gradient it needs.  ``exact``: the lookup at any number of
+        classes, whose sums a row takes in one order however many rows the call has (an append: a prompt
+        appended in pieces leaves one append's state; the one-hot product's sums follow the row count where
+        a step has several latents)."""
         lin = self.decoder.inp
         Z, K = self.config.n_latents, self.config.n_classes
-        lookup = K >= LOOKUP_MIN_CLASSES and isinstance(lin, nn.Linear) and lin.bias is not None
+        lookup = (K >= LOOKUP_MIN_CLASSES or exact) and isinstance(lin, nn.Linear) and lin.bias is not None
         if not lookup or has_hooks((self.decoder, lin)):
             return self.decoder(self._dec_in(self._one_hot(z), x), state, lengths, return_state=keep)
         wt = lin.weight.t()  # (I, H): a row per input
@@ -1279,7 +1288,7 @@ class VSSM(SequenceModel):
         n = tokens.shape[1]
         out, par = self.partial_encoder(tokens, state["par"])  # (B, n, Z*K)
         z = self._sample_latents(self._latent_logits(out), state, n, 1.0, torch.ones_like(state["observed"]))
-        _, dec = self._decode(z, state["dec_abs"], tokens)
+        _, dec = self._decode(z, state["dec_abs"], tokens, exact=True)
         return state.evolve(
             position=state.position + n,
             dec=dec,
