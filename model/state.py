@@ -21,7 +21,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-__all__ = ["FORMAT_1", "STATE_FORMAT", "GenState", "StateError"]
+__all__ = ["FORMAT_1", "STATE_FORMAT", "GenState", "StateError", "stored_format"]
 
 STATE_FORMAT = "vssm-state/2"
 FORMAT_1 = "vssm-state/1"
@@ -37,6 +37,16 @@ def _format_of(meta: dict) -> str | None:
     if fmt == FORMAT_1 and meta.get("family") not in _SSM_FAMILIES:
         return STATE_FORMAT
     return fmt if fmt in (STATE_FORMAT, FORMAT_1) else None
+
+
+def stored_format(blob: bytes) -> str | None:
+    """The format that a state's bytes name (``"vssm-state/1"`` for an earlier release's), None where they
+    name none or do not read: the header alone is read."""
+    try:
+        fmt = _metadata(blob).get("format")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return fmt if isinstance(fmt, str) else None
 
 
 class StateError(ValueError):

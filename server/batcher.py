@@ -271,19 +271,10 @@ class Batcher:
                 continue
             try:
                 state = GenState.from_bytes(job.state, device=self.served.model.device)
-                out.append(self._adopt(state, 1))
+                out.append(self.served.check_state(state))
             except StateError as exc:
                 out.append(exc)
         return out
-
-    def _adopt(self, state: GenState, sessions: int) -> GenState:
-        """``served.check_state``: the state checked and in this release's format, the ``sessions`` whose
-        states an earlier release stored counted as upgraded (``vssm_sessions{event="upgraded"}``)."""
-        fmt = state.format
-        state = self.served.check_state(state)
-        if state.format != fmt:
-            self.metrics.sessions.labels("upgraded").inc(sessions)
-        return state
 
     def _stored_batch(self, group: list[_Job]) -> tuple[GenState, list[int]] | None:
         """The batch of a group whose every job is a stored state (sessions' chunks), read in one go,
@@ -294,7 +285,7 @@ class Batcher:
             return None
         try:
             state, sizes = GenState.from_bytes_many(blobs, device=self.served.model.device)
-            state = self._adopt(state, len(blobs))
+            state = self.served.check_state(state)
         except Exception:  # one session's bad state must fail that session alone: _decode finds which
             return None
         return state, sizes

@@ -27,6 +27,7 @@ import torch
 from fastapi import APIRouter, Header, Response, status
 
 from vssm.model import GenState, StateError
+from vssm.model.state import FORMAT_1, stored_format
 
 from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
@@ -168,7 +169,11 @@ def _incompatible(rec: SessionRecord, exc: StateError) -> APIError:
 
 
 async def _commit(
-    ctx: Context, rec: SessionRecord, expected_version: int, read_touch: asyncio.Task[None] | None = None
+    ctx: Context,
+    rec: SessionRecord,
+    expected_version: int,
+    read_touch: asyncio.Task[None] | None = None,
+    previous: bytes | None = None,
 ) -> SessionRecord:
     """Write ``rec`` if the session is still at ``expected_version``, and refresh its quota entry: in the
     write itself where the store can (``quota_fresh``), else as below.
@@ -179,6 +184,10 @@ async def _commit(
     so the entry never expires before its session, and nobody waits for it (a failure is logged;
     the next read or write of the session refreshes the entry again).  Skipping it would let the entry
     expire before the session, and no refresh brings a pruned entry back: the session would stop counting.
+
+    ``previous``: the state the write replaces; where an earlier release stored it (state format 1) and this
+    write stores this release's, the session counts as upgraded (``vssm_sessions_total{event="upgraded"}``),
+    once: counted at the write, not where the worker converts (a call may convert a state more than once).
     """
     if read_touch is not None:
         await asyncio.shield(read_touch)  # shielded: a client that disconnects must not cancel it
@@ -191,6 +200,8 @@ async def _commit(
         ctx.touch_owed(found)  # the read refreshed the session's TTL: so does its quota
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
     ctx.touch_owed(done)
+    if previous is not None and stored_format(previous) == FORMAT_1 and stored_format(rec.state) != FORMAT_1:
+        ctx.metrics.sessions.labels("upgraded").inc()
     return done
 
 
@@ -386,7 +397,7 @@ async def append(
         text_carry=[],  # observed tokens end the generated text; a held-back partial character stays out
     )
     ctx.metrics.sessions.labels("resumed").inc()
-    return public(await _commit(ctx, new, rec.version, touching))
+    return public(await _commit(ctx, new, rec.version, touching, previous=rec.state))
 
 
 @router.post(
@@ -494,7 +505,7 @@ async def generate(
         }
         if out or rec.last_op != last_op:  # a call that ends with nothing still records how it ended
             new = replace(rec, state=blob, position=rec.position + len(out), last_op=last_op, text_carry=carry)
-            rec = await _commit(ctx, new, rec.version, touching)
+            rec = await _commit(ctx, new, rec.version, touching, previous=rec.state)
         return Chunk(
             session_id=sid,
             start_position=rec.position - len(out),

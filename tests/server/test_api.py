@@ -477,9 +477,14 @@ def test_a_session_stored_by_an_earlier_release_goes_on(client, checkpoints, nam
     assert a.json()["tokens"] == b.json()["tokens"]
     after = GenState.from_bytes(client.portal.call(ctx.store.get, s["id"]).state)
     assert after.format == STATE_FORMAT and after.position.tolist() == [20]
-    upgraded = [line for line in client.get("/metrics").text.splitlines() if line.startswith("vssm_sessions_total")]
-    upgraded = [line for line in upgraded if 'event="upgraded"' in line]
-    assert upgraded == ['vssm_sessions_total{event="upgraded"} 1.0']  # the copy was this release's already
+
+    def upgraded() -> list[str]:
+        lines = client.get("/metrics").text.splitlines()
+        return [line for line in lines if line.startswith("vssm_sessions_total") and 'event="upgraded"' in line]
+
+    assert upgraded() == ['vssm_sessions_total{event="upgraded"} 1.0']  # the copy was this release's already
+    streamed = client.post(f"/v1/sessions/{s['id']}/generate", json={"max_tokens": 8, "stream": True, "chunk_size": 3})
+    assert streamed.status_code == 200 and upgraded() == ['vssm_sessions_total{event="upgraded"} 1.0']  # once
 
 
 # ----- auth ------------------------------------------------------------------------------------------------
