@@ -342,13 +342,16 @@ def _net(
     at: int,
     return_state: bool,
     out: Tensor | None = None,
+    residual: list[Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """A whole :class:`~model.network.SSMNet` pass after its input layer: ``x`` ``(B, T, H)`` (the
     input layer's output) from ``state`` ``(B, L, H, N)`` complex (None: zeros) -> logits ``(B, T, O)``
     and the state after ``at`` steps (None unless ``return_state``).  ``packed``: :func:`pack`.
     ``out``: a dead state's tensor to write the next state into (a generation loop's spare: a fresh
     state every step is a large allocation, which glibc can hand back to the OS and fault in again);
-    used when it has the state's shape, dtype and layout and shares no memory with ``state``."""
+    used when it has the state's shape, dtype and layout and shares no memory with ``state``.
+    ``residual``: a list that receives the residual stream after the blocks ``(B, T, H)``, before the final
+    norm (model/patch.py reads its slots' streams)."""
     lib = _lib
     assert lib is not None
     Bsz, T, H = x.shape
@@ -389,6 +392,8 @@ def _net(
         None if state is None else state.data_ptr(), h0_sb, None if nxt is None else nxt.data_ptr(),
         scratch.data_ptr(), logits.data_ptr(),
     )  # fmt: skip
+    if residual is not None:
+        residual.append(x)  # (B, T, H): overwritten in place by the blocks
     return logits, nxt
 
 

@@ -238,14 +238,23 @@ class SSMNet(nn.Module):
         return cached_pack(self, lambda: [p for m in walked(self) for p in m._parameters.values()], build)
 
     def _native(
-        self, h: Tensor, state: Tensor | None, at: int, return_state: bool, out: Tensor | None = None
+        self,
+        h: Tensor,
+        state: Tensor | None,
+        at: int,
+        return_state: bool,
+        out: Tensor | None = None,
+        residual: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """Blocks, final norm and head over ``h`` ``(B, T, H)`` in one native call (model/native.py)."""
+        """Blocks, final norm and head over ``h`` ``(B, T, H)`` in one native call (model/native.py);
+        ``residual`` receives the stream after the blocks."""
         run = native.net()
         assert run is not None
         cfg = self.cfg
         eps = self._modules["norm"].eps  # type: ignore[union-attr]
-        return run(h, state, self._packed(), cfg.layers, cfg.state_size, cfg.n_out, eps, at, return_state, out)
+        return run(
+            h, state, self._packed(), cfg.layers, cfg.state_size, cfg.n_out, eps, at, return_state, out, residual
+        )
 
     def forward(
         self,

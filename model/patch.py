@@ -100,7 +100,15 @@ class PatchNet(nn.Module):
         self, h: Tensor, ssm: Tensor | None, lengths: Tensor | int | None, return_state: bool
     ) -> tuple[Tensor, Tensor | None]:
         """The residual blocks over slot inputs ``h`` ``(B, k, H)`` -> residual stream ``(B, k, H)``,
-        state ``(B, L, H, N)`` after ``lengths`` slots (>= 1)."""
+        state ``(B, L, H, N)`` after ``lengths`` slots (>= 1).  Where the network's pass runs as one native
+        call (SSMNet._native_ok), it does: its operations on a slot do not depend on how many slots the call
+        has, so a prompt appended in pieces leaves the state one append leaves (the blocks' linear layers in
+        PyTorch follow the row count in their sums)."""
+        net, k = self.net, h.shape[1]
+        if (lengths is None or isinstance(lengths, int)) and net._native_ok(h, k, ssm):
+            streams: list[Tensor] = []
+            _, nxt = net._native(h, ssm, k if lengths is None else lengths, return_state, residual=streams)
+            return streams[0], nxt
         states = []
         for i, block in enumerate(self.net.blocks):
             h, s = block(h, None if ssm is None else ssm[:, i], lengths, return_state)
