@@ -10,6 +10,7 @@ import torch
 
 from tests.conftest import LATENT, VARIANTS, V, tiny_model
 from tests.test_blocks import latent_prior_log_probs
+from tests.test_ssm import written_out_zoh
 from vssm import model
 from vssm.model import GenState, PositionLimitError, StateError, TokenRangeError, native
 from vssm.model import vssm as vssm_module
@@ -110,13 +111,6 @@ def test_bad_state_bytes_are_refused():
         GenState.from_bytes(b"not safetensors at all, not at all")
 
 
-def _b_bar(layer: S4D) -> torch.Tensor:
-    """B_bar ``(H, N)`` of a layer, written out from its parameters (zero-order hold, model/ssm.py)."""
-    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag)
-    Lam = torch.exp(A * torch.exp(layer.log_dt)[:, None])
-    return (Lam - 1) / A
-
-
 def as_format_1(m: model.SequenceModel, state: GenState) -> bytes:
     """The bytes an earlier release wrote for ``state``: every SSM layer's state held as ``h = g B_bar``."""
     nets = {"h": m.net} if m.family == "ar-ssm" else {}
@@ -128,7 +122,7 @@ def as_format_1(m: model.SequenceModel, state: GenState) -> bytes:
         blocks = getattr(net, "net", net).blocks  # a patch network's SSM slots come first, its pending patch last
         h = tensors[name].clone()
         for i, block in enumerate(blocks):
-            h[:, i] = tensors[name][:, i] * _b_bar(block.ssm)
+            h[:, i] = tensors[name][:, i] * written_out_zoh(block.ssm)[1]
         tensors[name] = h
     return GenState(state.family, state.fingerprint, tensors, model.state.FORMAT_1).to_bytes()
 

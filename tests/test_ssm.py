@@ -19,6 +19,14 @@ def recurrent(layer, u, h):
     return torch.stack(ys, -1), h
 
 
+def written_out_zoh(layer: S4D) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Lambda`` and ``B_bar`` ``(H, N)`` written out from a layer's parameters (zero-order hold, model/ssm.py's
+    docstring), not from its own ``discretize``."""
+    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag).detach()  # (H, N)
+    Lam = torch.exp(A * torch.exp(layer.log_dt.detach())[:, None])
+    return Lam, (Lam - 1) / A
+
+
 def test_the_state_is_the_zoh_recurrences_over_b_bar():
     """Against the zero-order-hold recurrence written out from the parameters (``h_t = Lambda h_t-1 + B_bar u_t``,
     ``y_t = Re(C h_t) + D u_t``, model/ssm.py's docstring), not from the layer's own ``discretize``: the layer's
@@ -26,9 +34,8 @@ def test_the_state_is_the_zoh_recurrences_over_b_bar():
     would pass every test that compares the layer's paths with each other)."""
     torch.manual_seed(4)
     layer = S4D(S4DConfig(width=6, state_size=5)).double()
-    A = torch.complex(-torch.exp(layer.A_log), layer.A_imag).detach()  # (H, N)
-    Lam = torch.exp(A * torch.exp(layer.log_dt.detach())[:, None])
-    B_bar, C = (Lam - 1) / A, torch.view_as_complex(layer.C.detach())
+    Lam, B_bar = written_out_zoh(layer)
+    C = torch.view_as_complex(layer.C.detach())
     u = torch.randn(2, 6, 40, dtype=F64)  # (B, H, T)
     h = torch.randn(2, 6, 5, dtype=torch.complex128)
     g0 = h / B_bar
@@ -188,8 +195,7 @@ def test_state_of_h_is_h_over_b_bar_and_zero_where_b_bar_rounds_to_zero():
     layer = S4D(S4DConfig(width=3, state_size=4))
     with torch.no_grad():
         layer.log_dt[0] = -60.0
-        A = torch.complex(-torch.exp(layer.A_log), layer.A_imag)
-        B_bar = (torch.exp(A * torch.exp(layer.log_dt)[:, None]) - 1) / A  # (H, N)
+        B_bar = written_out_zoh(layer)[1]  # (H, N)
         assert (B_bar == 0).any() and (B_bar != 0).any()
         h = torch.randn(2, 3, 4, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
         h = torch.where(B_bar == 0, 0, h)

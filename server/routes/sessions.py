@@ -27,7 +27,7 @@ import torch
 from fastapi import APIRouter, Header, Response, status
 
 from vssm.model import GenState, StateError
-from vssm.model.state import FORMAT_1, stored_format
+from vssm.model.state import is_format_1
 
 from ..deps import Context, ContextDep, HolderDep, OwnerDep, RegistryDep
 from ..errors import APIError, bad_request, conflict, not_found
@@ -200,7 +200,7 @@ async def _commit(
         ctx.touch_owed(found)  # the read refreshed the session's TTL: so does its quota
         raise conflict("session_busy", f"session {rec.id} was changed by a concurrent request; re-read and retry")
     ctx.touch_owed(done)
-    if previous is not None and stored_format(previous) == FORMAT_1 and stored_format(rec.state) != FORMAT_1:
+    if previous is not None and is_format_1(previous) and not is_format_1(rec.state):
         ctx.metrics.sessions.labels("upgraded").inc()
     return done
 
