@@ -1,0 +1,124 @@
+"""Probe (lab material): check a running server as a user would, through the async SDK.
+
+docs/experiments/rounds-and-serving.md, fortieth session (logs/s40-user-check.txt).  Start Redis and a server::
+
+    redis-server --port 6391 --daemonize yes --save "" --appendonly no
+    VSSM_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/vssm serve --port 8072
+
+``sessions``: 8 concurrent sessions per image model drawing a 784-token image in chunks, each against one
+completion; then, with state files that ``format1_upgrade.py write ... 300 1 BLOCK /tmp/f1u-NAME`` wrote under the
+release before state format 2, a session whose stored state is overwritten in Redis with them and drawn on;
+the first image of each model printed.  ``prompts``: a 392-token prompt appended in pieces through the API against
+one prompt and one completion::
+
+    PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py sessions
+    PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py prompts
+"""
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import redis
+
+import vssm_client
+
+URL = "http://127.0.0.1:8072"
+
+
+def ascii(tokens):
+    return "\n".join("".join("#" if t else "." for t in tokens[r * 28 : (r + 1) * 28]) for r in range(28))
+
+
+async def sessions_vs_completion(c, model, block, chunk):
+    async def one(seed):
+        s = await c.sessions.create(model=model, seed=seed, block_size=block)
+        toks = []
+        while len(toks) < 784:
+            ch = await s.generate(max_tokens=min(chunk, 784 - len(toks)))
+            toks += ch.tokens
+        return toks
+
+    got = await asyncio.gather(*(one(100 + k) for k in range(8)))
+    ref = [
+        (await c.completions.create(model=model, max_tokens=784, seed=100 + k, block_size=block)).choices[0].tokens
+        for k in range(8)
+    ]
+    eq = sum(a == b for a, b in zip(got, ref, strict=True))
+    print(f"{model} block {block} chunks of {chunk}: {eq}/8 sessions equal one completion")
+    return got[0]
+
+
+async def format1(c, model, block, path):
+    r = redis.Redis(port=6391)
+    s = await c.sessions.create(model=model, seed=1000, block_size=block)
+    first = (await s.generate(max_tokens=300)).tokens
+    key = f"vssm:session:{{{s.id}}}"
+    old = Path(path + ".state").read_bytes()
+    assert r.hget(key, "state") is not None
+    r.hset(key, "state", old)  # what the release before format 2 stored for this session
+    rest = (await s.generate(max_tokens=484)).tokens
+    ref = (await c.completions.create(model=model, max_tokens=784, seed=1000, block_size=block)).choices[0].tokens
+    old_rest = json.loads(Path(path + ".json").read_text())[0]
+    stored = r.hget(key, "state")
+    meta = json.loads(stored[8 : 8 + int.from_bytes(stored[:8], "little")])["__metadata__"]
+    print(
+        f"{model}: format-1 state stored at 300 -> next 484 tokens equal the old release's own: {rest == old_rest}; "
+        f"whole equals one completion: {first + rest == ref}; stored format now {meta['format']}"
+    )
+
+
+async def sessions_main():
+    async with vssm_client.AsyncClient(base_url=URL) as c:
+        imgs = {}
+        for model, block, chunk in [
+            ("mnist-vssm-prior16", 16, 64),
+            ("mnist-vssm-prior", 28, 64),
+            ("mnist-vssm", None, 37),
+            ("mnist-ar-ssm", None, 64),
+        ]:
+            imgs[model] = await sessions_vs_completion(c, model, block, chunk)
+        await format1(c, "mnist-vssm-prior16", 16, "/tmp/f1u-prior16")
+        await format1(c, "mnist-ar-ssm", None, "/tmp/f1u-arssm")
+        for m, t in imgs.items():
+            print(m)
+            print(ascii(t))
+        txt = await c.completions.create(model="shakespeare-vssm-prior", prompt="ROMEO:\n", max_tokens=200, seed=3)
+        print(repr(txt.choices[0].text))
+
+
+async def prompts_main():
+    async with vssm_client.AsyncClient(base_url="http://127.0.0.1:8072") as c:
+        for model, block, pieces in [
+            ("mnist-vssm-prior16", 16, [100, 37, 255]),
+            ("mnist-vssm-prior", 28, [3, 389]),
+            ("mnist-vssm", None, [200, 192]),
+            ("mnist-ar-ssm", None, [1, 150, 241]),
+        ]:
+            top = (await c.completions.create(model="mnist-ar-ssm", max_tokens=392, seed=7)).choices[0].tokens
+            ref = (
+                (await c.completions.create(model=model, prompt=top, max_tokens=392, seed=11, block_size=block))
+                .choices[0]
+                .tokens
+            )
+            one = await c.sessions.create(model=model, prompt=top, seed=11, block_size=block)
+            got_one = []
+            while len(got_one) < 392:
+                got_one += (await one.generate(max_tokens=min(64, 392 - len(got_one)))).tokens
+            s = await c.sessions.create(model=model, seed=11, block_size=block)
+            at = 0
+            for n in pieces:
+                s = await s.append(top[at : at + n])
+                at += n
+            got = []
+            while len(got) < 392:
+                got += (await s.generate(max_tokens=min(50, 392 - len(got)))).tokens
+            print(
+                f"{model}: prompt in pieces {pieces} == one prompt: {got == got_one}; "
+                f"session == completion: {got_one == ref}"
+            )
+
+
+if __name__ == "__main__":
+    asyncio.run(sessions_main() if sys.argv[1] == "sessions" else prompts_main())
