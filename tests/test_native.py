@@ -689,6 +689,26 @@ def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, te
     assert not torch.equal(r_after, r)  # the caller's state is not written
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(("Z", "K", "hidden"), [(1, 109, 163), (2, 137, 300), (1, 256, 320)])
+def test_compiled_latent_prior_draws_equal_the_loop_at_wide_layers(dtype, Z, K, hidden):
+    """Layers wide enough that a row's products run in sweeps of many vectors (csrc/s4d_block.c, ROW_REST): at any
+    vector width, more than a sweep, a last sweep of another width, and outputs short of a vector (the text
+    latent prior's shapes among them); the same latents, the state within rounding."""
+    p = _prior(dtype, Z=Z, K=K, M=hidden)
+    B, n = 2, 9
+    g = torch.Generator().manual_seed(2)
+    b = torch.randn(B, n, Z, K, generator=g, dtype=F64).to(dtype)
+    r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
+    u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
+    with torch.no_grad():
+        z, r_after = p.draw(b, r, u, 1.0)
+        z_ref, r_ref = _python_draw(p, b, r, u, 1.0)
+    assert torch.equal(z, z_ref)
+    tol = 1e-12 if dtype == F64 else 1e-4
+    torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
+
+
 def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradients():
     p = _prior(F64)
     u = torch.rand(2, 6, 2, dtype=F64, generator=torch.Generator().manual_seed(3))

@@ -62,10 +62,13 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
    lowered to slow code (64-byte vectors built for AVX2 ran 2-7x slower than the steps-outer loop) */
 #if defined(__AVX512F__)
 #define VEC_BYTES 64
+#define ROW_NV 16 /* a row's outputs in one sweep: up to 16 vectors of sums, of the 32 registers */
 #elif defined(__AVX__)
 #define VEC_BYTES 32
+#define ROW_NV 8 /* of 16 registers */
 #else
 #define VEC_BYTES 16
+#define ROW_NV 8
 #endif
 /* where channel h, mode n of a layer's state is, in reals from the layer's start: its real part here, its
    imaginary part STATE_IM(planar, NH) further on (planar (2, N, H), or interleaved (H, N) pairs) */
@@ -95,6 +98,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define LINEAR linear_f32
 #define LINEAR_ROWS linear_rows_f32
 #define ROW_CHUNK row_chunk_f32
+#define ROW_REST row_rest_f32
 #define DOT_NARROW dot_narrow_f32
 #include __FILE__
 #undef REAL
@@ -114,6 +118,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef LINEAR
 #undef LINEAR_ROWS
 #undef ROW_CHUNK
+#undef ROW_REST
 #undef DOT_NARROW
 #undef VL
 #undef VEC
@@ -140,6 +145,7 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define LINEAR linear_f64
 #define LINEAR_ROWS linear_rows_f64
 #define ROW_CHUNK row_chunk_f64
+#define ROW_REST row_rest_f64
 #define DOT_NARROW dot_narrow_f64
 #include __FILE__
 
@@ -527,8 +533,8 @@ void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb,
 /* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of 4 rows by 2 vectors of outputs
    stay in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
    multiply-add also loaded its weight and its running sum).  Rows left over (all of them in a
-   matrix-vector product) run as one row by up to 8 vectors: 8 independent chains of multiply-adds
-   where 2 left each waiting on the last (a step's products at batch 1 were latency-bound: see
+   matrix-vector product) run as one row by up to ROW_NV vectors (ROW_REST): independent chains of
+   multiply-adds where 2 left each waiting on the last (a step's products at batch 1 were latency-bound: see
    ROW_CHUNK).  Either way an output's sum runs over k in order, so a row's result does not depend on
    the rows beside it.  A narrow output (M < VL, e.g. a binary head) runs as dot products over a row
    of a repeated M times (DOT_NARROW).  Always inlined: once LINEAR_ROWS also called it, GCC stopped
@@ -536,7 +542,7 @@ void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb,
    (docs/experiments/rounds-and-serving.md, nineteenth session) */
 static inline __attribute__((always_inline)) void ROW_CHUNK(long NV, long K, long M, const REAL *ar, const REAL *wt,
                                                             const REAL *bias, REAL *o) {
-    VEC acc[8];
+    VEC acc[ROW_NV];
     for (long q = 0; q < NV; ++q) memcpy(&acc[q], bias + q * VL, sizeof(VEC));
     for (long k = 0; k < K; ++k) {
         const REAL v = ar[k];
@@ -580,6 +586,55 @@ static inline __attribute__((always_inline)) void DOT_NARROW(long R, long K, lon
     }
 }
 
+/* One row's outputs from output `from` on (LINEAR's rows left over): the whole vectors in sweeps over k of
+   ROW_NV vectors, the last sweep as wide as what is left, so a row of up to ROW_NV vectors reads its weights once,
+   in order (a 320 x 256 product at batch 1, the text latent prior's second layer, took 1.7-2.1 us so where chunks of
+   8, 4, 2 and 1 vectors read it in two sweeps in 2.5-2.8: docs/experiments/rounds-and-serving.md, forty-first
+   session); then the outputs short of a vector.  Each output's sum runs over k in order, however the row is cut.
+   Not inlined: its cases would be copied into every LINEAR */
+#define ROW_CASE(NV)                                                                                         \
+    case NV:                                                                                                 \
+        ROW_CHUNK(NV, K, M, ar, wt + d, bias + d, o + d);                                                     \
+        break;
+static __attribute__((noinline)) void ROW_REST(long K, long M, long from, const REAL *ar, const REAL *wt,
+                                               const REAL *bias, REAL *o) {
+    long d = from;
+    for (; d + ROW_NV * VL <= M; d += ROW_NV * VL) ROW_CHUNK(ROW_NV, K, M, ar, wt + d, bias + d, o + d);
+    switch ((M - d) / VL) {
+        ROW_CASE(1)
+        ROW_CASE(2)
+        ROW_CASE(3)
+        ROW_CASE(4)
+        ROW_CASE(5)
+        ROW_CASE(6)
+        ROW_CASE(7)
+#if ROW_NV > 8
+        ROW_CASE(8)
+        ROW_CASE(9)
+        ROW_CASE(10)
+        ROW_CASE(11)
+        ROW_CASE(12)
+        ROW_CASE(13)
+        ROW_CASE(14)
+        ROW_CASE(15)
+#endif
+    default:
+        break;
+    }
+    d += (M - d) / VL * VL;
+    if (d < M) { /* the last outputs, fewer than a vector */
+        const long Mc = M - d;
+        for (long j = 0; j < Mc; ++j) o[d + j] = bias[d + j];
+        for (long k = 0; k < K; ++k) {
+            const REAL v = ar[k];
+            const REAL *wk = wt + k * M + d;
+#pragma omp simd
+            for (long j = 0; j < Mc; ++j) o[d + j] += v * wk[j];
+        }
+    }
+}
+#undef ROW_CASE
+
 static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
                                                          const REAL *bias, REAL *out) {
     if (M < VL && VL % M == 0 && K * M <= NARROW_MAX) { /* M a constant in each: the repeat vectorises */
@@ -616,26 +671,7 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
         }
     }
     const long tiled = c; /* outputs the tiles covered, in rows below R4 */
-    for (long r = 0; r < R; ++r) {
-        const long from = r < R4 ? tiled : 0;
-        const REAL *ar = a + r * K;
-        REAL *o = out + r * M;
-        long d = from;
-        for (; d + 8 * VL <= M; d += 8 * VL) ROW_CHUNK(8, K, M, ar, wt + d, bias + d, o + d);
-        if (d + 4 * VL <= M) ROW_CHUNK(4, K, M, ar, wt + d, bias + d, o + d), d += 4 * VL;
-        if (d + 2 * VL <= M) ROW_CHUNK(2, K, M, ar, wt + d, bias + d, o + d), d += 2 * VL;
-        if (d + VL <= M) ROW_CHUNK(1, K, M, ar, wt + d, bias + d, o + d), d += VL;
-        if (d < M) { /* the last outputs, fewer than a vector */
-            const long Mc = M - d;
-            for (long j = 0; j < Mc; ++j) o[d + j] = bias[d + j];
-            for (long k = 0; k < K; ++k) {
-                const REAL v = ar[k];
-                const REAL *wk = wt + k * M + d;
-#pragma omp simd
-                for (long j = 0; j < Mc; ++j) o[d + j] += v * wk[j];
-            }
-        }
-    }
+    for (long r = 0; r < R; ++r) ROW_REST(K, M, r < R4 ? tiled : 0, a + r * K, wt, bias, out + r * M);
 }
 
 /* LINEAR for other files: the latent prior's step (csrc/latent_prior.c) runs its matrix-vector products
