@@ -63,12 +63,18 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #if defined(__AVX512F__)
 #define VEC_BYTES 64
 #define ROW_NV 16 /* a row's outputs in one sweep: up to 16 vectors of sums, of the 32 registers */
+#define TILE_R 6  /* LINEAR's tiles: 6 rows by 4 vectors of sums, 24 of the 32 registers */
+#define TILE_V 4
 #elif defined(__AVX__)
 #define VEC_BYTES 32
 #define ROW_NV 8 /* of 16 registers */
+#define TILE_R 4 /* 4 rows by 2 vectors: 8 of 16 */
+#define TILE_V 2
 #else
 #define VEC_BYTES 16
 #define ROW_NV 8
+#define TILE_R 4
+#define TILE_V 2
 #endif
 /* where channel h, mode n of a layer's state is, in reals from the layer's start: its real part here, its
    imaginary part STATE_IM(planar, NH) further on (planar (2, N, H), or interleaved (H, N) pairs) */
@@ -76,6 +82,7 @@ static inline long state_at(int planar, long H, long N, long h, long n) { return
 /* reals of a layer's weights in a network's pack (NET_LAID's layout; model/native.py, _net_pack_size) */
 static inline long pack_layer(long H, long N) { return 2 * H + 4 * N * H + H + 2 * H * H + 2 * H; }
 #define STATE_IM(planar, NH) ((planar) ? (NH) : 1)
+#define NET_ROWS (2 * TILE_R) /* rows a network layer's GLU linear takes at a time (NET_LAID) */
 #define REAL float
 #define VL (VEC_BYTES / 4)
 #define VEC vf32
@@ -99,6 +106,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define LINEAR_ROWS linear_rows_f32
 #define ROW_CHUNK row_chunk_f32
 #define ROW_REST row_rest_f32
+#define TILE tile_f32
 #define DOT_NARROW dot_narrow_f32
 #include __FILE__
 #undef REAL
@@ -119,6 +127,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef LINEAR_ROWS
 #undef ROW_CHUNK
 #undef ROW_REST
+#undef TILE
 #undef DOT_NARROW
 #undef VL
 #undef VEC
@@ -146,6 +155,7 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define LINEAR_ROWS linear_rows_f64
 #define ROW_CHUNK row_chunk_f64
 #define ROW_REST row_rest_f64
+#define TILE tile_f64
 #define DOT_NARROW dot_narrow_f64
 #include __FILE__
 
@@ -635,6 +645,31 @@ static __attribute__((noinline)) void ROW_REST(long K, long M, long from, const 
 }
 #undef ROW_CASE
 
+/* TILE_R rows of a (rows K apart) by NV vectors of outputs, the sums in registers over k: each weight vector
+   loaded serves TILE_R rows.  6 rows by 4 vectors ran a 264 x 96 x 192 product at 250-262 GFLOP/s where 4 by 2
+   ran it at 177 (24 chains of multiply-adds in flight where 8 kept two pipes of 4 cycles' latency barely fed;
+   AMD EPYC family 26, whose multiply-adds are a whole 512 bits wide: docs/experiments/rounds-and-serving.md,
+   forty-first session) */
+static inline __attribute__((always_inline)) void TILE(long NV, long K, long M, const REAL *a0, const REAL *wt,
+                                                       const REAL *bias, REAL *out) {
+    VEC acc[TILE_R][TILE_V];
+    for (long v = 0; v < NV; ++v) {
+        VEC b;
+        memcpy(&b, bias + v * VL, sizeof(VEC));
+        for (long q = 0; q < TILE_R; ++q) acc[q][v] = b;
+    }
+    for (long k = 0; k < K; ++k) {
+        VEC w[TILE_V];
+        for (long v = 0; v < NV; ++v) memcpy(&w[v], wt + k * M + v * VL, sizeof(VEC));
+        for (long q = 0; q < TILE_R; ++q) {
+            const REAL x = a0[q * K + k];
+            for (long v = 0; v < NV; ++v) acc[q][v] += x * w[v];
+        }
+    }
+    for (long q = 0; q < TILE_R; ++q)
+        for (long v = 0; v < NV; ++v) memcpy(out + q * M + v * VL, &acc[q][v], sizeof(VEC));
+}
+
 static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
                                                          const REAL *bias, REAL *out) {
     if (M < VL && VL % M == 0 && K * M <= NARROW_MAX) { /* M a constant in each: the repeat vectorises */
@@ -648,30 +683,24 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
             DOT_NARROW(R, K, M, a, wt, bias, out);
         return;
     }
-    const long R4 = R / 4 * 4;
+    const long RT = R / TILE_R * TILE_R; /* rows in whole tiles */
     long c = 0;
-    for (; c + 2 * VL <= M && R4; c += 2 * VL) {
-        VEC b0, b1;
-        memcpy(&b0, bias + c, sizeof(VEC)), memcpy(&b1, bias + c + VL, sizeof(VEC));
-        for (long r = 0; r < R4; r += 4) {
-            VEC acc[4][2] = {{b0, b1}, {b0, b1}, {b0, b1}, {b0, b1}};
-            const REAL *a0 = a + r * K;
-            for (long k = 0; k < K; ++k) {
-                VEC w0, w1;
-                memcpy(&w0, wt + k * M + c, sizeof(VEC)), memcpy(&w1, wt + k * M + c + VL, sizeof(VEC));
-                for (long q = 0; q < 4; ++q) {
-                    const REAL v = a0[q * K + k];
-                    acc[q][0] += v * w0, acc[q][1] += v * w1;
-                }
-            }
-            for (long q = 0; q < 4; ++q) {
-                memcpy(out + (r + q) * M + c, &acc[q][0], sizeof(VEC));
-                memcpy(out + (r + q) * M + c + VL, &acc[q][1], sizeof(VEC));
-            }
+    if (RT) { /* tiles TILE_V vectors wide, then narrower ones over the vectors left */
+        for (; c + TILE_V * VL <= M; c += TILE_V * VL)
+            for (long r = 0; r < RT; r += TILE_R) TILE(TILE_V, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+#if TILE_V > 2
+        if (c + 2 * VL <= M) {
+            for (long r = 0; r < RT; r += TILE_R) TILE(2, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+            c += 2 * VL;
+        }
+#endif
+        if (c + VL <= M) {
+            for (long r = 0; r < RT; r += TILE_R) TILE(1, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+            c += VL;
         }
     }
-    const long tiled = c; /* outputs the tiles covered, in rows below R4 */
-    for (long r = 0; r < R; ++r) ROW_REST(K, M, r < R4 ? tiled : 0, a + r * K, wt, bias, out + r * M);
+    const long tiled = c; /* outputs the tiles covered, in rows below RT */
+    for (long r = 0; r < R; ++r) ROW_REST(K, M, r < RT ? tiled : 0, a + r * K, wt, bias, out + r * M);
 }
 
 /* LINEAR for other files: the latent prior's step (csrc/latent_prior.c) runs its matrix-vector products
@@ -702,7 +731,7 @@ void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x
               const REAL *h0, long h0_sb, REAL *h_out, REAL *g, REAL *logits, int planar) {
     const long rows = Bsz * T, H2 = 2 * H, NH = N * H, LH = L * NH * 2;
     const long layer = pack_layer(H, N);
-    REAL z[4 * H2]; /* (4, 2H): a tile of rows' GLU inputs */
+    REAL z[NET_ROWS * H2]; /* (NET_ROWS, 2H): rows' GLU inputs, a few of LINEAR's tiles */
     for (long l = 0; l < L; ++l) {
         const REAL *p = pack + l * layer;
         const REAL *ln_w = p, *ln_b = p + H, *planes = p + 2 * H, *d = planes + 4 * NH;
@@ -710,8 +739,8 @@ void NET_LAID(long Bsz, long H, long N, long T, long L, long O, long at, REAL *x
         /* g = GELU(S4D(LayerNorm(x))), the layer's state into h_out's row l */
         BLOCK_LAID(Bsz, H, N, T, at, x, T * H, H, ln_w, ln_b, eps, h0 ? h0 + l * NH * 2 : 0, h0_sb, planes, d, 1,
                    g, h_out ? h_out + l * NH * 2 : 0, LH, planar);
-        for (long r0 = 0; r0 < rows; r0 += 4) { /* x += GLU(g W^T + bias), four rows at a time */
-            const long R = rows - r0 < 4 ? rows - r0 : 4;
+        for (long r0 = 0; r0 < rows; r0 += NET_ROWS) { /* x += GLU(g W^T + bias), NET_ROWS rows at a time */
+            const long R = rows - r0 < NET_ROWS ? rows - r0 : NET_ROWS;
             LINEAR(R, H, H2, g + r0 * H, wt, bias, z);
             for (long r = 0; r < R; ++r) {
                 REAL *xr = x + (r0 + r) * H;
