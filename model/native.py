@@ -79,6 +79,11 @@ SOURCES = [
 HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
+# every a * b + c one FMA: GCC's tuning for some CPUs (Zen 2 and 3, Alder Lake, ...) leaves a loop whose only chain
+# of multiply-adds feeds itself unfused, so a row's sums would round one way in a one-vector sweep (one chain) and
+# another in a tile of rows (several), and a row's result would depend on the rows beside it (csrc/s4d_block.c,
+# LINEAR); a compiler that does not take the parameter builds without it
+FMA = ["--param=avoid-fma-max-bits=0"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
 # without vector erf, before glibc 2.35) fails here, not when it is loaded after being cached
 LINKS = (["-Wl,-z,defs", "-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-Wl,-z,defs", "-lm"])
@@ -129,7 +134,7 @@ def kernel_path() -> Path:
     digest = hashlib.sha256()
     for src in [*SOURCES, *HEADERS]:
         digest.update(src.read_bytes())
-    for part in (repr((_compiler(), FLAGS, LINKS)).encode(), _cpu_key().encode()):
+    for part in (repr((_compiler(), FLAGS, FMA, LINKS)).encode(), _cpu_key().encode()):
         digest.update(part)
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vssm"
     return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"kernels-{digest.hexdigest()[:16]}.so"
@@ -144,13 +149,14 @@ def _compile(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        for i, links in enumerate(LINKS):
-            cmd = [*compiler, *FLAGS, *map(str, SOURCES), "-o", tmp, *links]
+        variants = [(fma, links) for fma in (FMA, []) for links in LINKS]
+        for i, (fma, links) in enumerate(variants):
+            cmd = [*compiler, *FLAGS, *fma, *map(str, SOURCES), "-o", tmp, *links]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 break
             except subprocess.CalledProcessError:
-                if i == len(LINKS) - 1:
+                if i == len(variants) - 1:
                     raise
         os.chmod(tmp, 0o755)  # mkstemp made it private: a shared cache directory serves every user
         os.replace(tmp, target)

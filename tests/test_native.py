@@ -581,6 +581,15 @@ def test_compiled_draws_equal_the_tensor_arithmetic(monkeypatch, dtype, temperat
     odd[3, 0] = torch.nan
     odd[4, 3] = 1e4
     cases.append((odd, torch.rand(6, dtype=dtype)))
+    wide = torch.randn(8, 40, dtype=dtype)  # the same, past a vector of lanes (csrc/categorical.c, MAX_OVER)
+    wide[0, 33] = torch.nan
+    wide[1, [3, 17, 38]] = torch.inf
+    wide[2] = -torch.inf
+    wide[3] = (wide[3] * 2).round()  # ties
+    wide[4] = torch.where(wide[4] > 0, 0.0, -0.0)  # signed zeros only
+    wide[5, 20:] = -torch.inf
+    wide[6, 35] = 1e4
+    cases.append((wide, torch.rand(8, dtype=dtype)))
     compiled = [sampling.sample_categorical(logits, u, temperature) for logits, u in cases]
     monkeypatch.setattr(native, "categorical", lambda: None)
     for (logits, u), got in zip(cases, compiled, strict=True):

@@ -32,7 +32,8 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 
 /* The largest of x_j / t (t = 1: x_j), a NaN never taken, -inf if every one is NaN: the scalar loop
    m = s > m ? s : m, lane by lane, so that it vectorises (the maximum of numbers is the same in any
-   order; only a zero's sign may differ, which no difference x_j / t - m below sees) */
+   order; only a zero's sign may differ, and then x_j / t - m is a zero of either sign, whose exponential
+   is 1 either way) */
 #define MAX_OVER(NAME, REAL)                                                                              \
     static inline REAL NAME(long V, const REAL *x, REAL t) {                                             \
         REAL ml[LN];                                                                                      \

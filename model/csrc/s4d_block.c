@@ -34,7 +34,7 @@ checks a shape: the caller does (model/native.py).
 
 A whole network pass (NET, model/network.py, SSMNet) runs every block in one call: per layer the
 block above (LayerNorm, recurrence, GELU), then the H -> 2H output linear, GLU and the residual
-add (a tile of four rows at a time, so that a weight read serves four rows); then the final
+add (LINEAR's tiles of rows, so that a weight read serves several rows); then the final
 LayerNorm and the head.  At a few steps a block is otherwise five PyTorch calls
 around the kernel, and a network pass of L blocks a few dozen: the calls, not their arithmetic,
 were most of a short block round and of an autoregressive step (docs/experiments/rounds-and-serving.md).
@@ -107,6 +107,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define ROW_CHUNK row_chunk_f32
 #define ROW_REST row_rest_f32
 #define TILE tile_f32
+#define TILES tiles_f32
 #define DOT_NARROW dot_narrow_f32
 #include __FILE__
 #undef REAL
@@ -128,6 +129,7 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef ROW_CHUNK
 #undef ROW_REST
 #undef TILE
+#undef TILES
 #undef DOT_NARROW
 #undef VL
 #undef VEC
@@ -156,6 +158,7 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define ROW_CHUNK row_chunk_f64
 #define ROW_REST row_rest_f64
 #define TILE tile_f64
+#define TILES tiles_f64
 #define DOT_NARROW dot_narrow_f64
 #include __FILE__
 
@@ -540,8 +543,8 @@ void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb,
         }
 }
 
-/* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of 4 rows by 2 vectors of outputs
-   stay in registers over k, so each weight vector loaded serves 4 rows (a row at a time, each
+/* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of TILE_R rows by TILE_V vectors of outputs
+   (TILE) stay in registers over k, so each weight vector loaded serves TILE_R rows (a row at a time, each
    multiply-add also loaded its weight and its running sum).  Rows left over (all of them in a
    matrix-vector product) run as one row by up to ROW_NV vectors (ROW_REST): independent chains of
    multiply-adds where 2 left each waiting on the last (a step's products at batch 1 were latency-bound: see
@@ -598,9 +601,9 @@ static inline __attribute__((always_inline)) void DOT_NARROW(long R, long K, lon
 
 /* One row's outputs from output `from` on (LINEAR's rows left over): the whole vectors in sweeps over k of
    ROW_NV vectors, the last sweep as wide as what is left, so a row of up to ROW_NV vectors reads its weights once,
-   in order (a 320 x 256 product at batch 1, the text latent prior's second layer, took 1.7-2.1 us so where chunks of
-   8, 4, 2 and 1 vectors read it in two sweeps in 2.5-2.8: docs/experiments/rounds-and-serving.md, forty-first
-   session); then the outputs short of a vector.  Each output's sum runs over k in order, however the row is cut.
+   in order (a 320 x 256 product at batch 1, the text latent prior's second layer, took 1.7-2.1 us in one sweep,
+   2.5-2.8 in the chunks of 8, 4, 2 and 1 vectors that read it in two: docs/experiments/rounds-and-serving.md,
+   forty-first session); then the outputs short of a vector.  Each output's sum runs over k in order, however the row is cut.
    Not inlined: its cases would be copied into every LINEAR */
 #define ROW_CASE(NV)                                                                                         \
     case NV:                                                                                                 \
@@ -644,30 +647,51 @@ static __attribute__((noinline)) void ROW_REST(long K, long M, long from, const 
     }
 }
 #undef ROW_CASE
+_Static_assert(ROW_NV == 8 || ROW_NV == 16, "ROW_REST's cases cover up to ROW_NV - 1 vectors");
 
-/* TILE_R rows of a (rows K apart) by NV vectors of outputs, the sums in registers over k: each weight vector
-   loaded serves TILE_R rows.  6 rows by 4 vectors ran a 264 x 96 x 192 product at 250-262 GFLOP/s where 4 by 2
-   ran it at 177 (24 chains of multiply-adds in flight where 8 kept two pipes of 4 cycles' latency barely fed;
+/* RR rows of a (rows K apart) by NV vectors of outputs, the sums in registers over k: each weight vector
+   loaded serves RR rows.  6 rows by 4 vectors ran a 264 x 96 x 192 product at 250-262 GFLOP/s where 4 by 2
+   ran it at 178 (24 chains of multiply-adds in flight where 8 kept two pipes of 4 cycles' latency barely fed;
    AMD EPYC family 26, whose multiply-adds are a whole 512 bits wide: docs/experiments/rounds-and-serving.md,
    forty-first session) */
-static inline __attribute__((always_inline)) void TILE(long NV, long K, long M, const REAL *a0, const REAL *wt,
-                                                       const REAL *bias, REAL *out) {
+static inline __attribute__((always_inline)) void TILE(long RR, long NV, long K, long M, const REAL *a0,
+                                                       const REAL *wt, const REAL *bias, REAL *out) {
     VEC acc[TILE_R][TILE_V];
     for (long v = 0; v < NV; ++v) {
         VEC b;
         memcpy(&b, bias + v * VL, sizeof(VEC));
-        for (long q = 0; q < TILE_R; ++q) acc[q][v] = b;
+        for (long q = 0; q < RR; ++q) acc[q][v] = b;
     }
     for (long k = 0; k < K; ++k) {
         VEC w[TILE_V];
         for (long v = 0; v < NV; ++v) memcpy(&w[v], wt + k * M + v * VL, sizeof(VEC));
-        for (long q = 0; q < TILE_R; ++q) {
+        for (long q = 0; q < RR; ++q) {
             const REAL x = a0[q * K + k];
             for (long v = 0; v < NV; ++v) acc[q][v] += x * w[v];
         }
     }
-    for (long q = 0; q < TILE_R; ++q)
+    for (long q = 0; q < RR; ++q)
         for (long v = 0; v < NV; ++v) memcpy(out + q * M + v * VL, &acc[q][v], sizeof(VEC));
+}
+
+/* Rows [r0, r1) in tiles of RR rows: tiles TILE_V vectors wide, then narrower ones over the vectors left; the
+   outputs they cover (the same for any rows) */
+static inline __attribute__((always_inline)) long TILES(long RR, long r0, long r1, long K, long M, const REAL *a,
+                                                        const REAL *wt, const REAL *bias, REAL *out) {
+    long c = 0;
+    for (; c + TILE_V * VL <= M; c += TILE_V * VL)
+        for (long r = r0; r < r1; r += RR) TILE(RR, TILE_V, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+#if TILE_V > 2
+    if (c + 2 * VL <= M) {
+        for (long r = r0; r < r1; r += RR) TILE(RR, 2, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+        c += 2 * VL;
+    }
+#endif
+    if (c + VL <= M) {
+        for (long r = r0; r < r1; r += RR) TILE(RR, 1, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
+        c += VL;
+    }
+    return c;
 }
 
 static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M, const REAL *a, const REAL *wt,
@@ -683,23 +707,13 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
             DOT_NARROW(R, K, M, a, wt, bias, out);
         return;
     }
-    const long RT = R / TILE_R * TILE_R; /* rows in whole tiles */
-    long c = 0;
-    if (RT) { /* tiles TILE_V vectors wide, then narrower ones over the vectors left */
-        for (; c + TILE_V * VL <= M; c += TILE_V * VL)
-            for (long r = 0; r < RT; r += TILE_R) TILE(TILE_V, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
-#if TILE_V > 2
-        if (c + 2 * VL <= M) {
-            for (long r = 0; r < RT; r += TILE_R) TILE(2, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
-            c += 2 * VL;
-        }
-#endif
-        if (c + VL <= M) {
-            for (long r = 0; r < RT; r += TILE_R) TILE(1, K, M, a + r * K, wt + c, bias + c, out + r * M + c);
-            c += VL;
-        }
-    }
-    const long tiled = c; /* outputs the tiles covered, in rows below RT */
+    const long R6 = R / TILE_R * TILE_R;                        /* rows in whole tiles */
+    const long RT = TILE_R > 4 && R - R6 >= 4 ? R6 + 4 : R6; /* and, of 4 or 5 rows left, a tile of 4 */
+    long tiled = 0; /* outputs the tiles covered, in rows below RT */
+    if (R6)
+        tiled = TILES(TILE_R, 0, R6, K, M, a, wt, bias, out);
+    if (RT > R6)
+        tiled = TILES(4, R6, RT, K, M, a, wt, bias, out);
     for (long r = 0; r < R; ++r) ROW_REST(K, M, r < RT ? tiled : 0, a + r * K, wt, bias, out + r * M);
 }
 
