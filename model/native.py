@@ -82,7 +82,8 @@ FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-er
 # every a * b + c one FMA: GCC's tuning for some CPUs (Zen 2 and 3, Alder Lake, ...) leaves a loop whose only chain
 # of multiply-adds feeds itself unfused, so a row's sums would round one way in a one-vector sweep (one chain) and
 # another in a tile of rows (several), and a row's result would depend on the rows beside it (csrc/s4d_block.c,
-# LINEAR); a compiler that does not take the parameter builds without it
+# LINEAR).  A compiler that refuses the parameter by name builds without it, with a warning (a GCC that old has no
+# such tuning; clang takes it, unused, and contracts each `acc += x * w` as one expression anyway)
 FMA = ["--param=avoid-fma-max-bits=0"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
 # without vector erf, before glibc 2.35) fails here, not when it is loaded after being cached
@@ -140,6 +141,18 @@ def kernel_path() -> Path:
     return Path(os.environ.get("VSSM_KERNEL_CACHE") or default) / f"kernels-{digest.hexdigest()[:16]}.so"
 
 
+def _build(compiler: list[str], extra: list[str], out: str) -> None:
+    """The kernels into ``out``, with glibc's vector math where it links (``LINKS``, in order)."""
+    for i, links in enumerate(LINKS):
+        cmd = [*compiler, *FLAGS, *extra, *map(str, SOURCES), "-o", out, *links]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+            return
+        except subprocess.CalledProcessError:
+            if i == len(LINKS) - 1:
+                raise
+
+
 def _compile(target: Path) -> None:
     compiler = _compiler()
     if not compiler:
@@ -149,15 +162,13 @@ def _compile(target: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        variants = [(fma, links) for fma in (FMA, []) for links in LINKS]
-        for i, (fma, links) in enumerate(variants):
-            cmd = [*compiler, *FLAGS, *fma, *map(str, SOURCES), "-o", tmp, *links]
-            try:
-                subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-                break
-            except subprocess.CalledProcessError:
-                if i == len(variants) - 1:
-                    raise
+        try:
+            _build(compiler, FMA, tmp)
+        except subprocess.CalledProcessError as exc:
+            if FMA[0].split("=")[1].encode() not in (exc.stderr or b""):  # failed for another reason
+                raise
+            log.warning("the C compiler refuses %s: kernels built without it", FMA[0])
+            _build(compiler, [], tmp)
         os.chmod(tmp, 0o755)  # mkstemp made it private: a shared cache directory serves every user
         os.replace(tmp, target)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -266,6 +268,41 @@ def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):
     assert native.kernel_path() != path
     monkeypatch.setattr(native, "FLAGS", [*native.FLAGS, "-DVSSM_TEST"])
     assert native.kernel_path() != path  # other flags, another file
+
+
+def test_the_kernels_build_with_one_fma_for_every_multiply_add_or_say_why_not(monkeypatch, tmp_path, caplog):
+    """Every build asks for ``native.FMA`` (csrc/s4d_block.c: a row's result must not depend on the rows beside it);
+    a compiler that refuses that parameter by name builds without it and says so, and a build that fails for any
+    other reason fails, never retried without it."""
+    import subprocess
+
+    calls: list[list[str]] = []
+
+    def fake(refuse: bytes | None):
+        def run(cmd: list[str], **_: object) -> None:
+            calls.append(cmd)
+            if native.FMA[0] in cmd and refuse is not None:
+                raise subprocess.CalledProcessError(1, cmd, b"", refuse)
+            Path(cmd[cmd.index("-o") + 1]).write_bytes(b"built")
+
+        return run
+
+    refused = b"gcc: error: invalid --param name 'avoid-fma-max-bits'"
+    for refuse, ok in ((None, True), (refused, True), (b"kernels.c:1: error: expected ';'", False)):
+        calls.clear()
+        monkeypatch.setattr(native.subprocess, "run", fake(refuse))
+        target = tmp_path / f"k{len(caplog.records)}-{ok}.so"
+        with caplog.at_level("WARNING", logger=native.__name__):
+            if ok:
+                native._compile(target)
+                assert target.read_bytes() == b"built"
+            else:
+                with pytest.raises(subprocess.CalledProcessError):
+                    native._compile(target)
+        assert native.FMA[0] in calls[0]
+        assert all(native.FMA[0] in c for c in calls) is (refuse is None or not ok)
+        assert any("refuses" in r.message for r in caplog.records) is (refuse == refused)
+        caplog.clear()
 
 
 def _torch_keyed(monkeypatch: pytest.MonkeyPatch, *args: object) -> torch.Tensor:

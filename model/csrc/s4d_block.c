@@ -544,11 +544,12 @@ void STATES_LAYOUT(long Bsz, long L, long H, long N, const REAL *in, long in_sb,
 }
 
 /* out (R, M) = bias + a (R, K) wt (K, M), W^T given as wt.  Tiles of TILE_R rows by TILE_V vectors of outputs
-   (TILE) stay in registers over k, so each weight vector loaded serves TILE_R rows (a row at a time, each
-   multiply-add also loaded its weight and its running sum).  Rows left over (all of them in a
+   (TILE; a tile of 4 rows for 4 or 5 left over) stay in registers over k, so each weight vector loaded serves
+   several rows (a row at a time, each multiply-add also loaded its weight and its running sum).  Rows left over (all of them in a
    matrix-vector product) run as one row by up to ROW_NV vectors (ROW_REST): independent chains of
    multiply-adds where 2 left each waiting on the last (a step's products at batch 1 were latency-bound: see
-   ROW_CHUNK).  Either way an output's sum runs over k in order, so a row's result does not depend on
+   ROW_CHUNK).  Either way an output's sum runs over k in order, each step one FMA (model/native.py, FMA: GCC's
+   tuning for some CPUs would otherwise leave a lone chain unfused), so a row's result does not depend on
    the rows beside it.  A narrow output (M < VL, e.g. a binary head) runs as dot products over a row
    of a repeated M times (DOT_NARROW).  Always inlined: once LINEAR_ROWS also called it, GCC stopped
    inlining it into NET, and an autoregressive step took about 12% longer
@@ -718,7 +719,7 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
 }
 
 /* LINEAR for other files: the latent prior's step (csrc/latent_prior.c) runs its matrix-vector products
-   through the same register tiles as a network step, as the autoregressive SSM's loop does */
+   through the same row sweeps (ROW_REST) as a network step at batch 1, as the autoregressive SSM's loop does */
 void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out) {
     LINEAR(R, K, M, a, wt, bias, out);
 }
