@@ -84,7 +84,8 @@ FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-er
 # another in a tile of rows (several), and a row's result would depend on the rows beside it (csrc/s4d_block.c,
 # LINEAR).  A compiler that refuses the parameter by name builds without it, with a warning (a GCC that old has no
 # such tuning; clang takes it, unused, and contracts each `acc += x * w` as one expression anyway)
-FMA = ["--param=avoid-fma-max-bits=0"]
+FMA_PARAM = "avoid-fma-max-bits"
+FMA = [f"--param={FMA_PARAM}=0"]
 # with glibc's vector math, else scalar erf; -z defs: a library with an unresolved symbol (a libmvec
 # without vector erf, before glibc 2.35) fails here, not when it is loaded after being cached
 LINKS = (["-Wl,-z,defs", "-lmvec", "-lm"], ["-DVSSM_NO_MVEC", "-Wl,-z,defs", "-lm"])
@@ -165,7 +166,7 @@ def _compile(target: Path) -> None:
         try:
             _build(compiler, FMA, tmp)
         except subprocess.CalledProcessError as exc:
-            if FMA[0].split("=")[1].encode() not in (exc.stderr or b""):  # failed for another reason
+            if FMA_PARAM.encode() not in (exc.stderr or b""):  # failed for another reason
                 raise
             log.warning("the C compiler refuses %s: kernels built without it", FMA[0])
             _build(compiler, [], tmp)

@@ -703,6 +703,22 @@ def _python_draw(p: torch.nn.Module, *args) -> tuple[torch.Tensor, torch.Tensor]
         return p.draw(*args)
 
 
+def _both_draws(p: torch.nn.Module, *args) -> tuple[bool, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Whether the compiled loop ran, its latents and state, and the step-by-step loop's, for ``p.draw(*args)``."""
+    calls = []
+    real = native._prior_draws
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
+        got = p.draw(*args)
+    with torch.no_grad():
+        return bool(calls), got, _python_draw(p, *args)
+
+
+def _assert_state_close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    tol = 1e-12 if dtype == F64 else 1e-4
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("base", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0, "rows"])
@@ -720,18 +736,12 @@ def test_compiled_latent_prior_draws_equal_the_step_by_step_loop(dtype, base, te
     r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
     u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
     temp = torch.tensor([1.0, 0.0, 1.7], dtype=F64) if temperature == "rows" else temperature
-    calls = []
-    real = native._prior_draws
-    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(native, "_prior_draws", lambda *a: calls.append(1) or real(*a))
-        z, r_after = p.draw(b, r, u, temp, ctx)
-    with torch.no_grad():
-        z_ref, r_ref = _python_draw(p, b, r, u, temp, ctx)
-        if ctx is not None:  # the features count
+    compiled, (z, r_after), (z_ref, r_ref) = _both_draws(p, b, r, u, temp, ctx)
+    if ctx is not None:  # the features count
+        with torch.no_grad():
             assert not torch.equal(_python_draw(p, b, r, u, 1.0)[1], _python_draw(p, b, r, u, 1.0, ctx)[1])
-    assert calls and torch.equal(z, z_ref)
-    tol = 1e-12 if dtype == F64 else 1e-4
-    torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
+    assert compiled and torch.equal(z, z_ref)
+    _assert_state_close(r_after, r_ref, dtype)
     assert not torch.equal(r_after, r)  # the caller's state is not written
 
 
@@ -747,12 +757,9 @@ def test_compiled_latent_prior_draws_equal_the_loop_at_wide_layers(dtype, Z, K, 
     b = torch.randn(B, n, Z, K, generator=g, dtype=F64).to(dtype)
     r = torch.randn(B, 37, generator=g, dtype=F64).to(dtype)
     u = torch.rand(B, n, Z, generator=g, dtype=F64).to(dtype)
-    with torch.no_grad():
-        z, r_after = p.draw(b, r, u, 1.0)
-        z_ref, r_ref = _python_draw(p, b, r, u, 1.0)
+    _, (z, r_after), (z_ref, r_ref) = _both_draws(p, b, r, u, 1.0)
     assert torch.equal(z, z_ref)
-    tol = 1e-12 if dtype == F64 else 1e-4
-    torch.testing.assert_close(r_after, r_ref, rtol=tol, atol=tol)
+    _assert_state_close(r_after, r_ref, dtype)
 
 
 def test_the_compiled_latent_prior_follows_its_weights_and_steps_aside_for_gradients():

@@ -614,7 +614,8 @@ static __attribute__((noinline)) void ROW_REST(long K, long M, long from, const 
                                                const REAL *bias, REAL *o) {
     long d = from;
     for (; d + ROW_NV * VL <= M; d += ROW_NV * VL) ROW_CHUNK(ROW_NV, K, M, ar, wt + d, bias + d, o + d);
-    switch ((M - d) / VL) {
+    const long nv = (M - d) / VL; /* whole vectors left: fewer than ROW_NV */
+    switch (nv) {
         ROW_CASE(1)
         ROW_CASE(2)
         ROW_CASE(3)
@@ -635,7 +636,7 @@ static __attribute__((noinline)) void ROW_REST(long K, long M, long from, const 
     default:
         break;
     }
-    d += (M - d) / VL * VL;
+    d += nv * VL;
     if (d < M) { /* the last outputs, fewer than a vector */
         const long Mc = M - d;
         for (long j = 0; j < Mc; ++j) o[d + j] = bias[d + j];
