@@ -2,7 +2,8 @@
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
 head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
 draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c),
-the autoregressive SSM's whole generation loop (csrc/ar_loop.c), block sampling's blocks of a call
+the autoregressive SSM's whole generation loop (csrc/ar_loop.c) and the autoregressive Transformer's
+(csrc/transformer_loop.c), block sampling's blocks of a call
 for a token-level partial encoder (csrc/rounds.c) and for one that reads a patch a step
 (csrc/patch_rounds.c), and a piece whose latents a latent prior draws (csrc/prior_piece.c).
 
@@ -57,6 +58,7 @@ __all__ = [
     "net",
     "pack",
     "pack_prior",
+    "pack_transformer",
     "patch_rounds",
     "patch_weights",
     "piece_weights",
@@ -64,6 +66,7 @@ __all__ = [
     "prior_piece",
     "prior_tables",
     "round_weights",
+    "transformer_loop",
     "weights",
 ]
 
@@ -73,7 +76,7 @@ SOURCES = [
     Path(__file__).with_name("csrc") / name
     for name in (
         *("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c"),
-        *("ar_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c", "scratch.c"),
+        *("ar_loop.c", "transformer_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c", "scratch.c"),
     )
 ]
 HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
@@ -100,6 +103,7 @@ _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
+_TR_LOOP_ARGTYPES = [_L] * 8 + [_P, _D] + [_P] * 10 + [_I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
@@ -199,6 +203,7 @@ def _load() -> ctypes.CDLL | None:
             ("patch_rounds", _PATCH_ARGTYPES, _L),
             ("prior_piece", _PIECE_ARGTYPES, _L),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, None),
+            ("transformer_loop", _TR_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
             for suffix in ("_f32", "_f64"):
@@ -603,6 +608,92 @@ def _ar_loop(
 def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
     """The compiled autoregressive SSM loop (see :func:`_ar_loop`), or None where the kernels cannot be built."""
     return _ar_loop if _load() is not None else None
+
+
+def _transformer_pack_size(L: int, H: int, F: int, V: int) -> int:
+    """Reals in :func:`pack_transformer`'s buffer: per layer two LayerNorms, the qkv, output and MLP linears
+    with their biases; then the final LayerNorm and the head."""
+    return L * (2 * H + 3 * H * H + 3 * H + H * H + H + 2 * H + H * F + F + F * H + H) + 2 * H + H * V + V
+
+
+def pack_transformer(
+    layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tuple[Tensor, Tensor]
+) -> Tensor:
+    """One Transformer's weights for :func:`transformer_loop`, in csrc/transformer_loop.c's order: per layer
+    ``(ln1_w, ln1_b, W_qkv, b_qkv, W_proj, b_proj, ln2_w, ln2_b, W_1, b_1, W_2, b_2)`` (each ``W`` ``(out, in)``
+    as nn.Linear holds it), then the final LayerNorm's ``(weight, bias)`` and the head's ``(weight, bias)``.
+    The linear weights are stored transposed, so that C's inner loop runs over outputs."""
+    parts = []
+    for ln1_w, ln1_b, w_qkv, b_qkv, w_proj, b_proj, ln2_w, ln2_b, w1, b1, w2, b2 in layers:
+        parts += [ln1_w, ln1_b, w_qkv.t(), b_qkv, w_proj.t(), b_proj, ln2_w, ln2_b, w1.t(), b1, w2.t(), b2]
+    parts += [norm[0], norm[1], head[0].t(), head[1]]
+    return torch.cat([p.detach().reshape(-1) for p in parts])
+
+
+def _transformer_loop(
+    logits: Tensor,
+    k: Tensor,
+    v: Tensor,
+    length: Tensor,
+    u: Tensor,
+    temperature: Tensor,
+    packed: Tensor,
+    emb: Tensor,
+    pos: Tensor,
+    F: int,
+    eps: float,
+    last_step: bool,
+    scores: bool,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The autoregressive Transformer's loop compiled (csrc/transformer_loop.c): from the logits ``(B, V)`` of
+    the next draw and the cache ``k, v`` ``(B, L, nh, S, d)`` with ``length`` ``(B,)`` slots used per row,
+    ``n`` tokens ``(B, n)`` drawn with the uniforms ``u`` ``(B, n)`` at per-row ``temperature`` ``(B,)``
+    float64, each read by the network (``packed``: :func:`pack_transformer`; ``emb`` ``(V + 1, H)`` and
+    ``pos`` ``(P, H)`` its embeddings, ``F`` its MLP's width).  ``k``, ``v`` and ``length`` are written in
+    place: the caller's private buffer, with room for ``n`` more slots a row.  Returns the tokens, the logits
+    after the network read the last of them (without ``last_step`` it does not read the last: those after
+    the one before it, for a caller that keeps no state) and, with ``scores``, the logits ``(B, n, V)``
+    each draw was made from."""
+    lib = _lib
+    assert lib is not None
+    Bsz, V = logits.shape
+    n = u.shape[1]
+    _, L, nh, S, d = k.shape
+    H = nh * d
+    dt = logits.dtype
+    ok = dt in _COMPLEX and all(t.dtype == dt for t in (u, packed, emb, pos, k, v)) and n >= 1
+    ok = ok and packed.numel() == _transformer_pack_size(L, H, F, V) and packed.is_contiguous()
+    ok = ok and v.shape == k.shape and k.is_contiguous() and v.is_contiguous() and length.is_contiguous()
+    ok = ok and length.shape == (Bsz,) and length.dtype == torch.int64 and u.shape == (Bsz, n)
+    ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64
+    ok = ok and emb.shape == (V + 1, H) and pos.ndim == 2 and pos.shape[1] == H
+    ok = ok and all(t.is_cpu for t in (logits, k, v, length, u, temperature, packed, emb, pos))
+    if ok:  # every slot a step writes is in the cache, every position it reads in the table
+        top = int(length.max()) + n - (0 if last_step else 1)
+        ok = top <= S and top <= pos.shape[0] and int(length.min()) >= 0
+    if not ok:
+        shapes = f"logits {tuple(logits.shape)}, k {tuple(k.shape)}, u {tuple(u.shape)}"
+        raise ValueError(f"bad inputs for the native Transformer loop: {shapes}")
+    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    out = torch.empty(Bsz, n, dtype=torch.int64)
+    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
+    emb, pos = emb.detach().contiguous(), pos.detach().contiguous()
+    u, temperature = u.contiguous(), temperature.contiguous()
+    fn = lib.transformer_loop_f64 if dt == torch.float64 else lib.transformer_loop_f32
+    status = fn(
+        Bsz, H, nh, L, F, V, n, S, packed.data_ptr(), eps, emb.data_ptr(), pos.data_ptr(), u.data_ptr(),
+        temperature.data_ptr(), logits.data_ptr(), k.data_ptr(), v.data_ptr(), length.data_ptr(),
+        None if seen is None else seen.data_ptr(), out.data_ptr(), int(last_step),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the native Transformer loop could not allocate its scratch")
+    return out, logits, seen
+
+
+def transformer_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
+    """The compiled autoregressive Transformer loop (see :func:`_transformer_loop`), or None where the kernels
+    cannot be built."""
+    return _transformer_loop if _load() is not None else None
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,18 @@ at each row's own offset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .autoregressive import ARModel, NetState
 from .base import check_config
+from .network import _affine, has_hooks, walked
+from .sampling import STREAM_TOKEN, finite_temperature, keyed_uniform, row_temperatures
 from .state import GenState
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "Block", "TransformerNet", "TransformerNetConfig", "run_blocks"]
@@ -259,7 +263,9 @@ class ARTransformer(ARModel):
         """Copy the cache once into a buffer with room for ``n`` more slots, then decode into it.
 
         The caller's state is untouched (a value); the per-token cost is one attention read of the
-        cache instead of a copy of it.
+        cache instead of a copy of it.  On the CPU the whole loop is one compiled call
+        (csrc/transformer_loop.c), as the AR-SSM's is (csrc/ar_loop.c): the same treatment for every
+        autoregressive baseline, so that the comparisons stay ones of arithmetic, not of Python.
         """
         k, v, length = state["k"], state["v"], state["length"]
         room = int(length.max()) + n - k.shape[3]
@@ -269,13 +275,83 @@ class ARTransformer(ARModel):
             "length": length,
             "buffer": length,
         }  # "buffer" marks the private, writable cache
-        tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
-        if nxt is None:
-            return tokens, None
+        B = state.batch_size
+        loop = None
+        if n > 0 and finite_temperature(temperature) and int(length.max()) + n <= self.pos.num_embeddings:
+            loop = self._settled(("transformer loop", B), self._compiled_loop)
+        if loop is not None:
+            u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+            lengths = length.clone()  # advanced in place, with the buffer's slots
+            temps = row_temperatures(temperature, B)
+            tokens, logits, seen = loop(state["logits"], buf["k"], buf["v"], lengths, u, temps, resumable, scores)
+            if scores is not None:
+                assert seen is not None
+                scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
+            if not resumable:
+                return tokens, None
+            nxt = state.evolve(position=state.position + n, logits=logits, k=buf["k"], v=buf["v"], length=lengths)
+        else:
+            tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
+            if nxt is None:
+                return tokens, None
         used = int(nxt["length"].max())
         tensors = {k_: t for k_, t in nxt.tensors.items() if k_ != "buffer"}
         tensors["k"], tensors["v"] = nxt["k"][:, :, :, :used], nxt["v"][:, :, :, :used]
         return tokens, GenState(nxt.family, nxt.fingerprint, tensors)
+
+    def _compiled_loop(self) -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None:
+        """The whole loop as one compiled call (csrc/transformer_loop.c) where nothing in the network is what
+        one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight, LayerNorms of
+        different eps, an approximate GELU, gradients, a device other than the CPU); else None."""
+        loop = native.transformer_loop()
+        if loop is None or torch.is_grad_enabled() or self.dtype not in (torch.float32, torch.float64):
+            return None
+        if self.device.type != "cpu" or has_hooks(walked(self)):
+            return None
+        norms = [self.norm]
+        for b in self.blocks:
+            mlp = b.mlp
+            if not (isinstance(mlp[1], nn.GELU) and mlp[1].approximate == "none"):
+                return None
+            if b.drop.training and (b.drop.p > 0):
+                return None
+            linears = (b.qkv, b.proj, mlp[0], mlp[2])
+            if len(mlp) != 3 or not all(_affine(m) for m in (*linears, b.ln1, b.ln2)):
+                return None
+            norms += [b.ln1, b.ln2]
+        eps = self.norm.eps
+        if any(ln.eps != eps for ln in norms) or not _affine(self.head) or not _affine(self.norm):
+            return None
+        if self.embed._parameters.get("weight") is None or self.pos._parameters.get("weight") is None:
+            return None
+        packed = self._laid_out("_tr_pack_cache", (), self._packed)  # eps goes beside it, not in it
+        mlp_width = self.blocks[0].mlp[0].out_features if self.blocks else 0
+        emb, pos = self.embed.weight, self.pos.weight
+
+        def run(
+            logits: Tensor,
+            k: Tensor,
+            v: Tensor,
+            length: Tensor,
+            u: Tensor,
+            temps: Tensor,
+            keep: bool,
+            scores: list[Tensor] | None,
+        ) -> tuple[Tensor, Tensor, Tensor | None]:
+            return loop(logits, k, v, length, u, temps, packed, emb, pos, mlp_width, eps, keep, scores is not None)
+
+        return run
+
+    def _packed(self) -> Tensor:
+        """The network's weights as csrc/transformer_loop.c reads them (model/native.py, pack_transformer)."""
+        layers = [
+            (
+                *(b.ln1.weight, b.ln1.bias, b.qkv.weight, b.qkv.bias, b.proj.weight, b.proj.bias),
+                *(b.ln2.weight, b.ln2.bias, b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias),
+            )
+            for b in self.blocks
+        ]
+        return native.pack_transformer(layers, (self.norm.weight, self.norm.bias), (self.head.weight, self.head.bias))
 
     def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
         logits, nxt = self._net_forward(x_t[:, None], state)

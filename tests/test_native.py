@@ -1821,3 +1821,165 @@ def test_compiled_patch_rounds_draw_each_row_s_block_0_as_alone_whatever_the_oth
         alone_tokens, alone = m.generate(row, n, block_size=6)
         assert torch.equal(tokens[i], alone_tokens[0])
         assert torch.equal(state["prior"][i], alone["prior"][0])
+
+
+# ----- the autoregressive Transformer's loop (csrc/transformer_loop.c) -----------------------------------------
+def _transformer(dtype: torch.dtype = F64, width: int = 24, heads: int = 4, **overrides):
+    from tests.conftest import tiny_model
+
+    cfg = {"vocab_size": 7, "width": width, "heads": heads, "layers": 3, "max_position": 160, **overrides}
+    return tiny_model("ar-transformer", dtype=dtype, **cfg)
+
+
+def _staggered(m, rows: int = 3):
+    """A state of ``rows`` rows at their own lengths: prompts of 4 tokens, then 0, 5, 9, ... more appended."""
+    p = torch.randint(0, 7, (rows, 4), generator=torch.Generator().manual_seed(2))
+    parts = [m.start(p[i : i + 1], 1 + i) for i in range(rows)]
+    more = torch.randint(0, 7, (1, 40), generator=torch.Generator().manual_seed(3))
+    parts = [s if i == 0 else m.append(s, more[:, : 5 * i - 1 + i % 2]) for i, s in enumerate(parts)]
+    return GenState.cat(parts)
+
+
+def _spied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = native._transformer_loop
+    monkeypatch.setattr(native, "_transformer_loop", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("resumable", [True, False])
+@pytest.mark.parametrize("temperature", [1.0, 0.0, "rows"])
+@pytest.mark.parametrize("shape", [(24, 4), (30, 3)])
+def test_the_compiled_transformer_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature, shape, monkeypatch):
+    """Tokens, logits and cache from rows at different lengths (a head's slots cross the loop's 16 lanes at
+    different places for each row), heads of 6 and 10 channels; float32 within its rounding.  The caller's state
+    is a value: never written."""
+    width, heads = shape
+    m = _transformer(dtype, width, heads)
+    state = _staggered(m)
+    temp = torch.tensor([1.0, 0.0, 1.6], dtype=F64) if temperature == "rows" else temperature
+    kept = {k: v.clone() for k, v in state.tensors.items()}
+    calls = _spied(monkeypatch)
+    tokens, nxt = m.generate(state, 23, temperature=temp, resumable=resumable)
+    assert calls
+    for k, v in kept.items():
+        assert torch.equal(state[k], v), k
+    monkeypatch.setattr(native, "transformer_loop", lambda: None)
+    ref_tokens, ref = m.generate(state, 23, temperature=temp, resumable=resumable)
+    assert len(calls) == 1 and torch.equal(tokens, ref_tokens)
+    if not resumable:
+        assert nxt is None and ref is None
+        return
+    tol = 1e-10 if dtype == F64 else 1e-5
+    assert set(nxt.tensors) == set(ref.tensors)
+    for k in ("logits", "k", "v"):
+        assert nxt[k].shape == ref[k].shape, k
+        torch.testing.assert_close(nxt[k], ref[k], rtol=tol, atol=tol)
+    assert torch.equal(nxt["length"], ref["length"]) and torch.equal(nxt.position, ref.position)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("shape", [(24, 4), (30, 3)])
+def test_the_compiled_transformer_loop_gives_the_same_bits_in_any_chunks_and_batch(dtype, shape, monkeypatch):
+    """A session's chunks (through the state's bytes) leave the tokens and the cache of one call, bit for bit, and
+    each row of a batch at its own length draws and stores what it would alone: a step's arithmetic depends on the
+    row's own length only (csrc/transformer_loop.c); an MLP of 120 leaves each row a part vector."""
+    m = _transformer(dtype, *shape).freeze()
+    state = _staggered(m)
+    calls = _spied(monkeypatch)
+    whole, s_whole = m.generate(state, 96)
+    for chunks in [(16,) * 6, (3, 29, 1, 40, 23)]:
+        parts, st = [], state
+        for n in chunks:
+            t, st = m.generate(GenState.from_bytes(st.to_bytes()), n)
+            parts.append(t)
+        assert torch.equal(torch.cat(parts, 1), whole)
+        for k, v in s_whole.tensors.items():
+            assert torch.equal(st[k], v), k
+    for i in range(3):
+        alone, s_alone = m.generate(state.rows(slice(i, i + 1)), 96)
+        assert torch.equal(alone, whole[i : i + 1])
+        used = int(s_alone["length"][0])
+        for k in ("k", "v"):
+            assert torch.equal(s_alone[k][0, :, :, :used], s_whole[k][i, :, :, :used]), k
+        assert torch.equal(s_alone["logits"][0], s_whole["logits"][i])
+    assert len(calls) == 1 + 5 + 6 + 3
+
+
+def test_the_compiled_transformer_loop_scores_without_changing_the_tokens(monkeypatch):
+    """Asking for the tokens' log-probabilities keeps the compiled loop, so a request's tokens do not depend on
+    whether it asked; the scores equal those of the loop in PyTorch."""
+    m = _transformer(torch.float32).freeze()
+    state = _staggered(m)
+    calls = _spied(monkeypatch)
+    plain, _ = m.generate(state, 17)
+    scored, _, scores = m.generate_scored(state, 17)
+    assert len(calls) == 2 and torch.equal(plain, scored)
+    monkeypatch.setattr(native, "transformer_loop", lambda: None)
+    m._unsettle()
+    ref, _, ref_scores = m.generate_scored(state, 17)
+    assert torch.equal(ref, plain) and scores.shape == (3, 17, 7)
+    torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_the_compiled_transformer_loop_keeps_what_it_cannot_reproduce_in_pytorch(monkeypatch):
+    """A hook, an approximate GELU, LayerNorms of different eps, an active dropout or gradients keep the loop in
+    PyTorch (the hook runs every step); a temperature of NaN does too, as for the AR-SSM's loop."""
+    calls = _spied(monkeypatch)
+
+    def fresh():
+        m = _transformer()
+        return m, _staggered(m, 2)
+
+    m, state = fresh()
+    seen = []
+    handle = m.blocks[1].mlp.register_forward_hook(lambda mod, args, out: seen.append(1))
+    m.generate(state, 5)
+    handle.remove()
+    assert len(seen) == 5 and not calls
+    changes = [
+        lambda m: setattr(m.blocks[0].mlp[1], "approximate", "tanh"),
+        lambda m: setattr(m.blocks[2].ln2, "eps", 0.5),
+        lambda m: (setattr(m.blocks[0].drop, "p", 0.5), m.blocks[0].drop.train()),
+    ]
+    for change in changes:
+        m, state = fresh()
+        change(m)
+        m.generate(state, 5)
+        assert not calls
+    m, state = fresh()
+    with torch.enable_grad():
+        m._generate(state, 5, 1.0, True)  # (generate itself turns gradients off)
+    m.generate(state, 5, temperature=float("nan"))
+    assert not calls
+    m.generate(state, 5)
+    assert len(calls) == 1
+
+
+def test_the_compiled_transformer_loop_follows_the_weights():
+    """The pack is reused within one version of the weights and rebuilt after an in-place change to any of them;
+    after that, or a change of every LayerNorm's eps (passed beside the pack), the compiled loop draws what the loop
+    in PyTorch draws."""
+    m = _transformer()
+    changes = [
+        lambda: m.blocks[1].qkv.weight.mul_(-2.0),
+        lambda: m.head.bias.add_(0.7),
+        lambda: m.pos.weight.add_(0.3),
+        lambda: [setattr(ln, "eps", 0.5) for ln in m.modules() if isinstance(ln, torch.nn.LayerNorm)],
+    ]
+    for change in changes:
+        m.generate(_staggered(m, 2), 9)  # laid out, cached
+        before = m.__dict__["_tr_pack_cache"][1]
+        m.generate(_staggered(m, 2), 9)  # reused
+        assert m.__dict__["_tr_pack_cache"][1] is before
+        with torch.no_grad():
+            change()
+        state = _staggered(m, 2)
+        tokens, nxt = m.generate(state, 9)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(native, "transformer_loop", lambda: None)
+            ref_tokens, ref = m.generate(state, 9)
+        assert torch.equal(tokens, ref_tokens)
+        torch.testing.assert_close(nxt["k"], ref["k"], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(nxt["logits"], ref["logits"], rtol=1e-10, atol=1e-10)
