@@ -691,6 +691,13 @@ def _agree_cell(agrees: dict[str, bool | None]) -> str:
     return cell
 
 
+def _dependence_cell(parallel: bool | None, dep: dict[str, Any] | None) -> str:
+    """The parallel column's measured cell: the decision, and how many later distributions moved."""
+    if parallel is None or dep is None:
+        return "-"
+    return f"{_yes(parallel)}: {dep['moved']} of {dep['later']}"
+
+
 def table1_lines(t1: dict[str, Any]) -> list[str]:
     """The seeds' Table 1 beside its measured cells, one row per family (Markdown)."""
     rows = []
@@ -702,7 +709,7 @@ def table1_lines(t1: dict[str, Any]) -> list[str]:
                 p["generation"],
                 "-" if m["generation"] is None else f"{m['generation']}: {r['exponent']:.2f} ({_span(r)})",
                 _yes(p["parallel"]),
-                "-" if m["parallel"] is None else f"{_yes(m['parallel'])}: {r['parallel_speedup']:.1f}x",
+                _dependence_cell(m["parallel"], r.get("dependence")),
                 _yes(p["resume"]),
                 "-" if m["resume"] is None else f"{_yes(m['resume'])}: {res['reprocess_vs_resume']:.2f}x",
                 "-" if res is None else _x(res["cost_growth"]),
@@ -717,7 +724,7 @@ def table1_lines(t1: dict[str, Any]) -> list[str]:
         "generation (paper)",
         "measured: exponent",
         "parallel (paper)",
-        "measured: speed-up",
+        "measured: later distributions moved",
         "resume (paper)",
         f"measured: re-process / resume, P={last}",
         f"resume cost P={last} / {first}",
@@ -779,12 +786,15 @@ def _table1_section(t1: dict[str, Any] | None, mode: str, gen: dict[str, Any]) -
         f"- **generation**: the exponent of part 1 (slope of log time vs log T, unprompted) at batch "
         f"{r0['exponent_batch']}, fit over T >= 1024 where two such T were measured (else over every T; the "
         f"range is in the cell); O(T^2) from {th['quadratic_from_exponent']:g} up, O(T) below.",
-        f"- **parallel**: one sequence of T = {r0['parallel_T']} tokens at batch 1, generated from the same state by "
-        f"T chained one-token calls against one call of T tokens; parallel from {th['parallel_from_speedup']:g}x up. "
-        "A family that is sequential over time runs T network steps either way, so one call saves only "
-        "the per-call overhead (at most 1 + overhead / step, flat in T); a family parallel over time "
-        "replaces the T steps by one pass, and its speed-up grows with T. (Batch 32 against batch 1 "
-        "would not separate them: every family batches rows.)",
+        f"- **parallel**: one sequence of T = {t1['dependence']['T']} tokens at batch 1, drawn twice from the same "
+        "state and seed, its tokens sampled and then their most likely values, nothing else drawn differently (a "
+        "latent family's latents at the same temperature, its tokens at observation temperature 1 and 0); parallel "
+        "where none of the distributions after the first token that differs moved (by more than "
+        f"{th['moved_from']:g} in a log-probability): every position's distribution is computed without the tokens "
+        "drawn before it, so one pass can give them all. A sequential family reads each token back before the next. "
+        "The cell counts the later distributions that moved. (The time of T chained one-token calls against one "
+        "call, below, decided this column until the AR Transformer's loop was compiled: for a sequential family "
+        "it is 1 + the per-call overhead / a step, and a compiled step is small against a call's Python.)",
         f"- **resume**: a {r0['resume_positions'][0]}-token round from the stored state at P = "
         f"{r0['resume_positions'][1]} against re-reading the P-token prefix and generating the round "
         f"(part 3); resumable from {th['resumable_from_reprocess_vs_resume']:g}x up (1.0x: the prefix is re-read). "
@@ -817,8 +827,8 @@ def _table1_section(t1: dict[str, Any] | None, mode: str, gen: dict[str, Any]) -
         L += [""]
     lengths = par["lengths"]
     L += [
-        f"Parallel over time, batch 1: `{par['token_calls']}` against `{par['one_call']}` (best runs); the speed-up",
-        "of a parallel family grows with T, a sequential family's stays flat or falls toward 1 + overhead / step.",
+        f"Calls over time, batch 1: `{par['token_calls']}` against `{par['one_call']}` (best runs). A sequential",
+        "family's ratio is 1 + its per-call overhead / a step; it no longer decides the parallel column (above).",
         "",
     ]
     detail = []

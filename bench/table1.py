@@ -5,13 +5,19 @@ parallel and whether it resumes.  Here each cell is read from this run:
 
 - generation cost: the exponent of part 1 (slope of log time against log T) at the large batch
   and long T; O(T^2) from ``QUADRATIC_FROM`` up, O(T) below.
-- parallel generation: measured here.  One sequence of T tokens is generated twice from the same
-  empty state, batch 1: in one call of T tokens, and in T chained calls of one token.  A family
-  that is sequential over time runs T network steps either way, so the one call saves only the
-  per-call overhead: its speed-up is at most 1 + overhead / step, a few x, and flat in T.  A family
-  that is parallel over time replaces the T steps by one pass over all T positions: its speed-up
-  grows with T.  Batching sequences (batch 32 against batch 1) would not separate the two, since
-  every family batches rows; the time axis is what the paper's column is about.
+- parallel generation: measured here, by intervention.  One sequence of T tokens is drawn twice
+  from the same state and seed, batch 1, the two calls differing only in how the tokens are drawn
+  (their temperature; a latent family's observation temperature, so that its latents are the same
+  draws), and the distribution each token was drawn from is read at every position
+  (``generate_scored``).  A family parallel over time computes every position's distribution
+  without the tokens drawn before it, so one pass can give them all: after the first token that
+  differs between the calls, none of the later distributions moves.  A sequential family reads
+  each token back before the next: the later distributions move.  Beside it, the time of one
+  sequence in T chained one-token calls against one call of T tokens: that ratio is 1 + the
+  per-call overhead / a step for a sequential family, and it decided this column until the AR
+  Transformer's loop was compiled (csrc/transformer_loop.c), whose step is cheap enough against a
+  call's Python to read 12x, past the 10x a parallel family read (docs/experiments/
+  rounds-and-serving.md, forty-second session).
 - resume: a 64-token round from the state at prefix P against re-processing the P-token prefix
   and then generating (part 3), at the longest P.  A family that had to re-read its prefix to
   continue would sit at 1.0x.  The round's cost and the state's bytes at that P against P = 64
@@ -38,7 +44,7 @@ from vssm.model import VSSM
 from .common import Deadline, Settings, measure_interleaved
 from .generation import LONG_FROM, _curve, fit_exponent
 
-__all__ = ["PAPER", "likelihoods", "run_one_pass", "run_parallel", "run_table1", "table1_rows"]
+__all__ = ["PAPER", "likelihoods", "run_dependence", "run_one_pass", "run_parallel", "run_table1", "table1_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,9 @@ PAPER: dict[str, tuple[str, str, bool, bool]] = {
     "vssm": ("VSSM", "O(T)", True, True),
 }
 QUADRATIC_FROM = 1.5  # exponent at long T from which generation reads as O(T^2) (midway from 1 to 2)
-PARALLEL_FROM = 10.0  # T one-token calls / one T-token call: sequential families measured 1.5-4.5x, T = 32-256
+PARALLEL_FROM = 10.0  # T one-token calls / one T-token call, the VRNN's row (bench/targets.py): it measured 1.3-1.5x
+MOVED_FROM = 1e-6  # a later log-probability that changes by more than this moved (a parallel family's change by 0.0)
+LATENT_FAMILIES = ("tvae", "vrnn", "vssm")  # draw latents, then tokens given them at an observation temperature
 RESUME_FROM = 1.2  # re-process / resume at the longest prefix: 1.0 would mean the prefix is re-read
 
 
@@ -135,6 +143,53 @@ def run_parallel(models: dict[str, model.SequenceModel], s: Settings) -> dict[st
     }
 
 
+# ----- parallel over time: does a later distribution read an earlier token? -----------------------
+def _token_draws(family: str, temperature: float) -> dict[str, float]:
+    """A generation call's temperatures that draw the tokens at ``temperature`` and nothing else differently."""
+    if family in LATENT_FAMILIES:  # the latents drawn at 1 in both calls: the same latents
+        return {"temperature": 1.0, "observation_temperature": temperature}
+    return {"temperature": temperature}
+
+
+def run_dependence(models: dict[str, model.SequenceModel], s: Settings) -> dict[str, Any]:
+    """One sequence of T tokens drawn twice from one state and seed, batch 1: its tokens sampled (temperature 1)
+    and their most likely values (0), nothing else drawn differently; how many of the distributions after the
+    first token that differs moved (``generate_scored``'s log-probabilities, by more than ``MOVED_FROM``)."""
+    T = max(s.parallel_lengths)
+    results = []
+    with torch.inference_mode():
+        for f, m in models.items():
+            state = m.start(torch.zeros(1, 0, dtype=torch.long), 7)
+            drawn, _, p_drawn = m.generate_scored(state, T, **_token_draws(f, 1.0))
+            likely, _, p_likely = m.generate_scored(state, T, **_token_draws(f, 0.0))
+            differ = (drawn != likely)[0].nonzero()
+            row: dict[str, Any] = {"family": f, "T": T, "first_difference": None, "later": 0, "moved": None}
+            if len(differ):
+                first = int(differ[0])
+                change = (p_drawn[0, first + 1 :] - p_likely[0, first + 1 :]).abs().amax(-1)  # (T - first - 1,)
+                row.update(
+                    first_difference=first,
+                    later=int(change.numel()),
+                    moved=int((change > MOVED_FROM).sum()),
+                    largest_change=float(change.max()) if change.numel() else 0.0,
+                )
+            results.append(row)
+            log.info(
+                "dependence %-14s T=%d: tokens first differ at %s; %s of the %d distributions after it moved",
+                f,
+                T,
+                row["first_difference"],
+                row["moved"],
+                row["later"],
+            )
+    return {
+        "T": T,
+        "calls": "generate_scored(state, T) with the tokens drawn at temperature 1 and at 0",
+        "moved_from": MOVED_FROM,
+        "results": results,
+    }
+
+
 # ----- the VSSM without windows -------------------------------------------------------------------
 def run_one_pass(vssm: VSSM, s: Settings) -> dict[str, Any]:
     """The VSSM's long-T curve at the large batch with every T in one parallel pass.
@@ -201,11 +256,24 @@ def _agree(paper: object, measured: object | None) -> bool | None:
     return None if measured is None else paper == measured
 
 
+def _parallel(dep: dict[str, Any], family: str) -> bool | None:
+    """Parallel over time from the dependence test: no later distribution moved (None: the two calls drew the same
+    tokens, or nothing came after the first that differed, so the test could not tell)."""
+    row = next((r for r in dep["results"] if r["family"] == family), None)
+    if row is None or row["moved"] is None or row["later"] == 0:
+        return None
+    return row["moved"] == 0
+
+
 def table1_rows(
-    gen: dict[str, Any], res: dict[str, Any], par: dict[str, Any], checkpoints: Path = CHECKPOINTS
+    gen: dict[str, Any],
+    res: dict[str, Any],
+    par: dict[str, Any],
+    dep: dict[str, Any],
+    checkpoints: Path = CHECKPOINTS,
 ) -> list[dict[str, Any]]:
-    """One row per family, in the paper's order, from parts 1 (``gen``), 3 (``res``) and 9 (``par``),
-    and the eval JSONs in ``checkpoints``."""
+    """One row per family, in the paper's order, from parts 1 (``gen``), 3 (``res``) and 9 (``par``, the timing;
+    ``dep``, the dependence test that decides the parallel column), and the eval JSONs in ``checkpoints``."""
     batch = max(gen["batches"])
     first = min(p for p in res["positions"] if p > 0)
     last = max(res["positions"])
@@ -216,7 +284,8 @@ def table1_rows(
         cost = None if exponent is None else "O(T^2)" if exponent >= QUADRATIC_FROM else "O(T)"
         measured_par = [r for r in par["results"] if r["family"] == family]
         speedup = max(measured_par, key=lambda r: r["T"]) if measured_par else None
-        parallel = None if speedup is None else speedup["speedup"] >= PARALLEL_FROM
+        parallel = _parallel(dep, family)
+        moved = next((r for r in dep["results"] if r["family"] == family), None)
         by_pos = {r["position"]: r for r in res["results"] if r["family"] == family}
         resume = None
         if first in by_pos and last in by_pos:
@@ -244,6 +313,7 @@ def table1_rows(
                 "exponent_lengths": fit,
                 "parallel_speedup": None if speedup is None else speedup["speedup"],
                 "parallel_T": None if speedup is None else speedup["T"],
+                "dependence": moved,
                 "resume": resume,
                 "resume_positions": [first, last],
                 "linear_parallel_resumable": cost == "O(T)" and bool(parallel) and bool(resumable),
@@ -256,16 +326,19 @@ def table1_rows(
 
 def run_table1(models: dict[str, model.SequenceModel], results: dict[str, Any], s: Settings) -> dict[str, Any]:
     """Measure parallel generation, then assemble the table from it and parts 1 and 3 (run them first)."""
+    dep = run_dependence(models, s)
     par = run_parallel(models, s)
     one_pass = run_one_pass(models["vssm"], s)  # type: ignore[arg-type]
     return {
         "thresholds": {
             "quadratic_from_exponent": QUADRATIC_FROM,
             "parallel_from_speedup": PARALLEL_FROM,
+            "moved_from": MOVED_FROM,
             "resumable_from_reprocess_vs_resume": RESUME_FROM,
         },
         "parallel": par,
+        "dependence": dep,
         "vssm_one_pass": one_pass,
         "likelihood_source": "checkpoints/mnist-*.json: nll.nats_per_sequence (test set)",
-        "rows": table1_rows(results["generation"], results["resume"], par),
+        "rows": table1_rows(results["generation"], results["resume"], par, dep),
     }

@@ -179,8 +179,13 @@ def _check_table1(t1: dict, families: set[str], md: str) -> None:
     assert set(t1["thresholds"]) == {
         "quadratic_from_exponent",
         "parallel_from_speedup",
+        "moved_from",
         "resumable_from_reprocess_vs_resume",
     }
+    dep = t1["dependence"]
+    assert {x["family"] for x in dep["results"]} == families
+    for x in dep["results"]:
+        assert x["moved"] is None or 0 <= x["moved"] <= x["later"] < dep["T"]
     op = t1["vssm_one_pass"]  # the VSSM without generation windows: quick mode's T all fit one window
     assert op["window"] > 0 and (op.get("note") or all(x["best_s"] > 0 for x in op["results"]))
     assert [row["family"] for row in t1["rows"]] == list(PAPER)
@@ -243,26 +248,56 @@ def test_table1_reads_cells_from_the_measurements(tmp_path: Path) -> None:
             for P in (0, 64, 1024)
         ],
     }
-    par = {
+    par = {  # the timing no longer decides the column: here it says the opposite of the dependence test
         "lengths": [64, 256],
         "results": [
-            {"family": f, "T": T, "speedup": PARALLEL_FROM * (2 if f in parallel else 0.2)}
+            {"family": f, "T": T, "speedup": PARALLEL_FROM * (0.2 if f in parallel else 2)}
             for f in fams
             for T in (64, 256)
         ],
+    }
+    dep = {
+        "T": 256,
+        "results": [
+            {"family": f, "T": 256, "first_difference": 3, "later": 252, "moved": 0 if f in parallel else 250}
+            for f in fams
+            if f != "ar-ssm"
+        ]
+        + [{"family": "ar-ssm", "T": 256, "first_difference": None, "later": 0, "moved": None}],  # same tokens twice
     }
     (tmp_path / "mnist-ar-ssm.json").write_text(
         '{"family": "ar-ssm", "nll": {"bound": "exact", "nats_per_sequence": 60.5}}'
     )
     (tmp_path / "mnist-broken.json").write_text('{"family": "tvae"}')  # no nll: skipped, never a number
-    rows = {r["family"]: r for r in table1_rows(gen, res, par, tmp_path)}
+    rows = {r["family"]: r for r in table1_rows(gen, res, par, dep, tmp_path)}
     assert rows["tvae"]["measured"] == {"generation": "O(T^2)", "parallel": True, "resume": True}
     assert rows["vrnn"]["measured"] == {"generation": "O(T)", "parallel": False, "resume": True}
     assert rows["ar-gru"]["agrees"] == {"generation": True, "parallel": True, "resume": False}
+    assert rows["ar-ssm"]["measured"]["parallel"] is None  # the test could not tell: left open, never guessed
     assert [f for f, r in rows.items() if r["linear_parallel_resumable"]] == ["vssm"]
     assert rows["tvae"]["resume"]["state_growth"] == 16.0 and rows["vrnn"]["resume"]["state_growth"] == 1.0
     assert rows["ar-ssm"]["likelihood"][0]["nats_per_sequence"] == 60.5
     assert all(rows[f]["likelihood"] == [] for f in fams if f != "ar-ssm")
+
+
+def test_the_dependence_test_tells_the_parallel_families_from_the_sequential_ones() -> None:
+    """bench/table1.py, run_dependence on every family's tiny model: the VSSM's and the TVAE's distributions never
+    read the tokens drawn before them (none moved); every other family's do (all moved), compiled loops included."""
+    from dataclasses import replace
+
+    import torch
+
+    from bench.common import QUICK
+    from bench.table1 import run_dependence
+    from tests.conftest import TINY, tiny_model
+
+    models = {f: tiny_model(f, torch.float32) for f in TINY}
+    dep = run_dependence(models, replace(QUICK, parallel_lengths=(48,)))  # the tiny transformers' 64 positions
+    by = {r["family"]: r for r in dep["results"]}
+    assert set(by) == set(TINY)
+    for f, r in by.items():
+        assert r["first_difference"] is not None and r["later"] > 0, f
+        assert r["moved"] == (0 if f in ("vssm", "tvae") else r["later"]), f
 
 
 @pytest.mark.parametrize("from_state", [False, True])
