@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import native
 from .base import LossOutput, SequenceModel, check_config
-from .network import SSMNet, SSMNetConfig
+from .network import SSMNet, SSMNetConfig, _affine, has_hooks, walked
 from .sampling import STREAM_TOKEN, finite_temperature, keyed_uniform, row_temperatures, sample_categorical
 from .state import GenState
 
@@ -259,3 +259,70 @@ class ARGRU(ARModel):
     def _net_step(self, x_t: Tensor, state: NetState, spare: NetState | None = None) -> tuple[Tensor, NetState]:
         logits, nxt = self._net_forward(x_t[:, None], state)
         return logits[:, 0], nxt
+
+    def _generate(
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        resumable: bool,
+        blocks: Tensor | None = None,
+        scores: list[Tensor] | None = None,
+        ratio: float | Tensor = 1.0,
+    ) -> tuple[Tensor, GenState | None]:
+        """On the CPU the whole loop is one compiled call (csrc/gru_loop.c), as the AR-SSM's and the AR
+        Transformer's are: the same treatment for every autoregressive baseline.  Scored calls take it too, so
+        asking for log-probabilities never changes a token."""
+        B = state.batch_size
+        loop = None
+        if n > 0 and finite_temperature(temperature):
+            loop = self._settled(("gru loop", B), self._compiled_loop)
+        if loop is None:
+            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
+        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        temps = row_temperatures(temperature, B)
+        tokens, logits, h_next, seen = loop(state["logits"], state["h"], u, temps, resumable, scores is not None)
+        if scores is not None:
+            assert seen is not None
+            scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
+        if not resumable:
+            return tokens, None
+        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+
+    def _compiled_loop(self) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
+        """The whole loop as one compiled call (csrc/gru_loop.c) where nothing in the stack is what one call
+        cannot reproduce (a hook, dropout between layers in training, a missing bias, a projection, gradients, a
+        device other than the CPU); else None."""
+        loop = native.gru_loop()
+        gru = self.gru
+        if loop is None or torch.is_grad_enabled() or self.dtype not in (torch.float32, torch.float64):
+            return None
+        if self.device.type != "cpu" or has_hooks(walked(self)) or not gru.bias or gru.proj_size:
+            return None
+        if (gru.training and gru.dropout > 0) or not gru.batch_first or gru.bidirectional or not _affine(self.head):
+            return None
+        if gru.input_size != gru.hidden_size or self.embed._parameters.get("weight") is None:
+            return None
+        packed = self._laid_out("_gru_pack_cache", (), self._packed)
+        emb = self.embed.weight
+
+        def run(
+            logits: Tensor, h: Tensor, u: Tensor, temps: Tensor, keep: bool, scores: bool
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+            return loop(logits, h, u, temps, packed, emb, keep, scores)
+
+        return run
+
+    def _packed(self) -> Tensor:
+        """The stack's weights as csrc/gru_loop.c reads them (model/native.py, pack_gru)."""
+        g = self.gru
+        layers = [
+            (
+                getattr(g, f"weight_ih_l{i}"),
+                getattr(g, f"bias_ih_l{i}"),
+                getattr(g, f"weight_hh_l{i}"),
+                getattr(g, f"bias_hh_l{i}"),
+            )
+            for i in range(g.num_layers)
+        ]
+        return native.pack_gru(layers, (self.head.weight, self.head.bias))

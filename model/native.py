@@ -2,8 +2,8 @@
 csrc/s4d_block.c), a whole short network pass in one call (every block, the final norm and the
 head: :func:`net`), the keyed uniforms of model/sampling.py (csrc/keyed.c), its inverse-CDF
 draws (csrc/categorical.c), a block's latents under the latent prior (csrc/latent_prior.c),
-the autoregressive SSM's whole generation loop (csrc/ar_loop.c) and the autoregressive Transformer's
-(csrc/transformer_loop.c), block sampling's blocks of a call
+the autoregressive SSM's whole generation loop (csrc/ar_loop.c), the autoregressive Transformer's
+(csrc/transformer_loop.c) and GRU's (csrc/gru_loop.c), block sampling's blocks of a call
 for a token-level partial encoder (csrc/rounds.c) and for one that reads a patch a step
 (csrc/patch_rounds.c), and a piece whose latents a latent prior draws (csrc/prior_piece.c).
 
@@ -52,11 +52,13 @@ __all__ = [
     "block",
     "categorical",
     "fused_rounds",
+    "gru_loop",
     "kernel_path",
     "keyed",
     "max_tokens",
     "net",
     "pack",
+    "pack_gru",
     "pack_prior",
     "pack_transformer",
     "patch_rounds",
@@ -76,7 +78,8 @@ SOURCES = [
     Path(__file__).with_name("csrc") / name
     for name in (
         *("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c"),
-        *("ar_loop.c", "transformer_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c", "scratch.c"),
+        *("ar_loop.c", "transformer_loop.c", "gru_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c"),
+        "scratch.c",
     )
 ]
 HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
@@ -104,6 +107,7 @@ _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _TR_LOOP_ARGTYPES = [_L] * 8 + [_P, _D] + [_P] * 10 + [_I]
+_GRU_LOOP_ARGTYPES = [_L] * 5 + [_P] * 8 + [_I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
@@ -204,6 +208,7 @@ def _load() -> ctypes.CDLL | None:
             ("prior_piece", _PIECE_ARGTYPES, _L),
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, None),
             ("transformer_loop", _TR_LOOP_ARGTYPES, _I),
+            ("gru_loop", _GRU_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
             for suffix in ("_f32", "_f64"):
@@ -694,6 +699,67 @@ def transformer_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor | None]] | 
     """The compiled autoregressive Transformer loop (see :func:`_transformer_loop`), or None where the kernels
     cannot be built."""
     return _transformer_loop if _load() is not None else None
+
+
+def pack_gru(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]], head: tuple[Tensor, Tensor]) -> Tensor:
+    """One GRU stack's weights for :func:`gru_loop`, in csrc/gru_loop.c's order: per layer ``(W_ih, b_ih, W_hh,
+    b_hh)`` as torch.nn.GRU holds them (``(3H, H)``, gates r, z, c), then the head's ``(weight (V, H), bias)``.
+    The weights are stored transposed, so that C's inner loop runs over outputs."""
+    parts = []
+    for w_ih, b_ih, w_hh, b_hh in layers:
+        parts += [w_ih.t(), b_ih, w_hh.t(), b_hh]
+    parts += [head[0].t(), head[1]]
+    return torch.cat([p.detach().reshape(-1) for p in parts])
+
+
+def _gru_loop(
+    logits: Tensor,
+    h: Tensor,
+    u: Tensor,
+    temperature: Tensor,
+    packed: Tensor,
+    emb: Tensor,
+    last_step: bool,
+    scores: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The autoregressive GRU's loop compiled (csrc/gru_loop.c): from the logits ``(B, V)`` of the next draw and
+    the stack's state ``h`` ``(B, L, H)``, ``n`` tokens ``(B, n)`` drawn with the uniforms ``u`` ``(B, n)`` at
+    per-row ``temperature`` ``(B,)`` float64, each read by the stack (``packed``: :func:`pack_gru`; ``emb``
+    ``(V + 1, H)``, its input embedding); returns the tokens, and the logits and state after the stack read the
+    last of them (without ``last_step`` it does not read the last: those after the one before it) and, with
+    ``scores``, the logits ``(B, n, V)`` each draw was made from."""
+    lib = _lib
+    assert lib is not None
+    Bsz, V = logits.shape
+    n = u.shape[1]
+    _, L, H = h.shape
+    dt = logits.dtype
+    ok = dt in _COMPLEX and all(t.dtype == dt for t in (h, u, packed, emb)) and n >= 1 and u.shape == (Bsz, n)
+    ok = ok and h.shape[0] == Bsz and emb.shape == (V + 1, H) and packed.is_contiguous()
+    ok = ok and packed.numel() == L * 2 * (3 * H * H + 3 * H) + H * V + V
+    ok = ok and temperature.shape == (Bsz,) and temperature.dtype == torch.float64
+    ok = ok and all(t.is_cpu for t in (logits, h, u, temperature, packed, emb))
+    if not ok:
+        shapes = f"logits {tuple(logits.shape)}, h {tuple(h.shape)}, u {tuple(u.shape)}"
+        raise ValueError(f"bad inputs for the native GRU loop: {shapes}")
+    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    h = h.detach().clone(memory_format=torch.contiguous_format)
+    out = torch.empty(Bsz, n, dtype=torch.int64)
+    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
+    emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
+    fn = lib.gru_loop_f64 if dt == torch.float64 else lib.gru_loop_f32
+    status = fn(
+        Bsz, H, L, V, n, packed.data_ptr(), emb.data_ptr(), u.data_ptr(), temperature.data_ptr(), logits.data_ptr(),
+        h.data_ptr(), None if seen is None else seen.data_ptr(), out.data_ptr(), int(last_step),
+    )  # fmt: skip
+    if status != 0:
+        raise MemoryError("the native GRU loop could not allocate its scratch")
+    return out, logits, h, seen
+
+
+def gru_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
+    """The compiled autoregressive GRU loop (see :func:`_gru_loop`), or None where the kernels cannot be built."""
+    return _gru_loop if _load() is not None else None
 
 
 @dataclass(frozen=True)

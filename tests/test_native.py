@@ -1823,12 +1823,23 @@ def test_compiled_patch_rounds_draw_each_row_s_block_0_as_alone_whatever_the_oth
         assert torch.equal(state["prior"][i], alone["prior"][0])
 
 
-# ----- the autoregressive Transformer's loop (csrc/transformer_loop.c) -----------------------------------------
-def _transformer(dtype: torch.dtype = F64, width: int = 24, heads: int = 4, **overrides):
+# ----- the autoregressive Transformer's and GRU's loops (csrc/transformer_loop.c, csrc/gru_loop.c) ---------------
+# per family: the compiled loop's Python wrapper, its getter, and two shapes (the Transformer's width and heads: heads
+# of 6 and 10 channels, an MLP of 120 that leaves each row a part vector; the GRU's width: whole vectors and a tail)
+LOOPS = {
+    "ar-transformer": ("_transformer_loop", "transformer_loop", [{"width": 24, "heads": 4}, {"width": 30, "heads": 3}]),
+    "ar-gru": ("_gru_loop", "gru_loop", [{"width": 24}, {"width": 20}]),
+}
+CASES = [(f, i) for f in LOOPS for i in range(2)]
+
+
+def _ar(family: str, dtype: torch.dtype = F64, shape: int = 0, **overrides):
     from tests.conftest import tiny_model
 
-    cfg = {"vocab_size": 7, "width": width, "heads": heads, "layers": 3, "max_position": 160, **overrides}
-    return tiny_model("ar-transformer", dtype=dtype, **cfg)
+    cfg = {"vocab_size": 7, "layers": 3, **LOOPS[family][2][shape], **overrides}
+    if family == "ar-transformer":
+        cfg["max_position"] = 160
+    return tiny_model(family, dtype=dtype, **cfg)
 
 
 def _staggered(m, rows: int = 3):
@@ -1840,32 +1851,42 @@ def _staggered(m, rows: int = 3):
     return GenState.cat(parts)
 
 
-def _spied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _spied(monkeypatch: pytest.MonkeyPatch, family: str) -> list[int]:
     calls: list[int] = []
-    real = native._transformer_loop
-    monkeypatch.setattr(native, "_transformer_loop", lambda *a: calls.append(1) or real(*a))
+    name = LOOPS[family][0]
+    real = getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a: calls.append(1) or real(*a))
     return calls
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, family: str) -> None:
+    monkeypatch.setattr(native, LOOPS[family][1], lambda: None)
+
+
+def _state_keys(family: str) -> tuple[str, ...]:
+    return ("logits", "k", "v") if family == "ar-transformer" else ("logits", "h")
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("temperature", [1.0, 0.0, "rows"])
-@pytest.mark.parametrize("shape", [(24, 4), (30, 3)])
-def test_the_compiled_transformer_loop_equals_the_loop_in_pytorch(dtype, resumable, temperature, shape, monkeypatch):
-    """Tokens, logits and cache from rows at different lengths (a head's slots cross the loop's 16 lanes at
-    different places for each row), heads of 6 and 10 channels; float32 within its rounding.  The caller's state
-    is a value: never written."""
-    width, heads = shape
-    m = _transformer(dtype, width, heads)
+@pytest.mark.parametrize("family, shape", CASES)
+def test_the_compiled_baseline_loops_equal_the_loop_in_pytorch(
+    dtype, resumable, temperature, family, shape, monkeypatch
+):
+    """Tokens, logits and state from rows at different lengths (a Transformer head's slots cross the loop's 16 lanes
+    at different places for each row); float32 within its rounding.  The caller's state is a value: never
+    written."""
+    m = _ar(family, dtype, shape)
     state = _staggered(m)
     temp = torch.tensor([1.0, 0.0, 1.6], dtype=F64) if temperature == "rows" else temperature
     kept = {k: v.clone() for k, v in state.tensors.items()}
-    calls = _spied(monkeypatch)
+    calls = _spied(monkeypatch, family)
     tokens, nxt = m.generate(state, 23, temperature=temp, resumable=resumable)
     assert calls
     for k, v in kept.items():
         assert torch.equal(state[k], v), k
-    monkeypatch.setattr(native, "transformer_loop", lambda: None)
+    _without(monkeypatch, family)
     ref_tokens, ref = m.generate(state, 23, temperature=temp, resumable=resumable)
     assert len(calls) == 1 and torch.equal(tokens, ref_tokens)
     if not resumable:
@@ -1873,21 +1894,23 @@ def test_the_compiled_transformer_loop_equals_the_loop_in_pytorch(dtype, resumab
         return
     tol = 1e-10 if dtype == F64 else 1e-5
     assert set(nxt.tensors) == set(ref.tensors)
-    for k in ("logits", "k", "v"):
+    for k in _state_keys(family):
         assert nxt[k].shape == ref[k].shape, k
         torch.testing.assert_close(nxt[k], ref[k], rtol=tol, atol=tol)
-    assert torch.equal(nxt["length"], ref["length"]) and torch.equal(nxt.position, ref.position)
+    assert torch.equal(nxt.position, ref.position)
+    if family == "ar-transformer":
+        assert torch.equal(nxt["length"], ref["length"])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
-@pytest.mark.parametrize("shape", [(24, 4), (30, 3)])
-def test_the_compiled_transformer_loop_gives_the_same_bits_in_any_chunks_and_batch(dtype, shape, monkeypatch):
-    """A session's chunks (through the state's bytes) leave the tokens and the cache of one call, bit for bit, and
+@pytest.mark.parametrize("family, shape", CASES)
+def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(dtype, family, shape, monkeypatch):
+    """A session's chunks (through the state's bytes) leave the tokens and the state of one call, bit for bit, and
     each row of a batch at its own length draws and stores what it would alone: a step's arithmetic depends on the
-    row's own length only (csrc/transformer_loop.c); an MLP of 120 leaves each row a part vector."""
-    m = _transformer(dtype, *shape).freeze()
+    row's own length only."""
+    m = _ar(family, dtype, shape).freeze()
     state = _staggered(m)
-    calls = _spied(monkeypatch)
+    calls = _spied(monkeypatch, family)
     whole, s_whole = m.generate(state, 96)
     for chunks in [(16,) * 6, (3, 29, 1, 40, 23)]:
         parts, st = [], state
@@ -1900,50 +1923,63 @@ def test_the_compiled_transformer_loop_gives_the_same_bits_in_any_chunks_and_bat
     for i in range(3):
         alone, s_alone = m.generate(state.rows(slice(i, i + 1)), 96)
         assert torch.equal(alone, whole[i : i + 1])
-        used = int(s_alone["length"][0])
-        for k in ("k", "v"):
-            assert torch.equal(s_alone[k][0, :, :, :used], s_whole[k][i, :, :, :used]), k
+        if family == "ar-transformer":
+            used = int(s_alone["length"][0])
+            for k in ("k", "v"):
+                assert torch.equal(s_alone[k][0, :, :, :used], s_whole[k][i, :, :, :used]), k
+        else:
+            assert torch.equal(s_alone["h"][0], s_whole["h"][i])
         assert torch.equal(s_alone["logits"][0], s_whole["logits"][i])
     assert len(calls) == 1 + 5 + 6 + 3
 
 
-def test_the_compiled_transformer_loop_scores_without_changing_the_tokens(monkeypatch):
+@pytest.mark.parametrize("family", list(LOOPS))
+def test_the_compiled_baseline_loops_score_without_changing_the_tokens(family, monkeypatch):
     """Asking for the tokens' log-probabilities keeps the compiled loop, so a request's tokens do not depend on
     whether it asked; the scores equal those of the loop in PyTorch."""
-    m = _transformer(torch.float32).freeze()
+    m = _ar(family, torch.float32).freeze()
     state = _staggered(m)
-    calls = _spied(monkeypatch)
+    calls = _spied(monkeypatch, family)
     plain, _ = m.generate(state, 17)
     scored, _, scores = m.generate_scored(state, 17)
     assert len(calls) == 2 and torch.equal(plain, scored)
-    monkeypatch.setattr(native, "transformer_loop", lambda: None)
+    _without(monkeypatch, family)
     m._unsettle()
     ref, _, ref_scores = m.generate_scored(state, 17)
     assert torch.equal(ref, plain) and scores.shape == (3, 17, 7)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
 
 
-def test_the_compiled_transformer_loop_keeps_what_it_cannot_reproduce_in_pytorch(monkeypatch):
-    """A hook, an approximate GELU, LayerNorms of different eps, an active dropout or gradients keep the loop in
-    PyTorch (the hook runs every step); a temperature of NaN does too, as for the AR-SSM's loop."""
-    calls = _spied(monkeypatch)
+def _unfit(family: str) -> list:
+    """Changes that leave a model the compiled loop cannot reproduce."""
+    if family == "ar-transformer":
+        return [
+            lambda m: setattr(m.blocks[0].mlp[1], "approximate", "tanh"),
+            lambda m: setattr(m.blocks[2].ln2, "eps", 0.5),
+            lambda m: (setattr(m.blocks[0].drop, "p", 0.5), m.blocks[0].drop.train()),
+        ]
+    return [lambda m: (setattr(m.gru, "dropout", 0.5), m.gru.train())]
+
+
+@pytest.mark.parametrize("family", list(LOOPS))
+def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(family, monkeypatch):
+    """A hook, what one call cannot reproduce (the Transformer's approximate GELU, LayerNorms of different eps, an
+    active dropout; the GRU's dropout between layers in training) or gradients keep the loop in PyTorch (the hook
+    runs every step); a temperature of NaN does too, as for the AR-SSM's loop."""
+    calls = _spied(monkeypatch, family)
 
     def fresh():
-        m = _transformer()
+        m = _ar(family)
         return m, _staggered(m, 2)
 
     m, state = fresh()
     seen = []
-    handle = m.blocks[1].mlp.register_forward_hook(lambda mod, args, out: seen.append(1))
+    module = m.blocks[1].mlp if family == "ar-transformer" else m.head
+    handle = module.register_forward_hook(lambda mod, args, out: seen.append(1))
     m.generate(state, 5)
     handle.remove()
     assert len(seen) == 5 and not calls
-    changes = [
-        lambda m: setattr(m.blocks[0].mlp[1], "approximate", "tanh"),
-        lambda m: setattr(m.blocks[2].ln2, "eps", 0.5),
-        lambda m: (setattr(m.blocks[0].drop, "p", 0.5), m.blocks[0].drop.train()),
-    ]
-    for change in changes:
+    for change in _unfit(family):
         m, state = fresh()
         change(m)
         m.generate(state, 5)
@@ -1957,29 +1993,40 @@ def test_the_compiled_transformer_loop_keeps_what_it_cannot_reproduce_in_pytorch
     assert len(calls) == 1
 
 
-def test_the_compiled_transformer_loop_follows_the_weights():
+@pytest.mark.parametrize("family", list(LOOPS))
+def test_the_compiled_baseline_loops_follow_the_weights(family):
     """The pack is reused within one version of the weights and rebuilt after an in-place change to any of them;
-    after that, or a change of every LayerNorm's eps (passed beside the pack), the compiled loop draws what the loop
-    in PyTorch draws."""
-    m = _transformer()
-    changes = [
-        lambda: m.blocks[1].qkv.weight.mul_(-2.0),
-        lambda: m.head.bias.add_(0.7),
-        lambda: m.pos.weight.add_(0.3),
-        lambda: [setattr(ln, "eps", 0.5) for ln in m.modules() if isinstance(ln, torch.nn.LayerNorm)],
-    ]
+    after that (or, for the Transformer, a change of every LayerNorm's eps, passed beside the pack) the compiled
+    loop draws what the loop in PyTorch draws."""
+    m = _ar(family)
+    if family == "ar-transformer":
+        cache, keys = "_tr_pack_cache", ("k", "logits")
+        changes = [
+            lambda: m.blocks[1].qkv.weight.mul_(-2.0),
+            lambda: m.head.bias.add_(0.7),
+            lambda: m.pos.weight.add_(0.3),
+            lambda: [setattr(ln, "eps", 0.5) for ln in m.modules() if isinstance(ln, torch.nn.LayerNorm)],
+        ]
+    else:
+        cache, keys = "_gru_pack_cache", ("h", "logits")
+        changes = [
+            lambda: m.gru.weight_hh_l1.mul_(-2.0),
+            lambda: m.gru.bias_ih_l2.add_(0.7),
+            lambda: m.head.bias.add_(0.7),
+            lambda: m.embed.weight.add_(0.3),
+        ]
     for change in changes:
         m.generate(_staggered(m, 2), 9)  # laid out, cached
-        before = m.__dict__["_tr_pack_cache"][1]
+        before = m.__dict__[cache][1]
         m.generate(_staggered(m, 2), 9)  # reused
-        assert m.__dict__["_tr_pack_cache"][1] is before
+        assert m.__dict__[cache][1] is before
         with torch.no_grad():
             change()
         state = _staggered(m, 2)
         tokens, nxt = m.generate(state, 9)
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(native, "transformer_loop", lambda: None)
+            mp.setattr(native, LOOPS[family][1], lambda: None)
             ref_tokens, ref = m.generate(state, 9)
         assert torch.equal(tokens, ref_tokens)
-        torch.testing.assert_close(nxt["k"], ref["k"], rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(nxt["logits"], ref["logits"], rtol=1e-10, atol=1e-10)
+        for k in keys:
+            torch.testing.assert_close(nxt[k], ref[k], rtol=1e-10, atol=1e-10)
