@@ -5,6 +5,14 @@ docs/experiments/rounds-and-serving.md, fortieth session (logs/s40-user-check.tx
     redis-server --port 6391 --daemonize yes --save "" --appendonly no
     VSSM_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/vssm serve --port 8072
 
+``baselines`` (forty-second session, logs/s42-user-check.txt): the compiled AR Transformer and AR-GRU loops, 8
+concurrent sessions per model in 64-token chunks against one completion and against a completion asking for
+log-probabilities; with a server of the release before them at ``OLD`` (a worktree, the same Redis), a session
+begun there and continued here, and one begun here and continued there, against each release's own; and the time
+of a 784-token completion from each server, by turns::
+
+    PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py baselines
+
 ``sessions``: 8 concurrent sessions per image model drawing a 784-token image in chunks, each against one
 completion; then, with state files that ``format1_upgrade.py write ... 300 1 BLOCK /tmp/f1u-NAME`` wrote under the
 release before state format 2, a session whose stored state is overwritten in Redis with them and drawn on;
@@ -25,6 +33,8 @@ import redis
 import vssm_client
 
 URL = "http://127.0.0.1:8072"
+OLD = "http://127.0.0.1:8073"
+BASELINES = ("mnist-ar-transformer", "mnist-ar-gru", "shakespeare-ar-transformer", "shakespeare-ar-gru")
 
 
 def ascii(tokens):
@@ -88,6 +98,45 @@ async def sessions_main():
         print(repr(txt.choices[0].text))
 
 
+async def baselines_main():
+    import time
+
+    async with vssm_client.AsyncClient(base_url=URL) as c, vssm_client.AsyncClient(base_url=OLD) as old:
+        for model in BASELINES:
+            T = 784 if model.startswith("mnist") else 256
+            imgs = await sessions_vs_completion(c, model, None, 64) if T == 784 else None
+            scored = (await c.completions.create(model=model, max_tokens=T, seed=100, logprobs=1)).choices[0].tokens
+            plain = (await c.completions.create(model=model, max_tokens=T, seed=100)).choices[0].tokens
+            print(f"{model}: tokens with log-probabilities == without: {scored == plain}")
+            for first, then, label in ((old, c, "old -> new"), (c, old, "new -> old")):
+                s = await first.sessions.create(model=model, seed=2000)
+                head = (await s.generate(max_tokens=T // 2)).tokens
+                s2 = await then.sessions.get(s.id)
+                tail = (await s2.generate(max_tokens=T - T // 2)).tokens
+                own = (await first.completions.create(model=model, max_tokens=T, seed=2000)).choices[0].tokens
+                other = (await then.completions.create(model=model, max_tokens=T, seed=2000)).choices[0].tokens
+                same = sum(a == b for a, b in zip(head + tail, own, strict=True))
+                print(
+                    f"{model}: session {label}: {same}/{T} tokens equal the first release's completion; the two "
+                    f"releases' completions agree on {sum(a == b for a, b in zip(own, other, strict=True))}/{T}"
+                )
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            for _ in range(5):
+                for name, client in (("old", old), ("new", c)):
+                    t0 = time.perf_counter()
+                    await client.completions.create(model=model, max_tokens=T, seed=5)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            med = {k: sorted(v)[2] for k, v in times.items()}
+            print(
+                f"{model}: {T}-token completion through the API, median of 5 by turns: old {med['old']:.1f} ms, "
+                f"new {med['new']:.1f} ms ({med['old'] / med['new']:.1f}x)"
+            )
+            if imgs:
+                print(ascii(imgs))
+        txt = await c.completions.create(model="shakespeare-ar-transformer", prompt="ROMEO:\n", max_tokens=200, seed=3)
+        print(repr(txt.choices[0].text))
+
+
 async def prompts_main():
     async with vssm_client.AsyncClient(base_url="http://127.0.0.1:8072") as c:
         for model, block, pieces in [
@@ -121,4 +170,4 @@ async def prompts_main():
 
 
 if __name__ == "__main__":
-    asyncio.run(sessions_main() if sys.argv[1] == "sessions" else prompts_main())
+    asyncio.run({"sessions": sessions_main, "prompts": prompts_main, "baselines": baselines_main}[sys.argv[1]]())
