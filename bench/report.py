@@ -790,8 +790,9 @@ def _table1_section(t1: dict[str, Any] | None, mode: str, gen: dict[str, Any]) -
         "state and seed, its tokens sampled and then their most likely values, nothing else drawn differently (a "
         "latent family's latents at the same temperature, its tokens at observation temperature 1 and 0); parallel "
         "where none of the distributions after the first token that differs moved (by more than "
-        f"{th['moved_from']:g} in a log-probability): every position's distribution is computed without the tokens "
-        "drawn before it, so one pass can give them all. A sequential family reads each token back before the next. "
+        f"{th['moved_from']:g} in a log-probability), the distributions up to it being equal as a control: no token "
+        "feeds back, so with latents drawn independently per step (the VSSM's) or in one pass (the TVAE's) one pass "
+        "gives every position. A sequential family reads each token back before the next. "
         "The cell counts the later distributions that moved. (The time of T chained one-token calls against one "
         "call, below, decided this column until the AR Transformer's loop was compiled: for a sequential family "
         "it is 1 + the per-call overhead / a step, and a compiled step is small against a call's Python.)",

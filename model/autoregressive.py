@@ -11,6 +11,7 @@ costs exactly one recurrent step and nothing re-reads the prefix.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from .state import GenState
 __all__ = ["ARGRU", "ARSSM", "ARGRUConfig", "ARModel", "ARSSMConfig"]
 
 NetState = dict[str, Tensor]
+
+log = logging.getLogger(__name__)
 
 
 class ARModel(SequenceModel):
@@ -83,6 +86,24 @@ class ARModel(SequenceModel):
         logits, net = self._net_forward(tokens, self._net_state(state))
         return state.evolve(position=state.position + tokens.shape[1], logits=logits[:, -1], **net)
 
+    def _uniforms(self, state: GenState, n: int) -> Tensor:
+        """The keyed uniforms ``(B, n)`` the next ``n`` tokens are drawn with, in PyTorch and in a compiled loop."""
+        return keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
+
+    def _loop_or_none(self, kind: str, state: GenState, n: int, temperature: float | Tensor, check: Callable) -> Any:
+        """A compiled loop's runner for ``state`` (kept per its kind and batch size, :meth:`SequenceModel._settled`),
+        or None: no tokens, a NaN temperature, or a state whose logits are not of the model's dtype."""
+        if n <= 0 or not finite_temperature(temperature) or state["logits"].dtype != self.dtype:
+            return None
+        return self._settled((kind, state.batch_size), check)
+
+    @staticmethod
+    def _record(scores: list[Tensor] | None, seen: Tensor | None) -> None:
+        """A compiled loop's logits of each draw ``(B, n, V)`` as the scores :meth:`_generate` appends."""
+        if scores is not None:
+            assert seen is not None
+            scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
+
     def _generate(
         self,
         state: GenState,
@@ -93,7 +114,7 @@ class ARModel(SequenceModel):
         scores: list[Tensor] | None = None,
         ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        u = self._uniforms(state, n)  # (B, n)
         logits, net = state["logits"], self._net_state(state)
         out, log_p = [], []
         # the state this loop made and has just read for the last time: the next step writes into it
@@ -178,21 +199,22 @@ class ARSSM(ARModel):
     ) -> tuple[Tensor, GenState | None]:
         """On the CPU, where every step would be one native network pass, the whole loop is one
         compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
-        its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c)."""
+        its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c).
+        Scored calls take it too, so asking for log-probabilities never changes a token."""
         B = state.batch_size
         # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
-        loop = None
-        if scores is None and n > 0 and finite_temperature(temperature):
-            loop = self._settled(("ar loop", B, self.net.kernel_limit()), lambda: self._compiled_loop(state))
+        kind = f"ar loop {self.net.kernel_limit()}"
+        loop = self._loop_or_none(kind, state, n, temperature, lambda: self._compiled_loop(state))
         if loop is None:
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        tokens, logits, h_next = loop(state, u, row_temperatures(temperature, B), resumable)
+        temps = row_temperatures(temperature, B)
+        tokens, logits, h_next, seen = loop(state, self._uniforms(state, n), temps, resumable, scores is not None)
+        self._record(scores, seen)
         if not resumable:
             return tokens, None
         return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
 
-    def _compiled_loop(self, state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+    def _compiled_loop(self, state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
         """The whole loop as one compiled call (csrc/ar_loop.c) where every step would be one native network
         pass over ``state``'s rows; else None."""
         loop = native.ar_loop()
@@ -209,8 +231,11 @@ class ARSSM(ARModel):
         packed = self._laid_out("_ar_pack_cache", (), self.net._packed)  # eps goes beside it, not in it
         weight, eps = self.net.inp.weight, self.net.norm.eps
 
-        def run(state: GenState, u: Tensor, temps: Tensor, keep: bool) -> tuple[Tensor, Tensor, Tensor]:
-            return loop(state["logits"], state["h"], u, temps, packed, weight, cfg.layers, cfg.state_size, eps, keep)
+        def run(
+            state: GenState, u: Tensor, temps: Tensor, keep: bool, scores: bool
+        ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+            h = state["h"]
+            return loop(state["logits"], h, u, temps, packed, weight, cfg.layers, cfg.state_size, eps, keep, scores)
 
         return run
 
@@ -274,20 +299,20 @@ class ARGRU(ARModel):
         Transformer's are: the same treatment for every autoregressive baseline.  Scored calls take it too, so
         asking for log-probabilities never changes a token."""
         B = state.batch_size
-        loop = None
-        if n > 0 and finite_temperature(temperature):
-            loop = self._settled(("gru loop", B), self._compiled_loop)
-        if loop is None:
-            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
-        u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
-        temps = row_temperatures(temperature, B)
-        tokens, logits, h_next, seen = loop(state["logits"], state["h"], u, temps, resumable, scores is not None)
-        if scores is not None:
-            assert seen is not None
-            scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
-        if not resumable:
-            return tokens, None
-        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+        loop = self._loop_or_none("gru loop", state, n, temperature, self._compiled_loop)
+        if loop is not None and state["h"].dtype == self.dtype:
+            try:
+                temps = row_temperatures(temperature, B)
+                out = loop(state["logits"], state["h"], self._uniforms(state, n), temps, resumable, scores is not None)
+            except MemoryError:  # its scratch: the loop in PyTorch needs less at once
+                log.warning("the compiled GRU loop could not allocate its scratch; this call runs in PyTorch")
+            else:
+                tokens, logits, h_next, seen = out
+                self._record(scores, seen)
+                if not resumable:
+                    return tokens, None
+                return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+        return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
 
     def _compiled_loop(self) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
         """The whole loop as one compiled call (csrc/gru_loop.c) where nothing in the stack is what one call

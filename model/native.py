@@ -105,7 +105,7 @@ _ARGTYPES = [_L, _L, _L, _L, _L, _P, _L, _L, _P, _P, _D, _P, _L, _P, _P, _I, _P,
 _NET_ARGTYPES = [_L, _L, _L, _L, _L, _L, _L, _P, _P, _D, _P, _L, _P, _P, _P]
 _KEYED_ARGTYPES = [_L, _L, _L, _L, _P, _P, _L, _L, _P, _P]
 _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
-_AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
+_AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _TR_LOOP_ARGTYPES = [_L] * 8 + [_P, _D] + [_P] * 10 + [_I]
 _GRU_LOOP_ARGTYPES = [_L] * 5 + [_P] * 8 + [_I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
@@ -573,13 +573,15 @@ def _ar_loop(
     N: int,
     eps: float,
     last_step: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+    scores: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The autoregressive SSM's loop compiled (csrc/ar_loop.c): from the logits ``(B, V)`` of the next
     draw and the network's state ``(B, L, H, N)`` complex, ``n`` tokens ``(B, n)`` drawn with the
     uniforms ``u`` ``(B, n)`` at per-row ``temperature`` ``(B,)`` float64, each read by the network
     (``packed``: :func:`pack`; ``emb`` ``(n_in, H)``, its input embedding); returns the tokens, and the
     logits and state after the network read the last of them (without ``last_step`` it does not read
-    the last: those after the one before it, for a caller that keeps no state)."""
+    the last: those after the one before it, for a caller that keeps no state) and, with ``scores``, the logits
+    ``(B, n, V)`` each draw was made from."""
     lib = _lib
     assert lib is not None
     Bsz, V = logits.shape
@@ -601,16 +603,18 @@ def _ar_loop(
     x = torch.empty(Bsz, H, dtype=dt)
     g = torch.empty(Bsz, H, dtype=dt)
     out = torch.empty(Bsz, n, dtype=torch.int64)
+    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
     emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
     fn = lib.ssm_ar_loop_f64 if dt == torch.float64 else lib.ssm_ar_loop_f32
     fn(
         Bsz, H, N, L, V, n, packed.data_ptr(), eps, emb.data_ptr(), u.data_ptr(), temperature.data_ptr(),
-        logits.data_ptr(), h.data_ptr(), spare.data_ptr(), x.data_ptr(), g.data_ptr(), out.data_ptr(), int(last_step),
+        logits.data_ptr(), h.data_ptr(), spare.data_ptr(), x.data_ptr(), g.data_ptr(),
+        None if seen is None else seen.data_ptr(), out.data_ptr(), int(last_step),
     )  # fmt: skip
-    return out, logits, h
+    return out, logits, h, seen
 
 
-def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor]] | None:
+def ar_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
     """The compiled autoregressive SSM loop (see :func:`_ar_loop`), or None where the kernels cannot be built."""
     return _ar_loop if _load() is not None else None
 

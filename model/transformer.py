@@ -15,6 +15,7 @@ at each row's own offset.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,10 +27,12 @@ from . import native
 from .autoregressive import ARModel, NetState
 from .base import check_config
 from .network import _affine, has_hooks, walked
-from .sampling import STREAM_TOKEN, finite_temperature, keyed_uniform, row_temperatures
+from .sampling import row_temperatures
 from .state import GenState
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "Block", "TransformerNet", "TransformerNetConfig", "run_blocks"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -270,27 +273,29 @@ class ARTransformer(ARModel):
         k, v, length = state["k"], state["v"], state["length"]
         room = int(length.max()) + n - k.shape[3]
         buf = {
-            "k": F.pad(k, (0, 0, 0, max(room, 0))),
-            "v": F.pad(v, (0, 0, 0, max(room, 0))),
+            "k": F.pad(k, (0, 0, 0, max(room, 0))).contiguous(),  # (a pad of nothing keeps the strides)
+            "v": F.pad(v, (0, 0, 0, max(room, 0))).contiguous(),
             "length": length,
             "buffer": length,
         }  # "buffer" marks the private, writable cache
-        B = state.batch_size
-        loop = None
-        if n > 0 and finite_temperature(temperature) and int(length.max()) + n <= self.pos.num_embeddings:
-            loop = self._settled(("transformer loop", B), self._compiled_loop)
-        if loop is not None:
-            u = keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        nxt: GenState | None = None
+        loop = self._loop_or_none("transformer loop", state, n, temperature, self._compiled_loop)
+        if loop is not None and k.dtype == self.dtype:
             lengths = length.clone()  # advanced in place, with the buffer's slots
-            temps = row_temperatures(temperature, B)
-            tokens, logits, seen = loop(state["logits"], buf["k"], buf["v"], lengths, u, temps, resumable, scores)
-            if scores is not None:
-                assert seen is not None
-                scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
-            if not resumable:
-                return tokens, None
-            nxt = state.evolve(position=state.position + n, logits=logits, k=buf["k"], v=buf["v"], length=lengths)
-        else:
+            temps = row_temperatures(temperature, state.batch_size)
+            try:
+                out = loop(
+                    state["logits"], buf["k"], buf["v"], lengths, self._uniforms(state, n), temps, resumable, scores
+                )
+            except MemoryError:  # its scratch, two more caches: the loop in PyTorch needs less at once
+                log.warning("the compiled Transformer loop could not allocate its scratch; this call runs in PyTorch")
+            else:
+                tokens, logits, seen = out
+                self._record(scores, seen)
+                if not resumable:
+                    return tokens, None
+                nxt = state.evolve(position=state.position + n, logits=logits, k=buf["k"], v=buf["v"], length=lengths)
+        if nxt is None:
             tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
             if nxt is None:
                 return tokens, None
@@ -308,15 +313,18 @@ class ARTransformer(ARModel):
             return None
         if self.device.type != "cpu" or has_hooks(walked(self)):
             return None
+        c = self.config
         norms = [self.norm]
         for b in self.blocks:
             mlp = b.mlp
-            if not (isinstance(mlp[1], nn.GELU) and mlp[1].approximate == "none"):
+            if len(mlp) != 3 or not (isinstance(mlp[1], nn.GELU) and mlp[1].approximate == "none"):
                 return None
-            if b.drop.training and (b.drop.p > 0):
+            if (b.drop.training and b.drop.p > 0) or b.heads != c.heads:
                 return None
             linears = (b.qkv, b.proj, mlp[0], mlp[2])
-            if len(mlp) != 3 or not all(_affine(m) for m in (*linears, b.ln1, b.ln2)):
+            if not all(_affine(m) for m in (*linears, b.ln1, b.ln2)):
+                return None
+            if mlp[0].out_features != c.mlp_ratio * c.width:  # every block's MLP as wide: one F for the call
                 return None
             norms += [b.ln1, b.ln2]
         eps = self.norm.eps
@@ -325,7 +333,7 @@ class ARTransformer(ARModel):
         if self.embed._parameters.get("weight") is None or self.pos._parameters.get("weight") is None:
             return None
         packed = self._laid_out("_tr_pack_cache", (), self._packed)  # eps goes beside it, not in it
-        mlp_width = self.blocks[0].mlp[0].out_features if self.blocks else 0
+        mlp_width = c.mlp_ratio * c.width
         emb, pos = self.embed.weight, self.pos.weight
 
         def run(

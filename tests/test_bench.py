@@ -186,6 +186,7 @@ def _check_table1(t1: dict, families: set[str], md: str) -> None:
     assert {x["family"] for x in dep["results"]} == families
     for x in dep["results"]:
         assert x["moved"] is None or 0 <= x["moved"] <= x["later"] < dep["T"]
+        assert x["control_equal"] or x["moved"] is None  # no verdict where the control failed
     op = t1["vssm_one_pass"]  # the VSSM without generation windows: quick mode's T all fit one window
     assert op["window"] > 0 and (op.get("note") or all(x["best_s"] > 0 for x in op["results"]))
     assert [row["family"] for row in t1["rows"]] == list(PAPER)
@@ -296,8 +297,19 @@ def test_the_dependence_test_tells_the_parallel_families_from_the_sequential_one
     by = {r["family"]: r for r in dep["results"]}
     assert set(by) == set(TINY)
     for f, r in by.items():
-        assert r["first_difference"] is not None and r["later"] > 0, f
+        assert r["control_equal"] and r["first_difference"] is not None and r["later"] > 0, f
         assert r["moved"] == (0 if f in ("vssm", "tvae") else r["later"]), f
+    scored = models["vssm"].generate_scored  # calls that differ in more than their tokens: no verdict
+
+    def shifted(state, n, **kw):
+        tokens, nxt, scores = scored(state, n, **kw)
+        return tokens, nxt, scores + (kw.get("observation_temperature") == 0.0)
+
+    models["vssm"].generate_scored = shifted
+    (vssm,) = [
+        r for r in run_dependence(models, replace(QUICK, parallel_lengths=(48,)))["results"] if r["family"] == "vssm"
+    ]
+    assert not vssm["control_equal"] and vssm["moved"] is None
 
 
 @pytest.mark.parametrize("from_state", [False, True])

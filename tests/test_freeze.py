@@ -155,6 +155,8 @@ ENTRY = {  # their C
     "piece": "prior_piece_f64",
     "ar loop": "ssm_ar_loop_f64",
     "net pass": "ssm_net_f64",
+    "ar-transformer": "transformer_loop_f64",
+    "ar-gru": "gru_loop_f64",
 }
 ONE_ROW = {"patch rounds": 1, "rounds": 6, "piece": 13, "ar loop": 1}  # a kernel limit for one row's passes, not two
 
@@ -221,6 +223,38 @@ def test_a_frozen_model_checks_its_compiled_call_once(case, monkeypatch):
     with torch.enable_grad():  # gradients on: nothing is kept, nothing is used
         assert m._settled(("probe",), lambda: "checked") == "checked"
         assert "probe" not in str(m.__dict__.get("_settled_cache"))
+
+
+@pytest.mark.parametrize("family", ["ar-transformer", "ar-gru"])
+def test_a_frozen_baseline_keeps_its_loop_s_check_and_still_sees_hooks_and_new_weights(family, monkeypatch):
+    """The AR Transformer's and AR-GRU's compiled loops (csrc/transformer_loop.c, csrc/gru_loop.c) are checked as
+    the AR-SSM's is: on every call unfrozen, once frozen; a hook registered after the check runs (the loop in
+    PyTorch), and after its removal the loop is entered again; a weight replaced ends the freeze and is read."""
+    m = tiny_model(family, max_position=64)
+    twin = copy.deepcopy(m)
+    count = _counted(monkeypatch, m, "_compiled_loop")
+    entered = _entered(monkeypatch, family)
+    want = _tokens(m, None)
+    _tokens(m, None)
+    assert count[0] == 2 and entered[0] == 2
+    m.freeze()
+    for _ in range(3):
+        torch.testing.assert_close(_tokens(m, None), want, rtol=0, atol=0)
+    assert count[0] == 3 and entered[0] == 5
+    seen = []
+    handle = m.head.register_forward_hook(lambda *_: seen.append(1))
+    torch.testing.assert_close(_tokens(m, None), want, rtol=0, atol=0)
+    assert seen and entered[0] == 5
+    handle.remove()
+    torch.testing.assert_close(_tokens(m, None), want, rtol=0, atol=0)
+    assert entered[0] == 6
+    new = nn.Parameter(torch.randn(m.head.weight.shape, dtype=F64, generator=torch.Generator().manual_seed(9)))
+    m.head.weight = new
+    twin.head.weight = nn.Parameter(new.detach().clone())
+    assert not m.frozen
+    got = _tokens(m, None)
+    assert not torch.equal(got, want) and entered[0] == 7
+    torch.testing.assert_close(got, _tokens(twin, None), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", sorted(KEPT))

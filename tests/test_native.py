@@ -1823,14 +1823,16 @@ def test_compiled_patch_rounds_draw_each_row_s_block_0_as_alone_whatever_the_oth
         assert torch.equal(state["prior"][i], alone["prior"][0])
 
 
-# ----- the autoregressive Transformer's and GRU's loops (csrc/transformer_loop.c, csrc/gru_loop.c) ---------------
+# ----- the autoregressive baselines' loops (csrc/transformer_loop.c, csrc/gru_loop.c, and csrc/ar_loop.c again) -----
 # per family: the compiled loop's Python wrapper, its getter, and two shapes (the Transformer's width and heads: heads
 # of 6 and 10 channels, an MLP of 120 that leaves each row a part vector; the GRU's width: whole vectors and a tail)
 LOOPS = {
+    "ar-ssm": ("_ar_loop", "ar_loop", [{"width": 24, "state_size": 5}, {"width": 17, "state_size": 5}]),
     "ar-transformer": ("_transformer_loop", "transformer_loop", [{"width": 24, "heads": 4}, {"width": 30, "heads": 3}]),
     "ar-gru": ("_gru_loop", "gru_loop", [{"width": 24}, {"width": 20}]),
 }
 CASES = [(f, i) for f in LOOPS for i in range(2)]
+NEW = ["ar-transformer", "ar-gru"]  # the AR-SSM's own fallbacks and packs are tested above
 
 
 def _ar(family: str, dtype: torch.dtype = F64, shape: int = 0, **overrides):
@@ -1907,9 +1909,9 @@ def test_the_compiled_baseline_loops_equal_the_loop_in_pytorch(
 def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(dtype, family, shape, monkeypatch):
     """A session's chunks (through the state's bytes) leave the tokens and the state of one call, bit for bit, and
     each row of a batch at its own length draws and stores what it would alone: a step's arithmetic depends on the
-    row's own length only."""
+    row's own length only; 7 rows reach the products' tiles of 6 rows and the rows left over."""
     m = _ar(family, dtype, shape).freeze()
-    state = _staggered(m)
+    state = _staggered(m, 7)
     calls = _spied(monkeypatch, family)
     whole, s_whole = m.generate(state, 96)
     for chunks in [(16,) * 6, (3, 29, 1, 40, 23)]:
@@ -1920,7 +1922,7 @@ def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(
         assert torch.equal(torch.cat(parts, 1), whole)
         for k, v in s_whole.tensors.items():
             assert torch.equal(st[k], v), k
-    for i in range(3):
+    for i in range(7):
         alone, s_alone = m.generate(state.rows(slice(i, i + 1)), 96)
         assert torch.equal(alone, whole[i : i + 1])
         if family == "ar-transformer":
@@ -1930,7 +1932,7 @@ def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(
         else:
             assert torch.equal(s_alone["h"][0], s_whole["h"][i])
         assert torch.equal(s_alone["logits"][0], s_whole["logits"][i])
-    assert len(calls) == 1 + 5 + 6 + 3
+    assert len(calls) == 1 + 5 + 6 + 7
 
 
 @pytest.mark.parametrize("family", list(LOOPS))
@@ -1957,14 +1959,21 @@ def _unfit(family: str) -> list:
             lambda m: setattr(m.blocks[0].mlp[1], "approximate", "tanh"),
             lambda m: setattr(m.blocks[2].ln2, "eps", 0.5),
             lambda m: (setattr(m.blocks[0].drop, "p", 0.5), m.blocks[0].drop.train()),
+            lambda m: setattr(m.blocks[1].proj, "bias", None),
         ]
-    return [lambda m: (setattr(m.gru, "dropout", 0.5), m.gru.train())]
+    g = torch.nn.GRU(24, 24, 3, batch_first=True, bias=False, dtype=F64)
+    return [
+        lambda m: (setattr(m.gru, "dropout", 0.5), m.gru.train()),
+        lambda m: setattr(m.head, "bias", None),
+        lambda m: setattr(m, "gru", g),
+    ]
 
 
-@pytest.mark.parametrize("family", list(LOOPS))
+@pytest.mark.parametrize("family", NEW)
 def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(family, monkeypatch):
     """A hook, what one call cannot reproduce (the Transformer's approximate GELU, LayerNorms of different eps, an
-    active dropout; the GRU's dropout between layers in training) or gradients keep the loop in PyTorch (the hook
+    active dropout, a missing bias; the GRU's dropout between layers in training, a head or stack without biases)
+    or gradients keep the loop in PyTorch (the hook
     runs every step); a temperature of NaN does too, as for the AR-SSM's loop."""
     calls = _spied(monkeypatch, family)
 
@@ -1980,9 +1989,9 @@ def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(
     handle.remove()
     assert len(seen) == 5 and not calls
     for change in _unfit(family):
-        m, state = fresh()
+        m = _ar(family)
         change(m)
-        m.generate(state, 5)
+        m.generate(_staggered(m, 2), 5)  # (a state of the changed model: a new stack is new weights)
         assert not calls
     m, state = fresh()
     with torch.enable_grad():
@@ -1993,7 +2002,7 @@ def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("family", list(LOOPS))
+@pytest.mark.parametrize("family", NEW)
 def test_the_compiled_baseline_loops_follow_the_weights(family):
     """The pack is reused within one version of the weights and rebuilt after an in-place change to any of them;
     after that (or, for the Transformer, a change of every LayerNorm's eps, passed beside the pack) the compiled

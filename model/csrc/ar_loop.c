@@ -21,19 +21,25 @@ pairs 2N apart: converting once a call instead of gathering and scattering the i
 step took a third off an image's time (docs/experiments/rounds-and-serving.md, twenty-seventh and
 twenty-eighth sessions).  Each step updates that state in place (NET_LAID allows it): two buffers
 by turns were a second copy of the state in the working set (thirty-first session).
-x and g are (B, H) scratch; out (B, n) int64.  With last_step 0 the network does not run after
+x and g are (B, H) scratch; scores (B, n, V) or NULL: the logits each draw was made from; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
+
+#include <string.h>
 
 #include "kernels.h"
 
 #define AR_LOOP(NAME, REAL, NET, DRAW, SLAY)                                                                         \
     void NAME(long B, long H, long N, long L, long V, long n, const REAL *pack, double eps, const REAL *emb,          \
              const REAL *u, const double *temperature, REAL *logits, REAL *h, REAL *spare, REAL *x, REAL *g,         \
-             int64_t *out, int last_step) {                                                                          \
+             REAL *scores, int64_t *out, int last_step) {                                                            \
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
         SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
         for (long i = 0; i < n; ++i) {                                                                               \
-            for (long b = 0; b < B; ++b) DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i); \
+            for (long b = 0; b < B; ++b) {                                                                           \
+                if (scores)                                                                                          \
+                    memcpy(scores + (b * n + i) * V, logits + b * V, V * sizeof(REAL));                              \
+                DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i);                          \
+            }                                                                                                        \
             if (i == n - 1 && !last_step) break;                                                                     \
             for (long b = 0; b < B; ++b) {                                                                           \
                 const REAL *e = emb + out[b * n + i] * H;                                                            \

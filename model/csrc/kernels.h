@@ -1,8 +1,9 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
-csrc/prior_piece.c, csrc/ar_loop.c), in float32 and float64: their definitions and layouts are in csrc/s4d_block.c
-(ssm_net, ssm_net_laid, ssm_states_layout, ssm_net_head, linear_rows), csrc/keyed.c (keyed_uniforms,
-span_uniforms), csrc/categorical.c, csrc/latent_prior.c (latent_prior, latent_prior_table),
-csrc/prior_piece.c (dec_inputs) and csrc/scratch.c (scratch_block).
+csrc/prior_piece.c, csrc/ar_loop.c, csrc/transformer_loop.c, csrc/gru_loop.c), in float32 and float64: their
+definitions and layouts are in csrc/s4d_block.c (ssm_net, ssm_net_laid, ssm_states_layout, ssm_net_head,
+linear_rows, layernorm_rows, exact_gelu_rows), csrc/keyed.c (keyed_uniforms, span_uniforms), csrc/categorical.c,
+csrc/latent_prior.c (latent_prior, latent_prior_table), csrc/prior_piece.c (dec_inputs) and csrc/scratch.c
+(scratch_block).
 model/native.py hashes this file with the sources. */
 
 #ifndef VSSM_KERNELS_H
@@ -33,6 +34,9 @@ model/native.py hashes this file with the sources. */
                                const REAL *x, REAL *g, REAL *logits);                                           \
     void linear_rows_##SUFFIX(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias,         \
                               REAL *out);                                                                       \
+    void layernorm_rows_##SUFFIX(long rows, long H, const REAL *x, const REAL *w, const REAL *bias, double eps, \
+                                 REAL *o);                                                                      \
+    void exact_gelu_rows_##SUFFIX(long rows, long H, REAL *x);                                                  \
     void keyed_uniforms_##SUFFIX(long Bsz, long S, long T, long W, const int64_t *seed, const int64_t *pos,     \
                                  long pos_sb, long pos_st, const int64_t *streams, REAL *out);                 \
     void span_uniforms_##SUFFIX(long Bsz, long T, const int64_t *seed, const int64_t *pos0, long S,             \

@@ -104,6 +104,8 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #define PADDED_GROUP padded_group_f32
 #define LINEAR linear_f32
 #define LINEAR_ROWS linear_rows_f32
+#define LAYERNORM_ROWS layernorm_rows_f32
+#define GELU_ROWS_OUT exact_gelu_rows_f32
 #define ROW_CHUNK row_chunk_f32
 #define ROW_REST row_rest_f32
 #define TILE tile_f32
@@ -126,6 +128,8 @@ typedef float vf32u __attribute__((vector_size(VEC_BYTES), aligned(4), may_alias
 #undef PADDED_GROUP
 #undef LINEAR
 #undef LINEAR_ROWS
+#undef LAYERNORM_ROWS
+#undef GELU_ROWS_OUT
 #undef ROW_CHUNK
 #undef ROW_REST
 #undef TILE
@@ -155,6 +159,8 @@ typedef double vf64u __attribute__((vector_size(VEC_BYTES), aligned(8), may_alia
 #define PADDED_GROUP padded_group_f64
 #define LINEAR linear_f64
 #define LINEAR_ROWS linear_rows_f64
+#define LAYERNORM_ROWS layernorm_rows_f64
+#define GELU_ROWS_OUT exact_gelu_rows_f64
 #define ROW_CHUNK row_chunk_f64
 #define ROW_REST row_rest_f64
 #define TILE tile_f64
@@ -724,6 +730,14 @@ static inline __attribute__((always_inline)) void LINEAR(long R, long K, long M,
 void LINEAR_ROWS(long R, long K, long M, const REAL *a, const REAL *wt, const REAL *bias, REAL *out) {
     LINEAR(R, K, M, a, wt, bias, out);
 }
+
+/* LAYERNORM of rows (rows, H) into o, and GELU_ROWS in place, for other files: the autoregressive Transformer's
+   loop (csrc/transformer_loop.c) normalises and activates as a network pass here does */
+void LAYERNORM_ROWS(long rows, long H, const REAL *x, const REAL *w, const REAL *bias, double eps, REAL *o) {
+    for (long r = 0; r < rows; ++r) LAYERNORM(H, x + r * H, w, bias, eps, o + r * H);
+}
+
+void GELU_ROWS_OUT(long rows, long H, REAL *x) { GELU_ROWS(rows, H, x); }
 
 /* A network's final LayerNorm and head over `rows` residual rows x (rows, H) into logits (rows, O), g
    (rows, H) scratch: the end of NET, and what a round that steps the network elsewhere reads

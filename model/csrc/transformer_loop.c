@@ -22,8 +22,9 @@ Attention reads each head's keys transposed, (d, S) in scratch, so that the scor
 vector sweeps (for d = 12, a slot's dot product is too short to vectorise); the transposes are made once a
 call from the cache and kept up to date with each new key.  The sums over slots (the softmax's total and
 the weighted values) run in LN lanes then across them, an order fixed by the number of slots alone, so a
-row's result is the same in any batch and in a call cut anywhere.  The linears are csrc/s4d_block.c's
-(linear_rows), whose rows never depend on the rows beside them.
+row's result is the same in any batch and in a call cut anywhere.  The linears, LayerNorms and GELUs are
+csrc/s4d_block.c's (linear_rows, layernorm_rows, exact_gelu_rows), as a network pass there runs them: their rows
+never depend on the rows beside them.
 
 Layouts: pack is the network's packed weights (model/native.py, pack_transformer): per layer LN1 (w, b),
 W_qkv transposed (H, 3H), b_qkv, W_proj transposed (H, H), b_proj, LN2 (w, b), W_1 transposed (H, F), b_1,
@@ -42,25 +43,12 @@ With last_step 0 the network does not run after the last draw (a caller that kee
 
 #include "kernels.h"
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector erf and exp; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float erff(float);
-__attribute__((__simd__("notinbranch"))) extern double erf(double);
+#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp; math.h declares it only under -ffast-math */
 __attribute__((__simd__("notinbranch"))) extern float expf(float);
 __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #endif
 
 #define LN 16 /* lanes of the sums over slots */
-
-/* a row's LayerNorm: the mean, then the biased variance, as csrc/s4d_block.c's */
-#define TR_NORM(NAME, REAL)                                                                                 \
-    static void NAME(long H, const REAL *x, const REAL *w, const REAL *bias, double eps, REAL *o) {        \
-        REAL mean = 0, var = 0;                                                                            \
-        _Pragma("omp simd reduction(+ : mean)") for (long h = 0; h < H; ++h) mean += x[h];                 \
-        mean /= H;                                                                                         \
-        _Pragma("omp simd reduction(+ : var)") for (long h = 0; h < H; ++h) var += (x[h] - mean) * (x[h] - mean); \
-        const REAL inv = 1 / sqrt(var / H + eps);                                                          \
-        for (long h = 0; h < H; ++h) o[h] = (x[h] - mean) * inv * w[h] + bias[h];                          \
-    }
 
 /* one head's attention for one row: scores over slots 0..S-1 from q (d) and kt (d, cap), then the values'
    weighted sum into o (d) from vt (d, cap); e is S reals of scratch */
@@ -99,7 +87,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
         }                                                                                                  \
     }
 
-#define TR_LOOP(NAME, REAL, ERF, NORM, HEAD, LINEAR, DRAW)                                                          \
+#define TR_LOOP(NAME, REAL, NORM, GELU, HEAD, LINEAR, DRAW)                                                          \
     int NAME(long B, long H, long nh, long L, long F, long V, long n, long S, const REAL *pack, double eps,         \
              const REAL *emb, const REAL *pos, const REAL *u, const double *temperature, REAL *logits, REAL *k,   \
              REAL *v, int64_t *length, REAL *scores, int64_t *out, int last_step) {                                \
@@ -141,7 +129,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                 const REAL *ln1w = w, *ln1b = ln1w + H, *wqkv = ln1b + H, *bqkv = wqkv + H * 3 * H;                \
                 const REAL *wproj = bqkv + 3 * H, *bproj = wproj + H * H, *ln2w = bproj + H, *ln2b = ln2w + H;     \
                 const REAL *w1 = ln2b + H, *b1 = w1 + H * F, *w2 = b1 + F, *b2 = w2 + F * H;                       \
-                for (long b = 0; b < B; ++b) NORM(H, x + b * H, ln1w, ln1b, eps, a + b * H);                       \
+                NORM(B, H, x, ln1w, ln1b, eps, a);                                                                 \
                 LINEAR(B, H, 3 * H, a, wqkv, bqkv, qkv);                                                           \
                 for (long b = 0; b < B; ++b) {                                                                     \
                     const long p = length[b];                                                                      \
@@ -158,17 +146,13 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                 }                                                                                                  \
                 LINEAR(B, H, H, a, wproj, bproj, t);                                                               \
                 _Pragma("omp simd") for (long r = 0; r < B * H; ++r) x[r] += t[r];                                 \
-                for (long b = 0; b < B; ++b) NORM(H, x + b * H, ln2w, ln2b, eps, a + b * H);                       \
+                NORM(B, H, x, ln2w, ln2b, eps, a);                                                                 \
                 LINEAR(B, H, F, a, w1, b1, f);                                                                     \
-                for (long b = 0; b < B; ++b) { /* a row at a time: its vector tail follows from F alone */         \
-                    REAL *fb = f + b * F;                                                                          \
-                    _Pragma("omp simd") for (long o = 0; o < F; ++o) fb[o] =                                       \
-                        (REAL)0.5 * fb[o] * ((REAL)1 + ERF(fb[o] * (REAL)0.70710678118654752440));                 \
-                }                                                                                                  \
+                GELU(B, F, f);                                                                                     \
                 LINEAR(B, F, H, f, w2, b2, t);                                                                     \
                 _Pragma("omp simd") for (long r = 0; r < B * H; ++r) x[r] += t[r];                                 \
             }                                                                                                      \
-            for (long b = 0; b < B; ++b) NORM(H, x + b * H, w, w + H, eps, a + b * H);                             \
+            NORM(B, H, x, w, w + H, eps, a);                                                                       \
             LINEAR(B, H, V, a, w + 2 * H, w + 2 * H + H * V, logits);                                              \
             for (long b = 0; b < B; ++b) ++length[b];                                                              \
         }                                                                                                          \
@@ -176,9 +160,9 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
         return 0;                                                                                                  \
     }
 
-TR_NORM(tr_norm_f32, float)
-TR_NORM(tr_norm_f64, double)
 TR_HEAD(tr_head_f32, float, expf)
 TR_HEAD(tr_head_f64, double, exp)
-TR_LOOP(transformer_loop_f32, float, erff, tr_norm_f32, tr_head_f32, linear_rows_f32, categorical_f32)
-TR_LOOP(transformer_loop_f64, double, erf, tr_norm_f64, tr_head_f64, linear_rows_f64, categorical_f64)
+TR_LOOP(transformer_loop_f32, float, layernorm_rows_f32, exact_gelu_rows_f32, tr_head_f32, linear_rows_f32,
+        categorical_f32)
+TR_LOOP(transformer_loop_f64, double, layernorm_rows_f64, exact_gelu_rows_f64, tr_head_f64, linear_rows_f64,
+        categorical_f64)
