@@ -24,8 +24,6 @@ by turns were a second copy of the state in the working set (thirty-first sessio
 x and g are (B, H) scratch; scores (B, n, V) or NULL: the logits each draw was made from; out (B, n) int64.  With last_step 0 the network does not run after
 the last draw (a caller that keeps no state).  Nothing here checks a shape: the caller does. */
 
-#include <string.h>
-
 #include "kernels.h"
 
 #define AR_LOOP(NAME, REAL, NET, DRAW, SLAY)                                                                         \
@@ -35,11 +33,7 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
         const long sb = L * H * N * 2; /* a row of the state, in reals */                                            \
         SLAY(B, L, H, N, h, sb, spare, sb, 1); /* planar from here on, in spare, stepped in place */                 \
         for (long i = 0; i < n; ++i) {                                                                               \
-            for (long b = 0; b < B; ++b) {                                                                           \
-                if (scores)                                                                                          \
-                    memcpy(scores + (b * n + i) * V, logits + b * V, V * sizeof(REAL));                              \
-                DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i);                          \
-            }                                                                                                        \
+            DRAW(B, V, n, i, logits, u, temperature, scores, out);                                                   \
             if (i == n - 1 && !last_step) break;                                                                     \
             for (long b = 0; b < B; ++b) {                                                                           \
                 const REAL *e = emb + out[b * n + i] * H;                                                            \
@@ -50,5 +44,5 @@ the last draw (a caller that keeps no state).  Nothing here checks a shape: the 
         SLAY(B, L, H, N, spare, sb, h, sb, 0); /* back, into h */                                                    \
     }
 
-AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, categorical_f32, ssm_states_layout_f32)
-AR_LOOP(ssm_ar_loop_f64, double, ssm_net_laid_f64, categorical_f64, ssm_states_layout_f64)
+AR_LOOP(ssm_ar_loop_f32, float, ssm_net_laid_f32, step_draws_f32, ssm_states_layout_f32)
+AR_LOOP(ssm_ar_loop_f64, double, ssm_net_laid_f64, step_draws_f64, ssm_states_layout_f64)

@@ -21,6 +21,7 @@ exponentials were about 40% of the latent prior's step. */
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp and expf; math.h declares them only under -ffast-math */
 __attribute__((__simd__("notinbranch"))) extern float expf(float);
@@ -115,3 +116,19 @@ ARGMAX(argmax_f64, double, max_over_f64)
 
 CATEGORICAL(categorical_f32, float, expf, max_over_f32, argmax_f32)
 CATEGORICAL(categorical_f64, double, exp, max_over_f64, argmax_f64)
+
+/* An autoregressive loop's step of draws (csrc/ar_loop.c, csrc/transformer_loop.c, csrc/gru_loop.c): token i of
+   each of B rows from its logits (B, V), with the uniforms u (B, n) and temperatures (B,), into out (B, n); with
+   scores (B, n, V) not NULL, the logits each draw is made from are copied there first (a scored call's) */
+#define STEP_DRAWS(NAME, REAL, DRAW)                                                                      \
+    void NAME(long B, long V, long n, long i, const REAL *logits, const REAL *u, const double *temperature, \
+              REAL *scores, int64_t *out) {                                                               \
+        for (long b = 0; b < B; ++b) {                                                                    \
+            if (scores)                                                                                   \
+                memcpy(scores + (b * n + i) * V, logits + b * V, V * sizeof(REAL));                       \
+            DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i);                   \
+        }                                                                                                 \
+    }
+
+STEP_DRAWS(step_draws_f32, float, categorical_f32)
+STEP_DRAWS(step_draws_f64, double, categorical_f64)

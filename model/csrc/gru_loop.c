@@ -27,7 +27,6 @@ allocated (nothing written).  Nothing here checks a shape: the caller does. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels.h"
 
@@ -53,11 +52,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                 for (long k = 0; k < H; ++k) hs[(l * B + b) * H + k] = h[(b * L + l) * H + k];                       \
         const REAL *head = pack + L * layer;                                                                         \
         for (long i = 0; i < n; ++i) {                                                                               \
-            for (long b = 0; b < B; ++b) {                                                                           \
-                if (scores)                                                                                          \
-                    memcpy(scores + (b * n + i) * V, logits + b * V, V * sizeof(REAL));                              \
-                DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i);                          \
-            }                                                                                                        \
+            DRAW(B, V, n, i, logits, u, temperature, scores, out);                                                   \
             if (i == n - 1 && !last_step)                                                                            \
                 break;                                                                                               \
             for (long b = 0; b < B; ++b) {                                                                           \
@@ -66,7 +61,8 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
             }                                                                                                        \
             const REAL *in = x;                                                                                      \
             for (long l = 0; l < L; ++l) {                                                                           \
-                const REAL *wih = pack + l * layer, *bih = wih + H * 3 * H, *whh = bih + 3 * H, *bhh = whh + H * 3 * H; \
+                const REAL *wih = pack + l * layer, *bih = wih + H * 3 * H;                                          \
+                const REAL *whh = bih + 3 * H, *bhh = whh + H * 3 * H;                                               \
                 REAL *hl = hs + l * B * H;                                                                           \
                 LINEAR(B, H, 3 * H, in, wih, bih, gi);                                                               \
                 LINEAR(B, H, 3 * H, hl, whh, bhh, gh);                                                               \
@@ -92,5 +88,5 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
         return 0;                                                                                                    \
     }
 
-GRU_LOOP(gru_loop_f32, float, expf, linear_rows_f32, categorical_f32)
-GRU_LOOP(gru_loop_f64, double, exp, linear_rows_f64, categorical_f64)
+GRU_LOOP(gru_loop_f32, float, expf, linear_rows_f32, step_draws_f32)
+GRU_LOOP(gru_loop_f64, double, exp, linear_rows_f64, step_draws_f64)

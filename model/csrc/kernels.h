@@ -1,7 +1,7 @@
 /* The kernels' entry points that the loops in other files call (csrc/rounds.c, csrc/patch_rounds.c,
 csrc/prior_piece.c, csrc/ar_loop.c, csrc/transformer_loop.c, csrc/gru_loop.c), in float32 and float64: their
 definitions and layouts are in csrc/s4d_block.c (ssm_net, ssm_net_laid, ssm_states_layout, ssm_net_head,
-linear_rows, layernorm_rows, exact_gelu_rows), csrc/keyed.c (keyed_uniforms, span_uniforms), csrc/categorical.c,
+linear_rows, layernorm_rows, exact_gelu_rows), csrc/keyed.c (keyed_uniforms, span_uniforms), csrc/categorical.c (categorical, step_draws),
 csrc/latent_prior.c (latent_prior, latent_prior_table), csrc/prior_piece.c (dec_inputs) and csrc/scratch.c
 (scratch_block).
 model/native.py hashes this file with the sources. */
@@ -45,6 +45,8 @@ model/native.py hashes this file with the sources. */
                              const REAL *w_dec, const REAL *b_dec, REAL *x);                                \
     void categorical_##SUFFIX(long R, long V, const REAL *logits, const REAL *u, double temperature,          \
                               int64_t *out);                                                                    \
+    void step_draws_##SUFFIX(long B, long V, long n, long i, const REAL *logits, const REAL *u,               \
+                             const double *temperature, REAL *scores, int64_t *out);                            \
     void latent_prior_##SUFFIX(long B, long n, long Z, long K, long R, long M, const REAL *base, long base_sb,  \
                                long base_st, const REAL *pre, long pre_sb, long pre_st, const REAL *u,       \
                                long u_sb, const double *temperature, const REAL *packed, double eps, REAL *r, \

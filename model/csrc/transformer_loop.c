@@ -39,7 +39,6 @@ With last_step 0 the network does not run after the last draw (a caller that kee
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels.h"
 
@@ -113,11 +112,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                     }                                                                                              \
             }                                                                                                      \
         for (long i = 0; i < n; ++i) {                                                                             \
-            for (long b = 0; b < B; ++b) {                                                                         \
-                if (scores)                                                                                        \
-                    memcpy(scores + (b * n + i) * V, logits + b * V, V * sizeof(REAL));                            \
-                DRAW(1, V, logits + b * V, u + b * n + i, temperature[b], out + b * n + i);                        \
-            }                                                                                                      \
+            DRAW(B, V, n, i, logits, u, temperature, scores, out);                                                 \
             if (i == n - 1 && !last_step)                                                                          \
                 break;                                                                                             \
             for (long b = 0; b < B; ++b) {                                                                         \
@@ -163,6 +158,6 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 TR_HEAD(tr_head_f32, float, expf)
 TR_HEAD(tr_head_f64, double, exp)
 TR_LOOP(transformer_loop_f32, float, layernorm_rows_f32, exact_gelu_rows_f32, tr_head_f32, linear_rows_f32,
-        categorical_f32)
+        step_draws_f32)
 TR_LOOP(transformer_loop_f64, double, layernorm_rows_f64, exact_gelu_rows_f64, tr_head_f64, linear_rows_f64,
-        categorical_f64)
+        step_draws_f64)
