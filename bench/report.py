@@ -693,8 +693,10 @@ def _agree_cell(agrees: dict[str, bool | None]) -> str:
 
 def _dependence_cell(parallel: bool | None, dep: dict[str, Any] | None) -> str:
     """The parallel column's measured cell: the decision, and how many later distributions moved."""
-    if parallel is None or dep is None:
+    if dep is None:
         return "-"
+    if parallel is None:  # no verdict: the test could not tell, and says why
+        return f"- ({dep.get('verdict', 'not measured')})"
     return f"{_yes(parallel)}: {dep['moved']} of {dep['later']}"
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -170,27 +171,37 @@ def run_dependence(models: dict[str, model.SequenceModel], s: Settings) -> dict[
             drawn, _, p_drawn = m.generate_scored(state, T, **_token_draws(f, 1.0))
             likely, _, p_likely = m.generate_scored(state, T, **_token_draws(f, 0.0))
             differ = (drawn != likely)[0].nonzero()
-            row: dict[str, Any] = {"family": f, "T": T, "first_difference": None, "later": 0, "moved": None}
-            # the control: up to the first token that differs, both calls read the same draws and must give the
-            # same distributions; where they do not, the two calls differ in more than their tokens (no verdict)
-            first = int(differ[0]) if len(differ) else T
-            row["control_equal"] = bool(torch.equal(p_drawn[0, : first + 1], p_likely[0, : first + 1]))
-            if first < T and row["control_equal"]:
-                change = (p_drawn[0, first + 1 :] - p_likely[0, first + 1 :]).abs().amax(-1)  # (T - first - 1,)
-                row.update(
-                    first_difference=first,
-                    later=int(change.numel()),
-                    moved=int((~(change <= MOVED_FROM)).sum()),  # a NaN counts as moved
-                    largest_change=float(change.max()) if change.numel() else 0.0,
-                )
+            first = int(differ[0]) if len(differ) else T  # T: the two calls drew the same tokens
+            a, b = p_drawn[0], p_likely[0]  # (T, V)
+            change = (a - b).abs().masked_fill(a == b, 0.0).amax(-1)  # (T,): equal infinities did not move
+            # the control: up to the first token that differs both calls read the same draws, so their
+            # distributions must be equal; where they are not, the calls differed in more than their tokens
+            control = bool((change[: first + 1] == 0).all())
+            later = change[first + 1 :]
+            moved = int((~(later <= MOVED_FROM)).sum())  # a NaN counts as moved
+            verdict = "same tokens" if first == T else "control failed" if not control else None
+            if verdict is None:
+                verdict = "sequential" if moved else "parallel" if later.numel() else "nothing after the difference"
+            largest = float(later.max()) if later.numel() else 0.0
+            row: dict[str, Any] = {
+                "family": f,
+                "T": T,
+                "first_difference": first if first < T else None,
+                "control_equal": control,
+                "verdict": verdict,
+                "later": int(later.numel()),
+                "moved": moved if verdict in ("parallel", "sequential") else None,
+                "largest_change": largest if math.isfinite(largest) else None,  # (strict JSON has no NaN)
+            }
             results.append(row)
             log.info(
-                "dependence %-14s T=%d: tokens first differ at %s; %s of the %d distributions after it moved",
+                "dependence %-14s T=%d: tokens first differ at %s; %s of the %d distributions after it moved: %s",
                 f,
                 T,
                 row["first_difference"],
                 row["moved"],
                 row["later"],
+                verdict,
             )
     return {
         "T": T,
@@ -267,12 +278,11 @@ def _agree(paper: object, measured: object | None) -> bool | None:
 
 
 def _parallel(dep: dict[str, Any], family: str) -> bool | None:
-    """Parallel over time from the dependence test: no later distribution moved (None: the two calls drew the same
-    tokens, or nothing came after the first that differed, so the test could not tell)."""
+    """Parallel over time from the dependence test's verdict (None: the test could not tell: the two calls drew the
+    same tokens, its control failed, or nothing came after the first token that differed)."""
     row = next((r for r in dep["results"] if r["family"] == family), None)
-    if row is None or row["moved"] is None or row["later"] == 0:
-        return None
-    return row["moved"] == 0
+    verdict = None if row is None else row.get("verdict")
+    return {"parallel": True, "sequential": False}.get(verdict)  # type: ignore[arg-type]
 
 
 def table1_rows(

@@ -90,19 +90,48 @@ class ARModel(SequenceModel):
         """The keyed uniforms ``(B, n)`` the next ``n`` tokens are drawn with, in PyTorch and in a compiled loop."""
         return keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
 
-    def _loop_or_none(self, kind: str, state: GenState, n: int, temperature: float | Tensor, check: Callable) -> Any:
-        """A compiled loop's runner for ``state`` (kept per its kind and batch size, :meth:`SequenceModel._settled`),
-        or None: no tokens, a NaN temperature, or a state whose logits are not of the model's dtype."""
-        if n <= 0 or not finite_temperature(temperature) or state["logits"].dtype != self.dtype:
+    def _loop_or_none(
+        self, kind: tuple, state: GenState, n: int, temperature: float | Tensor, check: Callable[[], Any]
+    ) -> Any:
+        """A compiled loop's runner for ``state`` (its check kept per ``kind`` and the batch size,
+        :meth:`SequenceModel._settled`), or None: no tokens, a NaN temperature, or a state tensor of another
+        dtype than the model's (which the loop in PyTorch meets as it always did)."""
+        if n <= 0 or not finite_temperature(temperature):
             return None
-        return self._settled((kind, state.batch_size), check)
+        if any(state[k].dtype != self.dtype for k in ("logits", *self.state_keys) if state[k].is_floating_point()):
+            return None
+        return self._settled((*kind, state.batch_size), check)
 
-    @staticmethod
-    def _record(scores: list[Tensor] | None, seen: Tensor | None) -> None:
-        """A compiled loop's logits of each draw ``(B, n, V)`` as the scores :meth:`_generate` appends."""
+    def _run_compiled(self, loop: Callable[..., Any], *args: Any) -> Any:
+        """``loop(*args)``, or None where its scratch could not be allocated: the call then runs in PyTorch (a
+        loop that needs less memory at once), its state equal to the compiled one's within rounding, not bit for
+        bit; said once per model."""
+        try:
+            return loop(*args)
+        except MemoryError:
+            if not self.__dict__.get("_scratch_warned"):
+                self.__dict__["_scratch_warned"] = True
+                log.warning(
+                    "%s: a compiled loop could not allocate its scratch; such calls run in PyTorch", self.family
+                )
+            return None
+
+    def _compiled_state(
+        self,
+        state: GenState,
+        n: int,
+        resumable: bool,
+        tokens: Tensor,
+        scores: list[Tensor] | None,
+        seen: Tensor | None,
+        **net: Tensor,
+    ) -> tuple[Tensor, GenState | None]:
+        """A compiled loop's result as :meth:`_generate` returns it: the scores recorded (resumable or not), the
+        state advanced (None where it keeps none)."""
         if scores is not None:
             assert seen is not None
             scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
+        return tokens, state.evolve(position=state.position + n, **net) if resumable else None
 
     def _generate(
         self,
@@ -201,18 +230,19 @@ class ARSSM(ARModel):
         compiled call (csrc/ar_loop.c): the same tokens and state as the loop in PyTorch, without
         its per-step Python (the latent prior's sequential draws have the same, csrc/latent_prior.c).
         Scored calls take it too, so asking for log-probabilities never changes a token."""
-        B = state.batch_size
         # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
-        kind = f"ar loop {self.net.kernel_limit()}"
+        kind = ("ar loop", self.net.kernel_limit())
         loop = self._loop_or_none(kind, state, n, temperature, lambda: self._compiled_loop(state))
-        if loop is None:
+        temps = row_temperatures(temperature, state.batch_size)
+        out = (
+            None
+            if loop is None
+            else self._run_compiled(loop, state, self._uniforms(state, n), temps, resumable, scores)
+        )
+        if out is None:
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
-        temps = row_temperatures(temperature, B)
-        tokens, logits, h_next, seen = loop(state, self._uniforms(state, n), temps, resumable, scores is not None)
-        self._record(scores, seen)
-        if not resumable:
-            return tokens, None
-        return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
+        tokens, logits, h_next, seen = out
+        return self._compiled_state(state, n, resumable, tokens, scores, seen, logits=logits, h=h_next)
 
     def _compiled_loop(self, state: GenState) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
         """The whole loop as one compiled call (csrc/ar_loop.c) where every step would be one native network
@@ -232,10 +262,10 @@ class ARSSM(ARModel):
         weight, eps = self.net.inp.weight, self.net.norm.eps
 
         def run(
-            state: GenState, u: Tensor, temps: Tensor, keep: bool, scores: bool
+            state: GenState, u: Tensor, temps: Tensor, keep: bool, scores: list[Tensor] | None
         ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-            h = state["h"]
-            return loop(state["logits"], h, u, temps, packed, weight, cfg.layers, cfg.state_size, eps, keep, scores)
+            h, scored = state["h"], scores is not None
+            return loop(state["logits"], h, u, temps, packed, weight, cfg.layers, cfg.state_size, eps, keep, scored)
 
         return run
 
@@ -298,21 +328,17 @@ class ARGRU(ARModel):
         """On the CPU the whole loop is one compiled call (csrc/gru_loop.c), as the AR-SSM's and the AR
         Transformer's are: the same treatment for every autoregressive baseline.  Scored calls take it too, so
         asking for log-probabilities never changes a token."""
-        B = state.batch_size
-        loop = self._loop_or_none("gru loop", state, n, temperature, self._compiled_loop)
-        if loop is not None and state["h"].dtype == self.dtype:
-            try:
-                temps = row_temperatures(temperature, B)
-                out = loop(state["logits"], state["h"], self._uniforms(state, n), temps, resumable, scores is not None)
-            except MemoryError:  # its scratch: the loop in PyTorch needs less at once
-                log.warning("the compiled GRU loop could not allocate its scratch; this call runs in PyTorch")
-            else:
-                tokens, logits, h_next, seen = out
-                self._record(scores, seen)
-                if not resumable:
-                    return tokens, None
-                return tokens, state.evolve(position=state.position + n, logits=logits, h=h_next)
-        return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
+        loop = self._loop_or_none(("gru loop",), state, n, temperature, self._compiled_loop)
+        out = None
+        if loop is not None:
+            temps = row_temperatures(temperature, state.batch_size)
+            out = self._run_compiled(
+                loop, state["logits"], state["h"], self._uniforms(state, n), temps, resumable, scores
+            )
+        if out is None:
+            return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
+        tokens, logits, h_next, seen = out
+        return self._compiled_state(state, n, resumable, tokens, scores, seen, logits=logits, h=h_next)
 
     def _compiled_loop(self) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
         """The whole loop as one compiled call (csrc/gru_loop.c) where nothing in the stack is what one call
@@ -332,9 +358,9 @@ class ARGRU(ARModel):
         emb = self.embed.weight
 
         def run(
-            logits: Tensor, h: Tensor, u: Tensor, temps: Tensor, keep: bool, scores: bool
+            logits: Tensor, h: Tensor, u: Tensor, temps: Tensor, keep: bool, scores: list[Tensor] | None
         ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-            return loop(logits, h, u, temps, packed, emb, keep, scores)
+            return loop(logits, h, u, temps, packed, emb, keep, scores is not None)
 
         return run
 

@@ -347,6 +347,20 @@ def _writable(state: Tensor) -> Tensor:
     return state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
 
 
+def _loop_outputs(logits: Tensor, n: int, scores: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """An autoregressive loop's outputs: a copy of ``logits`` ``(B, V)`` that C overwrites, the tokens ``(B, n)``
+    and, for a scored call, the logits each draw was made from ``(B, n, V)``."""
+    Bsz, V = logits.shape
+    seen = torch.empty(Bsz, n, V, dtype=logits.dtype) if scores else None
+    return logits.detach().clone(memory_format=torch.contiguous_format), torch.empty(Bsz, n, dtype=torch.int64), seen
+
+
+def _allocated(status: int, what: str) -> None:
+    """A compiled loop's return: 0, or -1 where its scratch could not be allocated (nothing written)."""
+    if status != 0:
+        raise MemoryError(f"the native {what} loop could not allocate its scratch")
+
+
 def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tuple[Tensor, Tensor]) -> Tensor:
     """One network's weights for :func:`_net`, in csrc/s4d_block.c's order: per layer ``(ln_w, ln_b,
     planes, D, W_out, b_out)`` (``planes`` from :func:`weights`, ``W_out`` ``(2H, H)`` as nn.Linear
@@ -597,13 +611,11 @@ def _ar_loop(
     ok = ok and emb.ndim == 2 and emb.shape[0] >= V  # every token drawn is read back through the embedding
     if not ok:
         raise ValueError(f"bad inputs for the native AR loop: logits {tuple(logits.shape)}, state {tuple(state.shape)}")
-    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    logits, out, seen = _loop_outputs(logits, n, scores)
     h = _writable(state)
     spare = torch.empty_like(h)
     x = torch.empty(Bsz, H, dtype=dt)
     g = torch.empty(Bsz, H, dtype=dt)
-    out = torch.empty(Bsz, n, dtype=torch.int64)
-    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
     emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
     fn = lib.ssm_ar_loop_f64 if dt == torch.float64 else lib.ssm_ar_loop_f32
     fn(
@@ -683,9 +695,7 @@ def _transformer_loop(
     if not ok:
         shapes = f"logits {tuple(logits.shape)}, k {tuple(k.shape)}, u {tuple(u.shape)}"
         raise ValueError(f"bad inputs for the native Transformer loop: {shapes}")
-    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
-    out = torch.empty(Bsz, n, dtype=torch.int64)
-    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
+    logits, out, seen = _loop_outputs(logits, n, scores)
     emb, pos = emb.detach().contiguous(), pos.detach().contiguous()
     u, temperature = u.contiguous(), temperature.contiguous()
     fn = lib.transformer_loop_f64 if dt == torch.float64 else lib.transformer_loop_f32
@@ -694,8 +704,7 @@ def _transformer_loop(
         temperature.data_ptr(), logits.data_ptr(), k.data_ptr(), v.data_ptr(), length.data_ptr(),
         None if seen is None else seen.data_ptr(), out.data_ptr(), int(last_step),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError("the native Transformer loop could not allocate its scratch")
+    _allocated(status, "Transformer")
     return out, logits, seen
 
 
@@ -746,18 +755,15 @@ def _gru_loop(
     if not ok:
         shapes = f"logits {tuple(logits.shape)}, h {tuple(h.shape)}, u {tuple(u.shape)}"
         raise ValueError(f"bad inputs for the native GRU loop: {shapes}")
-    logits = logits.detach().clone(memory_format=torch.contiguous_format)  # overwritten in C
+    logits, out, seen = _loop_outputs(logits, n, scores)
     h = h.detach().clone(memory_format=torch.contiguous_format)
-    out = torch.empty(Bsz, n, dtype=torch.int64)
-    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
     emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
     fn = lib.gru_loop_f64 if dt == torch.float64 else lib.gru_loop_f32
     status = fn(
         Bsz, H, L, V, n, packed.data_ptr(), emb.data_ptr(), u.data_ptr(), temperature.data_ptr(), logits.data_ptr(),
         h.data_ptr(), None if seen is None else seen.data_ptr(), out.data_ptr(), int(last_step),
     )  # fmt: skip
-    if status != 0:
-        raise MemoryError("the native GRU loop could not allocate its scratch")
+    _allocated(status, "GRU")
     return out, logits, h, seen
 
 

@@ -279,22 +279,19 @@ class ARTransformer(ARModel):
             "buffer": length,
         }  # "buffer" marks the private, writable cache
         nxt: GenState | None = None
-        loop = self._loop_or_none("transformer loop", state, n, temperature, self._compiled_loop)
-        if loop is not None and k.dtype == self.dtype:
+        loop = self._loop_or_none(("transformer loop",), state, n, temperature, self._compiled_loop)
+        out = None
+        if loop is not None:
             lengths = length.clone()  # advanced in place, with the buffer's slots
             temps = row_temperatures(temperature, state.batch_size)
-            try:
-                out = loop(
-                    state["logits"], buf["k"], buf["v"], lengths, self._uniforms(state, n), temps, resumable, scores
-                )
-            except MemoryError:  # its scratch, two more caches: the loop in PyTorch needs less at once
-                log.warning("the compiled Transformer loop could not allocate its scratch; this call runs in PyTorch")
-            else:
-                tokens, logits, seen = out
-                self._record(scores, seen)
-                if not resumable:
-                    return tokens, None
-                nxt = state.evolve(position=state.position + n, logits=logits, k=buf["k"], v=buf["v"], length=lengths)
+            u = self._uniforms(state, n)
+            out = self._run_compiled(loop, state["logits"], buf["k"], buf["v"], lengths, u, temps, resumable, scores)
+        if out is not None:
+            tokens, logits, seen = out
+            net = {"k": buf["k"], "v": buf["v"], "length": lengths}
+            tokens, nxt = self._compiled_state(state, n, resumable, tokens, scores, seen, logits=logits, **net)
+            if nxt is None:
+                return tokens, None
         if nxt is None:
             tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
             if nxt is None:

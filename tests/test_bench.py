@@ -187,6 +187,8 @@ def _check_table1(t1: dict, families: set[str], md: str) -> None:
     for x in dep["results"]:
         assert x["moved"] is None or 0 <= x["moved"] <= x["later"] < dep["T"]
         assert x["control_equal"] or x["moved"] is None  # no verdict where the control failed
+        verdicts = ("parallel", "sequential", "same tokens", "control failed", "nothing after the difference")
+        assert x["verdict"] in verdicts
     op = t1["vssm_one_pass"]  # the VSSM without generation windows: quick mode's T all fit one window
     assert op["window"] > 0 and (op.get("note") or all(x["best_s"] > 0 for x in op["results"]))
     assert [row["family"] for row in t1["rows"]] == list(PAPER)
@@ -260,11 +262,27 @@ def test_table1_reads_cells_from_the_measurements(tmp_path: Path) -> None:
     dep = {
         "T": 256,
         "results": [
-            {"family": f, "T": 256, "first_difference": 3, "later": 252, "moved": 0 if f in parallel else 250}
+            {
+                "family": f,
+                "T": 256,
+                "first_difference": 3,
+                "later": 252,
+                "moved": 0 if f in parallel else 250,
+                "verdict": "parallel" if f in parallel else "sequential",
+            }
             for f in fams
             if f != "ar-ssm"
         ]
-        + [{"family": "ar-ssm", "T": 256, "first_difference": None, "later": 0, "moved": None}],  # same tokens twice
+        + [
+            {
+                "family": "ar-ssm",
+                "T": 256,
+                "first_difference": None,
+                "later": 0,
+                "moved": None,
+                "verdict": "same tokens",
+            }
+        ],
     }
     (tmp_path / "mnist-ar-ssm.json").write_text(
         '{"family": "ar-ssm", "nll": {"bound": "exact", "nats_per_sequence": 60.5}}'
@@ -298,6 +316,7 @@ def test_the_dependence_test_tells_the_parallel_families_from_the_sequential_one
     assert set(by) == set(TINY)
     for f, r in by.items():
         assert r["control_equal"] and r["first_difference"] is not None and r["later"] > 0, f
+        assert r["verdict"] == ("parallel" if f in ("vssm", "tvae") else "sequential"), f
         assert r["moved"] == (0 if f in ("vssm", "tvae") else r["later"]), f
     scored = models["vssm"].generate_scored  # calls that differ in more than their tokens: no verdict
 
@@ -309,7 +328,7 @@ def test_the_dependence_test_tells_the_parallel_families_from_the_sequential_one
     (vssm,) = [
         r for r in run_dependence(models, replace(QUICK, parallel_lengths=(48,)))["results"] if r["family"] == "vssm"
     ]
-    assert not vssm["control_equal"] and vssm["moved"] is None
+    assert not vssm["control_equal"] and vssm["moved"] is None and vssm["verdict"] == "control failed"
 
 
 @pytest.mark.parametrize("from_state", [False, True])

@@ -1935,20 +1935,22 @@ def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(
     assert len(calls) == 1 + 5 + 6 + 7
 
 
+@pytest.mark.parametrize("resumable", [True, False])
 @pytest.mark.parametrize("family", list(LOOPS))
-def test_the_compiled_baseline_loops_score_without_changing_the_tokens(family, monkeypatch):
+def test_the_compiled_baseline_loops_score_without_changing_the_tokens(family, resumable, monkeypatch):
     """Asking for the tokens' log-probabilities keeps the compiled loop, so a request's tokens do not depend on
-    whether it asked; the scores equal those of the loop in PyTorch."""
+    whether it asked; the scores equal those of the loop in PyTorch, in a call that keeps no state (a completion)
+    as in one that does."""
     m = _ar(family, torch.float32).freeze()
     state = _staggered(m)
     calls = _spied(monkeypatch, family)
-    plain, _ = m.generate(state, 17)
-    scored, _, scores = m.generate_scored(state, 17)
-    assert len(calls) == 2 and torch.equal(plain, scored)
+    plain, _ = m.generate(state, 17, resumable=resumable)
+    scored, _, scores = m.generate_scored(state, 17, resumable=resumable)
+    assert len(calls) == 2 and torch.equal(plain, scored) and scores.shape == (3, 17, 7)
     _without(monkeypatch, family)
     m._unsettle()
-    ref, _, ref_scores = m.generate_scored(state, 17)
-    assert torch.equal(ref, plain) and scores.shape == (3, 17, 7)
+    ref, _, ref_scores = m.generate_scored(state, 17, resumable=resumable)
+    assert torch.equal(ref, plain)
     torch.testing.assert_close(scores, ref_scores, rtol=1e-5, atol=1e-5)
 
 
@@ -2039,3 +2041,23 @@ def test_the_compiled_baseline_loops_follow_the_weights(family):
         assert torch.equal(tokens, ref_tokens)
         for k in keys:
             torch.testing.assert_close(nxt[k], ref[k], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("family", NEW)  # (the AR-SSM's loop takes its buffers from Python: it allocates none)
+def test_a_loop_whose_scratch_cannot_be_allocated_runs_in_pytorch(family, monkeypatch, caplog):
+    """Where a compiled loop's scratch cannot be allocated (its C returns -1 before writing anything) the call runs
+    in PyTorch and draws what that loop draws; said once per model."""
+    m = _ar(family)
+    state = _staggered(m)
+    entry = {"ar-transformer": "transformer_loop_f64", "ar-gru": "gru_loop_f64"}[family]
+    native._load()
+    monkeypatch.setattr(native._lib, entry, lambda *args: -1)
+    with caplog.at_level("WARNING"):
+        tokens, nxt = m.generate(state, 11)
+        m.generate(state, 11)
+    assert sum("could not allocate its scratch" in r.getMessage() for r in caplog.records) == 1
+    _without(monkeypatch, family)
+    ref_tokens, ref = m.generate(state, 11)
+    assert torch.equal(tokens, ref_tokens)
+    for k in _state_keys(family):
+        assert torch.equal(nxt[k], ref[k]), k  # the loop in PyTorch's own state
