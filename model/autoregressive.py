@@ -233,12 +233,10 @@ class ARSSM(ARModel):
         # the checks kept as the VSSM's compiled calls keep theirs (SequenceModel._settled): the same treatment
         kind = ("ar loop", self.net.kernel_limit())
         loop = self._loop_or_none(kind, state, n, temperature, lambda: self._compiled_loop(state))
-        temps = row_temperatures(temperature, state.batch_size)
-        out = (
-            None
-            if loop is None
-            else self._run_compiled(loop, state, self._uniforms(state, n), temps, resumable, scores)
-        )
+        out = None
+        if loop is not None:
+            temps = row_temperatures(temperature, state.batch_size)
+            out = self._run_compiled(loop, state, self._uniforms(state, n), temps, resumable, scores)
         if out is None:
             return super()._generate(state, n, temperature, resumable, blocks, scores, ratio)
         tokens, logits, h_next, seen = out

@@ -15,7 +15,6 @@ at each row's own offset.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,8 +30,6 @@ from .sampling import row_temperatures
 from .state import GenState
 
 __all__ = ["ARTransformer", "ARTransformerConfig", "Block", "TransformerNet", "TransformerNetConfig", "run_blocks"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -278,7 +275,6 @@ class ARTransformer(ARModel):
             "length": length,
             "buffer": length,
         }  # "buffer" marks the private, writable cache
-        nxt: GenState | None = None
         loop = self._loop_or_none(("transformer loop",), state, n, temperature, self._compiled_loop)
         out = None
         if loop is not None:
@@ -290,12 +286,10 @@ class ARTransformer(ARModel):
             tokens, logits, seen = out
             net = {"k": buf["k"], "v": buf["v"], "length": lengths}
             tokens, nxt = self._compiled_state(state, n, resumable, tokens, scores, seen, logits=logits, **net)
-            if nxt is None:
-                return tokens, None
-        if nxt is None:
+        else:
             tokens, nxt = super()._generate(state.evolve(**buf), n, temperature, resumable, scores=scores)
-            if nxt is None:
-                return tokens, None
+        if nxt is None:
+            return tokens, None
         used = int(nxt["length"].max())
         tensors = {k_: t for k_, t in nxt.tensors.items() if k_ != "buffer"}
         tensors["k"], tensors["v"] = nxt["k"][:, :, :, :used], nxt["v"][:, :, :, :used]
