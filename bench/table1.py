@@ -65,7 +65,6 @@ PAPER: dict[str, tuple[str, str, bool, bool]] = {
 QUADRATIC_FROM = 1.5  # exponent at long T from which generation reads as O(T^2) (midway from 1 to 2)
 PARALLEL_FROM = 10.0  # T one-token calls / one T-token call, the VRNN's row (bench/targets.py): it measured 1.3-1.5x
 MOVED_FROM = 1e-6  # a later log-probability that changes by more than this moved (a parallel family's change by 0.0)
-LATENT_FAMILIES = ("tvae", "vrnn", "vssm")  # draw latents, then tokens given them at an observation temperature
 RESUME_FROM = 1.2  # re-process / resume at the longest prefix: 1.0 would mean the prefix is re-read
 
 
@@ -147,11 +146,24 @@ def run_parallel(models: dict[str, model.SequenceModel], s: Settings) -> dict[st
 
 
 # ----- parallel over time: does a later distribution read an earlier token? -----------------------
-def _token_draws(family: str, temperature: float) -> dict[str, float]:
-    """A generation call's temperatures that draw the tokens at ``temperature`` and nothing else differently."""
-    if family in LATENT_FAMILIES:  # the latents drawn at 1 in both calls: the same latents
+def _token_draws(m: model.SequenceModel, temperature: float) -> dict[str, float]:
+    """A generation call's temperatures that draw the tokens at ``temperature`` and nothing else differently: a
+    model with latents (one that weighs them, as model/checkpoint.py's observation_temperature asks) draws them at
+    1 in both calls and its tokens at the observation temperature; the others' temperature is their tokens'."""
+    if callable(getattr(m, "log_weights", None)):
         return {"temperature": 1.0, "observation_temperature": temperature}
     return {"temperature": temperature}
+
+
+def _verdict(first: int, T: int, control: bool, later: int, moved: int) -> str:
+    """The dependence test's reading of one family (see :func:`run_dependence`)."""
+    if first == T:
+        return "same tokens"
+    if not control:
+        return "control failed"
+    if not later:
+        return "nothing after the difference"
+    return "sequential" if moved else "parallel"
 
 
 def run_dependence(models: dict[str, model.SequenceModel], s: Settings) -> dict[str, Any]:
@@ -168,8 +180,8 @@ def run_dependence(models: dict[str, model.SequenceModel], s: Settings) -> dict[
     with torch.inference_mode():
         for f, m in models.items():
             state = m.start(torch.zeros(1, 0, dtype=torch.long), 7)
-            drawn, _, p_drawn = m.generate_scored(state, T, **_token_draws(f, 1.0))
-            likely, _, p_likely = m.generate_scored(state, T, **_token_draws(f, 0.0))
+            drawn, _, p_drawn = m.generate_scored(state, T, **_token_draws(m, 1.0))
+            likely, _, p_likely = m.generate_scored(state, T, **_token_draws(m, 0.0))
             differ = (drawn != likely)[0].nonzero()
             first = int(differ[0]) if len(differ) else T  # T: the two calls drew the same tokens
             a, b = p_drawn[0], p_likely[0]  # (T, V)
@@ -179,9 +191,7 @@ def run_dependence(models: dict[str, model.SequenceModel], s: Settings) -> dict[
             control = bool((change[: first + 1] == 0).all())
             later = change[first + 1 :]
             moved = int((~(later <= MOVED_FROM)).sum())  # a NaN counts as moved
-            verdict = "same tokens" if first == T else "control failed" if not control else None
-            if verdict is None:
-                verdict = "sequential" if moved else "parallel" if later.numel() else "nothing after the difference"
+            verdict = _verdict(first, T, control, later.numel(), moved)
             largest = float(later.max()) if later.numel() else 0.0
             row: dict[str, Any] = {
                 "family": f,
@@ -277,12 +287,10 @@ def _agree(paper: object, measured: object | None) -> bool | None:
     return None if measured is None else paper == measured
 
 
-def _parallel(dep: dict[str, Any], family: str) -> bool | None:
-    """Parallel over time from the dependence test's verdict (None: the test could not tell: the two calls drew the
-    same tokens, its control failed, or nothing came after the first token that differed)."""
-    row = next((r for r in dep["results"] if r["family"] == family), None)
-    verdict = None if row is None else row.get("verdict")
-    return {"parallel": True, "sequential": False}.get(verdict)  # type: ignore[arg-type]
+def _parallel(dep_row: dict[str, Any] | None) -> bool | None:
+    """Parallel over time from a family's dependence verdict (None: not measured, or the test could not tell:
+    the two calls drew the same tokens, its control failed, or nothing came after the first differing token)."""
+    return {"parallel": True, "sequential": False}.get(None if dep_row is None else dep_row.get("verdict"))
 
 
 def table1_rows(
@@ -304,8 +312,8 @@ def table1_rows(
         cost = None if exponent is None else "O(T^2)" if exponent >= QUADRATIC_FROM else "O(T)"
         measured_par = [r for r in par["results"] if r["family"] == family]
         speedup = max(measured_par, key=lambda r: r["T"]) if measured_par else None
-        parallel = _parallel(dep, family)
-        moved = next((r for r in dep["results"] if r["family"] == family), None)
+        dep_row = next((r for r in dep["results"] if r["family"] == family), None)
+        parallel = _parallel(dep_row)
         by_pos = {r["position"]: r for r in res["results"] if r["family"] == family}
         resume = None
         if first in by_pos and last in by_pos:
@@ -333,7 +341,7 @@ def table1_rows(
                 "exponent_lengths": fit,
                 "parallel_speedup": None if speedup is None else speedup["speedup"],
                 "parallel_T": None if speedup is None else speedup["T"],
-                "dependence": moved,
+                "dependence": dep_row,
                 "resume": resume,
                 "resume_positions": [first, last],
                 "linear_parallel_resumable": cost == "O(T)" and bool(parallel) and bool(resumable),

@@ -102,6 +102,12 @@ class ARModel(SequenceModel):
             return None
         return self._settled((*kind, state.batch_size), check)
 
+    def _loop_may_run(self) -> bool:
+        """What every compiled AR loop needs of the model, beside its own network's checks: no gradients, float32
+        or float64 weights on the CPU, no hook anywhere (a compiled loop would skip it)."""
+        plain = not torch.is_grad_enabled() and self.dtype in (torch.float32, torch.float64)
+        return plain and self.device.type == "cpu" and not has_hooks(walked(self))
+
     def _run_compiled(self, loop: Callable[..., Any], *args: Any) -> Any:
         """``loop(*args)``, or None where its scratch could not be allocated: the call then runs in PyTorch (a
         loop that needs less memory at once), its state equal to the compiled one's within rounding, not bit for
@@ -344,9 +350,7 @@ class ARGRU(ARModel):
         device other than the CPU); else None."""
         loop = native.gru_loop()
         gru = self.gru
-        if loop is None or torch.is_grad_enabled() or self.dtype not in (torch.float32, torch.float64):
-            return None
-        if self.device.type != "cpu" or has_hooks(walked(self)) or not gru.bias or gru.proj_size:
+        if loop is None or not self._loop_may_run() or not gru.bias or gru.proj_size:
             return None
         if (gru.training and gru.dropout > 0) or not gru.batch_first or gru.bidirectional or not _affine(self.head):
             return None

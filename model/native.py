@@ -347,6 +347,11 @@ def _writable(state: Tensor) -> Tensor:
     return state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
 
 
+def _flat(parts: list[Tensor]) -> Tensor:
+    """Weights laid end to end, as one flat buffer a compiled call reads (every ``pack_*``)."""
+    return torch.cat([p.detach().reshape(-1) for p in parts])
+
+
 def _loop_outputs(logits: Tensor, n: int, scores: bool) -> tuple[Tensor, Tensor, Tensor | None]:
     """An autoregressive loop's outputs: a copy of ``logits`` ``(B, V)`` that C overwrites, the tokens ``(B, n)``
     and, for a scored call, the logits each draw was made from ``(B, n, V)``."""
@@ -370,7 +375,7 @@ def pack(layers: list[tuple[Tensor, ...]], norm: tuple[Tensor, Tensor], head: tu
     for ln_w, ln_b, planes, d, w_out, b_out in layers:
         parts += [ln_w, ln_b, planes, d, w_out.t(), b_out]
     parts += [norm[0], norm[1], head[0].t(), head[1]]
-    return torch.cat([p.detach().reshape(-1) for p in parts])
+    return _flat(parts)
 
 
 def _net(
@@ -517,7 +522,7 @@ def pack_prior(
     ``sigmoid(decay)`` ``(R,)``, ``E`` ``(R, Z*K)`` transposed, the LayerNorm's ``(weight, bias)``,
     then each linear's weight (as nn.Linear holds it) transposed and its bias."""
     parts = [torch.sigmoid(decay), embed.t(), norm[0], norm[1], w1[0].t(), w1[1], w2[0].t(), w2[1]]
-    return torch.cat([p.detach().reshape(-1) for p in parts])
+    return _flat(parts)
 
 
 def _prior_draws(
@@ -648,7 +653,7 @@ def pack_transformer(
     for ln1_w, ln1_b, w_qkv, b_qkv, w_proj, b_proj, ln2_w, ln2_b, w1, b1, w2, b2 in layers:
         parts += [ln1_w, ln1_b, w_qkv.t(), b_qkv, w_proj.t(), b_proj, ln2_w, ln2_b, w1.t(), b1, w2.t(), b2]
     parts += [norm[0], norm[1], head[0].t(), head[1]]
-    return torch.cat([p.detach().reshape(-1) for p in parts])
+    return _flat(parts)
 
 
 def _transformer_loop(
@@ -722,7 +727,7 @@ def pack_gru(layers: list[tuple[Tensor, Tensor, Tensor, Tensor]], head: tuple[Te
     for w_ih, b_ih, w_hh, b_hh in layers:
         parts += [w_ih.t(), b_ih, w_hh.t(), b_hh]
     parts += [head[0].t(), head[1]]
-    return torch.cat([p.detach().reshape(-1) for p in parts])
+    return _flat(parts)
 
 
 def _gru_loop(

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import native
 from .autoregressive import ARModel, NetState
 from .base import check_config
-from .network import _affine, has_hooks, walked
+from .network import _affine
 from .sampling import row_temperatures
 from .state import GenState
 
@@ -300,9 +300,7 @@ class ARTransformer(ARModel):
         one call cannot reproduce (a hook, an active dropout, a parametrised or missing weight, LayerNorms of
         different eps, an approximate GELU, gradients, a device other than the CPU); else None."""
         loop = native.transformer_loop()
-        if loop is None or torch.is_grad_enabled() or self.dtype not in (torch.float32, torch.float64):
-            return None
-        if self.device.type != "cpu" or has_hooks(walked(self)):
+        if loop is None or not self._loop_may_run():
             return None
         c = self.config
         norms = [self.norm]
