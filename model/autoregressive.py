@@ -11,7 +11,6 @@ costs exactly one recurrent step and nothing re-reads the prefix.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,21 +21,23 @@ from torch import Tensor, nn
 
 from . import native
 from .base import LossOutput, SequenceModel, check_config
-from .network import SSMNet, SSMNetConfig, _affine, has_hooks, walked
-from .sampling import STREAM_TOKEN, finite_temperature, keyed_uniform, row_temperatures, sample_categorical
+from .loops import CompiledLoops
+from .network import SSMNet, SSMNetConfig, _affine
+from .sampling import STREAM_TOKEN, keyed_uniform, row_temperatures, sample_categorical
 from .state import GenState
 
 __all__ = ["ARGRU", "ARSSM", "ARGRUConfig", "ARModel", "ARSSMConfig"]
 
 NetState = dict[str, Tensor]
 
-log = logging.getLogger(__name__)
 
-
-class ARModel(SequenceModel):
+class ARModel(CompiledLoops, SequenceModel):
     """Resumable generation for any next-token network; subclasses provide the three ``_net_*``."""
 
     state_keys: tuple[str, ...] = ()  # names of the network's state tensors inside a GenState
+
+    def _loop_keys(self) -> tuple[str, ...]:
+        return ("logits", *self.state_keys)
 
     @property
     def bos_token(self) -> int:
@@ -89,38 +90,6 @@ class ARModel(SequenceModel):
     def _uniforms(self, state: GenState, n: int) -> Tensor:
         """The keyed uniforms ``(B, n)`` the next ``n`` tokens are drawn with, in PyTorch and in a compiled loop."""
         return keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
-
-    def _loop_or_none(
-        self, kind: tuple, state: GenState, n: int, temperature: float | Tensor, check: Callable[[], Any]
-    ) -> Any:
-        """A compiled loop's runner for ``state`` (its check kept per ``kind`` and the batch size,
-        :meth:`SequenceModel._settled`), or None: no tokens, a NaN temperature, or a state tensor of another
-        dtype than the model's (which the loop in PyTorch meets as it always did)."""
-        if n <= 0 or not finite_temperature(temperature):
-            return None
-        if any(state[k].dtype != self.dtype for k in ("logits", *self.state_keys) if state[k].is_floating_point()):
-            return None
-        return self._settled((*kind, state.batch_size), check)
-
-    def _loop_may_run(self) -> bool:
-        """What every compiled AR loop needs of the model, beside its own network's checks: no gradients, float32
-        or float64 weights on the CPU, no hook anywhere (a compiled loop would skip it)."""
-        plain = not torch.is_grad_enabled() and self.dtype in (torch.float32, torch.float64)
-        return plain and self.device.type == "cpu" and not has_hooks(walked(self))
-
-    def _run_compiled(self, loop: Callable[..., Any], *args: Any) -> Any:
-        """``loop(*args)``, or None where its scratch could not be allocated: the call then runs in PyTorch (a
-        loop that needs less memory at once), its state equal to the compiled one's within rounding, not bit for
-        bit; said once per model."""
-        try:
-            return loop(*args)
-        except MemoryError:
-            if not self.__dict__.get("_scratch_warned"):
-                self.__dict__["_scratch_warned"] = True
-                log.warning(
-                    "%s: a compiled loop could not allocate its scratch; such calls run in PyTorch", self.family
-                )
-            return None
 
     def _compiled_state(
         self,

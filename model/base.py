@@ -460,7 +460,9 @@ class SequenceModel(nn.Module):
             raise ValueError(f"{tokens.shape[0]} rows of tokens for a state of {state.batch_size} rows")
         self._check_room(state, tokens.shape[1])
         w = self.append_window
-        with torch.no_grad():
+        # one call in which no weight changes, as a generation call is: what its compiled calls lay out and
+        # check is kept for the next (SequenceModel._laid_out, _settled)
+        with torch.no_grad(), weights_fixed(self._guard()):
             for i in range(0, tokens.shape[1], w):
                 state = self._append(state, tokens[:, i : i + w])
         return state

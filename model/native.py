@@ -61,6 +61,7 @@ __all__ = [
     "pack_gru",
     "pack_prior",
     "pack_transformer",
+    "pack_vrnn",
     "patch_rounds",
     "patch_weights",
     "piece_weights",
@@ -69,6 +70,7 @@ __all__ = [
     "prior_tables",
     "round_weights",
     "transformer_loop",
+    "vrnn_loop",
     "weights",
 ]
 
@@ -78,7 +80,8 @@ SOURCES = [
     Path(__file__).with_name("csrc") / name
     for name in (
         *("s4d_block.c", "keyed.c", "categorical.c", "latent_prior.c"),
-        *("ar_loop.c", "transformer_loop.c", "gru_loop.c", "rounds.c", "patch_rounds.c", "prior_piece.c"),
+        *("ar_loop.c", "transformer_loop.c", "gru_loop.c", "vrnn_loop.c"),
+        *("rounds.c", "patch_rounds.c", "prior_piece.c"),
         "scratch.c",
     )
 ]
@@ -108,6 +111,7 @@ _CATEGORICAL_ARGTYPES = [_L, _L, _P, _P, _D, _P]
 _AR_LOOP_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _D, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I]
 _TR_LOOP_ARGTYPES = [_L] * 8 + [_P, _D] + [_P] * 10 + [_I]
 _GRU_LOOP_ARGTYPES = [_L] * 5 + [_P] * 8 + [_I]
+_VRNN_LOOP_ARGTYPES = [_L] * 6 + [_P] * 9 + [_I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 _ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
@@ -209,6 +213,7 @@ def _load() -> ctypes.CDLL | None:
             ("ssm_ar_loop", _AR_LOOP_ARGTYPES, None),
             ("transformer_loop", _TR_LOOP_ARGTYPES, _I),
             ("gru_loop", _GRU_LOOP_ARGTYPES, _I),
+            ("vrnn_loop", _VRNN_LOOP_ARGTYPES, _I),
         )
         for stem, argtypes, restype in signatures:
             for suffix in ("_f32", "_f64"):
@@ -775,6 +780,93 @@ def _gru_loop(
 def gru_loop() -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor | None]] | None:
     """The compiled autoregressive GRU loop (see :func:`_gru_loop`), or None where the kernels cannot be built."""
     return _gru_loop if _load() is not None else None
+
+
+def _vrnn_pack_size(H: int, V: int, Z: int, K: int) -> int:
+    """Reals in :func:`pack_vrnn`'s buffer (csrc/vrnn_loop.c's layout)."""
+    zk = Z * K
+    gen = H * 5 * H + 5 * H + H * zk + zk + zk * H + H + H * H + H + H * H + H + H * 3 * H + 3 * H + H * V + V
+    return gen + V * 3 * H + H * 4 * H + 4 * H + V * H + H * zk + zk
+
+
+def pack_vrnn(
+    steps: list[tuple[Tensor, Tensor]], tables: tuple[Tensor, Tensor], filters: list[tuple[Tensor, Tensor]]
+) -> Tensor:
+    """A VRNN's weights for :func:`vrnn_loop`, in csrc/vrnn_loop.c's order: ``steps``, the seven products of a
+    generation step as ``(weight (out, in), bias)`` (gen, p2, z1, z2, dz, gz, do); ``tables``, G ``(V, 3H)`` and A
+    ``(V, H)``; ``filters``, the filter's two products (fil, eo).  The weights are stored transposed, so that C's
+    inner loop runs over outputs."""
+    (w_gen, b_gen), *rest = [(w.t(), b) for w, b in steps]
+    (w_fil, b_fil), (w_eo, b_eo) = [(w.t(), b) for w, b in filters]
+    parts = [w_gen, b_gen, *(t for pair in rest for t in pair), tables[0], w_fil, b_fil, tables[1], w_eo, b_eo]
+    return _flat(parts)
+
+
+def _vrnn_loop(
+    h: Tensor,
+    u_lat: Tensor,
+    packed: Tensor,
+    dims: tuple[int, int, int],
+    *,
+    observed: Tensor | None = None,
+    u_tok: Tensor | None = None,
+    temp_z: Tensor | None = None,
+    temp_x: Tensor | None = None,
+    last_step: bool = True,
+    scores: bool = False,
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """The VRNN's loop compiled (csrc/vrnn_loop.c), from the GRU state ``h`` ``(B, H)``, ``n`` steps with the
+    latents' uniforms ``u_lat`` ``(B, n, Z)`` (``packed``: :func:`pack_vrnn`; ``dims``: ``(V, Z, K)``).
+
+    Generation (``observed`` None): tokens drawn with ``u_tok`` ``(B, n)``, latents at per-row ``temp_z`` and
+    tokens at ``temp_x`` ``(B,)`` float64; returns the tokens ``(B, n)``, the state after the GRU read the last
+    (without ``last_step``: after the one before it) and, with ``scores``, the logits ``(B, n, V)`` each token was
+    drawn from.  Filtering (``observed`` ``(B, n)`` int64): the latents drawn from the posterior at temperature 1;
+    returns None, the state after the last token, None."""
+    lib = _lib
+    assert lib is not None
+    V, Z, K = dims
+    Bsz, H = h.shape
+    n = u_lat.shape[1]
+    dt = h.dtype
+    ok = dt in _COMPLEX and u_lat.dtype == packed.dtype == dt and u_lat.shape == (Bsz, n, Z) and n >= 1
+    ok = ok and packed.is_contiguous() and packed.numel() == _vrnn_pack_size(H, V, Z, K)
+    ok = ok and all(t.is_cpu for t in (h, u_lat, packed))
+    if observed is None:
+        ok = ok and u_tok is not None and u_tok.dtype == dt and u_tok.shape == (Bsz, n) and u_tok.is_cpu
+        ok = ok and all(t is not None and t.shape == (Bsz,) and t.dtype == torch.float64 for t in (temp_z, temp_x))
+    else:
+        ok = ok and observed.shape == (Bsz, n) and observed.dtype == torch.int64 and observed.is_cpu
+        ok = ok and bool(((observed >= 0) & (observed < V)).all())  # a row of the tables each
+    if not ok:
+        raise ValueError(f"bad inputs for the native VRNN loop: h {tuple(h.shape)}, u_lat {tuple(u_lat.shape)}")
+    h = h.detach().clone(memory_format=torch.contiguous_format)
+    u_lat = u_lat.contiguous()
+    fn = lib.vrnn_loop_f64 if dt == torch.float64 else lib.vrnn_loop_f32
+    if observed is not None:
+        observed = observed.contiguous()
+        status = fn(
+            Bsz, H, V, Z, K, n, packed.data_ptr(), u_lat.data_ptr(), None, None, None, h.data_ptr(),
+            observed.data_ptr(), None, None, 1,
+        )  # fmt: skip
+        _allocated(status, "VRNN")
+        return None, h, None
+    assert u_tok is not None and temp_z is not None and temp_x is not None
+    out = torch.empty(Bsz, n, dtype=torch.int64)
+    seen = torch.empty(Bsz, n, V, dtype=dt) if scores else None
+    u_tok, temp_z, temp_x = u_tok.contiguous(), temp_z.contiguous(), temp_x.contiguous()
+    status = fn(
+        Bsz, H, V, Z, K, n, packed.data_ptr(), u_lat.data_ptr(), u_tok.data_ptr(), temp_z.data_ptr(),
+        temp_x.data_ptr(), h.data_ptr(), None, None if seen is None else seen.data_ptr(), out.data_ptr(),
+        int(last_step),
+    )  # fmt: skip
+    _allocated(status, "VRNN")
+    return out, h, seen
+
+
+def vrnn_loop() -> Callable[..., tuple[Tensor | None, Tensor, Tensor | None]] | None:
+    """The compiled VRNN loop (see :func:`_vrnn_loop`), or None where the kernels cannot be built."""
+    return _vrnn_loop if _load() is not None else None
 
 
 @dataclass(frozen=True)

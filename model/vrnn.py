@@ -31,8 +31,10 @@ over (x_t, z_t).  The likelihood (:meth:`VRNN.nll`) is the importance-weighted b
 posterior as proposal, of the process that generation samples.
 
 Speed.  The recurrence cannot run in parallel over time: h_t needs z_t, which needs h_t-1.  The
-loop holds only what must be sequential (posterior, draw, phi_z, GRU); everything that reads
-x alone is computed for all steps before it, and the prior and emission for all steps after it.
+training filter holds only what must be sequential (posterior, draw, phi_z, GRU); everything that
+reads x alone is computed for all steps before it, and the prior and emission for all steps after
+it.  On the CPU, without gradients, generation and the filter over observed tokens are each one
+compiled call (csrc/vrnn_loop.c), as the autoregressive baselines' loops are.
 """
 
 from __future__ import annotations
@@ -40,13 +42,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import native
 from .base import LossOutput, SequenceModel, check_config
-from .sampling import STREAM_LATENT, STREAM_TOKEN, keyed_uniform, sample_categorical, sequence_seeds
+from .loops import CompiledLoops
+from .network import _affine
+from .sampling import (
+    STREAM_LATENT,
+    STREAM_TOKEN,
+    finite_temperature,
+    keyed_uniform,
+    row_temperatures,
+    sample_categorical,
+    sequence_seeds,
+)
 from .state import GenState
 
 __all__ = ["VRNN", "VRNNConfig"]
@@ -80,7 +94,7 @@ class Filtered:
     h: Tensor  # (B, H) the state after the last step
 
 
-class VRNN(SequenceModel):
+class VRNN(CompiledLoops, SequenceModel):
     family = "vrnn"
     config_class = VRNNConfig
 
@@ -227,8 +241,14 @@ class VRNN(SequenceModel):
 
     def _append(self, state: GenState, tokens: Tensor) -> GenState:
         """The filter over observed ``tokens`` ``(B, n)``, z_t drawn from the posterior keyed on (seed, position)."""
-        draw = self._keyed_draws(state.seed, self.positions(state, tokens.shape[1]))
-        h = self._filter(tokens, state["h"], draw).h
+        positions = self.positions(state, tokens.shape[1])  # (B, n)
+        loop = self._loop_or_none(("vrnn loop",), state, tokens.shape[1], 1.0, self._compiled_loop)
+        if loop is not None and tokens.dtype == torch.int64 and tokens.is_cpu:
+            u = keyed_uniform(state.seed, positions, STREAM_LATENT, self.config.n_latents, self.dtype)  # (B, n, Z)
+            out = self._run_compiled(loop, state["h"], u, observed=tokens)
+            if out is not None:
+                return state.evolve(position=state.position + tokens.shape[1], h=out[1])
+        h = self._filter(tokens, state["h"], self._keyed_draws(state.seed, positions)).h
         return state.evolve(position=state.position + tokens.shape[1], h=h)
 
     def _generate(
@@ -242,13 +262,31 @@ class VRNN(SequenceModel):
         ratio: float | Tensor = 1.0,
     ) -> tuple[Tensor, GenState | None]:
         """One step per token whatever ``blocks``: z_t from the prior at ``temperature``, x_t from the
-        emission at :meth:`token_temperature`, then the GRU reads them."""
+        emission at :meth:`token_temperature`, then the GRU reads them.  On the CPU the whole loop is one
+        compiled call (csrc/vrnn_loop.c); scored calls take it too, so asking for log-probabilities never changes
+        a token."""
         positions = self.positions(state, n)  # (B, n)
         u_lat = keyed_uniform(state.seed, positions, STREAM_LATENT, self.config.n_latents, self.dtype)  # (B, n, Z)
         u_tok = keyed_uniform(state.seed, positions, STREAM_TOKEN, 1, self.dtype)[..., 0]  # (B, n)
+        temp_x = self.token_temperature(temperature, ratio)
+        loop = None
+        if finite_temperature(temp_x):
+            loop = self._loop_or_none(("vrnn loop",), state, n, temperature, self._compiled_loop)
+        if loop is not None:
+            B = state.batch_size
+            temps = (row_temperatures(temperature, B), row_temperatures(temp_x, B))
+            out = self._run_compiled(
+                loop, state["h"], u_lat, u_tok=u_tok, temp_z=temps[0], temp_x=temps[1], last_step=resumable,
+                scores=scores is not None,
+            )  # fmt: skip
+            if out is not None:
+                tokens, h, seen = out
+                if scores is not None:
+                    assert seen is not None
+                    scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | z_t, h_t-1)
+                return tokens, state.evolve(position=state.position + n, h=h) if resumable else None
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         temp_z = temperature[:, None] if per_row else temperature  # type: ignore[index]
-        temp_x = self.token_temperature(temperature, ratio)
         h = state["h"]
         out, log_p = [], []
         for i in range(n):
@@ -267,3 +305,48 @@ class VRNN(SequenceModel):
         if not resumable:
             return tokens, None
         return tokens, state.evolve(position=state.position + n, h=h)
+
+    # ----- the compiled loop --------------------------------------------------------------------------
+    def _loop_keys(self) -> tuple[str, ...]:
+        return ("h",)
+
+    def _compiled_loop(self) -> Callable[..., tuple[Tensor | None, Tensor, Tensor | None]] | None:
+        """The loop as one compiled call (csrc/vrnn_loop.c) where nothing in the network is what one call cannot
+        reproduce (a hook, a removed or parametrised weight, gradients, a device other than the CPU); else None."""
+        loop = native.vrnn_loop()
+        if loop is None or not self._loop_may_run():
+            return None
+        with_bias = (self.prior[0], self.prior[2], self.phi_z[0], self.phi_z[2], self.enc_x, self.enc_out)
+        with_bias += (self.dec_z, self.dec_out, self.gru_x, self.gru_h)
+        no_bias = (self.enc_h, self.dec_h, self.gru_z)
+        if not all(_affine(m) for m in with_bias) or self.phi_x._parameters.get("weight") is None:
+            return None
+        if any(m._parameters.get("weight") is None or m._parameters.get("bias") is not None for m in no_bias):
+            return None
+        if len(self.prior) != 3 or len(self.phi_z) != 4:
+            return None
+        # the MLPs' activations: ReLU in the loop (indexed: a slice of a Sequential registers a new module)
+        if any(type(a) is not nn.ReLU for a in (self.prior[1], self.phi_z[1], self.phi_z[3])):
+            return None
+        packed = self._laid_out("_vrnn_pack_cache", (), self._packed)
+        cfg = self.config
+        dims = (cfg.vocab_size, cfg.n_latents, cfg.n_classes)
+
+        def run(h: Tensor, u_lat: Tensor, **kw: Any) -> tuple[Tensor | None, Tensor, Tensor | None]:
+            return loop(h, u_lat, packed, dims, **kw)
+
+        return run
+
+    def _packed(self) -> Tensor:
+        """The network's weights as csrc/vrnn_loop.c reads them (model/native.py, pack_vrnn)."""
+        ex = self.phi_x.weight  # (V, H): phi_x of every token
+        zeros = ex.new_zeros(self.config.width)
+        p1, p2, z1, z2 = self.prior[0], self.prior[2], self.phi_z[0], self.phi_z[2]
+        w_h = torch.cat([p1.weight, self.dec_h.weight, self.gru_h.weight])  # (5H, H): the products of h
+        gen = (w_h, torch.cat([p1.bias, zeros, self.gru_h.bias]))
+        steps = [gen, (p2.weight, p2.bias), (z1.weight, z1.bias), (z2.weight, z2.bias)]
+        steps += [(self.dec_z.weight, self.dec_z.bias), (self.gru_z.weight, ex.new_zeros(3 * self.config.width))]
+        steps += [(self.dec_out.weight, self.dec_out.bias)]
+        tables = (self.gru_x(ex), self.enc_x(ex))  # G (V, 3H), A (V, H): a token's parts of the GRU's input and q's
+        fil = (torch.cat([self.enc_h.weight, self.gru_h.weight]), torch.cat([zeros, self.gru_h.bias]))
+        return native.pack_vrnn(steps, tables, [fil, (self.enc_out.weight, self.enc_out.bias)])

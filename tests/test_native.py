@@ -1823,22 +1823,28 @@ def test_compiled_patch_rounds_draw_each_row_s_block_0_as_alone_whatever_the_oth
         assert torch.equal(state["prior"][i], alone["prior"][0])
 
 
-# ----- the autoregressive baselines' loops (csrc/transformer_loop.c, csrc/gru_loop.c, and csrc/ar_loop.c again) -----
+# ----- the baselines' sequential loops (csrc/transformer_loop.c, csrc/gru_loop.c, csrc/vrnn_loop.c, csrc/ar_loop.c) ---
 # per family: the compiled loop's Python wrapper, its getter, and two shapes (the Transformer's width and heads: heads
-# of 6 and 10 channels, an MLP of 120 that leaves each row a part vector; the GRU's width: whole vectors and a tail)
+# of 6 and 10 channels, an MLP of 120 that leaves each row a part vector; the GRU's width: whole vectors and a tail;
+# the VRNN's the same, with latents of 3 x 4 and 2 x 5 classes: a whole vector and a part one)
 LOOPS = {
     "ar-ssm": ("_ar_loop", "ar_loop", [{"width": 24, "state_size": 5}, {"width": 17, "state_size": 5}]),
     "ar-transformer": ("_transformer_loop", "transformer_loop", [{"width": 24, "heads": 4}, {"width": 30, "heads": 3}]),
     "ar-gru": ("_gru_loop", "gru_loop", [{"width": 24}, {"width": 20}]),
+    "vrnn": (
+        "_vrnn_loop",
+        "vrnn_loop",
+        [{"width": 24, "n_latents": 3, "n_classes": 4}, {"width": 20, "n_latents": 2, "n_classes": 5}],
+    ),
 }
 CASES = [(f, i) for f in LOOPS for i in range(2)]
-NEW = ["ar-transformer", "ar-gru"]  # the AR-SSM's own fallbacks and packs are tested above
+NEW = ["ar-transformer", "ar-gru", "vrnn"]  # the AR-SSM's own fallbacks and packs are tested above
 
 
 def _ar(family: str, dtype: torch.dtype = F64, shape: int = 0, **overrides):
     from tests.conftest import tiny_model
 
-    cfg = {"vocab_size": 7, "layers": 3, **LOOPS[family][2][shape], **overrides}
+    cfg = {"vocab_size": 7, **({} if family == "vrnn" else {"layers": 3}), **LOOPS[family][2][shape], **overrides}
     if family == "ar-transformer":
         cfg["max_position"] = 160
     return tiny_model(family, dtype=dtype, **cfg)
@@ -1857,7 +1863,7 @@ def _spied(monkeypatch: pytest.MonkeyPatch, family: str) -> list[int]:
     calls: list[int] = []
     name = LOOPS[family][0]
     real = getattr(native, name)
-    monkeypatch.setattr(native, name, lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(native, name, lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -1866,7 +1872,7 @@ def _without(monkeypatch: pytest.MonkeyPatch, family: str) -> None:
 
 
 def _state_keys(family: str) -> tuple[str, ...]:
-    return ("logits", "k", "v") if family == "ar-transformer" else ("logits", "h")
+    return {"ar-transformer": ("logits", "k", "v"), "vrnn": ("h",)}.get(family, ("logits", "h"))
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -1913,6 +1919,7 @@ def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(
     m = _ar(family, dtype, shape).freeze()
     state = _staggered(m, 7)
     calls = _spied(monkeypatch, family)
+    m._unsettle()  # (the VRNN's appends kept a check of batch 1 that holds the loop before the spy)
     whole, s_whole = m.generate(state, 96)
     for chunks in [(16,) * 6, (3, 29, 1, 40, 23)]:
         parts, st = [], state
@@ -1931,7 +1938,8 @@ def test_the_compiled_baseline_loops_give_the_same_bits_in_any_chunks_and_batch(
                 assert torch.equal(s_alone[k][0, :, :, :used], s_whole[k][i, :, :, :used]), k
         else:
             assert torch.equal(s_alone["h"][0], s_whole["h"][i])
-        assert torch.equal(s_alone["logits"][0], s_whole["logits"][i])
+        if family != "vrnn":  # (its state is h alone: its logits depend on the latent drawn next)
+            assert torch.equal(s_alone["logits"][0], s_whole["logits"][i])
     assert len(calls) == 1 + 5 + 6 + 7
 
 
@@ -1963,6 +1971,12 @@ def _unfit(family: str) -> list:
             lambda m: (setattr(m.blocks[0].drop, "p", 0.5), m.blocks[0].drop.train()),
             lambda m: setattr(m.blocks[1].proj, "bias", None),
         ]
+    if family == "vrnn":
+        return [
+            lambda m: setattr(m.dec_out, "bias", None),
+            lambda m: setattr(m.gru_z, "bias", torch.nn.Parameter(torch.full((72,), 0.1, dtype=F64))),
+            lambda m: setattr(m.prior, "1", torch.nn.Tanh()),
+        ]
     g = torch.nn.GRU(24, 24, 3, batch_first=True, bias=False, dtype=F64)
     return [
         lambda m: (setattr(m.gru, "dropout", 0.5), m.gru.train()),
@@ -1974,7 +1988,8 @@ def _unfit(family: str) -> list:
 @pytest.mark.parametrize("family", NEW)
 def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(family, monkeypatch):
     """A hook, what one call cannot reproduce (the Transformer's approximate GELU, LayerNorms of different eps, an
-    active dropout, a missing bias; the GRU's dropout between layers in training, a head or stack without biases)
+    active dropout, a missing bias; the GRU's dropout between layers in training, a head or stack without biases;
+    the VRNN's emission without a bias, a bias where the loop has none, an activation other than ReLU)
     or gradients keep the loop in PyTorch (the hook
     runs every step); a temperature of NaN does too, as for the AR-SSM's loop."""
     calls = _spied(monkeypatch, family)
@@ -1984,8 +1999,9 @@ def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(
         return m, _staggered(m, 2)
 
     m, state = fresh()
+    calls.clear()  # (the VRNN's appends that built the state ran compiled)
     seen = []
-    module = m.blocks[1].mlp if family == "ar-transformer" else m.head
+    module = m.blocks[1].mlp if family == "ar-transformer" else m.dec_out if family == "vrnn" else m.head
     handle = module.register_forward_hook(lambda mod, args, out: seen.append(1))
     m.generate(state, 5)
     handle.remove()
@@ -1996,6 +2012,7 @@ def test_the_compiled_baseline_loops_keep_what_they_cannot_reproduce_in_pytorch(
         m.generate(_staggered(m, 2), 5)  # (a state of the changed model: a new stack is new weights)
         assert not calls
     m, state = fresh()
+    calls.clear()
     with torch.enable_grad():
         m._generate(state, 5, 1.0, True)  # (generate itself turns gradients off)
     m.generate(state, 5, temperature=float("nan"))
@@ -2018,6 +2035,15 @@ def test_the_compiled_baseline_loops_follow_the_weights(family):
             lambda: m.pos.weight.add_(0.3),
             lambda: [setattr(ln, "eps", 0.5) for ln in m.modules() if isinstance(ln, torch.nn.LayerNorm)],
         ]
+    elif family == "vrnn":  # the tables of a token's parts (phi_x, gru_x, enc_x) and the filter's weights too
+        cache, keys = "_vrnn_pack_cache", ("h",)
+        changes = [
+            lambda: m.gru_h.weight.mul_(-2.0),
+            lambda: m.phi_x.weight.add_(0.3),
+            lambda: m.enc_x.bias.add_(0.7),
+            lambda: m.phi_z[2].weight.mul_(1.5),
+            lambda: m.enc_out.bias.add_(-0.4),
+        ]
     else:
         cache, keys = "_gru_pack_cache", ("h", "logits")
         changes = [
@@ -2033,13 +2059,15 @@ def test_the_compiled_baseline_loops_follow_the_weights(family):
         assert m.__dict__[cache][1] is before
         with torch.no_grad():
             change()
-        state = _staggered(m, 2)
+        state = _staggered(m, 2)  # (the VRNN's appends run compiled too)
         tokens, nxt = m.generate(state, 9)
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(native, LOOPS[family][1], lambda: None)
+            ref_state = _staggered(m, 2)
             ref_tokens, ref = m.generate(state, 9)
         assert torch.equal(tokens, ref_tokens)
         for k in keys:
+            torch.testing.assert_close(state[k], ref_state[k], rtol=1e-10, atol=1e-10)
             torch.testing.assert_close(nxt[k], ref[k], rtol=1e-10, atol=1e-10)
 
 
@@ -2049,7 +2077,7 @@ def test_a_loop_whose_scratch_cannot_be_allocated_runs_in_pytorch(family, monkey
     in PyTorch and draws what that loop draws; said once per model."""
     m = _ar(family)
     state = _staggered(m)
-    entry = {"ar-transformer": "transformer_loop_f64", "ar-gru": "gru_loop_f64"}[family]
+    entry = {"ar-transformer": "transformer_loop_f64", "ar-gru": "gru_loop_f64", "vrnn": "vrnn_loop_f64"}[family]
     native._load()
     monkeypatch.setattr(native._lib, entry, lambda *args: -1)
     with caplog.at_level("WARNING"):
@@ -2061,3 +2089,48 @@ def test_a_loop_whose_scratch_cannot_be_allocated_runs_in_pytorch(family, monkey
     assert torch.equal(tokens, ref_tokens)
     for k in _state_keys(family):
         assert torch.equal(nxt[k], ref[k]), k  # the loop in PyTorch's own state
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("shape", [0, 1])
+def test_the_vrnn_filter_compiled_equals_the_filter_in_pytorch(dtype, shape, monkeypatch):
+    """Observed tokens (a prompt, an append) are read by one compiled call too, each latent drawn from the
+    posterior with its keyed uniform: the state equals the PyTorch filter's, from rows at different lengths, and a
+    prompt longer than the append window (read a window at a time) as well; float32 within its rounding.  The
+    caller's state is a value: never written."""
+    m = _ar("vrnn", dtype, shape)
+    state = _staggered(m)
+    kept = state["h"].clone()
+    tokens = torch.randint(0, 7, (3, 300), generator=torch.Generator().manual_seed(5))
+    calls = _spied(monkeypatch, "vrnn")
+    read = m.append(state, tokens)
+    started = m.start(tokens, [4, 5, 6])
+    assert len(calls) == 4 and torch.equal(state["h"], kept)  # 300 tokens: windows of 256 and 44, twice
+    _without(monkeypatch, "vrnn")
+    tol = 1e-10 if dtype == F64 else 1e-4
+    torch.testing.assert_close(read["h"], m.append(state, tokens)["h"], rtol=tol, atol=tol)
+    torch.testing.assert_close(started["h"], m.start(tokens, [4, 5, 6])["h"], rtol=tol, atol=tol)
+    assert torch.equal(read.position, state.position + 300)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_the_vrnn_filter_gives_the_same_bits_in_any_chunks_and_batch(dtype, monkeypatch):
+    """Reading a prompt in pieces (through the state's bytes) leaves the state of one read, bit for bit, and each
+    row of a batch at its own length reads as it would alone: then a session's tokens do not depend on how its
+    prompt and appends were cut, or on the requests batched with it."""
+    m = _ar("vrnn", dtype).freeze()
+    state = _staggered(m, 7)
+    tokens = torch.randint(0, 7, (7, 90), generator=torch.Generator().manual_seed(6))
+    calls = _spied(monkeypatch, "vrnn")
+    m._unsettle()  # (the appends that built the state kept checks that hold the loop before the spy)
+    whole = m.append(state, tokens)
+    for cuts in [(30, 30, 30), (1, 44, 2, 43)]:
+        st, at = state, 0
+        for n in cuts:
+            st = m.append(GenState.from_bytes(st.to_bytes()), tokens[:, at : at + n])
+            at += n
+        assert torch.equal(st["h"], whole["h"])
+    for i in range(7):
+        alone = m.append(state.rows(slice(i, i + 1)), tokens[i : i + 1])
+        assert torch.equal(alone["h"][0], whole["h"][i])
+    assert len(calls) == 1 + 3 + 4 + 7
