@@ -49,6 +49,7 @@ __all__ = [
     "matrices_only",
     "measure_peaks",
     "network_pass_cost",
+    "one_pass_flops",
     "round_cost",
     "run_rounds",
     "scan_limit",
@@ -150,6 +151,17 @@ def image_flops(vssm: VSSM, ar_net: SSMNet, T: int, block: int) -> dict[str, flo
     ar = T * network_pass_cost(ar_net, 1, 1, from_state=True, return_state=True).flops
     rounds = -(-T // block)
     vs = rounds * sum(c.flops for c in round_cost(vssm, block).values())
+    return {"ar_ssm": ar, "vssm": vs, "ratio": ar / vs}
+
+
+def one_pass_flops(vssm: VSSM, ar_net: SSMNet, T: int) -> dict[str, float]:
+    """FLOPs of a whole ``T``-token sequence at batch 1 in one parallel pass: the AR-SSM's ``T`` recurrent steps
+    against one decoder pass of ``T`` steps from the empty state, keeping no state (part 1's unprompted call,
+    ``resumable=False``; its latents' draws and input lookup are left out, as the AR-SSM's draws are).  Their ratio
+    is what the one-pass speed-up over the AR-SSM would be at the same FLOP rate: the rest of a measured speed-up
+    is the one pass's FLOP rate over the AR-SSM loop's (bench/targets.py reports both)."""
+    ar = T * network_pass_cost(ar_net, 1, 1, from_state=True, return_state=True).flops
+    vs = network_pass_cost(vssm.decoder, 1, T, from_state=False, return_state=False).flops
     return {"ar_ssm": ar, "vssm": vs, "ratio": ar / vs}
 
 
@@ -335,5 +347,6 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool, ar_net: SSMNet | None = Non
         out["scan_max_tokens"] = vssm.decoder.blocks[0].ssm.kernel_max_tokens()  # the default, on this machine
     if ar_net is not None:
         out["image_flops"] = {str(c): image_flops(vssm, ar_net, T, c) for c in (16, 28)}
+        out["image_flops"]["one pass"] = one_pass_flops(vssm, ar_net, T)
         out["image_length"] = T
     return out

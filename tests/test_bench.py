@@ -418,6 +418,36 @@ def test_whole_sequence_flops_are_steps_against_rounds() -> None:
     assert image_flops(vssm, ar.net, 784, 28)["vssm"] == 28 * sum(c.flops for c in round_cost(vssm, 28).values())
 
 
+def test_the_one_pass_speed_up_is_read_as_flops_times_rates() -> None:
+    """The one pass against the AR-SSM at batch 1: one decoder pass of T steps from the empty state against T AR
+    steps (the cost model), and the two reference rows whose product is the measured speed-up."""
+    from bench.rounds import network_pass_cost, one_pass_flops
+    from bench.targets import _one_pass_decomposition
+    from vssm import model
+    from vssm.model.presets import preset_config
+
+    vssm = model.build_model("vssm", preset_config("mnist", "vssm", "small"))
+    ar = model.build_model("ar-ssm", preset_config("mnist", "ar-ssm", "small"))
+    f = one_pass_flops(vssm, ar.net, 784)
+    step = network_pass_cost(ar.net, 1, 1, from_state=True, return_state=True).flops
+    one = network_pass_cost(vssm.decoder, 1, 784, from_state=False, return_state=False).flops
+    assert f == {"ar_ssm": 784 * step, "vssm": one, "ratio": 784 * step / one}
+    results = {
+        "rounds": {"image_flops": {"one pass": f}, "peaks": {"matmul_gflops": 100.0}},
+        "generation": {
+            "results": [
+                {"family": "vssm", "batch": 1, "T": 784, "best_s": 0.002},
+                {"family": "ar-ssm", "batch": 1, "T": 784, "best_s": 0.010},
+            ]
+        },
+    }
+    rows = _one_pass_decomposition(results, 1, 784)
+    assert [r["status"] for r in rows] == ["INFO", "INFO"]
+    assert rows[0]["measured"] == f["ratio"] and rows[0]["measured"] * rows[1]["measured"] == pytest.approx(5.0)
+    assert _one_pass_decomposition(results, 32, 784) == []  # batch 1 only: part 1 times no other batch's pair here
+    assert _one_pass_decomposition({**results, "rounds": None}, 1, 784) == []
+
+
 def test_the_crossover_refuses_to_time_a_fallback_as_the_kernel() -> None:
     """kernel_crossover's kernel side must be the one native network call: with a hook on a block (which
     that call cannot run) it would silently time the blocks one by one, so it refuses instead."""
