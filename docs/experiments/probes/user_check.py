@@ -5,7 +5,8 @@ docs/experiments/rounds-and-serving.md, fortieth session (logs/s40-user-check.tx
     redis-server --port 6391 --daemonize yes --save "" --appendonly no
     VSSM_REDIS_URL=redis://127.0.0.1:6391/0 .venv/bin/vssm serve --port 8072
 
-``baselines`` (forty-second session, logs/s42-user-check.txt): the compiled AR Transformer and AR-GRU loops, 8
+``baselines`` (forty-second session, logs/s42-user-check.txt; the VRNN since the forty-third, logs/s43-user-check.txt):
+the compiled AR Transformer, AR-GRU and VRNN loops, 8
 concurrent sessions per model in 64-token chunks against one completion and against a completion asking for
 log-probabilities; with a server of the release before them at ``OLD`` (a worktree, the same Redis), a session
 begun there and continued here, and one begun here and continued there, against each release's own; and the time
@@ -34,7 +35,7 @@ import vssm_client
 
 URL = "http://127.0.0.1:8072"
 OLD = "http://127.0.0.1:8073"
-BASELINES = ("mnist-ar-transformer", "mnist-ar-gru", "shakespeare-ar-transformer", "shakespeare-ar-gru")
+BASELINES = ("mnist-ar-transformer", "mnist-ar-gru", "shakespeare-ar-transformer", "shakespeare-ar-gru", "mnist-vrnn")
 
 
 def ascii(tokens):
@@ -98,6 +99,29 @@ async def sessions_main():
         print(repr(txt.choices[0].text))
 
 
+async def prompted_by_release(c, old, model):
+    import time
+
+    agree = 0
+    for seed in range(8):
+        top = (await c.completions.create(model="mnist-ar-ssm", max_tokens=392, seed=seed)).choices[0].tokens
+        a = (await c.completions.create(model=model, prompt=top, max_tokens=392, seed=seed)).choices[0].tokens
+        b = (await old.completions.create(model=model, prompt=top, max_tokens=392, seed=seed)).choices[0].tokens
+        agree += a == b
+    print(f"{model} prompted (392 + 392): the two releases agree on {agree}/8 completions")
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(5):
+        for name, client in (("old", old), ("new", c)):
+            t0 = time.perf_counter()
+            await client.completions.create(model=model, prompt=top, max_tokens=392, seed=1)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    med = {k: sorted(v)[2] for k, v in times.items()}
+    print(
+        f"{model}: 392-token prompt + 392 tokens through the API, median of 5 by turns: old {med['old']:.1f} ms, "
+        f"new {med['new']:.1f} ms ({med['old'] / med['new']:.1f}x)"
+    )
+
+
 async def baselines_main():
     import time
 
@@ -131,6 +155,8 @@ async def baselines_main():
                 f"{model}: {T}-token completion through the API, median of 5 by turns: old {med['old']:.1f} ms, "
                 f"new {med['new']:.1f} ms ({med['old'] / med['new']:.1f}x)"
             )
+            if model == "mnist-vrnn":  # its filter over a prompt is compiled too: prompted completions by release
+                await prompted_by_release(c, old, model)
             if imgs:
                 print(ascii(imgs))
         txt = await c.completions.create(model="shakespeare-ar-transformer", prompt="ROMEO:\n", max_tokens=200, seed=3)
@@ -144,6 +170,7 @@ async def prompts_main():
             ("mnist-vssm-prior", 28, [3, 389]),
             ("mnist-vssm", None, [200, 192]),
             ("mnist-ar-ssm", None, [1, 150, 241]),
+            ("mnist-vrnn", None, [1, 150, 241]),
         ]:
             top = (await c.completions.create(model="mnist-ar-ssm", max_tokens=392, seed=7)).choices[0].tokens
             ref = (
