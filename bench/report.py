@@ -623,11 +623,10 @@ def _rounds_section(rd: dict[str, Any] | None) -> list[str]:
         L += [
             "",
             f"A whole {rd['image_length']}-token sequence's FLOPs at batch 1 (the cost model): the AR-SSM's",
-            "steps against block sampling's rounds, and against one decoder pass (one pass: part 1's unprompted",
-            "call, counted as the recurrence computes it; the pass itself runs FFT convolutions at this length).",
-            "Their ratio is the speed-up over the AR-SSM that the VSSM would have if both ran at the same",
-            "FLOP rate; a measured speed-up beyond it comes from the FLOP rates: the AR-SSM's cost per step",
-            "against a pass over many steps, not from doing less arithmetic.",
+            "steps against block sampling's rounds.  Their ratio is the speed-up over the AR-SSM that block",
+            "sampling would have if both ran at the same FLOP rate; a measured speed-up beyond it comes from",
+            "the AR-SSM's cost per step",
+            "(a call per layer and step), not from the arithmetic.",
             "",
         ]
         L += _table(

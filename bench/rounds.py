@@ -350,6 +350,5 @@ def run_rounds(vssm: VSSM, s: Settings, quick: bool, ar_net: SSMNet | None = Non
         out["scan_max_tokens"] = vssm.decoder.blocks[0].ssm.kernel_max_tokens()  # the default, on this machine
     if ar_net is not None:
         out["image_flops"] = {str(c): image_flops(vssm, ar_net, T, c) for c in (16, 28)}
-        out["image_flops"]["one pass"] = one_pass_flops(vssm, ar_net, T)
         out["image_length"] = T
     return out

@@ -26,7 +26,7 @@ from .generation import run_generation
 from .limit import run_limit
 from .report import table1_lines, write_markdown, write_plots
 from .resume import run_resume
-from .rounds import run_rounds
+from .rounds import one_pass_flops, run_rounds
 from .scan import run_scan
 from .serving import run as run_serving_suite
 from .table1 import run_table1
@@ -106,6 +106,11 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], Path]:
         return results, out
     results["params"] = parameter_counts(configs)
     results["generation"] = run_generation(models, s)
+    ar_net = _ar_net(models)
+    if ar_net is not None:  # the cost model of part 1's one pass, beside its times (bench/targets.py reads both)
+        vssm = models["vssm"]
+        flops = {str(T): one_pass_flops(vssm, ar_net, T) for T in s.gen_lengths}  # type: ignore[arg-type]
+        results["generation"]["one_pass_flops"] = flops
     results["limit"] = run_limit(models["vssm"], s)  # type: ignore[arg-type]
     results["resume"] = run_resume(models, s)
     results["table1"] = run_table1(models, results, s)  # reads parts 1 and 3

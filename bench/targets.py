@@ -25,14 +25,17 @@ def _row(
 
 
 def _one_pass_decomposition(results: dict[str, Any], batch: int, T: int) -> list[dict[str, Any]]:
-    """The one-pass speed-up over the AR-SSM at batch 1 as (FLOP ratio) x (FLOP-rate ratio): part 8's cost model
-    counts both sequences' FLOPs, part 1 times them, so what the 30x target asks of the arithmetic is read here."""
-    flops = ((results.get("rounds") or {}).get("image_flops") or {}).get("one pass")
-    times = {(r["family"], r["batch"], r["T"]): r["best_s"] for r in results["generation"]["results"]}
+    """The one-pass speed-up over the AR-SSM at batch 1 as (FLOP ratio) x (FLOP-rate ratio): the cost model counts
+    both sequences' FLOPs for part 1's models at its T, part 1 times them, so what the 30x target asks of the
+    arithmetic is read here."""
+    gen = results["generation"]
+    flops = (gen.get("one_pass_flops") or {}).get(str(T))  # part 1's own models, at its T (bench/run.py)
+    times = {(r["family"], r["batch"], r["T"]): r["best_s"] for r in gen["results"]}
     vssm_s, ar_s = times.get(("vssm", batch, T)), times.get(("ar-ssm", batch, T))
     if not flops or batch != 1 or not vssm_s or not ar_s:
         return []
-    peak = results["rounds"]["peaks"]["matmul_gflops"]
+    peaks = (results.get("rounds") or {}).get("peaks")
+    peak = f"; this run's float32 matmul {peaks['matmul_gflops']:.0f} GFLOP/s (part 8)" if peaks else ""
     vs_rate, ar_rate = flops["vssm"] / vssm_s / 1e9, flops["ar_ssm"] / ar_s / 1e9
     return [
         _row(
@@ -40,9 +43,9 @@ def _one_pass_decomposition(results: dict[str, Any], batch: int, T: int) -> list
             flops["ratio"],
             "(reference)",
             None,
-            f"T={T}, B=1: the cost model of part 8, {flops['ar_ssm'] / 1e6:.0f} against {flops['vssm'] / 1e6:.0f} "
-            "MFLOP, both as the recurrence computes them; the one-pass speed-up over ar-ssm is this times the row "
-            "below",
+            f"T={T}, B=1: the cost model (bench/rounds.py), {flops['ar_ssm'] / 1e6:.0f} against "
+            f"{flops['vssm'] / 1e6:.0f} MFLOP, both as the recurrence computes them; the one-pass speed-up over "
+            "ar-ssm is this times the row below",
         ),
         _row(
             "VSSM one pass's FLOP rate / the AR-SSM loop's",
@@ -50,7 +53,7 @@ def _one_pass_decomposition(results: dict[str, Any], batch: int, T: int) -> list
             "(reference)",
             None,
             f"T={T}, B=1, part 1's best times: {vs_rate:.1f} against {ar_rate:.1f} GFLOP/s in recurrence FLOPs "
-            f"(the pass runs FFT convolutions: an effective rate); this run's float32 matmul {peak:.0f} GFLOP/s",
+            f"(the pass runs FFT convolutions: an effective rate){peak}",
         ),
     ]
 
@@ -280,31 +283,39 @@ def _table1_rows(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
     by_family = {r["family"]: r for r in t1["rows"]}
     vrnn = by_family.get("vrnn")
     if vrnn:
-        # issue 24's "no parallel speed-up", read as the parallel column is: by the dependence test.  The time of
-        # T one-token calls against one call decided it until the VRNN's loop was compiled (csrc/vrnn_loop.c); for
-        # a sequential family that ratio is 1 + a call's overhead / a step, and a compiled step is small against a
-        # call's Python (bench/table1.py), so it is shown beside, for reference
+        # issue 24's "no parallel speed-up", read as the parallel column is: by the dependence test (bench/table1.py).
+        # The time of T one-token calls against one call decided it until the VRNN's loop was compiled
+        # (csrc/vrnn_loop.c); for a sequential family that ratio is 1 + a call's overhead / a step, and a compiled
+        # step is small against a call's Python, so it is shown beside, with both figures, for reference
         dep = vrnn.get("dependence") or {}
         moved, later = dep.get("moved"), dep.get("later")
         rows.append(
             _row(
-                "vrnn: distributions after the first differing token that moved (no parallel generation)",
+                "vrnn: share of the later distributions that moved when an earlier token changed",
                 None if moved is None or not later else moved / later,
-                "> 0 (sequential: each token read back before the next)",
-                lambda v: v > 0 and dep.get("verdict") == "sequential",
+                "sequential: any moved (each token is read back before the next: no parallel generation)",
+                lambda v: dep.get("verdict") == "sequential",
                 f"B=1, T={dep.get('T')}, tokens sampled vs most likely, nothing else drawn differently "
                 f"(bench/table1.py); verdict: {dep.get('verdict')}, {moved} of {later} moved",
             )
         )
         need = th["parallel_from_speedup"]
+        T = vrnn["parallel_T"]
+        timed = next(
+            (r for r in (t1.get("parallel") or {}).get("results", []) if r["family"] == "vrnn" and r["T"] == T), None
+        )
+        detail = ""
+        if timed:
+            one, calls = timed["one_call"]["best_s"], timed["token_calls"]["best_s"]
+            detail = f": {1e6 * calls / T:.0f} us a one-token call, {1e6 * one / T:.1f} us a step of one call"
         rows.append(
             _row(
                 "vrnn speed-up of one T-token call over T one-token calls",
                 vrnn["parallel_speedup"],
                 "(reference)",
                 None,
-                f"B=1, T={vrnn['parallel_T']}, resumable calls from one state; 1 + a call's overhead / a step "
-                f"(it decided the row above, at < {need:g}x, until the VRNN's loop was compiled)",
+                f"B=1, T={T}, resumable calls from one state{detail}; 1 + a call's overhead / a step (it decided the "
+                f"row above, at < {need:g}x, until the VRNN's loop was compiled)",
             )
         )
     both = [r["family"] for r in t1["rows"] if r["linear_parallel_resumable"]]

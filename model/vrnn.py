@@ -312,7 +312,8 @@ class VRNN(CompiledLoops, SequenceModel):
 
     def _compiled_loop(self) -> Callable[..., tuple[Tensor | None, Tensor, Tensor | None]] | None:
         """The loop as one compiled call (csrc/vrnn_loop.c) where nothing in the network is what one call cannot
-        reproduce (a hook, a removed or parametrised weight, gradients, a device other than the CPU); else None."""
+        reproduce (a hook, a removed or parametrised weight, an activation other than ReLU, an embedding that
+        renormalises its rows, gradients, a device other than the CPU); else None."""
         loop = native.vrnn_loop()
         if loop is None or not self._loop_may_run():
             return None
@@ -320,6 +321,8 @@ class VRNN(CompiledLoops, SequenceModel):
         with_bias += (self.dec_z, self.dec_out, self.gru_x, self.gru_h)
         no_bias = (self.enc_h, self.dec_h, self.gru_z)
         if not all(_affine(m) for m in with_bias) or self.phi_x._parameters.get("weight") is None:
+            return None
+        if type(self.phi_x) is not nn.Embedding or self.phi_x.max_norm is not None:  # (max_norm rewrites rows)
             return None
         if any(m._parameters.get("weight") is None or m._parameters.get("bias") is not None for m in no_bias):
             return None

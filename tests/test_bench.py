@@ -64,6 +64,16 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert shares["vssm"] is None and shares["vrnn"] is None
     assert all(shares[f] is None or 0 <= shares[f] <= 1 for f in ("ar-transformer", "tvae"))
     assert all(x["vssm_speedup"] > 0 for x in gen["speedups"])
+    # the one pass's cost model counts part 1's own VSSM and AR-SSM (not part 8's block model), at its every T
+    from bench.common import matched_configs
+    from bench.rounds import one_pass_flops
+    from vssm import model
+
+    configs = matched_configs()
+    vssm, ar = model.build_model("vssm", configs["vssm"]), model.build_model("ar-ssm", configs["ar-ssm"])
+    assert set(gen["one_pass_flops"]) == {str(T) for T in gen["lengths"]}
+    for T, f in gen["one_pass_flops"].items():
+        assert f == one_pass_flops(vssm, ar.net, int(T))
 
     for row in r["limit"]["unprompted"] + r["limit"]["prompted"]:
         assert row["ratio"] > 0
@@ -76,7 +86,7 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     assert {
         "tvae generation exponent at long T",
         "vrnn speed-up of one T-token call over T one-token calls",
-        "vrnn: distributions after the first differing token that moved (no parallel generation)",
+        "vrnn: share of the later distributions that moved when an earlier token changed",
         "families O(T), parallel and resumable in measurement",
         "Table 1 cells that agree with the paper",
     } <= {t["what"] for t in r["targets"]}
@@ -305,14 +315,16 @@ def test_table1_reads_cells_from_the_measurements(tmp_path: Path) -> None:
     from bench.targets import _table1_rows
 
     def vrnn_rows(table: list[dict]) -> dict[str, dict]:
-        t1 = {"thresholds": {"parallel_from_speedup": PARALLEL_FROM}, "rows": table}
+        timed = {"family": "vrnn", "T": 256, "one_call": {"best_s": 0.001}, "token_calls": {"best_s": 0.0115}}
+        t1 = {"thresholds": {"parallel_from_speedup": PARALLEL_FROM}, "rows": table, "parallel": {"results": [timed]}}
         return {r["what"]: r for r in _table1_rows({"table1": t1}, QUICK) if r["what"].startswith("vrnn")}
 
-    seq = "vrnn: distributions after the first differing token that moved (no parallel generation)"
+    seq = "vrnn: share of the later distributions that moved when an earlier token changed"
     timing = "vrnn speed-up of one T-token call over T one-token calls"
     got = vrnn_rows(list(rows.values()))
     assert got[seq]["status"] == "PASS" and got[seq]["measured"] == 250 / 252
     assert got[timing]["status"] == "INFO" and got[timing]["measured"] == PARALLEL_FROM * 2
+    assert "45 us a one-token call, 3.9 us a step of one call" in got[timing]["conditions"]
     for verdict, moved, status in (("parallel", 0, "MISS"), ("control failed", None, "N/A")):
         other = {**rows["vrnn"], "dependence": {"T": 256, "later": 252, "moved": moved, "verdict": verdict}}
         assert vrnn_rows([other])[seq]["status"] == status
@@ -434,19 +446,23 @@ def test_the_one_pass_speed_up_is_read_as_flops_times_rates() -> None:
     one = network_pass_cost(vssm.decoder, 1, 784, from_state=False, return_state=False, kernel=True).flops
     assert f == {"ar_ssm": 784 * step, "vssm": one, "ratio": 784 * step / one}
     results = {
-        "rounds": {"image_flops": {"one pass": f}, "peaks": {"matmul_gflops": 100.0}},
+        "rounds": {"peaks": {"matmul_gflops": 100.0}},
         "generation": {
+            "one_pass_flops": {"784": f},
             "results": [
                 {"family": "vssm", "batch": 1, "T": 784, "best_s": 0.002},
                 {"family": "ar-ssm", "batch": 1, "T": 784, "best_s": 0.010},
-            ]
+            ],
         },
     }
     rows = _one_pass_decomposition(results, 1, 784)
     assert [r["status"] for r in rows] == ["INFO", "INFO"]
-    assert rows[0]["measured"] == f["ratio"] and rows[0]["measured"] * rows[1]["measured"] == pytest.approx(5.0)
-    assert _one_pass_decomposition(results, 32, 784) == []  # batch 1 only: part 1 times no other batch's pair here
-    assert _one_pass_decomposition({**results, "rounds": None}, 1, 784) == []
+    assert rows[0]["measured"] == f["ratio"]
+    assert rows[1]["measured"] == pytest.approx((f["vssm"] / 0.002) / (f["ar_ssm"] / 0.010))  # the rates' ratio
+    assert "100 GFLOP/s" in rows[1]["conditions"]
+    assert _one_pass_decomposition(results, 32, 784) == []  # the cost model counts batch 1
+    assert _one_pass_decomposition(results, 1, 256) == []  # no FLOPs counted at that T: no row from another T's
+    assert len(_one_pass_decomposition({**results, "rounds": None}, 1, 784)) == 2  # the matmul rate is only shown
 
 
 def test_the_crossover_refuses_to_time_a_fallback_as_the_kernel() -> None:

@@ -2091,6 +2091,41 @@ def test_a_loop_whose_scratch_cannot_be_allocated_runs_in_pytorch(family, monkey
         assert torch.equal(nxt[k], ref[k]), k  # the loop in PyTorch's own state
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.7, "rows"])
+def test_the_vrnn_loop_draws_as_pytorch_at_any_observation_temperature_and_from_degenerate_latents(
+    temperature, monkeypatch
+):
+    """The VRNN's tokens are drawn at the latents' temperature times the observation temperature (a float or one per
+    row), and its latents from log-softmaxed logits: where a NaN makes a latent's logits degenerate, the compiled
+    loop draws what PyTorch draws from its log-softmax (all NaN: class 0 at temperature 0), tokens and state."""
+    m = _ar("vrnn", F64, 1)
+    state = _staggered(m)
+    temp = torch.tensor([0.0, 0.7, 1.3], dtype=F64) if temperature == "rows" else temperature
+    ratios = [0.0, 0.5, torch.tensor([1.0, 0.0, 0.4], dtype=F64)]
+
+    def both() -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for getter in (native.vrnn_loop, lambda: None):
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(native, "vrnn_loop", getter)
+                for ratio in ratios:
+                    tokens, nxt = m.generate(state, 19, temperature=temp, observation_temperature=ratio)
+                    out.append((tokens, nxt["h"]))
+        return out
+
+    calls = _spied(monkeypatch, "vrnn")
+    for label in ("plain", "a NaN in a latent's logits"):
+        drawn = both()
+        compiled, ref = drawn[: len(ratios)], drawn[len(ratios) :]
+        assert calls
+        for (t, h), (rt, rh) in zip(compiled, ref, strict=True):
+            assert torch.equal(t, rt), label
+            torch.testing.assert_close(h, rh, rtol=1e-10, atol=1e-10, equal_nan=True)
+        with torch.no_grad():
+            m.prior[2].bias[1] = float("nan")  # latent 0's class 1
+        state = _staggered(m)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("shape", [0, 1])
 def test_the_vrnn_filter_compiled_equals_the_filter_in_pytorch(dtype, shape, monkeypatch):

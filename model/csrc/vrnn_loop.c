@@ -19,7 +19,8 @@ Filtering, where the tokens are observed and z is drawn from the posterior at te
     z_j ~ Cat((relu(A[x_t] + eh) W_eo + b_eo)_j), with u_lat      A (V, H) = enc_x(phi_x(v)) with its bias
     e and h as above.
 A draw is csrc/categorical.c's, so it equals sample_categorical's but where a uniform falls within rounding of a
-category boundary (model/vrnn.py draws from log-softmaxed logits, the same distribution).  One-hot z times
+category boundary; the latents' logits are log-softmaxed first, as model/vrnn.py's are (the same distribution, and
+the same draw where a NaN or an infinity makes it degenerate).  One-hot z times
 W_z1 is a sum of Z rows of it.  Products run through LINEAR (csrc/s4d_block.c, linear_rows), whose rows give the
 same bits in any batch, and the rest runs row by row, so a row's tokens and state do not depend on its batch.
 
@@ -39,7 +40,6 @@ allocated (nothing written).  Nothing here checks a shape: the caller does. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels.h"
 
@@ -48,7 +48,26 @@ __attribute__((__simd__("notinbranch"))) extern float expf(float);
 __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #endif
 
-#define VRNN_LOOP(NAME, REAL, EXP, LINEAR, CATEGORICAL, DRAW)                                                        \
+/* Each of the Z groups of K latent logits (B Z groups of x) in place as its log-softmax, as model/vrnn.py draws
+   from them: a NaN or +inf anywhere in a group makes the whole group NaN, as torch's log_softmax does, so that a
+   draw from it is PyTorch's (at temperature 0, class 0) */
+#define LOG_SOFTMAX_GROUPS(NAME, REAL, EXP, LOG)                                                                   \
+    static void NAME(long groups, long K, REAL *x) {                                                               \
+        for (long g = 0; g < groups; ++g) {                                                                        \
+            REAL *l = x + g * K;                                                                                   \
+            REAL m = l[0];                                                                                         \
+            for (long k = 1; k < K; ++k) m = (l[k] > m || l[k] != l[k]) ? l[k] : m; /* a NaN stays the maximum */ \
+            REAL sum = 0;                                                                                          \
+            for (long k = 0; k < K; ++k) sum += EXP(l[k] - m);                                                     \
+            const REAL lse = m + LOG(sum);                                                                         \
+            for (long k = 0; k < K; ++k) l[k] -= lse;                                                              \
+        }                                                                                                          \
+    }
+
+LOG_SOFTMAX_GROUPS(log_softmax_groups_f32, float, expf, logf)
+LOG_SOFTMAX_GROUPS(log_softmax_groups_f64, double, exp, log)
+
+#define VRNN_LOOP(NAME, REAL, EXP, LINEAR, CATEGORICAL, DRAW, LOG_SOFTMAX)                                          \
     int NAME(long B, long H, long V, long Z, long K, long n, const REAL *pack, const REAL *u_lat, const REAL *u_tok, \
              const double *temp_z, const double *temp_x, REAL *h, const int64_t *observed, REAL *scores,           \
              int64_t *out, int last_step) {                                                                         \
@@ -83,6 +102,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
                 }                                                                                                   \
             }                                                                                                       \
             LINEAR(B, H, ZK, a, observed ? w_eo : w_p2, observed ? b_eo : b_p2, zl);                                \
+            LOG_SOFTMAX(B * Z, K, zl);                                                                              \
             for (long b = 0; b < B; ++b)                                                                            \
                 CATEGORICAL(Z, K, zl + b * ZK, u_lat + (b * n + i) * Z, observed ? 1.0 : temp_z[b], z + b * Z);     \
             /* phi_z(one-hot z): its first layer a sum of Z rows of W_z1 */                                         \
@@ -130,5 +150,5 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
         return 0;                                                                                                   \
     }
 
-VRNN_LOOP(vrnn_loop_f32, float, expf, linear_rows_f32, categorical_f32, step_draws_f32)
-VRNN_LOOP(vrnn_loop_f64, double, exp, linear_rows_f64, categorical_f64, step_draws_f64)
+VRNN_LOOP(vrnn_loop_f32, float, expf, linear_rows_f32, categorical_f32, step_draws_f32, log_softmax_groups_f32)
+VRNN_LOOP(vrnn_loop_f64, double, exp, linear_rows_f64, categorical_f64, step_draws_f64, log_softmax_groups_f64)
