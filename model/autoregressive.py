@@ -91,23 +91,6 @@ class ARModel(CompiledLoops, SequenceModel):
         """The keyed uniforms ``(B, n)`` the next ``n`` tokens are drawn with, in PyTorch and in a compiled loop."""
         return keyed_uniform(state.seed, self.positions(state, n), STREAM_TOKEN, 1, self.dtype)[..., 0]
 
-    def _compiled_state(
-        self,
-        state: GenState,
-        n: int,
-        resumable: bool,
-        tokens: Tensor,
-        scores: list[Tensor] | None,
-        seen: Tensor | None,
-        **net: Tensor,
-    ) -> tuple[Tensor, GenState | None]:
-        """A compiled loop's result as :meth:`_generate` returns it: the scores recorded (resumable or not), the
-        state advanced (None where it keeps none)."""
-        if scores is not None:
-            assert seen is not None
-            scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | x_<t)
-        return tokens, state.evolve(position=state.position + n, **net) if resumable else None
-
     def _generate(
         self,
         state: GenState,

@@ -64,3 +64,20 @@ class CompiledLoops:
                     self.family,  # type: ignore[attr-defined]
                 )
             return None
+
+    def _compiled_state(
+        self,
+        state: GenState,
+        n: int,
+        resumable: bool,
+        tokens: Tensor,
+        scores: list[Tensor] | None,
+        seen: Tensor | None,
+        **net: Tensor,
+    ) -> tuple[Tensor, GenState | None]:
+        """A compiled loop's result as :meth:`_generate` returns it: the scores recorded (resumable or not), the
+        state advanced (None where it keeps none)."""
+        if scores is not None:
+            assert seen is not None
+            scores.append(seen.log_softmax(-1))  # (B, n, V): the distributions the tokens were drawn from
+        return tokens, state.evolve(position=state.position + n, **net) if resumable else None

@@ -348,7 +348,7 @@ def _draws_ok(seed: Tensor, pos0: Tensor, temp: Tensor, temp_tok: Tensor) -> boo
 
 
 def _writable(state: Tensor) -> Tensor:
-    """A contiguous copy of a complex state that C may overwrite (a lazy conjugate or negation resolved)."""
+    """A contiguous copy of a state that C may overwrite (a complex one's lazy conjugate or negation resolved)."""
     return state.detach().resolve_conj().resolve_neg().clone(memory_format=torch.contiguous_format)
 
 
@@ -766,7 +766,7 @@ def _gru_loop(
         shapes = f"logits {tuple(logits.shape)}, h {tuple(h.shape)}, u {tuple(u.shape)}"
         raise ValueError(f"bad inputs for the native GRU loop: {shapes}")
     logits, out, seen = _loop_outputs(logits, n, scores)
-    h = h.detach().clone(memory_format=torch.contiguous_format)
+    h = _writable(h)
     emb, u, temperature = emb.detach().contiguous(), u.contiguous(), temperature.contiguous()
     fn = lib.gru_loop_f64 if dt == torch.float64 else lib.gru_loop_f32
     status = fn(
@@ -840,7 +840,7 @@ def _vrnn_loop(
         ok = ok and bool(((observed >= 0) & (observed < V)).all())  # a row of the tables each
     if not ok:
         raise ValueError(f"bad inputs for the native VRNN loop: h {tuple(h.shape)}, u_lat {tuple(u_lat.shape)}")
-    h = h.detach().clone(memory_format=torch.contiguous_format)
+    h = _writable(h)
     u_lat = u_lat.contiguous()
     fn = lib.vrnn_loop_f64 if dt == torch.float64 else lib.vrnn_loop_f32
     if observed is not None:

@@ -243,7 +243,7 @@ class VRNN(CompiledLoops, SequenceModel):
         """The filter over observed ``tokens`` ``(B, n)``, z_t drawn from the posterior keyed on (seed, position)."""
         positions = self.positions(state, tokens.shape[1])  # (B, n)
         loop = self._loop_or_none(("vrnn loop",), state, tokens.shape[1], 1.0, self._compiled_loop)
-        if loop is not None and tokens.dtype == torch.int64 and tokens.is_cpu:
+        if loop is not None:  # (tokens are int64 on the model's device: SequenceModel.append)
             u = keyed_uniform(state.seed, positions, STREAM_LATENT, self.config.n_latents, self.dtype)  # (B, n, Z)
             out = self._run_compiled(loop, state["h"], u, observed=tokens)
             if out is not None:
@@ -280,11 +280,8 @@ class VRNN(CompiledLoops, SequenceModel):
                 scores=scores is not None,
             )  # fmt: skip
             if out is not None:
-                tokens, h, seen = out
-                if scores is not None:
-                    assert seen is not None
-                    scores.append(seen.log_softmax(-1))  # (B, n, V): p(x_t | z_t, h_t-1)
-                return tokens, state.evolve(position=state.position + n, h=h) if resumable else None
+                tokens, h, seen = out  # seen: the logits of p(x_t | z_t, h_t-1) each token was drawn from
+                return self._compiled_state(state, n, resumable, tokens, scores, seen, h=h)
         per_row = isinstance(temperature, Tensor) and temperature.ndim == 1
         temp_z = temperature[:, None] if per_row else temperature  # type: ignore[index]
         h = state["h"]
