@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import native
-from .network import has_hooks, walked
+from .network import needs_own_forward, walked
 from .sampling import finite_temperature, per_row, row_temperatures, sample_categorical
 from .ssm import cached_pack
 
@@ -147,12 +147,12 @@ class LatentPrior(nn.Module):
 
     def _native_ok(self, u: Tensor) -> bool:
         """Whether :meth:`draw` can run compiled: on the CPU, in float32 or float64, with no gradient
-        to keep and no hook that a compiled loop would skip."""
+        to keep and nothing whose own forward a compiled loop would skip (model/network.py, ``needs_own_forward``)."""
         if not u.is_cpu or u.dtype not in (torch.float32, torch.float64) or u.dtype != self.decay.dtype:
             return False
         if torch.is_grad_enabled() and self.decay.requires_grad:
             return False
-        return not has_hooks(walked(self))
+        return not needs_own_forward(walked(self))
 
     def _packed(self) -> Tensor:
         """The weights for the compiled loop (model/native.py, ``pack_prior``), rebuilt when any of

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .network import has_hooks, walked
+from .network import needs_own_forward, walked
 from .sampling import finite_temperature
 from .state import GenState
 
@@ -46,9 +46,10 @@ class CompiledLoops:
 
     def _loop_may_run(self) -> bool:
         """What every compiled loop needs of the model, beside its own network's checks: no gradients, float32
-        or float64 weights on the CPU, no hook anywhere (a compiled loop would skip it)."""
+        or float64 weights on the CPU, nothing whose own forward a compiled loop would skip (a hook, an embedding's
+        ``max_norm``: model/network.py, ``needs_own_forward``)."""
         plain = not torch.is_grad_enabled() and self.dtype in (torch.float32, torch.float64)  # type: ignore[attr-defined]
-        return plain and self.device.type == "cpu" and not has_hooks(walked(self))  # type: ignore[attr-defined,arg-type]
+        return plain and self.device.type == "cpu" and not needs_own_forward(walked(self))  # type: ignore[attr-defined,arg-type]
 
     def _run_compiled(self, loop: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``loop(*args, **kwargs)``, or None where its scratch could not be allocated: the call then runs in PyTorch (a

@@ -23,15 +23,19 @@ from . import native
 from .base import _structure, check_config
 from .ssm import S4D, SHORT, S4DConfig, cached_pack, fixed_call, fixed_guard
 
-__all__ = ["SSMNet", "SSMNetConfig", "has_hooks", "walked"]
+__all__ = ["SSMNet", "SSMNetConfig", "needs_own_forward", "walked"]
 
 
-def has_hooks(modules: Iterable[nn.Module]) -> bool:
-    """Whether a forward hook (global, or on any of ``modules``) would run: a compiled pass or loop
-    would skip it, so it keeps the modules' own forward."""
+def needs_own_forward(modules: Iterable[nn.Module]) -> bool:
+    """Whether ``modules``' own forward does something a compiled pass or loop would skip, so that they keep it:
+    a forward hook would run (global, or on any of them), or an embedding has a ``max_norm`` (its forward
+    renormalises, in the weight itself, the rows it looks up; a compiled call reads the rows as they are)."""
     if _global_forward_hooks or _global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or (isinstance(m, nn.Embedding) and m.max_norm is not None)
+        for m in modules
+    )
 
 
 def walked(module: nn.Module) -> list[nn.Module]:
@@ -205,7 +209,7 @@ class SSMNet(nn.Module):
 
     def _modules_native_ok(self) -> bool:
         """The part of :meth:`_native_ok` that depends on the modules only, not on the pass."""
-        if has_hooks(walked(self)):
+        if needs_own_forward(walked(self)):
             return False
         mods = self._modules
         blocks = mods["blocks"]._modules  # type: ignore[union-attr]

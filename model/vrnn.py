@@ -319,7 +319,7 @@ class VRNN(CompiledLoops, SequenceModel):
         no_bias = (self.enc_h, self.dec_h, self.gru_z)
         if not all(_affine(m) for m in with_bias) or self.phi_x._parameters.get("weight") is None:
             return None
-        if type(self.phi_x) is not nn.Embedding or self.phi_x.max_norm is not None:  # (max_norm rewrites rows)
+        if type(self.phi_x) is not nn.Embedding:  # (its max_norm: _loop_may_run)
             return None
         if any(m._parameters.get("weight") is None or m._parameters.get("bias") is not None for m in no_bias):
             return None

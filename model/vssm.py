@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from . import native
 from .base import LossOutput, SequenceModel, check_config, memo
 from .latent_prior import LatentPrior
-from .network import SSMNet, SSMNetConfig, has_hooks
+from .network import SSMNet, SSMNetConfig, needs_own_forward, walked
 from .patch import PatchNet
 from .sampling import (
     STREAM_ABSORB,
@@ -287,7 +287,7 @@ class VSSM(SequenceModel):
         lin = self.decoder.inp
         Z, K = self.config.n_latents, self.config.n_classes
         lookup = (K >= LOOKUP_MIN_CLASSES or exact) and isinstance(lin, nn.Linear) and lin.bias is not None
-        if not lookup or has_hooks((self.decoder, lin)):
+        if not lookup or needs_own_forward((self.decoder, lin)):
             return self.decoder(self._dec_in(self._one_hot(z), x), state, lengths, return_state=keep)
         wt = lin.weight.t()  # (I, H): a row per input
         h = wt[z[..., 0]] + lin.bias  # (B, n, H)
@@ -1111,7 +1111,7 @@ class VSSM(SequenceModel):
             return None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
-        if has_hooks([net]):
+        if needs_own_forward(walked(net)):
             return None
         inner, dec_net, lin = net.net, self.decoder, self.decoder.inp
         # whether the kernel can run both networks at all: a step's probe (B, 1, H), not the length

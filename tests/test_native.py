@@ -2169,3 +2169,57 @@ def test_the_vrnn_filter_gives_the_same_bits_in_any_chunks_and_batch(dtype, monk
         alone = m.append(state.rows(slice(i, i + 1)), tokens[i : i + 1])
         assert torch.equal(alone["h"][0], whole["h"][i])
     assert len(calls) == 1 + 3 + 4 + 7
+
+
+# ----- what every compiled path leaves to the modules' own forward -------------------------------------------------
+# families and variants whose generation or prompt reading has a compiled call, and an embedding it reads rows of (a
+# patch partial encoder, model/patch.py, reads a linear layer's weight as tables: its generation reads no embedding)
+RENORMED = {
+    "ar-ssm": ("ar-ssm", {}),
+    "ar-transformer": ("ar-transformer", {}),
+    "ar-gru": ("ar-gru", {}),
+    "vrnn": ("vrnn", {}),
+    "vssm": ("vssm", {}),
+    "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),
+    "vssm-latent-prior": ("vssm", {"prior_width": 6}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RENORMED))
+def test_an_embedding_with_max_norm_keeps_its_own_forward(name, monkeypatch):
+    """An embedding's ``max_norm`` renormalises, in its weight, the rows its forward looks up; a compiled call reads
+    the rows as they are. So such a model generates and reads prompts in PyTorch, compiled kernels and all: its
+    tokens, state and renormalised weights equal those of the same model with no kernel at all."""
+    from tests.conftest import tiny_model
+
+    family, overrides = RENORMED[name]
+    vssm = family == "vssm"
+
+    def run(kernels: bool):
+        if not kernels:
+            monkeypatch.setattr(native, "_lib", None)
+        m = tiny_model(family, **overrides)
+        embeddings = [mod for mod in m.modules() if isinstance(mod, torch.nn.Embedding)]
+        assert embeddings
+        before = [e.weight.detach().clone() for e in embeddings]
+        for e in embeddings:
+            e.max_norm = 0.5
+        m.freeze()  # (as served)
+        prompt = torch.zeros(3, 3, dtype=torch.long)  # (tokens 1.. and their rows first read while generating)
+        state = m.start(prompt, [1, 2, 3])
+        out = [m.generate(state, 12, block_size=4 if vssm else None)]
+        if vssm:
+            out.append(m.generate(state, 12))  # the one pass
+        monkeypatch.undo()
+        after = [e.weight.detach().clone() for e in embeddings]
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # rows were renormalised
+        return out, after
+
+    compiled, compiled_w = run(True)
+    plain, plain_w = run(False)
+    for (tokens, state), (ref_tokens, ref_state) in zip(compiled, plain, strict=True):
+        assert torch.equal(tokens, ref_tokens)
+        for key, t in state.tensors.items():
+            torch.testing.assert_close(t, ref_state[key], rtol=1e-9, atol=1e-12)
+    for w, ref in zip(compiled_w, plain_w, strict=True):
+        torch.testing.assert_close(w, ref, rtol=1e-12, atol=1e-12)
