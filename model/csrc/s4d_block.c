@@ -68,7 +68,7 @@ __attribute__((__simd__("notinbranch"))) extern double exp(double);
 #elif defined(__AVX__)
 #define VEC_BYTES 32
 #define ROW_NV 8 /* of 16 registers */
-#define TILE_R 4 /* 4 rows by 2 vectors: 8 of 16 */
+#define TILE_R 6 /* 6 rows by 2 vectors: 12 of 16, with 2 weight vectors and a row's value beside them */
 #define TILE_V 2
 #else
 #define VEC_BYTES 16
@@ -661,7 +661,9 @@ _Static_assert(ROW_NV == 8 || ROW_NV == 16, "ROW_REST's cases cover up to ROW_NV
    loaded serves RR rows.  6 rows by 4 vectors ran a 264 x 96 x 192 product at 250-262 GFLOP/s where 4 by 2
    ran it at 178 (24 chains of multiply-adds in flight where 8 kept two pipes of 4 cycles' latency barely fed;
    AMD EPYC family 26, whose multiply-adds are a whole 512 bits wide: docs/experiments/rounds-and-serving.md,
-   forty-first session) */
+   forty-first session).  With 16 registers (AVX2), 6 rows by 2 vectors ran it at 86-89 GFLOP/s where 4 by 2 ran
+   it at 56-61, and 3 by 4 or 4 by 3 (17 registers live: spills) at 15 (AMD EPYC family 25 model 1, forty-fourth
+   session) */
 static inline __attribute__((always_inline)) void TILE(long RR, long NV, long K, long M, const REAL *a0,
                                                        const REAL *wt, const REAL *bias, REAL *out) {
     VEC acc[TILE_R][TILE_V];
