@@ -181,7 +181,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     L += _table(
         ["what", "value"],
         [
-            ["CPU", m["cpu"]],
+            ["CPU", " ".join(filter(None, [m["cpu"], m.get("cpu_id") and f"({m['cpu_id']})"]))],
+            ["compiled kernels' vectors", f"{m['kernel_vector_bits']} bits" if m.get("kernel_vector_bits") else "none"],
             ["cores (usable)", f"{m['cores']} ({m['usable_cores']})"],
             ["torch / threads", f"{m['torch']} / {m['threads']}"],
             ["python", m["python"]],

@@ -255,6 +255,12 @@ def available() -> bool:
     return _load() is not None
 
 
+def vector_bits() -> int:
+    """The width of the vectors the kernels were built for (-march=native): 512 with AVX-512, 256 with AVX2, which
+    decides their tiles (csrc/s4d_block.c); 0 without the kernel."""
+    return 8 * _vector_bytes if _load() is not None else 0
+
+
 def weights(lam: Tensor, w: Tensor) -> Tensor:
     """The kernel's weight planes ``(4, N, H)``: Re and Im of ``Lambda`` and ``W``, each complex ``(H, N)``
     (model/ssm.py, S4D.discretize; a layer caches this: it depends on the weights only)."""

@@ -46,6 +46,11 @@ def test_quick_benchmark_writes_its_report(tmp_path: Path) -> None:
     for part in PARTS:
         assert part in r, part
     assert r["machine"]["threads"] == 1 and "--quick" in r["machine"]["command"]
+    # the host told apart beyond its marketing name, and the vectors the kernels were built for
+    from vssm.model import native
+
+    assert r["machine"]["kernel_vector_bits"] == native.vector_bits()
+    assert r["machine"]["cpu_id"] == "" or r["machine"]["cpu_id"].startswith("family ")
 
     gen_params = {f: c["generation"] for f, c in r["params"].items()}
     assert set(gen_params) == {"vssm", "ar-ssm", "ar-transformer", "ar-gru", "tvae", "vrnn"}

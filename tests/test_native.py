@@ -243,7 +243,7 @@ def test_without_a_compiler_the_model_keeps_the_matrices(monkeypatch, tmp_path):
     monkeypatch.setenv("VSSM_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     assert not native.available() and native.block() is None and native.keyed() is None
-    assert native.categorical() is None and native.max_tokens() == 0
+    assert native.categorical() is None and native.max_tokens() == 0 and native.vector_bits() == 0
     seed, pos = torch.tensor([3]), torch.tensor([[5, 6]])
     torch.testing.assert_close(sampling.keyed_uniform(seed, pos, 2, 1, F64)[0, :, 0], _UNIFORMS_3_5_6)
     layer = S4D(S4DConfig(width=4, state_size=3)).double()
@@ -252,6 +252,12 @@ def test_without_a_compiler_the_model_keeps_the_matrices(monkeypatch, tmp_path):
     monkeypatch.delenv("CC")
     monkeypatch.setenv("VSSM_NATIVE", "0")
     assert not native.available()
+
+
+def test_the_kernel_says_the_vector_width_it_was_built_for():
+    """The build's vectors (their tiles follow them: csrc/s4d_block.c), which the benchmark records beside the CPU."""
+    bits = native.vector_bits()
+    assert bits in (128, 256, 512) and bits == 8 * native._load().s4d_vector_bytes()
 
 
 def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):
