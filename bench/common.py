@@ -300,37 +300,6 @@ def unprompted(m: model.SequenceModel, batch: int, length: int) -> torch.Tensor:
 
 
 # ----- machine ----------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_id() -> str:
-    """The CPU's family and model numbers (x86 Linux), which tell hosts of one marketing name apart (an AMD
-    EPYC of family 25 is Zen 3 at model 1, Zen 4 at model 17); empty where /proc/cpuinfo does not say."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-                elif not line.strip() and fields:  # the first processor's block only
-                    break
-    except OSError:
-        pass
-    if len(fields) < 2:
-        return ""
-    return f"family {fields['cpu family']} model {fields['model']}"
-
-
 def machine_info(command: str) -> dict[str, Any]:
     """Everything a reader needs to judge the numbers, including the load other jobs put on it."""
     try:
@@ -338,9 +307,7 @@ def machine_info(command: str) -> dict[str, Any]:
     except AttributeError:  # not on Linux
         usable = os.cpu_count() or 0
     return {
-        "cpu": _cpu_model(),
-        "cpu_id": _cpu_id(),
-        "kernel_vector_bits": native.vector_bits(),
+        **native.host_cpu(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "torch": torch.__version__,

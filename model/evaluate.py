@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from . import native
 from .base import SequenceModel, parse_block_sizes
 from .checkpoint import load_checkpoint, observation_temperature, read_metadata
 from .data import eval_sequences, load_dataset
@@ -300,7 +301,12 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         result["timing"] = {
             "command": command,
             "seconds": round(time.perf_counter() - t0, 1),
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+            "machine": {
+                "platform": platform.platform(),
+                **native.host_cpu(),
+                "cpus": os.cpu_count(),
+                "threads": torch.get_num_threads(),
+            },
         }
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", args.out)
@@ -355,6 +361,7 @@ def evaluate_cli(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "machine": {
             "platform": platform.platform(),
+            **native.host_cpu(),
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

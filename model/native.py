@@ -38,6 +38,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -53,6 +54,7 @@ __all__ = [
     "categorical",
     "fused_rounds",
     "gru_loop",
+    "host_cpu",
     "kernel_path",
     "keyed",
     "max_tokens",
@@ -70,6 +72,7 @@ __all__ = [
     "prior_tables",
     "round_weights",
     "transformer_loop",
+    "vector_bits",
     "vrnn_loop",
     "weights",
 ]
@@ -253,6 +256,26 @@ def max_tokens() -> int:
 def available() -> bool:
     """Whether the compiled kernel is loaded (compiling it on first use)."""
     return _load() is not None
+
+
+def host_cpu() -> dict[str, Any]:
+    """What a timing needs said of the CPU it ran on: its name, its family and model numbers (x86 Linux: one name,
+    "AMD EPYC", covers hosts that run this code up to 2x apart) and the vector width the kernels were built for."""
+    name, fields = platform.processor() or "unknown", {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not key and fields:  # the first processor's block only
+                break
+            if key in ("model name", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+    except OSError:
+        pass
+    family = (
+        f"family {fields['cpu family']} model {fields['model']}" if {"cpu family", "model"} <= fields.keys() else ""
+    )
+    return {"cpu": fields.get("model name", name), "cpu_id": family, "kernel_vector_bits": vector_bits()}
 
 
 def vector_bits() -> int:

@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without the package installed, too
@@ -50,6 +51,23 @@ FULL_TEST = {"mnist": 10_000}  # test-set size: a bound on fewer images says so
 
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else spec.format(v)
+
+
+def _timed_on(evals: dict[str, dict[str, Any]]) -> str:
+    """Where the evals' times were taken, when one CPU took them all and its JSONs say which (``vssm eval
+    --times-only`` records it): ', on <name> (<family and model>), <vector width> kernels, one thread'."""
+    hosts = set()
+    for d in evals.values():
+        m = (d.get("timing") or {}).get("machine") or {}
+        hosts.add((m.get("cpu"), m.get("cpu_id"), m.get("kernel_vector_bits"), m.get("threads")))
+    if len(hosts) != 1:
+        return ""
+    cpu, cpu_id, bits, threads = hosts.pop()
+    if not cpu:
+        return ""
+    where = f", on {cpu}" + (f" ({cpu_id})" if cpu_id else "")
+    where += f" with {bits}-bit kernels" if bits else ""
+    return where + (", one thread" if threads == 1 else f", {threads} threads" if threads else "")
 
 
 def _ms(seconds: float | None) -> str:
@@ -206,7 +224,7 @@ def dataset_section(
     L += [
         "",
         "NLL: at the block size a model is served at where it has a curve (below), else over the whole sequence "
-        "in one pass. Times in this table come from each model's own `vssm eval` run (its JSON).",
+        f"in one pass. Times in this table come from each model's own `vssm eval` run (its JSON){_timed_on(evals)}.",
     ]
     judged_cols, own_cols = JUDGE_COLUMNS[dataset]
     for name, d in evals.items():

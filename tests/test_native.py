@@ -258,6 +258,9 @@ def test_the_kernel_says_the_vector_width_it_was_built_for():
     """The build's vectors (their tiles follow them: csrc/s4d_block.c), which the benchmark records beside the CPU."""
     bits = native.vector_bits()
     assert bits in (128, 256, 512) and bits == 8 * native._load().s4d_vector_bytes()
+    host = native.host_cpu()
+    assert host["kernel_vector_bits"] == bits and host["cpu"]
+    assert host["cpu_id"] == "" or host["cpu_id"].startswith("family ")
 
 
 def test_the_kernel_is_compiled_once_per_source_and_cpu(monkeypatch, tmp_path):

@@ -263,6 +263,9 @@ def test_times_only_retimes_generation_and_keeps_everything_else(tmp_path, monke
             k: v for k, v in before.items() if k != "generation_seconds"
         }
     assert result["nll"] == earlier["nll"] and result["timing"]["seconds"] >= 0
+    # the CPU the times are of, as the results page names it (scripts/results_page.py)
+    machine = result["timing"]["machine"]
+    assert {"cpu", "cpu_id", "kernel_vector_bits"} <= machine.keys() and machine["threads"] >= 1
     out.write_text(json.dumps({**earlier, "fingerprint": "another"}))
     with pytest.raises(SystemExit, match="other weights"):
         evaluate.evaluate_cli(parser.parse_args(["eval", str(path), "--times-only", "--out", str(out)]))

@@ -109,6 +109,18 @@ def _row(c: int, length: int, seconds: float, samples: dict | None = None) -> di
     return {**row, "samples": samples} if samples else row
 
 
+def test_the_results_page_names_the_cpu_its_times_come_from_only_when_one_took_them_all():
+    results_page = _script("results_page")
+    host = {"cpu": "AMD EPYC", "cpu_id": "family 25 model 1", "kernel_vector_bits": 256, "threads": 1}
+    one = {"a": {"timing": {"machine": host}}, "b": {"timing": {"machine": dict(host)}}}
+    assert results_page._timed_on(one) == ", on AMD EPYC (family 25 model 1) with 256-bit kernels, one thread"
+    other = {**one, "c": {"timing": {"machine": {**host, "cpu_id": "family 25 model 17"}}}}
+    assert results_page._timed_on(other) == ""  # two hosts: the sentence would be wrong for some rows
+    assert results_page._timed_on({**one, "c": {}}) == ""  # a JSON that does not say (an older eval)
+    bare = {"a": {"timing": {"machine": {"cpu": "x", "cpu_id": "", "kernel_vector_bits": 0, "threads": 2}}}}
+    assert results_page._timed_on(bare) == ", on x, 2 threads"
+
+
 def test_a_text_curve_gets_text_columns_its_own_times_and_every_model_s_judged_samples(tmp_path):
     """Text rows show known words and the AR judge's bits per byte; the benchmark's block part (MNIST's
     784-token shapes) never lends its times to 256-byte rows; a VSSM served in one pass is judged at
