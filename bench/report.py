@@ -39,6 +39,11 @@ def _num(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _vectors(bits: int | None) -> str:
+    """The machine table's kernel cell: the build's vector width, no kernels (0), or an older run's silence."""
+    return "not recorded" if bits is None else f"{bits} bits" if bits else "none (no C compiler)"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -182,7 +187,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         ["what", "value"],
         [
             ["CPU", " ".join(filter(None, [m["cpu"], m.get("cpu_id") and f"({m['cpu_id']})"]))],
-            ["compiled kernels' vectors", f"{m['kernel_vector_bits']} bits" if m.get("kernel_vector_bits") else "none"],
+            ["compiled kernels' vectors", _vectors(m.get("kernel_vector_bits"))],
             ["cores (usable)", f"{m['cores']} ({m['usable_cores']})"],
             ["torch / threads", f"{m['torch']} / {m['threads']}"],
             ["python", m["python"]],

@@ -201,9 +201,9 @@ class SequenceModel(nn.Module):
         compiled calls' checks found (:meth:`_settled`) until a module, parameter or hook is registered
         anywhere, or the model is converted, frozen again or switched by ``train()``/``eval()``, and so do
         its networks' packed weights and native-pass checks: like ``torch.jit.freeze``, it does not see
-        settings changed by hand on its parts (a LayerNorm's ``eps``, ``model.decoder.train()``, a bias set to
-        None); freeze again after such a change.  The server freezes every model it
-        loads; to train, load the checkpoint again."""
+        settings changed by hand on its parts (a LayerNorm's ``eps``, an embedding's ``max_norm``,
+        ``model.decoder.train()``, a bias set to None); freeze again after such a change.  The server freezes
+        every model it loads; to train, load the checkpoint again."""
         self.eval()  # (drops the kept checks and renews the guard's epoch: train())
         with torch.inference_mode():
             for module in self.modules():

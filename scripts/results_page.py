@@ -55,7 +55,7 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def _timed_on(evals: dict[str, dict[str, Any]]) -> str:
     """Where the evals' times were taken, when one CPU took them all and its JSONs say which (``vssm eval
-    --times-only`` records it): ', on <name> (<family and model>), <vector width> kernels, one thread'."""
+    --times-only`` records it): ', on <name> (<family and model>) with <bits>-bit kernels, one thread'."""
     hosts = set()
     for d in evals.values():
         m = (d.get("timing") or {}).get("machine") or {}

@@ -2181,38 +2181,51 @@ def test_the_vrnn_filter_gives_the_same_bits_in_any_chunks_and_batch(dtype, monk
 
 
 # ----- what every compiled path leaves to the modules' own forward -------------------------------------------------
-# families and variants whose generation or prompt reading has a compiled call, and an embedding it reads rows of (a
-# patch partial encoder, model/patch.py, reads a linear layer's weight as tables: its generation reads no embedding)
+# families and variants whose generation or prompt reading has a compiled call that reads an embedding's rows, and
+# that call's entry point (a patch partial encoder, model/patch.py, reads a linear layer's weight as tables: its
+# generation reads no embedding)
 RENORMED = {
-    "ar-ssm": ("ar-ssm", {}),
-    "ar-transformer": ("ar-transformer", {}),
-    "ar-gru": ("ar-gru", {}),
-    "vrnn": ("vrnn", {}),
-    "vssm": ("vssm", {}),
-    "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}),
-    "vssm-latent-prior": ("vssm", {"prior_width": 6}),
+    "ar-ssm": ("ar-ssm", {}, "ssm_ar_loop"),
+    "ar-transformer": ("ar-transformer", {}, "transformer_loop"),
+    "ar-gru": ("ar-gru", {}, "gru_loop"),
+    "vrnn": ("vrnn", {}, "vrnn_loop"),
+    "vssm": ("vssm", {}, "fused_rounds"),
+    "vssm-decoder-tokens": ("vssm", {"decoder_tokens": True}, "fused_rounds"),
+    "vssm-latent-prior": ("vssm", {"prior_width": 6}, "fused_rounds"),
 }
+
+
+class _EntryPoints:
+    """The loaded kernels, with the names of the entry points called through them recorded."""
+
+    def __init__(self, lib) -> None:
+        self.lib, self.called = lib, set()
+
+    def __getattr__(self, name: str):
+        self.called.add(name.removesuffix("_f32").removesuffix("_f64"))
+        return getattr(self.lib, name)
 
 
 @pytest.mark.parametrize("name", sorted(RENORMED))
 def test_an_embedding_with_max_norm_keeps_its_own_forward(name, monkeypatch):
     """An embedding's ``max_norm`` renormalises, in its weight, the rows its forward looks up; a compiled call reads
     the rows as they are. So such a model generates and reads prompts in PyTorch, compiled kernels and all: its
-    tokens, state and renormalised weights equal those of the same model with no kernel at all."""
+    tokens, state and renormalised weights equal those of the same model with no kernel at all, and the compiled
+    call that the same model without a ``max_norm`` makes is not made."""
     from tests.conftest import tiny_model
 
-    family, overrides = RENORMED[name]
+    family, overrides, entry = RENORMED[name]
     vssm = family == "vssm"
 
-    def run(kernels: bool):
-        if not kernels:
-            monkeypatch.setattr(native, "_lib", None)
+    def run(kernels: bool, max_norm: float | None = 0.5):
+        lib = _EntryPoints(native._load())
+        monkeypatch.setattr(native, "_lib", lib if kernels else None)
         m = tiny_model(family, **overrides)
         embeddings = [mod for mod in m.modules() if isinstance(mod, torch.nn.Embedding)]
         assert embeddings
         before = [e.weight.detach().clone() for e in embeddings]
         for e in embeddings:
-            e.max_norm = 0.5
+            e.max_norm = max_norm
         m.freeze()  # (as served)
         prompt = torch.zeros(3, 3, dtype=torch.long)  # (tokens 1.. and their rows first read while generating)
         state = m.start(prompt, [1, 2, 3])
@@ -2221,11 +2234,15 @@ def test_an_embedding_with_max_norm_keeps_its_own_forward(name, monkeypatch):
             out.append(m.generate(state, 12))  # the one pass
         monkeypatch.undo()
         after = [e.weight.detach().clone() for e in embeddings]
-        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))  # rows were renormalised
-        return out, after
+        renormed = any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+        assert renormed == (max_norm is not None)
+        return out, after, lib.called
 
-    compiled, compiled_w = run(True)
-    plain, plain_w = run(False)
+    *_, called = run(True, max_norm=None)
+    assert entry in called  # the control: without a max_norm this model takes the compiled call
+    compiled, compiled_w, called = run(True)
+    assert entry not in called
+    plain, plain_w, _ = run(False)
     for (tokens, state), (ref_tokens, ref_state) in zip(compiled, plain, strict=True):
         assert torch.equal(tokens, ref_tokens)
         for key, t in state.tensors.items():

@@ -661,9 +661,9 @@ _Static_assert(ROW_NV == 8 || ROW_NV == 16, "ROW_REST's cases cover up to ROW_NV
    loaded serves RR rows.  6 rows by 4 vectors ran a 264 x 96 x 192 product at 250-262 GFLOP/s where 4 by 2
    ran it at 178 (24 chains of multiply-adds in flight where 8 kept two pipes of 4 cycles' latency barely fed;
    AMD EPYC family 26, whose multiply-adds are a whole 512 bits wide: docs/experiments/rounds-and-serving.md,
-   forty-first session).  With 16 registers (AVX2), 6 rows by 2 vectors ran it at 86-89 GFLOP/s where 4 by 2 ran
-   it at 56-61, and 3 by 4 or 4 by 3 (17 registers live: spills) at 15 (AMD EPYC family 25 model 1, forty-fourth
-   session) */
+   forty-first session).  With 16 registers (AVX2), 6 rows by 2 vectors ran it at 79 GFLOP/s where 4 by 2 ran it
+   at 59 (medians of six processes; 3 by 4 and 4 by 3: 15), a batch-32 image of the one pass 1.04-1.16x and of the
+   VRNN 1.3x as fast (AMD EPYC family 25 model 1, forty-fourth session) */
 static inline __attribute__((always_inline)) void TILE(long RR, long NV, long K, long M, const REAL *a0,
                                                        const REAL *wt, const REAL *bias, REAL *out) {
     VEC acc[TILE_R][TILE_V];
