@@ -62,6 +62,9 @@ async def sessions_vs_completion(c, model, block, chunk):
 
 
 async def format1(c, model, block, path):
+    if not Path(path + ".state").exists():  # written by an older release: probes/format1_upgrade.py
+        print(f"{model}: format-1 upgrade skipped (no {path}.state: write it with probes/format1_upgrade.py)")
+        return
     r = redis.Redis(port=6391)
     s = await c.sessions.create(model=model, seed=1000, block_size=block)
     first = (await s.generate(max_tokens=300)).tokens
