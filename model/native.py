@@ -88,7 +88,8 @@ SOURCES = [
         "scratch.c",
     )
 ]
-HEADERS = [Path(__file__).with_name("csrc") / "kernels.h"]  # included by the sources: hashed with them
+# included by the sources: hashed with them
+HEADERS = [Path(__file__).with_name("csrc") / name for name in ("kernels.h", "vecmath.h")]
 # gnu11, not c11: ISO mode turns off the contraction of a * b + c into one FMA instruction
 FLAGS = ["-O3", "-std=gnu11", "-fPIC", "-shared", "-fopenmp-simd", "-fno-math-errno", "-march=native"]
 # every a * b + c one FMA: GCC's tuning for some CPUs (Zen 2 and 3, Alder Lake, ...) leaves a loop whose only chain

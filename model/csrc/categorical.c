@@ -23,10 +23,7 @@ exponentials were about 40% of the latent prior's step. */
 #include <stdint.h>
 #include <string.h>
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp and expf; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 #define BUF 1024
 #define LN 16 /* lanes of the maxima: each lane a maximum of its own, then the lanes' */

@@ -30,10 +30,7 @@ allocated (nothing written).  Nothing here checks a shape: the caller does. */
 
 #include "kernels.h"
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp and expf; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 #define GRU_LOOP(NAME, REAL, EXP, LINEAR, DRAW)                                                                       \
     int NAME(long B, long H, long L, long V, long n, const REAL *pack, const REAL *emb, const REAL *u,               \

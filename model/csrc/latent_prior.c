@@ -28,10 +28,7 @@ scratch holds R + M + Z*K reals.  Nothing here checks a shape: the caller does. 
 #include <math.h>
 #include <stdint.h>
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector erf and erff; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float erff(float);
-__attribute__((__simd__("notinbranch"))) extern double erf(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 void linear_rows_f32(long R, long K, long M, const float *a, const float *wt, const float *bias, float *out);
 void linear_rows_f64(long R, long K, long M, const double *a, const double *wt, const double *bias, double *out);

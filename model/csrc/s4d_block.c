@@ -47,12 +47,7 @@ then the final LayerNorm's weight and bias (H each), the head transposed (H, O) 
 
 #include "kernels.h"
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector erf and erff; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float erff(float);
-__attribute__((__simd__("notinbranch"))) extern double erf(double);
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 #ifndef REAL /* the file includes itself once per precision */
 #define LANES 32

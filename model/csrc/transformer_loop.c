@@ -42,10 +42,7 @@ With last_step 0 the network does not run after the last draw (a caller that kee
 
 #include "kernels.h"
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp; math.h declares it only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 #define LN 16 /* lanes of the sums over slots */
 

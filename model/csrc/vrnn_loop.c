@@ -43,10 +43,7 @@ allocated (nothing written).  Nothing here checks a shape: the caller does. */
 
 #include "kernels.h"
 
-#ifndef VSSM_NO_MVEC /* glibc's libmvec has vector exp and expf; math.h declares them only under -ffast-math */
-__attribute__((__simd__("notinbranch"))) extern float expf(float);
-__attribute__((__simd__("notinbranch"))) extern double exp(double);
-#endif
+#include "vecmath.h" /* libmvec's vector exp and erf */
 
 /* Each of the Z groups of K latent logits (B Z groups of x) in place as its log-softmax, as model/vrnn.py draws
    from them: a NaN or +inf anywhere in a group makes the whole group NaN, as torch's log_softmax does, so that a
