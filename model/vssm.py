@@ -711,8 +711,10 @@ class VSSM(SequenceModel):
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
-        if resumable and not any(sizes):  # one pass in every row, the state kept: one compiled call where it can
-            whole = self._compiled_open_block(state, n, temperature, scores, ratio)
+        # one pass in every row: one compiled call where it can (without a state to keep, a latent prior's piece is
+        # one compiled call already, csrc/prior_piece.c)
+        if not any(sizes) and (resumable or self.latent_prior is None):
+            whole = self._compiled_open_block(state, n, temperature, scores, ratio, keep=resumable)
             if whole is not None:
                 return whole
         pieces = []
@@ -744,15 +746,24 @@ class VSSM(SequenceModel):
         return finite_temperature(temperature) and finite_temperature(self.token_temperature(temperature, ratio))
 
     def _compiled_open_block(
-        self, state: GenState, n: int, temperature: float | Tensor, scores: list[Tensor] | None, ratio: float | Tensor
-    ) -> tuple[Tensor, GenState] | None:
+        self,
+        state: GenState,
+        n: int,
+        temperature: float | Tensor,
+        scores: list[Tensor] | None,
+        ratio: float | Tensor,
+        keep: bool = True,
+    ) -> tuple[Tensor, GenState | None] | None:
         """A resumable call that stays inside the block it starts in (a one-pass call of one window, or a block
         call that ends inside its first block) as the compiled rounds' block 0 left open (csrc/rounds.c,
         ``open_end`` with pieces ``[n, 0]``): the tokens and state :meth:`_piece` gives (up to float rounding), in
         one C call instead of its four passes and the small ops around them (a 64-token chunk of the bundled
-        mnist-vssm: 0.65 ms against 0.95; docs/experiments/rounds-and-serving.md, thirty-fifth session).  None
-        where it cannot run: scores wanted, a NaN temperature, a call past a window, no compiled rounds here.
-        A scored call keeps the piece, so its tokens equal an unscored call's up to float rounding only."""
+        mnist-vssm: 0.65 ms against 0.95; docs/experiments/rounds-and-serving.md, thirty-fifth session).  Without
+        ``keep`` (a one-pass call that keeps no state) block 0 alone, pieces ``[n]``: no absorption, and the
+        state comes back None (a 784-token image of the benchmark's mnist-vssm shapes at batch 1: 2.9 ms against
+        3.4 through :meth:`_piece`, forty-fifth session).  None where it cannot run: scores wanted, a NaN
+        temperature, a call past a window, no compiled rounds here.  A scored call keeps the piece, so its tokens
+        equal an unscored call's up to float rounding only."""
         if scores is not None or not self._finite_temperatures(temperature, ratio) or n > self.gen_window:
             return None
         Bsz = state.batch_size
@@ -760,7 +771,10 @@ class VSSM(SequenceModel):
         rounds = self._settled(("rounds", n, Bsz, *limits), lambda: self._compiled_rounds(n, state))
         if rounds is None:
             return None
-        tokens, par, dec_abs, opened = rounds([n, 0], self._row_temps(temperature, ratio, Bsz), state, True, True)
+        temps = self._row_temps(temperature, ratio, Bsz)
+        if not keep:  # block 0 alone: no absorption, no state
+            return rounds([n], temps, state, False)[0], None
+        tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True)
         return tokens, self._left_open(state, n, par, dec_abs, opened)  # observed stays: no block ended
 
     def _row_temps(self, temperature: float | Tensor, ratio: float | Tensor, batch: int) -> tuple[Tensor, Tensor]:

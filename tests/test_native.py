@@ -1086,7 +1086,8 @@ def test_a_resumable_call_inside_its_block_is_the_compiled_rounds_block_0_left_o
     csrc/rounds.c's block 0 kept open (pieces [n, 0]): its tokens and every state tensor as VSSM._piece leaves
     them (within rounding; float32 of the states'), unprompted (the uniform prior: the partial encoder's
     generation state stays), after a prompt, (None) a batch of one row of each, or ("after") after a resumable
-    call, the latent prior's state not zero; passes under four steps too; the call that keeps no state a piece."""
+    call, the latent prior's state not zero; passes under four steps too.  A one-pass call that keeps no state is
+    block 0 alone (pieces [n], nothing absorbed), where no latent prior's compiled piece draws it (prior_piece)."""
     from tests.conftest import tiny_model
 
     m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
@@ -1108,7 +1109,35 @@ def test_a_resumable_call_inside_its_block_is_the_compiled_rounds_block_0_left_o
         start = m.start(prompt, [4, 5, 6])
         temp = torch.tensor([1.0, 0.6, 0.0], dtype=dtype)
     calls = compiled_equals_pytorch(m, start, n, temp, block, 0.5 if variant else 1.0, "fused_rounds")
-    assert [(list(args[0]), args[-1]) for args, _ in calls][:1] == [([n, 0], True)]  # then the other's, if fused
+    pieces = [(list(args[0]), args[-2], args[-1]) for args, _ in calls]  # (pieces, keep, open_end)
+    assert pieces[:1] == [([n, 0], True, True)]  # then the other's, if fused
+    if block is None:
+        assert pieces[1:] == ([] if "prior_width" in variant else [([n], False, False)])
+
+
+@pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"width": 20, "state_size": 6}])
+def test_a_one_pass_call_that_keeps_no_state_batches_exactly(variant, monkeypatch):
+    """The compiled block 0 of a one-pass call that keeps no state (float32, where sums could follow the row
+    count): each row of a batch (unprompted and prompted, temperatures of their own, 0 too) draws what it draws
+    alone, and what a resumable call draws; the batch is one compiled call."""
+    from tests.conftest import tiny_model
+
+    m = tiny_model("vssm", dtype=torch.float32, max_position=128, **variant)
+    prompts = [
+        torch.randint(0, m.vocab_size, (1, c), generator=torch.Generator().manual_seed(c)) for c in (0, 3, 0, 9, 1)
+    ]
+    seeds, temps = [1, 2, 3, 4, 5], [1.0, 0.7, 0.0, 1.3, 1.0]
+    starts = [m.start(p, s) for p, s in zip(prompts, seeds, strict=True)]
+    calls = []
+    real = native._fused_rounds
+    monkeypatch.setattr(native, "_fused_rounds", lambda *a, **k: calls.append(list(a[0])) or real(*a, **k))
+    kwargs = dict(observation_temperature=0.5, resumable=False)
+    tokens, none = m.generate(GenState.cat(starts), 70, temperature=torch.tensor(temps), **kwargs)
+    assert none is None and calls == [[70]]
+    for i, (start, t) in enumerate(zip(starts, temps, strict=True)):
+        alone, _ = m.generate(start, 70, temperature=t, **kwargs)
+        kept, _ = m.generate(start, 70, temperature=t, observation_temperature=0.5)
+        assert torch.equal(tokens[i : i + 1], alone) and torch.equal(alone, kept)
 
 
 @pytest.mark.parametrize(
