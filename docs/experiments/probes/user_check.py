@@ -22,6 +22,11 @@ one prompt and one completion::
 
     PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py sessions
     PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py prompts
+
+``onepass`` (forty-fifth session, logs/s45-user-check.txt): the one-pass VSSMs' completions from this release and
+the one at ``OLD``, token for token, against sessions in chunks, and their times by turns::
+
+    PYTHONPATH=. .venv/bin/python docs/experiments/probes/user_check.py onepass
 """
 
 import asyncio
@@ -166,6 +171,49 @@ async def baselines_main():
         print(repr(txt.choices[0].text))
 
 
+ONE_PASS = ("mnist-vssm", "shakespeare-vssm", "shakespeare-vssm-prior")  # served in one pass
+
+
+async def one_pass_main():
+    """The one-pass VSSMs' completions (a call that keeps no state: the compiled rounds' block 0 since the
+    forty-fifth session): 8 seeds at three temperatures, unprompted and prompted, from this release and the one at
+    ``OLD``, token for token; each against a session drawing the same in chunks; the time of a completion from
+    each server by turns."""
+    import time
+
+    async with vssm_client.AsyncClient(base_url=URL) as c, vssm_client.AsyncClient(base_url=OLD) as old:
+        for model in ONE_PASS:
+            T = 784 if model.startswith("mnist") else 256
+            prompt = "ROMEO:\n" if T == 256 else None
+            agree = chunked = 0
+            for k in range(8):
+                args = dict(model=model, max_tokens=T, seed=300 + k, temperature=(1.0, 0.7, 1.3)[k % 3])
+                if prompt and k % 2:
+                    args["prompt"] = prompt
+                a = (await c.completions.create(**args)).choices[0].tokens
+                b = (await old.completions.create(**args)).choices[0].tokens
+                agree += a == b
+                s = await c.sessions.create(model=model, seed=args["seed"], prompt=args.get("prompt"))
+                got = []
+                while len(got) < T:
+                    got += (await s.generate(max_tokens=min(64, T - len(got)), temperature=args["temperature"])).tokens
+                chunked += got == a
+            print(f"{model}: the two releases' completions agree {agree}/8; sessions in 64-token chunks {chunked}/8")
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            for _ in range(7):
+                for name, client in (("old", old), ("new", c)):
+                    t0 = time.perf_counter()
+                    await client.completions.create(model=model, max_tokens=T, seed=5)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+            med = {k: sorted(v)[3] for k, v in times.items()}
+            print(
+                f"{model}: {T}-token completion through the API, median of 7 by turns: old {med['old']:.1f} ms, "
+                f"new {med['new']:.1f} ms ({med['old'] / med['new']:.2f}x)"
+            )
+        txt = await c.completions.create(model="shakespeare-vssm", prompt="ROMEO:\n", max_tokens=200, seed=3)
+        print(repr(txt.choices[0].text))
+
+
 async def prompts_main():
     async with vssm_client.AsyncClient(base_url="http://127.0.0.1:8072") as c:
         for model, block, pieces in [
@@ -200,4 +248,5 @@ async def prompts_main():
 
 
 if __name__ == "__main__":
-    asyncio.run({"sessions": sessions_main, "prompts": prompts_main, "baselines": baselines_main}[sys.argv[1]]())
+    modes = {"sessions": sessions_main, "prompts": prompts_main, "baselines": baselines_main, "onepass": one_pass_main}
+    asyncio.run(modes[sys.argv[1]]())
