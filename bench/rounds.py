@@ -159,8 +159,9 @@ def one_pass_flops(vssm: VSSM, ar_net: SSMNet, T: int) -> dict[str, float]:
     against one decoder pass of ``T`` steps from the empty state, keeping no state (part 1's unprompted call,
     ``resumable=False``; its latents' draws and input lookup are left out, as the AR-SSM's draws are).  Both are
     counted as the recurrence computes them (the kernel's 11 FLOPs a step, mode and channel, and the linears):
-    the O(T) algorithm the two share.  Past ``SHORT`` steps the pass itself runs each layer as an FFT convolution
-    (model/ssm.py), whose FLOPs this does not count; its rate in recurrence FLOPs is then an effective one.  The
+    the O(T) algorithm the two share.  Within ``native.max_tokens()`` rows x steps (T = 784 at batch 1 on the CPU)
+    the pass runs these very FLOPs in the recurrence kernel; past it each layer is an FFT convolution
+    (model/ssm.py), whose FLOPs this does not count, and its rate in recurrence FLOPs is then an effective one.  The
     ratio is what the one-pass speed-up over the AR-SSM would be at the same rate: the rest of a measured
     speed-up is the one pass's rate over the AR-SSM loop's (bench/targets.py reports both)."""
     ar = T * network_pass_cost(ar_net, 1, 1, from_state=True, return_state=True, kernel=True).flops

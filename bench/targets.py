@@ -53,7 +53,8 @@ def _one_pass_decomposition(results: dict[str, Any], batch: int, T: int) -> list
             "(reference)",
             None,
             f"T={T}, B=1, part 1's best times: {vs_rate:.1f} against {ar_rate:.1f} GFLOP/s in recurrence FLOPs "
-            f"(the pass runs FFT convolutions: an effective rate){peak}",
+            f"(the recurrence kernel's own FLOPs where batch x steps is within native.max_tokens(), as here; "
+            f"FFT convolutions past it, whose rate would be an effective one){peak}",
         ),
     ]
 

@@ -711,9 +711,9 @@ class VSSM(SequenceModel):
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
-        # one pass in every row: one compiled call where it can (without a state to keep, a latent prior's piece is
-        # one compiled call already, csrc/prior_piece.c)
-        if not any(sizes) and (resumable or self.latent_prior is None):
+        # one pass in every row: one compiled call where it can (without a state to keep, a latent prior's piece is one
+        # already where the decoder reads no tokens: csrc/prior_piece.c, _compiled_piece)
+        if not any(sizes) and (resumable or self.latent_prior is None or self.config.decoder_tokens):
             whole = self._compiled_open_block(state, n, temperature, scores, ratio, keep=resumable)
             if whole is not None:
                 return whole

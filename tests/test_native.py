@@ -931,6 +931,7 @@ ROUNDS_VARIANTS = [
     {"decoder_tokens": True},
     {"prior_width": 6, "prior_hidden": 20},
     {"prior_width": 6, "prior_hidden": 20, "prior_context": 5},
+    {"prior_width": 6, "prior_hidden": 20, "decoder_tokens": True},  # no compiled prior piece: its one pass rounds
     {"width": 20, "state_size": 6},  # a part group of four modes; part vectors of channels with AVX-512
     {"par_layers": 1, "dec_layers": 3},  # the two networks' states of different sizes, either way
     {"par_layers": 3, "dec_layers": 1},
@@ -1087,7 +1088,8 @@ def test_a_resumable_call_inside_its_block_is_the_compiled_rounds_block_0_left_o
     them (within rounding; float32 of the states'), unprompted (the uniform prior: the partial encoder's
     generation state stays), after a prompt, (None) a batch of one row of each, or ("after") after a resumable
     call, the latent prior's state not zero; passes under four steps too.  A one-pass call that keeps no state is
-    block 0 alone (pieces [n], nothing absorbed), where no latent prior's compiled piece draws it (prior_piece)."""
+    block 0 alone (pieces [n], nothing absorbed), where no latent prior's compiled piece draws it (prior_piece:
+    not with decoder tokens)."""
     from tests.conftest import tiny_model
 
     m = tiny_model("vssm", dtype=dtype, max_position=64, **variant)
@@ -1111,15 +1113,17 @@ def test_a_resumable_call_inside_its_block_is_the_compiled_rounds_block_0_left_o
     calls = compiled_equals_pytorch(m, start, n, temp, block, 0.5 if variant else 1.0, "fused_rounds")
     pieces = [(list(args[0]), args[-2], args[-1]) for args, _ in calls]  # (pieces, keep, open_end)
     assert pieces[:1] == [([n, 0], True, True)]  # then the other's, if fused
-    if block is None:
-        assert pieces[1:] == ([] if "prior_width" in variant else [([n], False, False)])
+    if block is None:  # a latent prior's piece is a compiled call of its own where the decoder reads no tokens
+        piece = "prior_width" in variant and "decoder_tokens" not in variant
+        assert pieces[1:] == ([] if piece else [([n], False, False)])
 
 
 @pytest.mark.parametrize("variant", [{}, {"decoder_tokens": True}, {"width": 20, "state_size": 6}])
 def test_a_one_pass_call_that_keeps_no_state_batches_exactly(variant, monkeypatch):
     """The compiled block 0 of a one-pass call that keeps no state (float32, where sums could follow the row
-    count): each row of a batch (unprompted and prompted, temperatures of their own, 0 too) draws what it draws
-    alone, and what a resumable call draws; the batch is one compiled call."""
+    count; past the short passes' 64 steps): each row of a batch (unprompted and prompted, temperatures of their
+    own, 0 too) draws what it draws alone, and what a resumable call draws; the batch is one compiled call, and
+    draws what the PyTorch path (VSSM._piece, the network's own pass) does."""
     from tests.conftest import tiny_model
 
     m = tiny_model("vssm", dtype=torch.float32, max_position=128, **variant)
@@ -1134,6 +1138,10 @@ def test_a_one_pass_call_that_keeps_no_state_batches_exactly(variant, monkeypatc
     kwargs = dict(observation_temperature=0.5, resumable=False)
     tokens, none = m.generate(GenState.cat(starts), 70, temperature=torch.tensor(temps), **kwargs)
     assert none is None and calls == [[70]]
+    with monkeypatch.context() as mp:
+        mp.setattr(native, "fused_rounds", lambda: None)
+        assert torch.equal(m.generate(GenState.cat(starts), 70, temperature=torch.tensor(temps), **kwargs)[0], tokens)
+    assert calls == [[70]]
     for i, (start, t) in enumerate(zip(starts, temps, strict=True)):
         alone, _ = m.generate(start, 70, temperature=t, **kwargs)
         kept, _ = m.generate(start, 70, temperature=t, observation_temperature=0.5)
@@ -2261,6 +2269,7 @@ def test_an_embedding_with_max_norm_keeps_its_own_forward(name, monkeypatch):
         out = [m.generate(state, 12, block_size=4 if vssm else None)]
         if vssm:
             out.append(m.generate(state, 12))  # the one pass
+            out.append(m.generate(state, 12, resumable=False))  # and one that keeps no state
         monkeypatch.undo()
         after = [e.weight.detach().clone() for e in embeddings]
         renormed = any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
@@ -2274,7 +2283,7 @@ def test_an_embedding_with_max_norm_keeps_its_own_forward(name, monkeypatch):
     plain, plain_w, _ = run(False)
     for (tokens, state), (ref_tokens, ref_state) in zip(compiled, plain, strict=True):
         assert torch.equal(tokens, ref_tokens)
-        for key, t in state.tensors.items():
+        for key, t in ({} if state is None else state.tensors).items():
             torch.testing.assert_close(t, ref_state[key], rtol=1e-9, atol=1e-12)
     for w, ref in zip(compiled_w, plain_w, strict=True):
         torch.testing.assert_close(w, ref, rtol=1e-12, atol=1e-12)
