@@ -107,8 +107,20 @@ async def sessions_main():
         print(repr(txt.choices[0].text))
 
 
-async def prompted_by_release(c, old, model):
+async def by_turns(old, new, runs, **request):
+    """The median ms of ``runs`` completions of ``request`` from each server, taken by turns (old first)."""
     import time
+
+    times: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(runs):
+        for name, client in (("old", old), ("new", new)):
+            t0 = time.perf_counter()
+            await client.completions.create(**request)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: sorted(v)[runs // 2] for k, v in times.items()}
+
+
+async def prompted_by_release(c, old, model):
 
     agree = 0
     for seed in range(8):
@@ -117,13 +129,7 @@ async def prompted_by_release(c, old, model):
         b = (await old.completions.create(model=model, prompt=top, max_tokens=392, seed=seed)).choices[0].tokens
         agree += a == b
     print(f"{model} prompted (392 + 392): the two releases agree on {agree}/8 completions")
-    times: dict[str, list[float]] = {"old": [], "new": []}
-    for _ in range(5):
-        for name, client in (("old", old), ("new", c)):
-            t0 = time.perf_counter()
-            await client.completions.create(model=model, prompt=top, max_tokens=392, seed=1)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    med = {k: sorted(v)[2] for k, v in times.items()}
+    med = await by_turns(old, c, 5, model=model, prompt=top, max_tokens=392, seed=1)
     print(
         f"{model}: 392-token prompt + 392 tokens through the API, median of 5 by turns: old {med['old']:.1f} ms, "
         f"new {med['new']:.1f} ms ({med['old'] / med['new']:.1f}x)"
@@ -131,7 +137,6 @@ async def prompted_by_release(c, old, model):
 
 
 async def baselines_main():
-    import time
 
     async with vssm_client.AsyncClient(base_url=URL) as c, vssm_client.AsyncClient(base_url=OLD) as old:
         for model in BASELINES:
@@ -152,13 +157,7 @@ async def baselines_main():
                     f"{model}: session {label}: {same}/{T} tokens equal the first release's completion; the two "
                     f"releases' completions agree on {sum(a == b for a, b in zip(own, other, strict=True))}/{T}"
                 )
-            times: dict[str, list[float]] = {"old": [], "new": []}
-            for _ in range(5):
-                for name, client in (("old", old), ("new", c)):
-                    t0 = time.perf_counter()
-                    await client.completions.create(model=model, max_tokens=T, seed=5)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-            med = {k: sorted(v)[2] for k, v in times.items()}
+            med = await by_turns(old, c, 5, model=model, max_tokens=T, seed=5)
             print(
                 f"{model}: {T}-token completion through the API, median of 5 by turns: old {med['old']:.1f} ms, "
                 f"new {med['new']:.1f} ms ({med['old'] / med['new']:.1f}x)"
@@ -179,7 +178,6 @@ async def one_pass_main():
     forty-fifth session): 8 seeds at three temperatures, unprompted and prompted, from this release and the one at
     ``OLD``, token for token; each against a session drawing the same in chunks; the time of a completion from
     each server by turns."""
-    import time
 
     async with vssm_client.AsyncClient(base_url=URL) as c, vssm_client.AsyncClient(base_url=OLD) as old:
         for model in ONE_PASS:
@@ -199,13 +197,7 @@ async def one_pass_main():
                     got += (await s.generate(max_tokens=min(64, T - len(got)), temperature=args["temperature"])).tokens
                 chunked += got == a
             print(f"{model}: the two releases' completions agree {agree}/8; sessions in 64-token chunks {chunked}/8")
-            times: dict[str, list[float]] = {"old": [], "new": []}
-            for _ in range(7):
-                for name, client in (("old", old), ("new", c)):
-                    t0 = time.perf_counter()
-                    await client.completions.create(model=model, max_tokens=T, seed=5)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-            med = {k: sorted(v)[3] for k, v in times.items()}
+            med = await by_turns(old, c, 7, model=model, max_tokens=T, seed=5)
             print(
                 f"{model}: {T}-token completion through the API, median of 7 by turns: old {med['old']:.1f} ms, "
                 f"new {med['new']:.1f} ms ({med['old'] / med['new']:.2f}x)"
