@@ -118,10 +118,10 @@ _GRU_LOOP_ARGTYPES = [_L] * 5 + [_P] * 8 + [_I]
 _VRNN_LOOP_ARGTYPES = [_L] * 6 + [_P] * 9 + [_I]
 # fused_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (RoundWeights.args); outputs
 _ROUNDS_ARGTYPES = [_L, _L, _P] + [_L] * 8 + [_I, _P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
-_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P]
+_ROUNDS_ARGTYPES += [_P, _D, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _I, _P, _P, _P, _P]
 # patch_rounds: sizes; tokens, keys, streams; temperatures; states; the weights (PatchWeights.args); outputs
 _PATCH_ARGTYPES = [_L] * 14 + [_P, _P, _P, _L, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P]
-_PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P]
+_PATCH_ARGTYPES += [_P, _D, _P, _P, _P, _P, _D, _P, _P, _P, _L, _L, _D, _L, _P, _P, _P, _P, _P, _P, _P, _P]
 # prior_piece: sizes; tokens, keys, streams; temperatures; base, pre; states; the weights (PieceWeights.args)
 _PIECE_ARGTYPES = [_L] * 10 + [_P, _P, _P, _L, _L, _P, _P, _P, _P, _P, _P, _P, _P, _P, _D, _P, _D, _P, _P]
 _PRIOR_ARGTYPES = [_L, _L, _L, _L, _L, _L, _P, _L, _L, _P, _L, _L, _P, _L, _P, _P, _D, _P, _P, _L, _P]
@@ -357,6 +357,12 @@ def _net_pack_size(L: int, H: int, N: int, n_out: int) -> int:
 def _prior_pack_size(R: int, M: int, zk: int) -> int:
     """Reals in :func:`pack_prior`'s buffer (``zk`` = Z * K, ``M`` the MLP's hidden width)."""
     return R + zk * R + 2 * R + R * M + M + M * zk + zk
+
+
+def _written(t: Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
+    """Whether C may write ``t`` as a plain ``shape`` array of ``dtype``: contiguous, on the CPU, no lazy view."""
+    ok = t.shape == shape and t.dtype == dtype and t.is_cpu and t.is_contiguous()
+    return ok and not t.is_conj() and not t.is_neg()
 
 
 def _plain(t: Tensor) -> Tensor:
@@ -968,6 +974,7 @@ def _fused_rounds(
     w: RoundWeights,
     keep: bool,
     open_end: bool = False,
+    seen: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor | None] | None]:
     """Block sampling's blocks of a call, compiled (csrc/rounds.c; model/vssm.py, ``VSSM._fused_rows``): block 0
     from the states generation continues from, the rounds after it, and a last piece of 0 absorbs the last
@@ -978,7 +985,8 @@ def _fused_rounds(
     generation's ``(B, Ld, H, N)`` complex, which rows have observed a token ``(B,)`` bool and the latent
     prior's state ``(B, R)`` (None without a prior); ``w``: the model's :func:`round_weights`; ``open_end``
     (with ``keep``): the call stops inside its last block, ``ms``' last nonzero piece (then a 0 absorbs it; with
-    ``ms`` ``[m, 0]`` block 0 itself is left open, as a one-pass call leaves its state).
+    ``ms`` ``[m, 0]`` block 0 itself is left open, as a one-pass call leaves its state); ``seen`` ``(B, span, V)``
+    contiguous (None: not wanted) receives the logits each token was drawn from (a scored call's).
     Returns every token ``(B, span)``; with ``keep`` the two absorbed states after the last round (else None
     twice); with ``open_end`` generation's states after the last block, the partial encoder's and the
     decoder's, and the latent prior's (None without one) as a tuple (else None)."""
@@ -997,6 +1005,7 @@ def _fused_rounds(
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool
     ok = ok and (r0 is None) == (w.pack_r is None) and (r0 is None or (r0.shape == (Bsz, w.R) and r0.dtype == dt))
+    ok = ok and (seen is None or _written(seen, (Bsz, span, w.dims[4]), dt))
     inputs = (seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0)
     if not (ok and all(t is None or t.is_cpu for t in inputs)):
         raise ValueError(f"bad inputs for the native rounds: batch {Bsz}, pieces {ms}")
@@ -1015,7 +1024,7 @@ def _fused_rounds(
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
         dec_gen.data_ptr(), observed.data_ptr(), None if r0 is None else r0.data_ptr(), *w.args,
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
-        int(open_end), *outs,
+        int(open_end), *outs, None if seen is None else seen.data_ptr(),
     )  # fmt: skip
     if status < 0:
         raise MemoryError("the native rounds could not allocate their scratch")
@@ -1142,6 +1151,7 @@ def _patch_rounds(
     keep: bool,
     open_end: bool = False,
     block: int = 0,
+    seen: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor] | None, int] | None:
     """Block sampling's rounds for a partial encoder that reads a patch a step, compiled (csrc/patch_rounds.c;
     model/vssm.py, ``VSSM._compiled_patch_rounds``); blocks of ``block`` tokens (0: P, the patch; any size: blocks
@@ -1152,7 +1162,8 @@ def _patch_rounds(
     float64; ``states``: the packed absorbed partial-encoder state ``(B, Lp + 1, H, N)`` (model/patch.py) and
     generation's, the absorbed decoder state ``(B, Ld, H, N)`` and generation's, which rows have observed a token
     ``(B,)`` bool (the rest draw block 0 from the uniform prior) and the latent prior's state ``(B, R)``; ``w``: the
-    model's :func:`patch_weights`.  Returns every token ``(B, span)``; with ``keep`` the packed partial-encoder
+    model's :func:`patch_weights`; ``seen`` ``(B, span, V)`` contiguous (None: not wanted) receives the logits each
+    token was drawn from (a scored call's).  Returns every token ``(B, span)``; with ``keep`` the packed partial-encoder
     state and the absorbed decoder state after the last block, as an append of its tokens leaves them (the span
     must then end at a block boundary, or stop inside a block with ``open_end``; else None twice); with
     ``open_end`` (a span that stops inside a block, block 0 too: its tokens read as pending ones of their patch)
@@ -1175,6 +1186,7 @@ def _patch_rounds(
     ok = ok and par.shape == gen.shape == (Bsz, Lp + 1, H, N) and dec.shape == dec_gen.shape == (Bsz, Ld, H, N)
     ok = ok and par.dtype == gen.dtype == dec.dtype == dec_gen.dtype == cdt and r0.dtype == dt
     ok = ok and observed.shape == (Bsz,) and observed.dtype == torch.bool and r0.shape == (Bsz, w.R)
+    ok = ok and (seen is None or _written(seen, (Bsz, span, w.dims[6]), dt))
     inputs = (seed, pos0, temp, temp_tok, par, gen, dec, dec_gen, observed, r0)
     ok = ok and all(t.is_cpu for t in inputs)
     if not ok:
@@ -1192,7 +1204,7 @@ def _patch_rounds(
         s_lat, s_abs, s_tok, temp.data_ptr(), temp_tok.data_ptr(), par.data_ptr(), gen.data_ptr(), dec.data_ptr(),
         dec_gen.data_ptr(), observed.data_ptr(), r0.data_ptr(), *w.args, tables.data_ptr(),
         None if par_out is None else par_out.data_ptr(), None if dec_out is None else dec_out.data_ptr(),
-        *(None,) * 3 if opened is None else (t.data_ptr() for t in opened),
+        *(None,) * 3 if opened is None else (t.data_ptr() for t in opened), None if seen is None else seen.data_ptr(),
     )  # fmt: skip
     if skipped == -2:
         return None

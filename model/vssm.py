@@ -711,9 +711,10 @@ class VSSM(SequenceModel):
         fused = self._fused_rows(state, n, temperature, resumable, c, scores, ratio) if c else None
         if fused is not None:
             return fused
-        # one pass in every row: one compiled call where it can (without a state to keep, a latent prior's piece is one
-        # already where the decoder reads no tokens: csrc/prior_piece.c, _compiled_piece)
-        if not any(sizes) and (resumable or self.latent_prior is None or self.config.decoder_tokens):
+        # one pass in every row: one compiled call where it can (without a state to keep or scores, a latent prior's
+        # piece is one already where the decoder reads no tokens: csrc/prior_piece.c, _compiled_piece)
+        piece = self.latent_prior is not None and not self.config.decoder_tokens and scores is None
+        if not any(sizes) and (resumable or not piece):
             whole = self._compiled_open_block(state, n, temperature, scores, ratio, keep=resumable)
             if whole is not None:
                 return whole
@@ -761,10 +762,10 @@ class VSSM(SequenceModel):
         mnist-vssm: 0.65 ms against 0.95; docs/experiments/rounds-and-serving.md, thirty-fifth session).  Without
         ``keep`` (a one-pass call that keeps no state) block 0 alone, pieces ``[n]``: no absorption, and the
         state comes back None (a 784-token image of the benchmark's mnist-vssm shapes at batch 1: 2.9 ms against
-        3.4 through :meth:`_piece`, forty-fifth session).  None where it cannot run: scores wanted, a NaN
-        temperature, a call past a window, no compiled rounds here.  A scored call keeps the piece, so its tokens
-        equal an unscored call's up to float rounding only."""
-        if scores is not None or not self._finite_temperatures(temperature, ratio) or n > self.gen_window:
+        3.4 through :meth:`_piece`, forty-fifth session).  ``scores`` receives the log-probabilities of the logits
+        the tokens were drawn from (the call's tokens are an unscored call's).  None where it cannot run: a NaN
+        temperature, a call past a window, no compiled rounds here."""
+        if not self._finite_temperatures(temperature, ratio) or n > self.gen_window:
             return None
         Bsz = state.batch_size
         limits = self._kernel_limits()
@@ -772,10 +773,27 @@ class VSSM(SequenceModel):
         if rounds is None:
             return None
         temps = self._row_temps(temperature, ratio, Bsz)
+        seen = self._seen(scores, Bsz, n)
         if not keep:  # block 0 alone: no absorption, no state
-            return rounds([n], temps, state, False)[0], None
-        tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True)
+            tokens = rounds([n], temps, state, False, seen=seen)[0]
+            return self._record_seen(tokens, scores, seen), None
+        tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True, seen=seen)
+        tokens = self._record_seen(tokens, scores, seen)
         return tokens, self._left_open(state, n, par, dec_abs, opened)  # observed stays: no block ended
+
+    def _seen(self, scores: list[Tensor] | None, batch: int, n: int) -> Tensor | None:
+        """Where a compiled call writes the logits ``(B, n, V)`` its ``n`` tokens were drawn from (None: no scores
+        wanted)."""
+        return None if scores is None else torch.empty(batch, n, self.config.vocab_size, dtype=self.dtype)
+
+    @staticmethod
+    def _record_seen(tokens: Tensor, scores: list[Tensor] | None, seen: Tensor | None) -> Tensor:
+        """``tokens``, with the log-probabilities of the logits a compiled call wrote to ``seen`` recorded in
+        ``scores``, as :meth:`_piece` records a pass's."""
+        if scores is not None:
+            assert seen is not None
+            scores.append(seen.log_softmax(-1))  # (B, n, V)
+        return tokens
 
     def _row_temps(self, temperature: float | Tensor, ratio: float | Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """The latents' and the tokens' temperatures ``(B,)`` float64, as the compiled rounds read them."""
@@ -927,7 +945,7 @@ class VSSM(SequenceModel):
         temps = self._row_temps(temperature, ratio, Bsz)
         got, opened = None, None
         open_end = resumable and not last_ends  # the call stops inside a block: the compiled calls draw it too
-        if scores is None and self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
+        if self._finite_temperatures(temperature, ratio):  # every block, the first too, in one call
             limits = self._kernel_limits()  # beside the modules, what the checks read: in the keys
             if P:  # csrc/patch_rounds.c, for blocks of any size: the last block absorbed there too where the state
                 # is kept, and a block the call stops inside drawn there as well (block 0 too), with generation's
@@ -935,9 +953,10 @@ class VSSM(SequenceModel):
                 key = ("patch rounds", c, Bsz, *limits)
                 patch = self._settled(key, lambda: self._compiled_patch_rounds(c, state))
                 span_c = n if open_end else span  # the call's tokens, the block it stops inside included
-                done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end)
+                seen = self._seen(scores, Bsz, span_c)
+                done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end, seen)
                 if done is not None:
-                    got, opened = done[:3], done[3]
+                    got, opened = (self._record_seen(done[0], scores, seen), *done[1:3]), done[3]
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
                 # and small ops: a session in 64-token chunks at block 28 took 2.5 times its compiled rounds'
@@ -946,8 +965,9 @@ class VSSM(SequenceModel):
                 T = max([pieces[0], *(a + b for a, b in itertools.pairwise(pieces))])  # the longest pass
                 rounds = self._settled(("rounds", T, Bsz, *limits), lambda: self._compiled_rounds(T, state))
                 if rounds is not None:
-                    out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end)
-                    got = (out_tokens, par, dec_abs)
+                    seen = self._seen(scores, Bsz, sum(pieces))
+                    out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end, seen)
+                    got = (self._record_seen(out_tokens, scores, seen), par, dec_abs)
         if got is None and (fused == 0 or not self._fuses_in_torch(c)):  # block 0 left open, or blocks that fuse
             return None  # only compiled: _piece, block by block
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
@@ -1000,9 +1020,9 @@ class VSSM(SequenceModel):
         ratio: float | Tensor,
         scores: list[Tensor] | None,
     ) -> tuple[list[Tensor], Tensor, Tensor]:
-        """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (scores wanted, a
-        NaN temperature, gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, or a state the
-        patch rounds refuse), but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by
+        """:meth:`_fused_rows`'s blocks ``ms`` in PyTorch, where no compiled call takes them (a NaN temperature,
+        gradients, off the CPU, no kernels, a hook, passes past the kernel's limit, or a state the patch rounds
+        refuse), but for blocks that fuse only compiled (:meth:`_fuses_in_torch`: those go block by
         block): the first piece, then the rounds.  Returns the tokens (a list of pieces), ``par`` and ``dec_abs``
         before the last block."""
         u_lat, u_abs, u_tok = u  # (B, span, Z) twice, (B, span)
@@ -1068,12 +1088,17 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
 
         def rounds(
-            ms: list[int], temps: tuple[Tensor, Tensor], state: GenState, keep: bool, open_end: bool = False
+            ms: list[int],
+            temps: tuple[Tensor, Tensor],
+            state: GenState,
+            keep: bool,
+            open_end: bool = False,
+            seen: Tensor | None = None,
         ) -> tuple[Tensor, Tensor | None, Tensor | None, tuple[Tensor, Tensor, Tensor | None] | None]:
             s = state.tensors
             r0 = None if self.latent_prior is None else _prior_state(state)
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], r0)
-            return run(ms, (state.seed, state.position, streams), temps, states, weights, keep, open_end)
+            return run(ms, (state.seed, state.position, streams), temps, states, weights, keep, open_end, seen=seen)
 
         return rounds
 
@@ -1140,16 +1165,22 @@ class VSSM(SequenceModel):
         streams = (STREAM_LATENT, STREAM_ABSORB, STREAM_TOKEN)
 
         def rounds(
-            phase: int, span: int, temps: tuple[Tensor, Tensor], state: GenState, keep: bool, open_end: bool = False
+            phase: int,
+            span: int,
+            temps: tuple[Tensor, Tensor],
+            state: GenState,
+            keep: bool,
+            open_end: bool = False,
+            seen: Tensor | None = None,
         ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None] | None:
             """``keep``: the absorbed states after the span's last block (where it ends at a block boundary);
             with ``open_end`` (the span stops inside its last block) after that part block, and generation's
-            states after it (:func:`native._patch_rounds`)."""
+            states after it; ``seen``: the logits the tokens were drawn from (:func:`native._patch_rounds`)."""
             s = state.tensors
             n_rounds = max(0, -(-(span - (c - phase)) // c)) + keep  # blocks after block 0, the absorbing round
             states = (s["par"], s["gen"], s["dec_abs"], s["dec"], s["observed"], _prior_state(state))
             keys = (state.seed, state.position, streams)
-            got = run(phase, span, keys, temps, states, weights, keep, open_end, block=c)
+            got = run(phase, span, keys, temps, states, weights, keep, open_end, block=c, seen=seen)
             if got is None:
                 return None
             tokens, par, dec_abs, opened, skipped = got

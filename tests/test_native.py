@@ -1284,6 +1284,56 @@ def absorbs(args: tuple) -> bool:
 PATCH_CFG = dict(vocab_size=2, n_latents=1, n_classes=2, prior_width=6, prior_hidden=20, prior_context=5, par_patch=4)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize(
+    ("variant", "block", "entry"),
+    [
+        ({}, None, "fused_rounds"),  # one pass: block 0 alone, or left open where kept
+        ({}, 4, "fused_rounds"),
+        ({"decoder_tokens": True}, 4, "fused_rounds"),
+        ({"prior_width": 6, "prior_hidden": 20}, None, "fused_rounds"),  # scored: not the prior's piece
+        ({"prior_width": 6, "prior_hidden": 20, "prior_context": 5}, 4, "fused_rounds"),
+        (PATCH_CFG, 6, "patch_rounds"),
+        (PATCH_CFG, 3, "patch_rounds"),
+    ],
+)
+def test_a_scored_call_runs_in_the_compiled_calls(dtype, variant, block, entry, monkeypatch):
+    """A call that wants the log-probabilities of its tokens' distributions (a completion's logprobs) runs in the
+    compiled rounds as an unscored one does, the logits each token was drawn from written beside it: its tokens are
+    the unscored call's, bit for bit, and its tokens, scores and state those of the PyTorch path (a model of the
+    same weights with no compiled rounds), kept or not, for a batch of an unprompted row and two prompted ones, past
+    a block."""
+    from tests.conftest import tiny_model
+
+    def model():
+        return tiny_model("vssm", dtype=dtype, max_position=64, **variant)
+
+    def start(m):  # an unprompted row and two prompted ones at one place: a group of two rows a compiled call
+        prompts = torch.randint(0, m.vocab_size, (2, 5), generator=torch.Generator().manual_seed(5))
+        return GenState.cat([m.start(torch.zeros(1, 0, dtype=torch.long), [4]), m.start(prompts, [5, 6])])
+
+    m, ref = model(), model()
+    calls = []
+    real = getattr(native, f"_{entry}")
+    monkeypatch.setattr(native, f"_{entry}", lambda *a, **k: calls.append(k.get("seen")) or real(*a, **k))
+    kwargs = dict(temperature=torch.tensor([0.8, 1.0, 0.6], dtype=dtype), block_size=block, observation_temperature=0.5)
+    tol = 1e-10 if dtype == F64 else 1e-4
+    for resumable in (False, True):
+        calls.clear()
+        tokens, state, scores = m.generate_scored(start(m), 13, resumable=resumable, **kwargs)
+        assert calls and all(seen is not None for seen in calls) and max(seen.shape[0] for seen in calls) >= 2
+        assert torch.equal(tokens, m.generate(start(m), 13, resumable=resumable, **kwargs)[0])
+        with monkeypatch.context() as mp:
+            for off in ("fused_rounds", "patch_rounds", "prior_piece"):
+                mp.setattr(native, off, lambda: None)
+            ref_tokens, ref_state, ref_scores = ref.generate_scored(start(ref), 13, resumable=resumable, **kwargs)
+        assert torch.equal(tokens, ref_tokens) and scores.shape == (3, 13, m.vocab_size)
+        torch.testing.assert_close(scores, ref_scores, rtol=tol, atol=tol)
+        assert (state is None) == (ref_state is None) == (not resumable)
+        for k, v in ({} if ref_state is None else ref_state.tensors).items():
+            torch.testing.assert_close(state[k], v, rtol=tol, atol=tol)
+
+
 def patch_start(dtype, position: int, period: int = 0, copy: bool = False, **shape) -> tuple[VSSM, GenState]:
     """:data:`PATCH_CFG`'s model (tables by column where ``period``; :func:`copying` where ``copy``) and three rows
     after the same random ``position``-token prompt, seeds 4, 5, 6."""
@@ -1559,13 +1609,16 @@ def test_a_batch_at_different_places_in_its_blocks_runs_compiled_a_group_at_a_ti
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(native, entry, lambda *a, **k: calls.append(real(*a, **k)) or calls[-1])
         tokens, state, scores = m.generate_scored(GenState.cat(rows), 11, **kwargs)
+        calls_scored = len(calls)
         plain, plain_state = m.generate(GenState.cat(rows), 11, **kwargs)
-        calls_kept = len(calls)
+        calls_kept = len(calls) - calls_scored
         unkept, none = m.generate(GenState.cat(rows), 11, resumable=False, **kwargs)
     # a call a group that fuses, none refused: phases 0, 1 and 2 of block 4; block 2 at places 2, 0 and 1 of the
     # patch of 4, or at phases 0 and 1 without patches; blocks 3 and 6; without patches, the rows in one pass are a
-    # call of the compiled rounds too (an open block, kept calls only); the scored calls make none
-    assert calls_kept == 8 and len(calls) == calls_kept + (8 if patch else 7), len(calls)
+    # call of the compiled rounds too (an open block, kept calls only: unkept, the latent prior's compiled piece);
+    # the scored calls as many as the unscored ones
+    assert calls_scored == calls_kept == 8, (calls_scored, calls_kept)
+    assert len(calls) == 2 * calls_kept + (8 if patch else 7), len(calls)
     assert all(out is not None for out in calls) and none is None
     tol = 1e-10 if dtype == F64 else 1e-4
     for i, r in enumerate(rows):

@@ -76,7 +76,8 @@ network's input as a table, a patch's input b_in + the sum of w_in[c, x] over it
 W[c, EMPTY], zero for an EMPTY, and START's input u_0: model/patch.py, PatchNet.table); A (Q, V+1, O); pack_par the network's pack (model/native.py, pack) with a head of
 Q O outputs; w_dec the decoder's input weight transposed (Z K, H), b_dec (H,); prior the
 latent prior's pack, Gt (F, M) or NULL, ptab its tables for draws from a block start
-(csrc/latent_prior.c, LATENT_PRIOR_TABLE).  Outputs, each NULL where not wanted, and written only with
+(csrc/latent_prior.c, LATENT_PRIOR_TABLE).  seen (B, span, V), NULL where not wanted: the logits each token was
+drawn from (a scored call's, as the autoregressive loops' `scores`).  Outputs, each NULL where not wanted, and written only with
 absorb (non-zero): par_out (B, Lp + 1, H, N) and dec_out (B, Ld, H, N), the absorbed states after the last
 block.  With absorb 1 (the span must then end at a block boundary) a last round runs steps 1, 2 and 4's pass
 over z' for that block and draws none, as model/vssm.py's absorption of a block does: par_out is packed at
@@ -189,7 +190,7 @@ Nothing here checks a shape. */
                                const REAL *A, const REAL *pack_dec, double eps_dec, const REAL *w_dec,           \
                                const REAL *b_dec, const REAL *prior, long R, long M, double eps_prior, long O,   \
                                const REAL *Gt, const REAL *ptab, REAL *par_out, REAL *dec_out, REAL *gen_out,    \
-                               REAL *dgen_out, REAL *r_out) {                                                   \
+                               REAL *dgen_out, REAL *r_out, REAL *seen) {                                       \
         const long ZK = Z * K, F = O - ZK, V1 = V + 1, NH = N * H, sp = Lp * NH * 2, sd = Ld * NH * 2;            \
         const long slot = Lp * NH * 2, packed = slot + NH * 2; /* the pending slot's offset; a row, in reals */   \
         const long m0 = Cb - phase, one = B * sd; /* block 0's length if the span reaches its end; a decoder state */ \
@@ -298,6 +299,9 @@ Nothing here checks a shape. */
                 for (long t = 0; t < m; ++t)                                                                        \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],             \
                                          tokens + b * span + t);                                                    \
+            if (seen)                                                                                               \
+                for (long b = 0; b < B; ++b)                                                                        \
+                    memcpy(seen + b * span * V, ld + b * m * V, m * V * sizeof(REAL));                              \
         }                                                                                                           \
         if (memcmp(y_gen, y, B * H * sizeof(REAL))) /* its z' read the absorbed patches' head */                   \
             ssm_net_head_##SUFFIX(B, H, N, Lp, Q * O, pack_par, eps_par, y, g, head0);                              \
@@ -389,6 +393,9 @@ Nothing here checks a shape. */
                 for (long t = 0; t < nx; ++t)                                                                       \
                     categorical_##SUFFIX(1, V, ld + (b * nx + t) * V, u_tok + b * span + start + m + t,             \
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
+            if (seen)                                                                                               \
+                for (long b = 0; b < B; ++b)                                                                        \
+                    memcpy(seen + (b * span + start + m) * V, ld + b * nx * V, nx * V * sizeof(REAL));              \
             start += m;                                                                                             \
         }                                                                                                           \
         const int open = absorb == 2;                                                                               \

@@ -37,7 +37,8 @@ H); w_dec the decoder's input weight transposed (I, H), b_dec (H,); the nets' pa
 pack); prior: the latent prior's pack (NULL: none) of width R and hidden width M.  O is the partial
 encoder's output width: Z*K logits, then F = O - Z*K context features the latent prior reads through
 Gt (F, M), G transposed (VSSMConfig.prior_context; NULL when F = 0), as pre = G g_t (B, c', M) per
-step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's absorbed steps.
+step.  Outputs, NULL where not wanted: par_out and dec_out, the states after the last round's absorbed steps;
+seen (B, span, V), the logits each token was drawn from (a scored call's; the autoregressive loops' `scores`).
 With open_end the last block stops inside (the call's last nonzero piece is part of a block, then a 0 absorbs
 it): gen_out and dgen_out receive generation's states after it, the partial encoder's after the part's EMPTYs
 and the decoder's after its latents (two short passes from the absorbed states before it; where that block is
@@ -89,7 +90,7 @@ could not be allocated.  Nothing here checks a shape. */
                                const REAL *pack_par, double eps_par, const REAL *emb_par, const REAL *pack_dec, \
                                double eps_dec, const REAL *w_dec, const REAL *b_dec, const REAL *prior, long R, \
                                long M, double eps_prior, long O, const REAL *Gt, REAL *par_out, REAL *dec_out,  \
-                               int open_end, REAL *gen_out, REAL *dgen_out, REAL *r_out) {                      \
+                               int open_end, REAL *gen_out, REAL *dgen_out, REAL *r_out, REAL *seen) {          \
         const long ZK = Z * K, F = O - ZK, sp = Lp * H * N * 2, sd = Ld * H * N * 2;                            \
         long L2 = ms[0]; /* the longest pass */                                                                 \
         for (long i = 1; i < n_ms; ++i) L2 = ms[i - 1] + ms[i] > L2 ? ms[i - 1] + ms[i] : L2;                   \
@@ -155,6 +156,9 @@ could not be allocated.  Nothing here checks a shape. */
                 for (long t = 0; t < m; ++t)                                                                    \
                     categorical_##SUFFIX(1, V, ld + (b * m + t) * V, u_tok + b * span + t, temp_tok[b],         \
                                          tokens + b * span + t);                                                \
+            if (seen)                                                                                           \
+                for (long b = 0; b < B; ++b)                                                                    \
+                    memcpy(seen + b * span * V, ld + b * m * V, m * V * sizeof(REAL));                          \
         }                                                                                                       \
         /* The rounds after block 0 read the absorbed states from pa and da and write them back there. With     \
            more than one of them, or passes of SSM_MODES_MIN_T steps or more (where the recurrence may run      \
@@ -207,6 +211,9 @@ could not be allocated.  Nothing here checks a shape. */
                 for (long t = m; t < T; ++t)                                                                    \
                     categorical_##SUFFIX(1, V, ld + (b * T + t) * V, u_tok + b * span + start + t, temp_tok[b],  \
                                          tokens + b * span + start + t);                                        \
+            if (seen)                                                                                           \
+                for (long b = 0; b < B; ++b)                                                                    \
+                    memcpy(seen + (b * span + start + m) * V, ld + (b * T + m) * V, nx * V * sizeof(REAL));     \
             if (open_end && i == n_ms - 2) { /* the call stops inside block i: generation's states after it */  \
                 memcpy(pg, pa, B * sp * sizeof(REAL)); /* from the absorbed states after block i-1, nx steps */ \
                 for (long k = 0; k < B * nx; ++k) memcpy(x + k * H, emb_par + V * H, H * sizeof(REAL));         \
