@@ -347,8 +347,9 @@ class SequenceModel(nn.Module):
         """:meth:`generate`, and the log-probabilities ``(B, n, V)`` (float32) of the distribution
         each token was drawn from, before temperature: an autoregressive family's ``p(x_t | x_<t)``,
         the VSSM decoder's ``p(x_t | z_1:t)`` given the latents it drew.  The same tokens and state, up to float
-        rounding where the unscored call runs compiled and this one does not (the VSSM's scored calls stay in
-        PyTorch: a draw that lands that close to a boundary of its distribution may differ)."""
+        rounding where the unscored call runs compiled and this one does not (a VSSM's latent prior's one pass, whose
+        compiled piece has no scores, or a call past a window: a draw that lands that close to a boundary of its
+        distribution may differ)."""
         scores: list[Tensor] = [torch.zeros(state.batch_size, 0, self.vocab_size, device=self.device)]
         tokens, nxt = self._checked_generate(
             state, n, temperature, resumable, block_size, scores, observation_temperature

@@ -763,7 +763,7 @@ class VSSM(SequenceModel):
         ``keep`` (a one-pass call that keeps no state) block 0 alone, pieces ``[n]``: no absorption, and the
         state comes back None (a 784-token image of the benchmark's mnist-vssm shapes at batch 1: 2.9 ms against
         3.4 through :meth:`_piece`, forty-fifth session).  ``scores`` receives the log-probabilities of the logits
-        the tokens were drawn from (the call's tokens are an unscored call's).  None where it cannot run: a NaN
+        the tokens were drawn from (the same call, and tokens, as unscored).  None where it cannot run: a NaN
         temperature, a call past a window, no compiled rounds here."""
         if not self._finite_temperatures(temperature, ratio) or n > self.gen_window:
             return None
@@ -953,7 +953,7 @@ class VSSM(SequenceModel):
                 key = ("patch rounds", c, Bsz, *limits)
                 patch = self._settled(key, lambda: self._compiled_patch_rounds(c, state))
                 span_c = n if open_end else span  # the call's tokens, the block it stops inside included
-                seen = self._seen(scores, Bsz, span_c)
+                seen = None if patch is None else self._seen(scores, Bsz, span_c)
                 done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end, seen)
                 if done is not None:
                     got, opened = (self._record_seen(done[0], scores, seen), *done[1:3]), done[3]

@@ -393,7 +393,7 @@ Nothing here checks a shape. */
                 for (long t = 0; t < nx; ++t)                                                                       \
                     categorical_##SUFFIX(1, V, ld + (b * nx + t) * V, u_tok + b * span + start + m + t,             \
                                          temp_tok[b], tokens + b * span + start + m + t);                           \
-            if (seen)                                                                                               \
+            if (seen && nx)                                                                                         \
                 for (long b = 0; b < B; ++b)                                                                        \
                     memcpy(seen + (b * span + start + m) * V, ld + b * nx * V, nx * V * sizeof(REAL));              \
             start += m;                                                                                             \

@@ -211,7 +211,7 @@ could not be allocated.  Nothing here checks a shape. */
                 for (long t = m; t < T; ++t)                                                                    \
                     categorical_##SUFFIX(1, V, ld + (b * T + t) * V, u_tok + b * span + start + t, temp_tok[b],  \
                                          tokens + b * span + start + t);                                        \
-            if (seen)                                                                                           \
+            if (seen && nx)                                                                                     \
                 for (long b = 0; b < B; ++b)                                                                    \
                     memcpy(seen + (b * span + start + m) * V, ld + (b * T + m) * V, nx * V * sizeof(REAL));     \
             if (open_end && i == n_ms - 2) { /* the call stops inside block i: generation's states after it */  \
