@@ -713,8 +713,7 @@ class VSSM(SequenceModel):
             return fused
         # one pass in every row: one compiled call where it can (without a state to keep or scores, a latent prior's
         # piece is one already where the decoder reads no tokens: csrc/prior_piece.c, _compiled_piece)
-        piece = self.latent_prior is not None and not self.config.decoder_tokens and scores is None
-        if not any(sizes) and (resumable or not piece):
+        if not any(sizes) and (resumable or scores is not None or not self._decoder_reads_prior_only):
             whole = self._compiled_open_block(state, n, temperature, scores, ratio, keep=resumable)
             if whole is not None:
                 return whole
@@ -776,9 +775,10 @@ class VSSM(SequenceModel):
         seen = self._seen(scores, Bsz, n)
         if not keep:  # block 0 alone: no absorption, no state
             tokens = rounds([n], temps, state, False, seen=seen)[0]
-            return self._record_seen(tokens, scores, seen), None
+            self._record_seen(scores, seen)
+            return tokens, None
         tokens, par, dec_abs, opened = rounds([n, 0], temps, state, True, True, seen=seen)
-        tokens = self._record_seen(tokens, scores, seen)
+        self._record_seen(scores, seen)
         return tokens, self._left_open(state, n, par, dec_abs, opened)  # observed stays: no block ended
 
     def _seen(self, scores: list[Tensor] | None, batch: int, n: int) -> Tensor | None:
@@ -787,13 +787,18 @@ class VSSM(SequenceModel):
         return None if scores is None else torch.empty(batch, n, self.config.vocab_size, dtype=self.dtype)
 
     @staticmethod
-    def _record_seen(tokens: Tensor, scores: list[Tensor] | None, seen: Tensor | None) -> Tensor:
-        """``tokens``, with the log-probabilities of the logits a compiled call wrote to ``seen`` recorded in
-        ``scores``, as :meth:`_piece` records a pass's."""
+    def _record_seen(scores: list[Tensor] | None, seen: Tensor | None) -> None:
+        """The log-probabilities of the logits a compiled call wrote to ``seen``, recorded in ``scores`` as
+        :meth:`_piece` records a pass's."""
         if scores is not None:
             assert seen is not None
             scores.append(seen.log_softmax(-1))  # (B, n, V)
-        return tokens
+
+    @property
+    def _decoder_reads_prior_only(self) -> bool:
+        """Whether a latent prior draws the latents and the decoder reads them alone (no tokens): the models the
+        compiled prior piece (csrc/prior_piece.c) and patch rounds (csrc/patch_rounds.c) take."""
+        return self.latent_prior is not None and not self.config.decoder_tokens
 
     def _row_temps(self, temperature: float | Tensor, ratio: float | Tensor, batch: int) -> tuple[Tensor, Tensor]:
         """The latents' and the tokens' temperatures ``(B,)`` float64, as the compiled rounds read them."""
@@ -956,7 +961,8 @@ class VSSM(SequenceModel):
                 seen = None if patch is None else self._seen(scores, Bsz, span_c)
                 done = None if patch is None else patch(p0 % c, span_c, temps, state, resumable, open_end, seen)
                 if done is not None:
-                    got, opened = (self._record_seen(done[0], scores, seen), *done[1:3]), done[3]
+                    self._record_seen(scores, seen)
+                    got, opened = done[:3], done[3]
             else:  # csrc/rounds.c: the last block absorbed there too where the state is kept, and a block the
                 # call stops inside drawn there as well, with generation's states after it (else _piece's passes
                 # and small ops: a session in 64-token chunks at block 28 took 2.5 times its compiled rounds'
@@ -967,7 +973,8 @@ class VSSM(SequenceModel):
                 if rounds is not None:
                     seen = self._seen(scores, Bsz, sum(pieces))
                     out_tokens, par, dec_abs, opened = rounds(pieces, temps, state, resumable, open_end, seen)
-                    got = (self._record_seen(out_tokens, scores, seen), par, dec_abs)
+                    self._record_seen(scores, seen)
+                    got = (out_tokens, par, dec_abs)
         if got is None and (fused == 0 or not self._fuses_in_torch(c)):  # block 0 left open, or blocks that fuse
             return None  # only compiled: _piece, block by block
         if opened is not None:  # the whole call, the block it stops inside as _piece leaves one
@@ -1145,9 +1152,10 @@ class VSSM(SequenceModel):
         EMPTYs), the decoder's passes and the prior's draws.  None: not this model, or not these blocks.  The call
         itself returns None where the state's pending patch is not where the call starts (then nothing was
         drawn)."""
-        run, lp, cfg, net = native.patch_rounds(), self.latent_prior, self.config, self.partial_encoder
-        if run is None or lp is None or cfg.decoder_tokens or not isinstance(net, PatchNet):
+        run, lp, net = native.patch_rounds(), self.latent_prior, self.partial_encoder
+        if run is None or not self._decoder_reads_prior_only or not isinstance(net, PatchNet):
             return None
+        assert lp is not None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         if needs_own_forward(walked(net)):
@@ -1282,8 +1290,9 @@ class VSSM(SequenceModel):
         the prior's draws and the decoder's pass would run compiled on their own.  None: not this model, or
         not this call."""
         run, lp, cfg, dec_net = native.prior_piece(), self.latent_prior, self.config, self.decoder
-        if run is None or lp is None or cfg.decoder_tokens:
+        if run is None or not self._decoder_reads_prior_only:
             return None
+        assert lp is not None
         if self.device.type != "cpu" or torch.is_grad_enabled():
             return None
         lin = dec_net.inp
